@@ -1,0 +1,5 @@
+#include "edgerun/version.h"
+
+namespace edgerun {
+const char* runtime_version() { return kRuntimeVersion; }
+}  // namespace edgerun
