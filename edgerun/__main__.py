@@ -1,0 +1,5 @@
+"""``python -m edgerun`` == the ``edgerun`` command."""
+
+from edgerun.cli import main
+
+main()

@@ -1,0 +1,184 @@
+"""The ``edgerun`` command line: export, verify, serve, run, demo, broker.
+
+Every command turns an ``EdgerunError`` into one line on stderr that says what
+to do, and exit code 2 (1 for a failed check); a bug shows its traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgerun.errors import EdgerunError, InternalError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+
+
+def _fail(exc: EdgerunError) -> None:
+    kind = "internal error (please report)" if isinstance(exc, InternalError) else "error"
+    typer.echo(f"edgerun: {kind}: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command("export")
+def export_cmd(
+    model: str = typer.Argument(..., help="zoo:digits-cnn, zoo:efficientnet-lite0, or path/to/file.py:fn"),
+    cut: Optional[str] = typer.Option(None, help="cut index, label or tensor name (default: a mid-model cut)"),
+    out: Path = typer.Option(Path("bundles/model"), help="bundle directory to write"),
+    list_cuts: bool = typer.Option(False, "--list-cuts", help="list the valid cuts and exit"),
+    max_cut_tensors: int = typer.Option(1, help="most tensors allowed to cross a cut"),
+    no_eval: bool = typer.Option(False, "--no-eval", help="skip measuring the split on held-out data"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Trace MODEL, cut it, and write a split bundle (or list its cuts)."""
+    try:
+        from edgerun.exporters.pipeline import ExportConfig, export, trace_model
+        from edgerun.report import cuts_table, export_summary
+
+        traced = trace_model(model, max_cut_tensors=max_cut_tensors)
+        if list_cuts:
+            rows = [
+                {"index": c.index, "label": c.label, "tensors": list(c.tensors), "shapes": [list(s) for s in c.shapes],
+                 "crossing_bytes": c.crossing_bytes, "front_fraction": round(c.front_fraction, 4)}
+                for c in traced.cuts
+            ]
+            typer.echo(json.dumps({"model": traced.source.model_id, "cuts": rows}) if as_json else cuts_table(rows))
+            return
+        cfg = ExportConfig(cut=cut, max_cut_tensors=max_cut_tensors, evaluate=not no_eval)
+        bundle = export(traced, cfg, out)
+        report = json.loads(bundle.file("report.json").read_text())
+        if as_json:
+            typer.echo(json.dumps({"bundle": str(bundle.path), "hash": bundle.hash, "native": bundle.native_ok, **report}))
+        else:
+            typer.echo(export_summary(bundle, report))
+    except EdgerunError as exc:
+        _fail(exc)
+
+
+@app.command("verify")
+def verify_cmd(
+    bundle: Path = typer.Argument(..., help="bundle directory or archive"),
+    threads: int = typer.Option(1, help="threads for both engines"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Check native engine vs onnxruntime and split vs whole on the bundle's samples."""
+    try:
+        from edgerun.verify import verify
+
+        rep = verify(str(bundle), threads=threads)
+    except EdgerunError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps(rep.to_json()))
+    else:
+        for k, v in rep.to_json().items():
+            typer.echo(f"{k:>30}: {v}")
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+@app.command("serve")
+def serve_cmd(
+    bundle: Path = typer.Argument(..., help="bundle directory or archive"),
+    broker: str = typer.Option(..., help="broker URL, e.g. mqtt://127.0.0.1:1883"),
+    group: str = typer.Option("edgerun", help="shared-subscription group (workers of one group split the load)"),
+    threads: int = typer.Option(1, help="onnxruntime intra-op threads"),
+) -> None:
+    """Serve the back half of BUNDLE over MQTT until Ctrl-C / SIGTERM."""
+    import logging
+    import signal
+    import threading
+
+    from edgerun.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s serve %(levelname)s %(message)s", stream=sys.stderr)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        stats = serve(str(bundle), broker, group=group, threads=threads, stop=stop)
+    except EdgerunError as exc:
+        _fail(exc)
+        return
+    typer.echo(json.dumps({"served": getattr(stats, "served", None), "stats": getattr(stats, "__dict__", {})}, default=str))
+
+
+@app.command("run")
+def run_cmd(
+    bundle: Path = typer.Argument(..., help="bundle directory or archive"),
+    broker: str = typer.Option(..., help="broker URL, e.g. mqtt://127.0.0.1:1883"),
+    engine: str = typer.Option("native", help="front-half engine: native | ort"),
+    input: Optional[Path] = typer.Option(None, help=".npy file of inputs (N, ...); default: the bundle's samples"),
+    limit: Optional[int] = typer.Option(None, help="run at most this many inputs"),
+    deadline_ms: Optional[float] = typer.Option(None, help="per-request deadline"),
+    threads: int = typer.Option(1, help="device threads"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per result"),
+) -> None:
+    """Run the device side: front half here, back half on a server."""
+    import numpy as np
+
+    from edgerun.bundle import Bundle
+    from edgerun.device import Device
+
+    try:
+        b = Bundle.load(bundle)
+        x = np.load(input) if input else np.load(b.file("samples.npz"))["inputs"]
+        x = np.asarray(x, dtype=np.float32)[:limit]
+        with Device(b, broker=broker, engine=engine, threads=threads) as dev:
+            for i in range(len(x)):
+                r = dev.infer(x[i : i + 1], deadline_ms=deadline_ms)
+                out = r.output[b.outputs[0].name]
+                rec = {"i": i, "top1": int(out.argmax(-1)[0]), "answered_by": r.answered_by, "reason": r.reason,
+                       "timings_ms": {k: round(v, 3) for k, v in r.timings_ms.items()}}
+                typer.echo(json.dumps(rec) if as_json else f"{i}: top1={rec['top1']} by {r.answered_by} "
+                           f"total={r.timings_ms.get('total', float('nan')):.2f} ms")
+    except EdgerunError as exc:
+        _fail(exc)
+
+
+@app.command("demo")
+def demo_cmd(
+    limit: Optional[int] = typer.Option(None, help="use at most this many test samples"),
+    engine: str = typer.Option("native", help="front-half engine: native | ort"),
+    cut: Optional[str] = typer.Option(None, help="cut (default: the exporter's default cut)"),
+    as_json: bool = typer.Option(False, "--json", help="last line of stdout: one JSON object"),
+) -> None:
+    """End-to-end split inference on the digits model with a local broker and server."""
+    from edgerun.demo import run_demo
+
+    try:
+        run_demo(limit=limit, engine=engine, cut=cut, as_json=as_json)
+    except EdgerunError as exc:
+        _fail(exc)
+
+
+@app.command("broker")
+def broker_cmd() -> None:
+    """Start a Mosquitto on a free loopback port and print its URL (Ctrl-C stops it)."""
+    import time
+
+    from edgerun.broker import Mosquitto
+
+    try:
+        with Mosquitto() as m:
+            typer.echo(m.url, err=False)
+            sys.stdout.flush()
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    except EdgerunError as exc:
+        _fail(exc)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""``edgerun demo``: the whole path on the digits model, with nothing to set up.
+
+Prepares the digits CNN (trains it on first use), exports it at the default cut,
+starts its own Mosquitto on a free loopback port and an ``edgerun serve``
+process, runs the device side on the held-out test set, and prints accuracy
+(split vs whole) and a per-stage latency table. Everything it started is
+stopped on the way out, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from edgerun.errors import TransportError
+from edgerun.report import percentiles, stage_table, table
+
+STAGES = ("device", "encode", "network", "server", "decode", "total")
+SERVER_START_TIMEOUT_S = 60.0
+
+
+def _log(msg: str) -> None:
+    print(f"[demo] {msg}", file=sys.stderr, flush=True)
+
+
+def _start_server(bundle_dir: Path, url: str, log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "wb")
+    cmd = [sys.executable, "-m", "edgerun", "serve", str(bundle_dir), "--broker", url]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _first_answer(dev, x: np.ndarray, server: subprocess.Popen, log_path: Path):
+    """Retry the first request until the server process has subscribed."""
+    t0 = time.monotonic()
+    while True:
+        if server.poll() is not None:
+            raise TransportError(f"the server process exited ({server.returncode}); its log:\n{log_path.read_text()[-2000:]}")
+        try:
+            return dev.infer(x)
+        except TransportError:
+            if time.monotonic() - t0 > SERVER_START_TIMEOUT_S:
+                raise
+
+
+def run_demo(*, limit: int | None = None, engine: str = "native", cut: str | None = None, as_json: bool = False) -> dict:
+    """Run the demo; returns (and prints) the summary dict."""
+    from edgerun.broker import Mosquitto
+    from edgerun.device import Device
+    from edgerun.engine import make_engine
+    from edgerun.exporters import zoo
+    from edgerun.exporters.models import SourceModel
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    work = Path(tempfile.mkdtemp(prefix="edgerun-demo-"))
+    _log("preparing the digits CNN (trained here on scikit-learn digits on first use)")
+    model = zoo.load("digits-cnn")
+    x_test, y_test = model.eval_data(limit=limit)
+    _log(f"exporting it to {work / 'bundle'}")
+    src = SourceModel(model.name, model.module, model.example, model)
+    bundle = export(src, ExportConfig(cut=cut), work / "bundle")
+    whole = make_engine("ort", onnx_path=bundle.file("whole.onnx"), threads=1)
+    whole_top1 = whole.run({bundle.inputs[0].name: x_test})[bundle.outputs[0].name].argmax(-1)
+
+    server = None
+    samples: dict[str, list[float]] = defaultdict(list)
+    split_top1, answered = [], 0
+    with Mosquitto() as broker:
+        _log(f"broker up at {broker.url}; starting `edgerun serve`")
+        log_path = work / "server.log"
+        try:
+            server = _start_server(bundle.path, broker.url, log_path)
+            with Device(bundle, broker=broker.url, engine=engine) as dev:
+                _first_answer(dev, x_test[:1], server, log_path)  # warm-up, not counted
+                _log(f"running {len(x_test)} test samples through the split ({engine} front half)")
+                for i in range(len(x_test)):
+                    r = dev.infer(x_test[i : i + 1])
+                    answered += 1
+                    split_top1.append(int(r.output[bundle.outputs[0].name].argmax(-1)[0]))
+                    for k, v in r.timings_ms.items():
+                        samples[k].append(v)
+        finally:
+            _stop(server)
+    split_top1 = np.array(split_top1)
+    summary = {
+        "model": bundle.model_id,
+        "cut": bundle.cut_label,
+        "engine": engine,
+        "requests": int(len(x_test)),
+        "answered": answered,
+        "accuracy_whole": float(np.mean(whole_top1 == y_test)),
+        "accuracy_split": float(np.mean(split_top1 == y_test[: len(split_top1)])),
+        "split_whole_agreement": float(np.mean(split_top1 == whole_top1[: len(split_top1)])),
+        "bytes_per_request": int(json.loads(bundle.file("report.json").read_text())["bytes_per_request"]),
+        "stages_ms": percentiles(samples),
+    }
+    _print(summary, as_json)
+    return summary
+
+
+def _print(s: dict, as_json: bool) -> None:
+    print(f"\nedgerun demo: {s['model']} split at {s['cut']} ({s['engine']} front half), "
+          f"{s['answered']}/{s['requests']} answered, {s['bytes_per_request']} B crossing per request\n")
+    print(table(["", "top-1 accuracy"], [["whole model", s["accuracy_whole"]], ["split (device+server)", s["accuracy_split"]]]))
+    print()
+    print(stage_table(s["stages_ms"], STAGES))
+    if as_json:
+        print(json.dumps(s))

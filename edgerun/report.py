@@ -1,0 +1,59 @@
+"""Plain-text tables for the CLI (no dependency beyond the standard library)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Right-aligned fixed-width table."""
+    cells = [[str(h) for h in headers]] + [[_fmt(v) for v in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = "  ".join("-" * w for w in widths)
+    out = ["  ".join(c.rjust(w) for c, w in zip(cells[0], widths)), line]
+    out += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells[1:]]
+    return "\n".join(out)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def cuts_table(rows: list[dict]) -> str:
+    return table(
+        ["index", "label", "tensor", "shape", "bytes", "front %"],
+        [[r["index"], r["label"], ",".join(r["tensors"]), "x".join(map(str, r["shapes"][0])), r["crossing_bytes"],
+          f"{100 * r['front_fraction']:.1f}"] for r in rows],
+    )
+
+
+def export_summary(bundle: Any, report: dict) -> str:
+    lines = [
+        f"bundle   {bundle.path}",
+        f"model    {bundle.model_id}   hash {bundle.hash[:16]}",
+        f"cut      {report['cut']} (index {report['cut_index']}), {report['front_fraction'] * 100:.1f}% of MACs on the device",
+        f"crossing {report['bytes_per_request']} bytes per sample (fp32)",
+        f"native   {'yes' if bundle.native_ok else 'NO: ' + bundle.native_reason}",
+    ]
+    if "metric" in report:
+        lines.append(
+            f"metric   {report['metric']}: whole {report['metric_whole_fp32']:.4f}, split {report['metric_split']:.4f} "
+            f"(n={report['n_eval']}, max |split - whole| = {report['split_vs_whole_max_abs']:.2e})"
+        )
+    return "\n".join(lines)
+
+
+def percentiles(samples: dict[str, list[float]], qs: Sequence[int] = (50, 95)) -> dict[str, dict[str, float]]:
+    """Per-stage percentiles, e.g. {"device": {"p50": .., "p95": ..}}."""
+    return {
+        k: {f"p{q}": float(np.percentile(v, q)) for q in qs} for k, v in samples.items() if len(v)
+    }
+
+
+def stage_table(stats: dict[str, dict[str, float]], order: Sequence[str]) -> str:
+    keys = list(next(iter(stats.values())).keys()) if stats else []
+    return table(["stage"] + [f"{k} ms" for k in keys], [[s] + [stats[s][k] for k in keys] for s in order if s in stats])

@@ -1,0 +1,98 @@
+"""``edgerun verify``: check a bundle before deploying it.
+
+Runs the front half on the native engine and on onnxruntime, and the split
+(front then back) against the whole model, on the bundle's sample inputs.
+Needs no torch and no broker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgerun.bundle import Bundle
+
+# Named tolerances: |a - b| <= ATOL + RTOL * max|reference| over the whole output.
+# The native engine sums in a different order than onnxruntime (its own GEMM
+# blocking), so fp32 rounding differs by a few ulps per accumulation.
+NATIVE_VS_ORT_ATOL = 1e-4
+NATIVE_VS_ORT_RTOL = 1e-4
+# Split vs whole runs the same onnxruntime kernels; only graph-level fusions
+# across the cut may change.
+SPLIT_VS_WHOLE_ATOL = 1e-5
+SPLIT_VS_WHOLE_RTOL = 1e-5
+
+
+@dataclass
+class VerifyReport:
+    ok: bool
+    native_vs_ort_max_abs: float | None
+    native_vs_ort_limit: float | None
+    split_vs_whole_max_abs: float
+    split_vs_whole_limit: float
+    native_split_vs_whole_max_abs: float | None
+    top1_agreement: float
+    samples: int
+    native: str
+    messages: list[str]
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _limit(ref: np.ndarray, atol: float, rtol: float) -> float:
+    return atol + rtol * float(np.max(np.abs(ref))) if ref.size else atol
+
+
+def verify(bundle: Bundle | str, *, threads: int = 1) -> VerifyReport:
+    """Compare native vs onnxruntime and split vs whole on the bundle's samples.
+
+    Args:
+        bundle: a Bundle or a path to one.
+        threads: threads for both engines (same count, fair comparison).
+
+    Returns:
+        A VerifyReport; ``ok`` is False when a difference exceeds its tolerance
+        or the native engine cannot run the front half.
+
+    Raises:
+        BundleError: the bundle cannot be loaded.
+    """
+    from edgerun.engine import make_engine
+
+    b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    x = np.load(b.file("samples.npz"))["inputs"].astype(np.float32)
+    msgs: list[str] = []
+    ort_front = make_engine("ort", onnx_path=b.file("front.onnx"), threads=threads)
+    back = make_engine("ort", onnx_path=b.file("back.onnx"), threads=threads)
+    whole = make_engine("ort", onnx_path=b.file("whole.onnx"), threads=threads)
+    in_name = b.inputs[0].name
+    ref = whole.run({in_name: x})[b.outputs[0].name]
+    mid_ort = ort_front.run({in_name: x})
+    split_out = back.run(mid_ort)[b.outputs[0].name]
+    split_err = float(np.max(np.abs(split_out - ref)))
+    split_lim = _limit(ref, SPLIT_VS_WHOLE_ATOL, SPLIT_VS_WHOLE_RTOL)
+    ok = split_err <= split_lim
+    if not ok:
+        msgs.append(f"split vs whole differs by {split_err:.3g} > {split_lim:.3g}: re-export the bundle")
+    nat_err = nat_lim = nat_split = None
+    native_state = "skipped"
+    if b.native_ok:
+        native = make_engine("native", erg_path=b.file("front.erg"), threads=threads, max_batch=len(x))
+        mid_nat = native.run({in_name: x})
+        nat_err, nat_lim = 0.0, 0.0
+        for t in b.cut:
+            nat_err = max(nat_err, float(np.max(np.abs(mid_nat[t.name] - mid_ort[t.name]))))
+            nat_lim = max(nat_lim, _limit(mid_ort[t.name], NATIVE_VS_ORT_ATOL, NATIVE_VS_ORT_RTOL))
+        nat_split = float(np.max(np.abs(back.run(mid_nat)[b.outputs[0].name] - ref)))
+        native_state = "ok" if nat_err <= nat_lim else "mismatch"
+        if nat_err > nat_lim:
+            ok = False
+            msgs.append(f"native engine differs from onnxruntime by {nat_err:.3g} > {nat_lim:.3g}: report this bug")
+    else:
+        ok = False
+        native_state = "unsupported"
+        msgs.append(f"the native engine cannot run this front half ({b.native_reason}); use --engine ort")
+    agree = float(np.mean(split_out.argmax(-1) == ref.argmax(-1)))
+    return VerifyReport(ok, nat_err, nat_lim, split_err, split_lim, nat_split, agree, int(len(x)), native_state, msgs)

@@ -1,0 +1,183 @@
+"""Stage 2 of export: the valid cut points of a (DAG) ONNX graph and their cost.
+
+A cut after position ``i`` of the topological order is *valid* when the
+non-constant tensors produced at or before ``i`` and still needed after it
+(the "crossing set") are few (``max_tensors``, 1 by default) and do not
+include the raw model input. With residual blocks the graph is a DAG, not a
+chain: inside a block the skip tensor is live next to the main path, so a
+single-tensor cut only exists at block boundaries. A tensor that every path
+from input to output passes through (a separator) is always found this way:
+any non-constant node ordered after it must depend on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from edgerun.errors import ExportError
+from edgerun.exporters.trace import module_scopes
+
+_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.INT64: 8}
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One valid cut: what crosses it, and what each side costs (batch 1)."""
+
+    index: int                      # position in the list of valid cuts
+    after_node: int                 # the cut lies after this node of the topological order
+    label: str                      # readable name (module path the crossing tensor leaves)
+    tensors: tuple[str, ...]        # names of the crossing tensors
+    shapes: tuple[tuple[int, ...], ...]  # their shapes at batch 1
+    crossing_bytes: int             # fp32 bytes per sample that cross
+    front_macs: int
+    back_macs: int
+
+    @property
+    def front_fraction(self) -> float:
+        total = self.front_macs + self.back_macs
+        return self.front_macs / total if total else 0.0
+
+
+def shapes_of(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
+    """Shape of every tensor at batch 1 (symbolic dims read as 1)."""
+    out: dict[str, tuple[int, ...]] = {}
+    vis = list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)
+    for vi in vis:
+        dims = vi.type.tensor_type.shape.dim
+        out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else 1 for d in dims)
+    for init in model.graph.initializer:
+        out[init.name] = tuple(init.dims)
+    return out
+
+
+def node_macs(node: onnx.NodeProto, shapes: dict[str, tuple[int, ...]]) -> int:
+    """Multiply-accumulates of one node at batch 1 (elementwise ops count one per output value)."""
+    out = shapes.get(node.output[0]) if node.output else None
+    n_out = int(np.prod(out)) if out else 0
+    if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in shapes:
+        w = shapes[node.input[1]]  # (M, C/group, kh, kw)
+        return n_out * int(np.prod(w[1:]))
+    if node.op_type in ("Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in shapes:
+        a = shapes.get(node.input[0], ())
+        k = a[-1] if a else 1
+        if node.op_type == "Gemm" and any(at.name == "transA" and at.i for at in node.attribute):
+            k = a[0]
+        return n_out * int(k)
+    return n_out
+
+
+def constant_tensors(model: onnx.ModelProto) -> set[str]:
+    """Initializers and every tensor computed from constants only."""
+    const = {i.name for i in model.graph.initializer} | {""}
+    for node in model.graph.node:
+        if all(i in const for i in node.input):
+            const.update(node.output)
+    return const
+
+
+def find_cuts(model: onnx.ModelProto, *, max_tensors: int = 1) -> list[Cut]:
+    """All valid cuts of ``model`` in topological order.
+
+    Args:
+        model: a traced model (see ``trace.to_onnx``), shapes inferred.
+        max_tensors: most tensors allowed to cross a cut (1 = single-tensor cuts).
+
+    Returns:
+        The valid cuts, shallowest first; each with a unique label.
+
+    Raises:
+        ExportError: ``max_tensors`` < 1.
+    """
+    if max_tensors < 1:
+        raise ExportError(f"max_tensors must be >= 1, got {max_tensors}")
+    g = model.graph
+    nodes = list(g.node)
+    shapes = shapes_of(model)
+    const = constant_tensors(model)
+    inputs = {i.name for i in g.input}
+    outputs = {o.name for o in g.output}
+    last_use = _last_use(nodes, outputs)
+    macs = [0 if all(i in const for i in n.input) else node_macs(n, shapes) for n in nodes]
+    total = sum(macs)
+    cuts: list[Cut] = []
+    live: dict[str, int] = {name: -1 for name in inputs}
+    prefix = 0
+    for i, node in enumerate(nodes[:-1]):
+        prefix += macs[i]
+        for out in node.output:
+            if out not in const:
+                live[out] = i
+        for name in [t for t, _ in live.items() if last_use.get(t, -1) <= i]:
+            del live[name]
+        crossing = tuple(live)
+        if not crossing or len(crossing) > max_tensors or inputs & set(crossing) or outputs & set(crossing):
+            continue
+        if all(macs[j] == 0 for j in range(i + 1)):
+            continue
+        tshapes = tuple(shapes.get(t, ()) for t in crossing)
+        nbytes = sum(4 * int(np.prod(s)) for s in tshapes)
+        label = _label(nodes, i, crossing)
+        cuts.append(Cut(len(cuts), i, label, crossing, tshapes, nbytes, prefix, total - prefix))
+    return _unique_labels(cuts)
+
+
+def _last_use(nodes: list[onnx.NodeProto], outputs: set[str]) -> dict[str, int]:
+    last: dict[str, int] = {}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            last[name] = i
+    for name in outputs:
+        last[name] = len(nodes)
+    return last
+
+
+def _label(nodes: list[onnx.NodeProto], i: int, crossing: tuple[str, ...]) -> str:
+    """Name a cut after the biggest torch module that ends at node ``i``.
+
+    Falls back to ``<innermost module>/<op>`` for a cut inside a module (e.g. after
+    a residual Add but before the block's last ReLU).
+    """
+    scopes, op = module_scopes(nodes[i])
+    later = {s for n in nodes[i + 1 :] for s in module_scopes(n)[0]}
+    for scope in scopes:
+        if scope not in later:
+            return scope
+    return f"{scopes[-1]}/{op}" if scopes else op
+
+
+def _unique_labels(cuts: list[Cut]) -> list[Cut]:
+    seen: dict[str, int] = {}
+    out = []
+    for c in cuts:
+        n = seen.get(c.label, 0)
+        seen[c.label] = n + 1
+        label = c.label if n == 0 else f"{c.label}#{n}"
+        out.append(Cut(c.index, c.after_node, label, c.tensors, c.shapes, c.crossing_bytes, c.front_macs, c.back_macs))
+    return out
+
+
+def resolve_cut(cuts: list[Cut], spec: str | int | None) -> Cut:
+    """Pick a cut by index, label or crossing tensor name; None -> the default cut.
+
+    The default (until the planner chooses from a device profile) is the cut with
+    the fewest crossing bytes among those that leave 20-60% of the compute on the
+    device; ties go to the deeper cut (after the activation, not before it).
+
+    Raises:
+        ExportError: no cut matches; the message lists the valid cuts.
+    """
+    if not cuts:
+        raise ExportError("this model has no valid cut point; export it whole or allow more crossing tensors")
+    if spec is None:
+        mid = [c for c in cuts if 0.2 <= c.front_fraction <= 0.6] or cuts
+        return min(mid, key=lambda c: (c.crossing_bytes, -c.index))
+    s = str(spec)
+    for c in cuts:
+        if s == c.label or s in c.tensors or (s.isdigit() and int(s) == c.index):
+            return c
+    listing = ", ".join(c.label for c in cuts[:40]) + (" ..." if len(cuts) > 40 else "")
+    raise ExportError(f"no valid cut named {s!r}. Valid cuts (see `--list-cuts`): {listing}")

@@ -1,0 +1,72 @@
+"""Resolve the MODEL argument of ``edgerun export``: ``zoo:NAME`` or ``path/to/file.py:fn``."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgerun.errors import ConfigError, ExportError
+
+
+@dataclass
+class SourceModel:
+    """A torch model ready to trace, with what evaluation needs."""
+
+    model_id: str
+    module: torch.nn.Module
+    example: torch.Tensor
+    zoo: Any = None  # the ZooModel when it comes from the zoo (gives eval/calibration data)
+
+
+def resolve_model(spec: str) -> SourceModel:
+    """Load the model named by ``spec``.
+
+    Args:
+        spec: ``zoo:digits-cnn``, ``zoo:efficientnet-lite0``, or ``path/to/file.py:fn``
+            where ``fn()`` returns ``(torch_module, example_input)``.
+
+    Raises:
+        ConfigError: the spec names nothing loadable; the message says the accepted forms.
+    """
+    if spec.startswith("zoo:"):
+        from edgerun.exporters import zoo
+
+        m = zoo.load(spec)
+        return SourceModel(m.name, m.module.eval(), m.example, m)
+    if ":" in spec:
+        path_s, fn_name = spec.rsplit(":", 1)
+        return _from_file(Path(path_s), fn_name)
+    raise ConfigError(
+        f"cannot resolve model {spec!r}: use zoo:NAME (zoo:digits-cnn, zoo:efficientnet-lite0) "
+        "or path/to/file.py:fn where fn() returns (torch_module, example_input)"
+    )
+
+
+def _from_file(path: Path, fn_name: str) -> SourceModel:
+    if not path.is_file():
+        raise ConfigError(f"model file {path} does not exist")
+    mod_name = f"edgerun_user_model_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path} is not an importable Python file")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as exc:
+        raise ConfigError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    fn = getattr(mod, fn_name, None)
+    if not callable(fn):
+        raise ConfigError(f"{path} has no function {fn_name}()")
+    got = fn()
+    if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], torch.nn.Module)):
+        raise ExportError(f"{path}:{fn_name}() must return (torch.nn.Module, example_input_tensor)")
+    module, example = got
+    if not isinstance(example, torch.Tensor):
+        raise ExportError(f"{path}:{fn_name}(): the example input must be a torch.Tensor, got {type(example).__name__}")
+    return SourceModel(path.stem, module.eval(), example)

@@ -1,0 +1,131 @@
+"""Stage 1 of export: a torch model -> one clean ONNX graph.
+
+torch's dynamo exporter (with its onnxscript optimizer) folds BatchNorm into
+the preceding Conv and zero Pad into Conv pads; we then infer every
+intermediate shape and check the graph is topologically sorted, so the cut
+finder and the converters downstream can rely on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+import onnx
+import torch
+
+from edgerun.errors import ExportError
+
+OPSET = 20
+BATCH_DIM = "batch"
+
+
+def to_onnx(
+    module: torch.nn.Module,
+    example: torch.Tensor,
+    *,
+    input_name: str = "input",
+    output_name: str = "output",
+) -> onnx.ModelProto:
+    """Trace ``module`` on ``example`` into an ONNX model with a dynamic batch dim.
+
+    Args:
+        module: the torch model (put in eval mode here).
+        example: one example input, batch first.
+        input_name / output_name: names of the graph input and output.
+
+    Returns:
+        The ONNX model, BatchNorm folded, shapes inferred for every tensor.
+
+    Raises:
+        ExportError: torch cannot export the model, or the graph is not usable.
+    """
+    module = module.eval()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    arg_name = _first_arg_name(module)
+    try:
+        with _quiet():
+            program = torch.onnx.export(
+                module,
+                (example,),
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=[input_name],
+                output_names=[output_name],
+                dynamic_shapes={arg_name: {0: batch}},
+                optimize=True,
+                verbose=False,
+            )
+    except Exception as exc:  # torch raises many types here
+        raise ExportError(
+            f"torch.onnx.export could not trace the model ({type(exc).__name__}: {str(exc)[:400]}). "
+            "edgerun exports with torch's dynamo exporter: make forward() traceable "
+            "(no data-dependent Python control flow) and return one tensor."
+        ) from exc
+    model = program.model_proto
+    if len(model.graph.output) != 1:
+        raise ExportError(f"the model has {len(model.graph.output)} outputs; edgerun expects one output tensor")
+    model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    _check_sorted(model)
+    _name_nodes(model)
+    return model
+
+
+def _first_arg_name(module: torch.nn.Module) -> str:
+    import inspect
+
+    params = list(inspect.signature(module.forward).parameters)
+    if not params:
+        raise ExportError("the model's forward() takes no argument; it must take the input tensor")
+    return params[0]
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The exporter prints progress and warnings; keep the CLI output ours."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)
+
+
+def _check_sorted(model: onnx.ModelProto) -> None:
+    g = model.graph
+    known = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
+    for node in g.node:
+        for name in node.input:
+            if name not in known:
+                raise ExportError(f"ONNX graph is not topologically sorted at node {node.name} ({name})")
+        known.update(node.output)
+
+
+def _name_nodes(model: onnx.ModelProto) -> None:
+    seen: set[str] = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op_type}_{i}"
+        seen.add(node.name)
+
+
+def module_scopes(node: onnx.NodeProto) -> tuple[list[str], str]:
+    """The torch modules a node came from, outermost first, and its aten op name.
+
+    The dynamo exporter records them in the node's ``namespace`` metadata as
+    ``": Root/blocks.3: MBConv/blocks.3._project_conv: Conv2d/conv2d: aten.conv2d"``
+    (each segment a fully qualified module name, the last one the op).
+    """
+    for prop in node.metadata_props:
+        if prop.key == "namespace":
+            parts = [seg.split(":")[0].strip() for seg in prop.value.split("/")[1:]]
+            parts = [p for p in parts if p]
+            return parts[:-1], (parts[-1] if parts else node.op_type)
+    return [], node.name

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up edgerun on a fresh Debian/Ubuntu machine: system packages, a virtual
+# environment in .venv, and the project (its C++ core is built by pip).
+#   bash scripts/setup.sh          # runtime + exporter (torch) + benchmarks
+#   bash scripts/setup.sh --test   # the same, plus the test tools
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras="export,bench"
+[[ "${1:-}" == "--test" ]] && extras="export,bench,test"
+
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+
+# mosquitto: the MQTT 5 broker the demo, tests and benchmarks start themselves.
+# g++/cmake: the native engine is compiled at install time.
+pkgs=(mosquitto python3-venv python3-dev g++ cmake)
+missing=()
+for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+# apt-get download (real photos for EfficientNet-Lite0 from opencv-doc) needs fresh package lists.
+if [[ ${#missing[@]} -gt 0 || -z "$(ls -A /var/lib/apt/lists 2>/dev/null | grep -v lock)" ]]; then
+  $SUDO apt-get update -qq
+fi
+if [[ ${#missing[@]} -gt 0 ]]; then
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The system service is not used: edgerun starts its own broker on a free port.
+$SUDO systemctl disable --now mosquitto >/dev/null 2>&1 || true
+
+PY=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+# torch is pinned in the `export` extra (an unpinned torch pulls a CUDA build).
+.venv/bin/python -m pip install -q ".[${extras}]" 2>&1 | grep -v '^WARNING: Location' || true
+.venv/bin/python -c "import edgerun._core, edgerun.exporters" || { echo "edgerun install failed" >&2; exit 1; }
+echo "edgerun is set up in .venv (extras: ${extras})" >&2
