@@ -41,6 +41,8 @@ enum class StatusCode : uint32_t {
   kFrameTooLarge = 0x0304,
   kFrameMalformed = 0x0305,
   kFrameNonFinite = 0x0306,
+  kFrameUnsupportedCodec = 0x0307,
+  kFrameWrongBundle = 0x0308,
 
   // 0x04xx: resources
   kOutOfMemory = 0x0400,
