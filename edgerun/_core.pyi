@@ -8,7 +8,55 @@ class CoreError(RuntimeError):
     """args = (code: int, message: str); mapped by edgerun.errors.from_core_error."""
 
 # ==== wire: begin ====
+WIRE_VERSION: int
+
+def encode_frame(
+    kind: int, request_id: int, seq: int, bundle_hash: bytes, meta: bytes, tensors: list[np.ndarray]
+) -> bytes:
+    """Encode a wire frame v1 with the C++ encoder. meta: compact JSON object bytes or b"".
+    Tensors: C-contiguous little-endian float32/float16/int8/uint8/int32/int64, <= 8-D, <= 16 of them."""
+
+def decode_frame(buf: bytes, max_bytes: int, expect_hash: bytes | None = None) -> dict[str, Any]:
+    """Validate and decode a frame with the C++ decoder. Keys: version, kind, flags, request_id, seq,
+    bundle_hash (bytes), meta (bytes), tensors (list of numpy copies). Raises CoreError (frame group 0x03xx)."""
+
+def crc32(data: bytes, crc: int = 0) -> int:
+    """CRC-32 as the wire format computes it (equals zlib.crc32)."""
+
+def wire_code_name(code: int) -> str:
+    """Short name of a frame status code ("bad_checksum", ...); "internal" for others."""
 # ==== wire: end ====
 
+# ==== codec: begin ====
+# ==== codec: end ====
+
 # ==== engine: begin ====
+ERG_VERSION: int
+
+def gemm_path() -> str:
+    """'avx2-fma' or 'portable': the GEMM micro-kernel chosen at run time."""
+
+class Engine:
+    """Native fp32 engine over a .erg file; allocates nothing per run."""
+
+    def __init__(self, path: str, max_batch: int = 8, threads: int = 1) -> None: ...
+    def run(self, inputs: list[np.ndarray], batch: int) -> list[np.ndarray]: ...
+    @property
+    def inputs(self) -> list[dict[str, Any]]: ...
+    @property
+    def outputs(self) -> list[dict[str, Any]]: ...
+    @property
+    def arena_bytes(self) -> int: ...
+    @property
+    def naive_bytes(self) -> int: ...
+    @property
+    def scratch_bytes(self) -> int: ...
+    @property
+    def weight_bytes(self) -> int: ...
+    @property
+    def max_batch(self) -> int: ...
+    @property
+    def threads(self) -> int: ...
+    @property
+    def num_nodes(self) -> int: ...
 # ==== engine: end ====

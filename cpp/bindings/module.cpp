@@ -6,6 +6,7 @@
 #include <pybind11/stl.h>
 
 #include "edgerun/status.h"
+#include "edgerun/wire.h"  // wire section
 
 namespace py = pybind11;
 
@@ -28,11 +29,217 @@ py::object g_core_error;
   } while (0)
 
 // ==== wire: begin ====
-void bind_wire(py::module_& m) {}
+// Maps a numpy dtype onto a wire dtype code (0 = not carried by frames).
+uint8_t wire_dtype(const py::dtype& dt) {
+  const char kind = dt.kind();
+  const auto size = dt.itemsize();
+  if (kind == 'f' && size == 4) return 1;
+  if (kind == 'f' && size == 2) return 2;
+  if (kind == 'i' && size == 1) return 3;
+  if (kind == 'u' && size == 1) return 4;
+  if (kind == 'i' && size == 4) return 5;
+  if (kind == 'i' && size == 8) return 6;
+  return 0;
+}
+
+const char* wire_numpy_dtype(uint8_t code) {
+  static const char* names[] = {"", "<f4", "<f2", "i1", "u1", "<i4", "<i8"};
+  return code <= 6 ? names[code] : "";
+}
+
+edgerun::Status wire_view(const py::array& a, size_t i, edgerun::wire::TensorView* t) {
+  using edgerun::Status;
+  using edgerun::StatusCode;
+  const std::string at = "tensor " + std::to_string(i) + ": ";
+  t->dtype = wire_dtype(a.dtype());
+  if (t->dtype == 0 || a.dtype().byteorder() == '>')
+    return Status(StatusCode::kDtypeMismatch, at + "dtype " + py::str(a.dtype()).cast<std::string>() +
+                  " cannot cross the wire; use float32, float16, int8, uint8, int32 or int64 (little-endian)");
+  if (!(a.flags() & py::array::c_style))
+    return Status(StatusCode::kInvalidArgument, at + "array is not C-contiguous; pass np.ascontiguousarray(x)");
+  if (a.ndim() > static_cast<py::ssize_t>(edgerun::wire::kMaxDims))
+    return Status(StatusCode::kShapeMismatch, at + "has " + std::to_string(a.ndim()) + " dims; frames carry at most 8");
+  t->ndim = static_cast<uint8_t>(a.ndim());
+  for (py::ssize_t k = 0; k < a.ndim(); ++k) {
+    if (static_cast<uint64_t>(a.shape(k)) > UINT32_MAX)
+      return Status(StatusCode::kShapeMismatch, at + "a dim exceeds 2**32 - 1");
+    t->dims[k] = static_cast<uint32_t>(a.shape(k));
+  }
+  t->payload = static_cast<const uint8_t*>(a.data());
+  t->payload_len = static_cast<uint64_t>(a.nbytes());
+  return Status::Ok();
+}
+
+py::bytes wire_encode(int kind, uint64_t request_id, uint32_t seq, const py::bytes& bundle_hash,
+                      const py::bytes& meta, const py::list& tensors) {
+  namespace w = edgerun::wire;
+  using edgerun::Status;
+  using edgerun::StatusCode;
+  const std::string hash = bundle_hash, meta_s = meta;
+  if (hash.size() != w::kBundleHashSize)
+    throw_status(Status(StatusCode::kInvalidArgument, "bundle_hash must be 16 bytes, got " + std::to_string(hash.size())));
+  if (kind < 0 || kind > 255) throw_status(Status(StatusCode::kInvalidArgument, "frame kind must be 1, 2 or 3"));
+  if (tensors.size() > w::kMaxTensors)
+    throw_status(Status(StatusCode::kInvalidArgument, "a frame carries at most 16 tensors"));
+  if (meta_s.size() > UINT32_MAX) throw_status(Status(StatusCode::kInvalidArgument, "meta is over 4 GiB"));
+  w::FrameHeader h;
+  h.kind = static_cast<uint8_t>(kind);
+  h.request_id = request_id;
+  h.seq = seq;
+  std::memcpy(h.bundle_hash, hash.data(), w::kBundleHashSize);
+  std::vector<py::array> keep;  // holds each array (and its data) alive while encoding
+  w::TensorView views[w::kMaxTensors];
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    keep.push_back(py::array::ensure(tensors[i]));
+    if (!keep.back()) throw_status(Status(StatusCode::kInvalidArgument, "tensor " + std::to_string(i) + " is not an array"));
+    THROW_IF_ERROR(wire_view(keep.back(), i, &views[i]));
+  }
+  const auto n = static_cast<uint32_t>(tensors.size());
+  const auto meta_len = static_cast<uint32_t>(meta_s.size());
+  const size_t size = w::encoded_size(meta_len, views, n);
+  if (size > static_cast<size_t>(PY_SSIZE_T_MAX))
+    throw_status(Status(StatusCode::kInvalidArgument, "frame would be larger than this machine can hold"));
+  PyObject* raw = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size));
+  if (raw == nullptr) throw py::error_already_set();
+  auto out = py::reinterpret_steal<py::bytes>(raw);
+  size_t written = 0;
+  auto* dst = reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(raw));
+  THROW_IF_ERROR(w::encode_into(h, reinterpret_cast<const uint8_t*>(meta_s.data()), meta_len, views, n, dst, size,
+                                &written));
+  return out;
+}
+
+py::dict wire_decode(const py::buffer& buf, uint64_t max_bytes, const py::object& expect_hash) {
+  namespace w = edgerun::wire;
+  const py::buffer_info info = buf.request();
+  if (info.ndim > 1 || (info.ndim == 1 && info.strides[0] != info.itemsize))
+    throw_status(edgerun::Status(edgerun::StatusCode::kInvalidArgument, "frame buffer must be contiguous bytes"));
+  const auto* data = static_cast<const uint8_t*>(info.ptr);
+  const size_t len = static_cast<size_t>(info.size * info.itemsize);
+  auto res = w::decode(data, len, static_cast<size_t>(std::min<uint64_t>(max_bytes, SIZE_MAX)));
+  THROW_IF_ERROR(res.status());
+  const w::DecodedFrame& f = res.value();
+  if (!expect_hash.is_none()) {
+    const std::string want = expect_hash.cast<py::bytes>();
+    if (want.size() != w::kBundleHashSize)
+      throw_status(edgerun::Status(edgerun::StatusCode::kInvalidArgument, "expect_hash must be 16 bytes"));
+    THROW_IF_ERROR(w::check_bundle(f, reinterpret_cast<const uint8_t*>(want.data())));
+  }
+  py::list arrays;
+  for (uint32_t i = 0; i < f.n_tensors; ++i) {
+    const w::TensorView& t = f.tensors[i];
+    std::vector<py::ssize_t> shape(t.dims, t.dims + t.ndim);
+    py::array a(py::dtype(wire_numpy_dtype(t.dtype)), shape);
+    if (t.payload_len > 0) std::memcpy(a.mutable_data(), t.payload, static_cast<size_t>(t.payload_len));
+    arrays.append(a);
+  }
+  py::dict d;
+  d["version"] = f.version;
+  d["kind"] = f.header.kind;
+  d["flags"] = f.header.flags;
+  d["request_id"] = f.header.request_id;
+  d["seq"] = f.header.seq;
+  d["bundle_hash"] = py::bytes(reinterpret_cast<const char*>(f.header.bundle_hash), w::kBundleHashSize);
+  d["meta"] = py::bytes(reinterpret_cast<const char*>(f.meta), f.meta_len);
+  d["tensors"] = arrays;
+  return d;
+}
+
+void bind_wire(py::module_& m) {
+  m.def("encode_frame", &wire_encode, py::arg("kind"), py::arg("request_id"), py::arg("seq"),
+        py::arg("bundle_hash"), py::arg("meta"), py::arg("tensors"),
+        "Encode a wire frame v1 with the C++ encoder (the device's path). meta: JSON object bytes or b''.");
+  m.def("decode_frame", &wire_decode, py::arg("buf"), py::arg("max_bytes"), py::arg("expect_hash") = py::none(),
+        "Decode and validate a wire frame with the C++ decoder; tensors are copies.");
+  m.def("crc32", [](const py::bytes& b, uint32_t crc) {
+          char* p = nullptr;
+          Py_ssize_t n = 0;
+          if (PyBytes_AsStringAndSize(b.ptr(), &p, &n) != 0) throw py::error_already_set();
+          return edgerun::wire::crc32(reinterpret_cast<const uint8_t*>(p), static_cast<size_t>(n), crc);
+        }, py::arg("data"), py::arg("crc") = 0, "CRC-32 as the wire format computes it (== zlib.crc32).");
+  m.def("wire_code_name", [](uint32_t code) { return std::string(edgerun::wire::code_name(static_cast<edgerun::StatusCode>(code))); },
+        py::arg("code"), "Short name ('bad_checksum', ...) of a frame status code.");
+  m.attr("WIRE_VERSION") = edgerun::wire::kVersion;
+}
 // ==== wire: end ====
 
+// ==== codec: begin ====
+void bind_codec(py::module_& m) {}
+// ==== codec: end ====
+
 // ==== engine: begin ====
-void bind_engine(py::module_& m) {}
+}  // namespace
+#include <cstring>
+
+#include "edgerun/engine.h"
+namespace {
+
+py::dict tensor_dict(const edgerun::TensorInfo& t) {
+  py::list dims;
+  for (uint32_t d = 0; d < t.ndim; ++d) dims.append(t.dims[d]);
+  py::dict out;
+  out["name"] = t.name;
+  out["shape"] = py::tuple(dims);
+  return out;
+}
+
+// Runs the engine on C-contiguous float32 arrays; returns copies of the outputs
+// (the engine's own output buffers are reused by the next run).
+py::list engine_run(edgerun::Engine& e, const std::vector<py::array>& arrays, int32_t batch) {
+  std::vector<py::array_t<float, py::array::c_style | py::array::forcecast>> held;
+  std::vector<std::vector<int64_t>> dims(arrays.size());
+  std::vector<edgerun::InputView> views(arrays.size());
+  for (size_t i = 0; i < arrays.size(); ++i) {
+    held.emplace_back(py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(arrays[i]));
+    if (!held.back()) throw py::type_error("engine inputs must be convertible to float32 arrays");
+    for (py::ssize_t d = 0; d < held.back().ndim(); ++d) dims[i].push_back(held.back().shape(d));
+    views[i] = {held.back().data(), dims[i].data(), uint32_t(dims[i].size())};
+  }
+  edgerun::Status st;
+  {
+    py::gil_scoped_release nogil;
+    st = e.run(views.data(), views.size(), batch);
+  }
+  THROW_IF_ERROR(st);
+  py::list outs;
+  for (size_t i = 0; i < e.num_outputs(); ++i) {
+    std::vector<int64_t> shape = e.output_shape(i, batch);
+    py::array_t<float> a(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+    std::memcpy(a.mutable_data(), e.output_data(i), sizeof(float) * size_t(a.size()));
+    outs.append(a);
+  }
+  return outs;
+}
+
+void bind_engine(py::module_& m) {
+  m.attr("ERG_VERSION") = edgerun::kErgVersion;
+  m.def("gemm_path", &edgerun::kernels::gemm_path, "Which GEMM micro-kernel runs here.");
+  py::class_<edgerun::Engine, std::unique_ptr<edgerun::Engine>>(m, "Engine")
+      .def(py::init([](const std::string& path, int32_t max_batch, int32_t threads) {
+             auto r = edgerun::Engine::load(path, max_batch, threads);
+             if (!r.ok()) throw_status(r.status());
+             return r.take();
+           }),
+           py::arg("path"), py::arg("max_batch") = 8, py::arg("threads") = 1)
+      .def("run", &engine_run, py::arg("inputs"), py::arg("batch"))
+      .def_property_readonly("inputs", [](const edgerun::Engine& e) {
+        py::list l;
+        for (size_t i = 0; i < e.num_inputs(); ++i) l.append(tensor_dict(e.input_info(i)));
+        return l;
+      })
+      .def_property_readonly("outputs", [](const edgerun::Engine& e) {
+        py::list l;
+        for (size_t i = 0; i < e.num_outputs(); ++i) l.append(tensor_dict(e.output_info(i)));
+        return l;
+      })
+      .def_property_readonly("arena_bytes", &edgerun::Engine::arena_bytes)
+      .def_property_readonly("naive_bytes", &edgerun::Engine::naive_bytes)
+      .def_property_readonly("scratch_bytes", &edgerun::Engine::scratch_bytes)
+      .def_property_readonly("weight_bytes", &edgerun::Engine::weight_bytes)
+      .def_property_readonly("max_batch", &edgerun::Engine::max_batch)
+      .def_property_readonly("threads", &edgerun::Engine::threads)
+      .def_property_readonly("num_nodes", &edgerun::Engine::num_nodes);
+}
 // ==== engine: end ====
 
 }  // namespace
@@ -43,5 +250,6 @@ PYBIND11_MODULE(_core, m) {
       PyErr_NewException("edgerun._core.CoreError", PyExc_RuntimeError, nullptr));
   m.attr("CoreError") = g_core_error;
   bind_wire(m);
+  bind_codec(m);
   bind_engine(m);
 }

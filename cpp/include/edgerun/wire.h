@@ -35,9 +35,7 @@ enum class Kind : uint8_t { kRequest = 1, kReply = 2, kError = 3 };
 enum class DType : uint8_t { kFloat32 = 1, kFloat16 = 2, kInt8 = 3, kUInt8 = 4, kInt32 = 5, kInt64 = 6 };
 enum class Codec : uint8_t { kRaw = 0 };
 
-// Frame status codes that status.h does not have yet. They live in the frame
-// group (0x03xx) so edgerun.errors maps them to FrameError.
-// TODO(lead): move into StatusCode as kFrameUnsupportedCodec / kFrameWrongBundle.
+// Short aliases for the frame-group status codes used by the decoder.
 inline constexpr StatusCode kUnsupportedCodec = StatusCode::kFrameUnsupportedCodec;
 inline constexpr StatusCode kWrongBundle      = StatusCode::kFrameWrongBundle;
 
