@@ -28,6 +28,14 @@ def wire_code_name(code: int) -> str:
 # ==== wire: end ====
 
 # ==== codec: begin ====
+CODEC_TSQ: int
+TSQ_VERSION: int
+
+def tsq_encode(x: np.ndarray, params: bytes) -> bytes:
+    """Encode a float32 activation with the tsq codec; params = TSQParams.to_bytes()."""
+
+def tsq_decode(payload: bytes, shape: list[int], params: bytes) -> np.ndarray:
+    """Decode a tsq payload (validated) into a float32 array of ``shape``."""
 # ==== codec: end ====
 
 # ==== engine: begin ====

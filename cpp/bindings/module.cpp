@@ -164,7 +164,61 @@ void bind_wire(py::module_& m) {
 // ==== wire: end ====
 
 // ==== codec: begin ====
-void bind_codec(py::module_& m) {}
+}  // namespace
+#include "edgerun/codec.h"
+namespace {
+
+edgerun::codec::TsqParams codec_params(const py::bytes& params) {
+  const std::string s = params;
+  auto r = edgerun::codec::tsq_parse_params(reinterpret_cast<const uint8_t*>(s.data()), s.size());
+  if (!r.ok()) throw_status(r.status());
+  return r.value();
+}
+
+std::vector<uint32_t> codec_dims(const std::vector<int64_t>& shape) {
+  std::vector<uint32_t> dims;
+  for (int64_t d : shape) {
+    if (d < 0 || d > UINT32_MAX)
+      throw_status(edgerun::Status(edgerun::StatusCode::kShapeMismatch, "tsq shape has a dim outside 0..2**32-1"));
+    dims.push_back(static_cast<uint32_t>(d));
+  }
+  return dims;
+}
+
+py::bytes codec_encode(const py::array_t<float, py::array::c_style | py::array::forcecast>& x, const py::bytes& params) {
+  const auto p = codec_params(params);
+  std::vector<int64_t> shape(x.shape(), x.shape() + x.ndim());
+  const auto dims = codec_dims(shape);
+  std::vector<uint8_t> out;
+  edgerun::Status st;
+  {
+    py::gil_scoped_release nogil;
+    st = edgerun::codec::tsq_encode(x.data(), dims.data(), static_cast<uint32_t>(dims.size()), p, &out);
+  }
+  THROW_IF_ERROR(st);
+  return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+}
+
+py::array_t<float> codec_decode(const py::bytes& payload, const std::vector<int64_t>& shape, const py::bytes& params) {
+  const auto p = codec_params(params);
+  const auto dims = codec_dims(shape);
+  if (dims.empty() || dims.size() > edgerun::codec::kMaxDims)
+    throw_status(edgerun::Status(edgerun::StatusCode::kShapeMismatch, "tsq decodes tensors of 1..8 dims"));
+  py::array_t<float> out(std::vector<py::ssize_t>(shape.begin(), shape.end()));
+  const std::string s = payload;
+  THROW_IF_ERROR(edgerun::codec::tsq_decode(reinterpret_cast<const uint8_t*>(s.data()), s.size(), dims.data(),
+                                            static_cast<uint32_t>(dims.size()), p, out.mutable_data()));
+  return out;
+}
+
+void bind_codec(py::module_& m) {
+  m.def("tsq_encode", &codec_encode, py::arg("x"), py::arg("params"),
+        "Encode a float32 activation with the tsq codec (C++ encoder). params: TSQParams.to_bytes().");
+  m.def("tsq_decode", &codec_decode, py::arg("payload"), py::arg("shape"), py::arg("params"),
+        "Decode a tsq payload with the C++ decoder (validates every length, code and index).");
+  m.attr("CODEC_TSQ") = edgerun::codec::kCodecTsq;
+  m.attr("TSQ_VERSION") = edgerun::codec::kTsqVersion;
+}
 // ==== codec: end ====
 
 // ==== engine: begin ====

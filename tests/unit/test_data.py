@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import os
+
 import pytest
 
 from edgerun.errors import ConfigError, UserError
@@ -20,6 +22,8 @@ def photos_available() -> None:
     try:
         data.photos_dir()
     except UserError as exc:  # no opencv-doc and no way to fetch it here
+        if os.environ.get("CI"):  # CI installs what it needs: a missing photo set is a failure there
+            raise
         pytest.skip(f"opencv-doc photos unavailable: {exc}")
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import os
+
 import pytest
 import torch
 
@@ -27,6 +29,8 @@ def effnet() -> zoo.ZooModel:
     try:
         return zoo.load("efficientnet-lite0")
     except UserError as exc:  # photos not installable on this machine
+        if os.environ.get("CI"):  # CI installs what it needs: a missing photo set is a failure there
+            raise
         pytest.skip(f"efficientnet-lite0 data unavailable: {exc}")
 
 
