@@ -1,0 +1,139 @@
+"""Native engine vs onnxruntime on the same fp32 front halves, at the same thread count.
+
+Front halves: digits-cnn after its first residual block and before pooling;
+EfficientNet-Lite0 after MBConv block 3 and block 7. Prints a table and writes
+``engine.json`` (+ ``engine.png``) under ``--out``.
+
+Run:  python benchmarks/bench_engine.py --runs 50 --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.utils
+
+from edgerun.engine import NativeEngine, OrtEngine
+from edgerun.exporters import erg
+from edgerun.exporters.pipeline import trace_model
+
+# (model spec, cut label, module scope whose last tensor is the cut, or an op whose input is)
+CUTS = [
+    ("zoo:digits-cnn", "after block1", "block1", None),
+    ("zoo:digits-cnn", "before pool", None, "MaxPool"),
+    ("zoo:efficientnet-lite0", "after block 3", "blocks.3", None),
+    ("zoo:efficientnet-lite0", "after block 7", "blocks.7", None),
+]
+
+
+def _scopes(node: onnx.NodeProto) -> str:
+    return " ".join(p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes")
+
+
+def cut_tensor(model: onnx.ModelProto, scope: str | None, before_op: str | None) -> str:
+    """The tensor ending module ``scope`` (last node in it), or the input of the first ``before_op``."""
+    if before_op is not None:
+        return next(n.input[0] for n in model.graph.node if n.op_type == before_op)
+    hits = [n for n in model.graph.node if f"'{scope}'" in _scopes(n)]
+    if not hits:
+        raise SystemExit(f"no node in scope {scope!r}; the zoo model changed")
+    return hits[-1].output[0]
+
+
+def median_ms(fn, x: np.ndarray, runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        fn(x)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def bench_cut(traced, label: str, tensor: str, tmp: Path, threads_list, runs: int, warmup: int) -> list[dict]:
+    full = tmp / "full.onnx"
+    onnx.save(traced.model, full)
+    front_onnx, front_erg = tmp / f"front_{tensor}.onnx", tmp / f"front_{tensor}.erg"
+    inp = traced.model.graph.input[0].name
+    onnx.utils.extract_model(str(full), str(front_onnx), [inp], [tensor])
+    front = onnx.shape_inference.infer_shapes(onnx.load(front_onnx))
+    info = erg.write_erg(front, front_erg)
+    x = traced.source.example.numpy().astype(np.float32)
+    rows = []
+    for th in threads_list:
+        native = NativeEngine(front_erg, max_batch=1, threads=th)
+        ort = OrtEngine(front_onnx, threads=th)
+        ref, got = ort.run(x), native.run(x)
+        err = max(float(np.abs(ref[k] - got[k]).max() / max(np.abs(ref[k]).max(), 1e-6)) for k in ref)
+        n_ms = median_ms(native.run, x, runs, warmup)
+        o_ms = median_ms(ort.run, x, runs, warmup)
+        rows.append({"model": traced.source.model_id, "cut": label, "tensor": tensor, "threads": th,
+                     "native_ms": round(n_ms, 4), "ort_ms": round(o_ms, 4),
+                     "ratio_native_over_ort": round(n_ms / o_ms, 3), "max_rel_err": err,
+                     "nodes": info["nodes"], "arena_bytes": native.arena_bytes,
+                     "weight_bytes": native.weight_bytes})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = ap.parse_args()
+    from edgerun import _core
+
+    rows, traced_cache = [], {}
+    with tempfile.TemporaryDirectory() as d:
+        for spec, label, scope, before in CUTS:
+            if spec not in traced_cache:
+                traced_cache[spec] = trace_model(spec)
+            traced = traced_cache[spec]
+            tensor = cut_tensor(traced.model, scope, before)
+            rows += bench_cut(traced, label, tensor, Path(d), args.threads, args.runs, args.warmup)
+    print(f"{'model':<20} {'cut':<15} {'thr':>3} {'native ms':>10} {'ort ms':>9} {'ratio':>6} {'rel err':>8}")
+    for r in rows:
+        print(f"{r['model']:<20} {r['cut']:<15} {r['threads']:>3} {r['native_ms']:>10.3f} "
+              f"{r['ort_ms']:>9.3f} {r['ratio_native_over_ort']:>6.2f} {r['max_rel_err']:>8.1e}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.machine(), "cpu_count": __import__("os").cpu_count(),
+            "gemm_path": _core.gemm_path(), "batch": 1, "runs": args.runs, "warmup": args.warmup,
+            "statistic": "median"}
+    (args.out / "engine.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    _plot(rows, args.out / "engine.png")
+    print(f"wrote {args.out / 'engine.json'}")
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    labels = [f"{r['model'].split(':')[-1]}\n{r['cut']}\nt={r['threads']}" for r in rows]
+    xs = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(8, len(rows) * 1.1), 4))
+    ax.bar(xs - 0.2, [r["native_ms"] for r in rows], 0.4, label="native")
+    ax.bar(xs + 0.2, [r["ort_ms"] for r in rows], 0.4, label="onnxruntime")
+    ax.set_xticks(xs, labels, fontsize=7)
+    ax.set_ylabel("median latency, ms (batch 1)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

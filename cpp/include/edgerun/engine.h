@@ -1,0 +1,94 @@
+// edgerun/engine.h: the native fp32 engine that runs a front half (.erg).
+//
+// load() mmaps and validates the graph, resolves every node to a kernel with
+// precomputed parameters, plans activation memory for max_batch and
+// allocates the arena and all scratch once. run() then allocates nothing.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "edgerun/graph.h"
+#include "edgerun/kernels.h"
+
+namespace edgerun {
+
+// ============================================================================
+// Run-time views
+// ============================================================================
+struct InputView {
+  const float*   data;
+  const int64_t* dims;
+  uint32_t       ndim;
+};
+
+// One resolved node: the kernel to call and its precomputed parameters.
+struct Step {
+  OpCode              op;
+  uint32_t            node;     // index into Graph::nodes()
+  kernels::ConvParams conv;     // kConv
+  kernels::PoolParams pool;     // kMaxPool / kAveragePool
+  int64_t             k = 0;    // kGemm: K;  kConcat: axis
+  int64_t             n = 0;    // kGemm: N
+  uint32_t            mask = 0; // kReduceMean: reduced axes
+  Act                 act = Act::kNone;
+  float               p0 = 0.f, p1 = 0.f;
+};
+
+struct AlignedFree {
+  void operator()(float* p) const;
+};
+using FloatBuffer = std::unique_ptr<float[], AlignedFree>;
+
+// ============================================================================
+// Engine
+// ============================================================================
+class Engine {
+ public:
+  // kFileNotFound / kFileCorrupt / kVersionUnsupported / kUnsupportedOp / kInvalidArgument.
+  static Result<std::unique_ptr<Engine>> load(const std::string& path, int32_t max_batch,
+                                              int32_t threads);
+
+  // Runs the graph; outputs stay valid until the next run. kBatchTooLarge, kShapeMismatch.
+  Status run(const InputView* inputs, size_t n_inputs, int32_t batch);
+
+  // ---- introspection -------------------------------------------------------
+  size_t              num_inputs() const { return graph_.inputs().size(); }
+  size_t              num_outputs() const { return graph_.outputs().size(); }
+  const TensorInfo&   input_info(size_t i) const { return graph_.tensors()[graph_.inputs()[i]]; }
+  const TensorInfo&   output_info(size_t i) const { return graph_.tensors()[graph_.outputs()[i]]; }
+  const float*        output_data(size_t i) const { return ptr_[graph_.outputs()[i]]; }
+  std::vector<int64_t> output_shape(size_t i, int32_t batch) const;
+
+  uint64_t arena_bytes() const { return arena_bytes_; }
+  uint64_t naive_bytes() const { return naive_bytes_; }
+  uint64_t scratch_bytes() const { return scratch_floats_ * sizeof(float); }
+  uint64_t weight_bytes() const { return graph_.weight_bytes(); }
+  int32_t  max_batch() const { return max_batch_; }
+  int32_t  threads() const { return threads_; }
+  size_t   num_nodes() const { return graph_.nodes().size(); }
+
+ private:
+  Engine() = default;
+  Status resolve();                       // nodes -> steps (validates shapes/attrs)
+  Status plan_and_allocate();             // liveness, arena, scratch, pointer table
+  Status run_step(const Step& s, int32_t batch);
+
+  Graph                     graph_;
+  int32_t                   max_batch_ = 1;
+  int32_t                   threads_ = 1;
+  std::vector<Step>         steps_;
+  std::vector<uint32_t>     root_;        // alias root per tensor (itself if not an alias)
+  std::vector<const float*> ptr_;         // data pointer per tensor (inputs set per run)
+  std::vector<const float*> concat_srcs_; // scratch pointer list for Concat
+  std::vector<int64_t>      concat_inner_;
+  FloatBuffer               arena_;
+  FloatBuffer               scratch_;
+  uint64_t                  arena_bytes_ = 0;
+  uint64_t                  naive_bytes_ = 0;
+  size_t                    scratch_floats_ = 0;
+};
+
+}  // namespace edgerun

@@ -1,0 +1,105 @@
+// edgerun/kernels.h: fp32 kernels of the native engine.
+//
+// Kernels never allocate: any scratch memory is passed in, sized at load time
+// by the matching *_scratch_floats function. Layout is NCHW, row-major.
+// `threads` == 1 runs on the calling thread only (no OpenMP team).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "edgerun/graph.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace edgerun {
+namespace kernels {
+
+// ============================================================================
+// CPU features
+// ============================================================================
+bool        has_avx2_fma();   // checked once, at run time
+inline int  thread_id() {     // index of the calling thread in its OpenMP team
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+const char* gemm_path();      // "avx2-fma" or "portable"
+
+// ============================================================================
+// GEMM: C[M,N] (+)= A[M,K] * B[K,N], row-major with leading dims
+// ============================================================================
+size_t sgemm_scratch_floats(int threads);
+void   sgemm(int64_t M, int64_t N, int64_t K,
+             const float* A, int64_t lda,
+             const float* B, int64_t ldb,
+             float* C, int64_t ldc,
+             float* scratch, int threads);
+
+// ============================================================================
+// Convolution (2-D, grouped, dilated, asymmetric pads) with fused bias + act
+// ============================================================================
+struct ConvParams {
+  int64_t cin, h, w;         // input plane
+  int64_t cout, oh, ow;      // output plane
+  int64_t kh, kw, sh, sw, dh, dw;
+  int64_t pt, pl;            // top / left pads (bottom / right follow from oh, ow)
+  int64_t group;
+  Act     act;
+  float   lo, hi;            // clip bounds when act == kClip
+};
+size_t conv2d_scratch_floats(const ConvParams& p, int threads);
+void   conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w,
+              const float* bias, float* y, float* scratch, int threads);
+
+// y[r, :] = act(y[r, :] + bias[...]): per-row bias (conv) or per-column bias (gemm).
+void bias_act_rows(float* y, int64_t rows, int64_t cols, const float* bias, Act act, float lo,
+                   float hi);
+void bias_act_cols(float* y, int64_t rows, int64_t cols, const float* bias, Act act, float lo,
+                   float hi);
+
+// ============================================================================
+// Elementwise
+// ============================================================================
+// Broadcast shapes: both operands padded to `rank` dims; stride 0 = broadcast.
+struct Broadcast {
+  int32_t rank;
+  int64_t out[kErgMaxDims];
+  int64_t sa[kErgMaxDims];
+  int64_t sb[kErgMaxDims];
+};
+// Returns false when the shapes do not broadcast to `out`.
+bool make_broadcast(const int64_t* a, int32_t ra, const int64_t* b, int32_t rb, const int64_t* out,
+                    int32_t ro, Broadcast* bc);
+void binary(OpCode op, const Broadcast& bc, const float* a, const float* b, float* y, int threads);
+// Relu, Clip(p0, p1), Sigmoid, HardSigmoid(alpha p0, beta p1), HardSwish, Silu.
+void unary(OpCode op, int64_t n, const float* x, float* y, float p0, float p1, int threads);
+// y = x * scale[c] + shift[c] over [outer, C, inner].
+void channel_affine(int64_t outer, int64_t C, int64_t inner, const float* x, const float* scale,
+                    const float* shift, float* y, int threads);
+
+// ============================================================================
+// Pooling, reduction, data movement
+// ============================================================================
+struct PoolParams {
+  int64_t h, w, oh, ow;
+  int64_t kh, kw, sh, sw, dh, dw, pt, pl, pb, pr;
+  bool    count_include_pad;
+};
+void max_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads);
+void avg_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads);
+void global_avg_pool(int64_t planes, int64_t hw, const float* x, float* y, int threads);
+// Mean over the axes set in `mask` (bit d = axis d) of a rank-`rank` tensor.
+void reduce_mean(int32_t rank, const int64_t* dims, uint32_t mask, const float* x, float* y);
+// Concatenate n parts, each [outer, inner_i], into y [outer, sum inner_i].
+void concat(int64_t outer, int32_t n, const float* const* xs, const int64_t* inner, float* y);
+// Constant pad: y has dims out = in + begin + end (end implied).
+void pad_constant(int32_t rank, const int64_t* in, const int64_t* begin, const int64_t* out,
+                  const float* x, float* y, float value);
+
+}  // namespace kernels
+}  // namespace edgerun

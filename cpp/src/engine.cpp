@@ -1,0 +1,225 @@
+// Engine: load (validate, resolve, plan, allocate once) and run (no allocation).
+#include "edgerun/engine.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "edgerun/planner.h"
+
+namespace edgerun {
+
+namespace {
+
+FloatBuffer alloc_floats(size_t n) {
+  void* p = nullptr;
+  if (posix_memalign(&p, 64, std::max<size_t>(n, 16) * sizeof(float)) != 0) return FloatBuffer();
+  return FloatBuffer(static_cast<float*>(p));
+}
+
+void dims_at(const TensorInfo& t, int64_t batch, int64_t* out) {
+  for (uint32_t d = 0; d < t.ndim; ++d) out[d] = t.dims[d] == -1 ? batch : t.dims[d];
+}
+
+std::string shape_str(const int64_t* d, uint32_t n) {
+  std::string s = "(";
+  for (uint32_t i = 0; i < n; ++i) s += (i ? ", " : "") + std::to_string(d[i]);
+  return s + (n == 1 ? ",)" : ")");
+}
+
+}  // namespace
+
+void AlignedFree::operator()(float* p) const { std::free(p); }
+
+Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, int32_t max_batch,
+                                             int32_t threads) {
+  if (max_batch < 1 || max_batch > 65536)
+    return Status(StatusCode::kInvalidArgument,
+                  "max_batch must be in 1..65536, got " + std::to_string(max_batch));
+  if (threads < 1 || threads > 256)
+    return Status(StatusCode::kInvalidArgument,
+                  "threads must be in 1..256, got " + std::to_string(threads));
+  std::unique_ptr<Engine> e(new Engine());
+  ER_ASSIGN_OR_RETURN(e->graph_, Graph::open(path));
+  e->max_batch_ = max_batch;
+#ifdef _OPENMP
+  e->threads_ = threads;
+#else
+  e->threads_ = 1;  // built without OpenMP: one thread is all there is
+#endif
+  ER_RETURN_IF_ERROR(e->resolve());
+  ER_RETURN_IF_ERROR(e->plan_and_allocate());
+  return e;
+}
+
+Status Engine::plan_and_allocate() {
+  const auto& T = graph_.tensors();
+  const int32_t n_nodes = int32_t(steps_.size());
+  // Liveness per root buffer: produced by its first writer, read until its last
+  // reader through any alias; graph outputs live to the end.
+  std::vector<int32_t> first(T.size(), -1), last(T.size(), -1);
+  for (int32_t i = 0; i < n_nodes; ++i) {
+    const NodeInfo& nd = graph_.nodes()[steps_[i].node];
+    for (uint32_t id : nd.outputs)
+      if (root_[id] == id) first[id] = last[id] = i;
+    for (uint32_t id : nd.inputs)
+      if (id != kErgNoTensor) last[root_[id]] = std::max(last[root_[id]], i);
+  }
+  for (uint32_t id : graph_.outputs()) last[root_[id]] = n_nodes;
+  std::vector<BufferUse> uses;
+  std::vector<uint32_t> owner;
+  for (uint32_t t = 0; t < T.size(); ++t) {
+    if (T[t].kind != TensorKind::kActivation || root_[t] != t || first[t] < 0) continue;
+    uses.push_back({uint64_t(T[t].numel(max_batch_)) * sizeof(float), first[t], last[t]});
+    owner.push_back(t);
+  }
+  MemoryPlan plan = plan_memory(uses, 64);
+  arena_bytes_ = plan.arena_bytes;
+  naive_bytes_ = plan.naive_bytes;
+  arena_ = alloc_floats(arena_bytes_ / sizeof(float));
+  // Scratch: the largest need of any step (steps run one at a time).
+  scratch_floats_ = 16;
+  size_t max_concat = 1;
+  for (const Step& s : steps_) {
+    if (s.op == OpCode::kConv)
+      scratch_floats_ = std::max(scratch_floats_, kernels::conv2d_scratch_floats(s.conv, threads_));
+    if (s.op == OpCode::kGemm)
+      scratch_floats_ = std::max(scratch_floats_, kernels::sgemm_scratch_floats(threads_));
+    if (s.op == OpCode::kConcat)
+      max_concat = std::max(max_concat, graph_.nodes()[s.node].inputs.size());
+  }
+  scratch_ = alloc_floats(scratch_floats_);
+  if (!arena_ || !scratch_)
+    return Status(StatusCode::kOutOfMemory,
+                  "cannot allocate the " + std::to_string(arena_bytes_) +
+                      "-byte activation arena; lower max_batch");
+  concat_srcs_.assign(max_concat, nullptr);
+  concat_inner_.assign(max_concat, 0);
+  ptr_.assign(T.size(), nullptr);
+  for (uint32_t t = 0; t < T.size(); ++t)
+    if (T[t].kind == TensorKind::kWeight) ptr_[t] = T[t].data;
+  for (size_t i = 0; i < owner.size(); ++i)
+    ptr_[owner[i]] = arena_.get() + plan.offsets[i] / sizeof(float);
+  for (uint32_t t = 0; t < T.size(); ++t) ptr_[t] = ptr_[root_[t]];
+  return Status::Ok();
+}
+
+std::vector<int64_t> Engine::output_shape(size_t i, int32_t batch) const {
+  const TensorInfo& t = output_info(i);
+  std::vector<int64_t> d(t.ndim);
+  dims_at(t, batch, d.data());
+  return d;
+}
+
+Status Engine::run(const InputView* inputs, size_t n_inputs, int32_t batch) {
+  if (batch < 1 || batch > max_batch_)
+    return Status(StatusCode::kBatchTooLarge,
+                  "batch " + std::to_string(batch) + " is outside 1..max_batch (" +
+                      std::to_string(max_batch_) + "); split the batch or load with a larger max_batch");
+  if (n_inputs != graph_.inputs().size())
+    return Status(StatusCode::kInvalidArgument,
+                  "expected " + std::to_string(graph_.inputs().size()) + " inputs, got " +
+                      std::to_string(n_inputs));
+  for (size_t i = 0; i < n_inputs; ++i) {
+    const TensorInfo& t = input_info(i);
+    int64_t want[kErgMaxDims];
+    dims_at(t, batch, want);
+    bool ok = inputs[i].data != nullptr && inputs[i].ndim == t.ndim;
+    for (uint32_t d = 0; ok && d < t.ndim; ++d) ok = inputs[i].dims[d] == want[d];
+    if (!ok)
+      return Status(StatusCode::kShapeMismatch,
+                    "input '" + t.name + "' must have shape " + shape_str(want, t.ndim) + ", got " +
+                        shape_str(inputs[i].dims, inputs[i].ndim) + "; resize or reshape it");
+    ptr_[graph_.inputs()[i]] = inputs[i].data;
+  }
+  // Aliases of inputs follow the caller's buffers (set per run, no allocation).
+  for (uint32_t t = 0; t < ptr_.size(); ++t)
+    if (root_[t] != t && graph_.tensors()[root_[t]].kind == TensorKind::kInput) ptr_[t] = ptr_[root_[t]];
+  for (const Step& s : steps_) ER_RETURN_IF_ERROR(run_step(s, batch));
+  return Status::Ok();
+}
+
+Status Engine::run_step(const Step& s, int32_t batch) {
+  const NodeInfo& nd = graph_.nodes()[s.node];
+  const auto& T = graph_.tensors();
+  auto in = [&](size_t i) { return i < nd.inputs.size() && nd.inputs[i] != kErgNoTensor ? ptr_[nd.inputs[i]] : nullptr; };
+  float* y = const_cast<float*>(ptr_[nd.outputs[0]]);  // arena memory: ours to write
+  const TensorInfo& xt = T[nd.inputs[0]];
+  const TensorInfo& yt = T[nd.outputs[0]];
+  const int th = threads_;
+  switch (s.op) {
+    case OpCode::kConv: {
+      const int64_t n = xt.dims[0] == -1 ? batch : xt.dims[0];
+      kernels::conv2d(s.conv, n, in(0), in(1), in(2), y, scratch_.get(), th);
+      break;
+    }
+    case OpCode::kGemm: {
+      const int64_t rows = xt.numel(batch) / s.k;
+      kernels::sgemm(rows, s.n, s.k, in(0), s.k, in(1), s.n, y, s.n, scratch_.get(), th);
+      kernels::bias_act_cols(y, rows, s.n, in(2), s.act, s.p0, s.p1);
+      break;
+    }
+    case OpCode::kAdd: case OpCode::kSub: case OpCode::kMul: case OpCode::kDiv: {
+      int64_t da[kErgMaxDims], db[kErgMaxDims], dy[kErgMaxDims];
+      const TensorInfo& bt = T[nd.inputs[1]];
+      dims_at(xt, batch, da);
+      dims_at(bt, batch, db);
+      dims_at(yt, batch, dy);
+      kernels::Broadcast bc;
+      ER_ASSERT(kernels::make_broadcast(da, int32_t(xt.ndim), db, int32_t(bt.ndim), dy, int32_t(yt.ndim), &bc));
+      kernels::binary(s.op, bc, in(0), in(1), y, th);
+      break;
+    }
+    case OpCode::kRelu: case OpCode::kClip: case OpCode::kSigmoid: case OpCode::kHardSigmoid:
+    case OpCode::kHardSwish: case OpCode::kSilu:
+      kernels::unary(s.op, xt.numel(batch), in(0), y, s.p0, s.p1, th);
+      break;
+    case OpCode::kMaxPool: case OpCode::kAveragePool: {
+      const int64_t planes = xt.numel(batch) / (s.pool.h * s.pool.w);
+      if (s.op == OpCode::kMaxPool) kernels::max_pool(s.pool, planes, in(0), y, th);
+      else kernels::avg_pool(s.pool, planes, in(0), y, th);
+      break;
+    }
+    case OpCode::kGlobalAveragePool:
+    case OpCode::kReduceMean: {
+      int64_t dx[kErgMaxDims];
+      dims_at(xt, batch, dx);
+      if (s.mask == ((1u << xt.ndim) - 1u) - 3u && xt.ndim >= 3) {  // all spatial axes
+        kernels::global_avg_pool(dx[0] * dx[1], xt.numel(batch) / (dx[0] * dx[1]), in(0), y, th);
+      } else {
+        kernels::reduce_mean(int32_t(xt.ndim), dx, s.mask, in(0), y);
+      }
+      break;
+    }
+    case OpCode::kConcat: {
+      int64_t dy[kErgMaxDims];
+      dims_at(yt, batch, dy);
+      int64_t outer = 1, after = 1;
+      for (int64_t d = 0; d < s.k; ++d) outer *= dy[d];
+      for (uint32_t d = uint32_t(s.k) + 1; d < yt.ndim; ++d) after *= dy[d];
+      for (size_t i = 0; i < nd.inputs.size(); ++i) {
+        concat_srcs_[i] = in(i);
+        concat_inner_[i] = T[nd.inputs[i]].dims[s.k] * after;
+      }
+      kernels::concat(outer, int32_t(nd.inputs.size()), concat_srcs_.data(), concat_inner_.data(), y);
+      break;
+    }
+    case OpCode::kReshape:
+      break;  // zero-copy alias, resolved at load
+    case OpCode::kChannelAffine: {
+      const int64_t n = xt.dims[0] == -1 ? batch : xt.dims[0], C = xt.dims[1];
+      kernels::channel_affine(n, C, xt.numel(batch) / (n * C), in(0), in(1), in(2), y, th);
+      break;
+    }
+    case OpCode::kPad: {
+      int64_t dx[kErgMaxDims], dy[kErgMaxDims];
+      dims_at(xt, batch, dx);
+      dims_at(yt, batch, dy);
+      kernels::pad_constant(int32_t(xt.ndim), dx, nd.iattr, dy, in(0), y, s.p0);
+      break;
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace edgerun

@@ -1,0 +1,242 @@
+// Engine::resolve: turns each node of a validated graph into a Step, checking
+// that its inputs, attributes and shapes are ones the kernels can run safely.
+// A shape that does not add up is kFileCorrupt; a valid ONNX feature the
+// kernels lack is kUnsupportedOp (naming op and node).
+#include <cmath>
+
+#include "edgerun/engine.h"
+
+namespace edgerun {
+
+namespace {
+
+struct Ctx {
+  const Graph& g;
+  const NodeInfo& nd;
+
+  const TensorInfo& t(uint32_t id) const { return g.tensors()[id]; }
+  const TensorInfo& in(size_t i) const { return t(nd.inputs[i]); }
+  const TensorInfo& out(size_t i = 0) const { return t(nd.outputs[i]); }
+  bool has(size_t i) const { return i < nd.inputs.size() && nd.inputs[i] != kErgNoTensor; }
+
+  std::string where() const {
+    return std::string(op_name(nd.op)) + " node '" + nd.name + "'";
+  }
+  Status bad(const std::string& why) const {
+    return Status(StatusCode::kFileCorrupt, "engine graph file is corrupt: " + where() + ": " + why +
+                                                "; re-create it with the exporter");
+  }
+  Status unsupported(const std::string& why) const {
+    return Status(StatusCode::kUnsupportedOp,
+                  "the native engine cannot run " + where() + ": " + why +
+                      "; run this front half on onnxruntime with --engine ort");
+  }
+  Status arity(size_t min_in, size_t max_in, size_t n_out) const {
+    if (nd.inputs.size() < min_in || nd.inputs.size() > max_in || nd.outputs.size() != n_out)
+      return bad("wrong number of inputs or outputs");
+    for (size_t i = 0; i < min_in; ++i)
+      if (nd.inputs[i] == kErgNoTensor) return bad("a required input is absent");
+    return Status::Ok();
+  }
+  // Same batch-ness of dim 0 between a data input and the output.
+  bool same_batch(const TensorInfo& a, const TensorInfo& b) const {
+    return a.ndim > 0 && b.ndim > 0 && a.dims[0] == b.dims[0];
+  }
+};
+
+Status act_from(const Ctx& c, int64_t code, Act* act) {
+  if (code < 0 || code > int64_t(Act::kClip)) return c.unsupported("unknown fused activation code");
+  *act = Act(code);
+  return Status::Ok();
+}
+
+Status resolve_conv(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(2, 3, 1));
+  const TensorInfo &x = c.in(0), &w = c.in(1), &y = c.out();
+  if (x.ndim != 4 || y.ndim != 4 || w.ndim != 4)
+    return c.unsupported("only 2-D convolution on NCHW tensors is supported");
+  if (w.kind != TensorKind::kWeight) return c.unsupported("the weight must be a constant");
+  if (!c.same_batch(x, y)) return c.bad("input and output batch dims differ");
+  const int64_t* a = c.nd.iattr;
+  kernels::ConvParams& p = s->conv;
+  p = {x.dims[1], x.dims[2], x.dims[3], y.dims[1], y.dims[2], y.dims[3], w.dims[2], w.dims[3],
+       a[0], a[1], a[2], a[3], a[4], a[5], a[8], Act::kNone, c.nd.fattr[0], c.nd.fattr[1]};
+  ER_RETURN_IF_ERROR(act_from(c, a[9], &p.act));
+  if (p.sh < 1 || p.sw < 1 || p.dh < 1 || p.dw < 1 || p.pt < 0 || p.pl < 0 || a[6] < 0 || a[7] < 0)
+    return c.bad("strides/dilations must be >= 1 and pads >= 0");
+  if (p.group < 1 || p.cin % p.group || p.cout % p.group || w.dims[0] != p.cout ||
+      w.dims[1] != p.cin / p.group)
+    return c.bad("weight shape does not match channels and group");
+  if (p.oh != (p.h + p.pt + a[6] - p.dh * (p.kh - 1) - 1) / p.sh + 1 ||
+      p.ow != (p.w + p.pl + a[7] - p.dw * (p.kw - 1) - 1) / p.sw + 1)
+    return c.bad("output spatial size does not follow from input, kernel, stride and pads");
+  if (c.has(2) && (c.in(2).kind != TensorKind::kWeight || c.in(2).numel(1) != p.cout))
+    return c.bad("bias must be a constant of cout elements");
+  return Status::Ok();
+}
+
+Status resolve_gemm(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(2, 3, 1));
+  const TensorInfo &a = c.in(0), &b = c.in(1), &y = c.out();
+  if (b.kind != TensorKind::kWeight || b.ndim != 2) return c.unsupported("B must be a 2-D constant");
+  s->k = b.dims[0];
+  s->n = b.dims[1];
+  if (a.ndim < 1 || a.dims[a.ndim - 1] != s->k || y.dims[y.ndim - 1] != s->n)
+    return c.bad("inner dims of A and B or the output width do not match");
+  for (int64_t bt : {1, 2})
+    if (a.numel(bt) / s->k * s->n != y.numel(bt)) return c.bad("output rows do not match input rows");
+  if (c.has(2) && (c.in(2).kind != TensorKind::kWeight || c.in(2).numel(1) != s->n))
+    return c.bad("bias must be a constant of N elements");
+  s->p0 = c.nd.fattr[0];
+  s->p1 = c.nd.fattr[1];
+  return act_from(c, c.nd.iattr[0], &s->act);
+}
+
+Status resolve_binary(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(2, 2, 1));
+  for (int64_t bt : {1, 2}) {
+    int64_t da[kErgMaxDims], db[kErgMaxDims], dy[kErgMaxDims];
+    for (uint32_t d = 0; d < kErgMaxDims; ++d) {
+      da[d] = c.in(0).dims[d] == -1 ? bt : c.in(0).dims[d];
+      db[d] = c.in(1).dims[d] == -1 ? bt : c.in(1).dims[d];
+      dy[d] = c.out().dims[d] == -1 ? bt : c.out().dims[d];
+    }
+    kernels::Broadcast bc;
+    if (!kernels::make_broadcast(da, int32_t(c.in(0).ndim), db, int32_t(c.in(1).ndim), dy,
+                                 int32_t(c.out().ndim), &bc))
+      return c.bad("input shapes do not broadcast to the output shape");
+  }
+  return Status::Ok();
+}
+
+Status resolve_unary(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
+  for (int64_t bt : {1, 2})
+    if (c.in(0).numel(bt) != c.out().numel(bt)) return c.bad("input and output sizes differ");
+  s->p0 = c.nd.fattr[0];
+  s->p1 = c.nd.fattr[1];
+  return Status::Ok();
+}
+
+Status resolve_pool(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
+  const TensorInfo &x = c.in(0), &y = c.out();
+  if (x.ndim != 4 || y.ndim != 4) return c.unsupported("only 2-D pooling on NCHW is supported");
+  if (!c.same_batch(x, y) || x.dims[1] != y.dims[1]) return c.bad("batch or channels differ");
+  const int64_t* a = c.nd.iattr;
+  s->pool = {x.dims[2], x.dims[3], y.dims[2], y.dims[3], a[0], a[1], a[2], a[3], a[4],
+             a[5], a[6], a[7], a[8], a[9], a[10] != 0};
+  for (int k = 0; k < 6; ++k)
+    if (a[k] < 1) return c.bad("kernel, strides and dilations must be >= 1");
+  return Status::Ok();
+}
+
+Status resolve_reduce(const Ctx& c, Step* s, int64_t mask) {
+  ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
+  const TensorInfo &x = c.in(0), &y = c.out();
+  if (mask <= 0 || mask >= (int64_t(1) << x.ndim)) return c.bad("reduced axes out of range");
+  if ((mask & 1) && x.dims[0] == -1) return c.unsupported("reducing over the batch dim");
+  s->mask = uint32_t(mask);
+  int64_t red = 1;
+  for (uint32_t d = 0; d < x.ndim; ++d)
+    if ((mask >> d) & 1) red *= x.dims[d];
+  for (int64_t bt : {1, 2})
+    if (x.numel(bt) != y.numel(bt) * red) return c.bad("output size does not match the reduction");
+  return Status::Ok();
+}
+
+Status resolve_concat(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(1, 64, 1));
+  const TensorInfo& y = c.out();
+  const int64_t axis = c.nd.iattr[0];
+  if (axis < 0 || axis >= int64_t(y.ndim)) return c.bad("axis out of range");
+  if (axis == 0 && y.dims[0] == -1) return c.unsupported("concatenation along the batch dim");
+  int64_t sum = 0;
+  for (size_t i = 0; i < c.nd.inputs.size(); ++i) {
+    if (!c.has(i)) return c.bad("an input is absent");
+    const TensorInfo& x = c.in(i);
+    if (x.ndim != y.ndim) return c.bad("inputs differ in rank from the output");
+    for (uint32_t d = 0; d < y.ndim; ++d)
+      if (int64_t(d) != axis && x.dims[d] != y.dims[d]) return c.bad("inputs differ off the axis");
+    sum += x.dims[axis];
+  }
+  if (sum != y.dims[axis]) return c.bad("input sizes along the axis do not add up");
+  s->k = axis;
+  return Status::Ok();
+}
+
+Status resolve_affine(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(3, 3, 1));
+  const TensorInfo &x = c.in(0), &y = c.out();
+  if (x.ndim < 2) return c.unsupported("BatchNormalization needs a channel axis");
+  for (size_t i : {1, 2})
+    if (c.in(i).kind != TensorKind::kWeight || c.in(i).numel(1) != x.dims[1])
+      return c.bad("scale/shift must be constants of C elements");
+  for (int64_t bt : {1, 2})
+    if (x.numel(bt) != y.numel(bt)) return c.bad("input and output sizes differ");
+  return Status::Ok();
+}
+
+Status resolve_pad(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
+  const TensorInfo &x = c.in(0), &y = c.out();
+  if (x.ndim != y.ndim || x.ndim == 0) return c.bad("input and output ranks differ");
+  const int64_t* a = c.nd.iattr;
+  for (uint32_t d = 0; d < x.ndim; ++d) {
+    if (d == 0 && x.dims[0] == -1) {
+      if (a[0] != 0 || a[x.ndim] != 0 || y.dims[0] != -1) return c.unsupported("padding the batch dim");
+      continue;
+    }
+    if (y.dims[d] != x.dims[d] + a[d] + a[x.ndim + d]) return c.bad("output dims do not match pads");
+  }
+  s->p0 = c.nd.fattr[0];
+  return Status::Ok();
+}
+
+}  // namespace
+
+Status Engine::resolve() {
+  const Graph& g = graph_;
+  root_.resize(g.tensors().size());
+  for (uint32_t t = 0; t < root_.size(); ++t) root_[t] = t;
+  for (uint32_t i = 0; i < g.nodes().size(); ++i) {
+    const NodeInfo& nd = g.nodes()[i];
+    Ctx c{g, nd};
+    Step s{};
+    s.op = nd.op;
+    s.node = i;
+    switch (nd.op) {
+      case OpCode::kConv: ER_RETURN_IF_ERROR(resolve_conv(c, &s)); break;
+      case OpCode::kGemm: ER_RETURN_IF_ERROR(resolve_gemm(c, &s)); break;
+      case OpCode::kAdd: case OpCode::kSub: case OpCode::kMul: case OpCode::kDiv:
+        ER_RETURN_IF_ERROR(resolve_binary(c, &s)); break;
+      case OpCode::kRelu: case OpCode::kClip: case OpCode::kSigmoid: case OpCode::kHardSigmoid:
+      case OpCode::kHardSwish: case OpCode::kSilu:
+        ER_RETURN_IF_ERROR(resolve_unary(c, &s)); break;
+      case OpCode::kMaxPool: case OpCode::kAveragePool:
+        ER_RETURN_IF_ERROR(resolve_pool(c, &s)); break;
+      case OpCode::kGlobalAveragePool:
+        ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
+        if (c.in(0).ndim < 3) return c.unsupported("needs N, C and spatial dims");
+        ER_RETURN_IF_ERROR(resolve_reduce(c, &s, ((int64_t(1) << c.in(0).ndim) - 1) & ~int64_t(3)));
+        break;
+      case OpCode::kReduceMean: ER_RETURN_IF_ERROR(resolve_reduce(c, &s, nd.iattr[0])); break;
+      case OpCode::kConcat: ER_RETURN_IF_ERROR(resolve_concat(c, &s)); break;
+      case OpCode::kReshape:
+        ER_RETURN_IF_ERROR(resolve_unary(c, &s));
+        root_[nd.outputs[0]] = root_[nd.inputs[0]];  // zero-copy alias
+        break;
+      case OpCode::kChannelAffine: ER_RETURN_IF_ERROR(resolve_affine(c, &s)); break;
+      case OpCode::kPad: ER_RETURN_IF_ERROR(resolve_pad(c, &s)); break;
+      default:
+        return Status(StatusCode::kUnsupportedOp,
+                      "the native engine does not know op code " + std::to_string(uint32_t(nd.op)) +
+                          " of node '" + nd.name +
+                          "' (file from a newer exporter?); upgrade edgerun or use --engine ort");
+    }
+    steps_.push_back(s);
+  }
+  return Status::Ok();
+}
+
+}  // namespace edgerun

@@ -1,0 +1,165 @@
+// Convolution: 1x1/stride-1 as a plain GEMM on the input, depthwise as a
+// direct loop with contiguous inner rows, everything else im2col + GEMM per
+// group. Bias and the fused activation are applied in one pass afterwards.
+#include <algorithm>
+#include <cstring>
+
+#include "edgerun/kernels.h"
+
+namespace edgerun {
+namespace kernels {
+
+namespace {
+
+bool is_pointwise(const ConvParams& p) {
+  return p.kh == 1 && p.kw == 1 && p.sh == 1 && p.sw == 1 && p.pt == 0 && p.pl == 0 &&
+         p.oh == p.h && p.ow == p.w;
+}
+
+bool is_depthwise(const ConvParams& p) { return p.group == p.cin && p.group == p.cout && p.group > 1; }
+
+inline float act_apply(float v, Act act, float lo, float hi) {
+  if (act == Act::kRelu) return v > 0.f ? v : 0.f;
+  if (act == Act::kClip) return std::min(std::max(v, lo), hi);
+  return v;
+}
+
+// Valid output range [o0, o1) where in = o*s - pad + k*d lies inside [0, n).
+inline void valid_range(int64_t n, int64_t on, int64_t s, int64_t pad, int64_t kofs, int64_t* o0,
+                        int64_t* o1) {
+  // in >= 0  <=>  o >= (pad - kofs) / s (ceil);  in < n  <=>  o < (n + pad - kofs) / s (ceil)
+  int64_t lo = pad - kofs, hi = n + pad - kofs;
+  *o0 = lo <= 0 ? 0 : (lo + s - 1) / s;
+  *o1 = hi <= 0 ? 0 : (hi + s - 1) / s;
+  *o0 = std::min(*o0, on);
+  *o1 = std::max(std::min(*o1, on), *o0);
+}
+
+// col[(c*kh + i)*kw + j][oh*ow] for channels [0, cin_g) of one image/group.
+void im2col(const ConvParams& p, int64_t cin_g, const float* x, float* col, int threads) {
+  const int64_t rows = cin_g * p.kh * p.kw, plane = p.oh * p.ow;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t c = r / (p.kh * p.kw), i = (r / p.kw) % p.kh, j = r % p.kw;
+    const float* xc = x + c * p.h * p.w;
+    float* out = col + r * plane;
+    int64_t ow0, ow1;
+    valid_range(p.w, p.ow, p.sw, p.pl, j * p.dw, &ow0, &ow1);
+    for (int64_t oy = 0; oy < p.oh; ++oy) {
+      float* o = out + oy * p.ow;
+      const int64_t iy = oy * p.sh - p.pt + i * p.dh;
+      if (iy < 0 || iy >= p.h) {
+        std::memset(o, 0, sizeof(float) * p.ow);
+        continue;
+      }
+      const float* xr = xc + iy * p.w - p.pl + j * p.dw;
+      for (int64_t ox = 0; ox < ow0; ++ox) o[ox] = 0.f;
+      if (p.sw == 1) {
+        std::memcpy(o + ow0, xr + ow0, sizeof(float) * (ow1 - ow0));
+      } else {
+        for (int64_t ox = ow0; ox < ow1; ++ox) o[ox] = xr[ox * p.sw];
+      }
+      for (int64_t ox = ow1; ox < p.ow; ++ox) o[ox] = 0.f;
+    }
+  }
+}
+
+void depthwise(const ConvParams& p, int64_t batch, const float* x, const float* w,
+               const float* bias, float* y, int threads) {
+  const int64_t planes = batch * p.cout;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t pc = 0; pc < planes; ++pc) {
+    const int64_t c = pc % p.cout;
+    const float* xc = x + pc * p.h * p.w;
+    const float* wc = w + c * p.kh * p.kw;
+    float* yc = y + pc * p.oh * p.ow;
+    const float b = bias ? bias[c] : 0.f;
+    for (int64_t oy = 0; oy < p.oh; ++oy) {
+      float* o = yc + oy * p.ow;
+      for (int64_t ox = 0; ox < p.ow; ++ox) o[ox] = b;
+      for (int64_t i = 0; i < p.kh; ++i) {
+        const int64_t iy = oy * p.sh - p.pt + i * p.dh;
+        if (iy < 0 || iy >= p.h) continue;
+        for (int64_t j = 0; j < p.kw; ++j) {
+          int64_t ow0, ow1;
+          valid_range(p.w, p.ow, p.sw, p.pl, j * p.dw, &ow0, &ow1);
+          const float wv = wc[i * p.kw + j];
+          const float* xr = xc + iy * p.w - p.pl + j * p.dw;
+          if (p.sw == 1) {
+            for (int64_t ox = ow0; ox < ow1; ++ox) o[ox] += wv * xr[ox];
+          } else {
+            for (int64_t ox = ow0; ox < ow1; ++ox) o[ox] += wv * xr[ox * p.sw];
+          }
+        }
+      }
+      if (p.act != Act::kNone)
+        for (int64_t ox = 0; ox < p.ow; ++ox) o[ox] = act_apply(o[ox], p.act, p.lo, p.hi);
+    }
+  }
+}
+
+}  // namespace
+
+void bias_act_rows(float* y, int64_t rows, int64_t cols, const float* bias, Act act, float lo,
+                   float hi) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* o = y + r * cols;
+    const float b = bias ? bias[r] : 0.f;
+    if (act == Act::kRelu) {
+      for (int64_t c = 0; c < cols; ++c) o[c] = std::max(o[c] + b, 0.f);
+    } else if (act == Act::kClip) {
+      for (int64_t c = 0; c < cols; ++c) o[c] = std::min(std::max(o[c] + b, lo), hi);
+    } else {
+      for (int64_t c = 0; c < cols; ++c) o[c] += b;
+    }
+  }
+}
+
+void bias_act_cols(float* y, int64_t rows, int64_t cols, const float* bias, Act act, float lo,
+                   float hi) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* o = y + r * cols;
+    for (int64_t c = 0; c < cols; ++c) o[c] = act_apply(o[c] + (bias ? bias[c] : 0.f), act, lo, hi);
+  }
+}
+
+size_t conv2d_scratch_floats(const ConvParams& p, int threads) {
+  if (is_depthwise(p)) return 0;
+  size_t col = is_pointwise(p) ? 0 : size_t((p.cin / p.group) * p.kh * p.kw * p.oh * p.ow);
+  return col + sgemm_scratch_floats(threads);
+}
+
+void conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w, const float* bias,
+            float* y, float* scratch, int threads) {
+  if (is_depthwise(p) && p.kh * p.kw > 0) {
+    depthwise(p, batch, x, w, bias, y, threads);
+    return;
+  }
+  const int64_t cin_g = p.cin / p.group, cout_g = p.cout / p.group;
+  const int64_t kdim = cin_g * p.kh * p.kw, plane = p.oh * p.ow;
+  const bool pw = is_pointwise(p);
+  float* col = scratch;
+  float* pack = pw ? scratch : scratch + kdim * plane;
+  for (int64_t n = 0; n < batch; ++n) {
+    const float* xn = x + n * p.cin * p.h * p.w;
+    float* yn = y + n * p.cout * plane;
+    for (int64_t g = 0; g < p.group; ++g) {
+      const float* xg = xn + g * cin_g * p.h * p.w;
+      const float* B = xg;
+      if (!pw) {
+        im2col(p, cin_g, xg, col, threads);
+        B = col;
+      }
+      sgemm(cout_g, plane, kdim, w + g * cout_g * kdim, kdim, B, plane, yn + g * cout_g * plane,
+            plane, pack, threads);
+    }
+    const int64_t rows = p.cout;
+    // Rows are independent: split the epilogue across threads too.
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t r = 0; r < rows; ++r)
+      bias_act_rows(yn + r * plane, 1, plane, bias ? bias + r : nullptr, p.act, p.lo, p.hi);
+  }
+}
+
+}  // namespace kernels
+}  // namespace edgerun

@@ -1,0 +1,142 @@
+// Pooling, reduction and data movement kernels.
+#include <algorithm>
+#include <cfloat>
+#include <cstring>
+
+#include "edgerun/kernels.h"
+
+namespace edgerun {
+namespace kernels {
+
+void max_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t pc = 0; pc < planes; ++pc) {
+    const float* xc = x + pc * p.h * p.w;
+    float* yc = y + pc * p.oh * p.ow;
+    for (int64_t oy = 0; oy < p.oh; ++oy)
+      for (int64_t ox = 0; ox < p.ow; ++ox) {
+        float m = -FLT_MAX;
+        for (int64_t i = 0; i < p.kh; ++i) {
+          const int64_t iy = oy * p.sh - p.pt + i * p.dh;
+          if (iy < 0 || iy >= p.h) continue;
+          for (int64_t j = 0; j < p.kw; ++j) {
+            const int64_t ix = ox * p.sw - p.pl + j * p.dw;
+            if (ix >= 0 && ix < p.w) m = std::max(m, xc[iy * p.w + ix]);
+          }
+        }
+        yc[oy * p.ow + ox] = m;
+      }
+  }
+}
+
+void avg_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t pc = 0; pc < planes; ++pc) {
+    const float* xc = x + pc * p.h * p.w;
+    float* yc = y + pc * p.oh * p.ow;
+    for (int64_t oy = 0; oy < p.oh; ++oy)
+      for (int64_t ox = 0; ox < p.ow; ++ox) {
+        float s = 0.f;
+        int64_t n = 0, npad = 0;
+        for (int64_t i = 0; i < p.kh; ++i) {
+          const int64_t iy = oy * p.sh - p.pt + i * p.dh;
+          for (int64_t j = 0; j < p.kw; ++j) {
+            const int64_t ix = ox * p.sw - p.pl + j * p.dw;
+            // With count_include_pad, ONNX counts the explicit pads but not
+            // positions past them (ceil_mode windows).
+            if (iy >= -p.pt && iy < p.h + p.pb && ix >= -p.pl && ix < p.w + p.pr) ++npad;
+            if (iy < 0 || iy >= p.h || ix < 0 || ix >= p.w) continue;
+            s += xc[iy * p.w + ix];
+            ++n;
+          }
+        }
+        const int64_t d = p.count_include_pad ? npad : n;
+        yc[oy * p.ow + ox] = d > 0 ? s / float(d) : 0.f;
+      }
+  }
+}
+
+void global_avg_pool(int64_t planes, int64_t hw, const float* x, float* y, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t pc = 0; pc < planes; ++pc) {
+    const float* xc = x + pc * hw;
+    double s = 0.0;
+    for (int64_t k = 0; k < hw; ++k) s += xc[k];
+    y[pc] = float(s / double(hw));
+  }
+}
+
+void reduce_mean(int32_t rank, const int64_t* dims, uint32_t mask, const float* x, float* y) {
+  // Output strides over the kept dims; reduced dims contribute nothing.
+  int64_t ostride[kErgMaxDims], total = 1, out_n = 1, red = 1;
+  for (int32_t d = rank - 1; d >= 0; --d) {
+    const bool reduced = (mask >> d) & 1u;
+    ostride[d] = reduced ? 0 : out_n;
+    if (reduced) red *= dims[d]; else out_n *= dims[d];
+    total *= dims[d];
+  }
+  std::fill(y, y + out_n, 0.f);
+  int64_t idx[kErgMaxDims] = {0};
+  int64_t o = 0;
+  for (int64_t i = 0; i < total; ++i) {
+    y[o] += x[i];
+    for (int32_t d = rank - 1; d >= 0; --d) {  // odometer increment
+      o += ostride[d];
+      if (++idx[d] < dims[d]) break;
+      o -= ostride[d] * dims[d];
+      idx[d] = 0;
+    }
+  }
+  const float inv = 1.f / float(red);
+  for (int64_t k = 0; k < out_n; ++k) y[k] *= inv;
+}
+
+void concat(int64_t outer, int32_t n, const float* const* xs, const int64_t* inner, float* y) {
+  int64_t row = 0;
+  for (int32_t i = 0; i < n; ++i) row += inner[i];
+  for (int64_t o = 0; o < outer; ++o) {
+    float* dst = y + o * row;
+    for (int32_t i = 0; i < n; ++i) {
+      std::memcpy(dst, xs[i] + o * inner[i], sizeof(float) * size_t(inner[i]));
+      dst += inner[i];
+    }
+  }
+}
+
+void pad_constant(int32_t rank, const int64_t* in, const int64_t* begin, const int64_t* out,
+                  const float* x, float* y, float value) {
+  int64_t out_n = 1, in_n = 1;
+  for (int32_t d = 0; d < rank; ++d) {
+    out_n *= out[d];
+    in_n *= in[d];
+  }
+  std::fill(y, y + out_n, value);
+  if (in_n == 0) return;
+  // Copy input rows (last dim) into place; negative pads crop.
+  int64_t ostr[kErgMaxDims], istr[kErgMaxDims];
+  ostr[rank - 1] = istr[rank - 1] = 1;
+  for (int32_t d = rank - 2; d >= 0; --d) {
+    ostr[d] = ostr[d + 1] * out[d + 1];
+    istr[d] = istr[d + 1] * in[d + 1];
+  }
+  const int64_t rows = in_n / in[rank - 1];
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t rest = r, ooff = 0, ioff = 0;
+    bool inside = true;
+    for (int32_t d = rank - 2; d >= 0; --d) {
+      const int64_t i = rest % in[d];
+      rest /= in[d];
+      const int64_t od = i + begin[d];
+      if (od < 0 || od >= out[d]) inside = false;
+      ooff += od * ostr[d];
+      ioff += i * istr[d];
+    }
+    if (!inside) continue;
+    const int64_t L = in[rank - 1], b = begin[rank - 1];
+    for (int64_t k = std::max<int64_t>(0, -b); k < L && k + b < out[rank - 1]; ++k)
+      y[ooff + k + b] = x[ioff + k];
+  }
+}
+
+}  // namespace kernels
+}  // namespace edgerun

@@ -1,0 +1,159 @@
+"""Front-half engines on the device: the native C++ engine and onnxruntime.
+
+Both have the same interface (``input_names``, ``output_names``, ``run``), so the
+device can switch with ``--engine native|ort``. This module never imports torch.
+
+Example:
+    >>> eng = make_engine("native", erg_path="front.erg", threads=1)   # doctest: +SKIP
+    >>> outs = eng.run(x)              # {output_name: np.ndarray}      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+
+from edgerun.errors import ConfigError, InternalError, from_core_error
+
+ENGINE_KINDS = ("native", "ort")
+
+
+def _core():
+    try:
+        from edgerun import _core
+    except ImportError as exc:
+        raise InternalError(
+            "the compiled edgerun core (edgerun._core) is missing or broken "
+            f"({exc}); reinstall edgerun with `pip install .`") from exc
+    return _core
+
+
+def _as_feeds(feeds: np.ndarray | Mapping[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+    if isinstance(feeds, np.ndarray):
+        if len(names) != 1:
+            raise ConfigError(f"this graph has {len(names)} inputs {names}; pass a dict name -> array")
+        return [feeds]
+    missing = [n for n in names if n not in feeds]
+    if missing:
+        raise ConfigError(f"missing inputs {missing}; the graph needs {names}")
+    return [feeds[n] for n in names]
+
+
+class NativeEngine:
+    """The native fp32 engine over a ``.erg`` file (see ``edgerun.exporters.erg``).
+
+    Args:
+        erg_path: the engine graph file.
+        max_batch: largest batch ``run`` accepts; the activation arena is sized for it.
+        threads: worker threads (1 = the calling thread only).
+
+    Raises:
+        BundleError: the file is missing, corrupted or of an unsupported version.
+        UnsupportedOpError: the file holds an op this runtime does not implement.
+        ConfigError: ``max_batch`` or ``threads`` out of range.
+    """
+
+    kind = "native"
+
+    def __init__(self, erg_path: str | os.PathLike, *, max_batch: int = 8, threads: int = 1) -> None:
+        core = _core()
+        try:
+            self._engine = core.Engine(os.fspath(erg_path), int(max_batch), int(threads))
+        except core.CoreError as exc:
+            raise from_core_error(exc) from None
+        self._core_error = core.CoreError
+        self.input_names: list[str] = [t["name"] for t in self._engine.inputs]
+        self.output_names: list[str] = [t["name"] for t in self._engine.outputs]
+        self.input_shapes: list[tuple[int, ...]] = [tuple(t["shape"]) for t in self._engine.inputs]
+        self.arena_bytes: int = self._engine.arena_bytes
+        self.weight_bytes: int = self._engine.weight_bytes
+        self.scratch_bytes: int = self._engine.scratch_bytes
+        self.max_batch: int = self._engine.max_batch
+        self.threads: int = self._engine.threads
+
+    def run(self, feeds: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the front half.
+
+        Args:
+            feeds: one float32 array (single-input graphs) or ``{input_name: array}``;
+                the first dim is the batch.
+
+        Returns:
+            ``{output_name: array}`` (fresh arrays, safe to keep).
+
+        Raises:
+            ConfigError: batch above ``max_batch`` or a wrong input shape.
+        """
+        arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in _as_feeds(feeds, self.input_names)]
+        if any(a.ndim == 0 for a in arrays):
+            raise ConfigError("inputs must have a batch dim; got a scalar")
+        try:
+            outs = self._engine.run(arrays, int(arrays[0].shape[0]))
+        except self._core_error as exc:
+            raise from_core_error(exc) from None
+        return dict(zip(self.output_names, outs))
+
+
+class OrtEngine:
+    """The same interface over onnxruntime (CPU execution provider).
+
+    Args:
+        onnx_path: the front half as ONNX.
+        threads: ``intra_op_num_threads`` (inter-op is 1), to compare with the native engine.
+
+    Raises:
+        BundleError: onnxruntime cannot load the file.
+    """
+
+    kind = "ort"
+
+    def __init__(self, onnx_path: str | os.PathLike, *, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads)
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        try:
+            self._sess = ort.InferenceSession(os.fspath(onnx_path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            from edgerun.errors import BundleError
+
+            raise BundleError(f"onnxruntime cannot load {os.fspath(onnx_path)!r}: {exc}; "
+                              "re-export the bundle") from exc
+        self.input_names = [i.name for i in self._sess.get_inputs()]
+        self.output_names = [o.name for o in self._sess.get_outputs()]
+        self.threads = int(threads)
+
+    def run(self, feeds: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the front half; same contract as ``NativeEngine.run``."""
+        arrays = _as_feeds(feeds, self.input_names)
+        try:
+            outs = self._sess.run(None, {n: np.asarray(a, dtype=np.float32)
+                                         for n, a in zip(self.input_names, arrays)})
+        except Exception as exc:  # onnxruntime's errors (shape, type) are the caller's input
+            raise ConfigError(f"onnxruntime rejected the input: {exc}") from exc
+        return dict(zip(self.output_names, outs))
+
+
+def make_engine(kind: str, *, erg_path=None, onnx_path=None, threads: int = 1,
+                max_batch: int = 8) -> NativeEngine | OrtEngine:
+    """Build the front-half engine named by ``kind`` ("native" or "ort").
+
+    Raises:
+        ConfigError: an unknown kind, or the file that kind needs is not given.
+    """
+    if kind not in ENGINE_KINDS:
+        raise ConfigError(f"unknown engine kind {kind!r}; use one of {', '.join(ENGINE_KINDS)}")
+    if kind == "native":
+        if erg_path is None:
+            raise ConfigError("engine 'native' needs erg_path (the .erg front half)")
+        return NativeEngine(erg_path, max_batch=max_batch, threads=threads)
+    if onnx_path is None:
+        raise ConfigError("engine 'ort' needs onnx_path (the front half as ONNX)")
+    return OrtEngine(onnx_path, threads=threads)
+
+
+__all__ = ["ENGINE_KINDS", "NativeEngine", "OrtEngine", "make_engine"]

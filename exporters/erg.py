@@ -1,0 +1,548 @@
+"""ONNX -> engine graph (".erg") converter for the native engine.
+
+The file layout is documented in ``cpp/include/edgerun/ERG.md``; the C++ loader
+(``cpp/src/graph.cpp``) validates everything this module writes. Each ONNX op
+is lowered by one function registered in ``_LOWER`` with ``@_lowers("Op")``;
+supporting a new op is one new function.
+
+Example:
+    >>> import onnx
+    >>> from edgerun.exporters.erg import check_native_support, write_erg
+    >>> model = onnx.load("front.onnx")                      # doctest: +SKIP
+    >>> assert not check_native_support(model)               # doctest: +SKIP
+    >>> info = write_erg(model, "front.erg")                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from edgerun.errors import ExportError, UnsupportedOpError
+
+MAGIC = b"ERGN"
+VERSION = 1
+HEADER_BYTES, TENSOR_BYTES, NODE_BYTES = 128, 96, 176
+MAX_DIMS, N_IATTR, N_FATTR, ALIGN = 6, 16, 4, 64
+NO_TENSOR = 0xFFFFFFFF
+KIND_ACT, KIND_WEIGHT, KIND_INPUT = 0, 1, 2
+ACT_NONE, ACT_RELU, ACT_CLIP = 0, 1, 2
+FLT_MAX = float(np.finfo(np.float32).max)
+
+# Fixed numbered op codes (cpp/include/edgerun/graph.h). Never renumber.
+OP = {
+    "Conv": 1, "Gemm": 2, "Add": 3, "Sub": 4, "Mul": 5, "Div": 6, "Relu": 7, "Clip": 8,
+    "Sigmoid": 9, "HardSigmoid": 10, "HardSwish": 11, "Silu": 12, "MaxPool": 13,
+    "AveragePool": 14, "GlobalAveragePool": 15, "ReduceMean": 16, "Concat": 17,
+    "Reshape": 18, "ChannelAffine": 19, "Pad": 20,
+}
+
+
+class _Unsupported(Exception):
+    """Raised by a lowering function: the engine cannot run this node (reason in args)."""
+
+
+@dataclass
+class _ENode:
+    op: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    iattr: list[int] = field(default_factory=list)
+    fattr: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Ctx:
+    """Conversion state: constants, shapes, consumers and the engine nodes emitted so far."""
+
+    consts: dict[str, np.ndarray]
+    shapes: dict[str, list[int]]
+    consumers: dict[str, list[onnx.NodeProto]]
+    protected: set[str]
+    nodes: list[_ENode] = field(default_factory=list)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
+    skip: set[int] = field(default_factory=set)  # ids of ONNX nodes fused into an earlier one
+    onnx_nodes: list[onnx.NodeProto] = field(default_factory=list)  # left after folding
+    graph: onnx.GraphProto | None = None
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        self.weights[name] = np.ascontiguousarray(array, dtype=np.float32)
+        return name
+
+    def const(self, name: str, what: str) -> np.ndarray:
+        if name not in self.consts:
+            raise _Unsupported(f"{what} must be a constant")
+        return self.consts[name]
+
+    def sole_consumer(self, tensor: str) -> onnx.NodeProto | None:
+        """The only node reading ``tensor``, when it may be fused away (not an output)."""
+        users = self.consumers.get(tensor, [])
+        if tensor in self.protected or len(users) != 1:
+            return None
+        return users[0]
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+_LOWER: dict[str, Callable[[_Ctx, onnx.NodeProto], None]] = {}
+
+
+def _lowers(*op_types: str):
+    def register(fn):
+        for op in op_types:
+            _LOWER[op] = fn
+        return fn
+    return register
+
+
+# ---------------------------------------------------------------------------
+# Lowering functions: one ONNX op -> engine node(s)
+# ---------------------------------------------------------------------------
+def _fused_act(ctx: _Ctx, out: str) -> tuple[int, float, float, str]:
+    """Relu / Clip right after a Conv or Gemm folds into it: (act, lo, hi, final output)."""
+    nxt = ctx.sole_consumer(out)
+    if nxt is not None and nxt.op_type == "Relu":
+        ctx.skip.add(id(nxt))
+        return ACT_RELU, 0.0, 0.0, nxt.output[0]
+    if nxt is not None and nxt.op_type == "Clip":
+        try:
+            lo, hi = _clip_bounds(ctx, nxt)
+        except _Unsupported:
+            return ACT_NONE, 0.0, 0.0, out
+        ctx.skip.add(id(nxt))
+        return ACT_CLIP, lo, hi, nxt.output[0]
+    return ACT_NONE, 0.0, 0.0, out
+
+
+@_lowers("Conv")
+def _conv(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    w = ctx.const(node.input[1], "the Conv weight")
+    if w.ndim != 4:
+        raise _Unsupported("only 2-D convolution (4-D weight) is supported")
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
+        raise _Unsupported("auto_pad SAME_* is not supported (export with explicit pads)")
+    s, d = a.get("strides", [1, 1]), a.get("dilations", [1, 1])
+    p = a.get("pads", [0, 0, 0, 0])
+    ins = [node.input[0], ctx.weight(node.input[1], w)]
+    if len(node.input) > 2 and node.input[2]:
+        ins.append(ctx.weight(node.input[2], ctx.const(node.input[2], "the Conv bias")))
+    act, lo, hi, out = _fused_act(ctx, node.output[0])
+    ctx.nodes.append(_ENode("Conv", node.name, ins, [out],
+                            [s[0], s[1], d[0], d[1], p[0], p[1], p[2], p[3], a.get("group", 1), act],
+                            [lo, hi]))
+
+
+@_lowers("Gemm")
+def _gemm(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    if a.get("transA", 0):
+        raise _Unsupported("transA=1 is not supported")
+    b = ctx.const(node.input[1], "Gemm input B")
+    b = (b.T if a.get("transB", 0) else b) * np.float32(a.get("alpha", 1.0))
+    bias = None
+    if len(node.input) > 2 and node.input[2]:
+        c = ctx.const(node.input[2], "Gemm input C") * np.float32(a.get("beta", 1.0))
+        if c.size not in (1, b.shape[1]):
+            raise _Unsupported("a bias C other than a scalar or a row vector")
+        bias = np.broadcast_to(c.reshape(-1), (b.shape[1],))
+    _emit_gemm(ctx, node, node.input[0], b, bias, node.output[0])
+
+
+@_lowers("MatMul")
+def _matmul(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    b = ctx.const(node.input[1], "MatMul input B (a weight)")
+    if b.ndim != 2:
+        raise _Unsupported("MatMul with a B that is not 2-D")
+    bias, out = None, node.output[0]
+    nxt = ctx.sole_consumer(out)
+    if nxt is not None and nxt.op_type == "Add":
+        other = nxt.input[1] if nxt.input[0] == out else nxt.input[0]
+        c = ctx.consts.get(other)
+        if c is not None and c.size == b.shape[1] and c.shape[-1:] == (b.shape[1],):
+            bias, out = c.reshape(-1), nxt.output[0]
+            ctx.skip.add(id(nxt))
+    _emit_gemm(ctx, node, node.input[0], b, bias, out)
+
+
+def _emit_gemm(ctx, node, x, b, bias, out) -> None:
+    ins = [x, ctx.weight(node.name + "::B", b)]
+    if bias is not None:
+        ins.append(ctx.weight(node.name + "::C", bias))
+    act, lo, hi, out = _fused_act(ctx, out)
+    ctx.nodes.append(_ENode("Gemm", node.name, ins, [out], [act], [lo, hi]))
+
+
+@_lowers("Add", "Sub", "Mul", "Div")
+def _binary(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    ins = []
+    for name in node.input:
+        if name in ctx.consts:
+            name = ctx.weight(name, ctx.consts[name])
+        ins.append(name)
+    ctx.nodes.append(_ENode(node.op_type, node.name, ins, [node.output[0]]))
+
+
+@_lowers("Sigmoid")
+def _sigmoid(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    x, s = node.input[0], node.output[0]
+    nxt = ctx.sole_consumer(s)
+    if nxt is not None and nxt.op_type == "Mul" and sorted(nxt.input) == sorted([x, s]):
+        ctx.skip.add(id(nxt))
+        ctx.nodes.append(_ENode("Silu", node.name, [x], [nxt.output[0]]))
+        return
+    ctx.nodes.append(_ENode("Sigmoid", node.name, [x], [s]))
+
+
+@_lowers("Relu", "HardSwish")
+def _unary(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    ctx.nodes.append(_ENode(node.op_type, node.name, [node.input[0]], [node.output[0]]))
+
+
+@_lowers("HardSigmoid")
+def _hardsigmoid(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    ctx.nodes.append(_ENode("HardSigmoid", node.name, [node.input[0]], [node.output[0]], [],
+                            [a.get("alpha", 0.2), a.get("beta", 0.5)]))
+
+
+def _clip_bounds(ctx: _Ctx, node: onnx.NodeProto) -> tuple[float, float]:
+    a = _attrs(node)
+    lo, hi = a.get("min", -FLT_MAX), a.get("max", FLT_MAX)
+    if len(node.input) > 1 and node.input[1]:
+        lo = float(ctx.const(node.input[1], "Clip min"))
+    if len(node.input) > 2 and node.input[2]:
+        hi = float(ctx.const(node.input[2], "Clip max"))
+    return float(lo), float(hi)
+
+
+@_lowers("Clip")
+def _clip(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    lo, hi = _clip_bounds(ctx, node)
+    ctx.nodes.append(_ENode("Clip", node.name, [node.input[0]], [node.output[0]], [], [lo, hi]))
+
+
+@_lowers("MaxPool", "AveragePool")
+def _pool(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    if len(node.output) > 1 and node.output[1] and ctx.consumers.get(node.output[1]):
+        raise _Unsupported("MaxPool indices output is not supported")
+    if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
+        raise _Unsupported("auto_pad SAME_* is not supported")
+    k = a["kernel_shape"]
+    if len(k) != 2:
+        raise _Unsupported("only 2-D pooling is supported")
+    s, d, p = a.get("strides", [1, 1]), a.get("dilations", [1, 1]), a.get("pads", [0, 0, 0, 0])
+    ctx.nodes.append(_ENode(node.op_type, node.name, [node.input[0]], [node.output[0]],
+                            [k[0], k[1], s[0], s[1], d[0], d[1], p[0], p[1], p[2], p[3],
+                             a.get("count_include_pad", 0)]))
+
+
+@_lowers("GlobalAveragePool")
+def _gap(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    ctx.nodes.append(_ENode("GlobalAveragePool", node.name, [node.input[0]], [node.output[0]]))
+
+
+@_lowers("ReduceMean")
+def _reduce_mean(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    rank = len(ctx.shapes[node.input[0]])
+    axes = a.get("axes")
+    if len(node.input) > 1 and node.input[1]:
+        axes = ctx.const(node.input[1], "ReduceMean axes").reshape(-1).tolist()
+    if not axes:
+        if a.get("noop_with_empty_axes", 0):
+            ctx.nodes.append(_ENode("Reshape", node.name, [node.input[0]], [node.output[0]]))
+            return
+        axes = list(range(rank))
+    mask = sum(1 << (int(ax) % rank) for ax in axes)
+    ctx.nodes.append(_ENode("ReduceMean", node.name, [node.input[0]], [node.output[0]],
+                            [mask, a.get("keepdims", 1)]))
+
+
+@_lowers("Concat")
+def _concat(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    ins = [ctx.weight(n, ctx.consts[n]) if n in ctx.consts else n for n in node.input]
+    axis = _attrs(node)["axis"] % len(ctx.shapes[node.output[0]])
+    ctx.nodes.append(_ENode("Concat", node.name, ins, [node.output[0]], [axis]))
+
+
+@_lowers("Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze", "Dropout")
+def _alias(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    # Layout is unchanged: the engine makes the output a zero-copy alias.
+    ctx.nodes.append(_ENode("Reshape", node.name, [node.input[0]], [node.output[0]]))
+
+
+@_lowers("BatchNormalization")
+def _batchnorm(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    eps = _attrs(node).get("epsilon", 1e-5)
+    g, b, m, v = (ctx.const(n, "BatchNormalization statistics") for n in node.input[1:5])
+    scale = g / np.sqrt(v + eps)
+    ins = [node.input[0], ctx.weight(node.name + "::scale", scale),
+           ctx.weight(node.name + "::shift", b - m * scale)]
+    ctx.nodes.append(_ENode("ChannelAffine", node.name, ins, [node.output[0]]))
+
+
+@_lowers("Pad")
+def _pad(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    mode = a.get("mode", b"constant")
+    if mode not in (b"constant", "constant"):
+        raise _Unsupported(f"Pad mode {mode!r} (only constant)")
+    rank = len(ctx.shapes[node.input[0]])
+    pads = ctx.const(node.input[1], "Pad pads").astype(np.int64).reshape(-1).tolist()
+    value = 0.0
+    if len(node.input) > 2 and node.input[2]:
+        value = float(ctx.const(node.input[2], "Pad constant_value").reshape(-1)[0])
+    axes = list(range(rank))
+    if len(node.input) > 3 and node.input[3]:
+        axes = [int(x) % rank for x in ctx.const(node.input[3], "Pad axes").reshape(-1)]
+    begin, end = [0] * rank, [0] * rank
+    for i, ax in enumerate(axes):
+        begin[ax], end[ax] = pads[i], pads[i + len(axes)]
+    ctx.nodes.append(_ENode("Pad", node.name, [node.input[0]], [node.output[0]], begin + end, [value]))
+
+
+# ---------------------------------------------------------------------------
+# Preparation: shapes, constant folding, consumers
+# ---------------------------------------------------------------------------
+def _dims(vi: onnx.ValueInfoProto) -> list[int] | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    out = []
+    for i, d in enumerate(t.shape.dim):
+        if d.HasField("dim_value") and d.dim_value > 0:
+            out.append(int(d.dim_value))
+        elif i == 0:
+            out.append(-1)  # the batch dim, set per run by the engine
+        else:
+            return None
+    return out
+
+
+def _fold_constants(graph: onnx.GraphProto) -> tuple[dict[str, np.ndarray], list[onnx.NodeProto]]:
+    """Initializers and Constant nodes become arrays; nodes with only constant inputs are
+    evaluated once here with onnx's reference evaluator. Returns (consts, remaining nodes)."""
+    consts = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    rest = []
+    for node in graph.node:
+        ins = [n for n in node.input if n]
+        if node.op_type != "Shape" and all(n in consts for n in ins):
+            try:
+                values = ReferenceEvaluator(node).run(None, {n: consts[n] for n in ins})
+            except Exception as exc:  # noqa: BLE001 - surfaced as an ExportError with context
+                raise ExportError(
+                    f"cannot fold constant node {node.name!r} ({node.op_type}): {exc}; "
+                    "simplify the graph before converting") from exc
+            consts.update({o: np.asarray(v) for o, v in zip(node.output, values) if o})
+        else:
+            rest.append(node)
+    return consts, rest
+
+
+def _prepare(model: onnx.ModelProto, extra_outputs: Sequence[str]) -> _Ctx:
+    model = onnx.shape_inference.infer_shapes(model)
+    g = model.graph
+    for i, node in enumerate(g.node):  # synthetic weight names derive from node names
+        if not node.name:
+            node.name = f"{node.op_type}_{i}"
+    consts, nodes = _fold_constants(g)
+    shapes = {}
+    for vi in list(g.input) + list(g.value_info) + list(g.output):
+        dims = _dims(vi)
+        if dims is not None:
+            shapes[vi.name] = dims
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in nodes:
+        for n in node.input:
+            consumers.setdefault(n, []).append(node)
+    protected = {o.name for o in g.output} | set(extra_outputs)
+    return _Ctx(consts, shapes, consumers, protected, onnx_nodes=nodes, graph=g)
+
+
+def _lower_all(ctx: _Ctx, collect: list | None) -> None:
+    for node in ctx.onnx_nodes:
+        if id(node) in ctx.skip:
+            continue
+        fn = _LOWER.get(node.op_type)
+        try:
+            if fn is None or node.domain not in ("", "ai.onnx"):
+                raise _Unsupported("op not implemented by the native engine")
+            fn(ctx, node)
+        except _Unsupported as exc:
+            if collect is None:
+                raise UnsupportedOpError(
+                    f"the native engine cannot run node {node.name!r} (op {node.op_type}): {exc}; "
+                    "run this front half on onnxruntime with `--engine ort`") from None
+            collect.append((node.name, node.op_type))
+
+
+def check_native_support(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """List the nodes the native engine cannot run.
+
+    Args:
+        model: the front half as ONNX (after the exporter's passes).
+
+    Returns:
+        ``(node_name, op_type)`` per unsupported node; empty when the engine runs it all.
+    """
+    ctx = _prepare(model, ())
+    bad: list[tuple[str, str]] = []
+    _lower_all(ctx, bad)
+    return bad
+
+
+# ---------------------------------------------------------------------------
+# Serialisation (layout: cpp/include/edgerun/ERG.md)
+# ---------------------------------------------------------------------------
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def _tensor_table(ctx: _Ctx, inputs: list[str], outputs: list[str]):
+    """Assign ids: graph inputs, then weights, then activations in order of first write."""
+    names = list(inputs) + list(ctx.weights)
+    for n in ctx.nodes:
+        names += [o for o in n.outputs if o not in names]
+    index = {n: i for i, n in enumerate(names)}
+    for n in ctx.nodes:
+        for i in n.inputs:
+            if i not in index:
+                raise ExportError(f"node {n.name!r} reads {i!r}, which no node computes; "
+                                  "the ONNX graph is malformed or not topologically sorted")
+    for o in outputs:
+        if o not in index:
+            raise ExportError(f"output {o!r} is not computed by the front half (a constant?); "
+                              "pick another tensor")
+    return names, index
+
+
+def _pack_tensor(name_off: int, name_len: int, kind: int, dims: list[int], data_off: int,
+                 nbytes: int) -> bytes:
+    if len(dims) > MAX_DIMS:
+        raise UnsupportedOpError(f"a tensor has {len(dims)} dims; the native engine supports "
+                                 f"{MAX_DIMS}; use `--engine ort`")
+    d = list(dims) + [0] * (MAX_DIMS - len(dims))
+    rec = struct.pack("<IIBBBBIQQ6q", name_off, name_len, 1, kind, len(dims), 0, 0, data_off, nbytes, *d)
+    return rec + bytes(TENSOR_BYTES - len(rec))
+
+
+def _pack_node(op: int, name_off: int, name_len: int, ids_at: int, n_in: int, n_out: int,
+               iattr: list[int], fattr: list[float]) -> bytes:
+    ia = [int(v) for v in iattr] + [0] * (N_IATTR - len(iattr))
+    fa = [float(v) for v in fattr] + [0.0] * (N_FATTR - len(fattr))
+    rec = struct.pack(f"<6I{N_IATTR}q{N_FATTR}f", op, name_off, name_len, ids_at, n_in, n_out, *ia, *fa)
+    return rec + bytes(NODE_BYTES - len(rec))
+
+
+def _serialize(ctx: _Ctx, inputs: list[str], outputs: list[str]) -> tuple[bytes, int]:
+    names, index = _tensor_table(ctx, inputs, outputs)
+    strings = bytearray()
+    name_at = {}
+    for n in names + [e.name for e in ctx.nodes]:
+        if n not in name_at:
+            b = n.encode("utf-8")
+            name_at[n] = (len(strings), len(b))
+            strings += b
+    ids = [index[n] for n in inputs] + [index[n] for n in outputs]
+    node_recs = []
+    for e in ctx.nodes:
+        at = len(ids)
+        ids += [index[i] if i else NO_TENSOR for i in e.inputs] + [index[o] for o in e.outputs]
+        node_recs.append(_pack_node(OP[e.op], *name_at[e.name], at, len(e.inputs), len(e.outputs),
+                                    e.iattr, e.fattr))
+    blob, offsets = bytearray(), {}
+    for n, arr in ctx.weights.items():
+        blob += bytes(_align(len(blob)) - len(blob))
+        offsets[n] = len(blob)
+        blob += arr.tobytes()
+    tensor_recs = []
+    for n in names:
+        if n in ctx.weights:
+            arr = ctx.weights[n]
+            tensor_recs.append(_pack_tensor(*name_at[n], KIND_WEIGHT, list(arr.shape), offsets[n], arr.nbytes))
+            continue
+        if n not in ctx.shapes:
+            raise ExportError(f"tensor {n!r} has no inferred shape; run onnx shape inference "
+                              "on a graph with static non-batch dims")
+        kind = KIND_INPUT if n in inputs else KIND_ACT
+        tensor_recs.append(_pack_tensor(*name_at[n], kind, ctx.shapes[n], 0, 0))
+    tensors_off = HEADER_BYTES
+    nodes_off = tensors_off + TENSOR_BYTES * len(tensor_recs)
+    ids_off = nodes_off + NODE_BYTES * len(node_recs)
+    strings_off = ids_off + 4 * len(ids)
+    weights_off = _align(strings_off + len(strings))
+    file_bytes = weights_off + len(blob)
+    header = MAGIC + struct.pack(
+        "<9I9Q", VERSION, HEADER_BYTES, TENSOR_BYTES, NODE_BYTES, len(tensor_recs), len(node_recs),
+        len(inputs), len(outputs), len(ids), file_bytes, tensors_off, nodes_off, ids_off,
+        strings_off, len(strings), weights_off, len(blob), 0)
+    header += bytes(HEADER_BYTES - len(header))
+    body = b"".join(tensor_recs) + b"".join(node_recs) + struct.pack(f"<{len(ids)}I", *ids) + strings
+    return header + body + bytes(weights_off - strings_off - len(strings)) + bytes(blob), len(names)
+
+
+def write_erg(model: onnx.ModelProto, path: str | os.PathLike, *,
+              extra_outputs: Sequence[str] = ()) -> dict:
+    """Convert an ONNX front half into an engine graph file.
+
+    Args:
+        model: the front half (torch.onnx.export output after the exporter's passes).
+        path: where to write the ``.erg`` file.
+        extra_outputs: intermediate tensors to expose as outputs too (kept alive by the
+            engine's memory plan; they are never fused away).
+
+    Returns:
+        ``{"nodes", "tensors", "weight_bytes", "file_bytes", "version", "ops", "fused",
+        "inputs", "outputs"}``.
+
+    Raises:
+        UnsupportedOpError: a node the engine cannot run (message names op and node).
+        ExportError: the graph lacks shapes or an output is not computed.
+
+    Example:
+        >>> info = write_erg(onnx.load("front.onnx"), "front.erg")  # doctest: +SKIP
+    """
+    ctx = _prepare(model, extra_outputs)
+    _lower_all(ctx, None)
+    inits = {i.name for i in ctx.graph.initializer}
+    inputs = [i.name for i in ctx.graph.input if i.name not in inits]
+    outputs = [o.name for o in ctx.graph.output] + [o for o in extra_outputs
+                                                    if o not in {x.name for x in ctx.graph.output}]
+    for vi in ctx.graph.input:
+        if vi.name in inputs and vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise UnsupportedOpError(f"graph input {vi.name!r} is not float32; the native engine "
+                                     "runs fp32 front halves only; use `--engine ort`")
+    data, n_tensors = _serialize(ctx, inputs, outputs)
+    with open(path, "wb") as f:
+        f.write(data)
+    n_onnx = len(ctx.onnx_nodes)
+    return {
+        "nodes": len(ctx.nodes), "tensors": n_tensors, "weight_bytes": sum(w.nbytes for w in ctx.weights.values()),
+        "file_bytes": len(data), "version": VERSION, "ops": dict(Counter(e.op for e in ctx.nodes)),
+        "fused": n_onnx - len(ctx.nodes), "inputs": inputs, "outputs": outputs,
+    }
+
+
+def read_erg_header(path: str | os.PathLike) -> dict:
+    """Parse a ``.erg`` header (Python side, for tests and tooling; no validation beyond magic)."""
+    with open(path, "rb") as f:
+        head = f.read(HEADER_BYTES)
+    if len(head) < HEADER_BYTES or head[:4] != MAGIC:
+        raise ExportError(f"{os.fspath(path)!r} is not an engine graph file (bad magic or too short)")
+    keys = ["version", "header_bytes", "tensor_bytes", "node_bytes", "n_tensors", "n_nodes",
+            "n_inputs", "n_outputs", "n_ids", "file_bytes", "tensors_off", "nodes_off", "ids_off",
+            "strings_off", "strings_bytes", "weights_off", "weights_bytes"]
+    return dict(zip(keys, struct.unpack_from("<9I9Q", head, 4)))

@@ -1,0 +1,209 @@
+"""The native engine against onnxruntime: small models, edge cases, and every
+intermediate tensor (= every cut's front half) of both zoo models."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgerun.engine import NativeEngine, OrtEngine, make_engine
+from edgerun.errors import ConfigError
+from edgerun.exporters import erg
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+F = torch.nn.functional
+
+# fp32 kernels differ from onnxruntime only in summation order (GEMM blocking,
+# FMA): ~1e-6 of the output scale for K in the thousands. 1e-4 keeps 100x
+# headroom and still catches any indexing bug (those are O(1) errors).
+NATIVE_VS_ORT_RTOL = 1e-4
+
+
+def assert_close(ref: np.ndarray, got: np.ndarray, what: str) -> None:
+    assert ref.shape == got.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    scale = max(float(np.abs(ref).max()), 1e-3)
+    err = float(np.abs(ref - got).max()) / scale
+    assert err <= NATIVE_VS_ORT_RTOL, f"{what}: max error {err:.2e} of scale {scale:.3g}"
+
+
+class ConvZoo(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c0 = nn.Conv2d(3, 16, 3, stride=2, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.dw = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+        self.dw2 = nn.Conv2d(16, 16, 5, stride=2, padding=2, groups=16)
+        self.gr = nn.Conv2d(16, 24, 3, padding=2, dilation=2, groups=4)
+        self.pw = nn.Conv2d(24, 16, 1)
+        self.asym = nn.Conv2d(16, 8, (3, 2), stride=(1, 2))
+
+    def forward(self, x):
+        y = F.relu(self.bn(self.c0(x)))
+        y = y + F.relu6(self.dw(y))                      # residual
+        y = F.hardswish(self.dw2(y))
+        y = F.silu(self.gr(y))
+        y = F.hardsigmoid(self.pw(y))
+        return self.asym(F.pad(y, (0, 1, 1, 1)))         # zero pad folded into Conv pads
+
+
+class PoolLinear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3)
+        self.fc = nn.Linear(16 * 4 * 4 + 16, 12)
+        self.fc2 = nn.Linear(12, 5)
+
+    def forward(self, x):
+        y = torch.sigmoid(self.c(x))
+        a = F.max_pool2d(y, 3, stride=2, ceil_mode=True)
+        b = F.avg_pool2d(y, 3, stride=2, padding=1, count_include_pad=False)
+        y = torch.cat([a, b - 0.5], dim=1) / 2.0
+        g = F.adaptive_avg_pool2d(y, 1).flatten(1)
+        y = F.avg_pool2d(y, 2, padding=1, count_include_pad=True)
+        y = torch.cat([torch.flatten(y, 1), g], 1)
+        return self.fc2(F.relu(self.fc(y)))
+
+
+class TokenMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 32)
+        self.b = nn.Linear(32, 8)
+
+    def forward(self, x):  # x: [N, 6, 16]: MatMul on 3-D input (+ bias Add)
+        return self.b(F.silu(self.a(x))) * 2.0 + 1.0
+
+
+def _export(module, example, tmp_path, name):
+    from edgerun.exporters.trace import to_onnx
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        for b in module.buffers():
+            if b.dtype.is_floating_point:
+                b.uniform_(0.5, 1.5)
+    model = to_onnx(module.eval(), example)
+    onnx_path, erg_path = tmp_path / f"{name}.onnx", tmp_path / f"{name}.erg"
+    onnx.save(model, onnx_path)
+    erg.write_erg(model, erg_path)
+    return onnx_path, erg_path
+
+
+@pytest.fixture(scope="module")
+def small_models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("engine_models")
+    return {
+        "conv": (_export(ConvZoo(), torch.randn(1, 3, 20, 20), d, "conv"), (3, 20, 20)),
+        "pool": (_export(PoolLinear(), torch.randn(1, 3, 14, 14), d, "pool"), (3, 14, 14)),
+        "mlp": (_export(TokenMLP(), torch.randn(1, 6, 16), d, "mlp"), (6, 16)),
+    }
+
+
+@pytest.mark.parametrize("name", ["conv", "pool", "mlp"])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_small_models_match_ort(small_models, name, batch, threads):
+    (onnx_path, erg_path), shape = small_models[name]
+    x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+    ref = OrtEngine(onnx_path).run(x)
+    got = NativeEngine(erg_path, max_batch=4, threads=threads).run(x)
+    for k in ref:
+        assert_close(ref[k], got[k], f"{name} b{batch} t{threads} {k}")
+
+
+def _onnx_model(nodes, inits, in_shape, out_shape):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *in_shape])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", *out_shape])
+    g = helper.make_graph(nodes, "g", [x], [y], [numpy_helper.from_array(np.asarray(a), n) for n, a in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+    return onnx.shape_inference.infer_shapes(m)
+
+
+def test_hand_built_ops_match_ort(tmp_path):
+    """Ops torch's exporter folds away: standalone BN and Pad, Clip without bounds,
+    Gemm with transB=0/alpha/beta, Constant nodes, Identity, ReduceMean on one axis."""
+    rng = np.random.default_rng(0)
+    c = 4
+    nodes = [
+        helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["bn"], name="bn", epsilon=1e-3),
+        helper.make_node("Constant", [], ["pads"], value=numpy_helper.from_array(np.array([0, 0, 1, 2, 0, 0, 2, 0], np.int64))),
+        helper.make_node("Pad", ["bn", "pads", "pv"], ["pad"], name="pad"),
+        helper.make_node("Clip", ["pad"], ["clip"], name="clip_noop"),
+        helper.make_node("Identity", ["clip"], ["id"], name="id"),
+        helper.make_node("ReduceMean", ["id", "ax"], ["rm"], name="rm", keepdims=0),
+        helper.make_node("Flatten", ["rm"], ["fl"], name="fl", axis=1),
+        helper.make_node("Gemm", ["fl", "W", "C"], ["y"], name="gemm", alpha=0.5, beta=2.0),
+    ]
+    inits = {"g": rng.uniform(0.5, 2, c).astype(np.float32), "b": rng.standard_normal(c).astype(np.float32),
+             "m": rng.standard_normal(c).astype(np.float32), "v": rng.uniform(0.5, 2, c).astype(np.float32),
+             "pv": np.array(0.25, np.float32), "ax": np.array([3], np.int64),
+             "W": rng.standard_normal((c * 8, 5)).astype(np.float32), "C": rng.standard_normal(5).astype(np.float32)}
+    m = _onnx_model(nodes, inits, (c, 5, 6), (5,))
+    onnx.save(m, tmp_path / "h.onnx")
+    erg.write_erg(m, tmp_path / "h.erg")
+    x = rng.standard_normal((2, c, 5, 6)).astype(np.float32)
+    assert_close(OrtEngine(tmp_path / "h.onnx").run(x)["y"], NativeEngine(tmp_path / "h.erg").run(x)["y"], "hand")
+
+
+def test_batch_too_large_and_wrong_shape(small_models):
+    (_, erg_path), shape = small_models["conv"]
+    eng = NativeEngine(erg_path, max_batch=2)
+    with pytest.raises(ConfigError, match="max_batch"):
+        eng.run(np.zeros((3, *shape), np.float32))
+    with pytest.raises(ConfigError, match="shape"):
+        eng.run(np.zeros((1, 3, 21, 20), np.float32))
+    with pytest.raises(ConfigError, match="missing inputs"):
+        eng.run({"nope": np.zeros((1, *shape), np.float32)})
+
+
+def test_engine_reports_memory(small_models):
+    (_, erg_path), _ = small_models["conv"]
+    eng = NativeEngine(erg_path, max_batch=4)
+    assert eng.arena_bytes > 0 and eng.weight_bytes > 0
+    assert eng.input_names == ["input"] and len(eng.output_names) == 1
+
+
+def test_make_engine_kinds(small_models):
+    (onnx_path, erg_path), _ = small_models["mlp"]
+    assert isinstance(make_engine("native", erg_path=erg_path), NativeEngine)
+    assert isinstance(make_engine("ort", onnx_path=onnx_path, threads=2), OrtEngine)
+    with pytest.raises(ConfigError, match="native, ort"):
+        make_engine("tensorrt", erg_path=erg_path)
+
+
+# ---- every intermediate tensor of the zoo models ------------------------------
+def _sweep(traced, tmp_path, batch: int) -> int:
+    model = traced.model
+    inits = {i.name for i in model.graph.initializer}
+    final = [o.name for o in model.graph.output]
+    inter = [o for n in model.graph.node for o in n.output if o and o not in inits and o not in final]
+    info = erg.write_erg(model, tmp_path / "all.erg", extra_outputs=inter)
+    assert set(info["outputs"]) == set(final + inter)
+    full = onnx.ModelProto()
+    full.CopyFrom(model)
+    vis = {v.name: v for v in model.graph.value_info}
+    full.graph.output.extend(vis[o] for o in inter)
+    onnx.save(full, tmp_path / "all.onnx")
+    example = traced.source.example.numpy()
+    rng = np.random.default_rng(0)
+    x = np.concatenate([example] + [example + 0.1 * rng.standard_normal(example.shape).astype(np.float32)
+                                    for _ in range(batch - 1)])
+    ref = OrtEngine(tmp_path / "all.onnx").run(x)
+    got = NativeEngine(tmp_path / "all.erg", max_batch=batch).run(x)
+    for name in final + inter:
+        assert_close(ref[name], got[name], name)
+    return len(inter)
+
+
+def test_digits_every_intermediate_matches_ort(digits_traced, tmp_path):
+    assert _sweep(digits_traced, tmp_path, batch=3) >= 10
+
+
+@pytest.mark.slow
+def test_effnet_every_intermediate_matches_ort(effnet_traced, tmp_path):
+    assert _sweep(effnet_traced, tmp_path, batch=2) >= 80
