@@ -31,6 +31,12 @@ def export_cmd(
     out: Path = typer.Option(Path("bundles/model"), help="bundle directory to write"),
     list_cuts: bool = typer.Option(False, "--list-cuts", help="list the valid cuts and exit"),
     max_cut_tensors: int = typer.Option(1, help="most tensors allowed to cross a cut"),
+    front_precision: str = typer.Option("fp32", help="front half weights: fp32 | int8 | int4 | auto"),
+    back_precision: str = typer.Option("fp32", help="back half: fp32 | fp16 | int8 (onnxruntime tools)"),
+    codec: str = typer.Option("none", help="activation codec on the wire: none | tsq"),
+    codec_budget: float = typer.Option(2e-3, help="tsq distortion budget (relative MSE)"),
+    group_size: int = typer.Option(32, help="int4 group size"),
+    max_device_mem_mb: Optional[float] = typer.Option(None, help="device memory budget for --front-precision auto"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip measuring the split on held-out data"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
@@ -48,7 +54,11 @@ def export_cmd(
             ]
             typer.echo(json.dumps({"model": traced.source.model_id, "cuts": rows}) if as_json else cuts_table(rows))
             return
-        cfg = ExportConfig(cut=cut, max_cut_tensors=max_cut_tensors, evaluate=not no_eval)
+        cfg = ExportConfig(
+            cut=cut, max_cut_tensors=max_cut_tensors, evaluate=not no_eval,
+            front_precision=front_precision, back_precision=back_precision, codec=codec,
+            codec_budget=codec_budget, group_size=group_size, max_device_mem_mb=max_device_mem_mb,
+        )
         bundle = export(traced, cfg, out)
         report = json.loads(bundle.file("report.json").read_text())
         if as_json:

@@ -36,7 +36,9 @@ def export_summary(bundle: Any, report: dict) -> str:
         f"bundle   {bundle.path}",
         f"model    {bundle.model_id}   hash {bundle.hash[:16]}",
         f"cut      {report['cut']} (index {report['cut_index']}), {report['front_fraction'] * 100:.1f}% of MACs on the device",
-        f"crossing {report['bytes_per_request']} bytes per sample (fp32)",
+        f"crossing {report['bytes_per_request']} bytes per sample ({report['codec']}; fp32: {report['bytes_per_request_fp32']})",
+        f"precision front {_prec(report['front_precision'])}, back {report['back_precision']}"
+        + (f", front weights {report['front_weight_bytes']} B" if report.get("front_weight_bytes") else ""),
         f"native   {'yes' if bundle.native_ok else 'NO: ' + bundle.native_reason}",
     ]
     if "metric" in report:
@@ -45,6 +47,15 @@ def export_summary(bundle: Any, report: dict) -> str:
             f"(n={report['n_eval']}, max |split - whole| = {report['split_vs_whole_max_abs']:.2e})"
         )
     return "\n".join(lines)
+
+
+def _prec(p: Any) -> str:
+    if isinstance(p, dict):
+        counts: dict[str, int] = {}
+        for v in p.values():
+            counts[v] = counts.get(v, 0) + 1
+        return "mixed (" + ", ".join(f"{k}: {n} layers" for k, n in sorted(counts.items())) + ")"
+    return str(p)
 
 
 def percentiles(samples: dict[str, list[float]], qs: Sequence[int] = (50, 95)) -> dict[str, dict[str, float]]:

@@ -1,8 +1,16 @@
-"""Measure a split against the whole model on real held-out data (onnxruntime on both)."""
+"""Measure what a bundle will deploy against the fp32 whole model, on real held-out data.
+
+The split is run as the device and server will run it: the front half on the
+native engine when the bundle has one (else onnxruntime), the crossing tensors
+through the activation codec when one is set, the back half at its precision
+on onnxruntime. Every lossy step is therefore in the reported figure.
+"""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -10,40 +18,76 @@ from edgerun.exporters.models import SourceModel
 
 EVAL_BATCH = 32
 
+# (crossing tensors) -> (crossing tensors after encode + decode), plus timings in µs
+CodecRoundTrip = Callable[[dict[str, np.ndarray]], tuple[dict[str, np.ndarray], float, float, int]]
 
-def _session(path: Path):
+
+def session(path: Path, threads: int = 2):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
+    opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def run_split(front_path: Path, back_path: Path, x: np.ndarray) -> np.ndarray:
-    """back(front(x)) on onnxruntime, batched."""
-    front, back = _session(front_path), _session(back_path)
-    outs = []
-    for i in range(0, len(x), EVAL_BATCH):
-        mid = front.run(None, {front.get_inputs()[0].name: x[i : i + EVAL_BATCH]})
-        feeds = {inp.name: mid[k] for k, inp in enumerate(back.get_inputs())}
-        outs.append(back.run(None, feeds)[0])
-    return np.concatenate(outs)
-
-
 def run_whole(whole_path: Path, x: np.ndarray) -> np.ndarray:
-    s = _session(whole_path)
+    s = session(whole_path)
     name = s.get_inputs()[0].name
     return np.concatenate([s.run(None, {name: x[i : i + EVAL_BATCH]})[0] for i in range(0, len(x), EVAL_BATCH)])
 
 
-def evaluate_split(src: SourceModel, bundle_dir: Path, *, limit: int | None = None) -> dict:
-    """Split vs whole on the model's held-out data.
+def front_runner(bundle_dir: Path, input_name: str, native: bool) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """The device's front half: native engine when available, else onnxruntime."""
+    from edgerun.engine import make_engine
+
+    if native:
+        eng = make_engine("native", erg_path=bundle_dir / "front.erg", threads=1, max_batch=EVAL_BATCH)
+    else:
+        eng = make_engine("ort", onnx_path=bundle_dir / "front.onnx", threads=1)
+    return lambda x: eng.run({input_name: x})
+
+
+def run_split(
+    bundle_dir: Path, x: np.ndarray, *, native: bool, codec: CodecRoundTrip | None = None
+) -> tuple[np.ndarray, dict]:
+    """back(codec(front(x))) as deployed; returns outputs and codec stats."""
+    back = session(bundle_dir / "back.onnx")
+    in_name = session(bundle_dir / "front.onnx").get_inputs()[0].name
+    front = front_runner(bundle_dir, in_name, native)
+    outs, enc_us, dec_us, nbytes, n = [], [], [], [], 0
+    for i in range(0, len(x), EVAL_BATCH):
+        mid = front(x[i : i + EVAL_BATCH])
+        if codec is not None:
+            for j in range(len(next(iter(mid.values())))):
+                one = {k: v[j : j + 1] for k, v in mid.items()}
+                dec, e_us, d_us, b = codec(one)
+                for k in mid:
+                    mid[k][j : j + 1] = dec[k]
+                enc_us.append(e_us), dec_us.append(d_us), nbytes.append(b)
+        outs.append(back.run(None, {inp.name: mid[inp.name] for inp in back.get_inputs()})[0])
+        n += len(x[i : i + EVAL_BATCH])
+    stats = {}
+    if codec is not None:
+        stats = {
+            "encode_us": float(np.median(enc_us)),
+            "decode_us": float(np.median(dec_us)),
+            "codec_bytes_mean": float(np.mean(nbytes)),
+        }
+    return np.concatenate(outs), stats
+
+
+def evaluate_split(
+    src: SourceModel, bundle_dir: Path, *, native: bool, codec: CodecRoundTrip | None = None,
+    limit: int | None = None,
+) -> dict:
+    """The deployed split vs the fp32 whole model on the model's held-out data.
 
     Returns:
         ``metric`` (name), ``metric_whole_fp32``, ``metric_split`` (accuracy on labels, or
         top-1 agreement with the whole fp32 model where labels are missing),
-        ``split_vs_whole_max_abs``, ``top1_agreement``, ``n_eval``.
+        ``split_vs_whole_max_abs``, ``top1_agreement``, ``n_eval``, ``eval_engine``, and the
+        codec's ``encode_us`` / ``decode_us`` / ``codec_bytes_mean`` when a codec is set.
     """
     if src.zoo is not None:
         x, y = src.zoo.eval_data(limit=limit)
@@ -51,13 +95,17 @@ def evaluate_split(src: SourceModel, bundle_dir: Path, *, limit: int | None = No
         x = np.load(bundle_dir / "samples.npz")["inputs"]
         y = None
     x = np.ascontiguousarray(x, dtype=np.float32)
+    t0 = time.perf_counter()
     whole = run_whole(bundle_dir / "whole.onnx", x)
-    parts = run_split(bundle_dir / "front.onnx", bundle_dir / "back.onnx", x)
+    parts, stats = run_split(bundle_dir, x, native=native, codec=codec)
     agree = float(np.mean(whole.argmax(-1) == parts.argmax(-1)))
     rep = {
         "n_eval": int(len(x)),
+        "eval_engine": "native" if native else "ort",
         "split_vs_whole_max_abs": float(np.max(np.abs(whole - parts))),
         "top1_agreement": agree,
+        "eval_seconds": round(time.perf_counter() - t0, 2),
+        **stats,
     }
     if y is not None:
         rep.update(
@@ -68,3 +116,16 @@ def evaluate_split(src: SourceModel, bundle_dir: Path, *, limit: int | None = No
     else:
         rep.update(metric="top1_agreement", metric_whole_fp32=1.0, metric_split=agree)
     return rep
+
+
+def calibration_activations(src: SourceModel, front_path: Path, n: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Calibration inputs (training split / disjoint photo crops) and the fp32 activations at the cut."""
+    if src.zoo is not None:
+        x = np.ascontiguousarray(src.zoo.calib_data(n), dtype=np.float32)
+    else:
+        x = np.ascontiguousarray(np.load(front_path.parent / "samples.npz")["inputs"], dtype=np.float32)
+    s = session(front_path)
+    name = s.get_inputs()[0].name
+    names = [o.name for o in s.get_outputs()]
+    chunks = [s.run(None, {name: x[i : i + EVAL_BATCH]}) for i in range(0, len(x), EVAL_BATCH)]
+    return x, {nm: np.concatenate([c[k] for c in chunks]) for k, nm in enumerate(names)}

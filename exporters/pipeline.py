@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,11 +23,14 @@ from edgerun.bundle import Bundle, TensorSpec, write_manifest
 from edgerun.errors import ConfigError, UnsupportedOpError
 from edgerun.exporters import trace
 from edgerun.exporters.cuts import Cut, find_cuts, resolve_cut, shapes_of
-from edgerun.exporters.evaluate import evaluate_split
+from edgerun.exporters.evaluate import calibration_activations, evaluate_split
 from edgerun.exporters.models import SourceModel, resolve_model
+from edgerun.exporters.quantize_back import BACK_PRECISIONS, quantize_back
 from edgerun.exporters.split import split
 
 N_SAMPLES = 8
+FRONT_PRECISIONS = ("fp32", "int8", "int4", "auto")
+CODECS = ("none", "tsq")
 
 
 @dataclass(frozen=True)
@@ -40,6 +44,14 @@ class ExportConfig:
         eval_limit: cap on evaluation samples (None = all).
         require_native: fail when the native engine cannot run the front half
             (default False: the bundle is written and the device must use ``--engine ort``).
+        front_precision: ``fp32``, ``int8``, ``int4`` or ``auto`` (per layer, by measured
+            sensitivity, under ``max_device_mem_mb``).
+        group_size: int4 group size along the reduction axis.
+        max_device_mem_mb: device memory budget (weights + activation arena) for ``auto``.
+        back_precision: ``fp32``, ``fp16`` or ``int8`` (onnxruntime's own tools).
+        codec: activation codec on the wire: ``none`` or ``tsq``.
+        codec_budget: tsq distortion budget (relative MSE of the dense part).
+        calib_samples: calibration inputs for quantization and the codec.
     """
 
     cut: str | int | None = None
@@ -47,8 +59,25 @@ class ExportConfig:
     evaluate: bool = True
     eval_limit: int | None = None
     require_native: bool = False
+    front_precision: str = "fp32"
+    group_size: int = 32
+    max_device_mem_mb: float | None = None
+    back_precision: str = "fp32"
+    codec: str = "none"
+    codec_budget: float = 2e-3
+    calib_samples: int = 64
 
     def __post_init__(self) -> None:
+        if self.front_precision not in FRONT_PRECISIONS:
+            raise ConfigError(f"front_precision {self.front_precision!r}: use one of {FRONT_PRECISIONS}")
+        if self.back_precision not in BACK_PRECISIONS:
+            raise ConfigError(f"back_precision {self.back_precision!r}: use one of {BACK_PRECISIONS}")
+        if self.codec not in CODECS:
+            raise ConfigError(f"codec {self.codec!r}: use one of {CODECS}")
+        if not 0 < self.codec_budget < 1:
+            raise ConfigError(f"codec_budget is a relative MSE in (0, 1), got {self.codec_budget}; try 2e-3")
+        if self.calib_samples < 1:
+            raise ConfigError(f"calib_samples must be >= 1, got {self.calib_samples}")
         if self.max_cut_tensors < 1:
             raise ConfigError(f"max_cut_tensors must be >= 1 (got {self.max_cut_tensors}); use 1 for single-tensor cuts")
         if self.eval_limit is not None and self.eval_limit < 1:
@@ -89,48 +118,51 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
     """
     traced = spec if isinstance(spec, Traced) else trace_model(spec, max_cut_tensors=config.max_cut_tensors)
     cut = resolve_cut(traced.cuts, config.cut)
+    final = _check_out_dir(Path(out_dir))
+    # Build beside the target and swap in at the end: a failed export leaves the old bundle intact.
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        _write_bundle(traced, cut, out, config)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    if final.exists():
+        shutil.rmtree(final)
+    out.chmod(0o755)  # mkdtemp made it private
+    out.rename(final)
+    return Bundle.load(final)
+
+
+def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> None:
+    from edgerun.exporters import stages
+
     front, back = split(traced.model, cut)
-    out = _fresh_dir(Path(out_dir))
     onnx.save(traced.model, out / "whole.onnx")
     onnx.save(front, out / "front.onnx")
-    onnx.save(back, out / "back.onnx")
-    native = _write_native(front, out / "front.erg", config.require_native)
+    np.savez(out / "samples.npz", inputs=_samples(traced.source, traced.model))
+    calib_x, calib_acts = calibration_activations(traced.source, out / "front.onnx", cfg.calib_samples)
+    native = stages.write_front(front, out / "front.erg", calib_x, cfg)
+    onnx.save(quantize_back(back, cfg.back_precision, calib_acts), out / "back.onnx")
+    codec = stages.calibrate_codec(calib_acts, cfg)
     files = {
-        "whole.onnx": {"role": "whole model (reference; all-on-server mode)"},
-        "front.onnx": {"role": "front half, onnxruntime (--engine ort)"},
-        "back.onnx": {"role": "back half, server"},
+        "whole.onnx": {"role": "whole model, fp32 (reference; all-on-server mode)"},
+        "front.onnx": {"role": "front half, fp32, onnxruntime (--engine ort)"},
+        "back.onnx": {"role": f"back half, {cfg.back_precision}, server"},
+        "samples.npz": {"role": "sample inputs for `edgerun verify`"},
+        "report.json": {"role": "export report (accuracy, bytes, costs)"},
     }
     if native["ok"]:
-        files["front.erg"] = {"role": "front half, native engine"}
-    samples_in = _samples(traced.source, traced.model)
-    np.savez(out / "samples.npz", inputs=samples_in)
-    files["samples.npz"] = {"role": "sample inputs for `edgerun verify`"}
-    report = _report(traced, cut, out, config)
+        files["front.erg"] = {"role": f"front half, {native['precision']}, native engine"}
+    report = _report(traced, cut, out, cfg, native, codec)
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    files["report.json"] = {"role": "export report (accuracy, bytes, costs)"}
-    write_manifest(out, _manifest(traced, cut, native, files))
-    return Bundle.load(out)
+    write_manifest(out, _manifest(traced, cut, native, codec, cfg, files))
 
 
-def _fresh_dir(out: Path) -> Path:
-    if out.exists():
-        if not (out / "manifest.json").exists() and any(out.iterdir()):
-            raise ConfigError(f"{out} exists and is not a bundle; choose an empty or new --out directory")
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+def _check_out_dir(out: Path) -> Path:
+    if out.exists() and (not out.is_dir() or ((any(out.iterdir())) and not (out / "manifest.json").exists())):
+        raise ConfigError(f"{out} exists and is not a bundle; choose an empty or new --out directory")
+    out.parent.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def _write_native(front: onnx.ModelProto, path: Path, required: bool) -> dict:
-    from edgerun.exporters.erg import write_erg
-
-    try:
-        info = write_erg(front, path)
-    except UnsupportedOpError as exc:
-        if required:
-            raise
-        return {"ok": False, "reason": str(exc)}
-    return {"ok": True, "reason": "", "info": info}
 
 
 def _samples(src: SourceModel, model: onnx.ModelProto) -> np.ndarray:
@@ -148,25 +180,32 @@ def _tensor_specs(model: onnx.ModelProto, names: list[str] | tuple[str, ...]) ->
     return [TensorSpec(n, (None, *shapes[n][1:]), "float32").to_json() for n in names]
 
 
-def _report(traced: Traced, cut: Cut, out: Path, config: ExportConfig) -> dict:
+def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict, codec: dict) -> dict:
+    from edgerun.exporters import stages
+
     rep = {
         "cut": cut.label,
         "cut_index": cut.index,
-        "front_precision": "fp32",
-        "back_precision": "fp32",
-        "codec": "none",
+        "front_precision": native.get("layers") or native["precision"],
+        "front_precision_mode": cfg.front_precision,
+        "front_weight_bytes": native.get("weight_bytes"),
+        "back_precision": cfg.back_precision,
+        "codec": cfg.codec,
         "bytes_per_request_fp32": cut.crossing_bytes,
         "bytes_per_request": cut.crossing_bytes,
         "front_macs": cut.front_macs,
         "back_macs": cut.back_macs,
         "front_fraction": round(cut.front_fraction, 4),
     }
-    if config.evaluate:
-        rep.update(evaluate_split(traced.source, out, limit=config.eval_limit))
+    if cfg.evaluate:
+        roundtrip = stages.codec_roundtrip(codec) if codec["id"] != "none" else None
+        rep.update(evaluate_split(traced.source, out, native=native["ok"], codec=roundtrip, limit=cfg.eval_limit))
+        if roundtrip is not None:
+            rep["bytes_per_request"] = int(round(rep["codec_bytes_mean"]))
     return rep
 
 
-def _manifest(traced: Traced, cut: Cut, native: dict, files: dict) -> dict:
+def _manifest(traced: Traced, cut: Cut, native: dict, codec: dict, cfg: ExportConfig, files: dict) -> dict:
     model = traced.model
     return {
         "model_id": traced.source.model_id,
@@ -179,8 +218,13 @@ def _manifest(traced: Traced, cut: Cut, native: dict, files: dict) -> dict:
             "after_node": cut.after_node,
             "tensors": _tensor_specs(model, cut.tensors),
         },
-        "precisions": {"front": "fp32", "back": "fp32"},
-        "codec": {"id": "none"},
+        "precisions": {
+            "front": native["precision"],
+            "front_layers": native.get("layers", {}),
+            "group_size": cfg.group_size,
+            "back": cfg.back_precision,
+        },
+        "codec": codec,
         "exits": [],
         "native": {"ok": native["ok"], "reason": native["reason"]},
         "predicted": {
