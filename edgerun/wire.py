@@ -32,6 +32,8 @@ MAX_TENSORS = 16
 MAX_DIMS = 8
 MAX_META_DEPTH = 32  # containers nested in the meta JSON (the C++ side uses the same)
 CODEC_RAW = 0
+CODEC_TSQ = 1
+KNOWN_CODECS = (CODEC_RAW, CODEC_TSQ)  # ids shared with edgerun.codec.CODEC_IDS
 
 
 class Kind(IntEnum):
@@ -74,6 +76,21 @@ HEADER_SIZE = _HEADER.size
 MIN_FRAME_SIZE = HEADER_SIZE + _CRC.size
 
 
+@dataclass(frozen=True)
+class CodedTensor:
+    """A tensor that crosses through an activation codec (see ``edgerun.codec``).
+
+    The frame carries the codec's own bytes; the receiver decodes them with the
+    codec named by ``codec`` into a tensor of ``dtype`` and ``shape``.
+    """
+
+    codec: int
+    dtype: int          # wire dtype code of the decoded tensor (1 = float32)
+    shape: tuple[int, ...]
+    params: bytes
+    payload: bytes
+
+
 @dataclass
 class Frame:
     """One decoded or to-be-encoded frame.
@@ -83,7 +100,8 @@ class Frame:
         request_id: u64 chosen by the device; a reply carries the request's id.
         seq: u32 sequence number / token position.
         bundle_hash: 16 raw bytes, the first 16 bytes of the bundle's sha256.
-        tensors: arrays of a wire dtype (see ``DTYPES``), at most 16, each at most 8-D.
+        tensors: arrays of a wire dtype (see ``DTYPES``) or ``CodedTensor``s, at most 16,
+            each at most 8-D.
         meta: a JSON object (timings; ``code``/``message`` for an error frame).
     """
 
@@ -91,7 +109,7 @@ class Frame:
     request_id: int
     seq: int
     bundle_hash: bytes
-    tensors: list[np.ndarray] = field(default_factory=list)
+    tensors: list[np.ndarray | CodedTensor] = field(default_factory=list)
     meta: dict = field(default_factory=dict)
 
 
@@ -116,8 +134,14 @@ def encode_meta(meta: dict) -> bytes:
     return raw
 
 
-def _wire_array(x: np.ndarray, i: int) -> tuple[int, np.ndarray]:
+def _wire_array(x: np.ndarray | CodedTensor, i: int) -> tuple[int, np.ndarray | CodedTensor]:
     """(dtype code, C-contiguous little-endian array) for tensor i, or FrameError."""
+    if isinstance(x, CodedTensor):
+        if x.codec not in KNOWN_CODECS or x.codec == CODEC_RAW:
+            raise FrameError(f"tensor {i}: codec {x.codec} is not a known activation codec", "unsupported_codec")
+        if x.dtype not in DTYPES or len(x.shape) > MAX_DIMS or not x.params:
+            raise FrameError(f"tensor {i}: coded tensor needs a wire dtype, <= {MAX_DIMS} dims and params", "malformed")
+        return x.dtype, x
     if isinstance(x, np.generic):  # a numpy scalar crosses as a 0-d tensor
         x = np.asarray(x)
     if not isinstance(x, np.ndarray):
@@ -170,6 +194,10 @@ def encode(frame: Frame) -> bytes:
         meta,
     ]
     for code, a in arrays:
+        if isinstance(a, CodedTensor):
+            parts.append(_RECORD.pack(a.codec, code, len(a.shape), 0, len(a.params)))
+            parts += [struct.pack(f"<{len(a.shape)}I", *a.shape), a.params, _U64.pack(len(a.payload)), a.payload]
+            continue
         parts.append(_RECORD.pack(CODEC_RAW, code, a.ndim, 0, 0))
         parts.append(struct.pack(f"<{a.ndim}I", *a.shape))
         parts.append(_U64.pack(a.nbytes))
@@ -190,9 +218,15 @@ def encode_native(frame: Frame) -> bytes:
     arrays, meta = _checked(frame)
     try:
         return _core.encode_frame(int(frame.kind), int(frame.request_id), int(frame.seq),
-                                  bytes(frame.bundle_hash), meta, [a for _, a in arrays])
+                                  bytes(frame.bundle_hash), meta, [_native_tensor(a) for _, a in arrays])
     except _core.CoreError as exc:
         raise core_error(exc) from None
+
+
+def _native_tensor(a: np.ndarray | CodedTensor):
+    if isinstance(a, CodedTensor):
+        return (a.codec, a.dtype, tuple(a.shape), a.params, a.payload)
+    return a
 
 
 def core_error(exc: Exception) -> Exception:
@@ -276,7 +310,7 @@ def _check_header(buf: bytes, max_bytes: int) -> tuple:
     return fields
 
 
-def _decode_record(buf: bytes, pos: int, end: int, i: int) -> tuple[np.ndarray, int]:
+def _decode_record(buf: bytes, pos: int, end: int, i: int) -> tuple[np.ndarray | CodedTensor, int]:
     what = f"tensor record {i}"
     if end - pos < _RECORD.size:
         raise _truncated(what)
@@ -292,6 +326,7 @@ def _decode_record(buf: bytes, pos: int, end: int, i: int) -> tuple[np.ndarray, 
     pos += 4 * ndim
     if end - pos < params_len:
         raise _truncated(what)
+    params = buf[pos : pos + params_len]
     pos += params_len
     if end - pos < 8:
         raise _truncated(what)
@@ -300,11 +335,15 @@ def _decode_record(buf: bytes, pos: int, end: int, i: int) -> tuple[np.ndarray, 
     if payload_len > end - pos:  # checked before the length is used for anything
         raise _truncated(what)
     at = f"tensor {i}: "
-    if codec != CODEC_RAW:
-        raise FrameError(f"{at}codec {codec} is not supported by this edgerun (it knows codec 0 = raw); "
+    if codec not in KNOWN_CODECS:
+        raise FrameError(f"{at}codec {codec} is not supported by this edgerun (it knows 0 = raw, 1 = tsq); "
                          "upgrade edgerun on this side", "unsupported_codec")
     if dtype not in DTYPES:
         raise FrameError(f"{at}unknown dtype code {dtype} (known: {sorted(DTYPES)})", "malformed")
+    if codec != CODEC_RAW:  # the codec validates its own params and payload when it decodes them
+        if params_len == 0:
+            raise FrameError(f"{at}codec {codec} needs its parameters but params_len is 0", "malformed")
+        return CodedTensor(codec, dtype, tuple(dims), bytes(params), bytes(buf[pos : pos + payload_len])), pos + payload_len
     if params_len != 0:
         raise FrameError(f"{at}raw codec takes no parameters but params_len is {params_len}", "malformed")
     dt = DTYPES[dtype]

@@ -158,13 +158,18 @@ bool raw_size(const TensorView& t, size_t itemsize, uint64_t* out) {
 // The checks a tensor must pass on both sides (encode and decode).
 Status check_tensor(const TensorView& t, uint32_t i, StatusCode bad) {
   const std::string at = "tensor " + std::to_string(i) + ": ";
-  if (t.codec != static_cast<uint8_t>(Codec::kRaw))
+  if (t.codec != static_cast<uint8_t>(Codec::kRaw) && t.codec != static_cast<uint8_t>(Codec::kTsq))
     return fail(kUnsupportedCodec, at + "codec " + std::to_string(t.codec) +
-                " is not supported by this edgerun (it knows codec 0 = raw); upgrade edgerun on this side");
+                " is not supported by this edgerun (it knows 0 = raw, 1 = tsq); upgrade edgerun on this side");
   const size_t itemsize = dtype_size(t.dtype);
   if (itemsize == 0)
     return fail(bad, at + "unknown dtype code " + std::to_string(t.dtype) +
                 " (known: 1 float32, 2 float16, 3 int8, 4 uint8, 5 int32, 6 int64)");
+  if (t.codec == static_cast<uint8_t>(Codec::kTsq)) {
+    // The codec validates its own params and payload when it decodes them.
+    if (t.params_len == 0) return fail(bad, at + "tsq codec needs its parameters but params_len is 0");
+    return Status::Ok();
+  }
   if (t.params_len != 0)
     return fail(bad, at + "raw codec takes no parameters but params_len is " + std::to_string(t.params_len));
   uint64_t want = 0;

@@ -33,7 +33,8 @@ inline constexpr int      kMaxMetaDepth    = 32;  // nesting limit of the meta J
 
 enum class Kind : uint8_t { kRequest = 1, kReply = 2, kError = 3 };
 enum class DType : uint8_t { kFloat32 = 1, kFloat16 = 2, kInt8 = 3, kUInt8 = 4, kInt32 = 5, kInt64 = 6 };
-enum class Codec : uint8_t { kRaw = 0 };
+// Codec ids: 0 raw; 1 tsq (edgerun/codec.h: payload and params are the codec's own bytes).
+enum class Codec : uint8_t { kRaw = 0, kTsq = 1 };
 
 // Short aliases for the frame-group status codes used by the decoder.
 inline constexpr StatusCode kUnsupportedCodec = StatusCode::kFrameUnsupportedCodec;

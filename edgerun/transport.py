@@ -1,0 +1,313 @@
+"""MQTT 5 topics and a thin paho-mqtt client wrapper shared by the server and the device.
+
+The topic layout is a contract (docs/TOPICS.md)::
+
+    edgerun/v1/<model>/<topic_id>/req/<device>             device -> server (QoS 1)
+    $share/<group>/edgerun/v1/<model>/<topic_id>/req/+     what server workers subscribe to
+    edgerun/v1/<model>/<topic_id>/resp/<device>            server -> device (QoS 1)
+    edgerun/v1/<model>/<topic_id>/presence/<role>/<id>     retained JSON, last will "offline"
+
+``topic_id`` is the hex of the first 16 bytes of the bundle's sha256, so a device
+and a server only meet when they hold the very same bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edgerun.broker import parse_broker_url
+from edgerun.errors import ConfigError, TransportError
+
+log = logging.getLogger("edgerun.transport")
+
+PREFIX = "edgerun/v1"
+QOS = 1
+_SEGMENT_OK = re.compile(r"^[A-Za-z0-9._:@=-]{1,128}$")
+_TOPIC_ID = re.compile(r"^[0-9a-f]{32}$")
+_ROLES = ("server", "device")
+
+
+# ---------------------------------------------------------------- topics --
+def model_segment(model_id: str) -> str:
+    """The topic segment for a model id: characters MQTT gives a meaning to become '_'.
+
+    Both sides derive it from the bundle's ``model_id`` the same way, so it only has
+    to be deterministic (``zoo:digits-cnn`` stays ``zoo:digits-cnn``; ``a/b`` becomes ``a_b``).
+    """
+    seg = re.sub(r"[^A-Za-z0-9._:@=-]", "_", str(model_id))[:128]
+    if not seg:
+        raise ConfigError("the bundle's model id is empty: re-export the bundle with a model name")
+    return seg
+
+
+def check_segment(kind: str, value: str) -> str:
+    """Return ``value`` if it is a safe single topic segment, else raise ConfigError.
+
+    A device or worker id lands inside a topic; '/', '+', '#' or '$' there would
+    route messages to other devices, so they are refused instead of escaped.
+    """
+    if not isinstance(value, str) or not _SEGMENT_OK.match(value):
+        raise ConfigError(
+            f"{kind} {value!r} cannot be used in an MQTT topic: use 1-128 characters "
+            "from letters, digits and . _ : @ = -"
+        )
+    return value
+
+
+def _check_topic_id(topic_id: str) -> str:
+    if not isinstance(topic_id, str) or not _TOPIC_ID.match(topic_id):
+        raise ConfigError(f"topic id {topic_id!r} must be 32 lowercase hex characters (bundle.topic_id)")
+    return topic_id
+
+
+def base_topic(model_id: str, topic_id: str) -> str:
+    """``edgerun/v1/<model>/<topic_id>``."""
+    return f"{PREFIX}/{model_segment(model_id)}/{_check_topic_id(topic_id)}"
+
+
+def request_topic(model_id: str, topic_id: str, device_id: str) -> str:
+    """Topic a device publishes its requests on."""
+    return f"{base_topic(model_id, topic_id)}/req/{check_segment('device id', device_id)}"
+
+
+def response_topic(model_id: str, topic_id: str, device_id: str) -> str:
+    """Topic a device receives its replies on (sent as the MQTT 5 Response Topic)."""
+    return f"{base_topic(model_id, topic_id)}/resp/{check_segment('device id', device_id)}"
+
+
+def shared_request_filter(model_id: str, topic_id: str, group: str) -> str:
+    """Shared subscription the server workers of one group split the requests through."""
+    return f"$share/{check_segment('server group', group)}/{base_topic(model_id, topic_id)}/req/+"
+
+
+def presence_topic(model_id: str, topic_id: str, role: str, ident: str) -> str:
+    """Retained presence topic of one server worker or device."""
+    if role not in _ROLES:
+        raise ConfigError(f"presence role {role!r} must be one of {_ROLES}")
+    return f"{base_topic(model_id, topic_id)}/presence/{role}/{check_segment(role + ' id', ident)}"
+
+
+def parse_request_topic(topic: str) -> tuple[str, str, str]:
+    """Split a request topic into ``(model, topic_id, device)``.
+
+    Raises:
+        ConfigError: ``topic`` is not a request topic of this layout.
+    """
+    parts = topic.split("/")
+    if len(parts) != 6 or "/".join(parts[:2]) != PREFIX or parts[4] != "req":
+        raise ConfigError(f"{topic!r} is not an edgerun request topic ({PREFIX}/<model>/<topic_id>/req/<device>)")
+    return parts[2], _check_topic_id(parts[3]), check_segment("device id", parts[5])
+
+
+def default_id(prefix: str) -> str:
+    """A readable unique-enough id: ``<prefix>-<host>-<pid>``."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
+    return f"{prefix}-{host}-{os.getpid()}"
+
+
+# ----------------------------------------------------- correlation data --
+def correlation_bytes(request_id: int) -> bytes:
+    """Correlation Data of a request: its id as 8 bytes little-endian."""
+    return struct.pack("<Q", request_id & 0xFFFFFFFFFFFFFFFF)
+
+
+def correlation_id(data: bytes | None) -> int | None:
+    """The request id inside Correlation Data, or None if it is absent or not 8 bytes."""
+    if data is None or len(data) != 8:
+        return None
+    return int(struct.unpack("<Q", bytes(data))[0])
+
+
+def presence_payload(role: str, ident: str, status: str, **extra: Any) -> bytes:
+    """JSON body of a presence message (``status`` is "online" or "offline")."""
+    body = {"status": status, "role": role, "id": ident, "pid": os.getpid(), "time": time.time()}
+    body.update(extra)
+    return json.dumps(body, sort_keys=True).encode()
+
+
+# ---------------------------------------------------------------- client --
+MessageHandler = Callable[[mqtt.MQTTMessage], None]
+
+
+class MqttClient:
+    """A paho MQTT 5 client that connects synchronously and reconnects by itself.
+
+    paho runs the network loop in its own thread; ``on_message`` is called there and
+    must not block for long. Subscriptions are remembered and renewed on every
+    (re)connect, so a broker restart does not silently cut the traffic.
+
+    Args:
+        broker_url: ``mqtt://host:port``.
+        client_id: MQTT client id (unique per process).
+        on_message: called for every received message.
+        will: ``(topic, payload)`` published retained by the broker if we vanish.
+        keepalive_s: MQTT keep alive; a dead peer is noticed after ~1.5x this.
+    """
+
+    def __init__(
+        self,
+        broker_url: str,
+        client_id: str,
+        *,
+        on_message: MessageHandler | None = None,
+        will: tuple[str, bytes] | None = None,
+        keepalive_s: int = 10,
+    ) -> None:
+        self.url = broker_url
+        self.host, self.port = parse_broker_url(broker_url)
+        self.client_id = client_id
+        self._on_message = on_message
+        self._subs: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._acks: dict[int, threading.Event] = {}
+        self._keepalive = keepalive_s
+        self._closed = False
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        c.reconnect_delay_set(min_delay=1, max_delay=16)  # paho doubles the delay up to max
+        if will is not None:
+            c.will_set(will[0], will[1], qos=QOS, retain=True)
+        c.on_socket_open = _set_nodelay
+        c.on_connect = self._handle_connect
+        c.on_disconnect = self._handle_disconnect
+        c.on_subscribe = self._handle_subscribe
+        c.on_message = self._handle_message
+        self._client = c
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def connect(self, timeout_s: float = 5.0) -> None:
+        """Connect and start the network loop; wait for the broker's CONNACK.
+
+        Raises:
+            TransportError: the broker cannot be reached or refused us.
+        """
+        hint = "start one with `mosquitto -p PORT` (or edgerun.broker.Mosquitto) or pass the right --broker"
+        try:
+            self._client.connect(self.host, self.port, keepalive=self._keepalive, clean_start=True)
+        except (OSError, ValueError) as exc:
+            raise TransportError(f"cannot reach the MQTT broker at {self.url} ({exc}): {hint}") from None
+        self._client.loop_start()
+        if not self._connected.wait(timeout_s):
+            self.close()
+            raise TransportError(f"the MQTT broker at {self.url} did not accept the connection within {timeout_s:g} s: {hint}")
+
+    def subscribe(self, topic_filter: str, timeout_s: float = 5.0) -> None:
+        """Subscribe at QoS 1 and wait for the SUBACK (so no message published after returns is missed).
+
+        Raises:
+            TransportError: no SUBACK in time.
+        """
+        with self._lock:
+            self._subs[topic_filter] = QOS
+        done = threading.Event()
+        rc, mid = self._client.subscribe(topic_filter, qos=QOS)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise TransportError(f"cannot subscribe to {topic_filter!r} on {self.url}: {mqtt.error_string(rc)}")
+        with self._lock:
+            # The SUBACK can arrive before we get here: _handle_subscribe then left a set event.
+            early = self._acks.pop(mid, None)
+            if early is None:
+                self._acks[mid] = done
+        if early is None and not done.wait(timeout_s):
+            raise TransportError(f"the broker at {self.url} did not confirm the subscription to {topic_filter!r}")
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        response_topic: str | None = None,
+        correlation: bytes | None = None,
+        retain: bool = False,
+        qos: int = QOS,
+    ) -> mqtt.MQTTMessageInfo:
+        """Publish one message (QoS 1 by default), with MQTT 5 request/response properties."""
+        props = None
+        if response_topic is not None or correlation is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            if response_topic is not None:
+                props.ResponseTopic = response_topic
+            if correlation is not None:
+                props.CorrelationData = correlation
+        return self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+
+    def close(self, final: tuple[str, bytes] | None = None, timeout_s: float = 2.0) -> None:
+        """Publish ``final`` (retained, e.g. presence "offline"), disconnect, stop the loop."""
+        if self._closed:
+            return
+        self._closed = True
+        if final is not None and self.connected:
+            try:
+                info = self.publish(final[0], final[1], retain=True)
+                info.wait_for_publish(timeout_s)
+            except (RuntimeError, ValueError) as exc:
+                log.debug("final publish failed: %s", exc)
+        try:
+            self._client.disconnect()
+        finally:
+            self._client.loop_stop()
+
+    # -- paho callbacks (network thread) -------------------------------------
+    def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.warning("broker %s refused the connection: %s", self.url, reason_code)
+            return
+        with self._lock:
+            subs = list(self._subs)
+        for topic_filter in subs:  # renew after a reconnect (clean_start drops them)
+            client.subscribe(topic_filter, qos=QOS)
+        if subs:
+            log.info("reconnected to %s, subscriptions renewed", self.url)
+        self._connected.set()
+
+    def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        if not self._closed:
+            log.warning("lost the broker at %s (%s); reconnecting with backoff", self.url, reason_code)
+
+    def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        for rc in reason_codes:
+            if rc.is_failure:
+                log.error("broker %s refused a subscription: %s", self.url, rc)
+        with self._lock:
+            ev = self._acks.pop(mid, None)
+            if ev is None:  # SUBACK arrived before subscribe() registered its event
+                self._acks[mid] = _SET_EVENT
+        if ev is not None:
+            ev.set()
+
+    def _handle_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if self._on_message is None:
+            return
+        try:
+            self._on_message(msg)
+        except Exception:  # never let a handler bug kill paho's network thread
+            log.exception("message handler failed on %s", msg.topic)
+
+
+def _set_nodelay(client, userdata, sock) -> None:
+    # paho leaves Nagle on: a small PUBLISH then waits for the peer's delayed ACK (~40 ms per hop).
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):  # not a TCP socket (e.g. a websocket wrapper)
+        pass
+
+
+_SET_EVENT = threading.Event()
+_SET_EVENT.set()

@@ -1,0 +1,115 @@
+"""The private Mosquitto launcher and broker URL parsing."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from edgerun import transport
+from edgerun.broker import Mosquitto, parse_broker_url, port_open
+from edgerun.errors import ConfigError, TransportError, UserError
+
+_HAVE_MOSQUITTO = bool(shutil.which("mosquitto") or shutil.which("/usr/sbin/mosquitto"))
+
+
+def needs_mosquitto(fn):
+    """These start a real broker process: marked integration so `-m "not integration"` stays process-free."""
+    return pytest.mark.integration(pytest.mark.skipif(not _HAVE_MOSQUITTO, reason="mosquitto not installed")(fn))
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mqtt://127.0.0.1:1884", ("127.0.0.1", 1884)),
+        ("tcp://broker.local:8883", ("broker.local", 8883)),
+        ("mqtt://example.org", ("example.org", 1883)),
+        ("10.0.0.2:1999", ("10.0.0.2", 1999)),
+        ("localhost", ("localhost", 1883)),
+        ("mqtt://[::1]:1883", ("::1", 1883)),
+    ],
+)
+def test_parse_broker_url(url, expected):
+    assert parse_broker_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "   ", "http://h:1", "mqtt://h:notaport", "mqtt://h:70000", "mqtt://:1883", "mqtt://h:0", "mqtt://h:1/x"]
+)
+def test_parse_broker_url_rejects_bad_urls(bad):
+    with pytest.raises(ConfigError, match="broker URL"):
+        parse_broker_url(bad)
+
+
+def test_missing_binary_says_how_to_install(monkeypatch):
+    import edgerun.broker as broker
+
+    monkeypatch.setattr(broker.os, "access", lambda *a: False)
+    monkeypatch.setattr(broker.shutil, "which", lambda *a: None)
+    with pytest.raises(UserError, match="apt-get install -y mosquitto"):
+        Mosquitto()
+
+
+@needs_mosquitto
+def test_broker_starts_serves_mqtt5_and_stops():
+    with Mosquitto() as b:
+        assert b.url.startswith("mqtt://127.0.0.1:") and b.running
+        got: list[bytes] = []
+        done = threading.Event()
+
+        def on_msg(msg):
+            got.append(bytes(msg.payload))
+            done.set()
+
+        c = transport.MqttClient(b.url, "t-sub", on_message=on_msg)
+        c.connect()
+        c.subscribe("edgerun/test/#")
+        c.publish("edgerun/test/x", b"hello", response_topic="edgerun/test/r", correlation=b"\x01" * 8)
+        assert done.wait(5), "message did not come back through the broker"
+        assert got == [b"hello"]
+        c.close()
+        port = b.port
+    assert not b.running and not port_open("127.0.0.1", port)
+
+
+@needs_mosquitto
+def test_two_brokers_get_different_ports():
+    with Mosquitto() as a, Mosquitto() as b:
+        assert a.port != b.port
+
+
+@needs_mosquitto
+def test_dead_broker_gives_transport_error_with_url_and_hint():
+    with Mosquitto() as b:
+        url = b.url
+    client = transport.MqttClient(url, "t-dead")
+    with pytest.raises(TransportError, match=r"cannot reach the MQTT broker at mqtt://127\.0\.0\.1:\d+.*start one"):
+        client.connect(timeout_s=2)
+
+
+@needs_mosquitto
+def test_broker_that_cannot_bind_reports_its_log():
+    with Mosquitto() as a:
+        with pytest.raises(UserError, match="already in use"):
+            Mosquitto(port=a.port, start_timeout_s=2).start()
+
+
+def test_shared_subscription_filter_is_valid_for_paho():
+    # paho validates filters on subscribe; a filter it rejects would fail only at run time.
+    f = transport.shared_request_filter("m", "0" * 32, "edgerun")
+    assert mqtt.topic_matches_sub(f.split("/", 2)[2], "edgerun/v1/m/" + "0" * 32 + "/req/dev")
+
+
+def test_broker_that_exits_at_once_reports_did_not_start(tmp_path):
+    fake = tmp_path / "fake-mosquitto"
+    fake.write_text("#!/bin/sh\necho 'Error: bad config' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    with pytest.raises(UserError, match="did not start"):
+        Mosquitto(binary=str(fake), start_timeout_s=2).start()
+
+
+def test_negative_packet_size_is_a_config_error():
+    with pytest.raises(ConfigError, match="max_packet_size"):
+        Mosquitto(max_packet_size=-1, binary="/bin/true")
