@@ -38,9 +38,23 @@ def tsq_decode(payload: bytes, shape: list[int], params: bytes) -> np.ndarray:
     """Decode a tsq payload (validated) into a float32 array of ``shape``."""
 # ==== codec: end ====
 
+# ==== exits: begin ====
+def exit_scores(criterion: str, x: np.ndarray, prev: np.ndarray | None = None) -> np.ndarray:
+    """One score per row of x (batch, n): "max_prob", "entropy" (nats) or "consistency" (RMS to prev)."""
+
+def exit_all_pass(criterion: str, x: np.ndarray, prev: np.ndarray | None, threshold: float) -> tuple[bool, float]:
+    """(every row passes the threshold, the worst row's score)."""
+
+def exit_passes(criterion: str, score: float, threshold: float) -> bool:
+    """>= threshold for max_prob, <= for entropy and consistency."""
+# ==== exits: end ====
+
 # ==== engine: begin ====
 ERG_VERSION: int
 
+def qgemm_path() -> str:
+    """Which int8 GEMM micro-kernel runs here ("avx2", "neon" or "portable")."""
+    ...
 def gemm_path() -> str:
     """'avx2-fma' or 'portable': the GEMM micro-kernel chosen at run time."""
 

@@ -156,13 +156,17 @@ def demo_cmd(
     limit: Optional[int] = typer.Option(None, help="use at most this many test samples"),
     engine: str = typer.Option("native", help="front-half engine: native | ort"),
     cut: Optional[str] = typer.Option(None, help="cut (default: the exporter's default cut)"),
+    codec: str = typer.Option("none", help="activation codec on the wire: none | tsq"),
+    front_precision: str = typer.Option("fp32", help="front half weights: fp32 | int8 | int4 | auto"),
+    back_precision: str = typer.Option("fp32", help="back half: fp32 | fp16 | int8"),
     as_json: bool = typer.Option(False, "--json", help="last line of stdout: one JSON object"),
 ) -> None:
     """End-to-end split inference on the digits model with a local broker and server."""
     from edgerun.demo import run_demo
 
     try:
-        run_demo(limit=limit, engine=engine, cut=cut, as_json=as_json)
+        run_demo(limit=limit, engine=engine, cut=cut, as_json=as_json, codec=codec,
+                 front_precision=front_precision, back_precision=back_precision)
     except EdgerunError as exc:
         _fail(exc)
 

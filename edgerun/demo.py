@@ -61,7 +61,10 @@ def _first_answer(dev, x: np.ndarray, server: subprocess.Popen, log_path: Path):
                 raise
 
 
-def run_demo(*, limit: int | None = None, engine: str = "native", cut: str | None = None, as_json: bool = False) -> dict:
+def run_demo(
+    *, limit: int | None = None, engine: str = "native", cut: str | None = None, as_json: bool = False,
+    codec: str = "none", front_precision: str = "fp32", back_precision: str = "fp32",
+) -> dict:
     """Run the demo; returns (and prints) the summary dict."""
     from edgerun.broker import Mosquitto
     from edgerun.device import Device
@@ -76,7 +79,8 @@ def run_demo(*, limit: int | None = None, engine: str = "native", cut: str | Non
     x_test, y_test = model.eval_data(limit=limit)
     _log(f"exporting it to {work / 'bundle'}")
     src = SourceModel(model.name, model.module, model.example, model)
-    bundle = export(src, ExportConfig(cut=cut), work / "bundle")
+    cfg = ExportConfig(cut=cut, codec=codec, front_precision=front_precision, back_precision=back_precision)
+    bundle = export(src, cfg, work / "bundle")
     whole = make_engine("ort", onnx_path=bundle.file("whole.onnx"), threads=1)
     whole_top1 = whole.run({bundle.inputs[0].name: x_test})[bundle.outputs[0].name].argmax(-1)
 
@@ -104,6 +108,9 @@ def run_demo(*, limit: int | None = None, engine: str = "native", cut: str | Non
         "model": bundle.model_id,
         "cut": bundle.cut_label,
         "engine": engine,
+        "codec": codec,
+        "front_precision": front_precision,
+        "back_precision": back_precision,
         "requests": int(len(x_test)),
         "answered": answered,
         "accuracy_whole": float(np.mean(whole_top1 == y_test)),
@@ -117,7 +124,8 @@ def run_demo(*, limit: int | None = None, engine: str = "native", cut: str | Non
 
 
 def _print(s: dict, as_json: bool) -> None:
-    print(f"\nedgerun demo: {s['model']} split at {s['cut']} ({s['engine']} front half), "
+    print(f"\nedgerun demo: {s['model']} split at {s['cut']} ({s['engine']} front half, {s['front_precision']}; "
+          f"back {s['back_precision']}; codec {s['codec']}), "
           f"{s['answered']}/{s['requests']} answered, {s['bytes_per_request']} B crossing per request\n")
     print(table(["", "top-1 accuracy"], [["whole model", s["accuracy_whole"]], ["split (device+server)", s["accuracy_split"]]]))
     print()

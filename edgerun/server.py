@@ -118,6 +118,7 @@ class _Worker:
         resp_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         corr = getattr(props, "CorrelationData", None) if props is not None else None
         request_id = transport.correlation_id(corr) or 0
+        t0 = time.perf_counter()
         try:
             frame = wire.decode(msg.payload, max_bytes=self.max_frame_bytes, expect_hash=self.bundle.hash16)
             request_id = frame.request_id
@@ -125,7 +126,7 @@ class _Worker:
                 raise FrameError(f"expected a REQUEST frame, got {frame.kind!r}", "bad_kind")
             frame.tensors = crossing.unpack(frame.tensors)
             check_tensors(frame.tensors, self.bundle.cut)
-            reply = self._run(frame)
+            reply = self._run(frame, t0)
         except FrameError as exc:
             self._fail(resp_topic, corr, request_id, exc.code, str(exc))
             return
@@ -140,9 +141,9 @@ class _Worker:
         self.client.publish(resp_topic, reply, correlation=corr)
         self.stats.served += 1
 
-    def _run(self, frame: Any) -> bytes:
+    def _run(self, frame: Any, t0: float) -> bytes:
+        """Back half on the decoded frame; ``server_us`` counts decode + compute since ``t0``."""
         feeds = dict(zip(self.in_names, frame.tensors))
-        t0 = time.perf_counter()
         outs = self.session.run(self.out_names, feeds)
         server_us = int((time.perf_counter() - t0) * 1e6)
         reply = wire.Frame(kind=wire.Kind.REPLY, request_id=frame.request_id, seq=frame.seq,

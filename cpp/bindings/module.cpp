@@ -70,6 +70,35 @@ edgerun::Status wire_view(const py::array& a, size_t i, edgerun::wire::TensorVie
   return Status::Ok();
 }
 
+// A coded tensor crosses as (codec, dtype code, shape, params bytes, payload bytes).
+edgerun::Status wire_coded_view(const py::tuple& t, size_t i, std::vector<std::string>* blobs,
+                                edgerun::wire::TensorView* v) {
+  using edgerun::Status;
+  using edgerun::StatusCode;
+  const std::string at = "tensor " + std::to_string(i) + ": ";
+  if (t.size() != 5)
+    return Status(StatusCode::kInvalidArgument, at + "a coded tensor is (codec, dtype, shape, params, payload)");
+  v->codec = t[0].cast<uint8_t>();
+  v->dtype = t[1].cast<uint8_t>();
+  const auto shape = t[2].cast<std::vector<uint64_t>>();
+  if (shape.size() > edgerun::wire::kMaxDims)
+    return Status(StatusCode::kShapeMismatch, at + "has more than 8 dims");
+  v->ndim = static_cast<uint8_t>(shape.size());
+  for (size_t k = 0; k < shape.size(); ++k) {
+    if (shape[k] > UINT32_MAX) return Status(StatusCode::kShapeMismatch, at + "a dim exceeds 2**32 - 1");
+    v->dims[k] = static_cast<uint32_t>(shape[k]);
+  }
+  blobs->push_back(t[3].cast<std::string>());
+  blobs->push_back(t[4].cast<std::string>());
+  const std::string& params = (*blobs)[blobs->size() - 2];
+  const std::string& payload = blobs->back();
+  v->params = reinterpret_cast<const uint8_t*>(params.data());
+  v->params_len = static_cast<uint32_t>(params.size());
+  v->payload = reinterpret_cast<const uint8_t*>(payload.data());
+  v->payload_len = payload.size();
+  return Status::Ok();
+}
+
 py::bytes wire_encode(int kind, uint64_t request_id, uint32_t seq, const py::bytes& bundle_hash,
                       const py::bytes& meta, const py::list& tensors) {
   namespace w = edgerun::wire;
@@ -88,8 +117,14 @@ py::bytes wire_encode(int kind, uint64_t request_id, uint32_t seq, const py::byt
   h.seq = seq;
   std::memcpy(h.bundle_hash, hash.data(), w::kBundleHashSize);
   std::vector<py::array> keep;  // holds each array (and its data) alive while encoding
+  std::vector<std::string> blobs;  // params + payload of coded tensors
+  blobs.reserve(2 * w::kMaxTensors);
   w::TensorView views[w::kMaxTensors];
   for (size_t i = 0; i < tensors.size(); ++i) {
+    if (py::isinstance<py::tuple>(tensors[i])) {
+      THROW_IF_ERROR(wire_coded_view(tensors[i].cast<py::tuple>(), i, &blobs, &views[i]));
+      continue;
+    }
     keep.push_back(py::array::ensure(tensors[i]));
     if (!keep.back()) throw_status(Status(StatusCode::kInvalidArgument, "tensor " + std::to_string(i) + " is not an array"));
     THROW_IF_ERROR(wire_view(keep.back(), i, &views[i]));
@@ -129,6 +164,12 @@ py::dict wire_decode(const py::buffer& buf, uint64_t max_bytes, const py::object
   for (uint32_t i = 0; i < f.n_tensors; ++i) {
     const w::TensorView& t = f.tensors[i];
     std::vector<py::ssize_t> shape(t.dims, t.dims + t.ndim);
+    if (t.codec != 0) {  // coded: hand the codec's bytes to Python as they are
+      arrays.append(py::make_tuple(t.codec, t.dtype, py::tuple(py::cast(shape)),
+                                   py::bytes(reinterpret_cast<const char*>(t.params), t.params_len),
+                                   py::bytes(reinterpret_cast<const char*>(t.payload), t.payload_len)));
+      continue;
+    }
     py::array a(py::dtype(wire_numpy_dtype(t.dtype)), shape);
     if (t.payload_len > 0) std::memcpy(a.mutable_data(), t.payload, static_cast<size_t>(t.payload_len));
     arrays.append(a);
@@ -221,6 +262,72 @@ void bind_codec(py::module_& m) {
 }
 // ==== codec: end ====
 
+// ==== exits: begin ====
+}  // namespace
+#include "edgerun/exits.h"
+namespace {
+
+using ExitArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+// (batch, n) view of an exit head's output: 1-D arrays are one row.
+std::pair<size_t, size_t> exit_rows(const ExitArray& x) {
+  if (x.ndim() == 0 || x.size() == 0)
+    throw_status(edgerun::Status(edgerun::StatusCode::kShapeMismatch, "exit output must be a non-empty array"));
+  const size_t batch = x.ndim() == 1 ? 1 : static_cast<size_t>(x.shape(0));
+  return {batch, static_cast<size_t>(x.size()) / batch};
+}
+
+py::array_t<float> exits_scores(const std::string& criterion, const ExitArray& x, const py::object& prev) {
+  auto c = edgerun::exits::parse_criterion(criterion.c_str());
+  if (!c.ok()) throw_status(c.status());
+  const auto [batch, n] = exit_rows(x);
+  ExitArray p;
+  const float* prev_ptr = nullptr;
+  if (!prev.is_none()) {
+    p = prev.cast<ExitArray>();
+    if (p.size() != x.size())
+      throw_status(edgerun::Status(edgerun::StatusCode::kShapeMismatch,
+                                   "consistency: this exit's and the previous exit's outputs differ in size"));
+    prev_ptr = p.data();
+  }
+  py::array_t<float> out(static_cast<py::ssize_t>(batch));
+  THROW_IF_ERROR(edgerun::exits::scores(c.value(), x.data(), prev_ptr, batch, n, out.mutable_data()));
+  return out;
+}
+
+py::tuple exits_all_pass(const std::string& criterion, const ExitArray& x, const py::object& prev, float threshold) {
+  auto c = edgerun::exits::parse_criterion(criterion.c_str());
+  if (!c.ok()) throw_status(c.status());
+  const auto [batch, n] = exit_rows(x);
+  ExitArray p;
+  const float* prev_ptr = nullptr;
+  if (!prev.is_none()) {
+    p = prev.cast<ExitArray>();
+    if (p.size() != x.size())
+      throw_status(edgerun::Status(edgerun::StatusCode::kShapeMismatch,
+                                   "consistency: this exit's and the previous exit's outputs differ in size"));
+    prev_ptr = p.data();
+  }
+  bool ok = false;
+  float worst = 0.0f;
+  THROW_IF_ERROR(edgerun::exits::all_pass(c.value(), x.data(), prev_ptr, batch, n, threshold, &ok, &worst));
+  return py::make_tuple(ok, worst);
+}
+
+void bind_exits(py::module_& m) {
+  m.def("exit_scores", &exits_scores, py::arg("criterion"), py::arg("x"), py::arg("prev") = py::none(),
+        "One exit score per row of x (batch, n): max_prob, entropy (nats) or consistency (RMS distance to prev).");
+  m.def("exit_all_pass", &exits_all_pass, py::arg("criterion"), py::arg("x"), py::arg("prev"), py::arg("threshold"),
+        "(every row passes the threshold, the worst row's score).");
+  m.def("exit_passes", [](const std::string& criterion, float score, float threshold) {
+          auto c = edgerun::exits::parse_criterion(criterion.c_str());
+          if (!c.ok()) throw_status(c.status());
+          return edgerun::exits::passes(c.value(), score, threshold);
+        }, py::arg("criterion"), py::arg("score"), py::arg("threshold"),
+        "Whether a score passes: >= for max_prob, <= for entropy and consistency.");
+}
+// ==== exits: end ====
+
 // ==== engine: begin ====
 }  // namespace
 #include <cstring>
@@ -268,6 +375,7 @@ py::list engine_run(edgerun::Engine& e, const std::vector<py::array>& arrays, in
 void bind_engine(py::module_& m) {
   m.attr("ERG_VERSION") = edgerun::kErgVersion;
   m.def("gemm_path", &edgerun::kernels::gemm_path, "Which GEMM micro-kernel runs here.");
+  m.def("qgemm_path", &edgerun::kernels::qgemm_path, "Which int8 GEMM micro-kernel runs here.");
   py::class_<edgerun::Engine, std::unique_ptr<edgerun::Engine>>(m, "Engine")
       .def(py::init([](const std::string& path, int32_t max_batch, int32_t threads) {
              auto r = edgerun::Engine::load(path, max_batch, threads);
@@ -305,5 +413,6 @@ PYBIND11_MODULE(_core, m) {
   m.attr("CoreError") = g_core_error;
   bind_wire(m);
   bind_codec(m);
+  bind_exits(m);
   bind_engine(m);
 }

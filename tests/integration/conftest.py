@@ -28,7 +28,6 @@ N_EVAL = 48  # digits test samples pushed through the split in the accuracy test
 @pytest.fixture(scope="session")
 def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
     """The zoo digits CNN exported once with the default cut."""
-    pytest.importorskip("torch")
     from edgerun.exporters import ExportConfig, export
 
     return export("zoo:digits-cnn", ExportConfig(cut=None, evaluate=False), tmp_path_factory.mktemp("bundle") / "digits")

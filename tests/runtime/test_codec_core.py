@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 from edgerun import codec
 from edgerun.errors import FrameError
 
-_core = pytest.importorskip("edgerun._core")
+from edgerun import _core  # noqa: E402  (runtime tests need the compiled core: fail, never skip)
 pytestmark = pytest.mark.runtime
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / "codec"
