@@ -55,6 +55,7 @@ ERG_VERSION: int
 def qgemm_path() -> str:
     """Which int8 GEMM micro-kernel runs here ("avx2", "neon" or "portable")."""
     ...
+
 def gemm_path() -> str:
     """'avx2-fma' or 'portable': the GEMM micro-kernel chosen at run time."""
 

@@ -38,6 +38,7 @@ def export_cmd(
     group_size: int = typer.Option(32, help="int4 group size"),
     max_device_mem_mb: Optional[float] = typer.Option(None, help="device memory budget for --front-precision auto"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip measuring the split on held-out data"),
+    exits: Optional[str] = typer.Option(None, help="early exits: auto | N (exits, the last at the cut) | none"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Trace MODEL, cut it, and write a split bundle (or list its cuts)."""
@@ -58,6 +59,7 @@ def export_cmd(
             cut=cut, max_cut_tensors=max_cut_tensors, evaluate=not no_eval,
             front_precision=front_precision, back_precision=back_precision, codec=codec,
             codec_budget=codec_budget, group_size=group_size, max_device_mem_mb=max_device_mem_mb,
+            exits=exits,
         )
         bundle = export(traced, cfg, out)
         report = json.loads(bundle.file("report.json").read_text())
@@ -127,6 +129,7 @@ def run_cmd(
     limit: Optional[int] = typer.Option(None, help="run at most this many inputs"),
     deadline_ms: Optional[float] = typer.Option(None, help="per-request deadline"),
     threads: int = typer.Option(1, help="device threads"),
+    budget: Optional[str] = typer.Option(None, help="early-exit budget of a bundle with exits: fast | balanced | accurate | off"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per result"),
 ) -> None:
     """Run the device side: front half here, back half on a server."""
@@ -139,7 +142,7 @@ def run_cmd(
         b = Bundle.load(bundle)
         x = np.load(input) if input else np.load(b.file("samples.npz"))["inputs"]
         x = np.asarray(x, dtype=np.float32)[:limit]
-        with Device(b, broker=broker, engine=engine, threads=threads) as dev:
+        with Device(b, broker=broker, engine=engine, threads=threads, budget=budget) as dev:
             for i in range(len(x)):
                 r = dev.infer(x[i : i + 1], deadline_ms=deadline_ms)
                 out = r.output[b.outputs[0].name]
@@ -159,6 +162,7 @@ def demo_cmd(
     codec: str = typer.Option("none", help="activation codec on the wire: none | tsq"),
     front_precision: str = typer.Option("fp32", help="front half weights: fp32 | int8 | int4 | auto"),
     back_precision: str = typer.Option("fp32", help="back half: fp32 | fp16 | int8"),
+    budget: Optional[str] = typer.Option(None, help="export with early exits and run under this budget: fast | balanced | accurate | off"),
     as_json: bool = typer.Option(False, "--json", help="last line of stdout: one JSON object"),
 ) -> None:
     """End-to-end split inference on the digits model with a local broker and server."""
@@ -166,7 +170,7 @@ def demo_cmd(
 
     try:
         run_demo(limit=limit, engine=engine, cut=cut, as_json=as_json, codec=codec,
-                 front_precision=front_precision, back_precision=back_precision)
+                 front_precision=front_precision, back_precision=back_precision, budget=budget)
     except EdgerunError as exc:
         _fail(exc)
 
@@ -188,6 +192,18 @@ def broker_cmd() -> None:
         pass
     except EdgerunError as exc:
         _fail(exc)
+
+
+def _register_planning_commands() -> None:
+    # profile / plan / bench live in their own module (edgerun/cli_plan.py).
+    from edgerun.cli_plan import bench_cmd, plan_cmd, profile_cmd
+
+    app.command("profile")(profile_cmd)
+    app.command("plan")(plan_cmd)
+    app.command("bench")(bench_cmd)
+
+
+_register_planning_commands()
 
 
 def main() -> None:

@@ -61,11 +61,25 @@ def _first_answer(dev, x: np.ndarray, server: subprocess.Popen, log_path: Path):
                 raise
 
 
+def _first_answer_server(dev, x: np.ndarray, server: subprocess.Popen, log_path: Path):
+    """Like _first_answer, on a device with exits: wait until the server itself answers."""
+    t0 = time.monotonic()
+    while True:
+        r = _first_answer(dev, x, server, log_path)
+        if r.answered_by == "server":
+            return r
+        if server.poll() is not None or time.monotonic() - t0 > SERVER_START_TIMEOUT_S:
+            raise TransportError(f"no server answered within {SERVER_START_TIMEOUT_S:g} s; its log:\n"
+                                 f"{log_path.read_text()[-2000:]}")
+        time.sleep(0.2)
+
+
 def run_demo(
     *, limit: int | None = None, engine: str = "native", cut: str | None = None, as_json: bool = False,
-    codec: str = "none", front_precision: str = "fp32", back_precision: str = "fp32",
+    codec: str = "none", front_precision: str = "fp32", back_precision: str = "fp32", budget: str | None = None,
 ) -> dict:
-    """Run the demo; returns (and prints) the summary dict."""
+    """Run the demo; returns (and prints) the summary dict. ``budget``: export with early exits
+    (``--exits auto``) and let the device answer by itself under that budget."""
     from edgerun.broker import Mosquitto
     from edgerun.device import Device
     from edgerun.engine import make_engine
@@ -79,25 +93,31 @@ def run_demo(
     x_test, y_test = model.eval_data(limit=limit)
     _log(f"exporting it to {work / 'bundle'}")
     src = SourceModel(model.name, model.module, model.example, model)
-    cfg = ExportConfig(cut=cut, codec=codec, front_precision=front_precision, back_precision=back_precision)
+    cfg = ExportConfig(cut=cut, codec=codec, front_precision=front_precision, back_precision=back_precision,
+                       exits="auto" if budget else None)
     bundle = export(src, cfg, work / "bundle")
     whole = make_engine("ort", onnx_path=bundle.file("whole.onnx"), threads=1)
     whole_top1 = whole.run({bundle.inputs[0].name: x_test})[bundle.outputs[0].name].argmax(-1)
 
     server = None
     samples: dict[str, list[float]] = defaultdict(list)
-    split_top1, answered = [], 0
+    split_top1, answered, local, compute = [], 0, 0, []
     with Mosquitto() as broker:
         _log(f"broker up at {broker.url}; starting `edgerun serve`")
         log_path = work / "server.log"
         try:
             server = _start_server(bundle.path, broker.url, log_path)
-            with Device(bundle, broker=broker.url, engine=engine) as dev:
+            if budget:  # exits would answer locally: warm up on a device that always asks the server
+                with Device(bundle, broker=broker.url, engine=engine, budget="off") as warm:
+                    _first_answer_server(warm, x_test[:1], server, log_path)
+            with Device(bundle, broker=broker.url, engine=engine, budget=budget) as dev:
                 _first_answer(dev, x_test[:1], server, log_path)  # warm-up, not counted
                 _log(f"running {len(x_test)} test samples through the split ({engine} front half)")
                 for i in range(len(x_test)):
                     r = dev.infer(x_test[i : i + 1])
                     answered += 1
+                    local += int(r.local)
+                    compute.append(r.front_compute_fraction)
                     split_top1.append(int(r.output[bundle.outputs[0].name].argmax(-1)[0]))
                     for k, v in r.timings_ms.items():
                         samples[k].append(v)
@@ -116,6 +136,9 @@ def run_demo(
         "accuracy_whole": float(np.mean(whole_top1 == y_test)),
         "accuracy_split": float(np.mean(split_top1 == y_test[: len(split_top1)])),
         "split_whole_agreement": float(np.mean(split_top1 == whole_top1[: len(split_top1)])),
+        "budget": budget,
+        "local_fraction": local / max(answered, 1),
+        "avg_front_compute_fraction": float(np.mean(compute)) if compute else 1.0,
         "bytes_per_request": int(json.loads(bundle.file("report.json").read_text())["bytes_per_request"]),
         "stages_ms": percentiles(samples),
     }

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgerun import crossing, transport, wire
+from edgerun import exits as exits_mod
 from edgerun.bundle import Bundle
 from edgerun.errors import (
     BundleError,
@@ -37,6 +38,9 @@ from edgerun.errors import (
 log = logging.getLogger("edgerun.device")
 
 _ENGINES = ("native", "ort")
+RTT_EWMA_ALPHA = 0.2        # weight of the newest round trip in the running estimate
+SUSPECT_BACKOFF_S = 1.0     # after a lost reply, answer locally at once for this long, then try again
+RECONNECT_EVERY_S = 1.0     # background reconnect period while the broker is down (bundles with exits)
 
 
 @dataclass
@@ -45,8 +49,9 @@ class Result:
 
     Attributes:
         output: the model's outputs by name.
-        answered_by: "server" (later also "exit:<i>" for an early exit).
-        reason: why it was answered there, e.g. "server replied".
+        answered_by: "server" or "exit:<i>" (answered on the device by exit head i).
+        reason: why it was answered there: "server replied", "confident: max_prob 0.97 >= 0.93",
+            "deadline: predicted round trip 80 ms > 12 ms left", "server unreachable: ...".
         request_id: the id sent as Correlation Data.
         timings_ms: "device", "encode", "network" (round trip minus server compute),
             "server", "decode", "total".
@@ -59,6 +64,12 @@ class Result:
     request_id: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     worker: str = ""
+    front_compute_fraction: float = 1.0  # front compute spent here, as a fraction of the front half
+
+    @property
+    def local(self) -> bool:
+        """True when the device answered by itself (an exit head), without the server."""
+        return self.answered_by.startswith("exit:")
 
 
 def error_from_reply(code: str, message: str, bundle_id: str) -> EdgerunError:
@@ -95,11 +106,15 @@ class Device:
         threads: threads of the front-half engine.
         timeout_ms: how long ``infer`` waits for a reply by default.
         max_frame_bytes: largest reply accepted.
+        budget: early-exit budget of a bundle with exits ("fast", "balanced", ... as the bundle
+            lists; "off" = no confident exits; None = the bundle's default). With exits the
+            device also answers from its deepest exit when the server is late or unreachable,
+            and connects to the broker in the background (it starts while the broker is down).
 
     Raises:
         BundleError: the bundle is missing or corrupted.
-        ConfigError: bad engine, threads, timeout or device id.
-        TransportError: the broker cannot be reached.
+        ConfigError: bad engine, threads, timeout, device id, or a budget for a bundle without exits.
+        TransportError: the broker cannot be reached (bundles without exits only).
     """
 
     def __init__(
@@ -112,6 +127,7 @@ class Device:
         threads: int = 1,
         timeout_ms: float = 5000,
         max_frame_bytes: int | None = None,
+        budget: str | None = None,
     ) -> None:
         if engine not in _ENGINES:
             raise ConfigError(f"engine={engine!r}: use one of {_ENGINES}")
@@ -124,7 +140,19 @@ class Device:
             "device id", device_id or f"{transport.default_id('device')}-{secrets.token_hex(2)}")
         self.timeout_ms = float(timeout_ms)
         self.max_frame_bytes = wire.DEFAULT_MAX_FRAME_BYTES if max_frame_bytes is None else int(max_frame_bytes)
-        self.engine = _make_front(b, engine, threads)
+        self.exits: exits_mod.ExitController | None = None
+        if exits_mod.has_exits(b.manifest):
+            self.exits = exits_mod.ExitController(b, engine=engine, threads=threads, budget=budget)
+            self.engine = None
+        else:
+            if budget is not None:
+                raise ConfigError(f"budget={budget!r} needs a bundle with early exits; {b} has none "
+                                  "(re-export with `edgerun export ... --exits auto`)")
+            self.engine = _make_front(b, engine, threads)
+        self.rtt_ms: float | None = None  # EWMA of measured round trips (publish -> reply)
+        self._suspect_until = 0.0
+        self._suspect_why = ""
+        self._closing = threading.Event()
         self._encode = _encoder()
         self._packer = crossing.Packer(b.manifest.get("codec", {"id": "none"}))
         self._req_topic = transport.request_topic(b.model_id, b.topic_id, self.device_id)
@@ -134,17 +162,21 @@ class Device:
         self._lock = threading.Lock()
         self._ids = itertools.count(secrets.randbits(62) + 1)  # random start: ids stay unique across restarts
         self.dropped_replies = 0
-        self._client = transport.MqttClient(
-            broker, f"edgerun-{self.device_id}", on_message=self._on_reply,
-            will=(self._presence, transport.presence_payload("device", self.device_id, "offline")))
-        self._client.connect()
+        self._broker, self._engine_kind = broker, engine
+        transport.parse_broker_url(broker)  # a malformed URL is a config error, broker up or not
+        self._client = self._new_client()
+        self._connect_error = ""
+        self._reconnector: threading.Thread | None = None
         try:
-            self._client.subscribe(self._resp_topic)
-            self._client.publish(self._presence, transport.presence_payload(
-                "device", self.device_id, "online", bundle=b.hash, engine=engine), retain=True)
-        except Exception:
-            self._client.close()
-            raise
+            self._open(self._client)
+        except TransportError as exc:
+            if self.exits is None:
+                raise
+            # Exits answer locally meanwhile; keep trying in the background.
+            self._connect_error = str(exc)
+            log.warning("%s; answering from the device's exits and reconnecting in the background", exc)
+            self._reconnector = threading.Thread(target=self._reconnect_loop, name="edgerun-reconnect", daemon=True)
+            self._reconnector.start()
 
     # -- public ------------------------------------------------------------
     def infer(self, x: np.ndarray | dict[str, np.ndarray], *, deadline_ms: float | None = None) -> Result:
@@ -156,11 +188,15 @@ class Device:
             deadline_ms: answer within this many ms (default: the device's timeout_ms).
 
         Returns:
-            A Result with the outputs and per-stage timings.
+            A Result with the outputs, per-stage timings, where it was answered and why.
+            With exits: answered by the first confident exit; else by the server, unless the
+            predicted round trip (EWMA of measured ones) does not fit the deadline, the broker
+            or server is unreachable, or no reply comes in time: then by the deepest exit.
 
         Raises:
             ConfigError: ``x`` does not match the bundle's inputs.
-            TransportError: no reply within the deadline (no server, broker or server down).
+            TransportError: no reply within the deadline (no server, broker or server down;
+                bundles without exits only).
             FrameError / BundleError / InternalError: the server answered with an error.
         """
         t_start = time.perf_counter()
@@ -168,8 +204,19 @@ class Device:
         if not wait_ms > 0:
             raise ConfigError(f"deadline_ms={deadline_ms} must be > 0")
         feeds = self._check_input(x)
-        outs = self._run_front(feeds)
+        step = None
+        if self.exits is not None:
+            step = self.exits.run(feeds)
+            if step.exited is not None:
+                return self._local(step, step.exited, step.reason, t_start)
+            outs = step.cut
+        else:
+            outs = self._run_front(feeds)
         t_front = time.perf_counter()
+        if step is not None:
+            why = self._why_local(wait_ms - (t_front - t_start) * 1e3)
+            if why:
+                return self._local(step, step.deepest, why, t_start)
         cut = self._packer.pack({s.name: outs[s.name] for s in self.bundle.cut})
         request_id = next(self._ids)
         frame = wire.Frame(kind=wire.Kind.REQUEST, request_id=request_id, seq=0,
@@ -185,16 +232,89 @@ class Device:
             remaining_s = max(wait_ms / 1000.0 - (t_enc - t_start), 0.0)
             reply, t_recv = fut.result(timeout=remaining_s)
         except FutureTimeout:
-            raise TransportError(
-                f"no reply from a server for bundle {self.bundle.topic_id} ({self.bundle.model_id}) within "
-                f"{wait_ms:g} ms: is `edgerun serve` running for this bundle on {self._client.url}?") from None
+            msg = (f"no reply from a server for bundle {self.bundle.topic_id} ({self.bundle.model_id}) within "
+                   f"{wait_ms:g} ms")
+            if step is None:
+                raise TransportError(f"{msg}: is `edgerun serve` running for this bundle on {self._client.url}?") from None
+            self._suspect(f"no reply to the last request within {wait_ms:g} ms")
+            return self._local(step, step.deepest, f"deadline: {msg}", t_start)
+        except (TransportError, RuntimeError, ValueError) as exc:  # paho: not connected / queue full
+            if step is None:
+                raise
+            self._suspect(f"publish failed ({exc})")
+            return self._local(step, step.deepest, f"server unreachable: publish failed ({exc})", t_start)
         finally:
             with self._lock:
                 self._pending.pop(request_id, None)
-        return self._finish(reply, request_id, (t_start, t_front, t_enc, t_recv))
+        self._observe_rtt((t_recv - t_enc) * 1e3)
+        result = self._finish(reply, request_id, (t_start, t_front, t_enc, t_recv))
+        if step is not None:
+            result.front_compute_fraction = step.compute_fraction
+        return result
+
+    def _why_local(self, left_ms: float) -> str:
+        """Why the deepest exit must answer now instead of the server ("" = ask the server)."""
+        if not self._client.connected:
+            detail = self._connect_error or f"lost the broker at {self._broker}"
+            return f"server unreachable: {detail} (reconnecting in the background)"
+        now = time.monotonic()
+        if now < self._suspect_until:
+            return f"server unreachable: {self._suspect_why}; retrying in {self._suspect_until - now:.1f} s"
+        if self.rtt_ms is not None and self.rtt_ms > left_ms:
+            return f"deadline: predicted round trip {self.rtt_ms:.1f} ms > {max(left_ms, 0.0):.1f} ms left"
+        return ""
+
+    def _suspect(self, why: str) -> None:
+        self._suspect_why, self._suspect_until = why, time.monotonic() + SUSPECT_BACKOFF_S
+
+    def _observe_rtt(self, ms: float) -> None:
+        self._suspect_until = 0.0
+        self.rtt_ms = ms if self.rtt_ms is None else (1 - RTT_EWMA_ALPHA) * self.rtt_ms + RTT_EWMA_ALPHA * ms
+
+    def _local(self, step: exits_mod.Step, i: int, reason: str, t_start: float) -> Result:
+        name = self.bundle.outputs[0].name
+        total = (time.perf_counter() - t_start) * 1e3
+        return Result(output={name: step.heads[i]}, answered_by=f"exit:{i}", reason=reason, request_id=0,
+                      timings_ms={"device": total, "total": total},
+                      front_compute_fraction=step.compute_fraction)
+
+    def _new_client(self) -> transport.MqttClient:
+        return transport.MqttClient(
+            self._broker, f"edgerun-{self.device_id}", on_message=self._on_reply,
+            will=(self._presence, transport.presence_payload("device", self.device_id, "offline")))
+
+    def _open(self, client: transport.MqttClient) -> None:
+        """Connect, subscribe to the replies, announce presence (TransportError on failure)."""
+        client.connect()
+        try:
+            client.subscribe(self._resp_topic)
+            client.publish(self._presence, transport.presence_payload(
+                "device", self.device_id, "online", bundle=self.bundle.hash, engine=self._engine_kind), retain=True)
+        except Exception:
+            client.close()
+            raise
+
+    def _reconnect_loop(self) -> None:
+        """Background: connect once the broker is up (paho reconnects by itself after that)."""
+        while not self._closing.wait(RECONNECT_EVERY_S):
+            client = self._new_client()
+            try:
+                self._open(client)
+            except TransportError as exc:
+                self._connect_error = str(exc)
+                continue
+            if self._closing.is_set():
+                client.close()
+                return
+            self._client, self._connect_error = client, ""
+            log.info("connected to the broker at %s", self._broker)
+            return
 
     def close(self) -> None:
         """Publish presence "offline", disconnect; pending requests fail with TransportError."""
+        self._closing.set()
+        if self._reconnector is not None:
+            self._reconnector.join(timeout=10)
         self._client.close(final=(self._presence, transport.presence_payload("device", self.device_id, "offline")))
         with self._lock:
             pending, self._pending = self._pending, {}

@@ -42,7 +42,8 @@ def _as_feeds(feeds: np.ndarray | Mapping[str, np.ndarray], names: list[str]) ->
 
 
 class NativeEngine:
-    """The native fp32 engine over a ``.erg`` file (see ``edgerun.exporters.erg``).
+    """The native engine over a ``.erg`` file (see ``edgerun.exporters.erg``): fp32
+    activations, fp32 / int8 / int4 Conv and Gemm weights (per layer, from the file).
 
     Args:
         erg_path: the engine graph file.

@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import os
-import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -28,22 +27,11 @@ from onnx.reference import ReferenceEvaluator
 
 from edgerun.errors import ExportError, UnsupportedOpError
 
-MAGIC = b"ERGN"
-VERSION = 1
-HEADER_BYTES, TENSOR_BYTES, NODE_BYTES = 128, 96, 176
-MAX_DIMS, N_IATTR, N_FATTR, ALIGN = 6, 16, 4, 64
-NO_TENSOR = 0xFFFFFFFF
-KIND_ACT, KIND_WEIGHT, KIND_INPUT = 0, 1, 2
-ACT_NONE, ACT_RELU, ACT_CLIP = 0, 1, 2
-FLT_MAX = float(np.finfo(np.float32).max)
-
-# Fixed numbered op codes (cpp/include/edgerun/graph.h). Never renumber.
-OP = {
-    "Conv": 1, "Gemm": 2, "Add": 3, "Sub": 4, "Mul": 5, "Div": 6, "Relu": 7, "Clip": 8,
-    "Sigmoid": 9, "HardSigmoid": 10, "HardSwish": 11, "Silu": 12, "MaxPool": 13,
-    "AveragePool": 14, "GlobalAveragePool": 15, "ReduceMean": 16, "Concat": 17,
-    "Reshape": 18, "ChannelAffine": 19, "Pad": 20,
-}
+from edgerun.exporters.erg_quant import PREC_CODE, PREC_DTYPE, check_group_size, quantize
+from edgerun.exporters.erg_write import (  # noqa: F401 - re-exported format constants
+    ACT_CLIP, ACT_NONE, ACT_RELU, ALIGN, FLT_MAX, HEADER_BYTES, KIND_ACT, KIND_INPUT, KIND_WEIGHT,
+    MAGIC, MAX_DIMS, N_FATTR, N_IATTR, NO_TENSOR, NODE_BYTES, OP, TENSOR_BYTES, VERSION,
+    VERSION_QUANT, read_erg_header, serialize)
 
 
 class _Unsupported(Exception):
@@ -70,6 +58,7 @@ class _Ctx:
     protected: set[str]
     nodes: list[_ENode] = field(default_factory=list)
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    qmeta: dict[str, tuple[int, list[int], int]] = field(default_factory=dict)  # (dtype, dims, group)
     skip: set[int] = field(default_factory=set)  # ids of ONNX nodes fused into an earlier one
     onnx_nodes: list[onnx.NodeProto] = field(default_factory=list)  # left after folding
     graph: onnx.GraphProto | None = None
@@ -405,102 +394,84 @@ def check_native_support(model: onnx.ModelProto) -> list[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------------------
-# Serialisation (layout: cpp/include/edgerun/ERG.md)
+# Per-layer weight precision
 # ---------------------------------------------------------------------------
-def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
+_PREC_SLOT = {"Conv": 10, "Gemm": 1}  # iattr slot "prec" (ERG.md)
 
 
-def _tensor_table(ctx: _Ctx, inputs: list[str], outputs: list[str]):
-    """Assign ids: graph inputs, then weights, then activations in order of first write."""
-    names = list(inputs) + list(ctx.weights)
-    for n in ctx.nodes:
-        names += [o for o in n.outputs if o not in names]
-    index = {n: i for i, n in enumerate(names)}
-    for n in ctx.nodes:
-        for i in n.inputs:
-            if i not in index:
-                raise ExportError(f"node {n.name!r} reads {i!r}, which no node computes; "
-                                  "the ONNX graph is malformed or not topologically sorted")
-    for o in outputs:
-        if o not in index:
-            raise ExportError(f"output {o!r} is not computed by the front half (a constant?); "
-                              "pick another tensor")
-    return names, index
+def _weight_rows(e: _ENode, w: np.ndarray) -> np.ndarray:
+    """The weight as [rows = output channels, k]; Gemm's B [K, N] is stored transposed."""
+    return w.reshape(w.shape[0], -1) if e.op == "Conv" else np.ascontiguousarray(w.T)
 
 
-def _pack_tensor(name_off: int, name_len: int, kind: int, dims: list[int], data_off: int,
-                 nbytes: int) -> bytes:
-    if len(dims) > MAX_DIMS:
-        raise UnsupportedOpError(f"a tensor has {len(dims)} dims; the native engine supports "
-                                 f"{MAX_DIMS}; use `--engine ort`")
-    d = list(dims) + [0] * (MAX_DIMS - len(dims))
-    rec = struct.pack("<IIBBBBIQQ6q", name_off, name_len, 1, kind, len(dims), 0, 0, data_off, nbytes, *d)
-    return rec + bytes(TENSOR_BYTES - len(rec))
+def weight_layers(model: onnx.ModelProto) -> list[dict]:
+    """The Conv / Gemm layers whose weights may be quantized, in graph order.
 
+    Returns:
+        ``{"name", "op", "rows", "k", "depthwise", "params"}`` per layer (``name`` is the key
+        of ``write_erg``'s ``precisions``).
 
-def _pack_node(op: int, name_off: int, name_len: int, ids_at: int, n_in: int, n_out: int,
-               iattr: list[int], fattr: list[float]) -> bytes:
-    ia = [int(v) for v in iattr] + [0] * (N_IATTR - len(iattr))
-    fa = [float(v) for v in fattr] + [0.0] * (N_FATTR - len(fattr))
-    rec = struct.pack(f"<6I{N_IATTR}q{N_FATTR}f", op, name_off, name_len, ids_at, n_in, n_out, *ia, *fa)
-    return rec + bytes(NODE_BYTES - len(rec))
-
-
-def _serialize(ctx: _Ctx, inputs: list[str], outputs: list[str]) -> tuple[bytes, int]:
-    names, index = _tensor_table(ctx, inputs, outputs)
-    strings = bytearray()
-    name_at = {}
-    for n in names + [e.name for e in ctx.nodes]:
-        if n not in name_at:
-            b = n.encode("utf-8")
-            name_at[n] = (len(strings), len(b))
-            strings += b
-    ids = [index[n] for n in inputs] + [index[n] for n in outputs]
-    node_recs = []
+    Raises:
+        UnsupportedOpError: the engine cannot run the model at all.
+    """
+    ctx = _prepare(model, ())
+    _lower_all(ctx, None)
+    out = []
     for e in ctx.nodes:
-        at = len(ids)
-        ids += [index[i] if i else NO_TENSOR for i in e.inputs] + [index[o] for o in e.outputs]
-        node_recs.append(_pack_node(OP[e.op], *name_at[e.name], at, len(e.inputs), len(e.outputs),
-                                    e.iattr, e.fattr))
-    blob, offsets = bytearray(), {}
-    for n, arr in ctx.weights.items():
-        blob += bytes(_align(len(blob)) - len(blob))
-        offsets[n] = len(blob)
-        blob += arr.tobytes()
-    tensor_recs = []
-    for n in names:
-        if n in ctx.weights:
-            arr = ctx.weights[n]
-            tensor_recs.append(_pack_tensor(*name_at[n], KIND_WEIGHT, list(arr.shape), offsets[n], arr.nbytes))
+        if e.op not in _PREC_SLOT:
             continue
-        if n not in ctx.shapes:
-            raise ExportError(f"tensor {n!r} has no inferred shape; run onnx shape inference "
-                              "on a graph with static non-batch dims")
-        kind = KIND_INPUT if n in inputs else KIND_ACT
-        tensor_recs.append(_pack_tensor(*name_at[n], kind, ctx.shapes[n], 0, 0))
-    tensors_off = HEADER_BYTES
-    nodes_off = tensors_off + TENSOR_BYTES * len(tensor_recs)
-    ids_off = nodes_off + NODE_BYTES * len(node_recs)
-    strings_off = ids_off + 4 * len(ids)
-    weights_off = _align(strings_off + len(strings))
-    file_bytes = weights_off + len(blob)
-    header = MAGIC + struct.pack(
-        "<9I9Q", VERSION, HEADER_BYTES, TENSOR_BYTES, NODE_BYTES, len(tensor_recs), len(node_recs),
-        len(inputs), len(outputs), len(ids), file_bytes, tensors_off, nodes_off, ids_off,
-        strings_off, len(strings), weights_off, len(blob), 0)
-    header += bytes(HEADER_BYTES - len(header))
-    body = b"".join(tensor_recs) + b"".join(node_recs) + struct.pack(f"<{len(ids)}I", *ids) + strings
-    return header + body + bytes(weights_off - strings_off - len(strings)) + bytes(blob), len(names)
+        w2 = _weight_rows(e, ctx.weights[e.inputs[1]])
+        group = e.iattr[8] if e.op == "Conv" else 1
+        out.append({"name": e.name, "op": e.op, "rows": int(w2.shape[0]), "k": int(w2.shape[1]),
+                    "depthwise": bool(e.op == "Conv" and group > 1 and group == w2.shape[0]
+                                      and ctx.weights[e.inputs[1]].shape[1] == 1),
+                    "params": int(w2.size)})
+    return out
+
+
+def _apply_precisions(ctx: _Ctx, precisions: dict[str, str], group_size: int) -> None:
+    """Replace the weights of the named Conv / Gemm nodes by int8 / int4 + scales."""
+    layers = {e.name: e for e in ctx.nodes if e.op in _PREC_SLOT}
+    unknown = sorted(set(precisions) - set(layers))
+    if unknown:
+        raise ExportError(f"precisions name nodes that are not Conv/Gemm layers of this graph: "
+                          f"{unknown[:5]}; use the names from weight_layers(model)")
+    for name, prec in precisions.items():
+        if prec not in PREC_CODE:
+            raise ExportError(f"layer {name!r}: unknown precision {prec!r}; use fp32, int8 or int4")
+        if prec == "fp32":
+            continue
+        e = layers[name]
+        w = ctx.weights[e.inputs[1]]
+        w2 = _weight_rows(e, w)
+        q, sc = quantize(prec, w2, group_size)
+        qname, sname = f"{e.name}::W{prec}", f"{e.name}::Wscale"
+        ctx.weights[qname] = np.ascontiguousarray(q)
+        ctx.qmeta[qname] = (PREC_DTYPE[prec], list(w.shape) if e.op == "Conv" else list(w2.shape),
+                            group_size if prec == "int4" else 0)
+        ctx.weights[sname] = np.ascontiguousarray(sc, np.float32)
+        old = e.inputs[1]
+        e.inputs[1] = qname
+        e.inputs += [""] * (3 - len(e.inputs)) + [sname]
+        slot = _PREC_SLOT[e.op]
+        e.iattr += [0] * (slot + 1 - len(e.iattr))
+        e.iattr[slot] = PREC_CODE[prec]
+        if not any(old in n.inputs for n in ctx.nodes):
+            del ctx.weights[old]  # no fp32 copy left behind
 
 
 def write_erg(model: onnx.ModelProto, path: str | os.PathLike, *,
+              precisions: dict[str, str] | None = None, group_size: int = 32,
               extra_outputs: Sequence[str] = ()) -> dict:
     """Convert an ONNX front half into an engine graph file.
 
     Args:
         model: the front half (torch.onnx.export output after the exporter's passes).
         path: where to write the ``.erg`` file.
+        precisions: ``{layer name: "fp32" | "int8" | "int4"}`` for Conv / Gemm layers
+            (names from ``weight_layers``; see ``exporters.quantize_front``). Layers not
+            named stay fp32. Any int8 / int4 layer makes the file format version 2.
+        group_size: int4 group size along K (even, 2..4096).
         extra_outputs: intermediate tensors to expose as outputs too (kept alive by the
             engine's memory plan; they are never fused away).
 
@@ -510,13 +481,17 @@ def write_erg(model: onnx.ModelProto, path: str | os.PathLike, *,
 
     Raises:
         UnsupportedOpError: a node the engine cannot run (message names op and node).
-        ExportError: the graph lacks shapes or an output is not computed.
+        ExportError: the graph lacks shapes, an output is not computed, or ``precisions``
+            names an unknown layer or precision.
+        ConfigError: an invalid ``group_size``.
 
     Example:
         >>> info = write_erg(onnx.load("front.onnx"), "front.erg")  # doctest: +SKIP
     """
+    group_size = check_group_size(group_size)
     ctx = _prepare(model, extra_outputs)
     _lower_all(ctx, None)
+    _apply_precisions(ctx, dict(precisions or {}), group_size)
     inits = {i.name for i in ctx.graph.initializer}
     inputs = [i.name for i in ctx.graph.input if i.name not in inits]
     outputs = [o.name for o in ctx.graph.output] + [o for o in extra_outputs
@@ -525,24 +500,17 @@ def write_erg(model: onnx.ModelProto, path: str | os.PathLike, *,
         if vi.name in inputs and vi.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             raise UnsupportedOpError(f"graph input {vi.name!r} is not float32; the native engine "
                                      "runs fp32 front halves only; use `--engine ort`")
-    data, n_tensors = _serialize(ctx, inputs, outputs)
+    data, n_tensors = serialize(ctx, inputs, outputs)
     with open(path, "wb") as f:
         f.write(data)
     n_onnx = len(ctx.onnx_nodes)
     return {
         "nodes": len(ctx.nodes), "tensors": n_tensors, "weight_bytes": sum(w.nbytes for w in ctx.weights.values()),
-        "file_bytes": len(data), "version": VERSION, "ops": dict(Counter(e.op for e in ctx.nodes)),
+        "file_bytes": len(data), "version": VERSION_QUANT if ctx.qmeta else VERSION, "ops": dict(Counter(e.op for e in ctx.nodes)),
         "fused": n_onnx - len(ctx.nodes), "inputs": inputs, "outputs": outputs,
+        "precisions": {e.name: next((p for p, c in PREC_CODE.items()
+                                     if c == (e.iattr + [0] * 11)[_PREC_SLOT[e.op]]), "fp32")
+                       for e in ctx.nodes if e.op in _PREC_SLOT},
     }
 
 
-def read_erg_header(path: str | os.PathLike) -> dict:
-    """Parse a ``.erg`` header (Python side, for tests and tooling; no validation beyond magic)."""
-    with open(path, "rb") as f:
-        head = f.read(HEADER_BYTES)
-    if len(head) < HEADER_BYTES or head[:4] != MAGIC:
-        raise ExportError(f"{os.fspath(path)!r} is not an engine graph file (bad magic or too short)")
-    keys = ["version", "header_bytes", "tensor_bytes", "node_bytes", "n_tensors", "n_nodes",
-            "n_inputs", "n_outputs", "n_ids", "file_bytes", "tensors_off", "nodes_off", "ids_off",
-            "strings_off", "strings_bytes", "weights_off", "weights_bytes"]
-    return dict(zip(keys, struct.unpack_from("<9I9Q", head, 4)))

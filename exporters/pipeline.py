@@ -52,6 +52,9 @@ class ExportConfig:
         codec: activation codec on the wire: ``none`` or ``tsq``.
         codec_budget: tsq distortion budget (relative MSE of the dense part).
         calib_samples: calibration inputs for quantization and the codec.
+        exits: early exits: None / "none", "auto" (2 intermediate + the deepest at the cut)
+            or a number of exits (see ``exporters.exits``).
+        budgets: named exit budgets (``exits.Budget``); None = fast / balanced / accurate.
     """
 
     cut: str | int | None = None
@@ -66,6 +69,8 @@ class ExportConfig:
     codec: str = "none"
     codec_budget: float = 2e-3
     calib_samples: int = 64
+    exits: str | int | None = None
+    budgets: tuple | None = None
 
     def __post_init__(self) -> None:
         if self.front_precision not in FRONT_PRECISIONS:
@@ -80,6 +85,10 @@ class ExportConfig:
             raise ConfigError(f"calib_samples must be >= 1, got {self.calib_samples}")
         if self.max_cut_tensors < 1:
             raise ConfigError(f"max_cut_tensors must be >= 1 (got {self.max_cut_tensors}); use 1 for single-tensor cuts")
+        if self.exits is not None:
+            from edgerun.exporters.exits import parse_exits
+
+            parse_exits(self.exits)  # raises ConfigError on a bad value
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ConfigError(f"eval_limit must be >= 1 or None (got {self.eval_limit})")
 
@@ -153,9 +162,25 @@ def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> Non
     }
     if native["ok"]:
         files["front.erg"] = {"role": f"front half, {native['precision']}, native engine"}
+    exits = _build_exits(traced, cut, out, cfg, native["ok"], files)
     report = _report(traced, cut, out, cfg, native, codec)
+    manifest = _manifest(traced, cut, native, codec, cfg, files)
+    if exits is not None:
+        manifest["exits"], report["exits"] = exits
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    write_manifest(out, _manifest(traced, cut, native, codec, cfg, files))
+    write_manifest(out, manifest)
+
+
+def _build_exits(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: bool, files: dict):
+    """Early-exit segments and budgets (``exporters.exits``); adds their files to ``files``."""
+    from edgerun.exporters.exits import build_exits, parse_exits
+
+    n = parse_exits(cfg.exits)
+    if n is None:
+        return None
+    ex_files, entry, rep = build_exits(traced, cut, out, n, cfg.budgets, native=native)
+    files.update(ex_files)
+    return entry, rep
 
 
 def _check_out_dir(out: Path) -> Path:
@@ -225,7 +250,7 @@ def _manifest(traced: Traced, cut: Cut, native: dict, codec: dict, cfg: ExportCo
             "back": cfg.back_precision,
         },
         "codec": codec,
-        "exits": [],
+        "exits": {},
         "native": {"ok": native["ok"], "reason": native["reason"]},
         "predicted": {
             "front_macs": cut.front_macs,

@@ -48,6 +48,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, int32_t ma
   e->threads_ = 1;  // built without OpenMP: one thread is all there is
 #endif
   ER_RETURN_IF_ERROR(e->resolve());
+  e->prepare_quant();
   ER_RETURN_IF_ERROR(e->plan_and_allocate());
   return e;
 }
@@ -82,14 +83,16 @@ Status Engine::plan_and_allocate() {
   size_t max_concat = 1;
   for (const Step& s : steps_) {
     if (s.op == OpCode::kConv)
-      scratch_floats_ = std::max(scratch_floats_, kernels::conv2d_scratch_floats(s.conv, threads_));
+      scratch_floats_ = std::max(scratch_floats_, s.use_s8 ? kernels::conv2d_s8_scratch_floats(s.conv, threads_)
+                                                           : kernels::conv2d_scratch_floats(s.conv, threads_));
     if (s.op == OpCode::kGemm)
       scratch_floats_ = std::max(scratch_floats_, kernels::sgemm_scratch_floats(threads_));
     if (s.op == OpCode::kConcat)
       max_concat = std::max(max_concat, graph_.nodes()[s.node].inputs.size());
   }
   scratch_ = alloc_floats(scratch_floats_);
-  if (!arena_ || !scratch_)
+  deq_ = alloc_floats(deq_floats_);
+  if (!arena_ || !scratch_ || !deq_)
     return Status(StatusCode::kOutOfMemory,
                   "cannot allocate the " + std::to_string(arena_bytes_) +
                       "-byte activation arena; lower max_batch");
@@ -97,7 +100,7 @@ Status Engine::plan_and_allocate() {
   concat_inner_.assign(max_concat, 0);
   ptr_.assign(T.size(), nullptr);
   for (uint32_t t = 0; t < T.size(); ++t)
-    if (T[t].kind == TensorKind::kWeight) ptr_[t] = T[t].data;
+    if (T[t].kind == TensorKind::kWeight) ptr_[t] = T[t].data;  // nullptr when quantized
   for (size_t i = 0; i < owner.size(); ++i)
     ptr_[owner[i]] = arena_.get() + plan.offsets[i] / sizeof(float);
   for (uint32_t t = 0; t < T.size(); ++t) ptr_[t] = ptr_[root_[t]];
@@ -150,12 +153,26 @@ Status Engine::run_step(const Step& s, int32_t batch) {
   switch (s.op) {
     case OpCode::kConv: {
       const int64_t n = xt.dims[0] == -1 ? batch : xt.dims[0];
-      kernels::conv2d(s.conv, n, in(0), in(1), in(2), y, scratch_.get(), th);
+      if (s.use_s8) {
+        kernels::conv2d_s8(s.conv, n, in(0), s.s8, in(2), y, scratch_.get(), th);
+        break;
+      }
+      const float* w = in(1);
+      if (s.prec != Precision::kFp32) {
+        kernels::dequantize_rows(s.qw, 0, s.qw.rows, deq_.get(), false);
+        w = deq_.get();
+      }
+      kernels::conv2d(s.conv, n, in(0), w, in(2), y, scratch_.get(), th);
       break;
     }
     case OpCode::kGemm: {
       const int64_t rows = xt.numel(batch) / s.k;
-      kernels::sgemm(rows, s.n, s.k, in(0), s.k, in(1), s.n, y, s.n, scratch_.get(), th);
+      const float* b = in(1);
+      if (s.prec != Precision::kFp32) {  // stored [N, K]: dequantize into sgemm's [K, N]
+        kernels::dequantize_rows(s.qw, 0, s.qw.rows, deq_.get(), true);
+        b = deq_.get();
+      }
+      kernels::sgemm(rows, s.n, s.k, in(0), s.k, b, s.n, y, s.n, scratch_.get(), th);
       kernels::bias_act_cols(y, rows, s.n, in(2), s.act, s.p0, s.p1);
       break;
     }

@@ -50,8 +50,27 @@ Status act_from(const Ctx& c, int64_t code, Act* act) {
   return Status::Ok();
 }
 
+// A quantized weight (dtype int8 / int4) needs its scales as input 3 and the
+// node's precision slot to agree with the dtype (a mismatch is a damaged file).
+Status resolve_quant(const Ctx& c, const TensorInfo& w, int64_t prec_attr, Step* s) {
+  const Precision want = w.dtype == DType::kInt8   ? Precision::kInt8
+                         : w.dtype == DType::kInt4 ? Precision::kInt4
+                                                   : Precision::kFp32;
+  if (prec_attr != int64_t(want)) return c.bad("weight dtype and node precision disagree");
+  s->prec = want;
+  if (want == Precision::kFp32) return Status::Ok();
+  if (!c.has(3) || c.in(3).kind != TensorKind::kWeight || c.in(3).dtype != DType::kFloat32 ||
+      c.in(3).numel(1) != w.rows() * w.groups())
+    return c.bad("quantized weight needs f32 scales [rows, groups] as input 3");
+  for (int64_t i = 0; i < c.in(3).numel(1); ++i)
+    if (!std::isfinite(c.in(3).data[i]) || c.in(3).data[i] < 0.f)
+      return c.bad("quantization scales must be finite and >= 0");
+  s->qw = {w.dtype, w.rows(), w.row_k(), int64_t(w.group), w.row_bytes(), w.qdata, c.in(3).data};
+  return Status::Ok();
+}
+
 Status resolve_conv(const Ctx& c, Step* s) {
-  ER_RETURN_IF_ERROR(c.arity(2, 3, 1));
+  ER_RETURN_IF_ERROR(c.arity(2, 4, 1));
   const TensorInfo &x = c.in(0), &w = c.in(1), &y = c.out();
   if (x.ndim != 4 || y.ndim != 4 || w.ndim != 4)
     return c.unsupported("only 2-D convolution on NCHW tensors is supported");
@@ -72,23 +91,27 @@ Status resolve_conv(const Ctx& c, Step* s) {
     return c.bad("output spatial size does not follow from input, kernel, stride and pads");
   if (c.has(2) && (c.in(2).kind != TensorKind::kWeight || c.in(2).numel(1) != p.cout))
     return c.bad("bias must be a constant of cout elements");
-  return Status::Ok();
+  if (c.has(2) && c.in(2).dtype != DType::kFloat32) return c.bad("bias must be f32");
+  return resolve_quant(c, w, a[10], s);
 }
 
 Status resolve_gemm(const Ctx& c, Step* s) {
-  ER_RETURN_IF_ERROR(c.arity(2, 3, 1));
+  ER_RETURN_IF_ERROR(c.arity(2, 4, 1));
   const TensorInfo &a = c.in(0), &b = c.in(1), &y = c.out();
   if (b.kind != TensorKind::kWeight || b.ndim != 2) return c.unsupported("B must be a 2-D constant");
-  s->k = b.dims[0];
-  s->n = b.dims[1];
+  const bool quant = b.dtype != DType::kFloat32;  // quantized B is stored transposed: [N, K]
+  s->k = quant ? b.dims[1] : b.dims[0];
+  s->n = quant ? b.dims[0] : b.dims[1];
   if (a.ndim < 1 || a.dims[a.ndim - 1] != s->k || y.dims[y.ndim - 1] != s->n)
     return c.bad("inner dims of A and B or the output width do not match");
   for (int64_t bt : {1, 2})
     if (a.numel(bt) / s->k * s->n != y.numel(bt)) return c.bad("output rows do not match input rows");
   if (c.has(2) && (c.in(2).kind != TensorKind::kWeight || c.in(2).numel(1) != s->n))
     return c.bad("bias must be a constant of N elements");
+  if (c.has(2) && c.in(2).dtype != DType::kFloat32) return c.bad("bias must be f32");
   s->p0 = c.nd.fattr[0];
   s->p1 = c.nd.fattr[1];
+  ER_RETURN_IF_ERROR(resolve_quant(c, b, c.nd.iattr[1], s));
   return act_from(c, c.nd.iattr[0], &s->act);
 }
 
@@ -205,6 +228,12 @@ Status Engine::resolve() {
     Step s{};
     s.op = nd.op;
     s.node = i;
+    // Quantized tensors are only ever the weight (input 1) of a Conv or Gemm.
+    for (size_t k = 0; k < nd.inputs.size(); ++k) {
+      const bool weight_slot = k == 1 && (nd.op == OpCode::kConv || nd.op == OpCode::kGemm);
+      if (c.has(k) && c.in(k).dtype != DType::kFloat32 && !weight_slot)
+        return c.bad("a quantized tensor is used where only f32 is allowed");
+    }
     switch (nd.op) {
       case OpCode::kConv: ER_RETURN_IF_ERROR(resolve_conv(c, &s)); break;
       case OpCode::kGemm: ER_RETURN_IF_ERROR(resolve_gemm(c, &s)); break;

@@ -63,7 +63,7 @@ Header read_header(const uint8_t* b) {
 Status check_sections(const Header& h, uint64_t size) {
   if (h.header_bytes < kErgHeaderBytes || h.tensor_bytes < kErgTensorBytes ||
       h.node_bytes < kErgNodeBytes)
-    return corrupt("header or record sizes are smaller than version 1 defines");
+    return corrupt("header or record sizes are smaller than the format defines");
   if (h.file_bytes != size)
     return corrupt("file is " + std::to_string(size) + " bytes but its header says " +
                    std::to_string(h.file_bytes) + " (truncated or padded)");
@@ -92,11 +92,16 @@ Status parse_tensor(const uint8_t* base, const Header& h, uint32_t i, TensorInfo
   const uint8_t* r = base + h.tensors_off + uint64_t(i) * h.tensor_bytes;
   ER_ASSIGN_OR_RETURN(t->name, read_name(base, h, rd<uint32_t>(r), rd<uint32_t>(r + 4)));
   const std::string where = "tensor #" + std::to_string(i) + " '" + t->name + "'";
-  if (r[8] != uint8_t(DType::kFloat32)) return corrupt(where + " has an unknown dtype");
+  const uint8_t dt = r[8];
+  if (dt < uint8_t(DType::kFloat32) || dt > uint8_t(DType::kInt4))
+    return corrupt(where + " has an unknown dtype");
+  if (dt != uint8_t(DType::kFloat32) && h.version < 2)
+    return corrupt(where + " is quantized in a version-1 file");
   if (r[9] > uint8_t(TensorKind::kInput)) return corrupt(where + " has an unknown kind");
-  t->dtype = DType(r[8]);
+  t->dtype = DType(dt);
   t->kind = TensorKind(r[9]);
   t->ndim = r[10];
+  t->group = rd<uint32_t>(r + 12);
   if (t->ndim > kErgMaxDims) return corrupt(where + " has more than 6 dims");
   int64_t n = 1;
   for (uint32_t d = 0; d < kErgMaxDims; ++d) {
@@ -110,11 +115,20 @@ Status parse_tensor(const uint8_t* base, const Header& h, uint32_t i, TensorInfo
   uint64_t off = rd<uint64_t>(r + 16);
   t->data_bytes = rd<uint64_t>(r + 24);
   t->data = nullptr;
+  t->qdata = nullptr;
+  const bool quant = t->dtype != DType::kFloat32;
+  if (quant && (t->kind != TensorKind::kWeight || t->ndim < 2))
+    return corrupt(where + " is quantized but not a weight of rank >= 2");
+  if (t->dtype == DType::kInt4 ? (t->group < 2 || t->group % 2 || t->group > 4096) : t->group != 0)
+    return corrupt(where + " has an invalid quantization group size " + std::to_string(t->group));
   if (t->kind == TensorKind::kWeight) {
-    if (t->data_bytes != uint64_t(n) * 4 || !in_range(off, t->data_bytes, h.weights_bytes) ||
+    const uint64_t want = quant ? uint64_t(t->rows() * t->row_bytes()) : uint64_t(n) * 4;
+    if (t->data_bytes != want || !in_range(off, t->data_bytes, h.weights_bytes) ||
         off % kErgWeightAlign != 0)
       return corrupt(where + " has weight data outside the blob, misaligned or of the wrong size");
-    t->data = reinterpret_cast<const float*>(base + h.weights_off + off);
+    const uint8_t* p = base + h.weights_off + off;
+    if (quant) t->qdata = p;
+    else t->data = reinterpret_cast<const float*>(p);
   }
   return Status::Ok();
 }
@@ -164,6 +178,18 @@ const char* op_name(OpCode op) {
     case OpCode::kPad: return "Pad";
   }
   return "Unknown";
+}
+
+int64_t TensorInfo::row_k() const {
+  int64_t k = 1;
+  for (uint32_t d = 1; d < ndim; ++d) k *= dims[d];
+  return k;
+}
+
+int64_t TensorInfo::row_bytes() const {
+  if (dtype == DType::kInt8) return row_k();
+  if (dtype == DType::kInt4) return groups() * int64_t(group) / 2;
+  return row_k() * 4;
 }
 
 int64_t TensorInfo::numel(int64_t batch) const {

@@ -35,8 +35,9 @@ inline void valid_range(int64_t n, int64_t on, int64_t s, int64_t pad, int64_t k
   *o1 = std::max(std::min(*o1, on), *o0);
 }
 
-// col[(c*kh + i)*kw + j][oh*ow] for channels [0, cin_g) of one image/group.
-void im2col(const ConvParams& p, int64_t cin_g, const float* x, float* col, int threads) {
+}  // namespace
+
+void im2col_f32(const ConvParams& p, int64_t cin_g, const float* x, float* col, int threads) {
   const int64_t rows = cin_g * p.kh * p.kw, plane = p.oh * p.ow;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t r = 0; r < rows; ++r) {
@@ -63,6 +64,8 @@ void im2col(const ConvParams& p, int64_t cin_g, const float* x, float* col, int 
     }
   }
 }
+
+namespace {
 
 void depthwise(const ConvParams& p, int64_t batch, const float* x, const float* w,
                const float* bias, float* y, int threads) {
@@ -147,7 +150,7 @@ void conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w, 
       const float* xg = xn + g * cin_g * p.h * p.w;
       const float* B = xg;
       if (!pw) {
-        im2col(p, cin_g, xg, col, threads);
+        im2col_f32(p, cin_g, xg, col, threads);
         B = col;
       }
       sgemm(cout_g, plane, kdim, w + g * cout_g * kdim, kdim, B, plane, yn + g * cout_g * plane,

@@ -3,6 +3,7 @@
 // B is packed per (K block, N block) into 16-wide strips so the micro-kernel
 // streams it contiguously; A rows are read in place (6 short streams).
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "edgerun/kernels.h"
@@ -143,9 +144,18 @@ void gemm_tile(MicroKernel ukr, int64_t m0, int64_t m1, int64_t n0, int64_t n1, 
 
 }  // namespace
 
+bool force_portable() {
+  static const bool on = [] {
+    const char* v = std::getenv("EDGERUN_FORCE_PORTABLE");
+    return v != nullptr && v[0] != '\0' && v[0] != '0';
+  }();
+  return on;
+}
+
 bool has_avx2_fma() {
 #ifdef ER_X86
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         !force_portable();
   return ok;
 #else
   return false;

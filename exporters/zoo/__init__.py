@@ -24,7 +24,7 @@ import torch
 from edgerun.errors import ConfigError
 
 ZOO_PREFIX = "zoo:"
-METRICS = ("top1", "top1_agreement")
+METRICS = ("top1", "top1_agreement", "action_mae")  # action_mae: regression (control policies)
 
 
 @dataclass

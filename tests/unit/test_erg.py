@@ -130,7 +130,7 @@ def test_newer_version_is_refused(good_erg, tmp_path):
     from edgerun.engine import NativeEngine
 
     data = bytearray(good_erg.read_bytes())
-    data[4:8] = struct.pack("<I", erg.VERSION + 1)
+    data[4:8] = struct.pack("<I", erg.VERSION_QUANT + 1)
     bad = tmp_path / "v2.erg"
     bad.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="version"):

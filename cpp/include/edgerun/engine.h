@@ -1,4 +1,5 @@
-// edgerun/engine.h: the native fp32 engine that runs a front half (.erg).
+// edgerun/engine.h: the native engine that runs a front half (.erg): fp32
+// activations, fp32 / int8 / int4 Conv and Gemm weights.
 //
 // load() mmaps and validates the graph, resolves every node to a kernel with
 // precomputed parameters, plans activation memory for max_batch and
@@ -35,6 +36,12 @@ struct Step {
   uint32_t            mask = 0; // kReduceMean: reduced axes
   Act                 act = Act::kNone;
   float               p0 = 0.f, p1 = 0.f;
+  // Quantized Conv/Gemm weights: the int8 GEMM (s8) for int8 non-depthwise Conv,
+  // else dequantized per run into the engine's dequant buffer (qw).
+  Precision           prec = Precision::kFp32;
+  kernels::QuantWeight qw{};
+  bool                use_s8 = false;
+  kernels::S8Weights  s8{};
 };
 
 struct AlignedFree {
@@ -64,7 +71,7 @@ class Engine {
 
   uint64_t arena_bytes() const { return arena_bytes_; }
   uint64_t naive_bytes() const { return naive_bytes_; }
-  uint64_t scratch_bytes() const { return scratch_floats_ * sizeof(float); }
+  uint64_t scratch_bytes() const { return (scratch_floats_ + deq_floats_) * sizeof(float); }
   uint64_t weight_bytes() const { return graph_.weight_bytes(); }
   int32_t  max_batch() const { return max_batch_; }
   int32_t  threads() const { return threads_; }
@@ -75,6 +82,7 @@ class Engine {
   Status resolve();                       // nodes -> steps (validates shapes/attrs)
   Status plan_and_allocate();             // liveness, arena, scratch, pointer table
   Status run_step(const Step& s, int32_t batch);
+  void   prepare_quant();                 // int8 GEMM weights, dequant buffer size (quant_prepare.cpp)
 
   Graph                     graph_;
   int32_t                   max_batch_ = 1;
@@ -86,6 +94,10 @@ class Engine {
   std::vector<int64_t>      concat_inner_;
   FloatBuffer               arena_;
   FloatBuffer               scratch_;
+  FloatBuffer               deq_;         // dequantized weights of the running step
+  size_t                    deq_floats_ = 0;
+  std::vector<std::vector<int8_t>>  owned_s8_;   // int8 rows re-padded to a multiple of 4
+  std::vector<std::vector<int32_t>> owned_sum_;  // int8 row sums
   uint64_t                  arena_bytes_ = 0;
   uint64_t                  naive_bytes_ = 0;
   size_t                    scratch_floats_ = 0;

@@ -19,7 +19,7 @@ namespace edgerun {
 // Format constants (never renumber; only add)
 // ============================================================================
 constexpr char     kErgMagic[4]       = {'E', 'R', 'G', 'N'};
-constexpr uint32_t kErgVersion        = 1;
+constexpr uint32_t kErgVersion        = 2;  // 2: quantized (int8/int4) weights
 constexpr uint32_t kErgHeaderBytes    = 128;
 constexpr uint32_t kErgTensorBytes    = 96;
 constexpr uint32_t kErgNodeBytes      = 176;
@@ -29,7 +29,13 @@ constexpr uint32_t kErgNumFAttrs      = 4;
 constexpr uint32_t kErgWeightAlign    = 64;
 constexpr uint32_t kErgNoTensor       = 0xFFFFFFFFu;  // an absent optional input
 
-enum class DType : uint8_t { kFloat32 = 1 };
+// kInt8: symmetric per output channel, one byte per value, scales in a separate
+// f32 tensor [rows]. kInt4: group-wise along K, two values per byte (low nibble
+// first), rows padded to a whole number of groups, scales f32 [rows, groups].
+enum class DType : uint8_t { kFloat32 = 1, kInt8 = 2, kInt4 = 3 };
+
+// Weight precision of a Conv/Gemm node (its "prec" attribute slot).
+enum class Precision : int64_t { kFp32 = 0, kInt8 = 1, kInt4 = 2 };
 
 enum class TensorKind : uint8_t {
   kActivation = 0,  // lives in the arena (or aliases another tensor)
@@ -75,8 +81,17 @@ struct TensorInfo {
   TensorKind  kind;
   uint32_t    ndim;
   int64_t     dims[kErgMaxDims];  // dims[0] == -1: the batch dim, set per run
-  const float* data;              // weights only; 64-byte aligned in the mmap
+  const float* data;              // f32 weights only; 64-byte aligned in the mmap
+  const uint8_t* qdata;           // int8 / int4 weights only (raw bytes in the mmap)
   uint64_t    data_bytes;
+  uint32_t    group;              // int4: group size along K (even, >= 2); else 0
+
+  // Quantized weights are 2-D in effect: rows = dims[0], k = product of the rest.
+  int64_t rows() const { return dims[0]; }
+  int64_t row_k() const;
+  int64_t groups() const { return group ? (row_k() + group - 1) / group : 1; }
+  // Bytes of one stored row: k (int8) or groups * group / 2 (int4).
+  int64_t row_bytes() const;
 
   int64_t numel(int64_t batch) const;  // elements at this batch
   bool    batched() const { return ndim > 0 && dims[0] == -1; }

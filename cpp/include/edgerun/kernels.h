@@ -20,7 +20,8 @@ namespace kernels {
 // ============================================================================
 // CPU features
 // ============================================================================
-bool        has_avx2_fma();   // checked once, at run time
+bool        force_portable(); // EDGERUN_FORCE_PORTABLE set (read once)
+bool        has_avx2_fma();   // checked once, at run time (false when forced portable)
 inline int  thread_id() {     // index of the calling thread in its OpenMP team
 #ifdef _OPENMP
   return omp_get_thread_num();
@@ -28,7 +29,9 @@ inline int  thread_id() {     // index of the calling thread in its OpenMP team
   return 0;
 #endif
 }
-const char* gemm_path();      // "avx2-fma" or "portable"
+// "avx2-fma" or "portable". EDGERUN_FORCE_PORTABLE=1 in the environment (read
+// once, at the first kernel call) forces the portable path, for cross-checks.
+const char* gemm_path();
 
 // ============================================================================
 // GEMM: C[M,N] (+)= A[M,K] * B[K,N], row-major with leading dims
@@ -53,6 +56,8 @@ struct ConvParams {
   float   lo, hi;            // clip bounds when act == kClip
 };
 size_t conv2d_scratch_floats(const ConvParams& p, int threads);
+// col[(c*kh + i)*kw + j][oh*ow] for channels [0, cin_g) of one image/group.
+void   im2col_f32(const ConvParams& p, int64_t cin_g, const float* x, float* col, int threads);
 void   conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w,
               const float* bias, float* y, float* scratch, int threads);
 
@@ -100,6 +105,38 @@ void concat(int64_t outer, int32_t n, const float* const* xs, const int64_t* inn
 // Constant pad: y has dims out = in + begin + end (end implied).
 void pad_constant(int32_t rank, const int64_t* in, const int64_t* begin, const int64_t* out,
                   const float* x, float* y, float value);
+
+// ============================================================================
+// Quantized weights (kernels_quant.cpp, kernels_qgemm.cpp)
+// ============================================================================
+// A quantized weight seen as [rows, k] (Conv: rows = cout, k = cin/g*kh*kw;
+// Gemm: rows = N, k = K, i.e. stored transposed).
+struct QuantWeight {
+  DType          dtype;      // kInt8 or kInt4
+  int64_t        rows, k;
+  int64_t        group;      // int4 group size along k
+  int64_t        row_bytes;  // bytes of one stored row
+  const uint8_t* data;
+  const float*   scales;     // [rows] (int8) or [rows, ceil(k/group)] (int4)
+};
+// out[(r - r0) * k + j] = w[r, j] for rows [r0, r1), or out[j * (r1 - r0) + r - r0]
+// when `transpose` (the [K, N] layout sgemm takes for Gemm's B).
+void dequantize_rows(const QuantWeight& w, int64_t r0, int64_t r1, float* out, bool transpose);
+
+// int8 x int8 GEMM for Conv: y[m, n] = ws[m] * xs[n] * sum_k w[m, k] * xq[k, n] + bias,
+// with the activations quantized per output pixel n (dynamic, symmetric, 7 bits so
+// u8 x s8 pair sums never saturate in _mm256_maddubs_epi16), int32 accumulation
+// and bias + activation fused into the epilogue.
+struct S8Weights {
+  const int8_t*  w;      // [m, kp], rows zero padded to kp = round_up(k, 4)
+  int64_t        m, k, kp;
+  const float*   scale;  // [m]
+  const int32_t* wsum;   // [m]: sum over k of w (undoes the +64 activation offset)
+};
+const char* qgemm_path();  // "avx2" or "portable"
+size_t conv2d_s8_scratch_floats(const ConvParams& p, int threads);
+void   conv2d_s8(const ConvParams& p, int64_t batch, const float* x, const S8Weights& w,
+                 const float* bias, float* y, float* scratch, int threads);
 
 }  // namespace kernels
 }  // namespace edgerun

@@ -1,0 +1,67 @@
+"""All modes of both zoo models over every link profile (the `edgerun bench` harness in a loop).
+
+For each model the bundle is exported at the cut the planner chooses for `this-machine` +
+`cpu-server` over LTE restricted to real splits (if the planner prefers an extreme, the
+fastest predicted split is used so the split mode is still measured). Device compute is this
+machine's (no scaling); links are emulated and the emulation is measured in every run.
+
+    python benchmarks/bench_links.py [--requests 40] [--links ethernet wifi 5g lte]
+
+Writes bench_links.json, one PNG per (model, link), and prints a summary table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+MODELS = ("zoo:digits-cnn", "zoo:efficientnet-lite0")
+LINKS = ("ethernet", "wifi", "5g", "lte")
+
+
+def _split_cut(traced, link: str) -> int:
+    from edgerun.exporters.planner import ALL_ON_DEVICE, ALL_ON_SERVER, plan
+
+    p = plan(traced, "this-machine", "cpu-server", link)
+    return next(c.cut_index for c in p.candidates if c.cut not in (ALL_ON_DEVICE, ALL_ON_SERVER))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=40)
+    ap.add_argument("--links", nargs="*", default=list(LINKS))
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = ap.parse_args()
+    from edgerun.bench import plot, run_bench
+    from edgerun.exporters.pipeline import ExportConfig, export, trace_model
+    from edgerun.report import table
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    reports, rows = [], []
+    for spec in args.models:
+        traced = trace_model(spec)
+        cut = _split_cut(traced, "lte")
+        b = export(traced, ExportConfig(cut=cut, evaluate=False), Path(tempfile.mkdtemp()) / "bundle")
+        for link in args.links:
+            rep = run_bench(b, link, requests=args.requests, log=lambda s: print(f"[{spec} {link}] {s}", flush=True))
+            rep["png"] = str(plot(rep, args.out / f"bench_{b.model_id}_{link}.png"))
+            reports.append(rep)
+            for mode, r in rep["modes"].items():
+                if "stages" in r:
+                    t = r["stages"]["total"]
+                    rows.append([b.model_id, link, mode, round(t["p50"], 2), round(t["p95"], 2),
+                                 round(t["p99"], 2), r["bytes_sent"]])
+            em = rep["emulated"]["measured"]
+            print(f"  emulated {link}: RTT p50 {em['rtt_ms_p50']:.2f} ms (profile {rep['emulated']['profile']['rtt_ms']}"
+                  f" + jitter {rep['emulated']['profile']['jitter_ms']}), up {em['up_mbps']:.1f} Mbit/s, "
+                  f"down {em['down_mbps']:.1f} Mbit/s", flush=True)
+    (args.out / "bench_links.json").write_text(json.dumps({"device_compute": "measured on this machine, not scaled",
+                                                           "reports": reports}, indent=2) + "\n")
+    print(table(["model", "link", "mode", "p50 ms", "p95 ms", "p99 ms", "bytes sent"], rows))
+
+
+if __name__ == "__main__":
+    main()

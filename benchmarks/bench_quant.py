@@ -1,0 +1,212 @@
+"""Quantized front halves on the native engine: accuracy, speed, weight bytes.
+
+For digits-cnn (cuts block1, down) and EfficientNet-Lite0 (cuts blocks.3, blocks.7):
+the front half at fp32 / int8 / int4 / auto (native engine) + the fp32 back half
+(onnxruntime) vs the fp32 whole model on the held-out eval data; native int8 vs
+native fp32 latency, and vs onnxruntime's own quantized front half
+(``quantize_dynamic`` and QDQ ``quantize_static`` calibrated on the same calib data),
+all at batch 1 and the same thread count. Writes ``quant.json`` and ``quant.md``.
+
+"auto" uses a budget of activation arena + 40% of the fp32 front weights.
+
+Run:  python benchmarks/bench_quant.py --runs 30 --out benchmarks/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from edgerun.engine import NativeEngine
+from edgerun.exporters import zoo
+from edgerun.exporters.cuts import resolve_cut
+from edgerun.exporters.erg import write_erg
+from edgerun.exporters.pipeline import trace_model
+from edgerun.exporters.quantize_front import FrontPrecisionConfig, plan_front_precision
+from edgerun.exporters.split import split
+
+CUTS = [("zoo:digits-cnn", "block1"), ("zoo:digits-cnn", "down"),
+        ("zoo:efficientnet-lite0", "blocks.3"), ("zoo:efficientnet-lite0", "blocks.7")]
+MODES = ("fp32", "int8", "int4", "auto")
+AUTO_WEIGHT_FRACTION = 0.4
+N_CALIB = 32
+
+
+def _session(model_or_path, threads: int) -> ort.InferenceSession:
+    o = ort.SessionOptions()
+    o.intra_op_num_threads, o.inter_op_num_threads, o.log_severity_level = threads, 1, 3
+    src = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else str(model_or_path)
+    return ort.InferenceSession(src, o, providers=["CPUExecutionProvider"])
+
+
+def median_ms(fn, runs: int, warmup: int = 5, repeats: int = 3) -> float:
+    """Median of `repeats` medians of `runs` calls (the machine is shared)."""
+    for _ in range(warmup):
+        fn()
+    meds = []
+    for _ in range(repeats):
+        ts = []
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            fn()
+            ts.append((time.perf_counter() - t0) * 1e3)
+        meds.append(statistics.median(ts))
+    return statistics.median(meds)
+
+
+def _ort_quantized(front_path: Path, calib: np.ndarray, tmp: Path) -> dict[str, Path]:
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = tmp / "front_pre.onnx"
+    quant_pre_process(str(front_path), str(pre), skip_symbolic_shape=True)
+    name = onnx.load(pre).graph.input[0].name
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([{name: calib[i:i + 1]} for i in range(len(calib))])
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = {"ort_dynamic": tmp / "front_qd.onnx", "ort_static_qdq": tmp / "front_qs.onnx"}
+    quantize_dynamic(str(pre), str(out["ort_dynamic"]), weight_type=QuantType.QInt8, per_channel=True)
+    quantize_static(str(pre), str(out["ort_static_qdq"]), Reader(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    return out
+
+
+def _front_outputs(run, x: np.ndarray, chunk: int = 32) -> list[np.ndarray]:
+    parts = [run(x[i:i + chunk]) for i in range(0, len(x), chunk)]
+    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def bench_cut(spec: str, cut_name: str, traced, tmp: Path, runs: int, threads: int) -> dict:
+    z = zoo.load(spec)
+    x_eval, y_eval = z.eval_data()
+    calib = z.calib_data(N_CALIB).astype(np.float32)
+    cut = resolve_cut(traced.cuts, cut_name)
+    front, back = split(traced.model, cut)
+    front_path = tmp / "front.onnx"
+    onnx.save(front, front_path)
+    whole = _session(traced.model, threads)
+    ref_top1 = np.argmax(whole.run(None, {whole.get_inputs()[0].name: x_eval})[0], axis=1)
+    back_s = _session(back, threads)
+    back_names = [i.name for i in back_s.get_inputs()]
+
+    def top1(front_outs: list[np.ndarray]) -> np.ndarray:
+        return np.argmax(back_s.run(None, dict(zip(back_names, front_outs)))[0], axis=1)
+
+    res = {"model": spec, "cut": cut_name, "tensor": cut.tensors[0], "n_eval": int(len(x_eval)),
+           "whole_fp32_top1_acc": None if y_eval is None else float(np.mean(ref_top1 == y_eval)),
+           "precisions": {}}
+    x1 = x_eval[:1]
+    fp32_w = None
+    for mode in MODES:
+        budget = None
+        if mode == "auto":
+            arena = NativeEngine(tmp / "fp32.erg", max_batch=1).arena_bytes
+            budget = (arena + AUTO_WEIGHT_FRACTION * fp32_w) / 2**20
+        t0 = time.perf_counter()
+        plan = plan_front_precision(front, calib, FrontPrecisionConfig(mode, 32, budget))
+        plan_s = time.perf_counter() - t0
+        path = tmp / f"{mode}.erg"
+        write_erg(front, path, precisions=plan.precisions, group_size=32)
+        eng = NativeEngine(path, max_batch=32, threads=threads)
+        fo = _front_outputs(lambda b: [v for v in eng.run(b).values()], x_eval)
+        pred = top1(fo)
+        eng1 = NativeEngine(path, max_batch=1, threads=threads)
+        ms = median_ms(lambda: eng1.run(x1), runs)
+        if mode == "fp32":
+            fp32_w = eng1.weight_bytes
+        counts = {p: sum(v == p for v in plan.precisions.values()) for p in ("fp32", "int8", "int4")}
+        res["precisions"][mode] = {
+            "top1_agreement_with_fp32_whole": float(np.mean(pred == ref_top1)),
+            "top1_acc": None if y_eval is None else float(np.mean(pred == y_eval)),
+            "native_ms": round(ms, 4), "weight_bytes": eng1.weight_bytes,
+            "arena_bytes": eng1.arena_bytes, "calib_error": plan.error, "layers": counts,
+            "plan_seconds": round(plan_s, 2),
+            "budget_mb": budget}
+        if mode == "auto":
+            res["auto_table"] = plan.table()
+    front_sess = _session(front_path, threads)
+    fname = front_sess.get_inputs()[0].name
+    res["ort_fp32_ms"] = round(median_ms(lambda: front_sess.run(None, {fname: x1}), runs), 4)
+    for key, qpath in _ort_quantized(front_path, calib, tmp).items():
+        s = _session(qpath, threads)
+        fo = _front_outputs(lambda b: s.run(None, {fname: b}), x_eval)
+        res[key] = {"ms": round(median_ms(lambda: s.run(None, {fname: x1}), runs), 4),
+                    "top1_agreement_with_fp32_whole": float(np.mean(top1(fo) == ref_top1)),
+                    "file_bytes": qpath.stat().st_size}
+    p = res["precisions"]
+    res["speedup_int8_over_fp32"] = round(p["fp32"]["native_ms"] / p["int8"]["native_ms"], 3)
+    best_ort = min(res["ort_dynamic"]["ms"], res["ort_static_qdq"]["ms"])
+    res["ratio_native_int8_over_best_ort_quant"] = round(p["int8"]["native_ms"] / best_ort, 3)
+    return res
+
+
+def _table(rows: list[dict]) -> str:
+    out = ["| model | cut | prec | top-1 agree | top-1 acc | native ms | weight KiB | layers fp32/int8/int4 |",
+           "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for mode, p in r["precisions"].items():
+            acc = "" if p["top1_acc"] is None else f"{100 * p['top1_acc']:.2f}%"
+            c = p["layers"]
+            out.append(f"| {r['model'].split(':')[1]} | {r['cut']} | {mode} | "
+                       f"{100 * p['top1_agreement_with_fp32_whole']:.2f}% | {acc} | {p['native_ms']:.3f} | "
+                       f"{p['weight_bytes'] / 1024:.1f} | {c['fp32']}/{c['int8']}/{c['int4']} |")
+    out += ["", "| model | cut | whole fp32 acc | int8/fp32 speed-up | ORT fp32 ms | ORT dyn ms (agree) | "
+            "ORT QDQ ms (agree) | native int8 / best ORT quant |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        acc = "" if r["whole_fp32_top1_acc"] is None else f"{100 * r['whole_fp32_top1_acc']:.2f}%"
+        d, s = r["ort_dynamic"], r["ort_static_qdq"]
+        out.append(f"| {r['model'].split(':')[1]} | {r['cut']} | {acc} | {r['speedup_int8_over_fp32']:.2f}x | "
+                   f"{r['ort_fp32_ms']:.3f} | {d['ms']:.3f} ({100 * d['top1_agreement_with_fp32_whole']:.1f}%) | "
+                   f"{s['ms']:.3f} ({100 * s['top1_agreement_with_fp32_whole']:.1f}%) | "
+                   f"{r['ratio_native_int8_over_best_ort_quant']:.2f} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", default=None, help="only cuts of this model spec")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    args = ap.parse_args()
+    from edgerun import _core
+
+    rows, traced = [], {}
+    for spec, cut in CUTS:
+        if args.only and args.only not in spec:
+            continue
+        traced.setdefault(spec, trace_model(spec))
+        with tempfile.TemporaryDirectory() as d:
+            rows.append(bench_cut(spec, cut, traced[spec], Path(d), args.runs, args.threads))
+        print(_table(rows[-1:]), flush=True)
+    meta = {"machine": platform.machine(), "cpu_count": __import__("os").cpu_count(),
+            "gemm_path": _core.gemm_path(), "qgemm_path": _core.qgemm_path(), "batch": 1,
+            "threads": args.threads, "runs": args.runs, "statistic": "median of 3 medians",
+            "auto_budget": f"arena + {AUTO_WEIGHT_FRACTION} x fp32 front weights", "group_size": 32}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "quant.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    table = _table(rows)
+    (args.out / "quant.md").write_text(f"# bench_quant\n\n{json.dumps(meta)}\n\n{table}\n\n" +
+                                       "\n\n".join(f"## auto plan: {r['model']} {r['cut']}\n```\n{r['auto_table']}\n```"
+                                                   for r in rows) + "\n")
+    print(table)
+    print(f"wrote {args.out / 'quant.json'}")
+
+
+if __name__ == "__main__":
+    main()

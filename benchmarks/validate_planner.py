@@ -1,0 +1,146 @@
+"""Planner validation: measured latency of every candidate cut next to the predicted one.
+
+For two link profiles (wifi, lte) and both zoo models, every candidate of `plan(...)` with the
+device profile `this-machine` and server profile `cpu-server` (both measured here) is run for
+real: the model exported at that cut, a real Mosquitto, a real `edgerun serve`, the device
+behind the link emulator. "input" (all on the server) uses a bundle cut at the input, "output"
+(all on the device) the native engine on the whole model. Device compute is this machine's
+(no scaling). EfficientNet is measured at block boundaries only (to bound the run time).
+
+    python benchmarks/validate_planner.py [--requests 20] [--out benchmarks/results]
+
+Writes planner_validation.json / .png and prints a table per (model, link).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+LINKS = ("wifi", "lte")
+MODELS = ("zoo:digits-cnn", "zoo:efficientnet-lite0")
+
+
+def _keep(model: str, label: str) -> bool:
+    return "digits" in model or label in ("input", "output") or re.fullmatch(r"blocks\.\d+", label) is not None
+
+
+def _measure_cut(traced, cut_index: int, links, work: Path, requests: int) -> dict[str, float]:
+    from edgerun.bench import _remote_mode, _start_server, _stop, make_server_bundle
+    from edgerun.broker import Mosquitto, parse_broker_url
+    from edgerun.bundle import Bundle
+    from edgerun.exporters.pipeline import ExportConfig, export
+    from edgerun.linkemu import LinkConfig, LinkEmulator
+
+    b = export(traced, ExportConfig(cut=max(cut_index, 0), evaluate=False), work / f"cut{cut_index}")
+    if cut_index == -1:
+        b = make_server_bundle(b, work / "input-cut")
+    xs = np.ascontiguousarray(np.load(b.file("samples.npz") if b.has("samples.npz") else
+                                      (work / f"cut{cut_index}" / "samples.npz"))["inputs"], dtype=np.float32)
+    out = {}
+    with Mosquitto() as broker:
+        proc = _start_server(b.path, broker.url, work / "serve.log")
+        try:
+            for link in links:
+                with LinkEmulator(parse_broker_url(broker.url), LinkConfig.from_profile(link, outages=())) as emu:
+                    engine = "native" if b.native_ok else "ort"
+                    r = _remote_mode(b, emu, proc, work / "serve.log", engine, xs, requests, 2)
+                out[link.name] = r["stages"]["total"]["p50"]
+        finally:
+            _stop(proc)
+    return out
+
+
+def _measure_whole(traced, work: Path, requests: int) -> float:
+    import onnx
+
+    from edgerun.engine import NativeEngine
+    from edgerun.exporters.erg import write_erg
+    from edgerun.profiler import time_ms
+
+    write_erg(traced.model, work / "whole.erg")
+    eng = NativeEngine(work / "whole.erg", max_batch=1)
+    x = np.ascontiguousarray(traced.source.example.numpy(), dtype=np.float32)
+    return time_ms(lambda: eng.run(x), requests)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    args = ap.parse_args()
+    from edgerun.exporters.pipeline import trace_model
+    from edgerun.exporters.planner import WHOLE, plan
+    from edgerun.profiles import load_link
+
+    links = [load_link(n) for n in LINKS]
+    results = []
+    for spec in args.models:
+        traced = trace_model(spec)
+        plans = {l.name: plan(traced, "this-machine", "cpu-server", l) for l in links}
+        work = Path(tempfile.mkdtemp(prefix="edgerun-validate-"))
+        measured: dict[int, dict[str, float]] = {}
+        for c in plans[links[0].name].candidates:
+            if not _keep(spec, c.cut) or c.cut_index in measured:
+                continue
+            t0 = time.time()
+            if c.cut_index == WHOLE:
+                ms = _measure_whole(traced, work, args.requests)
+                measured[c.cut_index] = {l.name: ms for l in links}
+            else:
+                measured[c.cut_index] = _measure_cut(traced, c.cut_index, links, work, args.requests)
+            print(f"{traced.source.model_id} {c.cut}: {measured[c.cut_index]} ({time.time() - t0:.1f} s)", flush=True)
+        for l in links:
+            p = plans[l.name]
+            rows = [{"cut": c.cut, "cut_index": c.cut_index, "predicted_ms": round(c.total_ms, 3),
+                     "measured_p50_ms": round(measured[c.cut_index][l.name], 3)}
+                    for c in p.candidates if c.cut_index in measured]
+            rows.sort(key=lambda r: r["cut_index"])
+            best = min(rows, key=lambda r: r["measured_p50_ms"])
+            planned = next(r for r in rows if r["cut_index"] == p.chosen.cut_index)
+            results.append({"model": traced.source.model_id, "link": l.name, "rows": rows,
+                            "planned": planned, "measured_best": best,
+                            "planned_over_best": round(planned["measured_p50_ms"] / best["measured_p50_ms"], 3)})
+    _write(results, args.out)
+
+
+def _write(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgerun.report import table
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"device_profile": "this-machine", "server_profile": "cpu-server",
+            "device_compute": "measured on this machine, not scaled", "results": results}
+    (out / "planner_validation.json").write_text(json.dumps(meta, indent=2) + "\n")
+    fig, axes = plt.subplots(len(results), 1, figsize=(10, 3 * len(results)), squeeze=False)
+    for ax, r in zip(axes[:, 0], results):
+        labels = [x["cut"] for x in r["rows"]]
+        ax.plot(labels, [x["predicted_ms"] for x in r["rows"]], "o-", label="predicted")
+        ax.plot(labels, [x["measured_p50_ms"] for x in r["rows"]], "s-", label="measured p50")
+        ax.set_title(f"{r['model']} over {r['link']}: planned {r['planned']['cut']}, best {r['measured_best']['cut']}")
+        ax.set_ylabel("ms")
+        ax.tick_params(axis="x", rotation=60, labelsize=7)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "planner_validation.png", dpi=90)
+    for r in results:
+        print(f"\n{r['model']} / {r['link']}: planned {r['planned']['cut']} measured "
+              f"{r['planned']['measured_p50_ms']} ms; best {r['measured_best']['cut']} "
+              f"{r['measured_best']['measured_p50_ms']} ms (ratio {r['planned_over_best']})")
+        print(table(["cut", "predicted ms", "measured p50 ms"],
+                    [[x["cut"], x["predicted_ms"], x["measured_p50_ms"]] for x in r["rows"]]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,294 @@
+// int8 Conv: im2col (unless 1x1 stride 1), dynamic per-pixel quantization of
+// the activation panel, an int8 x int8 -> int32 micro-kernel (AVX2 maddubs or
+// portable), and a fused dequantize + bias + activation epilogue.
+//
+// Packed activations: strips of 16 pixels, [k/4][16][4] bytes each, holding
+// u = round(x / xs[n]) + 64 in [1, 127]. Weights are s8 in [-127, 127], so a
+// maddubs pair sum is at most 2 * 127 * 127 = 32258: it never saturates. The
+// +64 offset is removed in the epilogue with the weight row sums.
+// Both micro-kernels compute the same exact int32 sums and share the
+// epilogue, so the portable and AVX2 paths give bit-identical outputs.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "edgerun/kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ER_X86 1
+#endif
+#if defined(__ARM_NEON)
+#include <arm_neon.h>
+#endif
+
+namespace edgerun {
+namespace kernels {
+
+namespace {
+
+constexpr int64_t kQMR = 4;    // weight rows per micro-tile
+constexpr int64_t kQNR = 16;   // pixels per strip
+constexpr float   kQMax = 63.f;  // 7-bit activations (see the file comment)
+constexpr int32_t kQOffset = 64;
+
+using QKernel = void (*)(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
+                         int32_t* tile);
+
+void qukr_portable(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
+                   int32_t* tile) {
+  for (int64_t r = 0; r < kQMR * kQNR; ++r) tile[r] = 0;
+  for (int64_t r = 0; r < mr; ++r) {
+    const int8_t* w = W + r * kp;
+    int32_t* t = tile + r * kQNR;
+    for (int64_t q = 0; q < kq; ++q) {
+      const uint8_t* b = B + q * kQNR * 4;
+      for (int64_t j = 0; j < kQNR; ++j)
+        t[j] += int32_t(b[4 * j]) * w[4 * q] + int32_t(b[4 * j + 1]) * w[4 * q + 1] +
+                int32_t(b[4 * j + 2]) * w[4 * q + 2] + int32_t(b[4 * j + 3]) * w[4 * q + 3];
+    }
+  }
+}
+
+#ifdef ER_X86
+__attribute__((target("avx2"))) void qukr_avx2(int64_t kq, const int8_t* W, int64_t kp,
+                                               int64_t mr, const uint8_t* B, int32_t* tile) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
+  __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  const int8_t* w0 = W;
+  const int8_t* w1 = W + (mr > 1 ? 1 : 0) * kp;
+  const int8_t* w2 = W + (mr > 2 ? 2 : 0) * kp;
+  const int8_t* w3 = W + (mr > 3 ? 3 : 0) * kp;
+  for (int64_t q = 0; q < kq; ++q) {
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B + 32));
+    B += 64;
+    int32_t v;
+#define ER_QROW(wr, ca, cb)                                                 \
+    std::memcpy(&v, wr + 4 * q, 4);                                         \
+    {                                                                       \
+      const __m256i a = _mm256_set1_epi32(v);                               \
+      ca = _mm256_add_epi32(ca, _mm256_madd_epi16(_mm256_maddubs_epi16(b0, a), ones)); \
+      cb = _mm256_add_epi32(cb, _mm256_madd_epi16(_mm256_maddubs_epi16(b1, a), ones)); \
+    }
+    ER_QROW(w0, c00, c01)
+    ER_QROW(w1, c10, c11)
+    ER_QROW(w2, c20, c21)
+    ER_QROW(w3, c30, c31)
+#undef ER_QROW
+  }
+  __m256i* t = reinterpret_cast<__m256i*>(tile);
+  _mm256_storeu_si256(t + 0, c00); _mm256_storeu_si256(t + 1, c01);
+  _mm256_storeu_si256(t + 2, c10); _mm256_storeu_si256(t + 3, c11);
+  _mm256_storeu_si256(t + 4, c20); _mm256_storeu_si256(t + 5, c21);
+  _mm256_storeu_si256(t + 6, c30); _mm256_storeu_si256(t + 7, c31);
+}
+#endif
+
+#if defined(__ARM_NEON) && defined(__aarch64__)
+void qukr_neon(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
+               int32_t* tile) {
+  for (int64_t r = 0; r < kQMR; ++r) {
+    const int8_t* w = W + (r < mr ? r : 0) * kp;
+    int32x4_t acc[4] = {vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0), vdupq_n_s32(0)};
+    for (int64_t q = 0; q < kq; ++q) {
+      int32_t v;
+      std::memcpy(&v, w + 4 * q, 4);
+      const int16x8_t a = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(v)));
+      for (int j4 = 0; j4 < 4; ++j4) {  // 4 pixels x 4 k per 16 bytes
+        const uint8x16_t b = vld1q_u8(B + q * 64 + j4 * 16);
+        const int16x8_t lo = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(b)));
+        const int16x8_t hi = vreinterpretq_s16_u16(vmovl_u8(vget_high_u8(b)));
+        const int32x4_t p0 = vpaddq_s32(vmull_s16(vget_low_s16(lo), vget_low_s16(a)),
+                                        vmull_s16(vget_high_s16(lo), vget_low_s16(a)));
+        const int32x4_t p1 = vpaddq_s32(vmull_s16(vget_low_s16(hi), vget_low_s16(a)),
+                                        vmull_s16(vget_high_s16(hi), vget_low_s16(a)));
+        acc[j4] = vaddq_s32(acc[j4], vpaddq_s32(p0, p1));
+      }
+    }
+    for (int j4 = 0; j4 < 4; ++j4) vst1q_s32(tile + r * kQNR + j4 * 4, acc[j4]);
+  }
+}
+#endif
+
+QKernel pick_qkernel() {
+#ifdef ER_X86
+  if (has_avx2_fma()) return qukr_avx2;
+#endif
+#if defined(__ARM_NEON) && defined(__aarch64__)
+  if (!force_portable()) return qukr_neon;
+#endif
+  return qukr_portable;
+}
+
+// One k-quad of a strip: word j = u(k4, j) | u(k4+1, j) << 8 | ... (little-endian
+// bytes [16][4]); k >= K rows are the zero point. Written so it vectorises.
+inline int32_t q7(float v) {
+  const float magic = 12582912.f;  // 1.5 * 2^23: adding it rounds to nearest (even)
+  v = std::min(std::max((v + magic) - magic, -kQMax), kQMax);
+  return int32_t(v) + kQOffset;
+}
+
+void pack_quad_portable(const float* x, int64_t ldx, int64_t K, int64_t k4, int64_t n0, int64_t w,
+                        const float* inv, uint32_t* o) {
+  const float* r[4];
+  for (int q = 0; q < 4; ++q) r[q] = k4 + q < K ? x + (k4 + q) * ldx + n0 : nullptr;
+  for (int64_t j = 0; j < kQNR; ++j) {
+    uint32_t word = 0;
+    for (int q = 0; q < 4; ++q) {
+      const float v = (r[q] != nullptr && j < w) ? r[q][j] * inv[j] : 0.f;
+      word |= uint32_t(q7(v)) << (8 * q);
+    }
+    o[j] = word;
+  }
+}
+
+#ifdef ER_X86
+__attribute__((target("avx2"))) void pack_quad_avx2(const float* x, int64_t ldx, int64_t K,
+                                                    int64_t k4, int64_t n0, int64_t w,
+                                                    const float* inv, uint32_t* o) {
+  if (w < kQNR || k4 + 4 > K) {
+    pack_quad_portable(x, ldx, K, k4, n0, w, inv, o);
+    return;
+  }
+  const __m256 lo = _mm256_set1_ps(-kQMax), hi = _mm256_set1_ps(kQMax);
+  const __m256i off = _mm256_set1_epi32(kQOffset);
+  for (int h = 0; h < 2; ++h) {
+    const __m256 iv = _mm256_loadu_ps(inv + 8 * h);
+    __m256i word = _mm256_setzero_si256();
+    for (int q = 0; q < 4; ++q) {
+      __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + (k4 + q) * ldx + n0 + 8 * h), iv);
+      v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+      const __m256i u = _mm256_add_epi32(_mm256_cvtps_epi32(v), off);
+      word = _mm256_or_si256(word, _mm256_slli_epi32(u, 8 * q));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8 * h), word);
+  }
+}
+#endif
+
+using PackQuad = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*,
+                          uint32_t*);
+
+PackQuad pick_pack() {
+#ifdef ER_X86
+  if (has_avx2_fma()) return pack_quad_avx2;
+#endif
+  return pack_quad_portable;
+}
+
+// o[j] = act(ws * xs[j] * (t[j] - off) + b): one shared (scalar-ISA) copy for every
+// micro-kernel, so all paths round identically. Branch-free inner loops vectorise.
+void epilogue(const int32_t* t, const float* xs, float ws, int32_t off, float b, Act act,
+              float lo, float hi, float* o, int64_t nw) {
+  float v[kQNR];
+  for (int64_t j = 0; j < kQNR; ++j) v[j] = ws * xs[j] * float(t[j] - off) + b;
+  if (act == Act::kRelu) {
+    for (int64_t j = 0; j < kQNR; ++j) v[j] = v[j] > 0.f ? v[j] : 0.f;
+  } else if (act == Act::kClip) {
+    for (int64_t j = 0; j < kQNR; ++j) v[j] = std::min(std::max(v[j], lo), hi);
+  }
+  for (int64_t j = 0; j < nw; ++j) o[j] = v[j];
+}
+
+// Per-pixel scales of X[k, n] (n < N, row stride ldx) and the packed u8 panel.
+void quantize_pack(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N, float* xs,
+                   float* inv, uint8_t* out, int threads) {
+  const int64_t strips = (N + kQNR - 1) / kQNR, np = strips * kQNR;
+  for (int64_t n = 0; n < np; ++n) xs[n] = 0.f;
+  for (int64_t k = 0; k < K; ++k) {
+    const float* r = x + k * ldx;
+    for (int64_t n = 0; n < N; ++n) xs[n] = std::max(xs[n], std::fabs(r[n]));
+  }
+  for (int64_t n = 0; n < np; ++n) {
+    inv[n] = xs[n] > 0.f ? kQMax / xs[n] : 0.f;
+    xs[n] = xs[n] / kQMax;
+  }
+  static const PackQuad pack_quad = pick_pack();
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && strips > 1)
+  for (int64_t s = 0; s < strips; ++s) {
+    const int64_t n0 = s * kQNR;
+    uint32_t* o = reinterpret_cast<uint32_t*>(out + s * kp * kQNR);
+    for (int64_t k4 = 0; k4 < kp; k4 += 4)
+      pack_quad(x, ldx, K, k4, n0, std::min(kQNR, N - n0), inv + n0, o + (k4 / 4) * kQNR);
+  }
+}
+
+// y[m, n] for rows [0, M) of one group: the int8 GEMM over the packed panel.
+void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uint8_t* Bq,
+                 const float* xs, const float* bias, Act act, float lo, float hi, float* y,
+                 int threads) {
+  static const QKernel ukr = pick_qkernel();
+  const int64_t strips = (N + kQNR - 1) / kQNR, kq = w.kp / 4;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && strips > 1)
+  for (int64_t s = 0; s < strips; ++s) {
+    alignas(32) int32_t tile[kQMR * kQNR];
+    const int64_t n0 = s * kQNR, nw = std::min(kQNR, N - n0);
+    const uint8_t* B = Bq + s * w.kp * kQNR;
+    for (int64_t m = 0; m < M; m += kQMR) {
+      const int64_t mr = std::min(kQMR, M - m);
+      ukr(kq, w.w + (m0 + m) * w.kp, w.kp, mr, B, tile);
+      for (int64_t r = 0; r < mr; ++r) {
+        const int64_t row = m0 + m + r;
+        const float ws = w.scale[row], b = bias ? bias[row] : 0.f;
+        const int32_t off = kQOffset * w.wsum[row];
+        epilogue(tile + r * kQNR, xs + n0, ws, off, b, act, lo, hi, y + (m + r) * N + n0, nw);
+      }
+    }
+  }
+}
+
+bool pointwise(const ConvParams& p) {
+  return p.kh == 1 && p.kw == 1 && p.sh == 1 && p.sw == 1 && p.pt == 0 && p.pl == 0 &&
+         p.oh == p.h && p.ow == p.w;
+}
+
+}  // namespace
+
+const char* qgemm_path() {
+#ifdef ER_X86
+  if (has_avx2_fma()) return "avx2";
+#endif
+#if defined(__ARM_NEON) && defined(__aarch64__)
+  if (!force_portable()) return "neon";
+#endif
+  return "portable";
+}
+
+size_t conv2d_s8_scratch_floats(const ConvParams& p, int threads) {
+  const int64_t k = (p.cin / p.group) * p.kh * p.kw, kp = (k + 3) / 4 * 4;
+  const int64_t np = (p.oh * p.ow + kQNR - 1) / kQNR * kQNR;
+  const size_t col = pointwise(p) ? 0 : size_t(k * p.oh * p.ow);
+  return col + size_t(2 * np) + size_t(kp * np + 3) / 4 + 16;
+}
+
+void conv2d_s8(const ConvParams& p, int64_t batch, const float* x, const S8Weights& w,
+               const float* bias, float* y, float* scratch, int threads) {
+  const int64_t cin_g = p.cin / p.group, cout_g = p.cout / p.group, plane = p.oh * p.ow;
+  const int64_t np = (plane + kQNR - 1) / kQNR * kQNR;
+  const bool pw = pointwise(p);
+  float* col = scratch;
+  float* xs = scratch + (pw ? 0 : w.k * plane);
+  float* inv = xs + np;
+  uint8_t* bq = reinterpret_cast<uint8_t*>(inv + np);
+  for (int64_t n = 0; n < batch; ++n) {
+    const float* xn = x + n * p.cin * p.h * p.w;
+    float* yn = y + n * p.cout * plane;
+    for (int64_t g = 0; g < p.group; ++g) {
+      const float* xg = xn + g * cin_g * p.h * p.w;
+      const float* B = xg;
+      if (!pw) {
+        im2col_f32(p, cin_g, xg, col, threads);
+        B = col;
+      }
+      quantize_pack(B, plane, w.k, w.kp, plane, xs, inv, bq, threads);
+      qgemm_group(w, g * cout_g, cout_g, plane, bq, xs, bias, p.act, p.lo, p.hi,
+                  yn + g * cout_g * plane, threads);
+    }
+  }
+}
+
+}  // namespace kernels
+}  // namespace edgerun

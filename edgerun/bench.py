@@ -1,0 +1,277 @@
+"""``edgerun bench``: every way of running one bundle, side by side, over one emulated link.
+
+One run starts a private Mosquitto, two ``edgerun serve`` processes (the bundle's back
+half, and the whole model for "all on the server"), and a link emulator in front of the
+broker that the device side connects through. Modes:
+
+* ``device_native``: the whole model on the native engine (``whole.erg``, written here);
+* ``device_ort``: the whole model on onnxruntime (``whole.onnx``);
+* ``server``: the raw input sent, the whole model on the server (a bundle cut at the input);
+* ``split``: the bundle's cut, native front half;
+* ``split_codec`` / ``split_exit``: when the bundle has a codec / exits (else reported skipped).
+
+Device compute is measured on THIS machine (no scaling). The link figures come from the
+profile and are emulated; the emulator is measured in the same run (``emulated``).
+
+Example:
+    >>> rep = run_bench("bundles/digits", "wifi", requests=50)   # doctest: +SKIP
+    >>> rep["modes"]["split"]["stages"]["total"]["p50"]          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgerun.bundle import Bundle, write_manifest
+from edgerun.errors import ConfigError, TransportError
+from edgerun.profiles import LinkProfile, load_link
+from edgerun.report import percentiles
+
+STAGES = ("device", "encode", "network", "server", "decode", "total")
+QS = (50, 95, 99)
+SERVER_START_TIMEOUT_S = 60.0
+
+
+def make_server_bundle(b: Bundle, out: Path) -> Bundle:
+    """A bundle "cut at the input": the front half is an Identity, the back half the whole model.
+
+    The device then sends the raw input and the server runs everything (all-on-server mode)
+    with the unchanged device/server code.
+    """
+    import onnx
+    from onnx import helper
+
+    whole = onnx.load(b.file("whole.onnx"))
+    inp = whole.graph.input[0]
+    raw = f"{inp.name}_raw"
+    back = onnx.ModelProto()
+    back.CopyFrom(whole)
+    back.graph.input[0].name = raw
+    for node in back.graph.node:
+        for i, name in enumerate(node.input):
+            if name == inp.name:
+                node.input[i] = raw
+    out_vi = onnx.ValueInfoProto()
+    out_vi.CopyFrom(inp)
+    out_vi.name = raw
+    front = helper.make_model(helper.make_graph([helper.make_node("Identity", [inp.name], [raw])], "input_cut",
+                                                [inp], [out_vi]), opset_imports=list(whole.opset_import))
+    front.ir_version = whole.ir_version  # onnxruntime may not read the newest IR version onnx writes
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(front, out / "front.onnx")
+    onnx.save(back, out / "back.onnx")
+    shutil.copy(b.file("whole.onnx"), out / "whole.onnx")
+    spec = dict(b.manifest["inputs"][0], name=raw)
+    manifest = {k: v for k, v in b.manifest.items() if k not in ("bundle_hash", "format", "format_version")}
+    manifest.update(split={"label": "input", "index": -1, "after_node": -1, "tensors": [spec]},
+                    native={"ok": False, "reason": "identity front half: runs on onnxruntime"},
+                    files={"front.onnx": {"role": "identity"}, "back.onnx": {"role": "whole model"},
+                           "whole.onnx": {"role": "whole model (reference)"}})
+    write_manifest(out, manifest)
+    return Bundle.load(out)
+
+
+def _start_server(bundle_dir: Path, url: str, log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "wb")
+    cmd = [sys.executable, "-m", "edgerun", "serve", str(bundle_dir), "--broker", url]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _first_answer(dev: Any, x: np.ndarray, server: subprocess.Popen, log_path: Path) -> None:
+    """Retry the first request until the server process has subscribed."""
+    t0 = time.monotonic()
+    while True:
+        if server.poll() is not None:
+            raise TransportError(f"`edgerun serve` exited ({server.returncode}); its log:\n"
+                                 f"{log_path.read_text()[-2000:]}")
+        try:
+            dev.infer(x, deadline_ms=2000)
+            return
+        except TransportError:
+            if time.monotonic() - t0 > SERVER_START_TIMEOUT_S:
+                raise
+
+
+def _local_mode(run: Callable[[np.ndarray], Any], xs: np.ndarray, requests: int, warmup: int) -> dict:
+    for i in range(warmup):
+        run(xs[i % len(xs)][None])
+    samples: dict[str, list[float]] = defaultdict(list)
+    for i in range(requests):
+        t0 = time.perf_counter()
+        run(xs[i % len(xs)][None])
+        ms = (time.perf_counter() - t0) * 1e3
+        samples["device"].append(ms)
+        samples["total"].append(ms)
+    return {"stages": percentiles(samples, QS), "bytes_sent": 0, "bytes_received": 0, "requests": requests}
+
+
+def _remote_mode(bundle: Bundle, emu: Any, server: subprocess.Popen, log_path: Path, engine: str,
+                 xs: np.ndarray, requests: int, warmup: int) -> dict:
+    from edgerun.device import Device
+
+    with Device(bundle, broker=emu.url, engine=engine, timeout_ms=30000) as dev:
+        _first_answer(dev, xs[:1], server, log_path)
+        for i in range(warmup):
+            dev.infer(xs[i % len(xs)][None])
+        up0, down0 = emu.up.bytes, emu.down.bytes
+        samples: dict[str, list[float]] = defaultdict(list)
+        for i in range(requests):
+            r = dev.infer(xs[i % len(xs)][None])
+            for k, v in r.timings_ms.items():
+                samples[k].append(v)
+        up, down = emu.up.bytes - up0, emu.down.bytes - down0
+    return {"stages": percentiles(samples, QS), "bytes_sent": round(up / requests),
+            "bytes_received": round(down / requests), "requests": requests, "engine": engine}
+
+
+def _link_report(link: LinkProfile) -> dict:
+    from edgerun.linkemu import LinkConfig, measure
+
+    m = measure(LinkConfig.from_profile(link, outages=()))
+    return {"profile": {"rtt_ms": link.rtt_ms, "jitter_ms": link.jitter_ms, "up_mbps": link.up_mbps,
+                        "down_mbps": link.down_mbps, "expected_mean_rtt_ms": link.rtt_ms + link.jitter_ms},
+            "measured": {k: round(v, 3) for k, v in m.items()}}
+
+
+def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests: int = 100, warmup: int = 5,
+              modes: tuple[str, ...] | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Run every mode of ``bundle`` over ``link`` and return the report dict.
+
+    Args:
+        bundle: a bundle (path or loaded).
+        link: a link profile name or a loaded profile.
+        requests: timed requests per mode (batch 1), after ``warmup`` untimed ones.
+        modes: a subset of the modes to run (default: all).
+
+    Returns:
+        ``{"bundle", "model", "cut", "link", "modes": {mode: {"stages": {stage: {p50,p95,p99}},
+        "bytes_sent", ...} or {"skipped": why}}, "emulated": {...}, "device_compute": ...}``.
+
+    Raises:
+        ConfigError: bad counts or an unknown mode; BundleError / TransportError from the parts.
+    """
+    from edgerun.engine import make_engine
+
+    all_modes = ("device_native", "device_ort", "server", "split", "split_codec", "split_exit")
+    modes = modes or all_modes
+    if requests < 1 or warmup < 0:
+        raise ConfigError(f"requests={requests} must be >= 1 and warmup={warmup} >= 0")
+    if set(modes) - set(all_modes):
+        raise ConfigError(f"unknown modes {sorted(set(modes) - set(all_modes))}; use {all_modes}")
+    b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    lnk = link if isinstance(link, LinkProfile) else load_link(link)
+    xs = np.ascontiguousarray(np.load(b.file("samples.npz"))["inputs"], dtype=np.float32)
+    report: dict[str, Any] = {"bundle": str(b.path), "model": b.model_id, "cut": b.cut_label, "link": lnk.name,
+                              "requests": requests, "device_compute": "measured on this machine, not scaled",
+                              "modes": {}}
+    out = report["modes"]
+    work = Path(tempfile.mkdtemp(prefix="edgerun-bench-"))
+    try:
+        if "device_native" in modes:
+            from edgerun.exporters.erg import write_erg
+            import onnx
+
+            write_erg(onnx.load(b.file("whole.onnx")), work / "whole.erg")
+            eng = make_engine("native", erg_path=work / "whole.erg", max_batch=1)
+            log("mode device_native")
+            out["device_native"] = _local_mode(eng.run, xs, requests, warmup)
+        if "device_ort" in modes:
+            eng = make_engine("ort", onnx_path=b.file("whole.onnx"))
+            log("mode device_ort")
+            out["device_ort"] = _local_mode(eng.run, xs, requests, warmup)
+        remote = [m for m in ("server", "split") if m in modes]
+        if remote:
+            _run_remote(b, lnk, remote, work, xs, requests, warmup, out, log)
+        codec_id = str(b.manifest.get("codec", {}).get("id", "none"))
+        if "split_codec" in modes:
+            out["split_codec"] = {"skipped": "the bundle has no codec" if codec_id == "none" else
+                                  f"codec {codec_id!r}: the device does not apply codecs yet"}
+        if "split_exit" in modes:
+            out["split_exit"] = {"skipped": "the bundle has no early exits" if not b.manifest.get("exits") else
+                                 "the device does not run exits yet"}
+        log("measuring the emulated link")
+        report["emulated"] = _link_report(lnk)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _run_remote(b: Bundle, lnk: LinkProfile, remote: list[str], work: Path, xs: np.ndarray, requests: int,
+                warmup: int, out: dict, log: Callable[[str], None]) -> None:
+    from edgerun.broker import Mosquitto, parse_broker_url
+    from edgerun.linkemu import LinkConfig, LinkEmulator
+
+    sb = make_server_bundle(b, work / "server-bundle") if "server" in remote else None
+    procs: list[subprocess.Popen] = []
+    with Mosquitto() as broker:
+        try:
+            split_proc = _start_server(b.path, broker.url, work / "serve-split.log")
+            procs.append(split_proc)
+            if sb is not None:
+                srv_proc = _start_server(sb.path, broker.url, work / "serve-whole.log")
+                procs.append(srv_proc)
+            with LinkEmulator(parse_broker_url(broker.url), LinkConfig.from_profile(lnk, outages=())) as emu:
+                if sb is not None:
+                    log("mode server")
+                    out["server"] = _remote_mode(sb, emu, srv_proc, work / "serve-whole.log", "ort", xs,
+                                                 requests, warmup)
+                if "split" in remote:
+                    log("mode split")
+                    engine = "native" if b.native_ok else "ort"
+                    out["split"] = _remote_mode(b, emu, split_proc, work / "serve-split.log", engine, xs,
+                                                requests, warmup)
+        finally:
+            for p in procs:
+                _stop(p)
+
+
+def plot(report: dict, path: str | Path) -> Path:
+    """Stacked p50 stage times per mode (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = [m for m, r in report["modes"].items() if "stages" in r]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bottom = np.zeros(len(modes))
+    for st in STAGES[:-1]:
+        vals = np.array([report["modes"][m]["stages"].get(st, {}).get("p50", 0.0) for m in modes])
+        ax.bar(modes, vals, bottom=bottom, label=st)
+        bottom += vals
+    for i, m in enumerate(modes):
+        tot = report["modes"][m]["stages"]["total"]["p50"]
+        ax.text(i, bottom[i], f"{tot:.1f} ms\n{report['modes'][m]['bytes_sent']} B", ha="center", va="bottom",
+                fontsize=8)
+    ax.set_ylabel("p50 ms (stacked stages)")
+    ax.set_title(f"{report['model']} cut {report['cut']} over {report['link']} (emulated; device = this machine)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, dpi=100)
+    plt.close(fig)
+    return p
+
+
+__all__ = ["STAGES", "make_server_bundle", "plot", "run_bench"]

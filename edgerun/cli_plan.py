@@ -1,0 +1,123 @@
+"""Command functions for ``edgerun profile``, ``edgerun plan`` and ``edgerun bench``.
+
+Registered in ``edgerun/cli.py`` with one line each (``app.command("plan")(plan_cmd)``).
+Errors become one line on stderr and exit code 2, like the other commands; ``plan`` exits
+1 when no candidate meets the budgets (the JSON still says why).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from edgerun.errors import EdgerunError, InternalError
+
+
+def _fail(exc: EdgerunError) -> None:
+    kind = "internal error (please report)" if isinstance(exc, InternalError) else "error"
+    typer.echo(f"edgerun: {kind}: {exc}", err=True)
+    raise typer.Exit(2)
+
+
+def _log(msg: str) -> None:
+    typer.echo(f"[edgerun] {msg}", err=True)
+
+
+def profile_cmd(
+    out: Path = typer.Option(Path("devices/this-machine.toml"), help="device profile TOML to write"),
+    server_out: Optional[Path] = typer.Option(None, help="also write the server profile (ORT back halves) here"),
+    model: List[str] = typer.Option(["zoo:digits-cnn", "zoo:efficientnet-lite0"], help="models to time (repeatable)"),
+    repeats: int = typer.Option(20, help="timed runs per segment (the median is kept)"),
+    threads: int = typer.Option(1, help="engine threads"),
+    name: str = typer.Option("this-machine", help="profile name"),
+) -> None:
+    """Measure the native engine on this machine per cut and write a device profile TOML."""
+    try:
+        from edgerun.profiler import profile_machine, write_toml
+
+        prof = profile_machine(model, repeats=repeats, threads=threads, name=name, log=_log)
+        typer.echo(str(write_toml(prof["device"], out)))
+        if server_out is not None:
+            typer.echo(str(write_toml(prof["server"], server_out)))
+    except EdgerunError as exc:
+        _fail(exc)
+
+
+def plan_cmd(
+    model: str = typer.Argument(..., help="zoo:digits-cnn, zoo:efficientnet-lite0, or path/to/file.py:fn"),
+    device: str = typer.Option(..., help="device profile: name in devices/ (rpi4, ...) or a .toml path"),
+    server: str = typer.Option(..., help="server profile: name (cpu-server, gpu-a100) or path"),
+    link: str = typer.Option(..., help="link profile: name (wifi, lte, 5g, ethernet) or path"),
+    max_latency_ms: Optional[float] = typer.Option(None, help="budget: predicted ms per request"),
+    max_device_mem_mb: Optional[float] = typer.Option(None, help="budget: device memory, MiB"),
+    max_accuracy_drop: Optional[float] = typer.Option(None, help="budget: metric loss (fraction)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Rank every cut x precision x codec for DEVICE/SERVER/LINK and choose the best feasible one."""
+    try:
+        from edgerun.exporters.planner import Budgets, plan
+
+        p = plan(model, device, server, link, Budgets(max_latency_ms, max_device_mem_mb, max_accuracy_drop))
+    except EdgerunError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps(p.to_json()))
+    else:
+        from edgerun.report import table
+
+        rows = [[c.cut, c.front_precision, c.codec, f"{c.device_ms:.2f}", c.wire_bytes, f"{c.network_ms:.2f}",
+                 f"{c.server_ms:.2f}", f"{c.total_ms:.2f}", f"{c.device_mem_bytes / 2**20:.1f}", c.metric_loss,
+                 "yes" if c.feasible else ",".join(c.violations)] for c in p.candidates]
+        typer.echo(table(["cut", "prec", "codec", "device ms", "wire B", "net ms", "server ms", "total ms",
+                          "dev MiB", "loss", "feasible"], rows))
+        typer.echo(p.reason)
+    if p.chosen is None:
+        raise typer.Exit(1)
+
+
+def bench_cmd(
+    bundle: Path = typer.Argument(..., help="bundle directory or archive"),
+    link: str = typer.Option(..., help="link profile: name (wifi, lte, 5g, ethernet) or path"),
+    requests: int = typer.Option(100, help="timed requests per mode"),
+    warmup: int = typer.Option(5, help="untimed requests per mode first"),
+    png: Optional[Path] = typer.Option(None, help="write a stacked-stage chart here"),
+    out: Optional[Path] = typer.Option(None, help="also write the JSON report here"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Run BUNDLE all-on-device, all-on-server and split over an emulated LINK; per-stage p50/p95/p99."""
+    try:
+        from edgerun.bench import plot, run_bench
+
+        rep = run_bench(bundle, link, requests=requests, warmup=warmup, log=_log)
+    except EdgerunError as exc:
+        _fail(exc)
+        return
+    if png is not None:
+        rep["png"] = str(plot(rep, png))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(rep, indent=2) + "\n")
+    if as_json:
+        typer.echo(json.dumps(rep))
+        return
+    from edgerun.report import table
+
+    rows = []
+    for mode, r in rep["modes"].items():
+        if "skipped" in r:
+            rows.append([mode, "-", "-", "-", "-", r["skipped"]])
+            continue
+        t = r["stages"]["total"]
+        rows.append([mode, f"{t['p50']:.2f}", f"{t['p95']:.2f}", f"{t['p99']:.2f}", r["bytes_sent"], ""])
+    typer.echo(table(["mode", "p50 ms", "p95 ms", "p99 ms", "bytes sent", "note"], rows))
+    em = rep["emulated"]
+    typer.echo(f"link {rep['link']}: profile RTT {em['profile']['rtt_ms']} ms (+{em['profile']['jitter_ms']} jitter), "
+               f"measured p50 {em['measured']['rtt_ms_p50']:.2f} ms; up {em['measured']['up_mbps']:.1f}/"
+               f"{em['profile']['up_mbps']} Mbit/s, down {em['measured']['down_mbps']:.1f}/{em['profile']['down_mbps']}")
+
+
+__all__ = ["bench_cmd", "plan_cmd", "profile_cmd"]

@@ -1,0 +1,273 @@
+"""Device, server and link profiles: what the planner and the bench know about the hardware.
+
+Profiles are TOML files in ``devices/`` (format, units and the source of every number:
+``devices/README.md``). A profile is named by its file stem (``rpi4``, ``wifi``) or given
+as a path. Loading validates every field; a missing or malformed one is a ``ConfigError``
+naming the file and the field.
+
+Example:
+    >>> from edgerun.profiles import load_link
+    >>> wifi = load_link("wifi")                # doctest: +SKIP
+    >>> wifi.network_ms(4096, 40)               # doctest: +SKIP
+    4.83
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgerun.errors import ConfigError
+
+PRECISIONS_KNOWN = ("fp32", "fp16", "int8", "int4")
+DEVICES_DIR_ENV = "EDGERUN_DEVICES"
+
+
+def devices_dir() -> Path:
+    """The profile directory: ``$EDGERUN_DEVICES`` or the repository's ``devices/``."""
+    env = os.environ.get(DEVICES_DIR_ENV)
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "devices"
+
+
+@dataclass(frozen=True)
+class Compute:
+    """Latency model of one precision: ``overhead_ms + macs / (gmacs * 1e6) + nodes * per_node_us / 1e3``."""
+
+    gmacs: float            # effective multiply-accumulates per second, in 1e9
+    overhead_ms: float = 0.0  # fixed cost per call (dispatch, input copy)
+    per_node_us: float = 0.0  # cost per graph node (kernel launch, memory-bound elementwise work)
+
+    def __post_init__(self) -> None:
+        if not self.gmacs > 0:
+            raise ValueError(f"gmacs must be > 0, got {self.gmacs}")
+        if self.overhead_ms < 0 or self.per_node_us < 0:
+            raise ValueError("overhead_ms and per_node_us must be >= 0")
+
+    def ms(self, macs: int, nodes: int) -> float:
+        """Predicted milliseconds for a graph of ``macs`` MACs and ``nodes`` nodes."""
+        return self.overhead_ms + macs / (self.gmacs * 1e6) + nodes * self.per_node_us / 1e3
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A measured time of one model segment: prefix (device) or suffix (server) at a cut."""
+
+    model: str
+    cut: int          # cut index; -1 = nothing (0 ms); "whole" is stored as cut = 1_000_000
+    precision: str
+    ms: float
+
+
+WHOLE = 1_000_000  # the ``cut`` value of a measurement of the whole model
+
+
+@dataclass(frozen=True)
+class _Machine:
+    name: str
+    path: str
+    compute: dict[str, Compute]
+    measured: tuple[Measured, ...] = ()
+    memory_mb: float = 0.0
+    description: str = ""
+
+    def precisions(self) -> list[str]:
+        return sorted(self.compute)
+
+    def lookup(self, model: str, cut: int, precision: str) -> float | None:
+        """The measured ms for (model, cut, precision), or None."""
+        for m in self.measured:
+            if m.model == model and m.cut == cut and m.precision == precision:
+                return m.ms
+        return None
+
+    def predict_ms(self, model: str, cut: int, precision: str, macs: int, nodes: int) -> tuple[float, str]:
+        """Measured time when the profile has it, else the linear model; returns (ms, "measured"|"model").
+
+        Raises:
+            ConfigError: the profile has no compute entry for ``precision``.
+        """
+        got = self.lookup(model, cut, precision)
+        if got is not None:
+            return got, "measured"
+        if precision not in self.compute:
+            raise ConfigError(f"profile {self.path} has no [compute.{precision}] section; "
+                              f"it has {self.precisions()}: add one or plan with another precision")
+        return self.compute[precision].ms(macs, nodes), "model"
+
+
+@dataclass(frozen=True)
+class DeviceProfile(_Machine):
+    """A device: compute per precision, memory, ISA; optional measured per-cut times."""
+
+    isa: str = ""
+    cores: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.memory_mb > 0:
+            raise ConfigError(f"profile {self.path}: field 'memory_mb' must be > 0")
+
+
+@dataclass(frozen=True)
+class ServerProfile(_Machine):
+    """A server: compute per precision for the back half (latency model + measured times)."""
+
+
+@dataclass(frozen=True)
+class LinkProfile:
+    """A device <-> broker link. Bandwidths in megabits per second, times in ms, loss as a fraction."""
+
+    name: str
+    path: str
+    rtt_ms: float
+    up_mbps: float
+    down_mbps: float
+    jitter_ms: float = 0.0
+    loss: float = 0.0
+    description: str = ""
+    outages: tuple[tuple[float, float], ...] = field(default=())  # (start_s, duration_s) for the emulator
+
+    def __post_init__(self) -> None:
+        for f in ("rtt_ms", "jitter_ms"):
+            if getattr(self, f) < 0:
+                raise ConfigError(f"profile {self.path}: field {f!r} must be >= 0")
+        for f in ("up_mbps", "down_mbps"):
+            if not getattr(self, f) > 0:
+                raise ConfigError(f"profile {self.path}: field {f!r} must be > 0")
+        if not 0 <= self.loss < 1:
+            raise ConfigError(f"profile {self.path}: field 'loss' must be in [0, 1)")
+
+    def network_ms(self, up_bytes: int, down_bytes: int) -> float:
+        """Predicted request round trip: RTT + serialization both ways + one jitter (a p50-ish margin)."""
+        ser = up_bytes * 8 / (self.up_mbps * 1e3) + down_bytes * 8 / (self.down_mbps * 1e3)
+        return self.rtt_ms + ser + self.jitter_ms
+
+
+# ---------------------------------------------------------------------------- loading
+def _resolve(name_or_path: str | os.PathLike) -> Path:
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"profile file {p} does not exist; give a name from {devices_dir()} or a path")
+        return p
+    cand = devices_dir() / f"{p.name}.toml"
+    if not cand.is_file():
+        have = sorted(x.stem for x in devices_dir().glob("*.toml")) if devices_dir().is_dir() else []
+        raise ConfigError(f"no profile named {str(name_or_path)!r} in {devices_dir()} (have: {', '.join(have)}); "
+                          "give one of those names or a path to a .toml file")
+    return cand
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"profile {path} is not valid TOML ({exc}); fix the file") from exc
+
+
+def _field(d: dict, key: str, path: Path, typ: type, *, default: Any = ..., where: str = "") -> Any:
+    label = f"{where}.{key}" if where else key
+    if key not in d:
+        if default is ...:
+            raise ConfigError(f"profile {path}: missing field {label!r}; see devices/README.md for the format")
+        return default
+    v = d[key]
+    if typ is float and isinstance(v, int) and not isinstance(v, bool):
+        v = float(v)
+    if not isinstance(v, typ) or isinstance(v, bool) and typ is not bool:
+        raise ConfigError(f"profile {path}: field {label!r} must be a {typ.__name__}, got {v!r}")
+    return v
+
+
+def _kind(d: dict, path: Path, want: str) -> None:
+    got = _field(d, "kind", path, str)
+    if got != want:
+        raise ConfigError(f"profile {path}: field 'kind' is {got!r} but a {want} profile is needed here")
+
+
+def _compute(d: dict, path: Path) -> dict[str, Compute]:
+    sec = _field(d, "compute", path, dict)
+    out = {}
+    for prec, c in sec.items():
+        where = f"compute.{prec}"
+        if prec not in PRECISIONS_KNOWN:
+            raise ConfigError(f"profile {path}: section [{where}] names an unknown precision; use {PRECISIONS_KNOWN}")
+        if not isinstance(c, dict):
+            raise ConfigError(f"profile {path}: [{where}] must be a table")
+        try:
+            out[prec] = Compute(_field(c, "gmacs", path, float, where=where),
+                                _field(c, "overhead_ms", path, float, default=0.0, where=where),
+                                _field(c, "per_node_us", path, float, default=0.0, where=where))
+        except ValueError as exc:
+            raise ConfigError(f"profile {path}: [{where}] {exc}") from None
+    if not out:
+        raise ConfigError(f"profile {path}: [compute] is empty; add at least [compute.fp32]")
+    return out
+
+
+def _measured(d: dict, path: Path) -> tuple[Measured, ...]:
+    rows = _field(d, "measured", path, list, default=[])
+    out = []
+    for i, r in enumerate(rows):
+        w = f"measured[{i}]"
+        if not isinstance(r, dict):
+            raise ConfigError(f"profile {path}: {w} must be a table")
+        out.append(Measured(_field(r, "model", path, str, where=w), _field(r, "cut", path, int, where=w),
+                            _field(r, "precision", path, str, where=w), _field(r, "ms", path, float, where=w)))
+    return tuple(out)
+
+
+def load_device(name_or_path: str | os.PathLike) -> DeviceProfile:
+    """Load a device profile by name (``rpi4``) or path.
+
+    Raises:
+        ConfigError: missing file, not a device profile, or a missing/malformed field (named).
+    """
+    path = _resolve(name_or_path)
+    d = _read(path)
+    _kind(d, path, "device")
+    return DeviceProfile(name=_field(d, "name", path, str), path=str(path), compute=_compute(d, path),
+                         measured=_measured(d, path), memory_mb=_field(d, "memory_mb", path, float),
+                         description=_field(d, "description", path, str, default=""),
+                         isa=_field(d, "isa", path, str, default=""), cores=_field(d, "cores", path, int, default=1))
+
+
+def load_server(name_or_path: str | os.PathLike) -> ServerProfile:
+    """Load a server profile by name (``cpu-server``) or path.
+
+    Raises:
+        ConfigError: missing file, not a server profile, or a missing/malformed field (named).
+    """
+    path = _resolve(name_or_path)
+    d = _read(path)
+    _kind(d, path, "server")
+    return ServerProfile(name=_field(d, "name", path, str), path=str(path), compute=_compute(d, path),
+                         measured=_measured(d, path), memory_mb=_field(d, "memory_mb", path, float, default=0.0),
+                         description=_field(d, "description", path, str, default=""))
+
+
+def load_link(name_or_path: str | os.PathLike) -> LinkProfile:
+    """Load a link profile by name (``wifi``) or path.
+
+    Raises:
+        ConfigError: missing file, not a link profile, or a missing/malformed field (named).
+    """
+    path = _resolve(name_or_path)
+    d = _read(path)
+    _kind(d, path, "link")
+    outs = _field(d, "outages", path, list, default=[])
+    try:
+        outages = tuple((float(a), float(b)) for a, b in outs)
+    except (TypeError, ValueError):
+        raise ConfigError(f"profile {path}: field 'outages' must be a list of [start_s, duration_s]") from None
+    return LinkProfile(name=_field(d, "name", path, str), path=str(path), rtt_ms=_field(d, "rtt_ms", path, float),
+                       up_mbps=_field(d, "up_mbps", path, float), down_mbps=_field(d, "down_mbps", path, float),
+                       jitter_ms=_field(d, "jitter_ms", path, float, default=0.0),
+                       loss=_field(d, "loss", path, float, default=0.0),
+                       description=_field(d, "description", path, str, default=""), outages=outages)
+
+
+__all__ = ["Compute", "DeviceProfile", "LinkProfile", "Measured", "ServerProfile", "WHOLE",
+           "devices_dir", "load_device", "load_link", "load_server"]

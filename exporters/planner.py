@@ -1,0 +1,328 @@
+"""The split planner: where to cut, at which front precision, with which codec.
+
+Neurosurgeon-style: every candidate (cut x front precision x codec, plus "all on the
+server" and "all on the device") gets a predicted cost from the profiles:
+
+* device ms: the device profile's measured time for this model/cut/precision when it
+  has one, else its linear latency model over the front half's MACs and nodes;
+* wire bytes: crossing tensor bytes (scaled by the codec) + a per-message overhead
+  (MQTT publish header, topics, properties, wire frame header), both ways;
+* network ms: link RTT + bytes / bandwidth each way + jitter, + the transport's software
+  overhead (broker hop, frame encode/decode);
+* server ms: the server profile (measured or modelled) on the back half;
+* device memory: front weights at the precision + a peak-activation estimate;
+* metric loss: measured on calibration data (fp32 without codec is exact: 0).
+
+Candidates are checked against the budgets (ASC-LLM-style joint choice) and ranked:
+feasible first, then by total ms. ``plan(...).choice()`` is the Python API for export.
+
+Example:
+    >>> from edgerun.exporters.planner import plan, Budgets
+    >>> p = plan("zoo:digits-cnn", "rpi4", "cpu-server", "wifi", Budgets(max_latency_ms=20))  # doctest: +SKIP
+    >>> p.choice()                                                                         # doctest: +SKIP
+    ('input', 'fp32', 'none')
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgerun.errors import ConfigError
+from edgerun.profiles import WHOLE, DeviceProfile, LinkProfile, ServerProfile, load_device, load_link, load_server
+
+# Bytes each MQTT message carries besides the tensors: fixed header + topic (~70 B) +
+# response topic (~70 B) + correlation data + wire frame header. Measured with
+# `edgerun bench` (bytes through the link emulator per request minus tensor bytes): see devices/README.md.
+MESSAGE_OVERHEAD_BYTES = 260
+# Software cost of one request on the MQTT path beyond the link (publish, broker hop on
+# loopback, server decode/encode, reply decode), measured on loopback with `edgerun bench --link ethernet`.
+TRANSPORT_OVERHEAD_MS = 1.0
+_PRECISION_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
+ALL_ON_SERVER, ALL_ON_DEVICE = "input", "output"
+
+
+@dataclass(frozen=True)
+class Budgets:
+    """Limits a plan must meet; None = no limit.
+
+    Args:
+        max_latency_ms: predicted end-to-end ms per request.
+        max_device_mem_mb: front weights + activations on the device, MiB.
+        max_accuracy_drop: metric loss vs the fp32 whole model (fraction, 0.01 = 1 point).
+    """
+
+    max_latency_ms: float | None = None
+    max_device_mem_mb: float | None = None
+    max_accuracy_drop: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_latency_ms", "max_device_mem_mb", "max_accuracy_drop"):
+            v = getattr(self, name)
+            if v is not None and not v >= 0:
+                raise ConfigError(f"budget {name}={v} must be >= 0 (or left unset)")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated plan. ``cut`` is a cut label, ``"input"`` (all on server) or ``"output"`` (all on device)."""
+
+    cut: str
+    cut_index: int
+    front_precision: str
+    codec: str
+    device_ms: float
+    wire_bytes: int
+    network_ms: float
+    server_ms: float
+    total_ms: float
+    device_mem_bytes: int
+    metric_loss: float
+    feasible: bool
+    violations: tuple[str, ...] = ()
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["violations"] = list(self.violations)
+        for k in ("device_ms", "network_ms", "server_ms", "total_ms"):
+            d[k] = round(d[k], 4)
+        return d
+
+
+@dataclass
+class Plan:
+    """Ranked candidates (feasible first, then fastest), the chosen one, and why."""
+
+    model: str
+    device: str
+    server: str
+    link: str
+    budgets: Budgets
+    candidates: list[Candidate]
+    chosen: Candidate | None
+    reason: str
+
+    def choice(self) -> tuple[str, str, str]:
+        """``(cut, front_precision, codec)`` of the chosen plan.
+
+        Raises:
+            ConfigError: no candidate meets the budgets (the message says which and by how much).
+        """
+        if self.chosen is None:
+            raise ConfigError(self.reason)
+        return self.chosen.cut, self.chosen.front_precision, self.chosen.codec
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.model, "device": self.device, "server": self.server, "link": self.link,
+                "budgets": asdict(self.budgets), "candidates": [c.to_json() for c in self.candidates],
+                "chosen": self.chosen.to_json() if self.chosen else None, "reason": self.reason}
+
+
+# ----------------------------------------------------------------------------- registries
+def available_precisions() -> list[str]:
+    """Front precisions the exporter can produce now: fp32, plus what ``quantize_front`` offers."""
+    try:
+        mod = importlib.import_module("edgerun.exporters.quantize_front")
+    except ImportError:
+        return ["fp32"]
+    offered = getattr(mod, "PRECISIONS", None) or getattr(mod, "available_precisions", lambda: ())()
+    return ["fp32"] + [p for p in offered if p != "fp32" and p in _PRECISION_BYTES]
+
+
+def available_codecs() -> list[str]:
+    """Codec settings the device/server pair can run: "none", plus ``edgerun.codec.PLANNER_CODECS`` when declared."""
+    try:
+        mod = importlib.import_module("edgerun.codec")
+    except ImportError:
+        return ["none"]
+    return ["none"] + [c for c in getattr(mod, "PLANNER_CODECS", ()) if c != "none"]
+
+
+def _metric_loss(precision: str, codec: str, ctx: "_Ctx", cut_index: int) -> float | None:
+    """Loss vs the fp32 whole model on calibration data; None = this combination cannot be evaluated yet."""
+    if precision == "fp32" and codec == "none":
+        return 0.0  # the fp32 halves run the same ops on the same weights: exact
+    hook = getattr(_try_import("edgerun.exporters.quantize_front"), "planner_metric_loss", None)
+    if hook is None:
+        return None
+    return float(hook(ctx.traced, cut_index, precision, codec, ctx.calib))
+
+
+def _try_import(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+# ----------------------------------------------------------------------------- costs
+@dataclass
+class _Ctx:
+    traced: Any
+    calib: np.ndarray | None
+    device: DeviceProfile
+    server: ServerProfile
+    link: LinkProfile
+    budgets: Budgets
+    transport_ms: float
+    outputs_bytes: int = 0
+
+
+def _init_bytes(model: onnx.ModelProto) -> int:
+    return sum(int(np.prod(i.dims)) * 4 for i in model.graph.initializer)
+
+
+def _peak_activation_bytes(model: onnx.ModelProto) -> int:
+    """Largest (inputs + output) of one node at batch 1: a lower bound of the activation arena."""
+    from edgerun.exporters.cuts import shapes_of
+
+    shapes = shapes_of(model)
+    inits = {i.name for i in model.graph.initializer}
+    peak = 0
+    for n in model.graph.node:
+        live = [t for t in list(n.input) + list(n.output) if t and t not in inits and t in shapes]
+        peak = max(peak, sum(int(np.prod(shapes[t])) * 4 for t in live))
+    return peak
+
+
+def _nodes(model: onnx.ModelProto) -> int:
+    return sum(1 for n in model.graph.node if n.op_type != "Constant")
+
+
+def _io_bytes(model: onnx.ModelProto, outputs: bool) -> int:
+    from edgerun.exporters.cuts import shapes_of
+
+    shapes = shapes_of(model)
+    vis = model.graph.output if outputs else model.graph.input
+    return sum(int(np.prod(shapes[v.name])) * 4 for v in vis)
+
+
+def _candidate(ctx: _Ctx, seg: dict, precision: str, codec: str) -> Candidate | None:
+    loss = _metric_loss(precision, codec, ctx, seg["index"])
+    if loss is None:
+        return None
+    mid = ctx.traced.source.model_id
+    scale = _PRECISION_BYTES[precision] / 4.0
+    dev_ms, dev_src = (0.0, "none") if seg["index"] == -1 else ctx.device.predict_ms(
+        mid, seg["index"], precision, seg["front_macs"], seg["front_nodes"])
+    srv_ms, srv_src = (0.0, "none") if seg["index"] == WHOLE else ctx.server.predict_ms(
+        mid, seg["index"], "fp32", seg["back_macs"], seg["back_nodes"])
+    if seg["index"] == WHOLE:
+        up = down = 0
+        net_ms = 0.0
+    else:
+        up = seg["crossing_bytes"] + MESSAGE_OVERHEAD_BYTES
+        down = ctx.outputs_bytes + MESSAGE_OVERHEAD_BYTES
+        net_ms = ctx.link.network_ms(up, down) + ctx.transport_ms
+    mem = int(seg["front_weight_bytes"] * scale) + seg["front_act_bytes"]
+    total = dev_ms + net_ms + srv_ms
+    viol = _violations(ctx.budgets, total, mem, loss)
+    return Candidate(seg["label"], seg["index"], precision, codec, dev_ms, int(up + down), net_ms, srv_ms, total,
+                     mem, loss, not viol, tuple(viol), {"device_ms": dev_src, "server_ms": srv_src})
+
+
+def _violations(b: Budgets, total: float, mem: int, loss: float) -> list[str]:
+    v = []
+    if b.max_latency_ms is not None and total > b.max_latency_ms:
+        v.append("max_latency_ms")
+    if b.max_device_mem_mb is not None and mem > b.max_device_mem_mb * 2**20:
+        v.append("max_device_mem_mb")
+    if b.max_accuracy_drop is not None and loss > b.max_accuracy_drop:
+        v.append("max_accuracy_drop")
+    return v
+
+
+def _segments(traced: Any) -> list[dict]:
+    """Per candidate split: MACs, nodes, weights and activations on each side."""
+    from edgerun.exporters.split import split
+
+    model = traced.model
+    total = traced.cuts[0].front_macs + traced.cuts[0].back_macs if traced.cuts else 0
+    n_all, w_all, act_all = _nodes(model), _init_bytes(model), _peak_activation_bytes(model)
+    segs = [{"label": ALL_ON_SERVER, "index": -1, "front_macs": 0, "back_macs": total, "front_nodes": 0,
+             "back_nodes": n_all, "crossing_bytes": _io_bytes(model, outputs=False),
+             "front_weight_bytes": 0, "front_act_bytes": _io_bytes(model, outputs=False)}]
+    for cut in traced.cuts:
+        front, back = split(model, cut)
+        segs.append({"label": cut.label, "index": cut.index, "front_macs": cut.front_macs,
+                     "back_macs": cut.back_macs, "front_nodes": _nodes(front), "back_nodes": _nodes(back),
+                     "crossing_bytes": cut.crossing_bytes, "front_weight_bytes": _init_bytes(front),
+                     "front_act_bytes": _peak_activation_bytes(front)})
+    segs.append({"label": ALL_ON_DEVICE, "index": WHOLE, "front_macs": total, "back_macs": 0, "front_nodes": n_all,
+                 "back_nodes": 0, "crossing_bytes": 0, "front_weight_bytes": w_all, "front_act_bytes": act_all})
+    return segs
+
+
+# ----------------------------------------------------------------------------- plan
+def plan(model: Any, device: str | DeviceProfile, server: str | ServerProfile, link: str | LinkProfile,
+         budgets: Budgets | None = None, *, calib_n: int = 32,
+         transport_overhead_ms: float = TRANSPORT_OVERHEAD_MS) -> Plan:
+    """Evaluate every candidate and choose the fastest one that meets the budgets.
+
+    Args:
+        model: ``zoo:NAME`` / ``file.py:fn`` spec, or a ``Traced`` from ``pipeline.trace_model``.
+        device, server, link: profile names (``devices/<name>.toml``), paths, or loaded profiles.
+        budgets: the limits (default: none).
+        calib_n: calibration samples used to measure the metric loss of lossy candidates.
+        transport_overhead_ms: per-request software cost of the MQTT path beyond the link.
+
+    Returns:
+        A Plan; ``plan.chosen`` is None when no candidate is feasible (``plan.reason`` says
+        which budget cannot be met and by how much).
+
+    Raises:
+        ConfigError: a profile is missing or malformed, or a budget is negative.
+    """
+    from edgerun.exporters.pipeline import Traced, trace_model
+
+    budgets = budgets or Budgets()
+    dev = device if isinstance(device, DeviceProfile) else load_device(device)
+    srv = server if isinstance(server, ServerProfile) else load_server(server)
+    lnk = link if isinstance(link, LinkProfile) else load_link(link)
+    traced = model if isinstance(model, Traced) else trace_model(model)
+    precisions, codecs = available_precisions(), available_codecs()
+    calib = None
+    if (len(precisions) > 1 or len(codecs) > 1) and traced.source.zoo is not None:
+        calib = traced.source.zoo.calib_data(calib_n)
+    ctx = _Ctx(traced, calib, dev, srv, lnk, budgets, float(transport_overhead_ms),
+               _io_bytes(traced.model, outputs=True))
+    cands = []
+    for seg in _segments(traced):
+        for prec in precisions:
+            for codec in (["none"] if seg["index"] == WHOLE else codecs):
+                c = _candidate(ctx, seg, prec, codec)
+                if c is not None:
+                    cands.append(c)
+    cands.sort(key=lambda c: (not c.feasible, c.total_ms, c.device_mem_bytes))
+    chosen = cands[0] if cands and cands[0].feasible else None
+    reason = _reason(chosen, cands, budgets)
+    return Plan(traced.source.model_id, dev.name, srv.name, lnk.name, budgets, cands, chosen, reason)
+
+
+def _reason(chosen: Candidate | None, cands: list[Candidate], b: Budgets) -> str:
+    if chosen is not None:
+        return (f"fastest feasible of {len(cands)} candidates: cut {chosen.cut}, {chosen.front_precision}, "
+                f"codec {chosen.codec}, {chosen.total_ms:.2f} ms predicted")
+    if not cands:
+        return "no candidate could be evaluated"
+    msgs = []
+    checks = (("max_latency_ms", b.max_latency_ms, min(c.total_ms for c in cands), "ms"),
+              ("max_device_mem_mb", b.max_device_mem_mb, min(c.device_mem_bytes for c in cands) / 2**20, "MiB"),
+              ("max_accuracy_drop", b.max_accuracy_drop, min(c.metric_loss for c in cands), ""))
+    for name, limit, best, unit in checks:
+        if limit is not None and best > limit:
+            msgs.append(f"{name}={limit:g} cannot be met: the best candidate needs {best:.3g}{unit} "
+                        f"({best - limit:.3g}{unit} over)")
+    if not msgs:
+        msgs.append("each budget can be met alone but no candidate meets all of them together; "
+                    "relax one (see the candidates' `violations`)")
+    return "no feasible plan: " + "; ".join(msgs)
+
+
+__all__ = ["ALL_ON_DEVICE", "ALL_ON_SERVER", "Budgets", "Candidate", "Plan", "available_codecs",
+           "available_precisions", "plan"]

@@ -1,0 +1,70 @@
+"""A short `edgerun bench` on the digits bundle: every mode present, with per-stage percentiles."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from edgerun.errors import ConfigError
+
+REQUESTS = 8
+
+
+@pytest.fixture(scope="module")
+def report(digits_bundle):
+    from edgerun.bench import run_bench
+
+    return run_bench(digits_bundle, "wifi", requests=REQUESTS, warmup=1)
+
+
+def test_all_modes_present(report):
+    modes = report["modes"]
+    assert set(modes) == {"device_native", "device_ort", "server", "split", "split_codec", "split_exit"}
+    for name in ("device_native", "device_ort", "server", "split"):
+        st = modes[name]["stages"]["total"]
+        assert st["p50"] <= st["p95"] <= st["p99"]
+    assert "skipped" in modes["split_codec"] and "skipped" in modes["split_exit"]
+
+
+def test_remote_modes_have_every_stage_and_bytes(report, digits_bundle):
+    for name in ("server", "split"):
+        m = report["modes"][name]
+        assert set(m["stages"]) == {"device", "encode", "network", "server", "decode", "total"}
+    split_tensor = 4 * int(__import__("numpy").prod([d for d in digits_bundle.cut[0].shape if d]))
+    raw_input = 8 * 8 * 4
+    assert report["modes"]["split"]["bytes_sent"] >= split_tensor
+    assert raw_input <= report["modes"]["server"]["bytes_sent"] < report["modes"]["split"]["bytes_sent"]
+    assert report["modes"]["device_native"]["bytes_sent"] == 0
+
+
+def test_network_stage_reflects_the_emulated_link(report):
+    # wifi: 4 ms RTT; the emulator never delivers early
+    assert report["modes"]["split"]["stages"]["network"]["p50"] >= 4.0 - 0.5
+    em = report["emulated"]
+    assert em["profile"]["rtt_ms"] == 4.0 and em["measured"]["rtt_ms_min"] >= 4.0 - 0.5
+
+
+def test_cli_json_and_png(digits_bundle, tmp_path):
+    png = tmp_path / "bench.png"
+    code = ("import typer; from edgerun.cli_plan import bench_cmd; app = typer.Typer(); "
+            "app.command('bench')(bench_cmd); app.command('x')(lambda: None); app()")
+    out = subprocess.run([sys.executable, "-c", code, "bench", str(digits_bundle.path), "--link", "ethernet",
+                          "--requests", "3", "--warmup", "0", "--png", str(png), "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rep = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "split" in rep["modes"] and png.stat().st_size > 0
+
+
+def test_bad_arguments(digits_bundle):
+    from edgerun.bench import run_bench
+
+    with pytest.raises(ConfigError):
+        run_bench(digits_bundle, "wifi", requests=0)
+    with pytest.raises(ConfigError, match="unknown modes"):
+        run_bench(digits_bundle, "wifi", modes=("teleport",))
+    with pytest.raises(ConfigError, match="no profile named"):
+        run_bench(digits_bundle, "no-such-link")

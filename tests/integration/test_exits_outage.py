@@ -1,0 +1,120 @@
+"""Early exits against a real broker and a real server: confident exits, deadlines, and outages.
+
+The server is stopped mid-run: every later request must still be answered, by the device's
+deepest exit, and marked local. A device on a bundle with exits starts while the broker is
+down and connects once it comes up.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from edgerun.broker import Mosquitto
+from edgerun.bundle import Bundle
+from edgerun.device import Device
+
+DEADLINE_MS = 400.0          # per request; generous for a loaded 2-core box
+RECONNECT_WAIT_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def exits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
+    """digits-cnn cut at block2 (the front half is ~all of the model) with auto exits."""
+    from edgerun.exporters import ExportConfig, export
+
+    return export("zoo:digits-cnn", ExportConfig(cut="block2", exits="auto", evaluate=False),
+                  tmp_path_factory.mktemp("exits") / "digits-exits")
+
+
+@contextmanager
+def serving(bundle: Bundle, url: str, argv: list[str], wait_online):
+    """One `edgerun serve` for ``bundle``, online before the body runs; killed after."""
+    proc = subprocess.Popen([*argv, "serve", str(bundle.path), "--broker", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_online(bundle, url, 1, [])
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def engine(exits_bundle: Bundle) -> str:
+    return "native" if exits_bundle.manifest["exits"]["points"][0]["erg"] else "ort"
+
+
+def test_server_stopped_mid_run_every_request_answered_locally(exits_bundle, engine, digits_test_set, cli_argv,
+                                                              wait_online):
+    x, y = digits_test_set
+    with Mosquitto() as broker, serving(exits_bundle, broker.url, cli_argv, wait_online) as server:
+        with Device(exits_bundle, broker=broker.url, engine=engine, budget="off") as dev:
+            before = [dev.infer(x[i: i + 1], deadline_ms=DEADLINE_MS * 10) for i in range(8)]
+            assert all(r.answered_by == "server" and r.reason == "server replied" for r in before)
+            assert dev.rtt_ms is not None and dev.rtt_ms > 0
+            server.terminate()
+            server.wait()
+            after = [dev.infer(x[i: i + 1], deadline_ms=DEADLINE_MS) for i in range(len(x))]
+    assert len(after) == len(x)  # 100% answered
+    deepest = len(exits_bundle.manifest["exits"]["points"]) - 1
+    assert all(r.local and r.answered_by == f"exit:{deepest}" for r in after)
+    assert all(r.reason.startswith(("deadline:", "server unreachable:")) for r in after)
+    top1 = np.array([int(r.output[exits_bundle.outputs[0].name].argmax()) for r in after])
+    assert np.mean(top1 == y) >= 0.9  # the deepest exit is a real answer, not a placeholder
+
+
+def test_predicted_round_trip_over_the_deadline_answers_at_once(exits_bundle, engine, digits_test_set, cli_argv,
+                                                               wait_online):
+    x, _ = digits_test_set
+    with Mosquitto() as broker, serving(exits_bundle, broker.url, cli_argv, wait_online):
+        with Device(exits_bundle, broker=broker.url, engine=engine, budget="off") as dev:
+            assert dev.infer(x[:1], deadline_ms=DEADLINE_MS * 10).answered_by == "server"
+            dev.rtt_ms = 80.0  # as if the link had slowed down
+            r = dev.infer(x[:1], deadline_ms=12.0)
+    assert r.local and r.reason.startswith("deadline: predicted round trip 80.0 ms >")
+
+
+def test_confident_exits_answer_most_requests_locally(exits_bundle, engine, digits_test_set, cli_argv, wait_online):
+    x, y = digits_test_set
+    with Mosquitto() as broker, serving(exits_bundle, broker.url, cli_argv, wait_online):
+        with Device(exits_bundle, broker=broker.url, engine=engine, budget="balanced") as dev:
+            rs = [dev.infer(x[i: i + 1], deadline_ms=DEADLINE_MS * 10) for i in range(len(x))]
+    local = [r for r in rs if r.local]
+    assert len(local) >= len(rs) // 2
+    assert all(r.reason.startswith("confident: max_prob") for r in local)
+    top1 = np.array([int(r.output[exits_bundle.outputs[0].name].argmax()) for r in rs])
+    assert np.mean(top1 == y) >= 0.95
+    assert np.mean([r.front_compute_fraction for r in rs]) < 0.5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_device_starts_with_the_broker_down_and_connects_later(exits_bundle, engine, digits_test_set):
+    x, _ = digits_test_set
+    port = _free_port()
+    with Device(exits_bundle, broker=f"mqtt://127.0.0.1:{port}", engine=engine, budget="off") as dev:
+        r = dev.infer(x[:1], deadline_ms=DEADLINE_MS)
+        assert r.local and r.reason.startswith("server unreachable: cannot reach the MQTT broker")
+        with Mosquitto(port=port):
+            t0 = time.monotonic()
+            while not dev._client.connected and time.monotonic() - t0 < RECONNECT_WAIT_S:
+                time.sleep(0.1)
+            assert dev._client.connected, "the device did not connect after the broker came up"
+
+
+def test_budget_on_a_bundle_without_exits_is_a_config_error(digits_bundle, broker):
+    from edgerun.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="early exits"):
+        Device(digits_bundle, broker=broker.url, engine="ort", budget="fast")

@@ -1,0 +1,112 @@
+"""Planner: candidate space, cost arithmetic against the profiles, ranking, budgets."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgerun.errors import ConfigError
+from edgerun.profiles import WHOLE, load_device, load_link, load_server
+
+MS_TOL = 1e-6
+
+
+@pytest.fixture(scope="module")
+def digits_plan(digits_traced):
+    from edgerun.exporters.planner import plan
+
+    return plan(digits_traced, "rpi4", "cpu-server", "lte")
+
+
+def test_every_cut_and_both_extremes_are_candidates(digits_plan, digits_traced):
+    idx = {c.cut_index for c in digits_plan.candidates}
+    assert idx == {-1, WHOLE} | {c.index for c in digits_traced.cuts}
+    for c in digits_plan.candidates:
+        assert c.front_precision == "fp32" and c.codec == "none" and c.metric_loss == 0.0
+
+
+def test_json_has_the_interface_fields(digits_plan):
+    js = digits_plan.to_json()
+    keys = {"cut", "front_precision", "codec", "device_ms", "wire_bytes", "network_ms", "server_ms", "total_ms",
+            "device_mem_bytes", "metric_loss", "feasible"}
+    assert keys <= set(js["candidates"][0]) and js["chosen"] is not None
+
+
+def test_costs_follow_the_profiles(digits_plan, digits_traced):
+    from edgerun.exporters.planner import MESSAGE_OVERHEAD_BYTES, TRANSPORT_OVERHEAD_MS
+
+    link = load_link("lte")
+    cut = digits_traced.cuts[3]
+    c = next(c for c in digits_plan.candidates if c.cut_index == cut.index)
+    out_bytes = 10 * 4  # digits logits
+    up, down = cut.crossing_bytes + MESSAGE_OVERHEAD_BYTES, out_bytes + MESSAGE_OVERHEAD_BYTES
+    assert c.wire_bytes == up + down
+    assert abs(c.network_ms - (link.network_ms(up, down) + TRANSPORT_OVERHEAD_MS)) < MS_TOL
+    dev = load_device("rpi4").compute["fp32"]
+    assert c.device_ms > dev.overhead_ms and c.sources["device_ms"] == "model"
+    assert c.sources["server_ms"] == "measured"  # cpu-server holds measured back-half times
+    assert abs(c.total_ms - (c.device_ms + c.network_ms + c.server_ms)) < MS_TOL
+
+
+def test_extremes(digits_plan):
+    on_dev = next(c for c in digits_plan.candidates if c.cut == "output")
+    on_srv = next(c for c in digits_plan.candidates if c.cut == "input")
+    assert on_dev.wire_bytes == 0 and on_dev.network_ms == 0 and on_dev.server_ms == 0
+    assert on_srv.device_ms == 0 and on_srv.device_mem_bytes == 8 * 8 * 4
+
+
+def test_ranked_feasible_first_then_fastest(digits_plan):
+    totals = [c.total_ms for c in digits_plan.candidates]
+    assert totals == sorted(totals)
+    assert digits_plan.chosen == digits_plan.candidates[0]
+    assert digits_plan.choice() == (digits_plan.chosen.cut, "fp32", "none")
+
+
+def test_slow_link_pushes_work_to_the_device(digits_traced):
+    from edgerun.exporters.planner import plan
+
+    # the digits CNN is tiny: over LTE the round trip dominates, so everything stays on the device
+    assert plan(digits_traced, "x86-minipc", "gpu-a100", "lte").chosen.cut == "output"
+
+
+def test_memory_budget_excludes_big_fronts(digits_traced):
+    from edgerun.exporters.planner import Budgets, plan
+
+    p = plan(digits_traced, "rpi4", "cpu-server", "ethernet", Budgets(max_device_mem_mb=0.01))
+    assert p.chosen is not None and p.chosen.device_mem_bytes <= 0.01 * 2**20
+    assert all("max_device_mem_mb" in c.violations for c in p.candidates if c.device_mem_bytes > 0.01 * 2**20)
+
+
+def test_infeasible_latency_says_by_how_much(digits_traced):
+    from edgerun.exporters.planner import Budgets, plan
+
+    p = plan(digits_traced, "rpi4", "cpu-server", "lte", Budgets(max_latency_ms=0.001))
+    assert p.chosen is None and "max_latency_ms=0.001 cannot be met" in p.reason and "over" in p.reason
+    with pytest.raises(ConfigError, match="max_latency_ms"):
+        p.choice()
+
+
+def test_negative_budget_rejected():
+    from edgerun.exporters.planner import Budgets
+
+    with pytest.raises(ConfigError, match="max_latency_ms"):
+        Budgets(max_latency_ms=-1)
+
+
+def test_unknown_profile_is_a_config_error(digits_traced):
+    from edgerun.exporters.planner import plan
+
+    with pytest.raises(ConfigError, match="no profile named"):
+        plan(digits_traced, "no-such-device", "cpu-server", "lte")
+
+
+def test_registries_offer_the_baseline():
+    from edgerun.exporters.planner import available_codecs, available_precisions
+
+    assert available_precisions()[0] == "fp32" and available_codecs()[0] == "none"
+
+
+def test_loaded_profiles_are_accepted(digits_traced):
+    from edgerun.exporters.planner import plan
+
+    p = plan(digits_traced, load_device("rpi4"), load_server("gpu-a100"), load_link("5g"))
+    assert p.device == "rpi4" and p.server == "gpu-a100" and p.link == "5g"

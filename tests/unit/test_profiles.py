@@ -1,0 +1,138 @@
+"""Profiles: every shipped profile loads; a missing or malformed field is a ConfigError naming file and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edgerun.errors import ConfigError
+from edgerun.profiles import Compute, devices_dir, load_device, load_link, load_server
+from edgerun.profiler import to_toml
+
+DEVICES = ("rpi4", "jetson-orin-nano", "x86-minipc", "this-machine")
+SERVERS = ("gpu-a100", "cpu-server")
+LINKS = ("wifi", "lte", "5g", "ethernet")
+MS_TOL = 1e-9  # pure arithmetic
+
+
+@pytest.mark.parametrize("name", DEVICES)
+def test_shipped_device_profiles_load(name):
+    d = load_device(name)
+    assert d.name == name and d.memory_mb > 0 and "fp32" in d.compute
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_shipped_server_profiles_load(name):
+    assert "fp32" in load_server(name).compute
+
+
+@pytest.mark.parametrize("name", LINKS)
+def test_shipped_link_profiles_load(name):
+    link = load_link(name)
+    assert link.rtt_ms >= 0 and link.up_mbps > 0 and link.down_mbps > 0
+
+
+def test_every_shipped_profile_is_documented():
+    readme = (devices_dir() / "README.md").read_text()
+    for p in devices_dir().glob("*.toml"):
+        assert f"`{p.name}`" in readme, f"{p.name} has no entry in devices/README.md"
+
+
+def test_load_by_path(tmp_path):
+    src = devices_dir() / "wifi.toml"
+    dst = tmp_path / "mylink.toml"
+    dst.write_text(src.read_text())
+    assert load_link(dst).rtt_ms == load_link("wifi").rtt_ms
+
+
+def test_compute_model_arithmetic():
+    c = Compute(gmacs=2.0, overhead_ms=0.5, per_node_us=10.0)
+    # 2e6 MACs at 2 GMAC/s = 1 ms; 100 nodes x 10 us = 1 ms; + 0.5 ms
+    assert abs(c.ms(2_000_000, 100) - 2.5) < MS_TOL
+
+
+def test_network_ms_is_rtt_plus_serialization_plus_jitter():
+    link = load_link("lte")
+    up, down = 8000, 1000
+    want = link.rtt_ms + up * 8 / (link.up_mbps * 1e3) + down * 8 / (link.down_mbps * 1e3) + link.jitter_ms
+    assert abs(link.network_ms(up, down) - want) < MS_TOL
+
+
+def test_measured_time_wins_over_the_model():
+    d = load_device("this-machine")
+    m = d.measured[0]
+    ms, src = d.predict_ms(m.model, m.cut, m.precision, macs=10**12, nodes=10**6)
+    assert (ms, src) == (m.ms, "measured")
+    _, src2 = d.predict_ms("no-such-model", 3, "fp32", macs=1000, nodes=3)
+    assert src2 == "model"
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="wifi"):
+        load_link("no-such-link")
+
+
+def test_missing_file_path(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_link(tmp_path / "absent.toml")
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "p.toml"
+    p.write_text(text)
+    return p
+
+
+def test_missing_field_names_file_and_field(tmp_path):
+    p = _write(tmp_path, 'kind = "link"\nname = "x"\nrtt_ms = 3.0\nup_mbps = 1.0\n')
+    with pytest.raises(ConfigError) as ei:
+        load_link(p)
+    assert str(p) in str(ei.value) and "down_mbps" in str(ei.value)
+
+
+def test_wrong_type_names_the_field(tmp_path):
+    p = _write(tmp_path, 'kind = "link"\nname = "x"\nrtt_ms = "fast"\nup_mbps = 1.0\ndown_mbps = 1.0\n')
+    with pytest.raises(ConfigError, match="rtt_ms"):
+        load_link(p)
+
+
+@pytest.mark.parametrize("field,value", [("up_mbps", "0.0"), ("rtt_ms", "-1.0"), ("loss", "1.5")])
+def test_out_of_range_values(tmp_path, field, value):
+    base = {"rtt_ms": "3.0", "up_mbps": "1.0", "down_mbps": "1.0", "loss": "0.0"}
+    base[field] = value
+    body = 'kind = "link"\nname = "x"\n' + "".join(f"{k} = {v}\n" for k, v in base.items())
+    with pytest.raises(ConfigError, match=field):
+        load_link(_write(tmp_path, body))
+
+
+def test_wrong_kind(tmp_path):
+    with pytest.raises(ConfigError, match="kind"):
+        load_device(devices_dir() / "wifi.toml")
+
+
+def test_invalid_toml(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_link(_write(tmp_path, "kind = = 3"))
+
+
+def test_device_compute_section_errors(tmp_path):
+    head = 'kind = "device"\nname = "d"\nmemory_mb = 100\n'
+    with pytest.raises(ConfigError, match="compute"):
+        load_device(_write(tmp_path, head))
+    with pytest.raises(ConfigError, match="compute.fp32.gmacs"):
+        load_device(_write(tmp_path, head + "[compute.fp32]\noverhead_ms = 1.0\n"))
+    with pytest.raises(ConfigError, match="gmacs"):
+        load_device(_write(tmp_path, head + "[compute.fp32]\ngmacs = 0.0\n"))
+    with pytest.raises(ConfigError, match="unknown precision"):
+        load_device(_write(tmp_path, head + "[compute.fp7]\ngmacs = 1.0\n"))
+
+
+def test_written_toml_round_trips(tmp_path):
+    prof = {"kind": "device", "name": "rt", "memory_mb": 512, "meta": {"measured_by": "x"},
+            "compute": {"fp32": {"gmacs": 3.5, "overhead_ms": 0.1, "per_node_us": 2.0}},
+            "measured": [{"model": "m", "cut": 2, "precision": "fp32", "ms": 1.25}]}
+    p = tmp_path / "rt.toml"
+    p.write_text(to_toml(prof))
+    d = load_device(p)
+    assert d.compute["fp32"].gmacs == 3.5 and d.lookup("m", 2, "fp32") == 1.25
