@@ -39,9 +39,18 @@ def export_cmd(
     max_device_mem_mb: Optional[float] = typer.Option(None, help="device memory budget for --front-precision auto"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip measuring the split on held-out data"),
     exits: Optional[str] = typer.Option(None, help="early exits: auto | N (exits, the last at the cut) | none"),
+    device: Optional[str] = typer.Option(None, help="plan the split for this device profile (with --server, --link)"),
+    server: Optional[str] = typer.Option(None, help="server profile for the plan"),
+    link: Optional[str] = typer.Option(None, help="link profile for the plan"),
+    max_latency_ms: Optional[float] = typer.Option(None, help="plan budget: predicted ms per request"),
+    max_accuracy_drop: Optional[float] = typer.Option(None, help="plan budget: metric loss (fraction)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Trace MODEL, cut it, and write a split bundle (or list its cuts)."""
+    """Trace MODEL, cut it, and write a split bundle (or list its cuts).
+
+    With --device/--server/--link the planner chooses the cut, front precision and codec
+    (the best feasible split under the budgets); --cut etc. are then ignored.
+    """
     try:
         from edgerun.exporters.pipeline import ExportConfig, export, trace_model
         from edgerun.report import cuts_table, export_summary
@@ -55,6 +64,9 @@ def export_cmd(
             ]
             typer.echo(json.dumps({"model": traced.source.model_id, "cuts": rows}) if as_json else cuts_table(rows))
             return
+        if device or server or link:
+            cut, front_precision, codec = _planned(traced, device, server, link, max_latency_ms,
+                                                   max_device_mem_mb, max_accuracy_drop)
         cfg = ExportConfig(
             cut=cut, max_cut_tensors=max_cut_tensors, evaluate=not no_eval,
             front_precision=front_precision, back_precision=back_precision, codec=codec,
@@ -69,6 +81,26 @@ def export_cmd(
             typer.echo(export_summary(bundle, report))
     except EdgerunError as exc:
         _fail(exc)
+
+
+def _planned(traced, device, server, link, max_latency_ms, max_mem_mb, max_drop) -> tuple[str, str, str]:
+    """The planner's best feasible *split* (a bundle needs a cut; all-on-one-side plans are reported)."""
+    from edgerun.errors import ConfigError
+    from edgerun.exporters.planner import ALL_ON_DEVICE, ALL_ON_SERVER, Budgets, plan
+
+    if not (device and server and link):
+        raise ConfigError("planning needs all three of --device, --server and --link")
+    p = plan(traced, device, server, link, Budgets(max_latency_ms, max_mem_mb, max_drop))
+    splits = [c for c in p.candidates if c.feasible and c.cut not in (ALL_ON_DEVICE, ALL_ON_SERVER)]
+    if not splits:
+        raise ConfigError(f"no feasible split for {device}/{server}/{link}: {p.reason}")
+    best = splits[0]
+    typer.echo(f"plan: cut {best.cut}, front {best.front_precision}, codec {best.codec}, "
+               f"{best.total_ms:.2f} ms predicted ({p.reason})", err=True)
+    if p.chosen is not None and p.chosen is not best:
+        typer.echo(f"plan: note: the overall fastest is {p.chosen.cut} ({p.chosen.total_ms:.2f} ms), "
+                   "which is not a split", err=True)
+    return best.cut, best.front_precision, best.codec
 
 
 @app.command("verify")
