@@ -7,8 +7,10 @@ broker that the device side connects through. Modes:
 * ``device_native``: the whole model on the native engine (``whole.erg``, written here);
 * ``device_ort``: the whole model on onnxruntime (``whole.onnx``);
 * ``server``: the raw input sent, the whole model on the server (a bundle cut at the input);
-* ``split``: the bundle's cut, native front half;
-* ``split_codec`` / ``split_exit``: when the bundle has a codec / exits (else reported skipped).
+* ``split``: the bundle's cut, native front half, raw fp32 on the wire, no confident exits;
+* ``split_codec``: the same with the bundle's activation codec (when it has one);
+* ``split_exit``: the same with the bundle's early exits at their default budget (raw wire),
+  so each feature's effect is read against ``split`` (skipped when the bundle lacks it).
 
 Device compute is measured on THIS machine (no scaling). The link figures come from the
 profile and are emulated; the emulator is measured in the same run (``emulated``).
@@ -74,6 +76,7 @@ def make_server_bundle(b: Bundle, out: Path) -> Bundle:
     manifest = {k: v for k, v in b.manifest.items() if k not in ("bundle_hash", "format", "format_version")}
     manifest.update(split={"label": "input", "index": -1, "after_node": -1, "tensors": [spec]},
                     native={"ok": False, "reason": "identity front half: runs on onnxruntime"},
+                    codec={"id": "none"}, exits={},  # raw input on the wire, no local answers
                     files={"front.onnx": {"role": "identity"}, "back.onnx": {"role": "whole model"},
                            "whole.onnx": {"role": "whole model (reference)"}})
     write_manifest(out, manifest)
@@ -126,10 +129,11 @@ def _local_mode(run: Callable[[np.ndarray], Any], xs: np.ndarray, requests: int,
 
 
 def _remote_mode(bundle: Bundle, emu: Any, server: subprocess.Popen, log_path: Path, engine: str,
-                 xs: np.ndarray, requests: int, warmup: int) -> dict:
+                 xs: np.ndarray, requests: int, warmup: int, **device_opts: Any) -> dict:
     from edgerun.device import Device
 
-    with Device(bundle, broker=emu.url, engine=engine, timeout_ms=30000) as dev:
+    answered: dict[str, int] = defaultdict(int)
+    with Device(bundle, broker=emu.url, engine=engine, timeout_ms=30000, **device_opts) as dev:
         _first_answer(dev, xs[:1], server, log_path)
         for i in range(warmup):
             dev.infer(xs[i % len(xs)][None])
@@ -137,11 +141,13 @@ def _remote_mode(bundle: Bundle, emu: Any, server: subprocess.Popen, log_path: P
         samples: dict[str, list[float]] = defaultdict(list)
         for i in range(requests):
             r = dev.infer(xs[i % len(xs)][None])
+            answered["server" if r.answered_by == "server" else "local"] += 1
             for k, v in r.timings_ms.items():
                 samples[k].append(v)
         up, down = emu.up.bytes - up0, emu.down.bytes - down0
     return {"stages": percentiles(samples, QS), "bytes_sent": round(up / requests),
-            "bytes_received": round(down / requests), "requests": requests, "engine": engine}
+            "bytes_received": round(down / requests), "requests": requests, "engine": engine,
+            "local_fraction": answered["local"] / requests, **{k: v for k, v in device_opts.items() if v}}
 
 
 def _link_report(link: LinkProfile) -> dict:
@@ -199,16 +205,14 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests:
             eng = make_engine("ort", onnx_path=b.file("whole.onnx"))
             log("mode device_ort")
             out["device_ort"] = _local_mode(eng.run, xs, requests, warmup)
-        remote = [m for m in ("server", "split") if m in modes]
+        codec_id = str(b.manifest.get("codec", {}).get("id", "none"))
+        if "split_codec" in modes and codec_id == "none":
+            out["split_codec"] = {"skipped": "the bundle has no codec (export with --codec tsq)"}
+        if "split_exit" in modes and not b.manifest.get("exits"):
+            out["split_exit"] = {"skipped": "the bundle has no early exits (export with --exits auto)"}
+        remote = [m for m in ("server", "split", "split_codec", "split_exit") if m in modes and m not in out]
         if remote:
             _run_remote(b, lnk, remote, work, xs, requests, warmup, out, log)
-        codec_id = str(b.manifest.get("codec", {}).get("id", "none"))
-        if "split_codec" in modes:
-            out["split_codec"] = {"skipped": "the bundle has no codec" if codec_id == "none" else
-                                  f"codec {codec_id!r}: the device does not apply codecs yet"}
-        if "split_exit" in modes:
-            out["split_exit"] = {"skipped": "the bundle has no early exits" if not b.manifest.get("exits") else
-                                 "the device does not run exits yet"}
         log("measuring the emulated link")
         report["emulated"] = _link_report(lnk)
     finally:
@@ -235,11 +239,17 @@ def _run_remote(b: Bundle, lnk: LinkProfile, remote: list[str], work: Path, xs: 
                     log("mode server")
                     out["server"] = _remote_mode(sb, emu, srv_proc, work / "serve-whole.log", "ort", xs,
                                                  requests, warmup)
-                if "split" in remote:
-                    log("mode split")
-                    engine = "native" if b.native_ok else "ort"
-                    out["split"] = _remote_mode(b, emu, split_proc, work / "serve-split.log", engine, xs,
-                                                requests, warmup)
+                engine = "native" if b.native_ok else "ort"
+                has_exits = bool(b.manifest.get("exits"))
+                # split: raw fp32 on the wire, no confident exits; then each feature alone on top
+                variants = {"split": {"codec": "none", "budget": "off" if has_exits else None},
+                            "split_codec": {"codec": None, "budget": "off" if has_exits else None},
+                            "split_exit": {"codec": "none", "budget": None}}
+                for mode in ("split", "split_codec", "split_exit"):
+                    if mode in remote:
+                        log(f"mode {mode}")
+                        out[mode] = _remote_mode(b, emu, split_proc, work / "serve-split.log", engine, xs,
+                                                 requests, warmup, **variants[mode])
         finally:
             for p in procs:
                 _stop(p)

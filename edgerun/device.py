@@ -110,6 +110,8 @@ class Device:
             lists; "off" = no confident exits; None = the bundle's default). With exits the
             device also answers from its deepest exit when the server is late or unreachable,
             and connects to the broker in the background (it starts while the broker is down).
+        codec: None = the bundle's activation codec; "none" = send raw fp32 instead (the
+            server accepts both), e.g. to measure what the codec saves.
 
     Raises:
         BundleError: the bundle is missing or corrupted.
@@ -128,6 +130,7 @@ class Device:
         timeout_ms: float = 5000,
         max_frame_bytes: int | None = None,
         budget: str | None = None,
+        codec: str | None = None,
     ) -> None:
         if engine not in _ENGINES:
             raise ConfigError(f"engine={engine!r}: use one of {_ENGINES}")
@@ -154,7 +157,13 @@ class Device:
         self._suspect_why = ""
         self._closing = threading.Event()
         self._encode = _encoder()
-        self._packer = crossing.Packer(b.manifest.get("codec", {"id": "none"}))
+        codec_entry = b.manifest.get("codec", {"id": "none"})
+        if codec is not None and codec != codec_entry.get("id", "none"):
+            if codec != "none":
+                raise ConfigError(f"codec={codec!r}: this bundle was calibrated for {codec_entry.get('id')!r}; "
+                                  "use that or 'none' (raw fp32 on the wire)")
+            codec_entry = {"id": "none"}
+        self._packer = crossing.Packer(codec_entry)
         self._req_topic = transport.request_topic(b.model_id, b.topic_id, self.device_id)
         self._resp_topic = transport.response_topic(b.model_id, b.topic_id, self.device_id)
         self._presence = transport.presence_topic(b.model_id, b.topic_id, "device", self.device_id)
