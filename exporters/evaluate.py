@@ -87,6 +87,8 @@ def evaluate_split(
         ``metric`` (name), ``metric_whole_fp32``, ``metric_split`` (accuracy on labels, or
         top-1 agreement with the whole fp32 model where labels are missing),
         ``split_vs_whole_max_abs``, ``top1_agreement``, ``n_eval``, ``eval_engine``, and the
+        codec's figures. For a regression model (zoo metric ``action_mae``) the metrics are the mean
+        absolute error vs the labels and ``action_mae_vs_whole`` replaces ``top1_agreement``; plus the
         codec's ``encode_us`` / ``decode_us`` / ``codec_bytes_mean`` when a codec is set.
     """
     if src.zoo is not None:
@@ -98,15 +100,24 @@ def evaluate_split(
     t0 = time.perf_counter()
     whole = run_whole(bundle_dir / "whole.onnx", x)
     parts, stats = run_split(bundle_dir, x, native=native, codec=codec)
+    regression = getattr(src.zoo, "metric", None) == "action_mae"
     agree = float(np.mean(whole.argmax(-1) == parts.argmax(-1)))
     rep = {
         "n_eval": int(len(x)),
         "eval_engine": "native" if native else "ort",
         "split_vs_whole_max_abs": float(np.max(np.abs(whole - parts))),
-        "top1_agreement": agree,
         "eval_seconds": round(time.perf_counter() - t0, 2),
         **stats,
     }
+    if regression:  # continuous actions: argmax means nothing; mean abs error vs the labels and the whole
+        rep.update(metric="action_mae", action_mae_vs_whole=float(np.mean(np.abs(parts - whole))))
+        if y is not None:
+            y = np.asarray(y, dtype=np.float32).reshape(whole.shape)
+            rep.update(metric_whole_fp32=float(np.mean(np.abs(whole - y))), metric_split=float(np.mean(np.abs(parts - y))))
+        else:  # no labels: the whole model is the reference
+            rep.update(metric_whole_fp32=0.0, metric_split=rep["action_mae_vs_whole"])
+        return rep
+    rep["top1_agreement"] = agree
     if y is not None:
         rep.update(
             metric="top1",

@@ -30,6 +30,8 @@ from edgerun.errors import ConfigError, ExportError, UnsupportedOpError
 from edgerun.exporters.cuts import Cut, shapes_of
 
 HIDDEN = 32                 # head width: ~10k MACs on an 8x8 map, a few % of the digits front
+HEAD_IN_PER_UNIT = 4        # narrow features (an MLP's 64) get a narrower head: width = inputs / 4, >= 8
+HEAD_STEPS = {True: 400, False: 1500}  # classification / regression (a regression head needs longer to fit)
 POOL_TO = 4                 # heads average-pool a feature map down to at most 4x4
 CALIB_SHARE = 0.25          # share of the training inputs held out for threshold calibration
 MAX_TRAIN = 4096            # training inputs used at most
@@ -135,11 +137,13 @@ def train_head(feats: np.ndarray, teacher: np.ndarray, classify: bool, seed: int
         x = torch.from_numpy(feats)
         mu, sd = x.mean(0), x.std(0) + 1e-3
         t = torch.from_numpy(teacher.astype(np.float32))
-        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], HIDDEN), torch.nn.ReLU(),
-                                  torch.nn.Linear(HIDDEN, t.shape[1]))
+        # Keep the head cheap next to the backbone it rides on (unchanged for conv maps: >= 128 inputs).
+        hidden = min(HIDDEN, max(8, x.shape[1] // HEAD_IN_PER_UNIT))
+        net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], hidden), torch.nn.ReLU(),
+                                  torch.nn.Linear(hidden, t.shape[1]))
         opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-3)
         xs = (x - mu) / sd
-        for _ in range(400):  # full batch: a few thousand samples, a few hundred inputs
+        for _ in range(HEAD_STEPS[classify]):  # full batch: a few thousand samples, a few hundred inputs
             opt.zero_grad()
             out = net(xs)
             if classify:
