@@ -4,6 +4,10 @@ Per (model, cut, layout, budget): payload bytes per request vs fp32 (ratio), acc
 with the codec vs the fp32 whole model on held-out data (digits: top-1 on the test
 split; EfficientNet-Lite0: top-1 agreement with fp32 on crops of the real photos),
 and the median encode (C++, ``encode_native``) and decode (numpy, ``decode``) time.
+``zlib_ratio`` is what a lossless zlib-9 pass over each payload would give (informational:
+the wire does not use it). ``eval_min_margin`` / ``eval_near_ties`` (fp32 top-1 minus top-2
+logit; samples under NEAR_TIE) say how much of the eval loss is near-tie flips that any
+lossy codec risks.
 
 The "selected" budget per (model, cut) is chosen on the CALIBRATION inputs (largest
 ratio whose top-1 agreement with fp32 there is >= 99.5%), then reported on the eval
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import zlib
 import platform
 import statistics
 import time
@@ -36,6 +41,7 @@ LAYOUTS = ("channel", "position")
 SELECT_AGREEMENT = 0.995
 N_CALIB = {"zoo:digits-cnn": 256, "zoo:efficientnet-lite0": 96}
 TIMING_RUNS = 30
+NEAR_TIE = 0.05  # logit gap under which a top-1 flips under tiny noise (EffNet eval has one at 0.002)
 
 
 def _session(model) -> ort.InferenceSession:
@@ -68,7 +74,10 @@ def bench_cut(traced, label: str, calib_x: np.ndarray, eval_x: np.ndarray, label
     cut = resolve_cut(traced.cuts, label)
     front, back = (_session(m) for m in split(traced.model, cut))
     calib_a, eval_a = _run(front, calib_x), _run(front, eval_x)
-    calib_ref, eval_ref = _run(back, calib_a).argmax(1), _run(back, eval_a).argmax(1)
+    calib_ref, eval_logits = _run(back, calib_a).argmax(1), _run(back, eval_a)
+    eval_ref = eval_logits.argmax(1)
+    top2 = np.sort(eval_logits, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
     fp32_bytes = int(eval_a[0].nbytes)
     ref_metric = float((eval_ref == labels).mean()) if labels is not None else 1.0
     rows = []
@@ -83,6 +92,7 @@ def bench_cut(traced, label: str, calib_x: np.ndarray, eval_x: np.ndarray, label
             rows.append({
                 "layout": layout, "budget": budget, "tau": p.tau, "max_err": p.max_err,
                 "bytes_per_request": round(nbytes, 1), "ratio_vs_fp32": round(fp32_bytes / nbytes, 2),
+                "zlib_ratio": round(fp32_bytes / float(np.mean([len(zlib.compress(b, 9)) for b in payloads])), 2),
                 "calib_ratio": round(fp32_bytes / float(np.mean([len(b) for b in cal_pay])), 2),
                 "calib_agreement": float((_run(back, cal_dec).argmax(1) == calib_ref).mean()),
                 "metric": round(metric, 4), "loss_pp": round(100 * (ref_metric - metric), 2),
@@ -96,7 +106,8 @@ def bench_cut(traced, label: str, calib_x: np.ndarray, eval_x: np.ndarray, label
     selected = max(ok, key=lambda r: r["calib_ratio"])
     return {"cut": label, "shape": list(eval_a.shape[1:]), "fp32_bytes": fp32_bytes,
             "fp32_metric": round(ref_metric, 4), "eval_samples": int(len(eval_a)), "calib_samples": int(len(calib_a)),
-            "selected": selected, "sweep": rows}
+            "eval_min_margin": round(float(margin.min()), 4), "eval_near_ties": int((margin < NEAR_TIE).sum()),
+            "bits": list(codec.DEFAULT_BITS), "selected": selected, "sweep": rows}
 
 
 def main() -> None:
@@ -116,13 +127,13 @@ def main() -> None:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(f"{'model':24} {'cut':9} {'layout':8} {'budget':>7} {'bytes':>8} {'ratio':>6} {'metric':>7} "
-          f"{'loss_pp':>7} {'enc_us':>7} {'dec_us':>7}")
+          f"{'loss_pp':>7} {'zlib':>5} {'enc_us':>7} {'dec_us':>7}")
     for spec, m in out["models"].items():
         for c in m["cuts"]:
             for r in c["sweep"]:
                 mark = " *" if r is c["selected"] else ""
                 print(f"{spec[4:]:24} {c['cut']:9} {r['layout']:8} {r['budget']:7.0e} {r['bytes_per_request']:8.0f} "
-                      f"{r['ratio_vs_fp32']:6.2f} {r['metric']:7.4f} {r['loss_pp']:7.2f} {r['encode_us']:7.1f} "
+                      f"{r['ratio_vs_fp32']:6.2f} {r['metric']:7.4f} {r['loss_pp']:7.2f} {r['zlib_ratio']:5.2f} {r['encode_us']:7.1f} "
                       f"{r['decode_us']:7.1f}{mark}")
     print(f"fp32 bytes: " + ", ".join(f"{s[4:]}@{c['cut']}={c['fp32_bytes']}" for s, m in out["models"].items()
                                       for c in m["cuts"]) + f"   (* = selected on calibration data); wrote {args.out}")

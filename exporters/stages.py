@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,7 +41,8 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
                 front, calib_x,
                 FrontPrecisionConfig(precision, cfg.group_size, cfg.max_device_mem_mb),
             )
-            layers = dict(plan.layers)
+            layers = dict(plan.precisions)
+            print(plan.table(), file=sys.stderr)  # the exporter prints the per-layer choice
             info = write_erg(front, path, precisions=layers, group_size=cfg.group_size)
             kinds = set(layers.values())
             precision = kinds.pop() if len(kinds) == 1 else "mixed"

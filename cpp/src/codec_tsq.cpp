@@ -3,9 +3,11 @@
 // Mirrors the Python reference edgerun/codec.py operation for operation (same
 // double-precision arithmetic, same exact fp16 rounding), so both encoders
 // write the same bytes. Layouts: CODEC.md.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "edgerun/codec.h"
 
@@ -101,7 +103,18 @@ uint32_t get_u32(const uint8_t* d) { uint32_t v; std::memcpy(&v, d, 4); return v
 struct Rows {
   std::vector<double> lo, hi, m, step;
   std::vector<uint8_t> code;
+  void reset(uint64_t n) {  // assign() keeps the capacity: no allocation once warmed up
+    lo.assign(n, INFINITY), hi.assign(n, -INFINITY), m.assign(n, 0.0), step.assign(n, 0.0), code.assign(n, 0);
+  }
 };
+
+// Per-thread scratch reused across calls, so a device encoding the same cut shape
+// request after request does no per-request heap allocation (only the first call,
+// or a larger tensor, grows it). One encoder thread per cut is the expected use.
+Rows& scratch_rows() {
+  thread_local Rows rows;
+  return rows;
+}
 
 void choose(const TsqParams& p, Rows* r) {
   const double max_err = p.max_err;
@@ -156,12 +169,8 @@ Status tsq_encode(const float* x, const uint32_t* dims, uint32_t ndim, const Tsq
   if (n_bad)
     return Status(StatusCode::kFrameNonFinite, "the activation holds " + std::to_string(n_bad) +
                   " NaN/Inf value(s); it is not sent. Check the model input and the front half");
-  Rows r;
-  r.lo.assign(g.n_rows, INFINITY);
-  r.hi.assign(g.n_rows, -INFINITY);
-  r.m.resize(g.n_rows);
-  r.step.resize(g.n_rows);
-  r.code.resize(g.n_rows);
+  Rows& r = scratch_rows();
+  r.reset(g.n_rows);
   for (uint64_t row = 0; row < g.n_rows; ++row) {
     for (uint64_t k = 0; k < g.row_len; ++k) {
       const float v = x[g.flat(row, k)];

@@ -22,6 +22,7 @@ import numpy as np
 from edgerun import codec
 
 OUT_DIR = Path(__file__).resolve().parent / "codec"
+V1_BITS = (2, 3, 4, 6, 8)  # DEFAULT_BITS when the first golden files were written
 
 
 def golden_cases() -> dict[str, tuple[np.ndarray, codec.TSQParams]]:
@@ -33,14 +34,22 @@ def golden_cases() -> dict[str, tuple[np.ndarray, codec.TSQParams]]:
     wide = (rng.standard_normal((2, 16, 8, 8)) * np.linspace(0.01, 5, 16)[None, :, None, None]).astype(np.float32)
     big = rng.standard_normal((1, 24, 3, 100)).astype(np.float32)  # odd widths, rows across a 3-D spatial part
     huge = (rng.standard_normal((1, 40, 40, 41)) * 2).astype(np.float32)  # 65600 values: index width 4
+    # channel k spans ~0.9 * 0.02 * (2**b - 1), b = k % 9: the fewest bits whose half-step is
+    # <= max_err 0.01 is b (b = 0: a flat row, span <= 0.01)
+    b = np.arange(18) % 9
+    scale = np.where(b == 0, 0.005, 0.9 * 0.02 * (2.0 ** b - 1))
+    ladder = (rng.uniform(0, 1, (1, 18, 5, 7)) * scale[None, :, None, None]).astype(np.float32)
     odd = np.array([[1e5, -7e4, 0.5], [3.0, 3.0, 3.0], [-1e-7, 2e-7, 0.0]], dtype=np.float32)  # raw / const / tiny
     return {
-        "relu_channel": (relu, codec.TSQParams(tau=3.0, max_err=0.05, layout="channel", budget=1e-3)),
-        "relu_position": (relu, codec.TSQParams(tau=3.0, max_err=0.05, layout="position", budget=1e-3)),
+        # bits=V1_BITS pinned: these files were written when it was the default (they must not change).
+        "relu_channel": (relu, codec.TSQParams(tau=3.0, max_err=0.05, bits=V1_BITS, layout="channel", budget=1e-3)),
+        "relu_position": (relu, codec.TSQParams(tau=3.0, max_err=0.05, bits=V1_BITS, layout="position", budget=1e-3)),
         "wide_rows": (wide, codec.TSQParams(tau=12.0, max_err=0.02, bits=(2, 4, 8), layout="channel")),
         "odd_bits": (big, codec.TSQParams(tau=2.5, max_err=0.1, bits=(1, 3, 5, 7), layout="position")),
-        "index_u32": (huge, codec.TSQParams(tau=6.0, max_err=0.2, layout="channel")),
+        "index_u32": (huge, codec.TSQParams(tau=6.0, max_err=0.2, bits=V1_BITS, layout="channel")),
         "raw_const_tiny": (odd, codec.TSQParams(tau=float("inf"), max_err=1e-3, bits=(8,), layout="channel")),
+        # Added with the all-widths default: rows scaled so every width 1..8 is picked at least once.
+        "all_widths": (ladder, codec.TSQParams(tau=50.0, max_err=0.01, bits=tuple(range(1, 9)), layout="channel")),
     }
 
 

@@ -68,12 +68,22 @@ floats = st.floats(-1e5, 1e5, width=32, allow_nan=False, allow_infinity=False)
 @SETTINGS
 @given(x=hnp.arrays(np.float32, shapes, elements=floats), tau=st.sampled_from([0.5, 3.0, float("inf")]),
        max_err=st.sampled_from([1e-3, 0.05, 2.0]), layout=st.sampled_from(sorted(codec.LAYOUTS)),
-       bits=st.sampled_from([(2, 3, 4, 6, 8), (1, 5), (8,)]))
+       bits=st.sampled_from([(2, 3, 4, 6, 8), (1, 5), (8,), codec.DEFAULT_BITS]))
 def test_native_encoder_matches_reference(x, tau, max_err, layout, bits):
     p = codec.TSQParams(tau=tau, max_err=max_err, bits=bits, layout=layout)
     payload = codec.encode(x, p)
     assert codec.encode_native(x, p) == payload
     _assert_decoders_agree(codec.decode(payload, x.shape, p), codec.decode_native(payload, x.shape, p))
+
+
+def test_native_encoder_scratch_reuse_across_shapes():
+    # The encoder keeps per-thread row scratch between calls: a smaller tensor after a larger
+    # one (and back) must not see stale row state.
+    rng = np.random.default_rng(5)
+    p = codec.TSQParams(tau=2.5, max_err=0.05)
+    for shape in [(1, 40, 7, 7), (1, 3, 2, 2), (2, 5, 1, 9), (1, 40, 7, 7), (1, 6)]:
+        x = rng.standard_normal(shape).astype(np.float32)
+        assert codec.encode_native(x, p) == codec.encode(x, p)
 
 
 def test_native_rejects_non_finite():

@@ -97,6 +97,16 @@ def test_fewer_bits_for_a_looser_bound():
     assert sizes == sorted(sizes, reverse=True) and sizes[-1] < sizes[0] / 3
 
 
+def test_all_widths_default_never_costs_more_than_v1_widths():
+    # Same bound, more widths to choose from: every row pays <= the bits it paid with (2,3,4,6,8).
+    x = (np.random.default_rng(2).standard_normal((1, 24, 8, 8)) * np.linspace(0.1, 4, 24)[None, :, None, None])
+    x = x.astype(np.float32)
+    assert codec.DEFAULT_BITS == tuple(range(1, 9))
+    new = codec.encode(x, codec.TSQParams(tau=20.0, max_err=0.02))
+    old = codec.encode(x, codec.TSQParams(tau=20.0, max_err=0.02, bits=(2, 3, 4, 6, 8)))
+    assert len(new) < len(old)
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_rejected(bad):
     x = np.ones((1, 4, 2, 2), np.float32)

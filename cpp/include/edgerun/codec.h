@@ -45,7 +45,9 @@ Result<TsqParams> tsq_parse_params(const uint8_t* data, size_t len);
 // ============================================================================
 // Encode / decode. dims: C-order shape (N, C, *spatial), 1..8 dims.
 // ============================================================================
-// Encodes x into *out (resized; its capacity is reused across calls).
+// Encodes x into *out (resized; its capacity is reused across calls). Per-row
+// scratch lives in a per-thread buffer reused across calls: after the first call
+// for a shape, encoding does not touch the heap (keep *out alive between requests).
 // NaN/Inf in x -> kFrameNonFinite, nothing written.
 Status tsq_encode(const float* x, const uint32_t* dims, uint32_t ndim, const TsqParams& p,
                   std::vector<uint8_t>* out);
