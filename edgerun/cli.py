@@ -86,20 +86,17 @@ def export_cmd(
 def _planned(traced, device, server, link, max_latency_ms, max_mem_mb, max_drop) -> tuple[str, str, str]:
     """The planner's best feasible *split* (a bundle needs a cut; all-on-one-side plans are reported)."""
     from edgerun.errors import ConfigError
-    from edgerun.exporters.planner import ALL_ON_DEVICE, ALL_ON_SERVER, Budgets, plan
+    from edgerun.exporters.planner import Budgets, plan
 
     if not (device and server and link):
         raise ConfigError("planning needs all three of --device, --server and --link")
-    p = plan(traced, device, server, link, Budgets(max_latency_ms, max_mem_mb, max_drop))
-    splits = [c for c in p.candidates if c.feasible and c.cut not in (ALL_ON_DEVICE, ALL_ON_SERVER)]
-    if not splits:
+    budgets = Budgets(max_latency_ms, max_mem_mb, max_drop)
+    p = plan(traced, device, server, link, budgets, splits_only=True)
+    best = p.chosen
+    if best is None:
         raise ConfigError(f"no feasible split for {device}/{server}/{link}: {p.reason}")
-    best = splits[0]
     typer.echo(f"plan: cut {best.cut}, front {best.front_precision}, codec {best.codec}, "
-               f"{best.total_ms:.2f} ms predicted ({p.reason})", err=True)
-    if p.chosen is not None and p.chosen is not best:
-        typer.echo(f"plan: note: the overall fastest is {p.chosen.cut} ({p.chosen.total_ms:.2f} ms), "
-                   "which is not a split", err=True)
+               f"{best.total_ms:.2f} ms predicted, loss {best.metric_loss:.4f} on calibration data", err=True)
     return best.cut, best.front_precision, best.codec
 
 

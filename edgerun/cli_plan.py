@@ -70,7 +70,7 @@ def plan_cmd(
         from edgerun.report import table
 
         rows = [[c.cut, c.front_precision, c.codec, f"{c.device_ms:.2f}", c.wire_bytes, f"{c.network_ms:.2f}",
-                 f"{c.server_ms:.2f}", f"{c.total_ms:.2f}", f"{c.device_mem_bytes / 2**20:.1f}", c.metric_loss,
+                 f"{c.server_ms:.2f}", f"{c.total_ms:.2f}", f"{c.device_mem_bytes / 2**20:.1f}", "-" if c.metric_loss is None else f"{c.metric_loss:.4f}",
                  "yes" if c.feasible else ",".join(c.violations)] for c in p.candidates]
         typer.echo(table(["cut", "prec", "codec", "device ms", "wire B", "net ms", "server ms", "total ms",
                           "dev MiB", "loss", "feasible"], rows))

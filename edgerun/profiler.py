@@ -28,6 +28,7 @@ import numpy as np
 from edgerun.errors import ConfigError
 from edgerun.profiles import WHOLE
 
+PRECISIONS = ("fp32", "int8", "int4")
 DEFAULT_MODELS = ("zoo:digits-cnn", "zoo:efficientnet-lite0")
 
 
@@ -51,11 +52,12 @@ def _example(traced) -> np.ndarray:
     return np.ascontiguousarray(traced.source.example.detach().cpu().numpy(), dtype=np.float32)
 
 
-def profile_model(spec: str, *, repeats: int, threads: int = 1, log: Callable[[str], None] = lambda s: None) -> dict:
-    """Time the native front half at every cut (and whole), and the ORT back half at every cut.
+def profile_model(spec: str, *, repeats: int, threads: int = 1, precisions: tuple[str, ...] = PRECISIONS,
+                  log: Callable[[str], None] = lambda s: None) -> dict:
+    """Time the native front half at every cut (and whole) per precision, and the ORT back half at every cut.
 
     Returns:
-        ``{"model", "device": [(cut, ms, macs, nodes)], "server": [(cut, ms, macs, nodes)]}``;
+        ``{"model", "device": {precision: [(cut, ms, macs, nodes)]}, "server": [(cut, ms, macs, nodes)]}``;
         cut ``-1`` is "nothing on the device", ``WHOLE`` the whole model.
     """
     from edgerun.engine import NativeEngine, OrtEngine
@@ -68,26 +70,32 @@ def profile_model(spec: str, *, repeats: int, threads: int = 1, log: Callable[[s
     x = _example(traced)
     model_id = traced.source.model_id
     total_macs = traced.cuts[0].front_macs + traced.cuts[0].back_macs if traced.cuts else 0
-    dev, srv = [], []
+    from edgerun.exporters.planner_loss import front_precisions
+
+    dev: dict[str, list] = {p: [] for p in precisions}
+    srv: list = []
     with tempfile.TemporaryDirectory(prefix="edgerun-profile-") as tmp:
         t = Path(tmp)
-        write_erg(traced.model, t / "whole.erg")
-        eng = NativeEngine(t / "whole.erg", max_batch=1, threads=threads)
-        dev.append((WHOLE, time_ms(lambda: eng.run(x), repeats), total_macs, _nodes(traced.model)))
+        for prec in precisions:
+            write_erg(traced.model, t / "whole.erg", precisions=front_precisions(traced.model, prec))
+            eng = NativeEngine(t / "whole.erg", max_batch=1, threads=threads)
+            dev[prec].append((WHOLE, time_ms(lambda: eng.run(x), repeats), total_macs, _nodes(traced.model)))
         onnx.save(traced.model, t / "whole.onnx")
         ort_whole = OrtEngine(t / "whole.onnx", threads=threads)
         srv.append((-1, time_ms(lambda: ort_whole.run(x), repeats), total_macs, _nodes(traced.model)))
         for cut in traced.cuts:
             front, back = split(traced.model, cut)
-            write_erg(front, t / "f.erg")
-            fe = NativeEngine(t / "f.erg", max_batch=1, threads=threads)
-            dev.append((cut.index, time_ms(lambda: fe.run(x), repeats), cut.front_macs, _nodes(front)))
+            for prec in precisions:
+                write_erg(front, t / "f.erg", precisions=front_precisions(front, prec))
+                fe = NativeEngine(t / "f.erg", max_batch=1, threads=threads)
+                dev[prec].append((cut.index, time_ms(lambda: fe.run(x), repeats), cut.front_macs, _nodes(front)))
             mid = fe.run(x)
             onnx.save(back, t / "b.onnx")
             be = OrtEngine(t / "b.onnx", threads=threads)
             feeds = {n: mid[n] for n in be.input_names}
             srv.append((cut.index, time_ms(lambda: be.run(feeds), repeats), cut.back_macs, _nodes(back)))
-            log(f"{model_id} cut {cut.index} ({cut.label}): device {dev[-1][1]:.3f} ms, server {srv[-1][1]:.3f} ms")
+            log(f"{model_id} cut {cut.index} ({cut.label}): device "
+                + ", ".join(f"{p} {dev[p][-1][1]:.3f}" for p in precisions) + f" ms, server {srv[-1][1]:.3f} ms")
     return {"model": model_id, "device": dev, "server": srv}
 
 
@@ -110,7 +118,8 @@ def fit_compute(points: list[tuple[int, float, int, int]]) -> dict[str, float]:
 
 
 def profile_machine(models: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, repeats: int = 20, threads: int = 1,
-                    name: str = "this-machine", log: Callable[[str], None] = lambda s: None) -> dict[str, dict]:
+                    name: str = "this-machine", precisions: tuple[str, ...] = PRECISIONS,
+                    log: Callable[[str], None] = lambda s: None) -> dict[str, dict]:
     """Measure ``models`` and build ``{"device": {...}, "server": {...}}`` profile dicts (TOML-ready).
 
     Raises:
@@ -118,16 +127,17 @@ def profile_machine(models: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, rep
     """
     if repeats < 1:
         raise ConfigError(f"repeats={repeats} must be >= 1")
-    results = [profile_model(m, repeats=repeats, threads=threads, log=log) for m in models]
+    results = [profile_model(m, repeats=repeats, threads=threads, precisions=precisions, log=log) for m in models]
     cmd = f"edgerun profile --repeats {repeats} --threads {threads} " + " ".join(f"--model {m}" for m in models)
     meta = {"cpu": platform.processor() or platform.machine(), "threads": threads, "repeats": repeats,
             "measured_by": cmd, "date": time.strftime("%Y-%m-%d")}
     mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
     device = {"kind": "device", "name": name, "isa": platform.machine(), "cores": os.cpu_count() or 1,
               "memory_mb": round(mem_mb), "description": f"measured on this machine, native engine, {threads} thread(s)",
-              "meta": meta, "compute": {"fp32": fit_compute([p for r in results for p in r["device"]])},
-              "measured": [{"model": r["model"], "cut": c, "precision": "fp32", "ms": round(ms, 4)}
-                           for r in results for (c, ms, _, _) in r["device"]]}
+              "meta": meta,
+              "compute": {p: fit_compute([pt for r in results for pt in r["device"][p]]) for p in precisions},
+              "measured": [{"model": r["model"], "cut": c, "precision": p, "ms": round(ms, 4)}
+                           for r in results for p in precisions for (c, ms, _, _) in r["device"][p]]}
     server = {"kind": "server", "name": f"{name}-server", "memory_mb": round(mem_mb),
               "description": f"measured on this machine, onnxruntime CPU back halves, {threads} thread(s)",
               "meta": meta, "compute": {"fp32": fit_compute([p for r in results for p in r["server"]])},

@@ -211,7 +211,7 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
     rep = {
         "cut": cut.label,
         "cut_index": cut.index,
-        "front_precision": native.get("layers") or native["precision"],
+        "front_precision": native.get("layers") if native["precision"] == "mixed" else native["precision"],
         "front_precision_mode": cfg.front_precision,
         "front_weight_bytes": native.get("weight_bytes"),
         "back_precision": cfg.back_precision,

@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -81,7 +80,7 @@ class Candidate:
     server_ms: float
     total_ms: float
     device_mem_bytes: int
-    metric_loss: float
+    metric_loss: float | None  # None: lossy and not measured (slower than the chosen plan)
     feasible: bool
     violations: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)
@@ -125,39 +124,17 @@ class Plan:
 
 # ----------------------------------------------------------------------------- registries
 def available_precisions() -> list[str]:
-    """Front precisions the exporter can produce now: fp32, plus what ``quantize_front`` offers."""
-    try:
-        mod = importlib.import_module("edgerun.exporters.quantize_front")
-    except ImportError:
-        return ["fp32"]
-    offered = getattr(mod, "PRECISIONS", None) or getattr(mod, "available_precisions", lambda: ())()
-    return ["fp32"] + [p for p in offered if p != "fp32" and p in _PRECISION_BYTES]
+    """Front precisions the native engine runs (``exporters/erg.py``)."""
+    return ["fp32", "int8", "int4"]
 
 
 def available_codecs() -> list[str]:
-    """Codec settings the device/server pair can run: "none", plus ``edgerun.codec.PLANNER_CODECS`` when declared."""
-    try:
-        mod = importlib.import_module("edgerun.codec")
-    except ImportError:
-        return ["none"]
-    return ["none"] + [c for c in getattr(mod, "PLANNER_CODECS", ()) if c != "none"]
+    """Codec settings the device/server pair runs (``edgerun/crossing.py``)."""
+    return ["none", "tsq"]
 
 
-def _metric_loss(precision: str, codec: str, ctx: "_Ctx", cut_index: int) -> float | None:
-    """Loss vs the fp32 whole model on calibration data; None = this combination cannot be evaluated yet."""
-    if precision == "fp32" and codec == "none":
-        return 0.0  # the fp32 halves run the same ops on the same weights: exact
-    hook = getattr(_try_import("edgerun.exporters.quantize_front"), "planner_metric_loss", None)
-    if hook is None:
-        return None
-    return float(hook(ctx.traced, cut_index, precision, codec, ctx.calib))
-
-
-def _try_import(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        return None
+def _lossless(precision: str, codec: str) -> bool:
+    return precision == "fp32" and codec == "none"  # the fp32 halves run the same ops: exact
 
 
 # ----------------------------------------------------------------------------- costs
@@ -171,6 +148,7 @@ class _Ctx:
     budgets: Budgets
     transport_ms: float
     outputs_bytes: int = 0
+    meter: Any = None  # planner_loss.LossMeter when calibration data exists
 
 
 def _init_bytes(model: onnx.ModelProto) -> int:
@@ -202,10 +180,10 @@ def _io_bytes(model: onnx.ModelProto, outputs: bool) -> int:
     return sum(int(np.prod(shapes[v.name])) * 4 for v in vis)
 
 
-def _candidate(ctx: _Ctx, seg: dict, precision: str, codec: str) -> Candidate | None:
-    loss = _metric_loss(precision, codec, ctx, seg["index"])
-    if loss is None:
-        return None
+def _candidate(ctx: _Ctx, seg: dict, precision: str, codec: str, loss: float | None = None) -> Candidate:
+    """Predicted costs of one candidate; ``loss`` is 0 for lossless ones, else measured (or None)."""
+    if _lossless(precision, codec):
+        loss = 0.0
     mid = ctx.traced.source.model_id
     scale = _PRECISION_BYTES[precision] / 4.0
     dev_ms, dev_src = (0.0, "none") if seg["index"] == -1 else ctx.device.predict_ms(
@@ -216,7 +194,10 @@ def _candidate(ctx: _Ctx, seg: dict, precision: str, codec: str) -> Candidate | 
         up = down = 0
         net_ms = 0.0
     else:
-        up = seg["crossing_bytes"] + MESSAGE_OVERHEAD_BYTES
+        crossing = seg["crossing_bytes"]
+        if codec != "none" and ctx.meter is not None and seg["index"] >= 0:
+            crossing = int(round(ctx.meter.codec_bytes(seg["index"])))  # measured on calibration data
+        up = crossing + MESSAGE_OVERHEAD_BYTES
         down = ctx.outputs_bytes + MESSAGE_OVERHEAD_BYTES
         net_ms = ctx.link.network_ms(up, down) + ctx.transport_ms
     mem = int(seg["front_weight_bytes"] * scale) + seg["front_act_bytes"]
@@ -226,13 +207,13 @@ def _candidate(ctx: _Ctx, seg: dict, precision: str, codec: str) -> Candidate | 
                      mem, loss, not viol, tuple(viol), {"device_ms": dev_src, "server_ms": srv_src})
 
 
-def _violations(b: Budgets, total: float, mem: int, loss: float) -> list[str]:
+def _violations(b: Budgets, total: float, mem: int, loss: float | None) -> list[str]:
     v = []
     if b.max_latency_ms is not None and total > b.max_latency_ms:
         v.append("max_latency_ms")
     if b.max_device_mem_mb is not None and mem > b.max_device_mem_mb * 2**20:
         v.append("max_device_mem_mb")
-    if b.max_accuracy_drop is not None and loss > b.max_accuracy_drop:
+    if b.max_accuracy_drop is not None and loss is not None and loss > b.max_accuracy_drop:
         v.append("max_accuracy_drop")
     return v
 
@@ -261,7 +242,7 @@ def _segments(traced: Any) -> list[dict]:
 # ----------------------------------------------------------------------------- plan
 def plan(model: Any, device: str | DeviceProfile, server: str | ServerProfile, link: str | LinkProfile,
          budgets: Budgets | None = None, *, calib_n: int = 32,
-         transport_overhead_ms: float = TRANSPORT_OVERHEAD_MS) -> Plan:
+         transport_overhead_ms: float = TRANSPORT_OVERHEAD_MS, splits_only: bool = False) -> Plan:
     """Evaluate every candidate and choose the fastest one that meets the budgets.
 
     Args:
@@ -270,6 +251,7 @@ def plan(model: Any, device: str | DeviceProfile, server: str | ServerProfile, l
         budgets: the limits (default: none).
         calib_n: calibration samples used to measure the metric loss of lossy candidates.
         transport_overhead_ms: per-request software cost of the MQTT path beyond the link.
+        splits_only: leave out "all on the server" / "all on the device" (what export needs).
 
     Returns:
         A Plan; ``plan.chosen`` is None when no candidate is feasible (``plan.reason`` says
@@ -285,23 +267,50 @@ def plan(model: Any, device: str | DeviceProfile, server: str | ServerProfile, l
     srv = server if isinstance(server, ServerProfile) else load_server(server)
     lnk = link if isinstance(link, LinkProfile) else load_link(link)
     traced = model if isinstance(model, Traced) else trace_model(model)
-    precisions, codecs = available_precisions(), available_codecs()
-    calib = None
-    if (len(precisions) > 1 or len(codecs) > 1) and traced.source.zoo is not None:
-        calib = traced.source.zoo.calib_data(calib_n)
+    calib = traced.source.zoo.calib_data(calib_n) if traced.source.zoo is not None else None
+    meter = None
+    if calib is not None:
+        from edgerun.exporters.planner_loss import LossMeter
+
+        meter = LossMeter(traced, calib)
+    # a precision the device profile has no compute figures for cannot be predicted: not planned
+    precisions = [p for p in (available_precisions() if meter is not None else ["fp32"]) if p in dev.compute]
+    codecs = available_codecs() if meter is not None else ["none"]
     ctx = _Ctx(traced, calib, dev, srv, lnk, budgets, float(transport_overhead_ms),
-               _io_bytes(traced.model, outputs=True))
+               _io_bytes(traced.model, outputs=True), meter)
     cands = []
     for seg in _segments(traced):
-        for prec in precisions:
-            for codec in (["none"] if seg["index"] == WHOLE else codecs):
-                c = _candidate(ctx, seg, prec, codec)
-                if c is not None:
-                    cands.append(c)
-    cands.sort(key=lambda c: (not c.feasible, c.total_ms, c.device_mem_bytes))
+        if splits_only and seg["index"] in (-1, WHOLE):
+            continue
+        for prec in (["fp32"] if seg["index"] == -1 else precisions):
+            for codec in (["none"] if seg["index"] in (-1, WHOLE) else codecs):
+                cands.append(_candidate(ctx, seg, prec, codec))
+    cands = _choose(ctx, cands)
     chosen = cands[0] if cands and cands[0].feasible else None
     reason = _reason(chosen, cands, budgets)
     return Plan(traced.source.model_id, dev.name, srv.name, lnk.name, budgets, cands, chosen, reason)
+
+
+def _choose(ctx: _Ctx, cands: list[Candidate]) -> list[Candidate]:
+    """Rank candidates; measure the metric loss of lossy ones lazily, fastest first.
+
+    A lossy candidate is measured only while no faster candidate is feasible, so the
+    planner pays only for the measurements that can change its choice.
+    """
+    by_time = sorted(cands, key=lambda c: (c.total_ms, c.device_mem_bytes))
+    done: list[Candidate] = []
+    found = False
+    for c in by_time:
+        lossy = c.metric_loss is None
+        if not found and lossy and not c.violations and ctx.meter is not None and 0 <= c.cut_index < WHOLE:
+            loss, _ = ctx.meter.measure(c.cut_index, c.front_precision, c.codec)
+            viol = _violations(ctx.budgets, c.total_ms, c.device_mem_bytes, loss)
+            c = Candidate(**{**c.__dict__, "metric_loss": loss, "feasible": not viol, "violations": tuple(viol)})
+        elif lossy:
+            c = Candidate(**{**c.__dict__, "feasible": False, "violations": c.violations + ("loss_not_measured",)})
+        found = found or c.feasible
+        done.append(c)
+    return sorted(done, key=lambda c: (not c.feasible, c.total_ms, c.device_mem_bytes))
 
 
 def _reason(chosen: Candidate | None, cands: list[Candidate], b: Budgets) -> str:
@@ -313,7 +322,8 @@ def _reason(chosen: Candidate | None, cands: list[Candidate], b: Budgets) -> str
     msgs = []
     checks = (("max_latency_ms", b.max_latency_ms, min(c.total_ms for c in cands), "ms"),
               ("max_device_mem_mb", b.max_device_mem_mb, min(c.device_mem_bytes for c in cands) / 2**20, "MiB"),
-              ("max_accuracy_drop", b.max_accuracy_drop, min(c.metric_loss for c in cands), ""))
+              ("max_accuracy_drop", b.max_accuracy_drop,
+               min((c.metric_loss for c in cands if c.metric_loss is not None), default=0.0), ""))
     for name, limit, best, unit in checks:
         if limit is not None and best > limit:
             msgs.append(f"{name}={limit:g} cannot be met: the best candidate needs {best:.3g}{unit} "

@@ -20,8 +20,23 @@ def digits_plan(digits_traced):
 def test_every_cut_and_both_extremes_are_candidates(digits_plan, digits_traced):
     idx = {c.cut_index for c in digits_plan.candidates}
     assert idx == {-1, WHOLE} | {c.index for c in digits_traced.cuts}
+    combos = {(c.cut_index, c.front_precision, c.codec) for c in digits_plan.candidates}
+    for cut in digits_traced.cuts:  # rpi4's profile has fp32 compute only; both codecs are planned
+        assert {(cut.index, "fp32", "none"), (cut.index, "fp32", "tsq")} <= combos
     for c in digits_plan.candidates:
-        assert c.front_precision == "fp32" and c.codec == "none" and c.metric_loss == 0.0
+        if c.front_precision == "fp32" and c.codec == "none":
+            assert c.metric_loss == 0.0  # lossless: exact by construction
+
+
+def test_lossy_candidates_are_measured_only_when_they_could_win(digits_traced):
+    """With only splits allowed over a slow link, the fastest split is a codec one: measured, chosen."""
+    from edgerun.exporters.planner import Budgets, plan
+
+    p = plan(digits_traced, "rpi4", "cpu-server", "lte", Budgets(max_accuracy_drop=0.01), splits_only=True)
+    assert p.chosen is not None and p.chosen.codec == "tsq"
+    assert p.chosen.metric_loss is not None and p.chosen.metric_loss <= 0.01
+    slower_lossy = [c for c in p.candidates if c.codec == "tsq" and c.total_ms > p.chosen.total_ms]
+    assert all(c.metric_loss is None and not c.feasible for c in slower_lossy)
 
 
 def test_json_has_the_interface_fields(digits_plan):
@@ -55,7 +70,9 @@ def test_extremes(digits_plan):
 
 
 def test_ranked_feasible_first_then_fastest(digits_plan):
-    totals = [c.total_ms for c in digits_plan.candidates]
+    feasible = [c.feasible for c in digits_plan.candidates]
+    assert feasible == sorted(feasible, reverse=True)
+    totals = [c.total_ms for c in digits_plan.candidates if c.feasible]
     assert totals == sorted(totals)
     assert digits_plan.chosen == digits_plan.candidates[0]
     assert digits_plan.choice() == (digits_plan.chosen.cut, "fp32", "none")

@@ -1,0 +1,125 @@
+"""What a lossy plan costs, measured on calibration data: metric loss and codec bytes.
+
+The planner asks only for the candidates it might choose (see ``planner.plan``):
+each measurement runs the front half as the device would (native engine at the
+candidate's precision), the crossing tensor through the codec (C++ encoder, numpy
+decoder), and the fp32 back half on onnxruntime, against the fp32 whole model.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from edgerun.exporters.evaluate import EVAL_BATCH
+
+DEFAULT_CODEC_BUDGET = 2e-3  # the exporter's default (ExportConfig.codec_budget)
+
+
+def _ort(model: onnx.ModelProto):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _run(sess, feeds_fn, n: int) -> list[np.ndarray]:
+    chunks = [sess.run(None, feeds_fn(i, min(i + EVAL_BATCH, n))) for i in range(0, n, EVAL_BATCH)]
+    return [np.concatenate([c[k] for c in chunks]) for k in range(len(chunks[0]))]
+
+
+def front_precisions(front: onnx.ModelProto, precision: str) -> dict[str, str] | None:
+    """Per-layer precisions of a uniform mode (int4 keeps depthwise layers at int8, as the exporter does)."""
+    if precision == "fp32":
+        return None
+    from edgerun.exporters.erg import weight_layers
+
+    return {lay["name"]: ("int8" if precision == "int4" and lay["depthwise"] else precision)
+            for lay in weight_layers(front)}
+
+
+class LossMeter:
+    """Measures candidates of one traced model on one calibration batch."""
+
+    def __init__(self, traced: Any, calib_x: np.ndarray) -> None:
+        self.traced = traced
+        self.x = np.ascontiguousarray(calib_x, dtype=np.float32)
+        self.in_name = traced.model.graph.input[0].name
+        whole = _ort(traced.model)
+        self.ref = _run(whole, lambda a, b: {self.in_name: self.x[a:b]}, len(self.x))[0]
+        self.regression = getattr(traced.source.zoo, "metric", "") == "action_mae"
+        self._acts: dict[int, dict[str, np.ndarray]] = {}
+        self._codec_bytes: dict[int, float] = {}
+
+    def _split(self, cut_index: int):
+        from edgerun.exporters.split import split
+
+        return split(self.traced.model, self.traced.cuts[cut_index])
+
+    def _fp32_acts(self, cut_index: int, front: onnx.ModelProto) -> dict[str, np.ndarray]:
+        if cut_index not in self._acts:
+            sess = _ort(front)
+            outs = _run(sess, lambda a, b: {self.in_name: self.x[a:b]}, len(self.x))
+            self._acts[cut_index] = {o.name: v for o, v in zip(sess.get_outputs(), outs)}
+        return self._acts[cut_index]
+
+    def _front_acts(self, cut_index: int, front: onnx.ModelProto, precision: str) -> dict[str, np.ndarray]:
+        if precision == "fp32":
+            return {k: v.copy() for k, v in self._fp32_acts(cut_index, front).items()}
+        from edgerun.engine import make_engine
+        from edgerun.exporters.erg import write_erg
+
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "front.erg"
+            write_erg(front, path, precisions=front_precisions(front, precision))
+            eng = make_engine("native", erg_path=path, threads=1, max_batch=EVAL_BATCH)
+            chunks = [eng.run({self.in_name: self.x[i : i + EVAL_BATCH]}) for i in range(0, len(self.x), EVAL_BATCH)]
+        return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+    def _codec(self, cut_index: int, front: onnx.ModelProto, acts: dict[str, np.ndarray]) -> tuple[dict, float]:
+        """Round-trip ``acts`` through tsq calibrated on the fp32 activations; mean bytes per sample."""
+        from edgerun import codec as tsq
+
+        params = {k: tsq.calibrate(v, budget=DEFAULT_CODEC_BUDGET) for k, v in self._fp32_acts(cut_index, front).items()}
+        out, total = {}, 0
+        for k, v in acts.items():
+            rows = []
+            for j in range(len(v)):
+                payload = tsq.encode_native(np.ascontiguousarray(v[j : j + 1]), params[k])
+                total += len(payload) + len(params[k].to_bytes())
+                rows.append(tsq.decode(payload, v[j : j + 1].shape, params[k]))
+            out[k] = np.concatenate(rows)
+        return out, total / len(self.x)
+
+    def codec_bytes(self, cut_index: int) -> float:
+        """Mean tsq bytes per request at this cut on the fp32 calibration activations."""
+        if cut_index not in self._codec_bytes:
+            front, _ = self._split(cut_index)
+            acts = self._fp32_acts(cut_index, front)
+            self._codec_bytes[cut_index] = self._codec(cut_index, front, acts)[1]
+        return self._codec_bytes[cut_index]
+
+    def measure(self, cut_index: int, precision: str, codec: str) -> tuple[float, float | None]:
+        """(metric loss, codec bytes per request or None) of one candidate.
+
+        Loss is 1 - top-1 agreement with the fp32 whole model (classifiers), or the mean
+        absolute action error relative to the actions' spread (policies).
+        """
+        front, back = self._split(cut_index)
+        acts = self._front_acts(cut_index, front, precision)
+        nbytes = None
+        if codec != "none":
+            acts, nbytes = self._codec(cut_index, front, acts)
+        sess = _ort(back)
+        out = _run(sess, lambda a, b: {i.name: acts[i.name][a:b] for i in sess.get_inputs()}, len(self.x))[0]
+        if self.regression:
+            loss = float(np.mean(np.abs(out - self.ref)) / (np.std(self.ref) or 1.0))
+        else:
+            loss = 1.0 - float(np.mean(out.argmax(-1) == self.ref.argmax(-1)))
+        return loss, nbytes
