@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -33,14 +32,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from edgerun import procs
 from edgerun.bundle import Bundle, write_manifest
-from edgerun.errors import ConfigError, TransportError
+from edgerun.errors import ConfigError
 from edgerun.profiles import LinkProfile, load_link
 from edgerun.report import percentiles
 
 STAGES = ("device", "encode", "network", "server", "decode", "total")
 QS = (50, 95, 99)
-SERVER_START_TIMEOUT_S = 60.0
 
 
 def make_server_bundle(b: Bundle, out: Path) -> Bundle:
@@ -83,38 +82,6 @@ def make_server_bundle(b: Bundle, out: Path) -> Bundle:
     return Bundle.load(out)
 
 
-def _start_server(bundle_dir: Path, url: str, log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "wb")
-    cmd = [sys.executable, "-m", "edgerun", "serve", str(bundle_dir), "--broker", url]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _first_answer(dev: Any, x: np.ndarray, server: subprocess.Popen, log_path: Path) -> None:
-    """Retry the first request until the server process has subscribed."""
-    t0 = time.monotonic()
-    while True:
-        if server.poll() is not None:
-            raise TransportError(f"`edgerun serve` exited ({server.returncode}); its log:\n"
-                                 f"{log_path.read_text()[-2000:]}")
-        try:
-            dev.infer(x, deadline_ms=2000)
-            return
-        except TransportError:
-            if time.monotonic() - t0 > SERVER_START_TIMEOUT_S:
-                raise
-
-
 def _local_mode(run: Callable[[np.ndarray], Any], xs: np.ndarray, requests: int, warmup: int) -> dict:
     for i in range(warmup):
         run(xs[i % len(xs)][None])
@@ -133,8 +100,10 @@ def _remote_mode(bundle: Bundle, emu: Any, server: subprocess.Popen, log_path: P
     from edgerun.device import Device
 
     answered: dict[str, int] = defaultdict(int)
+    confident_exits = bool(bundle.manifest.get("exits")) and device_opts.get("budget") != "off"
     with Device(bundle, broker=emu.url, engine=engine, timeout_ms=30000, **device_opts) as dev:
-        _first_answer(dev, xs[:1], server, log_path)
+        if not confident_exits:  # a device with confident exits may never need the server
+            procs.first_server_answer(dev, xs[:1], server, log_path)
         for i in range(warmup):
             dev.infer(xs[i % len(xs)][None])
         up0, down0 = emu.up.bytes, emu.down.bytes
@@ -226,14 +195,14 @@ def _run_remote(b: Bundle, lnk: LinkProfile, remote: list[str], work: Path, xs: 
     from edgerun.linkemu import LinkConfig, LinkEmulator
 
     sb = make_server_bundle(b, work / "server-bundle") if "server" in remote else None
-    procs: list[subprocess.Popen] = []
+    children: list[subprocess.Popen] = []
     with Mosquitto() as broker:
         try:
-            split_proc = _start_server(b.path, broker.url, work / "serve-split.log")
-            procs.append(split_proc)
+            split_proc = procs.start_server(b.path, broker.url, work / "serve-split.log")
+            children.append(split_proc)
             if sb is not None:
-                srv_proc = _start_server(sb.path, broker.url, work / "serve-whole.log")
-                procs.append(srv_proc)
+                srv_proc = procs.start_server(sb.path, broker.url, work / "serve-whole.log")
+                children.append(srv_proc)
             with LinkEmulator(parse_broker_url(broker.url), LinkConfig.from_profile(lnk, outages=())) as emu:
                 if sb is not None:
                     log("mode server")
@@ -251,8 +220,8 @@ def _run_remote(b: Bundle, lnk: LinkProfile, remote: list[str], work: Path, xs: 
                         out[mode] = _remote_mode(b, emu, split_proc, work / "serve-split.log", engine, xs,
                                                  requests, warmup, **variants[mode])
         finally:
-            for p in procs:
-                _stop(p)
+            for p in children:
+                procs.stop(p)
 
 
 def plot(report: dict, path: str | Path) -> Path:

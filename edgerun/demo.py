@@ -10,68 +10,21 @@ stopped on the way out, Ctrl-C included.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from edgerun.errors import TransportError
+from edgerun import procs
 from edgerun.report import percentiles, stage_table, table
 
 STAGES = ("device", "encode", "network", "server", "decode", "total")
-SERVER_START_TIMEOUT_S = 60.0
 
 
 def _log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
-
-
-def _start_server(bundle_dir: Path, url: str, log_path: Path) -> subprocess.Popen:
-    log = open(log_path, "wb")
-    cmd = [sys.executable, "-m", "edgerun", "serve", str(bundle_dir), "--broker", url]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _first_answer(dev, x: np.ndarray, server: subprocess.Popen, log_path: Path):
-    """Retry the first request until the server process has subscribed."""
-    t0 = time.monotonic()
-    while True:
-        if server.poll() is not None:
-            raise TransportError(f"the server process exited ({server.returncode}); its log:\n{log_path.read_text()[-2000:]}")
-        try:
-            return dev.infer(x)
-        except TransportError:
-            if time.monotonic() - t0 > SERVER_START_TIMEOUT_S:
-                raise
-
-
-def _first_answer_server(dev, x: np.ndarray, server: subprocess.Popen, log_path: Path):
-    """Like _first_answer, on a device with exits: wait until the server itself answers."""
-    t0 = time.monotonic()
-    while True:
-        r = _first_answer(dev, x, server, log_path)
-        if r.answered_by == "server":
-            return r
-        if server.poll() is not None or time.monotonic() - t0 > SERVER_START_TIMEOUT_S:
-            raise TransportError(f"no server answered within {SERVER_START_TIMEOUT_S:g} s; its log:\n"
-                                 f"{log_path.read_text()[-2000:]}")
-        time.sleep(0.2)
 
 
 def run_demo(
@@ -106,12 +59,13 @@ def run_demo(
         _log(f"broker up at {broker.url}; starting `edgerun serve`")
         log_path = work / "server.log"
         try:
-            server = _start_server(bundle.path, broker.url, log_path)
-            if budget:  # exits would answer locally: warm up on a device that always asks the server
-                with Device(bundle, broker=broker.url, engine=engine, budget="off") as warm:
-                    _first_answer_server(warm, x_test[:1], server, log_path)
+            server = procs.start_server(bundle.path, broker.url, log_path)
+            # wait for the server on a device without confident exits (they would answer locally)
+            warm_budget = "off" if bundle.manifest.get("exits") else None
+            with Device(bundle, broker=broker.url, engine=engine, budget=warm_budget) as warm:
+                procs.first_server_answer(warm, x_test[:1], server, log_path)
             with Device(bundle, broker=broker.url, engine=engine, budget=budget) as dev:
-                _first_answer(dev, x_test[:1], server, log_path)  # warm-up, not counted
+                dev.infer(x_test[:1])  # warm-up, not counted
                 _log(f"running {len(x_test)} test samples through the split ({engine} front half)")
                 for i in range(len(x_test)):
                     r = dev.infer(x_test[i : i + 1])
@@ -122,7 +76,7 @@ def run_demo(
                     for k, v in r.timings_ms.items():
                         samples[k].append(v)
         finally:
-            _stop(server)
+            procs.stop(server)
     split_top1 = np.array(split_top1)
     summary = {
         "model": bundle.model_id,

@@ -294,7 +294,7 @@ def build_exits(traced, cut: Cut, out: Path, n_exits: int, budgets: tuple[Budget
         ExportError: the model has no training data or not one 2-D output.
     """
     from edgerun.exits import Segments
-    from edgerun.exporters.exits_calib import ExitTable, calibrate, plot, simulate, sweep
+    from edgerun.exporters.exits_calib import ExitTable, calibrate, plot
 
     budgets = tuple(budgets or DEFAULT_BUDGETS)
     model = traced.model

@@ -20,7 +20,7 @@ import onnx
 
 from edgerun import __version__
 from edgerun.bundle import Bundle, TensorSpec, write_manifest
-from edgerun.errors import ConfigError, UnsupportedOpError
+from edgerun.errors import ConfigError
 from edgerun.exporters import trace
 from edgerun.exporters.cuts import Cut, find_cuts, resolve_cut, shapes_of
 from edgerun.exporters.evaluate import calibration_activations, evaluate_split
