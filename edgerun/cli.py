@@ -34,7 +34,7 @@ def export_cmd(
     front_precision: str = typer.Option("fp32", help="front half weights: fp32 | int8 | int4 | auto"),
     back_precision: str = typer.Option("fp32", help="back half: fp32 | fp16 | int8 (onnxruntime tools)"),
     codec: str = typer.Option("none", help="activation codec on the wire: none | tsq"),
-    codec_budget: float = typer.Option(2e-3, help="tsq distortion budget (relative MSE)"),
+    codec_budget: Optional[float] = typer.Option(None, help="tsq distortion budget (relative MSE); default: chosen on calibration data"),
     group_size: int = typer.Option(32, help="int4 group size"),
     max_device_mem_mb: Optional[float] = typer.Option(None, help="device memory budget for --front-precision auto"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip measuring the split on held-out data"),

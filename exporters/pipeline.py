@@ -50,7 +50,8 @@ class ExportConfig:
         max_device_mem_mb: device memory budget (weights + activation arena) for ``auto``.
         back_precision: ``fp32``, ``fp16`` or ``int8`` (onnxruntime's own tools).
         codec: activation codec on the wire: ``none`` or ``tsq``.
-        codec_budget: tsq distortion budget (relative MSE of the dense part).
+        codec_budget: tsq distortion budget (relative MSE of the dense part); None = chosen on
+            calibration data (see ``stages.calibrate_codec``).
         calib_samples: calibration inputs for quantization and the codec.
         exits: early exits: None / "none", "auto" (2 intermediate + the deepest at the cut)
             or a number of exits (see ``exporters.exits``).
@@ -67,7 +68,7 @@ class ExportConfig:
     max_device_mem_mb: float | None = None
     back_precision: str = "fp32"
     codec: str = "none"
-    codec_budget: float = 2e-3
+    codec_budget: float | None = None
     calib_samples: int = 64
     exits: str | int | None = None
     budgets: tuple | None = None
@@ -79,8 +80,9 @@ class ExportConfig:
             raise ConfigError(f"back_precision {self.back_precision!r}: use one of {BACK_PRECISIONS}")
         if self.codec not in CODECS:
             raise ConfigError(f"codec {self.codec!r}: use one of {CODECS}")
-        if not 0 < self.codec_budget < 1:
-            raise ConfigError(f"codec_budget is a relative MSE in (0, 1), got {self.codec_budget}; try 2e-3")
+        if self.codec_budget is not None and not 0 < self.codec_budget < 1:
+            raise ConfigError(f"codec_budget is a relative MSE in (0, 1), got {self.codec_budget}; "
+                              "try 1e-3, or leave it unset to choose it on calibration data")
         if self.calib_samples < 1:
             raise ConfigError(f"calib_samples must be >= 1, got {self.calib_samples}")
         if self.max_cut_tensors < 1:
@@ -151,8 +153,9 @@ def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> Non
     np.savez(out / "samples.npz", inputs=_samples(traced.source, traced.model))
     calib_x, calib_acts = calibration_activations(traced.source, out / "front.onnx", cfg.calib_samples)
     native = stages.write_front(front, out / "front.erg", calib_x, cfg)
+    onnx.save(back, out / "back.onnx")  # fp32 first: the codec's budget is chosen against it
+    codec = stages.calibrate_codec(calib_acts, cfg, out / "back.onnx")
     onnx.save(quantize_back(back, cfg.back_precision, calib_acts), out / "back.onnx")
-    codec = stages.calibrate_codec(calib_acts, cfg)
     files = {
         "whole.onnx": {"role": "whole model, fp32 (reference; all-on-server mode)"},
         "front.onnx": {"role": "front half, fp32, onnxruntime (--engine ort)"},

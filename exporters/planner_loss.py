@@ -17,7 +17,7 @@ import onnx
 
 from edgerun.exporters.evaluate import EVAL_BATCH
 
-DEFAULT_CODEC_BUDGET = 2e-3  # the exporter's default (ExportConfig.codec_budget)
+DEFAULT_CODEC_BUDGET = 1e-3  # planning estimate; the exporter then chooses the budget on calibration data
 
 
 def _ort(model: onnx.ModelProto):

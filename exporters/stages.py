@@ -54,18 +54,56 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
             "weight_bytes": int(info.get("weight_bytes", 0))}
 
 
-def calibrate_codec(acts: dict[str, np.ndarray], cfg: ExportConfig) -> dict:
-    """Calibrate the wire codec on the fp32 cut activations; the manifest's ``codec`` entry."""
+# Budgets tried by the automatic choice, smallest (most accurate) first.
+AUTO_BUDGETS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+# The automatic choice keeps the calibration top-1 agreement with the uncoded split at least this.
+AUTO_MIN_AGREEMENT = 0.995
+
+
+def calibrate_codec(acts: dict[str, np.ndarray], cfg: ExportConfig, back_path: Path | None = None) -> dict:
+    """Calibrate the wire codec on the fp32 cut activations; the manifest's ``codec`` entry.
+
+    With ``cfg.codec_budget`` None the budget is chosen on calibration data: budgets are
+    tried from the smallest up, and the largest one before the back half's top-1 agreement
+    with the uncoded split drops below ``AUTO_MIN_AGREEMENT`` is kept (scanning stops at
+    the first failure: a lucky pass at a larger budget on few samples does not transfer).
+    """
     if cfg.codec == "none":
         return {"id": "none"}
     from edgerun import codec as tsq
 
-    params = {name: tsq.calibrate(a, budget=cfg.codec_budget) for name, a in acts.items()}
+    budget = cfg.codec_budget
+    if budget is None:
+        budget = _auto_budget(acts, back_path)
+    params = {name: tsq.calibrate(a, budget=budget) for name, a in acts.items()}
     return {
         "id": cfg.codec,
-        "budget": cfg.codec_budget,
+        "budget": budget,
+        "budget_rule": "given" if cfg.codec_budget is not None else
+        f"auto: largest of {list(AUTO_BUDGETS)} with calibration agreement >= {AUTO_MIN_AGREEMENT}",
         "params": {name: p.to_bytes().hex() for name, p in params.items()},
     }
+
+
+def _auto_budget(acts: dict[str, np.ndarray], back_path: Path | None) -> float:
+    from edgerun import codec as tsq
+    from edgerun.exporters.evaluate import session
+
+    back = session(back_path)
+    names = [i.name for i in back.get_inputs()]
+    ref = back.run(None, {n: acts[n] for n in names})[0]
+    chosen = AUTO_BUDGETS[0]
+    for budget in AUTO_BUDGETS:
+        entry = {"params": {n: tsq.calibrate(a, budget=budget).to_bytes().hex() for n, a in acts.items()}}
+        rt = codec_roundtrip(entry)
+        coded = {n: np.concatenate([rt({n: acts[n][j : j + 1]})[0][n] for j in range(len(acts[n]))]) for n in names}
+        out = back.run(None, coded)[0]
+        agree = float(np.mean(out.argmax(-1) == ref.argmax(-1))) if out.shape[-1] > 1 else \
+            1.0 - float(np.mean(np.abs(out - ref)) / (np.std(ref) or 1.0))
+        if agree < AUTO_MIN_AGREEMENT:
+            break
+        chosen = budget
+    return chosen
 
 
 def codec_roundtrip(entry: dict):
