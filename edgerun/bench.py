@@ -82,6 +82,54 @@ def make_server_bundle(b: Bundle, out: Path) -> Bundle:
     return Bundle.load(out)
 
 
+class SlowedEngine:
+    """A front-half engine made ``factor`` times slower: emulates a slower device than this machine.
+
+    After each run it waits ``(factor - 1)`` times the measured compute time (busy-waiting
+    the last 0.2 ms so short segments stay accurate). Outputs are unchanged.
+    """
+
+    def __init__(self, engine: Any, factor: float) -> None:
+        self.engine, self.factor = engine, float(factor)
+
+    def run(self, feeds: Any) -> Any:
+        t0 = time.perf_counter()
+        out = self.engine.run(feeds)
+        now = time.perf_counter()
+        until = now + (now - t0) * (self.factor - 1.0)
+        if until - now > 2e-4:
+            time.sleep(until - now - 2e-4)
+        while time.perf_counter() < until:
+            pass
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+
+def slow_down(dev: Any, factor: float) -> None:
+    """Wrap a Device's front-half engines (plain or exit segments) in ``SlowedEngine``."""
+    if factor == 1.0:
+        return
+    if getattr(dev, "engine", None) is not None:
+        dev.engine = SlowedEngine(dev.engine, factor)
+    if getattr(dev, "exits", None) is not None:
+        segs = dev.exits.segments
+        segs.engines = [SlowedEngine(e, factor) for e in segs.engines]
+
+
+def device_slowdown(device: str | None) -> tuple[float, str]:
+    """How much slower a profiled device is than this machine (fp32 GMAC/s ratio of the profiles)."""
+    if device is None:
+        return 1.0, "measured on this machine, not scaled"
+    from edgerun.profiles import load_device
+
+    here, there = load_device("this-machine"), load_device(device)
+    factor = max(1.0, here.compute["fp32"].gmacs / there.compute["fp32"].gmacs)
+    return factor, (f"EMULATED {there.name}: this machine's measured device compute x{factor:.2f} "
+                    f"(fp32 GMAC/s of devices/this-machine.toml over devices/{there.name}.toml)")
+
+
 def _local_mode(run: Callable[[np.ndarray], Any], xs: np.ndarray, requests: int, warmup: int) -> dict:
     for i in range(warmup):
         run(xs[i % len(xs)][None])
@@ -96,12 +144,13 @@ def _local_mode(run: Callable[[np.ndarray], Any], xs: np.ndarray, requests: int,
 
 
 def _remote_mode(bundle: Bundle, emu: Any, server: subprocess.Popen, log_path: Path, engine: str,
-                 xs: np.ndarray, requests: int, warmup: int, **device_opts: Any) -> dict:
+                 xs: np.ndarray, requests: int, warmup: int, slowdown: float = 1.0, **device_opts: Any) -> dict:
     from edgerun.device import Device
 
     answered: dict[str, int] = defaultdict(int)
     confident_exits = bool(bundle.manifest.get("exits")) and device_opts.get("budget") != "off"
     with Device(bundle, broker=emu.url, engine=engine, timeout_ms=30000, **device_opts) as dev:
+        slow_down(dev, slowdown)
         if not confident_exits:  # a device with confident exits may never need the server
             procs.first_server_answer(dev, xs[:1], server, log_path)
         for i in range(warmup):
@@ -129,7 +178,8 @@ def _link_report(link: LinkProfile) -> dict:
 
 
 def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests: int = 100, warmup: int = 5,
-              modes: tuple[str, ...] | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
+              modes: tuple[str, ...] | None = None, device: str | None = None,
+              log: Callable[[str], None] = lambda s: None) -> dict:
     """Run every mode of ``bundle`` over ``link`` and return the report dict.
 
     Args:
@@ -137,6 +187,8 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests:
         link: a link profile name or a loaded profile.
         requests: timed requests per mode (batch 1), after ``warmup`` untimed ones.
         modes: a subset of the modes to run (default: all).
+        device: a device profile to emulate: device compute is slowed by the ratio of this
+            machine's profile to it (reported as such); None = this machine as it is.
 
     Returns:
         ``{"bundle", "model", "cut", "link", "modes": {mode: {"stages": {stage: {p50,p95,p99}},
@@ -156,8 +208,9 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests:
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     lnk = link if isinstance(link, LinkProfile) else load_link(link)
     xs = np.ascontiguousarray(np.load(b.file("samples.npz"))["inputs"], dtype=np.float32)
+    factor, note = device_slowdown(device)
     report: dict[str, Any] = {"bundle": str(b.path), "model": b.model_id, "cut": b.cut_label, "link": lnk.name,
-                              "requests": requests, "device_compute": "measured on this machine, not scaled",
+                              "requests": requests, "device_compute": note, "device_slowdown": round(factor, 3),
                               "modes": {}}
     out = report["modes"]
     work = Path(tempfile.mkdtemp(prefix="edgerun-bench-"))
@@ -169,11 +222,11 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests:
             write_erg(onnx.load(b.file("whole.onnx")), work / "whole.erg")
             eng = make_engine("native", erg_path=work / "whole.erg", max_batch=1)
             log("mode device_native")
-            out["device_native"] = _local_mode(eng.run, xs, requests, warmup)
+            out["device_native"] = _local_mode(SlowedEngine(eng, factor).run, xs, requests, warmup)
         if "device_ort" in modes:
             eng = make_engine("ort", onnx_path=b.file("whole.onnx"))
             log("mode device_ort")
-            out["device_ort"] = _local_mode(eng.run, xs, requests, warmup)
+            out["device_ort"] = _local_mode(SlowedEngine(eng, factor).run, xs, requests, warmup)
         codec_id = str(b.manifest.get("codec", {}).get("id", "none"))
         if "split_codec" in modes and codec_id == "none":
             out["split_codec"] = {"skipped": "the bundle has no codec (export with --codec tsq)"}
@@ -181,7 +234,7 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests:
             out["split_exit"] = {"skipped": "the bundle has no early exits (export with --exits auto)"}
         remote = [m for m in ("server", "split", "split_codec", "split_exit") if m in modes and m not in out]
         if remote:
-            _run_remote(b, lnk, remote, work, xs, requests, warmup, out, log)
+            _run_remote(b, lnk, remote, work, xs, requests, warmup, out, log, factor)
         log("measuring the emulated link")
         report["emulated"] = _link_report(lnk)
     finally:
@@ -190,7 +243,7 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests:
 
 
 def _run_remote(b: Bundle, lnk: LinkProfile, remote: list[str], work: Path, xs: np.ndarray, requests: int,
-                warmup: int, out: dict, log: Callable[[str], None]) -> None:
+                warmup: int, out: dict, log: Callable[[str], None], factor: float = 1.0) -> None:
     from edgerun.broker import Mosquitto, parse_broker_url
     from edgerun.linkemu import LinkConfig, LinkEmulator
 
@@ -218,7 +271,7 @@ def _run_remote(b: Bundle, lnk: LinkProfile, remote: list[str], work: Path, xs: 
                     if mode in remote:
                         log(f"mode {mode}")
                         out[mode] = _remote_mode(b, emu, split_proc, work / "serve-split.log", engine, xs,
-                                                 requests, warmup, **variants[mode])
+                                                 requests, warmup, factor, **variants[mode])
         finally:
             for p in children:
                 procs.stop(p)
@@ -243,7 +296,8 @@ def plot(report: dict, path: str | Path) -> Path:
         ax.text(i, bottom[i], f"{tot:.1f} ms\n{report['modes'][m]['bytes_sent']} B", ha="center", va="bottom",
                 fontsize=8)
     ax.set_ylabel("p50 ms (stacked stages)")
-    ax.set_title(f"{report['model']} cut {report['cut']} over {report['link']} (emulated; device = this machine)")
+    dev = "this machine" if report.get("device_slowdown", 1.0) == 1.0 else f"emulated x{report['device_slowdown']}"
+    ax.set_title(f"{report['model']} cut {report['cut']} over {report['link']} (emulated link; device: {dev})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     p = Path(path)

@@ -84,6 +84,8 @@ def bench_cmd(
     link: str = typer.Option(..., help="link profile: name (wifi, lte, 5g, ethernet) or path"),
     requests: int = typer.Option(100, help="timed requests per mode"),
     warmup: int = typer.Option(5, help="untimed requests per mode first"),
+    device: Optional[str] = typer.Option(None, help="emulate this device profile's speed (device compute "
+                                         "scaled from this machine's profile; reported as emulated)"),
     png: Optional[Path] = typer.Option(None, help="write a stacked-stage chart here"),
     out: Optional[Path] = typer.Option(None, help="also write the JSON report here"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
@@ -92,7 +94,7 @@ def bench_cmd(
     try:
         from edgerun.bench import plot, run_bench
 
-        rep = run_bench(bundle, link, requests=requests, warmup=warmup, log=_log)
+        rep = run_bench(bundle, link, requests=requests, warmup=warmup, device=device, log=_log)
     except EdgerunError as exc:
         _fail(exc)
         return
