@@ -32,7 +32,8 @@ def _keep(model: str, label: str) -> bool:
 
 
 def _measure_cut(traced, cut_index: int, links, work: Path, requests: int) -> dict[str, float]:
-    from edgerun.bench import _remote_mode, _start_server, _stop, make_server_bundle
+    from edgerun import procs
+    from edgerun.bench import _remote_mode, make_server_bundle
     from edgerun.broker import Mosquitto, parse_broker_url
     from edgerun.bundle import Bundle
     from edgerun.exporters.pipeline import ExportConfig, export
@@ -45,7 +46,7 @@ def _measure_cut(traced, cut_index: int, links, work: Path, requests: int) -> di
                                       (work / f"cut{cut_index}" / "samples.npz"))["inputs"], dtype=np.float32)
     out = {}
     with Mosquitto() as broker:
-        proc = _start_server(b.path, broker.url, work / "serve.log")
+        proc = procs.start_server(b.path, broker.url, work / "serve.log")
         try:
             for link in links:
                 with LinkEmulator(parse_broker_url(broker.url), LinkConfig.from_profile(link, outages=())) as emu:
@@ -53,7 +54,7 @@ def _measure_cut(traced, cut_index: int, links, work: Path, requests: int) -> di
                     r = _remote_mode(b, emu, proc, work / "serve.log", engine, xs, requests, 2)
                 out[link.name] = r["stages"]["total"]["p50"]
         finally:
-            _stop(proc)
+            procs.stop(proc)
     return out
 
 
