@@ -1,6 +1,6 @@
 """All modes of both zoo models over every link profile (the `edgerun bench` harness in a loop).
 
-For each model the bundle is exported at the cut the planner chooses for `this-machine` +
+For each model the bundle (with the tsq codec, so split and split_codec are both measured) is exported at the cut the planner chooses for `this-machine` +
 `cpu-server` over LTE restricted to real splits (if the planner prefers an extreme, the
 fastest predicted split is used so the split mode is still measured). Device compute is this
 machine's (no scaling); links are emulated and the emulation is measured in every run.
@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--links", nargs="*", default=list(LINKS))
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--device", default=None, help="emulate this device profile's speed (see `edgerun bench --device`)")
     args = ap.parse_args()
     from edgerun.bench import plot, run_bench
     from edgerun.exporters.pipeline import ExportConfig, export, trace_model
@@ -44,10 +45,12 @@ def main() -> None:
     for spec in args.models:
         traced = trace_model(spec)
         cut = _split_cut(traced, "lte")
-        b = export(traced, ExportConfig(cut=cut, evaluate=False), Path(tempfile.mkdtemp()) / "bundle")
+        b = export(traced, ExportConfig(cut=cut, codec="tsq", evaluate=False), Path(tempfile.mkdtemp()) / "bundle")
         for link in args.links:
-            rep = run_bench(b, link, requests=args.requests, log=lambda s: print(f"[{spec} {link}] {s}", flush=True))
-            rep["png"] = str(plot(rep, args.out / f"bench_{b.model_id}_{link}.png"))
+            rep = run_bench(b, link, requests=args.requests, device=args.device,
+                            log=lambda s: print(f"[{spec} {link}] {s}", flush=True))
+            tag = "" if args.device is None else f"_{args.device}"
+            rep["png"] = str(plot(rep, args.out / f"bench_{b.model_id}_{link}{tag}.png"))
             reports.append(rep)
             for mode, r in rep["modes"].items():
                 if "stages" in r:
@@ -58,8 +61,9 @@ def main() -> None:
             print(f"  emulated {link}: RTT p50 {em['rtt_ms_p50']:.2f} ms (profile {rep['emulated']['profile']['rtt_ms']}"
                   f" + jitter {rep['emulated']['profile']['jitter_ms']}), up {em['up_mbps']:.1f} Mbit/s, "
                   f"down {em['down_mbps']:.1f} Mbit/s", flush=True)
-    (args.out / "bench_links.json").write_text(json.dumps({"device_compute": "measured on this machine, not scaled",
-                                                           "reports": reports}, indent=2) + "\n")
+    name = "bench_links.json" if args.device is None else f"bench_links_{args.device}.json"
+    (args.out / name).write_text(json.dumps({"device_compute": reports[0]["device_compute"] if reports else "",
+                                             "reports": reports}, indent=2) + "\n")
     print(table(["model", "link", "mode", "p50 ms", "p95 ms", "p99 ms", "bytes sent"], rows))
 
 
