@@ -53,11 +53,12 @@ def exit_passes(criterion: str, score: float, threshold: float) -> bool:
 ERG_VERSION: int
 
 def qgemm_path() -> str:
-    """Which int8 GEMM micro-kernel runs here ("avx2", "neon" or "portable")."""
+    """Which int8 GEMM micro-kernel runs here ("avx-vnni", "avx2", "neon" or "portable")."""
     ...
 
 def gemm_path() -> str:
-    """'avx2-fma' or 'portable': the GEMM micro-kernel chosen at run time."""
+    """'avx512', 'avx2-fma' or 'portable': the fp32 GEMM micro-kernel chosen at run time
+    (EDGERUN_NO_AVX512=1 / EDGERUN_FORCE_PORTABLE=1 in the environment force the others)."""
 
 class Engine:
     """Native fp32 engine over a .erg file; allocates nothing per run."""

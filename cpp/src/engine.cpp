@@ -158,7 +158,9 @@ Status Engine::run_step(const Step& s, int32_t batch) {
         break;
       }
       const float* w = in(1);
-      if (s.prec != Precision::kFp32) {
+      if (s.wdeq != nullptr) {
+        w = s.wdeq;
+      } else if (s.prec != Precision::kFp32) {
         kernels::dequantize_rows(s.qw, 0, s.qw.rows, deq_.get(), false);
         w = deq_.get();
       }
@@ -172,8 +174,8 @@ Status Engine::run_step(const Step& s, int32_t batch) {
         kernels::dequantize_rows(s.qw, 0, s.qw.rows, deq_.get(), true);
         b = deq_.get();
       }
-      kernels::sgemm(rows, s.n, s.k, in(0), s.k, b, s.n, y, s.n, scratch_.get(), th);
-      kernels::bias_act_cols(y, rows, s.n, in(2), s.act, s.p0, s.p1);
+      const kernels::GemmEpilogue ep{nullptr, in(2), s.act, s.p0, s.p1};
+      kernels::sgemm(rows, s.n, s.k, in(0), s.k, b, s.n, y, s.n, scratch_.get(), th, &ep);
       break;
     }
     case OpCode::kAdd: case OpCode::kSub: case OpCode::kMul: case OpCode::kDiv: {

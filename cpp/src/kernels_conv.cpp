@@ -1,6 +1,6 @@
 // Convolution: 1x1/stride-1 as a plain GEMM on the input, depthwise as a
 // direct loop with contiguous inner rows, everything else im2col + GEMM per
-// group. Bias and the fused activation are applied in one pass afterwards.
+// group. Bias and the fused activation are applied in the GEMM epilogue.
 #include <algorithm>
 #include <cstring>
 
@@ -65,44 +65,6 @@ void im2col_f32(const ConvParams& p, int64_t cin_g, const float* x, float* col, 
   }
 }
 
-namespace {
-
-void depthwise(const ConvParams& p, int64_t batch, const float* x, const float* w,
-               const float* bias, float* y, int threads) {
-  const int64_t planes = batch * p.cout;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t pc = 0; pc < planes; ++pc) {
-    const int64_t c = pc % p.cout;
-    const float* xc = x + pc * p.h * p.w;
-    const float* wc = w + c * p.kh * p.kw;
-    float* yc = y + pc * p.oh * p.ow;
-    const float b = bias ? bias[c] : 0.f;
-    for (int64_t oy = 0; oy < p.oh; ++oy) {
-      float* o = yc + oy * p.ow;
-      for (int64_t ox = 0; ox < p.ow; ++ox) o[ox] = b;
-      for (int64_t i = 0; i < p.kh; ++i) {
-        const int64_t iy = oy * p.sh - p.pt + i * p.dh;
-        if (iy < 0 || iy >= p.h) continue;
-        for (int64_t j = 0; j < p.kw; ++j) {
-          int64_t ow0, ow1;
-          valid_range(p.w, p.ow, p.sw, p.pl, j * p.dw, &ow0, &ow1);
-          const float wv = wc[i * p.kw + j];
-          const float* xr = xc + iy * p.w - p.pl + j * p.dw;
-          if (p.sw == 1) {
-            for (int64_t ox = ow0; ox < ow1; ++ox) o[ox] += wv * xr[ox];
-          } else {
-            for (int64_t ox = ow0; ox < ow1; ++ox) o[ox] += wv * xr[ox * p.sw];
-          }
-        }
-      }
-      if (p.act != Act::kNone)
-        for (int64_t ox = 0; ox < p.ow; ++ox) o[ox] = act_apply(o[ox], p.act, p.lo, p.hi);
-    }
-  }
-}
-
-}  // namespace
-
 void bias_act_rows(float* y, int64_t rows, int64_t cols, const float* bias, Act act, float lo,
                    float hi) {
   for (int64_t r = 0; r < rows; ++r) {
@@ -127,7 +89,7 @@ void bias_act_cols(float* y, int64_t rows, int64_t cols, const float* bias, Act 
 }
 
 size_t conv2d_scratch_floats(const ConvParams& p, int threads) {
-  if (is_depthwise(p)) return 0;
+  if (is_depthwise(p)) return depthwise_scratch_floats(p, threads);
   size_t col = is_pointwise(p) ? 0 : size_t((p.cin / p.group) * p.kh * p.kw * p.oh * p.ow);
   return col + sgemm_scratch_floats(threads);
 }
@@ -135,7 +97,7 @@ size_t conv2d_scratch_floats(const ConvParams& p, int threads) {
 void conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w, const float* bias,
             float* y, float* scratch, int threads) {
   if (is_depthwise(p) && p.kh * p.kw > 0) {
-    depthwise(p, batch, x, w, bias, y, threads);
+    depthwise_conv(p, batch, x, w, bias, y, scratch, threads);
     return;
   }
   const int64_t cin_g = p.cin / p.group, cout_g = p.cout / p.group;
@@ -153,14 +115,10 @@ void conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w, 
         im2col_f32(p, cin_g, xg, col, threads);
         B = col;
       }
+      const GemmEpilogue ep{bias ? bias + g * cout_g : nullptr, nullptr, p.act, p.lo, p.hi};
       sgemm(cout_g, plane, kdim, w + g * cout_g * kdim, kdim, B, plane, yn + g * cout_g * plane,
-            plane, pack, threads);
+            plane, pack, threads, &ep);
     }
-    const int64_t rows = p.cout;
-    // Rows are independent: split the epilogue across threads too.
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t r = 0; r < rows; ++r)
-      bias_act_rows(yn + r * plane, 1, plane, bias ? bias + r : nullptr, p.act, p.lo, p.hi);
   }
 }
 

@@ -1,12 +1,16 @@
-// Cache-blocked fp32 GEMM with a 6x16 register micro-kernel: an AVX2+FMA
-// version chosen at run time and a portable one the compiler vectorises.
-// B is packed per (K block, N block) into 16-wide strips so the micro-kernel
-// streams it contiguously; A rows are read in place (6 short streams).
+// Cache-blocked fp32 GEMM with register micro-kernels chosen at run time:
+// AVX-512 8x32 (kernels_gemm_avx512.cpp), AVX2+FMA 6x16, or a portable 6x16
+// the compiler vectorises. When K fits one block (1x1 convs, im2col panels of
+// small convs) full B strips are read in place; otherwise B is packed per
+// (K block, N block) into strips. A rows are read in place. Bias + activation
+// are applied to each tile in registers after its last K block (no second
+// pass over C).
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
 #include "edgerun/kernels.h"
+#include "gemm_ukr.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -22,37 +26,52 @@ constexpr int64_t kMR = 6;    // micro-tile rows
 constexpr int64_t kNR = 16;   // micro-tile cols (two AVX registers)
 constexpr int64_t kKC = 256;  // K block: a packed B strip stays in L1
 constexpr int64_t kNC = 128;  // N block per task: packed B block stays in L2
-constexpr int64_t kMC = 96;   // M rows per task
+constexpr int64_t kMC = 240;  // M rows per task: conv weights up to 240 rows pack B once
 
-using MicroKernel = void (*)(int64_t kc, const float* A, int64_t lda, int64_t mr, const float* Bp,
-                             float* C, int64_t ldc, int64_t nr, bool acc);
+using gemm::MicroKernel;
+using gemm::TileEpi;
+using gemm::Ukr;
 
-// Writes the accumulated tile to C: directly when full, else the valid part only.
-inline void store_tile(const float* tile, float* C, int64_t ldc, int64_t mr, int64_t nr, bool acc) {
-  for (int64_t r = 0; r < mr; ++r)
-    for (int64_t j = 0; j < nr; ++j)
-      C[r * ldc + j] = acc ? C[r * ldc + j] + tile[r * kNR + j] : tile[r * kNR + j];
+inline float epi1(float v, int64_t r, int64_t j, const TileEpi& e) {
+  if (e.rb) v += e.rb[r];
+  if (e.cb) v += e.cb[j];
+  if (e.act == Act::kRelu) return v > 0.f ? v : 0.f;
+  if (e.act == Act::kClip) return std::min(std::max(v, e.lo), e.hi);
+  return v;
 }
 
-void ukr_portable(int64_t kc, const float* A, int64_t lda, int64_t mr, const float* Bp, float* C,
-                  int64_t ldc, int64_t nr, bool acc) {
+// Writes the accumulated tile to C (the valid part only), epilogue applied if given.
+inline void store_tile(const float* tile, float* C, int64_t ldc, int64_t mr, int64_t nr, bool acc,
+                       const TileEpi* ep) {
+  for (int64_t r = 0; r < mr; ++r)
+    for (int64_t j = 0; j < nr; ++j) {
+      float v = acc ? C[r * ldc + j] + tile[r * kNR + j] : tile[r * kNR + j];
+      C[r * ldc + j] = ep ? epi1(v, r, j, *ep) : v;
+    }
+}
+
+void ukr_portable(int64_t kc, const float* A, int64_t lda, int64_t mr, const float* Bp,
+                  int64_t ldbp, float* C,
+                  int64_t ldc, int64_t nr, bool acc, const TileEpi* ep) {
   float t[kMR * kNR] = {0};
   const float* a[kMR];
   for (int64_t r = 0; r < kMR; ++r) a[r] = A + (r < mr ? r : 0) * lda;
   for (int64_t k = 0; k < kc; ++k) {
-    const float* b = Bp + k * kNR;
+    const float* b = Bp + k * ldbp;
     for (int64_t r = 0; r < kMR; ++r) {
       float av = a[r][k];
       for (int64_t j = 0; j < kNR; ++j) t[r * kNR + j] += av * b[j];
     }
   }
-  store_tile(t, C, ldc, mr, nr, acc);
+  store_tile(t, C, ldc, mr, nr, acc, ep);
 }
 
 #ifdef ER_X86
 __attribute__((target("avx2,fma"))) void ukr_avx2(int64_t kc, const float* A, int64_t lda,
-                                                  int64_t mr, const float* Bp, float* C,
-                                                  int64_t ldc, int64_t nr, bool acc) {
+                                                  int64_t mr, const float* Bp, int64_t ldbp,
+                                                  float* C,
+                                                  int64_t ldc, int64_t nr, bool acc,
+                                                  const TileEpi* ep) {
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
   const float* a0 = A;
@@ -63,7 +82,7 @@ __attribute__((target("avx2,fma"))) void ukr_avx2(int64_t kc, const float* A, in
   const float* a5 = A + (mr > 5 ? 5 : 0) * lda;
   for (int64_t k = 0; k < kc; ++k) {
     __m256 b0 = _mm256_loadu_ps(Bp), b1 = _mm256_loadu_ps(Bp + 8);
-    Bp += kNR;
+    Bp += ldbp;
     __m256 a = _mm256_broadcast_ss(a0 + k);
     c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
     a = _mm256_broadcast_ss(a1 + k);
@@ -79,12 +98,30 @@ __attribute__((target("avx2,fma"))) void ukr_avx2(int64_t kc, const float* A, in
   }
   __m256 acc_regs[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
   if (mr == kMR && nr == kNR) {
+    __m256 cb0 = _mm256_setzero_ps(), cb1 = cb0;
+    if (ep && ep->cb) {
+      cb0 = _mm256_loadu_ps(ep->cb);
+      cb1 = _mm256_loadu_ps(ep->cb + 8);
+    }
     for (int64_t r = 0; r < kMR; ++r) {
       float* c = C + r * ldc;
       __m256 v0 = acc_regs[r][0], v1 = acc_regs[r][1];
       if (acc) {
         v0 = _mm256_add_ps(v0, _mm256_loadu_ps(c));
         v1 = _mm256_add_ps(v1, _mm256_loadu_ps(c + 8));
+      }
+      if (ep) {  // fused bias + activation while the tile is in registers
+        const __m256 rb = _mm256_set1_ps(ep->rb ? ep->rb[r] : 0.f);
+        v0 = _mm256_add_ps(_mm256_add_ps(v0, rb), cb0);
+        v1 = _mm256_add_ps(_mm256_add_ps(v1, rb), cb1);
+        if (ep->act == Act::kRelu) {
+          v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
+          v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
+        } else if (ep->act == Act::kClip) {
+          const __m256 lo = _mm256_set1_ps(ep->lo), hi = _mm256_set1_ps(ep->hi);
+          v0 = _mm256_min_ps(_mm256_max_ps(v0, lo), hi);
+          v1 = _mm256_min_ps(_mm256_max_ps(v1, lo), hi);
+        }
       }
       _mm256_storeu_ps(c, v0);
       _mm256_storeu_ps(c + 8, v1);
@@ -96,48 +133,81 @@ __attribute__((target("avx2,fma"))) void ukr_avx2(int64_t kc, const float* A, in
     _mm256_store_ps(t + r * kNR, acc_regs[r][0]);
     _mm256_store_ps(t + r * kNR + 8, acc_regs[r][1]);
   }
-  store_tile(t, C, ldc, mr, nr, acc);
+  store_tile(t, C, ldc, mr, nr, acc, ep);
 }
 #endif
 
-MicroKernel pick_kernel() {
+// AVX-512 (8x32) where the CPU has it, else AVX2+FMA (6x16), else portable (6x16).
+Ukr pick_kernel() {
 #ifdef ER_X86
-  if (has_avx2_fma()) return ukr_avx2;
+  if (gemm::has_avx512()) return gemm::avx512_kernel();
+  if (has_avx2_fma()) return {ukr_avx2, kMR, kNR, "avx2-fma"};
 #endif
-  return ukr_portable;
+  return {ukr_portable, kMR, kNR, "portable"};
 }
 
-// Packs B[k0:k0+kc, n0:n0+nc] into ceil(nc/16) strips of [kc][16], zero padded.
-void pack_b(const float* B, int64_t ldb, int64_t kc, int64_t nc, float* out) {
-  for (int64_t s = 0; s < nc; s += kNR) {
-    int64_t w = std::min(kNR, nc - s);
+inline void prefetch(const float* p) {
+#if defined(__GNUC__)
+  __builtin_prefetch(p, 0, 3);
+#endif
+}
+
+// Packs B[k0:k0+kc, n0:n0+nc] into ceil(nc/nrw) strips of [kc][nrw], zero padded.
+void pack_b(const float* B, int64_t ldb, int64_t kc, int64_t nc, float* out, int64_t nrw) {
+  for (int64_t s = 0; s < nc; s += nrw) {
+    int64_t w = std::min(nrw, nc - s);
     float* o = out + s * kc;
     for (int64_t k = 0; k < kc; ++k) {
       const float* b = B + k * ldb + s;
-      float* d = o + k * kNR;
-      if (w == kNR) {
-        std::memcpy(d, b, sizeof(float) * kNR);
+      float* d = o + k * nrw;
+      if (w == nrw) {
+        std::memcpy(d, b, sizeof(float) * nrw);
       } else {
         for (int64_t j = 0; j < w; ++j) d[j] = b[j];
-        for (int64_t j = w; j < kNR; ++j) d[j] = 0.f;
+        for (int64_t j = w; j < nrw; ++j) d[j] = 0.f;
       }
     }
   }
 }
 
-// One task: rows [m0, m1) x cols [n0, n1) of C, all of K.
-void gemm_tile(MicroKernel ukr, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
+// One task: rows [m0, m1) x cols [n0, n1) of C, all of K: row tiles outer,
+// the task's strips inner (C is written in 6 runs of <= 128 floats).
+// When K fits one block, full strips are read in place from B (the 1x1-conv
+// activation or the im2col panel is already [K][N]): no packing copy. The first
+// row tile prefetches the next strip, since K row streams outrun the hardware
+// prefetcher; only a partial last strip is packed (zero padded).
+void gemm_tile(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
                const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-               float* pack) {
+               float* pack, const GemmEpilogue* ep) {
   const int64_t nc = n1 - n0;
+  const bool direct = K <= kKC;
+  const int64_t MR = u.mr, NR = u.nr;
+  const int64_t tail = nc / NR * NR;  // first column of a partial strip
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     const int64_t kc = std::min(kKC, K - k0);
-    pack_b(B + k0 * ldb + n0, ldb, kc, nc, pack);
-    for (int64_t m = m0; m < m1; m += kMR) {
-      const int64_t mr = std::min(kMR, m1 - m);
-      for (int64_t s = 0; s < nc; s += kNR)
-        ukr(kc, A + m * lda + k0, lda, mr, pack + s * kc, C + m * ldc + n0 + s, ldc,
-            std::min(kNR, nc - s), k0 > 0);
+    const bool last = ep != nullptr && k0 + kc >= K;
+    if (!direct) pack_b(B + k0 * ldb + n0, ldb, kc, nc, pack, NR);
+    else if (tail < nc) pack_b(B + n0 + tail, ldb, kc, nc - tail, pack, NR);
+    for (int64_t m = m0; m < m1; m += MR) {
+      for (int64_t s = 0; s < nc; s += NR) {
+        const int64_t nr = std::min(NR, nc - s);
+        const float* bp = pack + s * kc;
+        int64_t ldbp = NR;
+        if (direct && nr == NR) {
+          bp = B + n0 + s;
+          ldbp = ldb;
+          if (m == m0 && s + 2 * NR <= nc)
+            for (int64_t k = 0; k < kc; ++k) prefetch(bp + k * ldb + NR);
+        } else if (direct) {
+          bp = pack;
+        }
+        TileEpi te;
+        if (last)
+          te = {ep->row_bias ? ep->row_bias + m : nullptr, ep->col_bias ? ep->col_bias + n0 + s : nullptr,
+                ep->act, ep->lo, ep->hi};
+        u.fn(kc, A + m * lda + k0, lda, std::min(MR, m1 - m), bp, ldbp, C + m * ldc + n0 + s, ldc,
+            nr, k0 > 0, last ? &te : nullptr);
+      }
     }
   }
 }
@@ -162,20 +232,30 @@ bool has_avx2_fma() {
 #endif
 }
 
-const char* gemm_path() { return has_avx2_fma() ? "avx2-fma" : "portable"; }
+const char* gemm_path() { return pick_kernel().name; }
 
 size_t sgemm_scratch_floats(int threads) {
-  return size_t(std::max(threads, 1)) * size_t(kKC * ((kNC + kNR - 1) / kNR) * kNR);
+  // kNC is a multiple of both strip widths (16, 32): no rounding needed.
+  static_assert(kNC % 32 == 0, "kNC must hold whole 16- and 32-wide strips");
+  return size_t(std::max(threads, 1)) * size_t(kKC * kNC);
 }
 
 void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-           int64_t ldb, float* C, int64_t ldc, float* scratch, int threads) {
+           int64_t ldb, float* C, int64_t ldc, float* scratch, int threads,
+           const GemmEpilogue* ep) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
-    for (int64_t m = 0; m < M; ++m) std::memset(C + m * ldc, 0, sizeof(float) * N);
+    for (int64_t m = 0; m < M; ++m) {
+      float* c = C + m * ldc;
+      std::memset(c, 0, sizeof(float) * N);
+      if (ep) {
+        const TileEpi te{ep->row_bias ? ep->row_bias + m : nullptr, ep->col_bias, ep->act, ep->lo, ep->hi};
+        for (int64_t j = 0; j < N; ++j) c[j] = epi1(0.f, 0, j, te);
+      }
+    }
     return;
   }
-  static const MicroKernel ukr = pick_kernel();
+  static const Ukr ukr = pick_kernel();
   const int64_t mt = (M + kMC - 1) / kMC, nt = (N + kNC - 1) / kNC, tasks = mt * nt;
   const size_t per_thread = sgemm_scratch_floats(1);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && tasks > 1)
@@ -183,7 +263,7 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const f
     const int64_t mi = t / nt, ni = t % nt;
     float* pack = scratch + per_thread * size_t(thread_id());
     gemm_tile(ukr, mi * kMC, std::min(M, (mi + 1) * kMC), ni * kNC, std::min(N, (ni + 1) * kNC),
-              K, A, lda, B, ldb, C, ldc, pack);
+              K, A, lda, B, ldb, C, ldc, pack, ep);
   }
 }
 

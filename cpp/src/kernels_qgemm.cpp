@@ -10,6 +10,7 @@
 // epilogue, so the portable and AVX2 paths give bit-identical outputs.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "edgerun/kernels.h"
@@ -86,6 +87,51 @@ __attribute__((target("avx2"))) void qukr_avx2(int64_t kq, const int8_t* W, int6
 }
 #endif
 
+#ifdef ER_X86
+// AVX-VNNI: vpdpbusd does the u8 x s8 4-products + int32 accumulation in one
+// instruction. The sums are exact in both kernels (maddubs never saturates
+// here), so the result is bit-identical to qukr_avx2 and the portable path.
+__attribute__((target("avx2,avxvnni"))) void qukr_vnni(int64_t kq, const int8_t* W, int64_t kp,
+                                                       int64_t mr, const uint8_t* B,
+                                                       int32_t* tile) {
+  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
+  __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
+  const int8_t* w0 = W;
+  const int8_t* w1 = W + (mr > 1 ? 1 : 0) * kp;
+  const int8_t* w2 = W + (mr > 2 ? 2 : 0) * kp;
+  const int8_t* w3 = W + (mr > 3 ? 3 : 0) * kp;
+  for (int64_t q = 0; q < kq; ++q) {
+    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B));
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B + 32));
+    B += 64;
+    int32_t v;
+#define ER_QROW(wr, ca, cb)                        \
+    std::memcpy(&v, wr + 4 * q, 4);                \
+    {                                              \
+      const __m256i a = _mm256_set1_epi32(v);      \
+      ca = _mm256_dpbusd_avx_epi32(ca, b0, a);     \
+      cb = _mm256_dpbusd_avx_epi32(cb, b1, a);     \
+    }
+    ER_QROW(w0, c00, c01)
+    ER_QROW(w1, c10, c11)
+    ER_QROW(w2, c20, c21)
+    ER_QROW(w3, c30, c31)
+#undef ER_QROW
+  }
+  __m256i* t = reinterpret_cast<__m256i*>(tile);
+  _mm256_storeu_si256(t + 0, c00); _mm256_storeu_si256(t + 1, c01);
+  _mm256_storeu_si256(t + 2, c10); _mm256_storeu_si256(t + 3, c11);
+  _mm256_storeu_si256(t + 4, c20); _mm256_storeu_si256(t + 5, c21);
+  _mm256_storeu_si256(t + 6, c30); _mm256_storeu_si256(t + 7, c31);
+}
+
+bool has_avx_vnni() {
+  static const bool ok = has_avx2_fma() && __builtin_cpu_supports("avxvnni") &&
+                         std::getenv("EDGERUN_NO_VNNI") == nullptr;
+  return ok;
+}
+#endif
+
 #if defined(__ARM_NEON) && defined(__aarch64__)
 void qukr_neon(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
                int32_t* tile) {
@@ -114,6 +160,7 @@ void qukr_neon(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uint8_
 
 QKernel pick_qkernel() {
 #ifdef ER_X86
+  if (has_avx_vnni()) return qukr_vnni;
   if (has_avx2_fma()) return qukr_avx2;
 #endif
 #if defined(__ARM_NEON) && defined(__aarch64__)
@@ -193,6 +240,29 @@ void epilogue(const int32_t* t, const float* xs, float ws, int32_t off, float b,
   for (int64_t j = 0; j < nw; ++j) o[j] = v[j];
 }
 
+#ifdef ER_X86
+// The same epilogue on 16 outputs in two AVX registers: identical operations in
+// the same order (sub, convert, (ws * xs) * v, + b, clamp; no FMA contraction:
+// the target has no "fma"), so it rounds bit-identically to the scalar one.
+__attribute__((target("avx2"))) void epilogue_avx2(const int32_t* t, const float* xs, float ws,
+                                                   int32_t off, float b, Act act, float lo,
+                                                   float hi, float* o) {
+  const __m256i offv = _mm256_set1_epi32(off);
+  const __m256 wsv = _mm256_set1_ps(ws), bv = _mm256_set1_ps(b);
+  for (int h = 0; h < 2; ++h) {
+    const __m256 f = _mm256_cvtepi32_ps(
+        _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + 8 * h)), offv));
+    __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(wsv, _mm256_loadu_ps(xs + 8 * h)), f), bv);
+    if (act == Act::kRelu) {
+      v = _mm256_max_ps(v, _mm256_setzero_ps());
+    } else if (act == Act::kClip) {
+      v = _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(lo)), _mm256_set1_ps(hi));
+    }
+    _mm256_storeu_ps(o + 8 * h, v);
+  }
+}
+#endif
+
 // Per-pixel scales of X[k, n] (n < N, row stride ldx) and the packed u8 panel.
 void quantize_pack(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N, float* xs,
                    float* inv, uint8_t* out, int threads) {
@@ -221,6 +291,7 @@ void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uin
                  const float* xs, const float* bias, Act act, float lo, float hi, float* y,
                  int threads) {
   static const QKernel ukr = pick_qkernel();
+  static const bool vec_epi = has_avx2_fma();
   const int64_t strips = (N + kQNR - 1) / kQNR, kq = w.kp / 4;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && strips > 1)
   for (int64_t s = 0; s < strips; ++s) {
@@ -234,6 +305,12 @@ void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uin
         const int64_t row = m0 + m + r;
         const float ws = w.scale[row], b = bias ? bias[row] : 0.f;
         const int32_t off = kQOffset * w.wsum[row];
+#ifdef ER_X86
+        if (vec_epi && nw == kQNR) {
+          epilogue_avx2(tile + r * kQNR, xs + n0, ws, off, b, act, lo, hi, y + (m + r) * N + n0);
+          continue;
+        }
+#endif
         epilogue(tile + r * kQNR, xs + n0, ws, off, b, act, lo, hi, y + (m + r) * N + n0, nw);
       }
     }
@@ -249,6 +326,7 @@ bool pointwise(const ConvParams& p) {
 
 const char* qgemm_path() {
 #ifdef ER_X86
+  if (has_avx_vnni()) return "avx-vnni";
   if (has_avx2_fma()) return "avx2";
 #endif
 #if defined(__ARM_NEON) && defined(__aarch64__)

@@ -1,5 +1,7 @@
 // Engine::prepare_quant: per quantized step, choose the int8 GEMM (int8,
-// non-depthwise Conv) or per-run dequantization, and build what the int8 GEMM
+// non-depthwise Conv with K >= kS8MinK), a one-time fp32 copy (depthwise or
+// small-K Conv: tiny) or per-run
+// dequantization (Gemm, int4), and build what the int8 GEMM
 // needs once at load: weight row sums, and rows re-padded to a multiple of 4
 // when k is not (otherwise the rows are used in place from the mmap).
 #include <algorithm>
@@ -16,7 +18,16 @@ void Engine::prepare_quant() {
     const kernels::QuantWeight& q = s.qw;
     const bool depthwise = s.op == OpCode::kConv && s.conv.group == s.conv.cin &&
                            s.conv.group == s.conv.cout && s.conv.group > 1;
-    s.use_s8 = s.op == OpCode::kConv && s.prec == Precision::kInt8 && !depthwise;
+    const bool conv8 = s.op == OpCode::kConv && s.prec == Precision::kInt8;
+    s.use_s8 = conv8 && !depthwise && q.k >= kernels::kS8MinK;
+    if (depthwise || (conv8 && !s.use_s8)) {
+      // A depthwise filter is a few floats per channel (C * kh * kw), a small-K int8
+      // Conv a few per row: dequantize once here rather than on every run.
+      owned_f32_.emplace_back(size_t(q.rows * q.k));
+      kernels::dequantize_rows(q, 0, q.rows, owned_f32_.back().data(), false);
+      s.wdeq = owned_f32_.back().data();
+      continue;
+    }
     if (!s.use_s8) {
       deq_floats_ = std::max(deq_floats_, size_t(q.rows * q.k));
       continue;

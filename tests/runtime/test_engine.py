@@ -207,3 +207,101 @@ def test_digits_every_intermediate_matches_ort(digits_traced, tmp_path):
 @pytest.mark.slow
 def test_effnet_every_intermediate_matches_ort(effnet_traced, tmp_path):
     assert _sweep(effnet_traced, tmp_path, batch=2) >= 80
+
+
+# Depthwise shapes that exercise every branch of the vectorised kernel: row
+# tails (widths not a multiple of 8 / 32), stride 2 de-interleave, asymmetric
+# pads, dilation, kernels other than 3x3/5x5, and a row narrower than a vector.
+DEPTHWISE_CASES = [
+    # (c, h, w, kh, kw, stride, pads [t, l, b, r], dilation)
+    (5, 13, 37, 3, 3, 1, [1, 1, 1, 1], 1),
+    (4, 14, 70, 5, 5, 2, [2, 2, 2, 2], 1),
+    (3, 11, 33, 3, 3, 2, [0, 1, 1, 0], 1),
+    (3, 9, 6, 5, 5, 1, [2, 2, 2, 2], 1),
+    (2, 16, 41, 3, 3, 1, [2, 2, 2, 2], 2),
+    (2, 10, 19, 7, 7, 2, [3, 3, 3, 3], 1),
+    (3, 8, 9, 3, 2, 1, [0, 0, 0, 1], 1),
+    (2, 12, 23, 3, 3, 3, [1, 1, 1, 1], 1),
+]
+
+
+def _depthwise_model(c, h, w, kh, kw, stride, pads, dil, act):
+    rng = np.random.default_rng(c * h + w)
+    wt = rng.standard_normal((c, 1, kh, kw)).astype(np.float32)
+    b = rng.standard_normal(c).astype(np.float32)
+    oh = (h + pads[0] + pads[2] - dil * (kh - 1) - 1) // stride + 1
+    ow = (w + pads[1] + pads[3] - dil * (kw - 1) - 1) // stride + 1
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="dw", group=c, kernel_shape=[kh, kw],
+                              strides=[stride, stride], pads=pads, dilations=[dil, dil])]
+    inits = {"W": wt, "B": b}
+    if act:
+        nodes.append(helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="relu6"))
+        inits.update(lo=np.float32(0.0), hi=np.float32(6.0))
+    else:
+        nodes.append(helper.make_node("Identity", ["c"], ["y"], name="id"))
+    return _onnx_model(nodes, inits, (c, h, w), (c, oh, ow))
+
+
+@pytest.mark.parametrize("case", DEPTHWISE_CASES, ids=lambda c: "x".join(map(str, c[:6])))
+@pytest.mark.parametrize("act", [False, True])
+def test_depthwise_shapes_match_ort(tmp_path, case, act):
+    c, h, w, kh, kw, stride, pads, dil = case
+    model = _depthwise_model(c, h, w, kh, kw, stride, pads, dil, act)
+    onnx_path, erg_path = tmp_path / "dw.onnx", tmp_path / "dw.erg"
+    onnx.save(model, onnx_path)
+    erg.write_erg(model, erg_path)
+    x = np.random.default_rng(1).standard_normal((2, c, h, w)).astype(np.float32)
+    ref = OrtEngine(onnx_path).run(x)
+    for threads in (1, 2):
+        got = NativeEngine(erg_path, max_batch=2, threads=threads).run(x)
+        assert_close(ref["y"], got["y"], f"depthwise {case} act={act} t{threads}")
+
+
+_DW_PROBE = """
+import json, sys, numpy as np
+from edgerun.engine import NativeEngine
+from edgerun import _core
+x = np.random.default_rng(3).standard_normal((1, 5, 13, 37)).astype(np.float32)
+paths = sys.argv[1:]
+print(json.dumps({"gemm": _core.gemm_path(),
+                  "y": [NativeEngine(p, max_batch=1).run(x)["y"].ravel().tolist() for p in paths]}))
+"""
+
+
+def _conv_model(cout, k, pads):
+    rng = np.random.default_rng(cout)
+    wt = rng.standard_normal((cout, 5, k, k)).astype(np.float32)
+    b = rng.standard_normal(cout).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", kernel_shape=[k, k], pads=pads),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="relu6")]
+    inits = {"W": wt, "B": b, "lo": np.float32(0.0), "hi": np.float32(6.0)}
+    return _onnx_model(nodes, inits, (5, 13, 37), (cout, 13, 37))
+
+
+def test_kernel_paths_agree(tmp_path):
+    """AVX-512, AVX2 (EDGERUN_NO_AVX512) and portable (EDGERUN_FORCE_PORTABLE) GEMM and
+    depthwise paths give the same result (short row / column tiles, fused epilogue)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    models = [_depthwise_model(5, 13, 37, kh, kh, stride, pads, 1, True)
+              for kh, stride, pads in [(3, 1, [1, 1, 1, 1]), (5, 2, [2, 2, 2, 2]), (3, 2, [0, 1, 1, 0])]]
+    models += [_conv_model(13, 3, [1, 1, 1, 1]), _conv_model(19, 1, [0, 0, 0, 0])]
+    paths = []
+    for i, m in enumerate(models):
+        paths.append(str(tmp_path / f"m{i}.erg"))
+        erg.write_erg(m, paths[-1])
+    outs = {}
+    for key, env_add in {"best": {}, "avx2": {"EDGERUN_NO_AVX512": "1"},
+                         "portable": {"EDGERUN_FORCE_PORTABLE": "1"}}.items():
+        env = {k: v for k, v in os.environ.items() if k not in ("EDGERUN_NO_AVX512", "EDGERUN_FORCE_PORTABLE")}
+        r = subprocess.run([sys.executable, "-c", _DW_PROBE, *paths], env={**env, **env_add},
+                           capture_output=True, text=True, check=True)
+        outs[key] = json.loads(r.stdout.strip().splitlines()[-1])
+    assert outs["portable"]["gemm"] == "portable"
+    assert outs["avx2"]["gemm"] in ("avx2-fma", "portable")
+    for key in ("avx2", "portable"):
+        for i, (ref, got) in enumerate(zip(outs["best"]["y"], outs[key]["y"])):
+            assert_close(np.array(ref), np.array(got), f"{key} vs {outs['best']['gemm']} model {i}")

@@ -41,6 +41,7 @@ struct Step {
   Precision           prec = Precision::kFp32;
   kernels::QuantWeight qw{};
   bool                use_s8 = false;
+  const float*        wdeq = nullptr;  // quantized depthwise Conv: fp32 copy made at load
   kernels::S8Weights  s8{};
 };
 
@@ -98,6 +99,7 @@ class Engine {
   size_t                    deq_floats_ = 0;
   std::vector<std::vector<int8_t>>  owned_s8_;   // int8 rows re-padded to a multiple of 4
   std::vector<std::vector<int32_t>> owned_sum_;  // int8 row sums
+  std::vector<std::vector<float>>   owned_f32_;  // depthwise quantized weights, dequantized once
   uint64_t                  arena_bytes_ = 0;
   uint64_t                  naive_bytes_ = 0;
   size_t                    scratch_floats_ = 0;

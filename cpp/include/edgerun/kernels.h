@@ -36,12 +36,19 @@ const char* gemm_path();
 // ============================================================================
 // GEMM: C[M,N] (+)= A[M,K] * B[K,N], row-major with leading dims
 // ============================================================================
+// Optional fused epilogue: C = act(C + row_bias[m] + col_bias[n]) (either bias may be null).
+struct GemmEpilogue {
+  const float* row_bias;
+  const float* col_bias;
+  Act          act;
+  float        lo, hi;  // clip bounds when act == kClip
+};
 size_t sgemm_scratch_floats(int threads);
 void   sgemm(int64_t M, int64_t N, int64_t K,
              const float* A, int64_t lda,
              const float* B, int64_t ldb,
              float* C, int64_t ldc,
-             float* scratch, int threads);
+             float* scratch, int threads, const GemmEpilogue* ep = nullptr);
 
 // ============================================================================
 // Convolution (2-D, grouped, dilated, asymmetric pads) with fused bias + act
@@ -60,6 +67,11 @@ size_t conv2d_scratch_floats(const ConvParams& p, int threads);
 void   im2col_f32(const ConvParams& p, int64_t cin_g, const float* x, float* col, int threads);
 void   conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w,
               const float* bias, float* y, float* scratch, int threads);
+// Depthwise (group == cin == cout): direct, vectorised for stride 1/2 (kernels_dwconv.cpp).
+// The vector path pads each plane into scratch; scratch == nullptr forces the scalar path.
+size_t depthwise_scratch_floats(const ConvParams& p, int threads);
+void   depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const float* w,
+                      const float* bias, float* y, float* scratch, int threads);
 
 // y[r, :] = act(y[r, :] + bias[...]): per-row bias (conv) or per-column bias (gemm).
 void bias_act_rows(float* y, int64_t rows, int64_t cols, const float* bias, Act act, float lo,
@@ -133,7 +145,12 @@ struct S8Weights {
   const float*   scale;  // [m]
   const int32_t* wsum;   // [m]: sum over k of w (undoes the +64 activation offset)
 };
-const char* qgemm_path();  // "avx2" or "portable"
+const char* qgemm_path();  // "avx-vnni", "avx2", "neon" or "portable"
+// int8 Conv with K below this runs the fp32 kernels on weights dequantized once at
+// load: with so few products per output, quantizing the activations costs more
+// than the int8 dot products save (measured on EfficientNet-Lite0: K = 16..32 ran
+// 1.2-1.7x slower in int8), and the fp32 copy is small (< 256 bytes per row).
+constexpr int64_t kS8MinK = 64;
 size_t conv2d_s8_scratch_floats(const ConvParams& p, int threads);
 void   conv2d_s8(const ConvParams& p, int64_t batch, const float* x, const S8Weights& w,
                  const float* bias, float* y, float* scratch, int threads);

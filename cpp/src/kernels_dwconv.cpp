@@ -1,0 +1,284 @@
+// Depthwise convolution (group == cin == cout), NCHW planes.
+//
+// AVX2 path (stride 1 or 2): each channel plane is first copied into a
+// zero-bordered scratch buffer, so every output pixel is "interior"; each
+// output row is then swept in blocks of 4 x 8 outputs held in registers over
+// all taps, two output rows at a time (bias in, activation out, one store per
+// output, masked at the row tail). 3x3 and 5x5 are unrolled at compile time.
+// For stride 2 the padded rows are stored de-interleaved (even | odd columns),
+// so every tap loads 8 consecutive floats.
+// Portable path: row sweeps over the interior (vectorisable for stride 1) and
+// a bounds-checked scalar loop for the edge columns; also the cross-check.
+#include <algorithm>
+#include <cstring>
+
+#include "edgerun/kernels.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ER_X86 1
+#endif
+
+namespace edgerun {
+namespace kernels {
+
+namespace {
+
+inline float act1(float v, Act act, float lo, float hi) {
+  if (act == Act::kRelu) return v > 0.f ? v : 0.f;
+  if (act == Act::kClip) return std::min(std::max(v, lo), hi);
+  return v;
+}
+
+// Interior columns [*a, *b): every tap j reads x[ox*sw - pl + j*dw] inside [0, w),
+
+void interior(const ConvParams& p, int64_t extra, int64_t* a, int64_t* b) {
+  // ox*sw - pl >= 0  and  ox*sw - pl + (kw-1)*dw + extra < w
+  const int64_t lo = p.pl;
+  *a = std::min((lo + p.sw - 1) / p.sw, p.ow);
+  const int64_t lim = p.w - 1 - (p.kw - 1) * p.dw - extra + p.pl;  // ox*sw <= lim
+  *b = lim < 0 ? 0 : std::min(lim / p.sw + 1, p.ow);
+  *b = std::max(*b, *a);
+}
+
+// One output pixel with bounds checks (edges and tails).
+inline float dw_pixel(const ConvParams& p, const float* xc, const float* wc, float b, int64_t oy,
+                      int64_t ox) {
+  float s = b;
+  for (int64_t i = 0; i < p.kh; ++i) {
+    const int64_t iy = oy * p.sh - p.pt + i * p.dh;
+    if (iy < 0 || iy >= p.h) continue;
+    for (int64_t j = 0; j < p.kw; ++j) {
+      const int64_t ix = ox * p.sw - p.pl + j * p.dw;
+      if (ix >= 0 && ix < p.w) s += wc[i * p.kw + j] * xc[iy * p.w + ix];
+    }
+  }
+  return act1(s, p.act, p.lo, p.hi);
+}
+
+// Portable interior: o[ox] for ox in [a, b) as row sweeps (vectorisable for stride 1).
+void dw_row_portable(const ConvParams& p, const float* xc, const float* wc, float bias,
+                     int64_t oy, int64_t a, int64_t b, float* o) {
+  for (int64_t ox = a; ox < b; ++ox) o[ox] = bias;
+  for (int64_t i = 0; i < p.kh; ++i) {
+    const int64_t iy = oy * p.sh - p.pt + i * p.dh;
+    if (iy < 0 || iy >= p.h) continue;
+    for (int64_t j = 0; j < p.kw; ++j) {
+      const float wv = wc[i * p.kw + j];
+      const float* xr = xc + iy * p.w - p.pl + j * p.dw;
+      if (p.sw == 1) {
+        for (int64_t ox = a; ox < b; ++ox) o[ox] += wv * xr[ox];
+      } else {
+        for (int64_t ox = a; ox < b; ++ox) o[ox] += wv * xr[ox * p.sw];
+      }
+    }
+  }
+  if (p.act != Act::kNone)
+    for (int64_t ox = a; ox < b; ++ox) o[ox] = act1(o[ox], p.act, p.lo, p.hi);
+}
+
+#ifdef ER_X86
+// The AVX2 path first copies the channel plane into a zero-bordered buffer
+// (scratch), wide enough that every output column, rounded up to 8, reads only
+// inside it: no edge cases remain and the tail is one masked store.
+// For stride 2 each padded row is stored de-interleaved, even columns in its
+// first half and odd ones in its second, so every tap reads 8 consecutive
+// floats (shuffling once per input instead of once per tap).
+struct Padded {
+  int64_t ph, pw;  // padded plane rows / row stride
+  int64_t half;    // stride 2: offset of the odd columns in a row (0 for stride 1)
+};
+
+Padded padded_dims(const ConvParams& p) {
+  const int64_t owp = (p.ow + 7) / 8 * 8;
+  const int64_t cols = (owp - 1) * p.sw + (p.kw - 1) * p.dw + 1;  // padded columns read
+  const int64_t ph = (p.oh - 1) * p.sh + (p.kh - 1) * p.dh + 1;
+  if (p.sw == 1) return {ph, cols, 0};
+  const int64_t half = ((cols + 1) / 2 + 7) / 8 * 8;
+  return {ph, 2 * half, half};
+}
+
+size_t padded_floats(const Padded& d) { return size_t(d.ph * d.pw + 16); }
+
+// One zero-bordered input row (columns c -> x[c - pl]) into o[0, n).
+inline void pad_row(const ConvParams& p, const float* xr, int64_t n, float* o) {
+  if (xr == nullptr) {
+    std::memset(o, 0, sizeof(float) * n);
+    return;
+  }
+  const int64_t left = std::min(p.pl, n), m = std::max<int64_t>(0, std::min(p.w, n - left));
+  std::memset(o, 0, sizeof(float) * left);
+  std::memcpy(o + left, xr, sizeof(float) * m);
+  std::memset(o + left + m, 0, sizeof(float) * (n - left - m));
+}
+
+// buf: the padded plane (d.ph rows of d.pw). Stride 2 de-interleaves straight
+// from x (16 inputs -> 8 even + 8 odd), scalar only where the pads are.
+__attribute__((target("avx2,fma"))) void pad_plane(const ConvParams& p, const Padded& d,
+                                                   const float* xc, float* buf) {
+  for (int64_t r = 0; r < d.ph; ++r) {
+    const int64_t iy = r - p.pt;
+    const float* xr = iy < 0 || iy >= p.h ? nullptr : xc + iy * p.w;
+    float* o = buf + r * d.pw;
+    if (d.half == 0 || xr == nullptr) {
+      pad_row(p, xr, d.pw, o);
+      continue;
+    }
+    for (int64_t i = 0; i < d.half; i += 8) {
+      const int64_t ix = 2 * i - p.pl;
+      if (ix < 0 || ix + 16 > p.w) {
+        for (int64_t t = 0; t < 16; ++t)
+          o[(t & 1) * d.half + i + t / 2] = ix + t >= 0 && ix + t < p.w ? xr[ix + t] : 0.f;
+        continue;
+      }
+      const __m256 a = _mm256_loadu_ps(xr + ix), b = _mm256_loadu_ps(xr + ix + 8);
+      const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+      const __m256 q = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+      _mm256_storeu_ps(o + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8)));
+      _mm256_storeu_ps(o + d.half + i,
+                       _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(q), 0xD8)));
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) inline __m256 act8(__m256 r, Act act, __m256 lo, __m256 hi) {
+  if (act == Act::kRelu) return _mm256_max_ps(r, _mm256_setzero_ps());
+  if (act == Act::kClip) return _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+  return r;
+}
+
+// NR output rows x NV vectors of 8 outputs from column ox: NR * NV independent
+// accumulator chains (8 hide the FMA latency). K > 0 fixes kh == kw == K at compile
+// time (fully unrolled taps); K == 0 reads them from p. Columns >= ox + valid are
+// computed (the padded buffer covers them) but not stored.
+template <int S, int K, int NR, int NV>
+__attribute__((target("avx2,fma"))) inline void dw_block(const ConvParams& p, const float* row0,
+                                                         const Padded& d, const float* wc, float bias,
+                                                         int64_t ox, float* o, int64_t valid) {
+  const int64_t kh = K ? K : p.kh, kw = K ? K : p.kw;
+  const int64_t pw = d.pw, rstep = p.sh * pw;  // next output row in the padded buffer
+  __m256 acc[NR][NV];
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_set1_ps(bias);
+  const float* xb = row0 + ox;  // stride 2: ox indexes the de-interleaved halves
+  for (int64_t i = 0; i < kh; ++i) {
+    const float* xr = xb + i * p.dh * pw;
+    for (int64_t j = 0; j < kw; ++j) {
+      const __m256 wv = _mm256_broadcast_ss(wc + i * kw + j);
+      const int64_t c = j * p.dw;
+      const float* xj = S == 1 ? xr + c : xr + (c & 1) * d.half + (c >> 1);
+      for (int r = 0; r < NR; ++r)
+        for (int v = 0; v < NV; ++v)
+          acc[r][v] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(xj + r * rstep + v * 8), acc[r][v]);
+    }
+  }
+  const __m256 lo = _mm256_set1_ps(p.lo), hi = _mm256_set1_ps(p.hi);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  for (int r = 0; r < NR; ++r) {
+    float* orow = o + r * p.ow + ox;
+    for (int v = 0; v < NV; ++v) {
+      const __m256 y = act8(acc[r][v], p.act, lo, hi);
+      if (valid >= 8 * (v + 1)) {
+        _mm256_storeu_ps(orow + v * 8, y);
+      } else {  // row tail: store only the lanes < valid - 8v
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(valid - 8 * v)), lane);
+        _mm256_maskstore_ps(orow + v * 8, mask, y);
+      }
+    }
+  }
+}
+
+// NR output rows starting at row0 / o: full 32-wide blocks, then one block of
+// ceil(rest / 8) vectors for the row tail.
+template <int S, int K, int NR>
+__attribute__((target("avx2,fma"))) inline void dw_rows(const ConvParams& p, const float* row0,
+                                                        const Padded& d, const float* wc, float bias,
+                                                        float* o) {
+  int64_t ox = 0;
+  for (; ox + 32 <= p.ow; ox += 32) dw_block<S, K, NR, 4>(p, row0, d, wc, bias, ox, o, 32);
+  const int64_t rest = p.ow - ox;
+  if (rest > 24) dw_block<S, K, NR, 4>(p, row0, d, wc, bias, ox, o, rest);
+  else if (rest > 16) dw_block<S, K, NR, 3>(p, row0, d, wc, bias, ox, o, rest);
+  else if (rest > 8) dw_block<S, K, NR, 2>(p, row0, d, wc, bias, ox, o, rest);
+  else if (rest > 0) dw_block<S, K, NR, 1>(p, row0, d, wc, bias, ox, o, rest);
+}
+
+template <int S, int K>
+__attribute__((target("avx2,fma"))) void dw_plane(const ConvParams& p, const Padded& d,
+                                                  const float* buf, const float* wc, float bias,
+                                                  float* yc, const float* next) {
+  const int64_t lines = (p.h * p.w * int64_t(sizeof(float)) + 63) / 64;
+  const int64_t per = (lines + (p.oh + 1) / 2 - 1) / ((p.oh + 1) / 2);  // lines per row pair
+  const char* pf = reinterpret_cast<const char*>(next);
+  int64_t done = 0;
+  int64_t oy = 0;
+  for (; oy + 2 <= p.oh; oy += 2) {
+    for (int64_t l = 0; pf != nullptr && l < per && done < lines; ++l, ++done)
+      _mm_prefetch(pf + done * 64, _MM_HINT_T1);
+    dw_rows<S, K, 2>(p, buf + oy * p.sh * d.pw, d, wc, bias, yc + oy * p.ow);
+  }
+  if (oy < p.oh) dw_rows<S, K, 1>(p, buf + oy * p.sh * d.pw, d, wc, bias, yc + oy * p.ow);
+}
+
+using PlaneFn = void (*)(const ConvParams&, const Padded&, const float*, const float*, float, float*,
+                        const float*);
+
+PlaneFn pick_plane(const ConvParams& p) {
+  const int k = p.kh == p.kw && (p.kh == 3 || p.kh == 5) ? int(p.kh) : 0;
+  if (p.sw == 1) return k == 3 ? dw_plane<1, 3> : k == 5 ? dw_plane<1, 5> : dw_plane<1, 0>;
+  return k == 3 ? dw_plane<2, 3> : k == 5 ? dw_plane<2, 5> : dw_plane<2, 0>;
+}
+#endif
+
+}  // namespace
+
+size_t depthwise_scratch_floats(const ConvParams& p, int threads) {
+#ifdef ER_X86
+  const Padded d = padded_dims(p);
+  return size_t(std::max(threads, 1)) * padded_floats(d);
+#else
+  return 0;
+#endif
+}
+
+void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const float* w,
+                    const float* bias, float* y, float* scratch, int threads) {
+  const int64_t planes = batch * p.cout;
+#ifdef ER_X86
+  if (has_avx2_fma() && (p.sw == 1 || p.sw == 2) && scratch != nullptr) {
+    const Padded d = padded_dims(p);
+    const PlaneFn plane = pick_plane(p);
+    const size_t per = padded_floats(d);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+    for (int64_t pc = 0; pc < planes; ++pc) {
+      const int64_t c = pc % p.cout;
+      float* buf = scratch + per * size_t(thread_id());
+      pad_plane(p, d, x + pc * p.h * p.w, buf);
+      // Prefetch the next plane while computing this one: the copy above is
+      // otherwise a memory-latency-bound pass with nothing to overlap.
+      const float* next = pc + 1 < planes ? x + (pc + 1) * p.h * p.w : nullptr;
+      plane(p, d, buf, w + c * p.kh * p.kw, bias ? bias[c] : 0.f, y + pc * p.oh * p.ow, next);
+    }
+    return;
+  }
+#endif
+  int64_t a, b;
+  interior(p, 0, &a, &b);
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+  for (int64_t pc = 0; pc < planes; ++pc) {
+    const int64_t c = pc % p.cout;
+    const float* xc = x + pc * p.h * p.w;
+    const float* wc = w + c * p.kh * p.kw;
+    float* yc = y + pc * p.oh * p.ow;
+    const float bv = bias ? bias[c] : 0.f;
+    for (int64_t oy = 0; oy < p.oh; ++oy) {
+      float* o = yc + oy * p.ow;
+      for (int64_t ox = 0; ox < a; ++ox) o[ox] = dw_pixel(p, xc, wc, bv, oy, ox);
+      dw_row_portable(p, xc, wc, bv, oy, a, b, o);
+      for (int64_t ox = b; ox < p.ow; ++ox) o[ox] = dw_pixel(p, xc, wc, bv, oy, ox);
+    }
+  }
+}
+
+}  // namespace kernels
+}  // namespace edgerun

@@ -1,0 +1,97 @@
+// AVX-512F fp32 GEMM micro-kernel: an 8x32 tile in 16 zmm accumulators (twice
+// the AVX2 6x16 tile's work per B load, and 8 rows divide most conv widths).
+// Short tiles use masked loads/stores; bias + activation fused as in AVX2.
+#include <cstdlib>
+
+#include "gemm_ukr.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define ER_X86_64 1
+#endif
+
+namespace edgerun {
+namespace kernels {
+namespace gemm {
+
+#ifdef ER_X86_64
+namespace {
+
+constexpr int64_t kMR = 8, kNR = 32;
+
+__attribute__((target("avx512f"))) void ukr_avx512(int64_t kc, const float* A, int64_t lda,
+                                                   int64_t mr, const float* Bp, int64_t ldbp,
+                                                   float* C, int64_t ldc, int64_t nr, bool acc,
+                                                   const TileEpi* ep) {
+  __m512 c[kMR][2];
+  const float* a[kMR];
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r) {
+    c[r][0] = _mm512_setzero_ps();
+    c[r][1] = _mm512_setzero_ps();
+    a[r] = A + (r < mr ? r : 0) * lda;
+  }
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 b0 = _mm512_loadu_ps(Bp), b1 = _mm512_loadu_ps(Bp + 16);
+    Bp += ldbp;
+#pragma GCC unroll 8
+    for (int r = 0; r < kMR; ++r) {
+      const __m512 av = _mm512_set1_ps(a[r][k]);
+      c[r][0] = _mm512_fmadd_ps(av, b0, c[r][0]);
+      c[r][1] = _mm512_fmadd_ps(av, b1, c[r][1]);
+    }
+  }
+  const __mmask16 m0 = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1);
+  const __mmask16 m1 = nr >= 32 ? __mmask16(0xFFFF) : nr > 16 ? __mmask16((1u << (nr - 16)) - 1) : 0;
+  __m512 cb0 = _mm512_setzero_ps(), cb1 = cb0, lo = cb0, hi = cb0;
+  if (ep) {
+    if (ep->cb) {
+      cb0 = _mm512_maskz_loadu_ps(m0, ep->cb);
+      cb1 = _mm512_maskz_loadu_ps(m1, ep->cb + 16);
+    }
+    lo = _mm512_set1_ps(ep->lo);
+    hi = _mm512_set1_ps(ep->hi);
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r) {
+    if (r >= mr) break;
+    float* cr = C + r * ldc;
+    __m512 v0 = c[r][0], v1 = c[r][1];
+    if (acc) {
+      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
+      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
+    }
+    if (ep) {  // same operation order as the AVX2 / portable epilogue
+      const __m512 rb = _mm512_set1_ps(ep->rb ? ep->rb[r] : 0.f);
+      v0 = _mm512_add_ps(_mm512_add_ps(v0, rb), cb0);
+      v1 = _mm512_add_ps(_mm512_add_ps(v1, rb), cb1);
+      if (ep->act == Act::kRelu) {
+        v0 = _mm512_max_ps(v0, _mm512_setzero_ps());
+        v1 = _mm512_max_ps(v1, _mm512_setzero_ps());
+      } else if (ep->act == Act::kClip) {
+        v0 = _mm512_min_ps(_mm512_max_ps(v0, lo), hi);
+        v1 = _mm512_min_ps(_mm512_max_ps(v1, lo), hi);
+      }
+    }
+    _mm512_mask_storeu_ps(cr, m0, v0);
+    _mm512_mask_storeu_ps(cr + 16, m1, v1);
+  }
+}
+
+}  // namespace
+
+bool has_avx512() {
+  static const bool ok = has_avx2_fma() && __builtin_cpu_supports("avx512f") &&
+                         std::getenv("EDGERUN_NO_AVX512") == nullptr;
+  return ok;
+}
+
+Ukr avx512_kernel() { return {ukr_avx512, kMR, kNR, "avx512"}; }
+#else
+bool has_avx512() { return false; }
+Ukr avx512_kernel() { return {nullptr, 0, 0, "avx512"}; }
+#endif
+
+}  // namespace gemm
+}  // namespace kernels
+}  // namespace edgerun
