@@ -1,8 +1,8 @@
 """All modes of both zoo models over every link profile (the `edgerun bench` harness in a loop).
 
-For each model the bundle (with the tsq codec, so split and split_codec are both measured) is exported at the cut the planner chooses for `this-machine` +
-`cpu-server` over LTE restricted to real splits (if the planner prefers an extreme, the
-fastest predicted split is used so the split mode is still measured). Device compute is this
+For each model and link the bundle (with the tsq codec, so split and split_codec are both
+measured) is exported at the fp32 split the planner chooses for the device profile
+(`--device`, default this-machine) + `cpu-server` over that link, restricted to real splits. Device compute is this
 machine's (no scaling); links are emulated and the emulation is measured in every run.
 
     python benchmarks/bench_links.py [--requests 40] [--links ethernet wifi 5g lte]
@@ -21,11 +21,12 @@ MODELS = ("zoo:digits-cnn", "zoo:efficientnet-lite0")
 LINKS = ("ethernet", "wifi", "5g", "lte")
 
 
-def _split_cut(traced, link: str) -> int:
-    from edgerun.exporters.planner import ALL_ON_DEVICE, ALL_ON_SERVER, plan
+def _split_cut(traced, link: str, device: str) -> int:
+    """The planner's best fp32 split for this device and link (the codec is measured on top of it)."""
+    from edgerun.exporters.planner import plan
 
-    p = plan(traced, "this-machine", "cpu-server", link)
-    return next(c.cut_index for c in p.candidates if c.cut not in (ALL_ON_DEVICE, ALL_ON_SERVER))
+    p = plan(traced, device, "cpu-server", link, splits_only=True)
+    return next(c.cut_index for c in p.candidates if c.feasible and c.front_precision == "fp32")
 
 
 def main() -> None:
@@ -44,9 +45,9 @@ def main() -> None:
     reports, rows = [], []
     for spec in args.models:
         traced = trace_model(spec)
-        cut = _split_cut(traced, "lte")
-        b = export(traced, ExportConfig(cut=cut, codec="tsq", evaluate=False), Path(tempfile.mkdtemp()) / "bundle")
         for link in args.links:
+            cut = _split_cut(traced, link, args.device or "this-machine")
+            b = export(traced, ExportConfig(cut=cut, codec="tsq", evaluate=False), Path(tempfile.mkdtemp()) / "bundle")
             rep = run_bench(b, link, requests=args.requests, device=args.device,
                             log=lambda s: print(f"[{spec} {link}] {s}", flush=True))
             tag = "" if args.device is None else f"_{args.device}"
@@ -55,7 +56,7 @@ def main() -> None:
             for mode, r in rep["modes"].items():
                 if "stages" in r:
                     t = r["stages"]["total"]
-                    rows.append([b.model_id, link, mode, round(t["p50"], 2), round(t["p95"], 2),
+                    rows.append([b.model_id, link, b.cut_label, mode, round(t["p50"], 2), round(t["p95"], 2),
                                  round(t["p99"], 2), r["bytes_sent"]])
             em = rep["emulated"]["measured"]
             print(f"  emulated {link}: RTT p50 {em['rtt_ms_p50']:.2f} ms (profile {rep['emulated']['profile']['rtt_ms']}"
@@ -64,7 +65,7 @@ def main() -> None:
     name = "bench_links.json" if args.device is None else f"bench_links_{args.device}.json"
     (args.out / name).write_text(json.dumps({"device_compute": reports[0]["device_compute"] if reports else "",
                                              "reports": reports}, indent=2) + "\n")
-    print(table(["model", "link", "mode", "p50 ms", "p95 ms", "p99 ms", "bytes sent"], rows))
+    print(table(["model", "link", "cut", "mode", "p50 ms", "p95 ms", "p99 ms", "bytes sent"], rows))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ device profile `this-machine` and server profile `cpu-server` (both measured her
 real: the model exported at that cut, a real Mosquitto, a real `edgerun serve`, the device
 behind the link emulator. "input" (all on the server) uses a bundle cut at the input, "output"
 (all on the device) the native engine on the whole model. Device compute is this machine's
-(no scaling). EfficientNet is measured at block boundaries only (to bound the run time).
+(no scaling; with --device PROFILE, emulated and labelled). Only the fp32, no-codec candidates are measured. EfficientNet is measured at block boundaries only (to bound the run time).
 
     python benchmarks/validate_planner.py [--requests 20] [--out benchmarks/results]
 
@@ -31,7 +31,7 @@ def _keep(model: str, label: str) -> bool:
     return "digits" in model or label in ("input", "output") or re.fullmatch(r"blocks\.\d+", label) is not None
 
 
-def _measure_cut(traced, cut_index: int, links, work: Path, requests: int) -> dict[str, float]:
+def _measure_cut(traced, cut_index: int, links, work: Path, requests: int, factor: float = 1.0) -> dict[str, float]:
     from edgerun import procs
     from edgerun.bench import _remote_mode, make_server_bundle
     from edgerun.broker import Mosquitto, parse_broker_url
@@ -51,14 +51,14 @@ def _measure_cut(traced, cut_index: int, links, work: Path, requests: int) -> di
             for link in links:
                 with LinkEmulator(parse_broker_url(broker.url), LinkConfig.from_profile(link, outages=())) as emu:
                     engine = "native" if b.native_ok else "ort"
-                    r = _remote_mode(b, emu, proc, work / "serve.log", engine, xs, requests, 2)
+                    r = _remote_mode(b, emu, proc, work / "serve.log", engine, xs, requests, 2, factor)
                 out[link.name] = r["stages"]["total"]["p50"]
         finally:
             procs.stop(proc)
     return out
 
 
-def _measure_whole(traced, work: Path, requests: int) -> float:
+def _measure_whole(traced, work: Path, requests: int, factor: float = 1.0) -> float:
     import onnx
 
     from edgerun.engine import NativeEngine
@@ -66,7 +66,9 @@ def _measure_whole(traced, work: Path, requests: int) -> float:
     from edgerun.profiler import time_ms
 
     write_erg(traced.model, work / "whole.erg")
-    eng = NativeEngine(work / "whole.erg", max_batch=1)
+    from edgerun.bench import SlowedEngine
+
+    eng = SlowedEngine(NativeEngine(work / "whole.erg", max_batch=1), factor)
     x = np.ascontiguousarray(traced.source.example.numpy(), dtype=np.float32)
     return time_ms(lambda: eng.run(x), requests)
 
@@ -76,7 +78,11 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--device", default="this-machine",
+                    help="device profile to plan for; other than this-machine, its speed is emulated "
+                         "(this machine's measured compute scaled by the profiles' fp32 GMAC/s ratio)")
     args = ap.parse_args()
+    from edgerun.bench import device_slowdown
     from edgerun.exporters.pipeline import trace_model
     from edgerun.exporters.planner import WHOLE, plan
     from edgerun.profiles import load_link
@@ -85,34 +91,37 @@ def main() -> None:
     results = []
     for spec in args.models:
         traced = trace_model(spec)
-        plans = {l.name: plan(traced, "this-machine", "cpu-server", l) for l in links}
+        factor, note = device_slowdown(None if args.device == "this-machine" else args.device)
+        plans = {l.name: plan(traced, args.device, "cpu-server", l) for l in links}
         work = Path(tempfile.mkdtemp(prefix="edgerun-validate-"))
         measured: dict[int, dict[str, float]] = {}
         for c in plans[links[0].name].candidates:
-            if not _keep(spec, c.cut) or c.cut_index in measured:
+            if not _keep(spec, c.cut) or c.cut_index in measured or (c.front_precision, c.codec) != ("fp32", "none"):
                 continue
             t0 = time.time()
             if c.cut_index == WHOLE:
-                ms = _measure_whole(traced, work, args.requests)
+                ms = _measure_whole(traced, work, args.requests, factor)
                 measured[c.cut_index] = {l.name: ms for l in links}
             else:
-                measured[c.cut_index] = _measure_cut(traced, c.cut_index, links, work, args.requests)
+                measured[c.cut_index] = _measure_cut(traced, c.cut_index, links, work, args.requests, factor)
             print(f"{traced.source.model_id} {c.cut}: {measured[c.cut_index]} ({time.time() - t0:.1f} s)", flush=True)
         for l in links:
             p = plans[l.name]
             rows = [{"cut": c.cut, "cut_index": c.cut_index, "predicted_ms": round(c.total_ms, 3),
                      "measured_p50_ms": round(measured[c.cut_index][l.name], 3)}
-                    for c in p.candidates if c.cut_index in measured]
+                    for c in p.candidates if c.cut_index in measured and (c.front_precision, c.codec) == ("fp32", "none")]
             rows.sort(key=lambda r: r["cut_index"])
             best = min(rows, key=lambda r: r["measured_p50_ms"])
-            planned = next(r for r in rows if r["cut_index"] == p.chosen.cut_index)
-            results.append({"model": traced.source.model_id, "link": l.name, "rows": rows,
+            chosen = next(c for c in p.candidates if c.feasible and (c.front_precision, c.codec) == ("fp32", "none"))
+            planned = next(r for r in rows if r["cut_index"] == chosen.cut_index)
+            results.append({"model": traced.source.model_id, "link": l.name, "device": args.device,
+                            "device_compute": note, "rows": rows,
                             "planned": planned, "measured_best": best,
                             "planned_over_best": round(planned["measured_p50_ms"] / best["measured_p50_ms"], 3)})
-    _write(results, args.out)
+    _write(results, args.out, args.device)
 
 
-def _write(results: list[dict], out: Path) -> None:
+def _write(results: list[dict], out: Path, device: str = "this-machine") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -121,9 +130,10 @@ def _write(results: list[dict], out: Path) -> None:
     from edgerun.report import table
 
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"device_profile": "this-machine", "server_profile": "cpu-server",
-            "device_compute": "measured on this machine, not scaled", "results": results}
-    (out / "planner_validation.json").write_text(json.dumps(meta, indent=2) + "\n")
+    meta = {"device_profile": device, "server_profile": "cpu-server",
+            "device_compute": results[0]["device_compute"] if results else "", "results": results}
+    tag = "" if device == "this-machine" else f"_{device}"
+    (out / f"planner_validation{tag}.json").write_text(json.dumps(meta, indent=2) + "\n")
     fig, axes = plt.subplots(len(results), 1, figsize=(10, 3 * len(results)), squeeze=False)
     for ax, r in zip(axes[:, 0], results):
         labels = [x["cut"] for x in r["rows"]]
@@ -134,7 +144,7 @@ def _write(results: list[dict], out: Path) -> None:
         ax.tick_params(axis="x", rotation=60, labelsize=7)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "planner_validation.png", dpi=90)
+    fig.savefig(out / f"planner_validation{tag}.png", dpi=90)
     for r in results:
         print(f"\n{r['model']} / {r['link']}: planned {r['planned']['cut']} measured "
               f"{r['planned']['measured_p50_ms']} ms; best {r['measured_best']['cut']} "
