@@ -31,6 +31,8 @@ PY=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # torch is pinned in the `export` extra (an unpinned torch pulls a CUDA build).
-.venv/bin/python -m pip install -q ".[${extras}]" 2>&1 | grep -v '^WARNING: Location' || true
+# Editable: the checkout is the package (its compiled core built into build/), so commands
+# run from the checkout and child processes started with `python -m edgerun` all see one edgerun.
+.venv/bin/python -m pip install -q -e ".[${extras}]" 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -c "import edgerun._core, edgerun.exporters" || { echo "edgerun install failed" >&2; exit 1; }
 echo "edgerun is set up in .venv (extras: ${extras})" >&2
