@@ -195,8 +195,14 @@ def demo_cmd(
     as_json: bool = typer.Option(False, "--json", help="last line of stdout: one JSON object"),
 ) -> None:
     """End-to-end split inference on the digits model with a local broker and server."""
+    import signal
+
     from edgerun.demo import run_demo
 
+    def _terminate(*_: object) -> None:  # SIGTERM cleans up like Ctrl-C: stop the broker and server
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         run_demo(limit=limit, engine=engine, cut=cut, as_json=as_json, codec=codec,
                  front_precision=front_precision, back_precision=back_precision, budget=budget)

@@ -10,6 +10,7 @@ stopped on the way out, Ctrl-C included.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 from collections import defaultdict
@@ -27,7 +28,17 @@ def _log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
-def run_demo(
+def run_demo(**kwargs) -> dict:
+    """Run the demo (see ``_run_demo`` for the options); its temporary files go with it."""
+    work = Path(tempfile.mkdtemp(prefix="edgerun-demo-"))
+    try:
+        return _run_demo(work, **kwargs)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run_demo(
+    work: Path,
     *, limit: int | None = None, engine: str = "native", cut: str | None = None, as_json: bool = False,
     codec: str = "none", front_precision: str = "fp32", back_precision: str = "fp32", budget: str | None = None,
 ) -> dict:
@@ -40,7 +51,6 @@ def run_demo(
     from edgerun.exporters.models import SourceModel
     from edgerun.exporters.pipeline import ExportConfig, export
 
-    work = Path(tempfile.mkdtemp(prefix="edgerun-demo-"))
     _log("preparing the digits CNN (trained here on scikit-learn digits on first use)")
     model = zoo.load("digits-cnn")
     x_test, y_test = model.eval_data(limit=limit)
