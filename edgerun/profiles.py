@@ -219,6 +219,13 @@ def _measured(d: dict, path: Path) -> tuple[Measured, ...]:
     return tuple(out)
 
 
+def _machine_fields(d: dict, path: Path, memory_default: Any = ...) -> dict[str, Any]:
+    """The fields device and server profiles share (see ``_Machine``)."""
+    return {"name": _field(d, "name", path, str), "path": str(path), "compute": _compute(d, path),
+            "measured": _measured(d, path), "memory_mb": _field(d, "memory_mb", path, float, default=memory_default),
+            "description": _field(d, "description", path, str, default="")}
+
+
 def load_device(name_or_path: str | os.PathLike) -> DeviceProfile:
     """Load a device profile by name (``rpi4``) or path.
 
@@ -228,10 +235,8 @@ def load_device(name_or_path: str | os.PathLike) -> DeviceProfile:
     path = _resolve(name_or_path)
     d = _read(path)
     _kind(d, path, "device")
-    return DeviceProfile(name=_field(d, "name", path, str), path=str(path), compute=_compute(d, path),
-                         measured=_measured(d, path), memory_mb=_field(d, "memory_mb", path, float),
-                         description=_field(d, "description", path, str, default=""),
-                         isa=_field(d, "isa", path, str, default=""), cores=_field(d, "cores", path, int, default=1))
+    return DeviceProfile(**_machine_fields(d, path), isa=_field(d, "isa", path, str, default=""),
+                         cores=_field(d, "cores", path, int, default=1))
 
 
 def load_server(name_or_path: str | os.PathLike) -> ServerProfile:
@@ -243,9 +248,7 @@ def load_server(name_or_path: str | os.PathLike) -> ServerProfile:
     path = _resolve(name_or_path)
     d = _read(path)
     _kind(d, path, "server")
-    return ServerProfile(name=_field(d, "name", path, str), path=str(path), compute=_compute(d, path),
-                         measured=_measured(d, path), memory_mb=_field(d, "memory_mb", path, float, default=0.0),
-                         description=_field(d, "description", path, str, default=""))
+    return ServerProfile(**_machine_fields(d, path, memory_default=0.0))
 
 
 def load_link(name_or_path: str | os.PathLike) -> LinkProfile:

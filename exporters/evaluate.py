@@ -49,13 +49,12 @@ def front_runner(bundle_dir: Path, input_name: str, native: bool) -> Callable[[n
 
 
 def run_split(
-    bundle_dir: Path, x: np.ndarray, *, native: bool, codec: CodecRoundTrip | None = None
+    bundle_dir: Path, x: np.ndarray, input_name: str, *, native: bool, codec: CodecRoundTrip | None = None
 ) -> tuple[np.ndarray, dict]:
     """back(codec(front(x))) as deployed; returns outputs and codec stats."""
     back = session(bundle_dir / "back.onnx")
-    in_name = session(bundle_dir / "front.onnx").get_inputs()[0].name
-    front = front_runner(bundle_dir, in_name, native)
-    outs, enc_us, dec_us, nbytes, n = [], [], [], [], 0
+    front = front_runner(bundle_dir, input_name, native)
+    outs, enc_us, dec_us, nbytes = [], [], [], []
     for i in range(0, len(x), EVAL_BATCH):
         mid = front(x[i : i + EVAL_BATCH])
         if codec is not None:
@@ -66,7 +65,6 @@ def run_split(
                     mid[k][j : j + 1] = dec[k]
                 enc_us.append(e_us), dec_us.append(d_us), nbytes.append(b)
         outs.append(back.run(None, {inp.name: mid[inp.name] for inp in back.get_inputs()})[0])
-        n += len(x[i : i + EVAL_BATCH])
     stats = {}
     if codec is not None:
         stats = {
@@ -78,7 +76,7 @@ def run_split(
 
 
 def evaluate_split(
-    src: SourceModel, bundle_dir: Path, *, native: bool, codec: CodecRoundTrip | None = None,
+    src: SourceModel, bundle_dir: Path, input_name: str, *, native: bool, codec: CodecRoundTrip | None = None,
     limit: int | None = None,
 ) -> dict:
     """The deployed split vs the fp32 whole model on the model's held-out data.
@@ -99,7 +97,7 @@ def evaluate_split(
     x = np.ascontiguousarray(x, dtype=np.float32)
     t0 = time.perf_counter()
     whole = run_whole(bundle_dir / "whole.onnx", x)
-    parts, stats = run_split(bundle_dir, x, native=native, codec=codec)
+    parts, stats = run_split(bundle_dir, x, input_name, native=native, codec=codec)
     regression = getattr(src.zoo, "metric", None) == "action_mae"
     agree = float(np.mean(whole.argmax(-1) == parts.argmax(-1)))
     rep = {

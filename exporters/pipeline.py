@@ -227,7 +227,8 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
     }
     if cfg.evaluate:
         roundtrip = stages.codec_roundtrip(codec) if codec["id"] != "none" else None
-        rep.update(evaluate_split(traced.source, out, native=native["ok"], codec=roundtrip, limit=cfg.eval_limit))
+        rep.update(evaluate_split(traced.source, out, traced.model.graph.input[0].name, native=native["ok"],
+                                  codec=roundtrip, limit=cfg.eval_limit))
         if roundtrip is not None:
             rep["bytes_per_request"] = int(round(rep["codec_bytes_mean"]))
     return rep

@@ -84,18 +84,10 @@ class LossMeter:
 
     def _codec(self, cut_index: int, front: onnx.ModelProto, acts: dict[str, np.ndarray]) -> tuple[dict, float]:
         """Round-trip ``acts`` through tsq calibrated on the fp32 activations; mean bytes per sample."""
-        from edgerun import codec as tsq
+        from edgerun.exporters.stages import codec_params, codec_roundtrip, roundtrip_batch
 
-        params = {k: tsq.calibrate(v, budget=DEFAULT_CODEC_BUDGET) for k, v in self._fp32_acts(cut_index, front).items()}
-        out, total = {}, 0
-        for k, v in acts.items():
-            rows = []
-            for j in range(len(v)):
-                payload = tsq.encode_native(np.ascontiguousarray(v[j : j + 1]), params[k])
-                total += len(payload) + len(params[k].to_bytes())
-                rows.append(tsq.decode(payload, v[j : j + 1].shape, params[k]))
-            out[k] = np.concatenate(rows)
-        return out, total / len(self.x)
+        entry = codec_params(self._fp32_acts(cut_index, front), DEFAULT_CODEC_BUDGET)
+        return roundtrip_batch(codec_roundtrip(entry), acts)
 
     def codec_bytes(self, cut_index: int) -> float:
         """Mean tsq bytes per request at this cut on the fp32 calibration activations."""

@@ -70,23 +70,26 @@ def calibrate_codec(acts: dict[str, np.ndarray], cfg: ExportConfig, back_path: P
     """
     if cfg.codec == "none":
         return {"id": "none"}
-    from edgerun import codec as tsq
-
     budget = cfg.codec_budget
     if budget is None:
         budget = _auto_budget(acts, back_path)
-    params = {name: tsq.calibrate(a, budget=budget) for name, a in acts.items()}
     return {
         "id": cfg.codec,
         "budget": budget,
         "budget_rule": "given" if cfg.codec_budget is not None else
         f"auto: largest of {list(AUTO_BUDGETS)} with calibration agreement >= {AUTO_MIN_AGREEMENT}",
-        "params": {name: p.to_bytes().hex() for name, p in params.items()},
+        **codec_params(acts, budget),
     }
 
 
-def _auto_budget(acts: dict[str, np.ndarray], back_path: Path | None) -> float:
+def codec_params(acts: dict[str, np.ndarray], budget: float) -> dict:
+    """``{"params": {tensor: hex of its tsq params}}`` calibrated on ``acts`` at ``budget``."""
     from edgerun import codec as tsq
+
+    return {"params": {name: tsq.calibrate(a, budget=budget).to_bytes().hex() for name, a in acts.items()}}
+
+
+def _auto_budget(acts: dict[str, np.ndarray], back_path: Path | None) -> float:
     from edgerun.exporters.evaluate import session
 
     back = session(back_path)
@@ -94,10 +97,8 @@ def _auto_budget(acts: dict[str, np.ndarray], back_path: Path | None) -> float:
     ref = back.run(None, {n: acts[n] for n in names})[0]
     chosen = AUTO_BUDGETS[0]
     for budget in AUTO_BUDGETS:
-        entry = {"params": {n: tsq.calibrate(a, budget=budget).to_bytes().hex() for n, a in acts.items()}}
-        rt = codec_roundtrip(entry)
-        coded = {n: np.concatenate([rt({n: acts[n][j : j + 1]})[0][n] for j in range(len(acts[n]))]) for n in names}
-        out = back.run(None, coded)[0]
+        coded, _ = roundtrip_batch(codec_roundtrip(codec_params(acts, budget)), acts)
+        out = back.run(None, {n: coded[n] for n in names})[0]
         agree = float(np.mean(out.argmax(-1) == ref.argmax(-1))) if out.shape[-1] > 1 else \
             1.0 - float(np.mean(np.abs(out - ref)) / (np.std(ref) or 1.0))
         if agree < AUTO_MIN_AGREEMENT:
@@ -129,3 +130,18 @@ def codec_roundtrip(entry: dict):
         return out, enc, dec, nbytes
 
     return roundtrip
+
+
+def roundtrip_batch(roundtrip, acts: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float]:
+    """Send every sample of ``acts`` through ``roundtrip`` as one request each.
+
+    Returns:
+        The decoded batch and the mean bytes per request.
+    """
+    n = len(next(iter(acts.values())))
+    rows, total = [], 0
+    for j in range(n):
+        decoded, _, _, nbytes = roundtrip({k: v[j : j + 1] for k, v in acts.items()})
+        rows.append(decoded)
+        total += nbytes
+    return {k: np.concatenate([r[k] for r in rows]) for k in acts}, total / n

@@ -277,40 +277,45 @@ std::pair<size_t, size_t> exit_rows(const ExitArray& x) {
   return {batch, static_cast<size_t>(x.size()) / batch};
 }
 
-py::array_t<float> exits_scores(const std::string& criterion, const ExitArray& x, const py::object& prev) {
-  auto c = edgerun::exits::parse_criterion(criterion.c_str());
+edgerun::exits::Criterion criterion_or_throw(const std::string& name) {
+  auto c = edgerun::exits::parse_criterion(name.c_str());
   if (!c.ok()) throw_status(c.status());
+  return c.value();
+}
+
+// The previous exit's output (consistency), checked against x; keeps the array alive.
+struct PrevOutput {
+  ExitArray array;
+  const float* data = nullptr;
+};
+
+PrevOutput prev_output(const ExitArray& x, const py::object& prev) {
+  PrevOutput p;
+  if (prev.is_none()) return p;
+  p.array = prev.cast<ExitArray>();
+  if (p.array.size() != x.size())
+    throw_status(edgerun::Status(edgerun::StatusCode::kShapeMismatch,
+                                 "consistency: this exit's and the previous exit's outputs differ in size"));
+  p.data = p.array.data();
+  return p;
+}
+
+py::array_t<float> exits_scores(const std::string& criterion, const ExitArray& x, const py::object& prev) {
+  const auto c = criterion_or_throw(criterion);
   const auto [batch, n] = exit_rows(x);
-  ExitArray p;
-  const float* prev_ptr = nullptr;
-  if (!prev.is_none()) {
-    p = prev.cast<ExitArray>();
-    if (p.size() != x.size())
-      throw_status(edgerun::Status(edgerun::StatusCode::kShapeMismatch,
-                                   "consistency: this exit's and the previous exit's outputs differ in size"));
-    prev_ptr = p.data();
-  }
+  const PrevOutput p = prev_output(x, prev);
   py::array_t<float> out(static_cast<py::ssize_t>(batch));
-  THROW_IF_ERROR(edgerun::exits::scores(c.value(), x.data(), prev_ptr, batch, n, out.mutable_data()));
+  THROW_IF_ERROR(edgerun::exits::scores(c, x.data(), p.data, batch, n, out.mutable_data()));
   return out;
 }
 
 py::tuple exits_all_pass(const std::string& criterion, const ExitArray& x, const py::object& prev, float threshold) {
-  auto c = edgerun::exits::parse_criterion(criterion.c_str());
-  if (!c.ok()) throw_status(c.status());
+  const auto c = criterion_or_throw(criterion);
   const auto [batch, n] = exit_rows(x);
-  ExitArray p;
-  const float* prev_ptr = nullptr;
-  if (!prev.is_none()) {
-    p = prev.cast<ExitArray>();
-    if (p.size() != x.size())
-      throw_status(edgerun::Status(edgerun::StatusCode::kShapeMismatch,
-                                   "consistency: this exit's and the previous exit's outputs differ in size"));
-    prev_ptr = p.data();
-  }
+  const PrevOutput p = prev_output(x, prev);
   bool ok = false;
   float worst = 0.0f;
-  THROW_IF_ERROR(edgerun::exits::all_pass(c.value(), x.data(), prev_ptr, batch, n, threshold, &ok, &worst));
+  THROW_IF_ERROR(edgerun::exits::all_pass(c, x.data(), p.data, batch, n, threshold, &ok, &worst));
   return py::make_tuple(ok, worst);
 }
 
@@ -320,9 +325,7 @@ void bind_exits(py::module_& m) {
   m.def("exit_all_pass", &exits_all_pass, py::arg("criterion"), py::arg("x"), py::arg("prev"), py::arg("threshold"),
         "(every row passes the threshold, the worst row's score).");
   m.def("exit_passes", [](const std::string& criterion, float score, float threshold) {
-          auto c = edgerun::exits::parse_criterion(criterion.c_str());
-          if (!c.ok()) throw_status(c.status());
-          return edgerun::exits::passes(c.value(), score, threshold);
+          return edgerun::exits::passes(criterion_or_throw(criterion), score, threshold);
         }, py::arg("criterion"), py::arg("score"), py::arg("threshold"),
         "Whether a score passes: >= for max_prob, <= for entropy and consistency.");
 }

@@ -18,12 +18,6 @@ bool is_pointwise(const ConvParams& p) {
 
 bool is_depthwise(const ConvParams& p) { return p.group == p.cin && p.group == p.cout && p.group > 1; }
 
-inline float act_apply(float v, Act act, float lo, float hi) {
-  if (act == Act::kRelu) return v > 0.f ? v : 0.f;
-  if (act == Act::kClip) return std::min(std::max(v, lo), hi);
-  return v;
-}
-
 // Valid output range [o0, o1) where in = o*s - pad + k*d lies inside [0, n).
 inline void valid_range(int64_t n, int64_t on, int64_t s, int64_t pad, int64_t kofs, int64_t* o0,
                         int64_t* o1) {
@@ -62,29 +56,6 @@ void im2col_f32(const ConvParams& p, int64_t cin_g, const float* x, float* col, 
       }
       for (int64_t ox = ow1; ox < p.ow; ++ox) o[ox] = 0.f;
     }
-  }
-}
-
-void bias_act_rows(float* y, int64_t rows, int64_t cols, const float* bias, Act act, float lo,
-                   float hi) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* o = y + r * cols;
-    const float b = bias ? bias[r] : 0.f;
-    if (act == Act::kRelu) {
-      for (int64_t c = 0; c < cols; ++c) o[c] = std::max(o[c] + b, 0.f);
-    } else if (act == Act::kClip) {
-      for (int64_t c = 0; c < cols; ++c) o[c] = std::min(std::max(o[c] + b, lo), hi);
-    } else {
-      for (int64_t c = 0; c < cols; ++c) o[c] += b;
-    }
-  }
-}
-
-void bias_act_cols(float* y, int64_t rows, int64_t cols, const float* bias, Act act, float lo,
-                   float hi) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* o = y + r * cols;
-    for (int64_t c = 0; c < cols; ++c) o[c] = act_apply(o[c] + (bias ? bias[c] : 0.f), act, lo, hi);
   }
 }
 

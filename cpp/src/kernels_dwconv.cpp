@@ -24,12 +24,6 @@ namespace kernels {
 
 namespace {
 
-inline float act1(float v, Act act, float lo, float hi) {
-  if (act == Act::kRelu) return v > 0.f ? v : 0.f;
-  if (act == Act::kClip) return std::min(std::max(v, lo), hi);
-  return v;
-}
-
 // Interior columns [*a, *b): every tap j reads x[ox*sw - pl + j*dw] inside [0, w),
 
 void interior(const ConvParams& p, int64_t extra, int64_t* a, int64_t* b) {
@@ -53,7 +47,7 @@ inline float dw_pixel(const ConvParams& p, const float* xc, const float* wc, flo
       if (ix >= 0 && ix < p.w) s += wc[i * p.kw + j] * xc[iy * p.w + ix];
     }
   }
-  return act1(s, p.act, p.lo, p.hi);
+  return apply_act(s, p.act, p.lo, p.hi);
 }
 
 // Portable interior: o[ox] for ox in [a, b) as row sweeps (vectorisable for stride 1).
@@ -74,7 +68,7 @@ void dw_row_portable(const ConvParams& p, const float* xc, const float* wc, floa
     }
   }
   if (p.act != Act::kNone)
-    for (int64_t ox = a; ox < b; ++ox) o[ox] = act1(o[ox], p.act, p.lo, p.hi);
+    for (int64_t ox = a; ox < b; ++ox) o[ox] = apply_act(o[ox], p.act, p.lo, p.hi);
 }
 
 #ifdef ER_X86

@@ -35,9 +35,7 @@ using gemm::Ukr;
 inline float epi1(float v, int64_t r, int64_t j, const TileEpi& e) {
   if (e.rb) v += e.rb[r];
   if (e.cb) v += e.cb[j];
-  if (e.act == Act::kRelu) return v > 0.f ? v : 0.f;
-  if (e.act == Act::kClip) return std::min(std::max(v, e.lo), e.hi);
-  return v;
+  return apply_act(v, e.act, e.lo, e.hi);
 }
 
 // Writes the accumulated tile to C (the valid part only), epilogue applied if given.

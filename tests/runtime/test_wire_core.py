@@ -4,47 +4,24 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import random
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgerun import wire
 from edgerun.errors import ConfigError, FrameError, UserError
+from wire_golden import GEN, GOLDEN_NAMES, SLOW_OK, golden, refix_crc
 
 from edgerun import _core  # noqa: E402  (runtime tests need the compiled core: fail, never skip)
 pytestmark = pytest.mark.runtime
 
-GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / "wire"
-GOLDEN_NAMES = sorted(p.stem for p in GOLDEN_DIR.glob("*.bin"))
 MAX = wire.DEFAULT_MAX_FRAME_BYTES
-SLOW_OK = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_wire_golden", GOLDEN_DIR.parent / "make_wire_golden.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-GEN = _load_generator()
-
-
-def golden(name: str) -> tuple[bytes, dict]:
-    return (GOLDEN_DIR / f"{name}.bin").read_bytes(), json.loads((GOLDEN_DIR / f"{name}.json").read_text("utf-8"))
-
-
-def refix_crc(buf: bytes | bytearray) -> bytes:
-    body = bytes(buf[:-4])
-    return body + struct.pack("<I", zlib.crc32(body))
 
 
 def native_decode(buf: bytes, max_bytes: int = MAX, expect_hash: bytes | None = None) -> wire.Frame:

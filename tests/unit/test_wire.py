@@ -3,47 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import json
 import struct
 import subprocess
 import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from edgerun import wire
 from edgerun.errors import FrameError, UserError
-
-GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden" / "wire"
-GOLDEN_NAMES = sorted(p.stem for p in GOLDEN_DIR.glob("*.bin"))
-SLOW_OK = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-def _load_generator():
-    path = GOLDEN_DIR.parent / "make_wire_golden.py"
-    spec = importlib.util.spec_from_file_location("make_wire_golden", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-GEN = _load_generator()
-
-
-def golden(name: str) -> tuple[bytes, dict]:
-    return (GOLDEN_DIR / f"{name}.bin").read_bytes(), json.loads((GOLDEN_DIR / f"{name}.json").read_text("utf-8"))
-
-
-def refix_crc(buf: bytes | bytearray) -> bytes:
-    """Recompute the trailing crc so a deliberately edited frame reaches the check after it."""
-    body = bytes(buf[:-4])
-    return body + struct.pack("<I", zlib.crc32(body))
-
+from wire_golden import GEN, GOLDEN_NAMES, SLOW_OK, golden, refix_crc
 
 def assert_matches_description(frame: wire.Frame, desc: dict) -> None:
     assert int(frame.kind) == desc["kind"]

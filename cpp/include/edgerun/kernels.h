@@ -5,6 +5,7 @@
 // `threads` == 1 runs on the calling thread only (no OpenMP team).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -28,6 +29,12 @@ inline int  thread_id() {     // index of the calling thread in its OpenMP team
 #else
   return 0;
 #endif
+}
+// The scalar activation every kernel's edge/portable path applies (SIMD paths mirror it).
+inline float apply_act(float v, Act act, float lo, float hi) {
+  if (act == Act::kRelu) return v > 0.f ? v : 0.f;
+  if (act == Act::kClip) return std::min(std::max(v, lo), hi);
+  return v;
 }
 // "avx2-fma" or "portable". EDGERUN_FORCE_PORTABLE=1 in the environment (read
 // once, at the first kernel call) forces the portable path, for cross-checks.
@@ -72,12 +79,6 @@ void   conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w
 size_t depthwise_scratch_floats(const ConvParams& p, int threads);
 void   depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const float* w,
                       const float* bias, float* y, float* scratch, int threads);
-
-// y[r, :] = act(y[r, :] + bias[...]): per-row bias (conv) or per-column bias (gemm).
-void bias_act_rows(float* y, int64_t rows, int64_t cols, const float* bias, Act act, float lo,
-                   float hi);
-void bias_act_cols(float* y, int64_t rows, int64_t cols, const float* bias, Act act, float lo,
-                   float hi);
 
 // ============================================================================
 // Elementwise
