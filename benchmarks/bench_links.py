@@ -3,7 +3,8 @@
 For each model and link the bundle (with the tsq codec, so split and split_codec are both
 measured) is exported at the fp32 split the planner chooses for the device profile
 (`--device`, default this-machine) + `cpu-server` over that link, restricted to real splits. Device compute is this
-machine's (no scaling); links are emulated and the emulation is measured in every run.
+machine's, or with `--device` this machine slowed to that profile's speed (and planned for exactly
+that emulated device: `edgerun.profiles.emulated_device`); links are emulated and the emulation is measured in every run.
 
     python benchmarks/bench_links.py [--requests 40] [--links ethernet wifi 5g lte]
 
@@ -21,11 +22,13 @@ MODELS = ("zoo:digits-cnn", "zoo:efficientnet-lite0")
 LINKS = ("ethernet", "wifi", "5g", "lte")
 
 
-def _split_cut(traced, link: str, device: str) -> int:
-    """The planner's best fp32 split for this device and link (the codec is measured on top of it)."""
+def _split_cut(traced, link: str, device: str | None) -> int:
+    """The planner's best fp32 split for the (emulated) device and link (the codec is measured on top of it)."""
     from edgerun.exporters.planner import plan
+    from edgerun.profiles import emulated_device
 
-    p = plan(traced, device, "cpu-server", link, splits_only=True)
+    prof, _, _ = emulated_device(device)  # the device the bench measures: this machine, scaled
+    p = plan(traced, prof, "cpu-server", link, splits_only=True)
     return next(c.cut_index for c in p.candidates if c.feasible and c.front_precision == "fp32")
 
 
@@ -46,7 +49,7 @@ def main() -> None:
     for spec in args.models:
         traced = trace_model(spec)
         for link in args.links:
-            cut = _split_cut(traced, link, args.device or "this-machine")
+            cut = _split_cut(traced, link, args.device)
             b = export(traced, ExportConfig(cut=cut, codec="tsq", evaluate=False), Path(tempfile.mkdtemp()) / "bundle")
             rep = run_bench(b, link, requests=args.requests, device=args.device,
                             log=lambda s: print(f"[{spec} {link}] {s}", flush=True))

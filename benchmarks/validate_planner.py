@@ -5,9 +5,11 @@ device profile `this-machine` and server profile `cpu-server` (both measured her
 real: the model exported at that cut, a real Mosquitto, a real `edgerun serve`, the device
 behind the link emulator. "input" (all on the server) uses a bundle cut at the input, "output"
 (all on the device) the native engine on the whole model. Device compute is this machine's
-(no scaling; with --device PROFILE, emulated and labelled). Only the fp32, no-codec candidates are measured. EfficientNet is measured at block boundaries only (to bound the run time).
+(no scaling). With --device PROFILE the device is this machine slowed down by the fp32 GMAC/s ratio
+of the two profiles (`edgerun.bench.SlowedEngine`), and the plan is made for exactly that device:
+`edgerun.profiles.emulated_device` (this machine's measured profile, scaled). Every report says so. Only the fp32, no-codec candidates are measured. EfficientNet is measured at block boundaries only (to bound the run time).
 
-    python benchmarks/validate_planner.py [--requests 20] [--out benchmarks/results]
+    python benchmarks/validate_planner.py [--requests 20] [--passes 2] [--device rpi4] [--out benchmarks/results]
 
 Writes planner_validation.json / .png and prints a table per (model, link).
 """
@@ -31,19 +33,21 @@ def _keep(model: str, label: str) -> bool:
     return "digits" in model or label in ("input", "output") or re.fullmatch(r"blocks\.\d+", label) is not None
 
 
-def _measure_cut(traced, cut_index: int, links, work: Path, requests: int, factor: float = 1.0) -> dict[str, float]:
-    from edgerun import procs
-    from edgerun.bench import _remote_mode, make_server_bundle
-    from edgerun.broker import Mosquitto, parse_broker_url
-    from edgerun.bundle import Bundle
+def _export_cut(traced, cut_index: int, work: Path):
+    from edgerun.bench import make_server_bundle
     from edgerun.exporters.pipeline import ExportConfig, export
-    from edgerun.linkemu import LinkConfig, LinkEmulator
 
     b = export(traced, ExportConfig(cut=max(cut_index, 0), evaluate=False), work / f"cut{cut_index}")
-    if cut_index == -1:
-        b = make_server_bundle(b, work / "input-cut")
-    xs = np.ascontiguousarray(np.load(b.file("samples.npz") if b.has("samples.npz") else
-                                      (work / f"cut{cut_index}" / "samples.npz"))["inputs"], dtype=np.float32)
+    xs = np.ascontiguousarray(np.load(b.file("samples.npz"))["inputs"], dtype=np.float32)
+    return (make_server_bundle(b, work / "input-cut") if cut_index == -1 else b), xs
+
+
+def _measure_cut(b, xs: np.ndarray, links, work: Path, requests: int, factor: float = 1.0) -> dict[str, float]:
+    from edgerun import procs
+    from edgerun.bench import _remote_mode
+    from edgerun.broker import Mosquitto, parse_broker_url
+    from edgerun.linkemu import LinkConfig, LinkEmulator
+
     out = {}
     with Mosquitto() as broker:
         proc = procs.start_server(b.path, broker.url, work / "serve.log")
@@ -59,8 +63,6 @@ def _measure_cut(traced, cut_index: int, links, work: Path, requests: int, facto
 
 
 def _measure_whole(traced, work: Path, requests: int, factor: float = 1.0) -> float:
-    import onnx
-
     from edgerun.engine import NativeEngine
     from edgerun.exporters.erg import write_erg
     from edgerun.profiler import time_ms
@@ -76,35 +78,46 @@ def _measure_whole(traced, work: Path, requests: int, factor: float = 1.0) -> fl
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=20)
+    ap.add_argument("--passes", type=int, default=2, help="sweeps over all cuts; the median over passes is kept")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--device", default="this-machine",
                     help="device profile to plan for; other than this-machine, its speed is emulated "
                          "(this machine's measured compute scaled by the profiles' fp32 GMAC/s ratio)")
     args = ap.parse_args()
-    from edgerun.bench import device_slowdown
     from edgerun.exporters.pipeline import trace_model
     from edgerun.exporters.planner import WHOLE, plan
-    from edgerun.profiles import load_link
+    from edgerun.profiles import emulated_device, load_link
 
     links = [load_link(n) for n in LINKS]
     results = []
     for spec in args.models:
         traced = trace_model(spec)
-        factor, note = device_slowdown(None if args.device == "this-machine" else args.device)
-        plans = {l.name: plan(traced, args.device, "cpu-server", l) for l in links}
+        # The measured device is this machine slowed by `factor`; plan with exactly that profile.
+        device, factor, note = emulated_device(args.device)
+        plans = {l.name: plan(traced, device, "cpu-server", l) for l in links}
         work = Path(tempfile.mkdtemp(prefix="edgerun-validate-"))
-        measured: dict[int, dict[str, float]] = {}
-        for c in plans[links[0].name].candidates:
-            if not _keep(spec, c.cut) or c.cut_index in measured or (c.front_precision, c.codec) != ("fp32", "none"):
-                continue
-            t0 = time.time()
-            if c.cut_index == WHOLE:
-                ms = _measure_whole(traced, work, args.requests, factor)
-                measured[c.cut_index] = {l.name: ms for l in links}
-            else:
-                measured[c.cut_index] = _measure_cut(traced, c.cut_index, links, work, args.requests, factor)
-            print(f"{traced.source.model_id} {c.cut}: {measured[c.cut_index]} ({time.time() - t0:.1f} s)", flush=True)
+        fp32 = {l.name: [c for c in plans[l.name].candidates if (c.front_precision, c.codec) == ("fp32", "none")]
+                for l in links}
+        # Block boundaries (all cuts for digits), plus each link's planned cut wherever it is.
+        todo = {c.cut_index for c in fp32[links[0].name] if _keep(spec, c.cut)}
+        todo |= {next(c for c in fp32[l.name] if c.feasible).cut_index for l in links}
+        todo = sorted(todo)
+        bundles = {i: _export_cut(traced, i, work) for i in todo if i != WHOLE}
+        # Each pass sweeps every cut (forward, then backward on the next pass, so slow drift
+        # of the machine does not favour one end); a cut's figure is the median over passes.
+        runs: dict[int, list[dict[str, float]]] = {i: [] for i in todo}
+        for k in range(args.passes):
+            for i in (todo if k % 2 == 0 else todo[::-1]):
+                t0 = time.time()
+                if i == WHOLE:
+                    ms = _measure_whole(traced, work, args.requests, factor)
+                    runs[i].append({l.name: ms for l in links})
+                else:
+                    runs[i].append(_measure_cut(*bundles[i], links, work, args.requests, factor))
+                print(f"{traced.source.model_id} pass {k} cut {i}: {runs[i][-1]} ({time.time() - t0:.1f} s)",
+                      flush=True)
+        measured = {i: {l.name: float(np.median([r[l.name] for r in rs])) for l in links} for i, rs in runs.items()}
         for l in links:
             p = plans[l.name]
             rows = [{"cut": c.cut, "cut_index": c.cut_index, "predicted_ms": round(c.total_ms, 3),
@@ -112,7 +125,7 @@ def main() -> None:
                     for c in p.candidates if c.cut_index in measured and (c.front_precision, c.codec) == ("fp32", "none")]
             rows.sort(key=lambda r: r["cut_index"])
             best = min(rows, key=lambda r: r["measured_p50_ms"])
-            chosen = next(c for c in p.candidates if c.feasible and (c.front_precision, c.codec) == ("fp32", "none"))
+            chosen = next(c for c in fp32[l.name] if c.feasible)
             planned = next(r for r in rows if r["cut_index"] == chosen.cut_index)
             results.append({"model": traced.source.model_id, "link": l.name, "device": args.device,
                             "device_compute": note, "rows": rows,

@@ -120,14 +120,10 @@ def slow_down(dev: Any, factor: float) -> None:
 
 def device_slowdown(device: str | None) -> tuple[float, str]:
     """How much slower a profiled device is than this machine (fp32 GMAC/s ratio of the profiles)."""
-    if device is None:
-        return 1.0, "measured on this machine, not scaled"
-    from edgerun.profiles import load_device
+    from edgerun.profiles import emulated_device
 
-    here, there = load_device("this-machine"), load_device(device)
-    factor = max(1.0, here.compute["fp32"].gmacs / there.compute["fp32"].gmacs)
-    return factor, (f"EMULATED {there.name}: this machine's measured device compute x{factor:.2f} "
-                    f"(fp32 GMAC/s of devices/this-machine.toml over devices/{there.name}.toml)")
+    _, factor, note = emulated_device(device)
+    return factor, note
 
 
 def _local_mode(run: Callable[[np.ndarray], Any], xs: np.ndarray, requests: int, warmup: int) -> dict:

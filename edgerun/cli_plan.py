@@ -31,6 +31,7 @@ def profile_cmd(
     server_out: Optional[Path] = typer.Option(None, help="also write the server profile (ORT back halves) here"),
     model: List[str] = typer.Option(["zoo:digits-cnn", "zoo:efficientnet-lite0"], help="models to time (repeatable)"),
     repeats: int = typer.Option(20, help="timed runs per segment (the median is kept)"),
+    passes: int = typer.Option(3, help="sweeps over all cuts; the median over sweeps is kept"),
     threads: int = typer.Option(1, help="engine threads"),
     name: str = typer.Option("this-machine", help="profile name"),
 ) -> None:
@@ -38,7 +39,7 @@ def profile_cmd(
     try:
         from edgerun.profiler import profile_machine, write_toml
 
-        prof = profile_machine(model, repeats=repeats, threads=threads, name=name, log=_log)
+        prof = profile_machine(model, repeats=repeats, threads=threads, name=name, passes=passes, log=_log)
         typer.echo(str(write_toml(prof["device"], out)))
         if server_out is not None:
             typer.echo(str(write_toml(prof["server"], server_out)))

@@ -53,25 +53,44 @@ def _example(traced) -> np.ndarray:
 
 
 def profile_model(spec: str, *, repeats: int, threads: int = 1, precisions: tuple[str, ...] = PRECISIONS,
-                  log: Callable[[str], None] = lambda s: None) -> dict:
+                  passes: int = 3, log: Callable[[str], None] = lambda s: None) -> dict:
     """Time the native front half at every cut (and whole) per precision, and the ORT back half at every cut.
+
+    Every segment is timed in ``passes`` separate sweeps over all cuts and the median over the
+    sweeps is kept: a burst of load on the machine then spoils one sweep's number, not the profile
+    (single sweeps gave non-monotonic prefix times, a later cut up to 20 % faster than an earlier one).
 
     Returns:
         ``{"model", "device": {precision: [(cut, ms, macs, nodes)]}, "server": [(cut, ms, macs, nodes)]}``;
         cut ``-1`` is "nothing on the device", ``WHOLE`` the whole model.
     """
-    from edgerun.engine import NativeEngine, OrtEngine
-    from edgerun.exporters.erg import write_erg
     from edgerun.exporters.pipeline import trace_model
-    from edgerun.exporters.split import split
+
+    if passes < 1:
+        raise ConfigError(f"passes={passes} must be >= 1")
+    traced = trace_model(spec)
+    sweeps = [_sweep(traced, repeats, threads, precisions) for _ in range(passes)]
+    first = sweeps[0]
+    dev = {p: [(c, statistics.median(sw["device"][p][i][1] for sw in sweeps), macs, nodes)
+               for i, (c, _, macs, nodes) in enumerate(first["device"][p])] for p in precisions}
+    srv = [(c, statistics.median(sw["server"][i][1] for sw in sweeps), macs, nodes)
+           for i, (c, _, macs, nodes) in enumerate(first["server"])]
+    for (c, ms, _, _), (_, sms, _, _) in zip(dev[precisions[0]], srv):
+        log(f"{traced.source.model_id} cut {c}: device {precisions[0]} {ms:.3f} ms, server {sms:.3f} ms")
+    return {"model": traced.source.model_id, "device": dev, "server": srv}
+
+
+def _sweep(traced, repeats: int, threads: int, precisions: tuple[str, ...]) -> dict:
+    """One timing sweep over every cut: ``{"device": {precision: [...]}, "server": [...]}``."""
     import onnx
 
-    traced = trace_model(spec)
-    x = _example(traced)
-    model_id = traced.source.model_id
-    total_macs = traced.cuts[0].front_macs + traced.cuts[0].back_macs if traced.cuts else 0
+    from edgerun.engine import NativeEngine, OrtEngine
+    from edgerun.exporters.erg import write_erg
     from edgerun.exporters.planner_loss import front_precisions
+    from edgerun.exporters.split import split
 
+    x = _example(traced)
+    total_macs = traced.cuts[0].front_macs + traced.cuts[0].back_macs if traced.cuts else 0
     dev: dict[str, list] = {p: [] for p in precisions}
     srv: list = []
     with tempfile.TemporaryDirectory(prefix="edgerun-profile-") as tmp:
@@ -94,9 +113,7 @@ def profile_model(spec: str, *, repeats: int, threads: int = 1, precisions: tupl
             be = OrtEngine(t / "b.onnx", threads=threads)
             feeds = {n: mid[n] for n in be.input_names}
             srv.append((cut.index, time_ms(lambda: be.run(feeds), repeats), cut.back_macs, _nodes(back)))
-            log(f"{model_id} cut {cut.index} ({cut.label}): device "
-                + ", ".join(f"{p} {dev[p][-1][1]:.3f}" for p in precisions) + f" ms, server {srv[-1][1]:.3f} ms")
-    return {"model": model_id, "device": dev, "server": srv}
+    return {"device": dev, "server": srv}
 
 
 def fit_compute(points: list[tuple[int, float, int, int]]) -> dict[str, float]:
@@ -118,7 +135,7 @@ def fit_compute(points: list[tuple[int, float, int, int]]) -> dict[str, float]:
 
 
 def profile_machine(models: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, repeats: int = 20, threads: int = 1,
-                    name: str = "this-machine", precisions: tuple[str, ...] = PRECISIONS,
+                    name: str = "this-machine", precisions: tuple[str, ...] = PRECISIONS, passes: int = 3,
                     log: Callable[[str], None] = lambda s: None) -> dict[str, dict]:
     """Measure ``models`` and build ``{"device": {...}, "server": {...}}`` profile dicts (TOML-ready).
 
@@ -127,9 +144,12 @@ def profile_machine(models: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, rep
     """
     if repeats < 1:
         raise ConfigError(f"repeats={repeats} must be >= 1")
-    results = [profile_model(m, repeats=repeats, threads=threads, precisions=precisions, log=log) for m in models]
-    cmd = f"edgerun profile --repeats {repeats} --threads {threads} " + " ".join(f"--model {m}" for m in models)
+    results = [profile_model(m, repeats=repeats, threads=threads, precisions=precisions, passes=passes, log=log)
+               for m in models]
+    cmd = (f"edgerun profile --repeats {repeats} --passes {passes} --threads {threads} "
+           + " ".join(f"--model {m}" for m in models))
     meta = {"cpu": platform.processor() or platform.machine(), "threads": threads, "repeats": repeats,
+            "passes": passes,
             "measured_by": cmd, "date": time.strftime("%Y-%m-%d")}
     mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
     device = {"kind": "device", "name": name, "isa": platform.machine(), "cores": os.cpu_count() or 1,

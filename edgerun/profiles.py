@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -108,6 +109,19 @@ class DeviceProfile(_Machine):
     def __post_init__(self) -> None:
         if not self.memory_mb > 0:
             raise ConfigError(f"profile {self.path}: field 'memory_mb' must be > 0")
+
+    def scaled(self, factor: float, name: str, description: str) -> DeviceProfile:
+        """This profile ``factor`` times slower: every measured time and model term scaled.
+
+        Used for the emulated device of the bench (``SlowedEngine``): a device that is this
+        machine slowed down by ``factor`` has exactly this profile.
+        """
+        if not factor >= 1.0:
+            raise ConfigError(f"a device can only be emulated slower than this machine, got factor {factor}")
+        comp = {p: Compute(c.gmacs / factor, c.overhead_ms * factor, c.per_node_us * factor)
+                for p, c in self.compute.items()}
+        meas = tuple(Measured(m.model, m.cut, m.precision, m.ms * factor) for m in self.measured)
+        return DeviceProfile(name, self.path, comp, meas, self.memory_mb, description, self.isa, self.cores)
 
 
 @dataclass(frozen=True)
@@ -237,6 +251,35 @@ def load_device(name_or_path: str | os.PathLike) -> DeviceProfile:
     _kind(d, path, "device")
     return DeviceProfile(**_machine_fields(d, path), isa=_field(d, "isa", path, str, default=""),
                          cores=_field(d, "cores", path, int, default=1))
+
+
+def emulated_device(device: str | os.PathLike | None) -> tuple[DeviceProfile, float, str]:
+    """The profile of ``device`` as the bench emulates it on this machine.
+
+    The bench cannot run a Raspberry Pi; it runs this machine's native engine and waits
+    ``factor - 1`` times the measured compute after each run, where ``factor`` is the fp32
+    GMAC/s ratio of ``devices/this-machine.toml`` over the device's profile. The device that
+    is measured is therefore ``this-machine`` scaled by ``factor`` (its per-cut measured times
+    included), and that is the profile to plan with when checking the planner against it.
+
+    Args:
+        device: a device profile name or path; ``None`` or ``"this-machine"`` = no emulation.
+
+    Returns:
+        ``(profile, factor, note)``: the note says how the compute was emulated (for reports).
+
+    Raises:
+        ConfigError: a missing or malformed profile.
+    """
+    here = load_device("this-machine")
+    if device is None or str(device) == "this-machine":
+        return here, 1.0, "measured on this machine, not scaled"
+    there = load_device(device)
+    factor = max(1.0, here.compute["fp32"].gmacs / there.compute["fp32"].gmacs)
+    note = (f"EMULATED {there.name}: this machine's measured device compute x{factor:.2f} "
+            f"(fp32 GMAC/s of devices/this-machine.toml over devices/{Path(there.path).name})")
+    emu = here.scaled(factor, f"{there.name}-emulated", note)
+    return dataclasses.replace(emu, memory_mb=there.memory_mb), factor, note
 
 
 def load_server(name_or_path: str | os.PathLike) -> ServerProfile:

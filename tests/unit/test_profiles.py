@@ -136,3 +136,30 @@ def test_written_toml_round_trips(tmp_path):
     p.write_text(to_toml(prof))
     d = load_device(p)
     assert d.compute["fp32"].gmacs == 3.5 and d.lookup("m", 2, "fp32") == 1.25
+
+
+def test_emulated_device_is_this_machine_scaled():
+    """The bench's emulated rpi4 runs this machine's engine `factor` times slower: its profile is
+    this-machine's, every time scaled by the same factor, with the emulated board's memory."""
+    from edgerun.profiles import emulated_device
+
+    here, rpi = load_device("this-machine"), load_device("rpi4")
+    emu, factor, note = emulated_device("rpi4")
+    assert factor == pytest.approx(here.compute["fp32"].gmacs / rpi.compute["fp32"].gmacs)
+    assert "EMULATED" in note and emu.memory_mb == rpi.memory_mb
+    m = here.measured[-1]
+    assert emu.lookup(m.model, m.cut, m.precision) == pytest.approx(m.ms * factor)
+    c, ce = here.compute["fp32"], emu.compute["fp32"]
+    assert ce.ms(10**7, 20) == pytest.approx(c.ms(10**7, 20) * factor)
+
+
+def test_no_emulation_for_this_machine():
+    from edgerun.profiles import emulated_device
+
+    prof, factor, _ = emulated_device(None)
+    assert factor == 1.0 and prof == load_device("this-machine")
+
+
+def test_emulating_a_faster_device_is_refused():
+    with pytest.raises(ConfigError, match="slower"):
+        load_device("this-machine").scaled(0.5, "x", "")
