@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from edgerun.errors import EdgerunError, InternalError
+from edgerun.errors import ConfigError, EdgerunError, InternalError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -85,7 +85,6 @@ def export_cmd(
 
 def _planned(traced, device, server, link, max_latency_ms, max_mem_mb, max_drop) -> tuple[str, str, str]:
     """The planner's best feasible *split* (a bundle needs a cut; all-on-one-side plans are reported)."""
-    from edgerun.errors import ConfigError
     from edgerun.exporters.planner import Budgets, plan
 
     if not (device and server and link):
@@ -149,6 +148,20 @@ def serve_cmd(
     typer.echo(json.dumps({"served": getattr(stats, "served", None), "stats": getattr(stats, "__dict__", {})}, default=str))
 
 
+def _load_inputs(path: Path):
+    """The ``--input`` array; a missing or unreadable file is a ConfigError saying what to pass."""
+    import numpy as np
+
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read --input {path}: {exc}; pass a .npy file written by "
+                          "np.save(path, array) with the inputs stacked on axis 0") from None
+    if not isinstance(x, np.ndarray) or x.dtype.kind not in "fiub":
+        raise ConfigError(f"--input {path} is not a numeric array; save the inputs with np.save(path, array)")
+    return x
+
+
 @app.command("run")
 def run_cmd(
     bundle: Path = typer.Argument(..., help="bundle directory or archive"),
@@ -169,7 +182,7 @@ def run_cmd(
 
     try:
         b = Bundle.load(bundle)
-        x = np.load(input) if input else np.load(b.file("samples.npz"))["inputs"]
+        x = _load_inputs(input) if input else np.load(b.file("samples.npz"))["inputs"]
         x = np.asarray(x, dtype=np.float32)[:limit]
         with Device(b, broker=broker, engine=engine, threads=threads, budget=budget) as dev:
             for i in range(len(x)):

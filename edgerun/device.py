@@ -353,6 +353,10 @@ class Device:
             if str(arr.dtype) != spec.dtype:
                 raise ConfigError(f"input {spec.name!r} is {arr.dtype}, the bundle expects {spec.dtype}: "
                                   f"convert with x.astype(np.{spec.dtype})")
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                bad = np.argwhere(~np.isfinite(arr))[0].tolist()
+                raise ConfigError(f"input {spec.name!r} holds NaN or Inf (first at index {bad}): the answer would "
+                                  "be garbage, so nothing was sent; clean or drop this sample")
         return x if isinstance(x, dict) else np.ascontiguousarray(x)
 
     def _run_front(self, feeds: Any) -> dict[str, np.ndarray]:

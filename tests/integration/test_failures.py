@@ -15,7 +15,7 @@ import pytest
 from edgerun import transport
 from edgerun.broker import Mosquitto
 from edgerun.device import Device
-from edgerun.errors import TransportError
+from edgerun.errors import ConfigError, TransportError
 from edgerun.server import serve
 
 pytestmark = pytest.mark.integration
@@ -62,6 +62,29 @@ def test_no_server_means_transport_error_naming_the_bundle(digits_bundle, broker
         with pytest.raises(TransportError, match="within 100 ms"):
             dev.infer(sample(digits_bundle), deadline_ms=100)
         assert not dev._pending  # a timed-out request leaves nothing behind
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.full((1, 1, 8, 8), np.nan, np.float32), "NaN or Inf"),
+    (np.zeros((1, 3, 5, 5), np.float32), "has shape"),
+    (np.zeros((1, 1, 8, 8), np.float64), "convert with"),
+])
+def test_bad_input_is_refused_before_anything_is_sent(digits_bundle, broker, bad, match):
+    """No server runs: a request that reached the wire would time out instead of raising ConfigError."""
+    with Device(digits_bundle, broker=broker.url, engine="ort", timeout_ms=300) as dev:
+        with pytest.raises(ConfigError, match=match):
+            dev.infer(bad)
+        assert not dev._pending
+
+
+def test_run_cli_with_an_unreadable_input_file_says_what_to_pass(digits_bundle, broker, cli_argv, tmp_path):
+    junk = tmp_path / "junk.npy"
+    junk.write_bytes(b"not an array")
+    for path in (junk, tmp_path / "missing.npy"):
+        p = subprocess.run([*cli_argv, "run", str(digits_bundle.path), "--broker", broker.url, "--input", str(path)],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode != 0 and "Traceback" not in p.stderr
+        assert f"cannot read --input {path}" in p.stderr and "np.save" in p.stderr
 
 
 def test_server_killed_mid_request_gives_transport_error_not_a_hang(digits_bundle, broker, start_servers):
