@@ -49,7 +49,7 @@ def resolve_model(spec: str) -> SourceModel:
 
 def _from_file(path: Path, fn_name: str) -> SourceModel:
     if not path.is_file():
-        raise ConfigError(f"model file {path} does not exist")
+        raise ConfigError(f"model file {path} does not exist; give MODEL as path/to/file.py:function or zoo:NAME")
     mod_name = f"edgerun_user_model_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
@@ -62,7 +62,8 @@ def _from_file(path: Path, fn_name: str) -> SourceModel:
         raise ConfigError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
-        raise ConfigError(f"{path} has no function {fn_name}()")
+        raise ConfigError(f"{path} has no function {fn_name}(); define {fn_name}() returning "
+                          "(torch.nn.Module, example_input_tensor) or name another function after the ':'")
     got = fn()
     if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], torch.nn.Module)):
         raise ExportError(f"{path}:{fn_name}() must return (torch.nn.Module, example_input_tensor)")
