@@ -6,14 +6,17 @@
 // u = round(x / xs[n]) + 64 in [1, 127]. Weights are s8 in [-127, 127], so a
 // maddubs pair sum is at most 2 * 127 * 127 = 32258: it never saturates. The
 // +64 offset is removed in the epilogue with the weight row sums.
-// Both micro-kernels compute the same exact int32 sums and share the
-// epilogue, so the portable and AVX2 paths give bit-identical outputs.
+// Every micro-kernel computes the same exact int32 sums and applies the same
+// epilogue operations, so all paths give bit-identical outputs. Where AVX-512
+// VNNI is present, conv2d_s8 hands each group to kernels_qgemm_avx512.cpp instead
+// (fused quantize + pack, 8 x 48 vpdpbusd tiles with the epilogue in registers).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 
 #include "edgerun/kernels.h"
+#include "qgemm_ukr.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -28,10 +31,10 @@ namespace kernels {
 
 namespace {
 
+using qgemm::kQNR;
+using qgemm::kQMax;
+using qgemm::kQOffset;
 constexpr int64_t kQMR = 4;    // weight rows per micro-tile
-constexpr int64_t kQNR = 16;   // pixels per strip
-constexpr float   kQMax = 63.f;  // 7-bit activations (see the file comment)
-constexpr int32_t kQOffset = 64;
 
 using QKernel = void (*)(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
                          int32_t* tile);
@@ -326,6 +329,7 @@ bool pointwise(const ConvParams& p) {
 
 const char* qgemm_path() {
 #ifdef ER_X86
+  if (qgemm::has_avx512_vnni()) return "avx512-vnni";
   if (has_avx_vnni()) return "avx-vnni";
   if (has_avx2_fma()) return "avx2";
 #endif
@@ -347,6 +351,7 @@ void conv2d_s8(const ConvParams& p, int64_t batch, const float* x, const S8Weigh
   const int64_t cin_g = p.cin / p.group, cout_g = p.cout / p.group, plane = p.oh * p.ow;
   const int64_t np = (plane + kQNR - 1) / kQNR * kQNR;
   const bool pw = pointwise(p);
+  static const bool avx512 = qgemm::has_avx512_vnni();
   float* col = scratch;
   float* xs = scratch + (pw ? 0 : w.k * plane);
   float* inv = xs + np;
@@ -361,9 +366,14 @@ void conv2d_s8(const ConvParams& p, int64_t batch, const float* x, const S8Weigh
         im2col_f32(p, cin_g, xg, col, threads);
         B = col;
       }
+      float* yg = yn + g * cout_g * plane;
+      if (avx512) {
+        qgemm::qconv_group_avx512(B, plane, w, g * cout_g, cout_g, plane, xs, inv, bq, bias,
+                                  p.act, p.lo, p.hi, yg, threads);
+        continue;
+      }
       quantize_pack(B, plane, w.k, w.kp, plane, xs, inv, bq, threads);
-      qgemm_group(w, g * cout_g, cout_g, plane, bq, xs, bias, p.act, p.lo, p.hi,
-                  yn + g * cout_g * plane, threads);
+      qgemm_group(w, g * cout_g, cout_g, plane, bq, xs, bias, p.act, p.lo, p.hi, yg, threads);
     }
   }
 }

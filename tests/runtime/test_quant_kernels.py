@@ -97,7 +97,7 @@ def _fake_quant_model(model, prec):
 
 
 # int8 Conv with K < this runs fp32 on dequantized weights (edgerun::kernels::kS8MinK).
-S8_MIN_K = 64
+S8_MIN_K = 40
 
 
 def _conv_s8_ref(x, w, b, stride=1, pad=0, groups=1):
@@ -203,6 +203,71 @@ def test_portable_and_simd_paths_agree(qnet, prec):
     assert outs["1"]["path"] == "portable" and outs["1"]["gemm"] == "portable"
     simd, port = np.array(outs["0"]["y"]), np.array(outs["1"]["y"])
     assert _rel_max(simd, port) <= PORTABLE_VS_AVX2_RTOL
+
+
+# Single int8 Convs with odd shapes for the int8 micro-kernels: K not a multiple of 4,
+# M not a multiple of the 4 / 8 tile rows, N not a multiple of the 16 / 48 tile pixels
+# (including N < 16), grouped, strided, fused Relu / Clip; (ci, co, k, stride, pad, groups, hw, act).
+_ODD_CONVS = [(13, 37, 3, 1, 1, 1, 9, "relu"), (70, 11, 1, 1, 0, 1, 7, None),
+              (40, 20, 3, 2, 0, 2, 16, "relu6"), (64, 24, 1, 1, 0, 1, 14, "relu6"),
+              (47, 9, 1, 1, 0, 1, 23, None), (41, 5, 1, 1, 0, 1, 3, "relu")]
+# Which int8 kernel each environment asks for (a path the CPU lacks falls back to the next).
+_QPATH_ENVS = {"default": {}, "no-avx512": {"EDGERUN_NO_AVX512": "1"},
+               "no-vnni": {"EDGERUN_NO_VNNI": "1"}, "portable": {"EDGERUN_FORCE_PORTABLE": "1"}}
+_QPROBE = """
+import json, sys, numpy as np
+from edgerun.engine import NativeEngine
+from edgerun import _core
+rng = np.random.default_rng(4)
+ys = []
+for path, ci, hw in json.loads(sys.argv[1]):
+    x = rng.standard_normal((3, ci, hw, hw)).astype(np.float32)
+    x[0, :, 0, 0] = 0.0                    # an all-zero pixel: scale 0
+    x[1, :, 1, :] *= 1e3                   # a row of large pixels
+    x[2] = np.round(x[2] * 4) / 4          # exact halves after scaling are likely
+    for threads in (1, 2):
+        ys.append(next(iter(NativeEngine(path, max_batch=3, threads=threads).run(x).values())).ravel().tolist())
+print(json.dumps({"path": _core.qgemm_path(), "y": ys}))
+"""
+
+
+def _odd_conv(ci, co, k, s, p, g, act):
+    conv = nn.Conv2d(ci, co, k, stride=s, padding=p, groups=g)
+    return nn.Sequential(conv, {"relu": nn.ReLU(), "relu6": nn.ReLU6(), None: nn.Identity()}[act]).eval()
+
+
+def test_int8_kernel_paths_bit_identical_on_odd_shapes(tmp_path):
+    """AVX-512 VNNI, AVX-VNNI, AVX2 and portable int8 Convs give the same bits: exact int32
+    sums and the same epilogue operations; 1 and 2 threads too."""
+    from edgerun.exporters.trace import to_onnx
+
+    torch.manual_seed(5)
+    specs = []
+    for i, (ci, co, k, s, p, g, hw, act) in enumerate(_ODD_CONVS):
+        assert ci // g * k * k >= S8_MIN_K  # every case runs the int8 GEMM
+        model = to_onnx(_odd_conv(ci, co, k, s, p, g, act), torch.randn(1, ci, hw, hw))
+        path = tmp_path / f"odd{i}.erg"
+        erg.write_erg(model, path, precisions=_precisions(model, "int8"))
+        specs.append((str(path), ci, hw))
+    outs = {}
+    for name, extra in _QPATH_ENVS.items():
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EDGERUN_")} | extra
+        r = subprocess.run([sys.executable, "-c", _QPROBE, json.dumps(specs)], env=env,
+                           capture_output=True, text=True, check=True)
+        outs[name] = json.loads(r.stdout.strip().splitlines()[-1])
+    assert outs["portable"]["path"] == "portable"
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    if all(f in flags for f in ("avx512_vnni", "avx512bw", "avx512vl")):
+        assert outs["default"]["path"] == "avx512-vnni"
+        assert outs["no-avx512"]["path"] in ("avx-vnni", "avx2")
+    if "avx2" in flags and "fma" in flags:
+        assert outs["no-vnni"]["path"] == "avx2"
+    ref = outs["portable"]["y"]
+    for name, o in outs.items():
+        for i, (a, b) in enumerate(zip(o["y"], ref)):
+            assert np.array_equal(np.array(a), np.array(b)), (name, o["path"], _ODD_CONVS[i // 2])
+    for a, b in zip(ref[0::2], ref[1::2]):  # 1 vs 2 threads
+        assert np.array_equal(np.array(a), np.array(b))
 
 
 def _zoo_intermediates_int8(traced, tmp_path, limit):

@@ -146,12 +146,16 @@ struct S8Weights {
   const float*   scale;  // [m]
   const int32_t* wsum;   // [m]: sum over k of w (undoes the +64 activation offset)
 };
-const char* qgemm_path();  // "avx-vnni", "avx2", "neon" or "portable"
+// "avx512-vnni", "avx-vnni", "avx2", "neon" or "portable". EDGERUN_NO_AVX512=1 skips
+// the first, EDGERUN_NO_VNNI=1 both VNNI paths; all give bit-identical outputs.
+const char* qgemm_path();
 // int8 Conv with K below this runs the fp32 kernels on weights dequantized once at
-// load: with so few products per output, quantizing the activations costs more
-// than the int8 dot products save (measured on EfficientNet-Lite0: K = 16..32 ran
-// 1.2-1.7x slower in int8), and the fp32 copy is small (< 256 bytes per row).
-constexpr int64_t kS8MinK = 64;
+// load (the fp32 copy is small: < 160 bytes per row). Measured on EfficientNet-Lite0
+// (AVX-512 VNNI path): K = 40 runs 1.5-2x faster in int8, but K = 16..32 only 1.0-1.2x
+// (those layers are 112x112 / 56x56, bound by writing their fp32 outputs), while
+// quantizing their activations, the stem's (K = 27) above all, costs accuracy
+// (front-half relative L2 error 0.119 -> 0.127 with every K >= 8 in int8).
+constexpr int64_t kS8MinK = 40;
 size_t conv2d_s8_scratch_floats(const ConvParams& p, int threads);
 void   conv2d_s8(const ConvParams& p, int64_t batch, const float* x, const S8Weights& w,
                  const float* bias, float* y, float* scratch, int threads);

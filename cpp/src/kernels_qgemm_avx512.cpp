@@ -1,0 +1,232 @@
+// AVX-512 VNNI int8 Conv path: a fused quantize + pack of the activation panel
+// and an 8-row x (16..48)-pixel vpdpbusd micro-kernel with the epilogue applied
+// to the accumulator registers (no int32 tile round trip through memory).
+//
+// Same packed format as the generic path (qgemm_ukr.h): one zmm holds one
+// k-quad of a 16-pixel strip, so a strip's k-quad is a single aligned-size load.
+// vpdpbusd (not the saturating vpdpbusds) sums u8 x s8 products exactly into
+// int32, like every other path; the epilogue uses explicitly rounded mul/add
+// intrinsics so the compiler cannot contract them into an FMA (which would round
+// differently from the portable epilogue).
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "qgemm_ukr.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ER_X86 1
+#endif
+#if defined(__GNUC__) && !defined(__clang__)
+// GCC 12 flags the `__m512 __Y = __Y;` idiom inside its own _mm512_undefined_*
+// helpers (used by every unmasked AVX-512 intrinsic) as maybe-uninitialized.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace edgerun {
+namespace kernels {
+namespace qgemm {
+
+#ifdef ER_X86
+
+#define ER_Q512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+namespace {
+
+constexpr int kMR = 8;   // weight rows per tile
+constexpr int kNS = 3;   // strips (16 pixels each) per full tile
+constexpr int kRN = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+inline int team_size() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+ER_Q512 inline __mmask16 strip_mask(int64_t w) {
+  return w >= kQNR ? __mmask16(0xFFFF) : __mmask16((1u << w) - 1u);
+}
+
+// NC strips from pixel n0: max |x| over the K rows (in registers), the scales,
+// then the packed k-quads while the chunk's rows are still in L1/L2. Rows are read
+// NC * 64 contiguous bytes at a time with rows 4 ahead prefetched: going strip by
+// strip (one cache line per row and page) measured ~30% slower on activations
+// just written by the previous layer.
+constexpr int kChunk = 8;
+
+template <int NC>
+ER_Q512 void quantize_chunk(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N,
+                            int64_t n0, float* xs, float* inv, uint8_t* out) {
+  __m512 mx[NC];
+  __mmask16 msk[NC];
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c) {
+    mx[c] = _mm512_setzero_ps();
+    msk[c] = strip_mask(N - n0 - c * kQNR);
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const float* r = x + k * ldx + n0;
+    const float* pf = r + 4 * ldx;
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) {
+      _mm_prefetch(reinterpret_cast<const char*>(pf + c * kQNR), _MM_HINT_T0);
+      mx[c] = _mm512_max_ps(mx[c], _mm512_abs_ps(_mm512_maskz_loadu_ps(msk[c], r + c * kQNR)));
+    }
+  }
+  // inv = xs > 0 ? 63 / xs : 0; xs /= 63: the generic path's operations exactly.
+  const __m512 q = _mm512_set1_ps(kQMax);
+  __m512 iv[NC];
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c) {
+    const __mmask16 pos = _mm512_cmp_ps_mask(mx[c], _mm512_setzero_ps(), _CMP_GT_OQ);
+    iv[c] = _mm512_maskz_div_ps(pos, q, mx[c]);
+    _mm512_storeu_ps(inv + n0 + c * kQNR, iv[c]);
+    _mm512_storeu_ps(xs + n0 + c * kQNR, _mm512_div_ps(mx[c], q));
+  }
+  const __m512i lo = _mm512_set1_epi32(-int32_t(kQMax)), hi = _mm512_set1_epi32(int32_t(kQMax));
+  const __m512i off = _mm512_set1_epi32(kQOffset);
+  for (int64_t k4 = 0; k4 < kp; k4 += 4) {
+    const int nrows = int(std::min<int64_t>(4, K - k4));  // rows k >= K: the zero point
+    uint8_t* o = out + (n0 / kQNR) * kp * kQNR + k4 * kQNR;
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) {
+      __m512i word = _mm512_setzero_si512();
+      for (int j = 0; j < 4; ++j) {
+        __m512i u = off;
+        if (j < nrows) {
+          const float* r = x + (k4 + j) * ldx + n0 + c * kQNR;
+          const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(msk[c], r), iv[c]);
+          // Round to nearest even, then clamp: |v| <= 63 (+ rounding), no overflow.
+          u = _mm512_add_epi32(
+              _mm512_min_epi32(_mm512_max_epi32(_mm512_cvt_roundps_epi32(v, kRN), lo), hi), off);
+        }
+        word = _mm512_or_si512(word, _mm512_slli_epi32(u, 8 * j));
+      }
+      _mm512_storeu_si512(o + c * kp * kQNR, word);
+    }
+  }
+}
+
+ER_Q512 void quantize_strips(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N,
+                             int64_t s0, int64_t s1, float* xs, float* inv, uint8_t* out) {
+  int64_t s = s0;
+  for (; s + kChunk <= s1; s += kChunk)
+    quantize_chunk<kChunk>(x, ldx, K, kp, N, s * kQNR, xs, inv, out);
+  for (; s < s1; ++s) quantize_chunk<1>(x, ldx, K, kp, N, s * kQNR, xs, inv, out);
+}
+
+struct Epi {
+  const float* ws;    // [rows] weight scales of the tile's rows
+  const int32_t* wsum;
+  const float* bias;  // null: none
+  Act act;
+  float lo, hi;
+};
+
+// Rows [0, mr) x NS strips; W rows at W + r * kp; strip s of B at B + s * bstride.
+template <int NS>
+ER_Q512 void tile(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
+                  int64_t bstride, const float* xs, const Epi& e, float* y, int64_t ldy,
+                  int64_t nw) {
+  // Accumulators start at -64 * wsum[r]: the +64 activation offset is removed
+  // exactly, in int32, before the sums are converted (as the generic epilogue does).
+  __m512i c[kMR][NS];
+  const int8_t* wr[kMR];
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r) {
+    const int rr = r < mr ? r : 0;  // rows past mr recompute row 0; never stored
+    wr[r] = W + rr * kp;
+    const __m512i init = _mm512_set1_epi32(-kQOffset * e.wsum[rr]);
+#pragma GCC unroll 3
+    for (int s = 0; s < NS; ++s) c[r][s] = init;
+  }
+  for (int64_t q = 0; q < kq; ++q) {
+    __m512i b[NS];
+#pragma GCC unroll 3
+    for (int s = 0; s < NS; ++s) b[s] = _mm512_loadu_si512(B + s * bstride + q * 64);
+#pragma GCC unroll 8
+    for (int r = 0; r < kMR; ++r) {
+      int32_t v;
+      std::memcpy(&v, wr[r] + 4 * q, 4);
+      const __m512i a = _mm512_set1_epi32(v);
+#pragma GCC unroll 3
+      for (int s = 0; s < NS; ++s) c[r][s] = _mm512_dpbusd_epi32(c[r][s], b[s], a);
+    }
+  }
+  // Epilogue: act(ws * xs[n] * float(sum - 64 * wsum) + b), as the generic one.
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r) {
+    if (r >= mr) break;
+    const __m512 wsv = _mm512_set1_ps(e.ws[r]);
+    const __m512 bv = _mm512_set1_ps(e.bias ? e.bias[r] : 0.f);
+#pragma GCC unroll 3
+    for (int s = 0; s < NS; ++s) {
+      const __m512 f = _mm512_cvtepi32_ps(c[r][s]);
+      const __m512 sx = _mm512_mul_round_ps(wsv, _mm512_loadu_ps(xs + s * kQNR), kRN);
+      __m512 v = _mm512_add_round_ps(_mm512_mul_round_ps(sx, f, kRN), bv, kRN);
+      if (e.act == Act::kRelu) {
+        v = _mm512_max_ps(v, _mm512_setzero_ps());
+      } else if (e.act == Act::kClip) {
+        v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(e.lo)), _mm512_set1_ps(e.hi));
+      }
+      _mm512_mask_storeu_ps(y + r * ldy + s * kQNR, strip_mask(nw - s * kQNR), v);
+    }
+  }
+}
+
+}  // namespace
+
+bool has_avx512_vnni() {
+  static const bool ok = has_avx2_fma() && __builtin_cpu_supports("avx512f") &&
+                         __builtin_cpu_supports("avx512bw") &&
+                         __builtin_cpu_supports("avx512vl") &&
+                         __builtin_cpu_supports("avx512vnni") &&
+                         std::getenv("EDGERUN_NO_AVX512") == nullptr &&
+                         std::getenv("EDGERUN_NO_VNNI") == nullptr;
+  return ok;
+}
+
+void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t m0, int64_t M,
+                        int64_t N, float* xs, float* inv, uint8_t* bq, const float* bias, Act act,
+                        float lo, float hi, float* y, int threads) {
+  const int64_t strips = (N + kQNR - 1) / kQNR, groups = (strips + kNS - 1) / kNS;
+  const int64_t mblocks = (M + kMR - 1) / kMR, kq = w.kp / 4, bstride = w.kp * kQNR;
+  // One team for both phases (a barrier is cheaper than a second fork/join on the
+  // small late layers). Tiles: one per (strip group, row block); a thread's row
+  // blocks of one group run consecutively, so its B strips stay in L1 across them.
+#pragma omp parallel num_threads(threads) if (threads > 1 && strips > 1)
+  {
+    const int64_t t = thread_id(), nt = team_size();
+    quantize_strips(x, ldx, w.k, w.kp, N, strips * t / nt, strips * (t + 1) / nt, xs, inv, bq);
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < groups * mblocks; ++i) {
+      const int64_t g = i / mblocks, m = (i % mblocks) * kMR, mr = std::min<int64_t>(kMR, M - m);
+      // Groups as even as possible (13 strips: 2,3,2,3,3 rather than 3,3,3,3,1).
+      const int64_t s0 = strips * g / groups, ns = strips * (g + 1) / groups - s0;
+      const int64_t n0 = s0 * kQNR, nw = N - n0, row = m0 + m;
+      const Epi e{w.scale + row, w.wsum + row, bias ? bias + row : nullptr, act, lo, hi};
+      const int8_t* W = w.w + row * w.kp;
+      const uint8_t* B = bq + s0 * bstride;
+      float* yt = y + m * N + n0;
+      if (ns == 3) tile<3>(kq, W, w.kp, mr, B, bstride, xs + n0, e, yt, N, nw);
+      else if (ns == 2) tile<2>(kq, W, w.kp, mr, B, bstride, xs + n0, e, yt, N, nw);
+      else tile<1>(kq, W, w.kp, mr, B, bstride, xs + n0, e, yt, N, nw);
+    }
+  }
+}
+
+#else  // not x86
+
+bool has_avx512_vnni() { return false; }
+void qconv_group_avx512(const float*, int64_t, const S8Weights&, int64_t, int64_t, int64_t, float*,
+                        float*, uint8_t*, const float*, Act, float, float, float*, int) {}
+
+#endif
+
+}  // namespace qgemm
+}  // namespace kernels
+}  // namespace edgerun
