@@ -9,6 +9,14 @@ all at batch 1 and the same thread count. Writes ``quant.json`` and ``quant.md``
 
 "auto" uses a budget of activation arena + 40% of the fp32 front weights.
 
+Each quantized mode is measured with both weight roundings: "rtn" (round to nearest)
+and "gptq" (data-aware GPTQ + bias correction, ``exporters/quant_rounding.py``), both
+calibrated on ``zoo.calib_data`` (disjoint from ``eval_data``: digits = train split vs
+test split; EfficientNet = corner crops vs centre crops of the photos). Besides top-1
+agreement, the table gives the relative logit error ``||z - z_fp32|| / ||z_fp32||`` and
+the mean ``KL(softmax z_fp32 || softmax z)`` over the eval set, which show the error even
+where agreement is dominated by near-ties.
+
 Run:  python benchmarks/bench_quant.py --runs 30 --out benchmarks/results
 """
 
@@ -37,8 +45,9 @@ from edgerun.exporters.split import split
 CUTS = [("zoo:digits-cnn", "block1"), ("zoo:digits-cnn", "down"),
         ("zoo:efficientnet-lite0", "blocks.3"), ("zoo:efficientnet-lite0", "blocks.7")]
 MODES = ("fp32", "int8", "int4", "auto")
+ROUNDINGS = ("rtn", "gptq")
 AUTO_WEIGHT_FRACTION = 0.4
-N_CALIB = 32
+N_CALIB = 64  # the exporter's default calib_samples
 
 
 def _session(model_or_path, threads: int) -> ort.InferenceSession:
@@ -91,7 +100,17 @@ def _front_outputs(run, x: np.ndarray, chunk: int = 32) -> list[np.ndarray]:
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
 
 
-def bench_cut(spec: str, cut_name: str, traced, tmp: Path, runs: int, threads: int) -> dict:
+def mean_kl(ref_logits: np.ndarray, logits: np.ndarray) -> float:
+    """Mean over samples of KL(softmax(ref) || softmax(logits)), in nats."""
+    def log_softmax(z):
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    lp, lq = log_softmax(ref_logits), log_softmax(logits)
+    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=1)))
+
+
+def bench_cut(spec: str, cut_name: str, traced, tmp: Path, runs: int, threads: int,
+              roundings: tuple[str, ...] = ROUNDINGS) -> dict:
     z = zoo.load(spec)
     x_eval, y_eval = z.eval_data()
     calib = z.calib_data(N_CALIB).astype(np.float32)
@@ -100,45 +119,53 @@ def bench_cut(spec: str, cut_name: str, traced, tmp: Path, runs: int, threads: i
     front_path = tmp / "front.onnx"
     onnx.save(front, front_path)
     whole = _session(traced.model, threads)
-    ref_top1 = np.argmax(whole.run(None, {whole.get_inputs()[0].name: x_eval})[0], axis=1)
+    ref_logits = whole.run(None, {whole.get_inputs()[0].name: x_eval})[0].astype(np.float64)
+    ref_top1 = np.argmax(ref_logits, axis=1)
     back_s = _session(back, threads)
     back_names = [i.name for i in back_s.get_inputs()]
 
+    def logits(front_outs: list[np.ndarray]) -> np.ndarray:
+        return back_s.run(None, dict(zip(back_names, front_outs)))[0].astype(np.float64)
+
     def top1(front_outs: list[np.ndarray]) -> np.ndarray:
-        return np.argmax(back_s.run(None, dict(zip(back_names, front_outs)))[0], axis=1)
+        return np.argmax(logits(front_outs), axis=1)
 
     res = {"model": spec, "cut": cut_name, "tensor": cut.tensors[0], "n_eval": int(len(x_eval)),
+           "n_calib": int(len(calib)),
            "whole_fp32_top1_acc": None if y_eval is None else float(np.mean(ref_top1 == y_eval)),
            "precisions": {}}
     x1 = x_eval[:1]
     fp32_w = None
-    for mode in MODES:
+    for mode, rounding in [("fp32", "rtn")] + [(m, r) for m in MODES[1:] for r in roundings]:
         budget = None
         if mode == "auto":
             arena = NativeEngine(tmp / "fp32.erg", max_batch=1).arena_bytes
             budget = (arena + AUTO_WEIGHT_FRACTION * fp32_w) / 2**20
         t0 = time.perf_counter()
-        plan = plan_front_precision(front, calib, FrontPrecisionConfig(mode, 32, budget))
+        plan = plan_front_precision(front, calib, FrontPrecisionConfig(mode, 32, budget, rounding))
         plan_s = time.perf_counter() - t0
-        path = tmp / f"{mode}.erg"
-        write_erg(front, path, precisions=plan.precisions, group_size=32)
+        path = tmp / ("fp32.erg" if mode == "fp32" else f"{mode}-{rounding}.erg")
+        write_erg(front, path, precisions=plan.precisions, group_size=32, rounded=plan.rounded)
         eng = NativeEngine(path, max_batch=32, threads=threads)
-        fo = _front_outputs(lambda b: [v for v in eng.run(b).values()], x_eval)
-        pred = top1(fo)
+        z = logits(_front_outputs(lambda b: [v for v in eng.run(b).values()], x_eval))
+        pred = np.argmax(z, axis=1)
         eng1 = NativeEngine(path, max_batch=1, threads=threads)
         ms = median_ms(lambda: eng1.run(x1), runs)
         if mode == "fp32":
             fp32_w = eng1.weight_bytes
         counts = {p: sum(v == p for v in plan.precisions.values()) for p in ("fp32", "int8", "int4")}
-        res["precisions"][mode] = {
+        res["precisions"][mode if mode == "fp32" else f"{mode}/{rounding}"] = {
+            "mode": mode, "rounding": rounding if mode != "fp32" else "-",
             "top1_agreement_with_fp32_whole": float(np.mean(pred == ref_top1)),
             "top1_acc": None if y_eval is None else float(np.mean(pred == y_eval)),
+            "logit_rel_err": float(np.linalg.norm(z - ref_logits) / np.linalg.norm(ref_logits)),
+            "mean_kl": mean_kl(ref_logits, z),
             "native_ms": round(ms, 4), "weight_bytes": eng1.weight_bytes,
             "arena_bytes": eng1.arena_bytes, "calib_error": plan.error, "layers": counts,
             "plan_seconds": round(plan_s, 2),
             "budget_mb": budget}
         if mode == "auto":
-            res["auto_table"] = plan.table()
+            res.setdefault("auto_table", {})[rounding] = plan.table()
     front_sess = _session(front_path, threads)
     fname = front_sess.get_inputs()[0].name
     res["ort_fp32_ms"] = round(median_ms(lambda: front_sess.run(None, {fname: x1}), runs), 4)
@@ -149,21 +176,24 @@ def bench_cut(spec: str, cut_name: str, traced, tmp: Path, runs: int, threads: i
                     "top1_agreement_with_fp32_whole": float(np.mean(top1(fo) == ref_top1)),
                     "file_bytes": qpath.stat().st_size}
     p = res["precisions"]
-    res["speedup_int8_over_fp32"] = round(p["fp32"]["native_ms"] / p["int8"]["native_ms"], 3)
+    int8 = p.get("int8/gptq", p.get("int8/rtn"))
+    res["speedup_int8_over_fp32"] = round(p["fp32"]["native_ms"] / int8["native_ms"], 3)
     best_ort = min(res["ort_dynamic"]["ms"], res["ort_static_qdq"]["ms"])
-    res["ratio_native_int8_over_best_ort_quant"] = round(p["int8"]["native_ms"] / best_ort, 3)
+    res["ratio_native_int8_over_best_ort_quant"] = round(int8["native_ms"] / best_ort, 3)
     return res
 
 
 def _table(rows: list[dict]) -> str:
-    out = ["| model | cut | prec | top-1 agree | top-1 acc | native ms | weight KiB | layers fp32/int8/int4 |",
-           "|---|---|---|---|---|---|---|---|"]
+    out = ["| model | cut | prec | rounding | top-1 agree | logit rel err | mean KL | top-1 acc | "
+           "native ms | weight KiB | layers fp32/int8/int4 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        for mode, p in r["precisions"].items():
+        for p in r["precisions"].values():
             acc = "" if p["top1_acc"] is None else f"{100 * p['top1_acc']:.2f}%"
             c = p["layers"]
-            out.append(f"| {r['model'].split(':')[1]} | {r['cut']} | {mode} | "
-                       f"{100 * p['top1_agreement_with_fp32_whole']:.2f}% | {acc} | {p['native_ms']:.3f} | "
+            out.append(f"| {r['model'].split(':')[1]} | {r['cut']} | {p['mode']} | {p['rounding']} | "
+                       f"{100 * p['top1_agreement_with_fp32_whole']:.2f}% | {100 * p['logit_rel_err']:.2f}% | "
+                       f"{p['mean_kl']:.2e} | {acc} | {p['native_ms']:.3f} | "
                        f"{p['weight_bytes'] / 1024:.1f} | {c['fp32']}/{c['int8']}/{c['int4']} |")
     out += ["", "| model | cut | whole fp32 acc | int8/fp32 speed-up | ORT fp32 ms | ORT dyn ms (agree) | "
             "ORT QDQ ms (agree) | native int8 / best ORT quant |", "|---|---|---|---|---|---|---|---|"]
@@ -183,6 +213,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default=None, help="only cuts of this model spec")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--roundings", default=",".join(ROUNDINGS), help="comma-separated: rtn,gptq")
     args = ap.parse_args()
     from edgerun import _core
 
@@ -192,18 +223,20 @@ def main() -> None:
             continue
         traced.setdefault(spec, trace_model(spec))
         with tempfile.TemporaryDirectory() as d:
-            rows.append(bench_cut(spec, cut, traced[spec], Path(d), args.runs, args.threads))
+            rows.append(bench_cut(spec, cut, traced[spec], Path(d), args.runs, args.threads,
+                                  tuple(args.roundings.split(","))))
         print(_table(rows[-1:]), flush=True)
     meta = {"machine": platform.machine(), "cpu_count": __import__("os").cpu_count(),
             "gemm_path": _core.gemm_path(), "qgemm_path": _core.qgemm_path(), "batch": 1,
             "threads": args.threads, "runs": args.runs, "statistic": "median of 3 medians",
-            "auto_budget": f"arena + {AUTO_WEIGHT_FRACTION} x fp32 front weights", "group_size": 32}
+            "auto_budget": f"arena + {AUTO_WEIGHT_FRACTION} x fp32 front weights", "group_size": 32,
+            "n_calib": N_CALIB, "roundings": args.roundings}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "quant.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     table = _table(rows)
     (args.out / "quant.md").write_text(f"# bench_quant\n\n{json.dumps(meta)}\n\n{table}\n\n" +
-                                       "\n\n".join(f"## auto plan: {r['model']} {r['cut']}\n```\n{r['auto_table']}\n```"
-                                                   for r in rows) + "\n")
+                                       "\n\n".join(f"## auto plan ({k} rounding): {r['model']} {r['cut']}\n```\n{t}\n```"
+                                                   for r in rows for k, t in r["auto_table"].items()) + "\n")
     print(table)
     print(f"wrote {args.out / 'quant.json'}")
 

@@ -429,8 +429,26 @@ def weight_layers(model: onnx.ModelProto) -> list[dict]:
     return out
 
 
-def _apply_precisions(ctx: _Ctx, precisions: dict[str, str], group_size: int) -> None:
-    """Replace the weights of the named Conv / Gemm nodes by int8 / int4 + scales."""
+def _rounded_weights(e: _ENode, prec: str, w2: np.ndarray, r, group_size: int):
+    """(q, scales) of a precomputed data-aware rounding, checked against the layer."""
+    if r.prec != prec or r.k != w2.shape[1] or r.q.shape[0] != w2.shape[0] \
+            or (prec == "int4" and r.group_size != group_size) \
+            or (r.bias is not None and r.bias.shape != (w2.shape[0],)):
+        raise ExportError(f"layer {e.name!r}: the rounded weights do not match (precision {r.prec} "
+                          f"vs {prec}, k {r.k} vs {w2.shape[1]}, group {r.group_size} vs {group_size}); "
+                          "round again with the same precisions and group_size")
+    return r.q, r.scales
+
+
+def _apply_precisions(ctx: _Ctx, precisions: dict[str, str], group_size: int,
+                      rounded: dict | None = None) -> None:
+    """Replace the weights of the named Conv / Gemm nodes by int8 / int4 + scales (from
+    ``rounded`` where given: q, scales and the corrected bias of ``quant_rounding``)."""
+    rounded = rounded or {}
+    stray = sorted(set(rounded) - {n for n, p in precisions.items() if p != "fp32"})
+    if stray:
+        raise ExportError(f"rounded weights given for layers not quantized by precisions: {stray[:5]}; "
+                          "round with the same precisions you write")
     layers = {e.name: e for e in ctx.nodes if e.op in _PREC_SLOT}
     unknown = sorted(set(precisions) - set(layers))
     if unknown:
@@ -444,7 +462,9 @@ def _apply_precisions(ctx: _Ctx, precisions: dict[str, str], group_size: int) ->
         e = layers[name]
         w = ctx.weights[e.inputs[1]]
         w2 = _weight_rows(e, w)
-        q, sc = quantize(prec, w2, group_size)
+        r = rounded.get(name)
+        q, sc = quantize(prec, w2, group_size) if r is None else \
+            _rounded_weights(e, prec, w2, r, group_size)
         qname, sname = f"{e.name}::W{prec}", f"{e.name}::Wscale"
         ctx.weights[qname] = np.ascontiguousarray(q)
         ctx.qmeta[qname] = (PREC_DTYPE[prec], list(w.shape) if e.op == "Conv" else list(w2.shape),
@@ -458,11 +478,15 @@ def _apply_precisions(ctx: _Ctx, precisions: dict[str, str], group_size: int) ->
         e.iattr[slot] = PREC_CODE[prec]
         if not any(old in n.inputs for n in ctx.nodes):
             del ctx.weights[old]  # no fp32 copy left behind
+        if r is not None and r.bias is not None:
+            old_b, e.inputs[2] = e.inputs[2], ctx.weight(f"{e.name}::Bcorr", r.bias)
+            if old_b and not any(old_b in n.inputs for n in ctx.nodes):
+                del ctx.weights[old_b]
 
 
 def write_erg(model: onnx.ModelProto, path: str | os.PathLike, *,
               precisions: dict[str, str] | None = None, group_size: int = 32,
-              extra_outputs: Sequence[str] = ()) -> dict:
+              extra_outputs: Sequence[str] = (), rounded: dict | None = None) -> dict:
     """Convert an ONNX front half into an engine graph file.
 
     Args:
@@ -474,6 +498,9 @@ def write_erg(model: onnx.ModelProto, path: str | os.PathLike, *,
         group_size: int4 group size along K (even, 2..4096).
         extra_outputs: intermediate tensors to expose as outputs too (kept alive by the
             engine's memory plan; they are never fused away).
+        rounded: ``{layer name: quant_rounding.RoundedLayer}`` precomputed data-aware
+            rounding (``FrontRounder.sequential(precisions)``) used instead of round to
+            nearest for those layers (q, scales and the corrected bias); same file format.
 
     Returns:
         ``{"nodes", "tensors", "weight_bytes", "file_bytes", "version", "ops", "fused",
@@ -481,8 +508,8 @@ def write_erg(model: onnx.ModelProto, path: str | os.PathLike, *,
 
     Raises:
         UnsupportedOpError: a node the engine cannot run (message names op and node).
-        ExportError: the graph lacks shapes, an output is not computed, or ``precisions``
-            names an unknown layer or precision.
+        ExportError: the graph lacks shapes, an output is not computed, ``precisions``
+            names an unknown layer or precision, or ``rounded`` does not match it.
         ConfigError: an invalid ``group_size``.
 
     Example:
@@ -491,7 +518,7 @@ def write_erg(model: onnx.ModelProto, path: str | os.PathLike, *,
     group_size = check_group_size(group_size)
     ctx = _prepare(model, extra_outputs)
     _lower_all(ctx, None)
-    _apply_precisions(ctx, dict(precisions or {}), group_size)
+    _apply_precisions(ctx, dict(precisions or {}), group_size, rounded)
     inits = {i.name for i in ctx.graph.initializer}
     inputs = [i.name for i in ctx.graph.input if i.name not in inits]
     outputs = [o.name for o in ctx.graph.output] + [o for o in extra_outputs

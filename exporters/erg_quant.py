@@ -60,9 +60,15 @@ def quantize_int4(w2: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarr
     padded[:, :k] = w2
     g = padded.reshape(rows, groups, gs)
     s = np.maximum(np.abs(g).max(axis=2) / np.float32(7.0), _TINY).astype(np.float32)
-    q = np.clip(np.rint(g / s[:, :, None]), -7, 7).astype(np.int16).reshape(rows, -1) + 8
-    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
-    return packed, s
+    q = np.clip(np.rint(g / s[:, :, None]), -7, 7).reshape(rows, -1)
+    return pack_int4(q), s
+
+
+def pack_int4(q: np.ndarray) -> np.ndarray:
+    """Pack int4 values ``q`` in [-7, 7], shape [rows, even n], into the stored nibbles
+    (``q + 8``, two per byte, low nibble first): u8 [rows, n / 2]."""
+    q = np.asarray(q).astype(np.int16) + 8
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).astype(np.uint8)
 
 
 def quantize(prec: str, w2: np.ndarray, group_size: int = 32) -> tuple[np.ndarray, np.ndarray]:

@@ -47,7 +47,7 @@ def _tensor_table(ctx, inputs: list[str], outputs: list[str]):
     index = {n: i for i, n in enumerate(names)}
     for n in ctx.nodes:
         for i in n.inputs:
-            if i not in index:
+            if i and i not in index:  # "" = an absent optional input (a quantized layer's bias)
                 raise ExportError(f"node {n.name!r} reads {i!r}, which no node computes; "
                                   "the ONNX graph is malformed or not topologically sorted")
     for o in outputs:

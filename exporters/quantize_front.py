@@ -6,12 +6,16 @@ on the calibration batch, run through the native engine itself (so it measures
 exactly the kernels that will run on the device: weight quantization AND the
 int8 GEMM's dynamic activation quantization).
 
+Weights are rounded with ``cfg.rounding``: "gptq" (default; data-aware GPTQ + bias
+correction on the calibration batch, ``quant_rounding``: sensitivities round each layer
+alone, the final plan rounds its layers sequentially) or "rtn" (round to nearest).
+
 Example:
     >>> cfg = FrontPrecisionConfig(mode="auto", max_device_mem_mb=1.5)      # doctest: +SKIP
     >>> plan = plan_front_precision(front, calib_x, cfg)                     # doctest: +SKIP
     >>> print(plan.table())                                                  # doctest: +SKIP
-    >>> write_erg(front, "front.erg", precisions=plan.precisions,
-    ...           group_size=cfg.group_size)                                 # doctest: +SKIP
+    >>> write_erg(front, "front.erg", precisions=plan.precisions, group_size=cfg.group_size,
+    ...           rounded=plan.rounded)                                      # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ import onnx
 from edgerun.errors import ConfigError, ExportError
 from edgerun.exporters.erg import weight_layers, write_erg
 from edgerun.exporters.erg_quant import PRECISIONS, check_group_size, weight_bytes
+from edgerun.exporters.quant_rounding import METHODS as ROUNDINGS
+from edgerun.exporters.quant_rounding import FrontRounder, RoundingConfig
 
 MODES = ("fp32", "int8", "int4", "auto")
 
@@ -41,16 +47,21 @@ class FrontPrecisionConfig:
         group_size: int4 group size along K (even, 2..4096).
         max_device_mem_mb: for "auto": budget for weights + the activation arena (MiB,
             batch 1). ``None`` = no budget: every layer stays fp32.
+        rounding: "gptq" (data-aware rounding + bias correction on the calibration
+            batch) or "rtn" (round to nearest, no data).
 
     Raises:
-        ConfigError: an unknown mode, a bad group size or a non-positive budget.
+        ConfigError: an unknown mode or rounding, a bad group size or a non-positive budget.
     """
 
     mode: str = "fp32"
     group_size: int = 32
     max_device_mem_mb: float | None = None
+    rounding: str = "gptq"
 
     def __post_init__(self) -> None:
+        if self.rounding not in ROUNDINGS:
+            raise ConfigError(f"unknown rounding {self.rounding!r}; use one of {', '.join(ROUNDINGS)}")
         if self.mode not in MODES:
             raise ConfigError(f"unknown precision mode {self.mode!r}; use one of {', '.join(MODES)}")
         check_group_size(self.group_size)
@@ -72,6 +83,8 @@ class PrecisionPlan:
     error: float                                # measured error with the whole plan
     budget_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
+    rounding: str = "rtn"
+    rounded: dict = field(default_factory=dict)  # layer -> RoundedLayer: pass to write_erg
 
     @property
     def device_bytes(self) -> int:
@@ -87,7 +100,7 @@ class PrecisionPlan:
         budget = "none" if self.budget_bytes is None else f"{self.budget_bytes / 2**20:.3f} MiB"
         rows.append(f"weights {self.weight_bytes / 2**20:.3f} MiB + arena {self.arena_bytes / 2**20:.3f} "
                     f"MiB = {self.device_bytes / 2**20:.3f} MiB (budget {budget}); "
-                    f"measured error {self.error:.3e}")
+                    f"measured error {self.error:.3e} ({self.rounding} rounding)")
         return "\n".join(rows + self.notes)
 
 
@@ -104,16 +117,17 @@ class _Runner:
         self.ref, info, self.arena = self._run({})
         self.fixed_bytes = info["weight_bytes"]  # fp32 weights; layer bytes are swapped in below
 
-    def _run(self, precisions: dict[str, str]):
-        info = write_erg(self.front, self.path, precisions=precisions, group_size=self.gs)
+    def _run(self, precisions: dict[str, str], rounded: dict | None = None):
+        info = write_erg(self.front, self.path, precisions=precisions, group_size=self.gs,
+                         rounded=rounded)
         eng = self._engine_cls(self.path, max_batch=len(self.x), threads=1)
         outs = eng.run(self.x)
         y = np.concatenate([outs[n].reshape(-1) for n in eng.output_names]).astype(np.float64)
         arena = self._engine_cls(self.path, max_batch=1, threads=1).arena_bytes
         return y, info, arena
 
-    def error(self, precisions: dict[str, str]) -> float:
-        y, _, _ = self._run(precisions)
+    def error(self, precisions: dict[str, str], rounded: dict | None = None) -> float:
+        y, _, _ = self._run(precisions, rounded)
         return float(np.linalg.norm(y - self.ref) / max(np.linalg.norm(self.ref), 1e-30))
 
     def close(self) -> None:
@@ -176,7 +190,7 @@ def plan_front_precision(front: onnx.ModelProto, calib_x: np.ndarray,
         cfg: mode, int4 group size and the device-memory budget.
 
     Returns:
-        A ``PrecisionPlan``; pass ``plan.precisions`` to ``write_erg``.
+        A ``PrecisionPlan``; pass ``plan.precisions`` and ``plan.rounded`` to ``write_erg``.
 
     Raises:
         ExportError: the budget cannot be met even with every layer at its smallest.
@@ -186,11 +200,18 @@ def plan_front_precision(front: onnx.ModelProto, calib_x: np.ndarray,
     gs = cfg.group_size
     run = _Runner(front, calib_x, gs)
     try:
+        rounder = None
+        if cfg.mode != "fp32" and cfg.rounding != "rtn":
+            rounder = FrontRounder(front, calib_x, gs, RoundingConfig(method=cfg.rounding))
+
+        def alone(name: str, p: str) -> dict:
+            return {} if rounder is None else {name: rounder.alone(name, p)}
+
         sens = {l["name"]: {"fp32": 0.0} for l in layers}
         if cfg.mode != "fp32":
             for l in layers:
                 for p in ("int8", "int4"):
-                    sens[l["name"]][p] = run.error({l["name"]: p})
+                    sens[l["name"]][p] = run.error({l["name"]: p}, alone(l["name"], p))
         fixed = run.fixed_bytes - sum(weight_bytes("fp32", l["rows"], l["k"]) for l in layers)
         budget = None
         if cfg.mode == "auto":
@@ -202,8 +223,11 @@ def plan_front_precision(front: onnx.ModelProto, calib_x: np.ndarray,
         else:
             prec = {l["name"]: cfg.mode for l in layers}
         lb = {l["name"]: weight_bytes(prec[l["name"]], l["rows"], l["k"], gs) for l in layers}
-        err = run.error(prec) if any(p != "fp32" for p in prec.values()) else 0.0
-        return PrecisionPlan(prec, lb, sens, fixed + sum(lb.values()), run.arena, err, budget)
+        quantized = any(p != "fp32" for p in prec.values())
+        rounded = rounder.sequential(prec) if rounder is not None and quantized else {}
+        err = run.error(prec, rounded) if quantized else 0.0
+        return PrecisionPlan(prec, lb, sens, fixed + sum(lb.values()), run.arena, err, budget,
+                             rounding="rtn" if rounder is None else cfg.rounding, rounded=rounded)
     finally:
         run.close()
 

@@ -43,7 +43,7 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
             )
             layers = dict(plan.precisions)
             print(plan.table(), file=sys.stderr)  # the exporter prints the per-layer choice
-            info = write_erg(front, path, precisions=layers, group_size=cfg.group_size)
+            info = write_erg(front, path, precisions=layers, group_size=cfg.group_size, rounded=plan.rounded)
             kinds = set(layers.values())
             precision = kinds.pop() if len(kinds) == 1 else "mixed"
     except UnsupportedOpError as exc:

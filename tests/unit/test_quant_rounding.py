@@ -1,0 +1,166 @@
+"""Data-aware weight rounding (GPTQ + bias correction): format, error, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgerun.errors import ConfigError, ExportError
+from edgerun.exporters import erg
+from edgerun.exporters import erg_quant as q
+from edgerun.exporters.quant_rounding import FrontRounder, RoundingConfig, round_matrix, to_stored
+
+# GPTQ minimises the layer output error, so on correlated inputs it must beat plain
+# rounding clearly; it is allowed to reach at most this fraction of RTN's error.
+GPTQ_MAX_FRACTION_OF_RTN = 0.8
+# After bias correction the mean output error per channel is 0 up to float rounding of
+# the calibration statistics (relative to the output's rms).
+MEAN_ERR_TOL = 1e-5
+
+
+def _correlated(rng, n: int, k: int) -> np.ndarray:
+    """Inputs with strongly correlated features and a non-zero mean (like activations)."""
+    mix = rng.standard_normal((k, k)) * 0.3 + np.eye(k)
+    return (rng.standard_normal((n, 4)) @ rng.standard_normal((4, k)) * 2.0
+            + rng.standard_normal((n, k)) @ mix + 0.5).astype(np.float32)
+
+
+def _out_err(w, wq, x):
+    return float(np.mean(((x @ (w - wq).T) ** 2)))
+
+
+@pytest.mark.parametrize("prec", ["int8", "int4"])
+def test_gptq_beats_round_to_nearest_and_keeps_format(prec):
+    rng = np.random.default_rng(1)
+    rows, k, gs = 24, 72, 32
+    w = rng.standard_normal((rows, k)).astype(np.float32)
+    x = _correlated(rng, 4000, k)
+    h = (x.T.astype(np.float64) @ x / len(x))[None]
+    errs = {}
+    for method in ("rtn", "gptq"):
+        qi, s = round_matrix(prec, w[None], h, gs, RoundingConfig(method=method))
+        qv, sc = to_stored(prec, qi, s, k, gs)
+        if prec == "int8":
+            assert qv.dtype == np.int8 and qv.shape == (rows, k) and np.abs(qv).max() <= 127
+        else:
+            assert qv.dtype == np.uint8 and qv.shape == (rows, 3 * gs // 2) and sc.shape == (rows, 3)
+        assert np.all(sc > 0) and np.all(np.isfinite(sc))
+        wq = q.dequantize(q.PREC_DTYPE[prec], qv, sc, k=k, group_size=gs)
+        errs[method] = _out_err(w, wq, x)
+    assert errs["gptq"] <= GPTQ_MAX_FRACTION_OF_RTN * errs["rtn"], errs
+
+
+def test_rtn_without_data_is_the_reference_quantizer():
+    w = np.random.default_rng(2).standard_normal((5, 40)).astype(np.float32)
+    for prec in ("int8", "int4"):
+        qi, s = round_matrix(prec, w[None], None, 16)
+        qv, sc = to_stored(prec, qi, s, 40, 16)
+        ref_q, ref_s = q.quantize(prec, w, 16)
+        assert np.array_equal(qv, ref_q) and np.array_equal(sc, ref_s)
+
+
+def test_bad_rounding_config():
+    for kw in ({"method": "awq"}, {"damp": -1.0}, {"clip_ratios": ()}, {"clip_ratios": (1.5,)},
+               {"chunk": 0}):
+        with pytest.raises(ConfigError):
+            RoundingConfig(**kw)
+
+
+def _two_convs(rng) -> onnx.ModelProto:
+    """A regular 3x3 conv (with bias) -> ReLU -> a depthwise 3x3 conv (no bias)."""
+    w1 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32) * 0.5
+    b1 = rng.standard_normal(8).astype(np.float32) * 0.1
+    w2 = rng.standard_normal((8, 1, 3, 3)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+             helper.make_node("Conv", ["r1", "w2"], ["y"], name="dw", pads=[1, 1, 1, 1], group=8)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3, 10, 10])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 10, 10])],
+                          [numpy_helper.from_array(a, n) for n, a in {"w1": w1, "b1": b1, "w2": w2}.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    m.ir_version = 10  # what the installed onnxruntime reads
+    return m
+
+
+def _ort_out(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+
+
+def _calib(rng, n=16) -> np.ndarray:
+    return (rng.standard_normal((n, 3, 10, 10)) + 0.7).astype(np.float32)
+
+
+def test_bias_correction_zeroes_the_mean_output_error():
+    rng = np.random.default_rng(3)
+    model, x = _two_convs(rng), _calib(rng)
+    ref = _ort_out(model, x)
+    prec = {"conv1": "int4", "dw": "int4"}  # coarse, so the uncorrected mean error is visible
+    means = {}
+    for bc in (False, True):
+        r = FrontRounder(model, x, 16, RoundingConfig(method="rtn", bias_correction=bc))
+        rounded = r.sequential(prec)
+        out = ort.InferenceSession(r._model(rounded, ["y"]), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x})[0]
+        means[bc] = np.abs((out - ref).mean(axis=(0, 2, 3))).max() / np.sqrt(np.mean(ref ** 2))
+    assert means[True] <= MEAN_ERR_TOL < means[False]
+    assert rounded["dw"].bias is not None and rounded["dw"].bias.shape == (8,)
+
+
+def test_rounded_weights_write_deterministic_erg(tmp_path):
+    rng = np.random.default_rng(4)
+    model, x = _two_convs(rng), _calib(rng)
+    prec = {"conv1": "int8", "dw": "int8"}
+    blobs = []
+    for i in range(2):
+        rounded = FrontRounder(model, x, 32).sequential(prec)
+        erg.write_erg(model, tmp_path / f"m{i}.erg", precisions=prec, rounded=rounded)
+        blobs.append((tmp_path / f"m{i}.erg").read_bytes())
+    assert blobs[0] == blobs[1]
+    for r in rounded.values():  # decodes with the reference dequantize
+        assert np.abs(r.q.astype(np.int16)).max() <= 127 and np.all(r.scales > 0)
+        assert r.dequantized().shape == (8, r.k)
+
+
+def test_rounded_weights_must_match_the_precisions(tmp_path):
+    rng = np.random.default_rng(5)
+    model, x = _two_convs(rng), _calib(rng)
+    rounded = FrontRounder(model, x, 32).sequential({"conv1": "int8"})
+    with pytest.raises(ExportError, match="do not match"):
+        erg.write_erg(model, tmp_path / "a.erg", precisions={"conv1": "int4"}, rounded=rounded)
+    with pytest.raises(ExportError, match="not quantized"):
+        erg.write_erg(model, tmp_path / "b.erg", precisions={"dw": "int8"}, rounded=rounded)
+    with pytest.raises(ExportError, match="calibration"):
+        FrontRounder(model, x[:0], 32)
+
+
+def test_sequential_gptq_output_error_not_worse_than_rtn():
+    rng = np.random.default_rng(6)
+    model, x = _two_convs(rng), _calib(rng, 32)
+    ref = _ort_out(model, x)
+    prec = {"conv1": "int4", "dw": "int8"}
+    err = {}
+    for method in ("rtn", "gptq"):
+        r = FrontRounder(model, x, 16, RoundingConfig(method=method, bias_correction=False))
+        out = ort.InferenceSession(r._model(r.sequential(prec), ["y"]), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x})[0]
+        err[method] = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    assert err["gptq"] <= err["rtn"], err
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq"])
+def test_alone_rounding_of_an_int8_gemm_layer(method):
+    """A layer the engine runs on its int8 GEMM (K >= 40: quantized activations emulated)."""
+    rng = np.random.default_rng(10)
+    w = rng.standard_normal((4, 48, 1, 1)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="pw")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 48, 4, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4, 4, 4])],
+                          [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    x = np.abs(rng.standard_normal((8, 48, 4, 4))).astype(np.float32)
+    r = FrontRounder(m, x, 32, RoundingConfig(method=method)).alone("pw", "int8")
+    assert r.q.shape == (4, 48) and r.bias is not None and np.all(np.isfinite(r.bias))
