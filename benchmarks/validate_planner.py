@@ -65,14 +65,14 @@ def _measure_cut(b, xs: np.ndarray, links, work: Path, requests: int, factor: fl
 def _measure_whole(traced, work: Path, requests: int, factor: float = 1.0) -> float:
     from edgerun.engine import NativeEngine
     from edgerun.exporters.erg import write_erg
-    from edgerun.profiler import time_ms
+    from edgerun.profiler import REQUEST_GAP_MS, time_ms
 
     write_erg(traced.model, work / "whole.erg")
     from edgerun.bench import SlowedEngine
 
     eng = SlowedEngine(NativeEngine(work / "whole.erg", max_batch=1), factor)
     x = np.ascontiguousarray(traced.source.example.numpy(), dtype=np.float32)
-    return time_ms(lambda: eng.run(x), requests)
+    return time_ms(lambda: eng.run(x), requests, gap_ms=REQUEST_GAP_MS)  # requests arrive one at a time
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ def profile_cmd(
     model: List[str] = typer.Option(["zoo:digits-cnn", "zoo:efficientnet-lite0"], help="models to time (repeatable)"),
     repeats: int = typer.Option(20, help="timed runs per segment (the median is kept)"),
     passes: int = typer.Option(3, help="sweeps over all cuts; the median over sweeps is kept"),
+    gap_ms: float = typer.Option(20.0, help="idle ms before each timed run, as between served requests"),
     threads: int = typer.Option(1, help="engine threads"),
     name: str = typer.Option("this-machine", help="profile name"),
 ) -> None:
@@ -39,7 +40,7 @@ def profile_cmd(
     try:
         from edgerun.profiler import profile_machine, write_toml
 
-        prof = profile_machine(model, repeats=repeats, threads=threads, name=name, passes=passes, log=_log)
+        prof = profile_machine(model, repeats=repeats, threads=threads, name=name, passes=passes, gap_ms=gap_ms, log=_log)
         typer.echo(str(write_toml(prof["device"], out)))
         if server_out is not None:
             typer.echo(str(write_toml(prof["server"], server_out)))

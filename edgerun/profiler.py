@@ -29,15 +29,24 @@ from edgerun.errors import ConfigError
 from edgerun.profiles import WHOLE
 
 PRECISIONS = ("fp32", "int8", "int4")
+REQUEST_GAP_MS = 20.0  # idle time before each timed run (see time_ms)
 DEFAULT_MODELS = ("zoo:digits-cnn", "zoo:efficientnet-lite0")
 
 
-def time_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> float:
-    """Median wall time of ``fn()`` in ms over ``repeats`` calls after ``warmup`` calls."""
+def time_ms(fn: Callable[[], Any], repeats: int, warmup: int = 3, gap_ms: float = 0.0) -> float:
+    """Median wall time of ``fn()`` in ms over ``repeats`` calls after ``warmup`` calls.
+
+    ``gap_ms`` sleeps that long before each timed call, as requests arrive one at a time in a
+    request/response loop: on this machine a front half that takes 3.0 ms back to back took
+    4.3-5.4 ms after an idle gap of 10 ms or more (caches refilled from DRAM), so a profile
+    timed back to back under-predicts every served request.
+    """
     for _ in range(warmup):
         fn()
     ts = []
     for _ in range(repeats):
+        if gap_ms > 0:
+            time.sleep(gap_ms / 1e3)
         t0 = time.perf_counter()
         fn()
         ts.append((time.perf_counter() - t0) * 1e3)
@@ -53,7 +62,7 @@ def _example(traced) -> np.ndarray:
 
 
 def profile_model(spec: str, *, repeats: int, threads: int = 1, precisions: tuple[str, ...] = PRECISIONS,
-                  passes: int = 3, log: Callable[[str], None] = lambda s: None) -> dict:
+                  passes: int = 3, gap_ms: float = REQUEST_GAP_MS, log: Callable[[str], None] = lambda s: None) -> dict:
     """Time the native front half at every cut (and whole) per precision, and the ORT back half at every cut.
 
     Every segment is timed in ``passes`` separate sweeps over all cuts and the median over the
@@ -69,7 +78,7 @@ def profile_model(spec: str, *, repeats: int, threads: int = 1, precisions: tupl
     if passes < 1:
         raise ConfigError(f"passes={passes} must be >= 1")
     traced = trace_model(spec)
-    sweeps = [_sweep(traced, repeats, threads, precisions) for _ in range(passes)]
+    sweeps = [_sweep(traced, repeats, threads, precisions, gap_ms) for _ in range(passes)]
     first = sweeps[0]
     dev = {p: [(c, statistics.median(sw["device"][p][i][1] for sw in sweeps), macs, nodes)
                for i, (c, _, macs, nodes) in enumerate(first["device"][p])] for p in precisions}
@@ -80,7 +89,7 @@ def profile_model(spec: str, *, repeats: int, threads: int = 1, precisions: tupl
     return {"model": traced.source.model_id, "device": dev, "server": srv}
 
 
-def _sweep(traced, repeats: int, threads: int, precisions: tuple[str, ...]) -> dict:
+def _sweep(traced, repeats: int, threads: int, precisions: tuple[str, ...], gap_ms: float) -> dict:
     """One timing sweep over every cut: ``{"device": {precision: [...]}, "server": [...]}``."""
     import onnx
 
@@ -98,21 +107,21 @@ def _sweep(traced, repeats: int, threads: int, precisions: tuple[str, ...]) -> d
         for prec in precisions:
             write_erg(traced.model, t / "whole.erg", precisions=front_precisions(traced.model, prec))
             eng = NativeEngine(t / "whole.erg", max_batch=1, threads=threads)
-            dev[prec].append((WHOLE, time_ms(lambda: eng.run(x), repeats), total_macs, _nodes(traced.model)))
+            dev[prec].append((WHOLE, time_ms(lambda: eng.run(x), repeats, gap_ms=gap_ms), total_macs, _nodes(traced.model)))
         onnx.save(traced.model, t / "whole.onnx")
         ort_whole = OrtEngine(t / "whole.onnx", threads=threads)
-        srv.append((-1, time_ms(lambda: ort_whole.run(x), repeats), total_macs, _nodes(traced.model)))
+        srv.append((-1, time_ms(lambda: ort_whole.run(x), repeats, gap_ms=gap_ms), total_macs, _nodes(traced.model)))
         for cut in traced.cuts:
             front, back = split(traced.model, cut)
             for prec in precisions:
                 write_erg(front, t / "f.erg", precisions=front_precisions(front, prec))
                 fe = NativeEngine(t / "f.erg", max_batch=1, threads=threads)
-                dev[prec].append((cut.index, time_ms(lambda: fe.run(x), repeats), cut.front_macs, _nodes(front)))
+                dev[prec].append((cut.index, time_ms(lambda: fe.run(x), repeats, gap_ms=gap_ms), cut.front_macs, _nodes(front)))
             mid = fe.run(x)
             onnx.save(back, t / "b.onnx")
             be = OrtEngine(t / "b.onnx", threads=threads)
             feeds = {n: mid[n] for n in be.input_names}
-            srv.append((cut.index, time_ms(lambda: be.run(feeds), repeats), cut.back_macs, _nodes(back)))
+            srv.append((cut.index, time_ms(lambda: be.run(feeds), repeats, gap_ms=gap_ms), cut.back_macs, _nodes(back)))
     return {"device": dev, "server": srv}
 
 
@@ -136,7 +145,7 @@ def fit_compute(points: list[tuple[int, float, int, int]]) -> dict[str, float]:
 
 def profile_machine(models: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, repeats: int = 20, threads: int = 1,
                     name: str = "this-machine", precisions: tuple[str, ...] = PRECISIONS, passes: int = 3,
-                    log: Callable[[str], None] = lambda s: None) -> dict[str, dict]:
+                    gap_ms: float = REQUEST_GAP_MS, log: Callable[[str], None] = lambda s: None) -> dict[str, dict]:
     """Measure ``models`` and build ``{"device": {...}, "server": {...}}`` profile dicts (TOML-ready).
 
     Raises:
@@ -144,12 +153,12 @@ def profile_machine(models: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, rep
     """
     if repeats < 1:
         raise ConfigError(f"repeats={repeats} must be >= 1")
-    results = [profile_model(m, repeats=repeats, threads=threads, precisions=precisions, passes=passes, log=log)
-               for m in models]
-    cmd = (f"edgerun profile --repeats {repeats} --passes {passes} --threads {threads} "
+    results = [profile_model(m, repeats=repeats, threads=threads, precisions=precisions, passes=passes,
+                             gap_ms=gap_ms, log=log) for m in models]
+    cmd = (f"edgerun profile --repeats {repeats} --passes {passes} --gap-ms {gap_ms:g} --threads {threads} "
            + " ".join(f"--model {m}" for m in models))
     meta = {"cpu": platform.processor() or platform.machine(), "threads": threads, "repeats": repeats,
-            "passes": passes,
+            "passes": passes, "gap_ms": gap_ms,
             "measured_by": cmd, "date": time.strftime("%Y-%m-%d")}
     mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
     device = {"kind": "device", "name": name, "isa": platform.machine(), "cores": os.cpu_count() or 1,

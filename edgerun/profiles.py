@@ -162,7 +162,8 @@ class LinkProfile:
 # ---------------------------------------------------------------------------- loading
 def _resolve(name_or_path: str | os.PathLike) -> Path:
     p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
+    # A bare name is a profile name even if a folder of that name sits in the working directory.
+    if p.suffix == ".toml" or p.is_file() or len(p.parts) > 1:
         if not p.is_file():
             raise ConfigError(f"profile file {p} does not exist; give a name from {devices_dir()} or a path")
         return p

@@ -163,3 +163,9 @@ def test_no_emulation_for_this_machine():
 def test_emulating_a_faster_device_is_refused():
     with pytest.raises(ConfigError, match="slower"):
         load_device("this-machine").scaled(0.5, "x", "")
+
+
+def test_a_folder_named_like_a_profile_does_not_shadow_it(tmp_path, monkeypatch):
+    (tmp_path / "rpi4").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_device("rpi4").name == "rpi4"
