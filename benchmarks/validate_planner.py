@@ -7,7 +7,9 @@ behind the link emulator. "input" (all on the server) uses a bundle cut at the i
 (all on the device) the native engine on the whole model. Device compute is this machine's
 (no scaling). With --device PROFILE the device is this machine slowed down by the fp32 GMAC/s ratio
 of the two profiles (`edgerun.bench.SlowedEngine`), and the plan is made for exactly that device:
-`edgerun.profiles.emulated_device` (this machine's measured profile, scaled). Every report says so. Only the fp32, no-codec candidates are measured. EfficientNet is measured at block boundaries only (to bound the run time).
+`edgerun.profiles.emulated_device` (this machine's measured profile, scaled). Every report says so.
+Only the fp32, no-codec candidates are measured. EfficientNet is measured at block boundaries and
+the planned cut (to bound the run time; `--all-cuts` measures every cut).
 
     python benchmarks/validate_planner.py [--requests 20] [--passes 2] [--device rpi4] [--out benchmarks/results]
 
@@ -29,8 +31,9 @@ LINKS = ("wifi", "lte")
 MODELS = ("zoo:digits-cnn", "zoo:efficientnet-lite0")
 
 
-def _keep(model: str, label: str) -> bool:
-    return "digits" in model or label in ("input", "output") or re.fullmatch(r"blocks\.\d+", label) is not None
+def _keep(model: str, label: str, all_cuts: bool = False) -> bool:
+    return all_cuts or "digits" in model or label in ("input", "output") or \
+        re.fullmatch(r"blocks\.\d+", label) is not None
 
 
 def _export_cut(traced, cut_index: int, work: Path):
@@ -79,6 +82,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=20)
     ap.add_argument("--passes", type=int, default=2, help="sweeps over all cuts; the median over passes is kept")
+    ap.add_argument("--all-cuts", action="store_true", help="EfficientNet too at every cut, not only block boundaries")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--device", default="this-machine",
@@ -100,7 +104,7 @@ def main() -> None:
         fp32 = {l.name: [c for c in plans[l.name].candidates if (c.front_precision, c.codec) == ("fp32", "none")]
                 for l in links}
         # Block boundaries (all cuts for digits), plus each link's planned cut wherever it is.
-        todo = {c.cut_index for c in fp32[links[0].name] if _keep(spec, c.cut)}
+        todo = {c.cut_index for c in fp32[links[0].name] if _keep(spec, c.cut, args.all_cuts)}
         todo |= {next(c for c in fp32[l.name] if c.feasible).cut_index for l in links}
         todo = sorted(todo)
         bundles = {i: _export_cut(traced, i, work) for i in todo if i != WHOLE}
