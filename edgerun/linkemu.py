@@ -341,7 +341,7 @@ def _recv_exact(conn: socket.socket, n: int) -> bytes:
 def _bulk_bytes(mbps: float, seconds: float) -> int:
     if mbps <= 0:
         return 8 << 20
-    return int(min(max(mbps * 1e6 / 8 * seconds, 64 << 10), 64 << 20))
+    return int(min(max(mbps * 1e6 / 8 * seconds, 4 << 10), 64 << 20))  # >= 4 KB: a slow link measures in seconds
 
 
 def measure(config: LinkConfig, *, pings: int = 20, bulk_seconds: float = 0.4) -> dict:

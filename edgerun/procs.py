@@ -48,15 +48,18 @@ def first_server_answer(dev: Any, x: np.ndarray, server: subprocess.Popen, log_p
         TransportError: the server exited (its log tail is in the message) or never answered.
     """
     t0 = time.monotonic()
+    deadline_ms = 2000.0
     while True:
         if server.poll() is not None:
             raise TransportError(f"`edgerun serve` exited ({server.returncode}); its log:\n"
                                  f"{log_path.read_text()[-2000:]}")
         try:
-            if dev.infer(x, deadline_ms=2000).answered_by == "server":
+            if dev.infer(x, deadline_ms=deadline_ms).answered_by == "server":
                 return
         except TransportError:
-            pass
+            # A big request over a slow link can take longer than one try: wait twice as long
+            # next time (a fixed short deadline would queue resends behind each other forever).
+            deadline_ms = min(2 * deadline_ms, 30000.0)
         if time.monotonic() - t0 > SERVER_START_TIMEOUT_S:
             raise TransportError(f"no answer from `edgerun serve` within {SERVER_START_TIMEOUT_S:g} s; "
                                  f"its log:\n{log_path.read_text()[-2000:]}")

@@ -68,3 +68,14 @@ def test_bad_arguments(digits_bundle):
         run_bench(digits_bundle, "wifi", modes=("teleport",))
     with pytest.raises(ConfigError, match="no profile named"):
         run_bench(digits_bundle, "no-such-link")
+
+
+def test_a_request_slower_than_the_first_probe_still_gets_measured(digits_bundle, tmp_path):
+    """The split request (2 KB) takes ~3 s on a 6 kbit/s uplink, longer than the 2 s first try of the
+    readiness probe: the probe must wait longer on later tries instead of queueing resends forever."""
+    from edgerun.bench import run_bench
+
+    link = tmp_path / "slow.toml"
+    link.write_text('kind = "link"\nname = "slow"\nrtt_ms = 1.0\nup_mbps = 0.006\ndown_mbps = 1.0\n')
+    rep = run_bench(digits_bundle, link, requests=1, warmup=0, modes=("split",))
+    assert rep["modes"]["split"]["stages"]["network"]["p50"] > 2000
