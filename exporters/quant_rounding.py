@@ -15,8 +15,9 @@ stored format of ``erg_quant`` exactly (only q, scales and the fp32 bias change)
 * Sequential: layers are rounded in network order on the inputs ``x_q`` produced by
   the already quantized layers before them, and GPTQ fits the fp32 network's output
   ``W x_fp32`` from them (``fp32_target``), so later layers compensate earlier errors.
-* The engine's run-time 7-bit activation quantization of int8 GEMM Convs is emulated
-  (``act_quant_min_k``), so statistics and bias correction see what the engine computes.
+* The engine's run-time activation quantization of int8 GEMM Convs (per output pixel,
+  asymmetric 8 bits over the pixel's min..max) is emulated (``act_quant_min_k``), so
+  statistics and bias correction see what the engine computes.
 
 Layer inputs come from running the front half in onnxruntime (1 thread) with the
 needed intermediate tensors as outputs and the quantized weights substituted; on
@@ -42,7 +43,11 @@ from edgerun.exporters.erg_quant import PREC_DTYPE, _TINY, check_group_size, deq
 
 METHODS = ("rtn", "gptq")
 QMAX = {"int8": 127, "int4": 7}
-ACT_QMAX = 63  # the engine's int8 GEMM quantizes activations to 7 bits, symmetric
+# The engine's int8 GEMM quantizes each output pixel's K activations to u in [0, ACT_QMAX]:
+# u = rne((x - min) * inv), inv = ACT_QMAX / max(max - min, ACT_MIN_RANGE), and multiplies
+# x_hat = u * (max - min) / ACT_QMAX + min (kQMax / kQMinRange in cpp/src/qgemm_ukr.h).
+ACT_QMAX = 255
+ACT_MIN_RANGE = 1e-30
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class RoundingConfig:
             quantized inputs ``x_q`` (``W' = W E[x_fp32 x_q^T] H_q^-1`` is rounded) rather
             than ``W x_q``, so each layer also absorbs the error of the layers before it.
         act_quant_min_k: emulate the native engine's run-time activation quantization
-            (per output pixel, symmetric, 7 bits) on the inputs of int8 non-depthwise
+            (per output pixel, asymmetric 8 bits) on the inputs of int8 non-depthwise
             Convs with K >= this (mirror of ``kS8MinK`` in ``cpp/include/edgerun/kernels.h``),
             so rounding and bias correction see the inputs those layers really multiply;
             None: no emulation.
@@ -223,10 +228,15 @@ class _Layer:
 
 
 def _act_quant(cols: np.ndarray) -> np.ndarray:
-    """The engine's dynamic activation quantization of GEMM columns [P, G, k]: one
-    symmetric 7-bit scale per output pixel (row)."""
-    s = np.maximum(np.abs(cols).max(axis=-1, keepdims=True) / np.float32(ACT_QMAX), _TINY)
-    return (np.rint(cols / s) * s).astype(np.float32)
+    """The engine's dynamic activation quantization of GEMM columns [P, G, k]: per output
+    pixel (row), asymmetric 8 bits over the row's min..max, in the engine's float32
+    operations (see ``ACT_QMAX``)."""
+    cols = cols.astype(np.float32, copy=False)
+    mn = cols.min(axis=-1, keepdims=True)
+    d = cols.max(axis=-1, keepdims=True) - mn
+    inv = np.float32(ACT_QMAX) / np.maximum(d, np.float32(ACT_MIN_RANGE))
+    u = np.clip(np.rint((cols - mn) * inv), 0, ACT_QMAX)
+    return (u * (d / np.float32(ACT_QMAX)) + mn).astype(np.float32)
 
 
 def _columns(layer: _Layer, x: np.ndarray) -> np.ndarray:
@@ -432,21 +442,27 @@ class FrontRounder:
 def _act_quant_nodes(g: onnx.GraphProto, node: onnx.NodeProto, opset: int) -> list[onnx.NodeProto]:
     """Nodes quantizing a 1x1 Conv's input per pixel as the engine does (for 1x1 the output
     pixel's column is the input pixel's channel vector), rewiring ``node`` to read it; larger
-    kernels are not emulated in the graph."""
+    kernels are not emulated in the graph. Same float32 operations as ``_act_quant`` (the
+    clamp to [0, ACT_QMAX] is left out: (x - min) * inv never rounds past ACT_QMAX)."""
     x, p = node.input[0], f"{node.name}::aq"
-    consts = {f"{p}_qmax": np.array(ACT_QMAX, np.float32), f"{p}_tiny": np.array(_TINY, np.float32)}
+    consts = {f"{p}_qmax": np.array(ACT_QMAX, np.float32), f"{p}_dmin": np.array(ACT_MIN_RANGE, np.float32)}
     g.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
     if opset >= 18:
         g.initializer.append(numpy_helper.from_array(np.array([1], np.int64), f"{p}_axes"))
-        rmax = helper.make_node("ReduceMax", [f"{p}_abs", f"{p}_axes"], [f"{p}_max"], keepdims=1)
+        red = [helper.make_node(op, [x, f"{p}_axes"], [f"{p}_{o}"], keepdims=1)
+               for op, o in (("ReduceMin", "min"), ("ReduceMax", "max"))]
     else:
-        rmax = helper.make_node("ReduceMax", [f"{p}_abs"], [f"{p}_max"], axes=[1], keepdims=1)
-    new = [helper.make_node("Abs", [x], [f"{p}_abs"]), rmax,
-           helper.make_node("Div", [f"{p}_max", f"{p}_qmax"], [f"{p}_s0"]),
-           helper.make_node("Max", [f"{p}_s0", f"{p}_tiny"], [f"{p}_s"]),
-           helper.make_node("Div", [x, f"{p}_s"], [f"{p}_d"]),
-           helper.make_node("Round", [f"{p}_d"], [f"{p}_r"]),
-           helper.make_node("Mul", [f"{p}_r", f"{p}_s"], [f"{p}_q"])]
+        red = [helper.make_node(op, [x], [f"{p}_{o}"], axes=[1], keepdims=1)
+               for op, o in (("ReduceMin", "min"), ("ReduceMax", "max"))]
+    new = red + [helper.make_node("Sub", [f"{p}_max", f"{p}_min"], [f"{p}_d"]),
+                 helper.make_node("Max", [f"{p}_d", f"{p}_dmin"], [f"{p}_dc"]),
+                 helper.make_node("Div", [f"{p}_qmax", f"{p}_dc"], [f"{p}_inv"]),
+                 helper.make_node("Div", [f"{p}_d", f"{p}_qmax"], [f"{p}_s"]),
+                 helper.make_node("Sub", [x, f"{p}_min"], [f"{p}_xm"]),
+                 helper.make_node("Mul", [f"{p}_xm", f"{p}_inv"], [f"{p}_v"]),
+                 helper.make_node("Round", [f"{p}_v"], [f"{p}_u"]),
+                 helper.make_node("Mul", [f"{p}_u", f"{p}_s"], [f"{p}_us"]),
+                 helper.make_node("Add", [f"{p}_us", f"{p}_min"], [f"{p}_q"])]
     for i, n in enumerate(new):
         n.name = f"{p}_{i}"
     node.input[0] = f"{p}_q"

@@ -1,15 +1,28 @@
 // int8 Conv: im2col (unless 1x1 stride 1), dynamic per-pixel quantization of
-// the activation panel, an int8 x int8 -> int32 micro-kernel (AVX2 maddubs or
+// the activation panel, a u8 x s8 -> int32 micro-kernel (AVX-VNNI, AVX2, NEON or
 // portable), and a fused dequantize + bias + activation epilogue.
 //
-// Packed activations: strips of 16 pixels, [k/4][16][4] bytes each, holding
-// u = round(x / xs[n]) + 64 in [1, 127]. Weights are s8 in [-127, 127], so a
-// maddubs pair sum is at most 2 * 127 * 127 = 32258: it never saturates. The
-// +64 offset is removed in the epilogue with the weight row sums.
-// Every micro-kernel computes the same exact int32 sums and applies the same
-// epilogue operations, so all paths give bit-identical outputs. Where AVX-512
-// VNNI is present, conv2d_s8 hands each group to kernels_qgemm_avx512.cpp instead
-// (fused quantize + pack, 8 x 48 vpdpbusd tiles with the epilogue in registers).
+// Activations, per output pixel n over its K values (im2col zero padding counts
+// as real zeros): asymmetric 8 bits. mn = min, mx = max, d = mx - mn,
+//   xs = d / 255,  inv = 255 / max(d, kQMinRange),  u = clamp(rne((x - mn) * inv), 0, 255)
+// (rne: round to nearest even), so x ~= xs * u + mn. With s8 weights q in
+// [-127, 127], the exact int32 t = sum_k q_k u_k and the weight row sum R = sum_k q_k
+// give sum_k q_k x_k ~= xs * t + mn * R, and the epilogue computes, in this order,
+// each operation rounded to float (never fused into an FMA):
+//   y = act(ws * ((xs * float(t)) + (mn * float(R))) + b)
+// float(t) rounds when |t| > 2^24 (K > ~520), but t is the same int32 on every
+// path, so it rounds the same way; |t| <= 255 * 127 * K fits int32 for K < 66000.
+// For signed inputs xs * t and mn * R may largely cancel; each carries a rounding
+// error of 2^-24 of itself (<= 2^-24 * |mn| * 127 * K), about sqrt(K) * 3e-5 of the
+// activation quantization error: negligible.
+// Packed activations: strips of 16 pixels, [k/4][16][4] bytes each (u; rows
+// k >= K hold 0 and meet zero weights). u8 x s8 pair sums reach 2 * 255 * 127,
+// past int16, so AVX2 without VNNI widens to int16 and uses madd_epi16 (exact)
+// rather than the saturating maddubs. Every micro-kernel computes the same exact
+// int32 sums and applies the same epilogue operations, so all paths give
+// bit-identical outputs. Where AVX-512 VNNI is present, conv2d_s8 hands each group
+// to kernels_qgemm_avx512.cpp instead (fused quantize + pack, 8 x 48 vpdpbusd
+// tiles with the epilogue in registers).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -33,7 +46,7 @@ namespace {
 
 using qgemm::kQNR;
 using qgemm::kQMax;
-using qgemm::kQOffset;
+using qgemm::kQMinRange;
 constexpr int64_t kQMR = 4;    // weight rows per micro-tile
 
 using QKernel = void (*)(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
@@ -55,10 +68,15 @@ void qukr_portable(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const ui
 }
 
 #ifdef ER_X86
+// AVX2 without VNNI: maddubs would saturate (a u8 x s8 pair sum reaches 64770), so
+// the bytes are widened to int16 (u zero-, w sign-extended) and madd_epi16 forms
+// exact int32 pair sums. unpacklo / unpackhi take pixels {0,1,4,5} / {2,3,6,7}
+// of a 32-byte half strip (per 128-bit lane); hadd_epi32 adds each pixel's two
+// pair sums and puts the 8 pixels back in order.
 __attribute__((target("avx2"))) void qukr_avx2(int64_t kq, const int8_t* W, int64_t kp,
                                                int64_t mr, const uint8_t* B, int32_t* tile) {
-  const __m256i ones = _mm256_set1_epi16(1);
-  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i c00 = zero, c01 = c00, c10 = c00, c11 = c00;
   __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
   const int8_t* w0 = W;
   const int8_t* w1 = W + (mr > 1 ? 1 : 0) * kp;
@@ -68,13 +86,17 @@ __attribute__((target("avx2"))) void qukr_avx2(int64_t kq, const int8_t* W, int6
     const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B));
     const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B + 32));
     B += 64;
+    const __m256i b0l = _mm256_unpacklo_epi8(b0, zero), b0h = _mm256_unpackhi_epi8(b0, zero);
+    const __m256i b1l = _mm256_unpacklo_epi8(b1, zero), b1h = _mm256_unpackhi_epi8(b1, zero);
     int32_t v;
-#define ER_QROW(wr, ca, cb)                                                 \
-    std::memcpy(&v, wr + 4 * q, 4);                                         \
-    {                                                                       \
-      const __m256i a = _mm256_set1_epi32(v);                               \
-      ca = _mm256_add_epi32(ca, _mm256_madd_epi16(_mm256_maddubs_epi16(b0, a), ones)); \
-      cb = _mm256_add_epi32(cb, _mm256_madd_epi16(_mm256_maddubs_epi16(b1, a), ones)); \
+#define ER_QROW(wr, ca, cb)                                                            \
+    std::memcpy(&v, wr + 4 * q, 4);                                                    \
+    {                                                                                  \
+      const __m256i a = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(v))); \
+      ca = _mm256_add_epi32(ca, _mm256_hadd_epi32(_mm256_madd_epi16(b0l, a),           \
+                                                  _mm256_madd_epi16(b0h, a)));         \
+      cb = _mm256_add_epi32(cb, _mm256_hadd_epi32(_mm256_madd_epi16(b1l, a),           \
+                                                  _mm256_madd_epi16(b1h, a)));         \
     }
     ER_QROW(w0, c00, c01)
     ER_QROW(w1, c10, c11)
@@ -92,8 +114,8 @@ __attribute__((target("avx2"))) void qukr_avx2(int64_t kq, const int8_t* W, int6
 
 #ifdef ER_X86
 // AVX-VNNI: vpdpbusd does the u8 x s8 4-products + int32 accumulation in one
-// instruction. The sums are exact in both kernels (maddubs never saturates
-// here), so the result is bit-identical to qukr_avx2 and the portable path.
+// instruction, exactly for any u8 x s8 (the non-saturating form; not vpdpbusds),
+// so the result is bit-identical to qukr_avx2 and the portable path.
 __attribute__((target("avx2,avxvnni"))) void qukr_vnni(int64_t kq, const int8_t* W, int64_t kp,
                                                        int64_t mr, const uint8_t* B,
                                                        int32_t* tile) {
@@ -136,6 +158,8 @@ bool has_avx_vnni() {
 #endif
 
 #if defined(__ARM_NEON) && defined(__aarch64__)
+// Widens u (0..255) and w to int16 and multiplies into int32 (vmull_s16): exact
+// for the full u8 range. Not compiled on the x86 test machines.
 void qukr_neon(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
                int32_t* tile) {
   for (int64_t r = 0; r < kQMR; ++r) {
@@ -173,22 +197,23 @@ QKernel pick_qkernel() {
 }
 
 // One k-quad of a strip: word j = u(k4, j) | u(k4+1, j) << 8 | ... (little-endian
-// bytes [16][4]); k >= K rows are the zero point. Written so it vectorises.
-inline int32_t q7(float v) {
+// bytes [16][4]); rows k >= K and pixels past N are 0. Written so it vectorises.
+// v = (x - mn) * inv is in [0, 255 (1 + 2^-23)]; the clamp guards the ends.
+inline int32_t q8(float v) {
   const float magic = 12582912.f;  // 1.5 * 2^23: adding it rounds to nearest (even)
-  v = std::min(std::max((v + magic) - magic, -kQMax), kQMax);
-  return int32_t(v) + kQOffset;
+  v = std::min(std::max((v + magic) - magic, 0.f), kQMax);
+  return int32_t(v);
 }
 
 void pack_quad_portable(const float* x, int64_t ldx, int64_t K, int64_t k4, int64_t n0, int64_t w,
-                        const float* inv, uint32_t* o) {
+                        const float* inv, const float* mn, uint32_t* o) {
   const float* r[4];
   for (int q = 0; q < 4; ++q) r[q] = k4 + q < K ? x + (k4 + q) * ldx + n0 : nullptr;
   for (int64_t j = 0; j < kQNR; ++j) {
     uint32_t word = 0;
     for (int q = 0; q < 4; ++q) {
-      const float v = (r[q] != nullptr && j < w) ? r[q][j] * inv[j] : 0.f;
-      word |= uint32_t(q7(v)) << (8 * q);
+      const float v = (r[q] != nullptr && j < w) ? (r[q][j] - mn[j]) * inv[j] : 0.f;
+      word |= uint32_t(q8(v)) << (8 * q);
     }
     o[j] = word;
   }
@@ -197,21 +222,22 @@ void pack_quad_portable(const float* x, int64_t ldx, int64_t K, int64_t k4, int6
 #ifdef ER_X86
 __attribute__((target("avx2"))) void pack_quad_avx2(const float* x, int64_t ldx, int64_t K,
                                                     int64_t k4, int64_t n0, int64_t w,
-                                                    const float* inv, uint32_t* o) {
+                                                    const float* inv, const float* mn,
+                                                    uint32_t* o) {
   if (w < kQNR || k4 + 4 > K) {
-    pack_quad_portable(x, ldx, K, k4, n0, w, inv, o);
+    pack_quad_portable(x, ldx, K, k4, n0, w, inv, mn, o);
     return;
   }
-  const __m256 lo = _mm256_set1_ps(-kQMax), hi = _mm256_set1_ps(kQMax);
-  const __m256i off = _mm256_set1_epi32(kQOffset);
+  const __m256 lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(kQMax);
   for (int h = 0; h < 2; ++h) {
-    const __m256 iv = _mm256_loadu_ps(inv + 8 * h);
+    const __m256 iv = _mm256_loadu_ps(inv + 8 * h), mv = _mm256_loadu_ps(mn + 8 * h);
     __m256i word = _mm256_setzero_si256();
     for (int q = 0; q < 4; ++q) {
-      __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + (k4 + q) * ldx + n0 + 8 * h), iv);
+      const __m256 xv = _mm256_loadu_ps(x + (k4 + q) * ldx + n0 + 8 * h);
+      __m256 v = _mm256_mul_ps(_mm256_sub_ps(xv, mv), iv);
       v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
-      const __m256i u = _mm256_add_epi32(_mm256_cvtps_epi32(v), off);
+      const __m256i u = _mm256_cvtps_epi32(v);
       word = _mm256_or_si256(word, _mm256_slli_epi32(u, 8 * q));
     }
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8 * h), word);
@@ -220,7 +246,7 @@ __attribute__((target("avx2"))) void pack_quad_avx2(const float* x, int64_t ldx,
 #endif
 
 using PackQuad = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*,
-                          uint32_t*);
+                          const float*, uint32_t*);
 
 PackQuad pick_pack() {
 #ifdef ER_X86
@@ -229,12 +255,14 @@ PackQuad pick_pack() {
   return pack_quad_portable;
 }
 
-// o[j] = act(ws * xs[j] * (t[j] - off) + b): one shared (scalar-ISA) copy for every
-// micro-kernel, so all paths round identically. Branch-free inner loops vectorise.
-void epilogue(const int32_t* t, const float* xs, float ws, int32_t off, float b, Act act,
-              float lo, float hi, float* o, int64_t nw) {
+// o[j] = act(ws * (xs[j] * float(t[j]) + mn[j] * rsum) + b), rsum = float(R): one
+// shared (scalar-ISA) copy for every micro-kernel, so all paths round identically
+// (no FMA: the baseline x86 target has none; on ARM every path uses this copy).
+// Branch-free inner loops vectorise.
+void epilogue(const int32_t* t, const float* xs, const float* mn, float ws, float rsum, float b,
+              Act act, float lo, float hi, float* o, int64_t nw) {
   float v[kQNR];
-  for (int64_t j = 0; j < kQNR; ++j) v[j] = ws * xs[j] * float(t[j] - off) + b;
+  for (int64_t j = 0; j < kQNR; ++j) v[j] = ws * (xs[j] * float(t[j]) + mn[j] * rsum) + b;
   if (act == Act::kRelu) {
     for (int64_t j = 0; j < kQNR; ++j) v[j] = v[j] > 0.f ? v[j] : 0.f;
   } else if (act == Act::kClip) {
@@ -245,17 +273,19 @@ void epilogue(const int32_t* t, const float* xs, float ws, int32_t off, float b,
 
 #ifdef ER_X86
 // The same epilogue on 16 outputs in two AVX registers: identical operations in
-// the same order (sub, convert, (ws * xs) * v, + b, clamp; no FMA contraction:
-// the target has no "fma"), so it rounds bit-identically to the scalar one.
-__attribute__((target("avx2"))) void epilogue_avx2(const int32_t* t, const float* xs, float ws,
-                                                   int32_t off, float b, Act act, float lo,
-                                                   float hi, float* o) {
-  const __m256i offv = _mm256_set1_epi32(off);
-  const __m256 wsv = _mm256_set1_ps(ws), bv = _mm256_set1_ps(b);
+// the same order (convert, xs * t, mn * R, add, ws *, + b, clamp; no FMA
+// contraction: the target has no "fma"), so it rounds bit-identically to the
+// scalar one.
+__attribute__((target("avx2"))) void epilogue_avx2(const int32_t* t, const float* xs,
+                                                   const float* mn, float ws, float rsum, float b,
+                                                   Act act, float lo, float hi, float* o) {
+  const __m256 wsv = _mm256_set1_ps(ws), rv = _mm256_set1_ps(rsum), bv = _mm256_set1_ps(b);
   for (int h = 0; h < 2; ++h) {
-    const __m256 f = _mm256_cvtepi32_ps(
-        _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + 8 * h)), offv));
-    __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(wsv, _mm256_loadu_ps(xs + 8 * h)), f), bv);
+    const __m256 f =
+        _mm256_cvtepi32_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t + 8 * h)));
+    const __m256 a = _mm256_mul_ps(_mm256_loadu_ps(xs + 8 * h), f);
+    const __m256 c = _mm256_mul_ps(_mm256_loadu_ps(mn + 8 * h), rv);
+    __m256 v = _mm256_add_ps(_mm256_mul_ps(wsv, _mm256_add_ps(a, c)), bv);
     if (act == Act::kRelu) {
       v = _mm256_max_ps(v, _mm256_setzero_ps());
     } else if (act == Act::kClip) {
@@ -266,18 +296,28 @@ __attribute__((target("avx2"))) void epilogue_avx2(const int32_t* t, const float
 }
 #endif
 
-// Per-pixel scales of X[k, n] (n < N, row stride ldx) and the packed u8 panel.
+// Per-pixel xs / inv / mn of X[k, n] (n < N, row stride ldx; pixels past N get a
+// zero range) and the packed u8 panel. min / max are written as the x86 minps /
+// maxps semantics (a < b ? a : b), as the AVX-512 path computes them.
 void quantize_pack(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N, float* xs,
-                   float* inv, uint8_t* out, int threads) {
+                   float* inv, float* mn, uint8_t* out, int threads) {
   const int64_t strips = (N + kQNR - 1) / kQNR, np = strips * kQNR;
-  for (int64_t n = 0; n < np; ++n) xs[n] = 0.f;
+  float* mx = xs;  // the max, until the scales replace it
+  for (int64_t n = 0; n < np; ++n) {
+    mn[n] = n < N ? INFINITY : 0.f;
+    mx[n] = n < N ? -INFINITY : 0.f;
+  }
   for (int64_t k = 0; k < K; ++k) {
     const float* r = x + k * ldx;
-    for (int64_t n = 0; n < N; ++n) xs[n] = std::max(xs[n], std::fabs(r[n]));
+    for (int64_t n = 0; n < N; ++n) {
+      mn[n] = r[n] < mn[n] ? r[n] : mn[n];
+      mx[n] = r[n] > mx[n] ? r[n] : mx[n];
+    }
   }
   for (int64_t n = 0; n < np; ++n) {
-    inv[n] = xs[n] > 0.f ? kQMax / xs[n] : 0.f;
-    xs[n] = xs[n] / kQMax;
+    const float d = mx[n] - mn[n];
+    inv[n] = kQMax / (d > kQMinRange ? d : kQMinRange);
+    xs[n] = d / kQMax;
   }
   static const PackQuad pack_quad = pick_pack();
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && strips > 1)
@@ -285,14 +325,15 @@ void quantize_pack(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N
     const int64_t n0 = s * kQNR;
     uint32_t* o = reinterpret_cast<uint32_t*>(out + s * kp * kQNR);
     for (int64_t k4 = 0; k4 < kp; k4 += 4)
-      pack_quad(x, ldx, K, k4, n0, std::min(kQNR, N - n0), inv + n0, o + (k4 / 4) * kQNR);
+      pack_quad(x, ldx, K, k4, n0, std::min(kQNR, N - n0), inv + n0, mn + n0,
+                o + (k4 / 4) * kQNR);
   }
 }
 
 // y[m, n] for rows [0, M) of one group: the int8 GEMM over the packed panel.
 void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uint8_t* Bq,
-                 const float* xs, const float* bias, Act act, float lo, float hi, float* y,
-                 int threads) {
+                 const float* xs, const float* mn, const float* bias, Act act, float lo, float hi,
+                 float* y, int threads) {
   static const QKernel ukr = pick_qkernel();
   static const bool vec_epi = has_avx2_fma();
   const int64_t strips = (N + kQNR - 1) / kQNR, kq = w.kp / 4;
@@ -307,14 +348,15 @@ void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uin
       for (int64_t r = 0; r < mr; ++r) {
         const int64_t row = m0 + m + r;
         const float ws = w.scale[row], b = bias ? bias[row] : 0.f;
-        const int32_t off = kQOffset * w.wsum[row];
+        const float rsum = float(w.wsum[row]);
+        float* o = y + (m + r) * N + n0;
 #ifdef ER_X86
         if (vec_epi && nw == kQNR) {
-          epilogue_avx2(tile + r * kQNR, xs + n0, ws, off, b, act, lo, hi, y + (m + r) * N + n0);
+          epilogue_avx2(tile + r * kQNR, xs + n0, mn + n0, ws, rsum, b, act, lo, hi, o);
           continue;
         }
 #endif
-        epilogue(tile + r * kQNR, xs + n0, ws, off, b, act, lo, hi, y + (m + r) * N + n0, nw);
+        epilogue(tile + r * kQNR, xs + n0, mn + n0, ws, rsum, b, act, lo, hi, o, nw);
       }
     }
   }
@@ -343,7 +385,7 @@ size_t conv2d_s8_scratch_floats(const ConvParams& p, int threads) {
   const int64_t k = (p.cin / p.group) * p.kh * p.kw, kp = (k + 3) / 4 * 4;
   const int64_t np = (p.oh * p.ow + kQNR - 1) / kQNR * kQNR;
   const size_t col = pointwise(p) ? 0 : size_t(k * p.oh * p.ow);
-  return col + size_t(2 * np) + size_t(kp * np + 3) / 4 + 16;
+  return col + size_t(3 * np) + size_t(kp * np + 3) / 4 + 16;
 }
 
 void conv2d_s8(const ConvParams& p, int64_t batch, const float* x, const S8Weights& w,
@@ -355,7 +397,8 @@ void conv2d_s8(const ConvParams& p, int64_t batch, const float* x, const S8Weigh
   float* col = scratch;
   float* xs = scratch + (pw ? 0 : w.k * plane);
   float* inv = xs + np;
-  uint8_t* bq = reinterpret_cast<uint8_t*>(inv + np);
+  float* mn = inv + np;
+  uint8_t* bq = reinterpret_cast<uint8_t*>(mn + np);
   for (int64_t n = 0; n < batch; ++n) {
     const float* xn = x + n * p.cin * p.h * p.w;
     float* yn = y + n * p.cout * plane;
@@ -368,12 +411,12 @@ void conv2d_s8(const ConvParams& p, int64_t batch, const float* x, const S8Weigh
       }
       float* yg = yn + g * cout_g * plane;
       if (avx512) {
-        qgemm::qconv_group_avx512(B, plane, w, g * cout_g, cout_g, plane, xs, inv, bq, bias,
+        qgemm::qconv_group_avx512(B, plane, w, g * cout_g, cout_g, plane, xs, inv, mn, bq, bias,
                                   p.act, p.lo, p.hi, yg, threads);
         continue;
       }
-      quantize_pack(B, plane, w.k, w.kp, plane, xs, inv, bq, threads);
-      qgemm_group(w, g * cout_g, cout_g, plane, bq, xs, bias, p.act, p.lo, p.hi, yg, threads);
+      quantize_pack(B, plane, w.k, w.kp, plane, xs, inv, mn, bq, threads);
+      qgemm_group(w, g * cout_g, cout_g, plane, bq, xs, mn, bias, p.act, p.lo, p.hi, yg, threads);
     }
   }
 }

@@ -5,10 +5,13 @@
 // Same packed format as the generic path (qgemm_ukr.h): one zmm holds one
 // k-quad of a 16-pixel strip, so a strip's k-quad is a single aligned-size load.
 // vpdpbusd (not the saturating vpdpbusds) sums u8 x s8 products exactly into
-// int32, like every other path; the epilogue uses explicitly rounded mul/add
+// int32 for the full u8 range, like every other path; the activation scheme and
+// the epilogue formula are described in kernels_qgemm.cpp. The epilogue uses
+// explicitly rounded mul/add
 // intrinsics so the compiler cannot contract them into an FMA (which would round
 // differently from the portable epilogue).
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
@@ -50,7 +53,7 @@ ER_Q512 inline __mmask16 strip_mask(int64_t w) {
   return w >= kQNR ? __mmask16(0xFFFF) : __mmask16((1u << w) - 1u);
 }
 
-// NC strips from pixel n0: max |x| over the K rows (in registers), the scales,
+// NC strips from pixel n0: min and max over the K rows (in registers), the scales,
 // then the packed k-quads while the chunk's rows are still in L1/L2. Rows are read
 // NC * 64 contiguous bytes at a time with rows 4 ahead prefetched: going strip by
 // strip (one cache line per row and page) measured ~30% slower on activations
@@ -59,12 +62,13 @@ constexpr int kChunk = 8;
 
 template <int NC>
 ER_Q512 void quantize_chunk(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N,
-                            int64_t n0, float* xs, float* inv, uint8_t* out) {
-  __m512 mx[NC];
+                            int64_t n0, float* xs, float* inv, float* mnp, uint8_t* out) {
+  __m512 mn[NC], mx[NC];
   __mmask16 msk[NC];
 #pragma GCC unroll 8
   for (int c = 0; c < NC; ++c) {
-    mx[c] = _mm512_setzero_ps();
+    mn[c] = _mm512_set1_ps(INFINITY);  // masked-off pixels load 0: a zero range
+    mx[c] = _mm512_set1_ps(-INFINITY);
     msk[c] = strip_mask(N - n0 - c * kQNR);
   }
   for (int64_t k = 0; k < K; ++k) {
@@ -73,35 +77,39 @@ ER_Q512 void quantize_chunk(const float* x, int64_t ldx, int64_t K, int64_t kp, 
 #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) {
       _mm_prefetch(reinterpret_cast<const char*>(pf + c * kQNR), _MM_HINT_T0);
-      mx[c] = _mm512_max_ps(mx[c], _mm512_abs_ps(_mm512_maskz_loadu_ps(msk[c], r + c * kQNR)));
+      // min / max (a, b) = a < b ? a : b / a > b ? a : b: the generic path's exactly.
+      const __m512 v = _mm512_maskz_loadu_ps(msk[c], r + c * kQNR);
+      mn[c] = _mm512_min_ps(v, mn[c]);
+      mx[c] = _mm512_max_ps(v, mx[c]);
     }
   }
-  // inv = xs > 0 ? 63 / xs : 0; xs /= 63: the generic path's operations exactly.
-  const __m512 q = _mm512_set1_ps(kQMax);
+  // d = mx - mn; inv = 255 / max(d, kQMinRange); xs = d / 255: the generic path's
+  // operations exactly (max (d, m) = d > m ? d : m, as there).
+  const __m512 q = _mm512_set1_ps(kQMax), dmin = _mm512_set1_ps(kQMinRange);
   __m512 iv[NC];
 #pragma GCC unroll 8
   for (int c = 0; c < NC; ++c) {
-    const __mmask16 pos = _mm512_cmp_ps_mask(mx[c], _mm512_setzero_ps(), _CMP_GT_OQ);
-    iv[c] = _mm512_maskz_div_ps(pos, q, mx[c]);
+    const __m512 d = _mm512_sub_ps(mx[c], mn[c]);
+    iv[c] = _mm512_div_ps(q, _mm512_max_ps(d, dmin));
     _mm512_storeu_ps(inv + n0 + c * kQNR, iv[c]);
-    _mm512_storeu_ps(xs + n0 + c * kQNR, _mm512_div_ps(mx[c], q));
+    _mm512_storeu_ps(xs + n0 + c * kQNR, _mm512_div_ps(d, q));
+    _mm512_storeu_ps(mnp + n0 + c * kQNR, mn[c]);
   }
-  const __m512i lo = _mm512_set1_epi32(-int32_t(kQMax)), hi = _mm512_set1_epi32(int32_t(kQMax));
-  const __m512i off = _mm512_set1_epi32(kQOffset);
+  const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(int32_t(kQMax));
   for (int64_t k4 = 0; k4 < kp; k4 += 4) {
-    const int nrows = int(std::min<int64_t>(4, K - k4));  // rows k >= K: the zero point
+    const int nrows = int(std::min<int64_t>(4, K - k4));  // rows k >= K: u = 0
     uint8_t* o = out + (n0 / kQNR) * kp * kQNR + k4 * kQNR;
 #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) {
       __m512i word = _mm512_setzero_si512();
       for (int j = 0; j < 4; ++j) {
-        __m512i u = off;
+        __m512i u = lo;
         if (j < nrows) {
           const float* r = x + (k4 + j) * ldx + n0 + c * kQNR;
-          const __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(msk[c], r), iv[c]);
-          // Round to nearest even, then clamp: |v| <= 63 (+ rounding), no overflow.
-          u = _mm512_add_epi32(
-              _mm512_min_epi32(_mm512_max_epi32(_mm512_cvt_roundps_epi32(v, kRN), lo), hi), off);
+          const __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(msk[c], r), mn[c]),
+                                         iv[c]);
+          // Round to nearest even, then clamp: 0 <= v <= 255 (+ rounding), no overflow.
+          u = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvt_roundps_epi32(v, kRN), lo), hi);
         }
         word = _mm512_or_si512(word, _mm512_slli_epi32(u, 8 * j));
       }
@@ -111,11 +119,12 @@ ER_Q512 void quantize_chunk(const float* x, int64_t ldx, int64_t K, int64_t kp, 
 }
 
 ER_Q512 void quantize_strips(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N,
-                             int64_t s0, int64_t s1, float* xs, float* inv, uint8_t* out) {
+                             int64_t s0, int64_t s1, float* xs, float* inv, float* mn,
+                             uint8_t* out) {
   int64_t s = s0;
   for (; s + kChunk <= s1; s += kChunk)
-    quantize_chunk<kChunk>(x, ldx, K, kp, N, s * kQNR, xs, inv, out);
-  for (; s < s1; ++s) quantize_chunk<1>(x, ldx, K, kp, N, s * kQNR, xs, inv, out);
+    quantize_chunk<kChunk>(x, ldx, K, kp, N, s * kQNR, xs, inv, mn, out);
+  for (; s < s1; ++s) quantize_chunk<1>(x, ldx, K, kp, N, s * kQNR, xs, inv, mn, out);
 }
 
 struct Epi {
@@ -129,19 +138,15 @@ struct Epi {
 // Rows [0, mr) x NS strips; W rows at W + r * kp; strip s of B at B + s * bstride.
 template <int NS>
 ER_Q512 void tile(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
-                  int64_t bstride, const float* xs, const Epi& e, float* y, int64_t ldy,
-                  int64_t nw) {
-  // Accumulators start at -64 * wsum[r]: the +64 activation offset is removed
-  // exactly, in int32, before the sums are converted (as the generic epilogue does).
+                  int64_t bstride, const float* xs, const float* mn, const Epi& e, float* y,
+                  int64_t ldy, int64_t nw) {
   __m512i c[kMR][NS];
   const int8_t* wr[kMR];
 #pragma GCC unroll 8
   for (int r = 0; r < kMR; ++r) {
-    const int rr = r < mr ? r : 0;  // rows past mr recompute row 0; never stored
-    wr[r] = W + rr * kp;
-    const __m512i init = _mm512_set1_epi32(-kQOffset * e.wsum[rr]);
+    wr[r] = W + (r < mr ? r : 0) * kp;  // rows past mr recompute row 0; never stored
 #pragma GCC unroll 3
-    for (int s = 0; s < NS; ++s) c[r][s] = init;
+    for (int s = 0; s < NS; ++s) c[r][s] = _mm512_setzero_si512();
   }
   for (int64_t q = 0; q < kq; ++q) {
     __m512i b[NS];
@@ -156,17 +161,20 @@ ER_Q512 void tile(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uin
       for (int s = 0; s < NS; ++s) c[r][s] = _mm512_dpbusd_epi32(c[r][s], b[s], a);
     }
   }
-  // Epilogue: act(ws * xs[n] * float(sum - 64 * wsum) + b), as the generic one.
+  // Epilogue: act(ws * (xs[n] * float(t) + mn[n] * float(R)) + b), as the generic one.
 #pragma GCC unroll 8
   for (int r = 0; r < kMR; ++r) {
     if (r >= mr) break;
     const __m512 wsv = _mm512_set1_ps(e.ws[r]);
+    const __m512 rv = _mm512_set1_ps(float(e.wsum[r]));
     const __m512 bv = _mm512_set1_ps(e.bias ? e.bias[r] : 0.f);
 #pragma GCC unroll 3
     for (int s = 0; s < NS; ++s) {
       const __m512 f = _mm512_cvtepi32_ps(c[r][s]);
-      const __m512 sx = _mm512_mul_round_ps(wsv, _mm512_loadu_ps(xs + s * kQNR), kRN);
-      __m512 v = _mm512_add_round_ps(_mm512_mul_round_ps(sx, f, kRN), bv, kRN);
+      const __m512 a = _mm512_mul_round_ps(_mm512_loadu_ps(xs + s * kQNR), f, kRN);
+      const __m512 m = _mm512_mul_round_ps(_mm512_loadu_ps(mn + s * kQNR), rv, kRN);
+      const __m512 sum = _mm512_add_round_ps(a, m, kRN);
+      __m512 v = _mm512_add_round_ps(_mm512_mul_round_ps(wsv, sum, kRN), bv, kRN);
       if (e.act == Act::kRelu) {
         v = _mm512_max_ps(v, _mm512_setzero_ps());
       } else if (e.act == Act::kClip) {
@@ -190,8 +198,8 @@ bool has_avx512_vnni() {
 }
 
 void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t m0, int64_t M,
-                        int64_t N, float* xs, float* inv, uint8_t* bq, const float* bias, Act act,
-                        float lo, float hi, float* y, int threads) {
+                        int64_t N, float* xs, float* inv, float* mn, uint8_t* bq,
+                        const float* bias, Act act, float lo, float hi, float* y, int threads) {
   const int64_t strips = (N + kQNR - 1) / kQNR, groups = (strips + kNS - 1) / kNS;
   const int64_t mblocks = (M + kMR - 1) / kMR, kq = w.kp / 4, bstride = w.kp * kQNR;
   // One team for both phases (a barrier is cheaper than a second fork/join on the
@@ -200,7 +208,8 @@ void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t
 #pragma omp parallel num_threads(threads) if (threads > 1 && strips > 1)
   {
     const int64_t t = thread_id(), nt = team_size();
-    quantize_strips(x, ldx, w.k, w.kp, N, strips * t / nt, strips * (t + 1) / nt, xs, inv, bq);
+    quantize_strips(x, ldx, w.k, w.kp, N, strips * t / nt, strips * (t + 1) / nt, xs, inv, mn,
+                    bq);
 #pragma omp barrier
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < groups * mblocks; ++i) {
@@ -212,9 +221,11 @@ void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t
       const int8_t* W = w.w + row * w.kp;
       const uint8_t* B = bq + s0 * bstride;
       float* yt = y + m * N + n0;
-      if (ns == 3) tile<3>(kq, W, w.kp, mr, B, bstride, xs + n0, e, yt, N, nw);
-      else if (ns == 2) tile<2>(kq, W, w.kp, mr, B, bstride, xs + n0, e, yt, N, nw);
-      else tile<1>(kq, W, w.kp, mr, B, bstride, xs + n0, e, yt, N, nw);
+      const float* xn = xs + n0;
+      const float* mnn = mn + n0;
+      if (ns == 3) tile<3>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, N, nw);
+      else if (ns == 2) tile<2>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, N, nw);
+      else tile<1>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, N, nw);
     }
   }
 }
@@ -223,7 +234,7 @@ void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t
 
 bool has_avx512_vnni() { return false; }
 void qconv_group_avx512(const float*, int64_t, const S8Weights&, int64_t, int64_t, int64_t, float*,
-                        float*, uint8_t*, const float*, Act, float, float, float*, int) {}
+                        float*, float*, uint8_t*, const float*, Act, float, float, float*, int) {}
 
 #endif
 

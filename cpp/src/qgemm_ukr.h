@@ -11,22 +11,27 @@ namespace kernels {
 namespace qgemm {
 
 constexpr int64_t kQNR = 16;       // pixels per packed strip
-constexpr float   kQMax = 63.f;    // 7-bit activations: u8 x s8 pair sums never saturate
-constexpr int32_t kQOffset = 64;   // u = round(x / xs) + 64 in [1, 127]
+// Activations: per pixel, asymmetric 8 bits. u = round((x - mn) * inv) in [0, 255]
+// with inv = kQMax / max(mx - mn, kQMinRange) and xs = (mx - mn) / kQMax.
+constexpr float   kQMax = 255.f;
+// A pixel whose values span less than this (mx == mn above all) gets u = 0
+// everywhere (its result is mn * R exactly up to float rounding); it also keeps
+// inv finite (255 / FLT_MIN would overflow). Mirrored by quant_rounding.py.
+constexpr float   kQMinRange = 1e-30f;
 
 // AVX-512F/BW + VNNI present, not forced portable, neither EDGERUN_NO_AVX512 nor
 // EDGERUN_NO_VNNI set (kernels_qgemm_avx512.cpp; false where not built).
 bool has_avx512_vnni();
 
 // One group of an int8 Conv: quantize X[k, n] (k < w.k, n < N, row stride ldx) per
-// pixel into xs / inv (padded to whole 16-pixel strips) and the packed panel bq (the
-// generic quantize_pack's bytes and scales), then y[m, n] for weight rows
+// pixel into xs / inv / mn (padded to whole 16-pixel strips) and the packed panel bq
+// (the generic quantize_pack's bytes and scales), then y[m, n] for weight rows
 // [m0, m0 + M) with the dequantize + bias + activation epilogue fused on the
 // accumulator registers (the generic epilogue's operations in the same order, so
 // the outputs are bit-identical to every other path).
 void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t m0, int64_t M,
-                        int64_t N, float* xs, float* inv, uint8_t* bq, const float* bias, Act act,
-                        float lo, float hi, float* y, int threads);
+                        int64_t N, float* xs, float* inv, float* mn, uint8_t* bq,
+                        const float* bias, Act act, float lo, float hi, float* y, int threads);
 
 }  // namespace qgemm
 }  // namespace kernels

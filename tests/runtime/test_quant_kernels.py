@@ -23,13 +23,13 @@ from edgerun.exporters.erg_quant import fake_quantize
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-# Same quantized weights (and, for int8 Conv, the same 7-bit per-pixel activation
-# quantization) in numpy: only fp32 summation order differs -> ~1e-6 of scale.
+# Same quantized weights (and, for int8 Conv, the same asymmetric 8-bit per-pixel
+# activation quantization) in numpy: only fp32 summation order differs -> ~1e-6 of scale.
 QUANT_VS_REF_RTOL = 1e-4
 # The int8 Conv's integer sums are exact and its epilogue is shared, so portable and
 # AVX2 agree bit for bit there; fp32 layers differ in FMA rounding only.
 PORTABLE_VS_AVX2_RTOL = 1e-5
-# Against the fp32 model (random weights, small nets): int8 weights + 7-bit activations
+# Against the fp32 model (random weights, small nets): int8 weights + 8-bit activations
 # ~1% of the output scale; int4 (group 16) ~5-10%.
 INT8_VS_FP32_RTOL = 0.05
 INT4_VS_FP32_RTOL = 0.25
@@ -101,7 +101,8 @@ S8_MIN_K = 40
 
 
 def _conv_s8_ref(x, w, b, stride=1, pad=0, groups=1):
-    """numpy reference of the int8 Conv: per-channel int8 weights, per-pixel 7-bit activations
+    """numpy reference of the int8 Conv: per-channel int8 weights, per-pixel asymmetric 8-bit
+    activations u = rne((x - min) * 255 / (max - min)), x ~ u * (max - min) / 255 + min
     (activations stay fp32 when K < S8_MIN_K)."""
     n, c, h, wd = x.shape
     co, cg, kh, kw = w.shape
@@ -115,16 +116,18 @@ def _conv_s8_ref(x, w, b, stride=1, pad=0, groups=1):
         cols = cols.reshape(n, cg * kh * kw, oh * ow)
         # float32 like the kernel, so round-half cases fall the same way
         cols = cols.astype(np.float32)
-        amax = np.abs(cols).max(axis=1, keepdims=True)
-        inv = np.divide(np.float32(63), amax, out=np.zeros_like(amax), where=amax > 0)
-        xs = (amax / np.float32(63)).astype(np.float64)
-        xq = np.clip(np.rint(cols * inv), -63, 63).astype(np.float64)
+        mn = cols.min(axis=1, keepdims=True)
+        d = cols.max(axis=1, keepdims=True) - mn
+        inv = np.float32(255) / np.maximum(d, np.float32(1e-30))  # kQMinRange
+        xs = (d / np.float32(255)).astype(np.float64)
+        u = np.clip(np.rint((cols - mn) * inv), 0, 255).astype(np.float64)
+        xq = u * xs + mn.astype(np.float64)
         if cols.shape[1] < S8_MIN_K:
-            xq, xs = cols.astype(np.float64), np.float64(1.0)
+            xq = cols.astype(np.float64)
         wg = w[g * (co // groups):(g + 1) * (co // groups)].reshape(co // groups, -1)
         q = fake_quantize("int8", wg)  # = s * q
         out[:, g * (co // groups):(g + 1) * (co // groups)] = \
-            np.einsum("ok,nkp->nop", q.astype(np.float64), xq * xs).reshape(n, -1, oh, ow)
+            np.einsum("ok,nkp->nop", q.astype(np.float64), xq).reshape(n, -1, oh, ow)
     return (out + b[None, :, None, None]).astype(np.float32)
 
 
@@ -143,11 +146,12 @@ def test_int8_conv_matches_numpy_reference_of_same_quantization(tmp_path):
         model = to_onnx(conv, torch.randn(1, ci, hw, hw))
         path = tmp_path / "c.erg"
         erg.write_erg(model, path, precisions=_precisions(model, "int8"))
-        x = rng.standard_normal((2, ci, hw, hw)).astype(np.float32)
-        got = next(iter(NativeEngine(path, max_batch=2).run(x).values()))
-        ref = _conv_s8_ref(x, conv.weight.detach().numpy(),
-                           conv.bias.detach().numpy(), s, p, g)
-        assert _rel_max(ref, got) <= QUANT_VS_REF_RTOL, (ci, co, k, s, p, g)
+        for shift in (0.0, 3.0):  # 3: most pixels' minimum far from 0 (the min * R term)
+            x = (rng.standard_normal((2, ci, hw, hw)) + shift).astype(np.float32)
+            got = next(iter(NativeEngine(path, max_batch=2).run(x).values()))
+            ref = _conv_s8_ref(x, conv.weight.detach().numpy(),
+                               conv.bias.detach().numpy(), s, p, g)
+            assert _rel_max(ref, got) <= QUANT_VS_REF_RTOL, (ci, co, k, s, p, g, shift)
 
 
 @pytest.mark.parametrize("prec", ["int8", "int4"])

@@ -164,3 +164,27 @@ def test_alone_rounding_of_an_int8_gemm_layer(method):
     x = np.abs(rng.standard_normal((8, 48, 4, 4))).astype(np.float32)
     r = FrontRounder(m, x, 32, RoundingConfig(method=method)).alone("pw", "int8")
     assert r.q.shape == (4, 48) and r.bias is not None and np.all(np.isfinite(r.bias))
+
+
+# The emulated run-time activation quantization is within half a step (max - min) / 255 / 2
+# of each value, up to float32 rounding of u * step + min (relative to the value).
+ACT_HALF_STEP_SLACK = 1.0 + 1e-3
+ACT_FLOAT_RTOL = 1e-6
+
+
+def test_act_quant_emulation_is_per_pixel_asymmetric_8_bit():
+    from edgerun.exporters.quant_rounding import ACT_QMAX, _act_quant
+
+    rng = np.random.default_rng(12)
+    cols = rng.standard_normal((5, 2, 50)).astype(np.float32)
+    cols[1] = np.clip(cols[1] * 3, 0, 6)  # ReLU6-like: the full 0..255 code on [0, max]
+    cols[2] += 100.0                      # far from 0
+    cols[3] = 2.5                         # constant pixel: exact (u = 0, x = min)
+    cols[4] = 0.0
+    q = _act_quant(cols)
+    mn, mx = cols.min(-1, keepdims=True), cols.max(-1, keepdims=True)
+    half = (mx - mn) / ACT_QMAX / 2 * ACT_HALF_STEP_SLACK
+    assert np.all(np.abs(q - cols) <= half + ACT_FLOAT_RTOL * np.abs(cols))
+    np.testing.assert_array_equal(q.min(-1), mn[..., 0])  # the minimum is code 0: exact
+    np.testing.assert_array_equal(q[3:], cols[3:])
+    assert q.dtype == np.float32

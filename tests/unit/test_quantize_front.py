@@ -117,7 +117,7 @@ def test_plan_with_data_aware_rounding_is_not_worse(mode, tmp_path):
         FrontPrecisionConfig("int8", rounding="awq")
 
 
-# The rounding's onnxruntime simulation (with the engine's 7-bit activation quantization
+# The rounding's onnxruntime simulation (with the engine's 8-bit activation quantization
 # emulated) must reproduce the native engine's int8 outputs up to float rounding and the
 # rare activation rounding tie; relative to the output's max magnitude.
 SIM_VS_ENGINE_TOL = 1e-4

@@ -136,15 +136,16 @@ struct QuantWeight {
 // when `transpose` (the [K, N] layout sgemm takes for Gemm's B).
 void dequantize_rows(const QuantWeight& w, int64_t r0, int64_t r1, float* out, bool transpose);
 
-// int8 x int8 GEMM for Conv: y[m, n] = ws[m] * xs[n] * sum_k w[m, k] * xq[k, n] + bias,
-// with the activations quantized per output pixel n (dynamic, symmetric, 7 bits so
-// u8 x s8 pair sums never saturate in _mm256_maddubs_epi16), int32 accumulation
-// and bias + activation fused into the epilogue.
+// u8 x s8 GEMM for Conv: y[m, n] = ws[m] * (xs[n] * t[m, n] + mn[n] * wsum[m]) + bias,
+// t[m, n] = sum_k w[m, k] * u[k, n] (exact int32), with the activations quantized
+// per output pixel n (dynamic, asymmetric 8 bits: u = round((x - mn[n]) / xs[n]) in
+// [0, 255], mn[n] the pixel's min, xs[n] = (max - min) / 255) and bias + activation
+// fused into the epilogue (kernels_qgemm.cpp has the exact operation order).
 struct S8Weights {
   const int8_t*  w;      // [m, kp], rows zero padded to kp = round_up(k, 4)
   int64_t        m, k, kp;
   const float*   scale;  // [m]
-  const int32_t* wsum;   // [m]: sum over k of w (undoes the +64 activation offset)
+  const int32_t* wsum;   // [m]: sum over k of w (R: multiplies the pixel minimum)
 };
 // "avx512-vnni", "avx-vnni", "avx2", "neon" or "portable". EDGERUN_NO_AVX512=1 skips
 // the first, EDGERUN_NO_VNNI=1 both VNNI paths; all give bit-identical outputs.
