@@ -118,14 +118,6 @@ def slow_down(dev: Any, factor: float) -> None:
         segs.engines = [SlowedEngine(e, factor) for e in segs.engines]
 
 
-def device_slowdown(device: str | None) -> tuple[float, str]:
-    """How much slower a profiled device is than this machine (fp32 GMAC/s ratio of the profiles)."""
-    from edgerun.profiles import emulated_device
-
-    _, factor, note = emulated_device(device)
-    return factor, note
-
-
 def _local_mode(run: Callable[[np.ndarray], Any], xs: np.ndarray, requests: int, warmup: int) -> dict:
     for i in range(warmup):
         run(xs[i % len(xs)][None])
@@ -204,7 +196,9 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests:
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     lnk = link if isinstance(link, LinkProfile) else load_link(link)
     xs = np.ascontiguousarray(np.load(b.file("samples.npz"))["inputs"], dtype=np.float32)
-    factor, note = device_slowdown(device)
+    from edgerun.profiles import emulated_device
+
+    _, factor, note = emulated_device(device)
     report: dict[str, Any] = {"bundle": str(b.path), "model": b.model_id, "cut": b.cut_label, "link": lnk.name,
                               "requests": requests, "device_compute": note, "device_slowdown": round(factor, 3),
                               "modes": {}}

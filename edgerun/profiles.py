@@ -196,6 +196,14 @@ def _field(d: dict, key: str, path: Path, typ: type, *, default: Any = ..., wher
     return v
 
 
+def _load(name_or_path: str | os.PathLike, kind: str) -> tuple[Path, dict[str, Any]]:
+    """Resolve, read and check the ``kind`` of a profile: ``(path, parsed TOML)``."""
+    path = _resolve(name_or_path)
+    d = _read(path)
+    _kind(d, path, kind)
+    return path, d
+
+
 def _kind(d: dict, path: Path, want: str) -> None:
     got = _field(d, "kind", path, str)
     if got != want:
@@ -247,9 +255,7 @@ def load_device(name_or_path: str | os.PathLike) -> DeviceProfile:
     Raises:
         ConfigError: missing file, not a device profile, or a missing/malformed field (named).
     """
-    path = _resolve(name_or_path)
-    d = _read(path)
-    _kind(d, path, "device")
+    path, d = _load(name_or_path, "device")
     return DeviceProfile(**_machine_fields(d, path), isa=_field(d, "isa", path, str, default=""),
                          cores=_field(d, "cores", path, int, default=1))
 
@@ -289,9 +295,7 @@ def load_server(name_or_path: str | os.PathLike) -> ServerProfile:
     Raises:
         ConfigError: missing file, not a server profile, or a missing/malformed field (named).
     """
-    path = _resolve(name_or_path)
-    d = _read(path)
-    _kind(d, path, "server")
+    path, d = _load(name_or_path, "server")
     return ServerProfile(**_machine_fields(d, path, memory_default=0.0))
 
 
@@ -301,9 +305,7 @@ def load_link(name_or_path: str | os.PathLike) -> LinkProfile:
     Raises:
         ConfigError: missing file, not a link profile, or a missing/malformed field (named).
     """
-    path = _resolve(name_or_path)
-    d = _read(path)
-    _kind(d, path, "link")
+    path, d = _load(name_or_path, "link")
     outs = _field(d, "outages", path, list, default=[])
     try:
         outages = tuple((float(a), float(b)) for a, b in outs)

@@ -11,11 +11,6 @@ namespace kernels {
 
 namespace {
 
-bool is_pointwise(const ConvParams& p) {
-  return p.kh == 1 && p.kw == 1 && p.sh == 1 && p.sw == 1 && p.pt == 0 && p.pl == 0 &&
-         p.oh == p.h && p.ow == p.w;
-}
-
 bool is_depthwise(const ConvParams& p) { return p.group == p.cin && p.group == p.cout && p.group > 1; }
 
 // Valid output range [o0, o1) where in = o*s - pad + k*d lies inside [0, n).

@@ -362,11 +362,6 @@ void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uin
   }
 }
 
-bool pointwise(const ConvParams& p) {
-  return p.kh == 1 && p.kw == 1 && p.sh == 1 && p.sw == 1 && p.pt == 0 && p.pl == 0 &&
-         p.oh == p.h && p.ow == p.w;
-}
-
 }  // namespace
 
 const char* qgemm_path() {
@@ -384,7 +379,7 @@ const char* qgemm_path() {
 size_t conv2d_s8_scratch_floats(const ConvParams& p, int threads) {
   const int64_t k = (p.cin / p.group) * p.kh * p.kw, kp = (k + 3) / 4 * 4;
   const int64_t np = (p.oh * p.ow + kQNR - 1) / kQNR * kQNR;
-  const size_t col = pointwise(p) ? 0 : size_t(k * p.oh * p.ow);
+  const size_t col = is_pointwise(p) ? 0 : size_t(k * p.oh * p.ow);
   return col + size_t(3 * np) + size_t(kp * np + 3) / 4 + 16;
 }
 
@@ -392,7 +387,7 @@ void conv2d_s8(const ConvParams& p, int64_t batch, const float* x, const S8Weigh
                const float* bias, float* y, float* scratch, int threads) {
   const int64_t cin_g = p.cin / p.group, cout_g = p.cout / p.group, plane = p.oh * p.ow;
   const int64_t np = (plane + kQNR - 1) / kQNR * kQNR;
-  const bool pw = pointwise(p);
+  const bool pw = is_pointwise(p);
   static const bool avx512 = qgemm::has_avx512_vnni();
   float* col = scratch;
   float* xs = scratch + (pw ? 0 : w.k * plane);

@@ -71,6 +71,11 @@ struct ConvParams {
 };
 size_t conv2d_scratch_floats(const ConvParams& p, int threads);
 // col[(c*kh + i)*kw + j][oh*ow] for channels [0, cin_g) of one image/group.
+// A 1x1 stride-1 unpadded conv reads its input as the GEMM panel directly (no im2col).
+inline bool is_pointwise(const ConvParams& p) {
+  return p.kh == 1 && p.kw == 1 && p.sh == 1 && p.sw == 1 && p.pt == 0 && p.pl == 0 &&
+         p.oh == p.h && p.ow == p.w;
+}
 void   im2col_f32(const ConvParams& p, int64_t cin_g, const float* x, float* col, int threads);
 void   conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w,
               const float* bias, float* y, float* scratch, int threads);
