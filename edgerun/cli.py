@@ -243,10 +243,11 @@ def broker_cmd() -> None:
 
 
 def _register_planning_commands() -> None:
-    # profile / plan / bench live in their own module (edgerun/cli_plan.py).
-    from edgerun.cli_plan import bench_cmd, plan_cmd, profile_cmd
+    # profile / layers / plan / bench live in their own module (edgerun/cli_plan.py).
+    from edgerun.cli_plan import bench_cmd, layers_cmd, plan_cmd, profile_cmd
 
     app.command("profile")(profile_cmd)
+    app.command("layers")(layers_cmd)
     app.command("plan")(plan_cmd)
     app.command("bench")(bench_cmd)
 

@@ -1,4 +1,4 @@
-"""Command functions for ``edgerun profile``, ``edgerun plan`` and ``edgerun bench``.
+"""Command functions for ``edgerun profile``, ``edgerun layers``, ``edgerun plan`` and ``edgerun bench``.
 
 Registered in ``edgerun/cli.py`` with one line each (``app.command("plan")(plan_cmd)``).
 Errors become one line on stderr and exit code 2, like the other commands; ``plan`` exits
@@ -46,6 +46,51 @@ def profile_cmd(
             typer.echo(str(write_toml(prof["server"], server_out)))
     except EdgerunError as exc:
         _fail(exc)
+
+
+def layers_cmd(
+    bundle: Path = typer.Argument(..., help="bundle directory or archive (its front.erg is timed), or a .erg file"),
+    runs: int = typer.Option(50, help="timed runs (the mean per layer is shown)"),
+    threads: int = typer.Option(1, help="engine threads"),
+    top: int = typer.Option(15, help="show the slowest N layers (0 = all)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Time each layer of a front half on the native engine here, on the bundle's own samples."""
+    import numpy as np
+
+    from edgerun.errors import ConfigError
+    from edgerun.engine import NativeEngine
+
+    try:
+        if bundle.suffix == ".erg":
+            erg, x = bundle, None
+        else:
+            from edgerun.bundle import Bundle
+
+            b = Bundle.load(bundle)
+            if not b.has("front.erg"):
+                raise ConfigError(f"bundle {bundle} has no front.erg (exported with --engine ort?); "
+                                  "re-export it with the native engine")
+            erg, x = b.file("front.erg"), np.load(b.file("samples.npz"))["inputs"][:1]
+        eng = NativeEngine(erg, max_batch=1, threads=threads)
+        if x is None:  # a bare .erg: random input of its shape
+            x = np.random.default_rng(0).standard_normal((1, *eng.input_shapes[0][1:])).astype(np.float32)
+        steps = eng.profile_layers(np.asarray(x, dtype=np.float32), runs=runs)
+    except EdgerunError as exc:
+        _fail(exc)
+    total = sum(s["us"] for s in steps) or 1.0
+    kernels: dict[str, float] = {}
+    for s in steps:
+        kernels[s["kernel"]] = kernels.get(s["kernel"], 0.0) + s["us"]
+    if as_json:
+        typer.echo(json.dumps({"total_us": total, "by_kernel_us": kernels, "layers": steps}))
+        return
+    shown = sorted(steps, key=lambda s: -s["us"])[: top or None]
+    typer.echo(f"{'layer':40} {'op':10} {'kernel':9} {'us':>9} {'share':>6}")
+    for s in shown:
+        typer.echo(f"{s['node'][:40]:40} {s['op']:10} {s['kernel']:9} {s['us']:9.1f} {100 * s['us'] / total:5.1f}%")
+    typer.echo(f"total {total:.1f} us over {len(steps)} layers; by kernel: "
+               + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])))
 
 
 def plan_cmd(

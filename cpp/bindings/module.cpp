@@ -403,7 +403,17 @@ void bind_engine(py::module_& m) {
       .def_property_readonly("weight_bytes", &edgerun::Engine::weight_bytes)
       .def_property_readonly("max_batch", &edgerun::Engine::max_batch)
       .def_property_readonly("threads", &edgerun::Engine::threads)
-      .def_property_readonly("num_nodes", &edgerun::Engine::num_nodes);
+      .def_property_readonly("num_nodes", &edgerun::Engine::num_nodes)
+      .def("set_profiling", &edgerun::Engine::set_profiling, py::arg("on"))
+      .def("step_times", [](const edgerun::Engine& e) {
+        // [(node name, op, kernel, total ns over the profiled runs)], plus the run count.
+        py::list l;
+        for (size_t i = 0; i < e.num_steps(); ++i) {
+          const edgerun::NodeInfo& nd = e.step_node(i);
+          l.append(py::make_tuple(nd.name, edgerun::op_name(nd.op), e.step_kernel(i), e.step_ns(i)));
+        }
+        return py::make_tuple(l, e.profiled_runs());
+      });
 }
 // ==== engine: end ====
 

@@ -2,6 +2,7 @@
 #include "edgerun/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 
@@ -138,8 +139,35 @@ Status Engine::run(const InputView* inputs, size_t n_inputs, int32_t batch) {
   // Aliases of inputs follow the caller's buffers (set per run, no allocation).
   for (uint32_t t = 0; t < ptr_.size(); ++t)
     if (root_[t] != t && graph_.tensors()[root_[t]].kind == TensorKind::kInput) ptr_[t] = ptr_[root_[t]];
-  for (const Step& s : steps_) ER_RETURN_IF_ERROR(run_step(s, batch));
+  if (!profiling_) {
+    for (const Step& s : steps_) ER_RETURN_IF_ERROR(run_step(s, batch));
+    return Status::Ok();
+  }
+  for (size_t i = 0; i < steps_.size(); ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    ER_RETURN_IF_ERROR(run_step(steps_[i], batch));
+    step_ns_[i] += uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                std::chrono::steady_clock::now() - t0).count());
+  }
+  ++profiled_runs_;
   return Status::Ok();
+}
+
+void Engine::set_profiling(bool on) {
+  profiling_ = on;
+  step_ns_.assign(on ? steps_.size() : 0, 0);
+  profiled_runs_ = 0;
+}
+
+const char* Engine::step_kernel(size_t i) const {
+  const Step& s = steps_[i];
+  if (s.op == OpCode::kConv) {
+    if (s.use_s8) return "conv-s8";
+    const kernels::ConvParams& p = s.conv;
+    if (p.group == p.cin && p.group == p.cout && p.group > 1) return "conv-dw";
+    return kernels::is_pointwise(p) ? "conv-1x1" : "conv";
+  }
+  return op_name(s.op);
 }
 
 Status Engine::run_step(const Step& s, int32_t batch) {

@@ -6,12 +6,15 @@
 // all taps, two output rows at a time (bias in, activation out, one store per
 // output, masked at the row tail). 3x3 and 5x5 are unrolled at compile time.
 // For stride 2 the padded rows are stored de-interleaved (even | odd columns),
-// so every tap loads 8 consecutive floats.
+// so every tap loads 8 consecutive floats. Where AVX-512F runs, 3x3 and 5x5
+// planes go to the 16-wide kernel of kernels_dwconv_avx512.cpp instead (same
+// padded buffer, same sums).
 // Portable path: row sweeps over the interior (vectorisable for stride 1) and
 // a bounds-checked scalar loop for the edge columns; also the cross-check.
 #include <algorithm>
 #include <cstring>
 
+#include "dwconv.h"
 #include "edgerun/kernels.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -72,25 +75,13 @@ void dw_row_portable(const ConvParams& p, const float* xc, const float* wc, floa
 }
 
 #ifdef ER_X86
-// The AVX2 path first copies the channel plane into a zero-bordered buffer
-// (scratch), wide enough that every output column, rounded up to 8, reads only
-// inside it: no edge cases remain and the tail is one masked store.
-// For stride 2 each padded row is stored de-interleaved, even columns in its
-// first half and odd ones in its second, so every tap reads 8 consecutive
+// The vector paths first copy the channel plane into a zero-bordered buffer
+// (scratch, see dw::Padded), wide enough that every output column, rounded up
+// to 16, reads only inside it: no edge cases remain and the tail is one masked
+// store. For stride 2 each padded row is stored de-interleaved, even columns in
+// its first half and odd ones in its second, so every tap reads consecutive
 // floats (shuffling once per input instead of once per tap).
-struct Padded {
-  int64_t ph, pw;  // padded plane rows / row stride
-  int64_t half;    // stride 2: offset of the odd columns in a row (0 for stride 1)
-};
-
-Padded padded_dims(const ConvParams& p) {
-  const int64_t owp = (p.ow + 7) / 8 * 8;
-  const int64_t cols = (owp - 1) * p.sw + (p.kw - 1) * p.dw + 1;  // padded columns read
-  const int64_t ph = (p.oh - 1) * p.sh + (p.kh - 1) * p.dh + 1;
-  if (p.sw == 1) return {ph, cols, 0};
-  const int64_t half = ((cols + 1) / 2 + 7) / 8 * 8;
-  return {ph, 2 * half, half};
-}
+using dw::Padded;
 
 size_t padded_floats(const Padded& d) { return size_t(d.ph * d.pw + 16); }
 
@@ -214,10 +205,7 @@ __attribute__((target("avx2,fma"))) void dw_plane(const ConvParams& p, const Pad
   if (oy < p.oh) dw_rows<S, K, 1>(p, buf + oy * p.sh * d.pw, d, wc, bias, yc + oy * p.ow);
 }
 
-using PlaneFn = void (*)(const ConvParams&, const Padded&, const float*, const float*, float, float*,
-                        const float*);
-
-PlaneFn pick_plane(const ConvParams& p) {
+dw::PlaneFn pick_plane(const ConvParams& p) {
   const int k = p.kh == p.kw && (p.kh == 3 || p.kh == 5) ? int(p.kh) : 0;
   if (p.sw == 1) return k == 3 ? dw_plane<1, 3> : k == 5 ? dw_plane<1, 5> : dw_plane<1, 0>;
   return k == 3 ? dw_plane<2, 3> : k == 5 ? dw_plane<2, 5> : dw_plane<2, 0>;
@@ -226,9 +214,20 @@ PlaneFn pick_plane(const ConvParams& p) {
 
 }  // namespace
 
+namespace dw {
+Padded padded_dims(const ConvParams& p) {
+  const int64_t owp = (p.ow + 15) / 16 * 16;  // 16: the AVX-512 kernel's vector
+  const int64_t cols = (owp - 1) * p.sw + (p.kw - 1) * p.dw + 1;  // padded columns read
+  const int64_t ph = (p.oh - 1) * p.sh + (p.kh - 1) * p.dh + 1;
+  if (p.sw == 1) return {ph, cols, 0};
+  const int64_t half = ((cols + 1) / 2 + 7) / 8 * 8;
+  return {ph, 2 * half, half};
+}
+}  // namespace dw
+
 size_t depthwise_scratch_floats(const ConvParams& p, int threads) {
 #ifdef ER_X86
-  const Padded d = padded_dims(p);
+  const Padded d = dw::padded_dims(p);
   return size_t(std::max(threads, 1)) * padded_floats(d);
 #else
   return 0;
@@ -240,8 +239,9 @@ void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const fl
   const int64_t planes = batch * p.cout;
 #ifdef ER_X86
   if (has_avx2_fma() && (p.sw == 1 || p.sw == 2) && scratch != nullptr) {
-    const Padded d = padded_dims(p);
-    const PlaneFn plane = pick_plane(p);
+    const Padded d = dw::padded_dims(p);
+    const dw::PlaneFn fast = dw::avx512_plane(p);
+    const dw::PlaneFn plane = fast != nullptr ? fast : pick_plane(p);
     const size_t per = padded_floats(d);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t pc = 0; pc < planes; ++pc) {

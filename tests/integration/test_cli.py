@@ -43,3 +43,20 @@ def test_export_names_the_valid_cuts_when_the_cut_is_wrong(tmp_path):
     r = _edgerun("export", "zoo:digits-cnn", "--cut", "nope", "--out", str(tmp_path / "b"))
     assert r.returncode == 2
     assert "no valid cut named 'nope'" in r.stderr and "block1" in r.stderr
+
+
+def test_layers_times_every_layer_of_a_bundle_front(digits_bundle):
+    """`edgerun layers BUNDLE --json`: one entry per engine step, in run order, with the
+    kernel that ran; the per-kernel totals add up to the total."""
+    r = _edgerun("layers", str(digits_bundle.path), "--runs", "3", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(r.stdout)
+    kinds = {s["kernel"] for s in rep["layers"]}
+    assert rep["layers"] and all(s["us"] > 0 for s in rep["layers"])
+    assert kinds <= {"conv", "conv-1x1", "conv-dw", "conv-s8"} | {s["op"] for s in rep["layers"]}
+    assert abs(sum(rep["by_kernel_us"].values()) - rep["total_us"]) <= 1e-6 * rep["total_us"]
+
+
+def test_layers_says_what_to_do_with_a_missing_bundle(tmp_path):
+    r = _edgerun("layers", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "edgerun export" in r.stderr

@@ -261,10 +261,11 @@ _DW_PROBE = """
 import json, sys, numpy as np
 from edgerun.engine import NativeEngine
 from edgerun import _core
-x = np.random.default_rng(3).standard_normal((1, 5, 13, 37)).astype(np.float32)
-paths = sys.argv[1:]
-print(json.dumps({"gemm": _core.gemm_path(),
-                  "y": [NativeEngine(p, max_batch=1).run(x)["y"].ravel().tolist() for p in paths]}))
+def run(p):
+    e = NativeEngine(p, max_batch=1)
+    x = np.random.default_rng(3).standard_normal((1, *e.input_shapes[0][1:])).astype(np.float32)
+    return e.run(x)["y"].ravel().tolist()
+print(json.dumps({"gemm": _core.gemm_path(), "y": [run(p) for p in sys.argv[1:]]}))
 """
 
 
@@ -288,6 +289,8 @@ def test_kernel_paths_agree(tmp_path):
 
     models = [_depthwise_model(5, 13, 37, kh, kh, stride, pads, 1, True)
               for kh, stride, pads in [(3, 1, [1, 1, 1, 1]), (5, 2, [2, 2, 2, 2]), (3, 2, [0, 1, 1, 0])]]
+    # Rows wider than the AVX-512 kernel's 64-column block, 4-row groups plus a tail row.
+    models += [_depthwise_model(5, 13, 150, kh, kh, stride, [kh // 2] * 4, 1, True) for kh, stride in [(3, 1), (5, 2)]]
     models += [_conv_model(13, 3, [1, 1, 1, 1]), _conv_model(19, 1, [0, 0, 0, 0])]
     paths = []
     for i, m in enumerate(models):
@@ -305,3 +308,23 @@ def test_kernel_paths_agree(tmp_path):
     for key in ("avx2", "portable"):
         for i, (ref, got) in enumerate(zip(outs["best"]["y"], outs[key]["y"])):
             assert_close(np.array(ref), np.array(got), f"{key} vs {outs['best']['gemm']} model {i}")
+    # The AVX-512 and AVX2 depthwise kernels sum the taps in the same order with FMAs.
+    for i in range(5):
+        assert outs["best"]["y"][i] == outs["avx2"]["y"][i], f"depthwise model {i}: AVX-512 != AVX2 bits"
+
+
+def test_profile_layers_reports_each_step_and_leaves_run_unchanged(tmp_path):
+    """Per-step timing: one entry per step in run order, the depthwise kernel named as
+    such; profiling is off again afterwards and never changes the outputs."""
+    model = _depthwise_model(4, 9, 11, 3, 3, 1, [1, 1, 1, 1], 1, True)
+    erg_path = tmp_path / "dw.erg"
+    erg.write_erg(model, erg_path)
+    eng = NativeEngine(erg_path, max_batch=1)
+    x = np.random.default_rng(0).standard_normal((1, 4, 9, 11)).astype(np.float32)
+    before = eng.run(x)["y"]
+    steps = eng.profile_layers(x, runs=3, warmup=1)
+    assert [s["kernel"] for s in steps][0] == "conv-dw"
+    assert all(s["us"] > 0 for s in steps)
+    np.testing.assert_array_equal(eng.run(x)["y"], before)
+    with pytest.raises(ConfigError):
+        eng.profile_layers(x, runs=0)

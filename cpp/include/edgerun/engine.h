@@ -78,6 +78,16 @@ class Engine {
   int32_t  threads() const { return threads_; }
   size_t   num_nodes() const { return graph_.nodes().size(); }
 
+  // ---- per-step timing (off by default: one clock read per step when on) ----
+  // Each run() adds every step's wall time to step_ns(i); set_profiling(true)
+  // also zeroes the totals.
+  void set_profiling(bool on);
+  size_t   num_steps() const { return steps_.size(); }
+  const NodeInfo& step_node(size_t i) const { return graph_.nodes()[steps_[i].node]; }
+  const char* step_kernel(size_t i) const;  // "conv-s8", "conv-dw", "conv", ... (what ran)
+  uint64_t step_ns(size_t i) const { return i < step_ns_.size() ? step_ns_[i] : 0; }
+  uint64_t profiled_runs() const { return profiled_runs_; }
+
  private:
   Engine() = default;
   Status resolve();                       // nodes -> steps (validates shapes/attrs)
@@ -100,6 +110,9 @@ class Engine {
   std::vector<std::vector<int8_t>>  owned_s8_;   // int8 rows re-padded to a multiple of 4
   std::vector<std::vector<int32_t>> owned_sum_;  // int8 row sums
   std::vector<std::vector<float>>   owned_f32_;  // depthwise quantized weights, dequantized once
+  std::vector<uint64_t>     step_ns_;     // per-step time totals while profiling
+  uint64_t                  profiled_runs_ = 0;
+  bool                      profiling_ = false;
   uint64_t                  arena_bytes_ = 0;
   uint64_t                  naive_bytes_ = 0;
   size_t                    scratch_floats_ = 0;

@@ -1,0 +1,36 @@
+// Internal to the depthwise convolution (kernels_dwconv*.cpp): the zero-bordered
+// plane buffer that the vector paths read, and the AVX-512 plane kernel.
+#pragma once
+
+#include <cstdint>
+
+#include "edgerun/kernels.h"
+
+namespace edgerun {
+namespace kernels {
+namespace dw {
+
+// One channel plane copied into a zero-bordered buffer: ph rows of pw floats.
+// Stride 2 stores each row de-interleaved: even columns first, odd ones from
+// column `half` (0 for stride 1). Output columns are rounded up to 16, so a
+// vector path reads only inside the buffer (plus 16 floats of slack).
+struct Padded {
+  int64_t ph, pw;
+  int64_t half;
+};
+
+Padded padded_dims(const ConvParams& p);
+
+// Computes one output plane yc from the padded plane buf; `next` (may be null)
+// is the next input plane, prefetched while this one computes.
+using PlaneFn = void (*)(const ConvParams& p, const Padded& d, const float* buf, const float* wc,
+                         float bias, float* yc, const float* next);
+
+// The AVX-512 plane kernel for p (3x3 or 5x5, stride 1 or 2 in both axes, no
+// row dilation), or nullptr: not that shape, not built, no AVX-512F at run
+// time, or EDGERUN_NO_AVX512 set. Bit-identical to the AVX2 kernel (same FMA order).
+PlaneFn avx512_plane(const ConvParams& p);
+
+}  // namespace dw
+}  // namespace kernels
+}  // namespace edgerun

@@ -1,0 +1,128 @@
+// Depthwise convolution, AVX-512 plane kernel (see dwconv.h).
+//
+// Like the AVX2 kernel it sweeps the zero-bordered plane in blocks of NR output
+// rows x NV vectors (here 16 floats) held in registers, but it walks the INPUT
+// rows: each input vector is loaded once and fed to every output row of the
+// block whose taps use it. With 4 output rows of a 3x3 stride-1 conv that is 6
+// row loads per tap column instead of 12, and the loads, not the FMAs, bound
+// this kernel. For every output the taps are still summed in (row, column)
+// order with one FMA each, so results equal the AVX2 kernel's bit for bit.
+#include "dwconv.h"
+
+#include "gemm_ukr.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+namespace edgerun {
+namespace kernels {
+namespace dw {
+
+namespace {
+
+__attribute__((target("avx512f"))) inline __m512 act16(__m512 r, Act act, __m512 lo, __m512 hi) {
+  if (act == Act::kRelu) return _mm512_max_ps(r, _mm512_setzero_ps());
+  if (act == Act::kClip) return _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+  return r;
+}
+
+// NR output rows x NV vectors of 16 outputs from column ox; columns >= ox + valid
+// are computed (the padded buffer covers them) but not stored. S: stride, K: taps.
+template <int S, int K, int NR, int NV>
+__attribute__((target("avx512f"))) inline void block(const ConvParams& p, const float* row0,
+                                                     const Padded& d, const float* wc, float bias,
+                                                     int64_t ox, float* o, int64_t valid) {
+  __m512 acc[NR][NV];
+  for (int r = 0; r < NR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_set1_ps(bias);
+  const float* xb = row0 + ox;  // stride 2: ox indexes the de-interleaved halves
+#pragma GCC unroll 16
+  for (int q = 0; q < (NR - 1) * S + K; ++q) {  // input rows of the block
+    const float* xr = xb + q * d.pw;
+#pragma GCC unroll 8
+    for (int j = 0; j < K; ++j) {
+      const int64_t c = j * p.dw;
+      const float* xj = S == 1 ? xr + c : xr + (c & 1) * d.half + (c >> 1);
+      __m512 xv[NV];
+      for (int v = 0; v < NV; ++v) xv[v] = _mm512_loadu_ps(xj + v * 16);
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) {
+        const int i = q - r * S;  // the tap row of output row r that reads input row q
+        if (i < 0 || i >= K) continue;
+        const __m512 wv = _mm512_set1_ps(wc[i * K + j]);
+        for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(wv, xv[v], acc[r][v]);
+      }
+    }
+  }
+  const __m512 lo = _mm512_set1_ps(p.lo), hi = _mm512_set1_ps(p.hi);
+  for (int r = 0; r < NR; ++r) {
+    float* orow = o + r * p.ow + ox;
+    for (int v = 0; v < NV; ++v) {
+      const int64_t n = valid - 16 * v;
+      const __mmask16 m = n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1u);
+      _mm512_mask_storeu_ps(orow + v * 16, m, act16(acc[r][v], p.act, lo, hi));
+    }
+  }
+}
+
+// NR output rows: full 64-wide blocks, then one block of ceil(rest / 16) vectors.
+template <int S, int K, int NR>
+__attribute__((target("avx512f"))) inline void rows(const ConvParams& p, const float* row0,
+                                                    const Padded& d, const float* wc, float bias,
+                                                    float* o) {
+  int64_t ox = 0;
+  for (; ox + 64 <= p.ow; ox += 64) block<S, K, NR, 4>(p, row0, d, wc, bias, ox, o, 64);
+  const int64_t rest = p.ow - ox;
+  if (rest > 48) block<S, K, NR, 4>(p, row0, d, wc, bias, ox, o, rest);
+  else if (rest > 32) block<S, K, NR, 3>(p, row0, d, wc, bias, ox, o, rest);
+  else if (rest > 16) block<S, K, NR, 2>(p, row0, d, wc, bias, ox, o, rest);
+  else if (rest > 0) block<S, K, NR, 1>(p, row0, d, wc, bias, ox, o, rest);
+}
+
+constexpr int kRows = 4;  // output rows per block: 16 accumulators at NV = 4
+
+template <int S, int K>
+__attribute__((target("avx512f"))) void plane(const ConvParams& p, const Padded& d,
+                                              const float* buf, const float* wc, float bias,
+                                              float* yc, const float* next) {
+  const int64_t lines = (p.h * p.w * int64_t(sizeof(float)) + 63) / 64;
+  const int64_t groups = (p.oh + kRows - 1) / kRows;
+  const int64_t per = (lines + groups - 1) / groups;  // cache lines of `next` per row group
+  const char* pf = reinterpret_cast<const char*>(next);
+  int64_t done = 0, oy = 0;
+  for (; oy + kRows <= p.oh; oy += kRows) {
+    for (int64_t l = 0; pf != nullptr && l < per && done < lines; ++l, ++done)
+      _mm_prefetch(pf + done * 64, _MM_HINT_T1);
+    rows<S, K, kRows>(p, buf + oy * S * d.pw, d, wc, bias, yc + oy * p.ow);
+  }
+  for (; oy < p.oh; ++oy) {
+    for (int64_t l = 0; pf != nullptr && l < per && done < lines; ++l, ++done)
+      _mm_prefetch(pf + done * 64, _MM_HINT_T1);
+    rows<S, K, 1>(p, buf + oy * S * d.pw, d, wc, bias, yc + oy * p.ow);
+  }
+}
+
+}  // namespace
+
+PlaneFn avx512_plane(const ConvParams& p) {
+  if (!gemm::has_avx512() || p.kh != p.kw || p.dh != 1 || p.sh != p.sw) return nullptr;
+  if (p.sw == 1) return p.kh == 3 ? plane<1, 3> : p.kh == 5 ? plane<1, 5> : nullptr;
+  if (p.sw == 2) return p.kh == 3 ? plane<2, 3> : p.kh == 5 ? plane<2, 5> : nullptr;
+  return nullptr;
+}
+
+}  // namespace dw
+}  // namespace kernels
+}  // namespace edgerun
+
+#else  // not x86: no AVX-512 kernel
+
+namespace edgerun {
+namespace kernels {
+namespace dw {
+PlaneFn avx512_plane(const ConvParams&) { return nullptr; }
+}  // namespace dw
+}  // namespace kernels
+}  // namespace edgerun
+
+#endif
