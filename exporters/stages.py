@@ -55,7 +55,7 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
 
 
 # Budgets tried by the automatic choice, smallest (most accurate) first.
-AUTO_BUDGETS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+AUTO_BUDGETS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 6e-2, 1e-1, 2e-1)
 # The automatic choice keeps the calibration top-1 agreement with the uncoded split at least this.
 AUTO_MIN_AGREEMENT = 0.995
 
