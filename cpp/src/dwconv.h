@@ -31,6 +31,10 @@ using PlaneFn = void (*)(const ConvParams& p, const Padded& d, const float* buf,
 // time, or EDGERUN_NO_AVX512 set. Bit-identical to the AVX2 kernel (same FMA order).
 PlaneFn avx512_plane(const ConvParams& p);
 
+// Fills the padded plane buf from the input plane xc (AVX-512F; use only where
+// avx512_plane returned a kernel).
+void pad_plane_avx512(const ConvParams& p, const Padded& d, const float* xc, float* buf);
+
 }  // namespace dw
 }  // namespace kernels
 }  // namespace edgerun

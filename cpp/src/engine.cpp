@@ -50,6 +50,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, int32_t ma
 #endif
   ER_RETURN_IF_ERROR(e->resolve());
   e->prepare_quant();
+  e->fuse_chains();
   ER_RETURN_IF_ERROR(e->plan_and_allocate());
   return e;
 }
@@ -60,18 +61,21 @@ Status Engine::plan_and_allocate() {
   // Liveness per root buffer: produced by its first writer, read until its last
   // reader through any alias; graph outputs live to the end.
   std::vector<int32_t> first(T.size(), -1), last(T.size(), -1);
+  // A fused chain runs as one step: all its buffers live over the head's slot.
+  int32_t slot = 0;
   for (int32_t i = 0; i < n_nodes; ++i) {
     const NodeInfo& nd = graph_.nodes()[steps_[i].node];
+    if (steps_[i].fuse != 2) slot = i;
     for (uint32_t id : nd.outputs)
-      if (root_[id] == id) first[id] = last[id] = i;
+      if (root_[id] == id) first[id] = last[id] = slot;
     for (uint32_t id : nd.inputs)
-      if (id != kErgNoTensor) last[root_[id]] = std::max(last[root_[id]], i);
+      if (id != kErgNoTensor) last[root_[id]] = std::max(last[root_[id]], slot);
   }
   for (uint32_t id : graph_.outputs()) last[root_[id]] = n_nodes;
   std::vector<BufferUse> uses;
   std::vector<uint32_t> owner;
   for (uint32_t t = 0; t < T.size(); ++t) {
-    if (T[t].kind != TensorKind::kActivation || root_[t] != t || first[t] < 0) continue;
+    if (T[t].kind != TensorKind::kActivation || root_[t] != t || first[t] < 0 || fused_inner_[t]) continue;
     uses.push_back({uint64_t(T[t].numel(max_batch_)) * sizeof(float), first[t], last[t]});
     owner.push_back(t);
   }
@@ -91,9 +95,11 @@ Status Engine::plan_and_allocate() {
     if (s.op == OpCode::kConcat)
       max_concat = std::max(max_concat, graph_.nodes()[s.node].inputs.size());
   }
+  scratch_floats_ = std::max(scratch_floats_, fused_scratch_floats());
   scratch_ = alloc_floats(scratch_floats_);
   deq_ = alloc_floats(deq_floats_);
-  if (!arena_ || !scratch_ || !deq_)
+  fused_ = alloc_floats(fused_floats());
+  if (!arena_ || !scratch_ || !deq_ || !fused_)
     return Status(StatusCode::kOutOfMemory,
                   "cannot allocate the " + std::to_string(arena_bytes_) +
                       "-byte activation arena; lower max_batch");
@@ -139,17 +145,16 @@ Status Engine::run(const InputView* inputs, size_t n_inputs, int32_t batch) {
   // Aliases of inputs follow the caller's buffers (set per run, no allocation).
   for (uint32_t t = 0; t < ptr_.size(); ++t)
     if (root_[t] != t && graph_.tensors()[root_[t]].kind == TensorKind::kInput) ptr_[t] = ptr_[root_[t]];
-  if (!profiling_) {
-    for (const Step& s : steps_) ER_RETURN_IF_ERROR(run_step(s, batch));
-    return Status::Ok();
-  }
   for (size_t i = 0; i < steps_.size(); ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    ER_RETURN_IF_ERROR(run_step(steps_[i], batch));
+    if (steps_[i].fuse == 2) continue;  // run by its chain's head
+    const auto t0 = profiling_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
+    if (steps_[i].fuse == 1) run_fused(i, batch);
+    else ER_RETURN_IF_ERROR(run_step(steps_[i], batch));
+    if (!profiling_) continue;
     step_ns_[i] += uint64_t(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                 std::chrono::steady_clock::now() - t0).count());
   }
-  ++profiled_runs_;
+  if (profiling_) ++profiled_runs_;
   return Status::Ok();
 }
 
@@ -161,6 +166,8 @@ void Engine::set_profiling(bool on) {
 
 const char* Engine::step_kernel(size_t i) const {
   const Step& s = steps_[i];
+  if (s.fuse == 1) return "fused-1x1-dw-1x1";  // its time covers the two steps after it
+  if (s.fuse == 2) return "(fused)";
   if (s.op == OpCode::kConv) {
     if (s.use_s8) return "conv-s8";
     const kernels::ConvParams& p = s.conv;

@@ -247,7 +247,8 @@ void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const fl
     for (int64_t pc = 0; pc < planes; ++pc) {
       const int64_t c = pc % p.cout;
       float* buf = scratch + per * size_t(thread_id());
-      pad_plane(p, d, x + pc * p.h * p.w, buf);
+      if (fast != nullptr) dw::pad_plane_avx512(p, d, x + pc * p.h * p.w, buf);
+      else pad_plane(p, d, x + pc * p.h * p.w, buf);
       // Prefetch the next plane while computing this one: the copy above is
       // otherwise a memory-latency-bound pass with nothing to overlap.
       const float* next = pc + 1 < planes ? x + (pc + 1) * p.h * p.w : nullptr;

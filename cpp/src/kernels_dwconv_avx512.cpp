@@ -102,7 +102,46 @@ __attribute__((target("avx512f"))) void plane(const ConvParams& p, const Padded&
   }
 }
 
+// Lanes [lo, hi) of a 16-lane mask.
+inline __mmask16 lanes(int64_t lo, int64_t hi) {
+  lo = lo < 0 ? 0 : lo;
+  hi = hi > 16 ? 16 : hi;
+  return hi <= lo ? __mmask16(0) : __mmask16(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+}
+
 }  // namespace
+
+// Padded row = x row shifted right by pl, zeros outside: one masked load per 16
+// columns (masked-off lanes read nothing, so the plane's edges need no scalar code).
+// Stride 2 splits 32 padded columns into 16 even + 16 odd with two permutes.
+__attribute__((target("avx512f"))) void pad_plane_avx512(const ConvParams& p, const Padded& d,
+                                                         const float* xc, float* buf) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  const int64_t cols = d.half == 0 ? d.pw : 2 * d.half;
+  for (int64_t r = 0; r < d.ph; ++r) {
+    const int64_t iy = r - p.pt;
+    const bool inside = iy >= 0 && iy < p.h;
+    const float* xr = xc + (inside ? iy : 0) * p.w;
+    float* o = buf + r * d.pw;
+    if (d.half == 0) {
+      for (int64_t i = 0; i < cols; i += 16) {
+        const int64_t a = i - p.pl;  // x column of lane 0
+        const __mmask16 m = inside ? lanes(-a, p.w - a) : __mmask16(0);
+        _mm512_mask_storeu_ps(o + i, lanes(0, cols - i), _mm512_maskz_loadu_ps(m, xr + a));
+      }
+      continue;
+    }
+    for (int64_t i = 0; i < cols; i += 32) {
+      const int64_t a = i - p.pl;
+      const __m512 lo = _mm512_maskz_loadu_ps(inside ? lanes(-a, p.w - a) : 0, xr + a);
+      const __m512 hi = _mm512_maskz_loadu_ps(inside ? lanes(-a - 16, p.w - a - 16) : 0, xr + a + 16);
+      const __mmask16 st = lanes(0, d.half - i / 2);
+      _mm512_mask_storeu_ps(o + i / 2, st, _mm512_permutex2var_ps(lo, even, hi));
+      _mm512_mask_storeu_ps(o + d.half + i / 2, st, _mm512_permutex2var_ps(lo, odd, hi));
+    }
+  }
+}
 
 PlaneFn avx512_plane(const ConvParams& p) {
   if (!gemm::has_avx512() || p.kh != p.kw || p.dh != 1 || p.sh != p.sw) return nullptr;

@@ -333,7 +333,7 @@ void quantize_pack(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N
 // y[m, n] for rows [0, M) of one group: the int8 GEMM over the packed panel.
 void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uint8_t* Bq,
                  const float* xs, const float* mn, const float* bias, Act act, float lo, float hi,
-                 float* y, int threads) {
+                 float* y, int64_t ldy, int threads) {
   static const QKernel ukr = pick_qkernel();
   static const bool vec_epi = has_avx2_fma();
   const int64_t strips = (N + kQNR - 1) / kQNR, kq = w.kp / 4;
@@ -349,7 +349,7 @@ void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uin
         const int64_t row = m0 + m + r;
         const float ws = w.scale[row], b = bias ? bias[row] : 0.f;
         const float rsum = float(w.wsum[row]);
-        float* o = y + (m + r) * N + n0;
+        float* o = y + (m + r) * ldy + n0;
 #ifdef ER_X86
         if (vec_epi && nw == kQNR) {
           epilogue_avx2(tile + r * kQNR, xs + n0, mn + n0, ws, rsum, b, act, lo, hi, o);
@@ -407,13 +407,30 @@ void conv2d_s8(const ConvParams& p, int64_t batch, const float* x, const S8Weigh
       float* yg = yn + g * cout_g * plane;
       if (avx512) {
         qgemm::qconv_group_avx512(B, plane, w, g * cout_g, cout_g, plane, xs, inv, mn, bq, bias,
-                                  p.act, p.lo, p.hi, yg, threads);
+                                  p.act, p.lo, p.hi, yg, plane, threads);
         continue;
       }
       quantize_pack(B, plane, w.k, w.kp, plane, xs, inv, mn, bq, threads);
-      qgemm_group(w, g * cout_g, cout_g, plane, bq, xs, mn, bias, p.act, p.lo, p.hi, yg, threads);
+      qgemm_group(w, g * cout_g, cout_g, plane, bq, xs, mn, bias, p.act, p.lo, p.hi, yg, plane, threads);
     }
   }
+}
+
+void pointwise_s8_window(const S8Weights& w, const float* x, int64_t ldx, int64_t n,
+                         const float* bias, Act act, float lo, float hi, float* y, int64_t ldy,
+                         float* scratch, int threads) {
+  static const bool avx512 = qgemm::has_avx512_vnni();
+  const int64_t np = (n + kQNR - 1) / kQNR * kQNR;
+  float* xs = scratch;
+  float* inv = xs + np;
+  float* mn = inv + np;
+  uint8_t* bq = reinterpret_cast<uint8_t*>(mn + np);
+  if (avx512) {
+    qgemm::qconv_group_avx512(x, ldx, w, 0, w.m, n, xs, inv, mn, bq, bias, act, lo, hi, y, ldy, threads);
+    return;
+  }
+  quantize_pack(x, ldx, w.k, w.kp, n, xs, inv, mn, bq, threads);
+  qgemm_group(w, 0, w.m, n, bq, xs, mn, bias, act, lo, hi, y, ldy, threads);
 }
 
 }  // namespace kernels

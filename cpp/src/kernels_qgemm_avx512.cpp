@@ -199,7 +199,8 @@ bool has_avx512_vnni() {
 
 void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t m0, int64_t M,
                         int64_t N, float* xs, float* inv, float* mn, uint8_t* bq,
-                        const float* bias, Act act, float lo, float hi, float* y, int threads) {
+                        const float* bias, Act act, float lo, float hi, float* y, int64_t ldy,
+                        int threads) {
   const int64_t strips = (N + kQNR - 1) / kQNR, groups = (strips + kNS - 1) / kNS;
   const int64_t mblocks = (M + kMR - 1) / kMR, kq = w.kp / 4, bstride = w.kp * kQNR;
   // One team for both phases (a barrier is cheaper than a second fork/join on the
@@ -220,12 +221,12 @@ void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t
       const Epi e{w.scale + row, w.wsum + row, bias ? bias + row : nullptr, act, lo, hi};
       const int8_t* W = w.w + row * w.kp;
       const uint8_t* B = bq + s0 * bstride;
-      float* yt = y + m * N + n0;
+      float* yt = y + m * ldy + n0;
       const float* xn = xs + n0;
       const float* mnn = mn + n0;
-      if (ns == 3) tile<3>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, N, nw);
-      else if (ns == 2) tile<2>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, N, nw);
-      else tile<1>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, N, nw);
+      if (ns == 3) tile<3>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, ldy, nw);
+      else if (ns == 2) tile<2>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, ldy, nw);
+      else tile<1>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, ldy, nw);
     }
   }
 }
@@ -234,7 +235,8 @@ void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t
 
 bool has_avx512_vnni() { return false; }
 void qconv_group_avx512(const float*, int64_t, const S8Weights&, int64_t, int64_t, int64_t, float*,
-                        float*, float*, uint8_t*, const float*, Act, float, float, float*, int) {}
+                        float*, float*, uint8_t*, const float*, Act, float, float, float*, int64_t,
+                        int) {}
 
 #endif
 

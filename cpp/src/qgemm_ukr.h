@@ -25,13 +25,14 @@ bool has_avx512_vnni();
 
 // One group of an int8 Conv: quantize X[k, n] (k < w.k, n < N, row stride ldx) per
 // pixel into xs / inv / mn (padded to whole 16-pixel strips) and the packed panel bq
-// (the generic quantize_pack's bytes and scales), then y[m, n] for weight rows
+// (the generic quantize_pack's bytes and scales), then y[m * ldy + n] for weight rows
 // [m0, m0 + M) with the dequantize + bias + activation epilogue fused on the
 // accumulator registers (the generic epilogue's operations in the same order, so
 // the outputs are bit-identical to every other path).
 void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t m0, int64_t M,
                         int64_t N, float* xs, float* inv, float* mn, uint8_t* bq,
-                        const float* bias, Act act, float lo, float hi, float* y, int threads);
+                        const float* bias, Act act, float lo, float hi, float* y, int64_t ldy,
+                        int threads);
 
 }  // namespace qgemm
 }  // namespace kernels

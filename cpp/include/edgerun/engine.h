@@ -43,6 +43,11 @@ struct Step {
   bool                use_s8 = false;
   const float*        wdeq = nullptr;  // quantized depthwise Conv: fp32 copy made at load
   kernels::S8Weights  s8{};
+  // Fused chain (engine_fuse.cpp): 1x1 Conv -> depthwise Conv -> 1x1 Conv run by
+  // row strips whose two inner tensors stay in cache. fuse = 1 on the chain's first
+  // step (it runs all three), 2 on the two steps it covers (skipped by run()).
+  uint8_t             fuse = 0;
+  int64_t             strip_rows = 0;  // head: depthwise output rows per strip
 };
 
 struct AlignedFree {
@@ -72,7 +77,10 @@ class Engine {
 
   uint64_t arena_bytes() const { return arena_bytes_; }
   uint64_t naive_bytes() const { return naive_bytes_; }
-  uint64_t scratch_bytes() const { return (scratch_floats_ + deq_floats_) * sizeof(float); }
+  uint64_t scratch_bytes() const {
+    return (scratch_floats_ + deq_floats_ + fused_floats()) * sizeof(float);
+  }
+  size_t   fused_chains() const;  // how many 1x1 -> depthwise -> 1x1 chains run fused
   uint64_t weight_bytes() const { return graph_.weight_bytes(); }
   int32_t  max_batch() const { return max_batch_; }
   int32_t  threads() const { return threads_; }
@@ -94,6 +102,12 @@ class Engine {
   Status plan_and_allocate();             // liveness, arena, scratch, pointer table
   Status run_step(const Step& s, int32_t batch);
   void   prepare_quant();                 // int8 GEMM weights, dequant buffer size (quant_prepare.cpp)
+  void   fuse_chains();                   // mark 1x1 -> depthwise -> 1x1 chains (engine_fuse.cpp)
+  size_t fused_floats() const;            // strip buffers of the largest fused chain
+  size_t fused_scratch_floats() const;    // kernel scratch of the fused chains' strips
+  void   run_fused(size_t head, int32_t batch);
+  void   run_pointwise(const Step& s, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy);
+  const float* input(const Step& s, size_t i) const;  // i-th input of the step's node, or null
 
   Graph                     graph_;
   int32_t                   max_batch_ = 1;
@@ -106,6 +120,8 @@ class Engine {
   FloatBuffer               arena_;
   FloatBuffer               scratch_;
   FloatBuffer               deq_;         // dequantized weights of the running step
+  FloatBuffer               fused_;       // strip buffers of the fused chains
+  std::vector<uint8_t>      fused_inner_; // per tensor: 1 = inside a fused chain (no arena bytes)
   size_t                    deq_floats_ = 0;
   std::vector<std::vector<int8_t>>  owned_s8_;   // int8 rows re-padded to a multiple of 4
   std::vector<std::vector<int32_t>> owned_sum_;  // int8 row sums

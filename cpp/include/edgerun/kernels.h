@@ -163,6 +163,11 @@ const char* qgemm_path();
 // (front-half relative L2 error 0.119 -> 0.127 with every K >= 8 in int8).
 constexpr int64_t kS8MinK = 40;
 size_t conv2d_s8_scratch_floats(const ConvParams& p, int threads);
+// A 1x1 int8 conv over n pixels: y[m * ldy + j] for input channel rows x + c * ldx
+// (a window of a plane, e.g. a row strip); scratch as conv2d_s8 for a plane of n.
+void   pointwise_s8_window(const S8Weights& w, const float* x, int64_t ldx, int64_t n,
+                           const float* bias, Act act, float lo, float hi, float* y, int64_t ldy,
+                           float* scratch, int threads);
 void   conv2d_s8(const ConvParams& p, int64_t batch, const float* x, const S8Weights& w,
                  const float* bias, float* y, float* scratch, int threads);
 
