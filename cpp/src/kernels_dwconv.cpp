@@ -219,8 +219,10 @@ Padded padded_dims(const ConvParams& p) {
   const int64_t owp = (p.ow + 15) / 16 * 16;  // 16: the AVX-512 kernel's vector
   const int64_t cols = (owp - 1) * p.sw + (p.kw - 1) * p.dw + 1;  // padded columns read
   const int64_t ph = (p.oh - 1) * p.sh + (p.kh - 1) * p.dh + 1;
-  if (p.sw == 1) return {ph, cols, 0};
-  const int64_t half = ((cols + 1) / 2 + 7) / 8 * 8;
+  // Rows (and the odd half of a stride-2 row) start on 64-byte boundaries: the pad
+  // copy's stores never split a cache line.
+  if (p.sw == 1) return {ph, (cols + 15) / 16 * 16, 0};
+  const int64_t half = ((cols + 1) / 2 + 15) / 16 * 16;
   return {ph, 2 * half, half};
 }
 }  // namespace dw
@@ -247,11 +249,12 @@ void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const fl
     for (int64_t pc = 0; pc < planes; ++pc) {
       const int64_t c = pc % p.cout;
       float* buf = scratch + per * size_t(thread_id());
-      if (fast != nullptr) dw::pad_plane_avx512(p, d, x + pc * p.h * p.w, buf);
-      else pad_plane(p, d, x + pc * p.h * p.w, buf);
-      // Prefetch the next plane while computing this one: the copy above is
+      const float* xc = x + pc * p.h * p.w;
+      const float* next = pc + 1 < planes ? xc + p.h * p.w : nullptr;
+      if (fast != nullptr) dw::pad_plane_avx512(p, d, xc, buf);
+      else pad_plane(p, d, xc, buf);
+      // `next` is prefetched while this plane computes: the copy above is
       // otherwise a memory-latency-bound pass with nothing to overlap.
-      const float* next = pc + 1 < planes ? x + (pc + 1) * p.h * p.w : nullptr;
       plane(p, d, buf, w + c * p.kh * p.kw, bias ? bias[c] : 0.f, y + pc * p.oh * p.ow, next);
     }
     return;

@@ -20,6 +20,13 @@ namespace dw {
 
 namespace {
 
+// Lanes [lo, hi) of a 16-lane mask.
+inline __mmask16 lanes(int64_t lo, int64_t hi) {
+  lo = lo < 0 ? 0 : lo;
+  hi = hi > 16 ? 16 : hi;
+  return hi <= lo ? __mmask16(0) : __mmask16(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+}
+
 __attribute__((target("avx512f"))) inline __m512 act16(__m512 r, Act act, __m512 lo, __m512 hi) {
   if (act == Act::kRelu) return _mm512_max_ps(r, _mm512_setzero_ps());
   if (act == Act::kClip) return _mm512_min_ps(_mm512_max_ps(r, lo), hi);
@@ -102,43 +109,46 @@ __attribute__((target("avx512f"))) void plane(const ConvParams& p, const Padded&
   }
 }
 
-// Lanes [lo, hi) of a 16-lane mask.
-inline __mmask16 lanes(int64_t lo, int64_t hi) {
-  lo = lo < 0 ? 0 : lo;
-  hi = hi > 16 ? 16 : hi;
-  return hi <= lo ? __mmask16(0) : __mmask16(((1u << hi) - 1u) & ~((1u << lo) - 1u));
-}
-
 }  // namespace
 
 // Padded row = x row shifted right by pl, zeros outside: one masked load per 16
 // columns (masked-off lanes read nothing, so the plane's edges need no scalar code).
+// The masks depend only on the column, so they are computed once per plane; rows
+// are 64-byte aligned (padded_dims), so the stores never split a cache line.
 // Stride 2 splits 32 padded columns into 16 even + 16 odd with two permutes.
 __attribute__((target("avx512f"))) void pad_plane_avx512(const ConvParams& p, const Padded& d,
                                                          const float* xc, float* buf) {
+  constexpr int64_t kMaxVec = 256;  // mask table entries; wider rows compute masks inline
+  const int64_t step = d.half == 0 ? 16 : 32;
+  const int64_t nv = (d.half == 0 ? d.pw : 2 * d.half) / step;
+  const bool table = nv <= kMaxVec;
+  __mmask16 m0[kMaxVec], m1[kMaxVec];
+  auto mask_at = [&](int64_t a) { return lanes(-a, p.w - a); };  // x columns a .. a + 15
+  for (int64_t k = 0; table && k < nv; ++k) {
+    m0[k] = mask_at(k * step - p.pl);
+    m1[k] = mask_at(k * step - p.pl + 16);
+  }
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  const int64_t cols = d.half == 0 ? d.pw : 2 * d.half;
   for (int64_t r = 0; r < d.ph; ++r) {
     const int64_t iy = r - p.pt;
-    const bool inside = iy >= 0 && iy < p.h;
-    const float* xr = xc + (inside ? iy : 0) * p.w;
     float* o = buf + r * d.pw;
-    if (d.half == 0) {
-      for (int64_t i = 0; i < cols; i += 16) {
-        const int64_t a = i - p.pl;  // x column of lane 0
-        const __mmask16 m = inside ? lanes(-a, p.w - a) : __mmask16(0);
-        _mm512_mask_storeu_ps(o + i, lanes(0, cols - i), _mm512_maskz_loadu_ps(m, xr + a));
-      }
+    if (iy < 0 || iy >= p.h) {
+      for (int64_t i = 0; i < d.pw; i += 16) _mm512_storeu_ps(o + i, _mm512_setzero_ps());
       continue;
     }
-    for (int64_t i = 0; i < cols; i += 32) {
-      const int64_t a = i - p.pl;
-      const __m512 lo = _mm512_maskz_loadu_ps(inside ? lanes(-a, p.w - a) : 0, xr + a);
-      const __m512 hi = _mm512_maskz_loadu_ps(inside ? lanes(-a - 16, p.w - a - 16) : 0, xr + a + 16);
-      const __mmask16 st = lanes(0, d.half - i / 2);
-      _mm512_mask_storeu_ps(o + i / 2, st, _mm512_permutex2var_ps(lo, even, hi));
-      _mm512_mask_storeu_ps(o + d.half + i / 2, st, _mm512_permutex2var_ps(lo, odd, hi));
+    const float* xr = xc + iy * p.w - p.pl;  // padded column c reads xr[c]
+    if (d.half == 0) {
+      for (int64_t k = 0; k < nv; ++k)
+        _mm512_storeu_ps(o + k * 16, _mm512_maskz_loadu_ps(table ? m0[k] : mask_at(k * 16 - p.pl), xr + k * 16));
+      continue;
+    }
+    for (int64_t k = 0; k < nv; ++k) {
+      const int64_t c = k * 32;
+      const __m512 lo = _mm512_maskz_loadu_ps(table ? m0[k] : mask_at(c - p.pl), xr + c);
+      const __m512 hi = _mm512_maskz_loadu_ps(table ? m1[k] : mask_at(c - p.pl + 16), xr + c + 16);
+      _mm512_storeu_ps(o + k * 16, _mm512_permutex2var_ps(lo, even, hi));
+      _mm512_storeu_ps(o + d.half + k * 16, _mm512_permutex2var_ps(lo, odd, hi));
     }
   }
 }
