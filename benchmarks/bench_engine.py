@@ -1,7 +1,8 @@
 """Native engine vs onnxruntime on the same fp32 front halves, at the same thread count.
 
 Front halves: digits-cnn after its first residual block and before pooling;
-EfficientNet-Lite0 after MBConv block 3 and block 7. Prints a table and writes
+EfficientNet-Lite0 after MBConv block 3 and block 7. Both engines are timed
+round-robin in one loop (medians). Prints a table and writes
 ``engine.json`` (+ ``engine.png``) under ``--out``.
 
 Run:  python benchmarks/bench_engine.py --runs 50 --out benchmarks/results
@@ -48,15 +49,19 @@ def cut_tensor(model: onnx.ModelProto, scope: str | None, before_op: str | None)
     return hits[-1].output[0]
 
 
-def median_ms(fn, x: np.ndarray, runs: int, warmup: int) -> float:
+def interleaved_ms(fns: list, x: np.ndarray, runs: int, warmup: int) -> list[float]:
+    """Median ms of each fn, timed round-robin (a, b, a, b, ...) so both see the same
+    machine state: a drift in clock or load hits them alike."""
     for _ in range(warmup):
-        fn(x)
-    times = []
+        for fn in fns:
+            fn(x)
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(runs):
-        t0 = time.perf_counter()
-        fn(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn(x)
+            ts.append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(ts) for ts in times]
 
 
 def bench_cut(traced, label: str, tensor: str, tmp: Path, threads_list, runs: int, warmup: int) -> list[dict]:
@@ -74,8 +79,7 @@ def bench_cut(traced, label: str, tensor: str, tmp: Path, threads_list, runs: in
         ort = OrtEngine(front_onnx, threads=th)
         ref, got = ort.run(x), native.run(x)
         err = max(float(np.abs(ref[k] - got[k]).max() / max(np.abs(ref[k]).max(), 1e-6)) for k in ref)
-        n_ms = median_ms(native.run, x, runs, warmup)
-        o_ms = median_ms(ort.run, x, runs, warmup)
+        n_ms, o_ms = interleaved_ms([native.run, ort.run], x, runs, warmup)
         rows.append({"model": traced.source.model_id, "cut": label, "tensor": tensor, "threads": th,
                      "native_ms": round(n_ms, 4), "ort_ms": round(o_ms, 4),
                      "ratio_native_over_ort": round(n_ms / o_ms, 3), "max_rel_err": err,
