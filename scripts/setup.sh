@@ -15,6 +15,9 @@ if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 # mosquitto: the MQTT 5 broker the demo, tests and benchmarks start themselves.
 # g++/cmake: the native engine is compiled at install time.
 pkgs=(mosquitto python3-venv python3-dev g++ cmake)
+# Tests only: an aarch64 cross compiler and qemu-user build and run the NEON kernels
+# (tests/runtime/test_cross_arch.py) on an x86 machine.
+[[ "${1:-}" == "--test" && "$(uname -m)" == "x86_64" ]] && pkgs+=(g++-aarch64-linux-gnu qemu-user)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # apt-get download (real photos for EfficientNet-Lite0 from opencv-doc) needs fresh package lists.

@@ -23,6 +23,14 @@
 // bit-identical outputs. Where AVX-512 VNNI is present, conv2d_s8 hands each group
 // to kernels_qgemm_avx512.cpp instead (fused quantize + pack, 8 x 48 vpdpbusd
 // tiles with the epilogue in registers).
+// No a * b + c in this file may become an FMA: the scalar epilogue must round like
+// the vector ones on every target (aarch64 compilers contract by default, and then
+// the int8 outputs differ from x86 in the last bit; tests/cross checks this).
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#elif defined(__GNUC__)
+#pragma GCC optimize("fp-contract=off")
+#endif
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
