@@ -1,21 +1,32 @@
 """Quantized front halves on the native engine: accuracy, speed, weight bytes.
 
-For digits-cnn (cuts block1, down) and EfficientNet-Lite0 (cuts blocks.3, blocks.7):
-the front half at fp32 / int8 / int4 / auto (native engine) + the fp32 back half
-(onnxruntime) vs the fp32 whole model on the held-out eval data; native int8 vs
-native fp32 latency, and vs onnxruntime's own quantized front half
-(``quantize_dynamic`` and QDQ ``quantize_static`` calibrated on the same calib data),
-all at batch 1 and the same thread count. Writes ``quant.json`` and ``quant.md``.
+For digits-cnn (cuts block1, down) and EfficientNet-Lite0 (cuts blocks.3, blocks.5,
+blocks.7): the front half at fp32 / int8 / int4 / auto (native engine) + the fp32 back
+half (onnxruntime) vs the fp32 whole model on the held-out eval data; native int8 vs
+native fp32 latency, and vs onnxruntime's fp32 front half and its own quantized front
+half (``quantize_dynamic`` and QDQ ``quantize_static`` calibrated on the same calib
+data), all at batch 1 and the same thread count. Writes ``quant.json`` and ``quant.md``.
 
 "auto" uses a budget of activation arena + 40% of the fp32 front weights.
 
-Each quantized mode is measured with both weight roundings: "rtn" (round to nearest)
-and "gptq" (data-aware GPTQ + bias correction, ``exporters/quant_rounding.py``), both
-calibrated on ``zoo.calib_data`` (disjoint from ``eval_data``: digits = train split vs
-test split; EfficientNet = corner crops vs centre crops of the photos). Besides top-1
+Each quantized mode is measured with the chosen weight roundings: "rtn" (round to
+nearest) and "gptq" (data-aware GPTQ + bias correction, ``exporters/quant_rounding.py``),
+both calibrated on ``zoo.calib_data`` (disjoint from ``eval_data``: digits = train split
+vs test split; EfficientNet = corner crops vs centre crops of the photos). Besides top-1
 agreement, the table gives the relative logit error ``||z - z_fp32|| / ||z_fp32||`` and
 the mean ``KL(softmax z_fp32 || softmax z)`` over the eval set, which show the error even
 where agreement is dominated by near-ties.
+
+How it times: every front half of a cut (native engine at each precision x rounding,
+ORT fp32, ORT dynamic, ORT QDQ) is built first, then all are timed INTERLEAVED in one
+loop: each round calls every candidate once (batch 1, the same input), the order rotated
+by one each round so no candidate always runs first, for ``--runs`` rounds after
+``WARMUP_ROUNDS`` untimed ones. This is done twice: with an idle of ``--gap-ms``
+(default ``edgerun.profiler.REQUEST_GAP_MS`` = 20 ms) slept before every timed call,
+as served requests arrive (caches partly cold), and back to back (warm caches). Every
+reported time is the median of that candidate's ``--runs`` samples; speed-ups are ratios
+of medians from the same loop. Timing each precision at a different moment (as this
+script once did) let machine-load drift show up as a speed-up (1.66x vs 1.05-1.20x).
 
 Run:  python benchmarks/bench_quant.py --runs 30 --out benchmarks/results
 """
@@ -29,6 +40,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -41,13 +53,16 @@ from edgerun.exporters.erg import write_erg
 from edgerun.exporters.pipeline import trace_model
 from edgerun.exporters.quantize_front import FrontPrecisionConfig, plan_front_precision
 from edgerun.exporters.split import split
+from edgerun.profiler import REQUEST_GAP_MS
 
 CUTS = [("zoo:digits-cnn", "block1"), ("zoo:digits-cnn", "down"),
-        ("zoo:efficientnet-lite0", "blocks.3"), ("zoo:efficientnet-lite0", "blocks.7")]
+        ("zoo:efficientnet-lite0", "blocks.3"), ("zoo:efficientnet-lite0", "blocks.5"),
+        ("zoo:efficientnet-lite0", "blocks.7")]
 MODES = ("fp32", "int8", "int4", "auto")
 ROUNDINGS = ("rtn", "gptq")
 AUTO_WEIGHT_FRACTION = 0.4
 N_CALIB = 64  # the exporter's default calib_samples
+WARMUP_ROUNDS = 5
 
 
 def _session(model_or_path, threads: int) -> ort.InferenceSession:
@@ -57,19 +72,32 @@ def _session(model_or_path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(src, o, providers=["CPUExecutionProvider"])
 
 
-def median_ms(fn, runs: int, warmup: int = 5, repeats: int = 3) -> float:
-    """Median of `repeats` medians of `runs` calls (the machine is shared)."""
+def interleaved_ms(fns: dict[str, Callable[[], object]], runs: int, gap_ms: float,
+                   warmup: int = WARMUP_ROUNDS) -> dict[str, float]:
+    """Median ms per candidate, all timed round-robin in one loop (see the module docstring).
+
+    Args:
+        fns: candidate name -> a call to time (batch 1).
+        runs: timed rounds; every candidate gets exactly this many samples.
+        gap_ms: idle slept before each timed call (0: back to back).
+        warmup: untimed rounds first.
+
+    Returns:
+        ``{name: median ms}``.
+    """
+    names = list(fns)
     for _ in range(warmup):
-        fn()
-    meds = []
-    for _ in range(repeats):
-        ts = []
-        for _ in range(runs):
+        for n in names:
+            fns[n]()
+    ts: dict[str, list[float]] = {n: [] for n in names}
+    for i in range(runs):
+        for n in names[i % len(names):] + names[:i % len(names)]:
+            if gap_ms > 0:
+                time.sleep(gap_ms / 1e3)
             t0 = time.perf_counter()
-            fn()
-            ts.append((time.perf_counter() - t0) * 1e3)
-        meds.append(statistics.median(ts))
-    return statistics.median(meds)
+            fns[n]()
+            ts[n].append((time.perf_counter() - t0) * 1e3)
+    return {n: statistics.median(v) for n, v in ts.items()}
 
 
 def _ort_quantized(front_path: Path, calib: np.ndarray, tmp: Path) -> dict[str, Path]:
@@ -110,7 +138,7 @@ def mean_kl(ref_logits: np.ndarray, logits: np.ndarray) -> float:
 
 
 def bench_cut(spec: str, cut_name: str, traced, tmp: Path, runs: int, threads: int,
-              roundings: tuple[str, ...] = ROUNDINGS) -> dict:
+              roundings: tuple[str, ...] = ROUNDINGS, gap_ms: float = REQUEST_GAP_MS) -> dict:
     z = zoo.load(spec)
     x_eval, y_eval = z.eval_data()
     calib = z.calib_data(N_CALIB).astype(np.float32)
@@ -127,14 +155,12 @@ def bench_cut(spec: str, cut_name: str, traced, tmp: Path, runs: int, threads: i
     def logits(front_outs: list[np.ndarray]) -> np.ndarray:
         return back_s.run(None, dict(zip(back_names, front_outs)))[0].astype(np.float64)
 
-    def top1(front_outs: list[np.ndarray]) -> np.ndarray:
-        return np.argmax(logits(front_outs), axis=1)
-
     res = {"model": spec, "cut": cut_name, "tensor": cut.tensors[0], "n_eval": int(len(x_eval)),
            "n_calib": int(len(calib)),
            "whole_fp32_top1_acc": None if y_eval is None else float(np.mean(ref_top1 == y_eval)),
            "precisions": {}}
     x1 = x_eval[:1]
+    timed: dict[str, Callable[[], object]] = {}  # timed together below, after all are built
     fp32_w = None
     for mode, rounding in [("fp32", "rtn")] + [(m, r) for m in MODES[1:] for r in roundings]:
         budget = None
@@ -147,20 +173,21 @@ def bench_cut(spec: str, cut_name: str, traced, tmp: Path, runs: int, threads: i
         path = tmp / ("fp32.erg" if mode == "fp32" else f"{mode}-{rounding}.erg")
         write_erg(front, path, precisions=plan.precisions, group_size=32, rounded=plan.rounded)
         eng = NativeEngine(path, max_batch=32, threads=threads)
-        z = logits(_front_outputs(lambda b: [v for v in eng.run(b).values()], x_eval))
-        pred = np.argmax(z, axis=1)
+        zl = logits(_front_outputs(lambda b: [v for v in eng.run(b).values()], x_eval))
+        pred = np.argmax(zl, axis=1)
         eng1 = NativeEngine(path, max_batch=1, threads=threads)
-        ms = median_ms(lambda: eng1.run(x1), runs)
+        key = mode if mode == "fp32" else f"{mode}/{rounding}"
+        timed[key] = (lambda e: lambda: e.run(x1))(eng1)
         if mode == "fp32":
             fp32_w = eng1.weight_bytes
         counts = {p: sum(v == p for v in plan.precisions.values()) for p in ("fp32", "int8", "int4")}
-        res["precisions"][mode if mode == "fp32" else f"{mode}/{rounding}"] = {
+        res["precisions"][key] = {
             "mode": mode, "rounding": rounding if mode != "fp32" else "-",
             "top1_agreement_with_fp32_whole": float(np.mean(pred == ref_top1)),
             "top1_acc": None if y_eval is None else float(np.mean(pred == y_eval)),
-            "logit_rel_err": float(np.linalg.norm(z - ref_logits) / np.linalg.norm(ref_logits)),
-            "mean_kl": mean_kl(ref_logits, z),
-            "native_ms": round(ms, 4), "weight_bytes": eng1.weight_bytes,
+            "logit_rel_err": float(np.linalg.norm(zl - ref_logits) / np.linalg.norm(ref_logits)),
+            "mean_kl": mean_kl(ref_logits, zl),
+            "weight_bytes": eng1.weight_bytes,
             "arena_bytes": eng1.arena_bytes, "calib_error": plan.error, "layers": counts,
             "plan_seconds": round(plan_s, 2),
             "budget_mb": budget}
@@ -168,42 +195,58 @@ def bench_cut(spec: str, cut_name: str, traced, tmp: Path, runs: int, threads: i
             res.setdefault("auto_table", {})[rounding] = plan.table()
     front_sess = _session(front_path, threads)
     fname = front_sess.get_inputs()[0].name
-    res["ort_fp32_ms"] = round(median_ms(lambda: front_sess.run(None, {fname: x1}), runs), 4)
+    timed["ort_fp32"] = lambda: front_sess.run(None, {fname: x1})
     for key, qpath in _ort_quantized(front_path, calib, tmp).items():
         s = _session(qpath, threads)
         fo = _front_outputs(lambda b: s.run(None, {fname: b}), x_eval)
-        res[key] = {"ms": round(median_ms(lambda: s.run(None, {fname: x1}), runs), 4),
-                    "top1_agreement_with_fp32_whole": float(np.mean(top1(fo) == ref_top1)),
+        timed[key] = (lambda q: lambda: q.run(None, {fname: x1}))(s)
+        res[key] = {"top1_agreement_with_fp32_whole": float(np.mean(np.argmax(logits(fo), axis=1) == ref_top1)),
                     "file_bytes": qpath.stat().st_size}
-    p = res["precisions"]
-    int8 = p.get("int8/gptq", p.get("int8/rtn"))
-    res["speedup_int8_over_fp32"] = round(p["fp32"]["native_ms"] / int8["native_ms"], 3)
-    best_ort = min(res["ort_dynamic"]["ms"], res["ort_static_qdq"]["ms"])
-    res["ratio_native_int8_over_best_ort_quant"] = round(int8["native_ms"] / best_ort, 3)
+    _add_times(res, interleaved_ms(timed, runs, gap_ms), interleaved_ms(timed, runs, 0.0))
     return res
+
+
+def _add_times(res: dict, gap: dict[str, float], b2b: dict[str, float]) -> None:
+    """Store the interleaved medians (``ms``: after the idle gap, ``ms_b2b``: back to back)
+    and the ratios between candidates of the same loop."""
+    for key, p in res["precisions"].items():
+        p["native_ms"], p["native_ms_b2b"] = round(gap[key], 4), round(b2b[key], 4)
+    res["ort_fp32_ms"], res["ort_fp32_ms_b2b"] = round(gap["ort_fp32"], 4), round(b2b["ort_fp32"], 4)
+    for key in ("ort_dynamic", "ort_static_qdq"):
+        res[key]["ms"], res[key]["ms_b2b"] = round(gap[key], 4), round(b2b[key], 4)
+    p = res["precisions"]
+    i8 = "int8/gptq" if "int8/gptq" in p else "int8/rtn"
+    res["speedup_int8_over_fp32"] = round(gap["fp32"] / gap[i8], 3)
+    res["speedup_int8_over_fp32_b2b"] = round(b2b["fp32"] / b2b[i8], 3)
+    best = min(gap["ort_dynamic"], gap["ort_static_qdq"])
+    res["ratio_native_int8_over_best_ort_quant"] = round(gap[i8] / best, 3)
+    res["ratio_native_int8_over_ort_fp32"] = round(gap[i8] / gap["ort_fp32"], 3)
 
 
 def _table(rows: list[dict]) -> str:
     out = ["| model | cut | prec | rounding | top-1 agree | logit rel err | mean KL | top-1 acc | "
-           "native ms | weight KiB | layers fp32/int8/int4 |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "native ms (gap) | native ms (b2b) | weight KiB | layers fp32/int8/int4 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         for p in r["precisions"].values():
             acc = "" if p["top1_acc"] is None else f"{100 * p['top1_acc']:.2f}%"
             c = p["layers"]
             out.append(f"| {r['model'].split(':')[1]} | {r['cut']} | {p['mode']} | {p['rounding']} | "
                        f"{100 * p['top1_agreement_with_fp32_whole']:.2f}% | {100 * p['logit_rel_err']:.2f}% | "
-                       f"{p['mean_kl']:.2e} | {acc} | {p['native_ms']:.3f} | "
+                       f"{p['mean_kl']:.2e} | {acc} | {p['native_ms']:.3f} | {p['native_ms_b2b']:.3f} | "
                        f"{p['weight_bytes'] / 1024:.1f} | {c['fp32']}/{c['int8']}/{c['int4']} |")
-    out += ["", "| model | cut | whole fp32 acc | int8/fp32 speed-up | ORT fp32 ms | ORT dyn ms (agree) | "
-            "ORT QDQ ms (agree) | native int8 / best ORT quant |", "|---|---|---|---|---|---|---|---|"]
+    out += ["", "Times: medians of one interleaved loop per cut (gap = idle before each call, b2b = back to back).",
+            "", "| model | cut | whole fp32 acc | int8/fp32 speed-up gap (b2b) | ORT fp32 ms gap (b2b) | "
+            "ORT dyn ms gap (agree) | ORT QDQ ms gap (agree) | native int8 / best ORT quant | "
+            "native int8 / ORT fp32 |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = "" if r["whole_fp32_top1_acc"] is None else f"{100 * r['whole_fp32_top1_acc']:.2f}%"
         d, s = r["ort_dynamic"], r["ort_static_qdq"]
-        out.append(f"| {r['model'].split(':')[1]} | {r['cut']} | {acc} | {r['speedup_int8_over_fp32']:.2f}x | "
-                   f"{r['ort_fp32_ms']:.3f} | {d['ms']:.3f} ({100 * d['top1_agreement_with_fp32_whole']:.1f}%) | "
+        out.append(f"| {r['model'].split(':')[1]} | {r['cut']} | {acc} | {r['speedup_int8_over_fp32']:.2f}x "
+                   f"({r['speedup_int8_over_fp32_b2b']:.2f}x) | {r['ort_fp32_ms']:.3f} ({r['ort_fp32_ms_b2b']:.3f}) | "
+                   f"{d['ms']:.3f} ({100 * d['top1_agreement_with_fp32_whole']:.1f}%) | "
                    f"{s['ms']:.3f} ({100 * s['top1_agreement_with_fp32_whole']:.1f}%) | "
-                   f"{r['ratio_native_int8_over_best_ort_quant']:.2f} |")
+                   f"{r['ratio_native_int8_over_best_ort_quant']:.2f} | {r['ratio_native_int8_over_ort_fp32']:.2f} |")
     return "\n".join(out)
 
 
@@ -214,21 +257,25 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="only cuts of this model spec")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--roundings", default=",".join(ROUNDINGS), help="comma-separated: rtn,gptq")
+    ap.add_argument("--gap-ms", type=float, default=REQUEST_GAP_MS,
+                    help="idle before each timed call in the gap loop (a back-to-back loop also runs)")
+    ap.add_argument("--cuts", default=None, help="comma-separated cut names to keep (e.g. blocks.5)")
     args = ap.parse_args()
     from edgerun import _core
 
     rows, traced = [], {}
     for spec, cut in CUTS:
-        if args.only and args.only not in spec:
+        if (args.only and args.only not in spec) or (args.cuts and cut not in args.cuts.split(",")):
             continue
         traced.setdefault(spec, trace_model(spec))
         with tempfile.TemporaryDirectory() as d:
             rows.append(bench_cut(spec, cut, traced[spec], Path(d), args.runs, args.threads,
-                                  tuple(args.roundings.split(","))))
+                                  tuple(args.roundings.split(",")), args.gap_ms))
         print(_table(rows[-1:]), flush=True)
     meta = {"machine": platform.machine(), "cpu_count": __import__("os").cpu_count(),
             "gemm_path": _core.gemm_path(), "qgemm_path": _core.qgemm_path(), "batch": 1,
-            "threads": args.threads, "runs": args.runs, "statistic": "median of 3 medians",
+            "threads": args.threads, "runs": args.runs, "gap_ms": args.gap_ms, "warmup_rounds": WARMUP_ROUNDS,
+            "statistic": "median per candidate of one interleaved round-robin loop (gap, then back to back)",
             "auto_budget": f"arena + {AUTO_WEIGHT_FRACTION} x fp32 front weights", "group_size": 32,
             "n_calib": N_CALIB, "roundings": args.roundings}
     args.out.mkdir(parents=True, exist_ok=True)
