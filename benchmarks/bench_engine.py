@@ -2,7 +2,8 @@
 
 Front halves: digits-cnn after its first residual block and before pooling;
 EfficientNet-Lite0 after MBConv block 3 and block 7. Both engines are timed
-round-robin in one loop (medians). Prints a table and writes
+in alternating blocks of 10 runs in one loop (medians; the first runs of each
+block let the other engine's spinning threads settle). Prints a table and writes
 ``engine.json`` (+ ``engine.png``) under ``--out``.
 
 Run:  python benchmarks/bench_engine.py --runs 50 --out benchmarks/results
@@ -49,18 +50,25 @@ def cut_tensor(model: onnx.ModelProto, scope: str | None, before_op: str | None)
     return hits[-1].output[0]
 
 
-def interleaved_ms(fns: list, x: np.ndarray, runs: int, warmup: int) -> list[float]:
-    """Median ms of each fn, timed round-robin (a, b, a, b, ...) so both see the same
-    machine state: a drift in clock or load hits them alike."""
+def interleaved_ms(fns: list, x: np.ndarray, runs: int, warmup: int, block: int = 10,
+                   settle: int = 3) -> list[float]:
+    """Median ms of each fn, timed in alternating blocks (a x block, b x block, a ...) so both
+    see the same machine state: a drift in clock or load hits them alike. The first
+    ``settle`` runs of each block are not counted: with threads > 1, onnxruntime's pool and
+    OpenMP's threads keep spinning for a while after a run, and a single a, b, a, b
+    alternation measured that spin, not the engine (native 2 threads: 1.8 ms alone, 5.5 ms
+    right after onnxruntime)."""
     for _ in range(warmup):
         for fn in fns:
             fn(x)
     times: list[list[float]] = [[] for _ in fns]
-    for _ in range(runs):
+    while len(times[0]) < runs:
         for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn(x)
-            ts.append((time.perf_counter() - t0) * 1e3)
+            for i in range(settle + block):
+                t0 = time.perf_counter()
+                fn(x)
+                if i >= settle:
+                    ts.append((time.perf_counter() - t0) * 1e3)
     return [statistics.median(ts) for ts in times]
 
 

@@ -95,7 +95,7 @@ Status Engine::plan_and_allocate() {
     if (s.op == OpCode::kConcat)
       max_concat = std::max(max_concat, graph_.nodes()[s.node].inputs.size());
   }
-  scratch_floats_ = std::max(scratch_floats_, fused_scratch_floats());
+  plan_fused_buffers();
   scratch_ = alloc_floats(scratch_floats_);
   deq_ = alloc_floats(deq_floats_);
   fused_ = alloc_floats(fused_floats());

@@ -84,7 +84,7 @@ def test_fused_chain_is_bit_identical_to_unfused_and_frees_the_arena(tmp_path, m
     assert "fused-1x1-dw-1x1" not in plain_kinds
     np.testing.assert_array_equal(fused, plain)
     assert arena_fused < arena_plain  # the expanded tensors are never stored whole
-    for threads in (2,):
+    for threads in (2, 3):  # strips shared out among the threads, unevenly at 3
         again, _, _ = _run(path, x, monkeypatch, fuse=True, threads=threads)
         np.testing.assert_array_equal(again, fused)
     if prec == "fp32":

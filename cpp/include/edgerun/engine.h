@@ -103,10 +103,11 @@ class Engine {
   Status run_step(const Step& s, int32_t batch);
   void   prepare_quant();                 // int8 GEMM weights, dequant buffer size (quant_prepare.cpp)
   void   fuse_chains();                   // mark 1x1 -> depthwise -> 1x1 chains (engine_fuse.cpp)
-  size_t fused_floats() const;            // strip buffers of the largest fused chain
-  size_t fused_scratch_floats() const;    // kernel scratch of the fused chains' strips
+  void   plan_fused_buffers();            // fused_strip_ / fused_share_ (engine_fuse.cpp)
+  size_t fused_floats() const { return fused_share_ * size_t(threads_); }
   void   run_fused(size_t head, int32_t batch);
-  void   run_pointwise(const Step& s, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy);
+  void   run_pointwise(const Step& s, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy,
+                       float* scratch, int threads);
   const float* input(const Step& s, size_t i) const;  // i-th input of the step's node, or null
 
   Graph                     graph_;
@@ -120,7 +121,9 @@ class Engine {
   FloatBuffer               arena_;
   FloatBuffer               scratch_;
   FloatBuffer               deq_;         // dequantized weights of the running step
-  FloatBuffer               fused_;       // strip buffers of the fused chains
+  FloatBuffer               fused_;       // per thread: strip buffers + kernel scratch of fused chains
+  size_t                    fused_strip_ = 0;  // floats of one thread's strip buffers
+  size_t                    fused_share_ = 0;  // floats of one thread's share of fused_
   std::vector<uint8_t>      fused_inner_; // per tensor: 1 = inside a fused chain (no arena bytes)
   size_t                    deq_floats_ = 0;
   std::vector<std::vector<int8_t>>  owned_s8_;   // int8 rows re-padded to a multiple of 4
