@@ -86,9 +86,9 @@ def layers_cmd(
         typer.echo(json.dumps({"total_us": total, "by_kernel_us": kernels, "layers": steps}))
         return
     shown = sorted(steps, key=lambda s: -s["us"])[: top or None]
-    typer.echo(f"{'layer':40} {'op':10} {'kernel':9} {'us':>9} {'share':>6}")
+    typer.echo(f"{'layer':40} {'op':10} {'kernel':16} {'us':>9} {'share':>6}")
     for s in shown:
-        typer.echo(f"{s['node'][:40]:40} {s['op']:10} {s['kernel']:9} {s['us']:9.1f} {100 * s['us'] / total:5.1f}%")
+        typer.echo(f"{s['node'][:40]:40} {s['op']:10} {s['kernel']:16} {s['us']:9.1f} {100 * s['us'] / total:5.1f}%")
     typer.echo(f"total {total:.1f} us over {len(steps)} layers; by kernel: "
                + ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in sorted(kernels.items(), key=lambda kv: -kv[1])))
 
