@@ -23,7 +23,8 @@ LINKS = ("ethernet", "wifi", "5g", "lte")
 
 
 def _split_cut(traced, link: str, device: str | None) -> int:
-    """The planner's best fp32 split for the (emulated) device and link (the codec is measured on top of it)."""
+    """The planner's best fp32 split for the (emulated) device and link, with or without the codec
+    (both "split" and "split + codec" are then measured at that cut)."""
     from edgerun.exporters.planner import plan
     from edgerun.profiles import emulated_device
 
