@@ -5,6 +5,12 @@
 #include <cstring>
 
 #include "edgerun/kernels.h"
+#include "gemm_ukr.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define ER_X86 1
+#endif
 
 namespace edgerun {
 namespace kernels {
@@ -24,10 +30,52 @@ inline void valid_range(int64_t n, int64_t on, int64_t s, int64_t pad, int64_t k
   *o1 = std::max(std::min(*o1, on), *o0);
 }
 
+// o[ox] = xr[2 * ox] for ox in [o0, o1): a stride-2 row gather (the stem of most
+// vision models). The vector paths stop where the next load would read past
+// xr[2 * (o1 - 1)] and finish in scalar: no read outside the row's valid inputs.
+void gather_s2_scalar(const float* xr, float* o, int64_t o0, int64_t o1) {
+  for (int64_t ox = o0; ox < o1; ++ox) o[ox] = xr[ox * 2];
+}
+
+#ifdef ER_X86
+__attribute__((target("avx512f"))) void gather_s2_avx512(const float* xr, float* o, int64_t o0,
+                                                         int64_t o1) {
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  int64_t ox = o0;
+  for (; ox + 16 < o1; ox += 16) {  // reads xr[2 ox .. 2 ox + 31] <= xr[2 (o1 - 1) - 1]
+    const __m512 a = _mm512_loadu_ps(xr + 2 * ox), b = _mm512_loadu_ps(xr + 2 * ox + 16);
+    _mm512_storeu_ps(o + ox, _mm512_permutex2var_ps(a, even, b));
+  }
+  gather_s2_scalar(xr, o, ox, o1);
+}
+
+__attribute__((target("avx2"))) void gather_s2_avx2(const float* xr, float* o, int64_t o0,
+                                                    int64_t o1) {
+  int64_t ox = o0;
+  for (; ox + 8 < o1; ox += 8) {  // reads xr[2 ox .. 2 ox + 15] <= xr[2 (o1 - 1) - 1]
+    const __m256 a = _mm256_loadu_ps(xr + 2 * ox), b = _mm256_loadu_ps(xr + 2 * ox + 8);
+    const __m256 ev = _mm256_shuffle_ps(a, b, 0x88);  // a0 a2 b0 b2 | a4 a6 b4 b6
+    _mm256_storeu_ps(o + ox, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(ev), 0xD8)));
+  }
+  gather_s2_scalar(xr, o, ox, o1);
+}
+#endif
+
+using GatherS2 = void (*)(const float*, float*, int64_t, int64_t);
+
+GatherS2 pick_gather_s2() {
+#ifdef ER_X86
+  if (gemm::has_avx512()) return gather_s2_avx512;
+  if (has_avx2_fma()) return gather_s2_avx2;
+#endif
+  return gather_s2_scalar;
+}
+
 }  // namespace
 
 void im2col_f32(const ConvParams& p, int64_t cin_g, const float* x, float* col, int threads) {
   const int64_t rows = cin_g * p.kh * p.kw, plane = p.oh * p.ow;
+  static const GatherS2 gather_s2 = pick_gather_s2();
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t c = r / (p.kh * p.kw), i = (r / p.kw) % p.kh, j = r % p.kw;
@@ -46,6 +94,8 @@ void im2col_f32(const ConvParams& p, int64_t cin_g, const float* x, float* col, 
       for (int64_t ox = 0; ox < ow0; ++ox) o[ox] = 0.f;
       if (p.sw == 1) {
         std::memcpy(o + ow0, xr + ow0, sizeof(float) * (ow1 - ow0));
+      } else if (p.sw == 2) {
+        gather_s2(xr, o, ow0, ow1);
       } else {
         for (int64_t ox = ow0; ox < ow1; ++ox) o[ox] = xr[ox * p.sw];
       }

@@ -290,19 +290,49 @@ print(json.dumps({"gemm": _core.gemm_path(), "y": [run(p) for p in sys.argv[1:]]
 """
 
 
-def _conv_model(cout, k, pads):
-    rng = np.random.default_rng(cout)
-    wt = rng.standard_normal((cout, 5, k, k)).astype(np.float32)
+def _conv_model(cout, k, pads, stride=1, h=13, w=37, cin=5):
+    rng = np.random.default_rng(cout + 100 * stride + w)
+    wt = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
     b = rng.standard_normal(cout).astype(np.float32)
-    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", kernel_shape=[k, k], pads=pads),
+    oh = (h + pads[0] + pads[2] - k) // stride + 1
+    ow = (w + pads[1] + pads[3] - k) // stride + 1
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", kernel_shape=[k, k], pads=pads,
+                              strides=[stride, stride]),
              helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="relu6")]
     inits = {"W": wt, "B": b, "lo": np.float32(0.0), "hi": np.float32(6.0)}
-    return _onnx_model(nodes, inits, (5, 13, 37), (cout, 13, 37))
+    return _onnx_model(nodes, inits, (cin, h, w), (cout, oh, ow))
+
+
+# Stride-2 im2col (a vision model's stem): the vector row gathers (16 / 8 outputs per
+# step) with tails, output widths below one vector, and pads that cut the first and
+# last columns (TF "same" at stride 2 pads only after).
+STRIDED_CONV_CASES = [  # (cout, k, pads, h, w)
+    (8, 3, [1, 1, 1, 1], 9, 37),
+    (6, 3, [0, 0, 1, 1], 11, 70),
+    (5, 3, [1, 1, 1, 1], 7, 150),
+    (4, 5, [2, 2, 2, 2], 6, 12),
+    (3, 3, [0, 0, 0, 0], 5, 33),
+]
+
+
+@pytest.mark.parametrize("case", STRIDED_CONV_CASES, ids=lambda c: f"k{c[1]}w{c[4]}")
+def test_stride2_conv_matches_ort(tmp_path, case):
+    cout, k, pads, h, w = case
+    model = _conv_model(cout, k, pads, stride=2, h=h, w=w, cin=3)
+    onnx_path, erg_path = tmp_path / "c.onnx", tmp_path / "c.erg"
+    onnx.save(model, onnx_path)
+    erg.write_erg(model, erg_path)
+    x = np.random.default_rng(2).standard_normal((2, 3, h, w)).astype(np.float32)
+    ref = OrtEngine(onnx_path).run(x)
+    for threads in (1, 2):
+        got = NativeEngine(erg_path, max_batch=2, threads=threads).run(x)
+        assert_close(ref["y"], got["y"], f"stride-2 conv {case} t{threads}")
 
 
 def test_kernel_paths_agree(tmp_path):
-    """AVX-512, AVX2 (EDGERUN_NO_AVX512) and portable (EDGERUN_FORCE_PORTABLE) GEMM and
-    depthwise paths give the same result (short row / column tiles, fused epilogue)."""
+    """AVX-512, AVX2 (EDGERUN_NO_AVX512) and portable (EDGERUN_FORCE_PORTABLE) GEMM,
+    depthwise and stride-2 im2col paths give the same result (short row / column tiles,
+    fused epilogue, row gather tails)."""
     import json
     import os
     import subprocess
@@ -313,6 +343,7 @@ def test_kernel_paths_agree(tmp_path):
     # Rows wider than the AVX-512 kernel's 64-column block, 4-row groups plus a tail row.
     models += [_depthwise_model(5, 13, 150, kh, kh, stride, [kh // 2] * 4, 1, True) for kh, stride in [(3, 1), (5, 2)]]
     models += [_conv_model(13, 3, [1, 1, 1, 1]), _conv_model(19, 1, [0, 0, 0, 0])]
+    models += [_conv_model(c, k, pads, 2, h, w, 3) for c, k, pads, h, w in STRIDED_CONV_CASES]
     paths = []
     for i, m in enumerate(models):
         paths.append(str(tmp_path / f"m{i}.erg"))
