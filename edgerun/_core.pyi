@@ -53,9 +53,10 @@ def exit_passes(criterion: str, score: float, threshold: float) -> bool:
 ERG_VERSION: int
 
 def qgemm_path() -> str:
-    """Which int8 GEMM micro-kernel runs here ("avx512-vnni", "avx-vnni", "avx2", "neon" or
-    "portable"; EDGERUN_NO_AVX512=1 / EDGERUN_NO_VNNI=1 / EDGERUN_FORCE_PORTABLE=1 in the
-    environment force the later ones). All give bit-identical outputs."""
+    """Which int8 GEMM micro-kernel runs here ("amx", "avx512-vnni", "avx-vnni", "avx2", "neon"
+    or "portable"; EDGERUN_NO_AMX=1 / EDGERUN_NO_AVX512=1 / EDGERUN_NO_VNNI=1 /
+    EDGERUN_FORCE_PORTABLE=1 in the environment force the later ones). All give
+    bit-identical outputs."""
     ...
 
 def gemm_path() -> str:

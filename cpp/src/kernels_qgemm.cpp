@@ -374,6 +374,7 @@ void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uin
 
 const char* qgemm_path() {
 #ifdef ER_X86
+  if (qgemm::has_amx()) return "amx";
   if (qgemm::has_avx512_vnni()) return "avx512-vnni";
   if (has_avx_vnni()) return "avx-vnni";
   if (has_avx2_fma()) return "avx2";
@@ -385,7 +386,7 @@ const char* qgemm_path() {
 }
 
 size_t conv2d_s8_scratch_floats(const ConvParams& p, int threads) {
-  const int64_t k = (p.cin / p.group) * p.kh * p.kw, kp = (k + 3) / 4 * 4;
+  const int64_t k = (p.cin / p.group) * p.kh * p.kw, kp = s8_row_bytes(k);
   const int64_t np = (p.oh * p.ow + kQNR - 1) / kQNR * kQNR;
   const size_t col = is_pointwise(p) ? 0 : size_t(k * p.oh * p.ow);
   return col + size_t(3 * np) + size_t(kp * np + 3) / 4 + 16;

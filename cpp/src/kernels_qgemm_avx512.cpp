@@ -185,6 +185,27 @@ ER_Q512 void tile(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uin
   }
 }
 
+// The AMX path's share of one team's tiles (called by every thread of the team):
+// blocks of 32 rows x 2 strips, a thread's row blocks of one strip pair consecutive.
+void amx_tiles(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const float* xs,
+               const float* mn, const uint8_t* bq, const float* bias, Act act, float lo, float hi,
+               float* y, int64_t ldy) {
+  constexpr int64_t kAmxM = 32, kAmxS = 2;
+  const int64_t strips = (N + kQNR - 1) / kQNR, pairs = (strips + kAmxS - 1) / kAmxS;
+  const int64_t mblocks = (M + kAmxM - 1) / kAmxM, bstride = w.kp * kQNR;
+  amx_begin();
+#pragma omp for schedule(static)
+  for (int64_t i = 0; i < pairs * mblocks; ++i) {
+    const int64_t s0 = (i / mblocks) * kAmxS, m = (i % mblocks) * kAmxM, row = m0 + m;
+    const int64_t n0 = s0 * kQNR;
+    const AmxEpi e{w.scale + row, w.wsum + row, bias ? bias + row : nullptr, xs + n0, mn + n0,
+                   act, lo, hi};
+    amx_block(w.w + row * w.kp, w.kp, std::min(kAmxM, M - m), bq + s0 * bstride, bstride,
+              int(std::min(kAmxS, strips - s0)), e, y + m * ldy + n0, ldy, N - n0);
+  }
+  amx_end();
+}
+
 }  // namespace
 
 bool has_avx512_vnni() {
@@ -203,6 +224,8 @@ void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t
                         int threads) {
   const int64_t strips = (N + kQNR - 1) / kQNR, groups = (strips + kNS - 1) / kNS;
   const int64_t mblocks = (M + kMR - 1) / kMR, kq = w.kp / 4, bstride = w.kp * kQNR;
+  static const bool amx_on = has_amx();
+  const bool amx = amx_on && w.kp % 64 == 0;
   // One team for both phases (a barrier is cheaper than a second fork/join on the
   // small late layers). Tiles: one per (strip group, row block); a thread's row
   // blocks of one group run consecutively, so its B strips stay in L1 across them.
@@ -212,6 +235,9 @@ void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t
     quantize_strips(x, ldx, w.k, w.kp, N, strips * t / nt, strips * (t + 1) / nt, xs, inv, mn,
                     bq);
 #pragma omp barrier
+    if (amx) {
+      amx_tiles(w, m0, M, N, xs, mn, bq, bias, act, lo, hi, y, ldy);
+    } else {
 #pragma omp for schedule(static)
     for (int64_t i = 0; i < groups * mblocks; ++i) {
       const int64_t g = i / mblocks, m = (i % mblocks) * kMR, mr = std::min<int64_t>(kMR, M - m);
@@ -227,6 +253,7 @@ void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t
       if (ns == 3) tile<3>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, ldy, nw);
       else if (ns == 2) tile<2>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, ldy, nw);
       else tile<1>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, ldy, nw);
+    }
     }
   }
 }

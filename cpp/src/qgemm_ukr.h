@@ -29,6 +29,29 @@ bool has_avx512_vnni();
 // [m0, m0 + M) with the dequantize + bias + activation epilogue fused on the
 // accumulator registers (the generic epilogue's operations in the same order, so
 // the outputs are bit-identical to every other path).
+// AMX-INT8 tiles (kernels_qgemm_amx.cpp): the CPU has them, Linux granted the tile
+// state, has_avx512_vnni() holds and EDGERUN_NO_AMX is unset. Then the engine pads
+// weight rows to multiples of 64 bytes (s8_row_bytes) and qconv_group_avx512 runs
+// its tiles with AMX.
+bool has_amx();
+// Per thread, around a run of amx_block calls: load / release the tile config.
+void amx_begin();
+void amx_end();
+struct AmxEpi {        // the block's epilogue inputs, all offset to its first row / pixel
+  const float* ws;     // [rows] weight scales
+  const int32_t* wsum; // [rows]
+  const float* bias;   // [rows] or null
+  const float* xs;     // [pixels] activation scales
+  const float* mn;     // [pixels] activation minima
+  Act act;
+  float lo, hi;
+};
+// Rows [0, mr) (mr <= 32) x ns (1 or 2) 16-pixel strips (strip s at B + s * bstride,
+// nw pixels valid from the first): int32 sums by AMX tiles, then the fused epilogue
+// into y[r * ldy + n]. kp must be a multiple of 64.
+void amx_block(const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B, int64_t bstride,
+               int ns, const AmxEpi& e, float* y, int64_t ldy, int64_t nw);
+
 void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t m0, int64_t M,
                         int64_t N, float* xs, float* inv, float* mn, uint8_t* bq,
                         const float* bias, Act act, float lo, float hi, float* y, int64_t ldy,

@@ -2,8 +2,9 @@
 // non-depthwise Conv with K >= kS8MinK), a one-time fp32 copy (depthwise or
 // small-K Conv: tiny) or per-run
 // dequantization (Gemm, int4), and build what the int8 GEMM
-// needs once at load: weight row sums, and rows re-padded to a multiple of 4
-// when k is not (otherwise the rows are used in place from the mmap).
+// needs once at load: weight row sums, and rows re-padded to s8_row_bytes(k)
+// (a multiple of 4, of 64 on the AMX path) when k is not (otherwise the rows are
+// used in place from the mmap).
 #include <algorithm>
 #include <cstdlib>
 
@@ -32,7 +33,7 @@ void Engine::prepare_quant() {
       deq_floats_ = std::max(deq_floats_, size_t(q.rows * q.k));
       continue;
     }
-    const int64_t kp = (q.k + 3) / 4 * 4;
+    const int64_t kp = kernels::s8_row_bytes(q.k);
     const int8_t* rows = reinterpret_cast<const int8_t*>(q.data);
     if (kp != q.k) {
       owned_s8_.emplace_back(size_t(q.rows * kp), int8_t(0));

@@ -42,7 +42,7 @@ uint64_t conv_case(int64_t cin, int64_t cout, int64_t h, int64_t w, int64_t k, i
   p.oh = (h + 2 * p.pt - k) / stride + 1;
   p.ow = (w + 2 * p.pl - k) / stride + 1;
   p.act = Act::kClip; p.lo = 0.f; p.hi = 6.f;
-  const int64_t K = cin * k * k, kp = (K + 3) / 4 * 4;
+  const int64_t K = cin * k * k, kp = s8_row_bytes(K);
   std::vector<int8_t> wq(size_t(cout * kp), 0);
   std::vector<float> scale(static_cast<size_t>(cout)), bias(static_cast<size_t>(cout));
   std::vector<int32_t> wsum(static_cast<size_t>(cout), 0);

@@ -3,7 +3,7 @@
 tests/cross/kernels_check.cpp (plain C++ against the core's sources, no Python) runs
 int8 convs (1x1 and 3x3 stride 2, fused ReLU6, odd shapes) and the int8/int4
 dequantization on fixed data and prints a hash of each output. It is built for this
-machine (every x86 path: AVX-512 VNNI, AVX-VNNI, AVX2, portable, chosen by environment)
+machine (every x86 path: AMX, AVX-512 VNNI, AVX-VNNI, AVX2, portable, chosen by environment)
 and cross-built for aarch64 and run under qemu-aarch64 (the NEON micro-kernel and the
 portable one). All hashes must match: the exporter's rounding emulation and a device
 of either architecture then compute the same front half.
@@ -24,7 +24,7 @@ pytestmark = [pytest.mark.runtime, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted(str(p) for p in (ROOT / "cpp" / "src").glob("*.cpp")) + [str(ROOT / "tests" / "cross" / "kernels_check.cpp")]
 FLAGS = ["-std=c++17", "-O2", "-fopenmp", f"-I{ROOT / 'cpp' / 'include'}", f"-I{ROOT / 'cpp' / 'src'}"]
-ENV_PATHS = {"best": {}, "no-avx512": {"EDGERUN_NO_AVX512": "1"}, "no-vnni": {"EDGERUN_NO_VNNI": "1"},
+ENV_PATHS = {"best": {}, "no-amx": {"EDGERUN_NO_AMX": "1"}, "no-avx512": {"EDGERUN_NO_AVX512": "1"}, "no-vnni": {"EDGERUN_NO_VNNI": "1"},
              "portable": {"EDGERUN_FORCE_PORTABLE": "1"}}
 
 

@@ -214,9 +214,10 @@ def test_portable_and_simd_paths_agree(qnet, prec):
 # (including N < 16), grouped, strided, fused Relu / Clip; (ci, co, k, stride, pad, groups, hw, act).
 _ODD_CONVS = [(13, 37, 3, 1, 1, 1, 9, "relu"), (70, 11, 1, 1, 0, 1, 7, None),
               (40, 20, 3, 2, 0, 2, 16, "relu6"), (64, 24, 1, 1, 0, 1, 14, "relu6"),
-              (47, 9, 1, 1, 0, 1, 23, None), (41, 5, 1, 1, 0, 1, 3, "relu")]
+              (47, 9, 1, 1, 0, 1, 23, None), (41, 5, 1, 1, 0, 1, 3, "relu"),
+              (150, 70, 1, 1, 0, 1, 5, "relu6")]  # AMX: 3 k-tiles, row blocks 32 + 32 + 6
 # Which int8 kernel each environment asks for (a path the CPU lacks falls back to the next).
-_QPATH_ENVS = {"default": {}, "no-avx512": {"EDGERUN_NO_AVX512": "1"},
+_QPATH_ENVS = {"default": {}, "no-amx": {"EDGERUN_NO_AMX": "1"}, "no-avx512": {"EDGERUN_NO_AVX512": "1"},
                "no-vnni": {"EDGERUN_NO_VNNI": "1"}, "portable": {"EDGERUN_FORCE_PORTABLE": "1"}}
 _QPROBE = """
 import json, sys, numpy as np
@@ -241,8 +242,8 @@ def _odd_conv(ci, co, k, s, p, g, act):
 
 
 def test_int8_kernel_paths_bit_identical_on_odd_shapes(tmp_path):
-    """AVX-512 VNNI, AVX-VNNI, AVX2 and portable int8 Convs give the same bits: exact int32
-    sums and the same epilogue operations; 1 and 2 threads too."""
+    """AMX, AVX-512 VNNI, AVX-VNNI, AVX2 and portable int8 Convs give the same bits: exact
+    int32 sums and the same epilogue operations; 1 and 2 threads too."""
     from edgerun.exporters.trace import to_onnx
 
     torch.manual_seed(5)
@@ -262,7 +263,8 @@ def test_int8_kernel_paths_bit_identical_on_odd_shapes(tmp_path):
     assert outs["portable"]["path"] == "portable"
     flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
     if all(f in flags for f in ("avx512_vnni", "avx512bw", "avx512vl")):
-        assert outs["default"]["path"] == "avx512-vnni"
+        assert outs["no-amx"]["path"] == "avx512-vnni"
+        assert outs["default"]["path"] == ("amx" if "amx_int8" in flags else "avx512-vnni")
         assert outs["no-avx512"]["path"] in ("avx-vnni", "avx2")
     if "avx2" in flags and "fma" in flags:
         assert outs["no-vnni"]["path"] == "avx2"

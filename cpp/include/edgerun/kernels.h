@@ -147,14 +147,18 @@ void dequantize_rows(const QuantWeight& w, int64_t r0, int64_t r1, float* out, b
 // [0, 255], mn[n] the pixel's min, xs[n] = (max - min) / 255) and bias + activation
 // fused into the epilogue (kernels_qgemm.cpp has the exact operation order).
 struct S8Weights {
-  const int8_t*  w;      // [m, kp], rows zero padded to kp = round_up(k, 4)
+  const int8_t*  w;      // [m, kp], rows zero padded to kp = s8_row_bytes(k)
   int64_t        m, k, kp;
   const float*   scale;  // [m]
   const int32_t* wsum;   // [m]: sum over k of w (R: multiplies the pixel minimum)
 };
-// "avx512-vnni", "avx-vnni", "avx2", "neon" or "portable". EDGERUN_NO_AVX512=1 skips
-// the first, EDGERUN_NO_VNNI=1 both VNNI paths; all give bit-identical outputs.
+// "amx", "avx512-vnni", "avx-vnni", "avx2", "neon" or "portable". EDGERUN_NO_AMX=1
+// skips the first, EDGERUN_NO_AVX512=1 the first two, EDGERUN_NO_VNNI=1 every VNNI
+// path; all give bit-identical outputs.
 const char* qgemm_path();
+// Bytes per int8 GEMM weight row for K values: K rounded up to 4, or to 64 where the
+// AMX path runs (its tiles take k in 64-byte rows). Rows are zero padded.
+int64_t s8_row_bytes(int64_t k);
 // int8 Conv with K below this runs the fp32 kernels on weights dequantized once at
 // load (the fp32 copy is small: < 160 bytes per row). Measured on EfficientNet-Lite0
 // (AVX-512 VNNI path): K = 40 runs 1.5-2x faster in int8, but K = 16..32 only 1.0-1.2x
