@@ -1,7 +1,8 @@
 """Quantized front halves on the native engine: accuracy, speed, weight bytes.
 
 For digits-cnn (cuts block1, down) and EfficientNet-Lite0 (cuts blocks.3, blocks.5,
-blocks.7): the front half at fp32 / int8 / int4 / auto (native engine) + the fp32 back
+blocks.7): the front half at fp32 / int8 / int8-a32 (int8 weights, fp32 activations:
+``--front-act fp32``) / int4 / auto (native engine) + the fp32 back
 half (onnxruntime) vs the fp32 whole model on the held-out eval data; native int8 vs
 native fp32 latency, and vs onnxruntime's fp32 front half and its own quantized front
 half (``quantize_dynamic`` and QDQ ``quantize_static`` calibrated on the same calib
@@ -58,7 +59,7 @@ from edgerun.profiler import REQUEST_GAP_MS
 CUTS = [("zoo:digits-cnn", "block1"), ("zoo:digits-cnn", "down"),
         ("zoo:efficientnet-lite0", "blocks.3"), ("zoo:efficientnet-lite0", "blocks.5"),
         ("zoo:efficientnet-lite0", "blocks.7")]
-MODES = ("fp32", "int8", "int4", "auto")
+MODES = ("fp32", "int8", "int8-a32", "int4", "auto")  # int8-a32: int8 weights, fp32 activations
 ROUNDINGS = ("rtn", "gptq")
 AUTO_WEIGHT_FRACTION = 0.4
 N_CALIB = 64  # the exporter's default calib_samples
@@ -168,10 +169,12 @@ def bench_cut(spec: str, cut_name: str, traced, tmp: Path, runs: int, threads: i
             arena = NativeEngine(tmp / "fp32.erg", max_batch=1).arena_bytes
             budget = (arena + AUTO_WEIGHT_FRACTION * fp32_w) / 2**20
         t0 = time.perf_counter()
-        plan = plan_front_precision(front, calib, FrontPrecisionConfig(mode, 32, budget, rounding))
+        wmode, act = ("int8", "fp32") if mode == "int8-a32" else (mode, "int8")
+        plan = plan_front_precision(front, calib, FrontPrecisionConfig(wmode, 32, budget, rounding, act=act))
         plan_s = time.perf_counter() - t0
         path = tmp / ("fp32.erg" if mode == "fp32" else f"{mode}-{rounding}.erg")
-        write_erg(front, path, precisions=plan.precisions, group_size=32, rounded=plan.rounded)
+        write_erg(front, path, precisions=plan.precisions, group_size=32, rounded=plan.rounded,
+                  fp32_acts=plan.fp32_acts)
         eng = NativeEngine(path, max_batch=32, threads=threads)
         zl = logits(_front_outputs(lambda b: [v for v in eng.run(b).values()], x_eval))
         pred = np.argmax(zl, axis=1)
@@ -218,6 +221,8 @@ def _add_times(res: dict, gap: dict[str, float], b2b: dict[str, float]) -> None:
     i8 = "int8/gptq" if "int8/gptq" in p else "int8/rtn"
     res["speedup_int8_over_fp32"] = round(gap["fp32"] / gap[i8], 3)
     res["speedup_int8_over_fp32_b2b"] = round(b2b["fp32"] / b2b[i8], 3)
+    a32 = "int8-a32/gptq" if "int8-a32/gptq" in p else "int8-a32/rtn"
+    res["speedup_int8a32_over_fp32"] = round(gap["fp32"] / gap[a32], 3)
     best = min(gap["ort_dynamic"], gap["ort_static_qdq"])
     res["ratio_native_int8_over_best_ort_quant"] = round(gap[i8] / best, 3)
     res["ratio_native_int8_over_ort_fp32"] = round(gap[i8] / gap["ort_fp32"], 3)
@@ -236,14 +241,15 @@ def _table(rows: list[dict]) -> str:
                        f"{p['mean_kl']:.2e} | {acc} | {p['native_ms']:.3f} | {p['native_ms_b2b']:.3f} | "
                        f"{p['weight_bytes'] / 1024:.1f} | {c['fp32']}/{c['int8']}/{c['int4']} |")
     out += ["", "Times: medians of one interleaved loop per cut (gap = idle before each call, b2b = back to back).",
-            "", "| model | cut | whole fp32 acc | int8/fp32 speed-up gap (b2b) | ORT fp32 ms gap (b2b) | "
-            "ORT dyn ms gap (agree) | ORT QDQ ms gap (agree) | native int8 / best ORT quant | "
-            "native int8 / ORT fp32 |", "|---|---|---|---|---|---|---|---|---|"]
+            "", "| model | cut | whole fp32 acc | int8/fp32 speed-up gap (b2b) | int8-a32/fp32 gap | "
+            "ORT fp32 ms gap (b2b) | ORT dyn ms gap (agree) | ORT QDQ ms gap (agree) | "
+            "native int8 / best ORT quant | native int8 / ORT fp32 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         acc = "" if r["whole_fp32_top1_acc"] is None else f"{100 * r['whole_fp32_top1_acc']:.2f}%"
         d, s = r["ort_dynamic"], r["ort_static_qdq"]
         out.append(f"| {r['model'].split(':')[1]} | {r['cut']} | {acc} | {r['speedup_int8_over_fp32']:.2f}x "
-                   f"({r['speedup_int8_over_fp32_b2b']:.2f}x) | {r['ort_fp32_ms']:.3f} ({r['ort_fp32_ms_b2b']:.3f}) | "
+                   f"({r['speedup_int8_over_fp32_b2b']:.2f}x) | {r['speedup_int8a32_over_fp32']:.2f}x | "
+                   f"{r['ort_fp32_ms']:.3f} ({r['ort_fp32_ms_b2b']:.3f}) | "
                    f"{d['ms']:.3f} ({100 * d['top1_agreement_with_fp32_whole']:.1f}%) | "
                    f"{s['ms']:.3f} ({100 * s['top1_agreement_with_fp32_whole']:.1f}%) | "
                    f"{r['ratio_native_int8_over_best_ort_quant']:.2f} | {r['ratio_native_int8_over_ort_fp32']:.2f} |")

@@ -37,6 +37,7 @@ def export_cmd(
     codec_budget: Optional[float] = typer.Option(None, help="tsq distortion budget (relative MSE); default: chosen on calibration data"),
     group_size: int = typer.Option(32, help="int4 group size"),
     max_device_mem_mb: Optional[float] = typer.Option(None, help="device memory budget for --front-precision auto"),
+    front_act: str = typer.Option("int8", help="activations of int8 convs: int8 (int8 GEMM, faster) | fp32 (int8 weights dequantized per run: more accurate, fp32 speed)"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip measuring the split on held-out data"),
     exits: Optional[str] = typer.Option(None, help="early exits: auto | N (exits, the last at the cut) | none"),
     device: Optional[str] = typer.Option(None, help="plan the split for this device profile (with --server, --link)"),
@@ -71,7 +72,7 @@ def export_cmd(
             cut=cut, max_cut_tensors=max_cut_tensors, evaluate=not no_eval,
             front_precision=front_precision, back_precision=back_precision, codec=codec,
             codec_budget=codec_budget, group_size=group_size, max_device_mem_mb=max_device_mem_mb,
-            exits=exits,
+            front_act=front_act, exits=exits,
         )
         bundle = export(traced, cfg, out)
         report = json.loads(bundle.file("report.json").read_text())

@@ -110,7 +110,8 @@ class NativeEngine:
 
         Returns:
             One dict per step in run order: ``node``, ``op`` (ONNX op), ``kernel``
-            (what ran: ``conv-s8`` int8 GEMM, ``conv-dw`` depthwise, ``conv-1x1``, ...),
+            (what ran: ``conv-s8`` int8 GEMM, ``conv-w8`` fp32 on int8 weights, ``conv-dw``
+            depthwise, ``conv-1x1``, ...),
             ``us`` (mean microseconds per run).
 
         Raises:

@@ -397,6 +397,7 @@ def check_native_support(model: onnx.ModelProto) -> list[tuple[str, str]]:
 # Per-layer weight precision
 # ---------------------------------------------------------------------------
 _PREC_SLOT = {"Conv": 10, "Gemm": 1}  # iattr slot "prec" (ERG.md)
+_ACT_SLOT = 11  # Conv iattr "act_prec": 1 = fp32 activations on int8 weights (ERG.md)
 
 
 def _weight_rows(e: _ENode, w: np.ndarray) -> np.ndarray:
@@ -484,9 +485,22 @@ def _apply_precisions(ctx: _Ctx, precisions: dict[str, str], group_size: int,
                 del ctx.weights[old_b]
 
 
+def _apply_fp32_acts(ctx: _Ctx, names: Sequence[str]) -> None:
+    """Mark int8 Conv layers whose activations the engine keeps in fp32 (iattr 11)."""
+    convs = {e.name: e for e in ctx.nodes if e.op == "Conv"}
+    for name in names:
+        e = convs.get(name)
+        if e is None or (e.iattr + [0] * 11)[_PREC_SLOT["Conv"]] != PREC_CODE["int8"]:
+            raise ExportError(f"fp32_acts names {name!r}, which is not an int8 Conv layer of this graph; "
+                              "fp32 activations apply to int8 Conv layers (see weight_layers and precisions)")
+        e.iattr += [0] * (_ACT_SLOT + 1 - len(e.iattr))
+        e.iattr[_ACT_SLOT] = 1
+
+
 def write_erg(model: onnx.ModelProto, path: str | os.PathLike, *,
               precisions: dict[str, str] | None = None, group_size: int = 32,
-              extra_outputs: Sequence[str] = (), rounded: dict | None = None) -> dict:
+              extra_outputs: Sequence[str] = (), rounded: dict | None = None,
+              fp32_acts: Sequence[str] = ()) -> dict:
     """Convert an ONNX front half into an engine graph file.
 
     Args:
@@ -501,6 +515,9 @@ def write_erg(model: onnx.ModelProto, path: str | os.PathLike, *,
         rounded: ``{layer name: quant_rounding.RoundedLayer}`` precomputed data-aware
             rounding (``FrontRounder.sequential(precisions)``) used instead of round to
             nearest for those layers (q, scales and the corrected bias); same file format.
+        fp32_acts: int8 Conv layers that run on fp32 activations (weights dequantized per
+            run) instead of the engine's int8 GEMM with 8-bit activations: more accurate,
+            not faster (``FrontPrecisionConfig.act``).
 
     Returns:
         ``{"nodes", "tensors", "weight_bytes", "file_bytes", "version", "ops", "fused",
@@ -519,6 +536,7 @@ def write_erg(model: onnx.ModelProto, path: str | os.PathLike, *,
     ctx = _prepare(model, extra_outputs)
     _lower_all(ctx, None)
     _apply_precisions(ctx, dict(precisions or {}), group_size, rounded)
+    _apply_fp32_acts(ctx, list(fp32_acts))
     inits = {i.name for i in ctx.graph.initializer}
     inputs = [i.name for i in ctx.graph.input if i.name not in inits]
     outputs = [o.name for o in ctx.graph.output] + [o for o in extra_outputs
@@ -538,6 +556,7 @@ def write_erg(model: onnx.ModelProto, path: str | os.PathLike, *,
         "precisions": {e.name: next((p for p, c in PREC_CODE.items()
                                      if c == (e.iattr + [0] * 11)[_PREC_SLOT[e.op]]), "fp32")
                        for e in ctx.nodes if e.op in _PREC_SLOT},
+        "fp32_acts": sorted(fp32_acts),
     }
 
 

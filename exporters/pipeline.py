@@ -30,6 +30,7 @@ from edgerun.exporters.split import split
 
 N_SAMPLES = 8
 FRONT_PRECISIONS = ("fp32", "int8", "int4", "auto")
+FRONT_ACTS = ("int8", "fp32")
 CODECS = ("none", "tsq")
 
 
@@ -48,6 +49,9 @@ class ExportConfig:
             sensitivity, under ``max_device_mem_mb``).
         group_size: int4 group size along the reduction axis.
         max_device_mem_mb: device memory budget (weights + activation arena) for ``auto``.
+        front_act: activations of the front's int8 Conv layers: ``int8`` (int8 GEMM, per-pixel
+            8-bit activations: faster) or ``fp32`` (int8 weights dequantized per run: more
+            accurate, fp32 speed); see ``quantize_front.FrontPrecisionConfig``.
         back_precision: ``fp32``, ``fp16`` or ``int8`` (onnxruntime's own tools).
         codec: activation codec on the wire: ``none`` or ``tsq``.
         codec_budget: tsq distortion budget (relative MSE of the dense part); None = chosen on
@@ -66,6 +70,7 @@ class ExportConfig:
     front_precision: str = "fp32"
     group_size: int = 32
     max_device_mem_mb: float | None = None
+    front_act: str = "int8"
     back_precision: str = "fp32"
     codec: str = "none"
     codec_budget: float | None = None
@@ -76,6 +81,8 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.front_precision not in FRONT_PRECISIONS:
             raise ConfigError(f"front_precision {self.front_precision!r}: use one of {FRONT_PRECISIONS}")
+        if self.front_act not in FRONT_ACTS:
+            raise ConfigError(f"front_act {self.front_act!r}: use one of {FRONT_ACTS}")
         if self.back_precision not in BACK_PRECISIONS:
             raise ConfigError(f"back_precision {self.back_precision!r}: use one of {BACK_PRECISIONS}")
         if self.codec not in CODECS:
@@ -216,6 +223,7 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
         "cut_index": cut.index,
         "front_precision": native.get("layers") if native["precision"] == "mixed" else native["precision"],
         "front_precision_mode": cfg.front_precision,
+        "front_act": cfg.front_act,  # the int8 Conv layers' activations (manifest: which layers)
         "front_weight_bytes": native.get("weight_bytes"),
         "back_precision": cfg.back_precision,
         "codec": cfg.codec,
@@ -250,6 +258,7 @@ def _manifest(traced: Traced, cut: Cut, native: dict, codec: dict, cfg: ExportCo
         "precisions": {
             "front": native["precision"],
             "front_layers": native.get("layers", {}),
+            "front_fp32_acts": native.get("fp32_acts", []),
             "group_size": cfg.group_size,
             "back": cfg.back_precision,
         },

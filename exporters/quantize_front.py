@@ -34,6 +34,7 @@ from edgerun.exporters.quant_rounding import METHODS as ROUNDINGS
 from edgerun.exporters.quant_rounding import FrontRounder, RoundingConfig
 
 MODES = ("fp32", "int8", "int4", "auto")
+ACTS = ("int8", "fp32")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,10 @@ class FrontPrecisionConfig:
             batch 1). ``None`` = no budget: every layer stays fp32.
         rounding: "gptq" (data-aware rounding + bias correction on the calibration
             batch) or "rtn" (round to nearest, no data).
+        act: activations of the int8 Conv layers: "int8" (the engine's int8 GEMM with
+            per-pixel 8-bit activations: faster) or "fp32" (weights dequantized per run,
+            fp32 compute: no activation quantization error, as fast as fp32; the weights
+            stay int8 in the file and in memory). Rounding fits what will run.
 
     Raises:
         ConfigError: an unknown mode or rounding, a bad group size or a non-positive budget.
@@ -58,8 +63,11 @@ class FrontPrecisionConfig:
     group_size: int = 32
     max_device_mem_mb: float | None = None
     rounding: str = "gptq"
+    act: str = "int8"
 
     def __post_init__(self) -> None:
+        if self.act not in ACTS:
+            raise ConfigError(f"unknown activation precision {self.act!r}; use one of {', '.join(ACTS)}")
         if self.rounding not in ROUNDINGS:
             raise ConfigError(f"unknown rounding {self.rounding!r}; use one of {', '.join(ROUNDINGS)}")
         if self.mode not in MODES:
@@ -85,6 +93,7 @@ class PrecisionPlan:
     notes: list[str] = field(default_factory=list)
     rounding: str = "rtn"
     rounded: dict = field(default_factory=dict)  # layer -> RoundedLayer: pass to write_erg
+    fp32_acts: list[str] = field(default_factory=list)  # int8 Convs on fp32 activations: pass to write_erg
 
     @property
     def device_bytes(self) -> int:
@@ -101,17 +110,22 @@ class PrecisionPlan:
         rows.append(f"weights {self.weight_bytes / 2**20:.3f} MiB + arena {self.arena_bytes / 2**20:.3f} "
                     f"MiB = {self.device_bytes / 2**20:.3f} MiB (budget {budget}); "
                     f"measured error {self.error:.3e} ({self.rounding} rounding)")
+        if self.fp32_acts:
+            rows.append(f"activations: fp32 on {len(self.fp32_acts)} int8 Conv layer(s) "
+                        "(weights dequantized per run; no int8 GEMM)")
         return "\n".join(rows + self.notes)
 
 
 class _Runner:
     """Writes the front half at given precisions and runs it on the calibration batch."""
 
-    def __init__(self, front: onnx.ModelProto, calib_x: np.ndarray, group_size: int) -> None:
+    def __init__(self, front: onnx.ModelProto, calib_x: np.ndarray, group_size: int,
+                 fp32_act: bool = False) -> None:
         from edgerun.engine import NativeEngine
 
         self._engine_cls = NativeEngine
         self.front, self.x, self.gs = front, np.ascontiguousarray(calib_x, np.float32), group_size
+        self.fp32_act, self.layers = fp32_act, weight_layers(front)
         self._dir = tempfile.TemporaryDirectory(prefix="edgerun-quant-")
         self.path = Path(self._dir.name) / "front.erg"
         self.ref, info, self.arena = self._run({})
@@ -119,12 +133,17 @@ class _Runner:
 
     def _run(self, precisions: dict[str, str], rounded: dict | None = None):
         info = write_erg(self.front, self.path, precisions=precisions, group_size=self.gs,
-                         rounded=rounded)
+                         rounded=rounded, fp32_acts=self.fp32_acts(precisions))
         eng = self._engine_cls(self.path, max_batch=len(self.x), threads=1)
         outs = eng.run(self.x)
         y = np.concatenate([outs[n].reshape(-1) for n in eng.output_names]).astype(np.float64)
         arena = self._engine_cls(self.path, max_batch=1, threads=1).arena_bytes
         return y, info, arena
+
+    def fp32_acts(self, precisions: dict[str, str]) -> list[str]:
+        """The int8 Conv layers that run on fp32 activations under this runner's setting."""
+        return [l["name"] for l in self.layers if self.fp32_act and l["op"] == "Conv"
+                and not l["depthwise"] and precisions.get(l["name"]) == "int8"]
 
     def error(self, precisions: dict[str, str], rounded: dict | None = None) -> float:
         y, _, _ = self._run(precisions, rounded)
@@ -198,11 +217,14 @@ def plan_front_precision(front: onnx.ModelProto, calib_x: np.ndarray,
     """
     layers = weight_layers(front)
     gs = cfg.group_size
-    run = _Runner(front, calib_x, gs)
+    run = _Runner(front, calib_x, gs, fp32_act=cfg.act == "fp32")
     try:
         rounder = None
         if cfg.mode != "fp32" and cfg.rounding != "rtn":
-            rounder = FrontRounder(front, calib_x, gs, RoundingConfig(method=cfg.rounding))
+            # fp32 activations: nothing quantizes a layer's input at run time, so the
+            # rounding must not emulate it (fitting to an error that is not there).
+            no_act_quant = {"act_quant_min_k": None} if cfg.act == "fp32" else {}
+            rounder = FrontRounder(front, calib_x, gs, RoundingConfig(method=cfg.rounding, **no_act_quant))
 
         def alone(name: str, p: str) -> dict:
             return {} if rounder is None else {name: rounder.alone(name, p)}
@@ -227,7 +249,8 @@ def plan_front_precision(front: onnx.ModelProto, calib_x: np.ndarray,
         rounded = rounder.sequential(prec) if rounder is not None and quantized else {}
         err = run.error(prec, rounded) if quantized else 0.0
         return PrecisionPlan(prec, lb, sens, fixed + sum(lb.values()), run.arena, err, budget,
-                             rounding="rtn" if rounder is None else cfg.rounding, rounded=rounded)
+                             rounding="rtn" if rounder is None else cfg.rounding, rounded=rounded,
+                             fp32_acts=run.fp32_acts(prec))
     finally:
         run.close()
 

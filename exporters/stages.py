@@ -23,13 +23,14 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
     """Choose the front half's precision per layer and write it for the native engine.
 
     Returns:
-        ``{"ok", "reason", "precision", "layers", "weight_bytes"}``; ``ok`` is False (with
+        ``{"ok", "reason", "precision", "layers", "fp32_acts", "weight_bytes"}``; ``ok`` is False (with
         the engine's reason) when the native engine cannot run this front half, unless
         ``cfg.require_native``, which raises instead.
     """
     from edgerun.exporters.erg import write_erg
 
     layers: dict[str, str] = {}
+    fp32_acts: list[str] = []
     precision = cfg.front_precision
     try:
         if precision == "fp32":
@@ -39,18 +40,20 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
 
             plan = plan_front_precision(
                 front, calib_x,
-                FrontPrecisionConfig(precision, cfg.group_size, cfg.max_device_mem_mb),
+                FrontPrecisionConfig(precision, cfg.group_size, cfg.max_device_mem_mb, act=cfg.front_act),
             )
             layers = dict(plan.precisions)
             print(plan.table(), file=sys.stderr)  # the exporter prints the per-layer choice
-            info = write_erg(front, path, precisions=layers, group_size=cfg.group_size, rounded=plan.rounded)
+            fp32_acts = list(plan.fp32_acts)
+            info = write_erg(front, path, precisions=layers, group_size=cfg.group_size, rounded=plan.rounded,
+                             fp32_acts=fp32_acts)
             kinds = set(layers.values())
             precision = kinds.pop() if len(kinds) == 1 else "mixed"
     except UnsupportedOpError as exc:
         if cfg.require_native:
             raise
         return {"ok": False, "reason": str(exc), "precision": "fp32", "layers": {}, "weight_bytes": None}
-    return {"ok": True, "reason": "", "precision": precision, "layers": layers,
+    return {"ok": True, "reason": "", "precision": precision, "layers": layers, "fp32_acts": fp32_acts,
             "weight_bytes": int(info.get("weight_bytes", 0))}
 
 

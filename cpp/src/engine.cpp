@@ -170,6 +170,7 @@ const char* Engine::step_kernel(size_t i) const {
   if (s.fuse == 2) return "(fused)";
   if (s.op == OpCode::kConv) {
     if (s.use_s8) return "conv-s8";
+    if (s.act_f32 && s.prec == Precision::kInt8) return "conv-w8";  // fp32 on int8 weights
     const kernels::ConvParams& p = s.conv;
     if (p.group == p.cin && p.group == p.cout && p.group > 1) return "conv-dw";
     return kernels::is_pointwise(p) ? "conv-1x1" : "conv";

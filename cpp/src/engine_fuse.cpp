@@ -29,11 +29,17 @@ bool is_depthwise(const kernels::ConvParams& p) {
   return p.group == p.cin && p.group == p.cout && p.group > 1;
 }
 
-// A 1x1 Conv whose weights are ready without a per-run dequantization.
 bool fusable_pointwise(const Step& s) {
-  return s.op == OpCode::kConv && s.conv.group == 1 && kernels::is_pointwise(s.conv) &&
-         (s.prec == Precision::kFp32 || s.use_s8 || s.wdeq != nullptr);
+  return s.op == OpCode::kConv && s.conv.group == 1 && kernels::is_pointwise(s.conv);
 }
+
+// A quantized 1x1 Conv run in fp32 on weights dequantized per run (int4, or int8 with
+// fp32 activations): a fused chain dequantizes it once per run, before its strips.
+bool per_run_dequant(const Step& s) {
+  return s.prec != Precision::kFp32 && !s.use_s8 && s.wdeq == nullptr;
+}
+
+size_t deq_size(const Step& s) { return per_run_dequant(s) ? size_t(s.qw.rows * s.qw.k) : 0; }
 
 // Fuse only chains whose inner tensors are at least this many strip budgets. Measured
 // on EfficientNet-Lite0 (x86, 1 thread, 1 MiB budget): blocks.1 (96 x 112 x 112 ->
@@ -96,6 +102,7 @@ void Engine::fuse_chains() {
     if (strip_floats(d.conv, d.conv.oh) < kMinInnerBudgets * budget) continue;
     a.fuse = 1;
     a.strip_rows = rows;
+    deq_floats_ = std::max(deq_floats_, deq_size(a) + deq_size(c));  // both at once
     d.fuse = c.fuse = 2;
     fused_inner_[size_t(e)] = fused_inner_[size_t(f)] = 1;
   }
@@ -137,7 +144,7 @@ const float* Engine::input(const Step& s, size_t i) const {
 }
 
 void Engine::run_pointwise(const Step& s, const float* x, int64_t ldx, int64_t n, float* y,
-                           int64_t ldy, float* scratch, int threads) {
+                           int64_t ldy, float* scratch, int threads, const float* wdeq) {
   const kernels::ConvParams& p = s.conv;
   if (s.use_s8) {
     kernels::pointwise_s8_window(s.s8, x, ldx, n, input(s, 2), p.act, p.lo, p.hi, y, ldy,
@@ -145,7 +152,7 @@ void Engine::run_pointwise(const Step& s, const float* x, int64_t ldx, int64_t n
     return;
   }
   const kernels::GemmEpilogue ep{input(s, 2), nullptr, p.act, p.lo, p.hi};
-  const float* w = s.wdeq != nullptr ? s.wdeq : input(s, 1);
+  const float* w = wdeq != nullptr ? wdeq : s.wdeq != nullptr ? s.wdeq : input(s, 1);
   kernels::sgemm(p.cout, n, p.cin, w, p.cin, x, ldx, y, ldy, scratch, threads, &ep);
 }
 
@@ -160,6 +167,10 @@ void Engine::run_fused(size_t head, int32_t batch) {
   const float* bd = input(d, 2);
   const int64_t in_plane = pa.h * pa.w, out_plane = pc.oh * pc.ow;
   const int64_t per_img = (pd.oh + a.strip_rows - 1) / a.strip_rows, tasks = n_img * per_img;
+  float* const wa = per_run_dequant(a) ? deq_.get() : nullptr;
+  float* const wc = per_run_dequant(c) ? deq_.get() + deq_size(a) : nullptr;
+  if (wa != nullptr) kernels::dequantize_rows(a.qw, 0, a.qw.rows, wa, false);
+  if (wc != nullptr) kernels::dequantize_rows(c.qw, 0, c.qw.rows, wc, false);
 #pragma omp parallel for num_threads(threads_) schedule(static) if (threads_ > 1 && tasks > 1)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t n = t / per_img, y0 = (t % per_img) * a.strip_rows;
@@ -172,13 +183,13 @@ void Engine::run_fused(size_t head, int32_t batch) {
     float* e = fused_.get() + fused_share_ * size_t(kernels::thread_id());  // [cexp, r1 - r0, w]
     float* f = e + pd.cin * in_px;                                          // [cexp, y1 - y0, ow]
     float* scratch = e + fused_strip_;
-    if (in_px > 0) run_pointwise(a, xn + r0 * pa.w, in_plane, in_px, e, in_px, scratch, 1);
+    if (in_px > 0) run_pointwise(a, xn + r0 * pa.w, in_plane, in_px, e, in_px, scratch, 1, wa);
     kernels::ConvParams ps = pd;  // the depthwise conv over the strip
     ps.h = r1 - r0;
     ps.oh = y1 - y0;
     ps.pt = pd.pt + r0 - y0 * pd.sh;  // output row y reads strip row y * sh - pt' + i * dh
     kernels::depthwise_conv(ps, 1, e, wd, bd, f, scratch, 1);
-    run_pointwise(c, f, out_px, out_px, yn + y0 * pc.ow, out_plane, scratch, 1);
+    run_pointwise(c, f, out_px, out_px, yn + y0 * pc.ow, out_plane, scratch, 1, wc);
   }
 }
 

@@ -92,6 +92,9 @@ Status resolve_conv(const Ctx& c, Step* s) {
   if (c.has(2) && (c.in(2).kind != TensorKind::kWeight || c.in(2).numel(1) != p.cout))
     return c.bad("bias must be a constant of cout elements");
   if (c.has(2) && c.in(2).dtype != DType::kFloat32) return c.bad("bias must be f32");
+  if (a[11] != 0 && a[11] != 1)
+    return c.bad("Conv activation precision (iattr 11) must be 0 (engine's choice) or 1 (fp32)");
+  s->act_f32 = a[11] == 1;
   return resolve_quant(c, w, a[10], s);
 }
 

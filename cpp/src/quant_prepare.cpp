@@ -1,7 +1,7 @@
 // Engine::prepare_quant: per quantized step, choose the int8 GEMM (int8,
-// non-depthwise Conv with K >= kS8MinK), a one-time fp32 copy (depthwise or
-// small-K Conv: tiny) or per-run
-// dequantization (Gemm, int4), and build what the int8 GEMM
+// non-depthwise Conv with K >= kS8MinK, unless the file asks for fp32
+// activations), a one-time fp32 copy (depthwise or small-K Conv: tiny) or per-run
+// dequantization (Gemm, int4, int8 with fp32 activations), and build what the int8 GEMM
 // needs once at load: weight row sums, and rows re-padded to s8_row_bytes(k)
 // (a multiple of 4, of 64 on the AMX path) when k is not (otherwise the rows are
 // used in place from the mmap).
@@ -20,8 +20,8 @@ void Engine::prepare_quant() {
     const bool depthwise = s.op == OpCode::kConv && s.conv.group == s.conv.cin &&
                            s.conv.group == s.conv.cout && s.conv.group > 1;
     const bool conv8 = s.op == OpCode::kConv && s.prec == Precision::kInt8;
-    s.use_s8 = conv8 && !depthwise && q.k >= kernels::kS8MinK;
-    if (depthwise || (conv8 && !s.use_s8)) {
+    s.use_s8 = conv8 && !depthwise && q.k >= kernels::kS8MinK && !s.act_f32;
+    if (depthwise || (conv8 && q.k < kernels::kS8MinK)) {
       // A depthwise filter is a few floats per channel (C * kh * kw), a small-K int8
       // Conv a few per row: dequantize once here rather than on every run.
       owned_f32_.emplace_back(size_t(q.rows * q.k));

@@ -53,10 +53,29 @@ def test_layers_times_every_layer_of_a_bundle_front(digits_bundle):
     rep = json.loads(r.stdout)
     kinds = {s["kernel"] for s in rep["layers"]}
     assert rep["layers"] and all(s["us"] > 0 for s in rep["layers"])
-    assert kinds <= {"conv", "conv-1x1", "conv-dw", "conv-s8"} | {s["op"] for s in rep["layers"]}
+    assert kinds <= {"conv", "conv-1x1", "conv-dw", "conv-s8", "conv-w8"} | {s["op"] for s in rep["layers"]}
     assert abs(sum(rep["by_kernel_us"].values()) - rep["total_us"]) <= 1e-6 * rep["total_us"]
 
 
 def test_layers_says_what_to_do_with_a_missing_bundle(tmp_path):
     r = _edgerun("layers", str(tmp_path / "nope"))
     assert r.returncode == 2 and "edgerun export" in r.stderr
+
+
+def test_export_front_act_fp32_marks_the_int8_convs(tmp_path):
+    """`--front-act fp32`: int8 weights, fp32 activations; the manifest names the layers, the
+    report says so, and `edgerun layers` shows them running on the int8 weights in fp32."""
+    out = tmp_path / "b"
+    r = _edgerun("export", "zoo:digits-cnn", "--front-precision", "int8", "--front-act", "fp32", "--no-eval",
+                 "--json", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(r.stdout.strip().splitlines()[-1])
+    assert rep["front_act"] == "fp32" and rep["front_precision"] == "int8"
+    man = json.loads((out / "manifest.json").read_text())
+    acts = man["precisions"]["front_fp32_acts"]
+    assert acts and set(acts) <= set(man["precisions"]["front_layers"])
+    r = _edgerun("layers", str(out), "--runs", "1", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "conv-s8" not in {s["kernel"] for s in json.loads(r.stdout)["layers"]}
+    r = _edgerun("export", "zoo:digits-cnn", "--front-act", "int4", "--out", str(tmp_path / "c"))
+    assert r.returncode == 2 and "front_act" in r.stderr

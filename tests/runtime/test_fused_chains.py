@@ -70,13 +70,36 @@ def _run(path, x, monkeypatch, fuse: bool, threads: int = 1):
     return eng.run(x)["y"], eng.arena_bytes, kernels
 
 
-@pytest.mark.parametrize("prec", ["fp32", "int8"])
+def _dequantized_model(model, prec):
+    """The model with every Conv weight replaced by its round-to-nearest quantized value."""
+    from edgerun.exporters.erg_quant import PREC_DTYPE, dequantize, quantize
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    convs = {n.input[1] for n in m.graph.node if n.op_type == "Conv"}
+    for init in m.graph.initializer:
+        if init.name in convs:
+            w = numpy_helper.to_array(init)
+            w2 = w.reshape(w.shape[0], -1)
+            q, s = quantize(prec, w2)
+            init.CopyFrom(numpy_helper.from_array(
+                dequantize(PREC_DTYPE[prec], q, s, k=w2.shape[1]).reshape(w.shape).astype(np.float32), init.name))
+    return m
+
+
+# "int8-a32": int8 weights, fp32 activations on the 1x1s (dequantized once per run, before
+# the strips); "int4": dequantized per run too (depthwise stays int8).
+@pytest.mark.parametrize("prec", ["fp32", "int8", "int8-a32", "int4"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:6])))
 def test_fused_chain_is_bit_identical_to_unfused_and_frees_the_arena(tmp_path, monkeypatch, case, prec):
     model = _chain_model(*case)
     path = tmp_path / "chain.erg"
-    precisions = {l["name"]: prec for l in erg.weight_layers(model)} if prec != "fp32" else None
-    erg.write_erg(model, path, precisions=precisions)
+    layers = erg.weight_layers(model)
+    wprec = prec.split("-")[0]
+    precisions = {l["name"]: "int8" if wprec == "int4" and l["depthwise"] else wprec for l in layers} \
+        if prec != "fp32" else None
+    fp32_acts = [l["name"] for l in layers if not l["depthwise"]] if prec == "int8-a32" else ()
+    erg.write_erg(model, path, precisions=precisions, fp32_acts=fp32_acts)
     x = np.random.default_rng(1).standard_normal((2, case[0], case[2], case[3])).astype(np.float32)
     fused, arena_fused, kinds = _run(path, x, monkeypatch, fuse=True)
     plain, arena_plain, plain_kinds = _run(path, x, monkeypatch, fuse=False)
@@ -87,9 +110,9 @@ def test_fused_chain_is_bit_identical_to_unfused_and_frees_the_arena(tmp_path, m
     for threads in (2, 3):  # strips shared out among the threads, unevenly at 3
         again, _, _ = _run(path, x, monkeypatch, fuse=True, threads=threads)
         np.testing.assert_array_equal(again, fused)
-    if prec == "fp32":
+    if prec in ("fp32", "int8-a32"):  # fp32 compute: onnxruntime on the same (dequantized) weights
         onnx_path = tmp_path / "chain.onnx"
-        onnx.save(model, onnx_path)
+        onnx.save(model if prec == "fp32" else _dequantized_model(model, "int8"), onnx_path)
         ref = OrtEngine(onnx_path).run(x)["y"]
         assert np.abs(ref - fused).max() <= NATIVE_VS_ORT_RTOL * np.abs(ref).max()
 

@@ -381,3 +381,40 @@ def test_planner_measures_sensitivity_and_meets_budget(digits_traced):
     assert "fp32" in auto.precisions.values() and "int8" in auto.table()
     with pytest.raises(ExportError, match="smallest reachable"):
         plan_front_precision(front, calib, FrontPrecisionConfig("auto", 32, fp32.arena_bytes / 2**20))
+
+
+def test_int8_convs_on_fp32_activations_compute_fp32_on_the_int8_weights(tmp_path):
+    """``fp32_acts`` (``--front-act fp32``): an int8 Conv skips the int8 GEMM and its run-time
+    activation quantization; it matches onnxruntime fp32 on the dequantized weights to fp32
+    rounding, while the default int8 GEMM carries the 8-bit activation error."""
+    from edgerun.exporters.trace import to_onnx
+
+    torch.manual_seed(6)
+    for i, (ci, co, k, s, p, g, hw, act) in enumerate(_ODD_CONVS):
+        model = to_onnx(_odd_conv(ci, co, k, s, p, g, act), torch.randn(1, ci, hw, hw))
+        names = [l["name"] for l in erg.weight_layers(model)]
+        fq = tmp_path / f"fq{i}.onnx"
+        onnx.save(_fake_quant_model(model, "int8"), fq)
+        x = np.random.default_rng(i).standard_normal((2, ci, hw, hw)).astype(np.float32)
+        ref = next(iter(OrtEngine(fq).run(x).values()))
+        errs = {}
+        for acts in ((), names):
+            path = tmp_path / f"a{i}_{len(acts)}.erg"
+            info = erg.write_erg(model, path, precisions=_precisions(model, "int8"), fp32_acts=acts)
+            assert info["fp32_acts"] == sorted(acts)
+            eng = NativeEngine(path, max_batch=2)
+            kinds = [st["kernel"] for st in eng.profile_layers(x, runs=1, warmup=0) if st["op"] == "Conv"]
+            assert kinds == (["conv-w8"] if acts else ["conv-s8"]), kinds
+            errs[len(acts)] = _rel_max(ref, next(iter(eng.run(x).values())))
+        assert errs[len(names)] <= QUANT_VS_REF_RTOL, (_ODD_CONVS[i], errs)
+        assert errs[0] > 10 * errs[len(names)], (_ODD_CONVS[i], errs)  # 8-bit activations: visibly worse
+
+
+def test_fp32_acts_must_name_int8_convs(qnet, tmp_path):
+    model, _ = qnet
+    layers = erg.weight_layers(model)
+    conv = next(l["name"] for l in layers if l["op"] == "Conv" and not l["depthwise"])
+    with pytest.raises(ExportError, match="not an int8 Conv"):  # fp32 weights: nothing to keep fp32
+        erg.write_erg(model, tmp_path / "a.erg", fp32_acts=[conv])
+    with pytest.raises(ExportError, match="not an int8 Conv"):
+        erg.write_erg(model, tmp_path / "b.erg", precisions=_precisions(model, "int8"), fp32_acts=["no_such_layer"])

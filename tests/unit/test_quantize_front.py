@@ -50,6 +50,8 @@ def test_bad_group_size_and_config():
         FrontPrecisionConfig(mode="int8", max_device_mem_mb=1.0)
     with pytest.raises(ConfigError):
         FrontPrecisionConfig(group_size=7)
+    with pytest.raises(ConfigError, match="activation precision"):
+        FrontPrecisionConfig(mode="int8", act="int4")
 
 
 def _layers():
@@ -115,6 +117,31 @@ def test_plan_with_data_aware_rounding_is_not_worse(mode, tmp_path):
     assert np.all(np.isfinite(next(iter(out.values()))))
     with pytest.raises(ConfigError):
         FrontPrecisionConfig("int8", rounding="awq")
+
+
+@pytest.mark.runtime
+def test_fp32_activations_plan_matches_its_simulation(tmp_path):
+    """act="fp32": every int8 Conv is marked to run on fp32 activations, the rounding does
+    not emulate activation quantization, and the engine then computes what the rounding
+    simulated (no 8-bit activation error left between them)."""
+    import onnxruntime as ort
+
+    from edgerun.engine import NativeEngine
+    from edgerun.exporters.erg import write_erg
+    from edgerun.exporters.quant_rounding import FrontRounder, RoundingConfig
+    from edgerun.exporters.quantize_front import plan_front_precision
+
+    front = _conv_net()
+    x = (np.random.default_rng(9).standard_normal((16, 3, 8, 8)) + 0.5).astype(np.float32)
+    plans = {a: plan_front_precision(front, x, FrontPrecisionConfig("int8", act=a)) for a in ("int8", "fp32")}
+    assert plans["int8"].fp32_acts == [] and plans["fp32"].fp32_acts == ["c1", "c2", "c3"]
+    assert "activations: fp32 on 3" in plans["fp32"].table()
+    p = plans["fp32"]
+    write_erg(front, tmp_path / "f.erg", precisions=p.precisions, rounded=p.rounded, fp32_acts=p.fp32_acts)
+    eng = NativeEngine(tmp_path / "f.erg", max_batch=16).run(x)["y"]
+    sim_model = FrontRounder(front, x, 32, RoundingConfig(act_quant_min_k=None))._model(p.rounded, ["y"])
+    sim = ort.InferenceSession(sim_model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    assert float(np.abs(sim - eng).max() / np.abs(eng).max()) <= SIM_VS_ENGINE_TOL
 
 
 # The rounding's onnxruntime simulation (with the engine's 8-bit activation quantization

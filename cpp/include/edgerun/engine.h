@@ -41,6 +41,8 @@ struct Step {
   Precision           prec = Precision::kFp32;
   kernels::QuantWeight qw{};
   bool                use_s8 = false;
+  bool                act_f32 = false; // Conv iattr 11 = 1: int8 weights, fp32 activations
+                                       // (dequantized per run; never the int8 GEMM)
   const float*        wdeq = nullptr;  // quantized depthwise Conv: fp32 copy made at load
   kernels::S8Weights  s8{};
   // Fused chain (engine_fuse.cpp): 1x1 Conv -> depthwise Conv -> 1x1 Conv run by
@@ -106,8 +108,9 @@ class Engine {
   void   plan_fused_buffers();            // fused_strip_ / fused_share_ (engine_fuse.cpp)
   size_t fused_floats() const { return fused_share_ * size_t(threads_); }
   void   run_fused(size_t head, int32_t batch);
+  // wdeq: the step's weights dequantized for this run (per-run dequantized steps), else null.
   void   run_pointwise(const Step& s, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy,
-                       float* scratch, int threads);
+                       float* scratch, int threads, const float* wdeq);
   const float* input(const Step& s, size_t i) const;  // i-th input of the step's node, or null
 
   Graph                     graph_;
