@@ -21,6 +21,7 @@
 #include <cstring>
 #include <vector>
 
+#include "qgemm_epi512.h"
 #include "qgemm_ukr.h"
 
 #if defined(__x86_64__) && defined(__linux__)
@@ -41,7 +42,6 @@ namespace qgemm {
 
 namespace {
 
-constexpr int kRN = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 constexpr long kArchReqXcompPerm = 0x1023;  // arch_prctl: request an XSAVE feature
 constexpr long kXfeatureXtiledata = 18;
 
@@ -129,17 +129,8 @@ ER_AMX void amx_block(const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
     const __m512 rv = _mm512_set1_ps(float(e.wsum[r]));
     const __m512 bv = _mm512_set1_ps(e.bias ? e.bias[r] : 0.f);
     for (int s = 0; s < ns; ++s) {
-      const int32_t* t = acc[(r / 16) * 2 + s] + (r % 16) * 16;
-      const __m512 f = _mm512_cvtepi32_ps(_mm512_load_si512(t));
-      const __m512 a = _mm512_mul_round_ps(_mm512_loadu_ps(e.xs + s * kQNR), f, kRN);
-      const __m512 m = _mm512_mul_round_ps(_mm512_loadu_ps(e.mn + s * kQNR), rv, kRN);
-      const __m512 sum = _mm512_add_round_ps(a, m, kRN);
-      __m512 v = _mm512_add_round_ps(_mm512_mul_round_ps(wsv, sum, kRN), bv, kRN);
-      if (e.act == Act::kRelu) {
-        v = _mm512_max_ps(v, _mm512_setzero_ps());
-      } else if (e.act == Act::kClip) {
-        v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(e.lo)), _mm512_set1_ps(e.hi));
-      }
+      const __m512i t = _mm512_load_si512(acc[(r / 16) * 2 + s] + (r % 16) * 16);
+      const __m512 v = epilogue16(t, e.xs + s * kQNR, e.mn + s * kQNR, wsv, rv, bv, e.act, e.lo, e.hi);
       _mm512_mask_storeu_ps(y + r * ldy + s * kQNR, strip_mask(nw - s * kQNR), v);
     }
   }

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "qgemm_epi512.h"
 #include "qgemm_ukr.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -170,16 +171,7 @@ ER_Q512 void tile(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uin
     const __m512 bv = _mm512_set1_ps(e.bias ? e.bias[r] : 0.f);
 #pragma GCC unroll 3
     for (int s = 0; s < NS; ++s) {
-      const __m512 f = _mm512_cvtepi32_ps(c[r][s]);
-      const __m512 a = _mm512_mul_round_ps(_mm512_loadu_ps(xs + s * kQNR), f, kRN);
-      const __m512 m = _mm512_mul_round_ps(_mm512_loadu_ps(mn + s * kQNR), rv, kRN);
-      const __m512 sum = _mm512_add_round_ps(a, m, kRN);
-      __m512 v = _mm512_add_round_ps(_mm512_mul_round_ps(wsv, sum, kRN), bv, kRN);
-      if (e.act == Act::kRelu) {
-        v = _mm512_max_ps(v, _mm512_setzero_ps());
-      } else if (e.act == Act::kClip) {
-        v = _mm512_min_ps(_mm512_max_ps(v, _mm512_set1_ps(e.lo)), _mm512_set1_ps(e.hi));
-      }
+      const __m512 v = epilogue16(c[r][s], xs + s * kQNR, mn + s * kQNR, wsv, rv, bv, e.act, e.lo, e.hi);
       _mm512_mask_storeu_ps(y + r * ldy + s * kQNR, strip_mask(nw - s * kQNR), v);
     }
   }
