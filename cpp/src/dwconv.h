@@ -31,6 +31,10 @@ using PlaneFn = void (*)(const ConvParams& p, const Padded& d, const float* buf,
 // time, or EDGERUN_NO_AVX512 set. Bit-identical to the AVX2 kernel (same FMA order).
 PlaneFn avx512_plane(const ConvParams& p);
 
+// True when avx512_plane(p) reads the input plane itself (stride 1, rows of at most
+// 16 outputs): call it with the input plane as `buf`, no pad_plane_avx512 first.
+bool avx512_direct(const ConvParams& p);
+
 // Fills the padded plane buf from the input plane xc (AVX-512F; use only where
 // avx512_plane returned a kernel).
 void pad_plane_avx512(const ConvParams& p, const Padded& d, const float* xc, float* buf);

@@ -244,6 +244,7 @@ void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const fl
     const Padded d = dw::padded_dims(p);
     const dw::PlaneFn fast = dw::avx512_plane(p);
     const dw::PlaneFn plane = fast != nullptr ? fast : pick_plane(p);
+    const bool direct = dw::avx512_direct(p);  // reads the input plane: no padded copy
     const size_t per = padded_floats(d);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
     for (int64_t pc = 0; pc < planes; ++pc) {
@@ -251,11 +252,11 @@ void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const fl
       float* buf = scratch + per * size_t(thread_id());
       const float* xc = x + pc * p.h * p.w;
       const float* next = pc + 1 < planes ? xc + p.h * p.w : nullptr;
-      if (fast != nullptr) dw::pad_plane_avx512(p, d, xc, buf);
-      else pad_plane(p, d, xc, buf);
+      if (!direct && fast != nullptr) dw::pad_plane_avx512(p, d, xc, buf);
+      else if (!direct) pad_plane(p, d, xc, buf);
       // `next` is prefetched while this plane computes: the copy above is
       // otherwise a memory-latency-bound pass with nothing to overlap.
-      plane(p, d, buf, w + c * p.kh * p.kw, bias ? bias[c] : 0.f, y + pc * p.oh * p.ow, next);
+      plane(p, d, direct ? xc : buf, w + c * p.kh * p.kw, bias ? bias[c] : 0.f, y + pc * p.oh * p.ow, next);
     }
     return;
   }

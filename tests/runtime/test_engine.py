@@ -243,7 +243,15 @@ DEPTHWISE_CASES = [
     (2, 10, 19, 7, 7, 2, [3, 3, 3, 3], 1),
     (3, 8, 9, 3, 2, 1, [0, 0, 0, 1], 1),
     (2, 12, 23, 3, 3, 3, [1, 1, 1, 1], 1),
+    # Narrow stride-1 planes (rows of <= 16 outputs) read the input directly: 8-row
+    # blocks plus a 1-7 row tail, asymmetric pads, exactly 16 columns.
+    (4, 14, 14, 3, 3, 1, [1, 1, 1, 1], 1),
+    (3, 7, 7, 5, 5, 1, [2, 2, 2, 2], 1),
+    (2, 9, 12, 3, 3, 1, [0, 1, 1, 0], 1),
+    (2, 20, 16, 5, 5, 1, [2, 2, 2, 2], 1),
+    (2, 6, 18, 3, 3, 1, [0, 0, 0, 0], 1),
 ]
+NARROW_DEPTHWISE = DEPTHWISE_CASES[-5:]
 
 
 def _depthwise_model(c, h, w, kh, kw, stride, pads, dil, act):
@@ -342,6 +350,8 @@ def test_kernel_paths_agree(tmp_path):
               for kh, stride, pads in [(3, 1, [1, 1, 1, 1]), (5, 2, [2, 2, 2, 2]), (3, 2, [0, 1, 1, 0])]]
     # Rows wider than the AVX-512 kernel's 64-column block, 4-row groups plus a tail row.
     models += [_depthwise_model(5, 13, 150, kh, kh, stride, [kh // 2] * 4, 1, True) for kh, stride in [(3, 1), (5, 2)]]
+    models += [_depthwise_model(*case, True) for case in NARROW_DEPTHWISE]
+    n_dw = len(models)
     models += [_conv_model(13, 3, [1, 1, 1, 1]), _conv_model(19, 1, [0, 0, 0, 0])]
     models += [_conv_model(c, k, pads, 2, h, w, 3) for c, k, pads, h, w in STRIDED_CONV_CASES]
     paths = []
@@ -361,7 +371,7 @@ def test_kernel_paths_agree(tmp_path):
         for i, (ref, got) in enumerate(zip(outs["best"]["y"], outs[key]["y"])):
             assert_close(np.array(ref), np.array(got), f"{key} vs {outs['best']['gemm']} model {i}")
     # The AVX-512 and AVX2 depthwise kernels sum the taps in the same order with FMAs.
-    for i in range(5):
+    for i in range(n_dw):
         assert outs["best"]["y"][i] == outs["avx2"]["y"][i], f"depthwise model {i}: AVX-512 != AVX2 bits"
 
 
