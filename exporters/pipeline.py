@@ -259,6 +259,7 @@ def _manifest(traced: Traced, cut: Cut, native: dict, codec: dict, cfg: ExportCo
             "front": native["precision"],
             "front_layers": native.get("layers", {}),
             "front_fp32_acts": native.get("fp32_acts", []),
+            "front_calib_rel_err": native.get("calib_error", 0.0),
             "group_size": cfg.group_size,
             "back": cfg.back_precision,
         },

@@ -23,7 +23,9 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
     """Choose the front half's precision per layer and write it for the native engine.
 
     Returns:
-        ``{"ok", "reason", "precision", "layers", "fp32_acts", "weight_bytes"}``; ``ok`` is False (with
+        ``{"ok", "reason", "precision", "layers", "fp32_acts", "calib_error", "weight_bytes"}``
+        (``calib_error``: the quantized front's relative L2 error on the calibration batch,
+        0 for fp32); ``ok`` is False (with
         the engine's reason) when the native engine cannot run this front half, unless
         ``cfg.require_native``, which raises instead.
     """
@@ -31,6 +33,7 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
 
     layers: dict[str, str] = {}
     fp32_acts: list[str] = []
+    calib_error = 0.0
     precision = cfg.front_precision
     try:
         if precision == "fp32":
@@ -44,7 +47,7 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
             )
             layers = dict(plan.precisions)
             print(plan.table(), file=sys.stderr)  # the exporter prints the per-layer choice
-            fp32_acts = list(plan.fp32_acts)
+            fp32_acts, calib_error = list(plan.fp32_acts), float(plan.error)
             info = write_erg(front, path, precisions=layers, group_size=cfg.group_size, rounded=plan.rounded,
                              fp32_acts=fp32_acts)
             kinds = set(layers.values())
@@ -54,7 +57,7 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
             raise
         return {"ok": False, "reason": str(exc), "precision": "fp32", "layers": {}, "weight_bytes": None}
     return {"ok": True, "reason": "", "precision": precision, "layers": layers, "fp32_acts": fp32_acts,
-            "weight_bytes": int(info.get("weight_bytes", 0))}
+            "calib_error": calib_error, "weight_bytes": int(info.get("weight_bytes", 0))}
 
 
 # Budgets tried by the automatic choice, smallest (most accurate) first.

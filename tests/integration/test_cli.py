@@ -79,3 +79,22 @@ def test_export_front_act_fp32_marks_the_int8_convs(tmp_path):
     assert "conv-s8" not in {s["kernel"] for s in json.loads(r.stdout)["layers"]}
     r = _edgerun("export", "zoo:digits-cnn", "--front-act", "int4", "--out", str(tmp_path / "c"))
     assert r.returncode == 2 and "front_act" in r.stderr
+
+
+def test_verify_bounds_a_quantized_front_by_its_measured_error(tmp_path, monkeypatch):
+    """An int8 front differs from onnxruntime's fp32 front by its quantization error: verify
+    passes it when that error is within 2x what the export measured (+ slack) and fails, saying
+    what to do, when it is not (here: a zero allowance)."""
+    from edgerun import verify as v
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    b = export("zoo:digits-cnn", ExportConfig(front_precision="int8", evaluate=False), tmp_path / "b")
+    calib = b.manifest["precisions"]["front_calib_rel_err"]
+    assert 0 < calib < 0.05
+    rep = v.verify(b)
+    assert rep.ok and rep.quantized and rep.native_vs_ort_limit is None
+    assert rep.native_vs_ort_rel_l2 <= rep.native_vs_ort_rel_l2_limit == v.QUANT_REL_FACTOR * calib + v.QUANT_REL_SLACK
+    monkeypatch.setattr(v, "QUANT_REL_FACTOR", 0.0)
+    monkeypatch.setattr(v, "QUANT_REL_SLACK", 1e-6)
+    bad = v.verify(b)
+    assert not bad.ok and bad.native == "mismatch" and "re-export the bundle" in bad.messages[0]
