@@ -26,11 +26,11 @@ from edgerun.exporters.cuts import Cut, find_cuts, resolve_cut, shapes_of
 from edgerun.exporters.evaluate import calibration_activations, evaluate_split
 from edgerun.exporters.models import SourceModel, resolve_model
 from edgerun.exporters.quantize_back import BACK_PRECISIONS, quantize_back
+from edgerun.exporters.quantize_front import ACTS as FRONT_ACTS
 from edgerun.exporters.split import split
 
 N_SAMPLES = 8
 FRONT_PRECISIONS = ("fp32", "int8", "int4", "auto")
-FRONT_ACTS = ("int8", "fp32")
 CODECS = ("none", "tsq")
 
 

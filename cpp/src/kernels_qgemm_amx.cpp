@@ -13,13 +13,13 @@
 // Tiles take k in whole 64-byte rows: the engine pads weight rows to kp = a
 // multiple of 64 when this path is on (s8_row_bytes); the packed strips then
 // hold kp / 4 quads, those past K zero. Rows past the block's mr are read from a
-// zero-padded copy (never past the weights), and are not stored.
+// zero-padded copy (never past the weights: amx_tiles makes it once per call), and are
+// not stored.
 // Linux asks the kernel for the tile state once (arch_prctl); without it, or
 // with EDGERUN_NO_AMX=1, the AVX-512 VNNI path runs instead.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
-#include <vector>
 
 #include "qgemm_epi512.h"
 #include "qgemm_ukr.h"
@@ -89,16 +89,8 @@ ER_AMX void amx_end() { _tile_release(); }
 ER_AMX void amx_block(const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
                       int64_t bstride, int ns, const AmxEpi& e, float* y, int64_t ldy,
                       int64_t nw) {
-  // Row tiles past mr would read past the weights: a zero-padded copy of the rows.
-  thread_local std::vector<int8_t> pad;
   const int8_t* a0 = W;
   const int8_t* a1 = W + 16 * kp;
-  if (mr < 32 && mr != 16) {
-    const int64_t base = mr < 16 ? 0 : 16, n = mr - base;
-    pad.assign(size_t(16 * kp), 0);
-    std::memcpy(pad.data(), W + base * kp, size_t(n * kp));
-    (mr < 16 ? a0 : a1) = pad.data();
-  }
   const bool two_m = mr > 16, two_n = ns > 1;
   _tile_zero(0);
   _tile_zero(1);

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "qgemm_epi512.h"
 #include "qgemm_ukr.h"
@@ -185,6 +186,11 @@ void amx_tiles(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const float
   constexpr int64_t kAmxM = 32, kAmxS = 2;
   const int64_t strips = (N + kQNR - 1) / kQNR, pairs = (strips + kAmxS - 1) / kAmxS;
   const int64_t mblocks = (M + kAmxM - 1) / kAmxM, bstride = w.kp * kQNR;
+  // A last row block that is not whole 16-row tiles would read past the weights: its
+  // rows go once per call (per thread) into a zero-padded copy.
+  const int64_t tail_m = (mblocks - 1) * kAmxM, tail_rows = M - tail_m;
+  thread_local std::vector<int8_t> tail;
+  bool tail_ready = false;
   amx_begin();
 #pragma omp for schedule(static)
   for (int64_t i = 0; i < pairs * mblocks; ++i) {
@@ -192,7 +198,16 @@ void amx_tiles(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const float
     const int64_t n0 = s0 * kQNR;
     const AmxEpi e{w.scale + row, w.wsum + row, bias ? bias + row : nullptr, xs + n0, mn + n0,
                    act, lo, hi};
-    amx_block(w.w + row * w.kp, w.kp, std::min(kAmxM, M - m), bq + s0 * bstride, bstride,
+    const int8_t* W = w.w + row * w.kp;
+    if (m == tail_m && tail_rows % 16 != 0) {
+      if (!tail_ready) {
+        tail.assign(size_t(kAmxM * w.kp), 0);
+        std::memcpy(tail.data(), W, size_t(tail_rows * w.kp));
+        tail_ready = true;
+      }
+      W = tail.data();
+    }
+    amx_block(W, w.kp, std::min(kAmxM, M - m), bq + s0 * bstride, bstride,
               int(std::min(kAmxS, strips - s0)), e, y + m * ldy + n0, ldy, N - n0);
   }
   amx_end();

@@ -48,7 +48,8 @@ struct AmxEpi {        // the block's epilogue inputs, all offset to its first r
 };
 // Rows [0, mr) (mr <= 32) x ns (1 or 2) 16-pixel strips (strip s at B + s * bstride,
 // nw pixels valid from the first): int32 sums by AMX tiles, then the fused epilogue
-// into y[r * ldy + n]. kp must be a multiple of 64.
+// into y[r * ldy + n]. kp must be a multiple of 64; W must hold 16 readable rows, 32
+// when mr > 16 (rows past mr zero or not: they are never stored).
 void amx_block(const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B, int64_t bstride,
                int ns, const AmxEpi& e, float* y, int64_t ldy, int64_t nw);
 

@@ -72,7 +72,7 @@ def _run(path, x, monkeypatch, fuse: bool, threads: int = 1):
 
 def _dequantized_model(model, prec):
     """The model with every Conv weight replaced by its round-to-nearest quantized value."""
-    from edgerun.exporters.erg_quant import PREC_DTYPE, dequantize, quantize
+    from edgerun.exporters.erg_quant import fake_quantize
 
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -80,10 +80,8 @@ def _dequantized_model(model, prec):
     for init in m.graph.initializer:
         if init.name in convs:
             w = numpy_helper.to_array(init)
-            w2 = w.reshape(w.shape[0], -1)
-            q, s = quantize(prec, w2)
-            init.CopyFrom(numpy_helper.from_array(
-                dequantize(PREC_DTYPE[prec], q, s, k=w2.shape[1]).reshape(w.shape).astype(np.float32), init.name))
+            wq = fake_quantize(prec, w.reshape(w.shape[0], -1)).reshape(w.shape)
+            init.CopyFrom(numpy_helper.from_array(wq.astype(np.float32), init.name))
     return m
 
 
