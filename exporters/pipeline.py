@@ -27,10 +27,10 @@ from edgerun.exporters.evaluate import calibration_activations, evaluate_split
 from edgerun.exporters.models import SourceModel, resolve_model
 from edgerun.exporters.quantize_back import BACK_PRECISIONS, quantize_back
 from edgerun.exporters.quantize_front import ACTS as FRONT_ACTS
+from edgerun.exporters.quantize_front import MODES as FRONT_PRECISIONS
 from edgerun.exporters.split import split
 
 N_SAMPLES = 8
-FRONT_PRECISIONS = ("fp32", "int8", "int4", "auto")
 CODECS = ("none", "tsq")
 
 
