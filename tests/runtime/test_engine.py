@@ -150,25 +150,30 @@ def test_hand_built_ops_match_ort(tmp_path):
     assert_close(OrtEngine(tmp_path / "h.onnx").run(x)["y"], NativeEngine(tmp_path / "h.erg").run(x)["y"], "hand")
 
 
-def test_classifier_gemm_at_small_and_large_batch(tmp_path):
-    """A 300 -> 600 fully connected layer + ReLU: batches 1-2 take the streaming path (B read
-    once, no packing), batch 3 the packed GEMM; both match onnxruntime, and a thread count
-    changes no bit (the columns are shared out, each sum keeps its order)."""
+@pytest.mark.parametrize("k, n", [(300, 600), (301, 603)])
+def test_classifier_gemm_at_small_and_large_batch(tmp_path, k, n):
+    """A k -> n fully connected layer + ReLU: batches 1-2 take the streaming path (B read
+    once, four k rows per pass, no packing), batch 3 the packed GEMM; both match
+    onnxruntime, and a thread count changes no bit (the columns are shared out, each sum
+    keeps its order). 301 x 603 leaves a k row after the passes of four and columns after
+    the 8-wide vectors: the tails must sum like the body."""
     rng = np.random.default_rng(3)
     nodes = [helper.make_node("Gemm", ["x", "W", "C"], ["g"], name="fc", transB=1),
              helper.make_node("Relu", ["g"], ["y"], name="relu")]
-    inits = {"W": rng.standard_normal((600, 300)).astype(np.float32) / 17,
-             "C": rng.standard_normal(600).astype(np.float32)}
-    m = _onnx_model(nodes, inits, (300,), (600,))
+    inits = {"W": rng.standard_normal((n, k)).astype(np.float32) / 17,
+             "C": rng.standard_normal(n).astype(np.float32)}
+    m = _onnx_model(nodes, inits, (k,), (n,))
     onnx.save(m, tmp_path / "fc.onnx")
     erg.write_erg(m, tmp_path / "fc.erg")
     ort = OrtEngine(tmp_path / "fc.onnx")
     one, two = NativeEngine(tmp_path / "fc.erg", max_batch=3), NativeEngine(tmp_path / "fc.erg", max_batch=3, threads=2)
     for batch in (1, 2, 3):
-        x = rng.standard_normal((batch, 300)).astype(np.float32)
+        x = rng.standard_normal((batch, k)).astype(np.float32)
         got = one.run(x)["y"]
         assert_close(ort.run(x)["y"], got, f"fc batch {batch}")
         np.testing.assert_array_equal(two.run(x)["y"], got)
+        if batch <= 2:  # each row alone: the same bits as in the batch
+            np.testing.assert_array_equal(one.run(x[-1:])["y"], got[-1:])
 
 
 def test_batch_too_large_and_wrong_shape(small_models):
