@@ -16,6 +16,16 @@ void binary_loop(const Broadcast& bc, const float* a, const float* b, float* y, 
   const int64_t inner = bc.out[R - 1], ia = bc.sa[R - 1], ib = bc.sb[R - 1];
   int64_t outer = 1;
   for (int32_t d = 0; d < R - 1; ++d) outer *= bc.out[d];
+  if (R == 1 && ia == 1 && ib == 1) {  // same shapes (a residual Add): share out chunks
+    constexpr int64_t kChunk = 4096;
+    const int64_t chunks = (inner + kChunk - 1) / kChunk;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && chunks > 1)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t e = std::min(inner, (c + 1) * kChunk);
+      for (int64_t k = c * kChunk; k < e; ++k) y[k] = f(a[k], b[k]);
+    }
+    return;
+  }
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && outer > 1)
   for (int64_t o = 0; o < outer; ++o) {
     int64_t oa = 0, ob = 0, rest = o;

@@ -343,13 +343,29 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const f
     return;
   }
   static const Ukr ukr = pick_kernel();
-  const int64_t mt = (M + kMC - 1) / kMC, nt = (N + kNC - 1) / kNC, tasks = mt * nt;
+  const int64_t nt = (N + kNC - 1) / kNC;
+  // Rows per task: kMC, or fewer when the tasks would not share out evenly over the
+  // threads. A 1x1 conv on a 7x7 plane is one 128-column block, so 192 output channels
+  // were one task (one thread idle) and 1152 five (3 + 2); 40 channels on a 28x28 plane
+  // seven (4 + 3). The first row-block count from there whose task count is a multiple of
+  // the threads (and at least two per thread) is used. Which rows a task takes changes
+  // no sum, so neither does the thread count.
+  int64_t mc = kMC;
+  for (int64_t want = (M + kMC - 1) / kMC; threads > 1 && want <= (M + ukr.mr - 1) / ukr.mr; ++want) {
+    const int64_t c = ((M + want - 1) / want + ukr.mr - 1) / ukr.mr * ukr.mr;
+    const int64_t n_tasks = (M + c - 1) / c * nt;
+    if (n_tasks % threads == 0 && n_tasks >= 2 * threads) {
+      mc = c;
+      break;
+    }
+  }
+  const int64_t mt = (M + mc - 1) / mc, tasks = mt * nt;
   const size_t per_thread = sgemm_scratch_floats(1);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && tasks > 1)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t mi = t / nt, ni = t % nt;
     float* pack = scratch + per_thread * size_t(thread_id());
-    gemm_tile(ukr, mi * kMC, std::min(M, (mi + 1) * kMC), ni * kNC, std::min(N, (ni + 1) * kNC),
+    gemm_tile(ukr, mi * mc, std::min(M, (mi + 1) * mc), ni * kNC, std::min(N, (ni + 1) * kNC),
               K, A, lda, B, ldb, C, ldc, pack, ep);
   }
 }

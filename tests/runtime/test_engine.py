@@ -176,6 +176,43 @@ def test_classifier_gemm_at_small_and_large_batch(tmp_path, k, n):
             np.testing.assert_array_equal(one.run(x[-1:])["y"], got[-1:])
 
 
+@pytest.mark.parametrize("cin, cout, side", [(300, 192, 7), (300, 40, 28), (48, 1152, 7)])
+def test_pointwise_conv_rows_shared_out_over_threads(tmp_path, cin, cout, side):
+    """1x1 convs whose GEMM is one or an odd number of row x column blocks (192 channels
+    on a 7x7 plane was one task: a thread idle) split their rows so two threads share the
+    work evenly; K = 300 spans two K blocks. Same bits on 1 and 2 threads, and onnxruntime's
+    values."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="pw"),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="relu6")]
+    inits = {"W": rng.standard_normal((cout, cin, 1, 1)).astype(np.float32) / cin**0.5,
+             "B": rng.standard_normal(cout).astype(np.float32),
+             "lo": np.float32(0.0), "hi": np.float32(6.0)}
+    m = _onnx_model(nodes, inits, (cin, side, side), (cout, side, side))
+    onnx.save(m, tmp_path / "pw.onnx")
+    erg.write_erg(m, tmp_path / "pw.erg")
+    x = rng.standard_normal((1, cin, side, side)).astype(np.float32)
+    one = NativeEngine(tmp_path / "pw.erg").run(x)["y"]
+    np.testing.assert_array_equal(NativeEngine(tmp_path / "pw.erg", threads=2).run(x)["y"], one)
+    assert_close(OrtEngine(tmp_path / "pw.onnx").run(x)["y"], one, f"1x1 conv {cin}->{cout} on {side}x{side}")
+
+
+def test_same_shape_add_is_shared_out_over_threads(tmp_path):
+    """A residual-style Add of two same-shape tensors (7500 values: one whole 4096-value
+    chunk and a partial one per sample) gives a + b exactly on 1 and 2 threads, at batch 1
+    and 2: the chunks the threads share must cover every value once."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+             helper.make_node("Add", ["x", "r"], ["y"], name="add")]
+    m = _onnx_model(nodes, {}, (3, 50, 50), (3, 50, 50))
+    erg.write_erg(m, tmp_path / "add.erg")
+    for threads in (1, 2):
+        eng = NativeEngine(tmp_path / "add.erg", max_batch=2, threads=threads)
+        for batch in (1, 2):
+            x = rng.standard_normal((batch, 3, 50, 50)).astype(np.float32)
+            np.testing.assert_array_equal(eng.run(x)["y"], x + np.maximum(x, 0))
+
+
 def test_batch_too_large_and_wrong_shape(small_models):
     (_, erg_path), shape = small_models["conv"]
     eng = NativeEngine(erg_path, max_batch=2)
