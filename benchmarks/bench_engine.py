@@ -1,7 +1,8 @@
 """Native engine vs onnxruntime on the same fp32 front halves, at the same thread count.
 
 Front halves: digits-cnn after its first residual block and before pooling;
-EfficientNet-Lite0 after MBConv block 3 and block 7. Both engines are timed
+EfficientNet-Lite0 after MBConv block 3 and block 7, and the whole EfficientNet-Lite0
+(the "plain on-device" peer: every layer on the device). Both engines are timed
 in alternating blocks of 10 runs in one loop (medians; the first runs of each
 block let the other engine's spinning threads settle). Prints a table and writes
 ``engine.json`` (+ ``engine.png``) under ``--out``.
@@ -33,6 +34,7 @@ CUTS = [
     ("zoo:digits-cnn", "before pool", None, "MaxPool"),
     ("zoo:efficientnet-lite0", "after block 3", "blocks.3", None),
     ("zoo:efficientnet-lite0", "after block 7", "blocks.7", None),
+    ("zoo:efficientnet-lite0", "whole model", None, None),
 ]
 
 
@@ -41,7 +43,10 @@ def _scopes(node: onnx.NodeProto) -> str:
 
 
 def cut_tensor(model: onnx.ModelProto, scope: str | None, before_op: str | None) -> str:
-    """The tensor ending module ``scope`` (last node in it), or the input of the first ``before_op``."""
+    """The tensor ending module ``scope`` (last node in it), the input of the first ``before_op``,
+    or (neither given) the model's output: the whole model."""
+    if scope is None and before_op is None:
+        return model.graph.output[0].name
     if before_op is not None:
         return next(n.input[0] for n in model.graph.node if n.op_type == before_op)
     hits = [n for n in model.graph.node if f"'{scope}'" in _scopes(n)]
