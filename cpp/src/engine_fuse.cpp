@@ -100,6 +100,14 @@ void Engine::fuse_chains() {
     // Strips pay per-call costs (weight packing, short GEMM rows, halo rows computed
     // twice) that only pay off when the inner tensors are far beyond the budget.
     if (strip_floats(d.conv, d.conv.oh) < kMinInnerBudgets * budget) continue;
+    // Strips are the threads' tasks: round their count up to a multiple of the threads
+    // (56 rows in strips of 8 were 7 tasks, 4 + 3 on two threads; 8 strips of 7 share
+    // evenly). Smaller strips still fit the budget; the strip size changes no output bit.
+    const int64_t per_img = (d.conv.oh + rows - 1) / rows;
+    if (threads_ > 1 && per_img % threads_ != 0) {
+      const int64_t want = (per_img + threads_ - 1) / threads_ * threads_;
+      rows = (d.conv.oh + want - 1) / want;
+    }
     a.fuse = 1;
     a.strip_rows = rows;
     deq_floats_ = std::max(deq_floats_, deq_size(a) + deq_size(c));  // both at once

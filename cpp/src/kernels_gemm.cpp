@@ -295,6 +295,40 @@ void gemv_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, con
   }
 }
 
+// Task shape on several threads: kMC x kNC blocks, or smaller ones when those would not
+// share out evenly (a 1x1 conv on a 7x7 plane is one 128-column block: 192 output
+// channels were one task, one thread idle; 40 channels on a 28x28 plane were seven
+// column blocks, 4 + 3). A task reads its rows of A and its columns of B, so the split
+// goes along the dimension whose operand is cheaper to read twice: the columns when A
+// (M x K) is the smaller, the rows otherwise. The first block count from the default
+// whose task count is a multiple of the threads (and at least two per thread) is used,
+// in whole 32-column strips where one fits (then 16). Which rows or columns a task takes
+// changes no sum, so neither does the thread count.
+void split_tasks(int64_t M, int64_t N, int threads, const Ukr& ukr, int64_t* mc, int64_t* nc) {
+  const auto even = [&](int64_t tasks) { return tasks % threads == 0 && tasks >= 2 * threads; };
+  const auto up = [](int64_t v, int64_t to) { return (v + to - 1) / to * to; };
+  const int64_t mt = (M + kMC - 1) / kMC, nt = (N + kNC - 1) / kNC;
+  if (even(mt * nt)) return;
+  if (M <= N) {  // A is the smaller operand: more column blocks
+    for (const int64_t unit : {int64_t(32), int64_t(16)})
+      for (int64_t want = nt; want <= (N + unit - 1) / unit; ++want) {
+        const int64_t c = up((N + want - 1) / want, unit);
+        if (even(mt * ((N + c - 1) / c))) {
+          *nc = c;
+          return;
+        }
+      }
+    return;
+  }
+  for (int64_t want = mt; want <= (M + ukr.mr - 1) / ukr.mr; ++want) {
+    const int64_t c = up((M + want - 1) / want, ukr.mr);
+    if (even((M + c - 1) / c * nt)) {
+      *mc = c;
+      return;
+    }
+  }
+}
+
 }  // namespace
 
 bool force_portable() {
@@ -343,29 +377,15 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const f
     return;
   }
   static const Ukr ukr = pick_kernel();
-  const int64_t nt = (N + kNC - 1) / kNC;
-  // Rows per task: kMC, or fewer when the tasks would not share out evenly over the
-  // threads. A 1x1 conv on a 7x7 plane is one 128-column block, so 192 output channels
-  // were one task (one thread idle) and 1152 five (3 + 2); 40 channels on a 28x28 plane
-  // seven (4 + 3). The first row-block count from there whose task count is a multiple of
-  // the threads (and at least two per thread) is used. Which rows a task takes changes
-  // no sum, so neither does the thread count.
-  int64_t mc = kMC;
-  for (int64_t want = (M + kMC - 1) / kMC; threads > 1 && want <= (M + ukr.mr - 1) / ukr.mr; ++want) {
-    const int64_t c = ((M + want - 1) / want + ukr.mr - 1) / ukr.mr * ukr.mr;
-    const int64_t n_tasks = (M + c - 1) / c * nt;
-    if (n_tasks % threads == 0 && n_tasks >= 2 * threads) {
-      mc = c;
-      break;
-    }
-  }
-  const int64_t mt = (M + mc - 1) / mc, tasks = mt * nt;
+  int64_t mc = kMC, nc = kNC;
+  if (threads > 1) split_tasks(M, N, threads, ukr, &mc, &nc);
+  const int64_t mt = (M + mc - 1) / mc, nt = (N + nc - 1) / nc, tasks = mt * nt;
   const size_t per_thread = sgemm_scratch_floats(1);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && tasks > 1)
   for (int64_t t = 0; t < tasks; ++t) {
     const int64_t mi = t / nt, ni = t % nt;
     float* pack = scratch + per_thread * size_t(thread_id());
-    gemm_tile(ukr, mi * mc, std::min(M, (mi + 1) * mc), ni * kNC, std::min(N, (ni + 1) * kNC),
+    gemm_tile(ukr, mi * mc, std::min(M, (mi + 1) * mc), ni * nc, std::min(N, (ni + 1) * nc),
               K, A, lda, B, ldb, C, ldc, pack, ep);
   }
 }

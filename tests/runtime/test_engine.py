@@ -179,9 +179,10 @@ def test_classifier_gemm_at_small_and_large_batch(tmp_path, k, n):
 @pytest.mark.parametrize("cin, cout, side", [(300, 192, 7), (300, 40, 28), (48, 1152, 7)])
 def test_pointwise_conv_rows_shared_out_over_threads(tmp_path, cin, cout, side):
     """1x1 convs whose GEMM is one or an odd number of row x column blocks (192 channels
-    on a 7x7 plane was one task: a thread idle) split their rows so two threads share the
-    work evenly; K = 300 spans two K blocks. Same bits on 1 and 2 threads, and onnxruntime's
-    values."""
+    on a 7x7 plane was one task: a thread idle; 40 channels on 28x28 seven column blocks)
+    split their rows (weights the larger operand) or their columns (40 x 784: into 80-column
+    blocks, 16-wide strip tails) so two threads share the work evenly; K = 300 spans two K
+    blocks. Same bits on 1 and 2 threads, and onnxruntime's values."""
     rng = np.random.default_rng(6)
     nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="pw"),
              helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="relu6")]
