@@ -28,6 +28,7 @@ constexpr int64_t kNR = 16;   // micro-tile cols (two AVX registers)
 constexpr int64_t kKC = 256;  // K block: a packed B strip stays in L1
 constexpr int64_t kNC = 128;  // N block per task: packed B block stays in L2
 constexpr int64_t kMC = 240;  // M rows per task: conv weights up to 240 rows pack B once
+constexpr int64_t kMinSplitMacs = int64_t(1) << 20;  // smallest GEMM split_tasks reshapes
 
 using gemm::MicroKernel;
 using gemm::TileEpi;
@@ -378,7 +379,9 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const f
   }
   static const Ukr ukr = pick_kernel();
   int64_t mc = kMC, nc = kNC;
-  if (threads > 1) split_tasks(M, N, threads, ukr, &mc, &nc);
+  // Under ~1M multiply-adds (~10 us) a parallel region costs more than it shares out
+  // (the digits CNN's convs: its 2-thread fronts measured 20 % slower split).
+  if (threads > 1 && M * N * K >= kMinSplitMacs) split_tasks(M, N, threads, ukr, &mc, &nc);
   const int64_t mt = (M + mc - 1) / mc, nt = (N + nc - 1) / nc, tasks = mt * nt;
   const size_t per_thread = sgemm_scratch_floats(1);
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && tasks > 1)

@@ -198,6 +198,27 @@ def test_pointwise_conv_rows_shared_out_over_threads(tmp_path, cin, cout, side):
     assert_close(OrtEngine(tmp_path / "pw.onnx").run(x)["y"], one, f"1x1 conv {cin}->{cout} on {side}x{side}")
 
 
+@pytest.mark.parametrize("h, w, k, dil", [(1, 1, 3, 1), (2, 2, 3, 1), (3, 7, 3, 1), (5, 5, 5, 1),
+                                          (8, 8, 3, 1), (9, 6, 3, 2), (4, 4, 5, 2)])
+def test_same_padded_convs_on_small_planes(tmp_path, h, w, k, dil):
+    """'Same'-padded stride-1 convs (output as wide as the input) build their column
+    matrix from one block copy per tap and zero the wrapped edge columns: planes so small
+    that every tap row is all edge (1x1, 2x2), one valid row, dilated taps, non-square.
+    Matches onnxruntime on 1 and 2 threads (the threads split the tap rows)."""
+    rng = np.random.default_rng(7)
+    pad = dil * (k - 1) // 2
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv", pads=[pad] * 4,
+                              dilations=[dil, dil], kernel_shape=[k, k])]
+    inits = {"W": rng.standard_normal((6, 5, k, k)).astype(np.float32), "B": rng.standard_normal(6).astype(np.float32)}
+    m = _onnx_model(nodes, inits, (5, h, w), (6, h, w))
+    onnx.save(m, tmp_path / "c.onnx")
+    erg.write_erg(m, tmp_path / "c.erg")
+    x = rng.standard_normal((2, 5, h, w)).astype(np.float32)
+    ref = OrtEngine(tmp_path / "c.onnx").run(x)["y"]
+    for threads in (1, 2):
+        assert_close(ref, NativeEngine(tmp_path / "c.erg", threads=threads).run(x)["y"], f"{h}x{w} k{k} d{dil} t{threads}")
+
+
 def test_same_shape_add_is_shared_out_over_threads(tmp_path):
     """A residual-style Add of two same-shape tensors (7500 values: one whole 4096-value
     chunk and a partial one per sample) gives a + b exactly on 1 and 2 threads, at batch 1
