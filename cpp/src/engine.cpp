@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "edgerun/planner.h"
 
@@ -51,8 +53,33 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, int32_t ma
   ER_RETURN_IF_ERROR(e->resolve());
   e->prepare_quant();
   e->fuse_chains();
+  e->pack_small_planes();
   ER_RETURN_IF_ERROR(e->plan_and_allocate());
   return e;
+}
+
+// fp32 1x1 convs where the GEMM tile would waste lanes (7x7 planes): their weights are
+// packed once for kernels::pointwise_small. Fused chains keep the GEMM (their strips
+// are other widths); both paths give the same bits.
+void Engine::pack_small_planes() {
+  for (Step& s : steps_) {
+    if (s.op != OpCode::kConv || s.prec != Precision::kFp32 || s.fuse != 0 ||
+        !kernels::pointwise_small_n(s.conv))
+      continue;
+    const NodeInfo& nd = graph_.nodes()[s.node];
+    const float* w = graph_.tensors()[nd.inputs[1]].data;
+    if (w == nullptr) continue;  // weights computed at run time: not packable
+    owned_f32_.emplace_back(kernels::pointwise_small_pack_floats(s.conv));
+    kernels::pointwise_small_pack(s.conv, w, owned_f32_.back().data());
+    s.wsmall = owned_f32_.back().data();
+    // The file's copy is not read again: hand its pages back (the mapping is a private,
+    // read-only file mapping, so a later read would fault them in from the file), and
+    // the packed copy replaces it instead of doubling these layers' weight memory.
+    const long page = sysconf(_SC_PAGESIZE);
+    const uintptr_t a = reinterpret_cast<uintptr_t>(w), b = a + graph_.tensors()[nd.inputs[1]].data_bytes;
+    const uintptr_t lo = (a + page - 1) / page * page, hi = b / page * page;
+    if (page > 0 && hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  }
 }
 
 Status Engine::plan_and_allocate() {
@@ -171,6 +198,7 @@ const char* Engine::step_kernel(size_t i) const {
   if (s.op == OpCode::kConv) {
     if (s.use_s8) return "conv-s8";
     if (s.act_f32 && s.prec == Precision::kInt8) return "conv-w8";  // fp32 on int8 weights
+    if (s.wsmall != nullptr) return "conv-1x1-small";  // kernels::pointwise_small
     const kernels::ConvParams& p = s.conv;
     if (p.group == p.cin && p.group == p.cout && p.group > 1) return "conv-dw";
     return kernels::is_pointwise(p) ? "conv-1x1" : "conv";
@@ -191,6 +219,10 @@ Status Engine::run_step(const Step& s, int32_t batch) {
       const int64_t n = xt.dims[0] == -1 ? batch : xt.dims[0];
       if (s.use_s8) {
         kernels::conv2d_s8(s.conv, n, in(0), s.s8, in(2), y, scratch_.get(), th);
+        break;
+      }
+      if (s.wsmall != nullptr) {
+        kernels::pointwise_small(s.conv, n, in(0), s.wsmall, in(2), y, th);
         break;
       }
       const float* w = in(1);

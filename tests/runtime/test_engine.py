@@ -219,6 +219,37 @@ def test_same_padded_convs_on_small_planes(tmp_path, h, w, k, dil):
         assert_close(ref, NativeEngine(tmp_path / "c.erg", threads=threads).run(x)["y"], f"{h}x{w} k{k} d{dil} t{threads}")
 
 
+@pytest.mark.parametrize("cin, cout, side", [(300, 192, 7), (48, 40, 7), (20, 64, 9), (16, 33, 5), (8, 32, 3)])
+def test_pointwise_small_planes_match_the_gemm_path_bit_for_bit(tmp_path, monkeypatch, cin, cout, side):
+    """1x1 convs on small planes (7x7: the GEMM ran 64 lanes for 49 pixels) take the
+    channel-lane kernel with weights packed at load: the same sums in the same order as
+    the GEMM, so the outputs equal EDGERUN_NO_SMALL_N=1's bit for bit (K = 300: two K
+    blocks; 40 and 33 channels: a part-filled panel; 9x9, 5x5, 3x3: short pixel tiles),
+    at batch 2 and on 2 threads too, and onnxruntime's values."""
+    from edgerun import _core
+
+    rng = np.random.default_rng(8)
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="pw"),
+             helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="relu6")]
+    inits = {"W": rng.standard_normal((cout, cin, 1, 1)).astype(np.float32) / cin**0.5,
+             "B": rng.standard_normal(cout).astype(np.float32), "lo": np.float32(0.0), "hi": np.float32(6.0)}
+    m = _onnx_model(nodes, inits, (cin, side, side), (cout, side, side))
+    onnx.save(m, tmp_path / "pw.onnx")
+    erg.write_erg(m, tmp_path / "pw.erg")
+    x = rng.standard_normal((2, cin, side, side)).astype(np.float32) * 2
+    small = NativeEngine(tmp_path / "pw.erg", max_batch=2)
+    if _core.gemm_path() == "avx512":  # the kernel exists on AVX-512 machines only
+        assert [r["kernel"] for r in small.profile_layers(x[:1], runs=1)][0] == "conv-1x1-small"
+    got = small.run(x)["y"]
+    assert_close(OrtEngine(tmp_path / "pw.onnx").run(x)["y"], got, f"1x1 {cin}->{cout} on {side}x{side}")
+    np.testing.assert_array_equal(NativeEngine(tmp_path / "pw.erg", max_batch=2, threads=2).run(x)["y"], got)
+    np.testing.assert_array_equal(small.run(x[1:])["y"], got[1:])
+    monkeypatch.setenv("EDGERUN_NO_SMALL_N", "1")
+    gemm = NativeEngine(tmp_path / "pw.erg", max_batch=2)
+    assert [r["kernel"] for r in gemm.profile_layers(x[:1], runs=1)][0] == "conv-1x1"
+    np.testing.assert_array_equal(gemm.run(x)["y"], got)
+
+
 def test_same_shape_add_is_shared_out_over_threads(tmp_path):
     """A residual-style Add of two same-shape tensors (7500 values: one whole 4096-value
     chunk and a partial one per sample) gives a + b exactly on 1 and 2 threads, at batch 1

@@ -44,6 +44,8 @@ struct Step {
   bool                act_f32 = false; // Conv iattr 11 = 1: int8 weights, fp32 activations
                                        // (dequantized per run; never the int8 GEMM)
   const float*        wdeq = nullptr;  // quantized depthwise Conv: fp32 copy made at load
+  const float*        wsmall = nullptr;  // fp32 1x1 Conv on a small plane: packed weights
+                                         // for kernels::pointwise_small (made at load)
   kernels::S8Weights  s8{};
   // Fused chain (engine_fuse.cpp): 1x1 Conv -> depthwise Conv -> 1x1 Conv run by
   // row strips whose two inner tensors stay in cache. fuse = 1 on the chain's first
@@ -79,6 +81,11 @@ class Engine {
 
   uint64_t arena_bytes() const { return arena_bytes_; }
   uint64_t naive_bytes() const { return naive_bytes_; }
+  // Kernel scratch, the dequant buffer and fused-chain strips. Weights made at load are
+  // not counted: dequantized depthwise filters are tiny, and the packed weights of 1x1
+  // convs on small planes replace the file's pages (handed back with madvise), so
+  // weight_bytes() still bounds the resident weights (whole EfficientNet-Lite0: RSS
+  // growth after load + 5 runs 21.4 MB without them, 20.1 MB with).
   uint64_t scratch_bytes() const {
     return (scratch_floats_ + deq_floats_ + fused_floats()) * sizeof(float);
   }
@@ -105,6 +112,7 @@ class Engine {
   Status run_step(const Step& s, int32_t batch);
   void   prepare_quant();                 // int8 GEMM weights, dequant buffer size (quant_prepare.cpp)
   void   fuse_chains();                   // mark 1x1 -> depthwise -> 1x1 chains (engine_fuse.cpp)
+  void   pack_small_planes();             // Step::wsmall of unfused fp32 1x1 convs (engine.cpp)
   void   plan_fused_buffers();            // fused_strip_ / fused_share_ (engine_fuse.cpp)
   size_t fused_floats() const { return fused_share_ * size_t(threads_); }
   void   run_fused(size_t head, int32_t batch);
@@ -131,7 +139,7 @@ class Engine {
   size_t                    deq_floats_ = 0;
   std::vector<std::vector<int8_t>>  owned_s8_;   // int8 rows re-padded to a multiple of 4
   std::vector<std::vector<int32_t>> owned_sum_;  // int8 row sums
-  std::vector<std::vector<float>>   owned_f32_;  // depthwise quantized weights, dequantized once
+  std::vector<std::vector<float>>   owned_f32_;  // weights made at load: dequantized, packed
   std::vector<uint64_t>     step_ns_;     // per-step time totals while profiling
   uint64_t                  profiled_runs_ = 0;
   bool                      profiling_ = false;

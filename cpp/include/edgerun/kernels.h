@@ -77,6 +77,14 @@ inline bool is_pointwise(const ConvParams& p) {
          p.oh == p.h && p.ow == p.w;
 }
 void   im2col_f32(const ConvParams& p, int64_t cin_g, const float* x, float* col, int threads);
+// 1x1 convs on small planes (kernels_pointwise_small.cpp, AVX-512F): output channels on
+// the vector lanes, weights packed at load, so 7x7 planes use every lane. Same bits as
+// conv2d's GEMM path. pointwise_small_n: worth it for p here (EDGERUN_NO_SMALL_N=1: never).
+bool   pointwise_small_n(const ConvParams& p);
+size_t pointwise_small_pack_floats(const ConvParams& p);
+void   pointwise_small_pack(const ConvParams& p, const float* w, float* packed);
+void   pointwise_small(const ConvParams& p, int64_t batch, const float* x, const float* packed,
+                       const float* bias, float* y, int threads);
 void   conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w,
               const float* bias, float* y, float* scratch, int threads);
 // Depthwise (group == cin == cout): direct, vectorised for stride 1/2 (kernels_dwconv.cpp).
