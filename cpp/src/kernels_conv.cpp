@@ -140,7 +140,9 @@ void im2col_rows(const ConvParams& p, int64_t r0, int64_t r1, const float* x, fl
 void im2col_f32(const ConvParams& p, int64_t cin_g, const float* x, float* col, int threads) {
   const int64_t rows = cin_g * p.kh * p.kw;
   static const GatherS2 gather_s2 = pick_gather_s2();
-  if (threads <= 1 || rows < 2) {
+  // Under ~64K floats the copy takes a few µs, less than a parallel region costs: the digits
+  // CNN's 2-thread front was slower than its 1-thread one with every im2col split.
+  if (threads <= 1 || rows < 2 || rows * p.oh * p.ow < (int64_t(1) << 16)) {
     im2col_rows(p, 0, rows, x, col, gather_s2);
     return;
   }

@@ -199,12 +199,14 @@ def test_pointwise_conv_rows_shared_out_over_threads(tmp_path, cin, cout, side):
 
 
 @pytest.mark.parametrize("h, w, k, dil", [(1, 1, 3, 1), (2, 2, 3, 1), (3, 7, 3, 1), (5, 5, 5, 1),
-                                          (8, 8, 3, 1), (9, 6, 3, 2), (4, 4, 5, 2)])
+                                          (8, 8, 3, 1), (9, 6, 3, 2), (4, 4, 5, 2), (40, 40, 3, 1),
+                                          (36, 30, 5, 1)])
 def test_same_padded_convs_on_small_planes(tmp_path, h, w, k, dil):
     """'Same'-padded stride-1 convs (output as wide as the input) build their column
     matrix from one block copy per tap and zero the wrapped edge columns: planes so small
     that every tap row is all edge (1x1, 2x2), one valid row, dilated taps, non-square.
-    Matches onnxruntime on 1 and 2 threads (the threads split the tap rows)."""
+    Matches onnxruntime on 1 and 2 threads (the threads split the tap rows of column
+    matrices of >= 64K floats: the 40x40 and 36x30 cases), and 2 threads give 1 thread's bits."""
     rng = np.random.default_rng(7)
     pad = dil * (k - 1) // 2
     nodes = [helper.make_node("Conv", ["x", "W", "B"], ["y"], name="conv", pads=[pad] * 4,
@@ -215,8 +217,9 @@ def test_same_padded_convs_on_small_planes(tmp_path, h, w, k, dil):
     erg.write_erg(m, tmp_path / "c.erg")
     x = rng.standard_normal((2, 5, h, w)).astype(np.float32)
     ref = OrtEngine(tmp_path / "c.onnx").run(x)["y"]
-    for threads in (1, 2):
-        assert_close(ref, NativeEngine(tmp_path / "c.erg", threads=threads).run(x)["y"], f"{h}x{w} k{k} d{dil} t{threads}")
+    outs = [NativeEngine(tmp_path / "c.erg", threads=threads).run(x)["y"] for threads in (1, 2)]
+    assert_close(ref, outs[0], f"{h}x{w} k{k} d{dil}")
+    np.testing.assert_array_equal(outs[1], outs[0])
 
 
 @pytest.mark.parametrize("cin, cout, side", [(300, 192, 7), (48, 40, 7), (20, 64, 9), (16, 33, 5), (8, 32, 3)])
