@@ -98,8 +98,8 @@ void im2col_rows(const ConvParams& p, int64_t r0, int64_t r1, const float* x, fl
       // of a copy call per output row).
       int64_t oy0, oy1;
       valid_range(p.h, p.oh, 1, p.pt, i * p.dh, &oy0, &oy1);
-      std::memset(out, 0, sizeof(float) * size_t(oy0 * p.ow));
-      std::memset(out + oy1 * p.ow, 0, sizeof(float) * size_t((p.oh - oy1) * p.ow));
+      if (oy0 > 0) std::memset(out, 0, sizeof(float) * size_t(oy0 * p.ow));  // calls cost: skip empty ones
+      if (oy1 < p.oh) std::memset(out + oy1 * p.ow, 0, sizeof(float) * size_t((p.oh - oy1) * p.ow));
       if (oy1 > oy0) {
         // out[oy][ox] = x[oy - pt + i*dh][ox - pl + j*dw] for ox in [ow0, ow1): from the
         // first valid element of row oy0 to the last of row oy1 - 1, all inside the plane.
