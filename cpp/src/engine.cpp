@@ -66,8 +66,8 @@ void Engine::pack_small_planes() {
     if (s.op != OpCode::kConv || s.prec != Precision::kFp32 || s.fuse != 0 ||
         !kernels::pointwise_small_n(s.conv))
       continue;
-    const NodeInfo& nd = graph_.nodes()[s.node];
-    const float* w = graph_.tensors()[nd.inputs[1]].data;
+    const TensorInfo& wt = graph_.tensors()[graph_.nodes()[s.node].inputs[1]];
+    const float* w = wt.data;
     if (w == nullptr) continue;  // weights computed at run time: not packable
     owned_f32_.emplace_back(kernels::pointwise_small_pack_floats(s.conv));
     kernels::pointwise_small_pack(s.conv, w, owned_f32_.back().data());
@@ -76,7 +76,7 @@ void Engine::pack_small_planes() {
     // read-only file mapping, so a later read would fault them in from the file), and
     // the packed copy replaces it instead of doubling these layers' weight memory.
     const long page = sysconf(_SC_PAGESIZE);
-    const uintptr_t a = reinterpret_cast<uintptr_t>(w), b = a + graph_.tensors()[nd.inputs[1]].data_bytes;
+    const uintptr_t a = reinterpret_cast<uintptr_t>(w), b = a + wt.data_bytes;
     const uintptr_t lo = (a + page - 1) / page * page, hi = b / page * page;
     if (page > 0 && hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
   }

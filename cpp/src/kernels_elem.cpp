@@ -10,6 +10,15 @@ namespace kernels {
 
 namespace {
 
+// body(i0, i1) over [0, n) in chunks of 4096, the chunks shared out over the threads.
+template <typename Body>
+void for_chunks(int64_t n, int threads, Body body) {
+  constexpr int64_t kChunk = 4096;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && chunks > 1)
+  for (int64_t c = 0; c < chunks; ++c) body(c * kChunk, std::min(n, (c + 1) * kChunk));
+}
+
 template <typename F>
 void binary_loop(const Broadcast& bc, const float* a, const float* b, float* y, int threads, F f) {
   const int32_t R = bc.rank;
@@ -17,13 +26,9 @@ void binary_loop(const Broadcast& bc, const float* a, const float* b, float* y, 
   int64_t outer = 1;
   for (int32_t d = 0; d < R - 1; ++d) outer *= bc.out[d];
   if (R == 1 && ia == 1 && ib == 1) {  // same shapes (a residual Add): share out chunks
-    constexpr int64_t kChunk = 4096;
-    const int64_t chunks = (inner + kChunk - 1) / kChunk;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && chunks > 1)
-    for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t e = std::min(inner, (c + 1) * kChunk);
-      for (int64_t k = c * kChunk; k < e; ++k) y[k] = f(a[k], b[k]);
-    }
+    for_chunks(inner, threads, [&](int64_t i0, int64_t i1) {
+      for (int64_t k = i0; k < i1; ++k) y[k] = f(a[k], b[k]);
+    });
     return;
   }
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && outer > 1)
@@ -55,13 +60,9 @@ void binary_loop(const Broadcast& bc, const float* a, const float* b, float* y, 
 
 template <typename F>
 void unary_loop(int64_t n, const float* x, float* y, int threads, F f) {
-  constexpr int64_t kChunk = 4096;
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && chunks > 1)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t e = std::min(n, (c + 1) * kChunk);
-    for (int64_t i = c * kChunk; i < e; ++i) y[i] = f(x[i]);
-  }
+  for_chunks(n, threads, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) y[i] = f(x[i]);
+  });
 }
 
 inline float sigmoid(float v) { return 1.f / (1.f + std::exp(-v)); }

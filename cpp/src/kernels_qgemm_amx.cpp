@@ -87,7 +87,7 @@ ER_AMX void amx_begin() {
 ER_AMX void amx_end() { _tile_release(); }
 
 ER_AMX void amx_block(const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
-                      int64_t bstride, int ns, const AmxEpi& e, float* y, int64_t ldy,
+                      int64_t bstride, int ns, const BlockEpi& e, float* y, int64_t ldy,
                       int64_t nw) {
   const int8_t* a0 = W;
   const int8_t* a1 = W + 16 * kp;
@@ -133,7 +133,7 @@ ER_AMX void amx_block(const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
 bool has_amx() { return false; }
 void amx_begin() {}
 void amx_end() {}
-void amx_block(const int8_t*, int64_t, int64_t, const uint8_t*, int64_t, int, const AmxEpi&,
+void amx_block(const int8_t*, int64_t, int64_t, const uint8_t*, int64_t, int, const BlockEpi&,
                float*, int64_t, int64_t) {}
 
 #endif

@@ -129,19 +129,10 @@ ER_Q512 void quantize_strips(const float* x, int64_t ldx, int64_t K, int64_t kp,
   for (; s < s1; ++s) quantize_chunk<1>(x, ldx, K, kp, N, s * kQNR, xs, inv, mn, out);
 }
 
-struct Epi {
-  const float* ws;    // [rows] weight scales of the tile's rows
-  const int32_t* wsum;
-  const float* bias;  // null: none
-  Act act;
-  float lo, hi;
-};
-
 // Rows [0, mr) x NS strips; W rows at W + r * kp; strip s of B at B + s * bstride.
 template <int NS>
 ER_Q512 void tile(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
-                  int64_t bstride, const float* xs, const float* mn, const Epi& e, float* y,
-                  int64_t ldy, int64_t nw) {
+                  int64_t bstride, const BlockEpi& e, float* y, int64_t ldy, int64_t nw) {
   __m512i c[kMR][NS];
   const int8_t* wr[kMR];
 #pragma GCC unroll 8
@@ -172,9 +163,34 @@ ER_Q512 void tile(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uin
     const __m512 bv = _mm512_set1_ps(e.bias ? e.bias[r] : 0.f);
 #pragma GCC unroll 3
     for (int s = 0; s < NS; ++s) {
-      const __m512 v = epilogue16(c[r][s], xs + s * kQNR, mn + s * kQNR, wsv, rv, bv, e.act, e.lo, e.hi);
+      const __m512 v = epilogue16(c[r][s], e.xs + s * kQNR, e.mn + s * kQNR, wsv, rv, bv, e.act, e.lo, e.hi);
       _mm512_mask_storeu_ps(y + r * ldy + s * kQNR, strip_mask(nw - s * kQNR), v);
     }
+  }
+}
+
+// The AVX-512 VNNI path's share of one team's tiles (called by every thread of the
+// team): one per (strip group, row block); a thread's row blocks of one group run
+// consecutively, so its B strips stay in L1 across them.
+void vnni_tiles(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const float* xs,
+                const float* mn, const uint8_t* bq, const float* bias, Act act, float lo, float hi,
+                float* y, int64_t ldy) {
+  const int64_t strips = (N + kQNR - 1) / kQNR, groups = (strips + kNS - 1) / kNS;
+  const int64_t mblocks = (M + kMR - 1) / kMR, kq = w.kp / 4, bstride = w.kp * kQNR;
+#pragma omp for schedule(static)
+  for (int64_t i = 0; i < groups * mblocks; ++i) {
+    const int64_t g = i / mblocks, m = (i % mblocks) * kMR, mr = std::min<int64_t>(kMR, M - m);
+    // Groups as even as possible (13 strips: 2,3,2,3,3 rather than 3,3,3,3,1).
+    const int64_t s0 = strips * g / groups, ns = strips * (g + 1) / groups - s0;
+    const int64_t n0 = s0 * kQNR, nw = N - n0, row = m0 + m;
+    const BlockEpi e{w.scale + row, w.wsum + row, bias ? bias + row : nullptr, xs + n0, mn + n0,
+                     act, lo, hi};
+    const int8_t* W = w.w + row * w.kp;
+    const uint8_t* B = bq + s0 * bstride;
+    float* yt = y + m * ldy + n0;
+    if (ns == 3) tile<3>(kq, W, w.kp, mr, B, bstride, e, yt, ldy, nw);
+    else if (ns == 2) tile<2>(kq, W, w.kp, mr, B, bstride, e, yt, ldy, nw);
+    else tile<1>(kq, W, w.kp, mr, B, bstride, e, yt, ldy, nw);
   }
 }
 
@@ -196,7 +212,7 @@ void amx_tiles(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const float
   for (int64_t i = 0; i < pairs * mblocks; ++i) {
     const int64_t s0 = (i / mblocks) * kAmxS, m = (i % mblocks) * kAmxM, row = m0 + m;
     const int64_t n0 = s0 * kQNR;
-    const AmxEpi e{w.scale + row, w.wsum + row, bias ? bias + row : nullptr, xs + n0, mn + n0,
+    const BlockEpi e{w.scale + row, w.wsum + row, bias ? bias + row : nullptr, xs + n0, mn + n0,
                    act, lo, hi};
     const int8_t* W = w.w + row * w.kp;
     if (m == tail_m && tail_rows % 16 != 0) {
@@ -229,39 +245,18 @@ void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t
                         int64_t N, float* xs, float* inv, float* mn, uint8_t* bq,
                         const float* bias, Act act, float lo, float hi, float* y, int64_t ldy,
                         int threads) {
-  const int64_t strips = (N + kQNR - 1) / kQNR, groups = (strips + kNS - 1) / kNS;
-  const int64_t mblocks = (M + kMR - 1) / kMR, kq = w.kp / 4, bstride = w.kp * kQNR;
-  static const bool amx_on = has_amx();
-  const bool amx = amx_on && w.kp % 64 == 0;
+  const int64_t strips = (N + kQNR - 1) / kQNR;
+  const bool amx = has_amx() && w.kp % 64 == 0;
   // One team for both phases (a barrier is cheaper than a second fork/join on the
-  // small late layers). Tiles: one per (strip group, row block); a thread's row
-  // blocks of one group run consecutively, so its B strips stay in L1 across them.
+  // small late layers): quantize the strips, then the tiles.
 #pragma omp parallel num_threads(threads) if (threads > 1 && strips > 1)
   {
     const int64_t t = thread_id(), nt = team_size();
     quantize_strips(x, ldx, w.k, w.kp, N, strips * t / nt, strips * (t + 1) / nt, xs, inv, mn,
                     bq);
 #pragma omp barrier
-    if (amx) {
-      amx_tiles(w, m0, M, N, xs, mn, bq, bias, act, lo, hi, y, ldy);
-    } else {
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < groups * mblocks; ++i) {
-      const int64_t g = i / mblocks, m = (i % mblocks) * kMR, mr = std::min<int64_t>(kMR, M - m);
-      // Groups as even as possible (13 strips: 2,3,2,3,3 rather than 3,3,3,3,1).
-      const int64_t s0 = strips * g / groups, ns = strips * (g + 1) / groups - s0;
-      const int64_t n0 = s0 * kQNR, nw = N - n0, row = m0 + m;
-      const Epi e{w.scale + row, w.wsum + row, bias ? bias + row : nullptr, act, lo, hi};
-      const int8_t* W = w.w + row * w.kp;
-      const uint8_t* B = bq + s0 * bstride;
-      float* yt = y + m * ldy + n0;
-      const float* xn = xs + n0;
-      const float* mnn = mn + n0;
-      if (ns == 3) tile<3>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, ldy, nw);
-      else if (ns == 2) tile<2>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, ldy, nw);
-      else tile<1>(kq, W, w.kp, mr, B, bstride, xn, mnn, e, yt, ldy, nw);
-    }
-    }
+    if (amx) amx_tiles(w, m0, M, N, xs, mn, bq, bias, act, lo, hi, y, ldy);
+    else vnni_tiles(w, m0, M, N, xs, mn, bq, bias, act, lo, hi, y, ldy);
   }
 }
 

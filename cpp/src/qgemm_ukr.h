@@ -23,12 +23,6 @@ constexpr float   kQMinRange = 1e-30f;
 // EDGERUN_NO_VNNI set (kernels_qgemm_avx512.cpp; false where not built).
 bool has_avx512_vnni();
 
-// One group of an int8 Conv: quantize X[k, n] (k < w.k, n < N, row stride ldx) per
-// pixel into xs / inv / mn (padded to whole 16-pixel strips) and the packed panel bq
-// (the generic quantize_pack's bytes and scales), then y[m * ldy + n] for weight rows
-// [m0, m0 + M) with the dequantize + bias + activation epilogue fused on the
-// accumulator registers (the generic epilogue's operations in the same order, so
-// the outputs are bit-identical to every other path).
 // AMX-INT8 tiles (kernels_qgemm_amx.cpp): the CPU has them, Linux granted the tile
 // state, has_avx512_vnni() holds and EDGERUN_NO_AMX is unset. Then the engine pads
 // weight rows to multiples of 64 bytes (s8_row_bytes) and qconv_group_avx512 runs
@@ -37,7 +31,9 @@ bool has_amx();
 // Per thread, around a run of amx_block calls: load / release the tile config.
 void amx_begin();
 void amx_end();
-struct AmxEpi {        // the block's epilogue inputs, all offset to its first row / pixel
+// The epilogue inputs of one block of rows x pixels (the AVX-512 VNNI tiles and the
+// AMX blocks), all offset to the block's first row / pixel.
+struct BlockEpi {
   const float* ws;     // [rows] weight scales
   const int32_t* wsum; // [rows]
   const float* bias;   // [rows] or null
@@ -51,8 +47,14 @@ struct AmxEpi {        // the block's epilogue inputs, all offset to its first r
 // into y[r * ldy + n]. kp must be a multiple of 64; W must hold 16 readable rows, 32
 // when mr > 16 (rows past mr zero or not: they are never stored).
 void amx_block(const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B, int64_t bstride,
-               int ns, const AmxEpi& e, float* y, int64_t ldy, int64_t nw);
+               int ns, const BlockEpi& e, float* y, int64_t ldy, int64_t nw);
 
+// One group of an int8 Conv: quantize X[k, n] (k < w.k, n < N, row stride ldx) per
+// pixel into xs / inv / mn (padded to whole 16-pixel strips) and the packed panel bq
+// (the generic quantize_pack's bytes and scales), then y[m * ldy + n] for weight rows
+// [m0, m0 + M) with the dequantize + bias + activation epilogue fused on the
+// accumulator registers (the generic epilogue's operations in the same order, so
+// the outputs are bit-identical to every other path).
 void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t m0, int64_t M,
                         int64_t N, float* xs, float* inv, float* mn, uint8_t* bq,
                         const float* bias, Act act, float lo, float hi, float* y, int64_t ldy,
