@@ -12,7 +12,6 @@
 // Portable path: row sweeps over the interior (vectorisable for stride 1) and
 // a bounds-checked scalar loop for the edge columns; also the cross-check.
 #include <algorithm>
-#include <cstring>
 
 #include "dwconv.h"
 #include "edgerun/kernels.h"
@@ -85,38 +84,49 @@ using dw::Padded;
 
 size_t padded_floats(const Padded& d) { return size_t(d.ph * d.pw + 16); }
 
-// One zero-bordered input row (columns c -> x[c - pl]) into o[0, n).
-inline void pad_row(const ConvParams& p, const float* xr, int64_t n, float* o) {
-  if (xr == nullptr) {
-    std::memset(o, 0, sizeof(float) * n);
-    return;
-  }
-  const int64_t left = std::min(p.pl, n), m = std::max<int64_t>(0, std::min(p.w, n - left));
-  std::memset(o, 0, sizeof(float) * left);
-  std::memcpy(o + left, xr, sizeof(float) * m);
-  std::memset(o + left + m, 0, sizeof(float) * (n - left - m));
+// 8 columns of a zero-bordered input row from input column ix: xr[ix + t] where
+// 0 <= ix + t < w, else 0. Edge blocks are masked loads (masked-off lanes never
+// fault), so padding a row is a run of register stores: per-row memset + memcpy
+// into the buffer cost more than the convolution on planes of 14-28 columns.
+__attribute__((target("avx2,fma"))) inline __m256 cols8(const float* xr, int64_t ix, int64_t w) {
+  if (ix >= 0 && ix + 8 <= w) return _mm256_loadu_ps(xr + ix);
+  if (ix >= w || ix + 8 <= 0) return _mm256_setzero_ps();
+  const __m256i idx = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                       _mm256_set1_epi32(int32_t(ix)));
+  const __m256i in = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), idx),
+                                         _mm256_cmpgt_epi32(_mm256_set1_epi32(int32_t(w)), idx));
+  return _mm256_maskload_ps(xr + ix, in);
 }
 
-// buf: the padded plane (d.ph rows of d.pw). Stride 2 de-interleaves straight
-// from x (16 inputs -> 8 even + 8 odd), scalar only where the pads are.
+// buf: the padded plane (d.ph rows of d.pw), built from registers: each row's
+// columns the AVX2 kernel reads (output columns rounded up to 8, plus the taps)
+// as 8-column blocks (cols8). Stride 2 de-interleaves each pair of blocks with
+// shuffles (16 inputs -> 8 even + 8 odd). The former row copy (memset + memcpy,
+// and for stride 2 a branchy scalar loop wherever a block met a pad or the row
+// end) took 80 % of a 3x3 stride-2 conv on 28-column planes.
 __attribute__((target("avx2,fma"))) void pad_plane(const ConvParams& p, const Padded& d,
                                                    const float* xc, float* buf) {
+  const int64_t ow8 = (p.ow + 7) / 8 * 8;
+  const int64_t need = (ow8 - 1) * p.sw + (p.kw - 1) * p.dw + 1;  // padded columns read
+  const int64_t n = d.half == 0 ? (need + 7) / 8 * 8 : ((need + 1) / 2 + 7) / 8 * 8;
+  const __m256 zero = _mm256_setzero_ps();
   for (int64_t r = 0; r < d.ph; ++r) {
     const int64_t iy = r - p.pt;
-    const float* xr = iy < 0 || iy >= p.h ? nullptr : xc + iy * p.w;
     float* o = buf + r * d.pw;
-    if (d.half == 0 || xr == nullptr) {
-      pad_row(p, xr, d.pw, o);
+    if (iy < 0 || iy >= p.h) {
+      for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(o + i, zero);
+      if (d.half != 0)
+        for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(o + d.half + i, zero);
       continue;
     }
-    for (int64_t i = 0; i < d.half; i += 8) {
+    const float* xr = xc + iy * p.w;
+    if (d.half == 0) {
+      for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(o + i, cols8(xr, i - p.pl, p.w));
+      continue;
+    }
+    for (int64_t i = 0; i < n; i += 8) {
       const int64_t ix = 2 * i - p.pl;
-      if (ix < 0 || ix + 16 > p.w) {
-        for (int64_t t = 0; t < 16; ++t)
-          o[(t & 1) * d.half + i + t / 2] = ix + t >= 0 && ix + t < p.w ? xr[ix + t] : 0.f;
-        continue;
-      }
-      const __m256 a = _mm256_loadu_ps(xr + ix), b = _mm256_loadu_ps(xr + ix + 8);
+      const __m256 a = cols8(xr, ix, p.w), b = cols8(xr, ix + 8, p.w);
       const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
       const __m256 q = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
       _mm256_storeu_ps(o + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8)));
@@ -130,6 +140,25 @@ __attribute__((target("avx2,fma"))) inline __m256 act8(__m256 r, Act act, __m256
   if (act == Act::kRelu) return _mm256_max_ps(r, _mm256_setzero_ps());
   if (act == Act::kClip) return _mm256_min_ps(_mm256_max_ps(r, lo), hi);
   return r;
+}
+
+// The first n (1..7) lanes of y to o, as 4 + 2 + 1 float stores: a masked store
+// (vmaskmovps) is microcoded on AMD Zen and took ~20 % of a 14x14 plane's time.
+__attribute__((target("avx2,fma"))) inline void store_head(float* o, __m256 y, int64_t n) {
+  __m128 part = _mm256_castps256_ps128(y);
+  if (n >= 4) {
+    _mm_storeu_ps(o, part);
+    part = _mm256_extractf128_ps(y, 1);
+    o += 4;
+    n -= 4;
+  }
+  if (n >= 2) {
+    _mm_storel_pi(reinterpret_cast<__m64*>(o), part);
+    part = _mm_movehl_ps(part, part);
+    o += 2;
+    n -= 2;
+  }
+  if (n >= 1) _mm_store_ss(o, part);
 }
 
 // NR output rows x NV vectors of 8 outputs from column ox: NR * NV independent
@@ -158,17 +187,12 @@ __attribute__((target("avx2,fma"))) inline void dw_block(const ConvParams& p, co
     }
   }
   const __m256 lo = _mm256_set1_ps(p.lo), hi = _mm256_set1_ps(p.hi);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   for (int r = 0; r < NR; ++r) {
     float* orow = o + r * p.ow + ox;
     for (int v = 0; v < NV; ++v) {
       const __m256 y = act8(acc[r][v], p.act, lo, hi);
-      if (valid >= 8 * (v + 1)) {
-        _mm256_storeu_ps(orow + v * 8, y);
-      } else {  // row tail: store only the lanes < valid - 8v
-        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(valid - 8 * v)), lane);
-        _mm256_maskstore_ps(orow + v * 8, mask, y);
-      }
+      if (valid >= 8 * (v + 1)) _mm256_storeu_ps(orow + v * 8, y);
+      else store_head(orow + v * 8, y, valid - 8 * v);  // row tail
     }
   }
 }
