@@ -27,6 +27,7 @@ import onnx.utils
 from edgerun.engine import NativeEngine, OrtEngine
 from edgerun.exporters import erg
 from edgerun.exporters.pipeline import trace_model
+from edgerun.profiler import cpu_name
 
 # (model spec, cut label, module scope whose last tensor is the cut, or an op whose input is)
 CUTS = [
@@ -56,19 +57,23 @@ def cut_tensor(model: onnx.ModelProto, scope: str | None, before_op: str | None)
 
 
 def interleaved_ms(fns: list, x: np.ndarray, runs: int, warmup: int, block: int = 10,
-                   settle: int = 3) -> list[float]:
+                   settle: int = 3, pause_s: float = 0.3) -> list[float]:
     """Median ms of each fn, timed in alternating blocks (a x block, b x block, a ...) so both
-    see the same machine state: a drift in clock or load hits them alike. The first
-    ``settle`` runs of each block are not counted: with threads > 1, onnxruntime's pool and
-    OpenMP's threads keep spinning for a while after a run, and a single a, b, a, b
-    alternation measured that spin, not the engine (native 2 threads: 1.8 ms alone, 5.5 ms
-    right after onnxruntime)."""
+    see the same machine state: a drift in clock or load hits them alike. Each block starts
+    after ``pause_s`` idle and its first ``settle`` runs are not counted: with threads > 1,
+    onnxruntime's pool and OpenMP's threads keep spinning for a while after a run, and a
+    single a, b, a, b alternation measured that spin, not the engine (native 2 threads: 1.8 ms
+    alone, 5.5 ms right after onnxruntime). On a 2-core AMD EPYC the settle runs were not
+    enough: onnxruntime's spinning worker held the second core through a whole native block
+    (EfficientNet blocks.3, native 2 threads: 5.5 ms alone, 8.7 ms for 20 runs after
+    onnxruntime, 5.5 ms again after 0.5 s idle)."""
     for _ in range(warmup):
         for fn in fns:
             fn(x)
     times: list[list[float]] = [[] for _ in fns]
     while len(times[0]) < runs:
         for fn, ts in zip(fns, times):
+            time.sleep(pause_s)
             for i in range(settle + block):
                 t0 = time.perf_counter()
                 fn(x)
@@ -123,7 +128,7 @@ def main() -> None:
         print(f"{r['model']:<20} {r['cut']:<15} {r['threads']:>3} {r['native_ms']:>10.3f} "
               f"{r['ort_ms']:>9.3f} {r['ratio_native_over_ort']:>6.2f} {r['max_rel_err']:>8.1e}")
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.machine(), "cpu_count": __import__("os").cpu_count(),
+    meta = {"machine": platform.machine(), "cpu": cpu_name(), "cpu_count": __import__("os").cpu_count(),
             "gemm_path": _core.gemm_path(), "batch": 1, "runs": args.runs, "warmup": args.warmup,
             "statistic": "median"}
     (args.out / "engine.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))

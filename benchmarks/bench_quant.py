@@ -54,7 +54,7 @@ from edgerun.exporters.erg import write_erg
 from edgerun.exporters.pipeline import trace_model
 from edgerun.exporters.quantize_front import FrontPrecisionConfig, plan_front_precision
 from edgerun.exporters.split import split
-from edgerun.profiler import REQUEST_GAP_MS
+from edgerun.profiler import REQUEST_GAP_MS, cpu_name
 
 CUTS = [("zoo:digits-cnn", "block1"), ("zoo:digits-cnn", "down"),
         ("zoo:efficientnet-lite0", "blocks.3"), ("zoo:efficientnet-lite0", "blocks.5"),
@@ -278,7 +278,7 @@ def main() -> None:
             rows.append(bench_cut(spec, cut, traced[spec], Path(d), args.runs, args.threads,
                                   tuple(args.roundings.split(",")), args.gap_ms))
         print(_table(rows[-1:]), flush=True)
-    meta = {"machine": platform.machine(), "cpu_count": __import__("os").cpu_count(),
+    meta = {"machine": platform.machine(), "cpu": cpu_name(), "cpu_count": __import__("os").cpu_count(),
             "gemm_path": _core.gemm_path(), "qgemm_path": _core.qgemm_path(), "batch": 1,
             "threads": args.threads, "runs": args.runs, "gap_ms": args.gap_ms, "warmup_rounds": WARMUP_ROUNDS,
             "statistic": "median per candidate of one interleaved round-robin loop (gap, then back to back)",

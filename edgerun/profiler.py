@@ -143,6 +143,21 @@ def fit_compute(points: list[tuple[int, float, int, int]]) -> dict[str, float]:
             "per_node_us": round(float(ms_per_node * 1e3), 4)}
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows.
+
+    Benchmarks record it: the same code ranks differently on an AVX2-only AMD EPYC and an
+    AVX-512 / AMX Xeon, and ``platform.processor()`` is empty on most Linux machines.
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def profile_machine(models: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, repeats: int = 20, threads: int = 1,
                     name: str = "this-machine", precisions: tuple[str, ...] = PRECISIONS, passes: int = 3,
                     gap_ms: float = REQUEST_GAP_MS, log: Callable[[str], None] = lambda s: None) -> dict[str, dict]:
@@ -157,7 +172,7 @@ def profile_machine(models: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, rep
                              gap_ms=gap_ms, log=log) for m in models]
     cmd = (f"edgerun profile --repeats {repeats} --passes {passes} --gap-ms {gap_ms:g} --threads {threads} "
            + " ".join(f"--model {m}" for m in models))
-    meta = {"cpu": platform.processor() or platform.machine(), "threads": threads, "repeats": repeats,
+    meta = {"cpu": cpu_name(), "threads": threads, "repeats": repeats,
             "passes": passes, "gap_ms": gap_ms,
             "measured_by": cmd, "date": time.strftime("%Y-%m-%d")}
     mem_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
