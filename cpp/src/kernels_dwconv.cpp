@@ -4,7 +4,7 @@
 // zero-bordered scratch buffer, so every output pixel is "interior"; each
 // output row is then swept in blocks of 4 x 8 outputs held in registers over
 // all taps, two output rows at a time (bias in, activation out, one store per
-// output, masked at the row tail). 3x3 and 5x5 are unrolled at compile time.
+// output vector; a row tail as 4 + 2 + 1 floats). 3x3 and 5x5 are unrolled at compile time.
 // For stride 2 the padded rows are stored de-interleaved (even | odd columns),
 // so every tap loads 8 consecutive floats. Where AVX-512F runs, 3x3 and 5x5
 // planes go to the 16-wide kernel of kernels_dwconv_avx512.cpp instead (same
@@ -101,8 +101,7 @@ __attribute__((target("avx2,fma"))) inline __m256 cols8(const float* xr, int64_t
   if (w < 8) return _mm256_maskload_ps(xr + ix, in);  // masked-off lanes never fault
   // base: the in-row window holding every in-row lane; lane t takes column ix + t - base.
   const int64_t base = std::min(std::max<int64_t>(ix, 0), w - 8);
-  const __m256i from = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-                                        _mm256_set1_epi32(int32_t(ix - base)));
+  const __m256i from = _mm256_sub_epi32(idx, _mm256_set1_epi32(int32_t(base)));
   const __m256 v = _mm256_permutevar8x32_ps(_mm256_loadu_ps(xr + base), from);
   return _mm256_and_ps(v, _mm256_castsi256_ps(in));
 }
@@ -122,10 +121,11 @@ __attribute__((target("avx2,fma"))) void pad_plane(const ConvParams& p, const Pa
   for (int64_t r = 0; r < d.ph; ++r) {
     const int64_t iy = r - p.pt;
     float* o = buf + r * d.pw;
-    if (iy < 0 || iy >= p.h) {
-      for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(o + i, zero);
-      if (d.half != 0)
-        for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(o + d.half + i, zero);
+    if (iy < 0 || iy >= p.h) {  // both halves of a stride-2 row (d.half == 0: the same place)
+      for (int64_t i = 0; i < n; i += 8) {
+        _mm256_storeu_ps(o + i, zero);
+        _mm256_storeu_ps(o + d.half + i, zero);
+      }
       continue;
     }
     const float* xr = xc + iy * p.w;
