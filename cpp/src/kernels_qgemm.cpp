@@ -77,34 +77,33 @@ void qukr_portable(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const ui
 
 #ifdef ER_X86
 // AVX2 without VNNI: maddubs would saturate (a u8 x s8 pair sum reaches 64770), so
-// the bytes are widened to int16 (u zero-, w sign-extended) and madd_epi16 forms
-// exact int32 pair sums. unpacklo / unpackhi take pixels {0,1,4,5} / {2,3,6,7}
-// of a 32-byte half strip (per 128-bit lane); hadd_epi32 adds each pixel's two
-// pair sums and puts the 8 pixels back in order.
-__attribute__((target("avx2"))) void qukr_avx2(int64_t kq, const int8_t* W, int64_t kp,
-                                               int64_t mr, const uint8_t* B, int32_t* tile) {
-  const __m256i zero = _mm256_setzero_si256();
-  __m256i c00 = zero, c01 = c00, c10 = c00, c11 = c00;
+// this path works on int16: the activation panel is packed as int16 pairs
+// (pack_quad_w16: per k pair, 16 pixels x {u(k), u(k+1)}) and the weight rows are
+// widened to int16 once per block of strips (widen_rows), so one madd_epi16 of a
+// broadcast weight pair forms 8 pixels' exact int32 pair sums, added straight
+// into the accumulators: no unpack, no horizontal add in the loop (the byte
+// layout needed 2 unpacks per strip and a hadd per row; 14.5 -> 16 GMAC/s on a
+// Zen 1 core, where madd_epi16 runs on one pipe).
+// kp2 = k pairs, W = 4 rows of int16 at stride ldw, B = [kp2][16] int32 words.
+__attribute__((target("avx2"))) void qukr_w16(int64_t kp2, const int16_t* W, int64_t ldw,
+                                              const uint32_t* B, int32_t* tile) {
+  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
   __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-  const int8_t* w0 = W;
-  const int8_t* w1 = W + (mr > 1 ? 1 : 0) * kp;
-  const int8_t* w2 = W + (mr > 2 ? 2 : 0) * kp;
-  const int8_t* w3 = W + (mr > 3 ? 3 : 0) * kp;
-  for (int64_t q = 0; q < kq; ++q) {
+  const int16_t* w0 = W;
+  const int16_t* w1 = W + ldw;
+  const int16_t* w2 = W + 2 * ldw;
+  const int16_t* w3 = W + 3 * ldw;
+  for (int64_t p = 0; p < kp2; ++p) {
     const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B));
-    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B + 32));
-    B += 64;
-    const __m256i b0l = _mm256_unpacklo_epi8(b0, zero), b0h = _mm256_unpackhi_epi8(b0, zero);
-    const __m256i b1l = _mm256_unpacklo_epi8(b1, zero), b1h = _mm256_unpackhi_epi8(b1, zero);
+    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B + 8));
+    B += kQNR;
     int32_t v;
-#define ER_QROW(wr, ca, cb)                                                            \
-    std::memcpy(&v, wr + 4 * q, 4);                                                    \
-    {                                                                                  \
-      const __m256i a = _mm256_broadcastq_epi64(_mm_cvtepi8_epi16(_mm_cvtsi32_si128(v))); \
-      ca = _mm256_add_epi32(ca, _mm256_hadd_epi32(_mm256_madd_epi16(b0l, a),           \
-                                                  _mm256_madd_epi16(b0h, a)));         \
-      cb = _mm256_add_epi32(cb, _mm256_hadd_epi32(_mm256_madd_epi16(b1l, a),           \
-                                                  _mm256_madd_epi16(b1h, a)));         \
+#define ER_QROW(wr, ca, cb)                                          \
+    std::memcpy(&v, wr + 2 * p, 4);                                  \
+    {                                                                \
+      const __m256i a = _mm256_set1_epi32(v);                        \
+      ca = _mm256_add_epi32(ca, _mm256_madd_epi16(b0, a));           \
+      cb = _mm256_add_epi32(cb, _mm256_madd_epi16(b1, a));           \
     }
     ER_QROW(w0, c00, c01)
     ER_QROW(w1, c10, c11)
@@ -113,17 +112,18 @@ __attribute__((target("avx2"))) void qukr_avx2(int64_t kq, const int8_t* W, int6
 #undef ER_QROW
   }
   __m256i* t = reinterpret_cast<__m256i*>(tile);
-  _mm256_storeu_si256(t + 0, c00); _mm256_storeu_si256(t + 1, c01);
-  _mm256_storeu_si256(t + 2, c10); _mm256_storeu_si256(t + 3, c11);
-  _mm256_storeu_si256(t + 4, c20); _mm256_storeu_si256(t + 5, c21);
-  _mm256_storeu_si256(t + 6, c30); _mm256_storeu_si256(t + 7, c31);
+  const auto acc = [&](int i, __m256i c) {
+    _mm256_storeu_si256(t + i, _mm256_add_epi32(_mm256_loadu_si256(t + i), c));
+  };
+  acc(0, c00); acc(1, c01); acc(2, c10); acc(3, c11);
+  acc(4, c20); acc(5, c21); acc(6, c30); acc(7, c31);
 }
 #endif
 
 #ifdef ER_X86
 // AVX-VNNI: vpdpbusd does the u8 x s8 4-products + int32 accumulation in one
 // instruction, exactly for any u8 x s8 (the non-saturating form; not vpdpbusds),
-// so the result is bit-identical to qukr_avx2 and the portable path.
+// so the result is bit-identical to qukr_w16 and the portable path.
 __attribute__((target("avx2,avxvnni"))) void qukr_vnni(int64_t kq, const int8_t* W, int64_t kp,
                                                        int64_t mr, const uint8_t* B,
                                                        int32_t* tile) {
@@ -196,7 +196,6 @@ void qukr_neon(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uint8_
 QKernel pick_qkernel() {
 #ifdef ER_X86
   if (has_avx_vnni()) return qukr_vnni;
-  if (has_avx2_fma()) return qukr_avx2;
 #endif
 #if defined(__ARM_NEON) && defined(__aarch64__)
   if (!force_portable()) return qukr_neon;
@@ -253,11 +252,66 @@ __attribute__((target("avx2"))) void pack_quad_avx2(const float* x, int64_t ldx,
 }
 #endif
 
+// The int16-pair panel of the AVX2 (no VNNI) path: the same u values as
+// pack_quad_*, one k-quad written as two k pairs, word j of pair h =
+// u(k4 + 2h, j) | u(k4 + 2h + 1, j) << 16 (o: 2 x 16 words).
+void pack_quad_w16_portable(const float* x, int64_t ldx, int64_t K, int64_t k4, int64_t n0,
+                            int64_t w, const float* inv, const float* mn, uint32_t* o) {
+  for (int64_t j = 0; j < 2 * kQNR; ++j) o[j] = 0;
+  for (int q = 0; q < 4; ++q) {
+    const float* r = k4 + q < K ? x + (k4 + q) * ldx + n0 : nullptr;
+    for (int64_t j = 0; j < kQNR; ++j) {
+      const float v = (r != nullptr && j < w) ? (r[j] - mn[j]) * inv[j] : 0.f;
+      o[(q / 2) * kQNR + j] |= uint32_t(q8(v)) << (16 * (q % 2));
+    }
+  }
+}
+
+#ifdef ER_X86
+__attribute__((target("avx2"))) void pack_quad_w16_avx2(const float* x, int64_t ldx, int64_t K,
+                                                        int64_t k4, int64_t n0, int64_t w,
+                                                        const float* inv, const float* mn,
+                                                        uint32_t* o) {
+  if (w < kQNR || k4 + 4 > K) {
+    pack_quad_w16_portable(x, ldx, K, k4, n0, w, inv, mn, o);
+    return;
+  }
+  const __m256i lo = _mm256_setzero_si256(), hi = _mm256_set1_epi32(int(kQMax));
+  for (int h = 0; h < 2; ++h) {
+    const __m256 iv = _mm256_loadu_ps(inv + 8 * h), mv = _mm256_loadu_ps(mn + 8 * h);
+    __m256i u[4];
+    for (int q = 0; q < 4; ++q) {  // cvtps rounds to nearest even, as q8; clamp as ints
+      const __m256 xv = _mm256_loadu_ps(x + (k4 + q) * ldx + n0 + 8 * h);
+      const __m256 v = _mm256_mul_ps(_mm256_sub_ps(xv, mv), iv);  // in [0, 255 (1 + 2^-23)]
+      u[q] = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(v), lo), hi);
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8 * h),
+                        _mm256_or_si256(u[0], _mm256_slli_epi32(u[1], 16)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + kQNR + 8 * h),
+                        _mm256_or_si256(u[2], _mm256_slli_epi32(u[3], 16)));
+  }
+}
+#endif
+
 using PackQuad = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*,
                           const float*, uint32_t*);
 
+// The AVX2 path without VNNI: int16-pair panel, qgemm_group_w16.
+bool use_w16() {
+#ifdef ER_X86
+  static const bool ok = has_avx2_fma() && !has_avx_vnni();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+// Bytes per packed k of one strip: 16 u8, or 16 int16 on the w16 path.
+int64_t panel_bytes_per_k() { return use_w16() ? 2 * kQNR : kQNR; }
+
 PackQuad pick_pack() {
 #ifdef ER_X86
+  if (use_w16()) return pack_quad_w16_avx2;
   if (has_avx2_fma()) return pack_quad_avx2;
 #endif
   return pack_quad_portable;
@@ -304,6 +358,47 @@ __attribute__((target("avx2"))) void epilogue_avx2(const int32_t* t, const float
 }
 #endif
 
+#ifdef ER_X86
+// Column minima / maxima of X[k, n] (k < K) for the whole 8-column blocks, in
+// registers down each block; the same (a < b ? a : b) selections as the scalar
+// loop (minps / maxps), so the same values. Returns the columns done.
+__attribute__((target("avx2"))) int64_t minmax_avx2(const float* x, int64_t ldx, int64_t K,
+                                                    int64_t N, float* mn, float* mx) {
+  const int64_t n8 = N / 8 * 8;
+  int64_t n = 0;
+  for (; n + 32 <= n8; n += 32) {
+    __m256 a[4], b[4];
+    for (int i = 0; i < 4; ++i) {
+      a[i] = _mm256_loadu_ps(mn + n + 8 * i);
+      b[i] = _mm256_loadu_ps(mx + n + 8 * i);
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const float* r = x + k * ldx + n;
+      for (int i = 0; i < 4; ++i) {
+        const __m256 v = _mm256_loadu_ps(r + 8 * i);
+        a[i] = _mm256_min_ps(v, a[i]);
+        b[i] = _mm256_max_ps(v, b[i]);
+      }
+    }
+    for (int i = 0; i < 4; ++i) {
+      _mm256_storeu_ps(mn + n + 8 * i, a[i]);
+      _mm256_storeu_ps(mx + n + 8 * i, b[i]);
+    }
+  }
+  for (; n < n8; n += 8) {
+    __m256 a = _mm256_loadu_ps(mn + n), b = _mm256_loadu_ps(mx + n);
+    for (int64_t k = 0; k < K; ++k) {
+      const __m256 v = _mm256_loadu_ps(x + k * ldx + n);
+      a = _mm256_min_ps(v, a);
+      b = _mm256_max_ps(v, b);
+    }
+    _mm256_storeu_ps(mn + n, a);
+    _mm256_storeu_ps(mx + n, b);
+  }
+  return n8;
+}
+#endif
+
 // Per-pixel xs / inv / mn of X[k, n] (n < N, row stride ldx; pixels past N get a
 // zero range) and the packed u8 panel. min / max are written as the x86 minps /
 // maxps semantics (a < b ? a : b), as the AVX-512 path computes them.
@@ -315,9 +410,14 @@ void quantize_pack(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N
     mn[n] = n < N ? INFINITY : 0.f;
     mx[n] = n < N ? -INFINITY : 0.f;
   }
+  int64_t n_done = 0;
+#ifdef ER_X86
+  static const bool avx2 = has_avx2_fma();
+  if (avx2) n_done = minmax_avx2(x, ldx, K, N, mn, mx);
+#endif
   for (int64_t k = 0; k < K; ++k) {
     const float* r = x + k * ldx;
-    for (int64_t n = 0; n < N; ++n) {
+    for (int64_t n = n_done; n < N; ++n) {
       mn[n] = r[n] < mn[n] ? r[n] : mn[n];
       mx[n] = r[n] > mx[n] ? r[n] : mx[n];
     }
@@ -328,22 +428,99 @@ void quantize_pack(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N
     xs[n] = d / kQMax;
   }
   static const PackQuad pack_quad = pick_pack();
+  const int64_t bpk = panel_bytes_per_k();  // a k-quad is 4 * bpk bytes = bpk words
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && strips > 1)
   for (int64_t s = 0; s < strips; ++s) {
     const int64_t n0 = s * kQNR;
-    uint32_t* o = reinterpret_cast<uint32_t*>(out + s * kp * kQNR);
+    uint32_t* o = reinterpret_cast<uint32_t*>(out + s * kp * bpk);
     for (int64_t k4 = 0; k4 < kp; k4 += 4)
       pack_quad(x, ldx, K, k4, n0, std::min(kQNR, N - n0), inv + n0, mn + n0,
-                o + (k4 / 4) * kQNR);
+                o + (k4 / 4) * bpk);
   }
 }
+
+// One tile row's epilogue (vector when the strip is whole).
+inline void store_row(const int32_t* t, const float* xs, const float* mn, float ws, float rsum,
+                      float b, Act act, float lo, float hi, float* o, int64_t nw) {
+#ifdef ER_X86
+  static const bool vec_epi = has_avx2_fma();
+  if (vec_epi && nw == kQNR) {
+    epilogue_avx2(t, xs, mn, ws, rsum, b, act, lo, hi, o);
+    return;
+  }
+#endif
+  epilogue(t, xs, mn, ws, rsum, b, act, lo, hi, o, nw);
+}
+
+#ifdef ER_X86
+__attribute__((target("avx2"))) void widen_s8(const int8_t* src, int64_t n, int16_t* d) {
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + k),
+                        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
+  for (; k < n; ++k) d[k] = src[k];
+}
+
+constexpr int64_t kW16Chunk = 2048;  // k per widened weight chunk (4 x 4 KiB on the stack)
+constexpr int64_t kW16Strips = 8;    // strips per block: the block's panel stays in L2
+
+// The w16 path of qgemm_group: each thread takes blocks of up to kW16Strips strips;
+// per 4-row tile and k chunk, the weight rows are widened to int16 once and run
+// over every strip of the block (int32 sums accumulate across chunks: exact).
+void qgemm_group_w16(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uint8_t* Bq,
+                     const float* xs, const float* mn, const float* bias, Act act, float lo,
+                     float hi, float* y, int64_t ldy, int threads) {
+  const int64_t strips = (N + kQNR - 1) / kQNR;
+  const int64_t per = std::min(kW16Strips, (strips + threads - 1) / threads);
+  const int64_t blocks = (strips + per - 1) / per;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    alignas(32) int16_t wt[kQMR * kW16Chunk];
+    alignas(32) int32_t tiles[kW16Strips][kQMR * kQNR];
+    const int64_t s0 = blk * per, ns = std::min(per, strips - s0);
+    for (int64_t m = 0; m < M; m += kQMR) {
+      const int64_t mr = std::min(kQMR, M - m);
+      std::memset(tiles, 0, sizeof(tiles));
+      for (int64_t kc = 0; kc < w.kp; kc += kW16Chunk) {
+        const int64_t kn = std::min(kW16Chunk, w.kp - kc);  // a multiple of 4
+        for (int64_t r = 0; r < kQMR; ++r) {
+          int16_t* d = wt + r * kW16Chunk;
+          if (r >= mr) {
+            std::memset(d, 0, size_t(kn) * sizeof(int16_t));
+            continue;
+          }
+          widen_s8(w.w + (m0 + m + r) * w.kp + kc, kn, d);
+        }
+        for (int64_t i = 0; i < ns; ++i) {
+          const uint32_t* B = reinterpret_cast<const uint32_t*>(Bq + (s0 + i) * w.kp * 2 * kQNR) +
+                              (kc / 2) * kQNR;
+          qukr_w16(kn / 2, wt, kW16Chunk, B, tiles[i]);
+        }
+      }
+      for (int64_t i = 0; i < ns; ++i) {
+        const int64_t n0 = (s0 + i) * kQNR, nw = std::min(kQNR, N - n0);
+        for (int64_t r = 0; r < mr; ++r) {
+          const int64_t row = m0 + m + r;
+          store_row(tiles[i] + r * kQNR, xs + n0, mn + n0, w.scale[row], float(w.wsum[row]),
+                    bias ? bias[row] : 0.f, act, lo, hi, y + (m + r) * ldy + n0, nw);
+        }
+      }
+    }
+  }
+}
+#endif
 
 // y[m, n] for rows [0, M) of one group: the int8 GEMM over the packed panel.
 void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uint8_t* Bq,
                  const float* xs, const float* mn, const float* bias, Act act, float lo, float hi,
                  float* y, int64_t ldy, int threads) {
+#ifdef ER_X86
+  if (use_w16()) {
+    qgemm_group_w16(w, m0, M, N, Bq, xs, mn, bias, act, lo, hi, y, ldy, threads);
+    return;
+  }
+#endif
   static const QKernel ukr = pick_qkernel();
-  static const bool vec_epi = has_avx2_fma();
   const int64_t strips = (N + kQNR - 1) / kQNR, kq = w.kp / 4;
 #pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && strips > 1)
   for (int64_t s = 0; s < strips; ++s) {
@@ -355,16 +532,8 @@ void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uin
       ukr(kq, w.w + (m0 + m) * w.kp, w.kp, mr, B, tile);
       for (int64_t r = 0; r < mr; ++r) {
         const int64_t row = m0 + m + r;
-        const float ws = w.scale[row], b = bias ? bias[row] : 0.f;
-        const float rsum = float(w.wsum[row]);
-        float* o = y + (m + r) * ldy + n0;
-#ifdef ER_X86
-        if (vec_epi && nw == kQNR) {
-          epilogue_avx2(tile + r * kQNR, xs + n0, mn + n0, ws, rsum, b, act, lo, hi, o);
-          continue;
-        }
-#endif
-        epilogue(tile + r * kQNR, xs + n0, mn + n0, ws, rsum, b, act, lo, hi, o, nw);
+        store_row(tile + r * kQNR, xs + n0, mn + n0, w.scale[row], float(w.wsum[row]),
+                  bias ? bias[row] : 0.f, act, lo, hi, y + (m + r) * ldy + n0, nw);
       }
     }
   }
@@ -389,7 +558,7 @@ size_t conv2d_s8_scratch_floats(const ConvParams& p, int threads) {
   const int64_t k = (p.cin / p.group) * p.kh * p.kw, kp = s8_row_bytes(k);
   const int64_t np = (p.oh * p.ow + kQNR - 1) / kQNR * kQNR;
   const size_t col = is_pointwise(p) ? 0 : size_t(k * p.oh * p.ow);
-  return col + size_t(3 * np) + size_t(kp * np + 3) / 4 + 16;
+  return col + size_t(3 * np) + size_t(2 * kp * np + 3) / 4 + 16;  // panel: int16 on w16
 }
 
 void conv2d_s8(const ConvParams& p, int64_t batch, const float* x, const S8Weights& w,

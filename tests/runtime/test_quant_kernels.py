@@ -215,7 +215,8 @@ def test_portable_and_simd_paths_agree(qnet, prec):
 _ODD_CONVS = [(13, 37, 3, 1, 1, 1, 9, "relu"), (70, 11, 1, 1, 0, 1, 7, None),
               (40, 20, 3, 2, 0, 2, 16, "relu6"), (64, 24, 1, 1, 0, 1, 14, "relu6"),
               (47, 9, 1, 1, 0, 1, 23, None), (41, 5, 1, 1, 0, 1, 3, "relu"),
-              (150, 70, 1, 1, 0, 1, 5, "relu6")]  # AMX: 3 k-tiles, row blocks 32 + 32 + 6
+              (150, 70, 1, 1, 0, 1, 5, "relu6"),  # AMX: 3 k-tiles, row blocks 32 + 32 + 6
+              (250, 6, 3, 1, 1, 1, 6, "relu")]  # K = 2250: AVX2's widened weights in 2 k chunks
 # Which int8 kernel each environment asks for (a path the CPU lacks falls back to the next).
 _QPATH_ENVS = {"default": {}, "no-amx": {"EDGERUN_NO_AMX": "1"}, "no-avx512": {"EDGERUN_NO_AVX512": "1"},
                "no-vnni": {"EDGERUN_NO_VNNI": "1"}, "portable": {"EDGERUN_FORCE_PORTABLE": "1"}}
