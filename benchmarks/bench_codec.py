@@ -16,7 +16,8 @@ upward and stopping at the first failure), then reported on the eval data, so th
 numbers are not tuned on themselves.
 
 Run:
-    /work/venv/bin/python benchmarks/bench_codec.py [--out benchmarks/results/bench_codec.json]
+    python benchmarks/bench_codec.py [--out benchmarks/results/bench_codec.json]
+    python benchmarks/bench_codec.py --cuts zoo:efficientnet-lite0=head_act --out /tmp/codec_head.json
 """
 
 from __future__ import annotations
@@ -123,10 +124,21 @@ def bench_cut(traced, label: str, calib_x: np.ndarray, eval_x: np.ndarray, label
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/bench_codec.json")
+    ap.add_argument("--cuts", action="append", default=[], metavar="SPEC=CUT,CUT",
+                    help="cuts of one model instead of the defaults, e.g. "
+                         "zoo:efficientnet-lite0=blocks.7,head_act (repeatable; only these models run)")
     args = ap.parse_args()
+    cases = dict(CASES)
+    if args.cuts:
+        cases = {}
+        for item in args.cuts:
+            spec, _, cuts = item.partition("=")
+            if spec not in N_CALIB or not cuts:
+                ap.error(f"--cuts {item!r}: expected SPEC=CUT[,CUT] with SPEC one of {', '.join(N_CALIB)}")
+            cases[spec] = tuple(c for c in cuts.split(",") if c)
     out = {"host": {"machine": platform.machine(), "threads": 2}, "budgets": BUDGETS,
            "select_rule": f"max calib ratio with calib top-1 agreement >= {SELECT_AGREEMENT} at it and every smaller budget", "models": {}}
-    for spec, cuts in CASES.items():
+    for spec, cuts in cases.items():
         traced = trace_model(spec)
         zoo = traced.source.zoo
         eval_x, labels = zoo.eval_data(None)

@@ -17,10 +17,11 @@
 // activation quantization error: negligible.
 // Packed activations: strips of 16 pixels, [k/4][16][4] bytes each (u; rows
 // k >= K hold 0 and meet zero weights). u8 x s8 pair sums reach 2 * 255 * 127,
-// past int16, so AVX2 without VNNI widens to int16 and uses madd_epi16 (exact)
-// rather than the saturating maddubs. Every micro-kernel computes the same exact
-// int32 sums and applies the same epilogue operations, so all paths give
-// bit-identical outputs. Where AVX-512 VNNI is present, conv2d_s8 hands each group
+// past int16, so AVX2 without VNNI packs u as int16 pairs instead ([k/2][16][2]
+// int16 per strip) and multiplies them with int16-widened weights by madd_epi16
+// (exact) rather than the saturating maddubs (qgemm_group_w16). Every micro-kernel
+// computes the same exact int32 sums and applies the same epilogue operations, so
+// all paths give bit-identical outputs. Where AVX-512 VNNI is present, conv2d_s8 hands each group
 // to kernels_qgemm_avx512.cpp instead (fused quantize + pack, 8 x 48 vpdpbusd
 // tiles with the epilogue in registers).
 // No a * b + c in this file may become an FMA: the scalar epilogue must round like
