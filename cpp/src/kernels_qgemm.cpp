@@ -253,9 +253,11 @@ __attribute__((target("avx2"))) void pack_quad_avx2(const float* x, int64_t ldx,
 }
 #endif
 
+#ifdef ER_X86
 // The int16-pair panel of the AVX2 (no VNNI) path: the same u values as
 // pack_quad_*, one k-quad written as two k pairs, word j of pair h =
-// u(k4 + 2h, j) | u(k4 + 2h + 1, j) << 16 (o: 2 x 16 words).
+// u(k4 + 2h, j) | u(k4 + 2h + 1, j) << 16 (o: 2 x 16 words). This scalar copy
+// packs the strip tails and the last quad when K % 4 != 0.
 void pack_quad_w16_portable(const float* x, int64_t ldx, int64_t K, int64_t k4, int64_t n0,
                             int64_t w, const float* inv, const float* mn, uint32_t* o) {
   for (int64_t j = 0; j < 2 * kQNR; ++j) o[j] = 0;
@@ -268,7 +270,6 @@ void pack_quad_w16_portable(const float* x, int64_t ldx, int64_t K, int64_t k4, 
   }
 }
 
-#ifdef ER_X86
 __attribute__((target("avx2"))) void pack_quad_w16_avx2(const float* x, int64_t ldx, int64_t K,
                                                         int64_t k4, int64_t n0, int64_t w,
                                                         const float* inv, const float* mn,
