@@ -19,7 +19,7 @@
 // k >= K hold 0 and meet zero weights). u8 x s8 pair sums reach 2 * 255 * 127,
 // past int16, so AVX2 without VNNI packs u as int16 pairs instead ([k/2][16][2]
 // int16 per strip) and multiplies them with int16-widened weights by madd_epi16
-// (exact) rather than the saturating maddubs (qgemm_group_w16). Every micro-kernel
+// (exact) rather than the saturating maddubs (kernels_qgemm_avx2.cpp). Every micro-kernel
 // computes the same exact int32 sums and applies the same epilogue operations, so
 // all paths give bit-identical outputs. Where AVX-512 VNNI is present, conv2d_s8 hands each group
 // to kernels_qgemm_avx512.cpp instead (fused quantize + pack, 8 x 48 vpdpbusd
@@ -56,7 +56,8 @@ namespace {
 using qgemm::kQNR;
 using qgemm::kQMax;
 using qgemm::kQMinRange;
-constexpr int64_t kQMR = 4;    // weight rows per micro-tile
+using qgemm::kQMR;
+using qgemm::q8;
 
 using QKernel = void (*)(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
                          int32_t* tile);
@@ -76,50 +77,6 @@ void qukr_portable(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const ui
   }
 }
 
-#ifdef ER_X86
-// AVX2 without VNNI: maddubs would saturate (a u8 x s8 pair sum reaches 64770), so
-// this path works on int16: the activation panel is packed as int16 pairs
-// (pack_quad_w16: per k pair, 16 pixels x {u(k), u(k+1)}) and the weight rows are
-// widened to int16 once per block of strips (widen_rows), so one madd_epi16 of a
-// broadcast weight pair forms 8 pixels' exact int32 pair sums, added straight
-// into the accumulators: no unpack, no horizontal add in the loop (the byte
-// layout needed 2 unpacks per strip and a hadd per row; 14.5 -> 16 GMAC/s on a
-// Zen 1 core, where madd_epi16 runs on one pipe).
-// kp2 = k pairs, W = 4 rows of int16 at stride ldw, B = [kp2][16] int32 words.
-__attribute__((target("avx2"))) void qukr_w16(int64_t kp2, const int16_t* W, int64_t ldw,
-                                              const uint32_t* B, int32_t* tile) {
-  __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
-  __m256i c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-  const int16_t* w0 = W;
-  const int16_t* w1 = W + ldw;
-  const int16_t* w2 = W + 2 * ldw;
-  const int16_t* w3 = W + 3 * ldw;
-  for (int64_t p = 0; p < kp2; ++p) {
-    const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B));
-    const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(B + 8));
-    B += kQNR;
-    int32_t v;
-#define ER_QROW(wr, ca, cb)                                          \
-    std::memcpy(&v, wr + 2 * p, 4);                                  \
-    {                                                                \
-      const __m256i a = _mm256_set1_epi32(v);                        \
-      ca = _mm256_add_epi32(ca, _mm256_madd_epi16(b0, a));           \
-      cb = _mm256_add_epi32(cb, _mm256_madd_epi16(b1, a));           \
-    }
-    ER_QROW(w0, c00, c01)
-    ER_QROW(w1, c10, c11)
-    ER_QROW(w2, c20, c21)
-    ER_QROW(w3, c30, c31)
-#undef ER_QROW
-  }
-  __m256i* t = reinterpret_cast<__m256i*>(tile);
-  const auto acc = [&](int i, __m256i c) {
-    _mm256_storeu_si256(t + i, _mm256_add_epi32(_mm256_loadu_si256(t + i), c));
-  };
-  acc(0, c00); acc(1, c01); acc(2, c10); acc(3, c11);
-  acc(4, c20); acc(5, c21); acc(6, c30); acc(7, c31);
-}
-#endif
 
 #ifdef ER_X86
 // AVX-VNNI: vpdpbusd does the u8 x s8 4-products + int32 accumulation in one
@@ -204,17 +161,13 @@ QKernel pick_qkernel() {
   return qukr_portable;
 }
 
-// One k-quad of a strip: word j = u(k4, j) | u(k4+1, j) << 8 | ... (little-endian
-// bytes [16][4]); rows k >= K and pixels past N are 0. Written so it vectorises.
-// v = (x - mn) * inv is in [0, 255 (1 + 2^-23)]; the clamp guards the ends.
-inline int32_t q8(float v) {
-  const float magic = 12582912.f;  // 1.5 * 2^23: adding it rounds to nearest (even)
-  v = std::min(std::max((v + magic) - magic, 0.f), kQMax);
-  return int32_t(v);
-}
+}  // namespace
 
-void pack_quad_portable(const float* x, int64_t ldx, int64_t K, int64_t k4, int64_t n0, int64_t w,
-                        const float* inv, const float* mn, uint32_t* o) {
+// One k-quad of a strip: word j = u(k4, j) | u(k4+1, j) << 8 | ... (little-endian
+// bytes [16][4]); rows k >= K and pixels past N are 0 (u: qgemm::q8). Written so
+// it vectorises.
+void qgemm::pack_quad_portable(const float* x, int64_t ldx, int64_t K, int64_t k4, int64_t n0,
+                               int64_t w, const float* inv, const float* mn, uint32_t* o) {
   const float* r[4];
   for (int q = 0; q < 4; ++q) r[q] = k4 + q < K ? x + (k4 + q) * ldx + n0 : nullptr;
   for (int64_t j = 0; j < kQNR; ++j) {
@@ -227,6 +180,10 @@ void pack_quad_portable(const float* x, int64_t ldx, int64_t K, int64_t k4, int6
   }
 }
 
+namespace {
+
+using qgemm::pack_quad_portable;
+
 #ifdef ER_X86
 __attribute__((target("avx2"))) void pack_quad_avx2(const float* x, int64_t ldx, int64_t K,
                                                     int64_t k4, int64_t n0, int64_t w,
@@ -236,61 +193,13 @@ __attribute__((target("avx2"))) void pack_quad_avx2(const float* x, int64_t ldx,
     pack_quad_portable(x, ldx, K, k4, n0, w, inv, mn, o);
     return;
   }
-  const __m256 lo = _mm256_setzero_ps(), hi = _mm256_set1_ps(kQMax);
   for (int h = 0; h < 2; ++h) {
     const __m256 iv = _mm256_loadu_ps(inv + 8 * h), mv = _mm256_loadu_ps(mn + 8 * h);
     __m256i word = _mm256_setzero_si256();
-    for (int q = 0; q < 4; ++q) {
-      const __m256 xv = _mm256_loadu_ps(x + (k4 + q) * ldx + n0 + 8 * h);
-      __m256 v = _mm256_mul_ps(_mm256_sub_ps(xv, mv), iv);
-      v = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
-      const __m256i u = _mm256_cvtps_epi32(v);
-      word = _mm256_or_si256(word, _mm256_slli_epi32(u, 8 * q));
-    }
+    for (int q = 0; q < 4; ++q)
+      word = _mm256_or_si256(
+          word, _mm256_slli_epi32(qgemm::quant8_avx2(x + (k4 + q) * ldx + n0 + 8 * h, mv, iv), 8 * q));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8 * h), word);
-  }
-}
-#endif
-
-#ifdef ER_X86
-// The int16-pair panel of the AVX2 (no VNNI) path: the same u values as
-// pack_quad_*, one k-quad written as two k pairs, word j of pair h =
-// u(k4 + 2h, j) | u(k4 + 2h + 1, j) << 16 (o: 2 x 16 words). This scalar copy
-// packs the strip tails and the last quad when K % 4 != 0.
-void pack_quad_w16_portable(const float* x, int64_t ldx, int64_t K, int64_t k4, int64_t n0,
-                            int64_t w, const float* inv, const float* mn, uint32_t* o) {
-  for (int64_t j = 0; j < 2 * kQNR; ++j) o[j] = 0;
-  for (int q = 0; q < 4; ++q) {
-    const float* r = k4 + q < K ? x + (k4 + q) * ldx + n0 : nullptr;
-    for (int64_t j = 0; j < kQNR; ++j) {
-      const float v = (r != nullptr && j < w) ? (r[j] - mn[j]) * inv[j] : 0.f;
-      o[(q / 2) * kQNR + j] |= uint32_t(q8(v)) << (16 * (q % 2));
-    }
-  }
-}
-
-__attribute__((target("avx2"))) void pack_quad_w16_avx2(const float* x, int64_t ldx, int64_t K,
-                                                        int64_t k4, int64_t n0, int64_t w,
-                                                        const float* inv, const float* mn,
-                                                        uint32_t* o) {
-  if (w < kQNR || k4 + 4 > K) {
-    pack_quad_w16_portable(x, ldx, K, k4, n0, w, inv, mn, o);
-    return;
-  }
-  const __m256i lo = _mm256_setzero_si256(), hi = _mm256_set1_epi32(int(kQMax));
-  for (int h = 0; h < 2; ++h) {
-    const __m256 iv = _mm256_loadu_ps(inv + 8 * h), mv = _mm256_loadu_ps(mn + 8 * h);
-    __m256i u[4];
-    for (int q = 0; q < 4; ++q) {  // cvtps rounds to nearest even, as q8; clamp as ints
-      const __m256 xv = _mm256_loadu_ps(x + (k4 + q) * ldx + n0 + 8 * h);
-      const __m256 v = _mm256_mul_ps(_mm256_sub_ps(xv, mv), iv);  // in [0, 255 (1 + 2^-23)]
-      u[q] = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(v), lo), hi);
-    }
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 8 * h),
-                        _mm256_or_si256(u[0], _mm256_slli_epi32(u[1], 16)));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + kQNR + 8 * h),
-                        _mm256_or_si256(u[2], _mm256_slli_epi32(u[3], 16)));
   }
 }
 #endif
@@ -298,7 +207,7 @@ __attribute__((target("avx2"))) void pack_quad_w16_avx2(const float* x, int64_t 
 using PackQuad = void (*)(const float*, int64_t, int64_t, int64_t, int64_t, int64_t, const float*,
                           const float*, uint32_t*);
 
-// The AVX2 path without VNNI: int16-pair panel, qgemm_group_w16.
+// The AVX2 path without VNNI: int16-pair panel, kernels_qgemm_avx2.cpp.
 bool use_w16() {
 #ifdef ER_X86
   static const bool ok = has_avx2_fma() && !has_avx_vnni();
@@ -313,7 +222,7 @@ int64_t panel_bytes_per_k() { return use_w16() ? 2 * kQNR : kQNR; }
 
 PackQuad pick_pack() {
 #ifdef ER_X86
-  if (use_w16()) return pack_quad_w16_avx2;
+  if (use_w16()) return qgemm::pack_quad_w16_avx2;
   if (has_avx2_fma()) return pack_quad_avx2;
 #endif
   return pack_quad_portable;
@@ -441,8 +350,11 @@ void quantize_pack(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N
   }
 }
 
-// One tile row's epilogue (vector when the strip is whole).
-inline void store_row(const int32_t* t, const float* xs, const float* mn, float ws, float rsum,
+}  // namespace
+
+// One tile row's epilogue (vector when the strip is whole); shared with the AVX2
+// int16 path (kernels_qgemm_avx2.cpp).
+void qgemm::store_row(const int32_t* t, const float* xs, const float* mn, float ws, float rsum,
                       float b, Act act, float lo, float hi, float* o, int64_t nw) {
 #ifdef ER_X86
   static const bool vec_epi = has_avx2_fma();
@@ -454,63 +366,8 @@ inline void store_row(const int32_t* t, const float* xs, const float* mn, float 
   epilogue(t, xs, mn, ws, rsum, b, act, lo, hi, o, nw);
 }
 
-#ifdef ER_X86
-__attribute__((target("avx2"))) void widen_s8(const int8_t* src, int64_t n, int16_t* d) {
-  int64_t k = 0;
-  for (; k + 16 <= n; k += 16)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + k),
-                        _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + k))));
-  for (; k < n; ++k) d[k] = src[k];
-}
+namespace {
 
-constexpr int64_t kW16Chunk = 2048;  // k per widened weight chunk (4 x 4 KiB on the stack)
-constexpr int64_t kW16Strips = 8;    // strips per block: the block's panel stays in L2
-
-// The w16 path of qgemm_group: each thread takes blocks of up to kW16Strips strips;
-// per 4-row tile and k chunk, the weight rows are widened to int16 once and run
-// over every strip of the block (int32 sums accumulate across chunks: exact).
-void qgemm_group_w16(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uint8_t* Bq,
-                     const float* xs, const float* mn, const float* bias, Act act, float lo,
-                     float hi, float* y, int64_t ldy, int threads) {
-  const int64_t strips = (N + kQNR - 1) / kQNR;
-  const int64_t per = std::min(kW16Strips, (strips + threads - 1) / threads);
-  const int64_t blocks = (strips + per - 1) / per;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && blocks > 1)
-  for (int64_t blk = 0; blk < blocks; ++blk) {
-    alignas(32) int16_t wt[kQMR * kW16Chunk];
-    alignas(32) int32_t tiles[kW16Strips][kQMR * kQNR];
-    const int64_t s0 = blk * per, ns = std::min(per, strips - s0);
-    for (int64_t m = 0; m < M; m += kQMR) {
-      const int64_t mr = std::min(kQMR, M - m);
-      std::memset(tiles, 0, sizeof(tiles));
-      for (int64_t kc = 0; kc < w.kp; kc += kW16Chunk) {
-        const int64_t kn = std::min(kW16Chunk, w.kp - kc);  // a multiple of 4
-        for (int64_t r = 0; r < kQMR; ++r) {
-          int16_t* d = wt + r * kW16Chunk;
-          if (r >= mr) {
-            std::memset(d, 0, size_t(kn) * sizeof(int16_t));
-            continue;
-          }
-          widen_s8(w.w + (m0 + m + r) * w.kp + kc, kn, d);
-        }
-        for (int64_t i = 0; i < ns; ++i) {
-          const uint32_t* B = reinterpret_cast<const uint32_t*>(Bq + (s0 + i) * w.kp * 2 * kQNR) +
-                              (kc / 2) * kQNR;
-          qukr_w16(kn / 2, wt, kW16Chunk, B, tiles[i]);
-        }
-      }
-      for (int64_t i = 0; i < ns; ++i) {
-        const int64_t n0 = (s0 + i) * kQNR, nw = std::min(kQNR, N - n0);
-        for (int64_t r = 0; r < mr; ++r) {
-          const int64_t row = m0 + m + r;
-          store_row(tiles[i] + r * kQNR, xs + n0, mn + n0, w.scale[row], float(w.wsum[row]),
-                    bias ? bias[row] : 0.f, act, lo, hi, y + (m + r) * ldy + n0, nw);
-        }
-      }
-    }
-  }
-}
-#endif
 
 // y[m, n] for rows [0, M) of one group: the int8 GEMM over the packed panel.
 void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uint8_t* Bq,
@@ -518,7 +375,7 @@ void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uin
                  float* y, int64_t ldy, int threads) {
 #ifdef ER_X86
   if (use_w16()) {
-    qgemm_group_w16(w, m0, M, N, Bq, xs, mn, bias, act, lo, hi, y, ldy, threads);
+    qgemm::qgemm_group_w16(w, m0, M, N, Bq, xs, mn, bias, act, lo, hi, y, ldy, threads);
     return;
   }
 #endif
@@ -534,7 +391,7 @@ void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uin
       ukr(kq, w.w + (m0 + m) * w.kp, w.kp, mr, B, tile);
       for (int64_t r = 0; r < mr; ++r) {
         const int64_t row = m0 + m + r;
-        store_row(tile + r * kQNR, xs + n0, mn + n0, w.scale[row], float(w.wsum[row]),
+        qgemm::store_row(tile + r * kQNR, xs + n0, mn + n0, w.scale[row], float(w.wsum[row]),
                   bias ? bias[row] : 0.f, act, lo, hi, y + (m + r) * ldy + n0, nw);
       }
     }
