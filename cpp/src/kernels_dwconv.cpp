@@ -1,7 +1,8 @@
 // Depthwise convolution (group == cin == cout), NCHW planes.
 //
 // AVX2 path (stride 1 or 2): each channel plane is first copied into a
-// zero-bordered scratch buffer, so every output pixel is "interior"; each
+// zero-bordered scratch buffer, so every output pixel is "interior" (the border
+// is zeroed once per call and each plane writes only its interior); each
 // output row is then swept in blocks of 4 x 8 outputs held in registers over
 // all taps, two output rows at a time (bias in, activation out, one store per
 // output vector; a row tail as 4 + 2 + 1 floats). 3x3 and 5x5 are unrolled at compile time.
@@ -145,6 +146,68 @@ __attribute__((target("avx2,fma"))) void pad_plane(const ConvParams& p, const Pa
   }
 }
 
+// Stride 1: the buffer's zero border is written once per call (zero_plane), and
+// each plane then copies only its rows into the interior (copy_interior): whole
+// vectors plus one overlapping vector for the row tail, no masks or permutes. On
+// 14x14 planes the border-building pad_plane took ~40 % of the layer.
+__attribute__((target("avx2,fma"))) void zero_plane(const Padded& d, float* buf) {
+  const int64_t n = d.ph * d.pw;  // d.pw is a multiple of 16
+  for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(buf + i, _mm256_setzero_ps());
+}
+
+__attribute__((target("avx2,fma"))) void copy_interior(const ConvParams& p, const Padded& d,
+                                                       const float* xc, float* buf) {
+  const int64_t w = p.w;
+  for (int64_t iy = 0; iy < p.h; ++iy) {
+    const float* xr = xc + iy * w;
+    float* o = buf + (iy + p.pt) * d.pw + p.pl;
+    if (w >= 8) {
+      int64_t k = 0;
+      for (; k + 8 <= w; k += 8) _mm256_storeu_ps(o + k, _mm256_loadu_ps(xr + k));
+      if (k < w) _mm256_storeu_ps(o + w - 8, _mm256_loadu_ps(xr + w - 8));
+    } else if (w >= 4) {
+      _mm_storeu_ps(o, _mm_loadu_ps(xr));
+      _mm_storeu_ps(o + w - 4, _mm_loadu_ps(xr + w - 4));
+    } else {
+      for (int64_t k = 0; k < w; ++k) o[k] = xr[k];
+    }
+  }
+}
+
+// Stride 2: the same, each block of 16 input columns de-interleaved into the even
+// and odd halves (which half the block's even inputs land in follows the parity
+// of their padded column). The last block may run past the row: cols8 gives zeros
+// there, which is what that padding holds. Needs room for whole blocks:
+// s2_interior_fits, else pad_plane.
+bool s2_interior_fits(const ConvParams& p, const Padded& d) {
+  const int64_t last = p.pl + (p.w + 15) / 16 * 16 - 16;  // padded column of the last block
+  return (last + 1) / 2 + 8 <= d.half;
+}
+
+__attribute__((target("avx2,fma"))) void copy_interior_s2(const ConvParams& p, const Padded& d,
+                                                          const float* xc, float* buf) {
+  const int64_t w = p.w, rows = std::min(p.h, d.ph - p.pt);
+  for (int64_t iy = 0; iy < rows; ++iy) {
+    const float* xr = xc + iy * w;
+    float* o = buf + (iy + p.pt) * d.pw;
+    for (int64_t ix = 0; ix < w; ix += 16) {
+      const __m256 a = cols8(xr, ix, w), b = cols8(xr, ix + 8, w);
+      const __m256 e = _mm256_castpd_ps(
+          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), 0xD8));
+      const __m256 q = _mm256_castpd_ps(
+          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), 0xD8));
+      const int64_t pc = ix + p.pl;  // padded column of input column ix
+      if (pc % 2 == 0) {
+        _mm256_storeu_ps(o + pc / 2, e);
+        _mm256_storeu_ps(o + d.half + pc / 2, q);
+      } else {
+        _mm256_storeu_ps(o + d.half + pc / 2, e);
+        _mm256_storeu_ps(o + pc / 2 + 1, q);
+      }
+    }
+  }
+}
+
 __attribute__((target("avx2,fma"))) inline __m256 act8(__m256 r, Act act, __m256 lo, __m256 hi) {
   if (act == Act::kRelu) return _mm256_max_ps(r, _mm256_setzero_ps());
   if (act == Act::kClip) return _mm256_min_ps(_mm256_max_ps(r, lo), hi);
@@ -279,17 +342,33 @@ void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const fl
     const dw::PlaneFn plane = fast != nullptr ? fast : pick_plane(p);
     const bool direct = dw::avx512_direct(p);  // reads the input plane: no padded copy
     const size_t per = padded_floats(d);
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-    for (int64_t pc = 0; pc < planes; ++pc) {
-      const int64_t c = pc % p.cout;
+    // The AVX2 kernel: border zeroed once per thread, interior copied per plane.
+    const bool interior_only = !direct && fast == nullptr && p.sh == p.sw &&
+                               (p.sw == 1 || s2_interior_fits(p, d));
+#pragma omp parallel num_threads(threads) if (threads > 1)
+    {
       float* buf = scratch + per * size_t(thread_id());
-      const float* xc = x + pc * p.h * p.w;
-      const float* next = pc + 1 < planes ? xc + p.h * p.w : nullptr;
-      if (!direct && fast != nullptr) dw::pad_plane_avx512(p, d, xc, buf);
-      else if (!direct) pad_plane(p, d, xc, buf);
-      // `next` is prefetched while this plane computes: the copy above is
-      // otherwise a memory-latency-bound pass with nothing to overlap.
-      plane(p, d, direct ? xc : buf, w + c * p.kh * p.kw, bias ? bias[c] : 0.f, y + pc * p.oh * p.ow, next);
+      bool zeroed = false;
+#pragma omp for schedule(static)
+      for (int64_t pc = 0; pc < planes; ++pc) {
+        const int64_t c = pc % p.cout;
+        const float* xc = x + pc * p.h * p.w;
+        const float* next = pc + 1 < planes ? xc + p.h * p.w : nullptr;
+        if (interior_only) {
+          if (!zeroed) zero_plane(d, buf);
+          zeroed = true;
+          if (p.sw == 1) copy_interior(p, d, xc, buf);
+          else copy_interior_s2(p, d, xc, buf);
+        } else if (!direct && fast != nullptr) {
+          dw::pad_plane_avx512(p, d, xc, buf);
+        } else if (!direct) {
+          pad_plane(p, d, xc, buf);
+        }
+        // `next` is prefetched while this plane computes: the copy above is
+        // otherwise a memory-latency-bound pass with nothing to overlap.
+        plane(p, d, direct ? xc : buf, w + c * p.kh * p.kw, bias ? bias[c] : 0.f, y + pc * p.oh * p.ow,
+              next);
+      }
     }
     return;
   }

@@ -341,6 +341,10 @@ DEPTHWISE_CASES = [
     (2, 10, 19, 7, 7, 2, [3, 3, 3, 3], 1),
     (3, 8, 9, 3, 2, 1, [0, 0, 0, 1], 1),
     (2, 12, 23, 3, 3, 3, [1, 1, 1, 1], 1),
+    # Stride 2 on a row under 16 columns with an odd left pad (EfficientNet's 14 -> 7),
+    # and a stride-1 row under 4 columns: the interior copy's short-row branches.
+    (3, 14, 14, 5, 5, 2, [1, 1, 2, 2], 1),
+    (2, 5, 3, 3, 3, 1, [1, 1, 1, 1], 1),
     # Narrow stride-1 planes (rows of <= 16 outputs) read the input directly: 8-row
     # blocks plus a 1-7 row tail, asymmetric pads, exactly 16 columns.
     (4, 14, 14, 3, 3, 1, [1, 1, 1, 1], 1),
