@@ -67,11 +67,17 @@ void ukr_portable(int64_t kc, const float* A, int64_t lda, int64_t mr, const flo
 }
 
 #ifdef ER_X86
-__attribute__((target("avx2,fma"))) void ukr_avx2(int64_t kc, const float* A, int64_t lda,
-                                                  int64_t mr, const float* Bp, int64_t ldbp,
-                                                  float* C,
-                                                  int64_t ldc, int64_t nr, bool acc,
-                                                  const TileEpi* ep) {
+// R rows x 16 columns. The 6-row kernel on a 2- or 4-row tile (the last row tile of
+// M = 16, 32, 40, 80 ...) would compute 6 rows and keep mr: ukr_avx2 picks the
+// smallest R >= mr instead (the stem conv, M = 32: 36 -> 32 rows computed). Every
+// row sums its k terms in the same order whatever R is: the same bits.
+template <int R>
+__attribute__((target("avx2,fma"))) inline void ukr_avx2_rows(int64_t kc, const float* A, int64_t lda,
+                                                              int64_t mr, const float* Bp, int64_t ldbp,
+                                                              float* C, int64_t ldc, int64_t nr, bool acc,
+                                                              const TileEpi* ep) {
+  static_assert(R == 2 || R == 4 || R == 6, "row tiles of 2, 4 or 6");
+  // Named accumulators: GCC keeps an indexed __m256 array in memory inside the loop.
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
   __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
   const float* a0 = A;
@@ -81,34 +87,39 @@ __attribute__((target("avx2,fma"))) void ukr_avx2(int64_t kc, const float* A, in
   const float* a4 = A + (mr > 4 ? 4 : 0) * lda;
   const float* a5 = A + (mr > 5 ? 5 : 0) * lda;
   for (int64_t k = 0; k < kc; ++k) {
-    __m256 b0 = _mm256_loadu_ps(Bp), b1 = _mm256_loadu_ps(Bp + 8);
+    const __m256 b0 = _mm256_loadu_ps(Bp), b1 = _mm256_loadu_ps(Bp + 8);
     Bp += ldbp;
     __m256 a = _mm256_broadcast_ss(a0 + k);
     c00 = _mm256_fmadd_ps(a, b0, c00); c01 = _mm256_fmadd_ps(a, b1, c01);
     a = _mm256_broadcast_ss(a1 + k);
     c10 = _mm256_fmadd_ps(a, b0, c10); c11 = _mm256_fmadd_ps(a, b1, c11);
-    a = _mm256_broadcast_ss(a2 + k);
-    c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21);
-    a = _mm256_broadcast_ss(a3 + k);
-    c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31);
-    a = _mm256_broadcast_ss(a4 + k);
-    c40 = _mm256_fmadd_ps(a, b0, c40); c41 = _mm256_fmadd_ps(a, b1, c41);
-    a = _mm256_broadcast_ss(a5 + k);
-    c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51);
+    if constexpr (R > 2) {
+      a = _mm256_broadcast_ss(a2 + k);
+      c20 = _mm256_fmadd_ps(a, b0, c20); c21 = _mm256_fmadd_ps(a, b1, c21);
+      a = _mm256_broadcast_ss(a3 + k);
+      c30 = _mm256_fmadd_ps(a, b0, c30); c31 = _mm256_fmadd_ps(a, b1, c31);
+    }
+    if constexpr (R > 4) {
+      a = _mm256_broadcast_ss(a4 + k);
+      c40 = _mm256_fmadd_ps(a, b0, c40); c41 = _mm256_fmadd_ps(a, b1, c41);
+      a = _mm256_broadcast_ss(a5 + k);
+      c50 = _mm256_fmadd_ps(a, b0, c50); c51 = _mm256_fmadd_ps(a, b1, c51);
+    }
   }
-  __m256 acc_regs[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
-  if (mr == kMR && nr == kNR) {
+  const __m256 c[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  if (mr == R && nr == kNR) {
     __m256 cb0 = _mm256_setzero_ps(), cb1 = cb0;
     if (ep && ep->cb) {
       cb0 = _mm256_loadu_ps(ep->cb);
       cb1 = _mm256_loadu_ps(ep->cb + 8);
     }
-    for (int64_t r = 0; r < kMR; ++r) {
-      float* c = C + r * ldc;
-      __m256 v0 = acc_regs[r][0], v1 = acc_regs[r][1];
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      float* cr = C + r * ldc;
+      __m256 v0 = c[r][0], v1 = c[r][1];
       if (acc) {
-        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(c));
-        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(c + 8));
+        v0 = _mm256_add_ps(v0, _mm256_loadu_ps(cr));
+        v1 = _mm256_add_ps(v1, _mm256_loadu_ps(cr + 8));
       }
       if (ep) {  // fused bias + activation while the tile is in registers
         const __m256 rb = _mm256_set1_ps(ep->rb ? ep->rb[r] : 0.f);
@@ -123,17 +134,25 @@ __attribute__((target("avx2,fma"))) void ukr_avx2(int64_t kc, const float* A, in
           v1 = _mm256_min_ps(_mm256_max_ps(v1, lo), hi);
         }
       }
-      _mm256_storeu_ps(c, v0);
-      _mm256_storeu_ps(c + 8, v1);
+      _mm256_storeu_ps(cr, v0);
+      _mm256_storeu_ps(cr + 8, v1);
     }
     return;
   }
   alignas(32) float t[kMR * kNR];
-  for (int64_t r = 0; r < kMR; ++r) {
-    _mm256_store_ps(t + r * kNR, acc_regs[r][0]);
-    _mm256_store_ps(t + r * kNR + 8, acc_regs[r][1]);
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+    _mm256_store_ps(t + r * kNR, c[r][0]);
+    _mm256_store_ps(t + r * kNR + 8, c[r][1]);
   }
-  store_tile(t, C, ldc, mr, nr, acc, ep);
+  store_tile(t, C, ldc, std::min<int64_t>(mr, R), nr, acc, ep);
+}
+
+void ukr_avx2(int64_t kc, const float* A, int64_t lda, int64_t mr, const float* Bp, int64_t ldbp,
+              float* C, int64_t ldc, int64_t nr, bool acc, const TileEpi* ep) {
+  if (mr <= 2) ukr_avx2_rows<2>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep);
+  else if (mr <= 4) ukr_avx2_rows<4>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep);
+  else ukr_avx2_rows<kMR>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep);
 }
 #endif
 
