@@ -77,8 +77,11 @@ void dw_row_portable(const ConvParams& p, const float* xc, const float* wc, floa
 #ifdef ER_X86
 // The vector paths first copy the channel plane into a zero-bordered buffer
 // (scratch, see dw::Padded), wide enough that every output column, rounded up
-// to 16, reads only inside it: no edge cases remain and the tail is one masked
-// store. For stride 2 each padded row is stored de-interleaved, even columns in
+// to 16, reads only inside it: no edge cases remain (row tails are stored as
+// 4 + 2 + 1 floats, store_head). The AVX2 kernel zeroes the border once per call
+// and copies each plane's interior (zero_plane, copy_interior*); pad_plane, which
+// writes every padded row, is left for the layouts those do not cover.
+// For stride 2 each padded row is stored de-interleaved, even columns in
 // its first half and odd ones in its second, so every tap reads consecutive
 // floats (shuffling once per input instead of once per tap).
 using dw::Padded;
