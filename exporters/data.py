@@ -258,6 +258,11 @@ def preprocess_effnet(img) -> np.ndarray:
 # Calib: corner crops at another scale, so calibration never sees an eval input.
 EVAL_VIEWS = ((256, "c", False), (256, "c", True), (320, "c", False))
 CALIB_VIEWS = ((288, "tl", False), (288, "br", False), (288, "tl", True), (288, "br", True))
+# Extra: more views of the same photos at other scales (18 per photo, disjoint from both),
+# for measurements that need finer resolution than eval's one flip = 0.72 pp. Views of one
+# photo are correlated: report them beside eval, never instead of it.
+EXTRA_VIEWS = tuple((side, where, flip) for side in (240, 272, 352) for where in ("c", "tl", "br")
+                    for flip in (False, True))
 
 
 def photo_crops(split: str = "eval", limit: int | None = None) -> tuple[np.ndarray, list[str]]:
@@ -265,7 +270,8 @@ def photo_crops(split: str = "eval", limit: int | None = None) -> tuple[np.ndarr
 
     Args:
         split: ``"eval"`` (centre crop, mirrored centre crop, zoomed centre crop per
-            photo) or ``"calib"`` (corner crops at another scale: inputs disjoint from eval).
+            photo), ``"calib"`` (corner crops at another scale: inputs disjoint from eval)
+            or ``"extra"`` (18 further views per photo at three other scales, disjoint from both).
         limit: keep at most this many crops, None for all (view-major order: every
             photo's first view comes before any second view).
 
@@ -276,9 +282,9 @@ def photo_crops(split: str = "eval", limit: int | None = None) -> tuple[np.ndarr
         ConfigError: unknown ``split`` or a negative ``limit``.
         UserError: the photos cannot be found or fetched.
     """
-    views = {"eval": EVAL_VIEWS, "calib": CALIB_VIEWS}.get(split)
+    views = {"eval": EVAL_VIEWS, "calib": CALIB_VIEWS, "extra": EXTRA_VIEWS}.get(split)
     if views is None:
-        raise ConfigError(f"unknown photo split {split!r}; use 'eval' or 'calib'")
+        raise ConfigError(f"unknown photo split {split!r}; use 'eval', 'calib' or 'extra'")
     if limit is not None and limit < 0:
         raise ConfigError(f"limit must be >= 0 or None, got {limit}")
     from PIL import Image

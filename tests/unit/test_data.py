@@ -77,6 +77,14 @@ def test_calib_crops_are_not_eval_crops(photos_available: None) -> None:
     assert len(calib) == 16 and not set(calib_tags) & set(eval_tags)
 
 
+def test_extra_crops_are_neither_eval_nor_calib(photos_available: None) -> None:
+    _, eval_tags = data.photo_crops("eval")
+    _, calib_tags = data.photo_crops("calib")
+    extra, extra_tags = data.photo_crops("extra", limit=40)
+    assert len(extra) == 40 and len(set(extra_tags)) == 40
+    assert not set(extra_tags) & (set(eval_tags) | set(calib_tags))
+
+
 def test_photos_skip_grey_and_tiny(photos_available: None) -> None:
     names = [n for n, _ in data.photos()]
     assert "squirrel_cls.jpg" in names
