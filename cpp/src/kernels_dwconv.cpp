@@ -110,6 +110,14 @@ __attribute__((target("avx2,fma"))) inline __m256 cols8(const float* xr, int64_t
   return _mm256_and_ps(v, _mm256_castsi256_ps(in));
 }
 
+// 16 consecutive inputs a | b -> their 8 even-indexed (*e) and 8 odd-indexed (*q) values.
+__attribute__((target("avx2,fma"))) inline void deinterleave16(__m256 a, __m256 b, __m256* e, __m256* q) {
+  *e = _mm256_castpd_ps(
+      _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), 0xD8));
+  *q = _mm256_castpd_ps(
+      _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), 0xD8));
+}
+
 // buf: the padded plane (d.ph rows of d.pw), built from registers: each row's
 // columns the AVX2 kernel reads (output columns rounded up to 8, plus the taps)
 // as 8-column blocks (cols8). Stride 2 de-interleaves each pair of blocks with
@@ -140,11 +148,10 @@ __attribute__((target("avx2,fma"))) void pad_plane(const ConvParams& p, const Pa
     for (int64_t i = 0; i < n; i += 8) {
       const int64_t ix = 2 * i - p.pl;
       const __m256 a = cols8(xr, ix, p.w), b = cols8(xr, ix + 8, p.w);
-      const __m256 e = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
-      const __m256 q = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
-      _mm256_storeu_ps(o + i, _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8)));
-      _mm256_storeu_ps(o + d.half + i,
-                       _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(q), 0xD8)));
+      __m256 e, q;
+      deinterleave16(a, b, &e, &q);
+      _mm256_storeu_ps(o + i, e);
+      _mm256_storeu_ps(o + d.half + i, q);
     }
   }
 }
@@ -195,10 +202,8 @@ __attribute__((target("avx2,fma"))) void copy_interior_s2(const ConvParams& p, c
     float* o = buf + (iy + p.pt) * d.pw;
     for (int64_t ix = 0; ix < w; ix += 16) {
       const __m256 a = cols8(xr, ix, w), b = cols8(xr, ix + 8, w);
-      const __m256 e = _mm256_castpd_ps(
-          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0))), 0xD8));
-      const __m256 q = _mm256_castpd_ps(
-          _mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1))), 0xD8));
+      __m256 e, q;
+      deinterleave16(a, b, &e, &q);
       const int64_t pc = ix + p.pl;  // padded column of input column ix
       if (pc % 2 == 0) {
         _mm256_storeu_ps(o + pc / 2, e);
@@ -351,15 +356,13 @@ void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const fl
 #pragma omp parallel num_threads(threads) if (threads > 1)
     {
       float* buf = scratch + per * size_t(thread_id());
-      bool zeroed = false;
+      if (interior_only) zero_plane(d, buf);
 #pragma omp for schedule(static)
       for (int64_t pc = 0; pc < planes; ++pc) {
         const int64_t c = pc % p.cout;
         const float* xc = x + pc * p.h * p.w;
         const float* next = pc + 1 < planes ? xc + p.h * p.w : nullptr;
         if (interior_only) {
-          if (!zeroed) zero_plane(d, buf);
-          zeroed = true;
           if (p.sw == 1) copy_interior(p, d, xc, buf);
           else copy_interior_s2(p, d, xc, buf);
         } else if (!direct && fast != nullptr) {

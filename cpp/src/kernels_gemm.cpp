@@ -145,7 +145,7 @@ __attribute__((target("avx2,fma"))) inline void ukr_avx2_rows(int64_t kc, const 
     _mm256_store_ps(t + r * kNR, c[r][0]);
     _mm256_store_ps(t + r * kNR + 8, c[r][1]);
   }
-  store_tile(t, C, ldc, std::min<int64_t>(mr, R), nr, acc, ep);
+  store_tile(t, C, ldc, mr, nr, acc, ep);  // mr <= R: ukr_avx2 picks R
 }
 
 void ukr_avx2(int64_t kc, const float* A, int64_t lda, int64_t mr, const float* Bp, int64_t ldbp,
