@@ -1,6 +1,6 @@
 // AVX-512 VNNI int8 Conv path: a fused quantize + pack of the activation panel
-// and an 8-row x (16..48)-pixel vpdpbusd micro-kernel with the epilogue applied
-// to the accumulator registers (no int32 tile round trip through memory).
+// and an 8-row x (16..48)-pixel vpdpbusd micro-kernel whose 24 accumulators stay
+// in registers over the k loop (saved once per tile for the epilogue).
 //
 // Same packed format as the generic path (qgemm_ukr.h): one zmm holds one
 // k-quad of a 16-pixel strip, so a strip's k-quad is a single aligned-size load.
@@ -55,6 +55,13 @@ ER_Q512 inline __mmask16 strip_mask(int64_t w) {
   return w >= kQNR ? __mmask16(0xFFFF) : __mmask16((1u << w) - 1u);
 }
 
+// u of 16 pixels of one row, rounded to nearest even, before the clamp:
+// 0 <= v <= 255 (+ rounding) for finite inputs.
+ER_Q512 inline __m512i quant16(const float* r, __mmask16 msk, __m512 mn, __m512 iv) {
+  const __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(msk, r), mn), iv);
+  return _mm512_cvt_roundps_epi32(v, kRN);
+}
+
 // NC strips from pixel n0: min and max over the K rows (in registers), the scales,
 // then the packed k-quads while the chunk's rows are still in L1/L2. Rows are read
 // NC * 64 contiguous bytes at a time with rows 4 ahead prefetched: going strip by
@@ -97,25 +104,26 @@ ER_Q512 void quantize_chunk(const float* x, int64_t ldx, int64_t K, int64_t kp, 
     _mm512_storeu_ps(xs + n0 + c * kQNR, _mm512_div_ps(d, q));
     _mm512_storeu_ps(mnp + n0 + c * kQNR, mn[c]);
   }
-  const __m512i lo = _mm512_setzero_si512(), hi = _mm512_set1_epi32(int32_t(kQMax));
+  // Four rows' u (int32) become one k-quad word per pixel: packus to int16, then to
+  // u8 (both saturate: the clamp to [0, 255], and a NaN's INT_MIN becomes 0 as the
+  // generic clamp makes it), giving per 128-bit lane the 4 x 4 bytes row by row;
+  // a byte shuffle in the lane turns them pixel by pixel (4 ops for the 4 rows,
+  // where clamp, shift and or took 16).
+  const __m512i quad_order = _mm512_broadcast_i32x4(
+      _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
   for (int64_t k4 = 0; k4 < kp; k4 += 4) {
     const int nrows = int(std::min<int64_t>(4, K - k4));  // rows k >= K: u = 0
     uint8_t* o = out + (n0 / kQNR) * kp * kQNR + k4 * kQNR;
 #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) {
-      __m512i word = _mm512_setzero_si512();
-      for (int j = 0; j < 4; ++j) {
-        __m512i u = lo;
-        if (j < nrows) {
-          const float* r = x + (k4 + j) * ldx + n0 + c * kQNR;
-          const __m512 v = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(msk[c], r), mn[c]),
-                                         iv[c]);
-          // Round to nearest even, then clamp: 0 <= v <= 255 (+ rounding), no overflow.
-          u = _mm512_min_epi32(_mm512_max_epi32(_mm512_cvt_roundps_epi32(v, kRN), lo), hi);
-        }
-        word = _mm512_or_si512(word, _mm512_slli_epi32(u, 8 * j));
-      }
-      _mm512_storeu_si512(o + c * kp * kQNR, word);
+      const float* r = x + k4 * ldx + n0 + c * kQNR;
+      __m512i u[4];
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j)
+        u[j] = j < nrows ? quant16(r + j * ldx, msk[c], mn[c], iv[c]) : _mm512_setzero_si512();
+      const __m512i w = _mm512_packus_epi16(_mm512_packus_epi32(u[0], u[1]),
+                                            _mm512_packus_epi32(u[2], u[3]));
+      _mm512_storeu_si512(o + c * kp * kQNR, _mm512_shuffle_epi8(w, quad_order));
     }
   }
 }
@@ -129,44 +137,58 @@ ER_Q512 void quantize_strips(const float* x, int64_t ldx, int64_t K, int64_t kp,
   for (; s < s1; ++s) quantize_chunk<1>(x, ldx, K, kp, N, s * kQNR, xs, inv, mn, out);
 }
 
+// One accumulator row of a tile (strips [0, NS)) through the epilogue into y row r.
+template <int NS>
+ER_Q512 inline void store_row(const BlockEpi& e, int r, const __m512i* t, float* y, int64_t ldy,
+                              int64_t nw) {
+  const __m512 wsv = _mm512_set1_ps(e.ws[r]);
+  const __m512 rv = _mm512_set1_ps(float(e.wsum[r]));
+  const __m512 bv = _mm512_set1_ps(e.bias ? e.bias[r] : 0.f);
+#pragma GCC unroll 3
+  for (int s = 0; s < NS; ++s) {
+    const __m512 v = epilogue16(t[s], e.xs + s * kQNR, e.mn + s * kQNR, wsv, rv, bv, e.act, e.lo, e.hi);
+    _mm512_mask_storeu_ps(y + r * ldy + s * kQNR, strip_mask(nw - s * kQNR), v);
+  }
+}
+
 // Rows [0, mr) x NS strips; W rows at W + r * kp; strip s of B at B + s * bstride.
+// The 8 x NS accumulators are named variables (ER_ROWS below) saved to memory once
+// after the k loop: with an indexed c[8][3], or with the epilogue reading the live
+// registers, GCC 12 stored every accumulator to the stack after each vpdpbusd (both
+// needed changing), which ran the tiles at ~35 % of the vpdpbusd peak on Zen 5.
 template <int NS>
 ER_Q512 void tile(int64_t kq, const int8_t* W, int64_t kp, int64_t mr, const uint8_t* B,
                   int64_t bstride, const BlockEpi& e, float* y, int64_t ldy, int64_t nw) {
-  __m512i c[kMR][NS];
   const int8_t* wr[kMR];
 #pragma GCC unroll 8
-  for (int r = 0; r < kMR; ++r) {
-    wr[r] = W + (r < mr ? r : 0) * kp;  // rows past mr recompute row 0; never stored
-#pragma GCC unroll 3
-    for (int s = 0; s < NS; ++s) c[r][s] = _mm512_setzero_si512();
-  }
+  for (int r = 0; r < kMR; ++r) wr[r] = W + (r < mr ? r : 0) * kp;  // rows past mr: never stored
+#define ER_ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#define ER_ZERO(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = c##r##0, c##r##2 = c##r##0;
+  ER_ROWS(ER_ZERO)
   for (int64_t q = 0; q < kq; ++q) {
-    __m512i b[NS];
-#pragma GCC unroll 3
-    for (int s = 0; s < NS; ++s) b[s] = _mm512_loadu_si512(B + s * bstride + q * 64);
-#pragma GCC unroll 8
-    for (int r = 0; r < kMR; ++r) {
-      int32_t v;
-      std::memcpy(&v, wr[r] + 4 * q, 4);
-      const __m512i a = _mm512_set1_epi32(v);
-#pragma GCC unroll 3
-      for (int s = 0; s < NS; ++s) c[r][s] = _mm512_dpbusd_epi32(c[r][s], b[s], a);
+    const __m512i b0 = _mm512_loadu_si512(B + q * 64);
+    const __m512i b1 = NS > 1 ? _mm512_loadu_si512(B + bstride + q * 64) : b0;
+    const __m512i b2 = NS > 2 ? _mm512_loadu_si512(B + 2 * bstride + q * 64) : b0;
+#define ER_DOT(r)                                                   \
+    {                                                               \
+      int32_t v;                                                    \
+      std::memcpy(&v, wr[r] + 4 * q, 4);                            \
+      const __m512i a = _mm512_set1_epi32(v);                       \
+      c##r##0 = _mm512_dpbusd_epi32(c##r##0, b0, a);                \
+      if (NS > 1) c##r##1 = _mm512_dpbusd_epi32(c##r##1, b1, a);    \
+      if (NS > 2) c##r##2 = _mm512_dpbusd_epi32(c##r##2, b2, a);    \
     }
+    ER_ROWS(ER_DOT)
   }
+  __m512i acc[kMR][3];
+#define ER_SAVE(r) acc[r][0] = c##r##0; acc[r][1] = c##r##1; acc[r][2] = c##r##2;
+  ER_ROWS(ER_SAVE)
+#undef ER_SAVE
   // Epilogue: act(ws * (xs[n] * float(t) + mn[n] * float(R)) + b), as the generic one.
-#pragma GCC unroll 8
-  for (int r = 0; r < kMR; ++r) {
-    if (r >= mr) break;
-    const __m512 wsv = _mm512_set1_ps(e.ws[r]);
-    const __m512 rv = _mm512_set1_ps(float(e.wsum[r]));
-    const __m512 bv = _mm512_set1_ps(e.bias ? e.bias[r] : 0.f);
-#pragma GCC unroll 3
-    for (int s = 0; s < NS; ++s) {
-      const __m512 v = epilogue16(c[r][s], e.xs + s * kQNR, e.mn + s * kQNR, wsv, rv, bv, e.act, e.lo, e.hi);
-      _mm512_mask_storeu_ps(y + r * ldy + s * kQNR, strip_mask(nw - s * kQNR), v);
-    }
-  }
+  for (int r = 0; r < mr; ++r) store_row<NS>(e, r, acc[r], y, ldy, nw);
+#undef ER_DOT
+#undef ER_ZERO
+#undef ER_ROWS
 }
 
 // The AVX-512 VNNI path's share of one team's tiles (called by every thread of the
