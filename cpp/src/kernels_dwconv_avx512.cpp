@@ -167,10 +167,17 @@ __attribute__((target("avx512f"))) void plane(const ConvParams& p, const Padded&
       _mm_prefetch(pf + done * 64, _MM_HINT_T1);
     rows<S, K, kRows>(p, buf + oy * S * d.pw, d, wc, bias, yc + oy * p.ow);
   }
-  for (; oy < p.oh; ++oy) {
-    for (int64_t l = 0; pf != nullptr && l < per && done < lines; ++l, ++done)
-      _mm_prefetch(pf + done * 64, _MM_HINT_T1);
-    rows<S, K, 1>(p, buf + oy * S * d.pw, d, wc, bias, yc + oy * p.ow);
+  // The last 1-3 rows as one block (not row by row): with one vector per row (planes of
+  // <= 16 outputs) a 1-row block is a single FMA chain, bound by the FMA latency.
+  for (int64_t l = 0; pf != nullptr && l < per && done < lines; ++l, ++done)
+    _mm_prefetch(pf + done * 64, _MM_HINT_T1);
+  const float* rest = buf + oy * S * d.pw;
+  float* o = yc + oy * p.ow;
+  switch (p.oh - oy) {
+    case 3: rows<S, K, 3>(p, rest, d, wc, bias, o); break;
+    case 2: rows<S, K, 2>(p, rest, d, wc, bias, o); break;
+    case 1: rows<S, K, 1>(p, rest, d, wc, bias, o); break;
+    default: break;
   }
 }
 
