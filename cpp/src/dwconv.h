@@ -31,8 +31,9 @@ using PlaneFn = void (*)(const ConvParams& p, const Padded& d, const float* buf,
 // time, or EDGERUN_NO_AVX512 set. Bit-identical to the AVX2 kernel (same FMA order).
 PlaneFn avx512_plane(const ConvParams& p);
 
-// True when avx512_plane(p) reads the input plane itself (stride 1, rows of at most
-// 16 outputs): call it with the input plane as `buf`, no pad_plane_avx512 first.
+// True when avx512_plane(p) reads the input plane itself (stride 1 with rows of at
+// most 16 outputs, or stride 2 in both axes without column dilation): call it with
+// the input plane as `buf`, no pad_plane_avx512 first.
 bool avx512_direct(const ConvParams& p);
 
 // Fills the padded plane buf from the input plane xc (AVX-512F; use only where

@@ -453,6 +453,11 @@ def test_kernel_paths_agree(tmp_path):
     # Rows wider than the AVX-512 kernel's 64-column block, 4-row groups plus a tail row.
     models += [_depthwise_model(5, 13, 150, kh, kh, stride, [kh // 2] * 4, 1, True) for kh, stride in [(3, 1), (5, 2)]]
     models += [_depthwise_model(*case, True) for case in NARROW_DEPTHWISE]
+    # Stride 2 read straight from the plane (no padded copy): an odd left pad on a row of
+    # under 16 outputs, and EfficientNet's 28 -> 14 and 112 -> 56 (two 16-lane vectors).
+    models += [_depthwise_model(3, 14, 14, 5, 5, 2, [1, 1, 2, 2], 1, True),
+               _depthwise_model(4, 28, 28, 3, 3, 2, [1, 1, 1, 1], 1, True),
+               _depthwise_model(2, 9, 112, 3, 3, 2, [0, 0, 1, 1], 1, True)]
     n_dw = len(models)
     models += [_conv_model(13, 3, [1, 1, 1, 1]), _conv_model(19, 1, [0, 0, 0, 0])]
     models += [_conv_model(c, k, pads, 2, h, w, 3) for c, k, pads, h, w in STRIDED_CONV_CASES]
