@@ -7,6 +7,9 @@
 // row loads per tap column instead of 12, and the loads, not the FMAs, bound
 // this kernel. For every output the taps are still summed in (row, column)
 // order with one FMA each, so results equal the AVX2 kernel's bit for bit.
+// Which planes take which route (avx512_plane): stride 1 with rows of <= 16 outputs
+// and stride 2 (3x3 / 5x5, no dilation) read the input plane directly (direct_plane,
+// s2_plane); wider stride-1 planes go through the zero-bordered copy (plane).
 #include "dwconv.h"
 
 #include "gemm_ukr.h"
