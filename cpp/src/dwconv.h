@@ -31,6 +31,14 @@ using PlaneFn = void (*)(const ConvParams& p, const Padded& d, const float* buf,
 // time, or EDGERUN_NO_AVX512 set. Bit-identical to the AVX2 kernel (same FMA order).
 PlaneFn avx512_plane(const ConvParams& p);
 
+// Two adjacent channel planes at once (x0 -> y0 with w0, b0; x1 -> y1), read from the
+// input planes: planes of <= 8 output columns (stride 1, 3x3 / 5x5, no dilation), where
+// one plane row fills under half a vector. nullptr: not that shape / no AVX-512VL.
+// Bit-identical to avx512_plane's kernel on each plane.
+using PairFn = void (*)(const ConvParams& p, const float* x0, const float* x1, const float* w0,
+                        const float* w1, float b0, float b1, float* y0, float* y1);
+PairFn avx512_pair(const ConvParams& p);
+
 // True when avx512_plane(p) reads the input plane itself (stride 1 with rows of at
 // most 16 outputs, or stride 2 in both axes without column dilation): call it with
 // the input plane as `buf`, no pad_plane_avx512 first.

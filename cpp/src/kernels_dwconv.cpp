@@ -349,6 +349,26 @@ void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const fl
     const dw::PlaneFn fast = dw::avx512_plane(p);
     const dw::PlaneFn plane = fast != nullptr ? fast : pick_plane(p);
     const bool direct = dw::avx512_direct(p);  // reads the input plane: no padded copy
+    const dw::PairFn pair = dw::avx512_pair(p);
+    if (pair != nullptr) {  // two channels per vector on planes of <= 8 columns
+      const int64_t pairs = (planes + 1) / 2;
+#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
+      for (int64_t i = 0; i < pairs; ++i) {
+        const int64_t pc = 2 * i, c0 = pc % p.cout;
+        const float* x0 = x + pc * p.h * p.w;
+        float* y0 = y + pc * p.oh * p.ow;
+        const float* w0 = w + c0 * p.kh * p.kw;
+        const float b0 = bias ? bias[c0] : 0.f;
+        if (pc + 1 == planes) {  // an odd last plane
+          plane(p, d, x0, w0, b0, y0, nullptr);
+          continue;
+        }
+        const int64_t c1 = (pc + 1) % p.cout;
+        pair(p, x0, x0 + p.h * p.w, w0, w + c1 * p.kh * p.kw, b0, bias ? bias[c1] : 0.f, y0,
+             y0 + p.oh * p.ow);
+      }
+      return;
+    }
     const size_t per = padded_floats(d);
     // The AVX2 kernel: border zeroed once per thread, interior copied per plane.
     const bool interior_only = !direct && fast == nullptr && p.sh == p.sw &&

@@ -156,6 +156,80 @@ __attribute__((target("avx512f"))) void direct_plane(const ConvParams& p, const 
   }
 }
 
+// Planes of <= 8 output columns (EfficientNet-Lite0's 7x7): one plane row fills 7 of a
+// vector's 16 lanes, so two channels share each vector, channel c in lanes 0-7 and
+// c + 1 in lanes 8-15 (half the FMAs of direct_rows for the same outputs). Loads and
+// taps are direct_rows' (a masked 8-lane load per channel, rows outside the plane
+// zero); each lane sums its own channel's taps in the same order: bit-identical.
+template <int K, int NR>
+__attribute__((target("avx512f,avx512vl"))) inline void pair_rows(
+    const ConvParams& p, const float* x0, const float* x1, const __m512* wv, __m512 bias,
+    int64_t oy0, const __mmask8* cols, float* o0, float* o1) {
+  __m512 acc[NR];
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) acc[r] = bias;
+#pragma GCC unroll 16
+  for (int q = 0; q < NR - 1 + K; ++q) {  // input row oy0 - pt + q
+    const int64_t iy = oy0 - p.pt + q;
+    const bool inside = iy >= 0 && iy < p.h;
+    const float* r0 = x0 + iy * p.w - p.pl;  // output column ox, tap j reads r[ox + j * dw]
+    const float* r1 = x1 + iy * p.w - p.pl;
+#pragma GCC unroll 8
+    for (int j = 0; j < K; ++j) {
+      __m512 xv = _mm512_setzero_ps();
+      if (inside) {
+        const __m256d lo = _mm256_castps_pd(_mm256_maskz_loadu_ps(cols[j], r0 + j * p.dw));
+        const __m256d hi = _mm256_castps_pd(_mm256_maskz_loadu_ps(cols[j], r1 + j * p.dw));
+        xv = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(lo), hi, 1));
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) {
+        const int i = q - r;  // the tap row of output row r that reads input row q
+        if (i < 0 || i >= K) continue;
+        acc[r] = _mm512_fmadd_ps(wv[i * K + j], xv, acc[r]);
+      }
+    }
+  }
+  const __m512 lo = _mm512_set1_ps(p.lo), hi = _mm512_set1_ps(p.hi);
+  const __mmask8 m = __mmask8((1u << p.ow) - 1u);
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) {
+    const __m512 v = act16(acc[r], p.act, lo, hi);
+    _mm256_mask_storeu_ps(o0 + r * p.ow, m, _mm512_castps512_ps256(v));
+    _mm256_mask_storeu_ps(o1 + r * p.ow, m, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+  }
+}
+
+template <int K>
+__attribute__((target("avx512f,avx512vl"))) void pair_plane(const ConvParams& p, const float* x0,
+                                                            const float* x1, const float* w0,
+                                                            const float* w1, float b0, float b1,
+                                                            float* y0, float* y1) {
+  __m512 wv[K * K];
+  for (int t = 0; t < K * K; ++t)
+    wv[t] = _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(_mm256_set1_ps(w0[t]))),
+                                                _mm256_castps_pd(_mm256_set1_ps(w1[t])), 1));
+  const __m512 bias = _mm512_castpd_ps(_mm512_insertf64x4(
+      _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_set1_ps(b0))), _mm256_castps_pd(_mm256_set1_ps(b1)), 1));
+  __mmask8 cols[K];
+  for (int j = 0; j < K; ++j) cols[j] = __mmask8(lanes(p.pl - j * p.dw, p.w + p.pl - j * p.dw) & 0xFF);
+  int64_t oy = 0;
+  for (; oy + kNarrowRows <= p.oh; oy += kNarrowRows)
+    pair_rows<K, kNarrowRows>(p, x0, x1, wv, bias, oy, cols, y0 + oy * p.ow, y1 + oy * p.ow);
+  float* o0 = y0 + oy * p.ow;
+  float* o1 = y1 + oy * p.ow;
+  switch (p.oh - oy) {
+    case 7: pair_rows<K, 7>(p, x0, x1, wv, bias, oy, cols, o0, o1); break;
+    case 6: pair_rows<K, 6>(p, x0, x1, wv, bias, oy, cols, o0, o1); break;
+    case 5: pair_rows<K, 5>(p, x0, x1, wv, bias, oy, cols, o0, o1); break;
+    case 4: pair_rows<K, 4>(p, x0, x1, wv, bias, oy, cols, o0, o1); break;
+    case 3: pair_rows<K, 3>(p, x0, x1, wv, bias, oy, cols, o0, o1); break;
+    case 2: pair_rows<K, 2>(p, x0, x1, wv, bias, oy, cols, o0, o1); break;
+    case 1: pair_rows<K, 1>(p, x0, x1, wv, bias, oy, cols, o0, o1); break;
+    default: break;
+  }
+}
+
 // Stride-2 planes read straight from the input plane too: no de-interleaved padded
 // copy (that copy took ~45 % of a 144x56x56 5x5 stride-2 layer). For 16 outputs from
 // column ox, tap j reads x[b + 2i + j], b = 2 ox - pl, i < 16: three masked loads
@@ -340,6 +414,12 @@ bool avx512_direct(const ConvParams& p) {
          direct_s2(p);
 }
 
+PairFn avx512_pair(const ConvParams& p) {
+  static const bool vl = __builtin_cpu_supports("avx512vl");
+  if (!vl || !avx512_direct(p) || p.sh != 1 || p.ow > 8) return nullptr;
+  return p.kh == 3 ? pair_plane<3> : pair_plane<5>;
+}
+
 PlaneFn avx512_plane(const ConvParams& p) {
   if (direct_s2(p)) return p.kh == 3 ? s2_plane<3> : s2_plane<5>;
   if (avx512_direct(p)) return p.kh == 3 ? direct_plane<3> : direct_plane<5>;
@@ -359,6 +439,7 @@ namespace edgerun {
 namespace kernels {
 namespace dw {
 bool avx512_direct(const ConvParams&) { return false; }
+PairFn avx512_pair(const ConvParams&) { return nullptr; }
 PlaneFn avx512_plane(const ConvParams&) { return nullptr; }
 }  // namespace dw
 }  // namespace kernels

@@ -458,6 +458,11 @@ def test_kernel_paths_agree(tmp_path):
     models += [_depthwise_model(3, 14, 14, 5, 5, 2, [1, 1, 2, 2], 1, True),
                _depthwise_model(4, 28, 28, 3, 3, 2, [1, 1, 1, 1], 1, True),
                _depthwise_model(2, 9, 112, 3, 3, 2, [0, 0, 1, 1], 1, True)]
+    # Planes of <= 8 columns run two channels per vector: an odd channel count (the last
+    # plane alone), 7x7 3x3 and 5x5, an asymmetric pad, 8 columns exactly.
+    models += [_depthwise_model(5, 7, 7, 5, 5, 1, [2, 2, 2, 2], 1, True),
+               _depthwise_model(4, 7, 7, 3, 3, 1, [1, 1, 1, 1], 1, True),
+               _depthwise_model(3, 10, 8, 3, 3, 1, [0, 1, 1, 0], 1, True)]
     n_dw = len(models)
     models += [_conv_model(13, 3, [1, 1, 1, 1]), _conv_model(19, 1, [0, 0, 0, 0])]
     models += [_conv_model(c, k, pads, 2, h, w, 3) for c, k, pads, h, w in STRIDED_CONV_CASES]
