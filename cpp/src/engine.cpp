@@ -201,6 +201,7 @@ const char* Engine::step_kernel(size_t i) const {
     if (s.wsmall != nullptr) return "conv-1x1-small";  // kernels::pointwise_small
     const kernels::ConvParams& p = s.conv;
     if (p.group == p.cin && p.group == p.cout && p.group > 1) return "conv-dw";
+    if (kernels::conv_s2_direct(p)) return "conv-3x3s2-direct";  // kernels::conv_s2_small
     return kernels::is_pointwise(p) ? "conv-1x1" : "conv";
   }
   return op_name(s.op);

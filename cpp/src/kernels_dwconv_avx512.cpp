@@ -13,6 +13,7 @@
 #include "dwconv.h"
 
 #include "gemm_ukr.h"
+#include "s2_taps.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -242,16 +243,9 @@ template <int K, int NR, int NV>
 __attribute__((target("avx512f"))) inline void s2_block(const ConvParams& p, const float* xc,
                                                         const float* wc, float bias, int64_t oy0,
                                                         int64_t ox, float* o, int64_t valid) {
-  static_assert(K == 3 || K == 5, "3x3 or 5x5 taps");
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   __mmask16 m[NV][3];
 #pragma GCC unroll 4
-  for (int v = 0; v < NV; ++v) {
-    const int64_t b = 2 * (ox + 16 * v) - p.pl;
-#pragma GCC unroll 3
-    for (int t = 0; t < 3; ++t) m[v][t] = lanes(-(b + 16 * t), p.w - (b + 16 * t));
-  }
+  for (int v = 0; v < NV; ++v) s2::masks(2 * (ox + 16 * v) - p.pl, p.w, m[v]);
   __m512 acc[NR][NV];
 #pragma GCC unroll 4
   for (int r = 0; r < NR; ++r)
@@ -260,27 +254,11 @@ __attribute__((target("avx512f"))) inline void s2_block(const ConvParams& p, con
 #pragma GCC unroll 16
   for (int q = 0; q < (NR - 1) * 2 + K; ++q) {  // input row 2 oy0 - pt + q
     const int64_t iy = 2 * oy0 - p.pt + q;
-    const bool inside = iy >= 0 && iy < p.h;
-    const float* xr = xc + iy * p.w;
+    const float* xr = iy >= 0 && iy < p.h ? xc + iy * p.w : nullptr;
 #pragma GCC unroll 4
     for (int v = 0; v < NV; ++v) {
-      const int64_t b = 2 * (ox + 16 * v) - p.pl;
-      __m512 l[3];
-#pragma GCC unroll 3
-      for (int t = 0; t < 3; ++t)
-        l[t] = inside ? _mm512_maskz_loadu_ps(m[v][t], xr + b + 16 * t) : _mm512_setzero_ps();
-      const __m512 e = _mm512_permutex2var_ps(l[0], even, l[1]);
-      const __m512 od = _mm512_permutex2var_ps(l[0], odd, l[1]);
-      const __m512i e2 = _mm512_castps_si512(_mm512_permutexvar_ps(even, l[2]));  // lanes 0, 1
-      const __m512i o2 = _mm512_castps_si512(_mm512_permutexvar_ps(odd, l[2]));   // lane 0
       __m512 tap[K];
-      tap[0] = e;
-      tap[1] = od;
-      tap[2] = _mm512_castsi512_ps(_mm512_alignr_epi32(e2, _mm512_castps_si512(e), 1));
-      if (K == 5) {
-        tap[3] = _mm512_castsi512_ps(_mm512_alignr_epi32(o2, _mm512_castps_si512(od), 1));
-        tap[4] = _mm512_castsi512_ps(_mm512_alignr_epi32(e2, _mm512_castps_si512(e), 2));
-      }
+      s2::taps<K>(xr, 2 * (ox + 16 * v) - p.pl, m[v], tap);
 #pragma GCC unroll 8
       for (int j = 0; j < K; ++j)
 #pragma GCC unroll 4

@@ -253,6 +253,31 @@ def test_pointwise_small_planes_match_the_gemm_path_bit_for_bit(tmp_path, monkey
     np.testing.assert_array_equal(gemm.run(x)["y"], got)
 
 
+@pytest.mark.parametrize("cin, cout, h, w, pads", [(3, 32, 30, 30, [1, 1, 1, 1]), (3, 16, 31, 37, [0, 0, 1, 1]),
+                                                  (7, 48, 20, 18, [1, 0, 0, 1]), (1, 16, 9, 5, [1, 1, 1, 1])])
+def test_stride2_stem_convs_match_the_gemm_path_bit_for_bit(tmp_path, monkeypatch, cin, cout, h, w, pads):
+    """3x3 stride-2 convs with few input channels (image stems) read their input directly
+    on AVX-512 (no im2col): the same products in the GEMM's k order, so the outputs equal
+    EDGERUN_NO_DIRECT_CONV=1's (im2col + GEMM) bit for bit: asymmetric pads, odd and
+    under-16 output widths, cin 1..7 (K up to 63), 16..48 channels, batch 2, 2 threads."""
+    from edgerun import _core
+
+    m = _conv_model(cout, 3, pads, 2, h, w, cin)
+    onnx.save(m, tmp_path / "c.onnx")
+    erg.write_erg(m, tmp_path / "c.erg")
+    x = np.random.default_rng(cin + h).standard_normal((2, cin, h, w)).astype(np.float32)
+    direct = NativeEngine(tmp_path / "c.erg", max_batch=2)
+    if _core.gemm_path() == "avx512":  # the kernel exists on AVX-512 machines only
+        assert [r["kernel"] for r in direct.profile_layers(x[:1], runs=1)][0] == "conv-3x3s2-direct"
+    got = direct.run(x)["y"]
+    assert_close(OrtEngine(tmp_path / "c.onnx").run(x)["y"], got, f"stem {cin}->{cout} {h}x{w} {pads}")
+    np.testing.assert_array_equal(NativeEngine(tmp_path / "c.erg", max_batch=2, threads=2).run(x)["y"], got)
+    monkeypatch.setenv("EDGERUN_NO_DIRECT_CONV", "1")
+    gemm = NativeEngine(tmp_path / "c.erg", max_batch=2)
+    assert [r["kernel"] for r in gemm.profile_layers(x[:1], runs=1)][0] == "conv"
+    np.testing.assert_array_equal(gemm.run(x)["y"], got)
+
+
 def test_same_shape_add_is_shared_out_over_threads(tmp_path):
     """A residual-style Add of two same-shape tensors (7500 values: one whole 4096-value
     chunk and a partial one per sample) gives a + b exactly on 1 and 2 threads, at batch 1

@@ -87,6 +87,14 @@ void   pointwise_small(const ConvParams& p, int64_t batch, const float* x, const
                        const float* bias, float* y, int threads);
 void   conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w,
               const float* bias, float* y, float* scratch, int threads);
+// 3x3 stride-2 convs with cin * 9 <= 64 and cout a multiple of 16 (image stems), AVX-512F:
+// read straight from the input, no im2col (kernels_conv_s2_avx512.cpp); conv2d takes this
+// path itself where conv_s2_direct(p) (EDGERUN_NO_DIRECT_CONV=1: never). Same bits as
+// the im2col + GEMM path.
+bool   conv_s2_direct(const ConvParams& p);
+size_t conv_s2_scratch_floats(const ConvParams& p);
+void   conv_s2_small(const ConvParams& p, int64_t batch, const float* x, const float* w,
+                     const float* bias, float* y, float* scratch, int threads);
 // Depthwise (group == cin == cout): direct, vectorised for stride 1/2 (kernels_dwconv.cpp).
 // The vector path pads each plane into scratch; scratch == nullptr forces the scalar path.
 size_t depthwise_scratch_floats(const ConvParams& p, int threads);

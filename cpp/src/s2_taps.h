@@ -1,0 +1,52 @@
+// Internal to the AVX-512 stride-2 kernels (kernels_dwconv_avx512.cpp, kernels_conv_s2_avx512.cpp):
+// the tap vectors of 16 stride-2 outputs read straight from an input row, no padded copy.
+#pragma once
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace edgerun {
+namespace kernels {
+namespace s2 {
+
+// Load masks for input columns b .. b + 47 of a row of w columns (three 16-lane loads):
+// lanes outside [0, w) are off and read as 0, as a zero border would.
+__attribute__((target("avx512f"))) inline void masks(int64_t b, int64_t w, __mmask16* m) {
+  for (int t = 0; t < 3; ++t) {
+    const int64_t lo = -(b + 16 * t), hi = w - (b + 16 * t);
+    const int64_t l = lo < 0 ? 0 : lo, h = hi > 16 ? 16 : hi;
+    m[t] = h <= l ? __mmask16(0) : __mmask16(((1u << h) - 1u) & ~((1u << l) - 1u));
+  }
+}
+
+// tap[j] lane i = xr[b + 2 i + j] (j < K, K = 3 or 5; xr == nullptr: a row outside the
+// plane, all zeros): three masked loads, split into even / odd columns by permutes, the
+// taps 2..4 shifted in from the next 16 columns by one or two lanes (valignd).
+template <int K>
+__attribute__((target("avx512f"))) inline void taps(const float* xr, int64_t b, const __mmask16* m,
+                                                   __m512* tap) {
+  static_assert(K == 3 || K == 5, "3 or 5 taps");
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  __m512 l[3];
+  for (int t = 0; t < 3; ++t)
+    l[t] = xr != nullptr ? _mm512_maskz_loadu_ps(m[t], xr + b + 16 * t) : _mm512_setzero_ps();
+  const __m512 e = _mm512_permutex2var_ps(l[0], even, l[1]);
+  const __m512 od = _mm512_permutex2var_ps(l[0], odd, l[1]);
+  const __m512i e2 = _mm512_castps_si512(_mm512_permutexvar_ps(even, l[2]));  // lanes 0, 1
+  tap[0] = e;
+  tap[1] = od;
+  tap[2] = _mm512_castsi512_ps(_mm512_alignr_epi32(e2, _mm512_castps_si512(e), 1));
+  if (K == 5) {
+    const __m512i o2 = _mm512_castps_si512(_mm512_permutexvar_ps(odd, l[2]));  // lane 0
+    tap[3] = _mm512_castsi512_ps(_mm512_alignr_epi32(o2, _mm512_castps_si512(od), 1));
+    tap[4] = _mm512_castsi512_ps(_mm512_alignr_epi32(e2, _mm512_castps_si512(e), 2));
+  }
+}
+
+}  // namespace s2
+}  // namespace kernels
+}  // namespace edgerun
+#endif
