@@ -4,7 +4,7 @@
 // The general path gathers an im2col matrix (27 x 12544 floats for that stem, ~25 % of
 // its time) and runs the GEMM. Here a block of 16 output pixels x 16 output channels sits
 // in 16 accumulators; for each input channel and tap row the three taps of the 16 pixels
-// come from s2::taps (three masked loads and permutes), and each tap meets its 16
+// come from s2::taps (vec512.h: three masked loads and permutes), and each tap meets its 16
 // weights. Every output sums its K = cin * 9 products in the GEMM's k order ((c, i, j)),
 // one FMA each from zero, then + channel bias, + 0 (no column bias) and the activation:
 // the GEMM micro-kernel's operations, so the outputs equal the im2col + GEMM path's bit
@@ -15,7 +15,7 @@
 
 #include "edgerun/kernels.h"
 #include "gemm_ukr.h"
-#include "s2_taps.h"
+#include "vec512.h"
 
 namespace edgerun {
 namespace kernels {
@@ -60,20 +60,20 @@ __attribute__((target("avx512f"))) void block(const ConvParams& p, const float* 
 #pragma GCC unroll 16
   for (int c = 0; c < kCh; ++c) {
     // The GEMM epilogue's order: + row (channel) bias, + column bias (none: 0), activation.
-    __m512 v = _mm512_add_ps(_mm512_add_ps(acc[c], _mm512_set1_ps(bias ? bias[m0 + c] : 0.f)), zero);
-    if (p.act == Act::kRelu) v = _mm512_max_ps(v, zero);
-    else if (p.act == Act::kClip) v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
-    _mm512_mask_storeu_ps(o + c * plane, st, v);
+    const __m512 v = _mm512_add_ps(_mm512_add_ps(acc[c], _mm512_set1_ps(bias ? bias[m0 + c] : 0.f)), zero);
+    _mm512_mask_storeu_ps(o + c * plane, st, act16(v, p.act, lo, hi));
   }
 }
 
 }  // namespace
 
 bool conv_s2_direct(const ConvParams& p) {
-  const char* off = std::getenv("EDGERUN_NO_DIRECT_CONV");  // read per call, as EDGERUN_NO_SMALL_N
-  if (off != nullptr && off[0] != '\0' && off[0] != '0') return false;
-  return gemm::has_avx512() && p.group == 1 && p.kh == 3 && p.kw == 3 && p.sh == 2 &&
-         p.sw == 2 && p.dh == 1 && p.dw == 1 && p.cin * 9 <= kMaxTaps && p.cout % kCh == 0;
+  if (!(p.group == 1 && p.kh == 3 && p.kw == 3 && p.sh == 2 && p.sw == 2 && p.dh == 1 &&
+        p.dw == 1 && p.cin * 9 <= kMaxTaps && p.cout % kCh == 0 && gemm::has_avx512()))
+    return false;
+  // Read per call (conv2d asks on every run), as EDGERUN_NO_SMALL_N; only for stem shapes.
+  const char* off = std::getenv("EDGERUN_NO_DIRECT_CONV");
+  return off == nullptr || off[0] == '\0' || off[0] == '0';
 }
 
 size_t conv_s2_scratch_floats(const ConvParams& p) { return size_t(p.cout * p.cin * 9); }

@@ -13,7 +13,7 @@
 #include "dwconv.h"
 
 #include "gemm_ukr.h"
-#include "s2_taps.h"
+#include "vec512.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -23,19 +23,6 @@ namespace kernels {
 namespace dw {
 
 namespace {
-
-// Lanes [lo, hi) of a 16-lane mask.
-inline __mmask16 lanes(int64_t lo, int64_t hi) {
-  lo = lo < 0 ? 0 : lo;
-  hi = hi > 16 ? 16 : hi;
-  return hi <= lo ? __mmask16(0) : __mmask16(((1u << hi) - 1u) & ~((1u << lo) - 1u));
-}
-
-__attribute__((target("avx512f"))) inline __m512 act16(__m512 r, Act act, __m512 lo, __m512 hi) {
-  if (act == Act::kRelu) return _mm512_max_ps(r, _mm512_setzero_ps());
-  if (act == Act::kClip) return _mm512_min_ps(_mm512_max_ps(r, lo), hi);
-  return r;
-}
 
 // NR output rows x NV vectors of 16 outputs from column ox; columns >= ox + valid
 // are computed (the padded buffer covers them) but not stored. S: stride, K: taps.
@@ -380,16 +367,15 @@ __attribute__((target("avx512f"))) void pad_plane_avx512(const ConvParams& p, co
 }
 
 namespace {
-bool direct_s2(const ConvParams& p) {
-  return gemm::has_avx512() && p.kh == p.kw && (p.kh == 3 || p.kh == 5) && p.dh == 1 &&
-         p.dw == 1 && p.sh == 2 && p.sw == 2;
+// 3x3 or 5x5 taps without row dilation on an AVX-512 machine: the direct kernels' shapes.
+bool direct_taps(const ConvParams& p) {
+  return gemm::has_avx512() && p.kh == p.kw && (p.kh == 3 || p.kh == 5) && p.dh == 1;
 }
+bool direct_s2(const ConvParams& p) { return direct_taps(p) && p.dw == 1 && p.sh == 2 && p.sw == 2; }
 }  // namespace
 
 bool avx512_direct(const ConvParams& p) {
-  return (gemm::has_avx512() && p.kh == p.kw && (p.kh == 3 || p.kh == 5) && p.dh == 1 &&
-          p.sh == 1 && p.sw == 1 && p.ow <= 16) ||
-         direct_s2(p);
+  return (direct_taps(p) && p.sh == 1 && p.sw == 1 && p.ow <= 16) || direct_s2(p);
 }
 
 PairFn avx512_pair(const ConvParams& p) {

@@ -19,6 +19,7 @@
 
 #include "edgerun/kernels.h"
 #include "gemm_ukr.h"
+#include "vec512.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -122,9 +123,7 @@ __attribute__((target("avx512f"))) void tile(const ConvParams& p, int64_t K, con
         continue;
       }
       // The GEMM epilogue's order: + row (channel) bias, + column bias (none: 0), activation.
-      v[i] = _mm512_add_ps(_mm512_add_ps(tot[i][h], h ? rb1 : rb0), zero);
-      if (p.act == Act::kRelu) v[i] = _mm512_max_ps(v[i], zero);
-      else if (p.act == Act::kClip) v[i] = _mm512_min_ps(_mm512_max_ps(v[i], lo), hi);
+      v[i] = act16(_mm512_add_ps(_mm512_add_ps(tot[i][h], h ? rb1 : rb0), zero), p.act, lo, hi);
     }
     store_transposed(v, PR, std::min<int64_t>(16, rows - 16 * h), y0 + h * 16 * plane, plane);
   }

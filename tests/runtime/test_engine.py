@@ -222,6 +222,29 @@ def test_same_padded_convs_on_small_planes(tmp_path, h, w, k, dil):
     np.testing.assert_array_equal(outs[1], outs[0])
 
 
+def _run_fast_path(stem, x, kernel, what):
+    """The one-layer model stem.erg runs `kernel` (on AVX-512 machines, where it exists),
+    matches stem.onnx under onnxruntime and gives the same bits on 2 threads. Returns the
+    engine and its outputs for x."""
+    from edgerun import _core
+
+    fast = NativeEngine(f"{stem}.erg", max_batch=2)
+    if _core.gemm_path() == "avx512":
+        assert [r["kernel"] for r in fast.profile_layers(x[:1], runs=1)][0] == kernel
+    got = fast.run(x)["y"]
+    assert_close(OrtEngine(f"{stem}.onnx").run(x)["y"], got, what)
+    np.testing.assert_array_equal(NativeEngine(f"{stem}.erg", max_batch=2, threads=2).run(x)["y"], got)
+    return fast, got
+
+
+def _assert_fallback_same_bits(monkeypatch, stem, x, got, off_env, fallback_kernel):
+    """With `off_env`=1 the layer runs `fallback_kernel` and gives exactly `got`."""
+    monkeypatch.setenv(off_env, "1")
+    slow = NativeEngine(f"{stem}.erg", max_batch=2)
+    assert [r["kernel"] for r in slow.profile_layers(x[:1], runs=1)][0] == fallback_kernel
+    np.testing.assert_array_equal(slow.run(x)["y"], got)
+
+
 @pytest.mark.parametrize("cin, cout, side", [(300, 192, 7), (48, 40, 7), (20, 64, 9), (16, 33, 5), (8, 32, 3)])
 def test_pointwise_small_planes_match_the_gemm_path_bit_for_bit(tmp_path, monkeypatch, cin, cout, side):
     """1x1 convs on small planes (7x7: the GEMM ran 64 lanes for 49 pixels) take the
@@ -229,8 +252,6 @@ def test_pointwise_small_planes_match_the_gemm_path_bit_for_bit(tmp_path, monkey
     the GEMM, so the outputs equal EDGERUN_NO_SMALL_N=1's bit for bit (K = 300: two K
     blocks; 40 and 33 channels: a part-filled panel; 9x9, 5x5, 3x3: short pixel tiles),
     at batch 2 and on 2 threads too, and onnxruntime's values."""
-    from edgerun import _core
-
     rng = np.random.default_rng(8)
     nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="pw"),
              helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="relu6")]
@@ -240,17 +261,9 @@ def test_pointwise_small_planes_match_the_gemm_path_bit_for_bit(tmp_path, monkey
     onnx.save(m, tmp_path / "pw.onnx")
     erg.write_erg(m, tmp_path / "pw.erg")
     x = rng.standard_normal((2, cin, side, side)).astype(np.float32) * 2
-    small = NativeEngine(tmp_path / "pw.erg", max_batch=2)
-    if _core.gemm_path() == "avx512":  # the kernel exists on AVX-512 machines only
-        assert [r["kernel"] for r in small.profile_layers(x[:1], runs=1)][0] == "conv-1x1-small"
-    got = small.run(x)["y"]
-    assert_close(OrtEngine(tmp_path / "pw.onnx").run(x)["y"], got, f"1x1 {cin}->{cout} on {side}x{side}")
-    np.testing.assert_array_equal(NativeEngine(tmp_path / "pw.erg", max_batch=2, threads=2).run(x)["y"], got)
+    small, got = _run_fast_path(tmp_path / "pw", x, "conv-1x1-small", f"1x1 {cin}->{cout} on {side}x{side}")
     np.testing.assert_array_equal(small.run(x[1:])["y"], got[1:])
-    monkeypatch.setenv("EDGERUN_NO_SMALL_N", "1")
-    gemm = NativeEngine(tmp_path / "pw.erg", max_batch=2)
-    assert [r["kernel"] for r in gemm.profile_layers(x[:1], runs=1)][0] == "conv-1x1"
-    np.testing.assert_array_equal(gemm.run(x)["y"], got)
+    _assert_fallback_same_bits(monkeypatch, tmp_path / "pw", x, got, "EDGERUN_NO_SMALL_N", "conv-1x1")
 
 
 @pytest.mark.parametrize("cin, cout, h, w, pads", [(3, 32, 30, 30, [1, 1, 1, 1]), (3, 16, 31, 37, [0, 0, 1, 1]),
@@ -260,22 +273,12 @@ def test_stride2_stem_convs_match_the_gemm_path_bit_for_bit(tmp_path, monkeypatc
     on AVX-512 (no im2col): the same products in the GEMM's k order, so the outputs equal
     EDGERUN_NO_DIRECT_CONV=1's (im2col + GEMM) bit for bit: asymmetric pads, odd and
     under-16 output widths, cin 1..7 (K up to 63), 16..48 channels, batch 2, 2 threads."""
-    from edgerun import _core
-
     m = _conv_model(cout, 3, pads, 2, h, w, cin)
     onnx.save(m, tmp_path / "c.onnx")
     erg.write_erg(m, tmp_path / "c.erg")
     x = np.random.default_rng(cin + h).standard_normal((2, cin, h, w)).astype(np.float32)
-    direct = NativeEngine(tmp_path / "c.erg", max_batch=2)
-    if _core.gemm_path() == "avx512":  # the kernel exists on AVX-512 machines only
-        assert [r["kernel"] for r in direct.profile_layers(x[:1], runs=1)][0] == "conv-3x3s2-direct"
-    got = direct.run(x)["y"]
-    assert_close(OrtEngine(tmp_path / "c.onnx").run(x)["y"], got, f"stem {cin}->{cout} {h}x{w} {pads}")
-    np.testing.assert_array_equal(NativeEngine(tmp_path / "c.erg", max_batch=2, threads=2).run(x)["y"], got)
-    monkeypatch.setenv("EDGERUN_NO_DIRECT_CONV", "1")
-    gemm = NativeEngine(tmp_path / "c.erg", max_batch=2)
-    assert [r["kernel"] for r in gemm.profile_layers(x[:1], runs=1)][0] == "conv"
-    np.testing.assert_array_equal(gemm.run(x)["y"], got)
+    _, got = _run_fast_path(tmp_path / "c", x, "conv-3x3s2-direct", f"stem {cin}->{cout} {h}x{w} {pads}")
+    _assert_fallback_same_bits(monkeypatch, tmp_path / "c", x, got, "EDGERUN_NO_DIRECT_CONV", "conv")
 
 
 def test_same_shape_add_is_shared_out_over_threads(tmp_path):

@@ -1,5 +1,6 @@
-// Internal to the AVX-512 stride-2 kernels (kernels_dwconv_avx512.cpp, kernels_conv_s2_avx512.cpp):
-// the tap vectors of 16 stride-2 outputs read straight from an input row, no padded copy.
+// Internal to the AVX-512 direct convolution kernels (kernels_dwconv_avx512.cpp,
+// kernels_conv_s2_avx512.cpp, kernels_pointwise_small.cpp): lane masks, the activation on a
+// vector, and the tap vectors of 16 stride-2 outputs read straight from an input row.
 #pragma once
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -7,18 +8,31 @@
 
 #include <cstdint>
 
+#include "edgerun/kernels.h"
+
 namespace edgerun {
 namespace kernels {
+
+// Lanes [lo, hi) of a 16-lane mask (clamped to 0..16).
+inline __mmask16 lanes(int64_t lo, int64_t hi) {
+  lo = lo < 0 ? 0 : lo;
+  hi = hi > 16 ? 16 : hi;
+  return hi <= lo ? __mmask16(0) : __mmask16(((1u << hi) - 1u) & ~((1u << lo) - 1u));
+}
+
+// The activation of the GEMM / depthwise epilogues on 16 values.
+__attribute__((target("avx512f"))) inline __m512 act16(__m512 r, Act act, __m512 lo, __m512 hi) {
+  if (act == Act::kRelu) return _mm512_max_ps(r, _mm512_setzero_ps());
+  if (act == Act::kClip) return _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+  return r;
+}
+
 namespace s2 {
 
 // Load masks for input columns b .. b + 47 of a row of w columns (three 16-lane loads):
 // lanes outside [0, w) are off and read as 0, as a zero border would.
-__attribute__((target("avx512f"))) inline void masks(int64_t b, int64_t w, __mmask16* m) {
-  for (int t = 0; t < 3; ++t) {
-    const int64_t lo = -(b + 16 * t), hi = w - (b + 16 * t);
-    const int64_t l = lo < 0 ? 0 : lo, h = hi > 16 ? 16 : hi;
-    m[t] = h <= l ? __mmask16(0) : __mmask16(((1u << h) - 1u) & ~((1u << l) - 1u));
-  }
+inline void masks(int64_t b, int64_t w, __mmask16* m) {
+  for (int t = 0; t < 3; ++t) m[t] = lanes(-(b + 16 * t), w - (b + 16 * t));
 }
 
 // tap[j] lane i = xr[b + 2 i + j] (j < K, K = 3 or 5; xr == nullptr: a row outside the
