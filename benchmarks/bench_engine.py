@@ -5,9 +5,11 @@ EfficientNet-Lite0 after MBConv block 3 and block 7, and the whole EfficientNet-
 (the "plain on-device" peer: every layer on the device). Both engines are timed
 in alternating blocks of 10 runs in one loop (medians; the first runs of each
 block let the other engine's spinning threads settle). Prints a table and writes
-``engine.json`` (+ ``engine.png``) under ``--out``.
+``engine.json`` (+ ``engine.png``) under ``--out``. With ``--cold`` every timed call
+of either engine follows a 64 MiB write (``engine_cold.json``): the latency a control
+loop sees when its other work has evicted the caches between two inferences.
 
-Run:  python benchmarks/bench_engine.py --runs 50 --out benchmarks/results
+Run:  python benchmarks/bench_engine.py --runs 50 [--cold] --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -56,8 +58,20 @@ def cut_tensor(model: onnx.ModelProto, scope: str | None, before_op: str | None)
     return hits[-1].output[0]
 
 
+class CacheEvictor:
+    """Dirties a buffer larger than the last-level cache: what a control loop's other work does
+    to the caches between two inferences (the next call finds its weights, arena and input in
+    DRAM)."""
+
+    def __init__(self, mib: int = 64) -> None:
+        self.buf = np.zeros(mib << 18, np.float32)
+
+    def __call__(self) -> None:
+        self.buf[::16] += 1.0  # one write per 64-byte line
+
+
 def interleaved_ms(fns: list, x: np.ndarray, runs: int, warmup: int, block: int = 10,
-                   settle: int = 3, pause_s: float = 0.3) -> list[float]:
+                   settle: int = 3, pause_s: float = 0.3, before=None) -> list[float]:
     """Median ms of each fn, timed in alternating blocks (a x block, b x block, a ...) so both
     see the same machine state: a drift in clock or load hits them alike. Each block starts
     after ``pause_s`` idle and its first ``settle`` runs are not counted: with threads > 1,
@@ -66,7 +80,8 @@ def interleaved_ms(fns: list, x: np.ndarray, runs: int, warmup: int, block: int 
     alone, 5.5 ms right after onnxruntime). On a 2-core AMD EPYC the settle runs were not
     enough: onnxruntime's spinning worker held the second core through a whole native block
     (EfficientNet blocks.3, native 2 threads: 5.5 ms alone, 8.7 ms for 20 runs after
-    onnxruntime, 5.5 ms again after 0.5 s idle)."""
+    onnxruntime, 5.5 ms again after 0.5 s idle). ``before`` (e.g. a CacheEvictor) runs before
+    every call, untimed."""
     for _ in range(warmup):
         for fn in fns:
             fn(x)
@@ -75,6 +90,8 @@ def interleaved_ms(fns: list, x: np.ndarray, runs: int, warmup: int, block: int 
         for fn, ts in zip(fns, times):
             time.sleep(pause_s)
             for i in range(settle + block):
+                if before is not None:
+                    before()
                 t0 = time.perf_counter()
                 fn(x)
                 if i >= settle:
@@ -82,7 +99,8 @@ def interleaved_ms(fns: list, x: np.ndarray, runs: int, warmup: int, block: int 
     return [statistics.median(ts) for ts in times]
 
 
-def bench_cut(traced, label: str, tensor: str, tmp: Path, threads_list, runs: int, warmup: int) -> list[dict]:
+def bench_cut(traced, label: str, tensor: str, tmp: Path, threads_list, runs: int, warmup: int,
+              before=None) -> list[dict]:
     full = tmp / "full.onnx"
     onnx.save(traced.model, full)
     front_onnx, front_erg = tmp / f"front_{tensor}.onnx", tmp / f"front_{tensor}.erg"
@@ -97,7 +115,7 @@ def bench_cut(traced, label: str, tensor: str, tmp: Path, threads_list, runs: in
         ort = OrtEngine(front_onnx, threads=th)
         ref, got = ort.run(x), native.run(x)
         err = max(float(np.abs(ref[k] - got[k]).max() / max(np.abs(ref[k]).max(), 1e-6)) for k in ref)
-        n_ms, o_ms = interleaved_ms([native.run, ort.run], x, runs, warmup)
+        n_ms, o_ms = interleaved_ms([native.run, ort.run], x, runs, warmup, before=before)
         rows.append({"model": traced.source.model_id, "cut": label, "tensor": tensor, "threads": th,
                      "native_ms": round(n_ms, 4), "ort_ms": round(o_ms, 4),
                      "ratio_native_over_ort": round(n_ms / o_ms, 3), "max_rel_err": err,
@@ -112,6 +130,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--cold", action="store_true",
+                    help="dirty 64 MiB before every timed call (caches cold, as in a control loop "
+                         "that does other work between inferences); writes engine_cold.json/png")
     args = ap.parse_args()
     from edgerun import _core
 
@@ -122,7 +143,8 @@ def main() -> None:
                 traced_cache[spec] = trace_model(spec)
             traced = traced_cache[spec]
             tensor = cut_tensor(traced.model, scope, before)
-            rows += bench_cut(traced, label, tensor, Path(d), args.threads, args.runs, args.warmup)
+            rows += bench_cut(traced, label, tensor, Path(d), args.threads, args.runs, args.warmup,
+                              before=CacheEvictor() if args.cold else None)
     print(f"{'model':<20} {'cut':<15} {'thr':>3} {'native ms':>10} {'ort ms':>9} {'ratio':>6} {'rel err':>8}")
     for r in rows:
         print(f"{r['model']:<20} {r['cut']:<15} {r['threads']:>3} {r['native_ms']:>10.3f} "
@@ -130,10 +152,11 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.machine(), "cpu": cpu_name(), "cpu_count": __import__("os").cpu_count(),
             "gemm_path": _core.gemm_path(), "batch": 1, "runs": args.runs, "warmup": args.warmup,
-            "statistic": "median"}
-    (args.out / "engine.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    _plot(rows, args.out / "engine.png")
-    print(f"wrote {args.out / 'engine.json'}")
+            "statistic": "median", "caches": "cold (64 MiB dirtied before each call)" if args.cold else "warm"}
+    name = "engine_cold" if args.cold else "engine"
+    (args.out / f"{name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    _plot(rows, args.out / f"{name}.png")
+    print(f"wrote {args.out / f'{name}.json'}")
 
 
 def _plot(rows: list[dict], path: Path) -> None:
