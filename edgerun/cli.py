@@ -203,7 +203,7 @@ def demo_cmd(
     engine: str = typer.Option("native", help="front-half engine: native | ort"),
     cut: Optional[str] = typer.Option(None, help="cut (default: the exporter's default cut)"),
     codec: str = typer.Option("none", help="activation codec on the wire: none | tsq"),
-    front_precision: str = typer.Option("fp32", help="front half weights: fp32 | int8 | int4 | auto"),
+    front_precision: str = typer.Option("fp32", help="front half weights: fp32 | int8 | int4"),
     back_precision: str = typer.Option("fp32", help="back half: fp32 | fp16 | int8"),
     budget: Optional[str] = typer.Option(None, help="export with early exits and run under this budget: fast | balanced | accurate | off"),
     as_json: bool = typer.Option(False, "--json", help="last line of stdout: one JSON object"),

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from edgerun import procs
+from edgerun.errors import ConfigError
 from edgerun.report import percentiles, stage_table, table
 
 STAGES = ("device", "encode", "network", "server", "decode", "total")
@@ -51,6 +52,9 @@ def _run_demo(
     from edgerun.exporters.models import SourceModel
     from edgerun.exporters.pipeline import ExportConfig, export
 
+    if front_precision == "auto":  # needs a memory budget the demo does not take
+        raise ConfigError("the demo exports fp32, int8 or int4 fronts; for 'auto' run `edgerun export "
+                          "zoo:digits-cnn --front-precision auto --max-device-mem-mb N`")
     _log("preparing the digits CNN (trained here on scikit-learn digits on first use)")
     model = zoo.load("digits-cnn")
     x_test, y_test = model.eval_data(limit=limit)

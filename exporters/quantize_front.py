@@ -46,8 +46,8 @@ class FrontPrecisionConfig:
             their 9-value rows pad badly into int4 groups and they hold few bytes) |
             "auto" (see ``plan_front_precision``).
         group_size: int4 group size along K (even, 2..4096).
-        max_device_mem_mb: for "auto": budget for weights + the activation arena (MiB,
-            batch 1). ``None`` = no budget: every layer stays fp32.
+        max_device_mem_mb: for "auto", and required by it: budget for weights + the
+            activation arena (MiB, batch 1).
         rounding: "gptq" (data-aware rounding + bias correction on the calibration
             batch) or "rtn" (round to nearest, no data).
         act: activations of the int8 Conv layers: "int8" (the engine's int8 GEMM with
@@ -56,7 +56,8 @@ class FrontPrecisionConfig:
             stay int8 in the file and in memory). Rounding fits what will run.
 
     Raises:
-        ConfigError: an unknown mode or rounding, a bad group size or a non-positive budget.
+        ConfigError: an unknown mode or rounding, a bad group size, a non-positive budget,
+            a budget without "auto" or "auto" without a budget.
     """
 
     mode: str = "fp32"
@@ -77,6 +78,12 @@ class FrontPrecisionConfig:
             raise ConfigError(f"max_device_mem_mb must be > 0, got {self.max_device_mem_mb!r}")
         if self.max_device_mem_mb is not None and self.mode != "auto":
             raise ConfigError("max_device_mem_mb only applies to mode='auto'")
+        if self.mode == "auto" and self.max_device_mem_mb is None:
+            # Without a budget the choice had nothing to trade: every layer stayed fp32, silently.
+            raise ConfigError(
+                "front precision 'auto' picks each layer's precision to fit a device-memory budget: "
+                "give one (--max-device-mem-mb N, MiB for weights + activations), or choose "
+                "--front-precision int8 (fastest) or fp32")
 
 
 @dataclass(frozen=True)
@@ -237,9 +244,8 @@ def plan_front_precision(front: onnx.ModelProto, calib_x: np.ndarray,
         fixed = run.fixed_bytes - sum(weight_bytes("fp32", l["rows"], l["k"]) for l in layers)
         budget = None
         if cfg.mode == "auto":
-            budget = None if cfg.max_device_mem_mb is None else int(cfg.max_device_mem_mb * 2**20)
-            prec = ({l["name"]: "fp32" for l in layers} if budget is None else
-                    _auto(layers, sens, fixed, run.arena, budget, gs))
+            budget = int(cfg.max_device_mem_mb * 2**20)  # required by the config
+            prec = _auto(layers, sens, fixed, run.arena, budget, gs)
         elif cfg.mode == "int4":
             prec = {l["name"]: "int8" if l["depthwise"] else "int4" for l in layers}
         else:

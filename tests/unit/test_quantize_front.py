@@ -48,6 +48,9 @@ def test_bad_group_size_and_config():
         FrontPrecisionConfig(mode="auto", max_device_mem_mb=0)
     with pytest.raises(ConfigError):
         FrontPrecisionConfig(mode="int8", max_device_mem_mb=1.0)
+    # "auto" without a budget used to keep every layer fp32 without a word.
+    with pytest.raises(ConfigError, match="--max-device-mem-mb"):
+        FrontPrecisionConfig(mode="auto")
     with pytest.raises(ConfigError):
         FrontPrecisionConfig(group_size=7)
     with pytest.raises(ConfigError, match="activation precision"):
