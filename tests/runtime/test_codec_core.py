@@ -5,6 +5,9 @@ and rejects what the Python decoder rejects."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +87,30 @@ def test_native_encoder_scratch_reuse_across_shapes():
     for shape in [(1, 40, 7, 7), (1, 3, 2, 2), (2, 5, 1, 9), (1, 40, 7, 7), (1, 6)]:
         x = rng.standard_normal(shape).astype(np.float32)
         assert codec.encode_native(x, p) == codec.encode(x, p)
+
+
+def _tie_tensor() -> tuple[np.ndarray, codec.TSQParams]:
+    """Rows whose values sit exactly half a step between two levels: m = 0, step 1.0 (span 255
+    at 8 bits, the only width within max_err 0.6), values 0.5, 1.5, ..., 253.5."""
+    row = np.concatenate([[0.0, 255.0], np.arange(254) + 0.5]).astype(np.float32)
+    return np.tile(row, 3).reshape(1, 3, 16, 16), codec.TSQParams(tau=1e4, max_err=0.6)
+
+
+def test_native_encoder_rounds_ties_to_even_on_every_path():
+    """The C++ encoder rounds (v - m) / step half to even, as np.rint does, on its vector (AVX2)
+    path and on the portable one (a subprocess: the path is chosen once per process)."""
+    x, p = _tie_tensor()
+    ref = codec.encode(x, p)
+    assert codec.encode_native(x, p) == ref
+    levels = codec.decode(ref, x.shape, p)[0, 0].ravel()[2:6]
+    assert levels.tolist() == [0.0, 2.0, 2.0, 4.0]  # 0.5, 1.5, 2.5, 3.5 to even
+    script = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); from test_codec_core import _tie_tensor; "
+              "from edgerun import codec; x, p = _tie_tensor(); "
+              "assert codec.encode_native(x, p) == codec.encode(x, p); print('same bytes')")
+    env = {**os.environ, "EDGERUN_FORCE_PORTABLE": "1"}
+    out = subprocess.run([sys.executable, "-c", script, str(Path(__file__).parent)], env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "same bytes" in out.stdout, out.stderr
 
 
 def test_native_rejects_non_finite():
