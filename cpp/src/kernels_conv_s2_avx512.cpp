@@ -79,9 +79,9 @@ void prefetch_out_row(const ConvParams& p, const float* yn, int64_t oy) {
 // line at a time (3 planes, each row read twice per output row: a pattern the hardware
 // prefetchers do not follow). So before output row oy, the loop *loads* one float per line
 // of the input rows that output row oy + kTouchAhead adds (all rows up to it at oy = 0) into
-// a sink: software prefetches of the same lines helped far less (-25 %, not -55 %). EfficientNet-Lite0's stem, engine step 0, 1
-// thread, Zen 5, 64 MiB written before each run: 326-352 -> 143-158 us (2-16 rows ahead
-// alike), warm 143 -> 130-135 us.
+// a sink. EfficientNet-Lite0's stem, engine step 0, 1 thread, Zen 5, 64 MiB written before
+// each run: 259-333 -> 154-166 us (2-16 rows ahead alike), warm 122-127 -> 125-130 us;
+// software prefetches of the same lines gave about half that gain.
 constexpr int64_t kTouchAhead = 4;
 
 void touch_input_rows(const ConvParams& p, const float* xn, int64_t o) {
