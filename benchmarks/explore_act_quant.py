@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ def per_channel(t: torch.Tensor) -> torch.Tensor:
     return _asym(t, (2, 3))
 
 
-def quantizers(scheme: str) -> dict[str, callable]:
+def quantizers(scheme: str) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """Which ReLU6 outputs a scheme quantizes, and how."""
     return {
         "engine": {"depthwise_act": per_pixel},

@@ -117,21 +117,15 @@ struct Rows {
 // Per-thread scratch reused across calls, so a device encoding the same cut shape
 // request after request does no per-request heap allocation (only the first call,
 // or a larger tensor, grows it). One encoder thread per cut is the expected use.
-Rows& scratch_rows() {
-  thread_local Rows rows;
-  return rows;
-}
-std::vector<float>& scratch_row() {  // one gathered row (position layout)
-  thread_local std::vector<float> row;
-  return row;
-}
-std::vector<uint32_t>& scratch_sparse() {  // split-off indices (room for all + 1)
-  thread_local std::vector<uint32_t> idx;
-  return idx;
-}
-std::vector<uint8_t>& scratch_q() {  // one row's q values
-  thread_local std::vector<uint8_t> q;
-  return q;
+struct Scratch {
+  Rows rows;
+  std::vector<uint32_t> sparse;  // flat indices of the split-off values, in order
+  std::vector<float> row;        // one gathered row (position layout)
+  std::vector<uint8_t> q;        // one row's q values
+};
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
 }
 
 // Row `row`'s values in order: in place for the channel layout (a channel's map is
@@ -201,8 +195,7 @@ __attribute__((target("avx2"))) void quantize_row_avx2(const float* v, uint64_t 
 
 void quantize_row(const float* v, uint64_t n, float tau, double m, double s, double maxq, uint8_t* q) {
 #if defined(__x86_64__)
-  static const bool avx2 = kernels::has_avx2_fma();
-  if (avx2) return quantize_row_avx2(v, n, tau, m, s, maxq, q);
+  if (kernels::has_avx2_fma()) return quantize_row_avx2(v, n, tau, m, s, maxq, q);
 #endif
   quantize_row_scalar(v, n, tau, m, s, maxq, q);
 }
@@ -255,11 +248,11 @@ Status tsq_encode(const float* x, const uint32_t* dims, uint32_t ndim, const Tsq
                   std::vector<uint8_t>* out) {
   ER_ASSIGN_OR_RETURN(const Geometry g, geometry(dims, ndim, p.layout));
   uint64_t n_sparse = 0, n_bad = 0;
-  std::vector<uint32_t>& sparse = scratch_sparse();  // flat indices of |x| > tau, in order
-  sparse.resize(g.numel + 1);
+  Scratch& sc = scratch();
+  sc.sparse.resize(g.numel);
   // Plain pointers into the thread_local scratch: in the Python extension every use of a
   // thread_local reference inside a loop was a __tls_get_addr call (12 % of the encoder).
-  uint32_t* const sp = sparse.data();
+  uint32_t* const sp = sc.sparse.data();
   for (uint64_t f = 0; f < g.numel; ++f) {  // branch-free: the split-off values are few
     const float a = std::fabs(x[f]);
     n_bad += !(a <= FLT_MAX);  // NaN or Inf
@@ -269,11 +262,10 @@ Status tsq_encode(const float* x, const uint32_t* dims, uint32_t ndim, const Tsq
   if (n_bad)
     return Status(StatusCode::kFrameNonFinite, "the activation holds " + std::to_string(n_bad) +
                   " NaN/Inf value(s); it is not sent. Check the model input and the front half");
-  Rows& r = scratch_rows();
+  Rows& r = sc.rows;
   r.reset(g.n_rows);
-  std::vector<float>& buf = scratch_row();
-  buf.resize(g.layout == kLayoutChannel ? 0 : g.row_len);
-  float* const bufp = buf.data();
+  sc.row.resize(g.layout == kLayoutChannel ? 0 : g.row_len);
+  float* const bufp = sc.row.data();
   for (uint64_t row = 0; row < g.n_rows; ++row) {
     const float* v = row_values(g, x, row, bufp);
     // Four independent min / max chains in registers (a float's min / max is exact; which
@@ -337,9 +329,8 @@ Status tsq_encode(const float* x, const uint32_t* dims, uint32_t ndim, const Tsq
     }
   }
   BitWriter bits{w};  // LSB-first stream, rows back to back
-  std::vector<uint8_t>& q = scratch_q();
-  q.resize(g.row_len);
-  uint8_t* const qp = q.data();
+  sc.q.resize(g.row_len);
+  uint8_t* const qp = sc.q.data();
   for (uint64_t row = 0; row < g.n_rows; ++row) {
     const uint8_t b = r.code[row];
     if (b < 1 || b > 8) continue;
