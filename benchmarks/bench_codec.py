@@ -4,7 +4,8 @@ Per (model, cut, layout, budget): bytes per request (payload + the codec params 
 frame carries) vs the fp32 tensor (ratio), accuracy
 with the codec vs the fp32 whole model on held-out data (digits: top-1 on the test
 split; EfficientNet-Lite0: top-1 agreement with fp32 on crops of the real photos),
-and the median encode (C++, ``encode_native``) and decode (numpy, ``decode``) time.
+and the median encode (C++, ``encode_native``) and decode time: ``decode_us`` is the server's
+decoder (``crossing.decoder()``: C++), ``decode_ref_us`` the numpy reference ``codec.decode``.
 ``zlib_ratio`` is what a lossless zlib-9 pass over each payload would give (informational:
 the wire does not use it). ``eval_min_margin`` / ``eval_near_ties`` (fp32 top-1 minus top-2
 logit; samples under NEAR_TIE) say how much of the eval loss is near-tie flips that any
@@ -34,6 +35,7 @@ import numpy as np
 import onnxruntime as ort
 
 from edgerun import codec
+from edgerun.crossing import decoder
 from edgerun.exporters.cuts import resolve_cut
 from edgerun.exporters.pipeline import trace_model
 from edgerun.exporters.split import split
@@ -45,6 +47,7 @@ LAYOUTS = ("channel", "position")
 SELECT_AGREEMENT = 0.995
 N_CALIB = {"zoo:digits-cnn": 256, "zoo:efficientnet-lite0": 96}
 TIMING_RUNS = 30
+server_decode = decoder()
 NEAR_TIE = 0.05  # logit gap under which a top-1 flips under tiny noise (EffNet eval has one at 0.002)
 
 
@@ -70,7 +73,7 @@ def _median_us(fn, items) -> float:
 
 def _roundtrip(acts: np.ndarray, p: codec.TSQParams) -> tuple[np.ndarray, list[bytes]]:
     payloads = [codec.encode_native(a[None], p) for a in acts]  # one request = one sample
-    dec = np.concatenate([codec.decode(b, (1, *acts.shape[1:]), p) for b in payloads])
+    dec = np.concatenate([server_decode(b, (1, *acts.shape[1:]), p) for b in payloads])
     return dec, payloads
 
 
@@ -104,7 +107,8 @@ def bench_cut(traced, label: str, calib_x: np.ndarray, eval_x: np.ndarray, label
                 "agreement_fp32": float((pred == eval_ref).mean()),
                 "nmse": float(((dec - eval_a) ** 2).sum() / (eval_a**2).sum()),
                 "encode_us": _median_us(lambda a: codec.encode_native(a[None], p), eval_a),
-                "decode_us": _median_us(lambda b: codec.decode(b, (1, *eval_a.shape[1:]), p), payloads),
+                "decode_us": _median_us(lambda b: server_decode(b, (1, *eval_a.shape[1:]), p), payloads),
+                "decode_ref_us": _median_us(lambda b: codec.decode(b, (1, *eval_a.shape[1:]), p), payloads),
                 "params_bytes": extra,
             })
     ok = []  # per layout, budgets in increasing order up to the first calib failure: a lucky

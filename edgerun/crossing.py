@@ -1,11 +1,20 @@
 """What crosses the cut: the tensors the device sends, through the bundle's activation codec.
 
-The device calls :func:`pack` (C++ encoder), the server :func:`unpack` (numpy decoder).
-Frames are self-describing: a coded tensor carries its codec id and params, so the
-server needs nothing but the frame; the bundle hash in the frame ties both to one export.
+The device calls :func:`pack` (C++ encoder), the server :func:`unpack` (the C++ decoder,
+``codec.decode_native``, ~7x faster than the numpy reference ``codec.decode``, which is used
+when the compiled core is not built). Frames are self-describing: a coded tensor carries its
+codec id and params, so the server needs nothing but the frame; the bundle hash in the frame
+ties both to one export.
+
+A coded tensor is small on the wire and large once decoded (a row of zeros costs 2.5 bytes
+for its whole length), so the server checks the *declared* shapes against its bundle and
+bounds the decoded bytes with :func:`decoded_bytes` before anything is decoded.
 """
 
 from __future__ import annotations
+
+import functools
+import math
 
 import numpy as np
 
@@ -42,8 +51,33 @@ class Packer:
         return out
 
 
+def decoded_bytes(tensors: list[np.ndarray | wire.CodedTensor]) -> int:
+    """Bytes the tensors take once decoded, from their declared shapes (nothing is decoded)."""
+    total = 0
+    for t in tensors:
+        if isinstance(t, wire.CodedTensor):
+            total += math.prod(t.shape) * wire.DTYPES[t.dtype].itemsize
+        else:
+            total += t.nbytes
+    return total
+
+
+@functools.cache
+def decoder():
+    """The server's tsq decoder: the C++ one, or the numpy reference when the core is not built."""
+    from edgerun import codec
+
+    try:
+        from edgerun import _core  # noqa: F401
+    except ImportError:  # no compiled core: the numpy reference, same checks and values
+        return codec.decode
+    return codec.decode_native
+
+
 def unpack(tensors: list[np.ndarray | wire.CodedTensor]) -> list[np.ndarray]:
     """Decode coded tensors (server side); raw arrays pass through.
+
+    Check the declared shapes and :func:`decoded_bytes` first: this allocates them.
 
     Raises:
         FrameError: the codec params or payload are malformed.
@@ -61,5 +95,5 @@ def unpack(tensors: list[np.ndarray | wire.CodedTensor]) -> list[np.ndarray]:
             params = codec.TSQParams.from_bytes(t.params)
         except Exception as exc:  # a bad params blob is the sender's fault
             raise FrameError(f"tensor {i}: tsq params are malformed ({exc})", "malformed") from None
-        out.append(codec.decode(t.payload, t.shape, params))
+        out.append(decoder()(t.payload, t.shape, params))
     return out

@@ -72,11 +72,14 @@ def make_back_session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
 
 
-def check_tensors(tensors: list[np.ndarray], specs: list[TensorSpec]) -> None:
-    """Check received cut tensors against the bundle's cut specs (count, dtype, shape but batch).
+def check_tensors(tensors: list[np.ndarray | wire.CodedTensor], specs: list[TensorSpec], max_bytes: int) -> None:
+    """Check received cut tensors against the bundle's cut specs (count, dtype, shape but batch)
+    and their decoded size against ``max_bytes``, before anything is decoded (coded tensors are
+    checked on their declared dtype and shape).
 
     Raises:
-        FrameError: code "bad_tensors" with what was expected.
+        FrameError: code "bad_tensors" with what was expected; "too_large" when the tensors
+            would take more than ``max_bytes`` decoded.
     """
     if len(tensors) != len(specs):
         raise FrameError(
@@ -84,15 +87,20 @@ def check_tensors(tensors: list[np.ndarray], specs: list[TensorSpec]) -> None:
             f"({', '.join(s.name for s in specs)}): the device runs another front half", "bad_tensors")
     batch = None
     for t, spec in zip(tensors, specs):
-        if str(t.dtype) != spec.dtype:
-            raise FrameError(f"cut tensor {spec.name!r} is {t.dtype}, expected {spec.dtype}", "bad_tensors")
-        if not spec.matches(tuple(t.shape)) or t.ndim == 0:
+        dtype = wire.DTYPES[t.dtype] if isinstance(t, wire.CodedTensor) else t.dtype
+        if str(dtype) != spec.dtype:
+            raise FrameError(f"cut tensor {spec.name!r} is {dtype}, expected {spec.dtype}", "bad_tensors")
+        if not spec.matches(tuple(t.shape)) or len(t.shape) == 0:
             raise FrameError(
                 f"cut tensor {spec.name!r} has shape {tuple(t.shape)}, expected {spec.shape} "
                 "(None = any batch size)", "bad_tensors")
         if batch is not None and t.shape[0] != batch:
             raise FrameError(f"cut tensors disagree on the batch size ({batch} vs {t.shape[0]})", "bad_tensors")
         batch = t.shape[0]
+    size = crossing.decoded_bytes(tensors)
+    if size > max_bytes:
+        raise FrameError(f"the cut tensors take {size} bytes decoded, over this server's limit of {max_bytes}: "
+                         "send smaller batches, or raise max_frame_bytes on the server", "too_large")
 
 
 class _Worker:
@@ -124,8 +132,8 @@ class _Worker:
             request_id = frame.request_id
             if frame.kind != wire.Kind.REQUEST:
                 raise FrameError(f"expected a REQUEST frame, got {frame.kind!r}", "bad_kind")
+            check_tensors(frame.tensors, self.bundle.cut, self.max_frame_bytes)
             frame.tensors = crossing.unpack(frame.tensors)
-            check_tensors(frame.tensors, self.bundle.cut)
             reply = self._run(frame, t0)
         except FrameError as exc:
             self._fail(resp_topic, corr, request_id, exc.code, str(exc))
@@ -179,7 +187,8 @@ def serve(
         broker_url: ``mqtt://host:port`` of an MQTT 5 broker.
         group: shared-subscription group; workers of one group split the requests.
         threads: onnxruntime intra-op threads.
-        max_frame_bytes: larger requests are refused with code "too_large".
+        max_frame_bytes: larger requests, and requests whose coded tensors would take more once
+            decoded, are refused with code "too_large".
         stop: set it to stop serving (from another thread).
         ready: called once subscribed, i.e. when requests will be served.
         worker_id: id in presence and reply meta (default ``server-<host>-<pid>``).

@@ -119,7 +119,9 @@ def codec_roundtrip(entry: dict):
     Encodes with the C++ encoder the device uses and decodes with the server's decoder.
     """
     from edgerun import codec as tsq
+    from edgerun.crossing import decoder
 
+    decode = decoder()
     params = {name: tsq.TSQParams.from_bytes(bytes.fromhex(h)) for name, h in entry["params"].items()}
 
     def roundtrip(mid: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], float, float, int]:
@@ -128,7 +130,7 @@ def codec_roundtrip(entry: dict):
             t0 = time.perf_counter()
             payload = tsq.encode_native(np.ascontiguousarray(x), params[name])
             t1 = time.perf_counter()
-            out[name] = tsq.decode(payload, x.shape, params[name])
+            out[name] = decode(payload, x.shape, params[name])
             t2 = time.perf_counter()
             enc += (t1 - t0) * 1e6
             dec += (t2 - t1) * 1e6

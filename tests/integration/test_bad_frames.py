@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from edgerun import transport, wire
+from edgerun import codec, transport, wire
 from edgerun.device import Device
 from edgerun.errors import BundleError, FrameError
 
@@ -56,6 +56,19 @@ def good_frame(bundle, rid: int, **over) -> wire.Frame:
     return f
 
 
+def coded_zeros(shape: tuple[int, ...]) -> wire.CodedTensor:
+    p = codec.TSQParams(tau=1.0, max_err=0.01, layout="channel")
+    return wire.CodedTensor(wire.CODEC_TSQ, 1, shape, p.to_bytes(), codec.encode(np.zeros(shape, np.float32), p))
+
+
+def coded_bomb(bundle) -> wire.CodedTensor:
+    """A valid coded cut tensor, small on the wire, over the server's frame limit once decoded."""
+    per_sample = 4 * int(np.prod(bundle.cut[0].shape[1:]))
+    t = coded_zeros((wire.DEFAULT_MAX_FRAME_BYTES // per_sample + 1, *bundle.cut[0].shape[1:]))
+    assert len(t.payload) < wire.DEFAULT_MAX_FRAME_BYTES // 4
+    return t
+
+
 def test_bad_frames_get_error_frames_and_the_server_keeps_serving(digits_bundle, broker, start_servers):
     (server,) = start_servers(1)
     b = digits_bundle
@@ -73,6 +86,8 @@ def test_bad_frames_get_error_frames_and_the_server_keeps_serving(digits_bundle,
         8: (wire.encode(good_frame(b, 8, tensors=[])), "bad_tensors"),
         9: (wire.encode(good_frame(b, 9, kind=wire.Kind.REPLY)), "bad_kind"),
         10: (wire.encode(good_frame(b, 10, tensors=[np.zeros((1, *b.cut[0].shape[1:]), np.int32)])), "bad_tensors"),
+        11: (wire.encode(good_frame(b, 11, tensors=[coded_zeros((1, 3))])), "bad_tensors"),
+        12: (wire.encode(good_frame(b, 12, tensors=[coded_bomb(b)])), "too_large"),
     }
     raw = RawClient(b, broker.url)
     try:
