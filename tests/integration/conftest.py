@@ -176,3 +176,20 @@ def start_servers(digits_bundle: Bundle, broker: Mosquitto):
     for p in started:
         if p.proc.poll() is None:
             p.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def serve_bundle(broker: Mosquitto):
+    """Factory: start one ``edgerun serve`` of any bundle on the test's broker, wait until online."""
+    started: list[ServerProc] = []
+
+    def start(bundle: Bundle, *extra: str) -> ServerProc:
+        p = ServerProc(bundle, broker.url, *extra)
+        started.append(p)
+        wait_servers_online(bundle, broker.url, 1, [p])
+        return p
+
+    yield start
+    for p in started:
+        if p.proc.poll() is None:
+            p.stop(signal.SIGKILL)
