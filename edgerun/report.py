@@ -36,7 +36,7 @@ def export_summary(bundle: Any, report: dict) -> str:
         f"bundle   {bundle.path}",
         f"model    {bundle.model_id}   hash {bundle.hash[:16]}",
         f"cut      {report['cut']} (index {report['cut_index']}), {report['front_fraction'] * 100:.1f}% of MACs on the device",
-        f"crossing {report['bytes_per_request']} bytes per sample ({report['codec']}; fp32: {report['bytes_per_request_fp32']})",
+        _crossing(report),
         f"precision front {_prec(report['front_precision'])}, back {report['back_precision']}"
         + (f", front weights {report['front_weight_bytes']} B" if report.get("front_weight_bytes") else ""),
         f"native   {'yes' if bundle.native_ok else 'NO: ' + bundle.native_reason}",
@@ -47,6 +47,16 @@ def export_summary(bundle: Any, report: dict) -> str:
             f"(n={report['n_eval']}, max |split - whole| = {report['split_vs_whole_max_abs']:.2e})"
         )
     return "\n".join(lines)
+
+
+def _crossing(report: dict) -> str:
+    n, fp32 = report["bytes_per_request"], report["bytes_per_request_fp32"]
+    line = f"crossing {n} bytes per sample ({report['codec']}; fp32: {fp32}"
+    if report["codec"] != "none" and n:
+        line += f", {fp32 / n:.2f}x fewer"
+        if report.get("encode_us") is not None and report.get("decode_us") is not None:
+            line += f"; encode {report['encode_us']:.1f} us, decode {report['decode_us']:.1f} us"
+    return line + ")"
 
 
 def _prec(p: Any) -> str:

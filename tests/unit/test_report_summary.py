@@ -1,0 +1,40 @@
+"""`edgerun export`'s summary says what the issue's report asks for: bytes vs fp32, the codec's
+encode / decode time, the precisions and the metric."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from edgerun.report import export_summary
+
+BUNDLE = SimpleNamespace(path="/b", model_id="m", hash="ab" * 32, native_ok=True, native_reason="")
+REPORT = {"cut": "blocks.7", "cut_index": 23, "front_fraction": 0.414, "codec": "tsq",
+          "bytes_per_request": 10440, "bytes_per_request_fp32": 62720, "encode_us": 39.63, "decode_us": 13.96,
+          "front_precision": {"a": "fp32", "b": "int8"}, "back_precision": "fp32", "front_weight_bytes": 884672,
+          "metric": "top1_agreement", "metric_whole_fp32": 1.0, "metric_split": 0.971, "n_eval": 138,
+          "split_vs_whole_max_abs": 0.2}
+
+
+def crossing_line(report: dict) -> str:
+    (line,) = [ln for ln in export_summary(BUNDLE, report).splitlines() if ln.startswith("crossing")]
+    return line
+
+
+def test_coded_crossing_shows_ratio_and_codec_times():
+    assert crossing_line(REPORT) == ("crossing 10440 bytes per sample (tsq; fp32: 62720, 6.01x fewer; "
+                                     "encode 39.6 us, decode 14.0 us)")
+
+
+def test_codec_times_are_left_out_when_not_measured():
+    assert crossing_line({**REPORT, "encode_us": None, "decode_us": None}).endswith("6.01x fewer)")
+
+
+def test_raw_crossing_has_no_ratio():
+    raw = {**REPORT, "codec": "none", "bytes_per_request": 62720, "encode_us": None, "decode_us": None}
+    assert crossing_line(raw) == "crossing 62720 bytes per sample (none; fp32: 62720)"
+
+
+def test_mixed_precision_and_metric_are_printed():
+    text = export_summary(BUNDLE, REPORT)
+    assert "precision front mixed (fp32: 1 layers, int8: 1 layers), back fp32, front weights 884672 B" in text
+    assert "split 0.9710 (n=138" in text
