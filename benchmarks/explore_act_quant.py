@@ -11,7 +11,10 @@ scheme alone costs against the fp32 model:
 * ``u8_fixed_dw`` / ``u8_fixed_expand`` / ``u8_fixed_all``: every depthwise output, every expand
   output, or both, stored as uint8 on the fixed grid of their ReLU6 range (step 6 / 255, no
   calibration needed: the cheapest static uint8 pipeline);
-* ``u8_channel_all``: both, per channel with each map's own min / max (dynamic, not streamable).
+* ``u8_channel_all``: both, per channel with each map's own min / max (dynamic, not streamable);
+* ``engine_u8_expand``: the engine's scheme plus the expand outputs on the fixed grid (what a
+  uint8 tensor between each expand conv and its depthwise would cost on top of today's int8
+  front), and ``engine_u8_stem_expand`` with the stem's output on that grid too.
 
 Printed per scheme: top-1 flips against fp32 and the logit relative L2 error, on the 138 eval
 crops and the 828 ``extra`` views (exporters/data.py).
@@ -34,7 +37,8 @@ from edgerun.exporters import data
 from edgerun.exporters.zoo.efficientnet_lite0 import load_pretrained
 
 BATCH = 64
-SCHEMES = ("engine", "u8_fixed_dw", "u8_fixed_expand", "u8_fixed_all", "u8_channel_all")
+SCHEMES = ("engine", "u8_fixed_dw", "u8_fixed_expand", "u8_fixed_all", "u8_channel_all", "engine_u8_expand",
+           "engine_u8_stem_expand")
 
 
 def fixed_grid(t: torch.Tensor) -> torch.Tensor:
@@ -65,13 +69,20 @@ def quantizers(scheme: str) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]
         "u8_fixed_expand": {"expand_act": fixed_grid},
         "u8_fixed_all": {"depthwise_act": fixed_grid, "expand_act": fixed_grid},
         "u8_channel_all": {"depthwise_act": per_channel, "expand_act": per_channel},
+        "engine_u8_expand": {"depthwise_act": per_pixel, "expand_act": fixed_grid},
+        "engine_u8_stem_expand": {"depthwise_act": per_pixel, "expand_act": fixed_grid, "stem_act": fixed_grid},
     }[scheme]
 
 
 def hook(model, scheme: str, blocks: int) -> list:
     handles = []
+    q = quantizers(scheme)
+    if "stem_act" in q:
+        handles.append(model.stem_act.register_forward_hook(lambda _m, _i, out, fn=q["stem_act"]: fn(out)))
     for block in model.blocks[:blocks]:
-        for name, fn in quantizers(scheme).items():
+        for name, fn in q.items():
+            if name == "stem_act":
+                continue
             if name == "expand_act" and block.expand_conv is None:
                 continue
             handles.append(getattr(block, name).register_forward_hook(lambda _m, _i, out, fn=fn: fn(out)))
@@ -86,6 +97,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--blocks", type=int, default=8, help="quantize blocks 0..N-1 (8: the blocks.7 front)")
     ap.add_argument("--out", default="benchmarks/results/explore_act_quant.json")
+    ap.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated subset of " + ", ".join(SCHEMES))
     args = ap.parse_args()
     torch.set_num_threads(2)
     model = load_pretrained().eval()
@@ -93,7 +105,7 @@ def main() -> None:
     rows = []
     with torch.no_grad():
         ref = {s: logits(model, x) for s, x in splits.items()}
-        for scheme in SCHEMES:
+        for scheme in args.schemes.split(","):
             handles = hook(model, scheme, args.blocks)
             row = {"scheme": scheme, "blocks": args.blocks}
             for s, x in splits.items():
