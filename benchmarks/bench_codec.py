@@ -11,8 +11,9 @@ the wire does not use it). ``eval_min_margin`` / ``eval_near_ties`` (fp32 top-1 
 logit; samples under NEAR_TIE) say how much of the eval loss is near-tie flips that any
 lossy codec risks.
 
-The "selected" budget per (model, cut) is chosen on the CALIBRATION inputs (largest
-ratio whose top-1 agreement with fp32 there is >= 99.5%, scanning each layout's budgets
+The "selected" budget per (model, cut) is chosen on the CALIBRATION inputs with the exporter's
+rule (largest ratio whose top-1 agreement with fp32 there is >= 99.5% and whose predicted flip
+rate, ``exporters.stages.predicted_flip_rate``, is <= 0.5%, scanning each layout's budgets
 upward and stopping at the first failure), then reported on the eval data, so the eval
 numbers are not tuned on themselves.
 
@@ -39,7 +40,7 @@ from edgerun.crossing import decoder
 from edgerun.exporters.cuts import resolve_cut
 from edgerun.exporters.pipeline import trace_model
 from edgerun.exporters.split import split
-from edgerun.exporters.stages import AUTO_BUDGETS
+from edgerun.exporters.stages import AUTO_BUDGETS, AUTO_MAX_FLIP_RATE, predicted_flip_rate
 
 CASES = {"zoo:digits-cnn": ("block1", "down"), "zoo:efficientnet-lite0": ("blocks.3", "blocks.7")}
 BUDGETS = (3e-5, *AUTO_BUDGETS)  # the exporter's automatic choice scans the same budgets
@@ -81,7 +82,8 @@ def bench_cut(traced, label: str, calib_x: np.ndarray, eval_x: np.ndarray, label
     cut = resolve_cut(traced.cuts, label)
     front, back = (_session(m) for m in split(traced.model, cut))
     calib_a, eval_a = _run(front, calib_x), _run(front, eval_x)
-    calib_ref, eval_logits = _run(back, calib_a).argmax(1), _run(back, eval_a)
+    calib_logits, eval_logits = _run(back, calib_a), _run(back, eval_a)
+    calib_ref = calib_logits.argmax(1)
     eval_ref = eval_logits.argmax(1)
     top2 = np.sort(eval_logits, axis=1)[:, -2:]
     margin = top2[:, 1] - top2[:, 0]
@@ -93,6 +95,7 @@ def bench_cut(traced, label: str, calib_x: np.ndarray, eval_x: np.ndarray, label
             p = codec.calibrate(calib_a, budget=budget, layout=layout)
             cal_dec, cal_pay = _roundtrip(calib_a, p)
             dec, payloads = _roundtrip(eval_a, p)
+            cal_out = _run(back, cal_dec)
             pred = _run(back, dec).argmax(1)
             metric = float((pred == labels).mean()) if labels is not None else float((pred == eval_ref).mean())
             extra = len(p.to_bytes())  # the codec params travel in every request's frame
@@ -102,7 +105,8 @@ def bench_cut(traced, label: str, calib_x: np.ndarray, eval_x: np.ndarray, label
                 "bytes_per_request": round(nbytes, 1), "ratio_vs_fp32": round(fp32_bytes / nbytes, 2),
                 "zlib_ratio": round(fp32_bytes / float(np.mean([len(zlib.compress(b, 9)) for b in payloads])), 2),
                 "calib_ratio": round(fp32_bytes / (float(np.mean([len(b) for b in cal_pay])) + extra), 2),
-                "calib_agreement": float((_run(back, cal_dec).argmax(1) == calib_ref).mean()),
+                "calib_agreement": float((cal_out.argmax(1) == calib_ref).mean()),
+                "calib_pred_flip_rate": round(predicted_flip_rate(calib_logits, cal_out), 5),
                 "metric": round(metric, 4), "loss_pp": round(100 * (ref_metric - metric), 2),
                 "agreement_fp32": float((pred == eval_ref).mean()),
                 "nmse": float(((dec - eval_a) ** 2).sum() / (eval_a**2).sum()),
@@ -114,7 +118,7 @@ def bench_cut(traced, label: str, calib_x: np.ndarray, eval_x: np.ndarray, label
     ok = []  # per layout, budgets in increasing order up to the first calib failure: a lucky
     for layout in LAYOUTS:  # pass at a larger budget (96 calib samples) is not trusted
         for r in (r for r in rows if r["layout"] == layout):
-            if r["calib_agreement"] < SELECT_AGREEMENT:
+            if r["calib_agreement"] < SELECT_AGREEMENT or r["calib_pred_flip_rate"] > AUTO_MAX_FLIP_RATE:
                 break
             ok.append(r)
     ok = ok or rows[:1]
@@ -141,7 +145,8 @@ def main() -> None:
                 ap.error(f"--cuts {item!r}: expected SPEC=CUT[,CUT] with SPEC one of {', '.join(N_CALIB)}")
             cases[spec] = tuple(c for c in cuts.split(",") if c)
     out = {"host": {"machine": platform.machine(), "threads": 2}, "budgets": BUDGETS,
-           "select_rule": f"max calib ratio with calib top-1 agreement >= {SELECT_AGREEMENT} at it and every smaller budget", "models": {}}
+           "select_rule": f"max calib ratio with calib top-1 agreement >= {SELECT_AGREEMENT} and predicted flip rate "
+                          f"<= {AUTO_MAX_FLIP_RATE} at it and every smaller budget", "models": {}}
     for spec, cuts in cases.items():
         traced = trace_model(spec)
         zoo = traced.source.zoo
