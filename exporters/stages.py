@@ -112,7 +112,7 @@ def _auto_budget(acts: dict[str, np.ndarray], back_path: Path | None) -> float:
         out = back.run(None, {n: coded[n] for n in names})[0]
         if out.shape[-1] > 1:
             agree = float(np.mean(out.argmax(-1) == ref.argmax(-1)))
-            if predicted_flip_rate(ref.reshape(len(ref), -1), out.reshape(len(out), -1)) > AUTO_MAX_FLIP_RATE:
+            if out.ndim == 2 and predicted_flip_rate(ref, out) > AUTO_MAX_FLIP_RATE:  # [n, classes]
                 break
         else:
             agree = 1.0 - float(np.mean(np.abs(out - ref)) / (np.std(ref) or 1.0))
