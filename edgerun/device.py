@@ -95,6 +95,20 @@ def _encoder() -> Any:
         return wire.encode
 
 
+def _decoder() -> Any:
+    """wire.decode_native (the C++ decoder, same verdicts) unless the compiled core is missing.
+
+    Replies are small (the model's outputs): measured in a device loop on the digits CNN, the
+    reply's decode stage took 20-33 µs (p50) with it and 35-45 µs with the Python decoder.
+    """
+    try:
+        from edgerun import _core  # noqa: F401
+
+        return wire.decode_native
+    except ImportError:
+        return wire.decode
+
+
 class Device:
     """A device that runs the front half of a bundle and gets the rest from a server.
 
@@ -157,6 +171,7 @@ class Device:
         self._suspect_why = ""
         self._closing = threading.Event()
         self._encode = _encoder()
+        self._decode = _decoder()
         codec_entry = b.manifest.get("codec", {"id": "none"})
         if codec is not None and codec != codec_entry.get("id", "none"):
             if codec != "none":
@@ -375,7 +390,7 @@ class Device:
     def _finish(self, reply: bytes, request_id: int, marks: tuple[float, float, float, float]) -> Result:
         t_start, t_front, t_enc, t_recv = marks
         t0 = time.perf_counter()
-        frame = wire.decode(reply, max_bytes=self.max_frame_bytes, expect_hash=self.bundle.hash16)
+        frame = self._decode(reply, max_bytes=self.max_frame_bytes, expect_hash=self.bundle.hash16)
         if frame.kind == wire.Kind.ERROR:
             meta = frame.meta or {}
             raise error_from_reply(str(meta.get("code", "unknown")), str(meta.get("message", "")),

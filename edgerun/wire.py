@@ -391,3 +391,21 @@ def decode(buf: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES, expect_hash:
                          f"{bytes(expect_hash).hex()}: export and deploy the same bundle on device and server",
                          "wrong_bundle")
     return Frame(Kind(kind), request_id, seq, bundle_hash, tensors, meta)
+
+
+def decode_native(buf: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES, expect_hash: bytes | None = None) -> Frame:
+    """Decode with the C++ decoder (the device's path); same checks, verdicts and codes as :func:`decode`.
+
+    Raises:
+        FrameError: as :func:`decode`.
+        ImportError: the compiled core ``edgerun._core`` is not built.
+    """
+    from edgerun import _core
+
+    try:
+        d = _core.decode_frame(buf, int(max_bytes), None if expect_hash is None else bytes(expect_hash))
+    except _core.CoreError as exc:
+        raise core_error(exc) from None
+    tensors = [t if isinstance(t, np.ndarray) else CodedTensor(*t) for t in d["tensors"]]
+    meta = decode_meta(d["meta"]) if d["meta"] else {}
+    return Frame(Kind(d["kind"]), d["request_id"], d["seq"], d["bundle_hash"], tensors, meta)

@@ -25,14 +25,8 @@ MAX = wire.DEFAULT_MAX_FRAME_BYTES
 
 
 def native_decode(buf: bytes, max_bytes: int = MAX, expect_hash: bytes | None = None) -> wire.Frame:
-    """The C++ decoder, its result shaped as a wire.Frame and its errors as FrameError(code)."""
-    try:
-        d = _core.decode_frame(buf, max_bytes, expect_hash)
-    except _core.CoreError as exc:
-        raise wire.core_error(exc) from None
-    assert d["version"] == wire.VERSION and d["flags"] == 0
-    return wire.Frame(wire.Kind(d["kind"]), d["request_id"], d["seq"], d["bundle_hash"], d["tensors"],
-                      json.loads(d["meta"]) if d["meta"] else {})
+    """The C++ decoder through wire.decode_native (the device's reply path)."""
+    return wire.decode_native(buf, max_bytes=max_bytes, expect_hash=expect_hash)
 
 
 def outcome(decoder, buf: bytes, **kw):
