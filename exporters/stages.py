@@ -62,6 +62,8 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
 
 # Budgets tried by the automatic choice, smallest (most accurate) first.
 AUTO_BUDGETS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 6e-2, 1e-1, 2e-1)
+# Row layouts the automatic choice tries (edgerun.codec.LAYOUTS); the default one first.
+AUTO_LAYOUTS = ("channel", "position")
 # The automatic choice keeps the calibration top-1 agreement with the uncoded split at least this,
 AUTO_MIN_AGREEMENT = 0.995
 # and the top-1 flip rate that the codec's measured noise predicts on unseen inputs at most this
@@ -72,54 +74,65 @@ AUTO_MAX_FLIP_RATE = 0.005
 def calibrate_codec(acts: dict[str, np.ndarray], cfg: ExportConfig, back_path: Path | None = None) -> dict:
     """Calibrate the wire codec on the fp32 cut activations; the manifest's ``codec`` entry.
 
-    With ``cfg.codec_budget`` None the budget is chosen on calibration data: budgets are
-    tried from the smallest up, and the largest one before the back half's top-1 agreement
-    with the uncoded split drops below ``AUTO_MIN_AGREEMENT``, or (classifiers) its
-    ``predicted_flip_rate`` rises above ``AUTO_MAX_FLIP_RATE``, is kept (scanning stops at
-    the first failure: a lucky pass at a larger budget on few samples does not transfer).
+    With ``cfg.codec_budget`` None the budget and the row layout are chosen on calibration
+    data: for each layout (``AUTO_LAYOUTS``) budgets are tried from the smallest up, and the
+    largest one before the back half's top-1 agreement with the uncoded split drops below
+    ``AUTO_MIN_AGREEMENT``, or (classifiers) its ``predicted_flip_rate`` rises above
+    ``AUTO_MAX_FLIP_RATE``, is that layout's candidate (scanning stops at the first failure:
+    a lucky pass at a larger budget on few samples does not transfer); the candidate with the
+    fewest calibration bytes per request is kept. A given budget uses the ``channel`` layout.
     """
     if cfg.codec == "none":
-        return {"id": "none"}
-    budget = cfg.codec_budget
+        return {"id": cfg.codec}
+    budget, layout = cfg.codec_budget, "channel"
     if budget is None:
-        budget = _auto_budget(acts, back_path)
+        layout, budget = _auto_choice(acts, back_path)
     return {
         "id": cfg.codec,
         "budget": budget,
+        "layout": layout,
         "budget_rule": "given" if cfg.codec_budget is not None else
-        f"auto: largest of {list(AUTO_BUDGETS)} with calibration agreement >= {AUTO_MIN_AGREEMENT} "
-        f"and predicted top-1 flip rate <= {AUTO_MAX_FLIP_RATE}",
-        **codec_params(acts, budget),
+        f"auto: per layout of {list(AUTO_LAYOUTS)}, the largest of {list(AUTO_BUDGETS)} with calibration "
+        f"agreement >= {AUTO_MIN_AGREEMENT} and predicted top-1 flip rate <= {AUTO_MAX_FLIP_RATE}; "
+        "the layout with fewer bytes",
+        **codec_params(acts, budget, layout),
     }
 
 
-def codec_params(acts: dict[str, np.ndarray], budget: float) -> dict:
+def codec_params(acts: dict[str, np.ndarray], budget: float, layout: str = "channel") -> dict:
     """``{"params": {tensor: hex of its tsq params}}`` calibrated on ``acts`` at ``budget``."""
     from edgerun import codec as tsq
 
-    return {"params": {name: tsq.calibrate(a, budget=budget).to_bytes().hex() for name, a in acts.items()}}
+    return {"params": {name: tsq.calibrate(a, budget=budget, layout=layout).to_bytes().hex()
+                       for name, a in acts.items()}}
 
 
-def _auto_budget(acts: dict[str, np.ndarray], back_path: Path | None) -> float:
+def _auto_choice(acts: dict[str, np.ndarray], back_path: Path | None) -> tuple[str, float]:
     from edgerun.exporters.evaluate import session
 
     back = session(back_path)
     names = [i.name for i in back.get_inputs()]
     ref = back.run(None, {n: acts[n] for n in names})[0]
-    chosen = AUTO_BUDGETS[0]
-    for budget in AUTO_BUDGETS:
-        coded, _ = roundtrip_batch(codec_roundtrip(codec_params(acts, budget)), acts)
-        out = back.run(None, {n: coded[n] for n in names})[0]
-        if out.shape[-1] > 1:
-            agree = float(np.mean(out.argmax(-1) == ref.argmax(-1)))
-            if out.ndim == 2 and predicted_flip_rate(ref, out) > AUTO_MAX_FLIP_RATE:  # [n, classes]
+    best: tuple[float, str, float] | None = None  # (calibration bytes per request, layout, budget)
+    for layout in AUTO_LAYOUTS:
+        chosen = None
+        for budget in AUTO_BUDGETS:
+            coded, nbytes = roundtrip_batch(codec_roundtrip(codec_params(acts, budget, layout)), acts)
+            out = back.run(None, {n: coded[n] for n in names})[0]
+            if out.shape[-1] > 1:
+                agree = float(np.mean(out.argmax(-1) == ref.argmax(-1)))
+                if out.ndim == 2 and predicted_flip_rate(ref, out) > AUTO_MAX_FLIP_RATE:  # [n, classes]
+                    break
+            else:
+                agree = 1.0 - float(np.mean(np.abs(out - ref)) / (np.std(ref) or 1.0))
+            if agree < AUTO_MIN_AGREEMENT:
                 break
-        else:
-            agree = 1.0 - float(np.mean(np.abs(out - ref)) / (np.std(ref) or 1.0))
-        if agree < AUTO_MIN_AGREEMENT:
-            break
-        chosen = budget
-    return chosen
+            chosen = (nbytes, layout, budget)
+        if chosen is not None and (best is None or chosen[0] < best[0]):
+            best = chosen
+    if best is None:  # not even the smallest budget passes: the most accurate point
+        return AUTO_LAYOUTS[0], AUTO_BUDGETS[0]
+    return best[1], best[2]
 
 
 def predicted_flip_rate(ref: np.ndarray, out: np.ndarray) -> float:
