@@ -2,7 +2,7 @@
 
 The planner asks only for the candidates it might choose (see ``planner.plan``):
 each measurement runs the front half as the device would (native engine at the
-candidate's precision), the crossing tensor through the codec (C++ encoder, numpy
+candidate's precision), the crossing tensor through the codec (C++ encoder, the server's
 decoder), and the fp32 back half on onnxruntime, against the fp32 whole model.
 """
 
