@@ -11,7 +11,8 @@ server" and "all on the device") gets a predicted cost from the profiles:
   overhead (broker hop, frame encode/decode);
 * server ms: the server profile (measured or modelled) on the back half;
 * device memory: front weights at the precision + a peak-activation estimate;
-* metric loss: measured on calibration data (fp32 without codec is exact: 0).
+* metric loss: measured on calibration data (fp32 without codec is exact: 0); for classifiers
+  at least the flip rate the candidate's logit changes predict (``stages.predicted_flip_rate``).
 
 Candidates are checked against the budgets (ASC-LLM-style joint choice) and ranked:
 feasible first, then by total ms. ``plan(...).choice()`` is the Python API for export.
