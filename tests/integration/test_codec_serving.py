@@ -35,14 +35,21 @@ class RequestTap:
 
     def __init__(self, bundle: Bundle, url: str) -> None:
         self.frames: list[bytes] = []
-        self.lock = threading.Lock()
+        self.cond = threading.Condition()
         self.c = transport.MqttClient(url, "edgerun-tap", on_message=self._on)
         self.c.connect()
         self.c.subscribe(f"{transport.base_topic(bundle.model_id, bundle.topic_id)}/req/+")
 
     def _on(self, msg) -> None:
-        with self.lock:
+        with self.cond:
             self.frames.append(bytes(msg.payload))
+            self.cond.notify_all()
+
+    def wait_for(self, n: int, timeout_s: float = 20.0) -> list[bytes]:
+        """The frames once ``n`` have crossed (the broker may deliver to the tap after the server)."""
+        with self.cond:
+            self.cond.wait_for(lambda: len(self.frames) >= n, timeout_s)
+            return list(self.frames)
 
     def close(self) -> None:
         self.c.close()
@@ -80,6 +87,7 @@ def test_coded_requests_through_a_real_server_equal_the_codec_round_trip(tsq_bun
             got = np.concatenate([dev.infer(x[i : i + 1]).output[out_name] for i in range(len(x))])
         with Device(b, broker=broker.url, engine=engine, codec="none") as raw_dev:  # the server takes both
             raw = raw_dev.infer(x[:1])
+        crossed = tap.wait_for(len(x) + 1)
     finally:
         tap.close()
         code = server.stop()
@@ -91,7 +99,7 @@ def test_coded_requests_through_a_real_server_equal_the_codec_round_trip(tsq_bun
     stats = server.stats()
     assert stats["served"] == len(x) + 1 and not stats["errors"]
 
-    frames = [wire.decode(f) for f in tap.frames]
+    frames = [wire.decode(f) for f in crossed]
     assert len(frames) == len(x) + 1
     coded = [f for f in frames if isinstance(f.tensors[0], wire.CodedTensor)]
     plain = [f for f in frames if isinstance(f.tensors[0], np.ndarray)]
