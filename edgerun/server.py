@@ -116,6 +116,7 @@ class _Worker:
             raise ConfigError(f"back.onnx of {bundle} takes {len(self.in_names)} inputs but the cut has "
                               f"{len(bundle.cut)} tensors: re-export the bundle")
         self.stats = ServerStats(worker=worker_id)
+        self.decode = wire.best_decoder()
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.client: transport.MqttClient | None = None
 
@@ -128,7 +129,7 @@ class _Worker:
         request_id = transport.correlation_id(corr) or 0
         t0 = time.perf_counter()
         try:
-            frame = wire.decode(msg.payload, max_bytes=self.max_frame_bytes, expect_hash=self.bundle.hash16)
+            frame = self.decode(msg.payload, max_bytes=self.max_frame_bytes, expect_hash=self.bundle.hash16)
             request_id = frame.request_id
             if frame.kind != wire.Kind.REQUEST:
                 raise FrameError(f"expected a REQUEST frame, got {frame.kind!r}", "bad_kind")

@@ -1,11 +1,21 @@
-// CRC-32, zlib-compatible (see crc32.h), computed by "slicing-by-8": eight
-// 256-entry tables let the loop fold 8 input bytes per step instead of 1,
-// several times faster than the byte-wise table and still portable C++ (no
-// CPU-specific instructions), which matters because every frame is checksummed
-// on the device and on the server.
+// CRC-32, zlib-compatible (see crc32.h). Every frame is checksummed on the
+// device and on the server, so it has a fast path:
+//
+// * x86-64 with PCLMULQDQ: carry-less multiplication folds 64 bytes per step
+//   (Gopal, Ozturk et al., "Fast CRC Computation for Generic Polynomials Using
+//   PCLMULQDQ Instruction", Intel 2009): 62.8 KB in ~4 us where the tables take
+//   25 (zlib's own crc32, 9), measured through edgerun._core.crc32 on Zen 5.
+// * elsewhere, and for the tail under 16 bytes: "slicing-by-8", eight 256-entry
+//   tables folding 8 input bytes per step; portable C++.
 #include "edgerun/crc32.h"
 
 #include <array>
+
+#include "edgerun/kernels.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 namespace edgerun {
 namespace {
@@ -34,11 +44,71 @@ inline uint32_t load_le32(const uint8_t* p) {
          (static_cast<uint32_t>(p[2]) << 16) | (static_cast<uint32_t>(p[3]) << 24);
 }
 
+#if defined(__x86_64__)
+#define ER_CLMUL __attribute__((target("pclmul,sse4.1")))
+
+// x * k: the two 64 x 33-bit carry-less products of a 128-bit lane, xored (one fold).
+ER_CLMUL inline __m128i fold(__m128i x, __m128i k) {
+  return _mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11));
+}
+
+ER_CLMUL inline __m128i load16(const uint8_t* p) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+}
+
+// The running (complemented) value after data[0, n), n >= 64 and a multiple of 16.
+// Constants for the reflected polynomial 0x1DB710641: x^(k) mod P for the fold
+// distances (512 + 32 / 512 - 32 bits: k1 / k2; 128 +- 32: k3 / k4; 64: k5),
+// then P' and mu = floor(x^64 / P') for the Barrett reduction to 32 bits.
+ER_CLMUL uint32_t crc32_clmul(const uint8_t* p, size_t n, uint32_t c) {
+  const __m128i k1k2 = _mm_set_epi64x(0x1c6e41596, 0x154442bd4);
+  const __m128i k3k4 = _mm_set_epi64x(0x0ccaa009e, 0x1751997d0);
+  const __m128i k5 = _mm_set_epi64x(0, 0x163cd6124);
+  const __m128i poly_mu = _mm_set_epi64x(0x1f7011641, 0x1db710641);
+  const __m128i low32 = _mm_setr_epi32(-1, 0, -1, 0);
+  __m128i x0 = _mm_xor_si128(load16(p), _mm_cvtsi32_si128(static_cast<int>(c)));
+  __m128i x1 = load16(p + 16), x2 = load16(p + 32), x3 = load16(p + 48);
+  for (p += 64, n -= 64; n >= 64; p += 64, n -= 64) {  // four independent lanes
+    x0 = _mm_xor_si128(fold(x0, k1k2), load16(p));
+    x1 = _mm_xor_si128(fold(x1, k1k2), load16(p + 16));
+    x2 = _mm_xor_si128(fold(x2, k1k2), load16(p + 32));
+    x3 = _mm_xor_si128(fold(x3, k1k2), load16(p + 48));
+  }
+  x0 = _mm_xor_si128(fold(x0, k3k4), x1);  // four lanes into one
+  x0 = _mm_xor_si128(fold(x0, k3k4), x2);
+  x0 = _mm_xor_si128(fold(x0, k3k4), x3);
+  for (; n >= 16; p += 16, n -= 16) x0 = _mm_xor_si128(fold(x0, k3k4), load16(p));
+  // 128 -> 64 bits, then 64 -> 32 + 32.
+  __m128i t = _mm_clmulepi64_si128(x0, k3k4, 0x10);
+  x0 = _mm_xor_si128(_mm_srli_si128(x0, 8), t);
+  t = _mm_srli_si128(x0, 4);
+  x0 = _mm_xor_si128(_mm_clmulepi64_si128(_mm_and_si128(x0, low32), k5, 0x00), t);
+  // Barrett: r = x0 xor ((((x0 mod x^32) * mu) mod x^32) * P').
+  t = _mm_clmulepi64_si128(_mm_and_si128(x0, low32), poly_mu, 0x10);
+  t = _mm_clmulepi64_si128(_mm_and_si128(t, low32), poly_mu, 0x00);
+  return static_cast<uint32_t>(_mm_extract_epi32(_mm_xor_si128(x0, t), 1));
+}
+
+bool has_clmul() {
+  static const bool ok = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1") &&
+                         !kernels::force_portable();
+  return ok;
+}
+#endif
+
 }  // namespace
 
 uint32_t crc32(const uint8_t* data, size_t n, uint32_t crc) {
   // zlib convention: the running value is stored complemented.
   uint32_t c = crc ^ 0xFFFFFFFFu;
+#if defined(__x86_64__)
+  if (n >= 64 && has_clmul()) {
+    const size_t m = n & ~size_t(15);
+    c = crc32_clmul(data, m, c);
+    data += m;
+    n -= m;
+  }
+#endif
   while (n >= 8) {
     const uint32_t lo = load_le32(data) ^ c;
     const uint32_t hi = load_le32(data + 4);

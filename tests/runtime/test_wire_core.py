@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -52,6 +55,28 @@ def assert_same_frame(a: wire.Frame, b: wire.Frame) -> None:
 def test_crc32_is_zlib_compatible(data, start):
     assert _core.crc32(data) == zlib.crc32(data)
     assert _core.crc32(data, start) == zlib.crc32(data, start)
+
+
+CRC_CHECK = """
+import random, zlib
+from edgerun import _core
+rng = random.Random(0)
+for n in [*range(0, 200), 255, 256, 257, 1023, 4096, 4111, 62800, 301136]:
+    for start in (0, 1, 0xFFFFFFFF, rng.getrandbits(32)):
+        data = rng.randbytes(n)
+        assert _core.crc32(data, start) == zlib.crc32(data, start), (n, start)
+print("crc ok")
+"""
+
+
+@pytest.mark.parametrize("portable", ["", "1"])
+def test_crc32_every_length_on_every_path(portable):
+    """The carry-less-multiply path (x86-64 with PCLMULQDQ: 64-byte folds, 16-byte folds, then
+    a table tail) and the table-only path (EDGERUN_FORCE_PORTABLE, set before the core loads)
+    both equal zlib at every length around the fold boundaries and for frame-sized buffers."""
+    env = {**os.environ, "EDGERUN_FORCE_PORTABLE": portable}
+    out = subprocess.run([sys.executable, "-c", CRC_CHECK], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "crc ok" in out.stdout, out.stderr
 
 
 @pytest.mark.parametrize("name", GOLDEN_NAMES)
