@@ -1,4 +1,4 @@
-// Cross-architecture check of the int8 kernels: runs conv2d_s8 (1x1 and 3x3,
+// Cross-architecture check of the int8 kernels (and the frame checksum): runs conv2d_s8 (1x1 and 3x3,
 // fused ReLU6, odd shapes) and the int4/int8 dequantization on fixed pseudo-random
 // data and prints the kernel path and an FNV-1a hash of every output's bytes.
 // The int8 paths promise bit-identical outputs (exact int32 sums, one fixed
@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "edgerun/crc32.h"
 #include "edgerun/kernels.h"
 
 using namespace edgerun;
@@ -77,15 +78,27 @@ uint64_t dequant_case(DType dt, int64_t rows, int64_t k, int64_t group, Rng& rng
   return fnv(out.data(), out.size() * sizeof(float));
 }
 
+// The frame checksum on every length 0..299 and a frame-sized buffer, chained: the
+// hardware paths (PCLMULQDQ on x86-64, crc32x on aarch64) and the tables must agree.
+uint32_t crc_case(Rng& rng) {
+  std::vector<uint8_t> buf(62800);
+  for (auto& b : buf) b = uint8_t(rng.next() >> 56);
+  uint32_t c = 0;
+  for (size_t n = 0; n < 300; ++n) c = crc32(buf.data() + n % 7, n, c);
+  return crc32(buf.data(), buf.size(), c);
+}
+
 }  // namespace
 
 int main() {
   Rng rng;
   std::printf("path %s\n", qgemm_path());
+  std::printf("crcpath %s\n", crc32_path());
   std::printf("conv1x1 %016llx\n", (unsigned long long)conv_case(48, 37, 9, 13, 1, 1, rng));
   std::printf("conv1x1b %016llx\n", (unsigned long long)conv_case(64, 96, 14, 14, 1, 1, rng));
   std::printf("conv3x3s2 %016llx\n", (unsigned long long)conv_case(16, 21, 11, 17, 3, 2, rng));
   std::printf("dequant8 %016llx\n", (unsigned long long)dequant_case(DType::kInt8, 7, 45, 0, rng));
   std::printf("dequant4 %016llx\n", (unsigned long long)dequant_case(DType::kInt4, 7, 45, 16, rng));
+  std::printf("crc32 %08x\n", crc_case(rng));
   return 0;
 }

@@ -46,11 +46,14 @@ def host_results(tmp_path_factory) -> dict[str, dict[str, str]]:
     return {name: _run([str(exe)], env) for name, env in ENV_PATHS.items()}
 
 
+PATH_KEYS = ("path", "crcpath")
+
+
 def test_every_host_path_gives_the_same_bits(host_results):
-    assert host_results["portable"]["path"] == "portable"
-    ref = {k: v for k, v in host_results["portable"].items() if k != "path"}
+    assert host_results["portable"]["path"] == "portable" and host_results["portable"]["crcpath"] == "table"
+    ref = {k: v for k, v in host_results["portable"].items() if k not in PATH_KEYS}
     for name, res in host_results.items():
-        got = {k: v for k, v in res.items() if k != "path"}
+        got = {k: v for k, v in res.items() if k not in PATH_KEYS}
         assert got == ref, f"{name} ({res['path']}) differs from portable"
 
 
@@ -63,5 +66,6 @@ def test_neon_under_qemu_gives_the_x86_bits(host_results, tmp_path):
     neon = _run(["qemu-aarch64", str(exe)], {})
     portable = _run(["qemu-aarch64", str(exe)], {"EDGERUN_FORCE_PORTABLE": "1"})
     assert neon.pop("path") == "neon" and portable.pop("path") == "portable"
-    x86 = {k: v for k, v in host_results["best"].items() if k != "path"}
+    assert neon.pop("crcpath") == "arm-crc" and portable.pop("crcpath") == "table"
+    x86 = {k: v for k, v in host_results["best"].items() if k not in PATH_KEYS}
     assert neon == portable == x86

@@ -17,6 +17,11 @@ namespace edgerun {
 // checksum over several buffers (crc32(b, nb, crc32(a, na)) == crc32(a ++ b)).
 uint32_t crc32(const uint8_t* data, size_t n, uint32_t crc = 0);
 
+// Which implementation crc32 runs here: "pclmul" (x86-64 carry-less multiply),
+// "arm-crc" (aarch64 CRC32 instructions) or "table" (portable slicing-by-8, also
+// under EDGERUN_FORCE_PORTABLE).
+const char* crc32_path();
+
 namespace wire {
 using ::edgerun::crc32;  // the wire format's checksum, also reachable as wire::crc32
 }  // namespace wire
