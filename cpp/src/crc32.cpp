@@ -5,7 +5,8 @@
 //   (Gopal, Ozturk et al., "Fast CRC Computation for Generic Polynomials Using
 //   PCLMULQDQ Instruction", Intel 2009): 62.8 KB in ~4 us where the tables take
 //   25 (zlib's own crc32, 9), measured through edgerun._core.crc32 on Zen 5.
-// * aarch64 with the CRC32 extension (HWCAP_CRC32: Cortex-A53 and later boards):
+// * aarch64 Linux with the CRC32 extension (HWCAP_CRC32; optional in ARMv8.0, on
+//   the Cortex-A53 / A72 of Raspberry Pi 3 / 4 boards):
 //   the crc32x instruction, 8 bytes per step.
 // * elsewhere, and for the tail under 16 bytes: "slicing-by-8", eight 256-entry
 //   tables folding 8 input bytes per step; portable C++.
