@@ -84,17 +84,6 @@ def error_from_reply(code: str, message: str, bundle_id: str) -> EdgerunError:
     return FrameError(text, code)
 
 
-def _encoder() -> Any:
-    """wire.encode_native (the C++ encoder) unless the compiled core is missing."""
-    try:
-        from edgerun import _core  # noqa: F401
-
-        return wire.encode_native
-    except ImportError:
-        log.warning("edgerun._core is missing: encoding frames in Python")
-        return wire.encode
-
-
 class Device:
     """A device that runs the front half of a bundle and gets the rest from a server.
 
@@ -156,7 +145,9 @@ class Device:
         self._suspect_until = 0.0
         self._suspect_why = ""
         self._closing = threading.Event()
-        self._encode = _encoder()
+        self._encode = wire.best_encoder()
+        if self._encode is wire.encode:
+            log.warning("edgerun._core is missing: encoding frames in Python")
         self._decode = wire.best_decoder()
         codec_entry = b.manifest.get("codec", {"id": "none"})
         if codec is not None and codec != codec_entry.get("id", "none"):

@@ -116,7 +116,7 @@ class _Worker:
             raise ConfigError(f"back.onnx of {bundle} takes {len(self.in_names)} inputs but the cut has "
                               f"{len(bundle.cut)} tensors: re-export the bundle")
         self.stats = ServerStats(worker=worker_id)
-        self.decode = wire.best_decoder()
+        self.decode, self.encode = wire.best_decoder(), wire.best_encoder()
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.client: transport.MqttClient | None = None
 
@@ -158,7 +158,7 @@ class _Worker:
         reply = wire.Frame(kind=wire.Kind.REPLY, request_id=frame.request_id, seq=frame.seq,
                            bundle_hash=self.bundle.hash16, tensors=[np.ascontiguousarray(o) for o in outs],
                            meta={"server_us": server_us, "worker": self.stats.worker})
-        return wire.encode(reply)
+        return self.encode(reply)
 
     def _fail(self, resp_topic: str | None, corr: bytes | None, request_id: int, code: str, message: str) -> None:
         answered = resp_topic is not None
