@@ -305,7 +305,7 @@ def encode_native(x: np.ndarray, params: TSQParams | bytes) -> bytes:
 
 
 def decode_native(payload: bytes, shape: tuple[int, ...], params: TSQParams | bytes) -> np.ndarray:
-    """Decode with the C++ decoder (tests and C++ device programs); same checks as ``decode``."""
+    """Decode with the C++ decoder (the server's path, ``crossing.decoder``); same checks as ``decode``."""
     from edgerun import _core
 
     pb = params.to_bytes() if isinstance(params, TSQParams) else bytes(params)

@@ -13,7 +13,6 @@ bounds the decoded bytes with :func:`decoded_bytes` before anything is decoded.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import numpy as np
@@ -62,16 +61,12 @@ def decoded_bytes(tensors: list[np.ndarray | wire.CodedTensor]) -> int:
     return total
 
 
-@functools.cache
 def decoder():
-    """The server's tsq decoder: the C++ one, or the numpy reference when the core is not built."""
+    """The server's tsq decoder: the C++ one, or the numpy reference (same checks and values)
+    when the compiled core is not built."""
     from edgerun import codec
 
-    try:
-        from edgerun import _core  # noqa: F401
-    except ImportError:  # no compiled core: the numpy reference, same checks and values
-        return codec.decode
-    return codec.decode_native
+    return codec.decode_native if wire.has_core() else codec.decode
 
 
 def unpack(tensors: list[np.ndarray | wire.CodedTensor]) -> list[np.ndarray]:

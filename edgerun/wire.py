@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 import zlib
@@ -411,21 +412,23 @@ def decode_native(buf: bytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES, expec
     return Frame(Kind(d["kind"]), d["request_id"], d["seq"], d["bundle_hash"], tensors, meta)
 
 
-def best_decoder():
-    """:func:`decode_native` (the C++ decoder: 2.4x faster on a 62.8 KB frame, 1.7x on a 157-byte
-    reply, measured on Zen 5) unless the compiled core is missing, then :func:`decode`."""
+@functools.cache
+def has_core() -> bool:
+    """True when the compiled core ``edgerun._core`` is importable (checked once)."""
     try:
         from edgerun import _core  # noqa: F401
     except ImportError:
-        return decode
-    return decode_native
+        return False
+    return True
+
+
+def best_decoder():
+    """:func:`decode_native` (the C++ decoder: 2.4x faster on a 62.8 KB frame, 1.7x on a 157-byte
+    reply, measured on Zen 5) unless the compiled core is missing, then :func:`decode`."""
+    return decode_native if has_core() else decode
 
 
 def best_encoder():
     """:func:`encode_native` (the C++ encoder, byte-identical: 62.8 KB in 7.2 us against 13.6-16.6
     in Python on Zen 5) unless the compiled core is missing, then :func:`encode`."""
-    try:
-        from edgerun import _core  # noqa: F401
-    except ImportError:
-        return encode
-    return encode_native
+    return encode_native if has_core() else encode
