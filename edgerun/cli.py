@@ -44,7 +44,8 @@ def export_cmd(
     server: Optional[str] = typer.Option(None, help="server profile for the plan"),
     link: Optional[str] = typer.Option(None, help="link profile for the plan"),
     max_latency_ms: Optional[float] = typer.Option(None, help="plan budget: predicted ms per request"),
-    max_accuracy_drop: Optional[float] = typer.Option(None, help="plan budget: metric loss (fraction)"),
+    max_accuracy_drop: Optional[float] = typer.Option(
+        None, help="plan budget: metric loss vs the fp32 model (fraction; default 0.01, 1 = no limit)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Trace MODEL, cut it, and write a split bundle (or list its cuts).
@@ -86,11 +87,11 @@ def export_cmd(
 
 def _planned(traced, device, server, link, max_latency_ms, max_mem_mb, max_drop) -> tuple[str, str, str]:
     """The planner's best feasible *split* (a bundle needs a cut; all-on-one-side plans are reported)."""
-    from edgerun.exporters.planner import Budgets, plan
+    from edgerun.exporters.planner import DEFAULT_MAX_ACCURACY_DROP, Budgets, plan
 
     if not (device and server and link):
         raise ConfigError("planning needs all three of --device, --server and --link")
-    budgets = Budgets(max_latency_ms, max_mem_mb, max_drop)
+    budgets = Budgets(max_latency_ms, max_mem_mb, DEFAULT_MAX_ACCURACY_DROP if max_drop is None else max_drop)
     p = plan(traced, device, server, link, budgets, splits_only=True)
     best = p.chosen
     if best is None:

@@ -100,14 +100,16 @@ def plan_cmd(
     link: str = typer.Option(..., help="link profile: name (wifi, lte, 5g, ethernet) or path"),
     max_latency_ms: Optional[float] = typer.Option(None, help="budget: predicted ms per request"),
     max_device_mem_mb: Optional[float] = typer.Option(None, help="budget: device memory, MiB"),
-    max_accuracy_drop: Optional[float] = typer.Option(None, help="budget: metric loss (fraction)"),
+    max_accuracy_drop: Optional[float] = typer.Option(
+        None, help="budget: metric loss vs the fp32 model (fraction; default 0.01, 1 = no limit)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Rank every cut x precision x codec for DEVICE/SERVER/LINK and choose the best feasible one."""
     try:
-        from edgerun.exporters.planner import Budgets, plan
+        from edgerun.exporters.planner import DEFAULT_MAX_ACCURACY_DROP, Budgets, plan
 
-        p = plan(model, device, server, link, Budgets(max_latency_ms, max_device_mem_mb, max_accuracy_drop))
+        drop = DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop
+        p = plan(model, device, server, link, Budgets(max_latency_ms, max_device_mem_mb, drop))
     except EdgerunError as exc:
         _fail(exc)
         return

@@ -38,7 +38,8 @@ def export_summary(bundle: Any, report: dict) -> str:
         f"cut      {report['cut']} (index {report['cut_index']}), {report['front_fraction'] * 100:.1f}% of MACs on the device",
         _crossing(report),
         f"precision front {_prec(report['front_precision'])}, back {report['back_precision']}"
-        + (f", front weights {report['front_weight_bytes']} B" if report.get("front_weight_bytes") else ""),
+        + (f", front weights {report['front_weight_bytes']} B" if report.get("front_weight_bytes") else "")
+        + (f" + arena {report['front_arena_bytes']} B" if report.get("front_arena_bytes") else ""),
         f"native   {'yes' if bundle.native_ok else 'NO: ' + bundle.native_reason}",
     ]
     if "metric" in report:
@@ -54,6 +55,8 @@ def _crossing(report: dict) -> str:
     line = f"crossing {n} bytes per sample ({report['codec']}; fp32: {fp32}"
     if report["codec"] != "none" and n:
         line += f", {fp32 / n:.2f}x fewer"
+        if report.get("bytes_per_request_on"):
+            line += f" on {report['bytes_per_request_on']}"
         if report.get("encode_us") is not None and report.get("decode_us") is not None:
             line += f"; encode {report['encode_us']:.1f} us, decode {report['decode_us']:.1f} us"
     return line + ")"

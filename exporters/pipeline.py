@@ -173,7 +173,7 @@ def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> Non
     if native["ok"]:
         files["front.erg"] = {"role": f"front half, {native['precision']}, native engine"}
     exits = _build_exits(traced, cut, out, cfg, native["ok"], files)
-    report = _report(traced, cut, out, cfg, native, codec)
+    report = _report(traced, cut, out, cfg, native, codec, calib_acts)
     manifest = _manifest(traced, cut, native, codec, cfg, files)
     if exits is not None:
         manifest["exits"], report["exits"] = exits
@@ -215,7 +215,8 @@ def _tensor_specs(model: onnx.ModelProto, names: list[str] | tuple[str, ...]) ->
     return [TensorSpec(n, (None, *shapes[n][1:]), "float32").to_json() for n in names]
 
 
-def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict, codec: dict) -> dict:
+def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict, codec: dict,
+            calib_acts: dict[str, np.ndarray]) -> dict:
     from edgerun.exporters import stages
 
     rep = {
@@ -225,6 +226,7 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
         "front_precision_mode": cfg.front_precision,
         "front_act": cfg.front_act,  # the int8 Conv layers' activations (manifest: which layers)
         "front_weight_bytes": native.get("weight_bytes"),
+        "front_arena_bytes": native.get("arena_bytes"),  # activations at batch 1 (native engine)
         "back_precision": cfg.back_precision,
         "codec": cfg.codec,
         "bytes_per_request_fp32": cut.crossing_bytes,
@@ -239,6 +241,9 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
                                   codec=roundtrip, limit=cfg.eval_limit))
         if roundtrip is not None:
             rep["bytes_per_request"] = int(round(rep["codec_bytes_mean"]))
+    elif codec["id"] != "none":  # not evaluated: the codec's bytes on the calibration crossings
+        rep["bytes_per_request"] = int(round(stages.roundtrip_batch(stages.codec_roundtrip(codec), calib_acts)[1]))
+        rep["bytes_per_request_on"] = "calibration data (--no-eval)"
     return rep
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import onnx
 
-from edgerun.errors import UnsupportedOpError
+from edgerun.errors import ConfigError, UnsupportedOpError
 
 if TYPE_CHECKING:
     from edgerun.exporters.pipeline import ExportConfig
@@ -22,12 +22,19 @@ if TYPE_CHECKING:
 def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: ExportConfig) -> dict:
     """Choose the front half's precision per layer and write it for the native engine.
 
+    ``cfg.max_device_mem_mb`` is what ``auto`` fits; with a fixed precision (e.g. the one a
+    plan chose) the written front is checked against it.
+
     Returns:
-        ``{"ok", "reason", "precision", "layers", "fp32_acts", "calib_error", "weight_bytes"}``
-        (``calib_error``: the quantized front's relative L2 error on the calibration batch,
-        0 for fp32); ``ok`` is False (with
-        the engine's reason) when the native engine cannot run this front half, unless
-        ``cfg.require_native``, which raises instead.
+        ``{"ok", "reason", "precision", "layers", "fp32_acts", "calib_error", "weight_bytes",
+        "arena_bytes"}`` (``calib_error``: the quantized front's relative L2 error on the
+        calibration batch, 0 for fp32; ``arena_bytes``: the activation arena at batch 1);
+        ``ok`` is False (with the engine's reason) when the native engine cannot run this
+        front half, unless ``cfg.require_native``, which raises instead.
+
+    Raises:
+        ConfigError: weights + arena exceed ``cfg.max_device_mem_mb``, or a budget is given
+            for a front half the native engine cannot run (its memory cannot be measured).
     """
     from edgerun.exporters.erg import write_erg
 
@@ -43,7 +50,8 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
 
             plan = plan_front_precision(
                 front, calib_x,
-                FrontPrecisionConfig(precision, cfg.group_size, cfg.max_device_mem_mb, act=cfg.front_act),
+                FrontPrecisionConfig(precision, cfg.group_size, cfg.max_device_mem_mb if precision == "auto" else None,
+                                     act=cfg.front_act),
             )
             layers = dict(plan.precisions)
             print(plan.table(), file=sys.stderr)  # the exporter prints the per-layer choice
@@ -55,9 +63,33 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
     except UnsupportedOpError as exc:
         if cfg.require_native:
             raise
+        if cfg.max_device_mem_mb is not None:
+            raise ConfigError(f"--max-device-mem-mb is checked on the native engine, which cannot run this "
+                              f"front half ({exc}); choose another cut, or drop the budget") from exc
         return {"ok": False, "reason": str(exc), "precision": "fp32", "layers": {}, "weight_bytes": None}
+    weight_bytes = int(info.get("weight_bytes", 0))
+    arena_bytes = _arena_bytes(path)
+    _check_device_memory(weight_bytes, arena_bytes, precision, cfg.max_device_mem_mb)
     return {"ok": True, "reason": "", "precision": precision, "layers": layers, "fp32_acts": fp32_acts,
-            "calib_error": calib_error, "weight_bytes": int(info.get("weight_bytes", 0))}
+            "calib_error": calib_error, "weight_bytes": weight_bytes, "arena_bytes": arena_bytes}
+
+
+def _arena_bytes(path: Path) -> int:
+    """The native front's activation arena at batch 1 (what ``auto`` counts with the weights)."""
+    from edgerun.engine import NativeEngine
+
+    return int(NativeEngine(path, max_batch=1, threads=1).arena_bytes)
+
+
+def _check_device_memory(weight_bytes: int, arena_bytes: int, precision: str, budget_mb: float | None) -> None:
+    """Raise when a front half written at a fixed precision exceeds the device-memory budget."""
+    if budget_mb is None or weight_bytes + arena_bytes <= budget_mb * 2**20:
+        return
+    need = (weight_bytes + arena_bytes) / 2**20
+    raise ConfigError(
+        f"the {precision} front half needs {need:.3f} MiB (weights {weight_bytes / 2**20:.3f} + activation "
+        f"arena {arena_bytes / 2**20:.3f}), over --max-device-mem-mb {budget_mb:g}: use --front-precision "
+        "auto (it picks each layer's precision to fit), a lower precision, or an earlier cut")
 
 
 # Budgets tried by the automatic choice, smallest (most accurate) first.

@@ -127,3 +127,15 @@ def test_loaded_profiles_are_accepted(digits_traced):
 
     p = plan(digits_traced, load_device("rpi4"), load_server("gpu-a100"), load_link("5g"))
     assert p.device == "rpi4" and p.server == "gpu-a100" and p.link == "5g"
+
+
+@pytest.mark.slow
+def test_the_default_accuracy_budget_refuses_a_lossy_fastest_split(effnet_traced):
+    """Without --max-accuracy-drop the fastest split won whatever its loss: EfficientNet-Lite0 on
+    this-machine over wifi chose int4 + tsq at blocks.0, 70 % of its calibration crops changed."""
+    from edgerun.exporters.planner import DEFAULT_MAX_ACCURACY_DROP, Budgets, plan
+
+    p = plan(effnet_traced, "this-machine", "cpu-server", "wifi", Budgets(max_device_mem_mb=4), splits_only=True)
+    assert p.chosen is not None and p.chosen.metric_loss <= DEFAULT_MAX_ACCURACY_DROP
+    refused = [c for c in p.candidates if c.violations == ("max_accuracy_drop",)]
+    assert refused and min(c.total_ms for c in refused) < p.chosen.total_ms
