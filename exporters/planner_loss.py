@@ -3,7 +3,10 @@
 The planner asks only for the candidates it might choose (see ``planner.plan``):
 each measurement runs the front half as the device would (native engine at the
 candidate's precision), the crossing tensor through the codec (C++ encoder, the server's
-decoder), and the fp32 back half on onnxruntime, against the fp32 whole model.
+decoder), and the fp32 back half on onnxruntime, against the fp32 whole model. The codec
+is chosen by the exporter's rule (``stages.choose_codec`` on the cut's fp32 calibration
+activations); the planner's calibration inputs are the first ``calib_n`` of the exporter's
+(32 of 64 by default), so the exporter's choice can differ by a budget step.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ import numpy as np
 import onnx
 
 from edgerun.exporters.evaluate import EVAL_BATCH
-
-DEFAULT_CODEC_BUDGET = 1e-3  # planning estimate; the exporter then chooses the budget on calibration data
 
 
 def _ort(model: onnx.ModelProto):
@@ -55,6 +56,7 @@ class LossMeter:
         self.ref = _run(whole, lambda a, b: {self.in_name: self.x[a:b]}, len(self.x))[0]
         self.regression = getattr(traced.source.zoo, "metric", "") == "action_mae"
         self._acts: dict[int, dict[str, np.ndarray]] = {}
+        self._codec_entry: dict[int, dict] = {}
         self._codec_bytes: dict[int, float] = {}
 
     def _split(self, cut_index: int):
@@ -82,42 +84,42 @@ class LossMeter:
             chunks = [eng.run({self.in_name: self.x[i : i + EVAL_BATCH]}) for i in range(0, len(self.x), EVAL_BATCH)]
         return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
-    def _codec(self, cut_index: int, front: onnx.ModelProto, acts: dict[str, np.ndarray]) -> tuple[dict, float]:
-        """Round-trip ``acts`` through tsq calibrated on the fp32 activations; mean bytes per sample."""
-        from edgerun.exporters.stages import codec_params, codec_roundtrip, roundtrip_batch
+    def codec_entry(self, cut_index: int) -> dict:
+        """The tsq entry the exporter's automatic choice makes at this cut (on these calibration inputs)."""
+        if cut_index not in self._codec_entry:
+            from edgerun.exporters.stages import choose_codec
 
-        entry = codec_params(self._fp32_acts(cut_index, front), DEFAULT_CODEC_BUDGET)
-        return roundtrip_batch(codec_roundtrip(entry), acts)
+            front, back = self._split(cut_index)
+            self._codec_entry[cut_index] = choose_codec(self._fp32_acts(cut_index, front), _ort(back))
+        return self._codec_entry[cut_index]
+
+    def _codec(self, cut_index: int, acts: dict[str, np.ndarray]) -> tuple[dict, float]:
+        """Round-trip ``acts`` through the cut's tsq entry; mean bytes per sample."""
+        from edgerun.exporters.stages import codec_roundtrip, roundtrip_batch
+
+        return roundtrip_batch(codec_roundtrip(self.codec_entry(cut_index)), acts)
 
     def codec_bytes(self, cut_index: int) -> float:
         """Mean tsq bytes per request at this cut on the fp32 calibration activations."""
         if cut_index not in self._codec_bytes:
             front, _ = self._split(cut_index)
-            acts = self._fp32_acts(cut_index, front)
-            self._codec_bytes[cut_index] = self._codec(cut_index, front, acts)[1]
+            self._codec_bytes[cut_index] = self._codec(cut_index, self._fp32_acts(cut_index, front))[1]
         return self._codec_bytes[cut_index]
 
     def measure(self, cut_index: int, precision: str, codec: str) -> tuple[float, float | None]:
         """(metric loss, codec bytes per request or None) of one candidate.
 
-        Loss is 1 - top-1 agreement with the fp32 whole model, or the flip rate that the
-        candidate's logit changes predict on unseen inputs (``stages.predicted_flip_rate``) when
-        that is larger (classifiers); or the mean absolute action error relative to the actions'
-        spread (policies).
+        Loss is ``stages.split_loss`` against the fp32 whole model: top-1 disagreement or, when
+        larger, the flip rate that the candidate's logit changes predict on unseen inputs
+        (classifiers); the mean absolute action error relative to the actions' spread (policies).
         """
+        from edgerun.exporters.stages import split_loss
+
         front, back = self._split(cut_index)
         acts = self._front_acts(cut_index, front, precision)
         nbytes = None
         if codec != "none":
-            acts, nbytes = self._codec(cut_index, front, acts)
+            acts, nbytes = self._codec(cut_index, acts)
         sess = _ort(back)
         out = _run(sess, lambda a, b: {i.name: acts[i.name][a:b] for i in sess.get_inputs()}, len(self.x))[0]
-        if self.regression:
-            loss = float(np.mean(np.abs(out - self.ref)) / (np.std(self.ref) or 1.0))
-        else:
-            loss = 1.0 - float(np.mean(out.argmax(-1) == self.ref.argmax(-1)))
-            if out.ndim == 2:  # a few calibration samples rarely hold the near-ties that flip first
-                from edgerun.exporters.stages import predicted_flip_rate
-
-                loss = max(loss, predicted_flip_rate(self.ref, out))
-        return loss, nbytes
+        return split_loss(self.ref, out, self.regression), nbytes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from edgerun.errors import ConfigError
@@ -139,3 +141,21 @@ def test_the_default_accuracy_budget_refuses_a_lossy_fastest_split(effnet_traced
     assert p.chosen is not None and p.chosen.metric_loss <= DEFAULT_MAX_ACCURACY_DROP
     refused = [c for c in p.candidates if c.violations == ("max_accuracy_drop",)]
     assert refused and min(c.total_ms for c in refused) < p.chosen.total_ms
+
+
+@pytest.mark.runtime
+def test_the_planner_prices_the_codec_the_exporter_writes(digits_traced, tmp_path):
+    """The planner used a fixed tsq budget (1e-3) while the exporter chooses one on calibration
+    data: its wire bytes and loss were for a codec no bundle carried. Both now use one rule."""
+    from edgerun.exporters.pipeline import ExportConfig, export
+    from edgerun.exporters.planner_loss import LossMeter
+
+    meter = LossMeter(digits_traced, digits_traced.source.zoo.calib_data(32))
+    cut = next(c for c in digits_traced.cuts if c.label == "down")
+    entry = meter.codec_entry(cut.index)
+    b = export(digits_traced, ExportConfig(cut="down", codec="tsq", evaluate=False), tmp_path / "b")
+    written = b.manifest["codec"]
+    assert (entry["budget"], entry["layout"]) == (written["budget"], written["layout"])
+    assert entry["budget"] != 1e-3  # digits tolerates far more than the old fixed estimate
+    report_bytes = json.loads(b.file("report.json").read_text())["bytes_per_request"]
+    assert abs(meter.codec_bytes(cut.index) - report_bytes) <= 0.02 * report_bytes
