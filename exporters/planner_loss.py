@@ -25,7 +25,7 @@ def _ort(model: onnx.ModelProto):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = 2  # the exporter's evaluation sessions' count (evaluate.session)
     opts.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
