@@ -29,7 +29,7 @@ import onnx.utils
 from edgerun.engine import NativeEngine, OrtEngine
 from edgerun.exporters import erg
 from edgerun.exporters.pipeline import trace_model
-from edgerun.profiler import cpu_name
+from edgerun.profiles import cpu_name
 
 # (model spec, cut label, module scope whose last tensor is the cut, or an op whose input is)
 CUTS = [

@@ -54,7 +54,8 @@ from edgerun.exporters.erg import write_erg
 from edgerun.exporters.pipeline import trace_model
 from edgerun.exporters.quantize_front import FrontPrecisionConfig, plan_front_precision
 from edgerun.exporters.split import split
-from edgerun.profiler import REQUEST_GAP_MS, cpu_name
+from edgerun.profiler import REQUEST_GAP_MS
+from edgerun.profiles import cpu_name
 
 CUTS = [("zoo:digits-cnn", "block1"), ("zoo:digits-cnn", "down"),
         ("zoo:efficientnet-lite0", "blocks.3"), ("zoo:efficientnet-lite0", "blocks.5"),

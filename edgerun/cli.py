@@ -93,6 +93,8 @@ def _planned(traced, device, server, link, max_latency_ms, max_mem_mb, max_drop)
         raise ConfigError("planning needs all three of --device, --server and --link")
     budgets = Budgets(max_latency_ms, max_mem_mb, DEFAULT_MAX_ACCURACY_DROP if max_drop is None else max_drop)
     p = plan(traced, device, server, link, budgets, splits_only=True)
+    for note in p.notes:
+        typer.echo(note, err=True)
     best = p.chosen
     if best is None:
         raise ConfigError(f"no feasible split for {device}/{server}/{link}: {p.reason}")

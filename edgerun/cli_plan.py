@@ -113,6 +113,8 @@ def plan_cmd(
     except EdgerunError as exc:
         _fail(exc)
         return
+    for note in p.notes:
+        typer.echo(note, err=True)
     if as_json:
         typer.echo(json.dumps(p.to_json()))
     else:

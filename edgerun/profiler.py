@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from edgerun.errors import ConfigError
-from edgerun.profiles import WHOLE
+from edgerun.profiles import WHOLE, cpu_name
 
 PRECISIONS = ("fp32", "int8", "int4")
 REQUEST_GAP_MS = 20.0  # idle time before each timed run (see time_ms)
@@ -141,21 +141,6 @@ def fit_compute(points: list[tuple[int, float, int, int]]) -> dict[str, float]:
     gmacs = 1.0 / ms_per_mmac if ms_per_mmac > 0 else 1e6  # 1 MMAC per ms = 1 GMAC/s
     return {"gmacs": round(float(gmacs), 4), "overhead_ms": round(float(overhead), 5),
             "per_node_us": round(float(ms_per_node * 1e3), 4)}
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows.
-
-    Benchmarks record it: the same code ranks differently on an AVX2-only AMD EPYC and an
-    AVX-512 / AMX Xeon, and ``platform.processor()`` is empty on most Linux machines.
-    """
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def profile_machine(models: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, repeats: int = 20, threads: int = 1,

@@ -73,6 +73,7 @@ class _Machine:
     measured: tuple[Measured, ...] = ()
     memory_mb: float = 0.0
     description: str = ""
+    cpu: str = ""  # the CPU it was measured on (``[meta] cpu``, written by `edgerun profile`)
 
     def precisions(self) -> list[str]:
         return sorted(self.compute)
@@ -121,7 +122,7 @@ class DeviceProfile(_Machine):
         comp = {p: Compute(c.gmacs / factor, c.overhead_ms * factor, c.per_node_us * factor)
                 for p, c in self.compute.items()}
         meas = tuple(Measured(m.model, m.cut, m.precision, m.ms * factor) for m in self.measured)
-        return DeviceProfile(name, self.path, comp, meas, self.memory_mb, description, self.isa, self.cores)
+        return DeviceProfile(name, self.path, comp, meas, self.memory_mb, description, self.cpu, self.isa, self.cores)
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,8 @@ def _machine_fields(d: dict, path: Path, memory_default: Any = ...) -> dict[str,
     """The fields device and server profiles share (see ``_Machine``)."""
     return {"name": _field(d, "name", path, str), "path": str(path), "compute": _compute(d, path),
             "measured": _measured(d, path), "memory_mb": _field(d, "memory_mb", path, float, default=memory_default),
-            "description": _field(d, "description", path, str, default="")}
+            "description": _field(d, "description", path, str, default=""),
+            "cpu": _field(_field(d, "meta", path, dict, default={}), "cpu", path, str, default="", where="meta")}
 
 
 def load_device(name_or_path: str | os.PathLike) -> DeviceProfile:
@@ -258,6 +260,49 @@ def load_device(name_or_path: str | os.PathLike) -> DeviceProfile:
     path, d = _load(name_or_path, "device")
     return DeviceProfile(**_machine_fields(d, path), isa=_field(d, "isa", path, str, default=""),
                          cores=_field(d, "cores", path, int, default=1))
+
+
+def cpu_name() -> str:
+    """The CPU's model name with its vendor, family and model numbers (Linux ``/proc/cpuinfo``),
+    else what ``platform`` knows.
+
+    Profiles and benchmarks record it: the same code ranks differently on an AVX2-only AMD EPYC
+    and an AVX-512 / AMX Xeon, and a KVM guest may name both a Zen 1 and a Zen 5 "AMD EPYC"
+    (families 23 and 26). ``platform.processor()`` is empty on most Linux machines.
+    """
+    import platform
+
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key in ("model name", "vendor_id", "cpu family", "model") and key not in fields:
+                fields[key] = value.strip()
+            if not line.strip() and fields:
+                break  # the first processor's block is enough
+    except OSError:
+        pass
+    if "model name" not in fields:
+        return platform.processor() or platform.machine()
+    if "cpu family" in fields and "model" in fields:
+        return (f"{fields['model name']} ({fields.get('vendor_id', '?')} family {fields['cpu family']} "
+                f"model {fields['model']})")
+    return fields["model name"]
+
+
+def stale_profile_note(profile: DeviceProfile) -> str:
+    """A warning when ``profile`` (this machine's) was measured on another CPU, else ``""``.
+
+    ``devices/this-machine.toml`` describes whichever machine ran `edgerun profile`; on another
+    CPU the emulated devices and the planner's device times are off by the two CPUs' ratio.
+    """
+    now = cpu_name()
+    if profile.cpu == now:
+        return ""
+    was = f"on {profile.cpu!r}" if profile.cpu else "on a CPU it does not record"
+    return (f"WARNING: {Path(profile.path).name} was measured {was}, this is {now!r}: re-run "
+            "`edgerun profile` here before trusting its device times")
 
 
 def emulated_device(device: str | os.PathLike | None) -> tuple[DeviceProfile, float, str]:
@@ -279,12 +324,14 @@ def emulated_device(device: str | os.PathLike | None) -> tuple[DeviceProfile, fl
         ConfigError: a missing or malformed profile.
     """
     here = load_device("this-machine")
+    stale = stale_profile_note(here)
     if device is None or str(device) == "this-machine":
-        return here, 1.0, "measured on this machine, not scaled"
+        return here, 1.0, "measured on this machine, not scaled" + (f"; {stale}" if stale else "")
     there = load_device(device)
     factor = max(1.0, here.compute["fp32"].gmacs / there.compute["fp32"].gmacs)
     note = (f"EMULATED {there.name}: this machine's measured device compute x{factor:.2f} "
-            f"(fp32 GMAC/s of devices/this-machine.toml over devices/{Path(there.path).name})")
+            f"(fp32 GMAC/s of devices/this-machine.toml over devices/{Path(there.path).name})"
+            + (f"; {stale}" if stale else ""))
     emu = here.scaled(factor, f"{there.name}-emulated", note)
     return dataclasses.replace(emu, memory_mb=there.memory_mb), factor, note
 

@@ -27,13 +27,15 @@ Example:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
 from edgerun.errors import ConfigError
-from edgerun.profiles import WHOLE, DeviceProfile, LinkProfile, ServerProfile, load_device, load_link, load_server
+from edgerun.profiles import (WHOLE, DeviceProfile, LinkProfile, ServerProfile, load_device, load_link, load_server,
+                              stale_profile_note)
 
 # Bytes each MQTT message carries besides the tensors: fixed header + topic (~70 B) +
 # response topic (~70 B) + correlation data + wire frame header. Measured with
@@ -115,6 +117,7 @@ class Plan:
     candidates: list[Candidate]
     chosen: Candidate | None
     reason: str
+    notes: tuple[str, ...] = ()  # warnings about the inputs (e.g. a profile measured on another CPU)
 
     def choice(self) -> tuple[str, str, str]:
         """``(cut, front_precision, codec)`` of the chosen plan.
@@ -129,7 +132,8 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         return {"model": self.model, "device": self.device, "server": self.server, "link": self.link,
                 "budgets": asdict(self.budgets), "candidates": [c.to_json() for c in self.candidates],
-                "chosen": self.chosen.to_json() if self.chosen else None, "reason": self.reason}
+                "chosen": self.chosen.to_json() if self.chosen else None, "reason": self.reason,
+                "notes": list(self.notes)}
 
 
 # ----------------------------------------------------------------------------- registries
@@ -298,7 +302,8 @@ def plan(model: Any, device: str | DeviceProfile, server: str | ServerProfile, l
     cands = _choose(ctx, cands)
     chosen = cands[0] if cands and cands[0].feasible else None
     reason = _reason(chosen, cands, budgets)
-    return Plan(traced.source.model_id, dev.name, srv.name, lnk.name, budgets, cands, chosen, reason)
+    notes = tuple(n for n in [stale_profile_note(dev) if Path(dev.path).stem == "this-machine" else ""] if n)
+    return Plan(traced.source.model_id, dev.name, srv.name, lnk.name, budgets, cands, chosen, reason, notes)
 
 
 def _choose(ctx: _Ctx, cands: list[Candidate]) -> list[Candidate]:

@@ -138,6 +138,27 @@ def test_written_toml_round_trips(tmp_path):
     assert d.compute["fp32"].gmacs == 3.5 and d.lookup("m", 2, "fp32") == 1.25
 
 
+def test_a_profile_measured_on_another_cpu_is_flagged(tmp_path):
+    """this-machine.toml describes whichever CPU ran `edgerun profile`: measured on a Xeon and read
+    on a Zen 5 (both KVM guests), emulated boards and planned device times were off by the two
+    CPUs' ratio without a word. The CPU is recorded (vendor, family, model) and compared."""
+    from edgerun.profiles import cpu_name, stale_profile_note
+
+    def prof(meta: str):
+        p = tmp_path / "this-machine.toml"
+        p.write_text('kind = "device"\nname = "this-machine"\nmemory_mb = 512\n' + meta
+                     + "[compute.fp32]\ngmacs = 3.5\n")
+        return load_device(p)
+
+    here = cpu_name()
+    if Path("/proc/cpuinfo").exists():
+        assert "family" in here  # "AMD EPYC" alone named both a Zen 1 and a Zen 5 guest
+    assert stale_profile_note(prof(f"[meta]\ncpu = {here!r}\n".replace("'", '"'))) == ""
+    other = stale_profile_note(prof('[meta]\ncpu = "Intel(R) Xeon(R) Platinum (GenuineIntel family 6 model 143)"\n'))
+    assert "Xeon" in other and "re-run `edgerun profile`" in other
+    assert "does not record" in stale_profile_note(prof(""))
+
+
 def test_emulated_device_is_this_machine_scaled():
     """The bench's emulated rpi4 runs this machine's engine `factor` times slower: its profile is
     this-machine's, every time scaled by the same factor, with the emulated board's memory."""
