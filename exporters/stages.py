@@ -82,7 +82,7 @@ def _arena_bytes(path: Path) -> int:
 
 
 def _check_device_memory(weight_bytes: int, arena_bytes: int, precision: str, budget_mb: float | None) -> None:
-    """Raise when a front half written at a fixed precision exceeds the device-memory budget."""
+    """Raise when the written front half (weights + arena) exceeds the device-memory budget."""
     if budget_mb is None or weight_bytes + arena_bytes <= budget_mb * 2**20:
         return
     need = (weight_bytes + arena_bytes) / 2**20
