@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,18 @@ def test_the_planner_prices_the_codec_the_exporter_writes(digits_traced, tmp_pat
     assert entry["budget"] != 1e-3  # digits tolerates far more than the old fixed estimate
     report_bytes = json.loads(b.file("report.json").read_text())["bytes_per_request"]
     assert abs(meter.codec_bytes(cut.index) - report_bytes) <= 0.02 * report_bytes
+
+
+def test_a_plan_on_a_this_machine_profile_from_another_cpu_says_so(digits_traced, tmp_path):
+    """Planned device times come from the profile: measured on another CPU they are off by the
+    CPUs' ratio, so the plan carries the warning (printed by `edgerun plan` / `export --device`)."""
+    from edgerun.exporters.planner import plan
+
+    src = load_device("this-machine")
+    text = Path(src.path).read_text()
+    cpu_line = next(line for line in text.splitlines() if line.startswith("cpu = "))
+    other = tmp_path / "this-machine.toml"
+    other.write_text(text.replace(cpu_line, 'cpu = "Some Other CPU (GenuineIntel family 6 model 1)"'))
+    p = plan(digits_traced, str(other), "cpu-server", "lte")
+    assert len(p.notes) == 1 and "Some Other CPU" in p.notes[0] and p.to_json()["notes"] == list(p.notes)
+    assert plan(digits_traced, "rpi4", "cpu-server", "lte").notes == ()  # not this machine's profile
