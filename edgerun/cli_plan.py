@@ -167,6 +167,7 @@ def bench_cmd(
         t = r["stages"]["total"]
         rows.append([mode, f"{t['p50']:.2f}", f"{t['p95']:.2f}", f"{t['p99']:.2f}", r["bytes_sent"], ""])
     typer.echo(table(["mode", "p50 ms", "p95 ms", "p99 ms", "bytes sent", "note"], rows))
+    typer.echo(f"device compute: {rep['device_compute']}")  # emulated or not; a stale profile's warning
     em = rep["emulated"]
     typer.echo(f"link {rep['link']}: profile RTT {em['profile']['rtt_ms']} ms (+{em['profile']['jitter_ms']} jitter), "
                f"measured p50 {em['measured']['rtt_ms_p50']:.2f} ms; up {em['measured']['up_mbps']:.1f}/"

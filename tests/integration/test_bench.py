@@ -59,6 +59,19 @@ def test_cli_json_and_png(digits_bundle, tmp_path):
     assert "split" in rep["modes"] and png.stat().st_size > 0
 
 
+def test_cli_text_says_how_the_device_was_emulated(digits_bundle):
+    """The text report printed the modes and the link but not that the device was this machine
+    slowed down (or on which profile): the JSON alone said it."""
+    code = ("import typer; from edgerun.cli_plan import bench_cmd; app = typer.Typer(); "
+            "app.command('bench')(bench_cmd); app.command('x')(lambda: None); app()")
+    out = subprocess.run([sys.executable, "-c", code, "bench", str(digits_bundle.path), "--link", "ethernet",
+                          "--requests", "3", "--warmup", "0", "--device", "rpi4"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(ln for ln in out.stdout.splitlines() if ln.startswith("device compute: "))
+    assert "EMULATED rpi4" in line and "x" in line
+
+
 def test_bad_arguments(digits_bundle):
     from edgerun.bench import run_bench
 
