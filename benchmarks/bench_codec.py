@@ -40,12 +40,11 @@ from edgerun.crossing import decoder
 from edgerun.exporters.cuts import resolve_cut
 from edgerun.exporters.pipeline import trace_model
 from edgerun.exporters.split import split
-from edgerun.exporters.stages import AUTO_BUDGETS, AUTO_MAX_FLIP_RATE, predicted_flip_rate
+from edgerun.exporters.stages import AUTO_BUDGETS, AUTO_MAX_FLIP_RATE, AUTO_MIN_AGREEMENT, predicted_flip_rate
 
 CASES = {"zoo:digits-cnn": ("block1", "down"), "zoo:efficientnet-lite0": ("blocks.3", "blocks.7")}
 BUDGETS = (3e-5, *AUTO_BUDGETS)  # the exporter's automatic choice scans the same budgets
 LAYOUTS = ("channel", "position")
-SELECT_AGREEMENT = 0.995
 N_CALIB = {"zoo:digits-cnn": 256, "zoo:efficientnet-lite0": 96}
 TIMING_RUNS = 30
 server_decode = decoder()
@@ -118,7 +117,7 @@ def bench_cut(traced, label: str, calib_x: np.ndarray, eval_x: np.ndarray, label
     ok = []  # per layout, budgets in increasing order up to the first calib failure: a lucky
     for layout in LAYOUTS:  # pass at a larger budget (96 calib samples) is not trusted
         for r in (r for r in rows if r["layout"] == layout):
-            if r["calib_agreement"] < SELECT_AGREEMENT or r["calib_pred_flip_rate"] > AUTO_MAX_FLIP_RATE:
+            if r["calib_agreement"] < AUTO_MIN_AGREEMENT or r["calib_pred_flip_rate"] > AUTO_MAX_FLIP_RATE:
                 break
             ok.append(r)
     ok = ok or rows[:1]
@@ -145,7 +144,7 @@ def main() -> None:
                 ap.error(f"--cuts {item!r}: expected SPEC=CUT[,CUT] with SPEC one of {', '.join(N_CALIB)}")
             cases[spec] = tuple(c for c in cuts.split(",") if c)
     out = {"host": {"machine": platform.machine(), "threads": 2}, "budgets": BUDGETS,
-           "select_rule": f"max calib ratio with calib top-1 agreement >= {SELECT_AGREEMENT} and predicted flip rate "
+           "select_rule": f"max calib ratio with calib top-1 agreement >= {AUTO_MIN_AGREEMENT} and predicted flip rate "
                           f"<= {AUTO_MAX_FLIP_RATE} at it and every smaller budget", "models": {}}
     for spec, cuts in cases.items():
         traced = trace_model(spec)

@@ -77,7 +77,7 @@ def unpack(tensors: list[np.ndarray | wire.CodedTensor]) -> list[np.ndarray]:
     Raises:
         FrameError: the codec params or payload are malformed.
     """
-    out = []
+    out, decode = [], decoder()
     for i, t in enumerate(tensors):
         if not isinstance(t, wire.CodedTensor):
             out.append(t)
@@ -90,5 +90,5 @@ def unpack(tensors: list[np.ndarray | wire.CodedTensor]) -> list[np.ndarray]:
             params = codec.TSQParams.from_bytes(t.params)
         except Exception as exc:  # a bad params blob is the sender's fault
             raise FrameError(f"tensor {i}: tsq params are malformed ({exc})", "malformed") from None
-        out.append(decoder()(t.payload, t.shape, params))
+        out.append(decode(t.payload, t.shape, params))
     return out

@@ -302,7 +302,8 @@ def plan(model: Any, device: str | DeviceProfile, server: str | ServerProfile, l
     cands = _choose(ctx, cands)
     chosen = cands[0] if cands and cands[0].feasible else None
     reason = _reason(chosen, cands, budgets)
-    notes = tuple(n for n in [stale_profile_note(dev) if Path(dev.path).stem == "this-machine" else ""] if n)
+    stale = stale_profile_note(dev) if Path(dev.path).stem == "this-machine" else ""
+    notes = (stale,) if stale else ()
     return Plan(traced.source.model_id, dev.name, srv.name, lnk.name, budgets, cands, chosen, reason, notes)
 
 

@@ -100,7 +100,7 @@ AUTO_LAYOUTS = ("channel", "position")
 # top-1 agreement >= 99.5 % on the calibration data and, for classifiers, a flip rate that the
 # codec's measured noise predicts on unseen inputs (``predicted_flip_rate``) <= 0.5 %.
 AUTO_MAX_LOSS = 0.005
-AUTO_MIN_AGREEMENT = 1.0 - AUTO_MAX_LOSS  # (bench_codec's selection rule, same figures)
+AUTO_MIN_AGREEMENT = 1.0 - AUTO_MAX_LOSS  # the same rule as two figures (budget_rule, bench_codec)
 AUTO_MAX_FLIP_RATE = AUTO_MAX_LOSS
 
 
