@@ -38,6 +38,8 @@ def export_summary(bundle: Any, report: dict) -> str:
         f"cut      {report['cut']} (index {report['cut_index']}), {report['front_fraction'] * 100:.1f}% of MACs on the device",
         _crossing(report),
         f"precision front {_prec(report['front_precision'])}, back {report['back_precision']}"
+        + (f" (rel. error {report['back_calib_rel_err']:.1e} vs fp32 on calibration data)"
+           if report.get("back_calib_rel_err") else "")
         + (f", front weights {report['front_weight_bytes']} B" if report.get("front_weight_bytes") else "")
         + (f" + arena {report['front_arena_bytes']} B" if report.get("front_arena_bytes") else ""),
         f"native   {'yes' if bundle.native_ok else 'NO: ' + bundle.native_reason}",

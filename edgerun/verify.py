@@ -8,6 +8,9 @@ by its quantization error, by design: its relative L2 error on the samples must
 stay within ``QUANT_REL_FACTOR`` x the error the exporter measured on the
 calibration batch (manifest ``precisions.front_calib_rel_err``), plus
 ``QUANT_REL_SLACK``; a wrong kernel is far beyond that (errors of order 1).
+Likewise the split against the whole fp32 model: to float rounding with an fp32
+back half, within the same factor x the back half's measured error
+(``precisions.back_calib_rel_err``) + slack with an fp16 / int8 one.
 Needs no torch and no broker.
 """
 
@@ -41,7 +44,7 @@ class VerifyReport:
     native_vs_ort_max_abs: float | None
     native_vs_ort_limit: float | None
     split_vs_whole_max_abs: float
-    split_vs_whole_limit: float
+    split_vs_whole_limit: float | None                  # fp32 back half: the checked figure
     native_split_vs_whole_max_abs: float | None
     top1_agreement: float
     samples: int
@@ -50,6 +53,8 @@ class VerifyReport:
     quantized: bool = False
     native_vs_ort_rel_l2: float | None = None        # quantized fronts: the checked figure
     native_vs_ort_rel_l2_limit: float | None = None
+    split_vs_whole_rel_l2: float | None = None       # fp16 / int8 back half: the checked figure
+    split_vs_whole_rel_l2_limit: float | None = None
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -86,10 +91,23 @@ def verify(bundle: Bundle | str, *, threads: int = 1) -> VerifyReport:
     mid_ort = ort_front.run({in_name: x})
     split_out = back.run(mid_ort)[b.outputs[0].name]
     split_err = float(np.max(np.abs(split_out - ref)))
-    split_lim = _limit(ref, SPLIT_VS_WHOLE_ATOL, SPLIT_VS_WHOLE_RTOL)
-    ok = split_err <= split_lim
-    if not ok:
-        msgs.append(f"split vs whole differs by {split_err:.3g} > {split_lim:.3g}: re-export the bundle")
+    prec = b.manifest.get("precisions", {})
+    split_rel = split_rel_lim = None
+    if prec.get("back", "fp32") == "fp32":
+        split_lim = _limit(ref, SPLIT_VS_WHOLE_ATOL, SPLIT_VS_WHOLE_RTOL)
+        ok = split_err <= split_lim
+        if not ok:
+            msgs.append(f"split vs whole differs by {split_err:.3g} > {split_lim:.3g}: re-export the bundle")
+    else:  # an fp16 / int8 back half differs from the fp32 whole model by its own rounding
+        split_lim = None
+        split_rel = _rel_l2([split_out], [ref])
+        measured = prec.get("back_calib_rel_err")
+        split_rel_lim = QUANT_REL_FACTOR * float(measured or 0.0) + QUANT_REL_SLACK
+        ok = split_rel <= split_rel_lim
+        if not ok:
+            msgs.append(f"the split with the {prec['back']} back half differs from the whole fp32 model by a relative "
+                        f"L2 error of {split_rel:.3g} > {split_rel_lim:.3g} ({QUANT_REL_FACTOR:g} x the {measured} the "
+                        "exporter measured + slack): re-export the bundle; if it persists, report this bug")
     nat_err = nat_lim = nat_split = rel = rel_lim = None
     quantized = False
     native_state = "skipped"
@@ -101,7 +119,6 @@ def verify(bundle: Bundle | str, *, threads: int = 1) -> VerifyReport:
             nat_err = max(nat_err, float(np.max(np.abs(mid_nat[t.name] - mid_ort[t.name]))))
             nat_lim = max(nat_lim, _limit(mid_ort[t.name], NATIVE_VS_ORT_ATOL, NATIVE_VS_ORT_RTOL))
         nat_split = float(np.max(np.abs(back.run(mid_nat)[b.outputs[0].name] - ref)))
-        prec = b.manifest.get("precisions", {})
         quantized = prec.get("front", "fp32") != "fp32"
         if quantized:
             rel = _rel_l2([mid_nat[t.name] for t in b.cut], [mid_ort[t.name] for t in b.cut])
@@ -123,7 +140,7 @@ def verify(bundle: Bundle | str, *, threads: int = 1) -> VerifyReport:
         msgs.append(f"the native engine cannot run this front half ({b.native_reason}); use --engine ort")
     agree = float(np.mean(split_out.argmax(-1) == ref.argmax(-1)))
     return VerifyReport(ok, nat_err, None if quantized else nat_lim, split_err, split_lim, nat_split, agree,
-                        int(len(x)), native_state, msgs, quantized, rel, rel_lim)
+                        int(len(x)), native_state, msgs, quantized, rel, rel_lim, split_rel, split_rel_lim)
 
 
 def _rel_l2(got: list[np.ndarray], ref: list[np.ndarray]) -> float:

@@ -22,13 +22,14 @@ EVAL_BATCH = 32
 CodecRoundTrip = Callable[[dict[str, np.ndarray]], tuple[dict[str, np.ndarray], float, float, int]]
 
 
-def session(path: Path, threads: int = 2):
+def session(path: Path | bytes, threads: int = 2):
+    """An onnxruntime CPU session of a model file (or its serialized bytes)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def run_whole(whole_path: Path, x: np.ndarray) -> np.ndarray:

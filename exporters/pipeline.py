@@ -162,7 +162,9 @@ def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> Non
     native = stages.write_front(front, out / "front.erg", calib_x, cfg)
     onnx.save(back, out / "back.onnx")  # fp32 first: the codec's budget is chosen against it
     codec = stages.calibrate_codec(calib_acts, cfg, out / "back.onnx")
-    onnx.save(quantize_back(back, cfg.back_precision, calib_acts), out / "back.onnx")
+    back_q = quantize_back(back, cfg.back_precision, calib_acts)
+    back_err = 0.0 if back_q is back else stages.back_calib_error(out / "back.onnx", back_q, calib_acts)
+    onnx.save(back_q, out / "back.onnx")
     files = {
         "whole.onnx": {"role": "whole model, fp32 (reference; all-on-server mode)"},
         "front.onnx": {"role": "front half, fp32, onnxruntime (--engine ort)"},
@@ -174,7 +176,8 @@ def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> Non
         files["front.erg"] = {"role": f"front half, {native['precision']}, native engine"}
     exits = _build_exits(traced, cut, out, cfg, native["ok"], files)
     report = _report(traced, cut, out, cfg, native, codec, calib_acts)
-    manifest = _manifest(traced, cut, native, codec, cfg, files)
+    report["back_calib_rel_err"] = back_err
+    manifest = _manifest(traced, cut, native, codec, cfg, files, back_err)
     if exits is not None:
         manifest["exits"], report["exits"] = exits
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
@@ -247,7 +250,8 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
     return rep
 
 
-def _manifest(traced: Traced, cut: Cut, native: dict, codec: dict, cfg: ExportConfig, files: dict) -> dict:
+def _manifest(traced: Traced, cut: Cut, native: dict, codec: dict, cfg: ExportConfig, files: dict,
+              back_err: float) -> dict:
     model = traced.model
     return {
         "model_id": traced.source.model_id,
@@ -267,6 +271,7 @@ def _manifest(traced: Traced, cut: Cut, native: dict, codec: dict, cfg: ExportCo
             "front_calib_rel_err": native.get("calib_error", 0.0),
             "group_size": cfg.group_size,
             "back": cfg.back_precision,
+            "back_calib_rel_err": back_err,  # fp16 / int8 back vs fp32 on the calibration crossings
         },
         "codec": codec,
         "exits": {},

@@ -121,6 +121,23 @@ def calibrate_codec(acts: dict[str, np.ndarray], cfg: ExportConfig, back_path: P
             **codec_params(acts, cfg.codec_budget, "channel")}
 
 
+def back_calib_error(fp32_back: Path, back: onnx.ModelProto, acts: dict[str, np.ndarray]) -> float:
+    """Relative L2 error of the back half as written (fp16 / int8) against its fp32 self.
+
+    Measured on the calibration crossings, all outputs together: ``||out - ref|| / ||ref||``.
+    ``edgerun verify`` bounds the split-vs-whole difference of a quantized back half by it
+    (manifest ``precisions.back_calib_rel_err``), as it bounds a quantized front by its own.
+    """
+    from edgerun.exporters.evaluate import session
+
+    ref_s, got_s = session(fp32_back), session(back.SerializeToString())
+    feeds = {i.name: acts[i.name] for i in ref_s.get_inputs()}
+    ref, got = ref_s.run(None, feeds), got_s.run(None, feeds)
+    num = sum(float(np.sum((g.astype(np.float64) - r) ** 2)) for g, r in zip(got, ref))
+    den = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in ref)
+    return float(np.sqrt(num / max(den, 1e-30)))
+
+
 def codec_params(acts: dict[str, np.ndarray], budget: float, layout: str = "channel") -> dict:
     """``{"params": {tensor: hex of its tsq params}}`` calibrated on ``acts`` at ``budget``."""
     from edgerun import codec as tsq

@@ -98,3 +98,29 @@ def test_verify_bounds_a_quantized_front_by_its_measured_error(tmp_path, monkeyp
     monkeypatch.setattr(v, "QUANT_REL_SLACK", 1e-6)
     bad = v.verify(b)
     assert not bad.ok and bad.native == "mismatch" and "re-export the bundle" in bad.messages[0]
+
+
+def test_verify_bounds_a_quantized_back_half_by_its_measured_error(tmp_path, monkeypatch):
+    """An fp16 / int8 back half differs from the fp32 whole model by its own rounding: the
+    export measures that error on the calibration crossings, and verify passes the split when
+    it is within 2x that (+ slack) instead of refusing every such bundle with fp32 tolerances
+    ("re-export the bundle" on a bundle just exported); a zero allowance still fails."""
+    from edgerun import verify as v
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    for prec in ("fp16", "int8"):
+        b = export("zoo:digits-cnn", ExportConfig(back_precision=prec, evaluate=False), tmp_path / prec)
+        measured = b.manifest["precisions"]["back_calib_rel_err"]
+        assert 0 < measured < 0.1, (prec, measured)
+        assert json.loads((b.path / "report.json").read_text())["back_calib_rel_err"] == measured
+        rep = v.verify(b)
+        assert rep.ok, rep.messages
+        assert rep.split_vs_whole_limit is None and rep.split_vs_whole_max_abs > 0
+        assert rep.split_vs_whole_rel_l2 <= rep.split_vs_whole_rel_l2_limit == v.QUANT_REL_FACTOR * measured + v.QUANT_REL_SLACK
+    monkeypatch.setattr(v, "QUANT_REL_FACTOR", 0.0)
+    monkeypatch.setattr(v, "QUANT_REL_SLACK", 0.0)
+    bad = v.verify(b)
+    assert not bad.ok and "int8 back half" in bad.messages[0] and "re-export the bundle" in bad.messages[0]
+    fp32 = export("zoo:digits-cnn", ExportConfig(evaluate=False), tmp_path / "fp32")
+    assert fp32.manifest["precisions"]["back_calib_rel_err"] == 0.0
+    assert v.verify(fp32).split_vs_whole_rel_l2 is None  # fp32: checked to float rounding

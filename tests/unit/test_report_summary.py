@@ -38,3 +38,8 @@ def test_mixed_precision_and_metric_are_printed():
     text = export_summary(BUNDLE, REPORT)
     assert "precision front mixed (fp32: 1 layers, int8: 1 layers), back fp32, front weights 884672 B" in text
     assert "split 0.9710 (n=138" in text
+
+
+def test_a_quantized_back_half_prints_its_measured_error():
+    text = export_summary(BUNDLE, {**REPORT, "back_precision": "fp16", "back_calib_rel_err": 0.00217})
+    assert "back fp16 (rel. error 2.2e-03 vs fp32 on calibration data), front weights" in text
