@@ -177,7 +177,13 @@ class Mosquitto:
                 self._cleanup_dir()
                 raise UserError(f"port {self.port} on {self.host} is already in use: pick another port")
             self._spawn()
-            if self._wait_ready():
+            try:
+                ready = self._wait_ready()
+            except BaseException:  # Ctrl-C / SIGTERM while it starts: no `with` exit will stop it
+                self._terminate()
+                self._cleanup_dir()
+                raise
+            if ready:
                 atexit.register(self.stop)
                 return self
             self._terminate()

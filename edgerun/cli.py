@@ -212,14 +212,10 @@ def demo_cmd(
     as_json: bool = typer.Option(False, "--json", help="last line of stdout: one JSON object"),
 ) -> None:
     """End-to-end split inference on the digits model with a local broker and server."""
-    import signal
-
     from edgerun.demo import run_demo
+    from edgerun.procs import sigterm_unwinds
 
-    def _terminate(*_: object) -> None:  # SIGTERM cleans up like Ctrl-C: stop the broker and server
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, _terminate)
+    sigterm_unwinds()  # SIGTERM cleans up like Ctrl-C: stop the broker and server
     try:
         run_demo(limit=limit, engine=engine, cut=cut, as_json=as_json, codec=codec,
                  front_precision=front_precision, back_precision=back_precision, budget=budget)
@@ -229,11 +225,13 @@ def demo_cmd(
 
 @app.command("broker")
 def broker_cmd() -> None:
-    """Start a Mosquitto on a free loopback port and print its URL (Ctrl-C stops it)."""
+    """Start a Mosquitto on a free loopback port and print its URL (Ctrl-C or SIGTERM stops it)."""
     import time
 
     from edgerun.broker import Mosquitto
+    from edgerun.procs import sigterm_unwinds
 
+    sigterm_unwinds()  # `kill` stops the Mosquitto too (it was left running)
     try:
         with Mosquitto() as m:
             typer.echo(m.url, err=False)

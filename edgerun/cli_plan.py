@@ -142,6 +142,9 @@ def bench_cmd(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Run BUNDLE all-on-device, all-on-server and split over an emulated LINK; per-stage p50/p95/p99."""
+    from edgerun.procs import sigterm_unwinds
+
+    sigterm_unwinds()  # SIGTERM stops the bench's Mosquitto and servers, as Ctrl-C does
     try:
         from edgerun.bench import plot, run_bench
 

@@ -6,6 +6,7 @@ before the parent has stopped it cleanly) and always stopped on the way out.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -17,6 +18,20 @@ import numpy as np
 from edgerun.errors import TransportError
 
 SERVER_START_TIMEOUT_S = 60.0
+
+
+def sigterm_unwinds() -> None:
+    """Make SIGTERM unwind like Ctrl-C (KeyboardInterrupt) in this process.
+
+    Python's default SIGTERM ends the process at once, without the ``with`` / ``finally``
+    blocks that stop the Mosquitto and ``edgerun serve`` processes a command started, so
+    ``kill`` (or a supervisor stopping the command) left them running. Commands that start
+    children call this first; main thread only.
+    """
+    def _interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def start_server(bundle_dir: Path, url: str, log_path: Path) -> subprocess.Popen:

@@ -113,3 +113,27 @@ def test_broker_that_exits_at_once_reports_did_not_start(tmp_path):
 def test_negative_packet_size_is_a_config_error():
     with pytest.raises(ConfigError, match="max_packet_size"):
         Mosquitto(max_packet_size=-1, binary="/bin/true")
+
+
+@needs_mosquitto
+def test_interrupt_while_starting_stops_the_broker(monkeypatch):
+    """Ctrl-C / SIGTERM while start() waits for the port: no `with` exit runs (__enter__ never
+    returned), so start() itself must stop the process it spawned and remove its directory."""
+    spawned = {}
+    real_spawn = Mosquitto._spawn
+
+    def spawn(self):
+        real_spawn(self)
+        spawned["proc"], spawned["dir"] = self._proc, self._dir.name
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Mosquitto, "_spawn", spawn)
+    monkeypatch.setattr(Mosquitto, "_wait_ready", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Mosquitto().start()
+    assert spawned["proc"].poll() is not None
+    import os
+
+    assert not os.path.exists(spawned["dir"])
