@@ -33,8 +33,9 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
         front half, unless ``cfg.require_native``, which raises instead.
 
     Raises:
-        ConfigError: weights + arena exceed ``cfg.max_device_mem_mb``, or a budget is given
-            for a front half the native engine cannot run (its memory cannot be measured).
+        ConfigError: weights + arena exceed ``cfg.max_device_mem_mb``; or a budget, or a precision
+            other than fp32, is given for a front half the native engine cannot run (its memory
+            cannot be measured; onnxruntime would run it at fp32).
     """
     from edgerun.exporters.erg import write_erg
 
@@ -66,6 +67,10 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
         if cfg.max_device_mem_mb is not None:
             raise ConfigError(f"--max-device-mem-mb is checked on the native engine, which cannot run this "
                               f"front half ({exc}); choose another cut, or drop the budget") from exc
+        if cfg.front_precision != "fp32":  # onnxruntime would run it at fp32: not what was asked
+            raise ConfigError(f"--front-precision {cfg.front_precision} runs on the native engine, which cannot run "
+                              f"this front half ({exc}); choose a cut before that node (`edgerun export MODEL "
+                              "--list-cuts`), or --front-precision fp32 to run it on onnxruntime") from exc
         return {"ok": False, "reason": str(exc), "precision": "fp32", "layers": {}, "weight_bytes": None}
     weight_bytes = int(info.get("weight_bytes", 0))
     arena_bytes = _arena_bytes(path)
