@@ -2,7 +2,9 @@
 
 For each zoo model at two cuts, exports a bundle per setting and collects what
 ``report.json`` measured on real held-out data: bytes per request vs fp32, the
-metric vs the fp32 whole model, codec encode/decode time, front weight bytes.
+metric vs the fp32 whole model, codec encode/decode time, front weight bytes, and the
+fp16 / int8 back half's relative logit error against its fp32 self on the calibration
+crossings (``back rel err``, what ``edgerun verify`` bounds the split by).
 
     python benchmarks/bench_report.py [--out benchmarks/results] [--quick]
 
@@ -23,10 +25,12 @@ SETTINGS = (
     {"front_precision": "int8", "codec": "none", "back_precision": "fp32"},
     {"front_precision": "int8", "front_act": "fp32", "codec": "none", "back_precision": "fp32"},
     {"front_precision": "fp32", "codec": "tsq", "back_precision": "fp32"},
+    {"front_precision": "fp32", "codec": "none", "back_precision": "fp16"},  # each lossy step alone,
+    {"front_precision": "fp32", "codec": "none", "back_precision": "int8"},  # then all together
     {"front_precision": "int8", "codec": "tsq", "back_precision": "fp16"},
 )
 KEYS = ("front_act", "metric", "metric_whole_fp32", "metric_split", "bytes_per_request", "bytes_per_request_fp32",
-        "front_weight_bytes", "encode_us", "decode_us", "n_eval")
+        "front_weight_bytes", "encode_us", "decode_us", "n_eval", "back_calib_rel_err")
 
 
 def run(models: list[str], out: Path) -> list[dict]:
@@ -60,16 +64,17 @@ def _front(r: dict) -> str:
 
 def to_markdown(rows: list[dict]) -> str:
     head = ("| model | cut | front | codec | back | metric | whole fp32 | split | loss pp | bytes/req | "
-            "vs fp32 | front weights B | encode µs | decode µs |\n" + "|---" * 14 + "|\n")
+            "vs fp32 | front weights B | encode µs | decode µs | back rel err |\n" + "|---" * 15 + "|\n")
     lines = []
     for r in rows:
         enc = "" if r["encode_us"] is None else f"{r['encode_us']:.0f}"
         dec = "" if r["decode_us"] is None else f"{r['decode_us']:.0f}"
+        berr = f"{r['back_calib_rel_err']:.1e}" if r.get("back_calib_rel_err") else ""
         lines.append(
             f"| {r['model'].removeprefix('zoo:')} | {r['cut']} | {_front(r)} | {r['codec']} | "
             f"{r['back_precision']} | {r['metric']} | {r['metric_whole_fp32']:.4f} | {r['metric_split']:.4f} | "
             f"{r['loss_pp']:.2f} | {r['bytes_per_request']} | {r['bytes_ratio']}x | {r['front_weight_bytes']} | "
-            f"{enc} | {dec} |")
+            f"{enc} | {dec} | {berr} |")
     return head + "\n".join(lines) + "\n"
 
 
