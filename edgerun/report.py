@@ -31,6 +31,11 @@ def cuts_table(rows: list[dict]) -> str:
     )
 
 
+# A split that loses more than this (the planner's default --max-accuracy-drop, one point) is
+# flagged in the export summary: the user asked for the precisions, but should see the cost.
+WARN_LOSS = 0.01
+
+
 def export_summary(bundle: Any, report: dict) -> str:
     lines = [
         f"bundle   {bundle.path}",
@@ -49,6 +54,11 @@ def export_summary(bundle: Any, report: dict) -> str:
             f"metric   {report['metric']}: whole {report['metric_whole_fp32']:.4f}, split {report['metric_split']:.4f} "
             f"(n={report['n_eval']}, max |split - whole| = {report['split_vs_whole_max_abs']:.2e})"
         )
+        loss = report["metric_whole_fp32"] - report["metric_split"]
+        if report["metric"] != "action_mae" and loss > WARN_LOSS:
+            lines.append(f"warning  the split loses {100 * loss:.2f} pp of {report['metric']} against the whole fp32 "
+                         f"model (more than {100 * WARN_LOSS:g} pp): re-export with fp32 for the lossy steps above "
+                         "(front / back precision, codec) to see which one costs it")
     return "\n".join(lines)
 
 

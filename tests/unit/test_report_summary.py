@@ -43,3 +43,13 @@ def test_mixed_precision_and_metric_are_printed():
 def test_a_quantized_back_half_prints_its_measured_error():
     text = export_summary(BUNDLE, {**REPORT, "back_precision": "fp16", "back_calib_rel_err": 0.00217})
     assert "back fp16 (rel. error 2.2e-03 vs fp32 on calibration data), front weights" in text
+
+
+def test_a_split_losing_more_than_one_point_is_flagged():
+    """The user asked for the precisions and codec, but sees what they cost: more than 1 pp
+    (the planner's default accuracy budget) gets a warning line; 0.5 pp does not."""
+    assert "warning" not in export_summary(BUNDLE, {**REPORT, "metric_split": 0.995})
+    text = export_summary(BUNDLE, {**REPORT, "back_precision": "int8", "metric_split": 0.942})
+    assert "warning  the split loses 5.80 pp of top1_agreement against the whole fp32 model" in text
+    assert "warning" not in export_summary(BUNDLE, {**REPORT, "metric": "action_mae", "metric_whole_fp32": 0.0,
+                                                    "metric_split": 0.3})  # an error, not a score
