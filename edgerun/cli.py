@@ -107,13 +107,15 @@ def _planned(traced, device, server, link, max_latency_ms, max_mem_mb, max_drop)
 def verify_cmd(
     bundle: Path = typer.Argument(..., help="bundle directory or archive"),
     threads: int = typer.Option(1, help="threads for both engines"),
+    engine: str = typer.Option("native", help="device engine it will run on: native (checked against "
+                               "onnxruntime) | ort (skips the native check)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Check native engine vs onnxruntime and split vs whole on the bundle's samples."""
     try:
         from edgerun.verify import verify
 
-        rep = verify(str(bundle), threads=threads)
+        rep = verify(str(bundle), threads=threads, engine=engine)
     except EdgerunError as exc:
         _fail(exc)
         return

@@ -29,6 +29,8 @@ def test_verify_json_ok_on_a_fresh_bundle_and_fails_on_a_corrupted_one(digits_bu
     rep = json.loads(r.stdout)
     assert rep["ok"] and rep["native_vs_ort_max_abs"] <= rep["native_vs_ort_limit"]
     assert rep["split_vs_whole_max_abs"] <= rep["split_vs_whole_limit"]
+    r = _edgerun("verify", str(digits_bundle.path), "--engine", "ort", "--json")  # the onnxruntime deployment
+    assert r.returncode == 0 and json.loads(r.stdout)["native"] == "skipped", r.stderr
     import shutil
 
     bad = tmp_path / "bad"

@@ -66,6 +66,14 @@ def test_a_front_the_native_engine_cannot_run_exports_for_onnxruntime_but_not_qu
     b = export(traced, ExportConfig(cut=gelu_cut, evaluate=False), tmp_path / "fp32")
     b = Bundle.load(b.path)
     assert not b.native_ok and "Gelu" in b.native_reason and "--engine ort" in b.native_reason
+    from edgerun.verify import verify
+
+    native = verify(b)  # for the native engine: not deployable, and it says how to check the other way
+    assert not native.ok and native.native == "unsupported" and "edgerun verify --engine ort" in native.messages[0]
+    ort = verify(b, engine="ort")
+    assert ort.ok and ort.native == "skipped" and not ort.messages
+    with pytest.raises(ConfigError, match="'native' or 'ort'"):
+        verify(b, engine="tflite")
     for prec in ("int8", "int4"):
         with pytest.raises(ConfigError, match=f"--front-precision {prec} runs on the native engine") as exc:
             export(traced, ExportConfig(cut=gelu_cut, front_precision=prec, evaluate=False), tmp_path / prec)
