@@ -176,8 +176,8 @@ class Mosquitto:
                     continue
                 self._cleanup_dir()
                 raise UserError(f"port {self.port} on {self.host} is already in use: pick another port")
-            self._spawn()
             try:
+                self._spawn()
                 ready = self._wait_ready()
             except BaseException:  # Ctrl-C / SIGTERM while it starts: no `with` exit will stop it
                 self._terminate()
