@@ -75,7 +75,7 @@ def interleaved_ms(fns: list, x: np.ndarray, runs: int, warmup: int, block: int 
     """Median ms of each fn, timed in alternating blocks (a x block, b x block, a ...) so both
     see the same machine state: a drift in clock or load hits them alike. Each block starts
     after ``pause_s`` idle and its first ``settle`` runs are not counted: with threads > 1,
-    onnxruntime's pool and OpenMP's threads keep spinning for a while after a run, and a
+    onnxruntime's pool keeps spinning for a while after a run (the native engine's workers 100 µs), and a
     single a, b, a, b alternation measured that spin, not the engine (native 2 threads: 1.8 ms
     alone, 5.5 ms right after onnxruntime). On a 2-core AMD EPYC the settle runs were not
     enough: onnxruntime's spinning worker held the second core through a whole native block

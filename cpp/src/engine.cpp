@@ -45,11 +45,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, int32_t ma
   std::unique_ptr<Engine> e(new Engine());
   ER_ASSIGN_OR_RETURN(e->graph_, Graph::open(path));
   e->max_batch_ = max_batch;
-#ifdef _OPENMP
   e->threads_ = threads;
-#else
-  e->threads_ = 1;  // built without OpenMP: one thread is all there is
-#endif
   ER_RETURN_IF_ERROR(e->resolve());
   e->prepare_quant();
   e->fuse_chains();

@@ -179,8 +179,7 @@ void Engine::run_fused(size_t head, int32_t batch) {
   float* const wc = per_run_dequant(c) ? deq_.get() + deq_size(a) : nullptr;
   if (wa != nullptr) kernels::dequantize_rows(a.qw, 0, a.qw.rows, wa, false);
   if (wc != nullptr) kernels::dequantize_rows(c.qw, 0, c.qw.rows, wc, false);
-#pragma omp parallel for num_threads(threads_) schedule(static) if (threads_ > 1 && tasks > 1)
-  for (int64_t t = 0; t < tasks; ++t) {
+  kernels::parallel_for(threads_ > 1 && tasks > 1 ? threads_ : 1, tasks, [&](int64_t t) {
     const int64_t n = t / per_img, y0 = (t % per_img) * a.strip_rows;
     const int64_t y1 = std::min(y0 + a.strip_rows, pd.oh);
     const float* xn = x + n * pa.cin * in_plane;
@@ -198,7 +197,7 @@ void Engine::run_fused(size_t head, int32_t batch) {
     ps.pt = pd.pt + r0 - y0 * pd.sh;  // output row y reads strip row y * sh - pt' + i * dh
     kernels::depthwise_conv(ps, 1, e, wd, bd, f, scratch, 1);
     run_pointwise(c, f, out_px, out_px, yn + y0 * pc.ow, out_plane, scratch, 1, wc);
-  }
+  });
 }
 
 }  // namespace edgerun

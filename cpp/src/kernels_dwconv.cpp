@@ -352,8 +352,7 @@ void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const fl
     const dw::PairFn pair = dw::avx512_pair(p);
     if (pair != nullptr) {  // two channels per vector on planes of <= 8 columns
       const int64_t pairs = (planes + 1) / 2;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-      for (int64_t i = 0; i < pairs; ++i) {
+      parallel_for(threads > 1 ? threads : 1, pairs, [&](int64_t i) {
         const int64_t pc = 2 * i, c0 = pc % p.cout;
         const float* x0 = x + pc * p.h * p.w;
         float* y0 = y + pc * p.oh * p.ow;
@@ -361,24 +360,24 @@ void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const fl
         const float b0 = bias ? bias[c0] : 0.f;
         if (pc + 1 == planes) {  // an odd last plane
           plane(p, d, x0, w0, b0, y0, nullptr);
-          continue;
+          return;
         }
         const int64_t c1 = (pc + 1) % p.cout;
         pair(p, x0, x0 + p.h * p.w, w0, w + c1 * p.kh * p.kw, b0, bias ? bias[c1] : 0.f, y0,
              y0 + p.oh * p.ow);
-      }
+      });
       return;
     }
     const size_t per = padded_floats(d);
     // The AVX2 kernel: border zeroed once per thread, interior copied per plane.
     const bool interior_only = !direct && fast == nullptr && p.sh == p.sw &&
                                (p.sw == 1 || s2_interior_fits(p, d));
-#pragma omp parallel num_threads(threads) if (threads > 1)
-    {
-      float* buf = scratch + per * size_t(thread_id());
+    parallel_team(threads, [&](int t, int nt) {
+      float* buf = scratch + per * size_t(t);
       if (interior_only) zero_plane(d, buf);
-#pragma omp for schedule(static)
-      for (int64_t pc = 0; pc < planes; ++pc) {
+      int64_t pc0, pc1;
+      static_range(planes, t, nt, &pc0, &pc1);
+      for (int64_t pc = pc0; pc < pc1; ++pc) {
         const int64_t c = pc % p.cout;
         const float* xc = x + pc * p.h * p.w;
         const float* next = pc + 1 < planes ? xc + p.h * p.w : nullptr;
@@ -395,14 +394,13 @@ void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const fl
         plane(p, d, direct ? xc : buf, w + c * p.kh * p.kw, bias ? bias[c] : 0.f, y + pc * p.oh * p.ow,
               next);
       }
-    }
+    });
     return;
   }
 #endif
   int64_t a, b;
   interior(p, 0, &a, &b);
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t pc = 0; pc < planes; ++pc) {
+  parallel_for(threads > 1 ? threads : 1, planes, [&](int64_t pc) {
     const int64_t c = pc % p.cout;
     const float* xc = x + pc * p.h * p.w;
     const float* wc = w + c * p.kh * p.kw;
@@ -414,7 +412,7 @@ void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const fl
       dw_row_portable(p, xc, wc, bv, oy, a, b, o);
       for (int64_t ox = b; ox < p.ow; ++ox) o[ox] = dw_pixel(p, xc, wc, bv, oy, ox);
     }
-  }
+  });
 }
 
 }  // namespace kernels

@@ -286,8 +286,7 @@ void gemv_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, con
 #else
   const auto axpy4 = axpy4_portable;
 #endif
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && tasks > 1)
-  for (int64_t t = 0; t < tasks; ++t) {
+  parallel_for(threads > 1 && tasks > 1 ? threads : 1, tasks, [&](int64_t t) {
     const int64_t n0 = t * cols, nw = std::min(N - n0, cols);
     for (int64_t m = 0; m < M; ++m) std::memset(C + m * ldc + n0, 0, sizeof(float) * size_t(nw));
     int64_t k = 0;
@@ -306,13 +305,13 @@ void gemv_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, con
         for (int64_t j = 0; j < nw; ++j) c[j] += a * b[j];
       }
     }
-    if (ep == nullptr) continue;
+    if (ep == nullptr) return;
     for (int64_t m = 0; m < M; ++m) {
       const TileEpi te{ep->row_bias ? ep->row_bias + m : nullptr, ep->col_bias, ep->act, ep->lo, ep->hi};
       float* c = C + m * ldc;
       for (int64_t j = n0; j < n0 + nw; ++j) c[j] = epi1(c[j], 0, j, te);
     }
-  }
+  });
 }
 
 // Task shape on several threads: kMC x kNC blocks, or smaller ones when those would not
@@ -403,13 +402,12 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const f
   if (threads > 1 && M * N * K >= kMinSplitMacs) split_tasks(M, N, threads, ukr, &mc, &nc);
   const int64_t mt = (M + mc - 1) / mc, nt = (N + nc - 1) / nc, tasks = mt * nt;
   const size_t per_thread = sgemm_scratch_floats(1);
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && tasks > 1)
-  for (int64_t t = 0; t < tasks; ++t) {
+  parallel_for(threads > 1 && tasks > 1 ? threads : 1, tasks, [&](int64_t t) {
     const int64_t mi = t / nt, ni = t % nt;
     float* pack = scratch + per_thread * size_t(thread_id());
     gemm_tile(ukr, mi * mc, std::min(M, (mi + 1) * mc), ni * nc, std::min(N, (ni + 1) * nc),
               K, A, lda, B, ldb, C, ldc, pack, ep);
-  }
+  });
 }
 
 }  // namespace kernels

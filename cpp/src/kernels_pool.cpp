@@ -9,8 +9,7 @@ namespace edgerun {
 namespace kernels {
 
 void max_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t pc = 0; pc < planes; ++pc) {
+  parallel_for(threads > 1 ? threads : 1, planes, [&](int64_t pc) {
     const float* xc = x + pc * p.h * p.w;
     float* yc = y + pc * p.oh * p.ow;
     for (int64_t oy = 0; oy < p.oh; ++oy)
@@ -26,12 +25,11 @@ void max_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int
         }
         yc[oy * p.ow + ox] = m;
       }
-  }
+  });
 }
 
 void avg_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t pc = 0; pc < planes; ++pc) {
+  parallel_for(threads > 1 ? threads : 1, planes, [&](int64_t pc) {
     const float* xc = x + pc * p.h * p.w;
     float* yc = y + pc * p.oh * p.ow;
     for (int64_t oy = 0; oy < p.oh; ++oy)
@@ -53,17 +51,16 @@ void avg_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int
         const int64_t d = p.count_include_pad ? npad : n;
         yc[oy * p.ow + ox] = d > 0 ? s / float(d) : 0.f;
       }
-  }
+  });
 }
 
 void global_avg_pool(int64_t planes, int64_t hw, const float* x, float* y, int threads) {
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1)
-  for (int64_t pc = 0; pc < planes; ++pc) {
+  parallel_for(threads > 1 ? threads : 1, planes, [&](int64_t pc) {
     const float* xc = x + pc * hw;
     double s = 0.0;
     for (int64_t k = 0; k < hw; ++k) s += xc[k];
     y[pc] = float(s / double(hw));
-  }
+  });
 }
 
 void reduce_mean(int32_t rank, const int64_t* dims, uint32_t mask, const float* x, float* y) {

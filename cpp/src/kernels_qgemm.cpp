@@ -340,14 +340,13 @@ void quantize_pack(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N
   }
   static const PackQuad pack_quad = pick_pack();
   const int64_t bpk = panel_bytes_per_k();  // a k-quad is 4 * bpk bytes = bpk words
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && strips > 1)
-  for (int64_t s = 0; s < strips; ++s) {
+  parallel_for(threads > 1 && strips > 1 ? threads : 1, strips, [&](int64_t s) {
     const int64_t n0 = s * kQNR;
     uint32_t* o = reinterpret_cast<uint32_t*>(out + s * kp * bpk);
     for (int64_t k4 = 0; k4 < kp; k4 += 4)
       pack_quad(x, ldx, K, k4, n0, std::min(kQNR, N - n0), inv + n0, mn + n0,
                 o + (k4 / 4) * bpk);
-  }
+  });
 }
 
 }  // namespace
@@ -381,8 +380,7 @@ void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uin
 #endif
   static const QKernel ukr = pick_qkernel();
   const int64_t strips = (N + kQNR - 1) / kQNR, kq = w.kp / 4;
-#pragma omp parallel for num_threads(threads) schedule(static) if (threads > 1 && strips > 1)
-  for (int64_t s = 0; s < strips; ++s) {
+  parallel_for(threads > 1 && strips > 1 ? threads : 1, strips, [&](int64_t s) {
     alignas(32) int32_t tile[kQMR * kQNR];
     const int64_t n0 = s * kQNR, nw = std::min(kQNR, N - n0);
     const uint8_t* B = Bq + s * w.kp * kQNR;
@@ -395,7 +393,7 @@ void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uin
                   bias ? bias[row] : 0.f, act, lo, hi, y + (m + r) * ldy + n0, nw);
       }
     }
-  }
+  });
 }
 
 }  // namespace

@@ -43,13 +43,6 @@ constexpr int kMR = 8;   // weight rows per tile
 constexpr int kNS = 3;   // strips (16 pixels each) per full tile
 constexpr int kRN = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
-inline int team_size() {
-#ifdef _OPENMP
-  return omp_get_num_threads();
-#else
-  return 1;
-#endif
-}
 
 ER_Q512 inline __mmask16 strip_mask(int64_t w) {
   return w >= kQNR ? __mmask16(0xFFFF) : __mmask16((1u << w) - 1u);
@@ -199,8 +192,9 @@ void vnni_tiles(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const floa
                 float* y, int64_t ldy) {
   const int64_t strips = (N + kQNR - 1) / kQNR, groups = (strips + kNS - 1) / kNS;
   const int64_t mblocks = (M + kMR - 1) / kMR, kq = w.kp / 4, bstride = w.kp * kQNR;
-#pragma omp for schedule(static)
-  for (int64_t i = 0; i < groups * mblocks; ++i) {
+  int64_t i0, i1;
+  static_range(groups * mblocks, thread_id(), team_size(), &i0, &i1);
+  for (int64_t i = i0; i < i1; ++i) {
     const int64_t g = i / mblocks, m = (i % mblocks) * kMR, mr = std::min<int64_t>(kMR, M - m);
     // Groups as even as possible (13 strips: 2,3,2,3,3 rather than 3,3,3,3,1).
     const int64_t s0 = strips * g / groups, ns = strips * (g + 1) / groups - s0;
@@ -230,8 +224,9 @@ void amx_tiles(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const float
   thread_local std::vector<int8_t> tail;
   bool tail_ready = false;
   amx_begin();
-#pragma omp for schedule(static)
-  for (int64_t i = 0; i < pairs * mblocks; ++i) {
+  int64_t i0, i1;
+  static_range(pairs * mblocks, thread_id(), team_size(), &i0, &i1);
+  for (int64_t i = i0; i < i1; ++i) {
     const int64_t s0 = (i / mblocks) * kAmxS, m = (i % mblocks) * kAmxM, row = m0 + m;
     const int64_t n0 = s0 * kQNR;
     const BlockEpi e{w.scale + row, w.wsum + row, bias ? bias + row : nullptr, xs + n0, mn + n0,
@@ -271,15 +266,13 @@ void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t
   const bool amx = has_amx() && w.kp % 64 == 0;
   // One team for both phases (a barrier is cheaper than a second fork/join on the
   // small late layers): quantize the strips, then the tiles.
-#pragma omp parallel num_threads(threads) if (threads > 1 && strips > 1)
-  {
-    const int64_t t = thread_id(), nt = team_size();
+  parallel_team(threads > 1 && strips > 1 ? threads : 1, [&](int t, int nt) {
     quantize_strips(x, ldx, w.k, w.kp, N, strips * t / nt, strips * (t + 1) / nt, xs, inv, mn,
                     bq);
-#pragma omp barrier
+    barrier();
     if (amx) amx_tiles(w, m0, M, N, xs, mn, bq, bias, act, lo, hi, y, ldy);
     else vnni_tiles(w, m0, M, N, xs, mn, bq, bias, act, lo, hi, y, ldy);
-  }
+  });
 }
 
 #else  // not x86

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.runtime, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = sorted(str(p) for p in (ROOT / "cpp" / "src").glob("*.cpp")) + [str(ROOT / "tests" / "cross" / "kernels_check.cpp")]
-FLAGS = ["-std=c++17", "-O2", "-fopenmp", f"-I{ROOT / 'cpp' / 'include'}", f"-I{ROOT / 'cpp' / 'src'}"]
+FLAGS = ["-std=c++17", "-O2", "-pthread", f"-I{ROOT / 'cpp' / 'include'}", f"-I{ROOT / 'cpp' / 'src'}"]
 ENV_PATHS = {"best": {}, "no-amx": {"EDGERUN_NO_AMX": "1"}, "no-avx512": {"EDGERUN_NO_AVX512": "1"}, "no-vnni": {"EDGERUN_NO_VNNI": "1"},
              "portable": {"EDGERUN_FORCE_PORTABLE": "1"}}
 

@@ -2,7 +2,8 @@
 //
 // Kernels never allocate: any scratch memory is passed in, sized at load time
 // by the matching *_scratch_floats function. Layout is NCHW, row-major.
-// `threads` == 1 runs on the calling thread only (no OpenMP team).
+// `threads` == 1 runs on the calling thread only; more share the work out over the
+// engine's worker pool (edgerun/parallel.h).
 #pragma once
 
 #include <algorithm>
@@ -10,10 +11,7 @@
 #include <cstdint>
 
 #include "edgerun/graph.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "edgerun/parallel.h"
 
 namespace edgerun {
 namespace kernels {
@@ -23,13 +21,6 @@ namespace kernels {
 // ============================================================================
 bool        force_portable(); // EDGERUN_FORCE_PORTABLE set (read once)
 bool        has_avx2_fma();   // checked once, at run time (false when forced portable)
-inline int  thread_id() {     // index of the calling thread in its OpenMP team
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
 // The scalar activation every kernel's edge/portable path applies (SIMD paths mirror it).
 inline float apply_act(float v, Act act, float lo, float hi) {
   if (act == Act::kRelu) return v > 0.f ? v : 0.f;

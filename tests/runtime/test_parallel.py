@@ -1,0 +1,99 @@
+"""The engine's worker pool (cpp/src/parallel.cpp, edgerun/parallel.h).
+
+Every kernel shares its work out in contiguous blocks whose results do not depend on
+which thread computes them, so any thread count gives 1 thread's bits, also with more
+threads than cores. Regions from several Python threads at once take turns (the run
+releases the GIL), and a fork()ed child gets a pool of its own instead of waiting on
+workers that do not exist there.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+from edgerun.engine import NativeEngine
+from edgerun.exporters.cuts import resolve_cut
+from edgerun.exporters.erg import write_erg
+from edgerun.exporters.split import split
+
+pytestmark = pytest.mark.runtime
+
+HANG_GUARD_S = 120.0  # turns a deadlock into a failure; not a speed bound
+
+
+@pytest.fixture(scope="module")
+def effnet_fronts(effnet_traced, tmp_path_factory):
+    """EfficientNet-Lite0's front half up to blocks.5, fp32 and int8 (every kernel kind:
+    stem, fused chains, depthwise, int8 GEMM with its barrier, Add)."""
+    front, _ = split(effnet_traced.model, resolve_cut(effnet_traced.cuts, "blocks.5"))
+    d = tmp_path_factory.mktemp("par")
+    fp32, int8 = d / "fp32.erg", d / "int8.erg"
+    write_erg(front, fp32)
+    layers = {n.name: "int8" for n in front.graph.node if n.op_type == "Conv"}
+    write_erg(front, int8, precisions=layers)
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    return {"fp32": fp32, "int8": int8}, x
+
+
+@pytest.mark.parametrize("prec", ["fp32", "int8"])
+def test_any_thread_count_gives_one_threads_bits(effnet_fronts, prec):
+    paths, x = effnet_fronts
+    ref = NativeEngine(paths[prec], max_batch=2, threads=1).run(x)
+    for threads in (2, 3, 4, 7):  # 3+ on a 2-core machine: more participants than cores
+        got = NativeEngine(paths[prec], max_batch=2, threads=threads).run(x)
+        for k in ref:
+            np.testing.assert_array_equal(got[k], ref[k], err_msg=f"{prec} threads={threads} {k}")
+
+
+def test_engines_on_several_python_threads_at_once(effnet_fronts):
+    """Four Python threads, two engines each at 2 threads, runs interleaved: each run equals
+    its engine's single-threaded answer, and nothing deadlocks."""
+    paths, x = effnet_fronts
+    refs = {p: NativeEngine(paths[p], max_batch=2, threads=1).run(x) for p in paths}
+    engines = {p: NativeEngine(paths[p], max_batch=2, threads=2) for p in paths}
+    errors: list[str] = []
+
+    def worker(i: int) -> None:
+        p = "fp32" if i % 2 else "int8"
+        eng = NativeEngine(paths[p], max_batch=2, threads=2) if i >= 2 else engines[p]
+        for _ in range(4):
+            out = eng.run(x)
+            if any(not np.array_equal(out[k], refs[p][k]) for k in out):
+                errors.append(f"thread {i} ({p}): output differs from 1 thread")
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(HANG_GUARD_S)
+    assert not any(t.is_alive() for t in ts), "engine runs on several Python threads deadlocked"
+    assert not errors, errors
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_runs_on_a_pool_of_its_own(effnet_fronts):
+    """The parent's workers do not exist in a fork()ed child: a child that ran its engine on
+    the inherited pool would wait for them forever."""
+    paths, x = effnet_fronts
+    eng = NativeEngine(paths["int8"], max_batch=2, threads=2)
+    ref = eng.run(x)
+    pid = os.fork()
+    if pid == 0:  # child: run, compare, exit without pytest's teardown
+        ok = all(np.array_equal(v, ref[k]) for k, v in eng.run(x).items())
+        os._exit(0 if ok else 1)
+    import time
+
+    deadline = time.monotonic() + HANG_GUARD_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0, "the child's run differed from the parent's"
+            return
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail("a fork()ed child's engine run hung on the parent's workers")
