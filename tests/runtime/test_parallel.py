@@ -97,3 +97,38 @@ def test_a_forked_child_runs_on_a_pool_of_its_own(effnet_fronts):
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     pytest.fail("a fork()ed child's engine run hung on the parent's workers")
+
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+
+
+def _tsan_build(tmp_path):
+    import shutil
+    import subprocess
+
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no g++")
+    probe = tmp_path / "probe.cpp"
+    probe.write_text("int main() { return 0; }\n")
+    if subprocess.run([cxx, "-fsanitize=thread", str(probe), "-o", str(tmp_path / "probe")],
+                      capture_output=True).returncode != 0:
+        pytest.skip("this g++ cannot link ThreadSanitizer programs")
+    exe = tmp_path / "parallel_check"
+    r = subprocess.run([cxx, "-std=c++17", "-O1", "-g", "-fsanitize=thread", "-pthread",
+                        f"-I{ROOT / 'cpp' / 'include'}", str(ROOT / "tests" / "cross" / "parallel_check.cpp"),
+                        str(ROOT / "cpp" / "src" / "parallel.cpp"), "-o", str(exe)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return exe
+
+
+@pytest.mark.parametrize("spin_us", ["0", "50"])
+def test_the_pool_has_no_data_race_under_thread_sanitizer(tmp_path, spin_us):
+    """Three caller threads, loops and barrier'd regions, workers sleeping between them (0 us
+    spin: a sleep and a wake at every region)."""
+    import subprocess
+
+    exe = _tsan_build(tmp_path)
+    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=HANG_GUARD_S,
+                       env={**os.environ, "EDGERUN_SPIN_US": spin_us, "TSAN_OPTIONS": "halt_on_error=1"})
+    assert r.returncode == 0 and "ok" in r.stdout, (r.stdout + r.stderr)[-4000:]
