@@ -84,6 +84,16 @@ def error_from_reply(code: str, message: str, bundle_id: str) -> EdgerunError:
     return FrameError(text, code)
 
 
+def _shape_hint(shape: tuple[int, ...], spec: Any) -> str:
+    """What to do about an input of the wrong shape: a missing batch dimension, or which dims differ."""
+    if len(shape) == len(spec.shape) - 1 and spec.matches((1, *shape)):
+        return "add the batch dimension (x[None])"
+    if len(shape) != len(spec.shape):
+        return f"it has {len(shape)} dimensions, the bundle {len(spec.shape)}"
+    diff = [f"dim {i}: {a} != {b}" for i, (a, b) in enumerate(zip(shape, spec.shape)) if b is not None and a != b]
+    return "reshape or re-preprocess it (" + ", ".join(diff) + ")"
+
+
 class Device:
     """A device that runs the front half of a bundle and gets the rest from a server.
 
@@ -341,7 +351,7 @@ class Device:
             arr = np.asarray(items[spec.name])
             if not spec.matches(tuple(arr.shape)):
                 raise ConfigError(f"input {spec.name!r} has shape {tuple(arr.shape)}, the bundle expects "
-                                  f"{spec.shape} (None = batch size): add the batch dimension?")
+                                  f"{spec.shape} (None = batch size): {_shape_hint(arr.shape, spec)}")
             if str(arr.dtype) != spec.dtype:
                 raise ConfigError(f"input {spec.name!r} is {arr.dtype}, the bundle expects {spec.dtype}: "
                                   f"convert with x.astype(np.{spec.dtype})")

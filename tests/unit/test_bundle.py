@@ -89,3 +89,15 @@ def test_archive_round_trip_and_truncated_archive(digits_bundle, tmp_path):
     cut.write_bytes(arc.read_bytes()[: arc.stat().st_size // 2])
     with pytest.raises(BundleError):
         Bundle.load(cut)
+
+
+def test_a_wrong_input_shape_gets_a_hint_that_fits_it():
+    """The batch dimension is suggested only when it is what is missing; otherwise the message
+    names the dims that differ (a (1, 3, 8, 8) image for a (None, 1, 8, 8) bundle has its batch)."""
+    from edgerun.bundle import TensorSpec
+    from edgerun.device import _shape_hint
+
+    spec = TensorSpec("image", (None, 1, 8, 8), "float32")
+    assert _shape_hint((1, 8, 8), spec) == "add the batch dimension (x[None])"
+    assert _shape_hint((1, 3, 8, 8), spec) == "reshape or re-preprocess it (dim 1: 3 != 1)"
+    assert _shape_hint((8, 8), spec) == "it has 2 dimensions, the bundle 4"
