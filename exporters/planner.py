@@ -323,7 +323,7 @@ def _choose(ctx: _Ctx, cands: list[Candidate]) -> list[Candidate]:
             viol = _violations(ctx.budgets, c.total_ms, c.device_mem_bytes, loss)
             c = Candidate(**{**c.__dict__, "metric_loss": loss, "feasible": not viol, "violations": tuple(viol)})
         elif lossy:
-            c = Candidate(**{**c.__dict__, "feasible": False, "violations": c.violations + ("loss_not_measured",)})
+            c = Candidate(**{**c.__dict__, "feasible": False, "violations": c.violations + ("loss_not_measured:slower_than_a_feasible_plan",)})
         found = found or c.feasible
         done.append(c)
     return sorted(done, key=lambda c: (not c.feasible, c.total_ms, c.device_mem_bytes))
