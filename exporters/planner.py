@@ -322,8 +322,9 @@ def _choose(ctx: _Ctx, cands: list[Candidate]) -> list[Candidate]:
             loss, _ = ctx.meter.measure(c.cut_index, c.front_precision, c.codec)
             viol = _violations(ctx.budgets, c.total_ms, c.device_mem_bytes, loss)
             c = Candidate(**{**c.__dict__, "metric_loss": loss, "feasible": not viol, "violations": tuple(viol)})
-        elif lossy:
-            c = Candidate(**{**c.__dict__, "feasible": False, "violations": c.violations + ("loss_not_measured:slower_than_a_feasible_plan",)})
+        elif lossy:  # never measured: a faster candidate is already feasible (or no calibration data)
+            why = "loss_not_measured:slower_than_a_feasible_plan" if found else "loss_not_measured"
+            c = Candidate(**{**c.__dict__, "feasible": False, "violations": c.violations + (why,)})
         found = found or c.feasible
         done.append(c)
     return sorted(done, key=lambda c: (not c.feasible, c.total_ms, c.device_mem_bytes))
