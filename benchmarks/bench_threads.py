@@ -95,7 +95,7 @@ def configs(files: dict[str, str], core: str | None) -> list[dict]:
     out = []
     for threads in THREADS:
         for gap in GAPS_MS:
-            out.append({"name": "ort fp32", "engine": "ort", "onnx": files["onnx"]} | {"threads": threads, "gap_ms": gap})
+            out.append({"name": "ort fp32", "engine": "ort", "onnx": files["onnx"], "threads": threads, "gap_ms": gap})
             for prec in ("fp32", "int8"):
                 out.append({"name": f"native {prec}", "engine": "native", "erg": files[prec], "threads": threads,
                             "gap_ms": gap})

@@ -108,7 +108,7 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
             msgs.append(f"split vs whole differs by {split_err:.3g} > {split_lim:.3g}: re-export the bundle")
     else:  # an fp16 / int8 back half differs from the fp32 whole model by its own rounding
         split_lim = None
-        split_rel = _rel_l2([split_out], [ref])
+        split_rel = rel_l2([split_out], [ref])
         measured = prec.get("back_calib_rel_err")
         split_rel_lim = QUANT_REL_FACTOR * float(measured or 0.0) + QUANT_REL_SLACK
         ok = split_rel <= split_rel_lim
@@ -119,9 +119,7 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
     nat_err = nat_lim = nat_split = rel = rel_lim = None
     quantized = False
     native_state = "skipped"
-    if engine == "ort":
-        pass  # deployed with --engine ort: the device runs front.onnx, checked above
-    elif b.native_ok:
+    if engine == "native" and b.native_ok:  # (--engine ort deploys front.onnx, checked above)
         native = make_engine("native", erg_path=b.file("front.erg"), threads=threads, max_batch=len(x))
         mid_nat = native.run({in_name: x})
         nat_err, nat_lim = 0.0, 0.0
@@ -131,7 +129,7 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
         nat_split = float(np.max(np.abs(back.run(mid_nat)[b.outputs[0].name] - ref)))
         quantized = prec.get("front", "fp32") != "fp32"
         if quantized:
-            rel = _rel_l2([mid_nat[t.name] for t in b.cut], [mid_ort[t.name] for t in b.cut])
+            rel = rel_l2([mid_nat[t.name] for t in b.cut], [mid_ort[t.name] for t in b.cut])
             rel_lim = QUANT_REL_FACTOR * float(prec.get("front_calib_rel_err") or 0.0) + QUANT_REL_SLACK
             bad = rel > rel_lim
             if bad:
@@ -144,7 +142,7 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
                 msgs.append(f"native engine differs from onnxruntime by {nat_err:.3g} > {nat_lim:.3g}: report this bug")
         native_state = "mismatch" if bad else "ok"
         ok = ok and not bad
-    else:
+    elif engine == "native":
         ok = False
         native_state = "unsupported"
         msgs.append(f"the native engine cannot run this front half ({b.native_reason}); "
@@ -154,8 +152,8 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
                         int(len(x)), native_state, msgs, quantized, rel, rel_lim, split_rel, split_rel_lim)
 
 
-def _rel_l2(got: list[np.ndarray], ref: list[np.ndarray]) -> float:
-    """||got - ref|| / ||ref|| over all the cut tensors together."""
+def rel_l2(got: list[np.ndarray], ref: list[np.ndarray]) -> float:
+    """||got - ref|| / ||ref|| over all the tensors together (the exporter measures the back half with it too)."""
     num = sum(float(np.sum((g.astype(np.float64) - r) ** 2)) for g, r in zip(got, ref))
     den = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in ref)
     return float(np.sqrt(num / max(den, 1e-30)))

@@ -175,8 +175,7 @@ def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> Non
     if native["ok"]:
         files["front.erg"] = {"role": f"front half, {native['precision']}, native engine"}
     exits = _build_exits(traced, cut, out, cfg, native["ok"], files)
-    report = _report(traced, cut, out, cfg, native, codec, calib_acts)
-    report["back_calib_rel_err"] = back_err
+    report = _report(traced, cut, out, cfg, native, codec, calib_acts, back_err)
     manifest = _manifest(traced, cut, native, codec, cfg, files, back_err)
     if exits is not None:
         manifest["exits"], report["exits"] = exits
@@ -219,7 +218,7 @@ def _tensor_specs(model: onnx.ModelProto, names: list[str] | tuple[str, ...]) ->
 
 
 def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict, codec: dict,
-            calib_acts: dict[str, np.ndarray]) -> dict:
+            calib_acts: dict[str, np.ndarray], back_err: float) -> dict:
     from edgerun.exporters import stages
 
     rep = {
@@ -231,6 +230,7 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
         "front_weight_bytes": native.get("weight_bytes"),
         "front_arena_bytes": native.get("arena_bytes"),  # activations at batch 1 (native engine)
         "back_precision": cfg.back_precision,
+        "back_calib_rel_err": back_err,  # fp16 / int8 back vs fp32 on the calibration crossings
         "codec": cfg.codec,
         "bytes_per_request_fp32": cut.crossing_bytes,
         "bytes_per_request": cut.crossing_bytes,

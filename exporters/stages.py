@@ -134,13 +134,11 @@ def back_calib_error(fp32_back: Path, back: onnx.ModelProto, acts: dict[str, np.
     (manifest ``precisions.back_calib_rel_err``), as it bounds a quantized front by its own.
     """
     from edgerun.exporters.evaluate import session
+    from edgerun.verify import rel_l2
 
     ref_s, got_s = session(fp32_back), session(back.SerializeToString())
     feeds = {i.name: acts[i.name] for i in ref_s.get_inputs()}
-    ref, got = ref_s.run(None, feeds), got_s.run(None, feeds)
-    num = sum(float(np.sum((g.astype(np.float64) - r) ** 2)) for g, r in zip(got, ref))
-    den = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in ref)
-    return float(np.sqrt(num / max(den, 1e-30)))
+    return rel_l2(got_s.run(None, feeds), ref_s.run(None, feeds))
 
 
 def codec_params(acts: dict[str, np.ndarray], budget: float, layout: str = "channel") -> dict:

@@ -179,7 +179,7 @@ void Engine::run_fused(size_t head, int32_t batch) {
   float* const wc = per_run_dequant(c) ? deq_.get() + deq_size(a) : nullptr;
   if (wa != nullptr) kernels::dequantize_rows(a.qw, 0, a.qw.rows, wa, false);
   if (wc != nullptr) kernels::dequantize_rows(c.qw, 0, c.qw.rows, wc, false);
-  kernels::parallel_for(threads_ > 1 && tasks > 1 ? threads_ : 1, tasks, [&](int64_t t) {
+  kernels::parallel_for(threads_, tasks, [&](int64_t t) {
     const int64_t n = t / per_img, y0 = (t % per_img) * a.strip_rows;
     const int64_t y1 = std::min(y0 + a.strip_rows, pd.oh);
     const float* xn = x + n * pa.cin * in_plane;

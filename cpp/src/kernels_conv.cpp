@@ -146,9 +146,9 @@ void im2col_f32(const ConvParams& p, int64_t cin_g, const float* x, float* col, 
     im2col_rows(p, 0, rows, x, col, gather_s2);
     return;
   }
-parallel_for(threads, threads, [&](int64_t t) {
-  im2col_rows(p, rows * t / threads, rows * (t + 1) / threads, x, col, gather_s2);
-});
+  parallel_for(threads, threads, [&](int64_t t) {
+    im2col_rows(p, rows * t / threads, rows * (t + 1) / threads, x, col, gather_s2);
+  });
 }
 
 size_t conv2d_scratch_floats(const ConvParams& p, int threads) {

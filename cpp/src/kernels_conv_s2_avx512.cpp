@@ -121,7 +121,7 @@ void conv_s2_small(const ConvParams& p, int64_t batch, const float* x, const flo
   float* wp = scratch;  // [cout / 16][k][16]: w[m][k] at ((m / 16) * K + k) * 16 + m % 16
   for (int64_t m = 0; m < p.cout; ++m)
     for (int64_t k = 0; k < K; ++k) wp[((m / kCh) * K + k) * kCh + m % kCh] = w[m * K + k];
-  parallel_for(threads > 1 && rows > 1 ? threads : 1, rows, [&](int64_t r) {
+  parallel_for(threads, rows, [&](int64_t r) {
     const int64_t n = r / p.oh, oy = r % p.oh;
     const float* xn = x + n * p.cin * p.h * p.w;
     float* yn = y + n * p.cout * p.oh * p.ow;

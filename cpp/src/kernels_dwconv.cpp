@@ -352,7 +352,7 @@ void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const fl
     const dw::PairFn pair = dw::avx512_pair(p);
     if (pair != nullptr) {  // two channels per vector on planes of <= 8 columns
       const int64_t pairs = (planes + 1) / 2;
-      parallel_for(threads > 1 ? threads : 1, pairs, [&](int64_t i) {
+      parallel_for(threads, pairs, [&](int64_t i) {
         const int64_t pc = 2 * i, c0 = pc % p.cout;
         const float* x0 = x + pc * p.h * p.w;
         float* y0 = y + pc * p.oh * p.ow;
@@ -400,7 +400,7 @@ void depthwise_conv(const ConvParams& p, int64_t batch, const float* x, const fl
 #endif
   int64_t a, b;
   interior(p, 0, &a, &b);
-  parallel_for(threads > 1 ? threads : 1, planes, [&](int64_t pc) {
+  parallel_for(threads, planes, [&](int64_t pc) {
     const int64_t c = pc % p.cout;
     const float* xc = x + pc * p.h * p.w;
     const float* wc = w + c * p.kh * p.kw;

@@ -15,9 +15,7 @@ template <typename Body>
 void for_chunks(int64_t n, int threads, Body body) {
   constexpr int64_t kChunk = 4096;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-parallel_for(threads > 1 && chunks > 1 ? threads : 1, chunks, [&](int64_t c) {
-  body(c * kChunk, std::min(n, (c + 1) * kChunk));
-});
+  parallel_for(threads, chunks, [&](int64_t c) { body(c * kChunk, std::min(n, (c + 1) * kChunk)); });
 }
 
 template <typename F>
@@ -32,7 +30,7 @@ void binary_loop(const Broadcast& bc, const float* a, const float* b, float* y, 
     });
     return;
   }
-  parallel_for(threads > 1 && outer > 1 ? threads : 1, outer, [&](int64_t o) {
+  parallel_for(threads, outer, [&](int64_t o) {
     int64_t oa = 0, ob = 0, rest = o;
     for (int32_t d = R - 2; d >= 0; --d) {
       const int64_t i = rest % bc.out[d];
@@ -147,7 +145,7 @@ void unary(OpCode op, int64_t n, const float* x, float* y, float p0, float p1, i
 
 void channel_affine(int64_t outer, int64_t C, int64_t inner, const float* x, const float* scale,
                     const float* shift, float* y, int threads) {
-  parallel_for(threads > 1 ? threads : 1, outer * C, [&](int64_t oc) {
+  parallel_for(threads, outer * C, [&](int64_t oc) {
     const float s = scale[oc % C], t = shift[oc % C];
     const float* xi = x + oc * inner;
     float* yi = y + oc * inner;

@@ -286,7 +286,7 @@ void gemv_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, con
 #else
   const auto axpy4 = axpy4_portable;
 #endif
-  parallel_for(threads > 1 && tasks > 1 ? threads : 1, tasks, [&](int64_t t) {
+  parallel_for(threads, tasks, [&](int64_t t) {
     const int64_t n0 = t * cols, nw = std::min(N - n0, cols);
     for (int64_t m = 0; m < M; ++m) std::memset(C + m * ldc + n0, 0, sizeof(float) * size_t(nw));
     int64_t k = 0;
@@ -402,7 +402,7 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const f
   if (threads > 1 && M * N * K >= kMinSplitMacs) split_tasks(M, N, threads, ukr, &mc, &nc);
   const int64_t mt = (M + mc - 1) / mc, nt = (N + nc - 1) / nc, tasks = mt * nt;
   const size_t per_thread = sgemm_scratch_floats(1);
-  parallel_for(threads > 1 && tasks > 1 ? threads : 1, tasks, [&](int64_t t) {
+  parallel_for(threads, tasks, [&](int64_t t) {
     const int64_t mi = t / nt, ni = t % nt;
     float* pack = scratch + per_thread * size_t(thread_id());
     gemm_tile(ukr, mi * mc, std::min(M, (mi + 1) * mc), ni * nc, std::min(N, (ni + 1) * nc),

@@ -193,7 +193,7 @@ void pointwise_small(const ConvParams& p, int64_t batch, const float* x, const f
 #ifdef ER_X86_64
   const int64_t panels = (p.cout + kPanel - 1) / kPanel, plane = p.oh * p.ow;
   const int64_t tasks = batch * panels;
-  parallel_for(threads > 1 && tasks > 1 ? threads : 1, tasks, [&](int64_t t) {
+  parallel_for(threads, tasks, [&](int64_t t) {
     const int64_t n = t / panels, g = t % panels;
     run_panel(p, packed + g * p.cin * kPanel, x + n * p.cin * plane, y + n * p.cout * plane,
               g * kPanel, bias, packed + (g + 1 < panels ? g + 1 : g) * p.cin * kPanel);

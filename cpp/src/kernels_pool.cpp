@@ -9,7 +9,7 @@ namespace edgerun {
 namespace kernels {
 
 void max_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads) {
-  parallel_for(threads > 1 ? threads : 1, planes, [&](int64_t pc) {
+  parallel_for(threads, planes, [&](int64_t pc) {
     const float* xc = x + pc * p.h * p.w;
     float* yc = y + pc * p.oh * p.ow;
     for (int64_t oy = 0; oy < p.oh; ++oy)
@@ -29,7 +29,7 @@ void max_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int
 }
 
 void avg_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads) {
-  parallel_for(threads > 1 ? threads : 1, planes, [&](int64_t pc) {
+  parallel_for(threads, planes, [&](int64_t pc) {
     const float* xc = x + pc * p.h * p.w;
     float* yc = y + pc * p.oh * p.ow;
     for (int64_t oy = 0; oy < p.oh; ++oy)
@@ -55,7 +55,7 @@ void avg_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int
 }
 
 void global_avg_pool(int64_t planes, int64_t hw, const float* x, float* y, int threads) {
-  parallel_for(threads > 1 ? threads : 1, planes, [&](int64_t pc) {
+  parallel_for(threads, planes, [&](int64_t pc) {
     const float* xc = x + pc * hw;
     double s = 0.0;
     for (int64_t k = 0; k < hw; ++k) s += xc[k];

@@ -340,7 +340,7 @@ void quantize_pack(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N
   }
   static const PackQuad pack_quad = pick_pack();
   const int64_t bpk = panel_bytes_per_k();  // a k-quad is 4 * bpk bytes = bpk words
-  parallel_for(threads > 1 && strips > 1 ? threads : 1, strips, [&](int64_t s) {
+  parallel_for(threads, strips, [&](int64_t s) {
     const int64_t n0 = s * kQNR;
     uint32_t* o = reinterpret_cast<uint32_t*>(out + s * kp * bpk);
     for (int64_t k4 = 0; k4 < kp; k4 += 4)
@@ -380,7 +380,7 @@ void qgemm_group(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const uin
 #endif
   static const QKernel ukr = pick_qkernel();
   const int64_t strips = (N + kQNR - 1) / kQNR, kq = w.kp / 4;
-  parallel_for(threads > 1 && strips > 1 ? threads : 1, strips, [&](int64_t s) {
+  parallel_for(threads, strips, [&](int64_t s) {
     alignas(32) int32_t tile[kQMR * kQNR];
     const int64_t n0 = s * kQNR, nw = std::min(kQNR, N - n0);
     const uint8_t* B = Bq + s * w.kp * kQNR;

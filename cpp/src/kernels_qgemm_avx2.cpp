@@ -108,7 +108,7 @@ void qgemm_group_w16(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const
   const int64_t strips = (N + kQNR - 1) / kQNR;
   const int64_t per = std::min(kW16Strips, (strips + threads - 1) / threads);
   const int64_t blocks = (strips + per - 1) / per;
-  parallel_for(threads > 1 && blocks > 1 ? threads : 1, blocks, [&](int64_t blk) {
+  parallel_for(threads, blocks, [&](int64_t blk) {
     alignas(32) int16_t wt[kQMR * kW16Chunk];
     alignas(32) int32_t tiles[kW16Strips][kQMR * kQNR];
     const int64_t s0 = blk * per, ns = std::min(per, strips - s0);

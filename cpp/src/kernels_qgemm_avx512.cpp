@@ -43,7 +43,6 @@ constexpr int kMR = 8;   // weight rows per tile
 constexpr int kNS = 3;   // strips (16 pixels each) per full tile
 constexpr int kRN = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
 
-
 ER_Q512 inline __mmask16 strip_mask(int64_t w) {
   return w >= kQNR ? __mmask16(0xFFFF) : __mmask16((1u << w) - 1u);
 }

@@ -1,6 +1,6 @@
 // The worker pool behind edgerun/parallel.h.
 //
-// Each worker has a mailbox: a job and a state (idle -> posted -> running -> idle). The
+// Each worker has a mailbox: a job and a state (idle -> posted -> idle once run). The
 // dispatcher writes the job only while the state is idle (it waits for every participant
 // of a region before it returns, and regions are serialized by dispatch_), then posts it.
 // A worker spins on its state, then sleeps on cv_: its sleeping flag is set under m_ and
@@ -43,7 +43,7 @@ struct Job {
   int nt = 1;
 };
 
-enum State : int { kIdle = 0, kPosted = 1, kRunning = 2 };
+enum State : int { kIdle = 0, kPosted = 1 };
 
 struct alignas(64) Mailbox {
   Job job;
@@ -114,7 +114,6 @@ class Pool {
     std::lock_guard<std::mutex> d(dispatch_);
     grow(nt - 1);
     pending_.store(nt - 1, std::memory_order_relaxed);
-    bar_count_.store(0, std::memory_order_relaxed);
     bool wake = false;
     for (int w = 0; w < nt - 1; ++w) {
       Mailbox& mb = *boxes_[size_t(w)];
@@ -139,8 +138,8 @@ class Pool {
 
   void barrier(int nt) {
     const uint64_t g = bar_gen_.load(std::memory_order_acquire);
-    if (bar_count_.fetch_add(1, std::memory_order_acq_rel) == nt - 1) {
-      bar_count_.store(0, std::memory_order_relaxed);
+    if (bar_count_.fetch_add(1, std::memory_order_acq_rel) == nt - 1) {  // the last to arrive
+      bar_count_.store(0, std::memory_order_relaxed);                      // resets it for the next
       bar_gen_.fetch_add(1, std::memory_order_release);
       return;
     }
@@ -177,7 +176,6 @@ class Pool {
           t0 = std::chrono::steady_clock::now();
         }
       }
-      mb->state.store(kRunning, std::memory_order_relaxed);
       const Job j = mb->job;
       {
         Participant self(idx + 1, j.nt);
