@@ -7,12 +7,47 @@ The folder sets the marker, so `pytest -m "not integration"` works.
 
 from __future__ import annotations
 
+import faulthandler
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("EDGERUN_LOG", "warning")
+
+# A hung test (a deadlock in the engine's worker pool, a wait on a process that never answers)
+# must fail the run within minutes, not stall CI until its own limit. faulthandler's watchdog
+# is a C thread: it fires even when the hang holds the GIL or sits in native code, prints every
+# thread's Python stack (the test's file and line among them) and ends the process with exit 1.
+# The longest test (an EfficientNet export plus its session fixtures) takes about a minute here.
+TEST_TIMEOUT_S = float(os.environ.get("EDGERUN_TEST_TIMEOUT_S", "600"))
+
+
+_watchdog_fd: int | None = None
+
+
+def pytest_configure(config):
+    # Output capture is suspended while pytest configures: fd 2 is the real stderr here. During a
+    # test it points at pytest's capture file, which is lost when the watchdog ends the process.
+    global _watchdog_fd
+    _watchdog_fd = os.dup(sys.stderr.fileno())
+
+
+def pytest_unconfigure(config):
+    if _watchdog_fd is not None:
+        os.close(_watchdog_fd)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if TEST_TIMEOUT_S > 0:
+        faulthandler.dump_traceback_later(TEST_TIMEOUT_S, exit=True, file=_watchdog_fd)
+    try:
+        yield
+    finally:
+        if TEST_TIMEOUT_S > 0:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def pytest_collection_modifyitems(config, items):
