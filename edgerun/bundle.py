@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +29,9 @@ FORMAT_VERSION = 1
 # only for changes an old reader cannot ignore.
 ACCEPTED_VERSIONS = (1,)
 MANIFEST = "manifest.json"
+# An archive that declares more than this unpacked is refused (EDGERUN_MAX_BUNDLE_MB overrides):
+# the largest bundle the zoo makes is ~20 MiB; an fp32 LLM half of a few hundred MiB fits.
+MAX_BUNDLE_MB = 8192
 
 
 @dataclass(frozen=True)
@@ -161,14 +166,45 @@ def _extract_archive(p: Path) -> tuple[Path, Any]:
     tmp = tempfile.TemporaryDirectory(prefix="edgerun-bundle-")
     try:
         with tarfile.open(p) as tf:
+            _check_unpacked_size(p, tf.getmembers(), Path(tmp.name))
             tf.extractall(tmp.name, filter="data")
+    except BundleError:
+        tmp.cleanup()
+        raise
     except (tarfile.TarError, OSError, EOFError) as exc:
+        tmp.cleanup()
         raise BundleError(f"archive {p} is corrupted ({exc}); copy it again or re-export") from exc
     root = Path(tmp.name)
     found = list(root.rglob(MANIFEST))
     if len(found) != 1:
         raise BundleError(f"archive {p} must hold exactly one {MANIFEST}, found {len(found)}")
     return found[0].parent, tmp
+
+
+def _check_unpacked_size(p: Path, members: list[tarfile.TarInfo], dest: Path) -> None:
+    """Refuse an archive that would not fit where it is unpacked, before writing a byte of it.
+
+    A damaged (or hostile) .tar.gz of a few KB can declare gigabytes; unpacking it would fill the
+    disk the device runs from and then fail with a misleading 'corrupted'.
+    """
+    total = sum(m.size for m in members if m.isfile())
+    raw = os.environ.get("EDGERUN_MAX_BUNDLE_MB", str(MAX_BUNDLE_MB))
+    try:
+        limit = int(float(raw) * 2**20)
+    except ValueError:
+        raise BundleError(f"EDGERUN_MAX_BUNDLE_MB={raw!r} is not a number of MiB; unset it or give one") from None
+    if total > limit:
+        raise BundleError(
+            f"archive {p} unpacks to {total / 2**20:.0f} MiB, over the {limit / 2**20:.0f} MiB limit for a bundle; "
+            "it is damaged or not a bundle. If it really is that large, unpack it yourself "
+            "(tar -xf) and pass the directory, or raise EDGERUN_MAX_BUNDLE_MB"
+        )
+    free = shutil.disk_usage(dest).free
+    if total > free:
+        raise BundleError(
+            f"archive {p} unpacks to {total / 2**20:.0f} MiB but {dest.parent} has {free / 2**20:.0f} MiB free; "
+            "free space there, point TMPDIR at a larger disk, or unpack it yourself and pass the directory"
+        )
 
 
 def _read_manifest(p: Path) -> dict[str, Any]:

@@ -101,3 +101,49 @@ def test_a_wrong_input_shape_gets_a_hint_that_fits_it():
     assert _shape_hint((1, 8, 8), spec) == "add the batch dimension (x[None])"
     assert _shape_hint((1, 3, 8, 8), spec) == "reshape or re-preprocess it (dim 1: 3 != 1)"
     assert _shape_hint((8, 8), spec) == "it has 2 dimensions, the bundle 4"
+
+
+def _bomb(tmp_path, mib: int):
+    """A .tar.gz of a few KB that unpacks to `mib` MiB of zeros, next to a manifest."""
+    import io
+
+    arc = tmp_path / "bomb.tar.gz"
+    with tarfile.open(arc, "w:gz") as tf:
+        for name, data in (("b/manifest.json", b"{}"), ("b/front.onnx", bytes(mib * 2**20))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return arc
+
+
+def test_an_archive_that_unpacks_too_large_is_refused_before_it_is_written(tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    arc = _bomb(tmp_path, 3)
+    assert arc.stat().st_size < 64 * 1024
+    monkeypatch.setenv("EDGERUN_MAX_BUNDLE_MB", "2")
+    with pytest.raises(BundleError, match=r"unpacks to 3 MiB, over the 2 MiB limit.*EDGERUN_MAX_BUNDLE_MB"):
+        Bundle.load(arc)
+    assert list(scratch.iterdir()) == []  # nothing unpacked, no directory left behind
+    monkeypatch.setenv("EDGERUN_MAX_BUNDLE_MB", "lots")
+    with pytest.raises(BundleError, match="is not a number of MiB"):
+        Bundle.load(arc)
+    assert list(scratch.iterdir()) == []
+
+
+def test_an_archive_larger_than_the_free_space_names_the_disk(tmp_path, monkeypatch):
+    import shutil
+    import tempfile
+    from collections import namedtuple
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20))
+    with pytest.raises(BundleError, match=r"unpacks to 3 MiB but .* has 1 MiB free.*TMPDIR"):
+        Bundle.load(_bomb(tmp_path, 3))
+    assert list(scratch.iterdir()) == []
