@@ -1,4 +1,4 @@
-"""The ``edgerun`` command line: export, verify, serve, run, demo, broker.
+"""The ``edgerun`` command line: export, verify, serve, run, demo, broker, profile, layers, plan, bench.
 
 Every command turns an ``EdgerunError`` into one line on stderr that says what
 to do, and exit code 2 (1 for a failed check); a bug shows its traceback.
@@ -16,6 +16,51 @@ import typer
 from edgerun.errors import ConfigError, EdgerunError, InternalError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
+
+
+def version_text() -> str:
+    """What `edgerun --version` prints: the package, the formats it reads and writes, and the
+    native core that runs here (its kernel paths), so a bug report or a benchmark names them."""
+    import importlib
+    import importlib.metadata
+    import os
+
+    from edgerun import __version__, bundle, codec, wire
+
+    lines = [f"edgerun {__version__}",
+             f"formats: bundle {bundle.FORMAT_VERSION}, wire {wire.VERSION}, tsq codec {codec.TSQ_VERSION}"]
+    try:
+        _core = importlib.import_module("edgerun._core")
+    except ImportError as exc:
+        lines.append(f"native core: missing ({exc}); reinstall edgerun with `pip install .`")
+    else:
+        lines.append(f"native core: engine graph (.erg) up to v{_core.ERG_VERSION}, fp32 gemm {_core.gemm_path()}, "
+                     f"int8 gemm {_core.qgemm_path()}, {os.cpu_count()} CPUs")
+        stale = [f"{name} {mine} vs core {theirs}" for name, mine, theirs in
+                 (("wire", wire.VERSION, _core.WIRE_VERSION), ("tsq codec", codec.TSQ_VERSION, _core.TSQ_VERSION))
+                 if mine != theirs]
+        if stale:
+            lines.append(f"warning: the native core does not match this Python package ({', '.join(stale)}); "
+                         "rebuild it with `pip install .`")
+    try:
+        lines.append(f"onnxruntime {importlib.metadata.version('onnxruntime')}")
+    except importlib.metadata.PackageNotFoundError:
+        lines.append("onnxruntime: not installed (the server and `--engine ort` need it)")
+    return "\n".join(lines)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(version_text())
+        raise typer.Exit()
+
+
+@app.callback()
+def _main_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the version, the formats and the native kernels here, and exit"),
+) -> None:
+    pass
 
 
 def _fail(exc: EdgerunError) -> None:
