@@ -14,7 +14,11 @@ table gives, per configuration, the median over rounds of each figure.
 ``--core PATH`` runs the native rows on another build of ``edgerun._core`` (A/B of two
 builds in one run, e.g. the OpenMP build before the engine's own pool).
 
-Run:  python benchmarks/bench_threads.py [--runs 100] [--rounds 3] [--out benchmarks/results/threads.json]
+``--busy 0,1`` also runs every configuration with that many other processes burning a core
+each (a busy loop) for the whole measurement: the rest of a robot's software on the same
+small CPU. 0 alone (the default) is the quiet machine.
+
+Run:  python benchmarks/bench_threads.py [--runs 100] [--rounds 3] [--busy 0,1] [--out benchmarks/results/threads.json]
 """
 
 from __future__ import annotations
@@ -105,26 +109,43 @@ def configs(files: dict[str, str], core: str | None) -> list[dict]:
     return out
 
 
+BUSY_LOOP = "while True: pass"
+
+
+def run_child(child: dict, busy: int) -> dict:
+    """One configuration in a fresh process, with `busy` core-burning processes beside it."""
+    hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
+    try:
+        p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(child)], capture_output=True, text=True,
+                           check=True)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--core", help="another build's _core .so for the native rows (A/B)")
+    ap.add_argument("--busy", default="0", help="comma-separated counts of core-burning processes beside it")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/threads.json"))
     args = ap.parse_args()
+    busies = [int(b) for b in args.busy.split(",")]
     with tempfile.TemporaryDirectory(prefix="edgerun-threads-") as d:
         files = build_fronts(Path(d))
         cfgs = configs(files, args.core)
         samples: dict[tuple, list[dict]] = {}
         for r in range(args.rounds):
-            for c in cfgs:
-                child = {**c, "x": files["x"], "runs": args.runs, "warmup": WARMUP}
-                p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(child)], capture_output=True, text=True,
-                                   check=True)
-                key = (c["name"], c["threads"], c["gap_ms"])
-                samples.setdefault(key, []).append(json.loads(p.stdout.strip().splitlines()[-1]))
+            for busy in busies:
+                for c in cfgs:
+                    child = {**c, "x": files["x"], "runs": args.runs, "warmup": WARMUP}
+                    key = (c["name"], c["threads"], c["gap_ms"], busy)
+                    samples.setdefault(key, []).append(run_child(child, busy))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-    rows = [{"config": k[0], "threads": k[1], "gap_ms": k[2],
+    rows = [{"config": k[0], "threads": k[1], "gap_ms": k[2], "busy_procs": k[3],
              **{f: round(statistics.median(s[f] for s in v), 3) for f in ("p50", "p95", "cpu_ms")}}
             for k, v in samples.items()]
     from edgerun.profiles import cpu_name
@@ -134,9 +155,10 @@ def main() -> None:
            "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rep, indent=1) + "\n")
-    print(f"{'config':24} {'thr':>3} {'gap ms':>6} {'p50 ms':>7} {'p95 ms':>7} {'CPU ms/req':>10}")
-    for r in sorted(rows, key=lambda r: (r["threads"], r["gap_ms"], r["config"])):
-        print(f"{r['config']:24} {r['threads']:3d} {r['gap_ms']:6.0f} {r['p50']:7.2f} {r['p95']:7.2f} {r['cpu_ms']:10.2f}")
+    print(f"{'config':24} {'thr':>3} {'gap ms':>6} {'busy':>4} {'p50 ms':>7} {'p95 ms':>7} {'CPU ms/req':>10}")
+    for r in sorted(rows, key=lambda r: (r["busy_procs"], r["threads"], r["gap_ms"], r["config"])):
+        print(f"{r['config']:24} {r['threads']:3d} {r['gap_ms']:6.0f} {r['busy_procs']:4d} {r['p50']:7.2f} "
+              f"{r['p95']:7.2f} {r['cpu_ms']:10.2f}")
     print(f"wrote {args.out}")
 
 

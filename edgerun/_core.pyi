@@ -63,6 +63,11 @@ def gemm_path() -> str:
     """'avx512', 'avx2-fma' or 'portable': the fp32 GEMM micro-kernel chosen at run time
     (EDGERUN_NO_AVX512=1 / EDGERUN_FORCE_PORTABLE=1 in the environment force the others)."""
 
+def pool_shares_taken_back() -> int:
+    """Region shares the calling threads ran themselves because no worker had started them
+    (a worker still waking, or off the core behind another busy process), since start."""
+    ...
+
 class Engine:
     """Native fp32 engine over a .erg file; allocates nothing per run."""
 

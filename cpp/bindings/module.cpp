@@ -336,6 +336,7 @@ void bind_exits(py::module_& m) {
 #include <cstring>
 
 #include "edgerun/engine.h"
+#include "edgerun/parallel.h"
 namespace {
 
 py::dict tensor_dict(const edgerun::TensorInfo& t) {
@@ -378,6 +379,8 @@ py::list engine_run(edgerun::Engine& e, const std::vector<py::array>& arrays, in
 void bind_engine(py::module_& m) {
   m.attr("ERG_VERSION") = edgerun::kErgVersion;
   m.def("gemm_path", &edgerun::kernels::gemm_path, "Which GEMM micro-kernel runs here.");
+  m.def("pool_shares_taken_back", &edgerun::kernels::shares_taken_back,
+        "Region shares the calling threads ran because no worker had started them (since start).");
   m.def("qgemm_path", &edgerun::kernels::qgemm_path, "Which int8 GEMM micro-kernel runs here.");
   py::class_<edgerun::Engine, std::unique_ptr<edgerun::Engine>>(m, "Engine")
       .def(py::init([](const std::string& path, int32_t max_batch, int32_t threads) {

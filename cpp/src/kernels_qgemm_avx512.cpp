@@ -263,12 +263,13 @@ void qconv_group_avx512(const float* x, int64_t ldx, const S8Weights& w, int64_t
                         int threads) {
   const int64_t strips = (N + kQNR - 1) / kQNR;
   const bool amx = has_amx() && w.kp % 64 == 0;
-  // One team for both phases (a barrier is cheaper than a second fork/join on the
-  // small late layers): quantize the strips, then the tiles.
-  parallel_team(threads > 1 && strips > 1 ? threads : 1, [&](int t, int nt) {
-    quantize_strips(x, ldx, w.k, w.kp, N, strips * t / nt, strips * (t + 1) / nt, xs, inv, mn,
-                    bq);
-    barrier();
+  // Two regions: every strip is quantized before any tile reads it (participants never
+  // wait for each other inside a region, parallel.h).
+  const int nt = threads > 1 && strips > 1 ? threads : 1;
+  parallel_team(nt, [&](int t, int k) {
+    quantize_strips(x, ldx, w.k, w.kp, N, strips * t / k, strips * (t + 1) / k, xs, inv, mn, bq);
+  });
+  parallel_team(nt, [&](int, int) {
     if (amx) amx_tiles(w, m0, M, N, xs, mn, bq, bias, act, lo, hi, y, ldy);
     else vnni_tiles(w, m0, M, N, xs, mn, bq, bias, act, lo, hi, y, ldy);
   });

@@ -1,11 +1,18 @@
 // The worker pool behind edgerun/parallel.h.
 //
-// Each worker has a mailbox: a job and a state (idle -> posted -> idle once run). The
+// Each worker has a mailbox: a job and a state (idle -> posted -> running -> idle). The
 // dispatcher writes the job only while the state is idle (it waits for every participant
 // of a region before it returns, and regions are serialized by dispatch_), then posts it.
 // A worker spins on its state, then sleeps on cv_: its sleeping flag is set under m_ and
 // read by the dispatcher after it posts (both seq_cst), so either the dispatcher sees the
 // flag and notifies under m_, or the worker sees the post and does not wait.
+//
+// A worker takes a posted job by moving its state posted -> running (CAS). The dispatcher,
+// once its own share is done, takes back every job still posted (posted -> idle, CAS) and
+// runs that share itself: a worker that is not on a core (still waking, or behind another
+// busy process on a machine with no free core) never holds up the region. Exactly one of
+// the two CASes succeeds, so every share runs once, with its own participant index (its
+// scratch, its static range: the same bits).
 #include "edgerun/parallel.h"
 
 #include <pthread.h>
@@ -43,7 +50,7 @@ struct Job {
   int nt = 1;
 };
 
-enum State : int { kIdle = 0, kPosted = 1 };
+enum State : int { kIdle = 0, kPosted = 1, kRunning = 2 };
 
 struct alignas(64) Mailbox {
   Job job;
@@ -130,21 +137,22 @@ class Pool {
       Participant self(0, nt);
       fn(ctx, 0, nt);
     }
+    for (int w = 0; w < nt - 1; ++w) {  // shares no worker has taken yet: run them here
+      Mailbox& mb = *boxes_[size_t(w)];
+      int posted = kPosted;
+      if (!mb.state.compare_exchange_strong(posted, kIdle, std::memory_order_acq_rel)) continue;
+      taken_back_.fetch_add(1, std::memory_order_relaxed);
+      pending_.fetch_sub(1, std::memory_order_relaxed);
+      Participant self(w + 1, nt);
+      fn(ctx, w + 1, nt);
+    }
     wait_until([&] { return pending_.load(std::memory_order_acquire) == 0; });
   }
 
+  uint64_t taken_back() const { return taken_back_.load(std::memory_order_relaxed); }
+
   // The fork()ed child's pool (see after_fork_in_child).
   static void reset() { instance() = new Pool(); }
-
-  void barrier(int nt) {
-    const uint64_t g = bar_gen_.load(std::memory_order_acquire);
-    if (bar_count_.fetch_add(1, std::memory_order_acq_rel) == nt - 1) {  // the last to arrive
-      bar_count_.store(0, std::memory_order_relaxed);                      // resets it for the next
-      bar_gen_.fetch_add(1, std::memory_order_release);
-      return;
-    }
-    wait_until([&] { return bar_gen_.load(std::memory_order_acquire) != g; });
-  }
 
  private:
   Pool() : spin_(std::chrono::microseconds(spin_us())) {}
@@ -160,7 +168,8 @@ class Pool {
 
   void work(int idx, Mailbox* mb) {
     for (;;) {
-      if (mb->state.load(std::memory_order_acquire) != kPosted) {
+      int posted = kPosted;
+      if (!mb->state.compare_exchange_strong(posted, kRunning, std::memory_order_acq_rel)) {
         auto t0 = std::chrono::steady_clock::now();
         for (unsigned i = 1; mb->state.load(std::memory_order_acquire) != kPosted; ++i) {
           ER_CPU_RELAX();
@@ -175,6 +184,7 @@ class Pool {
           leave_core(dispatcher_cpu_.load(std::memory_order_relaxed));
           t0 = std::chrono::steady_clock::now();
         }
+        continue;  // posted: take it with the CAS above (the dispatcher may have taken it back)
       }
       const Job j = mb->job;
       {
@@ -192,8 +202,7 @@ class Pool {
   std::condition_variable cv_;
   std::vector<std::unique_ptr<Mailbox>> boxes_;  // only the dispatcher (under dispatch_) grows it
   std::atomic<int> pending_{0};
-  std::atomic<int> bar_count_{0};
-  std::atomic<uint64_t> bar_gen_{0};
+  std::atomic<uint64_t> taken_back_{0};
   std::atomic<int> dispatcher_cpu_{-1};
 };
 
@@ -224,9 +233,7 @@ void parallel_run(int threads, void (*fn)(void*, int, int), void* ctx) {
   pool().run(threads, fn, ctx);
 }
 
-void barrier() {
-  if (tl_nt > 1) pool().barrier(tl_nt);
-}
+uint64_t shares_taken_back() { return pool().taken_back(); }
 
 }  // namespace kernels
 }  // namespace edgerun

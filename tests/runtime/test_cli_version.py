@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from edgerun import __version__, _core, wire
 from edgerun.cli import app
 
-PATHS = {"avx512", "avx2", "neon", "portable", "amx", "avx512-vnni", "avx-vnni"}
+PATHS = {"avx512", "avx2", "avx2-fma", "neon", "portable", "amx", "avx512-vnni", "avx-vnni"}
 
 
 def test_version_names_package_formats_and_kernels():

@@ -28,7 +28,7 @@ HANG_GUARD_S = 120.0  # turns a deadlock into a failure; not a speed bound
 @pytest.fixture(scope="module")
 def effnet_fronts(effnet_traced, tmp_path_factory):
     """EfficientNet-Lite0's front half up to blocks.5, fp32 and int8 (every kernel kind:
-    stem, fused chains, depthwise, int8 GEMM with its barrier, Add)."""
+    stem, fused chains, depthwise, int8 GEMM in two regions, Add)."""
     front, _ = split(effnet_traced.model, resolve_cut(effnet_traced.cuts, "blocks.5"))
     d = tmp_path_factory.mktemp("par")
     fp32, int8 = d / "fp32.erg", d / "int8.erg"
@@ -74,6 +74,53 @@ def test_engines_on_several_python_threads_at_once(effnet_fronts):
     assert not errors, errors
 
 
+def _in_child(fn, hang_message: str = "the child hung") -> int:
+    """fn() in a fork()ed child; its return value (an exit code), or a failure if it hangs."""
+    import time
+
+    pid = os.fork()
+    if pid == 0:  # child: exit without pytest's teardown
+        try:
+            os._exit(fn())
+        except BaseException:
+            os._exit(3)
+    deadline = time.monotonic() + HANG_GUARD_S
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    pytest.fail(hang_message)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or not hasattr(os, "fork"), reason="Linux only")
+def test_workers_off_the_core_never_hold_up_a_run(effnet_fronts):
+    """On one core, a worker is mostly not running when a layer starts (as behind another busy
+    process on a small board): the caller runs the shares no worker has started itself. Every
+    run still gives 1 thread's bits, and such shares were in fact taken back. Before this, each
+    layer waited for the worker's next time slice: 10x slower than 1 thread."""
+    from edgerun import _core
+
+    paths, x = effnet_fronts
+    refs = {p: NativeEngine(paths[p], max_batch=2, threads=1).run(x) for p in paths}
+
+    def child() -> int:
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # workers start here, on it
+        before = _core.pool_shares_taken_back()
+        for p in paths:
+            for threads in (2, 3):
+                out = NativeEngine(paths[p], max_batch=2, threads=threads).run(x)
+                if any(not np.array_equal(out[k], refs[p][k]) for k in out):
+                    return 1
+        return 0 if _core.pool_shares_taken_back() > before else 2
+
+    code = _in_child(child)
+    assert code != 1, "a run on one core differs from 1 thread's bits"
+    assert code == 0, f"no share was taken back on one core (child exit {code})"
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_forked_child_runs_on_a_pool_of_its_own(effnet_fronts):
     """The parent's workers do not exist in a fork()ed child: a child that ran its engine on
@@ -81,22 +128,9 @@ def test_a_forked_child_runs_on_a_pool_of_its_own(effnet_fronts):
     paths, x = effnet_fronts
     eng = NativeEngine(paths["int8"], max_batch=2, threads=2)
     ref = eng.run(x)
-    pid = os.fork()
-    if pid == 0:  # child: run, compare, exit without pytest's teardown
-        ok = all(np.array_equal(v, ref[k]) for k, v in eng.run(x).items())
-        os._exit(0 if ok else 1)
-    import time
-
-    deadline = time.monotonic() + HANG_GUARD_S
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.waitstatus_to_exitcode(status) == 0, "the child's run differed from the parent's"
-            return
-        time.sleep(0.05)
-    os.kill(pid, 9)
-    os.waitpid(pid, 0)
-    pytest.fail("a fork()ed child's engine run hung on the parent's workers")
+    code = _in_child(lambda: 0 if all(np.array_equal(v, ref[k]) for k, v in eng.run(x).items()) else 1,
+                     "a fork()ed child's engine run hung on the parent's workers")
+    assert code == 0, "the child's run differed from the parent's"
 
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -122,13 +156,14 @@ def _tsan_build(tmp_path):
     return exe
 
 
-@pytest.mark.parametrize("spin_us", ["0", "50"])
-def test_the_pool_has_no_data_race_under_thread_sanitizer(tmp_path, spin_us):
-    """Three caller threads, loops and barrier'd regions, workers sleeping between them (0 us
-    spin: a sleep and a wake at every region)."""
+@pytest.mark.parametrize("spin_us,mode", [("0", ""), ("50", ""), ("50", "one-core")])
+def test_the_pool_has_no_data_race_under_thread_sanitizer(tmp_path, spin_us, mode):
+    """Three caller threads, loops and team regions, workers sleeping between them (0 us
+    spin: a sleep and a wake at every region); on one core, callers also take back the
+    shares of workers that are not running."""
     import subprocess
 
     exe = _tsan_build(tmp_path)
-    r = subprocess.run([str(exe)], capture_output=True, text=True, timeout=HANG_GUARD_S,
+    r = subprocess.run([str(exe)] + ([mode] if mode else []), capture_output=True, text=True, timeout=HANG_GUARD_S,
                        env={**os.environ, "EDGERUN_SPIN_US": spin_us, "TSAN_OPTIONS": "halt_on_error=1"})
     assert r.returncode == 0 and "ok" in r.stdout, (r.stdout + r.stderr)[-4000:]

@@ -12,6 +12,13 @@
 // the same cores needs; OMP_WAIT_POLICY=PASSIVE stopped that but made every layer
 // pay a wake, and 2 threads were then no faster than 1.
 //
+// A share no worker has started when the caller finishes its own is run by the caller
+// (with that share's participant index, so the same scratch and the same bits). A worker
+// that is not on a core then costs a region nothing. Without this, one other busy process
+// on a 2-core machine made 2 threads ~10x slower than 1 (EfficientNet blocks.7: 20.9 vs
+// 2.0 ms, Zen 5 VM), the idle worker waiting behind it for a time slice at every layer.
+// So participants never wait for each other inside a region: there is no barrier.
+//
 // Calls from inside a region (a kernel run with threads = 1 inside a strip task) run
 // inline, as one participant with thread_id() 0, like an inactive nested OpenMP team.
 // Regions from different caller threads take turns (one mutex). A fork()ed child
@@ -34,8 +41,9 @@ int team_size();
 // and returns when all have returned. threads <= 1, or a call inside a region: inline.
 void parallel_run(int threads, void (*fn)(void*, int, int), void* ctx);
 
-// Waits for every participant of the current region (no-op outside one).
-void barrier();
+// Shares the calling threads have run for a worker that had not started them, since the
+// process started (a diagnostic: benchmarks report it).
+uint64_t shares_taken_back();
 
 // [*b, *e): participant t's contiguous share of n iterations over nt participants
 // (the first n % nt participants get one more), as OpenMP's schedule(static).
@@ -45,7 +53,8 @@ inline void static_range(int64_t n, int t, int nt, int64_t* b, int64_t* e) {
   *e = *b + q + (t < r ? 1 : 0);
 }
 
-// A team region: f(t, nt) on every participant.
+// A team region: f(t, nt) for every participant index t (any thread may run any index;
+// f must not wait for another index).
 template <class F>
 void parallel_team(int threads, F&& f) {
   parallel_run(threads, [](void* c, int t, int nt) { (*static_cast<F*>(c))(t, nt); }, &f);
