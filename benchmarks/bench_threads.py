@@ -3,7 +3,8 @@
 A device answers requests with idle time between them (a robot's loop: 20 ms at 50 Hz).
 An engine whose worker threads keep spinning after a run burns that idle time as CPU the
 rest of the robot needs. For EfficientNet-Lite0's front half (blocks.7, fp32 and int8) on
-the native engine and on onnxruntime (fp32), at 1 and 2 threads, with 0 / 5 / 20 ms idle
+the native engine and on onnxruntime (fp32, and its static QDQ int8 model calibrated on the
+same 64 images: the int8 peer), at 1 and 2 threads, with 0 / 5 / 20 ms idle
 before each request: p50 and p95 latency, and the process CPU time per request (all
 threads, ``getrusage``).
 
@@ -91,8 +92,11 @@ def build_fronts(tmp: Path) -> dict[str, str]:
     plan = plan_front_precision(front, z.calib_data(64).astype(np.float32), FrontPrecisionConfig("int8"))
     write_erg(front, tmp / "int8.erg", precisions=plan.precisions, rounded=plan.rounded, fp32_acts=plan.fp32_acts)
     np.save(tmp / "x.npy", z.eval_data()[0][:1].astype(np.float32))
-    return {"onnx": str(tmp / "front.onnx"), "fp32": str(tmp / "fp32.erg"), "int8": str(tmp / "int8.erg"),
-            "x": str(tmp / "x.npy")}
+    from bench_quant import _ort_quantized  # the same QDQ model bench_quant times
+
+    qdq = _ort_quantized(tmp / "front.onnx", z.calib_data(64).astype(np.float32), tmp)["ort_static_qdq"]
+    return {"onnx": str(tmp / "front.onnx"), "qdq": str(qdq), "fp32": str(tmp / "fp32.erg"),
+            "int8": str(tmp / "int8.erg"), "x": str(tmp / "x.npy")}
 
 
 def configs(files: dict[str, str], core: str | None) -> list[dict]:
@@ -100,6 +104,8 @@ def configs(files: dict[str, str], core: str | None) -> list[dict]:
     for threads in THREADS:
         for gap in GAPS_MS:
             out.append({"name": "ort fp32", "engine": "ort", "onnx": files["onnx"], "threads": threads, "gap_ms": gap})
+            out.append({"name": "ort int8 (QDQ)", "engine": "ort", "onnx": files["qdq"], "threads": threads,
+                        "gap_ms": gap})
             for prec in ("fp32", "int8"):
                 out.append({"name": f"native {prec}", "engine": "native", "erg": files[prec], "threads": threads,
                             "gap_ms": gap})

@@ -130,8 +130,15 @@ class Pool {
     }
     if (wake) {
       dispatcher_cpu_.store(sched_getcpu(), std::memory_order_relaxed);
-      std::lock_guard<std::mutex> lk(m_);
-      cv_.notify_all();
+      {
+        std::lock_guard<std::mutex> lk(m_);
+        wake_gen_.fetch_add(1, std::memory_order_relaxed);
+        cv_.notify_all();
+      }
+      // A worker woken onto this core runs only when this thread lets it: now, so that it
+      // moves to a free core (leave_core) instead of waiting the whole run behind us while
+      // we take its shares back.
+      std::this_thread::yield();
     }
     {
       Participant self(0, nt);
@@ -178,7 +185,14 @@ class Pool {
           if (std::chrono::steady_clock::now() - t0 < spin_) continue;
           std::unique_lock<std::mutex> lk(m_);
           mb->sleeping.store(true, std::memory_order_seq_cst);
-          cv_.wait(lk, [&] { return mb->state.load(std::memory_order_seq_cst) == kPosted; });
+          // Woken, a worker spins again even when its share was taken back while it woke:
+          // the run's next layers follow within microseconds. (Waiting for a post only, it
+          // would sleep again at every layer and never join the run.)
+          const uint64_t gen = wake_gen_.load(std::memory_order_relaxed);
+          cv_.wait(lk, [&] {
+            return mb->state.load(std::memory_order_seq_cst) == kPosted ||
+                   wake_gen_.load(std::memory_order_relaxed) != gen;
+          });
           mb->sleeping.store(false, std::memory_order_relaxed);
           lk.unlock();
           leave_core(dispatcher_cpu_.load(std::memory_order_relaxed));
@@ -203,6 +217,7 @@ class Pool {
   std::vector<std::unique_ptr<Mailbox>> boxes_;  // only the dispatcher (under dispatch_) grows it
   std::atomic<int> pending_{0};
   std::atomic<uint64_t> taken_back_{0};
+  std::atomic<uint64_t> wake_gen_{0};  // bumped (under m_) at every notify
   std::atomic<int> dispatcher_cpu_{-1};
 };
 
