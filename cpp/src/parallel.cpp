@@ -56,6 +56,7 @@ struct alignas(64) Mailbox {
   Job job;
   std::atomic<int> state{kIdle};
   std::atomic<bool> sleeping{false};
+  std::atomic<bool> absent{false};  // its last share was taken back; cleared when it takes one
 };
 
 // Waits until done() holds: spins, then yields (more participants than free cores must
@@ -71,6 +72,13 @@ void wait_until(Done done) {
 long spin_us() {
   const char* v = std::getenv("EDGERUN_SPIN_US");
   if (v == nullptr || *v == '\0') return kDefaultSpinUs;
+  const long us = std::atol(v);
+  return us < 0 ? 0 : us;
+}
+
+long grace_us() {
+  const char* v = std::getenv("EDGERUN_TAKEBACK_US");
+  if (v == nullptr || *v == '\0') return kDefaultTakeBackUs;
   const long us = std::atol(v);
   return us < 0 ? 0 : us;
 }
@@ -121,6 +129,7 @@ class Pool {
     std::lock_guard<std::mutex> d(dispatch_);
     grow(nt - 1);
     pending_.store(nt - 1, std::memory_order_relaxed);
+    dispatcher_cpu_.store(sched_getcpu(), std::memory_order_relaxed);
     bool wake = false;
     for (int w = 0; w < nt - 1; ++w) {
       Mailbox& mb = *boxes_[size_t(w)];
@@ -129,7 +138,6 @@ class Pool {
       wake = wake || mb.sleeping.load(std::memory_order_seq_cst);
     }
     if (wake) {
-      dispatcher_cpu_.store(sched_getcpu(), std::memory_order_relaxed);
       {
         std::lock_guard<std::mutex> lk(m_);
         wake_gen_.fetch_add(1, std::memory_order_relaxed);
@@ -140,14 +148,28 @@ class Pool {
       // we take its shares back.
       std::this_thread::yield();
     }
+    const auto posted_at = std::chrono::steady_clock::now();
     {
       Participant self(0, nt);
       fn(ctx, 0, nt);
     }
     for (int w = 0; w < nt - 1; ++w) {  // shares no worker has taken yet: run them here
       Mailbox& mb = *boxes_[size_t(w)];
+      // A worker that has been taking its shares gets grace_ from the post: one late by tens
+      // of us costs less to wait for than to replace (its share's data and scratch are in its
+      // core's cache). The wait yields: a worker that the guest kernel put on this core runs,
+      // and moves off it (leave_core). One that missed its last share gets one yield.
+      if (mb.absent.load(std::memory_order_relaxed)) {
+        if (mb.state.load(std::memory_order_acquire) == kPosted) std::this_thread::yield();
+      } else {
+        wait_until([&] {
+          return mb.state.load(std::memory_order_acquire) != kPosted ||
+                 std::chrono::steady_clock::now() - posted_at >= grace_;
+        });
+      }
       int posted = kPosted;
       if (!mb.state.compare_exchange_strong(posted, kIdle, std::memory_order_acq_rel)) continue;
+      mb.absent.store(true, std::memory_order_relaxed);
       taken_back_.fetch_add(1, std::memory_order_relaxed);
       pending_.fetch_sub(1, std::memory_order_relaxed);
       Participant self(w + 1, nt);
@@ -162,7 +184,7 @@ class Pool {
   static void reset() { instance() = new Pool(); }
 
  private:
-  Pool() : spin_(std::chrono::microseconds(spin_us())) {}
+  Pool() : spin_(std::chrono::microseconds(spin_us())), grace_(std::chrono::microseconds(grace_us())) {}
 
   void grow(int workers) {
     while (int(boxes_.size()) < workers) {
@@ -182,6 +204,7 @@ class Pool {
           ER_CPU_RELAX();
           if (i % 64 != 0) continue;
           std::this_thread::yield();  // hand the core back at once if the dispatcher shares it
+          leave_core(dispatcher_cpu_.load(std::memory_order_relaxed));  // and do not stay there
           if (std::chrono::steady_clock::now() - t0 < spin_) continue;
           std::unique_lock<std::mutex> lk(m_);
           mb->sleeping.store(true, std::memory_order_seq_cst);
@@ -200,6 +223,7 @@ class Pool {
         }
         continue;  // posted: take it with the CAS above (the dispatcher may have taken it back)
       }
+      mb->absent.store(false, std::memory_order_relaxed);
       const Job j = mb->job;
       {
         Participant self(idx + 1, j.nt);
@@ -211,6 +235,7 @@ class Pool {
   }
 
   const std::chrono::steady_clock::duration spin_;
+  const std::chrono::steady_clock::duration grace_;
   std::mutex dispatch_;
   std::mutex m_;
   std::condition_variable cv_;

@@ -99,7 +99,8 @@ def _in_child(fn, hang_message: str = "the child hung") -> int:
 def test_workers_off_the_core_never_hold_up_a_run(effnet_fronts):
     """On one core, a worker is mostly not running when a layer starts (as behind another busy
     process on a small board): the caller runs the shares no worker has started itself. Every
-    run still gives 1 thread's bits, and such shares were in fact taken back. Before this, each
+    run still gives 1 thread's bits, and such shares were in fact taken back (the caller's wait
+    for a late worker is set to 0 so that it happens at every late start). Before this, each
     layer waited for the worker's next time slice: 10x slower than 1 thread."""
     from edgerun import _core
 
@@ -108,6 +109,7 @@ def test_workers_off_the_core_never_hold_up_a_run(effnet_fronts):
 
     def child() -> int:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # workers start here, on it
+        os.environ["EDGERUN_TAKEBACK_US"] = "0"  # read by the child's fresh pool
         before = _core.pool_shares_taken_back()
         for p in paths:
             for threads in (2, 3):
@@ -156,14 +158,18 @@ def _tsan_build(tmp_path):
     return exe
 
 
-@pytest.mark.parametrize("spin_us,mode", [("0", ""), ("50", ""), ("50", "one-core")])
-def test_the_pool_has_no_data_race_under_thread_sanitizer(tmp_path, spin_us, mode):
+@pytest.mark.parametrize("spin_us,takeback_us,mode", [("0", "300", ""), ("50", "0", ""), ("50", "0", "one-core")])
+def test_the_pool_has_no_data_race_under_thread_sanitizer(tmp_path, spin_us, takeback_us, mode):
     """Three caller threads, loops and team regions, workers sleeping between them (0 us
-    spin: a sleep and a wake at every region); on one core, callers also take back the
-    shares of workers that are not running."""
+    spin: a sleep and a wake at every region); with no wait for late workers, callers also
+    take back shares, on one core at nearly every region."""
+    import re
     import subprocess
 
     exe = _tsan_build(tmp_path)
     r = subprocess.run([str(exe)] + ([mode] if mode else []), capture_output=True, text=True, timeout=HANG_GUARD_S,
-                       env={**os.environ, "EDGERUN_SPIN_US": spin_us, "TSAN_OPTIONS": "halt_on_error=1"})
+                       env={**os.environ, "EDGERUN_SPIN_US": spin_us, "EDGERUN_TAKEBACK_US": takeback_us,
+                            "TSAN_OPTIONS": "halt_on_error=1"})
     assert r.returncode == 0 and "ok" in r.stdout, (r.stdout + r.stderr)[-4000:]
+    if mode == "one-core":
+        assert int(re.search(r"(\d+) shares taken back", r.stdout).group(1)) > 0, r.stdout

@@ -12,12 +12,14 @@
 // the same cores needs; OMP_WAIT_POLICY=PASSIVE stopped that but made every layer
 // pay a wake, and 2 threads were then no faster than 1.
 //
-// A share no worker has started when the caller finishes its own is run by the caller
-// (with that share's participant index, so the same scratch and the same bits). A worker
-// that is not on a core then costs a region nothing. Without this, one other busy process
-// on a 2-core machine made 2 threads ~10x slower than 1 (EfficientNet blocks.7: 20.9 vs
-// 2.0 ms, Zen 5 VM), the idle worker waiting behind it for a time slice at every layer.
-// So participants never wait for each other inside a region: there is no barrier.
+// A share no worker has started by the time the caller has finished its own (and waited
+// kDefaultTakeBackUs from the post) is run by the caller, with that share's participant
+// index: the same scratch, the same bits. A worker that is not on a core then costs a
+// region at most that wait, and the following regions nothing until it is back. Without
+// this, one other busy process on a 2-core machine made 2 threads ~10x slower than 1
+// (EfficientNet blocks.7: 20.9 vs 2.0 ms, Zen 5 VM), the worker waiting behind it for a
+// time slice at every layer. So participants never wait for each other inside a region:
+// there is no barrier.
 //
 // Calls from inside a region (a kernel run with threads = 1 inside a strip task) run
 // inline, as one participant with thread_id() 0, like an inactive nested OpenMP team.
@@ -31,6 +33,9 @@ namespace edgerun {
 namespace kernels {
 
 constexpr int kDefaultSpinUs = 100;
+// How long the caller, its own share done, waits for a worker to start its share before it
+// runs it itself (EDGERUN_TAKEBACK_US). A worker that missed its last share is not waited for.
+constexpr int kDefaultTakeBackUs = 300;
 
 // Index of the calling participant in the current region (0 outside any region).
 int thread_id();
