@@ -39,6 +39,7 @@ import json
 import platform
 import statistics
 import tempfile
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -260,7 +261,10 @@ def _table(rows: list[dict]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="engine and onnxruntime threads; above 1 the candidates' thread pools share this "
+                         "process and slow each other (measured: native fp32 30 ms instead of 1.1): use "
+                         "bench_threads.py, one process per configuration, for multi-thread figures")
     ap.add_argument("--only", default=None, help="only cuts of this model spec")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     ap.add_argument("--roundings", default=",".join(ROUNDINGS), help="comma-separated: rtn,gptq")
@@ -268,6 +272,10 @@ def main() -> None:
                     help="idle before each timed call in the gap loop (a back-to-back loop also runs)")
     ap.add_argument("--cuts", default=None, help="comma-separated cut names to keep (e.g. blocks.5)")
     args = ap.parse_args()
+    if args.threads > 1:
+        print("bench_quant: at --threads > 1 the interleaved candidates' thread pools (the engine's and "
+              "onnxruntime's) compete in this one process; the times are not each runtime's own. "
+              "benchmarks/bench_threads.py runs each configuration in its own process.", file=sys.stderr)
     from edgerun import _core
 
     rows, traced = [], {}
