@@ -38,8 +38,8 @@ import argparse
 import json
 import platform
 import statistics
-import tempfile
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
