@@ -96,7 +96,7 @@ def _in_child(fn, hang_message: str = "the child hung") -> int:
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or not hasattr(os, "fork"), reason="Linux only")
-def test_workers_off_the_core_never_hold_up_a_run(effnet_fronts):
+def test_workers_off_the_core_never_hold_up_a_run(effnet_fronts, monkeypatch):
     """On one core, a worker is mostly not running when a layer starts (as behind another busy
     process on a small board): the caller runs the shares no worker has started itself. Every
     run still gives 1 thread's bits, and such shares were in fact taken back (the caller's wait
@@ -107,9 +107,11 @@ def test_workers_off_the_core_never_hold_up_a_run(effnet_fronts):
     paths, x = effnet_fronts
     refs = {p: NativeEngine(paths[p], max_batch=2, threads=1).run(x) for p in paths}
 
+    # Read by the child's fresh pool, made at the fork (or at its first threaded run).
+    monkeypatch.setenv("EDGERUN_TAKEBACK_US", "0")
+
     def child() -> int:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # workers start here, on it
-        os.environ["EDGERUN_TAKEBACK_US"] = "0"  # read by the child's fresh pool
         before = _core.pool_shares_taken_back()
         for p in paths:
             for threads in (2, 3):
