@@ -221,7 +221,7 @@ def run_cmd(
     input: Optional[Path] = typer.Option(None, help=".npy file of inputs (N, ...); default: the bundle's samples"),
     limit: Optional[int] = typer.Option(None, help="run at most this many inputs"),
     deadline_ms: Optional[float] = typer.Option(None, help="per-request deadline"),
-    threads: int = typer.Option(1, help="device threads"),
+    threads: int = typer.Option(1, help="front-half engine threads (at most the cores the rest of the device leaves free)"),
     budget: Optional[str] = typer.Option(None, help="early-exit budget of a bundle with exits: fast | balanced | accurate | off"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per result"),
 ) -> None:
