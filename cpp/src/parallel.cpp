@@ -69,18 +69,11 @@ void wait_until(Done done) {
   }
 }
 
-long spin_us() {
-  const char* v = std::getenv("EDGERUN_SPIN_US");
-  if (v == nullptr || *v == '\0') return kDefaultSpinUs;
-  const long us = std::atol(v);
-  return us < 0 ? 0 : us;
-}
-
-long grace_us() {
-  const char* v = std::getenv("EDGERUN_TAKEBACK_US");
-  if (v == nullptr || *v == '\0') return kDefaultTakeBackUs;
-  const long us = std::atol(v);
-  return us < 0 ? 0 : us;
+// A duration in microseconds from the environment (negative: 0), or `fallback` when unset.
+std::chrono::microseconds env_us(const char* name, long fallback) {
+  const char* v = std::getenv(name);
+  const long us = v == nullptr || *v == '\0' ? fallback : std::atol(v);
+  return std::chrono::microseconds(us < 0 ? 0 : us);
 }
 
 // Sets the thread-local region state for one participant, restoring it on exit.
@@ -155,10 +148,11 @@ class Pool {
     }
     for (int w = 0; w < nt - 1; ++w) {  // shares no worker has taken yet: run them here
       Mailbox& mb = *boxes_[size_t(w)];
-      // A worker that has been taking its shares gets grace_ from the post: one late by tens
-      // of us costs less to wait for than to replace (its share's data and scratch are in its
-      // core's cache). The wait yields: a worker that the guest kernel put on this core runs,
-      // and moves off it (leave_core). One that missed its last share gets one yield.
+      // A worker that has been taking its shares gets grace_ from the post (after any wake's
+      // yield): one late by tens of us costs less to wait for than to replace (its share's data
+      // and scratch are in its core's cache). The wait yields: a worker that the guest kernel
+      // put on this core runs, and moves off it (leave_core). One that missed its last share
+      // gets one yield.
       if (mb.absent.load(std::memory_order_relaxed)) {
         if (mb.state.load(std::memory_order_acquire) == kPosted) std::this_thread::yield();
       } else {
@@ -184,7 +178,9 @@ class Pool {
   static void reset() { instance() = new Pool(); }
 
  private:
-  Pool() : spin_(std::chrono::microseconds(spin_us())), grace_(std::chrono::microseconds(grace_us())) {}
+  Pool()
+      : spin_(env_us("EDGERUN_SPIN_US", kDefaultSpinUs)),
+        grace_(env_us("EDGERUN_TAKEBACK_US", kDefaultTakeBackUs)) {}
 
   void grow(int workers) {
     while (int(boxes_.size()) < workers) {
