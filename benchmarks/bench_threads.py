@@ -33,6 +33,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from edgerun.procs import die_with_parent
+
 GAPS_MS = (0.0, 5.0, 20.0)
 THREADS = (1, 2)
 CUT = "blocks.7"
@@ -120,7 +122,7 @@ BUSY_LOOP = "while True: pass"
 
 def run_child(child: dict, busy: int) -> dict:
     """One configuration in a fresh process, with `busy` core-burning processes beside it."""
-    hogs = [subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) for _ in range(busy)]
+    hogs = [subprocess.Popen(die_with_parent([sys.executable, "-c", BUSY_LOOP])) for _ in range(busy)]
     try:
         p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(child)], capture_output=True, text=True,
                            check=True)

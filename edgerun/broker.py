@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from edgerun.errors import ConfigError, UserError
+from edgerun.procs import die_with_parent
 
 DEFAULT_MQTT_PORT = 1883
 _INSTALL_HINT = "install it: sudo apt-get install -y mosquitto"
@@ -240,6 +241,12 @@ class Mosquitto:
         ]
         if self.max_packet_size:
             lines.append(f"max_packet_size {self.max_packet_size}")
+        if os.geteuid() == 0:
+            # Started by root, mosquitto switches to the `mosquitto` user, and a change of user
+            # clears the parent-death signal that ends it with us (procs.die_with_parent): it
+            # then outlived a `kill -9` of its command. It keeps its starter's identity instead,
+            # as any other child process does (it listens on loopback only).
+            lines.append("user root")
         conf = root / "mosquitto.conf"
         conf.write_text("\n".join(lines) + "\n")
         return conf
@@ -247,7 +254,7 @@ class Mosquitto:
     def _spawn(self) -> None:
         conf = self._write_config()
         self._proc = subprocess.Popen(
-            [self.binary, "-c", str(conf)],
+            die_with_parent([self.binary, "-c", str(conf)]),  # gone with us, even after kill -9
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -1,14 +1,19 @@
 """Child processes the demo and the benchmarks start: `edgerun serve` workers.
 
 Each is started in its own session (Ctrl-C in the terminal does not reach it
-before the parent has stopped it cleanly) and always stopped on the way out.
+before the parent has stopped it cleanly) and always stopped on the way out; on
+Linux it also gets SIGTERM when its parent dies without stopping it (``kill -9``).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,10 +39,41 @@ def sigterm_unwinds() -> None:
     signal.signal(signal.SIGTERM, _interrupt)
 
 
+@functools.lru_cache(maxsize=1)
+def _setpriv_pdeathsig() -> str | None:
+    """util-linux's ``setpriv`` if it can set the parent-death signal (2.33 and later), else None."""
+    exe = shutil.which("setpriv")
+    if exe is None:
+        return None
+    try:
+        text = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return exe if "--pdeathsig" in text else None
+
+
+def die_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` wrapped so that the child gets SIGTERM when this process dies, however it dies.
+
+    The ``finally`` blocks that stop a command's Mosquitto and ``edgerun serve`` children do not run
+    when the command is killed with SIGKILL (an out-of-memory kill, a supervisor's last resort, the
+    test suite's hang watchdog): the children ran on, holding their ports. Linux's parent-death
+    signal, set by ``setpriv --pdeathsig TERM`` just before it executes ``argv``, ends them too.
+    The kernel sends it when the *thread* that started the child ends, so it is set only from the
+    main thread; from another thread, or where ``setpriv`` is missing, ``argv`` is returned as is.
+    ``EDGERUN_NO_PDEATHSIG=1`` turns it off (the SIGTERM tests check the clean stop alone with it).
+    """
+    exe = _setpriv_pdeathsig()
+    off = os.environ.get("EDGERUN_NO_PDEATHSIG", "") not in ("", "0")
+    if exe is None or off or threading.current_thread() is not threading.main_thread():
+        return list(argv)
+    return [exe, "--pdeathsig", "TERM", "--", *argv]
+
+
 def start_server(bundle_dir: Path, url: str, log_path: Path) -> subprocess.Popen:
     """Start ``edgerun serve BUNDLE --broker URL`` with its output in ``log_path``."""
     log = open(log_path, "wb")
-    cmd = [sys.executable, "-m", "edgerun", "serve", str(bundle_dir), "--broker", url]
+    cmd = die_with_parent([sys.executable, "-m", "edgerun", "serve", str(bundle_dir), "--broker", url])
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 

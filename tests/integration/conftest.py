@@ -19,6 +19,7 @@ import pytest
 from edgerun import transport
 from edgerun.broker import Mosquitto
 from edgerun.bundle import Bundle
+from edgerun.procs import die_with_parent
 
 SERVER_START_TIMEOUT_S = 60.0  # process start + onnxruntime session; generous for a loaded 2-core CI box
 SERVER_STOP_TIMEOUT_S = 15.0
@@ -67,8 +68,8 @@ class ServerProc:
 
     def __init__(self, bundle: Bundle, url: str, *extra: str) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [*_cli_argv(), "serve", str(bundle.path), "--broker", url, *extra],
+        self.proc = subprocess.Popen(  # ends with the test run, even when its watchdog ends it
+            die_with_parent([*_cli_argv(), "serve", str(bundle.path), "--broker", url, *extra]),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
         )
         self.stdout = ""

@@ -17,6 +17,7 @@ import pytest
 
 from edgerun.broker import Mosquitto
 from edgerun.bundle import Bundle
+from edgerun.procs import die_with_parent
 from edgerun.device import Device
 
 DEADLINE_MS = 400.0          # per request; generous for a loaded 2-core box
@@ -35,7 +36,7 @@ def exits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 @contextmanager
 def serving(bundle: Bundle, url: str, argv: list[str], wait_online):
     """One `edgerun serve` for ``bundle``, online before the body runs; killed after."""
-    proc = subprocess.Popen([*argv, "serve", str(bundle.path), "--broker", url],
+    proc = subprocess.Popen(die_with_parent([*argv, "serve", str(bundle.path), "--broker", url]),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_online(bundle, url, 1, [])

@@ -1,6 +1,7 @@
 """`kill` (SIGTERM) on a command that started a Mosquitto or `edgerun serve` processes stops them
 too, as Ctrl-C does: before, Python's default SIGTERM ended the command at once and left its
-broker (and the bench's servers) running, holding ports and temp directories."""
+broker (and the bench's servers) running, holding ports and temp directories. `kill -9` runs none
+of the command's code; its children still end, on their parent-death signal (`procs.die_with_parent`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from edgerun import procs
 
 pytestmark = pytest.mark.integration
 
@@ -64,26 +67,44 @@ def names(pids: set[int]) -> set[str]:
     return out
 
 
-def sigterm_and_check_children_gone(argv: list[str], ready_line: str) -> None:
-    """Start ``argv``; once a line of its output contains ``ready_line`` (its children are up,
-    not half-spawned), SIGTERM it and check that every process it started is gone."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start_and_wait_ready(argv: list[str], ready_line: str, env: dict) -> tuple[subprocess.Popen, set[int]]:
+    """Start ``argv``; return once a line of its output contains ``ready_line`` (its children are
+    up, not half-spawned), with the process and every process it started."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     seen: set[int] = set()
-    try:
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-        reader.start()
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
 
-        def ready() -> bool:
-            seen.update(descendants(proc.pid))
-            return any(ready_line in ln for ln in lines)
-
-        wait_for(ready, f"{ready_line!r} from {' '.join(argv[2:4])}")
+    def ready() -> bool:
         seen.update(descendants(proc.pid))
+        return any(ready_line in ln for ln in lines)
+
+    try:
+        wait_for(ready, f"{ready_line!r} from {' '.join(argv[2:4])}")
+    except BaseException:
+        proc.kill()
+        raise
+    seen.update(descendants(proc.pid))
+    return proc, seen
+
+
+def stop_and_check_children_gone(argv: list[str], ready_line: str, sig: int) -> None:
+    """Start ``argv``, send it ``sig`` once it is ready, and check every process it started is gone.
+
+    SIGTERM checks the command's own clean stop, so the children's parent-death signal is off
+    (``EDGERUN_NO_PDEATHSIG``): with it, they would go even if the command stopped nothing.
+    SIGKILL runs no code in the command: only the parent-death signal can end the children.
+    """
+    env = dict(os.environ)
+    if sig == signal.SIGTERM:
+        env["EDGERUN_NO_PDEATHSIG"] = "1"
+    proc, seen = start_and_wait_ready(argv, ready_line, env)
+    try:
         assert seen, "it started no child process"
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         proc.wait(timeout=HANG_GUARD_S)
-        wait_for(lambda: not any(alive(p) for p in seen), f"{names(seen)} to stop after SIGTERM")
+        wait_for(lambda: not any(alive(p) for p in seen), f"{names(seen)} to stop after {signal.Signals(sig).name}")
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -92,11 +113,24 @@ def sigterm_and_check_children_gone(argv: list[str], ready_line: str) -> None:
                 os.kill(p, signal.SIGKILL)
 
 
+def bench_argv(cli_argv: list[str], bundle) -> list[str]:
+    # "mode server" is logged once both `edgerun serve` processes (split, all on server) answer
+    return [*cli_argv, "bench", str(bundle.path), "--link", "ethernet", "--requests", "100000"]
+
+
 def test_sigterm_on_edgerun_broker_stops_its_mosquitto(cli_argv):
-    sigterm_and_check_children_gone([*cli_argv, "broker"], "mqtt://")
+    stop_and_check_children_gone([*cli_argv, "broker"], "mqtt://", signal.SIGTERM)
 
 
 def test_sigterm_on_edgerun_bench_stops_its_broker_and_servers(cli_argv, digits_bundle):
-    # "mode server" is logged once both `edgerun serve` processes (split, all on server) answer
-    sigterm_and_check_children_gone([*cli_argv, "bench", str(digits_bundle.path), "--link", "ethernet",
-                                     "--requests", "100000"], "mode server")
+    stop_and_check_children_gone(bench_argv(cli_argv, digits_bundle), "mode server", signal.SIGTERM)
+
+
+@pytest.mark.skipif(procs._setpriv_pdeathsig() is None, reason="needs util-linux setpriv --pdeathsig")
+def test_kill_9_on_edgerun_broker_still_ends_its_mosquitto(cli_argv):
+    stop_and_check_children_gone([*cli_argv, "broker"], "mqtt://", signal.SIGKILL)
+
+
+@pytest.mark.skipif(procs._setpriv_pdeathsig() is None, reason="needs util-linux setpriv --pdeathsig")
+def test_kill_9_on_edgerun_bench_still_ends_its_broker_and_servers(cli_argv, digits_bundle):
+    stop_and_check_children_gone(bench_argv(cli_argv, digits_bundle), "mode server", signal.SIGKILL)

@@ -137,3 +137,40 @@ def test_interrupt_while_starting_stops_the_broker(monkeypatch):
     import os
 
     assert not os.path.exists(spawned["dir"])
+
+
+# -- children end with their parent (procs.die_with_parent) ----------------------------------
+def test_a_child_started_from_the_main_thread_gets_the_parent_death_signal():
+    from edgerun import procs
+
+    argv = ["mosquitto", "-c", "x.conf"]
+    wrapped = procs.die_with_parent(argv)
+    if procs._setpriv_pdeathsig() is None:
+        assert wrapped == argv  # no setpriv here: started as before
+    else:
+        assert wrapped[1:] == ["--pdeathsig", "TERM", "--", *argv]
+
+
+def test_from_another_thread_or_when_turned_off_the_command_is_unchanged(monkeypatch):
+    # The kernel sends the signal when the starting *thread* ends: a child started from a
+    # short-lived thread would be killed with it, so none is set there.
+    from edgerun import procs
+
+    argv = ["python", "-m", "edgerun", "serve"]
+    out: list[list[str]] = []
+    t = threading.Thread(target=lambda: out.append(procs.die_with_parent(argv)))
+    t.start()
+    t.join()
+    assert out == [argv]
+    monkeypatch.setenv("EDGERUN_NO_PDEATHSIG", "1")
+    assert procs.die_with_parent(argv) == argv
+
+
+@needs_mosquitto
+def test_a_broker_started_by_root_keeps_its_identity(tmp_path):
+    # Switching to the `mosquitto` user would clear its parent-death signal.
+    import os
+
+    with Mosquitto() as broker:
+        conf = (broker.log_path.parent / "mosquitto.conf").read_text()
+        assert ("user root" in conf.splitlines()) == (os.geteuid() == 0)
