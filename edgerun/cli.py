@@ -99,9 +99,20 @@ def export_cmd(
     (the best feasible split under the budgets); --cut etc. are then ignored.
     """
     try:
-        from edgerun.exporters.pipeline import ExportConfig, export, trace_model
+        from edgerun.exporters.pipeline import ExportConfig, check_out_dir, export, trace_model
         from edgerun.report import cuts_table, export_summary
 
+        planned = bool(device or server or link)
+        if not planned and (max_latency_ms is not None or max_accuracy_drop is not None):
+            raise ConfigError("--max-latency-ms / --max-accuracy-drop are budgets for the planner: "
+                              "add --device, --server and --link, or drop them")
+        if not list_cuts and not planned:  # fail on bad options before the (slow) trace
+            ExportConfig(cut=cut, max_cut_tensors=max_cut_tensors, front_precision=front_precision,
+                         back_precision=back_precision, codec=codec, codec_budget=codec_budget,
+                         group_size=group_size, max_device_mem_mb=max_device_mem_mb, front_act=front_act,
+                         exits=exits)
+        if not list_cuts:
+            check_out_dir(out)
         traced = trace_model(model, max_cut_tensors=max_cut_tensors)
         if list_cuts:
             rows = [
@@ -111,7 +122,7 @@ def export_cmd(
             ]
             typer.echo(json.dumps({"model": traced.source.model_id, "cuts": rows}) if as_json else cuts_table(rows))
             return
-        if device or server or link:
+        if planned:
             cut, front_precision, codec = _planned(traced, device, server, link, max_latency_ms,
                                                    max_device_mem_mb, max_accuracy_drop)
         cfg = ExportConfig(
@@ -199,18 +210,32 @@ def serve_cmd(
     typer.echo(json.dumps({"served": getattr(stats, "served", None), "stats": getattr(stats, "__dict__", {})}, default=str))
 
 
-def _load_inputs(path: Path):
-    """The ``--input`` array; a missing or unreadable file is a ConfigError saying what to pass."""
+def _load_inputs(path: Path, limit: int | None):
+    """The first ``limit`` samples of the ``--input`` array as float32, checked before anything is sent.
+
+    The file is memory-mapped, so ``--limit`` reads only what it runs. Raises ConfigError, saying what
+    to pass, for a missing, empty or unreadable file, a non-numeric or 0-d array, no samples, and
+    samples with NaN / Inf or beyond float32's range (named by their index in the file).
+    """
     import numpy as np
 
+    hint = "pass a .npy file written by np.save(path, array) with the inputs stacked on axis 0"
     try:
-        x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read --input {path}: {exc}; pass a .npy file written by "
-                          "np.save(path, array) with the inputs stacked on axis 0") from None
+        x = np.load(path, allow_pickle=False, mmap_mode="r")
+    except (OSError, ValueError, EOFError, MemoryError) as exc:  # EOFError: an empty file
+        raise ConfigError(f"cannot read --input {path}: {exc or type(exc).__name__}; {hint}") from None
     if not isinstance(x, np.ndarray) or x.dtype.kind not in "fiub":
         raise ConfigError(f"--input {path} is not a numeric array; save the inputs with np.save(path, array)")
-    return x
+    if x.ndim == 0 or len(x) == 0:
+        raise ConfigError(f"--input {path} holds no samples (shape {x.shape}); {hint}")
+    x = np.array(x[:limit])
+    if x.dtype.kind == "f":
+        bad = ~np.isfinite(x) | (np.abs(x) > np.finfo(np.float32).max)
+        if bad.any():
+            first = np.argwhere(bad)[0].tolist()
+            raise ConfigError(f"--input {path}: sample {first[0]} holds NaN, Inf or a value beyond float32's range "
+                              f"(first at index {first}); clean or drop it (nothing was sent)")
+    return x.astype(np.float32)
 
 
 @app.command("run")
@@ -232,8 +257,10 @@ def run_cmd(
     from edgerun.device import Device
 
     try:
+        if limit is not None and limit < 1:
+            raise ConfigError(f"--limit {limit}: give the number of inputs to run (>= 1), or leave it out for all")
         b = Bundle.load(bundle)
-        x = _load_inputs(input) if input else np.load(b.file("samples.npz"))["inputs"]
+        x = _load_inputs(input, limit) if input else np.load(b.file("samples.npz"))["inputs"]
         x = np.asarray(x, dtype=np.float32)[:limit]
         with Device(b, broker=broker, engine=engine, threads=threads, budget=budget) as dev:
             for i in range(len(x)):

@@ -26,6 +26,27 @@ def _log(msg: str) -> None:
     typer.echo(f"[edgerun] {msg}", err=True)
 
 
+def _check_writable(path: Optional[Path], option: str) -> None:
+    """Refuse an output file that cannot be written *before* the measurement (minutes) runs: the
+    results were written at the end, and a directory or an unwritable place lost all of them."""
+    import os
+    import tempfile
+
+    from edgerun.errors import ConfigError
+
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a directory; give a file path, e.g. {path / 'out'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {option} {path} ({exc.strerror or exc}); give a writable path") from exc
+
+
 def profile_cmd(
     out: Path = typer.Option(Path("devices/this-machine.toml"), help="device profile TOML to write"),
     server_out: Optional[Path] = typer.Option(None, help="also write the server profile (ORT back halves) here"),
@@ -40,6 +61,8 @@ def profile_cmd(
     try:
         from edgerun.profiler import profile_machine, write_toml
 
+        _check_writable(out, "--out")
+        _check_writable(server_out, "--server-out")
         prof = profile_machine(model, repeats=repeats, threads=threads, name=name, passes=passes, gap_ms=gap_ms, log=_log)
         typer.echo(str(write_toml(prof["device"], out)))
         if server_out is not None:
@@ -62,6 +85,8 @@ def layers_cmd(
     from edgerun.engine import NativeEngine
 
     try:
+        if top < 0:
+            raise ConfigError(f"--top {top}: give how many of the slowest layers to show (0 = all)")
         if bundle.suffix == ".erg":
             erg, x = bundle, None
         else:
@@ -148,6 +173,8 @@ def bench_cmd(
     try:
         from edgerun.bench import plot, run_bench
 
+        _check_writable(png, "--png")
+        _check_writable(out, "--out")
         rep = run_bench(bundle, link, requests=requests, warmup=warmup, device=device, log=_log)
     except EdgerunError as exc:
         _fail(exc)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import secrets
 import threading
 import time
@@ -40,6 +41,7 @@ log = logging.getLogger("edgerun.device")
 _ENGINES = ("native", "ort")
 RTT_EWMA_ALPHA = 0.2        # weight of the newest round trip in the running estimate
 SUSPECT_BACKOFF_S = 1.0     # after a lost reply, answer locally at once for this long, then try again
+LATE_IDS_KEPT = 1024        # requests past their deadline remembered, so their late replies are not "unknown"
 RECONNECT_EVERY_S = 1.0     # background reconnect period while the broker is down (bundles with exits)
 
 
@@ -170,6 +172,7 @@ class Device:
         self._resp_topic = transport.response_topic(b.model_id, b.topic_id, self.device_id)
         self._presence = transport.presence_topic(b.model_id, b.topic_id, "device", self.device_id)
         self._pending: dict[int, Future[tuple[bytes, float]]] = {}
+        self._late_ids: set[int] = set()  # requests past their deadline (a reply may still come)
         self._lock = threading.Lock()
         self._ids = itertools.count(secrets.randbits(62) + 1)  # random start: ids stay unique across restarts
         self.dropped_replies = 0
@@ -212,8 +215,9 @@ class Device:
         """
         t_start = time.perf_counter()
         wait_ms = self.timeout_ms if deadline_ms is None else float(deadline_ms)
-        if not wait_ms > 0:
-            raise ConfigError(f"deadline_ms={deadline_ms} must be > 0")
+        if not 0 < wait_ms < math.inf:
+            raise ConfigError(f"deadline_ms={deadline_ms} must be a finite number of ms > 0 "
+                              "(leave it unset for the device's timeout)")
         feeds = self._check_input(x)
         step = None
         if self.exits is not None:
@@ -228,6 +232,7 @@ class Device:
             why = self._why_local(wait_ms - (t_front - t_start) * 1e3)
             if why:
                 return self._local(step, step.deepest, why, t_start)
+        _check_finite_cut(outs, self.bundle.cut)
         cut = self._packer.pack({s.name: outs[s.name] for s in self.bundle.cut})
         request_id = next(self._ids)
         frame = wire.Frame(kind=wire.Kind.REQUEST, request_id=request_id, seq=0,
@@ -245,8 +250,17 @@ class Device:
         except FutureTimeout:
             msg = (f"no reply from a server for bundle {self.bundle.topic_id} ({self.bundle.model_id}) within "
                    f"{wait_ms:g} ms")
+            with self._lock:
+                if len(self._late_ids) >= LATE_IDS_KEPT:  # a dead server never answers them
+                    self._late_ids.pop()
+                self._late_ids.add(request_id)  # its reply may still come: not "unknown" then
             if step is None:
-                raise TransportError(f"{msg}: is `edgerun serve` running for this bundle on {self._client.url}?") from None
+                if self.rtt_ms is not None and self.rtt_ms > 0.5 * wait_ms:
+                    raise TransportError(f"{msg}; round trips to the server have taken ~{self.rtt_ms:.1f} ms: "
+                                         "give a longer deadline (--deadline-ms)") from None
+                raise TransportError(f"{msg}: is `edgerun serve` running for this bundle on {self._client.url}? "
+                                     "If it is, the deadline may be shorter than a round trip: give a longer "
+                                     "one (--deadline-ms)") from None
             self._suspect(f"no reply to the last request within {wait_ms:g} ms")
             return self._local(step, step.deepest, f"deadline: {msg}", t_start)
         except (TransportError, RuntimeError, ValueError) as exc:  # paho: not connected / queue full
@@ -409,13 +423,30 @@ class Device:
         request_id = transport.correlation_id(getattr(props, "CorrelationData", None))
         with self._lock:
             fut = self._pending.pop(request_id, None) if request_id is not None else None
+            late = fut is None and request_id in self._late_ids
+            self._late_ids.discard(request_id)
             if fut is None:
                 self.dropped_replies += 1
+        if late:
+            log.info("dropped the reply to request %s: it came after its deadline", request_id)
+            return
         if fut is None:
             log.warning("dropped a reply for unknown or already answered request %s", request_id)
             return
         if not fut.done():
             fut.set_result((bytes(msg.payload), t_recv))
+
+
+def _check_finite_cut(outs: dict[str, np.ndarray], cut: Any) -> None:
+    """Refuse to send a crossing tensor with NaN or Inf (the input check passed: a finite input
+    beyond the model's range, e.g. 3e38, overflows inside the front half), which came back as a
+    confident answer computed from garbage."""
+    for spec in cut:
+        arr = outs[spec.name]
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ConfigError(f"the front half turned this input into NaN or Inf at the cut ({spec.name!r}), so "
+                              "nothing was sent: the input is far outside the range the model was trained on; "
+                              "scale it as the model expects")
 
 
 def _make_front(b: Bundle, engine: str, threads: int) -> Any:

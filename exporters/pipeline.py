@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -100,6 +101,11 @@ class ExportConfig:
             parse_exits(self.exits)  # raises ConfigError on a bad value
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ConfigError(f"eval_limit must be >= 1 or None (got {self.eval_limit})")
+        if self.group_size < 1:
+            raise ConfigError(f"group_size must be >= 1 (got {self.group_size}); int4 uses 32 by default")
+        if self.codec_budget is not None and self.codec == "none":
+            raise ConfigError(f"codec_budget={self.codec_budget} is set but codec is 'none'; "
+                              "add --codec tsq, or drop --codec-budget")
 
 
 @dataclass
@@ -134,9 +140,9 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
         ExportError / ConfigError: the model or the cut cannot be exported as asked.
         UnsupportedOpError: ``require_native`` and the native engine cannot run the front half.
     """
+    final = check_out_dir(out_dir)  # before tracing: a bad --out fails in a second, not minutes
     traced = spec if isinstance(spec, Traced) else trace_model(spec, max_cut_tensors=config.max_cut_tensors)
     cut = resolve_cut(traced.cuts, config.cut)
-    final = _check_out_dir(Path(out_dir))
     # Build beside the target and swap in at the end: a failed export leaves the old bundle intact.
     out = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
@@ -144,11 +150,27 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
-    if final.exists():
-        shutil.rmtree(final)
     out.chmod(0o755)  # mkdtemp made it private
-    out.rename(final)
+    _swap_in(out, final)
     return Bundle.load(final)
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Put ``new`` at ``final``; an old bundle there is moved aside first and deleted only after."""
+    if not final.exists():
+        new.rename(final)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+    final.rename(old / final.name)
+    try:
+        new.rename(final)
+    except BaseException:
+        (old / final.name).rename(final)
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    finally:
+        if final.exists():  # the new bundle, or the old one put back: `old` holds nothing needed
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> None:
@@ -195,10 +217,31 @@ def _build_exits(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native:
     return entry, rep
 
 
-def _check_out_dir(out: Path) -> Path:
+def check_out_dir(out_dir: str | Path) -> Path:
+    """The bundle directory ``out_dir`` as an absolute path, checked before any work is done.
+
+    Raises:
+        ConfigError: it is a file or a directory that holds something else than a bundle, it is
+            the working directory or one above it (the export replaces the whole directory:
+            ``--out .`` inside an old bundle deleted it and the new one), or its parent cannot
+            be written.
+    """
+    raw = str(out_dir)
+    if not raw.strip():
+        raise ConfigError("--out is empty; give the bundle directory to write, e.g. --out bundles/model")
+    out = Path(raw).expanduser().resolve()
+    if out == Path(out.anchor) or out == Path.cwd().resolve() or out in Path.cwd().resolve().parents:
+        raise ConfigError(f"--out {raw} is the directory you are in (or above it), and an export replaces "
+                          "its --out directory whole; give a new directory, e.g. --out bundles/model")
     if out.exists() and (not out.is_dir() or ((any(out.iterdir())) and not (out / "manifest.json").exists())):
         raise ConfigError(f"{out} exists and is not a bundle; choose an empty or new --out directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write the bundle beside {out} ({exc.strerror or exc}); "
+                          "choose a writable --out directory") from exc
     return out
 
 

@@ -68,6 +68,8 @@ def test_no_server_means_transport_error_naming_the_bundle(digits_bundle, broker
     (np.full((1, 1, 8, 8), np.nan, np.float32), "NaN or Inf"),
     (np.zeros((1, 3, 5, 5), np.float32), "has shape"),
     (np.zeros((1, 1, 8, 8), np.float64), "convert with"),
+    # finite, but the front half overflows: NaN / Inf at the cut was sent, and answered as a class
+    (np.full((1, 1, 8, 8), 3e38, np.float32), "NaN or Inf at the cut"),
 ])
 def test_bad_input_is_refused_before_anything_is_sent(digits_bundle, broker, bad, match):
     """No server runs: a request that reached the wire would time out instead of raising ConfigError."""
@@ -75,6 +77,14 @@ def test_bad_input_is_refused_before_anything_is_sent(digits_bundle, broker, bad
         with pytest.raises(ConfigError, match=match):
             dev.infer(bad)
         assert not dev._pending
+
+
+@pytest.mark.parametrize("deadline_ms", [0.0, -5.0, float("inf"), float("nan")])
+def test_a_deadline_must_be_a_finite_positive_number_of_ms(digits_bundle, broker, deadline_ms):
+    # inf used to end in an OverflowError from the reply wait
+    with Device(digits_bundle, broker=broker.url, engine="ort", timeout_ms=300) as dev:
+        with pytest.raises(ConfigError, match="finite number of ms > 0"):
+            dev.infer(sample(digits_bundle), deadline_ms=deadline_ms)
 
 
 def test_run_cli_with_an_unreadable_input_file_says_what_to_pass(digits_bundle, broker, cli_argv, tmp_path):
@@ -85,6 +95,48 @@ def test_run_cli_with_an_unreadable_input_file_says_what_to_pass(digits_bundle, 
                            capture_output=True, text=True, timeout=120)
         assert p.returncode != 0 and "Traceback" not in p.stderr
         assert f"cannot read --input {path}" in p.stderr and "np.save" in p.stderr
+
+
+def test_run_cli_checks_every_input_sample_before_sending(digits_bundle, broker, cli_argv, tmp_path):
+    """Each of these was a traceback, "Aborted.", a silent exit 0 or an error naming the wrong sample."""
+    with_nan = np.zeros((3, 1, 8, 8), np.float32)
+    with_nan[1, 0, 2, 2] = np.nan
+    cases = {
+        "empty.npy": (None, "cannot read --input"),                # 0 bytes: numpy's EOFError
+        "scalar.npy": (np.float32(1), "holds no samples"),         # 0-d
+        "none.npy": (np.zeros((0, 1, 8, 8), np.float32), "holds no samples"),
+        "nan.npy": (with_nan, "sample 1 holds NaN"),                # named by its index in the file
+        "huge.npy": (np.full((2, 1, 8, 8), 1e300), "beyond float32's range"),  # float64 -> inf
+    }
+    for name, (arr, match) in cases.items():
+        path = tmp_path / name
+        if arr is None:
+            path.write_bytes(b"")
+        else:
+            np.save(path, arr)
+        p = subprocess.run([*cli_argv, "run", str(digits_bundle.path), "--broker", broker.url, "--input", str(path)],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 2 and "Traceback" not in p.stderr, (name, p.stderr)
+        assert match in p.stderr, (name, p.stderr)
+    p = subprocess.run([*cli_argv, "run", str(digits_bundle.path), "--broker", broker.url, "--limit", "-1"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "--limit -1" in p.stderr  # was: all samples but the last
+
+
+def test_a_deadline_shorter_than_the_round_trip_is_named_as_the_cause(digits_bundle, broker, start_servers):
+    """With a server up, a too-short deadline said "is `edgerun serve` running?", and the reply that
+    came after it was logged as one for an unknown request."""
+    start_servers(1)
+    x = sample(digits_bundle)
+    with Device(digits_bundle, broker=broker.url, engine="ort", timeout_ms=KILLED_SERVER_TIMEOUT_MS) as dev:
+        assert dev.infer(x).answered_by == "server"  # a measured round trip
+        with pytest.raises(TransportError, match=r"round trips to the server have taken .* give a longer deadline"):
+            dev.infer(x, deadline_ms=1e-3)
+        deadline = time.monotonic() + HANG_GUARD_S
+        while dev.dropped_replies == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert dev.dropped_replies == 1 and not dev._late_ids  # the late reply, recognised as late
+        assert dev.infer(x).answered_by == "server"
 
 
 def test_server_killed_mid_request_gives_transport_error_not_a_hang(digits_bundle, broker, start_servers):

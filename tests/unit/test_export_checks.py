@@ -79,3 +79,45 @@ def test_a_front_the_native_engine_cannot_run_exports_for_onnxruntime_but_not_qu
             export(traced, ExportConfig(cut=gelu_cut, front_precision=prec, evaluate=False), tmp_path / prec)
         assert "Gelu" in str(exc.value) and "--front-precision fp32" in str(exc.value)
         assert not (tmp_path / prec).exists()
+
+
+def test_out_dot_inside_an_old_bundle_is_refused_and_the_bundle_kept(digits_traced, tmp_path, monkeypatch):
+    """`--out .` inside a bundle made the export build its new bundle *inside* the old one and then
+    delete the old one, with the new one in it: both lost, and a traceback."""
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    old = export(digits_traced, ExportConfig(evaluate=False), tmp_path / "b")
+    before = sorted(p.name for p in old.path.iterdir())
+    monkeypatch.chdir(old.path)
+    for out in (".", "", "..", str(tmp_path)):
+        with pytest.raises(ConfigError, match="--out"):
+            export(digits_traced, ExportConfig(evaluate=False), out)
+    assert sorted(p.name for p in old.path.iterdir()) == before
+
+
+def test_re_export_replaces_the_old_bundle_and_leaves_no_temp_dirs(digits_traced, tmp_path):
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    export(digits_traced, ExportConfig(evaluate=False), tmp_path / "b")
+    b = export(digits_traced, ExportConfig(cut="block1", evaluate=False), tmp_path / "b")
+    assert b.cut_label == "block1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+def test_an_unwritable_out_fails_before_the_model_is_traced(tmp_path):
+    """/proc cannot hold a bundle: the error comes at once, not after tracing (minutes for EfficientNet)."""
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    with pytest.raises(ConfigError, match="choose a writable --out"):
+        export("zoo:does-not-matter", ExportConfig(evaluate=False), "/proc/edgerun-bundle")
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"group_size": 0}, "group_size must be >= 1"),
+    ({"codec_budget": 0.01}, "add --codec tsq"),
+])
+def test_options_that_would_be_silently_ignored_are_refused(kwargs, match):
+    from edgerun.exporters.pipeline import ExportConfig
+
+    with pytest.raises(ConfigError, match=match):
+        ExportConfig(**kwargs)
