@@ -21,7 +21,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from edgerun.errors import ConfigError, UserError
 from edgerun.procs import die_with_parent
@@ -35,7 +35,8 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     """Split a broker URL into ``(host, port)``.
 
     Accepts ``mqtt://host:port``, ``tcp://host:port``, ``host:port`` and ``host``
-    (port 1883).
+    (port 1883), each with an optional ``USER:PASSWORD@`` before the host (see
+    ``broker_credentials``).
 
     Args:
         url: the broker address as a user typed it.
@@ -49,6 +50,7 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     if not isinstance(url, str) or not url.strip():
         raise ConfigError(f"broker URL {url!r} is empty: use e.g. mqtt://127.0.0.1:1883")
     text = url.strip()
+    url = redact_broker_url(text)  # the errors below quote it without its password
     if "://" not in text:
         text = "mqtt://" + text
     parts = urlsplit(text)
@@ -68,6 +70,25 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     if port == 0:
         raise ConfigError(f"broker URL {url!r} has port 0: use a number in 1..65535")
     return parts.hostname, port if port is not None else DEFAULT_MQTT_PORT
+
+
+def broker_credentials(url: str) -> tuple[str | None, str | None]:
+    """``(user, password)`` from ``mqtt://USER:PASSWORD@host:port`` (percent-decoded), or Nones."""
+    text = url.strip() if "://" in url else "mqtt://" + url.strip()
+    parts = urlsplit(text)
+    user = unquote(parts.username) if parts.username is not None else None
+    password = unquote(parts.password) if parts.password is not None else None
+    return user, password
+
+
+def redact_broker_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages and logs."""
+    if "@" not in url:
+        return url
+    head, _, rest = url.rpartition("@")
+    scheme, sep, userinfo = head.rpartition("://")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}{':***' if ':' in userinfo else ''}@{rest}"
 
 
 def find_mosquitto() -> str:

@@ -280,7 +280,7 @@ class Device:
     def _why_local(self, left_ms: float) -> str:
         """Why the deepest exit must answer now instead of the server ("" = ask the server)."""
         if not self._client.connected:
-            detail = self._connect_error or f"lost the broker at {self._broker}"
+            detail = self._connect_error or f"lost the broker at {transport.redact_broker_url(self._broker)}"
             return f"server unreachable: {detail} (reconnecting in the background)"
         now = time.monotonic()
         if now < self._suspect_until:
@@ -332,7 +332,7 @@ class Device:
                 client.close()
                 return
             self._client, self._connect_error = client, ""
-            log.info("connected to the broker at %s", self._broker)
+            log.info("connected to the broker at %s", transport.redact_broker_url(self._broker))
             return
 
     def close(self) -> None:

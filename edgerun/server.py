@@ -221,7 +221,7 @@ def serve(
         client.subscribe(sub)
         client.publish(pres, transport.presence_payload("server", wid, "online", bundle=b.hash, group=group),
                        retain=True)
-        log.info("serving %s as %s on %s (%s)", b, wid, broker_url, sub)
+        log.info("serving %s as %s on %s (%s)", b, wid, client.url, sub)
         if ready is not None:
             ready()
         _loop(w, stop)

@@ -28,7 +28,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgerun.broker import parse_broker_url
+from edgerun.broker import broker_credentials, parse_broker_url, redact_broker_url
 from edgerun.errors import ConfigError, TransportError
 
 log = logging.getLogger("edgerun.transport")
@@ -166,8 +166,10 @@ class MqttClient:
         will: tuple[str, bytes] | None = None,
         keepalive_s: int = 10,
     ) -> None:
-        self.url = broker_url
+        self.url = redact_broker_url(broker_url)  # for messages: no password in logs
         self.host, self.port = parse_broker_url(broker_url)
+        user, password = broker_credentials(broker_url)
+        self._refused = ""  # the broker's reason when it refused the connection
         self.client_id = client_id
         self._on_message = on_message
         self._subs: dict[str, int] = {}
@@ -178,6 +180,8 @@ class MqttClient:
         self._closed = False
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         c.reconnect_delay_set(min_delay=1, max_delay=16)  # paho doubles the delay up to max
+        if user is not None:
+            c.username_pw_set(user, password)
         if will is not None:
             c.will_set(will[0], will[1], qos=QOS, retain=True)
         c.on_socket_open = _set_nodelay
@@ -205,6 +209,9 @@ class MqttClient:
         self._client.loop_start()
         if not self._connected.wait(timeout_s):
             self.close()
+            if self._refused:
+                raise TransportError(f"the MQTT broker at {self.url} refused the connection ({self._refused}): "
+                                     "check the user and password in the broker URL (mqtt://USER:PASSWORD@host:port)")
             raise TransportError(f"the MQTT broker at {self.url} did not accept the connection within {timeout_s:g} s: {hint}")
 
     def subscribe(self, topic_filter: str, timeout_s: float = 5.0) -> None:
@@ -266,6 +273,7 @@ class MqttClient:
     # -- paho callbacks (network thread) -------------------------------------
     def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
+            self._refused = str(reason_code)
             log.warning("broker %s refused the connection: %s", self.url, reason_code)
             return
         with self._lock:

@@ -174,3 +174,50 @@ def test_a_broker_started_by_root_keeps_its_identity(tmp_path):
     with Mosquitto() as broker:
         conf = (broker.log_path.parent / "mosquitto.conf").read_text()
         assert ("user root" in conf.splitlines()) == (os.geteuid() == 0)
+
+
+# -- brokers that want a user and password ------------------------------------------------------
+def test_credentials_come_from_the_url_and_never_show_in_messages():
+    from edgerun.broker import broker_credentials, redact_broker_url
+
+    assert broker_credentials("mqtt://robot:s%40cret@h:1884") == ("robot", "s@cret")
+    assert broker_credentials("h:1884") == (None, None)
+    assert redact_broker_url("mqtt://robot:s3cret@h:1884") == "mqtt://robot:***@h:1884"
+    assert redact_broker_url("mqtt://h:1884") == "mqtt://h:1884"
+    with pytest.raises(ConfigError) as exc:
+        parse_broker_url("mqtt://robot:s3cret@h:notaport")
+    assert "s3cret" not in str(exc.value)
+
+
+@needs_mosquitto
+def test_a_broker_with_passwords_takes_the_urls_and_names_a_refusal(tmp_path):
+    """The user and password in the URL were dropped: the client retried as anonymous and then said
+    the broker "did not accept the connection ... start one", though it was up and had refused us."""
+    import subprocess
+
+    from edgerun.broker import find_mosquitto, free_port
+    from edgerun.procs import die_with_parent
+
+    pw = tmp_path / "passwd"
+    pw.write_text("")
+    subprocess.run(["mosquitto_passwd", "-b", str(pw), "robot", "s3cret"], check=True, capture_output=True)
+    port = free_port()
+    conf = tmp_path / "m.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\nuser root\n")
+    proc = subprocess.Popen(die_with_parent([find_mosquitto(), "-c", str(conf)]),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(250):
+            if port_open("127.0.0.1", port):
+                break
+            threading.Event().wait(0.02)
+        ok = transport.MqttClient(f"mqtt://robot:s3cret@127.0.0.1:{port}", "t-ok")
+        ok.connect()
+        ok.close()
+        bad = transport.MqttClient(f"mqtt://robot:wrong@127.0.0.1:{port}", "t-bad")
+        with pytest.raises(TransportError, match="refused the connection .*check the user and password") as exc:
+            bad.connect(timeout_s=3)
+        assert "wrong" not in str(exc.value) and "robot:***@" in str(exc.value)
+    finally:
+        proc.terminate()
+        proc.wait(10)
