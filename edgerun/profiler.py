@@ -85,7 +85,8 @@ def profile_model(spec: str, *, repeats: int, threads: int = 1, precisions: tupl
     srv = [(c, statistics.median(sw["server"][i][1] for sw in sweeps), macs, nodes)
            for i, (c, _, macs, nodes) in enumerate(first["server"])]
     for (c, ms, _, _), (_, sms, _, _) in zip(dev[precisions[0]], srv):
-        log(f"{traced.source.model_id} cut {c}: device {precisions[0]} {ms:.3f} ms, server {sms:.3f} ms")
+        where = "whole model" if c == WHOLE else "nothing on the device" if c < 0 else f"cut {c}"
+        log(f"{traced.source.model_id} {where}: device {precisions[0]} {ms:.3f} ms, server {sms:.3f} ms")
     return {"model": traced.source.model_id, "device": dev, "server": srv}
 
 
@@ -143,6 +144,16 @@ def fit_compute(points: list[tuple[int, float, int, int]]) -> dict[str, float]:
             "per_node_us": round(float(ms_per_node * 1e3), 4)}
 
 
+def _check_model_spec(spec: str) -> None:
+    """A zoo name that exists or a model file that exists (what can be told without loading it)."""
+    from edgerun.exporters import zoo
+
+    if spec.startswith("zoo:"):
+        zoo.check_name(spec)
+    elif ":" not in spec or not Path(spec.rsplit(":", 1)[0]).is_file():
+        raise ConfigError(f"--model {spec!r}: use zoo:NAME or path/to/file.py:fn (an existing file)")
+
+
 def profile_machine(models: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, repeats: int = 20, threads: int = 1,
                     name: str = "this-machine", precisions: tuple[str, ...] = PRECISIONS, passes: int = 3,
                     gap_ms: float = REQUEST_GAP_MS, log: Callable[[str], None] = lambda s: None) -> dict[str, dict]:
@@ -151,8 +162,20 @@ def profile_machine(models: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, rep
     Raises:
         ConfigError: ``repeats`` < 1 or too few segments to fit.
     """
+    # Everything checked before the first model is timed (minutes): a bad --model or --threads
+    # used to fail after the models before it had been profiled.
     if repeats < 1:
         raise ConfigError(f"repeats={repeats} must be >= 1")
+    if passes < 1:
+        raise ConfigError(f"passes={passes} must be >= 1")
+    if not 1 <= threads <= 256:
+        raise ConfigError(f"threads={threads} must be in 1..256")
+    if not gap_ms >= 0:
+        raise ConfigError(f"gap_ms={gap_ms} must be >= 0 (the idle ms before each timed run)")
+    if not models:
+        raise ConfigError("no model to profile: pass --model zoo:NAME or path/to/file.py:fn")
+    for m in models:
+        _check_model_spec(m)
     results = [profile_model(m, repeats=repeats, threads=threads, precisions=precisions, passes=passes,
                              gap_ms=gap_ms, log=log) for m in models]
     cmd = (f"edgerun profile --repeats {repeats} --passes {passes} --gap-ms {gap_ms:g} --threads {threads} "

@@ -203,8 +203,8 @@ def serve(
         TransportError: the broker cannot be reached at start.
         ConfigError: bad group / worker id / threads.
     """
-    if threads < 1:
-        raise ConfigError(f"threads={threads} must be >= 1")
+    if not 1 <= threads <= 256:  # the native engine's range, for one meaning of --threads everywhere
+        raise ConfigError(f"threads={threads} must be in 1..256 (the cores onnxruntime may use for the back half)")
     max_frame_bytes = wire.DEFAULT_MAX_FRAME_BYTES if max_frame_bytes is None else int(max_frame_bytes)
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     wid = transport.check_segment("worker id", worker_id or transport.default_id("server"))

@@ -41,8 +41,10 @@ def resolve_model(spec: str) -> SourceModel:
     if ":" in spec:
         path_s, fn_name = spec.rsplit(":", 1)
         return _from_file(Path(path_s), fn_name)
+    from edgerun.exporters import zoo
+
     raise ConfigError(
-        f"cannot resolve model {spec!r}: use zoo:NAME (zoo:digits-cnn, zoo:efficientnet-lite0) "
+        f"cannot resolve model {spec!r}: use zoo:NAME ({', '.join('zoo:' + n for n in zoo.names())}) "
         "or path/to/file.py:fn where fn() returns (torch_module, example_input)"
     )
 
@@ -64,7 +66,15 @@ def _from_file(path: Path, fn_name: str) -> SourceModel:
     if not callable(fn):
         raise ConfigError(f"{path} has no function {fn_name}(); define {fn_name}() returning "
                           "(torch.nn.Module, example_input_tensor) or name another function after the ':'")
-    got = fn()
+    try:
+        got = fn()
+    except TypeError as exc:
+        if "argument" in str(exc):
+            raise ConfigError(f"{path}:{fn_name}() must take no arguments ({exc}); wrap it in a function that "
+                              "returns (torch.nn.Module, example_input_tensor)") from exc
+        raise ExportError(f"{path}:{fn_name}() raised TypeError: {exc}") from exc
+    except Exception as exc:  # the user's code: report it, with its type, as what went wrong
+        raise ExportError(f"{path}:{fn_name}() raised {type(exc).__name__}: {exc}") from exc
     if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], torch.nn.Module)):
         raise ExportError(f"{path}:{fn_name}() must return (torch.nn.Module, example_input_tensor)")
     module, example = got

@@ -230,6 +230,9 @@ def check_out_dir(out_dir: str | Path) -> Path:
     if not raw.strip():
         raise ConfigError("--out is empty; give the bundle directory to write, e.g. --out bundles/model")
     out = Path(raw).expanduser().resolve()
+    if out.name.endswith((".tar", ".tar.gz", ".tgz")):
+        raise ConfigError(f"--out {raw}: an export writes a bundle directory, not an archive; give a directory "
+                          f"and archive it after (tar -czf {out.name.split('.tar')[0]}.tar.gz -C DIR .)")
     if out == Path(out.anchor) or out == Path.cwd().resolve() or out in Path.cwd().resolve().parents:
         raise ConfigError(f"--out {raw} is the directory you are in (or above it), and an export replaces "
                           "its --out directory whole; give a new directory, e.g. --out bundles/model")

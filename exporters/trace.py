@@ -22,6 +22,42 @@ OPSET = 20
 BATCH_DIM = "batch"
 
 
+def _first_line(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]
+
+
+def _check_runs_batched(module: torch.nn.Module, example: torch.Tensor) -> None:
+    """Run the model eagerly on its example, and on two examples stacked, before tracing it.
+
+    A model that fails on its own example (a channel mismatch, say) failed deep in the exporter
+    with a message cut at 400 characters and advice about control flow; one whose example has no
+    batch dimension traced, then failed in onnxruntime. Both now say what is wrong.
+    """
+    if example.dim() == 0:
+        raise ExportError("the example input is a scalar; give one input with the batch dimension first, "
+                          "e.g. torch.randn(1, C, H, W)")
+    try:
+        with torch.no_grad():
+            out = module(example)
+    except Exception as exc:  # the model's own error, whatever its type
+        raise ExportError(f"the model fails on its own example input (shape {tuple(example.shape)}): "
+                          f"{type(exc).__name__}: {_first_line(exc)}; make the example what forward() takes, "
+                          "batch dimension first") from exc
+    if not isinstance(out, torch.Tensor):
+        return  # several outputs: the export below says so
+    two = torch.cat([example, example])
+    try:
+        with torch.no_grad():
+            ok = module(two).shape[:1] == (2 * example.shape[0],)
+    except Exception:  # noqa: BLE001 - any failure means the same thing here
+        ok = False
+    if not ok:
+        raise ExportError(f"the example input's first dimension must be the batch: two examples stacked "
+                          f"(shape {tuple(two.shape)}) did not give two answers; add a batch dimension, "
+                          "e.g. example.unsqueeze(0)")
+
+
 def to_onnx(
     module: torch.nn.Module,
     example: torch.Tensor,
@@ -43,6 +79,7 @@ def to_onnx(
         ExportError: torch cannot export the model, or the graph is not usable.
     """
     module = module.eval()
+    _check_runs_batched(module, example)
     batch = torch.export.Dim("batch", min=1, max=1024)
     arg_name = _first_arg_name(module)
     try:

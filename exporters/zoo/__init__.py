@@ -110,6 +110,18 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_name(name: str) -> str:
+    """The registry key of ``name`` (``"zoo:"`` optional); ConfigError listing the known ones if unknown."""
+    key = name[len(ZOO_PREFIX):] if name.startswith(ZOO_PREFIX) else name
+    _discover()
+    if key not in _REGISTRY:
+        raise ConfigError(
+            f"unknown zoo model {name!r}; known: {', '.join(sorted(_REGISTRY))} "
+            f"(optionally prefixed with {ZOO_PREFIX!r})"
+        )
+    return key
+
+
 def load(name: str) -> ZooModel:
     """Build a zoo model by name (``"digits-cnn"`` or ``"zoo:digits-cnn"``).
 
@@ -123,16 +135,9 @@ def load(name: str) -> ZooModel:
         ConfigError: unknown name (the message lists the known ones).
         UserError: the model's weights or data cannot be found or fetched.
     """
-    key = name[len(ZOO_PREFIX):] if name.startswith(ZOO_PREFIX) else name
-    _discover()
-    if key not in _REGISTRY:
-        raise ConfigError(
-            f"unknown zoo model {name!r}; known: {', '.join(sorted(_REGISTRY))} "
-            f"(optionally prefixed with {ZOO_PREFIX!r})"
-        )
-    model = _REGISTRY[key]()
+    model = _REGISTRY[check_name(name)]()
     model.module.eval()
     return model
 
 
-__all__ = ["ZooModel", "load", "names", "register", "ZOO_PREFIX"]
+__all__ = ["ZooModel", "check_name", "load", "names", "register", "ZOO_PREFIX"]

@@ -121,3 +121,10 @@ def test_options_that_would_be_silently_ignored_are_refused(kwargs, match):
 
     with pytest.raises(ConfigError, match=match):
         ExportConfig(**kwargs)
+
+
+def test_an_archive_name_as_out_is_refused():
+    from edgerun.exporters.pipeline import check_out_dir
+
+    with pytest.raises(ConfigError, match="not an archive"):
+        check_out_dir("bundles/model.tar.gz")

@@ -42,3 +42,18 @@ def test_bad_counts_are_refused():
         profile_machine(["zoo:digits-cnn"], repeats=0)
     with pytest.raises(ConfigError, match="passes"):
         profile_model("zoo:digits-cnn", repeats=1, passes=0)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"models": ["zoo:digits-cnn", "zoo:nope"]}, "unknown zoo model 'zoo:nope'"),
+    ({"models": ["missing.py:make"]}, "an existing file"),
+    ({"threads": 0}, "threads=0"),
+    ({"gap_ms": -1.0}, "gap_ms=-1.0"),
+])
+def test_bad_profile_options_fail_before_any_model_is_timed(kwargs, match, monkeypatch):
+    """A bad second --model used to fail after the first one had been profiled (minutes)."""
+    from edgerun import profiler
+
+    monkeypatch.setattr(profiler, "profile_model", lambda *a, **k: pytest.fail("timed a model"))
+    with pytest.raises(ConfigError, match=match):
+        profiler.profile_machine(**{"models": ["zoo:digits-cnn"], **kwargs})
