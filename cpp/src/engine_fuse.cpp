@@ -20,6 +20,7 @@
 #include <cstdlib>
 
 #include "edgerun/engine.h"
+#include "env.h"
 
 namespace edgerun {
 
@@ -48,9 +49,9 @@ size_t deq_size(const Step& s) { return per_run_dequant(s) ? size_t(s.qw.rows * 
 constexpr size_t kMinInnerBudgets = 3;
 
 size_t strip_budget_floats() {
-  const char* kb = std::getenv("EDGERUN_FUSE_KB");
-  const long v = kb != nullptr ? std::atol(kb) : 0;
-  return size_t(v > 0 ? v : 1024) * 1024 / sizeof(float);
+  constexpr long kDefaultKb = 1024;
+  const long v = env_count("EDGERUN_FUSE_KB", kDefaultKb);  // 0: the default, as before
+  return size_t(v > 0 ? v : kDefaultKb) * 1024 / sizeof(float);
 }
 
 // Input rows the depthwise conv reads for output rows [y0, y1): [*r0, *r1) of [0, h).
@@ -74,8 +75,7 @@ size_t strip_floats(const kernels::ConvParams& d, int64_t rows) {
 
 void Engine::fuse_chains() {
   fused_inner_.assign(graph_.tensors().size(), 0);
-  const char* off = std::getenv("EDGERUN_NO_FUSE");
-  if (off != nullptr && *off != '\0' && *off != '0') return;
+  if (env_flag("EDGERUN_NO_FUSE")) return;
   // Readers per tensor root: an inner tensor must feed only the next step of the chain.
   std::vector<int32_t> readers(graph_.tensors().size(), 0);
   for (const NodeInfo& nd : graph_.nodes())

@@ -14,6 +14,7 @@
 #include <cstdlib>
 
 #include "edgerun/kernels.h"
+#include "env.h"
 #include "gemm_ukr.h"
 #include "vec512.h"
 
@@ -109,8 +110,7 @@ bool conv_s2_direct(const ConvParams& p) {
         p.dw == 1 && p.cin * 9 <= kMaxTaps && p.cout % kCh == 0 && gemm::has_avx512()))
     return false;
   // Read per call (conv2d asks on every run), as EDGERUN_NO_SMALL_N; only for stem shapes.
-  const char* off = std::getenv("EDGERUN_NO_DIRECT_CONV");
-  return off == nullptr || off[0] == '\0' || off[0] == '0';
+  return !env_flag("EDGERUN_NO_DIRECT_CONV");
 }
 
 size_t conv_s2_scratch_floats(const ConvParams& p) { return size_t(p.cout * p.cin * 9); }

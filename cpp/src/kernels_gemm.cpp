@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "edgerun/kernels.h"
+#include "env.h"
 #include "gemm_ukr.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -351,10 +352,7 @@ void split_tasks(int64_t M, int64_t N, int threads, const Ukr& ukr, int64_t* mc,
 }  // namespace
 
 bool force_portable() {
-  static const bool on = [] {
-    const char* v = std::getenv("EDGERUN_FORCE_PORTABLE");
-    return v != nullptr && v[0] != '\0' && v[0] != '0';
-  }();
+  static const bool on = env_flag("EDGERUN_FORCE_PORTABLE");
   return on;
 }
 

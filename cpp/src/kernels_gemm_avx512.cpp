@@ -5,6 +5,7 @@
 // them ~111 -> ~118 GFLOP/s). Bias + activation fused as in AVX2.
 #include <cstdlib>
 
+#include "env.h"
 #include "gemm_ukr.h"
 
 #if defined(__x86_64__)
@@ -92,8 +93,8 @@ __attribute__((target("avx512f"))) void ukr_avx512(int64_t kc, const float* A, i
 }  // namespace
 
 bool has_avx512() {
-  static const bool ok = has_avx2_fma() && __builtin_cpu_supports("avx512f") &&
-                         std::getenv("EDGERUN_NO_AVX512") == nullptr;
+  static const bool ok = !env_flag("EDGERUN_NO_AVX512") && has_avx2_fma() &&
+                         __builtin_cpu_supports("avx512f");
   return ok;
 }
 

@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "edgerun/kernels.h"
+#include "env.h"
 #include "gemm_ukr.h"
 #include "vec512.h"
 
@@ -164,8 +165,7 @@ __attribute__((target("avx512f"))) void run_panel(const ConvParams& p, const flo
 }  // namespace
 
 bool pointwise_small_n(const ConvParams& p) {
-  const char* off = std::getenv("EDGERUN_NO_SMALL_N");
-  if (off != nullptr && off[0] != '\0' && off[0] != '0') return false;
+  if (env_flag("EDGERUN_NO_SMALL_N")) return false;
   if (!gemm::has_avx512() || !is_pointwise(p) || p.group != 1 || p.cout < kPanel) return false;
   const int64_t n = p.oh * p.ow;
   const int64_t lanes = (n + kTile - 1) / kTile * kTile;

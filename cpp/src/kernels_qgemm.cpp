@@ -38,6 +38,7 @@
 #include <cstring>
 
 #include "edgerun/kernels.h"
+#include "env.h"
 #include "qgemm_ukr.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -117,8 +118,8 @@ __attribute__((target("avx2,avxvnni"))) void qukr_vnni(int64_t kq, const int8_t*
 }
 
 bool has_avx_vnni() {
-  static const bool ok = has_avx2_fma() && __builtin_cpu_supports("avxvnni") &&
-                         std::getenv("EDGERUN_NO_VNNI") == nullptr;
+  static const bool ok = !env_flag("EDGERUN_NO_VNNI") && has_avx2_fma() &&
+                         __builtin_cpu_supports("avxvnni");
   return ok;
 }
 #endif

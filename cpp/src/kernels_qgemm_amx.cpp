@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "env.h"
 #include "qgemm_epi512.h"
 #include "qgemm_ukr.h"
 
@@ -65,7 +66,7 @@ ER_AMX inline __mmask16 strip_mask(int64_t w) {
 }  // namespace
 
 bool has_amx() {
-  static const bool ok = has_avx512_vnni() && std::getenv("EDGERUN_NO_AMX") == nullptr &&
+  static const bool ok = !env_flag("EDGERUN_NO_AMX") && has_avx512_vnni() &&
                          cpu_has_amx_int8() &&
                          syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
   return ok;

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <vector>
 
+#include "env.h"
 #include "qgemm_epi512.h"
 #include "qgemm_ukr.h"
 
@@ -248,12 +249,11 @@ void amx_tiles(const S8Weights& w, int64_t m0, int64_t M, int64_t N, const float
 }  // namespace
 
 bool has_avx512_vnni() {
-  static const bool ok = has_avx2_fma() && __builtin_cpu_supports("avx512f") &&
+  static const bool ok = !env_flag("EDGERUN_NO_AVX512") && !env_flag("EDGERUN_NO_VNNI") &&
+                         has_avx2_fma() && __builtin_cpu_supports("avx512f") &&
                          __builtin_cpu_supports("avx512bw") &&
                          __builtin_cpu_supports("avx512vl") &&
-                         __builtin_cpu_supports("avx512vnni") &&
-                         std::getenv("EDGERUN_NO_AVX512") == nullptr &&
-                         std::getenv("EDGERUN_NO_VNNI") == nullptr;
+                         __builtin_cpu_supports("avx512vnni");
   return ok;
 }
 

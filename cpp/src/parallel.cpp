@@ -27,6 +27,8 @@
 #include <thread>
 #include <vector>
 
+#include "env.h"
+
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define ER_CPU_RELAX() _mm_pause()
@@ -69,11 +71,10 @@ void wait_until(Done done) {
   }
 }
 
-// A duration in microseconds from the environment (negative: 0), or `fallback` when unset.
+// A duration in microseconds from the environment, or `fallback` when unset or not a
+// non-negative integer (env_count warns).
 std::chrono::microseconds env_us(const char* name, long fallback) {
-  const char* v = std::getenv(name);
-  const long us = v == nullptr || *v == '\0' ? fallback : std::atol(v);
-  return std::chrono::microseconds(us < 0 ? 0 : us);
+  return std::chrono::microseconds(env_count(name, fallback));
 }
 
 // Sets the thread-local region state for one participant, restoring it on exit.
