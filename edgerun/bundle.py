@@ -11,17 +11,29 @@ Loading never imports torch.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
+import math
 import os
 import shutil
 import tarfile
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING, Any
 
-from edgerun.errors import BundleError
+from edgerun.errors import BundleError, ConfigError, UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+try:
+    from lzma import LZMAError
+except ImportError:  # a Python built without lzma: tarfile cannot open .tar.xz either
+    LZMAError = zlib.error  # type: ignore[misc,assignment]
 
 FORMAT_NAME = "edgerun-bundle"
 FORMAT_VERSION = 1
@@ -32,6 +44,10 @@ MANIFEST = "manifest.json"
 # An archive that declares more than this unpacked is refused (EDGERUN_MAX_BUNDLE_MB overrides):
 # the zoo's EfficientNet bundles are ~42 MiB; an fp32 LLM half of a few hundred MiB fits.
 MAX_BUNDLE_MB = 8192
+SAMPLES = "samples.npz"
+# What a damaged compressed stream raises while tarfile reads it: gzip's CRC / length check and a
+# bad header (gzip.BadGzipFile, an OSError), a stream cut short (EOFError), bad deflate or xz data.
+_STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, LZMAError)
 
 
 @dataclass(frozen=True)
@@ -156,24 +172,79 @@ class Bundle:
     def has(self, name: str) -> bool:
         return name in self.manifest["files"]
 
+    def samples(self) -> np.ndarray:
+        """The bundle's sample inputs (``samples.npz``), read and checked now: see ``load_samples``."""
+        return load_samples(self.file(SAMPLES))
+
     def __repr__(self) -> str:
         return f"Bundle({self.model_id!r}, cut={self.cut_label!r}, hash={self.hash[:12]}, path={str(self.path)!r})"
 
 
+def load_samples(path: str | Path) -> np.ndarray:
+    """The ``inputs`` array of a ``samples.npz``, read in full here.
+
+    The manifest's sha256 vouches only for the bytes it was sealed with: a file truncated or
+    edited and then resealed (or a bundle written by another tool) passes ``Bundle.load`` and
+    would fail deep inside numpy / zipfile (``BadZipFile``, ``EOFError``, a bad CRC-32) with a
+    traceback from ``verify``, ``run`` or ``layers``. Read through this, it is one BundleError
+    that names the file. Everything that reads a bundle's samples should use it
+    (``Bundle.samples()``).
+    """
+    import numpy as np  # not at import time: a server that never reads samples needs no npz code
+
+    p = Path(path)
+    damaged = "it is damaged or not the .npz edgerun export writes: copy the bundle again or re-export it"
+    try:
+        with open(p, "rb") as f:
+            npz = np.load(f, allow_pickle=False)  # pickled arrays would run code: refused (ValueError)
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise BundleError(f"{p} holds a single array, not an .npz archive; {damaged}")
+            with npz:
+                if "inputs" not in npz.files:
+                    raise BundleError(f"{p} has no 'inputs' array (it has: {npz.files}); re-export the bundle")
+                return npz["inputs"]  # decompresses and checks the member's CRC-32 now, not later
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError, zlib.error) as exc:
+        raise BundleError(f"{p} cannot be read ({type(exc).__name__}: {exc}); {damaged}") from exc
+
+
 def _extract_archive(p: Path) -> tuple[Path, Any]:
+    """Unpack an archive into a temporary directory; return the bundle directory in it and the handle.
+
+    A damaged or truncated archive must say so: tarfile alone stops quietly at a bad member header
+    after the first and never reads the gzip trailer (its CRC), so such an archive unpacked to a
+    part of the bundle and read as "found 0 manifest.json" or as a missing file.
+    """
     if not tarfile.is_tarfile(p):
+        if _looks_like_archive(p):
+            raise _damaged_archive(p, "its first header cannot be read")
         raise BundleError(f"{p} is neither a bundle directory nor a tar archive of one")
+    limit = _max_bundle_bytes()  # a wrong setting fails before anything is unpacked
     tmp = tempfile.TemporaryDirectory(prefix="edgerun-bundle-")
     try:
         with tarfile.open(p) as tf:
-            _check_unpacked_size(p, tf.getmembers(), Path(tmp.name))
+            _check_unpacked_size(p, tf.getmembers(), Path(tmp.name), limit)
             tf.extractall(tmp.name, filter="data")
-    except BundleError:
+            _check_archive_end(p, tf)  # after: extractall left the stream just before the end, no rewind
+    except UserError:
         tmp.cleanup()
         raise
-    except (tarfile.TarError, OSError, EOFError) as exc:
+    except tarfile.FilterError as exc:  # a member the "data" filter refuses: an absolute path, a link out
         tmp.cleanup()
-        raise BundleError(f"archive {p} is corrupted ({exc}); copy it again or re-export") from exc
+        raise BundleError(
+            f"archive {p} is not a bundle edgerun export writes ({exc}); do not use it: get the bundle again "
+            "from its source or re-export it"
+        ) from exc
+    except _STREAM_ERRORS as exc:
+        tmp.cleanup()
+        raise _damaged_archive(p, f"{type(exc).__name__}: {exc}") from exc
+    except OSError as exc:
+        tmp.cleanup()
+        if exc.errno is None:  # a decoder's complaint (bz2: "Invalid data stream"), not the file system's
+            raise _damaged_archive(p, f"{type(exc).__name__}: {exc}") from exc
+        raise BundleError(  # the disk it is unpacked to (full, read-only), not the archive
+            f"archive {p} could not be unpacked into {tmp.name} ({exc}); free space there or point TMPDIR "
+            "at a writable disk, or unpack it yourself (tar -xf) and pass the directory"
+        ) from exc
     root = Path(tmp.name)
     found = list(root.rglob(MANIFEST))
     if len(found) != 1:
@@ -181,28 +252,84 @@ def _extract_archive(p: Path) -> tuple[Path, Any]:
     return found[0].parent, tmp
 
 
-def _check_unpacked_size(p: Path, members: list[tarfile.TarInfo], dest: Path) -> None:
+def _looks_like_archive(p: Path) -> bool:
+    """True when the file starts like a gzip / bzip2 / xz stream or a tar header ("ustar" magic)."""
+    with open(p, "rb") as f:
+        head = f.read(tarfile.BLOCKSIZE)
+    return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar"
+
+
+def _damaged_archive(p: Path, why: str) -> BundleError:
+    return BundleError(
+        f"archive {p} is damaged or truncated ({why}); copy it again (check that the copy finished) "
+        "or re-export the bundle"
+    )
+
+
+def _check_archive_end(p: Path, tf: tarfile.TarFile) -> None:
+    """Refuse an archive whose member list did not end at tar's end-of-archive block, or whose
+    compressed stream fails its own check.
+
+    ``getmembers`` returns what it read up to the first header it cannot parse (damaged, or cut
+    off by a truncated copy) as if the archive ended there; only a block of zeros ends it
+    properly. gzip checks its CRC-32 and length only at the end of the stream, which tarfile
+    never reads: reading the rest here does (a few KiB of padding in a good archive).
+    """
+    f: Any = tf.fileobj
+    f.seek(tf.offset)
+    if f.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
+        raise _damaged_archive(p, f"the member header at byte {tf.offset} of the tar stream is damaged or cut off")
+    while f.read(1 << 20):
+        pass
+
+
+def _max_bundle_bytes() -> int:
+    """The unpacked-size limit in bytes: EDGERUN_MAX_BUNDLE_MB (MiB, fractions allowed) or the default.
+
+    Read and checked where it is used, so a wrong value is one clear message: ``inf`` used to end
+    in an OverflowError, ``0.1`` printed as a 0 MiB limit and ``-1`` as a -1 MiB one. Empty means
+    unset.
+    """
+    raw = os.environ.get("EDGERUN_MAX_BUNDLE_MB", "").strip() or str(MAX_BUNDLE_MB)
+    try:
+        mb = float(raw)
+    except ValueError:
+        mb = math.nan
+    if not (math.isfinite(mb) and mb * 2**20 >= 1):
+        raise ConfigError(
+            f"EDGERUN_MAX_BUNDLE_MB={os.environ.get('EDGERUN_MAX_BUNDLE_MB')!r} is not a positive number of MiB "
+            f"(it takes a finite number > 0, fractions allowed, e.g. 512 or 0.5); unset it for the default "
+            f"{MAX_BUNDLE_MB}, or give one"
+        )
+    return int(mb * 2**20)
+
+
+def _size(n: int) -> str:
+    """A byte count for a message: MiB with one decimal from 1 MiB on, bytes below."""
+    return f"{n / 2**20:.1f}".removesuffix(".0") + " MiB" if n >= 2**20 else f"{n} bytes"
+
+
+def _check_unpacked_size(p: Path, members: list[tarfile.TarInfo], dest: Path, limit: int) -> None:
     """Refuse an archive that would not fit where it is unpacked, before writing a byte of it.
 
     A damaged (or hostile) .tar.gz of a few KB can declare gigabytes; unpacking it would fill the
     disk the device runs from and then fail with a misleading 'corrupted'.
     """
     total = sum(m.size for m in members if m.isfile())
-    raw = os.environ.get("EDGERUN_MAX_BUNDLE_MB", str(MAX_BUNDLE_MB))
-    try:
-        limit = int(float(raw) * 2**20)
-    except ValueError:
-        raise BundleError(f"EDGERUN_MAX_BUNDLE_MB={raw!r} is not a number of MiB; unset it or give one") from None
     if total > limit:
+        have, cap = _size(total), _size(limit)
+        if have == cap or limit < 2**20:  # rounded alike, or under 1 MiB: both in bytes, the limit also in MiB
+            have, cap = f"{total} bytes", f"{limit} bytes ({limit / 2**20:.3g} MiB)"
         raise BundleError(
-            f"archive {p} unpacks to {total / 2**20:.0f} MiB, over the {limit / 2**20:.0f} MiB limit for a bundle; "
+            f"archive {p} unpacks to {have}, over the {cap} limit for a bundle; "
             "it is damaged or not a bundle. If it really is that large, unpack it yourself "
             "(tar -xf) and pass the directory, or raise EDGERUN_MAX_BUNDLE_MB"
         )
     free = shutil.disk_usage(dest).free
     if total > free:
+        have, room = (_size(total), _size(free)) if _size(total) != _size(free) else (f"{total} bytes", f"{free} bytes")
         raise BundleError(
-            f"archive {p} unpacks to {total / 2**20:.0f} MiB but {dest.parent} has {free / 2**20:.0f} MiB free; "
+            f"archive {p} unpacks to {have} but {dest.parent} has {room} free; "
             "free space there, point TMPDIR at a larger disk, or unpack it yourself and pass the directory"
         )
 
@@ -221,7 +348,15 @@ def _read_manifest(p: Path) -> dict[str, Any]:
 
 
 def _check_manifest(p: Path, manifest: dict[str, Any], verify_hashes: bool) -> None:
-    version = manifest.get("format_version")
+    if "format_version" not in manifest:
+        raise BundleError(f"bundle {p} manifest lacks 'format_version'; re-export it")
+    version = manifest["format_version"]
+    # "1" or 1.0 must not read as "version 1; this edgerun reads [1]" (and True == 1 in Python).
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BundleError(
+            f"bundle {p}: manifest.json's format_version must be an integer, not {version!r} "
+            f"({type(version).__name__}); it was not written by edgerun export: re-export the bundle"
+        )
     if version not in ACCEPTED_VERSIONS:
         raise BundleError(
             f"bundle {p} has format version {version}; this edgerun reads {list(ACCEPTED_VERSIONS)}. "
@@ -232,9 +367,14 @@ def _check_manifest(p: Path, manifest: dict[str, Any], verify_hashes: bool) -> N
             raise BundleError(f"bundle {p} manifest lacks {key!r}; re-export it")
     if compute_bundle_hash(manifest) != manifest["bundle_hash"]:
         raise BundleError(f"bundle {p}: manifest.json was edited or corrupted (hash mismatch); re-export it")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
+        raise BundleError(f"bundle {p}: manifest.json's 'files' is not a map of file name -> entry; re-export it")
+    for name in files:
+        _check_file_name(p, name)
     if not verify_hashes:
         return
-    for name, entry in manifest["files"].items():
+    for name, entry in files.items():
         f = p / name
         if not f.is_file():
             raise BundleError(f"bundle {p} is incomplete: {name} is missing; copy the whole bundle again")
@@ -243,3 +383,30 @@ def _check_manifest(p: Path, manifest: dict[str, Any], verify_hashes: bool) -> N
                 f"bundle {p}: {name} does not match its sha256 in the manifest (corrupted or replaced); "
                 "copy the bundle again or re-export it"
             )
+
+
+def _check_file_name(p: Path, name: Any) -> None:
+    """Refuse a manifest file entry that is not a plain path inside the bundle directory.
+
+    The manifest's hashes prove only that the named files have the recorded bytes: an entry like
+    ``/etc/hostname`` or ``../other/back.onnx`` (or a file that is a symlink out of the bundle)
+    would have a file outside the bundle hashed, "verified" and later loaded as part of it.
+    Checked also when hashes are not verified, since ``Bundle.file`` hands these paths out.
+    """
+    if not isinstance(name, str) or not name:
+        raise BundleError(f"bundle {p}: manifest.json names the file {name!r}, which is not a file name; re-export it")
+    why = ""
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        why = "an absolute path"
+    elif ".." in PurePosixPath(name).parts or ".." in PureWindowsPath(name).parts:
+        why = "a path with '..'"
+    else:
+        root = p.resolve()
+        target = (p / name).resolve()
+        if root not in target.parents:
+            why = f"a path that leads outside the bundle (to {target})"
+    if why:
+        raise BundleError(
+            f"bundle {p}: manifest.json names the file {name!r}, {why}; a bundle's files must lie inside its "
+            "directory. Do not use this bundle: re-export it, or get it again from its source"
+        )

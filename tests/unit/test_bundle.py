@@ -7,7 +7,7 @@ import tarfile
 import pytest
 
 from edgerun.bundle import FORMAT_VERSION, Bundle, compute_bundle_hash
-from edgerun.errors import BundleError
+from edgerun.errors import BundleError, ConfigError
 
 
 @pytest.fixture
@@ -129,7 +129,7 @@ def test_an_archive_that_unpacks_too_large_is_refused_before_it_is_written(tmp_p
         Bundle.load(arc)
     assert list(scratch.iterdir()) == []  # nothing unpacked, no directory left behind
     monkeypatch.setenv("EDGERUN_MAX_BUNDLE_MB", "lots")
-    with pytest.raises(BundleError, match="is not a number of MiB"):
+    with pytest.raises(ConfigError, match="is not a positive number of MiB"):
         Bundle.load(arc)
     assert list(scratch.iterdir()) == []
 
