@@ -42,7 +42,7 @@ def main() -> None:
 
     # Per-segment latency on the device engine, batch 1 (median of repeats).
     seg = Segments(b, engine)
-    x = np.load(b.file("samples.npz"))["inputs"][:1]
+    x = b.samples()[:1]
     seg_ms, cur = [], x
     for i in range(len(seg.points)):
         ts = []

@@ -41,7 +41,7 @@ def _export_cut(traced, cut_index: int, work: Path):
     from edgerun.exporters.pipeline import ExportConfig, export
 
     b = export(traced, ExportConfig(cut=max(cut_index, 0), evaluate=False), work / f"cut{cut_index}")
-    xs = np.ascontiguousarray(np.load(b.file("samples.npz"))["inputs"], dtype=np.float32)
+    xs = np.ascontiguousarray(b.samples(), dtype=np.float32)
     return (make_server_bundle(b, work / "input-cut") if cut_index == -1 else b), xs
 
 

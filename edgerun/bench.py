@@ -195,7 +195,7 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests:
         raise ConfigError(f"unknown modes {sorted(set(modes) - set(all_modes))}; use {all_modes}")
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     lnk = link if isinstance(link, LinkProfile) else load_link(link)
-    xs = np.ascontiguousarray(np.load(b.file("samples.npz"))["inputs"], dtype=np.float32)
+    xs = np.ascontiguousarray(b.samples(), dtype=np.float32)
     from edgerun.profiles import emulated_device
 
     _, factor, note = emulated_device(device)

@@ -260,7 +260,7 @@ def run_cmd(
         if limit is not None and limit < 1:
             raise ConfigError(f"--limit {limit}: give the number of inputs to run (>= 1), or leave it out for all")
         b = Bundle.load(bundle)
-        x = _load_inputs(input, limit) if input else np.load(b.file("samples.npz"))["inputs"]
+        x = _load_inputs(input, limit) if input else b.samples()
         x = np.asarray(x, dtype=np.float32)[:limit]
         with Device(b, broker=broker, engine=engine, threads=threads, budget=budget) as dev:
             for i in range(len(x)):

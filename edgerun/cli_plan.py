@@ -96,7 +96,7 @@ def layers_cmd(
             if not b.has("front.erg"):
                 raise ConfigError(f"bundle {bundle} has no front.erg (exported with --engine ort?); "
                                   "re-export it with the native engine")
-            erg, x = b.file("front.erg"), np.load(b.file("samples.npz"))["inputs"][:1]
+            erg, x = b.file("front.erg"), b.samples()[:1]
         eng = NativeEngine(erg, max_batch=1, threads=threads)
         if x is None:  # a bare .erg: random input of its shape
             x = np.random.default_rng(0).standard_normal((1, *eng.input_shapes[0][1:])).astype(np.float32)

@@ -450,11 +450,16 @@ def _check_finite_cut(outs: dict[str, np.ndarray], cut: Any) -> None:
 
 
 def _make_front(b: Bundle, engine: str, threads: int) -> Any:
-    from edgerun.engine import make_engine
+    from edgerun.engine import check_io, make_engine
 
     if engine == "native":
         if not b.native_ok:
             raise UnsupportedOpError(f"the native engine cannot run the front half of {b} ({b.native_reason}): "
                             "use engine='ort' (--engine ort)")
-        return make_engine("native", erg_path=b.file("front.erg"), threads=threads)
-    return make_engine("ort", onnx_path=b.file("front.onnx"), threads=threads)
+        path = b.file("front.erg")
+        eng = make_engine("native", erg_path=path, threads=threads)
+    else:
+        path = b.file("front.onnx")
+        eng = make_engine("ort", onnx_path=path, threads=threads)
+    check_io(path, eng.input_names, eng.output_names, [s.name for s in b.inputs], [s.name for s in b.cut])
+    return eng

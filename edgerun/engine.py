@@ -62,11 +62,14 @@ class NativeEngine:
         core = _core()
         try:
             self._engine = core.Engine(os.fspath(erg_path), int(max_batch), int(threads))
+            self.input_names: list[str] = [t["name"] for t in self._engine.inputs]
+            self.output_names: list[str] = [t["name"] for t in self._engine.outputs]
         except core.CoreError as exc:
             raise from_core_error(exc) from None
+        except UnicodeDecodeError:
+            raise _not_utf8(erg_path) from None
+        self._erg_path = os.fspath(erg_path)
         self._core_error = core.CoreError
-        self.input_names: list[str] = [t["name"] for t in self._engine.inputs]
-        self.output_names: list[str] = [t["name"] for t in self._engine.outputs]
         self.input_shapes: list[tuple[int, ...]] = [tuple(t["shape"]) for t in self._engine.inputs]
         self.arena_bytes: int = self._engine.arena_bytes
         self.weight_bytes: int = self._engine.weight_bytes
@@ -126,9 +129,18 @@ class NativeEngine:
             for _ in range(runs):
                 self.run(feeds)
             steps, n = self._engine.step_times()
+        except UnicodeDecodeError:
+            raise _not_utf8(self._erg_path) from None
         finally:
             self._engine.set_profiling(False)
         return [{"node": node, "op": op, "kernel": kernel, "us": ns / n / 1e3} for node, op, kernel, ns in steps]
+
+
+def _not_utf8(erg_path: str | os.PathLike) -> Exception:
+    from edgerun.errors import BundleError
+
+    return BundleError(f"{os.fspath(erg_path)!r} holds a layer or tensor name that is not UTF-8 text: the file "
+                       "is damaged or not written by edgerun; re-export the bundle")
 
 
 class OrtEngine:
@@ -173,6 +185,24 @@ class OrtEngine:
         return dict(zip(self.output_names, outs))
 
 
+def check_io(path: str | os.PathLike, input_names: list[str], output_names: list[str],
+             inputs: list[str], outputs: list[str]) -> None:
+    """Refuse a model file whose inputs are not ``inputs`` or whose outputs lack ``outputs``.
+
+    A bundle file from another export, sealed again (a copy tool, a hand edit), failed later as a
+    KeyError naming a tensor, or as "missing inputs" without naming the file.
+
+    Raises:
+        BundleError: the names differ; the message names the file and both sides.
+    """
+    if set(input_names) != set(inputs) or not set(outputs) <= set(output_names):
+        from edgerun.errors import BundleError
+
+        raise BundleError(f"{os.fspath(path)!r} takes {list(input_names)} and gives {list(output_names)}, but the "
+                          f"bundle's manifest says {list(inputs)} -> {list(outputs)}: the file is from another "
+                          "export; re-export the bundle")
+
+
 def make_engine(kind: str, *, erg_path=None, onnx_path=None, threads: int = 1,
                 max_batch: int = 8) -> NativeEngine | OrtEngine:
     """Build the front-half engine named by ``kind`` ("native" or "ort").
@@ -191,4 +221,4 @@ def make_engine(kind: str, *, erg_path=None, onnx_path=None, threads: int = 1,
     return OrtEngine(onnx_path, threads=threads)
 
 
-__all__ = ["ENGINE_KINDS", "NativeEngine", "OrtEngine", "make_engine"]
+__all__ = ["ENGINE_KINDS", "NativeEngine", "OrtEngine", "check_io", "make_engine"]

@@ -28,7 +28,8 @@ import numpy as np
 
 from edgerun import crossing, transport, wire
 from edgerun.bundle import Bundle, TensorSpec
-from edgerun.errors import ConfigError, FrameError
+from edgerun.engine import check_io
+from edgerun.errors import BundleError, ConfigError, FrameError
 
 log = logging.getLogger("edgerun.server")
 
@@ -69,7 +70,11 @@ def make_back_session(path: Path, threads: int) -> Any:
     providers = ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own untyped errors (InvalidProtobuf, Fail, ...)
+        raise BundleError(f"onnxruntime cannot load the back half {str(path)!r}: {exc}; "
+                          "re-export the bundle") from exc
 
 
 def check_tensors(tensors: list[np.ndarray | wire.CodedTensor], specs: list[TensorSpec], max_bytes: int) -> None:
@@ -110,6 +115,9 @@ class _Worker:
         self.bundle = bundle
         self.max_frame_bytes = max_frame_bytes
         self.session = make_back_session(bundle.file("back.onnx"), threads)
+        check_io(bundle.file("back.onnx"), [i.name for i in self.session.get_inputs()],
+                 [o.name for o in self.session.get_outputs()], [s.name for s in bundle.cut],
+                 [s.name for s in bundle.outputs])
         self.in_names = [i.name for i in self.session.get_inputs()]
         self.out_names = [o.name for o in bundle.outputs]
         if len(self.in_names) != len(bundle.cut):

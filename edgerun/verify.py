@@ -83,17 +83,21 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
         BundleError: the bundle cannot be loaded.
         ConfigError: an unknown ``engine``.
     """
-    from edgerun.engine import make_engine
+    from edgerun.engine import check_io, make_engine
 
     if engine not in ("native", "ort"):
         raise ConfigError(f"engine {engine!r}: use 'native' or 'ort'")
 
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    x = np.load(b.file("samples.npz"))["inputs"].astype(np.float32)
+    x = b.samples().astype(np.float32)
     msgs: list[str] = []
     ort_front = make_engine("ort", onnx_path=b.file("front.onnx"), threads=threads)
     back = make_engine("ort", onnx_path=b.file("back.onnx"), threads=threads)
     whole = make_engine("ort", onnx_path=b.file("whole.onnx"), threads=threads)
+    ins, cut, outs = [s.name for s in b.inputs], [s.name for s in b.cut], [s.name for s in b.outputs]
+    for name, eng, want in (("front.onnx", ort_front, (ins, cut)), ("back.onnx", back, (cut, outs)),
+                            ("whole.onnx", whole, (ins, outs))):
+        check_io(b.file(name), eng.input_names, eng.output_names, *want)
     in_name = b.inputs[0].name
     ref = whole.run({in_name: x})[b.outputs[0].name]
     mid_ort = ort_front.run({in_name: x})
@@ -121,6 +125,7 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
     native_state = "skipped"
     if engine == "native" and b.native_ok:  # (--engine ort deploys front.onnx, checked above)
         native = make_engine("native", erg_path=b.file("front.erg"), threads=threads, max_batch=len(x))
+        check_io(b.file("front.erg"), native.input_names, native.output_names, ins, cut)
         mid_nat = native.run({in_name: x})
         nat_err, nat_lim = 0.0, 0.0
         for t in b.cut:

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgerun.bundle import load_samples
 from edgerun.exporters.models import SourceModel
 
 EVAL_BATCH = 32
@@ -93,7 +94,7 @@ def evaluate_split(
     if src.zoo is not None:
         x, y = src.zoo.eval_data(limit=limit)
     else:
-        x = np.load(bundle_dir / "samples.npz")["inputs"]
+        x = load_samples(bundle_dir / "samples.npz")
         y = None
     x = np.ascontiguousarray(x, dtype=np.float32)
     t0 = time.perf_counter()
@@ -133,7 +134,7 @@ def calibration_activations(src: SourceModel, front_path: Path, n: int = 64) -> 
     if src.zoo is not None:
         x = np.ascontiguousarray(src.zoo.calib_data(n), dtype=np.float32)
     else:
-        x = np.ascontiguousarray(np.load(front_path.parent / "samples.npz")["inputs"], dtype=np.float32)
+        x = np.ascontiguousarray(load_samples(front_path.parent / "samples.npz"), dtype=np.float32)
     s = session(front_path)
     name = s.get_inputs()[0].name
     names = [o.name for o in s.get_outputs()]
