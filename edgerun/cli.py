@@ -190,6 +190,7 @@ def serve_cmd(
     broker: str = typer.Option(..., help="broker URL, e.g. mqtt://127.0.0.1:1883"),
     group: str = typer.Option("edgerun", help="shared-subscription group (workers of one group split the load)"),
     threads: int = typer.Option(1, help="onnxruntime intra-op threads"),
+    max_frame_mb: float = typer.Option(16.0, help="refuse requests larger than this, or that decode to more (MiB)"),
 ) -> None:
     """Serve the back half of BUNDLE over MQTT until Ctrl-C / SIGTERM."""
     import logging
@@ -203,7 +204,10 @@ def serve_cmd(
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        stats = serve(str(bundle), broker, group=group, threads=threads, stop=stop)
+        if not 0 < max_frame_mb < 2**20:
+            raise ConfigError(f"--max-frame-mb {max_frame_mb}: give a size in MiB > 0 (default 16)")
+        stats = serve(str(bundle), broker, group=group, threads=threads, stop=stop,
+                      max_frame_bytes=int(max_frame_mb * 2**20))
     except EdgerunError as exc:
         _fail(exc)
         return

@@ -141,7 +141,7 @@ class Device:
             raise ConfigError(f"timeout_ms={timeout_ms} must be > 0")
         self.bundle = b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.device_id = transport.check_segment(
-            "device id", device_id or f"{transport.default_id('device')}-{secrets.token_hex(2)}")
+            "device id", device_id or transport.default_id("device"))
         self.timeout_ms = float(timeout_ms)
         self.max_frame_bytes = wire.DEFAULT_MAX_FRAME_BYTES if max_frame_bytes is None else int(max_frame_bytes)
         self.exits: exits_mod.ExitController | None = None
@@ -239,12 +239,17 @@ class Device:
                            bundle_hash=self.bundle.hash16, tensors=cut, meta={})
         payload = self._encode(frame)
         t_enc = time.perf_counter()
+        if step is None and not self._client.connected:  # nothing would answer: say so now
+            detail = self._connect_error or f"lost the broker at {transport.redact_broker_url(self._broker)}"
+            raise TransportError(f"{detail}; paho is reconnecting in the background, nothing was sent: "
+                                 "retry, or export the bundle with --exits auto to answer on the device meanwhile")
         fut: Future[tuple[bytes, float]] = Future()
         with self._lock:
             self._pending[request_id] = fut
         try:
             self._client.publish(self._req_topic, payload, response_topic=self._resp_topic,
-                                 correlation=transport.correlation_bytes(request_id))
+                                 correlation=transport.correlation_bytes(request_id),
+                                 expiry_s=math.ceil(wait_ms / 1000.0))  # stale requests die in the broker
             remaining_s = max(wait_ms / 1000.0 - (t_enc - t_start), 0.0)
             reply, t_recv = fut.result(timeout=remaining_s)
         except FutureTimeout:
@@ -272,7 +277,8 @@ class Device:
             with self._lock:
                 self._pending.pop(request_id, None)
         self._observe_rtt((t_recv - t_enc) * 1e3)
-        result = self._finish(reply, request_id, (t_start, t_front, t_enc, t_recv))
+        batch = int(next(iter(outs.values())).shape[0])
+        result = self._finish(reply, request_id, (t_start, t_front, t_enc, t_recv), batch)
         if step is not None:
             result.front_compute_fraction = step.compute_fraction
         return result
@@ -313,8 +319,8 @@ class Device:
         client.connect()
         try:
             client.subscribe(self._resp_topic)
-            client.publish(self._presence, transport.presence_payload(
-                "device", self.device_id, "online", bundle=self.bundle.hash, engine=self._engine_kind), retain=True)
+            client.announce(self._presence, transport.presence_payload(
+                "device", self.device_id, "online", bundle=self.bundle.hash, engine=self._engine_kind))
         except Exception:
             client.close()
             raise
@@ -388,7 +394,7 @@ class Device:
             parts.append(self.engine.run(sl))
         return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
-    def _finish(self, reply: bytes, request_id: int, marks: tuple[float, float, float, float]) -> Result:
+    def _finish(self, reply: bytes, request_id: int, marks: tuple[float, float, float, float], batch: int) -> Result:
         t_start, t_front, t_enc, t_recv = marks
         t0 = time.perf_counter()
         frame = self._decode(reply, max_bytes=self.max_frame_bytes, expect_hash=self.bundle.hash16)
@@ -403,8 +409,10 @@ class Device:
         if len(frame.tensors) != len(names):
             raise FrameError(f"reply carries {len(frame.tensors)} tensors, the model has {len(names)} outputs",
                              "bad_reply")
+        meta = frame.meta if isinstance(frame.meta, dict) else {}
+        _check_reply(frame.tensors, self.bundle.outputs, batch, meta)
         t_dec = time.perf_counter()
-        server_ms = float(frame.meta.get("server_us", 0)) / 1000.0
+        server_ms = float(meta.get("server_us", 0)) / 1000.0
         timings = {
             "device": (t_front - t_start) * 1e3,
             "encode": (t_enc - t_front) * 1e3,
@@ -414,7 +422,7 @@ class Device:
             "total": (t_dec - t_start) * 1e3,
         }
         return Result(output=dict(zip(names, frame.tensors)), answered_by="server", reason="server replied",
-                      request_id=request_id, timings_ms=timings, worker=str(frame.meta.get("worker", "")))
+                      request_id=request_id, timings_ms=timings, worker=str(meta.get("worker", "")))
 
     def _on_reply(self, msg: Any) -> None:
         """paho thread: hand the reply to the waiting infer(); unknown or repeated ids are dropped."""
@@ -435,6 +443,22 @@ class Device:
             return
         if not fut.done():
             fut.set_result((bytes(msg.payload), t_recv))
+
+
+def _check_reply(tensors: list[Any], specs: Any, batch: int, meta: dict) -> None:
+    """A reply must hold the model's outputs for this batch: anything on the response topic with the
+    right correlation data (a rogue or broken responder) came back as the server's answer, a coded
+    tensor as a raw object, and a bad ``server_us`` as a ValueError."""
+    for t, spec in zip(tensors, specs):
+        if not isinstance(t, np.ndarray) or str(t.dtype) != spec.dtype or not spec.matches(tuple(t.shape)) \
+                or t.shape[0] != batch:
+            what = type(t).__name__ if not isinstance(t, np.ndarray) else f"{t.dtype} {tuple(t.shape)}"
+            raise FrameError(f"the reply's {spec.name!r} is {what}; the model gives {spec.dtype} {spec.shape} "
+                             f"with batch {batch}: the responder is not an `edgerun serve` for this bundle",
+                             "bad_reply")
+    us = meta.get("server_us", 0)
+    if isinstance(us, bool) or not isinstance(us, (int, float)) or not 0 <= us < math.inf:
+        raise FrameError(f"the reply's server_us is {us!r}, not a number of microseconds >= 0", "bad_reply")
 
 
 def _check_finite_cut(outs: dict[str, np.ndarray], cut: Any) -> None:

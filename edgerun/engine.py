@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
 from typing import Mapping
 
 import numpy as np
@@ -70,6 +71,10 @@ class NativeEngine:
             raise _not_utf8(erg_path) from None
         self._erg_path = os.fspath(erg_path)
         self._core_error = core.CoreError
+        # One run at a time: a run holds the engine's arena (and its worker pool) without the GIL,
+        # and two Python threads calling one engine got each other's activations (wrong answers,
+        # no error). Uncontended, the lock costs well under a microsecond per run.
+        self._lock = threading.Lock()
         self.input_shapes: list[tuple[int, ...]] = [tuple(t["shape"]) for t in self._engine.inputs]
         self.arena_bytes: int = self._engine.arena_bytes
         self.weight_bytes: int = self._engine.weight_bytes
@@ -94,7 +99,8 @@ class NativeEngine:
         if any(a.ndim == 0 for a in arrays):
             raise ConfigError("inputs must have a batch dim; got a scalar")
         try:
-            outs = self._engine.run(arrays, int(arrays[0].shape[0]))
+            with self._lock:
+                outs = self._engine.run(arrays, int(arrays[0].shape[0]))
         except self._core_error as exc:
             raise from_core_error(exc) from None
         return dict(zip(self.output_names, outs))
@@ -128,7 +134,8 @@ class NativeEngine:
         try:
             for _ in range(runs):
                 self.run(feeds)
-            steps, n = self._engine.step_times()
+            with self._lock:
+                steps, n = self._engine.step_times()
         except UnicodeDecodeError:
             raise _not_utf8(self._erg_path) from None
         finally:

@@ -105,7 +105,8 @@ def check_tensors(tensors: list[np.ndarray | wire.CodedTensor], specs: list[Tens
     size = crossing.decoded_bytes(tensors)
     if size > max_bytes:
         raise FrameError(f"the cut tensors take {size} bytes decoded, over this server's limit of {max_bytes}: "
-                         "send smaller batches, or raise max_frame_bytes on the server", "too_large")
+                         "send smaller batches, or raise the server's limit (`edgerun serve --max-frame-mb`)",
+                         "too_large")
 
 
 class _Worker:
@@ -135,6 +136,11 @@ class _Worker:
         resp_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         corr = getattr(props, "CorrelationData", None) if props is not None else None
         request_id = transport.correlation_id(corr) or 0
+        bad_topic = transport.publish_topic_problem(resp_topic) if resp_topic is not None else ""
+        if bad_topic:  # a wildcard in it made the reply's publish raise, which ended the server
+            self.stats.count_error("bad_response_topic", answered=False)
+            log.warning("request %d dropped: its Response Topic %.80r %s", request_id, resp_topic, bad_topic)
+            return
         t0 = time.perf_counter()
         try:
             frame = self.decode(msg.payload, max_bytes=self.max_frame_bytes, expect_hash=self.bundle.hash16)
@@ -155,8 +161,18 @@ class _Worker:
             self.stats.count_error("no_response_topic", answered=False)
             log.warning("request %d has no Response Topic: computed but dropped", request_id)
             return
-        self.client.publish(resp_topic, reply, correlation=corr)
-        self.stats.served += 1
+        if self._publish(resp_topic, reply, corr, request_id):
+            self.stats.served += 1
+
+    def _publish(self, topic: str, payload: bytes, corr: bytes | None, request_id: int) -> bool:
+        """Publish a reply; a failure (broker gone, queue full) is logged and counted, never raised."""
+        try:
+            self.client.publish(topic, payload, correlation=corr)
+            return True
+        except (ValueError, RuntimeError, TypeError, OSError) as exc:
+            self.stats.count_error("reply_failed", answered=False)
+            log.warning("could not send the reply to request %d: %s", request_id, exc)
+            return False
 
     def _run(self, frame: Any, t0: float) -> bytes:
         """Back half on the decoded frame; ``server_us`` counts decode + compute since ``t0``."""
@@ -174,7 +190,7 @@ class _Worker:
         log.warning("request %d rejected (%s): %s%s", request_id, code, message, "" if answered else " [dropped]")
         if answered:
             payload = wire.error_frame(request_id, self.bundle.hash16, code, message)
-            self.client.publish(resp_topic, payload, correlation=corr)
+            self._publish(resp_topic, payload, corr, request_id)
 
 
 def serve(
@@ -227,8 +243,7 @@ def serve(
     client.connect()
     try:
         client.subscribe(sub)
-        client.publish(pres, transport.presence_payload("server", wid, "online", bundle=b.hash, group=group),
-                       retain=True)
+        client.announce(pres, transport.presence_payload("server", wid, "online", bundle=b.hash, group=group))
         log.info("serving %s as %s on %s (%s)", b, wid, client.url, sub)
         if ready is not None:
             ready()
@@ -249,10 +264,13 @@ def _loop(w: _Worker, stop: threading.Event) -> None:
         except queue.Empty:
             msg = None
         if msg is not None:
-            w.handle(msg)
+            try:
+                w.handle(msg)
+            except Exception:  # handle() never raises; if a bug makes it, one request fails, not the server
+                log.exception("unexpected error on a request; still serving")
         if time.monotonic() >= next_stats:
             log.info("stats: %s", json.dumps(w.stats.to_dict()))
-            next_stats += _STATS_EVERY_S
+            next_stats = time.monotonic() + _STATS_EVERY_S  # after a long stop: one line, not a burst
 
 
 def _install_signals(stop: threading.Event) -> Callable[[], None]:

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import socket
 import struct
 import threading
@@ -35,6 +36,10 @@ log = logging.getLogger("edgerun.transport")
 
 PREFIX = "edgerun/v1"
 QOS = 1
+# Unsent QoS 1 messages one client holds. paho queues every publish while the broker is away
+# (unbounded by default) and sends the backlog on reconnect: a device that went on asking during
+# a 15 s outage grew by ~600 MB and the server then computed every stale request.
+MAX_QUEUED_MESSAGES = 256
 _SEGMENT_OK = re.compile(r"^[A-Za-z0-9._:@=-]{1,128}$")
 _TOPIC_ID = re.compile(r"^[0-9a-f]{32}$")
 _ROLES = ("server", "device")
@@ -113,9 +118,27 @@ def parse_request_topic(topic: str) -> tuple[str, str, str]:
 
 
 def default_id(prefix: str) -> str:
-    """A readable unique-enough id: ``<prefix>-<host>-<pid>``."""
+    """A readable unique id: ``<prefix>-<host>-<pid>-<4 hex>``.
+
+    The random part: two workers in host-network containers are both PID 1 on the same host, and
+    two MQTT clients with one client id kick each other off the broker about every second.
+    """
     host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
-    return f"{prefix}-{host}-{os.getpid()}"
+    return f"{prefix}-{host}-{os.getpid()}-{secrets.token_hex(2)}"
+
+
+def publish_topic_problem(topic: Any) -> str:
+    """Why ``topic`` cannot be published to ("" if it can): MQTT forbids wildcards and NUL in a topic
+    name, and an empty one. A request's Response Topic is whatever its sender wrote."""
+    if not isinstance(topic, str) or not topic:
+        return "is empty or not text"
+    if "+" in topic or "#" in topic:
+        return "holds a wildcard (+ or #)"
+    if "\0" in topic:
+        return "holds a NUL character"
+    if len(topic.encode("utf-8", "surrogatepass")) > 65535:
+        return "is longer than MQTT allows (65535 bytes)"
+    return ""
 
 
 # ----------------------------------------------------- correlation data --
@@ -170,6 +193,7 @@ class MqttClient:
         self.host, self.port = parse_broker_url(broker_url)
         user, password = broker_credentials(broker_url)
         self._refused = ""  # the broker's reason when it refused the connection
+        self._announced: tuple[str, bytes] | None = None  # presence to publish again after a reconnect
         self.client_id = client_id
         self._on_message = on_message
         self._subs: dict[str, int] = {}
@@ -182,6 +206,7 @@ class MqttClient:
         c.reconnect_delay_set(min_delay=1, max_delay=16)  # paho doubles the delay up to max
         if user is not None:
             c.username_pw_set(user, password)
+        c.max_queued_messages_set(MAX_QUEUED_MESSAGES)
         if will is not None:
             c.will_set(will[0], will[1], qos=QOS, retain=True)
         c.on_socket_open = _set_nodelay
@@ -243,16 +268,39 @@ class MqttClient:
         correlation: bytes | None = None,
         retain: bool = False,
         qos: int = QOS,
+        expiry_s: int | None = None,
     ) -> mqtt.MQTTMessageInfo:
-        """Publish one message (QoS 1 by default), with MQTT 5 request/response properties."""
+        """Publish one message (QoS 1 by default), with MQTT 5 request/response properties.
+
+        ``expiry_s``: the broker drops the message if it cannot deliver it within that many seconds
+        (a request whose deadline has passed is not worth computing).
+
+        Raises:
+            TransportError: this client already holds ``MAX_QUEUED_MESSAGES`` unsent messages.
+        """
         props = None
-        if response_topic is not None or correlation is not None:
+        if response_topic is not None or correlation is not None or expiry_s is not None:
             props = Properties(PacketTypes.PUBLISH)
             if response_topic is not None:
                 props.ResponseTopic = response_topic
             if correlation is not None:
                 props.CorrelationData = correlation
-        return self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+            if expiry_s is not None:
+                props.MessageExpiryInterval = max(1, int(expiry_s))
+        info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            raise TransportError(f"{MAX_QUEUED_MESSAGES} messages to {self.url} are still unsent (is the broker "
+                                 "reachable?); this one was not queued")
+        return info
+
+    def announce(self, topic: str, payload: bytes) -> None:
+        """Publish ``payload`` retained on ``topic`` now and again after every reconnect.
+
+        For presence "online": after the broker dropped us (keepalive, a restart without persistence)
+        our last will left "offline" retained, or nothing, while we went on serving.
+        """
+        self._announced = (topic, payload)
+        self.publish(topic, payload, retain=True)
 
     def close(self, final: tuple[str, bytes] | None = None, timeout_s: float = 2.0) -> None:
         """Publish ``final`` (retained, e.g. presence "offline"), disconnect, stop the loop."""
@@ -282,6 +330,8 @@ class MqttClient:
             client.subscribe(topic_filter, qos=QOS)
         if subs:
             log.info("reconnected to %s, subscriptions renewed", self.url)
+        if self._announced is not None:  # set only after the first connect: this is a reconnect
+            client.publish(self._announced[0], self._announced[1], qos=QOS, retain=True)
         self._connected.set()
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 KILLED_SERVER_TIMEOUT_MS = 1500.0
 HANG_GUARD_S = 30.0  # only to turn a hang into a failure, not a performance bound
 N_SPLIT_REQUESTS = 60
-RECONNECT_TRIES = 15  # x timeout 2 s: covers paho's reconnect backoff with margin
+RECONNECT_WAIT_S = 30.0  # covers paho's reconnect backoff (1 s doubling) with margin
 
 
 def dead_broker_url() -> str:
@@ -270,15 +270,35 @@ def test_server_and_device_reconnect_after_a_broker_restart(digits_bundle, spawn
             first.stop()
             second.start()  # same port: both clients find it again on their own
             answered = None
-            for _ in range(RECONNECT_TRIES):  # paho's backoff is 1 s doubling to 16 s
+            give_up = time.monotonic() + RECONNECT_WAIT_S  # paho's backoff is 1 s doubling to 16 s
+            while answered is None and time.monotonic() < give_up:
                 try:
                     answered = dev.infer(x)
-                    break
-                except TransportError:
-                    continue
+                except TransportError:  # at once while the device is disconnected: nothing is sent
+                    time.sleep(0.1)
             assert answered is not None and answered.answered_by == "server"
         assert server.stop() == 0
         assert "reconnecting" in server.stderr and "subscriptions renewed" in server.stderr
     finally:
         first.stop()
         second.stop()
+
+
+def test_with_the_broker_gone_a_request_fails_at_once_and_nothing_piles_up(digits_bundle):
+    """paho queued every request made while the broker was away (unbounded: ~600 MB in a 15 s outage
+    at 4 MB per request) and replayed them all on reconnect; each also waited out its whole timeout."""
+    from edgerun.broker import Mosquitto
+
+    b = Mosquitto().start()
+    try:
+        with Device(digits_bundle, broker=b.url, engine="ort", timeout_ms=30000) as dev:
+            b.stop()
+            deadline = time.monotonic() + HANG_GUARD_S
+            while dev._client.connected and time.monotonic() < deadline:
+                time.sleep(0.02)
+            for _ in range(5):  # refused before publishing: no wait for a reply that cannot come
+                with pytest.raises(TransportError, match="nothing was sent"):
+                    dev.infer(sample(digits_bundle))
+            assert len(dev._client._client._out_messages) == 0 and not dev._pending
+    finally:
+        b.stop()

@@ -74,6 +74,30 @@ def test_engines_on_several_python_threads_at_once(effnet_fronts):
     assert not errors, errors
 
 
+def test_one_engine_shared_by_python_threads_answers_each_its_own(effnet_fronts):
+    """A run holds the engine's arena without the GIL: two threads on *one* engine got each other's
+    activations (wrong answers, no error; a device's callers on several threads do this). Runs are
+    serialized now."""
+    paths, x = effnet_fronts
+    eng = NativeEngine(paths["int8"], max_batch=1, threads=1)
+    refs = [eng.run(x[i : i + 1]) for i in range(2)]
+    errors: list[str] = []
+
+    def worker(i: int) -> None:
+        for _ in range(6):
+            out = eng.run(x[i : i + 1])
+            if any(not np.array_equal(out[k], refs[i][k]) for k in out):
+                errors.append(f"thread {i}: got another input's answer")
+
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(HANG_GUARD_S)
+    assert not any(t.is_alive() for t in ts)
+    assert not errors, errors
+
+
 def _in_child(fn, hang_message: str = "the child hung") -> int:
     """fn() in a fork()ed child; its return value (an exit code), or a failure if it hangs."""
     import time
