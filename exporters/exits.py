@@ -86,9 +86,9 @@ def parse_exits(spec: str | int | None) -> int | None:
     try:
         n = int(spec)
     except (TypeError, ValueError):
-        raise ConfigError(f"--exits {spec!r}: use auto, none or a number of exits >= 1") from None
+        raise ConfigError(f"--exits {spec!r}: use auto, none (or 0) or a number of exits >= 1") from None
     if n < 1:
-        raise ConfigError(f"--exits {n}: use auto, none or a number of exits >= 1")
+        raise ConfigError(f"--exits {n}: use auto, none (or 0) or a number of exits >= 1")
     return n
 
 
