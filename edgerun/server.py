@@ -128,10 +128,12 @@ class _Worker:
         self.decode, self.encode = wire.best_decoder(), wire.best_encoder()
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.client: transport.MqttClient | None = None
+        self._topic = "?"  # topic of the message being handled
 
     def handle(self, msg: Any) -> None:
         """Answer one MQTT message; never raises."""
         self.stats.received += 1
+        self._topic = str(getattr(msg, "topic", "?"))  # names the sending device in log lines
         props = getattr(msg, "properties", None)
         resp_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         corr = getattr(props, "CorrelationData", None) if props is not None else None
@@ -187,7 +189,8 @@ class _Worker:
     def _fail(self, resp_topic: str | None, corr: bytes | None, request_id: int, code: str, message: str) -> None:
         answered = resp_topic is not None
         self.stats.count_error(code, answered)
-        log.warning("request %d rejected (%s): %s%s", request_id, code, message, "" if answered else " [dropped]")
+        log.warning("request %d on %s rejected (%s): %s%s", request_id, self._topic, code, message,
+                    "" if answered else " [dropped]")
         if answered:
             payload = wire.error_frame(request_id, self.bundle.hash16, code, message)
             self._publish(resp_topic, payload, corr, request_id)
