@@ -172,7 +172,7 @@ class Device:
         self._resp_topic = transport.response_topic(b.model_id, b.topic_id, self.device_id)
         self._presence = transport.presence_topic(b.model_id, b.topic_id, "device", self.device_id)
         self._pending: dict[int, Future[tuple[bytes, float]]] = {}
-        self._late_ids: set[int] = set()  # requests past their deadline (a reply may still come)
+        self._late_ids: dict[int, float] = {}  # requests past their deadline -> send time (a reply may come)
         self._lock = threading.Lock()
         self._ids = itertools.count(secrets.randbits(62) + 1)  # random start: ids stay unique across restarts
         self.dropped_replies = 0
@@ -256,9 +256,9 @@ class Device:
             msg = (f"no reply from a server for bundle {self.bundle.topic_id} ({self.bundle.model_id}) within "
                    f"{wait_ms:g} ms")
             with self._lock:
-                if len(self._late_ids) >= LATE_IDS_KEPT:  # a dead server never answers them
-                    self._late_ids.pop()
-                self._late_ids.add(request_id)  # its reply may still come: not "unknown" then
+                if len(self._late_ids) >= LATE_IDS_KEPT:  # a dead server never answers them: oldest out
+                    self._late_ids.pop(next(iter(self._late_ids)))
+                self._late_ids[request_id] = t_enc  # its reply may still come: not "unknown" then
             if step is None:
                 if self.rtt_ms is not None and self.rtt_ms > 0.5 * wait_ms:
                     raise TransportError(f"{msg}; round trips to the server have taken ~{self.rtt_ms:.1f} ms: "
@@ -431,11 +431,14 @@ class Device:
         request_id = transport.correlation_id(getattr(props, "CorrelationData", None))
         with self._lock:
             fut = self._pending.pop(request_id, None) if request_id is not None else None
-            late = fut is None and request_id in self._late_ids
-            self._late_ids.discard(request_id)
+            sent = self._late_ids.pop(request_id, None) if fut is None else None
             if fut is None:
                 self.dropped_replies += 1
-        if late:
+        if sent is not None:
+            # The server is up, only slower than that deadline: learn its round trip (the deadline
+            # check then predicts the next miss) instead of treating the miss as an outage, which
+            # answered every request locally for a second after one too-short deadline.
+            self._observe_rtt((t_recv - sent) * 1e3)
             log.info("dropped the reply to request %s: it came after its deadline", request_id)
             return
         if fut is None:

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -194,7 +195,28 @@ def _field(d: dict, key: str, path: Path, typ: type, *, default: Any = ..., wher
         v = float(v)
     if not isinstance(v, typ) or isinstance(v, bool) and typ is not bool:
         raise ConfigError(f"profile {path}: field {label!r} must be a {typ.__name__}, got {v!r}")
+    if typ is float and not math.isfinite(v):  # NaN passed every `< 0` check and made NaN plans "feasible"
+        raise ConfigError(f"profile {path}: field {label!r} must be a finite number, got {v!r}")
     return v
+
+
+# The keys each kind of profile may hold: a misspelt optional key (`memroy_mb`) was ignored and its
+# default used without a word.
+_KEYS = {
+    "device": {"kind", "name", "memory_mb", "description", "isa", "cores", "compute", "measured", "meta"},
+    "server": {"kind", "name", "memory_mb", "description", "compute", "measured", "meta"},
+    "link": {"kind", "name", "rtt_ms", "up_mbps", "down_mbps", "jitter_ms", "loss", "description", "outages"},
+}
+_COMPUTE_KEYS = {"gmacs", "overhead_ms", "per_node_us"}
+_MEASURED_KEYS = {"model", "cut", "precision", "ms"}
+
+
+def _no_unknown_keys(d: dict, allowed: set[str], path: Path, where: str = "") -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        at = f" in [{where}]" if where else ""
+        raise ConfigError(f"profile {path}: unknown field(s) {unknown}{at}; the fields are {sorted(allowed)} "
+                          "(see devices/README.md)")
 
 
 def _load(name_or_path: str | os.PathLike, kind: str) -> tuple[Path, dict[str, Any]]:
@@ -202,6 +224,7 @@ def _load(name_or_path: str | os.PathLike, kind: str) -> tuple[Path, dict[str, A
     path = _resolve(name_or_path)
     d = _read(path)
     _kind(d, path, kind)
+    _no_unknown_keys(d, _KEYS[kind], path)
     return path, d
 
 
@@ -220,6 +243,7 @@ def _compute(d: dict, path: Path) -> dict[str, Compute]:
             raise ConfigError(f"profile {path}: section [{where}] names an unknown precision; use {PRECISIONS_KNOWN}")
         if not isinstance(c, dict):
             raise ConfigError(f"profile {path}: [{where}] must be a table")
+        _no_unknown_keys(c, _COMPUTE_KEYS, path, where)
         try:
             out[prec] = Compute(_field(c, "gmacs", path, float, where=where),
                                 _field(c, "overhead_ms", path, float, default=0.0, where=where),
@@ -238,8 +262,12 @@ def _measured(d: dict, path: Path) -> tuple[Measured, ...]:
         w = f"measured[{i}]"
         if not isinstance(r, dict):
             raise ConfigError(f"profile {path}: {w} must be a table")
+        _no_unknown_keys(r, _MEASURED_KEYS, path, w)
+        ms = _field(r, "ms", path, float, where=w)
+        if ms < 0:  # a negative time was planned as the fastest candidate
+            raise ConfigError(f"profile {path}: {w}.ms must be >= 0, got {ms}")
         out.append(Measured(_field(r, "model", path, str, where=w), _field(r, "cut", path, int, where=w),
-                            _field(r, "precision", path, str, where=w), _field(r, "ms", path, float, where=w)))
+                            _field(r, "precision", path, str, where=w), ms))
     return tuple(out)
 
 
@@ -343,7 +371,10 @@ def load_server(name_or_path: str | os.PathLike) -> ServerProfile:
         ConfigError: missing file, not a server profile, or a missing/malformed field (named).
     """
     path, d = _load(name_or_path, "server")
-    return ServerProfile(**_machine_fields(d, path, memory_default=0.0))
+    fields = _machine_fields(d, path, memory_default=0.0)
+    if fields["memory_mb"] < 0:
+        raise ConfigError(f"profile {path}: field 'memory_mb' must be >= 0 (0 = not stated)")
+    return ServerProfile(**fields)
 
 
 def load_link(name_or_path: str | os.PathLike) -> LinkProfile:
@@ -358,6 +389,9 @@ def load_link(name_or_path: str | os.PathLike) -> LinkProfile:
         outages = tuple((float(a), float(b)) for a, b in outs)
     except (TypeError, ValueError):
         raise ConfigError(f"profile {path}: field 'outages' must be a list of [start_s, duration_s]") from None
+    if any(not (math.isfinite(a) and math.isfinite(b) and a >= 0 and b > 0) for a, b in outages):
+        raise ConfigError(f"profile {path}: field 'outages' needs [start_s >= 0, duration_s > 0] pairs of "
+                          f"finite numbers, got {outs!r}")
     return LinkProfile(name=_field(d, "name", path, str), path=str(path), rtt_ms=_field(d, "rtt_ms", path, float),
                        up_mbps=_field(d, "up_mbps", path, float), down_mbps=_field(d, "down_mbps", path, float),
                        jitter_ms=_field(d, "jitter_ms", path, float, default=0.0),

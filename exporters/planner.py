@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -278,6 +279,10 @@ def plan(model: Any, device: str | DeviceProfile, server: str | ServerProfile, l
 
     budgets = budgets or Budgets()
     dev = device if isinstance(device, DeviceProfile) else load_device(device)
+    if budgets.max_device_mem_mb is None or budgets.max_device_mem_mb > dev.memory_mb:
+        # the device's own memory bounds the front half (it was read and never used: a plan put a
+        # 27 MiB model on an 8 MiB device)
+        budgets = dataclasses.replace(budgets, max_device_mem_mb=dev.memory_mb)
     srv = server if isinstance(server, ServerProfile) else load_server(server)
     lnk = link if isinstance(link, LinkProfile) else load_link(link)
     traced = model if isinstance(model, Traced) else trace_model(model)
@@ -318,7 +323,9 @@ def _choose(ctx: _Ctx, cands: list[Candidate]) -> list[Candidate]:
     found = False
     for c in by_time:
         lossy = c.metric_loss is None
-        if not found and lossy and not c.violations and ctx.meter is not None and 0 <= c.cut_index < WHOLE:
+        # every lossy candidate with a device half is measured (the whole model quantized too: it
+        # was never measured, so "all on the device, int8" could never be chosen)
+        if not found and lossy and not c.violations and ctx.meter is not None and c.cut_index >= 0:
             loss, _ = ctx.meter.measure(c.cut_index, c.front_precision, c.codec)
             viol = _violations(ctx.budgets, c.total_ms, c.device_mem_bytes, loss)
             c = Candidate(**{**c.__dict__, "metric_loss": loss, "feasible": not viol, "violations": tuple(viol)})

@@ -114,7 +114,11 @@ class LossMeter:
         (classifiers); the mean absolute action error relative to the actions' spread (policies).
         """
         from edgerun.exporters.stages import split_loss
+        from edgerun.profiles import WHOLE
 
+        if cut_index == WHOLE:  # all on the device at a lower precision: the whole model quantized
+            outs = self._front_acts(cut_index, self.traced.model, precision)
+            return split_loss(self.ref, outs[self.traced.model.graph.output[0].name], self.regression), None
         front, back = self._split(cut_index)
         acts = self._front_acts(cut_index, front, precision)
         nbytes = None

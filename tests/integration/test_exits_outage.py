@@ -82,6 +82,26 @@ def test_predicted_round_trip_over_the_deadline_answers_at_once(exits_bundle, en
     assert r.local and r.reason.startswith("deadline: predicted round trip 80.0 ms >")
 
 
+def test_one_too_short_deadline_is_not_taken_for_an_outage(exits_bundle, engine, digits_test_set, cli_argv,
+                                                            wait_online):
+    """A reply that missed its deadline marked the server "unreachable" for a second: every request in
+    that second was answered locally, whatever its deadline. The late reply proves the server is up:
+    its round trip is learned instead."""
+    x, _ = digits_test_set
+    with Mosquitto() as broker, serving(exits_bundle, broker.url, cli_argv, wait_online):
+        with Device(exits_bundle, broker=broker.url, engine=engine, budget="off") as dev:
+            missed = dev.infer(x[:1], deadline_ms=0.01)  # no round trip measured yet: it is sent, and missed
+            assert missed.local and missed.reason.startswith("deadline:")
+            give_up = time.monotonic() + RECONNECT_WAIT_S
+            while dev.dropped_replies == 0 and time.monotonic() < give_up:
+                time.sleep(0.01)
+            assert dev.dropped_replies == 1 and dev.rtt_ms is not None  # the late reply, measured
+            r = dev.infer(x[1:2], deadline_ms=DEADLINE_MS * 10)
+            assert r.answered_by == "server", r.reason
+            short = dev.infer(x[2:3], deadline_ms=0.01)  # now predicted, not sent
+            assert short.local and short.reason.startswith("deadline: predicted round trip")
+
+
 def test_confident_exits_answer_most_requests_locally(exits_bundle, engine, digits_test_set, cli_argv, wait_online):
     x, y = digits_test_set
     with Mosquitto() as broker, serving(exits_bundle, broker.url, cli_argv, wait_online):

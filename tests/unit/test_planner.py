@@ -96,6 +96,29 @@ def test_memory_budget_excludes_big_fronts(digits_traced):
     assert all("max_device_mem_mb" in c.violations for c in p.candidates if c.device_mem_bytes > 0.01 * 2**20)
 
 
+def test_the_devices_own_memory_bounds_the_front_half(digits_traced, tmp_path):
+    """memory_mb was read and never used: a plan put a 27 MiB model on an 8 MiB device."""
+    import dataclasses
+
+    from edgerun.exporters.planner import plan
+
+    tiny = dataclasses.replace(load_device("rpi4"), memory_mb=0.01)
+    p = plan(digits_traced, tiny, "cpu-server", "lte")
+    assert p.budgets.max_device_mem_mb == 0.01
+    assert p.chosen is not None and p.chosen.device_mem_bytes <= 0.01 * 2**20
+    assert p.chosen.cut != "output"  # all on the device (0.1 MiB) is what lte alone would choose
+
+
+def test_all_on_the_device_at_int8_is_measured_and_can_be_chosen(digits_traced):
+    """The whole model quantized was never measured ("loss_not_measured"), so it never won."""
+    from edgerun.exporters.planner import plan
+
+    p = plan(digits_traced, "this-machine", "gpu-a100", "lte")  # its profile has int8 (and int4) times
+    whole_int8 = next(c for c in p.candidates if c.cut_index == WHOLE and c.front_precision == "int8")
+    assert whole_int8.metric_loss is not None and whole_int8.feasible
+    assert p.chosen.cut == "output" and p.chosen.front_precision == "int8"
+
+
 def test_infeasible_latency_says_by_how_much(digits_traced):
     from edgerun.exporters.planner import Budgets, plan
 

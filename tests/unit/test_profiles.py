@@ -97,7 +97,8 @@ def test_wrong_type_names_the_field(tmp_path):
         load_link(p)
 
 
-@pytest.mark.parametrize("field,value", [("up_mbps", "0.0"), ("rtt_ms", "-1.0"), ("loss", "1.5")])
+@pytest.mark.parametrize("field,value", [("up_mbps", "0.0"), ("rtt_ms", "-1.0"), ("loss", "1.5"),
+                                         ("rtt_ms", "nan"), ("jitter_ms", "nan"), ("up_mbps", "inf")])
 def test_out_of_range_values(tmp_path, field, value):
     base = {"rtt_ms": "3.0", "up_mbps": "1.0", "down_mbps": "1.0", "loss": "0.0"}
     base[field] = value
@@ -190,3 +191,31 @@ def test_a_folder_named_like_a_profile_does_not_shadow_it(tmp_path, monkeypatch)
     (tmp_path / "rpi4").mkdir()
     monkeypatch.chdir(tmp_path)
     assert load_device("rpi4").name == "rpi4"
+
+
+@pytest.mark.parametrize(("edit", "match"), [
+    # NaN passed every `< 0` check: plans came out "nan ms predicted", feasible, exit 0
+    (("overhead_ms = 0.01", "overhead_ms = nan"), "finite number"),
+    (("per_node_us = 3.2", "per_node_us = inf"), "finite number"),
+    (("memory_mb = 4096", "memroy_mb = 4096"), r"unknown field\(s\) \['memroy_mb'\]"),  # was ignored
+])
+def test_a_device_profile_with_non_finite_or_misspelt_fields_is_refused(tmp_path, edit, match):
+    text = (devices_dir() / "rpi4.toml").read_text()
+    assert edit[0] in text, edit[0]
+    with pytest.raises(ConfigError, match=match):
+        load_device(_write(tmp_path, text.replace(edit[0], edit[1], 1)))
+
+
+def test_a_negative_measured_time_is_refused(tmp_path):
+    """It was planned as the fastest candidate (-42 ms predicted)."""
+    text = (devices_dir() / "rpi4.toml").read_text()
+    text += '\n[[measured]]\nmodel = "digits-cnn"\ncut = 3\nprecision = "fp32"\nms = -50.0\n'
+    with pytest.raises(ConfigError, match=r"measured\[0\]\.ms must be >= 0"):
+        load_device(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize("outages", ["[[-5.0, 1.0]]", "[[0.0, 0.0]]", "[[nan, inf]]"])
+def test_link_outages_must_be_finite_start_and_positive_length(tmp_path, outages):
+    body = 'kind = "link"\nname = "x"\nrtt_ms = 3.0\nup_mbps = 1.0\ndown_mbps = 1.0\n' + f"outages = {outages}\n"
+    with pytest.raises(ConfigError, match="outages"):
+        load_link(_write(tmp_path, body))
