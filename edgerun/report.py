@@ -53,6 +53,7 @@ def export_summary(bundle: Any, report: dict) -> str:
         lines.append(
             f"metric   {report['metric']}: whole {report['metric_whole_fp32']:.4f}, split {report['metric_split']:.4f} "
             f"(n={report['n_eval']}, max |split - whole| = {report['split_vs_whole_max_abs']:.2e})"
+            + (f"\n         on {report['eval_inputs']}" if report.get("eval_inputs") else "")
         )
         loss = report["metric_whole_fp32"] - report["metric_split"]
         if report["metric"] != "action_mae" and loss > WARN_LOSS:

@@ -6,7 +6,8 @@ An fp32 front must match onnxruntime to float rounding. A quantized front
 (int8 / int4 weights, 8-bit activations) differs from onnxruntime's fp32 front
 by its quantization error, by design: its relative L2 error on the samples must
 stay within ``QUANT_REL_FACTOR`` x the error the exporter measured on the
-calibration batch (manifest ``precisions.front_calib_rel_err``), plus
+calibration batch or the samples, the larger (manifest ``precisions.front_calib_rel_err`` /
+``front_samples_rel_err``), plus
 ``QUANT_REL_SLACK``; a wrong kernel is far beyond that (errors of order 1).
 Likewise the split against the whole fp32 model: to float rounding with an fp32
 back half, within the same factor x the back half's measured error
@@ -135,11 +136,12 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
         quantized = prec.get("front", "fp32") != "fp32"
         if quantized:
             rel = rel_l2([mid_nat[t.name] for t in b.cut], [mid_ort[t.name] for t in b.cut])
-            rel_lim = QUANT_REL_FACTOR * float(prec.get("front_calib_rel_err") or 0.0) + QUANT_REL_SLACK
+            measured = max(float(prec.get("front_calib_rel_err") or 0.0), float(prec.get("front_samples_rel_err") or 0.0))
+            rel_lim = QUANT_REL_FACTOR * measured + QUANT_REL_SLACK
             bad = rel > rel_lim
             if bad:
                 msgs.append(f"the quantized native front differs from onnxruntime's fp32 front by a relative L2 "
-                            f"error of {rel:.3g} > {rel_lim:.3g} ({QUANT_REL_FACTOR:g} x the {prec.get('front_calib_rel_err')} "
+                            f"error of {rel:.3g} > {rel_lim:.3g} ({QUANT_REL_FACTOR:g} x the {measured:.3g} "
                             "the exporter measured + slack): re-export the bundle; if it persists, report this bug")
         else:
             bad = nat_err > nat_lim

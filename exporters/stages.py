@@ -126,6 +126,19 @@ def calibrate_codec(acts: dict[str, np.ndarray], cfg: ExportConfig, back_path: P
             **codec_params(acts, cfg.codec_budget, "channel")}
 
 
+def front_samples_error(bundle_dir: Path, cut_tensors: list[str] | tuple[str, ...]) -> float:
+    """Relative L2 error of the written native front against onnxruntime's fp32 front on the bundle's
+    ``samples.npz`` (the inputs `edgerun verify` checks it on)."""
+    from edgerun.bundle import load_samples
+    from edgerun.engine import make_engine
+    from edgerun.verify import rel_l2
+
+    x = np.ascontiguousarray(load_samples(bundle_dir / "samples.npz"), dtype=np.float32)
+    nat = make_engine("native", erg_path=bundle_dir / "front.erg", max_batch=len(x)).run(x)
+    ref = make_engine("ort", onnx_path=bundle_dir / "front.onnx").run(x)
+    return rel_l2([nat[t] for t in cut_tensors], [ref[t] for t in cut_tensors])
+
+
 def back_calib_error(fp32_back: Path, back: onnx.ModelProto, acts: dict[str, np.ndarray]) -> float:
     """Relative L2 error of the back half as written (fp16 / int8) against its fp32 self.
 
