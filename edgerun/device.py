@@ -113,6 +113,10 @@ class Device:
             and connects to the broker in the background (it starts while the broker is down).
         codec: None = the bundle's activation codec; "none" = send raw fp32 instead (the
             server accepts both), e.g. to measure what the codec saves.
+        max_batch: largest batch one ``infer`` takes on a bundle with exits (their engines' arenas
+            are sized for it); without exits larger batches run through the front in slices.
+
+    Thread safety: ``infer`` may be called from several threads; front-half runs take turns.
 
     Raises:
         BundleError: the bundle is missing or corrupted.
@@ -132,6 +136,7 @@ class Device:
         max_frame_bytes: int | None = None,
         budget: str | None = None,
         codec: str | None = None,
+        max_batch: int = 8,
     ) -> None:
         if engine not in _ENGINES:
             raise ConfigError(f"engine={engine!r}: use one of {_ENGINES}")
@@ -139,6 +144,8 @@ class Device:
             raise ConfigError(f"threads={threads} must be >= 1")
         if not timeout_ms > 0:
             raise ConfigError(f"timeout_ms={timeout_ms} must be > 0")
+        if not 1 <= max_batch <= 4096:
+            raise ConfigError(f"max_batch={max_batch} must be in 1..4096")
         self.bundle = b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.device_id = transport.check_segment(
             "device id", device_id or transport.default_id("device"))
@@ -146,7 +153,8 @@ class Device:
         self.max_frame_bytes = wire.DEFAULT_MAX_FRAME_BYTES if max_frame_bytes is None else int(max_frame_bytes)
         self.exits: exits_mod.ExitController | None = None
         if exits_mod.has_exits(b.manifest):
-            self.exits = exits_mod.ExitController(b, engine=engine, threads=threads, budget=budget)
+            self.exits = exits_mod.ExitController(b, engine=engine, threads=threads, budget=budget,
+                                                  max_batch=max_batch)
             self.engine = None
         else:
             if budget is not None:
@@ -220,6 +228,10 @@ class Device:
                               "(leave it unset for the device's timeout)")
         feeds = self._check_input(x)
         step = None
+        n = int(next(iter(feeds.values())).shape[0]) if isinstance(feeds, dict) else int(feeds.shape[0])
+        if self.exits is not None and n > self.exits.max_batch:
+            raise ConfigError(f"a batch of {n} is over this device's max_batch ({self.exits.max_batch}) for a bundle "
+                              "with exits: split the batch, or open the Device with a larger max_batch")
         if self.exits is not None:
             step = self.exits.run(feeds)
             if step.exited is not None:

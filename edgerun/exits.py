@@ -158,6 +158,7 @@ class ExitController:
     def __init__(self, bundle: Any, *, engine: str = "native", threads: int = 1, budget: str | None = None,
                  max_batch: int = 8) -> None:
         self.segments = Segments(bundle, engine, threads, max_batch)
+        self.max_batch = int(max_batch)
         entry = self.segments.entry
         self.budgets: dict[str, dict] = entry.get("budgets", {})
         name = budget or entry.get("default_budget") or OFF

@@ -139,3 +139,17 @@ def test_budget_on_a_bundle_without_exits_is_a_config_error(digits_bundle, broke
 
     with pytest.raises(ConfigError, match="early exits"):
         Device(digits_bundle, broker=broker.url, engine="ort", budget="fast")
+
+
+def test_a_batch_over_max_batch_says_how_to_raise_it(exits_bundle, engine, digits_test_set):
+    """A batch of 16 failed in the engine with "load with a larger max_batch", an option Device lacked."""
+    from edgerun.errors import ConfigError
+
+    x, _ = digits_test_set
+    url = f"mqtt://127.0.0.1:{_free_port()}"  # no broker: exits answer locally
+    with Device(exits_bundle, broker=url, engine=engine, budget="off") as dev:
+        with pytest.raises(ConfigError, match="larger max_batch"):
+            dev.infer(x[:16], deadline_ms=DEADLINE_MS)
+    with Device(exits_bundle, broker=url, engine=engine, budget="off", max_batch=16) as dev:
+        r = dev.infer(x[:16], deadline_ms=DEADLINE_MS)
+    assert r.local and r.output[exits_bundle.outputs[0].name].shape[0] == 16
