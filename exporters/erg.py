@@ -287,7 +287,9 @@ def _batchnorm(ctx: _Ctx, node: onnx.NodeProto) -> None:
 def _pad(ctx: _Ctx, node: onnx.NodeProto) -> None:
     a = _attrs(node)
     mode = a.get("mode", b"constant")
-    if mode not in (b"constant", "constant"):
+    if isinstance(mode, bytes):  # onnx gives string attributes as bytes: the message showed b'edge'
+        mode = mode.decode("utf-8", "replace")
+    if mode != "constant":
         raise _Unsupported(f"Pad mode {mode!r} (only constant)")
     rank = len(ctx.shapes[node.input[0]])
     pads = ctx.const(node.input[1], "Pad pads").astype(np.int64).reshape(-1).tolist()

@@ -219,10 +219,18 @@ def plan_front_precision(front: onnx.ModelProto, calib_x: np.ndarray,
         A ``PrecisionPlan``; pass ``plan.precisions`` and ``plan.rounded`` to ``write_erg``.
 
     Raises:
+        ConfigError: a mode other than fp32 on a front half with no Conv / Gemm layer.
         ExportError: the budget cannot be met even with every layer at its smallest.
         UnsupportedOpError: the native engine cannot run the front half.
     """
     layers = weight_layers(front)
+    if cfg.mode != "fp32" and not layers:
+        # Nothing to quantize: the rounding then ran onnxruntime with no outputs requested and
+        # died in a traceback ("At least one output should be requested").
+        raise ConfigError(
+            f"--front-precision {cfg.mode}: the front half up to this cut has no Conv or Gemm layer to "
+            "quantize; export it as fp32 (--front-precision fp32) or choose a later cut "
+            "(`edgerun export MODEL --list-cuts`)")
     gs = cfg.group_size
     run = _Runner(front, calib_x, gs, fp32_act=cfg.act == "fp32")
     try:

@@ -104,10 +104,29 @@ def to_onnx(
     model = program.model_proto
     if len(model.graph.output) != 1:
         raise ExportError(f"the model has {len(model.graph.output)} outputs; edgerun expects one output tensor")
+    _check_dynamic_batch(model)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     _check_sorted(model)
     _name_nodes(model)
     return model
+
+
+def _check_dynamic_batch(model: onnx.ModelProto) -> None:
+    """The graph input's first dim must be symbolic: torch's exporter can silently specialise it.
+
+    With a batch-1 example, LSTM and nn.MultiheadAttention models traced to a graph with a fixed
+    batch of 1 (no error from torch); export then died in onnxruntime on the first batched run
+    ("Got: 8 Expected: 1").
+    """
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and not dims[0].dim_param:
+            n = dims[0].dim_value
+            shape = [d.dim_param or d.dim_value for d in dims]
+            raise ExportError(
+                f"the traced graph has a fixed batch of {n} (torch could not keep the batch dimension "
+                "dynamic, typical for LSTM/attention with a batch-1 example): give an example input with "
+                f"batch 2 or more (e.g. torch.cat([x, x])); input {inp.name!r} traced as shape {shape}")
 
 
 def _first_arg_name(module: torch.nn.Module) -> str:

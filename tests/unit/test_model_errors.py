@@ -31,3 +31,97 @@ def test_a_wrong_model_file_says_what_is_wrong(tmp_path, fn, error, match):
     path.write_text(MODELS)
     with pytest.raises(error, match=match):
         trace_model(f"{path}:{fn}")
+
+
+SEQ_MODELS = '''
+import torch
+class Seq(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(4, 8, batch_first=True)
+        self.fc = torch.nn.Linear(8, 3)
+    def forward(self, x):
+        out, _ = self.lstm(x)
+        return self.fc(out[:, -1])
+class Attn(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.mha = torch.nn.MultiheadAttention(8, 2, batch_first=True)
+        self.fc = torch.nn.Linear(8, 3)
+    def forward(self, x):
+        a, _ = self.mha(x, x, x)
+        return self.fc(a.mean(1))
+def lstm1(): return Seq().eval(), torch.randn(1, 5, 4)
+def lstm2(): return Seq().eval(), torch.randn(2, 5, 4)
+def attn1(): return Attn().eval(), torch.randn(1, 5, 8)
+'''
+
+
+@pytest.mark.parametrize("fn", ["lstm1", "attn1"])
+def test_a_batch_1_example_that_traces_to_a_static_batch_is_refused(tmp_path, fn):
+    # torch's dynamo exporter silently fixed the batch at 1 for LSTM / MultiheadAttention with a
+    # batch-1 example; the export then died in onnxruntime ("Got: 8 Expected: 1") in evaluate.py.
+    from edgerun.exporters.pipeline import trace_model
+
+    path = tmp_path / "m.py"
+    path.write_text(SEQ_MODELS)
+    with pytest.raises(ExportError, match=r"fixed batch of 1 \(torch could not keep the batch dimension dynamic.*"
+                                          r"batch 2 or more \(e\.g\. torch\.cat\(\[x, x\]\)\)"):
+        trace_model(f"{path}:{fn}")
+
+
+def test_a_batch_2_example_of_the_same_lstm_traces_with_a_dynamic_batch(tmp_path):
+    from edgerun.exporters.pipeline import trace_model
+
+    path = tmp_path / "m.py"
+    path.write_text(SEQ_MODELS)
+    traced = trace_model(f"{path}:lstm2")
+    assert traced.model.graph.input[0].type.tensor_type.shape.dim[0].dim_param
+
+
+def _no_conv_front_model():
+    import torch
+
+    class Norm(torch.nn.Module):  # cuts 0 and 1 are the Sub and the Div: no Conv / Gemm before them
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1))
+            self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+            self.fc = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = (x - self.mean) / self.std
+            return self.fc(torch.relu(self.c1(x)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    return Norm().eval(), torch.rand(1, 3, 8, 8)
+
+
+@pytest.mark.parametrize(("cut", "precision"), [(0, "int8"), (1, "int4")])
+def test_quantizing_a_front_half_without_conv_or_gemm_is_a_config_error(tmp_path, cut, precision):
+    # was an onnxruntime traceback from quant_rounding ("At least one output should be requested")
+    from edgerun.exporters.models import SourceModel
+    from edgerun.exporters.pipeline import ExportConfig, export, trace_model
+
+    module, example = _no_conv_front_model()
+    traced = trace_model(SourceModel("norm", module, example))
+    assert traced.cuts[cut].index == cut
+    with pytest.raises(ConfigError, match=r"no Conv or Gemm layer to quantize; export it as fp32 "
+                                          r"\(--front-precision fp32\) or choose a later cut"):
+        export(traced, ExportConfig(cut=cut, front_precision=precision, evaluate=False), tmp_path / "b")
+
+
+@pytest.mark.parametrize(("padding_mode", "onnx_mode"), [("reflect", "reflect"), ("replicate", "edge")])
+def test_the_native_engine_names_a_non_constant_pad_mode_as_text(padding_mode, onnx_mode):
+    # the refusal read "Pad mode b'edge' (only constant)"
+    import torch
+
+    from edgerun.errors import UnsupportedOpError
+    from edgerun.exporters.erg import weight_layers
+    from edgerun.exporters.trace import to_onnx
+
+    conv = torch.nn.Conv2d(3, 4, 3, padding=1, padding_mode=padding_mode).eval()
+    model = to_onnx(conv, torch.randn(1, 3, 8, 8))
+    with pytest.raises(UnsupportedOpError, match=rf"Pad mode '{onnx_mode}' \(only constant\)"):
+        weight_layers(model)
