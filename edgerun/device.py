@@ -279,12 +279,12 @@ class Device:
                                      "If it is, the deadline may be shorter than a round trip: give a longer "
                                      "one (--deadline-ms)") from None
             self._suspect(f"no reply to the last request within {wait_ms:g} ms")
-            return self._local(step, step.deepest, f"deadline: {msg}", t_start)
+            return self._local(step, step.deepest, f"deadline: {msg}", t_start, t_front)
         except (TransportError, RuntimeError, ValueError) as exc:  # paho: not connected / queue full
             if step is None:
                 raise
             self._suspect(f"publish failed ({exc})")
-            return self._local(step, step.deepest, f"server unreachable: publish failed ({exc})", t_start)
+            return self._local(step, step.deepest, f"server unreachable: publish failed ({exc})", t_start, t_front)
         finally:
             with self._lock:
                 self._pending.pop(request_id, None)
@@ -314,12 +314,18 @@ class Device:
         self._suspect_until = 0.0
         self.rtt_ms = ms if self.rtt_ms is None else (1 - RTT_EWMA_ALPHA) * self.rtt_ms + RTT_EWMA_ALPHA * ms
 
-    def _local(self, step: exits_mod.Step, i: int, reason: str, t_start: float) -> Result:
+    def _local(self, step: exits_mod.Step, i: int, reason: str, t_start: float,
+               t_front: float | None = None) -> Result:
+        """An exit's answer; ``t_front``: when the front half ended, if the device then waited for a
+        reply (the wait is ``waited``, not device time: it was counted as compute, 50 ms for 0.05)."""
         name = self.bundle.outputs[0].name
-        total = (time.perf_counter() - t_start) * 1e3
+        now = time.perf_counter()
+        total = (now - t_start) * 1e3
+        timings = {"device": total, "total": total}
+        if t_front is not None:
+            timings = {"device": (t_front - t_start) * 1e3, "waited": (now - t_front) * 1e3, "total": total}
         return Result(output={name: step.heads[i]}, answered_by=f"exit:{i}", reason=reason, request_id=0,
-                      timings_ms={"device": total, "total": total},
-                      front_compute_fraction=step.compute_fraction)
+                      timings_ms=timings, front_compute_fraction=step.compute_fraction)
 
     def _new_client(self) -> transport.MqttClient:
         return transport.MqttClient(

@@ -333,6 +333,9 @@ def stale_profile_note(profile: DeviceProfile) -> str:
             "`edgerun profile` here before trusting its device times")
 
 
+MAX_EMULATION_FACTOR = 10_000.0  # a 1 ms front half would take 10 s per request beyond this
+
+
 def emulated_device(device: str | os.PathLike | None) -> tuple[DeviceProfile, float, str]:
     """The profile of ``device`` as the bench emulates it on this machine.
 
@@ -356,7 +359,14 @@ def emulated_device(device: str | os.PathLike | None) -> tuple[DeviceProfile, fl
     if device is None or str(device) == "this-machine":
         return here, 1.0, "measured on this machine, not scaled" + (f"; {stale}" if stale else "")
     there = load_device(device)
+    for prof in (here, there):
+        if "fp32" not in prof.compute:  # a KeyError traceback before
+            raise ConfigError(f"profile {prof.path} has no [compute.fp32]: the emulation scales this machine's "
+                              "measured compute by the two profiles' fp32 GMAC/s; add it")
     factor = max(1.0, here.compute["fp32"].gmacs / there.compute["fp32"].gmacs)
+    if factor > MAX_EMULATION_FACTOR:  # 1e-300 GMAC/s overflowed the sleep
+        raise ConfigError(f"{there.name} is {factor:.3g}x slower than this machine by its profile; the bench emulates "
+                          f"at most {MAX_EMULATION_FACTOR:g}x: check its [compute.fp32] gmacs")
     note = (f"EMULATED {there.name}: this machine's measured device compute x{factor:.2f} "
             f"(fp32 GMAC/s of devices/this-machine.toml over devices/{Path(there.path).name})"
             + (f"; {stale}" if stale else ""))

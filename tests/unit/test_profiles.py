@@ -219,3 +219,15 @@ def test_link_outages_must_be_finite_start_and_positive_length(tmp_path, outages
     body = 'kind = "link"\nname = "x"\nrtt_ms = 3.0\nup_mbps = 1.0\ndown_mbps = 1.0\n' + f"outages = {outages}\n"
     with pytest.raises(ConfigError, match="outages"):
         load_link(_write(tmp_path, body))
+
+
+@pytest.mark.parametrize(("compute", "match"), [
+    ('[compute.int8]\ngmacs = 5.0\n', r"no \[compute.fp32\]"),             # was KeyError: 'fp32'
+    ('[compute.fp32]\ngmacs = 1e-300\n', "emulates at most"),               # was an OverflowError in the sleep
+])
+def test_a_device_the_bench_cannot_emulate_says_why(tmp_path, compute, match):
+    from edgerun.profiles import emulated_device
+
+    body = 'kind = "device"\nname = "odd"\nmemory_mb = 512.0\n' + compute
+    with pytest.raises(ConfigError, match=match):
+        emulated_device(_write(tmp_path, body))
