@@ -123,6 +123,11 @@ def export_cmd(
             typer.echo(json.dumps({"model": traced.source.model_id, "cuts": rows}) if as_json else cuts_table(rows))
             return
         if planned:
+            overridden = [f"--{k} {v}" for k, v in (("cut", cut), ("front-precision", front_precision),
+                                                   ("codec", codec)) if v not in (None, "fp32", "none")]
+            if overridden:  # they were dropped without a word
+                typer.echo(f"note: with --device/--server/--link the planner chooses the cut, the front "
+                           f"precision and the codec; ignoring {', '.join(overridden)}", err=True)
             cut, front_precision, codec = _planned(traced, device, server, link, max_latency_ms,
                                                    max_device_mem_mb, max_accuracy_drop)
         cfg = ExportConfig(
