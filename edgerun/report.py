@@ -46,7 +46,8 @@ def export_summary(bundle: Any, report: dict) -> str:
         + (f" (rel. error {report['back_calib_rel_err']:.1e} vs fp32 on calibration data)"
            if report.get("back_calib_rel_err") else "")
         + (f", front weights {report['front_weight_bytes']} B" if report.get("front_weight_bytes") else "")
-        + (f" + arena {report['front_arena_bytes']} B" if report.get("front_arena_bytes") else ""),
+        + (f" + arena {report['front_arena_bytes']} B" if report.get("front_arena_bytes") else "")
+        + (f" (+ scratch {report['front_scratch_bytes']} B)" if report.get("front_scratch_bytes") else ""),
         f"native   {'yes' if bundle.native_ok else 'NO: ' + bundle.native_reason}",
     ]
     if "metric" in report:

@@ -277,6 +277,9 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
         "front_act": cfg.front_act,  # the int8 Conv layers' activations (manifest: which layers)
         "front_weight_bytes": native.get("weight_bytes"),
         "front_arena_bytes": native.get("arena_bytes"),  # activations at batch 1 (native engine)
+        # the kernels' scratch at batch 1 and 1 thread (im2col rows, fused strips): device memory too,
+        # not counted by --max-device-mem-mb (weights + arena), which the planner predicts
+        "front_scratch_bytes": native.get("scratch_bytes"),
         "back_precision": cfg.back_precision,
         "back_calib_rel_err": back_err,  # fp16 / int8 back vs fp32 on the calibration crossings
         "codec": cfg.codec,

@@ -73,17 +73,20 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
                               "--list-cuts`), or --front-precision fp32 to run it on onnxruntime") from exc
         return {"ok": False, "reason": str(exc), "precision": "fp32", "layers": {}, "weight_bytes": None}
     weight_bytes = int(info.get("weight_bytes", 0))
-    arena_bytes = _arena_bytes(path)
+    arena_bytes, scratch_bytes = _arena_bytes(path)
     _check_device_memory(weight_bytes, arena_bytes, precision, cfg.max_device_mem_mb)
     return {"ok": True, "reason": "", "precision": precision, "layers": layers, "fp32_acts": fp32_acts,
-            "calib_error": calib_error, "weight_bytes": weight_bytes, "arena_bytes": arena_bytes}
+            "calib_error": calib_error, "weight_bytes": weight_bytes, "arena_bytes": arena_bytes,
+            "scratch_bytes": scratch_bytes}
 
 
-def _arena_bytes(path: Path) -> int:
-    """The native front's activation arena at batch 1 (what ``auto`` counts with the weights)."""
+def _arena_bytes(path: Path) -> tuple[int, int]:
+    """The native front's activation arena at batch 1 (what ``auto`` and the budget count with the
+    weights) and its kernels' scratch (im2col rows, fused-chain strips: reported beside them)."""
     from edgerun.engine import NativeEngine
 
-    return int(NativeEngine(path, max_batch=1, threads=1).arena_bytes)
+    eng = NativeEngine(path, max_batch=1, threads=1)
+    return int(eng.arena_bytes), int(eng.scratch_bytes)
 
 
 def _check_device_memory(weight_bytes: int, arena_bytes: int, precision: str, budget_mb: float | None) -> None:
