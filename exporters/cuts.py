@@ -165,7 +165,9 @@ def resolve_cut(cuts: list[Cut], spec: str | int | None) -> Cut:
 
     The default (until the planner chooses from a device profile) is the cut with
     the fewest crossing bytes among those that leave 20-60% of the compute on the
-    device; ties go to the deeper cut (after the activation, not before it).
+    device; ties go to the deeper cut (after the activation, not before it). A model
+    with no cut in that band gets the cut nearest 40 % (the fewest bytes overall put
+    100 % of a model with reflect padding on the device, leaving the server one Linear).
 
     Raises:
         ExportError: no cut matches; the message lists the valid cuts.
@@ -173,7 +175,9 @@ def resolve_cut(cuts: list[Cut], spec: str | int | None) -> Cut:
     if not cuts:
         raise ExportError("this model has no valid cut point; export it whole or allow more crossing tensors")
     if spec is None:
-        mid = [c for c in cuts if 0.2 <= c.front_fraction <= 0.6] or cuts
+        mid = [c for c in cuts if 0.2 <= c.front_fraction <= 0.6]
+        if not mid:
+            return min(cuts, key=lambda c: (abs(c.front_fraction - 0.4), c.crossing_bytes, -c.index))
         return min(mid, key=lambda c: (c.crossing_bytes, -c.index))
     s = str(spec)
     for c in cuts:

@@ -69,3 +69,15 @@ def test_unknown_cut_lists_the_valid_ones(digits_traced):
 def test_labels_are_unique(digits_traced):
     labels = [c.label for c in digits_traced.cuts]
     assert len(labels) == len(set(labels))
+
+
+def test_without_a_cut_in_the_middle_band_the_default_is_nearest_forty_percent():
+    """The fallback took the fewest crossing bytes of all cuts: the last ones (100 % on the device)."""
+    from edgerun.exporters.cuts import Cut, resolve_cut
+
+    def cut(i, frac, nbytes):
+        return Cut(index=i, label=f"c{i}", tensors=(f"t{i}",), shapes=((1, 4),), crossing_bytes=nbytes,
+                   front_macs=int(frac * 1000), back_macs=1000 - int(frac * 1000), after_node=i)
+
+    cuts = [cut(0, 0.05, 4000), cut(1, 0.1, 3000), cut(2, 0.9, 2000), cut(3, 0.999, 40)]
+    assert resolve_cut(cuts, None).label == "c1"
