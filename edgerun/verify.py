@@ -38,6 +38,11 @@ SPLIT_VS_WHOLE_RTOL = 1e-5
 # kernel gives errors of order 1. Bundles without the recorded error get the slack only.
 QUANT_REL_FACTOR = 2.0
 QUANT_REL_SLACK = 0.02
+# The codec: each row's dense part meets the budget (relative MSE) and the split-off large values
+# travel exactly, so the whole tensor's relative MSE is at most the budget; 2x covers rows whose
+# widest bit width cannot reach it. A broken encoder or decoder gives errors of order 1.
+CODEC_MSE_FACTOR = 2.0
+CODEC_MSE_SLACK = 1e-6
 
 
 @dataclass
@@ -57,6 +62,8 @@ class VerifyReport:
     native_vs_ort_rel_l2_limit: float | None = None
     split_vs_whole_rel_l2: float | None = None       # fp16 / int8 back half: the checked figure
     split_vs_whole_rel_l2_limit: float | None = None
+    codec_rel_mse: float | None = None               # bundles with a codec: its round trip on the samples
+    codec_rel_mse_limit: float | None = None
 
     def to_json(self) -> dict:
         return dict(self.__dict__)
@@ -96,6 +103,7 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
     back = make_engine("ort", onnx_path=b.file("back.onnx"), threads=threads)
     whole = make_engine("ort", onnx_path=b.file("whole.onnx"), threads=threads)
     ins, cut, outs = [s.name for s in b.inputs], [s.name for s in b.cut], [s.name for s in b.outputs]
+    ins_cut = cut
     for name, eng, want in (("front.onnx", ort_front, (ins, cut)), ("back.onnx", back, (cut, outs)),
                             ("whole.onnx", whole, (ins, outs))):
         check_io(b.file(name), eng.input_names, eng.output_names, *want)
@@ -155,8 +163,24 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
         msgs.append(f"the native engine cannot run this front half ({b.native_reason}); "
                     "`edgerun verify --engine ort` checks the bundle for that deployment")
     agree = float(np.mean(split_out.argmax(-1) == ref.argmax(-1)))
+    codec_mse = codec_lim = None
+    entry = b.manifest.get("codec") or {}
+    if entry.get("id", "none") != "none":  # the deployed path: the device's encoder, the server's decoder
+        from edgerun import crossing
+
+        src = mid_nat if engine == "native" and b.native_ok else mid_ort
+        cut_arrays = [np.ascontiguousarray(src[t.name], dtype=np.float32) for t in b.cut]
+        decoded = crossing.unpack(crossing.Packer(entry).pack(dict(zip(ins_cut, cut_arrays))))
+        codec_mse = rel_l2(decoded, cut_arrays) ** 2
+        codec_lim = CODEC_MSE_FACTOR * float(entry.get("budget") or 0.0) + CODEC_MSE_SLACK
+        if codec_mse > codec_lim:
+            ok = False
+            msgs.append(f"the {entry['id']} codec's round trip has a relative MSE of {codec_mse:.3g} > {codec_lim:.3g} "
+                        f"({CODEC_MSE_FACTOR:g} x its budget {entry.get('budget')} + slack): the encoder or decoder "
+                        "here is broken; report this bug")
     return VerifyReport(ok, nat_err, None if quantized else nat_lim, split_err, split_lim, nat_split, agree,
-                        int(len(x)), native_state, msgs, quantized, rel, rel_lim, split_rel, split_rel_lim)
+                        int(len(x)), native_state, msgs, quantized, rel, rel_lim, split_rel, split_rel_lim,
+                        codec_mse, codec_lim)
 
 
 def rel_l2(got: list[np.ndarray], ref: list[np.ndarray]) -> float:

@@ -107,3 +107,17 @@ def test_coded_requests_through_a_real_server_equal_the_codec_round_trip(tsq_bun
     assert all(f.tensors[0].codec == wire.CODEC_TSQ for f in coded)
     coded_bytes = np.mean([len(f.tensors[0].payload) + len(f.tensors[0].params) for f in coded])
     assert coded_bytes < plain[0].tensors[0].nbytes / 2  # the digits cut codes at ~7-11x
+
+
+def test_verify_checks_the_codecs_round_trip(tsq_bundle, monkeypatch):
+    """verify used to skip the codec: a bundle whose encoder or decoder broke still passed."""
+    from edgerun import crossing
+    from edgerun import verify as v
+
+    rep = v.verify(tsq_bundle)
+    budget = tsq_bundle.manifest["codec"]["budget"]
+    assert rep.ok and 0 < rep.codec_rel_mse <= budget  # each row meets the budget, outliers exact
+    real_unpack = crossing.unpack
+    monkeypatch.setattr(crossing, "unpack", lambda ts: [t * 0.0 for t in real_unpack(ts)])  # a decoder gone wrong
+    bad = v.verify(tsq_bundle)
+    assert not bad.ok and any("codec's round trip" in m for m in bad.messages)
