@@ -113,6 +113,9 @@ def export_cmd(
                          exits=exits)
         if not list_cuts:
             check_out_dir(out)
+            if exits not in (None, "none", "0") and not model.startswith("zoo:"):  # known before the trace
+                raise ConfigError("early exits need a zoo model (training inputs to fit the heads on); "
+                                  f"{model} brings no data: export it without --exits")
         traced = trace_model(model, max_cut_tensors=max_cut_tensors)
         if list_cuts:
             rows = [
