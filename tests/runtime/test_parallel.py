@@ -65,13 +65,18 @@ def test_engines_on_several_python_threads_at_once(effnet_fronts):
             if any(not np.array_equal(out[k], refs[p][k]) for k in out):
                 errors.append(f"thread {i} ({p}): output differs from 1 thread")
 
-    ts = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    assert _run_threads(worker, 4), "engine runs on several Python threads deadlocked"
+    assert not errors, errors
+
+
+def _run_threads(worker, n: int) -> bool:
+    """Run ``worker(i)`` on ``n`` Python threads at once; False if one is still running after the guard."""
+    ts = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
     for t in ts:
         t.start()
     for t in ts:
         t.join(HANG_GUARD_S)
-    assert not any(t.is_alive() for t in ts), "engine runs on several Python threads deadlocked"
-    assert not errors, errors
+    return not any(t.is_alive() for t in ts)
 
 
 def test_one_engine_shared_by_python_threads_answers_each_its_own(effnet_fronts):
@@ -89,12 +94,7 @@ def test_one_engine_shared_by_python_threads_answers_each_its_own(effnet_fronts)
             if any(not np.array_equal(out[k], refs[i][k]) for k in out):
                 errors.append(f"thread {i}: got another input's answer")
 
-    ts = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(HANG_GUARD_S)
-    assert not any(t.is_alive() for t in ts)
+    assert _run_threads(worker, 2), "runs on one engine from two Python threads deadlocked"
     assert not errors, errors
 
 
