@@ -29,7 +29,7 @@ import numpy as np
 from edgerun import crossing, transport, wire
 from edgerun.bundle import Bundle, TensorSpec
 from edgerun.engine import check_io
-from edgerun.errors import BundleError, ConfigError, FrameError
+from edgerun.errors import BundleError, ConfigError, FrameError, TransportError
 
 log = logging.getLogger("edgerun.server")
 
@@ -171,7 +171,7 @@ class _Worker:
         try:
             self.client.publish(topic, payload, correlation=corr)
             return True
-        except (ValueError, RuntimeError, TypeError, OSError) as exc:
+        except (ValueError, RuntimeError, TypeError, OSError, TransportError) as exc:
             self.stats.count_error("reply_failed", answered=False)
             log.warning("could not send the reply to request %d: %s", request_id, exc)
             return False
@@ -238,7 +238,9 @@ def serve(
     sub = transport.shared_request_filter(b.model_id, b.topic_id, group)
     pres = transport.presence_topic(b.model_id, b.topic_id, "server", wid)
     w = _Worker(b, threads, max_frame_bytes, wid)
-    client = transport.MqttClient(broker_url, f"edgerun-{wid}", on_message=w.inbox.put,
+    # max_queued=0: paho counts replies awaiting the broker's ack against its cap, so a capped server
+    # lost computed replies under a burst (8,982 of 1.1 M in a minute of flooding)
+    client = transport.MqttClient(broker_url, f"edgerun-{wid}", on_message=w.inbox.put, max_queued=0,
                                   will=(pres, transport.presence_payload("server", wid, "offline")))
     w.client = client
     stop = stop or threading.Event()

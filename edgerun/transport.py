@@ -188,6 +188,7 @@ class MqttClient:
         on_message: MessageHandler | None = None,
         will: tuple[str, bytes] | None = None,
         keepalive_s: int = 10,
+        max_queued: int = MAX_QUEUED_MESSAGES,
     ) -> None:
         self.url = redact_broker_url(broker_url)  # for messages: no password in logs
         self.host, self.port = parse_broker_url(broker_url)
@@ -206,7 +207,8 @@ class MqttClient:
         c.reconnect_delay_set(min_delay=1, max_delay=16)  # paho doubles the delay up to max
         if user is not None:
             c.username_pw_set(user, password)
-        c.max_queued_messages_set(MAX_QUEUED_MESSAGES)
+        self._max_queued = int(max_queued)
+        c.max_queued_messages_set(self._max_queued)  # 0 = no limit (servers: a reply is never dropped)
         if will is not None:
             c.will_set(will[0], will[1], qos=QOS, retain=True)
         c.on_socket_open = _set_nodelay
@@ -289,8 +291,9 @@ class MqttClient:
                 props.MessageExpiryInterval = max(1, int(expiry_s))
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-            raise TransportError(f"{MAX_QUEUED_MESSAGES} messages to {self.url} are still unsent (is the broker "
-                                 "reachable?); this one was not queued")
+            raise TransportError(f"the broker at {self.url} has not yet acknowledged the last {self._max_queued} "
+                                 "messages (unreachable, or sent to faster than it takes them); this one was not "
+                                 "sent")
         return info
 
     def announce(self, topic: str, payload: bytes) -> None:

@@ -221,3 +221,17 @@ def test_a_broker_with_passwords_takes_the_urls_and_names_a_refusal(tmp_path):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_the_unsent_message_cap_refuses_past_it_and_zero_means_none():
+    """Devices cap what paho may hold unsent (a backlog replayed after an outage); servers pass 0:
+    paho counts replies awaiting the broker's ack against the cap, and a capped server lost replies
+    it had computed under a burst."""
+    capped = transport.MqttClient("mqtt://127.0.0.1:1", "t-capped", max_queued=2)  # never connected
+    for i in range(2):
+        capped.publish("t/x", b"1")
+    with pytest.raises(TransportError, match="has not yet acknowledged the last 2 messages"):
+        capped.publish("t/x", b"1")
+    uncapped = transport.MqttClient("mqtt://127.0.0.1:1", "t-free", max_queued=0)
+    for i in range(transport.MAX_QUEUED_MESSAGES + 10):
+        uncapped.publish("t/x", b"1")
