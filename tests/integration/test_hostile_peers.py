@@ -96,3 +96,18 @@ def test_presence_is_announced_again_after_the_broker_comes_back(digits_bundle, 
     finally:
         first.stop()
         second.stop()
+
+
+def test_a_closed_device_leaves_no_retained_presence(digits_bundle, broker):
+    """Each Device has a new id; each clean close left a retained "offline" on the broker for good."""
+    for _ in range(3):
+        Device(digits_bundle, broker=broker.url, engine="ort").close()
+    got: list[bytes] = []
+    watcher = transport.MqttClient(broker.url, "presence-watcher", on_message=lambda m: got.append(m.payload))
+    watcher.connect()
+    try:
+        watcher.subscribe(f"{transport.base_topic(digits_bundle.model_id, digits_bundle.topic_id)}/presence/device/+")
+        time.sleep(0.5)  # retained messages come right after the SUBACK
+    finally:
+        watcher.close()
+    assert got == []
