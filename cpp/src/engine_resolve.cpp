@@ -105,7 +105,7 @@ Status resolve_gemm(const Ctx& c, Step* s) {
   const bool quant = b.dtype != DType::kFloat32;  // quantized B is stored transposed: [N, K]
   s->k = quant ? b.dims[1] : b.dims[0];
   s->n = quant ? b.dims[0] : b.dims[1];
-  if (a.ndim < 1 || a.dims[a.ndim - 1] != s->k || y.dims[y.ndim - 1] != s->n)
+  if (a.ndim < 1 || y.ndim < 1 || a.dims[a.ndim - 1] != s->k || y.dims[y.ndim - 1] != s->n)
     return c.bad("inner dims of A and B or the output width do not match");
   for (int64_t bt : {1, 2})
     if (a.numel(bt) / s->k * s->n != y.numel(bt)) return c.bad("output rows do not match input rows");
@@ -120,6 +120,11 @@ Status resolve_gemm(const Ctx& c, Step* s) {
 
 Status resolve_binary(const Ctx& c, Step* s) {
   ER_RETURN_IF_ERROR(c.arity(2, 2, 1));
+  // A batched input makes a batched output. Checked at batches 1 and 2 only, a [N] + [2] -> [2]
+  // passed both and ran past its buffers at batch 3 (found by fuzzing under ASan).
+  const bool batched_in = (c.in(0).ndim > 0 && c.in(0).dims[0] == -1) || (c.in(1).ndim > 0 && c.in(1).dims[0] == -1);
+  if (batched_in && !(c.out().ndim > 0 && c.out().dims[0] == -1))
+    return c.bad("a batched input gives an output without the batch dim");
   for (int64_t bt : {1, 2}) {
     int64_t da[kErgMaxDims], db[kErgMaxDims], dy[kErgMaxDims];
     for (uint32_t d = 0; d < kErgMaxDims; ++d) {
@@ -176,7 +181,9 @@ Status resolve_concat(const Ctx& c, Step* s) {
   const TensorInfo& y = c.out();
   const int64_t axis = c.nd.iattr[0];
   if (axis < 0 || axis >= int64_t(y.ndim)) return c.bad("axis out of range");
-  if (axis == 0 && y.dims[0] == -1) return c.unsupported("concatenation along the batch dim");
+  // Axis 0 is the batch, however its dim is written: a file with a fixed first dim there made the
+  // copy run with a negative or too large size (found by fuzzing under ASan).
+  if (axis == 0) return c.unsupported("concatenation along the batch dim");
   int64_t sum = 0;
   for (size_t i = 0; i < c.nd.inputs.size(); ++i) {
     if (!c.has(i)) return c.bad("an input is absent");

@@ -109,8 +109,10 @@ Status parse_tensor(const uint8_t* base, const Header& h, uint32_t i, TensorInfo
     bool dyn_ok = d == 0 && t->dims[d] == -1 && t->kind != TensorKind::kWeight;
     if (!dyn_ok && (t->dims[d] < 1 || t->dims[d] > (int64_t(1) << 31)))
       return corrupt(where + " has an invalid dim " + std::to_string(t->dims[d]));
+    // Checked before the product: dims up to 2^31 each wrapped n past 2^63 to a small number, and a
+    // 4-element weight then stood for 2^64 + 4 (found by fuzzing under ASan).
+    if (t->dims[d] > 0 && n > (int64_t(1) << 40) / t->dims[d]) return corrupt(where + " is impossibly large");
     if (t->dims[d] > 0) n *= t->dims[d];
-    if (n > (int64_t(1) << 40)) return corrupt(where + " is impossibly large");
   }
   uint64_t off = rd<uint64_t>(r + 16);
   t->data_bytes = rd<uint64_t>(r + 24);
