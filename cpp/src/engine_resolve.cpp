@@ -69,6 +69,23 @@ Status resolve_quant(const Ctx& c, const TensorInfo& w, int64_t prec_attr, Step*
   return Status::Ok();
 }
 
+// Strides, dilations, pads and pooling kernels above this are corrupt: with dims below 2^31 every
+// size computed from them then fits in int64. Unbounded, a dilation of 2^62 overflowed the
+// output-size check and a pooling kernel of 2^43 made a run loop 2^43 times per output (fuzzing).
+constexpr int64_t kMaxSpatialAttr = int64_t(1) << 16;
+
+bool attr_in(int64_t v, int64_t lo) { return v >= lo && v <= kMaxSpatialAttr; }
+
+// The output size of a window of `k` taps (dilation `d`) sliding with stride `st` over `n` + pads,
+// floor and ceil; false when the window does not fit the padded input at all.
+bool window_out(int64_t n, int64_t pads, int64_t k, int64_t d, int64_t st, int64_t* lo, int64_t* hi) {
+  const int64_t extent = d * (k - 1) + 1;
+  if (extent > n + pads) return false;
+  *lo = (n + pads - extent) / st + 1;
+  *hi = (n + pads - extent + st - 1) / st + 1;
+  return true;
+}
+
 Status resolve_conv(const Ctx& c, Step* s) {
   ER_RETURN_IF_ERROR(c.arity(2, 4, 1));
   const TensorInfo &x = c.in(0), &w = c.in(1), &y = c.out();
@@ -81,8 +98,13 @@ Status resolve_conv(const Ctx& c, Step* s) {
   p = {x.dims[1], x.dims[2], x.dims[3], y.dims[1], y.dims[2], y.dims[3], w.dims[2], w.dims[3],
        a[0], a[1], a[2], a[3], a[4], a[5], a[8], Act::kNone, c.nd.fattr[0], c.nd.fattr[1]};
   ER_RETURN_IF_ERROR(act_from(c, a[9], &p.act));
-  if (p.sh < 1 || p.sw < 1 || p.dh < 1 || p.dw < 1 || p.pt < 0 || p.pl < 0 || a[6] < 0 || a[7] < 0)
-    return c.bad("strides/dilations must be >= 1 and pads >= 0");
+  if (!attr_in(p.sh, 1) || !attr_in(p.sw, 1) || !attr_in(p.dh, 1) || !attr_in(p.dw, 1) || !attr_in(p.pt, 0) ||
+      !attr_in(p.pl, 0) || !attr_in(a[6], 0) || !attr_in(a[7], 0))
+    return c.bad("strides/dilations must be in 1..65536 and pads in 0..65536");
+  int64_t lo, hi;
+  if (!window_out(p.h, p.pt + a[6], p.kh, p.dh, p.sh, &lo, &hi) ||
+      !window_out(p.w, p.pl + a[7], p.kw, p.dw, p.sw, &lo, &hi))
+    return c.bad("the kernel does not fit the padded input");
   if (p.group < 1 || p.cin % p.group || p.cout % p.group || w.dims[0] != p.cout ||
       w.dims[1] != p.cin / p.group)
     return c.bad("weight shape does not match channels and group");
@@ -157,8 +179,15 @@ Status resolve_pool(const Ctx& c, Step* s) {
   const int64_t* a = c.nd.iattr;
   s->pool = {x.dims[2], x.dims[3], y.dims[2], y.dims[3], a[0], a[1], a[2], a[3], a[4],
              a[5], a[6], a[7], a[8], a[9], a[10] != 0};
-  for (int k = 0; k < 6; ++k)
-    if (a[k] < 1) return c.bad("kernel, strides and dilations must be >= 1");
+  for (int k = 0; k < 10; ++k)
+    if (!attr_in(a[k], k < 6 ? 1 : 0)) return c.bad("kernel, strides and dilations must be in 1..65536, pads in 0..65536");
+  const kernels::PoolParams& q = s->pool;
+  int64_t lo_h, hi_h, lo_w, hi_w;
+  if (!window_out(q.h, q.pt + q.pb, q.kh, q.dh, q.sh, &lo_h, &hi_h) ||
+      !window_out(q.w, q.pl + q.pr, q.kw, q.dw, q.sw, &lo_w, &hi_w))
+    return c.bad("the pooling window does not fit the padded input");
+  if (q.oh < lo_h || q.oh > hi_h || q.ow < lo_w || q.ow > hi_w)  // floor or ceil mode
+    return c.bad("output spatial size does not follow from input, kernel, stride and pads");
   return Status::Ok();
 }
 
