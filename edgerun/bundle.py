@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
-from edgerun.errors import BundleError, ConfigError, UserError
+from edgerun.errors import BundleError, ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -220,35 +220,32 @@ def _extract_archive(p: Path) -> tuple[Path, Any]:
         raise BundleError(f"{p} is neither a bundle directory nor a tar archive of one")
     limit = _max_bundle_bytes()  # a wrong setting fails before anything is unpacked
     tmp = tempfile.TemporaryDirectory(prefix="edgerun-bundle-")
-    try:
-        with tarfile.open(p) as tf:
-            _check_unpacked_size(p, tf.getmembers(), Path(tmp.name), limit)
-            tf.extractall(tmp.name, filter="data")
-            _check_archive_end(p, tf)  # after: extractall left the stream just before the end, no rewind
-    except UserError:
+    try:  # any failure from here on removes what was unpacked
+        try:
+            with tarfile.open(p) as tf:
+                _check_unpacked_size(p, tf.getmembers(), Path(tmp.name), limit)
+                tf.extractall(tmp.name, filter="data")
+                _check_archive_end(p, tf)  # after: extractall left the stream just before the end, no rewind
+        except tarfile.FilterError as exc:  # a member the "data" filter refuses: an absolute path, a link out
+            raise BundleError(
+                f"archive {p} is not a bundle edgerun export writes ({exc}); do not use it: get the bundle again "
+                "from its source or re-export it"
+            ) from exc
+        except _STREAM_ERRORS as exc:
+            raise _damaged_archive(p, f"{type(exc).__name__}: {exc}") from exc
+        except OSError as exc:
+            if exc.errno is None:  # a decoder's complaint (bz2: "Invalid data stream"), not the file system's
+                raise _damaged_archive(p, f"{type(exc).__name__}: {exc}") from exc
+            raise BundleError(  # the disk it is unpacked to (full, read-only), not the archive
+                f"archive {p} could not be unpacked into {tmp.name} ({exc}); free space there or point TMPDIR "
+                "at a writable disk, or unpack it yourself (tar -xf) and pass the directory"
+            ) from exc
+        found = list(Path(tmp.name).rglob(MANIFEST))
+        if len(found) != 1:
+            raise BundleError(f"archive {p} must hold exactly one {MANIFEST}, found {len(found)}")
+    except BaseException:
         tmp.cleanup()
         raise
-    except tarfile.FilterError as exc:  # a member the "data" filter refuses: an absolute path, a link out
-        tmp.cleanup()
-        raise BundleError(
-            f"archive {p} is not a bundle edgerun export writes ({exc}); do not use it: get the bundle again "
-            "from its source or re-export it"
-        ) from exc
-    except _STREAM_ERRORS as exc:
-        tmp.cleanup()
-        raise _damaged_archive(p, f"{type(exc).__name__}: {exc}") from exc
-    except OSError as exc:
-        tmp.cleanup()
-        if exc.errno is None:  # a decoder's complaint (bz2: "Invalid data stream"), not the file system's
-            raise _damaged_archive(p, f"{type(exc).__name__}: {exc}") from exc
-        raise BundleError(  # the disk it is unpacked to (full, read-only), not the archive
-            f"archive {p} could not be unpacked into {tmp.name} ({exc}); free space there or point TMPDIR "
-            "at a writable disk, or unpack it yourself (tar -xf) and pass the directory"
-        ) from exc
-    root = Path(tmp.name)
-    found = list(root.rglob(MANIFEST))
-    if len(found) != 1:
-        raise BundleError(f"archive {p} must hold exactly one {MANIFEST}, found {len(found)}")
     return found[0].parent, tmp
 
 

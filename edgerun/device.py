@@ -252,8 +252,7 @@ class Device:
         payload = self._encode(frame)
         t_enc = time.perf_counter()
         if step is None and not self._client.connected:  # nothing would answer: say so now
-            detail = self._connect_error or f"lost the broker at {transport.redact_broker_url(self._broker)}"
-            raise TransportError(f"{detail}; paho is reconnecting in the background, nothing was sent: "
+            raise TransportError(f"{self._broker_gone()}; paho is reconnecting in the background, nothing was sent: "
                                  "retry, or export the bundle with --exits auto to answer on the device meanwhile")
         fut: Future[tuple[bytes, float]] = Future()
         with self._lock:
@@ -289,8 +288,7 @@ class Device:
             with self._lock:
                 self._pending.pop(request_id, None)
         self._observe_rtt((t_recv - t_enc) * 1e3)
-        batch = int(next(iter(outs.values())).shape[0])
-        result = self._finish(reply, request_id, (t_start, t_front, t_enc, t_recv), batch)
+        result = self._finish(reply, request_id, (t_start, t_front, t_enc, t_recv), n)
         if step is not None:
             result.front_compute_fraction = step.compute_fraction
         return result
@@ -298,14 +296,16 @@ class Device:
     def _why_local(self, left_ms: float) -> str:
         """Why the deepest exit must answer now instead of the server ("" = ask the server)."""
         if not self._client.connected:
-            detail = self._connect_error or f"lost the broker at {transport.redact_broker_url(self._broker)}"
-            return f"server unreachable: {detail} (reconnecting in the background)"
+            return f"server unreachable: {self._broker_gone()} (reconnecting in the background)"
         now = time.monotonic()
         if now < self._suspect_until:
             return f"server unreachable: {self._suspect_why}; retrying in {self._suspect_until - now:.1f} s"
         if self.rtt_ms is not None and self.rtt_ms > left_ms:
             return f"deadline: predicted round trip {self.rtt_ms:.1f} ms > {max(left_ms, 0.0):.1f} ms left"
         return ""
+
+    def _broker_gone(self) -> str:
+        return self._connect_error or f"lost the broker at {self._client.url}"
 
     def _suspect(self, why: str) -> None:
         self._suspect_why, self._suspect_until = why, time.monotonic() + SUSPECT_BACKOFF_S
@@ -356,7 +356,7 @@ class Device:
                 client.close()
                 return
             self._client, self._connect_error = client, ""
-            log.info("connected to the broker at %s", transport.redact_broker_url(self._broker))
+            log.info("connected to the broker at %s", client.url)
             return
 
     def close(self) -> None:

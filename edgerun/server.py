@@ -116,24 +116,19 @@ class _Worker:
         self.bundle = bundle
         self.max_frame_bytes = max_frame_bytes
         self.session = make_back_session(bundle.file("back.onnx"), threads)
-        check_io(bundle.file("back.onnx"), [i.name for i in self.session.get_inputs()],
-                 [o.name for o in self.session.get_outputs()], [s.name for s in bundle.cut],
-                 [s.name for s in bundle.outputs])
         self.in_names = [i.name for i in self.session.get_inputs()]
         self.out_names = [o.name for o in bundle.outputs]
-        if len(self.in_names) != len(bundle.cut):
-            raise ConfigError(f"back.onnx of {bundle} takes {len(self.in_names)} inputs but the cut has "
-                              f"{len(bundle.cut)} tensors: re-export the bundle")
+        check_io(bundle.file("back.onnx"), self.in_names, [o.name for o in self.session.get_outputs()],
+                 [s.name for s in bundle.cut], self.out_names)
         self.stats = ServerStats(worker=worker_id)
         self.decode, self.encode = wire.best_decoder(), wire.best_encoder()
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.client: transport.MqttClient | None = None
-        self._topic = "?"  # topic of the message being handled
 
     def handle(self, msg: Any) -> None:
         """Answer one MQTT message; never raises."""
         self.stats.received += 1
-        self._topic = str(getattr(msg, "topic", "?"))  # names the sending device in log lines
+        topic = str(getattr(msg, "topic", "?"))  # names the sending device in log lines
         props = getattr(msg, "properties", None)
         resp_topic = getattr(props, "ResponseTopic", None) if props is not None else None
         corr = getattr(props, "CorrelationData", None) if props is not None else None
@@ -153,11 +148,11 @@ class _Worker:
             frame.tensors = crossing.unpack(frame.tensors)
             reply = self._run(frame, t0)
         except FrameError as exc:
-            self._fail(resp_topic, corr, request_id, exc.code, str(exc))
+            self._fail(topic, resp_topic, corr, request_id, exc.code, str(exc))
             return
         except Exception as exc:  # a bug or an ORT failure: answer, log, keep serving
             log.exception("back half failed on request %d", request_id)
-            self._fail(resp_topic, corr, request_id, "internal", f"server error: {type(exc).__name__}: {exc}")
+            self._fail(topic, resp_topic, corr, request_id, "internal", f"server error: {type(exc).__name__}: {exc}")
             return
         if resp_topic is None:
             self.stats.count_error("no_response_topic", answered=False)
@@ -186,10 +181,11 @@ class _Worker:
                            meta={"server_us": server_us, "worker": self.stats.worker})
         return self.encode(reply)
 
-    def _fail(self, resp_topic: str | None, corr: bytes | None, request_id: int, code: str, message: str) -> None:
+    def _fail(self, topic: str, resp_topic: str | None, corr: bytes | None, request_id: int, code: str,
+              message: str) -> None:
         answered = resp_topic is not None
         self.stats.count_error(code, answered)
-        log.warning("request %d on %s rejected (%s): %s%s", request_id, self._topic, code, message,
+        log.warning("request %d on %s rejected (%s): %s%s", request_id, topic, code, message,
                     "" if answered else " [dropped]")
         if answered:
             payload = wire.error_frame(request_id, self.bundle.hash16, code, message)

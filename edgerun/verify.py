@@ -103,7 +103,6 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
     back = make_engine("ort", onnx_path=b.file("back.onnx"), threads=threads)
     whole = make_engine("ort", onnx_path=b.file("whole.onnx"), threads=threads)
     ins, cut, outs = [s.name for s in b.inputs], [s.name for s in b.cut], [s.name for s in b.outputs]
-    ins_cut = cut
     for name, eng, want in (("front.onnx", ort_front, (ins, cut)), ("back.onnx", back, (cut, outs)),
                             ("whole.onnx", whole, (ins, outs))):
         check_io(b.file(name), eng.input_names, eng.output_names, *want)
@@ -170,7 +169,7 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
 
         src = mid_nat if engine == "native" and b.native_ok else mid_ort
         cut_arrays = [np.ascontiguousarray(src[t.name], dtype=np.float32) for t in b.cut]
-        decoded = crossing.unpack(crossing.Packer(entry).pack(dict(zip(ins_cut, cut_arrays))))
+        decoded = crossing.unpack(crossing.Packer(entry).pack(dict(zip(cut, cut_arrays))))
         codec_mse = rel_l2(decoded, cut_arrays) ** 2
         codec_lim = CODEC_MSE_FACTOR * float(entry.get("budget") or 0.0) + CODEC_MSE_SLACK
         if codec_mse > codec_lim:
