@@ -258,6 +258,22 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _cuts(only: str | None, names: str | None, traced: dict) -> list[tuple[str, str]]:
+    """(model, cut) pairs to run: CUTS, or the named cuts of every model that has them
+    (models traced for that are kept in ``traced``)."""
+    specs = [s for s in dict.fromkeys(spec for spec, _ in CUTS) if not only or only in s]
+    if not names:
+        return [(s, c) for s, c in CUTS if s in specs]
+    pairs = []
+    for spec in specs:
+        labels = {c.label for c in traced.setdefault(spec, trace_model(spec)).cuts}
+        pairs += [(spec, c) for c in names.split(",") if c in labels]
+    if not pairs:
+        raise SystemExit(f"bench_quant: no model among {specs} has a cut named in {names!r} (see "
+                         "`edgerun export zoo:... --list-cuts`)")
+    return pairs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=30)
@@ -270,7 +286,9 @@ def main() -> None:
     ap.add_argument("--roundings", default=",".join(ROUNDINGS), help="comma-separated: rtn,gptq")
     ap.add_argument("--gap-ms", type=float, default=REQUEST_GAP_MS,
                     help="idle before each timed call in the gap loop (a back-to-back loop also runs)")
-    ap.add_argument("--cuts", default=None, help="comma-separated cut names to keep (e.g. blocks.5)")
+    ap.add_argument("--cuts", default=None,
+                    help="comma-separated cut names (e.g. blocks.5 or blocks.15): any cut of each model "
+                         "that has it, the default ones or deeper")
     args = ap.parse_args()
     if args.threads > 1:
         print("bench_quant: at --threads > 1 the interleaved candidates' thread pools (the engine's and "
@@ -279,9 +297,7 @@ def main() -> None:
     from edgerun import _core
 
     rows, traced = [], {}
-    for spec, cut in CUTS:
-        if (args.only and args.only not in spec) or (args.cuts and cut not in args.cuts.split(",")):
-            continue
+    for spec, cut in _cuts(args.only, args.cuts, traced):
         traced.setdefault(spec, trace_model(spec))
         with tempfile.TemporaryDirectory() as d:
             rows.append(bench_cut(spec, cut, traced[spec], Path(d), args.runs, args.threads,

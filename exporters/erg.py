@@ -118,19 +118,46 @@ def _fused_act(ctx: _Ctx, out: str) -> tuple[int, float, float, str]:
 def _conv(ctx: _Ctx, node: onnx.NodeProto) -> None:
     a = _attrs(node)
     w = ctx.const(node.input[1], "the Conv weight")
-    if w.ndim != 4:
-        raise _Unsupported("only 2-D convolution (4-D weight) is supported")
+    if w.ndim not in (3, 4):
+        raise _Unsupported("only 1-D and 2-D convolution (3-D or 4-D weight) is supported")
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
         raise _Unsupported("auto_pad SAME_* is not supported (export with explicit pads)")
     s, d = a.get("strides", [1, 1]), a.get("dilations", [1, 1])
     p = a.get("pads", [0, 0, 0, 0])
-    ins = [node.input[0], ctx.weight(node.input[1], w)]
+    x = node.input[0]
+    if w.ndim == 3:  # Conv1d [N, C, L] runs as a 2-D conv on [N, C, 1, L] (the same bytes)
+        s, d = [1, a.get("strides", [1])[0]], [1, a.get("dilations", [1])[0]]
+        p1 = a.get("pads", [0, 0])
+        p = [0, p1[0], 0, p1[1]]
+        w = w[:, :, None, :]
+        if len(ctx.shapes.get(node.output[0], [])) != 3:
+            raise _Unsupported("a Conv1d whose output is not [N, C, L] with known C and L")
+        x = _as_2d(ctx, node, x)
+    ins = [x, ctx.weight(node.input[1], w)]
     if len(node.input) > 2 and node.input[2]:
         ins.append(ctx.weight(node.input[2], ctx.const(node.input[2], "the Conv bias")))
     act, lo, hi, out = _fused_act(ctx, node.output[0])
-    ctx.nodes.append(_ENode("Conv", node.name, ins, [out],
+    y = out
+    if x != node.input[0]:
+        y = f"{out}::2d"
+        n, c, length = ctx.shapes[out]
+        ctx.shapes[y] = [n, c, 1, length]
+    ctx.nodes.append(_ENode("Conv", node.name, ins, [y],
                             [s[0], s[1], d[0], d[1], p[0], p[1], p[2], p[3], a.get("group", 1), act],
                             [lo, hi]))
+    if y != out:
+        ctx.nodes.append(_ENode("Reshape", f"{node.name}::1d", [y], [out]))
+
+
+def _as_2d(ctx: _Ctx, node: onnx.NodeProto, x: str) -> str:
+    """A zero-copy [N, C, 1, L] view of the 1-D input ``x`` of ``node`` (Conv1d, 1-D pooling)."""
+    shape = ctx.shapes.get(x)
+    if shape is None or len(shape) != 3:
+        raise _Unsupported("a 1-D op whose input is not [N, C, L] with known C and L")
+    view = f"{node.name}::x2d"
+    ctx.shapes[view] = [shape[0], shape[1], 1, shape[2]]
+    ctx.nodes.append(_ENode("Reshape", f"{node.name}::2d", [x], [view]))
+    return view
 
 
 @_lowers("Gemm")
@@ -199,6 +226,55 @@ def _unary(ctx: _Ctx, node: onnx.NodeProto) -> None:
     ctx.nodes.append(_ENode(node.op_type, node.name, [node.input[0]], [node.output[0]]))
 
 
+@_lowers("LeakyRelu")
+def _leaky_relu(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    alpha = float(_attrs(node).get("alpha", 0.01))
+    ctx.nodes.append(_ENode("LeakyRelu", node.name, [node.input[0]], [node.output[0]], [], [alpha]))
+
+
+@_lowers("Gelu")
+def _gelu(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    approx = _attrs(node).get("approximate", "none")
+    approx = approx.decode("utf-8", "replace") if isinstance(approx, bytes) else approx
+    if approx not in ("none", "tanh"):
+        raise _Unsupported(f"Gelu approximate={approx!r} (only 'none' and 'tanh')")
+    ctx.nodes.append(_ENode("Gelu", node.name, [node.input[0]], [node.output[0]], [int(approx == "tanh")]))
+
+
+# Resize modes that, at an integer scale s, read input index floor(i / s) for output index i
+# (half-pixel centres never land on a .5 tie, so either rounding gives the same index).
+_NEAREST_FLOOR = {("asymmetric", "floor"), ("tf_half_pixel_for_nn", "floor")} | {
+    (m, r) for m in ("half_pixel", "pytorch_half_pixel", "half_pixel_symmetric")
+    for r in ("round_prefer_floor", "round_prefer_ceil")}
+
+
+def _text(a: dict, key: str, default: str) -> str:
+    v = a.get(key, default)
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+
+
+@_lowers("Resize", "Upsample")
+def _resize(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    mode = _text(a, "mode", "nearest")
+    if mode != "nearest":
+        raise _Unsupported(f"Resize mode {mode!r} (only nearest, by integer factors)")
+    if a.get("antialias", 0):
+        raise _Unsupported("Resize with antialias")
+    coord = _text(a, "coordinate_transformation_mode", "asymmetric" if node.op_type == "Upsample" else "half_pixel")
+    rounding = _text(a, "nearest_mode", "floor" if node.op_type == "Upsample" else "round_prefer_floor")
+    if (coord, rounding) not in _NEAREST_FLOOR:
+        raise _Unsupported(f"Resize nearest with coordinate_transformation_mode {coord!r} and "
+                           f"nearest_mode {rounding!r}")
+    xs, ys = ctx.shapes.get(node.input[0]), ctx.shapes.get(node.output[0])
+    if xs is None or ys is None or len(xs) != 4 or len(ys) != 4 or xs[1] != ys[1]:
+        raise _Unsupported("Resize other than of H and W of an NCHW tensor with known sizes")
+    if any(y % x for x, y in zip(xs[2:], ys[2:])):
+        raise _Unsupported(f"Resize from {xs[2:]} to {ys[2:]}: only integer upsampling factors")
+    ctx.nodes.append(_ENode("Resize", node.name, [node.input[0]], [node.output[0]],
+                            [ys[2] // xs[2], ys[3] // xs[3]]))
+
+
 @_lowers("HardSigmoid")
 def _hardsigmoid(ctx: _Ctx, node: onnx.NodeProto) -> None:
     a = _attrs(node)
@@ -230,12 +306,25 @@ def _pool(ctx: _Ctx, node: onnx.NodeProto) -> None:
     if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
         raise _Unsupported("auto_pad SAME_* is not supported")
     k = a["kernel_shape"]
-    if len(k) != 2:
-        raise _Unsupported("only 2-D pooling is supported")
+    if len(k) not in (1, 2):
+        raise _Unsupported("only 1-D and 2-D pooling is supported")
     s, d, p = a.get("strides", [1, 1]), a.get("dilations", [1, 1]), a.get("pads", [0, 0, 0, 0])
-    ctx.nodes.append(_ENode(node.op_type, node.name, [node.input[0]], [node.output[0]],
+    x, out = node.input[0], node.output[0]
+    if len(k) == 1:  # as 2-D pooling over [N, C, 1, L]
+        k, s, d = [1, k[0]], [1, a.get("strides", [1])[0]], [1, a.get("dilations", [1])[0]]
+        p1 = a.get("pads", [0, 0])
+        p = [0, p1[0], 0, p1[1]]
+        if len(ctx.shapes.get(out, [])) != 3:
+            raise _Unsupported("1-D pooling whose output is not [N, C, L] with known C and L")
+        x = _as_2d(ctx, node, x)
+        n, c, length = ctx.shapes[out]
+        out = f"{out}::2d"
+        ctx.shapes[out] = [n, c, 1, length]
+    ctx.nodes.append(_ENode(node.op_type, node.name, [x], [out],
                             [k[0], k[1], s[0], s[1], d[0], d[1], p[0], p[1], p[2], p[3],
                              a.get("count_include_pad", 0)]))
+    if out != node.output[0]:
+        ctx.nodes.append(_ENode("Reshape", f"{node.name}::1d", [out], [node.output[0]]))
 
 
 @_lowers("GlobalAveragePool")

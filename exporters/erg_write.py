@@ -28,7 +28,7 @@ OP = {
     "Conv": 1, "Gemm": 2, "Add": 3, "Sub": 4, "Mul": 5, "Div": 6, "Relu": 7, "Clip": 8,
     "Sigmoid": 9, "HardSigmoid": 10, "HardSwish": 11, "Silu": 12, "MaxPool": 13,
     "AveragePool": 14, "GlobalAveragePool": 15, "ReduceMean": 16, "Concat": 17,
-    "Reshape": 18, "ChannelAffine": 19, "Pad": 20,
+    "Reshape": 18, "ChannelAffine": 19, "Pad": 20, "LeakyRelu": 21, "Gelu": 22, "Resize": 23,
 }
 
 

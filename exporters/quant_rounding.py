@@ -245,6 +245,7 @@ class _Layer:
     wshape: tuple           # the engine weight's dims (Conv [O, C/g, kh, kw])
     geom: tuple             # Conv: (sh, sw, dh, dw, pt, pl, pb, pr, group)
     groups: int
+    onnx_wshape: tuple = ()  # Conv: the ONNX weight's dims ([O, C/g, k] for a Conv1d)
 
     def grouped(self) -> np.ndarray:
         return self.w2.reshape(self.groups, -1, self.w2.shape[1])
@@ -272,9 +273,11 @@ def _front_layers(model: onnx.ModelProto):
         w = ctx.weights[e.inputs[1]]
         bias = ctx.weights[e.inputs[2]] if len(e.inputs) > 2 and e.inputs[2] else None
         geom = tuple(e.iattr[:9]) if e.op == "Conv" else ()
-        layers.append(_Layer(e.name, e.op, by_name[e.name].op_type, e.inputs[0], _weight_rows(e, w),
+        src = by_name[e.name]  # its ONNX input: a Conv1d's engine input is a 2-D view of it
+        layers.append(_Layer(e.name, e.op, src.op_type, src.input[0], _weight_rows(e, w),
                              None if bias is None else np.asarray(bias, np.float32).copy(),
-                             tuple(w.shape), geom, geom[8] if geom else 1))
+                             tuple(w.shape), geom, geom[8] if geom else 1,
+                             tuple(ctx.consts[src.input[1]].shape) if e.op == "Conv" else ()))
     return layers, ctx.graph
 
 

@@ -41,6 +41,8 @@ def _columns(layer: _Layer, x: np.ndarray) -> np.ndarray:
     if layer.op != "Conv":
         return x.reshape(-1, 1, x.shape[-1])
     _, _, kh, kw = layer.wshape
+    if x.ndim == 3:  # Conv1d: the engine runs it on [N, C, 1, L]
+        x = x[:, :, None, :]
     sh, sw, dh, dw, pt, pl, pb, pr, g = layer.geom
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     n, c, hp, wp = xp.shape
@@ -127,7 +129,7 @@ def _substitute(g: onnx.GraphProto, node: onnx.NodeProto, layer: _Layer, r: Roun
     bias = r.bias if r.bias is not None else layer.bias
     wname, bname = f"{layer.name}::qsim_W", f"{layer.name}::qsim_B"
     if layer.onnx_op == "Conv":
-        g.initializer.append(numpy_helper.from_array(w.reshape(layer.wshape), wname))
+        g.initializer.append(numpy_helper.from_array(w.reshape(layer.onnx_wshape or layer.wshape), wname))
         node.input[1] = wname
     elif layer.onnx_op == "Gemm":  # the engine's B is [K, N] with alpha and transB applied
         g.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w), wname))

@@ -255,7 +255,7 @@ Status Engine::run_step(const Step& s, int32_t batch) {
       break;
     }
     case OpCode::kRelu: case OpCode::kClip: case OpCode::kSigmoid: case OpCode::kHardSigmoid:
-    case OpCode::kHardSwish: case OpCode::kSilu:
+    case OpCode::kHardSwish: case OpCode::kSilu: case OpCode::kLeakyRelu: case OpCode::kGelu:
       kernels::unary(s.op, xt.numel(batch), in(0), y, s.p0, s.p1, th);
       break;
     case OpCode::kMaxPool: case OpCode::kAveragePool: {
@@ -293,6 +293,12 @@ Status Engine::run_step(const Step& s, int32_t batch) {
     case OpCode::kChannelAffine: {
       const int64_t n = xt.dims[0] == -1 ? batch : xt.dims[0], C = xt.dims[1];
       kernels::channel_affine(n, C, xt.numel(batch) / (n * C), in(0), in(1), in(2), y, th);
+      break;
+    }
+    case OpCode::kResize: {
+      int64_t dx[kErgMaxDims];
+      dims_at(xt, batch, dx);
+      kernels::upsample_nearest(dx[0] * dx[1], dx[2], dx[3], s.k, s.n, in(0), y, th);
       break;
     }
     case OpCode::kPad: {

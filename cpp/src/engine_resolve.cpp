@@ -171,6 +171,22 @@ Status resolve_unary(const Ctx& c, Step* s) {
   return Status::Ok();
 }
 
+Status resolve_resize(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
+  const TensorInfo &x = c.in(0), &y = c.out();
+  if (x.ndim != 4 || y.ndim != 4) return c.unsupported("only nearest upsampling of NCHW is supported");
+  if (!c.same_batch(x, y) || x.dims[1] != y.dims[1]) return c.bad("batch or channels differ");
+  const int64_t sh = c.nd.iattr[0], sw = c.nd.iattr[1];
+  if (!attr_in(sh, 1) || !attr_in(sw, 1)) return c.bad("scale factors must be in 1..65536");
+  int64_t oh = 0, ow = 0;
+  if (__builtin_mul_overflow(x.dims[2], sh, &oh) || __builtin_mul_overflow(x.dims[3], sw, &ow) ||
+      y.dims[2] != oh || y.dims[3] != ow)
+    return c.bad("output size is not the input size times the scale factors");
+  s->k = sh;
+  s->n = sw;
+  return Status::Ok();
+}
+
 Status resolve_pool(const Ctx& c, Step* s) {
   ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
   const TensorInfo &x = c.in(0), &y = c.out();
@@ -279,8 +295,14 @@ Status Engine::resolve() {
       case OpCode::kAdd: case OpCode::kSub: case OpCode::kMul: case OpCode::kDiv:
         ER_RETURN_IF_ERROR(resolve_binary(c, &s)); break;
       case OpCode::kRelu: case OpCode::kClip: case OpCode::kSigmoid: case OpCode::kHardSigmoid:
-      case OpCode::kHardSwish: case OpCode::kSilu:
+      case OpCode::kHardSwish: case OpCode::kSilu: case OpCode::kLeakyRelu:
         ER_RETURN_IF_ERROR(resolve_unary(c, &s)); break;
+      case OpCode::kGelu:
+        ER_RETURN_IF_ERROR(resolve_unary(c, &s));
+        if (nd.iattr[0] != 0 && nd.iattr[0] != 1) return c.bad("approximate must be 0 (erf) or 1 (tanh)");
+        s.p0 = float(nd.iattr[0]);
+        break;
+      case OpCode::kResize: ER_RETURN_IF_ERROR(resolve_resize(c, &s)); break;
       case OpCode::kMaxPool: case OpCode::kAveragePool:
         ER_RETURN_IF_ERROR(resolve_pool(c, &s)); break;
       case OpCode::kGlobalAveragePool:

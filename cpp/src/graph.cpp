@@ -178,6 +178,9 @@ const char* op_name(OpCode op) {
     case OpCode::kReshape: return "Reshape";
     case OpCode::kChannelAffine: return "ChannelAffine";
     case OpCode::kPad: return "Pad";
+    case OpCode::kLeakyRelu: return "LeakyRelu";
+    case OpCode::kGelu: return "Gelu";
+    case OpCode::kResize: return "Resize";
   }
   return "Unknown";
 }

@@ -139,6 +139,16 @@ void unary(OpCode op, int64_t n, const float* x, float* y, float p0, float p1, i
         return v * std::min(std::max(v * (1.f / 6.f) + 0.5f, 0.f), 1.f);
       });
     case OpCode::kSilu: return unary_loop(n, x, y, threads, [](float v) { return v * sigmoid(v); });
+    case OpCode::kLeakyRelu:
+      return unary_loop(n, x, y, threads, [=](float v) { return v >= 0.f ? v : p0 * v; });
+    case OpCode::kGelu:
+      if (p0 != 0.f)  // tanh approximation (ONNX Gelu approximate="tanh")
+        return unary_loop(n, x, y, threads, [](float v) {
+          constexpr float k = 0.7978845608028654f;  // sqrt(2 / pi)
+          return 0.5f * v * (1.f + std::tanh(k * (v + 0.044715f * v * v * v)));
+        });
+      return unary_loop(n, x, y, threads,
+                        [](float v) { return 0.5f * v * (1.f + std::erf(v * 0.7071067811865476f)); });
     default: ER_ASSERT(false && "unary: not a unary op");
   }
 }

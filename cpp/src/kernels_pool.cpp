@@ -63,6 +63,22 @@ void global_avg_pool(int64_t planes, int64_t hw, const float* x, float* y, int t
   });
 }
 
+void upsample_nearest(int64_t planes, int64_t h, int64_t w, int64_t sh, int64_t sw, const float* x,
+                      float* y, int threads) {
+  const int64_t ow = w * sw;
+  parallel_for(threads, planes * h, [&](int64_t pr) {  // one input row -> sh output rows
+    const float* xr = x + pr * w;
+    float* y0 = y + pr * sh * ow;
+    if (sw == 1) {
+      std::memcpy(y0, xr, size_t(w) * sizeof(float));
+    } else {
+      for (int64_t j = 0; j < w; ++j)
+        for (int64_t k = 0; k < sw; ++k) y0[j * sw + k] = xr[j];
+    }
+    for (int64_t r = 1; r < sh; ++r) std::memcpy(y0 + r * ow, y0, size_t(ow) * sizeof(float));
+  });
+}
+
 void reduce_mean(int32_t rank, const int64_t* dims, uint32_t mask, const float* x, float* y) {
   // Output strides over the kept dims; reduced dims contribute nothing.
   int64_t ostride[kErgMaxDims], total = 1, out_n = 1, red = 1;

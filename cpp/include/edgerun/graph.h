@@ -65,6 +65,9 @@ enum class OpCode : uint32_t {
   kReshape           = 18,  // also Flatten / Identity / Squeeze / Unsqueeze
   kChannelAffine     = 19,  // standalone BatchNormalization: x * scale[c] + shift[c]
   kPad               = 20,
+  kLeakyRelu         = 21,  // x >= 0 ? x : alpha * x
+  kGelu              = 22,  // exact (erf) or tanh approximation
+  kResize            = 23,  // nearest, integer scale factors on H and W
 };
 
 // Fused activation codes (Conv, Gemm, ChannelAffine iattr slot "act").

@@ -106,7 +106,8 @@ struct Broadcast {
 bool make_broadcast(const int64_t* a, int32_t ra, const int64_t* b, int32_t rb, const int64_t* out,
                     int32_t ro, Broadcast* bc);
 void binary(OpCode op, const Broadcast& bc, const float* a, const float* b, float* y, int threads);
-// Relu, Clip(p0, p1), Sigmoid, HardSigmoid(alpha p0, beta p1), HardSwish, Silu.
+// Relu, Clip(p0, p1), Sigmoid, HardSigmoid(alpha p0, beta p1), HardSwish, Silu,
+// LeakyRelu(alpha p0), Gelu(p0: 0 = erf, 1 = tanh approximation).
 void unary(OpCode op, int64_t n, const float* x, float* y, float p0, float p1, int threads);
 // y = x * scale[c] + shift[c] over [outer, C, inner].
 void channel_affine(int64_t outer, int64_t C, int64_t inner, const float* x, const float* scale,
@@ -123,6 +124,9 @@ struct PoolParams {
 void max_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads);
 void avg_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads);
 void global_avg_pool(int64_t planes, int64_t hw, const float* x, float* y, int threads);
+// Nearest-neighbour upsampling by integer factors: y[i][j] = x[i / sh][j / sw] per plane.
+void upsample_nearest(int64_t planes, int64_t h, int64_t w, int64_t sh, int64_t sw, const float* x,
+                      float* y, int threads);
 // Mean over the axes set in `mask` (bit d = axis d) of a rank-`rank` tensor.
 void reduce_mean(int32_t rank, const int64_t* dims, uint32_t mask, const float* x, float* y);
 // Concatenate n parts, each [outer, inner_i], into y [outer, sum inner_i].

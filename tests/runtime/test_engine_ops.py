@@ -1,0 +1,187 @@
+"""Ops a user's model brings that the engine runs natively since 2026-12-06: LeakyRelu,
+Gelu (exact and tanh), nearest upsampling by integer factors (Resize / Upsample),
+and 1-D convolution and pooling (sensor and audio models), each against onnxruntime;
+and the Resize settings the engine refuses (they fall back to onnxruntime by name)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from edgerun.engine import NativeEngine, OrtEngine
+from edgerun.errors import BundleError
+from edgerun.exporters import erg
+
+import torch  # noqa: E402
+nn = torch.nn
+F = torch.nn.functional
+
+RTOL = 1e-4  # as tests/runtime/test_engine.py: summation order only; indexing bugs are O(1)
+
+
+def _close(ref: np.ndarray, got: np.ndarray, what: str) -> None:
+    assert ref.shape == got.shape, f"{what}: shape {got.shape} != {ref.shape}"
+    err = float(np.abs(ref - got).max()) / max(float(np.abs(ref).max()), 1e-3)
+    assert err <= RTOL, f"{what}: max error {err:.2e}"
+
+
+class Detector(nn.Module):
+    """A small FPN-style vision model: LeakyReLU, GELU, nearest x2 / (2, 3) upsampling."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.lat = nn.Conv2d(16, 8, 1)
+        self.out = nn.Conv2d(8, 6, 3, padding=1)
+
+    def forward(self, x):
+        a = F.leaky_relu(self.c1(x), 0.1)
+        b = F.gelu(self.c2(a))
+        up = F.interpolate(self.lat(b), scale_factor=2, mode="nearest")
+        y = F.gelu(self.out(a + up), approximate="tanh")
+        return F.interpolate(y, scale_factor=(2, 3), mode="nearest") * 0.5
+
+
+class ImuNet(nn.Module):
+    """A 1-D sensor model: Conv1d (padding, stride, dilation, groups), BatchNorm1d, pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(6, 16, 5, padding=2)
+        self.bn = nn.BatchNorm1d(16)
+        self.c2 = nn.Conv1d(16, 32, 3, stride=2, padding=2, dilation=2, groups=4)
+        self.pw = nn.Conv1d(32, 24, 1)
+        self.fc = nn.Linear(24, 4)
+
+    def forward(self, x):
+        y = F.relu(self.bn(self.c1(x)))
+        y = F.max_pool1d(y, 3, stride=2, padding=1)
+        y = F.leaky_relu(self.c2(y), 0.2)
+        y = F.avg_pool1d(self.pw(y), 2)
+        return self.fc(y.mean(-1))
+
+
+def _export(module: nn.Module, example: torch.Tensor, tmp_path, name: str):
+    from edgerun.exporters.trace import to_onnx
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        for b in module.buffers():
+            if b.dtype.is_floating_point:
+                b.uniform_(0.5, 1.5)
+    model = to_onnx(module.eval(), example)
+    onnx.save(model, tmp_path / f"{name}.onnx")
+    info = erg.write_erg(model, tmp_path / f"{name}.erg")
+    return model, info
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ops")
+    return d, {"detector": (_export(Detector(), torch.randn(1, 3, 12, 10), d, "detector"), (3, 12, 10)),
+               "imu": (_export(ImuNet(), torch.randn(1, 6, 50), d, "imu"), (6, 50))}
+
+
+@pytest.mark.parametrize("name", ["detector", "imu"])
+@pytest.mark.parametrize("batch, threads", [(1, 1), (3, 2)])
+def test_user_models_run_natively_and_match_ort(models, name, batch, threads):
+    d, table = models
+    (model, info), shape = table[name]
+    assert erg.check_native_support(model) == []  # before: LeakyRelu, Gelu, Resize, 1-D Conv refused
+    x = np.random.default_rng(batch).standard_normal((batch, *shape)).astype(np.float32)
+    ref = OrtEngine(d / f"{name}.onnx").run(x)
+    got = NativeEngine(d / f"{name}.erg", max_batch=4, threads=threads).run(x)
+    for k in ref:
+        _close(ref[k], got[k], f"{name} b{batch} t{threads}")
+
+
+def test_the_ops_are_the_engines_own(models):
+    _, table = models
+    assert {"LeakyRelu", "Gelu", "Resize"} <= set(table["detector"][0][1]["ops"])
+    imu_ops = table["imu"][0][1]["ops"]
+    assert imu_ops["Conv"] == 3 and imu_ops["MaxPool"] == 1 and imu_ops["AveragePool"] == 1
+
+
+def _resize_model(in_hw, out_hw, **attrs):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, *in_hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, *out_hw])
+    scales = np.array([1, 1, out_hw[0] / in_hw[0], out_hw[1] / in_hw[1]], np.float32)
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="rs", **attrs)
+    g = helper.make_graph([node], "g", [x], [y], [numpy_helper.from_array(scales, "scales")])
+    return onnx.shape_inference.infer_shapes(
+        helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)], ir_version=9))
+
+
+@pytest.mark.parametrize("coord, rounding", sorted(erg._NEAREST_FLOOR))
+@pytest.mark.parametrize("out_hw", [(8, 15), (12, 5)])
+def test_every_accepted_resize_mode_is_floor_of_i_over_s(tmp_path, coord, rounding, out_hw):
+    m = _resize_model((4, 5), out_hw, mode="nearest", coordinate_transformation_mode=coord, nearest_mode=rounding)
+    onnx.save(m, tmp_path / "r.onnx")
+    erg.write_erg(m, tmp_path / "r.erg")
+    x = np.random.default_rng(0).standard_normal((2, 3, 4, 5)).astype(np.float32)
+    ref = OrtEngine(tmp_path / "r.onnx").run(x)["y"]
+    np.testing.assert_array_equal(NativeEngine(tmp_path / "r.erg", max_batch=2).run(x)["y"], ref)
+
+
+@pytest.mark.parametrize("out_hw, attrs, why", [
+    ((8, 10), {"mode": "linear"}, "mode 'linear'"),
+    ((8, 10), {"mode": "nearest", "coordinate_transformation_mode": "align_corners"}, "align_corners"),
+    ((8, 10), {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
+               "nearest_mode": "round_prefer_floor"}, "round_prefer_floor"),
+    ((6, 10), {"mode": "nearest"}, "integer upsampling"),
+    ((2, 5), {"mode": "nearest"}, "integer upsampling"),
+])
+def test_other_resizes_fall_back_with_the_reason(tmp_path, out_hw, attrs, why):
+    m = _resize_model((4, 5), out_hw, **attrs)
+    assert erg.check_native_support(m) == [("rs", "Resize")]
+    with pytest.raises(Exception, match=why):
+        erg.write_erg(m, tmp_path / "r.erg")
+
+
+def _damaged(tmp_path, model, slot: int, value: int):
+    erg.write_erg(model, tmp_path / "ok.erg")
+    data = bytearray((tmp_path / "ok.erg").read_bytes())
+    at = erg.read_erg_header(tmp_path / "ok.erg")["nodes_off"] + 24 + 8 * slot  # the first node's iattr
+    data[at: at + 8] = np.int64(value).tobytes()
+    (tmp_path / "bad.erg").write_bytes(bytes(data))
+    return tmp_path / "bad.erg"
+
+
+@pytest.mark.parametrize("value", [0, 2, 1 << 40])  # zero, a factor that does not give 15 from 5, absurd
+def test_a_damaged_resize_factor_is_refused_at_load(tmp_path, value):
+    bad = _damaged(tmp_path, _resize_model((4, 5), (8, 15), mode="nearest"), 1, value)
+    with pytest.raises(BundleError, match="scale factors|times the scale"):
+        NativeEngine(bad)
+
+
+def test_a_damaged_gelu_mode_is_refused_at_load(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 7])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 7])
+    g = helper.make_graph([helper.make_node("Gelu", ["x"], ["y"], name="g")], "g", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)], ir_version=9)
+    with pytest.raises(BundleError, match="approximate"):
+        NativeEngine(_damaged(tmp_path, m, 0, 2))
+
+
+def test_an_int8_conv1d_front_rounds_and_runs(models, tmp_path):
+    """GPTQ reads a Conv1d's input as [N, C, 1, L] columns and simulates it in ONNX with its
+    own 3-D weight; the int8 engine stays within int8 error of onnxruntime's fp32."""
+    from edgerun.exporters.quant_rounding import FrontRounder
+
+    _, table = models
+    (model, info), shape = table["imu"]
+    x = np.random.default_rng(5).standard_normal((16, *shape)).astype(np.float32)
+    prec = {n: "int8" for n in info["precisions"]}
+    rounded = FrontRounder(model, x, 32).sequential(prec)
+    erg.write_erg(model, tmp_path / "q.erg", precisions=prec, rounded=rounded)
+    onnx.save(model, tmp_path / "q.onnx")
+    ref = OrtEngine(tmp_path / "q.onnx").run(x[:4])
+    got = NativeEngine(tmp_path / "q.erg", max_batch=4).run(x[:4])
+    for k in ref:
+        err = float(np.linalg.norm(ref[k] - got[k]) / np.linalg.norm(ref[k]))
+        assert 0 < err < 0.05, f"int8 Conv1d relative error {err:.3g}"
