@@ -62,6 +62,7 @@ class _Ctx:
     skip: set[int] = field(default_factory=set)  # ids of ONNX nodes fused into an earlier one
     onnx_nodes: list[onnx.NodeProto] = field(default_factory=list)  # left after folding
     graph: onnx.GraphProto | None = None
+    opset: int = 20  # the model's default-domain opset
 
     def weight(self, name: str, array: np.ndarray) -> str:
         self.weights[name] = np.ascontiguousarray(array, dtype=np.float32)
@@ -275,6 +276,87 @@ def _resize(ctx: _Ctx, node: onnx.NodeProto) -> None:
                             [ys[2] // xs[2], ys[3] // xs[3]]))
 
 
+@_lowers("Transpose")
+def _transpose(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    rank = len(ctx.shapes.get(node.input[0]) or [])
+    if rank == 0:
+        raise _Unsupported("a Transpose of an input whose rank is not known")
+    perm = [int(p) for p in _attrs(node).get("perm", range(rank - 1, -1, -1))]
+    if perm == list(range(rank)):
+        ctx.nodes.append(_ENode("Reshape", node.name, [node.input[0]], [node.output[0]]))
+        return
+    if perm[0] != 0:
+        raise _Unsupported(f"perm {perm} moves the batch dim")
+    ctx.nodes.append(_ENode("Transpose", node.name, [node.input[0]], [node.output[0]], perm))
+
+
+def _emit_slice(ctx: _Ctx, node: onnx.NodeProto, out: str, starts: list[int], steps: list[int], tag: str) -> None:
+    rank = len(starts)
+    ctx.nodes.append(_ENode("Slice", node.name + tag, [node.input[0]], [out],
+                            list(starts) + [0] * (MAX_DIMS - rank) + list(steps)))
+
+
+@_lowers("Slice")
+def _slice(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    shape = ctx.shapes.get(node.input[0])
+    if not shape or node.output[0] not in ctx.shapes:
+        raise _Unsupported("a Slice whose input or output shape is not known")
+    rank = len(shape)
+    begin = ctx.const(node.input[1], "Slice starts").reshape(-1).tolist()
+    end = ctx.const(node.input[2], "Slice ends").reshape(-1).tolist()
+    axes = list(range(len(begin)))
+    if len(node.input) > 3 and node.input[3]:
+        axes = [int(a) % rank for a in ctx.const(node.input[3], "Slice axes").reshape(-1)]
+    steps = [1] * len(begin)
+    if len(node.input) > 4 and node.input[4]:
+        steps = [int(v) for v in ctx.const(node.input[4], "Slice steps").reshape(-1)]
+    starts, strides = [0] * rank, [1] * rank
+    for ax, b, e, st in zip(axes, begin, end, steps):
+        if ax == 0:
+            raise _Unsupported("slicing the batch dim")
+        if st < 1:
+            raise _Unsupported(f"a step of {st} (only positive steps)")
+        r = range(*slice(int(b), int(e), st).indices(shape[ax]))
+        if len(r) == 0:
+            raise _Unsupported("an empty slice")
+        starts[ax], strides[ax] = r.start, st
+    _emit_slice(ctx, node, node.output[0], starts, strides, "")
+
+
+@_lowers("Split")
+def _split(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    shape = ctx.shapes.get(node.input[0])
+    outs = [o for o in node.output]
+    if not shape or any(o not in ctx.shapes for o in outs if o):
+        raise _Unsupported("a Split whose input or output shapes are not known")
+    axis = int(_attrs(node).get("axis", 0)) % len(shape)
+    if axis == 0:
+        raise _Unsupported("splitting the batch dim")
+    at = 0
+    for i, o in enumerate(outs):
+        if not o:  # an unused output is not computed
+            if any(outs[i + 1:]):
+                raise _Unsupported("a Split with an unused output before a used one")
+            break
+        starts = [0] * len(shape)
+        starts[axis] = at
+        _emit_slice(ctx, node, o, starts, [1] * len(shape), f"::{i}")
+        at += ctx.shapes[o][axis]
+
+
+@_lowers("Softmax")
+def _softmax(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    rank = len(ctx.shapes.get(node.input[0]) or [])
+    if rank == 0:
+        raise _Unsupported("a Softmax whose input rank is not known")
+    axis = int(_attrs(node).get("axis", -1 if ctx.opset >= 13 else 1)) % rank
+    if ctx.opset < 13 and axis != rank - 1:  # before opset 13: over all dims from axis on
+        raise _Unsupported(f"opset {ctx.opset} Softmax over dims {axis}.. (export at opset 13 or later)")
+    if axis == 0:
+        raise _Unsupported("softmax along the batch dim")
+    ctx.nodes.append(_ENode("Softmax", node.name, [node.input[0]], [node.output[0]], [axis]))
+
+
 @_lowers("HardSigmoid")
 def _hardsigmoid(ctx: _Ctx, node: onnx.NodeProto) -> None:
     a = _attrs(node)
@@ -449,7 +531,8 @@ def _prepare(model: onnx.ModelProto, extra_outputs: Sequence[str]) -> _Ctx:
         for n in node.input:
             consumers.setdefault(n, []).append(node)
     protected = {o.name for o in g.output} | set(extra_outputs)
-    return _Ctx(consts, shapes, consumers, protected, onnx_nodes=nodes, graph=g)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 20)
+    return _Ctx(consts, shapes, consumers, protected, onnx_nodes=nodes, graph=g, opset=opset)
 
 
 def _lower_all(ctx: _Ctx, collect: list | None) -> None:

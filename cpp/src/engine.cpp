@@ -295,6 +295,20 @@ Status Engine::run_step(const Step& s, int32_t batch) {
       kernels::channel_affine(n, C, xt.numel(batch) / (n * C), in(0), in(1), in(2), y, th);
       break;
     }
+    case OpCode::kTranspose: case OpCode::kSlice: {
+      int64_t dy[kErgMaxDims];
+      dims_at(yt, batch, dy);
+      kernels::strided_copy(int32_t(yt.ndim), dy, s.strides, in(0) + s.offset, y, th);
+      break;
+    }
+    case OpCode::kSoftmax: {
+      int64_t dx[kErgMaxDims], outer = 1, inner = 1;
+      dims_at(xt, batch, dx);
+      for (int64_t d = 0; d < s.k; ++d) outer *= dx[d];
+      for (uint32_t d = uint32_t(s.k) + 1; d < xt.ndim; ++d) inner *= dx[d];
+      kernels::softmax(outer, dx[s.k], inner, in(0), y, th);
+      break;
+    }
     case OpCode::kResize: {
       int64_t dx[kErgMaxDims];
       dims_at(xt, batch, dx);

@@ -187,6 +187,71 @@ Status resolve_resize(const Ctx& c, Step* s) {
   return Status::Ok();
 }
 
+// Element strides of a contiguous tensor (dim 0 included: the batch steps by one sample).
+void contiguous_strides(const TensorInfo& x, int64_t* st) {
+  int64_t acc = 1;
+  for (int32_t d = int32_t(x.ndim) - 1; d >= 0; --d) {
+    st[d] = acc;
+    if (d > 0) acc *= x.dims[d];
+  }
+}
+
+Status resolve_transpose(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
+  const TensorInfo &x = c.in(0), &y = c.out();
+  if (x.ndim != y.ndim || x.ndim < 1 || !c.same_batch(x, y)) return c.bad("input and output ranks or batch differ");
+  int64_t xs[kErgMaxDims];
+  contiguous_strides(x, xs);
+  bool seen[kErgMaxDims] = {};
+  for (uint32_t d = 0; d < y.ndim; ++d) {
+    const int64_t p = c.nd.iattr[d];
+    if (p < 0 || p >= int64_t(x.ndim) || seen[p]) return c.bad("perm is not a permutation of the dims");
+    seen[p] = true;
+    if ((d == 0) != (p == 0)) return c.unsupported("a transpose that moves the batch dim");
+    if (d > 0 && y.dims[d] != x.dims[p]) return c.bad("output dims are not the permuted input dims");
+    s->strides[d] = xs[p];
+  }
+  return Status::Ok();
+}
+
+Status resolve_slice(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
+  const TensorInfo &x = c.in(0), &y = c.out();
+  if (x.ndim != y.ndim || x.ndim < 1 || !c.same_batch(x, y)) return c.bad("input and output ranks or batch differ");
+  int64_t xs[kErgMaxDims];
+  contiguous_strides(x, xs);
+  s->offset = 0;
+  for (uint32_t d = 0; d < y.ndim; ++d) {
+    const int64_t start = c.nd.iattr[d], step = c.nd.iattr[kErgMaxDims + d];
+    if (d == 0) {
+      if (start != 0 || step != 1) return c.unsupported("slicing the batch dim");
+      s->strides[0] = xs[0];
+      continue;
+    }
+    // start + (n - 1) * step < dim, without overflow
+    int64_t span = 0;
+    if (start < 0 || start >= x.dims[d] || step < 1 || y.dims[d] < 1 || y.dims[d] > x.dims[d] ||
+        __builtin_mul_overflow(y.dims[d] - 1, step, &span) || span >= x.dims[d] - start)
+      return c.bad("the slice does not lie inside the input");
+    s->strides[d] = xs[d] * step;
+    s->offset += start * xs[d];
+  }
+  return Status::Ok();
+}
+
+Status resolve_softmax(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(resolve_unary(c, s));
+  const TensorInfo &x = c.in(0), &y = c.out();
+  if (x.ndim != y.ndim) return c.bad("input and output ranks differ");
+  for (uint32_t d = 1; d < x.ndim; ++d)
+    if (x.dims[d] != y.dims[d]) return c.bad("input and output dims differ");
+  const int64_t axis = c.nd.iattr[0];
+  if (axis < 0 || axis >= int64_t(x.ndim)) return c.bad("axis out of range");
+  if (axis == 0) return c.unsupported("softmax along the batch dim");
+  s->k = axis;
+  return Status::Ok();
+}
+
 Status resolve_pool(const Ctx& c, Step* s) {
   ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
   const TensorInfo &x = c.in(0), &y = c.out();
@@ -303,6 +368,9 @@ Status Engine::resolve() {
         s.p0 = float(nd.iattr[0]);
         break;
       case OpCode::kResize: ER_RETURN_IF_ERROR(resolve_resize(c, &s)); break;
+      case OpCode::kTranspose: ER_RETURN_IF_ERROR(resolve_transpose(c, &s)); break;
+      case OpCode::kSlice: ER_RETURN_IF_ERROR(resolve_slice(c, &s)); break;
+      case OpCode::kSoftmax: ER_RETURN_IF_ERROR(resolve_softmax(c, &s)); break;
       case OpCode::kMaxPool: case OpCode::kAveragePool:
         ER_RETURN_IF_ERROR(resolve_pool(c, &s)); break;
       case OpCode::kGlobalAveragePool:

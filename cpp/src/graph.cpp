@@ -181,6 +181,9 @@ const char* op_name(OpCode op) {
     case OpCode::kLeakyRelu: return "LeakyRelu";
     case OpCode::kGelu: return "Gelu";
     case OpCode::kResize: return "Resize";
+    case OpCode::kTranspose: return "Transpose";
+    case OpCode::kSlice: return "Slice";
+    case OpCode::kSoftmax: return "Softmax";
   }
   return "Unknown";
 }

@@ -1,5 +1,6 @@
 // Pooling, reduction and data movement kernels.
 #include <algorithm>
+#include <cmath>
 #include <cfloat>
 #include <cstring>
 
@@ -76,6 +77,44 @@ void upsample_nearest(int64_t planes, int64_t h, int64_t w, int64_t sh, int64_t 
         for (int64_t k = 0; k < sw; ++k) y0[j * sw + k] = xr[j];
     }
     for (int64_t r = 1; r < sh; ++r) std::memcpy(y0 + r * ow, y0, size_t(ow) * sizeof(float));
+  });
+}
+
+void strided_copy(int32_t rank, const int64_t* dims, const int64_t* strides, const float* x, float* y,
+                  int threads) {
+  int64_t rows = 1;
+  for (int32_t d = 0; d + 1 < rank; ++d) rows *= dims[d];
+  const int64_t n = dims[rank - 1], step = strides[rank - 1];
+  parallel_for(threads, rows, [&](int64_t r) {
+    int64_t off = 0, rem = r;
+    for (int32_t d = rank - 2; d >= 0; --d) {
+      off += (rem % dims[d]) * strides[d];
+      rem /= dims[d];
+    }
+    const float* xs = x + off;
+    float* yr = y + r * n;
+    if (step == 1) std::memcpy(yr, xs, size_t(n) * sizeof(float));
+    else
+      for (int64_t k = 0; k < n; ++k) yr[k] = xs[k * step];
+  });
+}
+
+void softmax(int64_t outer, int64_t n, int64_t inner, const float* x, float* y, int threads) {
+  parallel_for(threads, outer, [&](int64_t o) {
+    const float* xo = x + o * n * inner;
+    float* yo = y + o * n * inner;
+    for (int64_t i = 0; i < inner; ++i) {
+      float m = -FLT_MAX;
+      for (int64_t k = 0; k < n; ++k) m = std::max(m, xo[k * inner + i]);
+      float sum = 0.f;
+      for (int64_t k = 0; k < n; ++k) {
+        const float e = std::exp(xo[k * inner + i] - m);
+        yo[k * inner + i] = e;
+        sum += e;
+      }
+      const float inv = 1.f / sum;
+      for (int64_t k = 0; k < n; ++k) yo[k * inner + i] *= inv;
+    }
   });
 }
 

@@ -1,7 +1,8 @@
 """Ops a user's model brings that the engine runs natively since 2026-12-06: LeakyRelu,
 Gelu (exact and tanh), nearest upsampling by integer factors (Resize / Upsample),
-and 1-D convolution and pooling (sensor and audio models), each against onnxruntime;
-and the Resize settings the engine refuses (they fall back to onnxruntime by name)."""
+1-D convolution and pooling (sensor and audio models), Transpose, Slice, Split and
+Softmax, each against onnxruntime; and the settings the engine refuses (they fall back
+to onnxruntime by name, or are refused at load when a file is damaged)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,24 @@ class ImuNet(nn.Module):
         return self.fc(y.mean(-1))
 
 
+class Shuffle(nn.Module):
+    """ShuffleNet / CSP-style data movement: channel shuffle, chunk, strided slice, softmax,
+    and a [N, T, C] sequence transposed into a Conv1d."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(8, 8, 3, padding=1)
+        self.seq = nn.Conv1d(8, 4, 3)
+
+    def forward(self, x):
+        y = self.c(x).unflatten(1, (2, 4)).transpose(1, 2).flatten(1, 2)
+        a, b = y.chunk(2, dim=1)
+        y = torch.cat([a.softmax(dim=1), F.relu(b[:, :, 1::2, ::3]).mean((2, 3), keepdim=True) * b], 1)
+        t = y.mean(2).transpose(1, 2)                           # [N, W, C]: a token sequence
+        z = self.seq(t.transpose(1, 2)[:, :, 1:-1]).softmax(-1)
+        return torch.cat([y[:, 2:7].flatten(1), z.flatten(1)], 1)
+
+
 def _export(module: nn.Module, example: torch.Tensor, tmp_path, name: str):
     from edgerun.exporters.trace import to_onnx
 
@@ -84,10 +103,11 @@ def _export(module: nn.Module, example: torch.Tensor, tmp_path, name: str):
 def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("ops")
     return d, {"detector": (_export(Detector(), torch.randn(1, 3, 12, 10), d, "detector"), (3, 12, 10)),
-               "imu": (_export(ImuNet(), torch.randn(1, 6, 50), d, "imu"), (6, 50))}
+               "imu": (_export(ImuNet(), torch.randn(1, 6, 50), d, "imu"), (6, 50)),
+               "shuffle": (_export(Shuffle(), torch.randn(2, 8, 9, 12), d, "shuffle"), (8, 9, 12))}
 
 
-@pytest.mark.parametrize("name", ["detector", "imu"])
+@pytest.mark.parametrize("name", ["detector", "imu", "shuffle"])
 @pytest.mark.parametrize("batch, threads", [(1, 1), (3, 2)])
 def test_user_models_run_natively_and_match_ort(models, name, batch, threads):
     d, table = models
@@ -105,6 +125,33 @@ def test_the_ops_are_the_engines_own(models):
     assert {"LeakyRelu", "Gelu", "Resize"} <= set(table["detector"][0][1]["ops"])
     imu_ops = table["imu"][0][1]["ops"]
     assert imu_ops["Conv"] == 3 and imu_ops["MaxPool"] == 1 and imu_ops["AveragePool"] == 1
+    assert {"Transpose", "Slice", "Softmax"} <= set(table["shuffle"][0][1]["ops"])
+
+
+def _one_node_model(node, in_shape, out_shape, inits=None, opset=20):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *in_shape])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", *out_shape])
+    g = helper.make_graph([node], "g", [x], [y],
+                          [numpy_helper.from_array(np.asarray(v), k) for k, v in (inits or {}).items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=9)
+
+
+@pytest.mark.parametrize("node, in_shape, out_shape, inits, why", [
+    (helper.make_node("Transpose", ["x"], ["y"], name="n", perm=[1, 0, 2]), (3, 4), (None, 3, 4)[1:], None,
+     "batch"),
+    (helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"], name="n"), (6,), (3,),
+     {"s": np.array([5]), "e": np.array([0]), "a": np.array([1]), "st": np.array([-2])}, "positive steps"),
+    (helper.make_node("Slice", ["x", "s", "e"], ["y"], name="n"), (6,), (6,),
+     {"s": np.array([0, 1]), "e": np.array([1, 9])}, "batch dim"),
+    (helper.make_node("Softmax", ["x"], ["y"], name="n", axis=0), (6,), (6,), None, "batch dim"),
+    (helper.make_node("Softmax", ["x"], ["y"], name="n", axis=1), (4, 5), (4, 5), None, "opset 11"),
+])
+def test_data_movement_the_engine_does_not_run_falls_back_by_name(tmp_path, node, in_shape, out_shape, inits, why):
+    m = _one_node_model(node, in_shape, out_shape, inits, opset=11 if "opset" in why else 20)
+    m = onnx.shape_inference.infer_shapes(m)
+    assert erg.check_native_support(m) == [("n", node.op_type)]
+    with pytest.raises(Exception, match=why):
+        erg.write_erg(m, tmp_path / "m.erg")
 
 
 def _resize_model(in_hw, out_hw, **attrs):
@@ -157,6 +204,25 @@ def test_a_damaged_resize_factor_is_refused_at_load(tmp_path, value):
     bad = _damaged(tmp_path, _resize_model((4, 5), (8, 15), mode="nearest"), 1, value)
     with pytest.raises(BundleError, match="scale factors|times the scale"):
         NativeEngine(bad)
+
+
+@pytest.mark.parametrize("slot, value, why", [
+    (0, 1, "permut|moves the batch"), (1, 1, "permut"), (2, 7, "permut")])
+def test_a_damaged_transpose_is_refused_at_load(tmp_path, slot, value, why):
+    m = _one_node_model(helper.make_node("Transpose", ["x"], ["y"], name="t", perm=[0, 2, 1]), (3, 4), (4, 3))
+    with pytest.raises(Exception, match=why):
+        NativeEngine(_damaged(tmp_path, m, slot, value))
+
+
+@pytest.mark.parametrize("slot, value", [(1, 4), (1, -1), (1 + 6, 0), (1 + 6, 1 << 62), (0, 1)])
+def test_a_damaged_slice_is_refused_at_load(tmp_path, slot, value):
+    """starts at iattr 0..5, steps at 6..11: a start past the end or negative, a zero or huge
+    step, or a start on the batch dim never reads outside the input."""
+    node = helper.make_node("Slice", ["x", "s", "e", "a", "st"], ["y"], name="s")
+    m = _one_node_model(node, (6,), (3,), {"s": np.array([1]), "e": np.array([6]), "a": np.array([1]),
+                                           "st": np.array([2])})
+    with pytest.raises(Exception, match="inside the input|batch dim"):
+        NativeEngine(_damaged(tmp_path, onnx.shape_inference.infer_shapes(m), slot, value))
 
 
 def test_a_damaged_gelu_mode_is_refused_at_load(tmp_path):

@@ -34,6 +34,10 @@ struct Step {
   int64_t             k = 0;    // kGemm: K;  kConcat: axis
   int64_t             n = 0;    // kGemm: N
   uint32_t            mask = 0; // kReduceMean: reduced axes
+  // kTranspose / kSlice: the input element stride of each output dim, and the input
+  // element the first output reads.
+  int64_t             strides[kErgMaxDims] = {};
+  int64_t             offset = 0;
   Act                 act = Act::kNone;
   float               p0 = 0.f, p1 = 0.f;
   // Quantized Conv/Gemm weights: the int8 GEMM (s8) for int8 non-depthwise Conv,

@@ -68,6 +68,9 @@ enum class OpCode : uint32_t {
   kLeakyRelu         = 21,  // x >= 0 ? x : alpha * x
   kGelu              = 22,  // exact (erf) or tanh approximation
   kResize            = 23,  // nearest, integer scale factors on H and W
+  kTranspose         = 24,  // a permutation that keeps the batch dim first
+  kSlice             = 25,  // static starts and positive steps, off the batch dim
+  kSoftmax           = 26,  // along one non-batch axis
 };
 
 // Fused activation codes (Conv, Gemm, ChannelAffine iattr slot "act").

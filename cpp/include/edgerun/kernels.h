@@ -124,6 +124,11 @@ struct PoolParams {
 void max_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads);
 void avg_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads);
 void global_avg_pool(int64_t planes, int64_t hw, const float* x, float* y, int threads);
+// y[i0, .., ir-1] = x[sum_d i_d * strides[d]] over the output dims (Transpose, Slice).
+void strided_copy(int32_t rank, const int64_t* dims, const int64_t* strides, const float* x, float* y,
+                  int threads);
+// Softmax along the middle dim of [outer, n, inner].
+void softmax(int64_t outer, int64_t n, int64_t inner, const float* x, float* y, int threads);
 // Nearest-neighbour upsampling by integer factors: y[i][j] = x[i / sh][j / sw] per plane.
 void upsample_nearest(int64_t planes, int64_t h, int64_t w, int64_t sh, int64_t sw, const float* x,
                       float* y, int threads);
