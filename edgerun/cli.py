@@ -199,6 +199,10 @@ def serve_cmd(
     group: str = typer.Option("edgerun", help="shared-subscription group (workers of one group split the load)"),
     threads: int = typer.Option(1, help="onnxruntime intra-op threads"),
     max_frame_mb: float = typer.Option(16.0, help="refuse requests larger than this, or that decode to more (MiB)"),
+    max_batch: int = typer.Option(1, help="batch requests across devices: most samples per back-half call "
+                                          "(1 = one call per request)"),
+    batch_wait_ms: float = typer.Option(0.0, help="wait this long for more requests to fill a batch "
+                                                  "(0 = batch only those already waiting)"),
 ) -> None:
     """Serve the back half of BUNDLE over MQTT until Ctrl-C / SIGTERM."""
     import logging
@@ -215,7 +219,7 @@ def serve_cmd(
         if not 0 < max_frame_mb < 2**20:
             raise ConfigError(f"--max-frame-mb {max_frame_mb}: give a size in MiB > 0 (default 16)")
         stats = serve(str(bundle), broker, group=group, threads=threads, stop=stop,
-                      max_frame_bytes=int(max_frame_mb * 2**20))
+                      max_frame_bytes=int(max_frame_mb * 2**20), max_batch=max_batch, batch_wait_ms=batch_wait_ms)
     except EdgerunError as exc:
         _fail(exc)
         return

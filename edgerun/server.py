@@ -6,6 +6,11 @@ run on onnxruntime, and answered on the device's Response Topic with the request
 Correlation Data. Bad input never kills the server: it is answered with an ERROR
 frame (or dropped when there is nowhere to answer) and counted in ``ServerStats``.
 
+Batching across devices (``max_batch`` > 1): the requests waiting in the worker's inbox
+when it takes one (and those arriving within ``batch_wait_ms``) run as one back-half
+call, up to ``max_batch`` samples; each request is decoded and checked alone first, so a
+bad one is refused without touching the others, and each gets its own reply.
+
 Example:
     >>> from edgerun.server import serve
     >>> stats = serve("bundles/digits", "mqtt://127.0.0.1:1883")   # doctest: +SKIP
@@ -35,6 +40,8 @@ log = logging.getLogger("edgerun.server")
 
 _POLL_S = 0.1
 _STATS_EVERY_S = 60.0
+MAX_BATCH = 4096  # samples per back-half call (serve --max-batch)
+MAX_BATCH_WAIT_MS = 1000.0
 
 
 @dataclass
@@ -44,6 +51,8 @@ class ServerStats:
     worker: str = ""
     received: int = 0
     served: int = 0
+    runs: int = 0  # back-half calls: served / runs is the mean batch (in requests)
+    max_run: int = 0  # the most requests one call answered
     errors: dict[str, int] = field(default_factory=dict)  # ERROR frames sent, by code
     dropped: dict[str, int] = field(default_factory=dict)  # bad messages with no response topic, by code
 
@@ -56,8 +65,8 @@ class ServerStats:
         return sum(self.dropped.values())
 
     def to_dict(self) -> dict[str, Any]:
-        return {"worker": self.worker, "received": self.received, "served": self.served,
-                "errors": dict(self.errors), "dropped": dict(self.dropped)}
+        return {"worker": self.worker, "received": self.received, "served": self.served, "runs": self.runs,
+                "max_run": self.max_run, "errors": dict(self.errors), "dropped": dict(self.dropped)}
 
 
 def make_back_session(path: Path, threads: int) -> Any:
@@ -109,12 +118,29 @@ def check_tensors(tensors: list[np.ndarray | wire.CodedTensor], specs: list[Tens
                          "too_large")
 
 
+@dataclass
+class _Request:
+    """One decoded, checked request waiting for the back half."""
+
+    topic: str
+    resp_topic: str | None
+    corr: bytes | None
+    frame: Any
+    t0: float
+
+    @property
+    def rows(self) -> int:
+        return int(self.frame.tensors[0].shape[0])
+
+
 class _Worker:
     """State of one serve() call: the bundle, the ORT session, the MQTT client, the stats."""
 
-    def __init__(self, bundle: Bundle, threads: int, max_frame_bytes: int, worker_id: str) -> None:
+    def __init__(self, bundle: Bundle, threads: int, max_frame_bytes: int, worker_id: str,
+                 max_batch: int = 1) -> None:
         self.bundle = bundle
         self.max_frame_bytes = max_frame_bytes
+        self.max_batch = max_batch
         self.session = make_back_session(bundle.file("back.onnx"), threads)
         self.in_names = [i.name for i in self.session.get_inputs()]
         self.out_names = [o.name for o in bundle.outputs]
@@ -127,6 +153,23 @@ class _Worker:
 
     def handle(self, msg: Any) -> None:
         """Answer one MQTT message; never raises."""
+        self.handle_all([msg])
+
+    def handle_all(self, msgs: list[Any]) -> None:
+        """Answer these MQTT messages, their back halves batched up to ``max_batch`` samples;
+        never raises."""
+        ready = [r for r in map(self._prepare, msgs) if r is not None]
+        run: list[_Request] = []
+        for r in ready:
+            if run and sum(x.rows for x in run) + r.rows > self.max_batch:
+                self._answer(run)
+                run = []
+            run.append(r)
+        if run:
+            self._answer(run)
+
+    def _prepare(self, msg: Any) -> _Request | None:
+        """Decode and check one message; a bad one is answered (or dropped) here: None."""
         self.stats.received += 1
         topic = str(getattr(msg, "topic", "?"))  # names the sending device in log lines
         props = getattr(msg, "properties", None)
@@ -137,7 +180,7 @@ class _Worker:
         if bad_topic:  # a wildcard in it made the reply's publish raise, which ended the server
             self.stats.count_error("bad_response_topic", answered=False)
             log.warning("request %d dropped: its Response Topic %.80r %s", request_id, resp_topic, bad_topic)
-            return
+            return None
         t0 = time.perf_counter()
         try:
             frame = self.decode(msg.payload, max_bytes=self.max_frame_bytes, expect_hash=self.bundle.hash16)
@@ -146,19 +189,62 @@ class _Worker:
                 raise FrameError(f"expected a REQUEST frame, got {frame.kind!r}", "bad_kind")
             check_tensors(frame.tensors, self.bundle.cut, self.max_frame_bytes)
             frame.tensors = crossing.unpack(frame.tensors)
-            reply = self._run(frame, t0)
         except FrameError as exc:
             self._fail(topic, resp_topic, corr, request_id, exc.code, str(exc))
-            return
-        except Exception as exc:  # a bug or an ORT failure: answer, log, keep serving
-            log.exception("back half failed on request %d", request_id)
+            return None
+        except Exception as exc:  # a bug: answer, log, keep serving
+            log.exception("decoding request %d failed", request_id)
             self._fail(topic, resp_topic, corr, request_id, "internal", f"server error: {type(exc).__name__}: {exc}")
+            return None
+        return _Request(topic, resp_topic, corr, frame, t0)
+
+    def _answer(self, run: list[_Request]) -> None:
+        """The back half on ``run`` (one call), then each request's reply."""
+        try:
+            outs = self._back([r.frame.tensors for r in run])
+        except Exception as exc:  # a batched call that fails is retried request by request, so one
+            if len(run) == 1:  # request's failure is its own
+                r = run[0]
+                log.exception("back half failed on request %d", r.frame.request_id)
+                self._fail(r.topic, r.resp_topic, r.corr, r.frame.request_id, "internal",
+                           f"server error: {type(exc).__name__}: {exc}")
+                return
+            log.exception("a batched back-half call of %d requests failed; running them one by one", len(run))
+            for r in run:
+                self._answer([r])
             return
-        if resp_topic is None:
+        self.stats.runs += 1
+        self.stats.max_run = max(self.stats.max_run, len(run))
+        at = 0
+        for r in run:
+            mine = [np.ascontiguousarray(o[at:at + r.rows]) for o in outs]
+            at += r.rows
+            self._reply(r, mine, len(run))
+
+    def _back(self, requests: list[list[np.ndarray]]) -> list[np.ndarray]:
+        """One onnxruntime call on the requests' tensors stacked along the batch axis."""
+        feeds = [t[0] if len(requests) == 1 else np.concatenate(t) for t in zip(*requests)]
+        return self.session.run(self.out_names, dict(zip(self.in_names, feeds)))
+
+    def _reply(self, r: _Request, outs: list[np.ndarray], batch: int) -> None:
+        """Encode and send one reply; ``server_us`` counts decode + compute since its ``t0``."""
+        request_id = r.frame.request_id
+        try:
+            server_us = int((time.perf_counter() - r.t0) * 1e6)
+            reply = self.encode(wire.Frame(kind=wire.Kind.REPLY, request_id=request_id, seq=r.frame.seq,
+                                           bundle_hash=self.bundle.hash16, tensors=outs,
+                                           meta={"server_us": server_us, "worker": self.stats.worker,
+                                                 "batch": batch}))
+        except Exception as exc:  # a bug or an output the wire cannot carry: answer, keep serving
+            log.exception("encoding the reply to request %d failed", request_id)
+            self._fail(r.topic, r.resp_topic, r.corr, request_id, "internal",
+                       f"server error: {type(exc).__name__}: {exc}")
+            return
+        if r.resp_topic is None:
             self.stats.count_error("no_response_topic", answered=False)
             log.warning("request %d has no Response Topic: computed but dropped", request_id)
             return
-        if self._publish(resp_topic, reply, corr, request_id):
+        if self._publish(r.resp_topic, reply, r.corr, request_id):
             self.stats.served += 1
 
     def _publish(self, topic: str, payload: bytes, corr: bytes | None, request_id: int) -> bool:
@@ -170,16 +256,6 @@ class _Worker:
             self.stats.count_error("reply_failed", answered=False)
             log.warning("could not send the reply to request %d: %s", request_id, exc)
             return False
-
-    def _run(self, frame: Any, t0: float) -> bytes:
-        """Back half on the decoded frame; ``server_us`` counts decode + compute since ``t0``."""
-        feeds = dict(zip(self.in_names, frame.tensors))
-        outs = self.session.run(self.out_names, feeds)
-        server_us = int((time.perf_counter() - t0) * 1e6)
-        reply = wire.Frame(kind=wire.Kind.REPLY, request_id=frame.request_id, seq=frame.seq,
-                           bundle_hash=self.bundle.hash16, tensors=[np.ascontiguousarray(o) for o in outs],
-                           meta={"server_us": server_us, "worker": self.stats.worker})
-        return self.encode(reply)
 
     def _fail(self, topic: str, resp_topic: str | None, corr: bytes | None, request_id: int, code: str,
               message: str) -> None:
@@ -203,6 +279,8 @@ def serve(
     ready: Callable[[], None] | None = None,
     worker_id: str | None = None,
     handle_signals: bool = False,
+    max_batch: int = 1,
+    batch_wait_ms: float = 0.0,
 ) -> ServerStats:
     """Serve the back half of ``bundle`` until ``stop`` is set (or SIGINT/SIGTERM).
 
@@ -217,6 +295,11 @@ def serve(
         ready: called once subscribed, i.e. when requests will be served.
         worker_id: id in presence and reply meta (default ``server-<host>-<pid>``).
         handle_signals: stop cleanly on SIGINT/SIGTERM (main thread only; the CLI sets it).
+        max_batch: most samples one back-half call runs: the requests already waiting when one
+            is taken (and those arriving within ``batch_wait_ms``) are batched across devices.
+            1 = one call per request. A request of more samples than this runs alone.
+        batch_wait_ms: how long to wait for more requests to fill a batch (0 = take only those
+            already waiting: no added latency when idle).
 
     Returns:
         The worker's ServerStats.
@@ -228,12 +311,17 @@ def serve(
     """
     if not 1 <= threads <= 256:  # the native engine's range, for one meaning of --threads everywhere
         raise ConfigError(f"threads={threads} must be in 1..256 (the cores onnxruntime may use for the back half)")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or not 1 <= max_batch <= MAX_BATCH:
+        raise ConfigError(f"max_batch={max_batch!r} must be an integer in 1..{MAX_BATCH} (samples per back-half call)")
+    if not (isinstance(batch_wait_ms, (int, float)) and 0 <= batch_wait_ms <= MAX_BATCH_WAIT_MS):
+        raise ConfigError(f"batch_wait_ms={batch_wait_ms!r} must be in 0..{MAX_BATCH_WAIT_MS:g} ms "
+                          "(0 = batch only what is already waiting)")
     max_frame_bytes = wire.DEFAULT_MAX_FRAME_BYTES if max_frame_bytes is None else int(max_frame_bytes)
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     wid = transport.check_segment("worker id", worker_id or transport.default_id("server"))
     sub = transport.shared_request_filter(b.model_id, b.topic_id, group)
     pres = transport.presence_topic(b.model_id, b.topic_id, "server", wid)
-    w = _Worker(b, threads, max_frame_bytes, wid)
+    w = _Worker(b, threads, max_frame_bytes, wid, max_batch)
     # max_queued=0: paho counts replies awaiting the broker's ack against its cap, so a capped server
     # lost computed replies under a burst (8,982 of 1.1 M in a minute of flooding)
     client = transport.MqttClient(broker_url, f"edgerun-{wid}", on_message=w.inbox.put, max_queued=0,
@@ -245,10 +333,11 @@ def serve(
     try:
         client.subscribe(sub)
         client.announce(pres, transport.presence_payload("server", wid, "online", bundle=b.hash, group=group))
-        log.info("serving %s as %s on %s (%s)", b, wid, client.url, sub)
+        log.info("serving %s as %s on %s (%s)%s", b, wid, client.url, sub,
+                 f", batches of up to {max_batch} samples (wait {batch_wait_ms:g} ms)" if max_batch > 1 else "")
         if ready is not None:
             ready()
-        _loop(w, stop)
+        _loop(w, stop, batch_wait_ms / 1e3)
     finally:
         client.close(final=(pres, transport.presence_payload("server", wid, "offline")))
         if restore is not None:
@@ -257,21 +346,35 @@ def serve(
     return w.stats
 
 
-def _loop(w: _Worker, stop: threading.Event) -> None:
+def _loop(w: _Worker, stop: threading.Event, wait_s: float = 0.0) -> None:
     next_stats = time.monotonic() + _STATS_EVERY_S
     while not stop.is_set():
         try:
-            msg = w.inbox.get(timeout=_POLL_S)
+            msgs = [w.inbox.get(timeout=_POLL_S)]
         except queue.Empty:
-            msg = None
-        if msg is not None:
+            msgs = []
+        if msgs and w.max_batch > 1:
+            msgs += _more(w.inbox, w.max_batch - 1, time.monotonic() + wait_s)
+        if msgs:
             try:
-                w.handle(msg)
-            except Exception:  # handle() never raises; if a bug makes it, one request fails, not the server
-                log.exception("unexpected error on a request; still serving")
+                w.handle_all(msgs)
+            except Exception:  # handle_all() never raises; if a bug makes it, requests fail, not the server
+                log.exception("unexpected error on %d request(s); still serving", len(msgs))
         if time.monotonic() >= next_stats:
             log.info("stats: %s", json.dumps(w.stats.to_dict()))
             next_stats = time.monotonic() + _STATS_EVERY_S  # after a long stop: one line, not a burst
+
+
+def _more(inbox: queue.Queue, n: int, until: float) -> list[Any]:
+    """Up to ``n`` more messages: those waiting now, then those arriving before ``until``."""
+    out: list[Any] = []
+    while len(out) < n:
+        try:
+            left = until - time.monotonic()
+            out.append(inbox.get(timeout=left) if left > 0 else inbox.get_nowait())
+        except queue.Empty:
+            break
+    return out
 
 
 def _install_signals(stop: threading.Event) -> Callable[[], None]:
