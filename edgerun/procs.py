@@ -70,10 +70,10 @@ def die_with_parent(argv: list[str]) -> list[str]:
     return [exe, "--pdeathsig", "TERM", "--", *argv]
 
 
-def start_server(bundle_dir: Path, url: str, log_path: Path) -> subprocess.Popen:
-    """Start ``edgerun serve BUNDLE --broker URL`` with its output in ``log_path``."""
+def start_server(bundle_dir: Path, url: str, log_path: Path, *extra: str) -> subprocess.Popen:
+    """Start ``edgerun serve BUNDLE --broker URL [EXTRA...]`` with its output in ``log_path``."""
     log = open(log_path, "wb")
-    cmd = die_with_parent([sys.executable, "-m", "edgerun", "serve", str(bundle_dir), "--broker", url])
+    cmd = die_with_parent([sys.executable, "-m", "edgerun", "serve", str(bundle_dir), "--broker", url, *extra])
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
