@@ -265,6 +265,8 @@ def run_cmd(
     threads: int = typer.Option(1, help="front-half engine threads (at most the cores the rest of the device leaves free)"),
     budget: Optional[str] = typer.Option(None, help="early-exit budget of a bundle with exits: fast | balanced | accurate | off"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per result"),
+    hedge_ms: Optional[float] = typer.Option(None, help="send a request again when no reply came after this many ms "
+                                                        "(the next server worker gets it; the first reply wins)"),
 ) -> None:
     """Run the device side: front half here, back half on a server."""
     import numpy as np
@@ -278,12 +280,14 @@ def run_cmd(
         b = Bundle.load(bundle)
         x = _load_inputs(input, limit) if input else b.samples()
         x = np.asarray(x, dtype=np.float32)[:limit]
-        with Device(b, broker=broker, engine=engine, threads=threads, budget=budget) as dev:
+        with Device(b, broker=broker, engine=engine, threads=threads, budget=budget, hedge_ms=hedge_ms) as dev:
             for i in range(len(x)):
                 r = dev.infer(x[i : i + 1], deadline_ms=deadline_ms)
                 out = r.output[b.outputs[0].name]
                 rec = {"i": i, "top1": int(out.argmax(-1)[0]), "answered_by": r.answered_by, "reason": r.reason,
                        "timings_ms": {k: round(v, 3) for k, v in r.timings_ms.items()}}
+                if r.hedged:
+                    rec["hedged"] = True
                 typer.echo(json.dumps(rec) if as_json else f"{i}: top1={rec['top1']} by {r.answered_by} "
                            f"total={r.timings_ms.get('total', float('nan')):.2f} ms")
     except EdgerunError as exc:

@@ -42,6 +42,7 @@ _ENGINES = ("native", "ort")
 RTT_EWMA_ALPHA = 0.2        # weight of the newest round trip in the running estimate
 SUSPECT_BACKOFF_S = 1.0     # after a lost reply, answer locally at once for this long, then try again
 LATE_IDS_KEPT = 1024        # requests past their deadline remembered, so their late replies are not "unknown"
+HEDGE_LOSERS_KEPT = 1024    # copies of hedged requests that lost the race, so their replies drop quietly
 RECONNECT_EVERY_S = 1.0     # background reconnect period while the broker is down (bundles with exits)
 
 
@@ -58,6 +59,7 @@ class Result:
         timings_ms: "device", "encode", "network" (round trip minus server compute),
             "server", "decode", "total".
         worker: id of the server worker that answered ("" when answered locally).
+        hedged: the request was sent a second time (``hedge_ms``) before a reply came.
     """
 
     output: dict[str, np.ndarray]
@@ -67,6 +69,7 @@ class Result:
     timings_ms: dict[str, float] = field(default_factory=dict)
     worker: str = ""
     front_compute_fraction: float = 1.0  # front compute spent here, as a fraction of the front half
+    hedged: bool = False
 
     @property
     def local(self) -> bool:
@@ -115,6 +118,11 @@ class Device:
             server accepts both), e.g. to measure what the codec saves.
         max_batch: largest batch one ``infer`` takes on a bundle with exits (their engines' arenas
             are sized for it); without exits larger batches run through the front in slices.
+        hedge_ms: when no reply has come this many ms after a request was sent, send it once more
+            (a new id; the broker's shared subscription hands it to the next server worker) and
+            take whichever reply comes first. Guards a deadline against one frozen or overloaded
+            worker in a group; costs a second back-half run for requests slower than this.
+            None = never (default).
 
     Thread safety: ``infer`` may be called from several threads; front-half runs take turns.
 
@@ -137,6 +145,7 @@ class Device:
         budget: str | None = None,
         codec: str | None = None,
         max_batch: int = 8,
+        hedge_ms: float | None = None,
     ) -> None:
         if engine not in _ENGINES:
             raise ConfigError(f"engine={engine!r}: use one of {_ENGINES}")
@@ -146,6 +155,9 @@ class Device:
             raise ConfigError(f"timeout_ms={timeout_ms} must be > 0")
         if not 1 <= max_batch <= 4096:
             raise ConfigError(f"max_batch={max_batch} must be in 1..4096")
+        if hedge_ms is not None and not (isinstance(hedge_ms, (int, float)) and 0 < hedge_ms < math.inf):
+            raise ConfigError(f"hedge_ms={hedge_ms!r} must be a finite number of ms > 0 (None = never resend)")
+        self.hedge_ms = None if hedge_ms is None else float(hedge_ms)
         self.bundle = b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         self.device_id = transport.check_segment(
             "device id", device_id or transport.default_id("device"))
@@ -179,8 +191,10 @@ class Device:
         self._req_topic = transport.request_topic(b.model_id, b.topic_id, self.device_id)
         self._resp_topic = transport.response_topic(b.model_id, b.topic_id, self.device_id)
         self._presence = transport.presence_topic(b.model_id, b.topic_id, "device", self.device_id)
-        self._pending: dict[int, Future[tuple[bytes, float]]] = {}
+        self._pending: dict[int, Future[tuple[bytes, float, int]]] = {}  # id -> (reply, t_recv, id)
         self._late_ids: dict[int, float] = {}  # requests past their deadline -> send time (a reply may come)
+        self._hedge_losers: dict[int, None] = {}  # second copies whose twin was answered first
+        self.hedged = 0  # requests sent a second time
         self._lock = threading.Lock()
         self._ids = itertools.count(secrets.randbits(62) + 1)  # random start: ids stay unique across restarts
         self.dropped_replies = 0
@@ -254,22 +268,31 @@ class Device:
         if step is None and not self._client.connected:  # nothing would answer: say so now
             raise TransportError(f"{self._broker_gone()}; paho is reconnecting in the background, nothing was sent: "
                                  "retry, or export the bundle with --exits auto to answer on the device meanwhile")
-        fut: Future[tuple[bytes, float]] = Future()
+        fut: Future[tuple[bytes, float, int]] = Future()
+        sent = {request_id: t_enc}  # id -> send time: the request and its hedged copy
         with self._lock:
             self._pending[request_id] = fut
+        expiry_s = math.ceil(wait_ms / 1000.0)  # stale requests die in the broker
         try:
             self._client.publish(self._req_topic, payload, response_topic=self._resp_topic,
-                                 correlation=transport.correlation_bytes(request_id),
-                                 expiry_s=math.ceil(wait_ms / 1000.0))  # stale requests die in the broker
-            remaining_s = max(wait_ms / 1000.0 - (t_enc - t_start), 0.0)
-            reply, t_recv = fut.result(timeout=remaining_s)
+                                 correlation=transport.correlation_bytes(request_id), expiry_s=expiry_s)
+            until = t_start + wait_ms / 1000.0
+            if self.hedge_ms is not None and t_enc + self.hedge_ms / 1000.0 < until:
+                try:
+                    reply, t_recv, replied = fut.result(timeout=self.hedge_ms / 1000.0)
+                except FutureTimeout:
+                    self._hedge(frame, fut, sent, expiry_s)
+                    reply, t_recv, replied = fut.result(timeout=max(until - time.perf_counter(), 0.0))
+            else:
+                reply, t_recv, replied = fut.result(timeout=max(until - t_enc, 0.0))
         except FutureTimeout:
             msg = (f"no reply from a server for bundle {self.bundle.topic_id} ({self.bundle.model_id}) within "
-                   f"{wait_ms:g} ms")
+                   f"{wait_ms:g} ms" + (" (sent twice)" if len(sent) > 1 else ""))
             with self._lock:
-                if len(self._late_ids) >= LATE_IDS_KEPT:  # a dead server never answers them: oldest out
-                    self._late_ids.pop(next(iter(self._late_ids)))
-                self._late_ids[request_id] = t_enc  # its reply may still come: not "unknown" then
+                for rid, t_sent in sent.items():
+                    if len(self._late_ids) >= LATE_IDS_KEPT:  # a dead server never answers them: oldest out
+                        self._late_ids.pop(next(iter(self._late_ids)))
+                    self._late_ids[rid] = t_sent  # its reply may still come: not "unknown" then
             if step is None:
                 if self.rtt_ms is not None and self.rtt_ms > 0.5 * wait_ms:
                     raise TransportError(f"{msg}; round trips to the server have taken ~{self.rtt_ms:.1f} ms: "
@@ -286,12 +309,30 @@ class Device:
             return self._local(step, step.deepest, f"server unreachable: publish failed ({exc})", t_start, t_front)
         finally:
             with self._lock:
-                self._pending.pop(request_id, None)
-        self._observe_rtt((t_recv - t_enc) * 1e3)
-        result = self._finish(reply, request_id, (t_start, t_front, t_enc, t_recv), n)
+                for rid in sent:
+                    if self._pending.pop(rid, None) is not None and fut.done():  # its twin was answered
+                        if len(self._hedge_losers) >= HEDGE_LOSERS_KEPT:
+                            self._hedge_losers.pop(next(iter(self._hedge_losers)))
+                        self._hedge_losers[rid] = None
+        self._observe_rtt((t_recv - sent[replied]) * 1e3)
+        result = self._finish(reply, replied, (t_start, t_front, t_enc, t_recv), n)
+        result.hedged = len(sent) > 1
         if step is not None:
             result.front_compute_fraction = step.compute_fraction
         return result
+
+    def _hedge(self, frame: wire.Frame, fut: Future, sent: dict[int, float], expiry_s: int) -> None:
+        """Send ``frame`` again under a new id that resolves the same future."""
+        rid = next(self._ids)
+        frame.request_id = rid
+        payload = self._encode(frame)
+        with self._lock:
+            self._pending[rid] = fut
+        sent[rid] = time.perf_counter()
+        self.hedged += 1
+        log.info("no reply after %g ms: request sent again as %d", self.hedge_ms, rid)
+        self._client.publish(self._req_topic, payload, response_topic=self._resp_topic,
+                             correlation=transport.correlation_bytes(rid), expiry_s=expiry_s)
 
     def _why_local(self, left_ms: float) -> str:
         """Why the deepest exit must answer now instead of the server ("" = ask the server)."""
@@ -453,6 +494,9 @@ class Device:
         request_id = transport.correlation_id(getattr(props, "CorrelationData", None))
         with self._lock:
             fut = self._pending.pop(request_id, None) if request_id is not None else None
+            if fut is None and request_id in self._hedge_losers:  # its twin was answered first
+                del self._hedge_losers[request_id]
+                return
             sent = self._late_ids.pop(request_id, None) if fut is None else None
             if fut is None:
                 self.dropped_replies += 1
@@ -467,7 +511,7 @@ class Device:
             log.warning("dropped a reply for unknown or already answered request %s", request_id)
             return
         if not fut.done():
-            fut.set_result((bytes(msg.payload), t_recv))
+            fut.set_result((bytes(msg.payload), t_recv, request_id))
 
 
 def _check_reply(tensors: list[Any], specs: Any, batch: int, meta: dict) -> None:

@@ -196,12 +196,19 @@ void contiguous_strides(const TensorInfo& x, int64_t* st) {
   }
 }
 
-Status resolve_transpose(const Ctx& c, Step* s) {
+// Transpose / Slice: one input of the output's rank and batch; its contiguous strides in xs.
+Status resolve_copy(const Ctx& c, int64_t* xs) {
   ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
   const TensorInfo &x = c.in(0), &y = c.out();
   if (x.ndim != y.ndim || x.ndim < 1 || !c.same_batch(x, y)) return c.bad("input and output ranks or batch differ");
-  int64_t xs[kErgMaxDims];
   contiguous_strides(x, xs);
+  return Status::Ok();
+}
+
+Status resolve_transpose(const Ctx& c, Step* s) {
+  int64_t xs[kErgMaxDims];
+  ER_RETURN_IF_ERROR(resolve_copy(c, xs));
+  const TensorInfo &x = c.in(0), &y = c.out();
   bool seen[kErgMaxDims] = {};
   for (uint32_t d = 0; d < y.ndim; ++d) {
     const int64_t p = c.nd.iattr[d];
@@ -215,11 +222,9 @@ Status resolve_transpose(const Ctx& c, Step* s) {
 }
 
 Status resolve_slice(const Ctx& c, Step* s) {
-  ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
-  const TensorInfo &x = c.in(0), &y = c.out();
-  if (x.ndim != y.ndim || x.ndim < 1 || !c.same_batch(x, y)) return c.bad("input and output ranks or batch differ");
   int64_t xs[kErgMaxDims];
-  contiguous_strides(x, xs);
+  ER_RETURN_IF_ERROR(resolve_copy(c, xs));
+  const TensorInfo &x = c.in(0), &y = c.out();
   s->offset = 0;
   for (uint32_t d = 0; d < y.ndim; ++d) {
     const int64_t start = c.nd.iattr[d], step = c.nd.iattr[kErgMaxDims + d];

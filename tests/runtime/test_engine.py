@@ -12,6 +12,8 @@ from edgerun.engine import NativeEngine, OrtEngine, make_engine
 from edgerun.errors import ConfigError
 from edgerun.exporters import erg
 
+from _models import perturbed_export  # noqa: E402 - tests/runtime/_models.py
+
 import torch  # noqa: E402
 nn = torch.nn
 F = torch.nn.functional
@@ -78,19 +80,7 @@ class TokenMLP(nn.Module):
 
 
 def _export(module, example, tmp_path, name):
-    from edgerun.exporters.trace import to_onnx
-
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-        for b in module.buffers():
-            if b.dtype.is_floating_point:
-                b.uniform_(0.5, 1.5)
-    model = to_onnx(module.eval(), example)
-    onnx_path, erg_path = tmp_path / f"{name}.onnx", tmp_path / f"{name}.erg"
-    onnx.save(model, onnx_path)
-    erg.write_erg(model, erg_path)
+    _, onnx_path, erg_path, _ = perturbed_export(module, example, tmp_path, name)
     return onnx_path, erg_path
 
 

@@ -15,6 +15,8 @@ from edgerun.engine import NativeEngine, OrtEngine
 from edgerun.errors import BundleError
 from edgerun.exporters import erg
 
+from _models import perturbed_export  # noqa: E402 - tests/runtime/_models.py
+
 import torch  # noqa: E402
 nn = torch.nn
 F = torch.nn.functional
@@ -84,18 +86,7 @@ class Shuffle(nn.Module):
 
 
 def _export(module: nn.Module, example: torch.Tensor, tmp_path, name: str):
-    from edgerun.exporters.trace import to_onnx
-
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(torch.randn_like(p) * 0.2)
-        for b in module.buffers():
-            if b.dtype.is_floating_point:
-                b.uniform_(0.5, 1.5)
-    model = to_onnx(module.eval(), example)
-    onnx.save(model, tmp_path / f"{name}.onnx")
-    info = erg.write_erg(model, tmp_path / f"{name}.erg")
+    model, _, _, info = perturbed_export(module, example, tmp_path, name)
     return model, info
 
 
