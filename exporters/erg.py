@@ -201,7 +201,7 @@ def _emit_gemm(ctx, node, x, b, bias, out) -> None:
     ctx.nodes.append(_ENode("Gemm", node.name, ins, [out], [act], [lo, hi]))
 
 
-@_lowers("Add", "Sub", "Mul", "Div")
+@_lowers("Add", "Sub", "Mul", "Div", "PRelu")
 def _binary(ctx: _Ctx, node: onnx.NodeProto) -> None:
     ins = []
     for name in node.input:
@@ -222,7 +222,23 @@ def _sigmoid(ctx: _Ctx, node: onnx.NodeProto) -> None:
     ctx.nodes.append(_ENode("Sigmoid", node.name, [x], [s]))
 
 
-@_lowers("Relu", "HardSwish")
+@_lowers("Softplus")
+def _softplus(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    """torch's softplus(x, beta=1, threshold=t) exports as Where(Greater(x, t), x, Softplus(x)):
+    above t >= 15, log(1 + exp(x)) equals x in float32, so the three nodes are one Softplus."""
+    x, out = node.input[0], node.output[0]
+    where = ctx.sole_consumer(out)
+    if where is not None and where.op_type == "Where" and where.input[1] == x and where.input[2] == out:
+        gt = next((n for n in ctx.onnx_nodes if where.input[0] in n.output), None)
+        if gt is not None and gt.op_type == "Greater" and gt.input[0] == x and ctx.sole_consumer(gt.output[0]) is where:
+            t = ctx.consts.get(gt.input[1])
+            if t is not None and t.size == 1 and float(t.reshape(-1)[0]) >= 15.0:
+                ctx.skip.update((id(gt), id(where)))
+                out = where.output[0]
+    ctx.nodes.append(_ENode("Softplus", node.name, [x], [out]))
+
+
+@_lowers("Relu", "HardSwish", "Tanh", "Mish")
 def _unary(ctx: _Ctx, node: onnx.NodeProto) -> None:
     ctx.nodes.append(_ENode(node.op_type, node.name, [node.input[0]], [node.output[0]]))
 
@@ -231,6 +247,12 @@ def _unary(ctx: _Ctx, node: onnx.NodeProto) -> None:
 def _leaky_relu(ctx: _Ctx, node: onnx.NodeProto) -> None:
     alpha = float(_attrs(node).get("alpha", 0.01))
     ctx.nodes.append(_ENode("LeakyRelu", node.name, [node.input[0]], [node.output[0]], [], [alpha]))
+
+
+@_lowers("Elu")
+def _elu(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    alpha = float(_attrs(node).get("alpha", 1.0))
+    ctx.nodes.append(_ENode("Elu", node.name, [node.input[0]], [node.output[0]], [], [alpha]))
 
 
 @_lowers("Gelu")

@@ -243,7 +243,7 @@ Status Engine::run_step(const Step& s, int32_t batch) {
       kernels::sgemm(rows, s.n, s.k, in(0), s.k, b, s.n, y, s.n, scratch_.get(), th, &ep);
       break;
     }
-    case OpCode::kAdd: case OpCode::kSub: case OpCode::kMul: case OpCode::kDiv: {
+    case OpCode::kAdd: case OpCode::kSub: case OpCode::kMul: case OpCode::kDiv: case OpCode::kPRelu: {
       int64_t da[kErgMaxDims], db[kErgMaxDims], dy[kErgMaxDims];
       const TensorInfo& bt = T[nd.inputs[1]];
       dims_at(xt, batch, da);
@@ -256,6 +256,7 @@ Status Engine::run_step(const Step& s, int32_t batch) {
     }
     case OpCode::kRelu: case OpCode::kClip: case OpCode::kSigmoid: case OpCode::kHardSigmoid:
     case OpCode::kHardSwish: case OpCode::kSilu: case OpCode::kLeakyRelu: case OpCode::kGelu:
+    case OpCode::kTanh: case OpCode::kElu: case OpCode::kSoftplus: case OpCode::kMish:
       kernels::unary(s.op, xt.numel(batch), in(0), y, s.p0, s.p1, th);
       break;
     case OpCode::kMaxPool: case OpCode::kAveragePool: {

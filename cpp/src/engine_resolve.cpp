@@ -362,10 +362,11 @@ Status Engine::resolve() {
     switch (nd.op) {
       case OpCode::kConv: ER_RETURN_IF_ERROR(resolve_conv(c, &s)); break;
       case OpCode::kGemm: ER_RETURN_IF_ERROR(resolve_gemm(c, &s)); break;
-      case OpCode::kAdd: case OpCode::kSub: case OpCode::kMul: case OpCode::kDiv:
+      case OpCode::kAdd: case OpCode::kSub: case OpCode::kMul: case OpCode::kDiv: case OpCode::kPRelu:
         ER_RETURN_IF_ERROR(resolve_binary(c, &s)); break;
       case OpCode::kRelu: case OpCode::kClip: case OpCode::kSigmoid: case OpCode::kHardSigmoid:
-      case OpCode::kHardSwish: case OpCode::kSilu: case OpCode::kLeakyRelu:
+      case OpCode::kHardSwish: case OpCode::kSilu: case OpCode::kLeakyRelu: case OpCode::kTanh:
+      case OpCode::kElu: case OpCode::kSoftplus: case OpCode::kMish:
         ER_RETURN_IF_ERROR(resolve_unary(c, &s)); break;
       case OpCode::kGelu:
         ER_RETURN_IF_ERROR(resolve_unary(c, &s));

@@ -184,6 +184,11 @@ const char* op_name(OpCode op) {
     case OpCode::kTranspose: return "Transpose";
     case OpCode::kSlice: return "Slice";
     case OpCode::kSoftmax: return "Softmax";
+    case OpCode::kTanh: return "Tanh";
+    case OpCode::kElu: return "Elu";
+    case OpCode::kSoftplus: return "Softplus";
+    case OpCode::kMish: return "Mish";
+    case OpCode::kPRelu: return "PRelu";
   }
   return "Unknown";
 }

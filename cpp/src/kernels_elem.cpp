@@ -64,6 +64,8 @@ void unary_loop(int64_t n, const float* x, float* y, int threads, F f) {
 }
 
 inline float sigmoid(float v) { return 1.f / (1.f + std::exp(-v)); }
+// log(1 + exp(v)) without overflow: v + log1p(exp(-v)) for v > 0.
+inline float softplus(float v) { return v > 0.f ? v + std::log1p(std::exp(-v)) : std::log1p(std::exp(v)); }
 
 }  // namespace
 
@@ -120,6 +122,8 @@ void binary(OpCode op, const Broadcast& bc, const float* a, const float* b, floa
     case OpCode::kSub: return binary_loop(bc, a, b, y, threads, [](float u, float v) { return u - v; });
     case OpCode::kMul: return binary_loop(bc, a, b, y, threads, [](float u, float v) { return u * v; });
     case OpCode::kDiv: return binary_loop(bc, a, b, y, threads, [](float u, float v) { return u / v; });
+    case OpCode::kPRelu:
+      return binary_loop(bc, a, b, y, threads, [](float u, float v) { return u >= 0.f ? u : u * v; });
     default: ER_ASSERT(false && "binary: not a binary op");
   }
 }
@@ -141,6 +145,12 @@ void unary(OpCode op, int64_t n, const float* x, float* y, float p0, float p1, i
     case OpCode::kSilu: return unary_loop(n, x, y, threads, [](float v) { return v * sigmoid(v); });
     case OpCode::kLeakyRelu:
       return unary_loop(n, x, y, threads, [=](float v) { return v >= 0.f ? v : p0 * v; });
+    case OpCode::kTanh: return unary_loop(n, x, y, threads, [](float v) { return std::tanh(v); });
+    case OpCode::kElu:
+      return unary_loop(n, x, y, threads, [=](float v) { return v > 0.f ? v : p0 * std::expm1(v); });
+    case OpCode::kSoftplus: return unary_loop(n, x, y, threads, [](float v) { return softplus(v); });
+    case OpCode::kMish:
+      return unary_loop(n, x, y, threads, [](float v) { return v * std::tanh(softplus(v)); });
     case OpCode::kGelu:
       if (p0 != 0.f)  // tanh approximation (ONNX Gelu approximate="tanh")
         return unary_loop(n, x, y, threads, [](float v) {

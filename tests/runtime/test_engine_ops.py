@@ -1,7 +1,7 @@
 """Ops a user's model brings that the engine runs natively since 2026-12-06: LeakyRelu,
 Gelu (exact and tanh), nearest upsampling by integer factors (Resize / Upsample),
 1-D convolution and pooling (sensor and audio models), Transpose, Slice, Split and
-Softmax, each against onnxruntime; and the settings the engine refuses (they fall back
+Softmax, Tanh, ELU, Softplus, Mish and PReLU, each against onnxruntime; and the settings the engine refuses (they fall back
 to onnxruntime by name, or are refused at load when a file is damaged)."""
 
 from __future__ import annotations
@@ -85,6 +85,24 @@ class Shuffle(nn.Module):
         return torch.cat([y[:, 2:7].flatten(1), z.flatten(1)], 1)
 
 
+class Activations(nn.Module):
+    """The other common activations: a policy MLP's tanh, ELU, Softplus, Mish, PReLU (per channel
+    and shared), on convs and on a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.p1 = nn.PReLU(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.p2 = nn.PReLU()
+        self.fc = nn.Linear(8, 6)
+
+    def forward(self, x):
+        y = self.p1(self.c1(x))
+        y = F.elu(y, 0.7) + F.softplus(y) + F.mish(self.p2(self.c2(y)))
+        return torch.tanh(self.fc(y.mean((2, 3)))) * 2.0
+
+
 def _export(module: nn.Module, example: torch.Tensor, tmp_path, name: str):
     model, _, _, info = perturbed_export(module, example, tmp_path, name)
     return model, info
@@ -95,10 +113,11 @@ def models(tmp_path_factory):
     d = tmp_path_factory.mktemp("ops")
     return d, {"detector": (_export(Detector(), torch.randn(1, 3, 12, 10), d, "detector"), (3, 12, 10)),
                "imu": (_export(ImuNet(), torch.randn(1, 6, 50), d, "imu"), (6, 50)),
-               "shuffle": (_export(Shuffle(), torch.randn(2, 8, 9, 12), d, "shuffle"), (8, 9, 12))}
+               "shuffle": (_export(Shuffle(), torch.randn(2, 8, 9, 12), d, "shuffle"), (8, 9, 12)),
+               "activations": (_export(Activations(), torch.randn(1, 3, 10, 9), d, "activations"), (3, 10, 9))}
 
 
-@pytest.mark.parametrize("name", ["detector", "imu", "shuffle"])
+@pytest.mark.parametrize("name", ["detector", "imu", "shuffle", "activations"])
 @pytest.mark.parametrize("batch, threads", [(1, 1), (3, 2)])
 def test_user_models_run_natively_and_match_ort(models, name, batch, threads):
     d, table = models
@@ -117,6 +136,7 @@ def test_the_ops_are_the_engines_own(models):
     imu_ops = table["imu"][0][1]["ops"]
     assert imu_ops["Conv"] == 3 and imu_ops["MaxPool"] == 1 and imu_ops["AveragePool"] == 1
     assert {"Transpose", "Slice", "Softmax"} <= set(table["shuffle"][0][1]["ops"])
+    assert {"Tanh", "Elu", "Softplus", "Mish", "PRelu"} <= set(table["activations"][0][1]["ops"])
 
 
 def _one_node_model(node, in_shape, out_shape, inits=None, opset=20):

@@ -71,6 +71,11 @@ enum class OpCode : uint32_t {
   kTranspose         = 24,  // a permutation that keeps the batch dim first
   kSlice             = 25,  // static starts and positive steps, off the batch dim
   kSoftmax           = 26,  // along one non-batch axis
+  kTanh              = 27,
+  kElu               = 28,  // x > 0 ? x : alpha * (exp(x) - 1)
+  kSoftplus          = 29,  // log(1 + exp(x))
+  kMish              = 30,  // x * tanh(softplus(x))
+  kPRelu             = 31,  // x >= 0 ? x : slope * x, slope broadcast (a binary op)
 };
 
 // Fused activation codes (Conv, Gemm, ChannelAffine iattr slot "act").

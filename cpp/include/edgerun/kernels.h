@@ -107,7 +107,8 @@ bool make_broadcast(const int64_t* a, int32_t ra, const int64_t* b, int32_t rb, 
                     int32_t ro, Broadcast* bc);
 void binary(OpCode op, const Broadcast& bc, const float* a, const float* b, float* y, int threads);
 // Relu, Clip(p0, p1), Sigmoid, HardSigmoid(alpha p0, beta p1), HardSwish, Silu,
-// LeakyRelu(alpha p0), Gelu(p0: 0 = erf, 1 = tanh approximation).
+// LeakyRelu(alpha p0), Gelu(p0: 0 = erf, 1 = tanh approximation), Tanh, Elu(alpha p0),
+// Softplus, Mish.
 void unary(OpCode op, int64_t n, const float* x, float* y, float p0, float p1, int threads);
 // y = x * scale[c] + shift[c] over [outer, C, inner].
 void channel_affine(int64_t outer, int64_t C, int64_t inner, const float* x, const float* scale,
