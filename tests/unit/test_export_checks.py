@@ -38,8 +38,8 @@ def test_without_evaluation_the_codec_bytes_are_measured_on_calibration_data(dig
     assert rep["bytes_per_request_on"].startswith("calibration data")
 
 
-class _EluNet:
-    """A front half the native engine cannot run (ELU after the first conv)."""
+class _LrnNet:
+    """A front half the native engine cannot run (local response normalization after the first conv: torch writes it as a 3-D AveragePool)."""
 
     @staticmethod
     def source():
@@ -48,10 +48,10 @@ class _EluNet:
         from edgerun.exporters.models import SourceModel
 
         torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ELU(),
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.LocalResponseNorm(2),
                                   torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(),
                                   torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(8, 4))
-        return SourceModel("elu-net", net.eval(), torch.randn(1, 3, 16, 16))
+        return SourceModel("lrn-net", net.eval(), torch.randn(1, 3, 16, 16))
 
 
 def test_a_front_the_native_engine_cannot_run_exports_for_onnxruntime_but_not_quantized(tmp_path):
@@ -61,11 +61,11 @@ def test_a_front_the_native_engine_cannot_run_exports_for_onnxruntime_but_not_qu
     from edgerun.bundle import Bundle
     from edgerun.exporters.pipeline import ExportConfig, export, trace_model
 
-    traced = trace_model(_EluNet.source())
-    elu_cut = next(c.label for c in traced.cuts if c.label.endswith("1"))  # the ELU's output
-    b = export(traced, ExportConfig(cut=elu_cut, evaluate=False), tmp_path / "fp32")
+    traced = trace_model(_LrnNet.source())
+    lrn_cut = next(c.label for c in traced.cuts if c.label.endswith("1"))  # the LRN's output
+    b = export(traced, ExportConfig(cut=lrn_cut, evaluate=False), tmp_path / "fp32")
     b = Bundle.load(b.path)
-    assert not b.native_ok and "Elu" in b.native_reason and "--engine ort" in b.native_reason
+    assert not b.native_ok and "AveragePool" in b.native_reason and "--engine ort" in b.native_reason
     from edgerun.verify import verify
 
     native = verify(b)  # for the native engine: not deployable, and it says how to check the other way
@@ -76,8 +76,8 @@ def test_a_front_the_native_engine_cannot_run_exports_for_onnxruntime_but_not_qu
         verify(b, engine="tflite")
     for prec in ("int8", "int4"):
         with pytest.raises(ConfigError, match=f"--front-precision {prec} runs on the native engine") as exc:
-            export(traced, ExportConfig(cut=elu_cut, front_precision=prec, evaluate=False), tmp_path / prec)
-        assert "Elu" in str(exc.value) and "--front-precision fp32" in str(exc.value)
+            export(traced, ExportConfig(cut=lrn_cut, front_precision=prec, evaluate=False), tmp_path / prec)
+        assert "AveragePool" in str(exc.value) and "--front-precision fp32" in str(exc.value)
         assert not (tmp_path / prec).exists()
 
 
