@@ -179,6 +179,14 @@ def _gemm(ctx: _Ctx, node: onnx.NodeProto) -> None:
 
 @_lowers("MatMul")
 def _matmul(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    if node.input[1] not in ctx.consts:  # two activations (attention): a batched product
+        shapes = [ctx.shapes.get(n) for n in (node.input[0], node.input[1], node.output[0])]
+        if any(sh is None for sh in shapes) or len({len(sh) for sh in shapes}) != 1 or len(shapes[0]) < 3 \
+                or len({tuple(sh[:-2]) for sh in shapes}) != 1:
+            raise _Unsupported("a product of two activations needs known shapes of one rank >= 3 and "
+                               "equal leading dims (no broadcasting)")
+        ctx.nodes.append(_ENode("MatMulAct", node.name, [node.input[0], node.input[1]], [node.output[0]]))
+        return
     b = ctx.const(node.input[1], "MatMul input B (a weight)")
     if b.ndim != 2:
         raise _Unsupported("MatMul with a B that is not 2-D")
@@ -464,6 +472,30 @@ def _concat(ctx: _Ctx, node: onnx.NodeProto) -> None:
 def _alias(ctx: _Ctx, node: onnx.NodeProto) -> None:
     # Layout is unchanged: the engine makes the output a zero-copy alias.
     ctx.nodes.append(_ENode("Reshape", node.name, [node.input[0]], [node.output[0]]))
+
+
+@_lowers("LayerNormalization")
+def _layer_norm(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    a = _attrs(node)
+    shape = ctx.shapes.get(node.input[0])
+    if not shape:
+        raise _Unsupported("a LayerNormalization whose input shape is not known")
+    if any(o and (ctx.consumers.get(o) or o in ctx.protected) for o in node.output[1:]):
+        raise _Unsupported("LayerNormalization's Mean / InvStdDev outputs are used")
+    axis = int(a.get("axis", -1)) % len(shape)
+    if axis == 0:
+        raise _Unsupported("normalizing over the batch dim")
+    inner = int(np.prod(shape[axis:]))
+    ins = [node.input[0]]
+    for i, what in ((1, "scale"), (2, "bias")):
+        if len(node.input) > i and node.input[i]:
+            v = ctx.const(node.input[i], f"LayerNormalization {what}").astype(np.float32)
+            try:
+                v = np.broadcast_to(v, shape[axis:]).reshape(inner)
+            except ValueError:
+                raise _Unsupported(f"a {what} of shape {list(v.shape)} for normalized dims {shape[axis:]}") from None
+            ins.append(ctx.weight(f"{node.name}::{what}", v))
+    ctx.nodes.append(_ENode("LayerNorm", node.name, ins, [node.output[0]], [axis], [a.get("epsilon", 1e-5)]))
 
 
 @_lowers("BatchNormalization")

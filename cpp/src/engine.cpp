@@ -113,7 +113,7 @@ Status Engine::plan_and_allocate() {
     if (s.op == OpCode::kConv)
       scratch_floats_ = std::max(scratch_floats_, s.use_s8 ? kernels::conv2d_s8_scratch_floats(s.conv, threads_)
                                                            : kernels::conv2d_scratch_floats(s.conv, threads_));
-    if (s.op == OpCode::kGemm)
+    if (s.op == OpCode::kGemm || s.op == OpCode::kMatMul)
       scratch_floats_ = std::max(scratch_floats_, kernels::sgemm_scratch_floats(threads_));
     if (s.op == OpCode::kConcat)
       max_concat = std::max(max_concat, graph_.nodes()[s.node].inputs.size());
@@ -294,6 +294,17 @@ Status Engine::run_step(const Step& s, int32_t batch) {
     case OpCode::kChannelAffine: {
       const int64_t n = xt.dims[0] == -1 ? batch : xt.dims[0], C = xt.dims[1];
       kernels::channel_affine(n, C, xt.numel(batch) / (n * C), in(0), in(1), in(2), y, th);
+      break;
+    }
+    case OpCode::kLayerNorm:
+      kernels::layer_norm(xt.numel(batch) / s.k, s.k, in(0), in(1), in(2), s.p0, y, th);
+      break;
+    case OpCode::kMatMul: {
+      const float* b = in(1);
+      const int64_t count = xt.numel(batch) / (s.m * s.k);
+      for (int64_t i = 0; i < count; ++i)
+        kernels::sgemm(s.m, s.n, s.k, in(0) + i * s.m * s.k, s.k, b + i * s.k * s.n, s.n, y + i * s.m * s.n, s.n,
+                       scratch_.get(), th);
       break;
     }
     case OpCode::kTranspose: case OpCode::kSlice: {

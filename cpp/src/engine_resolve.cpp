@@ -257,6 +257,42 @@ Status resolve_softmax(const Ctx& c, Step* s) {
   return Status::Ok();
 }
 
+Status resolve_layer_norm(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(2, 3, 1));
+  const TensorInfo &x = c.in(0), &y = c.out();
+  if (x.ndim != y.ndim || !c.same_batch(x, y)) return c.bad("input and output ranks or batch differ");
+  for (uint32_t d = 1; d < x.ndim; ++d)
+    if (x.dims[d] != y.dims[d]) return c.bad("input and output dims differ");
+  const int64_t axis = c.nd.iattr[0];
+  if (axis < 1 || axis >= int64_t(x.ndim)) return c.unsupported("normalizing over the batch dim, or no dims");
+  int64_t inner = 1;
+  for (uint32_t d = uint32_t(axis); d < x.ndim; ++d) inner *= x.dims[d];
+  for (size_t i = 1; i < 3; ++i)
+    if (c.has(i) && (c.in(i).kind != TensorKind::kWeight || c.in(i).dtype != DType::kFloat32 ||
+                     c.in(i).numel(1) != inner))
+      return c.bad("scale and bias must be f32 constants of the normalized size");
+  const float eps = c.nd.fattr[0];
+  if (!(eps >= 0.f && eps < 1e30f)) return c.bad("epsilon must be a finite number >= 0");
+  s->k = inner;
+  s->p0 = eps;
+  return Status::Ok();
+}
+
+Status resolve_matmul(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(2, 2, 1));
+  const TensorInfo &a = c.in(0), &b = c.in(1), &y = c.out();
+  const uint32_t r = y.ndim;
+  if (r < 3 || a.ndim != r || b.ndim != r) return c.unsupported("a product of two activations of rank < 3 or of different ranks");
+  for (uint32_t d = 0; d + 2 < r; ++d)
+    if (a.dims[d] != y.dims[d] || b.dims[d] != y.dims[d]) return c.unsupported("leading dims that differ (broadcast)");
+  s->m = a.dims[r - 2];
+  s->k = a.dims[r - 1];
+  s->n = b.dims[r - 1];
+  if (s->m < 1 || s->k < 1 || s->n < 1 || b.dims[r - 2] != s->k || y.dims[r - 2] != s->m || y.dims[r - 1] != s->n)
+    return c.bad("the dims of A, B and the output do not make a product");
+  return Status::Ok();
+}
+
 Status resolve_pool(const Ctx& c, Step* s) {
   ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
   const TensorInfo &x = c.in(0), &y = c.out();
@@ -377,6 +413,8 @@ Status Engine::resolve() {
       case OpCode::kTranspose: ER_RETURN_IF_ERROR(resolve_transpose(c, &s)); break;
       case OpCode::kSlice: ER_RETURN_IF_ERROR(resolve_slice(c, &s)); break;
       case OpCode::kSoftmax: ER_RETURN_IF_ERROR(resolve_softmax(c, &s)); break;
+      case OpCode::kLayerNorm: ER_RETURN_IF_ERROR(resolve_layer_norm(c, &s)); break;
+      case OpCode::kMatMul: ER_RETURN_IF_ERROR(resolve_matmul(c, &s)); break;
       case OpCode::kMaxPool: case OpCode::kAveragePool:
         ER_RETURN_IF_ERROR(resolve_pool(c, &s)); break;
       case OpCode::kGlobalAveragePool:

@@ -189,6 +189,8 @@ const char* op_name(OpCode op) {
     case OpCode::kSoftplus: return "Softplus";
     case OpCode::kMish: return "Mish";
     case OpCode::kPRelu: return "PRelu";
+    case OpCode::kLayerNorm: return "LayerNorm";
+    case OpCode::kMatMul: return "MatMul";
   }
   return "Unknown";
 }

@@ -163,6 +163,21 @@ void unary(OpCode op, int64_t n, const float* x, float* y, float p0, float p1, i
   }
 }
 
+void layer_norm(int64_t rows, int64_t n, const float* x, const float* scale, const float* bias, float eps,
+                float* y, int threads) {
+  parallel_for(threads, rows, [&](int64_t r) {
+    const float* xr = x + r * n;
+    float* yr = y + r * n;
+    double sum = 0.0;
+    for (int64_t k = 0; k < n; ++k) sum += xr[k];
+    const float mean = float(sum / double(n));
+    double var = 0.0;
+    for (int64_t k = 0; k < n; ++k) var += double(xr[k] - mean) * double(xr[k] - mean);
+    const float inv = float(1.0 / std::sqrt(var / double(n) + double(eps)));
+    for (int64_t k = 0; k < n; ++k) yr[k] = (xr[k] - mean) * inv * scale[k] + (bias != nullptr ? bias[k] : 0.f);
+  });
+}
+
 void channel_affine(int64_t outer, int64_t C, int64_t inner, const float* x, const float* scale,
                     const float* shift, float* y, int threads) {
   parallel_for(threads, outer * C, [&](int64_t oc) {

@@ -1,7 +1,8 @@
 """Ops a user's model brings that the engine runs natively since 2026-12-06: LeakyRelu,
 Gelu (exact and tanh), nearest upsampling by integer factors (Resize / Upsample),
 1-D convolution and pooling (sensor and audio models), Transpose, Slice, Split and
-Softmax, Tanh, ELU, Softplus, Mish and PReLU, each against onnxruntime; and the settings the engine refuses (they fall back
+Softmax, Tanh, ELU, Softplus, Mish and PReLU, LayerNorm and the product of two activations
+(a small vision transformer), each against onnxruntime; and the settings the engine refuses (they fall back
 to onnxruntime by name, or are refused at load when a file is damaged)."""
 
 from __future__ import annotations
@@ -103,6 +104,37 @@ class Activations(nn.Module):
         return torch.tanh(self.fc(y.mean((2, 3)))) * 2.0
 
 
+class Block(nn.Module):
+    """A pre-norm transformer block: LayerNorm, multi-head attention (two activation products,
+    softmax), GELU MLP."""
+
+    def __init__(self, d: int = 32, heads: int = 4):
+        super().__init__()
+        self.h = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        d = x.shape[-1]
+        q, k, v = (t.unflatten(-1, (self.h, d // self.h)).transpose(1, 2) for t in self.qkv(self.ln1(x)).chunk(3, -1))
+        a = (q @ k.transpose(-2, -1) * (d // self.h) ** -0.5).softmax(-1)
+        x = x + self.proj((a @ v).transpose(1, 2).flatten(2))
+        return x + self.mlp(self.ln2(x))
+
+
+class TinyViT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 32, 4, stride=4)
+        self.pos = nn.Parameter(torch.randn(1, 16, 32) * 0.1)
+        self.blocks = nn.Sequential(Block(), Block())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.patch(x).flatten(2).transpose(1, 2) + self.pos).mean(1))
+
+
 def _export(module: nn.Module, example: torch.Tensor, tmp_path, name: str):
     model, _, _, info = perturbed_export(module, example, tmp_path, name)
     return model, info
@@ -114,10 +146,11 @@ def models(tmp_path_factory):
     return d, {"detector": (_export(Detector(), torch.randn(1, 3, 12, 10), d, "detector"), (3, 12, 10)),
                "imu": (_export(ImuNet(), torch.randn(1, 6, 50), d, "imu"), (6, 50)),
                "shuffle": (_export(Shuffle(), torch.randn(2, 8, 9, 12), d, "shuffle"), (8, 9, 12)),
-               "activations": (_export(Activations(), torch.randn(1, 3, 10, 9), d, "activations"), (3, 10, 9))}
+               "activations": (_export(Activations(), torch.randn(1, 3, 10, 9), d, "activations"), (3, 10, 9)),
+               "vit": (_export(TinyViT(), torch.randn(2, 3, 16, 16), d, "vit"), (3, 16, 16))}
 
 
-@pytest.mark.parametrize("name", ["detector", "imu", "shuffle", "activations"])
+@pytest.mark.parametrize("name", ["detector", "imu", "shuffle", "activations", "vit"])
 @pytest.mark.parametrize("batch, threads", [(1, 1), (3, 2)])
 def test_user_models_run_natively_and_match_ort(models, name, batch, threads):
     d, table = models
@@ -137,6 +170,7 @@ def test_the_ops_are_the_engines_own(models):
     assert imu_ops["Conv"] == 3 and imu_ops["MaxPool"] == 1 and imu_ops["AveragePool"] == 1
     assert {"Transpose", "Slice", "Softmax"} <= set(table["shuffle"][0][1]["ops"])
     assert {"Tanh", "Elu", "Softplus", "Mish", "PRelu"} <= set(table["activations"][0][1]["ops"])
+    assert table["vit"][0][1]["ops"]["LayerNorm"] == 4 and table["vit"][0][1]["ops"]["MatMulAct"] == 4
 
 
 def _one_node_model(node, in_shape, out_shape, inits=None, opset=20):
@@ -156,9 +190,13 @@ def _one_node_model(node, in_shape, out_shape, inits=None, opset=20):
      {"s": np.array([0, 1]), "e": np.array([1, 9])}, "batch dim"),
     (helper.make_node("Softmax", ["x"], ["y"], name="n", axis=0), (6,), (6,), None, "batch dim"),
     (helper.make_node("Softmax", ["x"], ["y"], name="n", axis=1), (4, 5), (4, 5), None, "opset 11"),
+    (helper.make_node("LayerNormalization", ["x", "g"], ["y", "mean"], name="n"), (4, 5), (4, 5),
+     {"g": np.ones(5, np.float32)}, "Mean"),
 ])
 def test_data_movement_the_engine_does_not_run_falls_back_by_name(tmp_path, node, in_shape, out_shape, inits, why):
     m = _one_node_model(node, in_shape, out_shape, inits, opset=11 if "opset" in why else 20)
+    if "mean" in node.output:  # a used Mean output
+        m.graph.output.append(helper.make_tensor_value_info("mean", TensorProto.FLOAT, None))
     m = onnx.shape_inference.infer_shapes(m)
     assert erg.check_native_support(m) == [("n", node.op_type)]
     with pytest.raises(Exception, match=why):

@@ -33,6 +33,7 @@ struct Step {
   kernels::PoolParams pool;     // kMaxPool / kAveragePool
   int64_t             k = 0;    // kGemm: K;  kConcat: axis
   int64_t             n = 0;    // kGemm: N
+  int64_t             m = 0;    // kMatMul: M (rows of each product)
   uint32_t            mask = 0; // kReduceMean: reduced axes
   // kTranspose / kSlice: the input element stride of each output dim, and the input
   // element the first output reads.

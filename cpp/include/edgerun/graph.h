@@ -76,6 +76,8 @@ enum class OpCode : uint32_t {
   kSoftplus          = 29,  // log(1 + exp(x))
   kMish              = 30,  // x * tanh(softplus(x))
   kPRelu             = 31,  // x >= 0 ? x : slope * x, slope broadcast (a binary op)
+  kLayerNorm         = 32,  // over the trailing dims from axis, then * scale + bias
+  kMatMul            = 33,  // two activations: [..., M, K] x [..., K, N], same leading dims
 };
 
 // Fused activation codes (Conv, Gemm, ChannelAffine iattr slot "act").

@@ -110,6 +110,10 @@ void binary(OpCode op, const Broadcast& bc, const float* a, const float* b, floa
 // LeakyRelu(alpha p0), Gelu(p0: 0 = erf, 1 = tanh approximation), Tanh, Elu(alpha p0),
 // Softplus, Mish.
 void unary(OpCode op, int64_t n, const float* x, float* y, float p0, float p1, int threads);
+// Layer normalization of each of `rows` rows of n: (x - mean) / sqrt(var + eps) * scale + bias
+// (bias may be null).
+void layer_norm(int64_t rows, int64_t n, const float* x, const float* scale, const float* bias, float eps,
+                float* y, int threads);
 // y = x * scale[c] + shift[c] over [outer, C, inner].
 void channel_affine(int64_t outer, int64_t C, int64_t inner, const float* x, const float* scale,
                     const float* shift, float* y, int threads);
