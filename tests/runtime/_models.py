@@ -1,5 +1,6 @@
-"""Shared by the runtime tests: export a torch module with its weights pushed off their init
-(so no layer is near-identity) to ONNX and to the engine's .erg."""
+"""Shared by the runtime tests and benchmarks/bench_engine_ops.py: export a torch module with its
+weights pushed off their init (so no layer is near-identity) to ONNX and to the engine's .erg, and
+the small user-style models that exercise the engine's ops (test_engine_ops.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 
 import onnx
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from edgerun.exporters import erg
 
@@ -27,3 +30,107 @@ def perturbed_export(module: torch.nn.Module, example: torch.Tensor, out_dir: Pa
     onnx.save(model, onnx_path)
     info = erg.write_erg(model, erg_path)
     return model, onnx_path, erg_path, info
+
+
+class Detector(nn.Module):
+    """A small FPN-style vision model: LeakyReLU, GELU, nearest x2 / (2, 3) upsampling."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.lat = nn.Conv2d(16, 8, 1)
+        self.out = nn.Conv2d(8, 6, 3, padding=1)
+
+    def forward(self, x):
+        a = F.leaky_relu(self.c1(x), 0.1)
+        b = F.gelu(self.c2(a))
+        up = F.interpolate(self.lat(b), scale_factor=2, mode="nearest")
+        y = F.gelu(self.out(a + up), approximate="tanh")
+        return F.interpolate(y, scale_factor=(2, 3), mode="nearest") * 0.5
+
+
+class ImuNet(nn.Module):
+    """A 1-D sensor model: Conv1d (padding, stride, dilation, groups), BatchNorm1d, pooling."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv1d(6, 16, 5, padding=2)
+        self.bn = nn.BatchNorm1d(16)
+        self.c2 = nn.Conv1d(16, 32, 3, stride=2, padding=2, dilation=2, groups=4)
+        self.pw = nn.Conv1d(32, 24, 1)
+        self.fc = nn.Linear(24, 4)
+
+    def forward(self, x):
+        y = F.relu(self.bn(self.c1(x)))
+        y = F.max_pool1d(y, 3, stride=2, padding=1)
+        y = F.leaky_relu(self.c2(y), 0.2)
+        y = F.avg_pool1d(self.pw(y), 2)
+        return self.fc(y.mean(-1))
+
+
+class Shuffle(nn.Module):
+    """ShuffleNet / CSP-style data movement: channel shuffle, chunk, strided slice, softmax,
+    and a [N, T, C] sequence transposed into a Conv1d."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(8, 8, 3, padding=1)
+        self.seq = nn.Conv1d(8, 4, 3)
+
+    def forward(self, x):
+        y = self.c(x).unflatten(1, (2, 4)).transpose(1, 2).flatten(1, 2)
+        a, b = y.chunk(2, dim=1)
+        y = torch.cat([a.softmax(dim=1), F.relu(b[:, :, 1::2, ::3]).mean((2, 3), keepdim=True) * b], 1)
+        t = y.mean(2).transpose(1, 2)                           # [N, W, C]: a token sequence
+        z = self.seq(t.transpose(1, 2)[:, :, 1:-1]).softmax(-1)
+        return torch.cat([y[:, 2:7].flatten(1), z.flatten(1)], 1)
+
+
+class Activations(nn.Module):
+    """The other common activations: a policy MLP's tanh, ELU, Softplus, Mish, PReLU (per channel
+    and shared), on convs and on a Linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.p1 = nn.PReLU(8)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.p2 = nn.PReLU()
+        self.fc = nn.Linear(8, 6)
+
+    def forward(self, x):
+        y = self.p1(self.c1(x))
+        y = F.elu(y, 0.7) + F.softplus(y) + F.mish(self.p2(self.c2(y)))
+        return torch.tanh(self.fc(y.mean((2, 3)))) * 2.0
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: LayerNorm, multi-head attention (two activation products,
+    softmax), GELU MLP."""
+
+    def __init__(self, d: int = 32, heads: int = 4):
+        super().__init__()
+        self.h = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x):
+        d = x.shape[-1]
+        q, k, v = (t.unflatten(-1, (self.h, d // self.h)).transpose(1, 2) for t in self.qkv(self.ln1(x)).chunk(3, -1))
+        a = (q @ k.transpose(-2, -1) * (d // self.h) ** -0.5).softmax(-1)
+        x = x + self.proj((a @ v).transpose(1, 2).flatten(2))
+        return x + self.mlp(self.ln2(x))
+
+
+class TinyViT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 32, 4, stride=4)
+        self.pos = nn.Parameter(torch.randn(1, 16, 32) * 0.1)
+        self.blocks = nn.Sequential(Block(), Block())
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.blocks(self.patch(x).flatten(2).transpose(1, 2) + self.pos).mean(1))
