@@ -43,6 +43,7 @@ RTT_EWMA_ALPHA = 0.2        # weight of the newest round trip in the running est
 SUSPECT_BACKOFF_S = 1.0     # after a lost reply, answer locally at once for this long, then try again
 LATE_IDS_KEPT = 1024        # requests past their deadline remembered, so their late replies are not "unknown"
 HEDGE_LOSERS_KEPT = 1024    # copies of hedged requests that lost the race, so their replies drop quietly
+HEDGE_BOTH_S = 2.0          # after a hedged copy won, send each request twice at once for this long
 RECONNECT_EVERY_S = 1.0     # background reconnect period while the broker is down (bundles with exits)
 
 
@@ -194,6 +195,7 @@ class Device:
         self._pending: dict[int, Future[tuple[bytes, float, int]]] = {}  # id -> (reply, t_recv, id)
         self._late_ids: dict[int, float] = {}  # requests past their deadline -> send time (a reply may come)
         self._hedge_losers: dict[int, None] = {}  # second copies whose twin was answered first
+        self._hedge_both_until = 0.0  # monotonic time until which requests go out twice at once
         self.hedged = 0  # requests sent a second time
         self._lock = threading.Lock()
         self._ids = itertools.count(secrets.randbits(62) + 1)  # random start: ids stay unique across restarts
@@ -277,22 +279,25 @@ class Device:
             self._client.publish(self._req_topic, payload, response_topic=self._resp_topic,
                                  correlation=transport.correlation_bytes(request_id), expiry_s=expiry_s)
             until = t_start + wait_ms / 1000.0
-            if self.hedge_ms is not None and t_enc + self.hedge_ms / 1000.0 < until:
+            if self.hedge_ms is not None and time.monotonic() < self._hedge_both_until:
+                self._hedge(frame, fut, sent, expiry_s, "a hedge won lately: both copies at once")
+            if self.hedge_ms is not None and len(sent) == 1 and t_enc + self.hedge_ms / 1000.0 < until:
                 try:
                     reply, t_recv, replied = fut.result(timeout=self.hedge_ms / 1000.0)
                 except FutureTimeout:
-                    self._hedge(frame, fut, sent, expiry_s)
+                    self._hedge(frame, fut, sent, expiry_s, f"no reply after {self.hedge_ms:g} ms")
                     reply, t_recv, replied = fut.result(timeout=max(until - time.perf_counter(), 0.0))
+                    if replied != request_id:
+                        # The copy won: the original's worker may be frozen. A shared subscription
+                        # hands messages out in turn, so with one frozen worker of two every original
+                        # of this device met it (each request then took hedge_ms): send both copies
+                        # at once for a while.
+                        self._hedge_both_until = time.monotonic() + HEDGE_BOTH_S
             else:
                 reply, t_recv, replied = fut.result(timeout=max(until - t_enc, 0.0))
         except FutureTimeout:
             msg = (f"no reply from a server for bundle {self.bundle.topic_id} ({self.bundle.model_id}) within "
                    f"{wait_ms:g} ms" + (" (sent twice)" if len(sent) > 1 else ""))
-            with self._lock:
-                for rid, t_sent in sent.items():
-                    if len(self._late_ids) >= LATE_IDS_KEPT:  # a dead server never answers them: oldest out
-                        self._late_ids.pop(next(iter(self._late_ids)))
-                    self._late_ids[rid] = t_sent  # its reply may still come: not "unknown" then
             if step is None:
                 if self.rtt_ms is not None and self.rtt_ms > 0.5 * wait_ms:
                     raise TransportError(f"{msg}; round trips to the server have taken ~{self.rtt_ms:.1f} ms: "
@@ -301,19 +306,18 @@ class Device:
                                      "If it is, the deadline may be shorter than a round trip: give a longer "
                                      "one (--deadline-ms)") from None
             self._suspect(f"no reply to the last request within {wait_ms:g} ms")
-            return self._local(step, step.deepest, f"deadline: {msg}", t_start, t_front)
+            local = self._local(step, step.deepest, f"deadline: {msg}", t_start, t_front)
+            local.hedged = len(sent) > 1
+            return local
         except (TransportError, RuntimeError, ValueError) as exc:  # paho: not connected / queue full
             if step is None:
                 raise
             self._suspect(f"publish failed ({exc})")
-            return self._local(step, step.deepest, f"server unreachable: publish failed ({exc})", t_start, t_front)
+            local = self._local(step, step.deepest, f"server unreachable: publish failed ({exc})", t_start, t_front)
+            local.hedged = len(sent) > 1
+            return local
         finally:
-            with self._lock:
-                for rid in sent:
-                    if self._pending.pop(rid, None) is not None and fut.done():  # its twin was answered
-                        if len(self._hedge_losers) >= HEDGE_LOSERS_KEPT:
-                            self._hedge_losers.pop(next(iter(self._hedge_losers)))
-                        self._hedge_losers[rid] = None
+            self._settle(fut, sent)
         self._observe_rtt((t_recv - sent[replied]) * 1e3)
         result = self._finish(reply, replied, (t_start, t_front, t_enc, t_recv), n)
         result.hedged = len(sent) > 1
@@ -321,16 +325,29 @@ class Device:
             result.front_compute_fraction = step.compute_fraction
         return result
 
-    def _hedge(self, frame: wire.Frame, fut: Future, sent: dict[int, float], expiry_s: int) -> None:
+    def _settle(self, fut: Future, sent: dict[int, float]) -> None:
+        """After infer: ids still pending either lost to their answered twin (their reply is dropped
+        quietly) or got no reply in time (a late reply teaches the round trip)."""
+        answered = fut.done() and not fut.cancelled() and fut.exception() is None
+        with self._lock:
+            for rid, t_sent in sent.items():
+                if self._pending.pop(rid, None) is None:
+                    continue  # this id's reply came
+                kept, cap = (self._hedge_losers, HEDGE_LOSERS_KEPT) if answered else (self._late_ids, LATE_IDS_KEPT)
+                if len(kept) >= cap:  # a dead server never answers them: oldest out
+                    kept.pop(next(iter(kept)))
+                kept[rid] = None if answered else t_sent
+
+    def _hedge(self, frame: wire.Frame, fut: Future, sent: dict[int, float], expiry_s: int, why: str) -> None:
         """Send ``frame`` again under a new id that resolves the same future."""
         rid = next(self._ids)
         frame.request_id = rid
         payload = self._encode(frame)
         with self._lock:
             self._pending[rid] = fut
+            self.hedged += 1
         sent[rid] = time.perf_counter()
-        self.hedged += 1
-        log.info("no reply after %g ms: request sent again as %d", self.hedge_ms, rid)
+        log.info("%s: request sent again as %d", why, rid)
         self._client.publish(self._req_topic, payload, response_topic=self._resp_topic,
                              correlation=transport.correlation_bytes(rid), expiry_s=expiry_s)
 

@@ -153,12 +153,27 @@ class _Worker:
 
     def handle(self, msg: Any) -> None:
         """Answer one MQTT message; never raises."""
-        self.handle_all([msg])
+        self.handle_from(msg)
 
-    def handle_all(self, msgs: list[Any]) -> None:
-        """Answer these MQTT messages, their back halves batched up to ``max_batch`` samples;
-        never raises."""
-        ready = [r for r in map(self._prepare, msgs) if r is not None]
+    def handle_from(self, first: Any, wait_s: float = 0.0, stop: threading.Event | None = None) -> None:
+        """Answer ``first`` and, with ``max_batch`` > 1, the requests batched with it: those in the
+        inbox now and those arriving within ``wait_s``, until they hold ``max_batch`` samples (each
+        is decoded and checked as it is taken, so a full batch stops the wait). Never raises."""
+        ready = [r for r in (self._prepare(first),) if r is not None]
+        rows = sum(r.rows for r in ready)
+        until = time.monotonic() + wait_s
+        while self.max_batch > 1 and rows < self.max_batch and not (stop is not None and stop.is_set()):
+            left = until - time.monotonic()
+            try:  # waits in slices of _POLL_S so a stop is seen
+                msg = self.inbox.get(timeout=min(left, _POLL_S)) if left > 0 else self.inbox.get_nowait()
+            except queue.Empty:
+                if left > _POLL_S:
+                    continue
+                break
+            r = self._prepare(msg)
+            if r is not None:
+                ready.append(r)
+                rows += r.rows
         run: list[_Request] = []
         for r in ready:
             if run and sum(x.rows for x in run) + r.rows > self.max_batch:
@@ -210,6 +225,13 @@ class _Worker:
                            f"server error: {type(exc).__name__}: {exc}")
                 return
             log.exception("a batched back-half call of %d requests failed; running them one by one", len(run))
+            for r in run:
+                self._answer([r])
+            return
+        total = sum(r.rows for r in run)
+        if len(run) > 1 and any(np.ndim(o) == 0 or o.shape[0] != total for o in outs):
+            log.warning("the back half's outputs do not keep the batch axis (%s for %d samples): "
+                        "running these %d requests one by one", [np.shape(o) for o in outs], total, len(run))
             for r in run:
                 self._answer([r])
             return
@@ -350,31 +372,17 @@ def _loop(w: _Worker, stop: threading.Event, wait_s: float = 0.0) -> None:
     next_stats = time.monotonic() + _STATS_EVERY_S
     while not stop.is_set():
         try:
-            msgs = [w.inbox.get(timeout=_POLL_S)]
+            msg = w.inbox.get(timeout=_POLL_S)
         except queue.Empty:
-            msgs = []
-        if msgs and w.max_batch > 1:
-            msgs += _more(w.inbox, w.max_batch - 1, time.monotonic() + wait_s)
-        if msgs:
+            msg = None
+        if msg is not None:
             try:
-                w.handle_all(msgs)
-            except Exception:  # handle_all() never raises; if a bug makes it, requests fail, not the server
-                log.exception("unexpected error on %d request(s); still serving", len(msgs))
+                w.handle_from(msg, wait_s, stop)
+            except Exception:  # handle_from() never raises; if a bug makes it, requests fail, not the server
+                log.exception("unexpected error on a request; still serving")
         if time.monotonic() >= next_stats:
             log.info("stats: %s", json.dumps(w.stats.to_dict()))
             next_stats = time.monotonic() + _STATS_EVERY_S  # after a long stop: one line, not a burst
-
-
-def _more(inbox: queue.Queue, n: int, until: float) -> list[Any]:
-    """Up to ``n`` more messages: those waiting now, then those arriving before ``until``."""
-    out: list[Any] = []
-    while len(out) < n:
-        try:
-            left = until - time.monotonic()
-            out.append(inbox.get(timeout=left) if left > 0 else inbox.get_nowait())
-        except queue.Empty:
-            break
-    return out
 
 
 def _install_signals(stop: threading.Event) -> Callable[[], None]:

@@ -46,6 +46,10 @@ def test_hedged_requests_meet_their_deadline_with_a_frozen_worker(digits_bundle,
             assert hedged and dev.hedged == len(hedged)
             assert all(r.timings_ms["total"] < DEADLINE_MS for r in results)
             assert len({r.worker for r in hedged}) == 1  # the live worker answered every hedged copy
+            # After the first copy won, both copies go out at once (HEDGE_BOTH_S): the broker hands
+            # out messages in turn, so sent one at a time every original met the frozen worker and
+            # each request took hedge_ms. Now only the first one waits for the hedge.
+            assert sum(r.timings_ms["total"] >= HEDGE_MS for r in results) == 1
             frozen.send(signal.SIGCONT)  # its late replies now arrive: dropped quietly, not "unknown"
             time.sleep(1.0)
             assert dev.infer(x, deadline_ms=DEADLINE_MS).answered_by == "server"
@@ -53,6 +57,25 @@ def test_hedged_requests_meet_their_deadline_with_a_frozen_worker(digits_bundle,
     finally:
         frozen.send(signal.SIGCONT)
     assert live.stop() == 0 and frozen.stop() == 0
+
+
+def test_a_local_answer_after_a_hedged_miss_says_it_was_hedged(tmp_path_factory, broker, serve_bundle):
+    """A bundle with exits, its only worker frozen: the request is sent twice, misses, and the
+    deepest exit answers; the result says it was hedged (Device.hedged == sum of r.hedged)."""
+    from edgerun.exporters.pipeline import ExportConfig, export, trace_model
+
+    b = export(trace_model("zoo:digits-cnn"), ExportConfig(cut="block2", exits="auto", evaluate=False),
+               tmp_path_factory.mktemp("hedge") / "exits")
+    server = serve_bundle(b)
+    x = _x(b)
+    server.send(signal.SIGSTOP)
+    try:
+        with Device(b, broker=broker.url, engine="ort", budget="off", hedge_ms=50.0) as dev:
+            r = dev.infer(x, deadline_ms=400.0)
+            assert r.local and r.hedged and dev.hedged == 1 and "sent twice" in r.reason
+    finally:
+        server.send(signal.SIGCONT)
+    assert server.stop() == 0
 
 
 def test_without_a_frozen_worker_nothing_is_sent_twice(digits_bundle, broker, start_servers):

@@ -77,3 +77,22 @@ def test_without_max_batch_each_request_is_its_own_call(digits_bundle, broker, s
 def test_bad_batch_settings_are_refused_before_connecting(digits_bundle, kw, match):
     with pytest.raises(ConfigError, match=match):
         serve(digits_bundle, "mqtt://127.0.0.1:1", **kw)
+
+
+def test_a_request_that_fills_the_batch_is_not_held_for_the_wait(digits_bundle, broker, start_servers):
+    """The wait for more requests ends once the batch is full: a 4-sample request on a
+    --max-batch 4 server is answered without sitting out --batch-wait-ms (it sat it out, ~1 s,
+    before: the wait counted messages, not samples). server_us counts from its receipt."""
+    (server,) = start_servers(1, "--max-batch", "4", "--batch-wait-ms", "1000")
+    b = digits_bundle
+    raw = RawClient(b, broker.url)
+    try:
+        x = np.zeros((4, *b.cut[0].shape[1:]), np.float32)
+        for rid in (1, 2):
+            raw.ask(rid, wire.encode(good_frame(b, rid, tensors=[x])))
+            reply = raw.wait(rid)
+            assert reply.kind == wire.Kind.REPLY and reply.meta["batch"] == 1
+            assert reply.meta["server_us"] < 500_000, reply.meta  # far below the 1 s wait
+    finally:
+        raw.close()
+    assert server.stop() == 0
