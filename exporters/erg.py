@@ -298,12 +298,34 @@ def _resize(ctx: _Ctx, node: onnx.NodeProto) -> None:
         raise _Unsupported(f"Resize nearest with coordinate_transformation_mode {coord!r} and "
                            f"nearest_mode {rounding!r}")
     xs, ys = ctx.shapes.get(node.input[0]), ctx.shapes.get(node.output[0])
-    if xs is None or ys is None or len(xs) != 4 or len(ys) != 4 or xs[1] != ys[1]:
+    if xs is None or ys is None or len(xs) != 4 or len(ys) != 4 or xs[:2] != ys[:2]:
         raise _Unsupported("Resize other than of H and W of an NCHW tensor with known sizes")
     if any(y % x for x, y in zip(xs[2:], ys[2:])):
         raise _Unsupported(f"Resize from {xs[2:]} to {ys[2:]}: only integer upsampling factors")
+    if a.get("axes") is not None and list(a["axes"]) not in ([2, 3], [-2, -1]):
+        raise _Unsupported(f"Resize over axes {list(a['axes'])} (only H and W)")
+    scales = _resize_scales(ctx, node, a)
+    want = [ys[2] // xs[2], ys[3] // xs[3]]
+    if scales is not None and [float(v) for v in scales[-2:]] != [float(v) for v in want]:
+        # onnxruntime reads the scales, not the rounded output size: 2.1 from 4 rows is 8 rows
+        # taken as floor(i / 2.1), not an integer x2
+        raise _Unsupported(f"Resize scales {[float(v) for v in scales]}: only integer factors on H and W")
     ctx.nodes.append(_ENode("Resize", node.name, [node.input[0]], [node.output[0]],
                             [ys[2] // xs[2], ys[3] // xs[3]]))
+
+
+def _resize_scales(ctx: _Ctx, node: onnx.NodeProto, a: dict) -> list[float] | None:
+    """The scales a Resize / Upsample gives (None when it gives output sizes instead)."""
+    if node.op_type == "Upsample":
+        if "scales" in a:  # opset 7
+            return list(a["scales"])
+        return ctx.const(node.input[1], "Upsample scales").reshape(-1).tolist()
+    if len(node.input) > 2 and node.input[2] and ctx.const(node.input[2], "Resize scales").size:
+        scales = ctx.consts[node.input[2]].reshape(-1).tolist()
+        if len(scales) == 4 and scales[:2] != [1.0, 1.0]:
+            raise _Unsupported(f"Resize scales {scales} change the batch or channel dim")
+        return scales
+    return None
 
 
 @_lowers("Transpose")
@@ -331,6 +353,8 @@ def _slice(ctx: _Ctx, node: onnx.NodeProto) -> None:
     shape = ctx.shapes.get(node.input[0])
     if not shape or node.output[0] not in ctx.shapes:
         raise _Unsupported("a Slice whose input or output shape is not known")
+    if len(node.input) < 3:
+        raise _Unsupported("a Slice with starts / ends as attributes (opset < 10: export at opset 10 or later)")
     rank = len(shape)
     begin = ctx.const(node.input[1], "Slice starts").reshape(-1).tolist()
     end = ctx.const(node.input[2], "Slice ends").reshape(-1).tolist()
@@ -432,11 +456,29 @@ def _pool(ctx: _Ctx, node: onnx.NodeProto) -> None:
         n, c, length = ctx.shapes[out]
         out = f"{out}::2d"
         ctx.shapes[out] = [n, c, 1, length]
+    xs, ys = ctx.shapes.get(x), ctx.shapes.get(out)
+    if xs is not None and ys is not None and len(xs) == len(ys) == 4:
+        for i in (0, 1):
+            got = _pool_out(xs[2 + i], k[i], s[i], d[i], p[i], p[i + 2], bool(a.get("ceil_mode", 0)))
+            if ys[2 + i] != got:  # onnx's shape inference keeps a last ceil window that starts in the
+                raise _Unsupported(  # padding; onnxruntime and torch drop it
+                    f"the pooled size {ys[2 + i]} (axis {2 + i}) is not onnxruntime's {got}: ceil_mode with a "
+                    "last window in the padding; export from torch, or without ceil_mode")
     ctx.nodes.append(_ENode(node.op_type, node.name, [x], [out],
                             [k[0], k[1], s[0], s[1], d[0], d[1], p[0], p[1], p[2], p[3],
                              a.get("count_include_pad", 0)]))
     if out != node.output[0]:
         ctx.nodes.append(_ENode("Reshape", f"{node.name}::1d", [out], [node.output[0]]))
+
+
+def _pool_out(n: int, k: int, s: int, d: int, pad_begin: int, pad_end: int, ceil: bool) -> int:
+    """Pooled size as onnxruntime and torch compute it: with ceil_mode, a last window that would
+    start in the end padding is dropped."""
+    span = n + pad_begin + pad_end - d * (k - 1) - 1
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= n + pad_begin:
+        out -= 1
+    return out
 
 
 @_lowers("GlobalAveragePool")
@@ -516,6 +558,8 @@ def _pad(ctx: _Ctx, node: onnx.NodeProto) -> None:
         mode = mode.decode("utf-8", "replace")
     if mode != "constant":
         raise _Unsupported(f"Pad mode {mode!r} (only constant)")
+    if len(node.input) < 2 or node.input[0] not in ctx.shapes:
+        raise _Unsupported("a Pad with pads as an attribute (opset < 11), or of unknown rank")
     rank = len(ctx.shapes[node.input[0]])
     pads = ctx.const(node.input[1], "Pad pads").astype(np.int64).reshape(-1).tolist()
     value = 0.0
@@ -776,11 +820,10 @@ def write_erg(model: onnx.ModelProto, path: str | os.PathLike, *,
     data, n_tensors = serialize(ctx, inputs, outputs)
     with open(path, "wb") as f:
         f.write(data)
-    n_onnx = len(ctx.onnx_nodes)
     return {
         "nodes": len(ctx.nodes), "tensors": n_tensors, "weight_bytes": sum(w.nbytes for w in ctx.weights.values()),
         "file_bytes": len(data), "version": VERSION_QUANT if ctx.qmeta else VERSION, "ops": dict(Counter(e.op for e in ctx.nodes)),
-        "fused": n_onnx - len(ctx.nodes), "inputs": inputs, "outputs": outputs,
+        "fused": len(ctx.skip), "inputs": inputs, "outputs": outputs,
         "precisions": {e.name: next((p for p, c in PREC_CODE.items()
                                      if c == (e.iattr + [0] * 11)[_PREC_SLOT[e.op]]), "fp32")
                        for e in ctx.nodes if e.op in _PREC_SLOT},

@@ -308,6 +308,10 @@ Status resolve_pool(const Ctx& c, Step* s) {
   if (!window_out(q.h, q.pt + q.pb, q.kh, q.dh, q.sh, &lo_h, &hi_h) ||
       !window_out(q.w, q.pl + q.pr, q.kw, q.dw, q.sw, &lo_w, &hi_w))
     return c.bad("the pooling window does not fit the padded input");
+  // ceil mode drops a last window that would start in the end padding (onnxruntime, torch):
+  // an output there reads only padding (-FLT_MAX for max pooling)
+  if (hi_h > lo_h && (hi_h - 1) * q.sh >= q.h + q.pt) --hi_h;
+  if (hi_w > lo_w && (hi_w - 1) * q.sw >= q.w + q.pl) --hi_w;
   if (q.oh < lo_h || q.oh > hi_h || q.ow < lo_w || q.ow > hi_w)  // floor or ceil mode
     return c.bad("output spatial size does not follow from input, kernel, stride and pads");
   return Status::Ok();

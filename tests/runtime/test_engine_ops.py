@@ -196,3 +196,60 @@ def test_an_int8_conv1d_front_rounds_and_runs(models, tmp_path):
     for k in ref:
         err = float(np.linalg.norm(ref[k] - got[k]) / np.linalg.norm(ref[k]))
         assert 0 < err < 0.05, f"int8 Conv1d relative error {err:.3g}"
+
+
+def _resize_with(tmp_path, in_shape, out_shape, scales=None, sizes=None, opset=19):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *in_shape[1:]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [out_shape[0] or "batch", *out_shape[1:]])
+    inits, ins = [], ["x", ""]
+    if scales is not None:
+        inits.append(numpy_helper.from_array(np.array(scales, np.float32), "scales"))
+        ins.append("scales")
+    else:
+        inits.append(numpy_helper.from_array(np.array(sizes, np.int64), "sizes"))
+        ins += ["", "sizes"]
+    node = helper.make_node("Resize", ins, ["y"], name="rs", mode="nearest",
+                            coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    g = helper.make_graph([node], "g", [x], [y], inits)
+    return onnx.shape_inference.infer_shapes(helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)],
+                                                               ir_version=9))
+
+
+@pytest.mark.parametrize("scales, sizes, out_shape", [
+    ([1, 1, 2.1, 2.1], None, (None, 3, 8, 10)),  # torch interpolate(scale_factor=2.1): not a x2
+    ([2, 1, 2, 2], None, (None, 3, 8, 10)),      # scales the batch
+    (None, [2, 3, 8, 10], (2, 3, 8, 10)),        # sizes that fix the batch
+])
+def test_resizes_the_engine_would_get_wrong_fall_back(tmp_path, scales, sizes, out_shape):
+    """Found by a bug hunt: each was written as an integer x2 upsample (wrong rows for 2.1, a lost
+    batch for the others) or as a file the loader called corrupt."""
+    m = _resize_with(tmp_path, (None, 3, 4, 5), out_shape, scales, sizes)
+    assert erg.check_native_support(m) == [("rs", "Resize")]
+
+
+def test_old_opset_slice_and_pad_fall_back_by_name():
+    """Slice before opset 10 and Pad before 11 take attributes: an IndexError before."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])
+    s = helper.make_node("Slice", ["x"], ["y"], name="sl", starts=[1], ends=[4], axes=[1])
+    m = helper.make_model(helper.make_graph([s], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 9)],
+                          ir_version=4)
+    assert erg.check_native_support(m) == [("sl", "Slice")]
+    y2 = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])
+    p = helper.make_node("Pad", ["x"], ["y"], name="pd", pads=[0, 1, 0, 1])
+    m = helper.make_model(helper.make_graph([p], "g", [x], [y2]), opset_imports=[helper.make_opsetid("", 2)],
+                          ir_version=4)
+    assert erg.check_native_support(m) == [("pd", "Pad")]
+
+
+@pytest.mark.parametrize("op", ["MaxPool", "AveragePool"])
+def test_a_ceil_mode_window_in_the_padding_falls_back(op):
+    """L=5, k=2, s=2, pad 1, ceil_mode: onnx's shape inference says 4, onnxruntime (and torch)
+    compute 3. The engine followed the 4 and gave an extra column (-3.4e38 for MaxPool)."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2, 5, 5])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    node = helper.make_node(op, ["x"], ["y"], name="pool", kernel_shape=[2, 2], strides=[2, 2],
+                            pads=[1, 1, 1, 1], ceil_mode=1)
+    m = onnx.shape_inference.infer_shapes(helper.make_model(helper.make_graph([node], "g", [x], [y]),
+                                                            opset_imports=[helper.make_opsetid("", 19)], ir_version=9))
+    assert erg.check_native_support(m) == [("pool", op)]
