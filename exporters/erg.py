@@ -540,6 +540,38 @@ def _layer_norm(ctx: _Ctx, node: onnx.NodeProto) -> None:
     ctx.nodes.append(_ENode("LayerNorm", node.name, ins, [node.output[0]], [axis], [a.get("epsilon", 1e-5)]))
 
 
+@_lowers("InstanceNormalization")
+def _instance_norm(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    """Per sample and channel over the spatial dims: a LayerNorm from axis 2, then the channels'
+    scale and bias (also GroupNorm, which torch writes as a reshape around this)."""
+    shape = ctx.shapes.get(node.input[0])
+    if not shape or len(shape) < 3:
+        raise _Unsupported("an InstanceNormalization whose input is not [N, C, ...] with known dims")
+    inner = int(np.prod(shape[2:]))
+    scale = ctx.const(node.input[1], "InstanceNormalization scale").astype(np.float32).reshape(-1)
+    bias = ctx.const(node.input[2], "InstanceNormalization bias").astype(np.float32).reshape(-1)
+    if scale.size != shape[1] or bias.size != shape[1]:
+        raise _Unsupported(f"scale / bias of {scale.size} / {bias.size} values for {shape[1]} channels")
+    normed = f"{node.output[0]}::normed"
+    ctx.shapes[normed] = list(shape)
+    ctx.nodes.append(_ENode("LayerNorm", node.name, [node.input[0], ctx.weight(f"{node.name}::ones", np.ones(inner, np.float32))],
+                            [normed], [2], [_attrs(node).get("epsilon", 1e-5)]))
+    ctx.nodes.append(_ENode("ChannelAffine", f"{node.name}::affine",
+                            [normed, ctx.weight(f"{node.name}::scale", scale), ctx.weight(f"{node.name}::bias", bias)],
+                            [node.output[0]]))
+
+
+@_lowers("Shape")
+def _shape(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    """A Shape read only as a Reshape's target (torch's GroupNorm reshapes back to its input's
+    shape): the engine's Reshape takes its output shape from the file, so nothing runs."""
+    users = ctx.consumers.get(node.output[0], [])
+    if not users or node.output[0] in ctx.protected or any(
+            u.op_type != "Reshape" or list(u.input[1:]) != [node.output[0]] or u.output[0] not in ctx.shapes
+            for u in users):
+        raise _Unsupported("a Shape used other than as a Reshape's target shape")
+
+
 @_lowers("BatchNormalization")
 def _batchnorm(ctx: _Ctx, node: onnx.NodeProto) -> None:
     eps = _attrs(node).get("epsilon", 1e-5)

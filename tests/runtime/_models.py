@@ -134,3 +134,18 @@ class TinyViT(nn.Module):
 
     def forward(self, x):
         return self.head(self.blocks(self.patch(x).flatten(2).transpose(1, 2) + self.pos).mean(1))
+
+
+class Norms(nn.Module):
+    """GroupNorm (torch writes Reshape -> InstanceNormalization -> Reshape to Shape(x) -> affine)
+    and InstanceNorm2d."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.gn = nn.GroupNorm(2, 8)
+        self.inn = nn.InstanceNorm2d(8, affine=True)
+        self.c2 = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c2(F.relu(self.inn(self.gn(self.c(x)))))

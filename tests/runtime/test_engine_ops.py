@@ -2,7 +2,7 @@
 Gelu (exact and tanh), nearest upsampling by integer factors (Resize / Upsample),
 1-D convolution and pooling (sensor and audio models), Transpose, Slice, Split and
 Softmax, Tanh, ELU, Softplus, Mish and PReLU, LayerNorm and the product of two activations
-(a small vision transformer), each against onnxruntime; and the settings the engine refuses (they fall back
+(a small vision transformer), GroupNorm and InstanceNorm, each against onnxruntime; and the settings the engine refuses (they fall back
 to onnxruntime by name, or are refused at load when a file is damaged)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from edgerun.engine import NativeEngine, OrtEngine
 from edgerun.errors import BundleError
 from edgerun.exporters import erg
 
-from _models import Activations, Detector, ImuNet, Shuffle, TinyViT, perturbed_export  # noqa: E402
+from _models import Activations, Detector, ImuNet, Norms, Shuffle, TinyViT, perturbed_export  # noqa: E402
 
 import torch  # noqa: E402
 nn = torch.nn
@@ -43,10 +43,11 @@ def models(tmp_path_factory):
                "imu": (_export(ImuNet(), torch.randn(1, 6, 50), d, "imu"), (6, 50)),
                "shuffle": (_export(Shuffle(), torch.randn(2, 8, 9, 12), d, "shuffle"), (8, 9, 12)),
                "activations": (_export(Activations(), torch.randn(1, 3, 10, 9), d, "activations"), (3, 10, 9)),
-               "vit": (_export(TinyViT(), torch.randn(2, 3, 16, 16), d, "vit"), (3, 16, 16))}
+               "vit": (_export(TinyViT(), torch.randn(2, 3, 16, 16), d, "vit"), (3, 16, 16)),
+               "norms": (_export(Norms(), torch.randn(2, 3, 12, 10), d, "norms"), (3, 12, 10))}
 
 
-@pytest.mark.parametrize("name", ["detector", "imu", "shuffle", "activations", "vit"])
+@pytest.mark.parametrize("name", ["detector", "imu", "shuffle", "activations", "vit", "norms"])
 @pytest.mark.parametrize("batch, threads", [(1, 1), (3, 2)])
 def test_user_models_run_natively_and_match_ort(models, name, batch, threads):
     d, table = models
@@ -67,6 +68,7 @@ def test_the_ops_are_the_engines_own(models):
     assert {"Transpose", "Slice", "Softmax"} <= set(table["shuffle"][0][1]["ops"])
     assert {"Tanh", "Elu", "Softplus", "Mish", "PRelu"} <= set(table["activations"][0][1]["ops"])
     assert table["vit"][0][1]["ops"]["LayerNorm"] == 4 and table["vit"][0][1]["ops"]["MatMulAct"] == 4
+    assert table["norms"][0][1]["ops"]["LayerNorm"] == 2  # GroupNorm and InstanceNorm
 
 
 def _one_node_model(node, in_shape, out_shape, inits=None, opset=20):
