@@ -288,11 +288,14 @@ def _text(a: dict, key: str, default: str) -> str:
 def _resize(ctx: _Ctx, node: onnx.NodeProto) -> None:
     a = _attrs(node)
     mode = _text(a, "mode", "nearest")
-    if mode != "nearest":
-        raise _Unsupported(f"Resize mode {mode!r} (only nearest, by integer factors)")
+    if mode not in ("nearest", "linear", "bilinear"):
+        raise _Unsupported(f"Resize mode {mode!r} (only nearest by integer factors, and linear)")
     if a.get("antialias", 0):
         raise _Unsupported("Resize with antialias")
     coord = _text(a, "coordinate_transformation_mode", "asymmetric" if node.op_type == "Upsample" else "half_pixel")
+    if mode != "nearest":
+        _resize_linear(ctx, node, a, coord)
+        return
     rounding = _text(a, "nearest_mode", "floor" if node.op_type == "Upsample" else "round_prefer_floor")
     if (coord, rounding) not in _NEAREST_FLOOR:
         raise _Unsupported(f"Resize nearest with coordinate_transformation_mode {coord!r} and "
@@ -312,6 +315,28 @@ def _resize(ctx: _Ctx, node: onnx.NodeProto) -> None:
         raise _Unsupported(f"Resize scales {[float(v) for v in scales]}: only integer factors on H and W")
     ctx.nodes.append(_ENode("Resize", node.name, [node.input[0]], [node.output[0]],
                             [ys[2] // xs[2], ys[3] // xs[3]]))
+
+
+_LINEAR_COORD = {"half_pixel": 0, "pytorch_half_pixel": 1, "align_corners": 2, "asymmetric": 3}
+
+
+def _resize_linear(ctx: _Ctx, node: onnx.NodeProto, a: dict, coord: str) -> None:
+    """Bilinear Resize of H and W (torch's interpolate(mode="bilinear"), any scale)."""
+    if coord not in _LINEAR_COORD:
+        raise _Unsupported(f"Resize linear with coordinate_transformation_mode {coord!r}")
+    xs, ys = ctx.shapes.get(node.input[0]), ctx.shapes.get(node.output[0])
+    if xs is None or ys is None or len(xs) != 4 or len(ys) != 4 or xs[:2] != ys[:2]:
+        raise _Unsupported("Resize other than of H and W of an NCHW tensor with known sizes")
+    if a.get("axes") is not None and list(a["axes"]) not in ([2, 3], [-2, -1]):
+        raise _Unsupported(f"Resize over axes {list(a['axes'])} (only H and W)")
+    scales = _resize_scales(ctx, node, a)
+    if scales is None:  # sizes given: onnxruntime takes the scale as out / in
+        scales = [1.0, 1.0, ys[2] / xs[2], ys[3] / xs[3]]
+    sh, sw = (float(v) for v in scales[-2:])
+    if [int(np.floor(xs[2] * np.float32(sh))), int(np.floor(xs[3] * np.float32(sw)))] != ys[2:]:
+        raise _Unsupported(f"Resize scales {[sh, sw]} do not give the output size {ys[2:]} from {xs[2:]}")
+    ctx.nodes.append(_ENode("ResizeLinear", node.name, [node.input[0]], [node.output[0]], [_LINEAR_COORD[coord]],
+                            [sh, sw]))
 
 
 def _resize_scales(ctx: _Ctx, node: onnx.NodeProto, a: dict) -> list[float] | None:
@@ -561,17 +586,6 @@ def _instance_norm(ctx: _Ctx, node: onnx.NodeProto) -> None:
                             [node.output[0]]))
 
 
-@_lowers("Shape")
-def _shape(ctx: _Ctx, node: onnx.NodeProto) -> None:
-    """A Shape read only as a Reshape's target (torch's GroupNorm reshapes back to its input's
-    shape): the engine's Reshape takes its output shape from the file, so nothing runs."""
-    users = ctx.consumers.get(node.output[0], [])
-    if not users or node.output[0] in ctx.protected or any(
-            u.op_type != "Reshape" or list(u.input[1:]) != [node.output[0]] or u.output[0] not in ctx.shapes
-            for u in users):
-        raise _Unsupported("a Shape used other than as a Reshape's target shape")
-
-
 @_lowers("BatchNormalization")
 def _batchnorm(ctx: _Ctx, node: onnx.NodeProto) -> None:
     eps = _attrs(node).get("epsilon", 1e-5)
@@ -665,7 +679,50 @@ def _prepare(model: onnx.ModelProto, extra_outputs: Sequence[str]) -> _Ctx:
     return _Ctx(consts, shapes, consumers, protected, onnx_nodes=nodes, graph=g, opset=opset)
 
 
+# Inputs that only carry a target shape: the engine takes output shapes from the file instead.
+_SHAPE_SINKS = {"Reshape": (1,), "Resize": (1, 2, 3), "Upsample": (1,)}
+
+
+def _shape_only_nodes(ctx: _Ctx) -> set[int]:
+    """ONNX nodes that compute nothing but a shape for a Reshape or Resize (torch writes
+    ``Shape -> Slice -> Concat -> Resize(sizes)`` for ``interpolate(size=...)`` and GroupNorm's
+    reshape back to ``Shape(x)``): ids of nodes the engine need not run."""
+    produced = {o: n for n in ctx.onnx_nodes for o in n.output}
+    cand = {id(n) for n in ctx.onnx_nodes if n.op_type == "Shape"}
+    grew = True
+    while grew:  # forward: nodes fed only by shape nodes and constants
+        grew = False
+        for n in ctx.onnx_nodes:
+            if id(n) in cand or n.op_type in _SHAPE_SINKS:
+                continue
+            srcs = [produced.get(i) for i in n.input if i and i not in ctx.consts]
+            if srcs and all(src is not None and id(src) in cand for src in srcs):
+                cand.add(id(n))
+                grew = True
+
+    def sink_only(n: onnx.NodeProto) -> bool:
+        for o in n.output:
+            if o in ctx.protected:
+                return False
+            for u in ctx.consumers.get(o, []):
+                slots = [k for k, i in enumerate(u.input) if i == o]
+                if id(u) in cand or (u.op_type in _SHAPE_SINKS and all(k in _SHAPE_SINKS[u.op_type] for k in slots)):
+                    continue
+                return False
+        return True
+
+    shrunk = True
+    while shrunk:  # backward: drop any whose value reaches something other than a shape input
+        shrunk = False
+        for n in ctx.onnx_nodes:
+            if id(n) in cand and not sink_only(n):
+                cand.discard(id(n))
+                shrunk = True
+    return cand
+
+
 def _lower_all(ctx: _Ctx, collect: list | None) -> None:
+    ctx.skip |= _shape_only_nodes(ctx)
     for node in ctx.onnx_nodes:
         if id(node) in ctx.skip:
             continue

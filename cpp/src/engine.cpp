@@ -321,6 +321,13 @@ Status Engine::run_step(const Step& s, int32_t batch) {
       kernels::softmax(outer, dx[s.k], inner, in(0), y, th);
       break;
     }
+    case OpCode::kResizeLinear: {
+      int64_t dx[kErgMaxDims], dy[kErgMaxDims];
+      dims_at(xt, batch, dx);
+      dims_at(yt, batch, dy);
+      kernels::resize_linear(dx[0] * dx[1], dx[2], dx[3], dy[2], dy[3], int(s.mask), s.p0, s.p1, in(0), y, th);
+      break;
+    }
     case OpCode::kResize: {
       int64_t dx[kErgMaxDims];
       dims_at(xt, batch, dx);

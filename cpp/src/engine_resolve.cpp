@@ -187,6 +187,22 @@ Status resolve_resize(const Ctx& c, Step* s) {
   return Status::Ok();
 }
 
+Status resolve_resize_linear(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
+  const TensorInfo &x = c.in(0), &y = c.out();
+  if (x.ndim != 4 || y.ndim != 4) return c.unsupported("only bilinear resizing of NCHW is supported");
+  if (!c.same_batch(x, y) || x.dims[1] != y.dims[1]) return c.bad("batch or channels differ");
+  if (x.dims[2] < 1 || x.dims[3] < 1 || y.dims[2] < 1 || y.dims[3] < 1) return c.bad("empty planes");
+  const int64_t mode = c.nd.iattr[0];
+  if (mode < 0 || mode > 3) return c.bad("coordinate mode must be 0..3");
+  const float sh = c.nd.fattr[0], sw = c.nd.fattr[1];
+  if (!(sh > 0.f && sh < 1e6f && sw > 0.f && sw < 1e6f)) return c.bad("scales must be finite and > 0");
+  s->mask = uint32_t(mode);
+  s->p0 = sh;
+  s->p1 = sw;
+  return Status::Ok();
+}
+
 // Element strides of a contiguous tensor (dim 0 included: the batch steps by one sample).
 void contiguous_strides(const TensorInfo& x, int64_t* st) {
   int64_t acc = 1;
@@ -414,6 +430,7 @@ Status Engine::resolve() {
         s.p0 = float(nd.iattr[0]);
         break;
       case OpCode::kResize: ER_RETURN_IF_ERROR(resolve_resize(c, &s)); break;
+      case OpCode::kResizeLinear: ER_RETURN_IF_ERROR(resolve_resize_linear(c, &s)); break;
       case OpCode::kTranspose: ER_RETURN_IF_ERROR(resolve_transpose(c, &s)); break;
       case OpCode::kSlice: ER_RETURN_IF_ERROR(resolve_slice(c, &s)); break;
       case OpCode::kSoftmax: ER_RETURN_IF_ERROR(resolve_softmax(c, &s)); break;

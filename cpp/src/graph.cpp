@@ -191,6 +191,7 @@ const char* op_name(OpCode op) {
     case OpCode::kPRelu: return "PRelu";
     case OpCode::kLayerNorm: return "LayerNorm";
     case OpCode::kMatMul: return "MatMul";
+    case OpCode::kResizeLinear: return "ResizeLinear";
   }
   return "Unknown";
 }

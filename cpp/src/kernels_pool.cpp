@@ -80,6 +80,47 @@ void upsample_nearest(int64_t planes, int64_t h, int64_t w, int64_t sh, int64_t 
   });
 }
 
+namespace {
+
+// The input coordinate output index o reads (ONNX Resize), clamped to [0, in - 1] as onnxruntime
+// does for linear mode: the lower index, the upper one and the upper one's weight.
+struct Tap {
+  int64_t i0, i1;
+  float w1;
+};
+
+Tap linear_tap(int64_t o, int64_t in, int64_t out, float scale, int mode) {
+  float c;
+  switch (mode) {
+    case 0: c = (float(o) + 0.5f) / scale - 0.5f; break;
+    case 1: c = out > 1 ? (float(o) + 0.5f) / scale - 0.5f : 0.f; break;
+    case 2: c = out > 1 ? float(o) * float(in - 1) / float(out - 1) : 0.f; break;
+    default: c = float(o) / scale; break;
+  }
+  c = std::min(std::max(c, 0.f), float(in - 1));
+  const int64_t i0 = std::min(static_cast<int64_t>(c), in - 1);
+  return {i0, std::min(i0 + 1, in - 1), c - float(i0)};
+}
+
+}  // namespace
+
+void resize_linear(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, int mode, float sh, float sw,
+                   const float* x, float* y, int threads) {
+  parallel_for(threads, planes * oh, [&](int64_t pr) {
+    const int64_t p = pr / oh, oy = pr % oh;
+    const Tap ty = linear_tap(oy, h, oh, sh, mode);
+    const float* r0 = x + (p * h + ty.i0) * w;
+    const float* r1 = x + (p * h + ty.i1) * w;
+    float* yr = y + pr * ow;
+    for (int64_t ox = 0; ox < ow; ++ox) {
+      const Tap tx = linear_tap(ox, w, ow, sw, mode);
+      const float top = r0[tx.i0] + (r0[tx.i1] - r0[tx.i0]) * tx.w1;
+      const float bot = r1[tx.i0] + (r1[tx.i1] - r1[tx.i0]) * tx.w1;
+      yr[ox] = top + (bot - top) * ty.w1;
+    }
+  });
+}
+
 void strided_copy(int32_t rank, const int64_t* dims, const int64_t* strides, const float* x, float* y,
                   int threads) {
   int64_t rows = 1;

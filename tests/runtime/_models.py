@@ -149,3 +149,19 @@ class Norms(nn.Module):
 
     def forward(self, x):
         return self.c2(F.relu(self.inn(self.gn(self.c(x)))))
+
+
+class Seg(nn.Module):
+    """A segmentation-style head: bilinear upsampling back to the input size (torch writes the
+    target size through Shape -> Slice -> Concat) and by 1.5 with align_corners."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+        self.head = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):
+        y = self.head(F.relu(self.down(x)))
+        a = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        b = F.interpolate(y, scale_factor=1.5, mode="bilinear", align_corners=True)
+        return torch.cat([a.flatten(1), b.flatten(1)], 1)

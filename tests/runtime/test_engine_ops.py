@@ -2,7 +2,7 @@
 Gelu (exact and tanh), nearest upsampling by integer factors (Resize / Upsample),
 1-D convolution and pooling (sensor and audio models), Transpose, Slice, Split and
 Softmax, Tanh, ELU, Softplus, Mish and PReLU, LayerNorm and the product of two activations
-(a small vision transformer), GroupNorm and InstanceNorm, each against onnxruntime; and the settings the engine refuses (they fall back
+(a small vision transformer), GroupNorm and InstanceNorm, bilinear Resize, each against onnxruntime; and the settings the engine refuses (they fall back
 to onnxruntime by name, or are refused at load when a file is damaged)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from edgerun.engine import NativeEngine, OrtEngine
 from edgerun.errors import BundleError
 from edgerun.exporters import erg
 
-from _models import Activations, Detector, ImuNet, Norms, Shuffle, TinyViT, perturbed_export  # noqa: E402
+from _models import Activations, Detector, ImuNet, Norms, Seg, Shuffle, TinyViT, perturbed_export  # noqa: E402
 
 import torch  # noqa: E402
 nn = torch.nn
@@ -44,10 +44,11 @@ def models(tmp_path_factory):
                "shuffle": (_export(Shuffle(), torch.randn(2, 8, 9, 12), d, "shuffle"), (8, 9, 12)),
                "activations": (_export(Activations(), torch.randn(1, 3, 10, 9), d, "activations"), (3, 10, 9)),
                "vit": (_export(TinyViT(), torch.randn(2, 3, 16, 16), d, "vit"), (3, 16, 16)),
-               "norms": (_export(Norms(), torch.randn(2, 3, 12, 10), d, "norms"), (3, 12, 10))}
+               "norms": (_export(Norms(), torch.randn(2, 3, 12, 10), d, "norms"), (3, 12, 10)),
+               "seg": (_export(Seg(), torch.randn(2, 3, 12, 10), d, "seg"), (3, 12, 10))}
 
 
-@pytest.mark.parametrize("name", ["detector", "imu", "shuffle", "activations", "vit", "norms"])
+@pytest.mark.parametrize("name", ["detector", "imu", "shuffle", "activations", "vit", "norms", "seg"])
 @pytest.mark.parametrize("batch, threads", [(1, 1), (3, 2)])
 def test_user_models_run_natively_and_match_ort(models, name, batch, threads):
     d, table = models
@@ -69,6 +70,7 @@ def test_the_ops_are_the_engines_own(models):
     assert {"Tanh", "Elu", "Softplus", "Mish", "PRelu"} <= set(table["activations"][0][1]["ops"])
     assert table["vit"][0][1]["ops"]["LayerNorm"] == 4 and table["vit"][0][1]["ops"]["MatMulAct"] == 4
     assert table["norms"][0][1]["ops"]["LayerNorm"] == 2  # GroupNorm and InstanceNorm
+    assert table["seg"][0][1]["ops"]["ResizeLinear"] == 2  # the target size's Shape ops run nowhere
 
 
 def _one_node_model(node, in_shape, out_shape, inits=None, opset=20):
@@ -123,7 +125,8 @@ def test_every_accepted_resize_mode_is_floor_of_i_over_s(tmp_path, coord, roundi
 
 
 @pytest.mark.parametrize("out_hw, attrs, why", [
-    ((8, 10), {"mode": "linear"}, "mode 'linear'"),
+    ((8, 10), {"mode": "cubic"}, "mode 'cubic'"),
+    ((8, 10), {"mode": "linear", "coordinate_transformation_mode": "tf_crop_and_resize"}, "tf_crop_and_resize"),
     ((8, 10), {"mode": "nearest", "coordinate_transformation_mode": "align_corners"}, "align_corners"),
     ((8, 10), {"mode": "nearest", "coordinate_transformation_mode": "asymmetric",
                "nearest_mode": "round_prefer_floor"}, "round_prefer_floor"),
@@ -276,3 +279,20 @@ def test_activations_match_onnxruntime_over_the_whole_float_range(tmp_path, op, 
     np.testing.assert_array_equal(got[np.isinf(ref)], ref[np.isinf(ref)])
     fin = np.isfinite(ref)
     assert float(np.abs(got[fin] - ref[fin]).max()) <= 2e-6 * max(1.0, float(np.abs(ref[fin]).max()) / 100)
+
+
+@pytest.mark.parametrize("coord", ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"])
+@pytest.mark.parametrize("in_hw, scales", [((4, 5), (2.0, 3.0)), ((6, 9), (0.5, 1.7)), ((1, 7), (3.0, 0.3))])
+def test_bilinear_resize_matches_onnxruntime_in_every_coordinate_mode(tmp_path, coord, in_hw, scales):
+    out_hw = tuple(int(np.floor(i * np.float32(s))) for i, s in zip(in_hw, scales))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, *in_hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, *out_hw])
+    node = helper.make_node("Resize", ["x", "", "scales"], ["y"], name="rs", mode="linear",
+                            coordinate_transformation_mode=coord)
+    g = helper.make_graph([node], "g", [x], [y], [numpy_helper.from_array(np.array([1, 1, *scales], np.float32), "scales")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+    onnx.save(m, tmp_path / "r.onnx")
+    erg.write_erg(m, tmp_path / "r.erg")
+    xx = np.random.default_rng(0).standard_normal((2, 3, *in_hw)).astype(np.float32)
+    _close(OrtEngine(tmp_path / "r.onnx").run(xx)["y"], NativeEngine(tmp_path / "r.erg", max_batch=2).run(xx)["y"],
+           f"linear {coord} {in_hw} x {scales}")

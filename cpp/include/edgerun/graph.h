@@ -78,6 +78,7 @@ enum class OpCode : uint32_t {
   kPRelu             = 31,  // x >= 0 ? x : slope * x, slope broadcast (a binary op)
   kLayerNorm         = 32,  // over the trailing dims from axis, then * scale + bias
   kMatMul            = 33,  // two activations: [..., M, K] x [..., K, N], same leading dims
+  kResizeLinear      = 34,  // bilinear on H and W, any scale, 4 coordinate modes
 };
 
 // Fused activation codes (Conv, Gemm, ChannelAffine iattr slot "act").

@@ -134,6 +134,10 @@ void strided_copy(int32_t rank, const int64_t* dims, const int64_t* strides, con
                   int threads);
 // Softmax along the middle dim of [outer, n, inner].
 void softmax(int64_t outer, int64_t n, int64_t inner, const float* x, float* y, int threads);
+// Bilinear resize of each [h, w] plane to [oh, ow]. mode: 0 half_pixel, 1 pytorch_half_pixel,
+// 2 align_corners, 3 asymmetric (ONNX coordinate_transformation_mode); sh, sw the scales.
+void resize_linear(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, int mode, float sh, float sw,
+                   const float* x, float* y, int threads);
 // Nearest-neighbour upsampling by integer factors: y[i][j] = x[i / sh][j / sw] per plane.
 void upsample_nearest(int64_t planes, int64_t h, int64_t w, int64_t sh, int64_t sw, const float* x,
                       float* y, int threads);
