@@ -1,7 +1,8 @@
 """Native engine vs onnxruntime on the user-model shapes that the engine's newer ops cover
 (the models of tests/runtime/test_engine_ops.py, defined in tests/runtime/_models.py: a detector-style conv net with LeakyReLU, GELU and
 nearest upsampling; an IMU Conv1d net; a ShuffleNet-style net with Transpose / Slice / Softmax;
-the other activations; a two-block vision transformer with LayerNorm and attention).
+the other activations; a two-block vision transformer with LayerNorm and attention; GroupNorm and
+InstanceNorm; a segmentation head with bilinear resizing).
 
 Both engines run the same ONNX / .erg at batch 1 and the same thread count, timed in one
 interleaved loop (each round calls both, order alternating), median of ``--runs`` rounds after
@@ -34,7 +35,8 @@ import torch  # noqa: E402
 
 CASES = {"detector": (models.Detector, (3, 96, 96)), "imu": (models.ImuNet, (6, 400)),
          "shuffle": (models.Shuffle, (8, 48, 48)), "activations": (models.Activations, (3, 64, 64)),
-         "vit": (models.TinyViT, (3, 16, 16))}
+         "vit": (models.TinyViT, (3, 16, 16)), "norms": (models.Norms, (3, 64, 64)),
+         "seg": (models.Seg, (3, 96, 96))}
 
 
 def main() -> None:

@@ -241,13 +241,21 @@ void layer_norm(int64_t rows, int64_t n, const float* x, const float* scale, con
   parallel_for(threads, rows, [&](int64_t r) {
     const float* xr = x + r * n;
     float* yr = y + r * n;
-    double sum = 0.0;
-    for (int64_t k = 0; k < n; ++k) sum += xr[k];
-    const float mean = float(sum / double(n));
-    double var = 0.0;
-    for (int64_t k = 0; k < n; ++k) var += double(xr[k] - mean) * double(xr[k] - mean);
-    const float inv = float(1.0 / std::sqrt(var / double(n) + double(eps)));
-    for (int64_t k = 0; k < n; ++k) yr[k] = (xr[k] - mean) * inv * scale[k] + (bias != nullptr ? bias[k] : 0.f);
+    double s[4] = {0, 0, 0, 0};  // four chains: one serial double sum ran ~1.3 ns per element
+    int64_t k = 0;
+    for (; k + 4 <= n; k += 4)
+      for (int j = 0; j < 4; ++j) s[j] += xr[k + j];
+    for (; k < n; ++k) s[0] += xr[k];
+    const float mean = float((s[0] + s[1] + s[2] + s[3]) / double(n));
+    double v[4] = {0, 0, 0, 0};
+    for (k = 0; k + 4 <= n; k += 4)
+      for (int j = 0; j < 4; ++j) v[j] += double(xr[k + j] - mean) * double(xr[k + j] - mean);
+    for (; k < n; ++k) v[0] += double(xr[k] - mean) * double(xr[k] - mean);
+    const float inv = float(1.0 / std::sqrt((v[0] + v[1] + v[2] + v[3]) / double(n) + double(eps)));
+    if (bias != nullptr)
+      for (k = 0; k < n; ++k) yr[k] = (xr[k] - mean) * inv * scale[k] + bias[k];
+    else
+      for (k = 0; k < n; ++k) yr[k] = (xr[k] - mean) * inv * scale[k];
   });
 }
 

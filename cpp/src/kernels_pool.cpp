@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cfloat>
 #include <cstring>
+#include <vector>
 
 #include "edgerun/kernels.h"
 
@@ -106,6 +107,12 @@ Tap linear_tap(int64_t o, int64_t in, int64_t out, float scale, int mode) {
 
 void resize_linear(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, int mode, float sh, float sw,
                    const float* x, float* y, int threads) {
+  // The column taps are the same for every row: computed once per call (the buffer is kept per
+  // thread, so after the first call nothing is allocated).
+  static thread_local std::vector<Tap> cols;
+  if (cols.size() < size_t(ow)) cols.resize(size_t(ow));
+  for (int64_t ox = 0; ox < ow; ++ox) cols[size_t(ox)] = linear_tap(ox, w, ow, sw, mode);
+  const Tap* tx = cols.data();
   parallel_for(threads, planes * oh, [&](int64_t pr) {
     const int64_t p = pr / oh, oy = pr % oh;
     const Tap ty = linear_tap(oy, h, oh, sh, mode);
@@ -113,9 +120,9 @@ void resize_linear(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow,
     const float* r1 = x + (p * h + ty.i1) * w;
     float* yr = y + pr * ow;
     for (int64_t ox = 0; ox < ow; ++ox) {
-      const Tap tx = linear_tap(ox, w, ow, sw, mode);
-      const float top = r0[tx.i0] + (r0[tx.i1] - r0[tx.i0]) * tx.w1;
-      const float bot = r1[tx.i0] + (r1[tx.i1] - r1[tx.i0]) * tx.w1;
+      const Tap& t = tx[ox];
+      const float top = r0[t.i0] + (r0[t.i1] - r0[t.i0]) * t.w1;
+      const float bot = r1[t.i0] + (r1[t.i1] - r1[t.i0]) * t.w1;
       yr[ox] = top + (bot - top) * ty.w1;
     }
   });
