@@ -171,11 +171,18 @@ Status resolve_unary(const Ctx& c, Step* s) {
   return Status::Ok();
 }
 
-Status resolve_resize(const Ctx& c, Step* s) {
+// Resize / ResizeLinear: one NCHW input, the output differing only in H and W.
+Status resize_io(const Ctx& c, const char* what) {
   ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
   const TensorInfo &x = c.in(0), &y = c.out();
-  if (x.ndim != 4 || y.ndim != 4) return c.unsupported("only nearest upsampling of NCHW is supported");
+  if (x.ndim != 4 || y.ndim != 4) return c.unsupported(std::string("only ") + what + " of NCHW is supported");
   if (!c.same_batch(x, y) || x.dims[1] != y.dims[1]) return c.bad("batch or channels differ");
+  return Status::Ok();
+}
+
+Status resolve_resize(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(resize_io(c, "nearest upsampling"));
+  const TensorInfo &x = c.in(0), &y = c.out();
   const int64_t sh = c.nd.iattr[0], sw = c.nd.iattr[1];
   if (!attr_in(sh, 1) || !attr_in(sw, 1)) return c.bad("scale factors must be in 1..65536");
   int64_t oh = 0, ow = 0;
@@ -188,10 +195,8 @@ Status resolve_resize(const Ctx& c, Step* s) {
 }
 
 Status resolve_resize_linear(const Ctx& c, Step* s) {
-  ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
+  ER_RETURN_IF_ERROR(resize_io(c, "bilinear resizing"));
   const TensorInfo &x = c.in(0), &y = c.out();
-  if (x.ndim != 4 || y.ndim != 4) return c.unsupported("only bilinear resizing of NCHW is supported");
-  if (!c.same_batch(x, y) || x.dims[1] != y.dims[1]) return c.bad("batch or channels differ");
   if (x.dims[2] < 1 || x.dims[3] < 1 || y.dims[2] < 1 || y.dims[3] < 1) return c.bad("empty planes");
   const int64_t mode = c.nd.iattr[0];
   if (mode < 0 || mode > 3) return c.bad("coordinate mode must be 0..3");
