@@ -538,6 +538,14 @@ def _concat(ctx: _Ctx, node: onnx.NodeProto) -> None:
 @_lowers("Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze", "Dropout")
 def _alias(ctx: _Ctx, node: onnx.NodeProto) -> None:
     # Layout is unchanged: the engine makes the output a zero-copy alias.
+    xs, ys = ctx.shapes.get(node.input[0]), ctx.shapes.get(node.output[0])
+    if ys is None and node.output[0] not in ctx.consts:
+        raise _Unsupported("its output shape is not static but for the batch (onnx shape inference)")
+    if xs is not None and ys is not None and xs[:1] == [-1] and \
+            (ys[:1] != [-1] or int(np.prod(xs[1:])) != int(np.prod(ys[1:]))):
+        # e.g. reshape(n * h * w, c): the engine's first dim is the batch, so a file written
+        # for it was refused at load as corrupt
+        raise _Unsupported(f"it folds the batch into another dim ({xs} -> {ys})")
     ctx.nodes.append(_ENode("Reshape", node.name, [node.input[0]], [node.output[0]]))
 
 

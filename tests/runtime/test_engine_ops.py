@@ -296,3 +296,32 @@ def test_bilinear_resize_matches_onnxruntime_in_every_coordinate_mode(tmp_path, 
     xx = np.random.default_rng(0).standard_normal((2, 3, *in_hw)).astype(np.float32)
     _close(OrtEngine(tmp_path / "r.onnx").run(xx)["y"], NativeEngine(tmp_path / "r.erg", max_batch=2).run(xx)["y"],
            f"linear {coord} {in_hw} x {scales}")
+
+
+class _FoldBatch(nn.Module):
+    """reshape(n * h * w, c): per-pixel rows for a Linear, the batch folded into them."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        y = self.c(x)
+        n, c, h, w = y.shape
+        return self.fc(y.permute(0, 2, 3, 1).reshape(n * h * w, c)).reshape(n, h * w * 2)
+
+
+def test_a_reshape_that_folds_the_batch_falls_back_by_name(tmp_path):
+    """The engine's first dim is the batch: such a Reshape was written as an alias and the loader
+    then refused the file as corrupt; now the exporter names it and the front runs on onnxruntime."""
+    model, _ = _export_only(_FoldBatch(), torch.randn(2, 3, 5, 5))
+    bad = erg.check_native_support(model)
+    assert bad and {op for _, op in bad} == {"Reshape"}
+
+
+def _export_only(module, example):
+    from edgerun.exporters.trace import to_onnx
+
+    torch.manual_seed(0)
+    return to_onnx(module.eval(), example), None
