@@ -292,6 +292,10 @@ def _resize(ctx: _Ctx, node: onnx.NodeProto) -> None:
         raise _Unsupported(f"Resize mode {mode!r} (only nearest by integer factors, and linear)")
     if a.get("antialias", 0):
         raise _Unsupported("Resize with antialias")
+    if node.op_type == "Resize" and ctx.opset < 11:  # Resize-10: (X, scales), asymmetric coordinates
+        raise _Unsupported(f"Resize at opset {ctx.opset} (export at opset 11 or later)")
+    if _text(a, "keep_aspect_ratio_policy", "stretch") != "stretch":  # one scale for both axes
+        raise _Unsupported(f"Resize keep_aspect_ratio_policy {_text(a, 'keep_aspect_ratio_policy', '')!r}")
     coord = _text(a, "coordinate_transformation_mode", "asymmetric" if node.op_type == "Upsample" else "half_pixel")
     if mode != "nearest":
         _resize_linear(ctx, node, a, coord)

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "edgerun/kernels.h"
 
@@ -90,7 +91,10 @@ inline float vexp(float x) {
   const int32_t bits = (n + 127) << 23;  // 2^n: n in [-126, 127] after the clamp
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return x == x ? p * scale : x;
+  // Outside the clamp: +inf above (so 1 / (1 + exp(-v)) is 0 for v below -88, not 6e-39, and SiLU's
+  // v * sigmoid(v) is -0 there, not -0.6 at v = -1e38), 0 below; NaN stays NaN.
+  const float e = x > 88.f ? std::numeric_limits<float>::infinity() : (x < -87.f ? 0.f : p * scale);
+  return x == x ? e : x;
 }
 
 // log for x > 0 (Cephes' logf: x = m 2^e with m in [sqrt(1/2), sqrt(2)), degree-8 polynomial in
@@ -122,7 +126,20 @@ inline float vlog(float x) {
 }
 
 inline float sigmoid(float v) { return 1.f / (1.f + vexp(-v)); }
-inline float vtanh(float v) { return 1.f - 2.f / (vexp(2.f * v) + 1.f); }  // absolute error ~1e-7
+// exp(v) - 1, with its series below |v| = 1/32 (exp(v) - 1 cancels: ELU(-1e-30) came out 0).
+inline float vexpm1(float v) {
+  const float series = v * (1.f + v * (0.5f + v * (1.f / 6.f + v * (1.f / 24.f + v * (1.f / 120.f)))));
+  const float full = vexp(v) - 1.f;
+  return std::fabs(v) < 0.03125f ? series : full;
+}
+// tanh: 1 - 2 / (exp(2v) + 1), and its odd series below |v| = 1/16, where that form cancels
+// (tanh(1e-8) came out 0).
+inline float vtanh(float v) {
+  const float v2 = v * v;
+  const float series = v * (1.f + v2 * (-1.f / 3.f + v2 * (2.f / 15.f + v2 * (-17.f / 315.f))));
+  const float full = 1.f - 2.f / (vexp(2.f * v) + 1.f);
+  return std::fabs(v) < 0.0625f ? series : full;
+}
 // erf, Abramowitz & Stegun 7.1.26: absolute error <= 1.5e-7.
 inline float verf(float x) {
   const float a = std::fabs(x);
@@ -130,8 +147,16 @@ inline float verf(float x) {
   const float poly = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t + 0.254829592f) * t;
   return std::copysign(1.f - poly * vexp(-a * a), x);
 }
-// log(1 + exp(v)) without overflow: max(v, 0) + log(1 + exp(-|v|)) (the argument is in (1, 2]).
-inline float softplus(float v) { return std::max(v, 0.f) + vlog(1.f + vexp(-std::fabs(v))); }
+// log(1 + exp(v)) without overflow: max(v, 0) + log1p(e), e = exp(-|v|) in (0, 1]. log1p as
+// log(u) * e / (u - 1), u = 1 + e rounded (Goldberg's correction of that rounding: softplus(-7)
+// was 5e-5 off relative), and below e = 1/1024 the series e - e^2 / 2 (softplus(-20) came out 0).
+inline float softplus(float v) {
+  const float e = vexp(-std::fabs(v));
+  const float u = 1.f + e;
+  const float d = std::max(u - 1.f, 1e-30f);
+  const float l = e < 0.0009765625f ? e * (1.f - 0.5f * e) : vlog(u) * (e / d);
+  return std::max(v, 0.f) + l;
+}
 
 }  // namespace
 
@@ -214,10 +239,7 @@ ER_ELEM_CLONES void unary_span(OpCode op, int64_t n, const float* x, float* y, f
       return map(n, x, y, [=](float v) { return std::max(v, 0.f) + p0 * std::min(v, 0.f); });
     case OpCode::kTanh: return map(n, x, y, [](float v) { return vtanh(v); });
     case OpCode::kElu:
-      return map(n, x, y, [=](float v) {
-        const float neg = p0 * (vexp(std::min(v, 0.f)) - 1.f);
-        return v > 0.f ? v : neg;
-      });
+      return map(n, x, y, [=](float v) { return v > 0.f ? v : p0 * vexpm1(std::min(v, 0.f)); });
     case OpCode::kSoftplus: return map(n, x, y, [](float v) { return softplus(v); });
     case OpCode::kMish:
       return map(n, x, y, [](float v) { return v * vtanh(softplus(v)); });

@@ -260,7 +260,36 @@ def test_a_ceil_mode_window_in_the_padding_falls_back(op):
     assert erg.check_native_support(m) == [("pool", op)]
 
 
-@pytest.mark.parametrize("op, attrs", [("Sigmoid", {}), ("HardSigmoid", {}), ("HardSwish", {}), ("Tanh", {}),
+def _activation_model(op: str, attrs: dict, n: int) -> onnx.ModelProto:
+    if op == "SiLU":  # x * Sigmoid(x): the engine fuses it into one Silu op
+        nodes = [helper.make_node("Sigmoid", ["x"], ["s"], name="a"), helper.make_node("Mul", ["x", "s"], ["y"], name="m")]
+    else:
+        nodes = [helper.make_node(op, ["x"], ["y"], name="a", **attrs)]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", n])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])
+    return helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 20)],
+                             ir_version=9)
+
+
+@pytest.mark.parametrize("op", ["Sigmoid", "SiLU", "Tanh", "Softplus", "Mish", "Elu"])
+def test_small_activation_values_keep_their_relative_precision(tmp_path, op):
+    """Found by a bug hunt: tanh(1e-8) came out 0 (1 - 2 / (exp(2v) + 1) cancels) and
+    softplus(-20) 0 (1 + 2e-9 rounds to 1); now within 1e-5 relative of float64 numpy (onnxruntime
+    itself gives 0 for sigmoid(-60), so it is not the reference here)."""
+    x = np.concatenate([np.linspace(-60, 60, 1201), np.geomspace(1e-30, 1e-2, 60), -np.geomspace(1e-30, 1e-2, 60)]
+                       ).astype(np.float32)[None]
+    m = _activation_model(op, {}, x.shape[1])
+    erg.write_erg(m, tmp_path / "a.erg")
+    v = x.astype(np.float64)
+    ref = {"Sigmoid": 1 / (1 + np.exp(-v)), "SiLU": v / (1 + np.exp(-v)), "Tanh": np.tanh(v),
+           "Softplus": np.logaddexp(0, v), "Mish": v * np.tanh(np.logaddexp(0, v)),
+           "Elu": np.where(v > 0, v, np.expm1(v))}[op]
+    got = NativeEngine(tmp_path / "a.erg", max_batch=1).run(x)["y"].astype(np.float64)
+    bad = np.abs(got - ref) > 1e-5 * np.abs(ref) + 1e-37
+    assert not bad.any(), list(zip(x[bad], ref[bad], got[bad]))[:5]
+
+
+@pytest.mark.parametrize("op, attrs", [("Sigmoid", {}), ("SiLU", {}), ("HardSigmoid", {}), ("HardSwish", {}), ("Tanh", {}),
                                        ("LeakyRelu", {"alpha": 0.1}), ("Elu", {"alpha": 0.7}), ("Softplus", {}),
                                        ("Mish", {}), ("Gelu", {}), ("Gelu", {"approximate": "tanh"})])
 def test_activations_match_onnxruntime_over_the_whole_float_range(tmp_path, op, attrs):
@@ -268,9 +297,9 @@ def test_activations_match_onnxruntime_over_the_whole_float_range(tmp_path, op, 
     call, 2-14 ns per element): values from -200 to 200, tiny ones, +-0, +-inf and NaN give
     onnxruntime's answer within 2e-6 absolute, and its NaN / inf in the same places."""
     x = np.concatenate([np.linspace(-200, 200, 4001), np.geomspace(1e-30, 1e-3, 50), -np.geomspace(1e-30, 1e-3, 50),
-                        [0.0, -0.0, np.inf, -np.inf, np.nan, 87.5, -87.5, 88.8, -88.8]]).astype(np.float32)[None]
-    node = helper.make_node(op, ["x"], ["y"], name="a", **attrs)
-    m = _one_node_model(node, (x.shape[1],), (x.shape[1],))
+                        [0.0, -0.0, np.inf, -np.inf, np.nan, 87.5, -87.5, 88.8, -88.8, 3e38, -3e38, 1e30, -1e30]]
+                       ).astype(np.float32)[None]
+    m = _activation_model(op, attrs, x.shape[1])
     onnx.save(m, tmp_path / "a.onnx")
     erg.write_erg(m, tmp_path / "a.erg")
     ref = OrtEngine(tmp_path / "a.onnx").run(x)["y"]
