@@ -354,3 +354,20 @@ def _export_only(module, example):
 
     torch.manual_seed(0)
     return to_onnx(module.eval(), example), None
+
+
+def test_resize_10_and_aspect_keeping_resizes_fall_back_by_name():
+    """Found by a bug hunt: Resize-10 takes (X, scales) with asymmetric coordinates (written as
+    half-pixel, or its 2.1 scale as x2), and keep_aspect_ratio_policy makes one scale of two sizes."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, 4, 5])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3, 8, 10])
+    sc = numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales")
+    old = helper.make_model(helper.make_graph([helper.make_node("Resize", ["x", "scales"], ["y"], name="rs", mode="linear")],
+                                              "g", [x], [y], [sc]), opset_imports=[helper.make_opsetid("", 10)], ir_version=5)
+    assert erg.check_native_support(old) == [("rs", "Resize")]
+    sizes = numpy_helper.from_array(np.array([8, 10], np.int64), "sizes")
+    keep = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], name="rs", mode="linear", axes=[2, 3],
+                            keep_aspect_ratio_policy="not_larger")
+    m = helper.make_model(helper.make_graph([keep], "g", [x], [y], [sizes]), opset_imports=[helper.make_opsetid("", 19)],
+                          ir_version=9)
+    assert erg.check_native_support(m) == [("rs", "Resize")]
