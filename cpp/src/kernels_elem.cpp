@@ -1,6 +1,7 @@
 // Elementwise kernels: numpy-broadcast binary ops (dims coalesced so a
 // per-channel or squeeze-excite operand becomes a 2-D loop) and activations.
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -252,6 +253,31 @@ ER_ELEM_CLONES void unary_span(OpCode op, int64_t n, const float* x, float* y, f
       return map(n, x, y, [](float v) { return 0.5f * v * (1.f + verf(v * 0.7071067811865476f)); });
     default: ER_ASSERT(false && "unary: not a unary op");
   }
+}
+
+// y[k] = exp(x[k] - m): softmax's exponentials, cloned like the activations.
+ER_ELEM_CLONES void exp_shifted_span(int64_t n, const float* x, float m, float* y) {
+  map(n, x, y, [=](float v) { return vexp(v - m); });
+}
+
+void softmax(int64_t outer, int64_t n, int64_t inner, const float* x, float* y, int threads) {
+  parallel_for(threads, outer, [&](int64_t o) {
+    const float* xo = x + o * n * inner;
+    float* yo = y + o * n * inner;
+    for (int64_t i = 0; i < inner; ++i) {
+      float m = -FLT_MAX;
+      for (int64_t k = 0; k < n; ++k) m = std::max(m, xo[k * inner + i]);
+      if (inner == 1) {  // a contiguous row (attention): the exponentials vectorize
+        exp_shifted_span(n, xo, m, yo);
+      } else {
+        for (int64_t k = 0; k < n; ++k) yo[k * inner + i] = vexp(xo[k * inner + i] - m);
+      }
+      float sum = 0.f;
+      for (int64_t k = 0; k < n; ++k) sum += yo[k * inner + i];
+      const float inv = 1.f / sum;
+      for (int64_t k = 0; k < n; ++k) yo[k * inner + i] *= inv;
+    }
+  });
 }
 
 void unary(OpCode op, int64_t n, const float* x, float* y, float p0, float p1, int threads) {

@@ -147,25 +147,6 @@ void strided_copy(int32_t rank, const int64_t* dims, const int64_t* strides, con
   });
 }
 
-void softmax(int64_t outer, int64_t n, int64_t inner, const float* x, float* y, int threads) {
-  parallel_for(threads, outer, [&](int64_t o) {
-    const float* xo = x + o * n * inner;
-    float* yo = y + o * n * inner;
-    for (int64_t i = 0; i < inner; ++i) {
-      float m = -FLT_MAX;
-      for (int64_t k = 0; k < n; ++k) m = std::max(m, xo[k * inner + i]);
-      float sum = 0.f;
-      for (int64_t k = 0; k < n; ++k) {
-        const float e = std::exp(xo[k * inner + i] - m);
-        yo[k * inner + i] = e;
-        sum += e;
-      }
-      const float inv = 1.f / sum;
-      for (int64_t k = 0; k < n; ++k) yo[k * inner + i] *= inv;
-    }
-  });
-}
-
 void reduce_mean(int32_t rank, const int64_t* dims, uint32_t mask, const float* x, float* y) {
   // Output strides over the kept dims; reduced dims contribute nothing.
   int64_t ostride[kErgMaxDims], total = 1, out_n = 1, red = 1;
