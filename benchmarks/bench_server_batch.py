@@ -29,6 +29,7 @@ import numpy as np
 from edgerun import procs, transport, wire
 from edgerun.broker import Mosquitto
 from edgerun.bundle import Bundle
+from edgerun.device import Device
 from edgerun.engine import make_engine
 from edgerun.profiles import cpu_name
 
@@ -128,9 +129,10 @@ def bench(spec: str, cut: str, work: Path, devices: int, max_batch: int, wait_ms
             for mode, extra in modes.items():
                 log_path = work / f"serve-{mode}-{rep}.log"
                 srv = procs.start_server(b.path, broker.url, log_path, *extra)
+                with Device(b, broker=broker.url, engine="ort") as probe:  # until it is subscribed
+                    procs.first_server_answer(probe, np.asarray(b.samples()[:1], np.float32), srv, log_path)
                 devs = _Devices(b, broker.url, devices, payload)
                 try:
-                    _wait_first_answer(devs, srv, log_path)
                     devs.start()
                     time.sleep(1.0)  # warm up
                     windows[mode].append(devs.window(seconds))
@@ -148,24 +150,6 @@ def bench(spec: str, cut: str, work: Path, devices: int, max_batch: int, wait_ms
     batched = f"max_batch_{max_batch}"
     out["ratio_rps_batched_over_unbatched"] = out[batched]["rps"] / out["unbatched"]["rps"]
     return {"model": spec, "cut": cut, "devices": devices, "modes": out}
-
-
-def _wait_first_answer(devs: _Devices, srv, log_path: Path, timeout_s: float = 60.0) -> None:
-    """Send single probes from device 0 until the server answers one (it may still be subscribing)."""
-    got = threading.Event()
-    c, req, resp = devs.clients[0]
-    probe = transport.MqttClient(c.url, f"edgerun-probe-{time.monotonic_ns() % 10**6}", on_message=lambda m: got.set())
-    probe.connect()
-    presp = resp + "-probe"
-    probe.subscribe(presp)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not got.wait(0.5):
-            if srv.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"edgerun serve did not answer: {log_path.read_text()[-2000:]}")
-            probe.publish(req, devs.payload_for(0), response_topic=presp, correlation=transport.correlation_bytes(0))
-    finally:
-        probe.close()
 
 
 def main() -> None:

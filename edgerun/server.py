@@ -175,11 +175,13 @@ class _Worker:
                 ready.append(r)
                 rows += r.rows
         run: list[_Request] = []
+        run_rows = 0
         for r in ready:
-            if run and sum(x.rows for x in run) + r.rows > self.max_batch:
+            if run and run_rows + r.rows > self.max_batch:
                 self._answer(run)
-                run = []
+                run, run_rows = [], 0
             run.append(r)
+            run_rows += r.rows
         if run:
             self._answer(run)
 

@@ -1,6 +1,5 @@
 // Pooling, reduction and data movement kernels.
 #include <algorithm>
-#include <cmath>
 #include <cfloat>
 #include <cstring>
 #include <vector>
