@@ -41,6 +41,11 @@ FORMAT_VERSION = 1
 # only for changes an old reader cannot ignore.
 ACCEPTED_VERSIONS = (1,)
 MANIFEST = "manifest.json"
+# A tool index (edgerun/tools.py) is sealed and verified like a bundle, under its own format name.
+TOOLS_FORMAT_NAME = "edgerun-tools"
+_KINDS = {FORMAT_NAME: "a model bundle (load it with edgerun run / serve / verify)",
+          TOOLS_FORMAT_NAME: "a tool index (load it with edgerun tools select)"}
+BUNDLE_KEYS = ("model_id", "split", "inputs", "outputs", "files", "bundle_hash")
 # An archive that declares more than this unpacked is refused (EDGERUN_MAX_BUNDLE_MB overrides):
 # the zoo's EfficientNet bundles are ~42 MiB; an fp32 LLM half of a few hundred MiB fits.
 MAX_BUNDLE_MB = 8192
@@ -90,12 +95,13 @@ def compute_bundle_hash(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(canon).hexdigest()
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def write_manifest(directory: Path, manifest: dict[str, Any], format_name: str = FORMAT_NAME) -> dict[str, Any]:
     """Hash every file named in ``manifest['files']``, seal the manifest, write it.
 
     Args:
         directory: the bundle directory; the files must already be there.
         manifest: the manifest body; its ``files`` maps file name -> dict (role, ...).
+        format_name: the kind of directory (a model bundle, or ``TOOLS_FORMAT_NAME``: a tool index).
 
     Returns:
         The sealed manifest (with ``sha256``/``bytes`` per file and ``bundle_hash``).
@@ -104,7 +110,7 @@ def write_manifest(directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     for name, entry in sorted(manifest.get("files", {}).items()):
         p = directory / name
         files[name] = {**entry, "sha256": sha256_file(p), "bytes": p.stat().st_size}
-    sealed = {**manifest, "format": FORMAT_NAME, "format_version": FORMAT_VERSION, "files": files}
+    sealed = {**manifest, "format": format_name, "format_version": FORMAT_VERSION, "files": files}
     sealed["bundle_hash"] = compute_bundle_hash(sealed)
     (directory / MANIFEST).write_text(json.dumps(sealed, indent=2, sort_keys=True) + "\n")
     return sealed
@@ -155,11 +161,7 @@ class Bundle:
         p = Path(path)
         if not p.exists():
             raise BundleError(f"bundle {p} does not exist; create one with `edgerun export MODEL --out {p}`")
-        tmp = None
-        if p.is_file():
-            p, tmp = _extract_archive(p)
-        manifest = _read_manifest(p)
-        _check_manifest(p, manifest, verify_hashes)
+        p, manifest, tmp = open_verified(p, FORMAT_NAME, BUNDLE_KEYS, verify_hashes)
         return Bundle(p, manifest, tmp)
 
     def file(self, name: str) -> Path:
@@ -331,7 +333,25 @@ def _check_unpacked_size(p: Path, members: list[tarfile.TarInfo], dest: Path, li
         )
 
 
-def _read_manifest(p: Path) -> dict[str, Any]:
+def open_verified(p: Path, format_name: str, required: tuple[str, ...],
+                  verify_hashes: bool = True) -> tuple[Path, dict[str, Any], Any]:
+    """Open a sealed directory (or an archive of one) of the given format and verify it.
+
+    Returns:
+        (the directory, its manifest, a handle that keeps an extracted archive alive).
+
+    Raises:
+        BundleError: not that kind of directory, damaged, edited or of an unknown version.
+    """
+    tmp = None
+    if p.is_file():
+        p, tmp = _extract_archive(p)
+    manifest = _read_manifest(p, format_name)
+    _check_manifest(p, manifest, verify_hashes, required)
+    return p, manifest, tmp
+
+
+def _read_manifest(p: Path, format_name: str = FORMAT_NAME) -> dict[str, Any]:
     mf = p / MANIFEST
     if not mf.is_file():
         raise BundleError(f"{p} is not a bundle: no {MANIFEST}; create one with `edgerun export`")
@@ -339,12 +359,16 @@ def _read_manifest(p: Path) -> dict[str, Any]:
         manifest = json.loads(mf.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{mf} is not valid JSON ({exc}); the bundle is corrupted, re-export it") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+    found = manifest.get("format") if isinstance(manifest, dict) else None
+    if found != format_name:
+        if isinstance(found, str) and found in _KINDS:
+            raise BundleError(f"{p} is {_KINDS[found]}, not {_KINDS[format_name].split(' (')[0]}")
         raise BundleError(f"{mf} is not an edgerun bundle manifest")
     return manifest
 
 
-def _check_manifest(p: Path, manifest: dict[str, Any], verify_hashes: bool) -> None:
+def _check_manifest(p: Path, manifest: dict[str, Any], verify_hashes: bool,
+                    required: tuple[str, ...] = BUNDLE_KEYS) -> None:
     if "format_version" not in manifest:
         raise BundleError(f"bundle {p} manifest lacks 'format_version'; re-export it")
     version = manifest["format_version"]
@@ -359,7 +383,7 @@ def _check_manifest(p: Path, manifest: dict[str, Any], verify_hashes: bool) -> N
             f"bundle {p} has format version {version}; this edgerun reads {list(ACCEPTED_VERSIONS)}. "
             "Upgrade edgerun on this machine, or re-export the bundle with this version."
         )
-    for key in ("model_id", "split", "inputs", "outputs", "files", "bundle_hash"):
+    for key in required:
         if key not in manifest:
             raise BundleError(f"bundle {p} manifest lacks {key!r}; re-export it")
     if compute_bundle_hash(manifest) != manifest["bundle_hash"]:

@@ -346,6 +346,9 @@ def _register_planning_commands() -> None:
     app.command("layers")(layers_cmd)
     app.command("plan")(plan_cmd)
     app.command("bench")(bench_cmd)
+    from edgerun.cli_tools import tools_app
+
+    app.add_typer(tools_app, name="tools")
 
 
 _register_planning_commands()

@@ -151,11 +151,11 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
         shutil.rmtree(out, ignore_errors=True)
         raise
     out.chmod(0o755)  # mkdtemp made it private
-    _swap_in(out, final)
+    swap_in(out, final)
     return Bundle.load(final)
 
 
-def _swap_in(new: Path, final: Path) -> None:
+def swap_in(new: Path, final: Path) -> None:
     """Put ``new`` at ``final``; an old bundle there is moved aside first and deleted only after."""
     if not final.exists():
         new.rename(final)

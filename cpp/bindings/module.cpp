@@ -422,6 +422,49 @@ void bind_engine(py::module_& m) {
 
 }  // namespace
 
+// ==== tools: begin ====
+#include "edgerun/tools.h"
+
+namespace {
+using Int8Rows = py::array_t<int8_t, py::array::c_style | py::array::forcecast>;
+using FloatVec = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+// (kept indices best first, every tool's score) for one query.
+py::tuple tools_select(const Int8Rows& emb, const FloatVec& scale, const FloatVec& query, float floor, float margin,
+                       uint32_t k_max) {
+  if (emb.ndim() != 2 || scale.ndim() != 1 || query.ndim() != 1 || scale.shape(0) != emb.shape(0) ||
+      query.shape(0) != emb.shape(1))
+    throw_status(edgerun::Status(edgerun::StatusCode::kShapeMismatch,
+                                 "tool_select: want emb [T, D] int8, scale [T], query [D]; rebuild the tool index"));
+  const size_t n = static_cast<size_t>(emb.shape(0)), dim = static_cast<size_t>(emb.shape(1));
+  py::array_t<float> scores(static_cast<py::ssize_t>(n));
+  edgerun::tools::Rule rule;
+  rule.floor = floor;
+  rule.margin = margin;
+  rule.k_max = k_max;
+  std::vector<uint32_t> idx(std::max<size_t>(1, std::min<size_t>(k_max, n)));
+  size_t kept = 0;
+  edgerun::Status st;
+  {
+    py::gil_scoped_release nogil;  // a Status, not an exception, may leave this scope: raising needs the GIL
+    st = edgerun::tools::scores(emb.data(), scale.data(), n, dim, query.data(), scores.mutable_data());
+    if (st.ok()) st = edgerun::tools::select(scores.data(), n, rule, idx.data(), &kept);
+  }
+  THROW_IF_ERROR(st);
+  py::array_t<uint32_t> out(static_cast<py::ssize_t>(kept));
+  std::copy(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(kept), out.mutable_data());
+  return py::make_tuple(out, scores);
+}
+
+void bind_tools(py::module_& m) {
+  m.def("tool_select", &tools_select, py::arg("emb"), py::arg("scale"), py::arg("query"), py::arg("floor"),
+        py::arg("margin"), py::arg("k_max"),
+        "Score every tool (int8 rows x scale . query) and keep the k_max best within margin of the best and "
+        "at or above floor: (kept indices best first, scores).");
+}
+}  // namespace
+// ==== tools: end ====
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "edgerun device runtime (native engine, wire frames)";
   g_core_error = py::reinterpret_steal<py::object>(
@@ -431,4 +474,5 @@ PYBIND11_MODULE(_core, m) {
   bind_codec(m);
   bind_exits(m);
   bind_engine(m);
+  bind_tools(m);
 }

@@ -6,7 +6,7 @@ import sys
 
 def test_import_edgerun_does_not_import_torch():
     code = (
-        "import sys, edgerun, edgerun.bundle, edgerun.wire, edgerun.device, edgerun.server, edgerun.verify, edgerun.cli;"
+        "import sys, edgerun, edgerun.bundle, edgerun.wire, edgerun.device, edgerun.server, edgerun.verify, edgerun.cli, edgerun.tools, edgerun.cli_tools;"
         "bad = [m for m in ('torch', 'edgerun.exporters') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
