@@ -11,6 +11,12 @@ per row + a 4-bit row code, 2 B for a 0-bit row) run through the real back half 
   the mean squared gradient of the top-1 minus top-2 logit margin over the calibration crops
   (equal margin-noise per channel), normalised to geometric mean 1.
 
+``--transform-sweep`` asks instead whether a transform plus entropy coding would: a uniform
+quantizer with one step per channel (a multiple of the channel's std on the calibration crops),
+its symbols entropy coded with one static table per channel learnt on the calibration crops
+(cross-entropy on the measured crops: bits per value, side info not counted), on the channel maps
+as they are and after an orthonormal 2-D DCT of each 14x14 map (JPEG's spatial transform).
+
 For each budget: ratio vs fp32, the ideal ratio if the row symbols were entropy coded (one
 static table per bit width), top-1 flips against fp32 on the 138 eval crops and on the 828
 ``extra`` views (exporters/data.py), and mean KL. Also printed: the coding gain a channel
@@ -18,7 +24,7 @@ transform (KLT) could give, from the eigenvalues of the channel covariance.
 
 Run:
     python benchmarks/explore_codec.py [--block 7] [--budgets 0.1,0.2,0.3,0.5,0.8]
-        [--out benchmarks/results/explore_codec.json]
+        [--transform-sweep 0.1,0.2,0.3,0.4] [--out benchmarks/results/explore_codec.json]
 """
 
 from __future__ import annotations
@@ -98,6 +104,38 @@ def quantize_rows(acts: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, float,
     return dec.reshape(acts.shape).astype(np.float32), nbytes, float((h_bits / 8 + side.sum()) / n)
 
 
+def transform_sweep(back, acts: dict, ref: dict, steps: list[float]) -> list[dict]:
+    """Uniform quantization per channel + static per-channel entropy tables, without and with a 2-D DCT."""
+    from scipy.fft import dctn, idctn
+
+    sd = acts["calib"].std(axis=(0, 2, 3))[None, :, None, None].astype(np.float64)
+    rows = []
+    for dct in (False, True):
+        fwd = (lambda a: dctn(a, axes=(2, 3), norm="ortho")) if dct else (lambda a: a)
+        inv = (lambda a: idctn(a, axes=(2, 3), norm="ortho")) if dct else (lambda a: a)
+        for rel_step in steps:
+            step = rel_step * sd
+            qc = np.round(fwd(acts["calib"].astype(np.float64)) / step).astype(np.int64)
+            row = {"mode": "dct" if dct else "pixels", "step_over_std": rel_step}
+            for split in ("eval", "extra"):
+                qe = np.round(fwd(acts[split].astype(np.float64)) / step).astype(np.int64)
+                bits = 0.0
+                for ch in range(qe.shape[1]):
+                    a, b = qc[:, ch].ravel(), qe[:, ch].ravel()
+                    lo = min(a.min(), b.min())
+                    f = np.bincount(a - lo, minlength=max(a.max(), b.max()) - lo + 1) + 0.5
+                    bits += float(-np.log2((f / f.sum())[b - lo]).sum())
+                flips, kl = flips_and_kl(back, inv(qe * step).astype(np.float32), ref[split])
+                row.update({f"{split}_bits_per_value": round(bits / qe.size, 3),
+                            f"{split}_ratio": round(32 * qe.size / bits, 2), f"{split}_flips": flips,
+                            f"{split}_loss_pp": round(100 * flips / len(qe), 2), f"{split}_kl": kl})
+            rows.append(row)
+            print(f"{row['mode']:6} step {rel_step:.2f} std  {row['eval_bits_per_value']:.2f} bits/value "
+                  f"({row['eval_ratio']:.1f}x)  eval flips {row['eval_flips']}/{len(ref['eval'])}  extra flips "
+                  f"{row['extra_flips']}/{len(ref['extra'])} ({row['extra_loss_pp']:.2f} pp)", flush=True)
+    return rows
+
+
 def flips_and_kl(back, dec: np.ndarray, ref_logits: np.ndarray) -> tuple[int, float]:
     logits = batched(back, dec)
     p = torch.log_softmax(torch.from_numpy(ref_logits), 1)
@@ -110,6 +148,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--block", type=int, default=7, help="cut after blocks.N")
     ap.add_argument("--budgets", default="0.1,0.2,0.3,0.5,0.8,1.2,2.0", help="absolute per-row error budgets")
+    ap.add_argument("--transform-sweep", default=None, metavar="STEPS",
+                    help="instead: uniform steps (x channel std) with entropy coding, pixels vs 2-D DCT, e.g. 0.1,0.2,0.3")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/explore_codec.json"))
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -117,6 +157,12 @@ def main() -> None:
     sets = {s: data.photo_crops(s)[0] for s in ("calib", "eval", "extra")}
     acts = {s: batched(front, x) for s, x in sets.items()}
     ref = {s: batched(back, acts[s]) for s in ("eval", "extra")}
+    if args.transform_sweep:
+        rows = transform_sweep(back, acts, ref, [float(x) for x in args.transform_sweep.split(",")])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"cut": f"blocks.{args.block}", "transform_sweep": rows}, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return
     sens = margin_sensitivity(back, acts["calib"])
     scale = 1 / np.sqrt(sens)
     scale /= np.exp(np.log(scale).mean())

@@ -28,7 +28,8 @@ def version_text() -> str:
     from edgerun import __version__, bundle, codec, wire
 
     lines = [f"edgerun {__version__}",
-             f"formats: bundle {bundle.FORMAT_VERSION}, wire {wire.VERSION}, tsq codec {codec.TSQ_VERSION}"]
+             f"formats: bundle {bundle.FORMAT_VERSION}, tool index {bundle.FORMAT_VERSION}, wire {wire.VERSION}, "
+             f"tsq codec {codec.TSQ_VERSION}"]
     try:
         _core = importlib.import_module("edgerun._core")
     except ImportError as exc:

