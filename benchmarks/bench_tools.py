@@ -67,7 +67,7 @@ def main() -> None:
         print(f"built the index in {time.perf_counter() - t0:.0f} s", flush=True)
     index = rt.ToolIndex.load(path)
     sel = rt.ToolSelector(index, threads=1)
-    calib, held = tools._split(queries)
+    calib, held = tools.split_queries(queries)
 
     # The device's path, query by query: embedding, scoring + rule, request bytes.
     kept_names, embed_us, select_us, req_bytes = [], [], [], []
@@ -95,7 +95,7 @@ def main() -> None:
     # Same rule search for both selectors on the same split (scores computed in numpy).
     deq = index.emb.astype(np.float32) * index.scale[:, None]
     calib_emb = sel.encoder([q.text for q in calib])
-    cn, hn = tools._needed(calib, names), tools._needed(held, names)
+    cn, hn = tools.needed_indices(calib, names), tools.needed_indices(held, names)
     minilm = sweep(calib_emb @ deq.T, cn, np.stack(held_emb) @ deq.T, hn)
     tc, th = tfidf_scores(catalog, [q.text for q in calib], [q.text for q in held])
     tfidf = sweep(tc, cn, th, hn)

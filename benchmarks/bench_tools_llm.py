@@ -112,11 +112,11 @@ def main() -> None:
     d = tools_data.bfcl_dir()
     rows = []
     for cat in ("multiple", "live_multiple"):
-        items = tools_data._lines(d / f"BFCL_v4_{cat}.json")
-        answers = {a["id"]: a for a in tools_data._lines(d / "possible_answer" / f"BFCL_v4_{cat}.json")}
+        items = tools_data.read_json_lines(d / f"BFCL_v4_{cat}.json")
+        answers = {a["id"]: a for a in tools_data.read_json_lines(d / "possible_answer" / f"BFCL_v4_{cat}.json")}
         random.Random(0).shuffle(items)
         for item in items[:args.per_category]:
-            question = tools_data._user_text(item["question"])
+            question = tools_data.user_text(item["question"])
             cands = item["function"]
             needed = {n for call in answers[item["id"]]["ground_truth"] for n in call}
             emb = sel.encoder([tools.tool_text(t) for t in cands] + [question])

@@ -120,7 +120,7 @@ def calibrate(scores: np.ndarray, needed: list[np.ndarray], target_recall: float
     return fallback[2], False
 
 
-def _split(queries: list[Query]) -> tuple[list[Query], list[Query]]:
+def split_queries(queries: list[Query]) -> tuple[list[Query], list[Query]]:
     """Calibration / held-out halves by a hash of the text (stable across runs and machines)."""
     calib, held = [], []
     for q in queries:
@@ -128,7 +128,7 @@ def _split(queries: list[Query]) -> tuple[list[Query], list[Query]]:
     return calib, held
 
 
-def _needed(queries: list[Query], names: list[str]) -> list[np.ndarray]:
+def needed_indices(queries: list[Query], names: list[str]) -> list[np.ndarray]:
     pos = {n: i for i, n in enumerate(names)}
     return [np.array(sorted(pos[n] for n in q.tools), np.int64) for q in queries]
 
@@ -167,16 +167,16 @@ def build_index(catalog: list[dict[str, Any]], out: str | Path, *, queries: list
             unknown = {n for q in queries for n in q.tools} - set(names)
             if unknown:
                 raise ConfigError(f"labelled queries name tools not in the catalog: {sorted(unknown)[:5]}")
-            calib, held = _split(queries)
+            calib, held = split_queries(queries)
             if not held:
                 calib, held = queries, queries
             qe = {"calib": encoder([q.text for q in calib]), "held_out": encoder([q.text for q in held])}
             deq = q8.astype(np.float32) * scale[:, None]
-            rule, met = calibrate(qe["calib"] @ deq.T, _needed(calib, names), target_recall)
+            rule, met = calibrate(qe["calib"] @ deq.T, needed_indices(calib, names), target_recall)
             report.update({"calibrated": True, "target_met_on_calib": met,
-                           "calib": evaluate(qe["calib"] @ deq.T, _needed(calib, names), rule),
-                           "held_out": evaluate(qe["held_out"] @ deq.T, _needed(held, names), rule),
-                           "held_out_fp32_embeddings": evaluate(qe["held_out"] @ emb.T, _needed(held, names), rule)})
+                           "calib": evaluate(qe["calib"] @ deq.T, needed_indices(calib, names), rule),
+                           "held_out": evaluate(qe["held_out"] @ deq.T, needed_indices(held, names), rule),
+                           "held_out_fp32_embeddings": evaluate(qe["held_out"] @ emb.T, needed_indices(held, names), rule)})
         else:
             report["calibrated"] = False
         report["rule"] = rule.to_json()

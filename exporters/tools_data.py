@@ -117,11 +117,13 @@ def bfcl_dir() -> Path:
     return d
 
 
-def _lines(path: Path) -> list[dict[str, Any]]:
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """One JSON object per non-empty line (BFCL's ``.json`` files are JSON lines)."""
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _user_text(question: Any) -> str:
+def user_text(question: Any) -> str:
+    """The user's words in a BFCL question's first turn (system messages left out)."""
     turn = question[0] if question and isinstance(question[0], list) else question
     return " ".join(m["content"] for m in turn if m.get("role") == "user").strip()
 
@@ -136,12 +138,12 @@ def bfcl() -> tuple[list[dict[str, Any]], list[Query]]:
     pool: dict[str, dict[str, Any]] = {}
     queries = []
     for cat in BFCL_LABELLED + BFCL_IRRELEVANT:
-        items = _lines(d / f"BFCL_v4_{cat}.json")
-        answers = {} if cat in BFCL_IRRELEVANT else {a["id"]: a for a in _lines(d / "possible_answer" / f"BFCL_v4_{cat}.json")}
+        items = read_json_lines(d / f"BFCL_v4_{cat}.json")
+        answers = {} if cat in BFCL_IRRELEVANT else {a["id"]: a for a in read_json_lines(d / "possible_answer" / f"BFCL_v4_{cat}.json")}
         for item in items:
             for t in item["function"]:
                 pool.setdefault(t["name"], t)
-            text = _user_text(item["question"])
+            text = user_text(item["question"])
             if not text:
                 continue
             needed = frozenset(name for call in answers[item["id"]]["ground_truth"] for name in call) \

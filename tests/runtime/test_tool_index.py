@@ -170,3 +170,14 @@ def test_cli_build_writes_an_index_and_refuses_a_bad_catalog(tmp_path):
     cat.write_text('[{"name": "a"}, {"name": "a"}]')
     r = run_cli("build", str(cat), "--out", str(tmp_path / "idx2"))
     assert r.returncode == 2 and "two tools are named 'a'" in r.stderr
+
+
+def test_an_archived_index_loads_and_selects(index_dir, tmp_path):
+    import tarfile
+
+    archive = tmp_path / "robot.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(index_dir[0], arcname="robot")
+    idx = ToolIndex.load(archive)
+    assert idx.hash == ToolIndex.load(index_dir[0]).hash
+    assert ToolSelector(idx).select("Go to the kitchen").names[0] == "navigate_to"
