@@ -275,6 +275,7 @@ class Device:
         with self._lock:
             self._pending[request_id] = fut
         expiry_s = math.ceil(wait_ms / 1000.0)  # stale requests die in the broker
+        in_time = False  # set when infer() got its reply before giving up
         try:
             self._client.publish(self._req_topic, payload, response_topic=self._resp_topic,
                                  correlation=transport.correlation_bytes(request_id), expiry_s=expiry_s)
@@ -316,8 +317,10 @@ class Device:
             local = self._local(step, step.deepest, f"server unreachable: publish failed ({exc})", t_start, t_front)
             local.hedged = len(sent) > 1
             return local
+        else:
+            in_time = True
         finally:
-            self._settle(fut, sent)
+            self._settle(fut, sent, in_time)
         self._observe_rtt((t_recv - sent[replied]) * 1e3)
         result = self._finish(reply, replied, (t_start, t_front, t_enc, t_recv), n)
         result.hedged = len(sent) > 1
@@ -325,10 +328,19 @@ class Device:
             result.front_compute_fraction = step.compute_fraction
         return result
 
-    def _settle(self, fut: Future, sent: dict[int, float]) -> None:
+    def _settle(self, fut: Future, sent: dict[int, float], in_time: bool = True) -> None:
         """After infer: ids still pending either lost to their answered twin (their reply is dropped
-        quietly) or got no reply in time (a late reply teaches the round trip)."""
+        quietly) or got no reply in time (a late reply teaches the round trip).
+
+        A reply that came after infer() gave up but before this ran resolved a future nobody reads:
+        it counts as a late reply (dropped, its round trip learnt), like one that comes later."""
         answered = fut.done() and not fut.cancelled() and fut.exception() is None
+        if answered and not in_time:
+            _, t_recv, rid = fut.result()
+            with self._lock:
+                self.dropped_replies += 1
+            self._observe_rtt((t_recv - sent[rid]) * 1e3)
+            log.info("dropped the reply to request %s: it came after its deadline", rid)
         with self._lock:
             for rid, t_sent in sent.items():
                 if self._pending.pop(rid, None) is None:
