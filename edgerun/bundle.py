@@ -343,12 +343,43 @@ def open_verified(p: Path, format_name: str, required: tuple[str, ...],
     Raises:
         BundleError: not that kind of directory, damaged, edited or of an unknown version.
     """
-    tmp = None
-    if p.is_file():
-        p, tmp = _extract_archive(p)
-    manifest = _read_manifest(p, format_name)
-    _check_manifest(p, manifest, verify_hashes, required)
+    try:
+        tmp = None
+        if p.is_file():
+            p, tmp = _extract_archive(p)
+        manifest = _read_manifest(p, format_name)
+        _check_manifest(p, manifest, verify_hashes, required)
+    except BundleError as exc:
+        if format_name == FORMAT_NAME:
+            raise
+        raise BundleError(_as_tool_index(str(exc))) from exc
     return p, manifest, tmp
+
+
+# The checks above speak of bundles and of `edgerun export`; for a tool index they say what is true
+# of it (most specific phrases first).
+_TOOL_INDEX_WORDS = (
+    ("re-export the bundle with this version", "rebuild it with `edgerun tools build`"),
+    ("re-export the bundle", "rebuild it with `edgerun tools build`"),
+    ("re-export it", "rebuild it with `edgerun tools build`"),
+    ("create one with `edgerun export`", "build one with `edgerun tools build`"),
+    ("written by edgerun export", "written by edgerun tools build"),
+    ("edgerun bundle manifest", "edgerun tool index manifest"),
+    ("is not a bundle", "is not a tool index"),
+    ("copy the whole bundle", "copy the whole tool index"),
+    ("copy the bundle", "copy the tool index"),
+    ("the bundle is", "the tool index is"),
+    ("a bundle's files", "a tool index's files"),
+    ("this bundle", "this tool index"),
+)
+
+
+def _as_tool_index(msg: str) -> str:
+    if " is a model bundle (" in msg:  # the one message that means a model bundle
+        return msg
+    for bundle_words, index_words in _TOOL_INDEX_WORDS:
+        msg = msg.replace(bundle_words, index_words)
+    return "tool index " + msg[len("bundle "):] if msg.startswith("bundle ") else msg
 
 
 def _read_manifest(p: Path, format_name: str = FORMAT_NAME) -> dict[str, Any]:

@@ -60,8 +60,13 @@ def build_cmd(
         return
     for split in ("calib", "held_out", "held_out_fp32_embeddings"):
         r = report[split]
-        typer.echo(f"{split:26} recall {r['recall']:.3f} over {r['queries']} queries, {r['mean_kept']:.1f} tools kept"
-                   + (f"; no-tool queries keeping none {r['no_tool_kept_none']:.3f}" if "no_tool_kept_none" in r else ""))
+        line = (f"{split:26} recall {r['recall']:.3f} over {r['queries']} queries, {r['mean_kept']:.1f} tools kept"
+                if r["queries"] else f"{split:26} no query that needs a tool")
+        typer.echo(line + (f"; no-tool queries keeping none {r['no_tool_kept_none']:.3f}" if "no_tool_kept_none" in r
+                           else ""))
+    if report.get("held_out_is_calib"):
+        typer.echo("note: too few labelled queries to hold half out; the held-out figures are on the calibration "
+                   "queries. Label more queries for an honest figure")
     if not report["target_met_on_calib"]:
         typer.echo(f"warning: no rule reaches recall {recall} on the calibration queries; the index keeps the rule "
                    "with the highest recall. Lower --recall, or describe the tools better", err=True)
@@ -87,12 +92,12 @@ def select_cmd(
     if as_json:
         typer.echo(json.dumps({"tools": sel.names, "scores": sel.scores, "embed_us": sel.embed_us,
                                "select_us": sel.select_us, "request_bytes": sel.request_bytes,
-                               "catalog_request_bytes": sel.catalog_bytes, "request": sel.request}, indent=2))
+                               "catalog_request_bytes": sel.catalog_request_bytes, "request": sel.request}, indent=2))
         return
     for name, score in zip(sel.names, sel.scores):
         typer.echo(f"{score:6.3f}  {name}")
     if not sel.names:
         typer.echo("no tool fits this query: the agent sends it without tools")
-    typer.echo(f"request {sel.request_bytes} B instead of {sel.catalog_bytes} B with all {sel.catalog_size} tools "
-               f"({sel.catalog_bytes / sel.request_bytes:.0f}x fewer); embed {sel.embed_us / 1000:.1f} ms, "
+    typer.echo(f"request {sel.request_bytes} B instead of {sel.catalog_request_bytes} B with all {sel.catalog_size} "
+               f"tools ({sel.catalog_request_bytes / sel.request_bytes:.1f}x fewer); embed {sel.embed_us / 1000:.1f} ms, "
                f"select {sel.select_us:.0f} us")

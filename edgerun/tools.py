@@ -11,7 +11,7 @@ best score and at or above ``floor`` (a query no tool fits keeps none).
 Example:
     >>> sel = ToolSelector(ToolIndex.load("bundles/tools"))          # doctest: +SKIP
     >>> s = sel.select("What's the weather in Paris tomorrow?")       # doctest: +SKIP
-    >>> s.names, s.request_bytes, s.catalog_bytes                    # doctest: +SKIP
+    >>> s.names, s.request_bytes, s.catalog_request_bytes            # doctest: +SKIP
     (['weather.forecast'], 412, 540331)
 """
 
@@ -34,6 +34,7 @@ ENCODER = "encoder.onnx"
 TOKENIZER = "tokenizer.json"
 REPORT = "report.json"
 INDEX_KEYS = ("index_id", "encoder", "rule", "tools", "files", "bundle_hash")
+MAX_POSITIONS = 512  # the encoder's position table
 TOKENIZERS_HINT = "pip install 'edgerun[agent]' (the tokenizers package) or run scripts/setup.sh"
 
 
@@ -58,8 +59,9 @@ class Rule:
     def from_json(d: Any) -> Rule:
         try:
             return Rule(float(d["floor"]), float(d["margin"]), d["k_max"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"tool index rule {d!r} is malformed ({exc}); rebuild the tool index") from exc
+        except (KeyError, TypeError, ValueError, ConfigError) as exc:
+            raise BundleError(f"the tool index's rule {d!r} is malformed ({exc}); rebuild the tool index "
+                              "with `edgerun tools build`") from exc
 
 
 @dataclass
@@ -73,13 +75,18 @@ class Selection:
     embed_us: float
     select_us: float
     catalog_size: int
-    catalog_bytes: int
+    catalog_bytes: int  # the request with every tool and an empty query (see catalog_request_bytes)
     request: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @property
     def request_bytes(self) -> int:
         """Bytes of the request an agent sends (the query and the kept schemas, compact JSON)."""
         return len(compact_json(self.request))
+
+    @property
+    def catalog_request_bytes(self) -> int:
+        """Bytes of the same request with every tool of the catalog (what a plain agent sends)."""
+        return self.catalog_bytes + len(compact_json(self.query)) - 2  # the catalog's request holds ""
 
 
 def compact_json(obj: Any) -> bytes:
@@ -105,6 +112,9 @@ class ToolIndex:
             self.dim = int(enc["dim"])
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"tool index {path}: encoder entry {enc!r} is malformed; rebuild it") from exc
+        if not 2 <= self.max_tokens <= MAX_POSITIONS or self.dim < 1:
+            raise BundleError(f"tool index {path}: encoder max_tokens {self.max_tokens} (2..{MAX_POSITIONS}) or dim "
+                              f"{self.dim} is out of range; rebuild it with `edgerun tools build`")
         self.tools = _read_tools(path / TOOLS)
         self.names = [t["name"] for t in self.tools]
         self.emb, self.scale = _read_embeddings(path / EMBEDDINGS, len(self.tools), self.dim)
@@ -134,7 +144,7 @@ class ToolIndex:
 def _read_tools(f: Path) -> list[dict[str, Any]]:
     try:
         tools = json.loads(f.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise BundleError(f"{f} is not readable JSON ({exc}); rebuild the tool index") from exc
     if not isinstance(tools, list) or not tools or not all(
             isinstance(t, dict) and isinstance(t.get("name"), str) for t in tools):
@@ -146,13 +156,16 @@ def _read_embeddings(f: Path, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]
     try:
         with np.load(f, allow_pickle=False) as z:
             emb, scale = z["emb"], z["scale"]
-    except (OSError, KeyError, ValueError) as exc:
-        raise BundleError(f"{f} is not a tool embedding file ({exc}); rebuild the tool index") from exc
+    except Exception as exc:  # noqa: BLE001 - numpy / zipfile raise many kinds on a damaged file
+        raise BundleError(f"{f} is not a tool embedding file ({type(exc).__name__}: {exc}); rebuild the tool "
+                          "index with `edgerun tools build`") from exc
     if emb.dtype != np.int8 or emb.shape != (n, dim) or scale.dtype != np.float32 or scale.shape != (n,):
         raise BundleError(f"{f}: embeddings {emb.dtype} {emb.shape} / scales {scale.dtype} {scale.shape} do not fit "
                           f"{n} tools of dimension {dim}; rebuild the tool index")
-    if not np.isfinite(scale).all() or (scale < 0).any():
-        raise BundleError(f"{f}: a tool's scale is negative or not finite; rebuild the tool index")
+    # Rows of unit-length embeddings: |value| <= 1, so a scale (max |value| / 127) above 1/127 is not one.
+    if not np.isfinite(scale).all() or (scale < 0).any() or (scale > 1.0 / 127 * (1 + 1e-6)).any():
+        raise BundleError(f"{f}: a tool's scale is negative, not finite or too large for a unit-length embedding; "
+                          "rebuild the tool index with `edgerun tools build`")
     return np.ascontiguousarray(emb), np.ascontiguousarray(scale)
 
 
@@ -190,8 +203,18 @@ class Encoder:
             for r, e in enumerate(enc):
                 ids[r, :len(e.ids)] = e.ids
                 mask[r, :len(e.ids)] = 1
-            out.append(self.sess.run(None, {"input_ids": ids, "attention_mask": mask})[0])
-        return np.concatenate(out).astype(np.float32, copy=False)
+            try:
+                out.append(self.sess.run(None, {"input_ids": ids, "attention_mask": mask})[0])
+            except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail / InvalidArgument / ValueError
+                raise BundleError(f"the tool index's sentence encoder failed ({type(exc).__name__}: "
+                                  f"{str(exc)[:300]}); rebuild the tool index with `edgerun tools build`") from exc
+        if not out:
+            raise ConfigError("nothing to embed: give at least one text")
+        emb = np.concatenate(out)
+        if emb.dtype != np.float32 or emb.ndim != 2 or emb.shape[0] != len(texts):
+            raise BundleError(f"the tool index's sentence encoder gave {emb.dtype} {emb.shape} for {len(texts)} "
+                              "texts; rebuild the tool index with `edgerun tools build`")
+        return emb
 
 
 class ToolSelector:
@@ -227,6 +250,11 @@ class ToolSelector:
         """
         if not isinstance(query, str) or not query.strip():
             raise ConfigError(f"a tool query must be a non-empty string, got {query!r}")
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError as exc:  # lone surrogates: bytes from argv that are not UTF-8
+            raise ConfigError(f"the tool query is not valid UTF-8 text ({exc.reason} at {exc.start}); "
+                              "give the query as UTF-8") from exc
         t0 = time.perf_counter()
         q = self.encoder([query])[0]
         t1 = time.perf_counter()

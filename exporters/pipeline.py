@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from edgerun import __version__
-from edgerun.bundle import Bundle, TensorSpec, write_manifest
+from edgerun.bundle import FORMAT_NAME, TOOLS_FORMAT_NAME, Bundle, TensorSpec, write_manifest
 from edgerun.errors import ConfigError
 from edgerun.exporters import trace
 from edgerun.exporters.cuts import Cut, find_cuts, resolve_cut, shapes_of
@@ -219,8 +219,11 @@ def _build_exits(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native:
     return entry, rep
 
 
-def check_out_dir(out_dir: str | Path) -> Path:
+def check_out_dir(out_dir: str | Path, format_name: str = FORMAT_NAME) -> Path:
     """The bundle directory ``out_dir`` as an absolute path, checked before any work is done.
+
+    ``format_name``: what will be written there (a model bundle, or a tool index). A directory that
+    holds the other kind (its manifest's ``format``) is refused: replacing it would lose it.
 
     Raises:
         ConfigError: it is a file or a directory that holds something else than a bundle, it is
@@ -240,6 +243,10 @@ def check_out_dir(out_dir: str | Path) -> Path:
                           "its --out directory whole; give a new directory, e.g. --out bundles/model")
     if out.exists() and (not out.is_dir() or ((any(out.iterdir())) and not (out / "manifest.json").exists())):
         raise ConfigError(f"{out} exists and is not a bundle; choose an empty or new --out directory")
+    found = _manifest_format(out / "manifest.json")
+    if found is not None and found != format_name:
+        what = {FORMAT_NAME: "a model bundle", TOOLS_FORMAT_NAME: "a tool index"}.get(found, f"a {found!r} directory")
+        raise ConfigError(f"{out} holds {what}, which this would replace; choose an empty or new --out directory")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         probe = tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent)
@@ -248,6 +255,16 @@ def check_out_dir(out_dir: str | Path) -> Path:
         raise ConfigError(f"cannot write the bundle beside {out} ({exc.strerror or exc}); "
                           "choose a writable --out directory") from exc
     return out
+
+
+def _manifest_format(mf: Path) -> str | None:
+    """The ``format`` a manifest declares; None when there is none or it does not parse (a damaged
+    old bundle may be replaced: re-exporting is how it is repaired)."""
+    try:
+        m = json.loads(mf.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    return m.get("format") if isinstance(m, dict) and isinstance(m.get("format"), str) else None
 
 
 def _samples(src: SourceModel, model: onnx.ModelProto) -> np.ndarray:

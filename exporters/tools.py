@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -35,6 +36,7 @@ from edgerun.exporters.pipeline import swap_in, check_out_dir
 from edgerun.exporters.tools_data import Query
 
 DEFAULT_RULE = rt.Rule(floor=-1.0, margin=2.0, k_max=5)
+MAX_THREADS = 256
 MARGINS = np.round(np.arange(0.0, 0.401, 0.01), 2)
 K_MAX = tuple(range(1, 33))
 
@@ -45,9 +47,10 @@ def tool_text(tool: dict[str, Any]) -> str:
     The parameters add 3.4 points of recall@5 over name + description alone on the BFCL pool
     (0.757 -> 0.791, every labelled single-turn question against all 1702 tools).
     """
-    props = (tool.get("parameters") or {}).get("properties") or {}
+    params_obj = tool.get("parameters")
+    props = params_obj.get("properties") if isinstance(params_obj, dict) else None
     params = ", ".join(f"{k} ({v.get('description', '')})" if isinstance(v, dict) and v.get("description") else str(k)
-                       for k, v in props.items()) if isinstance(props, dict) else ""
+                       for k, v in props.items()) if isinstance(props, dict) and props else ""
     text = f"{tool['name']}: {tool.get('description', '')}".strip()
     return f"{text} Parameters: {params}" if params else text
 
@@ -77,8 +80,9 @@ def evaluate(scores: np.ndarray, needed: list[np.ndarray], rule: rt.Rule) -> dic
     cut = np.maximum(rule.floor, srt[:, 0] - rule.margin)
     kept = np.minimum((srt >= cut[:, None]).sum(1), rule.k_max)
     rel = worst >= 0
-    out = {"queries": int(rel.sum()), "recall": float((worst[rel] < kept[rel]).mean()) if rel.any() else float("nan"),
-           "mean_kept": float(kept[rel].mean()) if rel.any() else float("nan")}
+    # None (JSON null) where there is nothing to average: NaN is not JSON.
+    out = {"queries": int(rel.sum()), "recall": float((worst[rel] < kept[rel]).mean()) if rel.any() else None,
+           "mean_kept": float(kept[rel].mean()) if rel.any() else None}
     if (~rel).any():
         out.update({"no_tool_queries": int((~rel).sum()), "no_tool_kept_none": float((kept[~rel] == 0).mean()),
                     "no_tool_mean_kept": float(kept[~rel].mean())})
@@ -92,8 +96,7 @@ def calibrate(scores: np.ndarray, needed: list[np.ndarray], target_recall: float
         (rule, met): ``met`` is False when no rule on the grid reaches the target; the rule is then
         the one with the highest recall.
     """
-    if not 0 < target_recall <= 1:
-        raise ConfigError(f"target recall must be in (0, 1], got {target_recall}")
+    check_target(target_recall)
     srt, worst = _ranks(scores, needed)
     rel = worst >= 0
     if not rel.any():
@@ -120,11 +123,22 @@ def calibrate(scores: np.ndarray, needed: list[np.ndarray], target_recall: float
     return fallback[2], False
 
 
+def check_target(target_recall: float) -> None:
+    if not (isinstance(target_recall, (int, float)) and math.isfinite(target_recall) and 0 < target_recall <= 1):
+        raise ConfigError(f"the target recall must be a number in (0, 1], e.g. 0.9; got {target_recall}")
+
+
 def split_queries(queries: list[Query]) -> tuple[list[Query], list[Query]]:
-    """Calibration / held-out halves by a hash of the text (stable across runs and machines)."""
+    """Calibration / held-out halves by a hash of the text (stable across runs and machines).
+
+    When either half would hold no query that needs a tool (a few labelled queries), both halves are
+    all the queries, and the held-out figures are then not held out (the report says so).
+    """
     calib, held = [], []
     for q in queries:
-        (calib if hashlib.sha256(q.text.encode()).digest()[0] % 2 == 0 else held).append(q)
+        (calib if hashlib.sha256(q.text.encode("utf-8", "surrogatepass")).digest()[0] % 2 == 0 else held).append(q)
+    if not any(q.tools for q in calib) or not any(q.tools for q in held):
+        return list(queries), list(queries)
     return calib, held
 
 
@@ -143,10 +157,16 @@ def build_index(catalog: list[dict[str, Any]], out: str | Path, *, queries: list
     """
     if not catalog:
         raise ConfigError("the tool catalog is empty")
+    check_target(target_recall)
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise ConfigError(f"--threads must be a whole number in 1..{MAX_THREADS}, got {threads}")
+    if queries is not None and not any(q.tools for q in queries):
+        raise ConfigError(f"none of the {len(queries)} labelled queries names a tool it needs; label some "
+                          "(\"tools\": [name, ...]) to calibrate the rule")
     names = [t["name"] for t in catalog]
     if len(set(names)) != len(names):
         raise ConfigError("tool names in the catalog must be unique")
-    final = check_out_dir(out)
+    final = check_out_dir(out, TOOLS_FORMAT_NAME)
     src = tool_encoder.model_dir()
     # Build beside the target and swap in at the end: a failed build leaves an old index intact.
     d = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
@@ -168,12 +188,10 @@ def build_index(catalog: list[dict[str, Any]], out: str | Path, *, queries: list
             if unknown:
                 raise ConfigError(f"labelled queries name tools not in the catalog: {sorted(unknown)[:5]}")
             calib, held = split_queries(queries)
-            if not held:
-                calib, held = queries, queries
             qe = {"calib": encoder([q.text for q in calib]), "held_out": encoder([q.text for q in held])}
             deq = q8.astype(np.float32) * scale[:, None]
             rule, met = calibrate(qe["calib"] @ deq.T, needed_indices(calib, names), target_recall)
-            report.update({"calibrated": True, "target_met_on_calib": met,
+            report.update({"calibrated": True, "target_met_on_calib": met, "held_out_is_calib": calib == held,
                            "calib": evaluate(qe["calib"] @ deq.T, needed_indices(calib, names), rule),
                            "held_out": evaluate(qe["held_out"] @ deq.T, needed_indices(held, names), rule),
                            "held_out_fp32_embeddings": evaluate(qe["held_out"] @ emb.T, needed_indices(held, names), rule)})

@@ -45,6 +45,10 @@ def _tool(entry: Any, where: str) -> dict[str, Any]:
                           f"got {str(entry)[:120]}")
     if not isinstance(entry.get("description", ""), str):
         raise ConfigError(f"{where}: tool {entry['name']!r} has a 'description' that is not a string")
+    params = entry.get("parameters")
+    if params is not None and not (isinstance(params, dict) and isinstance(params.get("properties", {}), dict)):
+        raise ConfigError(f"{where}: tool {entry['name']!r} has 'parameters' that are not a JSON schema object "
+                          "({\"type\": \"object\", \"properties\": {name: {...}}})")
     return entry
 
 
@@ -58,11 +62,15 @@ def _json_items(path: Path) -> list[Any]:
         return items if isinstance(items, list) else [items]
     except json.JSONDecodeError:
         pass
+    except RecursionError as exc:
+        raise ConfigError(f"{path} nests JSON too deeply to read; give a flat list of tools / queries") from exc
     out = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 out.append(json.loads(line))
+            except RecursionError as exc:
+                raise ConfigError(f"{path}:{n} nests JSON too deeply to read") from exc
             except json.JSONDecodeError as exc:
                 raise ConfigError(f"{path}:{n} is not JSON ({exc.msg}); give a JSON list or one object per line") from exc
     return out

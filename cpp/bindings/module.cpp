@@ -430,8 +430,14 @@ using Int8Rows = py::array_t<int8_t, py::array::c_style | py::array::forcecast>;
 using FloatVec = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
 // (kept indices best first, every tool's score) for one query.
-py::tuple tools_select(const Int8Rows& emb, const FloatVec& scale, const FloatVec& query, float floor, float margin,
-                       uint32_t k_max) {
+py::tuple tools_select(const py::array& emb_any, const FloatVec& scale, const FloatVec& query, float floor,
+                       float margin, uint32_t k_max) {
+  // No cast for the rows: int8 is the index's format, and forcecast wrapped 300.7 to 44 silently.
+  if (!emb_any.dtype().is(py::dtype::of<int8_t>()))
+    throw_status(edgerun::Status(edgerun::StatusCode::kDtypeMismatch,
+                                 "tool_select: emb must be int8 rows (the tool index's format), not " +
+                                     std::string(py::str(emb_any.dtype()))));
+  const Int8Rows emb = Int8Rows::ensure(emb_any);  // same dtype: at most a contiguous copy
   if (emb.ndim() != 2 || scale.ndim() != 1 || query.ndim() != 1 || scale.shape(0) != emb.shape(0) ||
       query.shape(0) != emb.shape(1))
     throw_status(edgerun::Status(edgerun::StatusCode::kShapeMismatch,

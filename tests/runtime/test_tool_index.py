@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgerun.bundle import Bundle
+from edgerun.bundle import FORMAT_NAME, TOOLS_FORMAT_NAME, Bundle, write_manifest
 from edgerun.errors import BundleError, ConfigError
 from edgerun.exporters import tool_encoder, tools
+from edgerun.exporters.pipeline import check_out_dir
 from edgerun.exporters.tools_data import Query
 from edgerun.tools import Rule, ToolIndex, ToolSelector
 
@@ -100,7 +101,11 @@ def test_the_device_keeps_the_needed_tool_and_sends_only_what_it_keeps(index_dir
     assert s.scores == sorted(s.scores, reverse=True)
     sent = [t["function"]["name"] for t in s.request["tools"]]
     assert sent == s.names and s.request["messages"][0]["content"] == s.query
-    assert s.request_bytes < s.catalog_bytes
+    assert s.request_bytes < s.catalog_request_bytes
+    every = len(json.dumps({"messages": [{"role": "user", "content": s.query}],
+                            "tools": [{"type": "function", "function": t} for t in CATALOG]},
+                           separators=(",", ":"), ensure_ascii=False).encode())
+    assert s.catalog_request_bytes == every  # the same query, with every tool
     weather = sel.select("Is it sunny in Madrid right now?")
     assert weather.names[0] == "get_weather"
 
@@ -181,3 +186,75 @@ def test_an_archived_index_loads_and_selects(index_dir, tmp_path):
     idx = ToolIndex.load(archive)
     assert idx.hash == ToolIndex.load(index_dir[0]).hash
     assert ToolSelector(idx).select("Go to the kitchen").names[0] == "navigate_to"
+
+
+def resealed(index_dir, tmp_path, change):
+    """A copy of the index with ``change(dir, manifest_body)`` applied and the seal made again (as a
+    tool that rewrites files and manifests would): the hashes pass, the content must be checked."""
+    d = tmp_path / "resealed"
+    shutil.copytree(index_dir, d)
+    m = json.loads((d / "manifest.json").read_text())
+    body = {k: v for k, v in m.items() if k not in ("format", "format_version", "bundle_hash")}
+    body["files"] = {n: {"role": e["role"]} for n, e in m["files"].items()}
+    change(d, body)
+    write_manifest(d, body, TOOLS_FORMAT_NAME)
+    return d
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda d, m: np.save(open(d / "tool_emb.npz", "wb"), np.zeros((3, 3))), "not a tool embedding file"),
+    (lambda d, m: (d / "tool_emb.npz").write_bytes((d / "tool_emb.npz").read_bytes()[:-100]),
+     "not a tool embedding file"),
+    (lambda d, m: np.savez(d / "tool_emb.npz", emb=np.zeros((len(CATALOG), 384), np.int8),
+                           scale=np.full(len(CATALOG), 3e38, np.float32)), "too large for a unit-length"),
+    (lambda d, m: m["rule"].update(k_max=0), "rule .* is malformed"),
+    (lambda d, m: m["rule"].update(k_max="5"), "rule .* is malformed"),
+    (lambda d, m: m["encoder"].update(max_tokens=1000), "max_tokens 1000"),
+    (lambda d, m: (d / "tools.json").write_text("[" * 100000 + "]" * 100000), "not readable JSON"),
+])
+def test_resealed_damage_is_refused_with_what_to_do(index_dir, tmp_path, damage, match):
+    d = resealed(index_dir[0], tmp_path, damage)
+    with pytest.raises(BundleError, match=match) as e:
+        ToolIndex.load(d)
+    assert "rebuild" in str(e.value)
+
+
+def test_an_encoder_that_fails_at_query_time_says_rebuild(index_dir, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Identity", ["ids"], ["out"])], "g",
+                          [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, None])],
+                          [helper.make_tensor_value_info("out", TensorProto.INT64, [None, None])])
+    d = resealed(index_dir[0], tmp_path, lambda d, m: onnx.save(helper.make_model(g), d / "encoder.onnx"))
+    with pytest.raises(BundleError, match="sentence encoder failed .* rebuild"):
+        ToolSelector(ToolIndex.load(d)).select("Go to the kitchen")
+
+
+def test_messages_about_a_tool_index_speak_of_a_tool_index(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="is not a tool index: no manifest.json; build one with `edgerun tools build`"):
+        ToolIndex.load(tmp_path / "empty")
+
+
+def test_a_query_that_is_not_utf8_is_refused(index_dir):
+    with pytest.raises(ConfigError, match="not valid UTF-8"):
+        ToolSelector(ToolIndex.load(index_dir[0])).select("weather \udcff")
+
+
+def test_out_dirs_holding_the_other_kind_are_kept(index_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(GOLDEN_BUNDLE, model)
+    with pytest.raises(ConfigError, match="holds a model bundle"):
+        tools.build_index(CATALOG[:3], model)
+    assert Bundle.load(model).model_id  # untouched
+    with pytest.raises(ConfigError, match="holds a tool index"):
+        check_out_dir(index_dir[0], FORMAT_NAME)  # `edgerun export --out <tool index>`
+
+
+@pytest.mark.parametrize("kw, match", [(dict(threads=0), "--threads"), (dict(threads=100000), "--threads"),
+                                       (dict(target_recall=float("nan")), "target recall")])
+def test_bad_build_options_are_refused_before_any_work(tmp_path, kw, match):
+    with pytest.raises(ConfigError, match=match):
+        tools.build_index(CATALOG, tmp_path / "idx", **kw)
+    assert not (tmp_path / "idx").exists()

@@ -74,3 +74,9 @@ def test_a_bad_rule_is_refused():
         _core.tool_select(emb, np.ones(3, np.float32), np.zeros(2, np.float32), -1.0, 0.1, 0)
     with pytest.raises(_core.CoreError, match="margin >= 0"):
         _core.tool_select(emb, np.ones(3, np.float32), np.zeros(2, np.float32), -1.0, -0.1, 1)
+
+
+@pytest.mark.parametrize("emb", [np.full((3, 2), 300.7), np.zeros((3, 2), np.int64), np.zeros((3, 2), np.uint8)])
+def test_rows_that_are_not_int8_are_refused_not_wrapped(emb):
+    with pytest.raises(_core.CoreError, match="emb must be int8"):
+        _core.tool_select(emb, np.ones(3, np.float32), np.ones(2, np.float32), -1.0, 1.0, 1)

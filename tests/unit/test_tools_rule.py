@@ -123,3 +123,41 @@ def test_queries_must_name_catalog_tools(tmp_path):
     f.write_text('{"query": "", "tools": []}\n')
     with pytest.raises(ConfigError, match="must be"):
         load_queries(f, {"weather"})
+
+
+def test_odd_parameters_are_refused_in_a_catalog_and_tolerated_in_tool_text(tmp_path):
+    f = tmp_path / "cat.json"
+    for params in ('["p1"]', '"oops"', '3', '{"properties": ["a"]}'):
+        f.write_text(f'[{{"name": "a", "description": "x", "parameters": {params}}}]')
+        with pytest.raises(ConfigError, match="not a JSON schema object"):
+            load_catalog(f)
+        assert tools.tool_text({"name": "a", "description": "x", "parameters": json.loads(params)}) == "a: x"
+
+
+def test_deeply_nested_json_is_refused_not_a_recursion_error(tmp_path):
+    f = tmp_path / "deep.json"
+    f.write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ConfigError, match="nests JSON too deeply"):
+        load_catalog(f)
+    with pytest.raises(ConfigError, match="nests JSON too deeply"):
+        load_queries(f, {"a"})
+
+
+def test_few_labelled_queries_calibrate_on_all_of_them():
+    one = [Query("book me a flight to NYC", frozenset({"book_flight"}))]
+    assert tools.split_queries(one) == (one, one)
+    two = one + [Query("hello there", frozenset())]
+    calib, held = tools.split_queries(two)
+    assert calib == held == two  # one half would hold no query that needs a tool
+
+
+def test_figures_over_no_query_are_null_not_nan():
+    r = tools.evaluate(SCORES[2:], NEEDED[2:], Rule())
+    assert r["recall"] is None and r["mean_kept"] is None
+    json.dumps(r, allow_nan=False)
+
+
+@pytest.mark.parametrize("target", [float("nan"), 0, -1, 5, float("inf")])
+def test_a_bad_target_recall_is_refused(target):
+    with pytest.raises(ConfigError, match="target recall"):
+        tools.check_target(target)
