@@ -98,7 +98,7 @@ def _prepare(model: onnx.ModelProto, extra_outputs: Sequence[str]) -> _Ctx:
 
 
 # Inputs that only carry a target shape: the engine takes output shapes from the file instead.
-_SHAPE_SINKS = {"Reshape": (1,), "Resize": (1, 2, 3), "Upsample": (1,)}
+_SHAPE_SINKS = {"Reshape": (1,), "Resize": (1, 2, 3), "Upsample": (1,), "Expand": (1,)}
 
 
 def _shape_only_nodes(ctx: _Ctx) -> set[int]:

@@ -134,6 +134,54 @@ def _slice(ctx: _Ctx, node: onnx.NodeProto) -> None:
     _emit_slice(ctx, node, node.output[0], starts, strides, "")
 
 
+@_lowers("Gather")
+def _gather(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    """A constant index off the batch dim: ``x[:, 0]`` (a transformer's class token) is a Slice of one
+    row and a zero-copy reshape that drops the dim; ``x[:, [2, 3, 4]]`` (evenly spaced) a Slice."""
+    shape, out = ctx.shapes.get(node.input[0]), node.output[0]
+    if not shape or out not in ctx.shapes:
+        raise _Unsupported("a Gather whose input or output shape is not known")
+    if node.input[1] not in ctx.consts:
+        raise _Unsupported("a Gather with computed indices (only constant ones)")
+    rank = len(shape)
+    axis = int(_attrs(node).get("axis", 0)) % rank
+    if axis == 0:
+        raise _Unsupported("gathering along the batch dim")
+    idx = ctx.consts[node.input[1]].astype(np.int64)
+    flat = [int(i) % shape[axis] if -shape[axis] <= int(i) < shape[axis] else -1 for i in idx.reshape(-1)]
+    if not flat or min(flat) < 0:
+        raise _Unsupported("an index out of range or no index")
+    step = flat[1] - flat[0] if len(flat) > 1 else 1
+    if step < 1 or flat != list(range(flat[0], flat[0] + step * len(flat), step)) or idx.ndim > 1:
+        raise _Unsupported("indices that are not evenly spaced and increasing (only a slice's)")
+    starts, steps = [0] * rank, [1] * rank
+    starts[axis], steps[axis] = flat[0], step
+    if idx.ndim == 1:
+        _emit_slice(ctx, node, out, starts, steps, "")
+        return
+    row = f"{out}::row"  # a scalar index: the slice keeps a dim of 1, the alias drops it
+    ctx.shapes[row] = list(shape[:axis]) + [1] + list(shape[axis + 1:])
+    _emit_slice(ctx, node, row, starts, steps, "")
+    ctx.nodes.append(_ENode("Reshape", node.name + "::squeeze", [row], [out]))
+
+
+@_lowers("Expand")
+def _expand(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    """A constant broadcast to the batch (torch's ``cls.expand(n, -1, -1)``): stored as one sample,
+    copied to each. Expanding an activation falls back."""
+    out = ctx.shapes.get(node.output[0])
+    if node.input[0] not in ctx.consts:
+        raise _Unsupported("an Expand of an activation (only of a constant)")
+    if not out or out[0] != -1 or any(d < 1 for d in out[1:]):
+        raise _Unsupported("an Expand whose output is not [batch, static dims]")
+    c = ctx.consts[node.input[0]].astype(np.float32)
+    try:
+        one = np.ascontiguousarray(np.broadcast_to(c.reshape((1,) * (len(out) - c.ndim) + c.shape), [1] + out[1:]))
+    except ValueError:
+        raise _Unsupported(f"a constant of shape {list(c.shape)} does not broadcast to {out}") from None
+    ctx.nodes.append(_ENode("Expand", node.name, [ctx.weight(node.input[0] + "::one", one)], [node.output[0]]))
+
+
 @_lowers("Split")
 def _split(ctx: _Ctx, node: onnx.NodeProto) -> None:
     shape = ctx.shapes.get(node.input[0])

@@ -30,7 +30,7 @@ OP = {
     "AveragePool": 14, "GlobalAveragePool": 15, "ReduceMean": 16, "Concat": 17,
     "Reshape": 18, "ChannelAffine": 19, "Pad": 20, "LeakyRelu": 21, "Gelu": 22, "Resize": 23,
     "Transpose": 24, "Slice": 25, "Softmax": 26, "Tanh": 27, "Elu": 28, "Softplus": 29, "Mish": 30,
-    "PRelu": 31, "LayerNorm": 32, "MatMulAct": 33, "ResizeLinear": 34,
+    "PRelu": 31, "LayerNorm": 32, "MatMulAct": 33, "ResizeLinear": 34, "Expand": 35,
 }
 
 

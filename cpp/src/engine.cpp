@@ -307,7 +307,7 @@ Status Engine::run_step(const Step& s, int32_t batch) {
                        scratch_.get(), th);
       break;
     }
-    case OpCode::kTranspose: case OpCode::kSlice: {
+    case OpCode::kTranspose: case OpCode::kSlice: case OpCode::kExpand: {
       int64_t dy[kErgMaxDims];
       dims_at(yt, batch, dy);
       kernels::strided_copy(int32_t(yt.ndim), dy, s.strides, in(0) + s.offset, y, th);

@@ -265,6 +265,22 @@ Status resolve_slice(const Ctx& c, Step* s) {
   return Status::Ok();
 }
 
+// Expand: a constant of one sample ([1, ...], the output's dims past the batch) copied to every
+// sample: the strided copy with a batch stride of 0.
+Status resolve_expand(const Ctx& c, Step* s) {
+  ER_RETURN_IF_ERROR(c.arity(1, 1, 1));
+  const TensorInfo &x = c.in(0), &y = c.out();
+  if (x.kind != TensorKind::kWeight) return c.unsupported("an Expand of an activation (only of a constant)");
+  if (x.dtype != DType::kFloat32) return c.bad("the expanded constant is not float32");
+  if (x.ndim != y.ndim || x.ndim < 1 || x.dims[0] != 1) return c.bad("the constant is not one sample of the output");
+  for (uint32_t d = 1; d < y.ndim; ++d)
+    if (x.dims[d] != y.dims[d]) return c.bad("the constant's dims differ from the output's");
+  contiguous_strides(x, s->strides);
+  s->strides[0] = 0;
+  s->offset = 0;
+  return Status::Ok();
+}
+
 Status resolve_softmax(const Ctx& c, Step* s) {
   ER_RETURN_IF_ERROR(resolve_unary(c, s));
   const TensorInfo &x = c.in(0), &y = c.out();
@@ -438,6 +454,7 @@ Status Engine::resolve() {
       case OpCode::kResizeLinear: ER_RETURN_IF_ERROR(resolve_resize_linear(c, &s)); break;
       case OpCode::kTranspose: ER_RETURN_IF_ERROR(resolve_transpose(c, &s)); break;
       case OpCode::kSlice: ER_RETURN_IF_ERROR(resolve_slice(c, &s)); break;
+      case OpCode::kExpand: ER_RETURN_IF_ERROR(resolve_expand(c, &s)); break;
       case OpCode::kSoftmax: ER_RETURN_IF_ERROR(resolve_softmax(c, &s)); break;
       case OpCode::kLayerNorm: ER_RETURN_IF_ERROR(resolve_layer_norm(c, &s)); break;
       case OpCode::kMatMul: ER_RETURN_IF_ERROR(resolve_matmul(c, &s)); break;

@@ -192,6 +192,7 @@ const char* op_name(OpCode op) {
     case OpCode::kLayerNorm: return "LayerNorm";
     case OpCode::kMatMul: return "MatMul";
     case OpCode::kResizeLinear: return "ResizeLinear";
+    case OpCode::kExpand: return "Expand";
   }
   return "Unknown";
 }

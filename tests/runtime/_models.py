@@ -136,6 +136,29 @@ class TinyViT(nn.Module):
         return self.head(self.blocks(self.patch(x).flatten(2).transpose(1, 2) + self.pos).mean(1))
 
 
+class ClsViT(nn.Module):
+    """A ViT with a class token (torch writes Shape -> Concat -> Expand for ``cls.expand(n, -1, -1)``)
+    whose output is the token's row (Gather with a constant index), after a MobileNetV3-style
+    squeeze-excite stem (a [N, C, 1, 1] gate times the [N, C, H, W] map)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.se1, self.se2 = nn.Conv2d(16, 4, 1), nn.Conv2d(4, 16, 1)
+        self.patch = nn.Conv2d(16, 32, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, 32))
+        self.pos = nn.Parameter(torch.randn(1, 17, 32) * 0.1)
+        self.block = Block()
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        a = F.hardswish(self.stem(x))
+        a = a * F.hardsigmoid(self.se2(F.relu(self.se1(F.adaptive_avg_pool2d(a, 1)))))
+        t = self.patch(a).flatten(2).transpose(1, 2)
+        t = self.block(torch.cat([self.cls.expand(t.shape[0], -1, -1), t], 1) + self.pos)
+        return self.head(t[:, 0]) + t[:, 1:4].mean(1)[:, :10]
+
+
 class Norms(nn.Module):
     """GroupNorm (torch writes Reshape -> InstanceNormalization -> Reshape to Shape(x) -> affine)
     and InstanceNorm2d."""

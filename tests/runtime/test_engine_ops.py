@@ -16,7 +16,8 @@ from edgerun.engine import NativeEngine, OrtEngine
 from edgerun.errors import BundleError
 from edgerun.exporters import erg
 
-from _models import Activations, Detector, ImuNet, Norms, Seg, Shuffle, TinyViT, perturbed_export  # noqa: E402
+from _models import (Activations, ClsViT, Detector, ImuNet, Norms, Seg, Shuffle, TinyViT,  # noqa: E402
+                     perturbed_export)
 
 import torch  # noqa: E402
 nn = torch.nn
@@ -45,10 +46,11 @@ def models(tmp_path_factory):
                "activations": (_export(Activations(), torch.randn(1, 3, 10, 9), d, "activations"), (3, 10, 9)),
                "vit": (_export(TinyViT(), torch.randn(2, 3, 16, 16), d, "vit"), (3, 16, 16)),
                "norms": (_export(Norms(), torch.randn(2, 3, 12, 10), d, "norms"), (3, 12, 10)),
-               "seg": (_export(Seg(), torch.randn(2, 3, 12, 10), d, "seg"), (3, 12, 10))}
+               "seg": (_export(Seg(), torch.randn(2, 3, 12, 10), d, "seg"), (3, 12, 10)),
+               "clsvit": (_export(ClsViT(), torch.randn(2, 3, 16, 16), d, "clsvit"), (3, 16, 16))}
 
 
-@pytest.mark.parametrize("name", ["detector", "imu", "shuffle", "activations", "vit", "norms", "seg"])
+@pytest.mark.parametrize("name", ["detector", "imu", "shuffle", "activations", "vit", "norms", "seg", "clsvit"])
 @pytest.mark.parametrize("batch, threads", [(1, 1), (3, 2)])
 def test_user_models_run_natively_and_match_ort(models, name, batch, threads):
     d, table = models
@@ -71,6 +73,9 @@ def test_the_ops_are_the_engines_own(models):
     assert table["vit"][0][1]["ops"]["LayerNorm"] == 4 and table["vit"][0][1]["ops"]["MatMulAct"] == 4
     assert table["norms"][0][1]["ops"]["LayerNorm"] == 2  # GroupNorm and InstanceNorm
     assert table["seg"][0][1]["ops"]["ResizeLinear"] == 2  # the target size's Shape ops run nowhere
+    # The class token's Expand (its Shape -> Concat target runs nowhere) and the two Gathers.
+    cls_ops = table["clsvit"][0][1]["ops"]
+    assert cls_ops["Expand"] == 1 and "Shape" not in cls_ops and "Gather" not in cls_ops
 
 
 def _one_node_model(node, in_shape, out_shape, inits=None, opset=20):
@@ -92,6 +97,14 @@ def _one_node_model(node, in_shape, out_shape, inits=None, opset=20):
     (helper.make_node("Softmax", ["x"], ["y"], name="n", axis=1), (4, 5), (4, 5), None, "opset 11"),
     (helper.make_node("LayerNormalization", ["x", "g"], ["y", "mean"], name="n"), (4, 5), (4, 5),
      {"g": np.ones(5, np.float32)}, "Mean"),
+    (helper.make_node("Expand", ["x", "s"], ["y"], name="n"), (1, 4), (3, 4), {"s": np.array([1, 3, 4])},
+     "an Expand of an activation"),
+    (helper.make_node("Gather", ["x", "i"], ["y"], name="n", axis=0), (4,), (4,), {"i": np.array(0)},
+     "batch dim"),
+    (helper.make_node("Gather", ["x", "i"], ["y"], name="n", axis=1), (5,), (3,), {"i": np.array([4, 0, 2])},
+     "evenly spaced"),
+    (helper.make_node("Gather", ["x", "i"], ["y"], name="n", axis=1), (5, 2), (2, 2, 2),
+     {"i": np.array([[0, 1], [2, 3]])}, "evenly spaced"),
 ])
 def test_data_movement_the_engine_does_not_run_falls_back_by_name(tmp_path, node, in_shape, out_shape, inits, why):
     m = _one_node_model(node, in_shape, out_shape, inits, opset=11 if "opset" in why else 20)

@@ -79,6 +79,7 @@ enum class OpCode : uint32_t {
   kLayerNorm         = 32,  // over the trailing dims from axis, then * scale + bias
   kMatMul            = 33,  // two activations: [..., M, K] x [..., K, N], same leading dims
   kResizeLinear      = 34,  // bilinear on H and W, any scale, 4 coordinate modes
+  kExpand            = 35,  // a constant [1, ...] copied to every sample of the batch
 };
 
 // Fused activation codes (Conv, Gemm, ChannelAffine iattr slot "act").
