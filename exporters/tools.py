@@ -32,7 +32,7 @@ from edgerun import tools as rt
 from edgerun.bundle import TOOLS_FORMAT_NAME, write_manifest
 from edgerun.errors import ConfigError
 from edgerun.exporters import tool_encoder
-from edgerun.exporters.pipeline import swap_in, check_out_dir
+from edgerun.exporters.pipeline import check_out_dir, swap_in
 from edgerun.exporters.tools_data import Query
 
 DEFAULT_RULE = rt.Rule(floor=-1.0, margin=2.0, k_max=5)
@@ -148,7 +148,7 @@ def needed_indices(queries: list[Query], names: list[str]) -> list[np.ndarray]:
 
 
 def build_index(catalog: list[dict[str, Any]], out: str | Path, *, queries: list[Query] | None = None,
-                target_recall: float = 0.95, index_id: str = "tools", threads: int = 2) -> dict[str, Any]:
+                target_recall: float = 0.9, index_id: str = "tools", threads: int = 2) -> dict[str, Any]:
     """Write a sealed tool index to ``out`` and return its report.
 
     Raises:
@@ -166,6 +166,9 @@ def build_index(catalog: list[dict[str, Any]], out: str | Path, *, queries: list
     names = [t["name"] for t in catalog]
     if len(set(names)) != len(names):
         raise ConfigError("tool names in the catalog must be unique")
+    unknown = {n for q in queries or [] for n in q.tools} - set(names)
+    if unknown:
+        raise ConfigError(f"labelled queries name tools not in the catalog: {sorted(unknown)[:5]}")
     final = check_out_dir(out, TOOLS_FORMAT_NAME)
     src = tool_encoder.model_dir()
     # Build beside the target and swap in at the end: a failed build leaves an old index intact.
@@ -184,9 +187,6 @@ def build_index(catalog: list[dict[str, Any]], out: str | Path, *, queries: list
                                   "embedding_bytes_fp32": int(emb.nbytes), "target_recall": target_recall}
         rule = DEFAULT_RULE
         if queries:
-            unknown = {n for q in queries for n in q.tools} - set(names)
-            if unknown:
-                raise ConfigError(f"labelled queries name tools not in the catalog: {sorted(unknown)[:5]}")
             calib, held = split_queries(queries)
             qe = {"calib": encoder([q.text for q in calib]), "held_out": encoder([q.text for q in held])}
             deq = q8.astype(np.float32) * scale[:, None]
