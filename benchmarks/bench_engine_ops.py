@@ -36,7 +36,8 @@ import torch  # noqa: E402
 CASES = {"detector": (models.Detector, (3, 96, 96)), "imu": (models.ImuNet, (6, 400)),
          "shuffle": (models.Shuffle, (8, 48, 48)), "activations": (models.Activations, (3, 64, 64)),
          "vit": (models.TinyViT, (3, 16, 16)), "norms": (models.Norms, (3, 64, 64)),
-         "seg": (models.Seg, (3, 96, 96)), "clsvit": (models.ClsViT, (3, 16, 16))}
+         "seg": (models.Seg, (3, 96, 96)), "clsvit": (models.ClsViT, (3, 16, 16)),
+         "sumpool": (models.SumPool, (3, 64, 64))}
 
 
 def main() -> None:

@@ -347,21 +347,35 @@ def _gap(ctx: _Ctx, node: onnx.NodeProto) -> None:
     ctx.nodes.append(_ENode("GlobalAveragePool", node.name, [node.input[0]], [node.output[0]]))
 
 
-@_lowers("ReduceMean")
+@_lowers("ReduceMean", "ReduceSum")
 def _reduce_mean(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    """ReduceSum is the mean times the count of the reduced values (a constant Mul after it)."""
     a = _attrs(node)
-    rank = len(ctx.shapes[node.input[0]])
+    shape = ctx.shapes[node.input[0]]
+    rank = len(shape)
     axes = a.get("axes")
     if len(node.input) > 1 and node.input[1]:
-        axes = ctx.const(node.input[1], "ReduceMean axes").reshape(-1).tolist()
+        axes = ctx.const(node.input[1], f"{node.op_type} axes").reshape(-1).tolist()
     if not axes:
         if a.get("noop_with_empty_axes", 0):
             ctx.nodes.append(_ENode("Reshape", node.name, [node.input[0]], [node.output[0]]))
             return
         axes = list(range(rank))
-    mask = sum(1 << (int(ax) % rank) for ax in axes)
-    ctx.nodes.append(_ENode("ReduceMean", node.name, [node.input[0]], [node.output[0]],
-                            [mask, a.get("keepdims", 1)]))
+    axes = sorted({int(ax) % rank for ax in axes})
+    mask = sum(1 << ax for ax in axes)
+    out = node.output[0]
+    if node.op_type == "ReduceSum":
+        if 0 in axes or any(shape[ax] < 1 for ax in axes):
+            raise _Unsupported("a ReduceSum over the batch dim or a dim that is not static")
+        if out not in ctx.shapes:
+            raise _Unsupported("a ReduceSum whose output shape is not known")
+        out = f"{node.output[0]}::mean"
+        ctx.shapes[out] = list(ctx.shapes[node.output[0]])
+    ctx.nodes.append(_ENode("ReduceMean", node.name, [node.input[0]], [out], [mask, a.get("keepdims", 1)]))
+    if node.op_type == "ReduceSum":
+        count = np.array(float(np.prod([shape[ax] for ax in axes])), np.float32)
+        ctx.nodes.append(_ENode("Mul", node.name + "::count", [out, ctx.weight(node.output[0] + "::count", count)],
+                                [node.output[0]]))
 
 
 @_lowers("LayerNormalization")

@@ -159,6 +159,21 @@ class ClsViT(nn.Module):
         return self.head(t[:, 0]) + t[:, 1:4].mean(1)[:, :10]
 
 
+class SumPool(nn.Module):
+    """Sums (ReduceSum): global sum pooling and an attention pooling over positions."""
+
+    def __init__(self):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        a = torch.relu(self.c(x))
+        q = a.flatten(2).transpose(1, 2)  # N, HW, 8
+        w = torch.softmax(q.sum(-1, keepdim=True), 1)
+        return self.fc(a.sum((2, 3)) / 10.0) + (q * w).sum(1)[:, :4]
+
+
 class Norms(nn.Module):
     """GroupNorm (torch writes Reshape -> InstanceNormalization -> Reshape to Shape(x) -> affine)
     and InstanceNorm2d."""

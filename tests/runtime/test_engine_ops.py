@@ -16,7 +16,7 @@ from edgerun.engine import NativeEngine, OrtEngine
 from edgerun.errors import BundleError
 from edgerun.exporters import erg
 
-from _models import (Activations, ClsViT, Detector, ImuNet, Norms, Seg, Shuffle, TinyViT,  # noqa: E402
+from _models import (Activations, ClsViT, Detector, ImuNet, Norms, Seg, Shuffle, SumPool, TinyViT,  # noqa: E402
                      perturbed_export)
 
 import torch  # noqa: E402
@@ -47,10 +47,12 @@ def models(tmp_path_factory):
                "vit": (_export(TinyViT(), torch.randn(2, 3, 16, 16), d, "vit"), (3, 16, 16)),
                "norms": (_export(Norms(), torch.randn(2, 3, 12, 10), d, "norms"), (3, 12, 10)),
                "seg": (_export(Seg(), torch.randn(2, 3, 12, 10), d, "seg"), (3, 12, 10)),
-               "clsvit": (_export(ClsViT(), torch.randn(2, 3, 16, 16), d, "clsvit"), (3, 16, 16))}
+               "clsvit": (_export(ClsViT(), torch.randn(2, 3, 16, 16), d, "clsvit"), (3, 16, 16)),
+               "sumpool": (_export(SumPool(), torch.randn(2, 3, 6, 5), d, "sumpool"), (3, 6, 5))}
 
 
-@pytest.mark.parametrize("name", ["detector", "imu", "shuffle", "activations", "vit", "norms", "seg", "clsvit"])
+@pytest.mark.parametrize("name", ["detector", "imu", "shuffle", "activations", "vit", "norms", "seg", "clsvit",
+                                  "sumpool"])
 @pytest.mark.parametrize("batch, threads", [(1, 1), (3, 2)])
 def test_user_models_run_natively_and_match_ort(models, name, batch, threads):
     d, table = models
@@ -76,6 +78,7 @@ def test_the_ops_are_the_engines_own(models):
     # The class token's Expand (its Shape -> Concat target runs nowhere) and the two Gathers.
     cls_ops = table["clsvit"][0][1]["ops"]
     assert cls_ops["Expand"] == 1 and "Shape" not in cls_ops and "Gather" not in cls_ops
+    assert table["sumpool"][0][1]["ops"]["ReduceMean"] == 3  # each ReduceSum: a mean times its count
 
 
 def _one_node_model(node, in_shape, out_shape, inits=None, opset=20):
@@ -99,6 +102,8 @@ def _one_node_model(node, in_shape, out_shape, inits=None, opset=20):
      {"g": np.ones(5, np.float32)}, "Mean"),
     (helper.make_node("Expand", ["x", "s"], ["y"], name="n"), (1, 4), (3, 4), {"s": np.array([1, 3, 4])},
      "an Expand of an activation"),
+    (helper.make_node("ReduceSum", ["x", "a"], ["y"], name="n", keepdims=0), (4,), (4,)[1:], {"a": np.array([0])},
+     "over the batch dim"),
     (helper.make_node("Gather", ["x", "i"], ["y"], name="n", axis=0), (4,), (4,), {"i": np.array(0)},
      "batch dim"),
     (helper.make_node("Gather", ["x", "i"], ["y"], name="n", axis=1), (5,), (3,), {"i": np.array([4, 0, 2])},
