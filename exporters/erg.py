@@ -83,18 +83,20 @@ def _prepare(model: onnx.ModelProto, extra_outputs: Sequence[str]) -> _Ctx:
         if not node.name:
             node.name = f"{node.op_type}_{i}"
     consts, nodes = _fold_constants(g)
-    shapes = {}
+    shapes, dim0 = {}, {}
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         dims = _dims(vi)
         if dims is not None:
             shapes[vi.name] = dims
+            if dims and dims[0] == -1:
+                dim0[vi.name] = vi.type.tensor_type.shape.dim[0].dim_param
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in nodes:
         for n in node.input:
             consumers.setdefault(n, []).append(node)
     protected = {o.name for o in g.output} | set(extra_outputs)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 20)
-    return _Ctx(consts, shapes, consumers, protected, onnx_nodes=nodes, graph=g, opset=opset)
+    return _Ctx(consts, shapes, consumers, protected, onnx_nodes=nodes, graph=g, opset=opset, dim0=dim0)
 
 
 # Inputs that only carry a target shape: the engine takes output shapes from the file instead.

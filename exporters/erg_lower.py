@@ -46,9 +46,18 @@ class _Ctx:
     onnx_nodes: list[onnx.NodeProto] = field(default_factory=list)  # left after folding
     graph: onnx.GraphProto | None = None
     opset: int = 20  # the model's default-domain opset
+    dim0: dict[str, str] = field(default_factory=dict)  # tensor -> symbol of its dynamic first dim
 
     def weight(self, name: str, array: np.ndarray) -> str:
-        self.weights[name] = np.ascontiguousarray(array, dtype=np.float32)
+        """Store a constant under ``name``, or under ``name#k`` when ``name`` already holds a
+        different array (one constant expanded to two shapes, an initializer named like a
+        synthetic weight): the name returned is the one to use."""
+        a = np.ascontiguousarray(array, dtype=np.float32)
+        base, k = name, 1
+        while name in self.weights and not (self.weights[name].shape == a.shape
+                                            and np.array_equal(self.weights[name], a)):
+            name, k = f"{base}#{k}", k + 1
+        self.weights[name] = a
         return name
 
     def const(self, name: str, what: str) -> np.ndarray:

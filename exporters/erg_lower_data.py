@@ -174,12 +174,18 @@ def _expand(ctx: _Ctx, node: onnx.NodeProto) -> None:
         raise _Unsupported("an Expand of an activation (only of a constant)")
     if not out or out[0] != -1 or any(d < 1 for d in out[1:]):
         raise _Unsupported("an Expand whose output is not [batch, static dims]")
+    # A dynamic first dim is not necessarily the batch (an expand to 2 * n): shape inference must
+    # name it as the graph input's batch.
+    batch = ctx.dim0.get(ctx.graph.input[0].name, "") if ctx.graph is not None and ctx.graph.input else ""
+    if not batch or ctx.dim0.get(node.output[0], "") != batch:
+        raise _Unsupported(f"an Expand whose first dim ({ctx.dim0.get(node.output[0]) or 'unnamed'}) is not the "
+                           f"input's batch ({batch or 'unnamed'})")
     c = ctx.consts[node.input[0]].astype(np.float32)
     try:
         one = np.ascontiguousarray(np.broadcast_to(c.reshape((1,) * (len(out) - c.ndim) + c.shape), [1] + out[1:]))
     except ValueError:
         raise _Unsupported(f"a constant of shape {list(c.shape)} does not broadcast to {out}") from None
-    ctx.nodes.append(_ENode("Expand", node.name, [ctx.weight(node.input[0] + "::one", one)], [node.output[0]]))
+    ctx.nodes.append(_ENode("Expand", node.name, [ctx.weight(node.output[0] + "::one", one)], [node.output[0]]))
 
 
 @_lowers("Split")

@@ -389,3 +389,62 @@ def test_resize_10_and_aspect_keeping_resizes_fall_back_by_name():
     m = helper.make_model(helper.make_graph([keep], "g", [x], [y], [sizes]), opset_imports=[helper.make_opsetid("", 19)],
                           ir_version=9)
     assert erg.check_native_support(m) == [("rs", "Resize")]
+
+
+class _TwoExpands(nn.Module):
+    """One class token expanded to two shapes (found by a bug hunt: the two one-sample constants
+    shared a name, and the file was refused at load as corrupt)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cls = nn.Parameter(torch.randn(1, 1, 8))
+
+    def forward(self, x):
+        n = x.shape[0]
+        return torch.cat([self.cls.expand(n, 1, 8), x, self.cls.expand(n, 3, 8)], 1)
+
+
+def test_one_constant_expanded_to_two_shapes_runs_natively(tmp_path):
+    model, info = _export(_TwoExpands(), torch.randn(2, 5, 8), tmp_path, "two")
+    assert info["ops"]["Expand"] == 2
+    x = np.random.default_rng(0).standard_normal((3, 5, 8)).astype(np.float32)
+    ref = OrtEngine(tmp_path / "two.onnx").run(x)
+    got = NativeEngine(tmp_path / "two.erg", max_batch=4).run(x)
+    for k in ref:
+        _close(ref[k], got[k], "two expands")
+
+
+def _expand_graph(nodes, inits, out_dim0="N", value_info=()):
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [out_dim0, 5, 8])], inits,
+                          value_info=list(value_info))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_an_expand_to_a_first_dim_that_is_not_the_batch_falls_back(tmp_path):
+    """Expand to 2 * N: its first dim is dynamic but not the batch (the engine gave N rows)."""
+    i64 = lambda v, n: numpy_helper.from_array(np.array(v, np.int64), n)  # noqa: E731
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Gather", ["s", "zero"], ["n"], axis=0),
+             helper.make_node("Mul", ["n", "two"], ["n2"]), helper.make_node("Unsqueeze", ["n2", "ax0"], ["n2u"]),
+             helper.make_node("Concat", ["n2u", "td"], ["shp"], axis=0),
+             helper.make_node("Expand", ["c", "shp"], ["y"], name="ex")]
+    inits = [numpy_helper.from_array(np.ones((1, 5, 8), np.float32), "c"), i64(0, "zero"), i64(2, "two"),
+             i64([0], "ax0"), i64([5, 8], "td")]
+    m = _expand_graph(nodes, inits, out_dim0="M")
+    assert erg.check_native_support(m) == [("ex", "Expand")]
+    with pytest.raises(Exception, match=r"first dim \(M\) is not the input's batch \(N\)"):
+        erg.write_erg(m, tmp_path / "m.erg")
+
+
+def test_an_initializer_named_like_a_synthetic_weight_keeps_its_values(tmp_path):
+    r = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(r.standard_normal((1, 5, 8)).astype(np.float32), "c"),
+             numpy_helper.from_array(r.standard_normal((1, 5, 8)).astype(np.float32), "e::one")]
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Expand", ["c", "s"], ["e"]),
+             helper.make_node("Mul", ["x", "e::one"], ["m"]), helper.make_node("Add", ["m", "e"], ["y"])]
+    m = _expand_graph(nodes, inits, value_info=[helper.make_tensor_value_info("e", TensorProto.FLOAT, ["N", 5, 8])])
+    onnx.save(m, tmp_path / "m.onnx")
+    erg.write_erg(m, tmp_path / "m.erg")
+    x = r.standard_normal((2, 5, 8)).astype(np.float32)
+    _close(OrtEngine(tmp_path / "m.onnx").run(x)["y"], NativeEngine(tmp_path / "m.erg", max_batch=4).run(x)["y"],
+           "name clash")
