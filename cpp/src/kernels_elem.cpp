@@ -260,7 +260,39 @@ ER_ELEM_CLONES void exp_shifted_span(int64_t n, const float* x, float m, float* 
   map(n, x, y, [=](float v) { return vexp(v - m); });
 }
 
+// Softmax over the middle dim of [outer, n, inner] with inner >= 8 (class scores per pixel, NCHW):
+// a block of up to kSoftmaxBlock columns at a time, each pass over the n rows contiguous along the
+// block, so it vectorizes across columns. Per column the same operations in the same order as one
+// column at a time (max, exp, a sum over k in order, a scale): the same bits.
+constexpr int64_t kSoftmaxBlock = 256;
+
+ER_ELEM_CLONES void softmax_columns(int64_t n, int64_t inner, int64_t b, const float* xo, float* yo) {
+  float m[kSoftmaxBlock], sum[kSoftmaxBlock];
+  for (int64_t j = 0; j < b; ++j) m[j] = -FLT_MAX;
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t j = 0; j < b; ++j) m[j] = std::max(m[j], xo[k * inner + j]);
+  for (int64_t j = 0; j < b; ++j) sum[j] = 0.f;
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t j = 0; j < b; ++j) {
+      const float e = vexp(xo[k * inner + j] - m[j]);
+      yo[k * inner + j] = e;
+      sum[j] += e;
+    }
+  for (int64_t j = 0; j < b; ++j) sum[j] = 1.f / sum[j];
+  for (int64_t k = 0; k < n; ++k)
+    for (int64_t j = 0; j < b; ++j) yo[k * inner + j] *= sum[j];
+}
+
 void softmax(int64_t outer, int64_t n, int64_t inner, const float* x, float* y, int threads) {
+  if (inner >= 8) {  // fewer columns than a vector: one column at a time (below) is as fast
+    const int64_t blocks = (inner + kSoftmaxBlock - 1) / kSoftmaxBlock;
+    parallel_for(threads, outer * blocks, [&](int64_t t) {
+      const int64_t o = t / blocks, i0 = (t % blocks) * kSoftmaxBlock;
+      softmax_columns(n, inner, std::min(kSoftmaxBlock, inner - i0), x + o * n * inner + i0,
+                      y + o * n * inner + i0);
+    });
+    return;
+  }
   parallel_for(threads, outer, [&](int64_t o) {
     const float* xo = x + o * n * inner;
     float* yo = y + o * n * inner;
