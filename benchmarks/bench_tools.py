@@ -70,19 +70,17 @@ def main() -> None:
     calib, held = tools.split_queries(queries)
 
     # The device's path, query by query: embedding, scoring + rule, request bytes.
-    kept_names, embed_us, select_us, req_bytes = [], [], [], []
-    held_emb = []
+    kept_names, embed_us, select_us, req_bytes, all_bytes = [], [], [], [], []
     for q in held:
         s = sel.select(q.text)
         kept_names.append(set(s.names))
         embed_us.append(s.embed_us)
         select_us.append(s.select_us)
         req_bytes.append(s.request_bytes)
-        held_emb.append(sel.encoder([q.text])[0])
+        all_bytes.append(s.catalog_request_bytes)
     rel = [i for i, q in enumerate(held) if q.tools]
     none = [i for i, q in enumerate(held) if not q.tools]
     recall = float(np.mean([held[i].tools <= kept_names[i] for i in rel]))
-    all_bytes = [len(rt.compact_json(rt.agent_request(q.text, catalog))) for q in held]
     device = {
         "recall": recall, "mean_kept": float(np.mean([len(kept_names[i]) for i in rel])),
         "no_tool_kept_none": float(np.mean([not kept_names[i] for i in none])),
@@ -94,9 +92,9 @@ def main() -> None:
 
     # Same rule search for both selectors on the same split (scores computed in numpy).
     deq = index.emb.astype(np.float32) * index.scale[:, None]
-    calib_emb = sel.encoder([q.text for q in calib])
+    calib_emb, held_emb = sel.encoder([q.text for q in calib]), sel.encoder([q.text for q in held])
     cn, hn = tools.needed_indices(calib, names), tools.needed_indices(held, names)
-    minilm = sweep(calib_emb @ deq.T, cn, np.stack(held_emb) @ deq.T, hn)
+    minilm = sweep(calib_emb @ deq.T, cn, held_emb @ deq.T, hn)
     tc, th = tfidf_scores(catalog, [q.text for q in calib], [q.text for q in held])
     tfidf = sweep(tc, cn, th, hn)
     out = {"catalog_size": len(catalog), "held_out_queries": len(held), "held_out_needing_tools": len(rel),

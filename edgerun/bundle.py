@@ -43,8 +43,6 @@ ACCEPTED_VERSIONS = (1,)
 MANIFEST = "manifest.json"
 # A tool index (edgerun/tools.py) is sealed and verified like a bundle, under its own format name.
 TOOLS_FORMAT_NAME = "edgerun-tools"
-_KINDS = {FORMAT_NAME: "a model bundle (load it with edgerun run / serve / verify)",
-          TOOLS_FORMAT_NAME: "a tool index (load it with edgerun tools select)"}
 BUNDLE_KEYS = ("model_id", "split", "inputs", "outputs", "files", "bundle_hash")
 # An archive that declares more than this unpacked is refused (EDGERUN_MAX_BUNDLE_MB overrides):
 # the zoo's EfficientNet bundles are ~42 MiB; an fp32 LLM half of a few hundred MiB fits.
@@ -53,6 +51,32 @@ SAMPLES = "samples.npz"
 # What a damaged compressed stream raises while tarfile reads it: gzip's CRC / length check and a
 # bad header (gzip.BadGzipFile, an OSError), a stream cut short (EOFError), bad deflate or xz data.
 _STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, LZMAError)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """The words the checks use for one kind of sealed directory, and what to do about a bad one."""
+
+    noun: str          # "bundle"
+    described: str     # "a model bundle"
+    loaded_by: str     # "load it with edgerun run / serve / verify"
+    writer: str        # "edgerun export"
+    make: str          # "create one with `edgerun export`"
+    redo: str          # "re-export it"
+    redo_whole: str    # "re-export the bundle"
+    redo_version: str  # "re-export the bundle with this version"
+
+
+_KINDS = {
+    FORMAT_NAME: _Kind("bundle", "a model bundle", "load it with edgerun run / serve / verify", "edgerun export",
+                       "create one with `edgerun export`", "re-export it", "re-export the bundle",
+                       "re-export the bundle with this version"),
+    TOOLS_FORMAT_NAME: _Kind("tool index", "a tool index", "load it with edgerun tools select", "edgerun tools build",
+                             "build one with `edgerun tools build`", "rebuild it with `edgerun tools build`",
+                             "rebuild the tool index with `edgerun tools build`",
+                             "rebuild the tool index with this version's `edgerun tools build`"),
+}
+_BUNDLE = _KINDS[FORMAT_NAME]
 
 
 @dataclass(frozen=True)
@@ -209,7 +233,7 @@ def load_samples(path: str | Path) -> np.ndarray:
         raise BundleError(f"{p} cannot be read ({type(exc).__name__}: {exc}); {damaged}") from exc
 
 
-def _extract_archive(p: Path) -> tuple[Path, Any]:
+def _extract_archive(p: Path, k: _Kind = _BUNDLE) -> tuple[Path, Any]:
     """Unpack an archive into a temporary directory; return the bundle directory in it and the handle.
 
     A damaged or truncated archive must say so: tarfile alone stops quietly at a bad member header
@@ -218,26 +242,26 @@ def _extract_archive(p: Path) -> tuple[Path, Any]:
     """
     if not tarfile.is_tarfile(p):
         if _looks_like_archive(p):
-            raise _damaged_archive(p, "its first header cannot be read")
-        raise BundleError(f"{p} is neither a bundle directory nor a tar archive of one")
+            raise _damaged_archive(p, "its first header cannot be read", k)
+        raise BundleError(f"{p} is neither a {k.noun} directory nor a tar archive of one")
     limit = _max_bundle_bytes()  # a wrong setting fails before anything is unpacked
     tmp = tempfile.TemporaryDirectory(prefix="edgerun-bundle-")
     try:  # any failure from here on removes what was unpacked
         try:
             with tarfile.open(p) as tf:
-                _check_unpacked_size(p, tf.getmembers(), Path(tmp.name), limit)
+                _check_unpacked_size(p, tf.getmembers(), Path(tmp.name), limit, k)
                 tf.extractall(tmp.name, filter="data")
-                _check_archive_end(p, tf)  # after: extractall left the stream just before the end, no rewind
+                _check_archive_end(p, tf, k)  # after: extractall left the stream just before the end, no rewind
         except tarfile.FilterError as exc:  # a member the "data" filter refuses: an absolute path, a link out
             raise BundleError(
-                f"archive {p} is not a bundle edgerun export writes ({exc}); do not use it: get the bundle again "
-                "from its source or re-export it"
+                f"archive {p} is not a {k.noun} {k.writer} writes ({exc}); do not use it: get the {k.noun} again "
+                f"from its source or {k.redo}"
             ) from exc
         except _STREAM_ERRORS as exc:
-            raise _damaged_archive(p, f"{type(exc).__name__}: {exc}") from exc
+            raise _damaged_archive(p, f"{type(exc).__name__}: {exc}", k) from exc
         except OSError as exc:
             if exc.errno is None:  # a decoder's complaint (bz2: "Invalid data stream"), not the file system's
-                raise _damaged_archive(p, f"{type(exc).__name__}: {exc}") from exc
+                raise _damaged_archive(p, f"{type(exc).__name__}: {exc}", k) from exc
             raise BundleError(  # the disk it is unpacked to (full, read-only), not the archive
                 f"archive {p} could not be unpacked into {tmp.name} ({exc}); free space there or point TMPDIR "
                 "at a writable disk, or unpack it yourself (tar -xf) and pass the directory"
@@ -258,14 +282,14 @@ def _looks_like_archive(p: Path) -> bool:
     return head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")) or head[257:262] == b"ustar"
 
 
-def _damaged_archive(p: Path, why: str) -> BundleError:
+def _damaged_archive(p: Path, why: str, k: _Kind = _BUNDLE) -> BundleError:
     return BundleError(
         f"archive {p} is damaged or truncated ({why}); copy it again (check that the copy finished) "
-        "or re-export the bundle"
+        f"or {k.redo_whole}"
     )
 
 
-def _check_archive_end(p: Path, tf: tarfile.TarFile) -> None:
+def _check_archive_end(p: Path, tf: tarfile.TarFile, k: _Kind = _BUNDLE) -> None:
     """Refuse an archive whose member list did not end at tar's end-of-archive block, or whose
     compressed stream fails its own check.
 
@@ -277,7 +301,7 @@ def _check_archive_end(p: Path, tf: tarfile.TarFile) -> None:
     f: Any = tf.fileobj
     f.seek(tf.offset)
     if f.read(tarfile.BLOCKSIZE) != tarfile.NUL * tarfile.BLOCKSIZE:
-        raise _damaged_archive(p, f"the member header at byte {tf.offset} of the tar stream is damaged or cut off")
+        raise _damaged_archive(p, f"the member header at byte {tf.offset} of the tar stream is damaged or cut off", k)
     while f.read(1 << 20):
         pass
 
@@ -308,7 +332,7 @@ def _size(n: int) -> str:
     return f"{n / 2**20:.1f}".removesuffix(".0") + " MiB" if n >= 2**20 else f"{n} bytes"
 
 
-def _check_unpacked_size(p: Path, members: list[tarfile.TarInfo], dest: Path, limit: int) -> None:
+def _check_unpacked_size(p: Path, members: list[tarfile.TarInfo], dest: Path, limit: int, k: _Kind = _BUNDLE) -> None:
     """Refuse an archive that would not fit where it is unpacked, before writing a byte of it.
 
     A damaged (or hostile) .tar.gz of a few KB can declare gigabytes; unpacking it would fill the
@@ -320,8 +344,8 @@ def _check_unpacked_size(p: Path, members: list[tarfile.TarInfo], dest: Path, li
         if have == cap or limit < 2**20:  # rounded alike, or under 1 MiB: both in bytes, the limit also in MiB
             have, cap = f"{total} bytes", f"{limit} bytes ({limit / 2**20:.3g} MiB)"
         raise BundleError(
-            f"archive {p} unpacks to {have}, over the {cap} limit for a bundle; "
-            "it is damaged or not a bundle. If it really is that large, unpack it yourself "
+            f"archive {p} unpacks to {have}, over the {cap} limit for a {k.noun}; "
+            f"it is damaged or not a {k.noun}. If it really is that large, unpack it yourself "
             "(tar -xf) and pass the directory, or raise EDGERUN_MAX_BUNDLE_MB"
         )
     free = shutil.disk_usage(dest).free
@@ -343,101 +367,72 @@ def open_verified(p: Path, format_name: str, required: tuple[str, ...],
     Raises:
         BundleError: not that kind of directory, damaged, edited or of an unknown version.
     """
-    try:
-        tmp = None
-        if p.is_file():
-            p, tmp = _extract_archive(p)
-        manifest = _read_manifest(p, format_name)
-        _check_manifest(p, manifest, verify_hashes, required)
-    except BundleError as exc:
-        if format_name == FORMAT_NAME:
-            raise
-        raise BundleError(_as_tool_index(str(exc))) from exc
+    k = _KINDS[format_name]
+    tmp = None
+    if p.is_file():
+        p, tmp = _extract_archive(p, k)
+    manifest = _read_manifest(p, k)
+    _check_manifest(p, manifest, verify_hashes, required, k)
     return p, manifest, tmp
 
 
-# The checks above speak of bundles and of `edgerun export`; for a tool index they say what is true
-# of it (most specific phrases first).
-_TOOL_INDEX_WORDS = (
-    ("re-export the bundle with this version", "rebuild it with `edgerun tools build`"),
-    ("re-export the bundle", "rebuild it with `edgerun tools build`"),
-    ("re-export it", "rebuild it with `edgerun tools build`"),
-    ("create one with `edgerun export`", "build one with `edgerun tools build`"),
-    ("written by edgerun export", "written by edgerun tools build"),
-    ("edgerun bundle manifest", "edgerun tool index manifest"),
-    ("is not a bundle", "is not a tool index"),
-    ("copy the whole bundle", "copy the whole tool index"),
-    ("copy the bundle", "copy the tool index"),
-    ("the bundle is", "the tool index is"),
-    ("a bundle's files", "a tool index's files"),
-    ("this bundle", "this tool index"),
-)
-
-
-def _as_tool_index(msg: str) -> str:
-    if " is a model bundle (" in msg:  # the one message that means a model bundle
-        return msg
-    for bundle_words, index_words in _TOOL_INDEX_WORDS:
-        msg = msg.replace(bundle_words, index_words)
-    return "tool index " + msg[len("bundle "):] if msg.startswith("bundle ") else msg
-
-
-def _read_manifest(p: Path, format_name: str = FORMAT_NAME) -> dict[str, Any]:
+def _read_manifest(p: Path, k: _Kind = _BUNDLE) -> dict[str, Any]:
     mf = p / MANIFEST
     if not mf.is_file():
-        raise BundleError(f"{p} is not a bundle: no {MANIFEST}; create one with `edgerun export`")
+        raise BundleError(f"{p} is not a {k.noun}: no {MANIFEST}; {k.make}")
     try:
         manifest = json.loads(mf.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{mf} is not valid JSON ({exc}); the bundle is corrupted, re-export it") from exc
-    found = manifest.get("format") if isinstance(manifest, dict) else None
-    if found != format_name:
-        if isinstance(found, str) and found in _KINDS:
-            raise BundleError(f"{p} is {_KINDS[found]}, not {_KINDS[format_name].split(' (')[0]}")
-        raise BundleError(f"{mf} is not an edgerun bundle manifest")
+        raise BundleError(f"{mf} is not valid JSON ({exc}); the {k.noun} is corrupted, {k.redo}") from exc
+    fmt = manifest.get("format") if isinstance(manifest, dict) else None
+    found = _KINDS.get(fmt) if isinstance(fmt, str) else None
+    if found is not k:
+        if found is not None:
+            raise BundleError(f"{p} is {found.described} ({found.loaded_by}), not {k.described}")
+        raise BundleError(f"{mf} is not an edgerun {k.noun} manifest")
     return manifest
 
 
 def _check_manifest(p: Path, manifest: dict[str, Any], verify_hashes: bool,
-                    required: tuple[str, ...] = BUNDLE_KEYS) -> None:
+                    required: tuple[str, ...] = BUNDLE_KEYS, k: _Kind = _BUNDLE) -> None:
     if "format_version" not in manifest:
-        raise BundleError(f"bundle {p} manifest lacks 'format_version'; re-export it")
+        raise BundleError(f"{k.noun} {p} manifest lacks 'format_version'; {k.redo}")
     version = manifest["format_version"]
     # "1" or 1.0 must not read as "version 1; this edgerun reads [1]" (and True == 1 in Python).
     if not isinstance(version, int) or isinstance(version, bool):
         raise BundleError(
-            f"bundle {p}: manifest.json's format_version must be an integer, not {version!r} "
-            f"({type(version).__name__}); it was not written by edgerun export: re-export the bundle"
+            f"{k.noun} {p}: manifest.json's format_version must be an integer, not {version!r} "
+            f"({type(version).__name__}); it was not written by {k.writer}: {k.redo_whole}"
         )
     if version not in ACCEPTED_VERSIONS:
         raise BundleError(
-            f"bundle {p} has format version {version}; this edgerun reads {list(ACCEPTED_VERSIONS)}. "
-            "Upgrade edgerun on this machine, or re-export the bundle with this version."
+            f"{k.noun} {p} has format version {version}; this edgerun reads {list(ACCEPTED_VERSIONS)}. "
+            f"Upgrade edgerun on this machine, or {k.redo_version}."
         )
     for key in required:
         if key not in manifest:
-            raise BundleError(f"bundle {p} manifest lacks {key!r}; re-export it")
+            raise BundleError(f"{k.noun} {p} manifest lacks {key!r}; {k.redo}")
     if compute_bundle_hash(manifest) != manifest["bundle_hash"]:
-        raise BundleError(f"bundle {p}: manifest.json was edited or corrupted (hash mismatch); re-export it")
+        raise BundleError(f"{k.noun} {p}: manifest.json was edited or corrupted (hash mismatch); {k.redo}")
     files = manifest["files"]
     if not isinstance(files, dict) or not all(isinstance(e, dict) for e in files.values()):
-        raise BundleError(f"bundle {p}: manifest.json's 'files' is not a map of file name -> entry; re-export it")
+        raise BundleError(f"{k.noun} {p}: manifest.json's 'files' is not a map of file name -> entry; {k.redo}")
     for name in files:
-        _check_file_name(p, name)
+        _check_file_name(p, name, k)
     if not verify_hashes:
         return
     for name, entry in files.items():
         f = p / name
         if not f.is_file():
-            raise BundleError(f"bundle {p} is incomplete: {name} is missing; copy the whole bundle again")
+            raise BundleError(f"{k.noun} {p} is incomplete: {name} is missing; copy the whole {k.noun} again")
         if f.stat().st_size != entry.get("bytes") or sha256_file(f) != entry.get("sha256"):
             raise BundleError(
-                f"bundle {p}: {name} does not match its sha256 in the manifest (corrupted or replaced); "
-                "copy the bundle again or re-export it"
+                f"{k.noun} {p}: {name} does not match its sha256 in the manifest (corrupted or replaced); "
+                f"copy the {k.noun} again or {k.redo}"
             )
 
 
-def _check_file_name(p: Path, name: Any) -> None:
+def _check_file_name(p: Path, name: Any, k: _Kind = _BUNDLE) -> None:
     """Refuse a manifest file entry that is not a plain path inside the bundle directory.
 
     The manifest's hashes prove only that the named files have the recorded bytes: an entry like
@@ -446,7 +441,7 @@ def _check_file_name(p: Path, name: Any) -> None:
     Checked also when hashes are not verified, since ``Bundle.file`` hands these paths out.
     """
     if not isinstance(name, str) or not name:
-        raise BundleError(f"bundle {p}: manifest.json names the file {name!r}, which is not a file name; re-export it")
+        raise BundleError(f"{k.noun} {p}: manifest.json names the file {name!r}, which is not a file name; {k.redo}")
     why = ""
     if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
         why = "an absolute path"
@@ -459,6 +454,6 @@ def _check_file_name(p: Path, name: Any) -> None:
             why = f"a path that leads outside the bundle (to {target})"
     if why:
         raise BundleError(
-            f"bundle {p}: manifest.json names the file {name!r}, {why}; a bundle's files must lie inside its "
-            "directory. Do not use this bundle: re-export it, or get it again from its source"
+            f"{k.noun} {p}: manifest.json names the file {name!r}, {why}; a {k.noun}'s files must lie inside its "
+            f"directory. Do not use this {k.noun}: {k.redo}, or get it again from its source"
         )

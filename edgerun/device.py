@@ -339,8 +339,7 @@ class Device:
             _, t_recv, rid = fut.result()
             with self._lock:
                 self.dropped_replies += 1
-            self._observe_rtt((t_recv - sent[rid]) * 1e3)
-            log.info("dropped the reply to request %s: it came after its deadline", rid)
+            self._late_reply(rid, t_recv, sent[rid])
         with self._lock:
             for rid, t_sent in sent.items():
                 if self._pending.pop(rid, None) is None:
@@ -516,6 +515,14 @@ class Device:
         return Result(output=dict(zip(names, frame.tensors)), answered_by="server", reason="server replied",
                       request_id=request_id, timings_ms=timings, worker=str(meta.get("worker", "")))
 
+    def _late_reply(self, request_id: int, t_recv: float, t_sent: float) -> None:
+        """A reply after its deadline (counted as dropped by the caller). The server is up, only
+        slower than that deadline: learn its round trip (the deadline check then predicts the next
+        miss) instead of treating the miss as an outage, which answered every request locally for a
+        second after one too-short deadline."""
+        self._observe_rtt((t_recv - t_sent) * 1e3)
+        log.info("dropped the reply to request %s: it came after its deadline", request_id)
+
     def _on_reply(self, msg: Any) -> None:
         """paho thread: hand the reply to the waiting infer(); unknown or repeated ids are dropped."""
         t_recv = time.perf_counter()
@@ -530,11 +537,7 @@ class Device:
             if fut is None:
                 self.dropped_replies += 1
         if sent is not None:
-            # The server is up, only slower than that deadline: learn its round trip (the deadline
-            # check then predicts the next miss) instead of treating the miss as an outage, which
-            # answered every request locally for a second after one too-short deadline.
-            self._observe_rtt((t_recv - sent) * 1e3)
-            log.info("dropped the reply to request %s: it came after its deadline", request_id)
+            self._late_reply(request_id, t_recv, sent)
             return
         if fut is None:
             log.warning("dropped a reply for unknown or already answered request %s", request_id)

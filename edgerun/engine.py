@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -150,6 +150,26 @@ def _not_utf8(erg_path: str | os.PathLike) -> Exception:
                        "is damaged or not written by edgerun; re-export the bundle")
 
 
+def ort_session(onnx_path: str | os.PathLike, threads: int = 1, remedy: str = "re-export the bundle") -> Any:
+    """An onnxruntime CPU session: ``threads`` intra-op threads, one inter-op thread, quiet logs.
+
+    Raises:
+        BundleError: onnxruntime cannot load the file (the message ends with ``remedy``).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = int(threads)
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(os.fspath(onnx_path), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        from edgerun.errors import BundleError
+
+        raise BundleError(f"onnxruntime cannot load {os.fspath(onnx_path)!r}: {exc}; {remedy}") from exc
+
+
 class OrtEngine:
     """The same interface over onnxruntime (CPU execution provider).
 
@@ -164,19 +184,7 @@ class OrtEngine:
     kind = "ort"
 
     def __init__(self, onnx_path: str | os.PathLike, *, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = int(threads)
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            self._sess = ort.InferenceSession(os.fspath(onnx_path), opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            from edgerun.errors import BundleError
-
-            raise BundleError(f"onnxruntime cannot load {os.fspath(onnx_path)!r}: {exc}; "
-                              "re-export the bundle") from exc
+        self._sess = ort_session(onnx_path, threads)
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
         self.threads = int(threads)
@@ -228,4 +236,4 @@ def make_engine(kind: str, *, erg_path=None, onnx_path=None, threads: int = 1,
     return OrtEngine(onnx_path, threads=threads)
 
 
-__all__ = ["ENGINE_KINDS", "NativeEngine", "OrtEngine", "check_io", "make_engine"]
+__all__ = ["ENGINE_KINDS", "NativeEngine", "OrtEngine", "check_io", "make_engine", "ort_session"]

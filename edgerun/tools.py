@@ -177,7 +177,7 @@ class Encoder:
             from tokenizers import Tokenizer
         except ImportError as exc:
             raise UserError(f"the tool selector needs the tokenizers package; {TOKENIZERS_HINT}") from exc
-        import onnxruntime as ort
+        from edgerun.engine import ort_session
 
         try:
             self.tok = Tokenizer.from_file(str(tokenizer_path))
@@ -185,13 +185,7 @@ class Encoder:
             raise BundleError(f"{tokenizer_path} is not a tokenizer ({exc}); rebuild the tool index") from exc
         self.tok.no_padding()
         self.tok.enable_truncation(max_tokens)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        try:
-            self.sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # noqa: BLE001 - onnxruntime's Fail / InvalidGraph / ...
-            raise BundleError(f"{onnx_path} does not load in onnxruntime ({exc}); rebuild the tool index") from exc
+        self.sess = ort_session(onnx_path, threads, "rebuild the tool index with `edgerun tools build`")
 
     def __call__(self, texts: list[str], batch: int = 32) -> np.ndarray:
         out = []

@@ -73,12 +73,18 @@ def _ranks(scores: np.ndarray, needed: list[np.ndarray]) -> tuple[np.ndarray, np
     return np.take_along_axis(scores, order, axis=1), worst
 
 
+def _within(srt: np.ndarray, floor: float, margin: float) -> np.ndarray:
+    """Per query (scores sorted best first): how many score >= max(floor, best - margin); the
+    device keeps the first min(that, k_max), as ``_core.tool_select`` does."""
+    cut = np.maximum(floor, srt[:, 0] - margin)
+    return (srt >= cut[:, None]).sum(1)
+
+
 def evaluate(scores: np.ndarray, needed: list[np.ndarray], rule: rt.Rule) -> dict[str, float]:
     """Recall (every needed tool kept) over queries that need tools, mean tools kept, and for queries
     that need none the share that keeps none. Same keep rule as the device's ``_core.tool_select``."""
     srt, worst = _ranks(scores, needed)
-    cut = np.maximum(rule.floor, srt[:, 0] - rule.margin)
-    kept = np.minimum((srt >= cut[:, None]).sum(1), rule.k_max)
+    kept = np.minimum(_within(srt, rule.floor, rule.margin), rule.k_max)
     rel = worst >= 0
     # None (JSON null) where there is nothing to average: NaN is not JSON.
     out = {"queries": int(rel.sum()), "recall": float((worst[rel] < kept[rel]).mean()) if rel.any() else None,
@@ -102,25 +108,22 @@ def calibrate(scores: np.ndarray, needed: list[np.ndarray], target_recall: float
     if not rel.any():
         raise ConfigError("no calibration query needs a tool: label some queries with the tools they need")
     floors = np.concatenate([[-1.0], np.quantile(srt[:, 0], np.linspace(0.0, 0.5, 11))])
-    best: tuple[float, float, rt.Rule] | None = None
-    fallback: tuple[float, float, rt.Rule] | None = None
+    best: tuple[float, float, tuple[float, float, int]] | None = None  # (recall, cost, (floor, margin, k))
+    fallback: tuple[float, float, tuple[float, float, int]] | None = None
     for floor in floors:
         for margin in MARGINS:
-            cut = np.maximum(floor, srt[:, 0] - margin)
-            within = (srt >= cut[:, None]).sum(1)
+            within = _within(srt, floor, margin)
             for k in K_MAX:
                 kept = np.minimum(within, k)
                 recall = float((worst[rel] < kept[rel]).mean())
                 cost = float(kept.mean())
-                rule = rt.Rule(float(floor), float(margin), k)
                 if recall >= target_recall and (best is None or cost < best[1]):
-                    best = (recall, cost, rule)
+                    best = (recall, cost, (float(floor), float(margin), k))
                 if fallback is None or (recall, -cost) > (fallback[0], -fallback[1]):
-                    fallback = (recall, cost, rule)
-    if best is not None:
-        return best[2], True
-    assert fallback is not None
-    return fallback[2], False
+                    fallback = (recall, cost, (float(floor), float(margin), k))
+    chosen = best or fallback
+    assert chosen is not None
+    return rt.Rule(*chosen[2]), best is not None
 
 
 def check_target(target_recall: float) -> None:
@@ -188,13 +191,15 @@ def build_index(catalog: list[dict[str, Any]], out: str | Path, *, queries: list
         rule = DEFAULT_RULE
         if queries:
             calib, held = split_queries(queries)
-            qe = {"calib": encoder([q.text for q in calib]), "held_out": encoder([q.text for q in held])}
+            calib_emb, held_emb = encoder([q.text for q in calib]), encoder([q.text for q in held])
             deq = q8.astype(np.float32) * scale[:, None]
-            rule, met = calibrate(qe["calib"] @ deq.T, needed_indices(calib, names), target_recall)
+            calib_scores, calib_needed = calib_emb @ deq.T, needed_indices(calib, names)
+            held_needed = needed_indices(held, names)
+            rule, met = calibrate(calib_scores, calib_needed, target_recall)
             report.update({"calibrated": True, "target_met_on_calib": met, "held_out_is_calib": calib == held,
-                           "calib": evaluate(qe["calib"] @ deq.T, needed_indices(calib, names), rule),
-                           "held_out": evaluate(qe["held_out"] @ deq.T, needed_indices(held, names), rule),
-                           "held_out_fp32_embeddings": evaluate(qe["held_out"] @ emb.T, needed_indices(held, names), rule)})
+                           "calib": evaluate(calib_scores, calib_needed, rule),
+                           "held_out": evaluate(held_emb @ deq.T, held_needed, rule),
+                           "held_out_fp32_embeddings": evaluate(held_emb @ emb.T, held_needed, rule)})
         else:
             report["calibrated"] = False
         report["rule"] = rule.to_json()

@@ -55,19 +55,25 @@ void avg_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int
   });
 }
 
+namespace {
+
+// Sum of a contiguous run in Acc (float or double) on eight lane-parallel partial sums: they
+// vectorize without reassociating, where one serial chain of dependent adds is latency-bound
+// (global average pooling took 17 us for 8 planes of 64x64 that way).
+template <typename Acc>
+Acc sum_run(const float* x, int64_t n) {
+  Acc acc[8] = {};
+  int64_t k = 0;
+  for (; k + 8 <= n; k += 8)
+    for (int j = 0; j < 8; ++j) acc[j] += Acc(x[k + j]);
+  for (int j = 0; k < n; ++k, ++j) acc[j] += Acc(x[k]);
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+}  // namespace
+
 void global_avg_pool(int64_t planes, int64_t hw, const float* x, float* y, int threads) {
-  parallel_for(threads, planes, [&](int64_t pc) {
-    // Eight lane-parallel double sums: one serial chain of dependent adds took 17 us for
-    // 8 planes of 64x64 (latency-bound); the lanes vectorize and keep double precision.
-    const float* xc = x + pc * hw;
-    double acc[8] = {};
-    int64_t k = 0;
-    for (; k + 8 <= hw; k += 8)
-      for (int j = 0; j < 8; ++j) acc[j] += double(xc[k + j]);
-    for (int j = 0; k < hw; ++k, ++j) acc[j] += double(xc[k]);
-    const double s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    y[pc] = float(s / double(hw));
-  });
+  parallel_for(threads, planes, [&](int64_t pc) { y[pc] = float(sum_run<double>(x + pc * hw, hw) / double(hw)); });
 }
 
 void upsample_nearest(int64_t planes, int64_t h, int64_t w, int64_t sh, int64_t sw, const float* x,
@@ -152,20 +158,6 @@ void strided_copy(int32_t rank, const int64_t* dims, const int64_t* strides, con
   });
 }
 
-namespace {
-
-// Sum of a contiguous run: eight lane-parallel partial sums (vectorizes without reassociating).
-float sum_run(const float* x, int64_t n) {
-  float acc[8] = {};
-  int64_t k = 0;
-  for (; k + 8 <= n; k += 8)
-    for (int j = 0; j < 8; ++j) acc[j] += x[k + j];
-  for (int j = 0; k < n; ++k, ++j) acc[j] += x[k];
-  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-}
-
-}  // namespace
-
 void reduce_mean(int32_t rank, const int64_t* dims, uint32_t mask, const float* x, float* y) {
   // Output strides over the kept dims; reduced dims contribute nothing.
   int64_t ostride[kErgMaxDims], total = 1, out_n = 1, red = 1;
@@ -187,7 +179,7 @@ void reduce_mean(int32_t rank, const int64_t* dims, uint32_t mask, const float* 
   for (int64_t r = 0; r < runs; ++r) {
     const float* xr = x + r * n;
     if (last_reduced) {
-      y[o] += sum_run(xr, n);
+      y[o] += sum_run<float>(xr, n);
     } else {
       float* yo = y + o;
       for (int64_t k = 0; k < n; ++k) yo[k] += xr[k];
