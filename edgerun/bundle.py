@@ -43,6 +43,8 @@ ACCEPTED_VERSIONS = (1,)
 MANIFEST = "manifest.json"
 # A tool index (edgerun/tools.py) is sealed and verified like a bundle, under its own format name.
 TOOLS_FORMAT_NAME = "edgerun-tools"
+# A split LLM (edgerun/llm.py): its front and back halves with KV caches, its tokenizer.
+LLM_FORMAT_NAME = "edgerun-llm"
 BUNDLE_KEYS = ("model_id", "split", "inputs", "outputs", "files", "bundle_hash")
 # An archive that declares more than this unpacked is refused (EDGERUN_MAX_BUNDLE_MB overrides):
 # the zoo's EfficientNet bundles are ~42 MiB; an fp32 LLM half of a few hundred MiB fits.
@@ -75,6 +77,10 @@ _KINDS = {
                              "build one with `edgerun tools build`", "rebuild it with `edgerun tools build`",
                              "rebuild the tool index with `edgerun tools build`",
                              "rebuild the tool index with this version's `edgerun tools build`"),
+    LLM_FORMAT_NAME: _Kind("split-LLM bundle", "a split-LLM bundle", "load it with edgerun llm run / edgerun serve",
+                           "edgerun llm export", "create one with `edgerun llm export`",
+                           "re-export it with `edgerun llm export`", "re-export the LLM bundle with `edgerun llm export`",
+                           "re-export the LLM bundle with this version's `edgerun llm export`"),
 }
 _BUNDLE = _KINDS[FORMAT_NAME]
 

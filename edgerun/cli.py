@@ -204,8 +204,12 @@ def serve_cmd(
                                           "(1 = one call per request)"),
     batch_wait_ms: float = typer.Option(0.0, help="wait this long for more requests to fill a batch "
                                                   "(0 = batch only those already waiting)"),
+    worker_id: Optional[str] = typer.Option(None, help="this worker's id in presence, replies and pinned topics "
+                                                       "(default server-<host>-<pid>-<hex>)"),
+    max_sessions: int = typer.Option(32, help="a split LLM bundle: most sessions whose KV cache this worker keeps"),
+    session_ttl_s: float = typer.Option(600.0, help="a split LLM bundle: drop a session idle this long"),
 ) -> None:
-    """Serve the back half of BUNDLE over MQTT until Ctrl-C / SIGTERM."""
+    """Serve the back half of BUNDLE (a model bundle or a split LLM bundle) over MQTT until Ctrl-C / SIGTERM."""
     import logging
     import signal
     import threading
@@ -220,7 +224,8 @@ def serve_cmd(
         if not 0 < max_frame_mb < 2**20:
             raise ConfigError(f"--max-frame-mb {max_frame_mb}: give a size in MiB > 0 (default 16)")
         stats = serve(str(bundle), broker, group=group, threads=threads, stop=stop,
-                      max_frame_bytes=int(max_frame_mb * 2**20), max_batch=max_batch, batch_wait_ms=batch_wait_ms)
+                      max_frame_bytes=int(max_frame_mb * 2**20), max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                      max_sessions=max_sessions, session_ttl_s=session_ttl_s, worker_id=worker_id)
     except EdgerunError as exc:
         _fail(exc)
         return
@@ -350,6 +355,9 @@ def _register_planning_commands() -> None:
     from edgerun.cli_tools import tools_app
 
     app.add_typer(tools_app, name="tools")
+    from edgerun.cli_llm import llm_app
+
+    app.add_typer(llm_app, name="llm")
 
 
 _register_planning_commands()

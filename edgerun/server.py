@@ -151,6 +151,10 @@ class _Worker:
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.client: transport.MqttClient | None = None
 
+    def extra_filters(self) -> list[str]:
+        """Topic filters this worker reads besides the group's shared subscription."""
+        return []
+
     def handle(self, msg: Any) -> None:
         """Answer one MQTT message; never raises."""
         self.handle_from(msg)
@@ -305,6 +309,8 @@ def serve(
     handle_signals: bool = False,
     max_batch: int = 1,
     batch_wait_ms: float = 0.0,
+    max_sessions: int = 32,
+    session_ttl_s: float = 600.0,
 ) -> ServerStats:
     """Serve the back half of ``bundle`` until ``stop`` is set (or SIGINT/SIGTERM).
 
@@ -324,6 +330,8 @@ def serve(
             1 = one call per request. A request of more samples than this runs alone.
         batch_wait_ms: how long to wait for more requests to fill a batch (0 = take only those
             already waiting: no added latency when idle).
+        max_sessions, session_ttl_s: a split LLM bundle (``edgerun llm export``): the most sessions
+            whose KV cache this worker keeps (least recently used out) and how long an idle one is kept.
 
     Returns:
         The worker's ServerStats.
@@ -341,11 +349,19 @@ def serve(
         raise ConfigError(f"batch_wait_ms={batch_wait_ms!r} must be in 0..{MAX_BATCH_WAIT_MS:g} ms "
                           "(0 = batch only what is already waiting)")
     max_frame_bytes = wire.DEFAULT_MAX_FRAME_BYTES if max_frame_bytes is None else int(max_frame_bytes)
-    b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    b = _load(bundle)
     wid = transport.check_segment("worker id", worker_id or transport.default_id("server"))
     sub = transport.shared_request_filter(b.model_id, b.topic_id, group)
     pres = transport.presence_topic(b.model_id, b.topic_id, "server", wid)
-    w = _Worker(b, threads, max_frame_bytes, wid, max_batch)
+    if isinstance(b, Bundle):
+        w = _Worker(b, threads, max_frame_bytes, wid, max_batch)
+    else:
+        from edgerun.llm_server import LlmWorker
+
+        if max_batch != 1:
+            raise ConfigError("--max-batch batches independent requests; a split LLM's sessions are not batched: "
+                              "leave it at 1")
+        w = LlmWorker(b, threads, max_frame_bytes, wid, max_sessions, session_ttl_s)
     # max_queued=0: paho counts replies awaiting the broker's ack against its cap, so a capped server
     # lost computed replies under a burst (8,982 of 1.1 M in a minute of flooding)
     client = transport.MqttClient(broker_url, f"edgerun-{wid}", on_message=w.inbox.put, max_queued=0,
@@ -356,6 +372,8 @@ def serve(
     client.connect()
     try:
         client.subscribe(sub)
+        for extra in w.extra_filters():
+            client.subscribe(extra)
         client.announce(pres, transport.presence_payload("server", wid, "online", bundle=b.hash, group=group))
         log.info("serving %s as %s on %s (%s)%s", b, wid, client.url, sub,
                  f", batches of up to {max_batch} samples (wait {batch_wait_ms:g} ms)" if max_batch > 1 else "")
@@ -368,6 +386,15 @@ def serve(
             restore()
         log.info("stopped: %s", json.dumps(w.stats.to_dict()))
     return w.stats
+
+
+def _load(bundle: Any) -> Any:
+    """A model bundle, or a split LLM bundle (its manifest's format says which)."""
+    if not isinstance(bundle, (str, Path)):
+        return bundle
+    from edgerun import llm
+
+    return llm.LlmBundle.load(bundle) if llm.is_llm_bundle(bundle) else Bundle.load(bundle)
 
 
 def _loop(w: _Worker, stop: threading.Event, wait_s: float = 0.0) -> None:

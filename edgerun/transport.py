@@ -98,6 +98,24 @@ def shared_request_filter(model_id: str, topic_id: str, group: str) -> str:
     return f"$share/{check_segment('server group', group)}/{base_topic(model_id, topic_id)}/req/+"
 
 
+def pinned_request_topic(model_id: str, topic_id: str, worker_id: str, device_id: str) -> str:
+    """Topic a device sends a pinned session's requests on: only that worker reads it (split LLM)."""
+    return (f"{base_topic(model_id, topic_id)}/pin/{check_segment('worker id', worker_id)}/"
+            f"{check_segment('device id', device_id)}")
+
+
+def pinned_request_filter(model_id: str, topic_id: str, worker_id: str) -> str:
+    """What one worker subscribes to for the sessions pinned to it."""
+    return f"{base_topic(model_id, topic_id)}/pin/{check_segment('worker id', worker_id)}/+"
+
+
+def presence_filter(model_id: str, topic_id: str, role: str) -> str:
+    """Every presence message of one role (a device watching its pinned worker)."""
+    if role not in _ROLES:
+        raise ConfigError(f"presence role {role!r} must be one of {_ROLES}")
+    return f"{base_topic(model_id, topic_id)}/presence/{role}/+"
+
+
 def presence_topic(model_id: str, topic_id: str, role: str, ident: str) -> str:
     """Retained presence topic of one server worker or device."""
     if role not in _ROLES:

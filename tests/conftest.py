@@ -79,3 +79,14 @@ def digits_bundle(digits_traced, tmp_path_factory):
     from edgerun.exporters.pipeline import ExportConfig, export
 
     return export(digits_traced, ExportConfig(), tmp_path_factory.mktemp("bundles") / "digits")
+
+
+@pytest.fixture(scope="session")
+def llm_bundle(tmp_path_factory):
+    """SmolLM2-135M-Instruct split after 15 of its 30 layers (``edgerun llm export``, ~45 s, 650 MB)."""
+    from edgerun.exporters.llm_export import export_llm
+    from edgerun.llm import LlmBundle
+
+    out = tmp_path_factory.mktemp("llm") / "smollm2"
+    export_llm(out, cut=15, max_context=256)
+    return LlmBundle.load(out)

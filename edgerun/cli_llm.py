@@ -1,0 +1,83 @@
+"""``edgerun llm export`` and ``edgerun llm run``: an LLM split between the device and the server.
+
+``export`` cuts SmolLM2-135M-Instruct after ``--cut`` layers and writes a sealed LLM bundle (host,
+needs the ``export`` extra, ``gguf`` and the model's package); ``edgerun serve`` serves its back half
+(one KV cache per session, pinned to the worker); ``run`` generates on the device against those
+workers. Errors are one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from edgerun.cli_plan import _fail, _log
+from edgerun.errors import EdgerunError
+
+llm_app = typer.Typer(help="A split LLM: the first layers on the device, the rest (with its KV cache) on the server.",
+                      no_args_is_help=True, add_completion=False)
+
+
+@llm_app.command("export")
+def export_cmd(
+    out: Path = typer.Option(..., "--out", help="the LLM bundle directory to write"),
+    cut: int = typer.Option(15, "--cut", help="layers on the device (of SmolLM2-135M's 30)"),
+    max_context: int = typer.Option(2048, "--max-context", help="positions a session may hold (16..8192)"),
+    threads: int = typer.Option(2, "--threads", help="onnxruntime threads for the export's check"),
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+) -> None:
+    """Split SmolLM2-135M-Instruct, check greedy decoding of the halves against the whole, seal a bundle."""
+    try:
+        from edgerun.exporters.llm_export import export_llm
+
+        _log(f"exporting SmolLM2-135M-Instruct split after layer {cut}")
+        report = export_llm(out, cut=cut, max_context=max_context, threads=threads)
+    except EdgerunError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"LLM bundle {out}: layers 0..{cut - 1} on the device, {cut}..{report['layers'] - 1} on the server")
+    typer.echo(f"front {report['front_weight_bytes'] / 2**20:.0f} MiB, back {report['back_weight_bytes'] / 2**20:.0f} "
+               f"MiB (fp32); {report['bytes_per_token_up']} B up per token; KV cache "
+               f"{report['front_cache_bytes_per_position'] / 1024:.1f} KiB per position on each side")
+    ok = report["check"]["greedy_tokens_equal_whole"]
+    typer.echo(f"greedy decoding of the split equals the whole model on {len(report['check']['prompts'])} prompts: "
+               f"{'yes' if ok else 'NO'}")
+
+
+@llm_app.command("run")
+def run_cmd(
+    bundle: Path = typer.Argument(..., help="LLM bundle directory or archive"),
+    prompt: str = typer.Argument(..., help="the user's message"),
+    broker: str = typer.Option(..., "--broker", help="broker URL, e.g. mqtt://127.0.0.1:1883"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", help="stop after this many tokens"),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy; else sample the top-k"),
+    seed: int = typer.Option(None, "--seed", help="seed for sampling"),
+    topk: int = typer.Option(8, "--topk", help="next-token candidates per reply"),
+    step_timeout_s: float = typer.Option(10.0, "--step-timeout-s", help="replay the session after this long "
+                                                                        "without a reply"),
+    threads: int = typer.Option(1, "--threads", help="onnxruntime threads for the front half"),
+    device_id: str = typer.Option(None, "--device-id", help="this device's id in topics"),
+    as_json: bool = typer.Option(False, "--json", help="print the generation (tokens, steps, bytes) as JSON"),
+) -> None:
+    """Generate an answer with the front half here and the back half on `edgerun serve` workers."""
+    try:
+        from edgerun.llm_device import LlmDevice
+
+        with LlmDevice(bundle, broker, device_id=device_id, threads=threads, topk=topk,
+                       step_timeout_s=step_timeout_s) as dev:
+            g = dev.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    except EdgerunError as exc:
+        _fail(exc)
+    if as_json:
+        typer.echo(json.dumps(g.to_dict(), indent=2))
+        return
+    typer.echo(g.text)
+    decode = [s.rtt_ms + s.front_ms for s in g.steps[1:]]
+    per = f", {sum(decode) / len(decode):.1f} ms per token after it" if decode else ""
+    typer.echo(f"[{len(g.tokens)} tokens; prompt {g.prompt_tokens} tokens in "
+               f"{g.steps[0].front_ms + g.steps[0].rtt_ms:.0f} ms{per}; {g.bytes_up} B up, {g.bytes_down} B down; "
+               f"workers {', '.join(g.workers)}; replays {g.replays}]", err=True)

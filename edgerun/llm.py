@@ -1,0 +1,246 @@
+"""A split LLM: the bundle, its tokenizer, and the KV caches each side keeps.
+
+An LLM bundle (written by ``exporters/llm_export.py``, ``edgerun llm export``) holds the front half
+(token embedding + the first ``cut`` layers) and the back half (the other layers, the final norm and
+the head) as ONNX graphs that take the cached keys and values of earlier positions and return those
+of the new positions. The device runs the front half on onnxruntime and keeps its own cache; the
+server keeps the back half's cache per session (``SessionStore``). What crosses the link per token is
+one hidden state (576 floats for SmolLM2-135M) up and the top-k of the next-token logits down.
+
+The back half's cache is per-session state pinned to one server worker: the protocol that pins,
+detects a lost worker and replays is in ``edgerun/llm_device.py`` and ``edgerun/llm_server.py``
+(``docs/TOPICS.md``, "Split LLM sessions").
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgerun.bundle import LLM_FORMAT_NAME, TensorSpec, open_verified
+from edgerun.errors import BundleError, ConfigError, UserError
+
+FRONT, BACK, TOKENIZER, REPORT = "front.onnx", "back.onnx", "tokenizer.json", "report.json"
+LLM_KEYS = ("model_id", "llm", "files", "bundle_hash")
+TOKENIZERS_HINT = "pip install 'edgerun[agent]' (the tokenizers package) or run scripts/setup.sh"
+MAX_TOPK = 64
+
+
+@dataclass(frozen=True)
+class LlmSpec:
+    """What the two halves agree on, from the manifest's ``llm`` entry."""
+
+    cut: int           # layers on the device
+    layers: int        # layers in all
+    hidden: int        # floats per position crossing the cut
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    eos: int
+    max_context: int   # positions a session may hold
+
+    @staticmethod
+    def from_json(d: Any) -> LlmSpec:
+        try:
+            spec = LlmSpec(**{k: int(d[k]) for k in LlmSpec.__dataclass_fields__})
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"the LLM bundle's 'llm' entry {d!r} is malformed ({exc}); "
+                              "re-export it with `edgerun llm export`") from exc
+        if not 0 < spec.cut < spec.layers or min(spec.hidden, spec.kv_heads, spec.head_dim, spec.vocab,
+                                                 spec.max_context) <= 0:
+            raise BundleError(f"the LLM bundle's 'llm' entry {d!r} is inconsistent; re-export it with "
+                              "`edgerun llm export`")
+        return spec
+
+    def cache_bytes_per_position(self, side: str) -> int:
+        n = self.cut if side == "front" else self.layers - self.cut
+        return 2 * n * self.kv_heads * self.head_dim * 4
+
+
+class LlmBundle:
+    """A loaded, verified LLM bundle.
+
+    Example:
+        >>> b = LlmBundle.load("bundles/llm")                # doctest: +SKIP
+        >>> b.spec.cut, b.spec.hidden                        # doctest: +SKIP
+        (15, 576)
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], tmp: Any = None) -> None:
+        self.path, self.manifest, self._tmp = path, manifest, tmp
+        self.hash: str = manifest["bundle_hash"]
+        self.hash16: bytes = bytes.fromhex(self.hash)[:16]
+        self.topic_id: str = self.hash16.hex()
+        self.model_id: str = str(manifest["model_id"])
+        self.spec = LlmSpec.from_json(manifest["llm"])
+        self.chat_template: str = str(manifest.get("chat", {}).get("user", "{prompt}"))
+        # What crosses the cut: hidden states (batch, new positions, hidden); the server checks requests on it.
+        self.cut = [TensorSpec("hidden", (None, None, self.spec.hidden))]
+
+    @staticmethod
+    def load(path: str | Path, *, verify_hashes: bool = True) -> LlmBundle:
+        """Load and verify an LLM bundle directory or archive (BundleError when it is not one)."""
+        p = Path(path)
+        if not p.exists():
+            raise BundleError(f"LLM bundle {p} does not exist; create one with `edgerun llm export --out {p}`")
+        p, manifest, tmp = open_verified(p, LLM_FORMAT_NAME, LLM_KEYS, verify_hashes)
+        return LlmBundle(p, manifest, tmp)
+
+    def file(self, name: str) -> Path:
+        if name not in self.manifest["files"]:
+            raise BundleError(f"LLM bundle {self.path} has no {name!r}; re-export it with `edgerun llm export`")
+        return self.path / name
+
+    def __repr__(self) -> str:
+        return f"LlmBundle({self.model_id!r}, cut after layer {self.spec.cut} of {self.spec.layers})"
+
+
+def is_llm_bundle(path: str | Path) -> bool:
+    """Whether ``path`` is a directory whose manifest names the LLM format (archives: False)."""
+    import json
+
+    mf = Path(path) / "manifest.json"
+    try:
+        return json.loads(mf.read_text()).get("format") == LLM_FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class Tokenizer:
+    """The bundle's byte-level BPE (``tokenizers``) and its chat template."""
+
+    def __init__(self, bundle: LlmBundle) -> None:
+        try:
+            from tokenizers import Tokenizer as _Tok
+        except ImportError as exc:
+            raise UserError(f"the LLM's tokenizer needs the tokenizers package; {TOKENIZERS_HINT}") from exc
+        try:
+            self._tok = _Tok.from_file(str(bundle.file(TOKENIZER)))
+        except Exception as exc:  # tokenizers raises its own untyped errors
+            raise BundleError(f"cannot read the LLM bundle's tokenizer ({exc}); re-export it with "
+                              "`edgerun llm export`") from exc
+        self._template = bundle.chat_template
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._tok.encode(text).ids)
+
+    def chat(self, prompt: str) -> list[int]:
+        """The ids of ``prompt`` as one user turn, ready for the assistant's answer."""
+        return self.encode(self._template.replace("{prompt}", prompt))
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=True)
+
+
+class Cache:
+    """The keys and values of one half for the positions seen so far: (layers, 1, kv_heads, P, head_dim)."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int) -> None:
+        self.k = np.zeros((layers, 1, kv_heads, 0, head_dim), np.float32)
+        self.v = self.k.copy()
+
+    @property
+    def length(self) -> int:
+        return int(self.k.shape[3])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.k.nbytes + self.v.nbytes)
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> None:
+        self.k = np.concatenate([self.k, k], axis=3)
+        self.v = np.concatenate([self.v, v], axis=3)
+
+    def truncate(self, n: int) -> None:
+        self.k, self.v = self.k[:, :, :, :n].copy(), self.v[:, :, :, :n].copy()
+
+
+class Half:
+    """One half on onnxruntime: ``step(x)`` runs the new positions and extends the cache."""
+
+    def __init__(self, bundle: LlmBundle, side: str, threads: int = 1) -> None:
+        from edgerun.engine import ort_session
+
+        s = bundle.spec
+        self.side = side
+        n = s.cut if side == "front" else s.layers - s.cut
+        self.session = ort_session(bundle.file(FRONT if side == "front" else BACK), threads,
+                                   "re-export the LLM bundle with `edgerun llm export`")
+        self.x_name = self.session.get_inputs()[0].name
+        self.spec, self.n_layers = s, n
+
+    def new_cache(self) -> Cache:
+        return Cache(self.n_layers, self.spec.kv_heads, self.spec.head_dim)
+
+    def step(self, x: np.ndarray, cache: Cache) -> np.ndarray:
+        y, k, v = self.session.run(None, {self.x_name: x, "past_k": cache.k, "past_v": cache.v})
+        cache.append(k, v)
+        return y
+
+
+class SessionStore:
+    """The back half's caches by session id, least recently used first out.
+
+    At most ``max_sessions`` sessions are kept; a session idle for ``ttl_s`` is dropped. A device
+    whose session was dropped (or that reaches another worker) is told ``session_lost`` and replays.
+    """
+
+    def __init__(self, half: Half, max_sessions: int = 32, ttl_s: float = 600.0) -> None:
+        if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
+            raise ConfigError(f"max_sessions={max_sessions!r} must be a whole number >= 1")
+        self.half, self.max_sessions, self.ttl_s = half, max_sessions, float(ttl_s)
+        self._items: OrderedDict[str, tuple[Cache, float]] = OrderedDict()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, sid: str, now: float) -> Cache | None:
+        self._expire(now)
+        item = self._items.get(sid)
+        if item is None:
+            return None
+        self._items[sid] = (item[0], now)
+        self._items.move_to_end(sid)
+        return item[0]
+
+    def start(self, sid: str, now: float) -> Cache:
+        """A new, empty cache for ``sid`` (replacing any it had)."""
+        self._items.pop(sid, None)
+        while len(self._items) >= self.max_sessions:
+            self._items.popitem(last=False)
+            self.evicted += 1
+        cache = self.half.new_cache()
+        self._items[sid] = (cache, now)
+        return cache
+
+    def drop(self, sid: str) -> None:
+        self._items.pop(sid, None)
+
+    def _expire(self, now: float) -> None:
+        while self._items:
+            sid, (_, seen) = next(iter(self._items.items()))
+            if now - seen <= self.ttl_s:
+                return
+            del self._items[sid]
+            self.evicted += 1
+
+    @property
+    def nbytes(self) -> int:
+        return sum(c.nbytes for c, _ in self._items.values())
+
+
+def top_k(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best ids of each row (best first, ties to the lower id) and their logits."""
+    k = min(k, logits.shape[-1])
+    part = np.argpartition(-logits, k - 1, axis=-1)[:, :k] if k < logits.shape[-1] else \
+        np.broadcast_to(np.arange(logits.shape[-1]), logits.shape)
+    part = np.sort(part, axis=-1)  # equal logits: the lower id first, as argmax does
+    vals = np.take_along_axis(logits, part, axis=-1)
+    order = np.argsort(-vals, axis=-1, kind="stable")
+    idx = np.take_along_axis(part, order, axis=-1)
+    return idx.astype(np.int64), np.take_along_axis(logits, idx, axis=-1).astype(np.float32)

@@ -1,0 +1,286 @@
+"""The device side of a split LLM: the front half, its KV cache, and a session pinned to one worker.
+
+Each step runs the front half on the new positions (the prompt, then one token at a time), sends
+their hidden states to the server and takes the next token from the reply's top-k. The device
+keeps every hidden state it sent (``hidden`` floats per position) so that it can **replay**: when
+the pinned worker goes offline (its presence, i.e. its last will when it dies), does not answer
+within ``step_timeout_s``, or answers ``session_lost`` / ``session_gap``, the whole session so far
+is sent from position 0 on the shared topic and whichever worker takes it rebuilds the cache and
+answers the pending step. Each step's token is taken from exactly one reply: replies to requests
+the device has given up on are counted (``stale_replies``) and dropped, so no answer is lost and
+none is given twice.
+
+Example:
+    >>> with LlmDevice("bundles/llm", "mqtt://127.0.0.1:1883") as dev:      # doctest: +SKIP
+    ...     print(dev.generate("What is the capital of France?").text)
+    The capital of France is Paris.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import queue
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgerun import llm, transport, wire
+from edgerun.device import error_from_reply
+from edgerun.errors import ConfigError, FrameError, TransportError
+
+REPLAY_CODES = ("session_lost", "session_gap")
+
+
+@dataclass
+class Step:
+    """One round trip: the positions sent, the token chosen, where the time went."""
+
+    position: int       # first position this step's answer covers (the replayed steps: 0)
+    positions: int      # positions sent (the prompt, one token, or the whole session on a replay)
+    token: int
+    front_ms: float
+    rtt_ms: float       # request sent -> reply received (replays included)
+    server_us: int
+    worker: str
+    replays: int        # times this step was replayed before it was answered
+    why: str = ""       # why it was replayed (the last time)
+
+
+@dataclass
+class Generation:
+    """What one ``generate`` call produced and what it cost."""
+
+    session: str
+    prompt_tokens: int
+    tokens: list[int]
+    text: str
+    steps: list[Step] = field(default_factory=list)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    stale_replies: int = 0
+    wall_s: float = 0.0
+
+    @property
+    def replays(self) -> int:
+        return sum(s.replays for s in self.steps)
+
+    @property
+    def workers(self) -> list[str]:
+        return list(dict.fromkeys(s.worker for s in self.steps))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(replays=self.replays, workers=self.workers)
+        return d
+
+
+class LlmDevice:
+    """Generates text with the front half here and the back half on the servers of ``broker_url``.
+
+    Args:
+        bundle: an LlmBundle or its path.
+        broker_url: ``mqtt://host:port``.
+        device_id: topic segment naming this device (default ``device-<host>-<pid>-<hex>``).
+        threads: onnxruntime threads for the front half.
+        topk: next-token candidates each reply carries (sampling with ``temperature`` draws from them).
+        step_timeout_s: no reply within this: the session is replayed on the shared topic.
+        max_replays: replays of one step before it fails with TransportError.
+
+    Raises:
+        BundleError: not an LLM bundle, or damaged.
+        TransportError: the broker cannot be reached.
+    """
+
+    def __init__(self, bundle: llm.LlmBundle | str | Path, broker_url: str, *, device_id: str | None = None,
+                 threads: int = 1, topk: int = 8, step_timeout_s: float = 10.0, max_replays: int = 3) -> None:
+        if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= llm.MAX_TOPK:
+            raise ConfigError(f"topk={topk!r} must be a whole number in 1..{llm.MAX_TOPK}")
+        if not (isinstance(step_timeout_s, (int, float)) and 0 < step_timeout_s <= 3600):
+            raise ConfigError(f"step_timeout_s={step_timeout_s!r} must be in (0, 3600] seconds")
+        if isinstance(max_replays, bool) or not isinstance(max_replays, int) or not 0 <= max_replays <= 100:
+            raise ConfigError(f"max_replays={max_replays!r} must be a whole number in 0..100")
+        self.bundle = bundle if isinstance(bundle, llm.LlmBundle) else llm.LlmBundle.load(bundle)
+        b = self.bundle
+        self.device_id = transport.check_segment("device id", device_id or transport.default_id("device"))
+        self.topk, self.step_timeout_s, self.max_replays = topk, float(step_timeout_s), max_replays
+        self.front = llm.Half(b, "front", threads)
+        self.tokenizer = llm.Tokenizer(b)
+        self._shared = transport.request_topic(b.model_id, b.topic_id, self.device_id)
+        self._resp = transport.response_topic(b.model_id, b.topic_id, self.device_id)
+        self._presence = transport.presence_topic(b.model_id, b.topic_id, "device", self.device_id)
+        self._servers = transport.presence_filter(b.model_id, b.topic_id, "server")
+        self._inbox: queue.Queue[Any] = queue.Queue()
+        self._ids = itertools.count(secrets.randbits(48))
+        self._decode, self._encode = wire.best_decoder(), wire.best_encoder()
+        self._offline: set[str] = set()
+        self._sample: tuple[float, np.random.Generator] = (0.0, np.random.default_rng())
+        self._client = transport.MqttClient(
+            broker_url, f"edgerun-{self.device_id}", on_message=self._inbox.put,
+            will=(self._presence, transport.presence_payload("device", self.device_id, "offline")))
+        self._client.connect()
+        try:
+            self._client.subscribe(self._resp)
+            self._client.subscribe(self._servers)
+            self._client.announce(self._presence, transport.presence_payload(
+                "device", self.device_id, "online", bundle=b.hash))
+        except Exception:
+            self._client.close()
+            raise
+
+    def close(self) -> None:
+        """Disconnect; a clean close clears the retained presence (as ``Device.close`` does)."""
+        self._client.close(final=(self._presence, b""))
+
+    def __enter__(self) -> LlmDevice:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- generation ----------------------------------------------------------
+    def generate(self, prompt: str | None = None, *, ids: list[int] | None = None, max_new_tokens: int = 64,
+                 temperature: float = 0.0, seed: int | None = None, stop_at_eos: bool = True) -> Generation:
+        """Answer ``prompt`` (one user turn in the model's chat template) or continue raw token ``ids``.
+
+        Raises:
+            ConfigError: no prompt, an empty one, or one past the bundle's context.
+            TransportError: no worker answered a step after ``max_replays`` replays.
+            FrameError / BundleError / InternalError: the server refused a request.
+        """
+        if (prompt is None) == (ids is None):
+            raise ConfigError("give a prompt or token ids (one of them)")
+        ids = self.tokenizer.chat(prompt) if prompt is not None else [int(i) for i in ids]
+        spec = self.bundle.spec
+        if not ids:
+            raise ConfigError("the prompt is empty")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be a whole number >= 1")
+        if len(ids) + max_new_tokens > spec.max_context:
+            raise ConfigError(f"{len(ids)} prompt tokens + {max_new_tokens} new ones pass this bundle's context of "
+                              f"{spec.max_context}: shorten the prompt or ask for fewer tokens")
+        if any(not 0 <= i < spec.vocab for i in ids):
+            raise ConfigError(f"token ids must be in 0..{spec.vocab - 1}")
+        if not (isinstance(temperature, (int, float)) and 0 <= temperature <= 10):
+            raise ConfigError(f"temperature={temperature!r} must be in 0..10 (0 = greedy)")
+        self._sample = (float(temperature), np.random.default_rng(seed))
+        g = Generation(session=secrets.token_hex(16), prompt_tokens=len(ids), tokens=[], text="")
+        cache, history, pinned, pos = self.front.new_cache(), [], None, 0
+        x = np.array([ids], np.int64)
+        t0 = time.perf_counter()
+        for _ in range(max_new_tokens):
+            t = time.perf_counter()
+            h = self.front.step(x, cache)
+            front_ms = (time.perf_counter() - t) * 1e3
+            if not np.isfinite(h).all():
+                raise FrameError("the front half produced NaN or Inf hidden states; not sent", "bad_tensors")
+            history.append(h)
+            step = self._ask(g, pos, h, history, pinned, front_ms)
+            pinned = step.worker
+            pos += h.shape[1]
+            g.steps.append(step)
+            g.tokens.append(step.token)
+            if stop_at_eos and step.token == spec.eos:
+                break
+            x = np.array([[step.token]], np.int64)
+        g.wall_s = time.perf_counter() - t0
+        g.text = self.tokenizer.decode(g.tokens)
+        return g
+
+    def _ask(self, g: Generation, pos: int, h: np.ndarray, history: list[np.ndarray], pinned: str | None,
+             front_ms: float) -> Step:
+        """Send positions ``pos``.. and wait for the next token, replaying the session when needed."""
+        b, replays, why = self.bundle, 0, ""
+        seq, hidden = pos, h
+        topic = self._shared if pinned is None else \
+            transport.pinned_request_topic(b.model_id, b.topic_id, pinned, self.device_id)
+        t_sent = time.perf_counter()
+        while True:
+            rid = next(self._ids) & ((1 << 64) - 1)
+            frame = self._encode(wire.Frame(kind=wire.Kind.REQUEST, request_id=rid, seq=seq, bundle_hash=b.hash16,
+                                            tensors=[np.ascontiguousarray(hidden, np.float32)],
+                                            meta={"session": g.session, "topk": self.topk}))
+            self._client.publish(topic, frame, response_topic=self._resp, correlation=transport.correlation_bytes(rid))
+            g.bytes_up += len(frame)
+            got = self._wait(g, rid, pinned if topic != self._shared else None)
+            if isinstance(got, wire.Frame):
+                ids, logits = got.tensors
+                return Step(position=pos, positions=int(hidden.shape[1]), token=self._choose(ids, logits),
+                            front_ms=front_ms, rtt_ms=(time.perf_counter() - t_sent) * 1e3,
+                            server_us=int(got.meta.get("server_us", 0)), worker=str(got.meta.get("worker", "")),
+                            replays=replays, why=why)
+            why = got
+            replays += 1
+            if replays > self.max_replays:
+                raise TransportError(f"no server worker answered step {pos} of session {g.session} after "
+                                     f"{self.max_replays} replay(s) (last: {why}); start `edgerun serve` workers for "
+                                     f"this bundle on {self._client.url}")
+            seq, hidden, topic, pinned = 0, np.concatenate(history, axis=1), self._shared, None
+
+    def _wait(self, g: Generation, rid: int, pinned: str | None) -> wire.Frame | str:
+        """The reply to ``rid``, or why the session must be replayed."""
+        until = time.monotonic() + self.step_timeout_s
+        while True:
+            if pinned is not None and pinned in self._offline:
+                return f"worker {pinned} went offline"
+            left = until - time.monotonic()
+            if left <= 0:
+                return f"no reply within {self.step_timeout_s:g} s"
+            try:
+                msg = self._inbox.get(timeout=left)
+            except queue.Empty:
+                continue
+            if msg.topic != self._resp:
+                self._presence_changed(msg)
+                continue
+            g.bytes_down += len(msg.payload)
+            try:
+                frame = self._decode(msg.payload, expect_hash=self.bundle.hash16)
+            except FrameError:
+                g.stale_replies += 1  # not ours to act on: a damaged message names no request
+                continue
+            if frame.request_id != rid:
+                g.stale_replies += 1
+                continue
+            if frame.kind == wire.Kind.ERROR:
+                code, message = str(frame.meta.get("code", "")), str(frame.meta.get("message", ""))
+                if code in REPLAY_CODES:
+                    return f"{code}: {message}"
+                raise error_from_reply(code, message, self.bundle.hash[:12])
+            _check_reply(frame, self.topk)
+            return frame
+
+    def _presence_changed(self, msg: Any) -> None:
+        try:
+            body = json.loads(msg.payload)
+            wid, status = str(body["id"]), body["status"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if status == "offline":
+            self._offline.add(wid)
+        else:
+            self._offline.discard(wid)
+
+    def _choose(self, ids: np.ndarray, logits: np.ndarray) -> int:
+        """Greedy (temperature 0): the best id; else a draw from the top-k's softmax at that temperature."""
+        temperature, rng = self._sample
+        if temperature == 0:
+            return int(ids[0, 0])
+        z = (logits[0].astype(np.float64) - float(logits[0].max())) / temperature
+        p = np.exp(z) / np.exp(z).sum()
+        return int(ids[0, rng.choice(len(p), p=p)])
+
+
+def _check_reply(frame: wire.Frame, topk: int) -> None:
+    ok = (frame.kind == wire.Kind.REPLY and len(frame.tensors) == 2
+          and isinstance(frame.tensors[0], np.ndarray) and frame.tensors[0].dtype == np.int64
+          and isinstance(frame.tensors[1], np.ndarray) and frame.tensors[1].dtype == np.float32
+          and frame.tensors[0].shape == frame.tensors[1].shape and frame.tensors[0].shape[:1] == (1,)
+          and 1 <= frame.tensors[0].shape[-1] <= topk and np.isfinite(frame.tensors[1]).all())
+    if not ok:
+        raise FrameError("the server's reply is not a split-LLM answer (top-k ids and logits): it serves another "
+                         "kind of bundle under this hash, or is broken", "bad_reply")

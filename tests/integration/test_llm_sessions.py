@@ -1,0 +1,207 @@
+"""A split LLM over a real Mosquitto with real ``edgerun serve`` workers: sessions pinned to a worker,
+and replayed when that worker dies, freezes or loses the session. No answer is lost (the generation
+is the one the halves give in-process) and none is given twice (each step takes one reply)."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+
+from edgerun import llm, transport, wire
+from edgerun.errors import TransportError
+from edgerun.llm_device import LlmDevice
+
+PROMPT = "Name three colours of the rainbow."
+N_TOKENS = 14
+
+
+@pytest.fixture(scope="module")
+def reference(llm_bundle):
+    """Greedy tokens for PROMPT through the two halves in this process: what every run must produce."""
+    tok = llm.Tokenizer(llm_bundle)
+    front, back = llm.Half(llm_bundle, "front", 2), llm.Half(llm_bundle, "back", 2)
+    fc, bc, out = front.new_cache(), back.new_cache(), []
+    x = np.array([tok.chat(PROMPT)], np.int64)
+    for _ in range(N_TOKENS):
+        t = int(back.step(front.step(x, fc), bc).argmax())
+        out.append(t)
+        if t == llm_bundle.spec.eos:
+            break
+        x = np.array([[t]], np.int64)
+    return out
+
+
+@pytest.fixture
+def workers(llm_bundle, broker, wait_online):
+    from tests.integration.conftest import ServerProc
+
+    started: list[ServerProc] = []
+
+    def start(n: int, *extra: str, first: int = 0) -> list[ServerProc]:
+        ps = [ServerProc(llm_bundle, broker.url, "--worker-id", f"w{first + i}", *extra) for i in range(n)]
+        started.extend(ps)
+        wait_online(llm_bundle, broker.url, n, ps)
+        return ps
+
+    yield start
+    for p in started:
+        if p.proc.poll() is None:
+            p.send(signal.SIGCONT)
+            p.stop(signal.SIGKILL)
+
+
+def _after_step(dev: LlmDevice, n: int, action) -> None:
+    """Run ``action(generation)`` once, before the device sends step ``n``."""
+    orig, done = dev._ask, []
+
+    def ask(g, *args):
+        if len(g.steps) == n and not done:
+            done.append(True)
+            action(g)
+        return orig(g, *args)
+
+    dev._ask = ask
+
+
+def _check_each_position_answered_once(g, prompt_tokens: int) -> None:
+    pos = [s.position for s in g.steps]
+    assert pos == [0] + list(range(prompt_tokens, prompt_tokens + len(g.steps) - 1))
+
+
+def test_a_session_stays_on_one_worker_and_decodes_like_the_halves_in_process(llm_bundle, broker, workers, reference):
+    workers(2)
+    with LlmDevice(llm_bundle, broker.url) as dev:
+        g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+    assert g.tokens == reference and g.replays == 0 and len(g.workers) == 1
+    _check_each_position_answered_once(g, g.prompt_tokens)
+    assert g.steps[0].positions == g.prompt_tokens and all(s.positions == 1 for s in g.steps[1:])
+    # up: the prompt's hidden states once, then one position per token (plus frame headers)
+    assert 576 * 4 * (g.prompt_tokens + len(g.steps) - 1) < g.bytes_up < 576 * 4 * (g.prompt_tokens + len(g.steps)) + 400 * len(g.steps)
+
+
+def test_when_the_pinned_worker_is_killed_the_session_is_replayed_on_another(llm_bundle, broker, workers, reference):
+    procs = workers(2)
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=30) as dev:
+        _after_step(dev, 4, lambda g: procs[int(g.steps[-1].worker[1:])].send(signal.SIGKILL))
+        g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+    assert g.tokens == reference
+    assert g.replays == 1 and len(g.workers) == 2
+    replayed = next(s for s in g.steps if s.replays)
+    assert "went offline" in replayed.why  # its last will, not the 30 s timeout
+    assert replayed.positions == replayed.position + 1  # the whole session so far, in one request
+    _check_each_position_answered_once(g, g.prompt_tokens)
+
+
+def test_a_frozen_worker_is_replayed_around_and_its_late_answer_is_not_taken(llm_bundle, broker, workers, reference):
+    procs = workers(2)
+    frozen = []
+
+    def freeze(g):
+        p = procs[int(g.steps[-1].worker[1:])]
+        p.send(signal.SIGSTOP)
+        frozen.append(p)
+
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=2) as dev:
+        _after_step(dev, 3, freeze)
+        _after_step(dev, 6, lambda g: frozen[0].send(signal.SIGCONT))  # it then answers the request it held
+        g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+    assert g.tokens == reference
+    assert g.replays == 1 and "no reply within 2 s" in next(s.why for s in g.steps if s.replays)
+    _check_each_position_answered_once(g, g.prompt_tokens)
+
+
+def test_a_session_evicted_by_the_worker_is_replayed(llm_bundle, broker, workers, reference):
+    workers(1, "--max-sessions", "1")
+    other = _RawClient(llm_bundle, broker.url)
+    try:
+        with LlmDevice(llm_bundle, broker.url) as dev:
+            # another session takes the worker's only slot between two of ours
+            _after_step(dev, 5, lambda g: other.ask("ab" * 16, 0, np.zeros((1, 2, 576), np.float32)))
+            g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+    finally:
+        other.close()
+    assert g.tokens == reference
+    assert g.replays == 1 and next(s.why for s in g.steps if s.replays).startswith("session_lost")
+
+
+def test_no_worker_is_a_transport_error_after_the_replays(llm_bundle, broker):
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=0.5, max_replays=1) as dev:
+        with pytest.raises(TransportError, match="no server worker answered step 0 .* `edgerun serve` workers"):
+            dev.generate(PROMPT, max_new_tokens=2)
+
+
+class _RawClient:
+    """Sends hand-made request frames to the shared topic and returns the decoded answer."""
+
+    def __init__(self, b: llm.LlmBundle, url: str) -> None:
+        self.b, self.inbox, self.rid = b, queue.Queue(), 100
+        self.resp = transport.response_topic(b.model_id, b.topic_id, "raw")
+        self.c = transport.MqttClient(url, f"raw-{os.getpid()}", on_message=self.inbox.put)
+        self.c.connect()
+        self.c.subscribe(self.resp)
+
+    def ask(self, session, seq: int, h, **meta) -> wire.Frame:
+        self.rid += 1
+        frame = wire.encode(wire.Frame(kind=wire.Kind.REQUEST, request_id=self.rid, seq=seq,
+                                       bundle_hash=self.b.hash16, tensors=[h], meta={"session": session, **meta}))
+        self.c.publish(transport.request_topic(self.b.model_id, self.b.topic_id, "raw"), frame,
+                       response_topic=self.resp, correlation=transport.correlation_bytes(self.rid))
+        return wire.decode(self.inbox.get(timeout=30).payload)
+
+    def close(self) -> None:
+        self.c.close()
+
+
+def test_the_server_answers_bad_session_requests_with_clear_error_codes(llm_bundle, broker, workers):
+    procs = workers(1)
+    raw = _RawClient(llm_bundle, broker.url)
+    h = np.random.default_rng(0).normal(size=(1, 3, 576)).astype(np.float32)
+    sid = "0123456789abcdef" * 2
+    try:
+        def code(f):
+            return f.meta.get("code") if f.kind == wire.Kind.ERROR else "ok"
+
+        assert code(raw.ask(sid, 5, h)) == "session_lost"
+        first = raw.ask(sid, 0, h)
+        assert code(first) == "ok" and first.meta["session_len"] == 3
+        assert first.tensors[0].shape == (1, 8) and first.tensors[1].dtype == np.float32
+        assert code(raw.ask(sid, 7, h[:, :1])) == "session_gap"
+        again = raw.ask(sid, 0, h)  # a resend: the same answer, the cache cut back first
+        assert again.meta["session_len"] == 3 and np.array_equal(again.tensors[0], first.tensors[0])
+        assert np.array_equal(again.tensors[1], first.tensors[1])
+        assert code(raw.ask("not-hex", 0, h)) == "bad_meta"
+        assert code(raw.ask(sid, 0, h, topk=0)) == "bad_meta"
+        bad = h.copy()
+        bad[0, 1, 7] = np.nan
+        assert code(raw.ask(sid, 0, bad)) == "bad_tensors"
+        assert code(raw.ask(sid, 0, np.zeros((2, 1, 576), np.float32))) == "bad_tensors"
+        assert code(raw.ask(sid, 0, np.zeros((1, 3, 100), np.float32))) == "bad_tensors"
+        too_long = raw.ask(sid, 255, h)
+        assert code(too_long) == "too_long" and "context of 256" in too_long.meta["message"]
+        assert code(raw.ask(sid, 3, h[:, :1])) == "ok"  # the session survived every refusal
+    finally:
+        raw.close()
+    procs[0].stop()
+    stats = procs[0].stats()
+    assert stats["errors"] == {"session_lost": 1, "session_gap": 1, "bad_meta": 2, "bad_tensors": 3, "too_long": 1}
+
+
+def test_llm_run_prints_the_answer(llm_bundle, broker, workers, cli_argv, reference):
+    workers(1)
+    out = subprocess.run([*cli_argv, "llm", "run", str(llm_bundle.path), PROMPT, "--broker", broker.url,
+                          "--max-new-tokens", str(N_TOKENS), "--json"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    g = json.loads(out.stdout)
+    assert g["tokens"] == reference and g["replays"] == 0 and g["text"] == llm.Tokenizer(llm_bundle).decode(reference)
+
+
+def test_serving_an_llm_bundle_refuses_batching(llm_bundle, broker, cli_argv):
+    out = subprocess.run([*cli_argv, "serve", str(llm_bundle.path), "--broker", broker.url, "--max-batch", "4"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "sessions are not batched" in out.stderr

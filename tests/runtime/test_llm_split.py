@@ -1,0 +1,122 @@
+"""The split LLM bundle: SmolLM2-135M-Instruct's halves on onnxruntime decode like the whole model.
+
+The server relies on two properties tested here: a step resent after its cache was cut back gives
+the same answer (a resend or a duplicate QoS 1 delivery), and a prefill of many positions gives the
+same next token as feeding them one by one (a replay rebuilds the cache in one call).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from edgerun import llm
+from edgerun.bundle import Bundle
+from edgerun.errors import BundleError, ConfigError
+
+
+@pytest.fixture(scope="module")
+def halves(llm_bundle):
+    return llm.Half(llm_bundle, "front", 2), llm.Half(llm_bundle, "back", 2)
+
+
+def _prefill(halves, ids):
+    front, back = halves
+    fc, bc = front.new_cache(), back.new_cache()
+    h = front.step(np.array([ids], np.int64), fc)
+    return back.step(h, bc), h, fc, bc
+
+
+def test_the_export_checked_greedy_decoding_of_the_split_against_the_whole_model(llm_bundle):
+    report = json.loads(llm_bundle.file(llm.REPORT).read_text())
+    assert report["check"]["greedy_tokens_equal_whole"] is True
+    assert all(p["same_as_whole"] and p["tokens"] > 0 for p in report["check"]["prompts"])
+    assert report["bytes_per_token_up"] == 576 * 4
+    assert llm_bundle.spec.cut == 15 and llm_bundle.spec.layers == 30 and llm_bundle.spec.max_context == 256
+
+
+def test_the_model_answers_a_factual_question(llm_bundle, halves):
+    tok = llm.Tokenizer(llm_bundle)
+    ids = tok.chat("What is the capital of France?")
+    front, back = halves
+    fc, bc, out = front.new_cache(), back.new_cache(), []
+    x = np.array([ids], np.int64)
+    for _ in range(12):
+        t = int(back.step(front.step(x, fc), bc).argmax())
+        if t == llm_bundle.spec.eos:
+            break
+        out.append(t)
+        x = np.array([[t]], np.int64)
+    assert "Paris" in tok.decode(out)
+
+
+@pytest.mark.parametrize("text, ids", [
+    # ids from transformers' GGUF tokenizer for the same file (which adds a BOS the GGUF does not ask for)
+    ("<|im_start|>user\nWhat is 2+2?<|im_end|>\n", [1, 4093, 198, 1780, 314, 216, 34, 27, 34, 47, 2, 198]),
+    ("Prices: 12345 and 3.14 -- ünïcödé 日本", [64, 12855, 42, 216, 33, 34, 35, 36, 37, 284, 216, 35, 30, 33, 36,
+                                              3009, 5549, 137, 94, 25972, 83, 7466, 84, 2756, 17097, 241, 115, 40993]),
+    ("def f(x):\n    return x**2  # ok", [1604, 275, 24, 104, 727, 472, 1003, 1792, 828, 34, 216, 907, 10907]),
+])
+def test_the_tokenizer_built_from_the_gguf_matches_the_reference_ids(llm_bundle, text, ids):
+    tok = llm.Tokenizer(llm_bundle)
+    assert tok.encode(text) == ids
+    assert tok.decode(ids) == text.replace("<|im_start|>", "").replace("<|im_end|>", "")
+
+
+def test_a_step_resent_after_cutting_the_cache_back_gives_the_same_logits(halves):
+    front, back = halves
+    logits, h, fc, bc = _prefill(halves, [1, 4093, 198, 1780, 314])
+    h2 = front.step(np.array([[260]], np.int64), fc)
+    first = back.step(h2, bc)
+    bc.truncate(5)
+    again = back.step(h2, bc)
+    assert bc.length == 6 and np.array_equal(first, again)
+
+
+def test_a_prefill_in_one_call_gives_the_next_token_of_feeding_positions_one_by_one(halves):
+    front, back = halves
+    ids = [1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47]
+    whole, _, _, _ = _prefill(halves, ids)
+    fc, bc = front.new_cache(), back.new_cache()
+    for i in ids:
+        one = back.step(front.step(np.array([[i]], np.int64), fc), bc)
+    assert int(one.argmax()) == int(whole.argmax())
+    np.testing.assert_allclose(one, whole, atol=2e-3 * float(np.abs(whole).max()))
+
+
+def test_an_llm_bundle_is_not_a_model_bundle_and_says_what_it_is(llm_bundle):
+    with pytest.raises(BundleError, match="split-LLM bundle|edgerun-llm"):
+        Bundle.load(llm_bundle.path)
+    assert llm.is_llm_bundle(llm_bundle.path)
+
+
+def test_an_edited_tokenizer_is_refused_naming_the_file(llm_bundle, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(llm_bundle.path, copy, ignore=shutil.ignore_patterns("*.onnx"))
+    for name in (llm.FRONT, llm.BACK):  # 650 MB: hard links, not copies (a symlink out of a bundle is refused)
+        os.link(llm_bundle.path / name, copy / name)
+    llm.LlmBundle.load(copy)
+    tj = copy / llm.TOKENIZER
+    tj.write_text(tj.read_text().replace('"Paris"', '"Pariss"', 1))
+    with pytest.raises(BundleError, match="tokenizer.json"):
+        llm.LlmBundle.load(copy)
+
+
+@pytest.mark.parametrize("cut", [0, 30, -1])
+def test_export_refuses_a_cut_outside_the_layers(tmp_path, cut):
+    from edgerun.exporters.llm_export import export_llm
+
+    with pytest.raises(ConfigError, match=r"--cut must be a layer count in 1\.\.29"):
+        export_llm(tmp_path / "out", cut=cut)
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_refuses_to_replace_a_model_bundle(digits_bundle):
+    from edgerun.exporters.llm_export import export_llm
+
+    with pytest.raises(ConfigError, match="holds a model bundle"):
+        export_llm(digits_bundle.path)
