@@ -80,6 +80,7 @@ class LlmBundle:
         self.chat_template: str = str(manifest.get("chat", {}).get("user", "{prompt}"))
         # What crosses the cut: hidden states (batch, new positions, hidden); the server checks requests on it.
         self.cut = [TensorSpec("hidden", (None, None, self.spec.hidden))]
+        self.codec: dict[str, Any] = dict(manifest.get("codec") or {"id": "none"})
 
     @staticmethod
     def load(path: str | Path, *, verify_hashes: bool = True) -> LlmBundle:

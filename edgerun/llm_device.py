@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun import llm, transport, wire
+from edgerun import crossing, llm, transport, wire
 from edgerun.device import error_from_reply
 from edgerun.errors import ConfigError, FrameError, TransportError
 
@@ -49,6 +49,7 @@ class Step:
     worker: str
     replays: int        # times this step was replayed before it was answered
     why: str = ""       # why it was replayed (the last time)
+    up_bytes: int = 0   # frames sent for this step (its replays included)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class LlmDevice:
         self.device_id = transport.check_segment("device id", device_id or transport.default_id("device"))
         self.topk, self.step_timeout_s, self.max_replays = topk, float(step_timeout_s), max_replays
         self.front = llm.Half(b, "front", threads)
+        self._packer = crossing.Packer(b.codec)  # the bundle's activation codec (tsq: token-wise rows)
         self.tokenizer = llm.Tokenizer(b)
         self._shared = transport.request_topic(b.model_id, b.topic_id, self.device_id)
         self._resp = transport.response_topic(b.model_id, b.topic_id, self.device_id)
@@ -198,21 +200,22 @@ class LlmDevice:
         seq, hidden = pos, h
         topic = self._shared if pinned is None else \
             transport.pinned_request_topic(b.model_id, b.topic_id, pinned, self.device_id)
-        t_sent = time.perf_counter()
+        t_sent, up = time.perf_counter(), 0
         while True:
             rid = next(self._ids) & ((1 << 64) - 1)
             frame = self._encode(wire.Frame(kind=wire.Kind.REQUEST, request_id=rid, seq=seq, bundle_hash=b.hash16,
-                                            tensors=[np.ascontiguousarray(hidden, np.float32)],
+                                            tensors=self._packer.pack({"hidden": hidden}),
                                             meta={"session": g.session, "topk": self.topk}))
             self._client.publish(topic, frame, response_topic=self._resp, correlation=transport.correlation_bytes(rid))
             g.bytes_up += len(frame)
+            up += len(frame)
             got = self._wait(g, rid, pinned if topic != self._shared else None)
             if isinstance(got, wire.Frame):
                 ids, logits = got.tensors
                 return Step(position=pos, positions=int(hidden.shape[1]), token=self._choose(ids, logits),
                             front_ms=front_ms, rtt_ms=(time.perf_counter() - t_sent) * 1e3,
                             server_us=int(got.meta.get("server_us", 0)), worker=str(got.meta.get("worker", "")),
-                            replays=replays, why=why)
+                            replays=replays, why=why, up_bytes=up)
             why = got
             replays += 1
             if replays > self.max_replays:

@@ -21,6 +21,7 @@ import torch
 from edgerun import llm as rt
 from edgerun.bundle import LLM_FORMAT_NAME, write_manifest
 from edgerun.errors import ConfigError, ExportError
+from edgerun.exporters import llm_codec
 from edgerun.exporters import llm_model as lm
 from edgerun.exporters.pipeline import check_out_dir, swap_in
 from edgerun.exporters.trace import quiet_torch_export
@@ -65,7 +66,8 @@ def _split_greedy(front: rt.Half, back: rt.Half, ids: list[int], n: int, eos: in
     return out, time.perf_counter() - t0
 
 
-def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 2048, threads: int = 2) -> dict[str, Any]:
+def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 2048, threads: int = 2,
+               codec: str = "none", codec_chunks: int = 4, codec_tokens: int = 128) -> dict[str, Any]:
     """Write a sealed LLM bundle to ``out`` and return its report.
 
     Raises:
@@ -75,6 +77,11 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
     """
     if isinstance(max_context, bool) or not isinstance(max_context, int) or not 16 <= max_context <= 8192:
         raise ConfigError(f"--max-context must be a whole number in 16..8192 (SmolLM2's context), got {max_context!r}")
+    if codec not in ("none", "tsq"):
+        raise ConfigError(f"--codec must be none or tsq, got {codec!r}")
+    if not (isinstance(codec_chunks, int) and isinstance(codec_tokens, int) and codec_chunks >= 1
+            and 16 <= codec_tokens <= max_context):
+        raise ConfigError("the codec's calibration needs >= 1 chunk of 16..max_context tokens")
     final = check_out_dir(out, LLM_FORMAT_NAME)
     cfg, weights, reader = lm.read_gguf(lm.gguf_path())
     if isinstance(cut, bool) or not isinstance(cut, int) or not 1 <= cut < cfg.layers:
@@ -100,6 +107,13 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
         (d / "manifest.json").write_text(json.dumps(manifest))  # Half/Tokenizer below read the draft
         draft = rt.LlmBundle(d, {**manifest, "bundle_hash": "0" * 64})
         report = _check(draft, whole_t, cfg, threads)
+        if codec == "tsq":
+            entry = llm_codec.calibrate(rt.Half(draft, "front", threads), rt.Half(draft, "back", threads),
+                                        llm_codec.corpus_chunks(rt.Tokenizer(draft), codec_chunks, codec_tokens))
+            report["codec"] = entry
+            manifest["codec"] = {"id": entry["id"], "params": entry["params"]}
+        else:
+            manifest["codec"] = {"id": "none"}
         report.update({"model_id": MODEL_ID, "cut": cut, "layers": cfg.layers,
                        "front_weight_bytes": (d / rt.FRONT).stat().st_size,
                        "back_weight_bytes": (d / rt.BACK).stat().st_size,

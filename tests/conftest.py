@@ -90,3 +90,27 @@ def llm_bundle(tmp_path_factory):
     out = tmp_path_factory.mktemp("llm") / "smollm2"
     export_llm(out, cut=15, max_context=256)
     return LlmBundle.load(out)
+
+
+@pytest.fixture(scope="session")
+def llm_tsq(llm_bundle, tmp_path_factory):
+    """``llm_bundle`` with the tsq codec on its hidden states, calibrated as ``edgerun llm export --codec tsq``
+    does but on less text (2 x 48 tokens): (the resealed bundle, the codec's calibration entry)."""
+    import json
+
+    from edgerun import llm
+    from edgerun.bundle import LLM_FORMAT_NAME, write_manifest
+    from edgerun.exporters import llm_codec
+
+    entry = llm_codec.calibrate(llm.Half(llm_bundle, "front", 2), llm.Half(llm_bundle, "back", 2),
+                                llm_codec.corpus_chunks(llm.Tokenizer(llm_bundle), 2, 48))
+    assert entry["id"] == "tsq", entry["calib"]
+    out = tmp_path_factory.mktemp("llm-tsq") / "smollm2-tsq"
+    out.mkdir()
+    for name in llm_bundle.manifest["files"]:
+        os.link(llm_bundle.path / name, out / name)
+    manifest = {k: v for k, v in llm_bundle.manifest.items() if k not in ("bundle_hash", "format", "format_version")}
+    manifest["codec"] = {"id": "tsq", "params": entry["params"]}
+    manifest["files"] = {k: {"role": v["role"]} for k, v in manifest["files"].items()}
+    write_manifest(out, json.loads(json.dumps(manifest)), LLM_FORMAT_NAME)
+    return llm.LlmBundle.load(out), entry

@@ -24,17 +24,32 @@ N_TOKENS = 14
 @pytest.fixture(scope="module")
 def reference(llm_bundle):
     """Greedy tokens for PROMPT through the two halves in this process: what every run must produce."""
-    tok = llm.Tokenizer(llm_bundle)
-    front, back = llm.Half(llm_bundle, "front", 2), llm.Half(llm_bundle, "back", 2)
+    return _greedy(llm_bundle)
+
+
+def _greedy(b: llm.LlmBundle, code=None) -> list[int]:
+    tok = llm.Tokenizer(b)
+    front, back = llm.Half(b, "front", 2), llm.Half(b, "back", 2)
     fc, bc, out = front.new_cache(), back.new_cache(), []
     x = np.array([tok.chat(PROMPT)], np.int64)
     for _ in range(N_TOKENS):
-        t = int(back.step(front.step(x, fc), bc).argmax())
+        h = front.step(x, fc)
+        t = int(back.step(h if code is None else code(h), bc).argmax())
         out.append(t)
-        if t == llm_bundle.spec.eos:
+        if t == b.spec.eos:
             break
         x = np.array([[t]], np.int64)
     return out
+
+
+@pytest.fixture(scope="module")
+def coded_reference(llm_tsq):
+    """Greedy tokens for PROMPT with the hidden states through tsq (encode + decode) in this process."""
+    from edgerun import codec
+
+    b, _ = llm_tsq
+    p = codec.TSQParams.from_bytes(bytes.fromhex(b.codec["params"]["hidden"]))
+    return _greedy(b, lambda h: codec.decode_native(codec.encode_native(h, p), h.shape, p))
 
 
 @pytest.fixture
@@ -43,10 +58,11 @@ def workers(llm_bundle, broker, wait_online):
 
     started: list[ServerProc] = []
 
-    def start(n: int, *extra: str, first: int = 0) -> list[ServerProc]:
-        ps = [ServerProc(llm_bundle, broker.url, "--worker-id", f"w{first + i}", *extra) for i in range(n)]
+    def start(n: int, *extra: str, first: int = 0, bundle: llm.LlmBundle | None = None) -> list[ServerProc]:
+        b = bundle or llm_bundle
+        ps = [ServerProc(b, broker.url, "--worker-id", f"w{first + i}", *extra) for i in range(n)]
         started.extend(ps)
-        wait_online(llm_bundle, broker.url, n, ps)
+        wait_online(b, broker.url, n, ps)
         return ps
 
     yield start
@@ -205,3 +221,16 @@ def test_serving_an_llm_bundle_refuses_batching(llm_bundle, broker, cli_argv):
     out = subprocess.run([*cli_argv, "serve", str(llm_bundle.path), "--broker", broker.url, "--max-batch", "4"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "sessions are not batched" in out.stderr
+
+
+def test_with_the_codec_the_hidden_states_travel_coded_and_a_replay_rebuilds_the_same_session(
+        llm_tsq, broker, workers, coded_reference):
+    b, entry = llm_tsq
+    procs = workers(2, bundle=b)
+    with LlmDevice(b, broker.url, step_timeout_s=30) as dev:
+        _after_step(dev, 5, lambda g: procs[int(g.steps[-1].worker[1:])].send(signal.SIGKILL))
+        g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+    assert g.tokens == coded_reference and g.replays == 1
+    decode_steps = [s for s in g.steps[1:] if not s.replays]
+    # one position coded: well under its 2,304 raw bytes (frame header and codec params included)
+    assert max(s.up_bytes for s in decode_steps) < 2304 * 0.6

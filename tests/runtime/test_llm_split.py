@@ -120,3 +120,28 @@ def test_export_refuses_to_replace_a_model_bundle(digits_bundle):
 
     with pytest.raises(ConfigError, match="holds a model bundle"):
         export_llm(digits_bundle.path)
+
+
+def test_the_codec_choice_keeps_its_rule_on_calibration_text_and_reports_held_out_text(llm_tsq):
+    _, entry = llm_tsq
+    cal, ev = entry["chosen"]["calib"], entry["chosen"]["eval"]
+    base = entry["calib"][0]
+    assert cal["agreement"] >= 0.99 and cal["ppl"] <= base["ppl"] * 1.01
+    assert cal["ratio"] > 2.0  # what it buys: the uncoded rows of the grid (ratio 1) are never chosen
+    assert 0 < ev["agreement"] <= 1 and ev["ppl"] > 1 and entry["positions"] == {"calib": 96, "eval": 96}
+    assert len(entry["calib"]) == len(entry["eval"]) == 1 + 9  # uncoded + the 3 x 3 grid
+
+
+def test_a_replay_coded_in_one_frame_decodes_to_the_values_coded_step_by_step(llm_tsq, halves):
+    """Rows are coded alone, so a worker rebuilding a session from a replay sees what the first one saw."""
+    from edgerun import codec
+
+    b, _ = llm_tsq
+    p = codec.TSQParams.from_bytes(bytes.fromhex(b.codec["params"]["hidden"]))
+    front, _ = halves
+    h = front.step(np.array([[1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47]], np.int64), front.new_cache())
+    whole = codec.decode_native(codec.encode_native(h, p), h.shape, p)
+    steps = np.concatenate([codec.decode_native(codec.encode_native(np.ascontiguousarray(h[:, i:i + 1]), p),
+                                                (1, 1, 576), p) for i in range(h.shape[1])], axis=1)
+    assert np.array_equal(whole, steps)
+    assert np.abs(whole - h).max() > 0  # lossy: the test would pass trivially on raw values
