@@ -38,13 +38,13 @@ PROMPTS = ("Name three colours of the rainbow.", "Write a Python function that r
            "Explain what a robot's control loop is in two sentences.", "What is the capital of France?")
 
 
-def _bundle(cache: Path, cut: int, codec: str) -> llm.LlmBundle:
+def _bundle(cache: Path, cut: int, codec: str, front: str) -> llm.LlmBundle:
     from edgerun.exporters.llm_export import export_llm
 
-    out = cache / f"smollm2-cut{cut}-{codec}"
+    out = cache / f"smollm2-cut{cut}-{codec}-{front}"
     if not llm.is_llm_bundle(out):
-        print(f"exporting cut {cut}, codec {codec} -> {out}", flush=True)
-        export_llm(out, cut=cut, max_context=512, codec=codec)
+        print(f"exporting cut {cut}, codec {codec}, front {front} -> {out}", flush=True)
+        export_llm(out, cut=cut, max_context=512, codec=codec, front_precision=front)
     return llm.LlmBundle.load(out)
 
 
@@ -64,7 +64,8 @@ def _on_device(b: llm.LlmBundle, prompts: list[list[int]], n: int) -> dict:
             x = np.array([[tok]], np.int64)
         tokens.append(out)
     w = b.file(llm.FRONT).stat().st_size + b.file(llm.BACK).stat().st_size
-    return {"mode": "on device", "cut": None, "codec": "-", "link": "-", "prefill_ms": statistics.median(prefill),
+    return {"mode": "on device", "cut": None, "codec": "-", "front": "fp32", "front_int8_eval": None, "front_ms": None,
+            "link": "-", "prefill_ms": statistics.median(prefill),
             "decode_ms": statistics.median(decode), "up_B_per_step": 0, "prompt_up_B_per_position": 0,
             "up_B_per_token": 0, "down_B_per_token": 0, "codec_eval": None,
             "device_weight_bytes": w, "device_kv_B_per_position": b.spec.cache_bytes_per_position("front")
@@ -93,8 +94,11 @@ def _row(mode: str, b: llm.LlmBundle, link: str, gens: list) -> dict:
     prefill = [g.steps[0].front_ms + g.steps[0].rtt_ms for g in gens]
     decode = [s.front_ms + s.rtt_ms for g in gens for s in g.steps[1:] if not s.replays]
     ntok = sum(len(g.tokens) for g in gens)
-    codec = json.loads(b.file(llm.REPORT).read_text()).get("codec")
-    return {"mode": mode, "cut": b.spec.cut, "codec": b.codec["id"], "link": link,
+    report = json.loads(b.file(llm.REPORT).read_text())
+    codec, fp = report.get("codec"), report.get("front_precision", {"precision": "fp32"})
+    return {"mode": mode, "cut": b.spec.cut, "codec": b.codec["id"], "front": fp["precision"],
+            "front_int8_eval": fp if fp["precision"] == "int8" else None,
+            "front_ms": statistics.median(s.front_ms for g in gens for s in g.steps[1:]), "link": link,
             "prefill_ms": statistics.median(prefill), "decode_ms": statistics.median(decode),
             "up_B_per_step": statistics.median(s.up_bytes for g in gens for s in g.steps[1:] if not s.replays),
             "prompt_up_B_per_position": statistics.median(g.steps[0].up_bytes / g.prompt_tokens for g in gens),
@@ -151,8 +155,9 @@ def _wait_answering(dev: LlmDevice, timeout_s: float = 120.0) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cuts", default="15,5,25", help="layers on the device, comma-separated")
-    ap.add_argument("--codecs", default="none,tsq", help="the hidden states' codec on the link, comma-separated")
+    ap.add_argument("--cases", default="15:none:fp32,15:tsq:fp32,15:none:int8,15:tsq:int8,5:none:fp32,5:tsq:fp32,"
+                    "25:none:fp32,25:tsq:fp32", help="CUT:CODEC:FRONT_PRECISION, comma-separated; the first is the "
+                    "on-device baseline's bundle and the replay test's")
     ap.add_argument("--links", default="loopback,wifi,lte", help="loopback and/or devices/*.toml link profiles")
     ap.add_argument("--tokens", type=int, default=32, help="new tokens per prompt")
     ap.add_argument("--kill-at", type=int, default=16, help="replay test: kill the pinned worker before this step")
@@ -160,14 +165,14 @@ def main() -> None:
                     help="where the exported bundles are kept between runs")
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = ap.parse_args()
-    cases = [(int(c), k) for c in args.cuts.split(",") for k in args.codecs.split(",")]
+    cases = [(int(c), k, f) for c, k, f in (x.split(":") for x in args.cases.split(","))]
     links = args.links.split(",")
     args.cache.mkdir(parents=True, exist_ok=True)
     rows, replay = [], None
     with tempfile.TemporaryDirectory() as td, Mosquitto() as broker:
         work = Path(td)
-        for ci, (cut, codec) in enumerate(cases):
-            b = _bundle(args.cache, cut, codec)
+        for ci, (cut, codec, front) in enumerate(cases):
+            b = _bundle(args.cache, cut, codec, front)
             tok = llm.Tokenizer(b)
             prompts = [tok.chat(p) for p in PROMPTS]
             if ci == 0:
@@ -175,7 +180,7 @@ def main() -> None:
                 rows.append(base)
                 replay = _replay(b, broker.url, PROMPTS[0], args.tokens, args.kill_at, work)
                 replay["same_tokens_as_on_device"] = replay["tokens"] == base["tokens"][0]
-            w = procs.start_server(b.path, broker.url, work / f"serve{cut}{codec}.log", "--threads", "1")
+            w = procs.start_server(b.path, broker.url, work / f"serve{cut}{codec}{front}.log", "--threads", "1")
             try:
                 for link in links:
                     r = _split(b, broker.url, list(PROMPTS), args.tokens, link, work)
@@ -187,20 +192,25 @@ def main() -> None:
                     print(json.dumps({k: v for k, v in r.items() if k != "tokens"}), flush=True)
             finally:
                 procs.stop(w)
-    print("\n| mode | cut | codec | link | prefill ms | decode ms/token | vs on device | up B/step | "
-          "prompt up B/position | down B/step | device weights MiB | device KV KiB/position | same tokens |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("\n| mode | cut | front | codec | link | prefill ms | decode ms/token | device front ms | vs on device | up B/step | "
+          "prompt up B/position | down B/token | device weights MiB | device KV KiB/position | generations as on device |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['cut'] or '-'} | {r['codec']} | {r['link']} | {r['prefill_ms']:.1f} | "
-              f"{r['decode_ms']:.1f} | {r.get('decode_vs_on_device', 1.0):.2f} | {r['up_B_per_step']:.0f} | "
+        fm = "-" if r["front_ms"] is None else f"{r['front_ms']:.1f}"
+        print(f"| {r['mode']} | {r['cut'] or '-'} | {r['front']} | {r['codec']} | {r['link']} | {r['prefill_ms']:.1f} | "
+              f"{r['decode_ms']:.1f} | {fm} | {r.get('decode_vs_on_device', 1.0):.2f} | {r['up_B_per_step']:.0f} | "
               f"{r['prompt_up_B_per_position']:.0f} | {r['down_B_per_token']:.0f} | "
               f"{r['device_weight_bytes'] / 2**20:.0f} | {r['device_kv_B_per_position'] / 1024:.1f} | "
               f"{r.get('identical_generations', len(PROMPTS))}/{len(PROMPTS)} |")
     for r in rows:
         if r["codec_eval"] and r["link"] == links[0]:
             e = r["codec_eval"]
-            print(f"codec tsq at cut {r['cut']}: {e['ratio']:.2f}x fewer bytes per position than fp32; held-out text: "
-                  f"top-1 agreement {100 * e['agreement']:.2f} %, perplexity {e['ppl']:.3f}")
+            print(f"codec tsq at cut {r['cut']} ({r['front']} front): {e['ratio']:.2f}x fewer bytes per position than "
+                  f"fp32; held-out text: top-1 agreement {100 * e['agreement']:.2f} %, perplexity {e['ppl']:.3f}")
+        if r["front_int8_eval"] and r["link"] == links[0] and r["codec"] == "none":
+            q = r["front_int8_eval"]
+            print(f"int8 front at cut {r['cut']}: top-1 agreement with fp32 {100 * q['agreement']:.2f} %, perplexity "
+                  f"{q['ppl_int8']:.3f} vs {q['ppl_fp32']:.3f}")
     print(f"\nreplay: worker {replay['killed']} killed before step {args.kill_at}: that step sent "
           f"{replay['replayed_positions']} positions and took {replay['replay_step_ms']:.1f} ms "
           f"(other steps {replay['decode_ms']:.1f} ms); tokens as on device: {replay['same_tokens_as_on_device']}")

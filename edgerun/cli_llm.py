@@ -27,6 +27,8 @@ def export_cmd(
     max_context: int = typer.Option(2048, "--max-context", help="positions a session may hold (16..8192)"),
     codec: str = typer.Option("none", "--codec", help="none | tsq: code the hidden states on the link (calibrated "
                                                       "and measured on text, ~2 min)"),
+    front_precision: str = typer.Option("fp32", "--front-precision", help="fp32 | int8: the device half's MatMul "
+                                        "weights in 8 bits (onnxruntime's weight-only quantizer), measured on text"),
     threads: int = typer.Option(2, "--threads", help="onnxruntime threads for the export's check"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:
@@ -35,19 +37,24 @@ def export_cmd(
         from edgerun.exporters.llm_export import export_llm
 
         _log(f"exporting SmolLM2-135M-Instruct split after layer {cut}")
-        report = export_llm(out, cut=cut, max_context=max_context, threads=threads, codec=codec)
+        report = export_llm(out, cut=cut, max_context=max_context, threads=threads, codec=codec,
+                            front_precision=front_precision)
     except EdgerunError as exc:
         _fail(exc)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     typer.echo(f"LLM bundle {out}: layers 0..{cut - 1} on the device, {cut}..{report['layers'] - 1} on the server")
-    typer.echo(f"front {report['front_weight_bytes'] / 2**20:.0f} MiB, back {report['back_weight_bytes'] / 2**20:.0f} "
-               f"MiB (fp32); {report['bytes_per_token_up']} B up per token; KV cache "
+    typer.echo(f"front {report['front_weight_bytes'] / 2**20:.0f} MiB ({report['front_precision']['precision']}), back "
+               f"{report['back_weight_bytes'] / 2**20:.0f} MiB (fp32); {report['bytes_per_token_up']} B up per token; KV cache "
                f"{report['front_cache_bytes_per_position'] / 1024:.1f} KiB per position on each side")
     ok = report["check"]["greedy_tokens_equal_whole"]
     typer.echo(f"greedy decoding of the split equals the whole model on {len(report['check']['prompts'])} prompts: "
                f"{'yes' if ok else 'NO'}")
+    q = report["front_precision"]
+    if q["precision"] == "int8":
+        typer.echo(f"front int8: on {q['positions']} positions of held-out text, top-1 agreement with the fp32 front "
+                   f"{100 * q['agreement']:.2f} %, perplexity {q['ppl_int8']:.3f} vs {q['ppl_fp32']:.3f}")
     c = report.get("codec")
     if c is not None and c["chosen"] is None:
         typer.echo("codec: no tsq setting kept the rule on calibration text; the bundle sends raw fp32")

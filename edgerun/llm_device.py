@@ -91,6 +91,8 @@ class LlmDevice:
         topk: next-token candidates each reply carries (sampling with ``temperature`` draws from them).
         step_timeout_s: no reply within this: the session is replayed on the shared topic.
         max_replays: replays of one step before it fails with TransportError.
+        frame_positions: most positions one request carries (a long prompt, or a replay, goes in
+            several; 1024 hidden states of SmolLM2 are 2.4 MB raw, under `serve`'s 16 MiB limit).
 
     Raises:
         BundleError: not an LLM bundle, or damaged.
@@ -98,13 +100,17 @@ class LlmDevice:
     """
 
     def __init__(self, bundle: llm.LlmBundle | str | Path, broker_url: str, *, device_id: str | None = None,
-                 threads: int = 1, topk: int = 8, step_timeout_s: float = 10.0, max_replays: int = 3) -> None:
+                 threads: int = 1, topk: int = 8, step_timeout_s: float = 10.0, max_replays: int = 3,
+                 frame_positions: int = 1024) -> None:
         if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= llm.MAX_TOPK:
             raise ConfigError(f"topk={topk!r} must be a whole number in 1..{llm.MAX_TOPK}")
         if not (isinstance(step_timeout_s, (int, float)) and 0 < step_timeout_s <= 3600):
             raise ConfigError(f"step_timeout_s={step_timeout_s!r} must be in (0, 3600] seconds")
         if isinstance(max_replays, bool) or not isinstance(max_replays, int) or not 0 <= max_replays <= 100:
             raise ConfigError(f"max_replays={max_replays!r} must be a whole number in 0..100")
+        if isinstance(frame_positions, bool) or not isinstance(frame_positions, int) or frame_positions < 1:
+            raise ConfigError(f"frame_positions={frame_positions!r} must be a whole number >= 1")
+        self.frame_positions = frame_positions
         self.bundle = bundle if isinstance(bundle, llm.LlmBundle) else llm.LlmBundle.load(bundle)
         b = self.bundle
         self.device_id = transport.check_segment("device id", device_id or transport.default_id("device"))
@@ -196,33 +202,46 @@ class LlmDevice:
     def _ask(self, g: Generation, pos: int, h: np.ndarray, history: list[np.ndarray], pinned: str | None,
              front_ms: float) -> Step:
         """Send positions ``pos``.. and wait for the next token, replaying the session when needed."""
-        b, replays, why = self.bundle, 0, ""
-        seq, hidden = pos, h
-        topic = self._shared if pinned is None else \
-            transport.pinned_request_topic(b.model_id, b.topic_id, pinned, self.device_id)
-        t_sent, up = time.perf_counter(), 0
+        replays, why, seq, hidden = 0, "", pos, h
+        t_sent, up = time.perf_counter(), [0]
         while True:
-            rid = next(self._ids) & ((1 << 64) - 1)
-            frame = self._encode(wire.Frame(kind=wire.Kind.REQUEST, request_id=rid, seq=seq, bundle_hash=b.hash16,
-                                            tensors=self._packer.pack({"hidden": hidden}),
-                                            meta={"session": g.session, "topk": self.topk}))
-            self._client.publish(topic, frame, response_topic=self._resp, correlation=transport.correlation_bytes(rid))
-            g.bytes_up += len(frame)
-            up += len(frame)
-            got = self._wait(g, rid, pinned if topic != self._shared else None)
+            got = self._send(g, seq, hidden, pinned, up)
             if isinstance(got, wire.Frame):
                 ids, logits = got.tensors
                 return Step(position=pos, positions=int(hidden.shape[1]), token=self._choose(ids, logits),
                             front_ms=front_ms, rtt_ms=(time.perf_counter() - t_sent) * 1e3,
                             server_us=int(got.meta.get("server_us", 0)), worker=str(got.meta.get("worker", "")),
-                            replays=replays, why=why, up_bytes=up)
+                            replays=replays, why=why, up_bytes=up[0])
             why = got
             replays += 1
             if replays > self.max_replays:
                 raise TransportError(f"no server worker answered step {pos} of session {g.session} after "
                                      f"{self.max_replays} replay(s) (last: {why}); start `edgerun serve` workers for "
                                      f"this bundle on {self._client.url}")
-            seq, hidden, topic, pinned = 0, np.concatenate(history, axis=1), self._shared, None
+            seq, hidden, pinned = 0, np.concatenate(history, axis=1), None
+
+    def _send(self, g: Generation, seq: int, hidden: np.ndarray, pinned: str | None, up: list[int]) -> wire.Frame | str:
+        """Positions ``seq``.. in frames of at most ``frame_positions`` (a long prompt or a replay would
+        pass the server's frame limit in one), each to the worker that answered the one before; the
+        reply to the last frame, or why the session must be replayed."""
+        b = self.bundle
+        got: wire.Frame | str = "nothing sent"
+        for start in range(0, hidden.shape[1], self.frame_positions):
+            part = np.ascontiguousarray(hidden[:, start:start + self.frame_positions])
+            topic = self._shared if pinned is None else \
+                transport.pinned_request_topic(b.model_id, b.topic_id, pinned, self.device_id)
+            rid = next(self._ids) & ((1 << 64) - 1)
+            frame = self._encode(wire.Frame(kind=wire.Kind.REQUEST, request_id=rid, seq=seq + start,
+                                            bundle_hash=b.hash16, tensors=self._packer.pack({"hidden": part}),
+                                            meta={"session": g.session, "topk": self.topk}))
+            self._client.publish(topic, frame, response_topic=self._resp, correlation=transport.correlation_bytes(rid))
+            g.bytes_up += len(frame)
+            up[0] += len(frame)
+            got = self._wait(g, rid, pinned)
+            if not isinstance(got, wire.Frame):
+                return got
+            pinned = str(got.meta.get("worker", ""))
+        return got
 
     def _wait(self, g: Generation, rid: int, pinned: str | None) -> wire.Frame | str:
         """The reply to ``rid``, or why the session must be replayed."""

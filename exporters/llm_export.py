@@ -23,6 +23,7 @@ from edgerun.bundle import LLM_FORMAT_NAME, write_manifest
 from edgerun.errors import ConfigError, ExportError
 from edgerun.exporters import llm_codec
 from edgerun.exporters import llm_model as lm
+from edgerun.exporters import llm_quant
 from edgerun.exporters.pipeline import check_out_dir, swap_in
 from edgerun.exporters.trace import quiet_torch_export
 
@@ -67,7 +68,8 @@ def _split_greedy(front: rt.Half, back: rt.Half, ids: list[int], n: int, eos: in
 
 
 def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 2048, threads: int = 2,
-               codec: str = "none", codec_chunks: int = 4, codec_tokens: int = 128) -> dict[str, Any]:
+               codec: str = "none", codec_chunks: int = 4, codec_tokens: int = 128,
+               front_precision: str = "fp32") -> dict[str, Any]:
     """Write a sealed LLM bundle to ``out`` and return its report.
 
     Raises:
@@ -77,6 +79,8 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
     """
     if isinstance(max_context, bool) or not isinstance(max_context, int) or not 16 <= max_context <= 8192:
         raise ConfigError(f"--max-context must be a whole number in 16..8192 (SmolLM2's context), got {max_context!r}")
+    if front_precision not in ("fp32", "int8"):
+        raise ConfigError(f"--front-precision must be fp32 or int8, got {front_precision!r}")
     if codec not in ("none", "tsq"):
         raise ConfigError(f"--codec must be none or tsq, got {codec!r}")
     if not (isinstance(codec_chunks, int) and isinstance(codec_tokens, int) and codec_chunks >= 1
@@ -107,9 +111,18 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
         (d / "manifest.json").write_text(json.dumps(manifest))  # Half/Tokenizer below read the draft
         draft = rt.LlmBundle(d, {**manifest, "bundle_hash": "0" * 64})
         report = _check(draft, whole_t, cfg, threads)
-        if codec == "tsq":
-            entry = llm_codec.calibrate(rt.Half(draft, "front", threads), rt.Half(draft, "back", threads),
-                                        llm_codec.corpus_chunks(rt.Tokenizer(draft), codec_chunks, codec_tokens))
+        chunks = llm_codec.corpus_chunks(rt.Tokenizer(draft), codec_chunks, codec_tokens)
+        report["front_precision"] = {"precision": front_precision}
+        if front_precision == "int8":
+            fp32 = rt.Half(draft, "front", threads)
+            llm_quant.quantize(d / rt.FRONT, d / "front.int8.onnx")
+            (d / "front.int8.onnx").replace(d / rt.FRONT)
+            report["front_precision"].update(llm_quant.measure(fp32, rt.Half(draft, "front", threads),
+                                                               rt.Half(draft, "back", threads), chunks.eval))
+            del fp32
+        manifest["front_precision"] = front_precision
+        if codec == "tsq":  # calibrated and measured on the front half as deployed
+            entry = llm_codec.calibrate(rt.Half(draft, "front", threads), rt.Half(draft, "back", threads), chunks)
             report["codec"] = entry
             manifest["codec"] = {"id": entry["id"], "params": entry["params"]}
         else:

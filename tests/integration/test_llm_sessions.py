@@ -234,3 +234,14 @@ def test_with_the_codec_the_hidden_states_travel_coded_and_a_replay_rebuilds_the
     decode_steps = [s for s in g.steps[1:] if not s.replays]
     # one position coded: well under its 2,304 raw bytes (frame header and codec params included)
     assert max(s.up_bytes for s in decode_steps) < 2304 * 0.6
+
+
+def test_a_prompt_and_a_replay_longer_than_a_frame_go_in_several_frames(llm_bundle, broker, workers, reference):
+    procs = workers(2)
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=30, frame_positions=8) as dev:
+        _after_step(dev, 3, lambda g: procs[int(g.steps[-1].worker[1:])].send(signal.SIGKILL))
+        g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+    assert g.tokens == reference and g.replays == 1
+    frames = -(-g.prompt_tokens // 8)  # the prompt's frames, each a few bytes over 8 positions
+    assert 8 * 2304 * (frames - 1) < g.steps[0].up_bytes < frames * (8 * 2304 + 400)
+    _check_each_position_answered_once(g, g.prompt_tokens)

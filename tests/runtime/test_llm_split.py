@@ -145,3 +145,27 @@ def test_a_replay_coded_in_one_frame_decodes_to_the_values_coded_step_by_step(ll
                                                 (1, 1, 576), p) for i in range(h.shape[1])], axis=1)
     assert np.array_equal(whole, steps)
     assert np.abs(whole - h).max() > 0  # lossy: the test would pass trivially on raw values
+
+
+def test_an_int8_front_runs_matmuls_on_8_bit_weights_and_reports_its_loss_on_text(llm_bundle, halves, tmp_path):
+    import onnx
+
+    from edgerun.exporters import llm_codec, llm_quant
+
+    out = tmp_path / "front.int8.onnx"
+    llm_quant.quantize(llm_bundle.file(llm.FRONT), out)
+    ops = [n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node]
+    assert ops.count("MatMulNBits") == 15 * 7  # q, k, v, o, gate, up, down of each of the 15 layers
+    assert out.stat().st_size < 0.6 * llm_bundle.file(llm.FRONT).stat().st_size
+
+    class _Draft:  # the bundle with its front half swapped for the int8 one
+        spec = llm_bundle.spec
+
+        def file(self, name):
+            return out if name == llm.FRONT else llm_bundle.file(name)
+
+    int8 = llm.Half(_Draft(), "front", 2)
+    chunks = llm_codec.corpus_chunks(llm.Tokenizer(llm_bundle), 1, 48)
+    m = llm_quant.measure(halves[0], int8, halves[1], chunks.eval)
+    assert m["positions"] == 48 and m["ppl_fp32"] > 1 and m["ppl_int8"] > 1
+    assert m["agreement"] > 0.8  # lossy: 97.7 % on 512 positions (dynamic quantization's 73.8 % would fail)
