@@ -6,7 +6,8 @@ import sys
 
 def test_import_edgerun_does_not_import_torch():
     code = (
-        "import sys, edgerun, edgerun.bundle, edgerun.wire, edgerun.device, edgerun.server, edgerun.verify, edgerun.cli, edgerun.tools, edgerun.cli_tools;"
+        "import sys, edgerun, edgerun.bundle, edgerun.wire, edgerun.device, edgerun.server, edgerun.verify, edgerun.cli, edgerun.tools, edgerun.cli_tools,"
+        " edgerun.llm, edgerun.llm_device, edgerun.llm_server, edgerun.cli_llm;"
         "bad = [m for m in ('torch', 'edgerun.exporters') if m in sys.modules];"
         "print(bad); sys.exit(1 if bad else 0)"
     )
