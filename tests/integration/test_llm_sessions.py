@@ -128,7 +128,8 @@ def test_a_frozen_worker_is_replayed_around_and_its_late_answer_is_not_taken(llm
         _after_step(dev, 6, lambda g: frozen[0].send(signal.SIGCONT))  # it then answers the request it held
         g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
     assert g.tokens == reference
-    assert g.replays == 1 and "no reply within 2 s" in next(s.why for s in g.steps if s.replays)
+    # the broker's shared subscription may hand the replay to the frozen worker once more: 1 or 2 replays
+    assert 1 <= g.replays <= 2 and "no reply within 2 s" in next(s.why for s in g.steps if s.replays)
     _check_each_position_answered_once(g, g.prompt_tokens)
 
 
