@@ -76,7 +76,7 @@ class LlmWorker(_Worker):
         ids, vals = llm.top_k(logits, topk)
         self.stats.runs += 1
         self.stats.max_run = 1
-        self._reply_llm(req, [ids, vals], length)
+        self._reply(req, [ids, vals], session_len=length)
 
     def _prepare_llm(self, msg: Any) -> tuple[Any, str, int] | None:
         req = self._prepare(msg)  # decodes, checks the frame (kind, bundle, size); counts it
@@ -118,17 +118,3 @@ class LlmWorker(_Worker):
             cache.truncate(seq)
         logits = self.back.step(np.ascontiguousarray(h), cache)
         return logits, cache.length
-
-    def _reply_llm(self, req: Any, outs: list[np.ndarray], length: int) -> None:
-        request_id = req.frame.request_id
-        server_us = int((time.perf_counter() - req.t0) * 1e6)
-        reply = self.encode(wire.Frame(kind=wire.Kind.REPLY, request_id=request_id, seq=req.frame.seq,
-                                       bundle_hash=self.bundle.hash16, tensors=outs,
-                                       meta={"server_us": server_us, "worker": self.stats.worker,
-                                             "session_len": length}))
-        if req.resp_topic is None:
-            self.stats.count_error("no_response_topic", answered=False)
-            log.warning("request %d has no Response Topic: computed but dropped", request_id)
-            return
-        if self._publish(req.resp_topic, reply, req.corr, request_id):
-            self.stats.served += 1

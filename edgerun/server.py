@@ -247,22 +247,22 @@ class _Worker:
         for r in run:
             mine = [np.ascontiguousarray(o[at:at + r.rows]) for o in outs]
             at += r.rows
-            self._reply(r, mine, len(run))
+            self._reply(r, mine, batch=len(run))
 
     def _back(self, requests: list[list[np.ndarray]]) -> list[np.ndarray]:
         """One onnxruntime call on the requests' tensors stacked along the batch axis."""
         feeds = [t[0] if len(requests) == 1 else np.concatenate(t) for t in zip(*requests)]
         return self.session.run(self.out_names, dict(zip(self.in_names, feeds)))
 
-    def _reply(self, r: _Request, outs: list[np.ndarray], batch: int) -> None:
-        """Encode and send one reply; ``server_us`` counts decode + compute since its ``t0``."""
+    def _reply(self, r: _Request, outs: list[np.ndarray], **meta: Any) -> None:
+        """Encode and send one reply (``meta`` joins ``server_us`` and ``worker``); ``server_us`` counts
+        decode + compute since its ``t0``."""
         request_id = r.frame.request_id
         try:
             server_us = int((time.perf_counter() - r.t0) * 1e6)
             reply = self.encode(wire.Frame(kind=wire.Kind.REPLY, request_id=request_id, seq=r.frame.seq,
                                            bundle_hash=self.bundle.hash16, tensors=outs,
-                                           meta={"server_us": server_us, "worker": self.stats.worker,
-                                                 "batch": batch}))
+                                           meta={"server_us": server_us, "worker": self.stats.worker, **meta}))
         except Exception as exc:  # a bug or an output the wire cannot carry: answer, keep serving
             log.exception("encoding the reply to request %d failed", request_id)
             self._fail(r.topic, r.resp_topic, r.corr, request_id, "internal",

@@ -9,8 +9,6 @@ on both sides, no codec), and what a request costs is written to ``report.json``
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from edgerun.errors import ConfigError, ExportError
 from edgerun.exporters import llm_codec
 from edgerun.exporters import llm_model as lm
 from edgerun.exporters import llm_quant
-from edgerun.exporters.pipeline import check_out_dir, swap_in
+from edgerun.exporters.pipeline import building, check_out_dir
 from edgerun.exporters.trace import quiet_torch_export
 
 MODEL_ID = "smollm2-135m-instruct"
@@ -94,8 +92,7 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
     back_t = lm.build_stage(cfg, weights, cut, cfg.layers, embed=False, head=True)
     whole_t = lm.build_stage(cfg, weights, 0, cfg.layers, embed=True, head=True)
     del weights
-    d = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    with building(final) as d:  # a failed export leaves an old bundle intact
         export_onnx(front_t, d / rt.FRONT)
         export_onnx(back_t, d / rt.BACK)
         (d / rt.TOKENIZER).write_text(lm.tokenizer_json(reader))
@@ -135,11 +132,6 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
                        "back_cache_bytes_per_position": spec.cache_bytes_per_position("back")})
         (d / rt.REPORT).write_text(json.dumps(report, indent=2) + "\n")
         write_manifest(d, manifest, LLM_FORMAT_NAME)
-    except BaseException:
-        shutil.rmtree(d, ignore_errors=True)
-        raise
-    d.chmod(0o755)  # mkdtemp made it private
-    swap_in(d, final)
     return report
 
 

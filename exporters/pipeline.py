@@ -13,6 +13,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,16 +145,23 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
     final = check_out_dir(out_dir)  # before tracing: a bad --out fails in a second, not minutes
     traced = spec if isinstance(spec, Traced) else trace_model(spec, max_cut_tensors=config.max_cut_tensors)
     cut = resolve_cut(traced.cuts, config.cut)
-    # Build beside the target and swap in at the end: a failed export leaves the old bundle intact.
-    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    with building(final) as out:
         _write_bundle(traced, cut, out, config)
-    except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
-        raise
-    out.chmod(0o755)  # mkdtemp made it private
-    swap_in(out, final)
     return Bundle.load(final)
+
+
+@contextmanager
+def building(final: Path) -> Iterator[Path]:
+    """A new directory beside ``final`` to write into; swapped in at ``final`` when the block ends,
+    deleted when it raises (a failed export leaves the old bundle, or index, intact)."""
+    d = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield d
+    except BaseException:
+        shutil.rmtree(d, ignore_errors=True)
+        raise
+    d.chmod(0o755)  # mkdtemp made it private
+    swap_in(d, final)
 
 
 def swap_in(new: Path, final: Path) -> None:

@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from edgerun import tools as rt
 from edgerun.bundle import TOOLS_FORMAT_NAME, write_manifest
 from edgerun.errors import ConfigError
 from edgerun.exporters import tool_encoder
-from edgerun.exporters.pipeline import check_out_dir, swap_in
+from edgerun.exporters.pipeline import building, check_out_dir
 from edgerun.exporters.tools_data import Query
 
 DEFAULT_RULE = rt.Rule(floor=-1.0, margin=2.0, k_max=5)
@@ -174,9 +173,7 @@ def build_index(catalog: list[dict[str, Any]], out: str | Path, *, queries: list
         raise ConfigError(f"labelled queries name tools not in the catalog: {sorted(unknown)[:5]}")
     final = check_out_dir(out, TOOLS_FORMAT_NAME)
     src = tool_encoder.model_dir()
-    # Build beside the target and swap in at the end: a failed build leaves an old index intact.
-    d = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
+    with building(final) as d:  # a failed build leaves an old index intact
         tool_encoder.export_onnx(tool_encoder.load_minilm(src), d / rt.ENCODER)
         shutil.copyfile(src / "tokenizer.json", d / rt.TOKENIZER)
         encoder = rt.Encoder(d / rt.ENCODER, d / rt.TOKENIZER, tool_encoder.MAX_TOKENS, threads)
@@ -213,9 +210,4 @@ def build_index(catalog: list[dict[str, Any]], out: str | Path, *, queries: list
                       rt.REPORT: {"role": "report"}},
         }
         write_manifest(d, manifest, TOOLS_FORMAT_NAME)
-    except BaseException:
-        shutil.rmtree(d, ignore_errors=True)
-        raise
-    d.chmod(0o755)  # mkdtemp made it private
-    swap_in(d, final)
     return report
