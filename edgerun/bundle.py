@@ -239,6 +239,11 @@ def load_samples(path: str | Path) -> np.ndarray:
         raise BundleError(f"{p} cannot be read ({type(exc).__name__}: {exc}); {damaged}") from exc
 
 
+def unpack_archive(p: Path) -> tuple[Path, Any]:
+    """Unpack a bundle archive of any kind; (its directory, a handle that keeps it alive)."""
+    return _extract_archive(p)
+
+
 def _extract_archive(p: Path, k: _Kind = _BUNDLE) -> tuple[Path, Any]:
     """Unpack an archive into a temporary directory; return the bundle directory in it and the handle.
 

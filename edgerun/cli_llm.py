@@ -24,7 +24,7 @@ llm_app = typer.Typer(help="A split LLM: the first layers on the device, the res
 def export_cmd(
     out: Path = typer.Option(..., "--out", help="the LLM bundle directory to write"),
     cut: int = typer.Option(15, "--cut", help="layers on the device (of SmolLM2-135M's 30)"),
-    max_context: int = typer.Option(2048, "--max-context", help="positions a session may hold (16..8192)"),
+    max_context: int = typer.Option(2048, "--max-context", help="positions a session may hold (64..8192)"),
     codec: str = typer.Option("none", "--codec", help="none | tsq: code the hidden states on the link (calibrated "
                                                       "and measured on text, ~2 min)"),
     front_precision: str = typer.Option("fp32", "--front-precision", help="fp32 | int8: the device half's MatMul "
@@ -77,6 +77,9 @@ def run_cmd(
     step_timeout_s: float = typer.Option(10.0, "--step-timeout-s", help="replay the session after this long "
                                                                         "without a reply"),
     threads: int = typer.Option(1, "--threads", help="onnxruntime threads for the front half"),
+    frame_positions: int = typer.Option(1024, "--frame-positions", help="most positions per request (a long prompt "
+                                        "or a replay goes in several; halved by itself when a server refuses a "
+                                        "frame as too large)"),
     device_id: str = typer.Option(None, "--device-id", help="this device's id in topics"),
     as_json: bool = typer.Option(False, "--json", help="print the generation (tokens, steps, bytes) as JSON"),
 ) -> None:
@@ -85,7 +88,7 @@ def run_cmd(
         from edgerun.llm_device import LlmDevice
 
         with LlmDevice(bundle, broker, device_id=device_id, threads=threads, topk=topk,
-                       step_timeout_s=step_timeout_s) as dev:
+                       step_timeout_s=step_timeout_s, frame_positions=frame_positions) as dev:
             g = dev.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     except EdgerunError as exc:
         _fail(exc)

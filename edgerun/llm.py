@@ -14,6 +14,7 @@ detects a lost worker and replays is in ``edgerun/llm_device.py`` and ``edgerun/
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from edgerun.bundle import LLM_FORMAT_NAME, TensorSpec, open_verified
-from edgerun.errors import BundleError, ConfigError, UserError
+from edgerun.errors import BundleError, ConfigError, FrameError, UserError
 
 FRONT, BACK, TOKENIZER, REPORT = "front.onnx", "back.onnx", "tokenizer.json", "report.json"
 LLM_KEYS = ("model_id", "llm", "files", "bundle_hash")
@@ -51,7 +52,8 @@ class LlmSpec:
             raise BundleError(f"the LLM bundle's 'llm' entry {d!r} is malformed ({exc}); "
                               "re-export it with `edgerun llm export`") from exc
         if not 0 < spec.cut < spec.layers or min(spec.hidden, spec.kv_heads, spec.head_dim, spec.vocab,
-                                                 spec.max_context) <= 0:
+                                                 spec.max_context) <= 0 or not 0 <= spec.eos < spec.vocab \
+                or spec.max_context > 1 << 16:
             raise BundleError(f"the LLM bundle's 'llm' entry {d!r} is inconsistent; re-export it with "
                               "`edgerun llm export`")
         return spec
@@ -77,10 +79,14 @@ class LlmBundle:
         self.topic_id: str = self.hash16.hex()
         self.model_id: str = str(manifest["model_id"])
         self.spec = LlmSpec.from_json(manifest["llm"])
-        self.chat_template: str = str(manifest.get("chat", {}).get("user", "{prompt}"))
+        chat = manifest.get("chat", {"user": "{prompt}"})
+        if not isinstance(chat, dict) or not isinstance(chat.get("user"), str) or "{prompt}" not in chat["user"]:
+            raise BundleError(f"the LLM bundle's chat template {chat!r} is malformed (a 'user' text with {{prompt}}); "
+                              "re-export it with `edgerun llm export`")
+        self.chat_template: str = chat["user"]
         # What crosses the cut: hidden states (batch, new positions, hidden); the server checks requests on it.
         self.cut = [TensorSpec("hidden", (None, None, self.spec.hidden))]
-        self.codec: dict[str, Any] = dict(manifest.get("codec") or {"id": "none"})
+        self.codec: dict[str, Any] = _check_codec(manifest.get("codec") or {"id": "none"})
 
     @staticmethod
     def load(path: str | Path, *, verify_hashes: bool = True) -> LlmBundle:
@@ -98,6 +104,21 @@ class LlmBundle:
 
     def __repr__(self) -> str:
         return f"LlmBundle({self.model_id!r}, cut after layer {self.spec.cut} of {self.spec.layers})"
+
+
+def _check_codec(entry: Any) -> dict[str, Any]:
+    """The manifest's codec entry: none, or tsq with valid params for the hidden states."""
+    from edgerun import codec
+
+    bad = BundleError(f"the LLM bundle's codec entry {entry!r} is malformed; re-export it with `edgerun llm export`")
+    if not isinstance(entry, dict) or entry.get("id") not in ("none", "tsq"):
+        raise bad
+    if entry["id"] == "tsq":
+        try:
+            codec.TSQParams.from_bytes(bytes.fromhex(entry["params"]["hidden"]))
+        except (KeyError, TypeError, ValueError, AttributeError, FrameError) as exc:
+            raise bad from exc
+    return dict(entry)
 
 
 def is_llm_bundle(path: str | Path) -> bool:
@@ -173,6 +194,11 @@ class Half:
                                    "re-export the LLM bundle with `edgerun llm export`")
         self.x_name = self.session.get_inputs()[0].name
         self.spec, self.n_layers = s, n
+        hidden = self.session.get_outputs()[0] if side == "front" else self.session.get_inputs()[0]
+        width = hidden.shape[-1] if hidden.shape else None
+        if isinstance(width, int) and width != s.hidden:
+            raise BundleError(f"the LLM bundle's {side} half has hidden states of {width}, its manifest says "
+                              f"{s.hidden}; re-export it with `edgerun llm export`")
 
     def new_cache(self) -> Cache:
         return Cache(self.n_layers, self.spec.kv_heads, self.spec.head_dim)
@@ -193,6 +219,9 @@ class SessionStore:
     def __init__(self, half: Half, max_sessions: int = 32, ttl_s: float = 600.0) -> None:
         if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
             raise ConfigError(f"max_sessions={max_sessions!r} must be a whole number >= 1")
+        if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not 0 < ttl_s < math.inf:
+            raise ConfigError(f"session_ttl_s={ttl_s!r} must be a number of seconds > 0 (how long an idle "
+                              "session's cache is kept)")
         self.half, self.max_sessions, self.ttl_s = half, max_sessions, float(ttl_s)
         self._items: OrderedDict[str, tuple[Cache, float]] = OrderedDict()
         self.evicted = 0
@@ -211,6 +240,7 @@ class SessionStore:
 
     def start(self, sid: str, now: float) -> Cache:
         """A new, empty cache for ``sid`` (replacing any it had)."""
+        self._expire(now)
         self._items.pop(sid, None)
         while len(self._items) >= self.max_sessions:
             self._items.popitem(last=False)
@@ -221,6 +251,10 @@ class SessionStore:
 
     def drop(self, sid: str) -> None:
         self._items.pop(sid, None)
+
+    def expire(self, now: float) -> None:
+        """Drop the sessions idle longer than ``ttl_s`` (the server calls it between requests too)."""
+        self._expire(now)
 
     def _expire(self, now: float) -> None:
         while self._items:

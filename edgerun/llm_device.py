@@ -108,6 +108,9 @@ class LlmDevice:
             raise ConfigError(f"step_timeout_s={step_timeout_s!r} must be in (0, 3600] seconds")
         if isinstance(max_replays, bool) or not isinstance(max_replays, int) or not 0 <= max_replays <= 100:
             raise ConfigError(f"max_replays={max_replays!r} must be a whole number in 0..100")
+        if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256:
+            raise ConfigError(f"threads={threads!r} must be a whole number in 1..256 (onnxruntime threads for the "
+                              "front half)")
         if isinstance(frame_positions, bool) or not isinstance(frame_positions, int) or frame_positions < 1:
             raise ConfigError(f"frame_positions={frame_positions!r} must be a whole number >= 1")
         self.frame_positions = frame_positions
@@ -162,19 +165,28 @@ class LlmDevice:
         """
         if (prompt is None) == (ids is None):
             raise ConfigError("give a prompt or token ids (one of them)")
+        if prompt is not None:
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ConfigError("the prompt is empty: give the user's message")
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ConfigError("the prompt is not valid UTF-8 text; pass it as UTF-8") from None
         ids = self.tokenizer.chat(prompt) if prompt is not None else [int(i) for i in ids]
         spec = self.bundle.spec
         if not ids:
-            raise ConfigError("the prompt is empty")
+            raise ConfigError("no token ids given")
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be a whole number >= 1")
-        if len(ids) + max_new_tokens > spec.max_context:
+        if len(ids) + max_new_tokens - 1 > spec.max_context:  # the last new token is never sent
             raise ConfigError(f"{len(ids)} prompt tokens + {max_new_tokens} new ones pass this bundle's context of "
                               f"{spec.max_context}: shorten the prompt or ask for fewer tokens")
         if any(not 0 <= i < spec.vocab for i in ids):
             raise ConfigError(f"token ids must be in 0..{spec.vocab - 1}")
         if not (isinstance(temperature, (int, float)) and 0 <= temperature <= 10):
             raise ConfigError(f"temperature={temperature!r} must be in 0..10 (0 = greedy)")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+            raise ConfigError(f"seed={seed!r} must be a whole number >= 0")
         self._sample = (float(temperature), np.random.default_rng(seed))
         g = Generation(session=secrets.token_hex(16), prompt_tokens=len(ids), tokens=[], text="")
         cache, history, pinned, pos = self.front.new_cache(), [], None, 0
@@ -202,7 +214,7 @@ class LlmDevice:
     def _ask(self, g: Generation, pos: int, h: np.ndarray, history: list[np.ndarray], pinned: str | None,
              front_ms: float) -> Step:
         """Send positions ``pos``.. and wait for the next token, replaying the session when needed."""
-        replays, why, seq, hidden = 0, "", pos, h
+        replays, shrunk, why, seq, hidden = 0, 0, "", pos, h
         t_sent, up = time.perf_counter(), [0]
         while True:
             got = self._send(g, seq, hidden, pinned, up)
@@ -211,11 +223,18 @@ class LlmDevice:
                 return Step(position=pos, positions=int(hidden.shape[1]), token=self._choose(ids, logits),
                             front_ms=front_ms, rtt_ms=(time.perf_counter() - t_sent) * 1e3,
                             server_us=int(got.meta.get("server_us", 0)), worker=str(got.meta.get("worker", "")),
-                            replays=replays, why=why, up_bytes=up[0])
+                            replays=replays + shrunk, why=why, up_bytes=up[0])
             why = got
             replays += 1
-            if replays > self.max_replays:
-                raise TransportError(f"no server worker answered step {pos} of session {g.session} after "
+            if why.startswith("too_large") and self.frame_positions > 1:
+                # the server takes smaller frames than ours: halve them and send the session again
+                self.frame_positions = max(1, self.frame_positions // 2)
+                replays -= 1  # not a lost worker: does not count against max_replays
+                shrunk += 1
+                if shrunk > 32:
+                    raise TransportError("the server refused every frame size as too large")
+            elif replays > self.max_replays:
+                raise TransportError(f"no server worker answered position {pos} of session {g.session} after "
                                      f"{self.max_replays} replay(s) (last: {why}); start `edgerun serve` workers for "
                                      f"this bundle on {self._client.url}")
             seq, hidden, pinned = 0, np.concatenate(history, axis=1), None
@@ -234,6 +253,9 @@ class LlmDevice:
             frame = self._encode(wire.Frame(kind=wire.Kind.REQUEST, request_id=rid, seq=seq + start,
                                             bundle_hash=b.hash16, tensors=self._packer.pack({"hidden": part}),
                                             meta={"session": g.session, "topk": self.topk}))
+            if not self._client.connected:  # paho would queue it and send the backlog on reconnect
+                raise TransportError(f"the MQTT broker at {self._client.url} is unreachable; nothing was sent "
+                                     f"(session {g.session}, position {seq + start}): check the broker and retry")
             self._client.publish(topic, frame, response_topic=self._resp, correlation=transport.correlation_bytes(rid))
             g.bytes_up += len(frame)
             up[0] += len(frame)
@@ -247,15 +269,21 @@ class LlmDevice:
         """The reply to ``rid``, or why the session must be replayed."""
         until = time.monotonic() + self.step_timeout_s
         while True:
-            if pinned is not None and pinned in self._offline:
-                return f"worker {pinned} went offline"
-            left = until - time.monotonic()
-            if left <= 0:
-                return f"no reply within {self.step_timeout_s:g} s"
-            try:
-                msg = self._inbox.get(timeout=left)
+            try:  # what has arrived first: a reply already here beats a presence change
+                msg = self._inbox.get_nowait()
             except queue.Empty:
-                continue
+                if pinned is not None and pinned in self._offline:
+                    return f"worker {pinned} went offline"
+                if not self._client.connected:
+                    raise TransportError(f"lost the MQTT broker at {self._client.url} while waiting for the server "
+                                         f"(session {g.session}); nothing more was sent: check the broker and retry")
+                left = until - time.monotonic()
+                if left <= 0:
+                    return f"no reply within {self.step_timeout_s:g} s"
+                try:
+                    msg = self._inbox.get(timeout=min(left, 0.25))  # wakes to see a lost broker
+                except queue.Empty:
+                    continue
             if msg.topic != self._resp:
                 self._presence_changed(msg)
                 continue
@@ -270,16 +298,20 @@ class LlmDevice:
                 continue
             if frame.kind == wire.Kind.ERROR:
                 code, message = str(frame.meta.get("code", "")), str(frame.meta.get("message", ""))
-                if code in REPLAY_CODES:
+                if code in REPLAY_CODES or (code == "too_large" and self.frame_positions > 1):
                     return f"{code}: {message}"
                 raise error_from_reply(code, message, self.bundle.hash[:12])
             _check_reply(frame, self.topk)
             return frame
 
     def _presence_changed(self, msg: Any) -> None:
+        """A worker's presence: only its own topic speaks for it (the id in the body must agree)."""
+        wid = str(msg.topic).rsplit("/", 1)[-1]
         try:
             body = json.loads(msg.payload)
-            wid, status = str(body["id"]), body["status"]
+            status = body["status"]
+            if str(body["id"]) != wid:
+                return
         except (ValueError, KeyError, TypeError):
             return
         if status == "offline":
@@ -301,7 +333,8 @@ def _check_reply(frame: wire.Frame, topk: int) -> None:
     ok = (frame.kind == wire.Kind.REPLY and len(frame.tensors) == 2
           and isinstance(frame.tensors[0], np.ndarray) and frame.tensors[0].dtype == np.int64
           and isinstance(frame.tensors[1], np.ndarray) and frame.tensors[1].dtype == np.float32
-          and frame.tensors[0].shape == frame.tensors[1].shape and frame.tensors[0].shape[:1] == (1,)
+          and frame.tensors[0].shape == frame.tensors[1].shape and frame.tensors[0].ndim == 2
+          and frame.tensors[0].shape[0] == 1
           and 1 <= frame.tensors[0].shape[-1] <= topk and np.isfinite(frame.tensors[1]).all())
     if not ok:
         raise FrameError("the server's reply is not a split-LLM answer (top-k ids and logits): it serves another "

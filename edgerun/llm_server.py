@@ -117,4 +117,12 @@ class LlmWorker(_Worker):
         if seq < cache.length:
             cache.truncate(seq)
         logits = self.back.step(np.ascontiguousarray(h), cache)
+        if not np.isfinite(logits).all():  # finite but huge hidden states overflow inside the back half
+            cache.truncate(seq)
+            raise FrameError(f"the back half gives NaN / Inf logits on these hidden states (|h| up to "
+                             f"{float(np.abs(h).max()):.3g}): the front half diverged; not answered", "bad_tensors")
         return logits, cache.length
+
+    def tick(self) -> None:
+        """Between requests: free the caches of sessions idle longer than the TTL."""
+        self.sessions.expire(time.monotonic())

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import queue
+import secrets
 import signal
 import threading
 import time
@@ -154,6 +155,9 @@ class _Worker:
     def extra_filters(self) -> list[str]:
         """Topic filters this worker reads besides the group's shared subscription."""
         return []
+
+    def tick(self) -> None:
+        """Called between requests (every ~0.1 s when idle): housekeeping."""
 
     def handle(self, msg: Any) -> None:
         """Answer one MQTT message; never raises."""
@@ -364,7 +368,10 @@ def serve(
         w = LlmWorker(b, threads, max_frame_bytes, wid, max_sessions, session_ttl_s)
     # max_queued=0: paho counts replies awaiting the broker's ack against its cap, so a capped server
     # lost computed replies under a burst (8,982 of 1.1 M in a minute of flooding)
-    client = transport.MqttClient(broker_url, f"edgerun-{wid}", on_message=w.inbox.put, max_queued=0,
+    # The client id gets a random suffix: two workers started with one --worker-id kicked each other off the
+    # broker about every second (each kick firing an "offline" will that made devices replay).
+    client = transport.MqttClient(broker_url, f"edgerun-{wid}-{secrets.token_hex(2)}", on_message=w.inbox.put,
+                                  max_queued=0,
                                   will=(pres, transport.presence_payload("server", wid, "offline")))
     w.client = client
     stop = stop or threading.Event()
@@ -389,12 +396,18 @@ def serve(
 
 
 def _load(bundle: Any) -> Any:
-    """A model bundle, or a split LLM bundle (its manifest's format says which)."""
+    """A model bundle, or a split LLM bundle (its manifest's format says which); archives of either."""
     if not isinstance(bundle, (str, Path)):
         return bundle
     from edgerun import llm
+    from edgerun.bundle import unpack_archive
 
-    return llm.LlmBundle.load(bundle) if llm.is_llm_bundle(bundle) else Bundle.load(bundle)
+    p, tmp = Path(bundle), None
+    if p.is_file():
+        p, tmp = unpack_archive(p)  # once, for either kind
+    b = llm.LlmBundle.load(p) if llm.is_llm_bundle(p) else Bundle.load(p)
+    b._tmp = tmp  # the unpacked directory lives as long as the bundle
+    return b
 
 
 def _loop(w: _Worker, stop: threading.Event, wait_s: float = 0.0) -> None:
@@ -409,6 +422,7 @@ def _loop(w: _Worker, stop: threading.Event, wait_s: float = 0.0) -> None:
                 w.handle_from(msg, wait_s, stop)
             except Exception:  # handle_from() never raises; if a bug makes it, requests fail, not the server
                 log.exception("unexpected error on a request; still serving")
+        w.tick()
         if time.monotonic() >= next_stats:
             log.info("stats: %s", json.dumps(w.stats.to_dict()))
             next_stats = time.monotonic() + _STATS_EVERY_S  # after a long stop: one line, not a burst

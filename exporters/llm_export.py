@@ -75,8 +75,9 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
         UserError: the model's package (or gguf, tokenizers) is not installed.
         ExportError: the split does not decode like the whole model.
     """
-    if isinstance(max_context, bool) or not isinstance(max_context, int) or not 16 <= max_context <= 8192:
-        raise ConfigError(f"--max-context must be a whole number in 16..8192 (SmolLM2's context), got {max_context!r}")
+    if isinstance(max_context, bool) or not isinstance(max_context, int) or not 64 <= max_context <= 8192:
+        raise ConfigError(f"--max-context must be a whole number in 64..8192 (the chat template alone takes ~30 "
+                          f"positions; SmolLM2's context is 8192), got {max_context!r}")
     if front_precision not in ("fp32", "int8"):
         raise ConfigError(f"--front-precision must be fp32 or int8, got {front_precision!r}")
     if codec not in ("none", "tsq"):

@@ -9,6 +9,7 @@ import os
 import queue
 import signal
 import subprocess
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -149,7 +150,7 @@ def test_a_session_evicted_by_the_worker_is_replayed(llm_bundle, broker, workers
 
 def test_no_worker_is_a_transport_error_after_the_replays(llm_bundle, broker):
     with LlmDevice(llm_bundle, broker.url, step_timeout_s=0.5, max_replays=1) as dev:
-        with pytest.raises(TransportError, match="no server worker answered step 0 .* `edgerun serve` workers"):
+        with pytest.raises(TransportError, match="no server worker answered position 0 .* `edgerun serve` workers"):
             dev.generate(PROMPT, max_new_tokens=2)
 
 
@@ -246,3 +247,76 @@ def test_a_prompt_and_a_replay_longer_than_a_frame_go_in_several_frames(llm_bund
     frames = -(-g.prompt_tokens // 8)  # the prompt's frames, each a few bytes over 8 positions
     assert 8 * 2304 * (frames - 1) < g.steps[0].up_bytes < frames * (8 * 2304 + 400)
     _check_each_position_answered_once(g, g.prompt_tokens)
+
+
+def test_a_false_offline_for_the_pinned_worker_on_another_topic_changes_nothing(llm_bundle, broker, workers, reference):
+    workers(1)
+    liar = transport.MqttClient(broker.url, f"liar-{os.getpid()}")
+    liar.connect()
+    try:  # retained, on a presence topic that is not w0's, in w0's name
+        liar.publish(transport.presence_topic(llm_bundle.model_id, llm_bundle.topic_id, "server", "liar"),
+                     transport.presence_payload("server", "w0", "offline"), retain=True)
+        with LlmDevice(llm_bundle, broker.url) as dev:
+            g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+    finally:
+        liar.close()
+    assert g.tokens == reference and g.replays == 0 and g.stale_replies == 0
+
+
+def test_frames_a_server_refuses_as_too_large_are_halved_until_they_pass(llm_bundle, broker, workers, reference):
+    workers(1, "--max-frame-mb", "0.05")  # ~21 positions of 2,304 B; the prompt is ~37
+    with LlmDevice(llm_bundle, broker.url) as dev:
+        g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+        assert dev.frame_positions <= 21
+    assert g.tokens == reference and g.steps[0].replays >= 1 and "too_large" in g.steps[0].why
+
+
+def test_a_broker_that_dies_mid_generation_is_a_transport_error_naming_the_broker(llm_bundle, broker, workers):
+    workers(1)
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=30) as dev:
+        _after_step(dev, 3, lambda g: broker.stop())
+        with pytest.raises(TransportError, match="broker"):
+            dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+
+
+@pytest.mark.parametrize("kwargs, match", [({"seed": -1, "prompt": PROMPT}, "seed"),
+                                           ({"prompt": "   "}, "prompt is empty"),
+                                           ({"prompt": "bad \udcff byte"}, "UTF-8")])
+def test_bad_generation_arguments_are_config_errors(llm_bundle, broker, kwargs, match):
+    from edgerun.errors import ConfigError
+
+    with LlmDevice(llm_bundle, broker.url) as dev:
+        with pytest.raises(ConfigError, match=match):
+            dev.generate(max_new_tokens=2, **kwargs)
+    with pytest.raises(ConfigError, match="threads"):
+        LlmDevice(llm_bundle, broker.url, threads=0)
+
+
+def test_the_context_holds_a_prompt_plus_new_tokens_up_to_one_past_it(llm_bundle, broker, workers):
+    """The last new token is never sent: a 256-position bundle takes 250 prompt tokens + 7 new ones."""
+    from edgerun.errors import ConfigError
+
+    workers(1)
+    with LlmDevice(llm_bundle, broker.url) as dev:
+        ids = [198] * 250
+        g = dev.generate(ids=ids, max_new_tokens=7, stop_at_eos=False)
+        assert len(g.tokens) == 7 and g.steps[-1].position == 255
+        with pytest.raises(ConfigError, match="context of 256"):
+            dev.generate(ids=ids, max_new_tokens=8)
+
+
+def test_serve_takes_an_archive_of_an_llm_bundle(llm_bundle, broker, wait_online, tmp_path, reference):
+    import tarfile
+
+    from tests.integration.conftest import ServerProc
+
+    archive = tmp_path / "llm.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.add(llm_bundle.path, arcname=".")
+    p = ServerProc(SimpleNamespace(path=archive), broker.url)  # serves the archive, not the directory
+    try:
+        wait_online(llm_bundle, broker.url, 1, [p])
+        with LlmDevice(llm_bundle, broker.url) as dev:
+            assert dev.generate(PROMPT, max_new_tokens=N_TOKENS).tokens == reference
+    finally:
+        p.stop()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -77,3 +79,80 @@ def test_top_1_is_argmax():
 def test_a_malformed_llm_entry_is_a_bundle_error_that_says_re_export(bad):
     with pytest.raises(BundleError, match="edgerun llm export"):
         llm.LlmSpec.from_json(bad)
+
+
+@pytest.mark.parametrize("ttl", [0, -5, float("nan"), float("inf"), "10"])
+def test_a_session_ttl_must_be_a_positive_number_of_seconds(ttl):
+    with pytest.raises(ConfigError, match="session_ttl_s"):
+        llm.SessionStore(_Half(), ttl_s=ttl)
+
+
+def test_starting_a_session_frees_those_idle_past_their_ttl_and_so_does_expire():
+    s = llm.SessionStore(_Half(), max_sessions=8, ttl_s=1)
+    for i in range(5):
+        s.start(f"s{i}", 0.0)
+    s.start("new", 1000.0)  # a worker that only ever sees new sessions
+    assert len(s) == 1 and s.evicted == 5
+    s.expire(2000.0)  # the serve loop's tick, with no request at all
+    assert len(s) == 0
+
+
+def _manifest(**over):
+    m = {"bundle_hash": "ab" * 32, "model_id": "m", "files": {},
+         "llm": {"cut": 15, "layers": 30, "hidden": 576, "kv_heads": 3, "head_dim": 64, "vocab": 49152, "eos": 2,
+                 "max_context": 256}, "chat": {"user": "<u>{prompt}</u>"}, "codec": {"id": "none"}}
+    m.update(over)
+    return m
+
+
+@pytest.mark.parametrize("over", [{"chat": "str"}, {"chat": {"user": "no placeholder"}},
+                                  {"codec": {"id": "tsq", "params": {"hidden": "zz"}}},
+                                  {"codec": {"id": "tsq", "params": {"hidden": "0102"}}},
+                                  {"codec": {"id": "gzip"}}, {"codec": "tsq"}])
+def test_a_resealed_manifest_with_a_bad_chat_template_or_codec_is_refused_at_load(over, tmp_path):
+    with pytest.raises(BundleError, match="edgerun llm export"):
+        llm.LlmBundle(tmp_path, _manifest(**over))
+
+
+@pytest.mark.parametrize("field, value", [("eos", -5), ("eos", 49152), ("max_context", 10**9)])
+def test_spec_values_outside_the_model_are_refused(field, value, tmp_path):
+    m = _manifest()
+    m["llm"][field] = value
+    with pytest.raises(BundleError, match="edgerun llm export"):
+        llm.LlmBundle(tmp_path, m)
+
+
+def test_a_reply_must_be_top_k_rows_of_one_sequence():
+    from edgerun import wire
+    from edgerun.errors import FrameError
+    from edgerun.llm_device import _check_reply
+
+    def reply(ids, vals):
+        return wire.Frame(kind=wire.Kind.REPLY, request_id=1, seq=0, bundle_hash=bytes(16), tensors=[ids, vals], meta={})
+
+    _check_reply(reply(np.array([[5, 6]], np.int64), np.array([[1.0, 0.5]], np.float32)), 8)
+    for ids, vals in [(np.array([5], np.int64), np.array([1.0], np.float32)),  # 1-D: made the device's choice crash
+                      (np.array([[5, 6]], np.int64), np.array([[1.0, np.nan]], np.float32)),
+                      (np.zeros((1, 9), np.int64), np.zeros((1, 9), np.float32))]:  # more than asked for
+        with pytest.raises(FrameError, match="not a split-LLM answer"):
+            _check_reply(reply(ids, vals), 8)
+
+
+def test_a_step_whose_logits_come_out_nan_is_refused_and_leaves_the_cache_as_it_was():
+    """Finite but huge hidden states can overflow inside the back half; the reply would rank NaNs."""
+    from edgerun.errors import FrameError
+    from edgerun.llm_server import LlmWorker
+
+    class _NanBack(_Half):
+        def step(self, x, cache):
+            cache.append(np.ones((2, 1, 3, x.shape[1], 4), np.float32), np.ones((2, 1, 3, x.shape[1], 4), np.float32))
+            return np.full((1, 10), np.nan, np.float32)
+
+    w = object.__new__(LlmWorker)  # just the session logic: no bundle, no broker
+    w.back = _NanBack()
+    w.sessions = llm.SessionStore(w.back)
+    now = time.monotonic()  # what the worker's step uses
+    w.sessions.start("s", now).append(np.zeros((2, 1, 3, 4, 4), np.float32), np.zeros((2, 1, 3, 4, 4), np.float32))
+    with pytest.raises(FrameError, match="NaN / Inf logits") as e:
+        w._step("s", 4, np.full((1, 1, 576), 3e38, np.float32))
+    assert e.value.code == "bad_tensors" and w.sessions.get("s", now).length == 4
