@@ -80,6 +80,11 @@ def run_cmd(
     frame_positions: int = typer.Option(1024, "--frame-positions", help="most positions per request (a long prompt "
                                         "or a replay goes in several; halved by itself when a server refuses a "
                                         "frame as too large)"),
+    tools: Path = typer.Option(None, "--tools", help="a tool index (edgerun tools build): answer with a tool call, "
+                               "offering the LLM only the tools the question keeps"),
+    k_max: int = typer.Option(3, "--k-max", help="with --tools: keep at most this many tools (each tool's schema "
+                              "costs the prompt ~100-300 positions)"),
+    offer_all: bool = typer.Option(False, "--offer-all", help="with --tools: offer every tool of the index (a plain agent)"),
     device_id: str = typer.Option(None, "--device-id", help="this device's id in topics"),
     as_json: bool = typer.Option(False, "--json", help="print the generation (tokens, steps, bytes) as JSON"),
 ) -> None:
@@ -87,11 +92,36 @@ def run_cmd(
     try:
         from edgerun.llm_device import LlmDevice
 
+        answer = None
+        selector = None
+        if tools is not None:
+            from dataclasses import replace
+
+            from edgerun.tools import ToolIndex, ToolSelector
+
+            index = ToolIndex.load(tools)
+            selector = ToolSelector(index, rule=replace(index.rule, k_max=k_max))
         with LlmDevice(bundle, broker, device_id=device_id, threads=threads, topk=topk,
                        step_timeout_s=step_timeout_s, frame_positions=frame_positions) as dev:
-            g = dev.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+            if selector is not None:
+                from edgerun.llm_agent import Agent
+
+                answer = Agent(dev, selector).ask(prompt, max_new_tokens=max_new_tokens, offer_all=offer_all)
+                g = answer.generation
+            else:
+                g = dev.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     except EdgerunError as exc:
         _fail(exc)
+    if answer is not None:
+        if as_json:
+            typer.echo(json.dumps(answer.to_dict(), indent=2))
+            return
+        typer.echo(answer.call)
+        typer.echo(f"[tool {answer.tool or '(none of the offered)'}; offered {len(answer.offered)} of "
+                   f"{answer.selection.catalog_size} tools ({', '.join(answer.offered[:5])}"
+                   f"{', ...' if len(answer.offered) > 5 else ''}); prompt {answer.prompt_positions} positions, "
+                   f"{g.bytes_up} B up; workers {', '.join(g.workers)}; replays {g.replays}]", err=True)
+        return
     if as_json:
         typer.echo(json.dumps(g.to_dict(), indent=2))
         return

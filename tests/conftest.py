@@ -88,7 +88,7 @@ def llm_bundle(tmp_path_factory):
     from edgerun.llm import LlmBundle
 
     out = tmp_path_factory.mktemp("llm") / "smollm2"
-    export_llm(out, cut=15, max_context=256)
+    export_llm(out, cut=15, max_context=1024)
     return LlmBundle.load(out)
 
 

@@ -200,8 +200,8 @@ def test_the_server_answers_bad_session_requests_with_clear_error_codes(llm_bund
         assert code(raw.ask(sid, 0, bad)) == "bad_tensors"
         assert code(raw.ask(sid, 0, np.zeros((2, 1, 576), np.float32))) == "bad_tensors"
         assert code(raw.ask(sid, 0, np.zeros((1, 3, 100), np.float32))) == "bad_tensors"
-        too_long = raw.ask(sid, 255, h)
-        assert code(too_long) == "too_long" and "context of 256" in too_long.meta["message"]
+        too_long = raw.ask(sid, 1023, h)
+        assert code(too_long) == "too_long" and "context of 1024" in too_long.meta["message"]
         assert code(raw.ask(sid, 3, h[:, :1])) == "ok"  # the session survived every refusal
     finally:
         raw.close()
@@ -293,15 +293,15 @@ def test_bad_generation_arguments_are_config_errors(llm_bundle, broker, kwargs, 
 
 
 def test_the_context_holds_a_prompt_plus_new_tokens_up_to_one_past_it(llm_bundle, broker, workers):
-    """The last new token is never sent: a 256-position bundle takes 250 prompt tokens + 7 new ones."""
+    """The last new token is never sent: a 1024-position bundle takes 1018 prompt tokens + 7 new ones."""
     from edgerun.errors import ConfigError
 
     workers(1)
     with LlmDevice(llm_bundle, broker.url) as dev:
-        ids = [198] * 250
+        ids = [198] * 1018
         g = dev.generate(ids=ids, max_new_tokens=7, stop_at_eos=False)
-        assert len(g.tokens) == 7 and g.steps[-1].position == 255
-        with pytest.raises(ConfigError, match="context of 256"):
+        assert len(g.tokens) == 7 and g.steps[-1].position == 1023
+        with pytest.raises(ConfigError, match="context of 1024"):
             dev.generate(ids=ids, max_new_tokens=8)
 
 
@@ -320,3 +320,24 @@ def test_serve_takes_an_archive_of_an_llm_bundle(llm_bundle, broker, wait_online
             assert dev.generate(PROMPT, max_new_tokens=N_TOKENS).tokens == reference
     finally:
         p.stop()
+
+
+def test_the_agent_offers_the_llm_only_the_kept_tools_and_reads_the_call(llm_bundle, broker, workers, tmp_path):
+    """Tool selection on the device + the split LLM: fewer tools, fewer prompt positions on the link."""
+    from edgerun.exporters import tools
+    from edgerun.llm_agent import ANSWER_PREFIX, Agent
+    from edgerun.tools import Rule, ToolIndex, ToolSelector
+    from tests.runtime.test_tool_index import CATALOG, QUERIES
+
+    tools.build_index(CATALOG, tmp_path / "robot", queries=QUERIES, index_id="robot")
+    index = ToolIndex.load(tmp_path / "robot")
+    workers(1)
+    with LlmDevice(llm_bundle, broker.url) as dev:
+        agent = Agent(dev, ToolSelector(index, rule=Rule(index.rule.floor, index.rule.margin, 2)))
+        kept = agent.ask("Will it snow in Oslo tomorrow?", max_new_tokens=12)
+        every = agent.ask("Will it snow in Oslo tomorrow?", max_new_tokens=12, offer_all=True)
+    assert kept.offered == kept.selection.names and 1 <= len(kept.offered) <= 2 and "get_weather" in kept.offered
+    assert every.offered == [t["name"] for t in CATALOG]
+    assert kept.prompt_positions < every.prompt_positions
+    assert kept.generation.bytes_up < every.generation.bytes_up
+    assert kept.call.startswith(ANSWER_PREFIX) and (kept.tool is None or kept.tool in kept.offered)

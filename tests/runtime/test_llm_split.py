@@ -36,7 +36,7 @@ def test_the_export_checked_greedy_decoding_of_the_split_against_the_whole_model
     assert report["check"]["greedy_tokens_equal_whole"] is True
     assert all(p["same_as_whole"] and p["tokens"] > 0 for p in report["check"]["prompts"])
     assert report["bytes_per_token_up"] == 576 * 4
-    assert llm_bundle.spec.cut == 15 and llm_bundle.spec.layers == 30 and llm_bundle.spec.max_context == 256
+    assert llm_bundle.spec.cut == 15 and llm_bundle.spec.layers == 30 and llm_bundle.spec.max_context == 1024
 
 
 def test_the_model_answers_a_factual_question(llm_bundle, halves):
