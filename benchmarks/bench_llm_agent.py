@@ -66,14 +66,7 @@ def main() -> None:
         w = procs.start_server(b.path, broker.url, Path(tmp.name) / "serve.log", "--threads", "1")
         try:
             with LlmDevice(b, broker.url, threads=1, step_timeout_s=2) as dev:
-                until = time.monotonic() + 120
-                while True:  # the worker may still be loading
-                    try:
-                        dev.generate(ids=[1, 2, 3], max_new_tokens=1)
-                        break
-                    except Exception:
-                        if time.monotonic() > until:
-                            raise
+                dev.wait_ready()  # the worker may still be loading
                 dev.step_timeout_s = 60.0
                 agent = Agent(dev, selector)
                 for item in items:

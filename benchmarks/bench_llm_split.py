@@ -81,7 +81,7 @@ def _split(b: llm.LlmBundle, url: str, prompts: list[str], n: int, link: str, wo
         emu = LinkEmulator(parse_broker_url(url), LinkConfig.from_profile(load_link(link), outages=())).start()
     try:
         with LlmDevice(b, emu.url if emu else url, threads=1, step_timeout_s=2) as dev:
-            _wait_answering(dev)  # the worker may still be loading; this also warms it
+            dev.wait_ready()  # the worker may still be loading; this also warms it
             dev.step_timeout_s = 60.0
             gens = [dev.generate(p, max_new_tokens=n) for p in prompts]
     finally:
@@ -120,7 +120,7 @@ def _replay(b: llm.LlmBundle, url: str, prompt: str, n: int, kill_at: int, workd
                 raise RuntimeError(f"the replay workers did not start; see {workdir}/replay*.log")
             time.sleep(0.2)
         with LlmDevice(b, url, threads=1, step_timeout_s=2) as dev:
-            _wait_answering(dev)
+            dev.wait_ready()
             dev.step_timeout_s = 60.0
             orig, killed = dev._ask, []
 
@@ -140,17 +140,6 @@ def _replay(b: llm.LlmBundle, url: str, prompt: str, n: int, kill_at: int, workd
     return {"killed": killed[0], "replayed_positions": step.positions, "why": step.why,
             "replay_step_ms": step.front_ms + step.rtt_ms, "decode_ms": statistics.median(normal),
             "tokens": g.tokens, "workers": g.workers}
-
-
-def _wait_answering(dev: LlmDevice, timeout_s: float = 120.0) -> None:
-    until = time.monotonic() + timeout_s
-    while True:
-        try:
-            dev.generate(ids=[1, 2, 3], max_new_tokens=1)
-            return
-        except Exception:
-            if time.monotonic() > until:
-                raise
 
 
 def main() -> None:

@@ -39,16 +39,10 @@ import torch
 from edgerun import _core
 from edgerun import tools as rt
 from edgerun.exporters import tools, tools_data
+from edgerun.llm_agent import ANSWER_PREFIX, SYSTEM
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SYSTEM = ("You are an expert in composing functions. You are given a question and a set of possible functions. "
-          "Based on the question, you will need to make one function call to achieve the purpose.\n"
-          "You have access to the following tools:\n<tools>{tools}</tools>\n\n"
-          "The output MUST strictly adhere to the following format, and NO other text MUST be included.\n"
-          '<tool_call>[{{"name": "func_name", "arguments": {{"argument1": "value1"}}}}]</tool_call>')
-ANSWER_PREFIX = '<tool_call>[{"name": "'
-
-
+# The agent's system prompt and the opening of its call (edgerun/llm_agent.py): the same text here.
 def load_llm():
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as tl

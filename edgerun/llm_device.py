@@ -153,6 +153,22 @@ class LlmDevice:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Block until a server worker answers (one that is still loading its back half does not):
+        a one-token generation is retried, each try within ``step_timeout_s``.
+
+        Raises:
+            TransportError: none answered within ``timeout_s``.
+        """
+        until = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.generate(ids=[self.bundle.spec.eos], max_new_tokens=1)
+                return
+            except TransportError:
+                if time.monotonic() > until:
+                    raise
+
     # -- generation ----------------------------------------------------------
     def generate(self, prompt: str | None = None, *, ids: list[int] | None = None, max_new_tokens: int = 64,
                  temperature: float = 0.0, seed: int | None = None, stop_at_eos: bool = True) -> Generation:
