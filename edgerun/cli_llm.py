@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from edgerun.cli_plan import _fail, _log
-from edgerun.errors import EdgerunError
+from edgerun.errors import ConfigError, EdgerunError
 
 llm_app = typer.Typer(help="A split LLM: the first layers on the device, the rest (with its KV cache) on the server.",
                       no_args_is_help=True, add_completion=False)
@@ -82,8 +82,8 @@ def run_cmd(
                                         "frame as too large)"),
     tools: Path = typer.Option(None, "--tools", help="a tool index (edgerun tools build): answer with a tool call, "
                                "offering the LLM only the tools the question keeps"),
-    k_max: int = typer.Option(3, "--k-max", help="with --tools: keep at most this many tools (each tool's schema "
-                              "costs the prompt ~100-300 positions)"),
+    k_max: int = typer.Option(None, "--k-max", help="with --tools: keep at most this many tools (default 3; each "
+                              "tool's schema costs the prompt ~100-300 positions)"),
     offer_all: bool = typer.Option(False, "--offer-all", help="with --tools: offer every tool of the index (a plain agent)"),
     device_id: str = typer.Option(None, "--device-id", help="this device's id in topics"),
     as_json: bool = typer.Option(False, "--json", help="print the generation (tokens, steps, bytes) as JSON"),
@@ -94,19 +94,22 @@ def run_cmd(
 
         answer = None
         selector = None
+        if tools is None and (k_max is not None or offer_all):
+            raise ConfigError("--k-max and --offer-all choose the tools of --tools INDEX; give --tools")
         if tools is not None:
             from dataclasses import replace
 
             from edgerun.tools import ToolIndex, ToolSelector
 
             index = ToolIndex.load(tools)
-            selector = ToolSelector(index, rule=replace(index.rule, k_max=k_max))
+            selector = ToolSelector(index, rule=replace(index.rule, k_max=3 if k_max is None else k_max))
         with LlmDevice(bundle, broker, device_id=device_id, threads=threads, topk=topk,
                        step_timeout_s=step_timeout_s, frame_positions=frame_positions) as dev:
             if selector is not None:
                 from edgerun.llm_agent import Agent
 
-                answer = Agent(dev, selector).ask(prompt, max_new_tokens=max_new_tokens, offer_all=offer_all)
+                answer = Agent(dev, selector).ask(prompt, max_new_tokens=max_new_tokens, offer_all=offer_all,
+                                                  temperature=temperature, seed=seed)
                 g = answer.generation
             else:
                 g = dev.generate(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)

@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from edgerun.errors import ConfigError
 from edgerun.llm_device import Generation, LlmDevice
 from edgerun.tools import Selection, ToolSelector
 
@@ -29,6 +30,7 @@ SYSTEM = ("You are an expert in composing functions. You are given a question an
           "The output MUST strictly adhere to the following format, and NO other text MUST be included.\n"
           '<tool_call>[{{"name": "func_name", "arguments": {{"argument1": "value1"}}}}]</tool_call>')
 ANSWER_PREFIX = '<tool_call>[{"name": "'
+CALL_END = "</tool_call>"  # generation stops once the call is closed
 
 
 def prompt(question: str, tools: list[dict[str, Any]]) -> str:
@@ -62,7 +64,8 @@ class Agent:
     def __init__(self, device: LlmDevice, selector: ToolSelector) -> None:
         self.device, self.selector = device, selector
 
-    def ask(self, question: str, *, max_new_tokens: int = 48, offer_all: bool = False) -> Answer:
+    def ask(self, question: str, *, max_new_tokens: int = 48, offer_all: bool = False, temperature: float = 0.0,
+            seed: int | None = None) -> Answer:
         """Select the question's tools (``offer_all``: offer the whole catalog instead, as a plain
         agent would) and generate the call.
 
@@ -74,7 +77,13 @@ class Agent:
         sel = self.selector.select(question)
         offered = self.selector.index.tools if offer_all else sel.tools
         ids = self.device.tokenizer.encode(prompt(question, offered))
-        g = self.device.generate(ids=ids, max_new_tokens=max_new_tokens)
+        context = self.device.bundle.spec.max_context
+        if isinstance(max_new_tokens, int) and len(ids) + max_new_tokens - 1 > context:
+            raise ConfigError(f"the question with {len(offered)} tools' schemas takes {len(ids)} positions (+ "
+                              f"{max_new_tokens} new tokens), past the LLM bundle's context of {context}: offer fewer "
+                              "tools (--k-max) or export the LLM with a larger --max-context")
+        g = self.device.generate(ids=ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                 stop=CALL_END)
         name = g.text.split('"', 1)[0]
         names = [t["name"] for t in offered]
         return Answer(sel, names, len(ids), g, ANSWER_PREFIX + g.text, name if name in names else None)

@@ -50,6 +50,7 @@ class Step:
     replays: int        # times this step was replayed before it was answered
     why: str = ""       # why it was replayed (the last time)
     up_bytes: int = 0   # frames sent for this step (its replays included)
+    shrinks: int = 0    # times a server refused a frame as too large and the session went again in smaller ones
 
 
 @dataclass
@@ -130,6 +131,7 @@ class LlmDevice:
         self._decode, self._encode = wire.best_decoder(), wire.best_encoder()
         self._offline: set[str] = set()
         self._sample: tuple[float, np.random.Generator] = (0.0, np.random.default_rng())
+        self._last_frame = 0  # positions in the last frame sent
         self._client = transport.MqttClient(
             broker_url, f"edgerun-{self.device_id}", on_message=self._inbox.put,
             will=(self._presence, transport.presence_payload("device", self.device_id, "offline")))
@@ -155,24 +157,33 @@ class LlmDevice:
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Block until a server worker answers (one that is still loading its back half does not):
-        a one-token generation is retried, each try within ``step_timeout_s``.
+        one-token generations, each given at most the time left (no replays), 0.2 s apart.
 
         Raises:
-            TransportError: none answered within ``timeout_s``.
+            TransportError: the broker is gone (at once), or no worker answered within ``timeout_s``.
         """
         until = time.monotonic() + timeout_s
-        while True:
-            try:
-                self.generate(ids=[self.bundle.spec.eos], max_new_tokens=1)
-                return
-            except TransportError:
-                if time.monotonic() > until:
-                    raise
+        saved = (self.step_timeout_s, self.max_replays)
+        try:
+            while True:
+                self.step_timeout_s = max(0.05, min(saved[0], until - time.monotonic()))
+                self.max_replays = 0
+                try:
+                    self.generate(ids=[self.bundle.spec.eos], max_new_tokens=1)
+                    return
+                except TransportError:
+                    if not self._client.connected or time.monotonic() >= until:
+                        raise
+                time.sleep(0.2)
+        finally:
+            self.step_timeout_s, self.max_replays = saved
 
     # -- generation ----------------------------------------------------------
     def generate(self, prompt: str | None = None, *, ids: list[int] | None = None, max_new_tokens: int = 64,
-                 temperature: float = 0.0, seed: int | None = None, stop_at_eos: bool = True) -> Generation:
-        """Answer ``prompt`` (one user turn in the model's chat template) or continue raw token ``ids``.
+                 temperature: float = 0.0, seed: int | None = None, stop_at_eos: bool = True,
+                 stop: str | None = None) -> Generation:
+        """Answer ``prompt`` (one user turn in the model's chat template) or continue raw token ``ids``;
+        stop at the end-of-sequence token, after ``max_new_tokens``, or once the text holds ``stop``.
 
         Raises:
             ConfigError: no prompt, an empty one, or one past the bundle's context.
@@ -222,6 +233,8 @@ class LlmDevice:
             g.tokens.append(step.token)
             if stop_at_eos and step.token == spec.eos:
                 break
+            if stop and stop in self.tokenizer.decode(g.tokens):
+                break
             x = np.array([[step.token]], np.int64)
         g.wall_s = time.perf_counter() - t0
         g.text = self.tokenizer.decode(g.tokens)
@@ -239,12 +252,12 @@ class LlmDevice:
                 return Step(position=pos, positions=int(hidden.shape[1]), token=self._choose(ids, logits),
                             front_ms=front_ms, rtt_ms=(time.perf_counter() - t_sent) * 1e3,
                             server_us=int(got.meta.get("server_us", 0)), worker=str(got.meta.get("worker", "")),
-                            replays=replays + shrunk, why=why, up_bytes=up[0])
+                            replays=replays, why=why, up_bytes=up[0], shrinks=shrunk)
             why = got
             replays += 1
-            if why.startswith("too_large") and self.frame_positions > 1:
-                # the server takes smaller frames than ours: halve them and send the session again
-                self.frame_positions = max(1, self.frame_positions // 2)
+            if why.startswith("too_large") and self._last_frame > 1:
+                # the server takes smaller frames than the one it refused: halve that and send the session again
+                self.frame_positions = max(1, min(self.frame_positions, self._last_frame) // 2)
                 replays -= 1  # not a lost worker: does not count against max_replays
                 shrunk += 1
                 if shrunk > 32:
@@ -263,6 +276,7 @@ class LlmDevice:
         got: wire.Frame | str = "nothing sent"
         for start in range(0, hidden.shape[1], self.frame_positions):
             part = np.ascontiguousarray(hidden[:, start:start + self.frame_positions])
+            self._last_frame = int(part.shape[1])
             topic = self._shared if pinned is None else \
                 transport.pinned_request_topic(b.model_id, b.topic_id, pinned, self.device_id)
             rid = next(self._ids) & ((1 << 64) - 1)
@@ -314,7 +328,7 @@ class LlmDevice:
                 continue
             if frame.kind == wire.Kind.ERROR:
                 code, message = str(frame.meta.get("code", "")), str(frame.meta.get("message", ""))
-                if code in REPLAY_CODES or (code == "too_large" and self.frame_positions > 1):
+                if code in REPLAY_CODES or (code == "too_large" and self._last_frame > 1):
                     return f"{code}: {message}"
                 raise error_from_reply(code, message, self.bundle.hash[:12])
             _check_reply(frame, self.topk)

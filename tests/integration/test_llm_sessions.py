@@ -268,7 +268,8 @@ def test_frames_a_server_refuses_as_too_large_are_halved_until_they_pass(llm_bun
     with LlmDevice(llm_bundle, broker.url) as dev:
         g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
         assert dev.frame_positions <= 21
-    assert g.tokens == reference and g.steps[0].replays >= 1 and "too_large" in g.steps[0].why
+    # one halving from the refused frame (~37 positions) to 18, not 1024 -> 512 -> ... -> 16
+    assert g.tokens == reference and g.steps[0].shrinks == 1 and g.replays == 0 and "too_large" in g.steps[0].why
 
 
 def test_a_broker_that_dies_mid_generation_is_a_transport_error_naming_the_broker(llm_bundle, broker, workers):
@@ -325,7 +326,7 @@ def test_serve_takes_an_archive_of_an_llm_bundle(llm_bundle, broker, wait_online
 def test_the_agent_offers_the_llm_only_the_kept_tools_and_reads_the_call(llm_bundle, broker, workers, tmp_path):
     """Tool selection on the device + the split LLM: fewer tools, fewer prompt positions on the link."""
     from edgerun.exporters import tools
-    from edgerun.llm_agent import ANSWER_PREFIX, Agent
+    from edgerun.llm_agent import ANSWER_PREFIX, CALL_END, Agent
     from edgerun.tools import Rule, ToolIndex, ToolSelector
     from tests.runtime.test_tool_index import CATALOG, QUERIES
 
@@ -341,3 +342,22 @@ def test_the_agent_offers_the_llm_only_the_kept_tools_and_reads_the_call(llm_bun
     assert kept.prompt_positions < every.prompt_positions
     assert kept.generation.bytes_up < every.generation.bytes_up
     assert kept.call.startswith(ANSWER_PREFIX) and (kept.tool is None or kept.tool in kept.offered)
+    assert CALL_END not in kept.call or not kept.call.split(CALL_END, 1)[1].strip()  # stops at the call's end
+
+
+def test_wait_ready_returns_once_a_worker_answers_and_fails_without_one(llm_bundle, broker, workers):
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=30, max_replays=3) as dev:
+        with pytest.raises(TransportError, match="no server worker answered"):
+            dev.wait_ready(timeout_s=1)  # each try gets the time left, no replays
+        assert (dev.step_timeout_s, dev.max_replays) == (30, 3)
+        workers(1)
+        dev.wait_ready()
+        broker.stop()
+        with pytest.raises(TransportError, match="broker"):
+            dev.wait_ready(timeout_s=60)  # at once: no worker can answer without a broker
+
+
+def test_tool_options_without_tools_are_refused(llm_bundle, broker, cli_argv):
+    out = subprocess.run([*cli_argv, "llm", "run", str(llm_bundle.path), "hi", "--broker", broker.url, "--k-max", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "give --tools" in out.stderr
