@@ -134,3 +134,70 @@ def run_cmd(
     typer.echo(f"[{len(g.tokens)} tokens; prompt {g.prompt_tokens} tokens in "
                f"{g.steps[0].front_ms + g.steps[0].rtt_ms:.0f} ms{per}; {g.bytes_up} B up, {g.bytes_down} B down; "
                f"workers {', '.join(g.workers)}; replays {g.replays}]", err=True)
+
+
+@llm_app.command("demo")
+def demo_cmd(
+    bundle: Path = typer.Option(Path("bundles/llm"), "--bundle", help="the LLM bundle; exported here first if absent"),
+    prompt: str = typer.Option("What is the capital of France?", "--prompt", help="the user's message"),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens"),
+    kill_at: int = typer.Option(6, "--kill-at", help="kill the pinned worker (SIGKILL) before this step, to show the "
+                                                     "replay (0 = never)"),
+    as_json: bool = typer.Option(False, "--json", help="print the summary as JSON"),
+) -> None:
+    """End to end on this machine: a Mosquitto, two `edgerun serve` workers, the device generating; one worker
+    is killed mid-answer and the session goes on on the other."""
+    import signal
+    import tempfile
+
+    from edgerun import llm, procs
+    from edgerun.broker import Mosquitto
+    from edgerun.llm_device import LlmDevice
+
+    procs.sigterm_unwinds()  # SIGTERM cleans up like Ctrl-C: the broker and the workers stop
+    try:
+        if not llm.is_llm_bundle(bundle):
+            from edgerun.exporters.llm_export import export_llm
+
+            _log(f"exporting SmolLM2-135M-Instruct split after layer 15 to {bundle} (~1 min, 650 MB)")
+            export_llm(bundle)
+        b = llm.LlmBundle.load(bundle)
+        workers = []
+        with tempfile.TemporaryDirectory(prefix="edgerun-llm-demo-") as td, Mosquitto() as broker:
+            _log(f"broker up at {broker.url}; starting two `edgerun serve` workers")
+            try:
+                workers = [procs.start_server(b.path, broker.url, Path(td) / f"w{i}.log", "--worker-id", f"demo-w{i}")
+                           for i in range(2)]
+                with LlmDevice(b, broker.url, step_timeout_s=2) as dev:
+                    dev.wait_ready()
+                    dev.step_timeout_s = 30.0
+                    killed: list[str] = []
+                    ask = dev._ask
+
+                    def kill_pinned(g, *a):  # the demo's fault: the worker holding the session dies
+                        if kill_at and len(g.steps) == kill_at and not killed:
+                            killed.append(g.steps[-1].worker)
+                            workers[int(killed[0].rsplit("w", 1)[1])].send_signal(signal.SIGKILL)
+                            _log(f"killed worker {killed[0]} (SIGKILL) before step {kill_at}")
+                        return ask(g, *a)
+
+                    dev._ask = kill_pinned
+                    g = dev.generate(prompt, max_new_tokens=max_new_tokens)
+            finally:
+                for w in workers:
+                    procs.stop(w)
+    except EdgerunError as exc:
+        _fail(exc)
+    decode = [s.front_ms + s.rtt_ms for s in g.steps[1:] if not s.replays]
+    summary = {"prompt": prompt, "answer": g.text, "tokens": len(g.tokens), "workers": g.workers,
+               "killed": killed[0] if killed else None, "replays": g.replays,
+               "prefill_ms": g.steps[0].front_ms + g.steps[0].rtt_ms,
+               "decode_ms_per_token": sum(decode) / len(decode) if decode else None,
+               "bytes_up": g.bytes_up, "bytes_down": g.bytes_down}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"Q: {prompt}\nA: {g.text}")
+    per = f"{summary['decode_ms_per_token']:.1f} ms per token after it" if decode else "no more tokens"
+    typer.echo(f"[{len(g.tokens)} tokens; prompt {summary['prefill_ms']:.0f} ms, {per}; workers "
+               f"{' -> '.join(g.workers)}; replays {g.replays}; {g.bytes_up} B up, {g.bytes_down} B down]")

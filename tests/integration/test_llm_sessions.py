@@ -361,3 +361,14 @@ def test_tool_options_without_tools_are_refused(llm_bundle, broker, cli_argv):
     out = subprocess.run([*cli_argv, "llm", "run", str(llm_bundle.path), "hi", "--broker", broker.url, "--k-max", "2"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "give --tools" in out.stderr
+
+
+def test_llm_demo_answers_through_a_killed_worker(llm_bundle, cli_argv, reference):
+    """`edgerun llm demo`: its own broker and two workers; the pinned one is killed mid-answer."""
+    out = subprocess.run([*cli_argv, "llm", "demo", "--bundle", str(llm_bundle.path), "--prompt", PROMPT,
+                          "--max-new-tokens", str(N_TOKENS), "--kill-at", "4", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    s = json.loads(out.stdout)
+    assert s["killed"] in s["workers"] and len(s["workers"]) == 2 and s["replays"] == 1
+    assert s["answer"] == llm.Tokenizer(llm_bundle).decode(reference)
