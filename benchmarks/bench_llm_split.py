@@ -72,7 +72,7 @@ def _on_device(b: llm.LlmBundle, prompts: list[list[int]], n: int) -> dict:
             + b.spec.cache_bytes_per_position("back"), "tokens": tokens}
 
 
-def _split(b: llm.LlmBundle, url: str, prompts: list[str], n: int, link: str, workdir: Path) -> dict:
+def _split(b: llm.LlmBundle, url: str, prompts: list[str], n: int, link: str) -> dict:
     from edgerun.linkemu import LinkConfig, LinkEmulator
     from edgerun.transport import parse_broker_url
 
@@ -122,15 +122,14 @@ def _replay(b: llm.LlmBundle, url: str, prompt: str, n: int, kill_at: int, workd
         with LlmDevice(b, url, threads=1, step_timeout_s=2) as dev:
             dev.wait_ready()
             dev.step_timeout_s = 60.0
-            orig, killed = dev._ask, []
+            killed: list[str] = []
 
-            def ask(g, *a):
+            def kill_pinned(g) -> None:
                 if len(g.steps) == kill_at and not killed:
                     killed.append(g.steps[-1].worker)
                     ws[int(g.steps[-1].worker[1:])].send_signal(signal.SIGKILL)
-                return orig(g, *a)
 
-            dev._ask = ask
+            dev.before_step = kill_pinned
             g = dev.generate(prompt, max_new_tokens=n)
     finally:
         for w in ws:
@@ -172,7 +171,7 @@ def main() -> None:
             w = procs.start_server(b.path, broker.url, work / f"serve{cut}{codec}{front}.log", "--threads", "1")
             try:
                 for link in links:
-                    r = _split(b, broker.url, list(PROMPTS), args.tokens, link, work)
+                    r = _split(b, broker.url, list(PROMPTS), args.tokens, link)
                     r["same_tokens_as_on_device"] = r["tokens"] == base["tokens"]
                     r["identical_generations"] = sum(a == c for a, c in zip(r["tokens"], base["tokens"]))
                     r["decode_vs_on_device"] = r["decode_ms"] / base["decode_ms"]

@@ -118,6 +118,15 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def manifest_format(directory: Path) -> str | None:
+    """The ``format`` a directory's manifest declares; None when there is none or it does not parse."""
+    try:
+        m = json.loads((Path(directory) / MANIFEST).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    return m.get("format") if isinstance(m, dict) and isinstance(m.get("format"), str) else None
+
+
 def compute_bundle_hash(manifest: dict[str, Any]) -> str:
     """sha256 over the canonical JSON of the manifest without its own hash field."""
     body = {k: v for k, v in manifest.items() if k != "bundle_hash"}

@@ -172,16 +172,14 @@ def demo_cmd(
                     dev.wait_ready()
                     dev.step_timeout_s = 30.0
                     killed: list[str] = []
-                    ask = dev._ask
 
-                    def kill_pinned(g, *a):  # the demo's fault: the worker holding the session dies
+                    def kill_pinned(g) -> None:  # the demo's fault: the worker holding the session dies
                         if kill_at and len(g.steps) == kill_at and not killed:
                             killed.append(g.steps[-1].worker)
                             workers[int(killed[0].rsplit("w", 1)[1])].send_signal(signal.SIGKILL)
                             _log(f"killed worker {killed[0]} (SIGKILL) before step {kill_at}")
-                        return ask(g, *a)
 
-                    dev._ask = kill_pinned
+                    dev.before_step = kill_pinned
                     g = dev.generate(prompt, max_new_tokens=max_new_tokens)
             finally:
                 for w in workers:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.bundle import LLM_FORMAT_NAME, TensorSpec, open_verified
+from edgerun.bundle import LLM_FORMAT_NAME, TensorSpec, manifest_format, open_verified
 from edgerun.errors import BundleError, ConfigError, FrameError, UserError
 
 FRONT, BACK, TOKENIZER, REPORT = "front.onnx", "back.onnx", "tokenizer.json", "report.json"
@@ -123,13 +123,7 @@ def _check_codec(entry: Any) -> dict[str, Any]:
 
 def is_llm_bundle(path: str | Path) -> bool:
     """Whether ``path`` is a directory whose manifest names the LLM format (archives: False)."""
-    import json
-
-    mf = Path(path) / "manifest.json"
-    try:
-        return json.loads(mf.read_text()).get("format") == LLM_FORMAT_NAME
-    except (OSError, ValueError, AttributeError):
-        return False
+    return manifest_format(Path(path)) == LLM_FORMAT_NAME
 
 
 class Tokenizer:

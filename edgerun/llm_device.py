@@ -23,6 +23,7 @@ import json
 import queue
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,6 +133,9 @@ class LlmDevice:
         self._offline: set[str] = set()
         self._sample: tuple[float, np.random.Generator] = (0.0, np.random.default_rng())
         self._last_frame = 0  # positions in the last frame sent
+        # Called with the Generation before each step is sent (len(g.steps) steps done): a place for
+        # monitoring, and for the tests, the benchmark and the demo to kill a worker mid-answer.
+        self.before_step: Callable[[Generation], None] | None = None
         self._client = transport.MqttClient(
             broker_url, f"edgerun-{self.device_id}", on_message=self._inbox.put,
             will=(self._presence, transport.presence_payload("device", self.device_id, "offline")))
@@ -226,6 +230,8 @@ class LlmDevice:
             if not np.isfinite(h).all():
                 raise FrameError("the front half produced NaN or Inf hidden states; not sent", "bad_tensors")
             history.append(h)
+            if self.before_step is not None:
+                self.before_step(g)
             step = self._ask(g, pos, h, history, pinned, front_ms)
             pinned = step.worker
             pos += h.shape[1]

@@ -19,16 +19,15 @@ The reply carries the top-k next-token ids (int64) and logits (float32) of the l
 from __future__ import annotations
 
 import logging
-import queue
 import re
 import time
 from typing import Any
 
 import numpy as np
 
-from edgerun import llm, transport, wire
+from edgerun import llm, transport
 from edgerun.errors import FrameError
-from edgerun.server import ServerStats, _Worker
+from edgerun.server import _Worker
 
 log = logging.getLogger("edgerun.server")
 
@@ -41,15 +40,9 @@ class LlmWorker(_Worker):
 
     def __init__(self, bundle: llm.LlmBundle, threads: int, max_frame_bytes: int, worker_id: str,
                  max_sessions: int = 32, session_ttl_s: float = 600.0) -> None:
-        self.bundle = bundle
-        self.max_frame_bytes = max_frame_bytes
-        self.max_batch = 1
+        self._common(bundle, max_frame_bytes, worker_id, max_batch=1)  # sessions are not batched
         self.back = llm.Half(bundle, "back", threads)
         self.sessions = llm.SessionStore(self.back, max_sessions, session_ttl_s)
-        self.stats = ServerStats(worker=worker_id)
-        self.decode, self.encode = wire.best_decoder(), wire.best_encoder()
-        self.inbox: queue.Queue[Any] = queue.Queue()
-        self.client: transport.MqttClient | None = None
 
     def extra_filters(self) -> list[str]:
         """This worker's own request topics: the sessions pinned to it."""

@@ -139,14 +139,18 @@ class _Worker:
 
     def __init__(self, bundle: Bundle, threads: int, max_frame_bytes: int, worker_id: str,
                  max_batch: int = 1) -> None:
-        self.bundle = bundle
-        self.max_frame_bytes = max_frame_bytes
-        self.max_batch = max_batch
+        self._common(bundle, max_frame_bytes, worker_id, max_batch)
         self.session = make_back_session(bundle.file("back.onnx"), threads)
         self.in_names = [i.name for i in self.session.get_inputs()]
         self.out_names = [o.name for o in bundle.outputs]
         check_io(bundle.file("back.onnx"), self.in_names, [o.name for o in self.session.get_outputs()],
                  [s.name for s in bundle.cut], self.out_names)
+
+    def _common(self, bundle: Any, max_frame_bytes: int, worker_id: str, max_batch: int) -> None:
+        """What every kind of worker holds: its bundle, limits, stats, codecs, inbox and client."""
+        self.bundle = bundle
+        self.max_frame_bytes = max_frame_bytes
+        self.max_batch = max_batch
         self.stats = ServerStats(worker=worker_id)
         self.decode, self.encode = wire.best_decoder(), wire.best_encoder()
         self.inbox: queue.Queue[Any] = queue.Queue()

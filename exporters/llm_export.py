@@ -109,7 +109,9 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
         (d / "manifest.json").write_text(json.dumps(manifest))  # Half/Tokenizer below read the draft
         draft = rt.LlmBundle(d, {**manifest, "bundle_hash": "0" * 64})
         report = _check(draft, whole_t, cfg, threads)
-        chunks = llm_codec.corpus_chunks(rt.Tokenizer(draft), codec_chunks, codec_tokens)
+        # text to measure the lossy steps on: the stdlib's ~113k tokens, tokenized only when one is asked for
+        chunks = (llm_codec.corpus_chunks(rt.Tokenizer(draft), codec_chunks, codec_tokens)
+                  if front_precision == "int8" or codec == "tsq" else None)
         report["front_precision"] = {"precision": front_precision}
         if front_precision == "int8":
             fp32 = rt.Half(draft, "front", threads)

@@ -22,7 +22,8 @@ import numpy as np
 import onnx
 
 from edgerun import __version__
-from edgerun.bundle import FORMAT_NAME, LLM_FORMAT_NAME, TOOLS_FORMAT_NAME, Bundle, TensorSpec, write_manifest
+from edgerun.bundle import (FORMAT_NAME, LLM_FORMAT_NAME, TOOLS_FORMAT_NAME, Bundle, TensorSpec, manifest_format,
+                            write_manifest)
 from edgerun.errors import ConfigError
 from edgerun.exporters import trace
 from edgerun.exporters.cuts import Cut, find_cuts, resolve_cut, shapes_of
@@ -252,7 +253,7 @@ def check_out_dir(out_dir: str | Path, format_name: str = FORMAT_NAME) -> Path:
                           "its --out directory whole; give a new directory, e.g. --out bundles/model")
     if out.exists() and (not out.is_dir() or ((any(out.iterdir())) and not (out / "manifest.json").exists())):
         raise ConfigError(f"{out} exists and is not a bundle; choose an empty or new --out directory")
-    found = _manifest_format(out / "manifest.json")
+    found = manifest_format(out)  # None for a damaged old bundle: re-exporting is how it is repaired
     if found is not None and found != format_name:
         what = {FORMAT_NAME: "a model bundle", TOOLS_FORMAT_NAME: "a tool index",
                 LLM_FORMAT_NAME: "an LLM bundle"}.get(found, f"a {found!r} directory")
@@ -265,16 +266,6 @@ def check_out_dir(out_dir: str | Path, format_name: str = FORMAT_NAME) -> Path:
         raise ConfigError(f"cannot write the bundle beside {out} ({exc.strerror or exc}); "
                           "choose a writable --out directory") from exc
     return out
-
-
-def _manifest_format(mf: Path) -> str | None:
-    """The ``format`` a manifest declares; None when there is none or it does not parse (a damaged
-    old bundle may be replaced: re-exporting is how it is repaired)."""
-    try:
-        m = json.loads(mf.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return None
-    return m.get("format") if isinstance(m, dict) and isinstance(m.get("format"), str) else None
 
 
 def _samples(src: SourceModel, model: onnx.ModelProto) -> np.ndarray:

@@ -74,16 +74,17 @@ def workers(llm_bundle, broker, wait_online):
 
 
 def _after_step(dev: LlmDevice, n: int, action) -> None:
-    """Run ``action(generation)`` once, before the device sends step ``n``."""
-    orig, done = dev._ask, []
+    """Run ``action(generation)`` once, before the device sends step ``n`` (chains an earlier hook)."""
+    prev, done = dev.before_step, []
 
-    def ask(g, *args):
+    def hook(g):
+        if prev is not None:
+            prev(g)
         if len(g.steps) == n and not done:
             done.append(True)
             action(g)
-        return orig(g, *args)
 
-    dev._ask = ask
+    dev.before_step = hook
 
 
 def _check_each_position_answered_once(g, prompt_tokens: int) -> None:
