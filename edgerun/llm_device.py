@@ -6,7 +6,9 @@ keeps every hidden state it sent (``hidden`` floats per position) so that it can
 the pinned worker goes offline (its presence, i.e. its last will when it dies), does not answer
 within ``step_timeout_s``, or answers ``session_lost`` / ``session_gap``, the whole session so far
 is sent from position 0 on the shared topic and whichever worker takes it rebuilds the cache and
-answers the pending step. Each step's token is taken from exactly one reply: replies to requests
+answers the pending step. The broker drops a message no one subscribes to, so a request for the
+shared topic waits (up to ``step_timeout_s``) until some worker of this bundle is online: a replay
+after the last worker died goes to its replacement once that one has loaded, not into the void. Each step's token is taken from exactly one reply: replies to requests
 the device has given up on are counted (``stale_replies``) and dropped, so no answer is lost and
 none is given twice.
 
@@ -91,7 +93,8 @@ class LlmDevice:
         device_id: topic segment naming this device (default ``device-<host>-<pid>-<hex>``).
         threads: onnxruntime threads for the front half.
         topk: next-token candidates each reply carries (sampling with ``temperature`` draws from them).
-        step_timeout_s: no reply within this: the session is replayed on the shared topic.
+        step_timeout_s: no reply within this: the session is replayed on the shared topic. Also the
+            longest wait for some worker to be online before a request on the shared topic.
         max_replays: replays of one step before it fails with TransportError.
         frame_positions: most positions one request carries (a long prompt, or a replay, goes in
             several; 1024 hidden states of SmolLM2 are 2.4 MB raw, under `serve`'s 16 MiB limit).
@@ -131,6 +134,7 @@ class LlmDevice:
         self._ids = itertools.count(secrets.randbits(48))
         self._decode, self._encode = wire.best_decoder(), wire.best_encoder()
         self._offline: set[str] = set()
+        self._online: set[str] = set()  # workers of this bundle whose presence says online
         self._sample: tuple[float, np.random.Generator] = (0.0, np.random.default_rng())
         self._last_frame = 0  # positions in the last frame sent
         # Called with the Generation before each step is sent (len(g.steps) steps done): a place for
@@ -161,7 +165,9 @@ class LlmDevice:
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
         """Block until a server worker answers (one that is still loading its back half does not):
-        one-token generations, each given at most the time left (no replays), 0.2 s apart.
+        one-token generations, each given at most the time left (no replays), 0.2 s apart. Each try
+        may wait ``step_timeout_s`` for a worker's presence and as long for its answer, so a try gets
+        half the time left.
 
         Raises:
             TransportError: the broker is gone (at once), or no worker answered within ``timeout_s``.
@@ -170,7 +176,7 @@ class LlmDevice:
         saved = (self.step_timeout_s, self.max_replays)
         try:
             while True:
-                self.step_timeout_s = max(0.05, min(saved[0], until - time.monotonic()))
+                self.step_timeout_s = max(0.05, min(saved[0], (until - time.monotonic()) / 2))
                 self.max_replays = 0
                 try:
                     self.generate(ids=[self.bundle.spec.eos], max_new_tokens=1)
@@ -283,6 +289,8 @@ class LlmDevice:
         for start in range(0, hidden.shape[1], self.frame_positions):
             part = np.ascontiguousarray(hidden[:, start:start + self.frame_positions])
             self._last_frame = int(part.shape[1])
+            if pinned is None:
+                self._await_worker(g)
             topic = self._shared if pinned is None else \
                 transport.pinned_request_topic(b.model_id, b.topic_id, pinned, self.device_id)
             rid = next(self._ids) & ((1 << 64) - 1)
@@ -340,9 +348,33 @@ class LlmDevice:
             _check_reply(frame, self.topk)
             return frame
 
+    def _await_worker(self, g: Generation) -> None:
+        """Before a request on the shared topic: read the presence that has come in and, while no worker
+        of this bundle is online, wait for one (at most ``step_timeout_s``; then send all the same, as
+        a broker or worker that keeps no presence would never say). Replies read here answer requests
+        already given up on."""
+        until = time.monotonic() + self.step_timeout_s
+        while True:
+            try:
+                msg = self._inbox.get_nowait() if self._online else \
+                    self._inbox.get(timeout=max(0.0, min(until - time.monotonic(), 0.25)))
+            except queue.Empty:
+                if self._online or time.monotonic() >= until or not self._client.connected:
+                    return  # a lost broker is reported by the send that follows
+                continue
+            if msg.topic == self._resp:
+                g.bytes_down += len(msg.payload)
+                g.stale_replies += 1
+            else:
+                self._presence_changed(msg)
+
     def _presence_changed(self, msg: Any) -> None:
-        """A worker's presence: only its own topic speaks for it (the id in the body must agree)."""
+        """A worker's presence: only its own topic speaks for it (the id in the body must agree). A
+        cleared (empty) presence is a worker gone for good."""
         wid = str(msg.topic).rsplit("/", 1)[-1]
+        if not msg.payload:
+            self._online.discard(wid)
+            return
         try:
             body = json.loads(msg.payload)
             status = body["status"]
@@ -352,8 +384,11 @@ class LlmDevice:
             return
         if status == "offline":
             self._offline.add(wid)
+            self._online.discard(wid)
         else:
             self._offline.discard(wid)
+            if body.get("bundle", self.bundle.hash) == self.bundle.hash:
+                self._online.add(wid)
 
     def _choose(self, ids: np.ndarray, logits: np.ndarray) -> int:
         """Greedy (temperature 0): the best id; else a draw from the top-k's softmax at that temperature."""

@@ -59,11 +59,13 @@ def workers(llm_bundle, broker, wait_online):
 
     started: list[ServerProc] = []
 
-    def start(n: int, *extra: str, first: int = 0, bundle: llm.LlmBundle | None = None) -> list[ServerProc]:
+    def start(n: int, *extra: str, first: int = 0, bundle: llm.LlmBundle | None = None,
+              wait: bool = True) -> list[ServerProc]:
         b = bundle or llm_bundle
         ps = [ServerProc(b, broker.url, "--worker-id", f"w{first + i}", *extra) for i in range(n)]
         started.extend(ps)
-        wait_online(b, broker.url, n, ps)
+        if wait:
+            wait_online(b, broker.url, n, ps)
         return ps
 
     yield start
@@ -113,6 +115,24 @@ def test_when_the_pinned_worker_is_killed_the_session_is_replayed_on_another(llm
     replayed = next(s for s in g.steps if s.replays)
     assert "went offline" in replayed.why  # its last will, not the 30 s timeout
     assert replayed.positions == replayed.position + 1  # the whole session so far, in one request
+    _check_each_position_answered_once(g, g.prompt_tokens)
+
+
+def test_a_replay_after_the_last_worker_died_waits_for_its_replacement_to_come_online(
+        llm_bundle, broker, workers, reference):
+    """The broker drops a request no one subscribes to: the replay goes out once the new worker says online."""
+    procs = workers(1)
+
+    def replace(g):
+        procs[0].send(signal.SIGKILL)
+        workers(1, first=1, wait=False)  # loads its back half for a few seconds
+
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=120) as dev:
+        _after_step(dev, 4, replace)
+        g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+    assert g.tokens == reference
+    assert g.workers == ["w0", "w1"] and g.replays == 1  # not a lost replay, then a timeout and another
+    assert "went offline" in next(s.why for s in g.steps if s.replays)
     _check_each_position_answered_once(g, g.prompt_tokens)
 
 
