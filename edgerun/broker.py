@@ -29,6 +29,8 @@ from edgerun.procs import die_with_parent
 DEFAULT_MQTT_PORT = 1883
 _INSTALL_HINT = "install it: sudo apt-get install -y mosquitto"
 _SCHEMES = ("mqtt", "tcp")
+FIXED_PORT_ATTEMPTS = 4   # Mosquitto(port=P) tries P this often, FIXED_PORT_PAUSE_S apart, while it is taken
+FIXED_PORT_PAUSE_S = 0.5
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
@@ -187,11 +189,14 @@ class Mosquitto:
         if self.running:
             return self
         self._dir = tempfile.TemporaryDirectory(prefix="edgerun-mosquitto-")
-        # A free port can be taken between our probe and mosquitto's bind: retry.
-        attempts = 1 if self._fixed_port else 3
+        # A free port can be taken between our probe and mosquitto's bind: retry (a new port; a fixed
+        # one, after a pause: a client reconnecting to it may hold it for a moment as its own source port).
+        attempts = FIXED_PORT_ATTEMPTS if self._fixed_port else 3
         for attempt in range(attempts):
             if not self._fixed_port:
                 self.port = free_port(self.host)
+            elif attempt:
+                time.sleep(FIXED_PORT_PAUSE_S)
             if port_open(self.host, self.port):
                 # Someone else listens there: waiting for "the port accepts" would lie.
                 if attempt + 1 < attempts:

@@ -333,14 +333,14 @@ class Device:
         quietly) or got no reply in time (a late reply teaches the round trip).
 
         A reply that came after infer() gave up but before this ran resolved a future nobody reads:
-        it counts as a late reply (dropped, its round trip learnt), like one that comes later."""
-        answered = fut.done() and not fut.cancelled() and fut.exception() is None
-        if answered and not in_time:
-            _, t_recv, rid = fut.result()
-            with self._lock:
-                self.dropped_replies += 1
-            self._late_reply(rid, t_recv, sent[rid])
+        it counts as a late reply (dropped, its round trip learnt), like one that comes later.
+        ``answered`` is read under the lock that ``_on_reply`` resolves the future under: a reply
+        taken from ``_pending`` is then always seen here as answered."""
         with self._lock:
+            answered = fut.done() and not fut.cancelled() and fut.exception() is None
+            late = fut.result() if answered and not in_time else None
+            if late is not None:
+                self.dropped_replies += 1
             for rid, t_sent in sent.items():
                 if self._pending.pop(rid, None) is None:
                     continue  # this id's reply came
@@ -348,6 +348,9 @@ class Device:
                 if len(kept) >= cap:  # a dead server never answers them: oldest out
                     kept.pop(next(iter(kept)))
                 kept[rid] = None if answered else t_sent
+        if late is not None:
+            _, t_recv, rid = late
+            self._late_reply(rid, t_recv, sent[rid])
 
     def _hedge(self, frame: wire.Frame, fut: Future, sent: dict[int, float], expiry_s: int, why: str) -> None:
         """Send ``frame`` again under a new id that resolves the same future."""
@@ -536,14 +539,13 @@ class Device:
             sent = self._late_ids.pop(request_id, None) if fut is None else None
             if fut is None:
                 self.dropped_replies += 1
+            elif not fut.done():  # under the lock: _settle sees a popped id's future as answered
+                fut.set_result((bytes(msg.payload), t_recv, request_id))
         if sent is not None:
             self._late_reply(request_id, t_recv, sent)
             return
         if fut is None:
             log.warning("dropped a reply for unknown or already answered request %s", request_id)
-            return
-        if not fut.done():
-            fut.set_result((bytes(msg.payload), t_recv, request_id))
 
 
 def _check_reply(tensors: list[Any], specs: Any, batch: int, meta: dict) -> None:

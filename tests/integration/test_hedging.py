@@ -18,7 +18,7 @@ from edgerun.errors import ConfigError, TransportError
 pytestmark = pytest.mark.integration
 
 DEADLINE_MS = 1500.0  # far above a loopback round trip (~1 ms), far below paho's 60 s keepalive
-HEDGE_MS = 150.0
+HEDGE_MS = 400.0  # a stall of the test process (GC, CPU steal) must not look like a wait for the hedge
 REQUESTS = 6
 
 
@@ -48,8 +48,9 @@ def test_hedged_requests_meet_their_deadline_with_a_frozen_worker(digits_bundle,
             assert len({r.worker for r in hedged}) == 1  # the live worker answered every hedged copy
             # After the first copy won, both copies go out at once (HEDGE_BOTH_S): the broker hands
             # out messages in turn, so sent one at a time every original met the frozen worker and
-            # each request took hedge_ms. Now only the first one waits for the hedge.
-            assert sum(r.timings_ms["total"] >= HEDGE_MS for r in results) == 1
+            # each request took hedge_ms. Now only the first one waits for the hedge (one more may have
+            # stalled as long on a loaded machine; without the both-at-once mode 3 of the 6 would wait).
+            assert 1 <= sum(r.timings_ms["total"] >= HEDGE_MS for r in results) <= 2
             frozen.send(signal.SIGCONT)  # its late replies now arrive: dropped quietly, not "unknown"
             time.sleep(1.0)
             assert dev.infer(x, deadline_ms=DEADLINE_MS).answered_by == "server"
@@ -71,7 +72,7 @@ def test_a_local_answer_after_a_hedged_miss_says_it_was_hedged(tmp_path_factory,
     server.send(signal.SIGSTOP)
     try:
         with Device(b, broker=broker.url, engine="ort", budget="off", hedge_ms=50.0) as dev:
-            r = dev.infer(x, deadline_ms=400.0)
+            r = dev.infer(x, deadline_ms=2000.0)  # the hedge goes at 50 ms even if the front half is slow
             assert r.local and r.hedged and dev.hedged == 1 and "sent twice" in r.reason
     finally:
         server.send(signal.SIGCONT)
@@ -80,8 +81,8 @@ def test_a_local_answer_after_a_hedged_miss_says_it_was_hedged(tmp_path_factory,
 
 def test_without_a_frozen_worker_nothing_is_sent_twice(digits_bundle, broker, start_servers):
     start_servers(1)
-    with Device(digits_bundle, broker=broker.url, engine="ort", hedge_ms=1000.0) as dev:
-        rs = [dev.infer(_x(digits_bundle), deadline_ms=5000) for _ in range(5)]
+    with Device(digits_bundle, broker=broker.url, engine="ort", hedge_ms=5000.0) as dev:
+        rs = [dev.infer(_x(digits_bundle), deadline_ms=30000) for _ in range(5)]
     assert not any(r.hedged for r in rs) and dev.hedged == 0
 
 
