@@ -7,7 +7,9 @@ Side by side in one run, greedy decoding of the same prompts:
   rest with the session's KV cache, over a private Mosquitto, on loopback or through the userspace
   link emulator (``--links``: devices/*.toml profiles);
 - **replay**: the same split with two workers, the pinned one killed (SIGKILL) before step
-  ``--kill-at``: the cost of the step that replays the session to the other worker.
+  ``--kill-at``: the cost of the step that replays the session to the other worker;
+- **local fallback**: one worker, killed the same way, and a device with ``local_fallback``: the
+  cost of the step where the device loads its back half and rebuilds the session's cache.
 
 Per mode: prefill (the prompt's step, ms), decode (median ms per token after it), bytes up / down per
 generated token, device weight bytes and KV-cache bytes per position. Ratios are split / on device
@@ -141,6 +143,27 @@ def _replay(b: llm.LlmBundle, url: str, prompt: str, n: int, kill_at: int, workd
             "tokens": g.tokens, "workers": g.workers}
 
 
+def _fallback(b: llm.LlmBundle, url: str, prompt: str, n: int, kill_at: int, workdir: Path) -> dict:
+    """One worker, killed before step ``kill_at``; the device (local_fallback) finishes the answer."""
+    w = procs.start_server(b.path, url, workdir / "fallback.log", "--threads", "1", "--worker-id", "f0")
+    try:
+        with LlmDevice(b, url, threads=1, step_timeout_s=2, local_fallback=True) as dev:
+            dev.wait_ready(timeout_s=120)
+            dev.step_timeout_s = 60.0
+            dev.before_step = lambda g: w.send_signal(signal.SIGKILL) if len(g.steps) == kill_at else None
+            g = dev.generate(prompt, max_new_tokens=n)
+    finally:
+        procs.stop(w)
+    local = [s for s in g.steps if s.worker == "local"]
+    first = local[0]
+    return {"why": first.why, "rebuilt_positions": first.positions,
+            "first_local_step_ms": first.front_ms + first.rtt_ms,
+            "server_decode_ms": statistics.median(s.front_ms + s.rtt_ms for s in g.steps[1:] if s.worker != "local"),
+            "local_decode_ms": statistics.median(s.front_ms + s.rtt_ms for s in local[1:]),
+            "local_steps": len(local), "tokens": g.tokens, "workers": g.workers,
+            "device_weight_bytes_after": b.file(llm.FRONT).stat().st_size + b.file(llm.BACK).stat().st_size}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="15:none:fp32,15:tsq:fp32,15:none:int8,15:tsq:int8,5:none:fp32,5:tsq:fp32,"
@@ -156,7 +179,7 @@ def main() -> None:
     cases = [(int(c), k, f) for c, k, f in (x.split(":") for x in args.cases.split(","))]
     links = args.links.split(",")
     args.cache.mkdir(parents=True, exist_ok=True)
-    rows, replay = [], None
+    rows, replay, fallback = [], None, None
     with tempfile.TemporaryDirectory() as td, Mosquitto() as broker:
         work = Path(td)
         for ci, (cut, codec, front) in enumerate(cases):
@@ -168,6 +191,8 @@ def main() -> None:
                 rows.append(base)
                 replay = _replay(b, broker.url, PROMPTS[0], args.tokens, args.kill_at, work)
                 replay["same_tokens_as_on_device"] = replay["tokens"] == base["tokens"][0]
+                fallback = _fallback(b, broker.url, PROMPTS[0], args.tokens, args.kill_at, work)
+                fallback["same_tokens_as_on_device"] = fallback["tokens"] == base["tokens"][0]
             w = procs.start_server(b.path, broker.url, work / f"serve{cut}{codec}{front}.log", "--threads", "1")
             try:
                 for link in links:
@@ -202,11 +227,16 @@ def main() -> None:
     print(f"\nreplay: worker {replay['killed']} killed before step {args.kill_at}: that step sent "
           f"{replay['replayed_positions']} positions and took {replay['replay_step_ms']:.1f} ms "
           f"(other steps {replay['decode_ms']:.1f} ms); tokens as on device: {replay['same_tokens_as_on_device']}")
+    f = fallback
+    print(f"local fallback: the only worker killed before step {args.kill_at}: the device loaded its back half and "
+          f"rebuilt {f['rebuilt_positions']} positions in {f['first_local_step_ms']:.1f} ms (server steps "
+          f"{f['server_decode_ms']:.1f} ms, local steps after it {f['local_decode_ms']:.1f} ms; device weights then "
+          f"{f['device_weight_bytes_after'] / 2**20:.0f} MiB); tokens as on device: {f['same_tokens_as_on_device']}")
     if args.out:
         meta = {"machine": platform.machine(), "cpu": cpu_name(), "threads": 1, "tokens": args.tokens,
                 "prompts": list(PROMPTS), "date": time.strftime("%Y-%m-%d")}
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"meta": meta, "rows": rows, "replay": replay}, indent=2))
+        args.out.write_text(json.dumps({"meta": meta, "rows": rows, "replay": replay, "fallback": fallback}, indent=2))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ Measured here on SmolLM2-135M-Instruct (torch, fp32), the head fit on the first 
 Two fits: least squares (closed form) and a KL fit to the whole model's next-token distribution
 started from it (Adam, ``--steps`` batches of 256 positions).
 
-Run:  python benchmarks/explore_llm_draft.py --out benchmarks/results/zen5/explore_llm_draft.json
+Run:  python benchmarks/explore_llm_draft.py --out benchmarks/results/xeon/explore_llm_draft.json
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=40, help="calibration chunks of 256 tokens")
     ap.add_argument("--steps", type=int, default=600, help="KL-fit batches")
     ap.add_argument("--new-tokens", type=int, default=48)
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/zen5/explore_llm_draft.json"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/xeon/explore_llm_draft.json"))
     a = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -85,6 +85,11 @@ def run_cmd(
     k_max: int = typer.Option(None, "--k-max", help="with --tools: keep at most this many tools (default 3; each "
                               "tool's schema costs the prompt ~100-300 positions)"),
     offer_all: bool = typer.Option(False, "--offer-all", help="with --tools: offer every tool of the index (a plain agent)"),
+    max_replays: int = typer.Option(3, "--max-replays", help="replays of one step before giving up (or, with "
+                                    "--local-fallback, answering here)"),
+    local_fallback: bool = typer.Option(False, "--local-fallback", help="when no server can answer (broker down, "
+                                        "no worker online, none answers), run the back half here and finish the "
+                                        "answer on this machine (the whole model's memory)"),
     device_id: str = typer.Option(None, "--device-id", help="this device's id in topics"),
     as_json: bool = typer.Option(False, "--json", help="print the generation (tokens, steps, bytes) as JSON"),
 ) -> None:
@@ -104,7 +109,8 @@ def run_cmd(
             index = ToolIndex.load(tools)
             selector = ToolSelector(index, rule=replace(index.rule, k_max=3 if k_max is None else k_max))
         with LlmDevice(bundle, broker, device_id=device_id, threads=threads, topk=topk,
-                       step_timeout_s=step_timeout_s, frame_positions=frame_positions) as dev:
+                       step_timeout_s=step_timeout_s, frame_positions=frame_positions, max_replays=max_replays,
+                       local_fallback=local_fallback) as dev:
             if selector is not None:
                 from edgerun.llm_agent import Agent
 
@@ -133,7 +139,8 @@ def run_cmd(
     per = f", {sum(decode) / len(decode):.1f} ms per token after it" if decode else ""
     typer.echo(f"[{len(g.tokens)} tokens; prompt {g.prompt_tokens} tokens in "
                f"{g.steps[0].front_ms + g.steps[0].rtt_ms:.0f} ms{per}; {g.bytes_up} B up, {g.bytes_down} B down; "
-               f"workers {', '.join(g.workers)}; replays {g.replays}]", err=True)
+               f"workers {', '.join(g.workers)}; replays {g.replays}"
+               f"{f'; {g.local_steps} answered here' if g.local_steps else ''}]", err=True)
 
 
 @llm_app.command("demo")

@@ -6,11 +6,18 @@ keeps every hidden state it sent (``hidden`` floats per position) so that it can
 the pinned worker goes offline (its presence, i.e. its last will when it dies), does not answer
 within ``step_timeout_s``, or answers ``session_lost`` / ``session_gap``, the whole session so far
 is sent from position 0 on the shared topic and whichever worker takes it rebuilds the cache and
-answers the pending step. The broker drops a message no one subscribes to, so a request for the
-shared topic waits (up to ``step_timeout_s``) until some worker of this bundle is online: a replay
-after the last worker died goes to its replacement once that one has loaded, not into the void. Each step's token is taken from exactly one reply: replies to requests
+answers the pending step. Each step's token is taken from exactly one reply: replies to requests
 the device has given up on are counted (``stale_replies``) and dropped, so no answer is lost and
-none is given twice.
+none is given twice. The broker drops a message no one subscribes to, so a request for the shared
+topic waits (up to ``step_timeout_s``) until some worker of this bundle is online: a replay after
+the last worker died goes to its replacement once that one has loaded, not into the void.
+
+With ``local_fallback`` the device **answers alone** when no server can: the broker is down (also
+when the device starts; it reconnects in the background), no worker is online, or none answered a
+step after the replays. It then loads the back half here (once; the bundle holds it), rebuilds
+its cache from the hidden states it kept, and finishes the generation itself: the same tokens, at
+on-device cost and memory. Those steps say ``worker == "local"``; the next generation tries the
+servers again.
 
 Example:
     >>> with LlmDevice("bundles/llm", "mqtt://127.0.0.1:1883") as dev:      # doctest: +SKIP
@@ -22,8 +29,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import queue
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -36,7 +45,12 @@ from edgerun import crossing, llm, transport, wire
 from edgerun.device import error_from_reply
 from edgerun.errors import ConfigError, FrameError, TransportError
 
+log = logging.getLogger("edgerun.device")
+
 REPLAY_CODES = ("session_lost", "session_gap")
+LOCAL = "local"             # Step.worker of a step the device answered itself (local_fallback)
+PRESENCE_GRACE_S = 1.0      # local_fallback: how long to wait for a worker's presence before answering here
+RECONNECT_EVERY_S = 1.0     # local_fallback: background reconnect period while the broker is down
 
 
 @dataclass
@@ -49,9 +63,9 @@ class Step:
     front_ms: float
     rtt_ms: float       # request sent -> reply received (replays included)
     server_us: int
-    worker: str
+    worker: str         # the worker that answered, or "local" (the device itself, local_fallback)
     replays: int        # times this step was replayed before it was answered
-    why: str = ""       # why it was replayed (the last time)
+    why: str = ""       # why it was replayed (the last time), or why the device answered it itself
     up_bytes: int = 0   # frames sent for this step (its replays included)
     shrinks: int = 0    # times a server refused a frame as too large and the session went again in smaller ones
 
@@ -78,9 +92,14 @@ class Generation:
     def workers(self) -> list[str]:
         return list(dict.fromkeys(s.worker for s in self.steps))
 
+    @property
+    def local_steps(self) -> int:
+        """Steps the device answered itself (``local_fallback``)."""
+        return sum(s.worker == LOCAL for s in self.steps)
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(replays=self.replays, workers=self.workers)
+        d.update(replays=self.replays, workers=self.workers, local_steps=self.local_steps)
         return d
 
 
@@ -95,18 +114,21 @@ class LlmDevice:
         topk: next-token candidates each reply carries (sampling with ``temperature`` draws from them).
         step_timeout_s: no reply within this: the session is replayed on the shared topic. Also the
             longest wait for some worker to be online before a request on the shared topic.
-        max_replays: replays of one step before it fails with TransportError.
+        max_replays: replays of one step before it fails with TransportError (or, with
+            ``local_fallback``, before the device answers it itself).
         frame_positions: most positions one request carries (a long prompt, or a replay, goes in
             several; 1024 hidden states of SmolLM2 are 2.4 MB raw, under `serve`'s 16 MiB limit).
+        local_fallback: when no server can answer, run the back half here and finish the generation
+            (see the module's docstring); the device then needs the whole model's memory.
 
     Raises:
         BundleError: not an LLM bundle, or damaged.
-        TransportError: the broker cannot be reached.
+        TransportError: the broker cannot be reached (without ``local_fallback``).
     """
 
     def __init__(self, bundle: llm.LlmBundle | str | Path, broker_url: str, *, device_id: str | None = None,
                  threads: int = 1, topk: int = 8, step_timeout_s: float = 10.0, max_replays: int = 3,
-                 frame_positions: int = 1024) -> None:
+                 frame_positions: int = 1024, local_fallback: bool = False) -> None:
         if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= llm.MAX_TOPK:
             raise ConfigError(f"topk={topk!r} must be a whole number in 1..{llm.MAX_TOPK}")
         if not (isinstance(step_timeout_s, (int, float)) and 0 < step_timeout_s <= 3600):
@@ -123,6 +145,9 @@ class LlmDevice:
         b = self.bundle
         self.device_id = transport.check_segment("device id", device_id or transport.default_id("device"))
         self.topk, self.step_timeout_s, self.max_replays = topk, float(step_timeout_s), max_replays
+        self.threads, self.local_fallback = threads, bool(local_fallback)
+        self._back: llm.Half | None = None  # loaded on the first step the device answers itself
+        self._back_cache: llm.Cache | None = None
         self.front = llm.Half(b, "front", threads)
         self._packer = crossing.Packer(b.codec)  # the bundle's activation codec (tsq: token-wise rows)
         self.tokenizer = llm.Tokenizer(b)
@@ -140,21 +165,57 @@ class LlmDevice:
         # Called with the Generation before each step is sent (len(g.steps) steps done): a place for
         # monitoring, and for the tests, the benchmark and the demo to kill a worker mid-answer.
         self.before_step: Callable[[Generation], None] | None = None
-        self._client = transport.MqttClient(
-            broker_url, f"edgerun-{self.device_id}", on_message=self._inbox.put,
-            will=(self._presence, transport.presence_payload("device", self.device_id, "offline")))
-        self._client.connect()
+        self._broker_url = broker_url
+        self._closing = threading.Event()
+        self._reconnector: threading.Thread | None = None
+        self._client = self._new_client()
         try:
-            self._client.subscribe(self._resp)
-            self._client.subscribe(self._servers)
-            self._client.announce(self._presence, transport.presence_payload(
-                "device", self.device_id, "online", bundle=b.hash))
+            self._open(self._client)
+        except TransportError as exc:
+            if not self.local_fallback:
+                raise
+            log.warning("%s; answering on the device and reconnecting in the background", exc)
+            self._reconnector = threading.Thread(target=self._reconnect_loop, name="edgerun-llm-reconnect",
+                                                 daemon=True)
+            self._reconnector.start()
+
+    def _new_client(self) -> transport.MqttClient:
+        return transport.MqttClient(
+            self._broker_url, f"edgerun-{self.device_id}", on_message=self._inbox.put,
+            will=(self._presence, transport.presence_payload("device", self.device_id, "offline")))
+
+    def _open(self, client: transport.MqttClient) -> None:
+        """Connect, subscribe to the replies and the workers' presence, announce ours."""
+        client.connect()
+        try:
+            client.subscribe(self._resp)
+            client.subscribe(self._servers)
+            client.announce(self._presence, transport.presence_payload(
+                "device", self.device_id, "online", bundle=self.bundle.hash))
         except Exception:
-            self._client.close()
+            client.close()
             raise
+
+    def _reconnect_loop(self) -> None:
+        """Background (local_fallback, broker down at the start): connect once the broker is up."""
+        while not self._closing.wait(RECONNECT_EVERY_S):
+            client = self._new_client()
+            try:
+                self._open(client)
+            except TransportError:
+                continue
+            if self._closing.is_set():
+                client.close()
+                return
+            self._client = client
+            log.info("connected to the broker at %s", client.url)
+            return
 
     def close(self) -> None:
         """Disconnect; a clean close clears the retained presence (as ``Device.close`` does)."""
+        self._closing.set()
+        if self._reconnector is not None:
+            self._reconnector.join(timeout=10)
         self._client.close(final=(self._presence, b""))
 
     def __enter__(self) -> LlmDevice:
@@ -173,11 +234,11 @@ class LlmDevice:
             TransportError: the broker is gone (at once), or no worker answered within ``timeout_s``.
         """
         until = time.monotonic() + timeout_s
-        saved = (self.step_timeout_s, self.max_replays)
+        saved = (self.step_timeout_s, self.max_replays, self.local_fallback)
         try:
             while True:
                 self.step_timeout_s = max(0.05, min(saved[0], (until - time.monotonic()) / 2))
-                self.max_replays = 0
+                self.max_replays, self.local_fallback = 0, False  # only a server's answer counts
                 try:
                     self.generate(ids=[self.bundle.spec.eos], max_new_tokens=1)
                     return
@@ -186,7 +247,7 @@ class LlmDevice:
                         raise
                 time.sleep(0.2)
         finally:
-            self.step_timeout_s, self.max_replays = saved
+            self.step_timeout_s, self.max_replays, self.local_fallback = saved
 
     # -- generation ----------------------------------------------------------
     def generate(self, prompt: str | None = None, *, ids: list[int] | None = None, max_new_tokens: int = 64,
@@ -197,7 +258,8 @@ class LlmDevice:
 
         Raises:
             ConfigError: no prompt, an empty one, or one past the bundle's context.
-            TransportError: no worker answered a step after ``max_replays`` replays.
+            TransportError: no worker answered a step after ``max_replays`` replays (without
+                ``local_fallback``), or the broker is gone.
             FrameError / BundleError / InternalError: the server refused a request.
         """
         if (prompt is None) == (ids is None):
@@ -226,7 +288,7 @@ class LlmDevice:
             raise ConfigError(f"seed={seed!r} must be a whole number >= 0")
         self._sample = (float(temperature), np.random.default_rng(seed))
         g = Generation(session=secrets.token_hex(16), prompt_tokens=len(ids), tokens=[], text="")
-        cache, history, pinned, pos = self.front.new_cache(), [], None, 0
+        cache, history, pinned, pos, local = self.front.new_cache(), [], None, 0, False
         x = np.array([ids], np.int64)
         t0 = time.perf_counter()
         for _ in range(max_new_tokens):
@@ -238,7 +300,19 @@ class LlmDevice:
             history.append(h)
             if self.before_step is not None:
                 self.before_step(g)
-            step = self._ask(g, pos, h, history, pinned, front_ms)
+            if local:
+                step = self._answer_here(pos, h, front_ms)
+            else:
+                t_ask = time.perf_counter()
+                try:
+                    step = self._ask(g, pos, h, history, pinned, front_ms)
+                except TransportError as exc:
+                    if not self.local_fallback:
+                        raise
+                    log.warning("answering session %s on the device from position %d: %s", g.session, pos, exc)
+                    step = self._answer_here(pos, np.concatenate(history, axis=1), front_ms, rebuild=True,
+                                             why=str(exc), t=t_ask)
+                    local = True
             pinned = step.worker
             pos += h.shape[1]
             g.steps.append(step)
@@ -251,6 +325,23 @@ class LlmDevice:
         g.wall_s = time.perf_counter() - t0
         g.text = self.tokenizer.decode(g.tokens)
         return g
+
+    def _answer_here(self, pos: int, h: np.ndarray, front_ms: float, *, rebuild: bool = False, why: str = "",
+                     t: float | None = None) -> Step:
+        """The back half on this device (loaded the first time; it stays): with ``rebuild`` (the
+        generation's first such step) a new cache from the whole session's hidden states ``h``, else one
+        more step on that cache. Its ``rtt_ms`` counts from ``t`` (from when the device tried the servers)."""
+        t = time.perf_counter() if t is None else t
+        if self._back is None:
+            self._back = llm.Half(self.bundle, "back", self.threads)
+        if rebuild or self._back_cache is None:
+            self._back_cache = self._back.new_cache()
+        logits = self._back.step(np.ascontiguousarray(h), self._back_cache)
+        if not np.isfinite(logits).all():
+            raise FrameError("the back half gives NaN / Inf logits on this device's hidden states", "bad_tensors")
+        ids, vals = llm.top_k(logits, self.topk)
+        return Step(position=pos, positions=int(h.shape[1]), token=self._choose(ids, vals), front_ms=front_ms,
+                    rtt_ms=(time.perf_counter() - t) * 1e3, server_us=0, worker=LOCAL, replays=0, why=why)
 
     def _ask(self, g: Generation, pos: int, h: np.ndarray, history: list[np.ndarray], pinned: str | None,
              front_ms: float) -> Step:
@@ -351,16 +442,22 @@ class LlmDevice:
     def _await_worker(self, g: Generation) -> None:
         """Before a request on the shared topic: read the presence that has come in and, while no worker
         of this bundle is online, wait for one (at most ``step_timeout_s``; then send all the same, as
-        a broker or worker that keeps no presence would never say). Replies read here answer requests
-        already given up on."""
-        until = time.monotonic() + self.step_timeout_s
+        a broker or worker that keeps no presence would never say). With ``local_fallback`` the wait is
+        ``PRESENCE_GRACE_S`` and then TransportError: the device answers itself rather than wait.
+        Replies read here answer requests already given up on."""
+        grace = min(self.step_timeout_s, PRESENCE_GRACE_S) if self.local_fallback else self.step_timeout_s
+        until = time.monotonic() + grace
         while True:
             try:
                 msg = self._inbox.get_nowait() if self._online else \
                     self._inbox.get(timeout=max(0.0, min(until - time.monotonic(), 0.25)))
             except queue.Empty:
-                if self._online or time.monotonic() >= until or not self._client.connected:
+                if self._online or not self._client.connected:
                     return  # a lost broker is reported by the send that follows
+                if time.monotonic() >= until:
+                    if self.local_fallback:
+                        raise TransportError(f"no server worker of this bundle is online on {self._client.url}")
+                    return
                 continue
             if msg.topic == self._resp:
                 g.bytes_down += len(msg.payload)

@@ -9,6 +9,7 @@ import os
 import queue
 import signal
 import subprocess
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -20,6 +21,7 @@ from edgerun.llm_device import LlmDevice
 
 PROMPT = "Name three colours of the rainbow."
 N_TOKENS = 14
+STEP_TIMEOUT_S = 120  # where a test needs no timeout: a 1018-position prefill takes ~2 s on an idle 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +98,7 @@ def _check_each_position_answered_once(g, prompt_tokens: int) -> None:
 
 def test_a_session_stays_on_one_worker_and_decodes_like_the_halves_in_process(llm_bundle, broker, workers, reference):
     workers(2)
-    with LlmDevice(llm_bundle, broker.url) as dev:
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=STEP_TIMEOUT_S) as dev:
         g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
     assert g.tokens == reference and g.replays == 0 and len(g.workers) == 1
     _check_each_position_answered_once(g, g.prompt_tokens)
@@ -144,14 +146,19 @@ def test_a_frozen_worker_is_replayed_around_and_its_late_answer_is_not_taken(llm
         p = procs[int(g.steps[-1].worker[1:])]
         p.send(signal.SIGSTOP)
         frozen.append(p)
+        dev.step_timeout_s = 3  # only while it is frozen: a slow step elsewhere is not a replay
 
-    with LlmDevice(llm_bundle, broker.url, step_timeout_s=2) as dev:
+    def thaw(g):
+        frozen[0].send(signal.SIGCONT)  # it then answers the request it held
+        dev.step_timeout_s = STEP_TIMEOUT_S
+
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=STEP_TIMEOUT_S) as dev:
         _after_step(dev, 3, freeze)
-        _after_step(dev, 6, lambda g: frozen[0].send(signal.SIGCONT))  # it then answers the request it held
+        _after_step(dev, 6, thaw)
         g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
     assert g.tokens == reference
     # the broker's shared subscription may hand the replay to the frozen worker once more: 1 or 2 replays
-    assert 1 <= g.replays <= 2 and "no reply within 2 s" in next(s.why for s in g.steps if s.replays)
+    assert 1 <= g.replays <= 2 and "no reply within 3 s" in next(s.why for s in g.steps if s.replays)
     _check_each_position_answered_once(g, g.prompt_tokens)
 
 
@@ -159,7 +166,7 @@ def test_a_session_evicted_by_the_worker_is_replayed(llm_bundle, broker, workers
     workers(1, "--max-sessions", "1")
     other = _RawClient(llm_bundle, broker.url)
     try:
-        with LlmDevice(llm_bundle, broker.url) as dev:
+        with LlmDevice(llm_bundle, broker.url, step_timeout_s=STEP_TIMEOUT_S) as dev:
             # another session takes the worker's only slot between two of ours
             _after_step(dev, 5, lambda g: other.ask("ab" * 16, 0, np.zeros((1, 2, 576), np.float32)))
             g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
@@ -277,7 +284,7 @@ def test_a_false_offline_for_the_pinned_worker_on_another_topic_changes_nothing(
     try:  # retained, on a presence topic that is not w0's, in w0's name
         liar.publish(transport.presence_topic(llm_bundle.model_id, llm_bundle.topic_id, "server", "liar"),
                      transport.presence_payload("server", "w0", "offline"), retain=True)
-        with LlmDevice(llm_bundle, broker.url) as dev:
+        with LlmDevice(llm_bundle, broker.url, step_timeout_s=STEP_TIMEOUT_S) as dev:
             g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
     finally:
         liar.close()
@@ -286,7 +293,7 @@ def test_a_false_offline_for_the_pinned_worker_on_another_topic_changes_nothing(
 
 def test_frames_a_server_refuses_as_too_large_are_halved_until_they_pass(llm_bundle, broker, workers, reference):
     workers(1, "--max-frame-mb", "0.05")  # ~21 positions of 2,304 B; the prompt is ~37
-    with LlmDevice(llm_bundle, broker.url) as dev:
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=STEP_TIMEOUT_S) as dev:
         g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
         assert dev.frame_positions <= 21
     # one halving from the refused frame (~37 positions) to 18, not 1024 -> 512 -> ... -> 16
@@ -307,7 +314,7 @@ def test_a_broker_that_dies_mid_generation_is_a_transport_error_naming_the_broke
 def test_bad_generation_arguments_are_config_errors(llm_bundle, broker, kwargs, match):
     from edgerun.errors import ConfigError
 
-    with LlmDevice(llm_bundle, broker.url) as dev:
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=STEP_TIMEOUT_S) as dev:
         with pytest.raises(ConfigError, match=match):
             dev.generate(max_new_tokens=2, **kwargs)
     with pytest.raises(ConfigError, match="threads"):
@@ -319,7 +326,7 @@ def test_the_context_holds_a_prompt_plus_new_tokens_up_to_one_past_it(llm_bundle
     from edgerun.errors import ConfigError
 
     workers(1)
-    with LlmDevice(llm_bundle, broker.url) as dev:
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=STEP_TIMEOUT_S) as dev:
         ids = [198] * 1018
         g = dev.generate(ids=ids, max_new_tokens=7, stop_at_eos=False)
         assert len(g.tokens) == 7 and g.steps[-1].position == 1023
@@ -338,7 +345,7 @@ def test_serve_takes_an_archive_of_an_llm_bundle(llm_bundle, broker, wait_online
     p = ServerProc(SimpleNamespace(path=archive), broker.url)  # serves the archive, not the directory
     try:
         wait_online(llm_bundle, broker.url, 1, [p])
-        with LlmDevice(llm_bundle, broker.url) as dev:
+        with LlmDevice(llm_bundle, broker.url, step_timeout_s=STEP_TIMEOUT_S) as dev:
             assert dev.generate(PROMPT, max_new_tokens=N_TOKENS).tokens == reference
     finally:
         p.stop()
@@ -354,7 +361,7 @@ def test_the_agent_offers_the_llm_only_the_kept_tools_and_reads_the_call(llm_bun
     tools.build_index(CATALOG, tmp_path / "robot", queries=QUERIES, index_id="robot")
     index = ToolIndex.load(tmp_path / "robot")
     workers(1)
-    with LlmDevice(llm_bundle, broker.url) as dev:
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=STEP_TIMEOUT_S) as dev:
         agent = Agent(dev, ToolSelector(index, rule=Rule(index.rule.floor, index.rule.margin, 2)))
         kept = agent.ask("Will it snow in Oslo tomorrow?", max_new_tokens=12)
         every = agent.ask("Will it snow in Oslo tomorrow?", max_new_tokens=12, offer_all=True)
@@ -393,3 +400,52 @@ def test_llm_demo_answers_through_a_killed_worker(llm_bundle, cli_argv, referenc
     s = json.loads(out.stdout)
     assert s["killed"] in s["workers"] and len(s["workers"]) == 2 and s["replays"] == 1
     assert s["answer"] == llm.Tokenizer(llm_bundle).decode(reference)
+
+
+# -- local fallback: the device finishes the answer itself when no server can ----------------------
+def test_with_local_fallback_the_device_finishes_an_answer_its_only_worker_died_in(llm_bundle, broker, workers,
+                                                                                    reference):
+    procs = workers(1)
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=30, local_fallback=True) as dev:
+        _after_step(dev, 4, lambda g: procs[0].send(signal.SIGKILL))
+        g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+        assert g.tokens == reference  # the same answer, no step lost or answered twice
+        assert g.workers == ["w0", "local"] and g.replays == 0 and g.local_steps == len(g.steps) - 4
+        first = g.steps[4]
+        assert "no server worker of this bundle is online" in first.why  # 1 s grace, not the 30 s timeout
+        assert first.positions == first.position + 1  # its cache rebuilt from every hidden state kept
+        assert all(s.positions == 1 and not s.why for s in g.steps[5:])
+        _check_each_position_answered_once(g, g.prompt_tokens)
+        workers(1, first=1)  # the next generation goes to the servers again
+        again = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+    assert again.tokens == reference and again.workers == ["w1"] and again.local_steps == 0
+
+
+def test_with_local_fallback_a_broker_that_dies_mid_generation_leaves_the_answer_to_the_device(
+        llm_bundle, broker, workers, reference):
+    workers(1)
+    with LlmDevice(llm_bundle, broker.url, step_timeout_s=30, local_fallback=True) as dev:
+        _after_step(dev, 3, lambda g: broker.stop())
+        g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+    assert g.tokens == reference and g.workers == ["w0", "local"]
+    assert "broker" in g.steps[3].why and g.local_steps == len(g.steps) - 3
+
+
+def test_a_device_with_local_fallback_starts_with_the_broker_down_and_connects_later(llm_bundle, reference):
+    from edgerun.broker import Mosquitto, free_port
+
+    url = f"mqtt://127.0.0.1:{free_port()}"
+    with pytest.raises(TransportError, match="broker"):
+        LlmDevice(llm_bundle, url)  # without the fallback: nothing could answer
+    with LlmDevice(llm_bundle, url, local_fallback=True) as dev:
+        g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+        assert g.tokens == reference and g.workers == ["local"] and g.bytes_up == 0
+        with pytest.raises(TransportError):
+            dev.wait_ready(timeout_s=1)  # only a server's answer makes it ready, fallback or not
+        assert dev.local_fallback
+        with Mosquitto(port=int(url.rsplit(":", 1)[1])):
+            for _ in range(100):
+                if dev._client.connected:
+                    break
+                time.sleep(0.1)
+            assert dev._client.connected, "the device did not connect once the broker came up"
