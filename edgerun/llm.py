@@ -187,6 +187,8 @@ class Half:
         self.session = ort_session(bundle.file(FRONT if side == "front" else BACK), threads,
                                    "re-export the LLM bundle with `edgerun llm export`")
         self.x_name = self.session.get_inputs()[0].name
+        # bundles from before the server batched sessions have no past_len: they run one session per call
+        self.batches = "past_len" in {i.name for i in self.session.get_inputs()}
         self.spec, self.n_layers = s, n
         hidden = self.session.get_outputs()[0] if side == "front" else self.session.get_inputs()[0]
         width = hidden.shape[-1] if hidden.shape else None
@@ -198,8 +200,30 @@ class Half:
         return Cache(self.n_layers, self.spec.kv_heads, self.spec.head_dim)
 
     def step(self, x: np.ndarray, cache: Cache) -> np.ndarray:
-        y, k, v = self.session.run(None, {self.x_name: x, "past_k": cache.k, "past_v": cache.v})
+        feeds = {self.x_name: x, "past_k": cache.k, "past_v": cache.v}
+        if self.batches:
+            feeds["past_len"] = np.array([cache.length], np.int64)
+        y, k, v = self.session.run(None, feeds)
         cache.append(k, v)
+        return y
+
+    def step_batch(self, xs: list[np.ndarray], caches: list[Cache]) -> np.ndarray:
+        """One new position for each of several sessions in one call (the back half of a bundle that
+        ``batches``): their caches, of different lengths, padded to the longest and masked. Returns
+        the logits, one row per session, and extends each cache."""
+        if not self.batches:
+            raise BundleError("this LLM bundle's back half runs one session per call: re-export it with "
+                              "`edgerun llm export` to batch sessions")
+        n, longest = len(caches), max(c.length for c in caches)
+        shape = (self.n_layers, n, self.spec.kv_heads, longest, self.spec.head_dim)
+        pk, pv = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        for i, c in enumerate(caches):
+            pk[:, i, :, :c.length], pv[:, i, :, :c.length] = c.k[:, 0], c.v[:, 0]
+        lens = np.array([c.length for c in caches], np.int64)
+        y, k, v = self.session.run(None, {self.x_name: np.concatenate(xs), "past_k": pk, "past_v": pv,
+                                          "past_len": lens})
+        for i, c in enumerate(caches):
+            c.append(k[:, i:i + 1], v[:, i:i + 1])
         return y
 
 

@@ -14,6 +14,12 @@ carries the hidden states of new positions, starting at position ``seq``:
   replays the whole session from position 0 on the shared topic and a worker rebuilds it.
 
 The reply carries the top-k next-token ids (int64) and logits (float32) of the last position.
+
+With ``max_batch`` > 1 (``serve --max-batch``) the decode steps (one new position each) of different
+sessions waiting in the inbox run as one back-half call: their caches, of different lengths, padded
+to the longest and masked (the back half's ``past_len`` input). A step weighs about as much as a
+weight read, so N of them cost far less than N calls. A prompt or a replay (several positions)
+runs alone; so does a second step of a session already in the batch.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from edgerun import llm, transport
-from edgerun.errors import FrameError
-from edgerun.server import _Worker
+from edgerun.errors import ConfigError, FrameError
+from edgerun.server import _Request, _Worker
 
 log = logging.getLogger("edgerun.server")
 
@@ -35,44 +42,112 @@ _SESSION = re.compile(r"^[0-9a-f]{32}$")
 DEFAULT_TOPK = 8
 
 
+@dataclass
+class _Step:
+    """A checked split-LLM request: ``rows`` is what it weighs against ``max_batch`` (a prompt or a
+    replay weighs a whole batch, so it runs alone)."""
+
+    req: _Request
+    sid: str
+    topk: int
+    rows: int
+
+
 class LlmWorker(_Worker):
-    """Answers split-LLM requests; the MQTT plumbing (publish, error frames, stats) is the server's."""
+    """Answers split-LLM requests; the MQTT plumbing (publish, error frames, stats) and the gathering
+    of a batch (``_Worker.handle_from``) are the server's."""
 
     def __init__(self, bundle: llm.LlmBundle, threads: int, max_frame_bytes: int, worker_id: str,
-                 max_sessions: int = 32, session_ttl_s: float = 600.0) -> None:
-        self._common(bundle, max_frame_bytes, worker_id, max_batch=1)  # sessions are not batched
+                 max_sessions: int = 32, session_ttl_s: float = 600.0, max_batch: int = 1) -> None:
+        self._common(bundle, max_frame_bytes, worker_id, max_batch)
         self.back = llm.Half(bundle, "back", threads)
+        if max_batch > 1 and not self.back.batches:
+            raise ConfigError("this LLM bundle's back half runs one session per call (exported before the server "
+                              "batched sessions): re-export it with `edgerun llm export`, or serve it with "
+                              "--max-batch 1")
         self.sessions = llm.SessionStore(self.back, max_sessions, session_ttl_s)
 
     def extra_filters(self) -> list[str]:
         """This worker's own request topics: the sessions pinned to it."""
         return [transport.pinned_request_filter(self.bundle.model_id, self.bundle.topic_id, self.stats.worker)]
 
-    def handle_from(self, first: Any, wait_s: float = 0.0, stop: Any = None) -> None:
-        """Answer one message; never raises (sessions are not batched)."""
-        r = self._prepare_llm(first)
+    def _prepare(self, msg: Any) -> _Step | None:  # type: ignore[override]
+        """Decode and check one message (the frame as any worker does, then the session's meta)."""
+        r = self._prepare_llm(msg)
         if r is None:
-            return
+            return None
         req, sid, topk = r
-        frame = req.frame
+        return _Step(req, sid, topk, 1 if req.frame.tensors[0].shape[1] == 1 else self.max_batch)
+
+    def _answer(self, run: list[_Step]) -> None:  # type: ignore[override]
+        """One step alone, or the decode steps of distinct sessions as one call; never raises."""
+        if len(run) == 1:
+            self._answer_one(run[0])
+            return
+        batch, caches, alone, seen = [], [], [], set()
+        for st in run:
+            if st.sid in seen:  # the same session twice (a resend): after the batch, in order
+                alone.append(st)
+                continue
+            seen.add(st.sid)
+            try:
+                caches.append(self._cache(st.sid, st.req.frame.seq))
+                batch.append(st)
+            except FrameError as exc:
+                self._fail_step(st, exc.code, str(exc))
+        if len(batch) == 1:
+            alone.insert(0, batch.pop())
+            caches.clear()
+        if batch:
+            try:
+                logits = self.back.step_batch([np.ascontiguousarray(st.req.frame.tensors[0]) for st in batch], caches)
+            except Exception as exc:  # a bug or onnxruntime failing: answer each, log, keep serving
+                log.exception("a batched back-half call of %d sessions failed", len(batch))
+                for st in batch:
+                    self.sessions.drop(st.sid)  # their caches may hold half a step
+                    self._fail_step(st, "internal", f"server error: {type(exc).__name__}: {exc}")
+            else:
+                self.stats.runs += 1
+                self.stats.max_run = max(self.stats.max_run, len(batch))
+                for i, (st, cache) in enumerate(zip(batch, caches)):
+                    self._finish(st, logits[i:i + 1], cache, batch=len(batch))
+        for st in alone:
+            self._answer_one(st)
+
+    def _answer_one(self, st: _Step) -> None:
         try:
-            logits, length = self._step(sid, frame.seq, frame.tensors[0])
+            cache = self._cache(st.sid, st.req.frame.seq)
+            logits = self.back.step(np.ascontiguousarray(st.req.frame.tensors[0]), cache)
         except FrameError as exc:
-            self._fail(req.topic, req.resp_topic, req.corr, frame.request_id, exc.code, str(exc))
+            self._fail_step(st, exc.code, str(exc))
             return
         except Exception as exc:  # a bug or onnxruntime failing: answer, log, keep serving
-            log.exception("back half failed on request %d (session %s)", frame.request_id, sid)
-            self.sessions.drop(sid)  # its cache may hold half a step
-            self._fail(req.topic, req.resp_topic, req.corr, frame.request_id, "internal",
-                       f"server error: {type(exc).__name__}: {exc}")
+            log.exception("back half failed on request %d (session %s)", st.req.frame.request_id, st.sid)
+            self.sessions.drop(st.sid)  # its cache may hold half a step
+            self._fail_step(st, "internal", f"server error: {type(exc).__name__}: {exc}")
             return
-        ids, vals = llm.top_k(logits, topk)
         self.stats.runs += 1
-        self.stats.max_run = 1
-        self._reply(req, [ids, vals], session_len=length)
+        self.stats.max_run = max(self.stats.max_run, 1)
+        self._finish(st, logits, cache, batch=1)
+
+    def _finish(self, st: _Step, logits: np.ndarray, cache: llm.Cache, batch: int) -> None:
+        """Reply with the top-k, or refuse NaN / Inf logits (the step is taken back out of the cache)."""
+        h = st.req.frame.tensors[0]
+        if not np.isfinite(logits).all():  # finite but huge hidden states overflow inside the back half
+            cache.truncate(st.req.frame.seq)
+            self._fail_step(st, "bad_tensors", f"the back half gives NaN / Inf logits on these hidden states (|h| "
+                                               f"up to {float(np.abs(h).max()):.3g}): the front half diverged; not "
+                                               "answered")
+            return
+        ids, vals = llm.top_k(logits, st.topk)
+        self._reply(st.req, [ids, vals], session_len=cache.length, batch=batch)
+
+    def _fail_step(self, st: _Step, code: str, message: str) -> None:
+        r = st.req
+        self._fail(r.topic, r.resp_topic, r.corr, r.frame.request_id, code, message)
 
     def _prepare_llm(self, msg: Any) -> tuple[Any, str, int] | None:
-        req = self._prepare(msg)  # decodes, checks the frame (kind, bundle, size); counts it
+        req = super()._prepare(msg)  # decodes, checks the frame (kind, bundle, size); counts it
         if req is None:
             return None
         frame, spec = req.frame, self.bundle.spec
@@ -98,7 +173,8 @@ class LlmWorker(_Worker):
             return None
         return req, sid, topk
 
-    def _step(self, sid: str, seq: int, h: np.ndarray) -> tuple[np.ndarray, int]:
+    def _cache(self, sid: str, seq: int) -> llm.Cache:
+        """The session's cache, cut back to ``seq`` (a new one at 0), or FrameError why there is none."""
         now = time.monotonic()
         cache = self.sessions.start(sid, now) if seq == 0 else self.sessions.get(sid, now)
         if cache is None:
@@ -109,12 +185,7 @@ class LlmWorker(_Worker):
                              "replay the session from position 0", "session_gap")
         if seq < cache.length:
             cache.truncate(seq)
-        logits = self.back.step(np.ascontiguousarray(h), cache)
-        if not np.isfinite(logits).all():  # finite but huge hidden states overflow inside the back half
-            cache.truncate(seq)
-            raise FrameError(f"the back half gives NaN / Inf logits on these hidden states (|h| up to "
-                             f"{float(np.abs(h).max()):.3g}): the front half diverged; not answered", "bad_tensors")
-        return logits, cache.length
+        return cache
 
     def tick(self) -> None:
         """Between requests: free the caches of sessions idle longer than the TTL."""

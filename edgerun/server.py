@@ -366,10 +366,7 @@ def serve(
     else:
         from edgerun.llm_server import LlmWorker
 
-        if max_batch != 1:
-            raise ConfigError("--max-batch batches independent requests; a split LLM's sessions are not batched: "
-                              "leave it at 1")
-        w = LlmWorker(b, threads, max_frame_bytes, wid, max_sessions, session_ttl_s)
+        w = LlmWorker(b, threads, max_frame_bytes, wid, max_sessions, session_ttl_s, max_batch)
     # max_queued=0: paho counts replies awaiting the broker's ack against its cap, so a capped server
     # lost computed replies under a burst (8,982 of 1.1 M in a minute of flooding)
     # The client id gets a random suffix: two workers started with one --worker-id kicked each other off the

@@ -168,9 +168,12 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 class Stage(nn.Module):
     """Layers [first, last) of the model on T new positions after P cached ones.
 
-    forward(x, past_k, past_v) -> (y, new_k, new_v):
+    forward(x, past_k, past_v[, past_len]) -> (y, new_k, new_v):
         x: token ids (B, T) int64 when the stage embeds, else hidden states (B, T, hidden);
         past_k / past_v: (n_layers, B, kv_heads, P, head_dim), P >= 0;
+        past_len: (B,) int64, the cached positions of each row that are real (<= P; the rest is
+            padding, masked out): rows of different lengths in one batch (the server batching the
+            decode steps of several sessions). Without it every row has P;
         y: hidden states (B, T, hidden), or the last position's logits (B, vocab) when the stage heads;
         new_k / new_v: the T new positions' keys and values, (n_layers, B, kv_heads, T, head_dim).
     """
@@ -186,16 +189,20 @@ class Stage(nn.Module):
         inv = 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float64) / c.head_dim))
         self.register_buffer("inv_freq", inv.float(), persistent=False)
 
-    def forward(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
+                past_len: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         h = self.tok[x] if self.embed else x
         t, p = h.shape[1], past_k.shape[3]
-        pos = torch.arange(t, dtype=torch.float32) + p
-        ang = pos[:, None] * self.inv_freq[None, :]
-        ang = torch.cat([ang, ang], dim=-1)
-        cos, sin = ang.cos()[None, None], ang.sin()[None, None]
-        # query i (position p + i) sees keys 0 .. p + i
-        keys = torch.arange(t + p)
-        mask = torch.where(keys[None, :] <= (torch.arange(t) + p)[:, None], 0.0, float("-inf"))[None, None]
+        if past_len is None:
+            pos = torch.arange(t, dtype=torch.float32) + p
+            ang = pos[:, None] * self.inv_freq[None, :]
+            ang = torch.cat([ang, ang], dim=-1)
+            cos, sin = ang.cos()[None, None], ang.sin()[None, None]
+            # query i (position p + i) sees keys 0 .. p + i
+            keys = torch.arange(t + p)
+            mask = torch.where(keys[None, :] <= (torch.arange(t) + p)[:, None], 0.0, float("-inf"))[None, None]
+        else:
+            cos, sin, mask = self._ragged(past_len, t, p)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             h, k, v = layer(h, cos, sin, mask, past_k[i], past_v[i])
@@ -204,6 +211,19 @@ class Stage(nn.Module):
         if self.head:
             h = _rms(h[:, -1], self.norm, self.c.eps) @ self.tok.T
         return h, torch.stack(ks), torch.stack(vs)
+
+    def _ragged(self, past_len: torch.Tensor, t: int, p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Rotary angles and mask for rows with ``past_len[b]`` real cached positions of P: row b's
+        query i is position past_len[b] + i and sees its real cached keys and new keys 0..i."""
+        pos = past_len[:, None].to(torch.float32) + torch.arange(t, dtype=torch.float32)[None, :]  # (B, T)
+        ang = pos[..., None] * self.inv_freq
+        ang = torch.cat([ang, ang], dim=-1)
+        cos, sin = ang.cos()[:, None], ang.sin()[:, None]  # (B, 1, T, head_dim)
+        keys = torch.arange(p + t)
+        cached = (keys[None, None, :] < past_len[:, None, None]) & (keys < p)  # (B, 1, P + T): real cached keys
+        new = (keys[None, :] >= p) & (keys[None, :] - p <= torch.arange(t)[:, None])  # (T, P + T): causal new keys
+        ok = cached | new[None]  # (B, T, P + T)  (no Where on booleans: onnxruntime has none)
+        return cos, sin, torch.where(ok, 0.0, float("-inf"))[:, None]
 
     def empty_cache(self, batch: int = 1) -> torch.Tensor:
         c = self.c

@@ -193,12 +193,16 @@ class _RawClient:
         self.c.subscribe(self.resp)
 
     def ask(self, session, seq: int, h, **meta) -> wire.Frame:
+        self.send(session, seq, h, **meta)
+        return wire.decode(self.inbox.get(timeout=30).payload)
+
+    def send(self, session, seq: int, h, **meta) -> int:
         self.rid += 1
         frame = wire.encode(wire.Frame(kind=wire.Kind.REQUEST, request_id=self.rid, seq=seq,
                                        bundle_hash=self.b.hash16, tensors=[h], meta={"session": session, **meta}))
         self.c.publish(transport.request_topic(self.b.model_id, self.b.topic_id, "raw"), frame,
                        response_topic=self.resp, correlation=transport.correlation_bytes(self.rid))
-        return wire.decode(self.inbox.get(timeout=30).payload)
+        return self.rid
 
     def close(self) -> None:
         self.c.close()
@@ -247,10 +251,60 @@ def test_llm_run_prints_the_answer(llm_bundle, broker, workers, cli_argv, refere
     assert g["tokens"] == reference and g["replays"] == 0 and g["text"] == llm.Tokenizer(llm_bundle).decode(reference)
 
 
-def test_serving_an_llm_bundle_refuses_batching(llm_bundle, broker, cli_argv):
-    out = subprocess.run([*cli_argv, "serve", str(llm_bundle.path), "--broker", broker.url, "--max-batch", "4"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "sessions are not batched" in out.stderr
+def test_a_worker_with_max_batch_answers_waiting_decode_steps_of_sessions_of_different_lengths_in_one_call(
+        llm_bundle, broker, workers):
+    """Three sessions' next steps wait while the worker is stopped; it runs them as one call (their
+    caches padded and masked) and each answer is the one the back half gives that session alone."""
+    procs = workers(1, "--max-batch", "3", "--batch-wait-ms", "1000")  # a full batch ends the wait
+    tok, front, back = llm.Tokenizer(llm_bundle), llm.Half(llm_bundle, "front", 2), llm.Half(llm_bundle, "back", 2)
+    raw, steps = _RawClient(llm_bundle, broker.url), []
+    try:
+        for i, prompt in enumerate(("Hi", PROMPT, "What is the capital of France? Answer in one word.")):
+            fc, bc = front.new_cache(), back.new_cache()
+            h = front.step(np.array([tok.chat(prompt)], np.int64), fc)
+            first = raw.ask(f"{i:032x}", 0, h)  # the prompt: alone
+            assert first.kind == wire.Kind.REPLY and first.meta["batch"] == 1
+            back.step(h, bc)
+            h1 = front.step(np.array([[int(first.tensors[0][0, 0])]], np.int64), fc)
+            steps.append((f"{i:032x}", h.shape[1], h1, back.step(h1, bc)))
+        procs[0].send(signal.SIGSTOP)
+        rids = [raw.send(sid, n, h1) for sid, n, h1, _ in steps]
+        procs[0].send(signal.SIGCONT)
+        got = {f.request_id: f for f in (wire.decode(raw.inbox.get(timeout=60).payload) for _ in rids)}
+    finally:
+        procs[0].send(signal.SIGCONT)
+        raw.close()
+    assert len({n for _, n, _, _ in steps}) == 3  # three different cache lengths
+    for rid, (sid, n, _, alone) in zip(rids, steps):
+        f = got[rid]
+        assert f.kind == wire.Kind.REPLY and f.meta["batch"] == 3 and f.meta["session_len"] == n + 1
+        ids, vals = f.tensors
+        want_ids, want_vals = llm.top_k(alone, 8)
+        assert ids[0, 0] == want_ids[0, 0] and np.allclose(vals, want_vals, atol=1e-3)
+
+
+def test_devices_decoding_at_once_through_a_batching_worker_get_their_own_answers(llm_bundle, broker, workers,
+                                                                                 reference):
+    import threading
+
+    workers(1, "--max-batch", "4", "--batch-wait-ms", "5")
+    gens, errors = {}, []
+
+    def run(i):
+        try:
+            with LlmDevice(llm_bundle, broker.url, step_timeout_s=STEP_TIMEOUT_S, threads=1) as dev:
+                gens[i] = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=300)
+    assert not errors and len(gens) == 3
+    assert all(g.tokens == reference and g.replays == 0 for g in gens.values())
+    assert len({g.session for g in gens.values()}) == 3
 
 
 def test_with_the_codec_the_hidden_states_travel_coded_and_a_replay_rebuilds_the_same_session(

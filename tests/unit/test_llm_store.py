@@ -138,21 +138,105 @@ def test_a_reply_must_be_top_k_rows_of_one_sequence():
             _check_reply(reply(ids, vals), 8)
 
 
+def _worker(back, max_batch=1):
+    """An LlmWorker with just its session logic: no bundle, no broker; failures and replies recorded."""
+    from edgerun.llm_server import LlmWorker
+    from edgerun.server import ServerStats
+
+    w = object.__new__(LlmWorker)
+    w.back, w.max_batch, w.stats = back, max_batch, ServerStats(worker="t")
+    w.sessions = llm.SessionStore(back)
+    w.failed, w.replied = [], []
+    w._fail = lambda topic, resp, corr, rid, code, message: w.failed.append((rid, code, message))
+    w._reply = lambda req, outs, **meta: w.replied.append((req.frame.request_id, outs, meta))
+    return w
+
+
+def _step(rid, sid, seq, h, topk=8):
+    from types import SimpleNamespace
+
+    from edgerun.llm_server import _Step
+    from edgerun.server import _Request
+
+    frame = SimpleNamespace(seq=seq, request_id=rid, tensors=[h])
+    return _Step(_Request("t", "r", b"", frame, 0.0), sid, topk, 1 if h.shape[1] == 1 else 4)
+
+
+def _kv(n):
+    return np.zeros((2, 1, 3, n, 4), np.float32)
+
+
 def test_a_step_whose_logits_come_out_nan_is_refused_and_leaves_the_cache_as_it_was():
     """Finite but huge hidden states can overflow inside the back half; the reply would rank NaNs."""
-    from edgerun.errors import FrameError
-    from edgerun.llm_server import LlmWorker
 
     class _NanBack(_Half):
         def step(self, x, cache):
             cache.append(np.ones((2, 1, 3, x.shape[1], 4), np.float32), np.ones((2, 1, 3, x.shape[1], 4), np.float32))
             return np.full((1, 10), np.nan, np.float32)
 
-    w = object.__new__(LlmWorker)  # just the session logic: no bundle, no broker
-    w.back = _NanBack()
-    w.sessions = llm.SessionStore(w.back)
-    now = time.monotonic()  # what the worker's step uses
-    w.sessions.start("s", now).append(np.zeros((2, 1, 3, 4, 4), np.float32), np.zeros((2, 1, 3, 4, 4), np.float32))
-    with pytest.raises(FrameError, match="NaN / Inf logits") as e:
-        w._step("s", 4, np.full((1, 1, 576), 3e38, np.float32))
-    assert e.value.code == "bad_tensors" and w.sessions.get("s", now).length == 4
+    w = _worker(_NanBack())
+    w.sessions.start("s", time.monotonic()).append(_kv(4), _kv(4))
+    w._answer([_step(7, "s", 4, np.full((1, 1, 576), 3e38, np.float32))])
+    assert w.failed[0][:2] == (7, "bad_tensors") and "NaN / Inf logits" in w.failed[0][2]
+    assert w.sessions.get("s", time.monotonic()).length == 4 and not w.replied
+
+
+class _BatchBack(_Half):
+    """Logits that say which row of which call answered; records the calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def step(self, x, cache):
+        self.calls.append(1)
+        cache.append(_kv(x.shape[1]), _kv(x.shape[1]))
+        return np.eye(1, 10, cache.length % 10, dtype=np.float32)
+
+    def step_batch(self, xs, caches):
+        self.calls.append(len(xs))
+        for c in caches:
+            c.append(_kv(1), _kv(1))
+        return np.stack([np.eye(10, dtype=np.float32)[c.length % 10] for c in caches])
+
+
+def test_decode_steps_of_distinct_sessions_run_as_one_call_and_the_rest_alone():
+    w = _worker(_BatchBack(), max_batch=8)
+    now = time.monotonic()
+    for sid, n in (("a", 3), ("b", 5), ("c", 2)):
+        w.sessions.start(sid, now).append(_kv(n), _kv(n))
+    one = np.zeros((1, 1, 576), np.float32)
+    w._answer([_step(1, "a", 3, one), _step(2, "b", 5, one), _step(3, "x", 4, one),  # x: no session here
+               _step(4, "a", 3, one), _step(5, "c", 2, one)])  # 4: a resend of 1, after the batch
+    assert w.back.calls == [3, 1]  # a, b, c together; the resend alone
+    assert [f[:2] for f in w.failed] == [(3, "session_lost")]
+    got = {rid: (int(outs[0][0, 0]), meta) for rid, outs, meta in w.replied}
+    assert got[1] == (4, {"session_len": 4, "batch": 3}) and got[2] == (6, {"session_len": 6, "batch": 3})
+    assert got[5] == (3, {"session_len": 3, "batch": 3})
+    assert got[4] == (4, {"session_len": 4, "batch": 1})  # cut back to 3 first: the same answer as request 1
+    assert w.stats.runs == 2 and w.stats.max_run == 3
+
+
+def test_a_batched_call_that_fails_answers_each_of_its_sessions_and_drops_their_caches():
+    class _Broken(_BatchBack):
+        def step_batch(self, xs, caches):
+            raise RuntimeError("onnxruntime fell over")
+
+    w = _worker(_Broken(), max_batch=8)
+    now = time.monotonic()
+    for sid in "ab":
+        w.sessions.start(sid, now).append(_kv(2), _kv(2))
+    one = np.zeros((1, 1, 576), np.float32)
+    w._answer([_step(1, "a", 2, one), _step(2, "b", 2, one)])
+    assert sorted(f[:2] for f in w.failed) == [(1, "internal"), (2, "internal")]
+    assert w.sessions.get("a", now) is None and w.sessions.get("b", now) is None
+
+
+def test_a_bundle_whose_back_half_takes_no_past_len_is_served_only_one_session_per_call(monkeypatch):
+    from types import SimpleNamespace
+
+    from edgerun.llm_server import LlmWorker
+
+    monkeypatch.setattr(llm, "Half", lambda bundle, side, threads: SimpleNamespace(batches=False))
+    with pytest.raises(ConfigError, match="re-export it with `edgerun llm export`, or serve it with --max-batch 1"):
+        LlmWorker(SimpleNamespace(), 1, 1 << 20, "w", max_batch=4)
+    assert LlmWorker(SimpleNamespace(), 1, 1 << 20, "w").max_batch == 1
