@@ -189,6 +189,7 @@ class Half:
         self.x_name = self.session.get_inputs()[0].name
         # bundles from before the server batched sessions have no past_len: they run one session per call
         self.batches = "past_len" in {i.name for i in self.session.get_inputs()}
+        self._pad = np.empty(0, np.float32)  # step_batch's padded caches, reused
         self.spec, self.n_layers = s, n
         hidden = self.session.get_outputs()[0] if side == "front" else self.session.get_inputs()[0]
         width = hidden.shape[-1] if hidden.shape else None
@@ -216,9 +217,13 @@ class Half:
                               "`edgerun llm export` to batch sessions")
         n, longest = len(caches), max(c.length for c in caches)
         shape = (self.n_layers, n, self.spec.kv_heads, longest, self.spec.head_dim)
-        pk, pv = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+        size = int(np.prod(shape))
+        if self._pad.size < 2 * size:  # kept between calls: fresh pages cost more than the copy
+            self._pad = np.empty(2 * size, np.float32)
+        pk, pv = self._pad[:size].reshape(shape), self._pad[size:2 * size].reshape(shape)
         for i, c in enumerate(caches):
             pk[:, i, :, :c.length], pv[:, i, :, :c.length] = c.k[:, 0], c.v[:, 0]
+            pk[:, i, :, c.length:], pv[:, i, :, c.length:] = 0.0, 0.0  # masked, but 0 * NaN would leak
         lens = np.array([c.length for c in caches], np.int64)
         y, k, v = self.session.run(None, {self.x_name: np.concatenate(xs), "past_k": pk, "past_v": pv,
                                           "past_len": lens})

@@ -151,9 +151,13 @@ class _Layer(nn.Module):
         v = self.v(x).view(b, t, c.kv_heads, c.head_dim).transpose(1, 2)
         q, k = _rope(q, cos, sin), _rope(k, cos, sin)
         keys, values = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        # grouped-query attention without copying the keys and values per query head: query head
+        # g * rep + r reads kv head g, so the rep query heads of a group go as rows of one product
         rep = c.heads // c.kv_heads
-        att = q @ keys.repeat_interleave(rep, dim=1).transpose(2, 3) / float(np.sqrt(c.head_dim))
-        ctx = torch.softmax(att + mask, dim=-1) @ values.repeat_interleave(rep, dim=1)
+        qg = q.reshape(b, c.kv_heads, rep * t, c.head_dim)
+        att = (qg @ keys.transpose(2, 3) / float(np.sqrt(c.head_dim))).view(b, c.kv_heads, rep, t, -1)
+        att = torch.softmax(att + mask[:, :, None], dim=-1).view(b, c.kv_heads, rep * t, -1)
+        ctx = (att @ values).view(b, c.heads, t, c.head_dim)
         h = h + self.o(ctx.transpose(1, 2).reshape(b, t, c.hidden))
         x = _rms(h, self.ffn_norm, c.eps)
         return h + self.down(nn.functional.silu(self.gate(x)) * self.up(x)), k, v
