@@ -56,8 +56,8 @@ def _caches(b: llm.LlmBundle, lengths: list[int], rng: np.random.Generator) -> l
     out = []
     for p in lengths:
         c = llm.Cache(n, s.kv_heads, s.head_dim)
-        c.k = rng.normal(size=(n, 1, s.kv_heads, p, s.head_dim)).astype(np.float32)
-        c.v = rng.normal(size=c.k.shape).astype(np.float32)
+        c.append(rng.normal(size=(n, 1, s.kv_heads, p, s.head_dim)).astype(np.float32),
+                 rng.normal(size=(n, 1, s.kv_heads, p, s.head_dim)).astype(np.float32))
         out.append(c)
     return out
 

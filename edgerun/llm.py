@@ -153,26 +153,53 @@ class Tokenizer:
 
 
 class Cache:
-    """The keys and values of one half for the positions seen so far: (layers, 1, kv_heads, P, head_dim)."""
+    """The keys and values of one half for the positions seen so far: ``k`` / ``v`` are
+    (layers, 1, kv_heads, P, head_dim). They live in buffers with room for more positions, so a step
+    appends in place and a cut back only moves the length; a half whose graph takes ``past_len``
+    runs on the whole buffer (``buffers``), the rows past the length masked out."""
 
     def __init__(self, layers: int, kv_heads: int, head_dim: int) -> None:
-        self.k = np.zeros((layers, 1, kv_heads, 0, head_dim), np.float32)
-        self.v = self.k.copy()
+        self._k = np.zeros((layers, 1, kv_heads, 0, head_dim), np.float32)
+        self._v = self._k.copy()
+        self._n = 0
 
     @property
     def length(self) -> int:
-        return int(self.k.shape[3])
+        return self._n
+
+    @property
+    def k(self) -> np.ndarray:
+        return self._k[:, :, :, :self._n]
+
+    @property
+    def v(self) -> np.ndarray:
+        return self._v[:, :, :, :self._n]
 
     @property
     def nbytes(self) -> int:
-        return int(self.k.nbytes + self.v.nbytes)
+        """Memory held, the room to grow included."""
+        return int(self._k.nbytes + self._v.nbytes)
+
+    def buffers(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole (contiguous) buffers: positions ``length`` .. their end hold zeros or stale rows."""
+        return self._k, self._v
 
     def append(self, k: np.ndarray, v: np.ndarray) -> None:
-        self.k = np.concatenate([self.k, k], axis=3)
-        self.v = np.concatenate([self.v, v], axis=3)
+        need = self._n + k.shape[3]
+        if need > self._k.shape[3]:  # grow by a quarter (at least 64 positions): copies stay amortized
+            shape = (*self._k.shape[:3], need + max(64, need // 4), self._k.shape[4])
+            nk, nv = np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+            nk[:, :, :, :self._n], nv[:, :, :, :self._n] = self.k, self.v
+            self._k, self._v = nk, nv
+        self._k[:, :, :, self._n:need], self._v[:, :, :, self._n:need] = k, v
+        self._n = need
 
     def truncate(self, n: int) -> None:
-        self.k, self.v = self.k[:, :, :, :n].copy(), self.v[:, :, :, :n].copy()
+        n = max(0, min(n, self._n))
+        # the dropped rows are zeroed: a masked row still enters q.k, and Inf there (a refused step's
+        # overflow) would give Inf + -inf = NaN through the mask
+        self._k[:, :, :, n:self._n], self._v[:, :, :, n:self._n] = 0.0, 0.0
+        self._n = n
 
 
 class Half:
@@ -201,9 +228,11 @@ class Half:
         return Cache(self.n_layers, self.spec.kv_heads, self.spec.head_dim)
 
     def step(self, x: np.ndarray, cache: Cache) -> np.ndarray:
-        feeds = {self.x_name: x, "past_k": cache.k, "past_v": cache.v}
-        if self.batches:
-            feeds["past_len"] = np.array([cache.length], np.int64)
+        if self.batches:  # the whole buffers, the rows past the length masked: nothing copied
+            k, v = cache.buffers()
+            feeds = {self.x_name: x, "past_k": k, "past_v": v, "past_len": np.array([cache.length], np.int64)}
+        else:
+            feeds = {self.x_name: x, "past_k": np.ascontiguousarray(cache.k), "past_v": np.ascontiguousarray(cache.v)}
         y, k, v = self.session.run(None, feeds)
         cache.append(k, v)
         return y

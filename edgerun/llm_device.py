@@ -172,7 +172,7 @@ class LlmDevice:
         try:
             self._open(self._client)
         except TransportError as exc:
-            if not self.local_fallback:
+            if not self.local_fallback or self._client.refused:  # wrong credentials are not an outage
                 raise
             log.warning("%s; answering on the device and reconnecting in the background", exc)
             self._reconnector = threading.Thread(target=self._reconnect_loop, name="edgerun-llm-reconnect",
@@ -182,7 +182,8 @@ class LlmDevice:
     def _new_client(self) -> transport.MqttClient:
         return transport.MqttClient(
             self._broker_url, f"edgerun-{self.device_id}", on_message=self._inbox.put,
-            will=(self._presence, transport.presence_payload("device", self.device_id, "offline")))
+            will=(self._presence, transport.presence_payload("device", self.device_id, "offline")),
+            on_connect=self._online.clear)  # the retained presences come again: a worker gone meanwhile drops out
 
     def _open(self, client: transport.MqttClient) -> None:
         """Connect, subscribe to the replies and the workers' presence, announce ours."""
@@ -203,9 +204,13 @@ class LlmDevice:
             try:
                 self._open(client)
             except TransportError:
+                if client.refused:
+                    log.error("the broker at %s refused this device (%s): answering on the device only; check the "
+                              "user and password in the broker URL", client.url, client.refused)
+                    return
                 continue
             if self._closing.is_set():
-                client.close()
+                client.close(final=(self._presence, b""))
                 return
             self._client = client
             log.info("connected to the broker at %s", client.url)
@@ -243,7 +248,8 @@ class LlmDevice:
                     self.generate(ids=[self.bundle.spec.eos], max_new_tokens=1)
                     return
                 except TransportError:
-                    if not self._client.connected or time.monotonic() >= until:
+                    reconnecting = self._reconnector is not None and self._reconnector.is_alive()
+                    if (not self._client.connected and not reconnecting) or time.monotonic() >= until:
                         raise
                 time.sleep(0.2)
         finally:
@@ -324,6 +330,7 @@ class LlmDevice:
             x = np.array([[step.token]], np.int64)
         g.wall_s = time.perf_counter() - t0
         g.text = self.tokenizer.decode(g.tokens)
+        self._back_cache = None  # a local generation's cache is rebuilt by the next one anyway
         return g
 
     def _answer_here(self, pos: int, h: np.ndarray, front_ms: float, *, rebuild: bool = False, why: str = "",

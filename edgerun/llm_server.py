@@ -18,8 +18,9 @@ The reply carries the top-k next-token ids (int64) and logits (float32) of the l
 With ``max_batch`` > 1 (``serve --max-batch``) the decode steps (one new position each) of different
 sessions waiting in the inbox run as one back-half call: their caches, of different lengths, padded
 to the longest and masked (the back half's ``past_len`` input). A step weighs about as much as a
-weight read, so N of them cost far less than N calls. A prompt or a replay (several positions)
-runs alone; so does a second step of a session already in the batch.
+weight read, so N of them cost far less than N calls. A prompt or a replay of several positions
+runs alone; so does a second step of a session already in the batch. A batched call that fails
+(its padded caches may be what did not fit) is run again step by step.
 """
 
 from __future__ import annotations
@@ -101,11 +102,9 @@ class LlmWorker(_Worker):
         if batch:
             try:
                 logits = self.back.step_batch([np.ascontiguousarray(st.req.frame.tensors[0]) for st in batch], caches)
-            except Exception as exc:  # a bug or onnxruntime failing: answer each, log, keep serving
-                log.exception("a batched back-half call of %d sessions failed", len(batch))
-                for st in batch:
-                    self.sessions.drop(st.sid)  # their caches may hold half a step
-                    self._fail_step(st, "internal", f"server error: {type(exc).__name__}: {exc}")
+            except Exception:  # its padded batch may be what failed (memory): each alone, as the model workers do
+                log.exception("a batched back-half call of %d sessions failed; running them one by one", len(batch))
+                alone[:0] = batch  # each cut back to its seq again by _cache; a failure alone is its own
             else:
                 self.stats.runs += 1
                 self.stats.max_run = max(self.stats.max_run, len(batch))

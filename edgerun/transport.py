@@ -196,6 +196,8 @@ class MqttClient:
         on_message: called for every received message.
         will: ``(topic, payload)`` published retained by the broker if we vanish.
         keepalive_s: MQTT keep alive; a dead peer is noticed after ~1.5x this.
+        on_connect: called (network thread) on every accepted connection, the first and each
+            reconnect, before the subscriptions are renewed.
     """
 
     def __init__(
@@ -207,6 +209,7 @@ class MqttClient:
         will: tuple[str, bytes] | None = None,
         keepalive_s: int = 10,
         max_queued: int = MAX_QUEUED_MESSAGES,
+        on_connect: Callable[[], None] | None = None,
     ) -> None:
         self.url = redact_broker_url(broker_url)  # for messages: no password in logs
         self.host, self.port = parse_broker_url(broker_url)
@@ -215,6 +218,7 @@ class MqttClient:
         self._announced: tuple[str, bytes] | None = None  # presence to publish again after a reconnect
         self.client_id = client_id
         self._on_message = on_message
+        self._on_connect = on_connect
         self._subs: dict[str, int] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
@@ -239,6 +243,11 @@ class MqttClient:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def refused(self) -> str:
+        """The broker's reason when it refused the connection (bad credentials), else ''."""
+        return self._refused
 
     def connect(self, timeout_s: float = 5.0) -> None:
         """Connect and start the network loop; wait for the broker's CONNACK.
@@ -345,6 +354,8 @@ class MqttClient:
             self._refused = str(reason_code)
             log.warning("broker %s refused the connection: %s", self.url, reason_code)
             return
+        if self._on_connect is not None:
+            self._on_connect()
         with self._lock:
             subs = list(self._subs)
         for topic_filter in subs:  # renew after a reconnect (clean_start drops them)

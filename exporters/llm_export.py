@@ -37,21 +37,16 @@ CHECK_TOKENS = 16
 
 
 def export_onnx(stage: lm.Stage, path: Path) -> None:
-    """One Stage as ONNX: inputs (ids | hidden, past_k, past_v[, past_len]), outputs (y, new_k, new_v).
-    The back half (the stage that heads) takes ``past_len``: the server batches sessions of
-    different lengths in one call."""
+    """One Stage as ONNX: inputs (ids | hidden, past_k, past_v, past_len), outputs (y, new_k, new_v).
+    ``past_len`` gives each row's real cached positions: the server batches sessions of different
+    lengths in one call, and either half runs on its cache's whole buffer (appends in place)."""
     c = stage.c
-    x = torch.tensor([[5, 6]]) if stage.embed else torch.zeros(1, 2, c.hidden)
-    past = torch.zeros(len(stage.layers), 2 if stage.head else 1, c.kv_heads, 3, c.head_dim)
-    if stage.head:
-        x = x.expand(2, -1, -1).contiguous()
+    x = torch.tensor([[5, 6], [7, 8]]) if stage.embed else torch.zeros(2, 2, c.hidden)
+    past = torch.zeros(len(stage.layers), 2, c.kv_heads, 3, c.head_dim)  # batch 2: not specialised to 1
     b, t, p = (torch.export.Dim(n, max=1 << 16) for n in ("batch", "new", "past"))
-    shapes: dict[str, Any] = {"x": {0: b, 1: t}, "past_k": {1: b, 3: p}, "past_v": {1: b, 3: p}}
-    args: tuple[torch.Tensor, ...] = (x, past, past.clone())
-    names = ["ids" if stage.embed else "hidden", "past_k", "past_v"]
-    if stage.head:
-        args, names = (*args, torch.tensor([3, 1])), [*names, "past_len"]
-        shapes["past_len"] = {0: b}
+    shapes = {"x": {0: b, 1: t}, "past_k": {1: b, 3: p}, "past_v": {1: b, 3: p}, "past_len": {0: b}}
+    args = (x, past, past.clone(), torch.tensor([3, 1]))
+    names = ["ids" if stage.embed else "hidden", "past_k", "past_v", "past_len"]
     try:
         with quiet_torch_export():
             torch.onnx.export(stage, args, str(path), dynamo=True, dynamic_shapes=shapes,

@@ -52,9 +52,24 @@ def test_cache_appends_along_positions_and_truncates_to_a_prefix():
     k = np.arange(2 * 3 * 5 * 4, dtype=np.float32).reshape(2, 1, 3, 5, 4)
     c.append(k, -k)
     c.append(k[:, :, :, :2], -k[:, :, :, :2])
-    assert c.length == 7 and c.nbytes == 2 * 2 * 3 * 7 * 4 * 4
+    assert c.length == 7 and c.k.shape == (2, 1, 3, 7, 4)
     c.truncate(5)
     assert c.length == 5 and np.array_equal(c.k, k) and np.array_equal(c.v, -k)
+
+
+def test_cache_appends_in_place_in_a_buffer_that_grows_by_a_quarter_and_keeps_what_it_holds():
+    c = llm.Cache(2, 3, 4)
+    k = np.random.default_rng(0).normal(size=(2, 1, 3, 100, 4)).astype(np.float32)
+    c.append(k[:, :, :, :10], -k[:, :, :, :10])
+    buf, _ = c.buffers()
+    assert buf.shape[3] == 10 + 64 and c.nbytes == 2 * buf.nbytes  # room for 64 more
+    for i in range(10, 74):  # one position at a time: no new buffer
+        c.append(k[:, :, :, i:i + 1], -k[:, :, :, i:i + 1])
+    assert c.buffers()[0] is buf and np.array_equal(c.k, k[:, :, :, :74])
+    c.truncate(50)  # a resend: the length moves back, the next step overwrites
+    c.append(k[:, :, :, 50:100], -k[:, :, :, 50:100])
+    assert c.length == 100 and c.buffers()[0].shape[3] == 100 + 64 and np.array_equal(c.k, k)
+    assert np.array_equal(c.v, -k) and not c.buffers()[0][:, :, :, 100:].any()  # the room is zeros
 
 
 def test_top_k_is_best_first_with_ties_to_the_lower_id():
@@ -216,10 +231,12 @@ def test_decode_steps_of_distinct_sessions_run_as_one_call_and_the_rest_alone():
     assert w.stats.runs == 2 and w.stats.max_run == 3
 
 
-def test_a_batched_call_that_fails_answers_each_of_its_sessions_and_drops_their_caches():
+def test_a_batched_call_that_fails_runs_its_steps_again_one_by_one():
+    """The padded batch may be what failed (memory): each session is still answered, as alone."""
+
     class _Broken(_BatchBack):
         def step_batch(self, xs, caches):
-            raise RuntimeError("onnxruntime fell over")
+            raise MemoryError("the padded caches do not fit")
 
     w = _worker(_Broken(), max_batch=8)
     now = time.monotonic()
@@ -227,8 +244,17 @@ def test_a_batched_call_that_fails_answers_each_of_its_sessions_and_drops_their_
         w.sessions.start(sid, now).append(_kv(2), _kv(2))
     one = np.zeros((1, 1, 576), np.float32)
     w._answer([_step(1, "a", 2, one), _step(2, "b", 2, one)])
-    assert sorted(f[:2] for f in w.failed) == [(1, "internal"), (2, "internal")]
-    assert w.sessions.get("a", now) is None and w.sessions.get("b", now) is None
+    assert not w.failed and w.back.calls == [1, 1]
+    assert sorted((rid, meta["batch"], meta["session_len"]) for rid, _, meta in w.replied) == [(1, 1, 3), (2, 1, 3)]
+
+
+def test_a_cut_back_cache_zeroes_the_rows_it_drops():
+    """Rows past the length are masked, but Inf there (a refused step's overflow) would still give NaN."""
+    c = llm.Cache(2, 3, 4)
+    c.append(np.full((2, 1, 3, 6, 4), np.inf, np.float32), np.full((2, 1, 3, 6, 4), np.inf, np.float32))
+    c.truncate(2)
+    k, v = c.buffers()
+    assert not k[:, :, :, 2:].any() and not v[:, :, :, 2:].any() and np.isinf(c.k).all()
 
 
 def test_a_bundle_whose_back_half_takes_no_past_len_is_served_only_one_session_per_call(monkeypatch):
