@@ -318,6 +318,7 @@ class LlmDevice:
                     log.warning("answering session %s on the device from position %d: %s", g.session, pos, exc)
                     step = self._answer_here(pos, np.concatenate(history, axis=1), front_ms, rebuild=True,
                                              why=str(exc), t=t_ask)
+                    step.replays, step.up_bytes = getattr(exc, "replays", 0), getattr(exc, "up_bytes", 0)
                     local = True
             pinned = step.worker
             pos += h.shape[1]
@@ -356,7 +357,11 @@ class LlmDevice:
         replays, shrunk, why, seq, hidden = 0, 0, "", pos, h
         t_sent, up = time.perf_counter(), [0]
         while True:
-            got = self._send(g, seq, hidden, pinned, up)
+            try:
+                got = self._send(g, seq, hidden, pinned, up)
+            except TransportError as exc:  # what this step cost so far, for a step answered here instead
+                exc.replays, exc.up_bytes = replays, up[0]  # type: ignore[attr-defined]
+                raise
             if isinstance(got, wire.Frame):
                 ids, logits = got.tensors
                 return Step(position=pos, positions=int(hidden.shape[1]), token=self._choose(ids, logits),
@@ -373,9 +378,11 @@ class LlmDevice:
                 if shrunk > 32:
                     raise TransportError("the server refused every frame size as too large")
             elif replays > self.max_replays:
-                raise TransportError(f"no server worker answered position {pos} of session {g.session} after "
+                exc = TransportError(f"no server worker answered position {pos} of session {g.session} after "
                                      f"{self.max_replays} replay(s) (last: {why}); start `edgerun serve` workers for "
                                      f"this bundle on {self._client.url}")
+                exc.replays, exc.up_bytes = self.max_replays, up[0]  # type: ignore[attr-defined]
+                raise exc
             seq, hidden, pinned = 0, np.concatenate(history, axis=1), None
 
     def _send(self, g: Generation, seq: int, hidden: np.ndarray, pinned: str | None, up: list[int]) -> wire.Frame | str:

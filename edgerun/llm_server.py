@@ -67,6 +67,9 @@ class LlmWorker(_Worker):
                               "batched sessions): re-export it with `edgerun llm export`, or serve it with "
                               "--max-batch 1")
         self.sessions = llm.SessionStore(self.back, max_sessions, session_ttl_s)
+        if max_batch > max_sessions:  # a new session in a batch would evict another one of the same batch
+            raise ConfigError(f"--max-batch {max_batch} is more than --max-sessions {max_sessions}: a batch holds "
+                              "steps of distinct sessions, so keep --max-batch <= --max-sessions")
 
     def extra_filters(self) -> list[str]:
         """This worker's own request topics: the sessions pinned to it."""

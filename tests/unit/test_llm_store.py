@@ -266,3 +266,14 @@ def test_a_bundle_whose_back_half_takes_no_past_len_is_served_only_one_session_p
     with pytest.raises(ConfigError, match="re-export it with `edgerun llm export`, or serve it with --max-batch 1"):
         LlmWorker(SimpleNamespace(), 1, 1 << 20, "w", max_batch=4)
     assert LlmWorker(SimpleNamespace(), 1, 1 << 20, "w").max_batch == 1
+
+
+def test_a_batch_may_not_hold_more_sessions_than_the_worker_keeps(monkeypatch):
+    from types import SimpleNamespace
+
+    from edgerun.llm_server import LlmWorker
+
+    monkeypatch.setattr(llm, "Half", lambda bundle, side, threads: SimpleNamespace(batches=True, new_cache=None))
+    with pytest.raises(ConfigError, match="keep --max-batch <= --max-sessions"):
+        LlmWorker(SimpleNamespace(), 1, 1 << 20, "w", max_sessions=2, max_batch=4)
+    assert LlmWorker(SimpleNamespace(), 1, 1 << 20, "w", max_sessions=4, max_batch=4).max_batch == 4
