@@ -75,14 +75,6 @@ class LlmWorker(_Worker):
         """This worker's own request topics: the sessions pinned to it."""
         return [transport.pinned_request_filter(self.bundle.model_id, self.bundle.topic_id, self.stats.worker)]
 
-    def _prepare(self, msg: Any) -> _Step | None:  # type: ignore[override]
-        """Decode and check one message (the frame as any worker does, then the session's meta)."""
-        r = self._prepare_llm(msg)
-        if r is None:
-            return None
-        req, sid, topk = r
-        return _Step(req, sid, topk, 1 if req.frame.tensors[0].shape[1] == 1 else self.max_batch)
-
     def _answer(self, run: list[_Step]) -> None:  # type: ignore[override]
         """One step alone, or the decode steps of distinct sessions as one call; never raises."""
         if len(run) == 1:
@@ -148,7 +140,8 @@ class LlmWorker(_Worker):
         r = st.req
         self._fail(r.topic, r.resp_topic, r.corr, r.frame.request_id, code, message)
 
-    def _prepare_llm(self, msg: Any) -> tuple[Any, str, int] | None:
+    def _prepare(self, msg: Any) -> _Step | None:  # type: ignore[override]
+        """Decode and check one message (the frame as any worker does, then the session's meta)."""
         req = super()._prepare(msg)  # decodes, checks the frame (kind, bundle, size); counts it
         if req is None:
             return None
@@ -173,7 +166,7 @@ class LlmWorker(_Worker):
         except FrameError as exc:
             self._fail(req.topic, req.resp_topic, req.corr, frame.request_id, exc.code, str(exc))
             return None
-        return req, sid, topk
+        return _Step(req, sid, topk, 1 if h.shape[1] == 1 else self.max_batch)
 
     def _cache(self, sid: str, seq: int) -> llm.Cache:
         """The session's cache, cut back to ``seq`` (a new one at 0), or FrameError why there is none."""

@@ -197,16 +197,9 @@ class Stage(nn.Module):
                 past_len: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         h = self.tok[x] if self.embed else x
         t, p = h.shape[1], past_k.shape[3]
-        if past_len is None:
-            pos = torch.arange(t, dtype=torch.float32) + p
-            ang = pos[:, None] * self.inv_freq[None, :]
-            ang = torch.cat([ang, ang], dim=-1)
-            cos, sin = ang.cos()[None, None], ang.sin()[None, None]
-            # query i (position p + i) sees keys 0 .. p + i
-            keys = torch.arange(t + p)
-            mask = torch.where(keys[None, :] <= (torch.arange(t) + p)[:, None], 0.0, float("-inf"))[None, None]
-        else:
-            cos, sin, mask = self._ragged(past_len, t, p)
+        if past_len is None:  # every cached position of every row is real
+            past_len = torch.full((h.shape[0],), p, dtype=torch.int64)
+        cos, sin, mask = self._ragged(past_len, t, p)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             h, k, v = layer(h, cos, sin, mask, past_k[i], past_v[i])
