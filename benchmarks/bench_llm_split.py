@@ -43,7 +43,7 @@ PROMPTS = ("Name three colours of the rainbow.", "Write a Python function that r
 def _bundle(cache: Path, cut: int, codec: str, front: str) -> llm.LlmBundle:
     from edgerun.exporters.llm_export import export_llm
 
-    out = cache / f"smollm2-cut{cut}-{codec}-{front}"
+    out = cache / f"smollm2-cut{cut}-{codec}-{front}-e8"  # the default int8 embedding
     if not llm.is_llm_bundle(out):
         print(f"exporting cut {cut}, codec {codec}, front {front} -> {out}", flush=True)
         export_llm(out, cut=cut, max_context=512, codec=codec, front_precision=front)

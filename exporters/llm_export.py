@@ -3,7 +3,9 @@
 The halves are ``exporters/llm_model.py`` Stages exported to ONNX with dynamic batch, new-position
 and cached-position axes. Before the bundle is sealed, greedy decoding through the two ONNX halves
 on onnxruntime is checked against the whole torch model on a few prompts (the split is exact: fp32
-on both sides, no codec), and what a request costs is written to ``report.json``.
+on both sides, no codec; the front's token embedding is stored in 8 bits by default, which for
+SmolLM2 re-encodes its GGUF's Q8_0 table exactly), and what a request costs is written to
+``report.json``.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def _split_greedy(front: rt.Half, back: rt.Half, ids: list[int], n: int, eos: in
 
 def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 2048, threads: int = 2,
                codec: str = "none", codec_chunks: int = 4, codec_tokens: int = 128,
-               front_precision: str = "fp32") -> dict[str, Any]:
+               front_precision: str = "fp32", embedding: str = "int8") -> dict[str, Any]:
     """Write a sealed LLM bundle to ``out`` and return its report.
 
     Raises:
@@ -84,6 +86,8 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
                           f"positions; SmolLM2's context is 8192), got {max_context!r}")
     if front_precision not in ("fp32", "int8"):
         raise ConfigError(f"--front-precision must be fp32 or int8, got {front_precision!r}")
+    if embedding not in ("fp32", "int8"):
+        raise ConfigError(f"--embedding must be int8 or fp32, got {embedding!r}")
     if codec not in ("none", "tsq"):
         raise ConfigError(f"--codec must be none or tsq, got {codec!r}")
     if not (isinstance(codec_chunks, int) and isinstance(codec_tokens, int) and codec_chunks >= 1
@@ -100,6 +104,8 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
     with building(final) as d:  # a failed export leaves an old bundle intact
         export_onnx(front_t, d / rt.FRONT)
         export_onnx(back_t, d / rt.BACK)
+        embed = (llm_quant.quantize_embedding(d / rt.FRONT, cfg.vocab, cfg.hidden) if embedding == "int8"
+                 else {"precision": "fp32", "bytes": 4 * cfg.vocab * cfg.hidden})
         (d / rt.TOKENIZER).write_text(lm.tokenizer_json(reader))
         spec = rt.LlmSpec(cut=cut, layers=cfg.layers, hidden=cfg.hidden, kv_heads=cfg.kv_heads,
                           head_dim=cfg.head_dim, vocab=cfg.vocab, eos=cfg.eos, max_context=max_context)
@@ -116,7 +122,7 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
         # text to measure the lossy steps on: the stdlib's ~113k tokens, tokenized only when one is asked for
         chunks = (llm_codec.corpus_chunks(rt.Tokenizer(draft), codec_chunks, codec_tokens)
                   if front_precision == "int8" or codec == "tsq" else None)
-        report["front_precision"] = {"precision": front_precision}
+        report["front_precision"] = {"precision": front_precision, "embedding": embed}
         if front_precision == "int8":
             fp32 = rt.Half(draft, "front", threads)
             llm_quant.quantize(d / rt.FRONT, d / "front.int8.onnx")
@@ -125,6 +131,7 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
                                                                rt.Half(draft, "back", threads), chunks.eval))
             del fp32
         manifest["front_precision"] = front_precision
+        manifest["embedding_precision"] = embedding
         if codec == "tsq":  # calibrated and measured on the front half as deployed
             entry = llm_codec.calibrate(rt.Half(draft, "front", threads), rt.Half(draft, "back", threads), chunks)
             report["codec"] = entry

@@ -195,7 +195,7 @@ class Stage(nn.Module):
 
     def forward(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor,
                 past_len: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        h = self.tok[x] if self.embed else x
+        h = nn.functional.embedding(x, self.tok) if self.embed else x  # one Gather (axis 0) in ONNX
         t, p = h.shape[1], past_k.shape[3]
         if past_len is None:  # every cached position of every row is real
             past_len = torch.full((h.shape[0],), p, dtype=torch.int64)

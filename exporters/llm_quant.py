@@ -2,8 +2,8 @@
 
 ``MatMulNBitsQuantizer`` (8 bits, blocks of 32 along the input dim, symmetric) turns every MatMul
 of the front half into ``MatMulNBits``; ``accuracy_level`` 4 lets onnxruntime run them on int8
-arithmetic (activations quantized per block on the fly). The token embedding stays fp32 (its
-quantizer only offers 4 bits for Gather). The loss is measured at export on held-out text, against
+arithmetic (activations quantized per block on the fly). The token embedding is not touched
+here (that quantizer only offers 4 bits for Gather): ``quantize_embedding`` stores it in 8 bits. The loss is measured at export on held-out text, against
 the fp32 front, by teacher forcing through the same back half (``llm_codec.evaluate``' measures).
 
 onnxruntime's dynamic quantization (``quantize_dynamic``, per-tensor 8-bit activations) was measured
@@ -27,7 +27,7 @@ from edgerun.exporters import llm_codec
 
 BITS, BLOCK, ACCURACY_LEVEL = 8, 32, 4
 METHOD = (f"onnxruntime MatMulNBitsQuantizer: {BITS}-bit weights in blocks of {BLOCK}, symmetric, accuracy_level "
-          f"{ACCURACY_LEVEL} (int8 arithmetic); token embedding fp32")
+          f"{ACCURACY_LEVEL} (int8 arithmetic)")
 
 
 def quantize(src: Path, dst: Path) -> None:
@@ -63,3 +63,59 @@ def measure(fp32: llm.Half, int8: llm.Half, back: llm.Half, chunks: list[list[in
     return {"method": METHOD, "agreement": agree / n, "ppl_fp32": math.exp(float(np.mean(nll32))),
             "ppl_int8": math.exp(float(np.mean(nll8))), "positions": n,
             "text": "pydoc_data.topics (stdlib), the held-out half"}
+
+
+EMBED_BLOCK = 32
+EMBED_METHOD = (f"onnxruntime GatherBlockQuantized: int8 rows in blocks of {EMBED_BLOCK}, symmetric, one fp32 scale "
+                "per block (SmolLM2's GGUF stores this table as Q8_0, the same scheme: the re-encoding is exact)")
+
+
+def quantize_embedding(path: Path, vocab: int, hidden: int) -> dict[str, Any]:
+    """Store the token embedding of the ONNX front half at ``path`` in 8 bits, in place.
+
+    The ``Gather`` of the [vocab, hidden] fp32 table becomes onnxruntime's ``GatherBlockQuantized``
+    (com.microsoft) on an 8-bit table with one fp32 scale per block of ``EMBED_BLOCK`` values
+    (``max |x| / 127``, symmetric: stored as uint8 with zero point 128, the form the op takes): a
+    little over a quarter of the bytes, and only the looked-up rows are dequantized.
+    Returns the bytes before and after and the largest change of any table value (0 where the
+    table was Q8_0 to begin with, as SmolLM2's is).
+
+    Raises:
+        ExportError: the front half has no such Gather (not an edgerun LLM front half).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(path))
+    inits = {t.name: t for t in m.graph.initializer}
+    node = next((n for n in m.graph.node if n.op_type == "Gather" and n.input[0] in inits
+                 and list(inits[n.input[0]].dims) == [vocab, hidden]
+                 and inits[n.input[0]].data_type == onnx.TensorProto.FLOAT), None)
+    if node is None or hidden % EMBED_BLOCK or any(a.name == "axis" and a.i != 0 for a in node.attribute):
+        raise ExportError(f"the LLM's front half has no Gather of a [{vocab}, {hidden}] fp32 embedding to quantize; "
+                          "re-export it with this edgerun (or pass --embedding fp32)")
+    table = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
+    blocks = table.reshape(vocab, hidden // EMBED_BLOCK, EMBED_BLOCK)
+    scale = (np.abs(blocks).max(-1) / np.float32(127)).astype(np.float32)
+    safe = np.where(scale > 0, scale, np.float32(1))
+    q = np.clip(np.rint(blocks / safe[..., None]), -127, 127).astype(np.int8)
+    err = float(np.abs(q.astype(np.float32) * scale[..., None] - blocks).max())
+    name = node.input[0]
+    m.graph.initializer.remove(inits[name])
+    # the op takes uint8 data with zero points (its int8 input is refused): q + 128, zero point 128
+    data = (q.astype(np.int16) + 128).astype(np.uint8).reshape(vocab, hidden)
+    zero = np.full(scale.shape, 128, np.uint8)
+    m.graph.initializer.extend([numpy_helper.from_array(data, name + "_q"), numpy_helper.from_array(scale, name + "_scale"),
+                                numpy_helper.from_array(zero, name + "_zero")])
+    new = helper.make_node("GatherBlockQuantized", [name + "_q", node.input[1], name + "_scale", name + "_zero"],
+                           list(node.output),
+                           name=(node.name or "embedding") + "_int8", domain="com.microsoft", bits=8,
+                           block_size=EMBED_BLOCK, gather_axis=0, quantize_axis=1)
+    at = list(m.graph.node).index(node)
+    m.graph.node.remove(node)
+    m.graph.node.insert(at, new)
+    if not any(o.domain == "com.microsoft" for o in m.opset_import):
+        m.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    onnx.save(m, str(path))
+    return {"precision": "int8", "method": EMBED_METHOD, "bytes_fp32": int(table.nbytes),
+            "bytes": int(data.nbytes + scale.nbytes + zero.nbytes), "max_abs_change": err}

@@ -39,6 +39,32 @@ def test_the_export_checked_greedy_decoding_of_the_split_against_the_whole_model
     assert llm_bundle.spec.cut == 15 and llm_bundle.spec.layers == 30 and llm_bundle.spec.max_context == 1024
 
 
+def test_the_device_keeps_the_token_embedding_in_8_bits_an_exact_copy_of_the_gguf_table(llm_bundle, halves):
+    import onnx
+
+    from edgerun.exporters import llm_model as lm
+
+    report = json.loads(llm_bundle.file(llm.REPORT).read_text())
+    e = report["front_precision"]["embedding"]
+    assert e["precision"] == "int8" and e["max_abs_change"] == 0.0  # the GGUF stores it as Q8_0: same blocks
+    assert e["bytes"] < 0.3 * e["bytes_fp32"] == 0.3 * 49152 * 576 * 4
+    m = onnx.load(str(llm_bundle.file(llm.FRONT)))
+    assert [n.op_type for n in m.graph.node].count("GatherBlockQuantized") == 1
+    assert not any(list(t.dims) == [49152, 576] and t.data_type == onnx.TensorProto.FLOAT for t in m.graph.initializer)
+    # the rows the device looks up are the fp32 model's rows, bit for bit (the first layer's input)
+    _, weights, _ = lm.read_gguf(lm.gguf_path())
+    ids = np.array([[0, 1, 576, 4093, 49151]], np.int64)
+    emb = onnx.helper.make_model(onnx.helper.make_graph(
+        [n for n in m.graph.node if n.op_type == "GatherBlockQuantized"], "e",
+        [onnx.helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, 5])],
+        [onnx.helper.make_tensor_value_info(next(n for n in m.graph.node if n.op_type == "GatherBlockQuantized").output[0],
+                                            onnx.TensorProto.FLOAT, None)],
+        [t for t in m.graph.initializer if t.name.endswith(("_q", "_scale", "_zero"))]), opset_imports=m.opset_import)
+    import onnxruntime as ort
+    rows = ort.InferenceSession(emb.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
+    assert np.array_equal(rows, weights["token_embd.weight"][ids])
+
+
 def test_the_model_answers_a_factual_question(llm_bundle, halves):
     tok = llm.Tokenizer(llm_bundle)
     ids = tok.chat("What is the capital of France?")
