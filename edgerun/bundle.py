@@ -200,7 +200,9 @@ class Bundle:
         p = Path(path)
         if not p.exists():
             raise BundleError(f"bundle {p} does not exist; create one with `edgerun export MODEL --out {p}`")
+        where = p
         p, manifest, tmp = open_verified(p, FORMAT_NAME, BUNDLE_KEYS, verify_hashes)
+        check_model_manifest(where, manifest)
         return Bundle(p, manifest, tmp)
 
     def file(self, name: str) -> Path:
@@ -450,6 +452,82 @@ def _check_manifest(p: Path, manifest: dict[str, Any], verify_hashes: bool,
                 f"{k.noun} {p}: {name} does not match its sha256 in the manifest (corrupted or replaced); "
                 f"copy the {k.noun} again or {k.redo}"
             )
+
+
+MAX_DIM = 2**31 - 1  # a tensor dimension the engines and the wire can hold
+
+
+def check_model_manifest(p: Path, m: dict[str, Any]) -> None:
+    """Refuse a model-bundle manifest whose entries have the wrong shape or type.
+
+    The bundle hash proves only that the manifest was sealed, not that a person or a tool that
+    edited and resealed it wrote what the readers expect: a ``split`` that was a string, an
+    ``inputs`` that was a number or a ``native`` that was ``"yes"`` each ended in a Python
+    traceback, and a negative or absurd tensor dimension was accepted. Checks what the device,
+    the server and ``edgerun verify`` read; keys they do not read are left alone.
+
+    Raises:
+        BundleError: names the entry and what it should be; the remedy is to re-export.
+    """
+    def bad(what: str) -> BundleError:
+        return BundleError(f"bundle {p}: manifest.json's {what}; the manifest was edited or written by "
+                           "something other than `edgerun export`: re-export the bundle")
+
+    def short(v: Any) -> str:
+        r = repr(v)
+        return r if len(r) <= 60 else r[:57] + "..."
+
+    if not isinstance(m["model_id"], str) or not m["model_id"]:
+        raise bad(f"'model_id' must be a non-empty string, not {short(m['model_id'])}")
+    split = m["split"]
+    if not isinstance(split, dict):
+        raise bad(f"'split' must be an object with 'label' and 'tensors', not {short(split)}")
+    if not isinstance(split.get("label"), str):
+        raise bad(f"'split.label' must be a string (the cut's name), not {short(split.get('label'))}")
+    for key, specs in (("inputs", m["inputs"]), ("outputs", m["outputs"]), ("split.tensors", split.get("tensors"))):
+        if not isinstance(specs, list) or not specs:
+            raise bad(f"{key!r} must be a non-empty list of tensors, not {short(specs)}")
+        for t in specs:
+            if not isinstance(t, dict) or not isinstance(t.get("name"), str) or not t["name"]:
+                raise bad(f"{key!r} holds {short(t)}, not a tensor entry with a 'name'")
+            shape = t.get("shape")
+            if not isinstance(shape, list) or not all(
+                    d is None or (isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM) for d in shape):
+                raise bad(f"tensor {t['name']!r} in {key!r} has shape {short(shape)}; a shape is a list of sizes "
+                          f"in 1..{MAX_DIM} (null for the batch dimension)")
+            if t.get("dtype", "float32") != "float32":
+                raise bad(f"tensor {t['name']!r} in {key!r} has dtype {short(t.get('dtype'))}; bundles hold float32 "
+                          "tensors")
+    for key in ("native", "precisions", "codec"):
+        if key in m and not isinstance(m[key], dict):
+            raise bad(f"{key!r} must be a JSON object, not {short(m[key])}")
+    native = m.get("native", {})
+    if not isinstance(native.get("ok", False), bool):
+        raise bad(f"'native.ok' must be true or false, not {short(native.get('ok'))}")
+    prec = m.get("precisions", {})
+    for key, known in (("front", ("fp32", "int8", "int4", "mixed")), ("back", ("fp32", "fp16", "int8"))):
+        if key in prec and prec[key] not in known:
+            raise bad(f"'precisions.{key}' is {short(prec[key])}, not one of {', '.join(known)}")
+    for key in ("front_calib_rel_err", "front_samples_rel_err", "back_calib_rel_err"):
+        v = prec.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf):
+            raise bad(f"'precisions.{key}' must be a finite number >= 0, not {short(v)}")
+    codec = m.get("codec", {})
+    if not isinstance(codec.get("id", "none"), str):
+        raise bad(f"'codec.id' must be a string (none, tsq), not {short(codec.get('id'))}")
+    if codec.get("id") == "tsq":
+        params, cut = codec.get("params"), [t["name"] for t in split["tensors"]]
+        if not isinstance(params, dict) or sorted(params) != sorted(cut):
+            raise bad(f"'codec.params' must map each cut tensor {cut} to its tsq params, not {short(params)}")
+        for name, h in params.items():
+            try:
+                bytes.fromhex(h)
+            except (TypeError, ValueError):
+                raise bad(f"'codec.params.{name}' must be a hex string, not {short(h)}") from None
+        budget = codec.get("budget")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))
+                                   or not 0 <= budget < math.inf):
+            raise bad(f"'codec.budget' must be a finite number >= 0, not {short(budget)}")
 
 
 def _check_file_name(p: Path, name: Any, k: _Kind = _BUNDLE) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgerun.bundle import Bundle
-from edgerun.errors import ConfigError
+from edgerun.errors import BundleError, ConfigError
 
 # Named tolerances: |a - b| <= ATOL + RTOL * max|reference| over the whole output.
 # The native engine sums in a different order than onnxruntime (its own GEMM
@@ -98,6 +98,9 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
 
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     x = b.samples().astype(np.float32)
+    if not b.inputs[0].matches(tuple(x.shape)):  # every check below would pass on inputs run() then refuses
+        raise BundleError(f"bundle {b.path}: samples.npz holds inputs of shape {list(x.shape)}, but the manifest's "
+                          f"input {b.inputs[0].name!r} has shape {list(b.inputs[0].shape)}: re-export the bundle")
     msgs: list[str] = []
     ort_front = make_engine("ort", onnx_path=b.file("front.onnx"), threads=threads)
     back = make_engine("ort", onnx_path=b.file("back.onnx"), threads=threads)
