@@ -278,11 +278,12 @@ def run_cmd(
     import numpy as np
 
     from edgerun.bundle import Bundle
-    from edgerun.device import Device
+    from edgerun.device import Device, check_deadline_ms
 
     try:
         if limit is not None and limit < 1:
             raise ConfigError(f"--limit {limit}: give the number of inputs to run (>= 1), or leave it out for all")
+        check_deadline_ms(deadline_ms, "--deadline-ms")  # before the broker: nan was reported as a dead broker
         b = Bundle.load(bundle)
         x = _load_inputs(input, limit) if input else b.samples()
         x = np.asarray(x, dtype=np.float32)[:limit]

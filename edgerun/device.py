@@ -45,6 +45,18 @@ LATE_IDS_KEPT = 1024        # requests past their deadline remembered, so their 
 HEDGE_LOSERS_KEPT = 1024    # copies of hedged requests that lost the race, so their replies drop quietly
 HEDGE_BOTH_S = 2.0          # after a hedged copy won, send each request twice at once for this long
 RECONNECT_EVERY_S = 1.0     # background reconnect period while the broker is down (bundles with exits)
+# The longest deadline / timeout: one day. 1e308 ms overflowed the MQTT expiry (a 32-bit count of
+# seconds) and the wait, a traceback after the request was built.
+MAX_DEADLINE_MS = 86_400_000.0
+
+
+def check_deadline_ms(value: float | None, what: str = "deadline_ms") -> None:
+    """Raise ConfigError unless ``value`` is None or a number of ms in (0, one day]."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_DEADLINE_MS:
+        raise ConfigError(f"{what}{' ' if what.startswith('--') else '='}{value!r} must be a finite number of ms > 0, at most {MAX_DEADLINE_MS:.0f} "
+                          "(one day); leave it unset for the device's timeout")
 
 
 @dataclass
@@ -152,8 +164,7 @@ class Device:
             raise ConfigError(f"engine={engine!r}: use one of {_ENGINES}")
         if threads < 1:
             raise ConfigError(f"threads={threads} must be >= 1")
-        if not timeout_ms > 0:
-            raise ConfigError(f"timeout_ms={timeout_ms} must be > 0")
+        check_deadline_ms(timeout_ms, "timeout_ms")
         if not 1 <= max_batch <= 4096:
             raise ConfigError(f"max_batch={max_batch} must be in 1..4096")
         if hedge_ms is not None and not (isinstance(hedge_ms, (int, float)) and 0 < hedge_ms < math.inf):
@@ -238,10 +249,8 @@ class Device:
             FrameError / BundleError / InternalError: the server answered with an error.
         """
         t_start = time.perf_counter()
+        check_deadline_ms(deadline_ms)
         wait_ms = self.timeout_ms if deadline_ms is None else float(deadline_ms)
-        if not 0 < wait_ms < math.inf:
-            raise ConfigError(f"deadline_ms={deadline_ms} must be a finite number of ms > 0 "
-                              "(leave it unset for the device's timeout)")
         feeds = self._check_input(x)
         step = None
         n = int(next(iter(feeds.values())).shape[0]) if isinstance(feeds, dict) else int(feeds.shape[0])

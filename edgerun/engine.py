@@ -184,6 +184,10 @@ class OrtEngine:
     kind = "ort"
 
     def __init__(self, onnx_path: str | os.PathLike, *, threads: int = 1) -> None:
+        # The native engine's range, checked before the session: onnxruntime started every one of
+        # `--threads 100000` (verify / run --engine ort hung) and takes 0 as "all cores".
+        if not 1 <= threads <= 256:
+            raise ConfigError(f"threads must be in 1..256, got {threads!r}")
         self._sess = ort_session(onnx_path, threads)
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
