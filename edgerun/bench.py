@@ -40,6 +40,8 @@ from edgerun.report import percentiles
 
 STAGES = ("device", "encode", "network", "server", "decode", "total")
 QS = (50, 95, 99)
+REQUEST_TIMEOUT_MS = 30000.0  # how long each remote mode waits for a reply
+CONNECT_TIMEOUT_MS = 5000.0   # how long an MQTT connect through the emulator waits for the broker's CONNACK
 
 
 def make_server_bundle(b: Bundle, out: Path) -> Bundle:
@@ -118,6 +120,25 @@ def slow_down(dev: Any, factor: float) -> None:
         segs.engines = [SlowedEngine(e, factor) for e in segs.engines]
 
 
+def _check_link_fits(lnk: LinkProfile, b: Bundle, xs: np.ndarray) -> None:
+    """Refuse a link the bench cannot run over, before anything starts.
+
+    A link profile with an RTT of seconds (or a bandwidth of bits per second) plans fine, but the
+    bench's connections through the emulator then failed after minutes with "the MQTT broker did
+    not accept the connection within 5 s", which blamed the broker.
+    """
+    worst_rtt = lnk.rtt_ms + 2 * lnk.jitter_ms  # U(0, jitter) each way
+    raw = int(xs[:1].nbytes) + 4096  # the largest request: the raw input (all-on-server mode) + headers
+    out = sum(4 * int(np.prod([d or 1 for d in t.shape])) for t in b.outputs) + 4096
+    request_ms = lnk.network_ms(raw, out) + lnk.jitter_ms
+    if worst_rtt > 0.8 * CONNECT_TIMEOUT_MS or request_ms > 0.8 * REQUEST_TIMEOUT_MS:
+        raise ConfigError(f"link {lnk.name} ({lnk.path}): a round trip takes up to {worst_rtt:.4g} ms and one request "
+                          f"of this bundle {request_ms:.4g} ms over it, but the bench waits {CONNECT_TIMEOUT_MS:.0f} ms "
+                          f"for a connection and {REQUEST_TIMEOUT_MS:.0f} ms for a reply: bench over a faster link "
+                          f"(RTT + 2 x jitter under {0.8 * CONNECT_TIMEOUT_MS:.0f} ms, a request under "
+                          f"{0.8 * REQUEST_TIMEOUT_MS:.0f} ms); `edgerun plan` takes any link")
+
+
 def _local_mode(run: Callable[[np.ndarray], Any], xs: np.ndarray, requests: int, warmup: int) -> dict:
     for i in range(warmup):
         run(xs[i % len(xs)][None])
@@ -137,7 +158,7 @@ def _remote_mode(bundle: Bundle, emu: Any, server: subprocess.Popen, log_path: P
 
     answered: dict[str, int] = defaultdict(int)
     confident_exits = bool(bundle.manifest.get("exits")) and device_opts.get("budget") != "off"
-    with Device(bundle, broker=emu.url, engine=engine, timeout_ms=30000, **device_opts) as dev:
+    with Device(bundle, broker=emu.url, engine=engine, timeout_ms=REQUEST_TIMEOUT_MS, **device_opts) as dev:
         slow_down(dev, slowdown)
         if not confident_exits:  # a device with confident exits may never need the server
             procs.first_server_answer(dev, xs[:1], server, log_path)
@@ -196,6 +217,7 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests:
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     lnk = link if isinstance(link, LinkProfile) else load_link(link)
     xs = np.ascontiguousarray(b.samples(), dtype=np.float32)
+    _check_link_fits(lnk, b, xs)
     from edgerun.profiles import emulated_device
 
     _, factor, note = emulated_device(device)

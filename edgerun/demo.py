@@ -52,16 +52,29 @@ def _run_demo(
     from edgerun.exporters.models import SourceModel
     from edgerun.exporters.pipeline import ExportConfig, export
 
+    from edgerun.engine import ENGINE_KINDS
+    from edgerun.exits import OFF
+    from edgerun.exporters.exits import DEFAULT_BUDGETS
+
     if front_precision == "auto":  # needs a memory budget the demo does not take
         raise ConfigError("the demo exports fp32, int8 or int4 fronts; for 'auto' run `edgerun export "
                           "zoo:digits-cnn --front-precision auto --max-device-mem-mb N`")
+    # Every option checked before the model is trained and exported and the broker started: --limit 0
+    # failed after all that as "batch 0 is outside 1..max_batch", a bad --engine or --budget likewise.
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit}: give the number of test samples to run (>= 1), or leave it out for all")
+    if engine not in ENGINE_KINDS:
+        raise ConfigError(f"--engine {engine!r}: use one of {', '.join(ENGINE_KINDS)}")
+    budgets = [b.name for b in DEFAULT_BUDGETS] + [OFF]
+    if budget is not None and budget not in budgets:
+        raise ConfigError(f"--budget {budget!r}: the demo's bundle has the budgets {', '.join(budgets)}")
+    cfg = ExportConfig(cut=cut, codec=codec, front_precision=front_precision, back_precision=back_precision,
+                       exits="auto" if budget else None)
     _log("preparing the digits CNN (trained here on scikit-learn digits on first use)")
     model = zoo.load("digits-cnn")
     x_test, y_test = model.eval_data(limit=limit)
     _log(f"exporting it to {work / 'bundle'}")
     src = SourceModel(model.name, model.module, model.example, model)
-    cfg = ExportConfig(cut=cut, codec=codec, front_precision=front_precision, back_precision=back_precision,
-                       exits="auto" if budget else None)
     bundle = export(src, cfg, work / "bundle")
     whole = make_engine("ort", onnx_path=bundle.file("whole.onnx"), threads=1)
     whole_top1 = whole.run({bundle.inputs[0].name: x_test})[bundle.outputs[0].name].argmax(-1)

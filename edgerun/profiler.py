@@ -30,6 +30,7 @@ from edgerun.profiles import WHOLE, cpu_name
 
 PRECISIONS = ("fp32", "int8", "int4")
 REQUEST_GAP_MS = 20.0  # idle time before each timed run (see time_ms)
+MAX_GAP_MS = 60_000.0  # a minute of idle before each timed run is already far past any cache effect
 DEFAULT_MODELS = ("zoo:digits-cnn", "zoo:efficientnet-lite0")
 
 
@@ -170,8 +171,8 @@ def profile_machine(models: list[str] | tuple[str, ...] = DEFAULT_MODELS, *, rep
         raise ConfigError(f"passes={passes} must be >= 1")
     if not 1 <= threads <= 256:
         raise ConfigError(f"threads={threads} must be in 1..256")
-    if not gap_ms >= 0:
-        raise ConfigError(f"gap_ms={gap_ms} must be >= 0 (the idle ms before each timed run)")
+    if not 0 <= gap_ms <= MAX_GAP_MS:  # NaN fails too; inf crashed time.sleep after the models were traced
+        raise ConfigError(f"gap_ms={gap_ms} must be in 0..{MAX_GAP_MS:g} (the idle ms before each timed run)")
     if not models:
         raise ConfigError("no model to profile: pass --model zoo:NAME or path/to/file.py:fn")
     for m in models:

@@ -167,7 +167,8 @@ def _resolve(name_or_path: str | os.PathLike) -> Path:
     # A bare name is a profile name even if a folder of that name sits in the working directory.
     if p.suffix == ".toml" or p.is_file() or len(p.parts) > 1:
         if not p.is_file():
-            raise ConfigError(f"profile file {p} does not exist; give a name from {devices_dir()} or a path")
+            what = "is a directory, not a file" if p.is_dir() else "does not exist"
+            raise ConfigError(f"profile file {p} {what}; give a name from {devices_dir()} or a path to a .toml file")
         return p
     cand = devices_dir() / f"{p.name}.toml"
     if not cand.is_file():

@@ -51,7 +51,8 @@ def resolve_model(spec: str) -> SourceModel:
 
 def _from_file(path: Path, fn_name: str) -> SourceModel:
     if not path.is_file():
-        raise ConfigError(f"model file {path} does not exist; give MODEL as path/to/file.py:function or zoo:NAME")
+        what = "is a directory, not a Python file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"model file {path} {what}; give MODEL as path/to/file.py:function or zoo:NAME")
     mod_name = f"edgerun_user_model_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(mod_name, path)
     if spec is None or spec.loader is None:
