@@ -40,13 +40,13 @@ PROMPTS = ("Name three colours of the rainbow.", "Write a Python function that r
            "Explain what a robot's control loop is in two sentences.", "What is the capital of France?")
 
 
-def _bundle(cache: Path, cut: int, codec: str, front: str) -> llm.LlmBundle:
+def _bundle(cache: Path, cut: int, codec: str, front: str, back: str = "fp32") -> llm.LlmBundle:
     from edgerun.exporters.llm_export import export_llm
 
-    out = cache / f"smollm2-cut{cut}-{codec}-{front}-e8"  # the default int8 embedding
+    out = cache / f"smollm2-cut{cut}-{codec}-{front}{'' if back == 'fp32' else '-b' + back}-eint8"  # int8 embedding
     if not llm.is_llm_bundle(out):
-        print(f"exporting cut {cut}, codec {codec}, front {front} -> {out}", flush=True)
-        export_llm(out, cut=cut, max_context=512, codec=codec, front_precision=front)
+        print(f"exporting cut {cut}, codec {codec}, front {front}, back {back} -> {out}", flush=True)
+        export_llm(out, cut=cut, max_context=512, codec=codec, front_precision=front, back_precision=back)
     return llm.LlmBundle.load(out)
 
 
@@ -98,8 +98,10 @@ def _row(mode: str, b: llm.LlmBundle, link: str, gens: list) -> dict:
     ntok = sum(len(g.tokens) for g in gens)
     report = json.loads(b.file(llm.REPORT).read_text())
     codec, fp = report.get("codec"), report.get("front_precision", {"precision": "fp32"})
-    return {"mode": mode, "cut": b.spec.cut, "codec": b.codec["id"], "front": fp["precision"],
+    bp = report.get("back_precision", {"precision": "fp32"})
+    return {"mode": mode, "cut": b.spec.cut, "codec": b.codec["id"], "front": fp["precision"], "back": bp["precision"],
             "front_int8_eval": fp if fp["precision"] == "int8" else None,
+            "back_int8_eval": bp if bp["precision"] == "int8" else None,
             "front_ms": statistics.median(s.front_ms for g in gens for s in g.steps[1:]), "link": link,
             "prefill_ms": statistics.median(prefill), "decode_ms": statistics.median(decode),
             "up_B_per_step": statistics.median(s.up_bytes for g in gens for s in g.steps[1:] if not s.replays),
@@ -167,8 +169,8 @@ def _fallback(b: llm.LlmBundle, url: str, prompt: str, n: int, kill_at: int, wor
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="15:none:fp32,15:tsq:fp32,15:none:int8,15:tsq:int8,5:none:fp32,5:tsq:fp32,"
-                    "25:none:fp32,25:tsq:fp32", help="CUT:CODEC:FRONT_PRECISION, comma-separated; the first is the "
-                    "on-device baseline's bundle and the replay test's")
+                    "25:none:fp32,25:tsq:fp32", help="CUT:CODEC:FRONT_PRECISION[:BACK_PRECISION], comma-separated; "
+                    "the first is the on-device baseline's bundle and the replay test's")
     ap.add_argument("--links", default="loopback,wifi,lte", help="loopback and/or devices/*.toml link profiles")
     ap.add_argument("--tokens", type=int, default=32, help="new tokens per prompt")
     ap.add_argument("--kill-at", type=int, default=16, help="replay test: kill the pinned worker before this step")
@@ -176,14 +178,14 @@ def main() -> None:
                     help="where the exported bundles are kept between runs")
     ap.add_argument("--out", type=Path, default=None, help="write the rows as JSON here")
     args = ap.parse_args()
-    cases = [(int(c), k, f) for c, k, f in (x.split(":") for x in args.cases.split(","))]
+    cases = [(int(c[0]), c[1], c[2], c[3] if len(c) > 3 else "fp32") for c in (x.split(":") for x in args.cases.split(","))]
     links = args.links.split(",")
     args.cache.mkdir(parents=True, exist_ok=True)
     rows, replay, fallback = [], None, None
     with tempfile.TemporaryDirectory() as td, Mosquitto() as broker:
         work = Path(td)
-        for ci, (cut, codec, front) in enumerate(cases):
-            b = _bundle(args.cache, cut, codec, front)
+        for ci, (cut, codec, front, back) in enumerate(cases):
+            b = _bundle(args.cache, cut, codec, front, back)
             tok = llm.Tokenizer(b)
             prompts = [tok.chat(p) for p in PROMPTS]
             if ci == 0:
@@ -193,7 +195,7 @@ def main() -> None:
                 replay["same_tokens_as_on_device"] = replay["tokens"] == base["tokens"][0]
                 fallback = _fallback(b, broker.url, PROMPTS[0], args.tokens, args.kill_at, work)
                 fallback["same_tokens_as_on_device"] = fallback["tokens"] == base["tokens"][0]
-            w = procs.start_server(b.path, broker.url, work / f"serve{cut}{codec}{front}.log", "--threads", "1")
+            w = procs.start_server(b.path, broker.url, work / f"serve{cut}{codec}{front}{back}.log", "--threads", "1")
             try:
                 for link in links:
                     r = _split(b, broker.url, list(PROMPTS), args.tokens, link)
@@ -205,12 +207,12 @@ def main() -> None:
                     print(json.dumps({k: v for k, v in r.items() if k != "tokens"}), flush=True)
             finally:
                 procs.stop(w)
-    print("\n| mode | cut | front | codec | link | prefill ms | decode ms/token | device front ms | vs on device | up B/step | "
+    print("\n| mode | cut | front | back | codec | link | prefill ms | decode ms/token | device front ms | vs on device | up B/step | "
           "prompt up B/position | down B/token | device weights MiB | device KV KiB/position | generations as on device |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         fm = "-" if r["front_ms"] is None else f"{r['front_ms']:.1f}"
-        print(f"| {r['mode']} | {r['cut'] or '-'} | {r['front']} | {r['codec']} | {r['link']} | {r['prefill_ms']:.1f} | "
+        print(f"| {r['mode']} | {r['cut'] or '-'} | {r['front']} | {r.get('back', 'fp32')} | {r['codec']} | {r['link']} | {r['prefill_ms']:.1f} | "
               f"{r['decode_ms']:.1f} | {fm} | {r.get('decode_vs_on_device', 1.0):.2f} | {r['up_B_per_step']:.0f} | "
               f"{r['prompt_up_B_per_position']:.0f} | {r['down_B_per_token']:.0f} | "
               f"{r['device_weight_bytes'] / 2**20:.0f} | {r['device_kv_B_per_position'] / 1024:.1f} | "
@@ -224,6 +226,10 @@ def main() -> None:
             q = r["front_int8_eval"]
             print(f"int8 front at cut {r['cut']}: top-1 agreement with fp32 {100 * q['agreement']:.2f} %, perplexity "
                   f"{q['ppl_int8']:.3f} vs {q['ppl_fp32']:.3f}")
+        if r.get("back_int8_eval") and r["link"] == links[0] and r["codec"] == "none":
+            q = r["back_int8_eval"]
+            print(f"int8 back at cut {r['cut']} ({r['front']} front): top-1 agreement with the fp32 back "
+                  f"{100 * q['agreement']:.2f} %, perplexity {q['ppl_int8']:.3f} vs {q['ppl_fp32']:.3f}")
     print(f"\nreplay: worker {replay['killed']} killed before step {args.kill_at}: that step sent "
           f"{replay['replayed_positions']} positions and took {replay['replay_step_ms']:.1f} ms "
           f"(other steps {replay['decode_ms']:.1f} ms); tokens as on device: {replay['same_tokens_as_on_device']}")

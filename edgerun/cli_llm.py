@@ -29,6 +29,8 @@ def export_cmd(
                                                       "and measured on text, ~2 min)"),
     front_precision: str = typer.Option("fp32", "--front-precision", help="fp32 | int8: the device half's MatMul "
                                         "weights in 8 bits (onnxruntime's weight-only quantizer), measured on text"),
+    back_precision: str = typer.Option("fp32", "--back-precision", help="fp32 | int8: the server half's MatMul weights "
+                                       "(its tied head included) in 8 bits, same quantizer, measured on text"),
     embedding: str = typer.Option("int8", "--embedding", help="int8 | fp32: the token embedding table on the device "
                                   "(int8: blocks of 32, an exact re-encoding of SmolLM2's Q8_0 table, 4x fewer bytes)"),
     threads: int = typer.Option(2, "--threads", help="onnxruntime threads for the export's check"),
@@ -40,15 +42,17 @@ def export_cmd(
 
         _log(f"exporting SmolLM2-135M-Instruct split after layer {cut}")
         report = export_llm(out, cut=cut, max_context=max_context, threads=threads, codec=codec,
-                            front_precision=front_precision, embedding=embedding)
+                            front_precision=front_precision, embedding=embedding,
+                            back_precision=back_precision)
     except EdgerunError as exc:
         _fail(exc)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     typer.echo(f"LLM bundle {out}: layers 0..{cut - 1} on the device, {cut}..{report['layers'] - 1} on the server")
+    back = report.get("back_precision", {"precision": "fp32"})
     typer.echo(f"front {report['front_weight_bytes'] / 2**20:.0f} MiB ({report['front_precision']['precision']}), back "
-               f"{report['back_weight_bytes'] / 2**20:.0f} MiB (fp32); {report['bytes_per_token_up']} B up per token; KV cache "
+               f"{report['back_weight_bytes'] / 2**20:.0f} MiB ({back['precision']}); {report['bytes_per_token_up']} B up per token; KV cache "
                f"{report['front_cache_bytes_per_position'] / 1024:.1f} KiB per position on each side")
     ok = report["check"]["greedy_tokens_equal_whole"]
     typer.echo(f"greedy decoding of the split equals the whole model on {len(report['check']['prompts'])} prompts: "
@@ -61,6 +65,9 @@ def export_cmd(
     if q["precision"] == "int8":
         typer.echo(f"front int8: on {q['positions']} positions of held-out text, top-1 agreement with the fp32 front "
                    f"{100 * q['agreement']:.2f} %, perplexity {q['ppl_int8']:.3f} vs {q['ppl_fp32']:.3f}")
+    if back["precision"] == "int8":
+        typer.echo(f"back int8: on {back['positions']} positions of held-out text, top-1 agreement with the fp32 back "
+                   f"{100 * back['agreement']:.2f} %, perplexity {back['ppl_int8']:.3f} vs {back['ppl_fp32']:.3f}")
     c = report.get("codec")
     if c is not None and c["chosen"] is None:
         typer.echo("codec: no tsq setting kept the rule on calibration text; the bundle sends raw fp32")

@@ -73,7 +73,7 @@ def _split_greedy(front: rt.Half, back: rt.Half, ids: list[int], n: int, eos: in
 
 def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 2048, threads: int = 2,
                codec: str = "none", codec_chunks: int = 4, codec_tokens: int = 128,
-               front_precision: str = "fp32", embedding: str = "int8") -> dict[str, Any]:
+               front_precision: str = "fp32", embedding: str = "int8", back_precision: str = "fp32") -> dict[str, Any]:
     """Write a sealed LLM bundle to ``out`` and return its report.
 
     Raises:
@@ -86,6 +86,8 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
                           f"positions; SmolLM2's context is 8192), got {max_context!r}")
     if front_precision not in ("fp32", "int8"):
         raise ConfigError(f"--front-precision must be fp32 or int8, got {front_precision!r}")
+    if back_precision not in ("fp32", "int8"):
+        raise ConfigError(f"--back-precision must be fp32 or int8, got {back_precision!r}")
     if embedding not in ("fp32", "int8"):
         raise ConfigError(f"--embedding must be int8 or fp32, got {embedding!r}")
     if codec not in ("none", "tsq"):
@@ -121,7 +123,7 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
         report = _check(draft, whole_t, cfg, threads)
         # text to measure the lossy steps on: the stdlib's ~113k tokens, tokenized only when one is asked for
         chunks = (llm_codec.corpus_chunks(rt.Tokenizer(draft), codec_chunks, codec_tokens)
-                  if front_precision == "int8" or codec == "tsq" else None)
+                  if "int8" in (front_precision, back_precision) or codec == "tsq" else None)
         report["front_precision"] = {"precision": front_precision, "embedding": embed}
         if front_precision == "int8":
             fp32 = rt.Half(draft, "front", threads)
@@ -131,6 +133,15 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
                                                                rt.Half(draft, "back", threads), chunks.eval))
             del fp32
         manifest["front_precision"] = front_precision
+        report["back_precision"] = {"precision": back_precision}
+        if back_precision == "int8":  # measured after the front half as deployed
+            fp32 = rt.Half(draft, "back", threads)
+            llm_quant.quantize(d / rt.BACK, d / "back.int8.onnx", "back")
+            (d / "back.int8.onnx").replace(d / rt.BACK)
+            report["back_precision"].update(llm_quant.measure_back(rt.Half(draft, "front", threads), fp32,
+                                                                   rt.Half(draft, "back", threads), chunks.eval))
+            del fp32
+        manifest["back_precision"] = back_precision
         manifest["embedding_precision"] = embedding
         if codec == "tsq":  # calibrated and measured on the front half as deployed
             entry = llm_codec.calibrate(rt.Half(draft, "front", threads), rt.Half(draft, "back", threads), chunks)

@@ -1,10 +1,11 @@
-"""int8 weights for a split LLM's front half, through onnxruntime's own weight-only quantizer.
+"""int8 weights for a split LLM's halves, through onnxruntime's own weight-only quantizer.
 
 ``MatMulNBitsQuantizer`` (8 bits, blocks of 32 along the input dim, symmetric) turns every MatMul
-of the front half into ``MatMulNBits``; ``accuracy_level`` 4 lets onnxruntime run them on int8
+of a half (the back half's tied head included) into ``MatMulNBits``; ``accuracy_level`` 4 lets onnxruntime run them on int8
 arithmetic (activations quantized per block on the fly). The token embedding is not touched
 here (that quantizer only offers 4 bits for Gather): ``quantize_embedding`` stores it in 8 bits. The loss is measured at export on held-out text, against
-the fp32 front, by teacher forcing through the same back half (``llm_codec.evaluate``' measures).
+the fp32 halves, by teacher forcing (``llm_codec.evaluate``' measures): an int8 front through the
+fp32 back half, an int8 back half after the front half as deployed.
 
 onnxruntime's dynamic quantization (``quantize_dynamic``, per-tensor 8-bit activations) was measured
 too and not kept: mid-network Llama hidden states hold values up to ~24,000 next to a median of ~2,
@@ -30,8 +31,8 @@ METHOD = (f"onnxruntime MatMulNBitsQuantizer: {BITS}-bit weights in blocks of {B
           f"{ACCURACY_LEVEL} (int8 arithmetic)")
 
 
-def quantize(src: Path, dst: Path) -> None:
-    """Write ``src`` (an fp32 front half) with int8 MatMul weights to ``dst``."""
+def quantize(src: Path, dst: Path, side: str = "front") -> None:
+    """Write ``src`` (an fp32 half) with int8 MatMul weights to ``dst``."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
@@ -45,17 +46,29 @@ def quantize(src: Path, dst: Path) -> None:
         q.process()
         q.model.save_model_to_file(str(dst), use_external_data_format=False)
     except Exception as exc:  # onnxruntime's quantizer raises many types
-        raise ExportError(f"onnxruntime could not quantize the LLM's front half to int8: {exc}") from exc
+        raise ExportError(f"onnxruntime could not quantize the LLM's {side} half to int8: {exc}") from exc
     finally:
         qlog.level = level
 
 
 def measure(fp32: llm.Half, int8: llm.Half, back: llm.Half, chunks: list[list[int]]) -> dict[str, Any]:
     """Top-1 agreement of the int8 front with the fp32 front (same back half) and both perplexities."""
+    return _measure((fp32, back), (int8, back), chunks)
+
+
+def measure_back(front: llm.Half, fp32: llm.Half, int8: llm.Half, chunks: list[list[int]]) -> dict[str, Any]:
+    """Top-1 agreement of the int8 back half with the fp32 one (after the same front half) and both
+    perplexities."""
+    return _measure((front, fp32), (front, int8), chunks)
+
+
+def _measure(ref: tuple[llm.Half, llm.Half], low: tuple[llm.Half, llm.Half], chunks: list[list[int]]) -> dict[str, Any]:
     agree, n, nll32, nll8 = 0, 0, [], []
     for c in chunks:
-        t32, v32 = llm_codec._score(llm_codec._logits(back, llm_codec._hidden(fp32, c)), c)
-        t8, v8 = llm_codec._score(llm_codec._logits(back, llm_codec._hidden(int8, c)), c)
+        h = llm_codec._hidden(ref[0], c)
+        t32, v32 = llm_codec._score(llm_codec._logits(ref[1], h), c)
+        h8 = h if low[0] is ref[0] else llm_codec._hidden(low[0], c)
+        t8, v8 = llm_codec._score(llm_codec._logits(low[1], h8), c)
         agree += int((t32 == t8).sum())
         n += len(c)
         nll32.append(v32)

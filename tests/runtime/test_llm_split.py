@@ -195,3 +195,40 @@ def test_an_int8_front_runs_matmuls_on_8_bit_weights_and_reports_its_loss_on_tex
     m = llm_quant.measure(halves[0], int8, halves[1], chunks.eval)
     assert m["positions"] == 48 and m["ppl_fp32"] > 1 and m["ppl_int8"] > 1
     assert m["agreement"] > 0.8  # lossy: 97.7 % on 512 positions (dynamic quantization's 73.8 % would fail)
+
+
+def test_an_int8_back_half_quantizes_the_tied_head_too_and_reports_its_loss_on_text(llm_bundle, halves, tmp_path):
+    import onnx
+
+    from edgerun.exporters import llm_codec, llm_quant
+
+    out = tmp_path / "back.int8.onnx"
+    llm_quant.quantize(llm_bundle.file(llm.BACK), out, "back")
+    ops = [n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node]
+    assert ops.count("MatMulNBits") == 15 * 7 + 1 and "MatMul" in ops  # + the head; attention stays fp32
+    assert out.stat().st_size < 0.35 * llm_bundle.file(llm.BACK).stat().st_size  # the head's 108 MiB too
+
+    class _Draft:  # the bundle with its back half swapped for the int8 one
+        spec = llm_bundle.spec
+
+        def file(self, name):
+            return out if name == llm.BACK else llm_bundle.file(name)
+
+    int8 = llm.Half(_Draft(), "back", 2)
+    chunks = llm_codec.corpus_chunks(llm.Tokenizer(llm_bundle), 1, 48)
+    m = llm_quant.measure_back(halves[0], halves[1], int8, chunks.eval)
+    assert m["positions"] == 48 and m["ppl_fp32"] > 1 and m["ppl_int8"] > 1
+    assert m["agreement"] > 0.8  # lossy: 97.1 % on 512 positions
+    # close logits, not the same top-1: this prompt's first token is a near-tie ("The" 25.33 vs "L" 25.24 at
+    # fp32) that the int8 back half flips
+    ids = llm.Tokenizer(llm_bundle).chat("What is the capital of France?")
+    h = halves[0].step(np.array([ids], np.int64), halves[0].new_cache())
+    ref, low = halves[1].step(h, halves[1].new_cache()), int8.step(h, int8.new_cache())
+    assert 0 < np.linalg.norm(low - ref) < 0.05 * np.linalg.norm(ref)
+
+
+def test_export_refuses_an_unknown_back_precision(tmp_path):
+    from edgerun.exporters.llm_export import export_llm
+
+    with pytest.raises(ConfigError, match="--back-precision must be fp32 or int8"):
+        export_llm(tmp_path / "x", back_precision="fp16")
