@@ -173,6 +173,16 @@ def test_a_replay_coded_in_one_frame_decodes_to_the_values_coded_step_by_step(ll
     assert np.abs(whole - h).max() > 0  # lossy: the test would pass trivially on raw values
 
 
+class _Swapped:
+    """``bundle`` with one of its files replaced by ``path`` (a half quantized outside the bundle)."""
+
+    def __init__(self, bundle, name, path):
+        self.spec, self._bundle, self._name, self._path = bundle.spec, bundle, name, path
+
+    def file(self, name):
+        return self._path if name == self._name else self._bundle.file(name)
+
+
 def test_an_int8_front_runs_matmuls_on_8_bit_weights_and_reports_its_loss_on_text(llm_bundle, halves, tmp_path):
     import onnx
 
@@ -184,13 +194,7 @@ def test_an_int8_front_runs_matmuls_on_8_bit_weights_and_reports_its_loss_on_tex
     assert ops.count("MatMulNBits") == 15 * 7  # q, k, v, o, gate, up, down of each of the 15 layers
     assert out.stat().st_size < 0.6 * llm_bundle.file(llm.FRONT).stat().st_size
 
-    class _Draft:  # the bundle with its front half swapped for the int8 one
-        spec = llm_bundle.spec
-
-        def file(self, name):
-            return out if name == llm.FRONT else llm_bundle.file(name)
-
-    int8 = llm.Half(_Draft(), "front", 2)
+    int8 = llm.Half(_Swapped(llm_bundle, llm.FRONT, out), "front", 2)
     chunks = llm_codec.corpus_chunks(llm.Tokenizer(llm_bundle), 1, 48)
     m = llm_quant.measure(halves[0], int8, halves[1], chunks.eval)
     assert m["positions"] == 48 and m["ppl_fp32"] > 1 and m["ppl_int8"] > 1
@@ -208,13 +212,7 @@ def test_an_int8_back_half_quantizes_the_tied_head_too_and_reports_its_loss_on_t
     assert ops.count("MatMulNBits") == 15 * 7 + 1 and "MatMul" in ops  # + the head; attention stays fp32
     assert out.stat().st_size < 0.35 * llm_bundle.file(llm.BACK).stat().st_size  # the head's 108 MiB too
 
-    class _Draft:  # the bundle with its back half swapped for the int8 one
-        spec = llm_bundle.spec
-
-        def file(self, name):
-            return out if name == llm.BACK else llm_bundle.file(name)
-
-    int8 = llm.Half(_Draft(), "back", 2)
+    int8 = llm.Half(_Swapped(llm_bundle, llm.BACK, out), "back", 2)
     chunks = llm_codec.corpus_chunks(llm.Tokenizer(llm_bundle), 1, 48)
     m = llm_quant.measure_back(halves[0], halves[1], int8, chunks.eval)
     assert m["positions"] == 48 and m["ppl_fp32"] > 1 and m["ppl_int8"] > 1

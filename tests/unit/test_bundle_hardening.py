@@ -5,7 +5,6 @@ expects a UserError subclass: never a traceback, never a message that contradict
 """
 
 import io
-import json
 import os
 import shutil
 import tarfile
@@ -14,26 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgerun.bundle import Bundle, compute_bundle_hash, sha256_file
+from edgerun.bundle import Bundle, sha256_file
 from edgerun.errors import BundleError, ConfigError
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "bundle_v1"
+from golden_bundle import GOLDEN, golden_copy_at, reseal as _reseal
 
 
 @pytest.fixture
 def golden_copy(tmp_path):
-    dst = tmp_path / "b"
-    shutil.copytree(GOLDEN, dst)
-    return dst
-
-
-def _reseal(directory: Path, edit) -> None:
-    """Edit the manifest and fix up its hash, as a careless (or hostile) tool would."""
-    mf = directory / "manifest.json"
-    m = json.loads(mf.read_text())
-    edit(m)
-    m["bundle_hash"] = compute_bundle_hash(m)
-    mf.write_text(json.dumps(m))
+    return golden_copy_at(tmp_path / "b")
 
 
 def _entry(path: Path) -> dict:

@@ -10,34 +10,19 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import socket
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from edgerun.bundle import compute_bundle_hash
 from edgerun.cli import app
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "bundle_v1"
+from golden_bundle import golden_copy_at, reseal as _reseal
 
 
 @pytest.fixture
 def golden_copy(tmp_path):
-    dst = tmp_path / "b"
-    shutil.copytree(GOLDEN, dst)
-    return dst
-
-
-def _reseal(directory: Path, edit) -> Path:
-    """Edit the manifest and fix up its hash, as a careless tool would."""
-    mf = directory / "manifest.json"
-    m = json.loads(mf.read_text())
-    edit(m)
-    m["bundle_hash"] = compute_bundle_hash(m)
-    mf.write_text(json.dumps(m))
-    return directory
+    return golden_copy_at(tmp_path / "b")
 
 
 def _cli(*args: str):
