@@ -108,12 +108,19 @@ def run_cmd(
 ) -> None:
     """Generate an answer with the front half here and the back half on `edgerun serve` workers."""
     try:
-        from edgerun.llm_device import LlmDevice
+        from edgerun.llm import LlmBundle, Tokenizer
+        from edgerun.llm_device import LlmDevice, check_fits, check_generation
 
         answer = None
         selector = None
         if tools is None and (k_max is not None or offer_all):
             raise ConfigError("--k-max and --offer-all choose the tools of --tools INDEX; give --tools")
+        # the prompt and the generation's options before the bundle and the broker: an empty prompt or
+        # --max-new-tokens 0 was reported as a missing bundle or a dead broker
+        check_generation(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        llm_bundle = LlmBundle.load(bundle)
+        if tools is None:
+            check_fits(len(Tokenizer(llm_bundle).chat(prompt)), max_new_tokens, llm_bundle.spec)
         if tools is not None:
             from dataclasses import replace
 
@@ -121,7 +128,7 @@ def run_cmd(
 
             index = ToolIndex.load(tools)
             selector = ToolSelector(index, rule=replace(index.rule, k_max=3 if k_max is None else k_max))
-        with LlmDevice(bundle, broker, device_id=device_id, threads=threads, topk=topk,
+        with LlmDevice(llm_bundle, broker, device_id=device_id, threads=threads, topk=topk,
                        step_timeout_s=step_timeout_s, frame_positions=frame_positions, max_replays=max_replays,
                        local_fallback=local_fallback) as dev:
             if selector is not None:

@@ -47,10 +47,15 @@ class LlmSpec:
     @staticmethod
     def from_json(d: Any) -> LlmSpec:
         try:
-            spec = LlmSpec(**{k: int(d[k]) for k in LlmSpec.__dataclass_fields__})
-        except (KeyError, TypeError, ValueError) as exc:
+            values = {k: d[k] for k in LlmSpec.__dataclass_fields__}
+        except (KeyError, TypeError, IndexError) as exc:
             raise BundleError(f"the LLM bundle's 'llm' entry {d!r} is malformed ({exc}); "
                               "re-export it with `edgerun llm export`") from exc
+        for k, v in values.items():  # int("15"), int(15.9) and int(True) read a resealed typo as a size
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise BundleError(f"the LLM bundle's 'llm' entry has {k}={v!r}, not a whole number; re-export it "
+                                  "with `edgerun llm export`")
+        spec = LlmSpec(**values)
         if not 0 < spec.cut < spec.layers or min(spec.hidden, spec.kv_heads, spec.head_dim, spec.vocab,
                                                  spec.max_context) <= 0 or not 0 <= spec.eos < spec.vocab \
                 or spec.max_context > 1 << 16:
@@ -127,7 +132,11 @@ def is_llm_bundle(path: str | Path) -> bool:
 
 
 class Tokenizer:
-    """The bundle's byte-level BPE (``tokenizers``) and its chat template."""
+    """The bundle's byte-level BPE (``tokenizers``) and its chat template.
+
+    The user's text is text: a control token's spelling in it (``<|im_end|>``, ``<|im_start|>``) is
+    encoded as those characters, not as the control token, so a message cannot close its own turn
+    or open a system turn. The template's own control tokens stay tokens."""
 
     def __init__(self, bundle: LlmBundle) -> None:
         try:
@@ -139,14 +148,34 @@ class Tokenizer:
         except Exception as exc:  # tokenizers raises its own untyped errors
             raise BundleError(f"cannot read the LLM bundle's tokenizer ({exc}); re-export it with "
                               "`edgerun llm export`") from exc
+        size = self._tok.get_vocab_size(with_added_tokens=True)
+        if size > bundle.spec.vocab:  # ids the halves have no row for: "token ids must be in 0..N" for a prompt
+            raise BundleError(f"the LLM bundle's tokenizer has {size} tokens, its manifest's vocab is "
+                              f"{bundle.spec.vocab}: they come from different models; re-export it with "
+                              "`edgerun llm export`")
+        self._specials = [t.content for t in self._tok.get_added_tokens_decoder().values() if t.special]
         self._template = bundle.chat_template
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text).ids)
 
+    def encode_turn(self, before: str, text: str, after: str) -> list[int]:
+        """The ids of ``before + text + after`` with ``text`` taken literally (its control-token
+        spellings are characters); the same ids as ``encode`` when it holds none."""
+        if not any(sp in text for sp in self._specials):
+            return self.encode(before + text + after)
+        self._tok.encode_special_tokens = True
+        try:
+            mid = list(self._tok.encode(text, add_special_tokens=False).ids)
+        finally:
+            self._tok.encode_special_tokens = False
+        return (list(self._tok.encode(before).ids) + mid
+                + list(self._tok.encode(after, add_special_tokens=False).ids))
+
     def chat(self, prompt: str) -> list[int]:
         """The ids of ``prompt`` as one user turn, ready for the assistant's answer."""
-        return self.encode(self._template.replace("{prompt}", prompt))
+        before, after = self._template.split("{prompt}", 1)
+        return self.encode_turn(before, prompt, after.replace("{prompt}", prompt))
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(list(ids), skip_special_tokens=True)
@@ -223,6 +252,21 @@ class Half:
         if isinstance(width, int) and width != s.hidden:
             raise BundleError(f"the LLM bundle's {side} half has hidden states of {width}, its manifest says "
                               f"{s.hidden}; re-export it with `edgerun llm export`")
+        # A manifest resealed with another cut, kv_heads, head_dim or vocab than the graphs were exported
+        # with loaded, then failed in onnxruntime on the first step (a traceback on the device).
+        want = {"layers": n, "kv_heads": s.kv_heads, "head_dim": s.head_dim}
+        for t in [*self.session.get_inputs(), *self.session.get_outputs()]:
+            if t.name in ("past_k", "past_v", "new_k", "new_v") and len(t.shape or ()) == 5:
+                for (what, size), got in zip(want.items(), (t.shape[0], t.shape[2], t.shape[4])):
+                    if isinstance(got, int) and got != size:
+                        raise BundleError(f"the LLM bundle's {side} half has a KV cache of {got} {what}, its manifest "
+                                          f"says {size} (cut {s.cut} of {s.layers} layers); re-export it with "
+                                          "`edgerun llm export`")
+        vocab = self.session.get_outputs()[0].shape[-1] if side == "back" and self.session.get_outputs()[0].shape \
+            else None
+        if isinstance(vocab, int) and vocab != s.vocab:
+            raise BundleError(f"the LLM bundle's back half gives logits over {vocab} tokens, its manifest says "
+                              f"{s.vocab}; re-export it with `edgerun llm export`")
 
     def new_cache(self) -> Cache:
         return Cache(self.n_layers, self.spec.kv_heads, self.spec.head_dim)
@@ -261,6 +305,15 @@ class Half:
         return y
 
 
+def check_session_options(max_sessions: Any, ttl_s: Any) -> None:
+    """ConfigError unless ``max_sessions`` is a whole number >= 1 and ``ttl_s`` a finite number of seconds > 0."""
+    if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
+        raise ConfigError(f"max_sessions={max_sessions!r} must be a whole number >= 1")
+    if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not 0 < ttl_s < math.inf:
+        raise ConfigError(f"session_ttl_s={ttl_s!r} must be a number of seconds > 0 (how long an idle "
+                          "session's cache is kept)")
+
+
 class SessionStore:
     """The back half's caches by session id, least recently used first out.
 
@@ -269,11 +322,7 @@ class SessionStore:
     """
 
     def __init__(self, half: Half, max_sessions: int = 32, ttl_s: float = 600.0) -> None:
-        if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
-            raise ConfigError(f"max_sessions={max_sessions!r} must be a whole number >= 1")
-        if isinstance(ttl_s, bool) or not isinstance(ttl_s, (int, float)) or not 0 < ttl_s < math.inf:
-            raise ConfigError(f"session_ttl_s={ttl_s!r} must be a number of seconds > 0 (how long an idle "
-                              "session's cache is kept)")
+        check_session_options(max_sessions, ttl_s)
         self.half, self.max_sessions, self.ttl_s = half, max_sessions, float(ttl_s)
         self._items: OrderedDict[str, tuple[Cache, float]] = OrderedDict()
         self.evicted = 0

@@ -33,10 +33,16 @@ ANSWER_PREFIX = '<tool_call>[{"name": "'
 CALL_END = "</tool_call>"  # generation stops once the call is closed
 
 
+def prompt_parts(tools: list[dict[str, Any]]) -> tuple[str, str]:
+    """The chat text before and after the question, ``tools`` offered, ending where the tool's name starts."""
+    return ("<|im_start|>system\n" + SYSTEM.format(tools=json.dumps(tools, ensure_ascii=False)) + "<|im_end|>\n"
+            "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n" + ANSWER_PREFIX)
+
+
 def prompt(question: str, tools: list[dict[str, Any]]) -> str:
     """The chat text for one question with ``tools`` offered, ending where the tool's name starts."""
-    return ("<|im_start|>system\n" + SYSTEM.format(tools=json.dumps(tools, ensure_ascii=False)) + "<|im_end|>\n"
-            "<|im_start|>user\n" + question + "<|im_end|>\n<|im_start|>assistant\n" + ANSWER_PREFIX)
+    before, after = prompt_parts(tools)
+    return before + question + after
 
 
 @dataclass
@@ -76,14 +82,22 @@ class Agent:
         """
         sel = self.selector.select(question)
         offered = self.selector.index.tools if offer_all else sel.tools
-        ids = self.device.tokenizer.encode(prompt(question, offered))
+        ids = self.device.tokenizer.encode_turn(*_around(prompt_parts(offered), question))
         context = self.device.bundle.spec.max_context
         if isinstance(max_new_tokens, int) and len(ids) + max_new_tokens - 1 > context:
+            alone = len(self.device.tokenizer.encode_turn(*_around(prompt_parts([]), question)))
+            what = ("shorten the question" if alone + max_new_tokens - 1 > context else
+                    "offer fewer tools (--k-max)")  # no tool at all would not fit either: fewer tools cannot help
             raise ConfigError(f"the question with {len(offered)} tools' schemas takes {len(ids)} positions (+ "
-                              f"{max_new_tokens} new tokens), past the LLM bundle's context of {context}: offer fewer "
-                              "tools (--k-max) or export the LLM with a larger --max-context")
+                              f"{max_new_tokens} new tokens), past the LLM bundle's context of {context}: {what}, "
+                              "ask for fewer new tokens (--max-new-tokens) or export the LLM with a larger "
+                              "--max-context")
         g = self.device.generate(ids=ids, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                                  stop=CALL_END)
         name = g.text.split('"', 1)[0]
         names = [t["name"] for t in offered]
         return Answer(sel, names, len(ids), g, ANSWER_PREFIX + g.text, name if name in names else None)
+
+
+def _around(parts: tuple[str, str], question: str) -> tuple[str, str, str]:
+    return parts[0], question, parts[1]

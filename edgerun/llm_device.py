@@ -270,28 +270,14 @@ class LlmDevice:
         """
         if (prompt is None) == (ids is None):
             raise ConfigError("give a prompt or token ids (one of them)")
-        if prompt is not None:
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ConfigError("the prompt is empty: give the user's message")
-            try:
-                prompt.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ConfigError("the prompt is not valid UTF-8 text; pass it as UTF-8") from None
+        check_generation(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
         ids = self.tokenizer.chat(prompt) if prompt is not None else [int(i) for i in ids]
         spec = self.bundle.spec
         if not ids:
             raise ConfigError("no token ids given")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be a whole number >= 1")
-        if len(ids) + max_new_tokens - 1 > spec.max_context:  # the last new token is never sent
-            raise ConfigError(f"{len(ids)} prompt tokens + {max_new_tokens} new ones pass this bundle's context of "
-                              f"{spec.max_context}: shorten the prompt or ask for fewer tokens")
+        check_fits(len(ids), max_new_tokens, spec)
         if any(not 0 <= i < spec.vocab for i in ids):
             raise ConfigError(f"token ids must be in 0..{spec.vocab - 1}")
-        if not (isinstance(temperature, (int, float)) and 0 <= temperature <= 10):
-            raise ConfigError(f"temperature={temperature!r} must be in 0..10 (0 = greedy)")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-            raise ConfigError(f"seed={seed!r} must be a whole number >= 0")
         self._sample = (float(temperature), np.random.default_rng(seed))
         g = Generation(session=secrets.token_hex(16), prompt_tokens=len(ids), tokens=[], text="")
         cache, history, pinned, pos, local = self.front.new_cache(), [], None, 0, False
@@ -509,6 +495,37 @@ class LlmDevice:
         z = (logits[0].astype(np.float64) - float(logits[0].max())) / temperature
         p = np.exp(z) / np.exp(z).sum()
         return int(ids[0, rng.choice(len(p), p=p)])
+
+
+def check_generation(prompt: str | None, *, max_new_tokens: Any, temperature: Any = 0.0, seed: Any = None) -> None:
+    """What ``generate`` refuses without the bundle, the tokenizer or the broker (``edgerun llm run``
+    checks it first: a dead broker or a missing bundle was reported for an empty prompt or
+    ``--max-new-tokens 0``).
+
+    Raises:
+        ConfigError: an empty or non-UTF-8 prompt, max_new_tokens < 1, a temperature outside 0..10,
+            a negative seed.
+    """
+    if prompt is not None:
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ConfigError("the prompt is empty: give the user's message")
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError("the prompt is not valid UTF-8 text; pass it as UTF-8") from None
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens={max_new_tokens!r} must be a whole number >= 1")
+    if isinstance(temperature, bool) or not (isinstance(temperature, (int, float)) and 0 <= temperature <= 10):
+        raise ConfigError(f"temperature={temperature!r} must be in 0..10 (0 = greedy)")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ConfigError(f"seed={seed!r} must be a whole number >= 0")
+
+
+def check_fits(prompt_tokens: int, max_new_tokens: int, spec: llm.LlmSpec) -> None:
+    """ConfigError when the prompt and the new tokens pass the bundle's context."""
+    if prompt_tokens + max_new_tokens - 1 > spec.max_context:  # the last new token is never sent
+        raise ConfigError(f"{prompt_tokens} prompt tokens + {max_new_tokens} new ones pass this bundle's context of "
+                          f"{spec.max_context}: shorten the prompt or ask for fewer tokens (--max-new-tokens)")
 
 
 def _check_reply(frame: wire.Frame, topk: int) -> None:

@@ -60,6 +60,11 @@ class LlmWorker(_Worker):
 
     def __init__(self, bundle: llm.LlmBundle, threads: int, max_frame_bytes: int, worker_id: str,
                  max_sessions: int = 32, session_ttl_s: float = 600.0, max_batch: int = 1) -> None:
+        # the options before the back half (300 MB, seconds to load) is read
+        llm.check_session_options(max_sessions, session_ttl_s)
+        if max_batch > max_sessions:  # a new session in a batch would evict another one of the same batch
+            raise ConfigError(f"--max-batch {max_batch} is more than --max-sessions {max_sessions}: a batch holds "
+                              "steps of distinct sessions, so keep --max-batch <= --max-sessions")
         self._common(bundle, max_frame_bytes, worker_id, max_batch)
         self.back = llm.Half(bundle, "back", threads)
         if max_batch > 1 and not self.back.batches:
@@ -67,9 +72,6 @@ class LlmWorker(_Worker):
                               "batched sessions): re-export it with `edgerun llm export`, or serve it with "
                               "--max-batch 1")
         self.sessions = llm.SessionStore(self.back, max_sessions, session_ttl_s)
-        if max_batch > max_sessions:  # a new session in a batch would evict another one of the same batch
-            raise ConfigError(f"--max-batch {max_batch} is more than --max-sessions {max_sessions}: a batch holds "
-                              "steps of distinct sessions, so keep --max-batch <= --max-sessions")
 
     def extra_filters(self) -> list[str]:
         """This worker's own request topics: the sessions pinned to it."""

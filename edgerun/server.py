@@ -356,6 +356,9 @@ def serve(
     if not (isinstance(batch_wait_ms, (int, float)) and 0 <= batch_wait_ms <= MAX_BATCH_WAIT_MS):
         raise ConfigError(f"batch_wait_ms={batch_wait_ms!r} must be in 0..{MAX_BATCH_WAIT_MS:g} ms "
                           "(0 = batch only what is already waiting)")
+    from edgerun.llm import check_session_options
+
+    check_session_options(max_sessions, session_ttl_s)  # before the bundle (an LLM's back half loads for seconds)
     max_frame_bytes = wire.DEFAULT_MAX_FRAME_BYTES if max_frame_bytes is None else int(max_frame_bytes)
     b = _load(bundle)
     wid = transport.check_segment("worker id", worker_id or transport.default_id("server"))
