@@ -183,7 +183,7 @@ def demo_cmd(
 
     procs.sigterm_unwinds()  # SIGTERM cleans up like Ctrl-C: the broker and the workers stop
     try:
-        if not llm.is_llm_bundle(bundle):
+        if not (bundle.is_file() or llm.is_llm_bundle(bundle)):  # an archive is loaded, not exported over
             from edgerun.exporters.llm_export import export_llm
 
             _log(f"exporting SmolLM2-135M-Instruct split after layer 15 to {bundle} (~1 min, 650 MB)")

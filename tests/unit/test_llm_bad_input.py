@@ -246,3 +246,13 @@ def test_the_worker_checks_max_batch_against_max_sessions_before_loading_the_bac
 def test_manifest_of_the_tiny_bundle_is_an_llm_bundle(tmp_path):
     m = json.loads((_llm_dir(tmp_path) / "manifest.json").read_text())
     assert m["format"] == LLM_FORMAT_NAME and llm.is_llm_bundle(tmp_path / "llm")
+
+
+def test_llm_demo_loads_an_archive_instead_of_exporting_over_it(tmp_path):
+    # before: an archive given as --bundle was not an LLM bundle directory, so the demo tried to export
+    # to it and said "--out ...: an export writes a bundle directory, not an archive" (no --out was given)
+    arc = tmp_path / "llm.tar.gz"
+    arc.write_bytes(b"not a tar archive")
+    r = _cli("llm", "demo", "--bundle", str(arc))
+    assert r.exit_code == 2 and "--out" not in r.output and "llm.tar.gz" in r.output
+    assert len(r.output.strip().splitlines()) == 1
