@@ -10,34 +10,17 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 
 import pytest
-from typer.testing import CliRunner
 
-from edgerun.cli import app
 
 from golden_bundle import golden_copy_at, reseal as _reseal
+from cli_checks import closed_port as _closed_port, run_cli as _cli
 
 
 @pytest.fixture
 def golden_copy(tmp_path):
     return golden_copy_at(tmp_path / "b")
-
-
-def _cli(*args: str):
-    r = CliRunner().invoke(app, list(args))
-    # A traceback shows up as an exception other than SystemExit (typer.Exit ends as SystemExit).
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    return r
-
-
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
-    return port
 
 
 def _set(path, value):

@@ -11,35 +11,19 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from typer.testing import CliRunner
 
 from edgerun import llm
 from edgerun.bundle import LLM_FORMAT_NAME, write_manifest
-from edgerun.cli import app
 from edgerun.errors import BundleError, ConfigError
+
+from cli_checks import closed_port as _closed_port, run_cli as _cli
 
 SPEC = {"cut": 2, "layers": 4, "hidden": 8, "kv_heads": 2, "head_dim": 4, "vocab": 16, "eos": 2, "max_context": 64}
 TEMPLATE = "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n"
-
-
-def _cli(*args: str):
-    r = CliRunner().invoke(app, list(args))
-    # A traceback shows up as an exception other than SystemExit (typer.Exit ends as SystemExit).
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    return r
-
-
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now
-    return port
 
 
 def _tokenizer_json(words: list[str]) -> str:
