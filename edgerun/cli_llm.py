@@ -103,6 +103,8 @@ def run_cmd(
     local_fallback: bool = typer.Option(False, "--local-fallback", help="when no server can answer (broker down, "
                                         "no worker online, none answers), run the back half here and finish the "
                                         "answer on this machine (the whole model's memory)"),
+    preload_back: bool = typer.Option(False, "--preload-back", help="with --local-fallback: load the back half at "
+                                      "the start, so the first step answered here costs only the cache rebuild"),
     device_id: str = typer.Option(None, "--device-id", help="this device's id in topics"),
     as_json: bool = typer.Option(False, "--json", help="print the generation (tokens, steps, bytes) as JSON"),
 ) -> None:
@@ -115,6 +117,8 @@ def run_cmd(
         selector = None
         if tools is None and (k_max is not None or offer_all):
             raise ConfigError("--k-max and --offer-all choose the tools of --tools INDEX; give --tools")
+        if preload_back and not local_fallback:
+            raise ConfigError("--preload-back loads the back half for --local-fallback: give --local-fallback too")
         # the prompt and the generation's options before the bundle and the broker: an empty prompt or
         # --max-new-tokens 0 was reported as a missing bundle or a dead broker
         check_generation(prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
@@ -130,7 +134,7 @@ def run_cmd(
             selector = ToolSelector(index, rule=replace(index.rule, k_max=3 if k_max is None else k_max))
         with LlmDevice(llm_bundle, broker, device_id=device_id, threads=threads, topk=topk,
                        step_timeout_s=step_timeout_s, frame_positions=frame_positions, max_replays=max_replays,
-                       local_fallback=local_fallback) as dev:
+                       local_fallback=local_fallback, preload_back=preload_back) as dev:
             if selector is not None:
                 from edgerun.llm_agent import Agent
 

@@ -14,10 +14,12 @@ the last worker died goes to its replacement once that one has loaded, not into 
 
 With ``local_fallback`` the device **answers alone** when no server can: the broker is down (also
 when the device starts; it reconnects in the background), no worker is online, or none answered a
-step after the replays. It then loads the back half here (once; the bundle holds it), rebuilds
-its cache from the hidden states it kept, and finishes the generation itself: the same tokens, at
-on-device cost and memory. Those steps say ``worker == "local"``; the next generation tries the
-servers again.
+step after the replays. It then loads the back half here (once; the bundle holds it; at the start
+with ``preload_back``), rebuilds its cache from the hidden states it kept, and finishes the
+generation itself: the same tokens, at on-device cost and memory. Those steps say ``worker ==
+"local"``; the next generation tries the servers again. "No worker is online" is known at once
+when the device has been connected for ``PRESENCE_GRACE_S`` (the retained presences have come):
+the step after the last worker's death is answered here without a further wait.
 
 Example:
     >>> with LlmDevice("bundles/llm", "mqtt://127.0.0.1:1883") as dev:      # doctest: +SKIP
@@ -49,7 +51,7 @@ log = logging.getLogger("edgerun.device")
 
 REPLAY_CODES = ("session_lost", "session_gap")
 LOCAL = "local"             # Step.worker of a step the device answered itself (local_fallback)
-PRESENCE_GRACE_S = 1.0      # local_fallback: how long to wait for a worker's presence before answering here
+PRESENCE_GRACE_S = 1.0      # local_fallback: after a (re)connect, how long the retained presences may take to come
 RECONNECT_EVERY_S = 1.0     # local_fallback: background reconnect period while the broker is down
 
 
@@ -120,6 +122,9 @@ class LlmDevice:
             several; 1024 hidden states of SmolLM2 are 2.4 MB raw, under `serve`'s 16 MiB limit).
         local_fallback: when no server can answer, run the back half here and finish the generation
             (see the module's docstring); the device then needs the whole model's memory.
+        preload_back: with ``local_fallback``, load the back half now rather than at the first step
+            the device answers itself: the whole model's memory from the start, and that step costs
+            only the rebuild of the session's cache (for a deadline).
 
     Raises:
         BundleError: not an LLM bundle, or damaged.
@@ -128,7 +133,7 @@ class LlmDevice:
 
     def __init__(self, bundle: llm.LlmBundle | str | Path, broker_url: str, *, device_id: str | None = None,
                  threads: int = 1, topk: int = 8, step_timeout_s: float = 10.0, max_replays: int = 3,
-                 frame_positions: int = 1024, local_fallback: bool = False) -> None:
+                 frame_positions: int = 1024, local_fallback: bool = False, preload_back: bool = False) -> None:
         if isinstance(topk, bool) or not isinstance(topk, int) or not 1 <= topk <= llm.MAX_TOPK:
             raise ConfigError(f"topk={topk!r} must be a whole number in 1..{llm.MAX_TOPK}")
         if not (isinstance(step_timeout_s, (int, float)) and 0 < step_timeout_s <= 3600):
@@ -138,6 +143,9 @@ class LlmDevice:
         if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 256:
             raise ConfigError(f"threads={threads!r} must be a whole number in 1..256 (onnxruntime threads for the "
                               "front half)")
+        if preload_back and not local_fallback:
+            raise ConfigError("preload_back loads the back half for the local fallback: give local_fallback too "
+                              "(--local-fallback)")
         if isinstance(frame_positions, bool) or not isinstance(frame_positions, int) or frame_positions < 1:
             raise ConfigError(f"frame_positions={frame_positions!r} must be a whole number >= 1")
         self.frame_positions = frame_positions
@@ -146,7 +154,8 @@ class LlmDevice:
         self.device_id = transport.check_segment("device id", device_id or transport.default_id("device"))
         self.topk, self.step_timeout_s, self.max_replays = topk, float(step_timeout_s), max_replays
         self.threads, self.local_fallback = threads, bool(local_fallback)
-        self._back: llm.Half | None = None  # loaded on the first step the device answers itself
+        # loaded on the first step the device answers itself, or now with preload_back
+        self._back: llm.Half | None = llm.Half(self.bundle, "back", threads) if preload_back else None
         self._back_cache: llm.Cache | None = None
         self.front = llm.Half(b, "front", threads)
         self._packer = crossing.Packer(b.codec)  # the bundle's activation codec (tsq: token-wise rows)
@@ -160,6 +169,7 @@ class LlmDevice:
         self._decode, self._encode = wire.best_decoder(), wire.best_encoder()
         self._offline: set[str] = set()
         self._online: set[str] = set()  # workers of this bundle whose presence says online
+        self._connected_at = time.monotonic()  # the last (re)connect: the retained presences follow it
         self._sample: tuple[float, np.random.Generator] = (0.0, np.random.default_rng())
         self._last_frame = 0  # positions in the last frame sent
         # Called with the Generation before each step is sent (len(g.steps) steps done): a place for
@@ -183,7 +193,12 @@ class LlmDevice:
         return transport.MqttClient(
             self._broker_url, f"edgerun-{self.device_id}", on_message=self._inbox.put,
             will=(self._presence, transport.presence_payload("device", self.device_id, "offline")),
-            on_connect=self._online.clear)  # the retained presences come again: a worker gone meanwhile drops out
+            on_connect=self._on_connect)
+
+    def _on_connect(self) -> None:
+        """(Re)connected: the retained presences come again, so a worker gone meanwhile drops out."""
+        self._online.clear()
+        self._connected_at = time.monotonic()
 
     def _open(self, client: transport.MqttClient) -> None:
         """Connect, subscribe to the replies and the workers' presence, announce ours."""
@@ -442,11 +457,15 @@ class LlmDevice:
     def _await_worker(self, g: Generation) -> None:
         """Before a request on the shared topic: read the presence that has come in and, while no worker
         of this bundle is online, wait for one (at most ``step_timeout_s``; then send all the same, as
-        a broker or worker that keeps no presence would never say). With ``local_fallback`` the wait is
-        ``PRESENCE_GRACE_S`` and then TransportError: the device answers itself rather than wait.
-        Replies read here answer requests already given up on."""
-        grace = min(self.step_timeout_s, PRESENCE_GRACE_S) if self.local_fallback else self.step_timeout_s
-        until = time.monotonic() + grace
+        a broker or worker that keeps no presence would never say). With ``local_fallback`` the wait
+        ends ``PRESENCE_GRACE_S`` after the last (re)connect (at once when that is past: the presences
+        have come and none is online) and raises TransportError: the device answers itself rather
+        than wait. Replies read here answer requests already given up on."""
+        if self.local_fallback:
+            until = min(time.monotonic() + self.step_timeout_s, max(time.monotonic(),
+                                                                    self._connected_at + PRESENCE_GRACE_S))
+        else:
+            until = time.monotonic() + self.step_timeout_s
         while True:
             try:
                 msg = self._inbox.get_nowait() if self._online else \

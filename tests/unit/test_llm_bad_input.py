@@ -90,6 +90,7 @@ def exported_as(monkeypatch):
     ("hi", ["--temperature", "nan"], "temperature=nan must be in 0..10"),
     ("hi", ["--temperature", "inf"], "temperature=inf must be in 0..10"),
     ("hi", ["--seed", "-1"], "seed=-1 must be a whole number >= 0"),
+    ("hi", ["--preload-back"], "--preload-back loads the back half for --local-fallback"),
 ])
 def test_llm_run_checks_the_prompt_and_options_before_the_bundle_and_the_broker(tmp_path, prompt, extra, match):
     # before: a dead broker (or a missing bundle) was reported, and fixing it only led to this error
