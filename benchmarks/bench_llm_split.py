@@ -145,11 +145,14 @@ def _replay(b: llm.LlmBundle, url: str, prompt: str, n: int, kill_at: int, workd
             "tokens": g.tokens, "workers": g.workers}
 
 
-def _fallback(b: llm.LlmBundle, url: str, prompt: str, n: int, kill_at: int, workdir: Path) -> dict:
-    """One worker, killed before step ``kill_at``; the device (local_fallback) finishes the answer."""
-    w = procs.start_server(b.path, url, workdir / "fallback.log", "--threads", "1", "--worker-id", "f0")
+def _fallback(b: llm.LlmBundle, url: str, prompt: str, n: int, kill_at: int, workdir: Path,
+              preload: bool = False) -> dict:
+    """One worker, killed before step ``kill_at``; the device (local_fallback; with ``preload`` its
+    back half loaded at the start) finishes the answer."""
+    w = procs.start_server(b.path, url, workdir / f"fallback{int(preload)}.log", "--threads", "1", "--worker-id",
+                           f"f{int(preload)}")
     try:
-        with LlmDevice(b, url, threads=1, step_timeout_s=2, local_fallback=True) as dev:
+        with LlmDevice(b, url, threads=1, step_timeout_s=2, local_fallback=True, preload_back=preload) as dev:
             dev.wait_ready(timeout_s=120)
             dev.step_timeout_s = 60.0
             dev.before_step = lambda g: w.send_signal(signal.SIGKILL) if len(g.steps) == kill_at else None
@@ -158,7 +161,7 @@ def _fallback(b: llm.LlmBundle, url: str, prompt: str, n: int, kill_at: int, wor
         procs.stop(w)
     local = [s for s in g.steps if s.worker == "local"]
     first = local[0]
-    return {"why": first.why, "rebuilt_positions": first.positions,
+    return {"preload_back": preload, "why": first.why, "rebuilt_positions": first.positions,
             "first_local_step_ms": first.front_ms + first.rtt_ms,
             "server_decode_ms": statistics.median(s.front_ms + s.rtt_ms for s in g.steps[1:] if s.worker != "local"),
             "local_decode_ms": statistics.median(s.front_ms + s.rtt_ms for s in local[1:]),
@@ -193,8 +196,10 @@ def main() -> None:
                 rows.append(base)
                 replay = _replay(b, broker.url, PROMPTS[0], args.tokens, args.kill_at, work)
                 replay["same_tokens_as_on_device"] = replay["tokens"] == base["tokens"][0]
-                fallback = _fallback(b, broker.url, PROMPTS[0], args.tokens, args.kill_at, work)
-                fallback["same_tokens_as_on_device"] = fallback["tokens"] == base["tokens"][0]
+                fallback = [_fallback(b, broker.url, PROMPTS[0], args.tokens, args.kill_at, work, preload)
+                            for preload in (False, True)]
+                for f in fallback:
+                    f["same_tokens_as_on_device"] = f["tokens"] == base["tokens"][0]
             w = procs.start_server(b.path, broker.url, work / f"serve{cut}{codec}{front}{back}.log", "--threads", "1")
             try:
                 for link in links:
@@ -233,11 +238,13 @@ def main() -> None:
     print(f"\nreplay: worker {replay['killed']} killed before step {args.kill_at}: that step sent "
           f"{replay['replayed_positions']} positions and took {replay['replay_step_ms']:.1f} ms "
           f"(other steps {replay['decode_ms']:.1f} ms); tokens as on device: {replay['same_tokens_as_on_device']}")
-    f = fallback
-    print(f"local fallback: the only worker killed before step {args.kill_at}: the device loaded its back half and "
-          f"rebuilt {f['rebuilt_positions']} positions in {f['first_local_step_ms']:.1f} ms (server steps "
-          f"{f['server_decode_ms']:.1f} ms, local steps after it {f['local_decode_ms']:.1f} ms; device weights then "
-          f"{f['device_weight_bytes_after'] / 2**20:.0f} MiB); tokens as on device: {f['same_tokens_as_on_device']}")
+    for f in fallback:
+        what = "with its back half preloaded rebuilt" if f["preload_back"] else "loaded its back half and rebuilt"
+        print(f"local fallback: the only worker killed before step {args.kill_at}: the device {what} "
+              f"{f['rebuilt_positions']} positions in {f['first_local_step_ms']:.1f} ms (server steps "
+              f"{f['server_decode_ms']:.1f} ms, local steps after it {f['local_decode_ms']:.1f} ms; device weights "
+              f"then {f['device_weight_bytes_after'] / 2**20:.0f} MiB); tokens as on device: "
+              f"{f['same_tokens_as_on_device']}")
     if args.out:
         meta = {"machine": platform.machine(), "cpu": cpu_name(), "threads": 1, "tokens": args.tokens,
                 "prompts": list(PROMPTS), "date": time.strftime("%Y-%m-%d")}
