@@ -489,6 +489,28 @@ def test_with_local_fallback_a_broker_that_dies_mid_generation_leaves_the_answer
     assert "broker" in g.steps[3].why and g.local_steps == len(g.steps) - 3
 
 
+def test_a_step_deadline_with_no_replay_is_kept_by_answering_here_when_the_worker_stalls(
+        llm_bundle, broker, workers, reference):
+    # the robot's recipe for a hard deadline per token: a short step timeout, no replay, the back half
+    # preloaded; a frozen (SIGSTOP) worker costs one timeout, then the device answers alone
+    procs = workers(1)
+
+    def freeze(g):
+        procs[0].send(signal.SIGSTOP)
+        dev.step_timeout_s = 2  # only while it is frozen: the prompt's step may be slow on a loaded machine
+
+    try:
+        with LlmDevice(llm_bundle, broker.url, step_timeout_s=STEP_TIMEOUT_S, max_replays=0, local_fallback=True,
+                       preload_back=True) as dev:
+            _after_step(dev, 3, freeze)
+            g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+    finally:
+        procs[0].send(signal.SIGCONT)
+    assert g.tokens == reference and g.workers == ["w0", "local"]
+    assert "no reply within 2 s" in g.steps[3].why and g.steps[3].positions == g.steps[3].position + 1
+    assert g.local_steps == len(g.steps) - 3 and g.replays == 0
+
+
 def test_a_device_with_local_fallback_starts_with_the_broker_down_and_connects_later(llm_bundle, reference):
     from edgerun.broker import Mosquitto, free_port
 
