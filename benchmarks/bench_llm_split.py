@@ -66,7 +66,11 @@ def _on_device(b: llm.LlmBundle, prompts: list[list[int]], n: int) -> dict:
             x = np.array([[tok]], np.int64)
         tokens.append(out)
     w = b.file(llm.FRONT).stat().st_size + b.file(llm.BACK).stat().st_size
-    return {"mode": "on device", "cut": None, "codec": "-", "front": "fp32", "front_int8_eval": None, "front_ms": None,
+    report = json.loads(b.file(llm.REPORT).read_text())
+    front = report.get("front_precision", {}).get("precision", "fp32")
+    back = report.get("back_precision", {}).get("precision", "fp32")
+    return {"mode": "on device", "cut": None, "codec": "-", "front": front, "back": back, "front_int8_eval": None,
+            "front_ms": None,
             "link": "-", "prefill_ms": statistics.median(prefill),
             "decode_ms": statistics.median(decode), "up_B_per_step": 0, "prompt_up_B_per_position": 0,
             "up_B_per_token": 0, "down_B_per_token": 0, "codec_eval": None,
