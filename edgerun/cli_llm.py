@@ -32,7 +32,7 @@ def export_cmd(
     back_precision: str = typer.Option("fp32", "--back-precision", help="fp32 | int8: the server half's MatMul weights "
                                        "(its tied head included) in 8 bits, same quantizer, measured on text"),
     embedding: str = typer.Option("int8", "--embedding", help="int8 | fp32: the token embedding table on the device "
-                                  "(int8: blocks of 32, an exact re-encoding of SmolLM2's Q8_0 table, 4x fewer bytes)"),
+                                  "(int8: blocks of 32, an exact re-encoding of SmolLM2's Q8_0 table, 3.5x fewer bytes)"),
     threads: int = typer.Option(2, "--threads", help="onnxruntime threads for the export's check"),
     as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
 ) -> None:

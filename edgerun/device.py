@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import numbers
 import secrets
 import threading
 import time
@@ -54,8 +55,10 @@ def check_deadline_ms(value: float | None, what: str = "deadline_ms") -> None:
     """Raise ConfigError unless ``value`` is None or a number of ms in (0, one day]."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_DEADLINE_MS:
-        raise ConfigError(f"{what}{' ' if what.startswith('--') else '='}{value!r} must be a finite number of ms > 0, at most {MAX_DEADLINE_MS:.0f} "
+    # numbers.Real: a deadline computed with numpy (np.float32, np.int64) is a number too
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) <= MAX_DEADLINE_MS:
+        sep = " " if what.startswith("--") else "="
+        raise ConfigError(f"{what}{sep}{value!r} must be a finite number of ms > 0, at most {MAX_DEADLINE_MS:.0f} "
                           "(one day); leave it unset for the device's timeout")
 
 

@@ -15,6 +15,7 @@ detects a lost worker and replays is in ``edgerun/llm_device.py`` and ``edgerun/
 from __future__ import annotations
 
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,8 @@ class Tokenizer:
                               "`edgerun llm export`")
         self._specials = [t.content for t in self._tok.get_added_tokens_decoder().values() if t.special]
         self._template = bundle.chat_template
+        self._literal: Any = None  # a copy that encodes control-token spellings as text (made when first needed)
+        self._literal_lock = threading.Lock()
 
     def encode(self, text: str) -> list[int]:
         return list(self._tok.encode(text).ids)
@@ -164,11 +167,13 @@ class Tokenizer:
         spellings are characters); the same ids as ``encode`` when it holds none."""
         if not any(sp in text for sp in self._specials):
             return self.encode(before + text + after)
-        self._tok.encode_special_tokens = True
-        try:
-            mid = list(self._tok.encode(text, add_special_tokens=False).ids)
-        finally:
-            self._tok.encode_special_tokens = False
+        with self._literal_lock:  # a copy, not a flag flipped on the shared one: encode() may run meanwhile
+            if self._literal is None:
+                from tokenizers import Tokenizer as _Tok
+
+                self._literal = _Tok.from_str(self._tok.to_str())
+                self._literal.encode_special_tokens = True
+        mid = list(self._literal.encode(text, add_special_tokens=False).ids)
         return (list(self._tok.encode(before).ids) + mid
                 + list(self._tok.encode(after, add_special_tokens=False).ids))
 
@@ -272,6 +277,9 @@ class Half:
         return Cache(self.n_layers, self.spec.kv_heads, self.spec.head_dim)
 
     def step(self, x: np.ndarray, cache: Cache) -> np.ndarray:
+        if self.side == "front" and x.size and (int(x.min()) < 0 or int(x.max()) >= self.spec.vocab):
+            # the int8 embedding's GatherBlockQuantized gives zero rows for them where Gather raised
+            raise ConfigError(f"token ids must be in 0..{self.spec.vocab - 1}")
         if self.batches:  # the whole buffers, the rows past the length masked: nothing copied
             k, v = cache.buffers()
             feeds = {self.x_name: x, "past_k": k, "past_v": v, "past_len": np.array([cache.length], np.int64)}

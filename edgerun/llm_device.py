@@ -206,6 +206,7 @@ class LlmDevice:
         try:
             client.subscribe(self._resp)
             client.subscribe(self._servers)
+            self._connected_at = time.monotonic()  # the retained presences come after the subscription
             client.announce(self._presence, transport.presence_payload(
                 "device", self.device_id, "online", bundle=self.bundle.hash))
         except Exception:

@@ -175,4 +175,6 @@ def _check(b: rt.LlmBundle, whole: lm.Stage, cfg: lm.Config, threads: int) -> di
     if not same:
         raise ExportError(f"the split LLM does not decode like the whole model: {rows}")
     return {"check": {"prompts": rows, "greedy_tokens_equal_whole": same,
-                      "reference": "the whole model in torch, fp32 (the GGUF's Q4_1 weights dequantized)"}}
+                      "reference": "the whole model in torch, fp32 (the GGUF's Q4_1 weights dequantized)",
+                      "halves": "as exported, before --front-precision / --back-precision int8 (their loss on text "
+                                "is in front_precision / back_precision); with the embedding as stored"}}

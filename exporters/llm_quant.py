@@ -104,8 +104,10 @@ def quantize_embedding(path: Path, vocab: int, hidden: int) -> dict[str, Any]:
     node = next((n for n in m.graph.node if n.op_type == "Gather" and n.input[0] in inits
                  and list(inits[n.input[0]].dims) == [vocab, hidden]
                  and inits[n.input[0]].data_type == onnx.TensorProto.FLOAT), None)
-    if node is None or hidden % EMBED_BLOCK or any(a.name == "axis" and a.i != 0 for a in node.attribute):
-        raise ExportError(f"the LLM's front half has no Gather of a [{vocab}, {hidden}] fp32 embedding to quantize; "
+    readers = 0 if node is None else sum(list(n.input).count(node.input[0]) for n in m.graph.node)
+    if node is None or readers != 1 or hidden % EMBED_BLOCK or any(a.name == "axis" and a.i != 0 for a in node.attribute):
+        raise ExportError(f"the LLM's front half has no Gather of a [{vocab}, {hidden}] fp32 embedding read by it alone "
+                          "(a tied head would read it too) to quantize; "
                           "re-export it with this edgerun (or pass --embedding fp32)")
     table = numpy_helper.to_array(inits[node.input[0]]).astype(np.float32)
     blocks = table.reshape(vocab, hidden // EMBED_BLOCK, EMBED_BLOCK)

@@ -474,6 +474,9 @@ def test_with_local_fallback_the_device_finishes_an_answer_its_only_worker_died_
         assert all(s.positions == 1 and not s.why for s in g.steps[5:])
         _check_each_position_answered_once(g, g.prompt_tokens)
         workers(1, first=1)  # the next generation goes to the servers again
+        # once the device has read w1's presence: the watcher above saw it on its own connection, and
+        # a device that has none online answers here at once
+        dev.wait_ready()
         again = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
     assert again.tokens == reference and again.workers == ["w1"] and again.local_steps == 0
 

@@ -63,6 +63,8 @@ def test_the_device_keeps_the_token_embedding_in_8_bits_an_exact_copy_of_the_ggu
     import onnxruntime as ort
     rows = ort.InferenceSession(emb.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
     assert np.array_equal(rows, weights["token_embd.weight"][ids])
+    with pytest.raises(ConfigError, match="token ids must be in 0..49151"):  # the op gives zero rows for them
+        halves[0].step(np.array([[1, 49152]], np.int64), halves[0].new_cache())
 
 
 def test_the_model_answers_a_factual_question(llm_bundle, halves):

@@ -59,3 +59,17 @@ def test_a_front_without_a_vocab_by_hidden_table_gathered_on_rows_is_refused(tmp
     _front(path, np.zeros(shape, np.float32), axis)
     with pytest.raises(ExportError, match="--embedding fp32"):
         llm_quant.quantize_embedding(path, V, H)
+
+
+def test_a_table_another_node_reads_too_is_refused(tmp_path):
+    # a tied head reads the embedding as well: replacing it would leave that reader without its input
+    table = np.zeros((V, H), np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["h"], axis=0), helper.make_node("Identity", ["table"], ["t"])],
+        "f", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, None])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, None), helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(table, "table")])
+    path = tmp_path / "front.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    with pytest.raises(ExportError, match="read by it alone"):
+        llm_quant.quantize_embedding(path, V, H)
