@@ -50,6 +50,12 @@ def export_summary(bundle: Any, report: dict) -> str:
         + (f" (+ scratch {report['front_scratch_bytes']} B)" if report.get("front_scratch_bytes") else ""),
         f"native   {'yes' if bundle.native_ok else 'NO: ' + bundle.native_reason}",
     ]
+    ex = report.get("exits")
+    if isinstance(ex, dict) and ex.get("points"):
+        k, asked = len(ex["points"]), ex.get("asked")
+        lines.append(f"exits    {k} at {', '.join(map(str, ex['points']))}"
+                     + (f" (asked for {asked}: only {k} fit before the cut, each at most 90 % of the front's "
+                        "compute)" if isinstance(asked, int) and asked > k else ""))
     if "metric" in report:
         lines.append(
             f"metric   {report['metric']}: whole {report['metric_whole_fp32']:.4f}, split {report['metric_split']:.4f} "

@@ -226,6 +226,7 @@ def _build_exits(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native:
         return None
     ex_files, entry, rep = build_exits(traced, cut, out, n, cfg.budgets, native=native)
     files.update(ex_files)
+    rep["asked"] = n  # more than fit before the cut gives the ones that fit (the summary says so)
     return entry, rep
 
 

@@ -53,3 +53,13 @@ def test_a_split_losing_more_than_one_point_is_flagged():
     assert "warning  the split loses 5.80 pp of top1_agreement against the whole fp32 model" in text
     assert "warning" not in export_summary(BUNDLE, {**REPORT, "metric": "action_mae", "metric_whole_fp32": 0.0,
                                                     "metric_split": 0.3})  # an error, not a score
+
+
+def test_exits_are_listed_and_a_request_for_more_than_fit_is_said():
+    ex = {"points": ["layer1", "block1"], "asked": 2}
+    (line,) = [ln for ln in export_summary(BUNDLE, {**REPORT, "exits": ex}).splitlines() if ln.startswith("exits")]
+    assert line == "exits    2 at layer1, block1"
+    (line,) = [ln for ln in export_summary(BUNDLE, {**REPORT, "exits": {**ex, "asked": 1000}}).splitlines()
+               if ln.startswith("exits")]
+    assert line.endswith("(asked for 1000: only 2 fit before the cut, each at most 90 % of the front's compute)")
+    assert not [ln for ln in export_summary(BUNDLE, REPORT).splitlines() if ln.startswith("exits")]
