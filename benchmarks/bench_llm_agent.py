@@ -31,7 +31,7 @@ from edgerun import llm, procs
 from edgerun import tools as rt
 from edgerun.broker import Mosquitto
 from edgerun.exporters import tools, tools_data
-from edgerun.llm_agent import Agent, prompt
+from edgerun.llm_agent import Agent, prompt_ids
 from edgerun.llm_device import LlmDevice
 
 
@@ -74,7 +74,7 @@ def main() -> None:
                         break
                     question = tools_data.user_text(item["question"])
                     cands = item["function"]
-                    ids = dev.tokenizer.encode(prompt(question, cands))
+                    ids = prompt_ids(dev.tokenizer, question, cands)
                     if len(ids) + args.max_new_tokens > b.spec.max_context:
                         continue  # a candidate list past the context: skipped (counted below)
                     needed = {n for call in answers[item["id"]]["ground_truth"] for n in call}

@@ -108,16 +108,12 @@ def main() -> None:
               f"{r['peak_kib'] / 1024:.0f} | {r['front_prefill_ms']:.1f} | {r['front_decode_ms']:.2f} | "
               f"{r['rss_vs_embedding_fp32']:.2f}x | {r['same_tokens_as_embedding_fp32']} |")
     if args.out:
-        meta = {"machine": platform.machine(), "cpu": _cpu(), "threads": 1, "cut": args.cut, "tokens": args.tokens,
+        from edgerun.profiles import cpu_name
+
+        meta = {"machine": platform.machine(), "cpu": cpu_name(), "threads": 1, "cut": args.cut, "tokens": args.tokens,
                 "prompts": list(PROMPTS), "date": time.strftime("%Y-%m-%d")}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-
-
-def _cpu() -> str:
-    from edgerun.profiles import cpu_name
-
-    return cpu_name()
 
 
 if __name__ == "__main__":

@@ -278,7 +278,8 @@ def run_cmd(
     import numpy as np
 
     from edgerun.bundle import Bundle
-    from edgerun.device import Device, check_deadline_ms
+    from edgerun.device import Device
+    from edgerun.device_checks import check_deadline_ms
 
     try:
         if limit is not None and limit < 1:

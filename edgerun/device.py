@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-import numbers
 import secrets
 import threading
 import time
@@ -27,15 +26,8 @@ import numpy as np
 from edgerun import crossing, transport, wire
 from edgerun import exits as exits_mod
 from edgerun.bundle import Bundle
-from edgerun.errors import (
-    BundleError,
-    ConfigError,
-    EdgerunError,
-    FrameError,
-    InternalError,
-    TransportError,
-    UnsupportedOpError,
-)
+from edgerun.device_checks import check_deadline_ms, check_finite_cut, check_reply, error_from_reply, shape_hint
+from edgerun.errors import ConfigError, FrameError, TransportError, UnsupportedOpError
 
 log = logging.getLogger("edgerun.device")
 
@@ -46,22 +38,6 @@ LATE_IDS_KEPT = 1024        # requests past their deadline remembered, so their 
 HEDGE_LOSERS_KEPT = 1024    # copies of hedged requests that lost the race, so their replies drop quietly
 HEDGE_BOTH_S = 2.0          # after a hedged copy won, send each request twice at once for this long
 RECONNECT_EVERY_S = 1.0     # background reconnect period while the broker is down (bundles with exits)
-# The longest deadline / timeout: one day. 1e308 ms overflowed the MQTT expiry (a 32-bit count of
-# seconds) and the wait, a traceback after the request was built.
-MAX_DEADLINE_MS = 86_400_000.0
-
-
-def check_deadline_ms(value: float | None, what: str = "deadline_ms") -> None:
-    """Raise ConfigError unless ``value`` is None or a number of ms in (0, one day]."""
-    if value is None:
-        return
-    # numbers.Real: a deadline computed with numpy (np.float32, np.int64) is a number too
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) <= MAX_DEADLINE_MS:
-        sep = " " if what.startswith("--") else "="
-        raise ConfigError(f"{what}{sep}{value!r} must be a finite number of ms > 0, at most {MAX_DEADLINE_MS:.0f} "
-                          "(one day); leave it unset for the device's timeout")
-
-
 @dataclass
 class Result:
     """One answered request.
@@ -91,28 +67,6 @@ class Result:
     def local(self) -> bool:
         """True when the device answered by itself (an exit head), without the server."""
         return self.answered_by.startswith("exit:")
-
-
-def error_from_reply(code: str, message: str, bundle_id: str) -> EdgerunError:
-    """Map a server ERROR frame onto the edgerun error hierarchy."""
-    text = f"the server refused the request ({code}): {message}"
-    if code == "internal":
-        return InternalError(text)
-    if code in ("wrong_bundle", "bad_hash"):
-        return BundleError(f"{text}; the server runs another bundle than {bundle_id}")
-    if code == "bad_tensors":
-        return FrameError(f"{text}; device and server disagree on bundle {bundle_id}", code)
-    return FrameError(text, code)
-
-
-def _shape_hint(shape: tuple[int, ...], spec: Any) -> str:
-    """What to do about an input of the wrong shape: a missing batch dimension, or which dims differ."""
-    if len(shape) == len(spec.shape) - 1 and spec.matches((1, *shape)):
-        return "add the batch dimension (x[None])"
-    if len(shape) != len(spec.shape):
-        return f"it has {len(shape)} dimensions, the bundle {len(spec.shape)}"
-    diff = [f"dim {i}: {a} != {b}" for i, (a, b) in enumerate(zip(shape, spec.shape)) if b is not None and a != b]
-    return "reshape or re-preprocess it (" + ", ".join(diff) + ")"
 
 
 class Device:
@@ -272,7 +226,7 @@ class Device:
             why = self._why_local(wait_ms - (t_front - t_start) * 1e3)
             if why:
                 return self._local(step, step.deepest, why, t_start)
-        _check_finite_cut(outs, self.bundle.cut)
+        check_finite_cut(outs, self.bundle.cut)
         cut = self._packer.pack({s.name: outs[s.name] for s in self.bundle.cut})
         request_id = next(self._ids)
         frame = wire.Frame(kind=wire.Kind.REQUEST, request_id=request_id, seq=0,
@@ -477,7 +431,7 @@ class Device:
             arr = np.asarray(items[spec.name])
             if not spec.matches(tuple(arr.shape)):
                 raise ConfigError(f"input {spec.name!r} has shape {tuple(arr.shape)}, the bundle expects "
-                                  f"{spec.shape} (None = batch size): {_shape_hint(arr.shape, spec)}")
+                                  f"{spec.shape} (None = batch size): {shape_hint(arr.shape, spec)}")
             if str(arr.dtype) != spec.dtype:
                 raise ConfigError(f"input {spec.name!r} is {arr.dtype}, the bundle expects {spec.dtype}: "
                                   f"convert with x.astype(np.{spec.dtype})")
@@ -516,7 +470,7 @@ class Device:
             raise FrameError(f"reply carries {len(frame.tensors)} tensors, the model has {len(names)} outputs",
                              "bad_reply")
         meta = frame.meta if isinstance(frame.meta, dict) else {}
-        _check_reply(frame.tensors, self.bundle.outputs, batch, meta)
+        check_reply(frame.tensors, self.bundle.outputs, batch, meta)
         t_dec = time.perf_counter()
         server_ms = float(meta.get("server_us", 0)) / 1000.0
         timings = {
@@ -558,34 +512,6 @@ class Device:
             return
         if fut is None:
             log.warning("dropped a reply for unknown or already answered request %s", request_id)
-
-
-def _check_reply(tensors: list[Any], specs: Any, batch: int, meta: dict) -> None:
-    """A reply must hold the model's outputs for this batch: anything on the response topic with the
-    right correlation data (a rogue or broken responder) came back as the server's answer, a coded
-    tensor as a raw object, and a bad ``server_us`` as a ValueError."""
-    for t, spec in zip(tensors, specs):
-        if not isinstance(t, np.ndarray) or str(t.dtype) != spec.dtype or not spec.matches(tuple(t.shape)) \
-                or t.shape[0] != batch:
-            what = type(t).__name__ if not isinstance(t, np.ndarray) else f"{t.dtype} {tuple(t.shape)}"
-            raise FrameError(f"the reply's {spec.name!r} is {what}; the model gives {spec.dtype} {spec.shape} "
-                             f"with batch {batch}: the responder is not an `edgerun serve` for this bundle",
-                             "bad_reply")
-    us = meta.get("server_us", 0)
-    if isinstance(us, bool) or not isinstance(us, (int, float)) or not 0 <= us < math.inf:
-        raise FrameError(f"the reply's server_us is {us!r}, not a number of microseconds >= 0", "bad_reply")
-
-
-def _check_finite_cut(outs: dict[str, np.ndarray], cut: Any) -> None:
-    """Refuse to send a crossing tensor with NaN or Inf (the input check passed: a finite input
-    beyond the model's range, e.g. 3e38, overflows inside the front half), which came back as a
-    confident answer computed from garbage."""
-    for spec in cut:
-        arr = outs[spec.name]
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise ConfigError(f"the front half turned this input into NaN or Inf at the cut ({spec.name!r}), so "
-                              "nothing was sent: the input is far outside the range the model was trained on; "
-                              "scale it as the model expects")
 
 
 def _make_front(b: Bundle, engine: str, threads: int) -> Any:

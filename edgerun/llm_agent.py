@@ -39,10 +39,11 @@ def prompt_parts(tools: list[dict[str, Any]]) -> tuple[str, str]:
             "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n" + ANSWER_PREFIX)
 
 
-def prompt(question: str, tools: list[dict[str, Any]]) -> str:
-    """The chat text for one question with ``tools`` offered, ending where the tool's name starts."""
+def prompt_ids(tokenizer: Any, question: str, tools: list[dict[str, Any]]) -> list[int]:
+    """The token ids of the chat for one question with ``tools`` offered, ending where the tool's name
+    starts; the question is taken literally (``Tokenizer.encode_turn``)."""
     before, after = prompt_parts(tools)
-    return before + question + after
+    return tokenizer.encode_turn(before, question, after)
 
 
 @dataclass
@@ -82,10 +83,10 @@ class Agent:
         """
         sel = self.selector.select(question)
         offered = self.selector.index.tools if offer_all else sel.tools
-        ids = self.device.tokenizer.encode_turn(*_around(prompt_parts(offered), question))
+        ids = prompt_ids(self.device.tokenizer, question, offered)
         context = self.device.bundle.spec.max_context
         if isinstance(max_new_tokens, int) and len(ids) + max_new_tokens - 1 > context:
-            alone = len(self.device.tokenizer.encode_turn(*_around(prompt_parts([]), question)))
+            alone = len(prompt_ids(self.device.tokenizer, question, []))
             what = ("shorten the question" if alone + max_new_tokens - 1 > context else
                     "offer fewer tools (--k-max)")  # no tool at all would not fit either: fewer tools cannot help
             raise ConfigError(f"the question with {len(offered)} tools' schemas takes {len(ids)} positions (+ "
@@ -97,7 +98,3 @@ class Agent:
         name = g.text.split('"', 1)[0]
         names = [t["name"] for t in offered]
         return Answer(sel, names, len(ids), g, ANSWER_PREFIX + g.text, name if name in names else None)
-
-
-def _around(parts: tuple[str, str], question: str) -> tuple[str, str, str]:
-    return parts[0], question, parts[1]

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from edgerun import crossing, llm, transport, wire
-from edgerun.device import error_from_reply
+from edgerun.device_checks import error_from_reply
 from edgerun.errors import ConfigError, FrameError, TransportError
 
 log = logging.getLogger("edgerun.device")

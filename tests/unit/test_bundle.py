@@ -95,7 +95,7 @@ def test_a_wrong_input_shape_gets_a_hint_that_fits_it():
     """The batch dimension is suggested only when it is what is missing; otherwise the message
     names the dims that differ (a (1, 3, 8, 8) image for a (None, 1, 8, 8) bundle has its batch)."""
     from edgerun.bundle import TensorSpec
-    from edgerun.device import _shape_hint
+    from edgerun.device_checks import shape_hint as _shape_hint
 
     spec = TensorSpec("image", (None, 1, 8, 8), "float32")
     assert _shape_hint((1, 8, 8), spec) == "add the batch dimension (x[None])"

@@ -126,7 +126,7 @@ def test_run_refuses_a_bad_deadline_before_the_broker(golden_copy, value):
 
 
 def test_device_refuses_an_overflowing_deadline():
-    from edgerun.device import MAX_DEADLINE_MS, check_deadline_ms
+    from edgerun.device_checks import MAX_DEADLINE_MS, check_deadline_ms
     from edgerun.errors import ConfigError
 
     import numpy as np

@@ -1,0 +1,78 @@
+"""What the device checks at the edges of a request: its deadline, its input's shape, the crossing
+tensors it is about to send, and the reply (or ERROR frame) that comes back. ``edgerun.device``
+(the split model's agent) and ``edgerun.llm_device`` use them."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from edgerun.errors import BundleError, ConfigError, EdgerunError, FrameError, InternalError
+
+# The longest deadline / timeout: one day. 1e308 ms overflowed the MQTT expiry (a 32-bit count of
+# seconds) and the wait, a traceback after the request was built.
+MAX_DEADLINE_MS = 86_400_000.0
+
+
+def check_deadline_ms(value: float | None, what: str = "deadline_ms") -> None:
+    """Raise ConfigError unless ``value`` is None or a number of ms in (0, one day]."""
+    if value is None:
+        return
+    # numbers.Real: a deadline computed with numpy (np.float32, np.int64) is a number too
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) <= MAX_DEADLINE_MS:
+        sep = " " if what.startswith("--") else "="
+        raise ConfigError(f"{what}{sep}{value!r} must be a finite number of ms > 0, at most {MAX_DEADLINE_MS:.0f} "
+                          "(one day); leave it unset for the device's timeout")
+
+
+def error_from_reply(code: str, message: str, bundle_id: str) -> EdgerunError:
+    """Map a server ERROR frame onto the edgerun error hierarchy."""
+    text = f"the server refused the request ({code}): {message}"
+    if code == "internal":
+        return InternalError(text)
+    if code in ("wrong_bundle", "bad_hash"):
+        return BundleError(f"{text}; the server runs another bundle than {bundle_id}")
+    if code == "bad_tensors":
+        return FrameError(f"{text}; device and server disagree on bundle {bundle_id}", code)
+    return FrameError(text, code)
+
+
+def shape_hint(shape: tuple[int, ...], spec: Any) -> str:
+    """What to do about an input of the wrong shape: a missing batch dimension, or which dims differ."""
+    if len(shape) == len(spec.shape) - 1 and spec.matches((1, *shape)):
+        return "add the batch dimension (x[None])"
+    if len(shape) != len(spec.shape):
+        return f"it has {len(shape)} dimensions, the bundle {len(spec.shape)}"
+    diff = [f"dim {i}: {a} != {b}" for i, (a, b) in enumerate(zip(shape, spec.shape)) if b is not None and a != b]
+    return "reshape or re-preprocess it (" + ", ".join(diff) + ")"
+
+
+def check_reply(tensors: list[Any], specs: Any, batch: int, meta: dict) -> None:
+    """A reply must hold the model's outputs for this batch: anything on the response topic with the
+    right correlation data (a rogue or broken responder) came back as the server's answer, a coded
+    tensor as a raw object, and a bad ``server_us`` as a ValueError."""
+    for t, spec in zip(tensors, specs):
+        if not isinstance(t, np.ndarray) or str(t.dtype) != spec.dtype or not spec.matches(tuple(t.shape)) \
+                or t.shape[0] != batch:
+            what = type(t).__name__ if not isinstance(t, np.ndarray) else f"{t.dtype} {tuple(t.shape)}"
+            raise FrameError(f"the reply's {spec.name!r} is {what}; the model gives {spec.dtype} {spec.shape} "
+                             f"with batch {batch}: the responder is not an `edgerun serve` for this bundle",
+                             "bad_reply")
+    us = meta.get("server_us", 0)
+    if isinstance(us, bool) or not isinstance(us, (int, float)) or not 0 <= us < math.inf:
+        raise FrameError(f"the reply's server_us is {us!r}, not a number of microseconds >= 0", "bad_reply")
+
+
+def check_finite_cut(outs: dict[str, np.ndarray], cut: Any) -> None:
+    """Refuse to send a crossing tensor with NaN or Inf (the input check passed: a finite input
+    beyond the model's range, e.g. 3e38, overflows inside the front half), which came back as a
+    confident answer computed from garbage."""
+    for spec in cut:
+        arr = outs[spec.name]
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ConfigError(f"the front half turned this input into NaN or Inf at the cut ({spec.name!r}), so "
+                              "nothing was sent: the input is far outside the range the model was trained on; "
+                              "scale it as the model expects")
