@@ -206,8 +206,10 @@ def serve_cmd(
                                                   "(0 = batch only those already waiting)"),
     worker_id: Optional[str] = typer.Option(None, help="this worker's id in presence, replies and pinned topics "
                                                        "(default server-<host>-<pid>-<hex>)"),
-    max_sessions: int = typer.Option(32, help="a split LLM bundle: most sessions whose KV cache this worker keeps"),
-    session_ttl_s: float = typer.Option(600.0, help="a split LLM bundle: drop a session idle this long"),
+    max_sessions: Optional[int] = typer.Option(None, help="a split LLM bundle only: most sessions whose KV cache "
+                                                          "this worker keeps (default 32)"),
+    session_ttl_s: Optional[float] = typer.Option(None, help="a split LLM bundle only: drop a session idle this "
+                                                             "long (default 600 s)"),
 ) -> None:
     """Serve the back half of BUNDLE (a model bundle or a split LLM bundle) over MQTT until Ctrl-C / SIGTERM."""
     import logging

@@ -313,6 +313,10 @@ class Half:
         return y
 
 
+DEFAULT_MAX_SESSIONS = 32  # serve's sessions per worker
+DEFAULT_SESSION_TTL_S = 600.0  # and how long an idle one is kept
+
+
 def check_session_options(max_sessions: Any, ttl_s: Any) -> None:
     """ConfigError unless ``max_sessions`` is a whole number >= 1 and ``ttl_s`` a finite number of seconds > 0."""
     if isinstance(max_sessions, bool) or not isinstance(max_sessions, int) or max_sessions < 1:
@@ -329,7 +333,7 @@ class SessionStore:
     whose session was dropped (or that reaches another worker) is told ``session_lost`` and replays.
     """
 
-    def __init__(self, half: Half, max_sessions: int = 32, ttl_s: float = 600.0) -> None:
+    def __init__(self, half: Half, max_sessions: int = DEFAULT_MAX_SESSIONS, ttl_s: float = DEFAULT_SESSION_TTL_S) -> None:
         check_session_options(max_sessions, ttl_s)
         self.half, self.max_sessions, self.ttl_s = half, max_sessions, float(ttl_s)
         self._items: OrderedDict[str, tuple[Cache, float]] = OrderedDict()

@@ -59,7 +59,8 @@ class LlmWorker(_Worker):
     of a batch (``_Worker.handle_from``) are the server's."""
 
     def __init__(self, bundle: llm.LlmBundle, threads: int, max_frame_bytes: int, worker_id: str,
-                 max_sessions: int = 32, session_ttl_s: float = 600.0, max_batch: int = 1) -> None:
+                 max_sessions: int = llm.DEFAULT_MAX_SESSIONS, session_ttl_s: float = llm.DEFAULT_SESSION_TTL_S,
+                 max_batch: int = 1) -> None:
         # the options before the back half (300 MB, seconds to load) is read
         llm.check_session_options(max_sessions, session_ttl_s)
         if max_batch > max_sessions:  # a new session in a batch would evict another one of the same batch

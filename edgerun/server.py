@@ -317,8 +317,8 @@ def serve(
     handle_signals: bool = False,
     max_batch: int = 1,
     batch_wait_ms: float = 0.0,
-    max_sessions: int = 32,
-    session_ttl_s: float = 600.0,
+    max_sessions: int | None = None,
+    session_ttl_s: float | None = None,
 ) -> ServerStats:
     """Serve the back half of ``bundle`` until ``stop`` is set (or SIGINT/SIGTERM).
 
@@ -339,7 +339,9 @@ def serve(
         batch_wait_ms: how long to wait for more requests to fill a batch (0 = take only those
             already waiting: no added latency when idle).
         max_sessions, session_ttl_s: a split LLM bundle (``edgerun llm export``): the most sessions
-            whose KV cache this worker keeps (least recently used out) and how long an idle one is kept.
+            whose KV cache this worker keeps (least recently used out; default 32) and how long an
+            idle one is kept (default 600 s). A model bundle has no sessions: giving either is a
+            ConfigError, not an option silently ignored.
 
     Returns:
         The worker's ServerStats.
@@ -356,11 +358,18 @@ def serve(
     if not (isinstance(batch_wait_ms, (int, float)) and 0 <= batch_wait_ms <= MAX_BATCH_WAIT_MS):
         raise ConfigError(f"batch_wait_ms={batch_wait_ms!r} must be in 0..{MAX_BATCH_WAIT_MS:g} ms "
                           "(0 = batch only what is already waiting)")
-    from edgerun.llm import check_session_options
+    from edgerun.llm import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, check_session_options
 
+    given = [f for f, v in (("max_sessions", max_sessions), ("session_ttl_s", session_ttl_s)) if v is not None]
+    max_sessions = DEFAULT_MAX_SESSIONS if max_sessions is None else max_sessions
+    session_ttl_s = DEFAULT_SESSION_TTL_S if session_ttl_s is None else session_ttl_s
     check_session_options(max_sessions, session_ttl_s)  # before the bundle (an LLM's back half loads for seconds)
     max_frame_bytes = wire.DEFAULT_MAX_FRAME_BYTES if max_frame_bytes is None else int(max_frame_bytes)
     b = _load(bundle)
+    if isinstance(b, Bundle) and given:
+        flags = " and ".join("--" + f.replace("_", "-") for f in given)
+        raise ConfigError(f"{flags}: only a split LLM bundle (edgerun llm export) keeps sessions; {b.path} is a "
+                          f"model bundle, whose requests are independent: drop {flags}")
     wid = transport.check_segment("worker id", worker_id or transport.default_id("server"))
     sub = transport.shared_request_filter(b.model_id, b.topic_id, group)
     pres = transport.presence_topic(b.model_id, b.topic_id, "server", wid)

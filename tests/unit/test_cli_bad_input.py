@@ -125,6 +125,18 @@ def test_run_refuses_a_bad_deadline_before_the_broker(golden_copy, value):
     assert "cannot reach the MQTT broker" not in r.output
 
 
+@pytest.mark.parametrize("flags", [["--max-sessions", "4"], ["--session-ttl-s", "5"],
+                                   ["--max-sessions", "32", "--session-ttl-s", "600"]])
+def test_serve_refuses_session_options_for_a_model_bundle_before_the_broker(golden_copy, flags):
+    """Before: `serve MODEL --max-sessions 4` started and ignored the option (only a split LLM
+    bundle keeps sessions), so the user believed a limit was in force. Given at its default value
+    it is refused too: what counts is that the user asked for it."""
+    r = _cli("serve", str(golden_copy), "--broker", f"mqtt://127.0.0.1:{_closed_port()}", *flags)
+    assert r.exit_code == 2
+    assert "only a split LLM bundle (edgerun llm export) keeps sessions" in r.output
+    assert "drop --" in r.output and "cannot reach the MQTT broker" not in r.output
+
+
 def test_device_refuses_an_overflowing_deadline():
     from edgerun.device_checks import MAX_DEADLINE_MS, check_deadline_ms
     from edgerun.errors import ConfigError
