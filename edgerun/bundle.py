@@ -50,6 +50,9 @@ BUNDLE_KEYS = ("model_id", "split", "inputs", "outputs", "files", "bundle_hash")
 # the zoo's EfficientNet bundles are ~42 MiB; an fp32 LLM half of a few hundred MiB fits.
 MAX_BUNDLE_MB = 8192
 SAMPLES = "samples.npz"
+PACKED = "packed.json"  # written by `edgerun pack` beside the manifest: which side, which files left out
+PACK_FORMAT = "edgerun-pack"
+PACK_SIDES = ("device", "server")
 # What a damaged compressed stream raises while tarfile reads it: gzip's CRC / length check and a
 # bad header (gzip.BadGzipFile, an OSError), a stream cut short (EOFError), bad deflate or xz data.
 _STREAM_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, LZMAError)
@@ -180,6 +183,8 @@ class Bundle:
         native = manifest.get("native", {})
         self.native_ok: bool = bool(native.get("ok", False))
         self.native_reason: str = str(native.get("reason", ""))
+        self.packed: dict[str, Any] | None = read_packed(path)  # a one-side copy (`edgerun pack`), or None
+        self.source: Path = path  # what the user named: the archive, where ``path`` is its unpacked copy
 
     # -- loading ---------------------------------------------------------------
     @staticmethod
@@ -203,17 +208,33 @@ class Bundle:
         where = p
         p, manifest, tmp = open_verified(p, FORMAT_NAME, BUNDLE_KEYS, verify_hashes)
         check_model_manifest(where, manifest)
-        return Bundle(p, manifest, tmp)
+        b = Bundle(p, manifest, tmp)
+        b.source = where
+        return b
 
     def file(self, name: str) -> Path:
-        """Path of a file of the bundle; BundleError when the bundle has none by that name."""
+        """Path of a file of the bundle; BundleError when the bundle has none by that name, or when
+        this is one side's copy (`edgerun pack`) without it."""
         if name not in self.manifest["files"]:
             have = ", ".join(sorted(self.manifest["files"]))
             raise BundleError(f"bundle {self.path} has no {name!r} (it has: {have}); re-export it")
+        if self.packed and name in self.packed["omitted"] and not (self.path / name).is_file():
+            raise left_out_error(self.source, self.packed, name)
         return self.path / name
 
+    def require(self, *names: str, why: str = "this command") -> None:
+        """One BundleError naming every file of ``names`` that this one-side copy left out (none: no error)."""
+        gone = [n for n in names if self.packed and n in self.packed["omitted"] and not (self.path / n).is_file()]
+        if gone:
+            side = self.packed["for"]
+            keep = " ".join(f"--keep {n}" for n in gone)
+            raise BundleError(f"bundle {self.source} is the {side}'s copy (`edgerun pack --for {side}`), which leaves "
+                              f"out {', '.join(gone)}; {why} needs them: run it on the whole bundle, or pack again "
+                              f"with {keep}")
+
     def has(self, name: str) -> bool:
-        return name in self.manifest["files"]
+        """True when the bundle has this file here (a one-side copy lacks the other side's files)."""
+        return name in self.manifest["files"] and (self.path / name).is_file()
 
     def samples(self) -> np.ndarray:
         """The bundle's sample inputs (``samples.npz``), read and checked now: see ``load_samples``."""
@@ -379,6 +400,34 @@ def _check_unpacked_size(p: Path, members: list[tarfile.TarInfo], dest: Path, li
         )
 
 
+def read_packed(p: Path) -> dict[str, Any] | None:
+    """The marker ``edgerun pack`` leaves in a one-side copy of a sealed directory, or None.
+
+    It only lets the files it names be absent (every file present is still checked against the
+    manifest's sha256), so an edited marker can make a copy load, never make it load other bytes.
+    """
+    f = p / PACKED
+    if not f.is_file():
+        return None
+    try:
+        d = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{f} is not valid JSON ({exc}); pack the bundle again with `edgerun pack`") from exc
+    if (not isinstance(d, dict) or d.get("format") != PACK_FORMAT or d.get("for") not in PACK_SIDES
+            or not isinstance(d.get("omitted"), list) or not all(isinstance(n, str) for n in d["omitted"])):
+        raise BundleError(f"{f} is not a marker `edgerun pack` writes ({PACK_FORMAT}: 'for' one of {PACK_SIDES}, "
+                          "'omitted' a list of file names); pack the bundle again with `edgerun pack`")
+    return d
+
+
+def left_out_error(where: Path, packed: dict[str, Any], name: str, noun: str = "bundle") -> BundleError:
+    """The error for a file that `edgerun pack` left out of this side's copy."""
+    side = packed["for"]
+    return BundleError(
+        f"{noun} {where} is the {side}'s copy (`edgerun pack --for {side}`), which leaves out {name}; this "
+        f"command needs it: run it on the whole {noun}, or pack again with --keep {name}")
+
+
 def open_verified(p: Path, format_name: str, required: tuple[str, ...],
                   verify_hashes: bool = True) -> tuple[Path, dict[str, Any], Any]:
     """Open a sealed directory (or an archive of one) of the given format and verify it.
@@ -395,6 +444,28 @@ def open_verified(p: Path, format_name: str, required: tuple[str, ...],
         p, tmp = _extract_archive(p, k)
     manifest = _read_manifest(p, k)
     _check_manifest(p, manifest, verify_hashes, required, k)
+    return p, manifest, tmp
+
+
+def open_any_bundle(p: Path) -> tuple[Path, dict[str, Any], Any]:
+    """Open a model or a split-LLM bundle (directory or archive, unpacked once), whichever it is, verified.
+
+    Returns:
+        (the directory, its manifest, a handle that keeps an extracted archive alive).
+    """
+    if not p.exists():
+        raise BundleError(f"bundle {p} does not exist; create one with `edgerun export` or `edgerun llm export`")
+    tmp = None
+    if p.is_file():
+        p, tmp = _extract_archive(p)
+    try:
+        k = _KINDS[LLM_FORMAT_NAME] if manifest_format(p) == LLM_FORMAT_NAME else _BUNDLE
+        manifest = _read_manifest(p, k)
+        _check_manifest(p, manifest, True, ("files", "bundle_hash"), k)
+    except BaseException:
+        if tmp is not None:
+            tmp.cleanup()
+        raise
     return p, manifest, tmp
 
 
@@ -443,8 +514,12 @@ def _check_manifest(p: Path, manifest: dict[str, Any], verify_hashes: bool,
         _check_file_name(p, name, k)
     if not verify_hashes:
         return
+    packed = read_packed(p)
+    left_out = set(packed["omitted"]) if packed else set()
     for name, entry in files.items():
         f = p / name
+        if not f.is_file() and name in left_out:
+            continue  # this side's copy: `edgerun pack` left it out on purpose
         if not f.is_file():
             raise BundleError(f"{k.noun} {p} is incomplete: {name} is missing; copy the whole {k.noun} again")
         if f.stat().st_size != entry.get("bytes") or sha256_file(f) != entry.get("sha256"):

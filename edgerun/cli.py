@@ -1,4 +1,4 @@
-"""The ``edgerun`` command line: export, verify, serve, run, demo, broker, profile, layers, plan, bench.
+"""The ``edgerun`` command line: export, verify, pack, serve, run, demo, broker, profile, layers, plan, bench.
 
 Every command turns an ``EdgerunError`` into one line on stderr that says what
 to do, and exit code 2 (1 for a failed check); a bug shows its traceback.
@@ -191,6 +191,34 @@ def verify_cmd(
             typer.echo(f"{k:>30}: {v}")
     if not rep.ok:
         raise typer.Exit(1)
+
+
+@app.command("pack")
+def pack_cmd(
+    bundle: Path = typer.Argument(..., help="bundle directory or archive (a model or a split LLM bundle)"),
+    side: str = typer.Option(..., "--for", help="device | server: the side whose files the archive holds"),
+    out: Path = typer.Option(..., help="the archive to write (.tar.gz)"),
+    keep: list[str] = typer.Option([], help="a file of the other side to keep too, e.g. --keep back.onnx for "
+                                            "`llm run --local-fallback` (repeat for several)"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Write one side's copy of BUNDLE: the device's (front half, exits, samples) or the server's (back half).
+
+    Same bundle hash as the whole bundle, so the two copies talk to each other."""
+    try:
+        from edgerun.pack import pack
+
+        summary = pack(bundle, side, out, tuple(keep))
+    except EdgerunError as exc:
+        _fail(exc)
+        return
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    mib = 2**20
+    typer.echo(f"packed for the {summary['for']}: {summary['out']} ({summary['archive_bytes'] / mib:.2f} MiB)")
+    typer.echo(f"  kept     {', '.join(summary['kept'])} ({summary['kept_bytes'] / mib:.2f} MiB)")
+    typer.echo(f"  left out {', '.join(summary['left_out']) or '-'} ({summary['left_out_bytes'] / mib:.2f} MiB)")
 
 
 @app.command("serve")

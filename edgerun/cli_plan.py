@@ -93,7 +93,7 @@ def layers_cmd(
             from edgerun.bundle import Bundle
 
             b = Bundle.load(bundle)
-            if not b.has("front.erg"):
+            if "front.erg" not in b.manifest["files"]:
                 raise ConfigError(f"bundle {bundle} has no front.erg (exported with --engine ort?); "
                                   "re-export it with the native engine")
             erg, x = b.file("front.erg"), b.samples()[:1]

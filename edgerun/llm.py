@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.bundle import LLM_FORMAT_NAME, TensorSpec, manifest_format, open_verified
+from edgerun.bundle import LLM_FORMAT_NAME, TensorSpec, left_out_error, manifest_format, open_verified, read_packed
 from edgerun.errors import BundleError, ConfigError, FrameError, UserError
 
 FRONT, BACK, TOKENIZER, REPORT = "front.onnx", "back.onnx", "tokenizer.json", "report.json"
@@ -93,6 +93,8 @@ class LlmBundle:
         # What crosses the cut: hidden states (batch, new positions, hidden); the server checks requests on it.
         self.cut = [TensorSpec("hidden", (None, None, self.spec.hidden))]
         self.codec: dict[str, Any] = _check_codec(manifest.get("codec") or {"id": "none"})
+        self.packed: dict[str, Any] | None = read_packed(path)  # a one-side copy (`edgerun pack`), or None
+        self.source: Path = path  # what the user named: the archive, where ``path`` is its unpacked copy
 
     @staticmethod
     def load(path: str | Path, *, verify_hashes: bool = True) -> LlmBundle:
@@ -100,12 +102,17 @@ class LlmBundle:
         p = Path(path)
         if not p.exists():
             raise BundleError(f"LLM bundle {p} does not exist; create one with `edgerun llm export --out {p}`")
+        where = p
         p, manifest, tmp = open_verified(p, LLM_FORMAT_NAME, LLM_KEYS, verify_hashes)
-        return LlmBundle(p, manifest, tmp)
+        b = LlmBundle(p, manifest, tmp)
+        b.source = where
+        return b
 
     def file(self, name: str) -> Path:
         if name not in self.manifest["files"]:
             raise BundleError(f"LLM bundle {self.path} has no {name!r}; re-export it with `edgerun llm export`")
+        if self.packed and name in self.packed["omitted"] and not (self.path / name).is_file():
+            raise left_out_error(self.source, self.packed, name, "LLM bundle")
         return self.path / name
 
     def __repr__(self) -> str:

@@ -154,6 +154,8 @@ class LlmDevice:
         self.device_id = transport.check_segment("device id", device_id or transport.default_id("device"))
         self.topk, self.step_timeout_s, self.max_replays = topk, float(step_timeout_s), max_replays
         self.threads, self.local_fallback = threads, bool(local_fallback)
+        if local_fallback:  # a device's pack without the back half: say so now, not at the outage
+            b.file(llm.BACK)
         # loaded on the first step the device answers itself, or now with preload_back
         self._back: llm.Half | None = llm.Half(self.bundle, "back", threads) if preload_back else None
         self._back_cache: llm.Cache | None = None

@@ -420,6 +420,7 @@ def _load(bundle: Any) -> Any:
         p, tmp = unpack_archive(p)  # once, for either kind
     b = llm.LlmBundle.load(p) if llm.is_llm_bundle(p) else Bundle.load(p)
     b._tmp = tmp  # the unpacked directory lives as long as the bundle
+    b.source = Path(bundle)  # errors name the archive the user gave, not its unpacked copy
     return b
 
 

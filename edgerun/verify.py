@@ -97,6 +97,8 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
         raise ConfigError(f"engine {engine!r}: use 'native' or 'ort'")
 
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
+    b.require("samples.npz", "front.onnx", "back.onnx", "whole.onnx", *(["front.erg"] if engine == "native" else []),
+              why="`edgerun verify` (the split against the whole model)")
     x = b.samples().astype(np.float32)
     if not b.inputs[0].matches(tuple(x.shape)):  # every check below would pass on inputs run() then refuses
         raise BundleError(f"bundle {b.path}: samples.npz holds inputs of shape {list(x.shape)}, but the manifest's "
