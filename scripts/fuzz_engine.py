@@ -1,0 +1,211 @@
+"""Differential fuzzer for the native engine's fp32 kernels: random small ONNX graphs, each run
+on the engine (.erg) and on onnxruntime.
+
+Each case is a random chain of the ops the engine claims to run (Conv of every shape: kernels
+1-7, non-square, strides 1-3, asymmetric pads, dilations, grouped / depthwise; the fused
+activations; 1x1 -> depthwise -> 1x1 chains, some big enough to fuse at the default budget, with
+residual Adds; pooling; GlobalAveragePool; Gemm / MatMul; Concat; Resize; Softmax; Transpose;
+Slice; Pad; BatchNorm), on odd sizes, batch 1-3, mostly with a dynamic batch dim. Checked:
+
+- the engine at 1, 2 and 3 threads against onnxruntime (max error / max |reference| <= 1e-4,
+  as tests/runtime/test_engine.py);
+- bit identity where the README claims it: 2 and 3 threads = 1 thread, EDGERUN_NO_FUSE,
+  EDGERUN_FUSE_KB=8 (small chains fuse), EDGERUN_NO_SMALL_N, EDGERUN_NO_DIRECT_CONV = default;
+- the AVX2 (EDGERUN_NO_AVX512) and portable (EDGERUN_FORCE_PORTABLE) paths, read once per
+  process, in two worker processes: against onnxruntime (their bits may differ: FMA order).
+
+A graph the exporter or the engine refuses with an EdgerunError is recorded as refused, not as a
+failure. Run (a few hundred cases take minutes on one core):
+
+    .venv/bin/python scripts/fuzz_engine.py --seed 0 --cases 200 --out /tmp/fuzz.json
+
+``--spec FILE`` replays one case (a failure's ``spec`` from the JSON) and prints its findings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fuzz_graphs import Invalid, build_model, random_spec  # noqa: E402
+
+RTOL = 1e-4
+KNOBS = ("EDGERUN_NO_FUSE", "EDGERUN_FUSE_KB", "EDGERUN_NO_SMALL_N", "EDGERUN_NO_DIRECT_CONV")
+BIT_VARIANTS = [("no_fuse", {"EDGERUN_NO_FUSE": "1"}), ("fuse_kb8", {"EDGERUN_FUSE_KB": "8"}),
+                ("no_small_n", {"EDGERUN_NO_SMALL_N": "1"}), ("no_direct_conv", {"EDGERUN_NO_DIRECT_CONV": "1"})]
+ARCH_VARIANTS = [("avx2", {"EDGERUN_NO_AVX512": "1"}), ("portable", {"EDGERUN_FORCE_PORTABLE": "1"})]
+
+
+def rel_err(ref: np.ndarray, got: np.ndarray) -> float:
+    if ref.shape != got.shape:
+        return float("inf")
+    if not np.isfinite(got).all() and np.isfinite(ref).all():
+        return float("inf")
+    scale = max(float(np.abs(ref).max(initial=0.0)), 1e-3)
+    return float(np.abs(ref.astype(np.float64) - got).max(initial=0.0)) / scale
+
+
+COVERAGE: dict[str, int] = {}  # kernel name -> cases that ran it (default knobs)
+
+
+def engine_run(erg_path: str, x: np.ndarray, threads: int, env: dict[str, str], profile: bool = False,
+               then: np.ndarray | None = None):
+    """The engine's output for x (and, with ``then``, for ``then`` on the same engine after x)."""
+    from edgerun.engine import NativeEngine
+
+    saved = {k: os.environ.get(k) for k in KNOBS}
+    for k in KNOBS:
+        os.environ.pop(k, None)
+    os.environ.update(env)
+    try:
+        eng = NativeEngine(erg_path, max_batch=3, threads=threads)
+        if profile:
+            for k in {s["kernel"] for s in eng.profile_layers(x, runs=1, warmup=0)}:
+                COVERAGE[k] = COVERAGE.get(k, 0) + 1
+        y = eng.run(x)[eng.output_names[0]]
+        return y if then is None else (y, eng.run(then)[eng.output_names[0]])
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
+
+
+class ArchWorker:
+    """A child process with one kernel-path knob set (read once per process) that runs .erg files."""
+
+    def __init__(self, env: dict[str, str]):
+        full = {k: v for k, v in os.environ.items() if k not in ("EDGERUN_NO_AVX512", "EDGERUN_FORCE_PORTABLE")}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], env={**full, **env}, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def run(self, erg_path: str, x_path: str, y_path: str) -> str:
+        self.proc.stdin.write(json.dumps([erg_path, x_path, y_path]) + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def worker_loop() -> None:
+    for line in sys.stdin:
+        erg_path, x_path, y_path = json.loads(line)
+        try:
+            np.save(y_path, engine_run(erg_path, np.load(x_path), 1, {}))
+            print("ok", flush=True)
+        except Exception as exc:  # reported to the parent as a finding
+            print("error " + repr(exc).replace("\n", " "), flush=True)
+
+
+def check_case(spec: dict, work: Path, workers: dict | None) -> tuple[str, list[dict]]:
+    """Returns (status, findings): status is ok / refused / invalid / ort_refused / failed."""
+    import onnx
+    import onnxruntime as ort
+
+    from edgerun.errors import EdgerunError
+    from edgerun.exporters import erg
+
+    try:
+        model, in_shape, out_shape = build_model(spec)
+    except Invalid as exc:
+        return "invalid", [{"kind": "invalid", "detail": str(exc)}]
+    onnx_path, erg_path = work / "m.onnx", work / "m.erg"
+    onnx.save(model, onnx_path)
+    rng = np.random.default_rng(spec["xseed"])
+    x = rng.standard_normal((spec["batch"], *in_shape)).astype(np.float32)
+    try:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        ref = sess.run(None, {"x": x})[0]
+    except Exception as exc:
+        return "ort_refused", [{"kind": "ort_refused", "detail": str(exc)[:300]}]
+    if ref.shape != (spec["batch"], *out_shape):  # the spec's shape arithmetic is wrong: not the engine's fault
+        return "invalid", [{"kind": "invalid", "detail": f"onnxruntime gives {ref.shape}, spec {out_shape}"}]
+    try:
+        erg.write_erg(onnx.shape_inference.infer_shapes(model), erg_path)
+        base = engine_run(str(erg_path), x, 1, {}, profile=True)
+    except EdgerunError as exc:
+        return "refused", [{"kind": "refused", "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}]
+    findings = []
+    err = rel_err(ref, base)
+    if err > RTOL:
+        findings.append({"kind": "vs_ort", "variant": "t1", "err": err})
+    for threads in (2, 3):
+        # then: the last sample alone on the same engine (a smaller batch after a larger one)
+        got, last = engine_run(str(erg_path), x, threads, {}, then=x[-1:] if spec["dyn"] else x)
+        if not np.array_equal(got, base, equal_nan=True):
+            findings.append({"kind": "bits", "variant": f"t{threads}", "err": rel_err(base, got)})
+        if rel_err(ref[-1:] if spec["dyn"] else ref, last) > RTOL:
+            findings.append({"kind": "vs_ort", "variant": f"t{threads}_rerun", "err": rel_err(ref[-1:], last)})
+    for name, env in BIT_VARIANTS:
+        for threads in ((1, 2, 3) if name == "fuse_kb8" else (1, 2)):
+            got = engine_run(str(erg_path), x, threads, env)
+            if not np.array_equal(got, base, equal_nan=True):
+                findings.append({"kind": "bits", "variant": f"{name}_t{threads}", "err": rel_err(base, got)})
+    for name, w in (workers or {}).items():
+        x_path, y_path = str(work / "x.npy"), str(work / f"y_{name}.npy")
+        np.save(x_path, x)
+        status = w.run(str(erg_path), x_path, y_path)
+        if status != "ok":
+            findings.append({"kind": "arch_error", "variant": name, "detail": status})
+            continue
+        e = rel_err(ref, np.load(y_path))
+        if e > RTOL:
+            findings.append({"kind": "vs_ort", "variant": name, "err": e})
+    return ("failed" if findings else "ok"), findings
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--cases", type=int, default=100)
+    ap.add_argument("--out", type=Path, help="JSON file of the failures (and counts)")
+    ap.add_argument("--spec", type=Path, help="replay one case spec (JSON) and print its findings")
+    ap.add_argument("--no-arch", action="store_true", help="skip the AVX2 / portable worker processes")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        worker_loop()
+        return
+    workers = {} if args.no_arch else {name: ArchWorker(env) for name, env in ARCH_VARIANTS}
+    counts: dict[str, int] = {}
+    failures, refused = [], []
+    t0 = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.spec:
+            spec = json.loads(args.spec.read_text())
+            print(json.dumps(check_case(spec.get("spec", spec), Path(tmp), workers), indent=1))
+        for i in range(0 if args.spec else args.cases):
+            spec = random_spec(np.random.default_rng([args.seed, i]))
+            status, findings = check_case(spec, Path(tmp), workers)
+            counts[status] = counts.get(status, 0) + 1
+            if status == "failed":
+                failures.append({"case": i, "findings": findings, "spec": spec})
+                print(f"case {i}: FAILED {findings}", flush=True)
+            elif status in ("refused", "ort_refused", "invalid"):
+                refused.append({"case": i, "status": status, "detail": findings[0]["detail"]})
+    for w in workers.values():
+        w.close()
+    if not args.spec:
+        print(f"{args.cases} cases in {time.time() - t0:.0f} s: {counts}")
+        print("kernels run (cases):", dict(sorted(COVERAGE.items())))
+    if args.out:
+        args.out.write_text(json.dumps({"seed": args.seed, "cases": args.cases, "counts": counts, "kernels": COVERAGE,
+                                        "failures": failures, "refused": refused}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,522 @@
+"""Random graph specs for scripts/fuzz_engine.py and the ONNX models built from them.
+
+A spec is plain JSON: the input shape (per sample), the batch, whether the batch dim is dynamic,
+and a list of layers. ``random_spec`` draws one; ``build_model`` turns any spec into an ONNX model
+(raising ``Invalid`` when a layer does not fit the shape it gets, e.g. while shrinking a case).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 20
+FLOAT_BUDGET = 400_000   # per-sample floats of any tensor in an ordinary case
+FUSE_FLOATS = 800_000    # a chain's inner floats (h*w + oh*ow) * cexp above 3 MiB fuses by default
+
+
+class Invalid(Exception):
+    """The spec does not give a valid graph (a layer does not fit its input)."""
+
+
+# ---------------------------------------------------------------------------
+# Building: spec -> ONNX
+# ---------------------------------------------------------------------------
+class _Builder:
+    def __init__(self, spec: dict):
+        self.nodes, self.inits, self.n = [], [], 0
+        self.shape = list(spec["in"])
+        self.cur = "x"
+
+    def name(self, base: str) -> str:
+        self.n += 1
+        return f"{base}{self.n}"
+
+    def const(self, base: str, a) -> str:
+        nm = self.name(base)
+        self.inits.append(numpy_helper.from_array(np.asarray(a), nm))
+        return nm
+
+    def node(self, op: str, ins: list[str], **attrs) -> str:
+        out = self.name(op.lower() + "_")
+        self.nodes.append(helper.make_node(op, ins, [out], name=out + "n", **attrs))
+        return out
+
+
+def _rng(layer: dict) -> np.random.Generator:
+    return np.random.default_rng(layer.get("wseed", 0))
+
+
+def _act(b: _Builder, x: str, act: dict | None, ch: int | None) -> str:
+    if not act:
+        return x
+    kind = act["op"]
+    if kind == "Clip":
+        ins = [x, b.const("lo", np.float32(act["lo"])) if act.get("lo") is not None else "",
+               b.const("hi", np.float32(act["hi"])) if act.get("hi") is not None else ""]
+        while ins[-1] == "":
+            ins.pop()
+        return b.node("Clip", ins)
+    if kind == "Silu":
+        s = b.node("Sigmoid", [x])
+        return b.node("Mul", [x, s])
+    if kind == "PRelu":
+        if ch is None:
+            raise Invalid("PRelu needs channels")
+        slope = _rng(act).uniform(-0.5, 0.5, (ch, 1, 1)).astype(np.float32)
+        return b.node("PRelu", [x, b.const("slope", slope)])
+    attrs = {k: v for k, v in act.items() if k not in ("op", "wseed")}
+    return b.node(kind, [x], **attrs)
+
+
+def _conv(b: _Builder, x: str, shape: list[int], L: dict) -> tuple[str, list[int]]:
+    if len(shape) != 3:
+        raise Invalid("conv needs [C, H, W]")
+    c, h, w = shape
+    g = c if L["g"] == "dw" else L["g"]
+    cout = c * L.get("mult", 1) if L["g"] == "dw" else L["cout"]
+    if g < 1 or c % g or cout % g:
+        raise Invalid(f"group {g} for {c} -> {cout}")
+    (kh, kw), (sh, sw), (dh, dw), p = L["k"], L["s"], L["d"], L["p"]
+    oh = (h + p[0] + p[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + p[1] + p[3] - dw * (kw - 1) - 1) // sw + 1
+    if oh < 1 or ow < 1 or cout * oh * ow > 4 * FLOAT_BUDGET:
+        raise Invalid("conv output size")
+    r = _rng(L)
+    wt = (r.standard_normal((cout, c // g, kh, kw)) / math.sqrt(c // g * kh * kw)).astype(np.float32)
+    ins = [x, b.const("w", wt)]
+    if L["bias"]:
+        ins.append(b.const("b", r.standard_normal(cout).astype(np.float32) * 0.5))
+    y = b.node("Conv", ins, kernel_shape=[kh, kw], strides=[sh, sw], dilations=[dh, dw], pads=p, group=g)
+    return _act(b, y, L.get("act"), cout), [cout, oh, ow]
+
+
+def _pool_out(n, k, s, d, pb, pe, ceil):
+    span = n + pb + pe - d * (k - 1) - 1
+    if span < 0:
+        return 0
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= n + pb:
+        out -= 1
+    return out
+
+
+def _layer(b: _Builder, L: dict) -> None:
+    op, x, shape = L["op"], b.cur, b.shape
+    if op == "conv":
+        y, shape = _conv(b, x, shape, L)
+        if L.get("res") and shape == b.shape:
+            y = b.node("Add", [y, x])
+    elif op == "chain":
+        if len(shape) != 3:
+            raise Invalid("chain needs [C, H, W]")
+        e, s1 = _conv(b, x, shape, {"g": 1, "cout": L["cexp"], "k": [1, 1], "s": [1, 1], "d": [1, 1],
+                                    "p": [0, 0, 0, 0], "bias": L["bias"], "act": L["acts"][0], "wseed": L["wseed"]})
+        d, s2 = _conv(b, e, s1, {"g": "dw", "k": L["k"], "s": L["s"], "d": L["d"], "p": L["p"],
+                                 "bias": L["bias"], "act": L["acts"][1], "wseed": L["wseed"] + 1})
+        y, shape = _conv(b, d, s2, {"g": 1, "cout": L["cout"], "k": [1, 1], "s": [1, 1], "d": [1, 1],
+                                    "p": [0, 0, 0, 0], "bias": L["bias"], "act": L["acts"][2], "wseed": L["wseed"] + 2})
+        if L.get("res") and shape == b.shape:
+            y = b.node("Add", [x, y])
+    elif op == "act":
+        y = _act(b, x, L["act"], shape[0] if len(shape) == 3 else None)
+    elif op == "pool":
+        if len(shape) != 3:
+            raise Invalid("pool needs [C, H, W]")
+        k, s, d, p, ceil = L["k"], L["s"], L["d"], L["p"], L["ceil"]
+        if any(p[i] >= k[i % 2] for i in range(4)):
+            raise Invalid("pads must be below the kernel")
+        oh, ow = (_pool_out(shape[1 + i], k[i], s[i], d[i], p[i], p[i + 2], ceil) for i in (0, 1))
+        if oh < 1 or ow < 1:
+            raise Invalid("pool output size")
+        attrs = {"kernel_shape": k, "strides": s, "pads": p, "ceil_mode": ceil}
+        if L["type"] == "MaxPool":
+            attrs["dilations"] = d
+        else:
+            attrs["count_include_pad"] = L["cip"]
+        y, shape = b.node(L["type"], [x], **attrs), [shape[0], oh, ow]
+    elif op == "gap":
+        if len(shape) != 3:
+            raise Invalid("gap needs [C, H, W]")
+        y, shape = b.node("GlobalAveragePool", [x]), [shape[0], 1, 1]
+    elif op == "bn":
+        if len(shape) != 3:
+            raise Invalid("bn needs [C, H, W]")
+        r, c = _rng(L), shape[0]
+        stats = [r.uniform(0.5, 1.5, c), r.standard_normal(c) * 0.2, r.standard_normal(c) * 0.2, r.uniform(0.5, 1.5, c)]
+        y = b.node("BatchNormalization", [x] + [b.const("bn", v.astype(np.float32)) for v in stats])
+    elif op == "concat":
+        y, shape = _concat(b, x, shape, L)
+    elif op == "resize":
+        y, shape = _resize(b, x, shape, L)
+    elif op == "softmax":
+        if L["axis"] >= len(shape) + 1:
+            raise Invalid("softmax axis")
+        y = b.node("Softmax", [x], axis=L["axis"])
+    elif op == "transpose":
+        if len(L["perm"]) != len(shape) + 1:
+            raise Invalid("perm rank")
+        y = b.node("Transpose", [x], perm=L["perm"])
+        shape = [shape[p - 1] for p in L["perm"][1:]]
+    elif op == "slice":
+        y, shape = _slice(b, x, shape, L)
+    elif op == "pad":
+        pads = L["pads"]
+        if len(pads) != 2 * (len(shape) + 1):
+            raise Invalid("pad rank")
+        y = b.node("Pad", [x, b.const("pads", np.array(pads, np.int64)), b.const("pv", np.float32(L["value"]))])
+        shape = [n + pads[i + 1] + pads[i + 2 + len(shape)] for i, n in enumerate(shape)]
+    elif op == "binary":
+        other = L["other"]
+        if other == "scalar":
+            o = b.const("s", np.float32(L["v"]))
+        elif other == "channel" and len(shape) == 3:
+            o = b.const("cv", _rng(L).uniform(0.5, 1.5, (shape[0], 1, 1)).astype(np.float32))
+        elif other == "bcast":  # a constant over a random subset of the dims (numpy broadcasting)
+            keep = L["keep"][-len(shape):]
+            cshape = [n if k else 1 for n, k in zip(shape, keep)][L["drop"]:]
+            o = b.const("bc", _rng(L).uniform(0.5, 1.5, cshape).astype(np.float32))
+        elif other == "gap" and len(shape) == 3:  # x op mean(x) over the plane: [N, C, 1, 1] broadcast
+            o = b.node("GlobalAveragePool", [x])
+            if L["kind"] == "Div":
+                o = b.node("Sigmoid", [o])
+        elif other == "self_act":  # x / relu(x) would divide by zero
+            o = b.node("Sigmoid" if L["kind"] == "Div" else "Relu", [x])
+        else:
+            raise Invalid("binary operand")
+        y = b.node(L["kind"], [x, o])
+    elif op == "se":  # squeeze-excite: x * gate(fc(relu(fc(mean(x)))))
+        if len(shape) != 3:
+            raise Invalid("se needs [C, H, W]")
+        c = shape[0]
+        g, gs = b.node("GlobalAveragePool", [x]), [c, 1, 1]
+        for i, (co, act) in enumerate(((L["r"], {"op": "Relu"}), (c, None))):
+            g, gs = _conv(b, g, gs, {"g": 1, "cout": co, "k": [1, 1], "s": [1, 1], "d": [1, 1], "p": [0, 0, 0, 0],
+                                     "bias": True, "act": act, "wseed": L["wseed"] + i})
+        g = b.node(L["gate"], [g])
+        y = b.node("Mul", [x, g] if L["order"] else [g, x])
+    elif op == "flatten":
+        y, shape = b.node("Flatten", [x], axis=1), [int(np.prod(shape))]
+    elif op == "gemm":
+        if len(shape) != 1:
+            raise Invalid("gemm needs [K]")
+        k, n, r = shape[0], L["n"], _rng(L)
+        wt = (r.standard_normal((n, k) if L["transB"] else (k, n)) / math.sqrt(k)).astype(np.float32)
+        ins = [x, b.const("gw", wt)]
+        if L["bias"]:
+            ins.append(b.const("gc", r.standard_normal(n if L["bias"] == "row" else 1).astype(np.float32)))
+        y = b.node("Gemm", ins, transB=L["transB"], alpha=L["alpha"], beta=L["beta"])
+        y, shape = _act(b, y, L.get("act"), None), [n]
+    elif op == "matmul":
+        k, n, r = shape[-1], L["n"], _rng(L)
+        y = b.node("MatMul", [x, b.const("mw", (r.standard_normal((k, n)) / math.sqrt(k)).astype(np.float32))])
+        if L["bias"]:
+            y = b.node("Add", [y, b.const("mb", r.standard_normal(n).astype(np.float32))])
+        y, shape = _act(b, y, L.get("act"), None), shape[:-1] + [n]
+    else:
+        raise Invalid(f"unknown layer {op}")
+    if int(np.prod(shape)) > 4 * FLOAT_BUDGET or min(shape) < 1:
+        raise Invalid("tensor size")
+    b.cur, b.shape = y, shape
+
+
+def _concat(b, x, shape, L):
+    ax = L["axis"]
+    if ax > len(shape):
+        raise Invalid("concat axis")
+    if L["kind"] == "convs":
+        if len(shape) != 3 or ax != 1:
+            raise Invalid("conv branches need [C, H, W] and axis 1")
+        outs = []
+        for i, (cout, k) in enumerate(L["branches"]):
+            y, s = _conv(b, x, shape, {"g": 1, "cout": cout, "k": [k, k], "s": [1, 1], "d": [1, 1],
+                                       "p": [k // 2] * 4, "bias": True, "act": {"op": "Relu"}, "wseed": L["wseed"] + i})
+            outs.append(y)
+        return b.node("Concat", outs, axis=1), [sum(c for c, _ in L["branches"])] + shape[1:]
+    y2 = _act(b, x, L["act"], shape[0] if len(shape) == 3 else None)  # x with an activation of itself
+    new = list(shape)
+    new[ax - 1] = shape[ax - 1] * 2
+    return b.node("Concat", [x, y2], axis=ax), new
+
+
+def _resize(b, x, shape, L):
+    if len(shape) != 3:
+        raise Invalid("resize needs [C, H, W]")
+    sh, sw = L["scales"]
+    oh, ow = int(math.floor(shape[1] * np.float32(sh))), int(math.floor(shape[2] * np.float32(sw)))
+    if oh < 1 or ow < 1:
+        raise Invalid("resize size")
+    attrs = {"mode": L["mode"], "coordinate_transformation_mode": L["coord"]}
+    if L["mode"] == "nearest":
+        attrs["nearest_mode"] = L["nearest_mode"]
+    if L["sizes"]:
+        ins = [x, "", "", b.const("sz", np.array([oh, ow], np.int64))]
+        attrs["axes"] = [2, 3]
+    else:
+        ins = [x, "", b.const("sc", np.array([1, 1, sh, sw], np.float32))]
+    return b.node("Resize", ins, **attrs), [shape[0], oh, ow]
+
+
+def _slice(b, x, shape, L):
+    axes, starts, ends, steps = L["axes"], L["starts"], L["ends"], L["steps"]
+    new = list(shape)
+    for a, s, e, st in zip(axes, starts, ends, steps):
+        if not 1 <= a <= len(shape):
+            raise Invalid("slice axis")
+        new[a - 1] = len(range(*slice(s, e, st).indices(shape[a - 1])))
+    ins = [x] + [b.const(n, np.array(v, np.int64)) for n, v in (("st", starts), ("en", ends), ("ax", axes), ("sp", steps))]
+    return b.node("Slice", ins), new
+
+
+def build_model(spec: dict):
+    """Returns (onnx model, per-sample input shape, per-sample output shape)."""
+    b = _Builder(spec)
+    for L in spec["layers"]:
+        _layer(b, L)
+    batch = "N" if spec["dyn"] else spec["batch"]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, *spec["in"]])
+    y = helper.make_tensor_value_info(b.cur, TensorProto.FLOAT, [batch, *b.shape])
+    if b.cur == "x":
+        raise Invalid("no layers")
+    g = helper.make_graph(b.nodes, "fuzz", [x], [y], b.inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=9), list(spec["in"]), list(b.shape)
+
+
+# ---------------------------------------------------------------------------
+# Drawing: rng -> spec
+# ---------------------------------------------------------------------------
+def _odd_channels(r, lo=1, hi=300):
+    if r.random() < 0.15 and hi >= 16:  # some multiples of 16: the kernels' full-vector paths
+        return 16 * int(r.integers(max(1, lo // 16), hi // 16 + 1))
+    c = int(r.integers(lo, hi + 1))
+    return c if r.random() < 0.3 else c | 1  # mostly odd: no multiple of 4 / 16
+
+
+def random_act(r) -> dict | None:
+    k = int(r.integers(0, 15))
+    if k == 0:
+        return None
+    table = [
+        {"op": "Relu"}, {"op": "Relu"},
+        {"op": "Clip", "lo": 0.0, "hi": 6.0},
+        {"op": "Clip", "lo": float(r.uniform(-2, 0)), "hi": float(r.uniform(0, 2))},
+        {"op": "Clip", "lo": float(r.uniform(-1, 1)), "hi": None},
+        {"op": "Clip", "lo": None, "hi": float(r.uniform(-1, 1))},
+        {"op": "HardSwish"}, {"op": "Sigmoid"}, {"op": "LeakyRelu", "alpha": float(r.uniform(0, 0.5))},
+        {"op": "HardSigmoid", "alpha": float(r.uniform(0.1, 0.3)), "beta": float(r.uniform(0.3, 0.7))},
+        {"op": "Tanh"}, {"op": "Silu"}, {"op": "Elu", "alpha": float(r.uniform(0.5, 1.5))},
+        {"op": "Gelu", "approximate": ["none", "tanh"][int(r.integers(2))]},
+    ]
+    a = table[k - 1]
+    if r.random() < 0.05:
+        a = {"op": "PRelu", "wseed": int(r.integers(1 << 30))}
+    return a
+
+
+def _conv_layer(r, shape) -> dict:
+    c, h, w = shape
+    kind = r.choice(["dense", "dw", "grouped", "pw"], p=[0.35, 0.3, 0.15, 0.2])
+    L = {"op": "conv", "wseed": int(r.integers(1 << 30)), "bias": bool(r.random() < 0.7), "act": random_act(r),
+         "res": bool(r.random() < 0.3)}
+    if kind == "pw":
+        L.update(k=[1, 1], s=[1, 1], d=[1, 1], p=[0, 0, 0, 0])
+    else:
+        kh = int(r.integers(1, 8))
+        kw = kh if r.random() < 0.6 else int(r.integers(1, 8))
+        s = int(r.integers(1, 4))
+        L["s"] = [s, s] if r.random() < 0.8 else [int(r.integers(1, 4)), int(r.integers(1, 4))]
+        L["d"] = [1, 1] if r.random() < 0.7 else [int(r.integers(1, 4)), int(r.integers(1, 4))]
+        L["k"] = [kh, kw]
+        if r.random() < 0.5:
+            L["p"] = [L["d"][0] * (kh - 1) // 2, L["d"][1] * (kw - 1) // 2] * 2
+        else:
+            L["p"] = [int(v) for v in r.integers(0, 4, 4)]
+    if kind == "dw":
+        L["g"] = "dw"
+        L["mult"] = 1 if r.random() < 0.85 else 2
+    elif kind == "grouped":
+        divs = [g for g in range(2, min(c, 16) + 1) if c % g == 0] or [1]
+        g = int(r.choice(divs))
+        L["g"], L["cout"] = g, g * int(r.integers(1, max(2, 96 // g)))
+    else:
+        L["g"], L["cout"] = 1, _odd_channels(r, 1, 160 if h * w > 400 else 300)
+    return L
+
+
+def _fusable_act(r) -> dict | None:
+    """Mostly the activations the lowering folds into a Conv (a chain fuses only then)."""
+    if r.random() < 0.2:
+        return random_act(r)
+    return [None, {"op": "Relu"}, {"op": "Clip", "lo": 0.0, "hi": 6.0},
+            {"op": "Clip", "lo": float(r.uniform(-1, 0)), "hi": float(r.uniform(0.1, 3))}][int(r.integers(4))]
+
+
+def _chain_layer(r, shape, big: bool) -> dict:
+    c, h, w = shape
+    if r.random() < 0.6:
+        kh = kw = int(r.choice([3, 5, 3, 7]))
+        s, d = [int(r.choice([1, 2]))] * 2, [1, 1]
+        p = [kh // 2] * 4
+    else:  # odd geometry: non-square taps, strides to 3, dilation, pads beyond the taps
+        kh, kw = int(r.integers(1, 8)), int(r.integers(1, 8))
+        s, d = [int(r.integers(1, 4)), int(r.integers(1, 4))], [int(r.integers(1, 3)), int(r.integers(1, 3))]
+        p = [int(r.integers(0, kh + 2)), int(r.integers(0, kw + 2)), int(r.integers(0, kh + 2)), int(r.integers(0, kw + 2))]
+    cexp = _odd_channels(r, max(c, 8), max(c, 8, 200))
+    if big:  # inner floats above the default budget's 3 MiB: fuses without EDGERUN_FUSE_KB
+        oh = max(1, (h + p[0] + p[2] - d[0] * (kh - 1) - 1) // s[0] + 1)
+        ow = max(1, (w + p[1] + p[3] - d[1] * (kw - 1) - 1) // s[1] + 1)
+        cexp = max(cexp, FUSE_FLOATS // max(1, h * w + oh * ow) + 1)
+    return {"op": "chain", "wseed": int(r.integers(1 << 30)), "cexp": cexp,
+            "cout": c if r.random() < 0.6 else _odd_channels(r, 1, 64),
+            "k": [kh, kw], "s": s, "d": d, "p": p, "bias": bool(r.random() < 0.8),
+            "acts": [_fusable_act(r), _fusable_act(r), None if r.random() < 0.7 else _fusable_act(r)],
+            "res": bool(r.random() < 0.6)}
+
+
+def _pool_layer(r, shape) -> dict:
+    t = "MaxPool" if r.random() < 0.5 else "AveragePool"
+    kh = int(r.integers(1, 6))
+    kw = kh if r.random() < 0.6 else int(r.integers(1, 6))
+    s = [int(r.integers(1, 4)), int(r.integers(1, 4))]
+    d = [1, 1] if t == "AveragePool" or r.random() < 0.7 else [int(r.integers(1, 3)), int(r.integers(1, 3))]
+    p = [int(r.integers(0, kh)), int(r.integers(0, kw)), int(r.integers(0, kh)), int(r.integers(0, kw))]
+    return {"op": "pool", "type": t, "k": [kh, kw], "s": s, "d": d, "p": p, "ceil": int(r.random() < 0.4),
+            "cip": int(r.random() < 0.5)}
+
+
+def _resize_layer(r) -> dict:
+    if r.random() < 0.5:
+        f = [int(r.integers(1, 4)), int(r.integers(1, 4))]
+        mode = [("asymmetric", "floor"), ("half_pixel", "round_prefer_floor"), ("pytorch_half_pixel", "round_prefer_ceil")]
+        coord, nm = mode[int(r.integers(3))]
+        return {"op": "resize", "mode": "nearest", "scales": [float(v) for v in f], "coord": coord,
+                "nearest_mode": nm, "sizes": False}
+    sc = [float(np.float32(r.choice([0.5, 1.5, 2.0, 0.75, r.uniform(0.4, 2.6)]))) for _ in range(2)]
+    coord = ["half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"][int(r.integers(4))]
+    return {"op": "resize", "mode": "linear", "scales": sc, "coord": coord, "sizes": bool(r.random() < 0.3)}
+
+
+def _spatial_layer(r, shape, layers_left) -> dict:
+    u = r.random()
+    if u < 0.40:
+        return _conv_layer(r, shape)
+    if u < 0.50:
+        return _chain_layer(r, shape, big=False)
+    if u < 0.60:
+        return _pool_layer(r, shape)
+    if u < 0.65:
+        return {"op": "act", "act": random_act(r) or {"op": "Relu"}}
+    if u < 0.70:
+        return {"op": "bn", "wseed": int(r.integers(1 << 30))}
+    if u < 0.76:
+        kind = ["convs", "self", "convs"][int(r.integers(3))]
+        return {"op": "concat", "kind": kind, "axis": 1 if kind == "convs" else int(r.integers(1, 4)),
+                "branches": [[_odd_channels(r, 1, 48), int(r.choice([1, 3, 5]))] for _ in range(int(r.integers(2, 4)))],
+                "act": random_act(r) or {"op": "Sigmoid"}, "wseed": int(r.integers(1 << 30))}
+    if u < 0.82:
+        return _resize_layer(r)
+    if u < 0.86:
+        return {"op": "softmax", "axis": int(r.integers(1, 4))}
+    if u < 0.90:
+        perm = [0] + [int(v) + 1 for v in r.permutation(3)]
+        return {"op": "transpose", "perm": perm}
+    if u < 0.94:
+        axes = sorted(int(a) for a in r.choice([1, 2, 3], size=int(r.integers(1, 3)), replace=False))
+        starts = [int(r.integers(0, max(1, shape[a - 1] // 2))) for a in axes]
+        steps = [int(r.integers(1, 4)) for _ in axes]
+        ends = [int(r.integers(s + 1, shape[a - 1] + 2)) for s, a in zip(starts, axes)]
+        return {"op": "slice", "axes": axes, "starts": starts, "ends": ends, "steps": steps}
+    if u < 0.96:
+        return {"op": "pad", "pads": [0] + [int(v) for v in r.integers(0, 3, 3)] + [0] + [int(v) for v in r.integers(0, 3, 3)],
+                "value": float(r.choice([0.0, 0.5, -1.0]))}
+    if u < 0.985:
+        return {"op": "se", "r": int(r.integers(1, 40)), "gate": str(r.choice(["Sigmoid", "HardSigmoid", "HardSwish"])),
+                "order": int(r.integers(2)), "wseed": int(r.integers(1 << 30))}
+    return {"op": "binary", "kind": str(r.choice(["Add", "Mul", "Sub", "Div"])),
+            "other": str(r.choice(["scalar", "channel", "self_act", "bcast", "gap"])),
+            "keep": [int(v) for v in r.integers(0, 2, 3)], "drop": int(r.integers(0, 3)),
+            "v": float(r.choice([r.uniform(0.5, 2.0), r.uniform(-40, 40)])), "wseed": int(r.integers(1 << 30))}
+
+
+def _targeted(r, spec: dict) -> None:
+    """A layer shaped for one of the engine's special kernels, then maybe an activation."""
+    kind = r.choice(["stem", "pw_small", "dw_pair", "dw_s2"])
+    conv = {"op": "conv", "wseed": int(r.integers(1 << 30)), "bias": bool(r.random() < 0.8), "act": random_act(r),
+            "res": False, "d": [1, 1]}
+    if kind == "stem":  # conv-3x3s2-direct: 3x3 stride 2, cin * 9 taps, cout a multiple of 16
+        c, h, w = int(r.integers(1, 8)), int(r.integers(1, 131)), int(r.integers(1, 131))
+        conv.update(k=[3, 3], s=[2, 2], p=[int(v) for v in r.integers(0, 2, 4)], g=1, cout=16 * int(r.integers(1, 5)))
+    elif kind == "pw_small":  # conv-1x1-small: a plane of <= 256 pixels, cout >= 16
+        h = int(r.integers(1, 17))
+        w = int(r.integers(1, 256 // h + 1))
+        c = _odd_channels(r, 1, 300)
+        conv.update(k=[1, 1], s=[1, 1], p=[0, 0, 0, 0], g=1, cout=_odd_channels(r, 16, 300))
+    else:  # depthwise: two channels per vector (<= 8 columns) or stride 2 read directly
+        k = int(r.choice([3, 5]))
+        c = _odd_channels(r, 1, 96)
+        h = int(r.integers(1, 40))
+        w = int(r.integers(1, 9)) if kind == "dw_pair" else int(r.integers(1, 131))
+        conv.update(k=[k, k], s=[1, 1] if kind == "dw_pair" else [2, 2], g="dw",
+                    p=[k // 2] * 4 if r.random() < 0.5 else [int(v) for v in r.integers(0, k // 2 + 2, 4)])
+    spec["in"] = [c, h, w]
+    spec["layers"] = [conv]
+    if r.random() < 0.3:
+        spec["layers"].append({"op": "act", "act": random_act(r) or {"op": "Relu"}})
+
+
+def random_spec(r: np.random.Generator) -> dict:
+    """One random case; layers that do not fit their input are drawn again (a few tries)."""
+    family = r.choice(["spatial", "chain", "dense", "targeted"], p=[0.5, 0.15, 0.15, 0.2])
+    batch = int(r.integers(1, 4))
+    spec = {"batch": batch, "dyn": bool(r.random() < 0.8), "xseed": int(r.integers(1 << 30)), "family": str(family)}
+    if family == "dense":
+        k = _odd_channels(r, 1, 600)
+        spec["in"] = [k] if r.random() < 0.6 else [int(r.integers(1, 20)), k]
+        layers = []
+        for _ in range(int(r.integers(1, 4))):
+            if len(spec["in"]) == 1 and r.random() < 0.6:
+                layers.append({"op": "gemm", "n": _odd_channels(r, 1, 700), "transB": int(r.integers(2)),
+                               "alpha": float(r.choice([1.0, 0.5, 1.7])), "beta": float(r.choice([1.0, 0.3])),
+                               "bias": str(r.choice(["row", "scalar", ""])), "act": random_act(r),
+                               "wseed": int(r.integers(1 << 30))})
+            else:
+                layers.append({"op": "matmul", "n": _odd_channels(r, 1, 700), "bias": bool(r.random() < 0.7),
+                               "act": random_act(r), "wseed": int(r.integers(1 << 30))})
+        if r.random() < 0.3:
+            layers.append({"op": "softmax", "axis": len(spec["in"])})
+        spec["layers"] = layers
+        return spec
+    if family == "targeted":
+        _targeted(r, spec)
+        return spec
+    if family == "chain":
+        c = _odd_channels(r, 1, 48)
+        h, w = int(r.integers(20, 131)), int(r.integers(20, 131))
+        spec["in"] = [c, h, w]
+        spec["layers"] = [_chain_layer(r, [c, h, w], big=True)]
+        return spec
+    c = _odd_channels(r, 1, 64)
+    h = int(r.integers(1, 131))
+    w = int(r.integers(1, 131)) if r.random() < 0.6 else h
+    while c * h * w > FLOAT_BUDGET:
+        h, w = max(1, h // 2), max(1, w // 2)
+    spec["in"] = [c, h, w]
+    layers, b = [], _Builder(spec)
+    for _ in range(int(r.integers(1, 5))):
+        for _try in range(8):
+            L = _spatial_layer(r, b.shape, 0) if len(b.shape) == 3 else {"op": "act", "act": random_act(r) or {"op": "Tanh"}}
+            nodes, inits, n, cur, shape = list(b.nodes), list(b.inits), b.n, b.cur, list(b.shape)
+            try:
+                _layer(b, L)
+                layers.append(L)
+                break
+            except Invalid:
+                b.nodes, b.inits, b.n, b.cur, b.shape = nodes, inits, n, cur, shape
+    if len(b.shape) == 3 and r.random() < 0.3:
+        layers += [{"op": "gap"}, {"op": "flatten"},
+                   {"op": "gemm", "n": _odd_channels(r, 1, 100), "transB": 1, "alpha": 1.0, "beta": 1.0, "bias": "row",
+                    "act": None, "wseed": int(r.integers(1 << 30))}]
+    spec["layers"] = layers
+    return spec
