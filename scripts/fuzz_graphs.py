@@ -29,6 +29,7 @@ class _Builder:
         self.nodes, self.inits, self.n = [], [], 0
         self.shape = list(spec["in"])
         self.cur = "x"
+        self.history: list[tuple[str, list[int]]] = []  # (tensor, shape) after each layer
 
     def name(self, base: str) -> str:
         self.n += 1
@@ -131,10 +132,8 @@ def _layer(b: _Builder, L: dict) -> None:
         oh, ow = (_pool_out(shape[1 + i], k[i], s[i], d[i], p[i], p[i + 2], ceil) for i in (0, 1))
         if oh < 1 or ow < 1:
             raise Invalid("pool output size")
-        attrs = {"kernel_shape": k, "strides": s, "pads": p, "ceil_mode": ceil}
-        if L["type"] == "MaxPool":
-            attrs["dilations"] = d
-        else:
+        attrs = {"kernel_shape": k, "strides": s, "pads": p, "ceil_mode": ceil, "dilations": d}
+        if L["type"] == "AveragePool":
             attrs["count_include_pad"] = L["cip"]
         y, shape = b.node(L["type"], [x], **attrs), [shape[0], oh, ow]
     elif op == "gap":
@@ -197,6 +196,65 @@ def _layer(b: _Builder, L: dict) -> None:
                                      "bias": True, "act": act, "wseed": L["wseed"] + i})
         g = b.node(L["gate"], [g])
         y = b.node("Mul", [x, g] if L["order"] else [g, x])
+    elif op == "reduce":  # ReduceMean / ReduceSum off the batch dim (keepdims keeps the rank)
+        axes = [a for a in L["axes"] if a <= len(shape)]
+        if not axes or not L["keep"]:
+            raise Invalid("reduce axes")  # keepdims=0 would change the rank the next layers expect
+        y = b.node(L["kind"], [x, b.const("ra", np.array(axes, np.int64))], keepdims=1)
+        shape = [1 if i + 1 in axes else n for i, n in enumerate(shape)]
+    elif op == "norm":
+        r = _rng(L)
+        if L["kind"] == "InstanceNormalization":
+            if len(shape) != 3:
+                raise Invalid("instance norm needs [C, H, W]")
+            sc, bi = r.uniform(0.5, 1.5, shape[0]), r.standard_normal(shape[0])
+            y = b.node(L["kind"], [x, b.const("ns", sc.astype(np.float32)), b.const("nb", bi.astype(np.float32))])
+        else:
+            ax = L["axis"] if L["axis"] < 0 else min(L["axis"], len(shape))
+            inner = shape[ax:] if ax < 0 else shape[ax - 1:]
+            y = b.node("LayerNormalization", [x, b.const("ns", r.uniform(0.5, 1.5, inner).astype(np.float32)),
+                                              b.const("nb", r.standard_normal(inner).astype(np.float32))], axis=ax)
+    elif op == "attn":  # [C, H, W] as C tokens of H*W: softmax(t t^T) t, back to [C, H, W]
+        if len(shape) != 3:
+            raise Invalid("attn needs [C, H, W]")
+        c, hw = shape[0], shape[1] * shape[2]
+        t = b.node("Reshape", [x, b.const("rs", np.array([0, c, hw], np.int64))])
+        s_ = b.node("MatMul", [t, b.node("Transpose", [t], perm=[0, 2, 1])])
+        s_ = b.node("Softmax", [b.node("Mul", [s_, b.const("sc", np.float32(1 / math.sqrt(hw)))])], axis=-1)
+        y = b.node("Reshape", [b.node("MatMul", [s_, t]), b.const("rb", np.array([0] + shape, np.int64))])
+    elif op == "conv1d":  # [C, H, W] as [C, H*W] through a Conv1d, out as [C', 1, W']
+        if len(shape) != 3:
+            raise Invalid("conv1d needs [C, H, W]")
+        c, w = shape[0], shape[1] * shape[2]
+        t = b.node("Reshape", [x, b.const("rs", np.array([0, c, w], np.int64))])
+        k, s_, d, p = L["k"], L["s"], L["d"], L["p"]
+        ow = (w + p[0] + p[1] - d * (k - 1) - 1) // s_ + 1
+        if ow < 1:
+            raise Invalid("conv1d size")
+        wt = (_rng(L).standard_normal((L["cout"], c, k)) / math.sqrt(c * k)).astype(np.float32)
+        t = b.node("Conv", [t, b.const("w1", wt)], kernel_shape=[k], strides=[s_], dilations=[d], pads=p)
+        y, shape = b.node("Reshape", [t, b.const("rb", np.array([0, L["cout"], 1, ow], np.int64))]), [L["cout"], 1, ow]
+    elif op == "split":  # Split on an axis, the parts concatenated in reverse (a shuffle)
+        ax = L["axis"]
+        if ax > len(shape) or shape[ax - 1] < 2:
+            raise Invalid("split axis")
+        first = max(1, min(shape[ax - 1] - 1, L["at"]))
+        parts = [b.name("sp"), b.name("sp")]
+        b.nodes.append(helper.make_node("Split", [x, b.const("ss", np.array([first, shape[ax - 1] - first], np.int64))],
+                                        parts, name=parts[0] + "n", axis=ax))
+        y = b.node("Concat", parts[::-1], axis=ax)
+    elif op == "gather":  # a constant index off the batch dim: x[:, i] (scalar: drops the dim) or x[:, a::k]
+        ax = L["axis"]
+        if ax > len(shape) or (L["scalar"] and len(shape) < 2):
+            raise Invalid("gather axis")
+        n = shape[ax - 1]
+        if L["scalar"]:
+            idx = np.array(L["i"] % n - (n if L["neg"] else 0), np.int64)
+            shape = shape[:ax - 1] + shape[ax:]
+        else:
+            idx = np.arange(L["i"] % n, n, L["step"], dtype=np.int64)
+            shape = shape[:ax - 1] + [len(idx)] + shape[ax:]
+        y = b.node("Gather", [x, b.const("gi", idx)], axis=ax)
     elif op == "flatten":
         y, shape = b.node("Flatten", [x], axis=1), [int(np.prod(shape))]
     elif op == "gemm":
@@ -220,6 +278,7 @@ def _layer(b: _Builder, L: dict) -> None:
     if int(np.prod(shape)) > 4 * FLOAT_BUDGET or min(shape) < 1:
         raise Invalid("tensor size")
     b.cur, b.shape = y, shape
+    b.history.append((y, list(shape)))
 
 
 def _concat(b, x, shape, L):
@@ -280,7 +339,11 @@ def build_model(spec: dict):
     y = helper.make_tensor_value_info(b.cur, TensorProto.FLOAT, [batch, *b.shape])
     if b.cur == "x":
         raise Invalid("no layers")
-    g = helper.make_graph(b.nodes, "fuzz", [x], [y], b.inits)
+    outs = [y]
+    if spec.get("extra_out") is not None and len(b.history) > 1:  # an intermediate tensor as a second output
+        name, shape = b.history[spec["extra_out"] % (len(b.history) - 1)]
+        outs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, [batch, *shape]))
+    g = helper.make_graph(b.nodes, "fuzz", [x], outs, b.inits)
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=9), list(spec["in"]), list(b.shape)
 
 
@@ -380,7 +443,7 @@ def _pool_layer(r, shape) -> dict:
     kh = int(r.integers(1, 6))
     kw = kh if r.random() < 0.6 else int(r.integers(1, 6))
     s = [int(r.integers(1, 4)), int(r.integers(1, 4))]
-    d = [1, 1] if t == "AveragePool" or r.random() < 0.7 else [int(r.integers(1, 3)), int(r.integers(1, 3))]
+    d = [1, 1] if r.random() < 0.7 else [int(r.integers(1, 3)), int(r.integers(1, 3))]
     p = [int(r.integers(0, kh)), int(r.integers(0, kw)), int(r.integers(0, kh)), int(r.integers(0, kw))]
     return {"op": "pool", "type": t, "k": [kh, kw], "s": s, "d": d, "p": p, "ceil": int(r.random() < 0.4),
             "cip": int(r.random() < 0.5)}
@@ -398,10 +461,32 @@ def _resize_layer(r) -> dict:
     return {"op": "resize", "mode": "linear", "scales": sc, "coord": coord, "sizes": bool(r.random() < 0.3)}
 
 
+def _extra_layer(r) -> dict:
+    """Reductions, norms, attention, Conv1d, Split, Gather."""
+    v = r.random()
+    if v < 0.2:
+        return {"op": "reduce", "kind": str(r.choice(["ReduceMean", "ReduceSum"])), "keep": 1,
+                "axes": sorted(int(a) for a in r.choice([1, 2, 3], size=int(r.integers(1, 3)), replace=False))}
+    if v < 0.4:
+        return {"op": "norm", "kind": str(r.choice(["LayerNormalization", "InstanceNormalization"])),
+                "axis": int(r.choice([1, 2, 3, -1, -2])), "wseed": int(r.integers(1 << 30))}
+    if v < 0.55:
+        return {"op": "attn"}
+    if v < 0.7:
+        return {"op": "conv1d", "k": int(r.integers(1, 8)), "s": int(r.integers(1, 4)), "d": int(r.integers(1, 3)),
+                "p": [int(v) for v in r.integers(0, 4, 2)], "cout": _odd_channels(r, 1, 64), "wseed": int(r.integers(1 << 30))}
+    if v < 0.85:
+        return {"op": "split", "axis": int(r.integers(1, 4)), "at": int(r.integers(1, 64))}
+    return {"op": "gather", "axis": int(r.integers(1, 4)), "scalar": bool(r.random() < 0.4), "i": int(r.integers(0, 64)),
+            "neg": bool(r.random() < 0.5), "step": int(r.integers(1, 4))}
+
+
 def _spatial_layer(r, shape, layers_left) -> dict:
     u = r.random()
-    if u < 0.40:
+    if u < 0.30:
         return _conv_layer(r, shape)
+    if u < 0.40:
+        return _extra_layer(r)
     if u < 0.50:
         return _chain_layer(r, shape, big=False)
     if u < 0.60:
@@ -422,15 +507,18 @@ def _spatial_layer(r, shape, layers_left) -> dict:
     if u < 0.90:
         perm = [0] + [int(v) + 1 for v in r.permutation(3)]
         return {"op": "transpose", "perm": perm}
-    if u < 0.94:
+    if u < 0.93:
         axes = sorted(int(a) for a in r.choice([1, 2, 3], size=int(r.integers(1, 3)), replace=False))
         starts = [int(r.integers(0, max(1, shape[a - 1] // 2))) for a in axes]
         steps = [int(r.integers(1, 4)) for _ in axes]
         ends = [int(r.integers(s + 1, shape[a - 1] + 2)) for s, a in zip(starts, axes)]
         return {"op": "slice", "axes": axes, "starts": starts, "ends": ends, "steps": steps}
-    if u < 0.96:
-        return {"op": "pad", "pads": [0] + [int(v) for v in r.integers(0, 3, 3)] + [0] + [int(v) for v in r.integers(0, 3, 3)],
+    if u < 0.95:
+        lo = -2 if r.random() < 0.3 else 0  # negative pads crop
+        return {"op": "pad", "pads": [0] + [int(v) for v in r.integers(lo, 3, 3)] + [0] + [int(v) for v in r.integers(lo, 3, 3)],
                 "value": float(r.choice([0.0, 0.5, -1.0]))}
+    if u < 0.97:
+        return _extra_layer(r)
     if u < 0.985:
         return {"op": "se", "r": int(r.integers(1, 40)), "gate": str(r.choice(["Sigmoid", "HardSigmoid", "HardSwish"])),
                 "order": int(r.integers(2)), "wseed": int(r.integers(1 << 30))}
@@ -519,4 +607,6 @@ def random_spec(r: np.random.Generator) -> dict:
                    {"op": "gemm", "n": _odd_channels(r, 1, 100), "transB": 1, "alpha": 1.0, "beta": 1.0, "bias": "row",
                     "act": None, "wseed": int(r.integers(1 << 30))}]
     spec["layers"] = layers
+    if r.random() < 0.25:
+        spec["extra_out"] = int(r.integers(0, 8))
     return spec
