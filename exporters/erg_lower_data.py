@@ -211,8 +211,17 @@ def _split(ctx: _Ctx, node: onnx.NodeProto) -> None:
 
 @_lowers("Concat")
 def _concat(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    out = ctx.shapes.get(node.output[0])
+    if not out:
+        raise _Unsupported("a Concat whose output shape is not known")
+    batched = any((ctx.shapes.get(n) or [0])[:1] == [-1] for n in node.input if n not in ctx.consts)
+    if batched and any(n in ctx.consts for n in node.input):
+        # The constant has one sample, the output one per batch entry: the file was written and
+        # then refused at load as corrupt ("inputs differ off the axis"), after
+        # check_native_support had passed it.
+        raise _Unsupported("a constant concatenated to a batched tensor (Expand it to the batch first)")
     ins = [ctx.weight(n, ctx.consts[n]) if n in ctx.consts else n for n in node.input]
-    axis = _attrs(node)["axis"] % len(ctx.shapes[node.output[0]])
+    axis = _attrs(node)["axis"] % len(out)
     ctx.nodes.append(_ENode("Concat", node.name, ins, [node.output[0]], [axis]))
 
 

@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fuzz_graphs  # noqa: E402
 from fuzz_graphs import Invalid, build_model, random_spec  # noqa: E402
 
 RTOL = 1e-4
@@ -155,9 +156,12 @@ def check_case(spec: dict, work: Path, workers: dict | None) -> tuple[str, list[
         return "invalid", [{"kind": "invalid", "detail": f"onnxruntime gives {ref.shape}, spec {out_shape}"}]
     try:
         erg.write_erg(onnx.shape_inference.infer_shapes(model), erg_path)
-        base = engine_run(str(erg_path), x, 1, {}, profile=True)
     except EdgerunError as exc:
         return "refused", [{"kind": "refused", "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}]
+    try:  # a file the exporter wrote must load and run
+        base = engine_run(str(erg_path), x, 1, {}, profile=True)
+    except EdgerunError as exc:
+        return "failed", [{"kind": "load_error", "detail": f"{type(exc).__name__}: {str(exc)[:300]}"}]
     findings = []
     err = rel_err(ref, base)
     if err > RTOL:
@@ -196,11 +200,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="JSON file of the failures (and counts)")
     ap.add_argument("--spec", type=Path, help="replay one case spec (JSON) and print its findings")
     ap.add_argument("--no-arch", action="store_true", help="skip the AVX2 / portable worker processes")
+    ap.add_argument("--budget", type=int, default=fuzz_graphs.FLOAT_BUDGET,
+                    help="largest input, per sample, in floats (bigger: larger planes and channel counts)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         worker_loop()
         return
+    fuzz_graphs.FLOAT_BUDGET = args.budget
     workers = {} if args.no_arch else {name: ArchWorker(env) for name, env in ARCH_VARIANTS}
     counts: dict[str, int] = {}
     failures, refused = [], []

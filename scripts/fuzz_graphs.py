@@ -33,7 +33,7 @@ class _Builder:
 
     def name(self, base: str) -> str:
         self.n += 1
-        return f"{base}{self.n}"
+        return f"{base}_{self.n}"  # the separator: "w1" + "3" was "w" + "13" (two initializers, one name)
 
     def const(self, base: str, a) -> str:
         nm = self.name(base)
@@ -207,13 +207,20 @@ def _layer(b: _Builder, L: dict) -> None:
         if L["kind"] == "InstanceNormalization":
             if len(shape) != 3:
                 raise Invalid("instance norm needs [C, H, W]")
+            group = shape[1:]
+        else:
+            ax = L["axis"] if L["axis"] < 0 else min(L["axis"], len(shape))
+            group = shape[ax:] if ax < 0 else shape[ax - 1:]
+        if int(np.prod(group)) == 1:
+            # one value per group: 0 / sqrt(eps) exactly, but onnxruntime's rounding noise times
+            # 1 / sqrt(eps) = 316 (ReduceSum -> InstanceNormalization gave bias + 1e-3 there)
+            raise Invalid("normalizing single values")
+        if L["kind"] == "InstanceNormalization":
             sc, bi = r.uniform(0.5, 1.5, shape[0]), r.standard_normal(shape[0])
             y = b.node(L["kind"], [x, b.const("ns", sc.astype(np.float32)), b.const("nb", bi.astype(np.float32))])
         else:
-            ax = L["axis"] if L["axis"] < 0 else min(L["axis"], len(shape))
-            inner = shape[ax:] if ax < 0 else shape[ax - 1:]
-            y = b.node("LayerNormalization", [x, b.const("ns", r.uniform(0.5, 1.5, inner).astype(np.float32)),
-                                              b.const("nb", r.standard_normal(inner).astype(np.float32))], axis=ax)
+            y = b.node("LayerNormalization", [x, b.const("ns", r.uniform(0.5, 1.5, group).astype(np.float32)),
+                                              b.const("nb", r.standard_normal(group).astype(np.float32))], axis=ax)
     elif op == "attn":  # [C, H, W] as C tokens of H*W: softmax(t t^T) t, back to [C, H, W]
         if len(shape) != 3:
             raise Invalid("attn needs [C, H, W]")

@@ -52,6 +52,23 @@ def test_gemm_bias_is_a_row_vector_or_the_model_falls_back(tmp_path, c_shape, na
     _assert_native_matches_ort(m, rng.standard_normal((3, 5)).astype(np.float32), tmp_path, max_batch=3)
 
 
+def test_a_constant_concatenated_to_a_batched_tensor_falls_back_by_name(tmp_path):
+    """Concat(constant [1, 3, 4], x [N, 5, 4]) runs on onnxruntime at batch 1. The exporter wrote
+    it and check_native_support passed it, then the engine refused the file at load as corrupt
+    ("inputs differ off the axis; re-create it with the exporter"), which re-creating never
+    fixes. It now names itself; with a fixed batch the engine still runs it."""
+    rng = np.random.default_rng(1)
+    for batch in ("N", 2):
+        c = rng.standard_normal((1 if batch == "N" else 2, 3, 4)).astype(np.float32)
+        m = _model([helper.make_node("Concat", ["c", "x"], ["y"], name="cat", axis=1)], {"c": c},
+                   (batch, 5, 4), (1 if batch == "N" else 2, 8, 4))
+        m = onnx.shape_inference.infer_shapes(m)
+        if batch == "N":
+            assert erg.check_native_support(m) == [("cat", "Concat")]
+        else:
+            _assert_native_matches_ort(m, rng.standard_normal((2, 5, 4)).astype(np.float32), tmp_path, max_batch=2)
+
+
 def test_fuzzer_smoke(tmp_path):
     """Five cases of the fuzzer with a fixed seed run clean (scripts/fuzz_engine.py)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
