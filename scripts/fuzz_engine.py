@@ -10,7 +10,7 @@ Slice; Pad; BatchNorm), on odd sizes, batch 1-3, mostly with a dynamic batch dim
 - the engine at 1, 2 and 3 threads against onnxruntime (max error / max |reference| <= 1e-4,
   as tests/runtime/test_engine.py);
 - bit identity where the README claims it: 2 and 3 threads = 1 thread, EDGERUN_NO_FUSE,
-  EDGERUN_FUSE_KB=8 (small chains fuse), EDGERUN_NO_SMALL_N, EDGERUN_NO_DIRECT_CONV = default;
+  EDGERUN_FUSE_KB=8 and 1 (small chains fuse, in strips of a row or a few), EDGERUN_NO_SMALL_N, EDGERUN_NO_DIRECT_CONV = default;
 - the AVX2 (EDGERUN_NO_AVX512) and portable (EDGERUN_FORCE_PORTABLE) paths, read once per
   process, in two worker processes: against onnxruntime (their bits may differ: FMA order).
 
@@ -43,6 +43,7 @@ RTOL = 1e-4
 CHANNEL_RTOL = 1e-3  # per channel, against the channel's own scale (see channel_err)
 KNOBS = ("EDGERUN_NO_FUSE", "EDGERUN_FUSE_KB", "EDGERUN_NO_SMALL_N", "EDGERUN_NO_DIRECT_CONV")
 BIT_VARIANTS = [("no_fuse", {"EDGERUN_NO_FUSE": "1"}), ("fuse_kb8", {"EDGERUN_FUSE_KB": "8"}),
+                ("fuse_kb1", {"EDGERUN_FUSE_KB": "1"}),
                 ("no_small_n", {"EDGERUN_NO_SMALL_N": "1"}), ("no_direct_conv", {"EDGERUN_NO_DIRECT_CONV": "1"})]
 ARCH_VARIANTS = [("avx2", {"EDGERUN_NO_AVX512": "1"}), ("portable", {"EDGERUN_FORCE_PORTABLE": "1"})]
 
@@ -176,7 +177,7 @@ def check_case(spec: dict, work: Path, workers: dict | None) -> tuple[str, list[
         if rel_err(ref[-1:] if spec["dyn"] else ref, last) > RTOL:
             findings.append({"kind": "vs_ort", "variant": f"t{threads}_rerun", "err": rel_err(ref[-1:], last)})
     for name, env in BIT_VARIANTS:
-        for threads in ((1, 2, 3) if name == "fuse_kb8" else (1, 2)):
+        for threads in ((1, 2, 3) if name.startswith("fuse_kb") else (1, 2)):
             got = engine_run(str(erg_path), x, threads, env)
             if not np.array_equal(got, base, equal_nan=True):
                 findings.append({"kind": "bits", "variant": f"{name}_t{threads}", "err": rel_err(base, got)})

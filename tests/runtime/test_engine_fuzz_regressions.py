@@ -4,6 +4,7 @@ fuzzer itself closes the file."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -67,6 +68,36 @@ def test_a_constant_concatenated_to_a_batched_tensor_falls_back_by_name(tmp_path
             assert erg.check_native_support(m) == [("cat", "Concat")]
         else:
             _assert_native_matches_ort(m, rng.standard_normal((2, 5, 4)).astype(np.float32), tmp_path, max_batch=2)
+
+
+_KNOB_AFTER_LOAD = """
+import os, sys
+import numpy as np
+from edgerun.engine import NativeEngine
+os.environ.pop("EDGERUN_NO_DIRECT_CONV", None)
+eng = NativeEngine(sys.argv[1], max_batch=1)
+x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+before = eng.run(x)["y"]
+os.environ["EDGERUN_NO_DIRECT_CONV"] = "1"  # after the load: changes nothing
+print(np.array_equal(eng.run(x)["y"], before), eng.profile_layers(x, runs=1, warmup=0)[0]["kernel"])
+"""
+
+
+def test_no_direct_conv_set_after_load_changes_nothing(tmp_path):
+    """EDGERUN_NO_DIRECT_CONV was read on every run, not when the engine loads (README): set after
+    an engine had loaded a stem conv (3x3 stride 2, 3 -> 32 channels, 224 x 224), the next run
+    took im2col + GEMM on the 3.4 KB scratch sized at load for the direct kernel and wrote 1.4 MB
+    past it (segfault). The kernel is now chosen at load: the run keeps its kernel and its bits.
+    (In a child process, so that the crash fails this test alone.)"""
+    w = np.random.default_rng(2).standard_normal((32, 3, 3, 3)).astype(np.float32)
+    m = _model([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])],
+               {"w": w}, ("N", 3, 224, 224), ("N", 32, 112, 112))
+    erg.write_erg(m, tmp_path / "stem.erg")
+    r = subprocess.run([sys.executable, "-c", _KNOB_AFTER_LOAD, str(tmp_path / "stem.erg")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    same, kernel = r.stdout.split()
+    assert same == "True" and kernel in ("conv-3x3s2-direct", "conv")  # "conv": no AVX-512 here
 
 
 def test_fuzzer_smoke(tmp_path):
