@@ -1,25 +1,33 @@
 """Differential fuzzer for the native engine's fp32 kernels: random small ONNX graphs, each run
-on the engine (.erg) and on onnxruntime.
+on the engine (.erg, written by exporters/erg.py) and on onnxruntime.
 
-Each case is a random chain of the ops the engine claims to run (Conv of every shape: kernels
-1-7, non-square, strides 1-3, asymmetric pads, dilations, grouped / depthwise; the fused
-activations; 1x1 -> depthwise -> 1x1 chains, some big enough to fuse at the default budget, with
-residual Adds; pooling; GlobalAveragePool; Gemm / MatMul; Concat; Resize; Softmax; Transpose;
-Slice; Pad; BatchNorm), on odd sizes, batch 1-3, mostly with a dynamic batch dim. Checked:
+Each case (scripts/fuzz_graphs.py) is a random chain of ops the engine claims to run: Conv of
+every shape (kernels 1-7, non-square, strides 1-3, asymmetric pads, dilations, grouped /
+depthwise / depthwise x2, bias or not) with the activations; 1x1 -> depthwise -> 1x1 chains, some
+big enough to fuse at the default budget, with residual Adds; shapes aimed at the special kernels
+(stems, 1x1 on small planes, depthwise on narrow planes and at stride 2); pooling (pads,
+ceil_mode, count_include_pad, dilation); GlobalAveragePool; squeeze-excite; Gemm / MatMul;
+Concat; Resize (nearest, bilinear); Softmax; Transpose; Slice; Pad; BatchNorm; ReduceMean /
+ReduceSum; LayerNorm / InstanceNorm; attention; Conv1d; Split; Gather; broadcast binary ops; odd
+sizes, batch 1-3, mostly a dynamic batch dim, sometimes a second (intermediate) output. Checked:
 
 - the engine at 1, 2 and 3 threads against onnxruntime (max error / max |reference| <= 1e-4,
-  as tests/runtime/test_engine.py);
-- bit identity where the README claims it: 2 and 3 threads = 1 thread, EDGERUN_NO_FUSE,
-  EDGERUN_FUSE_KB=8 and 1 (small chains fuse, in strips of a row or a few), EDGERUN_NO_SMALL_N, EDGERUN_NO_DIRECT_CONV = default;
+  as tests/runtime/test_engine.py; and per channel against the channel's own scale, 1e-3),
+  and the last sample alone on the same engine after the batch;
+- bit identity where the README claims it: 2 and 3 threads = 1 thread; EDGERUN_NO_FUSE,
+  EDGERUN_FUSE_KB=8 and 1 (small chains fuse, in strips of a few rows), EDGERUN_NO_SMALL_N,
+  EDGERUN_NO_DIRECT_CONV = default; the same bits with all of them set after the engine loaded
+  (knobs are read at load);
 - the AVX2 (EDGERUN_NO_AVX512) and portable (EDGERUN_FORCE_PORTABLE) paths, read once per
-  process, in two worker processes: against onnxruntime (their bits may differ: FMA order).
+  process, in two worker processes, against onnxruntime (their bits may differ: FMA order).
 
-A graph the exporter or the engine refuses with an EdgerunError is recorded as refused, not as a
-failure. Run (a few hundred cases take minutes on one core):
+A graph the exporter refuses with an EdgerunError is recorded as refused, not as a failure; a file
+it wrote that the engine then fails to load is a failure. Run (2,500 cases: about 7 minutes):
 
     .venv/bin/python scripts/fuzz_engine.py --seed 0 --cases 200 --out /tmp/fuzz.json
 
-``--spec FILE`` replays one case (a failure's ``spec`` from the JSON) and prints its findings.
+``--budget N`` allows inputs of N floats per sample (default 400,000); ``--no-arch`` skips the
+AVX2 / portable workers; ``--spec FILE`` replays one case (a failure's ``spec`` from the JSON).
 """
 
 from __future__ import annotations
@@ -79,8 +87,9 @@ def _joined(outs: dict | list, names: list[str]) -> np.ndarray:
 
 
 def engine_run(erg_path: str, x: np.ndarray, threads: int, env: dict[str, str], profile: bool = False,
-               then: np.ndarray | None = None):
-    """The engine's output for x (and, with ``then``, for ``then`` on the same engine after x)."""
+               then: np.ndarray | None = None, env_after_load: dict[str, str] | None = None):
+    """The engine's output for x (and, with ``then``, for ``then`` on the same engine after x).
+    ``env_after_load``: knobs set after the engine loaded, before it runs (they must change nothing)."""
     from edgerun.engine import NativeEngine
 
     saved = {k: os.environ.get(k) for k in KNOBS}
@@ -89,6 +98,7 @@ def engine_run(erg_path: str, x: np.ndarray, threads: int, env: dict[str, str], 
     os.environ.update(env)
     try:
         eng = NativeEngine(erg_path, max_batch=3, threads=threads)
+        os.environ.update(env_after_load or {})
         if profile:
             for k in {s["kernel"] for s in eng.profile_layers(x, runs=1, warmup=0)}:
                 COVERAGE[k] = COVERAGE.get(k, 0) + 1
@@ -181,6 +191,9 @@ def check_case(spec: dict, work: Path, workers: dict | None) -> tuple[str, list[
             got = engine_run(str(erg_path), x, threads, env)
             if not np.array_equal(got, base, equal_nan=True):
                 findings.append({"kind": "bits", "variant": f"{name}_t{threads}", "err": rel_err(base, got)})
+    got = engine_run(str(erg_path), x, 2, {}, env_after_load={k: "1" for k in KNOBS})
+    if not np.array_equal(got, base, equal_nan=True):  # knobs are read when an engine loads
+        findings.append({"kind": "bits", "variant": "knobs_after_load_t2", "err": rel_err(base, got)})
     for name, w in (workers or {}).items():
         x_path, y_path = str(work / "x.npy"), str(work / f"y_{name}.npy")
         np.save(x_path, x)
