@@ -1,7 +1,7 @@
 """Differential fuzzer for the native engine's fp32 kernels: random small ONNX graphs, each run
 on the engine (.erg, written by exporters/erg.py) and on onnxruntime.
 
-Each case (scripts/fuzz_graphs.py) is a random chain of ops the engine claims to run: Conv of
+Each case (drawn by scripts/fuzz_specs.py, built by fuzz_graphs.py) is a random chain of ops the engine claims to run: Conv of
 every shape (kernels 1-7, non-square, strides 1-3, asymmetric pads, dilations, grouped /
 depthwise / depthwise x2, bias or not) with the activations; 1x1 -> depthwise -> 1x1 chains, some
 big enough to fuse at the default budget, with residual Adds; shapes aimed at the special kernels
@@ -45,7 +45,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fuzz_graphs  # noqa: E402
-from fuzz_graphs import Invalid, build_model, random_spec  # noqa: E402
+from fuzz_graphs import Invalid, build_model  # noqa: E402
+from fuzz_specs import random_spec  # noqa: E402
 
 RTOL = 1e-4
 CHANNEL_RTOL = 1e-3  # per channel, against the channel's own scale (see channel_err)

@@ -104,7 +104,7 @@ def test_fuzzer_smoke(tmp_path):
     """Five cases of the fuzzer with a fixed seed run clean (scripts/fuzz_engine.py)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
     import fuzz_engine
-    from fuzz_graphs import random_spec
+    from fuzz_specs import random_spec
 
     for i in range(5):
         spec = random_spec(np.random.default_rng([0, i]))
