@@ -70,6 +70,20 @@ def test_a_constant_concatenated_to_a_batched_tensor_falls_back_by_name(tmp_path
             _assert_native_matches_ort(m, rng.standard_normal((2, 5, 4)).astype(np.float32), tmp_path, max_batch=2)
 
 
+@pytest.mark.parametrize("coord", ["half_pixel", "align_corners", "asymmetric"])
+def test_bilinear_resize_to_given_sizes_runs_natively(tmp_path, coord):
+    """Resize (linear) given output sizes, as torch's interpolate(size=...) writes it: 7 -> 31
+    rows and 11 -> 13 columns. The scale out / in (31 / 7 = 4.428571) times the input size rounds
+    to 30.999998 in float32, and a floor check meant for given scales refused the node (the
+    front half fell back to onnxruntime). It runs natively, with onnxruntime's values."""
+    m = _model([helper.make_node("Resize", ["x", "", "", "sz"], ["y"], name="up", mode="linear", axes=[2, 3],
+                                 coordinate_transformation_mode=coord)],
+               {"sz": np.array([31, 13], np.int64)}, ("N", 2, 7, 11), ("N", 2, 31, 13))
+    assert erg.check_native_support(m) == []
+    x = np.random.default_rng(3).standard_normal((2, 2, 7, 11)).astype(np.float32)
+    _assert_native_matches_ort(m, x, tmp_path, max_batch=2)
+
+
 _KNOB_AFTER_LOAD = """
 import os, sys
 import numpy as np
