@@ -170,8 +170,11 @@ def _gemm(ctx: _Ctx, node: onnx.NodeProto) -> None:
     bias = None
     if len(node.input) > 2 and node.input[2]:
         c = ctx.const(node.input[2], "Gemm input C") * np.float32(a.get("beta", 1.0))
-        if c.size not in (1, b.shape[1]):
-            raise _Unsupported("a bias C other than a scalar or a row vector")
+        # A row vector is [N] or [1, N]. A column [M, 1] adds one value per row: with M == N its
+        # size matched and it was added per column instead (wrong values, no error).
+        if c.size != 1 and (c.shape[-1:] != (b.shape[1],) or c.size != b.shape[1]):
+            raise _Unsupported(f"a bias C of shape {list(c.shape)} (only a scalar or a row vector of "
+                               f"{b.shape[1]} values)")
         bias = np.broadcast_to(c.reshape(-1), (b.shape[1],))
     _emit_gemm(ctx, node, node.input[0], b, bias, node.output[0])
 

@@ -58,11 +58,14 @@ def _resize(ctx: _Ctx, node: onnx.NodeProto) -> None:
             raise _Unsupported(f"Resize scales {[float(v) for v in scales]}: only integer factors on H and W")
         ctx.nodes.append(_ENode("Resize", node.name, [node.input[0]], [node.output[0]], want))
         return
-    if scales is None:  # sizes given: onnxruntime takes the scale as out / in
-        scales = [1.0, 1.0, ys[2] / xs[2], ys[3] / xs[3]]
-    sh, sw = (float(v) for v in scales[-2:])
-    if [int(np.floor(xs[2] * np.float32(sh))), int(np.floor(xs[3] * np.float32(sw)))] != ys[2:]:
-        raise _Unsupported(f"Resize scales {[sh, sw]} do not give the output size {ys[2:]} from {xs[2:]}")
+    if scales is None:  # sizes given: the output size, and onnxruntime takes the scale as out / in
+        # (no floor check: 54 -> 113 rows is a scale of 2.0925925, and 54 x that rounds to 112.99999:
+        # the sizes torch's interpolate(size=...) writes were refused)
+        sh, sw = ys[2] / xs[2], ys[3] / xs[3]
+    else:
+        sh, sw = (float(v) for v in scales[-2:])
+        if [int(np.floor(xs[2] * np.float32(sh))), int(np.floor(xs[3] * np.float32(sw)))] != ys[2:]:
+            raise _Unsupported(f"Resize scales {[sh, sw]} do not give the output size {ys[2:]} from {xs[2:]}")
     ctx.nodes.append(_ENode("ResizeLinear", node.name, [node.input[0]], [node.output[0]], [_LINEAR_COORD[coord]],
                             [sh, sw]))
 
@@ -211,8 +214,17 @@ def _split(ctx: _Ctx, node: onnx.NodeProto) -> None:
 
 @_lowers("Concat")
 def _concat(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    out = ctx.shapes.get(node.output[0])
+    if not out:
+        raise _Unsupported("a Concat whose output shape is not known")
+    batched = any((ctx.shapes.get(n) or [0])[:1] == [-1] for n in node.input if n not in ctx.consts)
+    if batched and any(n in ctx.consts for n in node.input):
+        # The constant has one sample, the output one per batch entry: the file was written and
+        # then refused at load as corrupt ("inputs differ off the axis"), after
+        # check_native_support had passed it.
+        raise _Unsupported("a constant concatenated to a batched tensor (Expand it to the batch first)")
     ins = [ctx.weight(n, ctx.consts[n]) if n in ctx.consts else n for n in node.input]
-    axis = _attrs(node)["axis"] % len(ctx.shapes[node.output[0]])
+    axis = _attrs(node)["axis"] % len(out)
     ctx.nodes.append(_ENode("Concat", node.name, ins, [node.output[0]], [axis]))
 
 

@@ -49,16 +49,21 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, int32_t ma
   ER_RETURN_IF_ERROR(e->resolve());
   e->prepare_quant();
   e->fuse_chains();
-  e->pack_small_planes();
+  e->pick_conv_kernels();
   ER_RETURN_IF_ERROR(e->plan_and_allocate());
   return e;
 }
 
-// fp32 1x1 convs where the GEMM tile would waste lanes (7x7 planes): their weights are
-// packed once for kernels::pointwise_small. Fused chains keep the GEMM (their strips
-// are other widths); both paths give the same bits.
-void Engine::pack_small_planes() {
+// The fp32 conv kernels other than im2col + GEMM, chosen once here: the knobs that turn them off
+// are read when the engine loads (EDGERUN_NO_DIRECT_CONV was read on every run: set after a load,
+// a stem conv took im2col + GEMM on a scratch sized for the direct kernel and wrote past it).
+// - 3x3 stride-2 stems read their input directly (kernels::conv_s2_small).
+// - 1x1 convs where the GEMM tile would waste lanes (7x7 planes): their weights are packed once
+//   for kernels::pointwise_small. Fused chains keep the GEMM (their strips are other widths).
+// Each gives the same bits as im2col + GEMM.
+void Engine::pick_conv_kernels() {
   for (Step& s : steps_) {
+    if (s.op == OpCode::kConv && !s.use_s8 && s.fuse == 0) s.s2_direct = kernels::conv_s2_direct(s.conv);
     if (s.op != OpCode::kConv || s.prec != Precision::kFp32 || s.fuse != 0 ||
         !kernels::pointwise_small_n(s.conv))
       continue;
@@ -111,8 +116,9 @@ Status Engine::plan_and_allocate() {
   size_t max_concat = 1;
   for (const Step& s : steps_) {
     if (s.op == OpCode::kConv)
-      scratch_floats_ = std::max(scratch_floats_, s.use_s8 ? kernels::conv2d_s8_scratch_floats(s.conv, threads_)
-                                                           : kernels::conv2d_scratch_floats(s.conv, threads_));
+      scratch_floats_ = std::max(scratch_floats_, s.use_s8      ? kernels::conv2d_s8_scratch_floats(s.conv, threads_)
+                                                  : s.s2_direct ? kernels::conv_s2_scratch_floats(s.conv)
+                                                                : kernels::conv2d_scratch_floats(s.conv, threads_));
     if (s.op == OpCode::kGemm || s.op == OpCode::kMatMul)
       scratch_floats_ = std::max(scratch_floats_, kernels::sgemm_scratch_floats(threads_));
     if (s.op == OpCode::kConcat)
@@ -197,7 +203,7 @@ const char* Engine::step_kernel(size_t i) const {
     if (s.wsmall != nullptr) return "conv-1x1-small";  // kernels::pointwise_small
     const kernels::ConvParams& p = s.conv;
     if (p.group == p.cin && p.group == p.cout && p.group > 1) return "conv-dw";
-    if (kernels::conv_s2_direct(p)) return "conv-3x3s2-direct";  // kernels::conv_s2_small
+    if (s.s2_direct) return "conv-3x3s2-direct";  // kernels::conv_s2_small
     return kernels::is_pointwise(p) ? "conv-1x1" : "conv";
   }
   return op_name(s.op);
@@ -229,7 +235,8 @@ Status Engine::run_step(const Step& s, int32_t batch) {
         kernels::dequantize_rows(s.qw, 0, s.qw.rows, deq_.get(), false);
         w = deq_.get();
       }
-      kernels::conv2d(s.conv, n, in(0), w, in(2), y, scratch_.get(), th);
+      if (s.s2_direct) kernels::conv_s2_small(s.conv, n, in(0), w, in(2), y, scratch_.get(), th);
+      else kernels::conv2d(s.conv, n, in(0), w, in(2), y, scratch_.get(), th);
       break;
     }
     case OpCode::kGemm: {

@@ -153,7 +153,6 @@ void im2col_f32(const ConvParams& p, int64_t cin_g, const float* x, float* col, 
 
 size_t conv2d_scratch_floats(const ConvParams& p, int threads) {
   if (is_depthwise(p)) return depthwise_scratch_floats(p, threads);
-  if (conv_s2_direct(p)) return conv_s2_scratch_floats(p);
   size_t col = is_pointwise(p) ? 0 : size_t((p.cin / p.group) * p.kh * p.kw * p.oh * p.ow);
   return col + sgemm_scratch_floats(threads);
 }
@@ -162,10 +161,6 @@ void conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w, 
             float* y, float* scratch, int threads) {
   if (is_depthwise(p) && p.kh * p.kw > 0) {
     depthwise_conv(p, batch, x, w, bias, y, scratch, threads);
-    return;
-  }
-  if (conv_s2_direct(p)) {
-    conv_s2_small(p, batch, x, w, bias, y, scratch, threads);
     return;
   }
   const int64_t cin_g = p.cin / p.group, cout_g = p.cout / p.group;

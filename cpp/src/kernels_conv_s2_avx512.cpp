@@ -109,7 +109,7 @@ bool conv_s2_direct(const ConvParams& p) {
   if (!(p.group == 1 && p.kh == 3 && p.kw == 3 && p.sh == 2 && p.sw == 2 && p.dh == 1 &&
         p.dw == 1 && p.cin * 9 <= kMaxTaps && p.cout % kCh == 0 && gemm::has_avx512()))
     return false;
-  // Read per call (conv2d asks on every run), as EDGERUN_NO_SMALL_N; only for stem shapes.
+  // Read per call, as EDGERUN_NO_SMALL_N: the engine asks when it loads (Step::s2_direct).
   return !env_flag("EDGERUN_NO_DIRECT_CONV");
 }
 

@@ -51,6 +51,7 @@ struct Step {
   const float*        wdeq = nullptr;  // quantized depthwise Conv: fp32 copy made at load
   const float*        wsmall = nullptr;  // fp32 1x1 Conv on a small plane: packed weights
                                          // for kernels::pointwise_small (made at load)
+  bool                s2_direct = false; // 3x3 stride-2 stem: kernels::conv_s2_small (chosen at load)
   kernels::S8Weights  s8{};
   // Fused chain (engine_fuse.cpp): 1x1 Conv -> depthwise Conv -> 1x1 Conv run by
   // row strips whose two inner tensors stay in cache. fuse = 1 on the chain's first
@@ -117,7 +118,7 @@ class Engine {
   Status run_step(const Step& s, int32_t batch);
   void   prepare_quant();                 // int8 GEMM weights, dequant buffer size (quant_prepare.cpp)
   void   fuse_chains();                   // mark 1x1 -> depthwise -> 1x1 chains (engine_fuse.cpp)
-  void   pack_small_planes();             // Step::wsmall of unfused fp32 1x1 convs (engine.cpp)
+  void   pick_conv_kernels();             // Step::s2_direct, Step::wsmall (engine.cpp)
   void   plan_fused_buffers();            // fused_strip_ / fused_share_ (engine_fuse.cpp)
   size_t fused_floats() const { return fused_share_ * size_t(threads_); }
   void   run_fused(size_t head, int32_t batch);

@@ -79,9 +79,9 @@ void   pointwise_small(const ConvParams& p, int64_t batch, const float* x, const
 void   conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w,
               const float* bias, float* y, float* scratch, int threads);
 // 3x3 stride-2 convs with cin * 9 <= 64 and cout a multiple of 16 (image stems), AVX-512F:
-// read straight from the input, no im2col (kernels_conv_s2_avx512.cpp); conv2d takes this
-// path itself where conv_s2_direct(p) (EDGERUN_NO_DIRECT_CONV=1: never). Same bits as
-// the im2col + GEMM path.
+// read straight from the input, no im2col (kernels_conv_s2_avx512.cpp), where conv_s2_direct(p)
+// (EDGERUN_NO_DIRECT_CONV=1: never; the engine asks once, at load); conv2d never takes this
+// path. Same bits as the im2col + GEMM path.
 bool   conv_s2_direct(const ConvParams& p);
 size_t conv_s2_scratch_floats(const ConvParams& p);
 void   conv_s2_small(const ConvParams& p, int64_t batch, const float* x, const float* w,
