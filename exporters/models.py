@@ -80,5 +80,23 @@ def _from_file(path: Path, fn_name: str) -> SourceModel:
         raise ExportError(f"{path}:{fn_name}() must return (torch.nn.Module, example_input_tensor)")
     module, example = got
     if not isinstance(example, torch.Tensor):
+        if isinstance(example, (tuple, list)) and len(example) > 1 and all(isinstance(t, torch.Tensor) for t in example):
+            raise ExportError(f"{path}:{fn_name}() gives {len(example)} example inputs; edgerun models take one input "
+                              "tensor: wrap the model in a module whose forward() takes one tensor and splits it "
+                              "(e.g. torch.cat of the flattened inputs, cut apart with slicing)")
         raise ExportError(f"{path}:{fn_name}(): the example input must be a torch.Tensor, got {type(example).__name__}")
-    return SourceModel(path.stem, module.eval(), example)
+    return SourceModel(path.stem, *_on_cpu(module, example, f"{path}:{fn_name}()"))
+
+
+def _on_cpu(module: torch.nn.Module, example: torch.Tensor, where: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The model in eval mode and its example, both on the CPU (the export traces and measures there).
+
+    Weights on the meta device hold no values: the trace died in an onnx pass with a message about
+    "PassManager" and control flow.
+    """
+    tensors = [example, *module.parameters(), *module.buffers()]
+    if any(t.is_meta for t in tensors):
+        raise ExportError(f"{where}: the model's weights or example are on the meta device and hold no values; "
+                          "load real weights (e.g. module.to_empty(device='cpu'), then load_state_dict) before "
+                          "returning them")
+    return module.eval().cpu(), example.detach().cpu()

@@ -24,7 +24,7 @@ import onnx
 from edgerun import __version__
 from edgerun.bundle import (FORMAT_NAME, LLM_FORMAT_NAME, TOOLS_FORMAT_NAME, Bundle, TensorSpec, manifest_format,
                             write_manifest)
-from edgerun.errors import ConfigError
+from edgerun.errors import ConfigError, ExportError
 from edgerun.exporters import trace
 from edgerun.exporters.cuts import Cut, find_cuts, resolve_cut, shapes_of
 from edgerun.exporters.evaluate import calibration_activations, evaluate_split
@@ -146,9 +146,26 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
     final = check_out_dir(out_dir)  # before tracing: a bad --out fails in a second, not minutes
     traced = spec if isinstance(spec, Traced) else trace_model(spec, max_cut_tensors=config.max_cut_tensors)
     cut = resolve_cut(traced.cuts, config.cut)
-    with building(final) as out:
+    with building(final) as out, _synthetic_input_failures(traced.source):
         _write_bundle(traced, cut, out, config)
     return Bundle.load(final)
+
+
+@contextmanager
+def _synthetic_input_failures(src: SourceModel) -> Iterator[None]:
+    """A file model is calibrated and measured on its example plus noise (``evaluate.synthetic_inputs``);
+    onnxruntime failing on those inputs (a float-coded token id out of the vocabulary, an index out of
+    range) ended the export with onnxruntime's traceback. Say what the inputs were and what to do."""
+    try:
+        yield
+    except Exception as exc:
+        if src.zoo is not None or not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        first = " ".join(str(exc).split())[:300]
+        raise ExportError(f"onnxruntime failed running the traced model on synthetic inputs (the example plus Gaussian "
+                          f"noise of its spread: a model file brings no data): {first}. A model that takes only "
+                          "inputs in a fixed range or set (token or class ids, indices, masks) cannot be exported "
+                          "from a file; if yours takes any float input of the example's shape, report this bug") from exc
 
 
 @contextmanager

@@ -103,12 +103,38 @@ def to_onnx(
         ) from exc
     model = program.model_proto
     if len(model.graph.output) != 1:
-        raise ExportError(f"the model has {len(model.graph.output)} outputs; edgerun expects one output tensor")
+        raise ExportError(f"the model has {len(model.graph.output)} outputs; edgerun expects one output tensor: "
+                          "return one tensor from forward() (e.g. torch.cat of the flattened outputs)")
+    _check_float32(model)
     _check_dynamic_batch(model)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     _check_sorted(model)
     _name_nodes(model)
     return model
+
+
+def _check_float32(model: onnx.ModelProto) -> None:
+    """The bundle's input and output travel as float32 (manifest, samples, wire): refuse others here.
+
+    An fp16 / fp64 model or an int64 token-id input traced, then died in onnxruntime with a traceback
+    ("Unexpected input data type"); an int64 output (argmax) exported and verified, and every
+    `edgerun run` then called the server's reply not the model's answer.
+    """
+    for kind, vi in (("input", model.graph.input[0]), ("output", model.graph.output[0])):
+        elem = vi.type.tensor_type.elem_type
+        if elem == onnx.TensorProto.FLOAT:
+            continue
+        name = onnx.helper.tensor_dtype_to_np_dtype(elem).name if elem else "of unknown type"
+        if kind == "output":
+            what = ("return float32 scores (e.g. the logits) from forward() and take argmax / topk indices from "
+                    "the answer")
+        elif elem in (onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
+            what = ("return module.float() and example.float() from the model file (--back-precision fp16 makes "
+                    "the server half fp16)")
+        else:
+            what = ("token ids and other integer inputs are not supported: look the embeddings up before the model "
+                    "and give it the float32 embeddings")
+        raise ExportError(f"the model's {kind} is {name}; edgerun's model input and output are float32: {what}")
 
 
 def _check_dynamic_batch(model: onnx.ModelProto) -> None:

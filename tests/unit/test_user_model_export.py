@@ -1,0 +1,169 @@
+"""`edgerun export path/to/model.py:make` with a user's own model: a model edgerun cannot carry gets one
+error that says what is wrong and what to do (not onnxruntime's traceback, not a bundle that fails later),
+and the options a user reads off `--list-cuts` pick the cut they name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgerun.errors import ExportError
+
+MODELS = '''
+import torch
+import torch.nn as nn
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 3)), torch.randn(1, 20)
+
+def half():
+    m, x = mlp()
+    return m.half(), x.half()
+
+def double():
+    m, x = mlp()
+    return m.double(), x.double()
+
+class Tokens(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb, self.fc = nn.Embedding(100, 8), nn.Linear(8, 3)
+    def forward(self, ids):
+        return self.fc(self.emb(ids).mean(1))
+
+def tokens():
+    return Tokens(), torch.randint(0, 100, (1, 12))
+
+class FloatTokens(Tokens):
+    def forward(self, ids):
+        return super().forward(ids.long())
+
+def float_tokens():  # ids 0..99 plus noise of their spread (~29): many leave the vocabulary
+    torch.manual_seed(0)
+    return FloatTokens(), torch.randint(0, 100, (1, 12)).float()
+
+class ArgMax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(10, 10), nn.Linear(10, 10)
+    def forward(self, x):
+        return torch.argmax(self.b(torch.relu(self.a(x))), dim=1)
+
+def argmax():
+    return ArgMax(), torch.randn(1, 10)
+
+def meta():
+    m, x = mlp()
+    return m.to("meta"), x.to("meta")
+
+class TwoIn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(7, 2)
+    def forward(self, img, feats):
+        return self.fc(torch.cat([img.flatten(1), feats], 1))
+
+def two_inputs():
+    return TwoIn(), (torch.randn(1, 1, 2, 2), torch.randn(1, 3))
+
+def one_layer():
+    return nn.Linear(4, 2), torch.randn(1, 4)
+
+def bn_after_linear():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(20, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 32), nn.BatchNorm1d(32),
+                      nn.ReLU(), nn.Linear(32, 3))
+    return m, torch.randn(1, 20)
+'''
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    path = tmp_path_factory.mktemp("usermodels") / "models.py"
+    path.write_text(MODELS)
+    return path
+
+
+@pytest.mark.parametrize(("fn", "match"), [
+    # each traced, then ended the export with onnxruntime's "Unexpected input data type" traceback
+    ("half", r"input is float16; .* return module\.float\(\) and example\.float\(\)"),
+    ("double", r"input is float64; .* return module\.float\(\) and example\.float\(\)"),
+    ("tokens", r"input is int64; .* integer inputs are not supported: look the embeddings up before the model"),
+    # exported and verified; every `edgerun run` then said the server was not an edgerun serve for the bundle
+    ("argmax", r"output is int64; .* return float32 scores \(e\.g\. the logits\)"),
+])
+def test_a_model_whose_input_or_output_is_not_float32_is_refused_saying_what_to_return(models, fn, match):
+    from edgerun.exporters.pipeline import trace_model
+
+    with pytest.raises(ExportError, match=match):
+        trace_model(f"{models}:{fn}")
+
+
+def test_weights_on_the_meta_device_are_named_not_an_onnx_pass_error(models):
+    # was: "torch.onnx.export could not trace the model (PassError: ... PassManager ...) ... control flow"
+    from edgerun.exporters.pipeline import trace_model
+
+    with pytest.raises(ExportError, match=r"meta device and hold no values; load real weights"):
+        trace_model(f"{models}:meta")
+
+
+def test_two_example_inputs_say_that_a_model_takes_one_input_tensor(models):
+    from edgerun.exporters.pipeline import trace_model
+
+    with pytest.raises(ExportError, match=r"gives 2 example inputs; edgerun models take one input tensor: wrap"):
+        trace_model(f"{models}:two_inputs")
+
+
+def test_a_one_layer_model_is_told_why_it_has_no_cut_not_to_export_it_whole(models):
+    # "export it whole" named something no command does
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    with pytest.raises(ExportError, match=r"no valid cut point: .*edgerun splits models of two or more layers") as e:
+        export(f"{models}:one_layer", ExportConfig(evaluate=False), models.parent / "b")
+    assert "whole" not in str(e.value)
+
+
+def test_a_cut_number_that_is_one_cut_s_index_and_another_s_label_is_refused(models):
+    """nn.Sequential labels its cuts "1", "2", "4", "5" (module names): `--cut 2` took the cut labelled
+    "2" (index 1) although `--list-cuts` shows index 2 as another cut. Ambiguous numbers are refused
+    with both crossing tensors; unambiguous ones, and the tensor names, pick the cut they name."""
+    from edgerun.exporters.cuts import resolve_cut
+    from edgerun.exporters.pipeline import trace_model
+
+    cuts = trace_model(f"{models}:bn_after_linear").cuts
+    assert [c.label for c in cuts] == ["1", "2", "4", "5"]
+    with pytest.raises(ExportError, match=r"--cut 2 is ambiguous: cut index 2 is '4', and cut index 1 is labelled '2'"
+                                          rf"; give the crossing tensor instead: --cut {cuts[2].tensors[0]} \(index 2\)"):
+        resolve_cut(cuts, "2")
+    assert resolve_cut(cuts, "0").index == 0  # no cut is labelled "0"
+    assert resolve_cut(cuts, "4").index == 2  # no cut has index 4
+    assert resolve_cut(cuts, cuts[2].tensors[0]).index == 2
+
+
+def test_onnxruntime_failing_on_the_synthetic_inputs_is_one_error_and_the_old_bundle_stays(models, tmp_path):
+    """Token ids carried as floats: the export's inputs (the example plus noise) leave the vocabulary and
+    onnxruntime's Gather raised out of the export; now one ExportError, and the bundle at --out survives."""
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    out = tmp_path / "b"
+    old = export(f"{models}:mlp", ExportConfig(evaluate=False), out)
+    with pytest.raises(ExportError, match=r"onnxruntime failed running the traced model on synthetic inputs .*"
+                                          r"indices element out of data bounds.*token or class ids"):
+        export(f"{models}:float_tokens", ExportConfig(evaluate=False), out)
+    assert json.loads((out / "manifest.json").read_text())["model_id"] == old.model_id
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no half-written directory beside it
+
+
+def test_only_float32_tensors_cross_a_cut(models):
+    """The wire carries float32: the cut after `ids.long()` (an int64 tensor) was listed and exported,
+    verified, and then every request was refused ("cut tensor is int64 ... device and server disagree")."""
+    import onnx
+
+    from edgerun.exporters.pipeline import trace_model
+
+    traced = trace_model(f"{models}:float_tokens")
+    types = {vi.name: vi.type.tensor_type.elem_type for vi in traced.model.graph.value_info}
+    assert onnx.TensorProto.INT64 in types.values()  # the Cast's output: a cut candidate by liveness
+    assert traced.cuts and all(types[t] == onnx.TensorProto.FLOAT for c in traced.cuts for t in c.tensors)
