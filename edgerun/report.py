@@ -62,6 +62,10 @@ def export_summary(bundle: Any, report: dict) -> str:
             f"(n={report['n_eval']}, max |split - whole| = {report['split_vs_whole_max_abs']:.2e})"
             + (f"\n         on {report['eval_inputs']}" if report.get("eval_inputs") else "")
         )
+        if report.get("whole_nonfinite"):
+            lines.append(f"warning  the whole model gives NaN or Inf on {report['whole_nonfinite']} of the {report['n_eval']} "
+                         "eval inputs (the split gives the same; the figures above compare the finite values): check "
+                         "the model for log / sqrt / division of values that can be 0 or negative")
         loss = report["metric_whole_fp32"] - report["metric_split"]
         if report["metric"] != "action_mae" and loss > WARN_LOSS:
             lines.append(f"warning  the split loses {100 * loss:.2f} pp of {report['metric']} against the whole fp32 "

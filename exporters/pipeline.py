@@ -148,6 +148,7 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
     cut = resolve_cut(traced.cuts, config.cut)
     with building(final) as out, _synthetic_input_failures(traced.source):
         _write_bundle(traced, cut, out, config)
+        Bundle.load(out)  # a bundle that would not load must not replace the one at --out
     return Bundle.load(final)
 
 
@@ -215,6 +216,10 @@ def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> Non
     codec = stages.calibrate_codec(calib_acts, cfg, out / "back.onnx")
     back_q = quantize_back(back, cfg.back_precision, calib_acts)
     back_err = 0.0 if back_q is back else stages.back_calib_error(out / "back.onnx", back_q, calib_acts)
+    if not np.isfinite(back_err):
+        raise ExportError(f"the {cfg.back_precision} back half gives NaN or Inf where the fp32 one does not, on the "
+                          "calibration inputs (its activations there hold NaN / Inf, which its conversion cannot "
+                          "scale): export with --back-precision fp32, or keep the model's values finite")
     onnx.save(back_q, out / "back.onnx")
     files = {
         "whole.onnx": {"role": "whole model, fp32 (reference; all-on-server mode)"},

@@ -71,6 +71,17 @@ def two_inputs():
 def one_layer():
     return nn.Linear(4, 2), torch.randn(1, 4)
 
+class LogOfRelu(nn.Module):  # log(0) = -inf for every unit the ReLU zeroes: NaN / Inf answers
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(8, 16), nn.Linear(16, 3)
+    def forward(self, x):
+        return self.b(torch.log(torch.relu(self.a(x))))
+
+def nan_out():
+    torch.manual_seed(0)
+    return LogOfRelu(), torch.randn(1, 8)
+
 def bn_after_linear():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(20, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 32), nn.BatchNorm1d(32),
@@ -167,3 +178,47 @@ def test_only_float32_tensors_cross_a_cut(models):
     types = {vi.name: vi.type.tensor_type.elem_type for vi in traced.model.graph.value_info}
     assert onnx.TensorProto.INT64 in types.values()  # the Cast's output: a cut candidate by liveness
     assert traced.cuts and all(types[t] == onnx.TensorProto.FLOAT for c in traced.cuts for t in c.tensors)
+
+
+def test_max_abs_diff_and_rel_l2_compare_the_finite_values_and_match_nan_with_nan():
+    import numpy as np
+
+    from edgerun.verify import max_abs_diff, rel_l2
+
+    ref = np.array([1.0, np.nan, np.inf, -np.inf, 2.0])
+    assert max_abs_diff(ref + [0.5, 0, 0, 0, 0], ref) == 0.5
+    assert rel_l2([ref], [ref]) == 0.0
+    for other in ([1, 0, np.inf, -np.inf, 2], [1, np.nan, -np.inf, -np.inf, 2], [1, np.nan, np.inf, -np.inf, np.nan]):
+        assert max_abs_diff(np.array(other, dtype=float), ref) == np.inf
+        assert rel_l2([np.array(other, dtype=float)], [ref]) == np.inf
+
+
+def test_a_model_that_gives_nan_exports_verifies_and_says_so(models, tmp_path):
+    """verify failed with "split vs whole differs by nan > nan: re-export the bundle" on a split that gave
+    the whole model's NaN exactly (re-exporting changed nothing), and the export printed
+    max |split - whole| = nan without a word about the model."""
+    from edgerun.bundle import Bundle
+    from edgerun.exporters.pipeline import ExportConfig, export
+    from edgerun.report import export_summary
+    from edgerun.verify import verify
+
+    b = export(f"{models}:nan_out", ExportConfig(eval_limit=16), tmp_path / "b")
+    rep = json.loads((b.path / "report.json").read_text())
+    assert rep["whole_nonfinite"] > 0 and rep["split_vs_whole_max_abs"] == 0.0
+    assert "warning  the whole model gives NaN or Inf on" in export_summary(Bundle.load(b.path), rep)
+    v = verify(b)
+    assert v.ok and v.split_vs_whole_max_abs == 0.0, v.messages
+
+
+def test_a_quantized_back_half_that_nan_breaks_is_refused_and_the_old_bundle_stays(models, tmp_path):
+    """int8 scales calibrated on activations that hold -inf: the export wrote the bundle with
+    back_calib_rel_err = nan over the old one, and then refused to load it ("the manifest was edited ...")."""
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    out = tmp_path / "b"
+    export(f"{models}:mlp", ExportConfig(evaluate=False), out)
+    with pytest.raises(ExportError, match=r"the int8 back half gives NaN or Inf where the fp32 one does not.*"
+                                          r"--back-precision fp32"):
+        export(f"{models}:nan_out", ExportConfig(evaluate=False, back_precision="int8"), out)
+    assert json.loads((out / "manifest.json").read_text())["precisions"]["back"] == "fp32"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
