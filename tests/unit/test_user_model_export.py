@@ -222,3 +222,20 @@ def test_a_quantized_back_half_that_nan_breaks_is_refused_and_the_old_bundle_sta
         export(f"{models}:nan_out", ExportConfig(evaluate=False, back_precision="int8"), out)
     assert json.loads((out / "manifest.json").read_text())["precisions"]["back"] == "fp32"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]
+
+
+@pytest.mark.parametrize(("out", "top1", "output"), [
+    ([[0.1, 0.7, 0.2]], 1, [0.1, 0.7, 0.2]),        # scores: the argmax
+    ([0.5], None, 0.5),                              # [batch]: was IndexError "invalid index to scalar variable"
+    ([[0.5]], None, [0.5]),                          # one regression value: top1 was always 0
+    ([[[1.0, 2.0], [4.0, 3.0]]], None, [[1.0, 2.0], [4.0, 3.0]]),  # [batch, T, classes]: was a TypeError traceback
+    ([[float("nan"), 1.0, float("inf")]], None, [None, 1.0, None]),  # NaN answer: top1 was 0; null in strict JSON
+])
+def test_run_reports_the_answer_itself_and_top1_only_for_a_vector_of_finite_scores(out, top1, output):
+    import numpy as np
+
+    from edgerun.cli import answer_fields
+
+    got = answer_fields(np.array(out, dtype=np.float32))
+    assert got == {"top1": top1, "output": output}
+    json.dumps(got, allow_nan=False)
