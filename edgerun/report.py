@@ -67,7 +67,7 @@ def export_summary(bundle: Any, report: dict) -> str:
                          "eval inputs (the split gives the same; the figures above compare the finite values): check "
                          "the model for log / sqrt / division of values that can be 0 or negative")
         loss = report["metric_whole_fp32"] - report["metric_split"]
-        if report["metric"] != "action_mae" and loss > WARN_LOSS:
+        if report["metric"] not in ("action_mae", "mae") and loss > WARN_LOSS:
             lines.append(f"warning  the split loses {100 * loss:.2f} pp of {report['metric']} against the whole fp32 "
                          f"model (more than {100 * WARN_LOSS:g} pp): re-export with fp32 for the lossy steps above "
                          "(front / back precision, codec) to see which one costs it")

@@ -82,6 +82,17 @@ def nan_out():
     torch.manual_seed(0)
     return LogOfRelu(), torch.randn(1, 8)
 
+class Regressor(nn.Module):  # one value per sample: output [batch]
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(20, 16), nn.Linear(16, 1)
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x))).squeeze(1)
+
+def regressor():
+    torch.manual_seed(0)
+    return Regressor(), torch.randn(1, 20)
+
 def bn_after_linear():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(20, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 32), nn.BatchNorm1d(32),
@@ -239,3 +250,14 @@ def test_run_reports_the_answer_itself_and_top1_only_for_a_vector_of_finite_scor
     got = answer_fields(np.array(out, dtype=np.float32))
     assert got == {"top1": top1, "output": output}
     json.dumps(got, allow_nan=False)
+
+
+def test_a_regression_model_is_measured_by_its_error_not_a_top1_that_always_agrees(models, tmp_path):
+    """One value per sample: the report read "top1_agreement: whole 1.0000, split 1.0000" for an int4 front
+    whatever its error (the argmax of one value, or of the batch). Now the mean absolute error vs the whole."""
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    b = export(f"{models}:regressor", ExportConfig(front_precision="int4", eval_limit=16), tmp_path / "b")
+    rep = json.loads((b.path / "report.json").read_text())
+    assert rep["metric"] == "mae" and "top1_agreement" not in rep
+    assert rep["metric_whole_fp32"] == 0.0 and rep["metric_split"] == rep["mae_vs_whole"] > 0
