@@ -93,6 +93,17 @@ def regressor():
     torch.manual_seed(0)
     return Regressor(), torch.randn(1, 20)
 
+class TopK(nn.Module):  # TopK: no native kernel, the front half runs on onnxruntime (--engine ort)
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(10, 10), nn.Linear(4, 3)
+    def forward(self, x):
+        return self.b(torch.topk(self.a(x), 4, dim=1)[0])
+
+def topk():
+    torch.manual_seed(0)
+    return TopK(), torch.randn(1, 10)
+
 def bn_after_linear():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(20, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 32), nn.BatchNorm1d(32),
@@ -261,3 +272,17 @@ def test_a_regression_model_is_measured_by_its_error_not_a_top1_that_always_agre
     rep = json.loads((b.path / "report.json").read_text())
     assert rep["metric"] == "mae" and "top1_agreement" not in rep
     assert rep["metric_whole_fp32"] == 0.0 and rep["metric_split"] == rep["mae_vs_whole"] > 0
+
+
+def test_layers_on_an_onnxruntime_front_names_the_missing_op_not_a_nonexistent_option(models, tmp_path):
+    # said "(exported with --engine ort?); re-export it with the native engine": export has no --engine
+    from cli_checks import run_cli
+
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    b = export(f"{models}:topk", ExportConfig(cut="topk", evaluate=False), tmp_path / "b")
+    assert not b.native_ok
+    r = run_cli("layers", str(b.path))
+    assert r.exit_code == 2
+    assert "no native front half to time: the native engine cannot run node" in r.output and "(op TopK)" in r.output
+    assert "--engine ort?" not in r.output
