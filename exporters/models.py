@@ -59,10 +59,16 @@ def _from_file(path: Path, fn_name: str) -> SourceModel:
         raise ConfigError(f"{path} is not an importable Python file")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = mod
-    try:
+    argv, sys.argv = sys.argv, [str(path)]  # as `python model.py` would: argparse at import read edgerun's own
+    try:                                       # command line and printed "edgerun: error: unrecognized arguments"
         spec.loader.exec_module(mod)
+    except SystemExit as exc:
+        raise ConfigError(f"importing {path} called sys.exit({exc.code!r}) (an argparse parse_args() or a sys.exit() "
+                          "at the top level of the file?); put it under `if __name__ == \"__main__\":`") from None
     except Exception as exc:
         raise ConfigError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        sys.argv = argv
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
         raise ConfigError(f"{path} has no function {fn_name}(); define {fn_name}() returning "
@@ -74,6 +80,9 @@ def _from_file(path: Path, fn_name: str) -> SourceModel:
             raise ConfigError(f"{path}:{fn_name}() must take no arguments ({exc}); wrap it in a function that "
                               "returns (torch.nn.Module, example_input_tensor)") from exc
         raise ExportError(f"{path}:{fn_name}() raised TypeError: {exc}") from exc
+    except SystemExit as exc:  # it printed nothing of ours, and exited with the code it gave
+        raise ExportError(f"{path}:{fn_name}() called sys.exit({exc.code!r}); it must return "
+                          "(torch.nn.Module, example_input_tensor)") from None
     except Exception as exc:  # the user's code: report it, with its type, as what went wrong
         raise ExportError(f"{path}:{fn_name}() raised {type(exc).__name__}: {exc}") from exc
     if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], torch.nn.Module)):

@@ -97,7 +97,7 @@ def to_onnx(
             )
     except Exception as exc:  # torch raises many types here
         raise ExportError(
-            f"torch.onnx.export could not trace the model ({type(exc).__name__}: {str(exc)[:400]}). "
+            f"torch.onnx.export could not trace the model ({_root_cause(exc, module)}). "
             "edgerun exports with torch's dynamo exporter: make forward() traceable "
             "(no data-dependent Python control flow) and return one tensor."
         ) from exc
@@ -111,6 +111,30 @@ def to_onnx(
     _check_sorted(model)
     _name_nodes(model)
     return model
+
+
+def _root_cause(exc: BaseException, module: torch.nn.Module) -> str:
+    """The first line of the innermost error, and the line of the model's own file torch names.
+
+    torch's exporter wraps the reason in a TorchExportError whose first 400 characters were its
+    generic "Next steps" text (with terminal colour codes): `if h.sum() > 0:` was reported without
+    the reason or the line.
+    """
+    import inspect
+    import re
+
+    root = exc
+    while root.__cause__ is not None and root.__cause__ is not root:
+        root = root.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(root)).strip()
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")[:300]
+    reason = f"{type(root).__name__}: {first}" if first else type(root).__name__
+    try:
+        src = inspect.getsourcefile(type(module))
+    except TypeError:
+        src = None
+    at = next((ln.strip() for ln in text.splitlines() if src and src in ln and ", line " in ln), None)
+    return f"{reason}; at {at}" if at else reason
 
 
 def _check_float32(model: onnx.ModelProto) -> None:
@@ -167,12 +191,15 @@ def _first_arg_name(module: torch.nn.Module) -> str:
 @contextlib.contextmanager
 def quiet_torch_export():
     """The exporter prints progress and warnings; keep the CLI output ours."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript",
+                                              "torch.fx.experimental.symbolic_shapes", "torch._export")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        # stderr too: torch.export prints the whole traced graph there before raising (60 lines for a
+        # model with `if tensor > 0:`); the error it raises says what failed
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:

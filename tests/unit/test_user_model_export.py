@@ -104,6 +104,23 @@ def topk():
     torch.manual_seed(0)
     return TopK(), torch.randn(1, 10)
 
+def exits():
+    import sys
+    sys.exit("no GPU found, exiting")
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 2)
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if h.sum() > 0:  # BRANCH: data-dependent Python control flow
+            h = h * 2
+        return self.b(h)
+
+def branchy():
+    return Branchy(), torch.randn(1, 4)
+
 def bn_after_linear():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(20, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 32), nn.BatchNorm1d(32),
@@ -286,3 +303,53 @@ def test_layers_on_an_onnxruntime_front_names_the_missing_op_not_a_nonexistent_o
     assert r.exit_code == 2
     assert "no native front half to time: the native engine cannot run node" in r.output and "(op TopK)" in r.output
     assert "--engine ort?" not in r.output
+
+
+ARGPARSE_AT_IMPORT = """
+import argparse, torch, torch.nn as nn
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, default=3)
+{extra}
+args = parser.parse_args()
+def make():
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)), torch.randn(1, 4)
+"""
+
+
+def test_a_model_file_with_argparse_at_import_sees_its_own_command_line_not_edgerun_s(tmp_path, monkeypatch):
+    """A training script's module-level parse_args() read `edgerun export ...` and printed
+    "edgerun: error: unrecognized arguments: export ..." as if edgerun had refused its own options."""
+    from edgerun.errors import ConfigError
+    from edgerun.exporters.models import resolve_model
+
+    monkeypatch.setattr("sys.argv", ["edgerun", "export", "x.py:make", "--out", "b"])
+    ok, needs_arg = tmp_path / "ok.py", tmp_path / "needs_arg.py"
+    ok.write_text(ARGPARSE_AT_IMPORT.format(extra=""))
+    needs_arg.write_text(ARGPARSE_AT_IMPORT.format(extra='parser.add_argument("data")'))
+    assert resolve_model(f"{ok}:make").example.shape == (1, 4)  # imported as `python ok.py` would run
+    with pytest.raises(ConfigError, match=r"importing .*needs_arg\.py called sys\.exit\(2\) \(an argparse "
+                                          r"parse_args\(\).*put it under `if __name__ == \"__main__\":`"):
+        resolve_model(f"{needs_arg}:make")
+    import sys
+    assert sys.argv[:2] == ["edgerun", "export"]  # put back
+
+
+def test_make_calling_sys_exit_is_an_error_not_a_silent_exit(models):
+    # ended the CLI with the user's text and exit code 1, no edgerun line
+    from edgerun.exporters.models import resolve_model
+
+    with pytest.raises(ExportError, match=r"exits\(\) called sys\.exit\('no GPU found, exiting'\)"):
+        resolve_model(f"{models}:exits")
+
+
+def test_an_untraceable_forward_names_torch_s_reason_and_the_model_s_line_in_one_line(models, capfd):
+    """The message was the first 400 characters of torch's generic "Next steps" text (with colour codes),
+    after 60 lines of traced graph that torch.export printed to stderr."""
+    from edgerun.exporters.pipeline import trace_model
+
+    line = next(i for i, text in enumerate(MODELS.splitlines(), 1) if "BRANCH" in text)
+    with pytest.raises(ExportError, match=rf"could not trace the model \(GuardOnDataDependentSymNode: Could not "
+                                          rf"guard on data-dependent expression .*; at File \"{models}\", line {line}"):
+        trace_model(f"{models}:branchy")
+    err = capfd.readouterr().err
+    assert "def forward" not in err and "\x1b[" not in err
