@@ -232,8 +232,10 @@ def serve_cmd(
     typer.echo(json.dumps({"served": getattr(stats, "served", None), "stats": getattr(stats, "__dict__", {})}, default=str))
 
 
-def _load_inputs(path: Path, limit: int | None):
+def _load_inputs(path: Path, limit: int | None, spec=None):
     """The first ``limit`` samples of the ``--input`` array as float32, checked before anything is sent.
+
+    ``spec``: the bundle's input (a TensorSpec); one sample saved without the batch axis is refused.
 
     The file is memory-mapped, so ``--limit`` reads only what it runs. Raises ConfigError, saying what
     to pass, for a missing, empty or unreadable file, a non-numeric or 0-d array, no samples, and
@@ -250,6 +252,10 @@ def _load_inputs(path: Path, limit: int | None):
         raise ConfigError(f"--input {path} is not a numeric array; save the inputs with np.save(path, array)")
     if x.ndim == 0 or len(x) == 0:
         raise ConfigError(f"--input {path} holds no samples (shape {x.shape}); {hint}")
+    if spec is not None and x.ndim == len(spec.shape) - 1 and spec.matches((1, *x.shape)):
+        # each of its values went out as a sample: "input has shape (1,), the bundle expects (None, 20)"
+        raise ConfigError(f"--input {path} holds one sample of shape {list(x.shape)} without the batch axis; save it "
+                          f"with np.save(path, x[None]) (shape {[1, *x.shape]}), samples stacked on axis 0")
     x = np.array(x[:limit])
     if x.dtype.kind == "f":
         bad = ~np.isfinite(x) | (np.abs(x) > np.finfo(np.float32).max)
@@ -312,7 +318,7 @@ def run_cmd(
             raise ConfigError(f"--limit {limit}: give the number of inputs to run (>= 1), or leave it out for all")
         check_deadline_ms(deadline_ms, "--deadline-ms")  # before the broker: nan was reported as a dead broker
         b = Bundle.load(bundle)
-        x = _load_inputs(input, limit) if input else b.samples()
+        x = _load_inputs(input, limit, b.inputs[0]) if input else b.samples()
         x = np.asarray(x, dtype=np.float32)[:limit]
         with Device(b, broker=broker, engine=engine, threads=threads, budget=budget, hedge_ms=hedge_ms) as dev:
             for i in range(len(x)):

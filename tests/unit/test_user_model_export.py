@@ -353,3 +353,17 @@ def test_an_untraceable_forward_names_torch_s_reason_and_the_model_s_line_in_one
         trace_model(f"{models}:branchy")
     err = capfd.readouterr().err
     assert "def forward" not in err and "\x1b[" not in err
+
+
+def test_run_refuses_one_sample_saved_without_the_batch_axis_before_the_broker(tmp_path):
+    """np.save(path, x[0]) of a [1, 6, 6] sample: each row went out as a sample and the device said
+    "input has shape (1, 6, 6) ... the bundle expects (None, 1, 6, 6)", which is the file's own shape."""
+    import numpy as np
+    from cli_checks import closed_port, run_cli
+    from golden_bundle import golden_copy_at
+
+    b = golden_copy_at(tmp_path / "b")
+    np.save(tmp_path / "x.npy", np.zeros((1, 6, 6), np.float32))
+    r = run_cli("run", str(b), "--broker", f"mqtt://127.0.0.1:{closed_port()}", "--input", str(tmp_path / "x.npy"))
+    assert r.exit_code == 2
+    assert "holds one sample of shape [1, 6, 6] without the batch axis; save it with np.save(path, x[None])" in r.output
