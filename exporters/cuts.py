@@ -7,8 +7,8 @@ include the raw model input. With residual blocks the graph is a DAG, not a
 chain: inside a block the skip tensor is live next to the main path, so a
 single-tensor cut only exists at block boundaries. A tensor that every path
 from input to output passes through (a separator) is always found this way:
-any non-constant node ordered after it must depend on it. Only float32 tensors cross
-(the wire frame and the codec carry float32).
+any non-constant node ordered after it must depend on it. Only float32 tensors of shape
+[batch, static dims] cross (the wire frame and the codec carry float32, batch first).
 """
 
 from __future__ import annotations
@@ -98,6 +98,7 @@ def find_cuts(model: onnx.ModelProto, *, max_tensors: int = 1) -> list[Cut]:
     nodes = list(g.node)
     shapes = shapes_of(model)
     elem = {vi.name: vi.type.tensor_type.elem_type for vi in g.value_info if vi.type.tensor_type.elem_type}
+    batch_first = _batch_first_tensors(model)
     const = constant_tensors(model)
     inputs = {i.name for i in g.input}
     outputs = {o.name for o in g.output}
@@ -119,6 +120,8 @@ def find_cuts(model: onnx.ModelProto, *, max_tensors: int = 1) -> list[Cut]:
             continue
         if any(elem.get(t, onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT for t in crossing):
             continue  # the wire carries float32: an int64 crossing (ids.long()) exported, then every request failed
+        if batch_first is not None and not all(t in batch_first for t in crossing):
+            continue  # a GRU's [seq, dirs, batch, hidden]: the codec and server batching split it on axis 0
         if all(macs[j] == 0 for j in range(i + 1)):
             continue
         tshapes = tuple(shapes.get(t, ()) for t in crossing)
@@ -126,6 +129,26 @@ def find_cuts(model: onnx.ModelProto, *, max_tensors: int = 1) -> list[Cut]:
         label = _label(nodes, i, crossing)
         cuts.append(Cut(len(cuts), i, label, crossing, tshapes, nbytes, prefix, total - prefix))
     return _unique_labels(cuts)
+
+
+def _batch_first_tensors(model: onnx.ModelProto) -> set[str] | None:
+    """Tensors shaped [batch, static dims...] (the input's batch symbol on axis 0 only), or None when the
+    input has no batch symbol.
+
+    The device, the codec and the server (its batching) all take axis 0 of a crossing as the batch:
+    a cut inside a GRU crossed [20 steps, 1, batch, 24], was written as shape [None, 1, 1, 24], and
+    the codec's calibration then died in onnxruntime ("Got: 40 Expected: 20").
+    """
+    dims0 = model.graph.input[0].type.tensor_type.shape.dim
+    batch = dims0[0].dim_param if dims0 else ""
+    if not batch:
+        return None
+    out = set()
+    for vi in model.graph.value_info:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param == batch and all(d.HasField("dim_value") for d in dims[1:]):
+            out.add(vi.name)
+    return out
 
 
 def _last_use(nodes: list[onnx.NodeProto], outputs: set[str]) -> dict[str, int]:

@@ -121,6 +121,17 @@ class Branchy(nn.Module):
 def branchy():
     return Branchy(), torch.randn(1, 4)
 
+class GRUNet(nn.Module):  # ONNX GRU outputs are sequence-major: [steps, directions, batch, hidden]
+    def __init__(self):
+        super().__init__()
+        self.gru, self.fc = nn.GRU(6, 8, batch_first=True), nn.Linear(8, 3)
+    def forward(self, x):
+        return self.fc(self.gru(x)[0][:, -1])
+
+def gru():
+    torch.manual_seed(0)
+    return GRUNet(), torch.randn(2, 10, 6)
+
 def bn_after_linear():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(20, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 32), nn.BatchNorm1d(32),
@@ -367,3 +378,19 @@ def test_run_refuses_one_sample_saved_without_the_batch_axis_before_the_broker(t
     r = run_cli("run", str(b), "--broker", f"mqtt://127.0.0.1:{closed_port()}", "--input", str(tmp_path / "x.npy"))
     assert r.exit_code == 2
     assert "holds one sample of shape [1, 6, 6] without the batch axis; save it with np.save(path, x[None])" in r.output
+
+
+def test_only_batch_first_tensors_cross_a_cut(models):
+    """A cut inside a GRU crossed [10 steps, 1, batch, 8]: written as shape [None, 1, 1, 8], it was served
+    one sample at a time by luck, and `--codec tsq` died in onnxruntime ("Got: 40 Expected: 20") because the
+    codec, like the server's batching, takes axis 0 as the batch."""
+    from edgerun.exporters.pipeline import trace_model
+
+    traced = trace_model(f"{models}:gru")
+    dims = {vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+            for vi in traced.model.graph.value_info}
+    assert any(d and d[0] != "batch" and "batch" in d for d in dims.values())  # the GRU's own outputs
+    assert traced.cuts
+    for c in traced.cuts:
+        for t in c.tensors:
+            assert dims[t][0] == "batch" and all(isinstance(d, int) for d in dims[t][1:]), (c.label, dims[t])
