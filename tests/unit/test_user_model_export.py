@@ -394,3 +394,21 @@ def test_only_batch_first_tensors_cross_a_cut(models):
     for c in traced.cuts:
         for t in c.tensors:
             assert dims[t][0] == "batch" and all(isinstance(d, int) for d in dims[t][1:]), (c.label, dims[t])
+
+
+def test_a_model_file_imports_the_modules_beside_it(tmp_path, monkeypatch):
+    # `from mylayers import block` in model.py failed with ModuleNotFoundError from any directory, the
+    # file's own included (the edgerun script's sys.path[0] is its bin directory)
+    import sys
+
+    from edgerun.exporters.models import resolve_model
+
+    (tmp_path / "mylayers_for_edgerun_test.py").write_text(
+        "import torch.nn as nn\ndef block(i, o):\n    return nn.Sequential(nn.Linear(i, o), nn.ReLU())\n")
+    (tmp_path / "net.py").write_text(
+        "import torch\nfrom mylayers_for_edgerun_test import block\n"
+        "def make():\n    return torch.nn.Sequential(block(10, 8), torch.nn.Linear(8, 2)), torch.randn(1, 10)\n")
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    assert resolve_model(f"{tmp_path / 'net.py'}:make").example.shape == (1, 10)
+    assert sys.path == before  # put back
