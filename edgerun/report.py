@@ -26,7 +26,7 @@ def _fmt(v: Any) -> str:
 def cuts_table(rows: list[dict]) -> str:
     return table(
         ["index", "label", "tensor", "shape", "bytes", "front %"],
-        [[r["index"], r["label"], ",".join(r["tensors"]), "x".join(map(str, r["shapes"][0])), r["crossing_bytes"],
+        [[r["index"], r["label"], ",".join(r["tensors"]), ",".join("x".join(map(str, sh)) for sh in r["shapes"]), r["crossing_bytes"],
           f"{100 * r['front_fraction']:.1f}"] for r in rows],
     )
 

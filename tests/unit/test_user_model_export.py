@@ -412,3 +412,12 @@ def test_a_model_file_imports_the_modules_beside_it(tmp_path, monkeypatch):
     before = list(sys.path)
     assert resolve_model(f"{tmp_path / 'net.py'}:make").example.shape == (1, 10)
     assert sys.path == before  # put back
+
+
+def test_list_cuts_shows_the_shape_of_every_crossing_tensor():
+    # a two-tensor cut (a residual skip and the main path) showed one shape beside two tensor names
+    from edgerun.report import cuts_table
+
+    row = {"index": 2, "label": "c1", "tensors": ["relu", "conv2d_1"], "shapes": [[1, 8, 16, 16], [1, 4, 16, 16]],
+           "crossing_bytes": 12288, "front_fraction": 0.403}
+    assert "relu,conv2d_1  1x8x16x16,1x4x16x16  12288" in cuts_table([row])
