@@ -145,7 +145,7 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
     """
     final = check_out_dir(out_dir)  # before tracing: a bad --out fails in a second, not minutes
     traced = spec if isinstance(spec, Traced) else trace_model(spec, max_cut_tensors=config.max_cut_tensors)
-    cut = resolve_cut(traced.cuts, config.cut)
+    cut = _resolve_cut(traced, config)
     with building(final) as out, _synthetic_input_failures(traced.source):
         _write_bundle(traced, cut, out, config)
         Bundle.load(out)  # a bundle that would not load must not replace the one at --out
@@ -167,6 +167,23 @@ def _synthetic_input_failures(src: SourceModel) -> Iterator[None]:
                           f"noise of its spread: a model file brings no data): {first}. A model that takes only "
                           "inputs in a fixed range or set (token or class ids, indices, masks) cannot be exported "
                           "from a file; if yours takes any float input of the example's shape, report this bug") from exc
+
+
+def _resolve_cut(traced: Traced, config: ExportConfig) -> Cut:
+    """``resolve_cut``, and when the cut named exists with more crossing tensors than allowed, say so
+    (`--cut c1` read off `--list-cuts --max-cut-tensors 2` was only "no valid cut named 'c1'")."""
+    try:
+        return resolve_cut(traced.cuts, config.cut)
+    except ExportError as exc:
+        if config.cut is None or str(config.cut).isdigit():  # an index means another cut with more tensors
+            raise
+        try:
+            wider = resolve_cut(find_cuts(traced.model, max_tensors=8), config.cut)
+        except ExportError:
+            raise exc from None
+        raise ExportError(f"cut {wider.label!r} crosses {len(wider.tensors)} tensors ({', '.join(wider.tensors)}), "
+                          f"more than --max-cut-tensors {config.max_cut_tensors} allows: add --max-cut-tensors "
+                          f"{len(wider.tensors)}, or choose a single-tensor cut (`--list-cuts`)") from None
 
 
 @contextmanager

@@ -132,6 +132,20 @@ def gru():
     torch.manual_seed(0)
     return GRUNet(), torch.randn(2, 10, 6)
 
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem, self.c1, self.c2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+        self.head = nn.Linear(4, 2)
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        y = torch.relu(self.c2(torch.relu(self.c1(s))) + s)
+        return self.head(y.mean((2, 3)))
+
+def residual():
+    torch.manual_seed(0)
+    return Residual(), torch.randn(1, 3, 8, 8)
+
 def bn_after_linear():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(20, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 32), nn.BatchNorm1d(32),
@@ -421,3 +435,15 @@ def test_list_cuts_shows_the_shape_of_every_crossing_tensor():
     row = {"index": 2, "label": "c1", "tensors": ["relu", "conv2d_1"], "shapes": [[1, 8, 16, 16], [1, 4, 16, 16]],
            "crossing_bytes": 12288, "front_fraction": 0.403}
     assert "relu,conv2d_1  1x8x16x16,1x4x16x16  12288" in cuts_table([row])
+
+
+def test_a_cut_that_needs_more_crossing_tensors_says_which_option_allows_it(models, tmp_path):
+    # `--cut c1` read off `--list-cuts --max-cut-tensors 2` was refused as "no valid cut named 'c1'"
+    from edgerun.exporters.pipeline import ExportConfig, export, trace_model
+
+    assert "c1" in [c.label for c in trace_model(f"{models}:residual", max_cut_tensors=2).cuts]
+    with pytest.raises(ExportError, match=r"cut 'c1' crosses 2 tensors \(.*\), more than --max-cut-tensors 1 allows: "
+                                          r"add --max-cut-tensors 2"):
+        export(f"{models}:residual", ExportConfig(cut="c1", evaluate=False), tmp_path / "b")
+    with pytest.raises(ExportError, match=r"no valid cut named 'nope'"):
+        export(f"{models}:residual", ExportConfig(cut="nope", evaluate=False), tmp_path / "b")
