@@ -49,13 +49,17 @@ def _check_runs_batched(module: torch.nn.Module, example: torch.Tensor) -> None:
     two = torch.cat([example, example])
     try:
         with torch.no_grad():
-            ok = module(two).shape[:1] == (2 * example.shape[0],)
-    except Exception:  # noqa: BLE001 - any failure means the same thing here
-        ok = False
-    if not ok:
-        raise ExportError(f"the example input's first dimension must be the batch: two examples stacked "
-                          f"(shape {tuple(two.shape)}) did not give two answers; add a batch dimension, "
-                          "e.g. example.unsqueeze(0)")
+            got_shape = tuple(module(two).shape)
+        got = f"gave shape {got_shape}"
+    except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
+        got_shape, got = None, f"failed: {type(exc).__name__}: {_first_line(exc, 160)}"
+    if got_shape is None or got_shape[:1] != (2 * example.shape[0],):
+        # a forward() that flattens the batch away (x.view(1, -1), x.flatten()) was told to add a batch
+        # dimension to an example that had one
+        raise ExportError(f"two examples stacked (shape {tuple(two.shape)}) did not give two answers ({got}): the "
+                          "example input's first dimension must be the batch (add one: example.unsqueeze(0)), and "
+                          "forward() must keep it (x.flatten(1) or x.view(x.size(0), -1), not x.flatten() or "
+                          "x.view(1, -1))")
 
 
 def to_onnx(

@@ -146,6 +146,16 @@ def residual():
     torch.manual_seed(0)
     return Residual(), torch.randn(1, 3, 8, 8)
 
+class FlattensBatch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 2)
+    def forward(self, x):
+        return self.fc(torch.relu(self.c(x)).view(1, -1))
+
+def flattens_batch():
+    return FlattensBatch(), torch.randn(1, 3, 8, 8)
+
 def bn_after_linear():
     torch.manual_seed(0)
     m = nn.Sequential(nn.Linear(20, 64), nn.BatchNorm1d(64), nn.ReLU(), nn.Linear(64, 32), nn.BatchNorm1d(32),
@@ -447,3 +457,13 @@ def test_a_cut_that_needs_more_crossing_tensors_says_which_option_allows_it(mode
         export(f"{models}:residual", ExportConfig(cut="c1", evaluate=False), tmp_path / "b")
     with pytest.raises(ExportError, match=r"no valid cut named 'nope'"):
         export(f"{models}:residual", ExportConfig(cut="nope", evaluate=False), tmp_path / "b")
+
+
+def test_a_forward_that_flattens_the_batch_away_is_told_so_not_to_add_a_batch_dimension(models):
+    # x.view(1, -1): the message said only "add a batch dimension, e.g. example.unsqueeze(0)" to an
+    # example of shape (1, 3, 8, 8), which has one
+    from edgerun.exporters.pipeline import trace_model
+
+    with pytest.raises(ExportError, match=r"did not give two answers \(failed: RuntimeError: mat1 and mat2 shapes "
+                                          r".*forward\(\) must keep it \(x\.flatten\(1\) or x\.view\(x\.size\(0\), -1\)"):
+        trace_model(f"{models}:flattens_batch")
