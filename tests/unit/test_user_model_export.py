@@ -467,3 +467,17 @@ def test_a_forward_that_flattens_the_batch_away_is_told_so_not_to_add_a_batch_di
     with pytest.raises(ExportError, match=r"did not give two answers \(failed: RuntimeError: mat1 and mat2 shapes "
                                           r".*forward\(\) must keep it \(x\.flatten\(1\) or x\.view\(x\.size\(0\), -1\)"):
         trace_model(f"{models}:flattens_batch")
+
+
+def test_a_crossing_the_model_itself_makes_nan_names_that_cause_too():
+    # log(relu(x)) before the cut: "the input is far outside the range the model was trained on" was the
+    # only cause named, for ordinary inputs
+    import numpy as np
+
+    from edgerun.bundle import TensorSpec
+    from edgerun.device_checks import check_finite_cut
+    from edgerun.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"NaN or Inf at the cut \('log'\).*or the model computes NaN / Inf for it "
+                                          r"before the cut \(a log, sqrt or division"):
+        check_finite_cut({"log": np.array([[0.5, -np.inf]], np.float32)}, [TensorSpec("log", (None, 2))])
