@@ -262,8 +262,10 @@ def serve_cmd(
     typer.echo(json.dumps({"served": getattr(stats, "served", None), "stats": getattr(stats, "__dict__", {})}, default=str))
 
 
-def _load_inputs(path: Path, limit: int | None):
+def _load_inputs(path: Path, limit: int | None, spec=None):
     """The first ``limit`` samples of the ``--input`` array as float32, checked before anything is sent.
+
+    ``spec``: the bundle's input (a TensorSpec); one sample saved without the batch axis is refused.
 
     The file is memory-mapped, so ``--limit`` reads only what it runs. Raises ConfigError, saying what
     to pass, for a missing, empty or unreadable file, a non-numeric or 0-d array, no samples, and
@@ -280,6 +282,10 @@ def _load_inputs(path: Path, limit: int | None):
         raise ConfigError(f"--input {path} is not a numeric array; save the inputs with np.save(path, array)")
     if x.ndim == 0 or len(x) == 0:
         raise ConfigError(f"--input {path} holds no samples (shape {x.shape}); {hint}")
+    if spec is not None and x.ndim == len(spec.shape) - 1 and spec.matches((1, *x.shape)):
+        # each of its values went out as a sample: "input has shape (1,), the bundle expects (None, 20)"
+        raise ConfigError(f"--input {path} holds one sample of shape {list(x.shape)} without the batch axis; save it "
+                          f"with np.save(path, x[None]) (shape {[1, *x.shape]}), samples stacked on axis 0")
     x = np.array(x[:limit])
     if x.dtype.kind == "f":
         bad = ~np.isfinite(x) | (np.abs(x) > np.finfo(np.float32).max)
@@ -288,6 +294,32 @@ def _load_inputs(path: Path, limit: int | None):
             raise ConfigError(f"--input {path}: sample {first[0]} holds NaN, Inf or a value beyond float32's range "
                               f"(first at index {first}); clean or drop it (nothing was sent)")
     return x.astype(np.float32)
+
+
+def answer_fields(out) -> dict:
+    """``top1`` and ``output`` of one answer (batch 1) for `edgerun run`.
+
+    ``top1`` is the argmax of a vector of scores, None for any other shape (a regression value, a
+    per-step tagging) and for an answer holding NaN / Inf; ``output`` is the answer itself, NaN / Inf
+    as null (strict JSON). `run` printed only ``int(out.argmax(-1)[0])``: a traceback for a [batch]
+    or [batch, T, classes] output, and ``top1`` 0 for a single regression value or a NaN answer.
+    """
+    import numpy as np
+
+    row = np.asarray(out)[0]
+    finite = bool(np.isfinite(row).all())
+    top1 = int(row.argmax()) if finite and row.ndim == 1 and row.size > 1 else None
+    # each value as the shortest decimal that reads back as the same float32 (0.1, not 0.10000000149011612)
+    flat = [float(str(v)) if np.isfinite(v) else None for v in row.astype(np.float32).reshape(-1)]
+    return {"top1": top1, "output": np.array(flat, dtype=object).reshape(row.shape).tolist()}
+
+
+def _brief(values, n: int = 8) -> str:
+    import numpy as np
+
+    flat = np.asarray(values, dtype=object).reshape(-1).tolist()
+    text = ", ".join("nan" if v is None else f"{v:.4g}" for v in flat[:n])
+    return f"[{text}{', ...' if len(flat) > n else ''}]"
 
 
 @app.command("run")
@@ -316,17 +348,17 @@ def run_cmd(
             raise ConfigError(f"--limit {limit}: give the number of inputs to run (>= 1), or leave it out for all")
         check_deadline_ms(deadline_ms, "--deadline-ms")  # before the broker: nan was reported as a dead broker
         b = Bundle.load(bundle)
-        x = _load_inputs(input, limit) if input else b.samples()
+        x = _load_inputs(input, limit, b.inputs[0]) if input else b.samples()
         x = np.asarray(x, dtype=np.float32)[:limit]
         with Device(b, broker=broker, engine=engine, threads=threads, budget=budget, hedge_ms=hedge_ms) as dev:
             for i in range(len(x)):
                 r = dev.infer(x[i : i + 1], deadline_ms=deadline_ms)
-                out = r.output[b.outputs[0].name]
-                rec = {"i": i, "top1": int(out.argmax(-1)[0]), "answered_by": r.answered_by, "reason": r.reason,
-                       "timings_ms": {k: round(v, 3) for k, v in r.timings_ms.items()}}
+                rec = {"i": i, **answer_fields(r.output[b.outputs[0].name]), "answered_by": r.answered_by,
+                       "reason": r.reason, "timings_ms": {k: round(v, 3) for k, v in r.timings_ms.items()}}
                 if r.hedged:
                     rec["hedged"] = True
-                typer.echo(json.dumps(rec) if as_json else f"{i}: top1={rec['top1']} by {r.answered_by} "
+                shown = f"top1={rec['top1']}" if rec["top1"] is not None else f"output={_brief(rec['output'])}"
+                typer.echo(json.dumps(rec) if as_json else f"{i}: {shown} by {r.answered_by} "
                            f"total={r.timings_ms.get('total', float('nan')):.2f} ms")
     except EdgerunError as exc:
         _fail(exc)

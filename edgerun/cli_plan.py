@@ -93,9 +93,12 @@ def layers_cmd(
             from edgerun.bundle import Bundle
 
             b = Bundle.load(bundle)
+            # (a one-side copy without it: b.file says so below; there is no `export --engine ort`: the reason is
+            # the op the engine lacks)
             if "front.erg" not in b.manifest["files"]:
-                raise ConfigError(f"bundle {bundle} has no front.erg (exported with --engine ort?); "
-                                  "re-export it with the native engine")
+                raise ConfigError(f"bundle {bundle} has no native front half to time: {b.native_reason or 'none was written'}"
+                                  "; `edgerun layers` times the native engine: export a cut before that node "
+                                  "(`edgerun export MODEL --list-cuts`)")
             erg, x = b.file("front.erg"), b.samples()[:1]
         eng = NativeEngine(erg, max_batch=1, threads=threads)
         if x is None:  # a bare .erg: random input of its shape

@@ -74,5 +74,6 @@ def check_finite_cut(outs: dict[str, np.ndarray], cut: Any) -> None:
         arr = outs[spec.name]
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise ConfigError(f"the front half turned this input into NaN or Inf at the cut ({spec.name!r}), so "
-                              "nothing was sent: the input is far outside the range the model was trained on; "
-                              "scale it as the model expects")
+                              "nothing was sent: the input is far outside the range the model was trained on "
+                              "(scale it as the model expects), or the model computes NaN / Inf for it before "
+                              "the cut (a log, sqrt or division of 0 or a negative value)")

@@ -26,7 +26,7 @@ def _fmt(v: Any) -> str:
 def cuts_table(rows: list[dict]) -> str:
     return table(
         ["index", "label", "tensor", "shape", "bytes", "front %"],
-        [[r["index"], r["label"], ",".join(r["tensors"]), "x".join(map(str, r["shapes"][0])), r["crossing_bytes"],
+        [[r["index"], r["label"], ",".join(r["tensors"]), ",".join("x".join(map(str, sh)) for sh in r["shapes"]), r["crossing_bytes"],
           f"{100 * r['front_fraction']:.1f}"] for r in rows],
     )
 
@@ -62,8 +62,12 @@ def export_summary(bundle: Any, report: dict) -> str:
             f"(n={report['n_eval']}, max |split - whole| = {report['split_vs_whole_max_abs']:.2e})"
             + (f"\n         on {report['eval_inputs']}" if report.get("eval_inputs") else "")
         )
+        if report.get("whole_nonfinite"):
+            lines.append(f"warning  the whole model gives NaN or Inf on {report['whole_nonfinite']} of the {report['n_eval']} "
+                         "eval inputs (the split gives the same; the figures above compare the finite values): check "
+                         "the model for log / sqrt / division of values that can be 0 or negative")
         loss = report["metric_whole_fp32"] - report["metric_split"]
-        if report["metric"] != "action_mae" and loss > WARN_LOSS:
+        if report["metric"] not in ("action_mae", "mae") and loss > WARN_LOSS:
             lines.append(f"warning  the split loses {100 * loss:.2f} pp of {report['metric']} against the whole fp32 "
                          f"model (more than {100 * WARN_LOSS:g} pp): re-export with fp32 for the lossy steps above "
                          "(front / back precision, codec) to see which one costs it")

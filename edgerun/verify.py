@@ -70,7 +70,23 @@ class VerifyReport:
 
 
 def _limit(ref: np.ndarray, atol: float, rtol: float) -> float:
-    return atol + rtol * float(np.max(np.abs(ref))) if ref.size else atol
+    finite = np.abs(ref[np.isfinite(ref)])
+    return atol + rtol * float(np.max(finite)) if finite.size else atol
+
+
+def max_abs_diff(got: np.ndarray, ref: np.ndarray) -> float:
+    """max |got - ref| over the values finite in both; inf where only one is finite or their NaN / Inf differ.
+
+    A model that gives NaN on some inputs (log of a ReLU) failed verify with "differs by nan > nan:
+    re-export the bundle" although the split gave the whole model's NaN exactly; re-exporting changed nothing.
+    """
+    got, ref = np.asarray(got, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    fg, fr = np.isfinite(got), np.isfinite(ref)
+    same = (np.isnan(got) & np.isnan(ref)) | (~fg & (got == ref))  # NaN and NaN, +Inf and +Inf, -Inf and -Inf
+    if np.any((~fg | ~fr) & ~same):
+        return float("inf")
+    both = fg & fr
+    return float(np.max(np.abs(got[both] - ref[both]))) if both.any() else 0.0
 
 
 def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") -> VerifyReport:
@@ -115,7 +131,7 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
     ref = whole.run({in_name: x})[b.outputs[0].name]
     mid_ort = ort_front.run({in_name: x})
     split_out = back.run(mid_ort)[b.outputs[0].name]
-    split_err = float(np.max(np.abs(split_out - ref)))
+    split_err = max_abs_diff(split_out, ref)
     prec = b.manifest.get("precisions", {})
     split_rel = split_rel_lim = None
     if prec.get("back", "fp32") == "fp32":
@@ -142,9 +158,9 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
         mid_nat = native.run({in_name: x})
         nat_err, nat_lim = 0.0, 0.0
         for t in b.cut:
-            nat_err = max(nat_err, float(np.max(np.abs(mid_nat[t.name] - mid_ort[t.name]))))
+            nat_err = max(nat_err, max_abs_diff(mid_nat[t.name], mid_ort[t.name]))
             nat_lim = max(nat_lim, _limit(mid_ort[t.name], NATIVE_VS_ORT_ATOL, NATIVE_VS_ORT_RTOL))
-        nat_split = float(np.max(np.abs(back.run(mid_nat)[b.outputs[0].name] - ref)))
+        nat_split = max_abs_diff(back.run(mid_nat)[b.outputs[0].name], ref)
         quantized = prec.get("front", "fp32") != "fp32"
         if quantized:
             rel = rel_l2([mid_nat[t.name] for t in b.cut], [mid_ort[t.name] for t in b.cut])
@@ -188,7 +204,17 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
 
 
 def rel_l2(got: list[np.ndarray], ref: list[np.ndarray]) -> float:
-    """||got - ref|| / ||ref|| over all the tensors together (the exporter measures the back half with it too)."""
-    num = sum(float(np.sum((g.astype(np.float64) - r) ** 2)) for g, r in zip(got, ref))
-    den = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in ref)
+    """||got - ref|| / ||ref|| over all the tensors together (the exporter measures the back half with it too).
+
+    Over the values finite in both (a model may give NaN on some inputs); inf where one side's NaN / Inf is
+    not the other's (see ``max_abs_diff``).
+    """
+    num = den = 0.0
+    for g, r in zip(got, ref):
+        g, r = np.asarray(g, dtype=np.float64), np.asarray(r, dtype=np.float64)
+        if max_abs_diff(g, r) == float("inf"):
+            return float("inf")
+        both = np.isfinite(g) & np.isfinite(r)
+        num += float(np.sum((g[both] - r[both]) ** 2))
+        den += float(np.sum(r[both] ** 2))
     return float(np.sqrt(num / max(den, 1e-30)))

@@ -7,7 +7,8 @@ include the raw model input. With residual blocks the graph is a DAG, not a
 chain: inside a block the skip tensor is live next to the main path, so a
 single-tensor cut only exists at block boundaries. A tensor that every path
 from input to output passes through (a separator) is always found this way:
-any non-constant node ordered after it must depend on it.
+any non-constant node ordered after it must depend on it. Only float32 tensors of shape
+[batch, static dims] cross (the wire frame and the codec carry float32, batch first).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import onnx
 from edgerun.errors import ExportError
 from edgerun.exporters.trace import module_scopes
 
-_ITEMSIZE = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.INT64: 8}
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,8 @@ def find_cuts(model: onnx.ModelProto, *, max_tensors: int = 1) -> list[Cut]:
     g = model.graph
     nodes = list(g.node)
     shapes = shapes_of(model)
+    elem = {vi.name: vi.type.tensor_type.elem_type for vi in g.value_info if vi.type.tensor_type.elem_type}
+    batch_first = _batch_first_tensors(model)
     const = constant_tensors(model)
     inputs = {i.name for i in g.input}
     outputs = {o.name for o in g.output}
@@ -116,6 +118,10 @@ def find_cuts(model: onnx.ModelProto, *, max_tensors: int = 1) -> list[Cut]:
         crossing = tuple(live)
         if not crossing or len(crossing) > max_tensors or inputs & set(crossing) or outputs & set(crossing):
             continue
+        if any(elem.get(t, onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT for t in crossing):
+            continue  # the wire carries float32: an int64 crossing (ids.long()) exported, then every request failed
+        if batch_first is not None and not all(t in batch_first for t in crossing):
+            continue  # a GRU's [seq, dirs, batch, hidden]: the codec and server batching split it on axis 0
         if all(macs[j] == 0 for j in range(i + 1)):
             continue
         tshapes = tuple(shapes.get(t, ()) for t in crossing)
@@ -123,6 +129,26 @@ def find_cuts(model: onnx.ModelProto, *, max_tensors: int = 1) -> list[Cut]:
         label = _label(nodes, i, crossing)
         cuts.append(Cut(len(cuts), i, label, crossing, tshapes, nbytes, prefix, total - prefix))
     return _unique_labels(cuts)
+
+
+def _batch_first_tensors(model: onnx.ModelProto) -> set[str] | None:
+    """Tensors shaped [batch, static dims...] (the input's batch symbol on axis 0 only), or None when the
+    input has no batch symbol.
+
+    The device, the codec and the server (its batching) all take axis 0 of a crossing as the batch:
+    a cut inside a GRU crossed [20 steps, 1, batch, 24], was written as shape [None, 1, 1, 24], and
+    the codec's calibration then died in onnxruntime ("Got: 40 Expected: 20").
+    """
+    dims0 = model.graph.input[0].type.tensor_type.shape.dim
+    batch = dims0[0].dim_param if dims0 else ""
+    if not batch:
+        return None
+    out = set()
+    for vi in model.graph.value_info:
+        dims = vi.type.tensor_type.shape.dim
+        if dims and dims[0].dim_param == batch and all(d.HasField("dim_value") for d in dims[1:]):
+            out.add(vi.name)
+    return out
 
 
 def _last_use(nodes: list[onnx.NodeProto], outputs: set[str]) -> dict[str, int]:
@@ -173,15 +199,23 @@ def resolve_cut(cuts: list[Cut], spec: str | int | None) -> Cut:
         ExportError: no cut matches; the message lists the valid cuts.
     """
     if not cuts:
-        raise ExportError("this model has no valid cut point; export it whole or allow more crossing tensors")
+        raise ExportError("this model has no valid cut point: no tensor between two of its layers carries all that "
+                          "the rest needs (a one-layer model has none; residual skips: allow more with "
+                          "--max-cut-tensors 2); edgerun splits models of two or more layers")
     if spec is None:
         mid = [c for c in cuts if 0.2 <= c.front_fraction <= 0.6]
         if not mid:
             return min(cuts, key=lambda c: (abs(c.front_fraction - 0.4), c.crossing_bytes, -c.index))
         return min(mid, key=lambda c: (c.crossing_bytes, -c.index))
     s = str(spec)
-    for c in cuts:
-        if s == c.label or s in c.tensors or (s.isdigit() and int(s) == c.index):
-            return c
+    by_index = cuts[int(s)] if s.isdigit() and int(s) < len(cuts) else None
+    by_name = next((c for c in cuts if s == c.label), None) or next((c for c in cuts if s in c.tensors), None)
+    if by_index is not None and by_name is not None and by_index is not by_name:
+        # nn.Sequential names its layers 0, 1, 2...: `--cut 2` picked the cut labelled "2", not index 2
+        raise ExportError(f"--cut {s} is ambiguous: cut index {s} is {by_index.label!r}, and cut index {by_name.index} "
+                          f"is labelled {s!r}; give the crossing tensor instead: --cut {by_index.tensors[0]} "
+                          f"(index {s}) or --cut {by_name.tensors[0]} (index {by_name.index})")
+    if by_name is not None or by_index is not None:
+        return by_name or by_index
     listing = ", ".join(c.label for c in cuts[:40]) + (" ..." if len(cuts) > 40 else "")
     raise ExportError(f"no valid cut named {s!r}. Valid cuts (see `--list-cuts`): {listing}")

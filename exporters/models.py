@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,26 +61,76 @@ def _from_file(path: Path, fn_name: str) -> SourceModel:
         raise ConfigError(f"{path} is not an importable Python file")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = mod
+    with _as_script(path):
+        try:
+            spec.loader.exec_module(mod)
+        except SystemExit as exc:
+            raise ConfigError(f"importing {path} called sys.exit({exc.code!r}) (an argparse parse_args() or a sys.exit() "
+                              "at the top level of the file?); put it under `if __name__ == \"__main__\":`") from None
+        except Exception as exc:
+            raise ConfigError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        fn = getattr(mod, fn_name, None)
+        if not callable(fn):
+            raise ConfigError(f"{path} has no function {fn_name}(); define {fn_name}() returning "
+                              "(torch.nn.Module, example_input_tensor) or name another function after the ':'")
+        got = _call_make(fn, path, fn_name)
+    return _source(got, path, fn_name)
+
+
+@contextlib.contextmanager
+def _as_script(path: Path) -> Iterator[None]:
+    """Import and call the model file as `python model.py` would see the world: its own directory first on
+    sys.path (`from mylayers import Block` beside it failed with ModuleNotFoundError, from any directory)
+    and sys.argv = [model.py] (argparse at import read edgerun's own command line and printed
+    "edgerun: error: unrecognized arguments"). Both are put back after."""
+    argv, here = sys.argv, str(path.resolve().parent)
+    sys.argv = [str(path)]
+    sys.path.insert(0, here)
     try:
-        spec.loader.exec_module(mod)
-    except Exception as exc:
-        raise ConfigError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        raise ConfigError(f"{path} has no function {fn_name}(); define {fn_name}() returning "
-                          "(torch.nn.Module, example_input_tensor) or name another function after the ':'")
+        yield
+    finally:
+        sys.argv = argv
+        if here in sys.path:
+            sys.path.remove(here)
+
+
+def _call_make(fn, path: Path, fn_name: str):
     try:
-        got = fn()
+        return fn()
     except TypeError as exc:
         if "argument" in str(exc):
             raise ConfigError(f"{path}:{fn_name}() must take no arguments ({exc}); wrap it in a function that "
                               "returns (torch.nn.Module, example_input_tensor)") from exc
         raise ExportError(f"{path}:{fn_name}() raised TypeError: {exc}") from exc
+    except SystemExit as exc:  # it printed nothing of ours, and exited with the code it gave
+        raise ExportError(f"{path}:{fn_name}() called sys.exit({exc.code!r}); it must return "
+                          "(torch.nn.Module, example_input_tensor)") from None
     except Exception as exc:  # the user's code: report it, with its type, as what went wrong
         raise ExportError(f"{path}:{fn_name}() raised {type(exc).__name__}: {exc}") from exc
+
+
+def _source(got, path: Path, fn_name: str) -> SourceModel:
     if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], torch.nn.Module)):
         raise ExportError(f"{path}:{fn_name}() must return (torch.nn.Module, example_input_tensor)")
     module, example = got
     if not isinstance(example, torch.Tensor):
+        if isinstance(example, (tuple, list)) and len(example) > 1 and all(isinstance(t, torch.Tensor) for t in example):
+            raise ExportError(f"{path}:{fn_name}() gives {len(example)} example inputs; edgerun models take one input "
+                              "tensor: wrap the model in a module whose forward() takes one tensor and splits it "
+                              "(e.g. torch.cat of the flattened inputs, cut apart with slicing)")
         raise ExportError(f"{path}:{fn_name}(): the example input must be a torch.Tensor, got {type(example).__name__}")
-    return SourceModel(path.stem, module.eval(), example)
+    return SourceModel(path.stem, *_on_cpu(module, example, f"{path}:{fn_name}()"))
+
+
+def _on_cpu(module: torch.nn.Module, example: torch.Tensor, where: str) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The model in eval mode and its example, both on the CPU (the export traces and measures there).
+
+    Weights on the meta device hold no values: the trace died in an onnx pass with a message about
+    "PassManager" and control flow.
+    """
+    tensors = [example, *module.parameters(), *module.buffers()]
+    if any(t.is_meta for t in tensors):
+        raise ExportError(f"{where}: the model's weights or example are on the meta device and hold no values; "
+                          "load real weights (e.g. module.to_empty(device='cpu'), then load_state_dict) before "
+                          "returning them")
+    return module.eval().cpu(), example.detach().cpu()

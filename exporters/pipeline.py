@@ -24,7 +24,7 @@ import onnx
 from edgerun import __version__
 from edgerun.bundle import (FORMAT_NAME, LLM_FORMAT_NAME, TOOLS_FORMAT_NAME, Bundle, TensorSpec, manifest_format,
                             write_manifest)
-from edgerun.errors import ConfigError
+from edgerun.errors import ConfigError, ExportError
 from edgerun.exporters import trace
 from edgerun.exporters.cuts import Cut, find_cuts, resolve_cut, shapes_of
 from edgerun.exporters.evaluate import calibration_activations, evaluate_split
@@ -145,10 +145,45 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
     """
     final = check_out_dir(out_dir)  # before tracing: a bad --out fails in a second, not minutes
     traced = spec if isinstance(spec, Traced) else trace_model(spec, max_cut_tensors=config.max_cut_tensors)
-    cut = resolve_cut(traced.cuts, config.cut)
-    with building(final) as out:
+    cut = _resolve_cut(traced, config)
+    with building(final) as out, _synthetic_input_failures(traced.source):
         _write_bundle(traced, cut, out, config)
+        Bundle.load(out)  # a bundle that would not load must not replace the one at --out
     return Bundle.load(final)
+
+
+@contextmanager
+def _synthetic_input_failures(src: SourceModel) -> Iterator[None]:
+    """A file model is calibrated and measured on its example plus noise (``evaluate.synthetic_inputs``);
+    onnxruntime failing on those inputs (a float-coded token id out of the vocabulary, an index out of
+    range) ended the export with onnxruntime's traceback. Say what the inputs were and what to do."""
+    try:
+        yield
+    except Exception as exc:
+        if src.zoo is not None or not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        first = " ".join(str(exc).split())[:300]
+        raise ExportError(f"onnxruntime failed running the traced model on synthetic inputs (the example plus Gaussian "
+                          f"noise of its spread: a model file brings no data): {first}. A model that takes only "
+                          "inputs in a fixed range or set (token or class ids, indices, masks) cannot be exported "
+                          "from a file; if yours takes any float input of the example's shape, report this bug") from exc
+
+
+def _resolve_cut(traced: Traced, config: ExportConfig) -> Cut:
+    """``resolve_cut``, and when the cut named exists with more crossing tensors than allowed, say so
+    (`--cut c1` read off `--list-cuts --max-cut-tensors 2` was only "no valid cut named 'c1'")."""
+    try:
+        return resolve_cut(traced.cuts, config.cut)
+    except ExportError as exc:
+        if config.cut is None or str(config.cut).isdigit():  # an index means another cut with more tensors
+            raise
+        try:
+            wider = resolve_cut(find_cuts(traced.model, max_tensors=8), config.cut)
+        except ExportError:
+            raise exc from None
+        raise ExportError(f"cut {wider.label!r} crosses {len(wider.tensors)} tensors ({', '.join(wider.tensors)}), "
+                          f"more than --max-cut-tensors {config.max_cut_tensors} allows: add --max-cut-tensors "
+                          f"{len(wider.tensors)}, or choose a single-tensor cut (`--list-cuts`)") from None
 
 
 @contextmanager
@@ -198,6 +233,10 @@ def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> Non
     codec = stages.calibrate_codec(calib_acts, cfg, out / "back.onnx")
     back_q = quantize_back(back, cfg.back_precision, calib_acts)
     back_err = 0.0 if back_q is back else stages.back_calib_error(out / "back.onnx", back_q, calib_acts)
+    if not np.isfinite(back_err):
+        raise ExportError(f"the {cfg.back_precision} back half gives NaN or Inf where the fp32 one does not, on the "
+                          "calibration inputs (its activations there hold NaN / Inf, which its conversion cannot "
+                          "scale): export with --back-precision fp32, or keep the model's values finite")
     onnx.save(back_q, out / "back.onnx")
     files = {
         "whole.onnx": {"role": "whole model, fp32 (reference; all-on-server mode)"},

@@ -181,7 +181,9 @@ def choose_codec(acts: dict[str, np.ndarray], back) -> dict:
     """
     names = [i.name for i in back.get_inputs()]
     ref = back.run(None, {n: acts[n] for n in names})[0]
-    regression = ref.shape[-1] == 1  # one output per sample: no top-1 to agree on
+    from edgerun.exporters.evaluate import one_value_per_sample
+
+    regression = one_value_per_sample(ref)  # no top-1 to agree on
     best: tuple[float, str, float, dict] | None = None  # (calibration bytes per request, layout, budget, params)
     for layout in AUTO_LAYOUTS:
         chosen = None

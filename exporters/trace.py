@@ -49,13 +49,17 @@ def _check_runs_batched(module: torch.nn.Module, example: torch.Tensor) -> None:
     two = torch.cat([example, example])
     try:
         with torch.no_grad():
-            ok = module(two).shape[:1] == (2 * example.shape[0],)
-    except Exception:  # noqa: BLE001 - any failure means the same thing here
-        ok = False
-    if not ok:
-        raise ExportError(f"the example input's first dimension must be the batch: two examples stacked "
-                          f"(shape {tuple(two.shape)}) did not give two answers; add a batch dimension, "
-                          "e.g. example.unsqueeze(0)")
+            got_shape = tuple(module(two).shape)
+        got = f"gave shape {got_shape}"
+    except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
+        got_shape, got = None, f"failed: {type(exc).__name__}: {_first_line(exc, 160)}"
+    if got_shape is None or got_shape[:1] != (2 * example.shape[0],):
+        # a forward() that flattens the batch away (x.view(1, -1), x.flatten()) was told to add a batch
+        # dimension to an example that had one
+        raise ExportError(f"two examples stacked (shape {tuple(two.shape)}) did not give two answers ({got}): the "
+                          "example input's first dimension must be the batch (add one: example.unsqueeze(0)), and "
+                          "forward() must keep it (x.flatten(1) or x.view(x.size(0), -1), not x.flatten() or "
+                          "x.view(1, -1))")
 
 
 def to_onnx(
@@ -97,18 +101,68 @@ def to_onnx(
             )
     except Exception as exc:  # torch raises many types here
         raise ExportError(
-            f"torch.onnx.export could not trace the model ({type(exc).__name__}: {str(exc)[:400]}). "
+            f"torch.onnx.export could not trace the model ({_root_cause(exc, module)}). "
             "edgerun exports with torch's dynamo exporter: make forward() traceable "
             "(no data-dependent Python control flow) and return one tensor."
         ) from exc
     model = program.model_proto
     if len(model.graph.output) != 1:
-        raise ExportError(f"the model has {len(model.graph.output)} outputs; edgerun expects one output tensor")
+        raise ExportError(f"the model has {len(model.graph.output)} outputs; edgerun expects one output tensor: "
+                          "return one tensor from forward() (e.g. torch.cat of the flattened outputs)")
+    _check_float32(model)
     _check_dynamic_batch(model)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     _check_sorted(model)
     _name_nodes(model)
     return model
+
+
+def _root_cause(exc: BaseException, module: torch.nn.Module) -> str:
+    """The first line of the innermost error, and the line of the model's own file torch names.
+
+    torch's exporter wraps the reason in a TorchExportError whose first 400 characters were its
+    generic "Next steps" text (with terminal colour codes): `if h.sum() > 0:` was reported without
+    the reason or the line.
+    """
+    import inspect
+    import re
+
+    root = exc
+    while root.__cause__ is not None and root.__cause__ is not root:
+        root = root.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(root)).strip()
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")[:300]
+    reason = f"{type(root).__name__}: {first}" if first else type(root).__name__
+    try:
+        src = inspect.getsourcefile(type(module))
+    except TypeError:
+        src = None
+    at = next((ln.strip() for ln in text.splitlines() if src and src in ln and ", line " in ln), None)
+    return f"{reason}; at {at}" if at else reason
+
+
+def _check_float32(model: onnx.ModelProto) -> None:
+    """The bundle's input and output travel as float32 (manifest, samples, wire): refuse others here.
+
+    An fp16 / fp64 model or an int64 token-id input traced, then died in onnxruntime with a traceback
+    ("Unexpected input data type"); an int64 output (argmax) exported and verified, and every
+    `edgerun run` then called the server's reply not the model's answer.
+    """
+    for kind, vi in (("input", model.graph.input[0]), ("output", model.graph.output[0])):
+        elem = vi.type.tensor_type.elem_type
+        if elem == onnx.TensorProto.FLOAT:
+            continue
+        name = onnx.helper.tensor_dtype_to_np_dtype(elem).name if elem else "of unknown type"
+        if kind == "output":
+            what = ("return float32 scores (e.g. the logits) from forward() and take argmax / topk indices from "
+                    "the answer")
+        elif elem in (onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
+            what = ("return module.float() and example.float() from the model file (--back-precision fp16 makes "
+                    "the server half fp16)")
+        else:
+            what = ("token ids and other integer inputs are not supported: look the embeddings up before the model "
+                    "and give it the float32 embeddings")
+        raise ExportError(f"the model's {kind} is {name}; edgerun's model input and output are float32: {what}")
 
 
 def _check_dynamic_batch(model: onnx.ModelProto) -> None:
@@ -141,12 +195,15 @@ def _first_arg_name(module: torch.nn.Module) -> str:
 @contextlib.contextmanager
 def quiet_torch_export():
     """The exporter prints progress and warnings; keep the CLI output ours."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript")]
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch._dynamo", "torch.export", "onnxscript",
+                                              "torch.fx.experimental.symbolic_shapes", "torch._export")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        # stderr too: torch.export prints the whole traced graph there before raising (60 lines for a
+        # model with `if tensor > 0:`); the error it raises says what failed
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
