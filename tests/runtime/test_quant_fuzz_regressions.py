@@ -88,3 +88,63 @@ def test_nan_pixel_gives_nan_outputs_on_every_int8_path(tmp_path):
     for name, ys in outs.items():
         for i, y in enumerate(ys):
             assert _same_bits(y, outs["portable"][i // 2 * 2]), (name, i)
+
+
+_FUSE_PROBE = """
+import json, os, sys, numpy as np
+from edgerun.engine import NativeEngine
+x = np.load(sys.argv[2])
+ys = []
+for fuse in ("0", "1"):
+    os.environ["EDGERUN_NO_FUSE"] = fuse
+    eng = NativeEngine(sys.argv[1], max_batch=len(x), threads=1)
+    kinds = [s["kernel"] for s in eng.profile_layers(x, runs=1, warmup=0)]
+    ys.append({"kinds": kinds, "y": next(iter(eng.run(x).values())).tolist()})
+print(json.dumps(ys))
+"""
+
+
+def _chain_model(cin, cexp, h, w, seed=0):
+    """x -> 1x1 (cin -> cexp) + Clip(0, 6) -> 3x3 depthwise + Clip(0, 6) -> 1x1 (cexp -> cin)."""
+    rng = np.random.default_rng(seed)
+    inits = {"we": rng.standard_normal((cexp, cin, 1, 1)) / np.sqrt(cin), "be": rng.standard_normal(cexp) * 0.1,
+             "wd": rng.standard_normal((cexp, 1, 3, 3)) / 3, "bd": rng.standard_normal(cexp) * 0.1,
+             "wp": rng.standard_normal((cin, cexp, 1, 1)) / np.sqrt(cexp), "bp": rng.standard_normal(cin) * 0.1,
+             "lo": np.array(0.0), "hi": np.array(6.0)}
+    nodes = [helper.make_node("Conv", ["x", "we", "be"], ["e"], name="expand", kernel_shape=[1, 1]),
+             helper.make_node("Clip", ["e", "lo", "hi"], ["e6"], name="clip_e"),
+             helper.make_node("Conv", ["e6", "wd", "bd"], ["d"], name="dw", group=cexp, kernel_shape=[3, 3],
+                              pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["d", "lo", "hi"], ["d6"], name="clip_d"),
+             helper.make_node("Conv", ["d6", "wp", "bp"], ["y"], name="project", kernel_shape=[1, 1])]
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", cin, h, w])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", cin, h, w])],
+                          [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in inits.items()])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)], ir_version=9)
+
+
+@pytest.mark.parametrize("env", ["default", "no-avx512", "portable"])
+def test_nan_input_fused_chain_equals_unfused_with_fp32_activations(tmp_path, env):
+    """int8 1x1 convs on fp32 activations (``--front-act fp32``: the fp32 GEMM on
+    dequantized weights) around a depthwise conv, all with a fused Clip, fed a NaN:
+    the scalar activation of a GEMM tile's edge (``apply_act``: std::min(std::max(v, lo),
+    hi)) kept the NaN where the AVX2 vector body (maxps) gave lo, so which pixels stayed
+    NaN depended on the tile edges; a fused chain's strips have other edges than the
+    whole plane, and the depthwise conv then spread NaN or 0 into neighbours: fused
+    differed from unfused in finite outputs (AVX2 GEMM, EDGERUN_NO_AVX512=1). Shrunk
+    from the fuzzer: 69 -> 67 -> 69 channels on a 3 x 8 plane."""
+    model = _chain_model(69, 67, 3, 8)
+    names = ["expand", "dw", "project"]
+    path = tmp_path / "chain.erg"
+    erg.write_erg(model, path, precisions={n: "int8" for n in names}, fp32_acts=["expand", "project"])
+    x = np.random.default_rng(2).standard_normal((1, 69, 3, 8)).astype(np.float32)
+    x[0, 5, ::2, 1::3] = np.nan  # pixels in a GEMM tile's vector body and at its edges
+    np.save(tmp_path / "x.npy", x)
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith("EDGERUN_")} | _PATH_ENVS[env] | \
+        {"EDGERUN_FUSE_KB": "4"}
+    r = subprocess.run([sys.executable, "-c", _FUSE_PROBE, str(path), str(tmp_path / "x.npy")], env=run_env,
+                       capture_output=True, text=True, check=True)
+    fused, unfused = json.loads(r.stdout.strip().splitlines()[-1])  # EDGERUN_NO_FUSE 0, 1
+    assert fused["kinds"][0] == "fused-1x1-dw-1x1" and "fused-1x1-dw-1x1" not in unfused["kinds"]
+    assert unfused["kinds"][0] == "conv-w8"
+    assert _same_bits(np.array(fused["y"], np.float32), np.array(unfused["y"], np.float32))
