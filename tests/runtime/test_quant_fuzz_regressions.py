@@ -148,3 +148,16 @@ def test_nan_input_fused_chain_equals_unfused_with_fp32_activations(tmp_path, en
     assert fused["kinds"][0] == "fused-1x1-dw-1x1" and "fused-1x1-dw-1x1" not in unfused["kinds"]
     assert unfused["kinds"][0] == "conv-w8"
     assert _same_bits(np.array(fused["y"], np.float32), np.array(unfused["y"], np.float32))
+
+
+def test_fuzzer_smoke(tmp_path):
+    """scripts/fuzz_quant.py runs end to end on a few small nets (fixed seed, two kernel
+    paths) and finds nothing: it keeps working as the engine changes."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "fuzz_quant.py"
+    out = tmp_path / "fails.json"
+    r = subprocess.run([sys.executable, str(script), "--seed", "7", "--cases", "3", "--small", "--no-shrink",
+                        "--paths", "amx,portable", "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert json.loads(out.read_text())["stats"]["cases"] == 3
