@@ -161,3 +161,23 @@ def test_fuzzer_smoke(tmp_path):
                         "--paths", "amx,portable", "--out", str(out)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert json.loads(out.read_text())["stats"]["cases"] == 3
+
+
+@pytest.mark.parametrize("prec", ["int8", "int4"])
+def test_gptq_rounds_with_an_indefinite_centred_hessian(prec):
+    """GPTQ with bias correction centres H = E[x_q x_q^T] on the fp32 inputs' mean, which
+    is not the covariance of the quantized inputs: on a few calibration pixels (the fuzz
+    case: a 1x1 conv with K = 5 after an int8 layer, a 2 x 2 plane, batch 1) H had a
+    negative eigenvalue larger than the 1 % dampening, and the exporter died in
+    numpy's Cholesky ("Matrix is not positive definite"). Rounding must go through."""
+    from edgerun.exporters.quant_rounding import round_matrix
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 5)) + 0.3                 # 4 pixels, K = 5
+    mean_fp32 = 2 * x.mean(0)                             # the fp32 inputs' mean, far off
+    h = (x.T @ x / len(x) - np.outer(mean_fp32, mean_fp32))[None]
+    assert np.linalg.eigvalsh(h[0])[0] < 0                # indefinite
+    w = rng.standard_normal((1, 3, 5)).astype(np.float32)
+    q, s = round_matrix(prec, w, h, group_size=4)
+    qmax = 127 if prec == "int8" else 7
+    assert np.all(np.isfinite(s)) and np.all(s > 0) and np.all(np.abs(q) <= qmax)
