@@ -61,7 +61,12 @@ def write_files(spec: dict, d: Path) -> dict:
                  and n not in depthwise]
     rounded = {}
     x = make_input(spec)
-    if spec["rounding"] == "gptq" and any(p != "fp32" for p in precisions.values()) and np.isfinite(x).all():
+    # GPTQ holds a K x K float64 H (and its inverse, factor) per layer: a 5x5 conv on 600
+    # channels (K = 15000) took 19 GB here, so larger layers are rounded to nearest.
+    max_k = max((int(np.prod(m["w"].shape[1:])) if "groups" in m else m["w"].shape[1 if m["trans_b"] else 0])
+                for m in meta.values()) if meta else 0
+    if spec["rounding"] == "gptq" and any(p != "fp32" for p in precisions.values()) and np.isfinite(x).all() \
+            and max_k <= 4096:
         from edgerun.exporters.quant_rounding import FrontRounder, RoundingConfig
 
         cfg = RoundingConfig(act_quant_min_k=None) if spec["act"] == "fp32" else RoundingConfig()
