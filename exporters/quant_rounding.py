@@ -161,6 +161,19 @@ def _chol_inverse(h: np.ndarray, damp: float) -> np.ndarray:
     diag[dead] = 1.0
     mean = np.maximum(diag.mean(axis=1, keepdims=True), 1e-12)
     h[:, np.arange(k), np.arange(k)] = diag + damp * mean
+    try:
+        return _upper_chol_of_inverse(h)
+    except np.linalg.LinAlgError:
+        # H centred on the fp32 inputs' mean (RoundingConfig.center) is not a covariance
+        # of the quantized inputs, so it can be indefinite; with few calibration pixels the
+        # dampening did not cover its negative eigenvalues and the Cholesky raised out of
+        # the exporter. Shift the diagonal past the most negative eigenvalue per group.
+        low = np.linalg.eigvalsh(h)[:, :1]
+        h[:, np.arange(k), np.arange(k)] += np.maximum(-low, 0.0) + damp * mean
+        return _upper_chol_of_inverse(h)
+
+
+def _upper_chol_of_inverse(h: np.ndarray) -> np.ndarray:
     hinv = np.linalg.inv(h)
     hinv = (hinv + hinv.transpose(0, 2, 1)) / 2
     return np.linalg.cholesky(hinv).transpose(0, 2, 1)

@@ -240,7 +240,12 @@ void epilogue(const int32_t* t, const float* xs, const float* mn, float ws, floa
   if (act == Act::kRelu) {
     for (int64_t j = 0; j < kQNR; ++j) v[j] = v[j] > 0.f ? v[j] : 0.f;
   } else if (act == Act::kClip) {
-    for (int64_t j = 0; j < kQNR; ++j) v[j] = std::min(std::max(v[j], lo), hi);
+    // maxps / minps semantics (a > b ? a : b, a < b ? a : b), as the vector epilogues:
+    // a NaN becomes lo there, and std::max / std::min kept it NaN in tail strips only.
+    for (int64_t j = 0; j < kQNR; ++j) {
+      const float t = v[j] > lo ? v[j] : lo;
+      v[j] = t < hi ? t : hi;
+    }
   }
   for (int64_t j = 0; j < nw; ++j) o[j] = v[j];
 }
@@ -273,16 +278,19 @@ __attribute__((target("avx2"))) void epilogue_avx2(const int32_t* t, const float
 #ifdef ER_X86
 // Column minima / maxima of X[k, n] (k < K) for the whole 8-column blocks, in
 // registers down each block; the same (a < b ? a : b) selections as the scalar
-// loop (minps / maxps), so the same values. Returns the columns done.
+// loop (minps / maxps), so the same values; a column holding a NaN gets mn = NaN.
+// Returns the columns done.
 __attribute__((target("avx2"))) int64_t minmax_avx2(const float* x, int64_t ldx, int64_t K,
                                                     int64_t N, float* mn, float* mx) {
   const int64_t n8 = N / 8 * 8;
   int64_t n = 0;
+  const __m256 nan = _mm256_set1_ps(NAN);
   for (; n + 32 <= n8; n += 32) {
-    __m256 a[4], b[4];
+    __m256 a[4], b[4], z[4];
     for (int i = 0; i < 4; ++i) {
       a[i] = _mm256_loadu_ps(mn + n + 8 * i);
       b[i] = _mm256_loadu_ps(mx + n + 8 * i);
+      z[i] = _mm256_setzero_ps();
     }
     for (int64_t k = 0; k < K; ++k) {
       const float* r = x + k * ldx + n;
@@ -290,21 +298,23 @@ __attribute__((target("avx2"))) int64_t minmax_avx2(const float* x, int64_t ldx,
         const __m256 v = _mm256_loadu_ps(r + 8 * i);
         a[i] = _mm256_min_ps(v, a[i]);
         b[i] = _mm256_max_ps(v, b[i]);
+        z[i] = _mm256_or_ps(z[i], _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
       }
     }
     for (int i = 0; i < 4; ++i) {
-      _mm256_storeu_ps(mn + n + 8 * i, a[i]);
+      _mm256_storeu_ps(mn + n + 8 * i, _mm256_blendv_ps(a[i], nan, z[i]));
       _mm256_storeu_ps(mx + n + 8 * i, b[i]);
     }
   }
   for (; n < n8; n += 8) {
-    __m256 a = _mm256_loadu_ps(mn + n), b = _mm256_loadu_ps(mx + n);
+    __m256 a = _mm256_loadu_ps(mn + n), b = _mm256_loadu_ps(mx + n), z = _mm256_setzero_ps();
     for (int64_t k = 0; k < K; ++k) {
       const __m256 v = _mm256_loadu_ps(x + k * ldx + n);
       a = _mm256_min_ps(v, a);
       b = _mm256_max_ps(v, b);
+      z = _mm256_or_ps(z, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
     }
-    _mm256_storeu_ps(mn + n, a);
+    _mm256_storeu_ps(mn + n, _mm256_blendv_ps(a, nan, z));
     _mm256_storeu_ps(mx + n, b);
   }
   return n8;
@@ -313,14 +323,18 @@ __attribute__((target("avx2"))) int64_t minmax_avx2(const float* x, int64_t ldx,
 
 // Per-pixel xs / inv / mn of X[k, n] (n < N, row stride ldx; pixels past N get a
 // zero range) and the packed u8 panel. min / max are written as the x86 minps /
-// maxps semantics (a < b ? a : b), as the AVX-512 path computes them.
+// maxps semantics (a < b ? a : b), as the AVX-512 path computes them. A pixel
+// holding a NaN gets mn = NaN (so xs = NaN, u = 0 and every output of it NaN, as an
+// fp32 Conv gives; min / max alone skip NaNs, and the pixel came out finite garbage).
 void quantize_pack(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N, float* xs,
                    float* inv, float* mn, uint8_t* out, int threads) {
   const int64_t strips = (N + kQNR - 1) / kQNR, np = strips * kQNR;
   float* mx = xs;  // the max, until the scales replace it
+  float* has_nan = inv;  // 0 / 1 per pixel, until the inverse scales replace it
   for (int64_t n = 0; n < np; ++n) {
     mn[n] = n < N ? INFINITY : 0.f;
     mx[n] = n < N ? -INFINITY : 0.f;
+    has_nan[n] = 0.f;
   }
   int64_t n_done = 0;
 #ifdef ER_X86
@@ -332,8 +346,10 @@ void quantize_pack(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N
     for (int64_t n = n_done; n < N; ++n) {
       mn[n] = r[n] < mn[n] ? r[n] : mn[n];
       mx[n] = r[n] > mx[n] ? r[n] : mx[n];
+      has_nan[n] = r[n] != r[n] ? 1.f : has_nan[n];
     }
   }
+  for (int64_t n = n_done; n < N; ++n) mn[n] = has_nan[n] != 0.f ? NAN : mn[n];
   for (int64_t n = 0; n < np; ++n) {
     const float d = mx[n] - mn[n];
     inv[n] = kQMax / (d > kQMinRange ? d : kQMinRange);

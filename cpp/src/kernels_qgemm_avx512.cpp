@@ -66,12 +66,13 @@ template <int NC>
 ER_Q512 void quantize_chunk(const float* x, int64_t ldx, int64_t K, int64_t kp, int64_t N,
                             int64_t n0, float* xs, float* inv, float* mnp, uint8_t* out) {
   __m512 mn[NC], mx[NC];
-  __mmask16 msk[NC];
+  __mmask16 msk[NC], bad[NC];
 #pragma GCC unroll 8
   for (int c = 0; c < NC; ++c) {
     mn[c] = _mm512_set1_ps(INFINITY);  // masked-off pixels load 0: a zero range
     mx[c] = _mm512_set1_ps(-INFINITY);
     msk[c] = strip_mask(N - n0 - c * kQNR);
+    bad[c] = 0;
   }
   for (int64_t k = 0; k < K; ++k) {
     const float* r = x + k * ldx + n0;
@@ -83,8 +84,13 @@ ER_Q512 void quantize_chunk(const float* x, int64_t ldx, int64_t K, int64_t kp, 
       const __m512 v = _mm512_maskz_loadu_ps(msk[c], r + c * kQNR);
       mn[c] = _mm512_min_ps(v, mn[c]);
       mx[c] = _mm512_max_ps(v, mx[c]);
+      bad[c] = bad[c] | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
     }
   }
+  // A pixel holding a NaN: mn = NaN (min / max skip NaNs), so its outputs are NaN, as
+  // the generic path's quantize_pack makes them.
+#pragma GCC unroll 8
+  for (int c = 0; c < NC; ++c) mn[c] = _mm512_mask_mov_ps(mn[c], bad[c], _mm512_set1_ps(NAN));
   // d = mx - mn; inv = 255 / max(d, kQMinRange); xs = d / 255: the generic path's
   // operations exactly (max (d, m) = d > m ? d : m, as there).
   const __m512 q = _mm512_set1_ps(kQMax), dmin = _mm512_set1_ps(kQMinRange);

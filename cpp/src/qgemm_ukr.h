@@ -26,10 +26,15 @@ constexpr float   kQMinRange = 1e-30f;
 constexpr int64_t kQMR = 4;        // weight rows per micro-tile (kernels_qgemm*.cpp, not AVX-512)
 
 // u of one activation: v = (x - mn) * inv is in [0, 255 (1 + 2^-23)]; rounded to
-// nearest even (adding 1.5 * 2^23 does it), the clamp guards the ends.
+// nearest even (adding 1.5 * 2^23 does it), the clamp guards the ends. A NaN v (a NaN
+// pixel, whose mn is NaN, or inf * 0) gives 0, as the vector paths' integer clamps do:
+// the ordered compares send it there (std::max / std::min kept it, and int32_t(NaN) is
+// undefined: on x86 it gave INT_MIN, whose top bit landed in the next k's byte).
 inline int32_t q8(float v) {
   const float magic = 12582912.f;
-  v = std::min(std::max((v + magic) - magic, 0.f), kQMax);
+  v = (v + magic) - magic;
+  v = v > 0.f ? v : 0.f;
+  v = v < kQMax ? v : kQMax;
   return int32_t(v);
 }
 

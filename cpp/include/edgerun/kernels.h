@@ -22,9 +22,16 @@ namespace kernels {
 bool        force_portable(); // EDGERUN_FORCE_PORTABLE set (read once)
 bool        has_avx2_fma();   // checked once, at run time (false when forced portable)
 // The scalar activation every kernel's edge/portable path applies (SIMD paths mirror it).
+// Written with the x86 maxps / minps semantics (a > b ? a : b, a < b ? a : b) that the
+// vector epilogues use, NaN included: a NaN becomes 0 (Relu) or lo (Clip) everywhere.
+// std::min(std::max(v, lo), hi) kept a NaN, so a tile's scalar edge and its vector body
+// disagreed, and fused chains (other strip widths, other edges) differed from unfused.
 inline float apply_act(float v, Act act, float lo, float hi) {
   if (act == Act::kRelu) return v > 0.f ? v : 0.f;
-  if (act == Act::kClip) return std::min(std::max(v, lo), hi);
+  if (act == Act::kClip) {
+    const float t = v > lo ? v : lo;
+    return t < hi ? t : hi;
+  }
   return v;
 }
 // "avx2-fma" or "portable". EDGERUN_FORCE_PORTABLE=1 in the environment (read
