@@ -34,33 +34,10 @@ import torch.nn.functional as F
 
 from edgerun.exporters import data
 from edgerun.exporters.zoo.efficientnet_lite0 import load_pretrained
+from explore_codec import BATCH, batched, halves  # the same torch halves and batching (benchmarks/ is on sys.path)
 
 BLOCK = 7
 N_TRAIN_PHOTOS = 22
-BATCH = 32
-
-
-def halves(model):
-    def front(x):
-        if model.stem_pad is not None:
-            x = model.stem_pad(x)
-        x = model.stem_act(model.bn0(model.conv_stem(x)))
-        for b in model.blocks[:BLOCK + 1]:
-            x = b(x)
-        return x
-
-    def back(a):
-        for b in model.blocks[BLOCK + 1:]:
-            a = b(a)
-        a = model.head_act(model.bn1(model.conv_head(a)))
-        return model.fc(model.flatten(model.avgpool(a)))
-
-    return front, back
-
-
-def batched(fn, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return torch.cat([fn(torch.from_numpy(x[i:i + BATCH])) for i in range(0, len(x), BATCH)]).numpy()
 
 
 def train_views(photos, per_photo: int, rng: np.random.Generator) -> np.ndarray:
@@ -180,7 +157,7 @@ def main() -> None:
     model = load_pretrained()
     for p in model.parameters():
         p.requires_grad_(False)
-    front, back = halves(model)
+    front, back = halves(model, BLOCK)
     photos = data.photos()
     train_p, test_p = photos[:N_TRAIN_PHOTOS], photos[N_TRAIN_PHOTOS:]
     t0 = time.perf_counter()
