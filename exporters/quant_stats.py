@@ -55,14 +55,23 @@ def _columns(layer: _Layer, x: np.ndarray) -> np.ndarray:
     return cols.reshape(n * ho * wo, g, (c // g) * kh * kw)
 
 
+# GPTQ's statistics are G x k x k float64 matrices (several live at once while rounding); above
+# this size a layer is rounded to nearest instead (found by scripts/fuzz_quant.py: a 5x5 conv on
+# ~600 channels, k = 14,950, took 19 GB). EfficientNet-Lite0's largest is 1 x 1,280 x 1,280 (13 MB).
+MAX_H_BYTES = 256 * 2**20
+
+
 class _Stats:
-    """Running ``E[x x^T]`` per group and ``E[x]`` of a layer's input columns."""
+    """Running ``E[x x^T]`` per group and ``E[x]`` of a layer's input columns (``h`` stays None
+    for a layer whose ``E[x x^T]`` would take more than MAX_H_BYTES: rounded to nearest)."""
 
     def __init__(self) -> None:
         self.h, self.mean, self.cross, self.n = None, None, None, 0
 
     def add(self, cols: np.ndarray, with_h: bool, cols_f: np.ndarray | None = None) -> None:
         c = cols.transpose(1, 0, 2)  # [G, P, k]
+        if c.shape[0] * c.shape[2] ** 2 * 8 > MAX_H_BYTES:
+            with_h, cols_f = False, None
         s = c.sum(axis=1, dtype=np.float64)
         self.mean = s if self.mean is None else self.mean + s
         if with_h:

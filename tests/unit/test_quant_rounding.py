@@ -258,3 +258,21 @@ def test_bad_center_and_defaults():
             RoundingConfig(center=bad)
     d = RoundingConfig()  # the measured defaults (benchmarks/results/quant.md)
     assert d.center == 1.0 and d.act_order and d.bias_correction and d.fp32_target
+
+
+def test_a_layer_whose_gptq_statistics_would_not_fit_is_rounded_to_nearest(monkeypatch):
+    """GPTQ keeps G x k x k float64 statistics per layer: a 5x5 conv on ~600 channels (k = 14,950)
+    took 19 GB before. Above quant_stats.MAX_H_BYTES the layer gets no statistics, so it is rounded
+    to nearest (round_matrix with h=None), and the mean for the bias correction is still kept."""
+    from edgerun.exporters import quant_stats
+
+    cols = np.random.default_rng(0).standard_normal((64, 1, 40)).astype(np.float32)  # [P, G, k]
+    kept = quant_stats._Stats()
+    kept.add(cols, with_h=True, cols_f=cols)
+    assert kept.done().h.shape == (1, 40, 40) and kept.cross is not None
+    monkeypatch.setattr(quant_stats, "MAX_H_BYTES", 1 * 40 * 40 * 8 - 1)
+    big = quant_stats._Stats()
+    big.add(cols, with_h=True, cols_f=cols)
+    big.done()
+    assert big.h is None and big.cross is None
+    np.testing.assert_allclose(big.mean, kept.mean)
