@@ -167,7 +167,7 @@ class Bundle:
         ('digits-cnn', 'block1', '3f2a9c1e')
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], _tmp: Any = None) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], _tmp: Any = None, source: Path | None = None) -> None:
         self.path = path
         self.manifest = manifest
         self._tmp = _tmp  # keeps an extracted archive alive
@@ -184,7 +184,7 @@ class Bundle:
         self.native_ok: bool = bool(native.get("ok", False))
         self.native_reason: str = str(native.get("reason", ""))
         self.packed: dict[str, Any] | None = read_packed(path)  # a one-side copy (`edgerun pack`), or None
-        self.source: Path = path  # what the user named: the archive, where ``path`` is its unpacked copy
+        self.source: Path = source or path  # what the user named: the archive, where ``path`` is its unpacked copy
 
     # -- loading ---------------------------------------------------------------
     @staticmethod
@@ -208,9 +208,7 @@ class Bundle:
         where = p
         p, manifest, tmp = open_verified(p, FORMAT_NAME, BUNDLE_KEYS, verify_hashes)
         check_model_manifest(where, manifest)
-        b = Bundle(p, manifest, tmp)
-        b.source = where
-        return b
+        return Bundle(p, manifest, tmp, source=where)
 
     def file(self, name: str) -> Path:
         """Path of a file of the bundle; BundleError when the bundle has none by that name, or when
@@ -218,19 +216,12 @@ class Bundle:
         if name not in self.manifest["files"]:
             have = ", ".join(sorted(self.manifest["files"]))
             raise BundleError(f"bundle {self.path} has no {name!r} (it has: {have}); re-export it")
-        if self.packed and name in self.packed["omitted"] and not (self.path / name).is_file():
-            raise left_out_error(self.source, self.packed, name)
+        self.require(name)
         return self.path / name
 
     def require(self, *names: str, why: str = "this command") -> None:
         """One BundleError naming every file of ``names`` that this one-side copy left out (none: no error)."""
-        gone = [n for n in names if self.packed and n in self.packed["omitted"] and not (self.path / n).is_file()]
-        if gone:
-            side = self.packed["for"]
-            keep = " ".join(f"--keep {n}" for n in gone)
-            raise BundleError(f"bundle {self.source} is the {side}'s copy (`edgerun pack --for {side}`), which leaves "
-                              f"out {', '.join(gone)}; {why} needs them: run it on the whole bundle, or pack again "
-                              f"with {keep}")
+        check_not_left_out(self.path, self.packed, names, self.source, why=why)
 
     def has(self, name: str) -> bool:
         """True when the bundle has this file here (a one-side copy lacks the other side's files)."""
@@ -420,12 +411,17 @@ def read_packed(p: Path) -> dict[str, Any] | None:
     return d
 
 
-def left_out_error(where: Path, packed: dict[str, Any], name: str, noun: str = "bundle") -> BundleError:
-    """The error for a file that `edgerun pack` left out of this side's copy."""
-    side = packed["for"]
-    return BundleError(
-        f"{noun} {where} is the {side}'s copy (`edgerun pack --for {side}`), which leaves out {name}; this "
-        f"command needs it: run it on the whole {noun}, or pack again with --keep {name}")
+def check_not_left_out(path: Path, packed: dict[str, Any] | None, names: tuple[str, ...], where: Path,
+                       noun: str = "bundle", why: str = "this command") -> None:
+    """One BundleError naming every file of ``names`` that `edgerun pack` left out of the one-side copy
+    at ``path`` (``where``: what the user named); none left out (or a whole bundle): no error."""
+    gone = [n for n in names if packed and n in packed["omitted"] and not (path / n).is_file()]
+    if gone:
+        side = packed["for"]
+        raise BundleError(
+            f"{noun} {where} is the {side}'s copy (`edgerun pack --for {side}`), which leaves out {', '.join(gone)}; "
+            f"{why} needs {'it' if len(gone) == 1 else 'them'}: run it on the whole {noun}, or pack again with "
+            + " ".join(f"--keep {n}" for n in gone))
 
 
 def open_verified(p: Path, format_name: str, required: tuple[str, ...],

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.bundle import LLM_FORMAT_NAME, TensorSpec, left_out_error, manifest_format, open_verified, read_packed
+from edgerun.bundle import LLM_FORMAT_NAME, TensorSpec, check_not_left_out, manifest_format, open_verified, read_packed
 from edgerun.errors import BundleError, ConfigError, FrameError, UserError
 
 FRONT, BACK, TOKENIZER, REPORT = "front.onnx", "back.onnx", "tokenizer.json", "report.json"
@@ -78,7 +78,7 @@ class LlmBundle:
         (15, 576)
     """
 
-    def __init__(self, path: Path, manifest: dict[str, Any], tmp: Any = None) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], tmp: Any = None, source: Path | None = None) -> None:
         self.path, self.manifest, self._tmp = path, manifest, tmp
         self.hash: str = manifest["bundle_hash"]
         self.hash16: bytes = bytes.fromhex(self.hash)[:16]
@@ -94,7 +94,7 @@ class LlmBundle:
         self.cut = [TensorSpec("hidden", (None, None, self.spec.hidden))]
         self.codec: dict[str, Any] = _check_codec(manifest.get("codec") or {"id": "none"})
         self.packed: dict[str, Any] | None = read_packed(path)  # a one-side copy (`edgerun pack`), or None
-        self.source: Path = path  # what the user named: the archive, where ``path`` is its unpacked copy
+        self.source: Path = source or path  # what the user named: the archive, where ``path`` is its unpacked copy
 
     @staticmethod
     def load(path: str | Path, *, verify_hashes: bool = True) -> LlmBundle:
@@ -102,17 +102,13 @@ class LlmBundle:
         p = Path(path)
         if not p.exists():
             raise BundleError(f"LLM bundle {p} does not exist; create one with `edgerun llm export --out {p}`")
-        where = p
-        p, manifest, tmp = open_verified(p, LLM_FORMAT_NAME, LLM_KEYS, verify_hashes)
-        b = LlmBundle(p, manifest, tmp)
-        b.source = where
-        return b
+        p_dir, manifest, tmp = open_verified(p, LLM_FORMAT_NAME, LLM_KEYS, verify_hashes)
+        return LlmBundle(p_dir, manifest, tmp, source=p)
 
     def file(self, name: str) -> Path:
         if name not in self.manifest["files"]:
             raise BundleError(f"LLM bundle {self.path} has no {name!r}; re-export it with `edgerun llm export`")
-        if self.packed and name in self.packed["omitted"] and not (self.path / name).is_file():
-            raise left_out_error(self.source, self.packed, name, "LLM bundle")
+        check_not_left_out(self.path, self.packed, (name,), self.source, "LLM bundle")
         return self.path / name
 
     def __repr__(self) -> str:

@@ -6,7 +6,7 @@ directory with the other side's files left out and ``packed.json`` saying so. Th
 copied byte for byte, so the bundle hash (and with it the MQTT topics) is the one of the whole
 bundle: a device loading its pack talks to servers loading theirs. Every file a pack holds is
 checked against the manifest's sha256 when it loads, as in a whole bundle; a command that needs
-a file the pack left out names it and says what to do (``bundle.left_out_error``).
+a file the pack left out names it and says what to do (``bundle.check_not_left_out``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from edgerun.bundle import MANIFEST, PACK_FORMAT, PACK_SIDES, PACKED, open_any_bundle
+from edgerun.bundle import LLM_FORMAT_NAME, MANIFEST, PACK_FORMAT, PACK_SIDES, PACKED, open_any_bundle
 from edgerun.errors import BundleError, ConfigError
 
 # What each side loads, by file name; any other file (the whole model, plots) stays out of both packs.
@@ -41,7 +41,7 @@ def side_files(manifest: dict[str, Any], side: str, keep: tuple[str, ...] = ()) 
     unknown = [k for k in keep if k not in files]
     if unknown:
         raise ConfigError(f"--keep {', '.join(unknown)}: the bundle has no such file (it has: {', '.join(sorted(files))})")
-    rules = _LLM_SIDES if manifest.get("format") == "edgerun-llm" else _MODEL_SIDES
+    rules = _LLM_SIDES if manifest.get("format") == LLM_FORMAT_NAME else _MODEL_SIDES
     return sorted(n for n in files if rules[side].fullmatch(n) or n in keep)
 
 
