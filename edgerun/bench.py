@@ -35,6 +35,7 @@ import numpy as np
 from edgerun import procs
 from edgerun.bundle import Bundle, write_manifest
 from edgerun.errors import ConfigError
+from edgerun.feeds import Inputs, float32, n_samples, rows
 from edgerun.profiles import LinkProfile, load_link
 from edgerun.report import percentiles
 
@@ -54,34 +55,44 @@ def make_server_bundle(b: Bundle, out: Path) -> Bundle:
     from onnx import helper
 
     whole = onnx.load(b.file("whole.onnx"))
-    inp = whole.graph.input[0]
-    raw = f"{inp.name}_raw"
+    ins = list(whole.graph.input)
+    raw = {i.name: f"{i.name}_raw" for i in ins}  # every model input crosses as it came
     back = onnx.ModelProto()
     back.CopyFrom(whole)
-    back.graph.input[0].name = raw
+    for vi in back.graph.input:
+        vi.name = raw[vi.name]
     for node in back.graph.node:
         for i, name in enumerate(node.input):
-            if name == inp.name:
-                node.input[i] = raw
-    out_vi = onnx.ValueInfoProto()
-    out_vi.CopyFrom(inp)
-    out_vi.name = raw
-    front = helper.make_model(helper.make_graph([helper.make_node("Identity", [inp.name], [raw])], "input_cut",
-                                                [inp], [out_vi]), opset_imports=list(whole.opset_import))
+            if name in raw:
+                node.input[i] = raw[name]
+    outs = []
+    for inp in ins:
+        out_vi = onnx.ValueInfoProto()
+        out_vi.CopyFrom(inp)
+        out_vi.name = raw[inp.name]
+        outs.append(out_vi)
+    nodes = [helper.make_node("Identity", [i.name], [raw[i.name]]) for i in ins]
+    front = helper.make_model(helper.make_graph(nodes, "input_cut", ins, outs), opset_imports=list(whole.opset_import))
     front.ir_version = whole.ir_version  # onnxruntime may not read the newest IR version onnx writes
     out.mkdir(parents=True, exist_ok=True)
     onnx.save(front, out / "front.onnx")
     onnx.save(back, out / "back.onnx")
     shutil.copy(b.file("whole.onnx"), out / "whole.onnx")
-    spec = dict(b.manifest["inputs"][0], name=raw)
+    specs = [dict(spec, name=raw[spec["name"]]) for spec in b.manifest["inputs"]]
     manifest = {k: v for k, v in b.manifest.items() if k not in ("bundle_hash", "format", "format_version")}
-    manifest.update(split={"label": "input", "index": -1, "after_node": -1, "tensors": [spec]},
+    manifest.update(split={"label": "input", "index": -1, "after_node": -1, "tensors": specs},
                     native={"ok": False, "reason": "identity front half: runs on onnxruntime"},
                     codec={"id": "none"}, exits={},  # raw input on the wire, no local answers
                     files={"front.onnx": {"role": "identity"}, "back.onnx": {"role": "whole model"},
                            "whole.onnx": {"role": "whole model (reference)"}})
     write_manifest(out, manifest)
     return Bundle.load(out)
+
+
+def _one(xs: Inputs, i: int) -> Inputs:
+    """Sample ``i`` (cycling) of the bundle's samples, as a batch of one."""
+    j = i % n_samples(xs)
+    return rows(xs, j, j + 1)
 
 
 class SlowedEngine:
@@ -120,7 +131,7 @@ def slow_down(dev: Any, factor: float) -> None:
         segs.engines = [SlowedEngine(e, factor) for e in segs.engines]
 
 
-def _check_link_fits(lnk: LinkProfile, b: Bundle, xs: np.ndarray) -> None:
+def _check_link_fits(lnk: LinkProfile, b: Bundle, xs: Inputs) -> None:
     """Refuse a link the bench cannot run over, before anything starts.
 
     A link profile with an RTT of seconds (or a bandwidth of bits per second) plans fine, but the
@@ -128,7 +139,8 @@ def _check_link_fits(lnk: LinkProfile, b: Bundle, xs: np.ndarray) -> None:
     not accept the connection within 5 s", which blamed the broker.
     """
     worst_rtt = lnk.rtt_ms + 2 * lnk.jitter_ms  # U(0, jitter) each way
-    raw = int(xs[:1].nbytes) + 4096  # the largest request: the raw input (all-on-server mode) + headers
+    first = rows(xs, 0, 1)  # the largest request: the raw inputs (all-on-server mode) + headers
+    raw = sum(int(a.nbytes) for a in (first.values() if isinstance(first, dict) else [first])) + 4096
     out = sum(4 * int(np.prod([d or 1 for d in t.shape])) for t in b.outputs) + 4096
     request_ms = lnk.network_ms(raw, out) + lnk.jitter_ms
     if worst_rtt > 0.8 * CONNECT_TIMEOUT_MS or request_ms > 0.8 * REQUEST_TIMEOUT_MS:
@@ -139,13 +151,13 @@ def _check_link_fits(lnk: LinkProfile, b: Bundle, xs: np.ndarray) -> None:
                           f"{0.8 * REQUEST_TIMEOUT_MS:.0f} ms); `edgerun plan` takes any link")
 
 
-def _local_mode(run: Callable[[np.ndarray], Any], xs: np.ndarray, requests: int, warmup: int) -> dict:
+def _local_mode(run: Callable[[Inputs], Any], xs: Inputs, requests: int, warmup: int) -> dict:
     for i in range(warmup):
-        run(xs[i % len(xs)][None])
+        run(_one(xs, i))
     samples: dict[str, list[float]] = defaultdict(list)
     for i in range(requests):
         t0 = time.perf_counter()
-        run(xs[i % len(xs)][None])
+        run(_one(xs, i))
         ms = (time.perf_counter() - t0) * 1e3
         samples["device"].append(ms)
         samples["total"].append(ms)
@@ -153,7 +165,7 @@ def _local_mode(run: Callable[[np.ndarray], Any], xs: np.ndarray, requests: int,
 
 
 def _remote_mode(bundle: Bundle, emu: Any, server: subprocess.Popen, log_path: Path, engine: str,
-                 xs: np.ndarray, requests: int, warmup: int, slowdown: float = 1.0, **device_opts: Any) -> dict:
+                 xs: Inputs, requests: int, warmup: int, slowdown: float = 1.0, **device_opts: Any) -> dict:
     from edgerun.device import Device
 
     answered: dict[str, int] = defaultdict(int)
@@ -161,13 +173,13 @@ def _remote_mode(bundle: Bundle, emu: Any, server: subprocess.Popen, log_path: P
     with Device(bundle, broker=emu.url, engine=engine, timeout_ms=REQUEST_TIMEOUT_MS, **device_opts) as dev:
         slow_down(dev, slowdown)
         if not confident_exits:  # a device with confident exits may never need the server
-            procs.first_server_answer(dev, xs[:1], server, log_path)
+            procs.first_server_answer(dev, rows(xs, 0, 1), server, log_path)
         for i in range(warmup):
-            dev.infer(xs[i % len(xs)][None])
+            dev.infer(_one(xs, i))
         up0, down0 = emu.up.bytes, emu.down.bytes
         samples: dict[str, list[float]] = defaultdict(list)
         for i in range(requests):
-            r = dev.infer(xs[i % len(xs)][None])
+            r = dev.infer(_one(xs, i))
             answered["server" if r.answered_by == "server" else "local"] += 1
             for k, v in r.timings_ms.items():
                 samples[k].append(v)
@@ -216,7 +228,7 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests:
         raise ConfigError(f"unknown modes {sorted(set(modes) - set(all_modes))}; use {all_modes}")
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     lnk = link if isinstance(link, LinkProfile) else load_link(link)
-    xs = np.ascontiguousarray(b.samples(), dtype=np.float32)
+    xs = float32(b.samples())
     _check_link_fits(lnk, b, xs)
     from edgerun.profiles import emulated_device
 
@@ -254,7 +266,7 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests:
     return report
 
 
-def _run_remote(b: Bundle, lnk: LinkProfile, remote: list[str], work: Path, xs: np.ndarray, requests: int,
+def _run_remote(b: Bundle, lnk: LinkProfile, remote: list[str], work: Path, xs: Inputs, requests: int,
                 warmup: int, out: dict, log: Callable[[str], None], factor: float = 1.0) -> None:
     from edgerun.broker import Mosquitto, parse_broker_url
     from edgerun.linkemu import LinkConfig, LinkEmulator

@@ -212,16 +212,38 @@ class Bundle:
         """True when the bundle has this file here (a one-side copy lacks the other side's files)."""
         return name in self.manifest["files"] and (self.path / name).is_file()
 
-    def samples(self) -> np.ndarray:
-        """The bundle's sample inputs (``samples.npz``), read and checked now: see ``load_samples``."""
+    def samples(self) -> np.ndarray | dict[str, np.ndarray]:
+        """The bundle's sample inputs (``samples.npz``), read and checked now: see ``load_samples``.
+        One array, or ``{input name: array}`` for a model with several inputs."""
         return load_samples(self.file(SAMPLES))
+
+    @property
+    def passthrough(self) -> list[str]:
+        """Cut tensors that are model inputs: the device sends them as they came (the front half does
+        not read them to the end; a robot's joint state, say)."""
+        names = {s.name for s in self.inputs}
+        return [t.name for t in self.cut if t.name in names]
 
     def __repr__(self) -> str:
         return f"Bundle({self.model_id!r}, cut={self.cut_label!r}, hash={self.hash[:12]}, path={str(self.path)!r})"
 
 
-def load_samples(path: str | Path) -> np.ndarray:
-    """The ``inputs`` array of a ``samples.npz``, read in full here.
+SAMPLES_KEY = "inputs"  # the array of a single-input model; "inputs.<name>" for each of several inputs
+
+
+def save_samples(path: str | Path, x: np.ndarray | dict[str, np.ndarray]) -> None:
+    """Write a ``samples.npz``: one array, or one per input (``load_samples`` reads both)."""
+    import numpy as np
+
+    if isinstance(x, np.ndarray):
+        np.savez(path, **{SAMPLES_KEY: x})
+    else:
+        np.savez(path, **{f"{SAMPLES_KEY}.{k}": v for k, v in x.items()})
+
+
+def load_samples(path: str | Path) -> np.ndarray | dict[str, np.ndarray]:
+    """The ``inputs`` array of a ``samples.npz`` (``{name: array}`` from its ``inputs.<name>`` arrays for
+    a model with several inputs), read in full here.
 
     The manifest's sha256 vouches only for the bytes it was sealed with: a file truncated or
     edited and then resealed (or a bundle written by another tool) passes ``Bundle.load`` and
@@ -240,9 +262,16 @@ def load_samples(path: str | Path) -> np.ndarray:
             if not isinstance(npz, np.lib.npyio.NpzFile):
                 raise BundleError(f"{p} holds a single array, not an .npz archive; {damaged}")
             with npz:
-                if "inputs" not in npz.files:
+                if SAMPLES_KEY in npz.files:
+                    return npz[SAMPLES_KEY]  # decompresses and checks the member's CRC-32 now, not later
+                per_input = [k for k in npz.files if k.startswith(SAMPLES_KEY + ".")]
+                if not per_input:
                     raise BundleError(f"{p} has no 'inputs' array (it has: {npz.files}); re-export the bundle")
-                return npz["inputs"]  # decompresses and checks the member's CRC-32 now, not later
+                got = {k[len(SAMPLES_KEY) + 1:]: npz[k] for k in per_input}
+                if len({len(v) if v.ndim else -1 for v in got.values()}) != 1:
+                    raise BundleError(f"{p}: its inputs hold different numbers of samples "
+                                      f"({ {k: list(v.shape) for k, v in got.items()} }); {damaged}")
+                return got
     except (zipfile.BadZipFile, ValueError, EOFError, OSError, zlib.error) as exc:
         raise BundleError(f"{p} cannot be read ({type(exc).__name__}: {exc}); {damaged}") from exc
 

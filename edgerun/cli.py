@@ -262,36 +262,62 @@ def serve_cmd(
     typer.echo(json.dumps({"served": getattr(stats, "served", None), "stats": getattr(stats, "__dict__", {})}, default=str))
 
 
-def _load_inputs(path: Path, limit: int | None, spec=None):
-    """The first ``limit`` samples of the ``--input`` array as float32, checked before anything is sent.
+def _load_inputs(path: Path, limit: int | None, specs: list):
+    """The first ``limit`` samples of the ``--input`` file as float32, checked before anything is sent.
 
-    ``spec``: the bundle's input (a TensorSpec); one sample saved without the batch axis is refused.
+    ``specs``: the bundle's inputs (TensorSpecs). One input: a .npy array (or an .npz holding an array of
+    that input's name); several: an .npz with one array per input name (``np.savez(path, image=...,
+    joints=...)``), as many samples in each. One sample saved without the batch axis is refused.
 
-    The file is memory-mapped, so ``--limit`` reads only what it runs. Raises ConfigError, saying what
+    A .npy file is memory-mapped, so ``--limit`` reads only what it runs. Raises ConfigError, saying what
     to pass, for a missing, empty or unreadable file, a non-numeric or 0-d array, no samples, and
     samples with NaN / Inf or beyond float32's range (named by their index in the file).
     """
     import numpy as np
 
-    hint = "pass a .npy file written by np.save(path, array) with the inputs stacked on axis 0"
+    names = [s.name for s in specs]
+    if len(specs) == 1:
+        hint = "pass a .npy file written by np.save(path, array) with the inputs stacked on axis 0"
+    else:
+        hint = f"pass an .npz file written by np.savez(path, {', '.join(f'{n}=...' for n in names)}), each input's " \
+               "samples stacked on axis 0"
     try:
-        x = np.load(path, allow_pickle=False, mmap_mode="r")
+        got = np.load(path, allow_pickle=False, mmap_mode="r")
     except (OSError, ValueError, EOFError, MemoryError) as exc:  # EOFError: an empty file
         raise ConfigError(f"cannot read --input {path}: {exc or type(exc).__name__}; {hint}") from None
+    if isinstance(got, np.lib.npyio.NpzFile):
+        with got:
+            missing = [n for n in names if n not in got.files]
+            if missing:
+                raise ConfigError(f"--input {path} has arrays {got.files}, not the bundle's inputs {missing}; {hint}")
+            arrays = {n: _checked_input(got[n], f"{path}[{n!r}]", spec, limit, hint, f"np.savez(path, {n}=x[None])")
+                      for n, spec in zip(names, specs)}
+        if len({len(a) for a in arrays.values()}) != 1:
+            raise ConfigError(f"--input {path}: its inputs hold different numbers of samples "
+                              f"({ {n: len(a) for n, a in arrays.items()} }); {hint}")
+        return arrays if len(specs) > 1 else arrays[names[0]]
+    if len(specs) > 1:
+        raise ConfigError(f"--input {path} holds one array, and this bundle takes {len(specs)} inputs {names}; {hint}")
+    return _checked_input(got, str(path), specs[0], limit, hint, "np.save(path, x[None])")
+
+
+def _checked_input(x, label: str, spec, limit: int | None, hint: str, batched: str):
+    import numpy as np
+
     if not isinstance(x, np.ndarray) or x.dtype.kind not in "fiub":
-        raise ConfigError(f"--input {path} is not a numeric array; save the inputs with np.save(path, array)")
+        raise ConfigError(f"--input {label} is not a numeric array; save the inputs with np.save(path, array)")
     if x.ndim == 0 or len(x) == 0:
-        raise ConfigError(f"--input {path} holds no samples (shape {x.shape}); {hint}")
+        raise ConfigError(f"--input {label} holds no samples (shape {x.shape}); {hint}")
     if spec is not None and x.ndim == len(spec.shape) - 1 and spec.matches((1, *x.shape)):
         # each of its values went out as a sample: "input has shape (1,), the bundle expects (None, 20)"
-        raise ConfigError(f"--input {path} holds one sample of shape {list(x.shape)} without the batch axis; save it "
-                          f"with np.save(path, x[None]) (shape {[1, *x.shape]}), samples stacked on axis 0")
+        raise ConfigError(f"--input {label} holds one sample of shape {list(x.shape)} without the batch axis; save it "
+                          f"with {batched} (shape {[1, *x.shape]}), samples stacked on axis 0")
     x = np.array(x[:limit])
     if x.dtype.kind == "f":
         bad = ~np.isfinite(x) | (np.abs(x) > np.finfo(np.float32).max)
         if bad.any():
             first = np.argwhere(bad)[0].tolist()
-            raise ConfigError(f"--input {path}: sample {first[0]} holds NaN, Inf or a value beyond float32's range "
+            raise ConfigError(f"--input {label}: sample {first[0]} holds NaN, Inf or a value beyond float32's range "
                               f"(first at index {first}); clean or drop it (nothing was sent)")
     return x.astype(np.float32)
 
@@ -327,7 +353,8 @@ def run_cmd(
     bundle: Path = typer.Argument(..., help="bundle directory or archive"),
     broker: str = typer.Option(..., help="broker URL, e.g. mqtt://127.0.0.1:1883"),
     engine: str = typer.Option("native", help="front-half engine: native | ort"),
-    input: Optional[Path] = typer.Option(None, help=".npy file of inputs (N, ...); default: the bundle's samples"),
+    input: Optional[Path] = typer.Option(None, help=".npy file of inputs (N, ...), or .npz with one array per input "
+                                                    "name for a model with several; default: the bundle's samples"),
     limit: Optional[int] = typer.Option(None, help="run at most this many inputs"),
     deadline_ms: Optional[float] = typer.Option(None, help="per-request deadline"),
     threads: int = typer.Option(1, help="front-half engine threads (at most the cores the rest of the device leaves free)"),
@@ -337,8 +364,7 @@ def run_cmd(
                                                         "(the next server worker gets it; the first reply wins)"),
 ) -> None:
     """Run the device side: front half here, back half on a server."""
-    import numpy as np
-
+    from edgerun import feeds
     from edgerun.bundle import Bundle
     from edgerun.device import Device
     from edgerun.device_checks import check_deadline_ms
@@ -348,11 +374,11 @@ def run_cmd(
             raise ConfigError(f"--limit {limit}: give the number of inputs to run (>= 1), or leave it out for all")
         check_deadline_ms(deadline_ms, "--deadline-ms")  # before the broker: nan was reported as a dead broker
         b = Bundle.load(bundle)
-        x = _load_inputs(input, limit, b.inputs[0]) if input else b.samples()
-        x = np.asarray(x, dtype=np.float32)[:limit]
+        x = _load_inputs(input, limit, b.inputs) if input else b.samples()
+        x = feeds.rows(feeds.float32(x), 0, limit if limit is not None else feeds.n_samples(x))
         with Device(b, broker=broker, engine=engine, threads=threads, budget=budget, hedge_ms=hedge_ms) as dev:
-            for i in range(len(x)):
-                r = dev.infer(x[i : i + 1], deadline_ms=deadline_ms)
+            for i in range(feeds.n_samples(x)):
+                r = dev.infer(feeds.rows(x, i, i + 1), deadline_ms=deadline_ms)
                 rec = {"i": i, **answer_fields(r.output[b.outputs[0].name]), "answered_by": r.answered_by,
                        "reason": r.reason, "timings_ms": {k: round(v, 3) for k, v in r.timings_ms.items()}}
                 if r.hedged:

@@ -82,6 +82,7 @@ def layers_cmd(
     import numpy as np
 
     from edgerun.errors import ConfigError
+    from edgerun import feeds
     from edgerun.engine import NativeEngine
 
     try:
@@ -99,11 +100,13 @@ def layers_cmd(
                 raise ConfigError(f"bundle {bundle} has no native front half to time: {b.native_reason or 'none was written'}"
                                   "; `edgerun layers` times the native engine: export a cut before that node "
                                   "(`edgerun export MODEL --list-cuts`)")
-            erg, x = b.file("front.erg"), b.samples()[:1]
+            erg, x = b.file("front.erg"), feeds.float32(feeds.rows(b.samples(), 0, 1))
         eng = NativeEngine(erg, max_batch=1, threads=threads)
-        if x is None:  # a bare .erg: random input of its shape
-            x = np.random.default_rng(0).standard_normal((1, *eng.input_shapes[0][1:])).astype(np.float32)
-        steps = eng.profile_layers(np.asarray(x, dtype=np.float32), runs=runs)
+        if x is None:  # a bare .erg: random inputs of its shapes
+            rng = np.random.default_rng(0)
+            x = {n: rng.standard_normal((1, *shape[1:])).astype(np.float32)
+                 for n, shape in zip(eng.input_names, eng.input_shapes)}
+        steps = eng.profile_layers(x, runs=runs)
     except EdgerunError as exc:
         _fail(exc)
     total = sum(s["us"] for s in steps) or 1.0

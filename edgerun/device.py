@@ -442,17 +442,23 @@ class Device:
         return x if isinstance(x, dict) else np.ascontiguousarray(x)
 
     def _run_front(self, feeds: Any) -> dict[str, np.ndarray]:
-        """Run the front half; batches above the native engine's max_batch go through in slices."""
+        """Run the front half; batches above the native engine's max_batch go through in slices. Model
+        inputs that pass through the cut (``Bundle.passthrough``) join the front's outputs as they came."""
         limit = getattr(self.engine, "max_batch", None)
         first = next(iter(feeds.values())) if isinstance(feeds, dict) else feeds
         n = int(first.shape[0])
         if limit is None or n <= limit:
-            return self.engine.run(feeds)
+            return self._with_passthrough(self.engine.run(feeds), feeds)
         parts = []
         for lo in range(0, n, limit):
             sl = {k: v[lo : lo + limit] for k, v in feeds.items()} if isinstance(feeds, dict) else feeds[lo : lo + limit]
             parts.append(self.engine.run(sl))
-        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        return self._with_passthrough({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, feeds)
+
+    def _with_passthrough(self, outs: dict[str, np.ndarray], feeds: Any) -> dict[str, np.ndarray]:
+        for name in self.bundle.passthrough:
+            outs[name] = np.ascontiguousarray(feeds[name] if isinstance(feeds, dict) else feeds, dtype=np.float32)
+        return outs
 
     def _finish(self, reply: bytes, request_id: int, marks: tuple[float, float, float, float], batch: int) -> Result:
         t_start, t_front, t_enc, t_recv = marks
@@ -526,5 +532,7 @@ def _make_front(b: Bundle, engine: str, threads: int) -> Any:
     else:
         path = b.file("front.onnx")
         eng = make_engine("ort", onnx_path=path, threads=threads)
-    check_io(path, eng.input_names, eng.output_names, [s.name for s in b.inputs], [s.name for s in b.cut])
+    passed = b.passthrough
+    check_io(path, eng.input_names, eng.output_names, [s.name for s in b.inputs],
+             [s.name for s in b.cut if s.name not in passed], some_inputs=True)
     return eng

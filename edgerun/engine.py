@@ -205,8 +205,11 @@ class OrtEngine:
 
 
 def check_io(path: str | os.PathLike, input_names: list[str], output_names: list[str],
-             inputs: list[str], outputs: list[str]) -> None:
+             inputs: list[str], outputs: list[str], *, some_inputs: bool = False) -> None:
     """Refuse a model file whose inputs are not ``inputs`` or whose outputs lack ``outputs``.
+
+    ``some_inputs``: the file may take only some of ``inputs`` (a front half that leaves a model input
+    to pass through the cut does not take it).
 
     A bundle file from another export, sealed again (a copy tool, a hand edit), failed later as a
     KeyError naming a tensor, or as "missing inputs" without naming the file.
@@ -214,7 +217,8 @@ def check_io(path: str | os.PathLike, input_names: list[str], output_names: list
     Raises:
         BundleError: the names differ; the message names the file and both sides.
     """
-    if set(input_names) != set(inputs) or not set(outputs) <= set(output_names):
+    ins_ok = (input_names and set(input_names) <= set(inputs)) if some_inputs else set(input_names) == set(inputs)
+    if not ins_ok or not set(outputs) <= set(output_names):
         from edgerun.errors import BundleError
 
         raise BundleError(f"{os.fspath(path)!r} takes {list(input_names)} and gives {list(output_names)}, but the "

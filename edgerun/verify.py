@@ -23,6 +23,7 @@ import numpy as np
 
 from edgerun.bundle import Bundle
 from edgerun.errors import BundleError, ConfigError
+from edgerun.feeds import Inputs, as_feeds, float32, n_samples
 
 # Named tolerances: |a - b| <= ATOL + RTOL * max|reference| over the whole output.
 # The native engine sums in a different order than onnxruntime (its own GEMM
@@ -115,21 +116,20 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
     b.require("samples.npz", "front.onnx", "back.onnx", "whole.onnx", *(["front.erg"] if engine == "native" else []),
               why="`edgerun verify` (the split against the whole model)")
-    x = b.samples().astype(np.float32)
-    if not b.inputs[0].matches(tuple(x.shape)):  # every check below would pass on inputs run() then refuses
-        raise BundleError(f"bundle {b.path}: samples.npz holds inputs of shape {list(x.shape)}, but the manifest's "
-                          f"input {b.inputs[0].name!r} has shape {list(b.inputs[0].shape)}: re-export the bundle")
+    x = _checked_samples(b)
     msgs: list[str] = []
     ort_front = make_engine("ort", onnx_path=b.file("front.onnx"), threads=threads)
     back = make_engine("ort", onnx_path=b.file("back.onnx"), threads=threads)
     whole = make_engine("ort", onnx_path=b.file("whole.onnx"), threads=threads)
     ins, cut, outs = [s.name for s in b.inputs], [s.name for s in b.cut], [s.name for s in b.outputs]
-    for name, eng, want in (("front.onnx", ort_front, (ins, cut)), ("back.onnx", back, (cut, outs)),
-                            ("whole.onnx", whole, (ins, outs))):
+    passed = b.passthrough
+    computed = [t for t in cut if t not in passed]
+    check_io(b.file("front.onnx"), ort_front.input_names, ort_front.output_names, ins, computed, some_inputs=True)
+    for name, eng, want in (("back.onnx", back, (cut, outs)), ("whole.onnx", whole, (ins, outs))):
         check_io(b.file(name), eng.input_names, eng.output_names, *want)
-    in_name = b.inputs[0].name
-    ref = whole.run({in_name: x})[b.outputs[0].name]
-    mid_ort = ort_front.run({in_name: x})
+    feeds = as_feeds(x, ins)
+    ref = whole.run(feeds)[b.outputs[0].name]
+    mid_ort = {**ort_front.run(feeds), **{t: feeds[t] for t in passed}}
     split_out = back.run(mid_ort)[b.outputs[0].name]
     split_err = max_abs_diff(split_out, ref)
     prec = b.manifest.get("precisions", {})
@@ -153,9 +153,9 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
     quantized = False
     native_state = "skipped"
     if engine == "native" and b.native_ok:  # (--engine ort deploys front.onnx, checked above)
-        native = make_engine("native", erg_path=b.file("front.erg"), threads=threads, max_batch=len(x))
-        check_io(b.file("front.erg"), native.input_names, native.output_names, ins, cut)
-        mid_nat = native.run({in_name: x})
+        native = make_engine("native", erg_path=b.file("front.erg"), threads=threads, max_batch=n_samples(x))
+        check_io(b.file("front.erg"), native.input_names, native.output_names, ins, computed, some_inputs=True)
+        mid_nat = {**native.run(feeds), **{t: feeds[t] for t in passed}}
         nat_err, nat_lim = 0.0, 0.0
         for t in b.cut:
             nat_err = max(nat_err, max_abs_diff(mid_nat[t.name], mid_ort[t.name]))
@@ -199,8 +199,27 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
                         f"({CODEC_MSE_FACTOR:g} x its budget {entry.get('budget')} + slack): the encoder or decoder "
                         "here is broken; report this bug")
     return VerifyReport(ok, nat_err, None if quantized else nat_lim, split_err, split_lim, nat_split, agree,
-                        int(len(x)), native_state, msgs, quantized, rel, rel_lim, split_rel, split_rel_lim,
+                        n_samples(x), native_state, msgs, quantized, rel, rel_lim, split_rel, split_rel_lim,
                         codec_mse, codec_lim)
+
+
+def _checked_samples(b: Bundle) -> Inputs:
+    """The bundle's samples as float32, each input's shape checked against the manifest (every check of
+    ``verify`` would pass on inputs that ``run`` then refuses)."""
+    x = float32(b.samples())
+    got = x if isinstance(x, dict) else {b.inputs[0].name: x}
+    names = [s.name for s in b.inputs]
+    if set(got) != set(names):
+        raise BundleError(f"bundle {b.path}: samples.npz holds inputs {sorted(got)}, but the manifest's inputs are "
+                          f"{names}: re-export the bundle")
+    for spec in b.inputs:
+        if not spec.matches(tuple(got[spec.name].shape)):
+            raise BundleError(f"bundle {b.path}: samples.npz holds inputs of shape {list(got[spec.name].shape)}, but "
+                              f"the manifest's input {spec.name!r} has shape {list(spec.shape)}: re-export the bundle")
+    if len({len(a) for a in got.values()}) != 1:
+        raise BundleError(f"bundle {b.path}: samples.npz holds different numbers of samples per input: re-export the "
+                          "bundle")
+    return x
 
 
 def rel_l2(got: list[np.ndarray], ref: list[np.ndarray]) -> float:

@@ -2,8 +2,11 @@
 
 A cut after position ``i`` of the topological order is *valid* when the
 non-constant tensors produced at or before ``i`` and still needed after it
-(the "crossing set") are few (``max_tensors``, 1 by default) and do not
-include the raw model input. With residual blocks the graph is a DAG, not a
+(the "crossing set") are few (``max_tensors``, 1 by default) and are not
+all raw model inputs. A model input that the front half does not read to the end
+(a robot's joint state, concatenated with the image features deep in the model)
+passes through: the device sends it as it came, beside what the front computed, and
+it does not count towards ``max_tensors``. With residual blocks the graph is a DAG, not a
 chain: inside a block the skip tensor is live next to the main path, so a
 single-tensor cut only exists at block boundaries. A tensor that every path
 from input to output passes through (a separator) is always found this way:
@@ -116,7 +119,8 @@ def find_cuts(model: onnx.ModelProto, *, max_tensors: int = 1) -> list[Cut]:
         for name in [t for t, _ in live.items() if last_use.get(t, -1) <= i]:
             del live[name]
         crossing = tuple(live)
-        if not crossing or len(crossing) > max_tensors or inputs & set(crossing) or outputs & set(crossing):
+        computed = [t for t in crossing if t not in inputs]
+        if not computed or len(computed) > max_tensors or outputs & set(crossing):
             continue
         if any(elem.get(t, onnx.TensorProto.FLOAT) != onnx.TensorProto.FLOAT for t in crossing):
             continue  # the wire carries float32: an int64 crossing (ids.long()) exported, then every request failed
@@ -132,8 +136,8 @@ def find_cuts(model: onnx.ModelProto, *, max_tensors: int = 1) -> list[Cut]:
 
 
 def _batch_first_tensors(model: onnx.ModelProto) -> set[str] | None:
-    """Tensors shaped [batch, static dims...] (the input's batch symbol on axis 0 only), or None when the
-    input has no batch symbol.
+    """Tensors shaped [batch, static dims...] (the input's batch symbol on axis 0 only), the inputs
+    included, or None when the input has no batch symbol.
 
     The device, the codec and the server (its batching) all take axis 0 of a crossing as the batch:
     a cut inside a GRU crossed [20 steps, 1, batch, 24], was written as shape [None, 1, 1, 24], and
@@ -143,7 +147,7 @@ def _batch_first_tensors(model: onnx.ModelProto) -> set[str] | None:
     batch = dims0[0].dim_param if dims0 else ""
     if not batch:
         return None
-    out = set()
+    out = {i.name for i in model.graph.input}  # trace gives every input the batch symbol on axis 0
     for vi in model.graph.value_info:
         dims = vi.type.tensor_type.shape.dim
         if dims and dims[0].dim_param == batch and all(d.HasField("dim_value") for d in dims[1:]):

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from edgerun.exporters.models import SourceModel
+from edgerun.feeds import Inputs, as_feeds, float32, n_samples, rows
 from edgerun.verify import max_abs_diff
 
 EVAL_BATCH = 32
@@ -33,32 +34,43 @@ def session(path: Path | bytes, threads: int = 2):
     return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def run_whole(whole_path: Path, x: np.ndarray) -> np.ndarray:
+def run_whole(whole_path: Path, x: Inputs) -> np.ndarray:
     s = session(whole_path)
-    name = s.get_inputs()[0].name
-    return np.concatenate([s.run(None, {name: x[i : i + EVAL_BATCH]})[0] for i in range(0, len(x), EVAL_BATCH)])
+    names = [i.name for i in s.get_inputs()]
+    return np.concatenate([s.run(None, as_feeds(rows(x, i, i + EVAL_BATCH), names))[0]
+                           for i in range(0, n_samples(x), EVAL_BATCH)])
 
 
-def front_runner(bundle_dir: Path, input_name: str, native: bool) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
-    """The device's front half: native engine when available, else onnxruntime."""
+def front_runner(bundle_dir: Path, native: bool, model_inputs: list[str],
+                 crossing: list[str]) -> Callable[[Inputs], dict[str, np.ndarray]]:
+    """The device's front half: native engine when available, else onnxruntime. Gives every crossing
+    tensor, model inputs that pass through the cut (``crossing`` names them) included."""
     from edgerun.engine import make_engine
 
     if native:
         eng = make_engine("native", erg_path=bundle_dir / "front.erg", threads=1, max_batch=EVAL_BATCH)
     else:
         eng = make_engine("ort", onnx_path=bundle_dir / "front.onnx", threads=1)
-    return lambda x: eng.run({input_name: x})
+    passed = [t for t in crossing if t in model_inputs]
+
+    def run(x: Inputs) -> dict[str, np.ndarray]:
+        feeds = as_feeds(x, model_inputs)
+        mid = eng.run({n: feeds[n] for n in eng.input_names})
+        mid.update({t: np.array(feeds[t]) for t in passed})  # a copy: the codec round trip writes into it
+        return mid
+
+    return run
 
 
 def run_split(
-    bundle_dir: Path, x: np.ndarray, input_name: str, *, native: bool, codec: CodecRoundTrip | None = None
+    bundle_dir: Path, x: Inputs, model_inputs: list[str], *, native: bool, codec: CodecRoundTrip | None = None
 ) -> tuple[np.ndarray, dict]:
     """back(codec(front(x))) as deployed; returns outputs and codec stats."""
     back = session(bundle_dir / "back.onnx")
-    front = front_runner(bundle_dir, input_name, native)
+    front = front_runner(bundle_dir, native, model_inputs, [i.name for i in back.get_inputs()])
     outs, enc_us, dec_us, nbytes = [], [], [], []
-    for i in range(0, len(x), EVAL_BATCH):
-        mid = front(x[i : i + EVAL_BATCH])
+    for i in range(0, n_samples(x), EVAL_BATCH):
+        mid = front(rows(x, i, i + EVAL_BATCH))
         if codec is not None:
             for j in range(len(next(iter(mid.values())))):
                 one = {k: v[j : j + 1] for k, v in mid.items()}
@@ -78,7 +90,7 @@ def run_split(
 
 
 def evaluate_split(
-    src: SourceModel, bundle_dir: Path, input_name: str, *, native: bool, codec: CodecRoundTrip | None = None,
+    src: SourceModel, bundle_dir: Path, *, native: bool, codec: CodecRoundTrip | None = None,
     limit: int | None = None,
 ) -> dict:
     """The deployed split vs the fp32 whole model on the model's held-out data.
@@ -97,14 +109,14 @@ def evaluate_split(
     else:
         x = synthetic_inputs(src, min(limit or SYNTHETIC_EVAL_N, SYNTHETIC_EVAL_N), seed=SEED_EVAL)
         y = None
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = float32(x)
     t0 = time.perf_counter()
     whole = run_whole(bundle_dir / "whole.onnx", x)
-    parts, stats = run_split(bundle_dir, x, input_name, native=native, codec=codec)
+    parts, stats = run_split(bundle_dir, x, src.input_names, native=native, codec=codec)
     regression = getattr(src.zoo, "metric", None) == "action_mae" or one_value_per_sample(whole)
     agree = float(np.mean(whole.argmax(-1) == parts.argmax(-1)))
     rep = {
-        "n_eval": int(len(x)),
+        "n_eval": n_samples(x),
         "eval_engine": "native" if native else "ort",
         "split_vs_whole_max_abs": max_abs_diff(parts, whole),
         "eval_seconds": round(time.perf_counter() - t0, 2),
@@ -147,27 +159,37 @@ SYNTHETIC_EVAL_N = 64  # evaluation inputs of a model without data (file.py:fn)
 SEED_SAMPLES, SEED_CALIB, SEED_EVAL = 0, 1, 2  # three different draws: samples.npz, calibration, evaluation
 
 
-def synthetic_inputs(src: SourceModel, n: int, seed: int) -> np.ndarray:
-    """``n`` inputs for a model that comes without data: its example plus Gaussian noise of its spread.
+def synthetic_inputs(src: SourceModel, n: int, seed: int) -> Inputs:
+    """``n`` inputs for a model that comes without data: its example plus Gaussian noise of its spread
+    (each input its own spread; a dict by input name for a model with several inputs).
 
     Calibration, evaluation and the bundle's ``samples.npz`` are different draws (``SEED_*``): they
     were all the same 8 inputs, so GPTQ was fitted to the inputs it was then measured on, and the
     export printed a front-half error 14x (int4) to 29x (int8) below the error on new inputs.
     """
-    ex = src.example.detach().cpu().numpy().astype(np.float32)
     rng = np.random.default_rng(seed)
-    noise = rng.standard_normal((n, *ex.shape[1:])).astype(np.float32) * float(ex.std() or 1.0)
-    return np.ascontiguousarray(ex[:1] + noise, dtype=np.float32)
+    ex = src.example_inputs()
+
+    def draw(e: np.ndarray) -> np.ndarray:
+        noise = rng.standard_normal((n, *e.shape[1:])).astype(np.float32) * float(e.std() or 1.0)
+        return np.ascontiguousarray(e[:1] + noise, dtype=np.float32)
+
+    return draw(ex) if isinstance(ex, np.ndarray) else {k: draw(v) for k, v in ex.items()}
 
 
-def calibration_activations(src: SourceModel, front_path: Path, n: int = 64) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Calibration inputs (training split / disjoint photo crops) and the fp32 activations at the cut."""
+def calibration_activations(src: SourceModel, front_path: Path, n: int = 64,
+                            passthrough: list[str] | tuple[str, ...] = ()) -> tuple[Inputs, dict[str, np.ndarray]]:
+    """Calibration inputs (training split / disjoint photo crops) and the fp32 activations at the cut
+    (the model inputs named by ``passthrough`` included: they cross as they came)."""
     if src.zoo is not None:
         x = np.ascontiguousarray(src.zoo.calib_data(n), dtype=np.float32)
     else:
         x = synthetic_inputs(src, n, seed=SEED_CALIB)
     s = session(front_path)
-    name = s.get_inputs()[0].name
+    feeds = as_feeds(x, src.input_names)
+    ins = [i.name for i in s.get_inputs()]
     names = [o.name for o in s.get_outputs()]
-    chunks = [s.run(None, {name: x[i : i + EVAL_BATCH]}) for i in range(0, len(x), EVAL_BATCH)]
-    return x, {nm: np.concatenate([c[k] for c in chunks]) for k, nm in enumerate(names)}
+    chunks = [s.run(None, {k: feeds[k][i : i + EVAL_BATCH] for k in ins}) for i in range(0, n_samples(x), EVAL_BATCH)]
+    acts = {nm: np.concatenate([c[k] for c in chunks]) for k, nm in enumerate(names)}
+    acts.update({t: feeds[t] for t in passthrough})
+    return x, acts

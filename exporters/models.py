@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from edgerun.errors import ConfigError, ExportError
@@ -21,8 +22,28 @@ class SourceModel:
 
     model_id: str
     module: torch.nn.Module
-    example: torch.Tensor
+    example: torch.Tensor | tuple[torch.Tensor, ...]  # one example input, or one per input of forward()
     zoo: Any = None  # the ZooModel when it comes from the zoo (gives eval/calibration data)
+
+    @property
+    def examples(self) -> tuple[torch.Tensor, ...]:
+        """The example inputs, in forward()'s order (one for a single-input model)."""
+        return self.example if isinstance(self.example, tuple) else (self.example,)
+
+    @property
+    def input_names(self) -> list[str]:
+        """The traced graph's input names: the zoo's name or ``input`` for one input, forward()'s argument
+        names for several (``image``, ``joints``)."""
+        if not isinstance(self.example, tuple):
+            return [getattr(self.zoo, "input_name", None) or "input"]
+        from edgerun.exporters.trace import arg_names
+
+        return arg_names(self.module, len(self.example))
+
+    def example_inputs(self) -> np.ndarray | dict[str, np.ndarray]:
+        """The example as float32 numpy: one array, or ``{input name: array}`` for several inputs."""
+        arrays = [np.ascontiguousarray(t.detach().cpu().numpy(), dtype=np.float32) for t in self.examples]
+        return arrays[0] if not isinstance(self.example, tuple) else dict(zip(self.input_names, arrays))
 
 
 def resolve_model(spec: str) -> SourceModel:
@@ -113,24 +134,27 @@ def _source(got, path: Path, fn_name: str) -> SourceModel:
     if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], torch.nn.Module)):
         raise ExportError(f"{path}:{fn_name}() must return (torch.nn.Module, example_input_tensor)")
     module, example = got
-    if not isinstance(example, torch.Tensor):
-        if isinstance(example, (tuple, list)) and len(example) > 1 and all(isinstance(t, torch.Tensor) for t in example):
-            raise ExportError(f"{path}:{fn_name}() gives {len(example)} example inputs; edgerun models take one input "
-                              "tensor: wrap the model in a module whose forward() takes one tensor and splits it "
-                              "(e.g. torch.cat of the flattened inputs, cut apart with slicing)")
-        raise ExportError(f"{path}:{fn_name}(): the example input must be a torch.Tensor, got {type(example).__name__}")
+    if isinstance(example, (tuple, list)) and example and all(isinstance(t, torch.Tensor) for t in example):
+        # forward(image, joints): one example per input, in forward()'s order
+        example = tuple(example) if len(example) > 1 else example[0]
+    elif not isinstance(example, torch.Tensor):
+        raise ExportError(f"{path}:{fn_name}(): the example input must be a torch.Tensor (or a tuple of them, one "
+                          f"per input of forward()), got {type(example).__name__}")
     return SourceModel(path.stem, *_on_cpu(module, example, f"{path}:{fn_name}()"))
 
 
-def _on_cpu(module: torch.nn.Module, example: torch.Tensor, where: str) -> tuple[torch.nn.Module, torch.Tensor]:
-    """The model in eval mode and its example, both on the CPU (the export traces and measures there).
+def _on_cpu(module: torch.nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...],
+            where: str) -> tuple[torch.nn.Module, torch.Tensor | tuple[torch.Tensor, ...]]:
+    """The model in eval mode and its example(s), all on the CPU (the export traces and measures there).
 
     Weights on the meta device hold no values: the trace died in an onnx pass with a message about
     "PassManager" and control flow.
     """
-    tensors = [example, *module.parameters(), *module.buffers()]
+    examples = example if isinstance(example, tuple) else (example,)
+    tensors = [*examples, *module.parameters(), *module.buffers()]
     if any(t.is_meta for t in tensors):
         raise ExportError(f"{where}: the model's weights or example are on the meta device and hold no values; "
                           "load real weights (e.g. module.to_empty(device='cpu'), then load_state_dict) before "
                           "returning them")
-    return module.eval().cpu(), example.detach().cpu()
+    on_cpu = tuple(t.detach().cpu() for t in examples)
+    return module.eval().cpu(), on_cpu if isinstance(example, tuple) else on_cpu[0]

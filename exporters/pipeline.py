@@ -23,7 +23,7 @@ import onnx
 
 from edgerun import __version__
 from edgerun.bundle import (FORMAT_NAME, LLM_FORMAT_NAME, TOOLS_FORMAT_NAME, Bundle, TensorSpec, manifest_format,
-                            write_manifest)
+                            save_samples, write_manifest)
 from edgerun.errors import ConfigError, ExportError
 from edgerun.exporters import trace
 from edgerun.exporters.cuts import Cut, find_cuts, resolve_cut, shapes_of
@@ -32,7 +32,8 @@ from edgerun.exporters.models import SourceModel, resolve_model
 from edgerun.exporters.quantize_back import BACK_PRECISIONS, quantize_back
 from edgerun.exporters.quantize_front import ACTS as FRONT_ACTS
 from edgerun.exporters.quantize_front import MODES as FRONT_PRECISIONS
-from edgerun.exporters.split import split
+from edgerun.exporters.split import passthrough, split
+from edgerun.feeds import Inputs, concat, rows
 
 N_SAMPLES = 8
 CODECS = ("none", "tsq")
@@ -123,8 +124,7 @@ class Traced:
 def trace_model(spec: str | SourceModel, *, max_cut_tensors: int = 1) -> Traced:
     """Resolve ``spec`` (see ``models.resolve_model``), trace it, and find its cuts."""
     src = resolve_model(spec) if isinstance(spec, str) else spec
-    input_name = getattr(src.zoo, "input_name", None) or "input"
-    model = trace.to_onnx(src.module, src.example, input_name=input_name, output_name="logits")
+    model = trace.to_onnx(src.module, src.example, input_name=src.input_names[0], output_name="logits")
     return Traced(src, model, find_cuts(model, max_tensors=max_cut_tensors))
 
 
@@ -224,11 +224,12 @@ def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> Non
     front, back = split(traced.model, cut)
     onnx.save(traced.model, out / "whole.onnx")
     onnx.save(front, out / "front.onnx")
-    np.savez(out / "samples.npz", inputs=_samples(traced.source, traced.model))
-    calib_x, calib_acts = calibration_activations(traced.source, out / "front.onnx", cfg.calib_samples)
+    save_samples(out / "samples.npz", _samples(traced.source))
+    calib_x, calib_acts = calibration_activations(traced.source, out / "front.onnx", cfg.calib_samples,
+                                                  passthrough(traced.model, cut.tensors))
     native = stages.write_front(front, out / "front.erg", calib_x, cfg)
     if native["ok"] and native["precision"] != "fp32":
-        native["samples_error"] = stages.front_samples_error(out, cut.tensors)
+        native["samples_error"] = stages.front_samples_error(out, [o.name for o in front.graph.output])
     onnx.save(back, out / "back.onnx")  # fp32 first: the codec's budget is chosen against it
     codec = stages.calibrate_codec(calib_acts, cfg, out / "back.onnx")
     back_q = quantize_back(back, cfg.back_precision, calib_acts)
@@ -308,14 +309,15 @@ def check_out_dir(out_dir: str | Path, format_name: str = FORMAT_NAME) -> Path:
     return out
 
 
-def _samples(src: SourceModel, model: onnx.ModelProto) -> np.ndarray:
+def _samples(src: SourceModel) -> Inputs:
+    """The bundle's sample inputs: held-out data for a zoo model; for a model file its example's
+    first sample, then synthetic draws (``evaluate.synthetic_inputs``)."""
     if src.zoo is not None:
         x, _ = src.zoo.eval_data(limit=N_SAMPLES)
         return np.ascontiguousarray(x[:N_SAMPLES], dtype=np.float32)
     from edgerun.exporters.evaluate import SEED_SAMPLES, synthetic_inputs
 
-    ex = src.example.detach().cpu().numpy().astype(np.float32)
-    return np.concatenate([ex[:1], synthetic_inputs(src, N_SAMPLES - 1, seed=SEED_SAMPLES)])
+    return concat([rows(src.example_inputs(), 0, 1), synthetic_inputs(src, N_SAMPLES - 1, seed=SEED_SAMPLES)])
 
 
 def _tensor_specs(model: onnx.ModelProto, names: list[str] | tuple[str, ...]) -> list[dict]:
@@ -349,7 +351,7 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
     }
     if cfg.evaluate:
         roundtrip = stages.codec_roundtrip(codec) if codec["id"] != "none" else None
-        rep.update(evaluate_split(traced.source, out, traced.model.graph.input[0].name, native=native["ok"],
+        rep.update(evaluate_split(traced.source, out, native=native["ok"],
                                   codec=roundtrip, limit=cfg.eval_limit))
         if roundtrip is not None:
             rep["bytes_per_request"] = int(round(rep["codec_bytes_mean"]))

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from edgerun.exporters.pipeline import ExportConfig
 
 
-def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: ExportConfig) -> dict:
+def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray | dict[str, np.ndarray],
+                cfg: ExportConfig) -> dict:
     """Choose the front half's precision per layer and write it for the native engine.
 
     ``cfg.max_device_mem_mb`` is what ``auto`` fits; with a fixed precision (e.g. the one a
@@ -50,7 +51,7 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
             from edgerun.exporters.quantize_front import FrontPrecisionConfig, plan_front_precision
 
             plan = plan_front_precision(
-                front, calib_x,
+                front, _one_input(front, calib_x, precision),
                 FrontPrecisionConfig(precision, cfg.group_size, cfg.max_device_mem_mb if precision == "auto" else None,
                                      act=cfg.front_act),
             )
@@ -78,6 +79,19 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray, cfg: Ex
     return {"ok": True, "reason": "", "precision": precision, "layers": layers, "fp32_acts": fp32_acts,
             "calib_error": calib_error, "weight_bytes": weight_bytes, "arena_bytes": arena_bytes,
             "scratch_bytes": scratch_bytes}
+
+
+def _one_input(front: onnx.ModelProto, x: np.ndarray | dict[str, np.ndarray], precision: str) -> np.ndarray:
+    """The calibration batch of the front half's only input: the quantizer calibrates a front that reads one
+    input (a model's other inputs may pass through the cut to the back half)."""
+    if isinstance(x, np.ndarray):
+        return x
+    ins = [i.name for i in front.graph.input]
+    if len(ins) != 1:
+        raise ConfigError(f"--front-precision {precision} calibrates a front half that reads one input; this one "
+                          f"reads {len(ins)} ({', '.join(ins)}): export it with --front-precision fp32, or choose a "
+                          "cut before the inputs meet (`--list-cuts`: cuts where the others pass through)")
+    return x[ins[0]]
 
 
 def _arena_bytes(path: Path) -> tuple[int, int]:
@@ -131,13 +145,14 @@ def calibrate_codec(acts: dict[str, np.ndarray], cfg: ExportConfig, back_path: P
 
 def front_samples_error(bundle_dir: Path, cut_tensors: list[str] | tuple[str, ...]) -> float:
     """Relative L2 error of the written native front against onnxruntime's fp32 front on the bundle's
-    ``samples.npz`` (the inputs `edgerun verify` checks it on)."""
+    ``samples.npz`` (the inputs `edgerun verify` checks it on), over the front's outputs ``cut_tensors``."""
     from edgerun.bundle import load_samples
     from edgerun.engine import make_engine
+    from edgerun.feeds import float32, n_samples
     from edgerun.verify import rel_l2
 
-    x = np.ascontiguousarray(load_samples(bundle_dir / "samples.npz"), dtype=np.float32)
-    nat = make_engine("native", erg_path=bundle_dir / "front.erg", max_batch=len(x)).run(x)
+    x = float32(load_samples(bundle_dir / "samples.npz"))
+    nat = make_engine("native", erg_path=bundle_dir / "front.erg", max_batch=n_samples(x)).run(x)
     ref = make_engine("ort", onnx_path=bundle_dir / "front.onnx").run(x)
     return rel_l2([nat[t] for t in cut_tensors], [ref[t] for t in cut_tensors])
 

@@ -27,44 +27,50 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
     return (text[0] if text else type(exc).__name__)[:limit]
 
 
-def _check_runs_batched(module: torch.nn.Module, example: torch.Tensor) -> None:
-    """Run the model eagerly on its example, and on two examples stacked, before tracing it.
+def _check_runs_batched(module: torch.nn.Module, examples: tuple[torch.Tensor, ...]) -> None:
+    """Run the model eagerly on its example(s), and on two examples stacked, before tracing it.
 
     A model that fails on its own example (a channel mismatch, say) failed deep in the exporter
     with a message cut at 400 characters and advice about control flow; one whose example has no
     batch dimension traced, then failed in onnxruntime. Both now say what is wrong.
     """
-    if example.dim() == 0:
-        raise ExportError("the example input is a scalar; give one input with the batch dimension first, "
+    shapes = ", ".join(str(tuple(e.shape)) for e in examples)
+    scalar = next((i for i, e in enumerate(examples) if e.dim() == 0), None)
+    if scalar is not None:
+        which = "the example input is" if len(examples) == 1 else f"example input {scalar} is"
+        raise ExportError(f"{which} a scalar; give each input with the batch dimension first, "
                           "e.g. torch.randn(1, C, H, W)")
+    if len({e.shape[0] for e in examples}) > 1:
+        raise ExportError(f"the example inputs have different batch sizes (shapes {shapes}); each input's first "
+                          "dimension is the batch: give every input the same first dimension")
     try:
         with torch.no_grad():
-            out = module(example)
+            out = module(*examples)
     except Exception as exc:  # the model's own error, whatever its type
-        raise ExportError(f"the model fails on its own example input (shape {tuple(example.shape)}): "
-                          f"{type(exc).__name__}: {_first_line(exc)}; make the example what forward() takes, "
-                          "batch dimension first") from exc
+        raise ExportError(f"the model fails on its own example input{'s' if len(examples) > 1 else ''} (shape "
+                          f"{shapes}): {type(exc).__name__}: {_first_line(exc)}; make the example what forward() "
+                          "takes, batch dimension first") from exc
     if not isinstance(out, torch.Tensor):
         return  # several outputs: the export below says so
-    two = torch.cat([example, example])
+    two = [torch.cat([e, e]) for e in examples]
     try:
         with torch.no_grad():
-            got_shape = tuple(module(two).shape)
+            got_shape = tuple(module(*two).shape)
         got = f"gave shape {got_shape}"
     except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
         got_shape, got = None, f"failed: {type(exc).__name__}: {_first_line(exc, 160)}"
-    if got_shape is None or got_shape[:1] != (2 * example.shape[0],):
+    if got_shape is None or got_shape[:1] != (2 * examples[0].shape[0],):
         # a forward() that flattens the batch away (x.view(1, -1), x.flatten()) was told to add a batch
         # dimension to an example that had one
-        raise ExportError(f"two examples stacked (shape {tuple(two.shape)}) did not give two answers ({got}): the "
-                          "example input's first dimension must be the batch (add one: example.unsqueeze(0)), and "
-                          "forward() must keep it (x.flatten(1) or x.view(x.size(0), -1), not x.flatten() or "
-                          "x.view(1, -1))")
+        raise ExportError(f"two examples stacked (shape {', '.join(str(tuple(t.shape)) for t in two)}) did not give "
+                          f"two answers ({got}): the example input's first dimension must be the batch (add one: "
+                          "example.unsqueeze(0)), and forward() must keep it (x.flatten(1) or x.view(x.size(0), -1), "
+                          "not x.flatten() or x.view(1, -1))")
 
 
 def to_onnx(
     module: torch.nn.Module,
-    example: torch.Tensor,
+    example: torch.Tensor | tuple[torch.Tensor, ...],
     *,
     input_name: str = "input",
     output_name: str = "output",
@@ -73,29 +79,34 @@ def to_onnx(
 
     Args:
         module: the torch model (put in eval mode here).
-        example: one example input, batch first.
-        input_name / output_name: names of the graph input and output.
+        example: one example input, batch first; or a tuple of them, one per argument of forward()
+            (a camera image and a joint state), all with the same batch size.
+        input_name / output_name: names of the graph input (one input; several take the names of
+            forward()'s arguments) and output.
 
     Returns:
-        The ONNX model, BatchNorm folded, shapes inferred for every tensor.
+        The ONNX model, BatchNorm folded, shapes inferred for every tensor; all inputs share the
+        batch dimension.
 
     Raises:
         ExportError: torch cannot export the model, or the graph is not usable.
     """
     module = module.eval()
-    _check_runs_batched(module, example)
+    examples = example if isinstance(example, tuple) else (example,)
+    _check_runs_batched(module, examples)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    arg_name = _first_arg_name(module)
+    args = arg_names(module, len(examples))
+    input_names = [input_name] if len(examples) == 1 else args
     try:
         with quiet_torch_export():
             program = torch.onnx.export(
                 module,
-                (example,),
+                examples,
                 dynamo=True,
                 opset_version=OPSET,
-                input_names=[input_name],
+                input_names=input_names,
                 output_names=[output_name],
-                dynamic_shapes={arg_name: {0: batch}},
+                dynamic_shapes={a: {0: batch} for a in args},
                 optimize=True,
                 verbose=False,
             )
@@ -148,7 +159,7 @@ def _check_float32(model: onnx.ModelProto) -> None:
     ("Unexpected input data type"); an int64 output (argmax) exported and verified, and every
     `edgerun run` then called the server's reply not the model's answer.
     """
-    for kind, vi in (("input", model.graph.input[0]), ("output", model.graph.output[0])):
+    for kind, vi in [*(("input", i) for i in model.graph.input), ("output", model.graph.output[0])]:
         elem = vi.type.tensor_type.elem_type
         if elem == onnx.TensorProto.FLOAT:
             continue
@@ -162,7 +173,8 @@ def _check_float32(model: onnx.ModelProto) -> None:
         else:
             what = ("token ids and other integer inputs are not supported: look the embeddings up before the model "
                     "and give it the float32 embeddings")
-        raise ExportError(f"the model's {kind} is {name}; edgerun's model input and output are float32: {what}")
+        which = f"input {vi.name!r}" if kind == "input" and len(model.graph.input) > 1 else kind
+        raise ExportError(f"the model's {which} is {name}; edgerun's model inputs and output are float32: {what}")
 
 
 def _check_dynamic_batch(model: onnx.ModelProto) -> None:
@@ -183,13 +195,24 @@ def _check_dynamic_batch(model: onnx.ModelProto) -> None:
                 f"batch 2 or more (e.g. torch.cat([x, x])); input {inp.name!r} traced as shape {shape}")
 
 
-def _first_arg_name(module: torch.nn.Module) -> str:
+def arg_names(module: torch.nn.Module, n: int) -> list[str]:
+    """The names of forward()'s first ``n`` arguments (the dynamic-shape spec and, for several inputs,
+    the graph's input names)."""
     import inspect
 
-    params = list(inspect.signature(module.forward).parameters)
+    every = list(inspect.signature(module.forward).parameters.values())
+    params = [p for p in every if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    star = next((p.name for p in every if p.kind == p.VAR_POSITIONAL), None)
+    if star is not None and len(params) < n:  # torch's dynamic shapes cannot name a *args entry
+        raise ExportError(f"forward(*{star}) cannot be exported with a dynamic batch: name its arguments, e.g. "
+                          "forward(self, image, joints), one per example input")
     if not params:
         raise ExportError("the model's forward() takes no argument; it must take the input tensor")
-    return params[0]
+    if len(params) < n:
+        raise ExportError(f"{n} example inputs were given, but forward() takes {len(params)} argument"
+                          f"{'s' if len(params) > 1 else ''} ({', '.join(p.name for p in params)}): give one example "
+                          "per argument")
+    return [p.name for p in params[:n]]
 
 
 @contextlib.contextmanager

@@ -194,11 +194,13 @@ def test_weights_on_the_meta_device_are_named_not_an_onnx_pass_error(models):
         trace_model(f"{models}:meta")
 
 
-def test_two_example_inputs_say_that_a_model_takes_one_input_tensor(models):
+def test_two_example_inputs_trace_as_two_inputs_named_after_forward_s_arguments(models):
+    """They were refused ("edgerun models take one input tensor"); tests/unit/test_multi_input.py
+    follows such a model through the whole export."""
     from edgerun.exporters.pipeline import trace_model
 
-    with pytest.raises(ExportError, match=r"gives 2 example inputs; edgerun models take one input tensor: wrap"):
-        trace_model(f"{models}:two_inputs")
+    traced = trace_model(f"{models}:two_inputs")
+    assert [i.name for i in traced.model.graph.input] == ["img", "feats"]
 
 
 def test_a_one_layer_model_is_told_why_it_has_no_cut_not_to_export_it_whole(models):

@@ -1,0 +1,69 @@
+"""A robot policy with two inputs (camera image, joint state), served for real: `edgerun export`,
+`edgerun serve`, then `edgerun run --input x.npz` and `edgerun.Device.infer({...})`. The joint state
+passes through the cut to the server; every answer equals the torch model's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+
+from edgerun.bundle import Bundle
+
+POLICY = '''
+import torch
+from torch import nn
+
+
+class Policy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.vision = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
+                                    nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(16 + 5, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def forward(self, image, joints):
+        return self.head(torch.cat([self.vision(image), joints], dim=1))
+
+
+def make():
+    torch.manual_seed(0)
+    return Policy(), (torch.randn(1, 3, 16, 16), torch.randn(1, 5))
+'''
+
+
+def test_a_two_input_policy_is_served_and_answers_as_torch(tmp_path, cli_argv, broker, serve_bundle):
+    import torch
+
+    from edgerun.device import Device
+
+    model_py = tmp_path / "policy.py"
+    model_py.write_text(POLICY)
+    out = tmp_path / "bundle"
+    r = subprocess.run([*cli_argv, "export", f"{model_py}:make", "--cut", "vision.1", "--no-eval", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    bundle = Bundle.load(out)
+    assert bundle.passthrough == ["joints"]
+    serve_bundle(bundle)
+
+    namespace: dict = {}
+    exec(POLICY, namespace)
+    module, _ = namespace["make"]()
+    g = torch.Generator().manual_seed(1)
+    image, joints = torch.randn(3, 3, 16, 16, generator=g), torch.randn(3, 5, generator=g)
+    with torch.no_grad():
+        want = module.eval()(image, joints).numpy()
+
+    np.savez(tmp_path / "x.npz", image=image.numpy(), joints=joints.numpy())
+    r = subprocess.run([*cli_argv, "run", str(out), "--broker", broker.url, "--input", str(tmp_path / "x.npz"),
+                        "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [rec["answered_by"] for rec in lines] == ["server"] * 3
+    np.testing.assert_allclose(np.array([rec["output"] for rec in lines]), want, rtol=1e-5, atol=1e-5)
+
+    with Device(bundle, broker=broker.url) as dev:  # the whole batch in one request, inputs by name
+        res = dev.infer({"image": image.numpy(), "joints": joints.numpy()}, deadline_ms=10000)
+    np.testing.assert_allclose(res.output[bundle.outputs[0].name], want, rtol=1e-5, atol=1e-5)
