@@ -160,8 +160,20 @@ def _as_2d(ctx: _Ctx, node: onnx.NodeProto, x: str) -> str:
     return view
 
 
+def _refuse_weight_on_the_left(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    """y = W @ x with W a constant: the engine's Gemm multiplies by a constant on the right only.
+    Such a MatMul used to be refused as "a product of two activations" (W is not one)."""
+    if node.input[0] in ctx.consts and node.input[1] not in ctx.consts:
+        raise _Unsupported(
+            f"its first operand A ({node.input[0]!r}) is a constant: a weight on the left (y = W @ x) is not "
+            "supported natively, only on the right (y = x @ W); write it as x @ W.T (torch.nn.functional.linear"
+            "(x, W) or an nn.Linear layer, transposing x's last two dims around it), or for x of shape [N, C, L] "
+            "as a 1x1 Conv1d (torch.nn.functional.conv1d(x, W[:, :, None]))")
+
+
 @_lowers("Gemm")
 def _gemm(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    _refuse_weight_on_the_left(ctx, node)
     a = _attrs(node)
     if a.get("transA", 0):
         raise _Unsupported("transA=1 is not supported")
@@ -181,6 +193,7 @@ def _gemm(ctx: _Ctx, node: onnx.NodeProto) -> None:
 
 @_lowers("MatMul")
 def _matmul(ctx: _Ctx, node: onnx.NodeProto) -> None:
+    _refuse_weight_on_the_left(ctx, node)
     if node.input[1] not in ctx.consts:  # two activations (attention): a batched product
         shapes = [ctx.shapes.get(n) for n in (node.input[0], node.input[1], node.output[0])]
         if any(sh is None for sh in shapes) or len({len(sh) for sh in shapes}) != 1 or len(shapes[0]) < 3 \

@@ -335,6 +335,7 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
         "front_precision": native.get("layers") if native["precision"] == "mixed" else native["precision"],
         "front_precision_mode": cfg.front_precision,
         "front_act": cfg.front_act,  # the int8 Conv layers' activations (manifest: which layers)
+        "front_rounding": native.get("rounding"),  # GPTQ'd layers, and those rounded to nearest instead
         "front_weight_bytes": native.get("weight_bytes"),
         "front_arena_bytes": native.get("arena_bytes"),  # activations at batch 1 (native engine)
         # the kernels' scratch at batch 1 and 1 thread (im2col rows, fused strips): device memory too,

@@ -119,6 +119,9 @@ class RoundedLayer:
     bias: np.ndarray | None  # f32 [rows]: replaces the layer's bias (None: keep it)
     k: int
     group_size: int
+    # "gptq", or "rtn": rounded to nearest, as asked or because GPTQ's statistics of this layer
+    # would exceed quant_stats.MAX_H_BYTES (the export reports those layers)
+    method: str = "rtn"
 
     def dequantized(self) -> np.ndarray:
         """The f32 [rows, k] weight the engine computes with."""
@@ -386,16 +389,17 @@ class FrontRounder:
             w64 = w.astype(np.float64)
             w = (w64 + np.matmul(np.matmul(w64, st.cross - st.h), np.linalg.inv(h))).astype(np.float32)
         q, s = round_matrix(prec, w, st.h, self.gs, self.cfg)
+        method = "gptq" if self.cfg.method == "gptq" and st.h is not None else "rtn"  # see _Stats
         k = layer.w2.shape[1]
         qq, ss = to_stored(prec, q, s, k, self.gs)
-        r = RoundedLayer(prec, qq, ss, None, k, self.gs)
+        r = RoundedLayer(prec, qq, ss, None, k, self.gs, method)
         if not self.cfg.bias_correction or layer.onnx_op == "MatMul":
             return r  # a MatMul's bias lives in a separate Add: not corrected (not simulated)
         wq = r.dequantized().reshape(layer.groups, -1, k).astype(np.float64)
         shift = (np.einsum("grk,gk->gr", layer.grouped().astype(np.float64), self.fp32[layer.name].mean)
                  - np.einsum("grk,gk->gr", wq, st.mean)).reshape(-1)
         base = np.zeros(len(shift)) if layer.bias is None else layer.bias.astype(np.float64)
-        return RoundedLayer(prec, qq, ss, (base + shift).astype(np.float32), k, self.gs)
+        return RoundedLayer(prec, qq, ss, (base + shift).astype(np.float32), k, self.gs, method)
 
     def alone(self, name: str, prec: str) -> RoundedLayer:
         """``name`` rounded at ``prec`` with every other layer fp32 (for sensitivities)."""

@@ -106,6 +106,20 @@ class PrecisionPlan:
     def device_bytes(self) -> int:
         return self.weight_bytes + self.arena_bytes
 
+    @property
+    def rtn_fallback(self) -> list[str]:
+        """The layers GPTQ was asked for but rounded to nearest: their input statistics would
+        exceed ``quant_stats.MAX_H_BYTES``."""
+        if self.rounding != "gptq":
+            return []
+        return [n for n, r in self.rounded.items() if r.method == "rtn"]
+
+    def rounding_report(self) -> dict:
+        """How the quantized layers were rounded, for report.json (``front_rounding``):
+        ``{"method": "gptq" | "rtn", "gptq": <layers rounded by GPTQ>, "rtn_fallback": [layer names]}``."""
+        return {"method": self.rounding, "gptq": sum(r.method == "gptq" for r in self.rounded.values()),
+                "rtn_fallback": self.rtn_fallback}
+
     def table(self) -> str:
         """A printable per-layer table."""
         rows = [f"{'layer':40s} {'prec':5s} {'bytes':>9s} {'err int8':>9s} {'err int4':>9s}"]
@@ -120,6 +134,9 @@ class PrecisionPlan:
         if self.fp32_acts:
             rows.append(f"activations: fp32 on {len(self.fp32_acts)} int8 Conv layer(s) "
                         "(weights dequantized per run; no int8 GEMM)")
+        if self.rtn_fallback:
+            rows.append(f"rounding: {len(self.rtn_fallback)} layer(s) rounded to nearest, not GPTQ (statistics "
+                        f"too large): {', '.join(self.rtn_fallback)}")
         return "\n".join(rows + self.notes)
 
 

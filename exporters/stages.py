@@ -28,8 +28,9 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray | dict[s
 
     Returns:
         ``{"ok", "reason", "precision", "layers", "fp32_acts", "calib_error", "weight_bytes",
-        "arena_bytes"}`` (``calib_error``: the quantized front's relative L2 error on the
-        calibration batch, 0 for fp32; ``arena_bytes``: the activation arena at batch 1);
+        "arena_bytes", "scratch_bytes", "rounding"}`` (``calib_error``: the quantized front's relative
+        L2 error on the calibration batch, 0 for fp32; ``arena_bytes``: the activation arena at batch 1;
+        ``rounding``: ``PrecisionPlan.rounding_report()``, None for fp32);
         ``ok`` is False (with the engine's reason) when the native engine cannot run this
         front half, unless ``cfg.require_native``, which raises instead.
 
@@ -42,6 +43,7 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray | dict[s
 
     layers: dict[str, str] = {}
     fp32_acts: list[str] = []
+    rounding = None  # a quantized front: how its layers were rounded (PrecisionPlan.rounding_report)
     calib_error = 0.0
     precision = cfg.front_precision
     try:
@@ -58,6 +60,7 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray | dict[s
             layers = dict(plan.precisions)
             print(plan.table(), file=sys.stderr)  # the exporter prints the per-layer choice
             fp32_acts, calib_error = list(plan.fp32_acts), float(plan.error)
+            rounding = plan.rounding_report()
             info = write_erg(front, path, precisions=layers, group_size=cfg.group_size, rounded=plan.rounded,
                              fp32_acts=fp32_acts)
             kinds = set(layers.values())
@@ -78,7 +81,7 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray | dict[s
     _check_device_memory(weight_bytes, arena_bytes, precision, cfg.max_device_mem_mb)
     return {"ok": True, "reason": "", "precision": precision, "layers": layers, "fp32_acts": fp32_acts,
             "calib_error": calib_error, "weight_bytes": weight_bytes, "arena_bytes": arena_bytes,
-            "scratch_bytes": scratch_bytes}
+            "scratch_bytes": scratch_bytes, "rounding": rounding}
 
 
 def _one_input(front: onnx.ModelProto, x: np.ndarray | dict[str, np.ndarray], precision: str) -> np.ndarray:

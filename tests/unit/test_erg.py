@@ -42,6 +42,24 @@ def test_unsupported_attribute_is_refused(tmp_path):
     assert erg.check_native_support(m) == [("reflect_pad", "Pad")]
 
 
+@pytest.mark.parametrize("op, in_shape, out_shape", [("MatMul", (None, 4, 5), (None, 6, 5)),
+                                                     ("Gemm", (None, 5), (6, 5))])
+def test_a_weight_on_the_left_is_refused_with_the_rewrite_to_use(op, in_shape, out_shape, tmp_path):
+    """y = W @ x (torch: ``self.w @ x``) has a constant first operand, which the engine's Gemm does not
+    take: the MatMul was refused as "a product of two activations" (W is none) and the Gemm as "input B
+    must be a constant". The refusal names the constant and the rewrites the engine runs."""
+    w = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    m = _model([helper.make_node(op, ["w", "x"], ["y"], name="w_at_x")], {"w": w},
+               out_shape=out_shape, in_shape=in_shape)
+    assert erg.check_native_support(m) == [("w_at_x", op)]
+    with pytest.raises(UnsupportedOpError) as exc:
+        erg.write_erg(m, tmp_path / "m.erg")
+    msg = str(exc.value)
+    assert "first operand A ('w') is a constant" in msg and "weight on the left" in msg
+    assert "x @ W.T" in msg and "nn.Linear" in msg and "conv1d" in msg and "--engine ort" in msg
+    assert "two activations" not in msg and "must be a constant" not in msg
+
+
 def test_header_round_trip(tmp_path):
     info = erg.write_erg(_conv_relu_model(), tmp_path / "m.erg")
     h = erg.read_erg_header(tmp_path / "m.erg")

@@ -28,6 +28,27 @@ def test_a_fixed_precision_front_is_checked_against_the_memory_budget(digits_tra
     assert not (tmp_path / "tight").exists()  # nothing half-written is left behind
 
 
+def test_the_report_names_the_front_layers_rounded_to_nearest_instead_of_gptq(digits_traced, tmp_path,
+                                                                            monkeypatch, capsys):
+    """A layer whose GPTQ statistics would exceed MAX_H_BYTES is rounded to nearest; the export used
+    to say nothing of it. report.json's ``front_rounding`` names those layers, the printed table too."""
+    from edgerun.exporters import quant_stats
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    b = export(digits_traced, ExportConfig(front_precision="int8", evaluate=False), tmp_path / "fits")
+    rep = json.loads(b.file("report.json").read_text())
+    layers = sorted(b.manifest["precisions"]["front_layers"])
+    assert rep["front_rounding"] == {"method": "gptq", "gptq": len(layers), "rtn_fallback": []}
+    assert "rounded to nearest" not in capsys.readouterr().err
+    monkeypatch.setattr(quant_stats, "MAX_H_BYTES", 0)  # no layer's statistics fit
+    b = export(digits_traced, ExportConfig(front_precision="int8", evaluate=False), tmp_path / "rtn")
+    rep = json.loads(b.file("report.json").read_text())
+    assert rep["front_rounding"]["gptq"] == 0 and sorted(rep["front_rounding"]["rtn_fallback"]) == layers
+    assert f"{len(layers)} layer(s) rounded to nearest, not GPTQ" in capsys.readouterr().err
+    fp32 = export(digits_traced, ExportConfig(evaluate=False), tmp_path / "fp32")
+    assert json.loads(fp32.file("report.json").read_text())["front_rounding"] is None
+
+
 def test_without_evaluation_the_codec_bytes_are_measured_on_calibration_data(digits_traced, tmp_path):
     """--no-eval used to report the fp32 size as the tsq bundle's bytes per request (1.00x)."""
     from edgerun.exporters.pipeline import ExportConfig, export

@@ -276,3 +276,30 @@ def test_a_layer_whose_gptq_statistics_would_not_fit_is_rounded_to_nearest(monke
     big.done()
     assert big.h is None and big.cross is None
     np.testing.assert_allclose(big.mean, kept.mean)
+
+
+def test_the_layers_rounded_to_nearest_instead_of_gptq_are_named(monkeypatch):
+    """A layer past MAX_H_BYTES is rounded to nearest silently unless the export says which: each
+    RoundedLayer records its method, and the plan names the fallbacks in its printed table and in
+    what report.json carries (``front_rounding``)."""
+    from edgerun.exporters import quant_stats
+    from edgerun.exporters.quantize_front import PrecisionPlan
+
+    rng = np.random.default_rng(11)
+    model, x = _two_convs(rng), _calib(rng)
+    # conv1's statistics are 1 x 27 x 27 float64 (5,832 B), dw's 8 x 9 x 9 (5,184 B): only conv1 falls back
+    monkeypatch.setattr(quant_stats, "MAX_H_BYTES", 1 * 27 * 27 * 8 - 1)
+    r = FrontRounder(model, x, 32)
+    prec = {"conv1": "int8", "dw": "int8"}
+    rounded = r.sequential(prec)
+    assert rounded["conv1"].method == "rtn" and rounded["dw"].method == "gptq"
+    rtn_q, _ = to_stored("int8", *round_matrix("int8", r.by_name["conv1"].grouped(), None), k=27, group_size=32)
+    assert np.array_equal(rounded["conv1"].q, rtn_q)  # plain rounding (the bias is still corrected)
+
+    plan = PrecisionPlan(prec, {"conv1": 216, "dw": 72}, {}, 288, 0, 0.0, rounding="gptq", rounded=rounded)
+    assert plan.rounding_report() == {"method": "gptq", "gptq": 1, "rtn_fallback": ["conv1"]}
+    assert plan.table().splitlines()[-1].startswith("rounding: 1 layer(s) rounded to nearest, not GPTQ")
+    assert plan.table().endswith(": conv1")
+    fits = PrecisionPlan(prec, {"conv1": 216, "dw": 72}, {}, 288, 0, 0.0, rounding="gptq",
+                         rounded={"dw": rounded["dw"]})
+    assert fits.rounding_report()["rtn_fallback"] == [] and "rounded to nearest" not in fits.table()
