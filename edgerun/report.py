@@ -50,6 +50,13 @@ def export_summary(bundle: Any, report: dict) -> str:
         + (f" (+ scratch {report['front_scratch_bytes']} B)" if report.get("front_scratch_bytes") else ""),
         f"native   {'yes' if bundle.native_ok else 'NO: ' + bundle.native_reason}",
     ]
+    if getattr(bundle, "passthrough", None):  # model inputs the device sends as they came
+        lines.insert(3, f"inputs   {', '.join(s.name for s in bundle.inputs)}; passing through the cut to the server: "
+                        f"{', '.join(bundle.passthrough)}")
+    fallback = (report.get("front_rounding") or {}).get("rtn_fallback")
+    if fallback:
+        lines.append(f"rounding {len(fallback)} front layer(s) rounded to nearest, not GPTQ (statistics too large): "
+                     f"{', '.join(fallback)}")
     ex = report.get("exits")
     if isinstance(ex, dict) and ex.get("points"):
         k, asked = len(ex["points"]), ex.get("asked")
