@@ -381,6 +381,8 @@ def run_cmd(
                 r = dev.infer(feeds.rows(x, i, i + 1), deadline_ms=deadline_ms)
                 rec = {"i": i, **answer_fields(r.output[b.outputs[0].name]), "answered_by": r.answered_by,
                        "reason": r.reason, "timings_ms": {k: round(v, 3) for k, v in r.timings_ms.items()}}
+                if len(b.outputs) > 1:  # "top1" / "output" are the first output's; every one by name here
+                    rec["outputs"] = {s.name: answer_fields(r.output[s.name]) for s in b.outputs}
                 if r.hedged:
                     rec["hedged"] = True
                 shown = f"top1={rec['top1']}" if rec["top1"] is not None else f"output={_brief(rec['output'])}"

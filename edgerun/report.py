@@ -65,7 +65,9 @@ def export_summary(bundle: Any, report: dict) -> str:
                         "compute)" if isinstance(asked, int) and asked > k else ""))
     if "metric" in report:
         lines.append(
-            f"metric   {report['metric']}: whole {report['metric_whole_fp32']:.4f}, split {report['metric_split']:.4f} "
+            f"metric   {report['metric']}"
+            + (f" of output {report['metric_output']}" if report.get("metric_output") else "")
+            + f": whole {report['metric_whole_fp32']:.4f}, split {report['metric_split']:.4f} "
             f"(n={report['n_eval']}, max |split - whole| = {report['split_vs_whole_max_abs']:.2e})"
             + (f"\n         on {report['eval_inputs']}" if report.get("eval_inputs") else "")
         )

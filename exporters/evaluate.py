@@ -34,11 +34,12 @@ def session(path: Path | bytes, threads: int = 2):
     return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def run_whole(whole_path: Path, x: Inputs) -> np.ndarray:
+def run_whole(whole_path: Path, x: Inputs) -> dict[str, np.ndarray]:
+    """Every output of the whole model on ``x``, by name, in the model's order (metrics take the first)."""
     s = session(whole_path)
     names = [i.name for i in s.get_inputs()]
-    return np.concatenate([s.run(None, as_feeds(rows(x, i, i + EVAL_BATCH), names))[0]
-                           for i in range(0, n_samples(x), EVAL_BATCH)])
+    chunks = [s.run(None, as_feeds(rows(x, i, i + EVAL_BATCH), names)) for i in range(0, n_samples(x), EVAL_BATCH)]
+    return {o.name: np.concatenate([c[k] for c in chunks]) for k, o in enumerate(s.get_outputs())}
 
 
 def front_runner(bundle_dir: Path, native: bool, model_inputs: list[str],
@@ -64,8 +65,8 @@ def front_runner(bundle_dir: Path, native: bool, model_inputs: list[str],
 
 def run_split(
     bundle_dir: Path, x: Inputs, model_inputs: list[str], *, native: bool, codec: CodecRoundTrip | None = None
-) -> tuple[np.ndarray, dict]:
-    """back(codec(front(x))) as deployed; returns outputs and codec stats."""
+) -> tuple[list[np.ndarray], dict]:
+    """back(codec(front(x))) as deployed; returns every output and codec stats."""
     back = session(bundle_dir / "back.onnx")
     front = front_runner(bundle_dir, native, model_inputs, [i.name for i in back.get_inputs()])
     outs, enc_us, dec_us, nbytes = [], [], [], []
@@ -78,7 +79,7 @@ def run_split(
                 for k in mid:
                     mid[k][j : j + 1] = dec[k]
                 enc_us.append(e_us), dec_us.append(d_us), nbytes.append(b)
-        outs.append(back.run(None, {inp.name: mid[inp.name] for inp in back.get_inputs()})[0])
+        outs.append(back.run(None, {inp.name: mid[inp.name] for inp in back.get_inputs()}))
     stats = {}
     if codec is not None:
         stats = {
@@ -86,7 +87,7 @@ def run_split(
             "decode_us": float(np.median(dec_us)),
             "codec_bytes_mean": float(np.mean(nbytes)),
         }
-    return np.concatenate(outs), stats
+    return [np.concatenate([c[k] for c in outs]) for k in range(len(outs[0]))], stats
 
 
 def evaluate_split(
@@ -111,20 +112,24 @@ def evaluate_split(
         y = None
     x = float32(x)
     t0 = time.perf_counter()
-    whole = run_whole(bundle_dir / "whole.onnx", x)
-    parts, stats = run_split(bundle_dir, x, src.input_names, native=native, codec=codec)
+    wholes = run_whole(bundle_dir / "whole.onnx", x)
+    splits, stats = run_split(bundle_dir, x, src.input_names, native=native, codec=codec)
+    first = next(iter(wholes))
+    whole, parts = wholes[first], splits[0]  # the metric is the first output's (a policy's action, not its value)
     regression = getattr(src.zoo, "metric", None) == "action_mae" or one_value_per_sample(whole)
     agree = float(np.mean(whole.argmax(-1) == parts.argmax(-1)))
     rep = {
         "n_eval": n_samples(x),
         "eval_engine": "native" if native else "ort",
-        "split_vs_whole_max_abs": max_abs_diff(parts, whole),
+        "split_vs_whole_max_abs": max(max_abs_diff(p, w) for p, w in zip(splits, wholes.values())),
         "eval_seconds": round(time.perf_counter() - t0, 2),
         **stats,
     }
     bad = int(np.sum(~np.isfinite(whole.reshape(len(whole), -1)).all(axis=1)))
     if bad:  # the split gives the same; the summary warns (the max above compares the finite values)
         rep["whole_nonfinite"] = bad
+    if len(wholes) > 1:  # the metric names one output; the max above covers them all
+        rep["metric_output"] = first
     if src.zoo is None:
         rep["eval_inputs"] = ("synthetic inputs: the example plus noise, not real data (none comes with this "
                               "model); calibration used other draws")

@@ -47,6 +47,7 @@ import onnx
 from onnx import helper
 
 from edgerun.errors import ConfigError, ExportError
+from edgerun.feeds import as_feeds, float32, n_samples
 from edgerun.exporters.erg_quant import PREC_DTYPE, _TINY, check_group_size, dequantize, pack_int4
 from edgerun.exporters.quant_stats import ACT_MIN_RANGE, ACT_QMAX  # noqa: F401 (re-exported)
 from edgerun.exporters.quant_stats import (_act_quant, _act_quant_nodes, _centered, _columns, _Stats,
@@ -311,18 +312,17 @@ class FrontRounder:
         UnsupportedOpError: the native engine cannot run ``front``.
     """
 
-    def __init__(self, front: onnx.ModelProto, calib_x: np.ndarray, group_size: int = 32,
+    def __init__(self, front: onnx.ModelProto, calib_x: np.ndarray | dict[str, np.ndarray], group_size: int = 32,
                  cfg: RoundingConfig = RoundingConfig()) -> None:
-        self.x = np.ascontiguousarray(calib_x, np.float32)
-        if self.x.ndim < 1 or len(self.x) == 0:
+        self.x = float32(calib_x)  # one array, or {input name: array} for a front that reads several
+        if any(a.ndim < 1 or len(a) == 0 for a in (self.x.values() if isinstance(self.x, dict) else [self.x])):
             raise ExportError("data-aware rounding needs a non-empty calibration batch; pass calib_x")
         self.gs, self.cfg = check_group_size(group_size), cfg
         self.layers, self.graph = _front_layers(front)
         self.by_name = {l.name: l for l in self.layers}
         self.opset = list(front.opset_import)
         self.opset_version = next((o.version for o in self.opset if o.domain in ("", "ai.onnx")), 18)
-        self.input_name = next(i.name for i in self.graph.input
-                               if i.name not in {t.name for t in self.graph.initializer})
+        self.input_names = [i.name for i in self.graph.input if i.name not in {t.name for t in self.graph.initializer}]
         need_h = cfg.method == "gptq"
         self.fp32 = self._stats(self.layers, {}, need_h)  # fp32 inputs of every layer
         self._aq_alone: dict[str, _Stats] = {}  # engine-quantized fp32 inputs, on demand
@@ -364,8 +364,9 @@ class FrontRounder:
         ref = ort.InferenceSession(self._model({}, outs), o, providers=["CPUExecutionProvider"]) \
             if cross and rounded else None
         stats = {l.name: _Stats() for l in layers}
-        for i in range(0, len(self.x), self.cfg.chunk):
-            feed = {self.input_name: self.x[i:i + self.cfg.chunk]}
+        x = as_feeds(self.x, self.input_names)
+        for i in range(0, n_samples(x), self.cfg.chunk):
+            feed = {k: v[i:i + self.cfg.chunk] for k, v in x.items()}
             vals = dict(zip(outs, sess.run(outs, feed)))
             fvals = dict(zip(outs, ref.run(outs, feed))) if ref is not None else vals
             for l in layers:

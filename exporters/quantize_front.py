@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 
 from edgerun.errors import ConfigError, ExportError
+from edgerun.feeds import float32, n_samples
 from edgerun.exporters.erg import weight_layers, write_erg
 from edgerun.exporters.erg_quant import PRECISIONS, check_group_size, weight_bytes
 from edgerun.exporters.quant_rounding import METHODS as ROUNDINGS
@@ -143,12 +144,12 @@ class PrecisionPlan:
 class _Runner:
     """Writes the front half at given precisions and runs it on the calibration batch."""
 
-    def __init__(self, front: onnx.ModelProto, calib_x: np.ndarray, group_size: int,
+    def __init__(self, front: onnx.ModelProto, calib_x: np.ndarray | dict[str, np.ndarray], group_size: int,
                  fp32_act: bool = False) -> None:
         from edgerun.engine import NativeEngine
 
         self._engine_cls = NativeEngine
-        self.front, self.x, self.gs = front, np.ascontiguousarray(calib_x, np.float32), group_size
+        self.front, self.x, self.gs = front, float32(calib_x), group_size
         self.fp32_act, self.layers = fp32_act, weight_layers(front)
         self._dir = tempfile.TemporaryDirectory(prefix="edgerun-quant-")
         self.path = Path(self._dir.name) / "front.erg"
@@ -158,7 +159,7 @@ class _Runner:
     def _run(self, precisions: dict[str, str], rounded: dict | None = None):
         info = write_erg(self.front, self.path, precisions=precisions, group_size=self.gs,
                          rounded=rounded, fp32_acts=self.fp32_acts(precisions))
-        eng = self._engine_cls(self.path, max_batch=len(self.x), threads=1)
+        eng = self._engine_cls(self.path, max_batch=n_samples(self.x), threads=1)
         outs = eng.run(self.x)
         y = np.concatenate([outs[n].reshape(-1) for n in eng.output_names]).astype(np.float64)
         arena = self._engine_cls(self.path, max_batch=1, threads=1).arena_bytes
@@ -216,7 +217,7 @@ def _auto(layers: list[dict], sens: dict, fixed: int, arena: int, budget: int, g
     return prec
 
 
-def plan_front_precision(front: onnx.ModelProto, calib_x: np.ndarray,
+def plan_front_precision(front: onnx.ModelProto, calib_x: np.ndarray | dict[str, np.ndarray],
                          cfg: FrontPrecisionConfig) -> PrecisionPlan:
     """Choose the weight precision of each Conv / Gemm layer of the front half.
 

@@ -53,7 +53,7 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray | dict[s
             from edgerun.exporters.quantize_front import FrontPrecisionConfig, plan_front_precision
 
             plan = plan_front_precision(
-                front, _one_input(front, calib_x, precision),
+                front, _front_inputs(front, calib_x),
                 FrontPrecisionConfig(precision, cfg.group_size, cfg.max_device_mem_mb if precision == "auto" else None,
                                      act=cfg.front_act),
             )
@@ -84,17 +84,12 @@ def write_front(front: onnx.ModelProto, path: Path, calib_x: np.ndarray | dict[s
             "scratch_bytes": scratch_bytes, "rounding": rounding}
 
 
-def _one_input(front: onnx.ModelProto, x: np.ndarray | dict[str, np.ndarray], precision: str) -> np.ndarray:
-    """The calibration batch of the front half's only input: the quantizer calibrates a front that reads one
-    input (a model's other inputs may pass through the cut to the back half)."""
+def _front_inputs(front: onnx.ModelProto, x: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+    """The calibration batch of the inputs the front half reads (a model's other inputs may pass through
+    the cut to the back half)."""
     if isinstance(x, np.ndarray):
         return x
-    ins = [i.name for i in front.graph.input]
-    if len(ins) != 1:
-        raise ConfigError(f"--front-precision {precision} calibrates a front half that reads one input; this one "
-                          f"reads {len(ins)} ({', '.join(ins)}): export it with --front-precision fp32, or choose a "
-                          "cut before the inputs meet (`--list-cuts`: cuts where the others pass through)")
-    return x[ins[0]]
+    return {i.name: x[i.name] for i in front.graph.input}
 
 
 def _arena_bytes(path: Path) -> tuple[int, int]:

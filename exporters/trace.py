@@ -27,7 +27,7 @@ def _first_line(exc: BaseException, limit: int = 300) -> str:
     return (text[0] if text else type(exc).__name__)[:limit]
 
 
-def _check_runs_batched(module: torch.nn.Module, examples: tuple[torch.Tensor, ...]) -> None:
+def _check_runs_batched(module: torch.nn.Module, examples: tuple[torch.Tensor, ...]) -> list[str] | None:
     """Run the model eagerly on its example(s), and on two examples stacked, before tracing it.
 
     A model that fails on its own example (a channel mismatch, say) failed deep in the exporter
@@ -50,22 +50,36 @@ def _check_runs_batched(module: torch.nn.Module, examples: tuple[torch.Tensor, .
         raise ExportError(f"the model fails on its own example input{'s' if len(examples) > 1 else ''} (shape "
                           f"{shapes}): {type(exc).__name__}: {_first_line(exc)}; make the example what forward() "
                           "takes, batch dimension first") from exc
-    if not isinstance(out, torch.Tensor):
-        return  # several outputs: the export below says so
+    names, outs = _outputs(out)
     two = [torch.cat([e, e]) for e in examples]
     try:
         with torch.no_grad():
-            got_shape = tuple(module(*two).shape)
-        got = f"gave shape {got_shape}"
+            got_shapes = [tuple(t.shape) for t in _outputs(module(*two))[1]]
+        got = f"gave shape{'s' if len(got_shapes) > 1 else ''} {', '.join(map(str, got_shapes))}"
     except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
-        got_shape, got = None, f"failed: {type(exc).__name__}: {_first_line(exc, 160)}"
-    if got_shape is None or got_shape[:1] != (2 * examples[0].shape[0],):
+        got_shapes, got = None, f"failed: {type(exc).__name__}: {_first_line(exc, 160)}"
+    if got_shapes is None or any(sh[:1] != (2 * examples[0].shape[0],) for sh in got_shapes):
         # a forward() that flattens the batch away (x.view(1, -1), x.flatten()) was told to add a batch
         # dimension to an example that had one
         raise ExportError(f"two examples stacked (shape {', '.join(str(tuple(t.shape)) for t in two)}) did not give "
                           f"two answers ({got}): the example input's first dimension must be the batch (add one: "
-                          "example.unsqueeze(0)), and forward() must keep it (x.flatten(1) or x.view(x.size(0), -1), "
-                          "not x.flatten() or x.view(1, -1))")
+                          "example.unsqueeze(0)), and forward() must keep it in every output (x.flatten(1) or "
+                          "x.view(x.size(0), -1), not x.flatten() or x.view(1, -1))")
+    return names
+
+
+def _outputs(out: object) -> tuple[list[str] | None, list[torch.Tensor]]:
+    """What forward() returned: (None, [tensor]) for one tensor; output names and tensors for several (a dict:
+    its keys, in order; a tuple or list: ``output_0``, ``output_1``, ...)."""
+    if isinstance(out, torch.Tensor):
+        return None, [out]
+    if isinstance(out, dict) and out and all(isinstance(k, str) and k and isinstance(v, torch.Tensor)
+                                             for k, v in out.items()):
+        return list(out), list(out.values())
+    if isinstance(out, (tuple, list)) and out and all(isinstance(t, torch.Tensor) for t in out):
+        return (None if len(out) == 1 else [f"output_{i}" for i in range(len(out))]), list(out)
+    raise ExportError(f"forward() returned {type(out).__name__}; return a tensor, a tuple of tensors, or a dict of "
+                      "tensors by name (e.g. {\"action\": a, \"value\": v}), each with the batch dimension first")
 
 
 def to_onnx(
@@ -93,7 +107,7 @@ def to_onnx(
     """
     module = module.eval()
     examples = example if isinstance(example, tuple) else (example,)
-    _check_runs_batched(module, examples)
+    output_names = _check_runs_batched(module, examples) or [output_name]
     batch = torch.export.Dim("batch", min=1, max=1024)
     args = arg_names(module, len(examples))
     input_names = [input_name] if len(examples) == 1 else args
@@ -105,7 +119,7 @@ def to_onnx(
                 dynamo=True,
                 opset_version=OPSET,
                 input_names=input_names,
-                output_names=[output_name],
+                output_names=output_names,
                 dynamic_shapes={a: {0: batch} for a in args},
                 optimize=True,
                 verbose=False,
@@ -114,12 +128,16 @@ def to_onnx(
         raise ExportError(
             f"torch.onnx.export could not trace the model ({_root_cause(exc, module)}). "
             "edgerun exports with torch's dynamo exporter: make forward() traceable "
-            "(no data-dependent Python control flow) and return one tensor."
+            "(no data-dependent Python control flow) and return tensors."
         ) from exc
     model = program.model_proto
-    if len(model.graph.output) != 1:
-        raise ExportError(f"the model has {len(model.graph.output)} outputs; edgerun expects one output tensor: "
-                          "return one tensor from forward() (e.g. torch.cat of the flattened outputs)")
+    if [o.name for o in model.graph.output] != output_names:
+        raise ExportError(f"the traced model gives outputs {[o.name for o in model.graph.output]}, not the "
+                          f"{output_names} forward() returned (an output that is an input, or the same tensor "
+                          "twice?): return each output once, computed from the inputs")
+    clash = sorted(set(output_names) & set(input_names))
+    if clash:
+        raise ExportError(f"forward() returns outputs named like its inputs {clash}: rename the dict's keys")
     _check_float32(model)
     _check_dynamic_batch(model)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
@@ -159,7 +177,7 @@ def _check_float32(model: onnx.ModelProto) -> None:
     ("Unexpected input data type"); an int64 output (argmax) exported and verified, and every
     `edgerun run` then called the server's reply not the model's answer.
     """
-    for kind, vi in [*(("input", i) for i in model.graph.input), ("output", model.graph.output[0])]:
+    for kind, vi in [*(("input", i) for i in model.graph.input), *(("output", o) for o in model.graph.output)]:
         elem = vi.type.tensor_type.elem_type
         if elem == onnx.TensorProto.FLOAT:
             continue
@@ -173,8 +191,9 @@ def _check_float32(model: onnx.ModelProto) -> None:
         else:
             what = ("token ids and other integer inputs are not supported: look the embeddings up before the model "
                     "and give it the float32 embeddings")
-        which = f"input {vi.name!r}" if kind == "input" and len(model.graph.input) > 1 else kind
-        raise ExportError(f"the model's {which} is {name}; edgerun's model inputs and output are float32: {what}")
+        several = len(model.graph.input if kind == "input" else model.graph.output) > 1
+        which = f"{kind} {vi.name!r}" if several else kind
+        raise ExportError(f"the model's {which} is {name}; edgerun's model inputs and outputs are float32: {what}")
 
 
 def _check_dynamic_batch(model: onnx.ModelProto) -> None:

@@ -1,6 +1,7 @@
-"""A robot policy with two inputs (camera image, joint state), served for real: `edgerun export`,
-`edgerun serve`, then `edgerun run --input x.npz` and `edgerun.Device.infer({...})`. The joint state
-passes through the cut to the server; every answer equals the torch model's."""
+"""A robot actor-critic with two inputs (camera image, joint state) and two outputs (action scores, value),
+served for real: `edgerun export`, `edgerun serve`, then `edgerun run --input x.npz --json` and
+`edgerun.Device.infer({...})`. The joint state passes through the cut to the server; every answer, both
+outputs, equals the torch model's."""
 
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ class Policy(nn.Module):
         self.vision = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
                                     nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Sequential(nn.Linear(16 + 5, 32), nn.ReLU(), nn.Linear(32, 4))
+        self.value = nn.Linear(16 + 5, 1)
 
     def forward(self, image, joints):
-        return self.head(torch.cat([self.vision(image), joints], dim=1))
+        h = torch.cat([self.vision(image), joints], dim=1)
+        return {"action": self.head(h), "value": self.value(h)}
 
 
 def make():
@@ -33,7 +36,7 @@ def make():
 '''
 
 
-def test_a_two_input_policy_is_served_and_answers_as_torch(tmp_path, cli_argv, broker, serve_bundle):
+def test_a_two_input_two_output_policy_is_served_and_answers_as_torch(tmp_path, cli_argv, broker, serve_bundle):
     import torch
 
     from edgerun.device import Device
@@ -45,7 +48,7 @@ def test_a_two_input_policy_is_served_and_answers_as_torch(tmp_path, cli_argv, b
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     bundle = Bundle.load(out)
-    assert bundle.passthrough == ["joints"]
+    assert bundle.passthrough == ["joints"] and [s.name for s in bundle.outputs] == ["action", "value"]
     serve_bundle(bundle)
 
     namespace: dict = {}
@@ -54,7 +57,7 @@ def test_a_two_input_policy_is_served_and_answers_as_torch(tmp_path, cli_argv, b
     g = torch.Generator().manual_seed(1)
     image, joints = torch.randn(3, 3, 16, 16, generator=g), torch.randn(3, 5, generator=g)
     with torch.no_grad():
-        want = module.eval()(image, joints).numpy()
+        want = {k: v.numpy() for k, v in module.eval()(image, joints).items()}
 
     np.savez(tmp_path / "x.npz", image=image.numpy(), joints=joints.numpy())
     r = subprocess.run([*cli_argv, "run", str(out), "--broker", broker.url, "--input", str(tmp_path / "x.npz"),
@@ -62,8 +65,12 @@ def test_a_two_input_policy_is_served_and_answers_as_torch(tmp_path, cli_argv, b
     assert r.returncode == 0, r.stderr[-2000:]
     lines = [json.loads(line) for line in r.stdout.splitlines()]
     assert [rec["answered_by"] for rec in lines] == ["server"] * 3
-    np.testing.assert_allclose(np.array([rec["output"] for rec in lines]), want, rtol=1e-5, atol=1e-5)
+    for name in ("action", "value"):
+        got = np.array([rec["outputs"][name]["output"] for rec in lines])
+        np.testing.assert_allclose(got, want[name], rtol=1e-5, atol=1e-5)
+    assert [rec["output"] for rec in lines] == [rec["outputs"]["action"]["output"] for rec in lines]
 
     with Device(bundle, broker=broker.url) as dev:  # the whole batch in one request, inputs by name
         res = dev.infer({"image": image.numpy(), "joints": joints.numpy()}, deadline_ms=10000)
-    np.testing.assert_allclose(res.output[bundle.outputs[0].name], want, rtol=1e-5, atol=1e-5)
+    for name in ("action", "value"):
+        np.testing.assert_allclose(res.output[name], want[name], rtol=1e-5, atol=1e-5)

@@ -129,13 +129,20 @@ def test_the_split_answers_as_the_torch_model_on_new_inputs(bundle, policy):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_an_int8_front_that_reads_one_input_is_quantized_and_one_that_reads_both_is_refused(traced, tmp_path):
+def test_int8_fronts_that_read_one_input_or_both_are_calibrated_and_verify(traced, tmp_path):
+    """GPTQ and the sensitivity runs feed the front half every input it reads (it was one array)."""
     from edgerun.exporters.pipeline import ExportConfig, export
+    from edgerun.verify import verify
 
-    b = export(traced, ExportConfig(cut="vision.1", front_precision="int8"), tmp_path / "int8")
-    assert b.manifest["precisions"]["front"] == "int8" and b.passthrough == ["joints"]
-    with pytest.raises(ConfigError, match=r"reads 2 \(image, joints\): export it with --front-precision fp32"):
-        export(traced, ExportConfig(cut="cat", front_precision="int8"), tmp_path / "both")
+    one = export(traced, ExportConfig(cut="vision.1", front_precision="int8"), tmp_path / "one")
+    assert one.manifest["precisions"]["front"] == "int8" and one.passthrough == ["joints"]
+    both = export(traced, ExportConfig(cut="head.1", front_precision="int8"), tmp_path / "both")
+    assert both.passthrough == [] and sorted(onnx.load(both.path / "front.onnx").graph.input[i].name
+                                             for i in range(2)) == ["image", "joints"]
+    assert set(both.manifest["precisions"]["front_layers"].values()) == {"int8"}
+    for b in (one, both):
+        rep = verify(b)
+        assert rep.ok and rep.quantized, rep.messages
 
 
 def test_a_codec_codes_the_joint_state_too_and_the_report_counts_its_bytes(traced, tmp_path):

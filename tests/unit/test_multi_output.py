@@ -1,0 +1,109 @@
+"""A model with several outputs (an actor-critic's action scores and value; a detector's boxes and scores).
+
+forward() may return a dict of tensors (the outputs take its keys) or a tuple (``output_0``, ...). They
+were refused ("edgerun expects one output tensor"). The back half gives them all, the reply carries them
+all, `verify` checks each against its own scale, and the export's metric names the output it is taken on
+(the first).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from edgerun.errors import ExportError
+
+MODELS = '''
+import torch
+from torch import nn
+
+
+class Trunk(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 16), nn.Linear(16, 16)
+        self.pi, self.v = nn.Linear(16, 3), nn.Linear(16, 1)
+
+    def h(self, x):
+        return torch.relu(self.b(torch.relu(self.a(x))))
+
+
+class ByName(Trunk):
+    def forward(self, x):
+        h = self.h(x)
+        return {"action": self.pi(h), "value": self.v(h)}
+
+
+class ByPosition(Trunk):
+    def forward(self, x):
+        h = self.h(x)
+        return self.pi(h), self.v(h)
+
+
+class Nested(Trunk):
+    def forward(self, x):
+        h = self.h(x)
+        return self.pi(h), [self.v(h)]
+
+
+class Unbatched(Trunk):
+    def forward(self, x):
+        h = self.h(x)
+        return self.pi(h), self.v(h).mean()
+
+
+def by_name():
+    torch.manual_seed(0)
+    return ByName(), torch.randn(1, 6)
+
+
+def by_position():
+    torch.manual_seed(0)
+    return ByPosition(), torch.randn(1, 6)
+
+
+def nested():
+    return Nested(), torch.randn(1, 6)
+
+
+def unbatched():
+    return Unbatched(), torch.randn(1, 6)
+'''
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("multi_out") / "heads.py"
+    path.write_text(MODELS)
+    return str(path)
+
+
+def test_a_dict_names_the_outputs_and_a_tuple_numbers_them(models):
+    from edgerun.exporters.pipeline import trace_model
+
+    assert [o.name for o in trace_model(f"{models}:by_name").model.graph.output] == ["action", "value"]
+    assert [o.name for o in trace_model(f"{models}:by_position").model.graph.output] == ["output_0", "output_1"]
+
+
+@pytest.mark.parametrize("fn, message", [
+    ("nested", r"forward\(\) returned tuple; return a tensor, a tuple of tensors, or a dict of tensors by name"),
+    ("unbatched", r"did not give two answers \(gave shapes \(2, 3\), \(\)\).*keep it in every output"),
+])
+def test_outputs_the_export_cannot_carry_are_refused_saying_what_to_return(models, fn, message):
+    from edgerun.exporters.pipeline import trace_model
+
+    with pytest.raises(ExportError, match=message):
+        trace_model(f"{models}:{fn}")
+
+
+def test_the_bundle_gives_every_output_and_verify_checks_each_on_its_own_scale(models, tmp_path):
+    from edgerun.exporters.pipeline import ExportConfig, export
+    from edgerun.verify import verify
+
+    b = export(f"{models}:by_name", ExportConfig(), tmp_path / "b")
+    assert [s.name for s in b.outputs] == ["action", "value"]
+    rep = json.loads((b.path / "report.json").read_text())
+    assert rep["metric_output"] == "action" and rep["metric"] == "top1_agreement"
+    v = verify(b)
+    assert v.ok, v.messages
