@@ -9,6 +9,12 @@ Example:
     >>> from edgerun.broker import Mosquitto
     >>> with Mosquitto() as broker:          # doctest: +SKIP
     ...     print(broker.url)                 # mqtt://127.0.0.1:40123
+
+Broker URLs: ``mqtt://[USER:PASSWORD@]host[:port]`` (port 1883), or with TLS
+``mqtts://host[:port][?ca=CA.pem][&cert=CLIENT.pem&key=CLIENT.key]`` (port 8883): ``ca`` is the
+CA that signed the broker's certificate (default: the system's trust store), ``cert`` / ``key``
+the client's own certificate for a broker that requires one. The broker's certificate is always
+checked, its host name included.
 """
 
 from __future__ import annotations
@@ -20,15 +26,29 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from edgerun.errors import ConfigError, UserError
 from edgerun.procs import die_with_parent
 
 DEFAULT_MQTT_PORT = 1883
+DEFAULT_MQTTS_PORT = 8883
 _INSTALL_HINT = "install it: sudo apt-get install -y mosquitto"
-_SCHEMES = ("mqtt", "tcp")
+_PLAIN_SCHEMES = ("mqtt", "tcp")
+_TLS_SCHEMES = ("mqtts", "ssl")
+_SCHEMES = _PLAIN_SCHEMES + _TLS_SCHEMES
+TLS_KEYS = ("ca", "cert", "key")  # the query of an mqtts:// URL
+
+
+@dataclass(frozen=True)
+class BrokerTls:
+    """TLS settings of an ``mqtts://`` broker URL (files checked to exist when parsed)."""
+
+    ca: str | None = None    # PEM CA bundle that signed the broker's certificate; None: the system's trust store
+    cert: str | None = None  # PEM client certificate, for a broker that requires one
+    key: str | None = None   # its private key
 FIXED_PORT_ATTEMPTS = 4   # Mosquitto(port=P) tries P this often, FIXED_PORT_PAUSE_S apart, while it is taken
 FIXED_PORT_PAUSE_S = 0.5
 
@@ -38,7 +58,8 @@ def parse_broker_url(url: str) -> tuple[str, int]:
 
     Accepts ``mqtt://host:port``, ``tcp://host:port``, ``host:port`` and ``host``
     (port 1883), each with an optional ``USER:PASSWORD@`` before the host (see
-    ``broker_credentials``).
+    ``broker_credentials``); ``mqtts://`` / ``ssl://`` (port 8883) with the TLS query of
+    ``broker_tls``.
 
     Args:
         url: the broker address as a user typed it.
@@ -47,22 +68,10 @@ def parse_broker_url(url: str) -> tuple[str, int]:
         ``(host, port)``.
 
     Raises:
-        ConfigError: the URL has another scheme, no host, or a bad port.
+        ConfigError: the URL has another scheme, no host, a bad port, a path, or a query that is
+            not a TLS setting of an ``mqtts://`` URL.
     """
-    if not isinstance(url, str) or not url.strip():
-        raise ConfigError(f"broker URL {url!r} is empty: use e.g. mqtt://127.0.0.1:1883")
-    text = url.strip()
-    url = redact_broker_url(text)  # the errors below quote it without its password
-    if "://" not in text:
-        text = "mqtt://" + text
-    parts = urlsplit(text)
-    if parts.scheme not in _SCHEMES:
-        raise ConfigError(
-            f"broker URL {url!r} has scheme {parts.scheme!r}: use mqtt://host:port "
-            "(TLS and websockets are not supported yet)"
-        )
-    if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ConfigError(f"broker URL {url!r} has a path or query: use mqtt://host:port")
+    parts, url = _split(url)
     try:
         port = parts.port
     except ValueError:
@@ -71,7 +80,66 @@ def parse_broker_url(url: str) -> tuple[str, int]:
         raise ConfigError(f"broker URL {url!r} has no host: use e.g. mqtt://127.0.0.1:1883")
     if port == 0:
         raise ConfigError(f"broker URL {url!r} has port 0: use a number in 1..65535")
-    return parts.hostname, port if port is not None else DEFAULT_MQTT_PORT
+    default = DEFAULT_MQTTS_PORT if parts.scheme in _TLS_SCHEMES else DEFAULT_MQTT_PORT
+    return parts.hostname, port if port is not None else default
+
+
+def broker_tls(url: str) -> BrokerTls | None:
+    """The TLS settings of an ``mqtts://host:port?ca=...&cert=...&key=...`` URL, None for a plain one.
+
+    Raises:
+        ConfigError: a setting is unknown, repeated or empty, a file does not exist, or only one of
+            ``cert`` / ``key`` is given.
+    """
+    parts, url = _split(url)
+    if parts.scheme not in _TLS_SCHEMES:
+        return None
+    query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+    unknown = sorted(set(query) - set(TLS_KEYS))
+    if unknown:
+        raise ConfigError(f"broker URL {url!r} has unknown settings {unknown}: an mqtts:// URL takes "
+                          "?ca=CA.pem (the CA that signed the broker's certificate) and &cert=CLIENT.pem&key=CLIENT.key "
+                          "(a client certificate, for a broker that requires one)")
+    got: dict[str, str] = {}
+    for k, values in query.items():
+        if len(values) != 1 or not values[0]:
+            raise ConfigError(f"broker URL {url!r}: give {k}= once, with a file path")
+        path = Path(values[0]).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"broker URL {url!r}: {k}={values[0]} is not a file: give the path of the PEM file")
+        got[k] = str(path)
+    if ("cert" in got) != ("key" in got):
+        raise ConfigError(f"broker URL {url!r}: a client certificate needs both cert= and key= (the PEM certificate "
+                          "and its private key)")
+    return BrokerTls(got.get("ca"), got.get("cert"), got.get("key"))
+
+
+def _split(url: str):
+    """``urlsplit`` of a broker URL with its scheme, path and query checked; and the URL for messages."""
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"broker URL {url!r} is empty: use e.g. mqtt://127.0.0.1:1883")
+    text = url.strip()
+    url = redact_broker_url(text)  # the errors quote it without its password
+    if "://" not in text:
+        text = "mqtt://" + text
+    parts = urlsplit(text)
+    if parts.scheme not in _SCHEMES:
+        raise ConfigError(
+            f"broker URL {url!r} has scheme {parts.scheme!r}: use mqtt://host:port, or mqtts://host:port for TLS "
+            "(websockets are not supported)"
+        )
+    if parts.path not in ("", "/") or parts.fragment:
+        raise ConfigError(f"broker URL {url!r} has a path: use mqtt://host:port")
+    if parts.query and parts.scheme in _PLAIN_SCHEMES:
+        raise ConfigError(f"broker URL {url!r} has a query, which only an mqtts:// (TLS) URL takes "
+                          "(?ca=CA.pem&cert=CLIENT.pem&key=CLIENT.key): use mqtt://host:port, or mqtts://")
+    return parts, url
+
+
+def tls_url(host: str, port: int, tls: BrokerTls) -> str:
+    """``mqtts://host:port?ca=...`` for these settings (paths percent-encoded)."""
+    q = "&".join(f"{k}={quote(v, safe='/')}" for k, v in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key)) if v)
+    return f"mqtts://{host}:{port}" + (f"?{q}" if q else "")
 
 
 def broker_credentials(url: str) -> tuple[str | None, str | None]:
@@ -85,12 +153,13 @@ def broker_credentials(url: str) -> tuple[str | None, str | None]:
 
 def redact_broker_url(url: str) -> str:
     """``url`` with its password replaced by ``***``, for messages and logs."""
-    if "@" not in url:
+    base, q, query = url.partition("?")  # an mqtts:// query holds file paths, which may hold an @
+    if "@" not in base:
         return url
-    head, _, rest = url.rpartition("@")
+    head, _, rest = base.rpartition("@")
     scheme, sep, userinfo = head.rpartition("://")
     user = userinfo.split(":", 1)[0]
-    return f"{scheme}{sep}{user}{':***' if ':' in userinfo else ''}@{rest}"
+    return f"{scheme}{sep}{user}{':***' if ':' in userinfo else ''}@{rest}{q}{query}"
 
 
 def find_mosquitto() -> str:
@@ -133,6 +202,10 @@ class Mosquitto:
         port: listen on this port instead of a free one.
         start_timeout_s: how long to wait for the port to accept connections.
         binary: path of the mosquitto executable (default: found on the system).
+        tls: listen with TLS only, on a throwaway CA and certificate (``edgerun.tls_dev``); ``url`` is
+            then ``mqtts://127.0.0.1:PORT?ca=...`` (files in the broker's temp directory).
+        require_client_cert: with ``tls``, refuse clients without a certificate of that CA (``url`` then
+            carries the client's ``cert`` and ``key`` too; ``url_without_client_cert`` lacks them).
 
     Raises:
         UserError: mosquitto is missing, or did not start (the message holds the log tail).
@@ -145,7 +218,11 @@ class Mosquitto:
         port: int | None = None,
         start_timeout_s: float = 10.0,
         binary: str | None = None,
+        tls: bool = False,
+        require_client_cert: bool = False,
     ) -> None:
+        if require_client_cert and not tls:
+            raise ConfigError("require_client_cert=True needs tls=True")
         if max_packet_size < 0:
             raise ConfigError(f"max_packet_size={max_packet_size} is negative: use 0 (default) or a size in bytes")
         if start_timeout_s <= 0:
@@ -156,14 +233,26 @@ class Mosquitto:
         self._fixed_port = port is not None
         self.start_timeout_s = float(start_timeout_s)
         self.binary = binary or find_mosquitto()
+        self.tls, self.require_client_cert = bool(tls), bool(require_client_cert)
+        self.certs = None  # tls_dev.DevCerts once started with tls
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
     # -- lifecycle ---------------------------------------------------------
     @property
     def url(self) -> str:
-        """``mqtt://127.0.0.1:PORT`` of the running broker."""
-        return f"mqtt://{self.host}:{self.port}"
+        """``mqtt://127.0.0.1:PORT`` of the running broker (``mqtts://...?ca=...`` with TLS)."""
+        if not self.tls:
+            return f"mqtt://{self.host}:{self.port}"
+        if self.certs is None:
+            raise UserError("the TLS broker was never started: call start() or use `with Mosquitto(tls=True) as b:`")
+        client = (str(self.certs.client_cert), str(self.certs.client_key)) if self.require_client_cert else (None, None)
+        return tls_url(self.host, self.port, BrokerTls(str(self.certs.ca), *client))
+
+    @property
+    def url_without_client_cert(self) -> str:
+        """The TLS URL with the CA only (a client the broker refuses when it requires certificates)."""
+        return tls_url(self.host, self.port, BrokerTls(str(self.certs.ca) if self.certs else None))
 
     @property
     def log_path(self) -> Path:
@@ -267,6 +356,13 @@ class Mosquitto:
         ]
         if self.max_packet_size:
             lines.append(f"max_packet_size {self.max_packet_size}")
+        if self.tls:
+            from edgerun.tls_dev import make_dev_certs
+
+            if self.certs is None:
+                self.certs = make_dev_certs(root / "tls", self.host)
+            lines += [f"cafile {self.certs.ca}", f"certfile {self.certs.server_cert}", f"keyfile {self.certs.server_key}",
+                      f"require_certificate {'true' if self.require_client_cert else 'false'}"]
         if os.geteuid() == 0:
             # Started by root, mosquitto switches to the `mosquitto` user, and a change of user
             # clears the parent-death signal that ends it with us (procs.die_with_parent): it
@@ -312,3 +408,4 @@ class Mosquitto:
         if self._dir is not None and not self.running:
             self._dir.cleanup()
             self._dir = None
+            self.certs = None

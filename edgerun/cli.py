@@ -416,7 +416,13 @@ def demo_cmd(
 
 
 @app.command("broker")
-def broker_cmd() -> None:
+def broker_cmd(
+    tls: bool = typer.Option(False, "--tls", help="listen with TLS only, on a throwaway CA and certificate (the "
+                                                  "URL printed names the CA file: mqtts://...?ca=...)"),
+    require_client_cert: bool = typer.Option(False, "--require-client-cert",
+                                             help="with --tls: refuse clients without a certificate of that CA (the "
+                                                  "URL printed carries one: &cert=...&key=...)"),
+) -> None:
     """Start a Mosquitto on a free loopback port and print its URL (Ctrl-C or SIGTERM stops it)."""
     import time
 
@@ -425,7 +431,7 @@ def broker_cmd() -> None:
 
     sigterm_unwinds()  # `kill` stops the Mosquitto too (it was left running)
     try:
-        with Mosquitto() as m:
+        with Mosquitto(tls=tls, require_client_cert=require_client_cert) as m:
             typer.echo(m.url, err=False)
             sys.stdout.flush()
             while True:

@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -29,7 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgerun.broker import broker_credentials, parse_broker_url, redact_broker_url
+from edgerun.broker import broker_credentials, broker_tls, parse_broker_url, redact_broker_url
 from edgerun.errors import ConfigError, TransportError
 
 log = logging.getLogger("edgerun.transport")
@@ -222,6 +223,8 @@ class MqttClient:
         self._subs: dict[str, int] = {}
         self._lock = threading.Lock()
         self._connected = threading.Event()
+        self._settled = threading.Event()  # set on the first CONNACK or on a close before any (connect waits)
+        self._ever_connected = False
         self._acks: dict[int, threading.Event] = {}
         self._keepalive = keepalive_s
         self._closed = False
@@ -229,6 +232,9 @@ class MqttClient:
         c.reconnect_delay_set(min_delay=1, max_delay=16)  # paho doubles the delay up to max
         if user is not None:
             c.username_pw_set(user, password)
+        self.tls = broker_tls(broker_url)
+        if self.tls is not None:
+            c.tls_set_context(_tls_context(self.tls, self.url))
         self._max_queued = int(max_queued)
         c.max_queued_messages_set(self._max_queued)  # 0 = no limit (servers: a reply is never dropped)
         if will is not None:
@@ -256,13 +262,31 @@ class MqttClient:
             TransportError: the broker cannot be reached or refused us.
         """
         hint = "start one with `mosquitto -p PORT` (or edgerun.broker.Mosquitto) or pass the right --broker"
+        if self.tls is None:
+            hint += " (a broker that listens with TLS takes mqtts://host:port?ca=CA.pem)"
+        elif self.tls.cert is None:
+            hint += " (a broker that requires client certificates takes &cert=CLIENT.pem&key=CLIENT.key)"
         try:
             self._client.connect(self.host, self.port, keepalive=self._keepalive, clean_start=True)
+        except ssl.SSLCertVerificationError as exc:
+            raise TransportError(f"TLS: the MQTT broker at {self.url} presented a certificate this client does not "
+                                 f"trust ({exc.verify_message}): give the CA that signed it in the URL, "
+                                 "mqtts://host:port?ca=/path/ca.pem") from None
+        except ssl.SSLError as exc:
+            raise TransportError(f"TLS handshake with the MQTT broker at {self.url} failed ({exc.reason or exc}): "
+                                 "does the broker listen with TLS on that port (else use mqtt://), and does it "
+                                 "require a client certificate (&cert=CLIENT.pem&key=CLIENT.key)?") from None
         except (OSError, ValueError) as exc:
             raise TransportError(f"cannot reach the MQTT broker at {self.url} ({exc}): {hint}") from None
         self._client.loop_start()
-        if not self._connected.wait(timeout_s):
+        self._settled.wait(timeout_s)
+        if not self._connected.is_set():
             self.close()
+            if not self._refused and self._settled.is_set():  # closed at once: no 5 s wait for a CONNACK
+                why = ("does it listen with TLS? then use mqtts://host:port?ca=CA.pem" if self.tls is None else
+                       "does it require a client certificate? then add &cert=CLIENT.pem&key=CLIENT.key to the URL"
+                       if self.tls.cert is None else "its log says why (a client certificate of another CA?)")
+                raise TransportError(f"the MQTT broker at {self.url} closed the connection before accepting it: {why}")
             if self._refused:
                 raise TransportError(f"the MQTT broker at {self.url} refused the connection ({self._refused}): "
                                      "check the user and password in the broker URL (mqtt://USER:PASSWORD@host:port)")
@@ -353,6 +377,7 @@ class MqttClient:
         if reason_code.is_failure:
             self._refused = str(reason_code)
             log.warning("broker %s refused the connection: %s", self.url, reason_code)
+            self._settled.set()
             return
         if self._on_connect is not None:
             self._on_connect()
@@ -364,10 +389,14 @@ class MqttClient:
             log.info("reconnected to %s, subscriptions renewed", self.url)
         if self._announced is not None:  # set only after the first connect: this is a reconnect
             client.publish(self._announced[0], self._announced[1], qos=QOS, retain=True)
+        self._ever_connected = True
         self._connected.set()
+        self._settled.set()
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
+        if not self._ever_connected:  # e.g. plain MQTT to a TLS listener, or TLS without the required client cert
+            self._settled.set()
         if not self._closed:
             log.warning("lost the broker at %s (%s); reconnecting with backoff", self.url, reason_code)
 
@@ -389,6 +418,26 @@ class MqttClient:
             self._on_message(msg)
         except Exception:  # never let a handler bug kill paho's network thread
             log.exception("message handler failed on %s", msg.topic)
+
+
+def _tls_context(tls, url: str) -> ssl.SSLContext:
+    """A client context that checks the broker's certificate and host name (the CA of ``tls.ca``, else the
+    system's trust store) and presents ``tls.cert`` when given.
+
+    Raises:
+        ConfigError: a file is not a PEM certificate / key, or the key does not match the certificate.
+    """
+    try:
+        ctx = ssl.create_default_context(cafile=tls.ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"broker URL {url}: ca={tls.ca} is not a PEM CA certificate ({exc})") from None
+    if tls.cert is not None:
+        try:
+            ctx.load_cert_chain(tls.cert, tls.key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ConfigError(f"broker URL {url}: cert={tls.cert} / key={tls.key} are not a PEM client certificate "
+                              f"and its private key ({exc})") from None
+    return ctx
 
 
 def _set_nodelay(client, userdata, sock) -> None:

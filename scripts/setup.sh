@@ -14,7 +14,8 @@ if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
 
 # mosquitto: the MQTT 5 broker the demo, tests and benchmarks start themselves.
 # g++/cmake: the native engine is compiled at install time.
-pkgs=(mosquitto python3-venv python3-dev g++ cmake)
+# openssl: throwaway certificates for a TLS broker (Mosquitto(tls=True), `edgerun broker --tls`).
+pkgs=(mosquitto openssl python3-venv python3-dev g++ cmake)
 # Tests only: an aarch64 cross compiler and qemu-user build and run the NEON kernels
 # (tests/runtime/test_cross_arch.py) on an x86 machine.
 [[ "${1:-}" == "--test" && "$(uname -m)" == "x86_64" ]] && pkgs+=(g++-aarch64-linux-gnu qemu-user)

@@ -1,0 +1,71 @@
+"""Throwaway certificates for a TLS broker on this machine: a CA, a broker certificate for
+127.0.0.1 / localhost, and a client certificate, made with the ``openssl`` command.
+
+``Mosquitto(tls=True)`` and ``edgerun broker --tls`` use them, so the tests and a first try of
+``mqtts://`` need no certificates of their own. They are valid for 2 days and their keys sit
+unencrypted in a temp directory: for a real deployment use your own CA.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgerun.errors import UserError
+
+DAYS = 2
+_CURVE = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+
+@dataclass(frozen=True)
+class DevCerts:
+    """PEM files in one directory."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+
+
+def make_dev_certs(folder: Path, host: str = "127.0.0.1") -> DevCerts:
+    """Write a CA, a server certificate for ``host`` (and localhost) and a client certificate into ``folder``.
+
+    Raises:
+        UserError: the ``openssl`` command is missing or failed (its message is in ours).
+    """
+    exe = shutil.which("openssl")
+    if exe is None:
+        raise UserError("the openssl command was not found (TLS test certificates are made with it): "
+                        "sudo apt-get install -y openssl")
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    ca, ca_key = d / "ca.pem", d / "ca.key"
+    _run(exe, "req", "-x509", *_CURVE, "-keyout", ca_key, "-out", ca, "-days", DAYS, "-subj", "/CN=edgerun dev CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+         "-addext", "subjectKeyIdentifier=hash")
+    san = f"IP:{host},DNS:localhost" if host.replace(".", "").isdigit() else f"DNS:{host},DNS:localhost"
+    server = _signed(exe, d, "server", ca, ca_key, f"subjectAltName={san}\nextendedKeyUsage=serverAuth")
+    client = _signed(exe, d, "client", ca, ca_key, "extendedKeyUsage=clientAuth")
+    return DevCerts(ca, server[0], server[1], client[0], client[1])
+
+
+def _signed(exe: str, d: Path, name: str, ca: Path, ca_key: Path, ext: str) -> tuple[Path, Path]:
+    cert, key, csr, extfile = d / f"{name}.pem", d / f"{name}.key", d / f"{name}.csr", d / f"{name}.ext"
+    extfile.write_text(f"{ext}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                       "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n")
+    _run(exe, "req", *_CURVE, "-keyout", key, "-out", csr, "-subj", f"/CN=edgerun dev {name}")
+    _run(exe, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", DAYS, "-extfile", extfile)
+    csr.unlink()
+    extfile.unlink()
+    return cert, key
+
+
+def _run(*args: object) -> None:
+    r = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise UserError(f"openssl failed making TLS test certificates ({' '.join(map(str, args[1:3]))}): "
+                        f"{r.stderr.strip()[-500:]}")
