@@ -92,6 +92,8 @@ def export_cmd(
     max_latency_ms: Optional[float] = typer.Option(None, help="plan budget: predicted ms per request"),
     max_accuracy_drop: Optional[float] = typer.Option(
         None, help="plan budget: metric loss vs the fp32 model (fraction; default 0.01, 1 = no limit)"),
+    data: Optional[Path] = typer.Option(None, help="a model file's own samples (.npz: inputs or inputs.<name>, "
+                                                   "optional labels): calibrate and measure on them, not on noise"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Trace MODEL, cut it, and write a split bundle (or list its cuts).
@@ -114,10 +116,10 @@ def export_cmd(
                          exits=exits)
         if not list_cuts:
             check_out_dir(out)
-            if exits not in (None, "none", "0") and not model.startswith("zoo:"):  # known before the trace
-                raise ConfigError("early exits need a zoo model (training inputs to fit the heads on); "
-                                  f"{model} brings no data: export it without --exits")
-        traced = trace_model(model, max_cut_tensors=max_cut_tensors)
+            if exits not in (None, "none", "0") and not model.startswith("zoo:") and data is None:  # before the trace
+                raise ConfigError(f"early exits need training inputs to fit the heads on, and {model} brings none: "
+                                  "give its samples with --data samples.npz, or export it without --exits")
+        traced = trace_model(model, max_cut_tensors=max_cut_tensors, data=data)
         if list_cuts:
             rows = [
                 {"index": c.index, "label": c.label, "tensors": list(c.tensors), "shapes": [list(s) for s in c.shapes],

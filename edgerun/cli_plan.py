@@ -133,14 +133,18 @@ def plan_cmd(
     max_device_mem_mb: Optional[float] = typer.Option(None, help="budget: device memory, MiB"),
     max_accuracy_drop: Optional[float] = typer.Option(
         None, help="budget: metric loss vs the fp32 model (fraction; default 0.01, 1 = no limit)"),
+    data: Optional[Path] = typer.Option(None, help="a model file's own samples (.npz, as for export --data): the "
+                                                   "lossy candidates' loss is measured on them"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Rank every cut x precision x codec for DEVICE/SERVER/LINK and choose the best feasible one."""
     try:
+        from edgerun.exporters.pipeline import trace_model
         from edgerun.exporters.planner import DEFAULT_MAX_ACCURACY_DROP, Budgets, plan
 
         drop = DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop
-        p = plan(model, device, server, link, Budgets(max_latency_ms, max_device_mem_mb, drop))
+        spec = trace_model(model, data=data) if data is not None else model
+        p = plan(spec, device, server, link, Budgets(max_latency_ms, max_device_mem_mb, drop))
     except EdgerunError as exc:
         _fail(exc)
         return

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 
+from edgerun.errors import ConfigError
 from edgerun.exporters.models import SourceModel
 from edgerun.feeds import Inputs, as_feeds, float32, n_samples, rows
 from edgerun.verify import max_abs_diff
@@ -116,7 +117,7 @@ def evaluate_split(
     splits, stats = run_split(bundle_dir, x, src.input_names, native=native, codec=codec)
     first = next(iter(wholes))
     whole, parts = wholes[first], splits[0]  # the metric is the first output's (a policy's action, not its value)
-    regression = getattr(src.zoo, "metric", None) == "action_mae" or one_value_per_sample(whole)
+    regression = getattr(src.zoo, "metric", None) in ("action_mae", "mae") or one_value_per_sample(whole)
     agree = float(np.mean(whole.argmax(-1) == parts.argmax(-1)))
     rep = {
         "n_eval": n_samples(x),
@@ -132,18 +133,29 @@ def evaluate_split(
         rep["metric_output"] = first
     if src.zoo is None:
         rep["eval_inputs"] = ("synthetic inputs: the example plus noise, not real data (none comes with this "
-                              "model); calibration used other draws")
+                              "model: give --data); calibration used other draws")
+    elif hasattr(src.zoo, "describe"):  # a model file's --data
+        rep["eval_inputs"] = src.zoo.describe()
     if regression:  # continuous values: argmax means nothing; mean abs error vs the labels and the whole
-        name = "action_mae" if src.zoo is not None else "mae"
+        name = "action_mae" if getattr(src.zoo, "metric", None) == "action_mae" else "mae"
         rep.update(metric=name, **{f"{name}_vs_whole": float(np.mean(np.abs(parts - whole)))})
         if y is not None:
-            y = np.asarray(y, dtype=np.float32).reshape(whole.shape)
+            y = np.asarray(y, dtype=np.float32)
+            if y.size != whole.size:
+                raise ConfigError(f"--data: labels of shape {list(y.shape)} do not fit the model's output "
+                                  f"{list(whole.shape)} (its first output): give float targets shaped like it, or "
+                                  "integer class ids [N] for a classifier")
+            y = y.reshape(whole.shape)
             rep.update(metric_whole_fp32=float(np.mean(np.abs(whole - y))), metric_split=float(np.mean(np.abs(parts - y))))
         else:  # no labels: the whole model is the reference
             rep.update(metric_whole_fp32=0.0, metric_split=rep[f"{name}_vs_whole"])
         return rep
     rep["top1_agreement"] = agree
     if y is not None:
+        if np.shape(y) != whole.shape[:-1]:
+            raise ConfigError(f"--data: labels of shape {list(np.shape(y))} do not fit the model's output "
+                              f"{list(whole.shape)} (its first output): give one integer class id per sample "
+                              f"(shape {list(whole.shape[:-1])})")
         rep.update(
             metric="top1",
             metric_whole_fp32=float(np.mean(whole.argmax(-1) == y)),
@@ -187,7 +199,7 @@ def calibration_activations(src: SourceModel, front_path: Path, n: int = 64,
     """Calibration inputs (training split / disjoint photo crops) and the fp32 activations at the cut
     (the model inputs named by ``passthrough`` included: they cross as they came)."""
     if src.zoo is not None:
-        x = np.ascontiguousarray(src.zoo.calib_data(n), dtype=np.float32)
+        x = float32(src.zoo.calib_data(n))
     else:
         x = synthetic_inputs(src, n, seed=SEED_CALIB)
     s = session(front_path)

@@ -224,11 +224,15 @@ def run_points(model: onnx.ModelProto, points: list[str], x: np.ndarray, batch: 
 
 
 def exit_data(src) -> dict[str, np.ndarray | None]:
-    """Training inputs (head training + calibration) and test inputs/targets of a zoo model."""
+    """Training inputs (head training + calibration) and test inputs/targets of a zoo model (or of a
+    model file's --data: its calibration and held-out samples)."""
     zoo = src.zoo
     if zoo is None:
-        raise ExportError("early exits need a zoo model (training inputs to fit the heads on); "
-                          "export this model without --exits")
+        raise ExportError("early exits need training inputs to fit the heads on: give the model file's samples "
+                          "with --data samples.npz, or export it without --exits")
+    if len(src.input_names) > 1:
+        raise ExportError(f"early exits take a model with one input; this one takes {len(src.input_names)} "
+                          f"({', '.join(src.input_names)}): export it without --exits")
     custom = getattr(zoo, "exit_data", None)
     if custom is not None:
         return custom()

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,8 @@ from edgerun.exporters.quantize_back import BACK_PRECISIONS, quantize_back
 from edgerun.exporters.quantize_front import ACTS as FRONT_ACTS
 from edgerun.exporters.quantize_front import MODES as FRONT_PRECISIONS
 from edgerun.exporters.split import passthrough, split
-from edgerun.feeds import Inputs, concat, rows
+from edgerun.exporters.user_data import UserData
+from edgerun.feeds import Inputs, concat, float32, rows
 
 N_SAMPLES = 8
 CODECS = ("none", "tsq")
@@ -65,6 +66,8 @@ class ExportConfig:
         exits: early exits: None / "none", "auto" (2 intermediate + the deepest at the cut)
             or a number of exits (see ``exporters.exits``).
         budgets: named exit budgets (``exits.Budget``); None = fast / balanced / accurate.
+        data: a model file's own samples (``.npz``, see ``exporters.user_data``): calibration and
+            evaluation on them instead of on its example plus noise; exits become possible.
     """
 
     cut: str | int | None = None
@@ -82,6 +85,7 @@ class ExportConfig:
     calib_samples: int = 64
     exits: str | int | None = None
     budgets: tuple | None = None
+    data: str | Path | None = None
 
     def __post_init__(self) -> None:
         if self.front_precision not in FRONT_PRECISIONS:
@@ -121,9 +125,14 @@ class Traced:
     cuts: list[Cut]
 
 
-def trace_model(spec: str | SourceModel, *, max_cut_tensors: int = 1) -> Traced:
-    """Resolve ``spec`` (see ``models.resolve_model``), trace it, and find its cuts."""
+def trace_model(spec: str | SourceModel, *, max_cut_tensors: int = 1, data: str | Path | None = None) -> Traced:
+    """Resolve ``spec`` (see ``models.resolve_model``), trace it, and find its cuts.
+
+    ``data``: a model file's own samples (``exporters.user_data``), checked against its example here.
+    """
     src = resolve_model(spec) if isinstance(spec, str) else spec
+    if data is not None:
+        src = with_user_data(src, data)
     model = trace.to_onnx(src.module, src.example, input_name=src.input_names[0], output_name="logits")
     return Traced(src, model, find_cuts(model, max_tensors=max_cut_tensors))
 
@@ -144,12 +153,30 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
         UnsupportedOpError: ``require_native`` and the native engine cannot run the front half.
     """
     final = check_out_dir(out_dir)  # before tracing: a bad --out fails in a second, not minutes
-    traced = spec if isinstance(spec, Traced) else trace_model(spec, max_cut_tensors=config.max_cut_tensors)
+    if isinstance(spec, Traced):
+        traced = spec
+        if config.data is not None and not isinstance(traced.source.zoo, UserData):
+            traced = Traced(with_user_data(traced.source, config.data), traced.model, traced.cuts)
+    else:
+        traced = trace_model(spec, max_cut_tensors=config.max_cut_tensors, data=config.data)
     cut = _resolve_cut(traced, config)
     with building(final) as out, _synthetic_input_failures(traced.source):
         _write_bundle(traced, cut, out, config)
         Bundle.load(out)  # a bundle that would not load must not replace the one at --out
     return Bundle.load(final)
+
+
+def with_user_data(src: SourceModel, data: str | Path) -> SourceModel:
+    """``src`` measured on the samples of ``data`` (``--data``).
+
+    Raises:
+        ConfigError: ``src`` is a zoo model (it comes with its own data), or the file does not fit it.
+    """
+    if src.zoo is not None and not isinstance(src.zoo, UserData):
+        raise ConfigError(f"--data is for a model file; zoo:{src.model_id} comes with its own data: drop --data")
+    ex = src.example_inputs()
+    examples = [ex] if isinstance(ex, np.ndarray) else [ex[n] for n in src.input_names]
+    return replace(src, zoo=UserData(data, src.input_names, examples))
 
 
 @contextmanager
@@ -310,11 +337,11 @@ def check_out_dir(out_dir: str | Path, format_name: str = FORMAT_NAME) -> Path:
 
 
 def _samples(src: SourceModel) -> Inputs:
-    """The bundle's sample inputs: held-out data for a zoo model; for a model file its example's
+    """The bundle's sample inputs: held-out data for a zoo model (or a model file given --data); for a model file its example's
     first sample, then synthetic draws (``evaluate.synthetic_inputs``)."""
     if src.zoo is not None:
         x, _ = src.zoo.eval_data(limit=N_SAMPLES)
-        return np.ascontiguousarray(x[:N_SAMPLES], dtype=np.float32)
+        return float32(rows(x, 0, N_SAMPLES))
     from edgerun.exporters.evaluate import SEED_SAMPLES, synthetic_inputs
 
     return concat([rows(src.example_inputs(), 0, 1), synthetic_inputs(src, N_SAMPLES - 1, seed=SEED_SAMPLES)])

@@ -1,0 +1,147 @@
+"""A model file measured on the user's own data: `edgerun export model.py:make --data samples.npz`.
+
+Without --data a model file was calibrated (int8 ranges, GPTQ, the codec's budget) and measured on its
+example plus Gaussian noise, the report's accuracy said nothing about real inputs, and --exits was
+refused (no inputs to train the heads on). With it, a seeded split of the user's samples calibrates and
+another, disjoint part is held out for the report, with labels when the file has them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgerun.errors import ConfigError, ExportError
+
+MODEL = '''
+import numpy as np
+import torch
+from torch import nn
+
+
+def digits():
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    return (d.data / 16.0).astype(np.float32), d.target.astype(np.int64)
+
+
+def make():
+    torch.manual_seed(0)
+    x, y = digits()
+    m = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32), nn.ReLU(),
+                      nn.Linear(32, 10))
+    opt = torch.optim.Adam(m.parameters(), 1e-2)
+    xt, yt = torch.from_numpy(x[:1000]), torch.from_numpy(y[:1000])
+    for _ in range(120):
+        opt.zero_grad()
+        nn.functional.cross_entropy(m(xt), yt).backward()
+        opt.step()
+    return m.eval(), torch.from_numpy(x[:1])
+
+
+class TwoIn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 16), nn.Linear(16 + 3, 2)
+
+    def forward(self, x, z):
+        return self.b(torch.cat([torch.relu(self.a(x)), z], 1))
+
+
+def two_in():
+    torch.manual_seed(0)
+    return TwoIn(), (torch.randn(1, 6), torch.randn(1, 3))
+'''
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    import runpy
+
+    d = tmp_path_factory.mktemp("user_data")
+    (d / "model.py").write_text(MODEL)
+    x, y = runpy.run_path(str(d / "model.py"))["digits"]()
+    np.savez(d / "digits.npz", inputs=x[1000:], labels=y[1000:])  # never seen in training
+    return d
+
+
+def test_the_report_is_measured_on_the_held_out_samples_with_their_labels(files, tmp_path):
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    b = export(f"{files}/model.py:make", ExportConfig(front_precision="int8", data=files / "digits.npz"),
+               tmp_path / "b")
+    rep = json.loads((b.path / "report.json").read_text())
+    n = 1797 - 1000
+    assert rep["metric"] == "top1" and rep["n_eval"] == n - min(256, n // 2)  # the rest calibrated
+    assert "held-out samples of digits.npz (--data)" in rep["eval_inputs"]
+    assert rep["metric_whole_fp32"] > 0.8  # real accuracy on real digits, not agreement on noise
+    assert abs(rep["metric_whole_fp32"] - rep["metric_split"]) <= 0.02
+    samples = b.samples()  # verify runs on real held-out digits too
+    assert samples.shape == (8, 64) and samples.max() <= 1.0
+
+
+def test_calibration_and_evaluation_samples_never_overlap(files):
+    from edgerun.exporters.pipeline import trace_model
+
+    data = trace_model(f"{files}/model.py:make", data=files / "digits.npz").source.zoo
+    calib, (held, _) = data.calib_data(10_000), data.eval_data()
+    rows = {r.tobytes() for r in calib}
+    assert len(calib) + len(held) == 797 and not any(r.tobytes() in rows for r in held)
+
+
+def test_exits_of_a_model_file_train_on_its_data(files, tmp_path):
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    b = export(f"{files}/model.py:make", ExportConfig(cut=2, exits="auto", data=files / "digits.npz"),
+               tmp_path / "exits")
+    assert b.manifest["exits"]["points"]
+    with pytest.raises(ExportError, match=r"early exits need training inputs .* give the model file's samples with "
+                                          r"--data samples.npz"):
+        export(f"{files}/model.py:make", ExportConfig(cut=2, exits="auto"), tmp_path / "no-data")
+
+
+def test_several_inputs_read_their_own_arrays_and_without_labels_agreement_is_the_metric(files, tmp_path):
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "two.npz", **{"inputs.x": rng.standard_normal((40, 6)), "inputs.z": rng.standard_normal((40, 3))})
+    b = export(f"{files}/model.py:two_in", ExportConfig(data=tmp_path / "two.npz"), tmp_path / "b")
+    rep = json.loads((b.path / "report.json").read_text())
+    assert rep["metric"] == "top1_agreement" and rep["n_eval"] == 20 and "(--data)" in rep["eval_inputs"]
+
+
+def test_float_targets_are_scored_by_mean_absolute_error(files, tmp_path):
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "reg.npz", **{"inputs.x": rng.standard_normal((40, 6)), "inputs.z": rng.standard_normal((40, 3)),
+                                      "labels": rng.standard_normal((40, 2)).astype(np.float32)})
+    b = export(f"{files}/model.py:two_in", ExportConfig(data=tmp_path / "reg.npz"), tmp_path / "b")
+    rep = json.loads((b.path / "report.json").read_text())
+    assert rep["metric"] == "mae" and rep["metric_whole_fp32"] > 0.1 and rep["mae_vs_whole"] < 1e-5
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"x": np.zeros((20, 64))}, r"has arrays \['x'\], not \['inputs.input'\]; save it with np.savez"),
+    ({"inputs": np.zeros((20, 8, 8))}, r"samples of shape \[8, 8\], but the model's example has \[64\]"),
+    ({"inputs": np.zeros((5, 64))}, r"holds 5 samples: give at least 8"),
+    ({"inputs": np.zeros((20, 64)), "labels": np.zeros(19, np.int64)}, r"19 labels for 20 samples"),
+    ({"inputs": np.full((20, 64), np.nan)}, r"inputs sample 0 holds NaN"),
+    ({"inputs": np.zeros((20, 64)), "labels": np.zeros((20, 3), np.int64)}, r"labels of shape \[.*, 3\] do not fit"),
+])
+def test_a_data_file_that_does_not_fit_the_model_says_what_to_save(files, tmp_path, arrays, message):
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ConfigError, match=message):
+        export(f"{files}/model.py:make", ExportConfig(data=tmp_path / "bad.npz"), tmp_path / "b")
+
+
+def test_a_zoo_model_brings_its_own_data(tmp_path):
+    from edgerun.exporters.pipeline import trace_model
+
+    np.savez(tmp_path / "d.npz", inputs=np.zeros((20, 1, 8, 8)))
+    with pytest.raises(ConfigError, match=r"--data is for a model file; zoo:digits-cnn comes with its own data"):
+        trace_model("zoo:digits-cnn", data=tmp_path / "d.npz")
