@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -225,7 +225,7 @@ def pack_cmd(
 
 @app.command("serve")
 def serve_cmd(
-    bundle: Path = typer.Argument(..., help="bundle directory or archive"),
+    bundles: List[Path] = typer.Argument(..., help="bundle directories or archives: one worker each, in one process"),
     broker: str = typer.Option(..., help="broker URL, e.g. mqtt://127.0.0.1:1883"),
     group: str = typer.Option("edgerun", help="shared-subscription group (workers of one group split the load)"),
     threads: int = typer.Option(1, help="onnxruntime intra-op threads"),
@@ -241,7 +241,7 @@ def serve_cmd(
     session_ttl_s: Optional[float] = typer.Option(None, help="a split LLM bundle only: drop a session idle this "
                                                              "long (default 600 s)"),
 ) -> None:
-    """Serve the back half of BUNDLE (a model bundle or a split LLM bundle) over MQTT until Ctrl-C / SIGTERM."""
+    """Serve the back half of each BUNDLE (model or split LLM bundles) over MQTT until Ctrl-C / SIGTERM."""
     import logging
     import signal
     import threading
@@ -255,13 +255,21 @@ def serve_cmd(
     try:
         if not 0 < max_frame_mb < 2**20:
             raise ConfigError(f"--max-frame-mb {max_frame_mb}: give a size in MiB > 0 (default 16)")
-        stats = serve(str(bundle), broker, group=group, threads=threads, stop=stop,
-                      max_frame_bytes=int(max_frame_mb * 2**20), max_batch=max_batch, batch_wait_ms=batch_wait_ms,
-                      max_sessions=max_sessions, session_ttl_s=session_ttl_s, worker_id=worker_id)
+        opts = dict(group=group, threads=threads, max_frame_bytes=int(max_frame_mb * 2**20), max_batch=max_batch,
+                    batch_wait_ms=batch_wait_ms, max_sessions=max_sessions, session_ttl_s=session_ttl_s,
+                    worker_id=worker_id)
+        if len(bundles) == 1:
+            all_stats = [serve(str(bundles[0]), broker, stop=stop, **opts)]
+        else:
+            from edgerun.serve_many import serve_many
+
+            all_stats = serve_many([str(b) for b in bundles], broker, stop=stop, **opts)
     except EdgerunError as exc:
         _fail(exc)
         return
-    typer.echo(json.dumps({"served": getattr(stats, "served", None), "stats": getattr(stats, "__dict__", {})}, default=str))
+    for path, stats in zip(bundles, all_stats):  # one line per bundle; the last line is the last bundle's
+        line = {"served": getattr(stats, "served", None), "stats": getattr(stats, "__dict__", {})}
+        typer.echo(json.dumps({"bundle": str(path), **line} if len(bundles) > 1 else line, default=str))
 
 
 def _load_inputs(path: Path, limit: int | None, specs: list):
