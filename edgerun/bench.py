@@ -15,6 +15,12 @@ broker that the device side connects through. Modes:
 Device compute is measured on THIS machine (no scaling). The link figures come from the
 profile and are emulated; the emulator is measured in the same run (``emulated``).
 
+On real hardware (``broker=`` / ``edgerun bench BUNDLE --broker URL``) nothing is emulated or
+started: the device side runs here, the remote modes go through that broker to the ``edgerun
+serve`` workers already running for the bundle (on the real server, over the real network), and
+the bytes are the frames' own (``Result.bytes_sent``). ``server`` is skipped there: it needs a
+worker serving the whole model, which only the emulated run starts.
+
 Example:
     >>> rep = run_bench("bundles/digits", "wifi", requests=50)   # doctest: +SKIP
     >>> rep["modes"]["split"]["stages"]["total"]["p50"]          # doctest: +SKIP
@@ -43,6 +49,7 @@ STAGES = ("device", "encode", "network", "server", "decode", "total")
 QS = (50, 95, 99)
 REQUEST_TIMEOUT_MS = 30000.0  # how long each remote mode waits for a reply
 CONNECT_TIMEOUT_MS = 5000.0   # how long an MQTT connect through the emulator waits for the broker's CONNACK
+FIRST_REAL_ANSWER_MS = 10000.0  # --broker: how long the first request waits for a running server
 
 
 def make_server_bundle(b: Bundle, out: Path) -> Bundle:
@@ -164,29 +171,73 @@ def _local_mode(run: Callable[[Inputs], Any], xs: Inputs, requests: int, warmup:
     return {"stages": percentiles(samples, QS), "bytes_sent": 0, "bytes_received": 0, "requests": requests}
 
 
-def _remote_mode(bundle: Bundle, emu: Any, server: subprocess.Popen, log_path: Path, engine: str,
-                 xs: Inputs, requests: int, warmup: int, slowdown: float = 1.0, **device_opts: Any) -> dict:
+def _remote_mode(bundle: Bundle, emu: Any, server: subprocess.Popen | None, log_path: Path | None, engine: str,
+                 xs: Inputs, requests: int, warmup: int, slowdown: float = 1.0, *, url: str | None = None,
+                 **device_opts: Any) -> dict:
+    """One remote mode through the link emulator ``emu`` (bytes counted there), or straight to the broker at
+    ``url`` (``emu`` None: bytes are the frames' own, ``Result.bytes_sent`` / ``bytes_received``)."""
     from edgerun.device import Device
 
     answered: dict[str, int] = defaultdict(int)
     confident_exits = bool(bundle.manifest.get("exits")) and device_opts.get("budget") != "off"
-    with Device(bundle, broker=emu.url, engine=engine, timeout_ms=REQUEST_TIMEOUT_MS, **device_opts) as dev:
+    with Device(bundle, broker=emu.url if emu is not None else url, engine=engine, timeout_ms=REQUEST_TIMEOUT_MS,
+                **device_opts) as dev:
         slow_down(dev, slowdown)
         if not confident_exits:  # a device with confident exits may never need the server
-            procs.first_server_answer(dev, rows(xs, 0, 1), server, log_path)
+            if server is not None:
+                procs.first_server_answer(dev, rows(xs, 0, 1), server, log_path)
+            else:
+                _first_real_answer(dev, rows(xs, 0, 1), url)
         for i in range(warmup):
             dev.infer(_one(xs, i))
-        up0, down0 = emu.up.bytes, emu.down.bytes
+        up0, down0 = (emu.up.bytes, emu.down.bytes) if emu is not None else (0, 0)
         samples: dict[str, list[float]] = defaultdict(list)
+        frames = [0, 0]
         for i in range(requests):
             r = dev.infer(_one(xs, i))
             answered["server" if r.answered_by == "server" else "local"] += 1
+            frames[0] += r.bytes_sent
+            frames[1] += r.bytes_received
             for k, v in r.timings_ms.items():
                 samples[k].append(v)
-        up, down = emu.up.bytes - up0, emu.down.bytes - down0
+        up, down = (emu.up.bytes - up0, emu.down.bytes - down0) if emu is not None else frames
     return {"stages": percentiles(samples, QS), "bytes_sent": round(up / requests),
             "bytes_received": round(down / requests), "requests": requests, "engine": engine,
             "local_fraction": answered["local"] / requests, **{k: v for k, v in device_opts.items() if v}}
+
+
+def _first_real_answer(dev: Any, x: Inputs, url: str) -> None:
+    """One answer from a running server before timing (its workers are not ours to start or watch)."""
+    from edgerun.errors import TransportError
+
+    try:
+        r = dev.infer(x, deadline_ms=FIRST_REAL_ANSWER_MS)
+    except TransportError as exc:
+        raise TransportError(f"no server answered through {dev._client.url}: start `edgerun serve "
+                             f"{dev.bundle.path.name} --broker {dev._client.url}` on the server first ({exc})") from None
+    if r.answered_by != "server":
+        raise TransportError(f"the device answered by itself ({r.reason}): is a server running for this bundle?")
+
+
+def _split_variants(b: Bundle) -> dict[str, dict]:
+    """Device options of the split modes: raw fp32 on the wire and no confident exits; then each feature
+    alone on top (the bundle's codec; its exits at their default budget)."""
+    has_exits = bool(b.manifest.get("exits"))
+    return {"split": {"codec": "none", "budget": "off" if has_exits else None},
+            "split_codec": {"codec": None, "budget": "off" if has_exits else None},
+            "split_exit": {"codec": "none", "budget": None}}
+
+
+def _run_real(b: Bundle, broker: str, remote: list[str], xs: Inputs, requests: int, warmup: int, out: dict,
+              log: Callable[[str], None], factor: float = 1.0) -> None:
+    """The remote modes straight through ``broker`` to the servers already running there."""
+    engine = "native" if b.native_ok else "ort"
+    variants = _split_variants(b)
+    for mode in ("split", "split_codec", "split_exit"):
+        if mode in remote:
+            log(f"mode {mode} (real network)")
+            out[mode] = _remote_mode(b, None, None, None, engine, xs, requests, warmup, factor, url=broker,
+                                     **variants[mode])
 
 
 def _link_report(link: LinkProfile) -> dict:
@@ -198,14 +249,16 @@ def _link_report(link: LinkProfile) -> dict:
             "measured": {k: round(v, 3) for k, v in m.items()}}
 
 
-def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests: int = 100, warmup: int = 5,
-              modes: tuple[str, ...] | None = None, device: str | None = None,
+def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile | None = None, *, broker: str | None = None,
+              requests: int = 100, warmup: int = 5, modes: tuple[str, ...] | None = None, device: str | None = None,
               log: Callable[[str], None] = lambda s: None) -> dict:
-    """Run every mode of ``bundle`` over ``link`` and return the report dict.
+    """Run every mode of ``bundle`` over ``link`` (emulated) or through ``broker`` (real) and return the report.
 
     Args:
         bundle: a bundle (path or loaded).
-        link: a link profile name or a loaded profile.
+        link: a link profile name or a loaded profile: the link is emulated here.
+        broker: instead of ``link``, the URL of the broker that real ``edgerun serve`` workers of this
+            bundle use: the real network is measured.
         requests: timed requests per mode (batch 1), after ``warmup`` untimed ones.
         modes: a subset of the modes to run (default: all).
         device: a device profile to emulate: device compute is slowed by the ratio of this
@@ -213,10 +266,12 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests:
 
     Returns:
         ``{"bundle", "model", "cut", "link", "modes": {mode: {"stages": {stage: {p50,p95,p99}},
-        "bytes_sent", ...} or {"skipped": why}}, "emulated": {...}, "device_compute": ...}``.
+        "bytes_sent", ...} or {"skipped": why}}, "emulated": {...} (emulated link only),
+        "device_compute": ...}``.
 
     Raises:
-        ConfigError: bad counts or an unknown mode; BundleError / TransportError from the parts.
+        ConfigError: bad counts, an unknown mode, or not exactly one of ``link`` / ``broker``;
+            BundleError / TransportError from the parts.
     """
     from edgerun.engine import make_engine
 
@@ -226,14 +281,23 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests:
         raise ConfigError(f"requests={requests} must be >= 1 and warmup={warmup} >= 0")
     if set(modes) - set(all_modes):
         raise ConfigError(f"unknown modes {sorted(set(modes) - set(all_modes))}; use {all_modes}")
+    if (link is None) == (broker is None):
+        raise ConfigError("give a link profile to emulate (--link wifi) or the broker of running servers to measure "
+                          "the real network (--broker URL), not both")
     b = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
-    lnk = link if isinstance(link, LinkProfile) else load_link(link)
+    lnk = None if link is None else link if isinstance(link, LinkProfile) else load_link(link)
     xs = float32(b.samples())
-    _check_link_fits(lnk, b, xs)
+    if lnk is not None:
+        _check_link_fits(lnk, b, xs)
+    else:
+        from edgerun.broker import parse_broker_url, redact_broker_url
+
+        parse_broker_url(broker)  # a malformed URL fails before the local modes run
     from edgerun.profiles import emulated_device
 
     _, factor, note = emulated_device(device)
-    report: dict[str, Any] = {"bundle": str(b.path), "model": b.model_id, "cut": b.cut_label, "link": lnk.name,
+    where = lnk.name if lnk is not None else f"real network via {redact_broker_url(broker)}"
+    report: dict[str, Any] = {"bundle": str(b.path), "model": b.model_id, "cut": b.cut_label, "link": where,
                               "requests": requests, "device_compute": note, "device_slowdown": round(factor, 3),
                               "modes": {}}
     out = report["modes"]
@@ -256,11 +320,17 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile, *, requests:
             out["split_codec"] = {"skipped": "the bundle has no codec (export with --codec tsq)"}
         if "split_exit" in modes and not b.manifest.get("exits"):
             out["split_exit"] = {"skipped": "the bundle has no early exits (export with --exits auto)"}
+        if "server" in modes and lnk is None:
+            out["server"] = {"skipped": "all on the server needs a worker serving the whole model, which only the "
+                                        "emulated run (--link) starts"}
         remote = [m for m in ("server", "split", "split_codec", "split_exit") if m in modes and m not in out]
-        if remote:
+        if remote and lnk is None:
+            _run_real(b, broker, remote, xs, requests, warmup, out, log, factor)
+        elif remote:
             _run_remote(b, lnk, remote, work, xs, requests, warmup, out, log, factor)
-        log("measuring the emulated link")
-        report["emulated"] = _link_report(lnk)
+        if lnk is not None:
+            log("measuring the emulated link")
+            report["emulated"] = _link_report(lnk)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return report
@@ -286,11 +356,7 @@ def _run_remote(b: Bundle, lnk: LinkProfile, remote: list[str], work: Path, xs: 
                     out["server"] = _remote_mode(sb, emu, srv_proc, work / "serve-whole.log", "ort", xs,
                                                  requests, warmup)
                 engine = "native" if b.native_ok else "ort"
-                has_exits = bool(b.manifest.get("exits"))
-                # split: raw fp32 on the wire, no confident exits; then each feature alone on top
-                variants = {"split": {"codec": "none", "budget": "off" if has_exits else None},
-                            "split_codec": {"codec": None, "budget": "off" if has_exits else None},
-                            "split_exit": {"codec": "none", "budget": None}}
+                variants = _split_variants(b)
                 for mode in ("split", "split_codec", "split_exit"):
                     if mode in remote:
                         log(f"mode {mode}")
@@ -321,7 +387,8 @@ def plot(report: dict, path: str | Path) -> Path:
                 fontsize=8)
     ax.set_ylabel("p50 ms (stacked stages)")
     dev = "this machine" if report.get("device_slowdown", 1.0) == 1.0 else f"emulated x{report['device_slowdown']}"
-    ax.set_title(f"{report['model']} cut {report['cut']} over {report['link']} (emulated link; device: {dev})")
+    how = "emulated link" if "emulated" in report else "measured"
+    ax.set_title(f"{report['model']} cut {report['cut']} over {report['link']} ({how}; device: {dev})")
     ax.legend(fontsize=8)
     fig.tight_layout()
     p = Path(path)

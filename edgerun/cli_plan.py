@@ -167,7 +167,9 @@ def plan_cmd(
 
 def bench_cmd(
     bundle: Path = typer.Argument(..., help="bundle directory or archive"),
-    link: str = typer.Option(..., help="link profile: name (wifi, lte, 5g, ethernet) or path"),
+    link: Optional[str] = typer.Option(None, help="link profile to emulate: name (wifi, lte, 5g, ethernet) or path"),
+    broker: Optional[str] = typer.Option(None, help="instead of --link: the broker of `edgerun serve` workers already "
+                                                    "running for BUNDLE (the real network is measured)"),
     requests: int = typer.Option(100, help="timed requests per mode"),
     warmup: int = typer.Option(5, help="untimed requests per mode first"),
     device: Optional[str] = typer.Option(None, help="emulate this device profile's speed (device compute "
@@ -176,7 +178,8 @@ def bench_cmd(
     out: Optional[Path] = typer.Option(None, help="also write the JSON report here"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
-    """Run BUNDLE all-on-device, all-on-server and split over an emulated LINK; per-stage p50/p95/p99."""
+    """Run BUNDLE all-on-device, all-on-server and split over an emulated LINK (or through a real --broker);
+    per-stage p50/p95/p99."""
     from edgerun.procs import sigterm_unwinds
 
     sigterm_unwinds()  # SIGTERM stops the bench's Mosquitto and servers, as Ctrl-C does
@@ -185,7 +188,7 @@ def bench_cmd(
 
         _check_writable(png, "--png")
         _check_writable(out, "--out")
-        rep = run_bench(bundle, link, requests=requests, warmup=warmup, device=device, log=_log)
+        rep = run_bench(bundle, link, broker=broker, requests=requests, warmup=warmup, device=device, log=_log)
     except EdgerunError as exc:
         _fail(exc)
         return
@@ -208,7 +211,10 @@ def bench_cmd(
         rows.append([mode, f"{t['p50']:.2f}", f"{t['p95']:.2f}", f"{t['p99']:.2f}", r["bytes_sent"], ""])
     typer.echo(table(["mode", "p50 ms", "p95 ms", "p99 ms", "bytes sent", "note"], rows))
     typer.echo(f"device compute: {rep['device_compute']}")  # emulated or not; a stale profile's warning
-    em = rep["emulated"]
+    em = rep.get("emulated")
+    if em is None:
+        typer.echo(f"link: {rep['link']} (not emulated)")
+        return
     typer.echo(f"link {rep['link']}: profile RTT {em['profile']['rtt_ms']} ms (+{em['profile']['jitter_ms']} jitter), "
                f"measured p50 {em['measured']['rtt_ms_p50']:.2f} ms; up {em['measured']['up_mbps']:.1f}/"
                f"{em['profile']['up_mbps']} Mbit/s, down {em['measured']['down_mbps']:.1f}/{em['profile']['down_mbps']}")

@@ -52,6 +52,8 @@ class Result:
             "server", "decode", "total".
         worker: id of the server worker that answered ("" when answered locally).
         hedged: the request was sent a second time (``hedge_ms``) before a reply came.
+        bytes_sent / bytes_received: MQTT payload bytes of the request frame (times two when hedged) and of
+            the reply (0 / 0 when answered on the device); the broker's headers come on top.
     """
 
     output: dict[str, np.ndarray]
@@ -62,6 +64,8 @@ class Result:
     worker: str = ""
     front_compute_fraction: float = 1.0  # front compute spent here, as a fraction of the front half
     hedged: bool = False
+    bytes_sent: int = 0
+    bytes_received: int = 0
 
     @property
     def local(self) -> bool:
@@ -290,6 +294,7 @@ class Device:
         self._observe_rtt((t_recv - sent[replied]) * 1e3)
         result = self._finish(reply, replied, (t_start, t_front, t_enc, t_recv), n)
         result.hedged = len(sent) > 1
+        result.bytes_sent, result.bytes_received = len(payload) * len(sent), len(reply)
         if step is not None:
             result.front_compute_fraction = step.compute_fraction
         return result

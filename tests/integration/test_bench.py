@@ -92,3 +92,30 @@ def test_a_request_slower_than_the_first_probe_still_gets_measured(digits_bundle
     link.write_text('kind = "link"\nname = "slow"\nrtt_ms = 1.0\nup_mbps = 0.006\ndown_mbps = 1.0\n')
     rep = run_bench(digits_bundle, link, requests=1, warmup=0, modes=("split",))
     assert rep["modes"]["split"]["stages"]["network"]["p50"] > 2000
+
+
+def test_on_real_hardware_the_bench_measures_through_the_running_servers_broker(digits_bundle, start_servers, broker,
+                                                                               cli_argv):
+    """`--broker URL`: no emulator and no processes of its own; the split goes to the workers already serving
+    the bundle, and the bytes are the frames' (the request frame carries the cut tensor)."""
+    from edgerun.bench import run_bench
+
+    start_servers(1)
+    rep = run_bench(digits_bundle, broker=broker.url, requests=REQUESTS, warmup=1)
+    assert rep["link"] == f"real network via {broker.url}" and "emulated" not in rep
+    split = rep["modes"]["split"]
+    assert set(split["stages"]) == {"device", "encode", "network", "server", "decode", "total"}
+    tensor = 4 * int(__import__("numpy").prod([d for d in digits_bundle.cut[0].shape if d]))
+    assert tensor < split["bytes_sent"] < tensor + 1024 and split["bytes_received"] > 40
+    assert "skipped" in rep["modes"]["server"]
+    r = subprocess.run([*cli_argv, "bench", str(digits_bundle.path), "--broker", broker.url, "--link", "wifi"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "not both" in r.stderr
+
+
+def test_with_no_server_running_the_real_bench_says_to_start_one(digits_bundle, broker):
+    from edgerun.bench import run_bench
+    from edgerun.errors import TransportError
+
+    with pytest.raises(TransportError, match=r"no server answered through .*: start `edgerun serve"):
+        run_bench(digits_bundle, broker=broker.url, requests=2, warmup=0, modes=("split",))
