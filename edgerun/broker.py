@@ -20,7 +20,9 @@ checked, its host name included.
 from __future__ import annotations
 
 import atexit
+import ipaddress
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -49,6 +51,8 @@ class BrokerTls:
     ca: str | None = None    # PEM CA bundle that signed the broker's certificate; None: the system's trust store
     cert: str | None = None  # PEM client certificate, for a broker that requires one
     key: str | None = None   # its private key
+
+
 FIXED_PORT_ATTEMPTS = 4   # Mosquitto(port=P) tries P this often, FIXED_PORT_PAUSE_S apart, while it is taken
 FIXED_PORT_PAUSE_S = 0.5
 
@@ -94,7 +98,8 @@ def broker_tls(url: str) -> BrokerTls | None:
     parts, url = _split(url)
     if parts.scheme not in _TLS_SCHEMES:
         return None
-    query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=False)
+    # A '+' in a file name is a plus, not a space (parse_qs reads HTML forms): ca+chain.pem stays so.
+    query = parse_qs(parts.query.replace("+", "%2B"), keep_blank_values=True, strict_parsing=False)
     unknown = sorted(set(query) - set(TLS_KEYS))
     if unknown:
         raise ConfigError(f"broker URL {url!r} has unknown settings {unknown}: an mqtts:// URL takes "
@@ -106,7 +111,10 @@ def broker_tls(url: str) -> BrokerTls | None:
             raise ConfigError(f"broker URL {url!r}: give {k}= once, with a file path")
         path = Path(values[0]).expanduser()
         if not path.is_file():
-            raise ConfigError(f"broker URL {url!r}: {k}={values[0]} is not a file: give the path of the PEM file")
+            where = "" if path.is_absolute() else f" (looked for {path.absolute()}: a relative path is taken " \
+                                                  "from the working directory)"
+            what = "a folder" if path.is_dir() else "not a file"
+            raise ConfigError(f"broker URL {url!r}: {k}={values[0]} is {what}{where}: give the path of the PEM file")
         got[k] = str(path)
     if ("cert" in got) != ("key" in got):
         raise ConfigError(f"broker URL {url!r}: a client certificate needs both cert= and key= (the PEM certificate "
@@ -128,6 +136,11 @@ def _split(url: str):
             f"broker URL {url!r} has scheme {parts.scheme!r}: use mqtt://host:port, or mqtts://host:port for TLS "
             "(websockets are not supported)"
         )
+    if _userinfo_span(text) and any(ch in text[slice(*_userinfo_span(text))] for ch in "/?#"):
+        raise ConfigError(f"broker URL {url!r}: its user or password holds '/', '?' or '#': percent-encode them "
+                          "(%2F, %3F, %23; '@' is %40, ':' in the user %3A)")
+    if "#" in text.partition("?")[2] and parts.scheme in _TLS_SCHEMES:
+        raise ConfigError(f"broker URL {url!r}: '#' in a file path starts a URL fragment: percent-encode it as %23")
     if parts.path not in ("", "/") or parts.fragment:
         raise ConfigError(f"broker URL {url!r} has a path: use mqtt://host:port")
     if parts.query and parts.scheme in _PLAIN_SCHEMES:
@@ -139,7 +152,15 @@ def _split(url: str):
 def tls_url(host: str, port: int, tls: BrokerTls) -> str:
     """``mqtts://host:port?ca=...`` for these settings (paths percent-encoded)."""
     q = "&".join(f"{k}={quote(v, safe='/')}" for k, v in (("ca", tls.ca), ("cert", tls.cert), ("key", tls.key)) if v)
-    return f"mqtts://{host}:{port}" + (f"?{q}" if q else "")
+    return f"mqtts://{_url_host(host)}:{port}" + (f"?{q}" if q else "")
+
+
+def _url_host(host: str) -> str:
+    """``host`` as it goes in a URL: an IPv6 address in brackets."""
+    try:
+        return f"[{host}]" if ipaddress.ip_address(host).version == 6 else host
+    except ValueError:
+        return host
 
 
 def broker_credentials(url: str) -> tuple[str | None, str | None]:
@@ -153,13 +174,28 @@ def broker_credentials(url: str) -> tuple[str | None, str | None]:
 
 def redact_broker_url(url: str) -> str:
     """``url`` with its password replaced by ``***``, for messages and logs."""
-    base, q, query = url.partition("?")  # an mqtts:// query holds file paths, which may hold an @
-    if "@" not in base:
+    span = _userinfo_span(url)
+    if span is None:
         return url
-    head, _, rest = base.rpartition("@")
-    scheme, sep, userinfo = head.rpartition("://")
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}{sep}{user}{':***' if ':' in userinfo else ''}@{rest}{q}{query}"
+    start, end = span
+    user, colon, _ = url[start:end].partition(":")
+    return f"{url[:start]}{user}{':***' if colon else ''}{url[end:]}"
+
+
+_QUERY_START = re.compile(r"\?[A-Za-z0-9_]*=")
+
+
+def _userinfo_span(url: str) -> tuple[int, int] | None:
+    """Where ``USER[:PASSWORD]`` sits in ``url`` (before its last '@' ahead of the TLS query), or None.
+
+    Not urlsplit: a password typed with a raw '?', '/' or '#' must still be hidden in the error that
+    refuses it, and a file path in the query may hold an '@' that is no password's end.
+    """
+    start = url.find("://")
+    start = 0 if start < 0 else start + 3
+    q = _QUERY_START.search(url, start)
+    at = url.rfind("@", start, q.start() if q else len(url))
+    return (start, at) if at >= 0 else None
 
 
 def find_mosquitto() -> str:
@@ -206,6 +242,9 @@ class Mosquitto:
             then ``mqtts://127.0.0.1:PORT?ca=...`` (files in the broker's temp directory).
         require_client_cert: with ``tls``, refuse clients without a certificate of that CA (``url`` then
             carries the client's ``cert`` and ``key`` too; ``url_without_client_cert`` lacks them).
+        certs_dir: with ``tls``, keep the certificates in this folder instead of the temp directory:
+            made there on the first start, reused by every later one (a broker restarted on its port
+            is then still trusted by the clients holding its URL), never deleted.
 
     Raises:
         UserError: mosquitto is missing, or did not start (the message holds the log tail).
@@ -220,9 +259,12 @@ class Mosquitto:
         binary: str | None = None,
         tls: bool = False,
         require_client_cert: bool = False,
+        certs_dir: str | Path | None = None,
     ) -> None:
         if require_client_cert and not tls:
             raise ConfigError("require_client_cert=True needs tls=True")
+        if certs_dir is not None and not tls:
+            raise ConfigError("certs_dir needs tls=True")
         if max_packet_size < 0:
             raise ConfigError(f"max_packet_size={max_packet_size} is negative: use 0 (default) or a size in bytes")
         if start_timeout_s <= 0:
@@ -234,6 +276,7 @@ class Mosquitto:
         self.start_timeout_s = float(start_timeout_s)
         self.binary = binary or find_mosquitto()
         self.tls, self.require_client_cert = bool(tls), bool(require_client_cert)
+        self.certs_dir = Path(certs_dir).expanduser().absolute() if certs_dir is not None else None
         self.certs = None  # tls_dev.DevCerts once started with tls
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -245,7 +288,8 @@ class Mosquitto:
         if not self.tls:
             return f"mqtt://{self.host}:{self.port}"
         if self.certs is None:
-            raise UserError("the TLS broker was never started: call start() or use `with Mosquitto(tls=True) as b:`")
+            raise UserError("the TLS broker is not running (a stopped one deleted its throwaway certificates; "
+                            "certs_dir= keeps them): call start() or use `with Mosquitto(tls=True) as b:`")
         client = (str(self.certs.client_cert), str(self.certs.client_key)) if self.require_client_cert else (None, None)
         return tls_url(self.host, self.port, BrokerTls(str(self.certs.ca), *client))
 
@@ -277,7 +321,8 @@ class Mosquitto:
         """
         if self.running:
             return self
-        self._dir = tempfile.TemporaryDirectory(prefix="edgerun-mosquitto-")
+        if self._dir is None:  # else its process died: start again in it, on the same certificates
+            self._dir = tempfile.TemporaryDirectory(prefix="edgerun-mosquitto-")
         # A free port can be taken between our probe and mosquitto's bind: retry (a new port; a fixed
         # one, after a pause: a client reconnecting to it may hold it for a moment as its own source port).
         attempts = FIXED_PORT_ATTEMPTS if self._fixed_port else 3
@@ -357,10 +402,10 @@ class Mosquitto:
         if self.max_packet_size:
             lines.append(f"max_packet_size {self.max_packet_size}")
         if self.tls:
-            from edgerun.tls_dev import make_dev_certs
+            from edgerun.tls_dev import dev_certs
 
             if self.certs is None:
-                self.certs = make_dev_certs(root / "tls", self.host)
+                self.certs = dev_certs(self.certs_dir or root / "tls", self.host)
             lines += [f"cafile {self.certs.ca}", f"certfile {self.certs.server_cert}", f"keyfile {self.certs.server_key}",
                       f"require_certificate {'true' if self.require_client_cert else 'false'}"]
         if os.geteuid() == 0:

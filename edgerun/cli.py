@@ -432,8 +432,14 @@ def broker_cmd(
     require_client_cert: bool = typer.Option(False, "--require-client-cert",
                                              help="with --tls: refuse clients without a certificate of that CA (the "
                                                   "URL printed carries one: &cert=...&key=...)"),
+    port: Optional[int] = typer.Option(None, "--port", help="listen on this port (default: a free one); with "
+                                                            "--certs-dir, a restarted broker keeps its URL"),
+    certs_dir: Optional[Path] = typer.Option(None, "--certs-dir",
+                                             help="with --tls: keep the certificates in this folder (made on the "
+                                                  "first start, reused later; default: a temp folder deleted when "
+                                                  "the broker stops)"),
 ) -> None:
-    """Start a Mosquitto on a free loopback port and print its URL (Ctrl-C or SIGTERM stops it)."""
+    """Start a Mosquitto on a loopback port and print its URL (Ctrl-C or SIGTERM stops it)."""
     import time
 
     from edgerun.broker import Mosquitto
@@ -441,9 +447,17 @@ def broker_cmd(
 
     sigterm_unwinds()  # `kill` stops the Mosquitto too (it was left running)
     try:
-        with Mosquitto(tls=tls, require_client_cert=require_client_cert) as m:
+        if port is not None and not 1 <= port <= 65535:
+            raise ConfigError(f"--port {port}: give a port in 1..65535")
+        if (require_client_cert or certs_dir is not None) and not tls:
+            raise ConfigError("--require-client-cert and --certs-dir need --tls")
+        with Mosquitto(tls=tls, require_client_cert=require_client_cert, port=port, certs_dir=certs_dir) as m:
             typer.echo(m.url, err=False)
             sys.stdout.flush()
+            if tls and certs_dir is None:  # the URL names files that vanish with this process
+                typer.echo(f"certificates in {m.certs.ca.parent}: deleted when this broker stops, and a new broker "
+                           "makes new ones (its clients need its new URL); --certs-dir DIR --port PORT keeps both",
+                           err=True)
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:

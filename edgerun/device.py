@@ -348,7 +348,11 @@ class Device:
         return ""
 
     def _broker_gone(self) -> str:
-        return self._connect_error or f"lost the broker at {self._client.url}"
+        if self._connect_error:
+            return self._connect_error
+        # paho reconnects in silence: a TLS broker back with a certificate we refuse looked like one still down
+        why = self._client.reconnect_error
+        return f"lost the broker at {self._client.url}" + (f"; reconnecting fails: {why}" if why else "")
 
     def _suspect(self, why: str) -> None:
         self._suspect_why, self._suspect_until = why, time.monotonic() + SUSPECT_BACKOFF_S

@@ -8,6 +8,8 @@ unencrypted in a temp directory: for a real deployment use your own CA.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -16,6 +18,8 @@ from pathlib import Path
 from edgerun.errors import UserError
 
 DAYS = 2
+_FILES = ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")
+log = logging.getLogger("edgerun.tls_dev")
 _CURVE = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 
 
@@ -30,35 +34,73 @@ class DevCerts:
     client_key: Path
 
 
-def make_dev_certs(folder: Path, host: str = "127.0.0.1") -> DevCerts:
-    """Write a CA, a server certificate for ``host`` (and localhost) and a client certificate into ``folder``.
+def dev_certs(folder: Path, host: str = "127.0.0.1") -> DevCerts:
+    """The certificates in ``folder``, made there first if it holds none (``make_dev_certs``).
+
+    Reusing them is what lets a broker restart without its clients' URLs going stale. Expired ones
+    are used anyway, with a warning: new ones would need the new CA in every client's URL.
 
     Raises:
-        UserError: the ``openssl`` command is missing or failed (its message is in ours).
+        UserError: the folder holds only some of the files, or openssl failed.
     """
+    d = Path(folder)
+    have = [n for n in _FILES if (d / n).is_file()]
+    if not have:
+        return make_dev_certs(d, host)
+    if len(have) < len(_FILES):
+        missing = ", ".join(n for n in _FILES if n not in have)
+        raise UserError(f"the TLS certificate folder {d} lacks {missing}: empty it to make new certificates "
+                        "(clients then need its new ca.pem) or put the missing files back")
+    exe = _openssl()
+    for name in ("ca.pem", "server.pem", "client.pem"):
+        r = subprocess.run([exe, "x509", "-checkend", "0", "-noout", "-in", str(d / name)], capture_output=True)
+        if r.returncode != 0:
+            log.warning("%s has expired (or is not a certificate): clients will refuse the broker; delete %s to "
+                        "make new certificates (clients then need the new ca.pem)", d / name, d)
+            break
+    return DevCerts(*(d / n for n in _FILES))
+
+
+def _openssl() -> str:
     exe = shutil.which("openssl")
     if exe is None:
         raise UserError("the openssl command was not found (TLS test certificates are made with it): "
                         "sudo apt-get install -y openssl")
+    return exe
+
+
+def make_dev_certs(folder: Path, host: str = "127.0.0.1", *, days: int = DAYS) -> DevCerts:
+    """Write a CA, a server certificate for ``host`` (and localhost) and a client certificate into ``folder``.
+
+    ``days``: how long they are valid (a negative number makes expired server and client certificates,
+    for tests; the CA stays valid a day).
+
+    Raises:
+        UserError: the ``openssl`` command is missing or failed (its message is in ours).
+    """
+    exe = _openssl()
     d = Path(folder)
     d.mkdir(parents=True, exist_ok=True)
     ca, ca_key = d / "ca.pem", d / "ca.key"
-    _run(exe, "req", "-x509", *_CURVE, "-keyout", ca_key, "-out", ca, "-days", DAYS, "-subj", "/CN=edgerun dev CA",
+    _run(exe, "req", "-x509", *_CURVE, "-keyout", ca_key, "-out", ca, "-days", max(days, 1), "-subj", "/CN=edgerun dev CA",
          "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
          "-addext", "subjectKeyIdentifier=hash")
-    san = f"IP:{host},DNS:localhost" if host.replace(".", "").isdigit() else f"DNS:{host},DNS:localhost"
-    server = _signed(exe, d, "server", ca, ca_key, f"subjectAltName={san}\nextendedKeyUsage=serverAuth")
-    client = _signed(exe, d, "client", ca, ca_key, "extendedKeyUsage=clientAuth")
+    try:
+        san = f"IP:{ipaddress.ip_address(host)},DNS:localhost"
+    except ValueError:
+        san = f"DNS:{host},DNS:localhost"
+    server = _signed(exe, d, "server", ca, ca_key, f"subjectAltName={san}\nextendedKeyUsage=serverAuth", days)
+    client = _signed(exe, d, "client", ca, ca_key, "extendedKeyUsage=clientAuth", days)
     return DevCerts(ca, server[0], server[1], client[0], client[1])
 
 
-def _signed(exe: str, d: Path, name: str, ca: Path, ca_key: Path, ext: str) -> tuple[Path, Path]:
+def _signed(exe: str, d: Path, name: str, ca: Path, ca_key: Path, ext: str, days: int) -> tuple[Path, Path]:
     cert, key, csr, extfile = d / f"{name}.pem", d / f"{name}.key", d / f"{name}.csr", d / f"{name}.ext"
     extfile.write_text(f"{ext}\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
                        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n")
     _run(exe, "req", *_CURVE, "-keyout", key, "-out", csr, "-subj", f"/CN=edgerun dev {name}")
     _run(exe, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
-         "-days", DAYS, "-extfile", extfile)
+         "-days", days, "-extfile", extfile)
     csr.unlink()
     extfile.unlink()
     return cert, key

@@ -225,6 +225,7 @@ class MqttClient:
         self._connected = threading.Event()
         self._settled = threading.Event()  # set on the first CONNACK or on a close before any (connect waits)
         self._ever_connected = False
+        self._reconnect_error = ""  # why paho's reconnects fail their TLS handshake ('' if they do not)
         self._acks: dict[int, threading.Event] = {}
         self._keepalive = keepalive_s
         self._closed = False
@@ -234,7 +235,7 @@ class MqttClient:
             c.username_pw_set(user, password)
         self.tls = broker_tls(broker_url)
         if self.tls is not None:
-            c.tls_set_context(_tls_context(self.tls, self.url))
+            c.tls_set_context(_tls_context(self.tls, self.url, self._handshake_failed))
         self._max_queued = int(max_queued)
         c.max_queued_messages_set(self._max_queued)  # 0 = no limit (servers: a reply is never dropped)
         if will is not None:
@@ -249,6 +250,14 @@ class MqttClient:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    @property
+    def reconnect_error(self) -> str:
+        """Why reconnecting to a TLS broker fails (its certificate is not trusted, ...), else ''.
+
+        paho retries a failed reconnect forever without a word; this says what the user can fix.
+        """
+        return self._reconnect_error
 
     @property
     def refused(self) -> str:
@@ -268,14 +277,8 @@ class MqttClient:
             hint += " (a broker that requires client certificates takes &cert=CLIENT.pem&key=CLIENT.key)"
         try:
             self._client.connect(self.host, self.port, keepalive=self._keepalive, clean_start=True)
-        except ssl.SSLCertVerificationError as exc:
-            raise TransportError(f"TLS: the MQTT broker at {self.url} presented a certificate this client does not "
-                                 f"trust ({exc.verify_message}): give the CA that signed it in the URL, "
-                                 "mqtts://host:port?ca=/path/ca.pem") from None
         except ssl.SSLError as exc:
-            raise TransportError(f"TLS handshake with the MQTT broker at {self.url} failed ({exc.reason or exc}): "
-                                 "does the broker listen with TLS on that port (else use mqtt://), and does it "
-                                 "require a client certificate (&cert=CLIENT.pem&key=CLIENT.key)?") from None
+            raise TransportError(_tls_problem(exc, self.url, self.host)) from None
         except (OSError, ValueError) as exc:
             raise TransportError(f"cannot reach the MQTT broker at {self.url} ({exc}): {hint}") from None
         self._client.loop_start()
@@ -390,15 +393,26 @@ class MqttClient:
         if self._announced is not None:  # set only after the first connect: this is a reconnect
             client.publish(self._announced[0], self._announced[1], qos=QOS, retain=True)
         self._ever_connected = True
+        self._reconnect_error = ""
         self._connected.set()
         self._settled.set()
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
         if not self._ever_connected:  # e.g. plain MQTT to a TLS listener, or TLS without the required client cert
-            self._settled.set()
-        if not self._closed:
+            self._settled.set()  # connect() raises: it never had the broker, there is nothing to reconnect
+            log.debug("the broker at %s closed the connection before its CONNACK (%s)", self.url, reason_code)
+        elif not self._closed:
             log.warning("lost the broker at %s (%s); reconnecting with backoff", self.url, reason_code)
+
+    def _handshake_failed(self, exc: ssl.SSLError) -> None:
+        """A TLS handshake failed (any thread): after a first connect it is one of paho's silent retries."""
+        if not self._ever_connected or self._closed:
+            return  # connect() raises it
+        why = _tls_problem(exc, self.url, self.host)
+        if why != self._reconnect_error:
+            log.warning("cannot reconnect to the broker at %s: %s", self.url, why)
+        self._reconnect_error = why
 
     def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         for rc in reason_codes:
@@ -420,24 +434,76 @@ class MqttClient:
             log.exception("message handler failed on %s", msg.topic)
 
 
-def _tls_context(tls, url: str) -> ssl.SSLContext:
+def _tls_context(tls, url: str, on_handshake_error: Callable[[ssl.SSLError], None] | None = None) -> ssl.SSLContext:
     """A client context that checks the broker's certificate and host name (the CA of ``tls.ca``, else the
-    system's trust store) and presents ``tls.cert`` when given.
+    system's trust store) and presents ``tls.cert`` when given; ``on_handshake_error`` sees every failed
+    handshake, also those of paho's reconnects in its own thread.
 
     Raises:
-        ConfigError: a file is not a PEM certificate / key, or the key does not match the certificate.
+        ConfigError: a file is not a PEM certificate / key, the key is encrypted or does not match the
+            certificate.
     """
     try:
         ctx = ssl.create_default_context(cafile=tls.ca)
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"broker URL {url}: ca={tls.ca} is not a PEM CA certificate ({exc})") from None
     if tls.cert is not None:
-        try:
-            ctx.load_cert_chain(tls.cert, tls.key)
-        except (ssl.SSLError, OSError) as exc:
+        try:  # without a password callback OpenSSL asks for a pass phrase on the terminal, and waits
+            ctx.load_cert_chain(tls.cert, tls.key, password=_no_password)
+        except _EncryptedKey:
+            raise ConfigError(f"broker URL {url}: key={tls.key} is encrypted (it needs a pass phrase, which a URL "
+                              f"does not carry): decrypt it once, openssl pkey -in {tls.key} -out CLIENT.key, keep "
+                              "that file private, and give key=CLIENT.key") from None
+        except ssl.SSLError as exc:
+            if "KEY_VALUES_MISMATCH" in str(exc):
+                raise ConfigError(f"broker URL {url}: key={tls.key} is not the private key of cert={tls.cert}: "
+                                  "give the key made with that certificate") from None
             raise ConfigError(f"broker URL {url}: cert={tls.cert} / key={tls.key} are not a PEM client certificate "
                               f"and its private key ({exc})") from None
+        except OSError as exc:
+            raise ConfigError(f"broker URL {url}: cert={tls.cert} / key={tls.key} cannot be read ({exc})") from None
+    if on_handshake_error is not None:
+        class _Socket(ssl.SSLSocket):
+            def do_handshake(self, *args, **kwargs):
+                try:
+                    return super().do_handshake(*args, **kwargs)
+                except ssl.SSLError as exc:
+                    on_handshake_error(exc)
+                    raise
+
+        ctx.sslsocket_class = _Socket
     return ctx
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_password() -> str:
+    raise _EncryptedKey
+
+
+# X509_V_ERR_* codes that are not "the CA is unknown": telling the user to give the CA would mislead
+_HOST_MISMATCH = (62, 64)      # HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
+_NOT_VALID_NOW = (9, 10, 13, 14)  # CERT_NOT_YET_VALID, CERT_HAS_EXPIRED, bad notBefore / notAfter fields
+
+
+def _tls_problem(exc: ssl.SSLError, url: str, host: str) -> str:
+    """What went wrong in a TLS handshake with the broker at ``url``, and what to do about it."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = exc.verify_message
+        if exc.verify_code in _HOST_MISMATCH:
+            return (f"TLS: the certificate of the MQTT broker at {url} is not for {host!r} ({why}): connect by a "
+                    f"name the certificate holds (its subjectAltName), or give the broker a certificate for {host}")
+        if exc.verify_code in _NOT_VALID_NOW:
+            return (f"TLS: the MQTT broker at {url} presented a certificate that is not valid now ({why}): renew "
+                    "the broker's certificate (or its CA's), or, if it should be valid, check this machine's clock "
+                    "(`date`)")
+        return (f"TLS: the MQTT broker at {url} presented a certificate this client does not trust ({why}): give "
+                "the CA that signed it in the URL, mqtts://host:port?ca=/path/ca.pem")
+    return (f"TLS handshake with the MQTT broker at {url} failed ({exc.reason or exc}): does the broker listen "
+            "with TLS on that port (else use mqtt://), and does it require a client certificate "
+            "(&cert=CLIENT.pem&key=CLIENT.key)?")
 
 
 def _set_nodelay(client, userdata, sock) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -39,3 +40,95 @@ def test_serve_and_run_over_mutual_tls_answer_as_the_whole_model(digits_bundle, 
         finally:
             assert server.stop() == 0, server.stderr[-2000:]
     assert server.stats()["served"] == 4  # the refused device sent nothing
+
+
+@pytest.fixture(scope="module")
+def exits_bundle(tmp_path_factory):
+    """digits-cnn cut at block2 with auto exits: a device that answers alone while the broker is away."""
+    from edgerun.exporters import ExportConfig, export
+
+    return export("zoo:digits-cnn", ExportConfig(cut="block2", exits="auto", evaluate=False),
+                  tmp_path_factory.mktemp("tls-exits") / "digits-exits")
+
+
+def _until(cond, timeout_s: float = 30.0) -> bool:
+    give_up = time.monotonic() + timeout_s
+    while not cond() and time.monotonic() < give_up:
+        time.sleep(0.1)
+    return cond()
+
+
+def test_a_device_answers_alone_while_the_tls_broker_is_down_and_the_server_again_once_it_restarts(
+        exits_bundle, tmp_path):
+    """A TLS broker could not be restarted for its clients: every Mosquitto(tls=True) / `edgerun broker --tls`
+    made a new CA, so the device and server, holding the old URL, never trusted the restarted broker.
+    With the certificates kept in a folder, both reconnect by themselves."""
+    from edgerun.device import Device
+
+    x = exits_bundle.samples()[:1].astype(np.float32)
+    certs = tmp_path / "tls"
+    with Mosquitto(tls=True, require_client_cert=True, certs_dir=certs) as broker:
+        url, port = broker.url, broker.port
+        server = ServerProc(exits_bundle, url)
+        try:
+            wait_servers_online(exits_bundle, url, 1, [server])
+            with Device(exits_bundle, broker=url, engine="ort", budget="off") as dev:
+                assert dev.infer(x, deadline_ms=10_000).answered_by == "server"
+                broker.stop()
+                down = [dev.infer(x, deadline_ms=400) for _ in range(3)]
+                assert all(r.local and r.reason.startswith("server unreachable: lost the broker at mqtts://")
+                           for r in down), [r.reason for r in down]
+                with Mosquitto(tls=True, require_client_cert=True, certs_dir=certs, port=port) as again:
+                    assert again.url == url  # the same port and files: the clients' URL still holds
+                    wait_servers_online(exits_bundle, url, 1, [server])
+                    assert _until(lambda: dev._client.connected)
+                    assert dev.infer(x, deadline_ms=10_000).answered_by == "server"
+        finally:
+            server.stop()
+    assert "cannot reconnect" not in server.stderr, server.stderr[-2000:]
+
+
+def test_a_device_whose_broker_came_back_with_another_ca_says_why_in_its_answers(exits_bundle):
+    """The device said "lost the broker ... (reconnecting in the background)" for good while the broker was
+    up again with certificates it did not trust: paho retried the handshake without a word."""
+    from edgerun.device import Device
+
+    x = exits_bundle.samples()[:1].astype(np.float32)
+    with Mosquitto(tls=True) as broker:
+        port = broker.port
+        dev = Device(exits_bundle, broker=broker.url, engine="ort", budget="off")
+    try:
+        with Mosquitto(tls=True, port=port):  # a new throwaway CA
+            assert _until(lambda: "reconnecting fails" in dev.infer(x, deadline_ms=400).reason)
+            r = dev.infer(x, deadline_ms=400)
+            assert r.local and "presented a certificate this client does not trust" in r.reason
+            assert "give the CA that signed it in the URL" in r.reason
+    finally:
+        dev.close()
+
+
+def test_edgerun_broker_restarted_with_its_certs_dir_and_port_prints_the_same_url(cli_argv, tmp_path):
+    """`edgerun broker --tls` had no --port and kept its certificates in a temp folder deleted on exit: the
+    URL it printed died with it, and a restarted one could only be reached with a new URL."""
+    import os
+    import signal
+
+    from edgerun.broker import free_port
+    from edgerun.procs import die_with_parent
+    from edgerun.transport import MqttClient
+
+    port, urls = free_port(), []
+    for _ in range(2):
+        p = subprocess.Popen(die_with_parent([*cli_argv, "broker", "--tls", "--require-client-cert",
+                                              "--certs-dir", str(tmp_path / "tls"), "--port", str(port)]),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ})
+        try:
+            urls.append(p.stdout.readline().strip())
+            c = MqttClient(urls[0], "first-url")
+            c.connect(timeout_s=30)
+            c.close()
+        finally:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=30)
+    assert urls[0] == urls[1] and urls[0].startswith(f"mqtts://127.0.0.1:{port}?ca={tmp_path}/tls/ca.pem&cert=")
+    assert (tmp_path / "tls" / "ca.pem").is_file()  # kept after the broker stopped

@@ -107,3 +107,182 @@ def test_a_broker_that_requires_client_certificates_takes_one_and_refuses_none()
 def test_a_client_certificate_needs_a_tls_broker():
     with pytest.raises(ConfigError, match="require_client_cert=True needs tls=True"):
         Mosquitto(require_client_cert=True)
+
+
+# -- bugs found by trying TLS as a user (each docstring says what went wrong before) -------------------
+def _dev_certs(folder, **kw):
+    from edgerun.tls_dev import make_dev_certs
+
+    return make_dev_certs(folder, **kw)
+
+
+def test_a_plus_in_a_file_name_stays_a_plus(tmp_path):
+    """parse_qs read '+' as a space: ?ca=/etc/ssl/ca+intermediate.pem was "not a file" (…/ca intermediate.pem)."""
+    (tmp_path / "ca+chain.pem").write_text("x")
+    assert broker_tls(f"mqtts://h?ca={tmp_path}/ca+chain.pem").ca == f"{tmp_path}/ca+chain.pem"
+    assert broker_tls(f"mqtts://h?ca={tmp_path}/ca%2Bchain.pem").ca == f"{tmp_path}/ca+chain.pem"
+
+
+def test_a_hash_in_a_path_is_told_to_be_percent_encoded(tmp_path):
+    """A '#' in a certificate path began a URL fragment and the URL was refused as having "a path"."""
+    with pytest.raises(ConfigError, match=r"percent-encode .*%23"):
+        broker_tls(f"mqtts://h?ca={tmp_path}/a#b.pem")
+
+
+def test_a_relative_path_that_is_missing_names_where_it_was_looked_for(tmp_path, monkeypatch):
+    """ca=certs/ca.pem "is not a file" did not say relative to what (the process's working directory)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"ca=certs/ca.pem is not a file \(looked for {tmp_path}/certs/ca.pem: a relative path is taken from the working directory\)"):
+        broker_tls("mqtts://h?ca=certs/ca.pem")
+
+
+@pytest.mark.parametrize("url", ["mqtts://u:p?ss@h:8883?ca=/x.pem", "mqtt://u:p?ss@h:1883",
+                                 "mqtt://u:p#ss@h:1883", "mqtts://u:p/ss@h"])
+def test_a_password_with_a_question_mark_is_not_shown_in_the_error(url):
+    """redact_broker_url cut at the first '?' (the TLS query) before looking for the '@': a raw '?' in the
+    password left "p?ss" in the ConfigError ("has a query" / "has a bad port")."""
+    with pytest.raises(ConfigError) as exc:
+        parse_broker_url(url)
+    assert "ss@" not in str(exc.value) and "u:***@h" in str(exc.value)
+    assert "percent-encode" in str(exc.value)
+
+
+@pytest.mark.skipif(not _HAVE_OPENSSL, reason="openssl not installed")
+def test_an_encrypted_client_key_is_a_config_error_not_a_pass_phrase_prompt(tmp_path):
+    """OpenSSL asked "Enter PEM pass phrase:" on the terminal (twice), blocking a server started by hand,
+    then failed with "[Errno 22] Invalid argument"."""
+    import subprocess
+
+    c = _dev_certs(tmp_path)
+    enc = tmp_path / "enc.key"
+    subprocess.run(["openssl", "pkey", "-in", str(c.client_key), "-aes256", "-passout", "pass:pw", "-out", str(enc)],
+                   check=True, capture_output=True)
+    with pytest.raises(ConfigError, match=r"key=.*enc.key is encrypted .*openssl pkey -in .*enc.key -out"):
+        MqttClient(f"mqtts://127.0.0.1:8883?ca={c.ca}&cert={c.client_cert}&key={enc}", "t")
+
+
+@pytest.mark.skipif(not _HAVE_OPENSSL, reason="openssl not installed")
+def test_a_key_of_another_certificate_is_named_as_such(tmp_path):
+    """A key that does not match the certificate was "not a PEM client certificate and its private key"."""
+    c = _dev_certs(tmp_path)
+    with pytest.raises(ConfigError, match=r"key=.*server.key is not the private key of cert=.*client.pem"):
+        MqttClient(f"mqtts://127.0.0.1:8883?ca={c.ca}&cert={c.client_cert}&key={c.server_key}", "t")
+
+
+@needs_tls_broker
+def test_a_certificate_for_another_host_names_the_host_not_the_ca(tmp_path):
+    """A certificate made for another name failed with "give the CA that signed it in the URL", though the
+    CA was right: the user was sent after the wrong file."""
+    _dev_certs(tmp_path, host="broker.example")  # SAN: broker.example, localhost; not 127.0.0.1
+    with Mosquitto(tls=True, certs_dir=tmp_path) as m:
+        with pytest.raises(TransportError, match=r"certificate of the MQTT broker at .* is not for '127.0.0.1' "
+                                                 r".*connect by a name the certificate holds \(its subjectAltName\), "
+                                                 r"or give the broker a certificate for 127.0.0.1") as exc:
+            MqttClient(m.url, "by-ip").connect()
+        assert "give the CA" not in str(exc.value)
+        c = MqttClient(m.url.replace("127.0.0.1", "localhost"), "by-name")
+        c.connect()
+        c.close()
+
+
+@needs_tls_broker
+def test_an_expired_certificate_says_it_expired(tmp_path):
+    """An expired broker certificate was reported as untrusted, "give the CA that signed it"."""
+    _dev_certs(tmp_path, days=-1)
+    with Mosquitto(tls=True, certs_dir=tmp_path) as m:
+        with pytest.raises(TransportError, match=r"not valid now \(certificate has expired\): renew the broker's "
+                                                 r"certificate .*check this machine's clock") as exc:
+            MqttClient(m.url, "late").connect()
+        assert "give the CA" not in str(exc.value)
+
+
+@needs_tls_broker
+def test_a_tls_broker_whose_process_died_starts_again_on_its_certificates():
+    """start() after the mosquitto process died made a new temp dir and dropped the old one, certificates
+    and all, but kept naming them: mosquitto failed "Unable to load CA certificates"."""
+    with Mosquitto(tls=True) as m:
+        url = m.url
+        m._proc.kill()
+        m._proc.wait()
+        m.start()
+        assert m.url.split("?")[1] == url.split("?")[1]  # the same files: clients keep their URL's CA
+        c = MqttClient(m.url, "again")
+        c.connect()
+        c.close()
+
+
+@needs_tls_broker
+def test_certificates_in_a_folder_are_kept_and_reused(tmp_path):
+    """Every Mosquitto(tls=True) made a new CA in a temp dir deleted on stop: a broker restarted on its
+    port could never be trusted by the clients already holding the URL."""
+    with Mosquitto(tls=True, certs_dir=tmp_path / "tls") as m:
+        first, port = (tmp_path / "tls" / "ca.pem").read_bytes(), m.port
+    assert (tmp_path / "tls" / "ca.pem").read_bytes() == first  # kept after stop
+    with Mosquitto(tls=True, certs_dir=tmp_path / "tls", port=port) as m:
+        assert (tmp_path / "tls" / "ca.pem").read_bytes() == first
+        c = MqttClient(m.url, "reused")
+        c.connect()
+        c.close()
+
+
+@needs_tls_broker
+def test_a_client_whose_broker_came_back_with_another_ca_says_why_it_cannot_reconnect(caplog):
+    """paho retried the TLS handshake forever without a word: a device kept saying "lost the broker ...
+    reconnecting" while the broker was up with certificates it did not trust."""
+    with Mosquitto(tls=True) as m:
+        port = m.port
+        c = MqttClient(m.url, "stays")
+        c.connect()
+    try:
+        with Mosquitto(tls=True, port=port):  # new throwaway CA
+            give_up = time.monotonic() + 30
+            while not c.reconnect_error and time.monotonic() < give_up:
+                time.sleep(0.1)
+            assert "does not trust" in c.reconnect_error
+            assert any("cannot reconnect" in r.getMessage() and "does not trust" in r.getMessage()
+                       for r in caplog.records)
+    finally:
+        c.close()
+
+
+@needs_tls_broker
+def test_a_connection_closed_before_its_connack_is_not_logged_as_a_lost_broker(caplog):
+    """A refused TLS client also logged "lost the broker ... reconnecting with backoff" while connect()
+    was raising: it had never had the broker, and nothing reconnects."""
+    with Mosquitto(tls=True, require_client_cert=True) as m:
+        with pytest.raises(TransportError, match="closed the connection before accepting it"):
+            MqttClient(m.url_without_client_cert, "no-cert").connect(timeout_s=30)
+    assert not [r for r in caplog.records if "lost the broker" in r.getMessage()]
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not _HAVE_MOSQUITTO, reason="mosquitto not installed")
+def test_a_plain_broker_that_is_down_is_unreachable_not_a_tls_listener_and_connects_once_up():
+    """A guard for the early-close path (a close before the CONNACK fails at once): a plain broker that is
+    down must still read "cannot reach", not "does it listen with TLS?", and one that came up connects."""
+    from edgerun.broker import free_port
+
+    port = free_port()
+    with pytest.raises(TransportError, match="cannot reach the MQTT broker") as exc:
+        MqttClient(f"mqtt://127.0.0.1:{port}", "down").connect()
+    assert "closed the connection" not in str(exc.value)
+    with Mosquitto(port=port) as m:
+        c = MqttClient(m.url, "up")
+        c.connect()
+        assert c.connected
+        c.close()
+
+
+@pytest.mark.skipif(not _HAVE_OPENSSL, reason="openssl not installed")
+def test_an_ipv6_broker_gets_a_bracketed_url_and_an_ip_subject_alt_name(tmp_path):
+    """tls_url wrote mqtts://::1:PORT (no brackets: a bad port), and the certificate for ::1 named it
+    DNS:::1, which no host name check matches."""
+    import subprocess
+
+    from edgerun.broker import tls_url
+
+    assert parse_broker_url(tls_url("::1", 8884, BrokerTls())) == ("::1", 8884)
+    c = _dev_certs(tmp_path, host="::1")
+    san = subprocess.run(["openssl", "x509", "-in", str(c.server_cert), "-noout", "-ext", "subjectAltName"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "IP Address:0:0:0:0:0:0:0:1" in san
