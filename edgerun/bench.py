@@ -18,8 +18,8 @@ profile and are emulated; the emulator is measured in the same run (``emulated``
 On real hardware (``broker=`` / ``edgerun bench BUNDLE --broker URL``) nothing is emulated or
 started: the device side runs here, the remote modes go through that broker to the ``edgerun
 serve`` workers already running for the bundle (on the real server, over the real network), and
-the bytes are the frames' own (``Result.bytes_sent``). ``server`` is skipped there: it needs a
-worker serving the whole model, which only the emulated run starts.
+the bytes are the frames' own (``Result.bytes_sent``). ``server`` runs there when a worker serves
+the whole model too (``edgerun serve BUNDLE --with-whole``), else it is skipped saying so.
 
 Example:
     >>> rep = run_bench("bundles/digits", "wifi", requests=50)   # doctest: +SKIP
@@ -219,6 +219,31 @@ def _first_real_answer(dev: Any, x: Inputs, url: str) -> None:
         raise TransportError(f"the device answered by itself ({r.reason}): is a server running for this bundle?")
 
 
+def _server_online(url: str, bundle: Bundle, wait_s: float = 2.0) -> bool:
+    """True when a worker for ``bundle`` announced itself online on the broker (retained presence)."""
+    import json
+    import threading
+
+    from edgerun import transport
+
+    online = threading.Event()
+
+    def on_msg(msg: Any) -> None:
+        try:
+            if json.loads(msg.payload).get("status") == "online":
+                online.set()
+        except ValueError:
+            pass
+
+    client = transport.MqttClient(url, transport.default_id("bench"), on_message=on_msg)
+    client.connect()
+    try:
+        client.subscribe(transport.presence_filter(bundle.model_id, bundle.topic_id, "server"))
+        return online.wait(wait_s)
+    finally:
+        client.close()
+
+
 def _split_variants(b: Bundle) -> dict[str, dict]:
     """Device options of the split modes: raw fp32 on the wire and no confident exits; then each feature
     alone on top (the bundle's codec; its exits at their default budget)."""
@@ -228,9 +253,18 @@ def _split_variants(b: Bundle) -> dict[str, dict]:
             "split_exit": {"codec": "none", "budget": None}}
 
 
-def _run_real(b: Bundle, broker: str, remote: list[str], xs: Inputs, requests: int, warmup: int, out: dict,
-              log: Callable[[str], None], factor: float = 1.0) -> None:
-    """The remote modes straight through ``broker`` to the servers already running there."""
+def _run_real(b: Bundle, broker: str, remote: list[str], work: Path, xs: Inputs, requests: int, warmup: int,
+              out: dict, log: Callable[[str], None], factor: float = 1.0) -> None:
+    """The remote modes straight through ``broker`` to the servers already running there (all on the server:
+    a worker started with ``edgerun serve BUNDLE --with-whole`` serves the same bundle cut at the input)."""
+    if "server" in remote:
+        sb = make_server_bundle(b, work / "server-bundle")  # the same hash as the worker's: same files
+        if _server_online(broker, sb):
+            log("mode server (real network)")
+            out["server"] = _remote_mode(sb, None, None, None, "ort", xs, requests, warmup, url=broker)
+        else:
+            out["server"] = {"skipped": "no worker serves the whole model: start `edgerun serve BUNDLE --with-whole` "
+                                        "on the server to compare with plain offload"}
     engine = "native" if b.native_ok else "ort"
     variants = _split_variants(b)
     for mode in ("split", "split_codec", "split_exit"):
@@ -320,12 +354,9 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile | None = None
             out["split_codec"] = {"skipped": "the bundle has no codec (export with --codec tsq)"}
         if "split_exit" in modes and not b.manifest.get("exits"):
             out["split_exit"] = {"skipped": "the bundle has no early exits (export with --exits auto)"}
-        if "server" in modes and lnk is None:
-            out["server"] = {"skipped": "all on the server needs a worker serving the whole model, which only the "
-                                        "emulated run (--link) starts"}
         remote = [m for m in ("server", "split", "split_codec", "split_exit") if m in modes and m not in out]
         if remote and lnk is None:
-            _run_real(b, broker, remote, xs, requests, warmup, out, log, factor)
+            _run_real(b, broker, remote, work, xs, requests, warmup, out, log, factor)
         elif remote:
             _run_remote(b, lnk, remote, work, xs, requests, warmup, out, log, factor)
         if lnk is not None:

@@ -240,6 +240,8 @@ def serve_cmd(
                                                           "this worker keeps (default 32)"),
     session_ttl_s: Optional[float] = typer.Option(None, help="a split LLM bundle only: drop a session idle this "
                                                              "long (default 600 s)"),
+    with_whole: bool = typer.Option(False, "--with-whole", help="also serve each model bundle's whole model (the "
+                                    "plain-offload peer `edgerun bench --broker` compares the split with)"),
 ) -> None:
     """Serve the back half of each BUNDLE (model or split LLM bundles) over MQTT until Ctrl-C / SIGTERM."""
     import logging
@@ -258,6 +260,13 @@ def serve_cmd(
         opts = dict(group=group, threads=threads, max_frame_bytes=int(max_frame_mb * 2**20), max_batch=max_batch,
                     batch_wait_ms=batch_wait_ms, max_sessions=max_sessions, session_ttl_s=session_ttl_s,
                     worker_id=worker_id)
+        if with_whole:
+            import tempfile
+
+            from edgerun.serve_many import with_whole_models
+
+            tmp = tempfile.TemporaryDirectory(prefix="edgerun-whole-")
+            bundles = with_whole_models(bundles, Path(tmp.name))
         if len(bundles) == 1:
             all_stats = [serve(str(bundles[0]), broker, stop=stop, **opts)]
         else:

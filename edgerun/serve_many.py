@@ -14,6 +14,8 @@ import logging
 import threading
 from typing import Any
 
+from pathlib import Path
+
 from edgerun.errors import ConfigError
 from edgerun.server import ServerStats, _install_signals, _load, serve
 
@@ -97,3 +99,25 @@ def serve_many(
         raise errors[0]
     return [r for r in results if r is not None]
 
+
+
+def with_whole_models(bundles: list[Path], work: Path) -> list[Path]:
+    """``bundles`` and, after them, each one's whole model as a bundle cut at the input (``bench.make_server_bundle``,
+    written under ``work``): served beside the split, it is the plain-offload peer of `edgerun bench --broker`,
+    which builds the same files, so the same bundle hash, on the device.
+
+    Raises:
+        ConfigError: a split LLM bundle (its whole model is not a request-response model).
+        BundleError: a bundle that lacks its whole model (a pack for the server: ``--keep whole.onnx``).
+    """
+    from edgerun.bench import make_server_bundle
+    from edgerun.bundle import Bundle
+
+    wholes = []
+    for i, p in enumerate(bundles):
+        b = _load(str(p))
+        if not isinstance(b, Bundle):
+            raise ConfigError(f"--with-whole: {p} is a split LLM bundle; its whole model is not served this way")
+        b.require("whole.onnx", why="--with-whole")
+        wholes.append(make_server_bundle(b, work / f"whole-{i}").path)
+    return [*bundles, *wholes]

@@ -119,3 +119,20 @@ def test_with_no_server_running_the_real_bench_says_to_start_one(digits_bundle, 
 
     with pytest.raises(TransportError, match=r"no server answered through .*: start `edgerun serve"):
         run_bench(digits_bundle, broker=broker.url, requests=2, warmup=0, modes=("split",))
+
+
+def test_a_worker_started_with_whole_gives_the_real_bench_its_plain_offload_peer(digits_bundle, start_servers,
+                                                                                broker, tmp_path):
+    """`edgerun serve BUNDLE --with-whole` also serves the whole model cut at the input; the bench on the device
+    builds the same bundle (same hash) and measures all-on-server beside the split, over the same network."""
+    from conftest import wait_servers_online
+    from edgerun.bench import make_server_bundle, run_bench
+
+    procs = start_servers(1, "--with-whole")
+    whole = make_server_bundle(digits_bundle, tmp_path / "whole")
+    wait_servers_online(whole, broker.url, 1, procs)  # its worker starts beside the split's, maybe a moment later
+    rep = run_bench(digits_bundle, broker=broker.url, requests=REQUESTS, warmup=1, modes=("server", "split"))
+    raw_input = 8 * 8 * 4
+    server = rep["modes"]["server"]
+    assert "stages" in server and raw_input < server["bytes_sent"] < raw_input + 1024
+    assert server["bytes_sent"] < rep["modes"]["split"]["bytes_sent"]  # digits: the cut tensor is the bigger
