@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from edgerun.errors import ConfigError, EdgerunError, InternalError
+from edgerun.errors import ConfigError, EdgerunError, InternalError, TransportError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -381,10 +381,15 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json", help="one JSON object per result"),
     hedge_ms: Optional[float] = typer.Option(None, help="send a request again when no reply came after this many ms "
                                                         "(the next server worker gets it; the first reply wins)"),
+    rate: Optional[float] = typer.Option(None, help="a control loop: one request per tick at this many per second; a "
+                                                    "missed deadline is counted and the loop goes on; a summary ends it"),
+    summary: bool = typer.Option(False, "--summary", help="end with a summary: answered by the server / on the device, "
+                                                          "missed, overruns, latency percentiles, bytes (on with --rate)"),
 ) -> None:
     """Run the device side: front half here, back half on a server."""
     from edgerun import feeds
     from edgerun.bundle import Bundle
+    from edgerun.run_loop import LoopSummary, check_rate, ticks
     from edgerun.device import Device
     from edgerun.device_checks import check_deadline_ms
 
@@ -395,9 +400,19 @@ def run_cmd(
         b = Bundle.load(bundle)
         x = _load_inputs(input, limit, b.inputs) if input else b.samples()
         x = feeds.rows(feeds.float32(x), 0, limit if limit is not None else feeds.n_samples(x))
+        loop = LoopSummary(rate_hz=check_rate(rate), deadline_ms=deadline_ms)  # a bad --rate fails before the broker
+        schedule = ticks(feeds.n_samples(x), rate, loop)
         with Device(b, broker=broker, engine=engine, threads=threads, budget=budget, hedge_ms=hedge_ms) as dev:
-            for i in range(feeds.n_samples(x)):
-                r = dev.infer(feeds.rows(x, i, i + 1), deadline_ms=deadline_ms)
+            for i in schedule:
+                try:
+                    r = dev.infer(feeds.rows(x, i, i + 1), deadline_ms=deadline_ms)
+                except TransportError as exc:
+                    if rate is None:
+                        raise
+                    loop.miss(exc)
+                    typer.echo(json.dumps({"i": i, "missed": str(exc)}) if as_json else f"{i}: missed: {exc}")
+                    continue
+                loop.add(r)
                 rec = {"i": i, **answer_fields(r.output[b.outputs[0].name]), "answered_by": r.answered_by,
                        "reason": r.reason, "timings_ms": {k: round(v, 3) for k, v in r.timings_ms.items()}}
                 if len(b.outputs) > 1:  # "top1" / "output" are the first output's; every one by name here
@@ -407,6 +422,8 @@ def run_cmd(
                 shown = f"top1={rec['top1']}" if rec["top1"] is not None else f"output={_brief(rec['output'])}"
                 typer.echo(json.dumps(rec) if as_json else f"{i}: {shown} by {r.answered_by} "
                            f"total={r.timings_ms.get('total', float('nan')):.2f} ms")
+        if summary or rate is not None:
+            typer.echo(json.dumps({"summary": loop.to_json()}) if as_json else loop.text())
     except EdgerunError as exc:
         _fail(exc)
 

@@ -1,0 +1,101 @@
+"""`edgerun run --rate HZ`: the device side as a control loop runs it, and what that loop saw.
+
+A robot asks at a fixed rate (a camera at 30 Hz) with a deadline per request. Here each request starts
+on its tick of the schedule (sleeping until then); a request whose reply misses the deadline is counted
+and the loop goes on (a control loop cannot stop for one late answer), and a request that takes longer
+than the period makes the next one start late (an overrun). The summary gives what a robot developer
+reads off such a loop: answered by the server / on the device, missed, overruns, latency percentiles
+and bytes per request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from edgerun.errors import ConfigError, TransportError
+
+QS = (50, 95, 99)
+
+
+@dataclass
+class LoopSummary:
+    """What one run of the loop saw (``to_json`` for ``--json``)."""
+
+    requests: int = 0
+    by_server: int = 0
+    on_device: int = 0
+    missed: int = 0            # no answer within the deadline (TransportError): the loop went on
+    overruns: int = 0          # requests that started later than their tick
+    hedged: int = 0
+    rate_hz: float | None = None
+    deadline_ms: float | None = None
+    total_ms: list[float] = field(default_factory=list)
+    bytes_sent: list[int] = field(default_factory=list)
+    last_miss: str = ""
+
+    def add(self, result: Any) -> None:
+        self.requests += 1
+        if result.answered_by == "server":
+            self.by_server += 1
+        else:
+            self.on_device += 1
+        self.hedged += bool(result.hedged)
+        self.total_ms.append(float(result.timings_ms.get("total", float("nan"))))
+        self.bytes_sent.append(int(result.bytes_sent))
+
+    def miss(self, exc: TransportError) -> None:
+        self.requests += 1
+        self.missed += 1
+        self.last_miss = str(exc)
+
+    def to_json(self) -> dict:
+        t = np.asarray(self.total_ms, dtype=np.float64)
+        pct = {f"p{q}": round(float(np.percentile(t, q)), 3) for q in QS} if t.size else {}
+        return {"requests": self.requests, "answered_by_server": self.by_server, "answered_on_device": self.on_device,
+                "missed": self.missed, "overruns": self.overruns, "hedged": self.hedged, "rate_hz": self.rate_hz,
+                "deadline_ms": self.deadline_ms, "total_ms": pct,
+                "bytes_sent_mean": round(float(np.mean(self.bytes_sent)), 1) if self.bytes_sent else 0.0,
+                **({"last_miss": self.last_miss} if self.last_miss else {})}
+
+    def text(self) -> str:
+        j = self.to_json()
+        lat = ", ".join(f"{k} {v:.2f}" for k, v in j["total_ms"].items()) or "-"
+        rate = f" at {self.rate_hz:g} Hz" if self.rate_hz else ""
+        return (f"{self.requests} requests{rate}: {self.by_server} answered by the server, {self.on_device} on the "
+                f"device, {self.missed} missed the deadline, {self.overruns} started late (overrun); total ms {lat}; "
+                f"{j['bytes_sent_mean']:.0f} B sent per request"
+                + (f"\nlast miss: {self.last_miss}" if self.last_miss else ""))
+
+
+def check_rate(rate_hz: float | None) -> float | None:
+    """``rate_hz`` when it is a usable rate (or None: no schedule).
+
+    Raises:
+        ConfigError: not a number of requests per second in (0, 10000].
+    """
+    if rate_hz is not None and not (np.isfinite(rate_hz) and 0 < rate_hz <= 10_000):
+        raise ConfigError(f"--rate {rate_hz}: give requests per second in (0, 10000], e.g. --rate 30")
+    return rate_hz
+
+
+def ticks(n: int, rate_hz: float | None, summary: LoopSummary,
+          clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> Iterator[int]:
+    """Yield 0..n-1, each on its tick of a ``rate_hz`` schedule (at once without a rate); a tick already past
+    when its turn comes counts as an overrun and the schedule moves on from now (no burst to catch up)."""
+    period = None if check_rate(rate_hz) is None else 1.0 / rate_hz
+    due = clock()
+    for i in range(n):
+        if period is not None:
+            now = clock()
+            if now > due + 1e-3:  # more than a millisecond late: the previous request overran its period
+                summary.overruns += 1
+                due = now
+            elif now < due:
+                sleep(due - now)
+            due += period
+        yield i
