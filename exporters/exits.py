@@ -97,7 +97,7 @@ def choose_points(cuts: list[Cut], cut: Cut, n: int) -> list[Cut]:
     compute (1/3, 1/9, ... of it: early exits are where compute is saved), then ``cut``."""
     front = max(cut.front_macs, 1)
     cands = [c for c in cuts if c.index < cut.index and c.front_macs < 0.9 * front and "/" not in c.label
-             and "#" not in c.label]
+             and "#" not in c.label and len(c.tensors) == 1]
     chosen: list[Cut] = []
     for k in range(n - 1, 0, -1):
         target = 3.0 ** (-k)
@@ -306,6 +306,10 @@ def build_exits(traced, cut: Cut, out: Path, n_exits: int, budgets: tuple[Budget
     shapes = shapes_of(model)
     if len(outs) != 1 or len(shapes[outs[0]]) != 2:
         raise ExportError(f"early exits need one (batch, n) model output; this model has {outs}")
+    if len(cut.tensors) != 1:  # the segments chain one tensor from exit to exit, and the heads read it
+        raise ExportError(f"early exits need a cut that one tensor crosses; {cut.label} crosses "
+                          f"{', '.join(cut.tensors)} (a model input passing through, or a skip): choose a cut with "
+                          "one tensor (`--list-cuts`), or export without --exits")
     classify = getattr(traced.source.zoo, "metric", "top1") in ("top1", "top1_agreement")
     criterion = "max_prob" if classify else "consistency"
     points = choose_points(traced.cuts, cut, n_exits)

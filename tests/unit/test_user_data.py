@@ -53,6 +53,20 @@ class TwoIn(nn.Module):
 def two_in():
     torch.manual_seed(0)
     return TwoIn(), (torch.randn(1, 6), torch.randn(1, 3))
+
+
+class Skip(nn.Module):  # the input is read again at the end: every cut carries it through
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c, self.skip = nn.Linear(64, 32), nn.Linear(32, 32), nn.Linear(32, 10), nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(torch.relu(self.a(x))))) + self.skip(x)
+
+
+def skip():
+    torch.manual_seed(0)
+    return Skip(), torch.randn(1, 64)
 '''
 
 
@@ -100,6 +114,15 @@ def test_exits_of_a_model_file_train_on_its_data(files, tmp_path):
     with pytest.raises(ExportError, match=r"early exits need training inputs .* give the model file's samples with "
                                           r"--data samples.npz"):
         export(f"{files}/model.py:make", ExportConfig(cut=2, exits="auto"), tmp_path / "no-data")
+
+
+def test_exits_refuse_a_cut_that_an_input_passes_through(files, tmp_path):
+    """The exit segments chain one tensor: at a cut crossed by the input too, the heads were trained on the
+    input itself (the cut's first tensor) and a device with the exits off died on a KeyError."""
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    with pytest.raises(ExportError, match=r"early exits need a cut that one tensor crosses; .* crosses input, "):
+        export(f"{files}/model.py:skip", ExportConfig(cut=1, exits="auto", data=files / "digits.npz"), tmp_path / "b")
 
 
 def test_several_inputs_read_their_own_arrays_and_without_labels_agreement_is_the_metric(files, tmp_path):
