@@ -184,3 +184,27 @@ def test_run_reads_several_inputs_from_an_npz_by_name_and_says_what_it_needs(bun
     np.savez(tmp_path / "wrong.npz", image=image, state=joints)
     with pytest.raises(ConfigError, match=r"not the bundle's inputs \['joints'\]"):
         _load_inputs(tmp_path / "wrong.npz", None, bundle.inputs)
+
+
+def test_run_refuses_an_npz_whose_inputs_disagree_on_samples_also_with_limit(bundle, tmp_path):
+    """With --limit 2, an .npz of 3 images and 2 joint states was cut to 2 of each and run without a word (the
+    check compared the counts after --limit): a file whose rows do not pair up was taken as it was."""
+    from edgerun.cli import _load_inputs
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "short.npz", image=rng.standard_normal((3, 3, 16, 16)), joints=rng.standard_normal((2, 5)))
+    with pytest.raises(ConfigError, match=r"different numbers of samples \(\{'image': 3, 'joints': 2\}\)"):
+        _load_inputs(tmp_path / "short.npz", 2, bundle.inputs)
+
+
+def test_run_names_a_0d_array_for_a_vector_input_as_one_sample_without_the_batch_axis(tmp_path):
+    """A speed input of shape [batch] saved as np.float32(0.5) was refused as holding "no samples"; it holds one,
+    without the batch axis."""
+    from edgerun.bundle import TensorSpec
+    from edgerun.cli import _load_inputs
+
+    specs = [TensorSpec("image", (None, 3, 8, 8), "float32"), TensorSpec("speed", (None,), "float32")]
+    np.savez(tmp_path / "x.npz", image=np.zeros((1, 3, 8, 8)), speed=np.float64(0.5))
+    with pytest.raises(ConfigError, match=r"\['speed'\] holds one sample of shape \[\] without the batch axis; save "
+                                          r"it with np.savez\(path, speed=x\[None\]\) \(shape \[1\]\)"):
+        _load_inputs(tmp_path / "x.npz", None, specs)
