@@ -183,7 +183,9 @@ def _resolve_cut(traced: Traced, config: ExportConfig) -> Cut:
         except ExportError:
             raise exc from None
         computed = [t for t in wider.tensors if t not in inputs]  # inputs passing through do not count
-        raise ExportError(f"cut {wider.label!r} crosses {len(computed)} computed tensors ({', '.join(computed)}), "
+        passed = [t for t in wider.tensors if t in inputs]
+        besides = f" besides the inputs passing through ({', '.join(passed)})" if passed else ""
+        raise ExportError(f"cut {wider.label!r} crosses {len(computed)} tensors ({', '.join(computed)}){besides}, "
                           f"more than --max-cut-tensors {config.max_cut_tensors} allows: add --max-cut-tensors "
                           f"{len(computed)}, or choose a single-tensor cut (`--list-cuts`)") from None
 

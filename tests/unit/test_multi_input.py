@@ -247,7 +247,8 @@ def test_a_cut_over_max_cut_tensors_counts_only_computed_tensors_in_its_advice(p
     from edgerun.exporters.pipeline import ExportConfig, _resolve_cut, trace_model
 
     traced = trace_model(f"{policy}:gated")
-    with pytest.raises(ExportError, match=r"cut 'g' crosses 2 computed tensors \(relu, linear\), more than "
+    with pytest.raises(ExportError, match=r"cut 'g' crosses 2 tensors \(relu, linear\) besides the inputs passing "
+                                          r"through \(joints\), more than "
                                           r"--max-cut-tensors 1 allows: add --max-cut-tensors 2"):
         _resolve_cut(traced, ExportConfig(cut="g"))
     wide = trace_model(f"{policy}:gated", max_cut_tensors=2)
