@@ -311,9 +311,9 @@ def _load_inputs(path: Path, limit: int | None, specs: list):
                 raise ConfigError(f"--input {path} has arrays {got.files}, not the bundle's inputs {missing}; {hint}")
             arrays = {n: _checked_input(got[n], f"{path}[{n!r}]", spec, limit, hint, f"np.savez(path, {n}=x[None])")
                       for n, spec in zip(names, specs)}
-        if len({len(a) for a in arrays.values()}) != 1:
-            raise ConfigError(f"--input {path}: its inputs hold different numbers of samples "
-                              f"({ {n: len(a) for n, a in arrays.items()} }); {hint}")
+            counts = {n: len(got[n]) for n in names}  # the file's, not after --limit: its rows must pair up
+        if len(set(counts.values())) != 1:
+            raise ConfigError(f"--input {path}: its inputs hold different numbers of samples ({counts}); {hint}")
         return arrays if len(specs) > 1 else arrays[names[0]]
     if len(specs) > 1:
         raise ConfigError(f"--input {path} holds one array, and this bundle takes {len(specs)} inputs {names}; {hint}")
@@ -325,9 +325,10 @@ def _checked_input(x, label: str, spec, limit: int | None, hint: str, batched: s
 
     if not isinstance(x, np.ndarray) or x.dtype.kind not in "fiub":
         raise ConfigError(f"--input {label} is not a numeric array; save the inputs with np.save(path, array)")
-    if x.ndim == 0 or len(x) == 0:
+    one_unbatched = spec is not None and x.ndim == len(spec.shape) - 1 and spec.matches((1, *x.shape))
+    if not one_unbatched and (x.ndim == 0 or len(x) == 0):
         raise ConfigError(f"--input {label} holds no samples (shape {x.shape}); {hint}")
-    if spec is not None and x.ndim == len(spec.shape) - 1 and spec.matches((1, *x.shape)):
+    if one_unbatched:  # a 0-d value for a [batch] input (a speed) is one sample too
         # each of its values went out as a sample: "input has shape (1,), the bundle expects (None, 20)"
         raise ConfigError(f"--input {label} holds one sample of shape {list(x.shape)} without the batch axis; save it "
                           f"with {batched} (shape {[1, *x.shape]}), samples stacked on axis 0")

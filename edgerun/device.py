@@ -448,6 +448,11 @@ class Device:
                 bad = np.argwhere(~np.isfinite(arr))[0].tolist()
                 raise ConfigError(f"input {spec.name!r} holds NaN or Inf (first at index {bad}): the answer would "
                                   "be garbage, so nothing was sent; clean or drop this sample")
+        sizes = {s.name: len(items[s.name]) for s in specs}
+        if len(set(sizes.values())) > 1:  # the server refused it as a bundle mismatch, or answered it
+            listed = ", ".join(f"{k}: {v}" for k, v in sizes.items())
+            raise ConfigError(f"inputs hold different numbers of samples ({listed}): give every input the same "
+                              "batch size on axis 0 (row i of each is sample i)")
         return x if isinstance(x, dict) else np.ascontiguousarray(x)
 
     def _run_front(self, feeds: Any) -> dict[str, np.ndarray]:

@@ -16,6 +16,7 @@ any non-constant node ordered after it must depend on it. Only float32 tensors o
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -190,8 +191,11 @@ def _unique_labels(cuts: list[Cut]) -> list[Cut]:
     return out
 
 
-def resolve_cut(cuts: list[Cut], spec: str | int | None) -> Cut:
+def resolve_cut(cuts: list[Cut], spec: str | int | None, *, inputs: Collection[str] = ()) -> Cut:
     """Pick a cut by index, label or crossing tensor name; None -> the default cut.
+
+    ``inputs``: the model's input names. A model input that passes through cuts names none of them
+    (`--cut joints` picked the first cut the joint state crosses).
 
     The default (until the planner chooses from a device profile) is the cut with
     the fewest crossing bytes among those that leave 20-60% of the compute on the
@@ -213,12 +217,20 @@ def resolve_cut(cuts: list[Cut], spec: str | int | None) -> Cut:
         return min(mid, key=lambda c: (c.crossing_bytes, -c.index))
     s = str(spec)
     by_index = cuts[int(s)] if s.isdigit() and int(s) < len(cuts) else None
-    by_name = next((c for c in cuts if s == c.label), None) or next((c for c in cuts if s in c.tensors), None)
+    by_name = next((c for c in cuts if s == c.label), None)
+    if by_name is None and s in inputs:
+        raise ExportError(f"--cut {s}: {s!r} is a model input: it crosses every cut before the model reads it to the "
+                          "end, as it came, so it names none of them; give a cut's label, index or computed tensor "
+                          "(`--list-cuts`)")
+    by_name = by_name or next((c for c in cuts if s in c.tensors), None)
     if by_index is not None and by_name is not None and by_index is not by_name:
         # nn.Sequential names its layers 0, 1, 2...: `--cut 2` picked the cut labelled "2", not index 2
+        def computed(c: Cut) -> str:
+            return next(t for t in c.tensors if t not in inputs)
+
         raise ExportError(f"--cut {s} is ambiguous: cut index {s} is {by_index.label!r}, and cut index {by_name.index} "
-                          f"is labelled {s!r}; give the crossing tensor instead: --cut {by_index.tensors[0]} "
-                          f"(index {s}) or --cut {by_name.tensors[0]} (index {by_name.index})")
+                          f"is labelled {s!r}; give the crossing tensor instead: --cut {computed(by_index)} "
+                          f"(index {s}) or --cut {computed(by_name)} (index {by_name.index})")
     if by_name is not None or by_index is not None:
         return by_name or by_index
     listing = ", ".join(c.label for c in cuts[:40]) + (" ..." if len(cuts) > 40 else "")

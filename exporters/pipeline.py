@@ -199,18 +199,22 @@ def _synthetic_input_failures(src: SourceModel) -> Iterator[None]:
 def _resolve_cut(traced: Traced, config: ExportConfig) -> Cut:
     """``resolve_cut``, and when the cut named exists with more crossing tensors than allowed, say so
     (`--cut c1` read off `--list-cuts --max-cut-tensors 2` was only "no valid cut named 'c1'")."""
+    inputs = [i.name for i in traced.model.graph.input]
     try:
-        return resolve_cut(traced.cuts, config.cut)
+        return resolve_cut(traced.cuts, config.cut, inputs=inputs)
     except ExportError as exc:
-        if config.cut is None or str(config.cut).isdigit():  # an index means another cut with more tensors
+        if config.cut is None or str(config.cut).isdigit() or config.cut in inputs:  # (an index: another cut)
             raise
         try:
-            wider = resolve_cut(find_cuts(traced.model, max_tensors=8), config.cut)
+            wider = resolve_cut(find_cuts(traced.model, max_tensors=8), config.cut, inputs=inputs)
         except ExportError:
             raise exc from None
-        raise ExportError(f"cut {wider.label!r} crosses {len(wider.tensors)} tensors ({', '.join(wider.tensors)}), "
+        computed = [t for t in wider.tensors if t not in inputs]  # inputs passing through do not count
+        passed = [t for t in wider.tensors if t in inputs]
+        besides = f" besides the inputs passing through ({', '.join(passed)})" if passed else ""
+        raise ExportError(f"cut {wider.label!r} crosses {len(computed)} tensors ({', '.join(computed)}){besides}, "
                           f"more than --max-cut-tensors {config.max_cut_tensors} allows: add --max-cut-tensors "
-                          f"{len(wider.tensors)}, or choose a single-tensor cut (`--list-cuts`)") from None
+                          f"{len(computed)}, or choose a single-tensor cut (`--list-cuts`)") from None
 
 
 @contextmanager

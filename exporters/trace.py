@@ -111,6 +111,10 @@ def to_onnx(
     batch = torch.export.Dim("batch", min=1, max=1024)
     args = arg_names(module, len(examples))
     input_names = [input_name] if len(examples) == 1 else args
+    # torch names its own tensors after their ops (relu, linear, cat) and gives the outputs the names it is
+    # told without looking: a dict key "relu" made two tensors named "relu". Trace under names no op takes,
+    # then rename (_name_outputs).
+    traced_names = [f"{_TRACED_OUTPUT}{i}" for i in range(len(output_names))]
     try:
         with quiet_torch_export():
             program = torch.onnx.export(
@@ -119,7 +123,7 @@ def to_onnx(
                 dynamo=True,
                 opset_version=OPSET,
                 input_names=input_names,
-                output_names=output_names,
+                output_names=traced_names,
                 dynamic_shapes={a: {0: batch} for a in args},
                 optimize=True,
                 verbose=False,
@@ -131,13 +135,14 @@ def to_onnx(
             "(no data-dependent Python control flow) and return tensors."
         ) from exc
     model = program.model_proto
-    if [o.name for o in model.graph.output] != output_names:
-        raise ExportError(f"the traced model gives outputs {[o.name for o in model.graph.output]}, not the "
+    if [o.name for o in model.graph.output] != traced_names:
+        raise ExportError(f"the traced model gives {len(model.graph.output)} outputs, not the "
                           f"{output_names} forward() returned (an output that is an input, or the same tensor "
                           "twice?): return each output once, computed from the inputs")
     clash = sorted(set(output_names) & set(input_names))
     if clash:
         raise ExportError(f"forward() returns outputs named like its inputs {clash}: rename the dict's keys")
+    _name_outputs(model, dict(zip(traced_names, output_names)))
     _check_float32(model)
     _check_dynamic_batch(model)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
@@ -261,6 +266,32 @@ def _check_sorted(model: onnx.ModelProto) -> None:
             if name not in known:
                 raise ExportError(f"ONNX graph is not topologically sorted at node {node.name} ({name})")
         known.update(node.output)
+
+
+_TRACED_OUTPUT = "edgerun_traced_output_"  # what the outputs are called while torch traces
+
+
+def _name_outputs(model: onnx.ModelProto, names: dict[str, str]) -> None:
+    """Rename the graph's outputs ``{traced name: output name}``; a tensor of the model's own that already
+    has an output's name (torch's "relu" beside a dict key "relu") is renamed first (``relu__1``)."""
+    g = model.graph
+    taken = {t for n in g.node for t in (*n.input, *n.output)} | {i.name for i in (*g.input, *g.initializer)}
+    ren: dict[str, str] = {}
+    for want in names.values():
+        if want in taken:
+            k = 1
+            while f"{want}__{k}" in taken:
+                k += 1
+            ren[want] = f"{want}__{k}"
+            taken.add(ren[want])
+    ren.update(names)
+    for init in g.initializer:
+        init.name = ren.get(init.name, init.name)
+    for n in g.node:
+        n.input[:] = [ren.get(t, t) for t in n.input]
+        n.output[:] = [ren.get(t, t) for t in n.output]
+    for vi in (*g.value_info, *g.output):
+        vi.name = ren.get(vi.name, vi.name)
 
 
 def _name_nodes(model: onnx.ModelProto) -> None:

@@ -74,3 +74,24 @@ def test_a_two_input_two_output_policy_is_served_and_answers_as_torch(tmp_path, 
         res = dev.infer({"image": image.numpy(), "joints": joints.numpy()}, deadline_ms=10000)
     for name in ("action", "value"):
         np.testing.assert_allclose(res.output[name], want[name], rtol=1e-5, atol=1e-5)
+
+
+def test_inputs_with_different_batch_sizes_are_refused_before_anything_is_sent(tmp_path, broker):
+    """Device.infer({"image": 3 samples, "joints": 2}) was sent: the server refused it saying that "device and
+    server disagree on bundle ..." (a bundle mismatch, which it was not); an input the front half does not read
+    (unused by the model) with 3 rows beside 2 images was answered without a word."""
+    import pytest
+
+    from edgerun.device import Device
+    from edgerun.errors import ConfigError
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    model_py = tmp_path / "policy.py"
+    model_py.write_text(POLICY)
+    bundle = export(f"{model_py}:make", ExportConfig(cut="vision.1", evaluate=False), tmp_path / "bundle")
+    rng = np.random.default_rng(0)
+    image, joints = rng.standard_normal((3, 3, 16, 16), np.float32), rng.standard_normal((2, 5), np.float32)
+    with Device(bundle, broker=broker.url) as dev:  # no server: a request sent would time out
+        with pytest.raises(ConfigError, match=r"inputs hold different numbers of samples \(image: 3, joints: 2\): "
+                                              r"give every input the same batch size on axis 0"):
+            dev.infer({"image": image, "joints": joints}, deadline_ms=500)

@@ -38,9 +38,28 @@ class Star(Policy):
         return super().forward(*xs)
 
 
+class Gated(nn.Module):
+    """The joint state gates the image features early and joins them again at the end."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.g = nn.Conv2d(3, 8, 3, 2, 1), nn.Linear(5, 8)
+        self.c2 = nn.Conv2d(8, 16, 3, 2, 1)
+        self.head = nn.Linear(16 + 5, 3)
+
+    def forward(self, image, joints):
+        f = torch.relu(self.c1(image)) * torch.sigmoid(self.g(joints))[:, :, None, None]
+        return self.head(torch.cat([torch.relu(self.c2(f)).mean(dim=(2, 3)), joints], dim=1))
+
+
 def make():
     torch.manual_seed(0)
     return Policy(), (torch.randn(1, 3, 16, 16), torch.randn(1, 5))
+
+
+def gated():
+    torch.manual_seed(0)
+    return Gated(), (torch.randn(1, 3, 16, 16), torch.randn(1, 5))
 
 
 def star():
@@ -184,3 +203,53 @@ def test_run_reads_several_inputs_from_an_npz_by_name_and_says_what_it_needs(bun
     np.savez(tmp_path / "wrong.npz", image=image, state=joints)
     with pytest.raises(ConfigError, match=r"not the bundle's inputs \['joints'\]"):
         _load_inputs(tmp_path / "wrong.npz", None, bundle.inputs)
+
+
+def test_run_refuses_an_npz_whose_inputs_disagree_on_samples_also_with_limit(bundle, tmp_path):
+    """With --limit 2, an .npz of 3 images and 2 joint states was cut to 2 of each and run without a word (the
+    check compared the counts after --limit): a file whose rows do not pair up was taken as it was."""
+    from edgerun.cli import _load_inputs
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "short.npz", image=rng.standard_normal((3, 3, 16, 16)), joints=rng.standard_normal((2, 5)))
+    with pytest.raises(ConfigError, match=r"different numbers of samples \(\{'image': 3, 'joints': 2\}\)"):
+        _load_inputs(tmp_path / "short.npz", 2, bundle.inputs)
+
+
+def test_run_names_a_0d_array_for_a_vector_input_as_one_sample_without_the_batch_axis(tmp_path):
+    """A speed input of shape [batch] saved as np.float32(0.5) was refused as holding "no samples"; it holds one,
+    without the batch axis."""
+    from edgerun.bundle import TensorSpec
+    from edgerun.cli import _load_inputs
+
+    specs = [TensorSpec("image", (None, 3, 8, 8), "float32"), TensorSpec("speed", (None,), "float32")]
+    np.savez(tmp_path / "x.npz", image=np.zeros((1, 3, 8, 8)), speed=np.float64(0.5))
+    with pytest.raises(ConfigError, match=r"\['speed'\] holds one sample of shape \[\] without the batch axis; save "
+                                          r"it with np.savez\(path, speed=x\[None\]\) \(shape \[1\]\)"):
+        _load_inputs(tmp_path / "x.npz", None, specs)
+
+
+def test_cut_named_by_an_input_that_passes_through_is_refused_not_the_first_cut_it_crosses(traced):
+    """`--cut joints` (the joint state, which crosses every trunk cut as it came) picked the first cut that
+    carries it (vision.0) without a word; and the hint for an ambiguous `--cut 2` could name `--cut joints`."""
+    from edgerun.exporters.cuts import resolve_cut
+
+    ins = [i.name for i in traced.model.graph.input]
+    with pytest.raises(ExportError, match=r"'joints' is a model input: it crosses every cut before the model reads "
+                                          r"it to the end, as it came.*`--list-cuts`"):
+        resolve_cut(traced.cuts, "joints", inputs=ins)
+    assert resolve_cut(traced.cuts, "relu", inputs=ins).label == "vision.1"  # a computed tensor still names its cut
+
+
+def test_a_cut_over_max_cut_tensors_counts_only_computed_tensors_in_its_advice(policy):
+    """The joint state, read early (a gate) and late, passes through the cut `g` beside two computed tensors:
+    the refusal said "crosses 3 tensors ... add --max-cut-tensors 3", though 2 is what the cut needs."""
+    from edgerun.exporters.pipeline import ExportConfig, _resolve_cut, trace_model
+
+    traced = trace_model(f"{policy}:gated")
+    with pytest.raises(ExportError, match=r"cut 'g' crosses 2 tensors \(relu, linear\) besides the inputs passing "
+                                          r"through \(joints\), more than "
+                                          r"--max-cut-tensors 1 allows: add --max-cut-tensors 2"):
+        _resolve_cut(traced, ExportConfig(cut="g"))
+    wide = trace_model(f"{policy}:gated", max_cut_tensors=2)
+    assert _resolve_cut(wide, ExportConfig(cut="g", max_cut_tensors=2)).tensors == ("joints", "relu", "linear")

@@ -53,6 +53,17 @@ class Unbatched(Trunk):
         return self.pi(h), self.v(h).mean()
 
 
+class InternalNames(Trunk):
+    def forward(self, x):
+        h = self.h(x)
+        return {"relu": self.pi(h), "linear": h.sum(-1, keepdim=True)}
+
+
+def internal_names():
+    torch.manual_seed(0)
+    return InternalNames(), torch.randn(1, 6)
+
+
 def by_name():
     torch.manual_seed(0)
     return ByName(), torch.randn(1, 6)
@@ -107,3 +118,32 @@ def test_the_bundle_gives_every_output_and_verify_checks_each_on_its_own_scale(m
     assert rep["metric_output"] == "action" and rep["metric"] == "top1_agreement"
     v = verify(b)
     assert v.ok, v.messages
+
+
+def test_dict_keys_named_like_internal_tensors_keep_the_graph_whole_and_answer_as_torch(models, tmp_path):
+    """Keys "relu" and "linear" are also the names torch gives the model's own ReLU and Linear outputs: the traced
+    graph had two tensors named "relu" (and two "linear"), so no cut was found ("this model has no valid cut
+    point") and the graph did not compute the model."""
+    import runpy
+
+    import numpy as np
+    import onnx
+    import torch
+
+    from edgerun.exporters.evaluate import session
+    from edgerun.exporters.pipeline import ExportConfig, export, trace_model
+
+    traced = trace_model(f"{models}:internal_names")
+    g = traced.model.graph
+    made = [t for n in g.node for t in n.output]
+    assert len(made) == len(set(made)), "a tensor name is produced twice"
+    assert [o.name for o in g.output] == ["relu", "linear"] and traced.cuts
+    b = export(traced, ExportConfig(evaluate=False), tmp_path / "b")
+    onnx.checker.check_model(onnx.load(b.path / "whole.onnx"), full_check=True)
+    module, _ = runpy.run_path(models)["internal_names"]()
+    x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = module.eval()(x)
+    got = session(b.path / "whole.onnx").run(None, {"input": x.numpy()})
+    for k, v in zip(["relu", "linear"], got):
+        np.testing.assert_allclose(v, want[k].numpy(), rtol=1e-5, atol=1e-5)

@@ -467,7 +467,8 @@ def test_a_forward_that_flattens_the_batch_away_is_told_so_not_to_add_a_batch_di
     from edgerun.exporters.pipeline import trace_model
 
     with pytest.raises(ExportError, match=r"did not give two answers \(failed: RuntimeError: mat1 and mat2 shapes "
-                                          r".*forward\(\) must keep it \(x\.flatten\(1\) or x\.view\(x\.size\(0\), -1\)"):
+                                          r".*forward\(\) must keep it in every output "
+                                          r"\(x\.flatten\(1\) or x\.view\(x\.size\(0\), -1\)"):
         trace_model(f"{models}:flattens_batch")
 
 
