@@ -11,29 +11,8 @@ import subprocess
 import numpy as np
 
 from edgerun.bundle import Bundle
+from robot_policy import POLICY
 
-POLICY = '''
-import torch
-from torch import nn
-
-
-class Policy(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.vision = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
-                                    nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(16 + 5, 32), nn.ReLU(), nn.Linear(32, 4))
-        self.value = nn.Linear(16 + 5, 1)
-
-    def forward(self, image, joints):
-        h = torch.cat([self.vision(image), joints], dim=1)
-        return {"action": self.head(h), "value": self.value(h)}
-
-
-def make():
-    torch.manual_seed(0)
-    return Policy(), (torch.randn(1, 3, 16, 16), torch.randn(1, 5))
-'''
 
 
 def test_a_two_input_two_output_policy_is_served_and_answers_as_torch(tmp_path, cli_argv, broker, serve_bundle):
@@ -44,8 +23,8 @@ def test_a_two_input_two_output_policy_is_served_and_answers_as_torch(tmp_path, 
     model_py = tmp_path / "policy.py"
     model_py.write_text(POLICY)
     out = tmp_path / "bundle"
-    r = subprocess.run([*cli_argv, "export", f"{model_py}:make", "--cut", "vision.1", "--no-eval", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run([*cli_argv, "export", f"{model_py}:actor_critic", "--cut", "vision.1", "--no-eval",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     bundle = Bundle.load(out)
     assert bundle.passthrough == ["joints"] and [s.name for s in bundle.outputs] == ["action", "value"]
@@ -53,7 +32,7 @@ def test_a_two_input_two_output_policy_is_served_and_answers_as_torch(tmp_path, 
 
     namespace: dict = {}
     exec(POLICY, namespace)
-    module, _ = namespace["make"]()
+    module, _ = namespace["actor_critic"]()
     g = torch.Generator().manual_seed(1)
     image, joints = torch.randn(3, 3, 16, 16, generator=g), torch.randn(3, 5, generator=g)
     with torch.no_grad():
@@ -88,7 +67,7 @@ def test_inputs_with_different_batch_sizes_are_refused_before_anything_is_sent(t
 
     model_py = tmp_path / "policy.py"
     model_py.write_text(POLICY)
-    bundle = export(f"{model_py}:make", ExportConfig(cut="vision.1", evaluate=False), tmp_path / "bundle")
+    bundle = export(f"{model_py}:actor_critic", ExportConfig(cut="vision.1", evaluate=False), tmp_path / "bundle")
     rng = np.random.default_rng(0)
     image, joints = rng.standard_normal((3, 3, 16, 16), np.float32), rng.standard_normal((2, 5), np.float32)
     with Device(bundle, broker=broker.url) as dev:  # no server: a request sent would time out

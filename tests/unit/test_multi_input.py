@@ -14,24 +14,11 @@ import numpy as np
 import onnx
 import pytest
 
+import robot_policy
 from edgerun.bundle import Bundle
 from edgerun.errors import ConfigError, ExportError
 
-POLICY = '''
-import torch
-from torch import nn
-
-
-class Policy(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.vision = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
-                                    nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(16 + 5, 32), nn.ReLU(), nn.Linear(32, 4))
-
-    def forward(self, image, joints):
-        return self.head(torch.cat([self.vision(image), joints], dim=1))
-
+POLICY = robot_policy.POLICY + '''
 
 class Star(Policy):
     def forward(self, *xs):
@@ -50,11 +37,6 @@ class Gated(nn.Module):
     def forward(self, image, joints):
         f = torch.relu(self.c1(image)) * torch.sigmoid(self.g(joints))[:, :, None, None]
         return self.head(torch.cat([torch.relu(self.c2(f)).mean(dim=(2, 3)), joints], dim=1))
-
-
-def make():
-    torch.manual_seed(0)
-    return Policy(), (torch.randn(1, 3, 16, 16), torch.randn(1, 5))
 
 
 def gated():

@@ -1,0 +1,39 @@
+"""The source of a two-input robot policy (a camera image and a joint state), for tests that write it as a
+user's model file: ``make`` gives one output (action scores), ``actor_critic`` two by name (action, value).
+The joint state joins the image features after the vision trunk, so it passes through every cut there."""
+
+POLICY = '''
+import torch
+from torch import nn
+
+
+class Policy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.vision = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU(),
+                                    nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(16 + 5, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def forward(self, image, joints):
+        return self.head(torch.cat([self.vision(image), joints], dim=1))
+
+
+class ActorCritic(Policy):
+    def __init__(self):
+        super().__init__()
+        self.value = nn.Linear(16 + 5, 1)
+
+    def forward(self, image, joints):
+        h = torch.cat([self.vision(image), joints], dim=1)
+        return {"action": self.head(h), "value": self.value(h)}
+
+
+def make():
+    torch.manual_seed(0)
+    return Policy(), (torch.randn(1, 3, 16, 16), torch.randn(1, 5))
+
+
+def actor_critic():
+    torch.manual_seed(0)
+    return ActorCritic(), (torch.randn(1, 3, 16, 16), torch.randn(1, 5))
+'''
