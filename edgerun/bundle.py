@@ -469,7 +469,7 @@ def check_model_manifest(p: Path, m: dict[str, Any]) -> None:
     for key, known in (("front", ("fp32", "int8", "int4", "mixed")), ("back", ("fp32", "fp16", "int8"))):
         if key in prec and prec[key] not in known:
             raise bad(f"'precisions.{key}' is {short(prec[key])}, not one of {', '.join(known)}")
-    for key in ("front_calib_rel_err", "front_samples_rel_err", "back_calib_rel_err"):
+    for key in ("front_calib_rel_err", "front_samples_rel_err", "back_calib_rel_err", "back_samples_rel_err"):
         v = prec.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf):
             raise bad(f"'precisions.{key}' must be a finite number >= 0, not {short(v)}")

@@ -43,7 +43,9 @@ def export_summary(bundle: Any, report: dict) -> str:
         f"cut      {report['cut']} (index {report['cut_index']}), {report['front_fraction'] * 100:.1f}% of MACs on the device",
         _crossing(report),
         f"precision front {_prec(report['front_precision'])}, back {report['back_precision']}"
-        + (f" (rel. error {report['back_calib_rel_err']:.1e} vs fp32 on calibration data)"
+        + (f" (rel. error {report['back_calib_rel_err']:.1e} vs fp32 on calibration data"
+           + (f", {report['back_samples_rel_err']:.1e} on the bundle's samples"
+              if report.get("back_samples_rel_err") else "") + ")"
            if report.get("back_calib_rel_err") else "")
         + (f", front weights {report['front_weight_bytes']} B" if report.get("front_weight_bytes") else "")
         + (f" + arena {report['front_arena_bytes']} B" if report.get("front_arena_bytes") else "")

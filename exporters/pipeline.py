@@ -269,6 +269,10 @@ def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> Non
         raise ExportError(f"the {cfg.back_precision} back half gives NaN or Inf where the fp32 one does not, on the "
                           "calibration inputs (its activations there hold NaN / Inf, which its conversion cannot "
                           "scale): export with --back-precision fp32, or keep the model's values finite")
+    if back_q is not back:  # static int8 ranges clip inputs beyond the calibration batch's: measure on others too
+        back_err_samples = stages.back_samples_error(out, back_q, passthrough(traced.model, cut.tensors))
+    else:
+        back_err_samples = 0.0
     onnx.save(back_q, out / "back.onnx")
     files = {
         "whole.onnx": {"role": "whole model, fp32 (reference; all-on-server mode)"},
@@ -281,7 +285,9 @@ def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> Non
         files["front.erg"] = {"role": f"front half, {native['precision']}, native engine"}
     exits = _build_exits(traced, cut, out, cfg, native["ok"], files)
     report = _report(traced, cut, out, cfg, native, codec, calib_acts, back_err)
+    report["back_samples_rel_err"] = back_err_samples
     manifest = _manifest(traced, cut, native, codec, cfg, files, back_err)
+    manifest["precisions"]["back_samples_rel_err"] = back_err_samples
     if exits is not None:
         manifest["exits"], report["exits"] = exits
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")

@@ -170,6 +170,26 @@ def back_calib_error(fp32_back: Path, back: onnx.ModelProto, acts: dict[str, np.
     return rel_l2(got_s.run(None, feeds), ref_s.run(None, feeds))
 
 
+def back_samples_error(bundle_dir: Path, back: onnx.ModelProto, passthrough: list[str]) -> float:
+    """The quantized back half's relative L2 error against the fp32 one (``bundle_dir / "back.onnx"``, still
+    fp32 when this runs) on the crossings of the bundle's ``samples.npz``: the inputs `edgerun verify` checks
+    it on. Static int8 ranges come from the calibration batch, and a sample beyond them is clipped (a
+    model input passing through the cut: 0.0097 on calibration, 0.22 on the samples seen)."""
+    from edgerun.bundle import load_samples
+    from edgerun.engine import make_engine
+    from edgerun.exporters.evaluate import session
+    from edgerun.feeds import float32
+    from edgerun.verify import rel_l2
+
+    x = float32(load_samples(bundle_dir / "samples.npz"))
+    front = make_engine("ort", onnx_path=bundle_dir / "front.onnx")
+    mid = front.run(x)
+    mid.update({t: x[t] if isinstance(x, dict) else x for t in passthrough})
+    ref_s, got_s = session(bundle_dir / "back.onnx"), session(back.SerializeToString())
+    feeds = {i.name: mid[i.name] for i in ref_s.get_inputs()}
+    return rel_l2(got_s.run(None, feeds), ref_s.run(None, feeds))
+
+
 def codec_params(acts: dict[str, np.ndarray], budget: float, layout: str = "channel") -> dict:
     """``{"params": {tensor: hex of its tsq params}}`` calibrated on ``acts`` at ``budget``."""
     from edgerun import codec as tsq

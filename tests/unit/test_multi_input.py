@@ -235,3 +235,18 @@ def test_a_cut_over_max_cut_tensors_counts_only_computed_tensors_in_its_advice(p
         _resolve_cut(traced, ExportConfig(cut="g"))
     wide = trace_model(f"{policy}:gated", max_cut_tensors=2)
     assert _resolve_cut(wide, ExportConfig(cut="g", max_cut_tensors=2)).tensors == ("joints", "relu", "linear")
+
+
+def test_an_int8_back_half_is_measured_on_the_samples_too_and_verifies_after_a_clean_export(policy, tmp_path):
+    """Static int8 ranges come from 64 calibration draws; a joint state on the samples beyond them was clipped,
+    the samples' error was ~20x the calibration one, and `verify` failed right after a clean export. The export
+    now measures both, and `verify` bounds the split by the larger."""
+    from edgerun.exporters.pipeline import ExportConfig, export
+    from edgerun.verify import verify
+
+    b = export(f"{policy}:make", ExportConfig(cut="vision.1", back_precision="int8", evaluate=False), tmp_path / "b")
+    prec = b.manifest["precisions"]
+    assert prec["back_samples_rel_err"] > 0 and prec["back_calib_rel_err"] > 0
+    rep = verify(b)
+    assert rep.ok, rep.messages
+    assert rep.split_vs_whole_rel_l2 == pytest.approx(prec["back_samples_rel_err"], rel=1e-3)  # the same measure
