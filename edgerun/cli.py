@@ -127,6 +127,10 @@ def export_cmd(
                 for c in traced.cuts
             ]
             typer.echo(json.dumps({"model": traced.source.model_id, "cuts": rows}) if as_json else cuts_table(rows))
+            if not rows and not as_json:  # an empty table said nothing (the export itself says why)
+                typer.echo(f"no valid cut: no tensor between two layers of {traced.source.model_id} carries all that "
+                           f"the rest needs (a one-layer model has none; with skips, try --max-cut-tensors "
+                           f"{max_cut_tensors + 1})", err=True)
             return
         if planned:
             overridden = [f"--{k} {v}" for k, v in (("cut", cut), ("front-precision", front_precision),

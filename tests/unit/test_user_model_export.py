@@ -484,3 +484,11 @@ def test_a_crossing_the_model_itself_makes_nan_names_that_cause_too():
     with pytest.raises(ConfigError, match=r"NaN or Inf at the cut \('log'\).*or the model computes NaN / Inf for it "
                                           r"before the cut \(a log, sqrt or division"):
         check_finite_cut({"log": np.array([[0.5, -np.inf]], np.float32)}, [TensorSpec("log", (None, 2))])
+
+
+def test_list_cuts_of_a_model_without_cuts_says_why_not_an_empty_table(models):
+    """`--list-cuts` on a one-layer model printed the table's header and nothing else."""
+    from cli_checks import run_cli
+
+    r = run_cli("export", f"{models}:one_layer", "--list-cuts")
+    assert r.exit_code == 0 and "no valid cut: no tensor between two layers" in r.output
