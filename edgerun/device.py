@@ -453,6 +453,8 @@ class Device:
             listed = ", ".join(f"{k}: {v}" for k, v in sizes.items())
             raise ConfigError(f"inputs hold different numbers of samples ({listed}): give every input the same "
                               "batch size on axis 0 (row i of each is sample i)")
+        if 0 in sizes.values():  # the engine said "batch 0 is outside 1..max_batch: split the batch"
+            raise ConfigError("an empty batch (0 samples): give at least one sample, batch dimension first")
         return x if isinstance(x, dict) else np.ascontiguousarray(x)
 
     def _run_front(self, feeds: Any) -> dict[str, np.ndarray]:

@@ -74,3 +74,16 @@ def test_inputs_with_different_batch_sizes_are_refused_before_anything_is_sent(t
         with pytest.raises(ConfigError, match=r"inputs hold different numbers of samples \(image: 3, joints: 2\): "
                                               r"give every input the same batch size on axis 0"):
             dev.infer({"image": image, "joints": joints}, deadline_ms=500)
+
+
+def test_an_empty_batch_is_refused_saying_so(digits_bundle, broker):
+    """A batch of 0 samples went to the engine, which said "batch 0 is outside 1..max_batch: split the batch"."""
+    import pytest
+
+    from edgerun.device import Device
+    from edgerun.errors import ConfigError
+
+    x = np.zeros((0, *digits_bundle.inputs[0].shape[1:]), np.float32)
+    with Device(digits_bundle, broker=broker.url) as dev:
+        with pytest.raises(ConfigError, match=r"an empty batch \(0 samples\): give at least one sample"):
+            dev.infer(x, deadline_ms=500)
