@@ -30,7 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edgerun.broker import broker_credentials, broker_tls, parse_broker_url, redact_broker_url
+from edgerun.broker_url import broker_credentials, broker_tls, parse_broker_url, redact_broker_url
 from edgerun.errors import ConfigError, TransportError
 
 log = logging.getLogger("edgerun.transport")
