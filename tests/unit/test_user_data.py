@@ -67,6 +67,12 @@ class Skip(nn.Module):  # the input is read again at the end: every cut carries 
 def skip():
     torch.manual_seed(0)
     return Skip(), torch.randn(1, 64)
+
+
+def reg():  # three continuous values per sample: a regression
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)).eval(), \
+        torch.rand(1, 64)
 '''
 
 
@@ -242,3 +248,29 @@ def test_a_nan_is_named_by_its_index_in_the_file(tmp_path):
     np.savez(tmp_path / "d.npz", inputs=x)
     with pytest.raises(ConfigError, match=r"inputs sample 17 holds NaN, Inf"):
         _user_data(tmp_path / "d.npz")
+
+
+def test_plan_on_a_two_input_model_files_data_plans_without_crashing(files, tmp_path):
+    """`edgerun plan two_in.py:make --data two.npz` (and export --device/--server/--link) died on "TypeError: float()
+    argument must be a string or a real number, not 'dict'": the planner's loss meter took one input array. Its
+    lossy candidates are not measured for several inputs; the plan says so."""
+    from edgerun.exporters.pipeline import trace_model
+    from edgerun.exporters.planner import plan
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "two.npz", **{"inputs.x": rng.standard_normal((40, 6)), "inputs.z": rng.standard_normal((40, 3))})
+    p = plan(trace_model(f"{files}/model.py:two_in", data=tmp_path / "two.npz"), "rpi4", "gpu-a100", "wifi")
+    assert p.chosen is not None and {c.front_precision for c in p.candidates} == {"fp32"}
+    assert any("several inputs" in n for n in p.notes)
+
+
+def test_the_planner_scores_float_targets_of_a_data_file_as_a_regression(files, tmp_path):
+    """With float targets (metric mae) for a model of three outputs per sample, the planner measured a lossy
+    candidate's loss as top-1 disagreement of the argmax of three continuous values."""
+    from edgerun.exporters.pipeline import trace_model
+    from edgerun.exporters.planner_loss import LossMeter
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "reg.npz", inputs=rng.random((40, 64)), labels=rng.random((40, 3)))
+    traced = trace_model(f"{files}/model.py:reg", data=tmp_path / "reg.npz")
+    assert LossMeter(traced, traced.source.zoo.calib_data(16)).regression
