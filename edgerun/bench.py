@@ -210,11 +210,17 @@ def _first_real_answer(dev: Any, x: Inputs, url: str) -> None:
     """One answer from a running server before timing (its workers are not ours to start or watch)."""
     from edgerun.errors import TransportError
 
+    import shlex
+
     try:
         r = dev.infer(x, deadline_ms=FIRST_REAL_ANSWER_MS)
-    except TransportError as exc:
-        raise TransportError(f"no server answered through {dev._client.url}: start `edgerun serve "
-                             f"{dev.bundle.path.name} --broker {dev._client.url}` on the server first ({exc})") from None
+    except TransportError:
+        # a command to paste (a TLS URL holds '?' and '&'); the device's own advice named --deadline-ms, which
+        # bench does not take, and the wait here is already 10 s
+        raise TransportError(f"no server answered through {dev._client.url} within {FIRST_REAL_ANSWER_MS / 1e3:g} s: "
+                             f"start `edgerun serve {shlex.quote(dev.bundle.path.name)} --broker "
+                             f"{shlex.quote(dev._client.url)}` on the server first (the server's copy of this "
+                             "bundle)") from None
     if r.answered_by != "server":
         raise TransportError(f"the device answered by itself ({r.reason}): is a server running for this bundle?")
 

@@ -6,6 +6,7 @@ to do, and exit code 2 (1 for a failed check); a bug shows its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -398,6 +399,7 @@ def run_cmd(
     from edgerun.device import Device
     from edgerun.device_checks import check_deadline_ms
 
+    loop = None
     try:
         if limit is not None and limit < 1:
             raise ConfigError(f"--limit {limit}: give the number of inputs to run (>= 1), or leave it out for all")
@@ -407,7 +409,8 @@ def run_cmd(
         x = feeds.rows(feeds.float32(x), 0, limit if limit is not None else feeds.n_samples(x))
         loop = LoopSummary(rate_hz=check_rate(rate), deadline_ms=deadline_ms)  # a bad --rate fails before the broker
         schedule = ticks(feeds.n_samples(x), rate, loop)
-        with Device(b, broker=broker, engine=engine, threads=threads, budget=budget, hedge_ms=hedge_ms) as dev:
+        with Device(b, broker=broker, engine=engine, threads=threads, budget=budget, hedge_ms=hedge_ms) as dev, \
+                _stopped_by_signal(loop, summary or rate is not None):
             for i in schedule:
                 try:
                     r = dev.infer(feeds.rows(x, i, i + 1), deadline_ms=deadline_ms)
@@ -431,6 +434,34 @@ def run_cmd(
             typer.echo(json.dumps({"summary": loop.to_json()}) if as_json else loop.text())
     except EdgerunError as exc:
         _fail(exc)
+    if loop is not None and loop.stopped_by:  # the summary is out; the exit status says how the loop ended
+        raise typer.Exit(128 + loop.stopped_by)
+
+
+@contextlib.contextmanager
+def _stopped_by_signal(loop, catch: bool):
+    """Ctrl-C / SIGTERM in a loop with a summary: stop the loop there (``loop.stopped_by`` = the signal) so its
+    summary is printed; without one, the interrupt goes on as before."""
+    import signal as signals
+
+    term = signals.getsignal(signals.SIGTERM)
+    got = {"sig": signals.SIGINT}
+
+    def on_term(*_: object) -> None:
+        got["sig"] = signals.SIGTERM
+        raise KeyboardInterrupt
+
+    if catch:
+        signals.signal(signals.SIGTERM, on_term)
+    try:
+        yield
+    except KeyboardInterrupt:
+        if not catch:
+            raise
+        loop.stopped_by = int(got["sig"])
+    finally:
+        if catch:
+            signals.signal(signals.SIGTERM, term)
 
 
 @app.command("demo")

@@ -53,7 +53,8 @@ class Result:
         worker: id of the server worker that answered ("" when answered locally).
         hedged: the request was sent a second time (``hedge_ms``) before a reply came.
         bytes_sent / bytes_received: MQTT payload bytes of the request frame (times two when hedged) and of
-            the reply (0 / 0 when answered on the device); the broker's headers come on top.
+            the reply; 0 / 0 when answered on the device before sending, the request's bytes / 0 when an exit
+            answered it after it went out (no reply in time); the broker's headers come on top.
     """
 
     output: dict[str, np.ndarray]
@@ -279,6 +280,7 @@ class Device:
             self._suspect(f"no reply to the last request within {wait_ms:g} ms")
             local = self._local(step, step.deepest, f"deadline: {msg}", t_start, t_front)
             local.hedged = len(sent) > 1
+            local.bytes_sent = len(payload) * len(sent)  # the request went out: its bytes were spent
             return local
         except (TransportError, RuntimeError, ValueError) as exc:  # paho: not connected / queue full
             if step is None:

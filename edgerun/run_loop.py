@@ -37,6 +37,7 @@ class LoopSummary:
     total_ms: list[float] = field(default_factory=list)
     bytes_sent: list[int] = field(default_factory=list)
     last_miss: str = ""
+    stopped_by: int = 0        # the signal (Ctrl-C: SIGINT, SIGTERM) that ended the loop early; 0: it ran to the end
 
     def add(self, result: Any) -> None:
         self.requests += 1
@@ -60,7 +61,8 @@ class LoopSummary:
                 "missed": self.missed, "overruns": self.overruns, "hedged": self.hedged, "rate_hz": self.rate_hz,
                 "deadline_ms": self.deadline_ms, "total_ms": pct,
                 "bytes_sent_mean": round(float(np.mean(self.bytes_sent)), 1) if self.bytes_sent else 0.0,
-                **({"last_miss": self.last_miss} if self.last_miss else {})}
+                **({"last_miss": self.last_miss} if self.last_miss else {}),
+                **({"stopped": True} if self.stopped_by else {})}
 
     def text(self) -> str:
         j = self.to_json()
@@ -69,7 +71,8 @@ class LoopSummary:
         return (f"{self.requests} requests{rate}: {self.by_server} answered by the server, {self.on_device} on the "
                 f"device, {self.missed} missed the deadline, {self.overruns} started late (overrun); total ms {lat}; "
                 f"{j['bytes_sent_mean']:.0f} B sent per request"
-                + (f"\nlast miss: {self.last_miss}" if self.last_miss else ""))
+                + (f"\nlast miss: {self.last_miss}" if self.last_miss else "")
+                + ("\nstopped early (Ctrl-C or SIGTERM)" if self.stopped_by else ""))
 
 
 def check_rate(rate_hz: float | None) -> float | None:

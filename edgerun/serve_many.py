@@ -60,9 +60,9 @@ def serve_many(
     loaded = [_load(b) for b in bundles]  # all checked before any connects
     seen: dict[str, Any] = {}
     for b in loaded:
-        if b.hash in seen:
-            raise ConfigError(f"{b.path} and {seen[b.hash].path} are the same bundle (hash {b.hash[:12]}): give each "
-                              "once")
+        if b.hash in seen:  # named as given: an archive's unpacked copy is a temp directory the user never saw
+            raise ConfigError(f"{_given(b)} and {_given(seen[b.hash])} are the same bundle (hash {b.hash[:12]}): give "
+                              "each once")
         seen[b.hash] = b
     llm = [isinstance(b, LlmBundle) for b in loaded]
     if (max_sessions is not None or session_ttl_s is not None) and not any(llm):
@@ -99,6 +99,9 @@ def serve_many(
         raise errors[0]
     return [r for r in results if r is not None]
 
+
+def _given(b: Any) -> Any:
+    return getattr(b, "source", None) or b.path
 
 
 def with_whole_models(bundles: list[Path], work: Path) -> list[Path]:

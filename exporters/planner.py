@@ -287,6 +287,9 @@ def plan(model: Any, device: str | DeviceProfile, server: str | ServerProfile, l
     lnk = link if isinstance(link, LinkProfile) else load_link(link)
     traced = model if isinstance(model, Traced) else trace_model(model)
     calib = traced.source.zoo.calib_data(calib_n) if traced.source.zoo is not None else None
+    several = len(traced.model.graph.input) > 1
+    if several:  # the loss meter feeds one input (a model file's --data of several inputs has one array each)
+        calib = None
     meter = None
     if calib is not None:
         from edgerun.exporters.planner_loss import LossMeter
@@ -309,6 +312,10 @@ def plan(model: Any, device: str | DeviceProfile, server: str | ServerProfile, l
     reason = _reason(chosen, cands, budgets)
     stale = stale_profile_note(dev) if Path(dev.path).stem == "this-machine" else ""
     notes = (stale,) if stale else ()
+    if several and traced.source.zoo is not None:
+        notes += ("a model with several inputs: only fp32 without a codec is planned (the loss of int8 / int4 "
+                  "fronts and of the tsq codec is measured on one-input models only); export with --front-precision "
+                  "/ --codec and read the measured loss in report.json",)
     return Plan(traced.source.model_id, dev.name, srv.name, lnk.name, budgets, cands, chosen, reason, notes)
 
 

@@ -54,7 +54,7 @@ class LossMeter:
         self.in_name = traced.model.graph.input[0].name
         whole = _ort(traced.model)
         self.ref = _run(whole, lambda a, b: {self.in_name: self.x[a:b]}, len(self.x))[0]
-        self.regression = getattr(traced.source.zoo, "metric", "") == "action_mae" or one_value_per_sample(self.ref)
+        self.regression = getattr(traced.source.zoo, "metric", "") in ("action_mae", "mae") or one_value_per_sample(self.ref)
         self._acts: dict[int, dict[str, np.ndarray]] = {}
         self._codec_entry: dict[int, dict] = {}
         self._codec_bytes: dict[int, float] = {}

@@ -6,9 +6,14 @@ reported accuracy all came from noise. With ``--data`` they come from the user's
 (seeded) into calibration and held-out evaluation samples that never overlap.
 
 The file (``np.savez``): ``inputs`` (one input) or ``inputs.<name>`` for each input of forward(),
-samples on axis 0; optionally ``labels``: integer class ids ``[N]`` (metric: top-1 accuracy) or
-float targets shaped like the model's output (metric: mean absolute error). Without labels the
-metric is the split's agreement with the whole fp32 model on the held-out samples.
+samples on axis 0; optionally ``labels``: integer class ids ``[N]`` (or ``[N, 1]``; metric: top-1
+accuracy) or targets shaped like the model's output (float, or integer counts; metric: mean absolute
+error); one-hot labels are refused (save ``y.argmax(1)``). Without labels the metric is the split's
+agreement with the whole fp32 model on the held-out samples. A model with one input may also be given
+an ``.npy`` of its inputs (``np.save``), as for ``edgerun run --input``.
+
+Only the arrays named above are read, and each sample is converted to float32 once, into its own
+split: a large file of uint8 images costs its own size plus its float32 size, not several copies.
 
 It offers the data interface of a zoo model (``eval_data``, ``calib_data``, ``metric``,
 ``input_name``), so every stage that measures on a zoo model's data measures on it the same way.
@@ -23,12 +28,13 @@ import numpy as np
 
 from edgerun.bundle import SAMPLES_KEY
 from edgerun.errors import ConfigError
-from edgerun.feeds import Inputs, n_samples, rows
+from edgerun.feeds import Inputs, rows
 
 MIN_SAMPLES = 8          # fewer cannot give both a calibration and an evaluation set
 CALIB_SHARE = 0.5        # of the samples, at most MAX_CALIB, go to calibration; the rest are held out
 MAX_CALIB = 256
 SEED = 0
+_CHUNK = 1024        # samples converted to float32 at a time: the split's float32 copy is the only full-size one
 
 
 class UserData:
@@ -38,12 +44,12 @@ class UserData:
         self.path = Path(path)
         x, labels = _read(self.path, input_names)
         for name, ex in zip(input_names, examples):
-            got = (x[name] if isinstance(x, dict) else x).shape[1:]
+            got = x[name].shape[1:]
             if tuple(got) != tuple(ex.shape[1:]):
                 raise ConfigError(f"--data {self.path}: input {name!r} has samples of shape {list(got)}, but the "
                                   f"model's example has {list(ex.shape[1:])}: save samples of the example's shape, "
                                   "batch on axis 0")
-        n = n_samples(x)
+        n = len(next(iter(x.values())))
         if n < MIN_SAMPLES:
             raise ConfigError(f"--data {self.path} holds {n} samples: give at least {MIN_SAMPLES} (half calibrate "
                               "the lossy steps, half measure them)")
@@ -58,9 +64,9 @@ class UserData:
         self.input_name = input_names[0] if len(input_names) == 1 else None
         if labels is None:
             self.metric = "top1_agreement"
-        elif labels.dtype.kind in "iu":
+        elif labels.dtype.kind in "iu" and labels.ndim == 1:
             self.metric = "top1"
-        else:
+        else:  # float targets, or integer targets shaped like a regression output (counts)
             self.metric = "mae"
         self.name = self.path.name
 
@@ -82,53 +88,73 @@ class UserData:
                 "others")
 
 
-def _read(path: Path, names: list[str]) -> tuple[Inputs, np.ndarray | None]:
+def _read(path: Path, names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """The input arrays by name (as stored: converted to float32 later, per split) and the labels."""
     hint = ("save it with np.savez(path, inputs=x[, labels=y]), or one inputs.<name> array per input of forward(): "
             f"{', '.join(f'inputs.{n}' for n in names)}")
     if not path.is_file():
         raise ConfigError(f"--data {path} is not a file; {hint}")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        got = np.load(path, allow_pickle=False, mmap_mode="r")
+        if isinstance(got, np.ndarray):  # an .npy: the inputs of a one-input model, no labels
+            if len(names) > 1:
+                raise ConfigError(f"--data {path} holds one array, and the model takes {len(names)} inputs; {hint}")
+            return {names[0]: _numeric(got, path, SAMPLES_KEY)}, None
+        with got as npz:
             files = list(npz.files)
-            arrays = {k: npz[k] for k in files}
+            if len(names) == 1 and SAMPLES_KEY in files:
+                keys = {names[0]: SAMPLES_KEY}
+            else:
+                keys = {n: f"{SAMPLES_KEY}.{n}" for n in names}
+                missing = [k for k in keys.values() if k not in files]
+                if missing:
+                    raise ConfigError(f"--data {path} has arrays {files}, not {missing}; {hint}")
+            x = {n: _numeric(npz[k], path, k) for n, k in keys.items()}  # only these arrays are read
+            labels = npz["labels"] if "labels" in files else None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, AttributeError) as exc:
         raise ConfigError(f"--data {path} cannot be read as an .npz ({type(exc).__name__}: {exc}); {hint}") from None
-    if len(names) == 1 and SAMPLES_KEY in arrays:
-        x: Inputs = _float_samples(arrays[SAMPLES_KEY], path, SAMPLES_KEY)
-    else:
-        missing = [n for n in names if f"{SAMPLES_KEY}.{n}" not in arrays]
-        if missing:
-            raise ConfigError(f"--data {path} has arrays {files}, not {[f'{SAMPLES_KEY}.{n}' for n in missing]}; "
-                              f"{hint}")
-        x = {n: _float_samples(arrays[f"{SAMPLES_KEY}.{n}"], path, f"{SAMPLES_KEY}.{n}") for n in names}
-        if len({len(a) for a in x.values()}) != 1:
-            raise ConfigError(f"--data {path}: its inputs hold different numbers of samples "
-                              f"({ {n: len(a) for n, a in x.items()} }); {hint}")
-        if len(names) == 1:
-            x = x[names[0]]
-    labels = arrays.get("labels")
-    if labels is not None:
-        if labels.dtype.kind not in "iuf" or labels.ndim == 0:
-            raise ConfigError(f"--data {path}: labels must be integer class ids [N] or float targets [N, ...], got "
-                              f"{labels.dtype} of shape {list(labels.shape)}")
-        if labels.dtype.kind == "f" and not np.isfinite(labels).all():
-            raise ConfigError(f"--data {path}: labels hold NaN or Inf; clean or drop those samples")
-    return x, labels
+    if len({len(a) for a in x.values()}) != 1:
+        raise ConfigError(f"--data {path}: its inputs hold different numbers of samples "
+                          f"({ {n: len(a) for n, a in x.items()} }); {hint}")
+    return x, None if labels is None else _labels(labels, path)
 
 
-def _float_samples(a: np.ndarray, path: Path, key: str) -> np.ndarray:
+def _labels(labels: np.ndarray, path: Path) -> np.ndarray:
+    if labels.dtype.kind not in "iuf" or labels.ndim == 0:
+        raise ConfigError(f"--data {path}: labels must be integer class ids [N] or targets [N, ...] shaped like the "
+                          f"model's output, got {labels.dtype} of shape {list(labels.shape)}")
+    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+        raise ConfigError(f"--data {path}: labels hold NaN or Inf; clean or drop those samples")
+    if (labels.ndim == 2 and labels.shape[1] > 1 and np.isin(labels, (0, 1)).all()
+            and (labels.sum(axis=1) == 1).all()):
+        # a classifier scored by the mean absolute error of its logits against 0 / 1 (float), or refused with
+        # "labels of shape [N, C] do not fit the model's output [N, C]" (integer)
+        raise ConfigError(f"--data {path}: labels of shape {list(labels.shape)} look one-hot (one 1 per row): save "
+                          "the class ids instead, labels=y.argmax(1)")
+    if labels.dtype.kind in "iu" and labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]  # class ids saved as a column
+    return labels
+
+
+def _numeric(a: np.ndarray, path: Path, key: str) -> np.ndarray:
     if a.dtype.kind not in "fiub" or a.ndim == 0:
         raise ConfigError(f"--data {path}: {key} must be a numeric array with samples on axis 0, got {a.dtype} "
                           f"of shape {list(a.shape)}")
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    if not np.isfinite(a).all():
-        first = np.argwhere(~np.isfinite(a))[0].tolist()
-        raise ConfigError(f"--data {path}: {key} sample {first[0]} holds NaN, Inf or a value beyond float32's range "
-                          "(the lossy steps would be calibrated on it); clean or drop it")
+    for j in range(0, len(a) if a.dtype.kind == "f" else 0, _CHUNK):  # as float32, a chunk at a time
+        bad = ~np.isfinite(a[j:j + _CHUNK].astype(np.float32))
+        if bad.any():
+            raise ConfigError(f"--data {path}: {key} sample {j + int(np.argwhere(bad)[0][0])} holds NaN, Inf or a "
+                              "value beyond float32's range (the lossy steps would be calibrated on it); clean or "
+                              "drop it")
     return a
 
 
-def _take(x: Inputs, idx: np.ndarray) -> Inputs:
-    if isinstance(x, np.ndarray):
-        return np.ascontiguousarray(x[idx])
-    return {k: np.ascontiguousarray(v[idx]) for k, v in x.items()}
+def _take(x: dict[str, np.ndarray], idx: np.ndarray) -> Inputs:
+    """Samples ``idx`` of each input as float32 (checked finite by ``_numeric``), converted a chunk at a time."""
+    out = {}
+    for key, a in x.items():
+        part = np.empty((len(idx), *a.shape[1:]), dtype=np.float32)
+        for j in range(0, len(idx), _CHUNK):
+            part[j:j + _CHUNK] = a[idx[j:j + _CHUNK]]
+        out[key] = part
+    return out if len(out) > 1 else next(iter(out.values()))

@@ -136,3 +136,23 @@ def test_a_worker_started_with_whole_gives_the_real_bench_its_plain_offload_peer
     server = rep["modes"]["server"]
     assert "stages" in server and raw_input < server["bytes_sent"] < raw_input + 1024
     assert server["bytes_sent"] < rep["modes"]["split"]["bytes_sent"]  # digits: the cut tensor is the bigger
+
+
+def test_the_command_the_real_bench_suggests_can_be_pasted_into_a_shell(digits_bundle):
+    """With no server for a TLS broker, the bench said to run `edgerun serve b --broker mqtts://h:p?ca=...&cert=...`
+    unquoted (the shell cuts it at '&' and globs '?'), and ended with "give a longer one (--deadline-ms)", an
+    option bench does not have."""
+    import shlex
+
+    from edgerun.bench import run_bench
+    from edgerun.broker import Mosquitto
+    from edgerun.errors import TransportError
+
+    with Mosquitto(tls=True, require_client_cert=True) as m:
+        url = m.url
+        with pytest.raises(TransportError) as err:
+            run_bench(digits_bundle, broker=url, requests=1, warmup=0, modes=("split",))
+    msg = str(err.value)
+    assert "&" in url and "--deadline-ms" not in msg
+    cmd = msg.split("start `", 1)[1].split("`", 1)[0]
+    assert shlex.split(cmd)[-2:] == ["--broker", url]

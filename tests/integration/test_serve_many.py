@@ -50,3 +50,17 @@ def test_a_bad_bundle_among_several_stops_before_any_is_served(digits_bundle, br
     r = subprocess.run([*cli_argv, "serve", str(digits_bundle.path), str(digits_bundle.path), "--broker", broker.url],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "are the same bundle" in r.stderr
+
+
+def test_the_same_bundle_as_a_directory_and_an_archive_is_named_as_the_user_gave_it(digits_bundle, tmp_path):
+    """The refusal named the archive's unpacked copy ("/tmp/edgerun-bundle-wbr1v9by/b and b are the same bundle"),
+    a directory the user never saw, instead of the archive given."""
+    from edgerun.errors import ConfigError
+    from edgerun.pack import pack
+    from edgerun.serve_many import serve_many
+
+    archive = tmp_path / "b.tar.gz"
+    pack(digits_bundle.path, "server", archive)
+    with pytest.raises(ConfigError) as err:
+        serve_many([str(digits_bundle.path), str(archive)], "mqtt://127.0.0.1:1")
+    assert f"{archive} and {digits_bundle.path} are the same bundle" in str(err.value)
