@@ -168,7 +168,7 @@ def test_inputs_the_export_cannot_take_are_refused_saying_what_to_change(policy,
 
 
 def test_run_reads_several_inputs_from_an_npz_by_name_and_says_what_it_needs(bundle, tmp_path):
-    from edgerun.cli import _load_inputs
+    from edgerun.cli_run import _load_inputs
 
     rng = np.random.default_rng(0)
     image, joints = rng.standard_normal((3, 3, 16, 16)), rng.standard_normal((3, 5))
@@ -190,7 +190,7 @@ def test_run_reads_several_inputs_from_an_npz_by_name_and_says_what_it_needs(bun
 def test_run_refuses_an_npz_whose_inputs_disagree_on_samples_also_with_limit(bundle, tmp_path):
     """With --limit 2, an .npz of 3 images and 2 joint states was cut to 2 of each and run without a word (the
     check compared the counts after --limit): a file whose rows do not pair up was taken as it was."""
-    from edgerun.cli import _load_inputs
+    from edgerun.cli_run import _load_inputs
 
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "short.npz", image=rng.standard_normal((3, 3, 16, 16)), joints=rng.standard_normal((2, 5)))
@@ -202,7 +202,7 @@ def test_run_names_a_0d_array_for_a_vector_input_as_one_sample_without_the_batch
     """A speed input of shape [batch] saved as np.float32(0.5) was refused as holding "no samples"; it holds one,
     without the batch axis."""
     from edgerun.bundle import TensorSpec
-    from edgerun.cli import _load_inputs
+    from edgerun.cli_run import _load_inputs
 
     specs = [TensorSpec("image", (None, 3, 8, 8), "float32"), TensorSpec("speed", (None,), "float32")]
     np.savez(tmp_path / "x.npz", image=np.zeros((1, 3, 8, 8)), speed=np.float64(0.5))

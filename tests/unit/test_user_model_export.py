@@ -310,7 +310,7 @@ def test_a_quantized_back_half_that_nan_breaks_is_refused_and_the_old_bundle_sta
 def test_run_reports_the_answer_itself_and_top1_only_for_a_vector_of_finite_scores(out, top1, output):
     import numpy as np
 
-    from edgerun.cli import answer_fields
+    from edgerun.cli_run import answer_fields
 
     got = answer_fields(np.array(out, dtype=np.float32))
     assert got == {"top1": top1, "output": output}
