@@ -31,7 +31,7 @@ _API = {
     "Device": "edgerun.device",
     "Result": "edgerun.device",
     "serve": "edgerun.server",
-    "serve_many": "edgerun.serve_many",
+    "serve_many": "edgerun.multi_server",  # not edgerun.serve_many: a submodule of that name would shadow it
     "ServerStats": "edgerun.server",
     "VerifyReport": "edgerun.verify",  # the check itself: edgerun.verify.verify (module and function share the name)
     "Mosquitto": "edgerun.broker",

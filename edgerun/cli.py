@@ -267,14 +267,14 @@ def serve_cmd(
         if with_whole:
             import tempfile
 
-            from edgerun.serve_many import with_whole_models
+            from edgerun.multi_server import with_whole_models
 
             tmp = tempfile.TemporaryDirectory(prefix="edgerun-whole-")
             bundles = with_whole_models(bundles, Path(tmp.name))
         if len(bundles) == 1:
             all_stats = [serve(str(bundles[0]), broker, stop=stop, **opts)]
         else:
-            from edgerun.serve_many import serve_many
+            from edgerun.multi_server import serve_many
 
             all_stats = serve_many([str(b) for b in bundles], broker, stop=stop, **opts)
     except EdgerunError as exc:

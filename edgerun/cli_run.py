@@ -171,15 +171,18 @@ def _stopped_by_signal(loop, catch: bool):
     summary is printed; without one, the interrupt goes on as before."""
     import signal as signals
 
-    term = signals.getsignal(signals.SIGTERM)
+    old = {sig: signals.getsignal(sig) for sig in (signals.SIGINT, signals.SIGTERM)}
     got = {"sig": signals.SIGINT}
 
-    def on_term(*_: object) -> None:
-        got["sig"] = signals.SIGTERM
+    def on_signal(sig: int, _frame: object) -> None:
+        got["sig"] = sig
         raise KeyboardInterrupt
 
     if catch:
-        signals.signal(signals.SIGTERM, on_term)
+        # SIGINT too: a loop started in the background of a script inherits it ignored, and `kill -INT` was
+        # then lost (the loop ran on to its last input)
+        for sig in old:
+            signals.signal(sig, on_signal)
     try:
         yield
     except KeyboardInterrupt:
@@ -188,7 +191,8 @@ def _stopped_by_signal(loop, catch: bool):
         loop.stopped_by = int(got["sig"])
     finally:
         if catch:
-            signals.signal(signals.SIGTERM, term)
+            for sig, handler in old.items():
+                signals.signal(sig, handler)
 
 
 __all__ = ["answer_fields", "run_cmd"]

@@ -57,7 +57,7 @@ def test_the_same_bundle_as_a_directory_and_an_archive_is_named_as_the_user_gave
     a directory the user never saw, instead of the archive given."""
     from edgerun.errors import ConfigError
     from edgerun.pack import pack
-    from edgerun.serve_many import serve_many
+    from edgerun.multi_server import serve_many
 
     archive = tmp_path / "b.tar.gz"
     pack(digits_bundle.path, "server", archive)
