@@ -395,11 +395,11 @@ class Device:
     def _reconnect_loop(self) -> None:
         """Background: connect once the broker is up (paho reconnects by itself after that)."""
         while not self._closing.wait(RECONNECT_EVERY_S):
-            client = self._new_client()
             try:
+                client = self._new_client()
                 self._open(client)
-            except TransportError as exc:
-                self._connect_error = str(exc)
+            except (TransportError, ConfigError) as exc:  # ConfigError: the URL's CA or key file went bad meanwhile
+                self._connect_error = str(exc)  # the device's answers say why; the loop keeps trying
                 continue
             if self._closing.is_set():
                 client.close()

@@ -292,7 +292,8 @@ class MqttClient:
                 raise TransportError(f"the MQTT broker at {self.url} closed the connection before accepting it: {why}")
             if self._refused:
                 raise TransportError(f"the MQTT broker at {self.url} refused the connection ({self._refused}): "
-                                     "check the user and password in the broker URL (mqtt://USER:PASSWORD@host:port)")
+                                     "check the user and password in the broker URL "
+                                     f"({'mqtts' if self.tls is not None else 'mqtt'}://USER:PASSWORD@host:port)")
             raise TransportError(f"the MQTT broker at {self.url} did not accept the connection within {timeout_s:g} s: {hint}")
 
     def subscribe(self, topic_filter: str, timeout_s: float = 5.0) -> None:

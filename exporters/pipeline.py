@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -134,6 +135,8 @@ def trace_model(spec: str | SourceModel, *, max_cut_tensors: int = 1, data: str 
     if data is not None:
         src = with_user_data(src, data)
     model = trace.to_onnx(src.module, src.example, input_name=src.input_names[0], output_name="logits")
+    if isinstance(src.zoo, UserData):  # labels that cannot be scored fail now, not after the whole export
+        src.zoo.check_labels(shapes_of(model)[model.graph.output[0].name][1:])
     return Traced(src, model, find_cuts(model, max_tensors=max_cut_tensors))
 
 
@@ -176,7 +179,10 @@ def with_user_data(src: SourceModel, data: str | Path) -> SourceModel:
         raise ConfigError(f"--data is for a model file; zoo:{src.model_id} comes with its own data: drop --data")
     ex = src.example_inputs()
     examples = [ex] if isinstance(ex, np.ndarray) else [ex[n] for n in src.input_names]
-    return replace(src, zoo=UserData(data, src.input_names, examples))
+    user = UserData(data, src.input_names, examples)
+    for note in user.range_notes(src.input_names, examples):
+        print(note, file=sys.stderr)
+    return replace(src, zoo=user)
 
 
 @contextmanager

@@ -70,6 +70,40 @@ class UserData:
             self.metric = "mae"
         self.name = self.path.name
 
+    def range_notes(self, names: list[str], examples: list[np.ndarray]) -> list[str]:
+        """A line per input whose samples' largest magnitude is 20x off its example's (uint8 images 0..255 for a
+        model whose example is 0..1, say): the model would be calibrated and measured on inputs it never
+        sees. A note, not an error: the example may be a stand-in."""
+        notes = []
+        for name, ex in zip(names, examples):
+            got = self._calib if isinstance(self._calib, np.ndarray) else self._calib[name]
+            d, e = float(np.max(np.abs(got))) if got.size else 0.0, float(np.max(np.abs(ex))) if ex.size else 0.0
+            if e > 0 and d > 0 and (d > 20 * e or e > 20 * d):
+                notes.append(f"note: --data {self.path.name}: input {name!r} reaches |{d:.4g}|, its example |{e:.4g}|: "
+                             "is the data preprocessed as the model expects (scale, normalisation)?")
+        return notes
+
+    def check_labels(self, output_shape: tuple[int, ...]) -> None:
+        """Refuse labels that cannot be scored against the first output (shape without the batch), as the
+        evaluation at the end of the export would, but before it: a mismatch cost a whole export first.
+
+        Raises:
+            ConfigError: the labels' per-sample shape fits neither a classifier's class ids nor targets.
+        """
+        y = self._eval_labels
+        if y is None:
+            return
+        per_sample = tuple(y.shape[1:])
+        regression = self.metric == "mae" or len(output_shape) == 0 or output_shape[-1] == 1
+        if regression and int(np.prod(per_sample, dtype=np.int64)) != int(np.prod(output_shape, dtype=np.int64)):
+            raise ConfigError(f"--data {self.path}: labels of shape [N, {', '.join(map(str, per_sample))}] do not fit "
+                              f"the model's output [N, {', '.join(map(str, output_shape))}] (its first output): give "
+                              "targets shaped like it, or integer class ids [N] for a classifier")
+        if not regression and per_sample != tuple(output_shape[:-1]):
+            raise ConfigError(f"--data {self.path}: labels of shape {list(y.shape)} do not fit the model's output "
+                              f"[N, {', '.join(map(str, output_shape))}] (its first output): give one integer class "
+                              f"id per sample (shape [N{''.join(f', {d}' for d in output_shape[:-1])}])")
+
     def eval_data(self, limit: int | None = None) -> tuple[Inputs, np.ndarray | None]:
         """The held-out samples (and their labels, or None), the first ``limit`` of them."""
         stop = self.n_eval if limit is None else min(limit, self.n_eval)

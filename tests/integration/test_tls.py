@@ -132,3 +132,28 @@ def test_edgerun_broker_restarted_with_its_certs_dir_and_port_prints_the_same_ur
             p.wait(timeout=30)
     assert urls[0] == urls[1] and urls[0].startswith(f"mqtts://127.0.0.1:{port}?ca={tmp_path}/tls/ca.pem&cert=")
     assert (tmp_path / "tls" / "ca.pem").is_file()  # kept after the broker stopped
+
+
+def test_a_device_started_while_the_broker_is_down_keeps_retrying_when_its_ca_file_goes_bad(exits_bundle, tmp_path):
+    """The background reconnect caught TransportError only: a CA file that vanished (or was replaced by a bad
+    one) meanwhile raised ConfigError in it and ended the thread, and the device answered on its exits for
+    good. It now says why in its answers and connects once the file and the broker are back."""
+    import shutil as sh
+
+    from edgerun.broker import free_port
+    from edgerun.device import Device
+
+    x = exits_bundle.samples()[:1].astype(np.float32)
+    certs, port = tmp_path / "tls", free_port()
+    with Mosquitto(tls=True, certs_dir=certs, port=port) as broker:
+        url = broker.url
+    ca = certs / "ca.pem"
+    kept = sh.copy(ca, tmp_path / "ca-kept.pem")
+    with Device(exits_bundle, broker=url, engine="ort", budget="off") as dev:  # broker down: opens on its exits
+        ca.unlink()
+        assert _until(lambda: "not a file" in (dev._connect_error or ""))
+        assert dev._reconnector.is_alive()
+        assert "not a file" in dev.infer(x, deadline_ms=300).reason
+        sh.copy(kept, ca)
+        with Mosquitto(tls=True, certs_dir=certs, port=port):
+            assert _until(lambda: dev._client.connected)

@@ -274,3 +274,24 @@ def test_the_planner_scores_float_targets_of_a_data_file_as_a_regression(files, 
     np.savez(tmp_path / "reg.npz", inputs=rng.random((40, 64)), labels=rng.random((40, 3)))
     traced = trace_model(f"{files}/model.py:reg", data=tmp_path / "reg.npz")
     assert LossMeter(traced, traced.source.zoo.calib_data(16)).regression
+
+
+def test_labels_that_do_not_fit_the_output_fail_at_the_trace_not_after_the_export(files, tmp_path):
+    """The mismatch was found by the evaluation at the very end of the export (minutes for a big model)."""
+    from edgerun.exporters.pipeline import trace_model
+
+    np.savez(tmp_path / "bad.npz", inputs=np.zeros((20, 64)), labels=np.zeros((20, 3), np.int64))
+    with pytest.raises(ConfigError, match=r"labels of shape \[N, 3\] do not fit the model's output \[N, 10\]"):
+        trace_model(f"{files}/model.py:make", data=tmp_path / "bad.npz")
+
+
+def test_samples_far_off_the_examples_range_get_a_note(files, tmp_path, capsys):
+    """uint8 images (0..255) for a model whose example is 0..1 were taken without a word, and everything was
+    calibrated and measured on inputs the model never sees."""
+    from edgerun.exporters.pipeline import trace_model
+
+    np.savez(tmp_path / "raw.npz", inputs=np.full((20, 64), 255, np.uint8))
+    trace_model(f"{files}/model.py:make", data=tmp_path / "raw.npz")
+    assert "input 'input' reaches |255|, its example |0.9375|: is the data preprocessed" in capsys.readouterr().err
+    trace_model(f"{files}/model.py:make", data=files / "digits.npz")
+    assert "preprocessed" not in capsys.readouterr().err
