@@ -144,6 +144,11 @@ class Mosquitto:
         return Path(self._dir.name) / "mosquitto.log"
 
     @property
+    def returncode(self) -> int | None:
+        """The broker process's exit status once it ended (None while it runs or before it started)."""
+        return None if self._proc is None else self._proc.poll()
+
+    @property
     def running(self) -> bool:
         """True while the broker process is alive."""
         return self._proc is not None and self._proc.poll() is None

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import typer
 
-from edgerun.errors import ConfigError, EdgerunError, InternalError
+from edgerun.errors import ConfigError, EdgerunError, InternalError, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.splitlines()[0])
 
@@ -308,6 +308,9 @@ def demo_cmd(
         _fail(exc)
 
 
+BROKER_WATCH_S = 0.5  # how often `edgerun broker` checks that its mosquitto still runs
+
+
 @app.command("broker")
 def broker_cmd(
     tls: bool = typer.Option(False, "--tls", help="listen with TLS only, on a throwaway CA and certificate (the "
@@ -341,8 +344,10 @@ def broker_cmd(
                 typer.echo(f"certificates in {m.certs.ca.parent}: deleted when this broker stops, and a new broker "
                            "makes new ones (its clients need its new URL); --certs-dir DIR --port PORT keeps both",
                            err=True)
-            while True:
-                time.sleep(3600)
+            while m.running:  # it used to sleep on for good after its mosquitto died, the URL dead
+                time.sleep(BROKER_WATCH_S)
+            raise UserError(f"mosquitto stopped (exit {m.returncode}): {m.url} is gone; its log ends with:\n"
+                            f"{m.log_tail() or '(empty)'}")
     except KeyboardInterrupt:
         pass
     except EdgerunError as exc:

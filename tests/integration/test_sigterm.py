@@ -134,3 +134,18 @@ def test_kill_9_on_edgerun_broker_still_ends_its_mosquitto(cli_argv):
 @pytest.mark.skipif(procs._setpriv_pdeathsig() is None, reason="needs util-linux setpriv --pdeathsig")
 def test_kill_9_on_edgerun_bench_still_ends_its_broker_and_servers(cli_argv, digits_bundle):
     stop_and_check_children_gone(bench_argv(cli_argv, digits_bundle), "mode server", signal.SIGKILL)
+
+
+def test_edgerun_broker_ends_with_an_error_when_its_mosquitto_dies(cli_argv):
+    """It slept on for good after its mosquitto was killed, printing nothing: the URL it had printed was
+    dead and nothing said so. It now exits 2 naming the broker and its log."""
+    p = subprocess.Popen([*cli_argv, "broker"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().startswith("mqtt://")
+        wait_for(lambda: "mosquitto" in names(descendants(p.pid)), "its mosquitto")
+        (mosq,) = [q for q in descendants(p.pid) if names({q}) == {"mosquitto"}]
+        os.kill(mosq, signal.SIGKILL)
+        _, err = p.communicate(timeout=HANG_GUARD_S)
+    finally:
+        p.kill()
+    assert p.returncode == 2 and "mosquitto stopped (exit -9)" in err and "is gone" in err, err[-2000:]
