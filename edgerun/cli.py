@@ -270,19 +270,23 @@ def serve_cmd(
             from edgerun.multi_server import with_whole_models
 
             tmp = tempfile.TemporaryDirectory(prefix="edgerun-whole-")
-            bundles = with_whole_models(bundles, Path(tmp.name))
-        if len(bundles) == 1:
-            all_stats = [serve(str(bundles[0]), broker, stop=stop, **opts)]
+            to_serve = with_whole_models(bundles, Path(tmp.name))  # loaded: not unpacked again below
+        else:
+            to_serve = [str(b) for b in bundles]
+        if len(to_serve) == 1:
+            all_stats = [serve(to_serve[0], broker, stop=stop, **opts)]
         else:
             from edgerun.multi_server import serve_many
 
-            all_stats = serve_many([str(b) for b in bundles], broker, stop=stop, **opts)
+            all_stats = serve_many(to_serve, broker, stop=stop, **opts)
     except EdgerunError as exc:
         _fail(exc)
         return
-    for path, stats in zip(bundles, all_stats):  # one line per bundle; the last line is the last bundle's
+    from edgerun.multi_server import label
+
+    for b, stats in zip(to_serve, all_stats):  # one line per bundle; the last line is the last bundle's
         line = {"served": getattr(stats, "served", None), "stats": getattr(stats, "__dict__", {})}
-        typer.echo(json.dumps({"bundle": str(path), **line} if len(bundles) > 1 else line, default=str))
+        typer.echo(json.dumps({"bundle": label(b), **line} if len(to_serve) > 1 else line, default=str))
 
 
 @app.command("demo")

@@ -42,9 +42,10 @@ def _load_inputs(path: Path, limit: int | None, specs: list):
             missing = [n for n in names if n not in got.files]
             if missing:
                 raise ConfigError(f"--input {path} has arrays {got.files}, not the bundle's inputs {missing}; {hint}")
-            arrays = {n: _checked_input(got[n], f"{path}[{n!r}]", spec, limit, hint, f"np.savez(path, {n}=x[None])")
+            raw = {n: got[n] for n in names}  # an NpzFile reads (and decompresses) a member on every access
+            arrays = {n: _checked_input(raw[n], f"{path}[{n!r}]", spec, limit, hint, f"np.savez(path, {n}=x[None])")
                       for n, spec in zip(names, specs)}
-            counts = {n: len(got[n]) for n in names}  # the file's, not after --limit: its rows must pair up
+            counts = {n: len(a) for n, a in raw.items()}  # the file's, not after --limit: its rows must pair up
         if len(set(counts.values())) != 1:
             raise ConfigError(f"--input {path}: its inputs hold different numbers of samples ({counts}); {hint}")
         return arrays if len(specs) > 1 else arrays[names[0]]

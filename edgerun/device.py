@@ -28,6 +28,7 @@ from edgerun import exits as exits_mod
 from edgerun.bundle import Bundle
 from edgerun.device_checks import check_deadline_ms, check_finite_cut, check_reply, error_from_reply, shape_hint
 from edgerun.errors import ConfigError, FrameError, TransportError, UnsupportedOpError
+from edgerun.feeds import with_passthrough
 
 log = logging.getLogger("edgerun.device")
 
@@ -466,17 +467,13 @@ class Device:
         first = next(iter(feeds.values())) if isinstance(feeds, dict) else feeds
         n = int(first.shape[0])
         if limit is None or n <= limit:
-            return self._with_passthrough(self.engine.run(feeds), feeds)
+            return with_passthrough(self.engine.run(feeds), feeds, self.bundle.passthrough)
         parts = []
         for lo in range(0, n, limit):
             sl = {k: v[lo : lo + limit] for k, v in feeds.items()} if isinstance(feeds, dict) else feeds[lo : lo + limit]
             parts.append(self.engine.run(sl))
-        return self._with_passthrough({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, feeds)
-
-    def _with_passthrough(self, outs: dict[str, np.ndarray], feeds: Any) -> dict[str, np.ndarray]:
-        for name in self.bundle.passthrough:
-            outs[name] = np.ascontiguousarray(feeds[name] if isinstance(feeds, dict) else feeds, dtype=np.float32)
-        return outs
+        return with_passthrough({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, feeds,
+                                self.bundle.passthrough)
 
     def _finish(self, reply: bytes, request_id: int, marks: tuple[float, float, float, float], batch: int) -> Result:
         t_start, t_front, t_enc, t_recv = marks

@@ -55,6 +55,16 @@ def float32(x: Inputs) -> Inputs:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in x.items()}
 
 
+def with_passthrough(outs: dict[str, np.ndarray], x: Inputs, names: Sequence[str], *,
+                     copy: bool = False) -> dict[str, np.ndarray]:
+    """``outs`` (a front half's outputs) with the model inputs ``names`` that pass through the cut added as they
+    came (float32; ``copy``: fresh arrays, for a caller that writes into the crossing). Returns ``outs``."""
+    for n in names:
+        a = x[n] if isinstance(x, Mapping) else x
+        outs[n] = np.array(a, dtype=np.float32) if copy else np.ascontiguousarray(a, dtype=np.float32)
+    return outs
+
+
 def concat(parts: Sequence[Inputs]) -> Inputs:
     """Batches stacked on axis 0 (all arrays, or all dicts with the same names)."""
     if isinstance(parts[0], np.ndarray):

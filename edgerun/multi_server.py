@@ -61,7 +61,7 @@ def serve_many(
     seen: dict[str, Any] = {}
     for b in loaded:
         if b.hash in seen:  # named as given: an archive's unpacked copy is a temp directory the user never saw
-            raise ConfigError(f"{_given(b)} and {_given(seen[b.hash])} are the same bundle (hash {b.hash[:12]}): give "
+            raise ConfigError(f"{label(b)} and {label(seen[b.hash])} are the same bundle (hash {b.hash[:12]}): give "
                               "each once")
         seen[b.hash] = b
     llm = [isinstance(b, LlmBundle) for b in loaded]
@@ -100,14 +100,11 @@ def serve_many(
     return [r for r in results if r is not None]
 
 
-def _given(b: Any) -> Any:
-    return getattr(b, "source", None) or b.path
-
-
-def with_whole_models(bundles: list[Path], work: Path) -> list[Path]:
-    """``bundles`` and, after them, each one's whole model as a bundle cut at the input (``bench.make_server_bundle``,
-    written under ``work``): served beside the split, it is the plain-offload peer of `edgerun bench --broker`,
-    which builds the same files, so the same bundle hash, on the device.
+def with_whole_models(bundles: list[Path], work: Path) -> list[Any]:
+    """``bundles``, loaded, and after them each one's whole model as a bundle cut at the input
+    (``bench.make_server_bundle``, written under ``work``): served beside the split, it is the plain-offload
+    peer of `edgerun bench --broker`, which builds the same files, so the same bundle hash, on the device.
+    Loaded once here: ``serve`` / ``serve_many`` take them as they are (an archive is not unpacked twice).
 
     Raises:
         ConfigError: a split LLM bundle (its whole model is not a request-response model).
@@ -116,11 +113,19 @@ def with_whole_models(bundles: list[Path], work: Path) -> list[Path]:
     from edgerun.bench import make_server_bundle
     from edgerun.bundle import Bundle
 
+    loaded = [_load(str(p)) for p in bundles]
     wholes = []
-    for i, p in enumerate(bundles):
-        b = _load(str(p))
+    for i, (p, b) in enumerate(zip(bundles, loaded)):
         if not isinstance(b, Bundle):
             raise ConfigError(f"--with-whole: {p} is a split LLM bundle; its whole model is not served this way")
         b.require("whole.onnx", why="--with-whole")
-        wholes.append(make_server_bundle(b, work / f"whole-{i}").path)
-    return [*bundles, *wholes]
+        wholes.append(make_server_bundle(b, work / f"whole-{i}"))
+    return [*loaded, *wholes]
+
+
+def label(bundle: Any) -> str:
+    """How a bundle (a path, or loaded) is named in messages and in `serve`'s stats lines: as the user gave it
+    (an archive's unpacked copy is a temp directory the user never saw)."""
+    if isinstance(bundle, (str, Path)):
+        return str(bundle)
+    return str(getattr(bundle, "source", None) or bundle.path)

@@ -23,7 +23,7 @@ import numpy as np
 
 from edgerun.bundle import Bundle
 from edgerun.errors import BundleError, ConfigError
-from edgerun.feeds import Inputs, as_feeds, float32, n_samples
+from edgerun.feeds import Inputs, as_feeds, float32, n_samples, with_passthrough
 
 # Named tolerances: |a - b| <= ATOL + RTOL * max|reference| over the whole output.
 # The native engine sums in a different order than onnxruntime (its own GEMM
@@ -130,7 +130,7 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
     feeds = as_feeds(x, ins)
     refs = whole.run(feeds)
     ref = refs[outs[0]]  # top-1 agreement is the first output's; the differences cover every output
-    mid_ort = {**ort_front.run(feeds), **{t: feeds[t] for t in passed}}
+    mid_ort = with_passthrough(ort_front.run(feeds), feeds, passed)
     splits = back.run(mid_ort)
     split_out = splits[outs[0]]
     # each output against its own scale; the one nearest its limit is reported
@@ -161,7 +161,7 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
     if engine == "native" and b.native_ok:  # (--engine ort deploys front.onnx, checked above)
         native = make_engine("native", erg_path=b.file("front.erg"), threads=threads, max_batch=n_samples(x))
         check_io(b.file("front.erg"), native.input_names, native.output_names, ins, computed, some_inputs=True)
-        mid_nat = {**native.run(feeds), **{t: feeds[t] for t in passed}}
+        mid_nat = with_passthrough(native.run(feeds), feeds, passed)
         nat_err, nat_lim = 0.0, 0.0
         for t in b.cut:
             nat_err = max(nat_err, max_abs_diff(mid_nat[t.name], mid_ort[t.name]))

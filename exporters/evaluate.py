@@ -14,9 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from edgerun.errors import ConfigError
 from edgerun.exporters.models import SourceModel
-from edgerun.feeds import Inputs, as_feeds, float32, n_samples, rows
+from edgerun.feeds import Inputs, as_feeds, float32, n_samples, rows, with_passthrough
 from edgerun.verify import max_abs_diff
 
 EVAL_BATCH = 32
@@ -57,9 +56,8 @@ def front_runner(bundle_dir: Path, native: bool, model_inputs: list[str],
 
     def run(x: Inputs) -> dict[str, np.ndarray]:
         feeds = as_feeds(x, model_inputs)
-        mid = eng.run({n: feeds[n] for n in eng.input_names})
-        mid.update({t: np.array(feeds[t]) for t in passed})  # a copy: the codec round trip writes into it
-        return mid
+        # copies: the codec round trip writes into the crossing
+        return with_passthrough(eng.run({n: feeds[n] for n in eng.input_names}), feeds, passed, copy=True)
 
     return run
 
@@ -139,23 +137,14 @@ def evaluate_split(
     if regression:  # continuous values: argmax means nothing; mean abs error vs the labels and the whole
         name = "action_mae" if getattr(src.zoo, "metric", None) == "action_mae" else "mae"
         rep.update(metric=name, **{f"{name}_vs_whole": float(np.mean(np.abs(parts - whole)))})
-        if y is not None:
-            y = np.asarray(y, dtype=np.float32)
-            if y.size != whole.size:
-                raise ConfigError(f"--data: labels of shape {list(y.shape)} do not fit the model's output "
-                                  f"{list(whole.shape)} (its first output): give float targets shaped like it, or "
-                                  "integer class ids [N] for a classifier")
-            y = y.reshape(whole.shape)
+        if y is not None:  # (a model file's labels were checked against this output when it was traced)
+            y = np.asarray(y, dtype=np.float32).reshape(whole.shape)
             rep.update(metric_whole_fp32=float(np.mean(np.abs(whole - y))), metric_split=float(np.mean(np.abs(parts - y))))
         else:  # no labels: the whole model is the reference
             rep.update(metric_whole_fp32=0.0, metric_split=rep[f"{name}_vs_whole"])
         return rep
     rep["top1_agreement"] = agree
     if y is not None:
-        if np.shape(y) != whole.shape[:-1]:
-            raise ConfigError(f"--data: labels of shape {list(np.shape(y))} do not fit the model's output "
-                              f"{list(whole.shape)} (its first output): give one integer class id per sample "
-                              f"(shape {list(whole.shape[:-1])})")
         rep.update(
             metric="top1",
             metric_whole_fp32=float(np.mean(whole.argmax(-1) == y)),
@@ -207,6 +196,5 @@ def calibration_activations(src: SourceModel, front_path: Path, n: int = 64,
     ins = [i.name for i in s.get_inputs()]
     names = [o.name for o in s.get_outputs()]
     chunks = [s.run(None, {k: feeds[k][i : i + EVAL_BATCH] for k in ins}) for i in range(0, n_samples(x), EVAL_BATCH)]
-    acts = {nm: np.concatenate([c[k] for c in chunks]) for k, nm in enumerate(names)}
-    acts.update({t: feeds[t] for t in passthrough})
-    return x, acts
+    return x, with_passthrough({nm: np.concatenate([c[k] for c in chunks]) for k, nm in enumerate(names)}, feeds,
+                               passthrough)

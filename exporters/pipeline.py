@@ -135,8 +135,7 @@ def trace_model(spec: str | SourceModel, *, max_cut_tensors: int = 1, data: str 
     if data is not None:
         src = with_user_data(src, data)
     model = trace.to_onnx(src.module, src.example, input_name=src.input_names[0], output_name="logits")
-    if isinstance(src.zoo, UserData):  # labels that cannot be scored fail now, not after the whole export
-        src.zoo.check_labels(shapes_of(model)[model.graph.output[0].name][1:])
+    _check_labels(src, model)
     return Traced(src, model, find_cuts(model, max_tensors=max_cut_tensors))
 
 
@@ -160,6 +159,7 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
         traced = spec
         if config.data is not None and not isinstance(traced.source.zoo, UserData):
             traced = Traced(with_user_data(traced.source, config.data), traced.model, traced.cuts)
+            _check_labels(traced.source, traced.model)
     else:
         traced = trace_model(spec, max_cut_tensors=config.max_cut_tensors, data=config.data)
     cut = _resolve_cut(traced, config)
@@ -183,6 +183,13 @@ def with_user_data(src: SourceModel, data: str | Path) -> SourceModel:
     for note in user.range_notes(src.input_names, examples):
         print(note, file=sys.stderr)
     return replace(src, zoo=user)
+
+
+def _check_labels(src: SourceModel, model: onnx.ModelProto) -> None:
+    """A model file's --data labels that cannot be scored against its first output fail now, not after the
+    whole export (the evaluation at its end scores them)."""
+    if isinstance(src.zoo, UserData):
+        src.zoo.check_labels(shapes_of(model)[model.graph.output[0].name][1:])
 
 
 @contextmanager
@@ -262,8 +269,8 @@ def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> Non
     onnx.save(traced.model, out / "whole.onnx")
     onnx.save(front, out / "front.onnx")
     save_samples(out / "samples.npz", _samples(traced.source))
-    calib_x, calib_acts = calibration_activations(traced.source, out / "front.onnx", cfg.calib_samples,
-                                                  passthrough(traced.model, cut.tensors))
+    passed = passthrough(traced.model, cut.tensors)
+    calib_x, calib_acts = calibration_activations(traced.source, out / "front.onnx", cfg.calib_samples, passed)
     native = stages.write_front(front, out / "front.erg", calib_x, cfg)
     if native["ok"] and native["precision"] != "fp32":
         native["samples_error"] = stages.front_samples_error(out, [o.name for o in front.graph.output])
@@ -275,10 +282,8 @@ def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> Non
         raise ExportError(f"the {cfg.back_precision} back half gives NaN or Inf where the fp32 one does not, on the "
                           "calibration inputs (its activations there hold NaN / Inf, which its conversion cannot "
                           "scale): export with --back-precision fp32, or keep the model's values finite")
-    if back_q is not back:  # static int8 ranges clip inputs beyond the calibration batch's: measure on others too
-        back_err_samples = stages.back_samples_error(out, back_q, passthrough(traced.model, cut.tensors))
-    else:
-        back_err_samples = 0.0
+    # static int8 ranges clip inputs beyond the calibration batch's: measured on the samples too
+    back_errs = (back_err, 0.0 if back_q is back else stages.back_samples_error(out, back_q, passed))
     onnx.save(back_q, out / "back.onnx")
     files = {
         "whole.onnx": {"role": "whole model, fp32 (reference; all-on-server mode)"},
@@ -290,10 +295,8 @@ def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> Non
     if native["ok"]:
         files["front.erg"] = {"role": f"front half, {native['precision']}, native engine"}
     exits = _build_exits(traced, cut, out, cfg, native["ok"], files)
-    report = _report(traced, cut, out, cfg, native, codec, calib_acts, back_err)
-    report["back_samples_rel_err"] = back_err_samples
-    manifest = _manifest(traced, cut, native, codec, cfg, files, back_err)
-    manifest["precisions"]["back_samples_rel_err"] = back_err_samples
+    report = _report(traced, cut, out, cfg, native, codec, calib_acts, back_errs)
+    manifest = _manifest(traced, cut, native, codec, cfg, files, back_errs)
     if exits is not None:
         manifest["exits"], report["exits"] = exits
     (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
@@ -369,7 +372,7 @@ def _tensor_specs(model: onnx.ModelProto, names: list[str] | tuple[str, ...]) ->
 
 
 def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict, codec: dict,
-            calib_acts: dict[str, np.ndarray], back_err: float) -> dict:
+            calib_acts: dict[str, np.ndarray], back_errs: tuple[float, float]) -> dict:
     from edgerun.exporters import stages
 
     rep = {
@@ -385,7 +388,8 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
         # not counted by --max-device-mem-mb (weights + arena), which the planner predicts
         "front_scratch_bytes": native.get("scratch_bytes"),
         "back_precision": cfg.back_precision,
-        "back_calib_rel_err": back_err,  # fp16 / int8 back vs fp32 on the calibration crossings
+        "back_calib_rel_err": back_errs[0],  # fp16 / int8 back vs fp32 on the calibration crossings
+        "back_samples_rel_err": back_errs[1],  # the same on samples.npz (what verify checks)
         "codec": cfg.codec,
         "bytes_per_request_fp32": cut.crossing_bytes,
         "bytes_per_request": cut.crossing_bytes,
@@ -406,7 +410,7 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
 
 
 def _manifest(traced: Traced, cut: Cut, native: dict, codec: dict, cfg: ExportConfig, files: dict,
-              back_err: float) -> dict:
+              back_errs: tuple[float, float]) -> dict:
     model = traced.model
     return {
         "model_id": traced.source.model_id,
@@ -429,7 +433,8 @@ def _manifest(traced: Traced, cut: Cut, native: dict, codec: dict, cfg: ExportCo
             "front_samples_rel_err": native.get("samples_error", 0.0),
             "group_size": cfg.group_size,
             "back": cfg.back_precision,
-            "back_calib_rel_err": back_err,  # fp16 / int8 back vs fp32 on the calibration crossings
+            "back_calib_rel_err": back_errs[0],  # fp16 / int8 back vs fp32 on the calibration crossings
+            "back_samples_rel_err": back_errs[1],  # the same on samples.npz; verify bounds by the larger
         },
         "codec": codec,
         "exits": {},

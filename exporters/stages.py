@@ -178,13 +178,12 @@ def back_samples_error(bundle_dir: Path, back: onnx.ModelProto, passthrough: lis
     from edgerun.bundle import load_samples
     from edgerun.engine import make_engine
     from edgerun.exporters.evaluate import session
-    from edgerun.feeds import float32
+    from edgerun.feeds import float32, with_passthrough
     from edgerun.verify import rel_l2
 
     x = float32(load_samples(bundle_dir / "samples.npz"))
     front = make_engine("ort", onnx_path=bundle_dir / "front.onnx")
-    mid = front.run(x)
-    mid.update({t: x[t] if isinstance(x, dict) else x for t in passthrough})
+    mid = with_passthrough(front.run(x), x, passthrough)
     ref_s, got_s = session(bundle_dir / "back.onnx"), session(back.SerializeToString())
     feeds = {i.name: mid[i.name] for i in ref_s.get_inputs()}
     return rel_l2(got_s.run(None, feeds), ref_s.run(None, feeds))
