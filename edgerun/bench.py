@@ -40,7 +40,7 @@ import numpy as np
 
 from edgerun import procs
 from edgerun.bundle import Bundle, write_manifest
-from edgerun.errors import ConfigError
+from edgerun.errors import ConfigError, TransportError
 from edgerun.feeds import Inputs, float32, n_samples, rows
 from edgerun.profiles import LinkProfile, load_link
 from edgerun.report import percentiles
@@ -188,28 +188,40 @@ def _remote_mode(bundle: Bundle, emu: Any, server: subprocess.Popen | None, log_
                 procs.first_server_answer(dev, rows(xs, 0, 1), server, log_path)
             else:
                 _first_real_answer(dev, rows(xs, 0, 1), url)
-        for i in range(warmup):
-            dev.infer(_one(xs, i))
-        up0, down0 = (emu.up.bytes, emu.down.bytes) if emu is not None else (0, 0)
-        samples: dict[str, list[float]] = defaultdict(list)
-        frames = [0, 0]
-        for i in range(requests):
-            r = dev.infer(_one(xs, i))
-            answered["server" if r.answered_by == "server" else "local"] += 1
-            frames[0] += r.bytes_sent
-            frames[1] += r.bytes_received
-            for k, v in r.timings_ms.items():
-                samples[k].append(v)
+        done = 0  # timed requests answered: a server lost mid-mode is reported with it
+        try:
+            for i in range(warmup):
+                dev.infer(_one(xs, i))
+            up0, down0 = (emu.up.bytes, emu.down.bytes) if emu is not None else (0, 0)
+            samples: dict[str, list[float]] = defaultdict(list)
+            frames = [0, 0]
+            for done in range(requests):
+                r = dev.infer(_one(xs, done))
+                answered["server" if r.answered_by == "server" else "local"] += 1
+                frames[0] += r.bytes_sent
+                frames[1] += r.bytes_received
+                for k, v in r.timings_ms.items():
+                    samples[k].append(v)
+        except TransportError as exc:
+            why = str(exc).split(" If it is, the deadline")[0]  # the device's --deadline-ms advice is not bench's
+            raise TransportError(f"stopped after {done} of {requests} timed requests: {why}") from None
         up, down = (emu.up.bytes - up0, emu.down.bytes - down0) if emu is not None else frames
     return {"stages": percentiles(samples, QS), "bytes_sent": round(up / requests),
             "bytes_received": round(down / requests), "requests": requests, "engine": engine,
             "local_fraction": answered["local"] / requests, **{k: v for k, v in device_opts.items() if v}}
 
 
+def _measure(out: dict, mode: str, run: Callable[[], dict]) -> None:
+    """``out[mode] = run()``, or ``{"failed": why}`` when the server or the broker stopped answering: the
+    modes measured before (minutes of them) and after are kept, and the report names the failure."""
+    try:
+        out[mode] = run()
+    except TransportError as exc:
+        out[mode] = {"failed": str(exc)}
+
+
 def _first_real_answer(dev: Any, x: Inputs, url: str) -> None:
     """One answer from a running server before timing (its workers are not ours to start or watch)."""
-    from edgerun.errors import TransportError
-
     import shlex
 
     try:
@@ -267,7 +279,7 @@ def _run_real(b: Bundle, broker: str, remote: list[str], work: Path, xs: Inputs,
         sb = make_server_bundle(b, work / "server-bundle")  # the same hash as the worker's: same files
         if _server_online(broker, sb):
             log("mode server (real network)")
-            out["server"] = _remote_mode(sb, None, None, None, "ort", xs, requests, warmup, url=broker)
+            _measure(out, "server", lambda: _remote_mode(sb, None, None, None, "ort", xs, requests, warmup, url=broker))
         else:
             out["server"] = {"skipped": "no worker serves the whole model: start `edgerun serve BUNDLE --with-whole` "
                                         "on the server to compare with plain offload"}
@@ -276,8 +288,8 @@ def _run_real(b: Bundle, broker: str, remote: list[str], work: Path, xs: Inputs,
     for mode in ("split", "split_codec", "split_exit"):
         if mode in remote:
             log(f"mode {mode} (real network)")
-            out[mode] = _remote_mode(b, None, None, None, engine, xs, requests, warmup, factor, url=broker,
-                                     **variants[mode])
+            _measure(out, mode, lambda: _remote_mode(b, None, None, None, engine, xs, requests, warmup, factor,
+                                                     url=broker, **variants[mode]))
 
 
 def _link_report(link: LinkProfile) -> dict:
@@ -306,8 +318,10 @@ def run_bench(bundle: str | Path | Bundle, link: str | LinkProfile | None = None
 
     Returns:
         ``{"bundle", "model", "cut", "link", "modes": {mode: {"stages": {stage: {p50,p95,p99}},
-        "bytes_sent", ...} or {"skipped": why}}, "emulated": {...} (emulated link only),
-        "device_compute": ...}``.
+        "bytes_sent", ...} or {"skipped": why} or {"failed": why}}, "emulated": {...} (emulated link
+        only), "device_compute": ...}``. A remote mode whose server or broker stopped answering is
+        ``{"failed": why}`` (how many of its requests were answered, and why); the other modes are
+        measured all the same.
 
     Raises:
         ConfigError: bad counts, an unknown mode, or not exactly one of ``link`` / ``broker``;
@@ -390,15 +404,16 @@ def _run_remote(b: Bundle, lnk: LinkProfile, remote: list[str], work: Path, xs: 
             with LinkEmulator(parse_broker_url(broker.url), LinkConfig.from_profile(lnk, outages=())) as emu:
                 if sb is not None:
                     log("mode server")
-                    out["server"] = _remote_mode(sb, emu, srv_proc, work / "serve-whole.log", "ort", xs,
-                                                 requests, warmup)
+                    _measure(out, "server", lambda: _remote_mode(sb, emu, srv_proc, work / "serve-whole.log", "ort",
+                                                                 xs, requests, warmup))
                 engine = "native" if b.native_ok else "ort"
                 variants = _split_variants(b)
                 for mode in ("split", "split_codec", "split_exit"):
                     if mode in remote:
                         log(f"mode {mode}")
-                        out[mode] = _remote_mode(b, emu, split_proc, work / "serve-split.log", engine, xs,
-                                                 requests, warmup, factor, **variants[mode])
+                        _measure(out, mode, lambda: _remote_mode(b, emu, split_proc, work / "serve-split.log",
+                                                                 engine, xs, requests, warmup, factor,
+                                                                 **variants[mode]))
         finally:
             for p in children:
                 procs.stop(p)

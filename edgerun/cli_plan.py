@@ -197,15 +197,24 @@ def bench_cmd(
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rep, indent=2) + "\n")
+    failed = [m for m, r in rep["modes"].items() if "failed" in r]
     if as_json:
         typer.echo(json.dumps(rep))
-        return
+    else:
+        _bench_table(rep)
+    if failed:  # the figures above are kept; a script still sees that the run was not whole
+        typer.echo(f"edgerun: error: mode(s) {', '.join(failed)} failed: "
+                   + "; ".join(f"{m}: {rep['modes'][m]['failed']}" for m in failed), err=True)
+        raise typer.Exit(1)
+
+
+def _bench_table(rep: dict) -> None:
     from edgerun.report import table
 
     rows = []
     for mode, r in rep["modes"].items():
-        if "skipped" in r:
-            rows.append([mode, "-", "-", "-", "-", r["skipped"]])
+        if "skipped" in r or "failed" in r:
+            rows.append([mode, "-", "-", "-", "-", r.get("skipped") or "FAILED (below)"])
             continue
         t = r["stages"]["total"]
         rows.append([mode, f"{t['p50']:.2f}", f"{t['p95']:.2f}", f"{t['p99']:.2f}", r["bytes_sent"], ""])
