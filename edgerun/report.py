@@ -73,6 +73,10 @@ def export_summary(bundle: Any, report: dict) -> str:
             f"(n={report['n_eval']}, max |split - whole| = {report['split_vs_whole_max_abs']:.2e})"
             + (f"\n         on {report['eval_inputs']}" if report.get("eval_inputs") else "")
         )
+        for name, e in (report.get("per_output") or {}).items():  # a model with several outputs: each one's error
+            lines.append(f"output   {name}: mean |split - whole| {e['mean_abs']:.2e} ({100 * e['rel_mean_abs']:.2f} % of "
+                         f"its mean |value|), max {e['max_abs']:.2e}"
+                         + (f", top-1 agreement {100 * e['top1_agreement']:.2f} %" if "top1_agreement" in e else ""))
         if report.get("whole_nonfinite"):
             lines.append(f"warning  the whole model gives NaN or Inf on {report['whole_nonfinite']} of the {report['n_eval']} "
                          "eval inputs (the split gives the same; the figures above compare the finite values): check "

@@ -127,8 +127,9 @@ def evaluate_split(
     bad = int(np.sum(~np.isfinite(whole.reshape(len(whole), -1)).all(axis=1)))
     if bad:  # the split gives the same; the summary warns (the max above compares the finite values)
         rep["whole_nonfinite"] = bad
-    if len(wholes) > 1:  # the metric names one output; the max above covers them all
+    if len(wholes) > 1:  # the metric names one output; the max above covers them all, and each has its own figure
         rep["metric_output"] = first
+        rep["per_output"] = {name: output_error(p, w) for (name, w), p in zip(wholes.items(), splits)}
     if src.zoo is None:
         rep["eval_inputs"] = ("synthetic inputs: the example plus noise, not real data (none comes with this "
                               "model: give --data); calibration used other draws")
@@ -153,6 +154,26 @@ def evaluate_split(
     else:
         rep.update(metric="top1_agreement", metric_whole_fp32=1.0, metric_split=agree)
     return rep
+
+
+def output_error(split: np.ndarray, whole: np.ndarray) -> dict:
+    """One output's deployed error against the whole fp32 model (a model with several outputs: the metric
+    names the first; a quantized front or a codec may cost the others more). Values finite in both count.
+
+    Returns:
+        ``max_abs`` and ``mean_abs`` (|split - whole|), ``rel_mean_abs`` (mean_abs over the whole model's
+        mean |value|), and ``top1_agreement`` for an output with several values per sample.
+    """
+    s, w = np.asarray(split, np.float64), np.asarray(whole, np.float64)
+    ok = np.isfinite(s) & np.isfinite(w)
+    diff = np.abs(s - w)[ok]
+    scale = float(np.mean(np.abs(w[ok]))) if ok.any() else 0.0
+    mean_abs = float(diff.mean()) if diff.size else 0.0
+    out = {"max_abs": max_abs_diff(split, whole), "mean_abs": mean_abs,
+           "rel_mean_abs": mean_abs / scale if scale > 0 else 0.0}
+    if not one_value_per_sample(whole):
+        out["top1_agreement"] = float(np.mean(whole.argmax(-1) == split.argmax(-1)))  # as the metric's
+    return out
 
 
 def one_value_per_sample(out: np.ndarray) -> bool:

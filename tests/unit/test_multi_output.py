@@ -147,3 +147,21 @@ def test_dict_keys_named_like_internal_tensors_keep_the_graph_whole_and_answer_a
     got = session(b.path / "whole.onnx").run(None, {"input": x.numpy()})
     for k, v in zip(["relu", "linear"], got):
         np.testing.assert_allclose(v, want[k].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_each_output_gets_its_own_error_figure_in_the_report_and_the_summary(models, tmp_path):
+    """The metric is taken on the first output; an int8 front costs the value head too, and that cost was in
+    no figure but the all-outputs max. report.json `per_output` gives each output's error against the whole
+    fp32 model (and top-1 agreement where an output has several values), and the export summary prints it."""
+    from edgerun.exporters.pipeline import ExportConfig, export
+    from edgerun.report import export_summary
+
+    b = export(f"{models}:by_name", ExportConfig(front_precision="int8"), tmp_path / "b")
+    rep = json.loads((b.path / "report.json").read_text())
+    per = rep["per_output"]
+    assert list(per) == ["action", "value"]
+    assert "top1_agreement" in per["action"] and "top1_agreement" not in per["value"]  # one value: no argmax
+    assert 0 < per["value"]["mean_abs"] <= per["value"]["max_abs"] <= rep["split_vs_whole_max_abs"]
+    assert max(e["max_abs"] for e in per.values()) == rep["split_vs_whole_max_abs"]
+    text = export_summary(b, rep)
+    assert "output   value: mean |split - whole|" in text and "output   action:" in text
