@@ -73,7 +73,9 @@ def export_summary(bundle: Any, report: dict) -> str:
             f"(n={report['n_eval']}, max |split - whole| = {report['split_vs_whole_max_abs']:.2e})"
             + (f"\n         on {report['eval_inputs']}" if report.get("eval_inputs") else "")
         )
-        for name, e in (report.get("per_output") or {}).items():  # a model with several outputs: each one's error
+        per = report.get("per_output") or {}
+        shown = per if len(per) > 1 or report["metric"] == "top1_agreement" else {}  # several, or no labels
+        for name, e in shown.items():
             lines.append(f"output   {name}: mean |split - whole| {e['mean_abs']:.2e} ({100 * e['rel_mean_abs']:.2f} % of "
                          f"its mean |value|), max {e['max_abs']:.2e}"
                          + (f", top-1 agreement {100 * e['top1_agreement']:.2f} %" if "top1_agreement" in e else ""))

@@ -127,9 +127,11 @@ def evaluate_split(
     bad = int(np.sum(~np.isfinite(whole.reshape(len(whole), -1)).all(axis=1)))
     if bad:  # the split gives the same; the summary warns (the max above compares the finite values)
         rep["whole_nonfinite"] = bad
-    if len(wholes) > 1:  # the metric names one output; the max above covers them all, and each has its own figure
+    if len(wholes) > 1:  # the metric names one output; the max above covers them all
         rep["metric_output"] = first
-        rep["per_output"] = {name: output_error(p, w) for (name, w), p in zip(wholes.items(), splits)}
+    # each output's own error: a second output's cost is in no metric, and without labels a continuous output
+    # several values wide is scored by top-1 agreement, which says little about it
+    rep["per_output"] = {name: output_error(p, w) for (name, w), p in zip(wholes.items(), splits)}
     if src.zoo is None:
         rep["eval_inputs"] = ("synthetic inputs: the example plus noise, not real data (none comes with this "
                               "model: give --data); calibration used other draws")

@@ -64,6 +64,16 @@ def internal_names():
     return InternalNames(), torch.randn(1, 6)
 
 
+class Single(Trunk):
+    def forward(self, x):
+        return self.pi(self.h(x))
+
+
+def single():
+    torch.manual_seed(0)
+    return Single(), torch.randn(1, 6)
+
+
 def by_name():
     torch.manual_seed(0)
     return ByName(), torch.randn(1, 6)
@@ -165,3 +175,16 @@ def test_each_output_gets_its_own_error_figure_in_the_report_and_the_summary(mod
     assert max(e["max_abs"] for e in per.values()) == rep["split_vs_whole_max_abs"]
     text = export_summary(b, rep)
     assert "output   value: mean |split - whole|" in text and "output   action:" in text
+
+
+def test_a_continuous_output_without_labels_also_gets_its_error_in_the_summary(models, tmp_path):
+    """One output of 3 continuous values and no labels: the metric is top-1 agreement with the whole model,
+    which says little of a regression; the summary adds the output's mean error (report.json has it for every
+    model)."""
+    from edgerun.exporters.pipeline import ExportConfig, export
+    from edgerun.report import export_summary
+
+    b = export(f"{models}:single", ExportConfig(front_precision="int8"), tmp_path / "b")
+    rep = json.loads((b.path / "report.json").read_text())
+    assert rep["metric"] == "top1_agreement" and list(rep["per_output"]) == ["logits"]
+    assert "output   logits: mean |split - whole|" in export_summary(b, rep)
