@@ -94,6 +94,9 @@ def export_cmd(
         None, help="plan budget: metric loss vs the fp32 model (fraction; default 0.01, 1 = no limit)"),
     data: Optional[Path] = typer.Option(None, help="a model file's own samples (.npz: inputs or inputs.<name>, "
                                                    "optional labels): calibrate and measure on them, not on noise"),
+    task: str = typer.Option("auto", help="how the first output is scored: classify (top-1; exits by max "
+                                          "probability), regress (mean abs error; exits by action consistency), "
+                                          "auto (the data's labels, else regress for one value per sample)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Trace MODEL, cut it, and write a split bundle (or list its cuts).
@@ -113,13 +116,13 @@ def export_cmd(
             ExportConfig(cut=cut, max_cut_tensors=max_cut_tensors, front_precision=front_precision,
                          back_precision=back_precision, codec=codec, codec_budget=codec_budget,
                          group_size=group_size, max_device_mem_mb=max_device_mem_mb, front_act=front_act,
-                         exits=exits)
+                         exits=exits, task=task)
         if not list_cuts:
             check_out_dir(out)
             if exits not in (None, "none", "0") and not model.startswith("zoo:") and data is None:  # before the trace
                 raise ConfigError(f"early exits need training inputs to fit the heads on, and {model} brings none: "
                                   "give its samples with --data samples.npz, or export it without --exits")
-        traced = trace_model(model, max_cut_tensors=max_cut_tensors, data=data)
+        traced = trace_model(model, max_cut_tensors=max_cut_tensors, data=data, task=task)
         if list_cuts:
             rows = [
                 {"index": c.index, "label": c.label, "tensors": list(c.tensors), "shapes": [list(s) for s in c.shapes],
@@ -144,7 +147,7 @@ def export_cmd(
             cut=cut, max_cut_tensors=max_cut_tensors, evaluate=not no_eval,
             front_precision=front_precision, back_precision=back_precision, codec=codec,
             codec_budget=codec_budget, group_size=group_size, max_device_mem_mb=max_device_mem_mb,
-            front_act=front_act, exits=exits,
+            front_act=front_act, exits=exits, task=task,
         )
         bundle = export(traced, cfg, out)
         report = json.loads(bundle.file("report.json").read_text())

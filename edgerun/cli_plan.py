@@ -135,6 +135,7 @@ def plan_cmd(
         None, help="budget: metric loss vs the fp32 model (fraction; default 0.01, 1 = no limit)"),
     data: Optional[Path] = typer.Option(None, help="a model file's own samples (.npz, as for export --data): the "
                                                    "lossy candidates' loss is measured on them"),
+    task: str = typer.Option("auto", help="how the first output is scored, as for export --task"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Rank every cut x precision x codec for DEVICE/SERVER/LINK and choose the best feasible one."""
@@ -143,7 +144,7 @@ def plan_cmd(
         from edgerun.exporters.planner import DEFAULT_MAX_ACCURACY_DROP, Budgets, plan
 
         drop = DEFAULT_MAX_ACCURACY_DROP if max_accuracy_drop is None else max_accuracy_drop
-        spec = trace_model(model, data=data) if data is not None else model
+        spec = trace_model(model, data=data, task=task) if data is not None or task != "auto" else model
         p = plan(spec, device, server, link, Budgets(max_latency_ms, max_device_mem_mb, drop))
     except EdgerunError as exc:
         _fail(exc)

@@ -115,7 +115,7 @@ def evaluate_split(
     splits, stats = run_split(bundle_dir, x, src.input_names, native=native, codec=codec)
     first = next(iter(wholes))
     whole, parts = wholes[first], splits[0]  # the metric is the first output's (a policy's action, not its value)
-    regression = getattr(src.zoo, "metric", None) in ("action_mae", "mae") or one_value_per_sample(whole)
+    regression = is_regression(src, whole.shape)
     agree = float(np.mean(whole.argmax(-1) == parts.argmax(-1)))
     rep = {
         "n_eval": n_samples(x),
@@ -168,7 +168,7 @@ def output_error(split: np.ndarray, whole: np.ndarray) -> dict:
     """
     s, w = np.asarray(split, np.float64), np.asarray(whole, np.float64)
     ok = np.isfinite(s) & np.isfinite(w)
-    diff = np.abs(s - w)[ok]
+    diff = np.abs(s[ok] - w[ok])
     scale = float(np.mean(np.abs(w[ok]))) if ok.any() else 0.0
     mean_abs = float(diff.mean()) if diff.size else 0.0
     out = {"max_abs": max_abs_diff(split, whole), "mean_abs": mean_abs,
@@ -176,6 +176,22 @@ def output_error(split: np.ndarray, whole: np.ndarray) -> dict:
     if not one_value_per_sample(whole):
         out["top1_agreement"] = float(np.mean(whole.argmax(-1) == split.argmax(-1)))  # as the metric's
     return out
+
+
+TASKS = ("auto", "classify", "regress")
+
+
+def is_regression(src: SourceModel, first_output_shape: tuple | list) -> bool:
+    """Is the model's first output scored as continuous values (mean abs error; exits by action consistency)
+    rather than class scores (top-1; exits by max probability)? One rule for the evaluation, the exits and
+    the planner: ``--task`` when given; else the zoo's or the ``--data`` labels' metric; else one value per
+    sample (``[batch]`` or ``[..., 1]``: a top-1 over it is always 1.0 and its softmax always confident)."""
+    if src.task != "auto":
+        return src.task == "regress"
+    metric = getattr(src.zoo, "metric", None)
+    if metric in ("action_mae", "mae"):
+        return True
+    return len(first_output_shape) <= 1 or first_output_shape[-1] == 1
 
 
 def one_value_per_sample(out: np.ndarray) -> bool:

@@ -298,6 +298,7 @@ def build_exits(traced, cut: Cut, out: Path, n_exits: int, budgets: tuple[Budget
         ExportError: the model has no training data or not one 2-D output.
     """
     from edgerun.exits import Segments
+    from edgerun.exporters.evaluate import is_regression
     from edgerun.exporters.exits_calib import ExitTable, calibrate, plot
 
     budgets = tuple(budgets or DEFAULT_BUDGETS)
@@ -310,7 +311,7 @@ def build_exits(traced, cut: Cut, out: Path, n_exits: int, budgets: tuple[Budget
         raise ExportError(f"early exits need a cut that one tensor crosses; {cut.label} crosses "
                           f"{', '.join(cut.tensors)} (a model input passing through, or a skip): choose a cut with "
                           "one tensor (`--list-cuts`), or export without --exits")
-    classify = getattr(traced.source.zoo, "metric", "top1") in ("top1", "top1_agreement")
+    classify = not is_regression(traced.source, shapes[outs[0]])  # a one-value output's softmax is always 1.0
     criterion = "max_prob" if classify else "consistency"
     points = choose_points(traced.cuts, cut, n_exits)
     data = exit_data(traced.source)

@@ -24,6 +24,8 @@ class SourceModel:
     module: torch.nn.Module
     example: torch.Tensor | tuple[torch.Tensor, ...]  # one example input, or one per input of forward()
     zoo: Any = None  # the ZooModel when it comes from the zoo (gives eval/calibration data)
+    task: str = "auto"  # "classify" / "regress": how its first output is scored (``--task``); auto: see
+    # ``evaluate.is_regression``
 
     @property
     def examples(self) -> tuple[torch.Tensor, ...]:

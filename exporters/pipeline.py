@@ -28,7 +28,7 @@ from edgerun.bundle import (FORMAT_NAME, LLM_FORMAT_NAME, TOOLS_FORMAT_NAME, Bun
 from edgerun.errors import ConfigError, ExportError
 from edgerun.exporters import trace
 from edgerun.exporters.cuts import Cut, find_cuts, resolve_cut, shapes_of
-from edgerun.exporters.evaluate import calibration_activations, evaluate_split
+from edgerun.exporters.evaluate import TASKS, calibration_activations, evaluate_split
 from edgerun.exporters.models import SourceModel, resolve_model
 from edgerun.exporters.quantize_back import BACK_PRECISIONS, quantize_back
 from edgerun.exporters.quantize_front import ACTS as FRONT_ACTS
@@ -69,6 +69,9 @@ class ExportConfig:
         budgets: named exit budgets (``exits.Budget``); None = fast / balanced / accurate.
         data: a model file's own samples (``.npz``, see ``exporters.user_data``): calibration and
             evaluation on them instead of on its example plus noise; exits become possible.
+        task: how the first output is scored: ``classify`` (top-1; exits by max probability),
+            ``regress`` (mean abs error; exits by action consistency) or ``auto`` (the zoo's or the
+            labels' metric, else regress for one value per sample: ``evaluate.is_regression``).
     """
 
     cut: str | int | None = None
@@ -87,8 +90,11 @@ class ExportConfig:
     exits: str | int | None = None
     budgets: tuple | None = None
     data: str | Path | None = None
+    task: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"task {self.task!r}: use one of {TASKS}")
         if self.front_precision not in FRONT_PRECISIONS:
             raise ConfigError(f"front_precision {self.front_precision!r}: use one of {FRONT_PRECISIONS}")
         if self.front_act not in FRONT_ACTS:
@@ -126,15 +132,18 @@ class Traced:
     cuts: list[Cut]
 
 
-def trace_model(spec: str | SourceModel, *, max_cut_tensors: int = 1, data: str | Path | None = None) -> Traced:
+def trace_model(spec: str | SourceModel, *, max_cut_tensors: int = 1, data: str | Path | None = None,
+                task: str = "auto") -> Traced:
     """Resolve ``spec`` (see ``models.resolve_model``), trace it, and find its cuts.
 
     ``data``: a model file's own samples (``exporters.user_data``), checked against its example here.
+    ``task``: how its first output is scored (``ExportConfig.task``), checked against the output here.
     """
     src = resolve_model(spec) if isinstance(spec, str) else spec
     if data is not None:
         src = with_user_data(src, data)
     model = trace.to_onnx(src.module, src.example, input_name=src.input_names[0], output_name="logits")
+    src = with_task(src, task, model)
     _check_labels(src, model)
     return Traced(src, model, find_cuts(model, max_tensors=max_cut_tensors))
 
@@ -162,6 +171,8 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
             _check_labels(traced.source, traced.model)
     else:
         traced = trace_model(spec, max_cut_tensors=config.max_cut_tensors, data=config.data)
+    if config.task != "auto":
+        traced = Traced(with_task(traced.source, config.task, traced.model), traced.model, traced.cuts)
     cut = _resolve_cut(traced, config)
     with building(final) as out, _synthetic_input_failures(traced.source):
         _write_bundle(traced, cut, out, config)
@@ -183,6 +194,32 @@ def with_user_data(src: SourceModel, data: str | Path) -> SourceModel:
     for note in user.range_notes(src.input_names, examples):
         print(note, file=sys.stderr)
     return replace(src, zoo=user)
+
+
+def with_task(src: SourceModel, task: str, model: onnx.ModelProto) -> SourceModel:
+    """``src`` scored as ``task`` (``--task classify`` / ``regress``).
+
+    Raises:
+        ConfigError: ``classify`` for a first output of one value per sample (no top-1 to take), or a task
+            that contradicts the zoo model's own metric.
+    """
+    if task == "auto":
+        return src
+    if task not in TASKS:
+        raise ConfigError(f"--task {task!r}: use one of {TASKS}")
+    metric = getattr(src.zoo, "metric", None)
+    if isinstance(src.zoo, UserData):
+        if metric == "mae" and task == "classify":  # float targets (integer ids for one value stay open)
+            raise ConfigError(f"--task classify: the labels of {src.zoo.name} are targets, not class ids: drop "
+                              "--task, or save integer class ids [N]")
+    elif metric is not None and (metric in ("action_mae", "mae")) != (task == "regress"):
+        raise ConfigError(f"--task {task}: zoo:{src.model_id} is scored by {metric}; drop --task")
+    out = model.graph.output[0]
+    dims = out.type.tensor_type.shape.dim
+    if task == "classify" and (len(dims) <= 1 or (dims[-1].HasField("dim_value") and dims[-1].dim_value == 1)):
+        raise ConfigError(f"--task classify: the model's first output {out.name!r} has one value per sample, so "
+                          "there is no top-1 to take: use --task regress (or return one score per class)")
+    return replace(src, task=task)
 
 
 def _check_labels(src: SourceModel, model: onnx.ModelProto) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edgerun.exporters.evaluate import EVAL_BATCH, one_value_per_sample
+from edgerun.exporters.evaluate import EVAL_BATCH, is_regression
 
 
 def _ort(model: onnx.ModelProto):
@@ -54,7 +54,7 @@ class LossMeter:
         self.in_name = traced.model.graph.input[0].name
         whole = _ort(traced.model)
         self.ref = _run(whole, lambda a, b: {self.in_name: self.x[a:b]}, len(self.x))[0]
-        self.regression = getattr(traced.source.zoo, "metric", "") in ("action_mae", "mae") or one_value_per_sample(self.ref)
+        self.regression = is_regression(traced.source, self.ref.shape)
         self._acts: dict[int, dict[str, np.ndarray]] = {}
         self._codec_entry: dict[int, dict] = {}
         self._codec_bytes: dict[int, float] = {}
