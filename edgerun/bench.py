@@ -40,7 +40,7 @@ import numpy as np
 
 from edgerun import procs
 from edgerun.bundle import Bundle, write_manifest
-from edgerun.errors import ConfigError, TransportError
+from edgerun.errors import ConfigError, EdgerunError, TransportError
 from edgerun.feeds import Inputs, float32, n_samples, rows
 from edgerun.profiles import LinkProfile, load_link
 from edgerun.report import percentiles
@@ -212,12 +212,13 @@ def _remote_mode(bundle: Bundle, emu: Any, server: subprocess.Popen | None, log_
 
 
 def _measure(out: dict, mode: str, run: Callable[[], dict]) -> None:
-    """``out[mode] = run()``, or ``{"failed": why}`` when the server or the broker stopped answering: the
-    modes measured before (minutes of them) and after are kept, and the report names the failure."""
+    """``out[mode] = run()``, or ``{"failed": why}`` when the server or the broker stopped answering, or the
+    server answered with an error: the modes measured before (minutes of them) and after are kept, and the
+    report names the failure."""
     try:
         out[mode] = run()
-    except TransportError as exc:
-        out[mode] = {"failed": str(exc)}
+    except EdgerunError as exc:
+        out[mode] = {"failed": f"{type(exc).__name__}: {exc}" if not isinstance(exc, TransportError) else str(exc)}
 
 
 def _first_real_answer(dev: Any, x: Inputs, url: str) -> None:
