@@ -1,11 +1,18 @@
 """Early exits at export time: choose exit points, train heads, write segments, calibrate budgets.
 
-The front half is cut into SEGMENTS at the exit points (each a valid single-tensor cut,
-see ``cuts.find_cuts``). Segment ``i`` maps the previous point's tensor (or the model
-input) to ``(point tensor, exit head output)``; the last segment ends at the bundle's
+The front half is cut into SEGMENTS at the exit points (each a valid cut that one computed
+tensor crosses, see ``cuts.find_cuts``). Segment ``i`` maps the previous point's tensor (or the
+model input) to ``(point tensor, exit head output)``; the last segment ends at the bundle's
 cut, so the device sends its point tensor to the server and keeps its head as the
 deepest local answer. Segments run on the native engine (``exit<i>.erg``) or on
 onnxruntime (``exit<i>.onnx``); the engine itself needs no change.
+
+A model with several inputs (a robot policy's image and joint state), or an input that passes
+through a point: each segment also takes, by name, the model inputs its nodes read
+(``model_inputs`` in the manifest), and each head reads the model inputs passing through its
+point beside the pooled point tensor (``head_inputs``: flattened, concatenated before the first
+Gemm): a policy's head sees the joints. A cut crossed by two computed tensors (a skip
+connection) is refused.
 
 Heads are small MLPs (spatial average pool to <= 4x4, Flatten, Gemm, Relu, Gemm) trained
 by distillation from the fp32 whole model on TRAINING inputs (backbone frozen, features
