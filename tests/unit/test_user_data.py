@@ -122,13 +122,21 @@ def test_exits_of_a_model_file_train_on_its_data(files, tmp_path):
         export(f"{files}/model.py:make", ExportConfig(cut=2, exits="auto"), tmp_path / "no-data")
 
 
-def test_exits_refuse_a_cut_that_an_input_passes_through(files, tmp_path):
-    """The exit segments chain one tensor: at a cut crossed by the input too, the heads were trained on the
-    input itself (the cut's first tensor) and a device with the exits off died on a KeyError."""
+def test_exits_at_a_cut_that_the_input_passes_through_read_it_beside_the_cut(files, tmp_path):
+    """The exit segments chained one tensor: at a cut crossed by the input too, the heads were trained on the
+    input itself (the cut's first tensor) and a device with the exits off died on a KeyError; then such a cut
+    was refused. Now each head reads its point's tensor and the input passing through, and the device sends
+    the input beside the cut tensor."""
+    from edgerun.exits import ExitController
     from edgerun.exporters.pipeline import ExportConfig, export
 
-    with pytest.raises(ExportError, match=r"early exits need a cut that one tensor crosses; .* crosses input, "):
-        export(f"{files}/model.py:skip", ExportConfig(cut=1, exits="auto", data=files / "digits.npz"), tmp_path / "b")
+    b = export(f"{files}/model.py:skip", ExportConfig(cut=1, exits="auto", data=files / "digits.npz"), tmp_path / "b")
+    pts = b.manifest["exits"]["points"]
+    assert all(p["head_inputs"] == ["input"] for p in pts) and pts[-1]["tensor"] != "input"
+    x = b.samples()[:2]
+    step = ExitController(b, engine="ort", budget="off").run(x)
+    assert sorted(step.cut) == sorted(s.name for s in b.cut)
+    np.testing.assert_array_equal(step.cut["input"], x)
 
 
 def test_several_inputs_read_their_own_arrays_and_without_labels_agreement_is_the_metric(files, tmp_path):
