@@ -42,6 +42,7 @@ HIDDEN = 32                 # head width: ~10k MACs on an 8x8 map, a few % of th
 HEAD_IN_PER_UNIT = 4        # narrow features (an MLP's 64) get a narrower head: width = inputs / 4, >= 8
 HEAD_STEPS = {True: 400, False: 1500}  # classification / regression (a regression head needs longer to fit)
 POOL_TO = 4                 # heads average-pool a feature map down to at most 4x4
+MAX_SIDE_VALUES = 4096     # values per sample a head reads of the model inputs passing through its point
 CALIB_SHARE = 0.25          # share of the training inputs held out for threshold calibration
 MAX_TRAIN = 4096            # training inputs used at most
 AUTO_EXITS = 3              # `--exits auto`: two intermediate exits + the deepest one at the cut
@@ -141,13 +142,38 @@ def pool_features(x: np.ndarray, kernel: tuple[int, int] | None) -> np.ndarray:
     return x.reshape(len(x), -1).astype(np.float32)
 
 
-def head_features(point: np.ndarray, kernel: tuple[int, int] | None, side: list[np.ndarray] | tuple = ()) -> np.ndarray:
+def head_features(point: np.ndarray, kernel: tuple[int, int] | None, side: list[tuple] | tuple = ()) -> np.ndarray:
     """What a head's first Gemm reads: the pooled point tensor, then each model input that passes through the
-    point (``side``: a robot policy's joint state beside its image features), flattened, concatenated."""
+    point (``side``: ``(array, kernel)`` pairs; a robot policy's joint state beside its image features; an image
+    passing through is pooled like a point tensor), flattened, concatenated."""
     f = pool_features(point, kernel)
     if not len(side):
         return f
-    return np.concatenate([f] + [np.asarray(a, np.float32).reshape(len(a), -1) for a in side], axis=1)
+    return np.concatenate([f] + [pool_features(np.asarray(a, np.float32), k) for a, k in side], axis=1)
+
+
+def side_inputs(point: Cut, model_inputs: list[str], shapes: dict) -> list[tuple[str, tuple[int, int] | None]]:
+    """The model inputs passing through ``point`` that its head reads, each with its pooling kernel (images are
+    pooled to <= 4x4 like a point tensor).
+
+    Raises:
+        ExportError: one of them is still over MAX_SIDE_VALUES values per sample (a sequence, say).
+    """
+    side = []
+    for name in [n for n in model_inputs if n in point.tensors]:
+        kernel = _pool_kernel(shapes[name])
+        kh, kw = kernel or (1, 1)
+        dims = list(shapes[name][1:])
+        if len(dims) == 3:
+            dims = [dims[0], dims[1] // kh, dims[2] // kw]
+        size = int(np.prod(dims, dtype=np.int64))
+        if size > MAX_SIDE_VALUES:
+            raise ExportError(f"the model input {name!r} passes through the exit point {point.label} with {size} values "
+                              f"per sample (shape {list(shapes[name][1:])}), over the {MAX_SIDE_VALUES} an exit head "
+                              "reads beside its point tensor: choose a cut after the model reads it (`--list-cuts`), "
+                              "or export without --exits")
+        side.append((name, kernel))
+    return side
 
 
 def train_head(feats: np.ndarray, teacher: np.ndarray, classify: bool, seed: int = 0) -> list[np.ndarray]:
@@ -190,7 +216,7 @@ def head_macs(weights: list[np.ndarray]) -> int:
     return int(weights[0].size + weights[2].size)
 
 
-def _head_nodes(i: int, src: str, kernel, weights: list[np.ndarray], side: list[str] | tuple = ()) -> tuple[list, list, str]:
+def _head_nodes(i: int, src: str, kernel, weights: list[np.ndarray], side: list[tuple] | tuple = ()) -> tuple[list, list, str]:
     p = f"exit{i}_"
     nodes, inits, cur = [], [], src
     if kernel is not None:
@@ -201,7 +227,11 @@ def _head_nodes(i: int, src: str, kernel, weights: list[np.ndarray], side: list[
     flat = p + "flat"
     if side:  # the model inputs passing through the point join the pooled features (see head_features)
         parts = [flat]
-        for j, name in enumerate(side):
+        for j, (name, k) in enumerate(side):
+            if k is not None:
+                nodes.append(helper.make_node("AveragePool", [name], [f"{p}side{j}_pool"], kernel_shape=list(k),
+                                              strides=list(k), name=f"{p}pool_side{j}"))
+                name = f"{p}side{j}_pool"
             nodes.append(helper.make_node("Flatten", [name], [f"{p}side{j}"], axis=1, name=f"{p}flatten_side{j}"))
             parts.append(f"{p}side{j}")
         nodes.append(helper.make_node("Concat", parts, [p + "cat"], axis=1, name=p + "concat"))
@@ -217,8 +247,9 @@ def _head_nodes(i: int, src: str, kernel, weights: list[np.ndarray], side: list[
 
 
 def build_segment(model: onnx.ModelProto, inputs: list[str], point: str, i: int, kernel,
-                  weights: list[np.ndarray], side: list[str] | tuple = ()) -> onnx.ModelProto:
-    """inputs -> (point, exit head output) as one ONNX graph; the head also reads the model inputs ``side``.
+                  weights: list[np.ndarray], side: list[tuple] | tuple = ()) -> onnx.ModelProto:
+    """inputs -> (point, exit head output) as one ONNX graph; the head also reads the model inputs ``side``
+    (``(name, pooling kernel)`` pairs, see ``side_inputs``).
     With ``side`` (or several ``inputs``) the segment takes only the inputs its nodes read."""
     seg = Extractor(model).extract_model(inputs, [point])
     nodes, inits, out = _head_nodes(i, point, kernel, weights, side)
@@ -357,6 +388,7 @@ def build_exits(traced, cut: Cut, out: Path, n_exits: int, budgets: tuple[Budget
     # Several inputs, or an input passing through a point: each segment takes the model inputs it reads by name
     # and each head the ones passing through its point (manifest: "model_inputs", "head_inputs").
     by_name = len(model_inputs) > 1 or any(len(p.tensors) > 1 for p in points)
+    sides = [side_inputs(p, model_inputs, shapes) for p in points]  # before the work: a refusal comes at once
     data = exit_data(traced.source)
     x_all = data["x_train"]
     rng = np.random.default_rng(0)
@@ -371,9 +403,10 @@ def build_exits(traced, cut: Cut, out: Path, n_exits: int, budgets: tuple[Budget
     hmacs_total, native_reason, front = 0, "", max(cut.front_macs, 1)
     for i, p in enumerate(points):
         t = computed_tensors(p, model_inputs)[0]
-        side = [n for n in model_inputs if n in p.tensors]  # model inputs passing through this point
+        side = sides[i]  # the model inputs passing through this point, each with its pooling
         kernel = _pool_kernel(shapes[t])
-        w = train_head(head_features(feats[t], kernel, [fit_inputs[n] for n in side]), teacher, classify, seed=i)
+        w = train_head(head_features(feats[t], kernel, [(fit_inputs[n], k) for n, k in side]), teacher, classify,
+                       seed=i)
         seg_inputs = prev + [n for n in model_inputs if n not in prev] if by_name else prev
         seg = build_segment(model, seg_inputs, t, i, kernel, w, side)
         onnx.save(seg, out / f"exit{i}.onnx")
@@ -395,7 +428,7 @@ def build_exits(traced, cut: Cut, out: Path, n_exits: int, budgets: tuple[Budget
                     "compute_fraction": round((p.front_macs + hmacs_total) / front, 6)})
         if by_name:
             pts[-1]["model_inputs"] = [v.name for v in seg.graph.input if v.name in model_inputs]
-            pts[-1]["head_inputs"] = side
+            pts[-1]["head_inputs"] = [n for n, _ in side]
         prev = [t]
     if native_reason:  # all or nothing: the device runs every segment on one engine
         for pt in pts:

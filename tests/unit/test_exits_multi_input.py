@@ -56,6 +56,40 @@ class Residual(nn.Module):
         return self.head(torch.cat([h.mean(dim=(2, 3)), joints], dim=1))
 
 
+class Depth(nn.Module):
+    """A second image (depth) only the back half reads: it passes through every cut in the camera trunk."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(3, 8, 3, 2, 1), nn.Conv2d(8, 16, 3, 2, 1)
+        self.d, self.head = nn.Conv2d(1, 4, 3, 2, 1), nn.Linear(16 + 4, 4)
+
+    def forward(self, image, depth):
+        f = torch.relu(self.c2(torch.relu(self.c1(image)))).mean(dim=(2, 3))
+        return self.head(torch.cat([f, torch.relu(self.d(depth)).mean(dim=(2, 3))], dim=1))
+
+
+def depth():
+    torch.manual_seed(0)
+    return Depth(), (torch.randn(1, 3, 16, 16), torch.randn(1, 1, 16, 16))
+
+
+class Scan(nn.Module):
+    """A lidar scan of 5000 ranges only the back half reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.head = nn.Conv2d(3, 8, 3, 2, 1), nn.Linear(8 + 5000, 4)
+
+    def forward(self, image, scan):
+        return self.head(torch.cat([torch.relu(self.c1(image)).mean(dim=(2, 3)), scan], dim=1))
+
+
+def scan():
+    torch.manual_seed(0)
+    return Scan(), (torch.randn(1, 3, 16, 16), torch.randn(1, 5000))
+
+
 def residual():
     torch.manual_seed(0)
     return Residual(), (torch.randn(1, 3, 16, 16), torch.randn(1, 5))
@@ -180,3 +214,35 @@ def test_a_cut_that_two_computed_tensors_cross_is_still_refused(files, tmp_path)
                                           r"connection\): choose a cut with one"):
         export(traced, ExportConfig(cut=skip.label, max_cut_tensors=2, exits="auto", data=files / "samples.npz"),
                tmp_path / "b")
+
+
+def test_an_image_passing_through_is_pooled_for_the_heads_and_a_huge_input_refused(files, tmp_path):
+    """A second camera only the back half reads crosses every cut: the heads pool it to <= 4x4 like a point
+    tensor (a flattened 96x96 image would have made each head's first Gemm ~300k weights)."""
+    from edgerun.exits import Segments
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "d.npz", **{"inputs.image": rng.standard_normal((64, 3, 16, 16)).astype(np.float32),
+                                    "inputs.depth": rng.standard_normal((64, 1, 16, 16)).astype(np.float32)})
+    b = export(f"{files}/policy.py:depth", ExportConfig(cut="relu_1", exits=2, data=tmp_path / "d.npz"), tmp_path / "b")
+    pts = b.manifest["exits"]["points"]
+    assert all(p["head_inputs"] == ["depth"] for p in pts)
+    seg = onnx.load(b.file(pts[0]["onnx"]))
+    w1 = next(i for i in seg.graph.initializer if i.name == "exit0_w1")
+    assert w1.dims[1] == 8 * 4 * 4 + 1 * 4 * 4  # conv1's 8 channels and depth's 1, each pooled to 4x4
+    x = {"image": rng.standard_normal((2, 3, 16, 16)).astype(np.float32),
+         "depth": rng.standard_normal((2, 1, 16, 16)).astype(np.float32)}
+    engine = "native" if pts[0]["erg"] else "ort"
+    got = Segments(b, engine).run_all(x)
+    sess = [_ort(b, p["onnx"]) for p in pts]
+    cur, want0 = sess[0].run([pts[0]["tensor"], pts[0]["head"]], {"image": x["image"], "depth": x["depth"]})
+    np.testing.assert_allclose(got[0], want0, atol=HEAD_ATOL)
+
+    np.savez(tmp_path / "scan.npz", **{"inputs.image": rng.standard_normal((16, 3, 16, 16)).astype(np.float32),
+                                       "inputs.scan": rng.standard_normal((16, 5000)).astype(np.float32)})
+    with pytest.raises(ExportError, match=r"the model input 'scan' passes through the exit point relu with 5000 values "
+                                          r"per sample \(shape \[5000\]\), over the 4096 an exit head reads beside its "
+                                          r"point tensor: choose a cut after the model reads it"):
+        export(f"{files}/policy.py:scan", ExportConfig(cut="relu", exits=1, data=tmp_path / "scan.npz"),
+               tmp_path / "scan")
