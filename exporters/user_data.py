@@ -135,9 +135,11 @@ class UserData:
 
     def describe(self) -> str:
         """What the report's ``eval_inputs`` says about the data."""
-        heads = f", the exit heads {self.n_exit_train} more" if self.n_exit_train else ""
+        if self.n_exit_train:
+            return (f"{self.n_eval} held-out samples of {self.path.name} (--data); of the others, calibration used "
+                    f"{self.n_calib}, the exit heads {self.n_calib + self.n_exit_train} (these and {self.n_exit_train} more)")
         return (f"{self.n_eval} held-out samples of {self.path.name} (--data); calibration used its {self.n_calib} "
-                f"others{heads}")
+                "others")
 
 
 def _read(path: Path, names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
