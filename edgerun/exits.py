@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from edgerun.errors import BundleError, ConfigError, UnsupportedOpError
+from edgerun.feeds import Inputs, as_feeds, n_samples, rows, with_passthrough
 
 CRITERIA = ("max_prob", "entropy", "consistency")
 OFF = "off"  # budget name: no confident exits (local answers only on deadline / outage)
@@ -124,19 +125,34 @@ class Segments:
             else:
                 self.engines.append(make_engine("ort", onnx_path=bundle.file(p["onnx"]), threads=threads))
 
-    def run_one(self, i: int, feed: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Segment ``i`` on ``feed``: (point tensor, head output)."""
+    def run_one(self, i: int, feed: Any, inputs: Inputs | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Segment ``i`` on ``feed`` (the model's inputs for segment 0, else the previous point tensor):
+        (point tensor, head output). ``inputs``: the model's inputs, for a segment that reads some of them
+        (a bundle of a model with several inputs: its points name them, ``model_inputs``); default ``feed``
+        for segment 0."""
         p = self.points[i]
-        outs = self.engines[i].run(feed if i == 0 else {p["input"]: feed})
+        names = p.get("model_inputs")
+        if names is None:  # one model input, read by segment 0 only (bundles of one-input models)
+            outs = self.engines[i].run(feed if i == 0 else {p["input"]: feed})
+        else:
+            src = feed if i == 0 else inputs
+            if src is None and names:
+                raise ConfigError(f"exit segment {i} reads the model inputs {names}: pass them (inputs=...)")
+            run = as_feeds(src, names) if names else {}
+            if i > 0:
+                run[p["input"]] = feed
+            outs = self.engines[i].run(run)
         return outs[p["tensor"]], outs[p["head"]]
 
-    def run_all(self, x: np.ndarray, batch: int = 8) -> list[np.ndarray]:
-        """Every head's output on ``x`` (used at export to evaluate, and by benchmarks)."""
+    def run_all(self, x: Inputs, batch: int = 8) -> list[np.ndarray]:
+        """Every head's output on ``x`` (used at export to evaluate, and by benchmarks); a model with several
+        inputs takes ``{name: array}``."""
         heads: list[list[np.ndarray]] = [[] for _ in self.points]
-        for lo in range(0, len(x), batch):
-            cur: Any = x[lo: lo + batch]
+        for lo in range(0, n_samples(x), batch):
+            part = rows(x, lo, lo + batch)
+            cur: Any = part
             for i in range(len(self.points)):
-                cur, h = self.run_one(i, cur)
+                cur, h = self.run_one(i, cur, part)
                 heads[i].append(h)
         return [np.concatenate(h) for h in heads]
 
@@ -182,7 +198,7 @@ class ExitController:
         heads: list[np.ndarray] = []
         cur: Any = feeds
         for i in range(len(pts)):
-            cur, head = self.segments.run_one(i, cur)
+            cur, head = self.segments.run_one(i, cur, feeds)
             heads.append(head)
             thr = self.thresholds[i]
             prev = heads[-2] if len(heads) > 1 else None
@@ -193,7 +209,9 @@ class ExitController:
                 op = ">=" if crit == "max_prob" else "<="
                 return Step(i, f"confident: {crit} {worst:.3g} {op} {thr:.3g}", heads, None,
                             float(pts[i]["compute_fraction"]))
-        return Step(None, "", heads, {self.cut_names[0]: cur}, float(pts[-1]["compute_fraction"]))
+        # The model inputs passing through the cut go to the server beside the computed tensor, as they came.
+        cut = with_passthrough({pts[-1]["tensor"]: cur}, feeds, [n for n in self.cut_names if n != pts[-1]["tensor"]])
+        return Step(None, "", heads, cut, float(pts[-1]["compute_fraction"]))
 
 
 __all__ = ["CRITERIA", "OFF", "ExitController", "Segments", "Step", "has_exits", "scores"]

@@ -1,11 +1,18 @@
 """Early exits at export time: choose exit points, train heads, write segments, calibrate budgets.
 
-The front half is cut into SEGMENTS at the exit points (each a valid single-tensor cut,
-see ``cuts.find_cuts``). Segment ``i`` maps the previous point's tensor (or the model
-input) to ``(point tensor, exit head output)``; the last segment ends at the bundle's
+The front half is cut into SEGMENTS at the exit points (each a valid cut that one computed
+tensor crosses, see ``cuts.find_cuts``). Segment ``i`` maps the previous point's tensor (or the
+model input) to ``(point tensor, exit head output)``; the last segment ends at the bundle's
 cut, so the device sends its point tensor to the server and keeps its head as the
 deepest local answer. Segments run on the native engine (``exit<i>.erg``) or on
 onnxruntime (``exit<i>.onnx``); the engine itself needs no change.
+
+A model with several inputs (a robot policy's image and joint state), or an input that passes
+through a point: each segment also takes, by name, the model inputs its nodes read
+(``model_inputs`` in the manifest), and each head reads the model inputs passing through its
+point beside the pooled point tensor (``head_inputs``: flattened, concatenated before the first
+Gemm): a policy's head sees the joints. A cut crossed by two computed tensors (a skip
+connection) is refused.
 
 Heads are small MLPs (spatial average pool to <= 4x4, Flatten, Gemm, Relu, Gemm) trained
 by distillation from the fp32 whole model on TRAINING inputs (backbone frozen, features
@@ -18,6 +25,7 @@ figures are on the model's test split.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +36,13 @@ from onnx.utils import Extractor
 
 from edgerun.errors import ConfigError, ExportError, UnsupportedOpError
 from edgerun.exporters.cuts import Cut, shapes_of
+from edgerun.feeds import Inputs, as_feeds, float32, n_samples
 
 HIDDEN = 32                 # head width: ~10k MACs on an 8x8 map, a few % of the digits front
 HEAD_IN_PER_UNIT = 4        # narrow features (an MLP's 64) get a narrower head: width = inputs / 4, >= 8
 HEAD_STEPS = {True: 400, False: 1500}  # classification / regression (a regression head needs longer to fit)
 POOL_TO = 4                 # heads average-pool a feature map down to at most 4x4
+MAX_SIDE_VALUES = 4096     # values per sample a head reads of the model inputs passing through its point
 CALIB_SHARE = 0.25          # share of the training inputs held out for threshold calibration
 MAX_TRAIN = 4096            # training inputs used at most
 AUTO_EXITS = 3              # `--exits auto`: two intermediate exits + the deepest one at the cut
@@ -92,12 +102,18 @@ def parse_exits(spec: str | int | None) -> int | None:
     return n
 
 
-def choose_points(cuts: list[Cut], cut: Cut, n: int) -> list[Cut]:
+def computed_tensors(c: Cut, inputs: Collection[str] = ()) -> list[str]:
+    """The tensors crossing ``c`` that the front computes (not model ``inputs`` passing through)."""
+    return [t for t in c.tensors if t not in inputs]
+
+
+def choose_points(cuts: list[Cut], cut: Cut, n: int, inputs: Collection[str] = ()) -> list[Cut]:
     """``n`` exit points: ``n-1`` cuts inside the front half, spread geometrically by front
-    compute (1/3, 1/9, ... of it: early exits are where compute is saved), then ``cut``."""
+    compute (1/3, 1/9, ... of it: early exits are where compute is saved), then ``cut``.
+    A point is crossed by one computed tensor; model ``inputs`` may pass through it beside."""
     front = max(cut.front_macs, 1)
     cands = [c for c in cuts if c.index < cut.index and c.front_macs < 0.9 * front and "/" not in c.label
-             and "#" not in c.label and len(c.tensors) == 1]
+             and "#" not in c.label and len(computed_tensors(c, inputs)) == 1]
     chosen: list[Cut] = []
     for k in range(n - 1, 0, -1):
         target = 3.0 ** (-k)
@@ -124,6 +140,40 @@ def pool_features(x: np.ndarray, kernel: tuple[int, int] | None) -> np.ndarray:
         ho, wo = h // kh, w // kw
         x = x[:, :, : ho * kh, : wo * kw].reshape(n, c, ho, kh, wo, kw).mean(axis=(3, 5))
     return x.reshape(len(x), -1).astype(np.float32)
+
+
+def head_features(point: np.ndarray, kernel: tuple[int, int] | None, side: list[tuple] | tuple = ()) -> np.ndarray:
+    """What a head's first Gemm reads: the pooled point tensor, then each model input that passes through the
+    point (``side``: ``(array, kernel)`` pairs; a robot policy's joint state beside its image features; an image
+    passing through is pooled like a point tensor), flattened, concatenated."""
+    f = pool_features(point, kernel)
+    if not len(side):
+        return f
+    return np.concatenate([f] + [pool_features(np.asarray(a, np.float32), k) for a, k in side], axis=1)
+
+
+def side_inputs(point: Cut, model_inputs: list[str], shapes: dict) -> list[tuple[str, tuple[int, int] | None]]:
+    """The model inputs passing through ``point`` that its head reads, each with its pooling kernel (images are
+    pooled to <= 4x4 like a point tensor).
+
+    Raises:
+        ExportError: one of them is still over MAX_SIDE_VALUES values per sample (a sequence, say).
+    """
+    side = []
+    for name in [n for n in model_inputs if n in point.tensors]:
+        kernel = _pool_kernel(shapes[name])
+        kh, kw = kernel or (1, 1)
+        dims = list(shapes[name][1:])
+        if len(dims) == 3:
+            dims = [dims[0], dims[1] // kh, dims[2] // kw]
+        size = int(np.prod(dims, dtype=np.int64))
+        if size > MAX_SIDE_VALUES:
+            raise ExportError(f"the model input {name!r} passes through the exit point {point.label} with {size} values "
+                              f"per sample (shape {list(shapes[name][1:])}), over the {MAX_SIDE_VALUES} an exit head "
+                              "reads beside its point tensor: choose a cut after the model reads it (`--list-cuts`), "
+                              "or export without --exits")
+        side.append((name, kernel))
+    return side
 
 
 def train_head(feats: np.ndarray, teacher: np.ndarray, classify: bool, seed: int = 0) -> list[np.ndarray]:
@@ -166,7 +216,7 @@ def head_macs(weights: list[np.ndarray]) -> int:
     return int(weights[0].size + weights[2].size)
 
 
-def _head_nodes(i: int, src: str, kernel, weights: list[np.ndarray]) -> tuple[list, list, str]:
+def _head_nodes(i: int, src: str, kernel, weights: list[np.ndarray], side: list[tuple] | tuple = ()) -> tuple[list, list, str]:
     p = f"exit{i}_"
     nodes, inits, cur = [], [], src
     if kernel is not None:
@@ -174,10 +224,22 @@ def _head_nodes(i: int, src: str, kernel, weights: list[np.ndarray]) -> tuple[li
                                       strides=list(kernel), name=p + "pool"))
         cur = p + "pool"
     nodes.append(helper.make_node("Flatten", [cur], [p + "flat"], axis=1, name=p + "flatten"))
+    flat = p + "flat"
+    if side:  # the model inputs passing through the point join the pooled features (see head_features)
+        parts = [flat]
+        for j, (name, k) in enumerate(side):
+            if k is not None:
+                nodes.append(helper.make_node("AveragePool", [name], [f"{p}side{j}_pool"], kernel_shape=list(k),
+                                              strides=list(k), name=f"{p}pool_side{j}"))
+                name = f"{p}side{j}_pool"
+            nodes.append(helper.make_node("Flatten", [name], [f"{p}side{j}"], axis=1, name=f"{p}flatten_side{j}"))
+            parts.append(f"{p}side{j}")
+        nodes.append(helper.make_node("Concat", parts, [p + "cat"], axis=1, name=p + "concat"))
+        flat = p + "cat"
     names = [p + "w1", p + "b1", p + "w2", p + "b2"]
     inits = [numpy_helper.from_array(w, n) for w, n in zip(weights, names)]
     nodes += [
-        helper.make_node("Gemm", [p + "flat", names[0], names[1]], [p + "h"], transB=1, name=p + "gemm1"),
+        helper.make_node("Gemm", [flat, names[0], names[1]], [p + "h"], transB=1, name=p + "gemm1"),
         helper.make_node("Relu", [p + "h"], [p + "hr"], name=p + "relu"),
         helper.make_node("Gemm", [p + "hr", names[2], names[3]], [p + "out"], transB=1, name=p + "gemm2"),
     ]
@@ -185,12 +247,18 @@ def _head_nodes(i: int, src: str, kernel, weights: list[np.ndarray]) -> tuple[li
 
 
 def build_segment(model: onnx.ModelProto, inputs: list[str], point: str, i: int, kernel,
-                  weights: list[np.ndarray]) -> onnx.ModelProto:
-    """inputs -> (point, exit head output) as one ONNX graph."""
+                  weights: list[np.ndarray], side: list[tuple] | tuple = ()) -> onnx.ModelProto:
+    """inputs -> (point, exit head output) as one ONNX graph; the head also reads the model inputs ``side``
+    (``(name, pooling kernel)`` pairs, see ``side_inputs``).
+    With ``side`` (or several ``inputs``) the segment takes only the inputs its nodes read."""
     seg = Extractor(model).extract_model(inputs, [point])
-    nodes, inits, out = _head_nodes(i, point, kernel, weights)
+    nodes, inits, out = _head_nodes(i, point, kernel, weights, side)
     seg.graph.node.extend(nodes)
     seg.graph.initializer.extend(inits)
+    if side or len(inputs) > 1:
+        read = {t for n in seg.graph.node for t in n.input}
+        for vi in [v for v in seg.graph.input if v.name not in read]:
+            seg.graph.input.remove(vi)
     seg.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["batch", weights[2].shape[0]]))
     seg.graph.name = f"exit{i}_segment"
     seg = onnx.shape_inference.infer_shapes(seg)
@@ -207,7 +275,7 @@ def _ort(model: onnx.ModelProto):
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def run_points(model: onnx.ModelProto, points: list[str], x: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
+def run_points(model: onnx.ModelProto, points: list[str], x: Inputs, batch: int = 64) -> dict[str, np.ndarray]:
     """fp32 tensors at ``points`` and the model's output, via onnxruntime."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -217,9 +285,9 @@ def run_points(model: onnx.ModelProto, points: list[str], x: np.ndarray, batch: 
         if p not in have:
             m.graph.output.append(shapes[p] if p in shapes else helper.make_empty_tensor_value_info(p))
     s = _ort(m)
-    in_name = s.get_inputs()[0].name
+    feeds = as_feeds(x, [i.name for i in s.get_inputs()])
     names = [o.name for o in s.get_outputs()]
-    chunks = [s.run(None, {in_name: x[i: i + batch]}) for i in range(0, len(x), batch)]
+    chunks = [s.run(None, {k: v[i: i + batch] for k, v in feeds.items()}) for i in range(0, n_samples(x), batch)]
     return {n: np.concatenate([c[k] for c in chunks]) for k, n in enumerate(names)}
 
 
@@ -230,15 +298,17 @@ def exit_data(src) -> dict[str, np.ndarray | None]:
     if zoo is None:
         raise ExportError("early exits need training inputs to fit the heads on: give the model file's samples "
                           "with --data samples.npz, or export it without --exits")
-    if len(src.input_names) > 1:
-        raise ExportError(f"early exits take a model with one input; this one takes {len(src.input_names)} "
-                          f"({', '.join(src.input_names)}): export it without --exits")
     custom = getattr(zoo, "exit_data", None)
     if custom is not None:
         return custom()
-    x_train = np.ascontiguousarray(zoo.calib_data(MAX_TRAIN), dtype=np.float32)
+    x_train = float32(zoo.calib_data(MAX_TRAIN))  # several inputs: {name: array}, every one of them
     x_test, y_test = zoo.eval_data(None)
-    return {"x_train": x_train, "x_test": np.ascontiguousarray(x_test, dtype=np.float32), "y_test": y_test}
+    return {"x_train": x_train, "x_test": float32(x_test), "y_test": y_test}
+
+
+def _take(x: Inputs, idx: np.ndarray) -> Inputs:
+    """Samples ``idx`` of every input."""
+    return x[idx] if isinstance(x, np.ndarray) else {k: v[idx] for k, v in x.items()}
 
 
 # -- build -----------------------------------------------------------------------------
@@ -307,29 +377,39 @@ def build_exits(traced, cut: Cut, out: Path, n_exits: int, budgets: tuple[Budget
     shapes = shapes_of(model)
     if len(outs) != 1 or len(shapes[outs[0]]) != 2:
         raise ExportError(f"early exits need one (batch, n) model output; this model has {outs}")
-    if len(cut.tensors) != 1:  # the segments chain one tensor from exit to exit, and the heads read it
-        raise ExportError(f"early exits need a cut that one tensor crosses; {cut.label} crosses "
-                          f"{', '.join(cut.tensors)} (a model input passing through, or a skip): choose a cut with "
-                          "one tensor (`--list-cuts`), or export without --exits")
+    model_inputs = [i.name for i in model.graph.input]
+    computed = computed_tensors(cut, model_inputs)
+    if len(computed) != 1:  # the segments chain one computed tensor from exit to exit, and the heads read it
+        raise ExportError(f"early exits need a cut that one tensor crosses (model inputs may pass through beside "
+                          f"it); {cut.label} crosses {', '.join(computed)}, all computed by the front (a skip "
+                          "connection): choose a cut with one (`--list-cuts`), or export without --exits")
     classify = not is_regression(traced.source, shapes[outs[0]])  # a one-value output's softmax is always 1.0
     criterion = "max_prob" if classify else "consistency"
-    points = choose_points(traced.cuts, cut, n_exits)
+    points = choose_points(traced.cuts, cut, n_exits, model_inputs)
+    # Several inputs, or an input passing through a point: each segment takes the model inputs it reads by name
+    # and each head the ones passing through its point (manifest: "model_inputs", "head_inputs").
+    by_name = len(model_inputs) > 1 or any(len(p.tensors) > 1 for p in points)
+    sides = [side_inputs(p, model_inputs, shapes) for p in points]  # before the work: a refusal comes at once
     data = exit_data(traced.source)
     x_all = data["x_train"]
     rng = np.random.default_rng(0)
-    perm = rng.permutation(len(x_all))
-    n_cal = max(1, int(len(x_all) * CALIB_SHARE))
-    x_fit, x_cal = x_all[perm[n_cal:]], x_all[perm[:n_cal]]
-    feats = run_points(model, [p.tensors[0] for p in points], x_fit)
+    perm = rng.permutation(n_samples(x_all))
+    n_cal = max(1, int(n_samples(x_all) * CALIB_SHARE))
+    x_fit, x_cal = _take(x_all, perm[n_cal:]), _take(x_all, perm[:n_cal])
+    feats = run_points(model, [computed_tensors(p, model_inputs)[0] for p in points], x_fit)
+    fit_inputs = as_feeds(x_fit, model_inputs)
     teacher = feats[outs[0]]
 
-    files, pts, prev = {}, [], [i.name for i in model.graph.input]
+    files, pts, prev = {}, [], list(model_inputs)
     hmacs_total, native_reason, front = 0, "", max(cut.front_macs, 1)
     for i, p in enumerate(points):
-        t = p.tensors[0]
+        t = computed_tensors(p, model_inputs)[0]
+        side = sides[i]  # the model inputs passing through this point, each with its pooling
         kernel = _pool_kernel(shapes[t])
-        w = train_head(pool_features(feats[t], kernel), teacher, classify, seed=i)
-        seg = build_segment(model, prev, t, i, kernel, w)
+        w = train_head(head_features(feats[t], kernel, [(fit_inputs[n], k) for n, k in side]), teacher, classify,
+                       seed=i)
+        seg_inputs = prev + [n for n in model_inputs if n not in prev] if by_name else prev
+        seg = build_segment(model, seg_inputs, t, i, kernel, w, side)
         onnx.save(seg, out / f"exit{i}.onnx")
         files[f"exit{i}.onnx"] = {"role": f"exit segment {i} (to {p.label}) + head, fp32, onnxruntime"}
         erg = None
@@ -347,6 +427,9 @@ def build_exits(traced, cut: Cut, out: Path, n_exits: int, budgets: tuple[Budget
                     "onnx": f"exit{i}.onnx", "erg": erg, "head_macs": head_macs(w),
                     "backbone_fraction": round(p.front_macs / front, 6),
                     "compute_fraction": round((p.front_macs + hmacs_total) / front, 6)})
+        if by_name:
+            pts[-1]["model_inputs"] = [v.name for v in seg.graph.input if v.name in model_inputs]
+            pts[-1]["head_inputs"] = [n for n, _ in side]
         prev = [t]
     if native_reason:  # all or nothing: the device runs every segment on one engine
         for pt in pts:
@@ -398,7 +481,7 @@ def _test_report(traced, out: Path, entry: dict, data: dict, classify: bool, cri
     test = ExitTable(_scores(heads, criterion), _value_rows(heads, ref, classify, loss=False, server=whole),
                      costs, server_cost)
     k = len(heads)
-    rep = {"criterion": criterion, "metric": metric, "eval_engine": engine, "n_test": int(len(x)),
+    rep = {"criterion": criterion, "metric": metric, "eval_engine": engine, "n_test": n_samples(x),
            "points": [p["label"] for p in entry["points"]],
            "compute_fraction": [p["compute_fraction"] for p in entry["points"]],
            "metric_no_exits": float(test.value[k].mean()),

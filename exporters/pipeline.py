@@ -171,6 +171,10 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
             _check_labels(traced.source, traced.model)
     else:
         traced = trace_model(spec, max_cut_tensors=config.max_cut_tensors, data=config.data)
+    user = traced.source.zoo
+    if isinstance(user, UserData) and not user.exits and config.exits not in (None, "none", "0", 0):
+        # --exits: more of the user's samples train the heads (and are no longer held out)
+        traced = Traced(with_user_data(traced.source, user.path, exits=True, notes=False), traced.model, traced.cuts)
     if config.task != "auto":
         traced = Traced(with_task(traced.source, config.task, traced.model), traced.model, traced.cuts)
     cut = _resolve_cut(traced, config)
@@ -180,8 +184,8 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
     return Bundle.load(final)
 
 
-def with_user_data(src: SourceModel, data: str | Path) -> SourceModel:
-    """``src`` measured on the samples of ``data`` (``--data``).
+def with_user_data(src: SourceModel, data: str | Path, *, exits: bool = False, notes: bool = True) -> SourceModel:
+    """``src`` measured on the samples of ``data`` (``--data``); ``exits``: some of them train exit heads.
 
     Raises:
         ConfigError: ``src`` is a zoo model (it comes with its own data), or the file does not fit it.
@@ -190,8 +194,8 @@ def with_user_data(src: SourceModel, data: str | Path) -> SourceModel:
         raise ConfigError(f"--data is for a model file; zoo:{src.model_id} comes with its own data: drop --data")
     ex = src.example_inputs()
     examples = [ex] if isinstance(ex, np.ndarray) else [ex[n] for n in src.input_names]
-    user = UserData(data, src.input_names, examples)
-    for note in user.range_notes(src.input_names, examples):
+    user = UserData(data, src.input_names, examples, exits=exits)
+    for note in user.range_notes(src.input_names, examples) if notes else ():
         print(note, file=sys.stderr)
     return replace(src, zoo=user)
 

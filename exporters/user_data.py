@@ -12,6 +12,10 @@ error); one-hot labels are refused (save ``y.argmax(1)``). Without labels the me
 agreement with the whole fp32 model on the held-out samples. A model with one input may also be given
 an ``.npy`` of its inputs (``np.save``), as for ``edgerun run --input``.
 
+With early exits (``--exits``) the heads need more than the calibration samples to learn from: up to
+EXIT_TRAIN_MAX more samples, at most half of those that would be held out, train them (``exit_data``)
+and are not held out; the held-out samples are the rest, still never seen by any step.
+
 Only the arrays named above are read, and each sample is converted to float32 once, into its own
 split: a large file of uint8 images costs its own size plus its float32 size, not several copies.
 
@@ -28,11 +32,12 @@ import numpy as np
 
 from edgerun.bundle import SAMPLES_KEY
 from edgerun.errors import ConfigError
-from edgerun.feeds import Inputs, rows
+from edgerun.feeds import Inputs, concat, rows
 
 MIN_SAMPLES = 8          # fewer cannot give both a calibration and an evaluation set
 CALIB_SHARE = 0.5        # of the samples, at most MAX_CALIB, go to calibration; the rest are held out
 MAX_CALIB = 256
+EXIT_TRAIN_MAX = 3840    # with --exits: samples beyond the calibration ones that train the heads (4096 in all)
 SEED = 0
 _CHUNK = 1024        # samples converted to float32 at a time: the split's float32 copy is the only full-size one
 
@@ -40,7 +45,8 @@ _CHUNK = 1024        # samples converted to float32 at a time: the split's float
 class UserData:
     """Calibration and held-out samples read from a ``--data`` file (see the module docstring)."""
 
-    def __init__(self, path: str | Path, input_names: list[str], examples: list[np.ndarray]) -> None:
+    def __init__(self, path: str | Path, input_names: list[str], examples: list[np.ndarray], *,
+                 exits: bool = False) -> None:
         self.path = Path(path)
         x, labels = _read(self.path, input_names)
         for name, ex in zip(input_names, examples):
@@ -57,10 +63,14 @@ class UserData:
             raise ConfigError(f"--data {self.path}: {len(labels)} labels for {n} samples: give one label per sample")
         order = np.random.default_rng(SEED).permutation(n)
         n_calib = min(MAX_CALIB, int(n * CALIB_SHARE))
+        n_exit = min(EXIT_TRAIN_MAX, (n - n_calib) // 2) if exits else 0
+        self.exits = exits
         self._calib = _take(x, order[:n_calib])
-        self._eval = _take(x, order[n_calib:])
-        self._eval_labels = None if labels is None else labels[order[n_calib:]]
-        self.n_calib, self.n_eval = n_calib, n - n_calib
+        self._exit_train = _take(x, order[n_calib:n_calib + n_exit])
+        held = order[n_calib + n_exit:]
+        self._eval = _take(x, held)
+        self._eval_labels = None if labels is None else labels[held]
+        self.n_calib, self.n_exit_train, self.n_eval = n_calib, n_exit, len(held)
         self.input_name = input_names[0] if len(input_names) == 1 else None
         if labels is None:
             self.metric = "top1_agreement"
@@ -116,8 +126,18 @@ class UserData:
             raise ConfigError(f"calibration needs n >= 1 samples, got {n}")
         return rows(self._calib, 0, min(n, self.n_calib))
 
+    def exit_data(self) -> dict:
+        """Early exits' data (``exporters.exits.exit_data``): the calibration samples and, made with ``exits``,
+        the samples set aside to train the heads; the held-out samples and labels to report on."""
+        train = concat([self._calib, self._exit_train]) if self.n_exit_train else self._calib
+        x_test, y_test = self.eval_data()
+        return {"x_train": train, "x_test": x_test, "y_test": y_test}
+
     def describe(self) -> str:
         """What the report's ``eval_inputs`` says about the data."""
+        if self.n_exit_train:
+            return (f"{self.n_eval} held-out samples of {self.path.name} (--data); of the others, calibration used "
+                    f"{self.n_calib}, the exit heads {self.n_calib + self.n_exit_train} (these and {self.n_exit_train} more)")
         return (f"{self.n_eval} held-out samples of {self.path.name} (--data); calibration used its {self.n_calib} "
                 "others")
 
