@@ -54,7 +54,7 @@ class VerifyReport:
     split_vs_whole_max_abs: float
     split_vs_whole_limit: float | None                  # fp32 back half: the checked figure
     native_split_vs_whole_max_abs: float | None
-    top1_agreement: float
+    top1_agreement: float | None  # None for one value per sample (a top-1 over it is always 1.0)
     samples: int
     native: str
     messages: list[str]
@@ -189,7 +189,8 @@ def verify(bundle: Bundle | str, *, threads: int = 1, engine: str = "native") ->
         native_state = "unsupported"
         msgs.append(f"the native engine cannot run this front half ({b.native_reason}); "
                     "`edgerun verify --engine ort` checks the bundle for that deployment")
-    agree = float(np.mean(split_out.argmax(-1) == ref.argmax(-1)))
+    one_value = ref.ndim == 1 or ref.shape[-1] == 1  # a regression output: a top-1 over it says nothing
+    agree = None if one_value else float(np.mean(split_out.argmax(-1) == ref.argmax(-1)))
     codec_mse = codec_lim = None
     entry = b.manifest.get("codec") or {}
     if entry.get("id", "none") != "none":  # the deployed path: the device's encoder, the server's decoder

@@ -137,7 +137,7 @@ class UserData:
         """What the report's ``eval_inputs`` says about the data."""
         if self.n_exit_train:
             return (f"{self.n_eval} held-out samples of {self.path.name} (--data); of the others, calibration used "
-                    f"{self.n_calib}, the exit heads {self.n_calib + self.n_exit_train} (these and {self.n_exit_train} more)")
+                    f"{self.n_calib}, the exit heads {self.n_calib + self.n_exit_train} (those {self.n_calib} and {self.n_exit_train} more)")
         return (f"{self.n_eval} held-out samples of {self.path.name} (--data); calibration used its {self.n_calib} "
                 "others")
 

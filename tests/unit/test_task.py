@@ -100,3 +100,13 @@ def test_a_zoo_model_keeps_its_own_metric(tmp_path):
     model = to_onnx(src.module, src.example, input_name=src.input_names[0], output_name="logits")
     with pytest.raises(ConfigError, match=r"--task classify: zoo:pendulum-policy is scored by action_mae; drop --task"):
         with_task(src, "classify", model)
+
+
+def test_verify_gives_no_top1_for_one_value_per_sample(files, tmp_path):
+    """`edgerun verify` printed "top1_agreement: 1.0" for a regression bundle: always 1.0 there, so None."""
+    from edgerun.exporters.pipeline import ExportConfig, export
+    from edgerun.verify import verify
+
+    b = export(f"{files / 'policy.py'}:one_value", ExportConfig(), tmp_path / "b")
+    wide = export(f"{files / 'policy.py'}:three_values", ExportConfig(), tmp_path / "w")
+    assert verify(b).top1_agreement is None and verify(wide).top1_agreement == 1.0
