@@ -470,6 +470,12 @@ def test_kernel_paths_agree(tmp_path):
               for kh, stride, pads in [(3, 1, [1, 1, 1, 1]), (5, 2, [2, 2, 2, 2]), (3, 2, [0, 1, 1, 0])]]
     # Rows wider than the AVX-512 kernel's 64-column block, 4-row groups plus a tail row.
     models += [_depthwise_model(5, 13, 150, kh, kh, stride, [kh // 2] * 4, 1, True) for kh, stride in [(3, 1), (5, 2)]]
+    # Stride 1 wider than a vector read straight from the plane (no padded copy): EfficientNet's
+    # 28x28 5x5, rows of 17 and 33 outputs (a tail vector of 1), an asymmetric pad, no pad.
+    models += [_depthwise_model(3, 28, 28, 5, 5, 1, [2, 2, 2, 2], 1, True),
+               _depthwise_model(2, 6, 17, 3, 3, 1, [0, 1, 1, 0], 1, True),
+               _depthwise_model(2, 9, 35, 3, 3, 1, [0, 0, 0, 0], 1, True),
+               _depthwise_model(2, 5, 70, 5, 5, 1, [1, 2, 2, 1], 1, True)]
     models += [_depthwise_model(*case, True) for case in NARROW_DEPTHWISE]
     # Stride 2 read straight from the plane (no padded copy): an odd left pad on a row of
     # under 16 outputs, and EfficientNet's 28 -> 14 and 112 -> 56 (two 16-lane vectors).
