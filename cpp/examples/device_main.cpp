@@ -243,7 +243,9 @@ int main(int argc, char** argv) {
     bool got = false;
     if (!(e = link.wait_reply(id, until, &payload, &t_recv, &got)).ok()) break;
     if (!got) {
-      e = fail(kExitDeadline, "no reply within " + json(a.deadline_ms).dump() + " ms from a server for bundle " +
+      char dl[32];
+      std::snprintf(dl, sizeof(dl), "%g", a.deadline_ms);
+      e = fail(kExitDeadline, "no reply within " + std::string(dl) + " ms from a server for bundle " +
                               b.topic_id + " (model " + b.model_id + ") at " + url.text + ": is `edgerun serve " +
                               "BUNDLE --broker " + url.text + "` running on this bundle? (or give a longer --deadline-ms)");
       break;
