@@ -272,7 +272,8 @@ int main(int argc, char** argv) {
   if (a.repeat > 1)
     out["repeat"] = {{"n", a.repeat}, {"warmup", a.warmup}, {"total_ms", summary(t_total)},
                      {"front_ms", summary(t_front)}, {"encode_ms", summary(t_encode)},
-                     {"round_trip_ms", summary(t_rtt)}, {"server_ms", summary(t_server)}};
+                     {"round_trip_ms", summary(t_rtt)}, {"server_ms", summary(t_server)},
+                     {"each_total_ms", t_total}};
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }
