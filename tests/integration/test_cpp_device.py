@@ -47,13 +47,13 @@ def outputs_of(stdout: str) -> dict[str, np.ndarray]:
     return {k: np.array(v["data"], dtype=v["dtype"]).reshape(v["shape"]) for k, v in out.items()}
 
 
-def python_frame(bundle: Bundle, x: np.ndarray, request_id: int) -> bytes:
+def python_frame(bundle: Bundle, x: np.ndarray | dict[str, np.ndarray], request_id: int) -> bytes:
     """The REQUEST frame edgerun.device.Device builds for ``x`` (its own front-half and packing code)."""
     from edgerun.device import Device, _make_front
 
     dev = Device.__new__(Device)  # its front half and packer only: no broker
     dev.bundle, dev.engine = bundle, _make_front(bundle, "native", 1)
-    outs = dev._run_front(np.ascontiguousarray(x))
+    outs = dev._run_front(x if isinstance(x, dict) else np.ascontiguousarray(x))
     cut = crossing.Packer(bundle.manifest.get("codec", {"id": "none"})).pack({s.name: outs[s.name] for s in bundle.cut})
     return wire.best_encoder()(wire.Frame(kind=wire.Kind.REQUEST, request_id=request_id, seq=0,
                                           bundle_hash=bundle.hash16, tensors=cut, meta={}))
@@ -262,3 +262,43 @@ def test_bundles_and_inputs_it_cannot_run_are_refused_saying_what_to_do(cpp_devi
     assert "astype(numpy.float32)" in refused(digits_bundle.path, tmp_path / "f64.npy", code=EXIT_USAGE)
     np.save(tmp_path / "nobatch.npy", digits_bundle.samples()[0].astype(np.float32))
     assert "x[None]" in refused(digits_bundle.path, tmp_path / "nobatch.npy", code=EXIT_USAGE)
+
+
+def test_a_two_input_robot_policy_runs_with_its_joint_state_passing_through(
+        cpp_device, tmp_path, cli_argv, broker, serve_bundle):
+    from edgerun.device import Device
+    from robot_policy import POLICY
+
+    model_py = tmp_path / "policy.py"
+    model_py.write_text(POLICY)
+    out = tmp_path / "bundle"
+    r = subprocess.run([*cli_argv, "export", f"{model_py}:actor_critic", "--cut", "vision.1", "--no-eval",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    bundle = Bundle.load(out)
+    assert bundle.passthrough == ["joints"]
+    serve_bundle(bundle)
+    g = np.random.default_rng(1)
+    feeds = {"image": g.standard_normal((3, 3, 16, 16), dtype=np.float32),
+             "joints": g.standard_normal((3, 5), dtype=np.float32)}
+    for k, v in feeds.items():
+        np.save(tmp_path / f"{k}.npy", v)
+    assert "--input NAME=FILE.npy" in run_cpp(cpp_device, out, "--broker", broker.url, "--input",
+                                              tmp_path / "image.npy").stderr
+    r = run_cpp(cpp_device, out, "--broker", broker.url, "--input", f"joints={tmp_path / 'joints.npy'}",
+                "--input", f"image={tmp_path / 'image.npy'}", "--deadline-ms", 20000)
+    assert r.returncode == 0, r.stderr
+    with Device(bundle, broker=broker.url) as dev:
+        want = dev.infer(feeds, deadline_ms=20000)
+    got = outputs_of(r.stdout)
+    assert list(got) == ["action", "value"]
+    for name in ("action", "value"):
+        assert np.array_equal(got[name], want.output[name]), name
+    assert python_frame(bundle, feeds, 5) == run_frame(cpp_device, out, tmp_path, feeds)
+
+
+def run_frame(exe: Path, bundle_dir: Path, tmp: Path, feeds: dict[str, np.ndarray]) -> bytes:
+    args = [a for k in feeds for a in ("--input", f"{k}={tmp / (k + '.npy')}")]
+    r = run_cpp(exe, bundle_dir, *args, "--request-id", 5, "--dump-frame", tmp / "frame.bin")
+    assert r.returncode == 0, r.stderr
+    return (tmp / "frame.bin").read_bytes()
