@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -83,11 +84,7 @@ std::string default_device_id() {
 }
 
 Err parse_args(int argc, char** argv, Args* a) {
-  auto need = [&](int& i, const char* flag) -> const char* {
-    if (i + 1 >= argc) return nullptr;
-    (void)flag;
-    return argv[++i];
-  };
+  auto need = [&](int& i) -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
   auto number = [](const char* s, double* v) { char* e = nullptr; *v = std::strtod(s, &e); return e && *e == 0 && e != s; };
   for (int i = 1; i < argc; ++i) {
     std::string f = argv[i];
@@ -97,7 +94,7 @@ Err parse_args(int argc, char** argv, Args* a) {
       a->bundle = f;
       continue;
     }
-    const char* v = need(i, f.c_str());
+    const char* v = need(i);
     if (v == nullptr) return fail(kExitUsage, f + " needs a value");
     double x = 0;
     if (f == "--broker") a->broker = v;
@@ -171,6 +168,56 @@ json summary(std::vector<double> v) {
               {"min", v.front()}, {"max", v.back()}};
 }
 
+// Per-request results of a run: the last request's reply and timings, each timed request's stages.
+struct Run {
+  Reply                reply;
+  std::vector<double>  total, front, encode, rtt, server;
+  std::vector<uint8_t> payload;  // the last reply frame
+  size_t               bytes_sent = 0;
+};
+
+// --warmup + --repeat requests, one after another: front half, frame, publish, wait, check.
+Err request_loop(const Args& a, const DeviceBundle& b, const BrokerUrl& url, const std::string& req_topic,
+                 const std::string& resp_topic, Front& front, MqttLink& link,
+                 const std::map<std::string, Array>& inputs, int64_t batch, uint64_t next_id, Run* run) {
+  const uint32_t expiry_s = uint32_t(std::ceil(a.deadline_ms / 1000.0));  // stale requests die in the broker
+  std::vector<uint8_t> frame;
+  Err e;
+  for (long i = 0; i < a.warmup + a.repeat; ++i) {
+    const Clock::time_point t0 = Clock::now();
+    const Clock::time_point until = t0 + std::chrono::microseconds(int64_t(a.deadline_ms * 1000.0));
+    if (!(e = front.run(inputs, batch)).ok()) return e;
+    const Clock::time_point t1 = Clock::now();
+    const uint64_t id = next_id++;
+    if (!(e = front.encode(id, &frame)).ok()) return e;
+    const Clock::time_point t2 = Clock::now();
+    if (!(e = link.publish_request(req_topic, frame, resp_topic, id, expiry_s)).ok()) return e;
+    Clock::time_point t_recv;
+    bool got = false;
+    if (!(e = link.wait_reply(id, until, &run->payload, &t_recv, &got)).ok()) return e;
+    if (!got) {
+      char dl[32];
+      std::snprintf(dl, sizeof(dl), "%g", a.deadline_ms);
+      return fail(kExitDeadline, "no reply within " + std::string(dl) + " ms from a server for bundle " + b.topic_id +
+                                 " (model " + b.model_id + ") at " + url.text + ": is `edgerun serve BUNDLE --broker " +
+                                 url.text + "` running on this bundle? (or give a longer --deadline-ms)");
+    }
+    if (!(e = check_reply(b, run->payload, id, batch, &run->reply)).ok()) return e;
+    const Clock::time_point t3 = Clock::now();
+    run->bytes_sent = frame.size();
+    if (i < a.warmup) continue;
+    const double rtt = ms(t2, t_recv), server = run->reply.server_ms;
+    run->front.push_back(ms(t0, t1));
+    run->encode.push_back(ms(t1, t2));
+    run->rtt.push_back(rtt);
+    run->server.push_back(server);
+    run->total.push_back(ms(t0, t3));
+    run->reply.timings = {{"front", ms(t0, t1)}, {"encode", ms(t1, t2)}, {"round_trip", rtt}, {"server", server},
+                          {"network", std::max(rtt - server, 0.0)}, {"decode", ms(t_recv, t3)}, {"total", ms(t0, t3)}};
+  }
+  return Err::Ok();
+}
+
 int finish(const Err& e) {
   std::fprintf(stderr, "edgerun_device: error: %s\n", e.message.c_str());
   return e.code;
@@ -225,55 +272,19 @@ int main(int argc, char** argv) {
     return finish(e);
   if (!(e = link.subscribe(resp_topic, kConnectTimeoutMs)).ok()) return finish(e);
 
-  const uint32_t expiry_s = uint32_t(std::ceil(a.deadline_ms / 1000.0));  // stale requests die in the broker
-  std::vector<double> t_total, t_front, t_encode, t_rtt, t_server;
-  Reply reply;
-  std::vector<uint8_t> payload;
-  size_t bytes_sent = 0;
-  for (long i = 0; i < a.warmup + a.repeat; ++i) {
-    const Clock::time_point t0 = Clock::now();
-    const Clock::time_point until = t0 + std::chrono::microseconds(int64_t(a.deadline_ms * 1000.0));
-    if (!(e = front.run(inputs, batch)).ok()) break;
-    const Clock::time_point t1 = Clock::now();
-    const uint64_t id = next_id++;
-    if (!(e = front.encode(id, &frame)).ok()) break;
-    const Clock::time_point t2 = Clock::now();
-    if (!(e = link.publish_request(req_topic, frame, resp_topic, id, expiry_s)).ok()) break;
-    Clock::time_point t_recv;
-    bool got = false;
-    if (!(e = link.wait_reply(id, until, &payload, &t_recv, &got)).ok()) break;
-    if (!got) {
-      char dl[32];
-      std::snprintf(dl, sizeof(dl), "%g", a.deadline_ms);
-      e = fail(kExitDeadline, "no reply within " + std::string(dl) + " ms from a server for bundle " +
-                              b.topic_id + " (model " + b.model_id + ") at " + url.text + ": is `edgerun serve " +
-                              "BUNDLE --broker " + url.text + "` running on this bundle? (or give a longer --deadline-ms)");
-      break;
-    }
-    if (!(e = check_reply(b, payload, id, batch, &reply)).ok()) break;
-    const Clock::time_point t3 = Clock::now();
-    bytes_sent = frame.size();
-    if (i < a.warmup) continue;
-    t_front.push_back(ms(t0, t1));
-    t_encode.push_back(ms(t1, t2));
-    t_rtt.push_back(ms(t2, t_recv));
-    t_server.push_back(reply.server_ms);
-    t_total.push_back(ms(t0, t3));
-    reply.timings = {{"front", ms(t0, t1)}, {"encode", ms(t1, t2)}, {"round_trip", ms(t2, t_recv)},
-                     {"server", reply.server_ms}, {"network", std::max(ms(t2, t_recv) - reply.server_ms, 0.0)},
-                     {"decode", ms(t_recv, t3)}, {"total", ms(t0, t3)}};
-  }
+  Run run;
+  e = request_loop(a, b, url, req_topic, resp_topic, front, link, inputs, batch, next_id, &run);
   link.close();
   if (!e.ok()) return finish(e);
-  json out = {{"answered_by", "server"}, {"request_id", reply.request_id}, {"worker", reply.worker},
-              {"batch", batch}, {"outputs", reply.outputs}, {"timings_ms", reply.timings},
-              {"bytes_sent", bytes_sent}, {"bytes_received", payload.size()},
+  json out = {{"answered_by", "server"}, {"request_id", run.reply.request_id}, {"worker", run.reply.worker},
+              {"batch", batch}, {"outputs", run.reply.outputs}, {"timings_ms", run.reply.timings},
+              {"bytes_sent", run.bytes_sent}, {"bytes_received", run.payload.size()},
               {"codec", front_codec_name(b, a.codec)}, {"dropped_replies", link.dropped_replies()}};
   if (a.repeat > 1)
-    out["repeat"] = {{"n", a.repeat}, {"warmup", a.warmup}, {"total_ms", summary(t_total)},
-                     {"front_ms", summary(t_front)}, {"encode_ms", summary(t_encode)},
-                     {"round_trip_ms", summary(t_rtt)}, {"server_ms", summary(t_server)},
-                     {"each_total_ms", t_total}};
+    out["repeat"] = {{"n", a.repeat}, {"warmup", a.warmup}, {"total_ms", summary(run.total)},
+                     {"front_ms", summary(run.front)}, {"encode_ms", summary(run.encode)},
+                     {"round_trip_ms", summary(run.rtt)}, {"server_ms", summary(run.server)},
+                     {"each_total_ms", run.total}};
   std::printf("%s\n", out.dump().c_str());
   return 0;
 }
