@@ -19,6 +19,10 @@ pkgs=(mosquitto openssl python3-venv python3-dev g++ cmake)
 # Tests only: an aarch64 cross compiler and qemu-user build and run the NEON kernels
 # (tests/runtime/test_cross_arch.py) on an x86 machine.
 [[ "${1:-}" == "--test" && "$(uname -m)" == "x86_64" ]] && pkgs+=(g++-aarch64-linux-gnu qemu-user)
+# Tests only: the C++-only device program (cpp/examples, tests/integration/test_cpp_device.py) links
+# libmosquitto (its MQTT 5 client), nlohmann-json (the manifest) and libcrypto (sha256); the pip build
+# does not need them.
+[[ "${1:-}" == "--test" ]] && pkgs+=(libmosquitto-dev nlohmann-json3-dev libssl-dev pkg-config)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 # apt-get download (real photos for EfficientNet-Lite0 from opencv-doc) needs fresh package lists.

@@ -1,0 +1,188 @@
+// cpp/examples/device_bundle.cpp: bundle loading for the C++ device (see device_bundle.h).
+#include "device_bundle.h"
+
+#include <openssl/evp.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+namespace edgerun_device {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr int kAcceptedVersion = 1;  // edgerun/bundle.py ACCEPTED_VERSIONS
+
+bool is_dir(const std::string& p) {
+  struct stat st {};
+  return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool ends_with(const std::string& s, const std::string& tail) {
+  return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+}
+
+Err bad(const std::string& dir, const std::string& why) {
+  return fail(kExitBundle, "bundle " + dir + ": " + why);
+}
+
+Err read_specs(const std::string& dir, const json& arr, const char* what, std::vector<Spec>* out) {
+  if (!arr.is_array() || arr.empty()) return bad(dir, std::string("manifest.json has no ") + what);
+  for (const json& t : arr) {
+    if (!t.is_object() || !t.contains("name") || !t["name"].is_string() || !t.contains("shape") ||
+        !t["shape"].is_array() || !t.contains("dtype") || !t["dtype"].is_string())
+      return bad(dir, std::string("manifest.json: an entry of ") + what + " lacks name / shape / dtype; re-export it");
+    Spec s;
+    s.name = t["name"].get<std::string>();
+    s.dtype = t["dtype"].get<std::string>();
+    for (const json& d : t["shape"]) {
+      if (d.is_null()) s.shape.push_back(-1);
+      else if (d.is_number_integer() && d.get<int64_t>() >= 0) s.shape.push_back(d.get<int64_t>());
+      else return bad(dir, std::string("manifest.json: a dim of ") + what + " is not an integer or null");
+    }
+    out->push_back(std::move(s));
+  }
+  return Err::Ok();
+}
+
+std::vector<uint8_t> from_hex(const std::string& h, bool* ok) {
+  std::vector<uint8_t> out;
+  *ok = h.size() % 2 == 0;
+  for (size_t i = 0; *ok && i < h.size(); i += 2) {
+    unsigned v = 0;
+    *ok = std::sscanf(h.c_str() + i, "%2x", &v) == 1;
+    out.push_back(uint8_t(v));
+  }
+  return out;
+}
+
+}  // namespace
+
+std::string sha256_hex(const void* data, size_t n) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data, n, md, &len, EVP_sha256(), nullptr);
+  static const char* hex = "0123456789abcdef";
+  std::string s;
+  for (unsigned i = 0; i < len; ++i) { s += hex[md[i] >> 4]; s += hex[md[i] & 15]; }
+  return s;
+}
+
+std::string sha256_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return "";
+  std::unique_ptr<EVP_MD_CTX, void (*)(EVP_MD_CTX*)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  std::vector<char> buf(1 << 20);
+  while (f) {
+    f.read(buf.data(), std::streamsize(buf.size()));
+    if (f.gcount() > 0) EVP_DigestUpdate(ctx.get(), buf.data(), size_t(f.gcount()));
+  }
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx.get(), md, &len);
+  static const char* hex = "0123456789abcdef";
+  std::string s;
+  for (unsigned i = 0; i < len; ++i) { s += hex[md[i] >> 4]; s += hex[md[i] & 15]; }
+  return s;
+}
+
+Err load_bundle(const std::string& dir, DeviceBundle* out) {
+  out->dir = dir;
+  if (!is_dir(dir)) {
+    if (ends_with(dir, ".tar.gz") || ends_with(dir, ".tgz") || ends_with(dir, ".tar"))
+      return bad(dir, "an archive; extract it first (mkdir b && tar -xf " + dir +
+                          " -C b) and give the directory inside it");
+    return bad(dir, "no such directory: give the path of an exported bundle (`edgerun export`)");
+  }
+  std::ifstream f(dir + "/manifest.json", std::ios::binary);
+  if (!f) return bad(dir, "no manifest.json: not an edgerun bundle (export one with `edgerun export`)");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  json m = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
+  if (m.is_discarded() || !m.is_object())
+    return bad(dir, "manifest.json is not a JSON object: the bundle is damaged; export or copy it again");
+  const json fmt = m.value("format", json());
+  if (fmt != "edgerun-bundle") {
+    std::string f_s = fmt.is_string() ? fmt.get<std::string>() : fmt.dump();
+    return bad(dir, "format " + f_s + " is not a model bundle (\"edgerun-bundle\"); the C++ device runs "
+                    "split models only (a split LLM or a tool index needs the Python device)");
+  }
+  const json ver = m.value("format_version", json());
+  if (!ver.is_number_integer() || ver.get<int64_t>() != kAcceptedVersion)
+    return bad(dir, "format_version " + ver.dump() + " is not one this device accepts (1): re-export the "
+                    "bundle with the edgerun this device was built from, or rebuild the device");
+  for (const char* k : {"model_id", "split", "inputs", "outputs", "files", "bundle_hash"})
+    if (!m.contains(k)) return bad(dir, std::string("manifest.json lacks \"") + k + "\": re-export it");
+  if (!m["bundle_hash"].is_string() || m["bundle_hash"].get<std::string>().size() != 64)
+    return bad(dir, "manifest.json: bundle_hash is not 64 hex characters; re-export it");
+  // The bundle hash is the sha256 of the canonical JSON of the manifest without it: sorted keys, no
+  // spaces, ASCII only (edgerun/bundle.py compute_bundle_hash). nlohmann's objects are sorted maps and
+  // it prints numbers as Python's json does (shortest round trip), so the bytes are the same.
+  out->hash = m["bundle_hash"].get<std::string>();
+  json body = m;
+  body.erase("bundle_hash");
+  const std::string canon = body.dump(-1, ' ', /*ensure_ascii=*/true);
+  if (sha256_hex(canon.data(), canon.size()) != out->hash)
+    return bad(dir, "manifest.json does not match its bundle_hash: it was edited or damaged; "
+                    "copy the bundle again (or re-export it)");
+  bool ok = false;
+  std::vector<uint8_t> h = from_hex(out->hash, &ok);
+  if (!ok) return bad(dir, "manifest.json: bundle_hash is not hex; re-export it");
+  std::copy(h.begin(), h.begin() + 16, out->hash16);
+  out->topic_id = out->hash.substr(0, 32);
+  if (!m["model_id"].is_string() || m["model_id"].get<std::string>().empty())
+    return bad(dir, "manifest.json: model_id is empty; re-export the bundle with a model name");
+  out->model_id = m["model_id"].get<std::string>();
+  Err e = read_specs(dir, m["inputs"], "inputs", &out->inputs);
+  if (e.ok()) e = read_specs(dir, m["outputs"], "outputs", &out->outputs);
+  if (e.ok()) e = read_specs(dir, m["split"].value("tensors", json()), "split.tensors", &out->cut);
+  if (!e.ok()) return e;
+  for (const auto* list : {&out->inputs, &out->cut})
+    for (const Spec& s : *list)
+      if (s.dtype != "float32")
+        return bad(dir, "tensor '" + s.name + "' is " + s.dtype + "; the C++ device handles float32 inputs "
+                        "and crossing tensors only (use the Python device, edgerun/device.py)");
+  const json native = m.value("native", json::object());
+  if (!native.value("ok", false))
+    return bad(dir, "the native engine cannot run this front half (" + native.value("reason", std::string("?")) +
+                    "); the C++ device has no onnxruntime: use the Python device with --engine ort, "
+                    "or re-export with a cut the native engine covers");
+  const json codec = m.value("codec", json{{"id", "none"}});
+  out->codec_id = codec.value("id", std::string("none"));
+  if (out->codec_id == "tsq") {
+    const json params = codec.value("params", json::object());
+    for (const Spec& s : out->cut) {
+      if (!params.contains(s.name) || !params[s.name].is_string())
+        return bad(dir, "codec tsq has no params for cut tensor '" + s.name + "'; re-export the bundle");
+      out->codec_params[s.name] = from_hex(params[s.name].get<std::string>(), &ok);
+      if (!ok) return bad(dir, "codec tsq params of '" + s.name + "' are not hex; re-export the bundle");
+    }
+  } else if (out->codec_id != "none") {
+    return bad(dir, "codec '" + out->codec_id + "' is unknown to this device: rebuild it from a newer edgerun");
+  }
+  const json ex = m.value("exits", json::object());
+  out->has_exits = ex.is_object() && !ex.empty();
+  // front.erg: present, the recorded size and sha256 (a device copy from `edgerun pack` keeps it).
+  const json files = m["files"];
+  if (!files.is_object() || !files.contains("front.erg"))
+    return bad(dir, "manifest.json lists no front.erg; re-export the bundle");
+  out->front_path = dir + "/front.erg";
+  struct stat st {};
+  if (::stat(out->front_path.c_str(), &st) != 0)
+    return bad(dir, "front.erg is missing (a server's copy?): copy the whole bundle, or "
+                    "`edgerun pack BUNDLE --for device` and extract that");
+  const json rec = files["front.erg"];
+  if (!rec.is_object() || rec.value("bytes", int64_t(-1)) != int64_t(st.st_size) ||
+      sha256_file(out->front_path) != rec.value("sha256", std::string()))
+    return bad(dir, "front.erg does not match the sha256 the manifest records: the file is damaged or "
+                    "was replaced; copy the bundle again");
+  return Err::Ok();
+}
+
+}  // namespace edgerun_device

@@ -1,0 +1,215 @@
+// cpp/examples/device_mqtt.cpp: the C++ device's MQTT 5 link (see device_mqtt.h).
+#include "device_mqtt.h"
+
+#include <mosquitto.h>
+#include <mqtt_protocol.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+namespace edgerun_device {
+namespace {
+
+constexpr int kKeepAliveS = 10;      // docs/TOPICS.md "Connection": a vanished peer's will fires after ~15 s
+constexpr int kLoopSliceMs = 100;    // longest single network-loop wait (the deadline is checked between)
+
+std::once_flag g_lib_once;
+
+std::string mosq_error(int rc) {
+  if (rc == MOSQ_ERR_ERRNO) return std::strerror(errno);
+  return mosquitto_strerror(rc);
+}
+
+}  // namespace
+
+Err parse_broker_url(const std::string& url, BrokerUrl* out) {
+  const std::string scheme = "mqtt://";
+  if (url.compare(0, scheme.size(), scheme) != 0)
+    return fail(kExitUsage, "--broker " + url + ": use mqtt://host[:port] (this C++ device has no TLS; "
+                            "mqtts:// needs the Python device, or a local bridge)");
+  std::string rest = url.substr(scheme.size());
+  if (!rest.empty() && rest.back() == '/') rest.pop_back();
+  size_t at = rest.rfind('@');
+  if (at != std::string::npos) {
+    std::string cred = rest.substr(0, at);
+    rest = rest.substr(at + 1);
+    size_t colon = cred.find(':');
+    out->user = cred.substr(0, colon);
+    if (colon != std::string::npos) out->password = cred.substr(colon + 1);
+  }
+  size_t colon = rest.rfind(':');
+  out->host = rest.substr(0, colon);
+  if (colon != std::string::npos) {
+    char* end = nullptr;
+    long port = std::strtol(rest.c_str() + colon + 1, &end, 10);
+    if (*end != '\0' || port < 1 || port > 65535)
+      return fail(kExitUsage, "--broker " + url + ": the port must be a number in 1..65535");
+    out->port = int(port);
+  }
+  if (out->host.empty() || out->host.find_first_of("/?#") != std::string::npos)
+    return fail(kExitUsage, "--broker " + url + ": use mqtt://host[:port]");
+  out->text = "mqtt://" + (out->user.empty() ? "" : out->user + "@") + out->host + ":" + std::to_string(out->port);
+  return Err::Ok();
+}
+
+MqttLink::~MqttLink() {
+  if (mosq_ != nullptr) mosquitto_destroy(mosq_);
+}
+
+void MqttLink::on_connect(struct mosquitto*, void* self, int rc, int, const mosquitto_property*) {
+  auto* l = static_cast<MqttLink*>(self);
+  l->connack_ = true;
+  l->connack_rc_ = rc;
+  l->connected_ = rc == 0;
+}
+
+void MqttLink::on_subscribe(struct mosquitto*, void* self, int mid, int n, const int* qos,
+                            const mosquitto_property*) {
+  auto* l = static_cast<MqttLink*>(self);
+  if (mid != l->sub_mid_) return;
+  l->suback_ = true;
+  l->suback_ok_ = n == 1 && qos[0] < 128;  // >= 0x80: the broker refused the subscription
+}
+
+void MqttLink::on_publish(struct mosquitto*, void* self, int mid, int, const mosquitto_property*) {
+  auto* l = static_cast<MqttLink*>(self);
+  if (mid == l->pub_mid_) l->puback_ = true;
+}
+
+void MqttLink::on_message(struct mosquitto*, void* self, const struct mosquitto_message* msg,
+                          const mosquitto_property* props) {
+  auto* l = static_cast<MqttLink*>(self);
+  const Clock::time_point now = Clock::now();
+  void* corr = nullptr;
+  uint16_t len = 0;
+  uint64_t id = 0;
+  bool have = mosquitto_property_read_binary(props, MQTT_PROP_CORRELATION_DATA, &corr, &len, false) != nullptr;
+  if (have && len == 8) {
+    const auto* b = static_cast<const uint8_t*>(corr);
+    for (int i = 7; i >= 0; --i) id = (id << 8) | b[i];
+  }
+  std::free(corr);
+  // Only the awaited id is answered; an unknown, repeated or late reply is dropped and counted.
+  if (!(have && len == 8 && l->waiting_ && !l->got_ && id == l->want_id_)) {
+    ++l->dropped_;
+    return;
+  }
+  const auto* p = static_cast<const uint8_t*>(msg->payload);
+  l->reply_.assign(p, p + msg->payloadlen);
+  l->t_recv_ = now;
+  l->got_ = true;
+}
+
+Err MqttLink::loop_until(const bool* flag, Clock::time_point until, const char* what) {
+  while (!*flag) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
+    if (left <= 0) return fail(kExitBroker, std::string("the broker at ") + url_text_ + " did not answer " + what);
+    int rc = mosquitto_loop(mosq_, int(std::min<long long>(left, kLoopSliceMs)), 1);
+    if (rc != MOSQ_ERR_SUCCESS)
+      return fail(kExitBroker, "lost the broker at " + url_text_ + " (" + mosq_error(rc) + ") while waiting for " +
+                               what + "; nothing more was sent");
+  }
+  return Err::Ok();
+}
+
+Err MqttLink::connect(const BrokerUrl& url, const std::string& client_id, const std::string& presence_topic,
+                      const std::string& online, const std::string& will, int timeout_ms) {
+  std::call_once(g_lib_once, [] { mosquitto_lib_init(); });
+  url_text_ = url.text;
+  presence_topic_ = presence_topic;
+  mosq_ = mosquitto_new(client_id.c_str(), /*clean_start=*/true, this);
+  if (mosq_ == nullptr) return fail(kExitInternal, "mosquitto_new failed (out of memory?)");
+  mosquitto_int_option(mosq_, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
+  mosquitto_int_option(mosq_, MOSQ_OPT_TCP_NODELAY, 1);  // without it each QoS 1 exchange waits ~40 ms
+  mosquitto_connect_v5_callback_set(mosq_, &MqttLink::on_connect);
+  mosquitto_subscribe_v5_callback_set(mosq_, &MqttLink::on_subscribe);
+  mosquitto_publish_v5_callback_set(mosq_, &MqttLink::on_publish);
+  mosquitto_message_v5_callback_set(mosq_, &MqttLink::on_message);
+  if (!url.user.empty())
+    mosquitto_username_pw_set(mosq_, url.user.c_str(), url.password.empty() ? nullptr : url.password.c_str());
+  mosquitto_will_set_v5(mosq_, presence_topic.c_str(), int(will.size()), will.data(), 1, true, nullptr);
+  int rc = mosquitto_connect_bind_v5(mosq_, url.host.c_str(), url.port, kKeepAliveS, nullptr, nullptr);
+  if (rc != MOSQ_ERR_SUCCESS)
+    return fail(kExitBroker, "cannot reach the MQTT broker at " + url.text + " (" + mosq_error(rc) +
+                             "): is it running? (`edgerun broker` starts one); nothing was sent");
+  Err e = loop_until(&connack_, Clock::now() + std::chrono::milliseconds(timeout_ms), "the connect (CONNACK)");
+  if (!e.ok()) return e;
+  if (!connected_)
+    return fail(kExitBroker, "the broker at " + url.text + " refused the connection (" +
+                             mosquitto_reason_string(connack_rc_) + ")");
+  mosquitto_publish_v5(mosq_, nullptr, presence_topic.c_str(), int(online.size()), online.data(), 1, true, nullptr);
+  return Err::Ok();
+}
+
+Err MqttLink::subscribe(const std::string& topic, int timeout_ms) {
+  suback_ = false;
+  int rc = mosquitto_subscribe_v5(mosq_, &sub_mid_, topic.c_str(), 1, 0, nullptr);
+  if (rc != MOSQ_ERR_SUCCESS)
+    return fail(kExitBroker, "cannot subscribe to " + topic + " at " + url_text_ + " (" + mosq_error(rc) + ")");
+  Err e = loop_until(&suback_, Clock::now() + std::chrono::milliseconds(timeout_ms), "the subscription (SUBACK)");
+  if (e.ok() && !suback_ok_)
+    return fail(kExitBroker, "the broker at " + url_text_ + " refused the subscription to " + topic +
+                             " (its ACL?)");
+  return e;
+}
+
+Err MqttLink::publish_request(const std::string& topic, const std::vector<uint8_t>& frame,
+                              const std::string& response_topic, uint64_t request_id, uint32_t expiry_s) {
+  uint8_t corr[8];
+  for (int i = 0; i < 8; ++i) corr[i] = uint8_t(request_id >> (8 * i));
+  mosquitto_property* props = nullptr;
+  mosquitto_property_add_string(&props, MQTT_PROP_RESPONSE_TOPIC, response_topic.c_str());
+  mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, 8);
+  mosquitto_property_add_int32(&props, MQTT_PROP_MESSAGE_EXPIRY_INTERVAL, expiry_s);
+  want_id_ = request_id;
+  waiting_ = true;
+  got_ = false;
+  int rc = mosquitto_publish_v5(mosq_, nullptr, topic.c_str(), int(frame.size()), frame.data(), 1, false, props);
+  mosquitto_property_free_all(&props);
+  if (rc != MOSQ_ERR_SUCCESS) {
+    waiting_ = false;
+    return fail(kExitBroker, "cannot publish the request to the broker at " + url_text_ + " (" + mosq_error(rc) +
+                             ")" + (rc == MOSQ_ERR_PAYLOAD_SIZE ? ": the frame is over the broker's limit" : ""));
+  }
+  return Err::Ok();
+}
+
+Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vector<uint8_t>* reply,
+                         Clock::time_point* t_recv, bool* got) {
+  *got = false;
+  if (request_id != want_id_ || !waiting_) return fail(kExitInternal, "wait_reply for a request not sent");
+  Err e = Err::Ok();
+  while (!got_) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
+    if (left < 0) break;
+    int rc = mosquitto_loop(mosq_, int(std::min<long long>(left, kLoopSliceMs)), 1);
+    if (rc != MOSQ_ERR_SUCCESS) {
+      e = fail(kExitBroker, "lost the broker at " + url_text_ + " (" + mosq_error(rc) +
+                            ") while waiting for the reply to request " + std::to_string(request_id));
+      break;
+    }
+  }
+  waiting_ = false;
+  if (got_) {
+    reply->swap(reply_);
+    *t_recv = t_recv_;
+    *got = true;
+  }
+  return e;
+}
+
+void MqttLink::close() {
+  if (mosq_ == nullptr || !connected_) return;
+  // An empty retained message clears this device's presence (each run has a new id: an "offline"
+  // left retained would stay on the broker for good). Wait briefly for its PUBACK.
+  puback_ = false;
+  if (mosquitto_publish_v5(mosq_, &pub_mid_, presence_topic_.c_str(), 0, nullptr, 1, true, nullptr) ==
+      MOSQ_ERR_SUCCESS)
+    loop_until(&puback_, Clock::now() + std::chrono::milliseconds(1000), "the presence clear");
+  mosquitto_disconnect_v5(mosq_, 0, nullptr);
+  connected_ = false;
+}
+
+}  // namespace edgerun_device

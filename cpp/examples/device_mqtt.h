@@ -1,0 +1,83 @@
+// cpp/examples/device_mqtt.h: the C++ device's MQTT 5 link (libmosquitto), doing what
+// edgerun/transport.py and edgerun/device.py do for a request (docs/TOPICS.md): clean start, keep
+// alive 10 s, TCP_NODELAY, a retained presence with an "offline" last will, the response topic
+// subscribed (SUBACK awaited) before any request, requests at QoS 1 with Response Topic,
+// Correlation Data (the request id, 8 bytes little-endian) and Message Expiry, replies matched by
+// Correlation Data only. One thread: the caller's, which drives the network loop while it waits.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "device_common.h"
+
+struct mosquitto;
+struct mosquitto_message;
+typedef struct mqtt5__property mosquitto_property;
+
+namespace edgerun_device {
+
+using Clock = std::chrono::steady_clock;
+
+struct BrokerUrl {
+  std::string host;
+  int         port = 1883;
+  std::string user, password;
+  std::string text;  // as given, the password left out (for messages)
+};
+
+// mqtt://[user[:password]@]host[:port]. kExitUsage for anything else (mqtts:// is not built in:
+// use the Python device or a local broker bridge for TLS).
+Err parse_broker_url(const std::string& url, BrokerUrl* out);
+
+class MqttLink {
+ public:
+  MqttLink() = default;
+  ~MqttLink();
+  MqttLink(const MqttLink&) = delete;
+  MqttLink& operator=(const MqttLink&) = delete;
+
+  // Connects (MQTT 5, clean start) with `will` as the retained last will on `presence_topic`, waits
+  // for the CONNACK (timeout_ms), publishes `online` there retained. kExitBroker when it cannot.
+  Err connect(const BrokerUrl& url, const std::string& client_id, const std::string& presence_topic,
+              const std::string& online, const std::string& will, int timeout_ms);
+  // Subscribes at QoS 1 and waits for the SUBACK.
+  Err subscribe(const std::string& topic, int timeout_ms);
+  // One request, QoS 1; expiry_s = the deadline rounded up to whole seconds.
+  Err publish_request(const std::string& topic, const std::vector<uint8_t>& frame,
+                      const std::string& response_topic, uint64_t request_id, uint32_t expiry_s);
+  // Waits until the reply whose Correlation Data is request_id comes (true; its payload in *reply,
+  // when it came in *t_recv) or `until` passes (false, no error). kExitBroker when the broker is lost.
+  Err wait_reply(uint64_t request_id, Clock::time_point until, std::vector<uint8_t>* reply,
+                 Clock::time_point* t_recv, bool* got);
+  // Clears the retained presence (an empty retained message, as the Python device's clean close),
+  // then disconnects.
+  void close();
+
+  uint64_t dropped_replies() const { return dropped_; }
+
+ private:
+  Err loop_until(const bool* flag, Clock::time_point until, const char* what);
+  static void on_connect(struct mosquitto*, void* self, int rc, int flags, const mosquitto_property*);
+  static void on_subscribe(struct mosquitto*, void* self, int mid, int n, const int* qos,
+                           const mosquitto_property*);
+  static void on_publish(struct mosquitto*, void* self, int mid, int rc, const mosquitto_property*);
+  static void on_message(struct mosquitto*, void* self, const struct mosquitto_message* msg,
+                         const mosquitto_property* props);
+
+  struct mosquitto*    mosq_ = nullptr;
+  std::string          url_text_, presence_topic_;
+  bool                 connected_ = false, connack_ = false;
+  int                  connack_rc_ = 0;
+  int                  sub_mid_ = -1, pub_mid_ = -1;
+  bool                 suback_ = false, suback_ok_ = false, puback_ = false;
+  uint64_t             want_id_ = 0;
+  bool                 waiting_ = false, got_ = false;
+  std::vector<uint8_t> reply_;
+  Clock::time_point    t_recv_{};
+  uint64_t             dropped_ = 0;
+};
+
+}  // namespace edgerun_device

@@ -1,0 +1,81 @@
+// cpp/examples/device_npy.cpp: the .npy reader (see device_npy.h). The header is a Python dict
+// literal written by numpy: {'descr': '<f4', 'fortran_order': False, 'shape': (2, 1, 8, 8), }
+#include "device_npy.h"
+
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+namespace edgerun_device {
+namespace {
+
+Err bad(const std::string& path, const std::string& why) {
+  return fail(kExitUsage, "input " + path + ": " + why);
+}
+
+// The text after `'key':` in the header dict, or "" when absent.
+std::string field(const std::string& header, const std::string& key) {
+  size_t k = header.find("'" + key + "'");
+  if (k == std::string::npos) return "";
+  size_t c = header.find(':', k);
+  return c == std::string::npos ? "" : header.substr(c + 1);
+}
+
+}  // namespace
+
+Err read_npy(const std::string& path, Array* out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return bad(path, "cannot be read: give a .npy file (numpy.save)");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  const std::string buf = ss.str();
+  if (buf.size() < 10 || std::memcmp(buf.data(), "\x93NUMPY", 6) != 0)
+    return bad(path, "not a .npy file: write the input with numpy.save(path, x)");
+  const uint8_t major = uint8_t(buf[6]);
+  size_t hlen = 0, start = 0;
+  if (major == 1) {
+    hlen = uint8_t(buf[8]) | (size_t(uint8_t(buf[9])) << 8);
+    start = 10;
+  } else if (major == 2 || major == 3) {
+    if (buf.size() < 12) return bad(path, "truncated .npy header");
+    for (int i = 0; i < 4; ++i) hlen |= size_t(uint8_t(buf[8 + i])) << (8 * i);
+    start = 12;
+  } else {
+    return bad(path, ".npy format version " + std::to_string(major) + " is not 1-3");
+  }
+  if (buf.size() < start + hlen) return bad(path, "truncated .npy header");
+  const std::string header = buf.substr(start, hlen);
+  const std::string descr = field(header, "descr");
+  if (descr.find("'<f4'") == std::string::npos && descr.find("'=f4'") == std::string::npos)
+    return bad(path, "dtype " + descr.substr(0, descr.find(',')) +
+                         " is not float32: save it with numpy.save(path, x.astype(numpy.float32))");
+  const std::string order = field(header, "fortran_order");
+  const size_t o = order.find_first_not_of(' ');
+  if (o == std::string::npos || order.compare(o, 5, "False") != 0)
+    return bad(path, "stored in Fortran order: save numpy.ascontiguousarray(x)");
+  std::string shape = field(header, "shape");
+  size_t open = shape.find('('), close = shape.find(')');
+  if (open == std::string::npos || close == std::string::npos)
+    return bad(path, "the .npy header has no shape");
+  std::stringstream dims(shape.substr(open + 1, close - open - 1));
+  std::string tok;
+  out->shape.clear();
+  int64_t numel = 1;
+  while (std::getline(dims, tok, ',')) {
+    if (tok.find_first_not_of(" ") == std::string::npos) continue;
+    int64_t d = std::stoll(tok);
+    if (d < 0) return bad(path, "negative dim in the .npy header");
+    out->shape.push_back(d);
+    numel *= d;
+  }
+  if (out->shape.empty()) return bad(path, "a scalar: the input needs its batch dimension first (x[None])");
+  const size_t bytes = size_t(numel) * sizeof(float);
+  if (buf.size() - start - hlen != bytes)
+    return bad(path, "holds " + std::to_string(buf.size() - start - hlen) + " data bytes, its shape says " +
+                         std::to_string(bytes) + ": the file is damaged");
+  out->data.resize(size_t(numel));
+  std::memcpy(out->data.data(), buf.data() + start + hlen, bytes);
+  return Err::Ok();
+}
+
+}  // namespace edgerun_device
