@@ -39,6 +39,8 @@ LATE_IDS_KEPT = 1024        # requests past their deadline remembered, so their 
 HEDGE_LOSERS_KEPT = 1024    # copies of hedged requests that lost the race, so their replies drop quietly
 HEDGE_BOTH_S = 2.0          # after a hedged copy won, send each request twice at once for this long
 RECONNECT_EVERY_S = 1.0     # background reconnect period while the broker is down (bundles with exits)
+RTT_STALE_S = 1.0           # a round-trip estimate measured longer ago than this no longer keeps requests local
+_clock = time.monotonic     # for the device's timers (backoffs, the round trip's age); tests move it
 @dataclass
 class Result:
     """One answered request.
@@ -149,6 +151,7 @@ class Device:
                                   "(re-export with `edgerun export ... --exits auto`)")
             self.engine = _make_front(b, engine, threads)
         self.rtt_ms: float | None = None  # EWMA of measured round trips (publish -> reply)
+        self._rtt_at = 0.0  # _clock() when rtt_ms last learnt a round trip
         self._suspect_until = 0.0
         self._suspect_why = ""
         self._closing = threading.Event()
@@ -252,7 +255,7 @@ class Device:
             self._client.publish(self._req_topic, payload, response_topic=self._resp_topic,
                                  correlation=transport.correlation_bytes(request_id), expiry_s=expiry_s)
             until = t_start + wait_ms / 1000.0
-            if self.hedge_ms is not None and time.monotonic() < self._hedge_both_until:
+            if self.hedge_ms is not None and _clock() < self._hedge_both_until:
                 self._hedge(frame, fut, sent, expiry_s, "a hedge won lately: both copies at once")
             if self.hedge_ms is not None and len(sent) == 1 and t_enc + self.hedge_ms / 1000.0 < until:
                 try:
@@ -265,7 +268,7 @@ class Device:
                         # hands messages out in turn, so with one frozen worker of two every original
                         # of this device met it (each request then took hedge_ms): send both copies
                         # at once for a while.
-                        self._hedge_both_until = time.monotonic() + HEDGE_BOTH_S
+                        self._hedge_both_until = _clock() + HEDGE_BOTH_S
             else:
                 reply, t_recv, replied = fut.result(timeout=max(until - t_enc, 0.0))
         except FutureTimeout:
@@ -343,11 +346,15 @@ class Device:
         """Why the deepest exit must answer now instead of the server ("" = ask the server)."""
         if not self._client.connected:
             return f"server unreachable: {self._broker_gone()} (reconnecting in the background)"
-        now = time.monotonic()
+        now = _clock()
         if now < self._suspect_until:
             return f"server unreachable: {self._suspect_why}; retrying in {self._suspect_until - now:.1f} s"
-        if self.rtt_ms is not None and self.rtt_ms > left_ms:
+        if self.rtt_ms is not None and self.rtt_ms > left_ms and now - self._rtt_at < RTT_STALE_S:
             return f"deadline: predicted round trip {self.rtt_ms:.1f} ms > {max(left_ms, 0.0):.1f} ms left"
+        # An older prediction is not trusted: requests it keeps local teach nothing, so one stall (a server
+        # frozen for seconds, whose late replies then came) kept every later request local for good while
+        # the server answered in 1 ms again. This one goes out; its reply, in time or late, measures afresh
+        # (still slow: the exit answers at the deadline, and the next second is predicted again).
         return ""
 
     def _broker_gone(self) -> str:
@@ -358,11 +365,14 @@ class Device:
         return f"lost the broker at {self._client.url}" + (f"; reconnecting fails: {why}" if why else "")
 
     def _suspect(self, why: str) -> None:
-        self._suspect_why, self._suspect_until = why, time.monotonic() + SUSPECT_BACKOFF_S
+        self._suspect_why, self._suspect_until = why, _clock() + SUSPECT_BACKOFF_S
 
     def _observe_rtt(self, ms: float) -> None:
+        now = _clock()
         self._suspect_until = 0.0
-        self.rtt_ms = ms if self.rtt_ms is None else (1 - RTT_EWMA_ALPHA) * self.rtt_ms + RTT_EWMA_ALPHA * ms
+        fresh = self.rtt_ms is not None and now - self._rtt_at < RTT_STALE_S  # else the old estimate is history
+        self.rtt_ms = (1 - RTT_EWMA_ALPHA) * self.rtt_ms + RTT_EWMA_ALPHA * ms if fresh else ms
+        self._rtt_at = now
 
     def _local(self, step: exits_mod.Step, i: int, reason: str, t_start: float,
                t_front: float | None = None) -> Result:

@@ -102,6 +102,32 @@ def test_one_too_short_deadline_is_not_taken_for_an_outage(exits_bundle, engine,
             assert short.local and short.reason.startswith("deadline: predicted round trip")
 
 
+def test_a_stale_round_trip_prediction_does_not_keep_every_request_local(exits_bundle, engine, digits_test_set,
+                                                                         cli_argv, wait_online, monkeypatch):
+    """A server frozen (SIGSTOP) for a few seconds answers its backlog when it wakes, and the device learnt
+    round trips of seconds from those late replies: it then predicted every later request to miss its
+    deadline and answered each on the device, for good (a request kept local measures nothing), while the
+    server answered in a millisecond again. A prediction older than RTT_STALE_S lets the next request go."""
+    from edgerun import device as device_mod
+
+    now = [1000.0]  # the device's clock, moved by hand
+    monkeypatch.setattr(device_mod, "_clock", lambda: now[0], raising=False)
+    x, _ = digits_test_set
+    with Mosquitto() as broker, serving(exits_bundle, broker.url, cli_argv, wait_online):
+        with Device(exits_bundle, broker=broker.url, engine=engine, budget="off") as dev:
+            assert dev.infer(x[:1], deadline_ms=DEADLINE_MS * 10).answered_by == "server"
+            for _ in range(20):  # the late replies to what was sent during the stall, as the device learns them
+                dev._observe_rtt(5000.0)
+            r = dev.infer(x[1:2], deadline_ms=DEADLINE_MS)
+            assert r.local and r.reason.startswith("deadline: predicted round trip"), r.reason
+            now[0] += 1.0  # RTT_STALE_S: nothing learnt for that long, the prediction is history
+            probe = dev.infer(x[2:3], deadline_ms=DEADLINE_MS * 10)
+            assert probe.answered_by == "server", probe.reason
+            assert dev.rtt_ms < DEADLINE_MS  # measured afresh, not averaged with the stall's seconds
+            after = [dev.infer(x[i: i + 1], deadline_ms=DEADLINE_MS * 10) for i in range(3, 6)]
+            assert [a.answered_by for a in after] == ["server"] * 3
+
+
 def test_confident_exits_answer_most_requests_locally(exits_bundle, engine, digits_test_set, cli_argv, wait_online):
     x, y = digits_test_set
     with Mosquitto() as broker, serving(exits_bundle, broker.url, cli_argv, wait_online):
