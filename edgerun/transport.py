@@ -284,12 +284,13 @@ class MqttClient:
         self._client.loop_start()
         self._settled.wait(timeout_s)
         if not self._connected.is_set():
+            closed_by_broker = self._settled.is_set()  # before close(): our own disconnect settles it too
             self.close()
             if self._refused:
                 raise TransportError(f"the MQTT broker at {self.url} refused the connection ({self._refused}): "
                                      "check the user and password in the broker URL "
                                      f"({'mqtts' if self.tls is not None else 'mqtt'}://USER:PASSWORD@host:port)")
-            if self._settled.is_set():  # closed at once: no 5 s wait for a CONNACK
+            if closed_by_broker:  # closed at once: no 5 s wait for a CONNACK
                 why = ("does it listen with TLS? then use mqtts://host:port?ca=CA.pem" if self.tls is None else
                        "does it require a client certificate? then add &cert=CLIENT.pem&key=CLIENT.key to the URL"
                        if self.tls.cert is None else "its log says why (a client certificate of another CA?)")
