@@ -412,23 +412,29 @@ class Device:
             except (TransportError, ConfigError) as exc:  # ConfigError: the URL's CA or key file went bad meanwhile
                 self._connect_error = str(exc)  # the device's answers say why; the loop keeps trying
                 continue
-            if self._closing.is_set():
-                client.close()
+            with self._lock:  # close() reads self._client under it: the client is either handed over or ended here
+                closing = self._closing.is_set()
+                if not closing:
+                    self._client, self._connect_error = client, ""
+            if closing:  # close() did not wait for this connect: end it, clearing the presence it announced
+                client.close(final=(self._presence, b""))
                 return
-            self._client, self._connect_error = client, ""
             log.info("connected to the broker at %s", client.url)
             return
 
     def close(self) -> None:
         """Publish presence "offline", disconnect; pending requests fail with TransportError."""
         self._closing.set()
-        if self._reconnector is not None:
-            self._reconnector.join(timeout=10)
+        # No wait for a background connect in progress: against a broker that accepts TCP and never answers
+        # (hung, or a black-holed network) it takes up to 10 s, and Ctrl-C / SIGTERM of a robot's loop waited
+        # that long. The reconnector ends its own client if close() ran first (under self._lock).
+        with self._lock:
+            client = self._client
         # A clean close clears the retained presence (an empty retained message) instead of leaving
         # "offline": each Device has a new id, and 3,000 open/close cycles left 3,000 retained
         # messages on the broker for good (a watcher at QoS 1 then got only ~1,000 of them).
         # A crash still leaves the last will's "offline".
-        self._client.close(final=(self._presence, b""))
+        client.close(final=(self._presence, b""))
         with self._lock:
             pending, self._pending = self._pending, {}
         for fut in pending.values():

@@ -179,3 +179,42 @@ def test_a_batch_over_max_batch_says_how_to_raise_it(exits_bundle, engine, digit
     with Device(exits_bundle, broker=url, engine=engine, budget="off", max_batch=16) as dev:
         r = dev.infer(x[:16], deadline_ms=DEADLINE_MS)
     assert r.local and r.output[exits_bundle.outputs[0].name].shape[0] == 16
+
+
+def test_close_does_not_wait_for_a_background_connect_to_a_silent_broker(exits_bundle, engine, digits_test_set,
+                                                                         monkeypatch):
+    """A device with exits whose broker accepts TCP and never answers (hung, or the robot's network
+    black-holed): its background connect waits seconds for a CONNACK, and close() joined that thread for up
+    to 10 s, so Ctrl-C / SIGTERM of the robot's loop hung that long. close() now returns at once; a connect
+    that succeeds after it ends its own client."""
+    import threading
+
+    from edgerun import transport
+    from edgerun.errors import TransportError
+
+    entered, release = threading.Event(), threading.Event()
+    calls = []
+
+    def stuck_open(self, client):
+        calls.append(client)
+        if len(calls) == 1:  # the constructor's connect: the broker is down
+            raise TransportError("cannot reach the MQTT broker (test)")
+        entered.set()  # the reconnector's: a broker that takes TCP and never sends its CONNACK
+        release.wait(60)
+        raise TransportError("did not accept the connection (test)")
+
+    monkeypatch.setattr(Device, "_open", stuck_open)
+    monkeypatch.setattr(transport.MqttClient, "close", lambda self, *a, **k: None)
+    x, _ = digits_test_set
+    dev = Device(exits_bundle, broker=f"mqtt://127.0.0.1:{_free_port()}", engine=engine, budget="off")
+    try:
+        assert dev.infer(x[:1], deadline_ms=DEADLINE_MS).local
+        assert entered.wait(60), "the background reconnect never started"
+        closed = threading.Event()
+        closer = threading.Thread(target=lambda: (dev.close(), closed.set()), daemon=True)
+        closer.start()
+        returned_while_stuck = closed.wait(5)  # a bound on a hang, far under the 10 s the join took
+    finally:
+        release.set()
+    closer.join(60)
+    assert returned_while_stuck, "close() waited for the background connect"
