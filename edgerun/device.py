@@ -389,7 +389,7 @@ class Device:
 
     def _new_client(self) -> transport.MqttClient:
         return transport.MqttClient(
-            self._broker, f"edgerun-{self.device_id}", on_message=self._on_reply,
+            self._broker, transport.client_id(self.device_id), on_message=self._on_reply,
             will=(self._presence, transport.presence_payload("device", self.device_id, "offline")))
 
     def _open(self, client: transport.MqttClient) -> None:

@@ -146,6 +146,15 @@ def default_id(prefix: str) -> str:
     return f"{prefix}-{host}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
+def client_id(ident: str) -> str:
+    """The MQTT client id of a device or worker named ``ident``: ``edgerun-<ident>-<4 hex>``.
+
+    A broker lets one connection hold a client id: two processes with one (a robot that names each of its
+    Devices after itself) took the session from each other in turn, and every other request failed.
+    """
+    return f"edgerun-{ident}-{secrets.token_hex(2)}"
+
+
 def publish_topic_problem(topic: Any) -> str:
     """Why ``topic`` cannot be published to ("" if it can): MQTT forbids wildcards and NUL in a topic
     name, and an empty one. A request's Response Topic is whatever its sender wrote."""
