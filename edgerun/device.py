@@ -41,6 +41,7 @@ HEDGE_BOTH_S = 2.0          # after a hedged copy won, send each request twice a
 RECONNECT_EVERY_S = 1.0     # background reconnect period while the broker is down (bundles with exits)
 RTT_STALE_S = 1.0           # a round-trip estimate measured longer ago than this no longer keeps requests local
 _clock = time.monotonic     # for the device's timers (backoffs, the round trip's age); tests move it
+_STALE = "stale:"           # _why_local's mark of a prediction to check with a request sent anyway
 @dataclass
 class Result:
     """One answered request.
@@ -231,9 +232,12 @@ class Device:
         else:
             outs = self._run_front(feeds)
         t_front = time.perf_counter()
+        probe = ""  # a predicted miss whose prediction is old: answer now, but send the request to measure again
         if step is not None:
             why = self._why_local(wait_ms - (t_front - t_start) * 1e3)
-            if why:
+            if why.startswith(_STALE):
+                probe = why[len(_STALE):]
+            elif why:
                 return self._local(step, step.deepest, why, t_start)
         check_finite_cut(outs, self.bundle.cut)
         cut = self._packer.pack({s.name: outs[s.name] for s in self.bundle.cut})
@@ -254,6 +258,11 @@ class Device:
         try:
             self._client.publish(self._req_topic, payload, response_topic=self._resp_topic,
                                  correlation=transport.correlation_bytes(request_id), expiry_s=expiry_s)
+            if probe:  # not waited for: its reply comes late, and _settle files it so that it is learnt
+                local = self._local(step, step.deepest, f"{probe} (sent anyway, to measure the round trip again)",
+                                    t_start)
+                local.bytes_sent = len(payload)
+                return local
             until = t_start + wait_ms / 1000.0
             if self.hedge_ms is not None and _clock() < self._hedge_both_until:
                 self._hedge(frame, fut, sent, expiry_s, "a hedge won lately: both copies at once")
@@ -343,18 +352,20 @@ class Device:
                              correlation=transport.correlation_bytes(rid), expiry_s=expiry_s)
 
     def _why_local(self, left_ms: float) -> str:
-        """Why the deepest exit must answer now instead of the server ("" = ask the server)."""
+        """Why the deepest exit must answer now instead of the server ("" = ask the server; a reason marked
+        ``_STALE``: answer now, and send the request as well, to learn the round trip again)."""
         if not self._client.connected:
             return f"server unreachable: {self._broker_gone()} (reconnecting in the background)"
         now = _clock()
         if now < self._suspect_until:
             return f"server unreachable: {self._suspect_why}; retrying in {self._suspect_until - now:.1f} s"
-        if self.rtt_ms is not None and self.rtt_ms > left_ms and now - self._rtt_at < RTT_STALE_S:
-            return f"deadline: predicted round trip {self.rtt_ms:.1f} ms > {max(left_ms, 0.0):.1f} ms left"
-        # An older prediction is not trusted: requests it keeps local teach nothing, so one stall (a server
-        # frozen for seconds, whose late replies then came) kept every later request local for good while
-        # the server answered in 1 ms again. This one goes out; its reply, in time or late, measures afresh
-        # (still slow: the exit answers at the deadline, and the next second is predicted again).
+        if self.rtt_ms is not None and self.rtt_ms > left_ms:
+            why = f"deadline: predicted round trip {self.rtt_ms:.1f} ms > {max(left_ms, 0.0):.1f} ms left"
+            # A prediction learnt longer ago than RTT_STALE_S is checked: requests it keeps local teach nothing,
+            # so one stall (a server frozen for seconds, whose late replies then came) kept every later request
+            # local for good while the server answered in 1 ms again. The exit still answers at once, and the
+            # request goes out too; its late reply measures the round trip afresh.
+            return why if now - self._rtt_at < RTT_STALE_S else _STALE + why
         return ""
 
     def _broker_gone(self) -> str:
