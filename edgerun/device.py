@@ -39,7 +39,7 @@ LATE_IDS_KEPT = 1024        # requests past their deadline remembered, so their 
 HEDGE_LOSERS_KEPT = 1024    # copies of hedged requests that lost the race, so their replies drop quietly
 HEDGE_BOTH_S = 2.0          # after a hedged copy won, send each request twice at once for this long
 RECONNECT_EVERY_S = 1.0     # background reconnect period while the broker is down (bundles with exits)
-RTT_STALE_S = 1.0           # a round-trip estimate measured longer ago than this no longer keeps requests local
+RTT_STALE_S = 1.0           # a round-trip estimate older than this is re-measured (the request goes out as well)
 _clock = time.monotonic     # for the device's timers (backoffs, the round trip's age); tests move it
 _STALE = "stale:"           # _why_local's mark of a prediction to check with a request sent anyway
 @dataclass

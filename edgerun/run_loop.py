@@ -62,8 +62,8 @@ class LoopSummary:
         t = np.asarray(self.total_ms, dtype=np.float64)
         pct = {f"p{q}": round(float(np.percentile(t, q)), 3) for q in QS} if t.size else {}
         return {"requests": self.requests, "answered_by_server": self.by_server, "answered_on_device": self.on_device,
-                "missed": self.missed, "late": self.late, "overruns": self.overruns, "hedged": self.hedged, "rate_hz": self.rate_hz,
-                "deadline_ms": self.deadline_ms, "total_ms": pct,
+                "missed": self.missed, "late": self.late, "overruns": self.overruns, "hedged": self.hedged,
+                "rate_hz": self.rate_hz, "deadline_ms": self.deadline_ms, "total_ms": pct,
                 "bytes_sent_mean": round(float(np.mean(self.bytes_sent)), 1) if self.bytes_sent else 0.0,
                 **({"last_miss": self.last_miss} if self.last_miss else {}),
                 **({"stopped": True} if self.stopped_by else {})}
@@ -73,8 +73,8 @@ class LoopSummary:
         lat = ", ".join(f"{k} {v:.2f}" for k, v in j["total_ms"].items()) or "-"
         rate = f" at {self.rate_hz:g} Hz" if self.rate_hz else ""
         return (f"{self.requests} requests{rate}: {self.by_server} answered by the server, {self.on_device} on the "
-                f"device, {self.missed} missed the deadline, {self.late} answered after it, {self.overruns} started late "
-                f"(overrun); total ms {lat}; "
+                f"device, {self.missed} missed the deadline, {self.late} answered after it, {self.overruns} started "
+                f"late (overrun); total ms {lat}; "
                 f"{j['bytes_sent_mean']:.0f} B sent per request"
                 + (f"\nlast miss: {self.last_miss}" if self.last_miss else "")
                 + ("\nstopped early (Ctrl-C or SIGTERM)" if self.stopped_by else ""))

@@ -45,7 +45,8 @@ def test_split_answers_equal_the_whole_model(digits_bundle, digits_test_set, bro
     # the stages partition the request: the reply's hand-over from paho's thread was in none of them
     for one in singles:
         t = one.timings_ms
-        assert t["device"] + t["encode"] + t["network"] + t["server"] + t["decode"] == pytest.approx(t["total"], abs=1e-6)
+        stages = t["device"] + t["encode"] + t["network"] + t["server"] + t["decode"]
+        assert stages == pytest.approx(t["total"], abs=1e-6)
     assert len({r.request_id for r in singles}) == len(singles)
     assert dev.dropped_replies == 0
 
