@@ -127,7 +127,13 @@ def run_cmd(
     from edgerun.device import Device
     from edgerun.device_checks import check_deadline_ms
 
+    import signal as signals
+
     loop = None
+    # SIGTERM ends `run` as an exception, not at once: a bundle archive's unpacked copy (a temp directory) is
+    # removed and the device's presence cleared on the way out (each stop of a robot's process left a bundle in
+    # /tmp for good). A paced loop catches it itself, to print its summary first.
+    old_term = signals.signal(signals.SIGTERM, _exit_on_signal)
     try:
         if limit is not None and limit < 1:
             raise ConfigError(f"--limit {limit}: give the number of inputs to run (>= 1), or leave it out for all")
@@ -162,8 +168,14 @@ def run_cmd(
             typer.echo(json.dumps({"summary": loop.to_json()}) if as_json else loop.text())
     except EdgerunError as exc:
         _fail(exc)
+    finally:
+        signals.signal(signals.SIGTERM, old_term)
     if loop is not None and loop.stopped_by:  # the summary is out; the exit status says how the loop ended
         raise typer.Exit(128 + loop.stopped_by)
+
+
+def _exit_on_signal(sig: int, _frame: object) -> None:
+    raise SystemExit(128 + sig)
 
 
 @contextlib.contextmanager

@@ -193,7 +193,7 @@ class LlmDevice:
 
     def _new_client(self) -> transport.MqttClient:
         return transport.MqttClient(
-            self._broker_url, f"edgerun-{self.device_id}", on_message=self._inbox.put,
+            self._broker_url, transport.client_id(self.device_id), on_message=self._inbox.put,
             will=(self._presence, transport.presence_payload("device", self.device_id, "offline")),
             on_connect=self._on_connect)
 

@@ -146,6 +146,15 @@ def default_id(prefix: str) -> str:
     return f"{prefix}-{host}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
+def client_id(ident: str) -> str:
+    """The MQTT client id of a device or worker named ``ident``: ``edgerun-<ident>-<4 hex>``.
+
+    A broker lets one connection hold a client id: two processes with one (a robot that names each of its
+    Devices after itself) took the session from each other in turn, and every other request failed.
+    """
+    return f"edgerun-{ident}-{secrets.token_hex(2)}"
+
+
 def publish_topic_problem(topic: Any) -> str:
     """Why ``topic`` cannot be published to ("" if it can): MQTT forbids wildcards and NUL in a topic
     name, and an empty one. A request's Response Topic is whatever its sender wrote."""
@@ -284,12 +293,13 @@ class MqttClient:
         self._client.loop_start()
         self._settled.wait(timeout_s)
         if not self._connected.is_set():
+            closed_by_broker = self._settled.is_set()  # before close(): our own disconnect settles it too
             self.close()
             if self._refused:
                 raise TransportError(f"the MQTT broker at {self.url} refused the connection ({self._refused}): "
                                      "check the user and password in the broker URL "
                                      f"({'mqtts' if self.tls is not None else 'mqtt'}://USER:PASSWORD@host:port)")
-            if self._settled.is_set():  # closed at once: no 5 s wait for a CONNACK
+            if closed_by_broker:  # closed at once: no 5 s wait for a CONNACK
                 why = ("does it listen with TLS? then use mqtts://host:port?ca=CA.pem" if self.tls is None else
                        "does it require a client certificate? then add &cert=CLIENT.pem&key=CLIENT.key to the URL"
                        if self.tls.cert is None else "its log says why (a client certificate of another CA?)")

@@ -102,6 +102,37 @@ def test_one_too_short_deadline_is_not_taken_for_an_outage(exits_bundle, engine,
             assert short.local and short.reason.startswith("deadline: predicted round trip")
 
 
+def test_a_stale_round_trip_prediction_does_not_keep_every_request_local(exits_bundle, engine, digits_test_set,
+                                                                         cli_argv, wait_online, monkeypatch):
+    """A server frozen (SIGSTOP) for a few seconds answers its backlog when it wakes, and the device learnt
+    round trips of seconds from those late replies: it then predicted every later request to miss its
+    deadline and answered each on the device, for good (a request kept local measures nothing), while the
+    server answered in a millisecond again. A prediction older than RTT_STALE_S still answers at once, but
+    sends the request too: its late reply measures the round trip afresh."""
+    from edgerun import device as device_mod
+
+    now = [1000.0]  # the device's clock, moved by hand
+    monkeypatch.setattr(device_mod, "_clock", lambda: now[0], raising=False)
+    x, _ = digits_test_set
+    with Mosquitto() as broker, serving(exits_bundle, broker.url, cli_argv, wait_online):
+        with Device(exits_bundle, broker=broker.url, engine=engine, budget="off") as dev:
+            assert dev.infer(x[:1], deadline_ms=DEADLINE_MS * 10).answered_by == "server"
+            for _ in range(20):  # the late replies to what was sent during the stall, as the device learns them
+                dev._observe_rtt(5000.0)
+            r = dev.infer(x[1:2], deadline_ms=DEADLINE_MS)
+            assert r.local and r.reason.startswith("deadline: predicted round trip") and r.bytes_sent == 0
+            now[0] += 1.0  # RTT_STALE_S: nothing learnt for that long, the prediction is history
+            probe = dev.infer(x[2:3], deadline_ms=DEADLINE_MS)
+            assert probe.local and probe.reason.startswith("deadline: predicted round trip"), probe.reason
+            assert probe.bytes_sent > 0  # answered at once, and sent to measure
+            give_up = time.monotonic() + RECONNECT_WAIT_S
+            while dev.dropped_replies == 0 and time.monotonic() < give_up:
+                time.sleep(0.01)
+            assert dev.rtt_ms < DEADLINE_MS  # its late reply, measured afresh (not averaged with the stall's)
+            after = [dev.infer(x[i: i + 1], deadline_ms=DEADLINE_MS) for i in range(3, 6)]
+            assert [a.answered_by for a in after] == ["server"] * 3, [a.reason for a in after]
+
+
 def test_confident_exits_answer_most_requests_locally(exits_bundle, engine, digits_test_set, cli_argv, wait_online):
     x, y = digits_test_set
     with Mosquitto() as broker, serving(exits_bundle, broker.url, cli_argv, wait_online):
@@ -153,3 +184,42 @@ def test_a_batch_over_max_batch_says_how_to_raise_it(exits_bundle, engine, digit
     with Device(exits_bundle, broker=url, engine=engine, budget="off", max_batch=16) as dev:
         r = dev.infer(x[:16], deadline_ms=DEADLINE_MS)
     assert r.local and r.output[exits_bundle.outputs[0].name].shape[0] == 16
+
+
+def test_close_does_not_wait_for_a_background_connect_to_a_silent_broker(exits_bundle, engine, digits_test_set,
+                                                                         monkeypatch):
+    """A device with exits whose broker accepts TCP and never answers (hung, or the robot's network
+    black-holed): its background connect waits seconds for a CONNACK, and close() joined that thread for up
+    to 10 s, so Ctrl-C / SIGTERM of the robot's loop hung that long. close() now returns at once; a connect
+    that succeeds after it ends its own client."""
+    import threading
+
+    from edgerun import transport
+    from edgerun.errors import TransportError
+
+    entered, release = threading.Event(), threading.Event()
+    calls = []
+
+    def stuck_open(self, client):
+        calls.append(client)
+        if len(calls) == 1:  # the constructor's connect: the broker is down
+            raise TransportError("cannot reach the MQTT broker (test)")
+        entered.set()  # the reconnector's: a broker that takes TCP and never sends its CONNACK
+        release.wait(60)
+        raise TransportError("did not accept the connection (test)")
+
+    monkeypatch.setattr(Device, "_open", stuck_open)
+    monkeypatch.setattr(transport.MqttClient, "close", lambda self, *a, **k: None)
+    x, _ = digits_test_set
+    dev = Device(exits_bundle, broker=f"mqtt://127.0.0.1:{_free_port()}", engine=engine, budget="off")
+    try:
+        assert dev.infer(x[:1], deadline_ms=DEADLINE_MS).local
+        assert entered.wait(60), "the background reconnect never started"
+        closed = threading.Event()
+        closer = threading.Thread(target=lambda: (dev.close(), closed.set()), daemon=True)
+        closer.start()
+        returned_while_stuck = closed.wait(5)  # a bound on a hang, far under the 10 s the join took
+    finally:
+        release.set()
+    closer.join(60)
+    assert returned_while_stuck, "close() waited for the background connect"

@@ -328,3 +328,20 @@ def test_with_the_broker_gone_a_request_fails_at_once_and_nothing_piles_up(digit
             assert len(dev._client._client._out_messages) == 0 and not dev._pending
     finally:
         b.stop()
+
+
+def test_two_devices_given_one_device_id_do_not_kick_each_other_off_the_broker(digits_bundle, broker, start_servers):
+    """A robot names its devices after itself (device_id="robot7"), e.g. one Device per model it runs. The MQTT
+    client id was "edgerun-<device_id>" with no random part, so the second connection took over the first's
+    session, the first reconnected and took it back, and so on: every other request failed with "lost the
+    broker". Client ids end in random hex, as the server's do (docs/TOPICS.md)."""
+    start_servers(1)
+    x = digits_bundle.samples()[:1]
+    a = Device(digits_bundle, broker=broker.url, engine="ort", device_id="robot7")
+    b = Device(digits_bundle, broker=broker.url, engine="ort", device_id="robot7")
+    try:
+        answered = [d.infer(x, deadline_ms=5000).answered_by for _ in range(10) for d in (a, b)]
+    finally:
+        a.close()
+        b.close()
+    assert answered == ["server"] * 20

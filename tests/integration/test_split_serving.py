@@ -42,6 +42,11 @@ def test_split_answers_equal_the_whole_model(digits_bundle, digits_test_set, bro
     assert r.answered_by == "server" and r.reason == "server replied" and r.worker.startswith("server-")
     assert set(r.timings_ms) == {"device", "encode", "network", "server", "decode", "total"}
     assert all(v >= 0 for v in r.timings_ms.values())
+    # the stages partition the request: the reply's hand-over from paho's thread was in none of them
+    for one in singles:
+        t = one.timings_ms
+        stages = t["device"] + t["encode"] + t["network"] + t["server"] + t["decode"]
+        assert stages == pytest.approx(t["total"], abs=1e-6)
     assert len({r.request_id for r in singles}) == len(singles)
     assert dev.dropped_replies == 0
 

@@ -235,3 +235,23 @@ def test_the_unsent_message_cap_refuses_past_it_and_zero_means_none():
     uncapped = transport.MqttClient("mqtt://127.0.0.1:1", "t-free", max_queued=0)
     for i in range(transport.MAX_QUEUED_MESSAGES + 10):
         uncapped.publish("t/x", b"1")
+
+
+def test_a_broker_that_accepts_tcp_but_never_answers_is_named_as_silent_not_as_closing():
+    """A frozen broker (mosquitto under SIGSTOP, a hung host): the kernel accepts the TCP connection and no
+    CONNACK ever comes. The connect waited out its timeout and then said the broker "closed the connection
+    before accepting it: does it listen with TLS?", because its own close() after the wait counted as the
+    broker's: a robot's operator went looking for a TLS listener that was never there."""
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)  # accepted by the kernel, never read: a broker that does not answer
+    try:
+        c = transport.MqttClient(f"mqtt://127.0.0.1:{srv.getsockname()[1]}", "t-silent")
+        with pytest.raises(TransportError) as exc:
+            c.connect(timeout_s=0.3)
+    finally:
+        srv.close()
+    assert "did not accept the connection within 0.3 s" in str(exc.value)
+    assert "closed the connection" not in str(exc.value)

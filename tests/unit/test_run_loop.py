@@ -57,3 +57,31 @@ def test_the_summary_counts_answers_misses_and_bytes():
     assert (j["requests"], j["answered_by_server"], j["answered_on_device"], j["missed"], j["hedged"]) == (4, 2, 1, 1, 1)
     assert j["total_ms"]["p50"] == 4.0 and j["bytes_sent_mean"] == pytest.approx(200 / 3, abs=0.1)
     assert "1 missed the deadline" in s.text() and "last miss: no reply" in s.text()
+
+
+def test_at_a_fast_rate_a_start_most_of_a_period_late_is_an_overrun_not_a_burst():
+    """A 1 kHz loop (a motor controller): one request took 1.9 ms, so the next started 0.9 ms late. The loop
+    forgave any lateness up to a fixed millisecond, so that start was not counted as an overrun and the
+    schedule kept its old ticks: the request after it started at once (a burst to catch up), and the summary
+    said 0 overruns. The slack is now a tenth of the period (at most a millisecond)."""
+    clock, summary = FakeClock(), LoopSummary()
+    work = {0: 0.0002, 1: 0.0019, 2: 0.0002, 3: 0.0002}
+    started = []
+    for i in ticks(4, 1000.0, summary, clock=clock, sleep=clock.sleep):
+        started.append(round(clock.now - 100.0, 6))
+        clock.now += work[i]
+    assert started == [0.0, 0.001, 0.0029, 0.0039]  # 2 starts late when 1 ends; 3 a period after 2, no burst
+    assert summary.overruns == 1
+
+
+def test_answers_that_came_after_the_deadline_are_counted_as_late():
+    """With exits, a request whose reply does not come is answered by the deepest exit when the wait for it
+    runs out, i.e. just after the deadline (20.4 ms for 20 ms, every time): the summary said "0 missed the
+    deadline" while the robot got those answers late. They stay answers (by the device) and are counted late."""
+    s = LoopSummary(rate_hz=50.0, deadline_ms=20.0)
+    for by, total in (("server", 1.5), ("exit:2", 20.43), ("exit:2", 0.2), ("server", 20.0)):
+        s.add(SimpleNamespace(answered_by=by, hedged=False, timings_ms={"total": total}, bytes_sent=0))
+    j = s.to_json()
+    assert (j["requests"], j["answered_on_device"], j["missed"], j["late"]) == (4, 2, 0, 1)
+    assert "0 missed the deadline, 1 answered after it" in s.text()
+    assert LoopSummary().to_json()["late"] == 0  # no deadline given: nothing to be late for
