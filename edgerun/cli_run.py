@@ -116,7 +116,8 @@ def run_cmd(
     hedge_ms: Optional[float] = typer.Option(None, help="send a request again when no reply came after this many ms "
                                                         "(the next server worker gets it; the first reply wins)"),
     rate: Optional[float] = typer.Option(None, help="a control loop: one request per tick at this many per second; a "
-                                                    "missed deadline is counted and the loop goes on; a summary ends it"),
+                                                    "missed deadline or an error reply is counted and the loop goes on; a summary ends it "
+                                                    "(exit status 1 when a request got an error)"),
     summary: bool = typer.Option(False, "--summary", help="end with a summary: answered by the server / on the device, "
                                                           "missed, overruns, latency percentiles, bytes (on with --rate)"),
 ) -> None:
@@ -154,6 +155,12 @@ def run_cmd(
                     loop.miss(exc)
                     typer.echo(json.dumps({"i": i, "missed": str(exc)}) if as_json else f"{i}: missed: {exc}")
                     continue
+                except EdgerunError as exc:  # an error reply, a refused input (a NaN reading): this tick only
+                    if rate is None:
+                        raise
+                    loop.fail(exc)
+                    typer.echo(json.dumps({"i": i, "error": str(exc)}) if as_json else f"{i}: error: {exc}")
+                    continue
                 loop.add(r)
                 rec = {"i": i, **answer_fields(r.output[b.outputs[0].name]), "answered_by": r.answered_by,
                        "reason": r.reason, "timings_ms": {k: round(v, 3) for k, v in r.timings_ms.items()}}
@@ -172,6 +179,8 @@ def run_cmd(
         signals.signal(signals.SIGTERM, old_term)
     if loop is not None and loop.stopped_by:  # the summary is out; the exit status says how the loop ended
         raise typer.Exit(128 + loop.stopped_by)
+    if loop is not None and loop.errors:  # requests that got no answer but by time: the loop went on, a script sees it
+        raise typer.Exit(1)
 
 
 def _exit_on_signal(sig: int, _frame: object) -> None:

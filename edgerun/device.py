@@ -27,7 +27,7 @@ from edgerun import crossing, transport, wire
 from edgerun import exits as exits_mod
 from edgerun.bundle import Bundle
 from edgerun.device_checks import check_deadline_ms, check_finite_cut, check_reply, error_from_reply, shape_hint
-from edgerun.errors import ConfigError, FrameError, TransportError, UnsupportedOpError
+from edgerun.errors import ConfigError, EdgerunError, FrameError, TransportError, UnsupportedOpError
 from edgerun.feeds import with_passthrough
 
 log = logging.getLogger("edgerun.device")
@@ -41,7 +41,10 @@ HEDGE_BOTH_S = 2.0          # after a hedged copy won, send each request twice a
 RECONNECT_EVERY_S = 1.0     # background reconnect period while the broker is down (bundles with exits)
 RTT_STALE_S = 1.0           # a round-trip estimate older than this is re-measured (the request goes out as well)
 _clock = time.monotonic     # for the device's timers (backoffs, the round trip's age); tests move it
+SERVER_ERROR = "server error"  # reason of an exit's answer to a request the server answered with an error
 _STALE = "stale:"           # _why_local's mark of a prediction to check with a request sent anyway
+
+
 @dataclass
 class Result:
     """One answered request.
@@ -50,7 +53,8 @@ class Result:
         output: the model's outputs by name.
         answered_by: "server" or "exit:<i>" (answered on the device by exit head i).
         reason: why it was answered there: "server replied", "confident: max_prob 0.97 >= 0.93",
-            "deadline: predicted round trip 80 ms > 12 ms left", "server unreachable: ...".
+            "deadline: predicted round trip 80 ms > 12 ms left", "server unreachable: ...", "server error: ..."
+            (the server answered with an error: a device with exits answers from its deepest exit).
         request_id: the id sent as Correlation Data.
         timings_ms: "device", "encode", "network" (round trip minus server compute),
             "server", "decode" (the reply handed to the caller's thread and decoded), "total" (their sum).
@@ -213,7 +217,9 @@ class Device:
             ConfigError: ``x`` does not match the bundle's inputs.
             TransportError: no reply within the deadline (no server, broker or server down;
                 bundles without exits only).
-            FrameError / BundleError / InternalError: the server answered with an error.
+            FrameError / BundleError / InternalError: the server answered with an error, or with a reply
+                that is not the model's answer (bundles without exits only: with exits the deepest exit
+                answers, ``reason`` "server error: ...").
         """
         t_start = time.perf_counter()
         check_deadline_ms(deadline_ms)
@@ -307,7 +313,17 @@ class Device:
         finally:
             self._settle(fut, sent, in_time)
         self._observe_rtt((t_recv - sent[replied]) * 1e3)
-        result = self._finish(reply, replied, (t_start, t_front, t_enc, t_recv), n)
+        try:
+            result = self._finish(reply, replied, (t_start, t_front, t_enc, t_recv), n)
+        except EdgerunError as exc:  # the server's error frame, or a reply that is not the model's answer
+            if step is None:
+                raise
+            # A device with exits has an answer of its own: a control loop got an exception instead (a back
+            # half that fails on some inputs, a worker of another bundle version on the same topics).
+            local = self._local(step, step.deepest, f"{SERVER_ERROR}: {exc}", t_start, t_front)
+            local.hedged = len(sent) > 1
+            local.bytes_sent, local.bytes_received = len(payload) * len(sent), len(reply)
+            return local
         result.hedged = len(sent) > 1
         result.bytes_sent, result.bytes_received = len(payload) * len(sent), len(reply)
         if step is not None:

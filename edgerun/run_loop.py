@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from edgerun.errors import ConfigError, TransportError
+from edgerun.device import SERVER_ERROR
+from edgerun.errors import ConfigError, EdgerunError, TransportError
 
 QS = (50, 95, 99)
 
@@ -33,12 +34,16 @@ class LoopSummary:
     late: int = 0              # answered, but after the deadline (an exit's answer when the wait ran out, a reply
                                # decoded past it): counted as answers, and said, since the robot got them late
     overruns: int = 0          # requests that started later than their tick
+    errors: int = 0            # no answer: the server answered with an error, or the input was refused (a NaN
+                               # sensor reading); the loop went on
+    server_errors: int = 0     # of the answers on the device, those given because the server answered an error
     hedged: int = 0
     rate_hz: float | None = None
     deadline_ms: float | None = None
     total_ms: list[float] = field(default_factory=list)
     bytes_sent: list[int] = field(default_factory=list)
     last_miss: str = ""
+    last_error: str = ""
     stopped_by: int = 0        # the signal (Ctrl-C: SIGINT, SIGTERM) that ended the loop early; 0: it ran to the end
 
     def add(self, result: Any) -> None:
@@ -47,6 +52,9 @@ class LoopSummary:
             self.by_server += 1
         else:
             self.on_device += 1
+            if result.reason.startswith(SERVER_ERROR):
+                self.server_errors += 1
+                self.last_error = result.reason
         self.hedged += bool(result.hedged)
         total = float(result.timings_ms.get("total", float("nan")))
         self.late += self.deadline_ms is not None and total > self.deadline_ms
@@ -58,14 +66,22 @@ class LoopSummary:
         self.missed += 1
         self.last_miss = str(exc)
 
+    def fail(self, exc: EdgerunError) -> None:
+        """A request that got no answer for another reason than time (an error reply, a refused input)."""
+        self.requests += 1
+        self.errors += 1
+        self.last_error = str(exc)
+
     def to_json(self) -> dict:
         t = np.asarray(self.total_ms, dtype=np.float64)
         pct = {f"p{q}": round(float(np.percentile(t, q)), 3) for q in QS} if t.size else {}
         return {"requests": self.requests, "answered_by_server": self.by_server, "answered_on_device": self.on_device,
                 "missed": self.missed, "late": self.late, "overruns": self.overruns, "hedged": self.hedged,
+                "errors": self.errors, "server_errors_answered_on_device": self.server_errors,
                 "rate_hz": self.rate_hz, "deadline_ms": self.deadline_ms, "total_ms": pct,
                 "bytes_sent_mean": round(float(np.mean(self.bytes_sent)), 1) if self.bytes_sent else 0.0,
                 **({"last_miss": self.last_miss} if self.last_miss else {}),
+                **({"last_error": self.last_error} if self.last_error else {}),
                 **({"stopped": True} if self.stopped_by else {})}
 
     def text(self) -> str:
@@ -76,7 +92,10 @@ class LoopSummary:
                 f"device, {self.missed} missed the deadline, {self.late} answered after it, {self.overruns} started "
                 f"late (overrun); total ms {lat}; "
                 f"{j['bytes_sent_mean']:.0f} B sent per request"
+                + (f"; {self.errors} unanswered (errors)" if self.errors else "")
+                + (f"; {self.server_errors} server errors answered on the device" if self.server_errors else "")
                 + (f"\nlast miss: {self.last_miss}" if self.last_miss else "")
+                + (f"\nlast error: {self.last_error}" if self.last_error else "")
                 + ("\nstopped early (Ctrl-C or SIGTERM)" if self.stopped_by else ""))
 
 

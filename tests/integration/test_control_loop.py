@@ -76,3 +76,58 @@ def test_requests_answered_locally_after_they_went_out_count_their_bytes(broker,
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.loads(r.stdout.splitlines()[-1])["summary"]
     assert s["answered_on_device"] == 2 and s["bytes_sent_mean"] > 4 * 32
+
+
+def _error_server(broker_url, b, code="internal"):
+    """A responder for bundle ``b`` that answers every request with an ERROR frame (a back half that fails)."""
+    from edgerun import transport, wire
+
+    def answer(msg) -> None:
+        corr = msg.properties.CorrelationData
+        srv.publish(msg.properties.ResponseTopic,
+                    wire.error_frame(transport.correlation_id(corr), b.hash16, code, "the back half failed"),
+                    correlation=corr)
+
+    srv = transport.MqttClient(broker_url, "error-server", on_message=answer)
+    srv.connect()
+    srv.subscribe(transport.shared_request_filter(b.model_id, b.topic_id, "edgerun"))
+    return srv
+
+
+def test_an_error_reply_is_counted_and_the_loop_goes_on(digits_bundle, broker, cli_argv):
+    """A server answering with an error ended the paced loop at its first request, with no summary."""
+    srv = _error_server(broker.url, digits_bundle)
+    try:
+        r = _run(cli_argv, digits_bundle, broker.url, "--rate", "50", "--limit", "3", "--deadline-ms", "5000")
+    finally:
+        srv.close()
+    assert r.returncode == 1, r.stderr[-2000:]  # the loop ran to the end; the status says requests failed
+    lines = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert [ln["i"] for ln in lines[:-1]] == [0, 1, 2] and all("the back half failed" in ln["error"] for ln in lines[:-1])
+    s = lines[-1]["summary"]
+    assert (s["requests"], s["errors"], s["answered_by_server"], s["missed"]) == (3, 3, 0, 0)
+    assert "the back half failed" in s["last_error"]
+
+
+def test_a_device_with_exits_answers_a_server_error_from_its_deepest_exit(broker, tmp_path):
+    """With exits the device has an answer of its own: a server error raised out of infer() (and ended a robot's
+    loop) where an unreachable server is answered locally."""
+    import numpy as np
+
+    from edgerun.device import Device
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    b = export("zoo:digits-cnn", ExportConfig(exits="auto", evaluate=False), tmp_path / "exits")
+    x = np.asarray(b.samples())[:1]
+    srv = _error_server(broker.url, b)
+    try:
+        with Device(b, broker=broker.url, budget="off") as dev:
+            r = dev.infer(x, deadline_ms=5000)
+            deepest = len(b.manifest["exits"]["points"]) - 1
+            assert r.answered_by == f"exit:{deepest}" and r.reason.startswith("server error: ")
+            assert "the back half failed" in r.reason and r.bytes_sent > 0
+    finally:
+        srv.close()
+    with Device(b, broker=broker.url, budget="off") as dev:  # no server at all: the same local answer
+        alone = dev.infer(x, deadline_ms=300)
+    np.testing.assert_array_equal(alone.output["logits"], r.output["logits"])
