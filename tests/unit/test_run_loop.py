@@ -50,7 +50,7 @@ def test_a_rate_that_is_no_rate_is_refused(rate):
 def test_the_summary_counts_answers_misses_and_bytes():
     s = LoopSummary(rate_hz=30.0, deadline_ms=50.0)
     for by, total, hedged in (("server", 4.0, False), ("exit:1", 1.0, False), ("server", 6.0, True)):
-        s.add(SimpleNamespace(answered_by=by, hedged=hedged, timings_ms={"total": total},
+        s.add(SimpleNamespace(answered_by=by, reason="r", hedged=hedged, timings_ms={"total": total},
                               bytes_sent=100 if by == "server" else 0))
     s.miss(TransportError("no reply from a server within 50 ms"))
     j = s.to_json()
@@ -80,7 +80,7 @@ def test_answers_that_came_after_the_deadline_are_counted_as_late():
     deadline" while the robot got those answers late. They stay answers (by the device) and are counted late."""
     s = LoopSummary(rate_hz=50.0, deadline_ms=20.0)
     for by, total in (("server", 1.5), ("exit:2", 20.43), ("exit:2", 0.2), ("server", 20.0)):
-        s.add(SimpleNamespace(answered_by=by, hedged=False, timings_ms={"total": total}, bytes_sent=0))
+        s.add(SimpleNamespace(answered_by=by, reason="r", hedged=False, timings_ms={"total": total}, bytes_sent=0))
     j = s.to_json()
     assert (j["requests"], j["answered_on_device"], j["missed"], j["late"]) == (4, 2, 0, 1)
     assert "0 missed the deadline, 1 answered after it" in s.text()
