@@ -35,10 +35,12 @@ constexpr double kMaxDeadlineMs = 86400000.0;  // one day, as edgerun/device_che
 constexpr int    kConnectTimeoutMs = 5000;
 
 const char* kUsage =
-    "usage: edgerun_device BUNDLE_DIR --broker mqtt://HOST:PORT --input [NAME=]FILE.npy ...\n"
+    "usage: edgerun_device BUNDLE_DIR --broker URL --input [NAME=]FILE.npy ...\n"
     "         [--deadline-ms 5000] [--repeat 1] [--warmup 0] [--threads 1] [--max-batch 8]\n"
     "         [--device-id ID] [--codec none] [--request-id N] [--dump-frame FILE]\n"
     "Runs the bundle's front half here, the back half on `edgerun serve`, prints the outputs as JSON.\n"
+    "URL: mqtt://[USER:PASSWORD@]HOST[:1883], or with TLS\n"
+    "     mqtts://[USER:PASSWORD@]HOST[:8883][?ca=CA.pem][&cert=CLIENT.pem&key=CLIENT.key]\n"
     "exit codes: 0 ok, 1 internal, 2 usage/input, 3 bundle, 4 broker, 5 deadline (no reply),\n"
     "            6 the server answered with an error, 7 malformed reply\n";
 
@@ -122,7 +124,7 @@ Err parse_args(int argc, char** argv, Args* a) {
   }
   if (a->bundle.empty()) return fail(kExitUsage, std::string("give the bundle directory\n") + kUsage);
   if (a->inputs.empty()) return fail(kExitUsage, "give the input: --input FILE.npy (several inputs: --input NAME=FILE.npy each)");
-  if (a->broker.empty() && a->dump_frame.empty()) return fail(kExitUsage, "give the broker: --broker mqtt://HOST:PORT");
+  if (a->broker.empty() && a->dump_frame.empty()) return fail(kExitUsage, "give the broker: --broker mqtt://HOST:PORT (or mqtts://HOST:PORT?ca=CA.pem for TLS)");
   if (!a->device_id.empty() && !segment_ok(a->device_id))
     return fail(kExitUsage, "--device-id " + a->device_id + " cannot be used in an MQTT topic: use 1-128 characters "
                             "from letters, digits and . _ : @ = -");
