@@ -118,7 +118,11 @@ Err MqttLink::connect(const BrokerUrl& url, const std::string& client_id, const 
     mosquitto_username_pw_set(mosq_, url.user.c_str(), url.password.empty() ? nullptr : url.password.c_str());
   mosquitto_will_set_v5(mosq_, presence_topic.c_str(), int(will.size()), will.data(), 1, true, nullptr);
   int rc = mosquitto_connect_bind_v5(mosq_, url.host.c_str(), url.port, kKeepAliveS, nullptr, nullptr);
-  if (rc == MOSQ_ERR_TLS) return connect_failed(url, "");
+  // A TLS or protocol failure (an alert from the broker can come while connecting) is explained by
+  // connect_failed; not reaching the host at all is said as such.
+  const bool unreachable = rc == MOSQ_ERR_EAI || (rc == MOSQ_ERR_ERRNO && (errno == ECONNREFUSED || errno == ENETUNREACH ||
+                                                                           errno == EHOSTUNREACH || errno == ETIMEDOUT));
+  if (rc != MOSQ_ERR_SUCCESS && !unreachable) return connect_failed(url, rc == MOSQ_ERR_TLS ? "" : mosq_error(rc));
   if (rc != MOSQ_ERR_SUCCESS)
     return fail(kExitBroker, "cannot reach the MQTT broker at " + url.text + " (" + mosq_error(rc) +
                              "): is it running? (`edgerun broker` starts one); nothing was sent");
