@@ -146,3 +146,53 @@ def test_budgets_it_cannot_use_are_refused_saying_what_to_do(cpp_device, exits_b
     r, _ = run_cpp(cpp_device, exits_bundle.path, "--broker", "mqtt://127.0.0.1:1", "--input", tmp_path / "x2.npy",
                    "--max-batch", 1)
     assert r.returncode == EXIT_USAGE and "a batch of 2 is over --max-batch 1" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def two_input_policy(tmp_path_factory):
+    """The camera + joints policy of test_exits_multi_input_outage.py: segments read model inputs by name,
+    the joints pass through the cut."""
+    from test_exits_multi_input_outage import N_SAMPLES, POLICY
+
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    d = tmp_path_factory.mktemp("cpp-policy")
+    (d / "policy.py").write_text(POLICY)
+    rng = np.random.default_rng(0)
+    np.savez(d / "samples.npz", **{"inputs.image": rng.standard_normal((N_SAMPLES, 3, 16, 16)).astype(np.float32),
+                                   "inputs.joints": rng.standard_normal((N_SAMPLES, 5)).astype(np.float32)})
+    return export(f"{d}/policy.py:make", ExportConfig(cut="vision.3", exits="auto", data=d / "samples.npz"),
+                  d / "bundle")
+
+
+def test_a_two_input_policy_with_exits_answers_as_the_python_device(cpp_device, two_input_policy, broker,
+                                                                     serve_bundle, tmp_path):
+    from test_exits_multi_input_outage import _inputs
+
+    from edgerun.device import Device
+
+    b = two_input_policy
+    assert "joints" in b.manifest["exits"]["cut_tensors"]  # passing through the cut
+    serve_bundle(b)
+    seen = set()
+    with Device(b, broker=broker.url, budget="fast") as dev:
+        for i in range(6):
+            x = _inputs(1, seed=100 + i)
+            for k, v in x.items():
+                np.save(tmp_path / f"{k}{i}.npy", v)
+            r, got = run_cpp(cpp_device, b.path, "--broker", broker.url, "--input", f"image={tmp_path / f'image{i}.npy'}",
+                             "--input", f"joints={tmp_path / f'joints{i}.npy'}", "--budget", "fast",
+                             "--deadline-ms", 20000)
+            assert r.returncode == 0, r.stderr
+            want = dev.infer(x, deadline_ms=20000)
+            assert got["answered_by"] == want.answered_by, (got["reason"], want.reason)
+            (want_out,) = want.output.values()
+            assert np.array_equal(output(got), want_out), np.abs(output(got) - want_out).max()
+            seen.add(got["answered_by"])
+    with Device(b, broker="mqtt://127.0.0.1:1", budget="off") as dev:  # no broker: the deepest exit
+        want = dev.infer(x, deadline_ms=300)
+    r, got = run_cpp(cpp_device, b.path, "--broker", "mqtt://127.0.0.1:1", "--input", f"image={tmp_path / 'image5.npy'}",
+                     "--input", f"joints={tmp_path / 'joints5.npy'}", "--budget", "off")
+    assert r.returncode == 0 and got["answered_by"] == want.answered_by, r.stderr
+    assert np.array_equal(output(got), next(iter(want.output.values())))
+    assert "server" in seen, seen
