@@ -167,11 +167,13 @@ Err load_bundle(const std::string& dir, DeviceBundle* out) {
     return bad(dir, "codec '" + out->codec_id + "' is unknown to this device: rebuild it from a newer edgerun");
   }
   const json ex = m.value("exits", json::object());
-  out->has_exits = ex.is_object() && !ex.empty();
+  out->has_exits = ex.is_object() && ex.contains("points") && ex["points"].is_array() && !ex["points"].empty();
+  if (out->has_exits) out->exits = ex;
   // front.erg: present, the recorded size and sha256 (a device copy from `edgerun pack` keeps it).
   const json files = m["files"];
   if (!files.is_object() || !files.contains("front.erg"))
     return bad(dir, "manifest.json lists no front.erg; re-export the bundle");
+  out->files = files;
   out->front_path = dir + "/front.erg";
   struct stat st {};
   if (::stat(out->front_path.c_str(), &st) != 0)

@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "device_common.h"
 
 namespace edgerun_device {
@@ -28,7 +30,9 @@ struct DeviceBundle {
   std::vector<Spec> inputs, outputs, cut;
   std::string       codec_id = "none";                       // "none" or "tsq"
   std::map<std::string, std::vector<uint8_t>> codec_params;  // cut tensor -> tsq params record
-  bool              has_exits = false;                       // present but not used here
+  bool              has_exits = false;                       // manifest "exits" has points
+  nlohmann::json    exits = nlohmann::json::object();        // the manifest's exits entry (device_exits.h)
+  nlohmann::json    files = nlohmann::json::object();        // file name -> {"bytes", "sha256"}
   std::string       front_path;      // front.erg
 };
 

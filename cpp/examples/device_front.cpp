@@ -25,8 +25,18 @@ bool matches(const std::vector<int64_t>& spec, const std::vector<int64_t>& shape
 
 }  // namespace
 
-Err Front::load(const DeviceBundle& b, int32_t max_batch, int32_t threads, const std::string& codec) {
+Err Front::load(const DeviceBundle& b, int32_t max_batch, int32_t threads, const std::string& codec,
+                bool with_engine) {
   b_ = &b;
+  if (with_engine) {
+    Err e = load_engine(max_batch, threads);
+    if (!e.ok()) return e;
+  }
+  return load_codec(codec);
+}
+
+Err Front::load_engine(int32_t max_batch, int32_t threads) {
+  const DeviceBundle& b = *b_;
   auto r = edgerun::Engine::load(b.front_path, max_batch, threads);
   if (!r.ok())
     return fail(kExitBundle, "bundle " + b.dir + ": the native engine refused front.erg (" + r.status().message() +
@@ -49,6 +59,11 @@ Err Front::load(const DeviceBundle& b, int32_t max_batch, int32_t threads, const
     if (!found) return fail(kExitBundle, "bundle " + b.dir + ": front.erg does not give cut tensor '" + c.name + "'");
     cut_source_.push_back(src);
   }
+  return Err::Ok();
+}
+
+Err Front::load_codec(const std::string& codec) {
+  const DeviceBundle& b = *b_;
   tsq_ = b.codec_id == "tsq" && codec != "none";
   if (!codec.empty() && codec != "none" && codec != b.codec_id)
     return fail(kExitUsage, "--codec " + codec + ": this bundle was calibrated for '" + b.codec_id +
@@ -119,6 +134,21 @@ Err Front::run(const std::map<std::string, Array>& inputs, int64_t batch) {
   }
   for (size_t c = 0; c < cut_.size(); ++c) {
     if (cut_source_[c] < 0) cut_[c] = inputs.at(b_->inputs[size_t(-1 - cut_source_[c])].name);
+    if (tsq_) continue;  // the codec refuses NaN / Inf itself
+    for (float v : cut_[c].data)
+      if (!std::isfinite(v))
+        return fail(kExitUsage, "the front half turned this input into NaN or Inf at the cut ('" + b_->cut[c].name +
+                                "'), so nothing was sent: the input is far outside the range the model was "
+                                "trained on (scale it as the model expects)");
+  }
+  return Err::Ok();
+}
+
+Err Front::set_cut(const std::map<std::string, const Array*>& by_name) {
+  for (size_t c = 0; c < cut_.size(); ++c) {
+    auto it = by_name.find(b_->cut[c].name);
+    if (it == by_name.end()) return fail(kExitInternal, "no tensor for cut tensor '" + b_->cut[c].name + "'");
+    cut_[c] = *it->second;
     if (tsq_) continue;  // the codec refuses NaN / Inf itself
     for (float v : cut_[c].data)
       if (!std::isfinite(v))

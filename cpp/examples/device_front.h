@@ -21,7 +21,13 @@ class Front {
   // Loads front.erg for batches of up to max_batch (larger ones run in slices, as the Python device
   // does) and checks that it takes the bundle's inputs and gives its cut. kExitBundle otherwise.
   // codec: "" = the bundle's; "none" = raw float32 even for a bundle with a codec.
-  Err load(const DeviceBundle& b, int32_t max_batch, int32_t threads, const std::string& codec);
+  // with_engine false: no front.erg (a bundle with exits runs its segments, device_exits.h, and
+  // hands the cut to set_cut).
+  Err load(const DeviceBundle& b, int32_t max_batch, int32_t threads, const std::string& codec,
+           bool with_engine = true);
+
+  // The cut tensors by name (every one of the bundle's cut), for encode(); checked finite.
+  Err set_cut(const std::map<std::string, const Array*>& by_name);
 
   // Checks the inputs (by model input name) against the bundle: shapes, one batch size, finite
   // values. kExitUsage with what to do.
@@ -34,6 +40,9 @@ class Front {
   Err encode(uint64_t request_id, std::vector<uint8_t>* frame);
 
  private:
+  Err load_engine(int32_t max_batch, int32_t threads);
+  Err load_codec(const std::string& codec);
+
   const DeviceBundle*                    b_ = nullptr;
   std::unique_ptr<edgerun::Engine>       engine_;
   std::vector<std::string>               engine_inputs_;  // model input name per engine input

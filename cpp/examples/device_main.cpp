@@ -1,7 +1,8 @@
 // cpp/examples/device_main.cpp: edgerun_device, a C++-only device program (no Python on the device).
-// It does what edgerun/device.py does for a bundle without early exits: the front half on the native
-// engine, the crossing tensors in a REQUEST frame to `edgerun serve` over MQTT 5, the reply checked
-// and printed as JSON (outputs + per-stage timings). Usage, output and exit codes: README.md,
+// It does what edgerun/device.py does: the front half on the native engine, the crossing tensors in
+// a REQUEST frame to `edgerun serve` over MQTT 5 (TLS for mqtts://), the reply checked and printed
+// as JSON (outputs + per-stage timings); a bundle with early exits answers from its exit heads when
+// one is confident, the broker is unreachable or the deadline is near (device_answer.h). Usage, output and exit codes: README.md,
 // "C++ device". Build: cmake -DEDGERUN_EXAMPLES=ON (needs libmosquitto-dev, nlohmann-json3-dev,
 // libssl-dev).
 #include <unistd.h>
@@ -20,7 +21,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "device_answer.h"
 #include "device_bundle.h"
+#include "device_exits.h"
 #include "device_front.h"
 #include "device_mqtt.h"
 #include "device_npy.h"
@@ -35,15 +38,17 @@ constexpr double kMaxDeadlineMs = 86400000.0;  // one day, as edgerun/device_che
 constexpr int    kConnectTimeoutMs = 5000;
 
 const char* kUsage =
-    "usage: edgerun_device BUNDLE_DIR --broker mqtt://HOST:PORT --input [NAME=]FILE.npy ...\n"
+    "usage: edgerun_device BUNDLE_DIR --broker URL --input [NAME=]FILE.npy ...\n"
     "         [--deadline-ms 5000] [--repeat 1] [--warmup 0] [--threads 1] [--max-batch 8]\n"
-    "         [--device-id ID] [--codec none] [--request-id N] [--dump-frame FILE]\n"
+    "         [--device-id ID] [--codec none] [--request-id N] [--dump-frame FILE] [--budget NAME|off]\n"
     "Runs the bundle's front half here, the back half on `edgerun serve`, prints the outputs as JSON.\n"
+    "URL: mqtt://[USER:PASSWORD@]HOST[:1883], or with TLS\n"
+    "     mqtts://[USER:PASSWORD@]HOST[:8883][?ca=CA.pem][&cert=CLIENT.pem&key=CLIENT.key]\n"
     "exit codes: 0 ok, 1 internal, 2 usage/input, 3 bundle, 4 broker, 5 deadline (no reply),\n"
     "            6 the server answered with an error, 7 malformed reply\n";
 
 struct Args {
-  std::string bundle, broker, device_id, codec, dump_frame;
+  std::string bundle, broker, device_id, codec, dump_frame, budget;
   std::vector<std::string> inputs;
   double deadline_ms = 5000;
   long repeat = 1, warmup = 0, threads = 1, max_batch = 8;
@@ -102,6 +107,7 @@ Err parse_args(int argc, char** argv, Args* a) {
     else if (f == "--device-id") a->device_id = v;
     else if (f == "--codec") a->codec = v;
     else if (f == "--dump-frame") a->dump_frame = v;
+    else if (f == "--budget") a->budget = v;
     else if (f == "--deadline-ms") {
       if (!number(v, &x) || !(x > 0 && x <= kMaxDeadlineMs))
         return fail(kExitUsage, "--deadline-ms " + std::string(v) + " must be a number of ms > 0, at most 86400000");
@@ -122,7 +128,7 @@ Err parse_args(int argc, char** argv, Args* a) {
   }
   if (a->bundle.empty()) return fail(kExitUsage, std::string("give the bundle directory\n") + kUsage);
   if (a->inputs.empty()) return fail(kExitUsage, "give the input: --input FILE.npy (several inputs: --input NAME=FILE.npy each)");
-  if (a->broker.empty() && a->dump_frame.empty()) return fail(kExitUsage, "give the broker: --broker mqtt://HOST:PORT");
+  if (a->broker.empty() && a->dump_frame.empty()) return fail(kExitUsage, "give the broker: --broker mqtt://HOST:PORT (or mqtts://HOST:PORT?ca=CA.pem for TLS)");
   if (!a->device_id.empty() && !segment_ok(a->device_id))
     return fail(kExitUsage, "--device-id " + a->device_id + " cannot be used in an MQTT topic: use 1-128 characters "
                             "from letters, digits and . _ : @ = -");
@@ -218,6 +224,30 @@ Err request_loop(const Args& a, const DeviceBundle& b, const BrokerUrl& url, con
   return Err::Ok();
 }
 
+// --warmup + --repeat requests on a bundle with exits; prints the last answer (and a summary).
+Err run_with_exits(const Args& a, const DeviceBundle& b, Exits& exits, Front& front, ServerLink& server,
+                   const std::map<std::string, Array>& inputs, int64_t batch, uint64_t next_id) {
+  json out;
+  std::vector<double> total;
+  std::map<std::string, long> answered;
+  for (long i = 0; i < a.warmup + a.repeat; ++i) {
+    Err e = answer_with_exits(b, exits, front, server, inputs, batch, a.deadline_ms, next_id++, &out);
+    if (!e.ok()) return e;
+    if (i < a.warmup) continue;
+    total.push_back(out["timings_ms"]["total"].get<double>());
+    ++answered[out["answered_by"].get<std::string>()];
+  }
+  out["batch"] = batch;
+  out["budget"] = exits.budget();
+  out["codec"] = front_codec_name(b, a.codec);
+  out["dropped_replies"] = server.mqtt->dropped_replies();
+  if (a.repeat > 1)
+    out["repeat"] = {{"n", a.repeat}, {"warmup", a.warmup}, {"total_ms", summary(total)}, {"answered_by", answered},
+                     {"each_total_ms", total}};
+  std::printf("%s\n", out.dump().c_str());
+  return Err::Ok();
+}
+
 int finish(const Err& e) {
   std::fprintf(stderr, "edgerun_device: error: %s\n", e.message.c_str());
   return e.code;
@@ -231,13 +261,15 @@ int main(int argc, char** argv) {
   if (!e.ok()) return finish(e);
   DeviceBundle b;
   if (!(e = load_bundle(a.bundle, &b)).ok()) return finish(e);
-  if (b.has_exits)
-    std::fprintf(stderr, "edgerun_device: note: this bundle has early exits; the C++ device does not use them "
-                         "(every request goes to the server)\n");
+  if (!b.has_exits && !a.budget.empty())
+    return finish(fail(kExitUsage, "--budget " + a.budget + " needs a bundle with early exits; " + b.dir +
+                                   " has none (re-export with `edgerun export ... --exits auto`)"));
+  Exits exits;
+  if (b.has_exits && !(e = exits.load(b, a.budget, int32_t(a.max_batch), int32_t(a.threads))).ok()) return finish(e);
   std::map<std::string, Array> inputs;
   if (!(e = read_inputs(a, b, &inputs)).ok()) return finish(e);
   Front front;
-  if (!(e = front.load(b, int32_t(a.max_batch), int32_t(a.threads), a.codec)).ok()) return finish(e);
+  if (!(e = front.load(b, int32_t(a.max_batch), int32_t(a.threads), a.codec, !b.has_exits)).ok()) return finish(e);
   int64_t batch = 0;
   if (!(e = front.check_inputs(inputs, &batch)).ok()) return finish(e);
 
@@ -247,7 +279,14 @@ int main(int argc, char** argv) {
   uint64_t next_id = a.have_request_id ? a.request_id : (rng() >> 2) + 1;
   std::vector<uint8_t> frame;
   if (!a.dump_frame.empty()) {  // offline: bundle, input, front half and frame, no broker
-    if (!(e = front.run(inputs, batch)).ok() || !(e = front.encode(next_id, &frame)).ok()) return finish(e);
+    if (b.has_exits) {  // every segment, to the cut
+      Step step;
+      if (!(e = exits.run(inputs, batch, &step, false)).ok() || !(e = front.set_cut(exits.cut(step, inputs))).ok())
+        return finish(e);
+    } else if (!(e = front.run(inputs, batch)).ok()) {
+      return finish(e);
+    }
+    if (!(e = front.encode(next_id, &frame)).ok()) return finish(e);
     std::ofstream f(a.dump_frame, std::ios::binary);
     f.write(reinterpret_cast<const char*>(frame.data()), std::streamsize(frame.size()));
     if (!f) return finish(fail(kExitUsage, "cannot write " + a.dump_frame));
@@ -268,9 +307,22 @@ int main(int argc, char** argv) {
   };
   MqttLink link;
   if (!(e = link.connect(url, "edgerun-" + device_id, presence, presence_body("online"), presence_body("offline"),
-                         kConnectTimeoutMs)).ok())
-    return finish(e);
-  if (!(e = link.subscribe(resp_topic, kConnectTimeoutMs)).ok()) return finish(e);
+                         kConnectTimeoutMs)).ok() ||
+      !(e = link.subscribe(resp_topic, kConnectTimeoutMs)).ok()) {
+    if (!(b.has_exits && e.code == kExitBroker)) return finish(e);
+    // Exits answer here meanwhile (this run does not reconnect).
+    std::fprintf(stderr, "edgerun_device: warning: %s; answering from the bundle's exits\n", e.message.c_str());
+  }
+  if (b.has_exits) {
+    ServerLink server;
+    server.mqtt = &link;
+    server.down = e.ok() ? "" : e.message;
+    server.req_topic = req_topic;
+    server.resp_topic = resp_topic;
+    e = run_with_exits(a, b, exits, front, server, inputs, batch, next_id);
+    link.close();
+    return e.ok() ? 0 : finish(e);
+  }
 
   Run run;
   e = request_loop(a, b, url, req_topic, resp_topic, front, link, inputs, batch, next_id, &run);

@@ -1,6 +1,8 @@
 // cpp/examples/device_mqtt.cpp: the C++ device's MQTT 5 link (see device_mqtt.h).
 #include "device_mqtt.h"
 
+#include "device_tls.h"
+
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
 
@@ -23,36 +25,6 @@ std::string mosq_error(int rc) {
 }
 
 }  // namespace
-
-Err parse_broker_url(const std::string& url, BrokerUrl* out) {
-  const std::string scheme = "mqtt://";
-  if (url.compare(0, scheme.size(), scheme) != 0)
-    return fail(kExitUsage, "--broker " + url + ": use mqtt://host[:port] (this C++ device has no TLS; "
-                            "mqtts:// needs the Python device, or a local bridge)");
-  std::string rest = url.substr(scheme.size());
-  if (!rest.empty() && rest.back() == '/') rest.pop_back();
-  size_t at = rest.rfind('@');
-  if (at != std::string::npos) {
-    std::string cred = rest.substr(0, at);
-    rest = rest.substr(at + 1);
-    size_t colon = cred.find(':');
-    out->user = cred.substr(0, colon);
-    if (colon != std::string::npos) out->password = cred.substr(colon + 1);
-  }
-  size_t colon = rest.rfind(':');
-  out->host = rest.substr(0, colon);
-  if (colon != std::string::npos) {
-    char* end = nullptr;
-    long port = std::strtol(rest.c_str() + colon + 1, &end, 10);
-    if (*end != '\0' || port < 1 || port > 65535)
-      return fail(kExitUsage, "--broker " + url + ": the port must be a number in 1..65535");
-    out->port = int(port);
-  }
-  if (out->host.empty() || out->host.find_first_of("/?#") != std::string::npos)
-    return fail(kExitUsage, "--broker " + url + ": use mqtt://host[:port]");
-  out->text = "mqtt://" + (out->user.empty() ? "" : out->user + "@") + out->host + ":" + std::to_string(out->port);
-  return Err::Ok();
-}
 
 MqttLink::~MqttLink() {
   if (mosq_ != nullptr) mosquitto_destroy(mosq_);
@@ -114,6 +86,18 @@ Err MqttLink::loop_until(const bool* flag, Clock::time_point until, const char* 
   return Err::Ok();
 }
 
+void MqttLink::on_log(struct mosquitto*, void* self, int level, const char* text) {
+  if (level == MOSQ_LOG_ERR && text != nullptr) static_cast<MqttLink*>(self)->last_error_ = text;
+}
+
+Err MqttLink::connect_failed(const BrokerUrl& url, const std::string& detail) {
+  std::string why = detail;
+  if (!last_error_.empty() && last_error_ != detail) why += (why.empty() ? "" : "; ") + last_error_;
+  if (url.tls) return fail(kExitBroker, tls_problem(url, why) + "; nothing was sent");
+  return fail(kExitBroker, "the MQTT broker at " + url.text + " closed the connection before accepting it (" + why +
+                           "): does it listen with TLS? then use mqtts://host:port?ca=CA.pem; nothing was sent");
+}
+
 Err MqttLink::connect(const BrokerUrl& url, const std::string& client_id, const std::string& presence_topic,
                       const std::string& online, const std::string& will, int timeout_ms) {
   std::call_once(g_lib_once, [] { mosquitto_lib_init(); });
@@ -127,18 +111,36 @@ Err MqttLink::connect(const BrokerUrl& url, const std::string& client_id, const 
   mosquitto_subscribe_v5_callback_set(mosq_, &MqttLink::on_subscribe);
   mosquitto_publish_v5_callback_set(mosq_, &MqttLink::on_publish);
   mosquitto_message_v5_callback_set(mosq_, &MqttLink::on_message);
-  if (!url.user.empty())
+  mosquitto_log_callback_set(mosq_, &MqttLink::on_log);
+  Err e;
+  if (url.tls && (!(e = check_tls_files(url)).ok() || !(e = set_tls(mosq_, url)).ok())) return e;
+  if (url.has_user)
     mosquitto_username_pw_set(mosq_, url.user.c_str(), url.password.empty() ? nullptr : url.password.c_str());
   mosquitto_will_set_v5(mosq_, presence_topic.c_str(), int(will.size()), will.data(), 1, true, nullptr);
   int rc = mosquitto_connect_bind_v5(mosq_, url.host.c_str(), url.port, kKeepAliveS, nullptr, nullptr);
+  // A TLS or protocol failure (an alert from the broker can come while connecting) is explained by
+  // connect_failed; not reaching the host at all is said as such.
+  const bool unreachable = rc == MOSQ_ERR_EAI || (rc == MOSQ_ERR_ERRNO && (errno == ECONNREFUSED || errno == ENETUNREACH ||
+                                                                           errno == EHOSTUNREACH || errno == ETIMEDOUT));
+  if (rc != MOSQ_ERR_SUCCESS && !unreachable) return connect_failed(url, rc == MOSQ_ERR_TLS ? "" : mosq_error(rc));
   if (rc != MOSQ_ERR_SUCCESS)
     return fail(kExitBroker, "cannot reach the MQTT broker at " + url.text + " (" + mosq_error(rc) +
                              "): is it running? (`edgerun broker` starts one); nothing was sent");
-  Err e = loop_until(&connack_, Clock::now() + std::chrono::milliseconds(timeout_ms), "the connect (CONNACK)");
-  if (!e.ok()) return e;
+  const Clock::time_point until = Clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (!connack_) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
+    if (left <= 0)
+      return fail(kExitBroker, "the MQTT broker at " + url.text + " did not accept the connection within " +
+                               std::to_string(timeout_ms / 1000) + " s: is it an MQTT broker" +
+                               (url.tls ? "" : " (a broker that listens with TLS takes mqtts://host:port?ca=CA.pem)") +
+                               "? nothing was sent");
+    rc = mosquitto_loop(mosq_, int(std::min<long long>(left, kLoopSliceMs)), 1);
+    if (rc != MOSQ_ERR_SUCCESS) return connect_failed(url, mosq_error(rc));
+  }
   if (!connected_)
-    return fail(kExitBroker, "the broker at " + url.text + " refused the connection (" +
-                             mosquitto_reason_string(connack_rc_) + ")");
+    return fail(kExitBroker, "the MQTT broker at " + url.text + " refused the connection (" +
+                             mosquitto_reason_string(connack_rc_) + "): check the user and password in the broker "
+                             "URL (" + (url.tls ? "mqtts" : "mqtt") + "://USER:PASSWORD@host:port); nothing was sent");
   mosquitto_publish_v5(mosq_, nullptr, presence_topic.c_str(), int(online.size()), online.data(), 1, true, nullptr);
   return Err::Ok();
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "device_common.h"
+#include "device_url.h"
 
 struct mosquitto;
 struct mosquitto_message;
@@ -21,17 +22,6 @@ namespace edgerun_device {
 
 using Clock = std::chrono::steady_clock;
 
-struct BrokerUrl {
-  std::string host;
-  int         port = 1883;
-  std::string user, password;
-  std::string text;  // as given, the password left out (for messages)
-};
-
-// mqtt://[user[:password]@]host[:port]. kExitUsage for anything else (mqtts:// is not built in:
-// use the Python device or a local broker bridge for TLS).
-Err parse_broker_url(const std::string& url, BrokerUrl* out);
-
 class MqttLink {
  public:
   MqttLink() = default;
@@ -39,8 +29,9 @@ class MqttLink {
   MqttLink(const MqttLink&) = delete;
   MqttLink& operator=(const MqttLink&) = delete;
 
-  // Connects (MQTT 5, clean start) with `will` as the retained last will on `presence_topic`, waits
-  // for the CONNACK (timeout_ms), publishes `online` there retained. kExitBroker when it cannot.
+  // Connects (MQTT 5, clean start; TLS for an mqtts:// URL, see device_tls.h) with `will` as the
+  // retained last will on `presence_topic`, waits for the CONNACK (timeout_ms), publishes `online`
+  // there retained. kExitBroker when it cannot, saying why (a TLS problem: which, and what to do).
   Err connect(const BrokerUrl& url, const std::string& client_id, const std::string& presence_topic,
               const std::string& online, const std::string& will, int timeout_ms);
   // Subscribes at QoS 1 and waits for the SUBACK.
@@ -60,6 +51,9 @@ class MqttLink {
 
  private:
   Err loop_until(const bool* flag, Clock::time_point until, const char* what);
+  // Why the connection failed before its CONNACK: `detail` (libmosquitto's), the TLS problem, a hint.
+  Err connect_failed(const BrokerUrl& url, const std::string& detail);
+  static void on_log(struct mosquitto*, void* self, int level, const char* text);
   static void on_connect(struct mosquitto*, void* self, int rc, int flags, const mosquitto_property*);
   static void on_subscribe(struct mosquitto*, void* self, int mid, int n, const int* qos,
                            const mosquitto_property*);
@@ -69,6 +63,7 @@ class MqttLink {
 
   struct mosquitto*    mosq_ = nullptr;
   std::string          url_text_, presence_topic_;
+  std::string          last_error_;  // libmosquitto's last error log line (OpenSSL's reason)
   bool                 connected_ = false, connack_ = false;
   int                  connack_rc_ = 0;
   int                  sub_mid_ = -1, pub_mid_ = -1;

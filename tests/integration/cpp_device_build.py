@@ -13,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD_TIMEOUT_S = 900
+_BUILT: list[Path] = []  # one build per test session, shared by the test files of the C++ device
 
 
 def missing_tools() -> str:
@@ -47,3 +48,10 @@ def build(out: Path) -> Path:
         assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     exe = next(out.rglob("edgerun_device"))
     return exe
+
+
+def built_once(tmp_path_factory) -> Path:
+    """``build`` into a session temp folder the first time a test file asks; the same executable after."""
+    if not _BUILT:
+        _BUILT.append(build(tmp_path_factory.mktemp("cpp_device_build")))
+    return _BUILT[0]

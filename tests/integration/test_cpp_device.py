@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpp_device_build import build, missing_tools
+from cpp_device_build import built_once, missing_tools
 from edgerun import crossing, transport, wire
 from edgerun.bundle import Bundle
 
@@ -35,7 +35,7 @@ def cpp_device(tmp_path_factory) -> Path:
     why = missing_tools()
     if why:
         pytest.skip(f"the C++ device cannot be built here: {why}")
-    return build(tmp_path_factory.mktemp("cpp_device_build"))
+    return built_once(tmp_path_factory)
 
 
 def run_cpp(exe: Path, *args: str) -> subprocess.CompletedProcess:

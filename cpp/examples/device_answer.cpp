@@ -1,0 +1,117 @@
+// cpp/examples/device_answer.cpp: one request with early exits (see device_answer.h).
+#include "device_answer.h"
+
+#include <cmath>
+#include <cstdio>
+
+#include "device_reply.h"
+
+namespace edgerun_device {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr double kRttEwmaAlpha = 0.2;   // edgerun/device.py RTT_EWMA_ALPHA
+constexpr double kSuspectBackoffS = 1;  // edgerun/device.py SUSPECT_BACKOFF_S
+
+double ms(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
+
+std::string fmt(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), f, v);
+  return buf;
+}
+
+// An exit head's answer (edgerun/device.py _local); t_front: when the front half ended, if the
+// device then waited for a reply.
+json local(const DeviceBundle& b, const Step& step, int i, const std::string& reason, Clock::time_point t0,
+           const Clock::time_point* t_front, size_t bytes_sent) {
+  const Array& h = step.heads[size_t(i)];
+  json data = json::array();
+  for (float v : h.data) data.push_back(v);
+  const Clock::time_point now = Clock::now();
+  json timings = {{"device", ms(t0, now)}, {"total", ms(t0, now)}};
+  if (t_front != nullptr) timings = {{"device", ms(t0, *t_front)}, {"waited", ms(*t_front, now)}, {"total", ms(t0, now)}};
+  return json{{"answered_by", "exit:" + std::to_string(i)}, {"reason", reason}, {"request_id", 0}, {"worker", ""},
+              {"outputs", {{b.outputs[0].name, {{"dtype", "float32"}, {"shape", h.shape}, {"data", std::move(data)}}}}},
+              {"timings_ms", timings}, {"bytes_sent", bytes_sent}, {"bytes_received", 0},
+              {"front_compute_fraction", step.compute_fraction}};
+}
+
+// Why the deepest exit must answer now instead of the server ("" = ask the server).
+std::string why_local(const ServerLink& link, double left_ms) {
+  if (!link.down.empty()) return "server unreachable: " + link.down;
+  const Clock::time_point now = Clock::now();
+  if (now < link.suspect_until)
+    return "server unreachable: " + link.suspect_why + "; retrying in " +
+           fmt("%.1f", std::chrono::duration<double>(link.suspect_until - now).count()) + " s";
+  if (link.rtt_ms >= 0 && link.rtt_ms > left_ms)
+    return "deadline: predicted round trip " + fmt("%.1f", link.rtt_ms) + " ms > " + fmt("%.1f", std::max(left_ms, 0.0)) +
+           " ms left";
+  return "";
+}
+
+}  // namespace
+
+Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerLink& link,
+                      const std::map<std::string, Array>& inputs, int64_t batch, double deadline_ms,
+                      uint64_t request_id, json* out) {
+  const Clock::time_point t0 = Clock::now();
+  const Clock::time_point until = t0 + std::chrono::microseconds(int64_t(deadline_ms * 1000.0));
+  Step step;
+  Err e = exits.run(inputs, batch, &step);
+  if (!e.ok()) return e;
+  if (step.exited >= 0) {
+    *out = local(b, step, step.exited, step.reason, t0, nullptr, 0);
+    return Err::Ok();
+  }
+  const Clock::time_point t1 = Clock::now();
+  const std::string why = why_local(link, deadline_ms - ms(t0, t1));
+  if (!why.empty()) {
+    *out = local(b, step, step.deepest(), why, t0, nullptr, 0);
+    return Err::Ok();
+  }
+  std::vector<uint8_t> frame, payload;
+  if (!(e = front.set_cut(exits.cut(step, inputs))).ok() || !(e = front.encode(request_id, &frame)).ok()) return e;
+  const Clock::time_point t2 = Clock::now();
+  const uint32_t expiry_s = uint32_t(std::ceil(deadline_ms / 1000.0));
+  e = link.mqtt->publish_request(link.req_topic, frame, link.resp_topic, request_id, expiry_s);
+  if (!e.ok()) {
+    link.suspect_why = "publish failed (" + e.message + ")";
+    link.suspect_until = Clock::now() + std::chrono::milliseconds(int64_t(kSuspectBackoffS * 1000));
+    *out = local(b, step, step.deepest(), "server unreachable: " + link.suspect_why, t0, &t1, 0);
+    return Err::Ok();
+  }
+  Clock::time_point t_recv;
+  bool got = false;
+  e = link.mqtt->wait_reply(request_id, until, &payload, &t_recv, &got);
+  if (!e.ok()) {  // the broker is gone: every later request of this run answers here
+    link.down = e.message;
+    *out = local(b, step, step.deepest(), "server unreachable: " + e.message, t0, &t1, frame.size());
+    return Err::Ok();
+  }
+  if (!got) {
+    const std::string msg = "no reply from a server for bundle " + b.topic_id + " (" + b.model_id + ") within " +
+                            fmt("%g", deadline_ms) + " ms";
+    link.suspect_why = "no reply to the last request within " + fmt("%g", deadline_ms) + " ms";
+    link.suspect_until = Clock::now() + std::chrono::milliseconds(int64_t(kSuspectBackoffS * 1000));
+    *out = local(b, step, step.deepest(), "deadline: " + msg, t0, &t1, frame.size());
+    return Err::Ok();
+  }
+  Reply reply;
+  if (!(e = check_reply(b, payload, request_id, batch, &reply)).ok()) return e;
+  const Clock::time_point t3 = Clock::now();
+  const double rtt = ms(t2, t_recv);
+  link.suspect_until = Clock::time_point{};
+  link.rtt_ms = link.rtt_ms < 0 ? rtt : (1 - kRttEwmaAlpha) * link.rtt_ms + kRttEwmaAlpha * rtt;
+  *out = json{{"answered_by", "server"}, {"reason", "server replied"}, {"request_id", reply.request_id},
+              {"worker", reply.worker}, {"outputs", reply.outputs},
+              {"timings_ms", {{"front", ms(t0, t1)}, {"encode", ms(t1, t2)}, {"round_trip", rtt},
+                              {"server", reply.server_ms}, {"network", std::max(rtt - reply.server_ms, 0.0)},
+                              {"decode", ms(t_recv, t3)}, {"total", ms(t0, t3)}}},
+              {"bytes_sent", frame.size()}, {"bytes_received", payload.size()},
+              {"front_compute_fraction", step.compute_fraction}};
+  return Err::Ok();
+}
+
+}  // namespace edgerun_device

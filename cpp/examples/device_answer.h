@@ -1,0 +1,38 @@
+// cpp/examples/device_answer.h: one request on a bundle with early exits, decided as
+// edgerun/device.py Device.infer decides it: the first confident exit answers on the device; else
+// the cut goes to the server, unless the broker is unreachable, a reply was lost lately (1 s of
+// local answers), or the predicted round trip (EWMA of measured ones) does not fit what is left of
+// the deadline: then, and when no reply comes by the deadline, the deepest exit answers.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "device_exits.h"
+#include "device_front.h"
+#include "device_mqtt.h"
+
+namespace edgerun_device {
+
+// The server side as the requests of one run see it.
+struct ServerLink {
+  MqttLink*         mqtt = nullptr;  // nullptr: never connected
+  std::string       down;            // why the broker is unreachable ("" while it is up)
+  std::string       req_topic, resp_topic;
+  double            rtt_ms = -1;     // EWMA of round trips (publish -> reply), < 0 before the first
+  Clock::time_point suspect_until{};
+  std::string       suspect_why;
+};
+
+// Answers one request: *out gets answered_by ("server" | "exit:<i>"), reason, request_id (0 when
+// answered before sending), worker, outputs, timings_ms, bytes_sent, bytes_received,
+// front_compute_fraction. Errors: a server's ERROR frame or malformed reply (as without exits),
+// bad input.
+Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerLink& link,
+                      const std::map<std::string, Array>& inputs, int64_t batch, double deadline_ms,
+                      uint64_t request_id, nlohmann::json* out);
+
+}  // namespace edgerun_device
