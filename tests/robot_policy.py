@@ -1,6 +1,7 @@
 """The source of a two-input robot policy (a camera image and a joint state), for tests that write it as a
 user's model file: ``make`` gives one output (action scores), ``actor_critic`` two by name (action, value).
-The joint state joins the image features after the vision trunk, so it passes through every cut there."""
+The joint state joins the image features after the vision trunk, so it passes through every cut there;
+``gated`` also reads it part-way through the trunk (it gates the image features)."""
 
 POLICY = '''
 import torch
@@ -36,4 +37,23 @@ def make():
 def actor_critic():
     torch.manual_seed(0)
     return ActorCritic(), (torch.randn(1, 3, 16, 16), torch.randn(1, 5))
+
+
+class Gated(nn.Module):
+    """The joint state gates the image features early (the front reads it part-way) and joins them at the end."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.g = nn.Conv2d(3, 8, 3, 2, 1), nn.Linear(5, 8)
+        self.c2 = nn.Conv2d(8, 16, 3, 2, 1)
+        self.head = nn.Linear(16 + 5, 4)
+
+    def forward(self, image, joints):
+        f = torch.relu(self.c1(image)) * torch.sigmoid(self.g(joints))[:, :, None, None]
+        return self.head(torch.cat([torch.relu(self.c2(f)).mean(dim=(2, 3)), joints], dim=1))
+
+
+def gated():
+    torch.manual_seed(0)
+    return Gated(), (torch.randn(1, 3, 16, 16), torch.randn(1, 5))
 '''

@@ -24,25 +24,6 @@ N_SAMPLES = 320
 
 MODELS = robot_policy.POLICY + '''
 
-class Gated(nn.Module):
-    """The joint state gates the image features early (the front reads it part-way) and joins them at the end."""
-
-    def __init__(self):
-        super().__init__()
-        self.c1, self.g = nn.Conv2d(3, 8, 3, 2, 1), nn.Linear(5, 8)
-        self.c2 = nn.Conv2d(8, 16, 3, 2, 1)
-        self.head = nn.Linear(16 + 5, 4)
-
-    def forward(self, image, joints):
-        f = torch.relu(self.c1(image)) * torch.sigmoid(self.g(joints))[:, :, None, None]
-        return self.head(torch.cat([torch.relu(self.c2(f)).mean(dim=(2, 3)), joints], dim=1))
-
-
-def gated():
-    torch.manual_seed(0)
-    return Gated(), (torch.randn(1, 3, 16, 16), torch.randn(1, 5))
-
-
 class Residual(nn.Module):
     """A skip connection over the second conv: a cut there is crossed by two computed tensors."""
 
