@@ -1,4 +1,4 @@
-// cpp/examples/device_answer.cpp: one request with early exits (see device_answer.h).
+// cpp/device/src/device_answer.cpp: one request with early exits (see device_answer.h).
 #include "device_answer.h"
 
 #include <cmath>
@@ -41,6 +41,8 @@ json local(const DeviceBundle& b, const Step& step, int i, const std::string& re
 // Why the deepest exit must answer now instead of the server ("" = ask the server).
 std::string why_local(const ServerLink& link, double left_ms) {
   if (!link.down.empty()) return "server unreachable: " + link.down;
+  if (link.mqtt == nullptr) return "server unreachable: no broker";
+  if (!link.mqtt->up()) return "server unreachable: " + link.mqtt->down_reason();
   const Clock::time_point now = Clock::now();
   if (now < link.suspect_until)
     return "server unreachable: " + link.suspect_why + "; retrying in " +
@@ -85,8 +87,7 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
   Clock::time_point t_recv;
   bool got = false;
   e = link.mqtt->wait_reply(request_id, until, &payload, &t_recv, &got);
-  if (!e.ok()) {  // the broker is gone: every later request of this run answers here
-    link.down = e.message;
+  if (!e.ok()) {  // the broker is gone: later requests answer here until it reconnects (device_mqtt.h)
     *out = local(b, step, step.deepest(), "server unreachable: " + e.message, t0, &t1, frame.size());
     return Err::Ok();
   }

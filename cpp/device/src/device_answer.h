@@ -1,4 +1,4 @@
-// cpp/examples/device_answer.h: one request on a bundle with early exits, decided as
+// cpp/device/src/device_answer.h: one request on a bundle with early exits, decided as
 // edgerun/device.py Device.infer decides it: the first confident exit answers on the device; else
 // the cut goes to the server, unless the broker is unreachable, a reply was lost lately (1 s of
 // local answers), or the predicted round trip (EWMA of measured ones) does not fit what is left of
@@ -19,8 +19,8 @@ namespace edgerun_device {
 
 // The server side as the requests of one run see it.
 struct ServerLink {
-  MqttLink*         mqtt = nullptr;  // nullptr: never connected
-  std::string       down;            // why the broker is unreachable ("" while it is up)
+  MqttLink*         mqtt = nullptr;  // nullptr: no broker (offline)
+  std::string       down;            // set: the broker is unreachable for good, why (else mqtt->up() says)
   std::string       req_topic, resp_topic;
   double            rtt_ms = -1;     // EWMA of round trips (publish -> reply), < 0 before the first
   Clock::time_point suspect_until{};
