@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <atomic>
 #include <mutex>
 #include <random>
 
@@ -131,8 +132,8 @@ struct Device::Impl {
   ServerLink   server;  // the link as the requests with exits see it
   bool         connected_once = false;
   std::string  device_id;
-  uint64_t     next_id = 0;
-  std::mutex   mu;  // infer calls take turns
+  std::atomic<uint64_t> next_id{0};
+  std::mutex   mu;  // connect / request_frame; infer's turns are server.compute (device_answer.h)
 
   std::string presence_body(const char* status) const {
     double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -148,11 +149,13 @@ struct Device::Impl {
       throw BrokerError(link.down_reason() + "; nothing was sent (the device reconnects in the background)");
     const Clock::time_point t0 = Clock::now();
     const Clock::time_point until = t0 + std::chrono::microseconds(int64_t(deadline_ms * 1000.0));
+    std::unique_lock<std::mutex> compute(server.compute);  // front half and frame take turns
     must(front.run(inputs, batch));
     const Clock::time_point t1 = Clock::now();
     const uint64_t id = next_id++;
     std::vector<uint8_t> frame, payload;
     must(front.encode(id, &frame));
+    compute.unlock();  // the wait overlaps other requests'
     const Clock::time_point t2 = Clock::now();
     must(link.publish_request(server.req_topic, frame, server.resp_topic, id, uint32_t(std::ceil(deadline_ms / 1000.0))));
     Clock::time_point t_recv;
@@ -233,13 +236,13 @@ Result Device::infer(const Tensors& inputs, double deadline_ms) {
   if (deadline_ms <= 0) deadline_ms = d.opt.deadline_ms;
   if (!(deadline_ms <= kMaxDeadlineMs) || std::isnan(deadline_ms))
     throw ConfigError("deadline_ms must be a number of ms > 0, at most 86400000");
-  std::lock_guard<std::mutex> g(d.mu);
   const std::map<std::string, Array> arrays = to_arrays(inputs);
   int64_t batch = 0;
   must(d.front.check_inputs(arrays, &batch));
   if (!d.b.has_exits) return d.ask_server(arrays, batch, deadline_ms);
   json out;
-  must(answer_with_exits(d.b, d.exits, d.front, d.server, arrays, batch, deadline_ms, d.next_id++, &out));
+  must(answer_with_exits(d.b, d.exits, d.front, d.server, arrays, batch, deadline_ms, [&d] { return d.next_id++; },
+                         &out));
   return to_result(out, batch);
 }
 
@@ -251,7 +254,7 @@ int64_t Device::check(const Tensors& inputs) const {
 
 std::vector<uint8_t> Device::request_frame(const Tensors& inputs, uint64_t request_id) {
   Impl& d = *impl_;
-  std::lock_guard<std::mutex> g(d.mu);
+  std::lock_guard<std::mutex> g(d.server.compute);
   const std::map<std::string, Array> arrays = to_arrays(inputs);
   int64_t batch = 0;
   must(d.front.check_inputs(arrays, &batch));

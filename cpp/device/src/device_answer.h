@@ -6,7 +6,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <mutex>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -17,8 +19,11 @@
 
 namespace edgerun_device {
 
-// The server side as the requests of one run see it.
+// The server side as the requests of one device see it. Requests from several threads: their
+// segments / front half and frame take turns (`compute`), their waits overlap; `state` guards the
+// round-trip estimate and the suspicion.
 struct ServerLink {
+  std::mutex        compute, state;
   MqttLink*         mqtt = nullptr;  // nullptr: no broker (offline)
   std::string       down;            // set: the broker is unreachable for good, why (else mqtt->up() says)
   std::string       req_topic, resp_topic;
@@ -33,6 +38,6 @@ struct ServerLink {
 // bad input.
 Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerLink& link,
                       const std::map<std::string, Array>& inputs, int64_t batch, double deadline_ms,
-                      uint64_t request_id, nlohmann::json* out);
+                      std::function<uint64_t()> next_id, nlohmann::json* out);
 
 }  // namespace edgerun_device

@@ -91,14 +91,15 @@ void MqttLink::on_message(struct mosquitto*, void* self, const struct mosquitto_
   std::free(corr);
   std::lock_guard<std::mutex> g(l->mu_);
   // Only the awaited id is answered; an unknown, repeated or late reply is dropped and counted.
-  if (!(have && len == 8 && l->waiting_ && !l->got_ && id == l->want_id_)) {
+  auto it = have && len == 8 ? l->pending_.find(id) : l->pending_.end();
+  if (it == l->pending_.end() || it->second.got) {
     ++l->dropped_;
     return;
   }
   const auto* p = static_cast<const uint8_t*>(msg->payload);
-  l->reply_.assign(p, p + msg->payloadlen);
-  l->t_recv_ = now;
-  l->got_ = true;
+  it->second.reply.assign(p, p + msg->payloadlen);
+  it->second.t_recv = now;
+  it->second.got = true;
   l->cv_.notify_all();
 }
 
@@ -203,15 +204,13 @@ Err MqttLink::publish_request(const std::string& topic, const std::vector<uint8_
   {
     std::lock_guard<std::mutex> g(mu_);
     if (threaded_ && !ready_) return fail(kExitBroker, down_why_);
-    want_id_ = request_id;
-    waiting_ = true;
-    got_ = false;
+    pending_[request_id] = Pending{};
   }
   int rc = mosquitto_publish_v5(mosq_, nullptr, topic.c_str(), int(frame.size()), frame.data(), 1, false, props);
   mosquitto_property_free_all(&props);
   if (rc != MOSQ_ERR_SUCCESS) {
     std::lock_guard<std::mutex> g(mu_);
-    waiting_ = false;
+    pending_.erase(request_id);
     return fail(kExitBroker, "cannot publish the request to the broker at " + url_text_ + " (" + mosq_error(rc) +
                              ")" + (rc == MOSQ_ERR_PAYLOAD_SIZE ? ": the frame is over the broker's limit" : ""));
   }
@@ -222,7 +221,9 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
                          Clock::time_point* t_recv, bool* got) {
   *got = false;
   std::unique_lock<std::mutex> lk(mu_);
-  if (request_id != want_id_ || !waiting_) return fail(kExitInternal, "wait_reply for a request not sent");
+  auto it = pending_.find(request_id);  // stays valid while other requests come and go
+  if (it == pending_.end()) return fail(kExitInternal, "wait_reply for a request not sent");
+  const bool& got_ = it->second.got;
   Err e = Err::Ok();
   if (threaded_) {
     cv_.wait_until(lk, until, [&] { return got_ || !connected_; });
@@ -242,12 +243,12 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
     }
   }
   if (!lk.owns_lock()) lk.lock();
-  waiting_ = false;
   if (got_) {
-    reply->swap(reply_);
-    *t_recv = t_recv_;
+    reply->swap(it->second.reply);
+    *t_recv = it->second.t_recv;
     *got = true;
   }
+  pending_.erase(it);
   return e;
 }
 

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -81,10 +82,12 @@ class MqttLink {
   int                  connack_rc_ = 0;
   int                  sub_mid_ = -1, pub_mid_ = -1;
   bool                 suback_ = false, suback_ok_ = false, puback_ = false;
-  uint64_t             want_id_ = 0;
-  bool                 waiting_ = false, got_ = false;
-  std::vector<uint8_t> reply_;
-  Clock::time_point    t_recv_{};
+  struct Pending {  // a request sent, its reply awaited (several at once: one per calling thread)
+    bool                 got = false;
+    std::vector<uint8_t> reply;
+    Clock::time_point    t_recv{};
+  };
+  std::map<uint64_t, Pending> pending_;
   uint64_t             dropped_ = 0;
   // Background mode: callbacks run on libmosquitto's thread; the fields above are under mu_.
   mutable std::mutex      mu_;

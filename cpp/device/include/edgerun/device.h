@@ -11,7 +11,8 @@
 // after the broker goes away (1 s, backing off to 4 s) and re-subscribes: while it is down a bundle
 // with early exits answers from its deepest exit, a bundle without throws BrokerError at once
 // (nothing is sent); once it is back, requests reach the server again. infer may be called from
-// several threads: the calls take turns (one request at a time).
+// several threads, as the Python Device's: their front-half runs take turns, their waits for the
+// server overlap.
 #pragma once
 
 #include <cstdint>
@@ -94,6 +95,7 @@ class Device {
   // Connects to the broker (mqtt://[USER:PASSWORD@]HOST[:1883], mqtts://...?ca=CA.pem[&cert=&key=]),
   // with a retained presence and an "offline" last will (docs/TOPICS.md). Without exits a broker that
   // cannot be reached throws BrokerError; with exits the device answers locally until it connects.
+  // Call it before infer is called from other threads.
   void connect(const std::string& broker_url);
 
   // One request, batch first (every input the same batch size, at most max_batch).
