@@ -85,6 +85,8 @@ def main() -> None:
     ap.add_argument("--cut", default=None)
     ap.add_argument("--machine", default=None, help="label of this machine (default: lscpu's model name)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--exe", type=Path, default=None,
+                    help="an edgerun_device built elsewhere (another commit's, to compare) instead of this tree's")
     args = ap.parse_args()
 
     from cpp_device_build import build, missing_tools
@@ -97,7 +99,7 @@ def main() -> None:
     if why:
         raise SystemExit(f"cannot build the C++ device: {why}")
     work = Path(tempfile.mkdtemp(prefix="bench_cpp_device_"))
-    exe = build(work / "build")
+    exe = args.exe.resolve() if args.exe else build(work / "build")
     bundle = export(args.model, ExportConfig(cut=args.cut, evaluate=False), work / "bundle")
     x = np.ascontiguousarray(bundle.samples()[:1], dtype=np.float32)
     np.save(work / "x.npy", x)

@@ -1,4 +1,5 @@
-"""Builds the C++-only device program (cpp/examples: edgerun_device) for the tests, once per session.
+"""Builds the C++-only device programs (cpp/examples: edgerun_device, edgerun_control_loop, on the
+library cpp/device) for the tests, once per session.
 
 It links the core the pip build already compiled (``build/<wheel tag>/libedgerun_core.a``, the very
 library inside ``edgerun._core``, so its front half is bit-identical to the Python device's) and
@@ -43,11 +44,16 @@ def build(out: Path) -> Path:
     else:
         cfg = ["cmake", "-S", str(ROOT), "-B", str(out), "-DEDGERUN_EXAMPLES=ON"]
     for cmd in (cfg + ["-DCMAKE_BUILD_TYPE=Release"],
-                ["cmake", "--build", str(out), "--target", "edgerun_device", "-j", "2"]):
+                ["cmake", "--build", str(out), "--target", "edgerun_device", "edgerun_control_loop", "-j", "2"]):
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
         assert r.returncode == 0, f"{' '.join(cmd)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     exe = next(out.rglob("edgerun_device"))
     return exe
+
+
+def control_loop(device_exe: Path) -> Path:
+    """edgerun_control_loop, built next to ``device_exe`` by ``build``."""
+    return device_exe.with_name("edgerun_control_loop")
 
 
 def built_once(tmp_path_factory) -> Path:

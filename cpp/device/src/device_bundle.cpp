@@ -1,4 +1,4 @@
-// cpp/examples/device_bundle.cpp: bundle loading for the C++ device (see device_bundle.h).
+// cpp/device/src/device_bundle.cpp: bundle loading for the C++ device (see device_bundle.h).
 #include "device_bundle.h"
 
 #include <openssl/evp.h>

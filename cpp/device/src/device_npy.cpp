@@ -1,4 +1,4 @@
-// cpp/examples/device_npy.cpp: the .npy reader (see device_npy.h). The header is a Python dict
+// cpp/device/src/device_npy.cpp: the .npy reader (see device_npy.h). The header is a Python dict
 // literal written by numpy: {'descr': '<f4', 'fortran_order': False, 'shape': (2, 1, 8, 8), }
 #include "device_npy.h"
 

@@ -1,4 +1,4 @@
-// cpp/examples/device_exits.h: early exits on the C++ device, as edgerun/exits.py runs them: the
+// cpp/device/src/device_exits.h: early exits on the C++ device, as edgerun/exits.py runs them: the
 // segments exit<i>.erg of the manifest's exits entry (docs/BUNDLE.md) run in order, each giving the
 // next point tensor and its head's output; after each the criterion of edgerun/exits.h (the core's,
 // the very code the Python device calls) decides, under the chosen budget's thresholds, whether the

@@ -1,4 +1,4 @@
-// cpp/examples/device_front.cpp: front half + REQUEST frame (see device_front.h).
+// cpp/device/src/device_front.cpp: front half + REQUEST frame (see device_front.h).
 #include "device_front.h"
 
 #include <cmath>

@@ -1,4 +1,4 @@
-// cpp/examples/device_npy.h: reads a .npy file (numpy's format, versions 1-3) holding float32,
+// cpp/device/src/device_npy.h: reads a .npy file (numpy's format, versions 1-3) holding float32,
 // C order, batch first: what the C++ device takes as a model input.
 #pragma once
 

@@ -1,4 +1,4 @@
-// cpp/examples/device_front.h: the device's half of a request: the front half on the native engine
+// cpp/device/src/device_front.h: the device's half of a request: the front half on the native engine
 // (front.erg, mmapped by edgerun::Engine) and the REQUEST frame of what crosses the cut, built as
 // edgerun/device.py builds it (raw float32, or the bundle's tsq codec; meta empty; seq 0).
 #pragma once

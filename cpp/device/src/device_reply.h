@@ -1,4 +1,4 @@
-// cpp/examples/device_reply.h: the reply to a request, checked as edgerun/device.py checks it
+// cpp/device/src/device_reply.h: the reply to a request, checked as edgerun/device.py checks it
 // (edgerun/device_checks.py check_reply): a valid frame for this bundle, a REPLY to this request
 // id with one raw tensor per model output (its dtype, its shape, this batch) and server_us >= 0;
 // an ERROR frame becomes the server's code and message.

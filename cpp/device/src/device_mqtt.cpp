@@ -1,4 +1,4 @@
-// cpp/examples/device_mqtt.cpp: the C++ device's MQTT 5 link (see device_mqtt.h).
+// cpp/device/src/device_mqtt.cpp: the C++ device's MQTT 5 link (see device_mqtt.h).
 #include "device_mqtt.h"
 
 #include "device_tls.h"
@@ -30,24 +30,50 @@ MqttLink::~MqttLink() {
   if (mosq_ != nullptr) mosquitto_destroy(mosq_);
 }
 
-void MqttLink::on_connect(struct mosquitto*, void* self, int rc, int, const mosquitto_property*) {
+void MqttLink::on_connect(struct mosquitto* mosq, void* self, int rc, int, const mosquitto_property*) {
   auto* l = static_cast<MqttLink*>(self);
+  std::lock_guard<std::mutex> g(l->mu_);
   l->connack_ = true;
   l->connack_rc_ = rc;
   l->connected_ = rc == 0;
+  if (!l->threaded_) return;
+  if (rc != 0) {
+    l->down_why_ = "the broker at " + l->url_text_ + " refused the connection (" + mosquitto_reason_string(rc) + ")";
+    return;
+  }
+  // A reconnection (clean start): subscribe again (ready at the SUBACK), presence online again.
+  l->suback_ = false;
+  mosquitto_subscribe_v5(mosq, &l->sub_mid_, l->resp_topic_.c_str(), 1, 0, nullptr);
+  mosquitto_publish_v5(mosq, nullptr, l->presence_topic_.c_str(), int(l->online_.size()), l->online_.data(), 1, true,
+                       nullptr);
+}
+
+void MqttLink::on_disconnect(struct mosquitto*, void* self, int rc, const mosquitto_property*) {
+  auto* l = static_cast<MqttLink*>(self);
+  std::lock_guard<std::mutex> g(l->mu_);
+  l->connected_ = false;
+  l->ready_ = false;
+  l->down_why_ = "lost the broker at " + l->url_text_ + " (" + mosq_error(rc) + "); reconnecting in the background";
+  l->cv_.notify_all();
 }
 
 void MqttLink::on_subscribe(struct mosquitto*, void* self, int mid, int n, const int* qos,
                             const mosquitto_property*) {
   auto* l = static_cast<MqttLink*>(self);
+  std::lock_guard<std::mutex> g(l->mu_);
   if (mid != l->sub_mid_) return;
   l->suback_ = true;
   l->suback_ok_ = n == 1 && qos[0] < 128;  // >= 0x80: the broker refused the subscription
+  l->ready_ = l->connected_ && l->suback_ok_;
+  if (!l->suback_ok_) l->down_why_ = "the broker at " + l->url_text_ + " refused the subscription to " + l->resp_topic_;
+  l->cv_.notify_all();
 }
 
 void MqttLink::on_publish(struct mosquitto*, void* self, int mid, int, const mosquitto_property*) {
   auto* l = static_cast<MqttLink*>(self);
+  std::lock_guard<std::mutex> g(l->mu_);
   if (mid == l->pub_mid_) l->puback_ = true;
+  l->cv_.notify_all();
 }
 
 void MqttLink::on_message(struct mosquitto*, void* self, const struct mosquitto_message* msg,
@@ -63,18 +89,27 @@ void MqttLink::on_message(struct mosquitto*, void* self, const struct mosquitto_
     for (int i = 7; i >= 0; --i) id = (id << 8) | b[i];
   }
   std::free(corr);
+  std::lock_guard<std::mutex> g(l->mu_);
   // Only the awaited id is answered; an unknown, repeated or late reply is dropped and counted.
-  if (!(have && len == 8 && l->waiting_ && !l->got_ && id == l->want_id_)) {
+  auto it = have && len == 8 ? l->pending_.find(id) : l->pending_.end();
+  if (it == l->pending_.end() || it->second.got) {
     ++l->dropped_;
     return;
   }
   const auto* p = static_cast<const uint8_t*>(msg->payload);
-  l->reply_.assign(p, p + msg->payloadlen);
-  l->t_recv_ = now;
-  l->got_ = true;
+  it->second.reply.assign(p, p + msg->payloadlen);
+  it->second.t_recv = now;
+  it->second.got = true;
+  l->cv_.notify_all();
 }
 
 Err MqttLink::loop_until(const bool* flag, Clock::time_point until, const char* what) {
+  if (threaded_) {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (!cv_.wait_until(lk, until, [&] { return *flag || !connected_; }) || !*flag)
+      return fail(kExitBroker, std::string("the broker at ") + url_text_ + " did not answer " + what);
+    return Err::Ok();
+  }
   while (!*flag) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
     if (left <= 0) return fail(kExitBroker, std::string("the broker at ") + url_text_ + " did not answer " + what);
@@ -112,6 +147,7 @@ Err MqttLink::connect(const BrokerUrl& url, const std::string& client_id, const 
   mosquitto_publish_v5_callback_set(mosq_, &MqttLink::on_publish);
   mosquitto_message_v5_callback_set(mosq_, &MqttLink::on_message);
   mosquitto_log_callback_set(mosq_, &MqttLink::on_log);
+  mosquitto_disconnect_v5_callback_set(mosq_, &MqttLink::on_disconnect);
   Err e;
   if (url.tls && (!(e = check_tls_files(url)).ok() || !(e = set_tls(mosq_, url)).ok())) return e;
   if (url.has_user)
@@ -165,13 +201,16 @@ Err MqttLink::publish_request(const std::string& topic, const std::vector<uint8_
   mosquitto_property_add_string(&props, MQTT_PROP_RESPONSE_TOPIC, response_topic.c_str());
   mosquitto_property_add_binary(&props, MQTT_PROP_CORRELATION_DATA, corr, 8);
   mosquitto_property_add_int32(&props, MQTT_PROP_MESSAGE_EXPIRY_INTERVAL, expiry_s);
-  want_id_ = request_id;
-  waiting_ = true;
-  got_ = false;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    if (threaded_ && !ready_) return fail(kExitBroker, down_why_);
+    pending_[request_id] = Pending{};
+  }
   int rc = mosquitto_publish_v5(mosq_, nullptr, topic.c_str(), int(frame.size()), frame.data(), 1, false, props);
   mosquitto_property_free_all(&props);
   if (rc != MOSQ_ERR_SUCCESS) {
-    waiting_ = false;
+    std::lock_guard<std::mutex> g(mu_);
+    pending_.erase(request_id);
     return fail(kExitBroker, "cannot publish the request to the broker at " + url_text_ + " (" + mosq_error(rc) +
                              ")" + (rc == MOSQ_ERR_PAYLOAD_SIZE ? ": the frame is over the broker's limit" : ""));
   }
@@ -181,9 +220,19 @@ Err MqttLink::publish_request(const std::string& topic, const std::vector<uint8_
 Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vector<uint8_t>* reply,
                          Clock::time_point* t_recv, bool* got) {
   *got = false;
-  if (request_id != want_id_ || !waiting_) return fail(kExitInternal, "wait_reply for a request not sent");
+  std::unique_lock<std::mutex> lk(mu_);
+  auto it = pending_.find(request_id);  // stays valid while other requests come and go
+  if (it == pending_.end()) return fail(kExitInternal, "wait_reply for a request not sent");
+  const bool& got_ = it->second.got;
   Err e = Err::Ok();
-  while (!got_) {
+  if (threaded_) {
+    cv_.wait_until(lk, until, [&] { return got_ || !connected_; });
+    if (!got_ && !connected_)
+      e = fail(kExitBroker, "lost the broker at " + url_text_ + " while waiting for the reply to request " +
+                            std::to_string(request_id) + "; reconnecting in the background");
+  }
+  if (!threaded_) lk.unlock();  // the callbacks run in mosquitto_loop, on this thread
+  while (!threaded_ && !got_) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
     if (left < 0) break;
     int rc = mosquitto_loop(mosq_, int(std::min<long long>(left, kLoopSliceMs)), 1);
@@ -193,17 +242,60 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
       break;
     }
   }
-  waiting_ = false;
+  if (!lk.owns_lock()) lk.lock();
   if (got_) {
-    reply->swap(reply_);
-    *t_recv = t_recv_;
+    reply->swap(it->second.reply);
+    *t_recv = it->second.t_recv;
     *got = true;
   }
+  pending_.erase(it);
   return e;
 }
 
+Err MqttLink::start_background(const std::string& resp_topic, const std::string& online, const std::string& why) {
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    resp_topic_ = resp_topic;
+    online_ = online;
+    down_why_ = why;
+    ready_ = connected_ && suback_ && suback_ok_;
+    threaded_ = true;
+  }
+  mosquitto_reconnect_delay_set(mosq_, 1, 4, true);
+  int rc = mosquitto_loop_start(mosq_);
+  if (rc != MOSQ_ERR_SUCCESS) return fail(kExitInternal, "mosquitto_loop_start failed (" + mosq_error(rc) + ")");
+  return Err::Ok();
+}
+
+bool MqttLink::up() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return threaded_ ? ready_ : connected_;
+}
+
+std::string MqttLink::down_reason() const {
+  std::lock_guard<std::mutex> g(mu_);
+  return down_why_;
+}
+
 void MqttLink::close() {
-  if (mosq_ == nullptr || !connected_) return;
+  if (mosq_ == nullptr) return;
+  if (threaded_) {
+    bool was_up;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      was_up = connected_;
+      puback_ = false;
+    }
+    if (was_up && mosquitto_publish_v5(mosq_, &pub_mid_, presence_topic_.c_str(), 0, nullptr, 1, true, nullptr) ==
+                      MOSQ_ERR_SUCCESS)
+      loop_until(&puback_, Clock::now() + std::chrono::milliseconds(1000), "the presence clear");
+    mosquitto_disconnect_v5(mosq_, 0, nullptr);
+    mosquitto_loop_stop(mosq_, /*force=*/!was_up);  // not connected: it may be waiting to reconnect
+    threaded_ = false;
+    connected_ = false;
+    return;
+  }
+  if (!connected_) return;
   // An empty retained message clears this device's presence (each run has a new id: an "offline"
   // left retained would stay on the broker for good). Wait briefly for its PUBACK.
   puback_ = false;

@@ -1,4 +1,4 @@
-// cpp/examples/device_common.h: what the C++-only device program's parts share: its exit codes
+// cpp/device/src/device_common.h: what the C++-only device program's parts share: its exit codes
 // and an error value (the program reports an error and exits; the core's Status stays inside).
 #pragma once
 

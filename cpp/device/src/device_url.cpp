@@ -1,4 +1,4 @@
-// cpp/examples/device_url.cpp: broker URLs (see device_url.h; the rules of edgerun/broker_url.py).
+// cpp/device/src/device_url.cpp: broker URLs (see device_url.h; the rules of edgerun/broker_url.py).
 #include "device_url.h"
 
 #include <sys/stat.h>

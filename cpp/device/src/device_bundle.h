@@ -1,4 +1,4 @@
-// cpp/examples/device_bundle.h: what the C++ device reads from a bundle directory (docs/BUNDLE.md):
+// cpp/device/src/device_bundle.h: what the C++ device reads from a bundle directory (docs/BUNDLE.md):
 // the manifest, checked as edgerun/bundle.py checks it (format, version, its own hash), and the
 // front half's file, checked against its sha256.
 #pragma once

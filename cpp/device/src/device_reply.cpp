@@ -1,4 +1,4 @@
-// cpp/examples/device_reply.cpp: reply checks (see device_reply.h).
+// cpp/device/src/device_reply.cpp: reply checks (see device_reply.h).
 #include "device_reply.h"
 
 #include <cmath>

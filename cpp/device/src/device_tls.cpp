@@ -1,4 +1,4 @@
-// cpp/examples/device_tls.cpp: TLS to the broker (see device_tls.h).
+// cpp/device/src/device_tls.cpp: TLS to the broker (see device_tls.h).
 #include "device_tls.h"
 
 #include <arpa/inet.h>

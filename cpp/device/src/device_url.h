@@ -1,4 +1,4 @@
-// cpp/examples/device_url.h: the broker URLs of the C++ device, read as edgerun/broker_url.py reads
+// cpp/device/src/device_url.h: the broker URLs of the C++ device, read as edgerun/broker_url.py reads
 // them (every client of the project takes the same URLs):
 //   mqtt://[USER[:PASSWORD]@]host[:port]      (also tcp://, or host[:port]; port 1883)
 //   mqtts://[USER[:PASSWORD]@]host[:port][?ca=CA.pem][&cert=CLIENT.pem&key=CLIENT.key]

@@ -1,4 +1,4 @@
-// cpp/examples/device_exits.cpp: early exits (see device_exits.h).
+// cpp/device/src/device_exits.cpp: early exits (see device_exits.h).
 #include "device_exits.h"
 
 #include <sys/stat.h>

@@ -1,4 +1,4 @@
-// cpp/examples/device_answer.cpp: one request with early exits (see device_answer.h).
+// cpp/device/src/device_answer.cpp: one request with early exits (see device_answer.h).
 #include "device_answer.h"
 
 #include <cmath>
@@ -41,6 +41,8 @@ json local(const DeviceBundle& b, const Step& step, int i, const std::string& re
 // Why the deepest exit must answer now instead of the server ("" = ask the server).
 std::string why_local(const ServerLink& link, double left_ms) {
   if (!link.down.empty()) return "server unreachable: " + link.down;
+  if (link.mqtt == nullptr) return "server unreachable: no broker";
+  if (!link.mqtt->up()) return "server unreachable: " + link.mqtt->down_reason();
   const Clock::time_point now = Clock::now();
   if (now < link.suspect_until)
     return "server unreachable: " + link.suspect_why + "; retrying in " +
@@ -55,10 +57,11 @@ std::string why_local(const ServerLink& link, double left_ms) {
 
 Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerLink& link,
                       const std::map<std::string, Array>& inputs, int64_t batch, double deadline_ms,
-                      uint64_t request_id, json* out) {
+                      std::function<uint64_t()> next_id, json* out) {
   const Clock::time_point t0 = Clock::now();
   const Clock::time_point until = t0 + std::chrono::microseconds(int64_t(deadline_ms * 1000.0));
   Step step;
+  std::unique_lock<std::mutex> compute(link.compute);  // the segments and the frame take turns
   Err e = exits.run(inputs, batch, &step);
   if (!e.ok()) return e;
   if (step.exited >= 0) {
@@ -66,17 +69,25 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
     return Err::Ok();
   }
   const Clock::time_point t1 = Clock::now();
-  const std::string why = why_local(link, deadline_ms - ms(t0, t1));
+  std::string why;
+  {
+    std::lock_guard<std::mutex> g(link.state);
+    why = why_local(link, deadline_ms - ms(t0, t1));
+  }
   if (!why.empty()) {
     *out = local(b, step, step.deepest(), why, t0, nullptr, 0);
     return Err::Ok();
   }
   std::vector<uint8_t> frame, payload;
+  const uint64_t request_id = next_id();
   if (!(e = front.set_cut(exits.cut(step, inputs))).ok() || !(e = front.encode(request_id, &frame)).ok()) return e;
+  compute.unlock();  // the wait overlaps other requests
   const Clock::time_point t2 = Clock::now();
   const uint32_t expiry_s = uint32_t(std::ceil(deadline_ms / 1000.0));
   e = link.mqtt->publish_request(link.req_topic, frame, link.resp_topic, request_id, expiry_s);
+  std::unique_lock<std::mutex> state(link.state, std::defer_lock);
   if (!e.ok()) {
+    state.lock();
     link.suspect_why = "publish failed (" + e.message + ")";
     link.suspect_until = Clock::now() + std::chrono::milliseconds(int64_t(kSuspectBackoffS * 1000));
     *out = local(b, step, step.deepest(), "server unreachable: " + link.suspect_why, t0, &t1, 0);
@@ -85,12 +96,12 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
   Clock::time_point t_recv;
   bool got = false;
   e = link.mqtt->wait_reply(request_id, until, &payload, &t_recv, &got);
-  if (!e.ok()) {  // the broker is gone: every later request of this run answers here
-    link.down = e.message;
+  if (!e.ok()) {  // the broker is gone: later requests answer here until it reconnects (device_mqtt.h)
     *out = local(b, step, step.deepest(), "server unreachable: " + e.message, t0, &t1, frame.size());
     return Err::Ok();
   }
   if (!got) {
+    state.lock();
     const std::string msg = "no reply from a server for bundle " + b.topic_id + " (" + b.model_id + ") within " +
                             fmt("%g", deadline_ms) + " ms";
     link.suspect_why = "no reply to the last request within " + fmt("%g", deadline_ms) + " ms";
@@ -102,6 +113,7 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
   if (!(e = check_reply(b, payload, request_id, batch, &reply)).ok()) return e;
   const Clock::time_point t3 = Clock::now();
   const double rtt = ms(t2, t_recv);
+  state.lock();
   link.suspect_until = Clock::time_point{};
   link.rtt_ms = link.rtt_ms < 0 ? rtt : (1 - kRttEwmaAlpha) * link.rtt_ms + kRttEwmaAlpha * rtt;
   *out = json{{"answered_by", "server"}, {"reason", "server replied"}, {"request_id", reply.request_id},

@@ -1,4 +1,4 @@
-// cpp/examples/device_answer.h: one request on a bundle with early exits, decided as
+// cpp/device/src/device_answer.h: one request on a bundle with early exits, decided as
 // edgerun/device.py Device.infer decides it: the first confident exit answers on the device; else
 // the cut goes to the server, unless the broker is unreachable, a reply was lost lately (1 s of
 // local answers), or the predicted round trip (EWMA of measured ones) does not fit what is left of
@@ -6,7 +6,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <mutex>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -17,10 +19,13 @@
 
 namespace edgerun_device {
 
-// The server side as the requests of one run see it.
+// The server side as the requests of one device see it. Requests from several threads: their
+// segments / front half and frame take turns (`compute`), their waits overlap; `state` guards the
+// round-trip estimate and the suspicion.
 struct ServerLink {
-  MqttLink*         mqtt = nullptr;  // nullptr: never connected
-  std::string       down;            // why the broker is unreachable ("" while it is up)
+  std::mutex        compute, state;
+  MqttLink*         mqtt = nullptr;  // nullptr: no broker (offline)
+  std::string       down;            // set: the broker is unreachable for good, why (else mqtt->up() says)
   std::string       req_topic, resp_topic;
   double            rtt_ms = -1;     // EWMA of round trips (publish -> reply), < 0 before the first
   Clock::time_point suspect_until{};
@@ -33,6 +38,6 @@ struct ServerLink {
 // bad input.
 Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerLink& link,
                       const std::map<std::string, Array>& inputs, int64_t batch, double deadline_ms,
-                      uint64_t request_id, nlohmann::json* out);
+                      std::function<uint64_t()> next_id, nlohmann::json* out);
 
 }  // namespace edgerun_device

@@ -1,4 +1,4 @@
-// cpp/examples/device_tls.h: TLS to the broker for the C++ device, as the Python device has it
+// cpp/device/src/device_tls.h: TLS to the broker for the C++ device, as the Python device has it
 // (edgerun/transport.py _tls_context / _tls_problem): the broker's certificate checked against the
 // URL's ca= (else the system's trust store), its host name included; the client certificate of
 // cert= / key= presented when given. libmosquitto does the TLS; OpenSSL is used here to check the

@@ -1,13 +1,18 @@
-// cpp/examples/device_mqtt.h: the C++ device's MQTT 5 link (libmosquitto), doing what
+// cpp/device/src/device_mqtt.h: the C++ device's MQTT 5 link (libmosquitto), doing what
 // edgerun/transport.py and edgerun/device.py do for a request (docs/TOPICS.md): clean start, keep
 // alive 10 s, TCP_NODELAY, a retained presence with an "offline" last will, the response topic
 // subscribed (SUBACK awaited) before any request, requests at QoS 1 with Response Topic,
 // Correlation Data (the request id, 8 bytes little-endian) and Message Expiry, replies matched by
-// Correlation Data only. One thread: the caller's, which drives the network loop while it waits.
+// Correlation Data only. Until start_background() the caller's thread drives the network loop while
+// it waits; after, libmosquitto's thread does, reconnecting when the broker goes away and comes back
+// (each reconnection re-subscribes and publishes the presence again).
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -43,16 +48,25 @@ class MqttLink {
   // when it came in *t_recv) or `until` passes (false, no error). kExitBroker when the broker is lost.
   Err wait_reply(uint64_t request_id, Clock::time_point until, std::vector<uint8_t>* reply,
                  Clock::time_point* t_recv, bool* got);
+  // Hands the connection to a background thread (mosquitto_loop_start) that reconnects with backoff
+  // and re-subscribes `resp_topic` and republishes `online` on each reconnection. Called after
+  // connect() + subscribe(), or after a failed connect() (then `why` says why it is down until the
+  // first connection).
+  Err start_background(const std::string& resp_topic, const std::string& online, const std::string& why);
+  // Connected and subscribed.
+  bool up() const;
+  std::string down_reason() const;
   // Clears the retained presence (an empty retained message, as the Python device's clean close),
   // then disconnects.
   void close();
 
-  uint64_t dropped_replies() const { return dropped_; }
+  uint64_t dropped_replies() const { std::lock_guard<std::mutex> g(mu_); return dropped_; }
 
  private:
   Err loop_until(const bool* flag, Clock::time_point until, const char* what);
   // Why the connection failed before its CONNACK: `detail` (libmosquitto's), the TLS problem, a hint.
   Err connect_failed(const BrokerUrl& url, const std::string& detail);
+  static void on_disconnect(struct mosquitto*, void* self, int rc, const mosquitto_property*);
   static void on_log(struct mosquitto*, void* self, int level, const char* text);
   static void on_connect(struct mosquitto*, void* self, int rc, int flags, const mosquitto_property*);
   static void on_subscribe(struct mosquitto*, void* self, int mid, int n, const int* qos,
@@ -68,11 +82,18 @@ class MqttLink {
   int                  connack_rc_ = 0;
   int                  sub_mid_ = -1, pub_mid_ = -1;
   bool                 suback_ = false, suback_ok_ = false, puback_ = false;
-  uint64_t             want_id_ = 0;
-  bool                 waiting_ = false, got_ = false;
-  std::vector<uint8_t> reply_;
-  Clock::time_point    t_recv_{};
+  struct Pending {  // a request sent, its reply awaited (several at once: one per calling thread)
+    bool                 got = false;
+    std::vector<uint8_t> reply;
+    Clock::time_point    t_recv{};
+  };
+  std::map<uint64_t, Pending> pending_;
   uint64_t             dropped_ = 0;
+  // Background mode: callbacks run on libmosquitto's thread; the fields above are under mu_.
+  mutable std::mutex      mu_;
+  std::condition_variable cv_;
+  bool                    threaded_ = false, ready_ = false;
+  std::string             resp_topic_, online_, down_why_;
 };
 
 }  // namespace edgerun_device

@@ -1,0 +1,137 @@
+// cpp/examples/control_loop.cpp: edgerun_control_loop, a robot's control loop on the C++ device
+// library (edgerun/device.h): open the device once, then every tick one inference with a deadline;
+// the answer comes from the server, or from the bundle's early exits on the device (a confident exit,
+// the broker down, the deadline near). A tick with no answer by its deadline is missed, and the loop
+// goes on. Prints a JSON summary at the end, as `edgerun run --rate --summary` does.
+//
+//   edgerun_control_loop BUNDLE --broker URL --input [NAME=]X.npy ... [--rate 50] [--ticks 200]
+//                        [--deadline-ms 20] [--budget NAME|off] [--each]
+// --ticks 0: until Ctrl-C / SIGTERM. An input file with N samples: tick i sends sample i mod N.
+// --each: one JSON line per tick (who answered, why, the outputs) before the summary.
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "edgerun/device.h"
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+volatile std::sig_atomic_t g_stop = 0;
+
+// Sample i (mod its batch) of each input, as a batch of one.
+edgerun::device::Tensors sample(const edgerun::device::Tensors& all, long i) {
+  edgerun::device::Tensors one;
+  for (const auto& kv : all) {
+    edgerun::device::Tensor t = kv.second;
+    const size_t n = size_t(t.shape[0]), per = t.data.size() / n, at = size_t(i) % n * per;
+    t.data.assign(kv.second.data.begin() + long(at), kv.second.data.begin() + long(at + per));
+    t.shape[0] = 1;
+    one[kv.first] = std::move(t);
+  }
+  return one;
+}
+
+double percentile(std::vector<double> v, double q) {  // numpy's default (linear)
+  std::sort(v.begin(), v.end());
+  const double pos = q / 100.0 * double(v.size() - 1);
+  const size_t lo = size_t(pos), hi = std::min(lo + 1, v.size() - 1);
+  return v[lo] + (v[hi] - v[lo]) * (pos - double(lo));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string bundle, broker;
+  std::vector<std::string> input_args;
+  double rate = 50, deadline_ms = 20;
+  long ticks = 200;
+  bool each = false;
+  edgerun::device::Options opt;
+  for (int i = 1; i < argc; ++i) {
+    const std::string f = argv[i];
+    const char* v = (i + 1 < argc && f != "--each") ? argv[i + 1] : nullptr;
+    if (f == "--each") { each = true; continue; }
+    if (f.rfind("--", 0) != 0) { bundle = f; continue; }
+    if (v == nullptr) { std::fprintf(stderr, "edgerun_control_loop: %s needs a value\n", f.c_str()); return 2; }
+    ++i;
+    if (f == "--broker") broker = v;
+    else if (f == "--input") input_args.push_back(v);
+    else if (f == "--rate") rate = std::atof(v);
+    else if (f == "--ticks") ticks = std::atol(v);
+    else if (f == "--deadline-ms") deadline_ms = std::atof(v);
+    else if (f == "--budget") opt.budget = v;
+    else { std::fprintf(stderr, "edgerun_control_loop: unknown option %s\n", f.c_str()); return 2; }
+  }
+  if (bundle.empty() || broker.empty() || input_args.empty() || !(rate > 0) || ticks < 0) {
+    std::fprintf(stderr, "usage: edgerun_control_loop BUNDLE --broker URL --input [NAME=]X.npy [--rate 50] "
+                         "[--ticks 200] [--deadline-ms 20] [--budget NAME|off] [--each]\n");
+    return 2;
+  }
+  std::signal(SIGINT, [](int) { g_stop = 1; });
+  std::signal(SIGTERM, [](int) { g_stop = 1; });
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
+
+  long requests = 0, by_server = 0, on_device = 0, missed = 0, late = 0, overruns = 0, errors = 0;
+  std::vector<double> total_ms, bytes_sent;
+  std::string last_miss, last_error;
+  try {
+    edgerun::device::Device dev(bundle, broker, opt);  // once: loads the bundle, connects (and reconnects)
+    edgerun::device::Tensors inputs;
+    for (const std::string& a : input_args) {
+      const size_t eq = a.find('=');
+      const std::string name = eq == std::string::npos ? dev.input_names().at(0) : a.substr(0, eq);
+      inputs[name] = edgerun::device::load_npy(eq == std::string::npos ? a : a.substr(eq + 1));
+    }
+    const auto period = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(1.0 / rate));
+    Clock::time_point next = Clock::now();
+    for (long tick = 0; (ticks == 0 || tick < ticks) && !g_stop; ++tick) {
+      json line = {{"tick", tick}};
+      ++requests;
+      try {
+        const edgerun::device::Result r = dev.infer(sample(inputs, tick), deadline_ms);  // every tick
+        (r.local() ? on_device : by_server) += 1;
+        late += r.timings_ms.at("total") > deadline_ms;
+        total_ms.push_back(r.timings_ms.at("total"));
+        bytes_sent.push_back(double(r.bytes_sent));
+        line["answered_by"] = r.answered_by;
+        line["reason"] = r.reason;
+        for (const auto& kv : r.outputs) line["outputs"][kv.first] = kv.second.data;
+      } catch (const edgerun::device::BrokerError& e) {  // no exits: the broker is away (reconnecting)
+        ++missed, last_miss = e.what(), line["missed"] = last_miss;
+      } catch (const edgerun::device::DeadlineError& e) {  // no exits: no reply by the deadline
+        ++missed, last_miss = e.what(), line["missed"] = last_miss;
+      } catch (const edgerun::device::Error& e) {  // an error reply, a refused input: counted, the loop goes on
+        ++errors, last_error = e.what(), line["error"] = last_error;
+      }
+      if (each) std::printf("%s\n", line.dump().c_str());
+      next += period;
+      if (Clock::now() > next) ++overruns, next = Clock::now();  // this tick ran past the next one's start
+      else std::this_thread::sleep_until(next);
+    }
+  } catch (const edgerun::device::Error& e) {  // opening the device: bundle, options, broker (no exits)
+    std::fprintf(stderr, "edgerun_control_loop: error: %s\n", e.what());
+    return e.code();
+  }
+  json pct = json::object();
+  for (double q : {50.0, 90.0, 99.0})
+    if (!total_ms.empty()) pct["p" + std::to_string(int(q))] = percentile(total_ms, q);
+  double bytes_mean = 0;
+  for (double b : bytes_sent) bytes_mean += b / double(bytes_sent.size());
+  json summary = {{"requests", requests}, {"answered_by_server", by_server}, {"answered_on_device", on_device},
+                  {"missed", missed}, {"late", late}, {"overruns", overruns}, {"errors", errors},
+                  {"rate_hz", rate}, {"deadline_ms", deadline_ms}, {"total_ms", pct}, {"bytes_sent_mean", bytes_mean}};
+  if (!last_miss.empty()) summary["last_miss"] = last_miss;
+  if (!last_error.empty()) summary["last_error"] = last_error;
+  if (g_stop) summary["stopped"] = true;
+  std::printf("%s\n", summary.dump().c_str());
+  return errors > 0 ? 1 : 0;
+}

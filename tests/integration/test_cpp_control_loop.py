@@ -1,0 +1,197 @@
+"""The C++ device library (cpp/device, edgerun/device.h) through its control-loop example
+(cpp/examples/control_loop.cpp: edgerun_control_loop), with a real Mosquitto and a real `edgerun serve`:
+every tick's answer equals the Python Device's for the same input; the broker stopped and restarted on
+its port mid-loop: with early exits the ticks meanwhile are answered by the deepest exit and, in the
+same process run, later ones by the server again; without exits those ticks are missed and later ones
+answered by the server. Nothing here asserts on time: the waits are hang guards only."""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from conftest import ServerProc, wait_servers_online
+from cpp_device_build import built_once, control_loop, missing_tools
+from edgerun.broker import Mosquitto
+
+pytestmark = pytest.mark.integration
+HANG_GUARD_S = 120.0  # a test that waits longer than this for a tick fails instead of hanging
+
+
+@pytest.fixture(scope="session")
+def loop_exe(tmp_path_factory):
+    why = missing_tools()
+    if why:
+        pytest.skip(f"the C++ device cannot be built here: {why}")
+    return control_loop(built_once(tmp_path_factory))
+
+
+@pytest.fixture(scope="module")
+def exits_bundle(tmp_path_factory):
+    from edgerun.exporters import ExportConfig, export
+
+    return export("zoo:digits-cnn", ExportConfig(cut="block2", exits="auto", evaluate=False),
+                  tmp_path_factory.mktemp("loop-exits") / "digits-exits")
+
+
+def samples(bundle, n: int) -> np.ndarray:
+    from edgerun.exporters.data import load_digits_split
+
+    x = np.ascontiguousarray(load_digits_split().x_test[:n], dtype=np.float32)
+    return x.reshape((len(x), *bundle.inputs[0].shape[1:]))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Loop:
+    """edgerun_control_loop --each running; its tick lines read as they come."""
+
+    def __init__(self, exe, bundle, url: str, x_path, *args) -> None:
+        self.proc = subprocess.Popen([str(exe), str(bundle.path), "--broker", url, "--input", str(x_path), "--each",
+                                      *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue = queue.Queue()
+        self.ticks: list[dict] = []
+        threading.Thread(target=lambda: [self.lines.put(json.loads(ln)) for ln in self.proc.stdout], daemon=True).start()
+
+    def until(self, pred) -> None:
+        """Read tick lines until pred(tick) holds for one (the hang guard fails the test)."""
+        give_up = time.monotonic() + HANG_GUARD_S
+        while time.monotonic() < give_up:
+            try:
+                t = self.lines.get(timeout=1)
+            except queue.Empty:
+                assert self.proc.poll() is None, f"the loop exited {self.proc.returncode}: {self.proc.stderr.read()}"
+                continue
+            self.ticks.append(t)
+            if pred(t):
+                return
+        pytest.fail(f"hang guard: no such tick in {HANG_GUARD_S} s; last ticks {self.ticks[-3:]}")
+
+    def stop(self) -> dict:
+        """SIGINT, as Ctrl-C: the loop ends after its tick and prints the summary (returned)."""
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=60)
+        while not self.lines.empty():
+            self.ticks.append(self.lines.get())
+        summary = self.ticks.pop()
+        assert self.proc.returncode == 0 and "requests" in summary, (self.proc.returncode, self.proc.stderr.read())
+        return summary
+
+
+def out(tick: dict) -> np.ndarray:
+    (v,) = tick["outputs"].values()
+    return np.array(v, dtype=np.float32)
+
+
+def test_each_tick_answers_as_the_python_device(loop_exe, exits_bundle, broker, tmp_path):
+    """Budget "fast": some ticks answered by a confident exit on the device, the others by the server."""
+    from edgerun.device import Device
+
+    x = samples(exits_bundle, 16)
+    np.save(tmp_path / "x.npy", x)
+    server = ServerProc(exits_bundle, broker.url)
+    try:
+        wait_servers_online(exits_bundle, broker.url, 1, [server])
+        with Device(exits_bundle, broker=broker.url, budget="fast") as dev:
+            want = [dev.infer(x[i:i + 1], deadline_ms=20000) for i in range(len(x))]
+        r = subprocess.run([str(a) for a in (loop_exe, exits_bundle.path, "--broker", broker.url, "--input",
+                                             tmp_path / "x.npy", "--budget", "fast", "--ticks", len(x), "--rate", 20,
+                                             "--deadline-ms", 20000, "--each")], capture_output=True, text=True,
+                           timeout=300)
+    finally:
+        server.stop()
+    assert r.returncode == 0, r.stderr
+    *ticks, summary = [json.loads(ln) for ln in r.stdout.splitlines()]
+    assert [t["tick"] for t in ticks] == list(range(len(x)))
+    for t, w in zip(ticks, want):
+        assert t["answered_by"] == w.answered_by, (t["tick"], t["reason"], w.reason)
+        assert np.array_equal(out(t), next(iter(w.output.values())).reshape(-1)), t["tick"]
+    kinds = {t["answered_by"] for t in ticks}
+    assert "server" in kinds and any(k.startswith("exit:") for k in kinds), kinds  # both kinds compared
+    assert summary["requests"] == len(x) and summary["missed"] == 0 and summary["errors"] == 0
+    assert summary["answered_by_server"] + summary["answered_on_device"] == len(x)
+    assert set(summary["total_ms"]) == {"p50", "p90", "p99"}
+
+
+@pytest.mark.parametrize("with_exits", [True, False], ids=["exits", "no-exits"])
+def test_broker_stopped_and_restarted_mid_loop(loop_exe, exits_bundle, digits_bundle, tmp_path, with_exits):
+    from edgerun.device import Device
+
+    bundle = exits_bundle if with_exits else digits_bundle
+    x = samples(bundle, 8)
+    np.save(tmp_path / "x.npy", x)
+    budget = ["--budget", "off"] if with_exits else []
+    deepest = f"exit:{len(exits_bundle.manifest['exits']['points']) - 1}"
+    first = Mosquitto().start()
+    second = Mosquitto(port=first.port)
+    server = ServerProc(bundle, first.url)
+    loop = None
+    try:
+        wait_servers_online(bundle, first.url, 1, [server])
+        kw = {"budget": "off"} if with_exits else {}
+        with Device(bundle, broker=first.url, **kw) as dev:  # the server's answers
+            by_server = [next(iter(dev.infer(x[i:i + 1], deadline_ms=20000).output.values())) for i in range(len(x))]
+        if with_exits:
+            with Device(bundle, broker=f"mqtt://127.0.0.1:{free_port()}", budget="off") as dev:  # no broker
+                local = [dev.infer(x[i:i + 1], deadline_ms=300) for i in range(len(x))]
+            assert all(r.answered_by == deepest for r in local)
+            by_exit = [next(iter(r.output.values())) for r in local]
+
+        loop = Loop(loop_exe, bundle, first.url, tmp_path / "x.npy", "--ticks", 0, "--rate", 20,
+                    "--deadline-ms", 2000, *budget)
+        server_ticks = lambda: sum(t.get("answered_by") == "server" for t in loop.ticks)  # noqa: E731
+        loop.until(lambda t: server_ticks() >= 3)
+        first.stop()
+        stopped_at = len(loop.ticks)
+        if with_exits:
+            loop.until(lambda t: t.get("answered_by") == deepest and "unreachable" in t["reason"]
+                       and len(loop.ticks) > stopped_at + 3)
+        else:
+            loop.until(lambda t: "missed" in t and len(loop.ticks) > stopped_at + 3)
+        second.start()  # the same port: the device finds it again on its own
+        restarted_at = len(loop.ticks)
+        loop.until(lambda t: sum(u.get("answered_by") == "server" for u in loop.ticks[restarted_at:]) >= 3)
+        summary = loop.stop()
+    finally:
+        if loop is not None and loop.proc.poll() is None:
+            loop.proc.kill()
+        server.stop(signal.SIGKILL)
+        first.stop()
+        second.stop()
+
+    ticks = loop.ticks
+    assert [t["tick"] for t in ticks] == list(range(len(ticks)))
+    assert not any("error" in t for t in ticks), [t for t in ticks if "error" in t][:2]
+    for t in ticks:  # every answer is the Python device's for this input, from where it came
+        i = t["tick"] % len(x)
+        if t.get("answered_by") == "server":
+            assert np.array_equal(out(t), by_server[i].reshape(-1)), t["tick"]
+        elif with_exits:
+            assert t["answered_by"] == deepest, t
+            assert np.array_equal(out(t), by_exit[i].reshape(-1)), t["tick"]
+    # the ticks read before the stop may have been answered before it: the outage starts at its first local tick
+    after_stop = ticks[stopped_at:restarted_at]
+    first_down = next(k for k, t in enumerate(after_stop) if t.get("answered_by") != "server")
+    outage = after_stop[first_down:]
+    assert len(outage) >= 3
+    if with_exits:  # every tick answered: during the outage by the deepest exit
+        assert not any("missed" in t for t in ticks)
+        assert all(t["answered_by"] == deepest for t in outage), outage
+        assert summary["missed"] == 0 and summary["answered_on_device"] >= len(outage)
+    else:  # no exits: each is missed, at once (the broker is away, nothing is sent)
+        assert all("missed" in t for t in outage), outage
+        assert summary["missed"] >= len(outage) and "broker" in summary["last_miss"]
+    assert sum(t.get("answered_by") == "server" for t in ticks[restarted_at:]) >= 3  # the server again
+    assert summary["requests"] == len(ticks) and summary["errors"] == 0
