@@ -53,14 +53,6 @@ struct Args {
   uint64_t request_id = 0;
 };
 
-bool segment_ok(const std::string& s) {
-  if (s.empty() || s.size() > 128) return false;
-  for (char c : s)
-    if (!(std::isalnum(static_cast<unsigned char>(c)) || std::string("._:@=-").find(c) != std::string::npos))
-      return false;
-  return true;
-}
-
 Err parse_args(int argc, char** argv, Args* a) {
   auto need = [&](int& i) -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
   auto number = [](const char* s, double* v) { char* e = nullptr; *v = std::strtod(s, &e); return e && *e == 0 && e != s; };
@@ -102,12 +94,7 @@ Err parse_args(int argc, char** argv, Args* a) {
   if (a->bundle.empty()) return fail(kExitUsage, std::string("give the bundle directory\n") + kUsage);
   if (a->inputs.empty()) return fail(kExitUsage, "give the input: --input FILE.npy (several inputs: --input NAME=FILE.npy each)");
   if (a->broker.empty() && a->dump_frame.empty()) return fail(kExitUsage, "give the broker: --broker mqtt://HOST:PORT (or mqtts://HOST:PORT?ca=CA.pem for TLS)");
-  if (!a->device_id.empty() && !segment_ok(a->device_id))
-    return fail(kExitUsage, "--device-id " + a->device_id + " cannot be used in an MQTT topic: use 1-128 characters "
-                            "from letters, digits and . _ : @ = -");
-  if (!a->codec.empty() && a->codec != "none" && a->codec != "tsq")
-    return fail(kExitUsage, "--codec " + a->codec + ": leave it out for the bundle's codec, or none for raw float32");
-  return Err::Ok();
+  return Err::Ok();  // --device-id and --codec are checked by the library (Options), as for any caller
 }
 
 // The --input files by model input name (a bundle with one input takes FILE.npy alone).

@@ -194,3 +194,15 @@ def serve_bundle(broker: Mosquitto):
     for p in started:
         if p.proc.poll() is None:
             p.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def cpp_device(tmp_path_factory):
+    """The C++-only device program (cpp/examples: edgerun_device), built once per session; skipped, saying
+    why, where its libraries are not installed (`scripts/setup.sh --test` installs them)."""
+    from cpp_device_build import built_once, missing_tools
+
+    why = missing_tools()
+    if why:
+        pytest.skip(f"the C++ device cannot be built here: {why}")
+    return built_once(tmp_path_factory)

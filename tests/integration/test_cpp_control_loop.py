@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import ServerProc, wait_servers_online
-from cpp_device_build import built_once, control_loop, missing_tools
+from cpp_device_build import control_loop
 from edgerun.broker import Mosquitto
 
 pytestmark = pytest.mark.integration
@@ -27,11 +27,8 @@ HANG_GUARD_S = 120.0  # a test that waits longer than this for a tick fails inst
 
 
 @pytest.fixture(scope="session")
-def loop_exe(tmp_path_factory):
-    why = missing_tools()
-    if why:
-        pytest.skip(f"the C++ device cannot be built here: {why}")
-    return control_loop(built_once(tmp_path_factory))
+def loop_exe(cpp_device):
+    return control_loop(cpp_device)
 
 
 @pytest.fixture(scope="module")

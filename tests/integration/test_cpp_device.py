@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cpp_device_build import built_once, missing_tools
 from edgerun import crossing, transport, wire
 from edgerun.bundle import Bundle
 
@@ -29,13 +28,6 @@ pytestmark = pytest.mark.integration
 RUN_TIMEOUT_S = 120
 EXIT_USAGE, EXIT_BUNDLE, EXIT_BROKER, EXIT_DEADLINE, EXIT_SERVER_ERROR, EXIT_BAD_REPLY = 2, 3, 4, 5, 6, 7
 
-
-@pytest.fixture(scope="session")
-def cpp_device(tmp_path_factory) -> Path:
-    why = missing_tools()
-    if why:
-        pytest.skip(f"the C++ device cannot be built here: {why}")
-    return built_once(tmp_path_factory)
 
 
 def run_cpp(exe: Path, *args: str) -> subprocess.CompletedProcess:

@@ -14,18 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import ServerProc, wait_servers_online
-from cpp_device_build import built_once, missing_tools
 
 pytestmark = pytest.mark.integration
 EXIT_USAGE = 2
 
-
-@pytest.fixture(scope="session")
-def cpp_device(tmp_path_factory):
-    why = missing_tools()
-    if why:
-        pytest.skip(f"the C++ device cannot be built here: {why}")
-    return built_once(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from conftest import ServerProc, wait_servers_online
-from cpp_device_build import built_once, missing_tools
 from edgerun.broker import Mosquitto
 from edgerun.broker_url import BrokerTls, tls_url
 
@@ -23,13 +22,6 @@ pytestmark = [pytest.mark.integration,
 
 EXIT_USAGE, EXIT_BROKER = 2, 4
 
-
-@pytest.fixture(scope="session")
-def cpp_device(tmp_path_factory):
-    why = missing_tools()
-    if why:
-        pytest.skip(f"the C++ device cannot be built here: {why}")
-    return built_once(tmp_path_factory)
 
 
 def run_cpp(exe, *args):

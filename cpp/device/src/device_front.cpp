@@ -23,6 +23,20 @@ bool matches(const std::vector<int64_t>& spec, const std::vector<int64_t>& shape
   return true;
 }
 
+bool finite(const Array& a) {
+  for (float v : a.data)
+    if (!std::isfinite(v)) return false;
+  return true;
+}
+
+// A crossing tensor with NaN / Inf is not sent (a finite input beyond the model's range can overflow
+// in the front half), as edgerun/device_checks.py check_finite_cut.
+Err nonfinite_cut(const std::string& name) {
+  return fail(kExitUsage, "the front half turned this input into NaN or Inf at the cut ('" + name +
+                          "'), so nothing was sent: the input is far outside the range the model was "
+                          "trained on (scale it as the model expects)");
+}
+
 }  // namespace
 
 Err Front::load(const DeviceBundle& b, int32_t max_batch, int32_t threads, const std::string& codec,
@@ -134,12 +148,7 @@ Err Front::run(const std::map<std::string, Array>& inputs, int64_t batch) {
   }
   for (size_t c = 0; c < cut_.size(); ++c) {
     if (cut_source_[c] < 0) cut_[c] = inputs.at(b_->inputs[size_t(-1 - cut_source_[c])].name);
-    if (tsq_) continue;  // the codec refuses NaN / Inf itself
-    for (float v : cut_[c].data)
-      if (!std::isfinite(v))
-        return fail(kExitUsage, "the front half turned this input into NaN or Inf at the cut ('" + b_->cut[c].name +
-                                "'), so nothing was sent: the input is far outside the range the model was "
-                                "trained on (scale it as the model expects)");
+    if (!tsq_ && !finite(cut_[c])) return nonfinite_cut(b_->cut[c].name);  // tsq refuses NaN / Inf itself
   }
   return Err::Ok();
 }
@@ -149,12 +158,7 @@ Err Front::set_cut(const std::map<std::string, const Array*>& by_name) {
     auto it = by_name.find(b_->cut[c].name);
     if (it == by_name.end()) return fail(kExitInternal, "no tensor for cut tensor '" + b_->cut[c].name + "'");
     cut_[c] = *it->second;
-    if (tsq_) continue;  // the codec refuses NaN / Inf itself
-    for (float v : cut_[c].data)
-      if (!std::isfinite(v))
-        return fail(kExitUsage, "the front half turned this input into NaN or Inf at the cut ('" + b_->cut[c].name +
-                                "'), so nothing was sent: the input is far outside the range the model was "
-                                "trained on (scale it as the model expects)");
+    if (!tsq_ && !finite(cut_[c])) return nonfinite_cut(b_->cut[c].name);  // tsq refuses NaN / Inf itself
   }
   return Err::Ok();
 }
