@@ -57,3 +57,18 @@ def gated():
     torch.manual_seed(0)
     return Gated(), (torch.randn(1, 3, 16, 16), torch.randn(1, 5))
 '''
+
+
+def export_with_exits(d, n_samples: int = 320):
+    """``make`` written to ``d``/policy.py and exported with ``--exits auto`` at ``vision.3`` on ``n_samples``
+    random samples (``--data``; the joints pass through the cut); returns the bundle."""
+    import numpy as np
+
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    (d / "policy.py").write_text(POLICY)
+    rng = np.random.default_rng(0)
+    np.savez(d / "samples.npz", **{"inputs.image": rng.standard_normal((n_samples, 3, 16, 16)).astype(np.float32),
+                                   "inputs.joints": rng.standard_normal((n_samples, 5)).astype(np.float32)})
+    return export(f"{d}/policy.py:make", ExportConfig(cut="vision.3", exits="auto", data=d / "samples.npz"),
+                  d / "bundle")

@@ -144,17 +144,9 @@ def test_budgets_it_cannot_use_are_refused_saying_what_to_do(cpp_device, exits_b
 def two_input_policy(tmp_path_factory):
     """The camera + joints policy of test_exits_multi_input_outage.py: segments read model inputs by name,
     the joints pass through the cut."""
-    from test_exits_multi_input_outage import N_SAMPLES, POLICY
+    from robot_policy import export_with_exits
 
-    from edgerun.exporters.pipeline import ExportConfig, export
-
-    d = tmp_path_factory.mktemp("cpp-policy")
-    (d / "policy.py").write_text(POLICY)
-    rng = np.random.default_rng(0)
-    np.savez(d / "samples.npz", **{"inputs.image": rng.standard_normal((N_SAMPLES, 3, 16, 16)).astype(np.float32),
-                                   "inputs.joints": rng.standard_normal((N_SAMPLES, 5)).astype(np.float32)})
-    return export(f"{d}/policy.py:make", ExportConfig(cut="vision.3", exits="auto", data=d / "samples.npz"),
-                  d / "bundle")
+    return export_with_exits(tmp_path_factory.mktemp("cpp-policy"))
 
 
 def test_a_two_input_policy_with_exits_answers_as_the_python_device(cpp_device, two_input_policy, broker,

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 
 from edgerun.bundle import Bundle
-from robot_policy import POLICY
+from robot_policy import export_with_exits
 
 DEADLINE_MS = 400.0     # per request once the server is gone; generous for a loaded 2-core box
 SERVER_ATOL = 1e-5      # split (native front + ort back) vs the whole model
@@ -24,15 +24,7 @@ N_SAMPLES = 320
 
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory) -> Bundle:
-    from edgerun.exporters.pipeline import ExportConfig, export
-
-    d = tmp_path_factory.mktemp("policy")
-    (d / "policy.py").write_text(POLICY)
-    rng = np.random.default_rng(0)
-    np.savez(d / "samples.npz", **{"inputs.image": rng.standard_normal((N_SAMPLES, 3, 16, 16)).astype(np.float32),
-                                   "inputs.joints": rng.standard_normal((N_SAMPLES, 5)).astype(np.float32)})
-    return export(f"{d}/policy.py:make", ExportConfig(cut="vision.3", exits="auto", data=d / "samples.npz"),
-                  d / "bundle")
+    return export_with_exits(tmp_path_factory.mktemp("policy"), N_SAMPLES)
 
 
 def _session(bundle: Bundle, name: str) -> ort.InferenceSession:
