@@ -1,6 +1,7 @@
 // cpp/device/src/device_answer.cpp: one request with early exits (see device_answer.h).
 #include "device_answer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 
@@ -13,6 +14,7 @@ using json = nlohmann::json;
 
 constexpr double kRttEwmaAlpha = 0.2;   // edgerun/device.py RTT_EWMA_ALPHA
 constexpr double kSuspectBackoffS = 1;  // edgerun/device.py SUSPECT_BACKOFF_S
+constexpr double kExitReserveMs = 0.5;  // edgerun/device.py EXIT_RESERVE_MS (at most a tenth of the deadline)
 
 double ms(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
 
@@ -95,7 +97,11 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
   }
   Clock::time_point t_recv;
   bool got = false;
-  e = link.mqtt->wait_reply(request_id, until, &payload, &t_recv, &got);
+  // The wait ends a little before the deadline, so that the exit's answer (computed already) is handed over by
+  // it, as edgerun/device.py reply_wait_s does.
+  const double reserve_ms = std::min(kExitReserveMs, 0.1 * deadline_ms);
+  e = link.mqtt->wait_reply(request_id, until - std::chrono::microseconds(int64_t(reserve_ms * 1000.0)), &payload,
+                            &t_recv, &got);
   if (!e.ok()) {  // the broker is gone: later requests answer here until it reconnects (device_mqtt.h)
     *out = local(b, step, step.deepest(), "server unreachable: " + e.message, t0, &t1, frame.size());
     return Err::Ok();
