@@ -55,7 +55,9 @@ Err check_reply(const DeviceBundle& b, const std::vector<uint8_t>& buf, uint64_t
   if (f.meta_len > 0) meta = json::parse(f.meta, f.meta + f.meta_len, nullptr, false);
   if (!meta.is_object()) meta = json::object();
   if (f.header.kind == uint8_t(wire::Kind::kError)) {
-    std::string code = meta.value("code", std::string("unknown")), msg = meta.value("message", std::string());
+    // The server's words, whatever their JSON type: a number or a list here must not throw.
+    const json c = meta.value("code", json("unknown")), m = meta.value("message", json(""));
+    const std::string code = c.is_string() ? c.get<std::string>() : c.dump(), msg = m.is_string() ? m.get<std::string>() : m.dump();
     std::string hint;
     if (code == "wrong_bundle" || code == "bad_hash") hint = "; the server runs another bundle than " + b.topic_id;
     if (code == "bad_tensors") hint = "; device and server disagree on bundle " + b.topic_id;
