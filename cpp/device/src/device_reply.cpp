@@ -51,9 +51,11 @@ Err check_reply(const DeviceBundle& b, const std::vector<uint8_t>& buf, uint64_t
   const wire::DecodedFrame& f = r.value();
   if (!wire::check_bundle(f, b.hash16).ok())
     return bad_reply("it is for another bundle than " + b.topic_id);
+  // The wire checked the meta is a JSON object; one nlohmann still cannot read (a number past double,
+  // 1e400, which Python reads as inf) is refused, not taken as {} (server_us 0, code "unknown").
   json meta = json::object();
   if (f.meta_len > 0) meta = json::parse(f.meta, f.meta + f.meta_len, nullptr, false);
-  if (!meta.is_object()) meta = json::object();
+  if (!meta.is_object()) return bad_reply("its meta is not a JSON object this device can read");
   if (f.header.kind == uint8_t(wire::Kind::kError)) {
     // The server's words, whatever their JSON type: a number or a list here must not throw.
     const json c = meta.value("code", json("unknown")), m = meta.value("message", json(""));
