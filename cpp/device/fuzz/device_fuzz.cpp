@@ -4,6 +4,7 @@
 // An exception escaping the library, a sanitizer report, a hang or accepted garbage is a bug.
 //
 //   edgerun_device_fuzz reply|bundle|npy|url|all SEED ITERATIONS WORKDIR
+//   edgerun_device_fuzz erg SEED ITERATIONS WORKDIR FILE.erg   (the core's .erg loader and engine)
 //   edgerun_device_fuzz known 0 0 WORKDIR     (the inputs found so far, each with the error it must give)
 //
 // Built only on request (target edgerun_device_fuzz, EXCLUDE_FROM_ALL); best under
@@ -13,6 +14,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <iterator>
+#include <memory>
 #include <functional>
 #include <random>
 #include <string>
@@ -39,6 +42,7 @@ namespace {
 
 std::mt19937_64 rng;
 long failures = 0;
+long accepted = 0;  // inputs that passed every check (how deep the run went)
 
 uint64_t rnd(uint64_t n) { return n == 0 ? 0 : rng() % n; }
 
@@ -178,6 +182,50 @@ std::vector<uint8_t> make_frame(const DeviceBundle& b, uint8_t kind, uint64_t id
   return out;
 }
 
+const char* kMetas[] = {
+    R"({"server_us": 1234, "worker": "w1"})", R"({"server_us": -1})", R"({"server_us": "12"})",
+    R"({"server_us": 1e400})", R"({"server_us": null, "worker": 5})", R"({"code": 5, "message": ["x"]})",
+    R"({"code": "bad_hash", "message": null})", R"({"code": {"a": 1}})", R"({"server_us": 18446744073709551615})",
+    R"({"server_us": -0.0, "worker": {"x": []}})", R"({"worker": "\u0000"})", R"({"server_us": 1, "server_us": 2})",
+    R"({"code": "wrong_bundle", "message": "m"})", R"({"server_us": [1]})", R"({})", ""};
+
+// A well-formed frame of random tensors: any count, dtype, rank and dims whose payload fits, so the
+// checks past the wire decoder (count, dtype, rank, batch, dims) see every combination.
+std::vector<uint8_t> random_frame(const DeviceBundle& b, uint64_t id, int64_t batch) {
+  static std::vector<uint8_t> bytes(1 << 16, 0x3f);
+  wire::FrameHeader h;
+  h.kind = uint8_t(wire::Kind::kReply);
+  h.request_id = id;
+  std::memcpy(h.bundle_hash, b.hash16, 16);
+  wire::TensorView v[wire::kMaxTensors];
+  const uint32_t n = rnd(4) ? uint32_t(b.outputs.size()) : uint32_t(rnd(wire::kMaxTensors + 1));
+  for (uint32_t i = 0; i < n; ++i) {
+    const Spec* s = i < b.outputs.size() && rnd(2) ? &b.outputs[i] : nullptr;
+    v[i].dtype = s && rnd(2) ? (s->dtype == "float32" ? 1 : s->dtype == "int64" ? 6 : 4) : uint8_t(1 + rnd(6));
+    v[i].ndim = s && rnd(2) ? uint8_t(s->shape.size()) : uint8_t(rnd(wire::kMaxDims + 1));
+    uint64_t numel = 1;
+    for (uint32_t d = 0; d < v[i].ndim; ++d) {
+      uint32_t dim = d == 0 && rnd(2) ? uint32_t(batch) : s && d < s->shape.size() && s->shape[d] > 0 && rnd(2)
+                                                              ? uint32_t(s->shape[d]) : uint32_t(rnd(6));
+      if (rnd(50) == 0) dim = 0xffffffffu;  // too large for any payload: the wire must refuse it
+      v[i].dims[d] = dim;
+      numel *= dim;
+    }
+    const uint64_t len = numel * wire::dtype_size(v[i].dtype);
+    v[i].payload = bytes.data();
+    v[i].payload_len = len <= bytes.size() ? len : rnd(bytes.size());
+  }
+  const std::string meta = kMetas[rnd(sizeof(kMetas) / sizeof(kMetas[0]))];
+  std::vector<uint8_t> out(wire::encoded_size(uint32_t(meta.size()), v, n));
+  size_t written = 0;
+  if (out.size() > (64u << 20)) return {};
+  auto st = wire::encode_into(h, reinterpret_cast<const uint8_t*>(meta.data()), uint32_t(meta.size()), v, n,
+                              out.data(), out.size(), &written);
+  if (!st.ok()) return {};
+  out.resize(written);
+  return out;
+}
+
 void fix_crc(std::vector<uint8_t>* b) {
   if (b->size() < 4) return;
   const uint32_t c = edgerun::crc32(b->data(), b->size() - 4);
@@ -191,12 +239,6 @@ std::string hex_of(const std::vector<uint8_t>& b) {
   return s;
 }
 
-const char* kMetas[] = {
-    R"({"server_us": 1234, "worker": "w1"})", R"({"server_us": -1})", R"({"server_us": "12"})",
-    R"({"server_us": 1e400})", R"({"server_us": null, "worker": 5})", R"({"code": 5, "message": ["x"]})",
-    R"({"code": "bad_hash", "message": null})", R"({"code": {"a": 1}})", R"({"server_us": 18446744073709551615})",
-    R"({"server_us": -0.0, "worker": {"x": []}})", R"({"worker": "\u0000"})", R"({"server_us": 1, "server_us": 2})",
-    R"({"code": "wrong_bundle", "message": "m"})", R"({"server_us": [1]})", R"({})", ""};
 
 void fuzz_reply(long iters) {
   const DeviceBundle b = reply_bundle();
@@ -205,7 +247,8 @@ void fuzz_reply(long iters) {
     const int64_t batch = 1 + int64_t(rnd(4));
     const uint8_t kind = uint8_t(rnd(4) ? 2 : 1 + rnd(3));
     std::string meta = kMetas[rnd(sizeof(kMetas) / sizeof(kMetas[0]))];
-    std::vector<uint8_t> buf = make_frame(b, kind, rnd(8) ? id : id + 1, meta, rnd(8) ? batch : batch + 1);
+    std::vector<uint8_t> buf = rnd(3) ? make_frame(b, kind, rnd(8) ? id : id + 1, meta, rnd(8) ? batch : batch + 1)
+                                      : random_frame(b, id, batch);
     if (rnd(4)) {
       mutate_bytes(&buf, 1 + int(rnd(4)));
       if (rnd(4)) fix_crc(&buf);  // past the checksum: the checks behind it
@@ -219,7 +262,7 @@ void fuzz_reply(long iters) {
       if (e.message.empty()) bug("check_reply: an error with no message", shown);
       continue;
     }
-    // Accepted: it must be this request's answer, as the model gives it.
+    ++accepted;  // it must be this request's answer, as the model gives it
     if (!(r.request_id == id && std::isfinite(r.server_ms) && r.server_ms >= 0 && r.outputs.size() == b.outputs.size()))
       bug("check_reply accepted a reply that does not hold together", shown);
     for (const Spec& s : b.outputs) {
@@ -297,6 +340,7 @@ void fuzz_bundle(long iters, const std::string& work) {
       if (e.code != kExitBundle || e.message.empty()) bug("load_bundle: exit code " + std::to_string(e.code), text);
       continue;
     }
+    ++accepted;
     if (b.inputs.empty() || b.outputs.empty() || b.cut.empty() || b.front_path != dir + "/front.erg")
       bug("load_bundle accepted a bundle that does not hold together", text);
     for (const auto* list : {&b.inputs, &b.outputs, &b.cut})
@@ -362,6 +406,7 @@ void fuzz_npy(long iters, const std::string& work) {
       if (e.code != kExitUsage || e.message.empty()) bug("read_npy: exit code " + std::to_string(e.code), file);
       continue;
     }
+    ++accepted;
     long double n = 1;  // no wrap-around: a shape whose product overflows must not pass as 0 elements
     for (int64_t d : a.shape) {
       if (d < 0) bug("read_npy accepted a negative dim", file);
@@ -399,6 +444,7 @@ void fuzz_url(long iters) {
       if (e.code != kExitUsage || e.message.empty()) bug("parse_broker_url: exit code " + std::to_string(e.code), u);
       continue;
     }
+    ++accepted;
     if (b.host.empty() || b.port < 1 || b.port > 65535 || (!b.tls && (!b.ca.empty() || !b.cert.empty())))
       bug("parse_broker_url accepted " + b.host + " port " + std::to_string(b.port), u);
     if (b.has_user && !b.password.empty() && b.text.find(b.password) != std::string::npos && b.password != "***" &&
@@ -511,11 +557,59 @@ void known(const std::string& work) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------- erg
+// A front half from a resealed bundle: mutated bytes of a real .erg file, loaded and (when the engine
+// takes it) run on zeros. The engine must refuse it with a Status or run it inside its buffers.
+
+void fuzz_erg(long iters, const std::string& work, const std::string& base_path) {
+  std::ifstream in(base_path, std::ios::binary);
+  const std::string base((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (base.empty()) { bug("erg: cannot read " + base_path, base_path); return; }
+  const std::string path = work + "/fuzz.erg";
+  for (long it = 0; it < iters; ++it) {
+    std::vector<uint8_t> raw(base.begin(), base.end());
+    if (rnd(3)) {
+      // Mostly the head (tables, dims, offsets): where a loader trusts what it reads.
+      for (int r = 1 + int(rnd(4)); r > 0; --r) {
+        const size_t at = rnd(std::min<size_t>(raw.size(), rnd(2) ? 4096 : raw.size()));
+        const size_t w = size_t(1) << rnd(4);
+        const uint64_t v = kInteresting[rnd(sizeof(kInteresting) / sizeof(kInteresting[0]))];
+        for (size_t i = 0; i < w && at + i < raw.size(); ++i) raw[at + i] = uint8_t(rnd(3) ? v >> (8 * i) : rng());
+      }
+    } else {
+      mutate_bytes(&raw, 1 + int(rnd(4)));
+    }
+    write_file(path, std::string(raw.begin(), raw.end()));
+    const std::string shown = "erg mutation " + std::to_string(it);
+    guarded("Engine::load/run", shown, [&] {
+      auto r = edgerun::Engine::load(path, 2, 1);
+      if (!r.ok()) return;
+      ++accepted;
+      std::unique_ptr<edgerun::Engine> e = r.take();
+      std::vector<std::vector<float>> data(e->num_inputs());
+      std::vector<std::vector<int64_t>> dims(e->num_inputs());
+      std::vector<edgerun::InputView> views(e->num_inputs());
+      for (size_t i = 0; i < e->num_inputs(); ++i) {
+        const auto& t = e->input_info(i);
+        size_t n = 1;
+        for (uint32_t d = 0; d < t.ndim; ++d) {
+          dims[i].push_back(d == 0 && t.dims[d] < 0 ? 1 : t.dims[d]);
+          n *= size_t(std::max<int64_t>(dims[i].back(), 0));
+        }
+        if (n > (16u << 20)) return;  // an input over 64 MB: not worth feeding here
+        data[i].assign(n, 0.25f);
+        views[i] = {data[i].data(), dims[i].data(), uint32_t(dims[i].size())};
+      }
+      (void)e->run(views.data(), views.size(), 1);
+    });
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 5) {
-    std::fprintf(stderr, "usage: %s reply|bundle|npy|url|all|known SEED ITERATIONS WORKDIR\n", argv[0]);
+  if (argc != 5 && !(argc == 6 && std::string(argv[1]) == "erg")) {
+    std::fprintf(stderr, "usage: %s reply|bundle|npy|url|all|known SEED ITERATIONS WORKDIR\n       %s erg SEED ITERATIONS WORKDIR FILE.erg\n", argv[0], argv[0]);
     return 2;
   }
   const std::string what = argv[1], work = argv[4];
@@ -527,6 +621,7 @@ int main(int argc, char** argv) {
   if (what == "npy" || what == "all") fuzz_npy(iters, work);
   if (what == "url" || what == "all") fuzz_url(iters);
   if (what == "known") known(work);
-  std::printf("%s: %ld iterations, %ld bugs\n", what.c_str(), iters, failures);
+  if (what == "erg") fuzz_erg(iters, work, argv[5]);
+  std::printf("%s: %ld iterations, %ld bugs (%ld inputs accepted)\n", what.c_str(), iters, failures, accepted);
   return failures ? 1 : 0;
 }
