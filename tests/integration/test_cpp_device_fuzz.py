@@ -109,6 +109,17 @@ def test_a_resealed_manifest_with_garbage_is_refused_as_a_bad_bundle(cpp_device,
     assert words in r.stderr, r.stderr
 
 
+def test_a_manifest_nested_100000_deep_is_refused_not_a_stack_overflow(cpp_device, digits_bundle, tmp_path):
+    b = tmp_path / "deep"
+    shutil.copytree(digits_bundle.path, b)
+    text = (b / "manifest.json").read_text().rstrip()
+    (b / "manifest.json").write_text(text[:-1] + ', "x": ' + "[" * 100000 + "]" * 100000 + "}")
+    np.save(tmp_path / "x.npy", digits_bundle.samples()[:1].astype(np.float32))
+    r = run_cpp(cpp_device, b, "--broker", "mqtt://127.0.0.1:1", "--input", tmp_path / "x.npy")
+    assert r.returncode == EXIT_BUNDLE, (r.returncode, r.stderr)  # was -11 (SIGSEGV)
+    assert "nests deeper than 64 levels" in r.stderr
+
+
 def _meta_frame(kind: wire.Kind, request_id: int, hash16: bytes, meta: dict, placeholder: bytes, literal: bytes,
                 tensors=()) -> bytes:
     """A frame whose meta holds ``literal`` (JSON Python cannot write, as 1e400) in place of ``placeholder``."""

@@ -554,6 +554,18 @@ void known(const std::string& work) {
       }
       expect(c.name, e, c.code, c.words);
     }
+    // Nested 100000 deep: nlohmann copies and prints recursively (the hash check), a stack overflow.
+    json deep = base;
+    deep.erase("bundle_hash");
+    std::string text = deep.dump();
+    text.pop_back();
+    text += ", \"x\": " + std::string(100000, '[') + std::string(100000, ']') + ", \"bundle_hash\": \"" +
+            std::string(64, 'a') + "\"}";
+    write_file(dir + "/manifest.json", text);
+    DeviceBundle b;
+    Err e;
+    if (guarded("deep manifest", "[[[...", [&] { e = load_bundle(dir, &b); }))
+      expect("deep manifest", e, kExitBundle, "nests deeper than 64");
   }
 }
 

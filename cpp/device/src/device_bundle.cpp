@@ -4,6 +4,7 @@
 #include <openssl/evp.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -82,6 +83,29 @@ Err read_specs(const std::string& dir, const json& arr, const char* what, std::v
   return Err::Ok();
 }
 
+// The deepest nesting of [ and { in a JSON text, outside strings. nlohmann copies and prints documents
+// recursively, so a manifest nested 100000 deep would overflow the stack (hashing it copies and dumps).
+size_t json_depth(const std::string& text) {
+  size_t depth = 0, deepest = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+constexpr size_t kMaxManifestDepth = 64;  // a real manifest nests about 6 deep
+
 std::vector<uint8_t> from_hex(const std::string& h, bool* ok) {
   std::vector<uint8_t> out;
   *ok = h.size() % 2 == 0;
@@ -139,6 +163,9 @@ Err load_bundle(const std::string& dir, DeviceBundle* out) {
   if (!f) return bad(dir, "no manifest.json: not an edgerun bundle (export one with `edgerun export`)");
   std::stringstream ss;
   ss << f.rdbuf();
+  if (json_depth(ss.str()) > kMaxManifestDepth)
+    return bad(dir, "manifest.json nests deeper than " + std::to_string(kMaxManifestDepth) +
+                    " levels: it is damaged or not a manifest; export or copy the bundle again");
   json m = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
   if (m.is_discarded() || !m.is_object())
     return bad(dir, "manifest.json is not a JSON object: the bundle is damaged; export or copy it again");
