@@ -55,7 +55,7 @@ Err read_npy(const std::string& path, Array* out) {
   if (o == std::string::npos || order.compare(o, 5, "False") != 0)
     return bad(path, "stored in Fortran order: save numpy.ascontiguousarray(x)");
   std::string shape = field(header, "shape");
-  size_t open = shape.find('('), close = shape.find(')');
+  size_t open = shape.find('('), close = open == std::string::npos ? open : shape.find(')', open);
   if (open == std::string::npos || close == std::string::npos)
     return bad(path, "the .npy header has no shape");
   // Dims: decimal integers (numpy writes no other), each at most 2^31 - 1 as a bundle's; the element
