@@ -4,7 +4,9 @@
 #include <openssl/evp.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -17,6 +19,35 @@ namespace {
 using json = nlohmann::json;
 
 constexpr int kAcceptedVersion = 1;  // edgerun/bundle.py ACCEPTED_VERSIONS
+constexpr int64_t kMaxDim = 2147483647;  // edgerun/bundle.py MAX_DIM
+
+// A manifest file name must name a file inside the bundle (edgerun/bundle.py _check_file_name): not
+// empty, not absolute, no '..' part, no backslash, and not a symlink out of the directory. The hashes
+// prove only that the named file has the recorded bytes, so "../other/x.erg" would load a file from
+// elsewhere as part of the bundle. "" when fine, else why not.
+std::string bad_file_name(const std::string& dir, const std::string& name) {
+  if (name.empty()) return "an empty name";
+  if (name[0] == '/' || name.find('\\') != std::string::npos || name.find('\0') != std::string::npos ||
+      (name.size() >= 2 && name[1] == ':'))
+    return "an absolute path";
+  size_t a = 0;
+  while (a <= name.size()) {
+    size_t z = name.find('/', a);
+    if (z == std::string::npos) z = name.size();
+    if (name.compare(a, z - a, "..") == 0 && z - a == 2) return "a path with '..'";
+    a = z + 1;
+  }
+  char* root = ::realpath(dir.c_str(), nullptr);
+  char* target = ::realpath((dir + "/" + name).c_str(), nullptr);
+  std::string why;
+  if (root != nullptr && target != nullptr) {
+    const std::string r = std::string(root) + "/", t = target;
+    if (t.compare(0, r.size(), r) != 0) why = "a path that leads outside the bundle (to " + t + ")";
+  }
+  std::free(root);
+  std::free(target);
+  return why;
+}
 
 bool is_dir(const std::string& p) {
   struct stat st {};
@@ -41,22 +72,50 @@ Err read_specs(const std::string& dir, const json& arr, const char* what, std::v
     s.name = t["name"].get<std::string>();
     s.dtype = t["dtype"].get<std::string>();
     for (const json& d : t["shape"]) {
+      // As edgerun/bundle.py: a size in 1..2^31-1 (what the engines and the wire hold) or null.
       if (d.is_null()) s.shape.push_back(-1);
-      else if (d.is_number_integer() && d.get<int64_t>() >= 0) s.shape.push_back(d.get<int64_t>());
-      else return bad(dir, std::string("manifest.json: a dim of ") + what + " is not an integer or null");
+      else if (d.is_number_integer() && d >= 1 && d <= kMaxDim) s.shape.push_back(d.get<int64_t>());
+      else return bad(dir, std::string("manifest.json: a dim of ") + what + " is " + d.dump() +
+                               ", not a size in 1..2147483647 or null; re-export it");
     }
     out->push_back(std::move(s));
   }
   return Err::Ok();
 }
 
+// The deepest nesting of [ and { in a JSON text, outside strings. nlohmann copies and prints documents
+// recursively, so a manifest nested 100000 deep would overflow the stack (hashing it copies and dumps).
+size_t json_depth(const std::string& text) {
+  size_t depth = 0, deepest = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      if (c == '\\') ++i;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+constexpr size_t kMaxManifestDepth = 64;  // a real manifest nests about 6 deep
+
 std::vector<uint8_t> from_hex(const std::string& h, bool* ok) {
   std::vector<uint8_t> out;
   *ok = h.size() % 2 == 0;
-  for (size_t i = 0; *ok && i < h.size(); i += 2) {
-    unsigned v = 0;
-    *ok = std::sscanf(h.c_str() + i, "%2x", &v) == 1;
-    out.push_back(uint8_t(v));
+  auto nib = [](char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+  };
+  for (size_t i = 0; *ok && i < h.size(); i += 2) {  // strictly two hex digits a byte (sscanf took " f", "-1")
+    const int hi = nib(h[i]), lo = nib(h[i + 1]);
+    *ok = hi >= 0 && lo >= 0;
+    out.push_back(uint8_t(hi * 16 + lo));
   }
   return out;
 }
@@ -104,6 +163,9 @@ Err load_bundle(const std::string& dir, DeviceBundle* out) {
   if (!f) return bad(dir, "no manifest.json: not an edgerun bundle (export one with `edgerun export`)");
   std::stringstream ss;
   ss << f.rdbuf();
+  if (json_depth(ss.str()) > kMaxManifestDepth)
+    return bad(dir, "manifest.json nests deeper than " + std::to_string(kMaxManifestDepth) +
+                    " levels: it is damaged or not a manifest; export or copy the bundle again");
   json m = json::parse(ss.str(), nullptr, /*allow_exceptions=*/false);
   if (m.is_discarded() || !m.is_object())
     return bad(dir, "manifest.json is not a JSON object: the bundle is damaged; export or copy it again");
@@ -139,6 +201,21 @@ Err load_bundle(const std::string& dir, DeviceBundle* out) {
   if (!m["model_id"].is_string() || m["model_id"].get<std::string>().empty())
     return bad(dir, "manifest.json: model_id is empty; re-export the bundle with a model name");
   out->model_id = m["model_id"].get<std::string>();
+  // Types first, as edgerun/bundle.py checks them: nothing below may throw on a wrong JSON type.
+  if (!m["split"].is_object()) return bad(dir, "manifest.json: 'split' is not an object; re-export it");
+  for (const char* k : {"native", "codec"})  // "exits" that is no object: no exits, as edgerun/exits.py has_exits
+    if (m.contains(k) && !m[k].is_object()) return bad(dir, std::string("manifest.json: '") + k + "' is not an object; re-export it");
+  if (!m["files"].is_object()) return bad(dir, "manifest.json: 'files' is not an object; re-export it");
+  for (auto it = m["files"].begin(); it != m["files"].end(); ++it) {
+    const std::string why = bad_file_name(dir, it.key());
+    if (!why.empty())
+      return bad(dir, "manifest.json names the file '" + it.key() + "', " + why + "; a bundle's files must lie inside "
+                      "its directory. Do not use this bundle: re-export it, or get it again from its source");
+    const json& rec = it.value();
+    if (!rec.is_object() || !rec.contains("bytes") || !rec["bytes"].is_number_integer() || !rec.contains("sha256") ||
+        !rec["sha256"].is_string())
+      return bad(dir, "manifest.json: the entry of file '" + it.key() + "' lacks bytes / sha256; re-export it");
+  }
   Err e = read_specs(dir, m["inputs"], "inputs", &out->inputs);
   if (e.ok()) e = read_specs(dir, m["outputs"], "outputs", &out->outputs);
   if (e.ok()) e = read_specs(dir, m["split"].value("tensors", json()), "split.tensors", &out->cut);
@@ -149,14 +226,21 @@ Err load_bundle(const std::string& dir, DeviceBundle* out) {
         return bad(dir, "tensor '" + s.name + "' is " + s.dtype + "; the C++ device handles float32 inputs "
                         "and crossing tensors only (use the Python device, edgerun/device.py)");
   const json native = m.value("native", json::object());
-  if (!native.value("ok", false))
-    return bad(dir, "the native engine cannot run this front half (" + native.value("reason", std::string("?")) +
+  const json native_ok = native.value("ok", json(false)), reason = native.value("reason", json("?"));
+  if (!native_ok.is_boolean())
+    return bad(dir, "manifest.json: 'native.ok' is " + native_ok.dump() + ", not true or false; re-export it");
+  if (!native_ok.get<bool>())
+    return bad(dir, "the native engine cannot run this front half (" +
+                    (reason.is_string() ? reason.get<std::string>() : reason.dump()) +
                     "); the C++ device has no onnxruntime: use the Python device with --engine ort, "
                     "or re-export with a cut the native engine covers");
   const json codec = m.value("codec", json{{"id", "none"}});
+  if (!codec.value("id", json("none")).is_string())
+    return bad(dir, "manifest.json: 'codec.id' is not a string (none, tsq); re-export it");
   out->codec_id = codec.value("id", std::string("none"));
   if (out->codec_id == "tsq") {
     const json params = codec.value("params", json::object());
+    if (!params.is_object()) return bad(dir, "manifest.json: 'codec.params' is not an object; re-export it");
     for (const Spec& s : out->cut) {
       if (!params.contains(s.name) || !params[s.name].is_string())
         return bad(dir, "codec tsq has no params for cut tensor '" + s.name + "'; re-export the bundle");

@@ -3,6 +3,7 @@
 
 #include <sys/stat.h>
 
+#include <cmath>
 #include <cstdio>
 
 namespace edgerun_device {
@@ -30,7 +31,12 @@ Err Exits::load(const DeviceBundle& b, const std::string& budget, int32_t max_ba
   b_ = &b;
   max_batch_ = max_batch;
   const json& e = b.exits;
-  crit_name_ = e.value("criterion", std::string("max_prob"));
+  // Every entry is type-checked before use: a wrong JSON type is a damaged bundle, never an exception.
+  auto text = [](const json& j, const char* key, const char* dflt) {
+    const json v = j.is_object() ? j.value(key, json(dflt)) : json(dflt);
+    return v.is_string() ? v.get<std::string>() : v.dump();
+  };
+  crit_name_ = text(e, "criterion", "max_prob");
   auto c = edgerun::exits::parse_criterion(crit_name_.c_str());
   if (!c.ok()) return bad(b, "unknown exit criterion '" + crit_name_ + "'; rebuild this device from a newer edgerun");
   crit_ = c.value();
@@ -44,7 +50,7 @@ Err Exits::load(const DeviceBundle& b, const std::string& budget, int32_t max_ba
                             " (or off: answer on the device only on a deadline or an outage)");
   }
   const json& pts = e["points"];
-  json thr = budget_ == "off" ? json() : budgets[budget_].value("thresholds", json());
+  json thr = budget_ == "off" || !budgets[budget_].is_object() ? json() : budgets[budget_].value("thresholds", json());
   if (budget_ != "off" && !(thr.is_array() && thr.size() == pts.size()))
     return bad(b, "budget '" + budget_ + "' has no threshold per exit; re-export it");
   for (size_t i = 0; i < pts.size(); ++i) {
@@ -53,12 +59,16 @@ Err Exits::load(const DeviceBundle& b, const std::string& budget, int32_t max_ba
     if (!p.is_object() || !p.value("erg", json()).is_string() || !p.value("tensor", json()).is_string() ||
         !p.value("head", json()).is_string() || !p.value("input", json()).is_string())
       return bad(b, "exit point " + std::to_string(i) + " has no native segment (" +
-                    e.value("native_reason", std::string("erg missing")) + "): use the Python device (--engine ort)");
+                    text(e, "native_reason", "erg missing") + "): use the Python device (--engine ort)");
     const std::string erg = p["erg"];
     pt.input = p["input"];
     pt.tensor = p["tensor"];
     pt.head = p["head"];
-    pt.compute_fraction = p.value("compute_fraction", 1.0);
+    const json frac = p.value("compute_fraction", json(1.0));
+    if (!frac.is_number() || !(frac.get<double>() >= 0) || !std::isfinite(frac.get<double>()))
+      return bad(b, "exit point " + std::to_string(i) + " has compute_fraction " + frac.dump() +
+                    ", not a number >= 0 (a share of the front half's compute); re-export it");
+    pt.compute_fraction = frac.get<double>();
     if (budget_ != "off" && !thr[i].is_null()) {
       if (!thr[i].is_number()) return bad(b, "a threshold of budget '" + budget_ + "' is not a number; re-export it");
       pt.has_threshold = true;

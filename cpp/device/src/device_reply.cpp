@@ -51,11 +51,15 @@ Err check_reply(const DeviceBundle& b, const std::vector<uint8_t>& buf, uint64_t
   const wire::DecodedFrame& f = r.value();
   if (!wire::check_bundle(f, b.hash16).ok())
     return bad_reply("it is for another bundle than " + b.topic_id);
+  // The wire checked the meta is a JSON object; one nlohmann still cannot read (a number past double,
+  // 1e400, which Python reads as inf) is refused, not taken as {} (server_us 0, code "unknown").
   json meta = json::object();
   if (f.meta_len > 0) meta = json::parse(f.meta, f.meta + f.meta_len, nullptr, false);
-  if (!meta.is_object()) meta = json::object();
+  if (!meta.is_object()) return bad_reply("its meta is not a JSON object this device can read");
   if (f.header.kind == uint8_t(wire::Kind::kError)) {
-    std::string code = meta.value("code", std::string("unknown")), msg = meta.value("message", std::string());
+    // The server's words, whatever their JSON type: a number or a list here must not throw.
+    const json c = meta.value("code", json("unknown")), m = meta.value("message", json(""));
+    const std::string code = c.is_string() ? c.get<std::string>() : c.dump(), msg = m.is_string() ? m.get<std::string>() : m.dump();
     std::string hint;
     if (code == "wrong_bundle" || code == "bad_hash") hint = "; the server runs another bundle than " + b.topic_id;
     if (code == "bad_tensors") hint = "; device and server disagree on bundle " + b.topic_id;
