@@ -29,7 +29,7 @@ from edgerun.errors import (  # noqa: F401
 _API = {
     "Bundle": "edgerun.bundle",
     "Device": "edgerun.device",
-    "Result": "edgerun.device",
+    "Result": "edgerun.result",
     "serve": "edgerun.server",
     "serve_many": "edgerun.multi_server",  # not edgerun.serve_many: a submodule of that name would shadow it
     "ServerStats": "edgerun.server",

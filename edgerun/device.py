@@ -17,7 +17,6 @@ import threading
 import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from edgerun.bundle import Bundle
 from edgerun.device_checks import check_deadline_ms, check_finite_cut, check_reply, error_from_reply, shape_hint
 from edgerun.errors import ConfigError, EdgerunError, FrameError, TransportError, UnsupportedOpError
 from edgerun.feeds import with_passthrough
+from edgerun.result import Result
 
 log = logging.getLogger("edgerun.device")
 
@@ -55,43 +55,6 @@ def reply_wait_s(t_start: float, deadline_ms: float, now: float, exits: bool) ->
     the exit's answer came ~0.3 ms after the deadline (every one of 100 requests at 20 ms, up to 1.8 ms)."""
     reserve_ms = min(EXIT_RESERVE_MS, 0.1 * deadline_ms) if exits else 0.0
     return max(t_start + (deadline_ms - reserve_ms) / 1000.0 - now, 0.0)
-
-
-@dataclass
-class Result:
-    """One answered request.
-
-    Attributes:
-        output: the model's outputs by name.
-        answered_by: "server" or "exit:<i>" (answered on the device by exit head i).
-        reason: why it was answered there: "server replied", "confident: max_prob 0.97 >= 0.93",
-            "deadline: predicted round trip 80 ms > 12 ms left", "server unreachable: ...", "server error: ..."
-            (the server answered with an error: a device with exits answers from its deepest exit).
-        request_id: the id sent as Correlation Data.
-        timings_ms: "device", "encode", "network" (round trip minus server compute),
-            "server", "decode" (the reply handed to the caller's thread and decoded), "total" (their sum).
-        worker: id of the server worker that answered ("" when answered locally).
-        hedged: the request was sent a second time (``hedge_ms``) before a reply came.
-        bytes_sent / bytes_received: MQTT payload bytes of the request frame (times two when hedged) and of
-            the reply; 0 / 0 when answered on the device before sending, the request's bytes / 0 when an exit
-            answered it after it went out (no reply in time); the broker's headers come on top.
-    """
-
-    output: dict[str, np.ndarray]
-    answered_by: str
-    reason: str
-    request_id: int
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    worker: str = ""
-    front_compute_fraction: float = 1.0  # front compute spent here, as a fraction of the front half
-    hedged: bool = False
-    bytes_sent: int = 0
-    bytes_received: int = 0
-
-    @property
-    def local(self) -> bool:
-        """True when the device answered by itself (an exit head), without the server."""
-        return self.answered_by.startswith("exit:")
 
 
 class Device:

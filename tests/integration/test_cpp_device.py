@@ -191,10 +191,18 @@ class Responder:
                             correlation=msg.properties.CorrelationData)
 
 
+def answered_by_responder(exe: Path, bundle, url: str, tmp_path: Path, make) -> subprocess.CompletedProcess:
+    """``edgerun_device`` on two of ``bundle``'s samples, every request answered by ``make(frame)``."""
+    np.save(tmp_path / "x.npy", bundle.samples()[:2].astype(np.float32))
+    fake = Responder(url, make)
+    try:
+        return run_cpp(exe, bundle.path, "--broker", url, "--input", tmp_path / "x.npy", "--deadline-ms", 20000)
+    finally:
+        fake.client.close()
+
+
 @pytest.mark.parametrize("case", ["error_frame", "garbage", "wrong_shape"])
 def test_a_server_error_and_a_malformed_reply_are_told_apart(cpp_device, digits_bundle, broker, tmp_path, case):
-    np.save(tmp_path / "x.npy", digits_bundle.samples()[:2].astype(np.float32))
-
     def make(req: wire.Frame) -> bytes:
         if case == "error_frame":
             return wire.error_frame(req.request_id, digits_bundle.hash16, "bad_tensors", "cut tensor 0 has shape (2, 3)")
@@ -203,12 +211,7 @@ def test_a_server_error_and_a_malformed_reply_are_told_apart(cpp_device, digits_
         return wire.encode(wire.Frame(wire.Kind.REPLY, req.request_id, 0, digits_bundle.hash16,
                                       [np.zeros((2, 3), np.float32)], {"server_us": 5}))
 
-    fake = Responder(broker.url, make)
-    try:
-        r = run_cpp(cpp_device, digits_bundle.path, "--broker", broker.url, "--input", tmp_path / "x.npy",
-                    "--deadline-ms", 20000)
-    finally:
-        fake.client.close()
+    r = answered_by_responder(cpp_device, digits_bundle, broker.url, tmp_path, make)
     if case == "error_frame":
         assert r.returncode == EXIT_SERVER_ERROR, r.stderr
         assert "the server refused the request (bad_tensors): cut tensor 0 has shape (2, 3)" in r.stderr

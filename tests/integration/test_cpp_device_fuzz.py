@@ -20,7 +20,7 @@ import pytest
 from edgerun import wire
 from edgerun.bundle import compute_bundle_hash
 
-from test_cpp_device import EXIT_BAD_REPLY, EXIT_BUNDLE, EXIT_SERVER_ERROR, EXIT_USAGE, Responder, run_cpp
+from test_cpp_device import EXIT_BAD_REPLY, EXIT_BUNDLE, EXIT_SERVER_ERROR, EXIT_USAGE, answered_by_responder, run_cpp
 
 FUZZ_ITERATIONS = 3000  # per area: ~1 s here, ~10 s under the sanitizers
 
@@ -132,8 +132,6 @@ def _meta_frame(kind: wire.Kind, request_id: int, hash16: bytes, meta: dict, pla
 @pytest.mark.parametrize("case", ["code_number", "server_us_1e400"])
 def test_a_reply_whose_meta_has_the_wrong_types_is_told_apart_without_a_crash(
         cpp_device, digits_bundle, broker, tmp_path, case):
-    np.save(tmp_path / "x.npy", digits_bundle.samples()[:2].astype(np.float32))
-
     def make(req: wire.Frame) -> bytes:
         if case == "code_number":  # threw nlohmann type_error: exit 1, and the control loop died
             return wire.encode(wire.Frame(wire.Kind.ERROR, req.request_id, 0, digits_bundle.hash16, [],
@@ -142,12 +140,7 @@ def test_a_reply_whose_meta_has_the_wrong_types_is_told_apart_without_a_crash(
         return _meta_frame(wire.Kind.REPLY, req.request_id, digits_bundle.hash16, {"server_us": 12345},
                            b"12345", b"1e400", [logits])
 
-    fake = Responder(broker.url, make)
-    try:
-        r = run_cpp(cpp_device, digits_bundle.path, "--broker", broker.url, "--input", tmp_path / "x.npy",
-                    "--deadline-ms", 20000)
-    finally:
-        fake.client.close()
+    r = answered_by_responder(cpp_device, digits_bundle, broker.url, tmp_path, make)
     if case == "code_number":
         assert r.returncode == EXIT_SERVER_ERROR, r.stderr
         assert 'the server refused the request (5): ["busy"]' in r.stderr
