@@ -81,6 +81,7 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
 
   long requests = 0, by_server = 0, on_device = 0, missed = 0, late = 0, overruns = 0, errors = 0;
+  long server_errors = 0;  // with exits: server errors answered on the device (edgerun/run_loop.py)
   std::vector<double> total_ms, bytes_sent;
   std::string last_miss, last_error;
   try {
@@ -99,6 +100,7 @@ int main(int argc, char** argv) {
       try {
         const edgerun::device::Result r = dev.infer(sample(inputs, tick), deadline_ms);  // every tick
         (r.local() ? on_device : by_server) += 1;
+        if (r.local() && r.reason.rfind("server error", 0) == 0) ++server_errors, last_error = r.reason;
         late += r.timings_ms.at("total") > deadline_ms;
         total_ms.push_back(r.timings_ms.at("total"));
         bytes_sent.push_back(double(r.bytes_sent));
@@ -128,6 +130,7 @@ int main(int argc, char** argv) {
   for (double b : bytes_sent) bytes_mean += b / double(bytes_sent.size());
   json summary = {{"requests", requests}, {"answered_by_server", by_server}, {"answered_on_device", on_device},
                   {"missed", missed}, {"late", late}, {"overruns", overruns}, {"errors", errors},
+                  {"server_errors_answered_on_device", server_errors},
                   {"rate_hz", rate}, {"deadline_ms", deadline_ms}, {"total_ms", pct}, {"bytes_sent_mean", bytes_mean}};
   if (!last_miss.empty()) summary["last_miss"] = last_miss;
   if (!last_error.empty()) summary["last_error"] = last_error;

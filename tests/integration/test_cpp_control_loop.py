@@ -192,3 +192,29 @@ def test_broker_stopped_and_restarted_mid_loop(loop_exe, exits_bundle, digits_bu
         assert summary["missed"] >= len(outage) and "broker" in summary["last_miss"]
     assert sum(t.get("answered_by") == "server" for t in ticks[restarted_at:]) >= 3  # the server again
     assert summary["requests"] == len(ticks) and summary["errors"] == 0
+
+
+def test_server_errors_are_answered_by_the_deepest_exit_and_counted(loop_exe, exits_bundle, broker, tmp_path):
+    """A server answering with errors: with exits each tick is answered on the device and counted, as
+    `edgerun run --rate` counts them (edgerun/run_loop.py); the loop ends 0 (every tick was answered)."""
+    from test_cpp_device import Responder
+
+    from edgerun import wire
+
+    np.save(tmp_path / "x.npy", samples(exits_bundle, 4))
+    fake = Responder(broker.url, lambda req: wire.error_frame(req.request_id, exits_bundle.hash16, "internal",
+                                                              "the back half failed"))
+    try:
+        r = subprocess.run([str(a) for a in (loop_exe, exits_bundle.path, "--broker", broker.url, "--input",
+                                             tmp_path / "x.npy", "--budget", "off", "--ticks", 4, "--rate", 20,
+                                             "--deadline-ms", 20000, "--each")], capture_output=True, text=True,
+                           timeout=300)
+    finally:
+        fake.client.close()
+    assert r.returncode == 0, r.stderr
+    *ticks, summary = [json.loads(ln) for ln in r.stdout.splitlines()]
+    deepest = f"exit:{len(exits_bundle.manifest['exits']['points']) - 1}"
+    assert all(t["answered_by"] == deepest and t["reason"].startswith("server error: ") for t in ticks), ticks
+    assert (summary["requests"], summary["answered_on_device"], summary["server_errors_answered_on_device"],
+            summary["errors"]) == (4, 4, 4, 0)
+    assert "the back half failed" in summary["last_error"]

@@ -126,6 +126,41 @@ def test_with_the_server_killed_or_no_broker_the_deepest_exit_answers_as_the_pyt
     assert got["answered_by"] == want.answered_by and np.array_equal(output(got), next(iter(want.output.values())))
 
 
+@pytest.mark.parametrize("case", ["error_frame", "wrong_shape"])
+def test_a_server_error_is_answered_by_the_deepest_exit_as_the_python_device_does(
+        cpp_device, exits_bundle, inputs, broker, tmp_path, case):
+    """It ended the C++ device with exit code 6 / 7 (a control loop's tick got an error) where the Python
+    Device with exits answers from its deepest exit, reason "server error: ..."."""
+    from test_cpp_device import Responder
+
+    from edgerun import wire
+    from edgerun.device import Device
+
+    def make(req: wire.Frame) -> bytes:
+        if case == "error_frame":
+            return wire.error_frame(req.request_id, exits_bundle.hash16, "internal", "the back half failed")
+        return wire.encode(wire.Frame(wire.Kind.REPLY, req.request_id, 0, exits_bundle.hash16,
+                                      [np.zeros((2, 3), np.float32)], {"server_us": 5}))
+
+    x = inputs[:2]
+    np.save(tmp_path / "x.npy", x)
+    deepest = f"exit:{len(exits_bundle.manifest['exits']['points']) - 1}"
+    fake = Responder(broker.url, make)
+    try:
+        with Device(exits_bundle, broker=broker.url, budget="off") as dev:
+            want = dev.infer(x, deadline_ms=20000)
+        r, got = run_cpp(cpp_device, exits_bundle.path, "--broker", broker.url, "--input", tmp_path / "x.npy",
+                         "--budget", "off", "--deadline-ms", 20000)
+    finally:
+        fake.client.close()
+    assert want.answered_by == deepest and want.reason.startswith("server error: ")
+    assert r.returncode == 0, r.stderr
+    assert got["answered_by"] == deepest and got["reason"].startswith("server error: ")
+    assert ("the back half failed" if case == "error_frame" else "malformed reply: its 'logits'") in got["reason"]
+    assert got["bytes_sent"] > 0 and got["bytes_received"] > 0
+    assert np.array_equal(output(got), next(iter(want.output.values())))
+
+
 def test_budgets_it_cannot_use_are_refused_saying_what_to_do(cpp_device, exits_bundle, digits_bundle, inputs, tmp_path):
     np.save(tmp_path / "x.npy", inputs[:1])
     r, _ = run_cpp(cpp_device, exits_bundle.path, "--broker", "mqtt://127.0.0.1:1", "--input", tmp_path / "x.npy",

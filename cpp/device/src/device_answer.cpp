@@ -15,6 +15,7 @@ using json = nlohmann::json;
 constexpr double kRttEwmaAlpha = 0.2;   // edgerun/device.py RTT_EWMA_ALPHA
 constexpr double kSuspectBackoffS = 1;  // edgerun/device.py SUSPECT_BACKOFF_S
 constexpr double kExitReserveMs = 0.5;  // edgerun/device.py EXIT_RESERVE_MS (at most a tenth of the deadline)
+constexpr const char* kServerErrorReason = "server error";  // edgerun/device.py SERVER_ERROR
 
 double ms(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
 
@@ -115,13 +116,21 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
     *out = local(b, step, step.deepest(), "deadline: " + msg, t0, &t1, frame.size());
     return Err::Ok();
   }
-  Reply reply;
-  if (!(e = check_reply(b, payload, request_id, batch, &reply)).ok()) return e;
-  const Clock::time_point t3 = Clock::now();
   const double rtt = ms(t2, t_recv);
-  state.lock();
+  state.lock();  // a reply came: the server is up (its answer may still be an error)
   link.suspect_until = Clock::time_point{};
   link.rtt_ms = link.rtt_ms < 0 ? rtt : (1 - kRttEwmaAlpha) * link.rtt_ms + kRttEwmaAlpha * rtt;
+  state.unlock();
+  Reply reply;
+  if (!(e = check_reply(b, payload, request_id, batch, &reply)).ok()) {
+    // The server's ERROR frame, or a reply that is not the model's answer (a back half that fails on some inputs,
+    // a worker of another bundle version on these topics): the device has an answer of its own, as
+    // edgerun/device.py answers with reason "server error: ..." (a control loop got an error instead).
+    *out = local(b, step, step.deepest(), std::string(kServerErrorReason) + ": " + e.message, t0, &t1, frame.size());
+    (*out)["bytes_received"] = payload.size();
+    return Err::Ok();
+  }
+  const Clock::time_point t3 = Clock::now();
   *out = json{{"answered_by", "server"}, {"reason", "server replied"}, {"request_id", reply.request_id},
               {"worker", reply.worker}, {"outputs", reply.outputs},
               {"timings_ms", {{"front", ms(t0, t1)}, {"encode", ms(t1, t2)}, {"round_trip", rtt},

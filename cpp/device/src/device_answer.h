@@ -34,8 +34,8 @@ struct ServerLink {
 
 // Answers one request: *out gets answered_by ("server" | "exit:<i>"), reason, request_id (0 when
 // answered before sending), worker, outputs, timings_ms, bytes_sent, bytes_received,
-// front_compute_fraction. Errors: a server's ERROR frame or malformed reply (as without exits),
-// bad input.
+// front_compute_fraction. A server's ERROR frame or a malformed reply is answered by the deepest exit
+// too, reason "server error: ..." (without exits they are errors). Errors: bad input.
 Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerLink& link,
                       const std::map<std::string, Array>& inputs, int64_t batch, double deadline_ms,
                       std::function<uint64_t()> next_id, nlohmann::json* out);

@@ -52,7 +52,8 @@ struct Options {
 struct Result {
   Tensors     outputs;
   std::string answered_by;   // "server" | "exit:<i>"
-  std::string reason;        // "server replied", "confident: ...", "server unreachable: ...", "deadline: ..."
+  std::string reason;        // "server replied", "confident: ...", "server unreachable: ...", "deadline: ...",
+                             // "server error: ..." (with exits: the server's error answered on the device)
   uint64_t    request_id = 0;  // 0: answered before anything was sent
   std::string worker;          // the server worker that answered ("" on the device)
   int64_t     batch = 0;
@@ -79,8 +80,8 @@ EDGERUN_DEVICE_ERROR(ConfigError, 2)    // bad options or inputs
 EDGERUN_DEVICE_ERROR(BundleError, 3)    // a bundle this device cannot run
 EDGERUN_DEVICE_ERROR(BrokerError, 4)    // the broker cannot be reached / was lost (no exits to answer)
 EDGERUN_DEVICE_ERROR(DeadlineError, 5)  // no reply by the deadline (no exits to answer)
-EDGERUN_DEVICE_ERROR(ServerError, 6)    // the server answered with an error
-EDGERUN_DEVICE_ERROR(ReplyError, 7)     // a malformed reply
+EDGERUN_DEVICE_ERROR(ServerError, 6)    // the server answered with an error (without exits)
+EDGERUN_DEVICE_ERROR(ReplyError, 7)     // a malformed reply (without exits)
 #undef EDGERUN_DEVICE_ERROR
 
 class Device {
