@@ -69,11 +69,12 @@ int main(int argc, char** argv) {
     else if (f == "--ticks") ticks = std::atol(v);
     else if (f == "--deadline-ms") deadline_ms = std::atof(v);
     else if (f == "--budget") opt.budget = v;
+    else if (f == "--hedge-ms") opt.hedge_ms = std::atof(v);  // the library checks it
     else { std::fprintf(stderr, "edgerun_control_loop: unknown option %s\n", f.c_str()); return 2; }
   }
   if (bundle.empty() || broker.empty() || input_args.empty() || !(rate > 0) || ticks < 0) {
     std::fprintf(stderr, "usage: edgerun_control_loop BUNDLE --broker URL --input [NAME=]X.npy [--rate 50] "
-                         "[--ticks 200] [--deadline-ms 20] [--budget NAME|off] [--each]\n");
+                         "[--ticks 200] [--deadline-ms 20] [--budget NAME|off] [--hedge-ms H] [--each]\n");
     return 2;
   }
   std::signal(SIGINT, [](int) { g_stop = 1; });
@@ -81,7 +82,7 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
 
   long requests = 0, by_server = 0, on_device = 0, missed = 0, late = 0, overruns = 0, errors = 0;
-  long server_errors = 0;  // with exits: server errors answered on the device (edgerun/run_loop.py)
+  long server_errors = 0, hedged = 0;  // with exits: server errors answered on the device (edgerun/run_loop.py)
   std::vector<double> total_ms, bytes_sent;
   std::string last_miss, last_error;
   try {
@@ -100,6 +101,7 @@ int main(int argc, char** argv) {
       try {
         const edgerun::device::Result r = dev.infer(sample(inputs, tick), deadline_ms);  // every tick
         (r.local() ? on_device : by_server) += 1;
+        hedged += r.hedged;
         if (r.local() && r.reason.rfind("server error", 0) == 0) ++server_errors, last_error = r.reason;
         late += r.timings_ms.at("total") > deadline_ms;
         total_ms.push_back(r.timings_ms.at("total"));
@@ -130,7 +132,7 @@ int main(int argc, char** argv) {
   for (double b : bytes_sent) bytes_mean += b / double(bytes_sent.size());
   json summary = {{"requests", requests}, {"answered_by_server", by_server}, {"answered_on_device", on_device},
                   {"missed", missed}, {"late", late}, {"overruns", overruns}, {"errors", errors},
-                  {"server_errors_answered_on_device", server_errors},
+                  {"server_errors_answered_on_device", server_errors}, {"hedged", hedged},
                   {"rate_hz", rate}, {"deadline_ms", deadline_ms}, {"total_ms", pct}, {"bytes_sent_mean", bytes_mean}};
   if (!last_miss.empty()) summary["last_miss"] = last_miss;
   if (!last_error.empty()) summary["last_error"] = last_error;

@@ -38,6 +38,7 @@ const char* kUsage =
     "usage: edgerun_device BUNDLE_DIR --broker URL --input [NAME=]FILE.npy ...\n"
     "         [--deadline-ms 5000] [--repeat 1] [--warmup 0] [--threads 1] [--max-batch 8]\n"
     "         [--device-id ID] [--codec none] [--request-id N] [--dump-frame FILE] [--budget NAME|off]\n"
+    "         [--hedge-ms H]  (no reply after H ms: the request goes once more, to the next worker)\n"
     "Runs the bundle's front half here, the back half on `edgerun serve`, prints the outputs as JSON.\n"
     "URL: mqtt://[USER:PASSWORD@]HOST[:1883], or with TLS\n"
     "     mqtts://[USER:PASSWORD@]HOST[:8883][?ca=CA.pem][&cert=CLIENT.pem&key=CLIENT.key]\n"
@@ -47,7 +48,7 @@ const char* kUsage =
 struct Args {
   std::string bundle, broker, device_id, codec, dump_frame, budget;
   std::vector<std::string> inputs;
-  double deadline_ms = 5000;
+  double deadline_ms = 5000, hedge_ms = 0;
   long repeat = 1, warmup = 0, threads = 1, max_batch = 8;
   bool have_request_id = false;
   uint64_t request_id = 0;
@@ -77,6 +78,10 @@ Err parse_args(int argc, char** argv, Args* a) {
       if (!number(v, &x) || !(x > 0 && x <= kMaxDeadlineMs))
         return fail(kExitUsage, "--deadline-ms " + std::string(v) + " must be a number of ms > 0, at most 86400000");
       a->deadline_ms = x;
+    } else if (f == "--hedge-ms") {
+      if (!number(v, &x) || !(x > 0 && x <= kMaxDeadlineMs))
+        return fail(kExitUsage, "--hedge-ms " + std::string(v) + " must be a number of ms > 0, below the deadline");
+      a->hedge_ms = x;
     } else if (f == "--request-id") {
       char* e = nullptr;
       a->request_id = std::strtoull(v, &e, 10);
@@ -146,16 +151,18 @@ void run(const Args& a, edgerun::device::Device& dev, const edgerun::device::Ten
   edgerun::device::Result r;
   std::map<std::string, std::vector<double>> stages;
   std::map<std::string, long> answered;
+  long hedged = 0;
   for (long i = 0; i < a.warmup + a.repeat; ++i) {
     r = dev.infer(inputs, a.deadline_ms);
     if (i < a.warmup) continue;
     for (const auto& kv : r.timings_ms) stages[kv.first].push_back(kv.second);
     ++answered[r.answered_by];
+    hedged += r.hedged;
   }
   json out = {{"answered_by", r.answered_by}, {"request_id", r.request_id}, {"worker", r.worker},
               {"batch", r.batch}, {"outputs", outputs_json(r.outputs)}, {"timings_ms", r.timings_ms},
               {"bytes_sent", r.bytes_sent}, {"bytes_received", r.bytes_received}, {"codec", dev.codec()},
-              {"dropped_replies", dev.dropped_replies()}};
+              {"dropped_replies", dev.dropped_replies()}, {"hedged", r.hedged}};
   if (dev.has_exits()) {
     out["reason"] = r.reason;
     out["budget"] = dev.budget();
@@ -163,7 +170,7 @@ void run(const Args& a, edgerun::device::Device& dev, const edgerun::device::Ten
   }
   if (a.repeat > 1) {
     out["repeat"] = {{"n", a.repeat}, {"warmup", a.warmup}, {"total_ms", summary(stages["total"])},
-                     {"each_total_ms", stages["total"]}};
+                     {"each_total_ms", stages["total"]}, {"hedged", hedged}};
     if (dev.has_exits())
       out["repeat"]["answered_by"] = answered;
     else
@@ -192,6 +199,7 @@ int main(int argc, char** argv) {
     opt.device_id = a.device_id;
     opt.deadline_ms = a.deadline_ms;
     opt.codec = a.codec;
+    opt.hedge_ms = a.hedge_ms;
     opt.first_request_id = a.have_request_id ? a.request_id : 0;
     edgerun::device::Device dev(a.bundle, "", opt);  // offline first: bad inputs are told before the broker is tried
     const edgerun::device::Tensors inputs = read_inputs(a, dev);

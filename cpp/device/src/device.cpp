@@ -94,6 +94,7 @@ Result to_result(const json& j, int64_t batch) {
   r.bytes_sent = j.value("bytes_sent", size_t(0));
   r.bytes_received = j.value("bytes_received", size_t(0));
   r.front_compute_fraction = j.value("front_compute_fraction", 1.0);
+  r.hedged = j.value("hedged", false);
   for (const auto& kv : j["outputs"].items()) {
     Tensor t;
     t.dtype = kv.value()["dtype"].get<std::string>();
@@ -157,27 +158,29 @@ struct Device::Impl {
     must(front.encode(id, &frame));
     compute.unlock();  // the wait overlaps other requests'
     const Clock::time_point t2 = Clock::now();
-    must(link.publish_request(server.req_topic, frame, server.resp_topic, id, uint32_t(std::ceil(deadline_ms / 1000.0))));
-    Clock::time_point t_recv;
-    bool got = false;
-    must(link.wait_reply(id, until, &payload, &t_recv, &got));
-    if (!got) {
+    const uint32_t expiry_s = uint32_t(std::ceil(deadline_ms / 1000.0));
+    must(link.publish_request(server.req_topic, frame, server.resp_topic, id, expiry_s));
+    Awaited aw;
+    must(await_reply(server, frame, id, t2, until, expiry_s, [this] { return next_id++; }, &payload, &aw));
+    if (!aw.got) {
       char dl[32];
       std::snprintf(dl, sizeof(dl), "%g", deadline_ms);
-      throw DeadlineError("no reply within " + std::string(dl) + " ms from a server for bundle " + b.topic_id +
-                          " (model " + b.model_id + ") at " + url.text + ": is `edgerun serve BUNDLE --broker " +
-                          url.text + "` running on this bundle? (or give a longer --deadline-ms)");
+      throw DeadlineError("no reply within " + std::string(dl) + " ms" + (aw.copies > 1 ? " (sent twice)" : "") +
+                          " from a server for bundle " + b.topic_id + " (model " + b.model_id + ") at " + url.text +
+                          ": is `edgerun serve BUNDLE --broker " + url.text +
+                          "` running on this bundle? (or give a longer --deadline-ms)");
     }
     Reply reply;
-    must(check_reply(b, payload, id, batch, &reply));
+    must(check_reply(b, payload, aw.replied, batch, &reply));
     const Clock::time_point t3 = Clock::now();
-    const double rtt = ms(t2, t_recv), srv = reply.server_ms;
+    const double rtt = ms(aw.t_sent, aw.t_recv), srv = reply.server_ms;
     json j = {{"answered_by", "server"}, {"reason", "server replied"}, {"request_id", reply.request_id},
               {"worker", reply.worker}, {"outputs", reply.outputs},
               {"timings_ms", {{"front", ms(t0, t1)}, {"encode", ms(t1, t2)}, {"round_trip", rtt}, {"server", srv},
-                              {"network", std::max(rtt - srv, 0.0)}, {"decode", ms(t_recv, t3)},
+                              {"network", std::max(rtt - srv, 0.0)}, {"decode", ms(aw.t_recv, t3)},
                               {"total", ms(t0, t3)}}},
-              {"bytes_sent", frame.size()}, {"bytes_received", payload.size()}};
+              {"bytes_sent", frame.size() * size_t(aw.copies)}, {"bytes_received", payload.size()},
+              {"hedged", aw.copies > 1}};
     return to_result(j, batch);
   }
 };
@@ -191,6 +194,9 @@ Device::Device(const std::string& bundle_dir, const std::string& broker_url, con
     throw ConfigError("deadline_ms must be a number of ms > 0, at most 86400000");
   if (o.threads < 1 || o.threads > 256) throw ConfigError("threads must be in 1..256");
   if (o.max_batch < 1 || o.max_batch > 4096) throw ConfigError("max_batch must be in 1..4096");
+  if (!(o.hedge_ms >= 0 && o.hedge_ms <= kMaxDeadlineMs))
+    throw ConfigError("hedge_ms must be a number of ms > 0 (0 = never resend)");
+  d.server.hedge_ms = o.hedge_ms;
   if (!o.device_id.empty() && !segment_ok(o.device_id))
     throw ConfigError("device id " + o.device_id + " cannot be used in an MQTT topic: use 1-128 characters "
                       "from letters, digits and . _ : @ = -");
@@ -284,6 +290,7 @@ std::string Device::unreachable_reason() const {
   return impl_->link.up() ? "" : impl_->link.down_reason();
 }
 uint64_t Device::dropped_replies() const { return impl_->link.dropped_replies(); }
+uint64_t Device::hedged() const { return impl_->server.hedged.load(); }
 
 }  // namespace device
 }  // namespace edgerun

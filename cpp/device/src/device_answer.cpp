@@ -6,6 +6,8 @@
 #include <cstdio>
 
 #include "device_reply.h"
+#include "edgerun/crc32.h"
+#include "edgerun/wire.h"
 
 namespace edgerun_device {
 namespace {
@@ -16,6 +18,7 @@ constexpr double kRttEwmaAlpha = 0.2;   // edgerun/device.py RTT_EWMA_ALPHA
 constexpr double kSuspectBackoffS = 1;  // edgerun/device.py SUSPECT_BACKOFF_S
 constexpr double kExitReserveMs = 0.5;  // edgerun/device.py EXIT_RESERVE_MS (at most a tenth of the deadline)
 constexpr const char* kServerErrorReason = "server error";  // edgerun/device.py SERVER_ERROR
+constexpr double kHedgeBothS = 2;  // edgerun/device.py HEDGE_BOTH_S
 
 double ms(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
 
@@ -56,7 +59,61 @@ std::string why_local(const ServerLink& link, double left_ms) {
   return "";
 }
 
+// The frame under another request id: the id's 8 bytes (little-endian, offset 8) and the checksum redone.
+std::vector<uint8_t> with_request_id(const std::vector<uint8_t>& frame, uint64_t id) {
+  std::vector<uint8_t> f(frame);
+  for (int i = 0; i < 8; ++i) f[8 + size_t(i)] = uint8_t(id >> (8 * i));
+  const uint32_t crc = edgerun::crc32(f.data(), f.size() - edgerun::wire::kCrcSize);
+  for (int i = 0; i < 4; ++i) f[f.size() - 4 + size_t(i)] = uint8_t(crc >> (8 * i));
+  return f;
+}
+
+void send_copy(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id, uint32_t expiry_s,
+               const std::function<uint64_t()>& next_id, Awaited* out) {
+  const uint64_t copy = next_id();
+  const Clock::time_point t = Clock::now();
+  // a copy that cannot be sent: the original is still awaited
+  if (!link.mqtt->publish_request(link.req_topic, with_request_id(frame, copy), link.resp_topic, copy, expiry_s, id)
+           .ok())
+    return;
+  ++out->copies, ++link.hedged;
+  if (out->copies == 2) out->t_sent = t;  // the copy's send time
+}
+
 }  // namespace
+
+Err await_reply(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id, Clock::time_point t_sent,
+                Clock::time_point until, uint32_t expiry_s, const std::function<uint64_t()>& next_id,
+                std::vector<uint8_t>* payload, Awaited* out) {
+  *out = Awaited{};
+  Awaited copy;  // the hedged copy's send time
+  Err e;
+  if (link.hedge_ms <= 0) {
+    e = link.mqtt->wait_reply(id, until, payload, &out->t_recv, &out->got, &out->replied);
+  } else {
+    bool both;
+    {
+      std::lock_guard<std::mutex> g(link.state);
+      both = Clock::now() < link.hedge_both_until;
+    }
+    if (both) send_copy(link, frame, id, expiry_s, next_id, &copy);
+    const Clock::time_point at = t_sent + std::chrono::microseconds(int64_t(link.hedge_ms * 1000.0));
+    if (copy.copies == 1 && at < until) {
+      e = link.mqtt->wait_reply(id, at, payload, &out->t_recv, &out->got, &out->replied, /*keep=*/true);
+      if (e.ok() && !out->got) send_copy(link, frame, id, expiry_s, next_id, &copy);
+    }
+    if (e.ok() && !out->got) e = link.mqtt->wait_reply(id, until, payload, &out->t_recv, &out->got, &out->replied);
+    if (e.ok() && out->got && out->replied != id) {
+      // The copy won: the original's worker may be frozen. A shared subscription hands messages out in turn, so
+      // with one frozen worker of two every original of this device met it: send both copies at once a while.
+      std::lock_guard<std::mutex> g(link.state);
+      link.hedge_both_until = Clock::now() + std::chrono::milliseconds(int64_t(kHedgeBothS * 1000));
+    }
+  }
+  out->copies = copy.copies;
+  out->t_sent = out->got && out->replied != id ? copy.t_sent : t_sent;
+  return e;
+}
 
 Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerLink& link,
                       const std::map<std::string, Array>& inputs, int64_t batch, double deadline_ms,
@@ -96,48 +153,47 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
     *out = local(b, step, step.deepest(), "server unreachable: " + link.suspect_why, t0, &t1, 0);
     return Err::Ok();
   }
-  Clock::time_point t_recv;
-  bool got = false;
   // The wait ends a little before the deadline, so that the exit's answer (computed already) is handed over by
   // it, as edgerun/device.py reply_wait_s does.
   const double reserve_ms = std::min(kExitReserveMs, 0.1 * deadline_ms);
-  e = link.mqtt->wait_reply(request_id, until - std::chrono::microseconds(int64_t(reserve_ms * 1000.0)), &payload,
-                            &t_recv, &got);
+  Awaited aw;
+  e = await_reply(link, frame, request_id, t2, until - std::chrono::microseconds(int64_t(reserve_ms * 1000.0)),
+                  expiry_s, next_id, &payload, &aw);
+  const size_t sent = frame.size() * size_t(aw.copies);
   if (!e.ok()) {  // the broker is gone: later requests answer here until it reconnects (device_mqtt.h)
-    *out = local(b, step, step.deepest(), "server unreachable: " + e.message, t0, &t1, frame.size());
-    return Err::Ok();
-  }
-  if (!got) {
+    *out = local(b, step, step.deepest(), "server unreachable: " + e.message, t0, &t1, sent);
+  } else if (!aw.got) {
     state.lock();
     const std::string msg = "no reply from a server for bundle " + b.topic_id + " (" + b.model_id + ") within " +
-                            fmt("%g", deadline_ms) + " ms";
+                            fmt("%g", deadline_ms) + " ms" + (aw.copies > 1 ? " (sent twice)" : "");
     link.suspect_why = "no reply to the last request within " + fmt("%g", deadline_ms) + " ms";
     link.suspect_until = Clock::now() + std::chrono::milliseconds(int64_t(kSuspectBackoffS * 1000));
-    *out = local(b, step, step.deepest(), "deadline: " + msg, t0, &t1, frame.size());
-    return Err::Ok();
+    *out = local(b, step, step.deepest(), "deadline: " + msg, t0, &t1, sent);
+  } else {
+    const double rtt = ms(aw.t_sent, aw.t_recv);
+    state.lock();  // a reply came: the server is up (its answer may still be an error)
+    link.suspect_until = Clock::time_point{};
+    link.rtt_ms = link.rtt_ms < 0 ? rtt : (1 - kRttEwmaAlpha) * link.rtt_ms + kRttEwmaAlpha * rtt;
+    state.unlock();
+    Reply reply;
+    if (!(e = check_reply(b, payload, aw.replied, batch, &reply)).ok()) {
+      // The server's ERROR frame, or a reply that is not the model's answer (a back half that fails on some
+      // inputs, a worker of another bundle version on these topics): the device has an answer of its own, as
+      // edgerun/device.py answers with reason "server error: ..." (a control loop got an error instead).
+      *out = local(b, step, step.deepest(), std::string(kServerErrorReason) + ": " + e.message, t0, &t1, sent);
+      (*out)["bytes_received"] = payload.size();
+    } else {
+      const Clock::time_point t3 = Clock::now();
+      *out = json{{"answered_by", "server"}, {"reason", "server replied"}, {"request_id", reply.request_id},
+                  {"worker", reply.worker}, {"outputs", reply.outputs},
+                  {"timings_ms", {{"front", ms(t0, t1)}, {"encode", ms(t1, t2)}, {"round_trip", rtt},
+                                  {"server", reply.server_ms}, {"network", std::max(rtt - reply.server_ms, 0.0)},
+                                  {"decode", ms(aw.t_recv, t3)}, {"total", ms(t0, t3)}}},
+                  {"bytes_sent", sent}, {"bytes_received", payload.size()},
+                  {"front_compute_fraction", step.compute_fraction}};
+    }
   }
-  const double rtt = ms(t2, t_recv);
-  state.lock();  // a reply came: the server is up (its answer may still be an error)
-  link.suspect_until = Clock::time_point{};
-  link.rtt_ms = link.rtt_ms < 0 ? rtt : (1 - kRttEwmaAlpha) * link.rtt_ms + kRttEwmaAlpha * rtt;
-  state.unlock();
-  Reply reply;
-  if (!(e = check_reply(b, payload, request_id, batch, &reply)).ok()) {
-    // The server's ERROR frame, or a reply that is not the model's answer (a back half that fails on some inputs,
-    // a worker of another bundle version on these topics): the device has an answer of its own, as
-    // edgerun/device.py answers with reason "server error: ..." (a control loop got an error instead).
-    *out = local(b, step, step.deepest(), std::string(kServerErrorReason) + ": " + e.message, t0, &t1, frame.size());
-    (*out)["bytes_received"] = payload.size();
-    return Err::Ok();
-  }
-  const Clock::time_point t3 = Clock::now();
-  *out = json{{"answered_by", "server"}, {"reason", "server replied"}, {"request_id", reply.request_id},
-              {"worker", reply.worker}, {"outputs", reply.outputs},
-              {"timings_ms", {{"front", ms(t0, t1)}, {"encode", ms(t1, t2)}, {"round_trip", rtt},
-                              {"server", reply.server_ms}, {"network", std::max(rtt - reply.server_ms, 0.0)},
-                              {"decode", ms(t_recv, t3)}, {"total", ms(t0, t3)}}},
-              {"bytes_sent", frame.size()}, {"bytes_received", payload.size()},
-              {"front_compute_fraction", step.compute_fraction}};
+  (*out)["hedged"] = aw.copies > 1;
   return Err::Ok();
 }
 

@@ -5,11 +5,13 @@
 // the deadline: then, and when no reply comes by the deadline, the deepest exit answers.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -30,7 +32,26 @@ struct ServerLink {
   double            rtt_ms = -1;     // EWMA of round trips (publish -> reply), < 0 before the first
   Clock::time_point suspect_until{};
   std::string       suspect_why;
+  double            hedge_ms = 0;          // > 0: no reply this long after a request, it goes once more
+  Clock::time_point hedge_both_until{};    // (state) after a hedged copy won: both copies at once until then
+  std::atomic<uint64_t> hedged{0};         // requests sent a second time
 };
+
+// What came of a request's wait (await_reply).
+struct Awaited {
+  bool              got = false;  // a reply came by the deadline (in `payload`)
+  uint64_t          replied = 0;  // the id it answered: the request's, or its hedged copy's
+  int               copies = 1;   // how many times the frame went out
+  Clock::time_point t_sent{}, t_recv{};  // when the copy that was answered went out, when its reply came
+};
+
+// Waits for the reply to request `id` (its frame published at t_sent) until `until`. With link.hedge_ms
+// it sends the frame once more, under a new id, when no reply came hedge_ms after t_sent (and at once
+// for 2 s after a copy won: see edgerun/device.py Device.infer); the first reply wins. Errors: the
+// broker lost (kExitBroker).
+Err await_reply(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id, Clock::time_point t_sent,
+                Clock::time_point until, uint32_t expiry_s, const std::function<uint64_t()>& next_id,
+                std::vector<uint8_t>* payload, Awaited* out);
 
 // Answers one request: *out gets answered_by ("server" | "exit:<i>"), reason, request_id (0 when
 // answered before sending), worker, outputs, timings_ms, bytes_sent, bytes_received,

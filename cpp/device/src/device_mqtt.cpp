@@ -16,6 +16,7 @@ namespace {
 
 constexpr int kKeepAliveS = 10;      // docs/TOPICS.md "Connection": a vanished peer's will fires after ~15 s
 constexpr int kLoopSliceMs = 100;    // longest single network-loop wait (the deadline is checked between)
+constexpr size_t kLosersKept = 1024;  // edgerun/device.py HEDGE_LOSERS_KEPT
 
 std::once_flag g_lib_once;
 
@@ -90,15 +91,23 @@ void MqttLink::on_message(struct mosquitto*, void* self, const struct mosquitto_
   }
   std::free(corr);
   std::lock_guard<std::mutex> g(l->mu_);
-  // Only the awaited id is answered; an unknown, repeated or late reply is dropped and counted.
-  auto it = have && len == 8 ? l->pending_.find(id) : l->pending_.end();
-  if (it == l->pending_.end() || it->second.got) {
+  // Only the awaited id (or its hedged copy's) is answered; an unknown, repeated or late reply is dropped
+  // and counted; the reply to a copy whose twin was answered first is dropped quietly.
+  const auto twin = have && len == 8 ? l->twin_of_.find(id) : l->twin_of_.end();
+  auto it = !(have && len == 8) ? l->pending_.end() : l->pending_.find(twin == l->twin_of_.end() ? id : twin->second);
+  if (it != l->pending_.end() && it->second.got) {  // both copies answered: the first one won
+    l->dropped_ += it->second.replied == id;           // the same reply twice counts
+    return;
+  }
+  if (it == l->pending_.end()) {
+    if (have && len == 8 && l->losers_.erase(id) == 1) return;
     ++l->dropped_;
     return;
   }
   const auto* p = static_cast<const uint8_t*>(msg->payload);
   it->second.reply.assign(p, p + msg->payloadlen);
   it->second.t_recv = now;
+  it->second.replied = id;
   it->second.got = true;
   l->cv_.notify_all();
 }
@@ -194,7 +203,8 @@ Err MqttLink::subscribe(const std::string& topic, int timeout_ms) {
 }
 
 Err MqttLink::publish_request(const std::string& topic, const std::vector<uint8_t>& frame,
-                              const std::string& response_topic, uint64_t request_id, uint32_t expiry_s) {
+                              const std::string& response_topic, uint64_t request_id, uint32_t expiry_s,
+                              uint64_t twin) {
   uint8_t corr[8];
   for (int i = 0; i < 8; ++i) corr[i] = uint8_t(request_id >> (8 * i));
   mosquitto_property* props = nullptr;
@@ -204,13 +214,17 @@ Err MqttLink::publish_request(const std::string& topic, const std::vector<uint8_
   {
     std::lock_guard<std::mutex> g(mu_);
     if (threaded_ && !ready_) return fail(kExitBroker, down_why_);
-    pending_[request_id] = Pending{};
+    auto t = twin != 0 ? pending_.find(twin) : pending_.end();
+    if (twin != 0 && t == pending_.end()) return fail(kExitInternal, "a hedge of a request not awaited");
+    if (twin != 0) t->second.copies.push_back(request_id), twin_of_[request_id] = twin;
+    else pending_[request_id] = Pending{};
   }
   int rc = mosquitto_publish_v5(mosq_, nullptr, topic.c_str(), int(frame.size()), frame.data(), 1, false, props);
   mosquitto_property_free_all(&props);
   if (rc != MOSQ_ERR_SUCCESS) {
     std::lock_guard<std::mutex> g(mu_);
-    pending_.erase(request_id);
+    if (twin != 0) twin_of_.erase(request_id), pending_[twin].copies.pop_back();
+    else pending_.erase(request_id);
     return fail(kExitBroker, "cannot publish the request to the broker at " + url_text_ + " (" + mosq_error(rc) +
                              ")" + (rc == MOSQ_ERR_PAYLOAD_SIZE ? ": the frame is over the broker's limit" : ""));
   }
@@ -218,7 +232,7 @@ Err MqttLink::publish_request(const std::string& topic, const std::vector<uint8_
 }
 
 Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vector<uint8_t>* reply,
-                         Clock::time_point* t_recv, bool* got) {
+                         Clock::time_point* t_recv, bool* got, uint64_t* replied, bool keep) {
   *got = false;
   std::unique_lock<std::mutex> lk(mu_);
   auto it = pending_.find(request_id);  // stays valid while other requests come and go
@@ -247,6 +261,16 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
     reply->swap(it->second.reply);
     *t_recv = it->second.t_recv;
     *got = true;
+    if (replied != nullptr) *replied = it->second.replied;
+  }
+  if (keep && !got_ && e.ok()) return e;  // still awaited: a hedged copy is sent next
+  std::vector<uint64_t> ids = it->second.copies;
+  ids.push_back(request_id);
+  for (uint64_t id : ids) {
+    twin_of_.erase(id);
+    if (!got_ || id == it->second.replied) continue;  // no reply at all: a late one is dropped and counted
+    if (losers_.size() >= kLosersKept) losers_.erase(losers_.begin());  // a dead worker never answers: oldest out
+    losers_[id] = true;
   }
   pending_.erase(it);
   return e;

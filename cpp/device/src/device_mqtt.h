@@ -41,13 +41,17 @@ class MqttLink {
               const std::string& online, const std::string& will, int timeout_ms);
   // Subscribes at QoS 1 and waits for the SUBACK.
   Err subscribe(const std::string& topic, int timeout_ms);
-  // One request, QoS 1; expiry_s = the deadline rounded up to whole seconds.
+  // One request, QoS 1; expiry_s = the deadline rounded up to whole seconds. A hedged copy (`twin`: the
+  // id of the request it copies, still awaited) shares its twin's wait: the first reply to either wins.
   Err publish_request(const std::string& topic, const std::vector<uint8_t>& frame,
-                      const std::string& response_topic, uint64_t request_id, uint32_t expiry_s);
-  // Waits until the reply whose Correlation Data is request_id comes (true; its payload in *reply,
-  // when it came in *t_recv) or `until` passes (false, no error). kExitBroker when the broker is lost.
+                      const std::string& response_topic, uint64_t request_id, uint32_t expiry_s,
+                      uint64_t twin = 0);
+  // Waits until the reply whose Correlation Data is request_id (or a hedged copy's id) comes (true; its
+  // payload in *reply, when it came in *t_recv, which id in *replied) or `until` passes (false, no
+  // error). Then the request is no longer awaited, unless `keep` and no reply came (a hedge goes next);
+  // the copy that lost the race has its reply dropped quietly. kExitBroker when the broker is lost.
   Err wait_reply(uint64_t request_id, Clock::time_point until, std::vector<uint8_t>* reply,
-                 Clock::time_point* t_recv, bool* got);
+                 Clock::time_point* t_recv, bool* got, uint64_t* replied = nullptr, bool keep = false);
   // Hands the connection to a background thread (mosquitto_loop_start) that reconnects with backoff
   // and re-subscribes `resp_topic` and republishes `online` on each reconnection. Called after
   // connect() + subscribe(), or after a failed connect() (then `why` says why it is down until the
@@ -83,11 +87,15 @@ class MqttLink {
   int                  sub_mid_ = -1, pub_mid_ = -1;
   bool                 suback_ = false, suback_ok_ = false, puback_ = false;
   struct Pending {  // a request sent, its reply awaited (several at once: one per calling thread)
-    bool                 got = false;
-    std::vector<uint8_t> reply;
-    Clock::time_point    t_recv{};
+    bool                  got = false;
+    std::vector<uint8_t>  reply;
+    Clock::time_point     t_recv{};
+    uint64_t              replied = 0;  // the id whose reply came (the request's or its hedged copy's)
+    std::vector<uint64_t> copies;       // hedged copies' ids
   };
   std::map<uint64_t, Pending> pending_;
+  std::map<uint64_t, uint64_t> twin_of_;  // a hedged copy's id -> the request it copies (while awaited)
+  std::map<uint64_t, bool>     losers_;   // ids whose twin was answered first: their reply drops quietly
   uint64_t             dropped_ = 0;
   // Background mode: callbacks run on libmosquitto's thread; the fields above are under mu_.
   mutable std::mutex      mu_;

@@ -47,6 +47,9 @@ struct Options {
   std::string codec;             // "" = the bundle's, "none" = raw float32 frames
   uint64_t    first_request_id = 0;  // 0 = random (docs/TOPICS.md)
   int         connect_timeout_ms = 5000;
+  double      hedge_ms = 0;        // > 0: no reply this many ms after a request, it goes once more (under a
+                                   // new id: the shared subscription hands it to the next worker); the first
+                                   // reply wins. 0 = never (edgerun.Device's hedge_ms)
 };
 
 struct Result {
@@ -61,6 +64,7 @@ struct Result {
                                              // (on the device: device, waited, total)
   size_t      bytes_sent = 0, bytes_received = 0;
   double      front_compute_fraction = 1;    // bundles with exits: front compute spent
+  bool        hedged = false;                // the request went out twice (Options::hedge_ms)
   bool local() const { return answered_by != "server"; }
 };
 
@@ -115,6 +119,7 @@ class Device {
   bool server_reachable() const;          // the broker connection is up
   std::string unreachable_reason() const;  // why not ("" when it is)
   uint64_t dropped_replies() const;       // late / unknown replies dropped
+  uint64_t hedged() const;                // requests sent a second time (Options::hedge_ms)
 
  private:
   struct Impl;
