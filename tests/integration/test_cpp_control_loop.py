@@ -218,3 +218,33 @@ def test_server_errors_are_answered_by_the_deepest_exit_and_counted(loop_exe, ex
     assert (summary["requests"], summary["answered_on_device"], summary["server_errors_answered_on_device"],
             summary["errors"]) == (4, 4, 4, 0)
     assert "the back half failed" in summary["last_error"]
+
+
+def test_a_loop_with_exits_started_while_the_broker_is_down_finds_it_when_it_comes(loop_exe, exits_bundle, tmp_path):
+    """A robot that boots before the network: the device opens (its first connect fails), the deepest exit
+    answers every tick, and once a broker and a server come up on that port the same process sends to the
+    server (libmosquitto's thread keeps connecting; the response topic is subscribed on its first connection)."""
+    np.save(tmp_path / "x.npy", samples(exits_bundle, 4))
+    port = free_port()
+    broker = Mosquitto(port=port)
+    server = None
+    loop = Loop(loop_exe, exits_bundle, f"mqtt://127.0.0.1:{port}", tmp_path / "x.npy", "--ticks", 0, "--rate", 20,
+                "--deadline-ms", 2000, "--budget", "off")
+    try:
+        loop.until(lambda t: len(loop.ticks) >= 3)
+        assert all(t["answered_by"].startswith("exit:") and t["reason"].startswith("server unreachable: ")
+                   for t in loop.ticks), loop.ticks
+        broker.start()
+        server = ServerProc(exits_bundle, broker.url)
+        wait_servers_online(exits_bundle, broker.url, 1, [server])
+        up_at = len(loop.ticks)
+        loop.until(lambda t: sum(u.get("answered_by") == "server" for u in loop.ticks[up_at:]) >= 3)
+        summary = loop.stop()
+    finally:
+        if loop.proc.poll() is None:
+            loop.proc.kill()
+        if server is not None:
+            server.stop(signal.SIGKILL)
+        broker.stop()
+    assert summary["missed"] == 0 and summary["errors"] == 0
+    assert summary["answered_by_server"] >= 3 and summary["answered_on_device"] >= 3
