@@ -391,6 +391,19 @@ class MqttClient:
             self._client.disconnect()
         finally:
             self._client.loop_stop()
+            self._release()
+
+    def _release(self) -> None:
+        """After the network thread ended: give back what only the cyclic garbage collector freed.
+
+        paho's loop_stop() leaves open the socket pair loop_start() made to wake its thread, and paho's
+        callbacks (our methods) keep this object and its owner (a Device: its engine, its pending futures)
+        in a reference cycle: a process that opened and closed 60 Devices held 40 more sockets and their
+        engines until a full collection (tests/integration/test_soak_state.py)."""
+        self._on_message = self._on_connect = None
+        reset = getattr(self._client, "_reset_sockets", None)  # paho 2.x: closes the pair, not the broker's
+        if reset is not None and getattr(self._client, "_thread", None) is None:  # not from paho's own thread
+            reset(sockpair_only=True)
 
     # -- paho callbacks (network thread) -------------------------------------
     def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
