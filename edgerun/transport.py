@@ -237,8 +237,9 @@ class MqttClient:
         self._reconnect_error = ""  # why paho's reconnects fail their TLS handshake ('' if they do not)
         self._acks: dict[int, threading.Event] = {}
         # mids of the subscriptions renewed after a reconnect: nobody waits for their SUBACK. Filed in _acks as
-        # "arrived early", one entry per subscription and reconnect stayed for good (50 broker restarts: 50), and
-        # once paho's 16-bit mid came round, a later subscribe() of that mid returned before its own SUBACK.
+        # "arrived early", one entry per subscription and reconnect stayed for good (2 subscriptions, 3 broker
+        # restarts: 6), and once paho's 16-bit mid came round, a later subscribe() of that mid returned before
+        # its own SUBACK.
         self._renewals: set[int] = set()
         self._keepalive = keepalive_s
         self._closed = False
