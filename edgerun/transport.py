@@ -236,6 +236,11 @@ class MqttClient:
         self._ever_connected = False
         self._reconnect_error = ""  # why paho's reconnects fail their TLS handshake ('' if they do not)
         self._acks: dict[int, threading.Event] = {}
+        # mids of the subscriptions renewed after a reconnect: nobody waits for their SUBACK. Filed in _acks as
+        # "arrived early", one entry per subscription and reconnect stayed for good (2 subscriptions, 3 broker
+        # restarts: 6), and once paho's 16-bit mid came round, a later subscribe() of that mid returned before
+        # its own SUBACK.
+        self._renewals: set[int] = set()
         self._keepalive = keepalive_s
         self._closed = False
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
@@ -324,6 +329,8 @@ class MqttClient:
             if early is None:
                 self._acks[mid] = done
         if early is None and not done.wait(timeout_s):
+            with self._lock:
+                self._acks.pop(mid, None)
             raise TransportError(f"the broker at {self.url} did not confirm the subscription to {topic_filter!r}")
 
     def publish(
@@ -385,6 +392,19 @@ class MqttClient:
             self._client.disconnect()
         finally:
             self._client.loop_stop()
+            self._release()
+
+    def _release(self) -> None:
+        """After the network thread ended: give back what only the cyclic garbage collector freed.
+
+        paho's loop_stop() leaves open the socket pair loop_start() made to wake its thread, and paho's
+        callbacks (our methods) keep this object and its owner (a Device: its engine, its pending futures)
+        in a reference cycle: a process that opened and closed 60 Devices held 40 more sockets and their
+        engines until a full collection (tests/integration/test_soak_state.py)."""
+        self._on_message = self._on_connect = None
+        reset = getattr(self._client, "_reset_sockets", None)  # paho 2.x: closes the pair, not the broker's
+        if reset is not None and getattr(self._client, "_thread", None) is None:  # not from paho's own thread
+            reset(sockpair_only=True)
 
     # -- paho callbacks (network thread) -------------------------------------
     def _handle_connect(self, client, userdata, flags, reason_code, properties) -> None:
@@ -397,8 +417,12 @@ class MqttClient:
             self._on_connect()
         with self._lock:
             subs = list(self._subs)
+            self._renewals.clear()  # SUBACKs a dropped connection never brought
         for topic_filter in subs:  # renew after a reconnect (clean_start drops them)
-            client.subscribe(topic_filter, qos=QOS)
+            rc, mid = client.subscribe(topic_filter, qos=QOS)
+            if rc == mqtt.MQTT_ERR_SUCCESS:  # its SUBACK comes on this thread, after this callback returns
+                with self._lock:
+                    self._renewals.add(mid)
         if subs:
             log.info("reconnected to %s, subscriptions renewed", self.url)
         if self._announced is not None:  # set only after the first connect: this is a reconnect
@@ -430,6 +454,9 @@ class MqttClient:
             if rc.is_failure:
                 log.error("broker %s refused a subscription: %s", self.url, rc)
         with self._lock:
+            if mid in self._renewals:  # a renewal after a reconnect: nobody waits for it
+                self._renewals.discard(mid)
+                return
             ev = self._acks.pop(mid, None)
             if ev is None:  # SUBACK arrived before subscribe() registered its event
                 self._acks[mid] = _SET_EVENT

@@ -5,8 +5,10 @@
 // goes on. Prints a JSON summary at the end, as `edgerun run --rate --summary` does.
 //
 //   edgerun_control_loop BUNDLE --broker URL --input [NAME=]X.npy ... [--rate 50] [--ticks 200]
-//                        [--deadline-ms 20] [--budget NAME|off] [--each]
+//                        [--deadline-ms 20] [--budget NAME|off] [--hedge-ms H] [--each] [--window 100000]
 // --ticks 0: until Ctrl-C / SIGTERM. An input file with N samples: tick i sends sample i mod N.
+// --window: the latency percentiles cover the last this many answers (a loop that ran for days kept every
+// tick's latency and size, 16 B a tick: ~70 MB a day at 50 Hz); the mean bytes cover every answer.
 // --each: one JSON line per tick (who answered, why, the outputs) before the summary.
 #include <algorithm>
 #include <chrono>
@@ -53,7 +55,7 @@ int main(int argc, char** argv) {
   std::string bundle, broker;
   std::vector<std::string> input_args;
   double rate = 50, deadline_ms = 20;
-  long ticks = 200;
+  long ticks = 200, window = 100000;
   bool each = false;
   edgerun::device::Options opt;
   for (int i = 1; i < argc; ++i) {
@@ -70,11 +72,13 @@ int main(int argc, char** argv) {
     else if (f == "--deadline-ms") deadline_ms = std::atof(v);
     else if (f == "--budget") opt.budget = v;
     else if (f == "--hedge-ms") opt.hedge_ms = std::atof(v);  // the library checks it
+    else if (f == "--window") window = std::atol(v);
     else { std::fprintf(stderr, "edgerun_control_loop: unknown option %s\n", f.c_str()); return 2; }
   }
-  if (bundle.empty() || broker.empty() || input_args.empty() || !(rate > 0) || ticks < 0) {
+  if (bundle.empty() || broker.empty() || input_args.empty() || !(rate > 0) || ticks < 0 || window < 1) {
     std::fprintf(stderr, "usage: edgerun_control_loop BUNDLE --broker URL --input [NAME=]X.npy [--rate 50] "
-                         "[--ticks 200] [--deadline-ms 20] [--budget NAME|off] [--hedge-ms H] [--each]\n");
+                         "[--ticks 200] [--deadline-ms 20] [--budget NAME|off] [--hedge-ms H] [--each] "
+                         "[--window 100000]\n");
     return 2;
   }
   std::signal(SIGINT, [](int) { g_stop = 1; });
@@ -83,7 +87,9 @@ int main(int argc, char** argv) {
 
   long requests = 0, by_server = 0, on_device = 0, missed = 0, late = 0, overruns = 0, errors = 0;
   long server_errors = 0, hedged = 0;  // with exits: server errors answered on the device (edgerun/run_loop.py)
-  std::vector<double> total_ms, bytes_sent;
+  std::vector<double> total_ms;  // the last `window` answers' latencies, a ring once full
+  long answers = 0;
+  double bytes_sum = 0;
   std::string last_miss, last_error;
   try {
     edgerun::device::Device dev(bundle, broker, opt);  // once: loads the bundle, connects (and reconnects)
@@ -104,8 +110,10 @@ int main(int argc, char** argv) {
         hedged += r.hedged;
         if (r.local() && r.reason.rfind("server error", 0) == 0) ++server_errors, last_error = r.reason;
         late += r.timings_ms.at("total") > deadline_ms;
-        total_ms.push_back(r.timings_ms.at("total"));
-        bytes_sent.push_back(double(r.bytes_sent));
+        if (long(total_ms.size()) < window) total_ms.push_back(r.timings_ms.at("total"));
+        else total_ms[size_t(answers % window)] = r.timings_ms.at("total");
+        ++answers;
+        bytes_sum += double(r.bytes_sent);
         line["answered_by"] = r.answered_by;
         line["reason"] = r.reason;
         for (const auto& kv : r.outputs) line["outputs"][kv.first] = kv.second.data;
@@ -128,12 +136,12 @@ int main(int argc, char** argv) {
   json pct = json::object();
   for (double q : {50.0, 90.0, 99.0})
     if (!total_ms.empty()) pct["p" + std::to_string(int(q))] = percentile(total_ms, q);
-  double bytes_mean = 0;
-  for (double b : bytes_sent) bytes_mean += b / double(bytes_sent.size());
+  const double bytes_mean = answers > 0 ? bytes_sum / double(answers) : 0.0;
   json summary = {{"requests", requests}, {"answered_by_server", by_server}, {"answered_on_device", on_device},
                   {"missed", missed}, {"late", late}, {"overruns", overruns}, {"errors", errors},
                   {"server_errors_answered_on_device", server_errors}, {"hedged", hedged},
-                  {"rate_hz", rate}, {"deadline_ms", deadline_ms}, {"total_ms", pct}, {"bytes_sent_mean", bytes_mean}};
+                  {"rate_hz", rate}, {"deadline_ms", deadline_ms}, {"total_ms", pct},
+                  {"total_ms_answers", total_ms.size()}, {"bytes_sent_mean", bytes_mean}};
   if (!last_miss.empty()) summary["last_miss"] = last_miss;
   if (!last_error.empty()) summary["last_error"] = last_error;
   if (g_stop) summary["stopped"] = true;
