@@ -8,9 +8,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <exception>
 #include <map>
+#include <mutex>
 #include <random>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -39,6 +43,7 @@ const char* kUsage =
     "         [--deadline-ms 5000] [--repeat 1] [--warmup 0] [--threads 1] [--max-batch 8]\n"
     "         [--device-id ID] [--codec none] [--request-id N] [--dump-frame FILE] [--budget NAME|off]\n"
     "         [--hedge-ms H]  (no reply after H ms: the request goes once more, to the next worker)\n"
+    "         [--concurrent N]  (N threads each send --warmup + --repeat requests on the one device)\n"
     "Runs the bundle's front half here, the back half on `edgerun serve`, prints the outputs as JSON.\n"
     "URL: mqtt://[USER:PASSWORD@]HOST[:1883], or with TLS\n"
     "     mqtts://[USER:PASSWORD@]HOST[:8883][?ca=CA.pem][&cert=CLIENT.pem&key=CLIENT.key]\n"
@@ -49,7 +54,7 @@ struct Args {
   std::string bundle, broker, device_id, codec, dump_frame, budget;
   std::vector<std::string> inputs;
   double deadline_ms = 5000, hedge_ms = 0;
-  long repeat = 1, warmup = 0, threads = 1, max_batch = 8;
+  long repeat = 1, warmup = 0, threads = 1, max_batch = 8, concurrent = 1;
   bool have_request_id = false;
   uint64_t request_id = 0;
 };
@@ -87,11 +92,13 @@ Err parse_args(int argc, char** argv, Args* a) {
       a->request_id = std::strtoull(v, &e, 10);
       if (!e || *e || e == v) return fail(kExitUsage, "--request-id must be an unsigned 64-bit integer");
       a->have_request_id = true;
-    } else if (f == "--repeat" || f == "--warmup" || f == "--threads" || f == "--max-batch") {
-      long lo = (f == "--warmup") ? 0 : 1, hi = (f == "--threads") ? 256 : (f == "--max-batch" ? 4096 : 1000000);
+    } else if (f == "--repeat" || f == "--warmup" || f == "--threads" || f == "--max-batch" || f == "--concurrent") {
+      long lo = (f == "--warmup") ? 0 : 1, hi = (f == "--threads" || f == "--concurrent") ? 256
+                                               : (f == "--max-batch" ? 4096 : 1000000);
       if (!number(v, &x) || x != std::floor(x) || x < lo || x > hi)
         return fail(kExitUsage, f + " " + v + " must be an integer in " + std::to_string(lo) + ".." + std::to_string(hi));
-      (f == "--repeat" ? a->repeat : f == "--warmup" ? a->warmup : f == "--threads" ? a->threads : a->max_batch) = long(x);
+      (f == "--repeat" ? a->repeat : f == "--warmup" ? a->warmup : f == "--threads" ? a->threads
+       : f == "--max-batch" ? a->max_batch : a->concurrent) = long(x);
     } else {
       return fail(kExitUsage, "unknown option " + f + "\n" + kUsage);
     }
@@ -146,19 +153,39 @@ json outputs_json(const edgerun::device::Tensors& outs) {
   return j;
 }
 
-// --warmup + --repeat requests; prints the last answer as JSON (and a summary of the timed ones).
+// --warmup + --repeat requests (from each of --concurrent threads on the one device); prints the last answer
+// as JSON (and a summary of the timed ones).
 void run(const Args& a, edgerun::device::Device& dev, const edgerun::device::Tensors& inputs) {
+  std::mutex mu;  // guards what the threads add up
   edgerun::device::Result r;
   std::map<std::string, std::vector<double>> stages;
   std::map<std::string, long> answered;
+  std::set<std::string> distinct;  // the outputs of the timed answers (one input: one answer per source)
   long hedged = 0;
-  for (long i = 0; i < a.warmup + a.repeat; ++i) {
-    r = dev.infer(inputs, a.deadline_ms);
-    if (i < a.warmup) continue;
-    for (const auto& kv : r.timings_ms) stages[kv.first].push_back(kv.second);
-    ++answered[r.answered_by];
-    hedged += r.hedged;
-  }
+  std::exception_ptr failed;
+  auto requests = [&] {
+    try {
+      for (long i = 0; i < a.warmup + a.repeat; ++i) {
+        edgerun::device::Result ri = dev.infer(inputs, a.deadline_ms);
+        std::lock_guard<std::mutex> g(mu);
+        if (failed) return;
+        r = std::move(ri);
+        if (i < a.warmup) continue;
+        for (const auto& kv : r.timings_ms) stages[kv.first].push_back(kv.second);
+        ++answered[r.answered_by];
+        hedged += r.hedged;
+        if (distinct.size() < 16) distinct.insert(outputs_json(r.outputs).dump());
+      }
+    } catch (...) {  // the first error ends the run (the other threads stop after their request)
+      std::lock_guard<std::mutex> g(mu);
+      if (!failed) failed = std::current_exception();
+    }
+  };
+  std::vector<std::thread> pool;
+  for (long t = 1; t < a.concurrent; ++t) pool.emplace_back(requests);
+  requests();
+  for (std::thread& t : pool) t.join();
+  if (failed) std::rethrow_exception(failed);
   json out = {{"answered_by", r.answered_by}, {"request_id", r.request_id}, {"worker", r.worker},
               {"batch", r.batch}, {"outputs", outputs_json(r.outputs)}, {"timings_ms", r.timings_ms},
               {"bytes_sent", r.bytes_sent}, {"bytes_received", r.bytes_received}, {"codec", dev.codec()},
@@ -168,9 +195,11 @@ void run(const Args& a, edgerun::device::Device& dev, const edgerun::device::Ten
     out["budget"] = dev.budget();
     out["front_compute_fraction"] = r.front_compute_fraction;
   }
-  if (a.repeat > 1) {
-    out["repeat"] = {{"n", a.repeat}, {"warmup", a.warmup}, {"total_ms", summary(stages["total"])},
-                     {"each_total_ms", stages["total"]}, {"hedged", hedged}};
+  const long n = a.repeat * a.concurrent;
+  if (n > 1) {
+    out["repeat"] = {{"n", n}, {"warmup", a.warmup}, {"concurrent", a.concurrent},
+                     {"total_ms", summary(stages["total"])}, {"each_total_ms", stages["total"]}, {"hedged", hedged},
+                     {"distinct_outputs", distinct.size()}};
     if (dev.has_exits())
       out["repeat"]["answered_by"] = answered;
     else

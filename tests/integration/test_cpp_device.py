@@ -138,6 +138,29 @@ def test_the_cpp_device_answers_as_the_python_device_and_sends_the_same_frame(
     assert cpp_reqs[0][1] == with_request_id(py_payload, ids[0])
 
 
+def test_four_threads_on_one_device_each_get_the_answer_to_their_own_request(
+        cpp_device, digits_bundle, broker, serve_bundle, tmp_path):
+    """`--concurrent 4`: four threads call infer() on one Device at once (their front-half runs take turns,
+    their waits overlap on one pending map): 100 answers, all equal to the Python device's answer, none dropped
+    (a reply handed to the wrong waiter would be another thread's request id and fail its check)."""
+    from edgerun.device import Device
+
+    serve_bundle(digits_bundle)
+    x = np.ascontiguousarray(digits_bundle.samples()[:2], dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = run_cpp(cpp_device, digits_bundle.path, "--broker", broker.url, "--input", tmp_path / "x.npy",
+                "--concurrent", 4, "--repeat", 25, "--deadline-ms", 20000)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(r.stdout)
+    assert rec["repeat"]["n"] == 100 and rec["repeat"]["concurrent"] == 4 and len(rec["repeat"]["each_total_ms"]) == 100
+    assert rec["repeat"]["distinct_outputs"] == 1 and rec["dropped_replies"] == 0
+    with Device(digits_bundle, broker=broker.url) as dev:
+        want = dev.infer(x, deadline_ms=20000)
+    got = outputs_of(r.stdout)
+    for name, arr in want.output.items():
+        assert np.array_equal(got[name], arr)
+
+
 def test_the_request_frame_equals_the_python_devices_with_the_codec_and_a_batch_over_max_batch(
         cpp_device, tmp_path_factory, tmp_path):
     from edgerun.exporters import ExportConfig, export
