@@ -22,6 +22,52 @@ namespace {
 
 constexpr int64_t kMR = 8, kNR = 32;
 
+// The tile's epilogue, one instance per activation (and none): the epilogue's fields read
+// once into registers, no per-row tests of the activation. A store through the intrinsics
+// may alias anything, so the generic loop reloaded ep->rb and ep->act after every row's
+// stores and branched on them (perf: a third of the kernel's samples fell outside its k
+// loop on K = 16..32 convs). Same operations in the same order as before: same bits.
+template <Act A, bool kEp>
+__attribute__((target("avx512f"))) inline void store_tile(const __m512 (&c)[kMR][2], int64_t mr,
+                                                          float* C, int64_t ldc, __mmask16 m0,
+                                                          __mmask16 m1, bool acc,
+                                                          const float* rbp, const float* cbp,
+                                                          float lo_v, float hi_v) {
+  __m512 cb0 = _mm512_setzero_ps(), cb1 = cb0;
+  if (kEp && cbp != nullptr) {
+    cb0 = _mm512_maskz_loadu_ps(m0, cbp);
+    cb1 = _mm512_maskz_loadu_ps(m1, cbp + 16);
+  }
+  const __m512 lo = _mm512_set1_ps(lo_v), hi = _mm512_set1_ps(hi_v);
+  float rb[kMR];
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r) rb[r] = kEp && rbp != nullptr && r < mr ? rbp[r] : 0.f;
+#pragma GCC unroll 8
+  for (int r = 0; r < kMR; ++r) {
+    if (r >= mr) break;
+    float* cr = C + r * ldc;
+    __m512 v0 = c[r][0], v1 = c[r][1];
+    if (acc) {
+      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
+      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
+    }
+    if (kEp) {  // same operation order as the AVX2 / portable epilogue
+      const __m512 rv = _mm512_set1_ps(rb[r]);
+      v0 = _mm512_add_ps(_mm512_add_ps(v0, rv), cb0);
+      v1 = _mm512_add_ps(_mm512_add_ps(v1, rv), cb1);
+      if (A == Act::kRelu) {
+        v0 = _mm512_max_ps(v0, _mm512_setzero_ps());
+        v1 = _mm512_max_ps(v1, _mm512_setzero_ps());
+      } else if (A == Act::kClip) {
+        v0 = _mm512_min_ps(_mm512_max_ps(v0, lo), hi);
+        v1 = _mm512_min_ps(_mm512_max_ps(v1, lo), hi);
+      }
+    }
+    _mm512_mask_storeu_ps(cr, m0, v0);
+    _mm512_mask_storeu_ps(cr + 16, m1, v1);
+  }
+}
+
 __attribute__((target("avx512f"))) void ukr_avx512(int64_t kc, const float* A, int64_t lda,
                                                    int64_t mr, const float* Bp, int64_t ldbp,
                                                    float* C, int64_t ldc, int64_t nr, bool acc,
@@ -55,38 +101,14 @@ __attribute__((target("avx512f"))) void ukr_avx512(int64_t kc, const float* A, i
   }
   const __mmask16 m0 = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? __mmask16(0xFFFF) : nr > 16 ? __mmask16((1u << (nr - 16)) - 1) : 0;
-  __m512 cb0 = _mm512_setzero_ps(), cb1 = cb0, lo = cb0, hi = cb0;
-  if (ep) {
-    if (ep->cb) {
-      cb0 = _mm512_maskz_loadu_ps(m0, ep->cb);
-      cb1 = _mm512_maskz_loadu_ps(m1, ep->cb + 16);
-    }
-    lo = _mm512_set1_ps(ep->lo);
-    hi = _mm512_set1_ps(ep->hi);
+  if (ep == nullptr) {
+    store_tile<Act::kNone, false>(c, mr, C, ldc, m0, m1, acc, nullptr, nullptr, 0.f, 0.f);
+    return;
   }
-#pragma GCC unroll 8
-  for (int r = 0; r < kMR; ++r) {
-    if (r >= mr) break;
-    float* cr = C + r * ldc;
-    __m512 v0 = c[r][0], v1 = c[r][1];
-    if (acc) {
-      v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, cr));
-      v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, cr + 16));
-    }
-    if (ep) {  // same operation order as the AVX2 / portable epilogue
-      const __m512 rb = _mm512_set1_ps(ep->rb ? ep->rb[r] : 0.f);
-      v0 = _mm512_add_ps(_mm512_add_ps(v0, rb), cb0);
-      v1 = _mm512_add_ps(_mm512_add_ps(v1, rb), cb1);
-      if (ep->act == Act::kRelu) {
-        v0 = _mm512_max_ps(v0, _mm512_setzero_ps());
-        v1 = _mm512_max_ps(v1, _mm512_setzero_ps());
-      } else if (ep->act == Act::kClip) {
-        v0 = _mm512_min_ps(_mm512_max_ps(v0, lo), hi);
-        v1 = _mm512_min_ps(_mm512_max_ps(v1, lo), hi);
-      }
-    }
-    _mm512_mask_storeu_ps(cr, m0, v0);
-    _mm512_mask_storeu_ps(cr + 16, m1, v1);
+  switch (ep->act) {
+    case Act::kRelu: store_tile<Act::kRelu, true>(c, mr, C, ldc, m0, m1, acc, ep->rb, ep->cb, ep->lo, ep->hi); break;
+    case Act::kClip: store_tile<Act::kClip, true>(c, mr, C, ldc, m0, m1, acc, ep->rb, ep->cb, ep->lo, ep->hi); break;
+    default: store_tile<Act::kNone, true>(c, mr, C, ldc, m0, m1, acc, ep->rb, ep->cb, ep->lo, ep->hi); break;
   }
 }
 

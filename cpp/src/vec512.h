@@ -36,27 +36,32 @@ inline void masks(int64_t b, int64_t w, __mmask16* m) {
 }
 
 // tap[j] lane i = xr[b + 2 i + j] (j < K, K = 3 or 5; xr == nullptr: a row outside the
-// plane, all zeros): three masked loads, split into even / odd columns by permutes, the
-// taps 2..4 shifted in from the next 16 columns by one or two lanes (valignd).
+// plane, all zeros): three masked loads, split into even / odd columns by permutes, and the
+// taps 2..4 are those shifted by one or two lanes, their last lanes from the third load: one
+// two-source permute each. (They were valignd of the split and of a permute of the third
+// load: 4 / 7 shuffles per call for K = 3 / 5, now 3 / 5. The shuffles share port 5 with
+// the FMAs on Intel cores, where they bound the stride-2 depthwise kernel.)
 template <int K>
 __attribute__((target("avx512f"))) inline void taps(const float* xr, int64_t b, const __mmask16* m,
                                                    __m512* tap) {
   static_assert(K == 3 || K == 5, "3 or 5 taps");
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+  // Lanes 1..15 of the first source, then lane 16 - 16 = 0 of the second (the third load).
+  const __m512i next1 = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
   __m512 l[3];
   for (int t = 0; t < 3; ++t)
     l[t] = xr != nullptr ? _mm512_maskz_loadu_ps(m[t], xr + b + 16 * t) : _mm512_setzero_ps();
-  const __m512 e = _mm512_permutex2var_ps(l[0], even, l[1]);
-  const __m512 od = _mm512_permutex2var_ps(l[0], odd, l[1]);
-  const __m512i e2 = _mm512_castps_si512(_mm512_permutexvar_ps(even, l[2]));  // lanes 0, 1
+  const __m512 e = _mm512_permutex2var_ps(l[0], even, l[1]);   // columns b, b + 2, .. b + 30
+  const __m512 od = _mm512_permutex2var_ps(l[0], odd, l[1]);   // b + 1, .. b + 31
   tap[0] = e;
   tap[1] = od;
-  tap[2] = _mm512_castsi512_ps(_mm512_alignr_epi32(e2, _mm512_castps_si512(e), 1));
+  tap[2] = _mm512_permutex2var_ps(e, next1, l[2]);  // b + 2, .. b + 30, then b + 32
   if (K == 5) {
-    const __m512i o2 = _mm512_castps_si512(_mm512_permutexvar_ps(odd, l[2]));  // lane 0
-    tap[3] = _mm512_castsi512_ps(_mm512_alignr_epi32(o2, _mm512_castps_si512(od), 1));
-    tap[4] = _mm512_castsi512_ps(_mm512_alignr_epi32(e2, _mm512_castps_si512(e), 2));
+    const __m512i next1_odd = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17);
+    const __m512i next2 = _mm512_setr_epi32(2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18);
+    tap[3] = _mm512_permutex2var_ps(od, next1_odd, l[2]);  // b + 3, .. b + 31, then b + 33
+    tap[4] = _mm512_permutex2var_ps(e, next2, l[2]);       // b + 4, .. b + 30, b + 32, b + 34
   }
 }
 
