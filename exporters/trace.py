@@ -17,6 +17,7 @@ import onnx
 import torch
 
 from edgerun.errors import ExportError
+from edgerun.exporters.as_strided import fold_identity_gathers
 
 OPSET = 20
 BATCH_DIM = "batch"
@@ -151,6 +152,8 @@ def to_onnx(
     _check_float32(model)
     _check_dynamic_batch(model)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    if fold_identity_gathers(model):  # ConvNeXt / Swin's pooled features: a Reshape, not a Shape-fed Gather
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     _check_sorted(model)
     _name_nodes(model)
     return model
