@@ -80,6 +80,7 @@ def build(name: str):
     if name == "vit_tiny":  # vit_b_16 (86 M parameters) made small: ViT-Ti/16's width, 4 layers, 64x64
         m = tvm.VisionTransformer(image_size=64, patch_size=16, num_layers=4, num_heads=3, hidden_dim=192,
                                   mlp_dim=768, num_classes=1000)
+        torch.nn.init.normal_(m.heads.head.weight, std=0.02)  # torchvision zeroes it: every answer was 0
     elif name in ("googlenet", "inception_v3"):
         m = tvm.get_model(name, weights=None, aux_logits=False, init_weights=True)
     elif name in SEGMENTATION:
