@@ -186,8 +186,12 @@ def one(name: str, rounds: int) -> dict:
     return row
 
 
+def _rel(diff: float, scale: float) -> str:
+    return f"{diff / scale:.1e}" if scale > 0 else "-"
+
+
 def table(rows: list[dict]) -> str:
-    head = ("| model | input | params | result | cut | front engine | max abs split - whole (out max) | "
+    head = ("| model | input | params | result | cut | front engine | max abs split - whole (/ max abs whole) | "
             "native - ort front | front weights | bytes crossing | native ms | ort ms | ratio |\n"
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
@@ -198,12 +202,12 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r['model']} | {side} | {r.get('params', 0) / 1e6:.1f} M | **{r.get('status')}**: "
                          f"{r.get('error_type', '')}: {msg} | | | | | | | | | |")
             continue
-        eng = r["engine"] if r["engine"] == "native" else f"ort ({(r['native_reason'] or '')[:120]})"
+        eng = r["engine"] if r["engine"] == "native" else f"ort ({(r['native_reason'] or '').split('; run this')[0]})"
         nat = f"{r['native_ms']:.2f}" if "native_ms" in r else "-"
         ratio = f"{r['native_ms'] / r['ort_ms']:.2f}" if "native_ms" in r else "-"
         dn = f"{r['native_vs_ort_front']:.1e}" if "native_vs_ort_front" in r else "-"
         lines.append(f"| {r['model']} | {side} | {r['params'] / 1e6:.1f} M | exported | {r['cut']} | {eng} | "
-                     f"{r['split_vs_whole']:.1e} ({r['whole_out_absmax']:.2g}) | {dn} | "
+                     f"{r['split_vs_whole']:.1e} ({_rel(r['split_vs_whole'], r['whole_out_absmax'])}) | {dn} | "
                      f"{r['front_weight_bytes'] or 0:,} | {r['bytes_crossing']:,} | {nat} | {r['ort_ms']:.2f} | "
                      f"{ratio} |")
     return head + "\n".join(lines) + "\n"
@@ -215,8 +219,12 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated model names (default: all)")
     ap.add_argument("--rounds", type=int, default=30, help="timed rounds per engine")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per model")
+    ap.add_argument("--table", type=Path, help="only rewrite the markdown table of this JSON result")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # the child: one model, its row as JSON on stdout
     args = ap.parse_args()
+    if args.table:
+        args.table.with_suffix(".md").write_text(table(json.loads(args.table.read_text())["rows"]))
+        return
     if args.one:
         print("ROW " + json.dumps(one(args.one, args.rounds)), flush=True)
         return
