@@ -5,8 +5,9 @@ indices computed from the input's batch size (``Shape -> Squeeze -> Range -> Mul
 ConvNeXt and Swin end their features that way (the global average pool of a channels-last
 tensor: ``[N, C, 1, 1]`` with strides ``(C, 1, C, C)``), so their default front half held a
 ``Shape`` node and ran on onnxruntime only. When the indices are ``0, 1, 2, ...`` in order at
-every batch size, the Gather is a Reshape to its output shape; the index computation then
-feeds nothing and is dropped.
+every batch size and read every element of the flattened tensor once, the Gather is a Reshape of
+that tensor to its output shape; the flattening and the index computation then feed nothing and
+are dropped.
 """
 
 from __future__ import annotations
@@ -39,12 +40,16 @@ def fold_identity_gathers(model: onnx.ModelProto) -> int:
         out_shape = shapes.get(node.output[0])
         if flat is None or flat.op_type != "Reshape" or out_shape is None or out_shape[0] is not None:
             continue
+        src = shapes.get(flat.input[0])  # the tensor flattened: the Gather must read all of it, each batch row
+        if (src is None or src[0] is not None or None in src[1:] or None in out_shape[1:]
+                or int(np.prod(src[1:], dtype=np.int64)) != int(np.prod(out_shape[1:], dtype=np.int64))):
+            continue
         sub = _index_subgraph(node.input[1], producer, consts)
         if sub is None or not _is_identity(model, sub, node.input[1], out_shape, shapes):
             continue
         target = f"{node.output[0]}__identity_shape"
         g.initializer.append(numpy_helper.from_array(np.array([-1, *out_shape[1:]], np.int64), target))
-        node.CopyFrom(helper.make_node("Reshape", [node.input[0], target], list(node.output), name=node.name))
+        node.CopyFrom(helper.make_node("Reshape", [flat.input[0], target], list(node.output), name=node.name))
         done += 1
     if done:
         _drop_dead(g)

@@ -30,8 +30,8 @@ def pool():
 '''
 
 
-def _flat_gather(offsets: list[int]) -> onnx.ModelProto:
-    """y = flatten(x)[b * 4 + offsets] for x [batch, 4], the index built from x's batch size as torch does."""
+def _flat_gather(offsets: list[int], width: int = 4) -> onnx.ModelProto:
+    """y = flatten(x)[b * 4 + offsets] for x [batch, width], the index built from x's batch size as torch does."""
     c = lambda name, v: numpy_helper.from_array(np.array(v, np.int64), name)  # noqa: E731
     nodes = [
         helper.make_node("Shape", ["x"], ["n1"], start=0, end=1),
@@ -43,24 +43,29 @@ def _flat_gather(offsets: list[int]) -> onnx.ModelProto:
         helper.make_node("Reshape", ["x", "flat"], ["xf"]),
         helper.make_node("Gather", ["xf", "idx"], ["y"], axis=0),
     ]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", width])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
                               [c("zero", 0), c("one", 1), c("four", 4), c("ax1", [1]), c("offs", [offsets]),
                                c("flat", [-1])])
     return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]))
 
 
-@pytest.mark.parametrize(("offsets", "folded"), [([0, 1, 2, 3], True), ([3, 2, 1, 0], False), ([0, 1, 1, 3], False)])
-def test_only_a_gather_that_reads_every_element_in_order_becomes_a_reshape(tmp_path, offsets, folded):
+@pytest.mark.parametrize(("offsets", "width", "folded"), [
+    ([0, 1, 2, 3], 4, True),
+    ([3, 2, 1, 0], 4, False),
+    ([0, 1, 1, 3], 4, False),
+    ([0, 1, 2, 3], 8, False),  # indices 0..4N-1 in order, but of a tensor of 8N: its first half, not a Reshape
+])
+def test_only_a_gather_that_reads_every_element_in_order_becomes_a_reshape(tmp_path, offsets, width, folded):
     from edgerun.engine import ort_session
 
-    model = _flat_gather(offsets)
-    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    model = _flat_gather(offsets, width)
+    x = np.arange(3 * width, dtype=np.float32).reshape(3, width)
     onnx.save(model, tmp_path / "before.onnx")
     want = ort_session(tmp_path / "before.onnx").run(None, {"x": x})[0]
     assert fold_identity_gathers(model) == int(folded)
     ops = [n.op_type for n in model.graph.node]
-    assert ops == (["Reshape", "Reshape"] if folded else ["Shape", "Squeeze", "Range", "Mul", "Unsqueeze", "Add",
+    assert ops == (["Reshape"] if folded else ["Shape", "Squeeze", "Range", "Mul", "Unsqueeze", "Add",
                                                         "Reshape", "Gather"])
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, tmp_path / "after.onnx")
