@@ -17,6 +17,7 @@ import onnx
 import torch
 
 from edgerun.errors import ExportError
+from edgerun.exporters.as_strided import fold_identity_gathers
 
 OPSET = 20
 BATCH_DIM = "batch"
@@ -115,11 +116,16 @@ def to_onnx(
     # told without looking: a dict key "relu" made two tensors named "relu". Trace under names no op takes,
     # then rename (_name_outputs).
     traced_names = [f"{_TRACED_OUTPUT}{i}" for i in range(len(output_names))]
+    # torch specialises a dim of size 1 (its "0/1 specialisation"): with a batch-1 example, LSTM and
+    # attention traced to a fixed batch of 1, and ConvNeXt / Swin failed with "Invalid ranges [2:1]"
+    # (a guard batch >= 2 against the example's 1). Two copies stacked trace the same graph with a free
+    # batch; _check_runs_batched has just run the model on them.
+    traced_examples = tuple(torch.cat([e, e]) for e in examples) if examples[0].shape[0] == 1 else examples
     try:
         with quiet_torch_export():
             program = torch.onnx.export(
                 module,
-                examples,
+                traced_examples,
                 dynamo=True,
                 opset_version=OPSET,
                 input_names=input_names,
@@ -146,6 +152,8 @@ def to_onnx(
     _check_float32(model)
     _check_dynamic_batch(model)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    if fold_identity_gathers(model):  # ConvNeXt / Swin's pooled features: a Reshape, not a Shape-fed Gather
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     _check_sorted(model)
     _name_nodes(model)
     return model
@@ -206,7 +214,8 @@ def _check_dynamic_batch(model: onnx.ModelProto) -> None:
 
     With a batch-1 example, LSTM and nn.MultiheadAttention models traced to a graph with a fixed
     batch of 1 (no error from torch); export then died in onnxruntime on the first batched run
-    ("Got: 8 Expected: 1").
+    ("Got: 8 Expected: 1"). A batch-1 example is now traced as two copies (``to_onnx``); a batch
+    still fixed comes from forward() itself (a shape or a loop taken from the batch size).
     """
     for inp in model.graph.input:
         dims = inp.type.tensor_type.shape.dim
@@ -215,8 +224,8 @@ def _check_dynamic_batch(model: onnx.ModelProto) -> None:
             shape = [d.dim_param or d.dim_value for d in dims]
             raise ExportError(
                 f"the traced graph has a fixed batch of {n} (torch could not keep the batch dimension "
-                "dynamic, typical for LSTM/attention with a batch-1 example): give an example input with "
-                f"batch 2 or more (e.g. torch.cat([x, x])); input {inp.name!r} traced as shape {shape}")
+                "dynamic): forward() must not depend on the batch size (no shape, loop or constant taken from "
+                f"x.shape[0] / x.size(0) other than passing it on); input {inp.name!r} traced as shape {shape}")
 
 
 def arg_names(module: torch.nn.Module, n: int) -> list[str]:

@@ -9,23 +9,48 @@
 namespace edgerun {
 namespace kernels {
 
+namespace {
+
+// t[ox] = the max of x's row over output column ox's valid taps (-FLT_MAX where none), one tap at a
+// time over the columns whose tap lies inside the row: branch-free loops that vectorize.
+// std::max(m, v) keeps m on NaN and on ties, as the per-window loop did: the same bits.
+void row_max(const PoolParams& p, const float* xr, float* t) {
+  for (int64_t ox = 0; ox < p.ow; ++ox) t[ox] = -FLT_MAX;
+  for (int64_t j = 0; j < p.kw; ++j) {
+    const int64_t off = j * p.dw - p.pl;  // column ox reads xr[ox * sw + off]
+    const int64_t lo = off >= 0 ? 0 : (-off + p.sw - 1) / p.sw;
+    const int64_t hi = std::min(p.ow, off >= p.w ? int64_t(0) : (p.w - off + p.sw - 1) / p.sw);
+    if (p.sw == 1) {
+      for (int64_t ox = lo; ox < hi; ++ox) t[ox] = std::max(t[ox], xr[ox + off]);
+    } else {
+      for (int64_t ox = lo; ox < hi; ++ox) t[ox] = std::max(t[ox], xr[ox * p.sw + off]);
+    }
+  }
+}
+
+}  // namespace
+
+// Separable: each input row's max over the window's columns once (h x ow), then each output row the
+// max of its window's rows. A window's max in row-major tap order equals the max of its rows' maxima
+// (the first of equal values kept in both), so the answer is the per-window loop's, bit for bit; that
+// loop (two bounds checks per tap, scalar) was 30 % of GoogLeNet's front at 64x64.
 void max_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads) {
   parallel_for(threads, planes, [&](int64_t pc) {
+    thread_local std::vector<float> rows;
+    if (rows.size() < size_t(p.h * p.ow)) rows.resize(size_t(p.h * p.ow));
     const float* xc = x + pc * p.h * p.w;
     float* yc = y + pc * p.oh * p.ow;
-    for (int64_t oy = 0; oy < p.oh; ++oy)
-      for (int64_t ox = 0; ox < p.ow; ++ox) {
-        float m = -FLT_MAX;
-        for (int64_t i = 0; i < p.kh; ++i) {
-          const int64_t iy = oy * p.sh - p.pt + i * p.dh;
-          if (iy < 0 || iy >= p.h) continue;
-          for (int64_t j = 0; j < p.kw; ++j) {
-            const int64_t ix = ox * p.sw - p.pl + j * p.dw;
-            if (ix >= 0 && ix < p.w) m = std::max(m, xc[iy * p.w + ix]);
-          }
-        }
-        yc[oy * p.ow + ox] = m;
+    for (int64_t iy = 0; iy < p.h; ++iy) row_max(p, xc + iy * p.w, rows.data() + iy * p.ow);
+    for (int64_t oy = 0; oy < p.oh; ++oy) {
+      float* yr = yc + oy * p.ow;
+      for (int64_t ox = 0; ox < p.ow; ++ox) yr[ox] = -FLT_MAX;
+      for (int64_t i = 0; i < p.kh; ++i) {
+        const int64_t iy = oy * p.sh - p.pt + i * p.dh;
+        if (iy < 0 || iy >= p.h) continue;
+        const float* tr = rows.data() + iy * p.ow;
+        for (int64_t ox = 0; ox < p.ow; ++ox) yr[ox] = std::max(yr[ox], tr[ox]);
       }
+    }
   });
 }
 
