@@ -68,16 +68,16 @@ std::vector<uint8_t> with_request_id(const std::vector<uint8_t>& frame, uint64_t
   return f;
 }
 
-void send_copy(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id, uint32_t expiry_s,
-               const std::function<uint64_t()>& next_id, Awaited* out) {
+// Sends the frame once more, under a new id awaited with `id`; false when it could not be sent (the original
+// is still awaited).
+bool send_copy(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id, uint32_t expiry_s,
+               const std::function<uint64_t()>& next_id) {
   const uint64_t copy = next_id();
-  const Clock::time_point t = Clock::now();
-  // a copy that cannot be sent: the original is still awaited
   if (!link.mqtt->publish_request(link.req_topic, with_request_id(frame, copy), link.resp_topic, copy, expiry_s, id)
            .ok())
-    return;
-  ++out->copies, ++link.hedged;
-  if (out->copies == 2) out->t_sent = t;  // the copy's send time
+    return false;
+  ++link.hedged;
+  return true;
 }
 
 }  // namespace
@@ -86,32 +86,34 @@ Err await_reply(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id
                 Clock::time_point until, uint32_t expiry_s, const std::function<uint64_t()>& next_id,
                 std::vector<uint8_t>* payload, Awaited* out) {
   *out = Awaited{};
-  Awaited copy;  // the hedged copy's send time
+  Clock::time_point t_copy{};  // when the hedged copy went out
+  auto hedge = [&] {
+    const Clock::time_point t = Clock::now();
+    if (send_copy(link, frame, id, expiry_s, next_id)) out->copies = 2, t_copy = t;
+  };
+  auto wait = [&](Clock::time_point by, bool keep) {
+    return link.mqtt->wait_reply(id, by, payload, &out->t_recv, &out->got, &out->replied, keep);
+  };
   Err e;
-  if (link.hedge_ms <= 0) {
-    e = link.mqtt->wait_reply(id, until, payload, &out->t_recv, &out->got, &out->replied);
-  } else {
+  if (link.hedge_ms > 0) {
     bool both;
     {
       std::lock_guard<std::mutex> g(link.state);
       both = Clock::now() < link.hedge_both_until;
     }
-    if (both) send_copy(link, frame, id, expiry_s, next_id, &copy);
+    if (both) hedge();
     const Clock::time_point at = t_sent + std::chrono::microseconds(int64_t(link.hedge_ms * 1000.0));
-    if (copy.copies == 1 && at < until) {
-      e = link.mqtt->wait_reply(id, at, payload, &out->t_recv, &out->got, &out->replied, /*keep=*/true);
-      if (e.ok() && !out->got) send_copy(link, frame, id, expiry_s, next_id, &copy);
-    }
-    if (e.ok() && !out->got) e = link.mqtt->wait_reply(id, until, payload, &out->t_recv, &out->got, &out->replied);
-    if (e.ok() && out->got && out->replied != id) {
-      // The copy won: the original's worker may be frozen. A shared subscription hands messages out in turn, so
-      // with one frozen worker of two every original of this device met it: send both copies at once a while.
-      std::lock_guard<std::mutex> g(link.state);
-      link.hedge_both_until = Clock::now() + std::chrono::milliseconds(int64_t(kHedgeBothS * 1000));
-    }
+    if (out->copies == 1 && at < until && (e = wait(at, /*keep=*/true)).ok() && !out->got) hedge();
   }
-  out->copies = copy.copies;
-  out->t_sent = out->got && out->replied != id ? copy.t_sent : t_sent;
+  if (e.ok() && !out->got) e = wait(until, false);
+  const bool copy_won = e.ok() && out->got && out->replied != id;
+  if (copy_won) {
+    // The original's worker may be frozen. A shared subscription hands messages out in turn, so with one frozen
+    // worker of two every original of this device met it: send both copies at once for a while.
+    std::lock_guard<std::mutex> g(link.state);
+    link.hedge_both_until = Clock::now() + std::chrono::milliseconds(int64_t(kHedgeBothS * 1000));
+  }
+  out->t_sent = copy_won ? t_copy : t_sent;
   return e;
 }
 

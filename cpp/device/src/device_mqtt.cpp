@@ -270,7 +270,7 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
     twin_of_.erase(id);
     if (!got_ || id == it->second.replied) continue;  // no reply at all: a late one is dropped and counted
     if (losers_.size() >= kLosersKept) losers_.erase(losers_.begin());  // a dead worker never answers: oldest out
-    losers_[id] = true;
+    losers_.insert(id);
   }
   pending_.erase(it);
   return e;

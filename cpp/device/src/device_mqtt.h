@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -95,7 +96,7 @@ class MqttLink {
   };
   std::map<uint64_t, Pending> pending_;
   std::map<uint64_t, uint64_t> twin_of_;  // a hedged copy's id -> the request it copies (while awaited)
-  std::map<uint64_t, bool>     losers_;   // ids whose twin was answered first: their reply drops quietly
+  std::set<uint64_t>           losers_;   // ids whose twin was answered first: their reply drops quietly
   uint64_t             dropped_ = 0;
   // Background mode: callbacks run on libmosquitto's thread; the fields above are under mu_.
   mutable std::mutex      mu_;
