@@ -248,3 +248,40 @@ def test_a_loop_with_exits_started_while_the_broker_is_down_finds_it_when_it_com
         broker.stop()
     assert summary["missed"] == 0 and summary["errors"] == 0
     assert summary["answered_by_server"] >= 3 and summary["answered_on_device"] >= 3
+
+
+def test_a_link_slower_than_the_deadline_is_learnt_from_the_late_replies(loop_exe, exits_bundle, broker, tmp_path):
+    """A server that answers, but after the deadline (a link of 2 x 40 ms, a 30 ms deadline). The late replies
+    say the server is up, only slower: their round trip is learnt, and the ticks are answered by the deepest
+    exit at once ("predicted round trip"). Before, only replies in time taught the round trip: the device took
+    the miss for an outage, and once a second, when that suspicion lapsed, a tick waited out its deadline
+    again. A prediction over 1 s old is checked by a request sent anyway (not waited for), so once the link
+    is fast again the server answers again (edgerun/device.py RTT_STALE_S)."""
+    from edgerun.linkemu import LinkConfig, LinkEmulator
+
+    np.save(tmp_path / "x.npy", samples(exits_bundle, 4))
+    server = ServerProc(exits_bundle, broker.url)
+    predicted = lambda t: t["reason"].startswith("deadline: predicted round trip")  # noqa: E731
+    probe = lambda t: t["reason"].endswith("(sent anyway, to measure the round trip again)")  # noqa: E731
+    loop = None
+    try:
+        wait_servers_online(exits_bundle, broker.url, 1, [server])
+        with LinkEmulator(("127.0.0.1", broker.port), LinkConfig(delay_ms=40.0)) as emu:
+            loop = Loop(loop_exe, exits_bundle, emu.url, tmp_path / "x.npy", "--ticks", 0, "--rate", 20,
+                        "--deadline-ms", 30, "--budget", "off")
+            loop.until(lambda t: probe(t) and sum(predicted(u) and not probe(u) for u in loop.ticks) >= 5)
+            slow = list(loop.ticks)
+            emu.config = LinkConfig()  # the link is fast again
+            loop.until(lambda t: sum(u.get("answered_by") == "server" for u in loop.ticks[len(slow):]) >= 3)
+            summary = loop.stop()
+    finally:
+        if loop is not None and loop.proc.poll() is None:
+            loop.proc.kill()
+        server.stop(signal.SIGKILL)
+    reasons = [t["reason"] for t in slow]
+    assert reasons[0].startswith("deadline: no reply from a server"), reasons[0]  # nothing learnt yet: it waited
+    # the next ones: suspect until the first late reply came, then predicted; none waited out its deadline again
+    assert all(predicted(t) or t["reason"].startswith("server unreachable: no reply to the last request")
+               for t in slow[1:]), reasons
+    assert all(t["answered_by"] == slow[0]["answered_by"] != "server" for t in slow)  # the deepest exit
+    assert summary["missed"] == 0 and summary["errors"] == 0

@@ -163,13 +163,23 @@ struct Device::Impl {
     Awaited aw;
     must(await_reply(server, frame, id, t2, until, expiry_s, [this] { return next_id++; }, &payload, &aw));
     if (!aw.got) {
-      char dl[32];
+      char dl[32], rt[32];
       std::snprintf(dl, sizeof(dl), "%g", deadline_ms);
-      throw DeadlineError("no reply within " + std::string(dl) + " ms" + (aw.copies > 1 ? " (sent twice)" : "") +
-                          " from a server for bundle " + b.topic_id + " (model " + b.model_id + ") at " + url.text +
-                          ": is `edgerun serve BUNDLE --broker " + url.text +
+      double rtt;
+      {
+        std::lock_guard<std::mutex> g(server.state);
+        rtt = server.rtt_ms;
+      }
+      std::snprintf(rt, sizeof(rt), "%.1f", rtt);
+      const std::string msg = "no reply within " + std::string(dl) + " ms" + (aw.copies > 1 ? " (sent twice)" : "") +
+                              " from a server for bundle " + b.topic_id + " (model " + b.model_id + ") at " + url.text;
+      if (rtt > 0.5 * deadline_ms)  // edgerun/device.py: the late replies say the server is up, only slower
+        throw DeadlineError(msg + "; round trips to the server have taken ~" + rt + " ms: give a longer deadline "
+                                  "(--deadline-ms)");
+      throw DeadlineError(msg + ": is `edgerun serve BUNDLE --broker " + url.text +
                           "` running on this bundle? (or give a longer --deadline-ms)");
     }
+    observe_rtt(server, ms(aw.t_sent, aw.t_recv));  // a reply came (its answer may still be an error)
     Reply reply;
     must(check_reply(b, payload, aw.replied, batch, &reply));
     const Clock::time_point t3 = Clock::now();
@@ -234,6 +244,7 @@ void Device::connect(const std::string& broker_url) {
   if (!e.ok() && !(d.b.has_exits && e.code == kExitBroker)) raise(e);
   d.connected_once = true;
   d.server.mqtt = &d.link;
+  d.link.on_late_reply([&s = d.server](double rtt_ms) { observe_rtt(s, rtt_ms); });
   must(d.link.start_background(d.server.resp_topic, online, e.message));
 }
 

@@ -19,6 +19,7 @@ constexpr double kSuspectBackoffS = 1;  // edgerun/device.py SUSPECT_BACKOFF_S
 constexpr double kExitReserveMs = 0.5;  // edgerun/device.py EXIT_RESERVE_MS (at most a tenth of the deadline)
 constexpr const char* kServerErrorReason = "server error";  // edgerun/device.py SERVER_ERROR
 constexpr double kHedgeBothS = 2;  // edgerun/device.py HEDGE_BOTH_S
+constexpr double kRttStaleS = 1;   // edgerun/device.py RTT_STALE_S
 
 double ms(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double, std::milli>(b - a).count(); }
 
@@ -44,8 +45,12 @@ json local(const DeviceBundle& b, const Step& step, int i, const std::string& re
               {"front_compute_fraction", step.compute_fraction}};
 }
 
-// Why the deepest exit must answer now instead of the server ("" = ask the server).
-std::string why_local(const ServerLink& link, double left_ms) {
+// Why the deepest exit must answer now instead of the server ("" = ask the server). *stale: the reason is a
+// predicted round trip learnt over kRttStaleS ago: answer now, and send the request too, to learn it again.
+// A request kept local teaches nothing: one stall (a server frozen for seconds, whose late replies then
+// came) would keep every later request local for good while the server answered in 1 ms again.
+std::string why_local(const ServerLink& link, double left_ms, bool* stale) {
+  *stale = false;
   if (!link.down.empty()) return "server unreachable: " + link.down;
   if (link.mqtt == nullptr) return "server unreachable: no broker";
   if (!link.mqtt->up()) return "server unreachable: " + link.mqtt->down_reason();
@@ -53,9 +58,11 @@ std::string why_local(const ServerLink& link, double left_ms) {
   if (now < link.suspect_until)
     return "server unreachable: " + link.suspect_why + "; retrying in " +
            fmt("%.1f", std::chrono::duration<double>(link.suspect_until - now).count()) + " s";
-  if (link.rtt_ms >= 0 && link.rtt_ms > left_ms)
+  if (link.rtt_ms >= 0 && link.rtt_ms > left_ms) {
+    *stale = std::chrono::duration<double>(now - link.rtt_at).count() >= kRttStaleS;
     return "deadline: predicted round trip " + fmt("%.1f", link.rtt_ms) + " ms > " + fmt("%.1f", std::max(left_ms, 0.0)) +
            " ms left";
+  }
   return "";
 }
 
@@ -81,6 +88,15 @@ bool send_copy(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id,
 }
 
 }  // namespace
+
+void observe_rtt(ServerLink& link, double rtt) {
+  std::lock_guard<std::mutex> g(link.state);
+  const Clock::time_point now = Clock::now();
+  const bool fresh = link.rtt_ms >= 0 && std::chrono::duration<double>(now - link.rtt_at).count() < kRttStaleS;
+  link.rtt_ms = fresh ? (1 - kRttEwmaAlpha) * link.rtt_ms + kRttEwmaAlpha * rtt : rtt;  // else the old one is history
+  link.rtt_at = now;
+  link.suspect_until = Clock::time_point{};
+}
 
 Err await_reply(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id, Clock::time_point t_sent,
                 Clock::time_point until, uint32_t expiry_s, const std::function<uint64_t()>& next_id,
@@ -132,11 +148,12 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
   }
   const Clock::time_point t1 = Clock::now();
   std::string why;
+  bool probe = false;
   {
     std::lock_guard<std::mutex> g(link.state);
-    why = why_local(link, deadline_ms - ms(t0, t1));
+    why = why_local(link, deadline_ms - ms(t0, t1), &probe);
   }
-  if (!why.empty()) {
+  if (!why.empty() && !probe) {
     *out = local(b, step, step.deepest(), why, t0, nullptr, 0);
     return Err::Ok();
   }
@@ -148,6 +165,15 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
   const uint32_t expiry_s = uint32_t(std::ceil(deadline_ms / 1000.0));
   e = link.mqtt->publish_request(link.req_topic, frame, link.resp_topic, request_id, expiry_s);
   std::unique_lock<std::mutex> state(link.state, std::defer_lock);
+  if (probe && e.ok()) {  // not waited for: its late reply is learnt (MqttLink::on_late_reply)
+    bool got = false;
+    Clock::time_point t_recv;
+    e = link.mqtt->wait_reply(request_id, t2, &payload, &t_recv, &got);  // stops awaiting it
+    *out = local(b, step, step.deepest(), why + " (sent anyway, to measure the round trip again)", t0, nullptr,
+                 frame.size());
+    (*out)["hedged"] = false;
+    return Err::Ok();
+  }
   if (!e.ok()) {
     state.lock();
     link.suspect_why = "publish failed (" + e.message + ")";
@@ -173,10 +199,7 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
     *out = local(b, step, step.deepest(), "deadline: " + msg, t0, &t1, sent);
   } else {
     const double rtt = ms(aw.t_sent, aw.t_recv);
-    state.lock();  // a reply came: the server is up (its answer may still be an error)
-    link.suspect_until = Clock::time_point{};
-    link.rtt_ms = link.rtt_ms < 0 ? rtt : (1 - kRttEwmaAlpha) * link.rtt_ms + kRttEwmaAlpha * rtt;
-    state.unlock();
+    observe_rtt(link, rtt);  // a reply came: the server is up (its answer may still be an error)
     Reply reply;
     if (!(e = check_reply(b, payload, aw.replied, batch, &reply)).ok()) {
       // The server's ERROR frame, or a reply that is not the model's answer (a back half that fails on some

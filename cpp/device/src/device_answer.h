@@ -29,13 +29,18 @@ struct ServerLink {
   MqttLink*         mqtt = nullptr;  // nullptr: no broker (offline)
   std::string       down;            // set: the broker is unreachable for good, why (else mqtt->up() says)
   std::string       req_topic, resp_topic;
-  double            rtt_ms = -1;     // EWMA of round trips (publish -> reply), < 0 before the first
+  double            rtt_ms = -1;     // EWMA of round trips (publish -> reply, late replies' too), < 0 before the first
+  Clock::time_point rtt_at{};        // when rtt_ms last learnt a round trip
   Clock::time_point suspect_until{};
   std::string       suspect_why;
   double            hedge_ms = 0;          // > 0: no reply this long after a request, it goes once more
   Clock::time_point hedge_both_until{};    // (state) after a hedged copy won: both copies at once until then
   std::atomic<uint64_t> hedged{0};         // requests sent a second time
 };
+
+// Learns one round trip (ms): a reply in time, or a late one (MqttLink::on_late_reply: the server is up, only
+// slower than that deadline). An estimate older than 1 s is replaced, not averaged; the suspicion ends.
+void observe_rtt(ServerLink& link, double ms);
 
 // What came of a request's wait (await_reply).
 struct Awaited {
@@ -55,8 +60,10 @@ Err await_reply(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id
 
 // Answers one request: *out gets answered_by ("server" | "exit:<i>"), reason, request_id (0 when
 // answered before sending), worker, outputs, timings_ms, bytes_sent, bytes_received,
-// front_compute_fraction. A server's ERROR frame or a malformed reply is answered by the deepest exit
-// too, reason "server error: ..." (without exits they are errors). Errors: bad input.
+// front_compute_fraction. A predicted round trip over the deadline answers at once; when that prediction
+// is over 1 s old the request is sent as well, not waited for: its late reply measures the round trip
+// afresh (edgerun/device.py RTT_STALE_S). A server's ERROR frame or a malformed reply is answered by the
+// deepest exit too, reason "server error: ..." (without exits they are errors). Errors: bad input.
 Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerLink& link,
                       const std::map<std::string, Array>& inputs, int64_t batch, double deadline_ms,
                       std::function<uint64_t()> next_id, nlohmann::json* out);

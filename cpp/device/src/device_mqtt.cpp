@@ -17,6 +17,7 @@ namespace {
 constexpr int kKeepAliveS = 10;      // docs/TOPICS.md "Connection": a vanished peer's will fires after ~15 s
 constexpr int kLoopSliceMs = 100;    // longest single network-loop wait (the deadline is checked between)
 constexpr size_t kLosersKept = 1024;  // edgerun/device.py HEDGE_LOSERS_KEPT
+constexpr size_t kLateKept = 1024;    // edgerun/device.py LATE_IDS_KEPT
 
 std::once_flag g_lib_once;
 
@@ -90,26 +91,35 @@ void MqttLink::on_message(struct mosquitto*, void* self, const struct mosquitto_
     for (int i = 7; i >= 0; --i) id = (id << 8) | b[i];
   }
   std::free(corr);
-  std::lock_guard<std::mutex> g(l->mu_);
-  // Only the awaited id (or its hedged copy's) is answered; an unknown, repeated or late reply is dropped
-  // and counted; the reply to a copy whose twin was answered first is dropped quietly.
-  const auto twin = have && len == 8 ? l->twin_of_.find(id) : l->twin_of_.end();
-  auto it = !(have && len == 8) ? l->pending_.end() : l->pending_.find(twin == l->twin_of_.end() ? id : twin->second);
-  if (it != l->pending_.end() && it->second.got) {  // both copies answered: the first one won
-    l->dropped_ += it->second.replied == id;           // the same reply twice counts
-    return;
-  }
-  if (it == l->pending_.end()) {
+  double late_ms = -1;
+  {
+    std::lock_guard<std::mutex> g(l->mu_);
+    // Only the awaited id (or its hedged copy's) is answered; an unknown, repeated or late reply is dropped
+    // and counted (a late one's round trip reported); the reply to a copy whose twin was answered first is
+    // dropped quietly.
+    const auto twin = have && len == 8 ? l->twin_of_.find(id) : l->twin_of_.end();
+    auto it = !(have && len == 8) ? l->pending_.end() : l->pending_.find(twin == l->twin_of_.end() ? id : twin->second);
+    if (it != l->pending_.end() && it->second.got) {  // both copies answered: the first one won
+      l->dropped_ += it->second.replied == id;           // the same reply twice counts
+      return;
+    }
+    if (it != l->pending_.end()) {
+      const auto* p = static_cast<const uint8_t*>(msg->payload);
+      it->second.reply.assign(p, p + msg->payloadlen);
+      it->second.t_recv = now;
+      it->second.replied = id;
+      it->second.got = true;
+      l->cv_.notify_all();
+      return;
+    }
     if (have && len == 8 && l->losers_.erase(id) == 1) return;
     ++l->dropped_;
-    return;
+    const auto late = have && len == 8 ? l->late_.find(id) : l->late_.end();
+    if (late == l->late_.end() || !l->late_cb_) return;
+    late_ms = std::chrono::duration<double, std::milli>(now - late->second).count();
+    l->late_.erase(late);
   }
-  const auto* p = static_cast<const uint8_t*>(msg->payload);
-  it->second.reply.assign(p, p + msg->payloadlen);
-  it->second.t_recv = now;
-  it->second.replied = id;
-  it->second.got = true;
-  l->cv_.notify_all();
+  l->late_cb_(late_ms);  // outside the lock: it takes the device's own (device_answer.h ServerLink::state)
 }
 
 Err MqttLink::loop_until(const bool* flag, Clock::time_point until, const char* what) {
@@ -217,14 +227,19 @@ Err MqttLink::publish_request(const std::string& topic, const std::vector<uint8_
     auto t = twin != 0 ? pending_.find(twin) : pending_.end();
     if (twin != 0 && t == pending_.end()) return fail(kExitInternal, "a hedge of a request not awaited");
     if (twin != 0) t->second.copies.push_back(request_id), twin_of_[request_id] = twin;
-    else pending_[request_id] = Pending{};
+    else t = pending_.emplace(request_id, Pending{}).first;
+    t->second.sent[request_id] = Clock::now();
   }
   int rc = mosquitto_publish_v5(mosq_, nullptr, topic.c_str(), int(frame.size()), frame.data(), 1, false, props);
   mosquitto_property_free_all(&props);
   if (rc != MOSQ_ERR_SUCCESS) {
     std::lock_guard<std::mutex> g(mu_);
-    if (twin != 0) twin_of_.erase(request_id), pending_[twin].copies.pop_back();
-    else pending_.erase(request_id);
+    if (twin != 0) {
+      Pending& w = pending_[twin];
+      twin_of_.erase(request_id), w.copies.pop_back(), w.sent.erase(request_id);
+    } else {
+      pending_.erase(request_id);
+    }
     return fail(kExitBroker, "cannot publish the request to the broker at " + url_text_ + " (" + mosq_error(rc) +
                              ")" + (rc == MOSQ_ERR_PAYLOAD_SIZE ? ": the frame is over the broker's limit" : ""));
   }
@@ -268,7 +283,12 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
   ids.push_back(request_id);
   for (uint64_t id : ids) {
     twin_of_.erase(id);
-    if (!got_ || id == it->second.replied) continue;  // no reply at all: a late one is dropped and counted
+    if (!got_) {  // no reply at all: a late one is dropped and counted, its round trip reported
+      if (late_.size() >= kLateKept) late_.erase(late_.begin());  // a dead server never answers: oldest out
+      late_[id] = it->second.sent[id];
+      continue;
+    }
+    if (id == it->second.replied) continue;
     if (losers_.size() >= kLosersKept) losers_.erase(losers_.begin());  // a dead worker never answers: oldest out
     losers_.insert(id);
   }

@@ -11,6 +11,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -50,7 +51,9 @@ class MqttLink {
   // Waits until the reply whose Correlation Data is request_id (or a hedged copy's id) comes (true; its
   // payload in *reply, when it came in *t_recv, which id in *replied) or `until` passes (false, no
   // error). Then the request is no longer awaited, unless `keep` and no reply came (a hedge goes next);
-  // the copy that lost the race has its reply dropped quietly. kExitBroker when the broker is lost.
+  // the copy that lost the race has its reply dropped quietly; a request that got no reply is remembered
+  // (the last 1024), so that its late reply, dropped and counted, reports its round trip to
+  // on_late_reply. kExitBroker when the broker is lost.
   Err wait_reply(uint64_t request_id, Clock::time_point until, std::vector<uint8_t>* reply,
                  Clock::time_point* t_recv, bool* got, uint64_t* replied = nullptr, bool keep = false);
   // Hands the connection to a background thread (mosquitto_loop_start) that reconnects with backoff
@@ -66,6 +69,10 @@ class MqttLink {
   void close();
 
   uint64_t dropped_replies() const { std::lock_guard<std::mutex> g(mu_); return dropped_; }
+  // Called with the round trip (publish -> reply, ms) of each reply that came after its request stopped
+  // being awaited (edgerun/device.py Device._late_reply): the server is up, only slower than that
+  // deadline. Runs on the network thread, no lock of this link held. Set before start_background().
+  void on_late_reply(std::function<void(double)> fn) { late_cb_ = std::move(fn); }
 
  private:
   Err loop_until(const bool* flag, Clock::time_point until, const char* what);
@@ -93,10 +100,13 @@ class MqttLink {
     Clock::time_point     t_recv{};
     uint64_t              replied = 0;  // the id whose reply came (the request's or its hedged copy's)
     std::vector<uint64_t> copies;       // hedged copies' ids
+    std::map<uint64_t, Clock::time_point> sent;  // when each id (the request's, its copies') went out
   };
   std::map<uint64_t, Pending> pending_;
   std::map<uint64_t, uint64_t> twin_of_;  // a hedged copy's id -> the request it copies (while awaited)
   std::set<uint64_t>           losers_;   // ids whose twin was answered first: their reply drops quietly
+  std::map<uint64_t, Clock::time_point> late_;  // ids no longer awaited without a reply -> when they went out
+  std::function<void(double)>  late_cb_;
   uint64_t             dropped_ = 0;
   // Background mode: callbacks run on libmosquitto's thread; the fields above are under mu_.
   mutable std::mutex      mu_;
