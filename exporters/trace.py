@@ -18,6 +18,9 @@ import torch
 
 from edgerun.errors import ExportError
 from edgerun.exporters.as_strided import fold_identity_gathers
+from edgerun.exporters.attention_trace import batch_first_attention
+from edgerun.exporters.folded_transpose import fold_merged_transposes
+from edgerun.exporters.pick_transpose import fold_batch_transposes
 
 OPSET = 20
 BATCH_DIM = "batch"
@@ -122,7 +125,8 @@ def to_onnx(
     # batch; _check_runs_batched has just run the model on them.
     traced_examples = tuple(torch.cat([e, e]) for e in examples) if examples[0].shape[0] == 1 else examples
     try:
-        with quiet_torch_export():
+        # nn.MultiheadAttention runs sequence first inside: traced batch first (attention_trace.py)
+        with quiet_torch_export(), batch_first_attention(module):
             program = torch.onnx.export(
                 module,
                 traced_examples,
@@ -153,6 +157,10 @@ def to_onnx(
     _check_dynamic_batch(model)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     if fold_identity_gathers(model):  # ConvNeXt / Swin's pooled features: a Reshape, not a Shape-fed Gather
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    # timm's qkv permute(2, 0, 3, 1, 4) + unbind: picks, then batch first; the key's transpose in torch's
+    # scaled_dot_product_attention: a Transpose, not batch and heads folded into one dim around it
+    if fold_batch_transposes(model) + fold_merged_transposes(model):
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     _check_sorted(model)
     _name_nodes(model)
