@@ -42,7 +42,7 @@ def fold_batch_transposes(model: onnx.ModelProto) -> int:
             continue
         if t.output[0] in outputs or not readers.get(t.output[0]):
             continue
-        picks = _picks(t.output[0], readers, shapes, consts)
+        picks = _picks(t.output[0], readers, shapes, consts, outputs)
         if picks is None:
             continue
         rest = [p - (p > perm[0]) for p in perm[1:]]
@@ -54,22 +54,24 @@ def fold_batch_transposes(model: onnx.ModelProto) -> int:
     return done
 
 
-def _picks(name: str, readers: dict, shapes: dict, consts: dict) -> list[tuple[onnx.NodeProto, int]] | None:
+def _picks(name: str, readers: dict, shapes: dict, consts: dict,
+           outputs: set[str]) -> list[tuple[onnx.NodeProto, int]] | None:
     """[(the node whose output is the slice, the index picked)] for every reader of ``name``, or None when
     one of them reads more than one slice along dim 0 (or something else)."""
     dim0 = (shapes.get(name) or [None])[0]
     if not isinstance(dim0, int):
         return None
+    rank = len(shapes[name])
     out = []
     for r in readers[name]:
-        if r.input[0] != name:
+        if r.input[0] != name or set(r.output) & outputs:
             return None
-        if r.op_type == "Gather" and node_attr(r, "axis", 0) == 0:
+        if r.op_type == "Gather" and node_attr(r, "axis", 0) % rank == 0:
             idx = consts.get(r.input[1])
             if idx is None or idx.ndim != 0 or not -dim0 <= int(idx) < dim0:
                 return None
             out.append((r, int(idx) % dim0))
-        elif r.op_type == "Split" and node_attr(r, "axis", 0) in (0, -len(shapes[name])):
+        elif r.op_type == "Split" and node_attr(r, "axis", 0) % rank == 0:
             for i, o in enumerate(r.output):
                 if not o or not readers.get(o):
                     continue  # an unused piece

@@ -77,6 +77,12 @@ def test_torch_multihead_attention_runs_natively(tmp_path, need_weights, average
     assert "forward" not in vars(block.attn)  # the swap was for the trace only
 
 
+def test_torch_transformer_encoder_runs_natively(tmp_path):
+    # nn.TransformerEncoderLayer calls its nn.MultiheadAttention with need_weights=False: swapped the same way
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, batch_first=True)
+    _check(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), torch.randn(1, 7, 32), tmp_path, "encoder")
+
+
 class CrossAttention(nn.Module):
     def __init__(self):
         super().__init__()
