@@ -64,7 +64,7 @@ def _picks(name: str, readers: dict, shapes: dict, consts: dict,
     rank = len(shapes[name])
     out = []
     for r in readers[name]:
-        if r.input[0] != name or set(r.output) & outputs:
+        if r.input[0] != name:
             return None
         if r.op_type == "Gather" and node_attr(r, "axis", 0) % rank == 0:
             idx = consts.get(r.input[1])
@@ -72,6 +72,8 @@ def _picks(name: str, readers: dict, shapes: dict, consts: dict,
                 return None
             out.append((r, int(idx) % dim0))
         elif r.op_type == "Split" and node_attr(r, "axis", 0) % rank == 0:
+            if set(r.output) & outputs:  # a piece kept as it is
+                return None
             for i, o in enumerate(r.output):
                 if not o or not readers.get(o):
                     continue  # an unused piece
@@ -80,7 +82,7 @@ def _picks(name: str, readers: dict, shapes: dict, consts: dict,
                     return None
                 out.append((squeeze, i))
         elif r.op_type == "Slice":
-            start = _one_row_slice(r, shapes, consts, dim0)
+            start = None if r.output[0] in outputs else _one_row_slice(r, shapes, consts, dim0)
             squeeze = None if start is None else _drops_dim0(r.output[0], readers, shapes, consts)
             if squeeze is None:
                 return None
