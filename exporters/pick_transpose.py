@@ -72,13 +72,14 @@ def _picks(name: str, readers: dict, shapes: dict, consts: dict,
                 return None
             out.append((r, int(idx) % dim0))
         elif r.op_type == "Split" and node_attr(r, "axis", 0) % rank == 0:
-            if set(r.output) & outputs:  # a piece kept as it is
-                return None
+            if set(r.output) & outputs or len(r.output) != dim0 or \
+                    any((shapes.get(o) or [None])[0] != 1 for o in r.output):
+                return None  # a piece kept as it is, or pieces not of one slice each (piece i is not index i)
             for i, o in enumerate(r.output):
                 if not o or not readers.get(o):
                     continue  # an unused piece
                 squeeze = _drops_dim0(o, readers, shapes, consts)
-                if squeeze is None or (shapes.get(o) or [None])[0] != 1:
+                if squeeze is None:
                     return None
                 out.append((squeeze, i))
         elif r.op_type == "Slice":

@@ -76,6 +76,12 @@ def _two_rows():  # qkv[:2]: two slices along the 3, not one
             {"s": [2, "batch", 2, 4, 5]}, [_c("b", [0]), _c("e", [2]), _c("ax0", [0])])
 
 
+def _uneven_split():  # pieces of 2 and 1 along the 3: the second piece is index 2, not 1
+    return ([helper.make_node("Split", ["t", "sizes"], ["s0", "s1"], name="split", axis=0),
+             helper.make_node("Squeeze", ["s1", "ax0"], ["v"], name="sq")],
+            {"v": ["batch", 2, 4, 5]}, [_c("sizes", [2, 1]), _c("ax0", [0])])
+
+
 def _one_gather_and_a_reduce():  # one reader picks, another reads the whole permuted tensor
     return ([helper.make_node("Gather", ["t", "i0"], ["q"], name="gq", axis=0),
              helper.make_node("ReduceSum", ["t", "ax0"], ["r"], name="sum", keepdims=0)],
@@ -94,7 +100,7 @@ def _pick_not_leaving_batch_first():  # perm [2, 3, 0, 1, 4]: after the pick the
             {"q": [2, "batch", 4, 5]}, [_c("i0", 0)], [2, 3, 0, 1, 4])
 
 
-@pytest.mark.parametrize("build", [_two_rows, _one_gather_and_a_reduce, _computed_index,
+@pytest.mark.parametrize("build", [_two_rows, _uneven_split, _one_gather_and_a_reduce, _computed_index,
                                    _pick_not_leaving_batch_first])
 def test_other_readers_leave_the_transpose_as_it_was(build):
     model = _model(*build())
