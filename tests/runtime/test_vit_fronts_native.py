@@ -105,3 +105,39 @@ def test_attention_the_swap_does_not_cover_is_traced_as_torch_writes_it(tmp_path
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
     assert _err(want, next(iter(OrtEngine(tmp_path / "m.onnx").run(x).values()))) <= RTOL
+
+
+class TorchvisionStyleViT(nn.Module):
+    """torchvision's ``VisionTransformer`` in small: patch Conv, class token, position embedding,
+    ``nn.MultiheadAttention`` blocks, head on the class token."""
+
+    def __init__(self, d: int = 24, heads: int = 3):
+        super().__init__()
+        self.conv_proj = nn.Conv2d(3, d, 4, stride=4)
+        self.class_token = nn.Parameter(torch.randn(1, 1, d) * 0.1)
+        self.pos_embedding = nn.Parameter(torch.randn(1, 17, d) * 0.1)
+        self.layers = nn.Sequential(MhaBlock(d, heads), MhaBlock(d, heads), MhaBlock(d, heads))
+        self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, 5)
+
+    def forward(self, x):
+        t = self.conv_proj(x).flatten(2).permute(0, 2, 1)
+        t = torch.cat([self.class_token.expand(t.shape[0], -1, -1), t], dim=1) + self.pos_embedding
+        return self.head(self.ln(self.layers(t))[:, 0])
+
+
+def test_a_torchvision_style_vit_splits_with_a_native_front_equal_to_torch(tmp_path):
+    from edgerun.exporters.models import SourceModel
+    from edgerun.exporters.pipeline import ExportConfig, export, trace_model
+
+    torch.manual_seed(0)
+    module = TorchvisionStyleViT().eval()
+    traced = trace_model(SourceModel("vit", module, torch.randn(1, 3, 16, 16)))
+    cut = next(c for c in traced.cuts if c.label == "layers.1")  # inside the encoder: attention on both sides
+    b = export(traced, ExportConfig(cut=cut.index, evaluate=False, calib_samples=4), tmp_path / "b")
+    assert b.native_ok, b.native_reason
+    x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    mid = NativeEngine(b.file("front.erg"), max_batch=4, threads=2).run(x)
+    (got,) = OrtEngine(b.file("back.onnx")).run(mid).values()
+    with torch.no_grad():
+        want = module(torch.from_numpy(x)).numpy()
+    assert _err(want, got) <= RTOL  # the split, native front, against the torch model itself
