@@ -119,7 +119,7 @@ def _is_identity(model: onnx.ModelProto, sub: list[onnx.NodeProto], index: str, 
 
 def drop_dead_nodes(g: onnx.GraphProto) -> None:
     """Remove nodes whose outputs nothing reads (the index computations), and the initializers only they read
-    (also used by ``pick_transpose``)."""
+    (also used by ``pick_transpose`` and ``folded_transpose``)."""
     outputs = {o.name for o in g.output}
     freed: set[str] = set()
     while True:

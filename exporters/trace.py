@@ -3,7 +3,10 @@
 torch's dynamo exporter (with its onnxscript optimizer) folds BatchNorm into
 the preceding Conv and zero Pad into Conv pads; we then infer every
 intermediate shape and check the graph is topologically sorted, so the cut
-finder and the converters downstream can rely on both.
+finder and the converters downstream can rely on both. Attention is kept batch
+first for the native engine (``attention_trace``, ``pick_transpose``,
+``folded_transpose``): the same computation, with the batch the first dim of
+every tensor.
 """
 
 from __future__ import annotations
