@@ -37,8 +37,11 @@ ARCHS = {
     "shufflenet_v2_x1_0": 64, "squeezenet1_1": 64, "mnasnet1_0": 64, "regnet_y_400mf": 64,
     "efficientnet_b0": 64, "convnext_tiny": 64, "densenet121": 64, "googlenet": 64, "inception_v3": 96,
     "vit_tiny": 64, "swin_t": 64, "maxvit_t": 224, "lraspp_mobilenet_v3_large": 96,
-    "deeplabv3_mobilenet_v3_large": 96,
+    "deeplabv3_mobilenet_v3_large": 96, "timm_vit_s16": 224,
 }
+# not torchvision: a timm-style ViT (DeiT / DINOv2 attention: qkv permute(2, 0, 3, 1, 4) + unbind, fused
+# scaled_dot_product_attention, LayerScale), ViT-S/16's width at 224x224, 4 blocks; tests/runtime/_models.py
+TIMM_VIT_S16 = dict(img=224, patch=16, d=384, depth=4, heads=6, fused=True, classes=1000)
 SEGMENTATION = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large")
 N_PHOTOS = 4
 MEAN, STD = np.array([0.485, 0.456, 0.406], np.float32), np.array([0.229, 0.224, 0.225], np.float32)
@@ -74,9 +77,13 @@ def build(name: str):
     """The model in eval mode, random weights, seed 0."""
     import torch
 
-    tvm = import_torchvision().models
-
     torch.manual_seed(0)
+    if name == "timm_vit_s16":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "runtime"))
+        from _models import TimmViT
+
+        return TimmViT(**TIMM_VIT_S16).eval()
+    tvm = import_torchvision().models
     if name == "vit_tiny":  # vit_b_16 (86 M parameters) made small: ViT-Ti/16's width, 4 layers, 64x64
         m = tvm.VisionTransformer(image_size=64, patch_size=16, num_layers=4, num_heads=3, hidden_dim=192,
                                   mlp_dim=768, num_classes=1000)
@@ -165,6 +172,9 @@ def one(name: str, rounds: int) -> dict:
             back = OrtEngine(b.file("back.onnx"), threads=1)
             ort_front = OrtEngine(b.file("front.onnx"), threads=1)
             ref = whole.run(x)
+            with torch.no_grad():  # the traced graph against the model itself (attention is traced batch first)
+                want = module(torch.from_numpy(x))
+            row["whole_vs_torch"] = max(max_abs_diff(v, w.numpy()) for v, w in zip(ref.values(), _outputs(want)))
             mid_ort = ort_front.run(x)
             row["split_vs_whole_ort_front"] = max(max_abs_diff(v, ref[k]) for k, v in back.run(mid_ort).items())
             row["whole_out_absmax"] = max(float(np.abs(v).max()) for v in ref.values())
@@ -186,14 +196,18 @@ def one(name: str, rounds: int) -> dict:
     return row
 
 
+def _outputs(out) -> list:
+    return list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, (tuple, list)) else [out]
+
+
 def _rel(diff: float, scale: float) -> str:
     return f"{diff / scale:.1e}" if scale > 0 else "-"
 
 
 def table(rows: list[dict]) -> str:
     head = ("| model | input | params | result | cut | front engine | max abs split - whole (/ max abs whole) | "
-            "native - ort front | front weights | bytes crossing | native ms | ort ms | ratio |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "whole - torch | native - ort front | front weights | bytes crossing | native ms | ort ms | ratio |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     lines = []
     for r in rows:
         side = f"{r['input'][2]}x{r['input'][3]}"
@@ -206,8 +220,9 @@ def table(rows: list[dict]) -> str:
         nat = f"{r['native_ms']:.2f}" if "native_ms" in r else "-"
         ratio = f"{r['native_ms'] / r['ort_ms']:.2f}" if "native_ms" in r else "-"
         dn = f"{r['native_vs_ort_front']:.1e}" if "native_vs_ort_front" in r else "-"
+        dt = f"{r['whole_vs_torch']:.1e}" if "whole_vs_torch" in r else "-"
         lines.append(f"| {r['model']} | {side} | {r['params'] / 1e6:.1f} M | exported | {r['cut']} | {eng} | "
-                     f"{r['split_vs_whole']:.1e} ({_rel(r['split_vs_whole'], r['whole_out_absmax'])}) | {dn} | "
+                     f"{r['split_vs_whole']:.1e} ({_rel(r['split_vs_whole'], r['whole_out_absmax'])}) | {dt} | {dn} | "
                      f"{r['front_weight_bytes'] or 0:,} | {r['bytes_crossing']:,} | {nat} | {r['ort_ms']:.2f} | "
                      f"{ratio} |")
     return head + "\n".join(lines) + "\n"

@@ -52,7 +52,7 @@ def fold_identity_gathers(model: onnx.ModelProto) -> int:
         node.CopyFrom(helper.make_node("Reshape", [flat.input[0], target], list(node.output), name=node.name))
         done += 1
     if done:
-        _drop_dead(g)
+        drop_dead_nodes(g)
     return done
 
 
@@ -117,8 +117,9 @@ def _is_identity(model: onnx.ModelProto, sub: list[onnx.NodeProto], index: str, 
     return True
 
 
-def _drop_dead(g: onnx.GraphProto) -> None:
-    """Remove nodes whose outputs nothing reads (the index computations), and the initializers only they read."""
+def drop_dead_nodes(g: onnx.GraphProto) -> None:
+    """Remove nodes whose outputs nothing reads (the index computations), and the initializers only they read
+    (also used by ``pick_transpose`` and ``folded_transpose``)."""
     outputs = {o.name for o in g.output}
     freed: set[str] = set()
     while True:

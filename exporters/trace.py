@@ -3,7 +3,10 @@
 torch's dynamo exporter (with its onnxscript optimizer) folds BatchNorm into
 the preceding Conv and zero Pad into Conv pads; we then infer every
 intermediate shape and check the graph is topologically sorted, so the cut
-finder and the converters downstream can rely on both.
+finder and the converters downstream can rely on both. Attention is kept batch
+first for the native engine (``attention_trace``, ``pick_transpose``,
+``folded_transpose``): the same computation, with the batch the first dim of
+every tensor.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import torch
 
 from edgerun.errors import ExportError
 from edgerun.exporters.as_strided import fold_identity_gathers
+from edgerun.exporters.attention_trace import batch_first_attention
+from edgerun.exporters.folded_transpose import fold_merged_transposes
+from edgerun.exporters.pick_transpose import fold_batch_transposes
 
 OPSET = 20
 BATCH_DIM = "batch"
@@ -122,7 +128,8 @@ def to_onnx(
     # batch; _check_runs_batched has just run the model on them.
     traced_examples = tuple(torch.cat([e, e]) for e in examples) if examples[0].shape[0] == 1 else examples
     try:
-        with quiet_torch_export():
+        # nn.MultiheadAttention runs sequence first inside: traced batch first (attention_trace.py)
+        with quiet_torch_export(), batch_first_attention(module):
             program = torch.onnx.export(
                 module,
                 traced_examples,
@@ -153,6 +160,10 @@ def to_onnx(
     _check_dynamic_batch(model)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     if fold_identity_gathers(model):  # ConvNeXt / Swin's pooled features: a Reshape, not a Shape-fed Gather
+        model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+    # timm's qkv permute(2, 0, 3, 1, 4) + unbind: picks, then batch first; the key's transpose in torch's
+    # scaled_dot_product_attention: a Transpose, not batch and heads folded into one dim around it
+    if fold_batch_transposes(model) + fold_merged_transposes(model):
         model = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
     _check_sorted(model)
     _name_nodes(model)

@@ -255,9 +255,41 @@ ER_ELEM_CLONES void unary_span(OpCode op, int64_t n, const float* x, float* y, f
   }
 }
 
-// y[k] = exp(x[k] - m): softmax's exponentials, cloned like the activations.
-ER_ELEM_CLONES void exp_shifted_span(int64_t n, const float* x, float m, float* y) {
-  map(n, x, y, [=](float v) { return vexp(v - m); });
+// Softmax of one contiguous row (attention's scores over the keys), cloned like the activations: the
+// maximum and the sum kept in kSoftmaxLanes lanes so both loops vectorize (one serial chain each ran
+// 663 us for 6 x 197 rows of 197, onnxruntime 106 us), the lanes combined in a fixed order: the same
+// bits at any thread count. The maximum is exact in any order; the sum is of the same terms, in lanes.
+constexpr int kSoftmaxLanes = 16;
+
+ER_ELEM_CLONES void softmax_row(int64_t n, const float* x, float* y) {
+  float m[kSoftmaxLanes], s[kSoftmaxLanes], tail[kSoftmaxLanes], e[kSoftmaxLanes];
+  const int64_t body = n - n % kSoftmaxLanes;
+  // the last n % 16 values padded with -inf (no effect on the maximum; exp gives +0 to the sum): one
+  // more vector step instead of a scalar exp per value (197 keys: 5 of them, a third of the row's time)
+  for (int j = 0; j < kSoftmaxLanes; ++j) {
+    tail[j] = body + j < n ? x[body + j] : -std::numeric_limits<float>::infinity();
+    m[j] = tail[j];
+    s[j] = 0.f;
+  }
+  for (int64_t k = 0; k < body; k += kSoftmaxLanes)
+    for (int j = 0; j < kSoftmaxLanes; ++j) m[j] = std::max(m[j], x[k + j]);
+  float mx = -FLT_MAX;
+  for (int j = 0; j < kSoftmaxLanes; ++j) mx = std::max(mx, m[j]);
+  for (int64_t k = 0; k < body; k += kSoftmaxLanes)
+    for (int j = 0; j < kSoftmaxLanes; ++j) {
+      const float v = vexp(x[k + j] - mx);
+      y[k + j] = v;
+      s[j] += v;
+    }
+  for (int j = 0; j < kSoftmaxLanes; ++j) {
+    e[j] = vexp(tail[j] - mx);
+    s[j] += e[j];
+  }
+  for (int64_t k = body; k < n; ++k) y[k] = e[k - body];
+  float sum = 0.f;
+  for (int j = 0; j < kSoftmaxLanes; ++j) sum += s[j];
+  const float inv = 1.f / sum;
+  for (int64_t k = 0; k < n; ++k) y[k] *= inv;
 }
 
 // Softmax over the middle dim of [outer, n, inner] with inner >= 8 (class scores per pixel, NCHW):
@@ -296,14 +328,11 @@ void softmax(int64_t outer, int64_t n, int64_t inner, const float* x, float* y, 
   parallel_for(threads, outer, [&](int64_t o) {
     const float* xo = x + o * n * inner;
     float* yo = y + o * n * inner;
+    if (inner == 1) return softmax_row(n, xo, yo);  // a contiguous row (attention)
     for (int64_t i = 0; i < inner; ++i) {
       float m = -FLT_MAX;
       for (int64_t k = 0; k < n; ++k) m = std::max(m, xo[k * inner + i]);
-      if (inner == 1) {  // a contiguous row (attention): the exponentials vectorize
-        exp_shifted_span(n, xo, m, yo);
-      } else {
-        for (int64_t k = 0; k < n; ++k) yo[k * inner + i] = vexp(xo[k * inner + i] - m);
-      }
+      for (int64_t k = 0; k < n; ++k) yo[k * inner + i] = vexp(xo[k * inner + i] - m);
       float sum = 0.f;
       for (int64_t k = 0; k < n; ++k) sum += yo[k * inner + i];
       const float inv = 1.f / sum;

@@ -203,3 +203,59 @@ class Seg(nn.Module):
         a = F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
         b = F.interpolate(y, scale_factor=1.5, mode="bilinear", align_corners=True)
         return torch.cat([a.flatten(1), b.flatten(1)], 1)
+
+
+class TimmAttention(nn.Module):
+    """timm's ``Attention`` (DeiT, DINOv2): one qkv Linear, ``reshape(B, N, 3, H, D).permute(2, 0, 3, 1, 4)``
+    (the 3 moves before the batch), then q, k, v picked by ``unbind(0)`` or by index (``pick="index"``),
+    softmax attention written out or timm's fused ``scaled_dot_product_attention``."""
+
+    def __init__(self, d: int, heads: int, pick: str = "unbind", fused: bool = False):
+        super().__init__()
+        self.h, self.pick, self.fused = heads, pick, fused
+        self.scale = (d // heads) ** -0.5
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.h, c // self.h).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0) if self.pick == "unbind" else (qkv[0], qkv[1], qkv[2])
+        if self.fused:
+            x = F.scaled_dot_product_attention(q, k, v)
+        else:
+            x = (q * self.scale @ k.transpose(-2, -1)).softmax(dim=-1) @ v
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class TimmBlock(nn.Module):
+    """timm's ``Block``: pre-norm attention and GELU MLP, each scaled by a LayerScale (DINOv2)."""
+
+    def __init__(self, d: int, heads: int, pick: str = "unbind", fused: bool = False):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(d, eps=1e-6), nn.LayerNorm(d, eps=1e-6)
+        self.attn = TimmAttention(d, heads, pick, fused)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+        self.ls1, self.ls2 = nn.Parameter(torch.full((d,), 0.5)), nn.Parameter(torch.full((d,), 0.5))
+
+    def forward(self, x):
+        x = x + self.ls1 * self.attn(self.norm1(x))
+        return x + self.ls2 * self.mlp(self.norm2(x))
+
+
+class TimmViT(nn.Module):
+    """A timm-style ViT (patch embedding, class token, position embedding, blocks, final norm, head on
+    the class token). ``TimmViT(224, 16, 384, 4, 6)`` is ViT-S/16's width at 4 blocks."""
+
+    def __init__(self, img: int = 16, patch: int = 4, d: int = 32, depth: int = 2, heads: int = 4,
+                 pick: str = "unbind", fused: bool = False, classes: int = 10):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, d, patch, stride=patch)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, (img // patch) ** 2 + 1, d) * 0.02)
+        self.blocks = nn.Sequential(*(TimmBlock(d, heads, pick, fused) for _ in range(depth)))
+        self.norm, self.head = nn.LayerNorm(d, eps=1e-6), nn.Linear(d, classes)
+
+    def forward(self, x):
+        t = self.patch_embed(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls_token.expand(t.shape[0], -1, -1), t], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(t))[:, 0])
