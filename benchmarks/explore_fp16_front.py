@@ -26,8 +26,9 @@ logit relative L2 error on the 138 eval crops and the 828 ``extra`` views (expor
 
 Run:
     python benchmarks/explore_fp16_front.py [--cuts blocks.3,blocks.7] [--limit N]
-        [--out benchmarks/results/xeon/explore_fp16_front.json]
-(~25 min on the 2-core Xeon: one GPTQ rounding per cut, five passes over 966 crops)
+        [--classes all,stem,dw,pw] [--out benchmarks/results/xeon/explore_fp16_front.json]
+(--classes: which of the fp32 layers go fp16, one set of rows each: the stem, the depthwise convs,
+the 1x1 convs with K < 40, or all; ~25 min on the 2-core Xeon: one GPTQ rounding per cut, five passes over 966 crops)
 """
 
 from __future__ import annotations
@@ -151,7 +152,12 @@ def session(model: bytes | onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(src, o, providers=["CPUExecutionProvider"])
 
 
-def study_cut(traced, cut: str, splits: dict, ref: dict, modes: list[str]) -> dict:
+def layer_class(layer) -> str:
+    """``stem`` (3 input channels), ``dw`` (depthwise) or ``pw`` (1x1) of a FrontRounder layer."""
+    return "dw" if layer.geom[-1] > 1 else "pw" if layer.wshape[2:] == (1, 1) else "stem"
+
+
+def study_cut(traced, cut: str, splits: dict, ref: dict, modes: list[str], classes: list[str]) -> dict:
     front, back = split(traced.model, resolve_cut(traced.cuts, cut))
     calib = zoo.load(SPEC).calib_data(N_CALIB).astype(np.float32)
     t0 = time.time()
@@ -159,7 +165,7 @@ def study_cut(traced, cut: str, splits: dict, ref: dict, modes: list[str]) -> di
     rounded = rounder.sequential({l.name: "int8" for l in rounder.layers})
     print(f"{cut}: GPTQ rounding {time.time() - t0:.0f} s", flush=True)
     int8 = {l.name for l in rounder.layers if l.wshape[2:] == (1, 1) and l.act_quantized("int8", 40)}
-    fp16 = {l.name: list(l.wshape) for l in rounder.layers if l.name not in int8}
+    fp16 = {l.name: layer_class(l) for l in rounder.layers if l.name not in int8}
     out_names = [o.name for o in front.graph.output]
     sim = rounder._model(rounded, out_names)
     back_s = session(back)
@@ -188,9 +194,13 @@ def study_cut(traced, cut: str, splits: dict, ref: dict, modes: list[str]) -> di
         record("int8 engine", lambda b: list(eng.run(b).values()))
     with torch.no_grad():
         for mode in modes:
-            it = Interp(sim, set(fp16), mode)
-            name = {"fp32": "int8 torch", "storage": "fp16 storage", "arith": "fp16 arith"}[mode]
-            record(name, it.run, {"max_abs_fp16_layer_output": round(it.max_abs16, 2)} if mode != "fp32" else None)
+            for cls in classes if mode != "fp32" else ["all"]:
+                layers = {n for n, c in fp16.items() if cls == "all" or c in cls.split("+")}
+                it = Interp(sim, layers, mode)
+                name = {"fp32": "int8 torch", "storage": "fp16 storage", "arith": "fp16 arith"}[mode]
+                name += f" ({cls})" if cls != "all" else ""
+                record(name, it.run, {"fp16_classes": cls, "max_abs_fp16_layer_output": round(it.max_abs16, 2)}
+                       if mode != "fp32" else None)
     return {"cut": cut, "fp16_layers": fp16, "int8_layers": sorted(int8), "rows": rows}
 
 
@@ -198,6 +208,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cuts", default="blocks.3,blocks.7")
     ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--classes", default="all",
+                    help="comma-separated sets of fp32 layers put in fp16: all, or stem / dw / pw joined by +")
     ap.add_argument("--limit", type=int, default=None, help="at most this many crops per split (a quick check)")
     ap.add_argument("--out", default="benchmarks/results/xeon/explore_fp16_front.json")
     args = ap.parse_args()
@@ -208,7 +220,8 @@ def main() -> None:
     wname = whole.get_inputs()[0].name
     ref = {s: np.concatenate([whole.run(None, {wname: x[i:i + BATCH]})[0] for i in range(0, len(x), BATCH)])
            .astype(np.float64) for s, x in splits.items()}
-    cuts = [study_cut(traced, c, splits, ref, args.modes.split(",")) for c in args.cuts.split(",")]
+    cuts = [study_cut(traced, c, splits, ref, args.modes.split(","), args.classes.split(","))
+            for c in args.cuts.split(",")]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"model": "efficientnet-lite0", "weights": "int8 gptq (exporter default)",
                                           "n_calib": N_CALIB, "limit": args.limit, "cuts": cuts}, indent=1))
