@@ -12,10 +12,13 @@ Built from two measurements on this machine, nothing else:
    ``f32_over_h16``, fp16 tensors between layers).
 
 Each fp32 layer (depthwise, 1x1 with K < 40) is divided by its shape's ratio; a fused chain's
-time is scaled by (expand / r_e + depthwise / r_d + project) / (expand + depthwise + project) of
-its unfused parts; int8 layers, adds and the rest are unchanged. The stem (3x3 stride 2, 3 input
+time less its int8 project (as measured unfused) is divided by the expand's and depthwise's
+ratios averaged with the bench's fp32 times of the two as weights; int8 layers, adds and the rest are unchanged. The stem (3x3 stride 2, 3 input
 channels) has no fp16 kernel in the bench: it is estimated at 1.0x (no gain) and 2.0x (the lane
-count's bound). Printed: the estimated int8 front against the measured fp32 front.
+count's bound). Also estimated: only the depthwise convs in fp16 (``dw``). A ratio above 2 (fp16 lanes) comes from fp32's doubled memory traffic, which a
+fused chain's in-cache strips do not have: every estimate is also given with the ratios capped at
+``--cap`` (2). Printed: the estimated int8 front against the measured fp32 front, and the engine's
+fp32 time of each layer next to the bench's fp32 kernel (how well the bench stands for the engine).
 
 Run:
     bash benchmarks/fp16_kernels/build.sh --run 51 benchmarks/results/xeon/fp16_kernels.json
@@ -85,7 +88,7 @@ def profile(engines: dict[str, NativeEngine], x: np.ndarray, rounds: int, runs: 
 
 
 def estimate(steps: dict[str, list[dict]], keys: dict[str, str], int8: set[str], ratio: dict[str, float],
-             stem: float) -> tuple[float, dict[str, float]]:
+             bench_us: dict[str, float], stem: float) -> tuple[float, dict[str, float]]:
     """The int8 front's time with every fp32 layer at its fp16 ratio, and the fp16 time per class."""
     unfused = {s["node"]: s["us"] for s in steps["int8_nofuse"]}
     fused = steps["int8"]
@@ -100,8 +103,14 @@ def estimate(steps: dict[str, list[dict]], keys: dict[str, str], int8: set[str],
             continue
         if s["kernel"].startswith("fused"):  # this step and the next two (fused) nodes
             parts = [s["node"]] + [fused[i + j]["node"] for j in (1, 2)]
-            t = [unfused[p] for p in parts]
-            t16 = s["us"] * sum(ti / r(p) for ti, p in zip(t, parts)) / sum(t)
+            # the int8 project as measured unfused; the rest of the fused time is the fp32
+            # expand + depthwise, sped up by their ratios weighted by the bench's fp32 times
+            # (the engine's unfused expand also writes its whole output to memory, which the
+            # fused strips do not)
+            proj = sum(unfused[p] for p in parts if p in int8)
+            fp = [p for p in parts if p not in int8]
+            b = [bench_us[keys[p]] for p in fp]
+            t16 = proj + (s["us"] - proj) * sum(bi / r(p) for bi, p in zip(b, fp)) / sum(b)
             cls = "fused chains"
         else:
             t16 = s["us"] / r(s["node"]) if s["op"] == "Conv" else s["us"]
@@ -119,6 +128,9 @@ def main() -> None:
     ap.add_argument("--cuts", default="blocks.3,blocks.7")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--cap", type=float, default=2.0,
+                    help="second set of estimates with every kernel ratio capped here (2: the lane count's bound, "
+                         "for layers whose bench ratio also has fp32's doubled memory traffic in it)")
     ap.add_argument("--out", default="benchmarks/results/xeon/estimate_fp16_front.json")
     args = ap.parse_args()
     kb = json.loads(Path(args.kernels).read_text())
@@ -149,14 +161,23 @@ def main() -> None:
                "int8_over_fp32_measured": round(t["fp32"] / t["int8"], 3), "estimates": []}
         print(f"{cut}: measured fp32 {t['fp32']:.0f} us, int8 {t['int8']:.0f} us ({t['fp32'] / t['int8']:.2f}x), "
               f"int8 unfused {t['int8_nofuse']:.0f} us (1 thread, medians)", flush=True)
-        for variant in ("cvt", "h16"):
-            for stem in STEM_RATIOS:
-                est, by = estimate(steps, keys, int8, ratios[variant], stem)
-                row["estimates"].append({"activations": variant, "stem_ratio": stem, "int8_fp16_us": round(est, 1),
-                                         "speedup_vs_fp32": round(t["fp32"] / est, 3),
-                                         "by_class_us": {k: round(v, 1) for k, v in by.items()}})
-                print(f"  fp16 ({variant}, stem {stem:.1f}x): {est:.0f} us -> {t['fp32'] / est:.2f}x fp32  "
-                      + ", ".join(f"{k} {v:.0f}" for k, v in by.items()), flush=True)
+        bench = {e["key"]: e["f32_us"] for e in kb["depthwise"] + kb["pointwise"]}
+        row["engine_vs_bench_f32_us"] = {n: [round(s["us"], 1), bench[keys[n]]] for s in steps["int8_nofuse"]
+                                         if (n := s["node"]) in keys and keys[n] in bench and n not in int8}
+        print("  fp32 layers, engine unfused us / bench f32 us: " + ", ".join(
+            f"{keys[n]} {a:.0f}/{b:.0f}" for n, (a, b) in row["engine_vs_bench_f32_us"].items()))
+        for cap in (None, args.cap):
+            for variant in ("cvt", "h16"):
+                for layers, stem in [("all", st) for st in STEM_RATIOS] + [("dw", 1.0)]:
+                    rv = {k: (min(v, cap) if cap else v) if layers == "all" or k.startswith(layers) else 1.0
+                          for k, v in ratios[variant].items()}
+                    est, by = estimate(steps, keys, int8, rv, bench, stem)
+                    row["estimates"].append({"fp16_layers": layers, "activations": variant, "ratio_cap": cap,
+                                             "stem_ratio": stem, "int8_fp16_us": round(est, 1),
+                                             "speedup_vs_fp32": round(t["fp32"] / est, 3),
+                                             "by_class_us": {k: round(v, 1) for k, v in by.items()}})
+                    print(f"  fp16 {layers} ({variant}, ratios capped at {cap}, stem {stem:.1f}x): {est:.0f} us -> "
+                          f"{t['fp32'] / est:.2f}x fp32  " + ", ".join(f"{k} {v:.0f}" for k, v in by.items()), flush=True)
         row["steps"] = steps
         row["keys"] = keys
         out["cuts"].append(row)
