@@ -172,14 +172,16 @@ def study_cut(traced, cut: str, splits: dict, ref: dict, modes: list[str], class
     back_names = [i.name for i in back_s.get_inputs()]
     rows = []
 
-    def record(name: str, run_front, extra: dict | None = None) -> None:
-        row, t = {"scheme": name, **(extra or {})}, time.time()
+    def record(name: str, run_front, extra=None) -> None:
+        """One row; ``extra``: a function giving more fields, called after the runs."""
+        row, t = {"scheme": name}, time.time()
         for s, x in splits.items():
             z = np.concatenate([back_s.run(None, dict(zip(back_names, run_front(x[i:i + BATCH]))))[0]
                                 for i in range(0, len(x), BATCH)]).astype(np.float64)
             row[f"{s}_n"] = len(x)
             row[f"{s}_flips"] = int((z.argmax(1) != ref[s].argmax(1)).sum())
             row[f"{s}_logit_rel_err"] = round(float(np.linalg.norm(z - ref[s]) / np.linalg.norm(ref[s])), 5)
+        row.update(extra() if extra else {})
         rows.append(row)
         print(f"{cut} {name:13s} eval flips {row['eval_flips']:2d}/{row['eval_n']} err "
               f"{100 * row['eval_logit_rel_err']:.2f}%  |  extra flips {row['extra_flips']:2d}/{row['extra_n']} "
@@ -199,7 +201,8 @@ def study_cut(traced, cut: str, splits: dict, ref: dict, modes: list[str], class
                 it = Interp(sim, layers, mode)
                 name = {"fp32": "int8 torch", "storage": "fp16 storage", "arith": "fp16 arith"}[mode]
                 name += f" ({cls})" if cls != "all" else ""
-                record(name, it.run, {"fp16_classes": cls, "max_abs_fp16_layer_output": round(it.max_abs16, 2)}
+                record(name, it.run, (lambda it=it, cls=cls: {"fp16_classes": cls,
+                                                              "max_abs_fp16_layer_output": round(it.max_abs16, 2)})
                        if mode != "fp32" else None)
     return {"cut": cut, "fp16_layers": fp16, "int8_layers": sorted(int8), "rows": rows}
 

@@ -40,6 +40,23 @@ namespace {
 
 using half = _Float16;
 
+// 64-byte aligned vectors, as the engine's arena and padded planes (rows on cache lines).
+template <typename T>
+struct Aligned {
+  using value_type = T;
+  Aligned() = default;
+  template <typename U>
+  Aligned(const Aligned<U>&) {}
+  T* allocate(size_t n) { return static_cast<T*>(std::aligned_alloc(64, (n * sizeof(T) + 63) / 64 * 64)); }
+  void deallocate(T* p, size_t) { std::free(p); }
+  template <typename U>
+  bool operator==(const Aligned<U>&) const { return true; }
+  template <typename U>
+  bool operator!=(const Aligned<U>&) const { return false; }
+};
+template <typename T>
+using avec = std::vector<T, Aligned<T>>;
+
 struct Shape {
   std::string name;
   int64_t c, h, w;
@@ -556,11 +573,11 @@ ER_FP16 void s2_plane(const Shape& p, const TI* xc, const half* wc, half bias, T
 // ---------------------------------------------------------------------------------------
 struct Layer {
   Shape p;
-  std::vector<float> x, w, b, y;            // fp32
-  std::vector<half> xh, wh, bh, yh, yc_h;   // fp16 (yc_h: the cvt run's output, rounded back)
-  std::vector<float> yc;                    // cvt output (fp32)
-  std::vector<float> buf;                   // fp32 padded plane
-  std::vector<half> bufh;                   // fp16 padded plane
+  avec<float> x, w, b, y;   // fp32
+  avec<half> xh, wh, bh, yh;  // fp16
+  avec<float> yc;           // cvt output (fp32)
+  avec<float> buf;          // fp32 padded plane
+  avec<half> bufh;          // fp16 padded plane
 };
 
 template <int K>
@@ -629,8 +646,8 @@ half dw_emulated(const Layer& L, int64_t c, int64_t oy, int64_t ox) {
 struct Pw {
   std::string name;
   int64_t k, n, hw;
-  std::vector<float> x, w, b, y, yc;
-  std::vector<half> xh, wh, bh, yh;
+  avec<float> x, w, b, y, yc;
+  avec<half> xh, wh, bh, yh;
 };
 
 __attribute__((target("avx512f"))) void pw_f32(Pw& L) {
@@ -724,21 +741,21 @@ std::vector<double> interleaved(const std::vector<F>& fns, int rounds) {
 }
 
 template <typename T>
-void fill(std::vector<T>& v, size_t n, std::mt19937& g, float lo, float hi) {
+void fill(avec<T>& v, size_t n, std::mt19937& g, float lo, float hi) {
   std::uniform_real_distribution<float> u(lo, hi);
   v.resize(n);
   for (auto& e : v) e = T(u(g));
 }
 
-std::vector<half> to_half(const std::vector<float>& v) {
-  std::vector<half> o(v.size());
+avec<half> to_half(const avec<float>& v) {
+  avec<half> o(v.size());
   for (size_t i = 0; i < v.size(); ++i) o[i] = half(v[i]);
   return o;
 }
 
 // max |a - b| / max |b|
 template <typename A>
-double rel_err(const std::vector<A>& a, const std::vector<float>& b) {
+double rel_err(const avec<A>& a, const avec<float>& b) {
   double num = 0, den = 0;
   for (size_t i = 0; i < b.size(); ++i) {
     num = std::max(num, std::fabs(double(a[i]) - double(b[i])));
