@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds (and with --run, runs) the fp32 vs fp16 kernel micro-benchmark, outside the package build.
 #   bash benchmarks/fp16_kernels/build.sh [--run [ROUNDS [OUT.json]]]
-# -O3 as the engine (CMakeLists.txt): at -O2 the fp32 kernels ran 1.4-1.8x slower here.
+# -O3 as the engine (CMakeLists.txt): at -O2 the fp32 depthwise kernels ran 1.3-1.9x slower here.
 # Needs g++ >= 12 (AVX512-FP16 intrinsics); running it needs a CPU with AVX512-FP16 (Sapphire Rapids).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
