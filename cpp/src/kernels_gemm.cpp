@@ -196,17 +196,20 @@ void pack_b(const float* B, int64_t ldb, int64_t kc, int64_t nc, float* out, int
 // activation or the im2col panel is already [K][N]): no packing copy. The first
 // row tile prefetches the next strip, since K row streams outrun the hardware
 // prefetcher; only a partial last strip is packed (zero padded).
+// With a packer (an implicit-GEMM conv) every block is packed by it instead, from the
+// input image: B is never read. Same kernel calls on the same values: the same bits.
 void gemm_tile(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
                const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-               float* pack, const GemmEpilogue* ep) {
+               float* pack, const GemmEpilogue* ep, const gemm::BPacker* packer) {
   const int64_t nc = n1 - n0;
-  const bool direct = K <= kKC;
+  const bool direct = K <= kKC && packer == nullptr;
   const int64_t MR = u.mr, NR = u.nr;
   const int64_t tail = nc / NR * NR;  // first column of a partial strip
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     const int64_t kc = std::min(kKC, K - k0);
     const bool last = ep != nullptr && k0 + kc >= K;
-    if (!direct) pack_b(B + k0 * ldb + n0, ldb, kc, nc, pack, NR);
+    if (packer != nullptr) packer->fn(packer->ctx, k0, kc, n0, nc, pack);
+    else if (!direct) pack_b(B + k0 * ldb + n0, ldb, kc, nc, pack, NR);
     else if (tail < nc) pack_b(B + n0 + tail, ldb, kc, nc - tail, pack, NR);
     for (int64_t m = m0; m < m1; m += MR) {
       for (int64_t s = 0; s < nc; s += NR) {
@@ -374,9 +377,11 @@ size_t sgemm_scratch_floats(int threads) {
   return size_t(std::max(threads, 1)) * size_t(kKC * kNC);
 }
 
-void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-           int64_t ldb, float* C, int64_t ldc, float* scratch, int threads,
-           const GemmEpilogue* ep) {
+namespace {
+
+void sgemm_impl(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                int64_t ldb, float* C, int64_t ldc, float* scratch, int threads,
+                const GemmEpilogue* ep, const gemm::BPacker* packer) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     for (int64_t m = 0; m < M; ++m) {
@@ -389,7 +394,7 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const f
     }
     return;
   }
-  if (M <= kGemvMaxM) {
+  if (M <= kGemvMaxM && packer == nullptr) {
     gemv_rows(M, N, K, A, lda, B, ldb, C, ldc, threads, ep);
     return;
   }
@@ -404,9 +409,32 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const f
     const int64_t mi = t / nt, ni = t % nt;
     float* pack = scratch + per_thread * size_t(thread_id());
     gemm_tile(ukr, mi * mc, std::min(M, (mi + 1) * mc), ni * nc, std::min(N, (ni + 1) * nc),
-              K, A, lda, B, ldb, C, ldc, pack, ep);
+              K, A, lda, B, ldb, C, ldc, pack, ep, packer);
   });
 }
+
+}  // namespace
+
+void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+           int64_t ldb, float* C, int64_t ldc, float* scratch, int threads,
+           const GemmEpilogue* ep) {
+  sgemm_impl(M, N, K, A, lda, B, ldb, C, ldc, scratch, threads, ep, nullptr);
+}
+
+namespace gemm {
+
+int64_t strip_width() {
+  static const Ukr ukr = pick_kernel();
+  return ukr.nr;
+}
+
+void sgemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                    const BPacker& packer, float* C, int64_t ldc, float* scratch, int threads,
+                    const GemmEpilogue* ep) {
+  sgemm_impl(M, N, K, A, lda, nullptr, N, C, ldc, scratch, threads, ep, &packer);
+}
+
+}  // namespace gemm
 
 }  // namespace kernels
 }  // namespace edgerun

@@ -85,6 +85,12 @@ void   pointwise_small(const ConvParams& p, int64_t batch, const float* x, const
                        const float* bias, float* y, int threads);
 void   conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w,
               const float* bias, float* y, float* scratch, int threads);
+// Implicit GEMM (kernels_conv_implicit_avx512.cpp): conv2d's im2col convs pack the GEMM's B
+// strips straight from the input, no column matrix, where conv_implicit(p) (AVX-512 kernel,
+// EDGERUN_NO_IMPLICIT_CONV=1 read once per process: never). Same bits as im2col + GEMM.
+bool   conv_implicit(const ConvParams& p);
+void   conv2d_implicit(const ConvParams& p, const float* xg, const float* w, const GemmEpilogue& ep,
+                       float* y, float* scratch, int threads);
 // 3x3 stride-2 convs with cin * 9 <= 64 and cout a multiple of 16 (image stems), AVX-512F:
 // read straight from the input, no im2col (kernels_conv_s2_avx512.cpp), where conv_s2_direct(p)
 // (EDGERUN_NO_DIRECT_CONV=1: never; the engine asks once, at load); conv2d never takes this
