@@ -78,36 +78,39 @@ __attribute__((target("avx512f"))) void pack_conv(const void* ctx, int64_t k0, i
   ER_ASSERT(nc <= kMaxStrips * kNR);  // the GEMM's N blocks are 128 columns at most
   BlockTables t;
   block_tables(p, n0, nc, &t);
-  const int64_t strips = (nc + kNR - 1) / kNR;
+  const int64_t strips = (nc + kNR - 1) / kNR, taps = p.kh * p.kw, plane = p.h * p.w;
   // The lanes are consecutive input pixels when the output rows are the input rows, shifted.
   const bool contiguous = p.sh == 1 && p.sw == 1 && p.ow == p.w;
-  int64_t c = k0 / (p.kh * p.kw), i = (k0 / p.kw) % p.kh, j = k0 % p.kw;
-  for (int64_t k = 0; k < kc; ++k) {
-    // The tap's offset from a lane's pixel offset: off[lane] + tap is that lane's input index.
-    const int64_t tap = c * p.h * p.w + (i * p.dh - p.pt) * p.w + (j * p.dw - p.pl);
-    float* o = out + k * kNR;
-    for (int64_t s = 0; s < strips; ++s, o += kNR * kc) {
-      const uint32_t m = t.row_ok[i][s] & t.col_ok[j][s];
-      const __mmask16 m0 = __mmask16(m), m1 = __mmask16(m >> 16);
+  // Per tap (i, j): its offset from a lane's pixel offset (off[lane] + c * plane + that is the
+  // lane's input index) and the lanes it keeps inside the plane, once per strip.
+  int64_t tap_off[kMaxTap * kMaxTap];
+  uint32_t tap_ok[kMaxTap * kMaxTap];
+  for (int64_t s = 0; s < strips; ++s) {
+    for (int64_t i = 0; i < p.kh; ++i)
+      for (int64_t j = 0; j < p.kw; ++j) {
+        tap_off[i * p.kw + j] = (i * p.dh - p.pt) * p.w + (j * p.dw - p.pl);
+        tap_ok[i * p.kw + j] = t.row_ok[i][s] & t.col_ok[j][s];
+      }
+    const __m512i off0 = _mm512_load_si512(t.off[s]), off1 = _mm512_load_si512(t.off[s] + 16);
+    const float* xs = cb.x + n0 + s * kNR;  // the contiguous lanes' first pixel
+    float* o = out + s * kNR * kc;
+    int64_t c = k0 / taps, tp = k0 % taps;
+    for (int64_t k = 0; k < kc; ++k, o += kNR) {
+      const int64_t tap = c * plane + tap_off[tp];
+      const __mmask16 m0 = __mmask16(tap_ok[tp]), m1 = __mmask16(tap_ok[tp] >> 16);
       __m512 v0, v1;
       if (contiguous) {  // lane l reads x[tap + n0 + s * 32 + l]: masked lanes are not read
-        const float* src = cb.x + tap + n0 + s * kNR;
-        v0 = _mm512_maskz_loadu_ps(m0, src);
-        v1 = _mm512_maskz_loadu_ps(m1, src + 16);
+        v0 = _mm512_maskz_loadu_ps(m0, xs + tap);
+        v1 = _mm512_maskz_loadu_ps(m1, xs + tap + 16);
       } else {
         const __m512i tv = _mm512_set1_epi32(int32_t(tap));
-        const __m512i i0 = _mm512_add_epi32(_mm512_load_si512(t.off[s]), tv);
-        const __m512i i1 = _mm512_add_epi32(_mm512_load_si512(t.off[s] + 16), tv);
-        v0 = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, i0, cb.x, 4);
-        v1 = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m1, i1, cb.x, 4);
+        v0 = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m0, _mm512_add_epi32(off0, tv), cb.x, 4);
+        v1 = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m1, _mm512_add_epi32(off1, tv), cb.x, 4);
       }
       _mm512_storeu_ps(o, v0);
       _mm512_storeu_ps(o + 16, v1);
-    }
-    if (++j == p.kw) {
-      j = 0;
-      if (++i == p.kh) {
-        i = 0;
+      if (++tp == taps) {
+        tp = 0;
         ++c;
       }
     }
