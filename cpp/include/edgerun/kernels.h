@@ -140,6 +140,9 @@ struct PoolParams {
   bool    count_include_pad;
 };
 void max_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads);
+// max_pool for 3-wide stride-2 windows on AVX-512 (kernels_pool_avx512.cpp), same bits; false:
+// not taken (other windows, no AVX-512), nothing written.
+bool max_pool_s2_avx512(const PoolParams& p, int64_t planes, const float* x, float* y, int threads);
 void avg_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads);
 void global_avg_pool(int64_t planes, int64_t hw, const float* x, float* y, int threads);
 // y[i0, .., ir-1] = x[sum_d i_d * strides[d]] over the output dims (Transpose, Slice).
