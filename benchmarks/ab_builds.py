@@ -5,8 +5,9 @@ optionally with environment settings (``path.so,EDGERUN_FUSE_KB=512``). The vari
 separate processes (one process cannot load two builds of the module), alternated round by round
 with the order rotated; each process times every .erg front ``--runs`` times at batch 1 and one
 thread after 20 warm-up runs, each run profiled alone (the engine's per-step timer). Printed per
-front: for the step sum and each step, the median of the rounds' medians and the least run, and
-each variant's ratio to the first; and whether the outputs are bit-identical (sha1).
+front: for the step sum and each step (matched by node name: the builds may name its kernel
+differently, both names shown), the median of the rounds' medians and the least run, and each
+variant's ratio to the first; and whether the outputs are bit-identical (sha1).
 
     python benchmarks/ab_builds.py --make-fronts /tmp/fronts   # EfficientNet-Lite0 blocks.3 / .7, fp32 + int8 GPTQ (~5 min)
     python benchmarks/ab_builds.py --runs 150 --rounds 4 --builds base.so new.so --fronts /tmp/fronts/*.erg
@@ -65,13 +66,15 @@ def time_one(so: str, runs: int, ergs: list[str]) -> dict:
         for _ in range(20):
             eng.run([x], 1)
         steps: dict[str, list[float]] = {}
+        kernels: dict[str, str] = {}
         for _ in range(runs):
             eng.set_profiling(True)
             eng.run([x], 1)
             for node, _op, kernel, ns in eng.step_times()[0]:
-                steps.setdefault(f"{node} {kernel}", []).append(ns / 1e3)
+                steps.setdefault(node, []).append(ns / 1e3)
+                kernels[node] = kernel
         eng.set_profiling(False)
-        out[Path(e).name] = {"hash": digest, "steps": steps}
+        out[Path(e).name] = {"hash": digest, "steps": steps, "kernels": kernels}
     return out
 
 
@@ -113,7 +116,8 @@ def main() -> None:
                 continue
             cols = "  ".join(f"med {m:8.1f} min {mn:8.1f}" for m, mn in stats)
             ratios = " ".join(f"{m / stats[0][0]:.3f}/{mn / stats[0][1]:.3f}" for m, mn in stats[1:])
-            print(f"{step:36s} {cols}  vs first (med/min) {ratios}")
+            kern = "/".join(dict.fromkeys(res[v][0][name]["kernels"].get(step, "") for v in variants))
+            print(f"{(step + ' ' + kern).strip():36s} {cols}  vs first (med/min) {ratios}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ torchvision is not a dependency of edgerun: install the release that matches the
 
 Run:  python benchmarks/bench_gauntlet.py --out benchmarks/results/xeon/gauntlet.json
       python benchmarks/bench_gauntlet.py --only resnet18,vit_tiny   # a subset
+      python benchmarks/bench_gauntlet.py --only resnet18 --size 224  # every model at 224x224
 """
 
 from __future__ import annotations
@@ -142,8 +143,9 @@ def time_fronts(nat, ort, x: np.ndarray, rounds: int) -> tuple[float, float]:
     return statistics.median(times["native"]), statistics.median(times["ort"])
 
 
-def one(name: str, rounds: int) -> dict:
-    """Export ``name`` and measure it (runs in a child process)."""
+def one(name: str, rounds: int, size: int = 0) -> dict:
+    """Export ``name`` and measure it (runs in a child process); ``size``: the input side instead of
+    the model's default."""
     import torch
 
     from edgerun.engine import NativeEngine, OrtEngine
@@ -151,7 +153,7 @@ def one(name: str, rounds: int) -> dict:
     from edgerun.exporters.pipeline import ExportConfig, export, trace_model
     from edgerun.verify import max_abs_diff
 
-    side = ARCHS[name]
+    side = size or ARCHS[name]
     row: dict = {"model": name, "input": [1, 3, side, side]}
     module = build(name)
     row["params"] = sum(p.numel() for p in module.parameters())
@@ -234,6 +236,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated model names (default: all)")
     ap.add_argument("--rounds", type=int, default=30, help="timed rounds per engine")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per model")
+    ap.add_argument("--size", type=int, default=0, help="input side for every model (default: each model's own)")
     ap.add_argument("--table", type=Path, help="only rewrite the markdown table of this JSON result")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # the child: one model, its row as JSON on stdout
     args = ap.parse_args()
@@ -241,27 +244,29 @@ def main() -> None:
         args.table.with_suffix(".md").write_text(table(json.loads(args.table.read_text())["rows"]))
         return
     if args.one:
-        print("ROW " + json.dumps(one(args.one, args.rounds)), flush=True)
+        print("ROW " + json.dumps(one(args.one, args.rounds, args.size)), flush=True)
         return
     names = [n for n in args.only.split(",") if n] or list(ARCHS)
     rows = []
     for name in names:
+        side = args.size or ARCHS[name]
         try:
-            p = subprocess.run([sys.executable, __file__, "--one", name, "--rounds", str(args.rounds)],
+            p = subprocess.run([sys.executable, __file__, "--one", name, "--rounds", str(args.rounds),
+                                "--size", str(args.size)],
                                capture_output=True, text=True, timeout=args.timeout)
             got = [ln[4:] for ln in p.stdout.splitlines() if ln.startswith("ROW ")]
             row = json.loads(got[-1]) if got else {
-                "model": name, "input": [1, 3, ARCHS[name], ARCHS[name]], "status": "crashed",
+                "model": name, "input": [1, 3, side, side], "status": "crashed",
                 "error_type": f"exit {p.returncode}", "message": " ".join(p.stderr.split()[-60:])}
         except subprocess.TimeoutExpired:
-            row = {"model": name, "input": [1, 3, ARCHS[name], ARCHS[name]], "status": "timeout",
+            row = {"model": name, "input": [1, 3, side, side], "status": "timeout",
                    "error_type": "timeout", "message": f"over {args.timeout} s"}
         rows.append(row)
         print(table([row]).splitlines()[-1], flush=True)
     from edgerun.profiles import cpu_name
 
     meta = {"machine": platform.machine(), "cpu": cpu_name(), "threads": 1, "batch_timed": 1,
-            "rounds": args.rounds, "statistic": "median of an interleaved loop", "weights": "random, seed 0",
+            "rounds": args.rounds, "size": args.size or "per model", "statistic": "median of an interleaved loop", "weights": "random, seed 0",
             "split_inputs": f"{N_PHOTOS} photos resized", "export": "default cut, fp32 front, evaluate=False"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")

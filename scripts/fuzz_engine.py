@@ -19,7 +19,9 @@ sizes, batch 1-3, mostly a dynamic batch dim, sometimes a second (intermediate) 
   EDGERUN_NO_DIRECT_CONV = default; the same bits with all of them set after the engine loaded
   (knobs are read at load);
 - the AVX2 (EDGERUN_NO_AVX512) and portable (EDGERUN_FORCE_PORTABLE) paths, read once per
-  process, in two worker processes, against onnxruntime (their bits may differ: FMA order).
+  process, in two worker processes, against onnxruntime (their bits may differ: FMA order);
+  im2col + GEMM instead of the implicit-GEMM convs (EDGERUN_NO_IMPLICIT_CONV, also read once per
+  process) in a third, which must give the default's bits.
 
 A graph the exporter refuses with an EdgerunError is recorded as refused, not as a failure; a file
 it wrote that the engine then fails to load is a failure. Run (2,500 cases: about 7 minutes):
@@ -54,7 +56,9 @@ KNOBS = ("EDGERUN_NO_FUSE", "EDGERUN_FUSE_KB", "EDGERUN_NO_SMALL_N", "EDGERUN_NO
 BIT_VARIANTS = [("no_fuse", {"EDGERUN_NO_FUSE": "1"}), ("fuse_kb8", {"EDGERUN_FUSE_KB": "8"}),
                 ("fuse_kb1", {"EDGERUN_FUSE_KB": "1"}),
                 ("no_small_n", {"EDGERUN_NO_SMALL_N": "1"}), ("no_direct_conv", {"EDGERUN_NO_DIRECT_CONV": "1"})]
-ARCH_VARIANTS = [("avx2", {"EDGERUN_NO_AVX512": "1"}), ("portable", {"EDGERUN_FORCE_PORTABLE": "1"})]
+ARCH_VARIANTS = [("avx2", {"EDGERUN_NO_AVX512": "1"}), ("portable", {"EDGERUN_FORCE_PORTABLE": "1"}),
+                 ("no_implicit_conv", {"EDGERUN_NO_IMPLICIT_CONV": "1"})]
+SAME_BITS_WORKERS = ("no_implicit_conv",)  # process-wide knobs that must not change a bit
 
 
 def rel_err(ref: np.ndarray, got: np.ndarray) -> float:
@@ -116,7 +120,8 @@ class ArchWorker:
     """A child process with one kernel-path knob set (read once per process) that runs .erg files."""
 
     def __init__(self, env: dict[str, str]):
-        full = {k: v for k, v in os.environ.items() if k not in ("EDGERUN_NO_AVX512", "EDGERUN_FORCE_PORTABLE")}
+        full = {k: v for k, v in os.environ.items()
+                if k not in ("EDGERUN_NO_AVX512", "EDGERUN_FORCE_PORTABLE", "EDGERUN_NO_IMPLICIT_CONV")}
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], env={**full, **env}, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
@@ -202,7 +207,10 @@ def check_case(spec: dict, work: Path, workers: dict | None) -> tuple[str, list[
         if status != "ok":
             findings.append({"kind": "arch_error", "variant": name, "detail": status})
             continue
-        e = rel_err(ref, np.load(y_path))
+        y = np.load(y_path)
+        if name in SAME_BITS_WORKERS and not np.array_equal(y, base, equal_nan=True):
+            findings.append({"kind": "bits", "variant": name, "err": rel_err(base, y)})
+        e = rel_err(ref, y)
         if e > RTOL:
             findings.append({"kind": "vs_ort", "variant": name, "err": e})
     return ("failed" if findings else "ok"), findings
@@ -214,7 +222,7 @@ def main() -> None:
     ap.add_argument("--cases", type=int, default=100)
     ap.add_argument("--out", type=Path, help="JSON file of the failures (and counts)")
     ap.add_argument("--spec", type=Path, help="replay one case spec (JSON) and print its findings")
-    ap.add_argument("--no-arch", action="store_true", help="skip the AVX2 / portable worker processes")
+    ap.add_argument("--no-arch", action="store_true", help="skip the AVX2 / portable / im2col worker processes")
     ap.add_argument("--budget", type=int, default=fuzz_graphs.FLOAT_BUDGET,
                     help="largest input, per sample, in floats (bigger: larger planes and channel counts)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

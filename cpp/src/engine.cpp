@@ -204,7 +204,8 @@ const char* Engine::step_kernel(size_t i) const {
     const kernels::ConvParams& p = s.conv;
     if (p.group == p.cin && p.group == p.cout && p.group > 1) return "conv-dw";
     if (s.s2_direct) return "conv-3x3s2-direct";  // kernels::conv_s2_small
-    return kernels::is_pointwise(p) ? "conv-1x1" : "conv";
+    if (kernels::is_pointwise(p)) return "conv-1x1";
+    return kernels::conv_implicit(p) ? "conv-implicit" : "conv";  // B packed from the input: no im2col
   }
   return op_name(s.op);
 }

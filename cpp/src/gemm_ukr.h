@@ -30,6 +30,20 @@ struct Ukr {
   const char* name;
 };
 
+// B supplied block by block by its producer instead of read from a [K][N] matrix (an
+// implicit-GEMM conv packs straight from the input image): fn writes rows [k0, k0 + kc)
+// x columns [n0, n0 + nc) of B as ceil(nc / w) strips of [kc][w] floats, strip t at
+// out + t * w * kc, the columns past nc zero (w = strip_width()).
+struct BPacker {
+  void (*fn)(const void* ctx, int64_t k0, int64_t kc, int64_t n0, int64_t nc, float* out);
+  const void* ctx;
+};
+// sgemm with B from packer: the same tiles, blocks, kernel calls and sums as sgemm on that B.
+void sgemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                    const BPacker& packer, float* C, int64_t ldc, float* scratch, int threads,
+                    const GemmEpilogue* ep);
+int64_t strip_width();  // the chosen micro-kernel's strip width (32 AVX-512, else 16)
+
 // AVX-512F 8x32 kernel (kernels_gemm_avx512.cpp); fn == nullptr where not built.
 Ukr avx512_kernel();
 bool has_avx512();  // CPU has AVX-512F, not forced portable, EDGERUN_NO_AVX512 unset

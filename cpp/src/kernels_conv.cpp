@@ -1,6 +1,6 @@
 // Convolution: 1x1/stride-1 as a plain GEMM on the input, depthwise as a
 // direct loop with contiguous inner rows, everything else im2col + GEMM per
-// group. Bias and the fused activation are applied in the GEMM epilogue.
+// group (implicit GEMM where conv_implicit: B packed from the input, no im2col). Bias and the fused activation are applied in the GEMM epilogue.
 #include <algorithm>
 #include <cstring>
 
@@ -153,7 +153,8 @@ void im2col_f32(const ConvParams& p, int64_t cin_g, const float* x, float* col, 
 
 size_t conv2d_scratch_floats(const ConvParams& p, int threads) {
   if (is_depthwise(p)) return depthwise_scratch_floats(p, threads);
-  size_t col = is_pointwise(p) ? 0 : size_t((p.cin / p.group) * p.kh * p.kw * p.oh * p.ow);
+  const bool no_col = is_pointwise(p) || conv_implicit(p);
+  size_t col = no_col ? 0 : size_t((p.cin / p.group) * p.kh * p.kw * p.oh * p.ow);
   return col + sgemm_scratch_floats(threads);
 }
 
@@ -166,19 +167,24 @@ void conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w, 
   const int64_t cin_g = p.cin / p.group, cout_g = p.cout / p.group;
   const int64_t kdim = cin_g * p.kh * p.kw, plane = p.oh * p.ow;
   const bool pw = is_pointwise(p);
+  const bool implicit = !pw && conv_implicit(p);
   float* col = scratch;
-  float* pack = pw ? scratch : scratch + kdim * plane;
+  float* pack = pw || implicit ? scratch : scratch + kdim * plane;
   for (int64_t n = 0; n < batch; ++n) {
     const float* xn = x + n * p.cin * p.h * p.w;
     float* yn = y + n * p.cout * plane;
     for (int64_t g = 0; g < p.group; ++g) {
       const float* xg = xn + g * cin_g * p.h * p.w;
+      const GemmEpilogue ep{bias ? bias + g * cout_g : nullptr, nullptr, p.act, p.lo, p.hi};
+      if (implicit) {
+        conv2d_implicit(p, xg, w + g * cout_g * kdim, ep, yn + g * cout_g * plane, pack, threads);
+        continue;
+      }
       const float* B = xg;
       if (!pw) {
         im2col_f32(p, cin_g, xg, col, threads);
         B = col;
       }
-      const GemmEpilogue ep{bias ? bias + g * cout_g : nullptr, nullptr, p.act, p.lo, p.hi};
       sgemm(cout_g, plane, kdim, w + g * cout_g * kdim, kdim, B, plane, yn + g * cout_g * plane,
             plane, pack, threads, &ep);
     }

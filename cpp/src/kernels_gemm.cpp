@@ -232,6 +232,34 @@ void gemm_tile(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int
   }
 }
 
+// gemm_tile with B from a packer (an implicit-GEMM conv: strips packed from the input image),
+// one strip at a time: the packer writes a strip (kc x 32 floats, 32 KB) and every row tile of
+// A passes over it while it is in L1 (8 x kc floats of A from L2 per call, a quarter of the
+// strip). Packing the whole 128-column block first sent it through L2 and back (ResNet-18's
+// 3x3 convs: ~7 % slower). Same kernel calls on the same values as gemm_tile: the same bits.
+void gemm_tile_packer(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
+                      const float* A, int64_t lda, float* C, int64_t ldc, float* pack,
+                      const GemmEpilogue* ep, const gemm::BPacker& packer) {
+  const int64_t nc = n1 - n0;
+  const int64_t MR = u.mr, NR = u.nr;
+  for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+    const int64_t kc = std::min(kKC, K - k0);
+    const bool last = ep != nullptr && k0 + kc >= K;
+    for (int64_t s = 0; s < nc; s += NR) {
+      const int64_t nr = std::min(NR, nc - s);
+      packer.fn(packer.ctx, k0, kc, n0 + s, nr, pack);
+      for (int64_t m = m0; m < m1; m += MR) {
+        TileEpi te;
+        if (last)
+          te = {ep->row_bias ? ep->row_bias + m : nullptr, ep->col_bias ? ep->col_bias + n0 + s : nullptr,
+                ep->act, ep->lo, ep->hi};
+        u.fn(kc, A + m * lda + k0, lda, std::min(MR, m1 - m), pack, NR, C + m * ldc + n0 + s, ldc,
+             nr, k0 > 0, last ? &te : nullptr);
+      }
+    }
+  }
+}
+
 // Few rows (a fully connected layer at batch 1-2): B streams through once, four k
 // rows at a time, into the C rows (a task's columns stay in L1). The packed GEMM would
 // copy all of B every call: EfficientNet-Lite0's 1280 x 1000 classifier took 1.06 ms
@@ -374,9 +402,11 @@ size_t sgemm_scratch_floats(int threads) {
   return size_t(std::max(threads, 1)) * size_t(kKC * kNC);
 }
 
-void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
-           int64_t ldb, float* C, int64_t ldc, float* scratch, int threads,
-           const GemmEpilogue* ep) {
+namespace {
+
+void sgemm_impl(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+                int64_t ldb, float* C, int64_t ldc, float* scratch, int threads,
+                const GemmEpilogue* ep, const gemm::BPacker* packer) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     for (int64_t m = 0; m < M; ++m) {
@@ -389,7 +419,7 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const f
     }
     return;
   }
-  if (M <= kGemvMaxM) {
+  if (M <= kGemvMaxM && packer == nullptr) {
     gemv_rows(M, N, K, A, lda, B, ldb, C, ldc, threads, ep);
     return;
   }
@@ -403,10 +433,35 @@ void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const f
   parallel_for(threads, tasks, [&](int64_t t) {
     const int64_t mi = t / nt, ni = t % nt;
     float* pack = scratch + per_thread * size_t(thread_id());
-    gemm_tile(ukr, mi * mc, std::min(M, (mi + 1) * mc), ni * nc, std::min(N, (ni + 1) * nc),
-              K, A, lda, B, ldb, C, ldc, pack, ep);
+    const int64_t m0 = mi * mc, m1 = std::min(M, (mi + 1) * mc);
+    const int64_t n0 = ni * nc, n1 = std::min(N, (ni + 1) * nc);
+    if (packer != nullptr) gemm_tile_packer(ukr, m0, m1, n0, n1, K, A, lda, C, ldc, pack, ep, *packer);
+    else gemm_tile(ukr, m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, pack, ep);
   });
 }
+
+}  // namespace
+
+void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
+           int64_t ldb, float* C, int64_t ldc, float* scratch, int threads,
+           const GemmEpilogue* ep) {
+  sgemm_impl(M, N, K, A, lda, B, ldb, C, ldc, scratch, threads, ep, nullptr);
+}
+
+namespace gemm {
+
+int64_t strip_width() {
+  static const Ukr ukr = pick_kernel();
+  return ukr.nr;
+}
+
+void sgemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                    const BPacker& packer, float* C, int64_t ldc, float* scratch, int threads,
+                    const GemmEpilogue* ep) {
+  sgemm_impl(M, N, K, A, lda, nullptr, N, C, ldc, scratch, threads, ep, &packer);
+}
+
+}  // namespace gemm
 
 }  // namespace kernels
 }  // namespace edgerun

@@ -35,6 +35,7 @@ void row_max(const PoolParams& p, const float* xr, float* t) {
 // (the first of equal values kept in both), so the answer is the per-window loop's, bit for bit; that
 // loop (two bounds checks per tap, scalar) was 30 % of GoogLeNet's front at 64x64.
 void max_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads) {
+  if (max_pool_s2_avx512(p, planes, x, y, threads)) return;
   parallel_for(threads, planes, [&](int64_t pc) {
     thread_local std::vector<float> rows;
     if (rows.size() < size_t(p.h * p.ow)) rows.resize(size_t(p.h * p.ow));

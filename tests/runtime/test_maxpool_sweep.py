@@ -23,6 +23,8 @@ CASES = [  # (input dims after the channels, kernel, strides, pads, dilations, c
     ((7, 20), [1, 5], [1, 2], [0, 2, 0, 2], [1, 1], 1),
     ((3, 3), [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 0),
     ((40,), [3], [2], [1, 1], [1], 0),
+    ((9, 13), [3, 3], [2, 2], [1, 2, 1, 0], [2, 2], 0),  # stride 2: odd width, odd and even column offsets
+    ((6, 31), [3, 4], [2, 2], [1, 2, 1, 1], [1, 1], 1),
 ]
 
 

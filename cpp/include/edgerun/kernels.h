@@ -85,6 +85,12 @@ void   pointwise_small(const ConvParams& p, int64_t batch, const float* x, const
                        const float* bias, float* y, int threads);
 void   conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w,
               const float* bias, float* y, float* scratch, int threads);
+// Implicit GEMM (kernels_conv_implicit_avx512.cpp): conv2d's im2col convs pack the GEMM's B
+// strips straight from the input, no column matrix, where conv_implicit(p) (AVX-512 kernel,
+// EDGERUN_NO_IMPLICIT_CONV=1 read once per process: never). Same bits as im2col + GEMM.
+bool   conv_implicit(const ConvParams& p);
+void   conv2d_implicit(const ConvParams& p, const float* xg, const float* w, const GemmEpilogue& ep,
+                       float* y, float* scratch, int threads);
 // 3x3 stride-2 convs with cin * 9 <= 64 and cout a multiple of 16 (image stems), AVX-512F:
 // read straight from the input, no im2col (kernels_conv_s2_avx512.cpp), where conv_s2_direct(p)
 // (EDGERUN_NO_DIRECT_CONV=1: never; the engine asks once, at load); conv2d never takes this
@@ -134,6 +140,9 @@ struct PoolParams {
   bool    count_include_pad;
 };
 void max_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads);
+// max_pool for 3-wide stride-2 windows on AVX-512 (kernels_pool_avx512.cpp), same bits; false:
+// not taken (other windows, no AVX-512), nothing written.
+bool max_pool_s2_avx512(const PoolParams& p, int64_t planes, const float* x, float* y, int threads);
 void avg_pool(const PoolParams& p, int64_t planes, const float* x, float* y, int threads);
 void global_avg_pool(int64_t planes, int64_t hw, const float* x, float* y, int threads);
 // y[i0, .., ir-1] = x[sum_d i_d * strides[d]] over the output dims (Transpose, Slice).
