@@ -16,7 +16,7 @@ import onnx
 from onnx import helper
 
 from edgerun.exporters.as_strided import drop_dead_nodes
-from edgerun.exporters.pick_transpose import named_shapes, node_attr
+from edgerun.exporters.pick_transpose import named_shapes, node_attr, readers_of
 
 
 def fold_merged_transposes(model: onnx.ModelProto) -> int:
@@ -25,10 +25,7 @@ def fold_merged_transposes(model: onnx.ModelProto) -> int:
     g = model.graph
     shapes = named_shapes(model)
     producer = {o: n for n in g.node for o in n.output}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = readers_of(g)
     outputs = {o.name for o in g.output}
     done = 0
     for t in [n for n in g.node if n.op_type == "Transpose"]:

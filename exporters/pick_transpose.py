@@ -29,10 +29,7 @@ def fold_batch_transposes(model: onnx.ModelProto) -> int:
     g = model.graph
     shapes = named_shapes(model)
     consts = _constants(g)
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in g.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = readers_of(g)
     outputs = {o.name for o in g.output}
     done = 0
     for t in [n for n in g.node if n.op_type == "Transpose"]:
@@ -143,6 +140,15 @@ def _replace(g: onnx.GraphProto, last: onnx.NodeProto, x: str, axis: int, index:
     g.node.remove(last)
     for k, n in enumerate(nodes):
         g.node.insert(at + k, n)
+
+
+def readers_of(g: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Tensor -> the nodes that read it, in graph order."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return readers
 
 
 def node_attr(node: onnx.NodeProto, name: str, default):
