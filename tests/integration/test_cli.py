@@ -55,7 +55,7 @@ def test_layers_times_every_layer_of_a_bundle_front(digits_bundle):
     rep = json.loads(r.stdout)
     kinds = {s["kernel"] for s in rep["layers"]}
     assert rep["layers"] and all(s["us"] > 0 for s in rep["layers"])
-    assert kinds <= {"conv", "conv-1x1", "conv-dw", "conv-s8", "conv-w8"} | {s["op"] for s in rep["layers"]}
+    assert kinds <= {"conv", "conv-implicit", "conv-1x1", "conv-dw", "conv-s8", "conv-w8"} | {s["op"] for s in rep["layers"]}
     assert abs(sum(rep["by_kernel_us"].values()) - rep["total_us"]) <= 1e-6 * rep["total_us"]
 
 
