@@ -199,12 +199,12 @@ void pack_b(const float* B, int64_t ldb, int64_t kc, int64_t nc, float* out, int
 // activation or the im2col panel is already [K][N]): no packing copy. The first
 // row tile prefetches the next strip, since K row streams outrun the hardware
 // prefetcher; only a partial last strip is packed (zero padded).
-// Packed at load (constant weights): ap (gemm::pack_a's layout, m0 a multiple of the tile rows)
-// is read instead of A, bpk (sgemm_pack_b's strips, n0 a multiple of the strip width: strip
+// Packed at load (constant weights): ap (gemm::pack_a's layout for mpad rows, m0 a multiple of
+// the tile rows) is read instead of A, bpk (sgemm_pack_b's strips, n0 a multiple of the strip width: strip
 // (n0 + s) / NR, K block k0 at + k0 * NR) instead of B and the per-call packing.
 void gemm_tile(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
                const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-               float* pack, const GemmEpilogue* ep, const float* ap, const float* bpk) {
+               float* pack, const GemmEpilogue* ep, const float* ap, int64_t mpad, const float* bpk) {
   const int64_t nc = n1 - n0;
   const bool direct = K <= kKC;
   const int64_t MR = u.mr, NR = u.nr;
@@ -234,7 +234,7 @@ void gemm_tile(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int
           te = {ep->row_bias ? ep->row_bias + m : nullptr, ep->col_bias ? ep->col_bias + n0 + s : nullptr,
                 ep->act, ep->lo, ep->hi};
         if (ap != nullptr)
-          u.fn_pa(kc, ap + m * K + k0 * MR, MR, std::min(MR, m1 - m), bp, ldbp,
+          u.fn_pa(kc, ap + k0 * mpad + m * kc, MR, std::min(MR, m1 - m), bp, ldbp,
                   C + m * ldc + n0 + s, ldc, nr, k0 > 0, last ? &te : nullptr);
         else
           u.fn(kc, A + m * lda + k0, lda, std::min(MR, m1 - m), bp, ldbp, C + m * ldc + n0 + s, ldc,
@@ -251,7 +251,8 @@ void gemm_tile(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int
 // 3x3 convs: ~7 % slower). Same kernel calls on the same values as gemm_tile: the same bits.
 void gemm_tile_packer(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
                       const float* A, int64_t lda, float* C, int64_t ldc, float* pack,
-                      const GemmEpilogue* ep, const gemm::BPacker& packer, const float* ap) {
+                      const GemmEpilogue* ep, const gemm::BPacker& packer, const float* ap,
+                      int64_t mpad) {
   const int64_t nc = n1 - n0;
   const int64_t MR = u.mr, NR = u.nr;
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
@@ -266,7 +267,7 @@ void gemm_tile_packer(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t 
           te = {ep->row_bias ? ep->row_bias + m : nullptr, ep->col_bias ? ep->col_bias + n0 + s : nullptr,
                 ep->act, ep->lo, ep->hi};
         if (ap != nullptr)
-          u.fn_pa(kc, ap + m * K + k0 * MR, MR, std::min(MR, m1 - m), pack, NR,
+          u.fn_pa(kc, ap + k0 * mpad + m * kc, MR, std::min(MR, m1 - m), pack, NR,
                   C + m * ldc + n0 + s, ldc, nr, k0 > 0, last ? &te : nullptr);
         else
           u.fn(kc, A + m * lda + k0, lda, std::min(MR, m1 - m), pack, NR, C + m * ldc + n0 + s, ldc,
@@ -453,14 +454,15 @@ void sgemm_impl(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, co
   if (threads > 1 && M * N * K >= kMinSplitMacs)
     split_tasks(M, N, threads, ukr, &mc, &nc, bpk != nullptr ? ukr.nr : 16);
   const int64_t mt = (M + mc - 1) / mc, nt = (N + nc - 1) / nc, tasks = mt * nt;
+  const int64_t mpad = (M + ukr.mr - 1) / ukr.mr * ukr.mr;  // rows of a packed A
   const size_t per_thread = sgemm_scratch_floats(1);
   parallel_for(threads, tasks, [&](int64_t t) {
     const int64_t mi = t / nt, ni = t % nt;
     float* pack = scratch + per_thread * size_t(thread_id());
     const int64_t m0 = mi * mc, m1 = std::min(M, (mi + 1) * mc);
     const int64_t n0 = ni * nc, n1 = std::min(N, (ni + 1) * nc);
-    if (packer != nullptr) gemm_tile_packer(ukr, m0, m1, n0, n1, K, A, lda, C, ldc, pack, ep, *packer, ap);
-    else gemm_tile(ukr, m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, pack, ep, ap, bpk);
+    if (packer != nullptr) gemm_tile_packer(ukr, m0, m1, n0, n1, K, A, lda, C, ldc, pack, ep, *packer, ap, mpad);
+    else gemm_tile(ukr, m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, pack, ep, ap, mpad, bpk);
   });
 }
 
@@ -515,9 +517,10 @@ size_t pack_a_floats(int64_t M, int64_t K) {
 void pack_a(int64_t M, int64_t K, const float* A, int64_t lda, float* out) {
   static const Ukr ukr = pick_kernel();
   const int64_t MR = ukr.mr;
-  for (int64_t m = 0; m < M; m += MR)
-    for (int64_t k = 0; k < K; ++k)
-      for (int64_t r = 0; r < MR; ++r) *out++ = m + r < M ? A[(m + r) * lda + k] : 0.f;
+  for (int64_t k0 = 0; k0 < K; k0 += kKC)
+    for (int64_t m = 0; m < M; m += MR)
+      for (int64_t k = k0; k < std::min(K, k0 + kKC); ++k)
+        for (int64_t r = 0; r < MR; ++r) *out++ = m + r < M ? A[(m + r) * lda + k] : 0.f;
 }
 
 void sgemm_pa(int64_t M, int64_t N, int64_t K, const float* ap, const float* B, int64_t ldb,

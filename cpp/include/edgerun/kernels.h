@@ -95,9 +95,9 @@ void   pointwise_small(const ConvParams& p, int64_t batch, const float* x, const
 void   conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w,
               const float* bias, float* y, float* scratch, int threads,
               const float* wpack = nullptr);
-// The GEMM's A operand (the weights) packed once, at load, into the micro-kernel's [K][8]
-// panels per 8-row tile, so conv2d's GEMM reads them as one contiguous stream. Same bits.
-// conv2d_pack_floats: the packed size in floats, 0 where conv2d would not use it
+// The GEMM's A operand (the weights) packed once, at load, into the micro-kernel's [kc][8]
+// panels per K block and 8-row tile, so conv2d's GEMM reads them as one contiguous stream
+// (gemm_ukr.h pack_a). Same bits. conv2d_pack_floats: the packed size in floats, 0 where conv2d would not use it
 // (depthwise, cout / group <= 2, no AVX-512 kernel, EDGERUN_NO_PACK_A=1 read once).
 size_t conv2d_pack_floats(const ConvParams& p);
 void   conv2d_pack_weights(const ConvParams& p, const float* w, float* packed);
