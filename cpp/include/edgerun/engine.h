@@ -92,10 +92,12 @@ class Engine {
   uint64_t arena_bytes() const { return arena_bytes_; }
   uint64_t naive_bytes() const { return naive_bytes_; }
   // Kernel scratch, the dequant buffer and fused-chain strips. Weights made at load are
-  // not counted: dequantized depthwise filters are tiny, and the packed weights of 1x1
-  // convs on small planes replace the file's pages (handed back with madvise), so
+  // not counted: dequantized depthwise filters are tiny, and the packed weights (1x1 convs
+  // on small planes, the GEMM convs' panels, small Gemms' strips) replace the file's pages
+  // (handed back with madvise; only row / column padding to the tile is extra), so
   // weight_bytes() still bounds the resident weights (whole EfficientNet-Lite0: RSS
-  // growth after load + 5 runs 21.4 MB without them, 20.1 MB with).
+  // growth after load + 5 runs 21.4 MB without them, 20.1 MB with; ResNet-50 / ViT fronts
+  // with the GEMM packing: within 0.3 MiB of the build before it).
   uint64_t scratch_bytes() const {
     return (scratch_floats_ + deq_floats_ + fused_floats()) * sizeof(float);
   }
