@@ -54,32 +54,69 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, int32_t ma
   return e;
 }
 
+namespace {
+// A weight the engine packed a copy of is not read again: its pages of the file are handed back
+// (the mapping is a private, read-only file mapping, so a later read would fault them in from the
+// file), and the packed copy replaces it instead of doubling that layer's weight memory.
+void release_pages(const float* w, uint64_t bytes) {
+  const long page = sysconf(_SC_PAGESIZE);
+  const uintptr_t a = reinterpret_cast<uintptr_t>(w), b = a + bytes;
+  const uintptr_t lo = (a + page - 1) / page * page, hi = b / page * page;
+  if (page > 0 && hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+}
+}  // namespace
+
 // The fp32 conv kernels other than im2col + GEMM, chosen once here: the knobs that turn them off
 // are read when the engine loads (EDGERUN_NO_DIRECT_CONV was read on every run: set after a load,
 // a stem conv took im2col + GEMM on a scratch sized for the direct kernel and wrote past it).
 // - 3x3 stride-2 stems read their input directly (kernels::conv_s2_small).
 // - 1x1 convs where the GEMM tile would waste lanes (7x7 planes): their weights are packed once
 //   for kernels::pointwise_small. Fused chains keep the GEMM (their strips are other widths).
+// - Other fp32 convs that run the GEMM (im2col, implicit, 1x1): their weights are packed once
+//   into the micro-kernel's [K][8] panels (kernels::conv2d_pack_weights, Step::wpack).
 // Each gives the same bits as im2col + GEMM.
+// Also fp32 Gemm steps with constant weights and 3..kPackBMaxRows rows at batch 1 (a small
+// ViT's tokens): B packed once into the GEMM's strips (kernels::sgemm_pack_b, Step::bpack),
+// same bits as sgemm. With few rows the per-call packing is a large share of the GEMM
+// (ab_builds on MatMul + Add graphs, K x N = 384 x 1536, 1536 x 384, 192 x 768: 8 rows
+// 0.82-0.94x, 17 rows 0.82-0.96x the time); with many it is not, and reading the prepacked
+// strips from memory was slower (197 rows: 0.96-1.06x; ViT-S/16's 197-token Linears 1.08-1.12x).
+constexpr int64_t kPackBMaxRows = 32;
+
 void Engine::pick_conv_kernels() {
   for (Step& s : steps_) {
-    if (s.op == OpCode::kConv && !s.use_s8 && s.fuse == 0) s.s2_direct = kernels::conv_s2_direct(s.conv);
-    if (s.op != OpCode::kConv || s.prec != Precision::kFp32 || s.fuse != 0 ||
-        !kernels::pointwise_small_n(s.conv))
+    if (s.op == OpCode::kGemm && s.prec == Precision::kFp32) {
+      const NodeInfo& nd = graph_.nodes()[s.node];
+      const TensorInfo& bt = graph_.tensors()[nd.inputs[1]];
+      const size_t floats = kernels::sgemm_pack_b_floats(s.k, s.n);
+      const int64_t rows = graph_.tensors()[nd.inputs[0]].numel(1) / s.k;  // at batch 1
+      if (bt.kind != TensorKind::kWeight || bt.data == nullptr || floats == 0 || rows <= 2 ||
+          rows > kPackBMaxRows)
+        continue;
+      owned_f32_.emplace_back(floats);
+      kernels::sgemm_pack_b(s.k, s.n, bt.data, s.n, owned_f32_.back().data());
+      s.bpack = owned_f32_.back().data();
+      release_pages(bt.data, bt.data_bytes);
       continue;
+    }
+    if (s.op == OpCode::kConv && !s.use_s8 && s.fuse == 0) s.s2_direct = kernels::conv_s2_direct(s.conv);
+    if (s.op != OpCode::kConv || s.prec != Precision::kFp32 || s.fuse != 0 || s.s2_direct) continue;
+    const bool small = kernels::pointwise_small_n(s.conv);
+    const size_t gemm_floats = small ? 0 : kernels::conv2d_pack_floats(s.conv);
+    if (!small && gemm_floats == 0) continue;
     const TensorInfo& wt = graph_.tensors()[graph_.nodes()[s.node].inputs[1]];
     const float* w = wt.data;
     if (w == nullptr) continue;  // weights computed at run time: not packable
-    owned_f32_.emplace_back(kernels::pointwise_small_pack_floats(s.conv));
-    kernels::pointwise_small_pack(s.conv, w, owned_f32_.back().data());
-    s.wsmall = owned_f32_.back().data();
-    // The file's copy is not read again: hand its pages back (the mapping is a private,
-    // read-only file mapping, so a later read would fault them in from the file), and
-    // the packed copy replaces it instead of doubling these layers' weight memory.
-    const long page = sysconf(_SC_PAGESIZE);
-    const uintptr_t a = reinterpret_cast<uintptr_t>(w), b = a + wt.data_bytes;
-    const uintptr_t lo = (a + page - 1) / page * page, hi = b / page * page;
-    if (page > 0 && hi > lo) madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+    if (small) {
+      owned_f32_.emplace_back(kernels::pointwise_small_pack_floats(s.conv));
+      kernels::pointwise_small_pack(s.conv, w, owned_f32_.back().data());
+      s.wsmall = owned_f32_.back().data();
+    } else {
+      owned_f32_.emplace_back(gemm_floats);
+      kernels::conv2d_pack_weights(s.conv, w, owned_f32_.back().data());
+      s.wpack = owned_f32_.back().data();
+    }
+    release_pages(w, wt.data_bytes);
   }
 }
 
@@ -237,7 +274,7 @@ Status Engine::run_step(const Step& s, int32_t batch) {
         w = deq_.get();
       }
       if (s.s2_direct) kernels::conv_s2_small(s.conv, n, in(0), w, in(2), y, scratch_.get(), th);
-      else kernels::conv2d(s.conv, n, in(0), w, in(2), y, scratch_.get(), th);
+      else kernels::conv2d(s.conv, n, in(0), w, in(2), y, scratch_.get(), th, s.wpack);
       break;
     }
     case OpCode::kGemm: {
@@ -248,7 +285,8 @@ Status Engine::run_step(const Step& s, int32_t batch) {
         b = deq_.get();
       }
       const kernels::GemmEpilogue ep{nullptr, in(2), s.act, s.p0, s.p1};
-      kernels::sgemm(rows, s.n, s.k, in(0), s.k, b, s.n, y, s.n, scratch_.get(), th, &ep);
+      if (s.bpack != nullptr) kernels::sgemm_pb(rows, s.n, s.k, in(0), s.k, s.bpack, y, s.n, scratch_.get(), th, &ep);
+      else kernels::sgemm(rows, s.n, s.k, in(0), s.k, b, s.n, y, s.n, scratch_.get(), th, &ep);
       break;
     }
     case OpCode::kAdd: case OpCode::kSub: case OpCode::kMul: case OpCode::kDiv: case OpCode::kPRelu: {

@@ -28,6 +28,7 @@ struct Ukr {
   MicroKernel fn;
   int64_t     mr, nr;  // full tile shape
   const char* name;
+  MicroKernel fn_pa;   // the same kernel on a packed A panel (pack_a layout); nullptr: none
 };
 
 // B supplied block by block by its producer instead of read from a [K][N] matrix (an
@@ -39,9 +40,23 @@ struct BPacker {
   const void* ctx;
 };
 // sgemm with B from packer: the same tiles, blocks, kernel calls and sums as sgemm on that B.
+// ap: A packed by pack_a (then A / lda are not read), or nullptr.
 void sgemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                     const BPacker& packer, float* C, int64_t ldc, float* scratch, int threads,
-                    const GemmEpilogue* ep);
+                    const GemmEpilogue* ep, const float* ap = nullptr);
+
+// A packed once (constant weights, at load): K block by K block (block k0 at out + k0 * Mp,
+// Mp = M rounded up to mr), each block's row tiles in turn (tile m at + m * kc), each tile
+// [kc][mr] floats, rows past M zero: a K block of A is one contiguous run, and the kernel reads
+// one stream instead of mr rows at stride lda; same products in the same order. (Tile by tile
+// with all of K per tile instead: the ViT patch-embedding conv 1.07-1.12x, ResNet-18 ~1.00x its
+// time unpacked; this layout 1.03x and 0.97-0.98x.)
+bool    packed_a_ok();                    // the chosen kernel has a packed-A form
+size_t  pack_a_floats(int64_t M, int64_t K);
+void    pack_a(int64_t M, int64_t K, const float* A, int64_t lda, float* out);
+// sgemm on A packed by pack_a (M > 2: the row-at-a-time path reads A in place).
+void    sgemm_pa(int64_t M, int64_t N, int64_t K, const float* ap, const float* B, int64_t ldb,
+                 float* C, int64_t ldc, float* scratch, int threads, const GemmEpilogue* ep);
 int64_t strip_width();  // the chosen micro-kernel's strip width (32 AVX-512, else 16)
 
 // AVX-512F 8x32 kernel (kernels_gemm_avx512.cpp); fn == nullptr where not built.

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "edgerun/kernels.h"
+#include "env.h"
 #include "gemm_ukr.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -158,8 +159,23 @@ size_t conv2d_scratch_floats(const ConvParams& p, int threads) {
   return col + sgemm_scratch_floats(threads);
 }
 
+size_t conv2d_pack_floats(const ConvParams& p) {
+  static const bool off = env_flag("EDGERUN_NO_PACK_A");
+  const int64_t cout_g = p.cout / p.group, kdim = (p.cin / p.group) * p.kh * p.kw;
+  if (off || (is_depthwise(p) && p.kh * p.kw > 0) || cout_g <= 2 || kdim <= 0 || !gemm::packed_a_ok())
+    return 0;
+  return size_t(p.group) * gemm::pack_a_floats(cout_g, kdim);
+}
+
+void conv2d_pack_weights(const ConvParams& p, const float* w, float* packed) {
+  const int64_t cout_g = p.cout / p.group, kdim = (p.cin / p.group) * p.kh * p.kw;
+  const size_t per = gemm::pack_a_floats(cout_g, kdim);
+  for (int64_t g = 0; g < p.group; ++g)
+    gemm::pack_a(cout_g, kdim, w + g * cout_g * kdim, kdim, packed + size_t(g) * per);
+}
+
 void conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w, const float* bias,
-            float* y, float* scratch, int threads) {
+            float* y, float* scratch, int threads, const float* wpack) {
   if (is_depthwise(p) && p.kh * p.kw > 0) {
     depthwise_conv(p, batch, x, w, bias, y, scratch, threads);
     return;
@@ -176,8 +192,9 @@ void conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w, 
     for (int64_t g = 0; g < p.group; ++g) {
       const float* xg = xn + g * cin_g * p.h * p.w;
       const GemmEpilogue ep{bias ? bias + g * cout_g : nullptr, nullptr, p.act, p.lo, p.hi};
+      const float* wp = wpack ? wpack + size_t(g) * gemm::pack_a_floats(cout_g, kdim) : nullptr;
       if (implicit) {
-        conv2d_implicit(p, xg, w + g * cout_g * kdim, ep, yn + g * cout_g * plane, pack, threads);
+        conv2d_implicit(p, xg, w + g * cout_g * kdim, ep, yn + g * cout_g * plane, pack, threads, wp);
         continue;
       }
       const float* B = xg;
@@ -185,8 +202,12 @@ void conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w, 
         im2col_f32(p, cin_g, xg, col, threads);
         B = col;
       }
-      sgemm(cout_g, plane, kdim, w + g * cout_g * kdim, kdim, B, plane, yn + g * cout_g * plane,
-            plane, pack, threads, &ep);
+      if (wp != nullptr)
+        gemm::sgemm_pa(cout_g, plane, kdim, wp, B, plane, yn + g * cout_g * plane, plane, pack,
+                       threads, &ep);
+      else
+        sgemm(cout_g, plane, kdim, w + g * cout_g * kdim, kdim, B, plane, yn + g * cout_g * plane,
+              plane, pack, threads, &ep);
     }
   }
 }

@@ -129,16 +129,16 @@ bool conv_implicit(const ConvParams& p) {
 }
 
 void conv2d_implicit(const ConvParams& p, const float* xg, const float* w, const GemmEpilogue& ep,
-                     float* y, float* scratch, int threads) {
+                     float* y, float* scratch, int threads, const float* wpack) {
   const ConvB ctx{&p, xg};
   const int64_t kdim = (p.cin / p.group) * p.kh * p.kw;
   gemm::sgemm_packed_b(p.cout / p.group, p.oh * p.ow, kdim, w, kdim, {pack_conv, &ctx}, y,
-                       p.oh * p.ow, scratch, threads, &ep);
+                       p.oh * p.ow, scratch, threads, &ep, wpack);
 }
 #else
 bool conv_implicit(const ConvParams&) { return false; }
 void conv2d_implicit(const ConvParams&, const float*, const float*, const GemmEpilogue&, float*,
-                     float*, int) {}
+                     float*, int, const float*) {}
 #endif
 
 }  // namespace kernels

@@ -2,7 +2,9 @@
 // AVX-512 8x32 (kernels_gemm_avx512.cpp), AVX2+FMA 6x16, or a portable 6x16
 // the compiler vectorises. When K fits one block (1x1 convs, im2col panels of
 // small convs) full B strips are read in place; otherwise B is packed per
-// (K block, N block) into strips. A rows are read in place. Bias + activation
+// (K block, N block) into strips. A rows are read in place. Constant weights may
+// instead be packed once at load (kernels::conv2d_pack_weights: A in [K][8] panels
+// per 8-row tile; sgemm_pack_b: B in strips), same sums. Bias + activation
 // are applied to each tile in registers after its last K block (no second
 // pass over C).
 #include <algorithm>
@@ -11,6 +13,7 @@
 #include <cstring>
 
 #include "edgerun/kernels.h"
+#include "edgerun/status.h"
 #include "env.h"
 #include "gemm_ukr.h"
 
@@ -196,9 +199,12 @@ void pack_b(const float* B, int64_t ldb, int64_t kc, int64_t nc, float* out, int
 // activation or the im2col panel is already [K][N]): no packing copy. The first
 // row tile prefetches the next strip, since K row streams outrun the hardware
 // prefetcher; only a partial last strip is packed (zero padded).
+// Packed at load (constant weights): ap (gemm::pack_a's layout for mpad rows, m0 a multiple of
+// the tile rows) is read instead of A, bpk (sgemm_pack_b's strips, n0 a multiple of the strip width: strip
+// (n0 + s) / NR, K block k0 at + k0 * NR) instead of B and the per-call packing.
 void gemm_tile(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
                const float* A, int64_t lda, const float* B, int64_t ldb, float* C, int64_t ldc,
-               float* pack, const GemmEpilogue* ep) {
+               float* pack, const GemmEpilogue* ep, const float* ap, int64_t mpad, const float* bpk) {
   const int64_t nc = n1 - n0;
   const bool direct = K <= kKC;
   const int64_t MR = u.mr, NR = u.nr;
@@ -206,14 +212,16 @@ void gemm_tile(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     const int64_t kc = std::min(kKC, K - k0);
     const bool last = ep != nullptr && k0 + kc >= K;
-    if (!direct) pack_b(B + k0 * ldb + n0, ldb, kc, nc, pack, NR);
-    else if (tail < nc) pack_b(B + n0 + tail, ldb, kc, nc - tail, pack, NR);
+    if (bpk == nullptr && !direct) pack_b(B + k0 * ldb + n0, ldb, kc, nc, pack, NR);
+    else if (bpk == nullptr && tail < nc) pack_b(B + n0 + tail, ldb, kc, nc - tail, pack, NR);
     for (int64_t m = m0; m < m1; m += MR) {
       for (int64_t s = 0; s < nc; s += NR) {
         const int64_t nr = std::min(NR, nc - s);
         const float* bp = pack + s * kc;
         int64_t ldbp = NR;
-        if (direct && nr == NR) {
+        if (bpk != nullptr) {
+          bp = bpk + (n0 + s) * K + k0 * NR;
+        } else if (direct && nr == NR) {
           bp = B + n0 + s;
           ldbp = ldb;
           if (m == m0 && s + 2 * NR <= nc)
@@ -225,8 +233,12 @@ void gemm_tile(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int
         if (last)
           te = {ep->row_bias ? ep->row_bias + m : nullptr, ep->col_bias ? ep->col_bias + n0 + s : nullptr,
                 ep->act, ep->lo, ep->hi};
-        u.fn(kc, A + m * lda + k0, lda, std::min(MR, m1 - m), bp, ldbp, C + m * ldc + n0 + s, ldc,
-            nr, k0 > 0, last ? &te : nullptr);
+        if (ap != nullptr)
+          u.fn_pa(kc, ap + k0 * mpad + m * kc, MR, std::min(MR, m1 - m), bp, ldbp,
+                  C + m * ldc + n0 + s, ldc, nr, k0 > 0, last ? &te : nullptr);
+        else
+          u.fn(kc, A + m * lda + k0, lda, std::min(MR, m1 - m), bp, ldbp, C + m * ldc + n0 + s, ldc,
+               nr, k0 > 0, last ? &te : nullptr);
       }
     }
   }
@@ -239,7 +251,8 @@ void gemm_tile(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int
 // 3x3 convs: ~7 % slower). Same kernel calls on the same values as gemm_tile: the same bits.
 void gemm_tile_packer(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int64_t K,
                       const float* A, int64_t lda, float* C, int64_t ldc, float* pack,
-                      const GemmEpilogue* ep, const gemm::BPacker& packer) {
+                      const GemmEpilogue* ep, const gemm::BPacker& packer, const float* ap,
+                      int64_t mpad) {
   const int64_t nc = n1 - n0;
   const int64_t MR = u.mr, NR = u.nr;
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
@@ -253,8 +266,12 @@ void gemm_tile_packer(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t 
         if (last)
           te = {ep->row_bias ? ep->row_bias + m : nullptr, ep->col_bias ? ep->col_bias + n0 + s : nullptr,
                 ep->act, ep->lo, ep->hi};
-        u.fn(kc, A + m * lda + k0, lda, std::min(MR, m1 - m), pack, NR, C + m * ldc + n0 + s, ldc,
-             nr, k0 > 0, last ? &te : nullptr);
+        if (ap != nullptr)
+          u.fn_pa(kc, ap + k0 * mpad + m * kc, MR, std::min(MR, m1 - m), pack, NR,
+                  C + m * ldc + n0 + s, ldc, nr, k0 > 0, last ? &te : nullptr);
+        else
+          u.fn(kc, A + m * lda + k0, lda, std::min(MR, m1 - m), pack, NR, C + m * ldc + n0 + s, ldc,
+               nr, k0 > 0, last ? &te : nullptr);
       }
     }
   }
@@ -352,13 +369,15 @@ void gemv_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, con
 // whose task count is a multiple of the threads (and at least two per thread) is used,
 // in whole 32-column strips where one fits (then 16). Which rows or columns a task takes
 // changes no sum, so neither does the thread count.
-void split_tasks(int64_t M, int64_t N, int threads, const Ukr& ukr, int64_t* mc, int64_t* nc) {
+void split_tasks(int64_t M, int64_t N, int threads, const Ukr& ukr, int64_t* mc, int64_t* nc,
+                 int64_t min_unit) {
   const auto even = [&](int64_t tasks) { return tasks % threads == 0 && tasks >= 2 * threads; };
   const auto up = [](int64_t v, int64_t to) { return (v + to - 1) / to * to; };
   const int64_t mt = (M + kMC - 1) / kMC, nt = (N + kNC - 1) / kNC;
   if (even(mt * nt)) return;
   if (M <= N) {  // A is the smaller operand: more column blocks
-    for (const int64_t unit : {int64_t(32), int64_t(16)})
+    for (const int64_t unit : {int64_t(32), int64_t(16)}) {
+      if (unit < min_unit) break;
       for (int64_t want = nt; want <= (N + unit - 1) / unit; ++want) {
         const int64_t c = up((N + want - 1) / want, unit);
         if (even(mt * ((N + c - 1) / c))) {
@@ -366,6 +385,7 @@ void split_tasks(int64_t M, int64_t N, int threads, const Ukr& ukr, int64_t* mc,
           return;
         }
       }
+    }
     return;
   }
   for (int64_t want = mt; want <= (M + ukr.mr - 1) / ukr.mr; ++want) {
@@ -406,7 +426,8 @@ namespace {
 
 void sgemm_impl(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
                 int64_t ldb, float* C, int64_t ldc, float* scratch, int threads,
-                const GemmEpilogue* ep, const gemm::BPacker* packer) {
+                const GemmEpilogue* ep, const gemm::BPacker* packer, const float* ap,
+                const float* bpk = nullptr) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     for (int64_t m = 0; m < M; ++m) {
@@ -420,23 +441,28 @@ void sgemm_impl(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, co
     return;
   }
   if (M <= kGemvMaxM && packer == nullptr) {
+    ER_ASSERT(ap == nullptr && bpk == nullptr);  // the row-at-a-time path reads A, B in place
     gemv_rows(M, N, K, A, lda, B, ldb, C, ldc, threads, ep);
     return;
   }
   static const Ukr ukr = pick_kernel();
+  ER_ASSERT(ap == nullptr || ukr.fn_pa != nullptr);
   int64_t mc = kMC, nc = kNC;
   // Under ~1M multiply-adds (~10 us) a parallel region costs more than it shares out
   // (the digits CNN's convs: its 2-thread fronts measured 20 % slower split).
-  if (threads > 1 && M * N * K >= kMinSplitMacs) split_tasks(M, N, threads, ukr, &mc, &nc);
+  // Prepacked B: column blocks in whole strips (split_tasks' 16-column fallback would cut one).
+  if (threads > 1 && M * N * K >= kMinSplitMacs)
+    split_tasks(M, N, threads, ukr, &mc, &nc, bpk != nullptr ? ukr.nr : 16);
   const int64_t mt = (M + mc - 1) / mc, nt = (N + nc - 1) / nc, tasks = mt * nt;
+  const int64_t mpad = (M + ukr.mr - 1) / ukr.mr * ukr.mr;  // rows of a packed A
   const size_t per_thread = sgemm_scratch_floats(1);
   parallel_for(threads, tasks, [&](int64_t t) {
     const int64_t mi = t / nt, ni = t % nt;
     float* pack = scratch + per_thread * size_t(thread_id());
     const int64_t m0 = mi * mc, m1 = std::min(M, (mi + 1) * mc);
     const int64_t n0 = ni * nc, n1 = std::min(N, (ni + 1) * nc);
-    if (packer != nullptr) gemm_tile_packer(ukr, m0, m1, n0, n1, K, A, lda, C, ldc, pack, ep, *packer);
-    else gemm_tile(ukr, m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, pack, ep);
+    if (packer != nullptr) gemm_tile_packer(ukr, m0, m1, n0, n1, K, A, lda, C, ldc, pack, ep, *packer, ap, mpad);
+    else gemm_tile(ukr, m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, pack, ep, ap, mpad, bpk);
   });
 }
 
@@ -445,7 +471,24 @@ void sgemm_impl(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, co
 void sgemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* B,
            int64_t ldb, float* C, int64_t ldc, float* scratch, int threads,
            const GemmEpilogue* ep) {
-  sgemm_impl(M, N, K, A, lda, B, ldb, C, ldc, scratch, threads, ep, nullptr);
+  sgemm_impl(M, N, K, A, lda, B, ldb, C, ldc, scratch, threads, ep, nullptr, nullptr);
+}
+
+size_t sgemm_pack_b_floats(int64_t K, int64_t N) {
+  static const bool off = env_flag("EDGERUN_NO_PACK_B");
+  static const Ukr ukr = pick_kernel();
+  if (off || K <= 0 || N <= 0) return 0;
+  return size_t((N + ukr.nr - 1) / ukr.nr) * size_t(ukr.nr) * size_t(K);
+}
+
+void sgemm_pack_b(int64_t K, int64_t N, const float* B, int64_t ldb, float* packed) {
+  static const Ukr ukr = pick_kernel();
+  for (int64_t n = 0; n < N; n += ukr.nr) pack_b(B + n, ldb, K, std::min(ukr.nr, N - n), packed + n * K, ukr.nr);
+}
+
+void sgemm_pb(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* bpacked,
+              float* C, int64_t ldc, float* scratch, int threads, const GemmEpilogue* ep) {
+  sgemm_impl(M, N, K, A, lda, nullptr, N, C, ldc, scratch, threads, ep, nullptr, nullptr, bpacked);
 }
 
 namespace gemm {
@@ -457,8 +500,32 @@ int64_t strip_width() {
 
 void sgemm_packed_b(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
                     const BPacker& packer, float* C, int64_t ldc, float* scratch, int threads,
-                    const GemmEpilogue* ep) {
-  sgemm_impl(M, N, K, A, lda, nullptr, N, C, ldc, scratch, threads, ep, &packer);
+                    const GemmEpilogue* ep, const float* ap) {
+  sgemm_impl(M, N, K, A, lda, nullptr, N, C, ldc, scratch, threads, ep, &packer, ap);
+}
+
+bool packed_a_ok() {
+  static const Ukr ukr = pick_kernel();
+  return ukr.fn_pa != nullptr;
+}
+
+size_t pack_a_floats(int64_t M, int64_t K) {
+  static const Ukr ukr = pick_kernel();
+  return size_t((M + ukr.mr - 1) / ukr.mr * ukr.mr) * size_t(K);
+}
+
+void pack_a(int64_t M, int64_t K, const float* A, int64_t lda, float* out) {
+  static const Ukr ukr = pick_kernel();
+  const int64_t MR = ukr.mr;
+  for (int64_t k0 = 0; k0 < K; k0 += kKC)
+    for (int64_t m = 0; m < M; m += MR)
+      for (int64_t k = k0; k < std::min(K, k0 + kKC); ++k)
+        for (int64_t r = 0; r < MR; ++r) *out++ = m + r < M ? A[(m + r) * lda + k] : 0.f;
+}
+
+void sgemm_pa(int64_t M, int64_t N, int64_t K, const float* ap, const float* B, int64_t ldb,
+              float* C, int64_t ldc, float* scratch, int threads, const GemmEpilogue* ep) {
+  sgemm_impl(M, N, K, nullptr, 0, B, ldb, C, ldc, scratch, threads, ep, nullptr, ap);
 }
 
 }  // namespace gemm

@@ -68,10 +68,13 @@ __attribute__((target("avx512f"))) inline void store_tile(const __m512 (&c)[kMR]
   }
 }
 
-__attribute__((target("avx512f"))) void ukr_avx512(int64_t kc, const float* A, int64_t lda,
-                                                   int64_t mr, const float* Bp, int64_t ldbp,
-                                                   float* C, int64_t ldc, int64_t nr, bool acc,
-                                                   const TileEpi* ep) {
+// kPA: A is a packed panel, row r of k at A[k * 8 + r] (gemm::pack_a; lda unused), one
+// contiguous stream instead of 8 rows at stride lda. Same products, same order: same bits.
+template <bool kPA>
+__attribute__((target("avx512f"))) inline void ukr_body(int64_t kc, const float* A, int64_t lda,
+                                                        int64_t mr, const float* Bp, int64_t ldbp,
+                                                        float* C, int64_t ldc, int64_t nr, bool acc,
+                                                        const TileEpi* ep) {
   __m512 c[kMR][2];
   const float* a[kMR];
 #pragma GCC unroll 8
@@ -80,13 +83,14 @@ __attribute__((target("avx512f"))) void ukr_avx512(int64_t kc, const float* A, i
     c[r][1] = _mm512_setzero_ps();
     a[r] = A + (r < mr ? r : 0) * lda;
   }
+#define ER_A(r, k) (kPA ? A[(k) * kMR + (r)] : a[r][k])
   if (nr > 16) {
     for (int64_t k = 0; k < kc; ++k) {
       const __m512 b0 = _mm512_loadu_ps(Bp), b1 = _mm512_loadu_ps(Bp + 16);
       Bp += ldbp;
 #pragma GCC unroll 8
       for (int r = 0; r < kMR; ++r) {
-        const __m512 av = _mm512_set1_ps(a[r][k]);
+        const __m512 av = _mm512_set1_ps(ER_A(r, k));
         c[r][0] = _mm512_fmadd_ps(av, b0, c[r][0]);
         c[r][1] = _mm512_fmadd_ps(av, b1, c[r][1]);
       }
@@ -96,9 +100,10 @@ __attribute__((target("avx512f"))) void ukr_avx512(int64_t kc, const float* A, i
       const __m512 b0 = _mm512_loadu_ps(Bp);
       Bp += ldbp;
 #pragma GCC unroll 8
-      for (int r = 0; r < kMR; ++r) c[r][0] = _mm512_fmadd_ps(_mm512_set1_ps(a[r][k]), b0, c[r][0]);
+      for (int r = 0; r < kMR; ++r) c[r][0] = _mm512_fmadd_ps(_mm512_set1_ps(ER_A(r, k)), b0, c[r][0]);
     }
   }
+#undef ER_A
   const __mmask16 m0 = nr >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1);
   const __mmask16 m1 = nr >= 32 ? __mmask16(0xFFFF) : nr > 16 ? __mmask16((1u << (nr - 16)) - 1) : 0;
   if (ep == nullptr) {
@@ -112,6 +117,20 @@ __attribute__((target("avx512f"))) void ukr_avx512(int64_t kc, const float* A, i
   }
 }
 
+__attribute__((target("avx512f"))) void ukr_avx512(int64_t kc, const float* A, int64_t lda,
+                                                   int64_t mr, const float* Bp, int64_t ldbp,
+                                                   float* C, int64_t ldc, int64_t nr, bool acc,
+                                                   const TileEpi* ep) {
+  ukr_body<false>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep);
+}
+
+__attribute__((target("avx512f"))) void ukr_avx512_pa(int64_t kc, const float* A, int64_t lda,
+                                                      int64_t mr, const float* Bp, int64_t ldbp,
+                                                      float* C, int64_t ldc, int64_t nr, bool acc,
+                                                      const TileEpi* ep) {
+  ukr_body<true>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep);
+}
+
 }  // namespace
 
 bool has_avx512() {
@@ -120,10 +139,10 @@ bool has_avx512() {
   return ok;
 }
 
-Ukr avx512_kernel() { return {ukr_avx512, kMR, kNR, "avx512"}; }
+Ukr avx512_kernel() { return {ukr_avx512, kMR, kNR, "avx512", ukr_avx512_pa}; }
 #else
 bool has_avx512() { return false; }
-Ukr avx512_kernel() { return {nullptr, 0, 0, "avx512"}; }
+Ukr avx512_kernel() { return {nullptr, 0, 0, "avx512", nullptr}; }
 #endif
 
 }  // namespace gemm

@@ -51,6 +51,10 @@ struct Step {
   const float*        wdeq = nullptr;  // quantized depthwise Conv: fp32 copy made at load
   const float*        wsmall = nullptr;  // fp32 1x1 Conv on a small plane: packed weights
                                          // for kernels::pointwise_small (made at load)
+  const float*        wpack = nullptr;  // other fp32 GEMM convs: weights in [K][8] panels
+                                        // (kernels::conv2d_pack_weights, made at load)
+  const float*        bpack = nullptr;  // fp32 Gemm, constant B, > 2 rows: B in the GEMM's
+                                        // strips (kernels::sgemm_pack_b, made at load)
   bool                s2_direct = false; // 3x3 stride-2 stem: kernels::conv_s2_small (chosen at load)
   kernels::S8Weights  s8{};
   // Fused chain (engine_fuse.cpp): 1x1 Conv -> depthwise Conv -> 1x1 Conv run by
@@ -88,10 +92,12 @@ class Engine {
   uint64_t arena_bytes() const { return arena_bytes_; }
   uint64_t naive_bytes() const { return naive_bytes_; }
   // Kernel scratch, the dequant buffer and fused-chain strips. Weights made at load are
-  // not counted: dequantized depthwise filters are tiny, and the packed weights of 1x1
-  // convs on small planes replace the file's pages (handed back with madvise), so
+  // not counted: dequantized depthwise filters are tiny, and the packed weights (1x1 convs
+  // on small planes, the GEMM convs' panels, small Gemms' strips) replace the file's pages
+  // (handed back with madvise; only row / column padding to the tile is extra), so
   // weight_bytes() still bounds the resident weights (whole EfficientNet-Lite0: RSS
-  // growth after load + 5 runs 21.4 MB without them, 20.1 MB with).
+  // growth after load + 5 runs 21.4 MB without them, 20.1 MB with; ResNet-50 / ViT fronts
+  // with the GEMM packing: within 0.3 MiB of the build before it).
   uint64_t scratch_bytes() const {
     return (scratch_floats_ + deq_floats_ + fused_floats()) * sizeof(float);
   }
@@ -118,7 +124,7 @@ class Engine {
   Status run_step(const Step& s, int32_t batch);
   void   prepare_quant();                 // int8 GEMM weights, dequant buffer size (quant_prepare.cpp)
   void   fuse_chains();                   // mark 1x1 -> depthwise -> 1x1 chains (engine_fuse.cpp)
-  void   pick_conv_kernels();             // Step::s2_direct, Step::wsmall (engine.cpp)
+  void   pick_conv_kernels();             // Step::s2_direct, wsmall, wpack, bpack (engine.cpp)
   void   plan_fused_buffers();            // fused_strip_ / fused_share_ (engine_fuse.cpp)
   size_t fused_floats() const { return fused_share_ * size_t(threads_); }
   void   run_fused(size_t head, int32_t batch);

@@ -54,6 +54,14 @@ void   sgemm(int64_t M, int64_t N, int64_t K,
              const float* B, int64_t ldb,
              float* C, int64_t ldc,
              float* scratch, int threads, const GemmEpilogue* ep = nullptr);
+// A constant B (a Gemm's weights) packed once, at load, into the micro-kernel's strips: per
+// strip of w columns (w = 32 on AVX-512, else 16), [K][w] floats, columns past N zero.
+// sgemm_pb reads them instead of B (M > 2: the row-at-a-time path reads B in place). Same
+// bits as sgemm. sgemm_pack_b_floats: the packed size, 0 where EDGERUN_NO_PACK_B=1 (read once).
+size_t sgemm_pack_b_floats(int64_t K, int64_t N);
+void   sgemm_pack_b(int64_t K, int64_t N, const float* B, int64_t ldb, float* packed);
+void   sgemm_pb(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* bpacked,
+                float* C, int64_t ldc, float* scratch, int threads, const GemmEpilogue* ep = nullptr);
 
 // ============================================================================
 // Convolution (2-D, grouped, dilated, asymmetric pads) with fused bias + act
@@ -83,14 +91,22 @@ size_t pointwise_small_pack_floats(const ConvParams& p);
 void   pointwise_small_pack(const ConvParams& p, const float* w, float* packed);
 void   pointwise_small(const ConvParams& p, int64_t batch, const float* x, const float* packed,
                        const float* bias, float* y, int threads);
+// wpack: the weights packed once by conv2d_pack_weights (then w is not read), or nullptr.
 void   conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w,
-              const float* bias, float* y, float* scratch, int threads);
+              const float* bias, float* y, float* scratch, int threads,
+              const float* wpack = nullptr);
+// The GEMM's A operand (the weights) packed once, at load, into the micro-kernel's [kc][8]
+// panels per K block and 8-row tile, so conv2d's GEMM reads them as one contiguous stream
+// (gemm_ukr.h pack_a). Same bits. conv2d_pack_floats: the packed size in floats, 0 where conv2d would not use it
+// (depthwise, cout / group <= 2, no AVX-512 kernel, EDGERUN_NO_PACK_A=1 read once).
+size_t conv2d_pack_floats(const ConvParams& p);
+void   conv2d_pack_weights(const ConvParams& p, const float* w, float* packed);
 // Implicit GEMM (kernels_conv_implicit_avx512.cpp): conv2d's im2col convs pack the GEMM's B
 // strips straight from the input, no column matrix, where conv_implicit(p) (AVX-512 kernel,
 // EDGERUN_NO_IMPLICIT_CONV=1 read once per process: never). Same bits as im2col + GEMM.
 bool   conv_implicit(const ConvParams& p);
 void   conv2d_implicit(const ConvParams& p, const float* xg, const float* w, const GemmEpilogue& ep,
-                       float* y, float* scratch, int threads);
+                       float* y, float* scratch, int threads, const float* wpack = nullptr);
 // 3x3 stride-2 convs with cin * 9 <= 64 and cout a multiple of 16 (image stems), AVX-512F:
 // read straight from the input, no im2col (kernels_conv_s2_avx512.cpp), where conv_s2_direct(p)
 // (EDGERUN_NO_DIRECT_CONV=1: never; the engine asks once, at load); conv2d never takes this
