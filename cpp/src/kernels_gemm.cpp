@@ -193,6 +193,23 @@ void pack_b(const float* B, int64_t ldb, int64_t kc, int64_t nc, float* out, int
   }
 }
 
+// One row tile (rows m.., at most m1) x one strip (columns col..col + nr of C) over K block k0 (kc rows):
+// the micro-kernel on A's rows, or on the panels packed at load (ap), the epilogue after the last K block.
+inline void tile_call(const Ukr& u, int64_t kc, int64_t k0, int64_t m, int64_t m1, int64_t col, const float* A,
+                      int64_t lda, const float* ap, int64_t mpad, const float* bp, int64_t ldbp, float* C,
+                      int64_t ldc, int64_t nr, bool last, const GemmEpilogue* ep) {
+  const int64_t MR = u.mr;
+  TileEpi te;
+  if (last)
+    te = {ep->row_bias ? ep->row_bias + m : nullptr, ep->col_bias ? ep->col_bias + col : nullptr, ep->act, ep->lo,
+          ep->hi};
+  float* c = C + m * ldc + col;
+  if (ap != nullptr)
+    u.fn_pa(kc, ap + k0 * mpad + m * kc, MR, std::min(MR, m1 - m), bp, ldbp, c, ldc, nr, k0 > 0, last ? &te : nullptr);
+  else
+    u.fn(kc, A + m * lda + k0, lda, std::min(MR, m1 - m), bp, ldbp, c, ldc, nr, k0 > 0, last ? &te : nullptr);
+}
+
 // One task: rows [m0, m1) x cols [n0, n1) of C, all of K: row tiles outer,
 // the task's strips inner (C is written in 6 runs of <= 128 floats).
 // When K fits one block, full strips are read in place from B (the 1x1-conv
@@ -229,16 +246,7 @@ void gemm_tile(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t n1, int
         } else if (direct) {
           bp = pack;
         }
-        TileEpi te;
-        if (last)
-          te = {ep->row_bias ? ep->row_bias + m : nullptr, ep->col_bias ? ep->col_bias + n0 + s : nullptr,
-                ep->act, ep->lo, ep->hi};
-        if (ap != nullptr)
-          u.fn_pa(kc, ap + k0 * mpad + m * kc, MR, std::min(MR, m1 - m), bp, ldbp,
-                  C + m * ldc + n0 + s, ldc, nr, k0 > 0, last ? &te : nullptr);
-        else
-          u.fn(kc, A + m * lda + k0, lda, std::min(MR, m1 - m), bp, ldbp, C + m * ldc + n0 + s, ldc,
-               nr, k0 > 0, last ? &te : nullptr);
+        tile_call(u, kc, k0, m, m1, n0 + s, A, lda, ap, mpad, bp, ldbp, C, ldc, nr, last, ep);
       }
     }
   }
@@ -262,16 +270,7 @@ void gemm_tile_packer(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t 
       const int64_t nr = std::min(NR, nc - s);
       packer.fn(packer.ctx, k0, kc, n0 + s, nr, pack);
       for (int64_t m = m0; m < m1; m += MR) {
-        TileEpi te;
-        if (last)
-          te = {ep->row_bias ? ep->row_bias + m : nullptr, ep->col_bias ? ep->col_bias + n0 + s : nullptr,
-                ep->act, ep->lo, ep->hi};
-        if (ap != nullptr)
-          u.fn_pa(kc, ap + k0 * mpad + m * kc, MR, std::min(MR, m1 - m), pack, NR,
-                  C + m * ldc + n0 + s, ldc, nr, k0 > 0, last ? &te : nullptr);
-        else
-          u.fn(kc, A + m * lda + k0, lda, std::min(MR, m1 - m), pack, NR, C + m * ldc + n0 + s, ldc,
-               nr, k0 > 0, last ? &te : nullptr);
+        tile_call(u, kc, k0, m, m1, n0 + s, A, lda, ap, mpad, pack, NR, C, ldc, nr, last, ep);
       }
     }
   }
