@@ -11,12 +11,11 @@ import subprocess
 import sys
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from edgerun.engine import NativeEngine
 from edgerun.exporters import erg
+from test_maxpool_sweep import _pool_model
 
 CASES = [  # (h, w, kernel, strides, pads [t, l, b, r], dilations, ceil_mode)
     (32, 32, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 0),    # ResNet's stem pool at 64x64
@@ -37,12 +36,7 @@ np.save(sys.argv[3], np.stack([NativeEngine(sys.argv[1], max_batch=2, threads=t)
 
 
 def _model(h, w, kernel, strides, pads, dilations, ceil):
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, h, w])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
-    node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=kernel, strides=strides, pads=pads,
-                            dilations=dilations, ceil_mode=ceil)
-    return onnx.shape_inference.infer_shapes(helper.make_model(
-        helper.make_graph([node], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 20)], ir_version=9))
+    return _pool_model((h, w), kernel, strides, pads, dilations, ceil, channels=4)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}x{c[1]}-k{c[2]}-s{c[3]}-p{c[4]}-d{c[5]}-c{c[6]}" for c in CASES])

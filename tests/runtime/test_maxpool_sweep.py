@@ -28,8 +28,8 @@ CASES = [  # (input dims after the channels, kernel, strides, pads, dilations, c
 ]
 
 
-def _pool_model(dims, kernel, strides, pads, dilations, ceil) -> onnx.ModelProto:
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, *dims])
+def _pool_model(dims, kernel, strides, pads, dilations, ceil, channels: int = 3) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", channels, *dims])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     node = helper.make_node("MaxPool", ["x"], ["y"], name="pool", kernel_shape=kernel, strides=strides, pads=pads,
                             dilations=dilations, ceil_mode=ceil)
