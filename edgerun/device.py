@@ -277,6 +277,14 @@ class Device:
             local.hedged = len(sent) > 1
             local.bytes_sent = len(payload) * len(sent)  # the request went out: its bytes were spent
             return local
+        except FrameError as exc:  # over the broker's Maximum Packet Size: not sent, the link is fine
+            msg = (f"request {request_id} not sent: {exc} (this request: {n} sample(s); a bundle exported with "
+                   "--codec tsq, or a later cut, sends fewer bytes)")
+            if step is None:
+                raise FrameError(msg, exc.code) from None
+            local = self._local(step, step.deepest, f"server unreachable: {msg}", t_start, t_front)
+            local.hedged = len(sent) > 1
+            return local
         except (TransportError, RuntimeError, ValueError) as exc:  # paho: not connected / queue full
             if step is None:
                 raise

@@ -409,7 +409,13 @@ class LlmDevice:
             if not self._client.connected:  # paho would queue it and send the backlog on reconnect
                 raise TransportError(f"the MQTT broker at {self._client.url} is unreachable; nothing was sent "
                                      f"(session {g.session}, position {seq + start}): check the broker and retry")
-            self._client.publish(topic, frame, response_topic=self._resp, correlation=transport.correlation_bytes(rid))
+            try:
+                self._client.publish(topic, frame, response_topic=self._resp,
+                                     correlation=transport.correlation_bytes(rid))
+            except FrameError as exc:  # over the broker's Maximum Packet Size: smaller frames, as for a server's limit
+                if exc.code != "too_large" or part.shape[1] <= 1:
+                    raise
+                return f"too_large: {exc}"
             g.bytes_up += len(frame)
             up[0] += len(frame)
             got = self._wait(g, rid, pinned)

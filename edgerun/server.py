@@ -288,6 +288,14 @@ class _Worker:
         try:
             self.client.publish(topic, payload, correlation=corr)
             return True
+        except FrameError as exc:  # over the broker's Maximum Packet Size: not sent; the device learns why
+            self.stats.count_error("too_large", answered=True)
+            log.warning("the reply to request %d was not sent: %s", request_id, exc)
+            why = wire.error_frame(request_id, self.bundle.hash16, "too_large",
+                                   f"the server's reply was not sent: {exc}")
+            if len(why) < len(payload):  # an error frame is a few hundred bytes: it fits where the reply did not
+                self._publish(topic, why, corr, request_id)
+            return False
         except (ValueError, RuntimeError, TypeError, OSError, TransportError) as exc:
             self.stats.count_error("reply_failed", answered=False)
             log.warning("could not send the reply to request %d: %s", request_id, exc)

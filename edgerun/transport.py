@@ -31,7 +31,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgerun.broker_url import broker_credentials, broker_tls, parse_broker_url, redact_broker_url
-from edgerun.errors import ConfigError, TransportError
+from edgerun.errors import ConfigError, FrameError, TransportError
 
 log = logging.getLogger("edgerun.transport")
 
@@ -182,6 +182,15 @@ def correlation_id(data: bytes | None) -> int | None:
     return int(struct.unpack("<Q", bytes(data))[0])
 
 
+def publish_packet_bytes(topic: str, payload_bytes: int, props: Properties | None, qos: int = QOS) -> int:
+    """Bytes of the MQTT 5 PUBLISH packet that carries ``payload_bytes`` on ``topic``: the whole packet,
+    fixed header included, as a broker's Maximum Packet Size counts it (MQTT 5.0, 3.1.2.11.4)."""
+    rest = 2 + len(topic.encode("utf-8")) + (2 if qos > 0 else 0) + (len(props.pack()) if props is not None else 1)
+    rest += payload_bytes
+    varint = 1 + (rest >= 128) + (rest >= 16384) + (rest >= 2097152)
+    return 1 + varint + rest
+
+
 def presence_payload(role: str, ident: str, status: str, **extra: Any) -> bytes:
     """JSON body of a presence message (``status`` is "online" or "offline")."""
     body = {"status": status, "role": role, "id": ident, "pid": os.getpid(), "time": time.time()}
@@ -243,6 +252,7 @@ class MqttClient:
         self._renewals: set[int] = set()
         self._keepalive = keepalive_s
         self._closed = False
+        self.max_packet_bytes = 0  # the broker's Maximum Packet Size from its last CONNACK (0: none given)
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         c.reconnect_delay_set(min_delay=1, max_delay=16)  # paho doubles the delay up to max
         if user is not None:
@@ -351,6 +361,9 @@ class MqttClient:
 
         Raises:
             TransportError: this client already holds ``MAX_QUEUED_MESSAGES`` unsent messages.
+            FrameError(code="too_large"): the packet would be over the broker's Maximum Packet Size (its
+                CONNACK said so); it is not sent. Sent anyway, the broker would drop the connection, and
+                paho would send it again after each reconnect.
         """
         props = None
         if response_topic is not None or correlation is not None or expiry_s is not None:
@@ -361,6 +374,11 @@ class MqttClient:
                 props.CorrelationData = correlation
             if expiry_s is not None:
                 props.MessageExpiryInterval = max(1, int(expiry_s))
+        limit = self.max_packet_bytes
+        if limit and (size := publish_packet_bytes(topic, len(payload), props, qos)) > limit:
+            raise FrameError(f"the message is {size} bytes as an MQTT packet, over the maximum packet size of "
+                             f"{limit} bytes of the broker at {self.url}: raise the broker's "
+                             "limit (mosquitto: max_packet_size) or send less in one message", "too_large")
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
             raise TransportError(f"the broker at {self.url} has not yet acknowledged the last {self._max_queued} "
@@ -413,6 +431,7 @@ class MqttClient:
             log.warning("broker %s refused the connection: %s", self.url, reason_code)
             self._settled.set()
             return
+        self.max_packet_bytes = int(getattr(properties, "MaximumPacketSize", 0) or 0)
         if self._on_connect is not None:
             self._on_connect()
         with self._lock:

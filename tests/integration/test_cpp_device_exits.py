@@ -215,3 +215,25 @@ def test_a_two_input_policy_with_exits_answers_as_the_python_device(cpp_device, 
     assert r.returncode == 0 and got["answered_by"] == want.answered_by, r.stderr
     assert np.array_equal(output(got), next(iter(want.output.values())))
     assert "server" in seen, seen
+
+
+def test_a_request_over_the_brokers_packet_limit_is_answered_by_the_deepest_exit_as_the_python_devices(
+        cpp_device, exits_bundle, inputs, tmp_path):
+    """Nothing is sent and the link is not suspect: each repeat is refused for its size, not skipped for a
+    server thought unreachable (the reason of the last says so)."""
+    from edgerun.broker import Mosquitto
+    from edgerun.device import Device
+
+    x = inputs[:8]  # ~9 KB of cut activations: over a 4,000-byte packet limit
+    np.save(tmp_path / "x.npy", x)
+    deepest = f"exit:{len(exits_bundle.manifest['exits']['points']) - 1}"
+    with Mosquitto(max_packet_size=4000) as broker:
+        with Device(exits_bundle, broker=broker.url, budget="off") as dev:
+            want = dev.infer(x, deadline_ms=20000)
+        r, got = run_cpp(cpp_device, exits_bundle.path, "--broker", broker.url, "--input", tmp_path / "x.npy",
+                         "--budget", "off", "--deadline-ms", 20000, "--repeat", 3)
+    assert r.returncode == 0, r.stderr
+    assert want.answered_by == deepest and "not sent" in want.reason
+    (want_out,) = want.output.values()
+    assert got["repeat"]["answered_by"] == {deepest: 3} and np.array_equal(output(got), want_out)
+    assert "not sent: its frame is" in got["reason"] and "maximum packet size of 4000 bytes" in got["reason"]

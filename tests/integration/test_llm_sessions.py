@@ -354,6 +354,25 @@ def test_frames_a_server_refuses_as_too_large_are_halved_until_they_pass(llm_bun
     assert g.tokens == reference and g.steps[0].shrinks == 1 and g.replays == 0 and "too_large" in g.steps[0].why
 
 
+def test_frames_over_the_brokers_packet_limit_are_halved_until_they_pass(llm_bundle, wait_online, reference):
+    """The same halving when the limit is the broker's (its CONNACK's Maximum Packet Size): the frame is not sent,
+    so the broker does not drop the connection over it."""
+    from edgerun.broker import Mosquitto
+    from tests.integration.conftest import ServerProc
+
+    with Mosquitto(max_packet_size=60000) as small:  # ~25 positions of 2,304 B; the prompt is ~37
+        w = ServerProc(llm_bundle, small.url, "--worker-id", "w0")
+        try:
+            wait_online(llm_bundle, small.url, 1, [w])
+            with LlmDevice(llm_bundle, small.url, step_timeout_s=STEP_TIMEOUT_S) as dev:
+                g = dev.generate(PROMPT, max_new_tokens=N_TOKENS)
+                assert dev.frame_positions <= 25 and dev._client.connected
+        finally:
+            w.stop(signal.SIGKILL)
+    assert g.tokens == reference and g.steps[0].shrinks == 1 and g.replays == 0
+    assert "maximum packet size of 60000 bytes" in g.steps[0].why
+
+
 def test_a_broker_that_dies_mid_generation_is_a_transport_error_naming_the_broker(llm_bundle, broker, workers):
     workers(1)
     with LlmDevice(llm_bundle, broker.url, step_timeout_s=30) as dev:

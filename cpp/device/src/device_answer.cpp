@@ -174,6 +174,10 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
     (*out)["hedged"] = false;
     return Err::Ok();
   }
+  if (!e.ok() && e.message.find(kOverPacketLimit) != std::string::npos) {  // the link is fine: not suspect
+    *out = local(b, step, step.deepest(), "server unreachable: " + e.message, t0, &t1, 0);
+    return Err::Ok();
+  }
   if (!e.ok()) {
     state.lock();
     link.suspect_why = "publish failed (" + e.message + ")";

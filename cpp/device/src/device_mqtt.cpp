@@ -32,9 +32,11 @@ MqttLink::~MqttLink() {
   if (mosq_ != nullptr) mosquitto_destroy(mosq_);
 }
 
-void MqttLink::on_connect(struct mosquitto* mosq, void* self, int rc, int, const mosquitto_property*) {
+void MqttLink::on_connect(struct mosquitto* mosq, void* self, int rc, int, const mosquitto_property* props) {
   auto* l = static_cast<MqttLink*>(self);
   std::lock_guard<std::mutex> g(l->mu_);
+  l->max_packet_ = 0;
+  mosquitto_property_read_int32(props, MQTT_PROP_MAXIMUM_PACKET_SIZE, &l->max_packet_, false);
   l->connack_ = true;
   l->connack_rc_ = rc;
   l->connected_ = rc == 0;
@@ -240,8 +242,14 @@ Err MqttLink::publish_request(const std::string& topic, const std::vector<uint8_
     } else {
       pending_.erase(request_id);
     }
-    return fail(kExitBroker, "cannot publish the request to the broker at " + url_text_ + " (" + mosq_error(rc) +
-                             ")" + (rc == MOSQ_ERR_PAYLOAD_SIZE ? ": the frame is over the broker's limit" : ""));
+    if (rc == MOSQ_ERR_OVERSIZE_PACKET || rc == MOSQ_ERR_PAYLOAD_SIZE)  // libmosquitto checks the CONNACK's limit
+      return fail(kExitBroker, "request " + std::to_string(request_id) + " not sent: its frame is " +
+                                   std::to_string(frame.size()) + " bytes, " + kOverPacketLimit + " " +
+                                   (max_packet_ ? std::to_string(max_packet_) + " bytes" : std::string("MQTT")) +
+                                   " of the broker at " + url_text_ + ": raise the broker's limit (mosquitto: "
+                                   "max_packet_size) or send less in one request (a bundle exported with --codec "
+                                   "tsq, a later cut, fewer samples)");
+    return fail(kExitBroker, "cannot publish the request to the broker at " + url_text_ + " (" + mosq_error(rc) + ")");
   }
   return Err::Ok();
 }

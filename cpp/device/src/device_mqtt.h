@@ -27,6 +27,10 @@ typedef struct mqtt5__property mosquitto_property;
 
 namespace edgerun_device {
 
+// In the message of a request publish_request() refused because it is over the broker's Maximum Packet
+// Size: nothing was sent and the link is fine (the request is too big, not the server unreachable).
+constexpr const char* kOverPacketLimit = "over the maximum packet size of";
+
 using Clock = std::chrono::steady_clock;
 
 class MqttLink {
@@ -92,6 +96,7 @@ class MqttLink {
   std::string          last_error_;  // libmosquitto's last error log line (OpenSSL's reason)
   bool                 connected_ = false, connack_ = false;
   int                  connack_rc_ = 0;
+  uint32_t             max_packet_ = 0;  // the broker's Maximum Packet Size from its last CONNACK (0: none)
   int                  sub_mid_ = -1, pub_mid_ = -1;
   bool                 suback_ = false, suback_ok_ = false, puback_ = false;
   struct Pending {  // a request sent, its reply awaited (several at once: one per calling thread)
