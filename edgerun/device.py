@@ -155,6 +155,7 @@ class Device:
         self._hedge_both_until = 0.0  # monotonic time until which requests go out twice at once
         self.hedged = 0  # requests sent a second time
         self._lock = threading.Lock()
+        self._refusals = transport.Refusals(self._broker_refused)
         self._ids = itertools.count(secrets.randbits(62) + 1)  # random start: ids stay unique across restarts
         self.dropped_replies = 0
         self._broker, self._engine_kind = broker, engine
@@ -237,8 +238,7 @@ class Device:
         expiry_s = math.ceil(wait_ms / 1000.0)  # stale requests die in the broker
         in_time = False  # set when infer() got its reply before giving up
         try:
-            self._client.publish(self._req_topic, payload, response_topic=self._resp_topic,
-                                 correlation=transport.correlation_bytes(request_id), expiry_s=expiry_s)
+            self._publish(request_id, payload, expiry_s)
             if probe:  # not waited for: its reply comes late, and _settle files it so that it is learnt
                 local = self._local(step, step.deepest, f"{probe} (sent anyway, to measure the round trip again)",
                                     t_start)
@@ -322,6 +322,7 @@ class Device:
         it counts as a late reply (dropped, its round trip learnt), like one that comes later.
         ``answered`` is read under the lock that ``_on_reply`` resolves the future under: a reply
         taken from ``_pending`` is then always seen here as answered."""
+        self._refusals.forget(sent)
         with self._lock:
             answered = fut.done() and not fut.cancelled() and fut.exception() is None
             late = fut.result() if answered and not in_time else None
@@ -348,8 +349,24 @@ class Device:
             self.hedged += 1
         sent[rid] = time.perf_counter()
         log.info("%s: request sent again as %d", why, rid)
-        self._client.publish(self._req_topic, payload, response_topic=self._resp_topic,
-                             correlation=transport.correlation_bytes(rid), expiry_s=expiry_s)
+        self._publish(rid, payload, expiry_s)
+
+    def _publish(self, request_id: int, payload: bytes, expiry_s: int) -> None:
+        info = self._client.publish(self._req_topic, payload, response_topic=self._resp_topic,
+                                    correlation=transport.correlation_bytes(request_id), expiry_s=expiry_s)
+        self._refusals.watch(info.mid, request_id)
+
+    def _broker_refused(self, request_id: int, why: str) -> None:
+        """The broker refused request ``request_id`` in its PUBACK (reason ``why``): its infer() ends now,
+        not at its deadline with "is `edgerun serve` running?"."""
+        hint = (f"its ACL does not let this device publish on {self._req_topic}: allow the device's MQTT user to "
+                f"write {transport.PREFIX}/# (mosquitto: acl_file)" if why == "Not authorized" else
+                "the broker's log says why")
+        with self._lock:
+            fut = self._pending.get(request_id)
+            if fut is not None and not fut.done():
+                fut.set_exception(TransportError(f"the broker at {self._client.url} refused request {request_id} "
+                                                 f"({why}): {hint}"))
 
     def _why_local(self, left_ms: float) -> str:
         """Why the deepest exit must answer now instead of the server ("" = ask the server; a reason marked
@@ -401,7 +418,8 @@ class Device:
     def _new_client(self) -> transport.MqttClient:
         return transport.MqttClient(
             self._broker, transport.client_id(self.device_id), on_message=self._on_reply,
-            will=(self._presence, transport.presence_payload("device", self.device_id, "offline")))
+            will=(self._presence, transport.presence_payload("device", self.device_id, "offline")),
+            refusals=self._refusals)
 
     def _open(self, client: transport.MqttClient) -> None:
         """Connect, subscribe to the replies, announce presence (TransportError on failure)."""

@@ -23,6 +23,7 @@ import ssl
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -202,6 +203,58 @@ def presence_payload(role: str, ident: str, status: str, **extra: Any) -> bytes:
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
 
 
+class Refusals:
+    """Which of our QoS 1 publishes the broker refused in its PUBACK (an MQTT 5 reason code: an ACL that does not
+    let this client publish on the topic, a message over mosquitto's ``message_size_limit``, a quota), told to
+    ``on_refused(key, why)`` under the owner's key (a request id) instead of paho's 16-bit mid.
+
+    The PUBACK can come before ``publish()`` returns: ``watch(mid, key)`` after it, ``refused`` / ``acked``
+    from the client's network thread. Keys still watched are dropped by ``forget`` when their owner is done.
+    """
+
+    EARLY_KEPT = 64  # refusals that came before their watch(): a watch() that never comes leaves them
+
+    def __init__(self, on_refused: Callable[[Any, str], None]) -> None:
+        # a bound method held weakly: its owner holds this, and a cycle kept closed Devices until a full GC
+        self._on_refused = (weakref.WeakMethod(on_refused) if hasattr(on_refused, "__self__")
+                            else lambda: on_refused)
+        self._lock = threading.Lock()
+        self._keys: dict[int, Any] = {}
+        self._early: dict[int, str] = {}
+
+    def watch(self, mid: int, key: Any) -> None:
+        with self._lock:
+            why = self._early.pop(mid, None)
+            if why is None:
+                self._keys[mid] = key
+        if why is not None:
+            self._tell(key, why)
+
+    def forget(self, keys: Any) -> None:
+        with self._lock:
+            for mid in [m for m, k in self._keys.items() if k in keys]:
+                del self._keys[mid]
+
+    def acked(self, mid: int) -> None:
+        with self._lock:
+            self._keys.pop(mid, None)
+
+    def refused(self, mid: int, why: str) -> None:
+        with self._lock:
+            key = self._keys.pop(mid, None)
+            if key is None:
+                if len(self._early) >= self.EARLY_KEPT:
+                    self._early.pop(next(iter(self._early)))
+                self._early[mid] = why
+        if key is not None:
+            self._tell(key, why)
+
+    def _tell(self, key: Any, why: str) -> None:
+        on_refused = self._on_refused()
+        if on_refused is not None:
+            on_refused(key, why)
+
+
 class MqttClient:
     """A paho MQTT 5 client that connects synchronously and reconnects by itself.
 
@@ -217,6 +270,7 @@ class MqttClient:
         keepalive_s: MQTT keep alive; a dead peer is noticed after ~1.5x this.
         on_connect: called (network thread) on every accepted connection, the first and each
             reconnect, before the subscriptions are renewed.
+        refusals: told of every PUBACK: which watched publishes the broker refused (and why).
     """
 
     def __init__(
@@ -229,6 +283,7 @@ class MqttClient:
         keepalive_s: int = 10,
         max_queued: int = MAX_QUEUED_MESSAGES,
         on_connect: Callable[[], None] | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.url = redact_broker_url(broker_url)  # for messages: no password in logs
         self.host, self.port = parse_broker_url(broker_url)
@@ -253,6 +308,8 @@ class MqttClient:
         self._keepalive = keepalive_s
         self._closed = False
         self.max_packet_bytes = 0  # the broker's Maximum Packet Size from its last CONNACK (0: none given)
+        self.refusals = refusals  # told of each PUBACK (the owner watches the publishes it cares for)
+        self._refusal_logged: set[str] = set()
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         c.reconnect_delay_set(min_delay=1, max_delay=16)  # paho doubles the delay up to max
         if user is not None:
@@ -268,6 +325,7 @@ class MqttClient:
         c.on_connect = self._handle_connect
         c.on_disconnect = self._handle_disconnect
         c.on_subscribe = self._handle_subscribe
+        c.on_publish = self._handle_publish
         c.on_message = self._handle_message
         self._client = c
 
@@ -419,7 +477,7 @@ class MqttClient:
         callbacks (our methods) keep this object and its owner (a Device: its engine, its pending futures)
         in a reference cycle: a process that opened and closed 60 Devices held 40 more sockets and their
         engines until a full collection (tests/integration/test_soak_state.py)."""
-        self._on_message = self._on_connect = None
+        self._on_message = self._on_connect = self.refusals = None
         reset = getattr(self._client, "_reset_sockets", None)  # paho 2.x: closes the pair, not the broker's
         if reset is not None and getattr(self._client, "_thread", None) is None:  # not from paho's own thread
             reset(sockpair_only=True)
@@ -467,6 +525,17 @@ class MqttClient:
         if why != self._reconnect_error:
             log.warning("cannot reconnect to the broker at %s: %s", self.url, why)
         self._reconnect_error = why
+
+    def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        refused = reason_code is not None and reason_code.is_failure
+        if refused and str(reason_code) not in self._refusal_logged:  # once per reason: a server's replies too
+            self._refusal_logged.add(str(reason_code))
+            log.warning("the broker at %s refused a message of ours (%s)", self.url, reason_code)
+        if self.refusals is not None:
+            if refused:
+                self.refusals.refused(mid, str(reason_code))
+            else:
+                self.refusals.acked(mid)
 
     def _handle_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         for rc in reason_codes:

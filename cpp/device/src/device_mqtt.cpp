@@ -6,6 +6,7 @@
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -18,6 +19,7 @@ constexpr int kKeepAliveS = 10;      // docs/TOPICS.md "Connection": a vanished 
 constexpr int kLoopSliceMs = 100;    // longest single network-loop wait (the deadline is checked between)
 constexpr size_t kLosersKept = 1024;  // edgerun/device.py HEDGE_LOSERS_KEPT
 constexpr size_t kLateKept = 1024;    // edgerun/device.py LATE_IDS_KEPT
+constexpr size_t kEarlyRefusalsKept = 64;  // edgerun/transport.py Refusals.EARLY_KEPT
 
 std::once_flag g_lib_once;
 
@@ -73,11 +75,33 @@ void MqttLink::on_subscribe(struct mosquitto*, void* self, int mid, int n, const
   l->cv_.notify_all();
 }
 
-void MqttLink::on_publish(struct mosquitto*, void* self, int mid, int, const mosquitto_property*) {
+void MqttLink::on_publish(struct mosquitto*, void* self, int mid, int reason, const mosquitto_property*) {
   auto* l = static_cast<MqttLink*>(self);
   std::lock_guard<std::mutex> g(l->mu_);
   if (mid == l->pub_mid_) l->puback_ = true;
+  auto m = l->mid_req_.find(mid);
+  const bool known = m != l->mid_req_.end();
+  const uint64_t id = known ? m->second : 0;
+  if (known) l->mid_req_.erase(m);
+  if (reason >= 0x80) {  // an MQTT 5 failure: not authorized (ACL), payload or quota limits
+    if (known) {
+      l->refuse(id, mosquitto_reason_string(reason));
+    } else {
+      if (l->early_refused_.size() >= kEarlyRefusalsKept) l->early_refused_.erase(l->early_refused_.begin());
+      l->early_refused_[mid] = mosquitto_reason_string(reason);
+    }
+  }
   l->cv_.notify_all();
+}
+
+void MqttLink::refuse(uint64_t id, const std::string& reason) {
+  auto tw = twin_of_.find(id);
+  auto p = pending_.find(tw != twin_of_.end() ? tw->second : id);
+  if (p != pending_.end() && p->second.refused.empty())
+    p->second.refused = "the broker at " + url_text_ + " refused request " + std::to_string(id) + " (" + reason +
+                        ")" + (reason == "Not authorized" ? ": its ACL does not let this device publish on the "
+                               "request topic: allow the device's MQTT user to write edgerun/v1/# (mosquitto: "
+                               "acl_file)" : ": the broker's log says why");
 }
 
 void MqttLink::on_message(struct mosquitto*, void* self, const struct mosquitto_message* msg,
@@ -232,8 +256,15 @@ Err MqttLink::publish_request(const std::string& topic, const std::vector<uint8_
     else t = pending_.emplace(request_id, Pending{}).first;
     t->second.sent[request_id] = Clock::now();
   }
-  int rc = mosquitto_publish_v5(mosq_, nullptr, topic.c_str(), int(frame.size()), frame.data(), 1, false, props);
+  int mid = 0;
+  int rc = mosquitto_publish_v5(mosq_, &mid, topic.c_str(), int(frame.size()), frame.data(), 1, false, props);
   mosquitto_property_free_all(&props);
+  if (rc == MOSQ_ERR_SUCCESS) {  // its PUBACK is awaited (it may have come already: early_refused_)
+    std::lock_guard<std::mutex> g(mu_);
+    auto er = early_refused_.find(mid);
+    if (er != early_refused_.end()) refuse(request_id, er->second), early_refused_.erase(er), cv_.notify_all();
+    else mid_req_[mid] = request_id;
+  }
   if (rc != MOSQ_ERR_SUCCESS) {
     std::lock_guard<std::mutex> g(mu_);
     if (twin != 0) {
@@ -262,14 +293,17 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
   if (it == pending_.end()) return fail(kExitInternal, "wait_reply for a request not sent");
   const bool& got_ = it->second.got;
   Err e = Err::Ok();
+  const std::string& refused = it->second.refused;
   if (threaded_) {
-    cv_.wait_until(lk, until, [&] { return got_ || !connected_; });
-    if (!got_ && !connected_)
+    cv_.wait_until(lk, until, [&] { return got_ || !connected_ || !refused.empty(); });
+    if (!got_ && !refused.empty())
+      e = fail(kExitBroker, refused);
+    else if (!got_ && !connected_)
       e = fail(kExitBroker, "lost the broker at " + url_text_ + " while waiting for the reply to request " +
                             std::to_string(request_id) + "; reconnecting in the background");
   }
   if (!threaded_) lk.unlock();  // the callbacks run in mosquitto_loop, on this thread
-  while (!threaded_ && !got_) {
+  while (!threaded_ && !got_ && refused.empty()) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
     if (left < 0) break;
     int rc = mosquitto_loop(mosq_, int(std::min<long long>(left, kLoopSliceMs)), 1);
@@ -280,6 +314,7 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
     }
   }
   if (!lk.owns_lock()) lk.lock();
+  if (!threaded_ && !got_ && !refused.empty() && e.ok()) e = fail(kExitBroker, refused);
   if (got_) {
     reply->swap(it->second.reply);
     *t_recv = it->second.t_recv;
@@ -289,6 +324,8 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
   if (keep && !got_ && e.ok()) return e;  // still awaited: a hedged copy is sent next
   std::vector<uint64_t> ids = it->second.copies;
   ids.push_back(request_id);
+  for (auto m = mid_req_.begin(); m != mid_req_.end();)  // PUBACKs that came before their mid was filed
+    m = std::find(ids.begin(), ids.end(), m->second) != ids.end() ? mid_req_.erase(m) : std::next(m);
   for (uint64_t id : ids) {
     twin_of_.erase(id);
     if (!got_) {  // no reply at all: a late one is dropped and counted, its round trip reported

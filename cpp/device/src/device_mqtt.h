@@ -87,7 +87,8 @@ class MqttLink {
   static void on_connect(struct mosquitto*, void* self, int rc, int flags, const mosquitto_property*);
   static void on_subscribe(struct mosquitto*, void* self, int mid, int n, const int* qos,
                            const mosquitto_property*);
-  static void on_publish(struct mosquitto*, void* self, int mid, int rc, const mosquitto_property*);
+  static void on_publish(struct mosquitto*, void* self, int mid, int reason, const mosquitto_property*);
+  void        refuse(uint64_t id, const std::string& reason);  // under mu_: the awaited request ends with it
   static void on_message(struct mosquitto*, void* self, const struct mosquitto_message* msg,
                          const mosquitto_property* props);
 
@@ -106,9 +107,14 @@ class MqttLink {
     uint64_t              replied = 0;  // the id whose reply came (the request's or its hedged copy's)
     std::vector<uint64_t> copies;       // hedged copies' ids
     std::map<uint64_t, Clock::time_point> sent;  // when each id (the request's, its copies') went out
+    std::string           refused;  // the broker's reason when it refused one of them in its PUBACK
   };
   std::map<uint64_t, Pending> pending_;
   std::map<uint64_t, uint64_t> twin_of_;  // a hedged copy's id -> the request it copies (while awaited)
+  // Publishes whose PUBACK is awaited: libmosquitto's mid -> request id. A PUBACK can come before
+  // mosquitto_publish_v5 returns: a refusal without its request yet is kept (a few) in early_refused_.
+  std::map<int, uint64_t>      mid_req_;
+  std::map<int, std::string>   early_refused_;
   std::set<uint64_t>           losers_;   // ids whose twin was answered first: their reply drops quietly
   std::map<uint64_t, Clock::time_point> late_;  // ids no longer awaited without a reply -> when they went out
   std::function<void(double)>  late_cb_;

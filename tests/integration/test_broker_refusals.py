@@ -1,0 +1,95 @@
+"""A broker that refuses a request in its PUBACK (an MQTT 5 reason code): here an ACL that does not let the
+device publish on the request topics, a common misconfiguration of a deployed broker.
+
+The device used to wait out its deadline and then say "is `edgerun serve` running?": the broker had
+answered at once, and the answer was not read. Now infer() ends at the PUBACK with the broker's reason and
+what to change; a device with exits answers from its deepest exit saying why."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from edgerun.broker import find_mosquitto, free_port, port_open
+from edgerun.device import Device
+from edgerun.errors import TransportError
+from edgerun.procs import die_with_parent
+
+pytestmark = pytest.mark.integration
+
+EXIT_BROKER = 4
+DEADLINE_MS = 60000  # a refusal is read at once: a device that waited it out would say "no reply"
+ACL = """topic readwrite edgerun/v1/+/+/presence/#
+topic readwrite edgerun/v1/+/+/resp/#
+topic read edgerun/v1/+/+/req/#
+"""
+
+
+@pytest.fixture
+def acl_broker(tmp_path) -> Iterator[str]:
+    """A Mosquitto whose anonymous clients may read the request topics but not publish on them."""
+    port = free_port()
+    (tmp_path / "acl").write_text(ACL)
+    (tmp_path / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
+                                     f"acl_file {tmp_path / 'acl'}\nuser root\n")
+    proc = subprocess.Popen(die_with_parent([find_mosquitto(), "-c", str(tmp_path / "m.conf")]),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(500):
+            if port_open("127.0.0.1", port):
+                break
+            threading.Event().wait(0.02)
+        yield f"mqtt://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_request_the_acl_refuses_ends_with_the_brokers_reason(acl_broker, digits_bundle, device_engine):
+    x = digits_bundle.samples()[:1].astype(np.float32)
+    with Device(digits_bundle, broker=acl_broker, engine=device_engine, timeout_ms=DEADLINE_MS) as dev:
+        for _ in range(2):
+            with pytest.raises(TransportError, match=r"refused request \d+ \(Not authorized\): its ACL does not "
+                                                     r"let this device publish on edgerun/v1/.*/req/.*acl_file"):
+                dev.infer(x)
+
+
+@pytest.fixture(scope="module")
+def exits_bundle(tmp_path_factory):
+    from edgerun.exporters import ExportConfig, export
+
+    return export("zoo:digits-cnn", ExportConfig(cut="block1", exits="auto", evaluate=False),
+                  tmp_path_factory.mktemp("refusals") / "exits")
+
+
+def test_with_exits_the_deepest_exit_answers_a_refused_request_saying_why(acl_broker, exits_bundle):
+    with Device(exits_bundle, broker=acl_broker, budget="off", timeout_ms=DEADLINE_MS) as dev:
+        r = dev.infer(exits_bundle.samples()[:1].astype(np.float32))
+    assert r.answered_by.startswith("exit:") and "Not authorized" in r.reason and "acl_file" in r.reason
+
+
+def test_the_cpp_device_ends_a_refused_request_with_the_brokers_reason(cpp_device, acl_broker, digits_bundle,
+                                                                      tmp_path):
+    np.save(tmp_path / "x.npy", digits_bundle.samples()[:1].astype(np.float32))
+    r = subprocess.run([str(cpp_device), str(digits_bundle.path), "--broker", acl_broker, "--input",
+                        str(tmp_path / "x.npy"), "--deadline-ms", str(DEADLINE_MS)], capture_output=True, text=True,
+                       timeout=DEADLINE_MS / 1000 + 60)
+    assert r.returncode == EXIT_BROKER, r.stderr
+    assert "refused request" in r.stderr and "(Not authorized): its ACL does not let this device publish" in r.stderr
+
+
+def test_with_exits_the_cpp_device_answers_a_refused_request_from_its_deepest_exit(cpp_device, acl_broker,
+                                                                                  exits_bundle, tmp_path):
+    import json
+
+    np.save(tmp_path / "x.npy", exits_bundle.samples()[:1].astype(np.float32))
+    r = subprocess.run([str(cpp_device), str(exits_bundle.path), "--broker", acl_broker, "--input",
+                        str(tmp_path / "x.npy"), "--budget", "off", "--deadline-ms", str(DEADLINE_MS)],
+                       capture_output=True, text=True, timeout=DEADLINE_MS / 1000 + 60)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["answered_by"].startswith("exit:") and "(Not authorized): its ACL" in got["reason"]
