@@ -55,6 +55,13 @@ PRESENCE_GRACE_S = 1.0      # local_fallback: after a (re)connect, how long the 
 RECONNECT_EVERY_S = 1.0     # local_fallback: background reconnect period while the broker is down
 
 
+@dataclass(frozen=True)
+class _Refusal:
+    """In the inbox beside the broker's messages: the broker refused request ``request_id`` in its PUBACK."""
+    request_id: int
+    why: str
+
+
 @dataclass
 class Step:
     """One round trip: the positions sent, the token chosen, where the time went."""
@@ -167,6 +174,7 @@ class LlmDevice:
         self._presence = transport.presence_topic(b.model_id, b.topic_id, "device", self.device_id)
         self._servers = transport.presence_filter(b.model_id, b.topic_id, "server")
         self._inbox: queue.Queue[Any] = queue.Queue()
+        self._refusals = transport.Refusals(self._refused)
         self._ids = itertools.count(secrets.randbits(48))
         self._decode, self._encode = wire.best_decoder(), wire.best_encoder()
         self._offline: set[str] = set()
@@ -195,7 +203,10 @@ class LlmDevice:
         return transport.MqttClient(
             self._broker_url, transport.client_id(self.device_id), on_message=self._inbox.put,
             will=(self._presence, transport.presence_payload("device", self.device_id, "offline")),
-            on_connect=self._on_connect)
+            on_connect=self._on_connect, refusals=self._refusals)
+
+    def _refused(self, request_id: int, why: str) -> None:  # network thread: _wait reads it
+        self._inbox.put(_Refusal(request_id, why))
 
     def _on_connect(self) -> None:
         """(Re)connected: the retained presences come again, so a worker gone meanwhile drops out."""
@@ -410,15 +421,19 @@ class LlmDevice:
                 raise TransportError(f"the MQTT broker at {self._client.url} is unreachable; nothing was sent "
                                      f"(session {g.session}, position {seq + start}): check the broker and retry")
             try:
-                self._client.publish(topic, frame, response_topic=self._resp,
-                                     correlation=transport.correlation_bytes(rid))
+                info = self._client.publish(topic, frame, response_topic=self._resp,
+                                            correlation=transport.correlation_bytes(rid))
             except FrameError as exc:  # over the broker's Maximum Packet Size: smaller frames, as for a server's limit
                 if exc.code != "too_large" or part.shape[1] <= 1:
                     raise
                 return f"too_large: {exc}"
+            self._refusals.watch(info.mid, rid)
             g.bytes_up += len(frame)
             up[0] += len(frame)
-            got = self._wait(g, rid, pinned)
+            try:
+                got = self._wait(g, rid, pinned)
+            finally:
+                self._refusals.forget({rid})
             if not isinstance(got, wire.Frame):
                 return got
             pinned = str(got.meta.get("worker", ""))
@@ -443,6 +458,14 @@ class LlmDevice:
                     msg = self._inbox.get(timeout=min(left, 0.25))  # wakes to see a lost broker
                 except queue.Empty:
                     continue
+            if isinstance(msg, _Refusal):
+                if msg.request_id == rid:
+                    raise TransportError(f"the broker at {self._client.url} refused request {rid} of session "
+                                         f"{g.session} ({msg.why}): " + (
+                                             "its ACL does not let this device publish on the request topics: allow "
+                                             f"the device's MQTT user to write {transport.PREFIX}/# (mosquitto: "
+                                             "acl_file)" if msg.why == "Not authorized" else "the broker's log says why"))
+                continue
             if msg.topic != self._resp:
                 self._presence_changed(msg)
                 continue

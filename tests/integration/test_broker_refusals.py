@@ -7,6 +7,7 @@ what to change; a device with exits answers from its deepest exit saying why."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -93,3 +94,20 @@ def test_with_exits_the_cpp_device_answers_a_refused_request_from_its_deepest_ex
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert got["answered_by"].startswith("exit:") and "(Not authorized): its ACL" in got["reason"]
+
+
+def test_an_llm_session_whose_request_the_acl_refuses_ends_with_the_brokers_reason(acl_broker, llm_bundle,
+                                                                                  wait_online):
+    """Not a replay after each step timeout (the worker is up; the broker refused the request)."""
+    from conftest import ServerProc
+
+    from edgerun.llm_device import LlmDevice
+
+    w = ServerProc(llm_bundle, acl_broker, "--worker-id", "w0")
+    try:
+        wait_online(llm_bundle, acl_broker, 1, [w])
+        with LlmDevice(llm_bundle, acl_broker, step_timeout_s=DEADLINE_MS / 1000) as dev:
+            with pytest.raises(TransportError, match=r"refused request \d+ of session .*\(Not authorized\): its ACL"):
+                dev.generate("Name three colours of the rainbow.", max_new_tokens=2)
+    finally:
+        w.stop(signal.SIGKILL)
