@@ -59,7 +59,7 @@ BIT_VARIANTS = [("no_fuse", {"EDGERUN_NO_FUSE": "1"}), ("fuse_kb8", {"EDGERUN_FU
                 ("no_small_n", {"EDGERUN_NO_SMALL_N": "1"}), ("no_direct_conv", {"EDGERUN_NO_DIRECT_CONV": "1"})]
 ARCH_VARIANTS = [("avx2", {"EDGERUN_NO_AVX512": "1"}), ("portable", {"EDGERUN_FORCE_PORTABLE": "1"}),
                  ("no_implicit_conv", {"EDGERUN_NO_IMPLICIT_CONV": "1"}),
-                 ("no_pack", {"EDGERUN_NO_PACK_A": "1", "EDGERUN_NO_PACK_B": "1"})]
+                 ("no_pack", {"EDGERUN_NO_PACK_A": "1", "EDGERUN_NO_PACK_B": "1", "EDGERUN_NO_STRIPS_OUTER": "1"})]
 SAME_BITS_WORKERS = ("no_implicit_conv", "no_pack")  # process-wide knobs that must not change a bit
 
 
@@ -124,7 +124,7 @@ class ArchWorker:
     def __init__(self, env: dict[str, str]):
         full = {k: v for k, v in os.environ.items()
                 if k not in ("EDGERUN_NO_AVX512", "EDGERUN_FORCE_PORTABLE", "EDGERUN_NO_IMPLICIT_CONV",
-                             "EDGERUN_NO_PACK_A", "EDGERUN_NO_PACK_B")}
+                             "EDGERUN_NO_PACK_A", "EDGERUN_NO_PACK_B", "EDGERUN_NO_STRIPS_OUTER")}
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], env={**full, **env}, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 

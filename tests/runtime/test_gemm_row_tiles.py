@@ -1,4 +1,6 @@
-"""A part-filled row tile of the GEMM (M not a multiple of the micro-kernel's rows) computes only its
+"""The GEMM's tiling: a part-filled row tile, and the order of the tiles.
+
+A part-filled row tile of the GEMM (M not a multiple of the micro-kernel's rows) computes only its
 rows (kernels_gemm_avx512.cpp: the body for R = mr rows), with each row's sums in the same order as
 in a full tile: a row's output must be the bits it has when more rows follow it.
 
@@ -7,9 +9,17 @@ call) and on a conv (weights packed at load: the packed-A body), each against th
 rows appended so that every tile is full (the Gemm's extra token rows, the conv's extra output
 channels), at 1 and 2 threads, with K over one block (K > 256: tiles accumulate into C), and N with a
 partial strip (<= 16 and > 16 columns left); and against onnxruntime within the engine's tolerance.
+
+A Gemm of more than four row tiles with A read in place runs its strips outer and its row tiles inner
+(kernels_gemm.cpp strips_outer): the same kernel calls in another order, so the bits of row tiles outer
+(EDGERUN_NO_STRIPS_OUTER=1, read once per process: a child process here).
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -84,3 +94,33 @@ def test_conv_part_tile_channels_same_bits_as_full_tiles(tmp_path, cout, cin):
         y = _runs(part_p, x, threads)
         assert np.array_equal(y, _runs(full_p, x, threads)[:, :cout]), threads
     _close_to_ort(part_p, x, _runs(part_p, x, 1))
+
+
+_CHILD = """
+import sys
+import numpy as np
+from edgerun.engine import NativeEngine
+erg_path, x_path, out_path = sys.argv[1:4]
+x = np.load(x_path)
+np.savez(out_path, *[NativeEngine(erg_path, max_batch=2, threads=t).run(x[:b])["y"] for t in (1, 2) for b in (1, 2)])
+"""
+
+
+# (rows, k, n): B packed per call in one and in several K blocks, one and several column blocks, part tiles
+@pytest.mark.parametrize("rows,k,n", [(33, 300, 72), (197, 384, 1152), (100, 1536, 384), (257, 300, 200)])
+def test_strips_outer_same_bits_as_row_tiles_outer(tmp_path, rows, k, n):
+    rng = np.random.default_rng(rows + k + n)
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    path = _gemm(tmp_path, "g", rows, w, b)
+    x = rng.standard_normal((2, rows, k)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    outs = {}
+    for name, env in (("outer", {}), ("inner", {"EDGERUN_NO_STRIPS_OUTER": "1"})):
+        subprocess.run([sys.executable, "-c", _CHILD, str(path.with_suffix(".erg")), str(tmp_path / "x.npy"),
+                        str(tmp_path / f"{name}.npz")], env={**os.environ, **env}, check=True)
+        with np.load(tmp_path / f"{name}.npz") as z:
+            outs[name] = [z[f"arr_{i}"] for i in range(4)]
+    for a, c in zip(outs["outer"], outs["inner"]):
+        assert np.array_equal(a, c)
+    _close_to_ort(path, x, outs["outer"][3])
