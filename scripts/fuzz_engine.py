@@ -22,7 +22,8 @@ sizes, batch 1-3, mostly a dynamic batch dim, sometimes a second (intermediate) 
   process, in two worker processes, against onnxruntime (their bits may differ: FMA order);
   im2col + GEMM instead of the implicit-GEMM convs (EDGERUN_NO_IMPLICIT_CONV, also read once per
   process) in a third, which must give the default's bits; and in a fourth the weights read in
-  place instead of packed at load (EDGERUN_NO_PACK_A, EDGERUN_NO_PACK_B), also the default's bits.
+  place instead of packed at load (EDGERUN_NO_PACK_A, EDGERUN_NO_PACK_B) and the GEMM's row tiles
+  outer in Gemms of many rows (EDGERUN_NO_STRIPS_OUTER), also the default's bits.
 
 A graph the exporter refuses with an EdgerunError is recorded as refused, not as a failure; a file
 it wrote that the engine then fails to load is a failure. Run (2,500 cases: about 7 minutes):
