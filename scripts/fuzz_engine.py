@@ -22,7 +22,8 @@ sizes, batch 1-3, mostly a dynamic batch dim, sometimes a second (intermediate) 
   process, in two worker processes, against onnxruntime (their bits may differ: FMA order);
   im2col + GEMM instead of the implicit-GEMM convs (EDGERUN_NO_IMPLICIT_CONV, also read once per
   process) in a third, which must give the default's bits; and in a fourth the weights read in
-  place instead of packed at load (EDGERUN_NO_PACK_A, EDGERUN_NO_PACK_B), also the default's bits.
+  place instead of packed at load (EDGERUN_NO_PACK_A, EDGERUN_NO_PACK_B) and the GEMM's row tiles
+  outer in Gemms of many rows (EDGERUN_NO_STRIPS_OUTER), also the default's bits.
 
 A graph the exporter refuses with an EdgerunError is recorded as refused, not as a failure; a file
 it wrote that the engine then fails to load is a failure. Run (2,500 cases: about 7 minutes):
@@ -59,7 +60,7 @@ BIT_VARIANTS = [("no_fuse", {"EDGERUN_NO_FUSE": "1"}), ("fuse_kb8", {"EDGERUN_FU
                 ("no_small_n", {"EDGERUN_NO_SMALL_N": "1"}), ("no_direct_conv", {"EDGERUN_NO_DIRECT_CONV": "1"})]
 ARCH_VARIANTS = [("avx2", {"EDGERUN_NO_AVX512": "1"}), ("portable", {"EDGERUN_FORCE_PORTABLE": "1"}),
                  ("no_implicit_conv", {"EDGERUN_NO_IMPLICIT_CONV": "1"}),
-                 ("no_pack", {"EDGERUN_NO_PACK_A": "1", "EDGERUN_NO_PACK_B": "1"})]
+                 ("no_pack", {"EDGERUN_NO_PACK_A": "1", "EDGERUN_NO_PACK_B": "1", "EDGERUN_NO_STRIPS_OUTER": "1"})]
 SAME_BITS_WORKERS = ("no_implicit_conv", "no_pack")  # process-wide knobs that must not change a bit
 
 
@@ -124,7 +125,7 @@ class ArchWorker:
     def __init__(self, env: dict[str, str]):
         full = {k: v for k, v in os.environ.items()
                 if k not in ("EDGERUN_NO_AVX512", "EDGERUN_FORCE_PORTABLE", "EDGERUN_NO_IMPLICIT_CONV",
-                             "EDGERUN_NO_PACK_A", "EDGERUN_NO_PACK_B")}
+                             "EDGERUN_NO_PACK_A", "EDGERUN_NO_PACK_B", "EDGERUN_NO_STRIPS_OUTER")}
         self.proc = subprocess.Popen([sys.executable, __file__, "--worker"], env={**full, **env}, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 

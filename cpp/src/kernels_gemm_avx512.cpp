@@ -70,7 +70,10 @@ __attribute__((target("avx512f"))) inline void store_tile(const __m512 (&c)[kMR]
 
 // kPA: A is a packed panel, row r of k at A[k * 8 + r] (gemm::pack_a; lda unused), one
 // contiguous stream instead of 8 rows at stride lda. Same products, same order: same bits.
-template <bool kPA>
+// R: the rows computed (>= mr). A short last row tile (M = 17: 8 + 8 + 1) computed all 8 rows
+// and kept mr: 24 rows of work for 17. Rows past R stay zero and are not stored; each row sums
+// its k terms in the same order whatever R is: the same bits.
+template <bool kPA, int R>
 __attribute__((target("avx512f"))) inline void ukr_body(int64_t kc, const float* A, int64_t lda,
                                                         int64_t mr, const float* Bp, int64_t ldbp,
                                                         float* C, int64_t ldc, int64_t nr, bool acc,
@@ -89,7 +92,7 @@ __attribute__((target("avx512f"))) inline void ukr_body(int64_t kc, const float*
       const __m512 b0 = _mm512_loadu_ps(Bp), b1 = _mm512_loadu_ps(Bp + 16);
       Bp += ldbp;
 #pragma GCC unroll 8
-      for (int r = 0; r < kMR; ++r) {
+      for (int r = 0; r < R; ++r) {
         const __m512 av = _mm512_set1_ps(ER_A(r, k));
         c[r][0] = _mm512_fmadd_ps(av, b0, c[r][0]);
         c[r][1] = _mm512_fmadd_ps(av, b1, c[r][1]);
@@ -100,7 +103,7 @@ __attribute__((target("avx512f"))) inline void ukr_body(int64_t kc, const float*
       const __m512 b0 = _mm512_loadu_ps(Bp);
       Bp += ldbp;
 #pragma GCC unroll 8
-      for (int r = 0; r < kMR; ++r) c[r][0] = _mm512_fmadd_ps(_mm512_set1_ps(ER_A(r, k)), b0, c[r][0]);
+      for (int r = 0; r < R; ++r) c[r][0] = _mm512_fmadd_ps(_mm512_set1_ps(ER_A(r, k)), b0, c[r][0]);
     }
   }
 #undef ER_A
@@ -117,18 +120,36 @@ __attribute__((target("avx512f"))) inline void ukr_body(int64_t kc, const float*
   }
 }
 
+// The body for R = mr rows (mr in 1..8).
+template <bool kPA>
+__attribute__((target("avx512f"))) inline void rows_call(int64_t kc, const float* A, int64_t lda,
+                                                         int64_t mr, const float* Bp, int64_t ldbp,
+                                                         float* C, int64_t ldc, int64_t nr, bool acc,
+                                                         const TileEpi* ep) {
+  switch (mr) {
+    case 1: ukr_body<kPA, 1>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep); break;
+    case 2: ukr_body<kPA, 2>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep); break;
+    case 3: ukr_body<kPA, 3>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep); break;
+    case 4: ukr_body<kPA, 4>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep); break;
+    case 5: ukr_body<kPA, 5>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep); break;
+    case 6: ukr_body<kPA, 6>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep); break;
+    case 7: ukr_body<kPA, 7>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep); break;
+    default: ukr_body<kPA, kMR>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep); break;
+  }
+}
+
 __attribute__((target("avx512f"))) void ukr_avx512(int64_t kc, const float* A, int64_t lda,
                                                    int64_t mr, const float* Bp, int64_t ldbp,
                                                    float* C, int64_t ldc, int64_t nr, bool acc,
                                                    const TileEpi* ep) {
-  ukr_body<false>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep);
+  rows_call<false>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep);
 }
 
 __attribute__((target("avx512f"))) void ukr_avx512_pa(int64_t kc, const float* A, int64_t lda,
                                                       int64_t mr, const float* Bp, int64_t ldbp,
                                                       float* C, int64_t ldc, int64_t nr, bool acc,
                                                       const TileEpi* ep) {
-  ukr_body<true>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep);
+  rows_call<true>(kc, A, lda, mr, Bp, ldbp, C, ldc, nr, acc, ep);
 }
 
 }  // namespace
