@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from configured_mosquitto import configured_mosquitto
 
-from edgerun.broker import find_mosquitto, free_port, port_open
 from edgerun.device import Device
 from edgerun.errors import TransportError
-from edgerun.procs import die_with_parent
 
 pytestmark = pytest.mark.integration
 
@@ -33,21 +31,9 @@ topic read edgerun/v1/+/+/req/#
 @pytest.fixture
 def acl_broker(tmp_path) -> Iterator[str]:
     """A Mosquitto whose anonymous clients may read the request topics but not publish on them."""
-    port = free_port()
     (tmp_path / "acl").write_text(ACL)
-    (tmp_path / "m.conf").write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-                                     f"acl_file {tmp_path / 'acl'}\nuser root\n")
-    proc = subprocess.Popen(die_with_parent([find_mosquitto(), "-c", str(tmp_path / "m.conf")]),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(500):
-            if port_open("127.0.0.1", port):
-                break
-            threading.Event().wait(0.02)
+    with configured_mosquitto(tmp_path, f"allow_anonymous true\nacl_file {tmp_path / 'acl'}\nuser root\n") as port:
         yield f"mqtt://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_a_request_the_acl_refuses_ends_with_the_brokers_reason(acl_broker, digits_bundle, device_engine):

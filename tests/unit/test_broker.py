@@ -195,22 +195,12 @@ def test_a_broker_with_passwords_takes_the_urls_and_names_a_refusal(tmp_path):
     the broker "did not accept the connection ... start one", though it was up and had refused us."""
     import subprocess
 
-    from edgerun.broker import find_mosquitto, free_port
-    from edgerun.procs import die_with_parent
+    from configured_mosquitto import configured_mosquitto
 
     pw = tmp_path / "passwd"
     pw.write_text("")
     subprocess.run(["mosquitto_passwd", "-b", str(pw), "robot", "s3cret"], check=True, capture_output=True)
-    port = free_port()
-    conf = tmp_path / "m.conf"
-    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {pw}\nuser root\n")
-    proc = subprocess.Popen(die_with_parent([find_mosquitto(), "-c", str(conf)]),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(250):
-            if port_open("127.0.0.1", port):
-                break
-            threading.Event().wait(0.02)
+    with configured_mosquitto(tmp_path, f"allow_anonymous false\npassword_file {pw}\nuser root\n") as port:
         ok = transport.MqttClient(f"mqtt://robot:s3cret@127.0.0.1:{port}", "t-ok")
         ok.connect()
         ok.close()
@@ -218,9 +208,6 @@ def test_a_broker_with_passwords_takes_the_urls_and_names_a_refusal(tmp_path):
         with pytest.raises(TransportError, match="refused the connection .*check the user and password") as exc:
             bad.connect(timeout_s=3)
         assert "wrong" not in str(exc.value) and "robot:***@" in str(exc.value)
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_the_unsent_message_cap_refuses_past_it_and_zero_means_none():
