@@ -179,3 +179,44 @@ def test_fused_residual_add_without_chains_and_on_int8_weights(tmp_path, monkeyp
             fused, _, steps = _run(path, x, monkeypatch, fuse=True, chains=chains)
             for k in plain:
                 np.testing.assert_array_equal(fused[k], plain[k], err_msg=f"{path.name} chains={chains}")
+
+
+# Fused and unfused in one fresh process (kernel paths are chosen once per process).
+_PATHS_PROBE = r"""
+import os, sys
+import numpy as np
+from edgerun.engine import NativeEngine
+x = np.random.default_rng(6).standard_normal(tuple(int(d) for d in sys.argv[2].split(","))).astype(np.float32)
+outs = []
+for off in ("1", "0"):
+    os.environ["EDGERUN_NO_FUSE_ADD"] = off
+    eng = NativeEngine(sys.argv[1], max_batch=2, threads=2)
+    outs.append({k: v.copy() for k, v in eng.run(x).items()})
+np.savez(sys.argv[3], **{"plain_" + k: v for k, v in outs[0].items()}, **{"fused_" + k: v for k, v in outs[1].items()})
+"""
+
+
+@pytest.mark.parametrize("knob", ["EDGERUN_NO_IMPLICIT_CONV", "EDGERUN_NO_AVX512", "EDGERUN_FORCE_PORTABLE"])
+def test_fused_residual_add_on_other_kernel_paths(tmp_path, knob):
+    """im2col + GEMM, the AVX2 6x16 tile and the portable tile: their epilogues add the
+    residual in the same order too."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGERUN_")}
+    env[knob] = "1"
+    for name in ("resnet", "bottleneck", "mobilenet"):
+        model, _ = CASES[name]()
+        path = tmp_path / f"{name}.erg"
+        erg.write_erg(model, path)
+        dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+        out = tmp_path / f"{name}.npz"
+        r = subprocess.run([sys.executable, "-c", _PATHS_PROBE, str(path), ",".join(map(str, [2] + dims[1:])), str(out)],
+                           env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr[-3000:]
+        got = np.load(out)
+        keys = [k[len("plain_"):] for k in got.files if k.startswith("plain_")]
+        assert keys
+        for k in keys:
+            np.testing.assert_array_equal(got["fused_" + k], got["plain_" + k], err_msg=f"{knob} {name} {k}")
