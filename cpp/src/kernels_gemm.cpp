@@ -209,14 +209,6 @@ void pack_b(const float* B, int64_t ldb, int64_t kc, int64_t nc, float* out, int
   }
 }
 
-// The first 32 floats (two cache lines) of `rows` rows, ld apart, into L2.
-inline void prefetch_rows(const float* p, int64_t ld, int64_t rows) {
-  for (int64_t r = 0; r < rows; ++r) {
-    __builtin_prefetch(p + r * ld, 0, 2);
-    __builtin_prefetch(p + r * ld + 16, 0, 2);
-  }
-}
-
 // One row tile (rows m.., at most m1) x one strip (columns col..col + nr of C) over K block k0 (kc rows):
 // the micro-kernel on A's rows, or on the panels packed at load (ap), the epilogue after the last K block.
 inline void tile_call(const Ukr& u, int64_t kc, int64_t k0, int64_t m, int64_t m1, int64_t col, const float* A,
@@ -290,13 +282,8 @@ void gemm_tile_packer(const Ukr& u, int64_t m0, int64_t m1, int64_t n0, int64_t 
   for (int64_t k0 = 0; k0 < K; k0 += kKC) {
     const int64_t kc = std::min(kKC, K - k0);
     const bool last = ep != nullptr && k0 + kc >= K;
-    // A residual (fused Add) is read by the last K block's epilogues a strip of every row at a
-    // time: one stream per output row (64-240), more than the hardware prefetcher follows. The
-    // first K block fetches each strip's residual into L2 before packing the strip.
-    const float* res = k0 == 0 && ep != nullptr ? ep->res : nullptr;
     for (int64_t s = 0; s < nc; s += NR) {
       const int64_t nr = std::min(NR, nc - s);
-      if (res != nullptr) prefetch_rows(res + m0 * ep->ldr + n0 + s, ep->ldr, m1 - m0);
       packer.fn(packer.ctx, k0, kc, n0 + s, nr, pack);
       for (int64_t m = m0; m < m1; m += MR) {
         tile_call(u, kc, k0, m, m1, n0 + s, A, lda, ap, mpad, pack, NR, C, ldc, nr, last, ep);

@@ -73,13 +73,14 @@ class _Graph:
 
 def _resnet_like(c=16, h=14, w=13, skip_first=False):
     """Two basic blocks: identity skip, then a stride-2 block whose 1x1 downsampling conv
-    comes after the block's last conv in the graph (as torch exports ResNet)."""
+    comes after the block's last conv in the graph (as torch exports ResNet); that block's last
+    conv has a Relu of its own (fused into the conv: its activation, then + skip, then Relu)."""
     g = _Graph(3)
     a = g.conv("x", c, c, k=3, relu=True)
     b = g.conv(a, c, c, k=3)
     r1 = g.relu(g.add("x", b) if skip_first else g.add(b, "x"))
     a2 = g.conv(r1, c, 2 * c, k=3, stride=2, relu=True)
-    b2 = g.conv(a2, 2 * c, 2 * c, k=3)
+    b2 = g.conv(a2, 2 * c, 2 * c, k=3, relu=True)
     ds = g.conv(r1, c, 2 * c, k=1, stride=2)
     r2 = g.relu(g.add(b2, ds))
     return g.model(c, h, w, [r2]), 2
@@ -87,13 +88,13 @@ def _resnet_like(c=16, h=14, w=13, skip_first=False):
 
 def _bottleneck_like(c=64, h=7, w=7):
     """1x1 -> 3x3 -> 1x1 (the last on a 7x7 plane: the small-plane kernel) + identity, Relu;
-    then a grouped 3x3 (2 groups) + skip without a Relu after the Add."""
+    then a grouped 3x3 (2 groups) with a ReLU6 of its own + skip, no Relu after the Add."""
     g = _Graph(5)
     a = g.conv("x", c, c // 2, k=1, relu=True)
     b = g.conv(a, c // 2, c // 2, k=3, relu=True)
     d = g.conv(b, c // 2, c, k=1)
     r = g.relu(g.add(d, "x"))
-    e = g.conv(r, c, c, k=3, group=2)
+    e = g.clip6(g.conv(r, c, c, k=3, group=2))
     return g.model(c, h, w, [g.add(r, e)]), 2
 
 
