@@ -8,9 +8,9 @@ front; the three are timed in alternating blocks (bench_engine.interleaved_ms: m
 order rotating, pauses between blocks), at batch 1. Also printed: the outputs of the two
 native loads bit-identical or not, the Adds fused, each load's arena bytes.
 
-    python benchmarks/bench_fuse_add.py --runs 60 --threads 1 2 --out benchmarks/results/xeon/fuse_add.json
+    python benchmarks/bench_fuse_add.py --runs 60 --threads 1 2 --out benchmarks/results/xeon/fuse_add/fronts.json
     python benchmarks/bench_fuse_add.py --threads 0 --save-fronts /tmp/fronts   # the fronts for ab_builds.py
-    python benchmarks/bench_fuse_add.py --blocks --runs 300 --out benchmarks/results/xeon/fuse_add_blocks.json
+    python benchmarks/bench_fuse_add.py --blocks --runs 300 --out benchmarks/results/xeon/fuse_add/blocks.json
 
 ``--blocks``: single residual blocks (BLOCKS: ResNet basic blocks, MobileNetV2 inverted residuals)
 at their ResNet-18 / MobileNetV2 224x224 sizes instead of the fronts (``--size`` is ignored there).
