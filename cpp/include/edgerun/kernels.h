@@ -53,7 +53,7 @@ struct GemmEpilogue {
   int64_t      ldr = 0;
   Act          res_act = Act::kNone;  // kNone or kRelu (applied after the residual)
 };
-// A residual added in a conv's epilogue: NCHW like the conv's output, then res_act.
+// A residual added in a conv's epilogue: NCHW like the conv's output, then act.
 struct Residual {
   const float* x;
   Act          act;  // kNone or kRelu
