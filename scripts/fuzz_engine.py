@@ -16,7 +16,7 @@ sizes, batch 1-3, mostly a dynamic batch dim, sometimes a second (intermediate) 
   and the last sample alone on the same engine after the batch;
 - bit identity where the README claims it: 2 and 3 threads = 1 thread; EDGERUN_NO_FUSE,
   EDGERUN_FUSE_KB=8 and 1 (small chains fuse, in strips of a few rows), EDGERUN_NO_SMALL_N,
-  EDGERUN_NO_DIRECT_CONV = default; the same bits with all of them set after the engine loaded
+  EDGERUN_NO_DIRECT_CONV, EDGERUN_NO_FUSE_ADD (residual Adds in the conv epilogue) = default; the same bits with all of them set after the engine loaded
   (knobs are read at load);
 - the AVX2 (EDGERUN_NO_AVX512) and portable (EDGERUN_FORCE_PORTABLE) paths, read once per
   process, in two worker processes, against onnxruntime (their bits may differ: FMA order);
@@ -54,10 +54,11 @@ from fuzz_specs import random_spec  # noqa: E402
 
 RTOL = 1e-4
 CHANNEL_RTOL = 1e-3  # per channel, against the channel's own scale (see channel_err)
-KNOBS = ("EDGERUN_NO_FUSE", "EDGERUN_FUSE_KB", "EDGERUN_NO_SMALL_N", "EDGERUN_NO_DIRECT_CONV")
+KNOBS = ("EDGERUN_NO_FUSE", "EDGERUN_FUSE_KB", "EDGERUN_NO_SMALL_N", "EDGERUN_NO_DIRECT_CONV", "EDGERUN_NO_FUSE_ADD")
 BIT_VARIANTS = [("no_fuse", {"EDGERUN_NO_FUSE": "1"}), ("fuse_kb8", {"EDGERUN_FUSE_KB": "8"}),
                 ("fuse_kb1", {"EDGERUN_FUSE_KB": "1"}),
-                ("no_small_n", {"EDGERUN_NO_SMALL_N": "1"}), ("no_direct_conv", {"EDGERUN_NO_DIRECT_CONV": "1"})]
+                ("no_small_n", {"EDGERUN_NO_SMALL_N": "1"}), ("no_direct_conv", {"EDGERUN_NO_DIRECT_CONV": "1"}),
+                ("no_fuse_add", {"EDGERUN_NO_FUSE_ADD": "1"})]
 ARCH_VARIANTS = [("avx2", {"EDGERUN_NO_AVX512": "1"}), ("portable", {"EDGERUN_FORCE_PORTABLE": "1"}),
                  ("no_implicit_conv", {"EDGERUN_NO_IMPLICIT_CONV": "1"}),
                  ("no_pack", {"EDGERUN_NO_PACK_A": "1", "EDGERUN_NO_PACK_B": "1", "EDGERUN_NO_STRIPS_OUTER": "1"})]

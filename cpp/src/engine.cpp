@@ -50,6 +50,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, int32_t ma
   e->prepare_quant();
   e->fuse_chains();
   e->pick_conv_kernels();
+  e->fuse_residual_adds();
   ER_RETURN_IF_ERROR(e->plan_and_allocate());
   return e;
 }
@@ -126,11 +127,12 @@ Status Engine::plan_and_allocate() {
   // Liveness per root buffer: produced by its first writer, read until its last
   // reader through any alias; graph outputs live to the end.
   std::vector<int32_t> first(T.size(), -1), last(T.size(), -1);
-  // A fused chain runs as one step: all its buffers live over the head's slot.
+  // A fused chain runs as one step: all its buffers live over the head's slot. A conv (or
+  // chain) with a fused residual Add, and a Relu fused with it, run at the Add's slot.
   int32_t slot = 0;
   for (int32_t i = 0; i < n_nodes; ++i) {
     const NodeInfo& nd = graph_.nodes()[steps_[i].node];
-    if (steps_[i].fuse != 2) slot = i;
+    if (steps_[i].fuse != 2) slot = steps_[i].run_at >= 0 ? steps_[i].run_at : i;
     for (uint32_t id : nd.outputs)
       if (root_[id] == id) first[id] = last[id] = slot;
     for (uint32_t id : nd.inputs)
@@ -177,6 +179,7 @@ Status Engine::plan_and_allocate() {
   for (size_t i = 0; i < owner.size(); ++i)
     ptr_[owner[i]] = arena_.get() + plan.offsets[i] / sizeof(float);
   for (uint32_t t = 0; t < T.size(); ++t) ptr_[t] = ptr_[root_[t]];
+  for (const auto& [t, to] : add_alias_) ptr_[t] = ptr_[to];  // fused Adds write the final tensor
   return Status::Ok();
 }
 
@@ -211,8 +214,10 @@ Status Engine::run(const InputView* inputs, size_t n_inputs, int32_t batch) {
   // Aliases of inputs follow the caller's buffers (set per run, no allocation).
   for (uint32_t t = 0; t < ptr_.size(); ++t)
     if (root_[t] != t && graph_.tensors()[root_[t]].kind == TensorKind::kInput) ptr_[t] = ptr_[root_[t]];
-  for (size_t i = 0; i < steps_.size(); ++i) {
-    if (steps_[i].fuse == 2) continue;  // run by its chain's head
+  for (size_t k = 0; k < steps_.size(); ++k) {
+    // run by its chain's head, or at a fused residual Add's step
+    if (steps_[k].fuse == 2 || steps_[k].run_at >= 0) continue;
+    const size_t i = steps_[k].runs >= 0 ? size_t(steps_[k].runs) : k;  // an Add runs its conv
     const auto t0 = profiling_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
     if (steps_[i].fuse == 1) run_fused(i, batch);
     else ER_RETURN_IF_ERROR(run_step(steps_[i], batch));
@@ -234,6 +239,7 @@ const char* Engine::step_kernel(size_t i) const {
   const Step& s = steps_[i];
   if (s.fuse == 1) return "fused-1x1-dw-1x1";  // its time covers the two steps after it
   if (s.fuse == 2) return "(fused)";
+  if (s.runs >= 0 || (s.run_at >= 0 && s.op != OpCode::kConv)) return "(fused)";  // into a conv's epilogue
   if (s.op == OpCode::kConv) {
     if (s.use_s8) return "conv-s8";
     if (s.act_f32 && s.prec == Precision::kInt8) return "conv-w8";  // fp32 on int8 weights
@@ -262,8 +268,10 @@ Status Engine::run_step(const Step& s, int32_t batch) {
         kernels::conv2d_s8(s.conv, n, in(0), s.s8, in(2), y, scratch_.get(), th);
         break;
       }
+      const kernels::Residual res{s.res != kErgNoTensor ? ptr_[s.res] : nullptr, s.res_act};
+      const kernels::Residual* rp = res.x != nullptr ? &res : nullptr;  // a fused residual Add
       if (s.wsmall != nullptr) {
-        kernels::pointwise_small(s.conv, n, in(0), s.wsmall, in(2), y, th);
+        kernels::pointwise_small(s.conv, n, in(0), s.wsmall, in(2), y, th, rp);
         break;
       }
       const float* w = in(1);
@@ -274,7 +282,7 @@ Status Engine::run_step(const Step& s, int32_t batch) {
         w = deq_.get();
       }
       if (s.s2_direct) kernels::conv_s2_small(s.conv, n, in(0), w, in(2), y, scratch_.get(), th);
-      else kernels::conv2d(s.conv, n, in(0), w, in(2), y, scratch_.get(), th, s.wpack);
+      else kernels::conv2d(s.conv, n, in(0), w, in(2), y, scratch_.get(), th, s.wpack, rp);
       break;
     }
     case OpCode::kGemm: {

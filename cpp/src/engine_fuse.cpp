@@ -152,14 +152,15 @@ const float* Engine::input(const Step& s, size_t i) const {
 }
 
 void Engine::run_pointwise(const Step& s, const float* x, int64_t ldx, int64_t n, float* y,
-                           int64_t ldy, float* scratch, int threads, const float* wdeq) {
+                           int64_t ldy, float* scratch, int threads, const float* wdeq,
+                           const float* res) {
   const kernels::ConvParams& p = s.conv;
   if (s.use_s8) {
     kernels::pointwise_s8_window(s.s8, x, ldx, n, input(s, 2), p.act, p.lo, p.hi, y, ldy,
                                  scratch, threads);
     return;
   }
-  const kernels::GemmEpilogue ep{input(s, 2), nullptr, p.act, p.lo, p.hi};
+  const kernels::GemmEpilogue ep{input(s, 2), nullptr, p.act, p.lo, p.hi, res, ldy, s.res_act};
   const float* w = wdeq != nullptr ? wdeq : s.wdeq != nullptr ? s.wdeq : input(s, 1);
   kernels::sgemm(p.cout, n, p.cin, w, p.cin, x, ldx, y, ldy, scratch, threads, &ep);
 }
@@ -171,6 +172,7 @@ void Engine::run_fused(size_t head, int32_t batch) {
   const int64_t n_img = graph_.tensors()[an.inputs[0]].dims[0] == -1 ? batch : graph_.tensors()[an.inputs[0]].dims[0];
   const float* x = input(a, 0);
   float* y = const_cast<float*>(ptr_[graph_.nodes()[c.node].outputs[0]]);  // arena memory
+  const float* res = c.res != kErgNoTensor ? ptr_[c.res] : nullptr;  // a fused residual Add's skip
   const float* wd = d.wdeq != nullptr ? d.wdeq : input(d, 1);
   const float* bd = input(d, 2);
   const int64_t in_plane = pa.h * pa.w, out_plane = pc.oh * pc.ow;
@@ -196,7 +198,8 @@ void Engine::run_fused(size_t head, int32_t batch) {
     ps.oh = y1 - y0;
     ps.pt = pd.pt + r0 - y0 * pd.sh;  // output row y reads strip row y * sh - pt' + i * dh
     kernels::depthwise_conv(ps, 1, e, wd, bd, f, scratch, 1);
-    run_pointwise(c, f, out_px, out_px, yn + y0 * pc.ow, out_plane, scratch, 1, wc);
+    const float* rn = res != nullptr ? res + n * pc.cout * out_plane + y0 * pc.ow : nullptr;
+    run_pointwise(c, f, out_px, out_px, yn + y0 * pc.ow, out_plane, scratch, 1, wc, rn);
   });
 }
 

@@ -11,11 +11,15 @@ namespace gemm {
 
 // The epilogue of one micro-tile (last K block only): bias for its rows / columns
 // (already offset to the tile) and the activation.
+// With a residual (res, already offset to the tile, row r at res + r * ldr): then + res and res_act.
 struct TileEpi {
   const float* rb;
   const float* cb;
   Act          act;
   float        lo, hi;
+  const float* res = nullptr;
+  int64_t      ldr = 0;
+  Act          res_act = Act::kNone;
 };
 
 // C[mr, nr] (+)= A[mr, kc] * B[kc, nr]. Bp: the B strip, row k at Bp + k * ldbp

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "edgerun/kernels.h"
+#include "edgerun/status.h"
 #include "env.h"
 #include "gemm_ukr.h"
 
@@ -175,8 +176,9 @@ void conv2d_pack_weights(const ConvParams& p, const float* w, float* packed) {
 }
 
 void conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w, const float* bias,
-            float* y, float* scratch, int threads, const float* wpack) {
+            float* y, float* scratch, int threads, const float* wpack, const Residual* res) {
   if (is_depthwise(p) && p.kh * p.kw > 0) {
+    ER_ASSERT(res == nullptr);  // the engine fuses residual Adds into GEMM convs only
     depthwise_conv(p, batch, x, w, bias, y, scratch, threads);
     return;
   }
@@ -191,7 +193,12 @@ void conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w, 
     float* yn = y + n * p.cout * plane;
     for (int64_t g = 0; g < p.group; ++g) {
       const float* xg = xn + g * cin_g * p.h * p.w;
-      const GemmEpilogue ep{bias ? bias + g * cout_g : nullptr, nullptr, p.act, p.lo, p.hi};
+      GemmEpilogue ep{bias ? bias + g * cout_g : nullptr, nullptr, p.act, p.lo, p.hi};
+      if (res != nullptr) {  // laid out like y: this group's rows of this image
+        ep.res = res->x + n * p.cout * plane + g * cout_g * plane;
+        ep.ldr = plane;
+        ep.res_act = res->act;
+      }
       const float* wp = wpack ? wpack + size_t(g) * gemm::pack_a_floats(cout_g, kdim) : nullptr;
       if (implicit) {
         conv2d_implicit(p, xg, w + g * cout_g * kdim, ep, yn + g * cout_g * plane, pack, threads, wp);

@@ -41,7 +41,14 @@ using gemm::Ukr;
 inline float epi1(float v, int64_t r, int64_t j, const TileEpi& e) {
   if (e.rb) v += e.rb[r];
   if (e.cb) v += e.cb[j];
-  return apply_act(v, e.act, e.lo, e.hi);
+  v = apply_act(v, e.act, e.lo, e.hi);
+  return e.res ? apply_act(v + e.res[r * e.ldr + j], e.res_act, 0.f, 0.f) : v;
+}
+
+// The epilogue of row m of C, columns from 0 (col_bias and the residual row not offset).
+inline TileEpi row_epi(const GemmEpilogue& ep, int64_t m) {
+  return {ep.row_bias ? ep.row_bias + m : nullptr, ep.col_bias, ep.act, ep.lo, ep.hi,
+          ep.res ? ep.res + m * ep.ldr : nullptr, ep.ldr, ep.res_act};
 }
 
 // Writes the accumulated tile to C (the valid part only), epilogue applied if given.
@@ -137,6 +144,15 @@ __attribute__((target("avx2,fma"))) inline void ukr_avx2_rows(int64_t kc, const 
           v0 = _mm256_min_ps(_mm256_max_ps(v0, lo), hi);
           v1 = _mm256_min_ps(_mm256_max_ps(v1, lo), hi);
         }
+        if (ep->res) {  // the residual Add (+ Relu) after the conv's own epilogue
+          const float* rr = ep->res + r * ep->ldr;
+          v0 = _mm256_add_ps(v0, _mm256_loadu_ps(rr));
+          v1 = _mm256_add_ps(v1, _mm256_loadu_ps(rr + 8));
+          if (ep->res_act == Act::kRelu) {
+            v0 = _mm256_max_ps(v0, _mm256_setzero_ps());
+            v1 = _mm256_max_ps(v1, _mm256_setzero_ps());
+          }
+        }
       }
       _mm256_storeu_ps(cr, v0);
       _mm256_storeu_ps(cr + 8, v1);
@@ -202,7 +218,7 @@ inline void tile_call(const Ukr& u, int64_t kc, int64_t k0, int64_t m, int64_t m
   TileEpi te;
   if (last)
     te = {ep->row_bias ? ep->row_bias + m : nullptr, ep->col_bias ? ep->col_bias + col : nullptr, ep->act, ep->lo,
-          ep->hi};
+          ep->hi, ep->res ? ep->res + m * ep->ldr + col : nullptr, ep->ldr, ep->res_act};
   float* c = C + m * ldc + col;
   if (ap != nullptr)
     u.fn_pa(kc, ap + k0 * mpad + m * kc, MR, std::min(MR, m1 - m), bp, ldbp, c, ldc, nr, k0 > 0, last ? &te : nullptr);
@@ -370,7 +386,7 @@ void gemv_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, con
     }
     if (ep == nullptr) return;
     for (int64_t m = 0; m < M; ++m) {
-      const TileEpi te{ep->row_bias ? ep->row_bias + m : nullptr, ep->col_bias, ep->act, ep->lo, ep->hi};
+      const TileEpi te = row_epi(*ep, m);
       float* c = C + m * ldc;
       for (int64_t j = n0; j < n0 + nw; ++j) c[j] = epi1(c[j], 0, j, te);
     }
@@ -451,7 +467,7 @@ void sgemm_impl(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, co
       float* c = C + m * ldc;
       std::memset(c, 0, sizeof(float) * N);
       if (ep) {
-        const TileEpi te{ep->row_bias ? ep->row_bias + m : nullptr, ep->col_bias, ep->act, ep->lo, ep->hi};
+        const TileEpi te = row_epi(*ep, m);
         for (int64_t j = 0; j < N; ++j) c[j] = epi1(0.f, 0, j, te);
       }
     }

@@ -27,12 +27,16 @@ constexpr int64_t kMR = 8, kNR = 32;
 // may alias anything, so the generic loop reloaded ep->rb and ep->act after every row's
 // stores and branched on them (perf: a third of the kernel's samples fell outside its k
 // loop on K = 16..32 convs). Same operations in the same order as before: same bits.
-template <Act A, bool kEp>
+// kRes: then + the residual tile (row r at res + r * ldr) and Relu when res_relu (a residual
+// Add and its Relu fused: the unfused Add's and Relu's operations, in their order).
+template <Act A, bool kEp, bool kRes = false>
 __attribute__((target("avx512f"))) inline void store_tile(const __m512 (&c)[kMR][2], int64_t mr,
                                                           float* C, int64_t ldc, __mmask16 m0,
                                                           __mmask16 m1, bool acc,
                                                           const float* rbp, const float* cbp,
-                                                          float lo_v, float hi_v) {
+                                                          float lo_v, float hi_v,
+                                                          const float* res = nullptr, int64_t ldr = 0,
+                                                          bool res_relu = false) {
   __m512 cb0 = _mm512_setzero_ps(), cb1 = cb0;
   if (kEp && cbp != nullptr) {
     cb0 = _mm512_maskz_loadu_ps(m0, cbp);
@@ -61,6 +65,15 @@ __attribute__((target("avx512f"))) inline void store_tile(const __m512 (&c)[kMR]
       } else if (A == Act::kClip) {
         v0 = _mm512_min_ps(_mm512_max_ps(v0, lo), hi);
         v1 = _mm512_min_ps(_mm512_max_ps(v1, lo), hi);
+      }
+      if (kRes) {
+        const float* rr = res + r * ldr;
+        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, rr));
+        v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, rr + 16));
+        if (res_relu) {
+          v0 = _mm512_max_ps(v0, _mm512_setzero_ps());
+          v1 = _mm512_max_ps(v1, _mm512_setzero_ps());
+        }
       }
     }
     _mm512_mask_storeu_ps(cr, m0, v0);
@@ -111,6 +124,24 @@ __attribute__((target("avx512f"))) inline void ukr_body(int64_t kc, const float*
   const __mmask16 m1 = nr >= 32 ? __mmask16(0xFFFF) : nr > 16 ? __mmask16((1u << (nr - 16)) - 1) : 0;
   if (ep == nullptr) {
     store_tile<Act::kNone, false>(c, mr, C, ldc, m0, m1, acc, nullptr, nullptr, 0.f, 0.f);
+    return;
+  }
+  if (ep->res != nullptr) {
+    const bool relu = ep->res_act == Act::kRelu;
+    switch (ep->act) {
+      case Act::kRelu:
+        store_tile<Act::kRelu, true, true>(c, mr, C, ldc, m0, m1, acc, ep->rb, ep->cb, ep->lo, ep->hi, ep->res,
+                                           ep->ldr, relu);
+        break;
+      case Act::kClip:
+        store_tile<Act::kClip, true, true>(c, mr, C, ldc, m0, m1, acc, ep->rb, ep->cb, ep->lo, ep->hi, ep->res,
+                                           ep->ldr, relu);
+        break;
+      default:
+        store_tile<Act::kNone, true, true>(c, mr, C, ldc, m0, m1, acc, ep->rb, ep->cb, ep->lo, ep->hi, ep->res,
+                                           ep->ldr, relu);
+        break;
+    }
     return;
   }
   switch (ep->act) {

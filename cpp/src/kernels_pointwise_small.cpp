@@ -143,9 +143,14 @@ __attribute__((target("avx512f"))) void tile(const ConvParams& p, int64_t K, con
 // into L2 (next: the panel after this one, or this one for the last). Measured on Zen 5,
 // 1 thread, caches evicted before each call: K = 192 -> 1152 on 7x7 125 -> 100 us,
 // 1152 -> 192 114 -> 95, 672 -> 192 74 -> 63; hot (back to back) ~1 % slower.
+// res (laid out like y) / res_relu: a fused residual Add (+ Relu), applied to the panel's output
+// rows once all its tiles are written (6-32 KB, still in L1): y = y + res, then Relu; the
+// unfused Add's and Relu's operations in their order. In the tiles, on the transposed
+// registers, it would need the residual transposed too.
 __attribute__((target("avx512f"))) void run_panel(const ConvParams& p, const float* panel,
                                                   const float* x, float* y, int64_t m0,
-                                                  const float* bias, const float* next) {
+                                                  const float* bias, const float* next,
+                                                  const float* res, bool res_relu) {
   const int64_t plane = p.oh * p.ow, K = p.cin;
   int64_t p0 = 0;
   for (; p0 + kTile <= plane; p0 += kTile)
@@ -158,6 +163,17 @@ __attribute__((target("avx512f"))) void run_panel(const ConvParams& p, const flo
     case 2: tile<2>(p, K, panel, x, plane, p0, y, m0, bias, nullptr); break;
     case 1: tile<1>(p, K, panel, x, plane, p0, y, m0, bias, nullptr); break;
     default: break;
+  }
+  if (res == nullptr) return;
+  const int64_t n = std::min<int64_t>(kPanel, p.cout - m0) * plane;  // the panel's rows: contiguous
+  float* yp = y + m0 * plane;
+  const float* rp = res + m0 * plane;
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - i)) - 1u);
+    __m512 v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, yp + i), _mm512_maskz_loadu_ps(m, rp + i));
+    if (res_relu) v = _mm512_max_ps(v, zero);
+    _mm512_mask_storeu_ps(yp + i, m, v);
   }
 }
 #endif
@@ -189,14 +205,15 @@ void pointwise_small_pack(const ConvParams& p, const float* w, float* packed) {
 }
 
 void pointwise_small(const ConvParams& p, int64_t batch, const float* x, const float* packed,
-                     const float* bias, float* y, int threads) {
+                     const float* bias, float* y, int threads, const Residual* res) {
 #ifdef ER_X86_64
   const int64_t panels = (p.cout + kPanel - 1) / kPanel, plane = p.oh * p.ow;
   const int64_t tasks = batch * panels;
   parallel_for(threads, tasks, [&](int64_t t) {
     const int64_t n = t / panels, g = t % panels;
     run_panel(p, packed + g * p.cin * kPanel, x + n * p.cin * plane, y + n * p.cout * plane,
-              g * kPanel, bias, packed + (g + 1 < panels ? g + 1 : g) * p.cin * kPanel);
+              g * kPanel, bias, packed + (g + 1 < panels ? g + 1 : g) * p.cin * kPanel,
+              res != nullptr ? res->x + n * p.cout * plane : nullptr, res != nullptr && res->act == Act::kRelu);
   });
 #endif
 }

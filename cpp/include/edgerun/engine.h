@@ -62,6 +62,15 @@ struct Step {
   // step (it runs all three), 2 on the two steps it covers (skipped by run()).
   uint8_t             fuse = 0;
   int64_t             strip_rows = 0;  // head: depthwise output rows per strip
+  // Residual Add (+ its Relu) fused into the epilogue of the conv producing one of its inputs
+  // (engine_fuse_add.cpp). run_at >= 0: this step runs at step run_at instead (the conv, or
+  // its chain's head: run by the Add; the fused Relu: nothing left to run). runs >= 0 (the
+  // Add): runs step `runs` here. res (the conv writing the sum): the skip tensor, added after
+  // its own epilogue, then res_act (kNone or kRelu).
+  int32_t             run_at = -1;
+  int32_t             runs = -1;
+  uint32_t            res = kErgNoTensor;
+  Act                 res_act = Act::kNone;
 };
 
 struct AlignedFree {
@@ -102,6 +111,7 @@ class Engine {
     return (scratch_floats_ + deq_floats_ + fused_floats()) * sizeof(float);
   }
   size_t   fused_chains() const;  // how many 1x1 -> depthwise -> 1x1 chains run fused
+  size_t   fused_adds() const;    // how many residual Adds run in a conv's epilogue
   uint64_t weight_bytes() const { return graph_.weight_bytes(); }
   int32_t  max_batch() const { return max_batch_; }
   int32_t  threads() const { return threads_; }
@@ -124,13 +134,15 @@ class Engine {
   Status run_step(const Step& s, int32_t batch);
   void   prepare_quant();                 // int8 GEMM weights, dequant buffer size (quant_prepare.cpp)
   void   fuse_chains();                   // mark 1x1 -> depthwise -> 1x1 chains (engine_fuse.cpp)
+  void   fuse_residual_adds();            // conv -> Add (-> Relu) into the conv (engine_fuse_add.cpp)
   void   pick_conv_kernels();             // Step::s2_direct, wsmall, wpack, bpack (engine.cpp)
   void   plan_fused_buffers();            // fused_strip_ / fused_share_ (engine_fuse.cpp)
   size_t fused_floats() const { return fused_share_ * size_t(threads_); }
   void   run_fused(size_t head, int32_t batch);
   // wdeq: the step's weights dequantized for this run (per-run dequantized steps), else null.
+  // res: a fused residual Add's skip, laid out like y (ldy), else null.
   void   run_pointwise(const Step& s, const float* x, int64_t ldx, int64_t n, float* y, int64_t ldy,
-                       float* scratch, int threads, const float* wdeq);
+                       float* scratch, int threads, const float* wdeq, const float* res = nullptr);
   const float* input(const Step& s, size_t i) const;  // i-th input of the step's node, or null
 
   Graph                     graph_;
@@ -147,7 +159,10 @@ class Engine {
   FloatBuffer               fused_;       // per thread: strip buffers + kernel scratch of fused chains
   size_t                    fused_strip_ = 0;  // floats of one thread's strip buffers
   size_t                    fused_share_ = 0;  // floats of one thread's share of fused_
-  std::vector<uint8_t>      fused_inner_; // per tensor: 1 = inside a fused chain (no arena bytes)
+  std::vector<uint8_t>      fused_inner_; // per tensor: 1 = inside a fused chain or a fused
+                                          // residual Add (no arena bytes)
+  std::vector<std::pair<uint32_t, uint32_t>> add_alias_;  // (tensor, tensor whose buffer it uses):
+                                          // a fused Add's inputs/outputs written as one
   size_t                    deq_floats_ = 0;
   std::vector<std::vector<int8_t>>  owned_s8_;   // int8 rows re-padded to a multiple of 4
   std::vector<std::vector<int32_t>> owned_sum_;  // int8 row sums

@@ -41,12 +41,22 @@ const char* gemm_path();
 // ============================================================================
 // GEMM: C[M,N] (+)= A[M,K] * B[K,N], row-major with leading dims
 // ============================================================================
-// Optional fused epilogue: C = act(C + row_bias[m] + col_bias[n]) (either bias may be null).
+// Optional fused epilogue: C = act(C + row_bias[m] + col_bias[n]) (either bias may be null),
+// then, with a residual, C = res_act(C + res[m * ldr + n]) (a residual Add and the Relu after
+// it fused into the producing conv: the unfused Add's and Relu's operations, in their order).
 struct GemmEpilogue {
   const float* row_bias;
   const float* col_bias;
   Act          act;
   float        lo, hi;  // clip bounds when act == kClip
+  const float* res = nullptr;  // residual, laid out like C with leading dim ldr; null: none
+  int64_t      ldr = 0;
+  Act          res_act = Act::kNone;  // kNone or kRelu (applied after the residual)
+};
+// A residual added in a conv's epilogue: NCHW like the conv's output, then act.
+struct Residual {
+  const float* x;
+  Act          act;  // kNone or kRelu
 };
 size_t sgemm_scratch_floats(int threads);
 void   sgemm(int64_t M, int64_t N, int64_t K,
@@ -90,11 +100,12 @@ bool   pointwise_small_n(const ConvParams& p);
 size_t pointwise_small_pack_floats(const ConvParams& p);
 void   pointwise_small_pack(const ConvParams& p, const float* w, float* packed);
 void   pointwise_small(const ConvParams& p, int64_t batch, const float* x, const float* packed,
-                       const float* bias, float* y, int threads);
+                       const float* bias, float* y, int threads, const Residual* res = nullptr);
 // wpack: the weights packed once by conv2d_pack_weights (then w is not read), or nullptr.
+// res: a residual added in the GEMM epilogue (not on the depthwise path), or nullptr.
 void   conv2d(const ConvParams& p, int64_t batch, const float* x, const float* w,
               const float* bias, float* y, float* scratch, int threads,
-              const float* wpack = nullptr);
+              const float* wpack = nullptr, const Residual* res = nullptr);
 // The GEMM's A operand (the weights) packed once, at load, into the micro-kernel's [kc][8]
 // panels per K block and 8-row tile, so conv2d's GEMM reads them as one contiguous stream
 // (gemm_ukr.h pack_a). Same bits. conv2d_pack_floats: the packed size in floats, 0 where conv2d would not use it
