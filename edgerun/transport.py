@@ -23,7 +23,6 @@ import ssl
 import struct
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +32,7 @@ from paho.mqtt.properties import Properties
 
 from edgerun.broker_url import broker_credentials, broker_tls, parse_broker_url, redact_broker_url
 from edgerun.errors import ConfigError, FrameError, TransportError
+from edgerun.refusals import Refusals
 
 log = logging.getLogger("edgerun.transport")
 
@@ -201,58 +201,6 @@ def presence_payload(role: str, ident: str, status: str, **extra: Any) -> bytes:
 
 # ---------------------------------------------------------------- client --
 MessageHandler = Callable[[mqtt.MQTTMessage], None]
-
-
-class Refusals:
-    """Which of our QoS 1 publishes the broker refused in its PUBACK (an MQTT 5 reason code: an ACL that does not
-    let this client publish on the topic, a message over mosquitto's ``message_size_limit``, a quota), told to
-    ``on_refused(key, why)`` under the owner's key (a request id) instead of paho's 16-bit mid.
-
-    The PUBACK can come before ``publish()`` returns: ``watch(mid, key)`` after it, ``refused`` / ``acked``
-    from the client's network thread. Keys still watched are dropped by ``forget`` when their owner is done.
-    """
-
-    EARLY_KEPT = 64  # refusals that came before their watch(): a watch() that never comes leaves them
-
-    def __init__(self, on_refused: Callable[[Any, str], None]) -> None:
-        # a bound method held weakly: its owner holds this, and a cycle kept closed Devices until a full GC
-        self._on_refused = (weakref.WeakMethod(on_refused) if hasattr(on_refused, "__self__")
-                            else lambda: on_refused)
-        self._lock = threading.Lock()
-        self._keys: dict[int, Any] = {}
-        self._early: dict[int, str] = {}
-
-    def watch(self, mid: int, key: Any) -> None:
-        with self._lock:
-            why = self._early.pop(mid, None)
-            if why is None:
-                self._keys[mid] = key
-        if why is not None:
-            self._tell(key, why)
-
-    def forget(self, keys: Any) -> None:
-        with self._lock:
-            for mid in [m for m, k in self._keys.items() if k in keys]:
-                del self._keys[mid]
-
-    def acked(self, mid: int) -> None:
-        with self._lock:
-            self._keys.pop(mid, None)
-
-    def refused(self, mid: int, why: str) -> None:
-        with self._lock:
-            key = self._keys.pop(mid, None)
-            if key is None:
-                if len(self._early) >= self.EARLY_KEPT:
-                    self._early.pop(next(iter(self._early)))
-                self._early[mid] = why
-        if key is not None:
-            self._tell(key, why)
-
-    def _tell(self, key: Any, why: str) -> None:
-        on_refused = self._on_refused()
-        if on_refused is not None:
-            on_refused(key, why)
 
 
 class MqttClient:
