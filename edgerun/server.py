@@ -225,10 +225,19 @@ class _Worker:
             log.exception("decoding request %d failed", request_id)
             self._fail(topic, resp_topic, corr, request_id, "internal", f"server error: {type(exc).__name__}: {exc}")
             return None
+        if resp_topic is None:  # checked after the frame, so a bad one is counted by its own code
+            # nowhere to answer: running the back half for it took a batch's room and a flood of them the
+            # worker's whole time, while the requests behind them waited
+            self.stats.count_error("no_response_topic", answered=False)
+            log.warning("request %d on %s has no Response Topic: dropped, not computed", request_id, topic)
+            return None
         return _Request(topic, resp_topic, corr, frame, t0)
 
     def _answer(self, run: list[_Request]) -> None:
         """The back half on ``run`` (one call), then each request's reply."""
+        run = [r for r in run if self._finite_cut(r)]
+        if not run:
+            return
         try:
             outs = self._back([r.frame.tensors for r in run])
         except Exception as exc:  # a batched call that fails is retried request by request, so one
@@ -255,7 +264,35 @@ class _Worker:
         for r in run:
             mine = [np.ascontiguousarray(o[at:at + r.rows]) for o in outs]
             at += r.rows
-            self._reply(r, mine, batch=len(run))
+            if self._finite_outputs(r, mine):
+                self._reply(r, mine, batch=len(run))
+
+    def _finite_cut(self, r: _Request) -> bool:
+        """Refuse cut tensors holding NaN / Inf (False): the back half turned them into a NaN answer sent as
+        a REPLY, whose argmax is a confident class. Devices never send them (device_checks.check_finite_cut);
+        a foreign or broken client does."""
+        for t, spec in zip(r.frame.tensors, self.bundle.cut):
+            if t.dtype.kind == "f" and not np.isfinite(t).all():
+                bad = int(np.count_nonzero(~np.isfinite(t)))
+                self._fail(r.topic, r.resp_topic, r.corr, r.frame.request_id, "non_finite",
+                           f"cut tensor {spec.name!r} holds {bad} NaN/Inf value(s): the answer would be garbage, so "
+                           "the back half was not run; the sender's front half diverged (check its input)")
+                return False
+        return True
+
+    def _finite_outputs(self, r: _Request, outs: list[np.ndarray]) -> bool:
+        """Refuse a reply holding NaN / Inf (False): finite but huge cut values (|x| ~ 1e38) overflow inside
+        the back half, and the NaN logits went out as the model's answer."""
+        for o, spec in zip(outs, self.bundle.outputs):
+            if o.dtype.kind == "f" and not np.isfinite(o).all():
+                cut_max = max((float(np.abs(t).max()) for t in r.frame.tensors if t.dtype.kind == "f" and t.size),
+                              default=0.0)
+                self._fail(r.topic, r.resp_topic, r.corr, r.frame.request_id, "non_finite",
+                           f"the back half gives NaN/Inf in {spec.name!r} on these cut tensors (|x| up to "
+                           f"{cut_max:.3g}): not answered; the input is far outside the range the model was "
+                           "trained on (scale it as the model expects)")
+                return False
+        return True
 
     def _back(self, requests: list[list[np.ndarray]]) -> list[np.ndarray]:
         """One onnxruntime call on the requests' tensors stacked along the batch axis."""
