@@ -43,6 +43,10 @@ _POLL_S = 0.1
 _STATS_EVERY_S = 60.0
 MAX_BATCH = 4096  # samples per back-half call (serve --max-batch)
 MAX_BATCH_WAIT_MS = 1000.0
+# Request bytes a worker holds waiting for it (serve's max_waiting_bytes; at least 8 frames of the largest size
+# it takes): the inbox was unbounded, so devices sending faster than the back half ran grew the server
+# until the kernel killed it. Over it a request is refused at once with code "busy".
+MIN_WAITING_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -155,6 +159,53 @@ class _Worker:
         self.decode, self.encode = wire.best_decoder(), wire.best_encoder()
         self.inbox: queue.Queue[Any] = queue.Queue()
         self.client: transport.MqttClient | None = None
+        self.max_waiting_bytes = max(MIN_WAITING_BYTES, 8 * max_frame_bytes)
+        self._door = threading.Lock()  # offer() runs on paho's thread, the rest on the worker's
+        self._waiting_bytes = 0  # payload bytes in the inbox
+        self._busy = 0  # refused by offer() and not yet in stats (only the worker's thread writes stats)
+
+    def offer(self, msg: Any) -> None:
+        """paho's thread: queue a message for the worker, or refuse it with code "busy" when the requests
+        already waiting hold ``max_waiting_bytes`` (one always fits). Never raises."""
+        size = len(getattr(msg, "payload", b"") or b"")
+        with self._door:
+            full = self._waiting_bytes > 0 and self._waiting_bytes + size > self.max_waiting_bytes
+            if not full:
+                self._waiting_bytes += size
+                self.inbox.put(msg)
+                return
+            self._busy += 1
+            waiting = self._waiting_bytes
+        props = getattr(msg, "properties", None)
+        resp_topic = getattr(props, "ResponseTopic", None)
+        corr = getattr(props, "CorrelationData", None)
+        if resp_topic is None or transport.publish_topic_problem(resp_topic):
+            return
+        request_id = transport.correlation_id(corr) or 0
+        mb = 2**20
+        why = (f"this server is overloaded: {waiting / mb:.1f} MiB of requests are waiting for it (its limit is "
+               f"{self.max_waiting_bytes / mb:.0f} MiB); retry later, or start more `edgerun serve` workers in "
+               "its --group")
+        try:
+            self.client.publish(resp_topic, wire.error_frame(request_id, self.bundle.hash16, "busy", why),
+                                correlation=corr)
+        except Exception as exc:  # noqa: BLE001 - paho's thread must not die; the device times out
+            log.warning("could not refuse request %d as busy: %s", request_id, exc)
+
+    def took(self, msg: Any) -> None:
+        """The worker took ``msg`` from the inbox: its bytes no longer wait."""
+        with self._door:
+            self._waiting_bytes -= len(getattr(msg, "payload", b"") or b"")
+
+    def count_busy(self) -> None:
+        """Fold the refusals of offer() into the stats (the worker's thread)."""
+        with self._door:
+            n, self._busy = self._busy, 0
+        if n:
+            self.stats.received += n
+            self.stats.errors["busy"] = self.stats.errors.get("busy", 0) + n
+            log.warning("%d request(s) refused as busy: over %d MiB of requests waiting", n,
+                        self.max_waiting_bytes >> 20)
 
     def extra_filters(self) -> list[str]:
         """Topic filters this worker reads besides the group's shared subscription."""
@@ -199,6 +250,7 @@ class _Worker:
 
     def _prepare(self, msg: Any) -> _Request | None:
         """Decode and check one message; a bad one is answered (or dropped) here: None."""
+        self.took(msg)
         self.stats.received += 1
         topic = str(getattr(msg, "topic", "?"))  # names the sending device in log lines
         props = getattr(msg, "properties", None)
@@ -364,6 +416,7 @@ def serve(
     batch_wait_ms: float = 0.0,
     max_sessions: int | None = None,
     session_ttl_s: float | None = None,
+    max_waiting_bytes: int | None = None,
 ) -> ServerStats:
     """Serve the back half of ``bundle`` until ``stop`` is set (or SIGINT/SIGTERM).
 
@@ -387,6 +440,8 @@ def serve(
             whose KV cache this worker keeps (least recently used out; default 32) and how long an
             idle one is kept (default 600 s). A model bundle has no sessions: giving either is a
             ConfigError, not an option silently ignored.
+        max_waiting_bytes: most request bytes waiting for this worker; a request over it is refused at once
+            with code "busy" (default: 256 MiB, or 8 frames of ``max_frame_bytes`` when that is more).
 
     Returns:
         The worker's ServerStats.
@@ -403,6 +458,9 @@ def serve(
     if not (isinstance(batch_wait_ms, (int, float)) and 0 <= batch_wait_ms <= MAX_BATCH_WAIT_MS):
         raise ConfigError(f"batch_wait_ms={batch_wait_ms!r} must be in 0..{MAX_BATCH_WAIT_MS:g} ms "
                           "(0 = batch only what is already waiting)")
+    if max_waiting_bytes is not None and (isinstance(max_waiting_bytes, bool) or not isinstance(max_waiting_bytes, int)
+                                          or max_waiting_bytes < 1):
+        raise ConfigError(f"max_waiting_bytes={max_waiting_bytes!r} must be a whole number of bytes >= 1")
     from edgerun.llm import DEFAULT_MAX_SESSIONS, DEFAULT_SESSION_TTL_S, check_session_options
 
     given = [f for f, v in (("max_sessions", max_sessions), ("session_ttl_s", session_ttl_s)) if v is not None]
@@ -424,11 +482,13 @@ def serve(
         from edgerun.llm_server import LlmWorker
 
         w = LlmWorker(b, threads, max_frame_bytes, wid, max_sessions, session_ttl_s, max_batch)
+    if max_waiting_bytes is not None:
+        w.max_waiting_bytes = max_waiting_bytes
     # max_queued=0: paho counts replies awaiting the broker's ack against its cap, so a capped server
     # lost computed replies under a burst (8,982 of 1.1 M in a minute of flooding)
     # The client id gets a random suffix: two workers started with one --worker-id kicked each other off the
     # broker about every second (each kick firing an "offline" will that made devices replay).
-    client = transport.MqttClient(broker_url, f"edgerun-{wid}-{secrets.token_hex(2)}", on_message=w.inbox.put,
+    client = transport.MqttClient(broker_url, f"edgerun-{wid}-{secrets.token_hex(2)}", on_message=w.offer,
                                   max_queued=0,
                                   will=(pres, transport.presence_payload("server", wid, "offline")))
     w.client = client
@@ -449,6 +509,7 @@ def serve(
         client.close(final=(pres, transport.presence_payload("server", wid, "offline")))
         if restore is not None:
             restore()
+        w.count_busy()  # the refusals since the loop's last turn
         log.info("stopped: %s", json.dumps(w.stats.to_dict()))
     return w.stats
 
@@ -482,6 +543,7 @@ def _loop(w: _Worker, stop: threading.Event, wait_s: float = 0.0) -> None:
             except Exception:  # handle_from() never raises; if a bug makes it, requests fail, not the server
                 log.exception("unexpected error on a request; still serving")
         w.tick()
+        w.count_busy()
         if time.monotonic() >= next_stats:
             log.info("stats: %s", json.dumps(w.stats.to_dict()))
             next_stats = time.monotonic() + _STATS_EVERY_S  # after a long stop: one line, not a burst

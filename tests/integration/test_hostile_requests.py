@@ -1,12 +1,15 @@
 """Requests that pass every frame check but cannot be answered truthfully: cut tensors holding NaN / Inf,
-finite ones that overflow inside the back half, and requests with nowhere to send the answer."""
+finite ones that overflow inside the back half, requests with nowhere to send the answer, and more
+requests than a worker can hold."""
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
 
-from edgerun import wire
+from edgerun import server, transport, wire
 
 from test_bad_frames import RawClient, good_frame  # noqa: E402 - same folder
 from test_server_batching import _own_answer  # noqa: E402
@@ -64,3 +67,40 @@ def test_a_request_with_no_response_topic_is_not_computed(digits_bundle, broker,
     assert stats["received"] == 3 and stats["served"] == 1
     assert stats["runs"] == 1, "the back half ran for a request it could not answer"
     assert stats["dropped"] == {"no_response_topic": 1, "bad_magic": 1}
+
+
+def test_a_worker_that_cannot_keep_up_holds_a_bounded_inbox_and_refuses_the_rest_as_busy(digits_bundle, broker):
+    """Its inbox was unbounded: devices sending faster than the back half ran grew the server (8 MB requests:
+    +300 MB in two seconds) until the kernel killed it. Here the worker takes nothing until all are sent."""
+    b = digits_bundle
+    w = server._Worker(b, 1, wire.DEFAULT_MAX_FRAME_BYTES, "door")
+    size = len(wire.encode(good_frame(b, 1)))
+    w.max_waiting_bytes = 3 * size
+    client = transport.MqttClient(broker.url, "edgerun-door", on_message=w.offer, max_queued=0)  # as serve() wires it
+    w.client = client
+    client.connect()
+    client.subscribe(transport.shared_request_filter(b.model_id, b.topic_id, "edgerun"))
+    raw = RawClient(b, broker.url)
+    stop = threading.Event()
+    loop = threading.Thread(target=server._loop, args=(w, stop))
+    try:
+        for rid in range(1, 11):
+            raw.ask(rid, wire.encode(good_frame(b, rid)))
+        for rid in range(4, 11):
+            f = raw.wait(rid)
+            assert f.kind == wire.Kind.ERROR and f.meta["code"] == "busy", (rid, f.meta)
+            assert "overloaded" in f.meta["message"] and "--group" in f.meta["message"]
+        assert w.inbox.qsize() == 3
+        loop.start()  # the worker catches up: what it held is answered
+        for rid in (1, 2, 3):
+            assert raw.wait(rid).kind == wire.Kind.REPLY
+    finally:
+        stop.set()
+        if loop.is_alive():
+            loop.join()
+        raw.close()
+        client.close()
+    w.count_busy()
+    assert w.stats.errors == {"busy": 7} and w.stats.served == 3 and w.stats.received == 10
+    assert w.inbox.qsize() == 0 and w._waiting_bytes == 0
+    assert all(len(v) == 1 for v in raw.replies.values()), "a request was answered twice"

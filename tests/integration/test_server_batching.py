@@ -73,7 +73,9 @@ def test_without_max_batch_each_request_is_its_own_call(digits_bundle, broker, s
                                        ({"max_batch": True}, "max_batch"),
                                        ({"batch_wait_ms": -1}, "batch_wait_ms"),
                                        ({"batch_wait_ms": float("nan")}, "batch_wait_ms"),
-                                       ({"batch_wait_ms": 1e9}, "batch_wait_ms")])
+                                       ({"batch_wait_ms": 1e9}, "batch_wait_ms"),
+                                       ({"max_waiting_bytes": 0}, "max_waiting_bytes"),
+                                       ({"max_waiting_bytes": 1.5e6}, "max_waiting_bytes")])
 def test_bad_batch_settings_are_refused_before_connecting(digits_bundle, kw, match):
     with pytest.raises(ConfigError, match=match):
         serve(digits_bundle, "mqtt://127.0.0.1:1", **kw)
