@@ -109,6 +109,9 @@ def check_tensors(tensors: list[np.ndarray | wire.CodedTensor], specs: list[Tens
         dtype = wire.DTYPES[t.dtype] if isinstance(t, wire.CodedTensor) else t.dtype
         if str(dtype) != spec.dtype:
             raise FrameError(f"cut tensor {spec.name!r} is {dtype}, expected {spec.dtype}", "bad_tensors")
+        if isinstance(t, wire.CodedTensor) and t.dtype != 1:  # fed to the back half as float32, it failed there
+            raise FrameError(f"cut tensor {spec.name!r} is {dtype} coded with tsq, which decodes to float32 only: "
+                             "the sender built a bad frame; send this tensor raw (codec 0)", "malformed")
         if not spec.matches(tuple(t.shape)) or len(t.shape) == 0:
             raise FrameError(
                 f"cut tensor {spec.name!r} has shape {tuple(t.shape)}, expected {spec.shape} "

@@ -57,3 +57,14 @@ def test_a_coded_tensor_must_declare_the_cut_dtype():
     with pytest.raises(FrameError, match="float16, expected float32") as e:
         check_tensors([t], SPEC, wire.DEFAULT_MAX_FRAME_BYTES)
     assert e.value.code == "bad_tensors"
+
+
+def test_a_coded_tensor_of_a_dtype_tsq_does_not_decode_to_is_refused():
+    """tsq decodes to float32 only: an int8 cut tensor declared tsq-coded passed the checks (its dtype was
+    the cut's), decoded to float32 and failed in the back half as an 'internal' server error."""
+    spec = [TensorSpec("q", (None, 16, 8, 8), "int8")]
+    t = wire.CodedTensor(wire.CODEC_TSQ, 3, (1, 16, 8, 8), PARAMS.to_bytes(),
+                         codec.encode(np.zeros((1, 16, 8, 8), np.float32), PARAMS))
+    with pytest.raises(FrameError, match="decodes to float32 only.*send this tensor raw") as e:
+        check_tensors([t], spec, wire.DEFAULT_MAX_FRAME_BYTES)
+    assert e.value.code == "malformed"
