@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -142,6 +143,8 @@ def _wire_array(x: np.ndarray | CodedTensor, i: int) -> tuple[int, np.ndarray | 
             raise FrameError(f"tensor {i}: codec {x.codec} is not a known activation codec", "unsupported_codec")
         if x.dtype not in DTYPES or len(x.shape) > MAX_DIMS or not x.params:
             raise FrameError(f"tensor {i}: coded tensor needs a wire dtype, <= {MAX_DIMS} dims and params", "malformed")
+        if any(not 0 <= int(d) <= 0xFFFFFFFF for d in x.shape) or not fits_an_array(x.shape, DTYPES[x.dtype].itemsize):
+            raise FrameError(f"tensor {i}: coded tensor's shape {x.shape} is not one an array can have", "malformed")
         return x.dtype, x
     if isinstance(x, np.generic):  # a numpy scalar crosses as a 0-d tensor
         x = np.asarray(x)
@@ -156,6 +159,12 @@ def _wire_array(x: np.ndarray | CodedTensor, i: int) -> tuple[int, np.ndarray | 
     if any(d > 0xFFFFFFFF for d in x.shape):
         raise FrameError(f"tensor {i}: a dim of {x.shape} exceeds 2**32 - 1", "malformed")
     return code, np.asarray(x, dtype=DTYPES[code], order="C")  # keeps 0-d (ascontiguousarray would not)
+
+
+def fits_an_array(dims: tuple[int, ...], itemsize: int) -> bool:
+    """numpy's bound on any array, zero dims counted as 1: a 0-size raw tensor of dims (0, 2**32-1, 2**32-1,
+    2**32-1) passed every check of both decoders, then making its array raised a bare ValueError."""
+    return math.prod(max(int(d), 1) for d in dims) * itemsize <= 2**63 - 1
 
 
 def _checked(frame: Frame) -> tuple[list[tuple[int, np.ndarray]], bytes]:
@@ -341,6 +350,9 @@ def _decode_record(buf: bytes, pos: int, end: int, i: int) -> tuple[np.ndarray |
                          "upgrade edgerun on this side", "unsupported_codec")
     if dtype not in DTYPES:
         raise FrameError(f"{at}unknown dtype code {dtype} (known: {sorted(DTYPES)})", "malformed")
+    if not fits_an_array(dims, DTYPES[dtype].itemsize):
+        raise FrameError(f"{at}its dims {dims} (zeros counted as 1) make over 2**63 - 1 bytes, more than any array "
+                         "holds; the sender built a bad frame", "malformed")
     if codec != CODEC_RAW:  # the codec validates its own params and payload when it decodes them
         if params_len == 0:
             raise FrameError(f"{at}codec {codec} needs its parameters but params_len is 0", "malformed")

@@ -5,6 +5,7 @@
 // out of bounds nor allocate: decode never allocates at all.
 #include "edgerun/wire.h"
 
+#include <cstdint>
 #include <cstring>
 #include <string>
 
@@ -155,6 +156,18 @@ bool raw_size(const TensorView& t, size_t itemsize, uint64_t* out) {
   return true;
 }
 
+// numpy's bound on any array, zero dims counted as 1 (it refuses np.empty((0, 2**32-1, 2**32-1, 2**32-1))):
+// a tensor over it cannot be read into an array, and readers raised a bare ValueError, not a frame error.
+bool fits_an_array(const TensorView& t, size_t itemsize) {
+  uint64_t prod = itemsize;
+  for (uint32_t k = 0; k < t.ndim; ++k) {
+    const uint64_t d = t.dims[k] ? t.dims[k] : 1;
+    if (prod > static_cast<uint64_t>(INT64_MAX) / d) return false;
+    prod *= d;
+  }
+  return true;
+}
+
 // The checks a tensor must pass on both sides (encode and decode).
 Status check_tensor(const TensorView& t, uint32_t i, StatusCode bad) {
   const std::string at = "tensor " + std::to_string(i) + ": ";
@@ -165,6 +178,9 @@ Status check_tensor(const TensorView& t, uint32_t i, StatusCode bad) {
   if (itemsize == 0)
     return fail(bad, at + "unknown dtype code " + std::to_string(t.dtype) +
                 " (known: 1 float32, 2 float16, 3 int8, 4 uint8, 5 int32, 6 int64)");
+  if (!fits_an_array(t, itemsize))
+    return fail(bad, at + "its dims (zeros counted as 1) make over 2**63 - 1 bytes, more than any array holds; "
+                "the sender built a bad frame");
   if (t.codec == static_cast<uint8_t>(Codec::kTsq)) {
     // The codec validates its own params and payload when it decodes them.
     if (t.params_len == 0) return fail(bad, at + "tsq codec needs its parameters but params_len is 0");

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import struct
 import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -69,6 +71,15 @@ def coded_bomb(bundle) -> wire.CodedTensor:
     return t
 
 
+def empty_but_huge(bundle, rid: int) -> bytes:
+    """A REQUEST of one raw float32 tensor of dims (0, 2**32-1, 2**32-1, 2**32-1): 0 bytes of payload, and more
+    than any array can hold."""
+    dims = (0, 2**32 - 1, 2**32 - 1, 2**32 - 1)
+    head = struct.pack("<4sHBBQI16sIB3s", wire.MAGIC, 1, 1, 0, rid, 0, bundle.hash16, 0, 1, b"\0\0\0")
+    body = head + struct.pack("<BBBBI4I", 0, 1, 4, 0, 0, *dims) + struct.pack("<Q", 0)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
 def test_bad_frames_get_error_frames_and_the_server_keeps_serving(digits_bundle, broker, start_servers):
     (server,) = start_servers(1)
     b = digits_bundle
@@ -88,6 +99,7 @@ def test_bad_frames_get_error_frames_and_the_server_keeps_serving(digits_bundle,
         10: (wire.encode(good_frame(b, 10, tensors=[np.zeros((1, *b.cut[0].shape[1:]), np.int32)])), "bad_tensors"),
         11: (wire.encode(good_frame(b, 11, tensors=[coded_zeros((1, 3))])), "bad_tensors"),
         12: (wire.encode(good_frame(b, 12, tensors=[coded_bomb(b)])), "too_large"),
+        13: (empty_but_huge(b, 13), "malformed"),  # was "internal": a bare ValueError making its array
     }
     raw = RawClient(b, broker.url)
     try:

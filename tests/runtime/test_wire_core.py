@@ -182,6 +182,32 @@ def test_native_huge_length_fields_do_not_allocate_and_agree(offset, fmt, value)
     assert outcome(native_decode, buf)[0] == "error"
 
 
+def frame_with_one_record(codec_id: int, dims: tuple[int, ...], params: bytes = b"", payload: bytes = b"") -> bytes:
+    """A checksummed REQUEST frame of one tensor record, written byte by byte (the encoders refuse lies)."""
+    head = struct.pack("<4sHBBQI16sIB3s", b"ERWF", 1, 1, 0, 7, 0, bytes(16), 0, 1, b"\0\0\0")
+    rec = struct.pack(f"<BBBBI{len(dims)}I", codec_id, 1, len(dims), 0, len(params), *dims)
+    body = head + rec + params + struct.pack("<Q", len(payload)) + payload
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize("codec_id, params", [(0, b""), (1, b"tsq params")])
+@pytest.mark.parametrize("dims", [(0, 2**32 - 1, 2**32 - 1, 2**32 - 1), (2**32 - 1, 0, *(2**32 - 1,) * 6)])
+def test_a_tensor_no_array_can_hold_is_malformed_for_both_decoders_and_encoders(dims, codec_id, params):
+    """A 0-size tensor of dims (0, 2**32-1, 2**32-1, 2**32-1) passed every check of both decoders; making its
+    array (raw: in the decoder, coded: in the server's codec) raised a bare ValueError, an 'internal' error."""
+    buf = frame_with_one_record(codec_id, dims, params)
+    assert outcome(wire.decode, buf) == outcome(native_decode, buf) == ("error", "malformed")
+    with pytest.raises(FrameError, match="more than any array holds"):
+        native_decode(buf)
+    if codec_id:
+        t = wire.CodedTensor(codec_id, 1, dims, params, b"")
+        f = wire.Frame(wire.Kind.REQUEST, 7, 0, bytes(16), [t])
+        for enc in (wire.encode, wire.encode_native):
+            with pytest.raises(FrameError) as e:
+                enc(f)
+            assert e.value.code == "malformed"
+
+
 def test_fuzz_native_decoder_with_random_bytes():
     """Random bytes, random bytes behind a valid header prefix and crc: never a crash, same verdict."""
     rng = random.Random(1234)
