@@ -37,8 +37,12 @@ class RawClient:
             self.cond.notify_all()
 
     def ask(self, rid: int, payload: bytes, *, respond: bool = True) -> None:
-        self.c.publish(self.req, payload, response_topic=self.resp if respond else None,
-                       correlation=transport.correlation_bytes(rid))
+        self.ask_info(rid, payload, respond=respond)
+
+    def ask_info(self, rid: int, payload: bytes, *, respond: bool = True):
+        """ask(), returning paho's MQTTMessageInfo (wait_for_publish: the broker has it)."""
+        return self.c.publish(self.req, payload, response_topic=self.resp if respond else None,
+                              correlation=transport.correlation_bytes(rid))
 
     def wait(self, rid: int) -> wire.Frame:
         with self.cond:

@@ -100,7 +100,75 @@ def test_a_worker_that_cannot_keep_up_holds_a_bounded_inbox_and_refuses_the_rest
             loop.join()
         raw.close()
         client.close()
-    w.count_busy()
+    w.count_refused()
     assert w.stats.errors == {"busy": 7} and w.stats.served == 3 and w.stats.received == 10
     assert w.inbox.qsize() == 0 and w._waiting_bytes == 0
     assert all(len(v) == 1 for v in raw.replies.values()), "a request was answered twice"
+
+
+def _wired_worker(b, url: str, name: str) -> server._Worker:
+    """A worker fed by a real client, as serve() wires it, whose loop the test runs (or not)."""
+    w = server._Worker(b, 1, wire.DEFAULT_MAX_FRAME_BYTES, name)
+    w.client = transport.MqttClient(url, f"edgerun-{name}", on_message=w.offer, max_queued=0)
+    w.client.connect()
+    w.client.subscribe(transport.shared_request_filter(b.model_id, b.topic_id, "edgerun"))
+    return w
+
+
+def _held(w: server._Worker, n: int) -> bool:
+    """Wait (a bounded while) until the worker holds n requests."""
+    done = threading.Event()
+    for _ in range(200):
+        if w.inbox.qsize() >= n or done.wait(0.05):
+            break
+    return w.inbox.qsize() == n
+
+
+@pytest.mark.parametrize("budget_s", [0.0, 60.0])
+def test_a_stopping_worker_answers_or_refuses_every_request_it_holds(digits_bundle, broker, budget_s):
+    """The requests in its inbox at a stop vanished: the broker had handed them to this worker (no other would
+    take them), no reply or error came, and the stats did not count them (174 of 300 at a SIGTERM)."""
+    b = digits_bundle
+    w = _wired_worker(b, broker.url, f"drain-{int(budget_s)}")
+    raw = RawClient(b, broker.url)
+    try:
+        for rid in range(1, 7):
+            raw.ask(rid, wire.encode(good_frame(b, rid)))
+        assert _held(w, 6)
+        w.drain(budget_s)  # what serve() does once stopped, before it disconnects
+        raw.ask(7, wire.encode(good_frame(b, 7)))  # comes after the stop
+        want = wire.Kind.REPLY if budget_s else wire.Kind.ERROR
+        for rid in range(1, 7):
+            f = raw.wait(rid)
+            assert f.kind == want, (rid, f.meta)
+        late = raw.wait(7)
+        assert late.kind == wire.Kind.ERROR and late.meta["code"] == "stopping" and "send it again" in late.meta["message"]
+    finally:
+        raw.close()
+        w.client.close()
+    w.count_refused()
+    assert w.stats.received == 7 and w.stats.served == (6 if budget_s else 0)
+    assert w.stats.errors == {"stopping": 1 if budget_s else 7}
+    assert all(len(v) == 1 for v in raw.replies.values())
+
+
+def test_serve_stopped_with_requests_waiting_answers_each_of_them(digits_bundle, broker, start_servers):
+    """A SIGTERM with a backlog: every request gets one answer (its reply, or "stopping"), none silence."""
+    (proc,) = start_servers(1)
+    b = digits_bundle
+    raw = RawClient(b, broker.url)
+    x = np.zeros((16, *b.cut[0].shape[1:]), np.float32)
+    n = 200
+    try:
+        for rid in range(1, n + 1):
+            info = raw.ask_info(rid, wire.encode(good_frame(b, rid, tensors=[x])))
+        info.wait_for_publish(30)
+        raw.wait(1)  # serving has begun; the rest wait in its inbox or are on their way
+        assert proc.stop() == 0
+        for rid in range(1, n + 1):
+            f = raw.wait(rid)
+            assert f.kind == wire.Kind.REPLY or f.meta["code"] == "stopping", (rid, f.meta)
+    finally:
+        raw.close()
+    stats = proc.stats()
+    assert stats["received"] == n == stats["served"] + stats["errors"].get("stopping", 0)
