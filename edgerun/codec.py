@@ -335,7 +335,8 @@ class _Reader:
     def take(self, dtype: str, count: int) -> np.ndarray:
         size = np.dtype(dtype).itemsize * count
         if count < 0 or self.pos + size > len(self.buf):
-            raise FrameError(f"tsq payload is truncated: needs {self.pos + size} bytes, has {len(self.buf)}")
+            raise FrameError(f"tsq payload is truncated: needs {self.pos + size} bytes, has {len(self.buf)}; drop "
+                             "this frame (sender bug or corruption)")
         out = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos)
         self.pos += size
         return out

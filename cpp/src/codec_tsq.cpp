@@ -30,6 +30,12 @@ Status malformed(const std::string& what) {
                 "tsq payload is malformed: " + what + "; drop this frame (sender bug or corruption)");
 }
 
+// The frame's checksum held, so the sender wrote it this short: say so, as malformed() does.
+Status truncated(const std::string& what) {
+  return Status(StatusCode::kFrameTruncated,
+                "tsq payload is truncated: " + what + "; drop this frame (sender bug or corruption)");
+}
+
 // ---------------------------------------------------------------- exact fp16 rounding
 double half_ulp(double a) {  // a > 0: the fp16 spacing in a's binade (subnormal floor 2^-24)
   int e = 0;
@@ -346,7 +352,7 @@ Status tsq_decode(const uint8_t* d, size_t len, const uint32_t* dims, uint32_t n
                   float* out) {
   ER_ASSIGN_OR_RETURN(const Geometry g, geometry(dims, ndim, p.layout));
   if (len < kHeaderSize)
-    return Status(StatusCode::kFrameTruncated, "tsq payload is " + std::to_string(len) + " bytes, under its 16-byte header");
+    return truncated(std::to_string(len) + " bytes, under its 16-byte header");
   if (d[0] != kTsqVersion)
     return Status(StatusCode::kVersionUnsupported, "tsq payload version " + std::to_string(d[0]) + " is not supported (reads 1)");
   const uint32_t iw = g.numel <= 65536 ? 2 : 4, n_sparse = get_u32(d + 12);
@@ -354,7 +360,7 @@ Status tsq_decode(const uint8_t* d, size_t len, const uint32_t* dims, uint32_t n
     return malformed("header does not match the tensor's shape and params");
   if (n_sparse > g.numel) return malformed("more split values than elements");
   const uint64_t code_bytes = (g.n_rows + 1) / 2;
-  if (len < kHeaderSize + code_bytes) return Status(StatusCode::kFrameTruncated, "tsq payload truncated in its row codes");
+  if (len < kHeaderSize + code_bytes) return truncated("it ends in its row codes");
   const uint8_t* codes = d + kHeaderSize;
   bool allowed[16] = {};
   allowed[0] = allowed[kRowRaw] = true;
@@ -370,8 +376,7 @@ Status tsq_decode(const uint8_t* d, size_t len, const uint32_t* dims, uint32_t n
   }
   const uint64_t want = kHeaderSize + code_bytes + 2 * (n_nonraw + n_quant) + uint64_t(iw + 4) * n_sparse +
                         4 * n_raw * g.row_len + (n_bits + 7) / 8;
-  if (len < want) return Status(StatusCode::kFrameTruncated, "tsq payload is " + std::to_string(len) +
-                                " bytes, its header needs " + std::to_string(want));
+  if (len < want) return truncated(std::to_string(len) + " bytes, its header needs " + std::to_string(want));
   if (len > want) return malformed(std::to_string(len - want) + " trailing bytes");
   const uint8_t* mins = codes + code_bytes;
   const uint8_t* steps = mins + 2 * n_nonraw;
