@@ -186,8 +186,8 @@ class _Worker:
             waiting = self._waiting_bytes
         mb = 2**20
         answered = self._refuse(msg, code, _STOPPING if code == "stopping" else
-                                f"this server is overloaded: {waiting / mb:.1f} MiB of requests are waiting for it (its "
-                                f"limit is {self.max_waiting_bytes / mb:.0f} MiB); retry later, or start more "
+                                f"this server is overloaded: {waiting / mb:.1f} MiB of requests are waiting for it "
+                                f"(its limit is {self.max_waiting_bytes / mb:.0f} MiB); retry later, or start more "
                                 "`edgerun serve` workers in its --group")
         with self._door:
             self._refused[(code, answered)] = self._refused.get((code, answered), 0) + 1

@@ -142,7 +142,8 @@ def test_a_stopping_worker_answers_or_refuses_every_request_it_holds(digits_bund
             f = raw.wait(rid)
             assert f.kind == want, (rid, f.meta)
         late = raw.wait(7)
-        assert late.kind == wire.Kind.ERROR and late.meta["code"] == "stopping" and "send it again" in late.meta["message"]
+        assert late.kind == wire.Kind.ERROR and late.meta["code"] == "stopping"
+        assert "send it again" in late.meta["message"]
     finally:
         raw.close()
         w.client.close()
