@@ -211,8 +211,8 @@ class _Worker:
 
     def took(self, msg: Any) -> None:
         """The worker took ``msg`` from the inbox: its bytes no longer wait."""
-        with self._door:
-            self._waiting_bytes -= len(getattr(msg, "payload", b"") or b"")
+        with self._door:  # not below 0: handle() answers a message that offer() never queued
+            self._waiting_bytes = max(0, self._waiting_bytes - len(getattr(msg, "payload", b"") or b""))
 
     def count_refused(self) -> None:
         """Fold the refusals of offer() into the stats (the worker's thread: the only one that writes them)."""
