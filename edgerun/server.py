@@ -543,6 +543,8 @@ def serve(
         if ready is not None:
             ready()
         _loop(w, stop, batch_wait_ms / 1e3)
+        for topic_filter in (sub, *w.extra_filters()):  # the group's other workers take what comes next
+            client.unsubscribe(topic_filter)
         w.drain()
     finally:
         client.close(final=(pres, transport.presence_payload("server", wid, "offline")))

@@ -349,6 +349,12 @@ class MqttClient:
                 self._acks.pop(mid, None)
             raise TransportError(f"the broker at {self.url} did not confirm the subscription to {topic_filter!r}")
 
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Stop reading ``topic_filter`` (not renewed after a reconnect); the UNSUBACK is not awaited."""
+        with self._lock:
+            self._subs.pop(topic_filter, None)
+        self._client.unsubscribe(topic_filter)
+
     def publish(
         self,
         topic: str,
