@@ -26,16 +26,18 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgerun import crossing, transport, wire
-from edgerun.bundle import Bundle, TensorSpec
+from edgerun.bundle import Bundle
 from edgerun.engine import check_io
-from edgerun.errors import BundleError, ConfigError, FrameError, TransportError
+from edgerun.errors import ConfigError, FrameError, TransportError
+from edgerun.server_checks import (TOPIC_SHOWN, LogBudget, ServerStats, check_tensors,  # noqa: F401 - re-exported
+                                   make_back_session, waited_past_expiry)
 
 log = logging.getLogger("edgerun.server")
 
@@ -50,83 +52,6 @@ MIN_WAITING_BYTES = 256 * 2**20
 DRAIN_S = 2.0  # on stop: how long a worker goes on answering the requests it holds
 _STOPPING = ("this server is stopping: the request was not run; send it again (another worker of the group "
              "takes it)")
-
-
-@dataclass
-class ServerStats:
-    """What one server worker did: every received message lands in exactly one bucket."""
-
-    worker: str = ""
-    received: int = 0
-    served: int = 0
-    runs: int = 0  # back-half calls: served / runs is the mean batch (in requests)
-    max_run: int = 0  # the most requests one call answered
-    errors: dict[str, int] = field(default_factory=dict)  # ERROR frames sent, by code
-    dropped: dict[str, int] = field(default_factory=dict)  # bad messages with no response topic, by code
-
-    def count_error(self, code: str, answered: bool) -> None:
-        bucket = self.errors if answered else self.dropped
-        bucket[code] = bucket.get(code, 0) + 1
-
-    @property
-    def dropped_total(self) -> int:
-        return sum(self.dropped.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"worker": self.worker, "received": self.received, "served": self.served, "runs": self.runs,
-                "max_run": self.max_run, "errors": dict(self.errors), "dropped": dict(self.dropped)}
-
-
-def make_back_session(path: Path, threads: int) -> Any:
-    """An onnxruntime session for the back half: CUDA EP first when this onnxruntime has it."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own untyped errors (InvalidProtobuf, Fail, ...)
-        raise BundleError(f"onnxruntime cannot load the back half {str(path)!r}: {exc}; "
-                          "re-export the bundle") from exc
-
-
-def check_tensors(tensors: list[np.ndarray | wire.CodedTensor], specs: list[TensorSpec], max_bytes: int) -> None:
-    """Check received cut tensors against the bundle's cut specs (count, dtype, shape but batch)
-    and their decoded size against ``max_bytes``, before anything is decoded (coded tensors are
-    checked on their declared dtype and shape).
-
-    Raises:
-        FrameError: code "bad_tensors" with what was expected; "too_large" when the tensors
-            would take more than ``max_bytes`` decoded.
-    """
-    if len(tensors) != len(specs):
-        raise FrameError(
-            f"request carries {len(tensors)} tensors, this bundle's cut has {len(specs)} "
-            f"({', '.join(s.name for s in specs)}): the device runs another front half", "bad_tensors")
-    batch = None
-    for t, spec in zip(tensors, specs):
-        dtype = wire.DTYPES[t.dtype] if isinstance(t, wire.CodedTensor) else t.dtype
-        if str(dtype) != spec.dtype:
-            raise FrameError(f"cut tensor {spec.name!r} is {dtype}, expected {spec.dtype}", "bad_tensors")
-        if isinstance(t, wire.CodedTensor) and t.dtype != 1:  # fed to the back half as float32, it failed there
-            raise FrameError(f"cut tensor {spec.name!r} is {dtype} coded with tsq, which decodes to float32 only: "
-                             "the sender built a bad frame; send this tensor raw (codec 0)", "malformed")
-        if not spec.matches(tuple(t.shape)) or len(t.shape) == 0:
-            raise FrameError(
-                f"cut tensor {spec.name!r} has shape {tuple(t.shape)}, expected {spec.shape} "
-                "(None = any batch size)", "bad_tensors")
-        if batch is not None and t.shape[0] != batch:
-            raise FrameError(f"cut tensors disagree on the batch size ({batch} vs {t.shape[0]})", "bad_tensors")
-        batch = t.shape[0]
-    size = crossing.decoded_bytes(tensors)
-    if size > max_bytes:
-        raise FrameError(f"the cut tensors take {size} bytes decoded, over this server's limit of {max_bytes}: "
-                         "send smaller batches, or raise the server's limit (`edgerun serve --max-frame-mb`)",
-                         "too_large")
 
 
 @dataclass
@@ -170,6 +95,7 @@ class _Worker:
         self._waiting_bytes = 0  # payload bytes in the inbox
         self._refused: dict[tuple[str, bool], int] = {}  # by offer(): (code, answered) -> n, not yet in the stats
         self._stopping = False
+        self._log_budget = LogBudget()
 
     def offer(self, msg: Any) -> None:
         """paho's thread: queue a message for the worker, or refuse it at once: code "busy" when the requests
@@ -298,7 +224,14 @@ class _Worker:
         bad_topic = transport.publish_topic_problem(resp_topic) if resp_topic is not None else ""
         if bad_topic:  # a wildcard in it made the reply's publish raise, which ended the server
             self.stats.count_error("bad_response_topic", answered=False)
-            log.warning("request %d dropped: its Response Topic %.80r %s", request_id, resp_topic, bad_topic)
+            self._log("bad_response_topic", "request %d dropped: its Response Topic %.80r %s", request_id, resp_topic,
+                      bad_topic)
+            return None
+        waited = waited_past_expiry(msg)
+        if waited is not None:  # its device stopped waiting: nobody reads this answer
+            self.stats.count_error("expired", answered=False)
+            self._log("expired", "request %d on %.*s dropped, not computed: it waited %.1f s here, past its "
+                      "expiry of %d s", request_id, TOPIC_SHOWN, topic, waited, msg.properties.MessageExpiryInterval)
             return None
         t0 = time.perf_counter()
         try:
@@ -319,7 +252,8 @@ class _Worker:
             # nowhere to answer: running the back half for it took a batch's room and a flood of them the
             # worker's whole time, while the requests behind them waited
             self.stats.count_error("no_response_topic", answered=False)
-            log.warning("request %d on %s has no Response Topic: dropped, not computed", request_id, topic)
+            self._log("no_response_topic", "request %d on %.*s has no Response Topic: dropped, not computed", request_id,
+                      TOPIC_SHOWN, topic)
             return None
         return _Request(topic, resp_topic, corr, frame, t0)
 
@@ -428,12 +362,21 @@ class _Worker:
             log.warning("could not send the reply to request %d: %s", request_id, exc)
             return False
 
+    def _log(self, kind: str, fmt: str, *args: Any) -> None:
+        """A warning about one request, within the log budget of its kind (a flood wrote a line per request)."""
+        write, held = self._log_budget.allow(kind)
+        if held:
+            log.warning("%d more request(s) %s in the last %g s, not logged one by one (counted in the stats)",
+                        held, kind, self._log_budget.window_s)
+        if write:
+            log.warning(fmt, *args)
+
     def _fail(self, topic: str, resp_topic: str | None, corr: bytes | None, request_id: int, code: str,
               message: str) -> None:
         answered = resp_topic is not None
         self.stats.count_error(code, answered)
-        log.warning("request %d on %s rejected (%s): %s%s", request_id, topic, code, message,
-                    "" if answered else " [dropped]")
+        self._log(code, "request %d on %.*s rejected (%s): %s%s", request_id, TOPIC_SHOWN, topic, code, message,
+                  "" if answered else " [dropped]")
         if answered:
             payload = wire.error_frame(request_id, self.bundle.hash16, code, message)
             self._publish(resp_topic, payload, corr, request_id)

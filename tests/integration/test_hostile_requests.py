@@ -174,3 +174,30 @@ def test_serve_stopped_with_requests_waiting_answers_each_of_them(digits_bundle,
         raw.close()
     stats = proc.stats()
     assert stats["received"] == n == stats["served"] + stats["errors"].get("stopping", 0)
+
+
+def test_a_request_that_waited_past_its_expiry_is_dropped_not_computed(digits_bundle, broker):
+    """A device sets its request's MQTT expiry to its wait for the reply: past it nobody reads the answer. Under
+    load such requests took the back half's time from the requests still wanted behind them."""
+    b = digits_bundle
+    w = _wired_worker(b, broker.url, "expiry")
+    raw = RawClient(b, broker.url)
+    stop = threading.Event()
+    loop = threading.Thread(target=server._loop, args=(w, stop))
+    try:
+        for rid in (1, 2):  # the device waits 1 s for these: the worker holds them longer
+            raw.c.publish(raw.req, wire.encode(good_frame(b, rid)), response_topic=raw.resp,
+                          correlation=transport.correlation_bytes(rid), expiry_s=1)
+        raw.ask(3, wire.encode(good_frame(b, 3)))  # no expiry: wanted whenever it comes
+        assert _held(w, 3)
+        threading.Event().wait(1.2)  # the worker is busy elsewhere past the expiry (monotonic, not a timing claim)
+        loop.start()
+        assert raw.wait(3).kind == wire.Kind.REPLY
+    finally:
+        stop.set()
+        if loop.is_alive():
+            loop.join()
+        raw.close()
+        w.client.close()
+    assert w.stats.received == 3 and w.stats.served == 1 and w.stats.runs == 1
+    assert w.stats.dropped == {"expired": 2} and set(raw.replies) == {3}
