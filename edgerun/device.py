@@ -25,7 +25,8 @@ import numpy as np
 from edgerun import crossing, transport, wire
 from edgerun import exits as exits_mod
 from edgerun.bundle import Bundle
-from edgerun.device_checks import check_deadline_ms, check_finite_cut, check_reply, error_from_reply, shape_hint
+from edgerun.device_checks import (check_deadline_ms, check_finite_cut, check_reply, error_from_reply,
+                                   refusal_text, shape_hint)
 from edgerun.errors import ConfigError, EdgerunError, FrameError, TransportError, UnsupportedOpError
 from edgerun.feeds import with_passthrough
 from edgerun.result import Result
@@ -237,8 +238,10 @@ class Device:
             self._pending[request_id] = fut
         expiry_s = math.ceil(wait_ms / 1000.0)  # stale requests die in the broker
         in_time = False  # set when infer() got its reply before giving up
+        published = False  # then a TransportError is the PUBACK's refusal (or no subscriber)
         try:
             self._publish(request_id, payload, expiry_s)
+            published = True
             if probe:  # not waited for: its reply comes late, and _settle files it so that it is learnt
                 local = self._local(step, step.deepest, f"{probe} (sent anyway, to measure the round trip again)",
                                     t_start)
@@ -285,12 +288,14 @@ class Device:
             local = self._local(step, step.deepest, f"server unreachable: {msg}", t_start, t_front)
             local.hedged = len(sent) > 1
             return local
-        except (TransportError, RuntimeError, ValueError) as exc:  # paho: not connected / queue full
+        except (TransportError, RuntimeError, ValueError) as exc:  # paho: not connected / queue full; a PUBACK
             if step is None:
                 raise
-            self._suspect(f"publish failed ({exc})")
-            local = self._local(step, step.deepest, f"server unreachable: publish failed ({exc})", t_start, t_front)
+            why = str(exc) if published else f"publish failed ({exc})"
+            self._suspect(why)
+            local = self._local(step, step.deepest, f"server unreachable: {why}", t_start, t_front)
             local.hedged = len(sent) > 1
+            local.bytes_sent = len(payload) * len(sent) if published else 0  # it went out: its bytes were spent
             return local
         else:
             in_time = True
@@ -357,16 +362,12 @@ class Device:
         self._refusals.watch(info.mid, request_id)
 
     def _broker_refused(self, request_id: int, why: str) -> None:
-        """The broker refused request ``request_id`` in its PUBACK (reason ``why``): its infer() ends now,
-        not at its deadline with "is `edgerun serve` running?"."""
-        hint = (f"its ACL does not let this device publish on {self._req_topic}: allow the device's MQTT user to "
-                f"write {transport.PREFIX}/# (mosquitto: acl_file)" if why == "Not authorized" else
-                "the broker's log says why")
+        """The broker refused (or had no subscriber for) request ``request_id``: its infer() ends now."""
+        text = refusal_text(why, request_id, self._client.url, self._req_topic, self.bundle)
         with self._lock:
             fut = self._pending.get(request_id)
             if fut is not None and not fut.done():
-                fut.set_exception(TransportError(f"the broker at {self._client.url} refused request {request_id} "
-                                                 f"({why}): {hint}"))
+                fut.set_exception(TransportError(text))
 
     def _why_local(self, left_ms: float) -> str:
         """Why the deepest exit must answer now instead of the server ("" = ask the server; a reason marked

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from edgerun import transport
 from edgerun.errors import BundleError, ConfigError, EdgerunError, FrameError, InternalError
 
 # The longest deadline / timeout: one day. 1e308 ms overflowed the MQTT expiry (a 32-bit count of
@@ -77,3 +78,15 @@ def check_finite_cut(outs: dict[str, np.ndarray], cut: Any) -> None:
                               "nothing was sent: the input is far outside the range the model was trained on "
                               "(scale it as the model expects), or the model computes NaN / Inf for it before "
                               "the cut (a log, sqrt or division of 0 or a negative value)")
+
+
+def refusal_text(why: str, request_id: int, url: str, req_topic: str, bundle: Any) -> str:
+    """What to tell the caller whose request the broker refused in its PUBACK (reason ``why``), or dropped for
+    want of a subscriber (``transport.NO_SUBSCRIBER``: no server for this bundle, so none would ever answer)."""
+    if why == transport.NO_SUBSCRIBER:
+        return (f"no server took request {request_id}: nothing subscribes to {req_topic} on the broker at {url} "
+                f"({why}); start `edgerun serve` for this very bundle ({bundle.topic_id}, {bundle.model_id}) on "
+                "that broker: a server of another export listens on other topics")
+    hint = (f"its ACL does not let this device publish on {req_topic}: allow the device's MQTT user to write "
+            f"{transport.PREFIX}/# (mosquitto: acl_file)" if why == "Not authorized" else "the broker's log says why")
+    return f"the broker at {url} refused request {request_id} ({why}): {hint}"

@@ -459,6 +459,8 @@ class LlmDevice:
                 except queue.Empty:
                     continue
             if isinstance(msg, _Refusal):
+                if msg.request_id == rid and msg.why == transport.NO_SUBSCRIBER:  # as no reply: replay or fall back
+                    return f"no worker is subscribed to this bundle's requests (the broker: {msg.why})"
                 if msg.request_id == rid:
                     raise TransportError(f"the broker at {self._client.url} refused request {rid} of session "
                                          f"{g.session} ({msg.why}): " + (

@@ -8,9 +8,14 @@ from collections.abc import Callable
 from typing import Any
 
 
+NO_MATCHING_SUBSCRIBERS = 0x10  # an MQTT 5 PUBACK reason code: accepted, but no client subscribes to the topic
+NO_SUBSCRIBER = "No matching subscribers"  # paho's name for it: the ``why`` a refusal of that kind carries
+
+
 class Refusals:
     """Which of our QoS 1 publishes the broker refused in its PUBACK (an MQTT 5 reason code: an ACL that does not
-    let this client publish on the topic, a quota), told to
+    let this client publish on the topic, a quota) or dropped for want of a subscriber (0x10, ``NO_SUBSCRIBER``:
+    no server is subscribed to the request's topic), told to
     ``on_refused(key, why)`` under the owner's key (a request id) instead of paho's 16-bit mid.
 
     The PUBACK can come before ``publish()`` returns: ``watch(mid, key)`` after it, ``refused`` / ``acked``

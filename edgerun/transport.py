@@ -32,7 +32,7 @@ from paho.mqtt.properties import Properties
 
 from edgerun.broker_url import broker_credentials, broker_tls, parse_broker_url, redact_broker_url
 from edgerun.errors import ConfigError, FrameError, TransportError
-from edgerun.refusals import Refusals
+from edgerun.refusals import NO_MATCHING_SUBSCRIBERS, NO_SUBSCRIBER, Refusals  # noqa: F401 - re-exported
 
 log = logging.getLogger("edgerun.transport")
 
@@ -486,7 +486,9 @@ class MqttClient:
             self._refusal_logged.add(str(reason_code))
             log.warning("the broker at %s refused a message of ours (%s)", self.url, reason_code)
         if self.refusals is not None:
-            if refused:
+            # 0x10 is a success code, but the broker dropped the message: nothing subscribes to its topic (no
+            # `edgerun serve` for this bundle). Its owner learns so now, not at its deadline.
+            if refused or getattr(reason_code, "value", 0) == NO_MATCHING_SUBSCRIBERS:
                 self.refusals.refused(mid, str(reason_code))
             else:
                 self.refusals.acked(mid)

@@ -67,8 +67,9 @@ def test_stopping_a_paced_loop_still_prints_its_summary(digits_bundle, start_ser
 
 
 def test_requests_answered_locally_after_they_went_out_count_their_bytes(broker, cli_argv, tmp_path):
-    """A device with exits whose server is down sends each request, then answers it with an exit at the
-    deadline: Result.bytes_sent was 0, and the loop's summary said "0 B sent per request"."""
+    """A device with exits whose server is down sends a request, then answers it with an exit (at the broker's
+    PUBACK: no subscriber; at the deadline where the broker does not say so): Result.bytes_sent was 0, and the
+    loop's summary said "0 B sent per request". The next request stays here while the server is suspect."""
     from edgerun.exporters.pipeline import ExportConfig, export
 
     b = export("zoo:digits-cnn", ExportConfig(exits="auto", evaluate=False), tmp_path / "exits")
