@@ -14,6 +14,20 @@ def boom(): raise ValueError("no weights here")
 def chan(): return torch.nn.Conv2d(3, 4, 3), torch.randn(1, 1, 8, 8)
 def nobatch(): return torch.nn.Linear(4, 2), torch.randn(4)
 def scalar(): return torch.nn.Identity(), torch.tensor(1.0)
+def half_weights(): return torch.nn.Linear(4, 2).half(), torch.randn(1, 4)
+class Pair(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h), None
+class Nested(Pair):
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h), (h, h)
+def none_out(): return Pair(), torch.randn(1, 4)
+def nested_out(): return Nested(), torch.randn(1, 4)
 '''
 
 
@@ -23,6 +37,12 @@ def scalar(): return torch.nn.Identity(), torch.tensor(1.0)
     ("chan", ExportError, "fails on its own example input .*to have 3 channels"),  # was cut at 400 chars
     ("nobatch", ExportError, "first dimension must be the batch"),            # was onnxruntime's InvalidArgument
     ("scalar", ExportError, "example input is a scalar"),
+    # said "make the example what forward() takes" to an example that was right
+    ("half_weights", ExportError, r"must have the same dtype.*; the model's weights are float16 and its example "
+                                  r"float32: return module\.float\(\)"),
+    # said "forward() returned tuple; return a tensor, a tuple of tensors, ..." to a forward() returning a tuple
+    ("none_out", ExportError, r"forward\(\) returned a tuple whose element 1 is None, not a tensor"),
+    ("nested_out", ExportError, r"returned a tuple whose element 1 is tuple \(nested: flatten it\), not a tensor"),
 ])
 def test_a_wrong_model_file_says_what_is_wrong(tmp_path, fn, error, match):
     from edgerun.exporters.pipeline import trace_model
@@ -126,3 +146,39 @@ def test_the_native_engine_names_a_non_constant_pad_mode_as_text(padding_mode, o
     model = to_onnx(conv, torch.randn(1, 3, 8, 8))
     with pytest.raises(UnsupportedOpError, match=rf"Pad mode '{onnx_mode}' \(only constant\)"):
         weight_layers(model)
+
+
+STATEFUL = '''
+import torch
+class Counter(torch.nn.Module):  # a step counter: forward() adds to its own buffer
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+        self.register_buffer("steps", torch.zeros(1))
+    def forward(self, x):
+        self.steps += 1
+        return self.b(torch.relu(self.a(x))) + self.steps
+class TrainOnly(Counter):  # the same update only when training: exports
+    def forward(self, x):
+        if self.training:
+            self.steps += 1
+        return self.b(torch.relu(self.a(x))) + self.steps
+def counter(): return Counter(), torch.randn(1, 4)
+def train_only(): return TrainOnly().train(), torch.randn(1, 4)
+'''
+
+
+def test_a_forward_that_changes_the_model_s_own_buffers_is_refused_and_the_model_put_back(tmp_path):
+    """`self.steps += 1` in forward(): the exporter's own runs moved the buffer to 2 and the trace added 1,
+    so the bundle answered every input with +3 where the model's first call gave +1; verify passed."""
+    from edgerun.exporters.models import resolve_model
+    from edgerun.exporters.pipeline import trace_model
+
+    path = tmp_path / "m.py"
+    path.write_text(STATEFUL)
+    src = resolve_model(f"{path}:counter")
+    with pytest.raises(ExportError, match=r"forward\(\) changes the model's buffer 'steps' .*change it only "
+                                          r"when training \(`if self\.training:`"):
+        trace_model(src)
+    assert src.module.steps.item() == 0  # put back
+    assert trace_model(f"{path}:train_only").cuts
