@@ -106,13 +106,30 @@ class UserData:
         per_sample = tuple(y.shape[1:])
         regression = self.metric == "mae" or len(output_shape) == 0 or output_shape[-1] == 1
         if regression and int(np.prod(per_sample, dtype=np.int64)) != int(np.prod(output_shape, dtype=np.int64)):
-            raise ConfigError(f"--data {self.path}: labels of shape [N, {', '.join(map(str, per_sample))}] do not fit "
-                              f"the model's output [N, {', '.join(map(str, output_shape))}] (its first output): give "
-                              "targets shaped like it, or integer class ids [N] for a classifier")
+            ids = (y.dtype.kind == "f" and per_sample in ((), (1,)) and np.array_equal(y, np.round(y)))
+            raise ConfigError(f"--data {self.path}: labels of shape {_dims(per_sample)} do not fit the model's output "
+                              f"{_dims(output_shape)} (its first output): " + (
+                                  "they look like class ids saved as floats: save them as integers, "
+                                  "labels=y.astype(np.int64)" if ids else
+                                  "give targets shaped like it, or integer class ids [N] for a classifier"))
         if not regression and per_sample != tuple(output_shape[:-1]):
             raise ConfigError(f"--data {self.path}: labels of shape {list(y.shape)} do not fit the model's output "
-                              f"[N, {', '.join(map(str, output_shape))}] (its first output): give one integer class "
-                              f"id per sample (shape [N{''.join(f', {d}' for d in output_shape[:-1])}])")
+                              f"{_dims(output_shape)} (its first output): give one integer class "
+                              f"id per sample (shape {_dims(output_shape[:-1])})")
+        if not regression and isinstance(output_shape[-1], int):
+            self._check_class_ids(int(output_shape[-1]))
+
+    def _check_class_ids(self, classes: int) -> None:
+        """Class ids outside the output's scores (1-based labels 1..C, ids of another label set) were scored as
+        always wrong: "top1: whole 0.2000" for a model right on most samples, without a word."""
+        y = self._eval_labels
+        lo, hi = int(y.min()), int(y.max())
+        if lo >= 0 and hi < classes:
+            return
+        hint = ("1-based? save labels=y - 1" if lo >= 1 and hi == classes else
+                "give the index of each sample's class among the output's scores")
+        raise ConfigError(f"--data {self.path}: labels hold class ids {lo}..{hi}, but the model's first output scores "
+                          f"{classes} classes (ids 0..{classes - 1}): {hint}")
 
     def eval_data(self, limit: int | None = None) -> tuple[Inputs, np.ndarray | None]:
         """The held-out samples (and their labels, or None), the first ``limit`` of them."""
@@ -171,6 +188,11 @@ def _read(path: Path, names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarr
         raise ConfigError(f"--data {path}: its inputs hold different numbers of samples "
                           f"({ {n: len(a) for n, a in x.items()} }); {hint}")
     return x, None if labels is None else _labels(labels, path)
+
+
+def _dims(shape: tuple) -> str:
+    """A per-sample shape with the batch named: [N], [N, 3] (was "[N, ]" for one value per sample)."""
+    return "[" + ", ".join(["N", *map(str, shape)]) + "]"
 
 
 def _labels(labels: np.ndarray, path: Path) -> np.ndarray:

@@ -321,3 +321,22 @@ def test_samples_far_off_the_examples_range_get_a_note(files, tmp_path, capsys):
     assert "input 'input' reaches |255|, its example |0.9375|: is the data preprocessed" in capsys.readouterr().err
     trace_model(f"{files}/model.py:make", data=files / "digits.npz")
     assert "preprocessed" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("labels, message", [
+    # scored as always wrong for class 10: "top1: whole 0.2000" for a model right on most samples, no word said
+    (np.where(np.arange(20) % 2, 10, 1), r"labels hold class ids 1\.\.10, but the model's first output scores "
+                                          r"10 classes \(ids 0\.\.9\): 1-based\? save labels=y - 1"),
+    (np.where(np.arange(20) % 2, 11, 0), r"class ids 0\.\.11, but the model's first output scores 10 classes "
+                                          r"\(ids 0\.\.9\): give the index of each sample's class"),
+    (np.where(np.arange(20) % 2, 8, -1), r"class ids -1\.\.8"),
+    # class ids saved as floats: "labels of shape [N, ] do not fit the model's output [N, 10]"
+    ((np.arange(20) % 10).astype(np.float32), r"labels of shape \[N\] do not fit the model's output \[N, 10\] .*"
+                                              r"class ids saved as floats: save them as integers"),
+])
+def test_class_ids_the_output_has_no_score_for_are_refused_at_the_trace(files, tmp_path, labels, message):
+    from edgerun.exporters.pipeline import trace_model
+
+    np.savez(tmp_path / "ids.npz", inputs=np.zeros((20, 64)), labels=labels)
+    with pytest.raises(ConfigError, match=message):
+        trace_model(f"{files}/model.py:make", data=tmp_path / "ids.npz")
