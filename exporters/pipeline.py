@@ -116,8 +116,14 @@ class ExportConfig:
             parse_exits(self.exits)  # raises ConfigError on a bad value
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ConfigError(f"eval_limit must be >= 1 or None (got {self.eval_limit})")
-        if self.group_size < 1:
-            raise ConfigError(f"group_size must be >= 1 (got {self.group_size}); int4 uses 32 by default")
+        if self.group_size != 32:  # checked by the int4 writer after the trace and calibration: minutes lost
+            from edgerun.exporters.erg_quant import check_group_size
+
+            try:
+                check_group_size(self.group_size)
+            except ConfigError:
+                raise ConfigError(f"--group-size {self.group_size}: an int4 group is an even number of weights in "
+                                  "2..4096 (default 32; a size that does not divide a layer's inputs is padded)") from None
         if self.codec_budget is not None and self.codec == "none":
             raise ConfigError(f"codec_budget={self.codec_budget} is set but codec is 'none'; "
                               "add --codec tsq, or drop --codec-budget")

@@ -134,7 +134,8 @@ def test_an_unwritable_out_fails_before_the_model_is_traced(tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"group_size": 0}, "group_size must be >= 1"),
+    ({"group_size": 0}, r"--group-size 0: an int4 group is an even number of weights in 2\.\.4096"),
+    ({"group_size": 7}, r"--group-size 7: an int4 group"),  # was refused by the int4 writer, after the trace
     ({"codec_budget": 0.01}, "add --codec tsq"),
 ])
 def test_options_that_would_be_silently_ignored_are_refused(kwargs, match):
