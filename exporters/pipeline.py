@@ -122,8 +122,9 @@ class ExportConfig:
             try:
                 check_group_size(self.group_size)
             except ConfigError:
-                raise ConfigError(f"--group-size {self.group_size}: an int4 group is an even number of weights in "
-                                  "2..4096 (default 32; a size that does not divide a layer's inputs is padded)") from None
+                raise ConfigError(f"--group-size {self.group_size}: an int4 group is an even number of weights "
+                                  "in 2..4096 (default 32; a size that does not divide a layer's inputs is "
+                                  "padded)") from None
         if self.codec_budget is not None and self.codec == "none":
             raise ConfigError(f"codec_budget={self.codec_budget} is set but codec is 'none'; "
                               "add --codec tsq, or drop --codec-budget")
@@ -392,6 +393,9 @@ def check_out_dir(out_dir: str | Path, format_name: str = FORMAT_NAME) -> Path:
         what = {FORMAT_NAME: "a model bundle", TOOLS_FORMAT_NAME: "a tool index",
                 LLM_FORMAT_NAME: "an LLM bundle"}.get(found, f"a {found!r} directory")
         raise ConfigError(f"{out} holds {what}, which this would replace; choose an empty or new --out directory")
+    above = next(a for a in out.parents if a.exists())
+    if not above.is_dir():  # said "cannot write the bundle beside x/b (File exists)"
+        raise ConfigError(f"--out {raw}: {above} is a file, not a directory; choose an --out outside it")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         probe = tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent)

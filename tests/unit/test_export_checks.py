@@ -145,6 +145,16 @@ def test_options_that_would_be_silently_ignored_are_refused(kwargs, match):
         ExportConfig(**kwargs)
 
 
+def test_an_out_inside_a_file_names_the_file(tmp_path):
+    # said "cannot write the bundle beside .../notes.txt/b/c (File exists)"
+    from edgerun.exporters.pipeline import check_out_dir
+
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match=r"notes\.txt is a file, not a directory; choose an --out outside it"):
+        check_out_dir(tmp_path / "notes.txt" / "b" / "c")
+    assert (tmp_path / "notes.txt").read_text() == "x"
+
+
 def test_an_archive_name_as_out_is_refused():
     from edgerun.exporters.pipeline import check_out_dir
 
