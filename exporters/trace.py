@@ -47,6 +47,9 @@ def _check_runs_batched(module: torch.nn.Module, examples: tuple[torch.Tensor, .
         which = "the example input is" if len(examples) == 1 else f"example input {scalar} is"
         raise ExportError(f"{which} a scalar; give each input with the batch dimension first, "
                           "e.g. torch.randn(1, C, H, W)")
+    if any(e.shape[0] == 0 for e in examples):  # torch's exporter said only "0 not in range [1, 1024]"
+        raise ExportError(f"the example input holds no sample (shape {shapes}): give one or more, batch dimension "
+                          "first, e.g. torch.randn(1, C, H, W)")
     if len({e.shape[0] for e in examples}) > 1:
         raise ExportError(f"the example inputs have different batch sizes (shapes {shapes}); each input's first "
                           "dimension is the batch: give every input the same first dimension")

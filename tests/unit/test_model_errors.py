@@ -26,6 +26,9 @@ class Nested(Pair):
     def forward(self, x):
         h = torch.relu(self.a(x))
         return self.b(h), (h, h)
+def scripted(): return torch.jit.script(Pair().eval()), torch.randn(1, 4)
+def no_sample(): return Pair(), torch.randn(0, 4)
+def nan_example(): return Pair(), torch.tensor([[0.0, float("nan"), 1.0, 2.0]])
 def none_out(): return Pair(), torch.randn(1, 4)
 def nested_out(): return Nested(), torch.randn(1, 4)
 '''
@@ -43,6 +46,11 @@ def nested_out(): return Nested(), torch.randn(1, 4)
     # said "forward() returned tuple; return a tensor, a tuple of tensors, ..." to a forward() returning a tuple
     ("none_out", ExportError, r"forward\(\) returned a tuple whose element 1 is None, not a tensor"),
     ("nested_out", ExportError, r"returned a tuple whose element 1 is tuple \(nested: flatten it\), not a tensor"),
+    # "could not trace the model (ValueError: Exporting a ScriptModule is not supported ...): make forward() traceable"
+    ("scripted", ExportError, r"scripted\(\) returned a TorchScript module .*: return the Python nn\.Module"),
+    ("no_sample", ExportError, r"example input holds no sample \(shape \(0, 4\)\)"),  # "0 not in range [1, 1024]"
+    # every input was drawn around it: "the whole model gives NaN ... check the model for log / sqrt / division"
+    ("nan_example", ExportError, r"nan_example\(\): the example input holds NaN or Inf; return a real input"),
 ])
 def test_a_wrong_model_file_says_what_is_wrong(tmp_path, fn, error, match):
     from edgerun.exporters.pipeline import trace_model
@@ -182,3 +190,27 @@ def test_a_forward_that_changes_the_model_s_own_buffers_is_refused_and_the_model
         trace_model(src)
     assert src.module.steps.item() == 0  # put back
     assert trace_model(f"{path}:train_only").cuts
+
+
+WRAPPED = '''
+import torch
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+def compiled(): return torch.compile(Net()), torch.randn(1, 4)
+def parallel(): return torch.nn.DataParallel(Net()), torch.randn(1, 4)
+'''
+
+
+@pytest.mark.parametrize("fn", ["compiled", "parallel"])
+def test_a_model_in_torch_compile_or_data_parallel_is_exported_as_the_model_inside(tmp_path, fn):
+    # was refused: "forward(*args) cannot be exported with a dynamic batch: name its arguments" (the wrapper's)
+    from edgerun.exporters.pipeline import trace_model
+
+    path = tmp_path / "m.py"
+    path.write_text(WRAPPED)
+    traced = trace_model(f"{path}:{fn}")
+    assert type(traced.source.module).__name__ == "Net" and traced.cuts
