@@ -28,7 +28,7 @@ from edgerun.bundle import (FORMAT_NAME, LLM_FORMAT_NAME, TOOLS_FORMAT_NAME, Bun
 from edgerun.errors import ConfigError, ExportError
 from edgerun.exporters import trace
 from edgerun.exporters.cuts import Cut, find_cuts, resolve_cut, shapes_of
-from edgerun.exporters.evaluate import TASKS, calibration_activations, evaluate_split
+from edgerun.exporters.evaluate import TASKS, calibration_activations, evaluate_split, is_regression
 from edgerun.exporters.models import SourceModel, resolve_model
 from edgerun.exporters.quantize_back import BACK_PRECISIONS, quantize_back
 from edgerun.exporters.quantize_front import ACTS as FRONT_ACTS
@@ -417,6 +417,11 @@ def _samples(src: SourceModel) -> Inputs:
     return concat([rows(src.example_inputs(), 0, 1), synthetic_inputs(src, N_SAMPLES - 1, seed=SEED_SAMPLES)])
 
 
+def _first_output_shape(model: onnx.ModelProto) -> list:
+    """The model's first output's shape without the batch."""
+    return list(shapes_of(model)[model.graph.output[0].name][1:])
+
+
 def _tensor_specs(model: onnx.ModelProto, names: list[str] | tuple[str, ...]) -> list[dict]:
     shapes = shapes_of(model)
     return [TensorSpec(n, (None, *shapes[n][1:]), "float32").to_json() for n in names]
@@ -447,6 +452,8 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
         "front_macs": cut.front_macs,
         "back_macs": cut.back_macs,
         "front_fraction": round(cut.front_fraction, 4),
+        # how the first output is scored (`edgerun run` prints a top-1 only for "classify"), --no-eval too
+        "task": "regress" if is_regression(traced.source, _first_output_shape(traced.model)) else "classify",
     }
     if cfg.evaluate:
         roundtrip = stages.codec_roundtrip(codec) if codec["id"] != "none" else None
