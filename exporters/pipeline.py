@@ -184,6 +184,7 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
         traced = Traced(with_user_data(traced.source, user.path, exits=True, notes=False), traced.model, traced.cuts)
     if config.task != "auto":
         traced = Traced(with_task(traced.source, config.task, traced.model), traced.model, traced.cuts)
+        _check_labels(traced.source, traced.model)  # scored as the task says: checked again
     cut = _resolve_cut(traced, config)
     with building(final) as out, _synthetic_input_failures(traced.source):
         _write_bundle(traced, cut, out, config)
@@ -237,7 +238,7 @@ def _check_labels(src: SourceModel, model: onnx.ModelProto) -> None:
     """A model file's --data labels that cannot be scored against its first output fail now, not after the
     whole export (the evaluation at its end scores them)."""
     if isinstance(src.zoo, UserData):
-        src.zoo.check_labels(shapes_of(model)[model.graph.output[0].name][1:])
+        src.zoo.check_labels(shapes_of(model)[model.graph.output[0].name][1:], src.task)
 
 
 @contextmanager

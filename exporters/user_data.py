@@ -93,7 +93,7 @@ class UserData:
                              "is the data preprocessed as the model expects (scale, normalisation)?")
         return notes
 
-    def check_labels(self, output_shape: tuple[int, ...]) -> None:
+    def check_labels(self, output_shape: tuple[int, ...], task: str = "auto") -> None:
         """Refuse labels that cannot be scored against the first output (shape without the batch), as the
         evaluation at the end of the export would, but before it: a mismatch cost a whole export first.
 
@@ -104,14 +104,19 @@ class UserData:
         if y is None:
             return
         per_sample = tuple(y.shape[1:])
-        regression = self.metric == "mae" or len(output_shape) == 0 or output_shape[-1] == 1
+        # --task regress scores the output against the labels as targets (class ids [N] against [N, 3]: the
+        # evaluation's reshape raised a ValueError traceback at the end of the export)
+        regression = task == "regress" or self.metric == "mae" or len(output_shape) == 0 or output_shape[-1] == 1
         if regression and int(np.prod(per_sample, dtype=np.int64)) != int(np.prod(output_shape, dtype=np.int64)):
-            ids = (y.dtype.kind == "f" and per_sample in ((), (1,)) and np.array_equal(y, np.round(y)))
+            ids = per_sample in ((), (1,)) and (y.dtype.kind in "iu" or np.array_equal(y, np.round(y)))
+            if task == "regress" and self.metric == "top1":
+                todo = "--task regress scores them as targets: drop --task to score class ids by top-1"
+            elif ids and y.dtype.kind == "f":
+                todo = "they look like class ids saved as floats: save them as integers, labels=y.astype(np.int64)"
+            else:
+                todo = "give targets shaped like it, or integer class ids [N] for a classifier"
             raise ConfigError(f"--data {self.path}: labels of shape {_dims(per_sample)} do not fit the model's output "
-                              f"{_dims(output_shape)} (its first output): " + (
-                                  "they look like class ids saved as floats: save them as integers, "
-                                  "labels=y.astype(np.int64)" if ids else
-                                  "give targets shaped like it, or integer class ids [N] for a classifier"))
+                              f"{_dims(output_shape)} (its first output): {todo}")
         if not regression and per_sample != tuple(output_shape[:-1]):
             raise ConfigError(f"--data {self.path}: labels of shape {list(y.shape)} do not fit the model's output "
                               f"{_dims(output_shape)} (its first output): give one integer class "

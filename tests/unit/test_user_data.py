@@ -340,3 +340,18 @@ def test_class_ids_the_output_has_no_score_for_are_refused_at_the_trace(files, t
     np.savez(tmp_path / "ids.npz", inputs=np.zeros((20, 64)), labels=labels)
     with pytest.raises(ConfigError, match=message):
         trace_model(f"{files}/model.py:make", data=tmp_path / "ids.npz")
+
+
+def test_task_regress_with_class_id_labels_is_refused_before_the_export(files, tmp_path):
+    """--task regress with class ids [N] for an output [N, 10] ended the whole export with a ValueError traceback
+    ("cannot reshape array of size 50 into shape (50,10)") from the evaluation; the trace checked the labels as
+    class ids, not as the targets --task said they were."""
+    from edgerun.exporters.pipeline import ExportConfig, export, trace_model
+
+    np.savez(tmp_path / "ids.npz", inputs=np.zeros((20, 64)), labels=np.arange(20) % 10)
+    match = r"labels of shape \[N\] do not fit the model's output \[N, 10\] .*--task regress scores them as targets"
+    with pytest.raises(ConfigError, match=match):
+        trace_model(f"{files}/model.py:make", data=tmp_path / "ids.npz", task="regress")
+    with pytest.raises(ConfigError, match=match):
+        export(f"{files}/model.py:make", ExportConfig(data=tmp_path / "ids.npz", task="regress"), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
