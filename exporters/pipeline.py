@@ -175,7 +175,6 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
         traced = spec
         if config.data is not None and not isinstance(traced.source.zoo, UserData):
             traced = Traced(with_user_data(traced.source, config.data), traced.model, traced.cuts)
-            _check_labels(traced.source, traced.model)
     else:
         traced = trace_model(spec, max_cut_tensors=config.max_cut_tensors, data=config.data)
     user = traced.source.zoo
@@ -184,7 +183,8 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
         traced = Traced(with_user_data(traced.source, user.path, exits=True, notes=False), traced.model, traced.cuts)
     if config.task != "auto":
         traced = Traced(with_task(traced.source, config.task, traced.model), traced.model, traced.cuts)
-        _check_labels(traced.source, traced.model)  # scored as the task says: checked again
+    # the labels as the data and task now read them (a new UserData for --exits reads its labels afresh)
+    _check_labels(traced.source, traced.model)
     cut = _resolve_cut(traced, config)
     with building(final) as out, _synthetic_input_failures(traced.source):
         _write_bundle(traced, cut, out, config)

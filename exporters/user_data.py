@@ -6,10 +6,10 @@ reported accuracy all came from noise. With ``--data`` they come from the user's
 (seeded) into calibration and held-out evaluation samples that never overlap.
 
 The file (``np.savez``): ``inputs`` (one input) or ``inputs.<name>`` for each input of forward(),
-samples on axis 0; optionally ``labels``: integer class ids ``[N]`` (or ``[N, 1]``; metric: top-1
-accuracy) or targets shaped like the model's output (float, or integer counts; metric: mean absolute
-error); one-hot labels are refused (save ``y.argmax(1)``). Without labels the metric is the split's
-agreement with the whole fp32 model on the held-out samples. A model with one input may also be given
+samples on axis 0; optionally ``labels``: integer class ids ``[N]`` (or ``[N, 1]``; or one per position,
+``[N, T]`` for scores ``[N, T, C]``, classes on the last axis; metric: top-1 accuracy) or targets shaped
+like the model's output (float, or integer counts; metric: mean absolute error); one-hot labels are
+refused (save ``y.argmax(1)``). Without labels the metric is the split's agreement with the whole fp32 model on the held-out samples. A model with one input may also be given
 an ``.npy`` of its inputs (``np.save``), as for ``edgerun run --input``.
 
 With early exits (``--exits``) the heads need more than the calibration samples to learn from: up to
@@ -104,12 +104,22 @@ class UserData:
         if y is None:
             return
         per_sample = tuple(y.shape[1:])
+        if (y.dtype.kind in "iu" and per_sample and task != "regress" and len(output_shape) >= 2
+                and per_sample == tuple(output_shape[:-1]) and output_shape[-1] != 1):
+            self.metric = "top1"  # class ids per position ([N, T] for scores [N, T, C]): no other reading fits
         # --task regress scores the output against the labels as targets (class ids [N] against [N, 3]: the
         # evaluation's reshape raised a ValueError traceback at the end of the export)
         regression = task == "regress" or self.metric == "mae" or len(output_shape) == 0 or output_shape[-1] == 1
         if regression and int(np.prod(per_sample, dtype=np.int64)) != int(np.prod(output_shape, dtype=np.int64)):
             ids = per_sample in ((), (1,)) and (y.dtype.kind in "iu" or np.array_equal(y, np.round(y)))
-            if task == "regress" and self.metric == "top1":
+            classes_first = (y.dtype.kind in "iu" and len(output_shape) >= 2 and task != "regress"
+                             and per_sample == tuple(output_shape[1:]))
+            if classes_first:  # a segmentation's [N, C, H, W] against per-pixel ids [N, H, W]
+                order = ", ".join(map(str, [0, *range(2, len(output_shape) + 1), 1]))
+                todo = (f"they look like class ids per position, with the output's class scores on axis 1; edgerun "
+                        f"reads the scores on the last axis: return out.permute({order}) from forward() (shape "
+                        f"{_dims((*output_shape[1:], output_shape[0]))})")
+            elif task == "regress" and self.metric == "top1":
                 todo = "--task regress scores them as targets: drop --task to score class ids by top-1"
             elif ids and y.dtype.kind == "f":
                 todo = "they look like class ids saved as floats: save them as integers, labels=y.astype(np.int64)"

@@ -69,6 +69,25 @@ def skip():
     return Skip(), torch.randn(1, 64)
 
 
+def seg(channels_last=False):  # a segmentation: class scores per pixel, [N, 4, 8, 8]
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    return (PixelsLast(m) if channels_last else m), torch.randn(1, 3, 8, 8)
+
+
+class PixelsLast(nn.Module):  # the same scores as [N, 8, 8, 4]
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m(x).permute(0, 2, 3, 1)
+
+
+def seg_last():
+    return seg(channels_last=True)
+
+
 def reg():  # three continuous values per sample: a regression
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)).eval(), \
@@ -355,3 +374,20 @@ def test_task_regress_with_class_id_labels_is_refused_before_the_export(files, t
     with pytest.raises(ConfigError, match=match):
         export(f"{files}/model.py:make", ExportConfig(data=tmp_path / "ids.npz", task="regress"), tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_class_ids_per_pixel_are_scored_by_top1_and_scores_on_axis_1_are_told_to_move(files, tmp_path):
+    """Integer labels [N, H, W] were read as regression targets: refused against scores [N, H, W, C] ("give targets
+    shaped like it, or integer class ids [N]"), and against a segmentation's [N, C, H, W] with the same words."""
+    from edgerun.exporters.pipeline import ExportConfig, export, trace_model
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "px.npz", inputs=rng.standard_normal((24, 3, 8, 8)), labels=rng.integers(0, 4, (24, 8, 8)))
+    with pytest.raises(ConfigError, match=r"labels of shape \[N, 8, 8\] do not fit the model's output "
+                                          r"\[N, 4, 8, 8\] .*class ids per position, with the output's class scores "
+                                          r"on axis 1.*return out\.permute\(0, 2, 3, 1\) from forward\(\) "
+                                          r"\(shape \[N, 8, 8, 4\]\)"):
+        trace_model(f"{files}/model.py:seg", data=tmp_path / "px.npz")
+    b = export(f"{files}/model.py:seg_last", ExportConfig(data=tmp_path / "px.npz"), tmp_path / "b")
+    rep = json.loads((b.path / "report.json").read_text())
+    assert rep["metric"] == "top1" and rep["task"] == "classify" and 0 < rep["metric_whole_fp32"] < 1
