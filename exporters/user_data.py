@@ -9,8 +9,9 @@ The file (``np.savez``): ``inputs`` (one input) or ``inputs.<name>`` for each in
 samples on axis 0; optionally ``labels``: integer class ids ``[N]`` (or ``[N, 1]``; or one per position,
 ``[N, T]`` for scores ``[N, T, C]``, classes on the last axis; metric: top-1 accuracy) or targets shaped
 like the model's output (float, or integer counts; metric: mean absolute error); one-hot labels are
-refused (save ``y.argmax(1)``). Without labels the metric is the split's agreement with the whole fp32 model on the held-out samples. A model with one input may also be given
-an ``.npy`` of its inputs (``np.save``), as for ``edgerun run --input``.
+refused (save ``y.argmax(1)``). Without labels the metric is the split's agreement with the whole fp32
+model on the held-out samples. A model with one input may also be given an ``.npy`` of its inputs
+(``np.save``), as for ``edgerun run --input``.
 
 With early exits (``--exits``) the heads need more than the calibration samples to learn from: up to
 EXIT_TRAIN_MAX more samples, at most half of those that would be held out, train them (``exit_data``)
