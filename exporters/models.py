@@ -133,8 +133,11 @@ def _call_make(fn, path: Path, fn_name: str):
 
 
 def _source(got, path: Path, fn_name: str) -> SourceModel:
+    if isinstance(got, list) and len(got) == 2:  # [model, example]: the same pair
+        got = tuple(got)
     if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], torch.nn.Module)):
-        raise ExportError(f"{path}:{fn_name}() must return (torch.nn.Module, example_input_tensor)")
+        raise ExportError(f"{path}:{fn_name}() returned {_returned(got)}; it must return the model and one example "
+                          "input: (torch.nn.Module, example_input_tensor)")
     module, example = got
     if isinstance(example, (tuple, list)) and example and all(isinstance(t, torch.Tensor) for t in example):
         # forward(image, joints): one example per input, in forward()'s order
@@ -143,6 +146,15 @@ def _source(got, path: Path, fn_name: str) -> SourceModel:
         raise ExportError(f"{path}:{fn_name}(): the example input must be a torch.Tensor (or a tuple of them, one "
                           f"per input of forward()), got {type(example).__name__}")
     return SourceModel(path.stem, *_on_cpu(module, example, f"{path}:{fn_name}()"))
+
+
+def _returned(got) -> str:
+    """What make() returned, in a word: the model alone was reported only as "must return (module, example)"."""
+    if isinstance(got, torch.nn.Module):
+        return f"the model alone ({type(got).__name__}), without an example input"
+    if isinstance(got, tuple):
+        return f"a tuple of {len(got)} ({', '.join(type(g).__name__ for g in got[:4])})"
+    return "None" if got is None else type(got).__name__
 
 
 def _unwrapped(module: torch.nn.Module, where: str) -> torch.nn.Module:

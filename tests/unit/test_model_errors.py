@@ -14,6 +14,8 @@ def boom(): raise ValueError("no weights here")
 def chan(): return torch.nn.Conv2d(3, 4, 3), torch.randn(1, 1, 8, 8)
 def nobatch(): return torch.nn.Linear(4, 2), torch.randn(4)
 def scalar(): return torch.nn.Identity(), torch.tensor(1.0)
+def model_only(): return torch.nn.Linear(4, 2)
+def swapped(): return torch.randn(1, 4), torch.nn.Linear(4, 2)
 def half_weights(): return torch.nn.Linear(4, 2).half(), torch.randn(1, 4)
 class Pair(torch.nn.Module):
     def __init__(self):
@@ -40,6 +42,9 @@ def nested_out(): return Nested(), torch.randn(1, 4)
     ("chan", ExportError, "fails on its own example input .*to have 3 channels"),  # was cut at 400 chars
     ("nobatch", ExportError, "first dimension must be the batch"),            # was onnxruntime's InvalidArgument
     ("scalar", ExportError, "example input is a scalar"),
+    # both said only "must return (torch.nn.Module, example_input_tensor)"
+    ("model_only", ExportError, r"model_only\(\) returned the model alone \(Linear\), without an example input"),
+    ("swapped", ExportError, r"swapped\(\) returned a tuple of 2 \(Tensor, Linear\); it must return the model and"),
     # said "make the example what forward() takes" to an example that was right
     ("half_weights", ExportError, r"must have the same dtype.*; the model's weights are float16 and its example "
                                   r"float32: return module\.float\(\)"),
@@ -201,11 +206,12 @@ class Net(torch.nn.Module):
     def forward(self, x):
         return self.b(torch.relu(self.a(x)))
 def compiled(): return torch.compile(Net()), torch.randn(1, 4)
+def as_list(): return [Net(), torch.randn(1, 4)]
 def parallel(): return torch.nn.DataParallel(Net()), torch.randn(1, 4)
 '''
 
 
-@pytest.mark.parametrize("fn", ["compiled", "parallel"])
+@pytest.mark.parametrize("fn", ["compiled", "parallel", "as_list"])  # as_list: [model, example] was refused too
 def test_a_model_in_torch_compile_or_data_parallel_is_exported_as_the_model_inside(tmp_path, fn):
     # was refused: "forward(*args) cannot be exported with a dynamic batch: name its arguments" (the wrapper's)
     from edgerun.exporters.pipeline import trace_model
