@@ -105,12 +105,15 @@ def _as_script(path: Path) -> Iterator[None]:
     """Import and call the model file as `python model.py` would see the world: its own directory first on
     sys.path (`from mylayers import Block` beside it failed with ModuleNotFoundError, from any directory)
     and sys.argv = [model.py] (argparse at import read edgerun's own command line and printed
-    "edgerun: error: unrecognized arguments"). Both are put back after."""
+    "edgerun: error: unrecognized arguments"). Both are put back after. What it prints goes to stderr
+    (stdout is the command's own: `--json`)."""
     argv, here = sys.argv, str(path.resolve().parent)
     sys.argv = [str(path)]
     sys.path.insert(0, here)
     try:
-        yield
+        # its prints go to stderr: `export --json` printed "loading weights ..." before its JSON on stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
         sys.argv = argv
         if here in sys.path:

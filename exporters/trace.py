@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 import warnings
 
 import onnx
@@ -55,7 +56,7 @@ def _check_runs_batched(module: torch.nn.Module, examples: tuple[torch.Tensor, .
                           "dimension is the batch: give every input the same first dimension")
     state = _state(module)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):  # a print in forward(): not in `--json`
             out = module(*examples)
     except Exception as exc:  # the model's own error, whatever its type
         todo = _dtype_hint(module, examples) or "make the example what forward() takes, batch dimension first"
@@ -65,7 +66,7 @@ def _check_runs_batched(module: torch.nn.Module, examples: tuple[torch.Tensor, .
     names, outs = _outputs(out)
     two = [torch.cat([e, e]) for e in examples]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
             got_shapes = [tuple(t.shape) for t in _outputs(module(*two))[1]]
         got = f"gave shape{'s' if len(got_shapes) > 1 else ''} {', '.join(map(str, got_shapes))}"
     except Exception as exc:  # noqa: BLE001 - any failure means the same thing here

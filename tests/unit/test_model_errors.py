@@ -220,3 +220,35 @@ def test_a_model_in_torch_compile_or_data_parallel_is_exported_as_the_model_insi
     path.write_text(WRAPPED)
     traced = trace_model(f"{path}:{fn}")
     assert type(traced.source.module).__name__ == "Net" and traced.cuts
+
+
+PRINTS = '''
+import torch
+print("importing my model")
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+    def forward(self, x):
+        print("forward", tuple(x.shape))
+        return self.b(torch.relu(self.a(x)))
+def make():
+    print("loading weights ...")
+    return Net(), torch.randn(1, 4)
+'''
+
+
+def test_what_a_model_file_prints_goes_to_stderr_and_json_stays_one_object(tmp_path):
+    # `export --list-cuts --json` printed "importing my model", "loading weights ..." and "forward (1, 4)" on
+    # stdout before its JSON: a script's json.loads failed
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.py"
+    path.write_text(PRINTS)
+    r = subprocess.run([sys.executable, "-m", "edgerun", "export", f"{path}:make", "--list-cuts", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["cuts"]
+    assert "importing my model" in r.stderr and "loading weights" in r.stderr and "forward (1, 4)" in r.stderr
