@@ -79,7 +79,39 @@ def _check_runs_batched(module: torch.nn.Module, examples: tuple[torch.Tensor, .
                           f"two answers ({got}): the example input's first dimension must be the batch (add one: "
                           "example.unsqueeze(0)), and forward() must keep it in every output (x.flatten(1) or "
                           "x.view(x.size(0), -1), not x.flatten() or x.view(1, -1))")
+    _check_samples_alone(module, examples, outs)
+    _restore(module, state)
     return names
+
+
+def _check_samples_alone(module: torch.nn.Module, examples: tuple[torch.Tensor, ...],
+                         outs: list[torch.Tensor]) -> None:
+    """Refuse a forward() whose answer for one sample depends on the others in its batch (``x - x.mean()``,
+    ``x / x.std()`` over the whole tensor, batch included).
+
+    Such a model exported and verified, and its answers then moved with whatever else was in the batch: the
+    server batches requests of several devices (``--max-batch``), and the export measured it in batches.
+    The first example sample is run beside a sample of zeros; its answer must not change.
+    """
+    first = [e[:1] for e in examples]
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
+            beside = _outputs(module(*[torch.cat([e, torch.zeros_like(e)]) for e in first]))[1]
+    except Exception:  # noqa: BLE001 - zeros outside what the model takes (ids, masks): nothing to compare
+        return
+    for i, (alone, mixed) in enumerate(zip(outs, beside)):
+        a, m = alone[:1].double(), mixed[:1].double()
+        if a.shape != m.shape:
+            continue
+        ok = torch.isfinite(a) & torch.isfinite(m)
+        scale = float(a[ok].abs().max()) if bool(ok.any()) else 0.0
+        diff = float((a[ok] - m[ok]).abs().max()) if bool(ok.any()) else 0.0
+        if diff > 1e-3 * scale + 1e-5 or not torch.equal(torch.isfinite(a), torch.isfinite(m)):
+            which = "answer" if len(outs) == 1 else f"output {i}"
+            raise ExportError(f"forward() mixes the samples of a batch: the example's {which} changed by {diff:.3g} "
+                              "when another sample was stacked beside it, and the server batches requests of "
+                              "several devices together; compute each sample alone (e.g. normalise over the "
+                              "sample's own dims, x.mean(dim=tuple(range(1, x.dim())), keepdim=True), not x.mean())")
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

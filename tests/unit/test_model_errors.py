@@ -252,3 +252,34 @@ def test_what_a_model_file_prints_goes_to_stderr_and_json_stays_one_object(tmp_p
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["cuts"]
     assert "importing my model" in r.stderr and "loading weights" in r.stderr and "forward (1, 4)" in r.stderr
+
+
+MIXING = '''
+import torch
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+class Normalised(Net):  # the input normalised over the whole tensor, batch included
+    def forward(self, x):
+        return self.b(torch.relu(self.a((x - x.mean()) / (x.std() + 1e-6))))
+class PerSample(Net):  # the same, over each sample's own values: fine
+    def forward(self, x):
+        m, s = x.mean(1, keepdim=True), x.std(1, keepdim=True)
+        return self.b(torch.relu(self.a((x - m) / (s + 1e-6))))
+def normalised(): return Normalised(), torch.randn(1, 4)
+def per_sample(): return PerSample(), torch.randn(1, 4)
+'''
+
+
+def test_a_forward_that_mixes_the_samples_of_a_batch_is_refused(tmp_path):
+    """(x - x.mean()) / x.std() over the batch: exported and verified, and each answer then moved with the other
+    devices' requests the server batched with it."""
+    from edgerun.exporters.pipeline import trace_model
+
+    path = tmp_path / "m.py"
+    path.write_text(MIXING)
+    with pytest.raises(ExportError, match=r"forward\(\) mixes the samples of a batch: the example's answer changed "
+                                          r"by .* when another sample was stacked beside it"):
+        trace_model(f"{path}:normalised")
+    assert trace_model(f"{path}:per_sample").cuts
