@@ -76,11 +76,12 @@ def _checked_input(x, label: str, spec, limit: int | None, hint: str, batched: s
     return x.astype(np.float32)
 
 
-def answer_fields(out) -> dict:
+def answer_fields(out, scores: bool = True) -> dict:
     """``top1`` and ``output`` of one answer (batch 1) for `edgerun run`.
 
     ``top1`` is the argmax of a vector of scores, None for any other shape (a regression value, a
-    per-step tagging) and for an answer holding NaN / Inf; ``output`` is the answer itself, NaN / Inf
+    per-step tagging), for an answer holding NaN / Inf, and when not ``scores`` (the bundle's first output
+    is a regression's: its report's ``task``); ``output`` is the answer itself, NaN / Inf
     as null (strict JSON). `run` printed only ``int(out.argmax(-1)[0])``: a traceback for a [batch]
     or [batch, T, classes] output, and ``top1`` 0 for a single regression value or a NaN answer.
     """
@@ -88,10 +89,19 @@ def answer_fields(out) -> dict:
 
     row = np.asarray(out)[0]
     finite = bool(np.isfinite(row).all())
-    top1 = int(row.argmax()) if finite and row.ndim == 1 and row.size > 1 else None
+    top1 = int(row.argmax()) if scores and finite and row.ndim == 1 and row.size > 1 else None
     # each value as the shortest decimal that reads back as the same float32 (0.1, not 0.10000000149011612)
     flat = [float(str(v)) if np.isfinite(v) else None for v in row.astype(np.float32).reshape(-1)]
     return {"top1": top1, "output": np.array(flat, dtype=object).reshape(row.shape).tolist()}
+
+
+def _task(b) -> str | None:
+    """How the export scored the first output: the report's ``task`` (or its metric, in bundles before it)."""
+    try:
+        rep = json.loads(b.file("report.json").read_text()) if b.has("report.json") else {}
+    except (OSError, ValueError):
+        return None
+    return rep.get("task") or {"mae": "regress", "action_mae": "regress"}.get(rep.get("metric"))
 
 
 def _brief(values, n: int = 8) -> str:
@@ -140,6 +150,7 @@ def run_cmd(
             raise ConfigError(f"--limit {limit}: give the number of inputs to run (>= 1), or leave it out for all")
         check_deadline_ms(deadline_ms, "--deadline-ms")  # before the broker: nan was reported as a dead broker
         b = Bundle.load(bundle)
+        scores = _task(b) != "regress"  # two regression targets printed "top1": 0 (the larger target)
         x = _load_inputs(input, limit, b.inputs) if input else b.samples()
         x = feeds.rows(feeds.float32(x), 0, limit if limit is not None else feeds.n_samples(x))
         loop = LoopSummary(rate_hz=check_rate(rate), deadline_ms=deadline_ms)  # a bad --rate fails before the broker
@@ -162,7 +173,7 @@ def run_cmd(
                     typer.echo(json.dumps({"i": i, "error": str(exc)}) if as_json else f"{i}: error: {exc}")
                     continue
                 loop.add(r)
-                rec = {"i": i, **answer_fields(r.output[b.outputs[0].name]), "answered_by": r.answered_by,
+                rec = {"i": i, **answer_fields(r.output[b.outputs[0].name], scores), "answered_by": r.answered_by,
                        "reason": r.reason, "timings_ms": {k: round(v, 3) for k, v in r.timings_ms.items()}}
                 if len(b.outputs) > 1:  # "top1" / "output" are the first output's; every one by name here
                     rec["outputs"] = {s.name: answer_fields(r.output[s.name]) for s in b.outputs}

@@ -70,7 +70,9 @@ def pack(bundle: str | os.PathLike, side: str, out: str | os.PathLike, keep: tup
         kept = side_files(manifest, side, tuple(keep))
         left = sorted(set(manifest["files"]) - set(kept))
         marker = {"format": PACK_FORMAT, "for": side, "omitted": left, "bundle_hash": manifest["bundle_hash"]}
-        top = out.name.split(".t")[0] or "bundle"
+        # the folder tar -x makes: the archive's name without its suffix (split at the first ".t", the
+        # README's digits-device.tar.gz -> digits-device/ was robot.tiny.tar.gz -> robot/)
+        top = next(out.name[:-len(x)] for x in (".tar.gz", ".tgz", ".tar") if out.name.endswith(x)) or "bundle"
         part = out.with_name(out.name + ".part")
         try:  # written beside, renamed at the end: no half archive at --out, an older one kept on failure
             # gzip's fastest level: float weights hardly compress, and level 9 took seconds per 100 MB

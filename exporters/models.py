@@ -105,12 +105,15 @@ def _as_script(path: Path) -> Iterator[None]:
     """Import and call the model file as `python model.py` would see the world: its own directory first on
     sys.path (`from mylayers import Block` beside it failed with ModuleNotFoundError, from any directory)
     and sys.argv = [model.py] (argparse at import read edgerun's own command line and printed
-    "edgerun: error: unrecognized arguments"). Both are put back after."""
+    "edgerun: error: unrecognized arguments"). Both are put back after. What it prints goes to stderr
+    (stdout is the command's own: `--json`)."""
     argv, here = sys.argv, str(path.resolve().parent)
     sys.argv = [str(path)]
     sys.path.insert(0, here)
     try:
-        yield
+        # its prints go to stderr: `export --json` printed "loading weights ..." before its JSON on stdout
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     finally:
         sys.argv = argv
         if here in sys.path:
@@ -133,8 +136,11 @@ def _call_make(fn, path: Path, fn_name: str):
 
 
 def _source(got, path: Path, fn_name: str) -> SourceModel:
+    if isinstance(got, list) and len(got) == 2:  # [model, example]: the same pair
+        got = tuple(got)
     if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], torch.nn.Module)):
-        raise ExportError(f"{path}:{fn_name}() must return (torch.nn.Module, example_input_tensor)")
+        raise ExportError(f"{path}:{fn_name}() returned {_returned(got)}; it must return the model and one example "
+                          "input: (torch.nn.Module, example_input_tensor)")
     module, example = got
     if isinstance(example, (tuple, list)) and example and all(isinstance(t, torch.Tensor) for t in example):
         # forward(image, joints): one example per input, in forward()'s order
@@ -145,6 +151,35 @@ def _source(got, path: Path, fn_name: str) -> SourceModel:
     return SourceModel(path.stem, *_on_cpu(module, example, f"{path}:{fn_name}()"))
 
 
+def _returned(got) -> str:
+    """What make() returned, in a word: the model alone was reported only as "must return (module, example)"."""
+    if isinstance(got, torch.nn.Module):
+        return f"the model alone ({type(got).__name__}), without an example input"
+    if isinstance(got, tuple):
+        return f"a tuple of {len(got)} ({', '.join(type(g).__name__ for g in got[:4])})"
+    return "None" if got is None else type(got).__name__
+
+
+def _unwrapped(module: torch.nn.Module, where: str) -> torch.nn.Module:
+    """The model inside torch's wrappers: torch.compile's and DataParallel's forward(*args) was refused with
+    "forward(*args) cannot be exported ...: name its arguments" although the model's own forward() names them.
+
+    Raises:
+        ExportError: a TorchScript module (torch's exporter takes the Python module only).
+    """
+    while True:
+        if isinstance(module, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            module = module.module
+        elif isinstance(getattr(module, "_orig_mod", None), torch.nn.Module):  # torch.compile(model)
+            module = module._orig_mod
+        else:
+            break
+    if isinstance(module, torch.jit.ScriptModule):
+        raise ExportError(f"{where} returned a TorchScript module (torch.jit.script / torch.jit.trace), which torch's "
+                          "ONNX exporter cannot read: return the Python nn.Module it was made from")
+    return module
+
+
 def _on_cpu(module: torch.nn.Module, example: torch.Tensor | tuple[torch.Tensor, ...],
             where: str) -> tuple[torch.nn.Module, torch.Tensor | tuple[torch.Tensor, ...]]:
     """The model in eval mode and its example(s), all on the CPU (the export traces and measures there).
@@ -153,10 +188,17 @@ def _on_cpu(module: torch.nn.Module, example: torch.Tensor | tuple[torch.Tensor,
     "PassManager" and control flow.
     """
     examples = example if isinstance(example, tuple) else (example,)
+    module = _unwrapped(module, where)
     tensors = [*examples, *module.parameters(), *module.buffers()]
     if any(t.is_meta for t in tensors):
         raise ExportError(f"{where}: the model's weights or example are on the meta device and hold no values; "
                           "load real weights (e.g. module.to_empty(device='cpu'), then load_state_dict) before "
                           "returning them")
+    bad = next((i for i, t in enumerate(examples) if t.is_floating_point() and not bool(torch.isfinite(t).all())), None)
+    if bad is not None:  # every calibration and evaluation input is drawn around it: all came out NaN, and the
+        # export blamed the model ("check the model for log / sqrt / division")
+        which = "example input" if len(examples) == 1 else f"example input {bad}"
+        raise ExportError(f"{where}: the {which} holds NaN or Inf; return a real input (the export measures the "
+                          "model on inputs drawn around it)")
     on_cpu = tuple(t.detach().cpu() for t in examples)
     return module.eval().cpu(), on_cpu if isinstance(example, tuple) else on_cpu[0]

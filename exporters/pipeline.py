@@ -28,7 +28,7 @@ from edgerun.bundle import (FORMAT_NAME, LLM_FORMAT_NAME, TOOLS_FORMAT_NAME, Bun
 from edgerun.errors import ConfigError, ExportError
 from edgerun.exporters import trace
 from edgerun.exporters.cuts import Cut, find_cuts, resolve_cut, shapes_of
-from edgerun.exporters.evaluate import TASKS, calibration_activations, evaluate_split
+from edgerun.exporters.evaluate import TASKS, calibration_activations, evaluate_split, is_regression
 from edgerun.exporters.models import SourceModel, resolve_model
 from edgerun.exporters.quantize_back import BACK_PRECISIONS, quantize_back
 from edgerun.exporters.quantize_front import ACTS as FRONT_ACTS
@@ -116,8 +116,15 @@ class ExportConfig:
             parse_exits(self.exits)  # raises ConfigError on a bad value
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ConfigError(f"eval_limit must be >= 1 or None (got {self.eval_limit})")
-        if self.group_size < 1:
-            raise ConfigError(f"group_size must be >= 1 (got {self.group_size}); int4 uses 32 by default")
+        if self.group_size != 32:  # checked by the int4 writer after the trace and calibration: minutes lost
+            from edgerun.exporters.erg_quant import check_group_size
+
+            try:
+                check_group_size(self.group_size)
+            except ConfigError:
+                raise ConfigError(f"--group-size {self.group_size}: an int4 group is an even number of weights "
+                                  "in 2..4096 (default 32; a size that does not divide a layer's inputs is "
+                                  "padded)") from None
         if self.codec_budget is not None and self.codec == "none":
             raise ConfigError(f"codec_budget={self.codec_budget} is set but codec is 'none'; "
                               "add --codec tsq, or drop --codec-budget")
@@ -168,7 +175,6 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
         traced = spec
         if config.data is not None and not isinstance(traced.source.zoo, UserData):
             traced = Traced(with_user_data(traced.source, config.data), traced.model, traced.cuts)
-            _check_labels(traced.source, traced.model)
     else:
         traced = trace_model(spec, max_cut_tensors=config.max_cut_tensors, data=config.data)
     user = traced.source.zoo
@@ -177,6 +183,8 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
         traced = Traced(with_user_data(traced.source, user.path, exits=True, notes=False), traced.model, traced.cuts)
     if config.task != "auto":
         traced = Traced(with_task(traced.source, config.task, traced.model), traced.model, traced.cuts)
+    # the labels as the data and task now read them (a new UserData for --exits reads its labels afresh)
+    _check_labels(traced.source, traced.model)
     cut = _resolve_cut(traced, config)
     with building(final) as out, _synthetic_input_failures(traced.source):
         _write_bundle(traced, cut, out, config)
@@ -230,7 +238,7 @@ def _check_labels(src: SourceModel, model: onnx.ModelProto) -> None:
     """A model file's --data labels that cannot be scored against its first output fail now, not after the
     whole export (the evaluation at its end scores them)."""
     if isinstance(src.zoo, UserData):
-        src.zoo.check_labels(shapes_of(model)[model.graph.output[0].name][1:])
+        src.zoo.check_labels(shapes_of(model)[model.graph.output[0].name][1:], src.task)
 
 
 @contextmanager
@@ -386,6 +394,9 @@ def check_out_dir(out_dir: str | Path, format_name: str = FORMAT_NAME) -> Path:
         what = {FORMAT_NAME: "a model bundle", TOOLS_FORMAT_NAME: "a tool index",
                 LLM_FORMAT_NAME: "an LLM bundle"}.get(found, f"a {found!r} directory")
         raise ConfigError(f"{out} holds {what}, which this would replace; choose an empty or new --out directory")
+    above = next(a for a in out.parents if a.exists())
+    if not above.is_dir():  # said "cannot write the bundle beside x/b (File exists)"
+        raise ConfigError(f"--out {raw}: {above} is a file, not a directory; choose an --out outside it")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         probe = tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent)
@@ -405,6 +416,11 @@ def _samples(src: SourceModel) -> Inputs:
     from edgerun.exporters.evaluate import SEED_SAMPLES, synthetic_inputs
 
     return concat([rows(src.example_inputs(), 0, 1), synthetic_inputs(src, N_SAMPLES - 1, seed=SEED_SAMPLES)])
+
+
+def _first_output_shape(model: onnx.ModelProto) -> list:
+    """The model's first output's shape without the batch."""
+    return list(shapes_of(model)[model.graph.output[0].name][1:])
 
 
 def _tensor_specs(model: onnx.ModelProto, names: list[str] | tuple[str, ...]) -> list[dict]:
@@ -437,6 +453,8 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
         "front_macs": cut.front_macs,
         "back_macs": cut.back_macs,
         "front_fraction": round(cut.front_fraction, 4),
+        # how the first output is scored (`edgerun run` prints a top-1 only for "classify"), --no-eval too
+        "task": "regress" if is_regression(traced.source, _first_output_shape(traced.model)) else "classify",
     }
     if cfg.evaluate:
         roundtrip = stages.codec_roundtrip(codec) if codec["id"] != "none" else None

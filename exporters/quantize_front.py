@@ -197,9 +197,10 @@ def _auto(layers: list[dict], sens: dict, fixed: int, arena: int, budget: int, g
     floor = fixed + arena + sum(nbytes(n, _cheapest(by[n], gs)) for n in prec)
     if floor > budget:
         raise ExportError(
-            f"the front half cannot fit {budget / 2**20:.3f} MiB: the smallest reachable is "
-            f"{floor / 2**20:.3f} MiB (weights at int8/int4 + activation arena); raise "
-            "max_device_mem_mb or move the cut earlier")
+            f"the front half cannot fit {budget / 2**20:.4g} MiB: the smallest reachable is "
+            f"{floor / 2**20:.4g} MiB (weights at int8/int4 + activation arena); raise "
+            f"--max-device-mem-mb to at least {floor / 2**20:.4g}, or choose a cut with fewer layers or smaller "
+            "activations before it")
     while total() > budget:
         best = None
         for n, p in prec.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
 import warnings
 
 import onnx
@@ -47,24 +48,30 @@ def _check_runs_batched(module: torch.nn.Module, examples: tuple[torch.Tensor, .
         which = "the example input is" if len(examples) == 1 else f"example input {scalar} is"
         raise ExportError(f"{which} a scalar; give each input with the batch dimension first, "
                           "e.g. torch.randn(1, C, H, W)")
+    if any(e.shape[0] == 0 for e in examples):  # torch's exporter said only "0 not in range [1, 1024]"
+        raise ExportError(f"the example input holds no sample (shape {shapes}): give one or more, batch dimension "
+                          "first, e.g. torch.randn(1, C, H, W)")
     if len({e.shape[0] for e in examples}) > 1:
         raise ExportError(f"the example inputs have different batch sizes (shapes {shapes}); each input's first "
                           "dimension is the batch: give every input the same first dimension")
+    state = _state(module)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):  # a print in forward(): not in `--json`
             out = module(*examples)
     except Exception as exc:  # the model's own error, whatever its type
+        todo = _dtype_hint(module, examples) or "make the example what forward() takes, batch dimension first"
         raise ExportError(f"the model fails on its own example input{'s' if len(examples) > 1 else ''} (shape "
-                          f"{shapes}): {type(exc).__name__}: {_first_line(exc)}; make the example what forward() "
-                          "takes, batch dimension first") from exc
+                          f"{shapes}): {type(exc).__name__}: {_first_line(exc)}; {todo}") from exc
+    _check_stateless(module, state)
     names, outs = _outputs(out)
     two = [torch.cat([e, e]) for e in examples]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
             got_shapes = [tuple(t.shape) for t in _outputs(module(*two))[1]]
         got = f"gave shape{'s' if len(got_shapes) > 1 else ''} {', '.join(map(str, got_shapes))}"
     except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
         got_shapes, got = None, f"failed: {type(exc).__name__}: {_first_line(exc, 160)}"
+    _restore(module, state)  # a no-op unless forward() changes state only for a batch of two
     if got_shapes is None or any(sh[:1] != (2 * examples[0].shape[0],) for sh in got_shapes):
         # a forward() that flattens the batch away (x.view(1, -1), x.flatten()) was told to add a batch
         # dimension to an example that had one
@@ -72,7 +79,97 @@ def _check_runs_batched(module: torch.nn.Module, examples: tuple[torch.Tensor, .
                           f"two answers ({got}): the example input's first dimension must be the batch (add one: "
                           "example.unsqueeze(0)), and forward() must keep it in every output (x.flatten(1) or "
                           "x.view(x.size(0), -1), not x.flatten() or x.view(1, -1))")
+    _check_samples_alone(module, examples, outs)
+    _restore(module, state)
     return names
+
+
+def _check_samples_alone(module: torch.nn.Module, examples: tuple[torch.Tensor, ...],
+                         outs: list[torch.Tensor]) -> None:
+    """Refuse a forward() whose answer for one sample depends on the others in its batch (``x - x.mean()``,
+    ``x / x.std()`` over the whole tensor, batch included).
+
+    Such a model exported and verified, and its answers then moved with whatever else was in the batch: the
+    server batches requests of several devices (``--max-batch``), and the export measured it in batches.
+    The first example sample is run beside a sample of zeros; its answer must not change.
+    """
+    first = [e[:1] for e in examples]
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
+            beside = _outputs(module(*[torch.cat([e, torch.zeros_like(e)]) for e in first]))[1]
+    except Exception:  # noqa: BLE001 - zeros outside what the model takes (ids, masks): nothing to compare
+        return
+    for i, (alone, mixed) in enumerate(zip(outs, beside)):
+        a, m = alone[:1].double(), mixed[:1].double()
+        if a.shape != m.shape:
+            continue
+        ok = torch.isfinite(a) & torch.isfinite(m)
+        scale = float(a[ok].abs().max()) if bool(ok.any()) else 0.0
+        diff = float((a[ok] - m[ok]).abs().max()) if bool(ok.any()) else 0.0
+        if diff > 1e-3 * scale + 1e-5 or not torch.equal(torch.isfinite(a), torch.isfinite(m)):
+            which = "answer" if len(outs) == 1 else f"output {i}"
+            raise ExportError(f"forward() mixes the samples of a batch: the example's {which} changed by {diff:.3g} "
+                              "when another sample was stacked beside it, and the server batches requests of "
+                              "several devices together; compute each sample alone (e.g. normalise over the "
+                              "sample's own dims, x.mean(dim=tuple(range(1, x.dim())), keepdim=True), not x.mean())")
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every buffer, to tell whether forward() changes them (the weights are not copied: a forward()
+    that writes its parameters is rarer than a doubled peak memory)."""
+    return {n: t.detach().clone() for n, t in module.named_buffers()}
+
+
+def _restore(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for n, t in module.named_buffers():
+            if n in state and not _same(t, state[n]):
+                if t.shape == state[n].shape and t.dtype == state[n].dtype:
+                    t.copy_(state[n])
+                else:  # forward() put another tensor there (self.buf = torch.cat(...))
+                    owner, _, leaf = n.rpartition(".")
+                    module.get_submodule(owner)._buffers[leaf] = state[n]
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit the same values (a NaN in a buffer equals itself: a mask of -inf / NaN is not a change)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.is_floating_point() or a.is_complex():
+        return bool(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
+    return torch.equal(a, b)
+
+
+def _check_stateless(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Refuse a forward() that changes the model's buffers (``self.count += 1``, a running statistic).
+
+    The exporter's own runs of the model moved such a buffer, and the traced graph then added the update to
+    the value it had after them: the bundle's every answer differed from the model's first one (by 2 for
+    a step counter) and verify found nothing, as it compares the bundle with itself. The model is put back.
+    """
+    changed = [n for n, t in module.named_buffers() if n in state and not _same(t, state[n])]
+    if not changed:
+        return
+    _restore(module, state)
+    raise ExportError(f"forward() changes the model's buffer{'s' if len(changed) > 1 else ''} "
+                      f"{', '.join(repr(n) for n in changed[:4])} (e.g. self.count += 1, a running statistic): a "
+                      "bundle answers each input alone, from fixed weights, so it cannot keep such state; change it "
+                      "only when training (`if self.training:`; edgerun runs the model in eval mode), or take it as "
+                      "an input and return the new value as an output")
+
+
+def _dtype_hint(module: torch.nn.Module, examples: tuple[torch.Tensor, ...]) -> str | None:
+    """What to do when the weights' float type is not the example's (``module.half()`` with a float32 example
+    failed as "mat1 and mat2 must have the same dtype", with advice to change the example)."""
+    weights = {t.dtype for t in module.parameters() if t.is_floating_point()}
+    given = {e.dtype for e in examples if e.is_floating_point()}
+    if not weights or not given or weights == given:
+        return None
+    def names(dtypes: set[torch.dtype]) -> str:
+        return ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+
+    return (f"the model's weights are {names(weights)} and its example {names(given)}: return module.float() and a "
+            "float32 example (edgerun's model inputs and outputs are float32)")
 
 
 def _outputs(out: object) -> tuple[list[str] | None, list[torch.Tensor]]:
@@ -85,8 +182,28 @@ def _outputs(out: object) -> tuple[list[str] | None, list[torch.Tensor]]:
         return list(out), list(out.values())
     if isinstance(out, (tuple, list)) and out and all(isinstance(t, torch.Tensor) for t in out):
         return (None if len(out) == 1 else [f"output_{i}" for i in range(len(out))]), list(out)
-    raise ExportError(f"forward() returned {type(out).__name__}; return a tensor, a tuple of tensors, or a dict of "
+    raise ExportError(f"forward() returned {_what(out)}; return a tensor, a flat tuple of tensors, or a dict of "
                       "tensors by name (e.g. {\"action\": a, \"value\": v}), each with the batch dimension first")
+
+
+def _what(out: object) -> str:
+    """What forward() returned, down to the element that is not a tensor: a tuple holding None or another
+    tuple was reported as "forward() returned tuple; return ... a tuple of tensors"."""
+    kind = type(out).__name__
+    if isinstance(out, (tuple, list, dict)) and not out:
+        return f"an empty {kind}"
+    if isinstance(out, dict):
+        bad_key = next((k for k in out if not (isinstance(k, str) and k)), None)
+        if bad_key is not None:
+            return f"a dict with the key {bad_key!r} (names must be non-empty strings)"
+        key = next(k for k, v in out.items() if not isinstance(v, torch.Tensor))
+        return f"a dict whose {key!r} is {type(out[key]).__name__}, not a tensor"
+    if isinstance(out, (tuple, list)):
+        i = next(i for i, v in enumerate(out) if not isinstance(v, torch.Tensor))
+        nested = " (nested: flatten it)" if isinstance(out[i], (tuple, list, dict)) else ""
+        what = "None" if out[i] is None else type(out[i]).__name__
+        return f"a {kind} whose element {i} is {what}{nested}, not a tensor"
+    return kind
 
 
 def to_onnx(

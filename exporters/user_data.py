@@ -6,11 +6,12 @@ reported accuracy all came from noise. With ``--data`` they come from the user's
 (seeded) into calibration and held-out evaluation samples that never overlap.
 
 The file (``np.savez``): ``inputs`` (one input) or ``inputs.<name>`` for each input of forward(),
-samples on axis 0; optionally ``labels``: integer class ids ``[N]`` (or ``[N, 1]``; metric: top-1
-accuracy) or targets shaped like the model's output (float, or integer counts; metric: mean absolute
-error); one-hot labels are refused (save ``y.argmax(1)``). Without labels the metric is the split's
-agreement with the whole fp32 model on the held-out samples. A model with one input may also be given
-an ``.npy`` of its inputs (``np.save``), as for ``edgerun run --input``.
+samples on axis 0; optionally ``labels``: integer class ids ``[N]`` (or ``[N, 1]``; or one per position,
+``[N, T]`` for scores ``[N, T, C]``, classes on the last axis; metric: top-1 accuracy) or targets shaped
+like the model's output (float, or integer counts; metric: mean absolute error); one-hot labels are
+refused (save ``y.argmax(1)``). Without labels the metric is the split's agreement with the whole fp32
+model on the held-out samples. A model with one input may also be given an ``.npy`` of its inputs
+(``np.save``), as for ``edgerun run --input``.
 
 With early exits (``--exits``) the heads need more than the calibration samples to learn from: up to
 EXIT_TRAIN_MAX more samples, at most half of those that would be held out, train them (``exit_data``)
@@ -93,7 +94,7 @@ class UserData:
                              "is the data preprocessed as the model expects (scale, normalisation)?")
         return notes
 
-    def check_labels(self, output_shape: tuple[int, ...]) -> None:
+    def check_labels(self, output_shape: tuple[int, ...], task: str = "auto") -> None:
         """Refuse labels that cannot be scored against the first output (shape without the batch), as the
         evaluation at the end of the export would, but before it: a mismatch cost a whole export first.
 
@@ -104,15 +105,47 @@ class UserData:
         if y is None:
             return
         per_sample = tuple(y.shape[1:])
-        regression = self.metric == "mae" or len(output_shape) == 0 or output_shape[-1] == 1
+        if (y.dtype.kind in "iu" and per_sample and task != "regress" and len(output_shape) >= 2
+                and per_sample == tuple(output_shape[:-1]) and output_shape[-1] != 1):
+            self.metric = "top1"  # class ids per position ([N, T] for scores [N, T, C]): no other reading fits
+        # --task regress scores the output against the labels as targets (class ids [N] against [N, 3]: the
+        # evaluation's reshape raised a ValueError traceback at the end of the export)
+        regression = task == "regress" or self.metric == "mae" or len(output_shape) == 0 or output_shape[-1] == 1
         if regression and int(np.prod(per_sample, dtype=np.int64)) != int(np.prod(output_shape, dtype=np.int64)):
-            raise ConfigError(f"--data {self.path}: labels of shape [N, {', '.join(map(str, per_sample))}] do not fit "
-                              f"the model's output [N, {', '.join(map(str, output_shape))}] (its first output): give "
-                              "targets shaped like it, or integer class ids [N] for a classifier")
+            ids = per_sample in ((), (1,)) and (y.dtype.kind in "iu" or np.array_equal(y, np.round(y)))
+            classes_first = (y.dtype.kind in "iu" and len(output_shape) >= 2 and task != "regress"
+                             and per_sample == tuple(output_shape[1:]))
+            if classes_first:  # a segmentation's [N, C, H, W] against per-pixel ids [N, H, W]
+                order = ", ".join(map(str, [0, *range(2, len(output_shape) + 1), 1]))
+                todo = (f"they look like class ids per position, with the output's class scores on axis 1; edgerun "
+                        f"reads the scores on the last axis: return out.permute({order}) from forward() (shape "
+                        f"{_dims((*output_shape[1:], output_shape[0]))})")
+            elif task == "regress" and self.metric == "top1":
+                todo = "--task regress scores them as targets: drop --task to score class ids by top-1"
+            elif ids and y.dtype.kind == "f":
+                todo = "they look like class ids saved as floats: save them as integers, labels=y.astype(np.int64)"
+            else:
+                todo = "give targets shaped like it, or integer class ids [N] for a classifier"
+            raise ConfigError(f"--data {self.path}: labels of shape {_dims(per_sample)} do not fit the model's output "
+                              f"{_dims(output_shape)} (its first output): {todo}")
         if not regression and per_sample != tuple(output_shape[:-1]):
             raise ConfigError(f"--data {self.path}: labels of shape {list(y.shape)} do not fit the model's output "
-                              f"[N, {', '.join(map(str, output_shape))}] (its first output): give one integer class "
-                              f"id per sample (shape [N{''.join(f', {d}' for d in output_shape[:-1])}])")
+                              f"{_dims(output_shape)} (its first output): give one integer class "
+                              f"id per sample (shape {_dims(output_shape[:-1])})")
+        if not regression and isinstance(output_shape[-1], int):
+            self._check_class_ids(int(output_shape[-1]))
+
+    def _check_class_ids(self, classes: int) -> None:
+        """Class ids outside the output's scores (1-based labels 1..C, ids of another label set) were scored as
+        always wrong: "top1: whole 0.2000" for a model right on most samples, without a word."""
+        y = self._eval_labels
+        lo, hi = int(y.min()), int(y.max())
+        if lo >= 0 and hi < classes:
+            return
+        hint = ("1-based? save labels=y - 1" if lo >= 1 and hi == classes else
+                "give the index of each sample's class among the output's scores")
+        raise ConfigError(f"--data {self.path}: labels hold class ids {lo}..{hi}, but the model's first output scores "
+                          f"{classes} classes (ids 0..{classes - 1}): {hint}")
 
     def eval_data(self, limit: int | None = None) -> tuple[Inputs, np.ndarray | None]:
         """The held-out samples (and their labels, or None), the first ``limit`` of them."""
@@ -171,6 +204,11 @@ def _read(path: Path, names: list[str]) -> tuple[dict[str, np.ndarray], np.ndarr
         raise ConfigError(f"--data {path}: its inputs hold different numbers of samples "
                           f"({ {n: len(a) for n, a in x.items()} }); {hint}")
     return x, None if labels is None else _labels(labels, path)
+
+
+def _dims(shape: tuple) -> str:
+    """A per-sample shape with the batch named: [N], [N, 3] (was "[N, ]" for one value per sample)."""
+    return "[" + ", ".join(["N", *map(str, shape)]) + "]"
 
 
 def _labels(labels: np.ndarray, path: Path) -> np.ndarray:

@@ -33,6 +33,10 @@ def regressor():
     torch.manual_seed(0)
     return Regressor(), torch.randn(1, 20)
 
+def steer_throttle():  # two regression targets per sample: [batch, 2]
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 2)), torch.randn(1, 20)
+
 def tagger():
     torch.manual_seed(0)
     return Tagger(), torch.randn(1, 6, 32)
@@ -66,3 +70,28 @@ def test_run_answers_a_file_model_with_its_output_equal_to_torch(tmp_path, cli_a
     with torch.no_grad():
         want = module.eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(np.array([rec["output"] for rec in lines]), want, rtol=1e-5, atol=1e-5)
+
+
+def test_run_prints_no_top1_for_a_model_scored_as_a_regression(tmp_path, cli_argv, broker, serve_bundle):
+    """Two targets per sample (steering, throttle), exported with --data float targets: `run` printed "top1": 0
+    (the larger of the two) and, without --json, "top1=0" in place of the answer. The report says the task."""
+    model_py = tmp_path / "model.py"
+    model_py.write_text(MODELS)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", inputs=rng.standard_normal((40, 20)).astype(np.float32),
+             labels=rng.standard_normal((40, 2)).astype(np.float32))
+    out = tmp_path / "bundle"
+    r = subprocess.run([*cli_argv, "export", f"{model_py}:steer_throttle", "--data", str(tmp_path / "d.npz"),
+                        "--no-eval", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    bundle = Bundle.load(out)
+    assert json.loads(bundle.file("report.json").read_text())["task"] == "regress"
+    serve_bundle(bundle)
+    np.save(tmp_path / "x.npy", rng.standard_normal((2, 20)).astype(np.float32))
+    run = [*cli_argv, "run", str(out), "--broker", broker.url, "--input", str(tmp_path / "x.npy")]
+    r = subprocess.run([*run, "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(lines) == 2 and all(rec["top1"] is None and len(rec["output"]) == 2 for rec in lines)
+    r = subprocess.run(run, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "top1=" not in r.stdout and r.stdout.count("output=[") == 2, r.stdout

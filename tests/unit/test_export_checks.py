@@ -134,7 +134,8 @@ def test_an_unwritable_out_fails_before_the_model_is_traced(tmp_path):
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
-    ({"group_size": 0}, "group_size must be >= 1"),
+    ({"group_size": 0}, r"--group-size 0: an int4 group is an even number of weights in 2\.\.4096"),
+    ({"group_size": 7}, r"--group-size 7: an int4 group"),  # was refused by the int4 writer, after the trace
     ({"codec_budget": 0.01}, "add --codec tsq"),
 ])
 def test_options_that_would_be_silently_ignored_are_refused(kwargs, match):
@@ -142,6 +143,16 @@ def test_options_that_would_be_silently_ignored_are_refused(kwargs, match):
 
     with pytest.raises(ConfigError, match=match):
         ExportConfig(**kwargs)
+
+
+def test_an_out_inside_a_file_names_the_file(tmp_path):
+    # said "cannot write the bundle beside .../notes.txt/b/c (File exists)"
+    from edgerun.exporters.pipeline import check_out_dir
+
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match=r"notes\.txt is a file, not a directory; choose an --out outside it"):
+        check_out_dir(tmp_path / "notes.txt" / "b" / "c")
+    assert (tmp_path / "notes.txt").read_text() == "x"
 
 
 def test_an_archive_name_as_out_is_refused():

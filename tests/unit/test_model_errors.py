@@ -14,6 +14,25 @@ def boom(): raise ValueError("no weights here")
 def chan(): return torch.nn.Conv2d(3, 4, 3), torch.randn(1, 1, 8, 8)
 def nobatch(): return torch.nn.Linear(4, 2), torch.randn(4)
 def scalar(): return torch.nn.Identity(), torch.tensor(1.0)
+def model_only(): return torch.nn.Linear(4, 2)
+def swapped(): return torch.randn(1, 4), torch.nn.Linear(4, 2)
+def half_weights(): return torch.nn.Linear(4, 2).half(), torch.randn(1, 4)
+class Pair(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h), None
+class Nested(Pair):
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return self.b(h), (h, h)
+def scripted(): return torch.jit.script(Pair().eval()), torch.randn(1, 4)
+def no_sample(): return Pair(), torch.randn(0, 4)
+def nan_example(): return Pair(), torch.tensor([[0.0, float("nan"), 1.0, 2.0]])
+def none_out(): return Pair(), torch.randn(1, 4)
+def nested_out(): return Nested(), torch.randn(1, 4)
 '''
 
 
@@ -23,6 +42,20 @@ def scalar(): return torch.nn.Identity(), torch.tensor(1.0)
     ("chan", ExportError, "fails on its own example input .*to have 3 channels"),  # was cut at 400 chars
     ("nobatch", ExportError, "first dimension must be the batch"),            # was onnxruntime's InvalidArgument
     ("scalar", ExportError, "example input is a scalar"),
+    # both said only "must return (torch.nn.Module, example_input_tensor)"
+    ("model_only", ExportError, r"model_only\(\) returned the model alone \(Linear\), without an example input"),
+    ("swapped", ExportError, r"swapped\(\) returned a tuple of 2 \(Tensor, Linear\); it must return the model and"),
+    # said "make the example what forward() takes" to an example that was right
+    ("half_weights", ExportError, r"must have the same dtype.*; the model's weights are float16 and its example "
+                                  r"float32: return module\.float\(\)"),
+    # said "forward() returned tuple; return a tensor, a tuple of tensors, ..." to a forward() returning a tuple
+    ("none_out", ExportError, r"forward\(\) returned a tuple whose element 1 is None, not a tensor"),
+    ("nested_out", ExportError, r"returned a tuple whose element 1 is tuple \(nested: flatten it\), not a tensor"),
+    # "could not trace the model (ValueError: Exporting a ScriptModule is not supported ...): make forward() traceable"
+    ("scripted", ExportError, r"scripted\(\) returned a TorchScript module .*: return the Python nn\.Module"),
+    ("no_sample", ExportError, r"example input holds no sample \(shape \(0, 4\)\)"),  # "0 not in range [1, 1024]"
+    # every input was drawn around it: "the whole model gives NaN ... check the model for log / sqrt / division"
+    ("nan_example", ExportError, r"nan_example\(\): the example input holds NaN or Inf; return a real input"),
 ])
 def test_a_wrong_model_file_says_what_is_wrong(tmp_path, fn, error, match):
     from edgerun.exporters.pipeline import trace_model
@@ -126,3 +159,127 @@ def test_the_native_engine_names_a_non_constant_pad_mode_as_text(padding_mode, o
     model = to_onnx(conv, torch.randn(1, 3, 8, 8))
     with pytest.raises(UnsupportedOpError, match=rf"Pad mode '{onnx_mode}' \(only constant\)"):
         weight_layers(model)
+
+
+STATEFUL = '''
+import torch
+class Counter(torch.nn.Module):  # a step counter: forward() adds to its own buffer
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+        self.register_buffer("steps", torch.zeros(1))
+    def forward(self, x):
+        self.steps += 1
+        return self.b(torch.relu(self.a(x))) + self.steps
+class TrainOnly(Counter):  # the same update only when training: exports
+    def forward(self, x):
+        if self.training:
+            self.steps += 1
+        return self.b(torch.relu(self.a(x))) + self.steps
+def counter(): return Counter(), torch.randn(1, 4)
+def train_only(): return TrainOnly().train(), torch.randn(1, 4)
+'''
+
+
+def test_a_forward_that_changes_the_model_s_own_buffers_is_refused_and_the_model_put_back(tmp_path):
+    """`self.steps += 1` in forward(): the exporter's own runs moved the buffer to 2 and the trace added 1,
+    so the bundle answered every input with +3 where the model's first call gave +1; verify passed."""
+    from edgerun.exporters.models import resolve_model
+    from edgerun.exporters.pipeline import trace_model
+
+    path = tmp_path / "m.py"
+    path.write_text(STATEFUL)
+    src = resolve_model(f"{path}:counter")
+    with pytest.raises(ExportError, match=r"forward\(\) changes the model's buffer 'steps' .*change it only "
+                                          r"when training \(`if self\.training:`"):
+        trace_model(src)
+    assert src.module.steps.item() == 0  # put back
+    assert trace_model(f"{path}:train_only").cuts
+
+
+WRAPPED = '''
+import torch
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+def compiled(): return torch.compile(Net()), torch.randn(1, 4)
+def as_list(): return [Net(), torch.randn(1, 4)]
+def parallel(): return torch.nn.DataParallel(Net()), torch.randn(1, 4)
+'''
+
+
+@pytest.mark.parametrize("fn", ["compiled", "parallel", "as_list"])  # as_list: [model, example] was refused too
+def test_a_model_in_torch_compile_or_data_parallel_is_exported_as_the_model_inside(tmp_path, fn):
+    # was refused: "forward(*args) cannot be exported with a dynamic batch: name its arguments" (the wrapper's)
+    from edgerun.exporters.pipeline import trace_model
+
+    path = tmp_path / "m.py"
+    path.write_text(WRAPPED)
+    traced = trace_model(f"{path}:{fn}")
+    assert type(traced.source.module).__name__ == "Net" and traced.cuts
+
+
+PRINTS = '''
+import torch
+print("importing my model")
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+    def forward(self, x):
+        print("forward", tuple(x.shape))
+        return self.b(torch.relu(self.a(x)))
+def make():
+    print("loading weights ...")
+    return Net(), torch.randn(1, 4)
+'''
+
+
+def test_what_a_model_file_prints_goes_to_stderr_and_json_stays_one_object(tmp_path):
+    # `export --list-cuts --json` printed "importing my model", "loading weights ..." and "forward (1, 4)" on
+    # stdout before its JSON: a script's json.loads failed
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "m.py"
+    path.write_text(PRINTS)
+    r = subprocess.run([sys.executable, "-m", "edgerun", "export", f"{path}:make", "--list-cuts", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["cuts"]
+    assert "importing my model" in r.stderr and "loading weights" in r.stderr and "forward (1, 4)" in r.stderr
+
+
+MIXING = '''
+import torch
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+class Normalised(Net):  # the input normalised over the whole tensor, batch included
+    def forward(self, x):
+        return self.b(torch.relu(self.a((x - x.mean()) / (x.std() + 1e-6))))
+class PerSample(Net):  # the same, over each sample's own values: fine
+    def forward(self, x):
+        m, s = x.mean(1, keepdim=True), x.std(1, keepdim=True)
+        return self.b(torch.relu(self.a((x - m) / (s + 1e-6))))
+def normalised(): return Normalised(), torch.randn(1, 4)
+def per_sample(): return PerSample(), torch.randn(1, 4)
+'''
+
+
+def test_a_forward_that_mixes_the_samples_of_a_batch_is_refused(tmp_path):
+    """(x - x.mean()) / x.std() over the batch: exported and verified, and each answer then moved with the other
+    devices' requests the server batched with it."""
+    from edgerun.exporters.pipeline import trace_model
+
+    path = tmp_path / "m.py"
+    path.write_text(MIXING)
+    with pytest.raises(ExportError, match=r"forward\(\) mixes the samples of a batch: the example's answer changed "
+                                          r"by .* when another sample was stacked beside it"):
+        trace_model(f"{path}:normalised")
+    assert trace_model(f"{path}:per_sample").cuts

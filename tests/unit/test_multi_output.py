@@ -108,7 +108,8 @@ def test_a_dict_names_the_outputs_and_a_tuple_numbers_them(models):
 
 
 @pytest.mark.parametrize("fn, message", [
-    ("nested", r"forward\(\) returned tuple; return a tensor, a tuple of tensors, or a dict of tensors by name"),
+    ("nested", r"forward\(\) returned a tuple whose element 1 is list \(nested: flatten it\), not a tensor; return a "
+               r"tensor, a flat tuple of tensors, or a dict of tensors by name"),
     ("unbatched", r"did not give two answers \(gave shapes \(2, 3\), \(\)\).*keep it in every output"),
 ])
 def test_outputs_the_export_cannot_carry_are_refused_saying_what_to_return(models, fn, message):

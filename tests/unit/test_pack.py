@@ -129,3 +129,12 @@ def test_the_cli_names_the_file_a_pack_lacks_before_the_broker(golden, tmp_path,
     assert r.exit_code == 2, r.output
     assert f"{out} is the {side}'s copy" in r.output and f"leaves out {missing}" in r.output
     assert "cannot reach the MQTT broker" not in r.output
+
+
+@pytest.mark.parametrize("name, folder", [("digits-device.tar.gz", "digits-device"), ("v1.2.tgz", "v1.2"),
+                                          ("robot.tiny.tar.gz", "robot.tiny"), ("a.t.tar", "a.t"),
+                                          (".tar.gz", "bundle")])
+def test_the_archive_unpacks_to_a_folder_named_after_it(golden, tmp_path, name, folder):
+    # split at the first ".t": robot.tiny.tar.gz unpacked to robot/, a.t.tar to a/
+    with tarfile.open(pack(golden, "server", tmp_path / name)["out"]) as tf:
+        assert {m.name.split("/", 1)[0] for m in tf.getmembers()} == {folder}

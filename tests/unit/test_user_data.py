@@ -69,6 +69,25 @@ def skip():
     return Skip(), torch.randn(1, 64)
 
 
+def seg(channels_last=False):  # a segmentation: class scores per pixel, [N, 4, 8, 8]
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    return (PixelsLast(m) if channels_last else m), torch.randn(1, 3, 8, 8)
+
+
+class PixelsLast(nn.Module):  # the same scores as [N, 8, 8, 4]
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m(x).permute(0, 2, 3, 1)
+
+
+def seg_last():
+    return seg(channels_last=True)
+
+
 def reg():  # three continuous values per sample: a regression
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)).eval(), \
@@ -321,3 +340,54 @@ def test_samples_far_off_the_examples_range_get_a_note(files, tmp_path, capsys):
     assert "input 'input' reaches |255|, its example |0.9375|: is the data preprocessed" in capsys.readouterr().err
     trace_model(f"{files}/model.py:make", data=files / "digits.npz")
     assert "preprocessed" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("labels, message", [
+    # scored as always wrong for class 10: "top1: whole 0.2000" for a model right on most samples, no word said
+    (np.where(np.arange(20) % 2, 10, 1), r"labels hold class ids 1\.\.10, but the model's first output scores "
+                                          r"10 classes \(ids 0\.\.9\): 1-based\? save labels=y - 1"),
+    (np.where(np.arange(20) % 2, 11, 0), r"class ids 0\.\.11, but the model's first output scores 10 classes "
+                                          r"\(ids 0\.\.9\): give the index of each sample's class"),
+    (np.where(np.arange(20) % 2, 8, -1), r"class ids -1\.\.8"),
+    # class ids saved as floats: "labels of shape [N, ] do not fit the model's output [N, 10]"
+    ((np.arange(20) % 10).astype(np.float32), r"labels of shape \[N\] do not fit the model's output \[N, 10\] .*"
+                                              r"class ids saved as floats: save them as integers"),
+])
+def test_class_ids_the_output_has_no_score_for_are_refused_at_the_trace(files, tmp_path, labels, message):
+    from edgerun.exporters.pipeline import trace_model
+
+    np.savez(tmp_path / "ids.npz", inputs=np.zeros((20, 64)), labels=labels)
+    with pytest.raises(ConfigError, match=message):
+        trace_model(f"{files}/model.py:make", data=tmp_path / "ids.npz")
+
+
+def test_task_regress_with_class_id_labels_is_refused_before_the_export(files, tmp_path):
+    """--task regress with class ids [N] for an output [N, 10] ended the whole export with a ValueError traceback
+    ("cannot reshape array of size 50 into shape (50,10)") from the evaluation; the trace checked the labels as
+    class ids, not as the targets --task said they were."""
+    from edgerun.exporters.pipeline import ExportConfig, export, trace_model
+
+    np.savez(tmp_path / "ids.npz", inputs=np.zeros((20, 64)), labels=np.arange(20) % 10)
+    match = r"labels of shape \[N\] do not fit the model's output \[N, 10\] .*--task regress scores them as targets"
+    with pytest.raises(ConfigError, match=match):
+        trace_model(f"{files}/model.py:make", data=tmp_path / "ids.npz", task="regress")
+    with pytest.raises(ConfigError, match=match):
+        export(f"{files}/model.py:make", ExportConfig(data=tmp_path / "ids.npz", task="regress"), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_class_ids_per_pixel_are_scored_by_top1_and_scores_on_axis_1_are_told_to_move(files, tmp_path):
+    """Integer labels [N, H, W] were read as regression targets: refused against scores [N, H, W, C] ("give targets
+    shaped like it, or integer class ids [N]"), and against a segmentation's [N, C, H, W] with the same words."""
+    from edgerun.exporters.pipeline import ExportConfig, export, trace_model
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "px.npz", inputs=rng.standard_normal((24, 3, 8, 8)), labels=rng.integers(0, 4, (24, 8, 8)))
+    with pytest.raises(ConfigError, match=r"labels of shape \[N, 8, 8\] do not fit the model's output "
+                                          r"\[N, 4, 8, 8\] .*class ids per position, with the output's class scores "
+                                          r"on axis 1.*return out\.permute\(0, 2, 3, 1\) from forward\(\) "
+                                          r"\(shape \[N, 8, 8, 4\]\)"):
+        trace_model(f"{files}/model.py:seg", data=tmp_path / "px.npz")
+    b = export(f"{files}/model.py:seg_last", ExportConfig(data=tmp_path / "px.npz"), tmp_path / "b")
+    rep = json.loads((b.path / "report.json").read_text())
+    assert rep["metric"] == "top1" and rep["task"] == "classify" and 0 < rep["metric_whole_fp32"] < 1
