@@ -106,9 +106,16 @@ Result to_result(const json& j, int64_t batch) {
   return r;
 }
 
+// The inputs as the device's parts take them. Only `data` is read: an input with another dtype (its
+// values in `ints`) would be sent as the empty or stale float values beside them.
 std::map<std::string, Array> to_arrays(const Tensors& in) {
   std::map<std::string, Array> out;
-  for (const auto& kv : in) out[kv.first] = Array{kv.second.shape, kv.second.data};
+  for (const auto& kv : in) {
+    if (kv.second.dtype != "float32")
+      throw ConfigError("input '" + kv.first + "' has dtype " + kv.second.dtype + ": the C++ device takes float32 "
+                        "inputs; convert the values to float and give them in Tensor::data (dtype float32)");
+    out[kv.first] = Array{kv.second.shape, kv.second.data};
+  }
   return out;
 }
 
@@ -203,6 +210,7 @@ Device::Device(const std::string& bundle_dir, const std::string& broker_url, con
   if (!(o.deadline_ms > 0 && o.deadline_ms <= kMaxDeadlineMs))
     throw ConfigError("deadline_ms must be a number of ms > 0, at most 86400000");
   if (o.threads < 1 || o.threads > 256) throw ConfigError("threads must be in 1..256");
+  if (o.connect_timeout_ms < 1) throw ConfigError("connect_timeout_ms must be a number of ms > 0 (default 5000)");
   if (o.max_batch < 1 || o.max_batch > 4096) throw ConfigError("max_batch must be in 1..4096");
   if (!(o.hedge_ms >= 0 && o.hedge_ms <= kMaxDeadlineMs))
     throw ConfigError("hedge_ms must be a number of ms > 0 (0 = never resend)");
@@ -241,7 +249,10 @@ void Device::connect(const std::string& broker_url) {
   Err e = d.link.connect(d.url, "edgerun-" + d.device_id, presence, online, d.presence_body("offline"), t);
   if (e.ok()) e = d.link.subscribe(d.server.resp_topic, t);
   // Without exits a broker that cannot be reached is an error; with exits they answer meanwhile.
-  if (!e.ok() && !(d.b.has_exits && e.code == kExitBroker)) raise(e);
+  if (!e.ok() && !(d.b.has_exits && e.code == kExitBroker)) {
+    d.link.reset();  // nothing of the failed try stays open (connect() may be called again)
+    raise(e);
+  }
   d.connected_once = true;
   d.server.mqtt = &d.link;
   d.link.on_late_reply([&s = d.server](double rtt_ms) { observe_rtt(s, rtt_ms); });
@@ -250,8 +261,17 @@ void Device::connect(const std::string& broker_url) {
 
 Result Device::infer(const Tensors& inputs, double deadline_ms) {
   Impl& d = *impl_;
-  if (deadline_ms <= 0) deadline_ms = d.opt.deadline_ms;
-  if (!(deadline_ms <= kMaxDeadlineMs) || std::isnan(deadline_ms))
+  // 0 (the default argument) is the options' deadline. A negative one is refused, as edgerun.Device does: a
+  // deadline computed as "next tick - now" is negative once the loop runs late, and it waited the default 5 s.
+  if (deadline_ms < 0 || std::isnan(deadline_ms)) {
+    char v[32];
+    std::snprintf(v, sizeof(v), "%g", deadline_ms);
+    throw ConfigError("deadline_ms " + std::string(v) + " is not a number of ms > 0: give one "
+                      "(0: the device's default, Options::deadline_ms); a loop that runs late must skip the tick "
+                      "or give it a deadline of its own");
+  }
+  if (deadline_ms == 0) deadline_ms = d.opt.deadline_ms;
+  if (!(deadline_ms <= kMaxDeadlineMs))
     throw ConfigError("deadline_ms must be a number of ms > 0, at most 86400000");
   const std::map<std::string, Array> arrays = to_arrays(inputs);
   int64_t batch = 0;

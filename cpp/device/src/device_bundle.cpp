@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -157,6 +158,14 @@ Err load_bundle(const std::string& dir, DeviceBundle* out) {
     if (ends_with(dir, ".tar.gz") || ends_with(dir, ".tgz") || ends_with(dir, ".tar"))
       return bad(dir, "an archive; extract it first (mkdir b && tar -xf " + dir +
                           " -C b) and give the directory inside it");
+    struct stat st {};
+    const bool exists = ::stat(dir.c_str(), &st) == 0;
+    if (exists && ends_with(dir, "manifest.json"))
+      return bad(dir, "the manifest, not the bundle: give the directory that holds it");
+    if (exists)
+      return bad(dir, "a file, not a directory: give the directory of an exported bundle (`edgerun export`)");
+    if (errno == ELOOP)
+      return bad(dir, "a loop of symbolic links: point the link at the bundle's directory");
     return bad(dir, "no such directory: give the path of an exported bundle (`edgerun export`)");
   }
   std::ifstream f(dir + "/manifest.json", std::ios::binary);

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -26,6 +27,12 @@ std::once_flag g_lib_once;
 std::string mosq_error(int rc) {
   if (rc == MOSQ_ERR_ERRNO) return std::strerror(errno);
   return mosquitto_strerror(rc);
+}
+
+std::string seconds(int ms) {  // "0.3", "5": a timeout under 1 s was said as "0 s"
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", ms / 1000.0);
+  return buf;
 }
 
 }  // namespace
@@ -181,6 +188,7 @@ Err MqttLink::connect_failed(const BrokerUrl& url, const std::string& detail) {
 Err MqttLink::connect(const BrokerUrl& url, const std::string& client_id, const std::string& presence_topic,
                       const std::string& online, const std::string& will, int timeout_ms) {
   std::call_once(g_lib_once, [] { mosquitto_lib_init(); });
+  reset();  // connect() again after a failed try (a node started before its broker)
   url_text_ = url.text;
   presence_topic_ = presence_topic;
   mosq_ = mosquitto_new(client_id.c_str(), /*clean_start=*/true, this);
@@ -212,7 +220,7 @@ Err MqttLink::connect(const BrokerUrl& url, const std::string& client_id, const 
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
     if (left <= 0)
       return fail(kExitBroker, "the MQTT broker at " + url.text + " did not accept the connection within " +
-                               std::to_string(timeout_ms / 1000) + " s: is it an MQTT broker" +
+                               seconds(timeout_ms) + " s: is it an MQTT broker" +
                                (url.tls ? "" : " (a broker that listens with TLS takes mqtts://host:port?ca=CA.pem)") +
                                "? nothing was sent");
     rc = mosquitto_loop(mosq_, int(std::min<long long>(left, kLoopSliceMs)), 1);
@@ -364,6 +372,19 @@ bool MqttLink::up() const {
 std::string MqttLink::down_reason() const {
   std::lock_guard<std::mutex> g(mu_);
   return down_why_;
+}
+
+void MqttLink::reset() {
+  if (threaded_) return;  // the background thread owns the client: close() first
+  if (mosq_ != nullptr) {
+    close();
+    mosquitto_destroy(mosq_);
+    mosq_ = nullptr;
+  }
+  connected_ = connack_ = false;
+  connack_rc_ = 0;
+  max_packet_ = 0;
+  last_error_.clear();
 }
 
 void MqttLink::close() {
