@@ -89,3 +89,38 @@ def test_an_ipv6_address_without_brackets_is_refused_saying_to_add_them(cpp_devi
     r = run_cpp(cpp_device, digits_bundle.path, "--broker", "mqtt://::1", "--input", x_npy)
     assert r.returncode == EXIT_USAGE, r.stderr  # was: a connection to host ':' on port 1
     assert "goes in brackets" in r.stderr and "mqtt://[::1]:1883" in r.stderr
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--deadline-ms", "-5"], "--deadline-ms -5: give a number of ms > 0"),  # was: 5 s waits, reported as -5
+    (["--deadline-ms", "20ms"], "--deadline-ms 20ms: give a number"),        # was: atof, 20
+    (["--ticks", "ten"], "--ticks ten: give a whole number"),                # was: 0, a loop without end
+    (["--rate", "0"], "--rate 0: give a number of ticks a second > 0"),
+])
+def test_the_control_loop_refuses_a_bad_number_once(cpp_device, digits_bundle, x_npy, args, words):
+    from cpp_device_build import control_loop
+
+    r = run_cpp(control_loop(cpp_device), digits_bundle.path, "--broker", f"mqtt://127.0.0.1:{free_port()}",
+                "--input", x_npy, "--ticks", 2, *args)
+    assert r.returncode == EXIT_USAGE and words in r.stderr, (r.returncode, r.stderr)
+
+
+def test_the_control_loop_refuses_an_input_without_samples_instead_of_dividing_by_zero(cpp_device, digits_bundle,
+                                                                                      tmp_path):
+    from cpp_device_build import control_loop
+
+    np.save(tmp_path / "x0.npy", np.zeros((0, 1, 8, 8), np.float32))
+    r = run_cpp(control_loop(cpp_device), digits_bundle.path, "--broker", f"mqtt://127.0.0.1:{free_port()}",
+                "--input", tmp_path / "x0.npy", "--ticks", 2)
+    assert r.returncode == EXIT_USAGE, (r.returncode, r.stderr)  # was -8 (SIGFPE)
+    assert "holds no samples" in r.stderr
+
+
+def test_the_control_loop_refuses_a_wrong_input_before_its_first_tick(cpp_device, digits_bundle, tmp_path):
+    from cpp_device_build import control_loop
+
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 4, 4), np.float32))
+    r = run_cpp(control_loop(cpp_device), digits_bundle.path, "--broker", f"mqtt://127.0.0.1:{free_port()}",
+                "--input", tmp_path / "x.npy", "--ticks", 50)
+    assert r.returncode == EXIT_USAGE, (r.returncode, r.stderr)  # was: the broker's error, or 50 ticks of errors
+    assert "the bundle expects (None, 1, 8, 8)" in r.stderr and r.stdout == ""
