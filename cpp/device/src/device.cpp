@@ -153,8 +153,11 @@ struct Device::Impl {
   Result ask_server(const std::map<std::string, Array>& inputs, int64_t batch, double deadline_ms) {
     if (server.mqtt == nullptr)
       throw BrokerError("this device has no broker (connect() first); nothing was sent");
-    if (!link.up())
-      throw BrokerError(link.down_reason() + "; nothing was sent (the device reconnects in the background)");
+    if (!link.up()) {  // the reason from a lost connection says "reconnecting in the background" already
+      const std::string why = link.down_reason();
+      throw BrokerError(why + "; nothing was sent" + (why.find("in the background") == std::string::npos
+                                                          ? " (the device reconnects in the background)" : ""));
+    }
     const Clock::time_point t0 = Clock::now();
     const Clock::time_point until = t0 + std::chrono::microseconds(int64_t(deadline_ms * 1000.0));
     std::unique_lock<std::mutex> compute(server.compute);  // front half and frame take turns
