@@ -2,7 +2,7 @@
 edgerun_device_misuse (cpp/device/tests/device_misuse.cpp, one case a run) and the two programs: each
 mistake gets one clear error saying what to do (ConfigError, exit code 2), never a read past the
 caller's buffer, a hang, a crash or a silent default; a connect() retried until the broker answers
-keeps nothing open. With EDGERUN_CPP_SANITIZE=1 all of it runs under ASan + UBSan (+ LeakSanitizer)."""
+keeps nothing open; a device destroyed while a thread waits in infer ends that wait first. With EDGERUN_CPP_SANITIZE=1 all of it runs under ASan + UBSan (+ LeakSanitizer)."""
 
 from __future__ import annotations
 
@@ -65,6 +65,13 @@ def test_connect_retried_until_the_broker_answers_keeps_no_socket_and_then_conne
     assert got["fds_after"] == got["fds_before"], got  # was 15 more: 3 fds each failed try
     assert "within 0.3 s" in got["last"], got          # was "within 0 s"
     assert got["reachable"] is True, got
+
+
+def test_a_device_destroyed_while_a_thread_waits_in_infer_ends_that_wait(misuse, digits_bundle, x_npy, broker):
+    """A node shut down while its timer thread awaits a reply (no server here): it was a double free."""
+    got = case(misuse, "destroy_during_infer", digits_bundle, x_npy, broker.url)
+    assert got["outcome"] == "ok", got
+    assert got["infer"].startswith("4: the device was closed while request"), got
 
 
 def test_connect_twice_is_refused(misuse, digits_bundle, x_npy, broker):

@@ -7,6 +7,7 @@
 
 #include <cctype>
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <cstdio>
 #include <atomic>
@@ -142,6 +143,32 @@ struct Device::Impl {
   std::string  device_id;
   std::atomic<uint64_t> next_id{0};
   std::mutex   mu;  // connect / request_frame; infer's turns are server.compute (device_answer.h)
+  // infer calls under way: ~Device (a node shut down while its timer thread waits for a reply) ends their
+  // waits and lets them return before anything is destroyed (it freed the link under them: a double free).
+  std::mutex              life_mu;
+  std::condition_variable life_cv;
+  int                     in_flight = 0;
+  bool                    closing = false;
+
+  // One infer call under way (in_flight).
+  class Call {
+   public:
+    explicit Call(Impl& d) : d_(d) {
+      std::lock_guard<std::mutex> g(d_.life_mu);
+      if (d_.closing) throw BrokerError("infer on a device being destroyed: nothing was sent");
+      ++d_.in_flight;
+    }
+    ~Call() {
+      std::lock_guard<std::mutex> g(d_.life_mu);
+      --d_.in_flight;
+      d_.life_cv.notify_all();
+    }
+    Call(const Call&) = delete;
+    Call& operator=(const Call&) = delete;
+
+   private:
+    Impl& d_;
+  };
 
   std::string presence_body(const char* status) const {
     double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -237,7 +264,15 @@ Device::Device(const std::string& bundle_dir, const std::string& broker_url, con
   if (!broker_url.empty()) connect(broker_url);
 }
 
-Device::~Device() { impl_->link.close(); }
+Device::~Device() {
+  {
+    std::lock_guard<std::mutex> g(impl_->life_mu);
+    impl_->closing = true;
+  }
+  impl_->link.close();  // a call awaiting its reply ends now (BrokerError, or with exits the deepest exit's answer)
+  std::unique_lock<std::mutex> lk(impl_->life_mu);
+  impl_->life_cv.wait(lk, [this] { return impl_->in_flight == 0; });
+}
 
 void Device::connect(const std::string& broker_url) {
   Impl& d = *impl_;
@@ -264,6 +299,7 @@ void Device::connect(const std::string& broker_url) {
 
 Result Device::infer(const Tensors& inputs, double deadline_ms) {
   Impl& d = *impl_;
+  const Impl::Call call(d);
   // 0 (the default argument) is the options' deadline. A negative one is refused, as edgerun.Device does: a
   // deadline computed as "next tick - now" is negative once the loop runs late, and it waited the default 5 s.
   if (deadline_ms < 0 || std::isnan(deadline_ms)) {

@@ -126,6 +126,7 @@ class MqttLink {
   mutable std::mutex      mu_;
   std::condition_variable cv_;
   bool                    threaded_ = false, ready_ = false;
+  bool                    closed_ = false;  // close() began: nothing more is sent or awaited
   std::string             resp_topic_, online_, down_why_;
 };
 

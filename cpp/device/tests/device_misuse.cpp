@@ -10,12 +10,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <functional>
 #include <limits>
 #include <map>
 #include <string>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -149,6 +151,27 @@ const std::map<std::string, Case>& cases() {
          }
          close(lfd);
          return out;
+       }},
+      // A node shut down while its timer thread waits in infer for a reply (no server answers here): the
+      // device went away under the waiting thread.
+      {"destroy_during_infer", [](const std::string& b, const ed::Tensor& x, const std::string& broker) {
+         std::string got = "no answer";
+         std::thread t;
+         {
+           ed::Device dev(b, broker, quick());
+           const ed::Tensors in = {{dev.input_names()[0], x}};
+           t = std::thread([&dev, &got, in] {
+             try {
+               dev.infer(in, 20000);
+               got = "answered";
+             } catch (const ed::Error& e) {
+               got = std::to_string(e.code()) + ": " + e.what();
+             }
+           });
+           std::this_thread::sleep_for(std::chrono::milliseconds(300));
+         }  // ~Device while the thread waits
+         t.join();
+         return json{{"infer", got}};
        }},
       {"connect_twice", [](const std::string& b, const ed::Tensor&, const std::string& broker) {
          ed::Device dev(b, broker, quick());

@@ -93,7 +93,10 @@ class Device {
   // Loads the bundle (its front half, its exits) and, when broker_url is given, connects
   // (connect()). An empty broker_url: an offline device (request_frame(), then connect()).
   Device(const std::string& bundle_dir, const std::string& broker_url, const Options& options = {});
-  ~Device();  // clears its presence and disconnects; only after every infer call has returned
+  // Clears its presence and disconnects. An infer call waiting for its reply on another thread ends
+  // (BrokerError; with exits the deepest exit answers) and returns before the device is gone; a call
+  // begun after the destructor began is the caller's bug (BrokerError at best).
+  ~Device();
   Device(const Device&) = delete;
   Device& operator=(const Device&) = delete;
 
