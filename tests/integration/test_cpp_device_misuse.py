@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_cpp_device import EXIT_BUNDLE, EXIT_USAGE, free_port, run_cpp
+from test_cpp_device import EXIT_BUNDLE, EXIT_USAGE, device_copy, free_port, run_cpp
 
 pytestmark = pytest.mark.integration
 
@@ -90,6 +90,14 @@ def test_a_bundle_path_that_is_a_file_or_a_link_loop_says_what_to_give(cpp_devic
     os.symlink(tmp_path / "b", tmp_path / "a")
     os.symlink(tmp_path / "a", tmp_path / "b")
     assert "a loop of symbolic links" in refused(tmp_path / "a")  # was "no such directory"
+
+
+def test_the_folder_a_device_copy_was_extracted_into_names_the_bundle_inside(cpp_device, digits_bundle, x_npy,
+                                                                             cli_argv, tmp_path):
+    top = device_copy(digits_bundle, cli_argv, tmp_path)  # tmp/copy/<bundle>, as `tar -xf ... -C copy` leaves it
+    r = run_cpp(cpp_device, top.parent, "--broker", "mqtt://127.0.0.1:1", "--input", x_npy)
+    assert r.returncode == EXIT_BUNDLE, r.stderr
+    assert f"but {top} has one: give that directory" in r.stderr, r.stderr  # was "not an edgerun bundle"
 
 
 def test_an_ipv6_address_without_brackets_is_refused_saying_to_add_them(cpp_device, digits_bundle, x_npy):

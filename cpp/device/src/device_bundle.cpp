@@ -2,6 +2,7 @@
 #include "device_bundle.h"
 
 #include <openssl/evp.h>
+#include <dirent.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -53,6 +54,23 @@ std::string bad_file_name(const std::string& dir, const std::string& name) {
 bool is_dir(const std::string& p) {
   struct stat st {};
   return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// A folder directly inside `dir` that holds a manifest.json ("" when none).
+std::string bundle_inside(const std::string& dir) {
+  std::string found;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name, path = dir + "/" + name;
+      struct stat st {};
+      if (name != "." && name != ".." && is_dir(path) && ::stat((path + "/manifest.json").c_str(), &st) == 0) {
+        found = path;
+        break;
+      }
+    }
+    ::closedir(d);
+  }
+  return found;
 }
 
 bool ends_with(const std::string& s, const std::string& tail) {
@@ -169,7 +187,11 @@ Err load_bundle(const std::string& dir, DeviceBundle* out) {
     return bad(dir, "no such directory: give the path of an exported bundle (`edgerun export`)");
   }
   std::ifstream f(dir + "/manifest.json", std::ios::binary);
-  if (!f) return bad(dir, "no manifest.json: not an edgerun bundle (export one with `edgerun export`)");
+  if (!f) {  // the folder an archive was extracted into (tar -xf b.tar.gz -C dir) holds the bundle's folder
+    const std::string inner = bundle_inside(dir);
+    if (!inner.empty()) return bad(dir, "no manifest.json here, but " + inner + " has one: give that directory");
+    return bad(dir, "no manifest.json: not an edgerun bundle (export one with `edgerun export`)");
+  }
   std::stringstream ss;
   ss << f.rdbuf();
   if (json_depth(ss.str()) > kMaxManifestDepth)
