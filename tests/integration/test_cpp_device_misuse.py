@@ -2,12 +2,14 @@
 edgerun_device_misuse (cpp/device/tests/device_misuse.cpp, one case a run) and the two programs: each
 mistake gets one clear error saying what to do (ConfigError, exit code 2), never a read past the
 caller's buffer, a hang, a crash or a silent default; a connect() retried until the broker answers
-keeps nothing open; a device destroyed while a thread waits in infer ends that wait first. With EDGERUN_CPP_SANITIZE=1 all of it runs under ASan + UBSan (+ LeakSanitizer)."""
+keeps nothing open; a device destroyed while a thread waits in infer ends that wait first. With
+EDGERUN_CPP_SANITIZE=1 all of it runs under ASan + UBSan (+ LeakSanitizer)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,34 @@ def test_the_folder_a_device_copy_was_extracted_into_names_the_bundle_inside(cpp
     r = run_cpp(cpp_device, top.parent, "--broker", "mqtt://127.0.0.1:1", "--input", x_npy)
     assert r.returncode == EXIT_BUNDLE, r.stderr
     assert f"but {top} has one: give that directory" in r.stderr, r.stderr  # was "not an edgerun bundle"
+
+
+@pytest.fixture(scope="module")
+def exits_bundle(tmp_path_factory):
+    from edgerun.exporters import ExportConfig, export
+
+    return export("zoo:digits-cnn", ExportConfig(cut="block2", exits="auto", evaluate=False),
+                  tmp_path_factory.mktemp("misuse-exits") / "digits-exits")
+
+
+def test_a_resealed_consistency_exit_whose_heads_differ_in_size_is_refused(cpp_device, exits_bundle, x_npy,
+                                                                          tmp_path):
+    """Exit 1's 'head' renamed to its feature map (1024 values against exit 0's 10) under the consistency
+    criterion: the comparison read past exit 0's head (ASan: heap-buffer-overflow in exits.cpp)."""
+    from edgerun.bundle import write_manifest
+
+    b = tmp_path / "b"
+    shutil.copytree(exits_bundle.path, b)
+    m = {k: v for k, v in json.loads((b / "manifest.json").read_text()).items() if k != "bundle_hash"}
+    ex = m["exits"]
+    ex["criterion"] = "consistency"
+    ex["points"][1]["head"] = ex["points"][1]["tensor"]
+    for budget in ex["budgets"].values():
+        budget["thresholds"] = [None, 1e9, None]
+    write_manifest(b, m)
+    r = run_cpp(cpp_device, b, "--broker", "mqtt://127.0.0.1:1", "--input", x_npy, "--budget", "fast")
+    assert r.returncode == EXIT_BUNDLE, (r.returncode, r.stderr[-3000:])
+    assert "the consistency criterion compares heads of one size" in r.stderr
 
 
 def test_an_ipv6_address_without_brackets_is_refused_saying_to_add_them(cpp_device, digits_bundle, x_npy):
