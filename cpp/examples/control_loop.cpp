@@ -12,6 +12,8 @@
 // --each: one JSON line per tick (who answered, why, the outputs) before the summary.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <csignal>
 #include <cstdio>
 #include <string>
@@ -34,12 +36,25 @@ edgerun::device::Tensors sample(const edgerun::device::Tensors& all, long i) {
   edgerun::device::Tensors one;
   for (const auto& kv : all) {
     edgerun::device::Tensor t = kv.second;
+    if (t.shape[0] < 1)  // a .npy of shape (0, ...) divided by zero below (SIGFPE)
+      throw edgerun::device::ConfigError("input '" + kv.first + "' holds no samples (shape (0, ...)): give at "
+                                         "least one, batch first");
     const size_t n = size_t(t.shape[0]), per = t.data.size() / n, at = size_t(i) % n * per;
     t.data.assign(kv.second.data.begin() + long(at), kv.second.data.begin() + long(at + per));
     t.shape[0] = 1;
     one[kv.first] = std::move(t);
   }
   return one;
+}
+
+// A number option, all of it: atof / atol took "20ms" as 20, "abc" as 0 (a deadline of 0 was the library's
+// default of 5 s, --ticks 0 a loop without end).
+bool number(const char* v, double lo, double hi, double* out) {
+  char* end = nullptr;
+  const double x = std::strtod(v, &end);
+  if (end == v || *end != '\0' || !(x >= lo && x <= hi)) return false;
+  *out = x;
+  return true;
 }
 
 double percentile(std::vector<double> v, double q) {  // numpy's default (linear)
@@ -65,17 +80,26 @@ int main(int argc, char** argv) {
     if (f.rfind("--", 0) != 0) { bundle = f; continue; }
     if (v == nullptr) { std::fprintf(stderr, "edgerun_control_loop: %s needs a value\n", f.c_str()); return 2; }
     ++i;
+    double x = 0;
+    const char* why = nullptr;
     if (f == "--broker") broker = v;
     else if (f == "--input") input_args.push_back(v);
-    else if (f == "--rate") rate = std::atof(v);
-    else if (f == "--ticks") ticks = std::atol(v);
-    else if (f == "--deadline-ms") deadline_ms = std::atof(v);
+    else if (f == "--rate") why = number(v, 1e-6, 1e6, &rate) ? nullptr : "a number of ticks a second > 0";
+    else if (f == "--ticks") why = number(v, 0, 1e15, &x) && x == std::floor(x) ? (ticks = long(x), nullptr)
+                                                                                : "a whole number >= 0 (0: until Ctrl-C)";
+    else if (f == "--deadline-ms") why = number(v, 1e-3, 86400000, &deadline_ms) ? nullptr
+                                                                                  : "a number of ms > 0, at most 86400000";
     else if (f == "--budget") opt.budget = v;
-    else if (f == "--hedge-ms") opt.hedge_ms = std::atof(v);  // the library checks it
-    else if (f == "--window") window = std::atol(v);
+    else if (f == "--hedge-ms") why = number(v, 0, 86400000, &opt.hedge_ms) ? nullptr : "a number of ms >= 0";
+    else if (f == "--window") why = number(v, 1, 1e9, &x) && x == std::floor(x) ? (window = long(x), nullptr)
+                                                                               : "a whole number >= 1";
     else { std::fprintf(stderr, "edgerun_control_loop: unknown option %s\n", f.c_str()); return 2; }
+    if (why != nullptr) {
+      std::fprintf(stderr, "edgerun_control_loop: error: %s %s: give %s\n", f.c_str(), v, why);
+      return 2;
+    }
   }
-  if (bundle.empty() || broker.empty() || input_args.empty() || !(rate > 0) || ticks < 0 || window < 1) {
+  if (bundle.empty() || broker.empty() || input_args.empty()) {
     std::fprintf(stderr, "usage: edgerun_control_loop BUNDLE --broker URL --input [NAME=]X.npy [--rate 50] "
                          "[--ticks 200] [--deadline-ms 20] [--budget NAME|off] [--hedge-ms H] [--each] "
                          "[--window 100000]\n");
@@ -92,13 +116,18 @@ int main(int argc, char** argv) {
   double bytes_sum = 0;
   std::string last_miss, last_error;
   try {
-    edgerun::device::Device dev(bundle, broker, opt);  // once: loads the bundle, connects (and reconnects)
+    edgerun::device::Device dev(bundle, "", opt);  // once: loads the bundle (offline: inputs are checked first)
     edgerun::device::Tensors inputs;
     for (const std::string& a : input_args) {
       const size_t eq = a.find('=');
+      if (eq == std::string::npos && dev.input_names().size() > 1)  // it went to the first input, every tick an error
+        throw edgerun::device::ConfigError("this bundle takes " + std::to_string(dev.input_names().size()) +
+                                           " inputs: give each as --input NAME=FILE.npy");
       const std::string name = eq == std::string::npos ? dev.input_names().at(0) : a.substr(0, eq);
       inputs[name] = edgerun::device::load_npy(eq == std::string::npos ? a : a.substr(eq + 1));
     }
+    dev.check(sample(inputs, 0));  // a wrong input is refused once here, not counted as an error every tick
+    dev.connect(broker);           // and reconnects in the background
     const auto period = std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(1.0 / rate));
     Clock::time_point next = Clock::now();
     for (long tick = 0; (ticks == 0 || tick < ticks) && !g_stop; ++tick) {

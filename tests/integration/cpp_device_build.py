@@ -45,7 +45,10 @@ def missing_tools() -> str:
 
 def prebuilt_core() -> Path | None:
     """The core of the installed edgerun._core, when the pip build left it in build/."""
-    libs = sorted(ROOT.glob("build/*/libedgerun_core.a"), key=lambda p: p.stat().st_mtime)
+    # Only a wheel tag's folder (cp311-cp311-linux_x86_64): a sanitizer build kept in build/asan
+    # (EDGERUN_CPP_SANITIZE=build/asan) was the newest, and the plain build failed to link it.
+    libs = sorted((p for p in ROOT.glob("build/*/libedgerun_core.a") if p.parent.name.startswith(("cp", "pp"))),
+                  key=lambda p: p.stat().st_mtime)
     return libs[-1] if libs else None
 
 

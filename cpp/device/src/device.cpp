@@ -7,6 +7,7 @@
 
 #include <cctype>
 #include <chrono>
+#include <condition_variable>
 #include <cmath>
 #include <cstdio>
 #include <atomic>
@@ -106,9 +107,16 @@ Result to_result(const json& j, int64_t batch) {
   return r;
 }
 
+// The inputs as the device's parts take them. Only `data` is read: an input with another dtype (its
+// values in `ints`) would be sent as the empty or stale float values beside them.
 std::map<std::string, Array> to_arrays(const Tensors& in) {
   std::map<std::string, Array> out;
-  for (const auto& kv : in) out[kv.first] = Array{kv.second.shape, kv.second.data};
+  for (const auto& kv : in) {
+    if (kv.second.dtype != "float32")
+      throw ConfigError("input '" + kv.first + "' has dtype " + kv.second.dtype + ": the C++ device takes float32 "
+                        "inputs; convert the values to float and give them in Tensor::data (dtype float32)");
+    out[kv.first] = Array{kv.second.shape, kv.second.data};
+  }
   return out;
 }
 
@@ -135,6 +143,32 @@ struct Device::Impl {
   std::string  device_id;
   std::atomic<uint64_t> next_id{0};
   std::mutex   mu;  // connect / request_frame; infer's turns are server.compute (device_answer.h)
+  // infer calls under way: ~Device (a node shut down while its timer thread waits for a reply) ends their
+  // waits and lets them return before anything is destroyed (it freed the link under them: a double free).
+  std::mutex              life_mu;
+  std::condition_variable life_cv;
+  int                     in_flight = 0;
+  bool                    closing = false;
+
+  // One infer call under way (in_flight).
+  class Call {
+   public:
+    explicit Call(Impl& d) : d_(d) {
+      std::lock_guard<std::mutex> g(d_.life_mu);
+      if (d_.closing) throw BrokerError("infer on a device being destroyed: nothing was sent");
+      ++d_.in_flight;
+    }
+    ~Call() {
+      std::lock_guard<std::mutex> g(d_.life_mu);
+      --d_.in_flight;
+      d_.life_cv.notify_all();
+    }
+    Call(const Call&) = delete;
+    Call& operator=(const Call&) = delete;
+
+   private:
+    Impl& d_;
+  };
 
   std::string presence_body(const char* status) const {
     double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
@@ -146,8 +180,11 @@ struct Device::Impl {
   Result ask_server(const std::map<std::string, Array>& inputs, int64_t batch, double deadline_ms) {
     if (server.mqtt == nullptr)
       throw BrokerError("this device has no broker (connect() first); nothing was sent");
-    if (!link.up())
-      throw BrokerError(link.down_reason() + "; nothing was sent (the device reconnects in the background)");
+    if (!link.up()) {  // the reason from a lost connection says "reconnecting in the background" already
+      const std::string why = link.down_reason();
+      throw BrokerError(why + "; nothing was sent" + (why.find("in the background") == std::string::npos
+                                                          ? " (the device reconnects in the background)" : ""));
+    }
     const Clock::time_point t0 = Clock::now();
     const Clock::time_point until = t0 + std::chrono::microseconds(int64_t(deadline_ms * 1000.0));
     std::unique_lock<std::mutex> compute(server.compute);  // front half and frame take turns
@@ -203,6 +240,7 @@ Device::Device(const std::string& bundle_dir, const std::string& broker_url, con
   if (!(o.deadline_ms > 0 && o.deadline_ms <= kMaxDeadlineMs))
     throw ConfigError("deadline_ms must be a number of ms > 0, at most 86400000");
   if (o.threads < 1 || o.threads > 256) throw ConfigError("threads must be in 1..256");
+  if (o.connect_timeout_ms < 1) throw ConfigError("connect_timeout_ms must be a number of ms > 0 (default 5000)");
   if (o.max_batch < 1 || o.max_batch > 4096) throw ConfigError("max_batch must be in 1..4096");
   if (!(o.hedge_ms >= 0 && o.hedge_ms <= kMaxDeadlineMs))
     throw ConfigError("hedge_ms must be a number of ms > 0 (0 = never resend)");
@@ -226,7 +264,15 @@ Device::Device(const std::string& bundle_dir, const std::string& broker_url, con
   if (!broker_url.empty()) connect(broker_url);
 }
 
-Device::~Device() { impl_->link.close(); }
+Device::~Device() {
+  {
+    std::lock_guard<std::mutex> g(impl_->life_mu);
+    impl_->closing = true;
+  }
+  impl_->link.close();  // a call awaiting its reply ends now (BrokerError, or with exits the deepest exit's answer)
+  std::unique_lock<std::mutex> lk(impl_->life_mu);
+  impl_->life_cv.wait(lk, [this] { return impl_->in_flight == 0; });
+}
 
 void Device::connect(const std::string& broker_url) {
   Impl& d = *impl_;
@@ -241,7 +287,10 @@ void Device::connect(const std::string& broker_url) {
   Err e = d.link.connect(d.url, "edgerun-" + d.device_id, presence, online, d.presence_body("offline"), t);
   if (e.ok()) e = d.link.subscribe(d.server.resp_topic, t);
   // Without exits a broker that cannot be reached is an error; with exits they answer meanwhile.
-  if (!e.ok() && !(d.b.has_exits && e.code == kExitBroker)) raise(e);
+  if (!e.ok() && !(d.b.has_exits && e.code == kExitBroker)) {
+    d.link.reset();  // nothing of the failed try stays open (connect() may be called again)
+    raise(e);
+  }
   d.connected_once = true;
   d.server.mqtt = &d.link;
   d.link.on_late_reply([&s = d.server](double rtt_ms) { observe_rtt(s, rtt_ms); });
@@ -250,8 +299,18 @@ void Device::connect(const std::string& broker_url) {
 
 Result Device::infer(const Tensors& inputs, double deadline_ms) {
   Impl& d = *impl_;
-  if (deadline_ms <= 0) deadline_ms = d.opt.deadline_ms;
-  if (!(deadline_ms <= kMaxDeadlineMs) || std::isnan(deadline_ms))
+  const Impl::Call call(d);
+  // 0 (the default argument) is the options' deadline. A negative one is refused, as edgerun.Device does: a
+  // deadline computed as "next tick - now" is negative once the loop runs late, and it waited the default 5 s.
+  if (deadline_ms < 0 || std::isnan(deadline_ms)) {
+    char v[32];
+    std::snprintf(v, sizeof(v), "%g", deadline_ms);
+    throw ConfigError("deadline_ms " + std::string(v) + " is not a number of ms > 0: give one "
+                      "(0: the device's default, Options::deadline_ms); a loop that runs late must skip the tick "
+                      "or give it a deadline of its own");
+  }
+  if (deadline_ms == 0) deadline_ms = d.opt.deadline_ms;
+  if (!(deadline_ms <= kMaxDeadlineMs))
     throw ConfigError("deadline_ms must be a number of ms > 0, at most 86400000");
   const std::map<std::string, Array> arrays = to_arrays(inputs);
   int64_t batch = 0;

@@ -2,9 +2,11 @@
 #include "device_bundle.h"
 
 #include <openssl/evp.h>
+#include <dirent.h>
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -52,6 +54,23 @@ std::string bad_file_name(const std::string& dir, const std::string& name) {
 bool is_dir(const std::string& p) {
   struct stat st {};
   return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// A folder directly inside `dir` that holds a manifest.json ("" when none).
+std::string bundle_inside(const std::string& dir) {
+  std::string found;
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (const dirent* e = ::readdir(d)) {
+      const std::string name = e->d_name, path = dir + "/" + name;
+      struct stat st {};
+      if (name != "." && name != ".." && is_dir(path) && ::stat((path + "/manifest.json").c_str(), &st) == 0) {
+        found = path;
+        break;
+      }
+    }
+    ::closedir(d);
+  }
+  return found;
 }
 
 bool ends_with(const std::string& s, const std::string& tail) {
@@ -157,10 +176,22 @@ Err load_bundle(const std::string& dir, DeviceBundle* out) {
     if (ends_with(dir, ".tar.gz") || ends_with(dir, ".tgz") || ends_with(dir, ".tar"))
       return bad(dir, "an archive; extract it first (mkdir b && tar -xf " + dir +
                           " -C b) and give the directory inside it");
+    struct stat st {};
+    const bool exists = ::stat(dir.c_str(), &st) == 0;
+    if (exists && ends_with(dir, "manifest.json"))
+      return bad(dir, "the manifest, not the bundle: give the directory that holds it");
+    if (exists)
+      return bad(dir, "a file, not a directory: give the directory of an exported bundle (`edgerun export`)");
+    if (errno == ELOOP)
+      return bad(dir, "a loop of symbolic links: point the link at the bundle's directory");
     return bad(dir, "no such directory: give the path of an exported bundle (`edgerun export`)");
   }
   std::ifstream f(dir + "/manifest.json", std::ios::binary);
-  if (!f) return bad(dir, "no manifest.json: not an edgerun bundle (export one with `edgerun export`)");
+  if (!f) {  // the folder an archive was extracted into (tar -xf b.tar.gz -C dir) holds the bundle's folder
+    const std::string inner = bundle_inside(dir);
+    if (!inner.empty()) return bad(dir, "no manifest.json here, but " + inner + " has one: give that directory");
+    return bad(dir, "no manifest.json: not an edgerun bundle (export one with `edgerun export`)");
+  }
   std::stringstream ss;
   ss << f.rdbuf();
   if (json_depth(ss.str()) > kMaxManifestDepth)

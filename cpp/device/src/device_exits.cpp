@@ -100,6 +100,17 @@ Err Exits::load(const DeviceBundle& b, const std::string& budget, int32_t max_ba
       if (pt.engine->output_info(j).name == pt.head) { pt.head_out = j; h = true; }
     }
     if (!t || !h) return bad(b, erg + " does not give '" + pt.tensor + "' and '" + pt.head + "'; re-export it");
+    // The consistency criterion compares a head with the previous one, value by value: heads of other sizes
+    // (a resealed manifest naming a feature map as a head) read past the smaller one.
+    const edgerun::TensorInfo& hi = pt.engine->output_info(pt.head_out);
+    for (uint32_t d = 1; d < hi.ndim; ++d)
+      pt.head_size = hi.dims[d] > 0 && pt.head_size > 0 ? pt.head_size * hi.dims[d] : -1;
+    if (crit_ == edgerun::exits::Criterion::kConsistency && i > 0 && pt.head_size > 0 &&
+        points_.back().head_size > 0 && pt.head_size != points_.back().head_size)
+      return bad(b, "exit " + std::to_string(i) + "'s head '" + pt.head + "' gives " +
+                    std::to_string(pt.head_size) + " values a sample, exit " + std::to_string(i - 1) + "'s " +
+                    std::to_string(points_.back().head_size) +
+                    ": the consistency criterion compares heads of one size; re-export the bundle");
     points_.push_back(std::move(pt));
   }
   const json cuts = e.value("cut_tensors", json::array());
@@ -132,6 +143,11 @@ Err Exits::run(const std::map<std::string, Array>& inputs, int64_t batch, Step* 
     step->heads.push_back(copy_out(*p.engine, p.head_out, int32_t(batch)));
     step->compute_fraction = p.compute_fraction;
     const Array* prev = i > 0 ? &step->heads[i - 1] : nullptr;
+    if (crit_ == edgerun::exits::Criterion::kConsistency && prev != nullptr &&
+        prev->data.size() != step->heads.back().data.size())  // dims known at run time only (see load)
+      return fail(kExitBundle, "bundle " + b_->dir + ": exit " + std::to_string(i) + "'s head and exit " +
+                               std::to_string(i - 1) + "'s differ in size; the consistency criterion compares heads "
+                               "of one size: re-export the bundle");
     if (!confident_exits || !p.has_threshold || (crit_ == edgerun::exits::Criterion::kConsistency && prev == nullptr)) continue;
     const Array& head = step->heads.back();
     bool ok = false;

@@ -56,6 +56,7 @@ class Exits {
     std::unique_ptr<edgerun::Engine> engine;
     std::vector<int>                 feeds;  // per engine input: -1 the previous point tensor, else a model input
     size_t                           tensor_out = 0, head_out = 0;
+    int64_t                          head_size = 1;  // the head's values a sample (-1: known at run time only)
   };
   const DeviceBundle*         b_ = nullptr;
   edgerun::exits::Criterion   crit_ = edgerun::exits::Criterion::kMaxProb;

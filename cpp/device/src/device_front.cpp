@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "edgerun/wire.h"
 
@@ -35,6 +36,26 @@ Err nonfinite_cut(const std::string& name) {
   return fail(kExitUsage, "the front half turned this input into NaN or Inf at the cut ('" + name +
                           "'), so nothing was sent: the input is far outside the range the model was "
                           "trained on (scale it as the model expects)");
+}
+
+// A Tensor's shape and values are separate vectors (edgerun/device.h), so a caller can give a shape its
+// values do not fill: the engine reads as many values as the shape says, past the end of the data.
+Err check_count(const std::string& name, const Array& a) {
+  size_t numel = 1;
+  for (int64_t d : a.shape) {
+    if (d < 0)
+      return fail(kExitUsage, "input '" + name + "' has a dim of " + std::to_string(d) + ": give the "
+                              "number of samples first, then the model's dims");
+    if (d > 0 && numel > std::numeric_limits<size_t>::max() / size_t(d)) numel = std::numeric_limits<size_t>::max();
+    else numel *= size_t(d);
+  }
+  if (numel != a.data.size())
+    return fail(kExitUsage, "input '" + name + "' has shape " + shape_str(a.shape) + " but " +
+                            std::to_string(a.data.size()) + " values" +
+                            (numel == std::numeric_limits<size_t>::max() ? "" : " (the shape holds " +
+                                                                                    std::to_string(numel) + ")") +
+                            ": give as many float32 values as the shape holds, in C order, batch first");
+  return Err::Ok();
 }
 
 }  // namespace
@@ -105,6 +126,8 @@ Err Front::check_inputs(const std::map<std::string, Array>& inputs, int64_t* bat
     if (!matches(s.shape, a.shape))
       return fail(kExitUsage, "input '" + s.name + "' has shape " + shape_str(a.shape) + ", the bundle expects " +
                               shape_str(s.shape) + " (None = batch size; a single sample needs x[None])");
+    Err e = check_count(s.name, a);
+    if (!e.ok()) return e;
     if (*batch >= 0 && a.shape[0] != *batch)
       return fail(kExitUsage, "inputs hold different numbers of samples: give every input the same batch size on axis 0");
     *batch = a.shape[0];

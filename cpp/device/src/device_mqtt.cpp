@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -26,6 +27,12 @@ std::once_flag g_lib_once;
 std::string mosq_error(int rc) {
   if (rc == MOSQ_ERR_ERRNO) return std::strerror(errno);
   return mosquitto_strerror(rc);
+}
+
+std::string seconds(int ms) {  // "0.3", "5": a timeout under 1 s was said as "0 s"
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", ms / 1000.0);
+  return buf;
 }
 
 }  // namespace
@@ -181,6 +188,7 @@ Err MqttLink::connect_failed(const BrokerUrl& url, const std::string& detail) {
 Err MqttLink::connect(const BrokerUrl& url, const std::string& client_id, const std::string& presence_topic,
                       const std::string& online, const std::string& will, int timeout_ms) {
   std::call_once(g_lib_once, [] { mosquitto_lib_init(); });
+  reset();  // connect() again after a failed try (a node started before its broker)
   url_text_ = url.text;
   presence_topic_ = presence_topic;
   mosq_ = mosquitto_new(client_id.c_str(), /*clean_start=*/true, this);
@@ -212,7 +220,7 @@ Err MqttLink::connect(const BrokerUrl& url, const std::string& client_id, const 
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
     if (left <= 0)
       return fail(kExitBroker, "the MQTT broker at " + url.text + " did not accept the connection within " +
-                               std::to_string(timeout_ms / 1000) + " s: is it an MQTT broker" +
+                               seconds(timeout_ms) + " s: is it an MQTT broker" +
                                (url.tls ? "" : " (a broker that listens with TLS takes mqtts://host:port?ca=CA.pem)") +
                                "? nothing was sent");
     rc = mosquitto_loop(mosq_, int(std::min<long long>(left, kLoopSliceMs)), 1);
@@ -249,6 +257,7 @@ Err MqttLink::publish_request(const std::string& topic, const std::vector<uint8_
   mosquitto_property_add_int32(&props, MQTT_PROP_MESSAGE_EXPIRY_INTERVAL, expiry_s);
   {
     std::lock_guard<std::mutex> g(mu_);
+    if (closed_) return fail(kExitBroker, "the device was closed; nothing was sent");
     if (threaded_ && !ready_) return fail(kExitBroker, down_why_);
     auto t = twin != 0 ? pending_.find(twin) : pending_.end();
     if (twin != 0 && t == pending_.end()) return fail(kExitInternal, "a hedge of a request not awaited");
@@ -295,15 +304,17 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
   Err e = Err::Ok();
   const std::string& refused = it->second.refused;
   if (threaded_) {
-    cv_.wait_until(lk, until, [&] { return got_ || !connected_ || !refused.empty(); });
+    cv_.wait_until(lk, until, [&] { return got_ || !connected_ || !refused.empty() || closed_; });
     if (!got_ && !refused.empty())
       e = fail(kExitBroker, refused);
     else if (!got_ && !connected_)
       e = fail(kExitBroker, "lost the broker at " + url_text_ + " while waiting for the reply to request " +
                             std::to_string(request_id) + "; reconnecting in the background");
   }
+  if (!got_ && closed_)  // ~Device: it waits for this call to return
+    e = fail(kExitBroker, "the device was closed while request " + std::to_string(request_id) + " awaited its reply");
   if (!threaded_) lk.unlock();  // the callbacks run in mosquitto_loop, on this thread
-  while (!threaded_ && !got_ && refused.empty()) {
+  while (!threaded_ && !got_ && refused.empty() && e.ok()) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - Clock::now()).count();
     if (left < 0) break;
     int rc = mosquitto_loop(mosq_, int(std::min<long long>(left, kLoopSliceMs)), 1);
@@ -366,8 +377,26 @@ std::string MqttLink::down_reason() const {
   return down_why_;
 }
 
+void MqttLink::reset() {
+  if (threaded_) return;  // the background thread owns the client: close() first
+  if (mosq_ != nullptr) {
+    close();
+    mosquitto_destroy(mosq_);
+    mosq_ = nullptr;
+  }
+  connected_ = connack_ = closed_ = false;
+  connack_rc_ = 0;
+  max_packet_ = 0;
+  last_error_.clear();
+}
+
 void MqttLink::close() {
   if (mosq_ == nullptr) return;
+  {  // requests awaiting their reply on other threads end now (~Device waits for them), none goes out after
+    std::lock_guard<std::mutex> g(mu_);
+    closed_ = true;
+    cv_.notify_all();
+  }
   if (threaded_) {
     bool was_up;
     {
@@ -380,6 +409,7 @@ void MqttLink::close() {
       loop_until(&puback_, Clock::now() + std::chrono::milliseconds(1000), "the presence clear");
     mosquitto_disconnect_v5(mosq_, 0, nullptr);
     mosquitto_loop_stop(mosq_, /*force=*/!was_up);  // not connected: it may be waiting to reconnect
+    std::lock_guard<std::mutex> g(mu_);
     threaded_ = false;
     connected_ = false;
     return;

@@ -71,6 +71,9 @@ class MqttLink {
   // Clears the retained presence (an empty retained message, as the Python device's clean close),
   // then disconnects.
   void close();
+  // After a failed connect() (not started in the background): close(), and the libmosquitto client and
+  // its sockets go. A caller retrying connect() until its broker answers kept three fds a try.
+  void reset();
 
   uint64_t dropped_replies() const { std::lock_guard<std::mutex> g(mu_); return dropped_; }
   // Called with the round trip (publish -> reply, ms) of each reply that came after its request stopped
@@ -123,6 +126,7 @@ class MqttLink {
   mutable std::mutex      mu_;
   std::condition_variable cv_;
   bool                    threaded_ = false, ready_ = false;
+  bool                    closed_ = false;  // close() began: nothing more is sent or awaited
   std::string             resp_topic_, online_, down_why_;
 };
 

@@ -144,6 +144,8 @@ Err parse_broker_url(const std::string& given, BrokerUrl* out) {
     out->port = int(p);
   }
   if (out->host.empty()) return bad("no host: use e.g. mqtt://127.0.0.1:1883");
+  if (rest[0] != '[' && out->host.find(':') != std::string::npos)  // "::1" was host ":" on port 1
+    return bad("an IPv6 address goes in brackets: use mqtt://[ADDRESS]:PORT, e.g. mqtt://[::1]:1883");
   if (!out->tls) return Err::Ok();
 
   std::map<std::string, std::string> got;

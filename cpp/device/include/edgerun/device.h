@@ -93,18 +93,22 @@ class Device {
   // Loads the bundle (its front half, its exits) and, when broker_url is given, connects
   // (connect()). An empty broker_url: an offline device (request_frame(), then connect()).
   Device(const std::string& bundle_dir, const std::string& broker_url, const Options& options = {});
-  ~Device();  // clears its presence and disconnects
+  // Clears its presence and disconnects. An infer call waiting for its reply on another thread ends
+  // (BrokerError; with exits the deepest exit answers) and returns before the device is gone; a call
+  // begun after the destructor began is the caller's bug (BrokerError at best).
+  ~Device();
   Device(const Device&) = delete;
   Device& operator=(const Device&) = delete;
 
   // Connects to the broker (mqtt://[USER:PASSWORD@]HOST[:1883], mqtts://...?ca=CA.pem[&cert=&key=]),
   // with a retained presence and an "offline" last will (docs/TOPICS.md). Without exits a broker that
-  // cannot be reached throws BrokerError; with exits the device answers locally until it connects.
+  // cannot be reached throws BrokerError, and connect() may be called again (a retry loop keeps
+  // nothing open); with exits the device answers locally until it connects (and connects itself).
   // Call it before infer is called from other threads.
   void connect(const std::string& broker_url);
 
   // One request, batch first (every input the same batch size, at most max_batch).
-  // deadline_ms <= 0: the options' default.
+  // deadline_ms 0: the options' default; below 0 (a tick already late) or NaN: ConfigError.
   Result infer(const Tensors& inputs, double deadline_ms = 0);
 
   // Checks the inputs (ConfigError saying what is wrong); returns the batch size.
