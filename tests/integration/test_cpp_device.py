@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cpp_device_build import same_words
 from edgerun import crossing, transport, wire
 from edgerun.bundle import Bundle
 
@@ -191,12 +192,23 @@ def test_a_dead_broker_is_named_with_its_exit_code(cpp_device, digits_bundle, tm
     assert r.stdout == ""
 
 
-def test_no_server_ends_at_the_deadline_saying_to_start_one(cpp_device, digits_bundle, broker, tmp_path):
+def test_no_server_ends_at_the_brokers_puback_saying_to_start_one(cpp_device, digits_bundle, broker, tmp_path):
+    """Nothing subscribes to the request topic: the broker drops the request and says so in its PUBACK (reason
+    0x10), which ends the run at once (it waited out the deadline), exit code 5 as before, and the words the
+    Python device uses."""
+    from edgerun.device import Device
+    from edgerun.errors import TransportError
+
     np.save(tmp_path / "x.npy", digits_bundle.samples()[:1].astype(np.float32))
     r = run_cpp(cpp_device, digits_bundle.path, "--broker", broker.url, "--input", tmp_path / "x.npy",
-                "--deadline-ms", 300)
+                "--deadline-ms", 60_000)
     assert r.returncode == EXIT_DEADLINE, r.stderr
-    assert "no reply within 300 ms" in r.stderr and "edgerun serve" in r.stderr and digits_bundle.topic_id in r.stderr
+    why = r.stderr.split("error: ", 1)[1].strip()
+    assert why.startswith("no server took request ") and "(No matching subscribers)" in why
+    assert "edgerun serve" in why and digits_bundle.topic_id in why
+    with Device(digits_bundle, broker=broker.url, engine="ort") as dev, pytest.raises(TransportError) as e:
+        dev.infer(digits_bundle.samples()[:1].astype(np.float32), deadline_ms=60_000)
+    assert same_words(str(e.value)) == same_words(why)
 
 
 class Responder:

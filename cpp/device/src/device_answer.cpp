@@ -193,6 +193,13 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
                   expiry_s, next_id, &payload, &aw);
   const size_t sent = frame.size() * size_t(aw.copies);
   if (!e.ok()) {  // the broker is gone: later requests answer here until it reconnects (device_mqtt.h)
+    // or it refused the request / had no subscriber for it: later ones answer here for a while, as after a miss
+    if (e.message.rfind(kNoServerTook, 0) == 0 || e.message.find(" refused request ") != std::string::npos) {
+      state.lock();
+      link.suspect_why = e.message;
+      link.suspect_until = Clock::now() + std::chrono::milliseconds(int64_t(kSuspectBackoffS * 1000));
+      state.unlock();
+    }
     *out = local(b, step, step.deepest(), "server unreachable: " + e.message, t0, &t1, sent);
   } else if (!aw.got) {
     state.lock();

@@ -90,7 +90,10 @@ void MqttLink::on_publish(struct mosquitto*, void* self, int mid, int reason, co
   const bool known = m != l->mid_req_.end();
   const uint64_t id = known ? m->second : 0;
   if (known) l->mid_req_.erase(m);
-  if (reason >= 0x80) {  // an MQTT 5 failure: not authorized (ACL), payload or quota limits
+  // >= 0x80: an MQTT 5 failure (not authorized by the ACL, payload or quota limits). 0x10 is a success code, but
+  // the broker dropped the request: nothing subscribes to its topic, so no reply will come; said now, not at the
+  // deadline.
+  if (reason >= 0x80 || reason == MQTT_RC_NO_MATCHING_SUBSCRIBERS) {
     if (known) {
       l->refuse(id, mosquitto_reason_string(reason));
     } else {
@@ -104,11 +107,20 @@ void MqttLink::on_publish(struct mosquitto*, void* self, int mid, int reason, co
 void MqttLink::refuse(uint64_t id, const std::string& reason) {
   auto tw = twin_of_.find(id);
   auto p = pending_.find(tw != twin_of_.end() ? tw->second : id);
-  if (p != pending_.end() && p->second.refused.empty())
+  if (p != pending_.end() && p->second.refused.empty() && reason == mosquitto_reason_string(
+                                                              MQTT_RC_NO_MATCHING_SUBSCRIBERS)) {
+    const std::string& topic = p->second.topic;  // edgerun/v1/<model>/<bundle topic id>/req/<device>
+    const size_t m = topic.find('/', topic.find('/') + 1) + 1, h = topic.find('/', m) + 1, r = topic.find('/', h);
+    p->second.refused = kNoServerTook + std::to_string(id) + ": nothing subscribes to " + topic + " on the broker at " +
+                        url_text_ + " (" + reason + "); start `edgerun serve` for this very bundle (" +
+                        topic.substr(h, r - h) + ", " + topic.substr(m, h - 1 - m) + ") on that broker: a server of "
+                        "another export listens on other topics";
+  } else if (p != pending_.end() && p->second.refused.empty()) {
     p->second.refused = "the broker at " + url_text_ + " refused request " + std::to_string(id) + " (" + reason +
                         ")" + (reason == "Not authorized" ? ": its ACL does not let this device publish on the "
                                "request topic: allow the device's MQTT user to write edgerun/v1/# (mosquitto: "
                                "acl_file)" : ": the broker's log says why");
+  }
 }
 
 void MqttLink::on_message(struct mosquitto*, void* self, const struct mosquitto_message* msg,
@@ -262,7 +274,7 @@ Err MqttLink::publish_request(const std::string& topic, const std::vector<uint8_
     auto t = twin != 0 ? pending_.find(twin) : pending_.end();
     if (twin != 0 && t == pending_.end()) return fail(kExitInternal, "a hedge of a request not awaited");
     if (twin != 0) t->second.copies.push_back(request_id), twin_of_[request_id] = twin;
-    else t = pending_.emplace(request_id, Pending{}).first;
+    else t = pending_.emplace(request_id, Pending{}).first, t->second.topic = topic;
     t->second.sent[request_id] = Clock::now();
   }
   int mid = 0;
@@ -294,6 +306,12 @@ Err MqttLink::publish_request(const std::string& topic, const std::vector<uint8_
   return Err::Ok();
 }
 
+// No subscriber for the request is "no server for this bundle" (exit code 5, DeadlineError, as when no reply
+// comes in time), said at once; a refusal is the broker's (4, BrokerError).
+static Exit refused_code(const std::string& why) {
+  return why.rfind(kNoServerTook, 0) == 0 ? kExitDeadline : kExitBroker;
+}
+
 Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vector<uint8_t>* reply,
                          Clock::time_point* t_recv, bool* got, uint64_t* replied, bool keep) {
   *got = false;
@@ -306,7 +324,7 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
   if (threaded_) {
     cv_.wait_until(lk, until, [&] { return got_ || !connected_ || !refused.empty() || closed_; });
     if (!got_ && !refused.empty())
-      e = fail(kExitBroker, refused);
+      e = fail(refused_code(refused), refused);
     else if (!got_ && !connected_)
       e = fail(kExitBroker, "lost the broker at " + url_text_ + " while waiting for the reply to request " +
                             std::to_string(request_id) + "; reconnecting in the background");
@@ -325,7 +343,7 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
     }
   }
   if (!lk.owns_lock()) lk.lock();
-  if (!threaded_ && !got_ && !refused.empty() && e.ok()) e = fail(kExitBroker, refused);
+  if (!threaded_ && !got_ && !refused.empty() && e.ok()) e = fail(refused_code(refused), refused);
   if (got_) {
     reply->swap(it->second.reply);
     *t_recv = it->second.t_recv;

@@ -30,6 +30,10 @@ namespace edgerun_device {
 // In the message of a request publish_request() refused because it is over the broker's Maximum Packet
 // Size: nothing was sent and the link is fine (the request is too big, not the server unreachable).
 constexpr const char* kOverPacketLimit = "over the maximum packet size of";
+// The start of the message of a request the broker dropped for want of a subscriber (PUBACK reason 0x10: no
+// `edgerun serve` for this bundle), and the start of one it refused (reason >= 0x80, e.g. its ACL): the server is
+// unreachable for now, as when no reply comes (edgerun/device_checks.py refusal_text says the same).
+constexpr const char* kNoServerTook = "no server took request ";
 
 using Clock = std::chrono::steady_clock;
 
@@ -111,6 +115,7 @@ class MqttLink {
     std::vector<uint64_t> copies;       // hedged copies' ids
     std::map<uint64_t, Clock::time_point> sent;  // when each id (the request's, its copies') went out
     std::string           refused;  // the broker's reason when it refused one of them in its PUBACK
+    std::string           topic;    // where it was published (named when nothing subscribes to it)
   };
   std::map<uint64_t, Pending> pending_;
   std::map<uint64_t, uint64_t> twin_of_;  // a hedged copy's id -> the request it copies (while awaited)
