@@ -3,6 +3,7 @@ and real ``edgerun serve`` processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -206,3 +207,17 @@ def cpp_device(tmp_path_factory):
     if why:
         pytest.skip(f"the C++ device cannot be built here: {why}")
     return built_once(tmp_path_factory)
+
+
+@contextlib.contextmanager
+def silent_worker(bundle: Bundle, url: str) -> Iterator[None]:
+    """A server of ``bundle``'s group that takes every request and never answers (a frozen worker): a device
+    then waits for its reply. With no subscriber at all the broker's PUBACK (no matching subscribers) ends a
+    request at once."""
+    c = transport.MqttClient(url, "edgerun-silent-worker", on_message=lambda msg: None)
+    c.connect()
+    try:
+        c.subscribe(transport.shared_request_filter(bundle.model_id, bundle.topic_id, "edgerun"))
+        yield
+    finally:
+        c.close()

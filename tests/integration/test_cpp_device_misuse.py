@@ -72,15 +72,10 @@ def test_connect_retried_until_the_broker_answers_keeps_no_socket_and_then_conne
 def test_a_device_destroyed_while_a_thread_waits_in_infer_ends_that_wait(misuse, digits_bundle, x_npy, broker):
     """A node shut down while its timer thread awaits a reply (a server that takes requests and never answers:
     with no server at all the broker's PUBACK ends the wait at once): it was a double free."""
-    from edgerun import transport
+    from conftest import silent_worker
 
-    silent = transport.MqttClient(broker.url, "edgerun-silent-worker", on_message=lambda msg: None)
-    silent.connect()
-    try:
-        silent.subscribe(transport.shared_request_filter(digits_bundle.model_id, digits_bundle.topic_id, "edgerun"))
+    with silent_worker(digits_bundle, broker.url):
         got = case(misuse, "destroy_during_infer", digits_bundle, x_npy, broker.url)
-    finally:
-        silent.close()
     assert got["outcome"] == "ok", got
     assert got["infer"].startswith("4: the device was closed while request"), got
 

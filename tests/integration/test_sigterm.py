@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import silent_worker
 from edgerun import procs
 
 pytestmark = pytest.mark.integration
@@ -162,20 +163,21 @@ def test_sigterm_on_edgerun_run_of_an_archive_removes_its_unpacked_copy(cli_argv
     subprocess.run([*cli_argv, "pack", str(digits_bundle.path), "--for", "device", "--out", str(archive)],
                    check=True, capture_output=True, timeout=120)
     np.save(tmp_path / "x.npy", np.repeat(digits_bundle.samples()[:1], 50, axis=0))
-    p = subprocess.Popen([*cli_argv, "run", str(archive), "--broker", broker.url, "--input", str(tmp_path / "x.npy"),
-                          "--deadline-ms", "60000"],  # no server: it waits for a reply
-                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                         env={**os.environ, "TMPDIR": str(tmp)})
-    try:
-        give_up = time.monotonic() + HANG_GUARD_S
-        while not list(tmp.glob("edgerun-bundle-*")) and time.monotonic() < give_up and p.poll() is None:
-            time.sleep(0.05)
-        assert list(tmp.glob("edgerun-bundle-*")), "the archive was not unpacked into TMPDIR"
-        time.sleep(0.5)  # let it reach its wait for the reply (not needed for the check, only to be mid-run)
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=HANG_GUARD_S)
-    finally:
-        p.kill()
+    with silent_worker(digits_bundle, broker.url):  # it takes the requests and never answers: run waits
+        p = subprocess.Popen([*cli_argv, "run", str(archive), "--broker", broker.url, "--input",
+                              str(tmp_path / "x.npy"), "--deadline-ms", "60000"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "TMPDIR": str(tmp)})
+        try:
+            give_up = time.monotonic() + HANG_GUARD_S
+            while not list(tmp.glob("edgerun-bundle-*")) and time.monotonic() < give_up and p.poll() is None:
+                time.sleep(0.05)
+            assert list(tmp.glob("edgerun-bundle-*")), "the archive was not unpacked into TMPDIR"
+            time.sleep(0.5)  # let it reach its wait for the reply (not needed for the check, only to be mid-run)
+            p.send_signal(signal.SIGTERM)
+            _, err = p.communicate(timeout=HANG_GUARD_S)
+        finally:
+            p.kill()
     assert p.returncode == 143, err[-2000:]
     assert list(tmp.glob("edgerun-bundle-*")) == []
     assert "Traceback" not in err
