@@ -25,8 +25,8 @@ import numpy as np
 from edgerun import crossing, transport, wire
 from edgerun import exits as exits_mod
 from edgerun.bundle import Bundle
-from edgerun.device_checks import (check_deadline_ms, check_finite_cut, check_reply, error_from_reply,
-                                   refusal_text, shape_hint)
+from edgerun.device_checks import (check_deadline_ms, check_finite_cut, check_inputs, check_reply,
+                                   error_from_reply, refusal_text)
 from edgerun.errors import ConfigError, EdgerunError, FrameError, TransportError, UnsupportedOpError
 from edgerun.feeds import with_passthrough
 from edgerun.result import Result
@@ -201,7 +201,7 @@ class Device:
         t_start = time.perf_counter()
         check_deadline_ms(deadline_ms)
         wait_ms = self.timeout_ms if deadline_ms is None else float(deadline_ms)
-        feeds = self._check_input(x)
+        feeds = check_inputs(x, self.bundle.inputs)
         step = None
         n = int(next(iter(feeds.values())).shape[0]) if isinstance(feeds, dict) else int(feeds.shape[0])
         if self.exits is not None and n > self.exits.max_batch:
@@ -478,34 +478,6 @@ class Device:
         self.close()
 
     # -- internals -----------------------------------------------------------
-    def _check_input(self, x: Any) -> Any:
-        specs = self.bundle.inputs
-        items = x if isinstance(x, dict) else {specs[0].name: x}
-        if isinstance(x, dict) and set(x) != {s.name for s in specs}:
-            raise ConfigError(f"inputs {sorted(x)} do not match the bundle's {[s.name for s in specs]}")
-        if not isinstance(x, dict) and len(specs) != 1:
-            raise ConfigError(f"this bundle takes {len(specs)} inputs: pass a dict by name {[s.name for s in specs]}")
-        for spec in specs:
-            arr = np.asarray(items[spec.name])
-            if not spec.matches(tuple(arr.shape)):
-                raise ConfigError(f"input {spec.name!r} has shape {tuple(arr.shape)}, the bundle expects "
-                                  f"{spec.shape} (None = batch size): {shape_hint(arr.shape, spec)}")
-            if str(arr.dtype) != spec.dtype:
-                raise ConfigError(f"input {spec.name!r} is {arr.dtype}, the bundle expects {spec.dtype}: "
-                                  f"convert with x.astype(np.{spec.dtype})")
-            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                bad = np.argwhere(~np.isfinite(arr))[0].tolist()
-                raise ConfigError(f"input {spec.name!r} holds NaN or Inf (first at index {bad}): the answer would "
-                                  "be garbage, so nothing was sent; clean or drop this sample")
-        sizes = {s.name: len(items[s.name]) for s in specs}
-        if len(set(sizes.values())) > 1:  # the server refused it as a bundle mismatch, or answered it
-            listed = ", ".join(f"{k}: {v}" for k, v in sizes.items())
-            raise ConfigError(f"inputs hold different numbers of samples ({listed}): give every input the same "
-                              "batch size on axis 0 (row i of each is sample i)")
-        if 0 in sizes.values():  # the engine said "batch 0 is outside 1..max_batch: split the batch"
-            raise ConfigError("an empty batch (0 samples): give at least one sample, batch dimension first")
-        return x if isinstance(x, dict) else np.ascontiguousarray(x)
-
     def _run_front(self, feeds: Any) -> dict[str, np.ndarray]:
         """Run the front half; batches above the native engine's max_batch go through in slices. Model
         inputs that pass through the cut (``Bundle.passthrough``) join the front's outputs as they came."""

@@ -80,6 +80,40 @@ def check_finite_cut(outs: dict[str, np.ndarray], cut: Any) -> None:
                               "the cut (a log, sqrt or division of 0 or a negative value)")
 
 
+def check_inputs(x: Any, specs: Any) -> Any:
+    """``x`` (an array, or a dict by input name) checked against the bundle's input ``specs``: names, shapes,
+    dtypes, finite values, one batch size of at least one sample; returned ready for the front half.
+
+    Raises:
+        ConfigError: what does not match, and what to give instead.
+    """
+    items = x if isinstance(x, dict) else {specs[0].name: x}
+    if isinstance(x, dict) and set(x) != {s.name for s in specs}:
+        raise ConfigError(f"inputs {sorted(x)} do not match the bundle's {[s.name for s in specs]}")
+    if not isinstance(x, dict) and len(specs) != 1:
+        raise ConfigError(f"this bundle takes {len(specs)} inputs: pass a dict by name {[s.name for s in specs]}")
+    for spec in specs:
+        arr = np.asarray(items[spec.name])
+        if not spec.matches(tuple(arr.shape)):
+            raise ConfigError(f"input {spec.name!r} has shape {tuple(arr.shape)}, the bundle expects "
+                              f"{spec.shape} (None = batch size): {shape_hint(arr.shape, spec)}")
+        if str(arr.dtype) != spec.dtype:
+            raise ConfigError(f"input {spec.name!r} is {arr.dtype}, the bundle expects {spec.dtype}: "
+                              f"convert with x.astype(np.{spec.dtype})")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            bad = np.argwhere(~np.isfinite(arr))[0].tolist()
+            raise ConfigError(f"input {spec.name!r} holds NaN or Inf (first at index {bad}): the answer would "
+                              "be garbage, so nothing was sent; clean or drop this sample")
+    sizes = {s.name: len(items[s.name]) for s in specs}
+    if len(set(sizes.values())) > 1:  # the server refused it as a bundle mismatch, or answered it
+        listed = ", ".join(f"{k}: {v}" for k, v in sizes.items())
+        raise ConfigError(f"inputs hold different numbers of samples ({listed}): give every input the same "
+                          "batch size on axis 0 (row i of each is sample i)")
+    if 0 in sizes.values():  # the engine said "batch 0 is outside 1..max_batch: split the batch"
+        raise ConfigError("an empty batch (0 samples): give at least one sample, batch dimension first")
+    return x if isinstance(x, dict) else np.ascontiguousarray(x)
+
+
 def refusal_text(why: str, request_id: int, url: str, req_topic: str, bundle: Any) -> str:
     """What to tell the caller whose request the broker refused in its PUBACK (reason ``why``), or dropped for
     want of a subscriber (``transport.NO_SUBSCRIBER``: no server for this bundle, so none would ever answer)."""
@@ -87,6 +121,10 @@ def refusal_text(why: str, request_id: int, url: str, req_topic: str, bundle: An
         return (f"no server took request {request_id}: nothing subscribes to {req_topic} on the broker at {url} "
                 f"({why}); start `edgerun serve` for this very bundle ({bundle.topic_id}, {bundle.model_id}) on "
                 "that broker: a server of another export listens on other topics")
-    hint = (f"its ACL does not let this device publish on {req_topic}: allow the device's MQTT user to write "
+    return f"the broker at {url} refused request {request_id} ({why}): {refusal_hint(why, req_topic)}"
+
+
+def refusal_hint(why: str, where: str) -> str:
+    """What to do about a PUBACK refusal of reason ``why`` of a publish on ``where`` (the request topic)."""
+    return (f"its ACL does not let this device publish on {where}: allow the device's MQTT user to write "
             f"{transport.PREFIX}/# (mosquitto: acl_file)" if why == "Not authorized" else "the broker's log says why")
-    return f"the broker at {url} refused request {request_id} ({why}): {hint}"

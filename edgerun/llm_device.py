@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from edgerun import crossing, llm, transport, wire
-from edgerun.device_checks import error_from_reply
+from edgerun.device_checks import error_from_reply, refusal_hint
 from edgerun.errors import ConfigError, FrameError, TransportError
 
 log = logging.getLogger("edgerun.device")
@@ -459,15 +459,12 @@ class LlmDevice:
                 except queue.Empty:
                     continue
             if isinstance(msg, _Refusal):
-                if msg.request_id == rid and msg.why == transport.NO_SUBSCRIBER:  # as no reply: replay or fall back
+                if msg.request_id != rid:
+                    continue
+                if msg.why == transport.NO_SUBSCRIBER:  # as no reply: replay or fall back
                     return f"no worker is subscribed to this bundle's requests (the broker: {msg.why})"
-                if msg.request_id == rid:
-                    raise TransportError(f"the broker at {self._client.url} refused request {rid} of session "
-                                         f"{g.session} ({msg.why}): " + (
-                                             "its ACL does not let this device publish on the request topics: allow "
-                                             f"the device's MQTT user to write {transport.PREFIX}/# (mosquitto: "
-                                             "acl_file)" if msg.why == "Not authorized" else "the broker's log says why"))
-                continue
+                raise TransportError(f"the broker at {self._client.url} refused request {rid} of session "
+                                     f"{g.session} ({msg.why}): {refusal_hint(msg.why, 'the request topics')}")
             if msg.topic != self._resp:
                 self._presence_changed(msg)
                 continue

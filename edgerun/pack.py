@@ -22,6 +22,8 @@ from typing import Any
 from edgerun.bundle import LLM_FORMAT_NAME, MANIFEST, PACK_FORMAT, PACK_SIDES, PACKED, open_any_bundle
 from edgerun.errors import BundleError, ConfigError
 
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")  # what a pack may be named; tar -x makes the name without it
+
 # What each side loads, by file name; any other file (the whole model, plots) stays out of both packs.
 _MODEL_SIDES = {
     "device": re.compile(r"front\.(erg|onnx)|exit\d+\.(erg|onnx)|samples\.npz|report\.json"),
@@ -56,7 +58,7 @@ def pack(bundle: str | os.PathLike, side: str, out: str | os.PathLike, keep: tup
         ConfigError: a bad side, ``--keep`` name or ``out`` path.
     """
     out = Path(out)
-    if not out.name.endswith((".tar.gz", ".tgz", ".tar")):
+    if not out.name.endswith(ARCHIVE_SUFFIXES):
         raise ConfigError(f"--out {out}: a pack is a .tar.gz (or .tar) archive; name it e.g. {out.name}.tar.gz")
     if out.is_dir():
         raise ConfigError(f"--out {out} is a directory; give the archive's file name")
@@ -72,7 +74,7 @@ def pack(bundle: str | os.PathLike, side: str, out: str | os.PathLike, keep: tup
         marker = {"format": PACK_FORMAT, "for": side, "omitted": left, "bundle_hash": manifest["bundle_hash"]}
         # the folder tar -x makes: the archive's name without its suffix (split at the first ".t", the
         # README's digits-device.tar.gz -> digits-device/ was robot.tiny.tar.gz -> robot/)
-        top = next(out.name[:-len(x)] for x in (".tar.gz", ".tgz", ".tar") if out.name.endswith(x)) or "bundle"
+        top = next(out.name[:-len(x)] for x in ARCHIVE_SUFFIXES if out.name.endswith(x)) or "bundle"
         part = out.with_name(out.name + ".part")
         try:  # written beside, renamed at the end: no half archive at --out, an older one kept on failure
             # gzip's fastest level: float weights hardly compress, and level 9 took seconds per 100 MB

@@ -116,15 +116,14 @@ class ExportConfig:
             parse_exits(self.exits)  # raises ConfigError on a bad value
         if self.eval_limit is not None and self.eval_limit < 1:
             raise ConfigError(f"eval_limit must be >= 1 or None (got {self.eval_limit})")
-        if self.group_size != 32:  # checked by the int4 writer after the trace and calibration: minutes lost
-            from edgerun.exporters.erg_quant import check_group_size
+        from edgerun.exporters.erg_quant import check_group_size
 
-            try:
-                check_group_size(self.group_size)
-            except ConfigError:
-                raise ConfigError(f"--group-size {self.group_size}: an int4 group is an even number of weights "
-                                  "in 2..4096 (default 32; a size that does not divide a layer's inputs is "
-                                  "padded)") from None
+        try:  # else the int4 writer refused it after the trace and calibration: minutes lost
+            check_group_size(self.group_size)
+        except ConfigError:
+            raise ConfigError(f"--group-size {self.group_size}: an int4 group is an even number of weights "
+                              "in 2..4096 (default 32; a size that does not divide a layer's inputs is "
+                              "padded)") from None
         if self.codec_budget is not None and self.codec == "none":
             raise ConfigError(f"codec_budget={self.codec_budget} is set but codec is 'none'; "
                               "add --codec tsq, or drop --codec-budget")
@@ -238,7 +237,7 @@ def _check_labels(src: SourceModel, model: onnx.ModelProto) -> None:
     """A model file's --data labels that cannot be scored against its first output fail now, not after the
     whole export (the evaluation at its end scores them)."""
     if isinstance(src.zoo, UserData):
-        src.zoo.check_labels(shapes_of(model)[model.graph.output[0].name][1:], src.task)
+        src.zoo.check_labels(_first_output_shape(model), src.task)
 
 
 @contextmanager

@@ -55,33 +55,35 @@ def _check_runs_batched(module: torch.nn.Module, examples: tuple[torch.Tensor, .
         raise ExportError(f"the example inputs have different batch sizes (shapes {shapes}); each input's first "
                           "dimension is the batch: give every input the same first dimension")
     state = _state(module)
-    try:
-        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):  # a print in forward(): not in `--json`
-            out = module(*examples)
-    except Exception as exc:  # the model's own error, whatever its type
-        todo = _dtype_hint(module, examples) or "make the example what forward() takes, batch dimension first"
-        raise ExportError(f"the model fails on its own example input{'s' if len(examples) > 1 else ''} (shape "
-                          f"{shapes}): {type(exc).__name__}: {_first_line(exc)}; {todo}") from exc
-    _check_stateless(module, state)
-    names, outs = _outputs(out)
-    two = [torch.cat([e, e]) for e in examples]
-    try:
-        with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
-            got_shapes = [tuple(t.shape) for t in _outputs(module(*two))[1]]
-        got = f"gave shape{'s' if len(got_shapes) > 1 else ''} {', '.join(map(str, got_shapes))}"
-    except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
-        got_shapes, got = None, f"failed: {type(exc).__name__}: {_first_line(exc, 160)}"
-    _restore(module, state)  # a no-op unless forward() changes state only for a batch of two
-    if got_shapes is None or any(sh[:1] != (2 * examples[0].shape[0],) for sh in got_shapes):
-        # a forward() that flattens the batch away (x.view(1, -1), x.flatten()) was told to add a batch
-        # dimension to an example that had one
-        raise ExportError(f"two examples stacked (shape {', '.join(str(tuple(t.shape)) for t in two)}) did not give "
-                          f"two answers ({got}): the example input's first dimension must be the batch (add one: "
-                          "example.unsqueeze(0)), and forward() must keep it in every output (x.flatten(1) or "
-                          "x.view(x.size(0), -1), not x.flatten() or x.view(1, -1))")
-    _check_samples_alone(module, examples, outs)
-    _restore(module, state)
-    return names
+    try:  # the model is put back whatever its runs here did to its buffers
+        try:
+            with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):  # a print in forward(): not in `--json`
+                out = module(*examples)
+        except Exception as exc:  # the model's own error, whatever its type
+            todo = _dtype_hint(module, examples) or "make the example what forward() takes, batch dimension first"
+            raise ExportError(f"the model fails on its own example input{'s' if len(examples) > 1 else ''} (shape "
+                              f"{shapes}): {type(exc).__name__}: {_first_line(exc)}; {todo}") from exc
+        _check_stateless(module, state)
+        names, outs = _outputs(out)
+        two = [torch.cat([e, e]) for e in examples]
+        try:
+            with torch.no_grad(), contextlib.redirect_stdout(sys.stderr):
+                got_shapes = [tuple(t.shape) for t in _outputs(module(*two))[1]]
+            got = f"gave shape{'s' if len(got_shapes) > 1 else ''} {', '.join(map(str, got_shapes))}"
+        except Exception as exc:  # noqa: BLE001 - any failure means the same thing here
+            got_shapes, got = None, f"failed: {type(exc).__name__}: {_first_line(exc, 160)}"
+        if got_shapes is None or any(sh[:1] != (2 * examples[0].shape[0],) for sh in got_shapes):
+            # a forward() that flattens the batch away (x.view(1, -1), x.flatten()) was told to add a batch
+            # dimension to an example that had one
+            stacked = ", ".join(str(tuple(t.shape)) for t in two)
+            raise ExportError(f"two examples stacked (shape {stacked}) did not give two answers ({got}): the example "
+                              "input's first dimension must be the batch (add one: example.unsqueeze(0)), and "
+                              "forward() must keep it in every output (x.flatten(1) or x.view(x.size(0), -1), not "
+                              "x.flatten() or x.view(1, -1))")
+        _check_samples_alone(module, examples, outs)
+        return names
+    finally:
+        _restore(module, state)
 
 
 def _check_samples_alone(module: torch.nn.Module, examples: tuple[torch.Tensor, ...],
@@ -150,7 +152,6 @@ def _check_stateless(module: torch.nn.Module, state: dict[str, torch.Tensor]) ->
     changed = [n for n, t in module.named_buffers() if n in state and not _same(t, state[n])]
     if not changed:
         return
-    _restore(module, state)
     raise ExportError(f"forward() changes the model's buffer{'s' if len(changed) > 1 else ''} "
                       f"{', '.join(repr(n) for n in changed[:4])} (e.g. self.count += 1, a running statistic): a "
                       "bundle answers each input alone, from fixed weights, so it cannot keep such state; change it "

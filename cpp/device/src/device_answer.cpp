@@ -108,7 +108,7 @@ Err await_reply(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id
     if (send_copy(link, frame, id, expiry_s, next_id)) out->copies = 2, t_copy = t;
   };
   auto wait = [&](Clock::time_point by, bool keep) {
-    return link.mqtt->wait_reply(id, by, payload, &out->t_recv, &out->got, &out->replied, keep);
+    return link.mqtt->wait_reply(id, by, payload, &out->t_recv, &out->got, &out->replied, keep, &out->refused);
   };
   Err e;
   if (link.hedge_ms > 0) {
@@ -194,7 +194,7 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
   const size_t sent = frame.size() * size_t(aw.copies);
   if (!e.ok()) {  // the broker is gone: later requests answer here until it reconnects (device_mqtt.h)
     // or it refused the request / had no subscriber for it: later ones answer here for a while, as after a miss
-    if (e.message.rfind(kNoServerTook, 0) == 0 || e.message.find(" refused request ") != std::string::npos) {
+    if (aw.refused) {
       state.lock();
       link.suspect_why = e.message;
       link.suspect_until = Clock::now() + std::chrono::milliseconds(int64_t(kSuspectBackoffS * 1000));

@@ -47,6 +47,7 @@ struct Awaited {
   bool              got = false;  // a reply came by the deadline (in `payload`)
   uint64_t          replied = 0;  // the id it answered: the request's, or its hedged copy's
   int               copies = 1;   // how many times the frame went out
+  bool              refused = false;  // the broker refused it, or had no subscriber for it (its PUBACK)
   Clock::time_point t_sent{}, t_recv{};  // when the copy that was answered went out, when its reply came
 };
 

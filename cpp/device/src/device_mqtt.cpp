@@ -107,20 +107,22 @@ void MqttLink::on_publish(struct mosquitto*, void* self, int mid, int reason, co
 void MqttLink::refuse(uint64_t id, const std::string& reason) {
   auto tw = twin_of_.find(id);
   auto p = pending_.find(tw != twin_of_.end() ? tw->second : id);
-  if (p != pending_.end() && p->second.refused.empty() && reason == mosquitto_reason_string(
-                                                              MQTT_RC_NO_MATCHING_SUBSCRIBERS)) {
-    const std::string& topic = p->second.topic;  // edgerun/v1/<model>/<bundle topic id>/req/<device>
+  if (p == pending_.end() || !p->second.refused.empty()) return;
+  Pending& w = p->second;
+  if (reason == mosquitto_reason_string(MQTT_RC_NO_MATCHING_SUBSCRIBERS)) {
+    const std::string& topic = w.topic;  // edgerun/v1/<model>/<bundle topic id>/req/<device>
     const size_t m = topic.find('/', topic.find('/') + 1) + 1, h = topic.find('/', m) + 1, r = topic.find('/', h);
-    p->second.refused = kNoServerTook + std::to_string(id) + ": nothing subscribes to " + topic + " on the broker at " +
-                        url_text_ + " (" + reason + "); start `edgerun serve` for this very bundle (" +
-                        topic.substr(h, r - h) + ", " + topic.substr(m, h - 1 - m) + ") on that broker: a server of "
-                        "another export listens on other topics";
-  } else if (p != pending_.end() && p->second.refused.empty()) {
-    p->second.refused = "the broker at " + url_text_ + " refused request " + std::to_string(id) + " (" + reason +
-                        ")" + (reason == "Not authorized" ? ": its ACL does not let this device publish on the "
-                               "request topic: allow the device's MQTT user to write edgerun/v1/# (mosquitto: "
-                               "acl_file)" : ": the broker's log says why");
+    w.refused = kNoServerTook + std::to_string(id) + ": nothing subscribes to " + topic + " on the broker at " +
+                url_text_ + " (" + reason + "); start `edgerun serve` for this very bundle (" + topic.substr(h, r - h) +
+                ", " + topic.substr(m, h - 1 - m) + ") on that broker: a server of another export listens on other "
+                "topics";
+    w.refused_code = kExitDeadline;  // "no server for this bundle", as when no reply comes in time
+    return;
   }
+  w.refused = "the broker at " + url_text_ + " refused request " + std::to_string(id) + " (" + reason + ")" +
+              (reason == "Not authorized" ? ": its ACL does not let this device publish on the request topic: allow "
+                                            "the device's MQTT user to write edgerun/v1/# (mosquitto: acl_file)"
+                                          : ": the broker's log says why");
 }
 
 void MqttLink::on_message(struct mosquitto*, void* self, const struct mosquitto_message* msg,
@@ -306,14 +308,8 @@ Err MqttLink::publish_request(const std::string& topic, const std::vector<uint8_
   return Err::Ok();
 }
 
-// No subscriber for the request is "no server for this bundle" (exit code 5, DeadlineError, as when no reply
-// comes in time), said at once; a refusal is the broker's (4, BrokerError).
-static Exit refused_code(const std::string& why) {
-  return why.rfind(kNoServerTook, 0) == 0 ? kExitDeadline : kExitBroker;
-}
-
 Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vector<uint8_t>* reply,
-                         Clock::time_point* t_recv, bool* got, uint64_t* replied, bool keep) {
+                         Clock::time_point* t_recv, bool* got, uint64_t* replied, bool keep, bool* was_refused) {
   *got = false;
   std::unique_lock<std::mutex> lk(mu_);
   auto it = pending_.find(request_id);  // stays valid while other requests come and go
@@ -324,7 +320,7 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
   if (threaded_) {
     cv_.wait_until(lk, until, [&] { return got_ || !connected_ || !refused.empty() || closed_; });
     if (!got_ && !refused.empty())
-      e = fail(refused_code(refused), refused);
+      e = fail(it->second.refused_code, refused);
     else if (!got_ && !connected_)
       e = fail(kExitBroker, "lost the broker at " + url_text_ + " while waiting for the reply to request " +
                             std::to_string(request_id) + "; reconnecting in the background");
@@ -343,7 +339,8 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
     }
   }
   if (!lk.owns_lock()) lk.lock();
-  if (!threaded_ && !got_ && !refused.empty() && e.ok()) e = fail(refused_code(refused), refused);
+  if (!threaded_ && !got_ && !refused.empty() && e.ok()) e = fail(it->second.refused_code, refused);
+  if (was_refused != nullptr) *was_refused = !got_ && !refused.empty();
   if (got_) {
     reply->swap(it->second.reply);
     *t_recv = it->second.t_recv;

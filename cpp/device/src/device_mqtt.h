@@ -31,8 +31,7 @@ namespace edgerun_device {
 // Size: nothing was sent and the link is fine (the request is too big, not the server unreachable).
 constexpr const char* kOverPacketLimit = "over the maximum packet size of";
 // The start of the message of a request the broker dropped for want of a subscriber (PUBACK reason 0x10: no
-// `edgerun serve` for this bundle), and the start of one it refused (reason >= 0x80, e.g. its ACL): the server is
-// unreachable for now, as when no reply comes (edgerun/device_checks.py refusal_text says the same).
+// `edgerun serve` for this bundle), as edgerun/device_checks.py refusal_text says it.
 constexpr const char* kNoServerTook = "no server took request ";
 
 using Clock = std::chrono::steady_clock;
@@ -61,9 +60,11 @@ class MqttLink {
   // error). Then the request is no longer awaited, unless `keep` and no reply came (a hedge goes next);
   // the copy that lost the race has its reply dropped quietly; a request that got no reply is remembered
   // (the last 1024), so that its late reply, dropped and counted, reports its round trip to
-  // on_late_reply. kExitBroker when the broker is lost.
+  // on_late_reply. kExitBroker when the broker is lost or refused the request in its PUBACK, kExitDeadline
+  // when nothing subscribes to its topic (both said at once; then *was_refused is true).
   Err wait_reply(uint64_t request_id, Clock::time_point until, std::vector<uint8_t>* reply,
-                 Clock::time_point* t_recv, bool* got, uint64_t* replied = nullptr, bool keep = false);
+                 Clock::time_point* t_recv, bool* got, uint64_t* replied = nullptr, bool keep = false,
+                 bool* was_refused = nullptr);
   // Hands the connection to a background thread (mosquitto_loop_start) that reconnects with backoff
   // and re-subscribes `resp_topic` and republishes `online` on each reconnection. Called after
   // connect() + subscribe(), or after a failed connect() (then `why` says why it is down until the
@@ -115,6 +116,7 @@ class MqttLink {
     std::vector<uint64_t> copies;       // hedged copies' ids
     std::map<uint64_t, Clock::time_point> sent;  // when each id (the request's, its copies') went out
     std::string           refused;  // the broker's reason when it refused one of them in its PUBACK
+    Exit                  refused_code = kExitBroker;  // kExitDeadline: no subscriber (no server for the bundle)
     std::string           topic;    // where it was published (named when nothing subscribes to it)
   };
   std::map<uint64_t, Pending> pending_;
