@@ -179,6 +179,8 @@ def run_cmd(
                     rec["outputs"] = {s.name: answer_fields(r.output[s.name]) for s in b.outputs}
                 if r.hedged:
                     rec["hedged"] = True
+                if r.resent:  # a worker answered "stopping": sent again (the reason says it too)
+                    rec["resent"] = r.resent
                 shown = f"top1={rec['top1']}" if rec["top1"] is not None else f"output={_brief(rec['output'])}"
                 typer.echo(json.dumps(rec) if as_json else f"{i}: {shown} by {r.answered_by} "
                            f"total={r.timings_ms.get('total', float('nan')):.2f} ms")

@@ -26,7 +26,8 @@ from edgerun import crossing, transport, wire
 from edgerun import exits as exits_mod
 from edgerun.bundle import Bundle
 from edgerun.device_checks import (check_deadline_ms, check_finite_cut, check_inputs, check_reply,
-                                   error_from_reply, refusal_text)
+                                   error_from_reply, is_stopping, refusal_text, resent_note)
+from edgerun.device_checks import EXIT_RESERVE_MS, reply_wait_s  # noqa: F401 - their home was here
 from edgerun.errors import ConfigError, EdgerunError, FrameError, TransportError, UnsupportedOpError
 from edgerun.feeds import with_passthrough
 from edgerun.result import Result
@@ -39,23 +40,12 @@ SUSPECT_BACKOFF_S = 1.0     # after a lost reply, answer locally at once for thi
 LATE_IDS_KEPT = 1024        # requests past their deadline remembered, so their late replies are not "unknown"
 HEDGE_LOSERS_KEPT = 1024    # copies of hedged requests that lost the race, so their replies drop quietly
 HEDGE_BOTH_S = 2.0          # after a hedged copy won, send each request twice at once for this long
+RESENDS_MAX = 2             # a request a stopping worker refused goes again at most this often (docs/TOPICS.md)
 RECONNECT_EVERY_S = 1.0     # background reconnect period while the broker is down (bundles with exits)
 RTT_STALE_S = 1.0           # a round-trip estimate older than this is re-measured (the request goes out as well)
 _clock = time.monotonic     # for the device's timers (backoffs, the round trip's age); tests move it
-EXIT_RESERVE_MS = 0.5       # with exits, the wait for the reply ends this much before the deadline (at most
-                            # a tenth of it): the hand-over of the exit's answer fits before the deadline
 SERVER_ERROR = "server error"  # reason of an exit's answer to a request the server answered with an error
 _STALE = "stale:"           # _why_local's mark of a prediction to check with a request sent anyway
-
-
-def reply_wait_s(t_start: float, deadline_ms: float, now: float, exits: bool) -> float:
-    """How long, from ``now``, to wait for the server's reply to a request started at ``t_start``: until the
-    deadline, or with exits until EXIT_RESERVE_MS (at most a tenth of the deadline) before it, so that the
-    exit's answer (computed already) is in the caller's hands by the deadline. Measured from ``now``, the
-    moment the wait starts: measured from the encode, the publish's time came on top, and with the hand-over
-    the exit's answer came ~0.3 ms after the deadline (every one of 100 requests at 20 ms, up to 1.8 ms)."""
-    reserve_ms = min(EXIT_RESERVE_MS, 0.1 * deadline_ms) if exits else 0.0
-    return max(t_start + (deadline_ms - reserve_ms) / 1000.0 - now, 0.0)
 
 
 class Device:
@@ -155,6 +145,8 @@ class Device:
         self._hedge_losers: dict[int, None] = {}  # second copies whose twin was answered first
         self._hedge_both_until = 0.0  # monotonic time until which requests go out twice at once
         self.hedged = 0  # requests sent a second time
+        self.resent = 0  # copies sent because a worker answered "stopping"
+        self._after_stopping: set[int] = set()  # ids of those copies while awaited: a PUBACK refusal says so
         self._lock = threading.Lock()
         self._refusals = transport.Refusals(self._broker_refused)
         self._ids = itertools.count(secrets.randbits(62) + 1)  # random start: ids stay unique across restarts
@@ -233,7 +225,8 @@ class Device:
             raise TransportError(f"{self._broker_gone()}; paho is reconnecting in the background, nothing was sent: "
                                  "retry, or export the bundle with --exits auto to answer on the device meanwhile")
         fut: Future[tuple[bytes, float, int]] = Future()
-        sent = {request_id: t_enc}  # id -> send time: the request and its hedged copy
+        sent = {request_id: t_enc}  # id -> send time: the request, its hedged copy, its copies after "stopping"
+        resent = 0  # copies sent because a worker answered "stopping" (it did not run the request)
         with self._lock:
             self._pending[request_id] = fut
         expiry_s = math.ceil(wait_ms / 1000.0)  # stale requests die in the broker
@@ -249,25 +242,18 @@ class Device:
                 return local
             now = time.perf_counter()
             until = now + reply_wait_s(t_start, wait_ms, now, step is not None)  # each wait below counts from then
-            if self.hedge_ms is not None and _clock() < self._hedge_both_until:
-                self._hedge(frame, fut, sent, expiry_s, "a hedge won lately: both copies at once")
-            if self.hedge_ms is not None and len(sent) == 1 and t_enc + self.hedge_ms / 1000.0 < until:
-                try:
-                    reply, t_recv, replied = fut.result(timeout=self.hedge_ms / 1000.0)
-                except FutureTimeout:
-                    self._hedge(frame, fut, sent, expiry_s, f"no reply after {self.hedge_ms:g} ms")
-                    reply, t_recv, replied = fut.result(timeout=max(until - time.perf_counter(), 0.0))
-                    if replied != request_id:
-                        # The copy won: the original's worker may be frozen. A shared subscription
-                        # hands messages out in turn, so with one frozen worker of two every original
-                        # of this device met it (each request then took hedge_ms): send both copies
-                        # at once for a while.
-                        self._hedge_both_until = _clock() + HEDGE_BOTH_S
-            else:
+            reply, t_recv, replied = self._await(frame, fut, sent, expiry_s, until)
+            # A stopping worker (a rolling restart) did not run it: the copy goes to the group's next worker, or,
+            # with none subscribed any more, ends at its PUBACK (docs/TOPICS.md, "A stopping server")
+            while resent < RESENDS_MAX and time.perf_counter() < until and \
+                    is_stopping(reply, self._decode, self.bundle.hash16, self.max_frame_bytes):
+                fut = self._resend(frame, sent, expiry_s)
+                resent += 1
                 reply, t_recv, replied = fut.result(timeout=max(until - time.perf_counter(), 0.0))
         except FutureTimeout:
             msg = (f"no reply from a server for bundle {self.bundle.topic_id} ({self.bundle.model_id}) within "
-                   f"{wait_ms:g} ms" + (" (sent twice)" if len(sent) > 1 else ""))
+                   f"{wait_ms:g} ms" + (" (sent twice)" if len(sent) - resent > 1 else "")
+                   + (f" ({resent_note(resent)})" if resent else ""))
             if step is None:
                 if self.rtt_ms is not None and self.rtt_ms > 0.5 * wait_ms:
                     raise TransportError(f"{msg}; round trips to the server have taken ~{self.rtt_ms:.1f} ms: "
@@ -276,48 +262,59 @@ class Device:
                                      "If it is, the deadline may be shorter than a round trip: give a longer "
                                      "one (--deadline-ms)") from None
             self._suspect(f"no reply to the last request within {wait_ms:g} ms")
-            local = self._local(step, step.deepest, f"deadline: {msg}", t_start, t_front)
-            local.hedged = len(sent) > 1
-            local.bytes_sent = len(payload) * len(sent)  # the request went out: its bytes were spent
-            return local
+            return _spent(self._local(step, step.deepest, f"deadline: {msg}", t_start, t_front), sent, resent, payload)
         except FrameError as exc:  # over the broker's Maximum Packet Size: not sent, the link is fine
             msg = (f"request {request_id} not sent: {exc} (this request: {n} sample(s); a bundle exported with "
                    "--codec tsq, or a later cut, sends fewer bytes)")
             if step is None:
                 raise FrameError(msg, exc.code) from None
             local = self._local(step, step.deepest, f"server unreachable: {msg}", t_start, t_front)
-            local.hedged = len(sent) > 1
-            return local
+            return _spent(local, sent, resent, payload if published else b"")
         except (TransportError, RuntimeError, ValueError) as exc:  # paho: not connected / queue full; a PUBACK
             if step is None:
                 raise
             why = str(exc) if published else f"publish failed ({exc})"
             self._suspect(why)
             local = self._local(step, step.deepest, f"server unreachable: {why}", t_start, t_front)
-            local.hedged = len(sent) > 1
-            local.bytes_sent = len(payload) * len(sent) if published else 0  # it went out: its bytes were spent
-            return local
+            return _spent(local, sent, resent, payload if published else b"")  # it went out: its bytes were spent
         else:
             in_time = True
         finally:
             self._settle(fut, sent, in_time)
         self._observe_rtt((t_recv - sent[replied]) * 1e3)
         try:
-            result = self._finish(reply, replied, (t_start, t_front, t_enc, t_recv), n)
+            result = self._finish(reply, replied, (t_start, t_front, t_enc, t_recv), n, resent)
         except EdgerunError as exc:  # the server's error frame, or a reply that is not the model's answer
             if step is None:
                 raise
             # A device with exits has an answer of its own: a control loop got an exception instead (a back
             # half that fails on some inputs, a worker of another bundle version on the same topics).
             local = self._local(step, step.deepest, f"{SERVER_ERROR}: {exc}", t_start, t_front)
-            local.hedged = len(sent) > 1
-            local.bytes_sent, local.bytes_received = len(payload) * len(sent), len(reply)
-            return local
-        result.hedged = len(sent) > 1
-        result.bytes_sent, result.bytes_received = len(payload) * len(sent), len(reply)
+            return _spent(local, sent, resent, payload, reply)
         if step is not None:
             result.front_compute_fraction = step.compute_fraction
-        return result
+        return _spent(result, sent, resent, payload, reply)
+
+    def _await(self, frame: wire.Frame, fut: Future, sent: dict[int, float], expiry_s: int,
+               until: float) -> tuple[bytes, float, int]:
+        """The first reply to the request in ``sent`` (hedged with ``hedge_ms``) by ``until``: (reply, when it
+        came, the id it answered). Raises FutureTimeout, or the TransportError of a PUBACK refusal."""
+        (request_id, t_enc), = sent.items()
+        if self.hedge_ms is not None and _clock() < self._hedge_both_until:
+            self._hedge(frame, fut, sent, expiry_s, "a hedge won lately: both copies at once")
+        if self.hedge_ms is None or len(sent) > 1 or t_enc + self.hedge_ms / 1000.0 >= until:
+            return fut.result(timeout=max(until - time.perf_counter(), 0.0))
+        try:
+            return fut.result(timeout=self.hedge_ms / 1000.0)
+        except FutureTimeout:
+            self._hedge(frame, fut, sent, expiry_s, f"no reply after {self.hedge_ms:g} ms")
+        reply, t_recv, replied = fut.result(timeout=max(until - time.perf_counter(), 0.0))
+        if replied != request_id:
+            # The copy won: the original's worker may be frozen. A shared subscription hands messages out in
+            # turn, so with one frozen worker of two every original of this device met it (each request then
+            # took hedge_ms): send both copies at once for a while.
+            self._hedge_both_until = _clock() + HEDGE_BOTH_S
+        return reply, t_recv, replied
 
     def _settle(self, fut: Future, sent: dict[int, float], in_time: bool = True) -> None:
         """After infer: ids still pending either lost to their answered twin (their reply is dropped
@@ -329,6 +326,7 @@ class Device:
         taken from ``_pending`` is then always seen here as answered."""
         self._refusals.forget(sent)
         with self._lock:
+            self._after_stopping.difference_update(sent)
             answered = fut.done() and not fut.cancelled() and fut.exception() is None
             late = fut.result() if answered and not in_time else None
             if late is not None:
@@ -356,6 +354,26 @@ class Device:
         log.info("%s: request sent again as %d", why, rid)
         self._publish(rid, payload, expiry_s)
 
+    def _resend(self, frame: wire.Frame, sent: dict[int, float], expiry_s: int) -> Future:
+        """A worker answered "stopping" (it did not run the request): send ``frame`` again under a new id, which
+        the shared subscription hands to the group's next worker. Returns the future its reply resolves; ids
+        still awaited (a hedged copy) resolve it too."""
+        fut: Future[tuple[bytes, float, int]] = Future()
+        rid = next(self._ids)
+        frame.request_id = rid
+        payload = self._encode(frame)
+        with self._lock:
+            for old in sent:
+                if old in self._pending:
+                    self._pending[old] = fut
+            self._pending[rid] = fut
+            self._after_stopping.add(rid)
+            self.resent += 1
+        sent[rid] = time.perf_counter()
+        log.info("a worker answered `stopping` (it did not run the request): request sent again as %d", rid)
+        self._publish(rid, payload, expiry_s)
+        return fut
+
     def _publish(self, request_id: int, payload: bytes, expiry_s: int) -> None:
         info = self._client.publish(self._req_topic, payload, response_topic=self._resp_topic,
                                     correlation=transport.correlation_bytes(request_id), expiry_s=expiry_s)
@@ -363,8 +381,9 @@ class Device:
 
     def _broker_refused(self, request_id: int, why: str) -> None:
         """The broker refused (or had no subscriber for) request ``request_id``: its infer() ends now."""
-        text = refusal_text(why, request_id, self._client.url, self._req_topic, self.bundle)
         with self._lock:
+            text = refusal_text(why, request_id, self._client.url, self._req_topic, self.bundle,
+                                stopped=request_id in self._after_stopping)
             fut = self._pending.get(request_id)
             if fut is not None and not fut.done():
                 fut.set_exception(TransportError(text))
@@ -493,13 +512,16 @@ class Device:
         return with_passthrough({k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, feeds,
                                 self.bundle.passthrough)
 
-    def _finish(self, reply: bytes, request_id: int, marks: tuple[float, float, float, float], batch: int) -> Result:
+    def _finish(self, reply: bytes, request_id: int, marks: tuple[float, float, float, float], batch: int,
+                resent: int = 0) -> Result:
         t_start, t_front, t_enc, t_recv = marks
         frame = self._decode(reply, max_bytes=self.max_frame_bytes, expect_hash=self.bundle.hash16)
         if frame.kind == wire.Kind.ERROR:
             meta = frame.meta or {}
-            raise error_from_reply(str(meta.get("code", "unknown")), str(meta.get("message", "")),
-                                   self.bundle.topic_id)
+            code, message = str(meta.get("code", "unknown")), str(meta.get("message", ""))
+            if code == "stopping" and resent:  # RESENDS_MAX reached, or the deadline left no time for another
+                message += f" (this device sent it {resent + 1} times: each copy met a stopping worker)"
+            raise error_from_reply(code, message, self.bundle.topic_id)
         if frame.kind != wire.Kind.REPLY or frame.request_id != request_id:
             raise FrameError(f"reply to request {request_id} is a {frame.kind!r} for request {frame.request_id}",
                              "bad_reply")
@@ -522,7 +544,8 @@ class Device:
             "decode": (t_dec - t_recv) * 1e3,
             "total": (t_dec - t_start) * 1e3,
         }
-        return Result(output=dict(zip(names, frame.tensors)), answered_by="server", reason="server replied",
+        return Result(output=dict(zip(names, frame.tensors)), answered_by="server",
+                      reason="server replied" + (f" ({resent_note(resent)})" if resent else ""),
                       request_id=request_id, timings_ms=timings, worker=str(meta.get("worker", "")))
 
     def _late_reply(self, request_id: int, t_recv: float, t_sent: float) -> None:
@@ -553,6 +576,14 @@ class Device:
             return
         if fut is None:
             log.warning("dropped a reply for unknown or already answered request %s", request_id)
+
+
+def _spent(r: Result, sent: dict[int, float], resent: int, payload: bytes, reply: bytes = b"") -> Result:
+    """``r`` with what its request cost: the copies sent (hedged, resent after "stopping") and the bytes each way
+    (``payload``: one copy's, b"" when nothing went out)."""
+    r.hedged, r.resent = len(sent) - resent > 1, resent
+    r.bytes_sent, r.bytes_received = len(payload) * len(sent), len(reply)
+    return r
 
 
 def _make_front(b: Bundle, engine: str, threads: int) -> Any:

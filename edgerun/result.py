@@ -22,7 +22,9 @@ class Result:
             "server", "decode" (the reply handed to the caller's thread and decoded), "total" (their sum).
         worker: id of the server worker that answered ("" when answered locally).
         hedged: the request was sent a second time (``hedge_ms``) before a reply came.
-        bytes_sent / bytes_received: MQTT payload bytes of the request frame (times two when hedged) and of
+        resent: how often the request was sent again because the worker that had it answered "stopping" (it
+            did not run it: a rolling restart), at most ``edgerun.device.RESENDS_MAX``; the reason says it too.
+        bytes_sent / bytes_received: MQTT payload bytes of the request frame (times each copy sent) and of
             the reply; 0 / 0 when answered on the device before sending, the request's bytes / 0 when an exit
             answered it after it went out (no reply in time); the broker's headers come on top.
     """
@@ -35,6 +37,7 @@ class Result:
     worker: str = ""
     front_compute_fraction: float = 1.0  # front compute spent here, as a fraction of the front half
     hedged: bool = False
+    resent: int = 0
     bytes_sent: int = 0
     bytes_received: int = 0
 

@@ -42,6 +42,7 @@ class LoopSummary:
                                # sensor reading); the loop went on
     server_errors: int = 0     # of the answers on the device, those given because the server answered an error
     hedged: int = 0
+    resent: int = 0            # copies sent because a worker answered "stopping" (a rolling restart)
     rate_hz: float | None = None
     deadline_ms: float | None = None
     total_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))  # the last answers'
@@ -60,6 +61,7 @@ class LoopSummary:
                 self.server_errors += 1
                 self.last_error = result.reason
         self.hedged += bool(result.hedged)
+        self.resent += int(getattr(result, "resent", 0))
         total = float(result.timings_ms.get("total", float("nan")))
         self.late += self.deadline_ms is not None and total > self.deadline_ms
         self.total_ms.append(total)
@@ -82,6 +84,7 @@ class LoopSummary:
         pct = {f"p{q}": round(float(np.percentile(t, q)), 3) for q in QS} if t.size else {}
         return {"requests": self.requests, "answered_by_server": self.by_server, "answered_on_device": self.on_device,
                 "missed": self.missed, "late": self.late, "overruns": self.overruns, "hedged": self.hedged,
+                "resent": self.resent,
                 "errors": self.errors, "server_errors_answered_on_device": self.server_errors,
                 "rate_hz": self.rate_hz, "deadline_ms": self.deadline_ms, "total_ms": pct,
                 "total_ms_answers": int(t.size),  # the answers the percentiles cover (the last LATENCY_WINDOW)
