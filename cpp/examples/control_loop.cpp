@@ -110,7 +110,8 @@ int main(int argc, char** argv) {
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
 
   long requests = 0, by_server = 0, on_device = 0, missed = 0, late = 0, overruns = 0, errors = 0;
-  long server_errors = 0, hedged = 0;  // with exits: server errors answered on the device (edgerun/run_loop.py)
+  // server_errors: with exits, server errors answered on the device (edgerun/run_loop.py)
+  long server_errors = 0, hedged = 0, resent = 0;
   std::vector<double> total_ms;  // the last `window` answers' latencies, a ring once full
   long answers = 0;
   double bytes_sum = 0;
@@ -137,6 +138,7 @@ int main(int argc, char** argv) {
         const edgerun::device::Result r = dev.infer(sample(inputs, tick), deadline_ms);  // every tick
         (r.local() ? on_device : by_server) += 1;
         hedged += r.hedged;
+        resent += r.resent;
         if (r.local() && r.reason.rfind("server error", 0) == 0) ++server_errors, last_error = r.reason;
         late += r.timings_ms.at("total") > deadline_ms;
         if (long(total_ms.size()) < window) total_ms.push_back(r.timings_ms.at("total"));
@@ -168,7 +170,7 @@ int main(int argc, char** argv) {
   const double bytes_mean = answers > 0 ? bytes_sum / double(answers) : 0.0;
   json summary = {{"requests", requests}, {"answered_by_server", by_server}, {"answered_on_device", on_device},
                   {"missed", missed}, {"late", late}, {"overruns", overruns}, {"errors", errors},
-                  {"server_errors_answered_on_device", server_errors}, {"hedged", hedged},
+                  {"server_errors_answered_on_device", server_errors}, {"hedged", hedged}, {"resent", resent},
                   {"rate_hz", rate}, {"deadline_ms", deadline_ms}, {"total_ms", pct},
                   {"total_ms_answers", total_ms.size()}, {"bytes_sent_mean", bytes_mean}};
   if (!last_miss.empty()) summary["last_miss"] = last_miss;

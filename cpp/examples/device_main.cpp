@@ -161,7 +161,7 @@ void run(const Args& a, edgerun::device::Device& dev, const edgerun::device::Ten
   std::map<std::string, std::vector<double>> stages;
   std::map<std::string, long> answered;
   std::set<std::string> distinct;  // the outputs of the timed answers (one input: one answer per source)
-  long hedged = 0;
+  long hedged = 0, resent = 0;
   std::exception_ptr failed;
   auto requests = [&] {
     try {
@@ -174,6 +174,7 @@ void run(const Args& a, edgerun::device::Device& dev, const edgerun::device::Ten
         for (const auto& kv : r.timings_ms) stages[kv.first].push_back(kv.second);
         ++answered[r.answered_by];
         hedged += r.hedged;
+        resent += r.resent;
         if (distinct.size() < 16) distinct.insert(outputs_json(r.outputs).dump());
       }
     } catch (...) {  // the first error ends the run (the other threads stop after their request)
@@ -189,9 +190,9 @@ void run(const Args& a, edgerun::device::Device& dev, const edgerun::device::Ten
   json out = {{"answered_by", r.answered_by}, {"request_id", r.request_id}, {"worker", r.worker},
               {"batch", r.batch}, {"outputs", outputs_json(r.outputs)}, {"timings_ms", r.timings_ms},
               {"bytes_sent", r.bytes_sent}, {"bytes_received", r.bytes_received}, {"codec", dev.codec()},
-              {"dropped_replies", dev.dropped_replies()}, {"hedged", r.hedged}};
+              {"dropped_replies", dev.dropped_replies()}, {"hedged", r.hedged}, {"resent", r.resent}};
+  if (dev.has_exits() || r.resent > 0) out["reason"] = r.reason;  // "server replied (resent 1x: ...)"
   if (dev.has_exits()) {
-    out["reason"] = r.reason;
     out["budget"] = dev.budget();
     out["front_compute_fraction"] = r.front_compute_fraction;
   }
@@ -199,6 +200,7 @@ void run(const Args& a, edgerun::device::Device& dev, const edgerun::device::Ten
   if (n > 1) {
     out["repeat"] = {{"n", n}, {"warmup", a.warmup}, {"concurrent", a.concurrent},
                      {"total_ms", summary(stages["total"])}, {"each_total_ms", stages["total"]}, {"hedged", hedged},
+                     {"resent", resent},
                      {"distinct_outputs", distinct.size()}};
     if (dev.has_exits())
       out["repeat"]["answered_by"] = answered;

@@ -175,7 +175,8 @@ const char* kMetas[] = {
     R"({"server_us": 1e400})", R"({"server_us": null, "worker": 5})", R"({"code": 5, "message": ["x"]})",
     R"({"code": "bad_hash", "message": null})", R"({"code": {"a": 1}})", R"({"server_us": 18446744073709551615})",
     R"({"server_us": -0.0, "worker": {"x": []}})", R"({"worker": "\u0000"})", R"({"server_us": 1, "server_us": 2})",
-    R"({"code": "wrong_bundle", "message": "m"})", R"({"server_us": [1]})", R"({})", ""};
+    R"({"code": "wrong_bundle", "message": "m"})", R"({"server_us": [1]})", R"({})", "",
+    R"({"code": "stopping", "message": "this server is stopping"})", R"({"code": ["stopping"]})"};
 
 // A well-formed frame of random tensors: any count, dtype, rank and dims whose payload fits, so the
 // checks past the wire decoder (count, dtype, rank, batch, dims) see every combination.
@@ -245,6 +246,9 @@ void fuzz_reply(long iters) {
     Reply r;
     Err e;
     if (!guarded("check_reply", shown, [&] { e = check_reply(b, buf, id, batch, &r); })) continue;
+    bool stopping = false;  // a reply the device reads before check_reply: is it a `stopping` refusal?
+    if (!guarded("is_stopping", shown, [&] { stopping = is_stopping(b.hash16, buf); })) continue;
+    if (stopping && e.code != kExitServerError) bug("is_stopping: true for a reply that is no ERROR frame", shown);
     if (!e.ok()) {
       if (e.code != kExitBadReply && e.code != kExitServerError) bug("check_reply: exit code " + std::to_string(e.code), shown);
       if (e.message.empty()) bug("check_reply: an error with no message", shown);

@@ -96,6 +96,7 @@ Result to_result(const json& j, int64_t batch) {
   r.bytes_received = j.value("bytes_received", size_t(0));
   r.front_compute_fraction = j.value("front_compute_fraction", 1.0);
   r.hedged = j.value("hedged", false);
+  r.resent = j.value("resent", 0);
   for (const auto& kv : j["outputs"].items()) {
     Tensor t;
     t.dtype = kv.value()["dtype"].get<std::string>();
@@ -208,7 +209,9 @@ struct Device::Impl {
         rtt = server.rtt_ms;
       }
       std::snprintf(rt, sizeof(rt), "%.1f", rtt);
-      const std::string msg = "no reply within " + std::string(dl) + " ms" + (aw.copies > 1 ? " (sent twice)" : "") +
+      const std::string msg = "no reply within " + std::string(dl) + " ms" +
+                              (aw.copies - aw.resent > 1 ? " (sent twice)" : "") +
+                              (aw.resent > 0 ? " (" + resent_note(aw.resent) + ")" : "") +
                               " from a server for bundle " + b.topic_id + " (model " + b.model_id + ") at " + url.text;
       if (rtt > 0.5 * deadline_ms)  // edgerun/device.py: the late replies say the server is up, only slower
         throw DeadlineError(msg + "; round trips to the server have taken ~" + rt + " ms: give a longer deadline "
@@ -218,16 +221,17 @@ struct Device::Impl {
     }
     observe_rtt(server, ms(aw.t_sent, aw.t_recv));  // a reply came (its answer may still be an error)
     Reply reply;
-    must(check_reply(b, payload, aw.replied, batch, &reply));
+    must(check_reply(b, payload, aw.replied, batch, &reply, aw.resent));
     const Clock::time_point t3 = Clock::now();
     const double rtt = ms(aw.t_sent, aw.t_recv), srv = reply.server_ms;
-    json j = {{"answered_by", "server"}, {"reason", "server replied"}, {"request_id", reply.request_id},
+    const std::string why = "server replied" + (aw.resent > 0 ? " (" + resent_note(aw.resent) + ")" : std::string());
+    json j = {{"answered_by", "server"}, {"reason", why}, {"request_id", reply.request_id},
               {"worker", reply.worker}, {"outputs", reply.outputs},
               {"timings_ms", {{"front", ms(t0, t1)}, {"encode", ms(t1, t2)}, {"round_trip", rtt}, {"server", srv},
                               {"network", std::max(rtt - srv, 0.0)}, {"decode", ms(aw.t_recv, t3)},
                               {"total", ms(t0, t3)}}},
               {"bytes_sent", frame.size() * size_t(aw.copies)}, {"bytes_received", payload.size()},
-              {"hedged", aw.copies > 1}};
+              {"hedged", aw.copies - aw.resent > 1}, {"resent", aw.resent}};
     return to_result(j, batch);
   }
 };
@@ -251,6 +255,7 @@ Device::Device(const std::string& bundle_dir, const std::string& broker_url, con
   if (!o.codec.empty() && o.codec != "none" && o.codec != "tsq")
     throw ConfigError("codec " + o.codec + ": leave it out for the bundle's codec, or none for raw float32");
   must(load_bundle(bundle_dir, &d.b));
+  d.server.hash16 = d.b.hash16;  // a `stopping` reply must be for this bundle
   if (!d.b.has_exits && !o.budget.empty())
     throw ConfigError("--budget " + o.budget + " needs a bundle with early exits; " + d.b.dir +
                       " has none (re-export with `edgerun export ... --exits auto`)");
@@ -361,6 +366,7 @@ std::string Device::unreachable_reason() const {
 }
 uint64_t Device::dropped_replies() const { return impl_->link.dropped_replies(); }
 uint64_t Device::hedged() const { return impl_->server.hedged.load(); }
+uint64_t Device::resent() const { return impl_->server.resent.load(); }
 
 }  // namespace device
 }  // namespace edgerun

@@ -75,16 +75,13 @@ std::vector<uint8_t> with_request_id(const std::vector<uint8_t>& frame, uint64_t
   return f;
 }
 
-// Sends the frame once more, under a new id awaited with `id`; false when it could not be sent (the original
-// is still awaited).
-bool send_copy(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id, uint32_t expiry_s,
-               const std::function<uint64_t()>& next_id) {
-  const uint64_t copy = next_id();
-  if (!link.mqtt->publish_request(link.req_topic, with_request_id(frame, copy), link.resp_topic, copy, expiry_s, id)
-           .ok())
-    return false;
-  ++link.hedged;
-  return true;
+// Sends the frame once more, under a new id (*copy) awaited with `id`; an error when it could not be sent (the
+// original is still awaited).
+Err send_copy(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id, uint32_t expiry_s,
+              const std::function<uint64_t()>& next_id, uint64_t* copy) {
+  *copy = next_id();
+  return link.mqtt->publish_request(link.req_topic, with_request_id(frame, *copy), link.resp_topic, *copy, expiry_s,
+                                    id);
 }
 
 }  // namespace
@@ -102,13 +99,22 @@ Err await_reply(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id
                 Clock::time_point until, uint32_t expiry_s, const std::function<uint64_t()>& next_id,
                 std::vector<uint8_t>* payload, Awaited* out) {
   *out = Awaited{};
-  Clock::time_point t_copy{};  // when the hedged copy went out
-  auto hedge = [&] {
+  std::map<uint64_t, Clock::time_point> sent = {{id, t_sent}};  // each copy's id -> when it went out
+  uint64_t hedge_id = 0;
+  auto copy = [&](uint64_t* copy_id) {
     const Clock::time_point t = Clock::now();
-    if (send_copy(link, frame, id, expiry_s, next_id)) out->copies = 2, t_copy = t;
+    Err c = send_copy(link, frame, id, expiry_s, next_id, copy_id);
+    if (c.ok()) ++out->copies, sent[*copy_id] = t;
+    return c;
   };
-  auto wait = [&](Clock::time_point by, bool keep) {
-    return link.mqtt->wait_reply(id, by, payload, &out->t_recv, &out->got, &out->replied, keep, &out->refused);
+  auto hedge = [&] {
+    if (copy(&hedge_id).ok()) ++link.hedged;
+    else hedge_id = 0;
+  };
+  // keep: the request stays awaited (for a hedge or a copy after `stopping`) unless the wait ends in an error
+  auto wait = [&](Clock::time_point by) {
+    return link.mqtt->wait_reply(id, by, payload, &out->t_recv, &out->got, &out->replied, /*keep=*/true,
+                                 &out->refused);
   };
   Err e;
   if (link.hedge_ms > 0) {
@@ -119,17 +125,28 @@ Err await_reply(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id
     }
     if (both) hedge();
     const Clock::time_point at = t_sent + std::chrono::microseconds(int64_t(link.hedge_ms * 1000.0));
-    if (out->copies == 1 && at < until && (e = wait(at, /*keep=*/true)).ok() && !out->got) hedge();
+    if (out->copies == 1 && at < until && (e = wait(at)).ok() && !out->got) hedge();
   }
-  if (e.ok() && !out->got) e = wait(until, false);
-  const bool copy_won = e.ok() && out->got && out->replied != id;
+  if (e.ok() && !out->got) e = wait(until);
+  const bool copy_won = e.ok() && out->got && out->replied == hedge_id && hedge_id != 0;
+  // A stopping worker (a rolling restart) did not run it: the copy goes to the group's next worker, or, with none
+  // subscribed any more, ends at its PUBACK (docs/TOPICS.md, "A stopping server")
+  while (e.ok() && out->got && out->resent < kResendsMax && Clock::now() < until && is_stopping(link.hash16, *payload)) {
+    link.mqtt->rearm(id);  // before the copy goes out: its reply may come at once
+    uint64_t copy_id = 0;
+    out->got = false;
+    if (!(e = copy(&copy_id)).ok()) break;
+    ++out->resent, ++link.resent;
+    e = wait(until);
+  }
+  link.mqtt->finish(id);  // a no-op where a wait that ended in an error ended it already
   if (copy_won) {
     // The original's worker may be frozen. A shared subscription hands messages out in turn, so with one frozen
     // worker of two every original of this device met it: send both copies at once for a while.
     std::lock_guard<std::mutex> g(link.state);
     link.hedge_both_until = Clock::now() + std::chrono::milliseconds(int64_t(kHedgeBothS * 1000));
   }
-  out->t_sent = copy_won ? t_copy : t_sent;
+  if (out->got) out->t_sent = sent[out->replied];
   return e;
 }
 
@@ -204,7 +221,8 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
   } else if (!aw.got) {
     state.lock();
     const std::string msg = "no reply from a server for bundle " + b.topic_id + " (" + b.model_id + ") within " +
-                            fmt("%g", deadline_ms) + " ms" + (aw.copies > 1 ? " (sent twice)" : "");
+                            fmt("%g", deadline_ms) + " ms" + (aw.copies - aw.resent > 1 ? " (sent twice)" : "") +
+                            (aw.resent > 0 ? " (" + resent_note(aw.resent) + ")" : "");
     link.suspect_why = "no reply to the last request within " + fmt("%g", deadline_ms) + " ms";
     link.suspect_until = Clock::now() + std::chrono::milliseconds(int64_t(kSuspectBackoffS * 1000));
     *out = local(b, step, step.deepest(), "deadline: " + msg, t0, &t1, sent);
@@ -212,7 +230,7 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
     const double rtt = ms(aw.t_sent, aw.t_recv);
     observe_rtt(link, rtt);  // a reply came: the server is up (its answer may still be an error)
     Reply reply;
-    if (!(e = check_reply(b, payload, aw.replied, batch, &reply)).ok()) {
+    if (!(e = check_reply(b, payload, aw.replied, batch, &reply, aw.resent)).ok()) {
       // The server's ERROR frame, or a reply that is not the model's answer (a back half that fails on some
       // inputs, a worker of another bundle version on these topics): the device has an answer of its own, as
       // edgerun/device.py answers with reason "server error: ..." (a control loop got an error instead).
@@ -220,7 +238,8 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
       (*out)["bytes_received"] = payload.size();
     } else {
       const Clock::time_point t3 = Clock::now();
-      *out = json{{"answered_by", "server"}, {"reason", "server replied"}, {"request_id", reply.request_id},
+      const std::string why = "server replied" + (aw.resent > 0 ? " (" + resent_note(aw.resent) + ")" : std::string());
+      *out = json{{"answered_by", "server"}, {"reason", why}, {"request_id", reply.request_id},
                   {"worker", reply.worker}, {"outputs", reply.outputs},
                   {"timings_ms", {{"front", ms(t0, t1)}, {"encode", ms(t1, t2)}, {"round_trip", rtt},
                                   {"server", reply.server_ms}, {"network", std::max(rtt - reply.server_ms, 0.0)},
@@ -229,7 +248,8 @@ Err answer_with_exits(const DeviceBundle& b, Exits& exits, Front& front, ServerL
                   {"front_compute_fraction", step.compute_fraction}};
     }
   }
-  (*out)["hedged"] = aw.copies > 1;
+  (*out)["hedged"] = aw.copies - aw.resent > 1;
+  (*out)["resent"] = aw.resent;
   return Err::Ok();
 }
 

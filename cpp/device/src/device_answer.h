@@ -36,7 +36,12 @@ struct ServerLink {
   double            hedge_ms = 0;          // > 0: no reply this long after a request, it goes once more
   Clock::time_point hedge_both_until{};    // (state) after a hedged copy won: both copies at once until then
   std::atomic<uint64_t> hedged{0};         // requests sent a second time
+  std::atomic<uint64_t> resent{0};         // copies sent because a worker answered `stopping`
+  const uint8_t*    hash16 = nullptr;      // the bundle's (a `stopping` ERROR frame must be for it)
 };
+
+// A request a stopping worker refused goes again at most this often (edgerun/device.py RESENDS_MAX).
+constexpr int kResendsMax = 2;
 
 // Learns one round trip (ms): a reply in time, or a late one (MqttLink::on_late_reply: the server is up, only
 // slower than that deadline). An estimate older than 1 s is replaced, not averaged; the suspicion ends.
@@ -46,15 +51,18 @@ void observe_rtt(ServerLink& link, double ms);
 struct Awaited {
   bool              got = false;  // a reply came by the deadline (in `payload`)
   uint64_t          replied = 0;  // the id it answered: the request's, or its hedged copy's
-  int               copies = 1;   // how many times the frame went out
+  int               copies = 1;   // how many times the frame went out (hedged copies, copies after `stopping`)
+  int               resent = 0;   // copies sent because a worker answered `stopping` (it did not run it)
   bool              refused = false;  // the broker refused it, or had no subscriber for it (its PUBACK)
   Clock::time_point t_sent{}, t_recv{};  // when the copy that was answered went out, when its reply came
 };
 
 // Waits for the reply to request `id` (its frame published at t_sent) until `until`. With link.hedge_ms
 // it sends the frame once more, under a new id, when no reply came hedge_ms after t_sent (and at once
-// for 2 s after a copy won: see edgerun/device.py Device.infer); the first reply wins. Errors: the
-// broker lost (kExitBroker).
+// for 2 s after a copy won: see edgerun/device.py Device.infer); the first reply wins. A reply that is
+// `stopping` (that worker did not run it) sends it again at once, under a new id awaited in the same wait, at
+// most kResendsMax times while `until` leaves time (docs/TOPICS.md, "A stopping server"). Errors: the
+// broker lost (kExitBroker), or it refused a copy or had no subscriber for it (kExitBroker / kExitDeadline).
 Err await_reply(ServerLink& link, const std::vector<uint8_t>& frame, uint64_t id, Clock::time_point t_sent,
                 Clock::time_point until, uint32_t expiry_s, const std::function<uint64_t()>& next_id,
                 std::vector<uint8_t>* payload, Awaited* out);

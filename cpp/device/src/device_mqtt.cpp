@@ -112,11 +112,19 @@ void MqttLink::refuse(uint64_t id, const std::string& reason) {
   if (reason == mosquitto_reason_string(MQTT_RC_NO_MATCHING_SUBSCRIBERS)) {
     const std::string& topic = w.topic;  // edgerun/v1/<model>/<bundle topic id>/req/<device>
     const size_t m = topic.find('/', topic.find('/') + 1) + 1, h = topic.find('/', m) + 1, r = topic.find('/', h);
+    w.refused_code = kExitDeadline;  // "no server for this bundle", as when no reply comes in time
+    if (w.after_stopping) {  // edgerun/device_checks.py refusal_text(stopped=True): that server went away
+      w.refused = kNoServerTook + std::to_string(id) + ": the server that had it answered `stopping` (shut down or "
+                  "restarting), and nothing subscribes to " + topic + " on the broker at " + url_text_ + " any more (" +
+                  reason + "); send it again once `edgerun serve` for this bundle (" + topic.substr(h, r - h) + ", " +
+                  topic.substr(m, h - 1 - m) + ") is back, or run two workers in one --group so that one answers "
+                  "while the other restarts";
+      return;
+    }
     w.refused = kNoServerTook + std::to_string(id) + ": nothing subscribes to " + topic + " on the broker at " +
                 url_text_ + " (" + reason + "); start `edgerun serve` for this very bundle (" + topic.substr(h, r - h) +
                 ", " + topic.substr(m, h - 1 - m) + ") on that broker: a server of another export listens on other "
                 "topics";
-    w.refused_code = kExitDeadline;  // "no server for this bundle", as when no reply comes in time
     return;
   }
   w.refused = "the broker at " + url_text_ + " refused request " + std::to_string(id) + " (" + reason + ")" +
@@ -148,6 +156,12 @@ void MqttLink::on_message(struct mosquitto*, void* self, const struct mosquitto_
     auto it = !(have && len == 8) ? l->pending_.end() : l->pending_.find(twin == l->twin_of_.end() ? id : twin->second);
     if (it != l->pending_.end() && it->second.got) {  // both copies answered: the first one won
       l->dropped_ += it->second.replied == id;           // the same reply twice counts
+      return;
+    }
+    const auto stopped = it != l->pending_.end() ? std::find(it->second.stopped.begin(), it->second.stopped.end(), id)
+                                                 : std::vector<uint64_t>::iterator{};
+    if (it != l->pending_.end() && stopped != it->second.stopped.end()) {  // the `stopping` reply again
+      ++l->dropped_;
       return;
     }
     if (it != l->pending_.end()) {
@@ -347,13 +361,38 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
     *got = true;
     if (replied != nullptr) *replied = it->second.replied;
   }
-  if (keep && !got_ && e.ok()) return e;  // still awaited: a hedged copy is sent next
+  if (keep && e.ok()) return e;  // still awaited: a hedged copy, or a copy after `stopping`, may go next
+  finish_locked(request_id);
+  return e;
+}
+
+void MqttLink::finish(uint64_t request_id) {
+  std::lock_guard<std::mutex> g(mu_);
+  finish_locked(request_id);
+}
+
+void MqttLink::rearm(uint64_t request_id) {
+  std::lock_guard<std::mutex> g(mu_);
+  auto it = pending_.find(request_id);
+  if (it == pending_.end() || !it->second.got) return;
+  Pending& w = it->second;
+  w.stopped.push_back(w.replied);
+  w.got = false, w.replied = 0, w.after_stopping = true;
+  w.reply.clear();
+}
+
+void MqttLink::finish_locked(uint64_t request_id) {
+  auto it = pending_.find(request_id);
+  if (it == pending_.end()) return;
+  const bool got_ = it->second.got;
   std::vector<uint64_t> ids = it->second.copies;
   ids.push_back(request_id);
   for (auto m = mid_req_.begin(); m != mid_req_.end();)  // PUBACKs that came before their mid was filed
     m = std::find(ids.begin(), ids.end(), m->second) != ids.end() ? mid_req_.erase(m) : std::next(m);
+  const std::vector<uint64_t>& stopped = it->second.stopped;  // answered already (`stopping`): nothing more comes
   for (uint64_t id : ids) {
     twin_of_.erase(id);
+    if (std::find(stopped.begin(), stopped.end(), id) != stopped.end()) continue;
     if (!got_) {  // no reply at all: a late one is dropped and counted, its round trip reported
       if (late_.size() >= kLateKept) late_.erase(late_.begin());  // a dead server never answers: oldest out
       late_[id] = it->second.sent[id];
@@ -364,7 +403,6 @@ Err MqttLink::wait_reply(uint64_t request_id, Clock::time_point until, std::vect
     losers_.insert(id);
   }
   pending_.erase(it);
-  return e;
 }
 
 Err MqttLink::start_background(const std::string& resp_topic, const std::string& online, const std::string& why) {

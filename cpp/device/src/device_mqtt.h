@@ -57,14 +57,22 @@ class MqttLink {
                       uint64_t twin = 0);
   // Waits until the reply whose Correlation Data is request_id (or a hedged copy's id) comes (true; its
   // payload in *reply, when it came in *t_recv, which id in *replied) or `until` passes (false, no
-  // error). Then the request is no longer awaited, unless `keep` and no reply came (a hedge goes next);
-  // the copy that lost the race has its reply dropped quietly; a request that got no reply is remembered
-  // (the last 1024), so that its late reply, dropped and counted, reports its round trip to
-  // on_late_reply. kExitBroker when the broker is lost or refused the request in its PUBACK, kExitDeadline
-  // when nothing subscribes to its topic (both said at once; then *was_refused is true).
+  // error). Then the request is no longer awaited (as finish() ends it), unless `keep` and no error (a hedge,
+  // or a copy after a `stopping` reply, may go next; finish() ends it). kExitBroker when the broker is lost
+  // or refused the request in its PUBACK, kExitDeadline when nothing subscribes to its topic (both said at
+  // once; then *was_refused is true).
   Err wait_reply(uint64_t request_id, Clock::time_point until, std::vector<uint8_t>* reply,
                  Clock::time_point* t_recv, bool* got, uint64_t* replied = nullptr, bool keep = false,
                  bool* was_refused = nullptr);
+  // The request (kept by wait_reply) is no longer awaited: the copy that lost the race has its reply dropped
+  // quietly; a request that got no reply is remembered (the last 1024), so that its late reply, dropped and
+  // counted, reports its round trip to on_late_reply.
+  void finish(uint64_t request_id);
+  // The reply wait_reply(keep) got was `stopping` (that worker did not run the request): the request is
+  // awaited again, for a copy sent next (publish_request with twin = request_id) or a hedged copy still out;
+  // a repeat of the refused reply is dropped, and a PUBACK without a subscriber for the copy says the server
+  // stopped.
+  void rearm(uint64_t request_id);
   // Hands the connection to a background thread (mosquitto_loop_start) that reconnects with backoff
   // and re-subscribes `resp_topic` and republishes `online` on each reconnection. Called after
   // connect() + subscribe(), or after a failed connect() (then `why` says why it is down until the
@@ -97,6 +105,7 @@ class MqttLink {
                            const mosquitto_property*);
   static void on_publish(struct mosquitto*, void* self, int mid, int reason, const mosquitto_property*);
   void        refuse(uint64_t id, const std::string& reason);  // under mu_: the awaited request ends with it
+  void        finish_locked(uint64_t request_id);  // under mu_: see finish()
   static void on_message(struct mosquitto*, void* self, const struct mosquitto_message* msg,
                          const mosquitto_property* props);
 
@@ -113,7 +122,9 @@ class MqttLink {
     std::vector<uint8_t>  reply;
     Clock::time_point     t_recv{};
     uint64_t              replied = 0;  // the id whose reply came (the request's or its hedged copy's)
-    std::vector<uint64_t> copies;       // hedged copies' ids
+    std::vector<uint64_t> copies;       // hedged copies' ids, and copies sent after a `stopping` reply
+    std::vector<uint64_t> stopped;      // ids answered `stopping` (rearm): a repeat of their reply is dropped
+    bool                  after_stopping = false;  // a worker answered `stopping` (rearm)
     std::map<uint64_t, Clock::time_point> sent;  // when each id (the request's, its copies') went out
     std::string           refused;  // the broker's reason when it refused one of them in its PUBACK
     Exit                  refused_code = kExitBroker;  // kExitDeadline: no subscriber (no server for the bundle)

@@ -43,8 +43,21 @@ std::string front_codec_name(const DeviceBundle& b, const std::string& codec_fla
   return (b.codec_id == "tsq" && codec_flag != "none") ? "tsq" : "none";
 }
 
+bool is_stopping(const uint8_t* hash16, const std::vector<uint8_t>& buf) {
+  // Only an ERROR frame is decoded here (its kind is the header's byte 6): a reply is decoded once, later.
+  if (hash16 == nullptr || buf.size() <= 6 || buf[6] != uint8_t(wire::Kind::kError)) return false;
+  auto r = wire::decode(buf.data(), buf.size(), kMaxReplyBytes);
+  if (!r.ok() || !wire::check_bundle(r.value(), hash16).ok()) return false;
+  const wire::DecodedFrame& f = r.value();
+  if (f.header.kind != uint8_t(wire::Kind::kError) || f.meta_len == 0) return false;
+  const json meta = json::parse(f.meta, f.meta + f.meta_len, nullptr, false);
+  return meta.is_object() && meta.value("code", json()) == json("stopping");
+}
+
+std::string resent_note(int resent) { return "resent " + std::to_string(resent) + "x: a worker was stopping"; }
+
 Err check_reply(const DeviceBundle& b, const std::vector<uint8_t>& buf, uint64_t request_id, int64_t batch,
-                Reply* out) {
+                Reply* out, int resent) {
   auto r = wire::decode(buf.data(), buf.size(), kMaxReplyBytes);
   if (!r.ok())
     return bad_reply(std::string(wire::code_name(r.status().code())) + ": " + r.status().message());
@@ -63,6 +76,8 @@ Err check_reply(const DeviceBundle& b, const std::vector<uint8_t>& buf, uint64_t
     std::string hint;
     if (code == "wrong_bundle" || code == "bad_hash") hint = "; the server runs another bundle than " + b.topic_id;
     if (code == "bad_tensors") hint = "; device and server disagree on bundle " + b.topic_id;
+    if (code == "stopping" && resent > 0)  // the copies ran out, or the deadline left no time for another
+      hint = " (this device sent it " + std::to_string(resent + 1) + " times: each copy met a stopping worker)";
     return fail(kExitServerError, "the server refused the request (" + code + "): " + msg + hint);
   }
   if (f.header.kind != uint8_t(wire::Kind::kReply) || f.header.request_id != request_id)

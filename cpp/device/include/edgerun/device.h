@@ -65,6 +65,8 @@ struct Result {
   size_t      bytes_sent = 0, bytes_received = 0;
   double      front_compute_fraction = 1;    // bundles with exits: front compute spent
   bool        hedged = false;                // the request went out twice (Options::hedge_ms)
+  int         resent = 0;                    // sent again because the worker that had it answered `stopping`
+                                             // (it did not run it: a rolling restart), at most 2 times
   bool local() const { return answered_by != "server"; }
 };
 
@@ -124,6 +126,7 @@ class Device {
   std::string unreachable_reason() const;  // why not ("" when it is)
   uint64_t dropped_replies() const;       // late / unknown replies dropped
   uint64_t hedged() const;                // requests sent a second time (Options::hedge_ms)
+  uint64_t resent() const;                // copies sent because a worker answered `stopping` (docs/TOPICS.md)
 
  private:
   struct Impl;
