@@ -23,7 +23,7 @@ from edgerun import __version__
 from edgerun.bundle import Bundle, TensorSpec, save_samples, write_manifest
 from edgerun.errors import ConfigError, ExportError
 from edgerun.exporters import trace
-from edgerun.exporters.cuts import Cut, find_cuts, resolve_cut, shapes_of
+from edgerun.exporters.cuts import Cut, cut_at_an_end, find_cuts, resolve_cut, shapes_of
 from edgerun.exporters.evaluate import TASKS, calibration_activations, evaluate_split, is_regression
 from edgerun.exporters.models import SourceModel, resolve_model
 from edgerun.exporters.out_dir import building, check_out_dir
@@ -262,7 +262,12 @@ def _resolve_cut(traced: Traced, config: ExportConfig) -> Cut:
     try:
         return resolve_cut(traced.cuts, config.cut, inputs=inputs)
     except ExportError as exc:
-        if config.cut is None or str(config.cut).isdigit() or config.cut in inputs:  # (an index: another cut)
+        if config.cut is None or str(config.cut).isdigit() or not traced.cuts:  # (an index: another cut)
+            raise
+        at_an_end = cut_at_an_end(traced.model, traced.cuts, config.cut)  # at the output / input: no split
+        if at_an_end is not None:
+            raise ExportError(at_an_end) from None
+        if config.cut in inputs:
             raise
         try:
             wider = resolve_cut(find_cuts(traced.model, max_tensors=8), config.cut, inputs=inputs)
