@@ -66,9 +66,9 @@ def pack(bundle: str | os.PathLike, side: str, out: str | os.PathLike, keep: tup
         raise ConfigError(f"--out {out}: the directory {out.parent} does not exist")
     src = Path(bundle)
     if src.is_file() and out.resolve() == src.resolve():  # os.replace put the one side's copy in its place
+        stem = next(out.name[:-len(x)] for x in ARCHIVE_SUFFIXES if out.name.endswith(x))
         raise ConfigError(f"--out {out} is the bundle archive being packed, which the pack would replace; give "
-                          "the pack another name, e.g. --out "
-                          f"{out.with_name(out.name.split('.t')[0] + '-' + side + '.tar.gz')}")
+                          f"the pack another name, e.g. --out {out.with_name(f'{stem}-{side}.tar.gz')}")
     path, manifest, tmp = open_any_bundle(src)
     try:
         if (path / PACKED).is_file():
