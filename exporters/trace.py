@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import onnx
 import torch
+from torch.nn.parameter import is_lazy
 
 from edgerun.errors import ExportError
 from edgerun.exporters.as_strided import fold_identity_gathers
@@ -131,8 +132,9 @@ def _state(module: torch.nn.Module) -> _State:
     """A copy of every buffer and parameter, to tell whether forward() changes them. The parameters' copy
     doubles their memory only for these eager runs, before the trace; the trace itself holds more (the ONNX
     model keeps its own copy of every weight)."""
-    params = dict(module.named_parameters())
-    return _State({n: t.detach().clone() for n, t in module.named_buffers()}, params,
+    # a lazy module's (nn.LazyLinear) are set by its first forward(), as meant: not state that forward() changes
+    params = {n: p for n, p in module.named_parameters() if not is_lazy(p)}
+    return _State({n: t.detach().clone() for n, t in module.named_buffers() if not is_lazy(t)}, params,
                   {n: p.detach().clone() for n, p in params.items()})
 
 

@@ -228,6 +228,13 @@ class Scaled(Decay):  # a changed copy: exports
 def decay(): return Decay(), torch.randn(1, 4)
 def bump(): return Bump(), torch.randn(1, 4)
 def swap(): return Swap(), torch.randn(1, 4)
+class Lazy(torch.nn.Module):  # its first forward() sets its weights' shape and values, as meant: exports
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.LazyLinear(8), torch.nn.Linear(8, 2)
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+def lazy(): return Lazy(), torch.randn(1, 4)
 def clamp(): return Clamp(), torch.randn(1, 4)
 def scaled(): return Scaled(), torch.randn(1, 4)
 '''
@@ -258,6 +265,16 @@ def test_a_forward_that_writes_its_parameters_is_refused_and_the_model_put_back(
     for n, p in after.items():  # put back: the same objects, the same values
         assert p is objects[n] and torch.equal(p.detach(), before[n]), n
     assert trace_model(f"{path}:scaled").cuts
+
+
+def test_a_lazy_module_whose_first_forward_sets_its_weights_still_exports(tmp_path):
+    """nn.LazyLinear's weights are made by its first forward(): not a forward() that writes its parameters
+    (the check's copy of an uninitialized parameter failed with torch's traceback)."""
+    from edgerun.exporters.pipeline import trace_model
+
+    path = tmp_path / "m.py"
+    path.write_text(WRITES_WEIGHTS)
+    assert trace_model(f"{path}:lazy").cuts
 
 WRAPPED = '''
 import torch
