@@ -68,9 +68,13 @@ def extract_archive(p: Path, k: Kind) -> tuple[Path, Any]:
                 f"archive {p} could not be unpacked into {tmp.name} ({exc}); free space there or point TMPDIR "
                 "at a writable disk, or unpack it yourself (tar -xf) and pass the directory"
             ) from exc
-        found = list(Path(tmp.name).rglob(MANIFEST))
+        found = sorted(Path(tmp.name).rglob(MANIFEST))
         if len(found) != 1:
-            raise BundleError(f"archive {p} must hold exactly one {MANIFEST}, found {len(found)}")
+            where = [str(f.relative_to(tmp.name)) for f in found]
+            todo = (f"it holds no {k.noun}: {k.make}" if not found else
+                    f"it holds {len(found)} ({', '.join(where[:4])}): archive each {k.noun} alone, or unpack it "
+                    "(tar -xf) and pass the directory of the one to use")
+            raise BundleError(f"archive {p} must hold exactly one {MANIFEST}, found {len(found)}; {todo}")
     except BaseException:
         tmp.cleanup()
         raise

@@ -65,6 +65,10 @@ def pack(bundle: str | os.PathLike, side: str, out: str | os.PathLike, keep: tup
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: the directory {out.parent} does not exist")
     src = Path(bundle)
+    if src.is_file() and out.resolve() == src.resolve():  # os.replace put the one side's copy in its place
+        stem = next(out.name[:-len(x)] for x in ARCHIVE_SUFFIXES if out.name.endswith(x))
+        raise ConfigError(f"--out {out} is the bundle archive being packed, which the pack would replace; give "
+                          f"the pack another name, e.g. --out {out.with_name(f'{stem}-{side}.tar.gz')}")
     path, manifest, tmp = open_any_bundle(src)
     try:
         if (path / PACKED).is_file():
@@ -79,7 +83,9 @@ def pack(bundle: str | os.PathLike, side: str, out: str | os.PathLike, keep: tup
         try:  # written beside, renamed at the end: no half archive at --out, an older one kept on failure
             # gzip's fastest level: float weights hardly compress, and level 9 took seconds per 100 MB
             mode = {"mode": "w"} if out.name.endswith(".tar") else {"mode": "w:gz", "compresslevel": 1}
-            with tarfile.open(part, **mode) as tf:
+            # dereference: a file of the bundle that is a link (to a store inside it, which the manifest's
+            # check allows) goes in as its bytes; as a link it dangled in the pack, or was refused unpacking
+            with tarfile.open(part, dereference=True, **mode) as tf:
                 tf.add(path / MANIFEST, f"{top}/{MANIFEST}")
                 for name in kept:
                     tf.add(path / name, f"{top}/{name}")

@@ -1,17 +1,17 @@
 """Stage 2 of export: the valid cut points of a (DAG) ONNX graph and their cost.
 
-A cut after position ``i`` of the topological order is *valid* when the
-non-constant tensors produced at or before ``i`` and still needed after it
-(the "crossing set") are few (``max_tensors``, 1 by default) and are not
-all raw model inputs. A model input that the front half does not read to the end
-(a robot's joint state, concatenated with the image features deep in the model)
-passes through: the device sends it as it came, beside what the front computed, and
-it does not count towards ``max_tensors``. With residual blocks the graph is a DAG, not a
-chain: inside a block the skip tensor is live next to the main path, so a
-single-tensor cut only exists at block boundaries. A tensor that every path
-from input to output passes through (a separator) is always found this way:
-any non-constant node ordered after it must depend on it. Only float32 tensors of shape
-[batch, static dims] cross (the wire frame and the codec carry float32, batch first).
+A cut after position ``i`` of the topological order is *valid* when the non-constant tensors
+produced at or before ``i`` and still needed after it (the "crossing set") are few (``max_tensors``,
+1 by default) and are not all raw model inputs, the front half computes something (a reshape of the
+input alone is no split: ``LAYOUT_OPS``) and the back half does not start after a model output; a
+``--cut`` at either end is told what it is (``cut_at_an_end``). A model input that the front half
+does not read to the end (a robot's joint state, concatenated with the image features deep in the
+model) passes through: the device sends it as it came, beside what the front computed, and it does
+not count towards ``max_tensors``. With residual blocks the graph is a DAG, not a chain: inside a
+block the skip tensor is live next to the main path, so a single-tensor cut only exists at block
+boundaries. A tensor that every path from input to output passes through (a separator) is always
+found this way: any non-constant node ordered after it must depend on it. Only float32 tensors of
+shape [batch, static dims] cross (the wire frame and the codec carry float32, batch first).
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ import onnx
 from edgerun.errors import ExportError
 from edgerun.exporters.trace import module_scopes
 
+# Ops that only reorder or relabel a tensor's values: a front half of these alone computes nothing (it sends
+# the raw input, all its bytes, in another shape), so a cut after them is no split, and an exit head there
+# would read the raw input. (Slice / Gather are not here: a crop sends fewer bytes than it was given.)
+LAYOUT_OPS = frozenset({"Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity"})
 
 
 @dataclass(frozen=True)
@@ -108,12 +112,14 @@ def find_cuts(model: onnx.ModelProto, *, max_tensors: int = 1) -> list[Cut]:
     outputs = {o.name for o in g.output}
     last_use = _last_use(nodes, outputs)
     macs = [0 if all(i in const for i in n.input) else node_macs(n, shapes) for n in nodes]
+    computes = _computes(nodes, macs)
     total = sum(macs)
     cuts: list[Cut] = []
     live: dict[str, int] = {name: -1 for name in inputs}
-    prefix = 0
+    prefix, front_computes = 0, False
     for i, node in enumerate(nodes[:-1]):
         prefix += macs[i]
+        front_computes |= computes[i]
         for out in node.output:
             if out not in const:
                 live[out] = i
@@ -127,13 +133,18 @@ def find_cuts(model: onnx.ModelProto, *, max_tensors: int = 1) -> list[Cut]:
             continue  # the wire carries float32: an int64 crossing (ids.long()) exported, then every request failed
         if batch_first is not None and not all(t in batch_first for t in crossing):
             continue  # a GRU's [seq, dirs, batch, hidden]: the codec and server batching split it on axis 0
-        if all(macs[j] == 0 for j in range(i + 1)):
+        if not front_computes:  # the raw input, reshaped at most: all on the server, not a split
             continue
         tshapes = tuple(shapes.get(t, ()) for t in crossing)
         nbytes = sum(4 * int(np.prod(s)) for s in tshapes)
         label = _label(nodes, i, crossing)
         cuts.append(Cut(len(cuts), i, label, crossing, tshapes, nbytes, prefix, total - prefix))
     return _unique_labels(cuts)
+
+
+def _computes(nodes: list[onnx.NodeProto], macs: list[int]) -> list[bool]:
+    """Per node: does it compute (not constant, not a mere reshape of its input: ``LAYOUT_OPS``)."""
+    return [m > 0 and n.op_type not in LAYOUT_OPS for n, m in zip(nodes, macs)]
 
 
 def _batch_first_tensors(model: onnx.ModelProto) -> set[str] | None:
@@ -234,4 +245,59 @@ def resolve_cut(cuts: list[Cut], spec: str | int | None, *, inputs: Collection[s
     if by_name is not None or by_index is not None:
         return by_name or by_index
     listing = ", ".join(c.label for c in cuts[:40]) + (" ..." if len(cuts) > 40 else "")
-    raise ExportError(f"no valid cut named {s!r}. Valid cuts (see `--list-cuts`): {listing}")
+    indices = f" (indices 0..{len(cuts) - 1})" if s.isdigit() else ""
+    raise ExportError(f"no valid cut named {s!r}. Valid cuts{indices} (see `--list-cuts`): {listing}")
+
+
+def cut_at_an_end(model: onnx.ModelProto, cuts: list[Cut], spec: str | int) -> str | None:
+    """Why ``spec`` (a ``--cut`` that names no valid cut) is no split, when it lies at an end of the model:
+    at or after its output (nothing left for the server) or at its input (nothing computed on the device).
+
+    ``spec`` is matched as a tensor name, a module's label (the cut after its last node) or a
+    ``<module>/<op>`` label, as ``find_cuts`` names cuts. Returns the message for the user, or None
+    (``spec`` names no such point: the caller's generic error lists the valid cuts).
+    """
+    g = model.graph
+    nodes, s = list(g.node), str(spec)
+    outputs = [o.name for o in g.output]
+    inputs = [i.name for i in g.input]
+    pos = _position(nodes, s)
+    if s not in outputs and pos is None and not (len(inputs) == 1 and s in inputs):
+        return None
+    const, shapes = constant_tensors(model), shapes_of(model)
+    computes = _computes(nodes, [0 if all(i in const for i in n.input) else node_macs(n, shapes) for n in nodes])
+    made = {t: i for i, n in enumerate(nodes) for t in n.output}
+    pos = made.get(s, len(nodes) - 1) if s in outputs else (-1 if s in inputs else pos)
+    done = [o for o in outputs if made.get(o, len(nodes)) <= pos]
+    deepest = f"`--list-cuts`; the deepest is {cuts[-1].label!r}"
+    if not any(computes[pos + 1:]):
+        at = f" {done[-1]!r}" if done and done[-1] != s else ""
+        return (f"--cut {s}: that is at the model's output{at}: the device would compute all of the model and leave "
+                f"nothing for the server. Choose an earlier cut ({deepest}), or, to run the model whole on the "
+                "device, split nothing: a bundle's whole.onnx is the whole model (onnxruntime)")
+    if done:  # a model of several outputs, cut after one of them is made
+        what = "that is a model output" if s == done[0] else f"the model's output {done[0]!r} is made before it"
+        return (f"--cut {s}: {what}: it would be computed on the device, and the server gives every output; "
+                f"choose a cut before {done[0]!r} is made ({deepest})")
+    if not any(computes[:pos + 1]):
+        what = "nothing" if pos < 0 else "nothing but a reshape of the input"
+        return (f"--cut {s}: that is at the model's input: the device would compute {what} and send the raw "
+                "input, which is all on the server, not a split (`edgerun serve BUNDLE --with-whole` serves the "
+                "whole model beside a split, and `edgerun bench` compares the two). Choose a later cut "
+                f"(`--list-cuts`; the first is {cuts[0].label!r})")
+    return None
+
+
+def _position(nodes: list[onnx.NodeProto], s: str) -> int | None:
+    """The node after which ``s`` would cut: the node making the tensor ``s``, the last node of the module
+    ``s``, or the node ``<module>/<op>``; None when ``s`` names none of these."""
+    last: dict[str, int] = {}
+    for i, n in enumerate(nodes):
+        if s in n.output:
+            return i
+        scopes, op = module_scopes(n)
+        for scope in scopes:
+            last[scope] = i
+        if scopes and s == f"{scopes[-1]}/{op}":
+            return i
+    return last.get(s)

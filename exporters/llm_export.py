@@ -24,7 +24,7 @@ from edgerun.errors import ConfigError, ExportError
 from edgerun.exporters import llm_codec
 from edgerun.exporters import llm_model as lm
 from edgerun.exporters import llm_quant
-from edgerun.exporters.pipeline import building, check_out_dir
+from edgerun.exporters.out_dir import building, check_out_dir
 from edgerun.exporters.trace import quiet_torch_export
 
 MODEL_ID = "smollm2-135m-instruct"
@@ -103,7 +103,7 @@ def export_llm(out: str | Path, *, cut: int = DEFAULT_CUT, max_context: int = 20
     back_t = lm.build_stage(cfg, weights, cut, cfg.layers, embed=False, head=True)
     whole_t = lm.build_stage(cfg, weights, 0, cfg.layers, embed=True, head=True)
     del weights
-    with building(final) as d:  # a failed export leaves an old bundle intact
+    with building(final, LLM_FORMAT_NAME) as d:  # a failed export leaves an old bundle intact
         export_onnx(front_t, d / rt.FRONT)
         export_onnx(back_t, d / rt.BACK)
         embed = (llm_quant.quantize_embedding(d / rt.FRONT, cfg.vocab, cfg.hidden) if embedding == "int8"

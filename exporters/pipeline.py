@@ -10,10 +10,7 @@ Example:
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -23,13 +20,13 @@ import numpy as np
 import onnx
 
 from edgerun import __version__
-from edgerun.bundle import (FORMAT_NAME, LLM_FORMAT_NAME, TOOLS_FORMAT_NAME, Bundle, TensorSpec, manifest_format,
-                            save_samples, write_manifest)
+from edgerun.bundle import Bundle, TensorSpec, save_samples, write_manifest
 from edgerun.errors import ConfigError, ExportError
 from edgerun.exporters import trace
-from edgerun.exporters.cuts import Cut, find_cuts, resolve_cut, shapes_of
+from edgerun.exporters.cuts import Cut, cut_at_an_end, find_cuts, resolve_cut, shapes_of
 from edgerun.exporters.evaluate import TASKS, calibration_activations, evaluate_split, is_regression
 from edgerun.exporters.models import SourceModel, resolve_model
+from edgerun.exporters.out_dir import building, check_out_dir
 from edgerun.exporters.quantize_back import BACK_PRECISIONS, quantize_back
 from edgerun.exporters.quantize_front import ACTS as FRONT_ACTS
 from edgerun.exporters.quantize_front import MODES as FRONT_PRECISIONS
@@ -160,7 +157,8 @@ def export(spec: str | SourceModel | Traced, config: ExportConfig, out_dir: str 
     Args:
         spec: model spec (``zoo:NAME`` or ``file.py:fn``), a SourceModel, or a Traced model.
         config: the export options.
-        out_dir: the bundle directory to write (replaced if it holds an old bundle).
+        out_dir: the bundle directory to write (replaced if it holds an old bundle and nothing else:
+            ``out_dir.check_out_dir``).
 
     Returns:
         The written, verified bundle.
@@ -264,7 +262,12 @@ def _resolve_cut(traced: Traced, config: ExportConfig) -> Cut:
     try:
         return resolve_cut(traced.cuts, config.cut, inputs=inputs)
     except ExportError as exc:
-        if config.cut is None or str(config.cut).isdigit() or config.cut in inputs:  # (an index: another cut)
+        if config.cut is None or str(config.cut).isdigit() or not traced.cuts:  # (an index: another cut)
+            raise
+        at_an_end = cut_at_an_end(traced.model, traced.cuts, config.cut)  # at the output / input: no split
+        if at_an_end is not None:
+            raise ExportError(at_an_end) from None
+        if config.cut in inputs:
             raise
         try:
             wider = resolve_cut(find_cuts(traced.model, max_tensors=8), config.cut, inputs=inputs)
@@ -276,38 +279,6 @@ def _resolve_cut(traced: Traced, config: ExportConfig) -> Cut:
         raise ExportError(f"cut {wider.label!r} crosses {len(computed)} tensors ({', '.join(computed)}){besides}, "
                           f"more than --max-cut-tensors {config.max_cut_tensors} allows: add --max-cut-tensors "
                           f"{len(computed)}, or choose a single-tensor cut (`--list-cuts`)") from None
-
-
-@contextmanager
-def building(final: Path) -> Iterator[Path]:
-    """A new directory beside ``final`` to write into; swapped in at ``final`` when the block ends,
-    deleted when it raises (a failed export leaves the old bundle, or index, intact)."""
-    d = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield d
-    except BaseException:
-        shutil.rmtree(d, ignore_errors=True)
-        raise
-    d.chmod(0o755)  # mkdtemp made it private
-    swap_in(d, final)
-
-
-def swap_in(new: Path, final: Path) -> None:
-    """Put ``new`` at ``final``; an old bundle there is moved aside first and deleted only after."""
-    if not final.exists():
-        new.rename(final)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
-    final.rename(old / final.name)
-    try:
-        new.rename(final)
-    except BaseException:
-        (old / final.name).rename(final)
-        shutil.rmtree(new, ignore_errors=True)
-        raise
-    finally:
-        if final.exists():  # the new bundle, or the old one put back: `old` holds nothing needed
-            shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_bundle(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig) -> None:
@@ -362,48 +333,6 @@ def _build_exits(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native:
     files.update(ex_files)
     rep["asked"] = n  # more than fit before the cut gives the ones that fit (the summary says so)
     return entry, rep
-
-
-def check_out_dir(out_dir: str | Path, format_name: str = FORMAT_NAME) -> Path:
-    """The bundle directory ``out_dir`` as an absolute path, checked before any work is done.
-
-    ``format_name``: what will be written there (a model bundle, or a tool index). A directory that
-    holds the other kind (its manifest's ``format``) is refused: replacing it would lose it.
-
-    Raises:
-        ConfigError: it is a file or a directory that holds something else than a bundle, it is
-            the working directory or one above it (the export replaces the whole directory:
-            ``--out .`` inside an old bundle deleted it and the new one), or its parent cannot
-            be written.
-    """
-    raw = str(out_dir)
-    if not raw.strip():
-        raise ConfigError("--out is empty; give the bundle directory to write, e.g. --out bundles/model")
-    out = Path(raw).expanduser().resolve()
-    if out.name.endswith((".tar", ".tar.gz", ".tgz")):
-        raise ConfigError(f"--out {raw}: an export writes a bundle directory, not an archive; give a directory "
-                          f"and archive it after (tar -czf {out.name.split('.tar')[0]}.tar.gz -C DIR .)")
-    if out == Path(out.anchor) or out == Path.cwd().resolve() or out in Path.cwd().resolve().parents:
-        raise ConfigError(f"--out {raw} is the directory you are in (or above it), and an export replaces "
-                          "its --out directory whole; give a new directory, e.g. --out bundles/model")
-    if out.exists() and (not out.is_dir() or ((any(out.iterdir())) and not (out / "manifest.json").exists())):
-        raise ConfigError(f"{out} exists and is not a bundle; choose an empty or new --out directory")
-    found = manifest_format(out)  # None for a damaged old bundle: re-exporting is how it is repaired
-    if found is not None and found != format_name:
-        what = {FORMAT_NAME: "a model bundle", TOOLS_FORMAT_NAME: "a tool index",
-                LLM_FORMAT_NAME: "an LLM bundle"}.get(found, f"a {found!r} directory")
-        raise ConfigError(f"{out} holds {what}, which this would replace; choose an empty or new --out directory")
-    above = next(a for a in out.parents if a.exists())
-    if not above.is_dir():  # said "cannot write the bundle beside x/b (File exists)"
-        raise ConfigError(f"--out {raw}: {above} is a file, not a directory; choose an --out outside it")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent)
-        os.rmdir(probe)
-    except OSError as exc:
-        raise ConfigError(f"cannot write the bundle beside {out} ({exc.strerror or exc}); "
-                          "choose a writable --out directory") from exc
-    return out
 
 
 def _samples(src: SourceModel) -> Inputs:

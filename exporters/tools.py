@@ -31,7 +31,7 @@ from edgerun import tools as rt
 from edgerun.bundle import TOOLS_FORMAT_NAME, write_manifest
 from edgerun.errors import ConfigError
 from edgerun.exporters import tool_encoder
-from edgerun.exporters.pipeline import building, check_out_dir
+from edgerun.exporters.out_dir import building, check_out_dir
 from edgerun.exporters.tools_data import Query
 
 DEFAULT_RULE = rt.Rule(floor=-1.0, margin=2.0, k_max=5)
@@ -173,7 +173,7 @@ def build_index(catalog: list[dict[str, Any]], out: str | Path, *, queries: list
         raise ConfigError(f"labelled queries name tools not in the catalog: {sorted(unknown)[:5]}")
     final = check_out_dir(out, TOOLS_FORMAT_NAME)
     src = tool_encoder.model_dir()
-    with building(final) as d:  # a failed build leaves an old index intact
+    with building(final, TOOLS_FORMAT_NAME) as d:  # a failed build leaves an old index intact
         tool_encoder.export_onnx(tool_encoder.load_minilm(src), d / rt.ENCODER)
         shutil.copyfile(src / "tokenizer.json", d / rt.TOKENIZER)
         encoder = rt.Encoder(d / rt.ENCODER, d / rt.TOKENIZER, tool_encoder.MAX_TOKENS, threads)

@@ -16,9 +16,11 @@ import io
 import logging
 import sys
 import warnings
+from dataclasses import dataclass
 
 import onnx
 import torch
+from torch.nn.parameter import is_lazy
 
 from edgerun.errors import ExportError
 from edgerun.exporters.as_strided import fold_identity_gathers
@@ -116,21 +118,45 @@ def _check_samples_alone(module: torch.nn.Module, examples: tuple[torch.Tensor, 
                               "sample's own dims, x.mean(dim=tuple(range(1, x.dim())), keepdim=True), not x.mean())")
 
 
-def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of every buffer, to tell whether forward() changes them (the weights are not copied: a forward()
-    that writes its parameters is rarer than a doubled peak memory)."""
-    return {n: t.detach().clone() for n, t in module.named_buffers()}
+@dataclass
+class _State:
+    """What forward() must leave as it found it: every buffer and every parameter (copies of their values,
+    and the parameter objects themselves, so that one forward() replaced is put back as it was)."""
+
+    buffers: dict[str, torch.Tensor]
+    params: dict[str, torch.nn.Parameter]
+    param_values: dict[str, torch.Tensor]
 
 
-def _restore(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+def _state(module: torch.nn.Module) -> _State:
+    """A copy of every buffer and parameter, to tell whether forward() changes them. The parameters' copy
+    doubles their memory only for these eager runs, before the trace; the trace itself holds more (the ONNX
+    model keeps its own copy of every weight)."""
+    # a lazy module's (nn.LazyLinear) are set by its first forward(), as meant: not state that forward() changes
+    params = {n: p for n, p in module.named_parameters() if not is_lazy(p)}
+    return _State({n: t.detach().clone() for n, t in module.named_buffers() if not is_lazy(t)}, params,
+                  {n: p.detach().clone() for n, p in params.items()})
+
+
+def _restore(module: torch.nn.Module, state: _State) -> None:
     with torch.no_grad():
         for n, t in module.named_buffers():
-            if n in state and not _same(t, state[n]):
-                if t.shape == state[n].shape and t.dtype == state[n].dtype:
-                    t.copy_(state[n])
+            if n in state.buffers and not _same(t, state.buffers[n]):
+                if t.shape == state.buffers[n].shape and t.dtype == state.buffers[n].dtype:
+                    t.copy_(state.buffers[n])
                 else:  # forward() put another tensor there (self.buf = torch.cat(...))
                     owner, _, leaf = n.rpartition(".")
-                    module.get_submodule(owner)._buffers[leaf] = state[n]
+                    module.get_submodule(owner)._buffers[leaf] = state.buffers[n]
+        for n, p in state.params.items():
+            owner, _, leaf = n.rpartition(".")
+            holder = module.get_submodule(owner)
+            if holder._parameters.get(leaf) is not p:  # forward() put another one there (self.w = Parameter(...))
+                holder._parameters[leaf] = p
+            if not _same(p, state.param_values[n]):  # written in place (.data.mul_, +=) or its .data replaced
+                if p.shape == state.param_values[n].shape and p.dtype == state.param_values[n].dtype:
+                    p.copy_(state.param_values[n])
+                else:
+                    p.data = state.param_values[n]
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -142,14 +168,27 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return torch.equal(a, b)
 
 
-def _check_stateless(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Refuse a forward() that changes the model's buffers (``self.count += 1``, a running statistic).
+def _check_stateless(module: torch.nn.Module, state: _State) -> None:
+    """Refuse a forward() that changes the model's buffers (``self.count += 1``, a running statistic) or its
+    parameters (``self.weight.data.mul_(0.9)``, ``self.w += 1``).
 
     The exporter's own runs of the model moved such a buffer, and the traced graph then added the update to
     the value it had after them: the bundle's every answer differed from the model's first one (by 2 for
-    a step counter) and verify found nothing, as it compares the bundle with itself. The model is put back.
+    a step counter) and verify found nothing, as it compares the bundle with itself. A parameter written so
+    was exported as it stood after those runs: weights the model the user runs never had. The model is put
+    back (``_restore``).
     """
-    changed = [n for n, t in module.named_buffers() if n in state and not _same(t, state[n])]
+    params = dict(module.named_parameters())
+    changed_params = [n for n, v in state.param_values.items() if n not in params or not _same(params[n], v)]
+    if changed_params:
+        many = len(changed_params) > 1
+        raise ExportError(f"forward() changes the model's parameter{'s' if many else ''} "
+                          f"{', '.join(repr(n) for n in changed_params[:4])} (e.g. self.weight.data.mul_(0.9), "
+                          "self.w += 1): the bundle would hold the weights as the exporter's own runs left them, "
+                          "not the ones your model answers with; compute with a changed copy in forward() "
+                          "(w = self.weight * 0.9) and change weights only when training (an optimizer step, "
+                          "`if self.training:`; edgerun runs the model in eval mode)")
+    changed = [n for n, t in module.named_buffers() if n in state.buffers and not _same(t, state.buffers[n])]
     if not changed:
         return
     raise ExportError(f"forward() changes the model's buffer{'s' if len(changed) > 1 else ''} "

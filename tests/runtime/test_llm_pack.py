@@ -42,3 +42,13 @@ def test_local_fallback_needs_the_back_half_at_start(llm_bundle, tmp_path):
         LlmDevice(d, f"mqtt://127.0.0.1:{closed_port()}", local_fallback=True)
     kept = llm.LlmBundle.load(_device_copy(llm_bundle, tmp_path / "k", keep=("back.onnx",)))
     assert kept.packed["omitted"] == [] and kept.file("back.onnx").is_file()
+
+
+def test_an_llm_export_writes_only_what_a_re_export_may_replace(llm_bundle):
+    """`llm export --out` over an old LLM bundle refuses files that are not its own (``out_dir``): every
+    file the export writes must count as its own, or a plain re-export would be refused."""
+    from edgerun.bundle import LLM_FORMAT_NAME
+    from edgerun.exporters.out_dir import check_out_dir, foreign_files
+
+    assert foreign_files(llm_bundle.path, LLM_FORMAT_NAME) == []
+    assert check_out_dir(llm_bundle.path, LLM_FORMAT_NAME) == llm_bundle.path.resolve()

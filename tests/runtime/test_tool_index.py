@@ -146,6 +146,20 @@ def test_a_rebuild_replaces_the_index_and_other_directories_are_kept(index_dir, 
     assert (keep / "todo.txt").read_text() == "mine"
 
 
+
+def test_a_rebuild_over_an_index_keeps_the_user_s_files(index_dir, tmp_path):
+    """`tools build --out` over an index replaced it whole, with whatever the user had put into it."""
+    from edgerun.exporters.out_dir import foreign_files
+
+    assert foreign_files(index_dir[0], TOOLS_FORMAT_NAME) == []  # what a build writes is all its own
+    copy = tmp_path / "robot"
+    shutil.copytree(index_dir[0], copy)
+    (copy / "my_tools.json").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds my_tools\.json, which is not part of the tool index there"):
+        tools.build_index(CATALOG[:3], copy)
+    assert (copy / "my_tools.json").read_text() == "mine" and ToolIndex.load(copy).hash == ToolIndex.load(
+        index_dir[0]).hash
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "edgerun", "tools", *args], capture_output=True, text=True,
                           timeout=300)

@@ -220,3 +220,14 @@ def test_a_resealed_damaged_samples_npz_is_named(golden_copy, damage):
     b = Bundle.load(golden_copy)  # the manifest vouches for the damaged file: only reading it can tell
     with pytest.raises(BundleError, match=r"samples\.npz .*(damaged|no 'inputs').*re-export"):
         b.samples()
+
+
+def test_an_archive_of_two_bundles_says_which_and_what_to_do(golden_copy, tmp_path):
+    """An archive of a folder holding two bundles (or a bundle with an old copy inside) was refused as "must hold
+    exactly one manifest.json, found 2", not saying where they are or what to do."""
+    shutil.copytree(golden_copy, tmp_path / "two" / "old")
+    shutil.copytree(golden_copy, tmp_path / "two" / "new")
+    arc = _tar(tmp_path / "two", tmp_path / "two.tar.gz", "w:gz")
+    with pytest.raises(BundleError, match=r"found 2; it holds 2 \(bundle/new/manifest\.json, bundle/old/manifest\.json"
+                                          r"\): archive each bundle alone, or unpack it \(tar -xf\) and pass"):
+        Bundle.load(arc)

@@ -81,3 +81,93 @@ def test_without_a_cut_in_the_middle_band_the_default_is_nearest_forty_percent()
 
     cuts = [cut(0, 0.05, 4000), cut(1, 0.1, 3000), cut(2, 0.9, 2000), cut(3, 0.999, 40)]
     assert resolve_cut(cuts, None).label == "c1"
+
+
+ENDS = '''
+import torch
+from torch import nn
+
+
+class Flat(nn.Module):  # flattens the raw input first: a cut after that computes nothing on the device
+    def __init__(self):
+        super().__init__()
+        self.flat, self.fc1, self.act, self.fc2 = nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(self.flat(x))))
+
+
+class Heads(nn.Module):  # two outputs: "action" is made before "value"
+    def __init__(self):
+        super().__init__()
+        self.a, self.pi, self.v = nn.Linear(6, 16), nn.Linear(16, 3), nn.Linear(3, 1)
+
+    def forward(self, x):
+        action = self.pi(torch.relu(self.a(x)))
+        return {"action": action, "value": self.v(torch.relu(action))}
+
+
+def flat():
+    return Flat(), torch.randn(1, 1, 8, 8)
+
+
+def heads():
+    return Heads(), torch.randn(1, 6)
+'''
+
+
+@pytest.fixture(scope="module")
+def ends(tmp_path_factory):
+    from edgerun.exporters.pipeline import trace_model
+
+    path = tmp_path_factory.mktemp("ends") / "ends.py"
+    path.write_text(ENDS)
+    return {fn: trace_model(f"{path}:{fn}") for fn in ("flat", "heads")}
+
+
+@pytest.mark.parametrize("spec", ["fc", "logits"])
+def test_a_cut_at_the_model_s_output_says_nothing_would_be_left_for_the_server(digits_traced, tmp_path, spec):
+    """`--cut fc` (the last layer) or `--cut logits` said only "no valid cut named 'fc'"."""
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    with pytest.raises(ExportError, match=rf"--cut {spec}: that is at the model's output.*leave nothing for the "
+                                          r"server\. Choose an earlier cut \(`--list-cuts`; the deepest is 'flatten'\)"
+                                          r", or, to run the model whole on the device, split nothing"):
+        export(digits_traced, ExportConfig(cut=spec, evaluate=False), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_cut_after_one_of_several_outputs_names_it(ends, tmp_path):
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    for spec in ("pi", "action"):
+        with pytest.raises(ExportError, match=r"'action' is made before it|that is a model output: it would be "
+                                              r"computed on the device, and the server gives every output; choose a "
+                                              r"cut before 'action' is made"):
+            export(ends["heads"], ExportConfig(cut=spec, evaluate=False), tmp_path / "b")
+    with pytest.raises(ExportError, match=r"--cut v: that is at the model's output 'value': .*nothing for the server"):
+        export(ends["heads"], ExportConfig(cut="v", evaluate=False), tmp_path / "b")
+
+
+def test_a_cut_at_the_input_is_no_split_and_a_reshape_of_the_input_is_no_cut(digits_traced, ends, tmp_path):
+    """`--cut image` was told it "crosses every cut before the model reads it to the end" (words for an input
+    passing through beside another); a model that flattens its input first had a cut after the Flatten
+    ("2.6 % of MACs on the device": the raw input sent reshaped), and `--exits auto` put a head there, on the
+    raw input."""
+    from edgerun.exporters.exits import choose_points
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    with pytest.raises(ExportError, match=r"--cut image: that is at the model's input: the device would compute "
+                                          r"nothing and send the raw input, which is all on the server, not a split.*"
+                                          r"Choose a later cut \(`--list-cuts`; the first is 'stem\.1'\)"):
+        export(digits_traced, ExportConfig(cut="image", evaluate=False), tmp_path / "b")
+    flat = ends["flat"]
+    assert [c.label for c in flat.cuts] == ["fc1", "act"]
+    for spec in ("flat", "input"):
+        with pytest.raises(ExportError, match=rf"--cut {spec}: that is at the model's input: the device would compute "
+                                              r"nothing.* Choose a later cut \(`--list-cuts`; the first is 'fc1'\)"):
+            export(flat, ExportConfig(cut=spec, evaluate=False), tmp_path / "b")
+    assert [p.label for p in choose_points(flat.cuts, flat.cuts[0], 3)] == ["fc1"]  # no head on the raw input
+    with pytest.raises(ExportError, match=r"no valid cut named '9'\. Valid cuts \(indices 0\.\.1\)"):
+        export(flat, ExportConfig(cut=9, evaluate=False), tmp_path / "b")
+    assert not (tmp_path / "b").exists()

@@ -185,3 +185,103 @@ def test_a_model_without_data_is_measured_on_inputs_it_was_not_calibrated_on(tmp
     src = resolve_model(f"{path}:mlp")
     draws = [synthetic_inputs(src, 4, seed) for seed in (SEED_SAMPLES, SEED_CALIB, SEED_EVAL)]
     assert not any(np.array_equal(a, c) for i, a in enumerate(draws) for c in draws[i + 1:])
+
+
+def test_re_export_refuses_an_out_holding_the_user_s_files_and_keeps_them(digits_traced, tmp_path):
+    """A re-export over a bundle directory replaced it whole: the notes, calibration set, archive and folder
+    the user had put into it were deleted. Now refused before any work, naming them; the old bundle kept."""
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    old = export(digits_traced, ExportConfig(evaluate=False), tmp_path / "b")
+    mine = {"notes.txt": b"cut at block1 next", "calib.npz": b"x", "b-device.tar.gz": b"y",
+            "rpi4.toml": b"z", "data/run1.npz": b"w"}
+    for name, data in mine.items():
+        (old.path / name).parent.mkdir(exist_ok=True)
+        (old.path / name).write_bytes(data)
+    before = {p.relative_to(old.path): p.read_bytes() for p in old.path.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"holds b-device\.tar\.gz, calib\.npz, data/, notes\.txt and 1 more, "
+                                          r"which are not part of the model bundle there.*move them out of b/, "
+                                          r"or choose another --out") as exc:
+        export(digits_traced, ExportConfig(cut="block1", evaluate=False), tmp_path / "b")
+    assert "manifest.json" not in str(exc.value) and "front.onnx" not in str(exc.value)
+    assert {p.relative_to(old.path): p.read_bytes() for p in old.path.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]  # no half-written directory beside it
+    for name in mine:
+        (old.path / name).unlink()
+    (old.path / "data").rmdir()
+    assert export(digits_traced, ExportConfig(cut="block1", evaluate=False), tmp_path / "b").cut_label == "block1"
+
+
+def test_a_damaged_old_bundle_is_re_exported_but_not_over_the_user_s_files(tmp_path):
+    """A bundle whose manifest does not parse is repaired by exporting over it (`manifest_format` None):
+    still so, for the files an export writes, but a file of the user's there is not deleted either."""
+    from edgerun.exporters.out_dir import check_out_dir, foreign_files
+
+    b = tmp_path / "b"
+    b.mkdir()
+    for name in ("manifest.json", "front.onnx", "front.erg", "back.onnx", "whole.onnx", "samples.npz", "report.json",
+                 "exit0.onnx", "exit1.erg", "exits.png", "packed.json"):
+        (b / name).write_text("{" if name == "manifest.json" else "x")
+    assert check_out_dir(b) == b.resolve() and foreign_files(b) == []
+    (b / "profile.toml").write_text("mine")
+    (b / "front.onnx.bak").write_text("mine")
+    with pytest.raises(ConfigError, match=r"holds front\.onnx\.bak, profile\.toml, which are not part of"):
+        check_out_dir(b)
+
+
+def test_a_tool_index_and_an_llm_bundle_keep_the_user_s_files_too(tmp_path):
+    """`edgerun tools build --out` and `edgerun llm export --out` replace their directory the same way."""
+    import json
+
+    from edgerun.bundle import LLM_FORMAT_NAME, TOOLS_FORMAT_NAME
+    from edgerun.exporters.out_dir import check_out_dir
+
+    kinds = {TOOLS_FORMAT_NAME: ("encoder.onnx", "tokenizer.json", "tools.json", "tool_emb.npz", "report.json"),
+             LLM_FORMAT_NAME: ("front.onnx", "back.onnx", "tokenizer.json", "report.json")}
+    for kind, names in kinds.items():
+        d = tmp_path / kind
+        d.mkdir()
+        for n in names:
+            (d / n).write_text("x")
+        (d / "manifest.json").write_text(json.dumps({"format": kind, "files": {n: {} for n in names}}))
+        assert check_out_dir(d, kind) == d.resolve()
+        (d / "whole.onnx").write_text("mine")  # a model bundle's file: not one these write
+        with pytest.raises(ConfigError, match=r"holds whole\.onnx, which is not part of the (tool index|LLM bundle) "
+                                              r"there.*move it out of"):
+            check_out_dir(d, kind)
+
+
+def test_files_put_into_out_while_the_export_ran_are_kept_and_so_is_the_new_bundle(tmp_path):
+    from edgerun.exporters.out_dir import building
+
+    final = tmp_path / "b"
+    final.mkdir()
+    (final / "manifest.json").write_text("{}")
+    with pytest.raises(ConfigError, match=r"holds notes\.txt.*changed while the export ran; the new one is kept "
+                                          r"at .*b\.new\)"):
+        with building(final) as d:
+            (d / "manifest.json").write_text("new")
+            (final / "notes.txt").write_text("mine")
+    assert (final / "notes.txt").read_text() == "mine" and (final / "manifest.json").read_text() == "{}"
+    assert (tmp_path / "b.new" / "manifest.json").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "b.new"]
+
+
+def test_what_the_exporter_writes_is_never_taken_for_the_user_s(digits_traced, tmp_path):
+    """``out_dir.WRITTEN`` names what an export writes whatever the old manifest lists: every file of a bundle
+    with exits and plots is in it (a new file the exporter writes must be added there)."""
+    import tarfile
+
+    from edgerun.exporters.out_dir import WRITTEN, foreign_files
+    from edgerun.exporters.pipeline import ExportConfig, export
+    from edgerun.pack import pack
+
+    b = export(digits_traced, ExportConfig(cut="block2", exits="auto", evaluate=False), tmp_path / "b")
+    assert "exits.png" in b.manifest["files"] and "exit1.erg" in b.manifest["files"]
+    assert [n for n in b.manifest["files"] if not WRITTEN["edgerun-bundle"].fullmatch(n)] == []
+    assert foreign_files(b.path) == []
+    pack(b.path, "device", tmp_path / "d.tar.gz")  # a device's copy unpacked and exported over
+    with tarfile.open(tmp_path / "d.tar.gz") as tf:
+        tf.extractall(tmp_path / "x", filter="data")
+    assert foreign_files(tmp_path / "x" / "d") == []
+    assert export(digits_traced, ExportConfig(evaluate=False), tmp_path / "x" / "d").packed is None

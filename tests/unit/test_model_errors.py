@@ -197,6 +197,85 @@ def test_a_forward_that_changes_the_model_s_own_buffers_is_refused_and_the_model
     assert trace_model(f"{path}:train_only").cuts
 
 
+
+WRITES_WEIGHTS = '''
+import torch
+class Decay(torch.nn.Module):  # forward() shrinks its own weight in place
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(4, 8), torch.nn.Linear(8, 2)
+    def forward(self, x):
+        self.b.weight.data.mul_(0.9)
+        return self.b(torch.relu(self.a(x)))
+class Bump(Decay):  # `+=` on a parameter (allowed under no_grad)
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(2))
+    def forward(self, x):
+        self.w += 1
+        return self.b(torch.relu(self.a(x))) * self.w
+class Swap(Decay):  # a new Parameter in place of the old one
+    def forward(self, x):
+        self.a.bias = torch.nn.Parameter(self.a.bias + 1)
+        return self.b(torch.relu(self.a(x)))
+class Clamp(Decay):  # idempotent: the model's later runs agree with each other, only the first changed it
+    def forward(self, x):
+        self.b.weight.data.clamp_(-0.05, 0.05)
+        return self.b(torch.relu(self.a(x)))
+class Scaled(Decay):  # a changed copy: exports
+    def forward(self, x):
+        return torch.nn.functional.linear(torch.relu(self.a(x)), self.b.weight * 0.9, self.b.bias)
+def decay(): return Decay(), torch.randn(1, 4)
+def bump(): return Bump(), torch.randn(1, 4)
+def swap(): return Swap(), torch.randn(1, 4)
+class Lazy(torch.nn.Module):  # its first forward() sets its weights' shape and values, as meant: exports
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.LazyLinear(8), torch.nn.Linear(8, 2)
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+def lazy(): return Lazy(), torch.randn(1, 4)
+def clamp(): return Clamp(), torch.randn(1, 4)
+def scaled(): return Scaled(), torch.randn(1, 4)
+'''
+
+
+@pytest.mark.parametrize(("fn", "name"), [("decay", "b.weight"), ("bump", "w"), ("swap", "a.bias"),
+                                        ("clamp", "b.weight")])
+def test_a_forward_that_writes_its_parameters_is_refused_and_the_model_put_back(tmp_path, fn, name):
+    """`self.weight.data.mul_(0.9)` in forward(): only buffers were checked. It was refused as a forward() that
+    "mixes the samples of a batch" (its weights moved between the exporter's runs), with the model left
+    changed; an idempotent write (`clamp_`) exported the clamped weights, not the model's, and verify,
+    comparing the bundle with itself, passed."""
+    import torch
+
+    from edgerun.exporters.models import resolve_model
+    from edgerun.exporters.pipeline import trace_model
+
+    path = tmp_path / "m.py"
+    path.write_text(WRITES_WEIGHTS)
+    src = resolve_model(f"{path}:{fn}")
+    before = {n: p.detach().clone() for n, p in src.module.named_parameters()}
+    objects = dict(src.module.named_parameters())
+    with pytest.raises(ExportError, match=rf"forward\(\) changes the model's parameter '{name}' .*compute with a "
+                                          r"changed copy in forward\(\)"):
+        trace_model(src)
+    after = dict(src.module.named_parameters())
+    assert after.keys() == before.keys()
+    for n, p in after.items():  # put back: the same objects, the same values
+        assert p is objects[n] and torch.equal(p.detach(), before[n]), n
+    assert trace_model(f"{path}:scaled").cuts
+
+
+def test_a_lazy_module_whose_first_forward_sets_its_weights_still_exports(tmp_path):
+    """nn.LazyLinear's weights are made by its first forward(): not a forward() that writes its parameters
+    (the check's copy of an uninitialized parameter failed with torch's traceback)."""
+    from edgerun.exporters.pipeline import trace_model
+
+    path = tmp_path / "m.py"
+    path.write_text(WRITES_WEIGHTS)
+    assert trace_model(f"{path}:lazy").cuts
+
 WRAPPED = '''
 import torch
 class Net(torch.nn.Module):

@@ -138,3 +138,34 @@ def test_the_archive_unpacks_to_a_folder_named_after_it(golden, tmp_path, name, 
     # split at the first ".t": robot.tiny.tar.gz unpacked to robot/, a.t.tar to a/
     with tarfile.open(pack(golden, "server", tmp_path / name)["out"]) as tf:
         assert {m.name.split("/", 1)[0] for m in tf.getmembers()} == {folder}
+
+
+def test_a_file_that_is_a_link_inside_the_bundle_goes_in_as_its_bytes(golden, tmp_path):
+    """A bundle whose back.onnx links to store/back.onnx inside it loads (test_bundle_hardening); its pack held
+    the link and not store/, and the server's copy was then "incomplete: back.onnx is missing". An absolute
+    link was refused by the unpacking's data filter as "not a bundle edgerun export writes"."""
+    import os
+
+    (golden / "store").mkdir()
+    (golden / "back.onnx").rename(golden / "store" / "back.onnx")
+    os.symlink("store/back.onnx", golden / "back.onnx")
+    (golden / "front.onnx").rename(golden / "store" / "front.onnx")
+    os.symlink(golden / "store" / "front.onnx", golden / "front.onnx")
+    whole = Bundle.load(golden)
+    for side, name in (("server", "back.onnx"), ("device", "front.onnx")):
+        pack(golden, side, tmp_path / f"{side}.tar.gz")
+        with tarfile.open(tmp_path / f"{side}.tar.gz") as tf:
+            assert tf.getmember(f"{side}/{name}").isfile()
+        copy = Bundle.load(tmp_path / f"{side}.tar.gz")
+        assert copy.hash == whole.hash and copy.file(name).read_bytes() == whole.file(name).read_bytes()
+
+
+def test_a_pack_does_not_replace_the_archive_it_packs(golden, tmp_path):
+    """`pack b.tar.gz --for device --out b.tar.gz` replaced the whole bundle's only copy with the device's."""
+    with tarfile.open(tmp_path / "b.tar.gz", "w:gz") as tf:
+        tf.add(golden, arcname="b")
+    before = (tmp_path / "b.tar.gz").read_bytes()
+    with pytest.raises(ConfigError, match=r"is the bundle archive being packed.*--out .*b-device\.tar\.gz"):
+        pack(tmp_path / "b.tar.gz", "device", tmp_path / "b.tar.gz")
+    assert (tmp_path / "b.tar.gz").read_bytes() == before
+    assert Bundle.load(tmp_path / "b.tar.gz").packed is None
