@@ -405,7 +405,7 @@ class MqttClient:
         our last will left "offline" retained, or nothing, while we went on serving.
         """
         self._announced = (topic, payload)
-        self.publish(topic, payload, retain=True)
+        self._ignore(self.publish(topic, payload, retain=True).mid)
 
     def close(self, final: tuple[str, bytes] | None = None, timeout_s: float = 2.0) -> None:
         """Publish ``final`` (retained, e.g. presence "offline"), disconnect, stop the loop."""
@@ -415,6 +415,7 @@ class MqttClient:
         if final is not None and self.connected:
             try:
                 info = self.publish(final[0], final[1], retain=True)
+                self._ignore(info.mid)
                 info.wait_for_publish(timeout_s)
             except (RuntimeError, ValueError) as exc:
                 log.debug("final publish failed: %s", exc)
@@ -423,6 +424,11 @@ class MqttClient:
         finally:
             self._client.loop_stop()
             self._release()
+
+    def _ignore(self, mid: int) -> None:
+        """Nobody reads the PUBACK of our publish ``mid`` (presence): see ``Refusals.ignore``."""
+        if self.refusals is not None:
+            self.refusals.ignore(mid)
 
     def _release(self) -> None:
         """After the network thread ended: give back what only the cyclic garbage collector freed.
@@ -457,7 +463,7 @@ class MqttClient:
         if subs:
             log.info("reconnected to %s, subscriptions renewed", self.url)
         if self._announced is not None:  # set only after the first connect: this is a reconnect
-            client.publish(self._announced[0], self._announced[1], qos=QOS, retain=True)
+            self._ignore(client.publish(self._announced[0], self._announced[1], qos=QOS, retain=True).mid)
         self._ever_connected = True
         self._reconnect_error = ""
         self._connected.set()

@@ -46,3 +46,14 @@ def test_early_refusals_never_watched_are_capped():
     r.watch(0, 1)  # the oldest went out
     r.watch(Refusals.EARLY_KEPT + 9, 2)
     assert told == [(2, "Not authorized")]
+
+
+def test_an_ignored_publish_leaves_no_early_refusal_for_a_later_publish_of_its_mid():
+    r, told = _watcher()
+    r.refused(5, "No matching subscribers")  # a presence's PUBACK before its ignore()
+    r.ignore(5)
+    r.ignore(6)  # and one whose PUBACK comes after
+    r.refused(6, "No matching subscribers")
+    r.watch(5, 1001), r.watch(6, 1002)  # the mids came round: these requests were not refused
+    r.acked(5), r.acked(6)
+    assert told == []
