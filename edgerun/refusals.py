@@ -56,6 +56,13 @@ class Refusals:
             for mid in [m for m, k in self._keys.items() if k in keys]:
                 del self._keys[mid]
 
+    def unacknowledged(self) -> list[Any]:
+        """The keys still watched, no longer: their PUBACK never came (their client closed first)."""
+        with self._lock:
+            keys = [k for k in self._keys.values() if k is not _IGNORED]
+            self._keys.clear()
+        return keys
+
     def acked(self, mid: int) -> None:
         with self._lock:
             self._keys.pop(mid, None)

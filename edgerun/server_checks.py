@@ -65,6 +65,7 @@ class ServerStats:
 
 
 SERVED = "served"  # the bucket of a reply in ServerStats.count_undelivered (else an ERROR frame's code)
+UNACKNOWLEDGED = "Unacknowledged"  # the reason of an answer whose PUBACK had not come when the server disconnected
 
 
 def undelivered_text(why: str, what: str, topic: str, url: str) -> str:
@@ -78,6 +79,9 @@ def undelivered_text(why: str, what: str, topic: str, url: str) -> str:
     if why == "Not authorized":
         return (f"{said}: the broker's ACL does not let this server publish there, so no device gets an answer: "
                 f"allow the server's MQTT user to write {PREFIX}/+/+/resp/# (mosquitto: acl_file)")
+    if why == UNACKNOWLEDGED:
+        return (f"{what} on {topic[:TOPIC_SHOWN]} may not have been delivered: this server disconnected before the "
+                f"broker at {url} acknowledged it (slow or gone as the server stopped); its device may ask again")
     if why == "Quota exceeded":
         return f"{said}: this server sends more than the broker's quota for it allows: raise the quota"
     return f"{said}: the broker's log says why"

@@ -95,6 +95,10 @@ class MqttClient:
         self.max_packet_bytes = 0  # the broker's Maximum Packet Size from its last CONNACK (0: none given)
         self.refusals = refusals  # told of each PUBACK (the owner watches the publishes it cares for)
         self._refusal_logged: set[str] = set()
+        # our QoS 1 publishes the broker has not acknowledged yet: close() waits for them all, not only its
+        # final one (a server's answers published while it closed went unsent)
+        self._out = threading.Condition()
+        self._unacked = 0
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         c.reconnect_delay_set(min_delay=1, max_delay=16)  # paho doubles the delay up to max
         if user is not None:
@@ -228,8 +232,10 @@ class MqttClient:
             raise FrameError(f"the message is {size} bytes as an MQTT packet, over the maximum packet size of "
                              f"{limit} bytes of the broker at {self.url}: raise the broker's "
                              "limit (mosquitto: max_packet_size) or send less in one message", "too_large")
+        self._sending(qos)
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            self._sending(qos, -1)
             raise TransportError(f"the broker at {self.url} has not yet acknowledged the last {self._max_queued} "
                                  "messages (unreachable, or sent to faster than it takes them); this one was not "
                                  "sent")
@@ -245,22 +251,30 @@ class MqttClient:
         self._ignore(self.publish(topic, payload, retain=True).mid)
 
     def close(self, final: tuple[str, bytes] | None = None, timeout_s: float = 2.0) -> None:
-        """Publish ``final`` (retained, e.g. presence "offline"), disconnect, stop the loop."""
+        """Publish ``final`` (retained, e.g. presence "offline"), wait up to ``timeout_s`` until the broker has
+        acknowledged every QoS 1 message of ours, disconnect, stop the loop."""
         if self._closed:
             return
         self._closed = True
         if final is not None and self.connected:
             try:
-                info = self.publish(final[0], final[1], retain=True)
-                self._ignore(info.mid)
-                info.wait_for_publish(timeout_s)
-            except (RuntimeError, ValueError) as exc:
+                self._ignore(self.publish(final[0], final[1], retain=True).mid)
+            except (RuntimeError, ValueError, TransportError) as exc:
                 log.debug("final publish failed: %s", exc)
+        if self.connected:  # what was published after ``final`` (a server's answers to late requests) too
+            with self._out:
+                self._out.wait_for(lambda: self._unacked <= 0 or not self.connected, timeout_s)
         try:
             self._client.disconnect()
         finally:
             self._client.loop_stop()
             self._release()
+
+    def _sending(self, qos: int, n: int = 1) -> None:
+        """Count ``n`` more (or fewer) of our publishes awaiting the broker's acknowledgement (QoS 1 only)."""
+        if qos > 0:
+            with self._out:
+                self._unacked += n
 
     def _ignore(self, mid: int) -> None:
         """Nobody reads the PUBACK of our publish ``mid`` (presence): see ``Refusals.ignore``."""
@@ -300,6 +314,7 @@ class MqttClient:
         if subs:
             log.info("reconnected to %s, subscriptions renewed", self.url)
         if self._announced is not None:  # set only after the first connect: this is a reconnect
+            self._sending(QOS)
             self._ignore(client.publish(self._announced[0], self._announced[1], qos=QOS, retain=True).mid)
         self._ever_connected = True
         self._reconnect_error = ""
@@ -308,6 +323,8 @@ class MqttClient:
 
     def _handle_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
+        with self._out:  # close() waits for acknowledgements no more
+            self._out.notify_all()
         if not self._ever_connected:  # e.g. plain MQTT to a TLS listener, or TLS without the required client cert
             self._settled.set()  # connect() raises: it never had the broker, there is nothing to reconnect
             log.debug("the broker at %s closed the connection before its CONNACK (%s)", self.url, reason_code)
@@ -324,6 +341,9 @@ class MqttClient:
         self._reconnect_error = why
 
     def _handle_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._out:
+            self._unacked = max(0, self._unacked - 1)
+            self._out.notify_all()
         refused = reason_code is not None and reason_code.is_failure
         if refused and str(reason_code) not in self._refusal_logged:  # once per reason: a server's replies too
             self._refusal_logged.add(str(reason_code))

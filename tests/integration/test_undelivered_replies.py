@@ -135,3 +135,4 @@ def test_a_split_llm_workers_reply_to_a_device_that_went_away_is_counted_undeliv
     finally:
         if w.proc.poll() is None:
             w.stop(signal.SIGKILL)
+

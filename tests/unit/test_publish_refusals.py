@@ -57,3 +57,12 @@ def test_an_ignored_publish_leaves_no_early_refusal_for_a_later_publish_of_its_m
     r.watch(5, 1001), r.watch(6, 1002)  # the mids came round: these requests were not refused
     r.acked(5), r.acked(6)
     assert told == []
+
+
+def test_the_publishes_still_watched_when_the_client_closed_are_given_back_once():
+    r, told = _watcher()
+    r.watch(1, 10), r.watch(2, 20), r.ignore(3)
+    r.acked(1)
+    assert r.unacknowledged() == [20]  # not the ignored presence
+    assert r.unacknowledged() == []
+    assert told == []
