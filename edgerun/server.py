@@ -36,8 +36,9 @@ from edgerun import crossing, transport, wire
 from edgerun.bundle import Bundle
 from edgerun.engine import check_io
 from edgerun.errors import ConfigError, FrameError, TransportError
-from edgerun.server_checks import (SERVED, TOPIC_SHOWN, UNACKNOWLEDGED, LogBudget, ServerStats, check_tensors,  # noqa: F401
-                                   make_back_session, undelivered_text, waited_past_expiry)
+from edgerun.server_checks import (SERVED, TOPIC_SHOWN, UNACKNOWLEDGED, LogBudget,  # noqa: F401 - re-exported
+                                   ServerStats, check_tensors, make_back_session, undelivered_text,
+                                   waited_past_expiry)
 
 log = logging.getLogger("edgerun.server")
 
