@@ -36,8 +36,9 @@ from edgerun import crossing, transport, wire
 from edgerun.bundle import Bundle
 from edgerun.engine import check_io
 from edgerun.errors import ConfigError, FrameError, TransportError
-from edgerun.server_checks import (TOPIC_SHOWN, LogBudget, ServerStats, check_tensors,  # noqa: F401 - re-exported
-                                   make_back_session, waited_past_expiry)
+from edgerun.server_checks import (SERVED, TOPIC_SHOWN, UNACKNOWLEDGED, LogBudget,  # noqa: F401 - re-exported
+                                   ServerStats, check_tensors, make_back_session, undelivered_text,
+                                   waited_past_expiry)
 
 log = logging.getLogger("edgerun.server")
 
@@ -50,6 +51,9 @@ MAX_BATCH_WAIT_MS = 1000.0
 # until the kernel killed it. Over it a request is refused at once with code "busy".
 MIN_WAITING_BYTES = 256 * 2**20
 DRAIN_S = 2.0  # on stop: how long a worker goes on answering the requests it holds
+# then until no request came for QUIET_S (those the broker had queued for it before its unsubscribe), at most
+# DRAIN_S more: one that came after it began to disconnect was refused and counted, its answer never sent
+QUIET_S = 0.2
 _STOPPING = ("this server is stopping: the request was not run; send it again (another worker of the group "
              "takes it)")
 
@@ -94,7 +98,12 @@ class _Worker:
         self._door = threading.Lock()  # offer() runs on paho's thread, the rest on the worker's
         self._waiting_bytes = 0  # payload bytes in the inbox
         self._refused: dict[tuple[str, bool], int] = {}  # by offer(): (code, answered) -> n, not yet in the stats
+        # answers the broker did not deliver (its PUBACK, paho's thread): ((request id, topic, bucket), why),
+        # folded into the stats by count_refused
+        self.refusals = transport.Refusals(self._not_delivered)
+        self._undelivered: list[tuple[tuple[int, str, str], str]] = []
         self._stopping = False
+        self._last_offer = 0.0  # monotonic time of the last offer() (drain waits for a quiet spell)
         self._log_budget = LogBudget()
 
     def offer(self, msg: Any) -> None:
@@ -103,6 +112,7 @@ class _Worker:
         raises."""
         size = len(getattr(msg, "payload", b"") or b"")
         with self._door:
+            self._last_offer = time.monotonic()
             code = "stopping" if self._stopping else \
                 "busy" if 0 < self._waiting_bytes and self._waiting_bytes + size > self.max_waiting_bytes else ""
             if not code:
@@ -129,8 +139,9 @@ class _Worker:
             return False
         request_id = transport.correlation_id(corr) or 0
         try:
-            self.client.publish(resp_topic, wire.error_frame(request_id, self.bundle.hash16, code, why),
-                                correlation=corr)
+            info = self.client.publish(resp_topic, wire.error_frame(request_id, self.bundle.hash16, code, why),
+                                       correlation=corr)
+            self._watch(info, request_id, resp_topic, code)
         except Exception as exc:  # noqa: BLE001 - paho's thread must not die; the device times out
             log.warning("could not refuse request %d (%s): %s", request_id, code, exc)
         return True
@@ -141,20 +152,38 @@ class _Worker:
             self._waiting_bytes = max(0, self._waiting_bytes - len(getattr(msg, "payload", b"") or b""))
 
     def count_refused(self) -> None:
-        """Fold the refusals of offer() into the stats (the worker's thread: the only one that writes them)."""
+        """Fold the refusals of offer(), then the answers the broker did not deliver, into the stats (the worker's
+        thread: the only one that writes them; in that order: an answer is counted before its PUBACK comes)."""
         with self._door:
             refused, self._refused = self._refused, {}
+            undelivered, self._undelivered = self._undelivered, []
         for (code, answered), n in refused.items():
             self.stats.received += n
             bucket = self.stats.errors if answered else self.stats.dropped
             bucket[code] = bucket.get(code, 0) + n
             log.warning("%d request(s) %s (%s)%s", n, "refused" if answered else "dropped", code,
                         f": over {self.max_waiting_bytes >> 20} MiB waiting" if code == "busy" else "")
+        for (request_id, topic, bucket), why in undelivered:
+            self.stats.count_undelivered(bucket, why)
+            what = f"the reply to request {request_id}" if bucket == SERVED else \
+                f"the ERROR frame ({bucket}) for request {request_id}"
+            self._log("undelivered", "%s", undelivered_text(why, what, topic, self.client.url))
+
+    def _not_delivered(self, key: tuple[int, str, str], why: str) -> None:
+        """paho's thread: the broker did not deliver an answer (its PUBACK's reason ``why``)."""
+        with self._door:
+            self._undelivered.append((key, why))
+
+    def _watch(self, info: Any, request_id: int, topic: str, bucket: str) -> None:
+        """Have the PUBACK of an answer read (``bucket``: the stats it was counted in, SERVED or an error code)."""
+        if self.client.refusals is self.refusals:  # a client serve() wired
+            self.refusals.watch(info.mid, (request_id, topic, bucket))
 
     def drain(self, budget_s: float = DRAIN_S) -> None:
         """On stop: answer the requests already waiting for up to ``budget_s``, then refuse the rest, and any
-        that still arrive, with code "stopping". The broker had handed them to this worker, so no other would
-        take them, and they vanished uncounted (174 of 300 at a SIGTERM). Never raises."""
+        that still arrive (until none came for QUIET_S, at most ``budget_s`` more), with code "stopping". The broker
+        had handed them to this worker, so no other would take them, and they vanished uncounted (174 of 300 at a
+        SIGTERM). Never raises."""
         with self._door:
             self._stopping = True
         until = time.monotonic() + budget_s
@@ -169,6 +198,16 @@ class _Worker:
             self.took(msg)
             self.stats.received += 1
             self.stats.count_error("stopping", answered=self._refuse(msg, "stopping", _STOPPING))
+        until = time.monotonic() + budget_s
+        while (quiet := time.monotonic() - self._last_offer) < QUIET_S and time.monotonic() < until:
+            time.sleep(QUIET_S - quiet)  # offer() refuses what still comes
+        self.count_refused()
+
+    def count_unacknowledged(self) -> None:
+        """After the client closed: the answers whose PUBACK never came are counted undelivered (it waited for
+        them a while: the broker may not have taken them)."""
+        for key in self.refusals.unacknowledged():
+            self._not_delivered(key, UNACKNOWLEDGED)
         self.count_refused()
 
     def extra_filters(self) -> list[str]:
@@ -341,13 +380,14 @@ class _Worker:
             self.stats.count_error("no_response_topic", answered=False)
             log.warning("request %d has no Response Topic: computed but dropped", request_id)
             return
-        if self._publish(r.resp_topic, reply, r.corr, request_id):
+        if self._publish(r.resp_topic, reply, r.corr, request_id, SERVED):
             self.stats.served += 1
 
-    def _publish(self, topic: str, payload: bytes, corr: bytes | None, request_id: int) -> bool:
-        """Publish a reply; a failure (broker gone, queue full) is logged and counted, never raised."""
+    def _publish(self, topic: str, payload: bytes, corr: bytes | None, request_id: int, bucket: str) -> bool:
+        """Publish an answer counted in ``bucket`` (SERVED, or an ERROR frame's code) and have its PUBACK read; a
+        failure (broker gone, queue full) is logged and counted, never raised."""
         try:
-            self.client.publish(topic, payload, correlation=corr)
+            self._watch(self.client.publish(topic, payload, correlation=corr), request_id, topic, bucket)
             return True
         except FrameError as exc:  # over the broker's Maximum Packet Size: not sent; the device learns why
             self.stats.count_error("too_large", answered=True)
@@ -355,7 +395,7 @@ class _Worker:
             why = wire.error_frame(request_id, self.bundle.hash16, "too_large",
                                    f"the server's reply was not sent: {exc}")
             if len(why) < len(payload):  # an error frame is a few hundred bytes: it fits where the reply did not
-                self._publish(topic, why, corr, request_id)
+                self._publish(topic, why, corr, request_id, "too_large")
             return False
         except (ValueError, RuntimeError, TypeError, OSError, TransportError) as exc:
             self.stats.count_error("reply_failed", answered=False)
@@ -379,7 +419,7 @@ class _Worker:
                   "" if answered else " [dropped]")
         if answered:
             payload = wire.error_frame(request_id, self.bundle.hash16, code, message)
-            self._publish(resp_topic, payload, corr, request_id)
+            self._publish(resp_topic, payload, corr, request_id, code)
 
 
 def serve(
@@ -470,7 +510,7 @@ def serve(
     # The client id gets a random suffix: two workers started with one --worker-id kicked each other off the
     # broker about every second (each kick firing an "offline" will that made devices replay).
     client = transport.MqttClient(broker_url, f"edgerun-{wid}-{secrets.token_hex(2)}", on_message=w.offer,
-                                  max_queued=0,
+                                  max_queued=0, refusals=w.refusals,
                                   will=(pres, transport.presence_payload("server", wid, "offline")))
     w.client = client
     stop = stop or threading.Event()
@@ -493,7 +533,7 @@ def serve(
         client.close(final=(pres, transport.presence_payload("server", wid, "offline")))
         if restore is not None:
             restore()
-        w.count_refused()  # the refusals since the loop's last turn
+        w.count_unacknowledged()  # and the refusals since the loop's last turn
         log.info("stopped: %s", json.dumps(w.stats.to_dict()))
     return w.stats
 

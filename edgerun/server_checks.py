@@ -4,6 +4,7 @@ wanted when its turn comes, and how often a flood of bad requests may write to t
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ import numpy as np
 from edgerun import crossing, wire
 from edgerun.bundle import TensorSpec
 from edgerun.errors import BundleError, FrameError
+from edgerun.refusals import NO_SUBSCRIBER
+from edgerun.topics import PREFIX
 
 TOPIC_SHOWN = 120  # characters of a topic in a log line: a 60 KB device id made a 60 KB line per request
 
@@ -30,6 +33,9 @@ class ServerStats:
     max_run: int = 0  # the most requests one call answered
     errors: dict[str, int] = field(default_factory=dict)  # ERROR frames sent, by code
     dropped: dict[str, int] = field(default_factory=dict)  # bad messages with no response topic, by code
+    # replies and ERROR frames the broker did not deliver, by its PUBACK's reason (no_matching_subscribers: the
+    # device went away; not_authorized: an ACL): taken back out of served / errors when the PUBACK says so
+    undelivered: dict[str, int] = field(default_factory=dict)
 
     def count_error(self, code: str, answered: bool) -> None:
         bucket = self.errors if answered else self.dropped
@@ -39,9 +45,46 @@ class ServerStats:
     def dropped_total(self) -> int:
         return sum(self.dropped.values())
 
+    def count_undelivered(self, bucket: str, why: str) -> str:
+        """Move one answer the broker did not deliver from its bucket (``"served"`` or an ERROR frame's code) to
+        ``undelivered`` under the PUBACK's reason ``why``; returns the reason's key there."""
+        if bucket == SERVED:
+            self.served = max(0, self.served - 1)
+        elif self.errors.get(bucket, 0) > 1:
+            self.errors[bucket] -= 1
+        else:
+            self.errors.pop(bucket, None)
+        key = re.sub(r"[^a-z0-9]+", "_", why.lower()).strip("_") or "refused"
+        self.undelivered[key] = self.undelivered.get(key, 0) + 1
+        return key
+
     def to_dict(self) -> dict[str, Any]:
         return {"worker": self.worker, "received": self.received, "served": self.served, "runs": self.runs,
-                "max_run": self.max_run, "errors": dict(self.errors), "dropped": dict(self.dropped)}
+                "max_run": self.max_run, "errors": dict(self.errors), "dropped": dict(self.dropped),
+                "undelivered": dict(self.undelivered)}
+
+
+SERVED = "served"  # the bucket of a reply in ServerStats.count_undelivered (else an ERROR frame's code)
+UNACKNOWLEDGED = "Unacknowledged"  # the reason of an answer whose PUBACK had not come when the server disconnected
+
+
+def undelivered_text(why: str, what: str, topic: str, url: str) -> str:
+    """What a server's log says of ``what`` ("the reply to request 7") that the broker at ``url`` did not deliver
+    on ``topic``, its PUBACK's reason being ``why``, and what to do about it."""
+    said = f"{what} on {topic[:TOPIC_SHOWN]} was not delivered: the broker at {url} answered {why!r}"
+    if why == NO_SUBSCRIBER:
+        return (f"{said}: nothing subscribes to that topic now, so its device went away before the answer (it "
+                "stopped, lost the broker, or its deadline was shorter than this server took), or the broker "
+                "refused its subscription (its ACL must let the device read its resp/ topic); nothing to do here")
+    if why == "Not authorized":
+        return (f"{said}: the broker's ACL does not let this server publish there, so no device gets an answer: "
+                f"allow the server's MQTT user to write {PREFIX}/+/+/resp/# (mosquitto: acl_file)")
+    if why == UNACKNOWLEDGED:
+        return (f"{what} on {topic[:TOPIC_SHOWN]} may not have been delivered: this server disconnected before the "
+                f"broker at {url} acknowledged it (slow or gone as the server stopped); its device may ask again")
+    if why == "Quota exceeded":
+        return f"{said}: this server sends more than the broker's quota for it allows: raise the quota"
+    return f"{said}: the broker's log says why"
 
 
 def make_back_session(path: Path, threads: int) -> Any:

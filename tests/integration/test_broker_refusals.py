@@ -97,3 +97,29 @@ def test_an_llm_session_whose_request_the_acl_refuses_ends_with_the_brokers_reas
                 dev.generate("Name three colours of the rainbow.", max_new_tokens=2)
     finally:
         w.stop(signal.SIGKILL)
+
+
+def test_a_refused_presence_is_not_taken_for_a_later_request_of_the_same_mid(broker):
+    """The broker answers a retained presence nobody subscribes to with 0x10 (no matching subscribers). Nobody
+    watched that PUBACK, so it was kept as an early refusal under its mid; when paho's 16-bit mid came round
+    (65,535 publishes later: half an hour of a 30 Hz control loop) the request sent under that mid was told
+    "no server took it" at once, though its server was up."""
+    from edgerun import transport
+
+    told: list[tuple[object, str]] = []
+    refusals = transport.Refusals(lambda key, why: told.append((key, why)))
+    c = transport.MqttClient(broker.url, "edgerun-wrap", refusals=refusals)
+    c.connect()
+    try:
+        c.announce("edgerun/v1/m/0123456789abcdef0123456789abcdef/presence/device/d", b"online")
+        presence_mid = c._client._last_mid
+        c.subscribe("edgerun/v1/m/0123456789abcdef0123456789abcdef/req/d")  # its SUBACK: the PUBACK came first
+        assert c.refusals is refusals
+        c._client._last_mid = presence_mid - 1  # paho's mid wraps at 65,535: the next publish reuses this one
+        info = c.publish("edgerun/v1/m/0123456789abcdef0123456789abcdef/req/d", b"request")
+        assert info.mid == presence_mid
+        refusals.watch(info.mid, "request 1")
+        c.subscribe("edgerun/v1/m/0123456789abcdef0123456789abcdef/req/other")  # its PUBACK has come
+    finally:
+        c.close()
+    assert told == []

@@ -46,3 +46,23 @@ def test_early_refusals_never_watched_are_capped():
     r.watch(0, 1)  # the oldest went out
     r.watch(Refusals.EARLY_KEPT + 9, 2)
     assert told == [(2, "Not authorized")]
+
+
+def test_an_ignored_publish_leaves_no_early_refusal_for_a_later_publish_of_its_mid():
+    r, told = _watcher()
+    r.refused(5, "No matching subscribers")  # a presence's PUBACK before its ignore()
+    r.ignore(5)
+    r.ignore(6)  # and one whose PUBACK comes after
+    r.refused(6, "No matching subscribers")
+    r.watch(5, 1001), r.watch(6, 1002)  # the mids came round: these requests were not refused
+    r.acked(5), r.acked(6)
+    assert told == []
+
+
+def test_the_publishes_still_watched_when_the_client_closed_are_given_back_once():
+    r, told = _watcher()
+    r.watch(1, 10), r.watch(2, 20), r.ignore(3)
+    r.acked(1)
+    assert r.unacknowledged() == [20]  # not the ignored presence
+    assert r.unacknowledged() == []
+    assert told == []

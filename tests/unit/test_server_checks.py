@@ -1,11 +1,11 @@
-"""What the server checks on a request apart from its frame: is it still wanted (its MQTT expiry), and how
-often a flood of rejections may write to the log."""
+"""What the server checks on a request apart from its frame: is it still wanted (its MQTT expiry), how
+often a flood of rejections may write to the log, and how an answer the broker did not deliver is counted."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from edgerun.server_checks import LogBudget, waited_past_expiry
+from edgerun.server_checks import SERVED, LogBudget, ServerStats, undelivered_text, waited_past_expiry
 
 
 def _msg(arrived: float, expiry: int | None):
@@ -28,3 +28,20 @@ def test_a_flood_of_one_kind_is_logged_up_to_the_burst_then_counted_and_said_onc
     t[0] = 10.0
     assert budget.allow("bad_magic") == (True, 2), "the next window says how many lines were held back"
     assert budget.allow("bad_magic") == (True, 0)
+
+
+def test_an_undelivered_answer_moves_from_its_bucket_to_undelivered_by_the_pubacks_reason():
+    s = ServerStats(received=4, served=2, errors={"bad_magic": 1, "busy": 1})
+    assert s.count_undelivered(SERVED, "No matching subscribers") == "no_matching_subscribers"
+    s.count_undelivered("bad_magic", "Not authorized")
+    s.count_undelivered("busy", "Not authorized")
+    assert (s.received, s.served, s.errors) == (4, 1, {})
+    assert s.to_dict()["undelivered"] == {"no_matching_subscribers": 1, "not_authorized": 2}
+
+
+def test_what_the_log_says_of_an_undelivered_answer_names_the_cause_and_what_to_do():
+    gone = undelivered_text("No matching subscribers", "the reply to request 7", "edgerun/v1/m/t/resp/d", "mqtt://b")
+    assert "request 7" in gone and "its device went away" in gone
+    acl = undelivered_text("Not authorized", "the reply to request 7", "edgerun/v1/m/t/resp/d", "mqtt://b")
+    assert "write edgerun/v1/+/+/resp/#" in acl
+    assert "the broker's log says why" in undelivered_text("Unspecified error", "x", "t", "mqtt://b")
