@@ -80,6 +80,18 @@ def test_a_device_destroyed_while_a_thread_waits_in_infer_ends_that_wait(misuse,
     assert got["infer"].startswith("4: the device was closed while request"), got
 
 
+def test_a_refused_presence_is_not_told_to_the_request_that_reuses_its_mid(misuse, digits_bundle, x_npy, broker):
+    """The device's retained presence has no subscriber, so the broker answers its PUBACK with 0x10. Nobody
+    awaited that PUBACK, and it was kept as an early refusal under its mid: once libmosquitto's 16-bit mids came
+    round (65,535 publishes: half an hour of a 30 Hz loop), the request sent under that mid was told "no server
+    took it" at once, though a server had its request. The case sends 65,533 requests nobody takes, then starts
+    a subscriber that takes requests and never answers: the next requests must wait out their deadline."""
+    got = case(misuse, "presence_mid_wrap", digits_bundle, x_npy, broker.url)
+    assert got["outcome"] == "ok", got
+    assert got["no_server"] == 65533, got  # each request nobody took ended at its PUBACK
+    assert all("no reply" in a and "no server took" not in a for a in got["after"]), got["after"]
+
+
 def test_connect_twice_is_refused(misuse, digits_bundle, x_npy, broker):
     got = case(misuse, "connect_twice", digits_bundle, x_npy, broker.url)
     assert got["outcome"] == "error" and got["code"] == EXIT_USAGE and "connected already" in got["what"], got

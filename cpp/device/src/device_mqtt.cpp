@@ -57,8 +57,10 @@ void MqttLink::on_connect(struct mosquitto* mosq, void* self, int rc, int, const
   // A reconnection (clean start): subscribe again (ready at the SUBACK), presence online again.
   l->suback_ = false;
   mosquitto_subscribe_v5(mosq, &l->sub_mid_, l->resp_topic_.c_str(), 1, 0, nullptr);
-  mosquitto_publish_v5(mosq, nullptr, l->presence_topic_.c_str(), int(l->online_.size()), l->online_.data(), 1, true,
-                       nullptr);
+  int mid = 0;
+  if (mosquitto_publish_v5(mosq, &mid, l->presence_topic_.c_str(), int(l->online_.size()), l->online_.data(), 1, true,
+                           nullptr) == MOSQ_ERR_SUCCESS)
+    l->presence_mids_.insert(mid);  // its PUBACK comes on this thread, after this callback returns
 }
 
 void MqttLink::on_disconnect(struct mosquitto*, void* self, int rc, const mosquitto_property*) {
@@ -86,6 +88,13 @@ void MqttLink::on_publish(struct mosquitto*, void* self, int mid, int reason, co
   auto* l = static_cast<MqttLink*>(self);
   std::lock_guard<std::mutex> g(l->mu_);
   if (mid == l->pub_mid_) l->puback_ = true;
+  // A presence is retained and read by whoever subscribes later: a PUBACK 0x10 for it (nobody subscribed now)
+  // is no refusal. Kept as an early one, it was told to the request that got its mid once the 16-bit mids
+  // wrapped (~65,535 publishes later): "no server took it" with the server up.
+  if (mid == l->pub_mid_ || l->presence_mids_.erase(mid) > 0) {
+    l->cv_.notify_all();
+    return;
+  }
   auto m = l->mid_req_.find(mid);
   const bool known = m != l->mid_req_.end();
   const uint64_t id = known ? m->second : 0;
@@ -258,7 +267,12 @@ Err MqttLink::connect(const BrokerUrl& url, const std::string& client_id, const 
     return fail(kExitBroker, "the MQTT broker at " + url.text + " refused the connection (" +
                              mosquitto_reason_string(connack_rc_) + "): check the user and password in the broker "
                              "URL (" + (url.tls ? "mqtts" : "mqtt") + "://USER:PASSWORD@host:port); nothing was sent");
-  mosquitto_publish_v5(mosq_, nullptr, presence_topic.c_str(), int(online.size()), online.data(), 1, true, nullptr);
+  int mid = 0;  // its PUBACK comes in a later mosquitto_loop call here, after the mid is known
+  if (mosquitto_publish_v5(mosq_, &mid, presence_topic.c_str(), int(online.size()), online.data(), 1, true, nullptr) ==
+      MOSQ_ERR_SUCCESS) {
+    std::lock_guard<std::mutex> g(mu_);
+    presence_mids_.insert(mid);
+  }
   return Err::Ok();
 }
 

@@ -136,6 +136,7 @@ class MqttLink {
   // mosquitto_publish_v5 returns: a refusal without its request yet is kept (a few) in early_refused_.
   std::map<int, uint64_t>      mid_req_;
   std::map<int, std::string>   early_refused_;
+  std::set<int>                presence_mids_;  // presence publishes awaiting their PUBACK: never a refusal
   std::set<uint64_t>           losers_;   // ids whose twin was answered first: their reply drops quietly
   std::map<uint64_t, Clock::time_point> late_;  // ids no longer awaited without a reply -> when they went out
   std::function<void(double)>  late_cb_;

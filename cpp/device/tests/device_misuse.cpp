@@ -17,8 +17,10 @@
 #include <limits>
 #include <map>
 #include <string>
+#include <stdexcept>
 #include <thread>
 
+#include <mosquitto.h>
 #include <nlohmann/json.hpp>
 
 #include "edgerun/device.h"
@@ -172,6 +174,48 @@ const std::map<std::string, Case>& cases() {
          }  // ~Device while the thread waits
          t.join();
          return json{{"infer", got}};
+       }},
+      // The device's retained presence meets no subscriber: its PUBACK is 0x10. Kept as an early refusal under
+      // its mid, it was told to the request sent under that mid once libmosquitto's 16-bit mids wrapped
+      // (~65,535 publishes: half an hour of a 30 Hz loop): "no server took it" with a server subscribed.
+      {"presence_mid_wrap", [](const std::string& b, const ed::Tensor& x, const std::string& broker) {
+         ed::Device dev(b, broker, quick());
+         const ed::Tensors in = {{dev.input_names()[0], x}};
+         int no_server = 0;
+         for (int i = 0; i < 65533; ++i) {  // nothing subscribes to the request topic: each ends at its PUBACK
+           try {
+             dev.infer(in, 2000);
+           } catch (const ed::Error& e) {
+             no_server += std::string(e.what()).find("no server took") != std::string::npos;
+           }
+         }
+         // A subscriber that takes every request and never answers: from now on each waits out its deadline.
+         const std::string host = broker.substr(broker.find("//") + 2, broker.rfind(':') - broker.find("//") - 2);
+         const int port = std::stoi(broker.substr(broker.rfind(':') + 1));
+         mosquitto* sub = mosquitto_new("edgerun-misuse-silent", true, nullptr);
+         bool subscribed = false;
+         mosquitto_subscribe_callback_set(sub, [](mosquitto*, void* flag, int, int, const int*) {
+           *static_cast<bool*>(flag) = true;
+         });
+         mosquitto_user_data_set(sub, &subscribed);
+         if (mosquitto_connect(sub, host.c_str(), port, 30) != MOSQ_ERR_SUCCESS ||
+             mosquitto_subscribe(sub, nullptr, "edgerun/v1/+/+/req/#", 1) != MOSQ_ERR_SUCCESS)
+           throw std::runtime_error("the silent subscriber could not connect to " + broker);
+         while (!subscribed) mosquitto_loop(sub, 100, 1);
+         mosquitto_loop_start(sub);
+         json after = json::array();
+         for (int i = 0; i < 4; ++i) {  // the mids come round to the presence's among these
+           try {
+             dev.infer(in, 200);
+             after.push_back("answered");
+           } catch (const ed::Error& e) {
+             after.push_back(std::to_string(e.code()) + ": " + e.what());
+           }
+         }
+         mosquitto_disconnect(sub);
+         mosquitto_loop_stop(sub, false);
+         mosquitto_destroy(sub);
+         return json{{"no_server", no_server}, {"after", after}};
        }},
       {"connect_twice", [](const std::string& b, const ed::Tensor&, const std::string& broker) {
          ed::Device dev(b, broker, quick());
