@@ -165,7 +165,7 @@ def main() -> None:
                 print(f"{spec[4:]:24} {c['cut']:9} {r['layout']:8} {r['budget']:7.0e} {r['bytes_per_request']:8.0f} "
                       f"{r['ratio_vs_fp32']:6.2f} {r['metric']:7.4f} {r['loss_pp']:7.2f} {r['zlib_ratio']:5.2f} {r['encode_us']:7.1f} "
                       f"{r['decode_us']:7.1f}{mark}")
-    print(f"fp32 bytes: " + ", ".join(f"{s[4:]}@{c['cut']}={c['fp32_bytes']}" for s, m in out["models"].items()
+    print("fp32 bytes: " + ", ".join(f"{s[4:]}@{c['cut']}={c['fp32_bytes']}" for s, m in out["models"].items()
                                       for c in m["cuts"]) + f"   (* = selected on calibration data); wrote {args.out}")
 
 

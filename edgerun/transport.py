@@ -20,13 +20,23 @@ from paho.mqtt.properties import Properties
 
 from edgerun.broker_url import broker_credentials, broker_tls, parse_broker_url, redact_broker_url
 from edgerun.errors import FrameError, TransportError
-from edgerun.refusals import NO_MATCHING_SUBSCRIBERS, NO_SUBSCRIBER, Refusals  # noqa: F401 - re-exported
+from edgerun.refusals import NO_MATCHING_SUBSCRIBERS, NO_SUBSCRIBER, Refusals
 from edgerun.tls_client import tls_context, tls_problem
-from edgerun.topics import (PREFIX, QOS, base_topic, check_segment, client_id, correlation_bytes,  # noqa: F401
+from edgerun.topics import (PREFIX, QOS, base_topic, check_segment, client_id, correlation_bytes,
                             correlation_id, default_id, model_segment, parse_request_topic, pinned_request_filter,
                             pinned_request_topic, presence_filter, presence_payload, presence_topic,
                             publish_packet_bytes, publish_topic_problem, request_topic, response_topic,
                             shared_request_filter)
+
+# The names other modules read as transport.X: the client here, the topic layout and ids (edgerun/topics.py),
+# the PUBACK bookkeeping (edgerun/refusals.py) and the TLS helpers, re-exported since the split.
+__all__ = ["MAX_QUEUED_MESSAGES", "MqttClient", "NO_MATCHING_SUBSCRIBERS", "NO_SUBSCRIBER", "PREFIX", "QOS",
+           "Refusals", "base_topic", "broker_credentials", "broker_tls", "check_segment", "client_id",
+           "correlation_bytes", "correlation_id", "default_id", "model_segment", "parse_broker_url",
+           "parse_request_topic", "pinned_request_filter", "pinned_request_topic", "presence_filter",
+           "presence_payload", "presence_topic", "publish_packet_bytes", "publish_topic_problem",
+           "redact_broker_url", "request_topic", "response_topic", "shared_request_filter", "tls_context",
+           "tls_problem"]
 
 log = logging.getLogger("edgerun.transport")
 

@@ -30,3 +30,11 @@ def configured_mosquitto(tmp_path: Path, conf: str) -> Iterator[int]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextmanager
+def acl_mosquitto(tmp_path: Path, acl: str) -> Iterator[str]:
+    """A Mosquitto whose anonymous clients get only what the ACL file text ``acl`` allows; yields its URL."""
+    (tmp_path / "acl").write_text(acl)
+    with configured_mosquitto(tmp_path, f"allow_anonymous true\nacl_file {tmp_path / 'acl'}\nuser root\n") as port:
+        yield f"mqtt://127.0.0.1:{port}"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from configured_mosquitto import configured_mosquitto
+from configured_mosquitto import acl_mosquitto
 
 from edgerun.device import Device
 from edgerun.errors import TransportError
@@ -31,9 +31,8 @@ topic read edgerun/v1/+/+/req/#
 @pytest.fixture
 def acl_broker(tmp_path) -> Iterator[str]:
     """A Mosquitto whose anonymous clients may read the request topics but not publish on them."""
-    (tmp_path / "acl").write_text(ACL)
-    with configured_mosquitto(tmp_path, f"allow_anonymous true\nacl_file {tmp_path / 'acl'}\nuser root\n") as port:
-        yield f"mqtt://127.0.0.1:{port}"
+    with acl_mosquitto(tmp_path, ACL) as url:
+        yield url
 
 
 def test_a_request_the_acl_refuses_ends_with_the_brokers_reason(acl_broker, digits_bundle, device_engine):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from configured_mosquitto import configured_mosquitto
+from configured_mosquitto import acl_mosquitto
 
 from edgerun import wire
 from edgerun.server import serve
@@ -33,9 +33,8 @@ topic read edgerun/v1/+/+/resp/#
 
 @pytest.fixture
 def no_reply_acl_broker(tmp_path) -> Iterator[str]:
-    (tmp_path / "acl").write_text(ACL)
-    with configured_mosquitto(tmp_path, f"allow_anonymous true\nacl_file {tmp_path / 'acl'}\nuser root\n") as port:
-        yield f"mqtt://127.0.0.1:{port}"
+    with acl_mosquitto(tmp_path, ACL) as url:
+        yield url
 
 
 def _ask_and_leave(raw: RawClient, rid: int, payload: bytes) -> None:
