@@ -382,7 +382,8 @@ def _report(traced: Traced, cut: Cut, out: Path, cfg: ExportConfig, native: dict
         "back_macs": cut.back_macs,
         "front_fraction": round(cut.front_fraction, 4),
         # how the first output is scored (`edgerun run` prints a top-1 only for "classify"), --no-eval too
-        "task": "regress" if is_regression(traced.source, _first_output_shape(traced.model)) else "classify",
+        # with the batch, as is_regression takes it: [10] alone read as a one-value [batch] output (a regression)
+        "task": "regress" if is_regression(traced.source, [1, *_first_output_shape(traced.model)]) else "classify",
     }
     if cfg.evaluate:
         roundtrip = stages.codec_roundtrip(codec) if codec["id"] != "none" else None

@@ -391,3 +391,16 @@ def test_class_ids_per_pixel_are_scored_by_top1_and_scores_on_axis_1_are_told_to
     b = export(f"{files}/model.py:seg_last", ExportConfig(data=tmp_path / "px.npz"), tmp_path / "b")
     rep = json.loads((b.path / "report.json").read_text())
     assert rep["metric"] == "top1" and rep["task"] == "classify" and 0 < rep["metric_whole_fp32"] < 1
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_a_classifier_of_n_class_scores_is_reported_as_classify(files, tmp_path, labelled):
+    """A [N, 10] classifier (class ids, or no labels) was written as "task": "regress": the report took the first
+    output's shape without the batch ([10]) for a one-value [batch] output, so `edgerun run` printed "top1": null
+    for every classifier exported from a model file (the export itself scored it by top-1)."""
+    from edgerun.exporters.pipeline import ExportConfig, export
+
+    d = np.load(files / "digits.npz")
+    np.savez(tmp_path / "d.npz", inputs=d["inputs"][:40], **({"labels": d["labels"][:40]} if labelled else {}))
+    b = export(f"{files}/model.py:make", ExportConfig(data=tmp_path / "d.npz", evaluate=False), tmp_path / "b")
+    assert json.loads((b.path / "report.json").read_text())["task"] == "classify"
