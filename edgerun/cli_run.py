@@ -176,7 +176,9 @@ def run_cmd(
                 rec = {"i": i, **answer_fields(r.output[b.outputs[0].name], scores), "answered_by": r.answered_by,
                        "reason": r.reason, "timings_ms": {k: round(v, 3) for k, v in r.timings_ms.items()}}
                 if len(b.outputs) > 1:  # "top1" / "output" are the first output's; every one by name here
-                    rec["outputs"] = {s.name: answer_fields(r.output[s.name]) for s in b.outputs}
+                    # the first output scored as the report says (a regression's "top1" was null above, 2 here)
+                    rec["outputs"] = {s.name: answer_fields(r.output[s.name], scores or j > 0)
+                                      for j, s in enumerate(b.outputs)}
                 if r.hedged:
                     rec["hedged"] = True
                 if r.resent:  # a worker answered "stopping": sent again (the reason says it too)

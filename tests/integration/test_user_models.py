@@ -37,6 +37,18 @@ def steer_throttle():  # two regression targets per sample: [batch, 2]
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(20, 16), nn.ReLU(), nn.Linear(16, 2)), torch.randn(1, 20)
 
+class ActionValue(nn.Module):  # a policy's continuous action [batch, 4] and its value [batch, 1]
+    def __init__(self):
+        super().__init__()
+        self.a, self.act, self.val = nn.Linear(20, 16), nn.Linear(16, 4), nn.Linear(16, 1)
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        return {"action": self.act(h), "value": self.val(h)}
+
+def action_value():
+    torch.manual_seed(0)
+    return ActionValue(), torch.randn(1, 20)
+
 def tagger():
     torch.manual_seed(0)
     return Tagger(), torch.randn(1, 6, 32)
@@ -95,3 +107,22 @@ def test_run_prints_no_top1_for_a_model_scored_as_a_regression(tmp_path, cli_arg
     assert len(lines) == 2 and all(rec["top1"] is None and len(rec["output"]) == 2 for rec in lines)
     r = subprocess.run(run, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "top1=" not in r.stdout and r.stdout.count("output=[") == 2, r.stdout
+
+
+def test_run_prints_no_top1_for_the_regression_output_of_a_two_output_model(tmp_path, cli_argv, broker, serve_bundle):
+    """A policy's action (4 continuous values, --task regress) beside its value: `run --json` printed "top1": null
+    for the first output, and "top1": 2 for the same output under "outputs" on the same line."""
+    model_py = tmp_path / "model.py"
+    model_py.write_text(MODELS)
+    out = tmp_path / "bundle"
+    r = subprocess.run([*cli_argv, "export", f"{model_py}:action_value", "--task", "regress", "--no-eval",
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    serve_bundle(Bundle.load(out))
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).standard_normal((2, 20)).astype(np.float32))
+    r = subprocess.run([*cli_argv, "run", str(out), "--broker", broker.url, "--input", str(tmp_path / "x.npy"),
+                        "--json"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(lines) == 2 and all(rec["top1"] is None and rec["outputs"]["action"]["top1"] is None
+                                   and rec["outputs"]["action"]["output"] == rec["output"] for rec in lines)
