@@ -96,12 +96,15 @@ def answer_fields(out, scores: bool = True) -> dict:
 
 
 def _task(b) -> str | None:
-    """How the export scored the first output: the report's ``task`` (or its metric, in bundles before it)."""
+    """How the export scored the first output: its metric where it has one, else the report's ``task``. Bundles
+    exported on 2026-12-07 wrote ``task`` "regress" for every classifier (fixed in e8ae099); their metric is
+    right, and bundles before that have no ``task``."""
     try:
         rep = json.loads(b.file("report.json").read_text()) if b.has("report.json") else {}
     except (OSError, ValueError):
         return None
-    return rep.get("task") or {"mae": "regress", "action_mae": "regress"}.get(rep.get("metric"))
+    by_metric = {"mae": "regress", "action_mae": "regress", "top1": "classify", "top1_agreement": "classify"}
+    return by_metric.get(rep.get("metric")) or rep.get("task")
 
 
 def _brief(values, n: int = 8) -> str:

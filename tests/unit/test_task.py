@@ -110,3 +110,32 @@ def test_verify_gives_no_top1_for_one_value_per_sample(files, tmp_path):
     b = export(f"{files / 'policy.py'}:one_value", ExportConfig(), tmp_path / "b")
     wide = export(f"{files / 'policy.py'}:three_values", ExportConfig(), tmp_path / "w")
     assert verify(b).top1_agreement is None and verify(wide).top1_agreement == 1.0
+
+
+class _ReportOnly:
+    """A bundle as `edgerun run` reads its report.json: has() / file()."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def has(self, name):
+        return (self.path / name).exists()
+
+    def file(self, name):
+        return self.path / name
+
+
+@pytest.mark.parametrize(("report", "task"), [
+    # exported on 2026-12-07: every classifier's report said "regress"; its metric was right
+    ({"task": "regress", "metric": "top1"}, "classify"),
+    ({"task": "regress", "metric": "top1_agreement"}, "classify"),
+    ({"task": "regress", "metric": "action_mae"}, "regress"),
+    ({"metric": "mae"}, "regress"),                       # before report.json had a task
+    ({"task": "classify"}, "classify"),                   # --no-eval: no metric
+    ({}, None),
+])
+def test_run_scores_the_first_output_by_the_reports_metric_before_its_task(tmp_path, report, task):
+    from edgerun.cli_run import _task
+
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    assert _task(_ReportOnly(tmp_path)) == task
