@@ -151,7 +151,7 @@ class MqttClient:
         Raises:
             TransportError: the broker cannot be reached or refused us.
         """
-        hint = "start one with `mosquitto -p PORT` (or edgerun.broker.Mosquitto) or pass the right --broker"
+        hint = "is it running? (`edgerun broker` starts one and prints its URL) or pass the right --broker"
         if self.tls is None:
             hint += " (a broker that listens with TLS takes mqtts://host:port?ca=CA.pem)"
         elif self.tls.cert is None:

@@ -37,13 +37,13 @@ def sample(bundle) -> np.ndarray:
 
 def test_device_with_dead_broker_raises_transport_error(digits_bundle):
     url = dead_broker_url()
-    with pytest.raises(TransportError, match=rf"cannot reach the MQTT broker at {url}.*start one"):
+    with pytest.raises(TransportError, match=rf"cannot reach the MQTT broker at {url}.*`edgerun broker` starts one"):
         Device(digits_bundle, broker=url, engine="ort")
 
 
 def test_server_with_dead_broker_raises_transport_error(digits_bundle):
     url = dead_broker_url()
-    with pytest.raises(TransportError, match=rf"cannot reach the MQTT broker at {url}.*start one"):
+    with pytest.raises(TransportError, match=rf"cannot reach the MQTT broker at {url}.*`edgerun broker` starts one"):
         serve(digits_bundle, url)
 
 

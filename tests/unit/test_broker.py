@@ -85,7 +85,9 @@ def test_dead_broker_gives_transport_error_with_url_and_hint():
     with Mosquitto() as b:
         url = b.url
     client = transport.MqttClient(url, "t-dead")
-    with pytest.raises(TransportError, match=r"cannot reach the MQTT broker at mqtt://127\.0\.0\.1:\d+.*start one"):
+    with pytest.raises(TransportError,
+                       match=r"cannot reach the MQTT broker at mqtt://127\.0\.0\.1:\d+.*"
+                             r"is it running\? \(`edgerun broker` starts one"):
         client.connect(timeout_s=2)
 
 
