@@ -26,11 +26,10 @@ from edgerun import crossing, transport, wire
 from edgerun import exits as exits_mod
 from edgerun.bundle import Bundle
 from edgerun.device_checks import (check_deadline_ms, check_finite_cut, check_inputs, check_reply,
-                                   error_from_reply, is_stopping, refusal_text, resent_note)
-from edgerun.device_checks import EXIT_RESERVE_MS, reply_wait_s  # noqa: F401 - their home was here
+                                   error_from_reply, is_stopping, refusal_text, reply_wait_s, resent_note)
 from edgerun.errors import ConfigError, EdgerunError, FrameError, TransportError, UnsupportedOpError
 from edgerun.feeds import with_passthrough
-from edgerun.result import Result
+from edgerun.result import Result, spent
 
 log = logging.getLogger("edgerun.device")
 
@@ -253,7 +252,7 @@ class Device:
         except FutureTimeout:
             msg = (f"no reply from a server for bundle {self.bundle.topic_id} ({self.bundle.model_id}) within "
                    f"{wait_ms:g} ms" + (" (sent twice)" if len(sent) - resent > 1 else "")
-                   + (f" ({resent_note(resent)})" if resent else ""))
+                   + resent_note(resent))
             if step is None:
                 if self.rtt_ms is not None and self.rtt_ms > 0.5 * wait_ms:
                     raise TransportError(f"{msg}; round trips to the server have taken ~{self.rtt_ms:.1f} ms: "
@@ -262,21 +261,21 @@ class Device:
                                      "If it is, the deadline may be shorter than a round trip: give a longer "
                                      "one (--deadline-ms)") from None
             self._suspect(f"no reply to the last request within {wait_ms:g} ms")
-            return _spent(self._local(step, step.deepest, f"deadline: {msg}", t_start, t_front), sent, resent, payload)
+            return spent(self._local(step, step.deepest, f"deadline: {msg}", t_start, t_front), sent, resent, payload)
         except FrameError as exc:  # over the broker's Maximum Packet Size: not sent, the link is fine
             msg = (f"request {request_id} not sent: {exc} (this request: {n} sample(s); a bundle exported with "
                    "--codec tsq, or a later cut, sends fewer bytes)")
             if step is None:
                 raise FrameError(msg, exc.code) from None
             local = self._local(step, step.deepest, f"server unreachable: {msg}", t_start, t_front)
-            return _spent(local, sent, resent, payload if published else b"")
+            return spent(local, sent, resent, payload if published else b"")
         except (TransportError, RuntimeError, ValueError) as exc:  # paho: not connected / queue full; a PUBACK
             if step is None:
                 raise
             why = str(exc) if published else f"publish failed ({exc})"
             self._suspect(why)
             local = self._local(step, step.deepest, f"server unreachable: {why}", t_start, t_front)
-            return _spent(local, sent, resent, payload if published else b"")  # it went out: its bytes were spent
+            return spent(local, sent, resent, payload if published else b"")  # it went out: its bytes were spent
         else:
             in_time = True
         finally:
@@ -290,10 +289,10 @@ class Device:
             # A device with exits has an answer of its own: a control loop got an exception instead (a back
             # half that fails on some inputs, a worker of another bundle version on the same topics).
             local = self._local(step, step.deepest, f"{SERVER_ERROR}: {exc}", t_start, t_front)
-            return _spent(local, sent, resent, payload, reply)
+            return spent(local, sent, resent, payload, reply)
         if step is not None:
             result.front_compute_fraction = step.compute_fraction
-        return _spent(result, sent, resent, payload, reply)
+        return spent(result, sent, resent, payload, reply)
 
     def _await(self, frame: wire.Frame, fut: Future, sent: dict[int, float], expiry_s: int,
                until: float) -> tuple[bytes, float, int]:
@@ -545,7 +544,7 @@ class Device:
             "total": (t_dec - t_start) * 1e3,
         }
         return Result(output=dict(zip(names, frame.tensors)), answered_by="server",
-                      reason="server replied" + (f" ({resent_note(resent)})" if resent else ""),
+                      reason="server replied" + resent_note(resent),
                       request_id=request_id, timings_ms=timings, worker=str(meta.get("worker", "")))
 
     def _late_reply(self, request_id: int, t_recv: float, t_sent: float) -> None:
@@ -576,14 +575,6 @@ class Device:
             return
         if fut is None:
             log.warning("dropped a reply for unknown or already answered request %s", request_id)
-
-
-def _spent(r: Result, sent: dict[int, float], resent: int, payload: bytes, reply: bytes = b"") -> Result:
-    """``r`` with what its request cost: the copies sent (hedged, resent after "stopping") and the bytes each way
-    (``payload``: one copy's, b"" when nothing went out)."""
-    r.hedged, r.resent = len(sent) - resent > 1, resent
-    r.bytes_sent, r.bytes_received = len(payload) * len(sent), len(reply)
-    return r
 
 
 def _make_front(b: Bundle, engine: str, threads: int) -> Any:

@@ -141,8 +141,9 @@ def is_stopping(reply: bytes, decode: Any, bundle_hash16: bytes, max_bytes: int)
 
 
 def resent_note(resent: int) -> str:
-    """What a reply's reason, or a `stopping` error, adds about the copies sent after `stopping` answers."""
-    return f"resent {resent}x: a worker was stopping" if resent else ""
+    """What a reply's reason, or a no-reply message, adds about the copies sent after `stopping` answers ("" for
+    none): " (resent 1x: a worker was stopping)"."""
+    return f" (resent {resent}x: a worker was stopping)" if resent else ""
 
 
 def refusal_text(why: str, request_id: int, url: str, req_topic: str, bundle: Any, stopped: bool = False) -> str:

@@ -48,3 +48,11 @@ class Result:
 
 
 __all__ = ["Result"]
+
+
+def spent(r: Result, sent: dict[int, float], resent: int, payload: bytes, reply: bytes = b"") -> Result:
+    """``r`` with what its request cost: the copies sent (``sent``: hedged, and ``resent`` after "stopping") and the
+    bytes each way (``payload``: one copy's, b"" when nothing went out)."""
+    r.hedged, r.resent = len(sent) - resent > 1, resent
+    r.bytes_sent, r.bytes_received = len(payload) * len(sent), len(reply)
+    return r

@@ -1,5 +1,5 @@
-"""How long the device waits for the server's reply (``device.reply_wait_s``): until the deadline, and with
-exits a little before it, so that the exit's answer is in the caller's hands by the deadline. It came ~0.3 ms
+"""How long the device waits for the server's reply (``device_checks.reply_wait_s``): until the deadline,
+and with exits a little before it, so that the exit's answer is in the caller's hands by the deadline. It came ~0.3 ms
 after it (every one of 100 requests at a 20 ms deadline, up to 1.8 ms), the wait being measured from the
 encode (the publish's time came on top) and the hand-over after it."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgerun.device import EXIT_RESERVE_MS, reply_wait_s
+from edgerun.device_checks import EXIT_RESERVE_MS, reply_wait_s
 
 T0 = 100.0  # perf_counter() when infer() started
 
